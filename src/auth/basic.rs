@@ -1,0 +1,184 @@
+//! `Proxy-Authorization: Basic` parsing (RFC 7617), pure and allocation-light.
+//!
+//! RFC 7617 §2: `credentials = "Basic" 1*SP token68`, the token68 being the
+//! base64 of `user-id ":" password`; the user-id cannot contain `:`, the
+//! password can. With `charset="UTF-8"` in the challenge (§2.1) clients send
+//! UTF-8; older clients (Python `requests`, pip) send ISO-8859-1, so bytes that
+//! are not valid UTF-8 are read as ISO-8859-1. Both parts are NFC-normalised
+//! (RFC 7613: UsernameCasePreserved and OpaqueString), so a client that sends
+//! decomposed characters matches a password stored composed.
+
+use std::fmt;
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::is_nfc_quick;
+
+/// Longest `Proxy-Authorization` value we look at; longer is malformed.
+pub const MAX_HEADER_LEN: usize = 4096;
+
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// A username and password as presented. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user-id, NFC-normalised.
+    pub username: String,
+    /// The password, NFC-normalised.
+    pub password: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why a header is not usable Basic credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// Not the `Basic` scheme.
+    #[error("not the Basic scheme")]
+    WrongScheme,
+    /// Bad base64, no `:`, or too long.
+    #[error("malformed Basic credentials")]
+    Encoding,
+}
+
+/// Parses a `Proxy-Authorization` header value.
+///
+/// # Errors
+/// [`Malformed::WrongScheme`] for any scheme other than Basic, and
+/// [`Malformed::Encoding`] for bad base64, a missing `:` or an oversized value.
+pub fn parse(value: &[u8]) -> Result<Credentials, Malformed> {
+    if value.len() > MAX_HEADER_LEN {
+        return Err(Malformed::Encoding);
+    }
+    let value = trim(value);
+    let (scheme, rest) = match value.iter().position(|&b| b == b' ') {
+        Some(i) => (&value[..i], &value[i..]),
+        None => (value, &value[value.len()..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return Err(Malformed::WrongScheme);
+    }
+    let token = trim(rest);
+    if token.is_empty() {
+        return Err(Malformed::Encoding);
+    }
+    let decoded = BASE64.decode(token).map_err(|_| Malformed::Encoding)?;
+    let colon = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(Malformed::Encoding)?;
+    Ok(Credentials {
+        username: text(&decoded[..colon]),
+        password: text(&decoded[colon + 1..]),
+    })
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// UTF-8 if valid, else ISO-8859-1; then NFC.
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => nfc(s),
+        Err(_) => nfc(&bytes.iter().map(|&b| b as char).collect::<String>()),
+    }
+}
+
+/// NFC normalisation (RFC 7613), skipping the work for text already in NFC.
+pub fn nfc(s: &str) -> String {
+    if is_nfc_quick(s.chars()) == unicode_normalization::IsNormalized::Yes {
+        s.to_owned()
+    } else {
+        s.nfc().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(s: &[u8]) -> Vec<u8> {
+        let mut v = b"Basic ".to_vec();
+        v.extend(base64::engine::general_purpose::STANDARD.encode(s).bytes());
+        v
+    }
+
+    #[test]
+    fn parses_plain_credentials() {
+        let c = parse(&b64(b"alice:s3cret")).unwrap();
+        assert_eq!(c.username, "alice");
+        assert_eq!(c.password, "s3cret");
+    }
+
+    #[test]
+    fn password_may_contain_colons_and_spaces() {
+        let c = parse(&b64(b"bob:a:b c: d")).unwrap();
+        assert_eq!(c.username, "bob");
+        assert_eq!(c.password, "a:b c: d");
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive_and_whitespace_tolerated() {
+        let mut v = b"  bAsIc   ".to_vec();
+        v.extend(
+            base64::engine::general_purpose::STANDARD
+                .encode("u:p")
+                .bytes(),
+        );
+        v.extend(b"  ");
+        assert_eq!(parse(&v).unwrap().password, "p");
+    }
+
+    #[test]
+    fn utf8_and_latin1_and_decomposed_all_match() {
+        let utf8 = parse(&b64("jürgen:pässwörd".as_bytes())).unwrap();
+        let latin1 = parse(&b64(b"j\xfcrgen:p\xe4ssw\xf6rd")).unwrap();
+        let decomposed = parse(&b64("ju\u{308}rgen:pa\u{308}ssw\u{f6}rd".as_bytes())).unwrap();
+        assert_eq!(utf8, latin1);
+        assert_eq!(utf8, decomposed);
+        assert_eq!(utf8.password, "pässwörd");
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(parse(b"Bearer abc"), Err(Malformed::WrongScheme));
+        assert_eq!(parse(b"Basic"), Err(Malformed::Encoding));
+        assert_eq!(parse(b"Basic !!!"), Err(Malformed::Encoding));
+        assert_eq!(parse(&b64(b"nocolon")), Err(Malformed::Encoding));
+        assert_eq!(
+            parse(&vec![b'A'; MAX_HEADER_LEN + 1]),
+            Err(Malformed::Encoding)
+        );
+        assert_eq!(parse(b""), Err(Malformed::WrongScheme));
+    }
+
+    #[test]
+    fn unpadded_base64_is_accepted() {
+        let c = parse(b"Basic dTpwMQ").unwrap();
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p1"));
+    }
+
+    #[test]
+    fn debug_redacts_password() {
+        let c = parse(&b64(b"alice:hunter2")).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

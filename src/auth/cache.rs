@@ -1,0 +1,158 @@
+//! Verified-credential cache: a client pays for argon2 once, not per request.
+//!
+//! Keyed by a keyed BLAKE2s MAC of the whole `Proxy-Authorization` value under a
+//! random per-process key, never by the password: a memory dump shows neither
+//! passwords nor anything that can be checked offline without the key. An entry
+//! names the user and the user's fingerprint at verification time; a lookup
+//! only counts when the current snapshot still has that user with the same
+//! fingerprint, so a changed, removed or disabled user's entries stop counting
+//! the moment a new snapshot is live.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use blake2::Blake2sMac256;
+use blake2::digest::{KeyInit, Mac};
+use rand_core::RngCore;
+
+/// Most entries kept; past this, expired entries are swept, then the map is
+/// cleared (clients re-verify once), so memory stays bounded under attack.
+const MAX_ENTRIES: usize = 65_536;
+
+type Key = [u8; 32];
+
+struct Entry {
+    user: Arc<str>,
+    fingerprint: u64,
+    until: Instant,
+}
+
+/// The cache. Cheap to share behind an `Arc`.
+pub struct VerifiedCache {
+    key: [u8; 32],
+    map: RwLock<HashMap<Key, Entry>>,
+}
+
+impl Default for VerifiedCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl VerifiedCache {
+    /// An empty cache with a fresh random key.
+    pub fn new() -> Self {
+        let mut key = [0u8; 32];
+        rand_core::OsRng.fill_bytes(&mut key);
+        VerifiedCache {
+            key,
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn mac(&self, header: &[u8]) -> Key {
+        // A 32-byte key is always a valid BLAKE2s key.
+        let mut mac = match <Blake2sMac256 as KeyInit>::new_from_slice(&self.key) {
+            Ok(m) => m,
+            Err(_) => return [0; 32],
+        };
+        mac.update(header);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The user a header value was verified for, with that user's fingerprint
+    /// at the time, if the entry has not expired.
+    pub fn get(&self, header: &[u8], now: Instant) -> Option<(Arc<str>, u64)> {
+        let key = self.mac(header);
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&key)
+            .filter(|e| e.until > now)
+            .map(|e| (e.user.clone(), e.fingerprint))
+    }
+
+    /// Remembers that `header` verified as `user` for `ttl`.
+    pub fn insert(
+        &self,
+        header: &[u8],
+        user: Arc<str>,
+        fingerprint: u64,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        if ttl.is_zero() {
+            return;
+        }
+        let key = self.mac(header);
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ENTRIES {
+            map.retain(|_, e| e.until > now);
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(
+            key,
+            Entry {
+                user,
+                fingerprint,
+                until: now + ttl,
+            },
+        );
+    }
+
+    /// Drops every entry of `user` (the snapshot check already ignores them;
+    /// this frees the memory).
+    pub fn forget_user(&self, user: &str) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, e| &*e.user != user);
+    }
+
+    /// Number of entries (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hit_until_ttl_then_miss() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        c.insert(b"Basic abc", "alice".into(), 7, Duration::from_secs(60), t0);
+        assert_eq!(
+            c.get(b"Basic abc", t0).map(|(u, f)| (u.to_string(), f)),
+            Some(("alice".into(), 7))
+        );
+        assert!(c.get(b"Basic abd", t0).is_none());
+        assert!(c.get(b"Basic abc", t0 + Duration::from_secs(61)).is_none());
+    }
+
+    #[test]
+    fn zero_ttl_caches_nothing_and_forget_removes() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        c.insert(b"x", "a".into(), 1, Duration::ZERO, t0);
+        assert!(c.is_empty());
+        c.insert(b"x", "a".into(), 1, Duration::from_secs(1), t0);
+        c.insert(b"y", "b".into(), 1, Duration::from_secs(1), t0);
+        c.forget_user("a");
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn different_processes_use_different_keys() {
+        assert_ne!(
+            VerifiedCache::new().mac(b"x"),
+            VerifiedCache::new().mac(b"x")
+        );
+    }
+}

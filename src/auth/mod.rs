@@ -1,0 +1,143 @@
+//! Authentication: who is this client?
+//!
+//! [`Authenticator::authenticate`] turns a `Proxy-Authorization` value into a
+//! [`User`] or a [`Refusal`]. The fast path is the verified-credential cache;
+//! the slow path runs argon2 on the blocking pool behind a semaphore sized to
+//! the cores, with a bounded queue, so a flood of bad passwords cannot starve
+//! the async runtime (tunnels, forwarding) nor grow memory without limit.
+
+pub mod basic;
+pub mod cache;
+pub mod password;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Semaphore;
+
+pub use cache::VerifiedCache;
+pub use store::{Refusal, User, UserStore};
+
+/// The result of authenticating one request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Valid credentials of an active user.
+    Ok(Arc<User>),
+    /// Refused; `username` is what was sent (for the audit log only).
+    Refused {
+        /// Why (never shown to the client).
+        reason: Refusal,
+        /// The username as presented, if the header parsed.
+        username: Option<String>,
+    },
+    /// The verification queue is full: answer 503, spend no argon2.
+    Overloaded,
+}
+
+/// The shared authentication engine.
+pub struct Authenticator {
+    cache: VerifiedCache,
+    permits: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_pending: usize,
+}
+
+impl Authenticator {
+    /// `workers` argon2 verifications run at once; up to `max_pending` more wait.
+    pub fn new(workers: usize, max_pending: usize) -> Self {
+        Authenticator {
+            cache: VerifiedCache::new(),
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+            waiting: AtomicUsize::new(0),
+            max_pending,
+        }
+    }
+
+    /// The verified-credential cache.
+    pub fn cache(&self) -> &VerifiedCache {
+        &self.cache
+    }
+
+    /// Checks a `Proxy-Authorization` value against `users`.
+    pub async fn authenticate(
+        &self,
+        users: &Arc<UserStore>,
+        header: Option<&[u8]>,
+        ttl: Duration,
+    ) -> Outcome {
+        let Some(header) = header else {
+            return Outcome::Refused {
+                reason: Refusal::Missing,
+                username: None,
+            };
+        };
+        let now = Instant::now();
+        if let Some((name, fingerprint)) = self.cache.get(header, now) {
+            if let Some(user) = users.get(&name) {
+                if user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok() {
+                    return Outcome::Ok(user.clone());
+                }
+            }
+        }
+        let creds = match basic::parse(header) {
+            Ok(c) => c,
+            Err(_) => {
+                return Outcome::Refused {
+                    reason: Refusal::Malformed,
+                    username: None,
+                };
+            }
+        };
+        let username = creds.username.clone();
+        let verdict = match self.verify_bounded(users, creds).await {
+            Some(v) => v,
+            None => return Outcome::Overloaded,
+        };
+        match verdict {
+            Ok(user) => {
+                self.cache.insert(
+                    header,
+                    user.name.clone(),
+                    user.fingerprint,
+                    ttl,
+                    Instant::now(),
+                );
+                Outcome::Ok(user)
+            }
+            Err(reason) => Outcome::Refused {
+                reason,
+                username: Some(username),
+            },
+        }
+    }
+
+    /// Runs one verification on the blocking pool; `None` when the queue is full.
+    async fn verify_bounded(
+        &self,
+        users: &Arc<UserStore>,
+        creds: basic::Credentials,
+    ) -> Option<Result<Arc<User>, Refusal>> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                }
+                let acquired = self.permits.clone().acquire_owned().await;
+                self.waiting.fetch_sub(1, Ordering::AcqRel);
+                acquired.ok()?
+            }
+        };
+        let users = users.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            users.verify(&creds, SystemTime::now())
+        })
+        .await;
+        // A panic inside argon2 would be a bug; treat it as a refusal.
+        Some(joined.unwrap_or(Err(Refusal::BadPassword)))
+    }
+}

@@ -1,0 +1,221 @@
+//! The users known to authgate, with their password hashes parsed at load.
+//!
+//! Verification is deliberately uniform: an unknown user is checked against a
+//! dummy hash with the same argon2 parameters as real users, and a disabled or
+//! expired user's password is still verified, so timing does not tell an
+//! attacker which names exist.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use argon2::Params;
+use argon2::password_hash::PasswordHashString;
+
+use super::basic::Credentials;
+use super::password::{hash_password, verify_argon2};
+
+/// A stored password hash.
+#[derive(Clone)]
+pub enum StoredHash {
+    /// An argon2 PHC string (argon2id recommended).
+    Argon2(PasswordHashString),
+}
+
+impl StoredHash {
+    fn verify(&self, password: &str) -> bool {
+        match self {
+            StoredHash::Argon2(h) => verify_argon2(h, password),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            StoredHash::Argon2(h) => h.as_str(),
+        }
+    }
+}
+
+/// One user. `Debug` never shows the hash.
+#[derive(Clone)]
+pub struct User {
+    /// The user's name, NFC-normalised.
+    pub name: Arc<str>,
+    /// Groups, for access rules.
+    pub groups: Vec<Arc<str>>,
+    /// A disabled user is refused like a wrong password.
+    pub disabled: bool,
+    /// After this instant the user is refused like a wrong password.
+    pub expires: Option<SystemTime>,
+    hash: StoredHash,
+    /// Changes whenever anything about the user changes; the verified-credential
+    /// cache only trusts an entry whose fingerprint still matches.
+    pub fingerprint: u64,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("groups", &self.groups)
+            .field("disabled", &self.disabled)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
+}
+
+impl User {
+    /// Builds a user; the fingerprint is derived from every field.
+    pub fn new(
+        name: Arc<str>,
+        hash: StoredHash,
+        groups: Vec<Arc<str>>,
+        disabled: bool,
+        expires: Option<SystemTime>,
+    ) -> Self {
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        hash.as_str().hash(&mut h);
+        groups.hash(&mut h);
+        disabled.hash(&mut h);
+        expires.hash(&mut h);
+        User {
+            name,
+            groups,
+            disabled,
+            expires,
+            hash,
+            fingerprint: h.finish(),
+        }
+    }
+
+    /// Whether the user may log in at `now` (not disabled, not expired).
+    pub fn active_at(&self, now: SystemTime) -> Result<(), Refusal> {
+        if self.disabled {
+            return Err(Refusal::Disabled);
+        }
+        if self.expires.is_some_and(|e| now >= e) {
+            return Err(Refusal::Expired);
+        }
+        Ok(())
+    }
+
+    /// The argon2 parameters of the user's hash.
+    pub fn argon2_params(&self) -> Option<Params> {
+        match &self.hash {
+            StoredHash::Argon2(h) => Params::try_from(&h.password_hash()).ok(),
+        }
+    }
+
+    /// Whether the user is in `group`.
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| &**g == group)
+    }
+}
+
+/// Why a credential was refused. Never shown to the client (all are 407).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Proxy-Authorization` header.
+    Missing,
+    /// Not Basic, bad base64, no `:`.
+    Malformed,
+    /// No such user.
+    UnknownUser,
+    /// Wrong password.
+    BadPassword,
+    /// The user is disabled.
+    Disabled,
+    /// The user's `expires` has passed.
+    Expired,
+}
+
+impl Refusal {
+    /// The word used in the audit log and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::Malformed => "malformed",
+            Refusal::UnknownUser => "unknown_user",
+            Refusal::BadPassword => "bad_password",
+            Refusal::Disabled => "disabled",
+            Refusal::Expired => "expired",
+        }
+    }
+}
+
+/// All users, keyed by name.
+pub struct UserStore {
+    users: HashMap<Arc<str>, Arc<User>>,
+    dummy: StoredHash,
+}
+
+impl fmt::Debug for UserStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserStore")
+            .field("users", &self.users.len())
+            .finish()
+    }
+}
+
+impl UserStore {
+    /// Builds the store; `params` are the most common parameters among the
+    /// users (or the configured ones), used for the dummy hash.
+    ///
+    /// # Errors
+    /// Only if argon2 rejects `params`, which validated config never holds.
+    pub fn new(users: Vec<User>, params: Params) -> Result<Self, String> {
+        let dummy_password = format!("{:x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng));
+        let dummy = hash_password(&dummy_password, params)
+            .map_err(|e| format!("cannot build dummy hash: {e}"))?;
+        let users = users
+            .into_iter()
+            .map(|u| (u.name.clone(), Arc::new(u)))
+            .collect();
+        Ok(UserStore {
+            users,
+            dummy: StoredHash::Argon2(dummy),
+        })
+    }
+
+    /// Looks a user up by (NFC-normalised) name.
+    pub fn get(&self, name: &str) -> Option<&Arc<User>> {
+        self.users.get(name)
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Whether there are no users.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    /// Iterates over all users.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
+        self.users.values()
+    }
+
+    /// Verifies credentials. Slow on purpose (argon2): call it on the blocking
+    /// pool. Every path costs one hash verification.
+    pub fn verify(&self, creds: &Credentials, now: SystemTime) -> Result<Arc<User>, Refusal> {
+        match self.users.get(creds.username.as_str()) {
+            None => {
+                let _ = self.dummy.verify(&creds.password);
+                Err(Refusal::UnknownUser)
+            }
+            Some(user) => {
+                if !user.hash.verify(&creds.password) {
+                    return Err(Refusal::BadPassword);
+                }
+                user.active_at(now)?;
+                Ok(user.clone())
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Config problems with their file, line and column.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem in a config or users file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line, 0 when the problem concerns the whole file.
+    pub line: usize,
+    /// 1-based column, 0 when the problem concerns the whole file.
+    pub col: usize,
+    /// What is wrong, never including a password hash or secret.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found while loading, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// All problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems for one source file, turning byte spans into line:col.
+pub struct Collector<'a> {
+    file: &'a Path,
+    source: &'a str,
+    /// Problems found so far.
+    pub problems: Vec<Problem>,
+}
+
+impl<'a> Collector<'a> {
+    /// A collector for `source`, read from `file`.
+    pub fn new(file: &'a Path, source: &'a str) -> Self {
+        Collector {
+            file,
+            source,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Records a problem at byte `span` of the source.
+    pub fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.source, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// Records a problem about the whole file.
+    pub fn whole(&mut self, message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: message.into(),
+        });
+    }
+
+    /// Records a TOML syntax or type error.
+    pub fn toml(&mut self, err: &toml::de::Error) {
+        let msg = err.message().trim().to_string();
+        match err.span() {
+            Some(span) => self.at(span, msg),
+            None => self.whole(msg),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `source`.
+pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_col;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let s = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(s, 0), (1, 1));
+        assert_eq!(line_col(s, 6), (2, 1));
+        assert_eq!(line_col(s, 9), (2, 4));
+        assert_eq!(line_col(s, 999), (3, 1));
+    }
+}

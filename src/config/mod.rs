@@ -1,0 +1,208 @@
+//! Configuration: TOML files → validated, immutable [`Snapshot`].
+//!
+//! Loading never binds a port: it parses `authgate.toml` and the users file
+//! into raw serde structs ([`raw`]), validates every value into types that
+//! make bad states unrepresentable, and reports *all* problems with
+//! file:line:col ([`ConfigError`]). The proxy reads one `Arc<Snapshot>` per
+//! request; a reload builds a whole new snapshot and swaps it in.
+
+mod error;
+pub mod raw;
+mod users;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{ConfigError, Problem, line_col};
+
+use crate::auth::UserStore;
+use crate::policy::egress::Egress;
+use crate::telemetry::LogFormat;
+
+/// `[server]` settings.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Plain-TCP proxy listeners.
+    pub listen: Vec<SocketAddr>,
+    /// Basic realm in the 407 challenge.
+    pub realm: String,
+    /// Whether to add `Via: 1.1 authgate` both ways.
+    pub via: bool,
+}
+
+/// `[auth]` settings.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// Where the users file is (resolved against the config's folder).
+    pub users_file: PathBuf,
+    /// How long a verified `Proxy-Authorization` value is trusted.
+    pub cache_ttl: Duration,
+    /// How many verifications may wait for a worker before 503.
+    pub max_pending: usize,
+    /// Parameters for new hashes (`hash-password`, `users add`).
+    pub argon2: argon2::Params,
+}
+
+/// `[log]` settings.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// tracing filter directive, e.g. `info`.
+    pub level: String,
+    /// text or json.
+    pub format: LogFormat,
+    /// Whether the per-request access event is emitted.
+    pub access: bool,
+}
+
+/// `[limits]`: timeouts and sizes that keep one client from hurting others.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time a client has to send a complete request head (slowloris).
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive client connection is kept.
+    pub idle_timeout: Duration,
+    /// Time to establish the TCP connection upstream.
+    pub connect_timeout: Duration,
+    /// Time for a DNS answer.
+    pub dns_timeout: Duration,
+    /// Time from sending a request upstream to its response head.
+    pub upstream_response_timeout: Duration,
+    /// A tunnel with no bytes either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// How long tunnels may keep running after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// Largest request head accepted (larger → 431).
+    pub max_header_bytes: usize,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most client connections at once from one client address.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            dns_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(300),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_connections: 16_384,
+            max_connections_per_ip: 1024,
+        }
+    }
+}
+
+/// Everything a request needs, validated. Immutable; replaced whole on reload.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The config file this came from.
+    pub config_path: PathBuf,
+    /// `[server]`.
+    pub server: Server,
+    /// `[auth]`.
+    pub auth: Auth,
+    /// `[log]`.
+    pub log: Log,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[egress]`: which addresses may be dialled.
+    pub egress: Egress,
+    /// The users.
+    pub users: Arc<UserStore>,
+}
+
+impl Snapshot {
+    /// One-line summary for `authgate check` and the startup log.
+    pub fn summary(&self) -> String {
+        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        format!(
+            "{} user(s); listening on {}; users file {}",
+            self.users.len(),
+            if listen.is_empty() {
+                "nothing".into()
+            } else {
+                listen.join(", ")
+            },
+            self.auth.users_file.display()
+        )
+    }
+}
+
+/// Reads and validates the config at `path` and the users file it names.
+///
+/// # Errors
+/// Every problem found in either file, with file:line:col.
+pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let source = read(path)?;
+    let (settings, mut problems) = validate::config(path, &source);
+    let users_source = read(&settings.auth.users_file);
+    let users = match users_source {
+        Ok(src) => {
+            let (users, p) = users::parse(&settings.auth.users_file, &src);
+            problems.extend(p);
+            users
+        }
+        Err(e) => {
+            problems.extend(e.problems);
+            Vec::new()
+        }
+    };
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    let params = users::common_params(&users).unwrap_or_else(|| settings.auth.argon2.clone());
+    let store = UserStore::new(users, params).map_err(|m| ConfigError {
+        problems: vec![Problem {
+            file: settings.auth.users_file.clone(),
+            line: 0,
+            col: 0,
+            message: m,
+        }],
+    })?;
+    Ok(Snapshot {
+        config_path: path.to_path_buf(),
+        server: settings.server,
+        auth: settings.auth,
+        log: settings.log,
+        limits: settings.limits,
+        egress: settings.egress,
+        users: Arc::new(store),
+    })
+}
+
+/// Reads a file, naming the path it looked for when that fails.
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_string(),
+            _ => e.to_string(),
+        };
+        ConfigError {
+            problems: vec![Problem {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!("cannot read: {why}"),
+            }],
+        }
+    })
+}
+
+/// Parses just the `[auth.argon2]` parameters (for `hash-password` when the
+/// users file may not exist yet).
+pub fn argon2_params(path: &Path) -> Result<argon2::Params, ConfigError> {
+    let source = read(path)?;
+    let (settings, problems) = validate::config(path, &source);
+    if problems.is_empty() {
+        Ok(settings.auth.argon2)
+    } else {
+        Err(ConfigError { problems })
+    }
+}

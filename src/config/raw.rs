@@ -1,0 +1,109 @@
+//! Raw serde structs: exactly what the TOML files may contain.
+//!
+//! `deny_unknown_fields` everywhere, so a typo is an error with its position,
+//! never a silently ignored setting. Values that need checking are
+//! [`Spanned`] so that a problem can point at its line and column.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::value::Datetime;
+
+/// `authgate.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub egress: RawEgress,
+}
+
+/// `[limits]`: durations as strings ("30s"), sizes and counts as integers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub dns_timeout: Option<Spanned<String>>,
+    pub upstream_response_timeout: Option<Spanned<String>>,
+    pub tunnel_idle_timeout: Option<Spanned<String>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+}
+
+/// `[egress]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    #[serde(default)]
+    pub allow_cidrs: Vec<Spanned<String>>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    pub realm: Option<Spanned<String>>,
+    pub via: Option<bool>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub users_file: Option<Spanned<String>>,
+    pub cache_ttl: Option<Spanned<String>>,
+    pub max_pending: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub argon2: RawArgon2,
+}
+
+/// `[auth.argon2]`: parameters for new hashes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArgon2 {
+    pub m_cost: Option<Spanned<i64>>,
+    pub t_cost: Option<Spanned<i64>>,
+    pub p_cost: Option<Spanned<i64>>,
+}
+
+/// `[log]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<Spanned<String>>,
+    pub format: Option<Spanned<String>>,
+    pub access: Option<bool>,
+}
+
+/// `users.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUsers {
+    #[serde(default)]
+    pub users: BTreeMap<Spanned<String>, Spanned<RawUser>>,
+}
+
+/// One `[users.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub password: Spanned<String>,
+    #[serde(default)]
+    pub groups: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub disabled: bool,
+    pub expires: Option<Spanned<Datetime>>,
+}

@@ -1,0 +1,157 @@
+//! `users.toml` → validated users, collecting every problem.
+//!
+//! Messages name the user and the position, never the hash.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::error::{Collector, Problem};
+use super::raw::RawUsers;
+use crate::auth::basic::nfc;
+use crate::auth::password::parse_argon2;
+use crate::auth::store::{StoredHash, User};
+
+/// Longest accepted user name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// Checks a user name: what Basic auth can carry and a log can show.
+///
+/// # Errors
+/// A message saying what is wrong with the name.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("user name must not be empty".into());
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!("user name longer than {MAX_NAME_CHARS} characters"));
+    }
+    if name.contains(':') {
+        return Err(
+            "user name must not contain ':' (Basic auth separates name and password with it)"
+                .into(),
+        );
+    }
+    if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("user name must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// Parses the users file; returns the valid users and every problem.
+pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
+    let mut c = Collector::new(path, source);
+    let raw: RawUsers = match toml::from_str(source) {
+        Ok(r) => r,
+        Err(e) => {
+            c.toml(&e);
+            return (Vec::new(), c.problems);
+        }
+    };
+    let mut users = Vec::new();
+    let mut seen: HashMap<String, ()> = HashMap::new();
+    for (name, user) in raw.users {
+        let span = name.span();
+        let raw_name = name.into_inner();
+        let shown: String = raw_name.chars().take(MAX_NAME_CHARS).collect();
+        if let Err(m) = check_name(&raw_name) {
+            c.at(
+                span.clone(),
+                format!("user `{}`: {m}", shown.escape_default()),
+            );
+            continue;
+        }
+        let name = nfc(&raw_name);
+        if seen.insert(name.clone(), ()).is_some() {
+            c.at(
+                span.clone(),
+                format!("user `{shown}`: same name as another user after Unicode normalisation"),
+            );
+            continue;
+        }
+        let user = user.into_inner();
+        let hash = match parse_argon2(user.password.get_ref()) {
+            Ok((h, _)) => StoredHash::Argon2(h),
+            Err(m) => {
+                c.at(
+                    user.password.span(),
+                    format!(
+                        "user `{shown}`: password: {m}; make one with `authgate hash-password`"
+                    ),
+                );
+                continue;
+            }
+        };
+        let mut groups = Vec::new();
+        for g in &user.groups {
+            if g.get_ref().is_empty() || g.get_ref().chars().any(char::is_control) {
+                c.at(
+                    g.span(),
+                    format!("user `{shown}`: group names must be non-empty and printable"),
+                );
+            } else {
+                groups.push(Arc::<str>::from(g.get_ref().as_str()));
+            }
+        }
+        let expires = match &user.expires {
+            None => None,
+            Some(dt) => match to_system_time(dt.get_ref()) {
+                Some(t) => Some(t),
+                None => {
+                    c.at(dt.span(), format!("user `{shown}`: expires: use an RFC 3339 date-time with offset, e.g. 2027-03-31T00:00:00Z"));
+                    continue;
+                }
+            },
+        };
+        users.push(User::new(name.into(), hash, groups, user.disabled, expires));
+    }
+    (users, c.problems)
+}
+
+/// A TOML offset date-time (or a bare date, taken as midnight UTC) as a
+/// `SystemTime`.
+fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
+    let text = match (dt.date, dt.time, dt.offset) {
+        (Some(_), Some(_), Some(_)) => dt.to_string(),
+        (Some(d), None, None) => format!("{d}T00:00:00Z"),
+        _ => return None,
+    };
+    humantime::parse_rfc3339_weak(&text.replace('z', "Z"))
+        .ok()
+        .or_else(|| {
+            // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
+            parse_with_offset(&text)
+        })
+}
+
+fn parse_with_offset(text: &str) -> Option<SystemTime> {
+    let (base, sign, off) = if let Some(i) = text.rfind('+') {
+        (&text[..i], 1i64, &text[i + 1..])
+    } else {
+        let i = text.rfind('-').filter(|&i| i > 10)?;
+        (&text[..i], -1i64, &text[i + 1..])
+    };
+    let (h, m) = off.split_once(':')?;
+    let secs = sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60);
+    let t = humantime::parse_rfc3339_weak(base).ok()?;
+    if secs >= 0 {
+        t.checked_sub(std::time::Duration::from_secs(secs as u64))
+    } else {
+        t.checked_add(std::time::Duration::from_secs((-secs) as u64))
+    }
+}
+
+/// The argon2 parameters most users have, for the dummy hash.
+pub fn common_params(users: &[User]) -> Option<argon2::Params> {
+    let mut counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
+    for u in users {
+        if let Some(p) = u.argon2_params() {
+            *counts
+                .entry((p.m_cost(), p.t_cost(), p.p_cost()))
+                .or_default() += 1;
+        }
+    }
+    let ((m, t, p), _) = counts.into_iter().max_by_key(|(k, n)| (*n, *k))?;
+    argon2::Params::new(m, t, p, None).ok()
+}

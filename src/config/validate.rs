@@ -1,0 +1,291 @@
+//! `authgate.toml` → validated settings, collecting every problem.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::{Collector, Problem};
+use super::raw::RawConfig;
+use super::{Auth, Limits, Log, Server};
+use crate::policy::egress::Egress;
+use crate::telemetry::LogFormat;
+
+/// Validated settings of the main config file.
+pub struct Settings {
+    pub server: Server,
+    pub auth: Auth,
+    pub log: Log,
+    pub limits: Limits,
+    pub egress: Egress,
+}
+
+fn defaults(path: &Path) -> Settings {
+    Settings {
+        server: Server {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
+            realm: "authgate".into(),
+            via: true,
+        },
+        auth: Auth {
+            users_file: path.parent().unwrap_or(Path::new(".")).join("users.toml"),
+            cache_ttl: Duration::from_secs(300),
+            max_pending: 256,
+            argon2: crate::auth::password::default_params(),
+        },
+        log: Log {
+            level: "info".into(),
+            format: LogFormat::Text,
+            access: true,
+        },
+        limits: Limits::default(),
+        egress: Egress::default(),
+    }
+}
+
+/// Parses a duration such as `5m`, `30s`, `1h 30m`, `250ms`.
+pub fn duration(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) -> Option<Duration> {
+    match humantime::parse_duration(v.get_ref().trim()) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            c.at(
+                v.span(),
+                format!(
+                    "{what}: bad duration `{}` ({e}); use e.g. \"30s\", \"5m\", \"1h\"",
+                    v.get_ref().chars().take(40).collect::<String>()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Validates `source` (the main config at `path`); returns the settings with
+/// defaults where a value was missing or bad, and every problem found.
+pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
+    let mut c = Collector::new(path, source);
+    let mut s = defaults(path);
+    let raw: RawConfig = match toml::from_str(source) {
+        Ok(r) => r,
+        Err(e) => {
+            c.toml(&e);
+            return (s, c.problems);
+        }
+    };
+
+    if let Some(listen) = &raw.server.listen {
+        s.server.listen.clear();
+        for item in listen.get_ref() {
+            match item.get_ref().trim().parse::<SocketAddr>() {
+                Ok(a) => s.server.listen.push(a),
+                Err(_) => c.at(item.span(), format!("server.listen: `{}` is not an address:port (e.g. \"127.0.0.1:3128\" or \"[::1]:3128\")", item.get_ref().chars().take(60).collect::<String>())),
+            }
+        }
+    }
+    if let Some(realm) = &raw.server.realm {
+        let r = realm.get_ref();
+        if r.is_empty()
+            || r.len() > 100
+            || r.chars()
+                .any(|ch| ch.is_control() || ch == '"' || ch == '\\')
+        {
+            c.at(
+                realm.span(),
+                "server.realm: must be 1-100 printable characters without quotes or backslashes",
+            );
+        } else {
+            s.server.realm = r.clone();
+        }
+    }
+    if let Some(via) = raw.server.via {
+        s.server.via = via;
+    }
+
+    if let Some(f) = &raw.auth.users_file {
+        let base = path.parent().unwrap_or(Path::new("."));
+        if f.get_ref().trim().is_empty() {
+            c.at(f.span(), "auth.users_file: must not be empty");
+        } else {
+            s.auth.users_file = base.join(f.get_ref());
+        }
+    }
+    if let Some(ttl) = &raw.auth.cache_ttl {
+        if let Some(d) = duration(&mut c, ttl, "auth.cache_ttl") {
+            s.auth.cache_ttl = d;
+        }
+    }
+    if let Some(mp) = &raw.auth.max_pending {
+        match usize::try_from(*mp.get_ref()) {
+            Ok(n) if (1..=1_000_000).contains(&n) => s.auth.max_pending = n,
+            _ => c.at(mp.span(), "auth.max_pending: must be between 1 and 1000000"),
+        }
+    }
+    let a = &raw.auth.argon2;
+    let defaults = crate::auth::password::default_params();
+    let mut get = |v: &Option<Spanned<i64>>,
+                   default: u32,
+                   name: &str,
+                   range: std::ops::RangeInclusive<u32>|
+     -> u32 {
+        match v {
+            None => default,
+            Some(v) => match u32::try_from(*v.get_ref()) {
+                Ok(n) if range.contains(&n) => n,
+                _ => {
+                    c.at(
+                        v.span(),
+                        format!(
+                            "auth.argon2.{name}: must be between {} and {}",
+                            range.start(),
+                            range.end()
+                        ),
+                    );
+                    default
+                }
+            },
+        }
+    };
+    let m = get(&a.m_cost, defaults.m_cost(), "m_cost", 8..=4_194_304);
+    let t = get(&a.t_cost, defaults.t_cost(), "t_cost", 1..=100);
+    let p = get(&a.p_cost, defaults.p_cost(), "p_cost", 1..=64);
+    match argon2::Params::new(m.max(8 * p), t, p, None) {
+        Ok(params) => s.auth.argon2 = params,
+        Err(e) => c.whole(format!("auth.argon2: {e}")),
+    }
+
+    if let Some(level) = &raw.log.level {
+        if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {
+            c.at(
+                level.span(),
+                "log.level: not a valid level or filter (use error, warn, info, debug, trace)",
+            );
+        } else {
+            s.log.level = level.get_ref().clone();
+        }
+    }
+    if let Some(format) = &raw.log.format {
+        match format.get_ref().as_str() {
+            "text" => s.log.format = LogFormat::Text,
+            "json" => s.log.format = LogFormat::Json,
+            _ => c.at(format.span(), "log.format: must be \"text\" or \"json\""),
+        }
+    }
+    if let Some(access) = raw.log.access {
+        s.log.access = access;
+    }
+    limits(&mut c, &raw.limits, &mut s.limits);
+
+    let mut allow = Vec::new();
+    for cidr in &raw.egress.allow_cidrs {
+        match parse_cidr(cidr.get_ref()) {
+            Some(net) => allow.push(net),
+            None => c.at(
+                cidr.span(),
+                format!(
+                    "egress.allow_cidrs: `{}` is not a CIDR (e.g. \"10.1.0.0/16\" or \"fd00::/8\")",
+                    cidr.get_ref().chars().take(60).collect::<String>()
+                ),
+            ),
+        }
+    }
+    s.egress = Egress::new(allow);
+    (s, c.problems)
+}
+
+/// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+}
+
+fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
+    let durations: [(&Option<Spanned<String>>, &mut Duration, &str); 7] = [
+        (
+            &raw.header_read_timeout,
+            &mut l.header_read_timeout,
+            "limits.header_read_timeout",
+        ),
+        (
+            &raw.idle_timeout,
+            &mut l.idle_timeout,
+            "limits.idle_timeout",
+        ),
+        (
+            &raw.connect_timeout,
+            &mut l.connect_timeout,
+            "limits.connect_timeout",
+        ),
+        (&raw.dns_timeout, &mut l.dns_timeout, "limits.dns_timeout"),
+        (
+            &raw.upstream_response_timeout,
+            &mut l.upstream_response_timeout,
+            "limits.upstream_response_timeout",
+        ),
+        (
+            &raw.tunnel_idle_timeout,
+            &mut l.tunnel_idle_timeout,
+            "limits.tunnel_idle_timeout",
+        ),
+        (
+            &raw.shutdown_grace,
+            &mut l.shutdown_grace,
+            "limits.shutdown_grace",
+        ),
+    ];
+    for (raw, slot, name) in durations {
+        if let Some(v) = raw {
+            match duration(c, v, name) {
+                Some(d) if d.is_zero() && name != "limits.shutdown_grace" => {
+                    c.at(v.span(), format!("{name}: must be greater than zero"))
+                }
+                Some(d) => *slot = d,
+                None => {}
+            }
+        }
+    }
+    let counts: [(
+        &Option<Spanned<i64>>,
+        &mut usize,
+        &str,
+        std::ops::RangeInclusive<i64>,
+    ); 3] = [
+        (
+            &raw.max_header_bytes,
+            &mut l.max_header_bytes,
+            "limits.max_header_bytes",
+            8192..=1_048_576,
+        ),
+        (
+            &raw.max_connections,
+            &mut l.max_connections,
+            "limits.max_connections",
+            1..=10_000_000,
+        ),
+        (
+            &raw.max_connections_per_ip,
+            &mut l.max_connections_per_ip,
+            "limits.max_connections_per_ip",
+            1..=10_000_000,
+        ),
+    ];
+    for (raw, slot, name, range) in counts {
+        if let Some(v) = raw {
+            if range.contains(v.get_ref()) {
+                *slot = *v.get_ref() as usize;
+            } else {
+                c.at(
+                    v.span(),
+                    format!(
+                        "{name}: must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            }
+        }
+    }
+}

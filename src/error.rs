@@ -1,0 +1,142 @@
+//! The one error type of the request path, grouped by who is at fault.
+//!
+//! Every failure that ends a request as a response authgate makes itself is a
+//! [`ProxyError`]. The mapping to a status code, an RFC 9209 `Proxy-Status`
+//! error type and a stable `code` lives in one `match` in [`crate::respond`];
+//! this module only says *what* went wrong and *who* caused it.
+//!
+//! Details never name a password, a header value, or whether a user exists.
+
+use std::time::Duration;
+
+/// Who caused a failure: decides the status class and how it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something we cannot serve (4xx).
+    Client,
+    /// The client's proxy credentials are missing or wrong (407).
+    Credentials,
+    /// Authenticated, but policy says no (403, 508, 429).
+    Policy,
+    /// The origin or the path to it failed (502/504).
+    Upstream,
+    /// authgate itself could not do its job (500/503).
+    Ourselves,
+}
+
+/// A failure that authgate answers with a response of its own.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProxyError {
+    // ---- client ----
+    /// An origin-form request (`GET / HTTP/1.1`) aimed at the proxy itself.
+    #[error("origin-form request sent to a proxy")]
+    OriginForm,
+    /// An absolute-form target with a scheme authgate does not forward.
+    #[error("unsupported scheme {scheme}")]
+    UnsupportedScheme {
+        /// The scheme as sent (lower-cased, truncated).
+        scheme: String,
+    },
+    /// The request target cannot be used (no host, bad port, ...).
+    #[error("bad request target: {detail}")]
+    BadTarget {
+        /// What is wrong with it, without echoing the target.
+        detail: &'static str,
+    },
+
+    // ---- credentials ----
+    /// Missing, malformed or wrong proxy credentials; all look alike.
+    #[error("proxy authentication required")]
+    ProxyAuthRequired,
+    /// Too many failed attempts from this client address.
+    #[error("too many failed authentication attempts")]
+    Throttled {
+        /// When the client may try again.
+        retry_after: Duration,
+    },
+
+    // ---- policy ----
+    /// An access rule (or the default) denies this user this target.
+    #[error("denied by {rule}")]
+    DeniedByRule {
+        /// `rule NAME` or `default`.
+        rule: String,
+    },
+    /// The target resolves to an address the egress policy forbids.
+    #[error("destination address prohibited")]
+    DestinationIpProhibited {
+        /// The address that was refused.
+        addr: std::net::IpAddr,
+    },
+    /// The request already passed through this proxy.
+    #[error("proxy loop detected")]
+    LoopDetected,
+
+    // ---- upstream ----
+    /// The name does not resolve.
+    #[error("DNS lookup failed")]
+    DnsError,
+    /// The resolver did not answer in time.
+    #[error("DNS lookup timed out")]
+    DnsTimeout,
+    /// Every address refused the connection.
+    #[error("connection refused")]
+    ConnectionRefused,
+    /// Connecting took longer than the connect timeout.
+    #[error("connection timed out")]
+    ConnectionTimeout,
+    /// Could not connect for another reason (unreachable network, ...).
+    #[error("destination unavailable")]
+    DestinationUnavailable,
+    /// The origin did not send a response head in time.
+    #[error("upstream response timed out")]
+    UpstreamReadTimeout,
+    /// The origin broke the protocol or closed the connection early.
+    #[error("upstream protocol error: {detail}")]
+    UpstreamProtocol {
+        /// A short, fixed description.
+        detail: &'static str,
+    },
+    /// The origin answered 407, which would be mistaken for ours.
+    #[error("upstream answered 407")]
+    Upstream407,
+    /// The origin's TLS certificate did not verify.
+    #[error("upstream TLS certificate error")]
+    UpstreamTls,
+
+    // ---- ourselves ----
+    /// The password-verification queue is full.
+    #[error("authentication overloaded")]
+    AuthOverloaded {
+        /// When the client may try again.
+        retry_after: Duration,
+    },
+    /// Too many connections (overall or from this client).
+    #[error("too many connections")]
+    TooManyConnections,
+    /// A bug or resource failure inside authgate.
+    #[error("internal error")]
+    Internal,
+}
+
+impl ProxyError {
+    /// Who is at fault for this error.
+    pub fn fault(&self) -> Fault {
+        use ProxyError::*;
+        match self {
+            OriginForm | UnsupportedScheme { .. } | BadTarget { .. } => Fault::Client,
+            ProxyAuthRequired | Throttled { .. } => Fault::Credentials,
+            DeniedByRule { .. } | DestinationIpProhibited { .. } | LoopDetected => Fault::Policy,
+            DnsError
+            | DnsTimeout
+            | ConnectionRefused
+            | ConnectionTimeout
+            | DestinationUnavailable
+            | UpstreamReadTimeout
+            | UpstreamProtocol { .. }
+            | Upstream407
+            | UpstreamTls => Fault::Upstream,
+            AuthOverloaded { .. } | TooManyConnections | Internal => Fault::Ourselves,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! authgate: a forward HTTP proxy that lets traffic out only with valid proxy
+//! credentials.
+//!
+//! Module map (data flows down this list, nothing flows back up):
+//!
+//! - [`config`]: TOML files → one validated, immutable [`config::Snapshot`]
+//! - [`auth`]: `Proxy-Authorization` parsing, users, verified cache, argon2 pool
+//! - [`policy`]: egress IP policy (and access rules)
+//! - [`target`]: strict parsing of request targets
+//! - [`proxy`]: per-request flow, CONNECT tunnels, forwarding, upstream dialing
+//! - [`respond`]: every response authgate makes itself
+//! - [`body`]: response/request bodies with byte counting and the access log
+//! - [`server`]: listeners, connections, graceful shutdown
+//! - [`telemetry`]: logging
+//! - [`error`]: the one error type, grouped by who is at fault
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod policy;
+pub mod proxy;
+pub mod respond;
+pub mod server;
+pub mod target;
+pub mod telemetry;
+
+pub use config::Snapshot;
+pub use proxy::State;
+pub use server::run;

@@ -1,0 +1,173 @@
+//! The `authgate` command line: parse arguments, call the library, map errors
+//! to exit codes. Nothing else lives here.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "authgate",
+    version,
+    about = "Forward HTTP proxy that requires proxy credentials"
+)]
+struct Cli {
+    /// Config file.
+    #[arg(long, short, global = true, default_value = "config/authgate.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config and users file; print `ok` or every problem.
+    Check,
+    /// Read a password and print its argon2id PHC string.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(&cli.config),
+        Command::Check => check(&cli.config),
+        Command::HashPassword => hash_password(&cli.config),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("authgate: {msg}");
+    ExitCode::FAILURE
+}
+
+fn check(config: &Path) -> ExitCode {
+    match authgate::config::load(config) {
+        Ok(snap) => {
+            println!("ok: {}", snap.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: &Path) -> ExitCode {
+    let snap = match authgate::config::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    authgate::telemetry::init(&snap.log.level, snap.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let mut listeners = Vec::new();
+        for addr in &snap.server.listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => listeners.push(l),
+                Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
+            }
+        }
+        tracing::info!(summary = %snap.summary(), "authgate started");
+        let state = authgate::State::new(snap);
+        match authgate::run(state, listeners, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT; a second signal exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        eprintln!("authgate: second signal, exiting now");
+        std::process::exit(1);
+    });
+}
+
+fn hash_password(config: &Path) -> ExitCode {
+    let params = if config.exists() {
+        match authgate::config::argon2_params(config) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        authgate::auth::password::default_params()
+    };
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    match authgate::auth::password::hash_password(&password, params) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(format!("cannot hash: {e}")),
+    }
+}
+
+/// A password from a no-echo prompt (asked twice) on a TTY, else one line of
+/// standard input.
+fn read_password() -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ")
+            .map_err(|e| format!("cannot read password: {e}"))?;
+        let second = rpassword::prompt_password("Repeat: ")
+            .map_err(|e| format!("cannot read password: {e}"))?;
+        if first != second {
+            return Err("passwords do not match".into());
+        }
+        non_empty(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read password from stdin: {e}"))?;
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        non_empty(line.to_owned())
+    }
+}
+
+fn non_empty(p: String) -> Result<String, String> {
+    if p.is_empty() {
+        Err("empty password".into())
+    } else {
+        Ok(p)
+    }
+}

@@ -1,0 +1,211 @@
+//! Egress IP policy: which addresses authgate will connect to at all.
+//!
+//! Independent of the access rules and checked on every address a name
+//! resolves to, right before connecting to that same address. Denied unless
+//! opened with `[egress] allow_cidrs`: loopback, RFC 1918 private, CGNAT,
+//! link-local (incl. the cloud metadata address 169.254.169.254), unique-local,
+//! unspecified, broadcast, multicast, documentation and benchmarking ranges,
+//! reserved ranges, and the IPv4-mapped / IPv4-compatible / NAT64 / 6to4 IPv6
+//! forms of all of these (the embedded IPv4 address is checked).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+/// Ranges denied by default, with the reason shown by `explain`.
+const DENIED: &[(&str, &str)] = &[
+    ("0.0.0.0/8", "unspecified / this network"),
+    ("10.0.0.0/8", "private (RFC 1918)"),
+    ("100.64.0.0/10", "carrier-grade NAT (RFC 6598)"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local / cloud metadata"),
+    ("172.16.0.0/12", "private (RFC 1918)"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation (TEST-NET-1)"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private (RFC 1918)"),
+    ("198.18.0.0/15", "benchmarking (RFC 2544)"),
+    ("198.51.100.0/24", "documentation (TEST-NET-2)"),
+    ("203.0.113.0/24", "documentation (TEST-NET-3)"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved / broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("100::/64", "discard-only"),
+    ("2001::/23", "IETF protocol assignments"),
+    ("2001:db8::/32", "documentation"),
+    ("fc00::/7", "unique-local"),
+    ("fe80::/10", "link-local"),
+    ("fec0::/10", "site-local (deprecated)"),
+    ("ff00::/8", "multicast"),
+];
+
+/// The egress policy: default-denied ranges minus `allow_cidrs`.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    denied: Vec<(IpNet, &'static str)>,
+    allowed: Vec<IpNet>,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Egress::new(Vec::new())
+    }
+}
+
+/// The verdict on one address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// authgate may connect.
+    Allowed,
+    /// Opened by `allow_cidrs` although in a denied range.
+    AllowedByConfig(IpNet),
+    /// In a denied range (the reason names it).
+    Denied(&'static str),
+}
+
+impl Egress {
+    /// A policy that additionally allows `allowed`.
+    pub fn new(allowed: Vec<IpNet>) -> Self {
+        let denied = DENIED
+            .iter()
+            .filter_map(|(net, why)| net.parse::<IpNet>().ok().map(|n| (n, *why)))
+            .collect();
+        Egress { denied, allowed }
+    }
+
+    /// The configured `allow_cidrs`.
+    pub fn allowed(&self) -> &[IpNet] {
+        &self.allowed
+    }
+
+    /// Checks one address. IPv6 forms that embed an IPv4 address are checked
+    /// as that IPv4 address.
+    pub fn check(&self, ip: IpAddr) -> Verdict {
+        let ip = canonical(ip);
+        if let Some(net) = self.allowed.iter().find(|n| n.contains(&ip)) {
+            return match self.denied_reason(ip) {
+                Some(_) => Verdict::AllowedByConfig(*net),
+                None => Verdict::Allowed,
+            };
+        }
+        match self.denied_reason(ip) {
+            Some(why) => Verdict::Denied(why),
+            None => Verdict::Allowed,
+        }
+    }
+
+    /// Whether connecting to `ip` is allowed.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        !matches!(self.check(ip), Verdict::Denied(_))
+    }
+
+    fn denied_reason(&self, ip: IpAddr) -> Option<&'static str> {
+        self.denied
+            .iter()
+            .find(|(n, _)| n.contains(&ip))
+            .map(|(_, why)| *why)
+    }
+}
+
+/// The IPv4 address an IPv6 address embeds, for the transition forms that
+/// reach IPv4 hosts: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
+/// NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:aabb:ccdd::`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4).unwrap_or(ip),
+    }
+}
+
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
+        // IPv4-compatible; ::, ::1 stay IPv6 (their own ranges apply).
+        [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
+        [0x2002, a, b, ..] => Some(Ipv4Addr::new(
+            (a >> 8) as u8,
+            a as u8,
+            (b >> 8) as u8,
+            b as u8,
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn denied(e: &Egress, s: &str) -> bool {
+        !e.permits(s.parse().unwrap())
+    }
+
+    #[test]
+    fn internal_ranges_are_denied_by_default() {
+        let e = Egress::default();
+        for s in [
+            "127.0.0.1",
+            "127.255.255.254",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "2002:7f00:1::",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(denied(&e, s), "{s} should be denied");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_allowed() {
+        let e = Egress::default();
+        for s in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+        ] {
+            assert!(!denied(&e, s), "{s} should be allowed");
+        }
+    }
+
+    #[test]
+    fn allow_cidrs_opens_exactly_that_range() {
+        let e = Egress::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert!(!denied(&e, "127.0.0.1"));
+        assert!(!denied(&e, "::ffff:127.0.0.1"));
+        assert!(denied(&e, "10.0.0.1"));
+        assert!(denied(&e, "::1"));
+        assert!(matches!(
+            e.check("127.0.0.1".parse().unwrap()),
+            Verdict::AllowedByConfig(_)
+        ));
+    }
+}

@@ -1,0 +1,103 @@
+//! The one place that resolves, checks and dials upstream.
+//!
+//! Every address a name resolves to is checked against the egress policy, and
+//! the connection goes to an address that was checked — never to a name that
+//! is resolved again — so DNS rebinding cannot slip past the check.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::dns::Resolver;
+use crate::error::ProxyError;
+use crate::policy::egress::Egress;
+use crate::target::{Host, Target};
+
+/// Resolves and dials targets.
+pub struct Connector {
+    resolver: Resolver,
+}
+
+impl Connector {
+    /// A connector using `resolver`.
+    pub fn new(resolver: Resolver) -> Self {
+        Connector { resolver }
+    }
+
+    /// The resolver (for `explain` and rules that need addresses).
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// The addresses of `target`, unchecked.
+    ///
+    /// # Errors
+    /// `DnsError` / `DnsTimeout`.
+    pub async fn resolve(
+        &self,
+        host: &Host,
+        dns_timeout: Duration,
+    ) -> Result<Vec<IpAddr>, ProxyError> {
+        match host {
+            Host::Ip(ip) => Ok(vec![*ip]),
+            Host::Name(name) => self.resolver.lookup(name, dns_timeout).await,
+        }
+    }
+
+    /// Resolves `target` and keeps only the addresses `egress` permits.
+    ///
+    /// # Errors
+    /// DNS errors, or `DestinationIpProhibited` naming the first refused
+    /// address when every address is refused. A name with some internal and
+    /// some public addresses is refused whole: a mixed answer is the shape of
+    /// a rebinding attack.
+    pub async fn resolve_checked(
+        &self,
+        target: &Target,
+        egress: &Egress,
+        dns_timeout: Duration,
+    ) -> Result<Vec<SocketAddr>, ProxyError> {
+        let ips = self.resolve(&target.host, dns_timeout).await?;
+        if let Some(bad) = ips.iter().find(|ip| !egress.permits(**ip)) {
+            return Err(ProxyError::DestinationIpProhibited { addr: *bad });
+        }
+        Ok(ips
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, target.port))
+            .collect())
+    }
+
+    /// Connects to the first address that answers, within `timeout` overall.
+    ///
+    /// # Errors
+    /// `ConnectionRefused`, `ConnectionTimeout` or `DestinationUnavailable`.
+    pub async fn dial(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ProxyError> {
+        let attempt = async {
+            let mut last = ProxyError::DestinationUnavailable;
+            for addr in addrs {
+                match TcpStream::connect(addr).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        return Ok(s);
+                    }
+                    Err(e) => last = classify(&e),
+                }
+            }
+            Err(last)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(ProxyError::ConnectionTimeout),
+        }
+    }
+}
+
+fn classify(e: &io::Error) -> ProxyError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ProxyError::ConnectionRefused,
+        io::ErrorKind::TimedOut => ProxyError::ConnectionTimeout,
+        _ => ProxyError::DestinationUnavailable,
+    }
+}

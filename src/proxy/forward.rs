@@ -1,0 +1,109 @@
+//! Absolute-form `http://` requests: rewrite, send upstream, stream back.
+//!
+//! RFC 9112 §3.2.2: the proxy replaces `Host` with the target URI's authority
+//! and sends origin-form upstream. Bodies stream both ways frame by frame. The
+//! origin's response passes through untouched (401 and 403 included) except
+//! hop-by-hop fields and `Via`; an origin 407 is never passed on.
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::State;
+use super::connect::Connector;
+use super::headers::{add_via, strip_hop_by_hop, wants_upgrade};
+use super::service::Reply;
+use super::tunnel::{Job, Upstream};
+use crate::body::{ProxyBody, RequestBody};
+use crate::config::Snapshot;
+use crate::error::ProxyError;
+use crate::target::Target;
+use crate::telemetry::AccessRecord;
+
+/// Forwards one absolute-form request to `target`.
+///
+/// # Errors
+/// DNS, egress, connect and upstream protocol failures, and an origin 407.
+pub async fn forward(
+    state: &State,
+    snap: &Snapshot,
+    target: Target,
+    mut req: Request<Incoming>,
+    rec: &AccessRecord,
+) -> Result<Reply, ProxyError> {
+    let upgrade = wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_owned())
+        .ok_or(ProxyError::BadTarget { detail: "no host" })?;
+    let host =
+        HeaderValue::from_str(&host).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(path);
+
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    parts.headers.insert(header::HOST, host);
+    if snap.server.via {
+        add_via(&mut parts.headers, parts.version);
+    }
+    parts.version = Version::HTTP_11;
+    let req = Request::from_parts(parts, RequestBody::new(body, rec.bytes_up.clone()));
+
+    let limits = &snap.limits;
+    let dial = || async {
+        let addrs = state
+            .connector
+            .resolve_checked(&target, &snap.egress, limits.dns_timeout)
+            .await?;
+        Connector::dial(&addrs, limits.connect_timeout).await
+    };
+    let sent = state
+        .pool
+        .send(&target, req, limits.upstream_response_timeout, dial)
+        .await?;
+    let mut resp = sent.response;
+
+    if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        return Err(ProxyError::Upstream407);
+    }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = client_upgrade else {
+            return Err(ProxyError::UpstreamProtocol {
+                detail: "101 without an upgrade request",
+            });
+        };
+        let origin = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        if snap.server.via {
+            add_via(&mut parts.headers, parts.version);
+        }
+        let resp = http::Response::from_parts(parts, ProxyBody::empty());
+        return Ok(Reply::Tunnel(
+            resp,
+            Job {
+                client,
+                upstream: Upstream::Upgraded(origin),
+            },
+        ));
+    }
+
+    strip_hop_by_hop(resp.headers_mut(), false);
+    if snap.server.via {
+        let version = resp.version();
+        add_via(resp.headers_mut(), version);
+    }
+    if let Some(conn) = sent.conn {
+        state.pool.checkin(target, conn);
+    }
+    Ok(Reply::Response(resp.map(ProxyBody::upstream)))
+}

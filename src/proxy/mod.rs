@@ -1,0 +1,86 @@
+//! The proxy: classify → authenticate → authorize → dispatch.
+//!
+//! [`service`] is the per-request entry point; [`tunnel`] carries CONNECT,
+//! [`forward`] carries absolute-form `http://` requests; [`connect`] is the one
+//! place that resolves, checks and dials; [`headers`] does header hygiene.
+
+pub mod connect;
+pub mod dns;
+pub mod forward;
+pub mod headers;
+pub mod pool;
+pub mod service;
+pub mod tunnel;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Snapshot;
+use connect::Connector;
+use dns::Resolver;
+use pool::Pool;
+
+/// Everything shared by all connections: the live snapshot and the engines.
+pub struct State {
+    /// The live configuration; replaced whole on reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Authentication engine (cache, argon2 pool).
+    pub auth: Authenticator,
+    /// Resolver + dialer.
+    pub connector: Connector,
+    /// Upstream keep-alive pool.
+    pub pool: Arc<Pool>,
+    /// Every connection and tunnel task, for graceful shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when shutdown's grace period is over: closes tunnels.
+    pub kill: CancellationToken,
+    ids: RequestIds,
+}
+
+impl State {
+    /// Builds the shared state around a first snapshot.
+    pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let auth = Authenticator::new(workers, snapshot.auth.max_pending);
+        Arc::new(State {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            auth,
+            connector: Connector::new(Resolver::new(Duration::from_secs(30))),
+            pool: Arc::new(Pool::new(Duration::from_secs(60))),
+            tasks: TaskTracker::new(),
+            kill: CancellationToken::new(),
+            ids: RequestIds::new(),
+        })
+    }
+
+    /// A fresh request id.
+    pub fn next_request_id(&self) -> Arc<str> {
+        self.ids.next()
+    }
+}
+
+/// Request ids: a random per-process prefix plus a counter, 16 hex digits.
+struct RequestIds {
+    base: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds {
+            base: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> Arc<str> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}", self.base.wrapping_add(n)).into()
+    }
+}

@@ -1,0 +1,170 @@
+//! Pooled keep-alive HTTP/1.1 connections to origins.
+//!
+//! A connection goes back to the pool once its response has been read to the
+//! end (hyper's `SendRequest` becomes ready again); a connection the origin
+//! closed is noticed and dropped at checkout. When a pooled connection turns
+//! out to be dead before the request was written, hyper hands the request
+//! back and it is retried on a fresh connection, so a stale keep-alive
+//! connection never becomes a client-visible error.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::RequestBody;
+use crate::error::ProxyError;
+use crate::target::Target;
+
+/// Idle connections kept per origin.
+const MAX_IDLE_PER_ORIGIN: usize = 64;
+/// Origins with idle connections kept at most.
+const MAX_ORIGINS: usize = 4096;
+
+struct Idle {
+    tx: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// The upstream connection pool.
+pub struct Pool {
+    idle: Mutex<HashMap<Target, Vec<Idle>>>,
+    idle_timeout: Duration,
+}
+
+/// A response plus what to do with its connection afterwards.
+pub struct Sent {
+    /// The origin's response.
+    pub response: Response<Incoming>,
+    /// The connection, to return to the pool once the response is consumed
+    /// (`None` after an upgrade or `Connection: close`).
+    pub conn: Option<SendRequest<RequestBody>>,
+}
+
+impl Pool {
+    /// An empty pool; idle connections older than `idle_timeout` are dropped.
+    pub fn new(idle_timeout: Duration) -> Self {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout,
+        }
+    }
+
+    fn checkout(&self, key: &Target) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        let now = Instant::now();
+        while let Some(c) = list.pop() {
+            if c.tx.is_ready() && now.duration_since(c.since) < self.idle_timeout {
+                return Some(c.tx);
+            }
+        }
+        idle.remove(key);
+        None
+    }
+
+    /// Returns a connection to the pool once its current response is done.
+    pub fn checkin(self: &std::sync::Arc<Self>, key: Target, mut tx: SendRequest<RequestBody>) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if tx.ready().await.is_err() {
+                return;
+            }
+            let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
+                let now = Instant::now();
+                let timeout = pool.idle_timeout;
+                idle.retain(|_, l| {
+                    l.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
+                    !l.is_empty()
+                });
+                if idle.len() >= MAX_ORIGINS {
+                    return;
+                }
+            }
+            let list = idle.entry(key).or_default();
+            if list.len() < MAX_IDLE_PER_ORIGIN {
+                list.push(Idle {
+                    tx,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+
+    /// Sends `req` to `key`, on a pooled connection if one is idle, else on a
+    /// new one made by `dial` (which resolves, checks and connects).
+    ///
+    /// # Errors
+    /// The dial error, or `UpstreamProtocol` / `UpstreamReadTimeout`.
+    pub async fn send<D, F>(
+        &self,
+        key: &Target,
+        mut req: Request<RequestBody>,
+        head_timeout: Duration,
+        dial: D,
+    ) -> Result<Sent, ProxyError>
+    where
+        D: FnOnce() -> F,
+        F: Future<Output = Result<TcpStream, ProxyError>>,
+    {
+        while let Some(mut tx) = self.checkout(key) {
+            match timed(head_timeout, tx.try_send_request(req)).await? {
+                Ok(response) => {
+                    return Ok(Sent {
+                        response,
+                        conn: Some(tx),
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(upstream_error(e.error())),
+                },
+            }
+        }
+        let stream = dial().await?;
+        let (mut tx, conn) = http1::Builder::new()
+            .max_buf_size(256 * 1024)
+            .handshake::<_, RequestBody>(TokioIo::new(stream))
+            .await
+            .map_err(|e| upstream_error(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        match timed(head_timeout, tx.send_request(req)).await? {
+            Ok(response) => Ok(Sent {
+                response,
+                conn: Some(tx),
+            }),
+            Err(e) => Err(upstream_error(&e)),
+        }
+    }
+}
+
+async fn timed<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, ProxyError> {
+    tokio::time::timeout(d, f)
+        .await
+        .map_err(|_| ProxyError::UpstreamReadTimeout)
+}
+
+fn upstream_error(e: &hyper::Error) -> ProxyError {
+    let detail = if e.is_incomplete_message() {
+        "connection closed before a complete response"
+    } else if e.is_parse() || e.is_parse_status() {
+        "malformed response"
+    } else if e.is_timeout() {
+        return ProxyError::UpstreamReadTimeout;
+    } else if e.is_user() {
+        "request could not be sent"
+    } else {
+        "connection failed"
+    };
+    ProxyError::UpstreamProtocol { detail }
+}

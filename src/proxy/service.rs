@@ -1,0 +1,279 @@
+//! Per-request flow: classify → authenticate → authorize → dispatch → log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::State;
+use super::headers::via_names_us;
+use super::{forward, tunnel};
+use crate::auth::{Outcome, User};
+use crate::body::ProxyBody;
+use crate::config::Snapshot;
+use crate::error::ProxyError;
+use crate::respond::{self, prefers_html};
+use crate::target::{Target, parse_authority, parse_host};
+use crate::telemetry::{AccessRecord, AuditEvent};
+
+/// Largest rejected request body that is read and discarded to keep the
+/// connection usable; larger ones close the connection instead.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+
+/// What the connection knows about its client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The client's address (from the PROXY header when enabled).
+    pub addr: SocketAddr,
+}
+
+/// What a request asks for.
+enum Kind {
+    Connect(Target),
+    Forward(Target),
+}
+
+/// A successful dispatch: a response, maybe with a tunnel to run after it.
+pub enum Reply {
+    /// A plain response; its body carries the access record.
+    Response(Response<ProxyBody>),
+    /// A response that hands the connection over (CONNECT 200, 101); the job
+    /// runs after it and logs when it ends.
+    Tunnel(Response<ProxyBody>, tunnel::Job),
+}
+
+/// Handles one request. Never fails: errors become authgate's own responses.
+pub async fn handle(
+    state: Arc<State>,
+    client: Client,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let snap = state.snapshot.load_full();
+    let request_id = state.next_request_id();
+    let html = prefers_html(req.headers().get(header::ACCEPT));
+    let mut rec = AccessRecord::new(
+        request_id.clone(),
+        client.addr,
+        req.method().clone(),
+        log_target(&req),
+    );
+
+    match process(&state, &snap, &client, req, &mut rec).await {
+        Ok(Reply::Response(resp)) => {
+            rec.status = resp.status().as_u16();
+            if rec.outcome.is_empty() {
+                rec.outcome = "forwarded";
+            }
+            attach_log(resp, rec, snap.log.access)
+        }
+        Ok(Reply::Tunnel(resp, job)) => {
+            rec.status = resp.status().as_u16();
+            tunnel::spawn(&state, job, rec, snap.log.access);
+            resp
+        }
+        Err((err, close)) => {
+            let d = respond::describe(&err);
+            rec.status = d.status.as_u16();
+            rec.outcome = d.code;
+            let ctx = respond::Context {
+                request_id: &request_id,
+                realm: &snap.server.realm,
+                html,
+            };
+            let mut resp = respond::error_response(&err, &ctx);
+            if close {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            attach_log(resp, rec, snap.log.access)
+        }
+    }
+}
+
+fn attach_log(resp: Response<ProxyBody>, rec: AccessRecord, enabled: bool) -> Response<ProxyBody> {
+    if enabled {
+        resp.map(|b| b.with_log(rec))
+    } else {
+        resp
+    }
+}
+
+/// The error, and whether the connection must close after it.
+type Failure = (ProxyError, bool);
+
+async fn process(
+    state: &State,
+    snap: &Arc<Snapshot>,
+    client: &Client,
+    mut req: Request<Incoming>,
+    rec: &mut AccessRecord,
+) -> Result<Reply, Failure> {
+    let kind = classify(&req).map_err(|e| (e, false))?;
+    if via_names_us(req.headers()) {
+        return Err((ProxyError::LoopDetected, false));
+    }
+
+    let user = authenticate(state, snap, client, &mut req, rec).await?;
+    rec.user = Some(user.name.clone());
+
+    // Policy hook: access rules and the egress check (issue #3) plug in here.
+    let target = match &kind {
+        Kind::Connect(t) | Kind::Forward(t) => t,
+    };
+    authorize(snap, &user, req.method(), target, rec).map_err(|e| (e, false))?;
+
+    match kind {
+        Kind::Connect(target) => {
+            rec.outcome = "tunnel";
+            tunnel::open(state, snap, target, req)
+                .await
+                .map_err(|e| (e, false))
+        }
+        Kind::Forward(target) => forward::forward(state, snap, target, req, rec)
+            .await
+            .map_err(|e| (e, false)),
+    }
+}
+
+fn authorize(
+    _snap: &Snapshot,
+    _user: &User,
+    _method: &Method,
+    _target: &Target,
+    _rec: &mut AccessRecord,
+) -> Result<(), ProxyError> {
+    Ok(())
+}
+
+async fn authenticate(
+    state: &State,
+    snap: &Arc<Snapshot>,
+    client: &Client,
+    req: &mut Request<Incoming>,
+    rec: &AccessRecord,
+) -> Result<Arc<User>, Failure> {
+    let header = req
+        .headers()
+        .get(header::PROXY_AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match state
+        .auth
+        .authenticate(&snap.users, header, snap.auth.cache_ttl)
+        .await
+    {
+        Outcome::Ok(user) => Ok(user),
+        Outcome::Overloaded => {
+            let close = !drain_small_body(req).await;
+            Err((
+                ProxyError::AuthOverloaded {
+                    retry_after: respond::OVERLOAD_RETRY,
+                },
+                close,
+            ))
+        }
+        Outcome::Refused { reason, username } => {
+            AuditEvent {
+                request_id: &rec.request_id,
+                client: client.addr,
+                username: username.as_deref(),
+                reason: reason.as_str(),
+                target: &rec.target,
+            }
+            .emit();
+            let close = !drain_small_body(req).await;
+            Err((ProxyError::ProxyAuthRequired, close))
+        }
+    }
+}
+
+/// Reads and discards a small request body so that the connection stays in
+/// sync for the client's retry with credentials. Returns whether the
+/// connection may be kept; a large, unknown-length or `Expect: 100-continue`
+/// body is not read (the client may not even send it), and the connection is
+/// closed cleanly after the response instead.
+async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
+    use http_body::Body as _;
+    if req.body().is_end_stream() {
+        return true;
+    }
+    if req.headers().contains_key(header::EXPECT) {
+        return false;
+    }
+    match req.body().size_hint().exact() {
+        Some(n) if n <= DRAIN_LIMIT => {}
+        _ => return false,
+    }
+    let body = req.body_mut();
+    let drain = async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), drain).await,
+        Ok(true)
+    )
+}
+
+fn classify(req: &Request<Incoming>) -> Result<Kind, ProxyError> {
+    let uri = req.uri();
+    if req.method() == Method::CONNECT {
+        let authority = uri.authority().ok_or(ProxyError::BadTarget {
+            detail: "CONNECT needs host:port",
+        })?;
+        let target = parse_authority(authority.as_str())
+            .map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
+        return Ok(Kind::Connect(target));
+    }
+    match uri.scheme_str() {
+        None => Err(ProxyError::OriginForm),
+        Some(s) if s.eq_ignore_ascii_case("http") => {
+            let host = uri
+                .host()
+                .ok_or(ProxyError::BadTarget { detail: "no host" })?;
+            let host = parse_host(host).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
+            let port = match uri.port_u16() {
+                None => 80,
+                Some(0) => return Err(ProxyError::BadTarget { detail: "bad port" }),
+                Some(p) => p,
+            };
+            Ok(Kind::Forward(Target { host, port }))
+        }
+        Some(s) => Err(ProxyError::UnsupportedScheme {
+            scheme: s.chars().take(16).collect::<String>().to_ascii_lowercase(),
+        }),
+    }
+}
+
+/// The target as logged: `host:port` for CONNECT, scheme://authority/path
+/// otherwise, without userinfo or query.
+fn log_target(req: &Request<Incoming>) -> String {
+    let uri = req.uri();
+    if req.method() == Method::CONNECT {
+        return uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or_default();
+    }
+    match (uri.scheme_str(), uri.authority()) {
+        (Some(scheme), Some(auth)) => {
+            let host = auth.as_str().rsplit('@').next().unwrap_or("");
+            format!("{scheme}://{host}{}", uri.path())
+        }
+        _ => uri.path().to_owned(),
+    }
+}
+
+/// A `200 Connection established` for CONNECT.
+pub fn connect_established() -> Response<ProxyBody> {
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::OK;
+    resp
+}

@@ -1,0 +1,261 @@
+//! Request targets: `host:port`, parsed strictly and canonically.
+//!
+//! Every spelling of an IP address that some resolver or browser accepts is
+//! turned into the address itself here, so the egress check sees what a
+//! connect would reach: IPv4 in the `inet_aton` forms (`2130706433`,
+//! `0177.0.0.1`, `0x7f.1`, `127.1`), bracketed IPv6 with or without a zone id,
+//! and IPv4-mapped IPv6. A name whose last label is numeric but that is not a
+//! valid IPv4 address is refused (as the WHATWG URL standard does) rather than
+//! sent to DNS.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The host part of a target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A DNS name: lower-case ASCII, no trailing dot.
+    Name(String),
+    /// An IP address given literally.
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::Ip(IpAddr::V6(a)) => write!(f, "[{a}]"),
+            Host::Ip(IpAddr::V4(a)) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// Where a request wants to go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The host.
+    pub host: Host,
+    /// The TCP port (never 0).
+    pub port: u16,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Why a target is unusable; the message is safe to show the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadTarget(pub &'static str);
+
+/// Parses a host as it appears in a URI or CONNECT authority (IPv6 in
+/// brackets).
+///
+/// # Errors
+/// [`BadTarget`] for an empty, oversized, or malformed host.
+pub fn parse_host(raw: &str) -> Result<Host, BadTarget> {
+    if raw.is_empty() {
+        return Err(BadTarget("empty host"));
+    }
+    if raw.len() > 255 {
+        return Err(BadTarget("host name too long"));
+    }
+    if let Some(inner) = raw.strip_prefix('[') {
+        let inner = inner
+            .strip_suffix(']')
+            .ok_or(BadTarget("unclosed IPv6 bracket"))?;
+        // A zone id (`%eth0`, URL-encoded `%25eth0`) does not change which
+        // address class this is; the check applies to the address.
+        let addr = inner.split('%').next().unwrap_or(inner);
+        let v6: Ipv6Addr = addr.parse().map_err(|_| BadTarget("bad IPv6 address"))?;
+        return Ok(Host::Ip(IpAddr::V6(v6)));
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(BadTarget("empty host"));
+    }
+    if name.len() > 253 {
+        return Err(BadTarget("host name too long"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(BadTarget("bad host name"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(BadTarget("bad host name"));
+        }
+    }
+    let last = name.rsplit('.').next().unwrap_or("");
+    if looks_numeric(last) {
+        return parse_ipv4_loose(&name)
+            .map(|a| Host::Ip(IpAddr::V4(a)))
+            .ok_or(BadTarget("bad IPv4 address"));
+    }
+    Ok(Host::Name(name))
+}
+
+/// Parses `host:port` (CONNECT authority-form).
+///
+/// # Errors
+/// [`BadTarget`] when the port is missing, zero or not a number, or the host is bad.
+pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
+    let (host, port) = raw
+        .rsplit_once(':')
+        .ok_or(BadTarget("CONNECT needs host:port"))?;
+    if host.starts_with('[') != host.ends_with(']')
+        || (!host.starts_with('[') && host.contains(':'))
+    {
+        return Err(BadTarget("IPv6 addresses must be in brackets"));
+    }
+    let port = parse_port(port)?;
+    Ok(Target {
+        host: parse_host(host)?,
+        port,
+    })
+}
+
+/// Parses a decimal port 1-65535.
+///
+/// # Errors
+/// [`BadTarget`] otherwise.
+pub fn parse_port(raw: &str) -> Result<u16, BadTarget> {
+    if raw.is_empty() || raw.len() > 5 || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BadTarget("bad port"));
+    }
+    match raw.parse::<u16>() {
+        Ok(0) | Err(_) => Err(BadTarget("bad port")),
+        Ok(p) => Ok(p),
+    }
+}
+
+fn looks_numeric(label: &str) -> bool {
+    !label.is_empty()
+        && (label.bytes().all(|b| b.is_ascii_digit())
+            || label
+                .strip_prefix("0x")
+                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())))
+}
+
+/// `inet_aton` semantics: 1-4 parts, each decimal, octal (leading 0) or hex
+/// (`0x`); the last part fills the remaining bytes.
+pub fn parse_ipv4_loose(s: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut nums = Vec::with_capacity(4);
+    for p in &parts {
+        nums.push(parse_part(p)?);
+    }
+    let (last, init) = nums.split_last()?;
+    let mut value: u64 = 0;
+    for (i, n) in init.iter().enumerate() {
+        if *n > 255 {
+            return None;
+        }
+        value |= n << (8 * (3 - i));
+    }
+    let remaining_bits = 8 * (4 - init.len() as u32);
+    if remaining_bits < 64 && *last >= 1u64 << remaining_bits {
+        return None;
+    }
+    value |= last;
+    u32::try_from(value).ok().map(Ipv4Addr::from)
+}
+
+fn parse_part(p: &str) -> Option<u64> {
+    if p.is_empty() || p.len() > 12 {
+        return None;
+    }
+    if let Some(hex) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+        if hex.is_empty() {
+            return Some(0);
+        }
+        return u64::from_str_radix(hex, 16).ok();
+    }
+    if p.len() > 1 && p.starts_with('0') {
+        return u64::from_str_radix(&p[1..], 8).ok();
+    }
+    p.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Host {
+        Host::Ip(s.parse().unwrap())
+    }
+
+    #[test]
+    fn every_spelling_of_loopback_is_an_ip() {
+        for s in [
+            "127.0.0.1",
+            "2130706433",
+            "0177.0.0.1",
+            "0x7f.1",
+            "127.1",
+            "0x7f000001",
+            "0x7F.0.0.1",
+            "127.0.1",
+        ] {
+            assert_eq!(parse_host(s), Ok(ip("127.0.0.1")), "{s}");
+        }
+        assert_eq!(parse_host("0.0.0.0"), Ok(ip("0.0.0.0")));
+        assert_eq!(parse_host("0"), Ok(ip("0.0.0.0")));
+        assert_eq!(parse_host("[::1]"), Ok(ip("::1")));
+        assert_eq!(parse_host("[::ffff:127.0.0.1]"), Ok(ip("::ffff:127.0.0.1")));
+        assert_eq!(parse_host("[fe80::1%25eth0]"), Ok(ip("fe80::1")));
+        assert_eq!(parse_host("[fe80::1%eth0]"), Ok(ip("fe80::1")));
+    }
+
+    #[test]
+    fn names_are_canonical() {
+        assert_eq!(
+            parse_host("Example.COM."),
+            Ok(Host::Name("example.com".into()))
+        );
+        assert_eq!(parse_host("localhost"), Ok(Host::Name("localhost".into())));
+    }
+
+    #[test]
+    fn bad_hosts_are_refused() {
+        for s in [
+            "",
+            ".",
+            "a..b",
+            "256.1.1.1",
+            "1.2.3.4.5",
+            "x.0x1g",
+            "a b",
+            "[::1",
+            "[zz::1]",
+            "09.1.1.1",
+            "4294967296",
+            "1.2.3.999",
+        ] {
+            assert!(parse_host(s).is_err(), "{s} should fail");
+        }
+    }
+
+    #[test]
+    fn authority_needs_a_port() {
+        assert_eq!(parse_authority("example.com:443").unwrap().port, 443);
+        assert_eq!(parse_authority("[::1]:8080").unwrap().host, ip("::1"));
+        for s in [
+            "example.com",
+            "example.com:0",
+            "example.com:99999",
+            "example.com:+1",
+            "::1:80",
+            ":80",
+        ] {
+            assert!(parse_authority(s).is_err(), "{s}");
+        }
+    }
+}

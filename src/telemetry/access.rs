@@ -1,0 +1,127 @@
+//! The access event and the authentication audit event.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Everything the access event of one request or tunnel reports.
+#[derive(Debug)]
+pub struct AccessRecord {
+    /// Shared with the response's `x-request-id` and problem body.
+    pub request_id: Arc<str>,
+    /// The client's address (from PROXY protocol when enabled).
+    pub client: SocketAddr,
+    /// The authenticated user, if any.
+    pub user: Option<Arc<str>>,
+    /// Request method.
+    pub method: http::Method,
+    /// `host:port` for CONNECT, `scheme://authority/path` otherwise (no query:
+    /// query strings often carry tokens).
+    pub target: String,
+    /// Status sent to the client.
+    pub status: u16,
+    /// Body bytes received from the client (tunnel: client → origin).
+    pub bytes_up: Arc<AtomicU64>,
+    /// Body bytes sent to the client (tunnel: origin → client).
+    pub bytes_down: u64,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Short fixed word: `forwarded`, `tunnel`, `denied`, a `code` ...
+    pub outcome: &'static str,
+    /// The rule that decided, if any.
+    pub rule: Option<Arc<str>>,
+}
+
+impl AccessRecord {
+    /// Starts a record for a request that just arrived.
+    pub fn new(
+        request_id: Arc<str>,
+        client: SocketAddr,
+        method: http::Method,
+        target: String,
+    ) -> Self {
+        AccessRecord {
+            request_id,
+            client,
+            user: None,
+            method,
+            target,
+            status: 0,
+            bytes_up: Arc::new(AtomicU64::new(0)),
+            bytes_down: 0,
+            started: Instant::now(),
+            outcome: "",
+            rule: None,
+        }
+    }
+
+    /// Emits the access event.
+    pub fn emit(&self) {
+        let user: &str = self.user.as_deref().unwrap_or("-");
+        let rule: &str = self.rule.as_deref().unwrap_or("-");
+        tracing::info!(
+            target: "authgate::access",
+            request_id = &*self.request_id,
+            client = %self.client,
+            user,
+            method = self.method.as_str(),
+            target = %self.target,
+            status = self.status,
+            bytes_up = self.bytes_up.load(Ordering::Relaxed),
+            bytes_down = self.bytes_down,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            outcome = self.outcome,
+            rule,
+        );
+    }
+}
+
+/// An authentication failure, for the audit log (target `authgate::audit`).
+#[derive(Debug)]
+pub struct AuditEvent<'a> {
+    /// Shared with the 407's `request_id`.
+    pub request_id: &'a str,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The username as sent, escaped and truncated; never the password.
+    pub username: Option<&'a str>,
+    /// `missing`, `malformed`, `unknown_user`, `bad_password`, `disabled`, `expired`, `throttled`.
+    pub reason: &'static str,
+    /// The request target.
+    pub target: &'a str,
+}
+
+impl AuditEvent<'_> {
+    /// Emits the audit event.
+    pub fn emit(&self) {
+        let username = self.username.map(sanitize_username);
+        tracing::warn!(
+            target: "authgate::audit",
+            request_id = self.request_id,
+            client = %self.client,
+            username = username.as_deref().unwrap_or("-"),
+            reason = self.reason,
+            target = self.target,
+            "proxy authentication failed"
+        );
+    }
+}
+
+/// Escapes control characters and truncates a username to 64 characters, so
+/// a hostile name cannot forge log lines or flood the log.
+pub fn sanitize_username(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if i == 64 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
