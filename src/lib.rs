@@ -10,6 +10,7 @@
 //! - [`proxy`]: per-request flow, CONNECT tunnels, forwarding, upstream dialing
 //! - [`respond`]: every response authgate makes itself
 //! - [`body`]: response/request bodies with byte counting and the access log
+//! - [`cli`]: `explain`, `users` and other subcommands (no ports bound)
 //! - [`server`]: listeners, connections, graceful shutdown
 //! - [`telemetry`]: logging
 //! - [`error`]: the one error type, grouped by who is at fault
@@ -18,6 +19,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod policy;

@@ -29,6 +29,17 @@ enum Command {
     Check,
     /// Read a password and print its argon2id PHC string.
     HashPassword,
+    /// Explain whether USER may reach TARGET and why (exit 0 allowed, 1 denied, 2 error).
+    Explain {
+        /// The user to check (no password needed).
+        #[arg(long)]
+        user: String,
+        /// Method (default: GET for http:// URLs, CONNECT otherwise).
+        #[arg(long)]
+        method: Option<String>,
+        /// A URL (http://host/path, https://host) or host:port.
+        target: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +48,7 @@ fn main() -> ExitCode {
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
         Command::HashPassword => hash_password(&cli.config),
+        Command::Explain { user, method, target } => explain(&cli.config, &user, method.as_deref(), &target),
     }
 }
 
@@ -54,6 +66,33 @@ fn check(config: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn explain(config: &Path, user: &str, method: Option<&str>, target: &str) -> ExitCode {
+    let snap = match authgate::config::load(config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("authgate: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(authgate::cli::explain::run(&snap, user, method, target)) {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) }
+        }
+        Err(e) => {
+            eprintln!("authgate: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -7,6 +7,9 @@
 //! request; a reload builds a whole new snapshot and swaps it in.
 
 mod error;
+mod rules;
+
+pub use rules::host_pattern;
 pub mod raw;
 mod users;
 mod validate;
@@ -19,6 +22,7 @@ use std::time::Duration;
 pub use error::{ConfigError, Problem, line_col};
 
 use crate::auth::UserStore;
+use crate::policy::Policy;
 use crate::policy::egress::Egress;
 use crate::telemetry::LogFormat;
 
@@ -114,6 +118,10 @@ pub struct Snapshot {
     pub limits: Limits,
     /// `[egress]`: which addresses may be dialled.
     pub egress: Egress,
+    /// `[dns] servers`; empty means the system's resolvers.
+    pub dns_servers: Vec<SocketAddr>,
+    /// `[policy]` and `[[rules]]`.
+    pub policy: Policy,
     /// The users.
     pub users: Arc<UserStore>,
 }
@@ -123,8 +131,10 @@ impl Snapshot {
     pub fn summary(&self) -> String {
         let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
         format!(
-            "{} user(s); listening on {}; users file {}",
+            "{} user(s), {} rule(s) (default {}); listening on {}; users file {}",
             self.users.len(),
+            self.policy.rules.len(),
+            self.policy.default.as_str(),
             if listen.is_empty() {
                 "nothing".into()
             } else {
@@ -173,6 +183,8 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
         log: settings.log,
         limits: settings.limits,
         egress: settings.egress,
+        dns_servers: settings.dns_servers,
+        policy: settings.policy,
         users: Arc::new(store),
     })
 }

@@ -24,6 +24,49 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub egress: RawEgress,
+    #[serde(default)]
+    pub dns: RawDns,
+    #[serde(default)]
+    pub policy: RawPolicy,
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// `[dns]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    /// Name servers (`ip:port`); the system's when absent.
+    pub servers: Option<Vec<Spanned<String>>>,
+}
+
+/// `[policy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub default: Option<Spanned<String>>,
+}
+
+/// A port or a `"lo-hi"` range.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    Num(i64),
+    Range(String),
+}
+
+/// One `[[rules]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub action: Spanned<String>,
+    pub users: Option<Spanned<Vec<Spanned<String>>>>,
+    pub groups: Option<Spanned<Vec<Spanned<String>>>>,
+    pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    pub ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cidrs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[limits]`: durations as strings ("30s"), sizes and counts as integers.

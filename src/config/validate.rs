@@ -9,6 +9,7 @@ use toml::Spanned;
 use super::error::{Collector, Problem};
 use super::raw::RawConfig;
 use super::{Auth, Limits, Log, Server};
+use crate::policy::Policy;
 use crate::policy::egress::Egress;
 use crate::telemetry::LogFormat;
 
@@ -19,6 +20,8 @@ pub struct Settings {
     pub log: Log,
     pub limits: Limits,
     pub egress: Egress,
+    pub dns_servers: Vec<SocketAddr>,
+    pub policy: Policy,
 }
 
 fn defaults(path: &Path) -> Settings {
@@ -41,6 +44,8 @@ fn defaults(path: &Path) -> Settings {
         },
         limits: Limits::default(),
         egress: Egress::default(),
+        dns_servers: Vec::new(),
+        policy: Policy::default(),
     }
 }
 
@@ -190,6 +195,18 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
         }
     }
     s.egress = Egress::new(allow);
+
+    if let Some(servers) = &raw.dns.servers {
+        for server in servers {
+            let text = server.get_ref().trim();
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            match parsed {
+                Some(a) => s.dns_servers.push(a),
+                None => c.at(server.span(), format!("dns.servers: `{}` is not an address (e.g. \"10.0.0.2\" or \"127.0.0.1:5353\")", text.chars().take(60).collect::<String>())),
+            }
+        }
+    }
+    s.policy = super::rules::policy(&mut c, &raw.policy, &raw.rules);
     (s, c.problems)
 }
 

@@ -2,3 +2,7 @@
 //! all (egress).
 
 pub mod egress;
+pub mod explain;
+pub mod rules;
+
+pub use rules::{Action, Decision, Policy, Query};

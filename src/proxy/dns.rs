@@ -1,73 +1,86 @@
-//! Name resolution with a timeout and a bounded cache.
+//! Name resolution: asynchronous, cached with the records' own TTLs, bounded
+//! by a timeout.
+//!
+//! Uses hickory's resolver (its cache honours each answer's TTL) with either
+//! the system's `/etc/resolv.conf` or the `[dns] servers` of the config.
+//! `localhost` and `*.localhost` are loopback without asking anyone (RFC 6761
+//! §6.3), so the egress check sees them as what they are.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::{ResolveError, TokioResolver};
 
 use crate::error::ProxyError;
 
-const MAX_ENTRIES: usize = 10_000;
-
-/// Resolves host names through the system resolver (`getaddrinfo`), caching
-/// answers for `ttl`.
+/// The resolver shared by all requests.
 pub struct Resolver {
-    ttl: Duration,
-    cache: Mutex<HashMap<String, (Vec<IpAddr>, Instant)>>,
+    inner: TokioResolver,
 }
 
 impl Resolver {
-    /// A resolver caching answers for `ttl` (zero disables the cache).
-    pub fn new(ttl: Duration) -> Self {
-        Resolver {
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-        }
+    /// A resolver asking `servers`, or the system's resolvers when empty.
+    /// `timeout` bounds each query attempt.
+    pub fn new(servers: &[SocketAddr], timeout: Duration) -> Self {
+        let provider = TokioConnectionProvider::default();
+        let mut builder = if servers.is_empty() {
+            match TokioResolver::builder_tokio() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the system DNS configuration; names will not resolve");
+                    TokioResolver::builder_with_config(ResolverConfig::new(), provider)
+                }
+            }
+        } else {
+            let mut config = ResolverConfig::new();
+            for s in servers {
+                config.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
+                config.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
+            }
+            TokioResolver::builder_with_config(config, provider)
+        };
+        let opts: &mut ResolverOpts = builder.options_mut();
+        opts.timeout = timeout;
+        opts.attempts = 1;
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        opts.cache_size = 4096;
+        Resolver { inner: builder.build() }
     }
 
-    /// The addresses of `name`.
+    /// The addresses of `name` (lower-case, no trailing dot).
     ///
     /// # Errors
-    /// `DnsTimeout` after `timeout`, `DnsError` when the name does not resolve.
+    /// `DnsTimeout` when no answer came within `timeout`, `DnsError` when the
+    /// name does not exist or has no addresses.
     pub async fn lookup(&self, name: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
-        let now = Instant::now();
-        if let Some((ips, until)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-        {
-            if *until > now {
-                return Ok(ips.clone());
-            }
+        if name == "localhost" || name.ends_with(".localhost") {
+            return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
         }
-        let lookup = tokio::net::lookup_host((name, 0u16));
-        let ips: Vec<IpAddr> = match tokio::time::timeout(timeout, lookup).await {
-            Err(_) => return Err(ProxyError::DnsTimeout),
-            Ok(Err(_)) => return Err(ProxyError::DnsError),
-            Ok(Ok(addrs)) => {
-                let mut v: Vec<IpAddr> = Vec::new();
-                for a in addrs {
-                    if !v.contains(&a.ip()) {
-                        v.push(a.ip());
+        // A fully-qualified name: no search-domain guessing.
+        let fqdn = format!("{name}.");
+        match tokio::time::timeout(timeout, self.inner.lookup_ip(fqdn.as_str())).await {
+            Err(_) => Err(ProxyError::DnsTimeout),
+            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Ok(answer)) => {
+                let mut ips: Vec<IpAddr> = Vec::new();
+                for ip in answer.iter() {
+                    if !ips.contains(&ip) {
+                        ips.push(ip);
                     }
                 }
-                v
+                if ips.is_empty() { Err(ProxyError::DnsError) } else { Ok(ips) }
             }
-        };
-        if ips.is_empty() {
-            return Err(ProxyError::DnsError);
         }
-        if !self.ttl.is_zero() {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() >= MAX_ENTRIES {
-                cache.retain(|_, (_, until)| *until > now);
-                if cache.len() >= MAX_ENTRIES {
-                    cache.clear();
-                }
-            }
-            cache.insert(name.to_owned(), (ips.clone(), now + self.ttl));
-        }
-        Ok(ips)
+    }
+}
+
+fn classify(e: &ResolveError) -> ProxyError {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::Timeout) => ProxyError::DnsTimeout,
+        _ => ProxyError::DnsError,
     }
 }

@@ -5,6 +5,8 @@
 //! origin's response passes through untouched (401 and 403 included) except
 //! hop-by-hop fields and `Via`; an origin 407 is never passed on.
 
+use std::net::SocketAddr;
+
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, StatusCode, Version};
@@ -21,7 +23,8 @@ use crate::error::ProxyError;
 use crate::target::Target;
 use crate::telemetry::AccessRecord;
 
-/// Forwards one absolute-form request to `target`.
+/// Forwards one absolute-form request to `target`; `checked` are addresses
+/// already resolved and egress-checked by the rules step, if any.
 ///
 /// # Errors
 /// DNS, egress, connect and upstream protocol failures, and an origin 407.
@@ -29,6 +32,7 @@ pub async fn forward(
     state: &State,
     snap: &Snapshot,
     target: Target,
+    checked: Option<Vec<SocketAddr>>,
     mut req: Request<Incoming>,
     rec: &AccessRecord,
 ) -> Result<Reply, ProxyError> {
@@ -60,10 +64,15 @@ pub async fn forward(
 
     let limits = &snap.limits;
     let dial = || async {
-        let addrs = state
-            .connector
-            .resolve_checked(&target, &snap.egress, limits.dns_timeout)
-            .await?;
+        let addrs = match checked {
+            Some(a) => a,
+            None => {
+                state
+                    .connector
+                    .resolve_checked(&target, &snap.egress, limits.dns_timeout)
+                    .await?
+            }
+        };
         Connector::dial(&addrs, limits.connect_timeout).await
     };
     let sent = state

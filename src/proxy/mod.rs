@@ -48,10 +48,11 @@ impl State {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let auth = Authenticator::new(workers, snapshot.auth.max_pending);
+        let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             auth,
-            connector: Connector::new(Resolver::new(Duration::from_secs(30))),
+            connector,
             pool: Arc::new(Pool::new(Duration::from_secs(60))),
             tasks: TaskTracker::new(),
             kill: CancellationToken::new(),

@@ -1,6 +1,6 @@
 //! Per-request flow: classify → authenticate → authorize → dispatch → log.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::auth::{Outcome, User};
 use crate::body::ProxyBody;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
+use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
 use crate::target::{Target, parse_authority, parse_host};
 use crate::telemetry::{AccessRecord, AuditEvent};
@@ -120,33 +121,51 @@ async fn process(
     let user = authenticate(state, snap, client, &mut req, rec).await?;
     rec.user = Some(user.name.clone());
 
-    // Policy hook: access rules and the egress check (issue #3) plug in here.
     let target = match &kind {
         Kind::Connect(t) | Kind::Forward(t) => t,
     };
-    authorize(snap, &user, req.method(), target, rec).map_err(|e| (e, false))?;
+    let method = req.method().clone();
+    let addrs = authorize(state, snap, &user, &method, target, rec).await.map_err(|e| (e, false))?;
 
     match kind {
         Kind::Connect(target) => {
             rec.outcome = "tunnel";
-            tunnel::open(state, snap, target, req)
-                .await
-                .map_err(|e| (e, false))
+            let addrs = match addrs {
+                Some(a) => a,
+                None => resolve(state, snap, &target).await.map_err(|e| (e, false))?,
+            };
+            tunnel::open(snap, addrs, req).await.map_err(|e| (e, false))
         }
-        Kind::Forward(target) => forward::forward(state, snap, target, req, rec)
-            .await
-            .map_err(|e| (e, false)),
+        Kind::Forward(target) => forward::forward(state, snap, target, addrs, req, rec).await.map_err(|e| (e, false)),
     }
 }
 
-fn authorize(
-    _snap: &Snapshot,
-    _user: &User,
-    _method: &Method,
-    _target: &Target,
-    _rec: &mut AccessRecord,
-) -> Result<(), ProxyError> {
-    Ok(())
+async fn resolve(state: &State, snap: &Snapshot, target: &Target) -> Result<Vec<SocketAddr>, ProxyError> {
+    state.connector.resolve_checked(target, &snap.egress, snap.limits.dns_timeout).await
+}
+
+/// Applies the access rules. Resolves the target (and runs the egress check)
+/// only when a rule needs its addresses; returns those checked addresses so
+/// that the connection goes to exactly them.
+async fn authorize(state: &State, snap: &Snapshot, user: &User, method: &Method, target: &Target, rec: &mut AccessRecord) -> Result<Option<Vec<SocketAddr>>, ProxyError> {
+    let mut query = Query { user, method, target, addrs: None };
+    let mut checked = None;
+    let decision = match snap.policy.decide(&query) {
+        Some(d) => d,
+        None => {
+            let addrs = resolve(state, snap, target).await?;
+            let ips: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+            query.addrs = Some(&ips);
+            let d = snap.policy.decide(&query).unwrap_or(Decision { action: Action::Deny, rule: None });
+            checked = Some(addrs);
+            d
+        }
+    };
+    rec.rule = Some(decision.rule.clone().unwrap_or_else(|| Arc::from("default")));
+    match decision.action {
+        Action::Allow => Ok(checked),
+        Action::Deny => Err(ProxyError::DeniedByRule { rule: decision.label() }),
+    }
 }
 
 async fn authenticate(

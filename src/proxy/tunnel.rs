@@ -5,6 +5,7 @@
 //! socket. Half-close is respected: when one side finishes sending, the other
 //! side's write half is shut down and the opposite direction keeps flowing.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -20,7 +21,6 @@ use super::connect::Connector;
 use super::service::{Reply, connect_established};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
-use crate::target::Target;
 use crate::telemetry::AccessRecord;
 
 /// The far side of a tunnel.
@@ -39,22 +39,16 @@ pub struct Job {
     pub upstream: Upstream,
 }
 
-/// Resolves, checks and dials the CONNECT target; on success answers 200.
+/// Dials the CONNECT target's checked addresses; on success answers 200.
 ///
 /// # Errors
 /// DNS, egress and connect failures, as authgate's own responses.
 pub async fn open(
-    state: &State,
     snap: &Snapshot,
-    target: Target,
+    addrs: Vec<SocketAddr>,
     mut req: Request<Incoming>,
 ) -> Result<Reply, ProxyError> {
-    let limits = &snap.limits;
-    let addrs = state
-        .connector
-        .resolve_checked(&target, &snap.egress, limits.dns_timeout)
-        .await?;
-    let stream = Connector::dial(&addrs, limits.connect_timeout).await?;
+    let stream = Connector::dial(&addrs, snap.limits.connect_timeout).await?;
     let client = hyper::upgrade::on(&mut req);
     Ok(Reply::Tunnel(
         connect_established(),

@@ -6,7 +6,7 @@
 
 mod access;
 
-pub use access::{AccessRecord, AuditEvent};
+pub use access::{AccessRecord, AuditEvent, sanitize_username};
 
 use tracing_subscriber::EnvFilter;
 

@@ -1,0 +1,56 @@
+//! `authgate explain [--method M] --user NAME TARGET`.
+
+use std::net::IpAddr;
+
+use http::Method;
+
+use crate::config::Snapshot;
+use crate::policy::explain::{Report, explain};
+use crate::proxy::dns::Resolver;
+use crate::target::{Host, Target, parse_authority, parse_host, parse_port};
+
+/// Parses TARGET (a URL or host:port) and the method it implies: `GET` for
+/// `http://`, `CONNECT` for `https://` and host:port.
+///
+/// # Errors
+/// A message saying what is wrong with TARGET.
+pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
+    if let Some((scheme, rest)) = raw.split_once("://") {
+        let (default_port, method) = match scheme.to_ascii_lowercase().as_str() {
+            "http" => (80, Method::GET),
+            "https" => (443, Method::CONNECT),
+            other => return Err(format!("unsupported scheme `{other}` (use http://, https:// or host:port)")),
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, parse_port(p).map_err(|e| e.0.to_string())?),
+            _ => (authority, default_port),
+        };
+        let host = parse_host(host).map_err(|e| e.0.to_string())?;
+        return Ok((Target { host, port }, method));
+    }
+    parse_authority(raw).map(|t| (t, Method::CONNECT)).map_err(|e| e.0.to_string())
+}
+
+/// Runs `explain`; `Err` is an error (exit 2), the report says allowed/denied.
+///
+/// # Errors
+/// Unknown user, bad target or method.
+pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str) -> Result<Report, String> {
+    let name = crate::auth::basic::nfc(user);
+    let user = snap.users.get(&name).ok_or_else(|| format!("no user `{}` in {}", crate::telemetry::sanitize_username(user), snap.auth.users_file.display()))?;
+    let (target, implied) = parse_target(target)?;
+    let method = match method {
+        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))?,
+        None => implied,
+    };
+    let addrs: Result<Vec<IpAddr>, String> = match &target.host {
+        Host::Ip(ip) => Ok(vec![*ip]),
+        Host::Name(n) => {
+            let resolver = Resolver::new(&snap.dns_servers, snap.limits.dns_timeout);
+            resolver.lookup(n, snap.limits.dns_timeout).await.map_err(|e| e.to_string())
+        }
+    };
+    Ok(explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref().map_err(|e| e.as_str())))
+}

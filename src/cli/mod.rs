@@ -1,0 +1,3 @@
+//! Subcommands other than `run`: they read config, never bind ports.
+
+pub mod explain;

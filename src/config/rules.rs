@@ -1,0 +1,165 @@
+//! `[policy]` and `[[rules]]` → validated [`Policy`], collecting every problem.
+//!
+//! A rule that can never match is an error: an empty list, an inverted port
+//! range, a malformed host pattern or CIDR, a duplicate name.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::Method;
+use toml::Spanned;
+
+use super::error::Collector;
+use super::raw::{RawPolicy, RawPort, RawRule};
+use super::validate::parse_cidr;
+use crate::policy::rules::{Action, HostPattern, Policy, Rule};
+use crate::target::{Host, parse_host};
+
+/// Validates the policy section and rules.
+pub fn policy(c: &mut Collector<'_>, raw: &RawPolicy, rules: &[Spanned<RawRule>]) -> Policy {
+    let mut p = Policy::default();
+    if let Some(d) = &raw.default {
+        match action(d.get_ref()) {
+            Some(a) => p.default = a,
+            None => c.at(d.span(), "policy.default: must be \"allow\" or \"deny\""),
+        }
+    }
+    let mut names = HashSet::new();
+    for r in rules {
+        if let Some(rule) = rule(c, r.get_ref()) {
+            if !names.insert(rule.name.clone()) {
+                c.at(r.get_ref().name.span(), format!("rule `{}`: duplicate rule name", rule.name));
+                continue;
+            }
+            p.rules.push(rule);
+        }
+    }
+    p
+}
+
+fn action(s: &str) -> Option<Action> {
+    match s {
+        "allow" => Some(Action::Allow),
+        "deny" => Some(Action::Deny),
+        _ => None,
+    }
+}
+
+/// Checks a non-empty list, mapping each item; problems name the rule.
+fn list<T, U>(c: &mut Collector<'_>, rule: &str, key: &str, raw: &Option<Spanned<Vec<Spanned<T>>>>, mut f: impl FnMut(&T) -> Result<U, String>) -> Result<Option<Vec<U>>, ()> {
+    let Some(items) = raw else { return Ok(None) };
+    if items.get_ref().is_empty() {
+        c.at(items.span(), format!("rule `{rule}`: `{key}` is empty, so the rule can never match; remove the key to match everything"));
+        return Err(());
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in items.get_ref() {
+        match f(item.get_ref()) {
+            Ok(v) => out.push(v),
+            Err(m) => {
+                c.at(item.span(), format!("rule `{rule}`: {key}: {m}"));
+                ok = false;
+            }
+        }
+    }
+    if ok { Ok(Some(out)) } else { Err(()) }
+}
+
+fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
+    let name = r.name.get_ref().trim();
+    let mut ok = true;
+    if name.is_empty() || name.len() > 64 || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+        c.at(r.name.span(), "rule name: 1-64 characters from A-Z a-z 0-9 - _ .");
+        ok = false;
+    }
+    let act = action(r.action.get_ref());
+    if act.is_none() {
+        c.at(r.action.span(), format!("rule `{name}`: action must be \"allow\" or \"deny\""));
+        ok = false;
+    }
+    let text = |s: &String| -> Result<Arc<str>, String> {
+        if s.is_empty() || s.chars().any(char::is_control) { Err("must be non-empty and printable".into()) } else { Ok(Arc::from(s.as_str())) }
+    };
+    let users = list(c, name, "users", &r.users, |s| text(s).map(|n| Arc::from(crate::auth::basic::nfc(&n).as_str())));
+    let groups = list(c, name, "groups", &r.groups, text);
+    let hosts = list(c, name, "hosts", &r.hosts, |s| host_pattern(s));
+    let ports = list(c, name, "ports", &r.ports, port_range);
+    let methods = list(c, name, "methods", &r.methods, |s| {
+        let up = s.to_ascii_uppercase();
+        if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+            return Err(format!("`{}` is not an HTTP method", s.chars().take(20).collect::<String>()));
+        }
+        Method::from_bytes(up.as_bytes()).map_err(|_| "not an HTTP method".to_string())
+    });
+    let cidrs = list(c, name, "cidrs", &r.cidrs, |s| parse_cidr(s).ok_or_else(|| format!("`{}` is not a CIDR", s.chars().take(60).collect::<String>())));
+    let (Ok(users), Ok(groups), Ok(hosts), Ok(ports), Ok(methods), Ok(cidrs), true, Some(action)) = (users, groups, hosts, ports, methods, cidrs, ok, act) else {
+        return None;
+    };
+    Some(Rule { name: name.into(), action, users, groups, hosts, ports, methods, cidrs })
+}
+
+/// Parses `*`, `*.example.com`, or an exact host; Unicode names become
+/// punycode, case and a trailing dot are ignored.
+pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
+    let s = raw.trim();
+    if s == "*" {
+        return Ok(HostPattern::Any);
+    }
+    let (wild, rest) = match s.strip_prefix("*.") {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    if rest.contains('*') {
+        return Err(format!("`{}`: `*` is only allowed as `*` or a leading `*.`", s.chars().take(60).collect::<String>()));
+    }
+    let ascii = idna::domain_to_ascii(rest.trim_end_matches('.')).map_err(|_| format!("`{}` is not a valid host name", s.chars().take(60).collect::<String>()))?;
+    let host = match parse_host(&ascii) {
+        Ok(Host::Name(n)) => n,
+        Ok(Host::Ip(ip)) if !wild => ip.to_string(),
+        _ => return Err(format!("`{}` is not a valid host pattern", s.chars().take(60).collect::<String>())),
+    };
+    Ok(if wild { HostPattern::Suffix(format!(".{host}")) } else { HostPattern::Exact(host) })
+}
+
+fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
+    let one = |n: i64| u16::try_from(n).ok().filter(|&n| n != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"));
+    match p {
+        RawPort::Num(n) => one(*n).map(|n| (n, n)),
+        RawPort::Range(s) => {
+            let (lo, hi) = s.split_once('-').ok_or_else(|| format!("`{}` is not a port range like \"8000-8999\"", s.chars().take(30).collect::<String>()))?;
+            let lo = one(lo.trim().parse::<i64>().map_err(|_| "bad range start".to_string())?)?;
+            let hi = one(hi.trim().parse::<i64>().map_err(|_| "bad range end".to_string())?)?;
+            if lo > hi {
+                return Err(format!("range {lo}-{hi} is inverted, so it can never match"));
+            }
+            Ok((lo, hi))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(host_pattern("*"), Ok(HostPattern::Any));
+        assert_eq!(host_pattern("*.Crates.IO."), Ok(HostPattern::Suffix(".crates.io".into())));
+        assert_eq!(host_pattern("bücher.de"), Ok(HostPattern::Exact("xn--bcher-kva.de".into())));
+        assert_eq!(host_pattern("10.0.0.1"), Ok(HostPattern::Exact("10.0.0.1".into())));
+        for bad in ["foo*.com", "*.", "**", "a..b", "*.*.com", ""] {
+            assert!(host_pattern(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(port_range(&RawPort::Num(443)), Ok((443, 443)));
+        assert_eq!(port_range(&RawPort::Range("8000-8999".into())), Ok((8000, 8999)));
+        assert!(port_range(&RawPort::Range("9000-8000".into())).is_err());
+        assert!(port_range(&RawPort::Num(0)).is_err());
+        assert!(port_range(&RawPort::Num(70000)).is_err());
+        assert!(port_range(&RawPort::Range("x".into())).is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! `authgate explain`: why may (or may not) a user reach a target.
+//!
+//! Pure: it takes the already-resolved addresses (or the DNS error) and
+//! renders what the proxy would decide, rule by rule, then the egress check.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use http::Method;
+
+use super::egress::{Egress, Verdict};
+use super::rules::{Action, Check, Policy, Query};
+use crate::auth::User;
+use crate::target::Target;
+
+/// What `explain` found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Human-readable lines.
+    pub text: String,
+    /// Whether the proxy would let the request through.
+    pub allowed: bool,
+}
+
+/// Explains the decision for `user` doing `method` to `target`, given the
+/// target's resolved addresses (or why they could not be resolved).
+pub fn explain(policy: &Policy, egress: &Egress, user: &User, method: &Method, target: &Target, addrs: Result<&[IpAddr], &str>) -> Report {
+    let mut t = String::new();
+    let groups: Vec<&str> = user.groups.iter().map(|g| &**g).collect();
+    let _ = writeln!(t, "user     {} (groups: {})", user.name, if groups.is_empty() { "-".into() } else { groups.join(", ") });
+    if let Err(r) = user.active_at(SystemTime::now()) {
+        let _ = writeln!(t, "         note: this user is {} and gets 407 before any rule applies", r.as_str());
+    }
+    let _ = writeln!(t, "request  {method} {target}");
+    let query = Query { user, method, target, addrs: addrs.ok() };
+    let _ = writeln!(t, "rules    (first match wins)");
+    let mut decided = None;
+    for (i, (name, action, check)) in policy.trace(&query).into_iter().enumerate() {
+        let verdict = match (&check, decided.is_some()) {
+            (_, true) => "not reached".to_string(),
+            (Check::Match, false) => {
+                decided = Some((action, Some(name.clone())));
+                format!("MATCH -> {}", action.as_str())
+            }
+            (Check::Miss(why), false) => format!("no match ({why} differs)"),
+            (Check::NeedAddrs, false) => {
+                decided = Some((Action::Deny, Some(name.clone())));
+                "cannot decide: needs the destination's addresses, which did not resolve".to_string()
+            }
+        };
+        let _ = writeln!(t, "  {:>2}. {:<24} {:<5}  {verdict}", i + 1, name, action.as_str());
+    }
+    let (action, rule) = decided.unwrap_or((policy.default, None));
+    let by = rule.map_or("the default".to_string(), |r| format!("rule {r}"));
+    let _ = writeln!(t, "decision {} by {by}", action.as_str());
+
+    let mut allowed = action == Action::Allow && user.active_at(SystemTime::now()).is_ok();
+    match addrs {
+        Err(e) => {
+            let _ = writeln!(t, "egress   cannot check: {e}");
+            allowed = false;
+        }
+        Ok(ips) => {
+            let _ = writeln!(t, "egress   {} resolves to {} address(es)", target.host, ips.len());
+            for ip in ips {
+                let v = match egress.check(*ip) {
+                    Verdict::Allowed => "allowed".to_string(),
+                    Verdict::AllowedByConfig(net) => format!("allowed by egress.allow_cidrs {net}"),
+                    Verdict::Denied(why) => {
+                        allowed = false;
+                        format!("DENIED: {why}")
+                    }
+                };
+                let _ = writeln!(t, "         {ip:<40} {v}");
+            }
+        }
+    }
+    let _ = writeln!(t, "result   {}", if allowed { "ALLOWED" } else { "DENIED" });
+    Report { text: t, allowed }
+}

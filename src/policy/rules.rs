@@ -1,0 +1,321 @@
+//! Access rules: which authenticated user may reach which destination.
+//!
+//! Rules are evaluated in file order; the first rule whose every condition
+//! matches decides; when none matches, `[policy] default` decides. Within a
+//! condition, any listed value matches (OR); across conditions all must match
+//! (AND). A condition that is absent matches everything.
+//!
+//! `cidrs` need the target's addresses: an *allow* rule matches only when every
+//! address is inside its ranges, a *deny* rule when any address is (the safe
+//! reading for each).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::Method;
+use ipnet::IpNet;
+
+use crate::auth::User;
+use crate::target::{Host, Target};
+
+/// What a rule (or the default) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let the request through (to the egress check).
+    Allow,
+    /// Answer 403.
+    Deny,
+}
+
+impl Action {
+    /// `allow` or `deny`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+/// A host pattern: `*`, `*.suffix`, or an exact name (ASCII/punycode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Every host.
+    Any,
+    /// Any strict subdomain of the suffix (stored with its leading dot).
+    Suffix(String),
+    /// Exactly this host.
+    Exact(String),
+}
+
+impl HostPattern {
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// One `[[rules]]` entry, validated.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique name, shown in 403 `details`, logs and `explain`.
+    pub name: Arc<str>,
+    /// What a match does.
+    pub action: Action,
+    /// Users this rule is for (with `groups`: either matches).
+    pub users: Option<Vec<Arc<str>>>,
+    /// Groups this rule is for.
+    pub groups: Option<Vec<Arc<str>>>,
+    /// Destination hosts.
+    pub hosts: Option<Vec<HostPattern>>,
+    /// Destination ports, as inclusive ranges.
+    pub ports: Option<Vec<(u16, u16)>>,
+    /// Request methods (`CONNECT`, `GET`, ...).
+    pub methods: Option<Vec<Method>>,
+    /// Destination address ranges.
+    pub cidrs: Option<Vec<IpNet>>,
+}
+
+/// The question a rule answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    /// Who asks.
+    pub user: &'a User,
+    /// With which method.
+    pub method: &'a Method,
+    /// For which destination.
+    pub target: &'a Target,
+    /// The destination's addresses, once resolved.
+    pub addrs: Option<&'a [IpAddr]>,
+}
+
+/// How one rule relates to a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Check {
+    /// Every condition matches.
+    Match,
+    /// This condition does not match.
+    Miss(&'static str),
+    /// The rule has `cidrs` and the addresses are not known yet.
+    NeedAddrs,
+}
+
+impl Rule {
+    /// Checks the conditions in a fixed order (cheap ones first).
+    pub fn check(&self, q: &Query<'_>) -> Check {
+        let who = match (&self.users, &self.groups) {
+            (None, None) => true,
+            (users, groups) => {
+                users.as_ref().is_some_and(|u| u.iter().any(|n| *n == q.user.name))
+                    || groups.as_ref().is_some_and(|g| g.iter().any(|g| q.user.in_group(g)))
+            }
+        };
+        if !who {
+            return Check::Miss("user/group");
+        }
+        if let Some(methods) = &self.methods {
+            if !methods.contains(q.method) {
+                return Check::Miss("method");
+            }
+        }
+        if let Some(ports) = &self.ports {
+            if !ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&q.target.port)) {
+                return Check::Miss("port");
+            }
+        }
+        if let Some(hosts) = &self.hosts {
+            let host = host_text(&q.target.host);
+            if !hosts.iter().any(|p| p.matches(&host)) {
+                return Check::Miss("host");
+            }
+        }
+        if let Some(cidrs) = &self.cidrs {
+            let Some(addrs) = q.addrs else {
+                return Check::NeedAddrs;
+            };
+            let inside = |ip: &IpAddr| {
+                let ip = crate::policy::egress::canonical(*ip);
+                cidrs.iter().any(|n| n.contains(&ip))
+            };
+            let hit = match self.action {
+                Action::Allow => !addrs.is_empty() && addrs.iter().all(inside),
+                Action::Deny => addrs.iter().any(inside),
+            };
+            if !hit {
+                return Check::Miss("cidr");
+            }
+        }
+        Check::Match
+    }
+}
+
+fn host_text(host: &Host) -> String {
+    match host {
+        Host::Name(n) => n.clone(),
+        Host::Ip(ip) => ip.to_string(),
+    }
+}
+
+/// The rules plus the default.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// What happens when no rule matches.
+    pub default: Action,
+    /// Rules in file order.
+    pub rules: Vec<Rule>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { default: Action::Allow, rules: Vec::new() }
+    }
+}
+
+/// The outcome of the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Allow or deny.
+    pub action: Action,
+    /// The deciding rule; `None` for the default.
+    pub rule: Option<Arc<str>>,
+}
+
+impl Decision {
+    /// `rule NAME` or `default`, as shown in `Proxy-Status` details.
+    pub fn label(&self) -> String {
+        match &self.rule {
+            Some(r) => format!("rule {r}"),
+            None => "default".into(),
+        }
+    }
+}
+
+impl Policy {
+    /// Whether any rule needs destination addresses.
+    pub fn uses_cidrs(&self) -> bool {
+        self.rules.iter().any(|r| r.cidrs.is_some())
+    }
+
+    /// Decides a query; `None` when a rule needs the addresses first.
+    pub fn decide(&self, q: &Query<'_>) -> Option<Decision> {
+        for rule in &self.rules {
+            match rule.check(q) {
+                Check::Match => return Some(Decision { action: rule.action, rule: Some(rule.name.clone()) }),
+                Check::Miss(_) => {}
+                Check::NeedAddrs => return None,
+            }
+        }
+        Some(Decision { action: self.default, rule: None })
+    }
+
+    /// Every rule's check, in order, for `explain`.
+    pub fn trace(&self, q: &Query<'_>) -> Vec<(Arc<str>, Action, Check)> {
+        self.rules.iter().map(|r| (r.name.clone(), r.action, r.check(q))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::store::StoredHash;
+    use crate::target::parse_authority;
+
+    fn user(name: &str, groups: &[&str]) -> User {
+        let params = argon2::Params::new(8, 1, 1, None).unwrap();
+        let hash = crate::auth::password::hash_password("x", params).unwrap();
+        User::new(name.into(), StoredHash::Argon2(hash), groups.iter().map(|g| Arc::from(*g)).collect(), false, None)
+    }
+
+    fn rule(name: &str, action: Action) -> Rule {
+        Rule { name: name.into(), action, users: None, groups: None, hosts: None, ports: None, methods: None, cidrs: None }
+    }
+
+    fn pat(s: &str) -> HostPattern {
+        crate::config::host_pattern(s).unwrap()
+    }
+
+    /// The example from the README: no SMTP for anyone, registries for eng.
+    fn policy() -> Policy {
+        let mut no_smtp = rule("no-smtp", Action::Deny);
+        no_smtp.ports = Some(vec![(25, 25), (465, 465), (587, 587)]);
+        let mut eng = rule("eng-registries", Action::Allow);
+        eng.groups = Some(vec!["eng".into()]);
+        eng.hosts = Some(vec![pat("crates.io"), pat("*.crates.io"), pat("*.github.com")]);
+        eng.ports = Some(vec![(443, 443), (8000, 8999)]);
+        eng.methods = Some(vec![Method::CONNECT, Method::GET]);
+        let mut alice = rule("alice-anything-https", Action::Allow);
+        alice.users = Some(vec!["alice".into()]);
+        alice.ports = Some(vec![(443, 443)]);
+        let mut lab = rule("lab-net", Action::Allow);
+        lab.cidrs = Some(vec!["203.0.113.0/24".parse().unwrap()]);
+        let mut bad_net = rule("no-bad-net", Action::Deny);
+        bad_net.cidrs = Some(vec!["198.51.100.0/24".parse().unwrap()]);
+        Policy { default: Action::Deny, rules: vec![no_smtp, eng, alice, bad_net, lab] }
+    }
+
+    #[test]
+    fn table() {
+        let eng = user("bob", &["eng"]);
+        let alice = user("alice", &[]);
+        let other = user("carol", &["staff"]);
+        let lab_ip = ["203.0.113.5".parse().unwrap()];
+        let mixed = ["203.0.113.5".parse().unwrap(), "8.8.8.8".parse().unwrap()];
+        let bad = ["198.51.100.1".parse().unwrap(), "8.8.8.8".parse().unwrap()];
+        #[rustfmt::skip]
+        let cases: &[(&User, Method, &str, Option<&[IpAddr]>, Option<Option<&str>>, Action)] = &[
+            // (user, method, target, addrs, Some(deciding rule) or None = needs addrs, action)
+            (&eng, Method::CONNECT, "crates.io:443", None, Some(Some("eng-registries")), Action::Allow),
+            (&eng, Method::CONNECT, "CRATES.IO.:443", None, Some(Some("eng-registries")), Action::Allow),
+            (&eng, Method::GET, "static.crates.io:8080", None, Some(Some("eng-registries")), Action::Allow),
+            (&eng, Method::GET, "api.github.com:8999", None, Some(Some("eng-registries")), Action::Allow),
+            (&eng, Method::POST, "crates.io:443", None, None, Action::Deny), // method differs -> later rules -> cidrs need addrs
+            (&eng, Method::CONNECT, "github.com:443", None, None, Action::Deny), // *.github.com is subdomains only
+            (&eng, Method::CONNECT, "crates.io:9000", None, None, Action::Deny),
+            (&eng, Method::CONNECT, "evilcrates.io:443", None, None, Action::Deny),
+            (&eng, Method::CONNECT, "crates.io:25", None, Some(Some("no-smtp")), Action::Deny), // order: deny first
+            (&alice, Method::CONNECT, "anything.example:443", None, Some(Some("alice-anything-https")), Action::Allow),
+            (&alice, Method::CONNECT, "smtp.example:587", None, Some(Some("no-smtp")), Action::Deny),
+            (&other, Method::CONNECT, "crates.io:443", Some(&[]), Some(None), Action::Deny), // default
+            (&other, Method::CONNECT, "x.example:443", Some(&lab_ip), Some(Some("lab-net")), Action::Allow),
+            (&other, Method::CONNECT, "x.example:443", Some(&mixed), Some(None), Action::Deny), // allow needs all
+            (&other, Method::CONNECT, "x.example:443", Some(&bad), Some(Some("no-bad-net")), Action::Deny), // deny needs any
+        ];
+        let p = policy();
+        for (u, m, t, addrs, want_rule, want_action) in cases {
+            let target = parse_authority(t).unwrap();
+            let q = Query { user: u, method: m, target: &target, addrs: *addrs };
+            let got = p.decide(&q);
+            match want_rule {
+                None => assert!(got.is_none(), "{} {m} {t}: expected to need addresses, got {got:?}", u.name),
+                Some(rule) => {
+                    let got = got.unwrap_or_else(|| panic!("{} {m} {t}: needs addrs", u.name));
+                    assert_eq!(got.rule.as_deref(), *rule, "{} {m} {t}", u.name);
+                    assert_eq!(got.action, *want_action, "{} {m} {t}", u.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_applies_when_nothing_matches() {
+        let allow_all = Policy::default();
+        let u = user("x", &[]);
+        let t = parse_authority("example.com:443").unwrap();
+        let d = allow_all.decide(&Query { user: &u, method: &Method::GET, target: &t, addrs: None }).unwrap();
+        assert_eq!((d.action, d.rule.clone(), d.label()), (Action::Allow, None, "default".to_string()));
+    }
+
+    #[test]
+    fn ip_literal_targets_match_exact_ip_patterns_and_star() {
+        let mut r = rule("ip", Action::Allow);
+        r.hosts = Some(vec![pat("192.0.2.7")]);
+        let u = user("x", &[]);
+        let t = parse_authority("3221225991:80").unwrap(); // 192.0.2.7 in decimal
+        assert_eq!(r.check(&Query { user: &u, method: &Method::GET, target: &t, addrs: None }), Check::Match);
+        r.hosts = Some(vec![pat("*")]);
+        assert_eq!(r.check(&Query { user: &u, method: &Method::GET, target: &t, addrs: None }), Check::Match);
+    }
+}

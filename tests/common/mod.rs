@@ -1,0 +1,356 @@
+//! Test support for the black-box tests: a real authgate on `127.0.0.1:0`,
+//! real origin servers on loopback, a raw-socket HTTP client for assertions
+//! on the wire, and a runner for the real `curl` binary.
+//!
+//! Every test binary compiles this module on its own and uses only part of
+//! it, hence the `dead_code` allowance.
+
+#![allow(dead_code)]
+
+pub mod origin;
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use base64::Engine;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use origin::*;
+pub use raw::*;
+
+/// The realm every test proxy announces (not the default, so that tests see
+/// the configured value reach the challenge).
+pub const REALM: &str = "authgate-test";
+
+/// A directory under the system temp dir, unique per process and per call,
+/// removed on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a fresh, empty directory.
+    pub fn new() -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "authgate-test-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `name` (relative to the directory) and returns its full path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path.join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, contents)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+        p
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Tiny argon2 costs: the PHC string carries them, so the proxy verifies
+/// with the same tiny costs and tests stay fast.
+pub fn tiny_params() -> argon2::Params {
+    argon2::Params::new(8, 1, 1, None).expect("valid argon2 params")
+}
+
+/// An argon2id PHC string for `password`, with tiny costs.
+pub fn hash(password: &str) -> String {
+    authgate::auth::password::hash_password(password, tiny_params())
+        .expect("hashing with tiny params")
+        .to_string()
+}
+
+/// A TOML basic string literal for `s` (quotes and escapes).
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One `[users."NAME"]` table with a tiny-cost hash of `password`; `extra` is
+/// appended inside the table (e.g. `disabled = true`).
+pub fn user_entry(name: &str, password: &str, extra: &str) -> String {
+    format!(
+        "[users.{}]\npassword = {}\ngroups = [\"staff\"]\n{extra}\n\n",
+        toml_str(name),
+        toml_str(&hash(password))
+    )
+}
+
+/// A users file with one enabled user per `(name, password)`.
+pub fn users_toml(users: &[(&str, &str)]) -> String {
+    users
+        .iter()
+        .map(|(n, p)| user_entry(n, p, "disabled = false"))
+        .collect()
+}
+
+/// The config every test proxy starts from; `extra` is appended and must not
+/// repeat these tables (use `[limits]`, `[log]` ...).
+pub fn base_config(extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+realm = "{REALM}"
+via = true
+
+[auth]
+users_file = "users.toml"
+cache_ttl = "5m"
+
+[egress]
+allow_cidrs = ["127.0.0.0/8", "::1/128"]
+
+{extra}
+"#
+    )
+}
+
+/// A running in-process proxy. Dropping it asks the proxy to shut down.
+pub struct Proxy {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// Holds the config and users file.
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Proxy {
+    /// `http://127.0.0.1:PORT` (for curl's `-x`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://USER:PASS@127.0.0.1:PORT`, userinfo percent-encoded.
+    pub fn url_with(&self, user: &str, pass: &str) -> String {
+        format!(
+            "http://{}:{}@{}",
+            percent_encode(user),
+            percent_encode(pass),
+            self.addr
+        )
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("proxy task panicked")
+                .expect("proxy run failed");
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts authgate in-process on `127.0.0.1:0` with users `(name, password)`.
+/// Must be called inside a tokio runtime.
+pub fn spawn_proxy(cfg_extra: &str, users: &[(&str, &str)]) -> Proxy {
+    spawn_proxy_with_users_file(cfg_extra, &users_toml(users))
+}
+
+/// Like [`spawn_proxy`] with a hand-written users file (see [`user_entry`]).
+pub fn spawn_proxy_with_users_file(cfg_extra: &str, users_file: &str) -> Proxy {
+    let dir = TempDir::new();
+    let config = dir.write("authgate.toml", base_config(cfg_extra));
+    dir.write("users.toml", users_file);
+    let snapshot = authgate::config::load(&config)
+        .unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+    let state = authgate::State::new(snapshot);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(authgate::run(state, vec![listener], async move {
+        let _ = rx.await;
+    }));
+    Proxy {
+        addr,
+        dir,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// `Basic base64(user:pass)`.
+pub fn basic(user: &str, pass: &str) -> String {
+    basic_raw(format!("{user}:{pass}").as_bytes())
+}
+
+/// `Basic base64(bytes)`, for credentials that are not UTF-8.
+pub fn basic_raw(bytes: &[u8]) -> String {
+    format!("Basic {}", b64(bytes))
+}
+
+/// Standard base64 with padding.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// FNV-1a 64-bit, streaming: good enough to tell two 20 MiB bodies apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// The deterministic test pattern: byte `i` of a large body.
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 12)) as u8
+}
+
+/// `len` bytes of the pattern starting at `offset`.
+pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|i| pattern_byte(offset + i)).collect()
+}
+
+/// What `curl` did.
+#[derive(Debug)]
+pub struct CurlOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl CurlOutput {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Panics with everything curl said unless it exited 0.
+    pub fn assert_success(&self) -> &Self {
+        assert!(
+            self.status.success(),
+            "curl failed ({}):\nstdout:\n{}\nstderr:\n{}",
+            self.status,
+            self.stdout_text(),
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Proxy-related variables removed from every curl run, so the machine's
+/// environment cannot change what a test means.
+const PROXY_ENV: [&str; 8] = [
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+];
+
+/// Runs the real `curl` with `args` (after `-q -sS --max-time 20`) and the
+/// extra environment `env`, on the blocking pool so the proxy keeps running.
+pub async fn curl(args: &[&str], env: &[(&str, &str)]) -> CurlOutput {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-q", "-sS", "--max-time", "20"]).args(&args);
+        for k in PROXY_ENV {
+            cmd.env_remove(k);
+        }
+        cmd.envs(env).stdin(Stdio::null());
+        let out = match cmd.output() {
+            Ok(o) => o,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "this test drives the real `curl` binary, which is not on PATH; \
+                 install it (e.g. `apt-get install curl`)"
+            ),
+            Err(e) => panic!("cannot run curl: {e}"),
+        };
+        CurlOutput {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .expect("curl runner panicked")
+}

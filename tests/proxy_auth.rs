@@ -1,0 +1,324 @@
+//! 407: when authgate wants credentials, and only then.
+//!
+//! Every kind of bad credentials gets the same 407 with the Basic challenge;
+//! good credentials of every encoding a real client uses get through; and a
+//! 407 on a keep-alive connection leaves it usable for the retry.
+
+mod common;
+
+use common::*;
+
+const ALICE: (&str, &str) = ("alice", "alice-pw");
+
+/// alice (enabled) and dave (disabled).
+fn proxy_with_disabled_user() -> Proxy {
+    let users = user_entry(ALICE.0, ALICE.1, "disabled = false")
+        + &user_entry("dave", "dave-pw", "disabled = true");
+    spawn_proxy_with_users_file("", &users)
+}
+
+/// A GET through the proxy to `origin` with an optional `Proxy-Authorization`.
+async fn get_with(proxy: &Proxy, origin: &Origin, auth: Option<&str>) -> RawResponse {
+    let host = origin.authority();
+    let mut headers = vec![("Host", host.as_str())];
+    if let Some(a) = auth {
+        headers.push(("Proxy-Authorization", a));
+    }
+    get(proxy.addr, &origin.url("/private"), &headers).await
+}
+
+/// Everything a 407 from authgate must carry.
+fn assert_challenge(resp: &RawResponse, case: &str) {
+    assert_eq!(
+        resp.status_line, "HTTP/1.1 407 Proxy Authentication Required",
+        "{case}: response:\n{}",
+        resp.dump()
+    );
+    assert_eq!(
+        resp.header_all("proxy-authenticate"),
+        [format!("Basic realm=\"{REALM}\", charset=\"UTF-8\"")],
+        "{case}: challenge"
+    );
+    assert_proxy_error(resp, 407, "http_request_denied", "proxy_auth_required");
+    assert!(
+        resp.header("proxy-status")
+            .unwrap()
+            .starts_with("authgate; error="),
+        "{case}"
+    );
+}
+
+#[tokio::test]
+async fn missing_credentials_get_407_with_basic_challenge() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let resp = get_with(&proxy, &origin, None).await;
+    assert_challenge(&resp, "missing");
+    assert_eq!(origin.hits(), 0, "the origin must not be contacted");
+}
+
+#[tokio::test]
+async fn malformed_base64_gets_407() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let resp = get_with(&proxy, &origin, Some("Basic !!!not*base64!!!")).await;
+    assert_challenge(&resp, "malformed base64");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn bearer_scheme_gets_407() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let resp = get_with(&proxy, &origin, Some("Bearer eyJhbGciOi.eyJzdWIi.c2ln")).await;
+    assert_challenge(&resp, "wrong scheme");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn wrong_password_gets_407() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let resp = get_with(&proxy, &origin, Some(&basic("alice", "not-alices-pw"))).await;
+    assert_challenge(&resp, "wrong password");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn unknown_user_gets_407() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let resp = get_with(&proxy, &origin, Some(&basic("mallory", "alice-pw"))).await;
+    assert_challenge(&resp, "unknown user");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn disabled_user_with_correct_password_gets_407() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let resp = get_with(&proxy, &origin, Some(&basic("dave", "dave-pw"))).await;
+    assert_challenge(&resp, "disabled user");
+    assert_eq!(origin.hits(), 0);
+}
+
+/// Replaces the value of `"key":"..."` in `s` with `<x>`.
+fn blank_json_string(s: &str, key: &str) -> String {
+    let pat = format!("\"{key}\":\"");
+    let Some(start) = s.find(&pat).map(|i| i + pat.len()) else {
+        return s.to_string();
+    };
+    let end = start + s[start..].find('"').unwrap_or(0);
+    format!("{}<x>{}", &s[..start], &s[end..])
+}
+
+/// The wire bytes with the per-response fields blanked: `Date`,
+/// `x-request-id`, and the body's `timestamp` and `request_id`.
+fn normalise(resp: &RawResponse) -> String {
+    let wire = resp.dump();
+    let (head, body) = wire.split_once("\r\n\r\n").unwrap();
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|line| match line.split_once(':') {
+            Some((n, _))
+                if n.eq_ignore_ascii_case("date") || n.eq_ignore_ascii_case("x-request-id") =>
+            {
+                format!("{n}: <x>")
+            }
+            _ => line.to_string(),
+        })
+        .collect();
+    let body = blank_json_string(&blank_json_string(body, "timestamp"), "request_id");
+    format!("{}\r\n\r\n{body}", head.join("\r\n"))
+}
+
+#[tokio::test]
+async fn all_407s_are_identical_on_the_wire_so_users_cannot_be_enumerated() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let cases: [(&str, Option<String>); 6] = [
+        ("missing", None),
+        ("malformed base64", Some("Basic !!!not*base64!!!".into())),
+        ("wrong scheme", Some("Bearer abc.def.ghi".into())),
+        ("wrong password", Some(basic("alice", "not-alices-pw"))),
+        ("unknown user", Some(basic("mallory", "alice-pw"))),
+        ("disabled user", Some(basic("dave", "dave-pw"))),
+    ];
+    let mut first: Option<(String, String)> = None;
+    for (case, auth) in &cases {
+        let resp = get_with(&proxy, &origin, auth.as_deref()).await;
+        assert_challenge(&resp, case);
+        let wire = normalise(&resp);
+        match &first {
+            None => first = Some((case.to_string(), wire)),
+            Some((first_case, first_wire)) => assert_eq!(
+                &wire, first_wire,
+                "the 407 for `{case}` differs on the wire from the 407 for `{first_case}`"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn valid_credentials_are_forwarded() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let resp = get_with(&proxy, &origin, Some(&basic(ALICE.0, ALICE.1))).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert!(resp.header("proxy-status").is_none());
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(seen.request_line, "GET /private HTTP/1.1");
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn utf8_username_and_password_are_accepted() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[("jürgen", "pässwörd ☃ 密码")]);
+    let resp = get_with(&proxy, &origin, Some(&basic("jürgen", "pässwörd ☃ 密码"))).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let wrong = get_with(&proxy, &origin, Some(&basic("jürgen", "passwort"))).await;
+    assert_eq!(wrong.status, 407);
+}
+
+#[tokio::test]
+async fn password_with_colons_and_spaces_is_accepted() {
+    let origin = spawn_echo_origin();
+    let pw = "a:b c: d :e ";
+    let proxy = spawn_proxy("", &[("bob", pw)]);
+    let resp = get_with(&proxy, &origin, Some(&basic("bob", pw))).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    // Only the first `:` separates: "bob:a" + "b c..." must not match.
+    let cut = get_with(&proxy, &origin, Some(&basic("bob", "a"))).await;
+    assert_eq!(cut.status, 407);
+}
+
+#[tokio::test]
+async fn latin1_encoded_credentials_are_accepted() {
+    // Python requests and pip send `ü` as the single byte FC.
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[("jürgen", "pässwörd")]);
+    let resp = get_with(
+        &proxy,
+        &origin,
+        Some(&basic_raw(b"j\xfcrgen:p\xe4ssw\xf6rd")),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+}
+
+#[tokio::test]
+async fn decomposed_password_matches_composed_stored_password() {
+    let origin = spawn_echo_origin();
+    let composed = "p\u{e4}ssw\u{f6}rd";
+    let decomposed = "pa\u{308}sswo\u{308}rd";
+    assert_ne!(composed.as_bytes(), decomposed.as_bytes());
+    let proxy = spawn_proxy("", &[("anna", composed)]);
+    let resp = get_with(&proxy, &origin, Some(&basic("anna", decomposed))).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+}
+
+#[tokio::test]
+async fn credentials_after_407_on_the_same_keep_alive_connection_succeed() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[ALICE]);
+    let host = origin.authority();
+    let url = origin.url("/again");
+    let mut conn = RawConn::connect(proxy.addr).await;
+
+    conn.send(request("GET", &url, &[("Host", &host)])).await;
+    let first = conn.read_response("GET").await;
+    assert_eq!(first.status, 407, "{}", first.dump());
+    assert_ne!(
+        first.header("connection").map(str::to_ascii_lowercase),
+        Some("close".into()),
+        "a 407 without a body must keep the connection open"
+    );
+
+    let auth = basic(ALICE.0, ALICE.1);
+    conn.send(request(
+        "GET",
+        &url,
+        &[("Host", &host), ("Proxy-Authorization", &auth)],
+    ))
+    .await;
+    let second = conn.read_response("GET").await;
+    assert_eq!(second.status, 200, "{}", second.dump());
+    assert_eq!(
+        Echoed::parse(&second.body).request_line,
+        "GET /again HTTP/1.1"
+    );
+}
+
+#[tokio::test]
+async fn rejected_request_with_a_small_body_leaves_the_connection_usable() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[ALICE]);
+    let host = origin.authority();
+    let url = origin.url("/form");
+    let mut conn = RawConn::connect(proxy.addr).await;
+
+    let mut rejected = request(
+        "POST",
+        &url,
+        &[
+            ("Host", &host),
+            ("Content-Type", "text/plain"),
+            ("Content-Length", "21"),
+        ],
+    );
+    rejected.extend_from_slice(b"GET /smuggled HTTP/1.");
+    conn.send(rejected).await;
+    let first = conn.read_response("POST").await;
+    assert_eq!(first.status, 407, "{}", first.dump());
+
+    let auth = basic(ALICE.0, ALICE.1);
+    let mut retry = request(
+        "POST",
+        &url,
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Content-Length", "5"),
+        ],
+    );
+    retry.extend_from_slice(b"hello");
+    conn.send(retry).await;
+    let second = conn.read_response("POST").await;
+    assert_eq!(
+        second.status,
+        200,
+        "the retry on the same connection should be forwarded:\n{}",
+        second.dump()
+    );
+    let seen = Echoed::parse(&second.body);
+    assert_eq!(seen.request_line, "POST /form HTTP/1.1");
+    assert_eq!(seen.body, b"hello");
+    assert_eq!(origin.hits(), 1, "the rejected body must never reach the origin");
+}
+
+#[tokio::test]
+async fn expect_100_continue_without_credentials_gets_407_not_100() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[ALICE]);
+    let host = origin.authority();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request(
+        "PUT",
+        &origin.url("/upload"),
+        &[
+            ("Host", &host),
+            ("Content-Length", "100000"),
+            ("Expect", "100-continue"),
+        ],
+    ))
+    .await;
+    let resp = conn.read_response("PUT").await;
+    assert_eq!(
+        resp.status,
+        407,
+        "the client must not be told to send its body:\n{}",
+        resp.dump()
+    );
+    assert_eq!(origin.hits(), 0);
+}
