@@ -30,7 +30,8 @@ async fn get_with(proxy: &Proxy, origin: &Origin, auth: Option<&str>) -> RawResp
 /// Everything a 407 from authgate must carry.
 fn assert_challenge(resp: &RawResponse, case: &str) {
     assert_eq!(
-        resp.status_line, "HTTP/1.1 407 Proxy Authentication Required",
+        resp.status_line,
+        "HTTP/1.1 407 Proxy Authentication Required",
         "{case}: response:\n{}",
         resp.dump()
     );
@@ -294,7 +295,11 @@ async fn rejected_request_with_a_small_body_leaves_the_connection_usable() {
     let seen = Echoed::parse(&second.body);
     assert_eq!(seen.request_line, "POST /form HTTP/1.1");
     assert_eq!(seen.body, b"hello");
-    assert_eq!(origin.hits(), 1, "the rejected body must never reach the origin");
+    assert_eq!(
+        origin.hits(),
+        1,
+        "the rejected body must never reach the origin"
+    );
 }
 
 #[tokio::test]

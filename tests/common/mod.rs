@@ -37,10 +37,7 @@ impl TempDir {
     pub fn new() -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "authgate-test-{}-{n}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("authgate-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path)
             .unwrap_or_else(|e| panic!("cannot create temp dir {}: {e}", path.display()));

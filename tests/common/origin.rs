@@ -238,7 +238,11 @@ pub fn spawn_echo_origin() -> Origin {
         let (parts, body) = req.into_parts();
         let mut out = format!("{} {} {:?}\r\n", parts.method, parts.uri, parts.version);
         for (n, v) in &parts.headers {
-            out.push_str(&format!("{}: {}\r\n", n, String::from_utf8_lossy(v.as_bytes())));
+            out.push_str(&format!(
+                "{}: {}\r\n",
+                n,
+                String::from_utf8_lossy(v.as_bytes())
+            ));
         }
         out.push_str("\r\n");
         let mut out = out.into_bytes();
