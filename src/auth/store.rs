@@ -23,19 +23,48 @@ use super::password::{hash_password, verify_argon2};
 pub enum StoredHash {
     /// An argon2 PHC string (argon2id recommended).
     Argon2(PasswordHashString),
+    /// A bcrypt hash (`$2b$`, `$2y$`, `$2a$`) imported from htpasswd: a legacy
+    /// scheme, verified but never created.
+    Bcrypt(String),
 }
 
 impl StoredHash {
     fn verify(&self, password: &str) -> bool {
         match self {
             StoredHash::Argon2(h) => verify_argon2(h, password),
+            // bcrypt compares in constant time (subtle) internally.
+            StoredHash::Bcrypt(h) => bcrypt::verify(password.as_bytes(), h).unwrap_or(false),
         }
     }
 
-    fn as_str(&self) -> &str {
+    /// The stored string (for fingerprints and rewriting the file; never log it).
+    pub fn as_str(&self) -> &str {
         match self {
             StoredHash::Argon2(h) => h.as_str(),
+            StoredHash::Bcrypt(h) => h,
         }
+    }
+
+    /// `argon2id`, `argon2i`, `argon2d` or `bcrypt (legacy)`.
+    pub fn scheme(&self) -> String {
+        match self {
+            StoredHash::Argon2(h) => h.password_hash().algorithm.to_string(),
+            StoredHash::Bcrypt(_) => "bcrypt (legacy)".into(),
+        }
+    }
+
+    /// Parses a stored hash: argon2 PHC or bcrypt.
+    ///
+    /// # Errors
+    /// A message (never containing the hash) when it is neither.
+    pub fn parse(s: &str) -> Result<StoredHash, String> {
+        if s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2a$") {
+            return match s.parse::<bcrypt::HashParts>() {
+                Ok(_) => Ok(StoredHash::Bcrypt(s.to_owned())),
+                Err(_) => Err("not a valid bcrypt hash".into()),
+            };
+        }
+        super::password::parse_argon2(s).map(|(h, _)| StoredHash::Argon2(h))
     }
 }
 
@@ -107,7 +136,13 @@ impl User {
     pub fn argon2_params(&self) -> Option<Params> {
         match &self.hash {
             StoredHash::Argon2(h) => Params::try_from(&h.password_hash()).ok(),
+            StoredHash::Bcrypt(_) => None,
         }
+    }
+
+    /// The user's stored hash.
+    pub fn hash(&self) -> &StoredHash {
+        &self.hash
     }
 
     /// Whether the user is in `group`.

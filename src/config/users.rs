@@ -10,7 +10,6 @@ use std::time::SystemTime;
 use super::error::{Collector, Problem};
 use super::raw::RawUsers;
 use crate::auth::basic::nfc;
-use crate::auth::password::parse_argon2;
 use crate::auth::store::{StoredHash, User};
 
 /// Longest accepted user name, in characters.
@@ -71,8 +70,8 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             continue;
         }
         let user = user.into_inner();
-        let hash = match parse_argon2(user.password.get_ref()) {
-            Ok((h, _)) => StoredHash::Argon2(h),
+        let hash = match StoredHash::parse(user.password.get_ref()) {
+            Ok(h) => h,
             Err(m) => {
                 c.at(
                     user.password.span(),
