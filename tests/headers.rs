@@ -1,0 +1,178 @@
+//! Header hygiene on forwarded requests and responses: hop-by-hop fields are
+//! removed both ways, `Via` is added both ways, `Host` follows the URI, and a
+//! request that already passed through authgate is stopped (508).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+
+const USER: (&str, &str) = ("alice", "alice-pw");
+
+/// Fields that must never cross authgate in either direction.
+const HOP_BY_HOP: [&str; 5] = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_removed() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/hops?x=1"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Connection", "keep-alive, X-Hop-Secret"),
+            ("X-Hop-Secret", "only-for-the-proxy"),
+            ("Keep-Alive", "timeout=5, max=100"),
+            ("Proxy-Connection", "keep-alive"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Checksum"),
+            ("Upgrade", "h2c"),
+            ("X-End-To-End", "kept"),
+            ("Accept", "text/plain"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(seen.request_line, "GET /hops?x=1 HTTP/1.1");
+    for name in HOP_BY_HOP
+        .iter()
+        .chain(&["x-hop-secret", "proxy-authorization"])
+    {
+        assert!(!seen.has(name), "`{name}` reached the origin: {seen:?}");
+    }
+    for v in seen.header_all("connection") {
+        assert!(
+            !v.to_ascii_lowercase().contains("x-hop-secret"),
+            "Connection forwarded as {v:?}"
+        );
+    }
+    assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+    assert_eq!(seen.header("accept"), Some("text/plain"));
+}
+
+const HOPPY_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Date: Tue, 01 Jul 2025 10:00:00 GMT\r\n\
+Connection: keep-alive, X-Hop-Resp\r\n\
+X-Hop-Resp: only-for-the-proxy\r\n\
+Keep-Alive: timeout=5, max=100\r\n\
+Proxy-Connection: keep-alive\r\n\
+Trailer: X-Checksum\r\n\
+TE: trailers\r\n\
+X-End-To-End: kept\r\n\
+Via: 1.1 cdn-edge\r\n\
+Content-Length: 2\r\n\
+\r\n\
+ok";
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_removed() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let origin = spawn_canned_origin(HOPPY_RESPONSE, seen);
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[("Host", &host), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.body, b"ok");
+    for name in HOP_BY_HOP.iter().chain(&["x-hop-resp"]) {
+        assert!(
+            resp.header(name).is_none(),
+            "`{name}` reached the client:\n{}",
+            resp.dump()
+        );
+    }
+    for v in resp.header_all("connection") {
+        assert!(
+            !v.to_ascii_lowercase().contains("x-hop-resp"),
+            "Connection passed on as {v:?}"
+        );
+    }
+    assert_eq!(resp.header("x-end-to-end"), Some("kept"));
+    assert_eq!(
+        resp.header_all("via").join(", "),
+        "1.1 cdn-edge, 1.1 authgate",
+        "Via must keep the origin's entries and add ours last"
+    );
+}
+
+#[tokio::test]
+async fn via_is_added_to_requests_and_responses() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Via", "1.0 corp-gateway"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header_all("via"), ["1.1 authgate"]);
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(
+        seen.header_all("via").join(", "),
+        "1.0 corp-gateway, 1.1 authgate"
+    );
+}
+
+#[tokio::test]
+async fn host_is_replaced_by_the_uri_authority() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let resp = get(
+        proxy.addr,
+        &origin.url("/where"),
+        &[("Host", "evil.example"), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(seen.header_all("host"), [origin.authority()]);
+    assert_eq!(seen.request_line, "GET /where HTTP/1.1");
+}
+
+#[tokio::test]
+async fn request_that_already_passed_authgate_gets_508_loop_detected() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Via", "1.1 corp-gateway, 1.1 authgate"),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 508, "{}", resp.dump());
+    let ps = resp.header("proxy-status").unwrap_or_default();
+    assert!(
+        ps.starts_with("authgate; error=proxy_loop_detected"),
+        "Proxy-Status: {ps:?}"
+    );
+    assert_eq!(
+        resp.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(origin.hits(), 0, "a looping request must not be forwarded");
+}

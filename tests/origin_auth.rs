@@ -1,0 +1,167 @@
+//! The origin's own login answers pass through untouched; an origin 407 never
+//! reaches the client as a 407; credentials go where they belong.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+
+const USER: (&str, &str) = ("alice", "alice-pw");
+
+const ORIGIN_401: &[u8] = b"HTTP/1.1 401 Unauthorized\r\n\
+Date: Tue, 01 Jul 2025 10:00:00 GMT\r\n\
+WWW-Authenticate: Basic realm=\"origin realm\", charset=\"UTF-8\"\r\n\
+WWW-Authenticate: Bearer realm=\"api\", error=\"invalid_token\"\r\n\
+Set-Cookie: session=abc123; Path=/; HttpOnly\r\n\
+Set-Cookie: tracking=xyz; Max-Age=60\r\n\
+X-Origin-Custom: Some Value; with=params\r\n\
+Content-Type: application/json\r\n\
+Content-Length: 59\r\n\
+\r\n\
+{\"error\":\"login required\",\"hint\":\"use your origin account\"}";
+
+const ORIGIN_403: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
+Date: Tue, 01 Jul 2025 10:00:00 GMT\r\n\
+Set-Cookie: seen=1; Secure\r\n\
+X-Origin-Custom: denied-by-origin\r\n\
+Cache-Control: private\r\n\
+Content-Type: text/html; charset=utf-8\r\n\
+Content-Length: 36\r\n\
+\r\n\
+<h1>You may not see this page.</h1>\n";
+
+const ORIGIN_407: &[u8] = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+Date: Tue, 01 Jul 2025 10:00:00 GMT\r\n\
+Proxy-Authenticate: Basic realm=\"some other proxy\"\r\n\
+Content-Length: 21\r\n\
+\r\n\
+upstream wants creds\n";
+
+/// Parses a canned response the way [`RawResponse`] parses what the client got.
+fn parse_canned(bytes: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let split = find(bytes, b"\r\n\r\n").unwrap();
+    let head = std::str::from_utf8(&bytes[..split]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap().to_string();
+    let mut headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    let body = bytes[split + 4..].to_vec();
+    let len = headers.iter().find(|(n, _)| n == "content-length").unwrap();
+    assert_eq!(
+        len.1,
+        body.len().to_string(),
+        "canned response is inconsistent"
+    );
+    (status_line, headers, body)
+}
+
+/// Asserts that the client got the origin's `canned` response with nothing
+/// changed but one added `Via: 1.1 authgate`.
+async fn assert_passes_through(canned: &'static [u8]) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let origin = spawn_canned_origin(canned, seen.clone());
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/account"),
+        &[("Host", &host), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+
+    let (status_line, mut want_headers, want_body) = parse_canned(canned);
+    want_headers.push(("via".into(), "1.1 authgate".into()));
+    want_headers.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(resp.status_line, status_line, "{}", resp.dump());
+    assert_eq!(
+        resp.headers_by_name(),
+        want_headers,
+        "headers must pass through unchanged (plus Via):\n{}",
+        resp.dump()
+    );
+    assert_eq!(resp.body, want_body, "body must pass through byte for byte");
+    assert!(
+        resp.header("proxy-status").is_none(),
+        "an origin's answer must not look like authgate's"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1, "origin saw one request");
+}
+
+#[tokio::test]
+async fn origin_401_passes_through_untouched() {
+    assert_passes_through(ORIGIN_401).await;
+}
+
+#[tokio::test]
+async fn origin_403_passes_through_untouched() {
+    assert_passes_through(ORIGIN_403).await;
+}
+
+#[tokio::test]
+async fn origin_407_becomes_502_never_a_407() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let origin = spawn_canned_origin(ORIGIN_407, seen.clone());
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[("Host", &host), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(resp.status, 502, "{}", resp.dump());
+    let ps = resp
+        .header("proxy-status")
+        .expect("Proxy-Status on the 502");
+    assert!(ps.starts_with("authgate; error="), "{ps}");
+    assert!(
+        ps.contains("details=") && ps.contains("407"),
+        "Proxy-Status details should name the upstream 407: {ps}"
+    );
+    assert!(
+        resp.header("proxy-authenticate").is_none(),
+        "the origin's proxy challenge must not reach the client:\n{}",
+        resp.dump()
+    );
+    assert!(!resp.text().contains("upstream wants creds"));
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn proxy_authorization_never_reaches_the_origin_but_authorization_does() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let origin_auth = "Basic b3JpZ2luLXVzZXI6b3JpZ2luLXB3"; // origin-user:origin-pw
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/whoami"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Authorization", origin_auth),
+        ],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert!(
+        !seen.has("proxy-authorization"),
+        "Proxy-Authorization was forwarded: {seen:?}"
+    );
+    let b64 = auth.trim_start_matches("Basic ");
+    assert!(
+        !resp.text().contains(b64),
+        "the proxy credentials reached the origin in some header: {seen:?}"
+    );
+    assert_eq!(seen.header_all("authorization"), [origin_auth]);
+}
