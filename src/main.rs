@@ -156,8 +156,8 @@ async fn shutdown_signal() {
 
 fn hash_password(config: &Path) -> ExitCode {
     let params = if config.exists() {
-        match authgate::config::argon2_params(config) {
-            Ok(p) => p,
+        match authgate::config::auth_settings(config) {
+            Ok(a) => a.argon2,
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;

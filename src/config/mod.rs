@@ -207,14 +207,30 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Parses just the `[auth.argon2]` parameters (for `hash-password` when the
-/// users file may not exist yet).
-pub fn argon2_params(path: &Path) -> Result<argon2::Params, ConfigError> {
+/// Reads just the `[auth]` settings of the config (users file path, argon2
+/// parameters for new hashes), without reading the users file: for
+/// `hash-password` and `users`, which must work while the users file is
+/// missing or being repaired.
+///
+/// # Errors
+/// Every problem in the config file.
+pub fn auth_settings(path: &Path) -> Result<Auth, ConfigError> {
     let source = read(path)?;
     let (settings, problems) = validate::config(path, &source);
     if problems.is_empty() {
-        Ok(settings.auth.argon2)
+        Ok(settings.auth)
     } else {
         Err(ConfigError { problems })
     }
 }
+
+/// Parses a users file on its own (for `users list` and checks after an edit).
+///
+/// # Errors
+/// Every problem in the file, with line:col.
+pub fn parse_users(path: &Path, source: &str) -> Result<Vec<crate::auth::User>, ConfigError> {
+    let (users, problems) = users::parse(path, source);
+    if problems.is_empty() { Ok(users) } else { Err(ConfigError { problems }) }
+}
+
+pub use users::check_name;
