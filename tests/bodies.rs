@@ -1,0 +1,358 @@
+//! Bodies stream both ways intact: chunked, large, bodiless responses,
+//! `Expect: 100-continue`, and an HTTP upgrade carried across.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use common::*;
+
+const USER: (&str, &str) = ("alice", "alice-pw");
+const LARGE: u64 = 20 * 1024 * 1024;
+
+fn auth() -> String {
+    basic(USER.0, USER.1)
+}
+
+/// Sends `req` to the proxy over a fresh hyper client connection.
+async fn via_hyper<B>(proxy: SocketAddr, req: Request<B>) -> Response<Incoming>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx.send_request(req).await.expect("response from the proxy")
+}
+
+#[tokio::test]
+async fn chunked_request_body_reaches_the_origin_intact() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let auth = auth();
+    let mut req = request(
+        "POST",
+        &origin.url("/chunked"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Transfer-Encoding", "chunked"),
+        ],
+    );
+    req.extend_from_slice(b"5\r\nhello\r\n7\r\n, world\r\n1;ext=1\r\n!\r\n0\r\n\r\n");
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(req).await;
+    let resp = conn.read_response("POST").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(seen.request_line, "POST /chunked HTTP/1.1");
+    assert_eq!(String::from_utf8_lossy(&seen.body), "hello, world!");
+}
+
+#[tokio::test]
+async fn chunked_response_body_reaches_the_client_intact() {
+    let origin = spawn_origin(|_req: Request<Incoming>| async {
+        Response::new(chunked(&[b"first,", b"second,", b"", b"third"]))
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let auth = auth();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[("Host", &host), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    assert!(resp.header("content-length").is_none());
+    assert_eq!(resp.text(), "first,second,third");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_upload_streams_through_with_matching_checksum() {
+    let origin = spawn_checksum_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let req = Request::post(origin.url("/upload"))
+        .header("host", origin.authority())
+        .header("proxy-authorization", auth())
+        .body(PatternBody::new(LARGE, true))
+        .unwrap();
+    let resp = via_hyper(proxy.addr, req).await;
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    let mut want = Fnv::default();
+    for start in (0..LARGE).step_by(1 << 20) {
+        want.update(&pattern(start, 1 << 20));
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        format!("{LARGE} {:016x}", want.0),
+        "origin got a different body (length checksum)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_chunked_download_streams_through_with_matching_checksum() {
+    let origin = spawn_origin(|_req: Request<Incoming>| async {
+        Response::new(PatternBody::new(LARGE, false).boxed())
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let req = Request::get(origin.url("/download"))
+        .header("host", origin.authority())
+        .header("proxy-authorization", auth())
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = via_hyper(proxy.addr, req).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("transfer-encoding")
+            .map(|v| v.as_bytes()),
+        Some(&b"chunked"[..])
+    );
+    let mut body = resp.into_body();
+    let mut got = Fnv::default();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("download broke off");
+        if let Some(d) = frame.data_ref() {
+            got.update(d);
+            len += d.len() as u64;
+        }
+    }
+    let mut want = Fnv::default();
+    for start in (0..LARGE).step_by(1 << 20) {
+        want.update(&pattern(start, 1 << 20));
+    }
+    assert_eq!(len, LARGE);
+    assert_eq!(got, want, "downloaded body differs");
+}
+
+/// An origin with a few fixed answers, by path.
+fn spawn_routes_origin() -> Origin {
+    spawn_origin(|req: Request<Incoming>| async move {
+        let b = Response::builder();
+        match req.uri().path() {
+            "/204" => b.status(204).header("x-route", "204").body(empty()),
+            "/304" => b
+                .status(304)
+                .header("etag", "\"v1\"")
+                .header("x-route", "304")
+                .body(empty()),
+            // For HEAD hyper announces this length and sends no body.
+            "/file" => b
+                .header("content-type", "application/octet-stream")
+                .body(full(vec![b'x'; 1234])),
+            _ => b.body(full("next")),
+        }
+        .unwrap()
+    })
+}
+
+#[tokio::test]
+async fn head_keeps_content_length_and_sends_no_body() {
+    let origin = spawn_routes_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let auth = auth();
+    let headers = [("Host", host.as_str()), ("Proxy-Authorization", &auth)];
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request("HEAD", &origin.url("/file"), &headers))
+        .await;
+    let head = conn.read_response("HEAD").await;
+    assert_eq!(head.status, 200, "{}", head.dump());
+    assert_eq!(
+        head.header("content-length"),
+        Some("1234"),
+        "{}",
+        head.dump()
+    );
+    // If any body bytes followed the HEAD response, the next response on this
+    // connection would not start with a status line.
+    conn.send(request("GET", &origin.url("/next"), &headers))
+        .await;
+    let next = conn.read_response("GET").await;
+    assert_eq!(next.status_line, "HTTP/1.1 200 OK", "{}", next.dump());
+    assert_eq!(next.text(), "next");
+}
+
+#[tokio::test]
+async fn no_content_204_and_not_modified_304_have_no_body() {
+    let origin = spawn_routes_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let auth = auth();
+    let headers = [("Host", host.as_str()), ("Proxy-Authorization", &auth)];
+    let mut conn = RawConn::connect(proxy.addr).await;
+
+    conn.send(request("DELETE", &origin.url("/204"), &headers))
+        .await;
+    let r204 = conn.read_response("DELETE").await;
+    assert_eq!(
+        r204.status_line,
+        "HTTP/1.1 204 No Content",
+        "{}",
+        r204.dump()
+    );
+    assert_eq!(r204.header("x-route"), Some("204"));
+    assert!(
+        r204.header("transfer-encoding").is_none(),
+        "{}",
+        r204.dump()
+    );
+
+    conn.send(request(
+        "GET",
+        &origin.url("/304"),
+        &[
+            ("Host", host.as_str()),
+            ("Proxy-Authorization", &auth),
+            ("If-None-Match", "\"v1\""),
+        ],
+    ))
+    .await;
+    let r304 = conn.read_response("GET").await;
+    assert_eq!(
+        r304.status_line,
+        "HTTP/1.1 304 Not Modified",
+        "{}",
+        r304.dump()
+    );
+    assert_eq!(r304.header("etag"), Some("\"v1\""));
+    assert!(
+        r304.header("transfer-encoding").is_none(),
+        "{}",
+        r304.dump()
+    );
+
+    conn.send(request("GET", &origin.url("/next"), &headers))
+        .await;
+    let next = conn.read_response("GET").await;
+    assert_eq!(next.status_line, "HTTP/1.1 200 OK", "{}", next.dump());
+    assert_eq!(next.text(), "next");
+}
+
+#[tokio::test]
+async fn expect_100_continue_gets_100_before_the_body_then_200() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let auth = auth();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request(
+        "POST",
+        &origin.url("/expect"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Content-Length", "11"),
+            ("Expect", "100-continue"),
+        ],
+    ))
+    .await;
+    let interim = conn.read_head().await;
+    assert_eq!(
+        interim.status_line,
+        "HTTP/1.1 100 Continue",
+        "{}",
+        interim.dump()
+    );
+    conn.send(b"hello world").await;
+    let resp = conn.read_response("POST").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(seen.body, b"hello world");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_carries_bytes_both_ways() {
+    let origin = spawn_origin(|mut req: Request<Incoming>| async move {
+        let wants = req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        if !wants {
+            return Response::builder()
+                .status(400)
+                .body(full("expected an upgrade"))
+                .unwrap();
+        }
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(up) = on.await else { return };
+            let mut io = TokioIo::new(up);
+            let mut buf = [0u8; 4096];
+            loop {
+                match io.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut out = b"echo:".to_vec();
+                        out.extend_from_slice(&buf[..n]);
+                        if io.write_all(&out).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = io.shutdown().await;
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(empty())
+            .unwrap()
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let auth = auth();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request(
+        "GET",
+        &origin.url("/ws"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    ))
+    .await;
+    let head = conn.read_head().await;
+    assert_eq!(
+        head.status_line,
+        "HTTP/1.1 101 Switching Protocols",
+        "{}",
+        head.dump()
+    );
+    assert_eq!(head.header("upgrade"), Some("websocket"));
+    assert_eq!(
+        head.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+
+    conn.send(b"frame one").await;
+    assert_eq!(conn.read_exact(14).await, b"echo:frame one");
+    conn.send(b"frame two").await;
+    assert_eq!(conn.read_exact(14).await, b"echo:frame two");
+    conn.shutdown_write().await;
+    assert!(
+        conn.read_to_end().await.is_empty(),
+        "after our FIN the origin closes and so must the proxy"
+    );
+}
