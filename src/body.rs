@@ -37,29 +37,17 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         let kind = Kind::Full((!bytes.is_empty()).then_some(bytes));
-        ProxyBody {
-            kind,
-            sent: 0,
-            log: None,
-        }
+        ProxyBody { kind, sent: 0, log: None }
     }
 
     /// An empty body (CONNECT 200, 101).
     pub fn empty() -> Self {
-        ProxyBody {
-            kind: Kind::Full(None),
-            sent: 0,
-            log: None,
-        }
+        ProxyBody { kind: Kind::Full(None), sent: 0, log: None }
     }
 
     /// The origin's response body, streamed through.
     pub fn upstream(body: Incoming) -> Self {
-        ProxyBody {
-            kind: Kind::Upstream(body),
-            sent: 0,
-            log: None,
-        }
+        ProxyBody { kind: Kind::Upstream(body), sent: 0, log: None }
     }
 
     /// Attaches the access record that is emitted when this body ends.

@@ -8,11 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "authgate",
-    version,
-    about = "Forward HTTP proxy that requires proxy credentials"
-)]
+#[command(name = "authgate", version, about = "Forward HTTP proxy that requires proxy credentials")]
 struct Cli {
     /// Config file.
     #[arg(long, short, global = true, default_value = "config/authgate.toml")]
@@ -106,10 +102,7 @@ fn run(config: &Path) -> ExitCode {
         }
     };
     authgate::telemetry::init(&snap.log.level, snap.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
@@ -133,10 +126,8 @@ fn run(config: &Path) -> ExitCode {
 /// Resolves on SIGTERM or SIGINT; a second signal exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -183,10 +174,10 @@ fn hash_password(config: &Path) -> ExitCode {
 /// standard input.
 fn read_password() -> Result<String, String> {
     if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password("Password: ")
-            .map_err(|e| format!("cannot read password: {e}"))?;
-        let second = rpassword::prompt_password("Repeat: ")
-            .map_err(|e| format!("cannot read password: {e}"))?;
+        let first =
+            rpassword::prompt_password("Password: ").map_err(|e| format!("cannot read password: {e}"))?;
+        let second =
+            rpassword::prompt_password("Repeat: ").map_err(|e| format!("cannot read password: {e}"))?;
         if first != second {
             return Err("passwords do not match".into());
         }
@@ -204,9 +195,5 @@ fn read_password() -> Result<String, String> {
 }
 
 fn non_empty(p: String) -> Result<String, String> {
-    if p.is_empty() {
-        Err("empty password".into())
-    } else {
-        Ok(p)
-    }
+    if p.is_empty() { Err("empty password".into()) } else { Ok(p) }
 }

@@ -38,78 +38,44 @@ pub struct Description {
 pub fn describe(err: &ProxyError) -> Description {
     use ProxyError::*;
     let (status, proxy_status, code, title) = match err {
-        OriginForm => (
-            StatusCode::BAD_REQUEST,
-            "http_request_error",
-            "not_a_proxy_request",
-            "Not a proxy request",
-        ),
-        UnsupportedScheme { .. } => (
-            StatusCode::BAD_REQUEST,
-            "http_request_error",
-            "unsupported_scheme",
-            "Unsupported scheme",
-        ),
-        BadTarget { .. } => (
-            StatusCode::BAD_REQUEST,
-            "http_request_error",
-            "bad_target",
-            "Bad request target",
-        ),
+        OriginForm => {
+            (StatusCode::BAD_REQUEST, "http_request_error", "not_a_proxy_request", "Not a proxy request")
+        }
+        UnsupportedScheme { .. } => {
+            (StatusCode::BAD_REQUEST, "http_request_error", "unsupported_scheme", "Unsupported scheme")
+        }
+        BadTarget { .. } => {
+            (StatusCode::BAD_REQUEST, "http_request_error", "bad_target", "Bad request target")
+        }
         ProxyAuthRequired => (
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "http_request_denied",
             "proxy_auth_required",
             "Proxy authentication required",
         ),
-        Throttled { .. } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "http_request_denied",
-            "auth_throttled",
-            "Too many failed logins",
-        ),
-        DeniedByRule { .. } => (
-            StatusCode::FORBIDDEN,
-            "http_request_denied",
-            "denied_by_rule",
-            "Access denied by proxy policy",
-        ),
+        Throttled { .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, "http_request_denied", "auth_throttled", "Too many failed logins")
+        }
+        DeniedByRule { .. } => {
+            (StatusCode::FORBIDDEN, "http_request_denied", "denied_by_rule", "Access denied by proxy policy")
+        }
         DestinationIpProhibited { .. } => (
             StatusCode::FORBIDDEN,
             "destination_ip_prohibited",
             "destination_ip_prohibited",
             "Destination address prohibited",
         ),
-        LoopDetected => (
-            StatusCode::LOOP_DETECTED,
-            "proxy_loop_detected",
-            "proxy_loop",
-            "Proxy loop detected",
-        ),
-        DnsError => (
-            StatusCode::BAD_GATEWAY,
-            "dns_error",
-            "dns_error",
-            "Host name does not resolve",
-        ),
-        DnsTimeout => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "dns_timeout",
-            "dns_timeout",
-            "DNS lookup timed out",
-        ),
-        ConnectionRefused => (
-            StatusCode::BAD_GATEWAY,
-            "connection_refused",
-            "connection_refused",
-            "Connection refused",
-        ),
-        ConnectionTimeout => (
-            StatusCode::GATEWAY_TIMEOUT,
-            "connection_timeout",
-            "connection_timeout",
-            "Connection timed out",
-        ),
+        LoopDetected => {
+            (StatusCode::LOOP_DETECTED, "proxy_loop_detected", "proxy_loop", "Proxy loop detected")
+        }
+        DnsError => (StatusCode::BAD_GATEWAY, "dns_error", "dns_error", "Host name does not resolve"),
+        DnsTimeout => (StatusCode::GATEWAY_TIMEOUT, "dns_timeout", "dns_timeout", "DNS lookup timed out"),
+        ConnectionRefused => {
+            (StatusCode::BAD_GATEWAY, "connection_refused", "connection_refused", "Connection refused")
+        }
+        ConnectionTimeout => {
+            (StatusCode::GATEWAY_TIMEOUT, "connection_timeout", "connection_timeout", "Connection timed out")
+        }
         DestinationUnavailable => (
             StatusCode::BAD_GATEWAY,
             "destination_unavailable",
@@ -159,12 +125,7 @@ pub fn describe(err: &ProxyError) -> Description {
             "Internal proxy error",
         ),
     };
-    Description {
-        status,
-        proxy_status,
-        code,
-        title,
-    }
+    Description { status, proxy_status, code, title }
 }
 
 /// The human `detail` of an error: says what to do, never echoes secrets.
@@ -253,11 +214,7 @@ fn proxy_status_details(err: &ProxyError) -> Option<String> {
 pub fn proxy_status_value(err: &ProxyError) -> String {
     let d = describe(err);
     match proxy_status_details(err) {
-        Some(details) => format!(
-            "{PROXY_NAME}; error={}; details={}",
-            d.proxy_status,
-            sf_string(&details)
-        ),
+        Some(details) => format!("{PROXY_NAME}; error={}; details={}", d.proxy_status, sf_string(&details)),
         None => format!("{PROXY_NAME}; error={}", d.proxy_status),
     }
 }
@@ -321,11 +278,7 @@ pub fn error_response(err: &ProxyError, ctx: &Context<'_>) -> Response<ProxyBody
             insert_str(h, header::PROXY_AUTHENTICATE.as_str(), &challenge);
         }
         ProxyError::Throttled { retry_after } | ProxyError::AuthOverloaded { retry_after } => {
-            insert_str(
-                h,
-                header::RETRY_AFTER.as_str(),
-                &retry_after.as_secs().max(1).to_string(),
-            );
+            insert_str(h, header::RETRY_AFTER.as_str(), &retry_after.as_secs().max(1).to_string());
         }
         ProxyError::TooManyConnections => {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -378,15 +331,12 @@ mod tests {
 
     #[test]
     fn browsers_get_html_and_tools_get_json() {
-        let browser = HeaderValue::from_static(
-            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-        );
+        let browser =
+            HeaderValue::from_static("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8");
         assert!(prefers_html(Some(&browser)));
         assert!(!prefers_html(Some(&HeaderValue::from_static("*/*"))));
         assert!(!prefers_html(None));
-        assert!(!prefers_html(Some(&HeaderValue::from_static(
-            "application/json, text/html;q=0.5"
-        ))));
+        assert!(!prefers_html(Some(&HeaderValue::from_static("application/json, text/html;q=0.5"))));
     }
 
     #[test]
@@ -400,20 +350,12 @@ mod tests {
         use ProxyError::*;
         let all = [
             OriginForm,
-            UnsupportedScheme {
-                scheme: "ftp".into(),
-            },
+            UnsupportedScheme { scheme: "ftp".into() },
             BadTarget { detail: "x" },
             ProxyAuthRequired,
-            Throttled {
-                retry_after: Duration::from_secs(1),
-            },
-            DeniedByRule {
-                rule: "default".into(),
-            },
-            DestinationIpProhibited {
-                addr: [127, 0, 0, 1].into(),
-            },
+            Throttled { retry_after: Duration::from_secs(1) },
+            DeniedByRule { rule: "default".into() },
+            DestinationIpProhibited { addr: [127, 0, 0, 1].into() },
             LoopDetected,
             DnsError,
             DnsTimeout,
@@ -424,9 +366,7 @@ mod tests {
             UpstreamProtocol { detail: "x" },
             Upstream407,
             UpstreamTls,
-            AuthOverloaded {
-                retry_after: Duration::from_secs(1),
-            },
+            AuthOverloaded { retry_after: Duration::from_secs(1) },
             TooManyConnections,
             Internal,
         ];

@@ -63,9 +63,7 @@ pub fn parse_host(raw: &str) -> Result<Host, BadTarget> {
         return Err(BadTarget("host name too long"));
     }
     if let Some(inner) = raw.strip_prefix('[') {
-        let inner = inner
-            .strip_suffix(']')
-            .ok_or(BadTarget("unclosed IPv6 bracket"))?;
+        let inner = inner.strip_suffix(']').ok_or(BadTarget("unclosed IPv6 bracket"))?;
         // A zone id (`%eth0`, URL-encoded `%25eth0`) does not change which
         // address class this is; the check applies to the address.
         let addr = inner.split('%').next().unwrap_or(inner);
@@ -83,18 +81,13 @@ pub fn parse_host(raw: &str) -> Result<Host, BadTarget> {
         if label.is_empty() || label.len() > 63 {
             return Err(BadTarget("bad host name"));
         }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             return Err(BadTarget("bad host name"));
         }
     }
     let last = name.rsplit('.').next().unwrap_or("");
     if looks_numeric(last) {
-        return parse_ipv4_loose(&name)
-            .map(|a| Host::Ip(IpAddr::V4(a)))
-            .ok_or(BadTarget("bad IPv4 address"));
+        return parse_ipv4_loose(&name).map(|a| Host::Ip(IpAddr::V4(a))).ok_or(BadTarget("bad IPv4 address"));
     }
     Ok(Host::Name(name))
 }
@@ -104,19 +97,12 @@ pub fn parse_host(raw: &str) -> Result<Host, BadTarget> {
 /// # Errors
 /// [`BadTarget`] when the port is missing, zero or not a number, or the host is bad.
 pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
-    let (host, port) = raw
-        .rsplit_once(':')
-        .ok_or(BadTarget("CONNECT needs host:port"))?;
-    if host.starts_with('[') != host.ends_with(']')
-        || (!host.starts_with('[') && host.contains(':'))
-    {
+    let (host, port) = raw.rsplit_once(':').ok_or(BadTarget("CONNECT needs host:port"))?;
+    if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && host.contains(':')) {
         return Err(BadTarget("IPv6 addresses must be in brackets"));
     }
     let port = parse_port(port)?;
-    Ok(Target {
-        host: parse_host(host)?,
-        port,
-    })
+    Ok(Target { host: parse_host(host)?, port })
 }
 
 /// Parses a decimal port 1-65535.
@@ -136,9 +122,7 @@ pub fn parse_port(raw: &str) -> Result<u16, BadTarget> {
 fn looks_numeric(label: &str) -> bool {
     !label.is_empty()
         && (label.bytes().all(|b| b.is_ascii_digit())
-            || label
-                .strip_prefix("0x")
-                .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())))
+            || label.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())))
 }
 
 /// `inet_aton` semantics: 1-4 parts, each decimal, octal (leading 0) or hex
@@ -216,10 +200,7 @@ mod tests {
 
     #[test]
     fn names_are_canonical() {
-        assert_eq!(
-            parse_host("Example.COM."),
-            Ok(Host::Name("example.com".into()))
-        );
+        assert_eq!(parse_host("Example.COM."), Ok(Host::Name("example.com".into())));
         assert_eq!(parse_host("localhost"), Ok(Host::Name("localhost".into())));
     }
 
@@ -246,14 +227,7 @@ mod tests {
     fn authority_needs_a_port() {
         assert_eq!(parse_authority("example.com:443").unwrap().port, 443);
         assert_eq!(parse_authority("[::1]:8080").unwrap().host, ip("::1"));
-        for s in [
-            "example.com",
-            "example.com:0",
-            "example.com:99999",
-            "example.com:+1",
-            "::1:80",
-            ":80",
-        ] {
+        for s in ["example.com", "example.com:0", "example.com:99999", "example.com:+1", "::1:80", ":80"] {
             assert!(parse_authority(s).is_err(), "{s}");
         }
     }

@@ -74,14 +74,8 @@ pub fn parse(value: &[u8]) -> Result<Credentials, Malformed> {
         return Err(Malformed::Encoding);
     }
     let decoded = BASE64.decode(token).map_err(|_| Malformed::Encoding)?;
-    let colon = decoded
-        .iter()
-        .position(|&b| b == b':')
-        .ok_or(Malformed::Encoding)?;
-    Ok(Credentials {
-        username: text(&decoded[..colon]),
-        password: text(&decoded[colon + 1..]),
-    })
+    let colon = decoded.iter().position(|&b| b == b':').ok_or(Malformed::Encoding)?;
+    Ok(Credentials { username: text(&decoded[..colon]), password: text(&decoded[colon + 1..]) })
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -138,11 +132,7 @@ mod tests {
     #[test]
     fn scheme_is_case_insensitive_and_whitespace_tolerated() {
         let mut v = b"  bAsIc   ".to_vec();
-        v.extend(
-            base64::engine::general_purpose::STANDARD
-                .encode("u:p")
-                .bytes(),
-        );
+        v.extend(base64::engine::general_purpose::STANDARD.encode("u:p").bytes());
         v.extend(b"  ");
         assert_eq!(parse(&v).unwrap().password, "p");
     }
@@ -163,10 +153,7 @@ mod tests {
         assert_eq!(parse(b"Basic"), Err(Malformed::Encoding));
         assert_eq!(parse(b"Basic !!!"), Err(Malformed::Encoding));
         assert_eq!(parse(&b64(b"nocolon")), Err(Malformed::Encoding));
-        assert_eq!(
-            parse(&vec![b'A'; MAX_HEADER_LEN + 1]),
-            Err(Malformed::Encoding)
-        );
+        assert_eq!(parse(&vec![b'A'; MAX_HEADER_LEN + 1]), Err(Malformed::Encoding));
         assert_eq!(parse(b""), Err(Malformed::WrongScheme));
     }
 

@@ -45,10 +45,7 @@ impl VerifiedCache {
     pub fn new() -> Self {
         let mut key = [0u8; 32];
         rand_core::OsRng.fill_bytes(&mut key);
-        VerifiedCache {
-            key,
-            map: RwLock::new(HashMap::new()),
-        }
+        VerifiedCache { key, map: RwLock::new(HashMap::new()) }
     }
 
     fn mac(&self, header: &[u8]) -> Key {
@@ -66,20 +63,11 @@ impl VerifiedCache {
     pub fn get(&self, header: &[u8], now: Instant) -> Option<(Arc<str>, u64)> {
         let key = self.mac(header);
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&key)
-            .filter(|e| e.until > now)
-            .map(|e| (e.user.clone(), e.fingerprint))
+        map.get(&key).filter(|e| e.until > now).map(|e| (e.user.clone(), e.fingerprint))
     }
 
     /// Remembers that `header` verified as `user` for `ttl`.
-    pub fn insert(
-        &self,
-        header: &[u8],
-        user: Arc<str>,
-        fingerprint: u64,
-        ttl: Duration,
-        now: Instant,
-    ) {
+    pub fn insert(&self, header: &[u8], user: Arc<str>, fingerprint: u64, ttl: Duration, now: Instant) {
         if ttl.is_zero() {
             return;
         }
@@ -91,14 +79,7 @@ impl VerifiedCache {
                 map.clear();
             }
         }
-        map.insert(
-            key,
-            Entry {
-                user,
-                fingerprint,
-                until: now + ttl,
-            },
-        );
+        map.insert(key, Entry { user, fingerprint, until: now + ttl });
     }
 
     /// Drops every entry of `user` (the snapshot check already ignores them;
@@ -128,10 +109,7 @@ mod tests {
         let c = VerifiedCache::new();
         let t0 = Instant::now();
         c.insert(b"Basic abc", "alice".into(), 7, Duration::from_secs(60), t0);
-        assert_eq!(
-            c.get(b"Basic abc", t0).map(|(u, f)| (u.to_string(), f)),
-            Some(("alice".into(), 7))
-        );
+        assert_eq!(c.get(b"Basic abc", t0).map(|(u, f)| (u.to_string(), f)), Some(("alice".into(), 7)));
         assert!(c.get(b"Basic abd", t0).is_none());
         assert!(c.get(b"Basic abc", t0 + Duration::from_secs(61)).is_none());
     }
@@ -150,9 +128,6 @@ mod tests {
 
     #[test]
     fn different_processes_use_different_keys() {
-        assert_ne!(
-            VerifiedCache::new().mac(b"x"),
-            VerifiedCache::new().mac(b"x")
-        );
+        assert_ne!(VerifiedCache::new().mac(b"x"), VerifiedCache::new().mac(b"x"));
     }
 }

@@ -10,7 +10,9 @@ pub mod basic;
 pub mod cache;
 pub mod password;
 pub mod store;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +36,8 @@ pub enum Outcome {
     },
     /// The verification queue is full: answer 503, spend no argon2.
     Overloaded,
+    /// Too many failures from this address: answer 429, spend no argon2.
+    Throttled(Duration),
 }
 
 /// The shared authentication engine.
@@ -42,6 +46,22 @@ pub struct Authenticator {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_pending: usize,
+    throttle: throttle::Throttle,
+}
+
+/// What [`Authenticator::authenticate`] needs besides the header.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The users of the live snapshot.
+    pub users: &'a Arc<UserStore>,
+    /// The raw `Proxy-Authorization` value, if any.
+    pub header: Option<&'a [u8]>,
+    /// How long a success is cached.
+    pub ttl: Duration,
+    /// The client's address, for throttling.
+    pub client: IpAddr,
+    /// Throttle settings.
+    pub throttle: &'a throttle::Settings,
 }
 
 impl Authenticator {
@@ -52,6 +72,7 @@ impl Authenticator {
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
             max_pending,
+            throttle: throttle::Throttle::new(),
         }
     }
 
@@ -60,18 +81,11 @@ impl Authenticator {
         &self.cache
     }
 
-    /// Checks a `Proxy-Authorization` value against `users`.
-    pub async fn authenticate(
-        &self,
-        users: &Arc<UserStore>,
-        header: Option<&[u8]>,
-        ttl: Duration,
-    ) -> Outcome {
+    /// Checks a `Proxy-Authorization` value against the users.
+    pub async fn authenticate(&self, req: Request<'_>) -> Outcome {
+        let Request { users, header, ttl, client, throttle } = req;
         let Some(header) = header else {
-            return Outcome::Refused {
-                reason: Refusal::Missing,
-                username: None,
-            };
+            return Outcome::Refused { reason: Refusal::Missing, username: None };
         };
         let now = Instant::now();
         if let Some((name, fingerprint)) = self.cache.get(header, now) {
@@ -81,13 +95,14 @@ impl Authenticator {
                 }
             }
         }
+        if let Err(retry) = self.throttle.check(client, throttle, now) {
+            return Outcome::Throttled(retry);
+        }
         let creds = match basic::parse(header) {
             Ok(c) => c,
             Err(_) => {
-                return Outcome::Refused {
-                    reason: Refusal::Malformed,
-                    username: None,
-                };
+                self.throttle.failed(client, throttle, now);
+                return Outcome::Refused { reason: Refusal::Malformed, username: None };
             }
         };
         let username = creds.username.clone();
@@ -97,19 +112,13 @@ impl Authenticator {
         };
         match verdict {
             Ok(user) => {
-                self.cache.insert(
-                    header,
-                    user.name.clone(),
-                    user.fingerprint,
-                    ttl,
-                    Instant::now(),
-                );
+                self.cache.insert(header, user.name.clone(), user.fingerprint, ttl, Instant::now());
                 Outcome::Ok(user)
             }
-            Err(reason) => Outcome::Refused {
-                reason,
-                username: Some(username),
-            },
+            Err(reason) => {
+                self.throttle.failed(client, throttle, Instant::now());
+                Outcome::Refused { reason, username: Some(username) }
+            }
         }
     }
 

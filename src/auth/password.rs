@@ -30,9 +30,7 @@ pub fn hash_password(
 /// (the comparison of the derived keys is constant-time inside `argon2`).
 pub fn verify_argon2(stored: &PasswordHashString, password: &str) -> bool {
     let hash: PasswordHash<'_> = stored.password_hash();
-    Argon2::default()
-        .verify_password(password.as_bytes(), &hash)
-        .is_ok()
+    Argon2::default().verify_password(password.as_bytes(), &hash).is_ok()
 }
 
 /// Parses and checks a stored argon2 PHC string at load time.
@@ -76,9 +74,7 @@ mod tests {
     #[test]
     fn parse_rejects_non_argon2_and_garbage() {
         assert!(parse_argon2("nope").is_err());
-        assert!(
-            parse_argon2("$2y$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ012345").is_err()
-        );
+        assert!(parse_argon2("$2y$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ012345").is_err());
         let h = hash_password("x", tiny()).unwrap();
         assert!(parse_argon2(h.as_str()).is_ok());
     }

@@ -111,14 +111,7 @@ impl User {
         groups.hash(&mut h);
         disabled.hash(&mut h);
         expires.hash(&mut h);
-        User {
-            name,
-            groups,
-            disabled,
-            expires,
-            hash,
-            fingerprint: h.finish(),
-        }
+        User { name, groups, disabled, expires, hash, fingerprint: h.finish() }
     }
 
     /// Whether the user may log in at `now` (not disabled, not expired).
@@ -190,9 +183,7 @@ pub struct UserStore {
 
 impl fmt::Debug for UserStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserStore")
-            .field("users", &self.users.len())
-            .finish()
+        f.debug_struct("UserStore").field("users", &self.users.len()).finish()
     }
 }
 
@@ -204,16 +195,10 @@ impl UserStore {
     /// Only if argon2 rejects `params`, which validated config never holds.
     pub fn new(users: Vec<User>, params: Params) -> Result<Self, String> {
         let dummy_password = format!("{:x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng));
-        let dummy = hash_password(&dummy_password, params)
-            .map_err(|e| format!("cannot build dummy hash: {e}"))?;
-        let users = users
-            .into_iter()
-            .map(|u| (u.name.clone(), Arc::new(u)))
-            .collect();
-        Ok(UserStore {
-            users,
-            dummy: StoredHash::Argon2(dummy),
-        })
+        let dummy =
+            hash_password(&dummy_password, params).map_err(|e| format!("cannot build dummy hash: {e}"))?;
+        let users = users.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
+        Ok(UserStore { users, dummy: StoredHash::Argon2(dummy) })
     }
 
     /// Looks a user up by (NFC-normalised) name.

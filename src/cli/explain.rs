@@ -19,7 +19,9 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         let (default_port, method) = match scheme.to_ascii_lowercase().as_str() {
             "http" => (80, Method::GET),
             "https" => (443, Method::CONNECT),
-            other => return Err(format!("unsupported scheme `{other}` (use http://, https:// or host:port)")),
+            other => {
+                return Err(format!("unsupported scheme `{other}` (use http://, https:// or host:port)"));
+            }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let authority = authority.rsplit('@').next().unwrap_or(authority);
@@ -39,10 +41,17 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
 /// Unknown user, bad target or method.
 pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str) -> Result<Report, String> {
     let name = crate::auth::basic::nfc(user);
-    let user = snap.users.get(&name).ok_or_else(|| format!("no user `{}` in {}", crate::telemetry::sanitize_username(user), snap.auth.users_file.display()))?;
+    let user = snap.users.get(&name).ok_or_else(|| {
+        format!(
+            "no user `{}` in {}",
+            crate::telemetry::sanitize_username(user),
+            snap.auth.users_file.display()
+        )
+    })?;
     let (target, implied) = parse_target(target)?;
     let method = match method {
-        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes()).map_err(|_| format!("`{m}` is not an HTTP method"))?,
+        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("`{m}` is not an HTTP method"))?,
         None => implied,
     };
     let addrs: Result<Vec<IpAddr>, String> = match &target.host {

@@ -22,14 +22,7 @@ impl fmt::Display for Problem {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file.display(),
-                self.line,
-                self.col,
-                self.message
-            )
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
         }
     }
 }
@@ -64,22 +57,13 @@ pub struct Collector<'a> {
 impl<'a> Collector<'a> {
     /// A collector for `source`, read from `file`.
     pub fn new(file: &'a Path, source: &'a str) -> Self {
-        Collector {
-            file,
-            source,
-            problems: Vec::new(),
-        }
+        Collector { file, source, problems: Vec::new() }
     }
 
     /// Records a problem at byte `span` of the source.
     pub fn at(&mut self, span: Range<usize>, message: impl Into<String>) {
         let (line, col) = line_col(self.source, span.start);
-        self.problems.push(Problem {
-            file: self.file.to_path_buf(),
-            line,
-            col,
-            message: message.into(),
-        });
+        self.problems.push(Problem { file: self.file.to_path_buf(), line, col, message: message.into() });
     }
 
     /// Records a problem about the whole file.

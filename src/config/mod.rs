@@ -48,6 +48,8 @@ pub struct Auth {
     pub max_pending: usize,
     /// Parameters for new hashes (`hash-password`, `users add`).
     pub argon2: argon2::Params,
+    /// Failed-login throttling per client address.
+    pub throttle: crate::auth::throttle::Settings,
 }
 
 /// `[log]` settings.
@@ -135,11 +137,7 @@ impl Snapshot {
             self.users.len(),
             self.policy.rules.len(),
             self.policy.default.as_str(),
-            if listen.is_empty() {
-                "nothing".into()
-            } else {
-                listen.join(", ")
-            },
+            if listen.is_empty() { "nothing".into() } else { listen.join(", ") },
             self.auth.users_file.display()
         )
     }
@@ -169,12 +167,7 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     }
     let params = users::common_params(&users).unwrap_or_else(|| settings.auth.argon2.clone());
     let store = UserStore::new(users, params).map_err(|m| ConfigError {
-        problems: vec![Problem {
-            file: settings.auth.users_file.clone(),
-            line: 0,
-            col: 0,
-            message: m,
-        }],
+        problems: vec![Problem { file: settings.auth.users_file.clone(), line: 0, col: 0, message: m }],
     })?;
     Ok(Snapshot {
         config_path: path.to_path_buf(),
@@ -217,11 +210,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 pub fn auth_settings(path: &Path) -> Result<Auth, ConfigError> {
     let source = read(path)?;
     let (settings, problems) = validate::config(path, &source);
-    if problems.is_empty() {
-        Ok(settings.auth)
-    } else {
-        Err(ConfigError { problems })
-    }
+    if problems.is_empty() { Ok(settings.auth) } else { Err(ConfigError { problems }) }
 }
 
 /// Parses a users file on its own (for `users list` and checks after an edit).

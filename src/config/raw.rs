@@ -111,6 +111,17 @@ pub struct RawAuth {
     pub max_pending: Option<Spanned<i64>>,
     #[serde(default)]
     pub argon2: RawArgon2,
+    #[serde(default)]
+    pub throttle: RawThrottle,
+}
+
+/// `[auth.throttle]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottle {
+    pub enabled: Option<bool>,
+    pub max_failures: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
 }
 
 /// `[auth.argon2]`: parameters for new hashes.

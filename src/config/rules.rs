@@ -46,7 +46,13 @@ fn action(s: &str) -> Option<Action> {
 }
 
 /// Checks a non-empty list, mapping each item; problems name the rule.
-fn list<T, U>(c: &mut Collector<'_>, rule: &str, key: &str, raw: &Option<Spanned<Vec<Spanned<T>>>>, mut f: impl FnMut(&T) -> Result<U, String>) -> Result<Option<Vec<U>>, ()> {
+fn list<T, U>(
+    c: &mut Collector<'_>,
+    rule: &str,
+    key: &str,
+    raw: &Option<Spanned<Vec<Spanned<T>>>>,
+    mut f: impl FnMut(&T) -> Result<U, String>,
+) -> Result<Option<Vec<U>>, ()> {
     let Some(items) = raw else { return Ok(None) };
     if items.get_ref().is_empty() {
         c.at(items.span(), format!("rule `{rule}`: `{key}` is empty, so the rule can never match; remove the key to match everything"));
@@ -69,7 +75,10 @@ fn list<T, U>(c: &mut Collector<'_>, rule: &str, key: &str, raw: &Option<Spanned
 fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let name = r.name.get_ref().trim();
     let mut ok = true;
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+    {
         c.at(r.name.span(), "rule name: 1-64 characters from A-Z a-z 0-9 - _ .");
         ok = false;
     }
@@ -79,9 +88,15 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         ok = false;
     }
     let text = |s: &String| -> Result<Arc<str>, String> {
-        if s.is_empty() || s.chars().any(char::is_control) { Err("must be non-empty and printable".into()) } else { Ok(Arc::from(s.as_str())) }
+        if s.is_empty() || s.chars().any(char::is_control) {
+            Err("must be non-empty and printable".into())
+        } else {
+            Ok(Arc::from(s.as_str()))
+        }
     };
-    let users = list(c, name, "users", &r.users, |s| text(s).map(|n| Arc::from(crate::auth::basic::nfc(&n).as_str())));
+    let users = list(c, name, "users", &r.users, |s| {
+        text(s).map(|n| Arc::from(crate::auth::basic::nfc(&n).as_str()))
+    });
     let groups = list(c, name, "groups", &r.groups, text);
     let hosts = list(c, name, "hosts", &r.hosts, |s| host_pattern(s));
     let ports = list(c, name, "ports", &r.ports, port_range);
@@ -92,8 +107,12 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         }
         Method::from_bytes(up.as_bytes()).map_err(|_| "not an HTTP method".to_string())
     });
-    let cidrs = list(c, name, "cidrs", &r.cidrs, |s| parse_cidr(s).ok_or_else(|| format!("`{}` is not a CIDR", s.chars().take(60).collect::<String>())));
-    let (Ok(users), Ok(groups), Ok(hosts), Ok(ports), Ok(methods), Ok(cidrs), true, Some(action)) = (users, groups, hosts, ports, methods, cidrs, ok, act) else {
+    let cidrs = list(c, name, "cidrs", &r.cidrs, |s| {
+        parse_cidr(s).ok_or_else(|| format!("`{}` is not a CIDR", s.chars().take(60).collect::<String>()))
+    });
+    let (Ok(users), Ok(groups), Ok(hosts), Ok(ports), Ok(methods), Ok(cidrs), true, Some(action)) =
+        (users, groups, hosts, ports, methods, cidrs, ok, act)
+    else {
         return None;
     };
     Some(Rule { name: name.into(), action, users, groups, hosts, ports, methods, cidrs })
@@ -111,9 +130,13 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         None => (false, s),
     };
     if rest.contains('*') {
-        return Err(format!("`{}`: `*` is only allowed as `*` or a leading `*.`", s.chars().take(60).collect::<String>()));
+        return Err(format!(
+            "`{}`: `*` is only allowed as `*` or a leading `*.`",
+            s.chars().take(60).collect::<String>()
+        ));
     }
-    let ascii = idna::domain_to_ascii(rest.trim_end_matches('.')).map_err(|_| format!("`{}` is not a valid host name", s.chars().take(60).collect::<String>()))?;
+    let ascii = idna::domain_to_ascii(rest.trim_end_matches('.'))
+        .map_err(|_| format!("`{}` is not a valid host name", s.chars().take(60).collect::<String>()))?;
     let host = match parse_host(&ascii) {
         Ok(Host::Name(n)) => n,
         Ok(Host::Ip(ip)) if !wild => ip.to_string(),
@@ -123,11 +146,15 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
 }
 
 fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
-    let one = |n: i64| u16::try_from(n).ok().filter(|&n| n != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"));
+    let one = |n: i64| {
+        u16::try_from(n).ok().filter(|&n| n != 0).ok_or_else(|| format!("{n} is not a port (1-65535)"))
+    };
     match p {
         RawPort::Num(n) => one(*n).map(|n| (n, n)),
         RawPort::Range(s) => {
-            let (lo, hi) = s.split_once('-').ok_or_else(|| format!("`{}` is not a port range like \"8000-8999\"", s.chars().take(30).collect::<String>()))?;
+            let (lo, hi) = s.split_once('-').ok_or_else(|| {
+                format!("`{}` is not a port range like \"8000-8999\"", s.chars().take(30).collect::<String>())
+            })?;
             let lo = one(lo.trim().parse::<i64>().map_err(|_| "bad range start".to_string())?)?;
             let hi = one(hi.trim().parse::<i64>().map_err(|_| "bad range end".to_string())?)?;
             if lo > hi {

@@ -27,10 +27,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("user name longer than {MAX_NAME_CHARS} characters"));
     }
     if name.contains(':') {
-        return Err(
-            "user name must not contain ':' (Basic auth separates name and password with it)"
-                .into(),
-        );
+        return Err("user name must not contain ':' (Basic auth separates name and password with it)".into());
     }
     if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("user name must not contain spaces or control characters".into());
@@ -55,10 +52,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         let raw_name = name.into_inner();
         let shown: String = raw_name.chars().take(MAX_NAME_CHARS).collect();
         if let Err(m) = check_name(&raw_name) {
-            c.at(
-                span.clone(),
-                format!("user `{}`: {m}", shown.escape_default()),
-            );
+            c.at(span.clone(), format!("user `{}`: {m}", shown.escape_default()));
             continue;
         }
         let name = nfc(&raw_name);
@@ -75,9 +69,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             Err(m) => {
                 c.at(
                     user.password.span(),
-                    format!(
-                        "user `{shown}`: password: {m}; make one with `authgate hash-password`"
-                    ),
+                    format!("user `{shown}`: password: {m}; make one with `authgate hash-password`"),
                 );
                 continue;
             }
@@ -85,10 +77,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         let mut groups = Vec::new();
         for g in &user.groups {
             if g.get_ref().is_empty() || g.get_ref().chars().any(char::is_control) {
-                c.at(
-                    g.span(),
-                    format!("user `{shown}`: group names must be non-empty and printable"),
-                );
+                c.at(g.span(), format!("user `{shown}`: group names must be non-empty and printable"));
             } else {
                 groups.push(Arc::<str>::from(g.get_ref().as_str()));
             }
@@ -116,12 +105,10 @@ fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
         (Some(d), None, None) => format!("{d}T00:00:00Z"),
         _ => return None,
     };
-    humantime::parse_rfc3339_weak(&text.replace('z', "Z"))
-        .ok()
-        .or_else(|| {
-            // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
-            parse_with_offset(&text)
-        })
+    humantime::parse_rfc3339_weak(&text.replace('z', "Z")).ok().or_else(|| {
+        // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
+        parse_with_offset(&text)
+    })
 }
 
 fn parse_with_offset(text: &str) -> Option<SystemTime> {
@@ -146,9 +133,7 @@ pub fn common_params(users: &[User]) -> Option<argon2::Params> {
     let mut counts: HashMap<(u32, u32, u32), usize> = HashMap::new();
     for u in users {
         if let Some(p) = u.argon2_params() {
-            *counts
-                .entry((p.m_cost(), p.t_cost(), p.p_cost()))
-                .or_default() += 1;
+            *counts.entry((p.m_cost(), p.t_cost(), p.p_cost())).or_default() += 1;
         }
     }
     let ((m, t, p), _) = counts.into_iter().max_by_key(|(k, n)| (*n, *k))?;

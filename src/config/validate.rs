@@ -36,12 +36,9 @@ fn defaults(path: &Path) -> Settings {
             cache_ttl: Duration::from_secs(300),
             max_pending: 256,
             argon2: crate::auth::password::default_params(),
+            throttle: crate::auth::throttle::Settings::default(),
         },
-        log: Log {
-            level: "info".into(),
-            format: LogFormat::Text,
-            access: true,
-        },
+        log: Log { level: "info".into(), format: LogFormat::Text, access: true },
         limits: Limits::default(),
         egress: Egress::default(),
         dns_servers: Vec::new(),
@@ -90,11 +87,7 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     }
     if let Some(realm) = &raw.server.realm {
         let r = realm.get_ref();
-        if r.is_empty()
-            || r.len() > 100
-            || r.chars()
-                .any(|ch| ch.is_control() || ch == '"' || ch == '\\')
-        {
+        if r.is_empty() || r.len() > 100 || r.chars().any(|ch| ch.is_control() || ch == '"' || ch == '\\') {
             c.at(
                 realm.span(),
                 "server.realm: must be 1-100 printable characters without quotes or backslashes",
@@ -140,11 +133,7 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
                 _ => {
                     c.at(
                         v.span(),
-                        format!(
-                            "auth.argon2.{name}: must be between {} and {}",
-                            range.start(),
-                            range.end()
-                        ),
+                        format!("auth.argon2.{name}: must be between {} and {}", range.start(), range.end()),
                     );
                     default
                 }
@@ -157,6 +146,24 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     match argon2::Params::new(m.max(8 * p), t, p, None) {
         Ok(params) => s.auth.argon2 = params,
         Err(e) => c.whole(format!("auth.argon2: {e}")),
+    }
+
+    let t = &raw.auth.throttle;
+    if let Some(e) = t.enabled {
+        s.auth.throttle.enabled = e;
+    }
+    if let Some(n) = &t.max_failures {
+        match u32::try_from(*n.get_ref()) {
+            Ok(v) if (1..=1_000_000).contains(&v) => s.auth.throttle.max_failures = v,
+            _ => c.at(n.span(), "auth.throttle.max_failures: must be between 1 and 1000000"),
+        }
+    }
+    if let Some(w) = &t.window {
+        match duration(&mut c, w, "auth.throttle.window") {
+            Some(d) if d.is_zero() => c.at(w.span(), "auth.throttle.window: must be greater than zero"),
+            Some(d) => s.auth.throttle.window = d,
+            None => {}
+        }
     }
 
     if let Some(level) = &raw.log.level {
@@ -199,10 +206,19 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     if let Some(servers) = &raw.dns.servers {
         for server in servers {
             let text = server.get_ref().trim();
-            let parsed = text.parse::<SocketAddr>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+            let parsed = text
+                .parse::<SocketAddr>()
+                .ok()
+                .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
             match parsed {
                 Some(a) => s.dns_servers.push(a),
-                None => c.at(server.span(), format!("dns.servers: `{}` is not an address (e.g. \"10.0.0.2\" or \"127.0.0.1:5353\")", text.chars().take(60).collect::<String>())),
+                None => c.at(
+                    server.span(),
+                    format!(
+                        "dns.servers: `{}` is not an address (e.g. \"10.0.0.2\" or \"127.0.0.1:5353\")",
+                        text.chars().take(60).collect::<String>()
+                    ),
+                ),
             }
         }
     }
@@ -221,37 +237,17 @@ pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
 
 fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
     let durations: [(&Option<Spanned<String>>, &mut Duration, &str); 7] = [
-        (
-            &raw.header_read_timeout,
-            &mut l.header_read_timeout,
-            "limits.header_read_timeout",
-        ),
-        (
-            &raw.idle_timeout,
-            &mut l.idle_timeout,
-            "limits.idle_timeout",
-        ),
-        (
-            &raw.connect_timeout,
-            &mut l.connect_timeout,
-            "limits.connect_timeout",
-        ),
+        (&raw.header_read_timeout, &mut l.header_read_timeout, "limits.header_read_timeout"),
+        (&raw.idle_timeout, &mut l.idle_timeout, "limits.idle_timeout"),
+        (&raw.connect_timeout, &mut l.connect_timeout, "limits.connect_timeout"),
         (&raw.dns_timeout, &mut l.dns_timeout, "limits.dns_timeout"),
         (
             &raw.upstream_response_timeout,
             &mut l.upstream_response_timeout,
             "limits.upstream_response_timeout",
         ),
-        (
-            &raw.tunnel_idle_timeout,
-            &mut l.tunnel_idle_timeout,
-            "limits.tunnel_idle_timeout",
-        ),
-        (
-            &raw.shutdown_grace,
-            &mut l.shutdown_grace,
-            "limits.shutdown_grace",
-        ),
+        (&raw.tunnel_idle_timeout, &mut l.tunnel_idle_timeout, "limits.tunnel_idle_timeout"),
+        (&raw.shutdown_grace, &mut l.shutdown_grace, "limits.shutdown_grace"),
     ];
     for (raw, slot, name) in durations {
         if let Some(v) = raw {
@@ -264,24 +260,9 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
             }
         }
     }
-    let counts: [(
-        &Option<Spanned<i64>>,
-        &mut usize,
-        &str,
-        std::ops::RangeInclusive<i64>,
-    ); 3] = [
-        (
-            &raw.max_header_bytes,
-            &mut l.max_header_bytes,
-            "limits.max_header_bytes",
-            8192..=1_048_576,
-        ),
-        (
-            &raw.max_connections,
-            &mut l.max_connections,
-            "limits.max_connections",
-            1..=10_000_000,
-        ),
+    let counts: [(&Option<Spanned<i64>>, &mut usize, &str, std::ops::RangeInclusive<i64>); 3] = [
+        (&raw.max_header_bytes, &mut l.max_header_bytes, "limits.max_header_bytes", 8192..=1_048_576),
+        (&raw.max_connections, &mut l.max_connections, "limits.max_connections", 1..=10_000_000),
         (
             &raw.max_connections_per_ip,
             &mut l.max_connections_per_ip,
@@ -294,14 +275,7 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
             if range.contains(v.get_ref()) {
                 *slot = *v.get_ref() as usize;
             } else {
-                c.at(
-                    v.span(),
-                    format!(
-                        "{name}: must be between {} and {}",
-                        range.start(),
-                        range.end()
-                    ),
-                );
+                c.at(v.span(), format!("{name}: must be between {} and {}", range.start(), range.end()));
             }
         }
     }

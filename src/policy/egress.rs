@@ -67,10 +67,8 @@ pub enum Verdict {
 impl Egress {
     /// A policy that additionally allows `allowed`.
     pub fn new(allowed: Vec<IpNet>) -> Self {
-        let denied = DENIED
-            .iter()
-            .filter_map(|(net, why)| net.parse::<IpNet>().ok().map(|n| (n, *why)))
-            .collect();
+        let denied =
+            DENIED.iter().filter_map(|(net, why)| net.parse::<IpNet>().ok().map(|n| (n, *why))).collect();
         Egress { denied, allowed }
     }
 
@@ -101,10 +99,7 @@ impl Egress {
     }
 
     fn denied_reason(&self, ip: IpAddr) -> Option<&'static str> {
-        self.denied
-            .iter()
-            .find(|(n, _)| n.contains(&ip))
-            .map(|(_, why)| *why)
+        self.denied.iter().find(|(n, _)| n.contains(&ip)).map(|(_, why)| *why)
     }
 }
 
@@ -126,12 +121,7 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
         // IPv4-compatible; ::, ::1 stay IPv6 (their own ranges apply).
         [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
-        [0x2002, a, b, ..] => Some(Ipv4Addr::new(
-            (a >> 8) as u8,
-            a as u8,
-            (b >> 8) as u8,
-            b as u8,
-        )),
+        [0x2002, a, b, ..] => Some(Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8)),
         _ => None,
     }
 }
@@ -184,14 +174,9 @@ mod tests {
     #[test]
     fn public_addresses_are_allowed() {
         let e = Egress::default();
-        for s in [
-            "1.1.1.1",
-            "93.184.216.34",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-            "172.32.0.1",
-            "100.128.0.1",
-        ] {
+        for s in
+            ["1.1.1.1", "93.184.216.34", "2606:4700::1111", "::ffff:8.8.8.8", "172.32.0.1", "100.128.0.1"]
+        {
             assert!(!denied(&e, s), "{s} should be allowed");
         }
     }
@@ -203,9 +188,6 @@ mod tests {
         assert!(!denied(&e, "::ffff:127.0.0.1"));
         assert!(denied(&e, "10.0.0.1"));
         assert!(denied(&e, "::1"));
-        assert!(matches!(
-            e.check("127.0.0.1".parse().unwrap()),
-            Verdict::AllowedByConfig(_)
-        ));
+        assert!(matches!(e.check("127.0.0.1".parse().unwrap()), Verdict::AllowedByConfig(_)));
     }
 }

@@ -25,12 +25,25 @@ pub struct Report {
 
 /// Explains the decision for `user` doing `method` to `target`, given the
 /// target's resolved addresses (or why they could not be resolved).
-pub fn explain(policy: &Policy, egress: &Egress, user: &User, method: &Method, target: &Target, addrs: Result<&[IpAddr], &str>) -> Report {
+pub fn explain(
+    policy: &Policy,
+    egress: &Egress,
+    user: &User,
+    method: &Method,
+    target: &Target,
+    addrs: Result<&[IpAddr], &str>,
+) -> Report {
     let mut t = String::new();
     let groups: Vec<&str> = user.groups.iter().map(|g| &**g).collect();
-    let _ = writeln!(t, "user     {} (groups: {})", user.name, if groups.is_empty() { "-".into() } else { groups.join(", ") });
+    let _ = writeln!(
+        t,
+        "user     {} (groups: {})",
+        user.name,
+        if groups.is_empty() { "-".into() } else { groups.join(", ") }
+    );
     if let Err(r) = user.active_at(SystemTime::now()) {
-        let _ = writeln!(t, "         note: this user is {} and gets 407 before any rule applies", r.as_str());
+        let _ =
+            writeln!(t, "         note: this user is {} and gets 407 before any rule applies", r.as_str());
     }
     let _ = writeln!(t, "request  {method} {target}");
     let query = Query { user, method, target, addrs: addrs.ok() };

@@ -226,11 +226,26 @@ mod tests {
     fn user(name: &str, groups: &[&str]) -> User {
         let params = argon2::Params::new(8, 1, 1, None).unwrap();
         let hash = crate::auth::password::hash_password("x", params).unwrap();
-        User::new(name.into(), StoredHash::Argon2(hash), groups.iter().map(|g| Arc::from(*g)).collect(), false, None)
+        User::new(
+            name.into(),
+            StoredHash::Argon2(hash),
+            groups.iter().map(|g| Arc::from(*g)).collect(),
+            false,
+            None,
+        )
     }
 
     fn rule(name: &str, action: Action) -> Rule {
-        Rule { name: name.into(), action, users: None, groups: None, hosts: None, ports: None, methods: None, cidrs: None }
+        Rule {
+            name: name.into(),
+            action,
+            users: None,
+            groups: None,
+            hosts: None,
+            ports: None,
+            methods: None,
+            cidrs: None,
+        }
     }
 
     fn pat(s: &str) -> HostPattern {

@@ -35,11 +35,7 @@ impl Connector {
     ///
     /// # Errors
     /// `DnsError` / `DnsTimeout`.
-    pub async fn resolve(
-        &self,
-        host: &Host,
-        dns_timeout: Duration,
-    ) -> Result<Vec<IpAddr>, ProxyError> {
+    pub async fn resolve(&self, host: &Host, dns_timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         match host {
             Host::Ip(ip) => Ok(vec![*ip]),
             Host::Name(name) => self.resolver.lookup(name, dns_timeout).await,
@@ -63,10 +59,7 @@ impl Connector {
         if let Some(bad) = ips.iter().find(|ip| !egress.permits(**ip)) {
             return Err(ProxyError::DestinationIpProhibited { addr: *bad });
         }
-        Ok(ips
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, target.port))
-            .collect())
+        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, target.port)).collect())
     }
 
     /// Connects to the first address that answers, within `timeout` overall.

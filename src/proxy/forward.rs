@@ -45,13 +45,8 @@ pub async fn forward(
         .authority()
         .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_owned())
         .ok_or(ProxyError::BadTarget { detail: "no host" })?;
-    let host =
-        HeaderValue::from_str(&host).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let host = HeaderValue::from_str(&host).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
+    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
 
     strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -66,19 +61,11 @@ pub async fn forward(
     let dial = || async {
         let addrs = match checked {
             Some(a) => a,
-            None => {
-                state
-                    .connector
-                    .resolve_checked(&target, &snap.egress, limits.dns_timeout)
-                    .await?
-            }
+            None => state.connector.resolve_checked(&target, &snap.egress, limits.dns_timeout).await?,
         };
         Connector::dial(&addrs, limits.connect_timeout).await
     };
-    let sent = state
-        .pool
-        .send(&target, req, limits.upstream_response_timeout, dial)
-        .await?;
+    let sent = state.pool.send(&target, req, limits.upstream_response_timeout, dial).await?;
     let mut resp = sent.response;
 
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
@@ -86,9 +73,7 @@ pub async fn forward(
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client) = client_upgrade else {
-            return Err(ProxyError::UpstreamProtocol {
-                detail: "101 without an upgrade request",
-            });
+            return Err(ProxyError::UpstreamProtocol { detail: "101 without an upgrade request" });
         };
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
@@ -97,13 +82,7 @@ pub async fn forward(
             add_via(&mut parts.headers, parts.version);
         }
         let resp = http::Response::from_parts(parts, ProxyBody::empty());
-        return Ok(Reply::Tunnel(
-            resp,
-            Job {
-                client,
-                upstream: Upstream::Upgraded(origin),
-            },
-        ));
+        return Ok(Reply::Tunnel(resp, Job { client, upstream: Upstream::Upgraded(origin), user: None }));
     }
 
     strip_hop_by_hop(resp.headers_mut(), false);

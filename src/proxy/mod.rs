@@ -10,6 +10,7 @@ pub mod forward;
 pub mod headers;
 pub mod pool;
 pub mod service;
+pub mod sessions;
 pub mod tunnel;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::config::Snapshot;
 use connect::Connector;
 use dns::Resolver;
 use pool::Pool;
+use sessions::Sessions;
 
 /// Everything shared by all connections: the live snapshot and the engines.
 pub struct State {
@@ -40,6 +42,12 @@ pub struct State {
     pub tasks: TaskTracker,
     /// Cancelled when shutdown's grace period is over: closes tunnels.
     pub kill: CancellationToken,
+    /// Open connections and tunnels by user, for revocation on reload.
+    pub sessions: Arc<Sessions>,
+    /// Incremented by every successful reload.
+    pub generation: AtomicU64,
+    /// Reloads that failed (the old snapshot stayed).
+    pub reload_failures: AtomicU64,
     ids: RequestIds,
 }
 
@@ -56,6 +64,9 @@ impl State {
             pool: Arc::new(Pool::new(Duration::from_secs(60))),
             tasks: TaskTracker::new(),
             kill: CancellationToken::new(),
+            sessions: Arc::new(Sessions::default()),
+            generation: AtomicU64::new(1),
+            reload_failures: AtomicU64::new(0),
             ids: RequestIds::new(),
         })
     }
@@ -74,10 +85,7 @@ struct RequestIds {
 
 impl RequestIds {
     fn new() -> Self {
-        RequestIds {
-            base: rand_core::RngCore::next_u64(&mut rand_core::OsRng),
-            counter: AtomicU64::new(0),
-        }
+        RequestIds { base: rand_core::RngCore::next_u64(&mut rand_core::OsRng), counter: AtomicU64::new(0) }
     }
 
     fn next(&self) -> Arc<str> {

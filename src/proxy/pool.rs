@@ -49,10 +49,7 @@ pub struct Sent {
 impl Pool {
     /// An empty pool; idle connections older than `idle_timeout` are dropped.
     pub fn new(idle_timeout: Duration) -> Self {
-        Pool {
-            idle: Mutex::new(HashMap::new()),
-            idle_timeout,
-        }
+        Pool { idle: Mutex::new(HashMap::new()), idle_timeout }
     }
 
     fn checkout(&self, key: &Target) -> Option<SendRequest<RequestBody>> {
@@ -66,6 +63,12 @@ impl Pool {
         }
         idle.remove(key);
         None
+    }
+
+    /// Drops every idle connection (after a reload: the egress policy or the
+    /// DNS answers they were made under may have changed).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Returns a connection to the pool once its current response is done.
@@ -89,10 +92,7 @@ impl Pool {
             }
             let list = idle.entry(key).or_default();
             if list.len() < MAX_IDLE_PER_ORIGIN {
-                list.push(Idle {
-                    tx,
-                    since: Instant::now(),
-                });
+                list.push(Idle { tx, since: Instant::now() });
             }
         });
     }
@@ -116,10 +116,7 @@ impl Pool {
         while let Some(mut tx) = self.checkout(key) {
             match timed(head_timeout, tx.try_send_request(req)).await? {
                 Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        conn: Some(tx),
-                    });
+                    return Ok(Sent { response, conn: Some(tx) });
                 }
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back,
@@ -139,19 +136,14 @@ impl Pool {
             }
         });
         match timed(head_timeout, tx.send_request(req)).await? {
-            Ok(response) => Ok(Sent {
-                response,
-                conn: Some(tx),
-            }),
+            Ok(response) => Ok(Sent { response, conn: Some(tx) }),
             Err(e) => Err(upstream_error(&e)),
         }
     }
 }
 
 async fn timed<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, ProxyError> {
-    tokio::time::timeout(d, f)
-        .await
-        .map_err(|_| ProxyError::UpstreamReadTimeout)
+    tokio::time::timeout(d, f).await.map_err(|_| ProxyError::UpstreamReadTimeout)
 }
 
 fn upstream_error(e: &hyper::Error) -> ProxyError {

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 
 use super::State;
 use super::headers::via_names_us;
+use super::sessions::Session;
 use super::{forward, tunnel};
 use crate::auth::{Outcome, User};
 use crate::body::ProxyBody;
@@ -30,6 +31,9 @@ const DRAIN_LIMIT: u64 = 64 * 1024;
 pub struct Client {
     /// The client's address (from the PROXY header when enabled).
     pub addr: SocketAddr,
+    /// This connection's session: bound to the user who authenticates on it,
+    /// closed when that user is revoked.
+    pub session: Arc<Session>,
 }
 
 /// What a request asks for.
@@ -48,20 +52,11 @@ pub enum Reply {
 }
 
 /// Handles one request. Never fails: errors become authgate's own responses.
-pub async fn handle(
-    state: Arc<State>,
-    client: Client,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
+pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -> Response<ProxyBody> {
     let snap = state.snapshot.load_full();
     let request_id = state.next_request_id();
     let html = prefers_html(req.headers().get(header::ACCEPT));
-    let mut rec = AccessRecord::new(
-        request_id.clone(),
-        client.addr,
-        req.method().clone(),
-        log_target(&req),
-    );
+    let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
 
     match process(&state, &snap, &client, req, &mut rec).await {
         Ok(Reply::Response(resp)) => {
@@ -80,15 +75,10 @@ pub async fn handle(
             let d = respond::describe(&err);
             rec.status = d.status.as_u16();
             rec.outcome = d.code;
-            let ctx = respond::Context {
-                request_id: &request_id,
-                realm: &snap.server.realm,
-                html,
-            };
+            let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
             let mut resp = respond::error_response(&err, &ctx);
             if close {
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             attach_log(resp, rec, snap.log.access)
         }
@@ -96,11 +86,7 @@ pub async fn handle(
 }
 
 fn attach_log(resp: Response<ProxyBody>, rec: AccessRecord, enabled: bool) -> Response<ProxyBody> {
-    if enabled {
-        resp.map(|b| b.with_log(rec))
-    } else {
-        resp
-    }
+    if enabled { resp.map(|b| b.with_log(rec)) } else { resp }
 }
 
 /// The error, and whether the connection must close after it.
@@ -127,16 +113,23 @@ async fn process(
     let method = req.method().clone();
     let addrs = authorize(state, snap, &user, &method, target, rec).await.map_err(|e| (e, false))?;
 
-    match kind {
+    let reply = match kind {
         Kind::Connect(target) => {
             rec.outcome = "tunnel";
             let addrs = match addrs {
                 Some(a) => a,
                 None => resolve(state, snap, &target).await.map_err(|e| (e, false))?,
             };
-            tunnel::open(snap, addrs, req).await.map_err(|e| (e, false))
+            tunnel::open(snap, addrs, req).await
         }
-        Kind::Forward(target) => forward::forward(state, snap, target, addrs, req, rec).await.map_err(|e| (e, false)),
+        Kind::Forward(target) => forward::forward(state, snap, target, addrs, req, rec).await,
+    };
+    match reply {
+        Ok(Reply::Tunnel(resp, mut job)) => {
+            job.user = Some(user);
+            Ok(Reply::Tunnel(resp, job))
+        }
+        other => other.map_err(|e| (e, false)),
     }
 }
 
@@ -147,7 +140,14 @@ async fn resolve(state: &State, snap: &Snapshot, target: &Target) -> Result<Vec<
 /// Applies the access rules. Resolves the target (and runs the egress check)
 /// only when a rule needs its addresses; returns those checked addresses so
 /// that the connection goes to exactly them.
-async fn authorize(state: &State, snap: &Snapshot, user: &User, method: &Method, target: &Target, rec: &mut AccessRecord) -> Result<Option<Vec<SocketAddr>>, ProxyError> {
+async fn authorize(
+    state: &State,
+    snap: &Snapshot,
+    user: &User,
+    method: &Method,
+    target: &Target,
+    rec: &mut AccessRecord,
+) -> Result<Option<Vec<SocketAddr>>, ProxyError> {
     let mut query = Query { user, method, target, addrs: None };
     let mut checked = None;
     let decision = match snap.policy.decide(&query) {
@@ -175,24 +175,34 @@ async fn authenticate(
     req: &mut Request<Incoming>,
     rec: &AccessRecord,
 ) -> Result<Arc<User>, Failure> {
-    let header = req
-        .headers()
-        .get(header::PROXY_AUTHORIZATION)
-        .map(|v| v.as_bytes());
-    match state
-        .auth
-        .authenticate(&snap.users, header, snap.auth.cache_ttl)
-        .await
-    {
-        Outcome::Ok(user) => Ok(user),
+    let header = req.headers().get(header::PROXY_AUTHORIZATION).map(|v| v.as_bytes());
+    let auth_req = crate::auth::Request {
+        users: &snap.users,
+        header,
+        ttl: snap.auth.cache_ttl,
+        client: client.addr.ip(),
+        throttle: &snap.auth.throttle,
+    };
+    match state.auth.authenticate(auth_req).await {
+        Outcome::Ok(user) => {
+            client.session.bind(&user);
+            Ok(user)
+        }
+        Outcome::Throttled(retry_after) => {
+            AuditEvent {
+                request_id: &rec.request_id,
+                client: client.addr,
+                username: None,
+                reason: "throttled",
+                target: &rec.target,
+            }
+            .emit();
+            let close = !drain_small_body(req).await;
+            Err((ProxyError::Throttled { retry_after }, close))
+        }
         Outcome::Overloaded => {
             let close = !drain_small_body(req).await;
-            Err((
-                ProxyError::AuthOverloaded {
-                    retry_after: respond::OVERLOAD_RETRY,
-                },
-                close,
-            ))
+            Err((ProxyError::AuthOverloaded { retry_after: respond::OVERLOAD_RETRY }, close))
         }
         Outcome::Refused { reason, username } => {
             AuditEvent {
@@ -235,28 +245,21 @@ async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
         }
         true
     };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), drain).await,
-        Ok(true)
-    )
+    matches!(tokio::time::timeout(Duration::from_secs(5), drain).await, Ok(true))
 }
 
 fn classify(req: &Request<Incoming>) -> Result<Kind, ProxyError> {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
-        let authority = uri.authority().ok_or(ProxyError::BadTarget {
-            detail: "CONNECT needs host:port",
-        })?;
-        let target = parse_authority(authority.as_str())
-            .map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
+        let authority = uri.authority().ok_or(ProxyError::BadTarget { detail: "CONNECT needs host:port" })?;
+        let target =
+            parse_authority(authority.as_str()).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
         return Ok(Kind::Connect(target));
     }
     match uri.scheme_str() {
         None => Err(ProxyError::OriginForm),
         Some(s) if s.eq_ignore_ascii_case("http") => {
-            let host = uri
-                .host()
-                .ok_or(ProxyError::BadTarget { detail: "no host" })?;
+            let host = uri.host().ok_or(ProxyError::BadTarget { detail: "no host" })?;
             let host = parse_host(host).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
             let port = match uri.port_u16() {
                 None => 80,
@@ -276,10 +279,7 @@ fn classify(req: &Request<Incoming>) -> Result<Kind, ProxyError> {
 fn log_target(req: &Request<Incoming>) -> String {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
-        return uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
+        return uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
     }
     match (uri.scheme_str(), uri.authority()) {
         (Some(scheme), Some(auth)) => {

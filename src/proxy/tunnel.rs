@@ -19,9 +19,11 @@ use tokio::net::TcpStream;
 use super::State;
 use super::connect::Connector;
 use super::service::{Reply, connect_established};
+use crate::auth::User;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::telemetry::AccessRecord;
+use tokio_util::sync::CancellationToken;
 
 /// The far side of a tunnel.
 pub enum Upstream {
@@ -37,6 +39,8 @@ pub struct Job {
     pub client: OnUpgrade,
     /// The origin side.
     pub upstream: Upstream,
+    /// Who opened it: the tunnel closes when this user is revoked.
+    pub user: Option<Arc<User>>,
 }
 
 /// Dials the CONNECT target's checked addresses; on success answers 200.
@@ -50,13 +54,7 @@ pub async fn open(
 ) -> Result<Reply, ProxyError> {
     let stream = Connector::dial(&addrs, snap.limits.connect_timeout).await?;
     let client = hyper::upgrade::on(&mut req);
-    Ok(Reply::Tunnel(
-        connect_established(),
-        Job {
-            client,
-            upstream: Upstream::Tcp(stream),
-        },
-    ))
+    Ok(Reply::Tunnel(connect_established(), Job { client, upstream: Upstream::Tcp(stream), user: None }))
 }
 
 /// Runs a tunnel in the background, tracked for graceful shutdown; logs its
@@ -64,7 +62,9 @@ pub async fn open(
 pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, log: bool) {
     let kill = state.kill.clone();
     let idle = state.snapshot.load().limits.tunnel_idle_timeout;
+    let guard = state.sessions.open(job.user.as_deref());
     state.tasks.spawn(async move {
+        let revoked = guard.session.token.clone();
         let client = match job.client.await {
             Ok(u) => TokioIo::new(u),
             Err(e) => {
@@ -77,9 +77,9 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, log: bool) {
             }
         };
         let (up, down, outcome) = match job.upstream {
-            Upstream::Tcp(tcp) => relay(client, tcp, &kill, idle).await,
+            Upstream::Tcp(tcp) => relay(client, tcp, &kill, &revoked, idle).await,
             Upstream::Upgraded(on) => match on.await {
-                Ok(u) => relay(client, TokioIo::new(u), &kill, idle).await,
+                Ok(u) => relay(client, TokioIo::new(u), &kill, &revoked, idle).await,
                 Err(_) => (0, 0, "upstream_upgrade_failed"),
             },
         };
@@ -97,7 +97,8 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, log: bool) {
 async fn relay<A, B>(
     mut client: A,
     mut origin: B,
-    kill: &tokio_util::sync::CancellationToken,
+    kill: &CancellationToken,
+    revoked: &CancellationToken,
     idle: std::time::Duration,
 ) -> (u64, u64, &'static str)
 where
@@ -111,5 +112,6 @@ where
             Err(_) => (0, 0, "tunnel_error"),
         },
         _ = kill.cancelled() => (0, 0, "tunnel_shutdown"),
+        _ = revoked.cancelled() => (0, 0, "user_revoked"),
     }
 }

@@ -18,6 +18,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+pub mod reload;
+
 use crate::proxy::State;
 use crate::proxy::service::{self, Client};
 
@@ -33,28 +35,20 @@ pub async fn run(
     let stop = CancellationToken::new();
     let mut accepts = Vec::new();
     for listener in listeners {
-        accepts.push(tokio::spawn(accept_loop(
-            state.clone(),
-            listener,
-            stop.clone(),
-        )));
+        accepts.push(tokio::spawn(accept_loop(state.clone(), listener, stop.clone())));
     }
+    let watcher = tokio::spawn(reload::watch(state.clone(), stop.clone()));
     shutdown.await;
     tracing::info!("shutting down: no new connections; waiting for requests and tunnels");
     stop.cancel();
     for a in accepts {
         let _ = a.await;
     }
+    let _ = watcher.await;
     state.tasks.close();
     let grace = state.snapshot.load().limits.shutdown_grace;
-    if tokio::time::timeout(grace, state.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::info!(
-            grace_secs = grace.as_secs(),
-            "grace period over: closing remaining tunnels"
-        );
+    if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+        tracing::info!(grace_secs = grace.as_secs(), "grace period over: closing remaining tunnels");
         state.kill.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
     }
@@ -89,7 +83,9 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener, stop: Cancellatio
 async fn serve(state: Arc<State>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
     let _ = stream.set_nodelay(true);
     let limits = state.snapshot.load().limits.clone();
-    let client = Client { addr: peer };
+    let guard = state.sessions.open(None);
+    let revoked = guard.session.token.clone();
+    let client = Client { addr: peer, session: guard.session.clone() };
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         let state = svc_state.clone();
@@ -102,12 +98,14 @@ async fn serve(state: Arc<State>, stream: TcpStream, peer: SocketAddr, stop: Can
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        _ = revoked.cancelled() => {
+            tracing::info!(client = %peer, "closing connection: its user was removed, changed or disabled");
+            Ok(())
+        }
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {

@@ -35,12 +35,7 @@ pub struct AccessRecord {
 
 impl AccessRecord {
     /// Starts a record for a request that just arrived.
-    pub fn new(
-        request_id: Arc<str>,
-        client: SocketAddr,
-        method: http::Method,
-        target: String,
-    ) -> Self {
+    pub fn new(request_id: Arc<str>, client: SocketAddr, method: http::Method, target: String) -> Self {
         AccessRecord {
             request_id,
             client,

@@ -1,0 +1,139 @@
+//! Live reload of the config and the users file.
+//!
+//! Triggers: SIGHUP, and a change of either file seen by polling their
+//! metadata every [`POLL`] (following symlinks, so an editor's
+//! write-to-temp-then-rename and Kubernetes' `..data` symlink swap of a
+//! mounted Secret or ConfigMap are both seen). Polling is used rather than
+//! inotify on purpose: inotify watches the inode, which a rename or a symlink
+//! swap replaces, and the edge cases there are the usual source of "reload
+//! did not fire" bugs; a stat of two files twice a second costs nothing.
+//! A change is acted on once the files have stopped changing for one poll
+//! (debounce), so a half-written file is not even tried.
+//!
+//! A reload builds and validates a whole new snapshot; on any problem the old
+//! snapshot keeps serving and every problem is logged with file:line:col.
+//! After a swap, sessions of removed, changed or deactivated users are closed
+//! and idle upstream connections are dropped (the egress policy may have
+//! changed). Nothing else in flight is touched.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError, Snapshot};
+use crate::proxy::State;
+
+/// How often the files are looked at.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// What identifies a version of a file: size, mtime, inode, and the path the
+/// symlink chain resolves to.
+type Stamp = Option<(u64, Option<SystemTime>, u64, PathBuf)>;
+
+fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let real = std::fs::canonicalize(path).unwrap_or_default();
+    Some((meta.len(), meta.modified().ok(), meta.ino(), real))
+}
+
+fn stamps(snap: &Snapshot) -> Vec<Stamp> {
+    watched(snap).iter().map(|p| stamp(p)).collect()
+}
+
+fn watched(snap: &Snapshot) -> Vec<PathBuf> {
+    vec![snap.config_path.clone(), snap.auth.users_file.clone()]
+}
+
+/// Reloads now. Returns the new generation.
+///
+/// # Errors
+/// Every problem in the new files; the old snapshot stays live.
+pub fn reload(state: &State) -> Result<u64, ConfigError> {
+    let old = state.snapshot.load_full();
+    let new = match config::load(&old.config_path) {
+        Ok(s) => s,
+        Err(e) => {
+            for p in &e.problems {
+                tracing::error!(problem = %p, "reload failed; the previous configuration stays in effect");
+            }
+            state.reload_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    if new.server.listen != old.server.listen {
+        tracing::warn!("server.listen changed: listener changes take effect after a restart");
+    }
+    if new.dns_servers != old.dns_servers {
+        tracing::warn!("dns.servers changed: takes effect after a restart");
+    }
+    if new.log.level != old.log.level || new.log.format != old.log.format {
+        tracing::warn!("log settings changed: take effect after a restart");
+    }
+    let new = Arc::new(new);
+    state.snapshot.store(new.clone());
+    let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
+    for user in old.users.iter() {
+        if new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint) {
+            state.auth.cache().forget_user(&user.name);
+        }
+    }
+    state.pool.clear();
+    tracing::info!(generation, revoked_sessions = revoked, summary = %new.summary(), "configuration reloaded");
+    Ok(generation)
+}
+
+/// Watches for SIGHUP and file changes until `stop` fires; also closes
+/// sessions of users whose `expires` passes while they are connected.
+pub async fn watch(state: Arc<State>, stop: CancellationToken) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching still works");
+            None
+        }
+    };
+    let mut seen = stamps(&state.snapshot.load());
+    let mut pending: Option<Vec<Stamp>> = None;
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup_recv => {
+                tracing::info!("SIGHUP: reloading");
+                let _ = reload(&state);
+                seen = stamps(&state.snapshot.load());
+                pending = None;
+            }
+            _ = tick.tick() => {
+                let snap = state.snapshot.load_full();
+                state.sessions.revoke_stale(&snap.users, SystemTime::now());
+                let now = stamps(&snap);
+                if now == seen {
+                    pending = None;
+                    continue;
+                }
+                // Debounce: act once the files look the same on two polls.
+                if pending.as_ref() == Some(&now) {
+                    tracing::info!("configuration files changed: reloading");
+                    let _ = reload(&state);
+                    seen = stamps(&state.snapshot.load());
+                    pending = None;
+                } else {
+                    pending = Some(now);
+                }
+            }
+        }
+    }
+}
