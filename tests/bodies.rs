@@ -28,9 +28,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     tx.send_request(req).await.expect("response from the proxy")
 }
@@ -44,11 +42,7 @@ async fn chunked_request_body_reaches_the_origin_intact() {
     let mut req = request(
         "POST",
         &origin.url("/chunked"),
-        &[
-            ("Host", &host),
-            ("Proxy-Authorization", &auth),
-            ("Transfer-Encoding", "chunked"),
-        ],
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked")],
     );
     req.extend_from_slice(b"5\r\nhello\r\n7\r\n, world\r\n1;ext=1\r\n!\r\n0\r\n\r\n");
     let mut conn = RawConn::connect(proxy.addr).await;
@@ -68,12 +62,7 @@ async fn chunked_response_body_reaches_the_client_intact() {
     let proxy = spawn_proxy("", &[USER]);
     let host = origin.authority();
     let auth = auth();
-    let resp = get(
-        proxy.addr,
-        &origin.url("/"),
-        &[("Host", &host), ("Proxy-Authorization", &auth)],
-    )
-    .await;
+    let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
     assert!(resp.header("content-length").is_none());
@@ -116,12 +105,7 @@ async fn large_chunked_download_streams_through_with_matching_checksum() {
         .unwrap();
     let resp = via_hyper(proxy.addr, req).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.headers()
-            .get("transfer-encoding")
-            .map(|v| v.as_bytes()),
-        Some(&b"chunked"[..])
-    );
+    assert_eq!(resp.headers().get("transfer-encoding").map(|v| v.as_bytes()), Some(&b"chunked"[..]));
     let mut body = resp.into_body();
     let mut got = Fnv::default();
     let mut len = 0u64;
@@ -146,15 +130,9 @@ fn spawn_routes_origin() -> Origin {
         let b = Response::builder();
         match req.uri().path() {
             "/204" => b.status(204).header("x-route", "204").body(empty()),
-            "/304" => b
-                .status(304)
-                .header("etag", "\"v1\"")
-                .header("x-route", "304")
-                .body(empty()),
+            "/304" => b.status(304).header("etag", "\"v1\"").header("x-route", "304").body(empty()),
             // For HEAD hyper announces this length and sends no body.
-            "/file" => b
-                .header("content-type", "application/octet-stream")
-                .body(full(vec![b'x'; 1234])),
+            "/file" => b.header("content-type", "application/octet-stream").body(full(vec![b'x'; 1234])),
             _ => b.body(full("next")),
         }
         .unwrap()
@@ -169,20 +147,13 @@ async fn head_keeps_content_length_and_sends_no_body() {
     let auth = auth();
     let headers = [("Host", host.as_str()), ("Proxy-Authorization", &auth)];
     let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(request("HEAD", &origin.url("/file"), &headers))
-        .await;
+    conn.send(request("HEAD", &origin.url("/file"), &headers)).await;
     let head = conn.read_response("HEAD").await;
     assert_eq!(head.status, 200, "{}", head.dump());
-    assert_eq!(
-        head.header("content-length"),
-        Some("1234"),
-        "{}",
-        head.dump()
-    );
+    assert_eq!(head.header("content-length"), Some("1234"), "{}", head.dump());
     // If any body bytes followed the HEAD response, the next response on this
     // connection would not start with a status line.
-    conn.send(request("GET", &origin.url("/next"), &headers))
-        .await;
+    conn.send(request("GET", &origin.url("/next"), &headers)).await;
     let next = conn.read_response("GET").await;
     assert_eq!(next.status_line, "HTTP/1.1 200 OK", "{}", next.dump());
     assert_eq!(next.text(), "next");
@@ -197,48 +168,24 @@ async fn no_content_204_and_not_modified_304_have_no_body() {
     let headers = [("Host", host.as_str()), ("Proxy-Authorization", &auth)];
     let mut conn = RawConn::connect(proxy.addr).await;
 
-    conn.send(request("DELETE", &origin.url("/204"), &headers))
-        .await;
+    conn.send(request("DELETE", &origin.url("/204"), &headers)).await;
     let r204 = conn.read_response("DELETE").await;
-    assert_eq!(
-        r204.status_line,
-        "HTTP/1.1 204 No Content",
-        "{}",
-        r204.dump()
-    );
+    assert_eq!(r204.status_line, "HTTP/1.1 204 No Content", "{}", r204.dump());
     assert_eq!(r204.header("x-route"), Some("204"));
-    assert!(
-        r204.header("transfer-encoding").is_none(),
-        "{}",
-        r204.dump()
-    );
+    assert!(r204.header("transfer-encoding").is_none(), "{}", r204.dump());
 
     conn.send(request(
         "GET",
         &origin.url("/304"),
-        &[
-            ("Host", host.as_str()),
-            ("Proxy-Authorization", &auth),
-            ("If-None-Match", "\"v1\""),
-        ],
+        &[("Host", host.as_str()), ("Proxy-Authorization", &auth), ("If-None-Match", "\"v1\"")],
     ))
     .await;
     let r304 = conn.read_response("GET").await;
-    assert_eq!(
-        r304.status_line,
-        "HTTP/1.1 304 Not Modified",
-        "{}",
-        r304.dump()
-    );
+    assert_eq!(r304.status_line, "HTTP/1.1 304 Not Modified", "{}", r304.dump());
     assert_eq!(r304.header("etag"), Some("\"v1\""));
-    assert!(
-        r304.header("transfer-encoding").is_none(),
-        "{}",
-        r304.dump()
-    );
+    assert!(r304.header("transfer-encoding").is_none(), "{}", r304.dump());
 
-    conn.send(request("GET", &origin.url("/next"), &headers))
-        .await;
+    conn.send(request("GET", &origin.url("/next"), &headers)).await;
     let next = conn.read_response("GET").await;
     assert_eq!(next.status_line, "HTTP/1.1 200 OK", "{}", next.dump());
     assert_eq!(next.text(), "next");
@@ -263,12 +210,7 @@ async fn expect_100_continue_gets_100_before_the_body_then_200() {
     ))
     .await;
     let interim = conn.read_head().await;
-    assert_eq!(
-        interim.status_line,
-        "HTTP/1.1 100 Continue",
-        "{}",
-        interim.dump()
-    );
+    assert_eq!(interim.status_line, "HTTP/1.1 100 Continue", "{}", interim.dump());
     conn.send(b"hello world").await;
     let resp = conn.read_response("POST").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
@@ -279,15 +221,10 @@ async fn expect_100_continue_gets_100_before_the_body_then_200() {
 #[tokio::test]
 async fn websocket_upgrade_carries_bytes_both_ways() {
     let origin = spawn_origin(|mut req: Request<Incoming>| async move {
-        let wants = req
-            .headers()
-            .get("upgrade")
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let wants =
+            req.headers().get("upgrade").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
         if !wants {
-            return Response::builder()
-                .status(400)
-                .body(full("expected an upgrade"))
-                .unwrap();
+            return Response::builder().status(400).body(full("expected an upgrade")).unwrap();
         }
         let on = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
@@ -334,25 +271,14 @@ async fn websocket_upgrade_carries_bytes_both_ways() {
     ))
     .await;
     let head = conn.read_head().await;
-    assert_eq!(
-        head.status_line,
-        "HTTP/1.1 101 Switching Protocols",
-        "{}",
-        head.dump()
-    );
+    assert_eq!(head.status_line, "HTTP/1.1 101 Switching Protocols", "{}", head.dump());
     assert_eq!(head.header("upgrade"), Some("websocket"));
-    assert_eq!(
-        head.header("sec-websocket-accept"),
-        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-    );
+    assert_eq!(head.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
 
     conn.send(b"frame one").await;
     assert_eq!(conn.read_exact(14).await, b"echo:frame one");
     conn.send(b"frame two").await;
     assert_eq!(conn.read_exact(14).await, b"echo:frame two");
     conn.shutdown_write().await;
-    assert!(
-        conn.read_to_end().await.is_empty(),
-        "after our FIN the origin closes and so must the proxy"
-    );
+    assert!(conn.read_to_end().await.is_empty(), "after our FIN the origin closes and so must the proxy");
 }

@@ -40,17 +40,11 @@ async fn hop_by_hop_request_headers_are_removed() {
     assert_eq!(resp.status, 200, "{}", resp.dump());
     let seen = Echoed::parse(&resp.body);
     assert_eq!(seen.request_line, "GET /hops?x=1 HTTP/1.1");
-    for name in HOP_BY_HOP
-        .iter()
-        .chain(&["x-hop-secret", "proxy-authorization"])
-    {
+    for name in HOP_BY_HOP.iter().chain(&["x-hop-secret", "proxy-authorization"]) {
         assert!(!seen.has(name), "`{name}` reached the origin: {seen:?}");
     }
     for v in seen.header_all("connection") {
-        assert!(
-            !v.to_ascii_lowercase().contains("x-hop-secret"),
-            "Connection forwarded as {v:?}"
-        );
+        assert!(!v.to_ascii_lowercase().contains("x-hop-secret"), "Connection forwarded as {v:?}");
     }
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
     assert_eq!(seen.header("accept"), Some("text/plain"));
@@ -77,26 +71,14 @@ async fn hop_by_hop_response_headers_are_removed() {
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
-    let resp = get(
-        proxy.addr,
-        &origin.url("/"),
-        &[("Host", &host), ("Proxy-Authorization", &auth)],
-    )
-    .await;
+    let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.body, b"ok");
     for name in HOP_BY_HOP.iter().chain(&["x-hop-resp"]) {
-        assert!(
-            resp.header(name).is_none(),
-            "`{name}` reached the client:\n{}",
-            resp.dump()
-        );
+        assert!(resp.header(name).is_none(), "`{name}` reached the client:\n{}", resp.dump());
     }
     for v in resp.header_all("connection") {
-        assert!(
-            !v.to_ascii_lowercase().contains("x-hop-resp"),
-            "Connection passed on as {v:?}"
-        );
+        assert!(!v.to_ascii_lowercase().contains("x-hop-resp"), "Connection passed on as {v:?}");
     }
     assert_eq!(resp.header("x-end-to-end"), Some("kept"));
     assert_eq!(
@@ -115,20 +97,13 @@ async fn via_is_added_to_requests_and_responses() {
     let resp = get(
         proxy.addr,
         &origin.url("/"),
-        &[
-            ("Host", &host),
-            ("Proxy-Authorization", &auth),
-            ("Via", "1.0 corp-gateway"),
-        ],
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Via", "1.0 corp-gateway")],
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.header_all("via"), ["1.1 authgate"]);
     let seen = Echoed::parse(&resp.body);
-    assert_eq!(
-        seen.header_all("via").join(", "),
-        "1.0 corp-gateway, 1.1 authgate"
-    );
+    assert_eq!(seen.header_all("via").join(", "), "1.0 corp-gateway, 1.1 authgate");
 }
 
 #[tokio::test]
@@ -136,12 +111,9 @@ async fn host_is_replaced_by_the_uri_authority() {
     let origin = spawn_echo_origin();
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
-    let resp = get(
-        proxy.addr,
-        &origin.url("/where"),
-        &[("Host", "evil.example"), ("Proxy-Authorization", &auth)],
-    )
-    .await;
+    let resp =
+        get(proxy.addr, &origin.url("/where"), &[("Host", "evil.example"), ("Proxy-Authorization", &auth)])
+            .await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     let seen = Echoed::parse(&resp.body);
     assert_eq!(seen.header_all("host"), [origin.authority()]);
@@ -157,22 +129,12 @@ async fn request_that_already_passed_authgate_gets_508_loop_detected() {
     let resp = get(
         proxy.addr,
         &origin.url("/"),
-        &[
-            ("Host", &host),
-            ("Proxy-Authorization", &auth),
-            ("Via", "1.1 corp-gateway, 1.1 authgate"),
-        ],
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Via", "1.1 corp-gateway, 1.1 authgate")],
     )
     .await;
     assert_eq!(resp.status, 508, "{}", resp.dump());
     let ps = resp.header("proxy-status").unwrap_or_default();
-    assert!(
-        ps.starts_with("authgate; error=proxy_loop_detected"),
-        "Proxy-Status: {ps:?}"
-    );
-    assert_eq!(
-        resp.header("content-type"),
-        Some("application/problem+json")
-    );
+    assert!(ps.starts_with("authgate; error=proxy_loop_detected"), "Proxy-Status: {ps:?}");
+    assert_eq!(resp.header("content-type"), Some("application/problem+json"));
     assert_eq!(origin.hits(), 0, "a looping request must not be forwarded");
 }

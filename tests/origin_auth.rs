@@ -53,11 +53,7 @@ fn parse_canned(bytes: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
     headers.sort_by(|a, b| a.0.cmp(&b.0));
     let body = bytes[split + 4..].to_vec();
     let len = headers.iter().find(|(n, _)| n == "content-length").unwrap();
-    assert_eq!(
-        len.1,
-        body.len().to_string(),
-        "canned response is inconsistent"
-    );
+    assert_eq!(len.1, body.len().to_string(), "canned response is inconsistent");
     (status_line, headers, body)
 }
 
@@ -69,12 +65,8 @@ async fn assert_passes_through(canned: &'static [u8]) {
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
-    let resp = get(
-        proxy.addr,
-        &origin.url("/account"),
-        &[("Host", &host), ("Proxy-Authorization", &auth)],
-    )
-    .await;
+    let resp =
+        get(proxy.addr, &origin.url("/account"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
 
     let (status_line, mut want_headers, want_body) = parse_canned(canned);
     want_headers.push(("via".into(), "1.1 authgate".into()));
@@ -87,10 +79,7 @@ async fn assert_passes_through(canned: &'static [u8]) {
         resp.dump()
     );
     assert_eq!(resp.body, want_body, "body must pass through byte for byte");
-    assert!(
-        resp.header("proxy-status").is_none(),
-        "an origin's answer must not look like authgate's"
-    );
+    assert!(resp.header("proxy-status").is_none(), "an origin's answer must not look like authgate's");
     assert_eq!(seen.lock().unwrap().len(), 1, "origin saw one request");
 }
 
@@ -111,16 +100,9 @@ async fn origin_407_becomes_502_never_a_407() {
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
-    let resp = get(
-        proxy.addr,
-        &origin.url("/"),
-        &[("Host", &host), ("Proxy-Authorization", &auth)],
-    )
-    .await;
+    let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
     assert_eq!(resp.status, 502, "{}", resp.dump());
-    let ps = resp
-        .header("proxy-status")
-        .expect("Proxy-Status on the 502");
+    let ps = resp.header("proxy-status").expect("Proxy-Status on the 502");
     assert!(ps.starts_with("authgate; error="), "{ps}");
     assert!(
         ps.contains("details=") && ps.contains("407"),
@@ -145,23 +127,13 @@ async fn proxy_authorization_never_reaches_the_origin_but_authorization_does() {
     let resp = get(
         proxy.addr,
         &origin.url("/whoami"),
-        &[
-            ("Host", &host),
-            ("Proxy-Authorization", &auth),
-            ("Authorization", origin_auth),
-        ],
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Authorization", origin_auth)],
     )
     .await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     let seen = Echoed::parse(&resp.body);
-    assert!(
-        !seen.has("proxy-authorization"),
-        "Proxy-Authorization was forwarded: {seen:?}"
-    );
+    assert!(!seen.has("proxy-authorization"), "Proxy-Authorization was forwarded: {seen:?}");
     let b64 = auth.trim_start_matches("Basic ");
-    assert!(
-        !resp.text().contains(b64),
-        "the proxy credentials reached the origin in some header: {seen:?}"
-    );
+    assert!(!resp.text().contains(b64), "the proxy credentials reached the origin in some header: {seen:?}");
     assert_eq!(seen.header_all("authorization"), [origin_auth]);
 }

@@ -12,8 +12,8 @@ const ALICE: (&str, &str) = ("alice", "alice-pw");
 
 /// alice (enabled) and dave (disabled).
 fn proxy_with_disabled_user() -> Proxy {
-    let users = user_entry(ALICE.0, ALICE.1, "disabled = false")
-        + &user_entry("dave", "dave-pw", "disabled = true");
+    let users =
+        user_entry(ALICE.0, ALICE.1, "disabled = false") + &user_entry("dave", "dave-pw", "disabled = true");
     spawn_proxy_with_users_file("", &users)
 }
 
@@ -41,12 +41,7 @@ fn assert_challenge(resp: &RawResponse, case: &str) {
         "{case}: challenge"
     );
     assert_proxy_error(resp, 407, "http_request_denied", "proxy_auth_required");
-    assert!(
-        resp.header("proxy-status")
-            .unwrap()
-            .starts_with("authgate; error="),
-        "{case}"
-    );
+    assert!(resp.header("proxy-status").unwrap().starts_with("authgate; error="), "{case}");
 }
 
 #[tokio::test]
@@ -121,9 +116,7 @@ fn normalise(resp: &RawResponse) -> String {
     let head: Vec<String> = head
         .split("\r\n")
         .map(|line| match line.split_once(':') {
-            Some((n, _))
-                if n.eq_ignore_ascii_case("date") || n.eq_ignore_ascii_case("x-request-id") =>
-            {
+            Some((n, _)) if n.eq_ignore_ascii_case("date") || n.eq_ignore_ascii_case("x-request-id") => {
                 format!("{n}: <x>")
             }
             _ => line.to_string(),
@@ -199,12 +192,7 @@ async fn latin1_encoded_credentials_are_accepted() {
     // Python requests and pip send `ü` as the single byte FC.
     let origin = spawn_echo_origin();
     let proxy = spawn_proxy("", &[("jürgen", "pässwörd")]);
-    let resp = get_with(
-        &proxy,
-        &origin,
-        Some(&basic_raw(b"j\xfcrgen:p\xe4ssw\xf6rd")),
-    )
-    .await;
+    let resp = get_with(&proxy, &origin, Some(&basic_raw(b"j\xfcrgen:p\xe4ssw\xf6rd"))).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
 }
 
@@ -237,18 +225,10 @@ async fn credentials_after_407_on_the_same_keep_alive_connection_succeed() {
     );
 
     let auth = basic(ALICE.0, ALICE.1);
-    conn.send(request(
-        "GET",
-        &url,
-        &[("Host", &host), ("Proxy-Authorization", &auth)],
-    ))
-    .await;
+    conn.send(request("GET", &url, &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
     let second = conn.read_response("GET").await;
     assert_eq!(second.status, 200, "{}", second.dump());
-    assert_eq!(
-        Echoed::parse(&second.body).request_line,
-        "GET /again HTTP/1.1"
-    );
+    assert_eq!(Echoed::parse(&second.body).request_line, "GET /again HTTP/1.1");
 }
 
 #[tokio::test]
@@ -259,30 +239,16 @@ async fn rejected_request_with_a_small_body_leaves_the_connection_usable() {
     let url = origin.url("/form");
     let mut conn = RawConn::connect(proxy.addr).await;
 
-    let mut rejected = request(
-        "POST",
-        &url,
-        &[
-            ("Host", &host),
-            ("Content-Type", "text/plain"),
-            ("Content-Length", "21"),
-        ],
-    );
+    let mut rejected =
+        request("POST", &url, &[("Host", &host), ("Content-Type", "text/plain"), ("Content-Length", "21")]);
     rejected.extend_from_slice(b"GET /smuggled HTTP/1.");
     conn.send(rejected).await;
     let first = conn.read_response("POST").await;
     assert_eq!(first.status, 407, "{}", first.dump());
 
     let auth = basic(ALICE.0, ALICE.1);
-    let mut retry = request(
-        "POST",
-        &url,
-        &[
-            ("Host", &host),
-            ("Proxy-Authorization", &auth),
-            ("Content-Length", "5"),
-        ],
-    );
+    let mut retry =
+        request("POST", &url, &[("Host", &host), ("Proxy-Authorization", &auth), ("Content-Length", "5")]);
     retry.extend_from_slice(b"hello");
     conn.send(retry).await;
     let second = conn.read_response("POST").await;
@@ -295,11 +261,7 @@ async fn rejected_request_with_a_small_body_leaves_the_connection_usable() {
     let seen = Echoed::parse(&second.body);
     assert_eq!(seen.request_line, "POST /form HTTP/1.1");
     assert_eq!(seen.body, b"hello");
-    assert_eq!(
-        origin.hits(),
-        1,
-        "the rejected body must never reach the origin"
-    );
+    assert_eq!(origin.hits(), 1, "the rejected body must never reach the origin");
 }
 
 #[tokio::test]
@@ -311,19 +273,10 @@ async fn expect_100_continue_without_credentials_gets_407_not_100() {
     conn.send(request(
         "PUT",
         &origin.url("/upload"),
-        &[
-            ("Host", &host),
-            ("Content-Length", "100000"),
-            ("Expect", "100-continue"),
-        ],
+        &[("Host", &host), ("Content-Length", "100000"), ("Expect", "100-continue")],
     ))
     .await;
     let resp = conn.read_response("PUT").await;
-    assert_eq!(
-        resp.status,
-        407,
-        "the client must not be told to send its body:\n{}",
-        resp.dump()
-    );
+    assert_eq!(resp.status, 407, "the client must not be told to send its body:\n{}", resp.dump());
     assert_eq!(origin.hits(), 0);
 }

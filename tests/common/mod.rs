@@ -55,8 +55,7 @@ impl TempDir {
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).unwrap();
         }
-        std::fs::write(&p, contents)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+        std::fs::write(&p, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
         p
     }
 }
@@ -113,10 +112,7 @@ pub fn user_entry(name: &str, password: &str, extra: &str) -> String {
 
 /// A users file with one enabled user per `(name, password)`.
 pub fn users_toml(users: &[(&str, &str)]) -> String {
-    users
-        .iter()
-        .map(|(n, p)| user_entry(n, p, "disabled = false"))
-        .collect()
+    users.iter().map(|(n, p)| user_entry(n, p, "disabled = false")).collect()
 }
 
 /// The config every test proxy starts from; `extra` is appended and must not
@@ -158,12 +154,7 @@ impl Proxy {
 
     /// `http://USER:PASS@127.0.0.1:PORT`, userinfo percent-encoded.
     pub fn url_with(&self, user: &str, pass: &str) -> String {
-        format!(
-            "http://{}:{}@{}",
-            percent_encode(user),
-            percent_encode(pass),
-            self.addr
-        )
+        format!("http://{}:{}@{}", percent_encode(user), percent_encode(pass), self.addr)
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -172,9 +163,7 @@ impl Proxy {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await
-                .expect("proxy task panicked")
-                .expect("proxy run failed");
+            task.await.expect("proxy task panicked").expect("proxy run failed");
         }
     }
 }
@@ -198,8 +187,8 @@ pub fn spawn_proxy_with_users_file(cfg_extra: &str, users_file: &str) -> Proxy {
     let dir = TempDir::new();
     let config = dir.write("authgate.toml", base_config(cfg_extra));
     dir.write("users.toml", users_file);
-    let snapshot = authgate::config::load(&config)
-        .unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
+    let snapshot =
+        authgate::config::load(&config).unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
@@ -209,12 +198,7 @@ pub fn spawn_proxy_with_users_file(cfg_extra: &str, users_file: &str) -> Proxy {
     let task = tokio::spawn(authgate::run(state, vec![listener], async move {
         let _ = rx.await;
     }));
-    Proxy {
-        addr,
-        dir,
-        shutdown: Some(tx),
-        task: Some(task),
-    }
+    Proxy { addr, dir, shutdown: Some(tx), task: Some(task) }
 }
 
 /// `Basic base64(user:pass)`.
@@ -323,10 +307,7 @@ const PROXY_ENV: [&str; 8] = [
 /// extra environment `env`, on the blocking pool so the proxy keeps running.
 pub async fn curl(args: &[&str], env: &[(&str, &str)]) -> CurlOutput {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new("curl");
         cmd.args(["-q", "-sS", "--max-time", "20"]).args(&args);

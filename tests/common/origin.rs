@@ -75,10 +75,8 @@ where
                     let fut = handler(req);
                     async move { Ok::<_, Infallible>(fut.await) }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .with_upgrades()
-                    .await;
+                let _ =
+                    http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
             });
         }
     });
@@ -97,14 +95,7 @@ pub fn empty() -> OriginBody {
 
 /// A body of several frames and no known length, so hyper sends it chunked.
 pub fn chunked(parts: &[&[u8]]) -> OriginBody {
-    Frames {
-        parts: parts
-            .iter()
-            .rev()
-            .map(|p| Bytes::copy_from_slice(p))
-            .collect(),
-    }
-    .boxed()
+    Frames { parts: parts.iter().rev().map(|p| Bytes::copy_from_slice(p)).collect() }.boxed()
 }
 
 struct Frames {
@@ -143,11 +134,7 @@ pub struct PatternBody {
 
 impl PatternBody {
     pub fn new(len: u64, exact: bool) -> Self {
-        PatternBody {
-            sent: 0,
-            len,
-            exact,
-        }
+        PatternBody { sent: 0, len, exact }
     }
 }
 
@@ -173,11 +160,7 @@ impl Body for PatternBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.exact {
-            SizeHint::with_exact(self.len - self.sent)
-        } else {
-            SizeHint::default()
-        }
+        if self.exact { SizeHint::with_exact(self.len - self.sent) } else { SizeHint::default() }
     }
 }
 
@@ -204,26 +187,15 @@ impl Echoed {
                 (n.to_string(), v.to_string())
             })
             .collect();
-        Echoed {
-            request_line,
-            headers,
-            body: bytes[split + 4..].to_vec(),
-        }
+        Echoed { request_line, headers, body: bytes[split + 4..].to_vec() }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -238,11 +210,7 @@ pub fn spawn_echo_origin() -> Origin {
         let (parts, body) = req.into_parts();
         let mut out = format!("{} {} {:?}\r\n", parts.method, parts.uri, parts.version);
         for (n, v) in &parts.headers {
-            out.push_str(&format!(
-                "{}: {}\r\n",
-                n,
-                String::from_utf8_lossy(v.as_bytes())
-            ));
+            out.push_str(&format!("{}: {}\r\n", n, String::from_utf8_lossy(v.as_bytes())));
         }
         out.push_str("\r\n");
         let mut out = out.into_bytes();
@@ -255,10 +223,7 @@ pub fn spawn_echo_origin() -> Origin {
                     .unwrap();
             }
         }
-        Response::builder()
-            .header("content-type", "text/plain")
-            .body(full(out))
-            .unwrap()
+        Response::builder().header("content-type", "text/plain").body(full(out)).unwrap()
     })
 }
 
@@ -320,9 +285,7 @@ pub fn spawn_canned_origin(response: &'static [u8], seen: Arc<Mutex<Vec<String>>
             loop {
                 while let Some(i) = super::find(&buf, b"\r\n\r\n") {
                     let head: Vec<u8> = buf.drain(..i + 4).collect();
-                    seen.lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&head).into_owned());
+                    seen.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
                     if stream.write_all(response).await.is_err() {
                         return;
                     }

@@ -37,19 +37,12 @@ pub struct RawResponse {
 impl RawResponse {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
     /// The body as text (lossy).
@@ -71,11 +64,8 @@ impl RawResponse {
     /// Headers as `(lower-case name, value)`, sorted by name only (a stable
     /// sort, so several values of one field keep their order).
     pub fn headers_by_name(&self) -> Vec<(String, String)> {
-        let mut h: Vec<(String, String)> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
-            .collect();
+        let mut h: Vec<(String, String)> =
+            self.headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect();
         h.sort_by(|a, b| a.0.cmp(&b.0));
         h
     }
@@ -84,22 +74,15 @@ impl RawResponse {
 impl RawConn {
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> RawConn {
-        let stream = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let stream =
+            TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         stream.set_nodelay(true).unwrap();
-        RawConn {
-            stream,
-            buf: Vec::new(),
-        }
+        RawConn { stream, buf: Vec::new() }
     }
 
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
-        self.stream
-            .write_all(bytes.as_ref())
-            .await
-            .expect("write to proxy");
+        self.stream.write_all(bytes.as_ref()).await.expect("write to proxy");
     }
 
     /// Shuts down the write half (sends FIN).
@@ -127,11 +110,7 @@ impl RawConn {
     pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
         while self.buf.len() < n {
             if self.fill().await == 0 {
-                panic!(
-                    "EOF after {} of {n} bytes: {:?}",
-                    self.buf.len(),
-                    String::from_utf8_lossy(&self.buf)
-                );
+                panic!("EOF after {} of {n} bytes: {:?}", self.buf.len(), String::from_utf8_lossy(&self.buf));
             }
         }
         self.buf.drain(..n).collect()
@@ -181,9 +160,8 @@ impl RawConn {
         if no_body {
             return resp;
         }
-        let chunked = resp
-            .header("transfer-encoding")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+        let chunked =
+            resp.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
         if chunked {
             loop {
                 let line = self.read_line().await;
@@ -245,19 +223,11 @@ fn parse_head(raw: Vec<u8>) -> RawResponse {
     let headers = lines
         .filter(|l| !l.is_empty())
         .map(|l| {
-            let (n, v) = l
-                .split_once(':')
-                .unwrap_or_else(|| panic!("bad header line {l:?}"));
+            let (n, v) = l.split_once(':').unwrap_or_else(|| panic!("bad header line {l:?}"));
             (n.to_string(), v.trim().to_string())
         })
         .collect();
-    RawResponse {
-        raw,
-        status_line,
-        status,
-        headers,
-        body: Vec::new(),
-    }
+    RawResponse { raw, status_line, status, headers, body: Vec::new() }
 }
 
 /// Position of `needle` in `hay`.
@@ -296,9 +266,8 @@ pub async fn get(proxy: SocketAddr, url: &str, headers: &[(&str, &str)]) -> RawR
 /// naming authgate with `error=<error>`, and a problem+json body with `code`.
 pub fn assert_proxy_error(resp: &RawResponse, status: u16, error: &str, code: &str) {
     assert_eq!(resp.status, status, "status; response:\n{}", resp.dump());
-    let ps = resp
-        .header("proxy-status")
-        .unwrap_or_else(|| panic!("no Proxy-Status header:\n{}", resp.dump()));
+    let ps =
+        resp.header("proxy-status").unwrap_or_else(|| panic!("no Proxy-Status header:\n{}", resp.dump()));
     assert!(
         ps.starts_with(&format!("authgate; error={error}")),
         "Proxy-Status {ps:?} should start with `authgate; error={error}`"
@@ -313,10 +282,7 @@ pub fn assert_proxy_error(resp: &RawResponse, status: u16, error: &str, code: &s
     assert_eq!(json["code"], code, "problem code; body {json}");
     assert_eq!(json["status"], status, "problem status; body {json}");
     for field in ["type", "title", "detail", "timestamp", "request_id"] {
-        assert!(
-            json[field].as_str().is_some_and(|s| !s.is_empty()),
-            "problem body lacks `{field}`: {json}"
-        );
+        assert!(json[field].as_str().is_some_and(|s| !s.is_empty()), "problem body lacks `{field}`: {json}");
     }
     assert_eq!(
         resp.header("x-request-id"),

@@ -1,0 +1,101 @@
+//! CONNECT tunnels, and what a client sees when the target cannot be reached.
+
+mod common;
+
+use common::*;
+
+const USER: (&str, &str) = ("alice", "alice-pw");
+
+/// Opens a tunnel to `target` and returns the connection after the 200.
+async fn open_tunnel(proxy: &Proxy, target: &str) -> RawConn {
+    let auth = basic(USER.0, USER.1);
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request("CONNECT", target, &[("Host", target), ("Proxy-Authorization", &auth)])).await;
+    let head = conn.read_head().await;
+    assert_eq!(head.status, 200, "{}", head.dump());
+    assert!(head.status_line.starts_with("HTTP/1.1 200"), "{}", head.status_line);
+    assert!(
+        head.header("transfer-encoding").is_none(),
+        "a 2xx to CONNECT has no body framing: {}",
+        head.dump()
+    );
+    conn
+}
+
+#[tokio::test]
+async fn connect_tunnel_carries_bytes_both_ways() {
+    let origin = spawn_shout_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let mut tunnel = open_tunnel(&proxy, &origin.authority()).await;
+    tunnel.send(b"hello through the tunnel").await;
+    assert_eq!(tunnel.read_exact(24).await, b"HELLO THROUGH THE TUNNEL");
+    // Bytes that look like HTTP are just bytes inside a tunnel.
+    tunnel.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(tunnel.read_exact(18).await, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(origin.hits(), 1);
+}
+
+#[tokio::test]
+async fn connect_tunnel_respects_half_close() {
+    let origin = spawn_shout_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let mut tunnel = open_tunnel(&proxy, &origin.authority()).await;
+    tunnel.send(b"last words").await;
+    assert_eq!(tunnel.read_exact(10).await, b"LAST WORDS");
+    // We are done sending; the origin answers our FIN with its final data,
+    // which must still reach us, followed by EOF.
+    tunnel.shutdown_write().await;
+    assert_eq!(
+        tunnel.read_to_end().await,
+        b"BYE\n",
+        "the origin's data after our half-close must arrive, then EOF"
+    );
+}
+
+#[tokio::test]
+async fn connect_without_credentials_gets_407() {
+    let origin = spawn_shout_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let target = origin.authority();
+    let resp = send_one(proxy.addr, "CONNECT", &target, &[("Host", &target)]).await;
+    assert_proxy_error(&resp, 407, "http_request_denied", "proxy_auth_required");
+    assert_eq!(
+        resp.header("proxy-authenticate"),
+        Some(format!("Basic realm=\"{REALM}\", charset=\"UTF-8\"").as_str())
+    );
+    assert_eq!(origin.hits(), 0, "no connection to the target without credentials");
+}
+
+#[tokio::test]
+async fn connect_with_wrong_password_gets_407() {
+    let origin = spawn_shout_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let target = origin.authority();
+    let auth = basic(USER.0, "nope");
+    let resp =
+        send_one(proxy.addr, "CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth)]).await;
+    assert_proxy_error(&resp, 407, "http_request_denied", "proxy_auth_required");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_gets_502_connection_refused() {
+    let proxy = spawn_proxy("", &[USER]);
+    let target = format!("127.0.0.1:{}", closed_port());
+    let auth = basic(USER.0, USER.1);
+    let resp =
+        send_one(proxy.addr, "CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth)]).await;
+    assert_proxy_error(&resp, 502, "connection_refused", "connection_refused");
+    assert_eq!(resp.header("proxy-status"), Some("authgate; error=connection_refused"));
+}
+
+#[tokio::test]
+async fn get_to_an_unreachable_origin_gets_502() {
+    let proxy = spawn_proxy("", &[USER]);
+    let target = format!("127.0.0.1:{}", closed_port());
+    let auth = basic(USER.0, USER.1);
+    let resp =
+        get(proxy.addr, &format!("http://{target}/"), &[("Host", &target), ("Proxy-Authorization", &auth)])
+            .await;
+    assert_proxy_error(&resp, 502, "connection_refused", "connection_refused");
+}

@@ -1,0 +1,101 @@
+//! A tiny authoritative DNS server on 127.0.0.1:0 (UDP) for tests: answers A
+//! queries from a table, NXDOMAIN for names it does not know, and never
+//! answers names listed as "slow" (to test timeouts). AAAA gets an empty
+//! answer. Each name's answers can rotate (a DNS-rebinding attacker).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UdpSocket;
+
+/// What the server answers for one name.
+#[derive(Clone)]
+pub enum Answer {
+    /// A records with a TTL; with several sets, each query gets the next set.
+    A(Vec<Vec<Ipv4Addr>>, u32),
+    /// NXDOMAIN.
+    NxDomain,
+    /// No answer at all.
+    Silent,
+}
+
+/// A running fake DNS server.
+pub struct FakeDns {
+    pub addr: SocketAddr,
+    queries: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl FakeDns {
+    /// A-queries seen for `name` (without trailing dot).
+    pub fn queries(&self, name: &str) -> usize {
+        *self.queries.lock().unwrap().get(name).unwrap_or(&0)
+    }
+}
+
+/// Starts the server with `zone` (names without trailing dot).
+pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let zone: HashMap<String, (Answer, AtomicUsize)> =
+        zone.into_iter().map(|(n, a)| (n.to_string(), (a, AtomicUsize::new(0)))).collect();
+    let queries = Arc::new(Mutex::new(HashMap::new()));
+    let q2 = queries.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else { return };
+            let Some((name, qtype, qend)) = parse_question(&buf[..n]) else { continue };
+            let reply = match zone.get(&name) {
+                Some((Answer::Silent, _)) => continue,
+                None | Some((Answer::NxDomain, _)) => response(&buf[..qend], 3, &[], 0),
+                Some((Answer::A(sets, ttl), next)) => {
+                    if qtype == 1 {
+                        *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
+                        let i = next.fetch_add(1, Ordering::SeqCst) % sets.len();
+                        response(&buf[..qend], 0, &sets[i], *ttl)
+                    } else {
+                        response(&buf[..qend], 0, &[], *ttl)
+                    }
+                }
+            };
+            let _ = sock.send_to(&reply, peer).await;
+        }
+    });
+    FakeDns { addr, queries }
+}
+
+/// (lower-case name, qtype, end of the question section).
+fn parse_question(msg: &[u8]) -> Option<(String, u16, usize)> {
+    let mut i = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = *msg.get(i)? as usize;
+        i += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(msg.get(i..i + len)?).to_ascii_lowercase());
+        i += len;
+    }
+    let qtype = u16::from_be_bytes([*msg.get(i)?, *msg.get(i + 1)?]);
+    Some((labels.join("."), qtype, i + 4))
+}
+
+fn response(query: &[u8], rcode: u8, ips: &[Ipv4Addr], ttl: u32) -> Vec<u8> {
+    let mut r = Vec::with_capacity(query.len() + ips.len() * 16);
+    r.extend_from_slice(&query[..2]); // id
+    r.extend_from_slice(&[0x84 | (query[2] & 0x01), 0x80 | rcode]); // QR AA RD, RA rcode
+    r.extend_from_slice(&[0, 1]); // qdcount
+    r.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+    r.extend_from_slice(&[0, 0, 0, 0]);
+    r.extend_from_slice(&query[12..]);
+    for ip in ips {
+        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        r.extend_from_slice(&ttl.to_be_bytes());
+        r.extend_from_slice(&[0, 4]);
+        r.extend_from_slice(&ip.octets());
+    }
+    r
+}
