@@ -1,0 +1,342 @@
+//! Access rules (403 from the proxy) and egress safety (SSRF): black-box.
+
+mod common;
+#[path = "support/custom.rs"]
+mod custom;
+#[path = "support/dns.rs"]
+mod dns;
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+use common::*;
+use custom::spawn_custom;
+use dns::Answer;
+
+const USER: &str = "alice";
+const PASS: &str = "wonder land";
+
+fn auth() -> String {
+    basic(USER, PASS)
+}
+
+/// A config with no loopback opening (the default egress policy), the fake
+/// DNS server, and `extra` appended.
+fn config(dns: Option<std::net::SocketAddr>, extra: &str) -> String {
+    let dns = dns.map(|a| format!("[dns]\nservers = [\"{a}\"]\n")).unwrap_or_default();
+    format!(
+        "[server]\nrealm = \"t\"\n[auth]\nusers_file = \"users.toml\"\n[limits]\ndns_timeout = \"500ms\"\n{dns}\n{extra}\n"
+    )
+}
+
+fn users() -> String {
+    user_entry(USER, PASS, "disabled = false") + &user_entry("eve", "x", "")
+}
+
+/// Every spelling of a loopback address, as CONNECT authority and as URL
+/// host, is refused with `destination_ip_prohibited`, and the origin listening
+/// there sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_bypass_forms_are_all_refused() {
+    let origin = spawn_echo_origin();
+    let port = origin.addr.port();
+    let zone = vec![("loop.test", Answer::A(vec![vec![Ipv4Addr::LOCALHOST]], 60))];
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&config(Some(fake.addr), ""), &users());
+    let hosts = [
+        "127.0.0.1",
+        "2130706433",
+        "0177.0.0.1",
+        "0x7f.1",
+        "0x7f.0.0.1",
+        "127.1",
+        "0.0.0.0",
+        "0",
+        "localhost",
+        "LOCALHOST.",
+        "foo.localhost",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[::127.0.0.1]",
+        "[::]",
+        "loop.test",
+    ];
+    let a = auth();
+    for host in hosts {
+        let authority = format!("{host}:{port}");
+        let r =
+            send_one(proxy.addr, "CONNECT", &authority, &[("Host", &authority), ("Proxy-Authorization", &a)])
+                .await;
+        assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+        let url = format!("http://{authority}/secret");
+        let r = get(proxy.addr, &url, &[("Host", &authority), ("Proxy-Authorization", &a)]).await;
+        assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    }
+    // Zone ids: refused either as a bad target or by the egress check.
+    for authority in [format!("[fe80::1%eth0]:{port}"), format!("[::1%25lo]:{port}")] {
+        let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
+        assert!(r.status == 403 || r.status == 400, "{authority}: {}", r.dump());
+    }
+    assert_eq!(origin.hits(), 0, "no request may reach the loopback origin");
+    // The proxy still serves: an opened range works.
+    drop(proxy);
+    let open = spawn_custom(&config(None, "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]"), &users());
+    let r = get(open.addr, &origin.url("/ok"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+}
+
+/// A name whose answers alternate between an allowed and a forbidden address
+/// (DNS rebinding, TTL 0): the forbidden address is never connected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_rebinding_never_reaches_the_forbidden_address() {
+    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
+    let port = allowed.local_addr().unwrap().port();
+    drop(allowed);
+    // The forbidden origin on 127.0.0.1 and the allowed one on 127.0.0.2, same port.
+    let forbidden = spawn_origin_at("127.0.0.1", port);
+    let good = spawn_origin_at("127.0.0.2", port);
+    let zone = vec![
+        ("rebind.test", Answer::A(vec![vec![Ipv4Addr::new(127, 0, 0, 2)], vec![Ipv4Addr::LOCALHOST]], 0)),
+        ("mixed.test", Answer::A(vec![vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::LOCALHOST]], 60)),
+    ];
+    let fake = dns::spawn(zone).await;
+    let proxy =
+        spawn_custom(&config(Some(fake.addr), "[egress]\nallow_cidrs = [\"127.0.0.2/32\"]"), &users());
+    let a = auth();
+    let mut statuses = Vec::new();
+    for i in 0..12 {
+        let url = format!("http://rebind.test:{port}/{i}");
+        let r = get(
+            proxy.addr,
+            &url,
+            &[("Host", "rebind.test"), ("Proxy-Authorization", &a), ("Connection", "close")],
+        )
+        .await;
+        statuses.push(r.status);
+        let authority = format!("rebind.test:{port}");
+        let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
+        statuses.push(r.status);
+    }
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 403), "{statuses:?}");
+    assert!(statuses.contains(&403), "the forbidden answer was seen: {statuses:?}");
+    assert_eq!(forbidden.hits(), 0, "127.0.0.1 must never be connected to");
+    // A name with one allowed and one forbidden address is refused whole.
+    let r =
+        send_one(proxy.addr, "CONNECT", &format!("mixed.test:{port}"), &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    assert_eq!(forbidden.hits(), 0);
+    drop(good);
+}
+
+/// An hyper origin (counting connections) bound to a given address.
+fn spawn_origin_at(ip: &str, port: u16) -> Origin {
+    let l = std::net::TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(l).unwrap();
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ =
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+            });
+        }
+    });
+    Origin { addr, hits }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
+    let zone = vec![
+        ("nx.test", Answer::NxDomain),
+        ("slow.test", Answer::Silent),
+        ("ttl.test", Answer::A(vec![vec![Ipv4Addr::LOCALHOST]], 1)),
+    ];
+    let fake = dns::spawn(zone).await;
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(&config(Some(fake.addr), "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]"), &users());
+    let a = auth();
+    let r = send_one(proxy.addr, "CONNECT", "nx.test:443", &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 502, "dns_error", "dns_error");
+    let r = get(proxy.addr, "http://nx.test/", &[("Host", "nx.test"), ("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 502, "dns_error", "dns_error");
+    let r = send_one(proxy.addr, "CONNECT", "slow.test:443", &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 504, "dns_timeout", "dns_timeout");
+
+    let url = format!("http://ttl.test:{}/", origin.addr.port());
+    for _ in 0..3 {
+        let r = get(
+            proxy.addr,
+            &url,
+            &[("Host", "ttl.test"), ("Proxy-Authorization", &a), ("Connection", "close")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+    }
+    assert_eq!(fake.queries("ttl.test"), 1, "answers are cached within their TTL");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // let the 1 s TTL run out
+    proxy.state.pool.clear();
+    let r = get(proxy.addr, &url, &[("Host", "ttl.test"), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(fake.queries("ttl.test"), 2, "an expired answer is asked for again");
+}
+
+const RULES: &str = r#"
+[egress]
+allow_cidrs = ["127.0.0.0/8"]
+
+[policy]
+default = "deny"
+
+[[rules]]
+name = "no-smtp"
+action = "deny"
+ports = [25, 465, 587]
+
+[[rules]]
+name = "block-port"
+action = "deny"
+ports = ["PORT_DENIED"]
+
+[[rules]]
+name = "staff-all"
+action = "allow"
+groups = ["staff"]
+methods = ["CONNECT", "GET"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_by_rule_is_a_403_from_the_proxy_and_never_reaches_the_origin() {
+    let denied_origin = spawn_echo_origin();
+    let ok_origin = spawn_echo_origin();
+    let cfg = RULES.replace("\"PORT_DENIED\"", &denied_origin.addr.port().to_string());
+    let users = user_entry(USER, PASS, "")
+        + &format!("[users.bob]\npassword = {}\ngroups = [\"guests\"]\n", toml_str(&hash("pw")));
+    let proxy = spawn_custom(&config(None, &cfg), &users);
+    let a = auth();
+    let d = denied_origin.authority();
+
+    let r = send_one(proxy.addr, "CONNECT", &d, &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+    assert_eq!(
+        r.header("proxy-status"),
+        Some("authgate; error=http_request_denied; details=\"rule block-port\"")
+    );
+    let r = get(proxy.addr, &denied_origin.url("/x"), &[("Host", &d), ("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+    assert_eq!(denied_origin.hits(), 0, "a denied request never reaches the origin");
+
+    // Method not in the allow rule → default deny.
+    let r = send_one(
+        proxy.addr,
+        "POST",
+        &ok_origin.url("/"),
+        &[("Host", &ok_origin.authority()), ("Proxy-Authorization", &a), ("Content-Length", "0")],
+    )
+    .await;
+    assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+    assert_eq!(r.header("proxy-status"), Some("authgate; error=http_request_denied; details=\"default\""));
+    // Not in the group → default deny.
+    let r = get(
+        proxy.addr,
+        &ok_origin.url("/"),
+        &[("Host", &ok_origin.authority()), ("Proxy-Authorization", &basic("bob", "pw"))],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(ok_origin.hits(), 0);
+    // Allowed.
+    let r = get(
+        proxy.addr,
+        &ok_origin.url("/y"),
+        &[("Host", &ok_origin.authority()), ("Proxy-Authorization", &a)],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(ok_origin.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_403_passes_untouched_without_proxy_status() {
+    let origin = spawn_origin(|_req| async {
+        hyper::Response::builder().status(403).header("x-origin", "yes").body(full("origin says no")).unwrap()
+    });
+    let cfg = RULES.replace("\"PORT_DENIED\"", "1");
+    let proxy = spawn_custom(&config(None, &cfg), &user_entry(USER, PASS, ""));
+    let r =
+        get(proxy.addr, &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &auth())])
+            .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("proxy-status"), None, "an origin 403 carries no authgate Proxy-Status");
+    assert_eq!(r.header("x-origin"), Some("yes"));
+    assert_eq!(r.text(), "origin says no");
+}
+
+fn authgate_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_authgate"))
+}
+
+#[test]
+fn explain_prints_each_rule_and_exits_by_decision() {
+    let dir = TempDir::new();
+    let cfg = RULES.replace("\"PORT_DENIED\"", "8080");
+    let path = dir.write("authgate.toml", config(None, &cfg));
+    dir.write("users.toml", users());
+    let run = |args: &[&str]| {
+        let out = authgate_bin().arg("explain").arg("--config").arg(&path).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&["--user", USER, "http://127.0.0.1:80/"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("staff-all") && out.contains("MATCH -> allow") && out.contains("result   ALLOWED"),
+        "{out}"
+    );
+    assert!(out.contains("no-smtp") && out.contains("port differs"), "{out}");
+    let (code, out, _) = run(&["--user", USER, "127.0.0.1:25"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("decision deny by rule no-smtp"), "{out}");
+    let (code, out, _) = run(&["--user", USER, "--method", "DELETE", "http://127.0.0.1/"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("by the default"), "{out}");
+    // Allowed by the rules but refused by the egress policy.
+    let (code, out, _) = run(&["--user", USER, "169.254.169.254:80"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("DENIED: link-local"), "{out}");
+    let (code, _, err) = run(&["--user", "nobody", "127.0.0.1:80"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no user"), "{err}");
+    let (code, _, _) = run(&["--user", USER, "ftp://x/"]);
+    assert_eq!(code, Some(2));
+}
+
+#[test]
+fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
+    let dir = TempDir::new();
+    let cfg = "[auth]\nusers_file = \"users.toml\"\n\n[[rules]]\nname = \"empty\"\naction = \"allow\"\nhosts = []\n\n[[rules]]\nname = \"inverted\"\naction = \"deny\"\nports = [\"9000-8000\"]\n\n[[rules]]\nname = \"pattern\"\naction = \"deny\"\nhosts = [\"foo*.com\"]\n\n[[rules]]\nname = \"verb\"\naction = \"maybe\"\n";
+    let path = dir.write("authgate.toml", cfg);
+    dir.write("users.toml", users());
+    let out = authgate_bin().arg("check").arg("--config").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let p = path.display().to_string();
+    assert!(err.contains(&format!("{p}:7:9: rule `empty`: `hosts` is empty")), "{err}");
+    assert!(
+        err.contains(&format!("{p}:12:10: rule `inverted`: ports: range 9000-8000 is inverted")),
+        "{err}"
+    );
+    assert!(err.contains(&format!("{p}:17:10: rule `pattern`: hosts:")), "{err}");
+    assert!(err.contains(&format!("{p}:21:10: rule `verb`: action must be")), "{err}");
+}
