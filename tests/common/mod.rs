@@ -19,7 +19,9 @@ use base64::Engine;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[allow(unused_imports)]
 pub use origin::*;
+#[allow(unused_imports)]
 pub use raw::*;
 
 /// The realm every test proxy announces (not the default, so that tests see

@@ -1,0 +1,174 @@
+//! Config problems are reported with file:line:col (and never leak a hash),
+//! through the library and through the real `authgate` binary.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// A minimal valid config (no listener is bound by `load`).
+const GOOD_CONFIG: &str = r#"[server]
+listen = ["127.0.0.1:3128"]
+realm = "corp"
+
+[auth]
+users_file = "users.toml"
+cache_ttl = "5m"
+
+[auth.argon2]
+m_cost = 8
+t_cost = 1
+p_cost = 1
+"#;
+
+fn good_users() -> String {
+    users_toml(&[("alice", "alice-pw")])
+}
+
+/// Writes `config` and `users` into a fresh dir and loads them.
+fn load(config: &str, users: &str) -> (TempDir, Result<authgate::Snapshot, String>) {
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", config);
+    dir.write("users.toml", users);
+    let result = authgate::config::load(&path).map_err(|e| e.to_string());
+    (dir, result)
+}
+
+fn load_err(config: &str, users: &str) -> String {
+    match load(config, users).1 {
+        Ok(_) => panic!("config should have been rejected:\n{config}\n---\n{users}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn good_config_loads() {
+    let (_dir, result) = load(GOOD_CONFIG, &good_users());
+    let snap = result.unwrap_or_else(|e| panic!("good config rejected:\n{e}"));
+    assert_eq!(snap.server.realm, "corp");
+    assert_eq!(snap.users.len(), 1);
+}
+
+#[test]
+fn unknown_key_is_reported_with_line_and_column() {
+    let config = "[server]\nlisten = [\"127.0.0.1:3128\"]\ncolour = \"blue\"\n";
+    let err = load_err(config, &good_users());
+    assert!(err.contains("authgate.toml:3:1"), "{err}");
+    assert!(err.contains("colour"), "the message should name the key: {err}");
+}
+
+#[test]
+fn bad_duration_is_reported_with_line_and_column() {
+    let config = "[auth]\ncache_ttl = \"5 parsecs\"\n";
+    let err = load_err(config, &good_users());
+    assert!(err.contains("authgate.toml:2:13"), "{err}");
+    assert!(err.contains("cache_ttl"), "{err}");
+}
+
+#[test]
+fn bad_listen_address_is_reported_with_line_and_column() {
+    let config = "[server]\nlisten = [\"127.0.0.1:3128\", \"localhost:99999\"]\n";
+    let err = load_err(config, &good_users());
+    assert!(err.contains("authgate.toml:2:29"), "{err}");
+    assert!(err.contains("localhost:99999"), "{err}");
+}
+
+#[test]
+fn every_problem_is_reported_not_just_the_first() {
+    let config = "[server]\nlisten = [\"nowhere\"]\n\n[auth]\ncache_ttl = \"soon\"\n";
+    let err = load_err(config, &good_users());
+    assert!(err.contains("authgate.toml:2:11"), "{err}");
+    assert!(err.contains("authgate.toml:5:13"), "{err}");
+}
+
+#[test]
+fn bad_password_hash_names_the_user_and_never_the_hash() {
+    let secret_ish = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$Zm9vYmFy!!NOTBASE64";
+    let users = format!(
+        "[users.alice]\npassword = {}\n\n[users.bob]\npassword = {}\n",
+        toml_str(&hash("alice-pw")),
+        toml_str(secret_ish)
+    );
+    let err = load_err(GOOD_CONFIG, &users);
+    assert!(err.contains("users.toml:5:12"), "{err}");
+    assert!(err.contains("bob"), "the message should name the user: {err}");
+    assert!(!err.contains("NOTBASE64"), "the hash leaked: {err}");
+    assert!(!err.contains("c2FsdHNhbHQ"), "the salt leaked: {err}");
+}
+
+#[test]
+fn missing_users_file_names_the_path_it_looked_for() {
+    let dir = TempDir::new();
+    let config = GOOD_CONFIG.replace("users.toml", "nope/people.toml");
+    let path = dir.write("authgate.toml", &config);
+    let err = authgate::config::load(&path).err().expect("a missing users file must be an error").to_string();
+    let looked_for = dir.path().join("nope/people.toml");
+    assert!(err.contains(&looked_for.display().to_string()), "should name {}: {err}", looked_for.display());
+}
+
+fn authgate_bin(args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the authgate binary");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn config_arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn check_command_prints_line_and_column_and_exits_1() {
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", "[server]\nlisten = [\"127.0.0.1:3128\"]\ncolour = \"blue\"\n");
+    dir.write("users.toml", good_users());
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("authgate.toml:3:1"), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn check_command_says_ok_for_a_good_config() {
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", GOOD_CONFIG);
+    dir.write("users.toml", good_users());
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok"), "stdout: {}", text(&out.stdout));
+}
+
+#[test]
+fn hash_password_reads_stdin_and_prints_a_usable_argon2id_hash() {
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", GOOD_CONFIG);
+    let out =
+        authgate_bin(&["hash-password", "--config", &config_arg(&path)], Some("correct horse: battery\n"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let phc = stdout.trim();
+    assert!(phc.starts_with("$argon2id$"), "stdout: {stdout}");
+    assert!(!stdout.contains("correct horse"), "the password was echoed: {stdout}");
+
+    // The printed hash works as a users-file entry for that password.
+    let users = format!("[users.carol]\npassword = {}\n", toml_str(phc));
+    let (_d, result) = load(GOOD_CONFIG, &users);
+    let snap = result.unwrap_or_else(|e| panic!("hash-password output rejected:\n{e}"));
+    assert_eq!(snap.users.len(), 1);
+    let parsed = argon2::password_hash::PasswordHashString::new(phc).unwrap();
+    assert!(authgate::auth::password::verify_argon2(&parsed, "correct horse: battery"));
+    assert!(!authgate::auth::password::verify_argon2(&parsed, "correct horse: battery\n"));
+}
