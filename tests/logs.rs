@@ -1,0 +1,189 @@
+//! No credential ever reaches a log line: the real `authgate` binary runs at
+//! the most verbose level while clients send good and bad passwords, and its
+//! whole output is searched for the passwords and their base64 forms.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use common::*;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "Tr0ub4dor&3 horse:staple";
+const WRONG_PASSWORD: &str = "n0t-the-Pa55word-at-all";
+
+/// Kills the child if the test ends early (a panic), so no proxy outlives it.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Forwards every line of `r` to `tx`, tagged with `tag`.
+fn pump(r: impl std::io::Read + Send + 'static, tag: &'static str, tx: mpsc::UnboundedSender<String>) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(format!("{tag}: {line}")).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Reads output lines into `all` until one satisfies `pred`.
+async fn wait_for(
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    all: &mut Vec<String>,
+    what: &str,
+    pred: impl Fn(&str) -> bool,
+) {
+    if all.iter().any(|l| pred(l)) {
+        return;
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Some(line)) => {
+                let hit = pred(&line);
+                all.push(line);
+                if hit {
+                    return;
+                }
+            }
+            Ok(None) => panic!("authgate exited before {what}; output:\n{}", all.join("\n")),
+            Err(_) => panic!("no {what} within 15 s; output so far:\n{}", all.join("\n")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn credentials_never_appear_in_logs() {
+    let origin = spawn_echo_origin();
+    let tunnel_origin = spawn_shout_origin();
+
+    let dir = TempDir::new();
+    let port = closed_port();
+    let config = format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+realm = "{REALM}"
+
+[auth]
+users_file = "users.toml"
+
+[log]
+level = "trace"
+format = "text"
+access = true
+
+[limits]
+shutdown_grace = "1s"
+
+[egress]
+allow_cidrs = ["127.0.0.0/8", "::1/128"]
+"#
+    );
+    let config_path = dir.write("authgate.toml", config);
+    dir.write("users.toml", users_toml(&[(USER, PASSWORD)]));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["run", "--config"])
+        .arg(&config_path)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the authgate binary");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    pump(child.stdout.take().unwrap(), "stdout", tx.clone());
+    pump(child.stderr.take().unwrap(), "stderr", tx);
+    let running = Running(child);
+    let mut lines = Vec::new();
+    wait_for(&mut rx, &mut lines, "the startup line", |l| l.contains("authgate started")).await;
+
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let good = basic(USER, PASSWORD);
+    let bad = basic(USER, WRONG_PASSWORD);
+    let host = origin.authority();
+
+    // A forwarded request (also carrying the credentials in the URL userinfo).
+    let ok = get(
+        proxy,
+        &origin.url("/ok").replace("http://", &format!("http://{}:{}@", USER, percent_encode(PASSWORD))),
+        &[("Host", &host), ("Proxy-Authorization", &good)],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.dump());
+
+    // A rejected one.
+    let refused =
+        get(proxy, &origin.url("/refused"), &[("Host", &host), ("Proxy-Authorization", &bad)]).await;
+    assert_eq!(refused.status, 407, "{}", refused.dump());
+    let refused_id = refused.header("x-request-id").unwrap().to_string();
+
+    // A tunnel.
+    let target = tunnel_origin.authority();
+    let mut tunnel = RawConn::connect(proxy).await;
+    tunnel.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &good)])).await;
+    assert_eq!(tunnel.read_head().await.status, 200);
+    tunnel.send(b"secret payload").await;
+    assert_eq!(tunnel.read_exact(14).await, b"SECRET PAYLOAD");
+    tunnel.shutdown_write().await;
+    assert_eq!(tunnel.read_to_end().await, b"BYE\n");
+    drop(tunnel);
+
+    // Every request has been logged before we stop the process.
+    wait_for(&mut rx, &mut lines, "the access line of the 200", |l| {
+        l.contains("authgate::access") && l.contains("/ok")
+    })
+    .await;
+    wait_for(&mut rx, &mut lines, "the access line of the 407", |l| {
+        l.contains(&refused_id) && l.contains("authgate::access")
+    })
+    .await;
+    wait_for(&mut rx, &mut lines, "the access line of the tunnel", |l| {
+        l.contains("authgate::access") && l.contains("CONNECT")
+    })
+    .await;
+
+    let pid = running.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+    assert!(killed.success(), "kill -TERM {pid} failed");
+    // Both pipes close when the process exits.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Some(line)) => lines.push(line),
+            Ok(None) => break,
+            Err(_) => panic!("authgate did not exit within 15 s of SIGTERM"),
+        }
+    }
+    drop(running);
+
+    let output = lines.join("\n");
+    assert!(
+        output.contains("alice"),
+        "the log should name the user (sanity check that logs were captured):\n{output}"
+    );
+    let forbidden = [
+        PASSWORD.to_string(),
+        WRONG_PASSWORD.to_string(),
+        percent_encode(PASSWORD),
+        good.trim_start_matches("Basic ").to_string(),
+        bad.trim_start_matches("Basic ").to_string(),
+        b64(PASSWORD.as_bytes()),
+        b64(WRONG_PASSWORD.as_bytes()),
+        "Tr0ub4dor".to_string(),
+        "n0t-the-Pa55word".to_string(),
+    ];
+    for secret in &forbidden {
+        assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");
+    }
+}
