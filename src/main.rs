@@ -36,6 +36,11 @@ enum Command {
         /// A URL (http://host/path, https://host) or host:port.
         target: String,
     },
+    /// Manage the users file (add, passwd, remove, disable, enable, list, import-htpasswd).
+    Users {
+        #[command(subcommand)]
+        action: authgate::cli::users::Action,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,12 +50,32 @@ fn main() -> ExitCode {
         Command::Check => check(&cli.config),
         Command::HashPassword => hash_password(&cli.config),
         Command::Explain { user, method, target } => explain(&cli.config, &user, method.as_deref(), &target),
+        Command::Users { action } => users(&cli.config, action),
     }
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("authgate: {msg}");
     ExitCode::FAILURE
+}
+
+/// `authgate users ...`: 0 done, 1 refused (one `authgate:` line per problem).
+fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
+    match authgate::cli::users::run(config, action) {
+        Ok(outcome) => {
+            print!("{}", outcome.stdout);
+            for line in &outcome.refused {
+                eprintln!("authgate: {line}");
+            }
+            if outcome.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("authgate: {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check(config: &Path) -> ExitCode {

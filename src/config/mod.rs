@@ -124,6 +124,8 @@ pub struct Snapshot {
     pub dns_servers: Vec<SocketAddr>,
     /// `[policy]` and `[[rules]]`.
     pub policy: Policy,
+    /// `[reload] watch`: reload when the files change.
+    pub watch: bool,
     /// The users.
     pub users: Arc<UserStore>,
 }
@@ -178,6 +180,7 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
         egress: settings.egress,
         dns_servers: settings.dns_servers,
         policy: settings.policy,
+        watch: settings.watch,
         users: Arc::new(store),
     })
 }

@@ -27,9 +27,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub dns: RawDns,
     #[serde(default)]
+    pub reload: RawReload,
+    #[serde(default)]
     pub policy: RawPolicy,
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// `[reload]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReload {
+    /// Reload when the files change (SIGHUP always works).
+    pub watch: Option<bool>,
 }
 
 /// `[dns]`.

@@ -22,6 +22,7 @@ pub struct Settings {
     pub egress: Egress,
     pub dns_servers: Vec<SocketAddr>,
     pub policy: Policy,
+    pub watch: bool,
 }
 
 fn defaults(path: &Path) -> Settings {
@@ -43,6 +44,7 @@ fn defaults(path: &Path) -> Settings {
         egress: Egress::default(),
         dns_servers: Vec::new(),
         policy: Policy::default(),
+        watch: true,
     }
 }
 
@@ -223,6 +225,9 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
         }
     }
     s.policy = super::rules::policy(&mut c, &raw.policy, &raw.rules);
+    if let Some(w) = raw.reload.watch {
+        s.watch = w;
+    }
     (s, c.problems)
 }
 

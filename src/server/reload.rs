@@ -119,6 +119,9 @@ pub async fn watch(state: Arc<State>, stop: CancellationToken) {
             _ = tick.tick() => {
                 let snap = state.snapshot.load_full();
                 state.sessions.revoke_stale(&snap.users, SystemTime::now());
+                if !snap.watch {
+                    continue;
+                }
                 let now = stamps(&snap);
                 if now == seen {
                     pending = None;

@@ -81,6 +81,12 @@ impl RawConn {
     }
 
     /// Writes all of `bytes`.
+    /// Wraps an already connected stream (e.g. one bound to a chosen source).
+    pub fn from_stream(stream: TcpStream) -> RawConn {
+        stream.set_nodelay(true).unwrap();
+        RawConn { stream, buf: Vec::new() }
+    }
+
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).await.expect("write to proxy");
     }

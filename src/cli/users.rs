@@ -1,0 +1,785 @@
+//! `authgate users ...`: manage the users file from the command line.
+//!
+//! Owns: reading and validating the users file, editing it with `toml_edit`
+//! so that comments, order and layout of everything else survive, the atomic
+//! write (temp file in the same folder, fsync, rename, fsync of the folder,
+//! owner and mode kept), importing htpasswd files, and `users list`.
+//!
+//! Deliberately not here: verifying passwords (the proxy does that) and
+//! telling a running proxy about the change (it reloads the file itself).
+//!
+//! Every edit is checked twice: the original file must be valid before
+//! anything is touched (so a half-broken file is never rewritten), and the
+//! new text must parse as a valid users file before it is written.
+
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, TableLike, Value};
+
+use crate::auth::basic::nfc;
+use crate::auth::store::{StoredHash, User};
+use crate::config::{Auth, ConfigError, auth_settings, check_name, parse_users};
+
+/// The `authgate users` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// Add a user; asks for the password (twice on a terminal).
+    Add {
+        /// The new user's name.
+        name: String,
+        /// A group for access rules (repeatable).
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+        /// Refuse the user from this instant: 2027-03-31T00:00:00Z or 2027-03-31 (midnight UTC).
+        #[arg(long, value_name = "RFC3339")]
+        expires: Option<String>,
+        /// Read the password as one line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a new password (argon2id, also for users imported with bcrypt).
+    Passwd {
+        /// The user.
+        name: String,
+        /// Also set the expiry: 2027-03-31T00:00:00Z or 2027-03-31 (midnight UTC).
+        #[arg(long, value_name = "RFC3339", conflicts_with = "no_expires")]
+        expires: Option<String>,
+        /// Also remove the expiry.
+        #[arg(long)]
+        no_expires: bool,
+        /// Read the password as one line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Remove a user.
+    Remove {
+        /// The user.
+        name: String,
+    },
+    /// Disable a user (refused like a wrong password, kept in the file).
+    Disable {
+        /// The user.
+        name: String,
+    },
+    /// Enable a disabled user.
+    Enable {
+        /// The user.
+        name: String,
+    },
+    /// List users: name, groups, disabled, expires, scheme (never hashes).
+    List,
+    /// Import bcrypt entries of an htpasswd file; other schemes are refused.
+    ImportHtpasswd {
+        /// The htpasswd file.
+        file: PathBuf,
+        /// A group given to every imported user (repeatable).
+        #[arg(long = "group", value_name = "G")]
+        groups: Vec<String>,
+    },
+}
+
+/// What a command that ran prints: `stdout`, and the entries it refused (one
+/// line each, for standard error; any makes the exit status 1).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// For standard output.
+    pub stdout: String,
+    /// Entries refused by a command that otherwise went ahead (`import-htpasswd`).
+    pub refused: Vec<String>,
+}
+
+/// Why a `users` command changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// The config file or the users file is not valid (file:line:col each).
+    #[error("{0}")]
+    Invalid(ConfigError),
+    /// The request itself cannot be carried out: unknown or duplicate user,
+    /// bad name, bad date, no password.
+    #[error("{0}")]
+    Refused(String),
+    /// Reading or writing a file failed.
+    #[error("{}: {what}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+impl UsersError {
+    /// One line per problem, for standard error.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            UsersError::Invalid(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+            other => other.to_string().lines().map(str::to_owned).collect(),
+        }
+    }
+}
+
+fn refused(msg: impl Into<String>) -> UsersError {
+    UsersError::Refused(msg.into())
+}
+
+/// Runs one `users` subcommand against the users file named by `config`.
+///
+/// # Errors
+/// Anything that stopped the command; the users file is then unchanged.
+pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
+    let auth = auth_settings(config).map_err(UsersError::Invalid)?;
+    let file = UsersFile::read(&auth.users_file)?;
+    match action {
+        Action::List => {
+            if file.original.is_none() {
+                return Err(refused(format!(
+                    "{} does not exist (`authgate users add` creates it)",
+                    file.path.display()
+                )));
+            }
+            Ok(Outcome { stdout: list(&file.users, SystemTime::now()), ..Outcome::default() })
+        }
+        Action::Add { name, groups, expires, password_stdin } => {
+            let name = user_name(&name)?;
+            if file.find(&name).is_some() {
+                return Err(refused(format!(
+                    "user `{name}` already exists in {}; change its password with `authgate users passwd {name}`",
+                    file.path.display()
+                )));
+            }
+            let groups = group_names(groups)?;
+            let expires = expires.as_deref().map(parse_expires).transpose()?;
+            let hash = new_hash(&auth, password_stdin)?;
+            let mut doc = file.doc.clone();
+            add_user(&mut doc, &name, NewUser { hash, groups, expires: expires.map(|e| e.1) })?;
+            file.save(&doc)?;
+            let mut out = format!("added user `{name}` to {}\n", file.path.display());
+            out.push_str(&expiry_note(expires.map(|e| e.0)));
+            Ok(Outcome { stdout: out, ..Outcome::default() })
+        }
+        Action::Passwd { name, expires, no_expires, password_stdin } => {
+            let key = file.existing(&name)?;
+            let expires = expires.as_deref().map(parse_expires).transpose()?;
+            let hash = new_hash(&auth, password_stdin)?;
+            let mut doc = file.doc.clone();
+            let user = user_mut(&mut doc, &key)?;
+            set(user, "password", Value::from(hash));
+            if let Some((_, dt)) = &expires {
+                set(user, "expires", Value::from(*dt));
+            } else if no_expires {
+                if let Some(t) = user.as_table_like_mut() {
+                    t.remove("expires");
+                }
+            }
+            file.save(&doc)?;
+            let mut out = format!("changed the password of `{}` in {}\n", nfc(&key), file.path.display());
+            out.push_str(&expiry_note(expires.map(|e| e.0)));
+            Ok(Outcome { stdout: out, ..Outcome::default() })
+        }
+        Action::Remove { name } => {
+            let key = file.existing(&name)?;
+            let mut doc = file.doc.clone();
+            remove_user(&mut doc, &key)?;
+            file.save(&doc)?;
+            Ok(Outcome {
+                stdout: format!("removed user `{}` from {}\n", nfc(&key), file.path.display()),
+                ..Outcome::default()
+            })
+        }
+        Action::Disable { name } => set_disabled(&file, &name, true),
+        Action::Enable { name } => set_disabled(&file, &name, false),
+        Action::ImportHtpasswd { file: source, groups } => {
+            import_htpasswd(&file, &source, group_names(groups)?)
+        }
+    }
+}
+
+/// The users file as read: its text (`None` when missing), its users and
+/// its editable document.
+struct UsersFile {
+    /// The configured path, for messages.
+    path: PathBuf,
+    /// Where to write: the symlink's target when `path` is a symlink (as a
+    /// Kubernetes-style mount is), so that the link is kept.
+    real: PathBuf,
+    original: Option<String>,
+    users: Vec<User>,
+    doc: DocumentMut,
+}
+
+impl UsersFile {
+    fn read(path: &Path) -> Result<UsersFile, UsersError> {
+        let io_err = |what| move |source| UsersError::Io { path: path.to_path_buf(), what, source };
+        let real = match fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                fs::canonicalize(path).map_err(io_err("cannot follow the symlink"))?
+            }
+            _ => path.to_path_buf(),
+        };
+        let text = match fs::read(&real) {
+            Ok(bytes) => String::from_utf8(bytes)
+                .map_err(|_| refused(format!("{}: not UTF-8 text", path.display())))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(UsersFile {
+                    path: path.to_path_buf(),
+                    real,
+                    original: None,
+                    users: Vec::new(),
+                    doc: DocumentMut::new(),
+                });
+            }
+            Err(e) => return Err(io_err("cannot read")(e)),
+        };
+        let users = parse_users(path, &text).map_err(UsersError::Invalid)?;
+        let doc = text
+            .parse::<DocumentMut>()
+            .map_err(|e| refused(format!("{}: {}", path.display(), e.message())))?;
+        Ok(UsersFile { path: path.to_path_buf(), real, original: Some(text), users, doc })
+    }
+
+    /// The key (as spelled in the file) of the user whose NFC name is `name`.
+    fn find(&self, name: &str) -> Option<String> {
+        let users = self.doc.get("users")?.as_table_like()?;
+        users.iter().map(|(k, _)| k).find(|k| nfc(k) == name).map(str::to_owned)
+    }
+
+    /// Like [`Self::find`], for commands that need the user to exist.
+    fn existing(&self, name: &str) -> Result<String, UsersError> {
+        if self.original.is_none() {
+            return Err(refused(format!(
+                "{} does not exist (`authgate users add` creates it)",
+                self.path.display()
+            )));
+        }
+        let name = user_name(name)?;
+        self.find(&name).ok_or_else(|| refused(format!("no user `{name}` in {}", self.path.display())))
+    }
+
+    /// Validates `doc` as a whole users file, then writes it atomically,
+    /// unless the file changed on disk since it was read.
+    fn save(&self, doc: &DocumentMut) -> Result<(), UsersError> {
+        let text = doc.to_string();
+        if let Err(e) = parse_users(&self.path, &text) {
+            return Err(refused(format!(
+                "internal error: the edit would make the users file invalid; nothing written ({})",
+                e.to_string().replace('\n', "; ")
+            )));
+        }
+        let now = match fs::read(&self.real) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(UsersError::Io { path: self.path.clone(), what: "cannot read", source });
+            }
+        };
+        if now.as_deref() != self.original.as_deref().map(str::as_bytes) {
+            return Err(refused(format!(
+                "{} changed while this command ran; nothing written, run it again",
+                self.path.display()
+            )));
+        }
+        atomic_write(&self.real, text.as_bytes())
+    }
+}
+
+/// NFC-normalises and checks a user name given on the command line.
+fn user_name(raw: &str) -> Result<String, UsersError> {
+    let name = nfc(raw);
+    check_name(&name).map_err(|m| refused(format!("user `{}`: {m}", shown(&name))))?;
+    Ok(name)
+}
+
+/// A name as it may appear in a message: bounded and with controls escaped.
+fn shown(name: &str) -> String {
+    name.chars().take(64).collect::<String>().escape_default().to_string()
+}
+
+/// Checks and de-duplicates `--group` values, keeping their order.
+fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
+    let mut out: Vec<String> = Vec::new();
+    for g in groups {
+        if g.is_empty() || g.chars().any(char::is_control) {
+            return Err(refused(format!(
+                "group `{}`: group names must be non-empty and printable",
+                shown(&g)
+            )));
+        }
+        if !out.contains(&g) {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses `--expires`: an RFC 3339 date-time with offset, or a bare date
+/// (midnight UTC). Returns the instant and the UTC TOML date-time to write.
+fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersError> {
+    let bad = || {
+        refused(format!(
+            "--expires `{}`: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC)",
+            shown(raw)
+        ))
+    };
+    let dt: toml_edit::Datetime = raw.trim().parse().map_err(|_| bad())?;
+    let (date, time, offset_minutes) = match (dt.date, dt.time, dt.offset) {
+        (Some(d), None, None) => (d, toml_edit::Time { hour: 0, minute: 0, second: 0, nanosecond: 0 }, 0),
+        (Some(d), Some(t), Some(toml_edit::Offset::Z)) => (d, t, 0),
+        (Some(d), Some(t), Some(toml_edit::Offset::Custom { minutes })) => (d, t, i64::from(minutes)),
+        _ => return Err(bad()),
+    };
+    let utc_text = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        date.year, date.month, date.day, time.hour, time.minute, time.second
+    );
+    let local = humantime::parse_rfc3339(&utc_text).map_err(|_| bad())?;
+    let shift = Duration::from_secs(offset_minutes.unsigned_abs() * 60);
+    let instant = if offset_minutes >= 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
+    let instant = instant.ok_or_else(bad)?;
+    let written: toml_edit::Datetime =
+        humantime::format_rfc3339_seconds(instant).to_string().parse().map_err(|_| bad())?;
+    Ok((instant, written))
+}
+
+fn expiry_note(expires: Option<SystemTime>) -> String {
+    match expires {
+        Some(t) if t <= SystemTime::now() => format!(
+            "note: expires {} has passed: the user cannot log in until it is changed\n",
+            humantime::format_rfc3339_seconds(t)
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Reads a new password and hashes it with the configured argon2id costs.
+fn new_hash(auth: &Auth, from_stdin: bool) -> Result<String, UsersError> {
+    let password = if from_stdin {
+        password_from_stdin()?
+    } else if io::stdin().is_terminal() {
+        password_from_tty()?
+    } else {
+        return Err(refused(
+            "no terminal to ask for the password on; pass it on standard input with --password-stdin",
+        ));
+    };
+    if password.is_empty() {
+        return Err(refused("empty password refused"));
+    }
+    crate::auth::password::hash_password(&password, auth.argon2.clone())
+        .map(|h| h.to_string())
+        .map_err(|e| refused(format!("cannot hash the password: {e}")))
+}
+
+fn password_from_tty() -> Result<String, UsersError> {
+    let ask = |prompt: &str| {
+        rpassword::prompt_password(prompt).map_err(|e| refused(format!("cannot read the password: {e}")))
+    };
+    let first = ask("New password: ")?;
+    if first != ask("Repeat it: ")? {
+        return Err(refused("the two passwords differ; nothing changed"));
+    }
+    Ok(first)
+}
+
+/// Longest line read by `--password-stdin`; anything longer is a mistake.
+const MAX_PASSWORD_LINE: u64 = 4096;
+
+/// One line of standard input, without its line ending (`\n` or `\r\n`);
+/// everything else (spaces included) is part of the password.
+fn password_from_stdin() -> Result<String, UsersError> {
+    let mut line = Vec::new();
+    io::stdin()
+        .lock()
+        .take(MAX_PASSWORD_LINE + 1)
+        .read_until(b'\n', &mut line)
+        .map_err(|e| refused(format!("cannot read the password from standard input: {e}")))?;
+    if line.len() as u64 > MAX_PASSWORD_LINE {
+        return Err(refused(format!("password longer than {MAX_PASSWORD_LINE} bytes")));
+    }
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    String::from_utf8(line).map_err(|_| refused("the password on standard input is not UTF-8"))
+}
+
+/// `users list`: a table of name, groups, disabled, expires, scheme.
+fn list(users: &[User], now: SystemTime) -> String {
+    let mut rows = vec![["NAME", "GROUPS", "DISABLED", "EXPIRES", "SCHEME"].map(str::to_owned)];
+    for u in users {
+        let groups = if u.groups.is_empty() { "-".to_owned() } else { u.groups.join(",") };
+        let expires = match u.expires {
+            None => "-".to_owned(),
+            Some(t) if t <= now => format!("{} (expired)", humantime::format_rfc3339_seconds(t)),
+            Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+        };
+        let disabled = if u.disabled { "yes" } else { "no" };
+        rows.push([u.name.to_string(), groups, disabled.to_owned(), expires, u.hash().scheme()]);
+    }
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(widths) {
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn set_disabled(file: &UsersFile, name: &str, disabled: bool) -> Result<Outcome, UsersError> {
+    let key = file.existing(name)?;
+    let shown_name = nfc(&key);
+    let is_disabled = file.users.iter().any(|u| *u.name == *shown_name && u.disabled);
+    let word = if disabled { "disabled" } else { "enabled" };
+    if is_disabled == disabled {
+        return Ok(Outcome {
+            stdout: format!("user `{shown_name}` is already {word}; nothing changed\n"),
+            ..Outcome::default()
+        });
+    }
+    let mut doc = file.doc.clone();
+    set(user_mut(&mut doc, &key)?, "disabled", Value::from(disabled));
+    file.save(&doc)?;
+    Ok(Outcome {
+        stdout: format!("{word} user `{shown_name}` in {}\n", file.path.display()),
+        ..Outcome::default()
+    })
+}
+
+/// A user to append.
+struct NewUser {
+    hash: String,
+    groups: Vec<String>,
+    expires: Option<toml_edit::Datetime>,
+}
+
+/// Appends `[users.NAME]` after every other table (or, when the file keeps
+/// its users in an inline `users = { .. }`, an inline entry there).
+fn add_user(doc: &mut DocumentMut, name: &str, user: NewUser) -> Result<(), UsersError> {
+    let mut t = Table::new();
+    t.insert("password", toml_edit::value(user.hash));
+    t.insert("groups", toml_edit::value(user.groups.iter().collect::<Array>()));
+    t.insert("disabled", toml_edit::value(false));
+    if let Some(e) = user.expires {
+        t.insert("expires", toml_edit::value(e));
+    }
+    t.set_position(max_position(doc.as_table()) + 1);
+    let users = doc.entry("users").or_insert_with(|| {
+        let mut users = Table::new();
+        users.set_implicit(true);
+        Item::Table(users)
+    });
+    match users {
+        Item::Table(users) => {
+            users.insert(name, Item::Table(t));
+        }
+        Item::Value(Value::InlineTable(users)) => {
+            let mut inline: InlineTable = t.into_inline_table();
+            inline.fmt();
+            users.insert(name, Value::InlineTable(inline));
+        }
+        _ => return Err(refused("internal error: `users` is neither a table nor an inline table")),
+    }
+    Ok(())
+}
+
+/// The highest document position of any table, so a new one goes last.
+fn max_position(t: &Table) -> usize {
+    let own = t.position().unwrap_or(0);
+    t.iter().filter_map(|(_, item)| item.as_table()).map(max_position).fold(own, usize::max)
+}
+
+/// The user's entry (header table, inline table or dotted keys).
+fn user_mut<'a>(doc: &'a mut DocumentMut, key: &str) -> Result<&'a mut Item, UsersError> {
+    doc.get_mut("users")
+        .and_then(Item::as_table_like_mut)
+        .and_then(|u| u.get_mut(key))
+        .filter(|u| u.is_table_like())
+        .ok_or_else(|| refused(format!("internal error: user `{}` vanished from the document", shown(key))))
+}
+
+/// Sets `key = value` in a user, keeping the old value's place, spacing and
+/// trailing comment; a new key goes at the end of the user's entry.
+fn set(user: &mut Item, key: &str, mut value: Value) {
+    if let Item::Value(Value::InlineTable(t)) = user {
+        if !t.contains_key(key) {
+            // The space before `}` belongs after the new last value.
+            let suffix = t.iter_mut().last().and_then(|(_, v)| {
+                let v = v.as_value_mut()?;
+                let s = prefix_text(v.decor().suffix());
+                v.decor_mut().set_suffix("");
+                Some(s)
+            });
+            value.decor_mut().set_prefix(" ");
+            value.decor_mut().set_suffix(suffix.unwrap_or_default());
+            t.insert(key, value);
+            return;
+        }
+    }
+    let Some(table) = user.as_table_like_mut() else { return };
+    match table.get_mut(key) {
+        Some(Item::Value(old)) => {
+            *value.decor_mut() = old.decor().clone();
+            *old = value;
+        }
+        Some(other) => *other = Item::Value(value),
+        None => {
+            table.insert(key, Item::Value(value));
+        }
+    }
+}
+
+/// Removes a user. Comment lines directly above its header go with it;
+/// comments separated from it by a blank line belong to the section, so
+/// they are kept, moved in front of whatever followed the user.
+fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersError> {
+    let gone = || refused(format!("internal error: user `{}` vanished from the document", shown(key)));
+    let users = doc.get_mut("users").ok_or_else(gone)?;
+    let (section, after) = match users {
+        Item::Table(t) => {
+            let next_key = t.iter().map(|(k, _)| k.to_owned()).skip_while(|k| k != key).nth(1);
+            let container = t.position();
+            match t.remove_entry(key).ok_or_else(gone)? {
+                (_, Item::Table(removed)) if !removed.is_dotted() => {
+                    (section_part(removed.decor().prefix()), removed.position())
+                }
+                (k, Item::Value(_)) => {
+                    let section = section_part(k.leaf_decor().prefix());
+                    if let (Some(s), Some(next)) = (&section, next_key) {
+                        if let Some(mut nk) = t.key_mut(&next) {
+                            let old = prefix_text(nk.leaf_decor().prefix());
+                            nk.leaf_decor_mut().set_prefix(format!("{s}{old}"));
+                        }
+                        (None, None)
+                    } else {
+                        (section, container)
+                    }
+                }
+                _ => (None, None),
+            }
+        }
+        other => {
+            other.as_table_like_mut().and_then(|u| u.remove(key)).ok_or_else(gone)?;
+            (None, None)
+        }
+    };
+    if let Some(section) = section {
+        reattach(doc, after.unwrap_or(0), &section);
+    }
+    Ok(())
+}
+
+fn prefix_text(raw: Option<&toml_edit::RawString>) -> String {
+    raw.and_then(|r| r.as_str()).unwrap_or("").to_owned()
+}
+
+/// The part of a decor prefix before its last blank line, if it holds a
+/// comment: that part describes a section, not the item right below it.
+fn section_part(prefix: Option<&toml_edit::RawString>) -> Option<String> {
+    let text = prefix_text(prefix);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let last_blank = lines.iter().rposition(|l| l.trim().is_empty())?;
+    let kept: String = lines.get(..last_blank)?.concat();
+    kept.contains('#').then_some(kept)
+}
+
+/// Puts `section` in front of the first table placed after `position`, or at
+/// the end of the file when there is none.
+fn reattach(doc: &mut DocumentMut, position: usize, section: &str) {
+    let next = doc.get("users").and_then(Item::as_table).and_then(|users| {
+        users
+            .iter()
+            .filter_map(|(k, item)| Some((k.to_owned(), item.as_table()?.position()?)))
+            .filter(|(_, p)| *p > position)
+            .min_by_key(|(_, p)| *p)
+            .map(|(k, _)| k)
+    });
+    let table = next.and_then(|k| doc.get_mut("users")?.as_table_mut()?.get_mut(&k)?.as_table_mut());
+    match table {
+        Some(t) => {
+            let old = t.decor().prefix().and_then(|r| r.as_str()).unwrap_or("\n").to_owned();
+            t.decor_mut().set_prefix(format!("{section}{old}"));
+        }
+        None => {
+            let old = prefix_text(Some(doc.trailing()));
+            doc.set_trailing(format!("{section}{old}"));
+        }
+    }
+}
+
+/// `users import-htpasswd FILE`: bcrypt entries are added as they are; other
+/// schemes, invalid names, and names already present (never overwritten)
+/// are refused one line each. The importable ones are written in one go.
+fn import_htpasswd(file: &UsersFile, source: &Path, groups: Vec<String>) -> Result<Outcome, UsersError> {
+    let text = fs::read(source)
+        .map_err(|e| UsersError::Io { path: source.to_path_buf(), what: "cannot read", source: e })
+        .and_then(|b| {
+            String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", source.display())))
+        })?;
+    let mut doc = file.doc.clone();
+    let mut imported: Vec<String> = Vec::new();
+    let mut refusals = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = format!("{}:{}", source.display(), i + 1);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((raw_name, hash)) = line.split_once(':') else {
+            refusals.push(format!("{at}: not a `name:hash` line; skipped"));
+            continue;
+        };
+        let name = nfc(raw_name);
+        if let Err(m) = check_name(&name) {
+            refusals.push(format!("{at}: user `{}`: {m}; skipped", shown(&name)));
+            continue;
+        }
+        if file.find(&name).is_some() {
+            refusals.push(format!(
+                "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {name}`)",
+                file.path.display()
+            ));
+            continue;
+        }
+        if imported.contains(&name) {
+            refusals.push(format!("{at}: user `{name}` appears again; only its first entry is imported"));
+            continue;
+        }
+        match htpasswd_scheme(hash) {
+            Ok(()) => {
+                add_user(&mut doc, &name, NewUser { hash: hash.to_owned(), groups: groups.clone(), expires: None })?;
+                imported.push(name);
+            }
+            Err(scheme) => refusals.push(format!(
+                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2id and bcrypt only); not imported: reset this user with `authgate users add {name}`, which sets a new password"
+            )),
+        }
+    }
+    let mut stdout = String::new();
+    if imported.is_empty() {
+        let _ = writeln!(
+            stdout,
+            "imported no users from {}; {} unchanged",
+            source.display(),
+            file.path.display()
+        );
+    } else {
+        file.save(&doc)?;
+        let _ = writeln!(
+            stdout,
+            "imported {} user(s) from {} into {}: {} (bcrypt, verified as a legacy scheme until `users passwd` replaces it)",
+            imported.len(),
+            source.display(),
+            file.path.display(),
+            imported.join(", ")
+        );
+    }
+    Ok(Outcome { stdout, refused: refusals })
+}
+
+/// `Ok` for a bcrypt hash authgate can verify, else the scheme's name.
+/// `$2a$` is accepted with `$2y$`/`$2b$`: it is the same bcrypt and the
+/// users file accepts it too.
+fn htpasswd_scheme(hash: &str) -> Result<(), &'static str> {
+    let is_crypt_char = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '/';
+    if ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
+        return match StoredHash::parse(hash) {
+            Ok(StoredHash::Bcrypt(_)) => Ok(()),
+            _ => Err("malformed bcrypt"),
+        };
+    }
+    Err(if hash.starts_with("$apr1$") {
+        "MD5-apr1"
+    } else if hash.starts_with("{SHA}") {
+        "SHA1"
+    } else if hash.starts_with("$1$") {
+        "MD5-crypt"
+    } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
+        "SHA-crypt"
+    } else if hash.len() == 13 && hash.chars().all(is_crypt_char) {
+        "crypt (DES)"
+    } else {
+        "unrecognised (or plain-text)"
+    })
+}
+
+/// Replaces `target` with `data` atomically: a temp file in the same folder,
+/// written and fsynced with the old file's owner and mode (0600 for a new
+/// file), renamed over `target`, then the folder fsynced so the rename
+/// itself survives a crash.
+fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = match fs::metadata(target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(UsersError::Io { path: target.to_path_buf(), what: "cannot stat", source });
+        }
+    };
+    // A leftover of a killed run that had our pid; nobody else uses the name.
+    let _ = fs::remove_file(&tmp);
+    let result = write_temp(&tmp, data, old.as_ref()).and_then(|()| {
+        fs::rename(&tmp, target).map_err(|source| UsersError::Io {
+            path: target.to_path_buf(),
+            what: "cannot replace",
+            source,
+        })
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| UsersError::Io {
+        path: dir.to_path_buf(),
+        what: "cannot sync the folder",
+        source,
+    })
+}
+
+fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) -> Result<(), UsersError> {
+    let io_err = |what| move |source| UsersError::Io { path: tmp.to_path_buf(), what, source };
+    // 0600 until the old mode is applied: never readable by more than it will be.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(io_err("cannot create"))?;
+    f.write_all(data).map_err(io_err("cannot write"))?;
+    if let Some(old) = old {
+        let new = f.metadata().map_err(io_err("cannot stat"))?;
+        if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
+            std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid())).map_err(|e| {
+                refused(format!(
+                    "cannot give the new users file the old one's owner {}:{} ({e}); nothing written: run as that owner or root",
+                    old.uid(),
+                    old.gid()
+                ))
+            })?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o777))
+            .map_err(io_err("cannot set permissions"))?;
+    }
+    f.sync_all().map_err(io_err("cannot sync"))
+}

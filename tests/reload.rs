@@ -1,0 +1,263 @@
+//! Live reload, revocation of removed users, and failed-login throttling.
+
+mod common;
+#[path = "support/custom.rs"]
+mod custom;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use custom::{Custom, spawn_custom};
+
+const CFG: &str = "[server]\nrealm = \"t\"\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
+/// Reload tests poll with credentials that are refused until the reload
+/// lands; the failed-login throttle would rightly block that, so it is off.
+const CFG_NT: &str = "[server]\nrealm = \"t\"\n[auth]\nusers_file = \"users.toml\"\n[auth.throttle]\nenabled = false\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn status(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> u16 {
+    let a = basic(user, pass);
+    get(
+        proxy,
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &a), ("Connection", "close")],
+    )
+    .await
+    .status
+}
+
+/// Replaces `path` the way editors do: write a temp file, rename over.
+fn replace_by_rename(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp-edit");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_on_rename_and_a_bad_edit_keeps_the_old_config() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
+
+    let users = proxy.file("users.toml");
+    replace_by_rename(&users, &users_toml(&[("alice", "a1"), ("bob", "b1")]));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(proxy.addr, &origin, "bob", "b1").await == 200
+        })
+        .await,
+        "bob should get in after the users file was replaced"
+    );
+    let generation = proxy.state.generation.load(std::sync::atomic::Ordering::SeqCst);
+
+    // A malformed users file: the old users keep working, nothing is swapped.
+    replace_by_rename(&users, "[users.carol]\npassword = \"not a hash\"\n");
+    let failures = || proxy.state.reload_failures.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(eventually(Duration::from_secs(5), || async { failures() >= 1 }).await, "the bad edit was tried");
+    assert_eq!(proxy.state.generation.load(std::sync::atomic::Ordering::SeqCst), generation);
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 200);
+    // A broken main config is refused too.
+    replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}\n[limits]\nbogus = 1\n"));
+    assert!(eventually(Duration::from_secs(5), || async { failures() >= 2 }).await);
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_through_a_kubernetes_style_symlink_swap() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, "");
+    // Kubernetes layout: users.toml -> ..data/users.toml, ..data -> ..v1
+    let dir = proxy.dir.path();
+    std::fs::create_dir(dir.join("..v1")).unwrap();
+    std::fs::write(dir.join("..v1/users.toml"), users_toml(&[("alice", "a1")])).unwrap();
+    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+    std::fs::remove_file(dir.join("users.toml")).unwrap();
+    std::os::unix::fs::symlink("..data/users.toml", dir.join("users.toml")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(proxy.addr, &origin, "alice", "a1").await == 200
+        })
+        .await,
+        "first version via the symlink"
+    );
+    // The swap: new folder, new symlink, renamed over ..data atomically.
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v2/users.toml"), users_toml(&[("bob", "b1")])).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(proxy.addr, &origin, "bob", "b1").await == 200
+        })
+        .await,
+        "the swapped-in version is live"
+    );
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "alice was removed by the swap");
+}
+
+/// Opens a CONNECT tunnel to the shout origin as `user` and checks it works.
+async fn open_tunnel(proxy: SocketAddr, shout: &Origin, user: &str, pass: &str) -> RawConn {
+    let mut c = RawConn::connect(proxy).await;
+    c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic(user, pass))])).await;
+    let head = c.read_head().await;
+    assert_eq!(head.status, 200, "{}", head.dump());
+    c.send(b"ping").await;
+    assert_eq!(c.read_exact(4).await, b"PING");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_user_gets_407_and_loses_open_tunnels_and_connections() {
+    let origin = spawn_echo_origin();
+    let shout = spawn_shout_origin();
+    // The same hash text for alice before and after: her entry is unchanged.
+    let alice = user_entry("alice", "a1", "");
+    let proxy = spawn_custom(CFG_NT, &(alice.clone() + &user_entry("bob", "b1", "")));
+    let mut bob_tunnel = open_tunnel(proxy.addr, &shout, "bob", "b1").await;
+    let mut alice_tunnel = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
+    // Bob also holds an idle keep-alive connection.
+    let mut bob_conn = RawConn::connect(proxy.addr).await;
+    let a = basic("bob", "b1");
+    bob_conn
+        .send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
+        .await;
+    assert_eq!(bob_conn.read_response("GET").await.status, 200);
+
+    let removed_at = Instant::now();
+    replace_by_rename(&proxy.file("users.toml"), &alice);
+    // Bob's tunnel and connection are closed (the watcher polls twice a second
+    // and debounces one poll; closing itself is immediate).
+    let rest = bob_tunnel.read_to_end().await;
+    assert!(rest.is_empty(), "nothing more on bob's tunnel: {rest:?}");
+    assert!(bob_conn.is_closed().await, "bob's keep-alive connection is closed");
+    assert!(removed_at.elapsed() < Duration::from_secs(3), "closed within {:?}", removed_at.elapsed());
+    // The next request with bob's (cached!) credentials is refused.
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
+    // Alice's tunnel is untouched.
+    alice_tunnel.send(b"still here").await;
+    assert_eq!(alice_tunnel.read_exact(10).await, b"STILL HERE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_or_changed_user_stops_counting_at_once() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200); // now cached
+    replace_by_rename(&proxy.file("users.toml"), &user_entry("alice", "a1", "disabled = true"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(proxy.addr, &origin, "alice", "a1").await == 407
+        })
+        .await,
+        "a disabled user's cached credentials stop counting"
+    );
+    replace_by_rename(&proxy.file("users.toml"), &users_toml(&[("alice", "new")]));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(proxy.addr, &origin, "alice", "new").await == 200
+        })
+        .await
+    );
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "the old password no longer works");
+}
+
+/// Sends one GET from a chosen loopback source address.
+async fn status_from(src: &str, proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> RawResponse {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    let stream = sock.connect(proxy).await.unwrap();
+    let mut c = RawConn::from_stream(stream);
+    let a = basic(user, pass);
+    c.send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
+        .await;
+    c.read_response("GET").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_throttled_per_address() {
+    let origin = spawn_echo_origin();
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 3\nwindow = \"1m\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
+    // Alice logs in before the attack: her cached credentials keep working.
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    for _ in 0..3 {
+        assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+    }
+    let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong2").await;
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // A cached success from the throttled address is not slowed.
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    // The same user from another address is unaffected.
+    assert_eq!(status_from("127.0.0.2", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+    let r = status_from("127.0.0.2", proxy.addr, &origin, "alice", "a1").await;
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn sighup_reloads_the_real_binary() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let port = closed_port();
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[reload]\nwatch = false\n"
+    );
+    let path = dir.write("authgate.toml", cfg);
+    let users = dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let outcome = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let up = eventually(Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(proxy).await.is_ok()
+        })
+        .await;
+        assert!(up, "proxy did not start");
+        assert_eq!(status(proxy, &origin, "bob", "b1").await, 407);
+        std::fs::write(&users, users_toml(&[("alice", "a1"), ("bob", "b1")])).unwrap();
+        // With watching off, nothing happens until SIGHUP.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let before = status(proxy, &origin, "bob", "b1").await;
+        let _ = Command::new("kill").args(["-HUP", &child.id().to_string()]).status();
+        let after =
+            eventually(Duration::from_secs(5), || async { status(proxy, &origin, "bob", "b1").await == 200 })
+                .await;
+        (before, after)
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(outcome.0, 407, "no reload without SIGHUP when watch = false");
+    assert!(outcome.1, "SIGHUP reloads; log:\n{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
+}
