@@ -103,7 +103,7 @@ fn missing_users_file_names_the_path_it_looked_for() {
     let dir = TempDir::new();
     let config = GOOD_CONFIG.replace("users.toml", "nope/people.toml");
     let path = dir.write("authgate.toml", &config);
-    let err = authgate::config::load(&path).err().expect("a missing users file must be an error").to_string();
+    let err = authgate::config::load(&path).expect_err("a missing users file must be an error").to_string();
     let looked_for = dir.path().join("nope/people.toml");
     assert!(err.contains(&looked_for.display().to_string()), "should name {}: {err}", looked_for.display());
 }

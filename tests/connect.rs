@@ -53,6 +53,39 @@ async fn connect_tunnel_respects_half_close() {
 }
 
 #[tokio::test]
+async fn connect_tunnel_keeps_the_client_side_open_after_the_origin_finishes() {
+    // The origin greets, shuts down its write side at once, then reads what
+    // the client still has to say until the client's EOF.
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let origin = spawn_raw_origin(move |mut stream: tokio::net::TcpStream| {
+        let tx = tx.lock().unwrap().take();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream.write_all(b"greetings, then silence\n").await;
+            let _ = stream.shutdown().await;
+            let mut got = Vec::new();
+            let _ = stream.read_to_end(&mut got).await;
+            if let Some(tx) = tx {
+                let _ = tx.send(got);
+            }
+        }
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let mut tunnel = open_tunnel(&proxy, &origin.authority()).await;
+    assert_eq!(tunnel.read_exact(24).await, b"greetings, then silence\n");
+    assert!(tunnel.is_closed().await, "the origin's EOF should reach the client");
+    // The client may still send after the origin finished.
+    tunnel.send(b"the client still talks").await;
+    tunnel.shutdown_write().await;
+    let got = tokio::time::timeout(READ_DEADLINE, rx)
+        .await
+        .expect("origin never saw the client's EOF")
+        .expect("origin handler gone");
+    assert_eq!(got, b"the client still talks");
+}
+
+#[tokio::test]
 async fn connect_without_credentials_gets_407() {
     let origin = spawn_shout_origin();
     let proxy = spawn_proxy("", &[USER]);
