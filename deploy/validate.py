@@ -236,7 +236,7 @@ def check_kubernetes(deploy: Path, docs: dict[Path, list]) -> None:
     hspec = hpa.get("spec", {})
     check(hspec.get("scaleTargetRef", {}).get("name") == dep["metadata"]["name"]
           and hspec.get("scaleTargetRef", {}).get("kind") == "Deployment", "HPA targets the Deployment")
-    check(hspec.get("minReplicas", 1) >= 2 and spec.get("replicas", 1) >= 2, "at least 2 replicas (Deployment and HPA)")
+    check(hspec.get("minReplicas", 1) >= 2 and spec.get("replicas", 2) >= 2, "at least 2 replicas (Deployment and HPA)")
     check(pdb.get("spec", {}).get("minAvailable", 0) < hspec.get("minReplicas", 1),
           "PDB minAvailable < HPA minReplicas (a drain can always proceed)")
     metrics = hspec.get("metrics", [])
