@@ -100,6 +100,24 @@ async fn connect_without_credentials_gets_407() {
 }
 
 #[tokio::test]
+async fn connect_407_then_credentials_on_the_same_connection_opens_the_tunnel() {
+    let origin = spawn_shout_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let target = origin.authority();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request("CONNECT", &target, &[("Host", &target)])).await;
+    let first = conn.read_response("CONNECT").await;
+    assert_eq!(first.status, 407, "{}", first.dump());
+
+    let auth = basic(USER.0, USER.1);
+    conn.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth)])).await;
+    let second = conn.read_head().await;
+    assert_eq!(second.status, 200, "{}", second.dump());
+    conn.send(b"retry worked").await;
+    assert_eq!(conn.read_exact(12).await, b"RETRY WORKED");
+}
+
+#[tokio::test]
 async fn connect_with_wrong_password_gets_407() {
     let origin = spawn_shout_origin();
     let proxy = spawn_proxy("", &[USER]);

@@ -104,3 +104,37 @@ async fn curl_uses_http_proxy_from_the_environment() {
     assert_eq!(seen.request_line, "GET /from-env HTTP/1.1");
     assert_eq!(seen.header_all("via"), ["1.1 authgate"], "the request should have gone through authgate");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_upload_with_expect_100_continue() {
+    let origin = spawn_checksum_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let dir = TempDir::new();
+    let len = 3 * 1024 * 1024;
+    let data = pattern(0, len);
+    let file = dir.write("upload.bin", &data);
+    let mut want = Fnv::default();
+    want.update(&data);
+    let upload = format!("@{}", file.display());
+    let out = curl(
+        &[
+            "-v",
+            "-x",
+            &proxy.url_with(USER.0, USER.1),
+            "-H",
+            "Expect: 100-continue",
+            "--data-binary",
+            &upload,
+            &origin.url("/upload"),
+        ],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    assert!(
+        out.stderr.contains("HTTP/1.1 100 Continue"),
+        "the proxy should have answered 100 Continue:\n{}",
+        out.stderr
+    );
+    assert_eq!(out.stdout_text(), format!("{len} {:016x}", want.0));
+}

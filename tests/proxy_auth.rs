@@ -265,6 +265,29 @@ async fn rejected_request_with_a_small_body_leaves_the_connection_usable() {
 }
 
 #[tokio::test]
+async fn rejected_request_with_a_large_body_gets_407_then_a_clean_close() {
+    // Too large to drain: the proxy must answer and close, not read the next
+    // request out of the middle of this body.
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[ALICE]);
+    let host = origin.authority();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut req = request("POST", &origin.url("/big"), &[("Host", &host), ("Content-Length", "10485760")]);
+    req.extend_from_slice(&[b'a'; 1000]);
+    conn.send(req).await;
+    let resp = conn.read_response("POST").await;
+    assert_eq!(resp.status, 407, "{}", resp.dump());
+    assert_eq!(
+        resp.header("connection").map(str::to_ascii_lowercase).as_deref(),
+        Some("close"),
+        "the client should be told the connection ends:\n{}",
+        resp.dump()
+    );
+    assert!(conn.is_closed().await, "the proxy should close after the 407");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
 async fn expect_100_continue_without_credentials_gets_407_not_100() {
     let origin = spawn_echo_origin();
     let proxy = spawn_proxy("", &[ALICE]);
