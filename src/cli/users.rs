@@ -19,7 +19,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, TableLike, Value};
+use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
 
 use crate::auth::basic::nfc;
 use crate::auth::store::{StoredHash, User};
@@ -116,11 +116,14 @@ pub enum UsersError {
 }
 
 impl UsersError {
-    /// One line per problem, for standard error.
+    /// One line per problem, for standard error (a multi-line TOML parser
+    /// message is joined with `; ` so that each line names its file).
     pub fn lines(&self) -> Vec<String> {
+        let one_line =
+            |s: String| s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
         match self {
-            UsersError::Invalid(e) => e.problems.iter().map(|p| p.to_string()).collect(),
-            other => other.to_string().lines().map(str::to_owned).collect(),
+            UsersError::Invalid(e) => e.problems.iter().map(|p| one_line(p.to_string())).collect(),
+            other => vec![one_line(other.to_string())],
         }
     }
 }
@@ -138,12 +141,7 @@ pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
     let file = UsersFile::read(&auth.users_file)?;
     match action {
         Action::List => {
-            if file.original.is_none() {
-                return Err(refused(format!(
-                    "{} does not exist (`authgate users add` creates it)",
-                    file.path.display()
-                )));
-            }
+            file.require_file()?;
             Ok(Outcome { stdout: list(&file.users, SystemTime::now()), ..Outcome::default() })
         }
         Action::Add { name, groups, expires, password_stdin } => {
@@ -173,10 +171,8 @@ pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
             set(user, "password", Value::from(hash));
             if let Some((_, dt)) = &expires {
                 set(user, "expires", Value::from(*dt));
-            } else if no_expires {
-                if let Some(t) = user.as_table_like_mut() {
-                    t.remove("expires");
-                }
+            } else if no_expires && let Some(t) = user.as_table_like_mut() {
+                t.remove("expires");
             }
             file.save(&doc)?;
             let mut out = format!("changed the password of `{}` in {}\n", nfc(&key), file.path.display());
@@ -250,14 +246,20 @@ impl UsersFile {
         users.iter().map(|(k, _)| k).find(|k| nfc(k) == name).map(str::to_owned)
     }
 
-    /// Like [`Self::find`], for commands that need the user to exist.
-    fn existing(&self, name: &str) -> Result<String, UsersError> {
-        if self.original.is_none() {
-            return Err(refused(format!(
+    /// Refuses commands other than `add` and `import-htpasswd` on a missing file.
+    fn require_file(&self) -> Result<(), UsersError> {
+        match self.original {
+            Some(_) => Ok(()),
+            None => Err(refused(format!(
                 "{} does not exist (`authgate users add` creates it)",
                 self.path.display()
-            )));
+            ))),
         }
+    }
+
+    /// Like [`Self::find`], for commands that need the user to exist.
+    fn existing(&self, name: &str) -> Result<String, UsersError> {
+        self.require_file()?;
         let name = user_name(name)?;
         self.find(&name).ok_or_else(|| refused(format!("no user `{name}` in {}", self.path.display())))
     }
@@ -298,7 +300,7 @@ fn user_name(raw: &str) -> Result<String, UsersError> {
 
 /// A name as it may appear in a message: bounded and with controls escaped.
 fn shown(name: &str) -> String {
-    name.chars().take(64).collect::<String>().escape_default().to_string()
+    name.chars().take(64).collect::<String>().escape_debug().to_string()
 }
 
 /// Checks and de-duplicates `--group` values, keeping their order.
@@ -480,6 +482,15 @@ fn add_user(doc: &mut DocumentMut, name: &str, user: NewUser) -> Result<(), User
         t.insert("expires", toml_edit::value(e));
     }
     t.set_position(max_position(doc.as_table()) + 1);
+    if doc.as_table().is_empty() {
+        // A file of comments only: they stay above the first user.
+        let mut head = prefix_text(Some(doc.trailing()));
+        while !head.is_empty() && !head.ends_with("\n\n") {
+            head.push('\n');
+        }
+        t.decor_mut().set_prefix(head);
+        doc.set_trailing("");
+    }
     let users = doc.entry("users").or_insert_with(|| {
         let mut users = Table::new();
         users.set_implicit(true);
@@ -492,7 +503,7 @@ fn add_user(doc: &mut DocumentMut, name: &str, user: NewUser) -> Result<(), User
         Item::Value(Value::InlineTable(users)) => {
             let mut inline: InlineTable = t.into_inline_table();
             inline.fmt();
-            users.insert(name, Value::InlineTable(inline));
+            inline_push(users, name, Value::InlineTable(inline));
         }
         _ => return Err(refused("internal error: `users` is neither a table nor an inline table")),
     }
@@ -517,20 +528,11 @@ fn user_mut<'a>(doc: &'a mut DocumentMut, key: &str) -> Result<&'a mut Item, Use
 /// Sets `key = value` in a user, keeping the old value's place, spacing and
 /// trailing comment; a new key goes at the end of the user's entry.
 fn set(user: &mut Item, key: &str, mut value: Value) {
-    if let Item::Value(Value::InlineTable(t)) = user {
-        if !t.contains_key(key) {
-            // The space before `}` belongs after the new last value.
-            let suffix = t.iter_mut().last().and_then(|(_, v)| {
-                let v = v.as_value_mut()?;
-                let s = prefix_text(v.decor().suffix());
-                v.decor_mut().set_suffix("");
-                Some(s)
-            });
-            value.decor_mut().set_prefix(" ");
-            value.decor_mut().set_suffix(suffix.unwrap_or_default());
-            t.insert(key, value);
-            return;
-        }
+    if let Item::Value(Value::InlineTable(t)) = user
+        && !t.contains_key(key)
+    {
+        inline_push(t, key, value);
+        return;
     }
     let Some(table) = user.as_table_like_mut() else { return };
     match table.get_mut(key) {
@@ -545,44 +547,65 @@ fn set(user: &mut Item, key: &str, mut value: Value) {
     }
 }
 
+/// Appends `key = value` to an inline table as a person would: `, key = value`
+/// with the space before `}` moved after the new last value.
+fn inline_push(t: &mut InlineTable, key: &str, mut value: Value) {
+    let suffix = t.iter_mut().last().map(|(_, v)| {
+        let s = prefix_text(v.decor().suffix());
+        v.decor_mut().set_suffix("");
+        s
+    });
+    value.decor_mut().set_prefix(" ");
+    value.decor_mut().set_suffix(suffix.unwrap_or_else(|| " ".to_owned()));
+    t.insert(key, value);
+}
+
 /// Removes a user. Comment lines directly above its header go with it;
 /// comments separated from it by a blank line belong to the section, so
 /// they are kept, moved in front of whatever followed the user.
 fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersError> {
     let gone = || refused(format!("internal error: user `{}` vanished from the document", shown(key)));
+    let first = table_positions(doc).into_iter().map(|(_, p)| p).min();
     let users = doc.get_mut("users").ok_or_else(gone)?;
-    let (section, after) = match users {
-        Item::Table(t) => {
-            let next_key = t.iter().map(|(k, _)| k.to_owned()).skip_while(|k| k != key).nth(1);
-            let container = t.position();
-            match t.remove_entry(key).ok_or_else(gone)? {
-                (_, Item::Table(removed)) if !removed.is_dotted() => {
-                    (section_part(removed.decor().prefix()), removed.position())
-                }
-                (k, Item::Value(_)) => {
-                    let section = section_part(k.leaf_decor().prefix());
-                    if let (Some(s), Some(next)) = (&section, next_key) {
-                        if let Some(mut nk) = t.key_mut(&next) {
-                            let old = prefix_text(nk.leaf_decor().prefix());
-                            nk.leaf_decor_mut().set_prefix(format!("{s}{old}"));
-                        }
-                        (None, None)
-                    } else {
-                        (section, container)
-                    }
-                }
-                _ => (None, None),
+    let Item::Table(t) = users else {
+        users.as_table_like_mut().and_then(|u| u.remove(key)).ok_or_else(gone)?;
+        return Ok(());
+    };
+    let next_key = t.iter().map(|(k, _)| k.to_owned()).skip_while(|k| k != key).nth(1);
+    let container = t.position().unwrap_or(0);
+    match t.remove_entry(key).ok_or_else(gone)? {
+        (_, Item::Table(removed)) if !removed.is_dotted() => {
+            let at = removed.position().unwrap_or(0);
+            let section = section_part(removed.decor().prefix());
+            if section.is_some() || first == Some(at) {
+                reattach(doc, at, section);
             }
         }
-        other => {
-            other.as_table_like_mut().and_then(|u| u.remove(key)).ok_or_else(gone)?;
-            (None, None)
-        }
-    };
-    if let Some(section) = section {
-        reattach(doc, after.unwrap_or(0), &section);
+        (k, Item::Value(_)) => match (section_part(k.leaf_decor().prefix()), next_key) {
+            (Some(section), Some(next)) => {
+                if let Some(mut nk) = t.key_mut(&next) {
+                    let old = prefix_text(nk.leaf_decor().prefix());
+                    nk.leaf_decor_mut().set_prefix(format!("{section}{old}"));
+                }
+            }
+            (Some(section), None) => reattach(doc, container, Some(section)),
+            (None, _) => {}
+        },
+        _ => {}
     }
     Ok(())
+}
+
+/// Every table with a header, as (path below `users`, position); `None` is
+/// `[users]` itself.
+fn table_positions(doc: &DocumentMut) -> Vec<(Option<String>, usize)> {
+    let Some(users) = doc.get("users").and_then(Item::as_table) else { return Vec::new() };
+    let own = users.position().filter(|_| !users.is_implicit() && !users.is_dotted()).map(|p| (None, p));
+    let children = users.iter().filter_map(|(k, item)| {
+        let t = item.as_table().filter(|t| !t.is_dotted())?;
+        Some((Some(k.to_owned()), t.position()?))
+    });
+    own.into_iter().chain(children).collect()
 }
 
 fn prefix_text(raw: Option<&toml_edit::RawString>) -> String {
@@ -599,27 +622,46 @@ fn section_part(prefix: Option<&toml_edit::RawString>) -> Option<String> {
     kept.contains('#').then_some(kept)
 }
 
-/// Puts `section` in front of the first table placed after `position`, or at
-/// the end of the file when there is none.
-fn reattach(doc: &mut DocumentMut, position: usize, section: &str) {
-    let next = doc.get("users").and_then(Item::as_table).and_then(|users| {
-        users
-            .iter()
-            .filter_map(|(k, item)| Some((k.to_owned(), item.as_table()?.position()?)))
-            .filter(|(_, p)| *p > position)
-            .min_by_key(|(_, p)| *p)
-            .map(|(k, _)| k)
-    });
-    let table = next.and_then(|k| doc.get_mut("users")?.as_table_mut()?.get_mut(&k)?.as_table_mut());
-    match table {
-        Some(t) => {
-            let old = t.decor().prefix().and_then(|r| r.as_str()).unwrap_or("\n").to_owned();
-            t.decor_mut().set_prefix(format!("{section}{old}"));
+fn without_leading_blank_lines(mut text: &str) -> &str {
+    while let Some((line, rest)) = text.split_once('\n') {
+        if !line.trim().is_empty() {
+            break;
         }
-        None => {
+        text = rest;
+    }
+    text
+}
+
+/// Puts `section` in front of the first table placed after `position`, or at
+/// the end of the file when there is none. Without a section, the table
+/// that becomes the first one loses its leading blank lines.
+fn reattach(doc: &mut DocumentMut, position: usize, section: Option<String>) {
+    let next = table_positions(doc)
+        .into_iter()
+        .filter(|(_, p)| *p > position)
+        .min_by_key(|(_, p)| *p)
+        .map(|(k, _)| k);
+    let table = next.and_then(|k| {
+        let users = doc.get_mut("users")?.as_table_mut()?;
+        match k {
+            None => Some(users),
+            Some(k) => users.get_mut(&k)?.as_table_mut(),
+        }
+    });
+    match (table, section) {
+        (Some(t), section) => {
+            let old = t.decor().prefix().and_then(|r| r.as_str()).unwrap_or("\n").to_owned();
+            let new = match section {
+                Some(s) => format!("{s}{old}"),
+                None => without_leading_blank_lines(&old).to_owned(),
+            };
+            t.decor_mut().set_prefix(new);
+        }
+        (None, Some(section)) => {
             let old = prefix_text(Some(doc.trailing()));
             doc.set_trailing(format!("{section}{old}"));
         }
+        (None, None) => {}
     }
 }
 
@@ -641,7 +683,7 @@ fn import_htpasswd(file: &UsersFile, source: &Path, groups: Vec<String>) -> Resu
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        let Some((raw_name, hash)) = line.split_once(':') else {
+        let Some((raw_name, hash)) = line.split_once(':').map(|(n, h)| (n, h.trim())) else {
             refusals.push(format!("{at}: not a `name:hash` line; skipped"));
             continue;
         };

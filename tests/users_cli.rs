@@ -1,0 +1,648 @@
+//! `authgate users ...` driven through the real binary on a temp folder.
+//!
+//! Every edit is checked with a line diff against the original: only the
+//! lines the command is about may change, comments and odd layout survive.
+//! The config uses tiny argon2 costs so each hash takes microseconds.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use authgate::auth::basic::Credentials;
+use authgate::auth::store::Refusal;
+
+/// A valid argon2id PHC string (password unknown): existing users' hashes.
+const H: &str = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$K1HhZ4yoa3bQiOW7+GyKTQ";
+
+/// A users file as a person writes it: comments everywhere, a section
+/// comment, odd spacing, a tab, header tables and inline tables under an
+/// explicit `[users]`, tables out of order, literal strings, a non-ASCII name.
+fn fixture() -> String {
+    format!(
+        r#"# Users of the proxy.
+# Managed by hand and by `authgate users`.
+
+# --- staff ---
+
+# Alice runs the ops team.
+[users.alice]
+password  =  "{H}"   # set 2024-01
+groups = [ "staff",   "ops" ]  # two groups
+disabled = false
+
+[users]
+carol = {{ password = '{H}', groups = ["staff"] }}
+# dave is inline too
+dave = {{ password = "{H}" }}
+
+# --- contractors ---
+
+# Bob, until March.
+[users.bob]
+groups=["contractors"]
+password="{H}"
+	disabled = true
+expires = 2027-03-31T00:00:00Z
+
+[users."josé"]
+password = "{H}"
+
+# end of file
+"#
+    )
+}
+
+/// A fresh folder with `authgate.toml` (tiny argon2) and, optionally, a
+/// users file; removed on drop.
+struct Dir {
+    path: PathBuf,
+}
+
+impl Dir {
+    fn new(users: Option<&str>) -> Dir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("authgate-users-cli-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(
+            path.join("authgate.toml"),
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[auth]\nusers_file = \"users.toml\"\n\n[auth.argon2]\nm_cost = 8\nt_cost = 1\np_cost = 1\n",
+        )
+        .unwrap();
+        let dir = Dir { path };
+        if let Some(u) = users {
+            std::fs::write(dir.users(), u).unwrap();
+        }
+        dir
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path.join("authgate.toml")
+    }
+
+    fn users(&self) -> PathBuf {
+        self.path.join("users.toml")
+    }
+
+    fn read(&self) -> String {
+        std::fs::read_to_string(self.users()).unwrap()
+    }
+
+    fn mode(&self) -> u32 {
+        std::fs::metadata(self.users()).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Files other than the config and the users file (temp files).
+    fn strays(&self) -> Vec<String> {
+        std::fs::read_dir(&self.path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "authgate.toml" && n != "users.toml" && !n.ends_with(".htpasswd"))
+            .collect()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        c.arg("--config").arg(self.config()).arg("users").args(args);
+        c
+    }
+
+    /// Runs `authgate users ARGS` with `stdin` (closed when `None`).
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            pipe.write_all(s.as_bytes()).unwrap();
+        }
+        drop(pipe);
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        let out = self.run(args, stdin);
+        assert_eq!(out.code, Some(0), "users {args:?} failed: {out:?}");
+        assert!(out.stderr.is_empty(), "users {args:?}: {}", out.stderr);
+        out
+    }
+
+    /// Runs a command that must be refused (exit 1) and leave the file
+    /// byte-identical; returns its standard error.
+    fn refused(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let before = std::fs::read(self.users()).ok();
+        let out = self.run(args, stdin);
+        assert_eq!(out.code, Some(1), "users {args:?} should be refused: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        for line in out.stderr.lines() {
+            assert!(line.starts_with("authgate: "), "{line}");
+        }
+        assert_eq!(std::fs::read(self.users()).ok(), before, "users {args:?} changed the file");
+        assert!(self.strays().is_empty(), "left behind: {:?}", self.strays());
+        out.stderr
+    }
+
+    fn snapshot(&self) -> authgate::Snapshot {
+        authgate::config::load(&self.config()).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[derive(Debug)]
+struct Out {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Lines removed from `old` and added in `new` (longest common subsequence).
+fn diff(old: &str, new: &str) -> (Vec<String>, Vec<String>) {
+    let a: Vec<&str> = old.lines().collect();
+    let b: Vec<&str> = new.lines().collect();
+    let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+        }
+    }
+    let (mut i, mut j, mut removed, mut added) = (0, 0, Vec::new(), Vec::new());
+    while i < a.len() || j < b.len() {
+        if i < a.len() && j < b.len() && a[i] == b[j] {
+            i += 1;
+            j += 1;
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+            added.push(b[j].to_owned());
+            j += 1;
+        } else {
+            removed.push(a[i].to_owned());
+            i += 1;
+        }
+    }
+    (removed, added)
+}
+
+fn lines(ls: &[&str]) -> Vec<String> {
+    ls.iter().map(|s| s.to_string()).collect()
+}
+
+fn creds(user: &str, password: &str) -> Credentials {
+    Credentials { username: user.into(), password: password.into() }
+}
+
+#[test]
+fn add_appends_one_table_and_changes_nothing_else() {
+    let d = Dir::new(Some(&fixture()));
+    let out = d.ok(
+        &[
+            "add",
+            "erin",
+            "--group",
+            "staff",
+            "--group",
+            "web",
+            "--group",
+            "staff",
+            "--expires",
+            "2027-03-31",
+            "--password-stdin",
+        ],
+        Some("erin-pw\n"),
+    );
+    assert!(out.stdout.contains("added user `erin`"), "{out:?}");
+    let new = d.read();
+    let (removed, added) = diff(&fixture(), &new);
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(added.len(), 6, "{added:?}");
+    assert_eq!(added[0], "[users.erin]");
+    assert!(added[1].starts_with("password = \"$argon2id$v=19$m=8,t=1,p=1$"), "{}", added[1]);
+    assert_eq!(
+        &added[2..],
+        lines(&["groups = [\"staff\", \"web\"]", "disabled = false", "expires = 2027-03-31T00:00:00Z", ""])
+    );
+    // Appended after the last user, before the closing comment.
+    assert!(new.ends_with("expires = 2027-03-31T00:00:00Z\n\n# end of file\n"), "{new}");
+    let snap = d.snapshot();
+    assert!(snap.users.verify(&creds("erin", "erin-pw"), SystemTime::now()).is_ok());
+    assert!(snap.users.verify(&creds("erin", "wrong"), SystemTime::now()).is_err());
+    let list = d.ok(&["list"], None).stdout;
+    let erin = list.lines().find(|l| l.starts_with("erin ")).unwrap();
+    assert_eq!(
+        erin.split_whitespace().collect::<Vec<_>>(),
+        ["erin", "staff,web", "no", "2027-03-31T00:00:00Z", "argon2id"]
+    );
+}
+
+#[test]
+fn passwd_replaces_only_the_password_value_and_keeps_its_comment() {
+    let d = Dir::new(Some(&fixture()));
+    d.ok(&["passwd", "alice", "--password-stdin"], Some("new secret\n"));
+    let (removed, added) = diff(&fixture(), &d.read());
+    assert_eq!(removed, lines(&[&format!("password  =  \"{H}\"   # set 2024-01")]));
+    assert_eq!(added.len(), 1);
+    assert!(added[0].starts_with("password  =  \"$argon2id$v=19$m=8,t=1,p=1$"), "{}", added[0]);
+    assert!(added[0].ends_with("\"   # set 2024-01"), "{}", added[0]);
+    let snap = d.snapshot();
+    assert!(snap.users.verify(&creds("alice", "new secret"), SystemTime::now()).is_ok());
+}
+
+#[test]
+fn passwd_sets_and_removes_the_expiry() {
+    let d = Dir::new(Some(&fixture()));
+    d.ok(&["passwd", "alice", "--expires", "2030-01-01T10:00:00+02:00", "--password-stdin"], Some("pw\n"));
+    let after_set = d.read();
+    let (removed, added) = diff(&fixture(), &after_set);
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(added.len(), 2, "{added:?}");
+    // Written in UTC, right after the user's other keys.
+    assert_eq!(added[1], "expires = 2030-01-01T08:00:00Z");
+    assert!(after_set.contains("disabled = false\nexpires = 2030-01-01T08:00:00Z\n\n[users]"), "{after_set}");
+    let list = d.ok(&["list"], None).stdout;
+    assert!(list.lines().any(|l| l.starts_with("alice ") && l.contains("2030-01-01T08:00:00Z")), "{list}");
+
+    d.ok(&["passwd", "bob", "--no-expires", "--password-stdin"], Some("pw\n"));
+    let (removed, added) = diff(&after_set, &d.read());
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(
+        removed[0].starts_with("password=\"") && removed[1] == "expires = 2027-03-31T00:00:00Z",
+        "{removed:?}"
+    );
+    assert_eq!(added.len(), 1);
+    assert!(added[0].starts_with("password=\"$argon2id$v=19$m=8,t=1,p=1$"), "{added:?}");
+}
+
+#[test]
+fn remove_drops_the_user_and_its_own_comment_but_keeps_section_comments() {
+    let d = Dir::new(Some(&fixture()));
+    d.ok(&["remove", "bob"], None);
+    let (removed, added) = diff(&fixture(), &d.read());
+    assert!(added.is_empty(), "{added:?}");
+    assert_eq!(
+        removed,
+        lines(&[
+            "# Bob, until March.",
+            "[users.bob]",
+            "groups=[\"contractors\"]",
+            &format!("password=\"{H}\""),
+            "\tdisabled = true",
+            "expires = 2027-03-31T00:00:00Z",
+            ""
+        ])
+    );
+    assert!(d.read().contains("# --- contractors ---"));
+
+    let before = d.read();
+    d.ok(&["remove", "dave"], None);
+    let (removed, added) = diff(&before, &d.read());
+    assert!(added.is_empty(), "{added:?}");
+    assert_eq!(removed, lines(&["# dave is inline too", &format!("dave = {{ password = \"{H}\" }}")]));
+
+    // The first user: the file's header comment stays.
+    let before = d.read();
+    d.ok(&["remove", "alice"], None);
+    let (removed, added) = diff(&before, &d.read());
+    assert!(added.is_empty(), "{added:?}");
+    assert_eq!(removed[0], "# Alice runs the ops team.");
+    assert_eq!(removed.len(), 6, "{removed:?}");
+    assert!(d.read().starts_with("# Users of the proxy.\n# Managed by hand and by `authgate users`.\n\n# --- staff ---\n\n[users]\n"), "{}", d.read());
+    let names: Vec<String> = d.snapshot().users.iter().map(|u| u.name.to_string()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+}
+
+#[test]
+fn disable_and_enable_change_one_line_in_any_layout() {
+    let d = Dir::new(Some(&fixture()));
+    d.ok(&["disable", "alice"], None);
+    let (removed, added) = diff(&fixture(), &d.read());
+    assert_eq!((removed, added), (lines(&["disabled = false"]), lines(&["disabled = true"])));
+
+    let before = d.read();
+    d.ok(&["enable", "bob"], None);
+    let (removed, added) = diff(&before, &d.read());
+    assert_eq!((removed, added), (lines(&["\tdisabled = true"]), lines(&["\tdisabled = false"])));
+
+    // An inline user without `disabled` gets it appended inside its braces.
+    let before = d.read();
+    d.ok(&["disable", "carol"], None);
+    let (removed, added) = diff(&before, &d.read());
+    assert_eq!(removed, lines(&[&format!("carol = {{ password = '{H}', groups = [\"staff\"] }}")]));
+    assert_eq!(
+        added,
+        lines(&[&format!("carol = {{ password = '{H}', groups = [\"staff\"], disabled = true }}")])
+    );
+
+    // Already in that state: nothing written.
+    let before = d.read();
+    let out = d.ok(&["enable", "dave"], None);
+    assert!(out.stdout.contains("already enabled"), "{out:?}");
+    assert_eq!(d.read(), before);
+
+    let snap = d.snapshot();
+    let now = SystemTime::now();
+    assert!(snap.users.get("alice").unwrap().disabled);
+    assert!(!snap.users.get("bob").unwrap().disabled);
+    assert_eq!(snap.users.verify(&creds("carol", "x"), now).err(), Some(Refusal::BadPassword));
+    assert!(snap.users.get("carol").unwrap().disabled);
+}
+
+#[test]
+fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
+    let d = Dir::new(Some(&fixture()));
+    let err = d.refused(&["add", "alice", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("user `alice` already exists"), "{err}");
+    // The same name in decomposed form is the same user.
+    let err = d.refused(&["add", "jose\u{301}", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("already exists"), "{err}");
+    for (name, why) in [("a:b", "':'"), ("", "empty"), ("a b", "spaces"), ("tab\there", "control")] {
+        let err = d.refused(&["add", name, "--password-stdin"], Some("pw\n"));
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(why), "{name:?}: {err}");
+    }
+    let err = d.refused(&["add", &"x".repeat(65), "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("longer than 64"), "{err}");
+    let err = d.refused(&["add", "gina", "--group", "", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("group"), "{err}");
+}
+
+#[test]
+fn commands_on_a_missing_user_are_refused() {
+    let d = Dir::new(Some(&fixture()));
+    for args in [
+        &["passwd", "nobody", "--password-stdin"][..],
+        &["remove", "nobody"],
+        &["disable", "nobody"],
+        &["enable", "nobody"],
+    ] {
+        let err = d.refused(args, Some("pw\n"));
+        assert_eq!(
+            err.trim(),
+            "authgate: no user `nobody` in ".to_owned() + &d.users().display().to_string(),
+            "{args:?}"
+        );
+    }
+    // No users file at all: only `add` creates it.
+    let empty = Dir::new(None);
+    let err = empty.refused(&["remove", "x"], None);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = empty.refused(&["list"], None);
+    assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn a_malformed_file_is_refused_with_its_position_and_left_alone() {
+    let bad = format!("# broken\n[users.a]\npassword = \"{H}\"\ngroups = \"staff\"\n");
+    let d = Dir::new(Some(&bad));
+    for (args, stdin) in [
+        (&["add", "b", "--password-stdin"][..], Some("pw\n")),
+        (&["passwd", "a", "--password-stdin"], Some("pw\n")),
+        (&["remove", "a"], None),
+        (&["disable", "a"], None),
+        (&["list"], None),
+    ] {
+        let err = d.refused(args, stdin);
+        assert!(err.contains("users.toml:4:10:"), "{args:?}: {err}");
+    }
+    let d = Dir::new(Some("[users.a\npassword = 1\n"));
+    let err = d.refused(&["add", "b", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("users.toml:1:"), "{err}");
+    let d = Dir::new(Some(&format!("[users.a]\npassword = \"{H}\"\ncolour = \"red\"\n")));
+    let err = d.refused(&["remove", "a"], None);
+    assert!(err.contains("users.toml:3:1:"), "{err}");
+}
+
+#[test]
+fn passwords_from_stdin_lose_only_the_line_ending_and_empty_ones_are_refused() {
+    let d = Dir::new(Some(&fixture()));
+    d.ok(&["add", "sp", "--password-stdin"], Some("  two words  \r\nsecond line ignored\n"));
+    d.ok(&["add", "nonl", "--password-stdin"], Some("no-newline"));
+    let snap = d.snapshot();
+    let now = SystemTime::now();
+    assert!(snap.users.verify(&creds("sp", "  two words  "), now).is_ok());
+    assert!(snap.users.verify(&creds("nonl", "no-newline"), now).is_ok());
+
+    let err = d.refused(&["add", "e1", "--password-stdin"], Some("\n"));
+    assert!(err.contains("empty password"), "{err}");
+    d.refused(&["add", "e2", "--password-stdin"], None);
+    d.refused(&["passwd", "alice", "--password-stdin"], Some("\r\n"));
+    // No terminal and no --password-stdin: refused, never waits.
+    let err = d.refused(&["add", "e3"], Some("pw\n"));
+    assert!(err.contains("--password-stdin"), "{err}");
+}
+
+#[test]
+fn expiry_is_written_as_a_toml_datetime_and_listed() {
+    let d = Dir::new(Some(&fixture()));
+    d.ok(&["add", "t1", "--expires", "2027-03-31T00:00:00Z", "--password-stdin"], Some("pw\n"));
+    d.ok(&["add", "t2", "--expires", "2029-06-01T12:30:00-01:00", "--password-stdin"], Some("pw\n"));
+    let out = d.ok(&["add", "old", "--expires", "2020-01-01", "--password-stdin"], Some("pw\n"));
+    assert!(out.stdout.contains("has passed"), "{out:?}");
+    let text = d.read();
+    assert!(text.contains("[users.t1]\n") && text.contains("expires = 2027-03-31T00:00:00Z\n"), "{text}");
+    assert!(text.contains("expires = 2029-06-01T13:30:00Z\n"), "{text}");
+    let list = d.ok(&["list"], None).stdout;
+    assert!(list.lines().any(|l| l.starts_with("t2 ") && l.contains("2029-06-01T13:30:00Z")), "{list}");
+    assert!(
+        list.lines().any(|l| l.starts_with("old ") && l.contains("2020-01-01T00:00:00Z (expired)")),
+        "{list}"
+    );
+    let snap = d.snapshot();
+    assert_eq!(snap.users.verify(&creds("old", "pw"), SystemTime::now()).err(), Some(Refusal::Expired));
+    assert!(snap.users.verify(&creds("t1", "pw"), SystemTime::now()).is_ok());
+
+    for bad in ["2027-13-01", "2027-03-31T00:00:00", "tomorrow", "10:00:00", "1960-01-01", ""] {
+        let err = d.refused(&["add", "t3", "--expires", bad, "--password-stdin"], Some("pw\n"));
+        assert!(err.contains("--expires"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn permissions_are_kept_and_a_new_file_is_private() {
+    let d = Dir::new(Some(&fixture()));
+    std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    d.ok(&["add", "p1", "--password-stdin"], Some("pw\n"));
+    assert_eq!(d.mode(), 0o640);
+    d.ok(&["disable", "p1"], None);
+    assert_eq!(d.mode(), 0o640);
+    std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    d.ok(&["remove", "p1"], None);
+    assert_eq!(d.mode(), 0o600);
+
+    let fresh = Dir::new(None);
+    fresh.ok(&["add", "first", "--group", "g", "--password-stdin"], Some("pw\n"));
+    assert_eq!(fresh.mode(), 0o600);
+    assert!(fresh.read().starts_with("[users.first]\n"), "{}", fresh.read());
+    assert_eq!(fresh.snapshot().users.len(), 1);
+}
+
+#[test]
+fn a_successful_run_leaves_no_temp_file_and_a_symlink_stays_a_symlink() {
+    let d = Dir::new(None);
+    let real = d.path.join("real-users.toml");
+    std::fs::write(&real, fixture()).unwrap();
+    std::os::unix::fs::symlink("real-users.toml", d.users()).unwrap();
+    d.ok(&["add", "ln", "--password-stdin"], Some("pw\n"));
+    assert!(std::fs::symlink_metadata(d.users()).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_to_string(&real).unwrap().contains("[users.ln]"));
+    let strays: Vec<String> = d.strays().into_iter().filter(|n| n != "real-users.toml").collect();
+    assert!(strays.is_empty(), "{strays:?}");
+}
+
+/// SIGKILL while `add` waits for its password: the file is untouched.
+#[test]
+fn a_kill_during_the_command_leaves_the_file_intact() {
+    let d = Dir::new(Some(&fixture()));
+    let mut child: Child = d
+        .command(&["add", "killed", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"partial-password-without-newline").unwrap();
+    stdin.flush().unwrap();
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    drop(stdin);
+    assert_eq!(d.read(), fixture());
+    assert!(authgate::config::parse_users(&d.users(), &d.read()).is_ok());
+}
+
+/// SIGKILL at many points of a run that writes: the users file is always
+/// either the old file or the new one, never something in between.
+#[test]
+fn kills_at_any_point_leave_the_old_or_the_new_file() {
+    let d = Dir::new(Some(&fixture()));
+    for i in 0..40u64 {
+        let before = d.read();
+        let name = format!("k{i}");
+        let mut child = d
+            .command(&["add", &name, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"pw\n").unwrap();
+        drop(stdin);
+        // Not synchronisation: spreads the kill over the process's lifetime.
+        std::thread::sleep(Duration::from_micros(i * 250));
+        let _ = child.kill();
+        let _ = child.wait();
+        let after = d.read();
+        let users = authgate::config::parse_users(&d.users(), &after)
+            .unwrap_or_else(|e| panic!("run {i}: {e}\n{after}"));
+        if after != before {
+            let (removed, _) = diff(&before, &after);
+            assert!(removed.is_empty(), "run {i}: {removed:?}");
+            assert!(users.iter().any(|u| *u.name == *name), "run {i}");
+        }
+    }
+}
+
+fn htpasswd_fixture() -> (String, String) {
+    let bcrypt =
+        bcrypt::hash_with_result("imported-pw", 4).unwrap().format_for_version(bcrypt::Version::TwoY);
+    assert!(bcrypt.starts_with("$2y$04$"));
+    let text = format!(
+        "# from Apache\nwanda:{bcrypt}\nmd5user:$apr1$abcdefgh$h9FWgUz3n9YxylKLlR5SQ/\nshauser:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\n\ncryptuser:rOVvGgX6.ec9E\nalice:{bcrypt}\nno colon here\nbad name:{bcrypt}\n"
+    );
+    (text, bcrypt)
+}
+
+#[test]
+fn import_htpasswd_takes_bcrypt_as_is_and_refuses_other_schemes() {
+    let d = Dir::new(Some(&fixture()));
+    let (ht, bcrypt) = htpasswd_fixture();
+    let ht_path = d.path.join("site.htpasswd");
+    std::fs::write(&ht_path, ht).unwrap();
+    let out = d.run(&["import-htpasswd", ht_path.to_str().unwrap()], None);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("imported 1 user(s)") && out.stdout.contains("wanda"), "{out:?}");
+    let err: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(err.len(), 6, "{}", out.stderr);
+    for (user, scheme) in [("md5user", "MD5-apr1"), ("shauser", "SHA1"), ("cryptuser", "crypt (DES)")] {
+        let line = err
+            .iter()
+            .find(|l| l.contains(&format!("user `{user}`")))
+            .unwrap_or_else(|| panic!("{user}: {err:?}"));
+        assert!(line.contains(scheme) && line.contains("cannot be imported"), "{line}");
+        assert!(line.contains(&format!("authgate users add {user}")), "{line}");
+        assert!(!line.contains('$') && !line.contains("{SHA}5en"), "a hash in a message: {line}");
+    }
+    let alice = err.iter().find(|l| l.contains("user `alice`")).unwrap();
+    assert!(
+        alice.contains("already exists")
+            && alice.contains("not overwritten")
+            && alice.contains("users passwd alice"),
+        "{alice}"
+    );
+    assert!(err.iter().any(|l| l.contains(":8: not a `name:hash` line")), "{err:?}");
+    assert!(err.iter().any(|l| l.contains(":9: user `bad name`")), "{err:?}");
+
+    // Only wanda's table was added; her hash is stored as it was.
+    let (removed, added) = diff(&fixture(), &d.read());
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(
+        added,
+        lines(&["[users.wanda]", &format!("password = \"{bcrypt}\""), "groups = []", "disabled = false", ""])
+    );
+
+    let list = d.ok(&["list"], None).stdout;
+    let wanda = list.lines().find(|l| l.starts_with("wanda ")).unwrap();
+    assert!(wanda.ends_with("bcrypt (legacy)"), "{list}");
+    assert!(!list.contains("$argon2") && !list.contains("$2"), "{list}");
+
+    let snap = d.snapshot();
+    let now = SystemTime::now();
+    let user = snap.users.verify(&creds("wanda", "imported-pw"), now).unwrap();
+    assert_eq!(&*user.name, "wanda");
+    assert_eq!(snap.users.verify(&creds("wanda", "wrong"), now).err(), Some(Refusal::BadPassword));
+
+    // Importing again skips everybody: nothing written.
+    let before = d.read();
+    let out = d.run(&["import-htpasswd", ht_path.to_str().unwrap(), "--group", "web"], None);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stdout.contains("imported no users"), "{out:?}");
+    assert_eq!(d.read(), before);
+
+    // `passwd` moves an imported user to argon2id.
+    d.ok(&["passwd", "wanda", "--password-stdin"], Some("fresh\n"));
+    let list = d.ok(&["list"], None).stdout;
+    assert!(list.lines().any(|l| l.starts_with("wanda ") && l.ends_with("argon2id")), "{list}");
+}
+
+#[test]
+fn import_htpasswd_into_a_missing_file_with_groups_exits_zero() {
+    let d = Dir::new(None);
+    let b = bcrypt::hash("pw", 4).unwrap();
+    let ht = d.path.join("x.htpasswd");
+    std::fs::write(&ht, format!("u1:{b}\r\nu2:{b}\n")).unwrap();
+    let out = d.ok(&["import-htpasswd", ht.to_str().unwrap(), "--group", "web"], None);
+    assert!(out.stdout.contains("imported 2 user(s)"), "{out:?}");
+    assert_eq!(d.mode(), 0o600);
+    let snap = d.snapshot();
+    assert!(snap.users.get("u2").unwrap().in_group("web"));
+    assert!(snap.users.verify(&creds("u1", "pw"), SystemTime::now()).is_ok());
+    let missing = d.refused(&["import-htpasswd", "/nonexistent/htpasswd"], None);
+    assert!(missing.contains("/nonexistent/htpasswd"), "{missing}");
+}
