@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::server::guard::Phase;
 use crate::telemetry::AccessRecord;
 
 /// Error type of [`ProxyBody`]: the origin's body broke off.
@@ -30,6 +31,7 @@ pub struct ProxyBody {
     kind: Kind,
     sent: u64,
     log: Option<Box<AccessRecord>>,
+    done: Option<Arc<Phase>>,
 }
 
 impl ProxyBody {
@@ -37,22 +39,36 @@ impl ProxyBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
         let kind = Kind::Full((!bytes.is_empty()).then_some(bytes));
-        ProxyBody { kind, sent: 0, log: None }
+        ProxyBody { kind, sent: 0, log: None, done: None }
     }
 
     /// An empty body (CONNECT 200, 101).
     pub fn empty() -> Self {
-        ProxyBody { kind: Kind::Full(None), sent: 0, log: None }
+        ProxyBody { kind: Kind::Full(None), sent: 0, log: None, done: None }
     }
 
     /// The origin's response body, streamed through.
     pub fn upstream(body: Incoming) -> Self {
-        ProxyBody { kind: Kind::Upstream(body), sent: 0, log: None }
+        ProxyBody { kind: Kind::Upstream(body), sent: 0, log: None, done: None }
     }
 
     /// Attaches the access record that is emitted when this body ends.
     pub fn with_log(mut self, record: AccessRecord) -> Self {
         self.log = Some(Box::new(record));
+        self
+    }
+
+    /// The bytes of a body authgate made itself (`None` for a streamed one).
+    pub fn full_bytes(&self) -> Option<Bytes> {
+        match &self.kind {
+            Kind::Full(b) => Some(b.clone().unwrap_or_default()),
+            Kind::Upstream(_) => None,
+        }
+    }
+
+    /// Marks the connection idle again when this body is finished.
+    pub fn on_done(mut self, phase: Arc<Phase>) -> Self {
+        self.done = Some(phase);
         self
     }
 
@@ -64,6 +80,9 @@ impl ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        if let Some(phase) = self.done.take() {
+            phase.idle();
+        }
         if let Some(mut record) = self.log.take() {
             record.bytes_down = self.sent;
             record.emit();

@@ -37,6 +37,12 @@ pub enum ProxyError {
         /// The scheme as sent (lower-cased, truncated).
         scheme: String,
     },
+    /// The request head did not arrive within `limits.header_read_timeout`.
+    #[error("request head timed out")]
+    HeadTimeout,
+    /// The request head is larger than `limits.max_header_bytes`.
+    #[error("request head too large")]
+    HeadTooLarge,
     /// The request target cannot be used (no host, bad port, ...).
     #[error("bad request target: {detail}")]
     BadTarget {
@@ -124,7 +130,9 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            OriginForm | UnsupportedScheme { .. } | BadTarget { .. } => Fault::Client,
+            OriginForm | UnsupportedScheme { .. } | BadTarget { .. } | HeadTimeout | HeadTooLarge => {
+                Fault::Client
+            }
             ProxyAuthRequired | Throttled { .. } => Fault::Credentials,
             DeniedByRule { .. } | DestinationIpProhibited { .. } | LoopDetected => Fault::Policy,
             DnsError

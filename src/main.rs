@@ -132,15 +132,13 @@ fn run(config: &Path) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
-        let mut listeners = Vec::new();
-        for addr in &snap.server.listen {
-            match tokio::net::TcpListener::bind(addr).await {
-                Ok(l) => listeners.push(l),
-                Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
-            }
-        }
-        tracing::info!(summary = %snap.summary(), "authgate started");
+        let summary = snap.summary();
         let state = authgate::State::new(snap);
+        let listeners = match authgate::server::bind_all(&state).await {
+            Ok(l) => l,
+            Err(e) => return fail(e),
+        };
+        tracing::info!(summary = %summary, "authgate started");
         match authgate::run(state, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -47,6 +47,15 @@ pub fn describe(err: &ProxyError) -> Description {
         BadTarget { .. } => {
             (StatusCode::BAD_REQUEST, "http_request_error", "bad_target", "Bad request target")
         }
+        HeadTimeout => {
+            (StatusCode::REQUEST_TIMEOUT, "http_request_error", "request_timeout", "Request head timed out")
+        }
+        HeadTooLarge => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "http_request_error",
+            "request_head_too_large",
+            "Request head too large",
+        ),
         ProxyAuthRequired => (
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
             "http_request_denied",
@@ -135,6 +144,8 @@ fn detail(err: &ProxyError) -> String {
         OriginForm => "This is a forward proxy. Send absolute-form requests (GET http://host/path) or CONNECT host:port; set HTTP_PROXY/HTTPS_PROXY to this address.".into(),
         UnsupportedScheme { scheme } => format!("authgate does not forward {scheme}:// requests here; for https use CONNECT (HTTPS_PROXY)."),
         BadTarget { detail } => format!("The request target is not usable: {detail}."),
+        HeadTimeout => "The request head did not arrive in time; the connection is closed.".into(),
+        HeadTooLarge => "The request head (request line and header fields) is larger than this proxy accepts.".into(),
         ProxyAuthRequired => "Send valid proxy credentials in Proxy-Authorization (Basic).".into(),
         Throttled { retry_after } => format!("Too many failed logins from your address; retry in {} s.", retry_after.as_secs().max(1)),
         DeniedByRule { rule } => format!("Your account may not reach this destination ({rule}). Ask your proxy administrator for access; retrying will not help."),
@@ -375,4 +386,26 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), all.len());
     }
+}
+
+/// The same response as [`error_response`], serialised as HTTP/1.1 bytes
+/// with `Connection: close`: for answers written straight to a socket
+/// (408, 431, 503 at accept) where no HTTP machinery runs.
+pub fn raw_error_response(err: &ProxyError, request_id: &str) -> Vec<u8> {
+    let ctx = Context { request_id, realm: PROXY_NAME, html: false };
+    let resp = error_response(err, &ctx);
+    let status = resp.status();
+    let body = resp.body().full_bytes().unwrap_or_default();
+    let mut out =
+        format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("Error"))
+            .into_bytes();
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    out
 }

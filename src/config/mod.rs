@@ -35,6 +35,34 @@ pub struct Server {
     pub realm: String,
     /// Whether to add `Via: 1.1 authgate` both ways.
     pub via: bool,
+    /// Whether the plain listeners expect a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// TLS listeners.
+    pub tls: Vec<TlsListener>,
+}
+
+/// One `[[server.tls]]` listener, its certificate already loaded.
+#[derive(Clone)]
+pub struct TlsListener {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Certificate chain file (PEM).
+    pub cert: PathBuf,
+    /// Private key file (PEM).
+    pub key: PathBuf,
+    /// Whether it expects a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// The loaded certificate and key.
+    pub certified: Arc<rustls::sign::CertifiedKey>,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("listen", &self.listen)
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[auth]` settings.
@@ -133,7 +161,8 @@ pub struct Snapshot {
 impl Snapshot {
     /// One-line summary for `authgate check` and the startup log.
     pub fn summary(&self) -> String {
-        let listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        let mut listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        listen.extend(self.server.tls.iter().map(|t| format!("{} (TLS)", t.listen)));
         format!(
             "{} user(s), {} rule(s) (default {}); listening on {}; users file {}",
             self.users.len(),

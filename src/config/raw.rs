@@ -110,6 +110,19 @@ pub struct RawServer {
     pub listen: Option<Spanned<Vec<Spanned<String>>>>,
     pub realm: Option<Spanned<String>>,
     pub via: Option<bool>,
+    pub proxy_protocol: Option<bool>,
+    #[serde(default)]
+    pub tls: Vec<Spanned<RawTls>>,
+}
+
+/// One `[[server.tls]]` listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub listen: Spanned<String>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub proxy_protocol: Option<bool>,
 }
 
 /// `[auth]`.

@@ -31,6 +31,8 @@ fn defaults(path: &Path) -> Settings {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
             realm: "authgate".into(),
             via: true,
+            proxy_protocol: false,
+            tls: Vec::new(),
         },
         auth: Auth {
             users_file: path.parent().unwrap_or(Path::new(".")).join("users.toml"),
@@ -100,6 +102,30 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     }
     if let Some(via) = raw.server.via {
         s.server.via = via;
+    }
+    if let Some(pp) = raw.server.proxy_protocol {
+        s.server.proxy_protocol = pp;
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    for t in &raw.server.tls {
+        let t = t.get_ref();
+        let listen = t.listen.get_ref().trim().parse::<SocketAddr>();
+        if listen.is_err() {
+            c.at(t.listen.span(), "server.tls.listen: not an address:port (e.g. \"0.0.0.0:3129\")");
+        }
+        let cert = base.join(t.cert.get_ref());
+        let key = base.join(t.key.get_ref());
+        match (listen, crate::server::tls::load_certified_key(&cert, &key)) {
+            (Ok(listen), Ok(certified)) => s.server.tls.push(super::TlsListener {
+                listen,
+                cert,
+                key,
+                proxy_protocol: t.proxy_protocol.unwrap_or(false),
+                certified,
+            }),
+            (_, Err(m)) => c.at(t.cert.span(), format!("server.tls: {m}")),
+            _ => {}
+        }
     }
 
     if let Some(f) = &raw.auth.users_file {

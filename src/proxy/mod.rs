@@ -14,7 +14,7 @@ pub mod sessions;
 pub mod tunnel;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Snapshot;
+use crate::server::limits::ConnLimiter;
+use crate::server::tls::CertSlot;
 use connect::Connector;
 use dns::Resolver;
 use pool::Pool;
@@ -48,6 +50,12 @@ pub struct State {
     pub generation: AtomicU64,
     /// Reloads that failed (the old snapshot stayed).
     pub reload_failures: AtomicU64,
+    /// Open client connections, overall and per address.
+    pub conns: Arc<ConnLimiter>,
+    /// The live certificate of each TLS listener, in config order.
+    pub cert_slots: Vec<Arc<CertSlot>>,
+    /// True while listeners are accepting (for `/readyz`).
+    pub ready: AtomicBool,
     ids: RequestIds,
 }
 
@@ -56,6 +64,7 @@ impl State {
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let auth = Authenticator::new(workers, snapshot.auth.max_pending);
+        let cert_slots = snapshot.server.tls.iter().map(|t| CertSlot::new(t.certified.clone())).collect();
         let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -67,6 +76,9 @@ impl State {
             sessions: Arc::new(Sessions::default()),
             generation: AtomicU64::new(1),
             reload_failures: AtomicU64::new(0),
+            conns: Arc::new(ConnLimiter::default()),
+            cert_slots,
+            ready: AtomicBool::new(false),
             ids: RequestIds::new(),
         })
     }

@@ -19,6 +19,7 @@ use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
+use crate::server::guard::Phase;
 use crate::target::{Target, parse_authority, parse_host};
 use crate::telemetry::{AccessRecord, AuditEvent};
 
@@ -34,6 +35,8 @@ pub struct Client {
     /// This connection's session: bound to the user who authenticates on it,
     /// closed when that user is revoked.
     pub session: Arc<Session>,
+    /// Where the connection is in its request cycle (for its timers).
+    pub phase: Arc<Phase>,
 }
 
 /// What a request asks for.
@@ -60,6 +63,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
 
     match process(&state, &snap, &client, req, &mut rec).await {
         Ok(Reply::Response(resp)) => {
+            let resp = resp.map(|b| b.on_done(client.phase.clone()));
             rec.status = resp.status().as_u16();
             if rec.outcome.is_empty() {
                 rec.outcome = "forwarded";
@@ -67,6 +71,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             attach_log(resp, rec, snap.log.access)
         }
         Ok(Reply::Tunnel(resp, job)) => {
+            client.phase.tunnel();
             rec.status = resp.status().as_u16();
             tunnel::spawn(&state, job, rec, snap.log.access);
             resp
@@ -76,7 +81,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             rec.status = d.status.as_u16();
             rec.outcome = d.code;
             let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
-            let mut resp = respond::error_response(&err, &ctx);
+            let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));
             if close {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

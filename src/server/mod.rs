@@ -1,10 +1,17 @@
 //! Listeners, the accept loop, per-connection serving and graceful shutdown.
 //!
 //! [`run`] takes listeners that are already bound and a shutdown future, so
-//! tests bind `127.0.0.1:0` and stop the server whenever they like. On
-//! shutdown: stop accepting, let in-flight requests finish (hyper's graceful
-//! shutdown closes idle keep-alive connections), give tunnels
-//! `limits.shutdown_grace`, then close whatever is left.
+//! tests bind `127.0.0.1:0` and stop the server whenever they like. Per
+//! connection: PROXY header (if enabled) → connection limits → TLS handshake
+//! (if TLS) → HTTP/1.1 with hyper behind [`guard::Guarded`]. On shutdown: stop
+//! accepting, let in-flight requests finish (idle keep-alive connections are
+//! closed), give tunnels `limits.shutdown_grace`, then close whatever is left.
+
+pub mod guard;
+pub mod limits;
+pub mod proxy_protocol;
+pub mod reload;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::io;
@@ -15,30 +22,89 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub mod reload;
-
+use crate::error::ProxyError;
 use crate::proxy::State;
 use crate::proxy::service::{self, Client};
+use crate::respond;
+use guard::{Guarded, Phase, Timeouts};
+
+/// A bound listener and how to treat its connections.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    proxy_protocol: bool,
+}
+
+impl Listener {
+    /// A plain-TCP proxy listener.
+    pub fn plain(tcp: TcpListener, proxy_protocol: bool) -> Self {
+        Listener { tcp, tls: None, proxy_protocol }
+    }
+
+    /// A TLS proxy listener.
+    pub fn tls(tcp: TcpListener, acceptor: TlsAcceptor, proxy_protocol: bool) -> Self {
+        Listener { tcp, tls: Some(acceptor), proxy_protocol }
+    }
+
+    /// The bound address.
+    ///
+    /// # Errors
+    /// As `TcpListener::local_addr`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Self {
+        Listener::plain(tcp, false)
+    }
+}
+
+/// Binds every listener of the state's snapshot (plain and TLS).
+///
+/// # Errors
+/// A message naming the address that could not be bound.
+pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
+    let snap = state.snapshot.load_full();
+    let mut out = Vec::new();
+    for addr in &snap.server.listen {
+        let tcp = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        out.push(Listener::plain(tcp, snap.server.proxy_protocol));
+    }
+    for (i, t) in snap.server.tls.iter().enumerate() {
+        let tcp = TcpListener::bind(t.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {} (TLS): {e}", t.listen))?;
+        let slot = state.cert_slots.get(i).cloned().ok_or("TLS listener without a certificate slot")?;
+        out.push(Listener::tls(tcp, tls::acceptor(slot)?, t.proxy_protocol));
+    }
+    Ok(out)
+}
 
 /// Serves `listeners` until `shutdown` resolves, then shuts down gracefully.
 ///
 /// # Errors
 /// Never in practice: accept errors are logged and retried with backoff.
-pub async fn run(
+pub async fn run<L: Into<Listener>>(
     state: Arc<State>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<L>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let stop = CancellationToken::new();
     let mut accepts = Vec::new();
     for listener in listeners {
-        accepts.push(tokio::spawn(accept_loop(state.clone(), listener, stop.clone())));
+        accepts.push(tokio::spawn(accept_loop(state.clone(), Arc::new(listener.into()), stop.clone())));
     }
+    state.ready.store(true, std::sync::atomic::Ordering::Release);
     let watcher = tokio::spawn(reload::watch(state.clone(), stop.clone()));
     shutdown.await;
+    state.ready.store(false, std::sync::atomic::Ordering::Release);
     tracing::info!("shutting down: no new connections; waiting for requests and tunnels");
     stop.cancel();
     for a in accepts {
@@ -48,7 +114,11 @@ pub async fn run(
     state.tasks.close();
     let grace = state.snapshot.load().limits.shutdown_grace;
     if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
-        tracing::info!(grace_secs = grace.as_secs(), "grace period over: closing remaining tunnels");
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            open = state.tasks.len(),
+            "grace period over: closing remaining tunnels"
+        );
         state.kill.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
     }
@@ -56,19 +126,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn accept_loop(state: Arc<State>, listener: TcpListener, stop: CancellationToken) {
+async fn accept_loop(state: Arc<State>, listener: Arc<Listener>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = listener.tcp.accept() => a,
             _ = stop.cancelled() => return,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let state2 = state.clone();
-                let stop = stop.clone();
-                state.tasks.spawn(serve(state2, stream, peer, stop));
+                state.tasks.spawn(serve(state.clone(), listener.clone(), stream, peer, stop.clone()));
             }
             Err(e) => {
                 // EMFILE and friends: wait and retry instead of spinning.
@@ -80,14 +148,81 @@ async fn accept_loop(state: Arc<State>, listener: TcpListener, stop: Cancellatio
     }
 }
 
-async fn serve(state: Arc<State>, stream: TcpStream, peer: SocketAddr, stop: CancellationToken) {
+async fn serve(
+    state: Arc<State>,
+    listener: Arc<Listener>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let limits = state.snapshot.load().limits.clone();
+    let client_addr = if listener.proxy_protocol {
+        match tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream)).await
+        {
+            Ok(Ok(addr)) => addr.unwrap_or(peer),
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %peer, error = %e, "closing connection: bad or missing PROXY protocol header");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(peer = %peer, "closing connection: no PROXY protocol header in time");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let Some(_permit) =
+        state.conns.try_acquire(client_addr.ip(), limits.max_connections, limits.max_connections_per_ip)
+    else {
+        tracing::warn!(client = %client_addr, "connection refused: connection limit reached");
+        if listener.tls.is_none() {
+            let id = state.next_request_id();
+            let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
+        }
+        return;
+    };
+    match &listener.tls {
+        None => serve_http(state, stream, client_addr, stop).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(state, tls, client_addr, stop).await,
+                Ok(Err(e)) => tracing::debug!(client = %client_addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(client = %client_addr, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+fn head_timeout_response() -> Vec<u8> {
+    respond::raw_error_response(&ProxyError::HeadTimeout, "-")
+}
+
+fn head_too_large_response() -> Vec<u8> {
+    respond::raw_error_response(&ProxyError::HeadTooLarge, "-")
+}
+
+async fn serve_http<S>(state: Arc<State>, io: S, addr: SocketAddr, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = state.snapshot.load().limits.clone();
+    let phase = Arc::new(Phase::default());
     let guard = state.sessions.open(None);
     let revoked = guard.session.token.clone();
-    let client = Client { addr: peer, session: guard.session.clone() };
+    let client = Client { addr, session: guard.session.clone(), phase: phase.clone() };
+    let timeouts = Timeouts {
+        idle: limits.idle_timeout,
+        head: limits.header_read_timeout,
+        max_head: limits.max_header_bytes,
+    };
+    let io = Guarded::new(io, phase, timeouts, head_timeout_response, head_too_large_response);
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
+        // Synchronously, before the future runs: the head is complete.
+        client.phase.busy();
         let state = svc_state.clone();
         let client = client.clone();
         async move { Ok::<_, Infallible>(service::handle(state, client, req).await) }
@@ -95,15 +230,16 @@ async fn serve(state: Arc<State>, stream: TcpStream, peer: SocketAddr, stop: Can
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        // Guarded enforces the head limit with a proper 431; hyper's buffer
+        // must be larger so that its own bare 431 never fires first.
+        .max_buf_size((limits.max_header_bytes * 2).max(256 * 1024))
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+    let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = revoked.cancelled() => {
-            tracing::info!(client = %peer, "closing connection: its user was removed, changed or disabled");
+            tracing::info!(client = %addr, "closing connection: its user was removed, changed or disabled");
             Ok(())
         }
         _ = stop.cancelled() => {
@@ -115,6 +251,6 @@ async fn serve(state: Arc<State>, stream: TcpStream, peer: SocketAddr, stop: Can
         }
     };
     if let Err(e) = result {
-        tracing::debug!(client = %peer, error = %e, "client connection ended with an error");
+        tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
     }
 }

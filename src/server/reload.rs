@@ -1,4 +1,4 @@
-//! Live reload of the config and the users file.
+//! Live reload of the config, the users file and TLS certificates.
 //!
 //! Triggers: SIGHUP, and a change of either file seen by polling their
 //! metadata every [`POLL`] (following symlinks, so an editor's
@@ -45,7 +45,12 @@ fn stamps(snap: &Snapshot) -> Vec<Stamp> {
 }
 
 fn watched(snap: &Snapshot) -> Vec<PathBuf> {
-    vec![snap.config_path.clone(), snap.auth.users_file.clone()]
+    let mut files = vec![snap.config_path.clone(), snap.auth.users_file.clone()];
+    for t in &snap.server.tls {
+        files.push(t.cert.clone());
+        files.push(t.key.clone());
+    }
+    files
 }
 
 /// Reloads now. Returns the new generation.
@@ -64,7 +69,15 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
             return Err(e);
         }
     };
-    if new.server.listen != old.server.listen {
+    let listeners = |s: &Snapshot| -> Vec<(std::net::SocketAddr, bool)> {
+        s.server
+            .listen
+            .iter()
+            .map(|a| (*a, s.server.proxy_protocol))
+            .chain(s.server.tls.iter().map(|t| (t.listen, t.proxy_protocol)))
+            .collect()
+    };
+    if listeners(&new) != listeners(&old) {
         tracing::warn!("server.listen changed: listener changes take effect after a restart");
     }
     if new.dns_servers != old.dns_servers {
@@ -72,6 +85,9 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     }
     if new.log.level != old.log.level || new.log.format != old.log.format {
         tracing::warn!("log settings changed: take effect after a restart");
+    }
+    for (slot, t) in state.cert_slots.iter().zip(&new.server.tls) {
+        slot.store(t.certified.clone());
     }
     let new = Arc::new(new);
     state.snapshot.store(new.clone());

@@ -1,0 +1,218 @@
+//! The client socket as hyper sees it, with the timers hyper does not have.
+//!
+//! hyper's own `header_read_timeout` closes a slow client silently and runs
+//! from the end of the previous response, so it cannot tell an idle
+//! keep-alive connection from a slowloris. [`Guarded`] tracks the phase of
+//! the connection ([`Phase`]) and enforces:
+//!
+//! - **idle** (between requests): after `idle_timeout` the connection is
+//!   closed quietly (a 408 there could be read as the answer to a request the
+//!   client is sending at that very moment);
+//! - **head** (first byte of a request seen, head not complete): after
+//!   `header_read_timeout` the client gets `408` with `Proxy-Status` and a
+//!   problem body, then the connection closes; a head larger than
+//!   `max_header_bytes` gets `431` the same way;
+//! - **busy** (a request is being served) and **tunnel** (upgraded): no
+//!   timer here; bodies and tunnels have their own limits.
+//!
+//! The canned answers are written to the socket by this wrapper itself, then
+//! hyper reads end-of-stream and closes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+const IDLE: u8 = 0;
+const HEAD: u8 = 1;
+const BUSY: u8 = 2;
+const TUNNEL: u8 = 3;
+
+/// Where a client connection is in its request cycle; shared between the
+/// socket wrapper, the service and the response body.
+#[derive(Debug, Default)]
+pub struct Phase(AtomicU8);
+
+impl Phase {
+    /// A request head is complete and being served.
+    pub fn busy(&self) {
+        self.0.store(BUSY, Ordering::Release);
+    }
+
+    /// The response has been sent: waiting for the next request.
+    pub fn idle(&self) {
+        let _ = self.0.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The connection is handed over to a tunnel: no more HTTP timers.
+    pub fn tunnel(&self) {
+        self.0.store(TUNNEL, Ordering::Release);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// Limits the wrapper enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Between requests.
+    pub idle: Duration,
+    /// From the first byte of a head to its end.
+    pub head: Duration,
+    /// Largest head.
+    pub max_head: usize,
+}
+
+/// Builds the raw bytes of a canned answer (408, 431).
+pub type Canned = fn() -> Vec<u8>;
+
+/// A client socket with idle and head timers.
+pub struct Guarded<S> {
+    inner: S,
+    phase: Arc<Phase>,
+    limits: Timeouts,
+    timer: Pin<Box<Sleep>>,
+    armed_for: u8,
+    head_bytes: usize,
+    on_head_timeout: Canned,
+    on_head_too_large: Canned,
+    reject: Option<(Vec<u8>, usize)>,
+}
+
+impl<S> Guarded<S> {
+    /// Wraps `inner`; `on_head_timeout` / `on_head_too_large` make the 408 and
+    /// 431 answers.
+    pub fn new(
+        inner: S,
+        phase: Arc<Phase>,
+        limits: Timeouts,
+        on_head_timeout: Canned,
+        on_head_too_large: Canned,
+    ) -> Self {
+        Guarded {
+            inner,
+            phase,
+            limits,
+            timer: Box::pin(tokio::time::sleep(limits.idle)),
+            armed_for: IDLE,
+            head_bytes: 0,
+            on_head_timeout,
+            on_head_too_large,
+            reject: None,
+        }
+    }
+
+    /// The wrapped socket (for a tunnel that takes it over).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    fn arm(&mut self, phase: u8, d: Duration) {
+        if self.armed_for != phase {
+            self.armed_for = phase;
+            self.timer.as_mut().reset(Instant::now() + d);
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    /// Writes the pending canned answer, then reports end-of-stream.
+    fn poll_reject(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((bytes, written)) = self.reject.as_mut() {
+            while *written < bytes.len() {
+                match ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..])) {
+                    Ok(0) | Err(_) => {
+                        *written = bytes.len();
+                    }
+                    Ok(n) => *written += n,
+                }
+            }
+            let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.reject.is_some() {
+            return this.poll_reject(cx);
+        }
+        let phase = this.phase.get();
+        match phase {
+            IDLE => {
+                let d = this.limits.idle;
+                this.arm(IDLE, d);
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    // Quiet close: hyper sees end-of-stream between requests.
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            HEAD => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    this.reject = Some(((this.on_head_timeout)(), 0));
+                    return this.poll_reject(cx);
+                }
+            }
+            _ => {}
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        if n > 0 && matches!(phase, IDLE | HEAD) {
+            if phase == IDLE
+                && this.phase.0.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            {
+                this.head_bytes = 0;
+                let d = this.limits.head;
+                this.arm(HEAD, d);
+            }
+            this.head_bytes += n;
+            if this.head_bytes > this.limits.max_head && this.phase.get() == HEAD {
+                // Drop what was read: hyper must not parse a partial head.
+                buf.set_filled(before);
+                this.reject = Some(((this.on_head_too_large)(), 0));
+                return this.poll_reject(cx);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

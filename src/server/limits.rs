@@ -1,0 +1,95 @@
+//! Connection limits: overall and per client address.
+//!
+//! The per-address limit (IPv6 per /64) is below the overall one, so one
+//! client cannot take every slot; a refused connection is closed at once
+//! (plain listeners get a 503 first).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counts open client connections.
+#[derive(Debug, Default)]
+pub struct ConnLimiter {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one connection slot until dropped.
+#[derive(Debug)]
+pub struct Permit {
+    limiter: Arc<ConnLimiter>,
+    key: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limiter.total.fetch_sub(1, Ordering::AcqRel);
+        let mut map = self.limiter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl ConnLimiter {
+    /// Open connections.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a limit is reached.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<Permit> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let k = key(ip);
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(k).or_insert(0);
+        if *n >= max_per_ip {
+            drop(map);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        *n += 1;
+        Some(Permit { limiter: self.clone(), key: k })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_and_total_limits() {
+        let l = Arc::new(ConnLimiter::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let p1 = l.try_acquire(a, 3, 2).unwrap();
+        let _p2 = l.try_acquire(a, 3, 2).unwrap();
+        assert!(l.try_acquire(a, 3, 2).is_none(), "per-ip limit");
+        let _p3 = l.try_acquire(b, 3, 2).unwrap();
+        assert!(l.try_acquire(b, 3, 2).is_none(), "total limit");
+        drop(p1);
+        let _p4 = l.try_acquire(b, 3, 2).expect("a slot was freed");
+        assert_eq!(l.open(), 3);
+    }
+}

@@ -1,0 +1,154 @@
+//! PROXY protocol v1 and v2 (haproxy.org/download/2.9/doc/proxy-protocol.txt):
+//! the real client address when authgate runs behind an L4 load balancer.
+//!
+//! Exactly the header's bytes are consumed (peek, then read), so whatever the
+//! client sends next (HTTP, TLS) is untouched. On a listener with
+//! `proxy_protocol = true` a connection without a valid header is closed;
+//! `LOCAL` commands and non-TCP families (health checks) keep the peer address.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+/// v1 headers are at most 107 bytes including CRLF.
+const V1_MAX: usize = 107;
+/// Most v2 address + TLV bytes accepted.
+const V2_MAX_LEN: usize = 4096;
+
+fn bad(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Reads a PROXY header; returns the client address it carries (`None` for
+/// `LOCAL`/unknown, meaning "use the peer address").
+///
+/// # Errors
+/// `InvalidData` for anything that is not a valid v1 or v2 header.
+pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
+    let mut peek = [0u8; V1_MAX];
+    let n = loop {
+        let n = stream.peek(&mut peek).await?;
+        if n == 0 {
+            return Err(bad("connection closed before the PROXY header"));
+        }
+        if n >= 16 || peek[..n].contains(&b'\n') {
+            break n;
+        }
+        if !(V2_SIGNATURE.starts_with(&peek[..n.min(12)]) || b"PROXY ".starts_with(&peek[..n.min(6)])) {
+            return Err(bad("not a PROXY header"));
+        }
+        // Wait for more of the header.
+        stream.readable().await?;
+    };
+    if peek[..n].starts_with(V2_SIGNATURE) {
+        return read_v2(stream).await;
+    }
+    if peek[..n].starts_with(b"PROXY ") {
+        let end = peek[..n].windows(2).position(|w| w == b"\r\n").ok_or(bad("PROXY v1 header too long"))?;
+        let mut line = vec![0u8; end + 2];
+        stream.read_exact(&mut line).await?;
+        return parse_v1(&line[..end]);
+    }
+    Err(bad("not a PROXY header"))
+}
+
+/// Parses a v1 line without its CRLF.
+pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
+    let line = std::str::from_utf8(line).map_err(|_| bad("PROXY v1 header is not ASCII"))?;
+    let parts: Vec<&str> = line.split(' ').collect();
+    match parts.as_slice() {
+        ["PROXY", "UNKNOWN", ..] => Ok(None),
+        ["PROXY", fam @ ("TCP4" | "TCP6"), src, _dst, sport, _dport] => {
+            let ip: IpAddr = src.parse().map_err(|_| bad("bad PROXY v1 source address"))?;
+            if (*fam == "TCP4") != ip.is_ipv4() {
+                return Err(bad("PROXY v1 family does not match the address"));
+            }
+            let port = crate::target::parse_port(sport).map_err(|_| bad("bad PROXY v1 source port"))?;
+            Ok(Some(SocketAddr::new(ip, port)))
+        }
+        _ => Err(bad("malformed PROXY v1 header")),
+    }
+}
+
+async fn read_v2(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
+    let mut head = [0u8; 16];
+    stream.read_exact(&mut head).await?;
+    let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+    if len > V2_MAX_LEN {
+        return Err(bad("PROXY v2 header too long"));
+    }
+    let mut rest = vec![0u8; len];
+    stream.read_exact(&mut rest).await?;
+    parse_v2(&head, &rest)
+}
+
+/// Parses a v2 header: the 16 fixed bytes and the address block.
+pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> {
+    if head[..12] != V2_SIGNATURE[..] || head[12] >> 4 != 2 {
+        return Err(bad("bad PROXY v2 signature or version"));
+    }
+    match head[12] & 0x0f {
+        0 => return Ok(None), // LOCAL: a health check from the balancer itself
+        1 => {}
+        _ => return Err(bad("bad PROXY v2 command")),
+    }
+    match head[13] {
+        0x11 if rest.len() >= 12 => {
+            let ip = Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
+            Ok(Some(SocketAddr::new(IpAddr::V4(ip), u16::from_be_bytes([rest[8], rest[9]]))))
+        }
+        0x21 if rest.len() >= 36 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&rest[..16]);
+            Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), u16::from_be_bytes([rest[32], rest[33]]))))
+        }
+        0x11 | 0x21 => Err(bad("PROXY v2 address block too short")),
+        _ => Ok(None), // UNSPEC, UDP, unix sockets: keep the peer address
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_forms() {
+        assert_eq!(
+            parse_v1(b"PROXY TCP4 192.0.2.1 192.0.2.2 5000 3128").unwrap(),
+            Some("192.0.2.1:5000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_v1(b"PROXY TCP6 2001:db8::1 2001:db8::2 5000 3128").unwrap(),
+            Some("[2001:db8::1]:5000".parse().unwrap())
+        );
+        assert_eq!(parse_v1(b"PROXY UNKNOWN").unwrap(), None);
+        for bad in [
+            &b"PROXY TCP4 2001:db8::1 1.1.1.1 1 2"[..],
+            b"PROXY TCP4 1.1.1.1 1.1.1.1 99999 1",
+            b"PROXY TCP4 x y 1 2",
+            b"PROXY",
+            b"GET / HTTP/1.1",
+        ] {
+            assert!(parse_v1(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn v2_forms() {
+        let mut head = [0u8; 16];
+        head[..12].copy_from_slice(V2_SIGNATURE);
+        head[12] = 0x21;
+        head[13] = 0x11;
+        let rest = [192, 0, 2, 9, 10, 0, 0, 1, 0x13, 0x88, 0x0c, 0x38];
+        assert_eq!(parse_v2(&head, &rest).unwrap(), Some("192.0.2.9:5000".parse().unwrap()));
+        head[12] = 0x20;
+        assert_eq!(parse_v2(&head, &rest).unwrap(), None);
+        head[12] = 0x21;
+        assert!(parse_v2(&head, &rest[..4]).is_err());
+        head[12] = 0x11;
+        assert!(parse_v2(&head, &rest).is_err());
+    }
+}

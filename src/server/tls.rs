@@ -1,0 +1,83 @@
+//! TLS on the listener (an "HTTPS proxy"): rustls with the *ring* provider,
+//! TLS 1.2 and 1.3 only, ALPN `http/1.1`.
+//!
+//! The certificate lives behind an `ArcSwap` read by the certificate resolver
+//! on every handshake, so a reload swaps it without touching open
+//! connections; a bad new certificate fails the whole reload and the old one
+//! keeps serving.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::ring;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_rustls::TlsAcceptor;
+
+/// Loads a PEM certificate chain and private key (RSA, ECDSA or Ed25519).
+///
+/// # Errors
+/// A message naming the file and what is wrong, never key material.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("{}: cannot read certificate: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: bad PEM certificate: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate found", cert.display()));
+    }
+    let der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{}: cannot read private key: {e}", key.display()))?;
+    let signer = ring::sign::any_supported_type(&der)
+        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified
+        .keys_match()
+        .map_err(|e| format!("{}: key does not match the certificate ({e})", key.display()))?;
+    Ok(Arc::new(certified))
+}
+
+/// The live certificate of one TLS listener.
+pub struct CertSlot(ArcSwap<CertifiedKey>);
+
+impl fmt::Debug for CertSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CertSlot")
+    }
+}
+
+impl CertSlot {
+    /// A slot holding `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
+        Arc::new(CertSlot(ArcSwap::new(key)))
+    }
+
+    /// Replaces the certificate for new handshakes.
+    pub fn store(&self, key: Arc<CertifiedKey>) {
+        self.0.store(key);
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// A TLS acceptor serving the certificate in `slot`.
+///
+/// # Errors
+/// Only if rustls rejects the protocol versions, which it does not.
+pub fn acceptor(slot: Arc<CertSlot>) -> Result<TlsAcceptor, String> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(slot);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
