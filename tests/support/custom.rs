@@ -54,6 +54,7 @@ pub fn spawn_custom(config: &str, users: &str) -> Custom {
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
     let listener = tokio::net::TcpListener::from_std(l).unwrap();
+    let listener = authgate::server::Listener::plain(listener, snapshot.server.proxy_protocol);
     let state = authgate::State::new(snapshot);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(authgate::run(state.clone(), vec![listener], async move {

@@ -1,0 +1,347 @@
+//! TLS listener, limits and timeouts, graceful shutdown, PROXY protocol.
+
+mod common;
+#[path = "support/custom.rs"]
+mod custom;
+#[path = "support/pki.rs"]
+mod pki;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use custom::spawn_custom;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const BASE: &str = "[server]\nrealm = \"t\"\nREPLACE_SERVER\n[auth]\nusers_file = \"users.toml\"\n[auth.throttle]\nenabled = false\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
+
+fn cfg(server_extra: &str, rest: &str) -> String {
+    format!("{}\n{rest}\n", BASE.replace("REPLACE_SERVER", server_extra))
+}
+
+fn users() -> String {
+    users_toml(&[("alice", "a1")])
+}
+
+/// A proxy with all configured listeners (plain and TLS) bound on port 0.
+struct Full {
+    plain: SocketAddr,
+    tls: SocketAddr,
+    dir: TempDir,
+    state: Arc<authgate::State>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn spawn_full(ca: &pki::Ca, leaf: &pki::Leaf) -> Full {
+    let dir = TempDir::new();
+    dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem));
+    dir.write("proxy-key.pem", &leaf.key_pem);
+    let server = "listen = [\"127.0.0.1:0\"]\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n";
+    let path = dir.write("authgate.toml", cfg(server, ""));
+    dir.write("users.toml", users());
+    let snap = authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let state = authgate::State::new(snap);
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    let plain = listeners[0].local_addr().unwrap();
+    let tls = listeners[1].local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
+        let _ = rx.await;
+    }));
+    Full { plain, tls, dir, state, stop: Some(tx), task }
+}
+
+/// The DER of the certificate the TLS listener presents.
+async fn presented_cert(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls =
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake");
+    let (_, conn) = tls.get_ref();
+    assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_a_tls_proxy_for_http_and_connect_and_cert_reload() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy-v1");
+    let proxy = spawn_full(&ca, &leaf).await;
+    let origin = spawn_echo_origin();
+    let ca_file = proxy.dir.write("ca.pem", &ca.cert_pem);
+    let ca_arg = ca_file.to_str().unwrap();
+    let proxy_url = format!("https://alice:a1@localhost:{}", proxy.tls.port());
+    // Plain-HTTP target through the TLS proxy.
+    let out = curl(&["--proxy", &proxy_url, "--proxy-cacert", ca_arg, &origin.url("/via-tls")], &[]).await;
+    out.assert_success();
+    assert!(out.stdout_text().contains("GET /via-tls HTTP/1.1"), "{}", out.stdout_text());
+    // CONNECT through the TLS proxy (TLS inside TLS is not needed: the origin is plain).
+    let out =
+        curl(&["-p", "--proxy", &proxy_url, "--proxy-cacert", ca_arg, &origin.url("/tunnel")], &[]).await;
+    out.assert_success();
+    assert!(out.stdout_text().contains("GET /tunnel HTTP/1.1"));
+    // Without credentials: a 407 over TLS.
+    let bare = format!("https://localhost:{}", proxy.tls.port());
+    let out = curl(
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--proxy",
+            &bare,
+            "--proxy-cacert",
+            ca_arg,
+            &origin.url("/"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.stdout_text(), "407");
+
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
+    // A new certificate is picked up by a reload; open connections are not needed for that.
+    let leaf2 = ca.leaf("proxy-v2");
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf2.cert_pem, ca.cert_pem));
+    proxy.dir.write("proxy-key.pem", &leaf2.key_pem);
+    authgate::server::reload::reload(&proxy.state).expect("reload with a good cert");
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf2.der);
+    // A bad certificate fails the reload and the current one keeps serving.
+    proxy
+        .dir
+        .write("proxy-cert.pem", "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n");
+    let err = authgate::server::reload::reload(&proxy.state).expect_err("a bad cert must not load");
+    assert!(err.to_string().contains("proxy-cert.pem"), "{err}");
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf2.der);
+    let out = curl(&["--proxy", &proxy_url, "--proxy-cacert", ca_arg, &origin.url("/after")], &[]).await;
+    out.assert_success();
+    let _ = proxy.plain;
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_gets_408_and_an_oversized_head_431() {
+    let proxy = spawn_custom(
+        &cfg("", "[limits]\nheader_read_timeout = \"300ms\"\nmax_header_bytes = 8192\n"),
+        &users(),
+    );
+    let mut c = RawConn::connect(proxy.addr).await;
+    let start = Instant::now();
+    c.send(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await;
+    let r = c.read_response("GET").await;
+    assert_proxy_error(&r, 408, "http_request_error", "request_timeout");
+    assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+    assert!(c.is_closed().await, "closed after the 408");
+
+    let mut c = RawConn::connect(proxy.addr).await;
+    let big = "x".repeat(10_000);
+    c.send(request("GET", "http://127.0.0.1/", &[("Host", "127.0.0.1"), ("X-Big", &big)])).await;
+    let r = c.read_response("GET").await;
+    assert_proxy_error(&r, 431, "http_request_error", "request_head_too_large");
+    assert!(c.is_closed().await);
+    // The proxy still serves.
+    let origin = spawn_echo_origin();
+    let r = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed_quietly() {
+    let proxy = spawn_custom(
+        &cfg("", "[limits]\nidle_timeout = \"300ms\"\nheader_read_timeout = \"5s\"\n"),
+        &users(),
+    );
+    let origin = spawn_echo_origin();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request(
+        "GET",
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    ))
+    .await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    let start = Instant::now();
+    assert!(c.is_closed().await, "an idle connection is closed without a response");
+    assert!(start.elapsed() >= Duration::from_millis(250));
+}
+
+async fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    sock.connect(dst).await.unwrap()
+}
+
+async fn read_all(mut s: TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let proxy =
+        spawn_custom(&cfg("", "[limits]\nmax_connections_per_ip = 2\nmax_connections = 100\n"), &users());
+    let origin = spawn_echo_origin();
+    let _a = connect_from("127.0.0.1", proxy.addr).await;
+    let _b = connect_from("127.0.0.1", proxy.addr).await;
+    // Give the accept loop a moment to register the two held connections.
+    let third = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let c = connect_from("127.0.0.1", proxy.addr).await;
+            let text = read_all(c).await;
+            if text.starts_with("HTTP/1.1 503") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("the third connection from one address is refused with a 503");
+    assert!(
+        third.contains("authgate; error=proxy_internal_error") && third.contains("too_many_connections"),
+        "{third}"
+    );
+    // Another address still gets through.
+    let s = connect_from("127.0.0.2", proxy.addr).await;
+    let mut c = RawConn::from_stream(s);
+    c.send(request(
+        "GET",
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    ))
+    .await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeouts_are_504s_made_by_the_proxy() {
+    let proxy = spawn_custom(
+        &cfg("", "[limits]\nupstream_response_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\n"),
+        &users(),
+    );
+    // An origin that accepts and never answers.
+    let mute = spawn_raw_origin(|mut s: TcpStream| async move {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let a = basic("alice", "a1");
+    let r =
+        get(proxy.addr, &mute.url("/"), &[("Host", &mute.authority()), ("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 504, "connection_read_timeout", "upstream_timeout");
+
+    // A listener whose accept queue is full: SYNs are dropped, connect hangs.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = sock.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+            fillers.push(s);
+        }
+    }
+    let r = send_one(proxy.addr, "CONNECT", &addr.to_string(), &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 504, "connection_timeout", "connection_timeout");
+    drop(full);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_tunnels_finish_within_the_grace_period_then_closes_them() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"700ms\"\n"), &users());
+    let shout = spawn_shout_origin();
+    let addr = proxy.addr;
+    let mut c = RawConn::connect(addr).await;
+    c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))])).await;
+    assert_eq!(c.read_head().await.status, 200);
+    let started = Instant::now();
+    let stopping = tokio::spawn(proxy.stop());
+    // New connections are refused once shutdown began.
+    let refused = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if TcpStream::connect(addr).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "the listener closes on shutdown");
+    // The tunnel still works during the grace period.
+    c.send(b"hello").await;
+    assert_eq!(c.read_exact(5).await, b"HELLO");
+    // ... and is closed after it.
+    let rest = c.read_to_end().await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(600), "closed too early: {:?}", started.elapsed());
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("run returns").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_and_v2_set_the_client_address() {
+    let proxy = spawn_custom(
+        &cfg("proxy_protocol = true", "[limits]\nmax_connections_per_ip = 1\nheader_read_timeout = \"2s\"\n"),
+        &users(),
+    );
+    let origin = spawn_echo_origin();
+    let a = basic("alice", "a1");
+    let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);
+
+    // v1 from 203.0.113.7 — holds the one slot of that address.
+    let mut held = TcpStream::connect(proxy.addr).await.unwrap();
+    held.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\n").await.unwrap();
+    held.write_all(&req).await.unwrap();
+    let mut buf = [0u8; 12];
+    held.read_exact(&mut buf).await.unwrap();
+    if &buf != b"HTTP/1.1 200" {
+        let mut more = vec![0u8; 600];
+        let n = held.read(&mut more).await.unwrap();
+        panic!("{}{}", String::from_utf8_lossy(&buf), String::from_utf8_lossy(&more[..n]));
+    }
+    // A second connection claiming the same address is over its limit …
+    let mut again = TcpStream::connect(proxy.addr).await.unwrap();
+    again.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5556 3128\r\n").await.unwrap();
+    assert!(read_all(again).await.starts_with("HTTP/1.1 503"));
+    // … while v2 from another address gets through.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0x15, 0xb3, 0x0c, 0x38]);
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&v2).await.unwrap();
+    let mut c = RawConn::from_stream(s);
+    c.send(&req).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    // No header, or a malformed one: closed without an HTTP answer.
+    for bad in [&req[..], b"PROXY TCP4 nonsense\r\n", b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff"] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(bad).await.unwrap();
+        assert_eq!(read_all(s).await, "", "{:?}", String::from_utf8_lossy(bad));
+    }
+    // On a listener without PROXY protocol, a PROXY header is just a bad request.
+    let plain = spawn_custom(&cfg("", ""), &users());
+    let mut s = TcpStream::connect(plain.addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\n\r\n").await.unwrap();
+    assert!(read_all(s).await.starts_with("HTTP/1.1 400"));
+}
