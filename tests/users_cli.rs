@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -122,7 +122,9 @@ impl Dir {
             .unwrap();
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
-            pipe.write_all(s.as_bytes()).unwrap();
+            // A command refused before it reads its password closes the
+            // pipe early: EPIPE here is expected, the exit status tells.
+            let _ = pipe.write_all(s.as_bytes());
         }
         drop(pipe);
         let out = child.wait_with_output().unwrap();
@@ -542,7 +544,7 @@ fn kills_at_any_point_leave_the_old_or_the_new_file() {
             .spawn()
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"pw\n").unwrap();
+        let _ = stdin.write_all(b"pw\n");
         drop(stdin);
         // Not synchronisation: spreads the kill over the process's lifetime.
         std::thread::sleep(Duration::from_micros(i * 250));
@@ -645,4 +647,88 @@ fn import_htpasswd_into_a_missing_file_with_groups_exits_zero() {
     assert!(snap.users.verify(&creds("u1", "pw"), SystemTime::now()).is_ok());
     let missing = d.refused(&["import-htpasswd", "/nonexistent/htpasswd"], None);
     assert!(missing.contains("/nonexistent/htpasswd"), "{missing}");
+}
+
+/// The terminal path, through a pseudo-terminal made by `script(1)` (the
+/// test is skipped where util-linux `script` is missing).
+#[test]
+fn on_a_terminal_the_password_is_asked_twice() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: no /usr/bin/script");
+        return;
+    }
+    let d = Dir::new(Some(&fixture()));
+    let tty = |args: &str, typed: &str| {
+        let cmd =
+            format!("{} --config {} users {args}", env!("CARGO_BIN_EXE_authgate"), d.config().display());
+        let mut child = Command::new("/usr/bin/script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = tty("add ttyuser --group g", "tty-pw\ntty-pw\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("New password:") && out.contains("Repeat it:"), "{out}");
+    assert!(d.snapshot().users.verify(&creds("ttyuser", "tty-pw"), SystemTime::now()).is_ok());
+
+    let before = d.read();
+    let (code, out) = tty("passwd ttyuser", "one\ntwo\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("the two passwords differ"), "{out}");
+    assert_eq!(d.read(), before);
+}
+
+/// Run as root, the new file gets the old one's owner and group (a file
+/// owned by the proxy's account stays readable by it); skipped otherwise.
+#[test]
+fn owner_and_group_are_kept() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Dir::new(Some(&fixture()));
+    if std::os::unix::fs::chown(d.users(), Some(65534), Some(65534)).is_err() {
+        eprintln!("skipped: not allowed to chown");
+        return;
+    }
+    std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o640)).unwrap();
+    d.ok(&["disable", "alice"], None);
+    let m = std::fs::metadata(d.users()).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o640));
+}
+
+/// A change made by someone else while `add` waits for its password is
+/// never overwritten: the command refuses and the other change stays.
+#[test]
+fn an_edit_made_meanwhile_is_not_overwritten() {
+    let d = Dir::new(Some(&fixture()));
+    let mut child = d
+        .command(&["add", "late", "--password-stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The file has been read once the process blocks on standard input.
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        if s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S')) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never blocked on stdin: {s}");
+        std::thread::yield_now();
+    }
+    let meanwhile = fixture() + "\n[users.other]\npassword = \"" + H + "\"\n";
+    std::fs::write(d.users(), &meanwhile).unwrap();
+    child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("changed while this command ran"));
+    assert_eq!(d.read(), meanwhile);
+    assert!(d.strays().is_empty(), "{:?}", d.strays());
 }
