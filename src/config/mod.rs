@@ -154,6 +154,8 @@ pub struct Snapshot {
     pub policy: Policy,
     /// `[reload] watch`: reload when the files change.
     pub watch: bool,
+    /// `[upstream] ca_file`: roots for `https://` origins (system roots when `None`).
+    pub upstream_ca: Option<PathBuf>,
     /// The users.
     pub users: Arc<UserStore>,
 }
@@ -210,6 +212,7 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
         dns_servers: settings.dns_servers,
         policy: settings.policy,
         watch: settings.watch,
+        upstream_ca: settings.upstream_ca,
         users: Arc::new(store),
     })
 }

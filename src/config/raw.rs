@@ -29,9 +29,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub reload: RawReload,
     #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
     pub policy: RawPolicy,
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// `[upstream]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// CA certificates (PEM) that origins of `https://` requests must chain to.
+    pub ca_file: Option<Spanned<String>>,
 }
 
 /// `[reload]`.

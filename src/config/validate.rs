@@ -23,6 +23,7 @@ pub struct Settings {
     pub dns_servers: Vec<SocketAddr>,
     pub policy: Policy,
     pub watch: bool,
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 fn defaults(path: &Path) -> Settings {
@@ -47,6 +48,7 @@ fn defaults(path: &Path) -> Settings {
         dns_servers: Vec::new(),
         policy: Policy::default(),
         watch: true,
+        upstream_ca: None,
     }
 }
 
@@ -251,6 +253,13 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
         }
     }
     s.policy = super::rules::policy(&mut c, &raw.policy, &raw.rules);
+    if let Some(ca) = &raw.upstream.ca_file {
+        let p = base.join(ca.get_ref());
+        match crate::proxy::upstream_tls::connector(Some(&p)) {
+            Ok(_) => s.upstream_ca = Some(p),
+            Err(m) => c.at(ca.span(), format!("upstream.ca_file: {m}")),
+        }
+    }
     if let Some(w) = raw.reload.watch {
         s.watch = w;
     }

@@ -17,6 +17,7 @@ use super::connect::Connector;
 use super::headers::{add_via, strip_hop_by_hop, wants_upgrade};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
+use super::upstream_tls::{self, UpstreamIo};
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
@@ -32,6 +33,7 @@ pub async fn forward(
     state: &State,
     snap: &Snapshot,
     target: Target,
+    https: bool,
     checked: Option<Vec<SocketAddr>>,
     mut req: Request<Incoming>,
     rec: &AccessRecord,
@@ -58,14 +60,24 @@ pub async fn forward(
     let req = Request::from_parts(parts, RequestBody::new(body, rec.bytes_up.clone()));
 
     let limits = &snap.limits;
+    let key = (target.clone(), https);
     let dial = || async {
         let addrs = match checked {
             Some(a) => a,
             None => state.connector.resolve_checked(&target, &snap.egress, limits.dns_timeout).await?,
         };
-        Connector::dial(&addrs, limits.connect_timeout).await
+        let tcp = Connector::dial(&addrs, limits.connect_timeout).await?;
+        if https {
+            let tls = upstream_tls::handshake(&state.upstream_tls, &target.host, tcp);
+            let tls = tokio::time::timeout(limits.connect_timeout, tls)
+                .await
+                .map_err(|_| ProxyError::ConnectionTimeout)??;
+            Ok(UpstreamIo::Tls(Box::new(tls)))
+        } else {
+            Ok(UpstreamIo::Plain(tcp))
+        }
     };
-    let sent = state.pool.send(&target, req, limits.upstream_response_timeout, dial).await?;
+    let sent = state.pool.send(&key, req, limits.upstream_response_timeout, dial).await?;
     let mut resp = sent.response;
 
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
@@ -91,7 +103,7 @@ pub async fn forward(
         add_via(resp.headers_mut(), version);
     }
     if let Some(conn) = sent.conn {
-        state.pool.checkin(target, conn);
+        state.pool.checkin(key, conn);
     }
     Ok(Reply::Response(resp.map(ProxyBody::upstream)))
 }

@@ -12,6 +12,7 @@ pub mod pool;
 pub mod service;
 pub mod sessions;
 pub mod tunnel;
+pub mod upstream_tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +41,8 @@ pub struct State {
     pub connector: Connector,
     /// Upstream keep-alive pool.
     pub pool: Arc<Pool>,
+    /// TLS client for `https://` origins.
+    pub upstream_tls: tokio_rustls::TlsConnector,
     /// Every connection and tunnel task, for graceful shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when shutdown's grace period is over: closes tunnels.
@@ -62,6 +65,13 @@ pub struct State {
 impl State {
     /// Builds the shared state around a first snapshot.
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
+        // The CA file was read once already during validation.
+        let upstream_tls = upstream_tls::connector(snapshot.upstream_ca.as_deref())
+            .or_else(|e| {
+                tracing::error!(error = %e, "upstream CA file unusable; using the system roots");
+                upstream_tls::connector(None)
+            })
+            .unwrap_or_else(|_| upstream_tls::verify_nothing_connector());
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let auth = Authenticator::new(workers, snapshot.auth.max_pending);
         let cert_slots = snapshot.server.tls.iter().map(|t| CertSlot::new(t.certified.clone())).collect();
@@ -71,6 +81,7 @@ impl State {
             auth,
             connector,
             pool: Arc::new(Pool::new(Duration::from_secs(60))),
+            upstream_tls,
             tasks: TaskTracker::new(),
             kill: CancellationToken::new(),
             sessions: Arc::new(Sessions::default()),

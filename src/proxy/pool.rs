@@ -15,11 +15,14 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
+use super::upstream_tls::UpstreamIo;
 use crate::body::RequestBody;
 use crate::error::ProxyError;
 use crate::target::Target;
+
+/// Pool key: the origin and whether it is spoken to over TLS.
+pub type Key = (Target, bool);
 
 /// Idle connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 64;
@@ -33,7 +36,7 @@ struct Idle {
 
 /// The upstream connection pool.
 pub struct Pool {
-    idle: Mutex<HashMap<Target, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
     idle_timeout: Duration,
 }
 
@@ -52,7 +55,7 @@ impl Pool {
         Pool { idle: Mutex::new(HashMap::new()), idle_timeout }
     }
 
-    fn checkout(&self, key: &Target) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, key: &Key) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         let now = Instant::now();
@@ -72,7 +75,7 @@ impl Pool {
     }
 
     /// Returns a connection to the pool once its current response is done.
-    pub fn checkin(self: &std::sync::Arc<Self>, key: Target, mut tx: SendRequest<RequestBody>) {
+    pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut tx: SendRequest<RequestBody>) {
         let pool = self.clone();
         tokio::spawn(async move {
             if tx.ready().await.is_err() {
@@ -104,14 +107,14 @@ impl Pool {
     /// The dial error, or `UpstreamProtocol` / `UpstreamReadTimeout`.
     pub async fn send<D, F>(
         &self,
-        key: &Target,
+        key: &Key,
         mut req: Request<RequestBody>,
         head_timeout: Duration,
         dial: D,
     ) -> Result<Sent, ProxyError>
     where
         D: FnOnce() -> F,
-        F: Future<Output = Result<TcpStream, ProxyError>>,
+        F: Future<Output = Result<UpstreamIo, ProxyError>>,
     {
         while let Some(mut tx) = self.checkout(key) {
             match timed(head_timeout, tx.try_send_request(req)).await? {

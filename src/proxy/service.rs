@@ -37,12 +37,15 @@ pub struct Client {
     pub session: Arc<Session>,
     /// Where the connection is in its request cycle (for its timers).
     pub phase: Arc<Phase>,
+    /// Whether the client reached us over TLS.
+    pub tls: bool,
 }
 
 /// What a request asks for.
 enum Kind {
     Connect(Target),
-    Forward(Target),
+    /// An absolute-form request; `true` for `https://`.
+    Forward(Target, bool),
 }
 
 /// A successful dispatch: a response, maybe with a tunnel to run after it.
@@ -104,7 +107,7 @@ async fn process(
     mut req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Reply, Failure> {
-    let kind = classify(&req).map_err(|e| (e, false))?;
+    let kind = classify(&req, client.tls).map_err(|e| (e, false))?;
     if via_names_us(req.headers()) {
         return Err((ProxyError::LoopDetected, false));
     }
@@ -113,7 +116,7 @@ async fn process(
     rec.user = Some(user.name.clone());
 
     let target = match &kind {
-        Kind::Connect(t) | Kind::Forward(t) => t,
+        Kind::Connect(t) | Kind::Forward(t, _) => t,
     };
     let method = req.method().clone();
     let addrs = authorize(state, snap, &user, &method, target, rec).await.map_err(|e| (e, false))?;
@@ -127,7 +130,7 @@ async fn process(
             };
             tunnel::open(snap, addrs, req).await
         }
-        Kind::Forward(target) => forward::forward(state, snap, target, addrs, req, rec).await,
+        Kind::Forward(target, https) => forward::forward(state, snap, target, https, addrs, req, rec).await,
     };
     match reply {
         Ok(Reply::Tunnel(resp, mut job)) => {
@@ -253,7 +256,10 @@ async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(5), drain).await, Ok(true))
 }
 
-fn classify(req: &Request<Incoming>) -> Result<Kind, ProxyError> {
+/// What the request asks for. Absolute-form `https://` is forwarded over TLS
+/// only when it arrived over TLS: on a plain listener the client's https
+/// payload would cross the network in clear, so it is told to use CONNECT.
+fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError> {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
         let authority = uri.authority().ok_or(ProxyError::BadTarget { detail: "CONNECT needs host:port" })?;
@@ -263,15 +269,17 @@ fn classify(req: &Request<Incoming>) -> Result<Kind, ProxyError> {
     }
     match uri.scheme_str() {
         None => Err(ProxyError::OriginForm),
-        Some(s) if s.eq_ignore_ascii_case("http") => {
+        Some(s) if s.eq_ignore_ascii_case("http") || (over_tls && s.eq_ignore_ascii_case("https")) => {
+            let https = s.eq_ignore_ascii_case("https");
             let host = uri.host().ok_or(ProxyError::BadTarget { detail: "no host" })?;
             let host = parse_host(host).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
             let port = match uri.port_u16() {
+                None if https => 443,
                 None => 80,
                 Some(0) => return Err(ProxyError::BadTarget { detail: "bad port" }),
                 Some(p) => p,
             };
-            Ok(Kind::Forward(Target { host, port }))
+            Ok(Kind::Forward(Target { host, port }, https))
         }
         Some(s) => Err(ProxyError::UnsupportedScheme {
             scheme: s.chars().take(16).collect::<String>().to_ascii_lowercase(),

@@ -185,10 +185,10 @@ async fn serve(
         return;
     };
     match &listener.tls {
-        None => serve_http(state, stream, client_addr, stop).await,
+        None => serve_http(state, stream, client_addr, false, stop).await,
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(state, tls, client_addr, stop).await,
+                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, stop).await,
                 Ok(Err(e)) => tracing::debug!(client = %client_addr, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %client_addr, "TLS handshake timed out"),
             }
@@ -204,7 +204,7 @@ fn head_too_large_response() -> Vec<u8> {
     respond::raw_error_response(&ProxyError::HeadTooLarge, "-")
 }
 
-async fn serve_http<S>(state: Arc<State>, io: S, addr: SocketAddr, stop: CancellationToken)
+async fn serve_http<S>(state: Arc<State>, io: S, addr: SocketAddr, tls: bool, stop: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -212,7 +212,7 @@ where
     let phase = Arc::new(Phase::default());
     let guard = state.sessions.open(None);
     let revoked = guard.session.token.clone();
-    let client = Client { addr, session: guard.session.clone(), phase: phase.clone() };
+    let client = Client { addr, session: guard.session.clone(), phase: phase.clone(), tls };
     let timeouts = Timeouts {
         idle: limits.idle_timeout,
         head: limits.header_read_timeout,

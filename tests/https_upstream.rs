@@ -1,0 +1,144 @@
+//! Absolute-form `https://` requests sent to the TLS listener are forwarded
+//! over TLS to the origin, which must verify against `[upstream] ca_file`.
+
+mod common;
+#[path = "support/pki.rs"]
+mod pki;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use common::*;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+/// A TLS origin (hyper behind tokio-rustls) answering `hello over tls`.
+fn spawn_tls_origin(leaf: &pki::Leaf) -> SocketAddr {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(s).await else { return };
+                let mut buf = vec![0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let body = format!("hello over tls; first line: {}", head.lines().next().unwrap_or(""));
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn spawn_tls_proxy(
+    dir: &TempDir,
+    proxy_ca: &pki::Ca,
+    upstream_ca_pem: &str,
+) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
+    let leaf = proxy_ca.leaf("proxy");
+    dir.write("proxy-cert.pem", &leaf.cert_pem);
+    dir.write("proxy-key.pem", &leaf.key_pem);
+    dir.write("upstream-ca.pem", upstream_ca_pem);
+    let cfg = "[server]\nlisten = [\"127.0.0.1:0\"]\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n[auth]\nusers_file = \"users.toml\"\n[upstream]\nca_file = \"upstream-ca.pem\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
+    let path = dir.write("authgate.toml", cfg);
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    let plain = listeners[0].local_addr().unwrap();
+    let tls = listeners[1].local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(authgate::run(state, listeners, async move {
+        let _ = rx.await;
+    }));
+    (plain, tls, tx)
+}
+
+/// Sends `GET https://origin/` in absolute form over TLS to the proxy.
+async fn get_https_via(proxy_tls: SocketAddr, proxy_ca_pem: &str, origin: SocketAddr) -> RawResponse {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(proxy_ca_pem.as_bytes()).unwrap()).unwrap();
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(proxy_tls).await.unwrap();
+    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let req = request(
+        "GET",
+        &format!("https://127.0.0.1:{}/secure", origin.port()),
+        &[
+            ("Host", &format!("127.0.0.1:{}", origin.port())),
+            ("Proxy-Authorization", &basic("alice", "a1")),
+            ("Connection", "close"),
+        ],
+    );
+    tls.write_all(&req).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> RawResponse {
+    let end =
+        find(raw, b"\r\n\r\n").unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap().to_string();
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers =
+        lines.filter_map(|l| l.split_once(": ")).map(|(n, v)| (n.to_string(), v.to_string())).collect();
+    RawResponse { raw: raw.to_vec(), status_line, status, headers, body: raw[end + 4..].to_vec() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_absolute_form_is_forwarded_over_verified_tls() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
+    let dir = TempDir::new();
+    let (plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert!(r.text().contains("hello over tls; first line: GET /secure HTTP/1.1"), "{}", r.text());
+    // The same request on the plain listener is refused: use CONNECT there.
+    let req = format!("https://127.0.0.1:{}/secure", origin.port());
+    let r = get(plain, &req, &[("Host", "x"), ("Proxy-Authorization", &basic("alice", "a1"))]).await;
+    assert_proxy_error(&r, 400, "http_request_error", "unsupported_scheme");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_certificate_from_the_wrong_ca_is_a_502() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let other_ca = pki::Ca::new("some other CA");
+    let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &other_ca.cert_pem).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
+}
