@@ -103,11 +103,10 @@ impl Body for ProxyBody {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref() {
                 this.sent += data.len() as u64;
             }
-        }
         if let (Poll::Ready(Some(Err(_))), Some(log)) = (&polled, this.log.as_mut()) {
             log.outcome = "upstream_body_error";
         }
@@ -152,11 +151,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref() {
                 self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
             }
-        }
         polled
     }
 

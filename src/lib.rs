@@ -5,14 +5,14 @@
 //!
 //! - [`config`]: TOML files → one validated, immutable [`config::Snapshot`]
 //! - [`auth`]: `Proxy-Authorization` parsing, users, verified cache, argon2 pool
-//! - [`policy`]: egress IP policy (and access rules)
+//! - [`policy`]: access rules (who may reach what) and the egress IP policy
 //! - [`target`]: strict parsing of request targets
 //! - [`proxy`]: per-request flow, CONNECT tunnels, forwarding, upstream dialing
 //! - [`respond`]: every response authgate makes itself
 //! - [`body`]: response/request bodies with byte counting and the access log
 //! - [`cli`]: `explain`, `users` and other subcommands (no ports bound)
 //! - [`server`]: listeners, connections, graceful shutdown
-//! - [`telemetry`]: logging
+//! - [`telemetry`]: logging and metrics
 //! - [`error`]: the one error type, grouped by who is at fault
 
 #![forbid(unsafe_code)]

@@ -336,6 +336,28 @@ pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
     q_html > q_json
 }
 
+/// The same response as [`error_response`], serialised as HTTP/1.1 bytes
+/// with `Connection: close`: for answers written straight to a socket
+/// (408, 431, 503 at accept) where no HTTP machinery runs.
+pub fn raw_error_response(err: &ProxyError, request_id: &str) -> Vec<u8> {
+    let ctx = Context { request_id, realm: PROXY_NAME, html: false };
+    let resp = error_response(err, &ctx);
+    let status = resp.status();
+    let body = resp.body().full_bytes().unwrap_or_default();
+    let mut out =
+        format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("Error"))
+            .into_bytes();
+    for (name, value) in resp.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,26 +408,4 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), all.len());
     }
-}
-
-/// The same response as [`error_response`], serialised as HTTP/1.1 bytes
-/// with `Connection: close`: for answers written straight to a socket
-/// (408, 431, 503 at accept) where no HTTP machinery runs.
-pub fn raw_error_response(err: &ProxyError, request_id: &str) -> Vec<u8> {
-    let ctx = Context { request_id, realm: PROXY_NAME, html: false };
-    let resp = error_response(err, &ctx);
-    let status = resp.status();
-    let body = resp.body().full_bytes().unwrap_or_default();
-    let mut out =
-        format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or("Error"))
-            .into_bytes();
-    for (name, value) in resp.headers() {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
-    out.extend_from_slice(&body);
-    out
 }

@@ -88,13 +88,11 @@ impl Authenticator {
             return Outcome::Refused { reason: Refusal::Missing, username: None };
         };
         let now = Instant::now();
-        if let Some((name, fingerprint)) = self.cache.get(header, now) {
-            if let Some(user) = users.get(&name) {
-                if user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok() {
+        if let Some((name, fingerprint)) = self.cache.get(header, now)
+            && let Some(user) = users.get(&name)
+                && user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok() {
                     return Outcome::Ok(user.clone());
                 }
-            }
-        }
         if let Err(retry) = self.throttle.check(client, throttle, now) {
             return Outcome::Throttled(retry);
         }

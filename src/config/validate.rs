@@ -138,11 +138,10 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
             s.auth.users_file = base.join(f.get_ref());
         }
     }
-    if let Some(ttl) = &raw.auth.cache_ttl {
-        if let Some(d) = duration(&mut c, ttl, "auth.cache_ttl") {
+    if let Some(ttl) = &raw.auth.cache_ttl
+        && let Some(d) = duration(&mut c, ttl, "auth.cache_ttl") {
             s.auth.cache_ttl = d;
         }
-    }
     if let Some(mp) = &raw.auth.max_pending {
         match usize::try_from(*mp.get_ref()) {
             Ok(n) if (1..=1_000_000).contains(&n) => s.auth.max_pending = n,
@@ -300,7 +299,8 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
             }
         }
     }
-    let counts: [(&Option<Spanned<i64>>, &mut usize, &str, std::ops::RangeInclusive<i64>); 3] = [
+    type Count<'a> = (&'a Option<Spanned<i64>>, &'a mut usize, &'static str, std::ops::RangeInclusive<i64>);
+    let counts: [Count<'_>; 3] = [
         (&raw.max_header_bytes, &mut l.max_header_bytes, "limits.max_header_bytes", 8192..=1_048_576),
         (&raw.max_connections, &mut l.max_connections, "limits.max_connections", 1..=10_000_000),
         (

@@ -109,23 +109,21 @@ impl Rule {
         let who = match (&self.users, &self.groups) {
             (None, None) => true,
             (users, groups) => {
-                users.as_ref().is_some_and(|u| u.iter().any(|n| *n == q.user.name))
+                users.as_ref().is_some_and(|u| u.contains(&q.user.name))
                     || groups.as_ref().is_some_and(|g| g.iter().any(|g| q.user.in_group(g)))
             }
         };
         if !who {
             return Check::Miss("user/group");
         }
-        if let Some(methods) = &self.methods {
-            if !methods.contains(q.method) {
+        if let Some(methods) = &self.methods
+            && !methods.contains(q.method) {
                 return Check::Miss("method");
             }
-        }
-        if let Some(ports) = &self.ports {
-            if !ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&q.target.port)) {
+        if let Some(ports) = &self.ports
+            && !ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&q.target.port)) {
                 return Check::Miss("port");
             }
-        }
         if let Some(hosts) = &self.hosts {
             let host = host_text(&q.target.host);
             if !hosts.iter().any(|p| p.matches(&host)) {
@@ -280,7 +278,8 @@ mod tests {
         let mixed = ["203.0.113.5".parse().unwrap(), "8.8.8.8".parse().unwrap()];
         let bad = ["198.51.100.1".parse().unwrap(), "8.8.8.8".parse().unwrap()];
         #[rustfmt::skip]
-        let cases: &[(&User, Method, &str, Option<&[IpAddr]>, Option<Option<&str>>, Action)] = &[
+        type Case<'a> = (&'a User, Method, &'a str, Option<&'a [IpAddr]>, Option<Option<&'a str>>, Action);
+        let cases: &[Case<'_>] = &[
             // (user, method, target, addrs, Some(deciding rule) or None = needs addrs, action)
             (&eng, Method::CONNECT, "crates.io:443", None, Some(Some("eng-registries")), Action::Allow),
             (&eng, Method::CONNECT, "CRATES.IO.:443", None, Some(Some("eng-registries")), Action::Allow),

@@ -160,12 +160,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            HEAD => {
-                if this.timer.as_mut().poll(cx).is_ready() {
+            HEAD
+                if this.timer.as_mut().poll(cx).is_ready() => {
                     this.reject = Some(((this.on_head_timeout)(), 0));
                     return this.poll_reject(cx);
                 }
-            }
             _ => {}
         }
         let before = buf.filled().len();

@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A proxy started from a whole config file (for tests that need sections
 //! `common::base_config` fixes, such as `[egress]`).
 

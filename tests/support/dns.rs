@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A tiny authoritative DNS server on 127.0.0.1:0 (UDP) for tests: answers A
 //! queries from a table, NXDOMAIN for names it does not know, and never
 //! answers names listed as "slow" (to test timeouts). AAAA gets an empty

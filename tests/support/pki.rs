@@ -1,3 +1,4 @@
+#![allow(dead_code)]
 //! A throwaway CA and certificates for loopback TLS tests (rcgen, ring).
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
