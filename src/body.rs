@@ -85,7 +85,7 @@ impl Drop for ProxyBody {
         }
         if let Some(mut record) = self.log.take() {
             record.bytes_down = self.sent;
-            record.emit();
+            record.finish();
         }
     }
 }
@@ -104,9 +104,10 @@ impl Body for ProxyBody {
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref() {
-                this.sent += data.len() as u64;
-            }
+            && let Some(data) = frame.data_ref()
+        {
+            this.sent += data.len() as u64;
+        }
         if let (Poll::Ready(Some(Err(_))), Some(log)) = (&polled, this.log.as_mut()) {
             log.outcome = "upstream_body_error";
         }
@@ -152,9 +153,10 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref() {
-                self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
+            && let Some(data) = frame.data_ref()
+        {
+            self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         polled
     }
 

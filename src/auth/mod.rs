@@ -47,6 +47,7 @@ pub struct Authenticator {
     waiting: AtomicUsize,
     max_pending: usize,
     throttle: throttle::Throttle,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// What [`Authenticator::authenticate`] needs besides the header.
@@ -66,13 +67,14 @@ pub struct Request<'a> {
 
 impl Authenticator {
     /// `workers` argon2 verifications run at once; up to `max_pending` more wait.
-    pub fn new(workers: usize, max_pending: usize) -> Self {
+    pub fn new(workers: usize, max_pending: usize, metrics: Arc<crate::telemetry::Metrics>) -> Self {
         Authenticator {
             cache: VerifiedCache::new(),
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
             max_pending,
             throttle: throttle::Throttle::new(),
+            metrics,
         }
     }
 
@@ -90,9 +92,13 @@ impl Authenticator {
         let now = Instant::now();
         if let Some((name, fingerprint)) = self.cache.get(header, now)
             && let Some(user) = users.get(&name)
-                && user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok() {
-                    return Outcome::Ok(user.clone());
-                }
+            && user.fingerprint == fingerprint
+            && user.active_at(SystemTime::now()).is_ok()
+        {
+            self.metrics.cache(true);
+            return Outcome::Ok(user.clone());
+        }
+        self.metrics.cache(false);
         if let Err(retry) = self.throttle.check(client, throttle, now) {
             return Outcome::Throttled(retry);
         }
@@ -139,9 +145,13 @@ impl Authenticator {
             }
         };
         let users = users.clone();
+        let metrics = self.metrics.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            users.verify(&creds, SystemTime::now())
+            let started = Instant::now();
+            let verdict = users.verify(&creds, SystemTime::now());
+            metrics.argon2(started.elapsed());
+            verdict
         })
         .await;
         // A panic inside argon2 would be a bug; treat it as a refusal.

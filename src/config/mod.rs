@@ -156,6 +156,10 @@ pub struct Snapshot {
     pub watch: bool,
     /// `[upstream] ca_file`: roots for `https://` origins (system roots when `None`).
     pub upstream_ca: Option<PathBuf>,
+    /// `[admin] listen`: the admin listener, off when `None`.
+    pub admin: Option<SocketAddr>,
+    /// `[metrics] per_user`.
+    pub metrics_per_user: bool,
     /// The users.
     pub users: Arc<UserStore>,
 }
@@ -213,6 +217,8 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
         policy: settings.policy,
         watch: settings.watch,
         upstream_ca: settings.upstream_ca,
+        admin: settings.admin,
+        metrics_per_user: settings.metrics_per_user,
         users: Arc::new(store),
     })
 }

@@ -31,9 +31,29 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream: RawUpstream,
     #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub policy: RawPolicy,
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: Option<Spanned<String>>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Per-user series (capped).
+    pub per_user: Option<bool>,
 }
 
 /// `[upstream]`.

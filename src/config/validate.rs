@@ -24,6 +24,8 @@ pub struct Settings {
     pub policy: Policy,
     pub watch: bool,
     pub upstream_ca: Option<std::path::PathBuf>,
+    pub admin: Option<SocketAddr>,
+    pub metrics_per_user: bool,
 }
 
 fn defaults(path: &Path) -> Settings {
@@ -49,6 +51,8 @@ fn defaults(path: &Path) -> Settings {
         policy: Policy::default(),
         watch: true,
         upstream_ca: None,
+        admin: None,
+        metrics_per_user: false,
     }
 }
 
@@ -139,9 +143,10 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
         }
     }
     if let Some(ttl) = &raw.auth.cache_ttl
-        && let Some(d) = duration(&mut c, ttl, "auth.cache_ttl") {
-            s.auth.cache_ttl = d;
-        }
+        && let Some(d) = duration(&mut c, ttl, "auth.cache_ttl")
+    {
+        s.auth.cache_ttl = d;
+    }
     if let Some(mp) = &raw.auth.max_pending {
         match usize::try_from(*mp.get_ref()) {
             Ok(n) if (1..=1_000_000).contains(&n) => s.auth.max_pending = n,
@@ -258,6 +263,18 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
             Ok(_) => s.upstream_ca = Some(p),
             Err(m) => c.at(ca.span(), format!("upstream.ca_file: {m}")),
         }
+    }
+    if let Some(a) = &raw.admin.listen {
+        match a.get_ref().trim().parse::<SocketAddr>() {
+            Ok(addr) if s.server.listen.contains(&addr) || s.server.tls.iter().any(|t| t.listen == addr) => {
+                c.at(a.span(), "admin.listen: must not be a proxy listener's address")
+            }
+            Ok(addr) => s.admin = Some(addr),
+            Err(_) => c.at(a.span(), "admin.listen: not an address:port (e.g. \"127.0.0.1:9090\")"),
+        }
+    }
+    if let Some(p) = raw.metrics.per_user {
+        s.metrics_per_user = p;
     }
     if let Some(w) = raw.reload.watch {
         s.watch = w;

@@ -117,13 +117,15 @@ impl Rule {
             return Check::Miss("user/group");
         }
         if let Some(methods) = &self.methods
-            && !methods.contains(q.method) {
-                return Check::Miss("method");
-            }
+            && !methods.contains(q.method)
+        {
+            return Check::Miss("method");
+        }
         if let Some(ports) = &self.ports
-            && !ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&q.target.port)) {
-                return Check::Miss("port");
-            }
+            && !ports.iter().any(|(lo, hi)| (*lo..=*hi).contains(&q.target.port))
+        {
+            return Check::Miss("port");
+        }
         if let Some(hosts) = &self.hosts {
             let host = host_text(&q.target.host);
             if !hosts.iter().any(|p| p.matches(&host)) {
@@ -290,7 +292,14 @@ mod tests {
             (&eng, Method::CONNECT, "crates.io:9000", None, None, Action::Deny),
             (&eng, Method::CONNECT, "evilcrates.io:443", None, None, Action::Deny),
             (&eng, Method::CONNECT, "crates.io:25", None, Some(Some("no-smtp")), Action::Deny), // order: deny first
-            (&alice, Method::CONNECT, "anything.example:443", None, Some(Some("alice-anything-https")), Action::Allow),
+            (
+                &alice,
+                Method::CONNECT,
+                "anything.example:443",
+                None,
+                Some(Some("alice-anything-https")),
+                Action::Allow,
+            ),
             (&alice, Method::CONNECT, "smtp.example:587", None, Some(Some("no-smtp")), Action::Deny),
             (&other, Method::CONNECT, "crates.io:443", Some(&[]), Some(None), Action::Deny), // default
             (&other, Method::CONNECT, "x.example:443", Some(&lab_ip), Some(Some("lab-net")), Action::Allow),

@@ -87,6 +87,7 @@ pub async fn forward(
         let Some(client) = client_upgrade else {
             return Err(ProxyError::UpstreamProtocol { detail: "101 without an upgrade request" });
         };
+        state.metrics.upstream_response(101);
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
@@ -97,6 +98,7 @@ pub async fn forward(
         return Ok(Reply::Tunnel(resp, Job { client, upstream: Upstream::Upgraded(origin), user: None }));
     }
 
+    state.metrics.upstream_response(resp.status().as_u16());
     strip_hop_by_hop(resp.headers_mut(), false);
     if snap.server.via {
         let version = resp.version();

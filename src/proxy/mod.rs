@@ -9,6 +9,7 @@ pub mod dns;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod relay;
 pub mod service;
 pub mod sessions;
 pub mod tunnel;
@@ -26,6 +27,7 @@ use crate::auth::Authenticator;
 use crate::config::Snapshot;
 use crate::server::limits::ConnLimiter;
 use crate::server::tls::CertSlot;
+use crate::telemetry::Metrics;
 use connect::Connector;
 use dns::Resolver;
 use pool::Pool;
@@ -41,6 +43,8 @@ pub struct State {
     pub connector: Connector,
     /// Upstream keep-alive pool.
     pub pool: Arc<Pool>,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<Metrics>,
     /// TLS client for `https://` origins.
     pub upstream_tls: tokio_rustls::TlsConnector,
     /// Every connection and tunnel task, for graceful shutdown.
@@ -73,7 +77,8 @@ impl State {
             })
             .unwrap_or_else(|_| upstream_tls::verify_nothing_connector());
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let auth = Authenticator::new(workers, snapshot.auth.max_pending);
+        let metrics = Arc::new(Metrics::new(snapshot.metrics_per_user));
+        let auth = Authenticator::new(workers, snapshot.auth.max_pending, metrics.clone());
         let cert_slots = snapshot.server.tls.iter().map(|t| CertSlot::new(t.certified.clone())).collect();
         let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
         Arc::new(State {
@@ -81,6 +86,7 @@ impl State {
             auth,
             connector,
             pool: Arc::new(Pool::new(Duration::from_secs(60))),
+            metrics,
             upstream_tls,
             tasks: TaskTracker::new(),
             kill: CancellationToken::new(),

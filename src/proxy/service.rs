@@ -13,14 +13,15 @@ use super::State;
 use super::headers::via_names_us;
 use super::sessions::Session;
 use super::{forward, tunnel};
-use crate::auth::{Outcome, User};
+use crate::auth::{Outcome, Refusal, User};
 use crate::body::ProxyBody;
 use crate::config::Snapshot;
-use crate::error::ProxyError;
+use crate::error::{Fault, ProxyError};
 use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
 use crate::target::{Target, parse_authority, parse_host};
+use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent};
 
 /// Largest rejected request body that is read and discarded to keep the
@@ -62,25 +63,37 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     let snap = state.snapshot.load_full();
     let request_id = state.next_request_id();
     let html = prefers_html(req.headers().get(header::ACCEPT));
+    let connect = req.method() == Method::CONNECT;
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
+    rec.metrics = Some(state.metrics.clone());
+    rec.log = snap.log.access;
 
-    match process(&state, &snap, &client, req, &mut rec).await {
+    let result = process(&state, &snap, &client, req, &mut rec).await;
+    let user = rec.user.clone();
+    let count = |outcome| state.metrics.request(outcome, user.as_deref());
+    match result {
         Ok(Reply::Response(resp)) => {
+            count(Counted::Forwarded);
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
             rec.status = resp.status().as_u16();
             if rec.outcome.is_empty() {
                 rec.outcome = "forwarded";
             }
-            attach_log(resp, rec, snap.log.access)
+            resp.map(|b| b.with_log(rec))
         }
         Ok(Reply::Tunnel(resp, job)) => {
+            count(if connect { Counted::Tunnel } else { Counted::Forwarded });
             client.phase.tunnel();
             rec.status = resp.status().as_u16();
-            tunnel::spawn(&state, job, rec, snap.log.access);
+            tunnel::spawn(&state, job, rec);
             resp
         }
         Err((err, close)) => {
             let d = respond::describe(&err);
+            count(outcome_of(&err));
+            if err.fault() == Fault::Upstream {
+                state.metrics.upstream_error(d.proxy_status);
+            }
             rec.status = d.status.as_u16();
             rec.outcome = d.code;
             let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
@@ -88,13 +101,25 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             if close {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            attach_log(resp, rec, snap.log.access)
+            resp.map(|b| b.with_log(rec))
         }
     }
 }
 
-fn attach_log(resp: Response<ProxyBody>, rec: AccessRecord, enabled: bool) -> Response<ProxyBody> {
-    if enabled { resp.map(|b| b.with_log(rec)) } else { resp }
+/// The metrics outcome of an error answered by authgate.
+fn outcome_of(err: &ProxyError) -> Counted {
+    match err {
+        ProxyError::ProxyAuthRequired => Counted::ProxyAuthRequired,
+        ProxyError::DeniedByRule { .. } => Counted::Denied,
+        ProxyError::DestinationIpProhibited { .. } => Counted::IpProhibited,
+        ProxyError::Throttled { .. } => Counted::Throttled,
+        ProxyError::AuthOverloaded { .. } | ProxyError::TooManyConnections => Counted::Overloaded,
+        ProxyError::Internal => Counted::InternalError,
+        e => match e.fault() {
+            Fault::Upstream => Counted::UpstreamError,
+            _ => Counted::BadRequest,
+        },
+    }
 }
 
 /// The error, and whether the connection must close after it.
@@ -213,6 +238,11 @@ async fn authenticate(
             Err((ProxyError::AuthOverloaded { retry_after: respond::OVERLOAD_RETRY }, close))
         }
         Outcome::Refused { reason, username } => {
+            state.metrics.auth_failure(match reason {
+                Refusal::Missing => AuthFailure::Missing,
+                Refusal::Malformed => AuthFailure::Malformed,
+                _ => AuthFailure::Invalid,
+            });
             AuditEvent {
                 request_id: &rec.request_id,
                 client: client.addr,

@@ -11,17 +11,21 @@ use std::sync::atomic::Ordering;
 
 use http::Request;
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
+use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::State;
 use super::connect::Connector;
+use super::relay::{End, Relay};
 use super::service::{Reply, connect_established};
 use crate::auth::User;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
+use crate::server::guard::Guarded;
 use crate::telemetry::AccessRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -59,59 +63,86 @@ pub async fn open(
 
 /// Runs a tunnel in the background, tracked for graceful shutdown; logs its
 /// access event when it ends.
-pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, log: bool) {
+pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord) {
     let kill = state.kill.clone();
     let idle = state.snapshot.load().limits.tunnel_idle_timeout;
     let guard = state.sessions.open(job.user.as_deref());
+    let metrics = state.metrics.clone();
     state.tasks.spawn(async move {
         let revoked = guard.session.token.clone();
         let client = match job.client.await {
-            Ok(u) => TokioIo::new(u),
+            Ok(u) => u,
             Err(e) => {
                 tracing::debug!(error = %e, "client upgrade failed");
                 rec.outcome = "client_gone";
-                if log {
-                    rec.emit();
-                }
+                rec.finish();
                 return;
             }
         };
-        let (up, down, outcome) = match job.upstream {
-            Upstream::Tcp(tcp) => relay(client, tcp, &kill, &revoked, idle).await,
+        metrics.tunnels(1);
+        let mut relay = Relay::default();
+        let outcome = match job.upstream {
+            Upstream::Tcp(mut tcp) => match take_tcp(client) {
+                // Plain listener: back to the raw socket, hyper out of the path.
+                Ok((mut sock, early)) => match write_early(&mut tcp, &early).await {
+                    Ok(()) => run(&mut relay, &mut sock, &mut tcp, &kill, &revoked, idle).await,
+                    Err(_) => "tunnel_error",
+                },
+                Err(upgraded) => {
+                    run(&mut relay, &mut TokioIo::new(upgraded), &mut tcp, &kill, &revoked, idle).await
+                }
+            },
             Upstream::Upgraded(on) => match on.await {
-                Ok(u) => relay(client, TokioIo::new(u), &kill, &revoked, idle).await,
-                Err(_) => (0, 0, "upstream_upgrade_failed"),
+                Ok(u) => {
+                    run(&mut relay, &mut TokioIo::new(client), &mut TokioIo::new(u), &kill, &revoked, idle)
+                        .await
+                }
+                Err(_) => "upstream_upgrade_failed",
             },
         };
-        rec.bytes_up.fetch_add(up, Ordering::Relaxed);
-        rec.bytes_down = down;
+        metrics.tunnels(-1);
+        rec.bytes_up.fetch_add(relay.up(), Ordering::Relaxed);
+        rec.bytes_down = relay.down();
         rec.outcome = outcome;
-        if log {
-            rec.emit();
-        }
+        rec.finish();
     });
 }
 
-/// Copies both ways until both sides are done, the tunnel idles out, or the
-/// proxy shuts down. Returns (client→origin bytes, origin→client bytes, outcome).
-async fn relay<A, B>(
-    mut client: A,
-    mut origin: B,
+/// The client's TCP socket and any bytes hyper read past the CONNECT head,
+/// when the connection came in on a plain listener.
+fn take_tcp(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded> {
+    upgraded
+        .downcast::<TokioIo<Guarded<TcpStream>>>()
+        .map(|parts| (parts.io.into_inner().into_inner(), parts.read_buf))
+}
+
+async fn write_early(origin: &mut TcpStream, early: &[u8]) -> std::io::Result<()> {
+    if !early.is_empty() {
+        origin.write_all(early).await?;
+    }
+    Ok(())
+}
+
+/// Relays until the tunnel ends, the proxy shuts down, or the user is revoked.
+async fn run<A, B>(
+    relay: &mut Relay,
+    client: &mut A,
+    origin: &mut B,
     kill: &CancellationToken,
     revoked: &CancellationToken,
-    idle: std::time::Duration,
-) -> (u64, u64, &'static str)
+    idle: Duration,
+) -> &'static str
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = idle;
     tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut origin) => match r {
-            Ok((up, down)) => (up, down, "tunnel_closed"),
-            Err(_) => (0, 0, "tunnel_error"),
+        end = relay.run(client, origin, idle) => match end {
+            End::Closed => "tunnel_closed",
+            End::Idle => "tunnel_idle_timeout",
+            End::Error => "tunnel_error",
         },
-        _ = kill.cancelled() => (0, 0, "tunnel_shutdown"),
-        _ = revoked.cancelled() => (0, 0, "user_revoked"),
+        _ = kill.cancelled() => "tunnel_shutdown",
+        _ = revoked.cancelled() => "user_revoked",
     }
 }

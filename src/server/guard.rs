@@ -70,8 +70,8 @@ pub struct Timeouts {
     pub max_head: usize,
 }
 
-/// Builds the raw bytes of a canned answer (408, 431).
-pub type Canned = fn() -> Vec<u8>;
+/// Builds the raw bytes of a canned answer (408, 431); called at most once.
+pub type Canned = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
 
 /// A client socket with idle and head timers.
 pub struct Guarded<S> {
@@ -160,11 +160,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            HEAD
-                if this.timer.as_mut().poll(cx).is_ready() => {
-                    this.reject = Some(((this.on_head_timeout)(), 0));
-                    return this.poll_reject(cx);
-                }
+            HEAD if this.timer.as_mut().poll(cx).is_ready() => {
+                this.reject = Some(((this.on_head_timeout)(), 0));
+                return this.poll_reject(cx);
+            }
             _ => {}
         }
         let before = buf.filled().len();

@@ -7,6 +7,7 @@
 //! accepting, let in-flight requests finish (idle keep-alive connections are
 //! closed), give tunnels `limits.shutdown_grace`, then close whatever is left.
 
+pub mod admin;
 pub mod guard;
 pub mod limits;
 pub mod proxy_protocol;
@@ -31,24 +32,31 @@ use crate::error::ProxyError;
 use crate::proxy::State;
 use crate::proxy::service::{self, Client};
 use crate::respond;
-use guard::{Guarded, Phase, Timeouts};
+use crate::telemetry::metrics::Outcome as Counted;
+use guard::{Canned, Guarded, Phase, Timeouts};
 
 /// A bound listener and how to treat its connections.
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
+    admin: bool,
 }
 
 impl Listener {
     /// A plain-TCP proxy listener.
     pub fn plain(tcp: TcpListener, proxy_protocol: bool) -> Self {
-        Listener { tcp, tls: None, proxy_protocol }
+        Listener { tcp, tls: None, proxy_protocol, admin: false }
+    }
+
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub fn admin(tcp: TcpListener) -> Self {
+        Listener { tcp, tls: None, proxy_protocol: false, admin: true }
     }
 
     /// A TLS proxy listener.
     pub fn tls(tcp: TcpListener, acceptor: TlsAcceptor, proxy_protocol: bool) -> Self {
-        Listener { tcp, tls: Some(acceptor), proxy_protocol }
+        Listener { tcp, tls: Some(acceptor), proxy_protocol, admin: false }
     }
 
     /// The bound address.
@@ -66,7 +74,7 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// Binds every listener of the state's snapshot (plain and TLS).
+/// Binds every listener of the state's snapshot (plain, TLS, admin).
 ///
 /// # Errors
 /// A message naming the address that could not be bound.
@@ -83,6 +91,11 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
             .map_err(|e| format!("cannot listen on {} (TLS): {e}", t.listen))?;
         let slot = state.cert_slots.get(i).cloned().ok_or("TLS listener without a certificate slot")?;
         out.push(Listener::tls(tcp, tls::acceptor(slot)?, t.proxy_protocol));
+    }
+    if let Some(addr) = snap.admin {
+        let tcp =
+            TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        out.push(Listener::admin(tcp));
     }
     Ok(out)
 }
@@ -134,6 +147,9 @@ async fn accept_loop(state: Arc<State>, listener: Arc<Listener>, stop: Cancellat
             _ = stop.cancelled() => return,
         };
         match accepted {
+            Ok((stream, _)) if listener.admin => {
+                tokio::spawn(admin::serve(state.clone(), stream));
+            }
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 state.tasks.spawn(serve(state.clone(), listener.clone(), stream, peer, stop.clone()));
@@ -177,6 +193,7 @@ async fn serve(
         state.conns.try_acquire(client_addr.ip(), limits.max_connections, limits.max_connections_per_ip)
     else {
         tracing::warn!(client = %client_addr, "connection refused: connection limit reached");
+        state.metrics.request(Counted::Overloaded, None);
         if listener.tls.is_none() {
             let id = state.next_request_id();
             let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
@@ -196,12 +213,15 @@ async fn serve(
     }
 }
 
-fn head_timeout_response() -> Vec<u8> {
-    respond::raw_error_response(&ProxyError::HeadTimeout, "-")
-}
-
-fn head_too_large_response() -> Vec<u8> {
-    respond::raw_error_response(&ProxyError::HeadTooLarge, "-")
+/// The 408/431 written by [`Guarded`]; counted and logged here.
+fn canned(state: &Arc<State>, err: ProxyError, client: SocketAddr) -> Canned {
+    let state = state.clone();
+    Box::new(move || {
+        let id = state.next_request_id();
+        state.metrics.request(Counted::BadRequest, None);
+        tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = respond::describe(&err).status.as_u16(), outcome = respond::describe(&err).code);
+        respond::raw_error_response(&err, &id)
+    })
 }
 
 async fn serve_http<S>(state: Arc<State>, io: S, addr: SocketAddr, tls: bool, stop: CancellationToken)
@@ -218,7 +238,13 @@ where
         head: limits.header_read_timeout,
         max_head: limits.max_header_bytes,
     };
-    let io = Guarded::new(io, phase, timeouts, head_timeout_response, head_too_large_response);
+    let io = Guarded::new(
+        io,
+        phase,
+        timeouts,
+        canned(&state, ProxyError::HeadTimeout, addr),
+        canned(&state, ProxyError::HeadTooLarge, addr),
+    );
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         // Synchronously, before the future runs: the head is complete.

@@ -66,6 +66,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
                 tracing::error!(problem = %p, "reload failed; the previous configuration stays in effect");
             }
             state.reload_failures.fetch_add(1, Ordering::Relaxed);
+            state.metrics.reload(false);
             return Err(e);
         }
     };
@@ -80,6 +81,9 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     if listeners(&new) != listeners(&old) {
         tracing::warn!("server.listen changed: listener changes take effect after a restart");
     }
+    if new.admin != old.admin {
+        tracing::warn!("admin.listen changed: takes effect after a restart");
+    }
     if new.dns_servers != old.dns_servers {
         tracing::warn!("dns.servers changed: takes effect after a restart");
     }
@@ -92,6 +96,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     let new = Arc::new(new);
     state.snapshot.store(new.clone());
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    state.metrics.reload(true);
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
     for user in old.users.iter() {
         if new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint) {

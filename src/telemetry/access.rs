@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::Metrics;
+
 /// Everything the access event of one request or tunnel reports.
 #[derive(Debug)]
 pub struct AccessRecord {
@@ -31,6 +33,10 @@ pub struct AccessRecord {
     pub outcome: &'static str,
     /// The rule that decided, if any.
     pub rule: Option<Arc<str>>,
+    /// Where byte counts go when the record finishes.
+    pub metrics: Option<Arc<Metrics>>,
+    /// Whether the access event is logged (`[log] access`).
+    pub log: bool,
 }
 
 impl AccessRecord {
@@ -48,6 +54,18 @@ impl AccessRecord {
             started: Instant::now(),
             outcome: "",
             rule: None,
+            metrics: None,
+            log: true,
+        }
+    }
+
+    /// The request is over: counts its bytes and logs the access event.
+    pub fn finish(&self) {
+        if let Some(m) = &self.metrics {
+            m.bytes(self.bytes_up.load(Ordering::Relaxed), self.bytes_down);
+        }
+        if self.log {
+            self.emit();
         }
     }
 

@@ -5,8 +5,10 @@
 //! never logged as a whole, and the user is logged only once authenticated.
 
 mod access;
+pub mod metrics;
 
 pub use access::{AccessRecord, AuditEvent, sanitize_username};
+pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;
 

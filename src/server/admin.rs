@@ -1,0 +1,58 @@
+//! The admin listener: `/metrics` (Prometheus), `/healthz`, `/readyz`.
+//!
+//! Never on a proxy port, and it asks for no credentials: bind it to
+//! loopback or a network only monitoring can reach.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::proxy::State;
+
+/// Answers one admin request.
+pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (method, path) {
+        (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            if state.ready.load(Ordering::Acquire) {
+                (StatusCode::OK, "text/plain", "ready\n".to_string())
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string())
+            }
+        }
+        (&Method::GET | &Method::HEAD, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render(state.generation.load(Ordering::Relaxed), state.conns.open()),
+        ),
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".to_string())
+        }
+        _ => (StatusCode::NOT_FOUND, "text/plain", "try /metrics, /healthz or /readyz\n".to_string()),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Serves one admin connection.
+pub async fn serve(state: Arc<State>, stream: TcpStream) {
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let resp = respond(&state, req.method(), req.uri().path());
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+}

@@ -1,0 +1,351 @@
+//! Prometheus metrics, kept in atomics and rendered as text on scrape.
+//!
+//! Every label comes from a fixed set, and every series exists (at 0) from
+//! the start, so alerts on `rate()` work before the first event. Per-user
+//! series exist only with `[metrics] per_user = true`, capped at
+//! [`MAX_USERS`] users (the rest are counted as `_other`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Most users with their own per-user series.
+pub const MAX_USERS: usize = 1000;
+
+/// How a request ended, for `authgate_requests_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Outcome {
+    /// Forwarded; the origin answered.
+    Forwarded,
+    /// CONNECT answered 200.
+    Tunnel,
+    /// 407 from authgate.
+    ProxyAuthRequired,
+    /// 403 by a rule.
+    Denied,
+    /// 403 by the egress IP policy.
+    IpProhibited,
+    /// 429.
+    Throttled,
+    /// 502/504 made by authgate.
+    UpstreamError,
+    /// 400/408/431/508 made by authgate.
+    BadRequest,
+    /// 503 made by authgate.
+    Overloaded,
+    /// 500 made by authgate.
+    InternalError,
+}
+
+const OUTCOMES: [&str; 10] = [
+    "forwarded",
+    "tunnel",
+    "proxy_auth_required",
+    "denied",
+    "ip_prohibited",
+    "throttled",
+    "upstream_error",
+    "bad_request",
+    "overloaded",
+    "internal_error",
+];
+
+/// Why a 407 was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum AuthFailure {
+    /// No header.
+    Missing,
+    /// Not valid Basic.
+    Malformed,
+    /// Unknown user, wrong password, disabled or expired.
+    Invalid,
+}
+
+const AUTH_FAILURES: [&str; 3] = ["missing", "malformed", "invalid"];
+
+const UPSTREAM_TYPES: [&str; 9] = [
+    "dns_error",
+    "dns_timeout",
+    "connection_refused",
+    "connection_timeout",
+    "destination_unavailable",
+    "connection_read_timeout",
+    "http_protocol_error",
+    "tls_certificate_error",
+    "other",
+];
+
+const CLASSES: [&str; 7] = ["1xx", "2xx", "3xx", "4xx", "5xx", "401", "403"];
+
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+fn counters<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+/// All counters and gauges.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: [AtomicU64; 10],
+    auth_failures: [AtomicU64; 3],
+    upstream_errors: [AtomicU64; 9],
+    upstream_responses: [AtomicU64; 7],
+    active_tunnels: AtomicI64,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    argon2_buckets: [AtomicU64; 12],
+    argon2_count: AtomicU64,
+    argon2_sum_micros: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    per_user: Mutex<Option<HashMap<String, [u64; 10]>>>,
+}
+
+impl Metrics {
+    /// Fresh metrics; `per_user` enables the per-user series.
+    pub fn new(per_user: bool) -> Self {
+        Metrics {
+            requests: counters(),
+            auth_failures: counters(),
+            upstream_errors: counters(),
+            upstream_responses: counters(),
+            active_tunnels: AtomicI64::new(0),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            argon2_buckets: counters(),
+            argon2_count: AtomicU64::new(0),
+            argon2_sum_micros: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            per_user: Mutex::new(per_user.then(HashMap::new)),
+        }
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, outcome: Outcome, user: Option<&str>) {
+        self.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(user) = user {
+            let mut guard = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(map) = guard.as_mut() {
+                let key = if map.contains_key(user) || map.len() < MAX_USERS { user } else { "_other" };
+                map.entry(key.to_owned()).or_insert([0; 10])[outcome as usize] += 1;
+            }
+        }
+    }
+
+    /// Counts a 407 by reason.
+    pub fn auth_failure(&self, reason: AuthFailure) {
+        self.auth_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an upstream error by its `Proxy-Status` type.
+    pub fn upstream_error(&self, proxy_status: &str) {
+        let i = UPSTREAM_TYPES.iter().position(|t| *t == proxy_status).unwrap_or(UPSTREAM_TYPES.len() - 1);
+        self.upstream_errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an origin response passed to a client.
+    pub fn upstream_response(&self, status: u16) {
+        let i = match status {
+            401 => 5,
+            403 => 6,
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.upstream_responses[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A tunnel opened (+1) or closed (-1).
+    pub fn tunnels(&self, delta: i64) {
+        self.active_tunnels.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Payload bytes relayed.
+    pub fn bytes(&self, up: u64, down: u64) {
+        self.bytes_up.fetch_add(up, Ordering::Relaxed);
+        self.bytes_down.fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// A verified-credential cache lookup.
+    pub fn cache(&self, hit: bool) {
+        if hit { &self.cache_hits } else { &self.cache_misses }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One argon2 verification and how long it took.
+    pub fn argon2(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.argon2_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.argon2_count.fetch_add(1, Ordering::Relaxed);
+        self.argon2_sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A reload attempt.
+    pub fn reload(&self, ok: bool) {
+        if ok { &self.reloads_ok } else { &self.reloads_failed }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self, generation: u64, active_connections: usize) -> String {
+        let mut o = String::with_capacity(8192);
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(&mut o, "authgate_requests_total", "counter", "Requests and CONNECTs by how they ended.");
+        for (i, l) in OUTCOMES.iter().enumerate() {
+            let _ = writeln!(o, "authgate_requests_total{{outcome=\"{l}\"}} {}", get(&self.requests[i]));
+        }
+        family(&mut o, "authgate_proxy_auth_failures_total", "counter", "407 responses by reason.");
+        for (i, l) in AUTH_FAILURES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "authgate_proxy_auth_failures_total{{reason=\"{l}\"}} {}",
+                get(&self.auth_failures[i])
+            );
+        }
+        family(
+            &mut o,
+            "authgate_upstream_errors_total",
+            "counter",
+            "502/504 made by authgate, by Proxy-Status error type.",
+        );
+        for (i, l) in UPSTREAM_TYPES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "authgate_upstream_errors_total{{type=\"{l}\"}} {}",
+                get(&self.upstream_errors[i])
+            );
+        }
+        family(
+            &mut o,
+            "authgate_upstream_responses_total",
+            "counter",
+            "Origin responses passed to clients by status class (401 and 403 on their own).",
+        );
+        for (i, l) in CLASSES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "authgate_upstream_responses_total{{class=\"{l}\"}} {}",
+                get(&self.upstream_responses[i])
+            );
+        }
+        family(&mut o, "authgate_active_connections", "gauge", "Client connections open now.");
+        let _ = writeln!(o, "authgate_active_connections {active_connections}");
+        family(&mut o, "authgate_active_tunnels", "gauge", "Tunnels (CONNECT and upgrades) open now.");
+        let _ = writeln!(o, "authgate_active_tunnels {}", self.active_tunnels.load(Ordering::Relaxed).max(0));
+        family(&mut o, "authgate_bytes_total", "counter", "Payload bytes relayed.");
+        let _ = writeln!(o, "authgate_bytes_total{{direction=\"up\"}} {}", get(&self.bytes_up));
+        let _ = writeln!(o, "authgate_bytes_total{{direction=\"down\"}} {}", get(&self.bytes_down));
+        family(&mut o, "authgate_auth_cache_total", "counter", "Verified-credential cache lookups.");
+        let _ = writeln!(o, "authgate_auth_cache_total{{result=\"hit\"}} {}", get(&self.cache_hits));
+        let _ = writeln!(o, "authgate_auth_cache_total{{result=\"miss\"}} {}", get(&self.cache_misses));
+        family(&mut o, "authgate_argon2_verifications_total", "counter", "Password verifications run.");
+        let _ = writeln!(o, "authgate_argon2_verifications_total {}", get(&self.argon2_count));
+        family(
+            &mut o,
+            "authgate_argon2_duration_seconds",
+            "histogram",
+            "Time of one password verification (queueing excluded).",
+        );
+        for (i, le) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "authgate_argon2_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                get(&self.argon2_buckets[i])
+            );
+        }
+        let count = get(&self.argon2_count);
+        let _ = writeln!(o, "authgate_argon2_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ =
+            writeln!(o, "authgate_argon2_duration_seconds_sum {}", get(&self.argon2_sum_micros) as f64 / 1e6);
+        let _ = writeln!(o, "authgate_argon2_duration_seconds_count {count}");
+        family(&mut o, "authgate_config_reloads_total", "counter", "Reloads of config and users.");
+        let _ = writeln!(o, "authgate_config_reloads_total{{result=\"ok\"}} {}", get(&self.reloads_ok));
+        let _ =
+            writeln!(o, "authgate_config_reloads_total{{result=\"failed\"}} {}", get(&self.reloads_failed));
+        family(&mut o, "authgate_config_generation", "gauge", "Generation of the live configuration.");
+        let _ = writeln!(o, "authgate_config_generation {generation}");
+        family(&mut o, "authgate_build_info", "gauge", "Always 1; labels describe the binary.");
+        let _ = writeln!(o, "authgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        let guard = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(map) = guard.as_ref() {
+            family(&mut o, "authgate_user_requests_total", "counter", "Requests per user (capped).");
+            let mut users: Vec<_> = map.iter().collect();
+            users.sort_by(|a, b| a.0.cmp(b.0));
+            for (user, counts) in users {
+                let user = escape_label(user);
+                for (i, l) in OUTCOMES.iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "authgate_user_requests_total{{user=\"{user}\",outcome=\"{l}\"}} {}",
+                        counts[i]
+                    );
+                }
+            }
+        }
+        o
+    }
+}
+
+fn escape_label(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '\\' => vec!['\\', '\\'],
+            '"' => vec!['\\', '"'],
+            '\n' => vec!['\\', 'n'],
+            c => vec![c],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_from_the_start_and_counts() {
+        let m = Metrics::new(false);
+        let text = m.render(1, 0);
+        assert!(text.contains("authgate_requests_total{outcome=\"throttled\"} 0"));
+        m.request(Outcome::Denied, Some("alice"));
+        m.upstream_response(401);
+        m.upstream_error("dns_timeout");
+        m.argon2(Duration::from_millis(20));
+        let text = m.render(3, 2);
+        assert!(text.contains("authgate_requests_total{outcome=\"denied\"} 1"));
+        assert!(text.contains("authgate_upstream_responses_total{class=\"401\"} 1"));
+        assert!(text.contains("authgate_upstream_responses_total{class=\"4xx\"} 0"));
+        assert!(text.contains("authgate_upstream_errors_total{type=\"dns_timeout\"} 1"));
+        assert!(text.contains("authgate_argon2_duration_seconds_bucket{le=\"0.025\"} 1"));
+        assert!(text.contains("authgate_argon2_duration_seconds_bucket{le=\"0.01\"} 0"));
+        assert!(text.contains("authgate_config_generation 3"));
+        assert!(text.contains("authgate_active_connections 2"));
+        assert!(!text.contains("alice"), "no per-user series unless enabled");
+    }
+
+    #[test]
+    fn per_user_series_are_capped() {
+        let m = Metrics::new(true);
+        for i in 0..(MAX_USERS + 5) {
+            m.request(Outcome::Forwarded, Some(&format!("u{i}")));
+        }
+        let text = m.render(1, 0);
+        assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 5"));
+        assert_eq!(text.matches("outcome=\"forwarded\"} ").count(), 1 + MAX_USERS + 1);
+    }
+}
