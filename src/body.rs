@@ -85,6 +85,7 @@ impl Drop for ProxyBody {
         }
         if let Some(mut record) = self.log.take() {
             record.bytes_down = self.sent;
+            record.relayed = matches!(self.kind, Kind::Upstream(_));
             record.finish();
         }
     }

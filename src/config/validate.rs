@@ -266,7 +266,10 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     }
     if let Some(a) = &raw.admin.listen {
         match a.get_ref().trim().parse::<SocketAddr>() {
-            Ok(addr) if s.server.listen.contains(&addr) || s.server.tls.iter().any(|t| t.listen == addr) => {
+            Ok(addr)
+                if addr.port() != 0
+                    && (s.server.listen.contains(&addr) || s.server.tls.iter().any(|t| t.listen == addr)) =>
+            {
                 c.at(a.span(), "admin.listen: must not be a proxy listener's address")
             }
             Ok(addr) => s.admin = Some(addr),

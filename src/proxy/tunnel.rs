@@ -103,6 +103,7 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord) {
         metrics.tunnels(-1);
         rec.bytes_up.fetch_add(relay.up(), Ordering::Relaxed);
         rec.bytes_down = relay.down();
+        rec.relayed = true;
         rec.outcome = outcome;
         rec.finish();
     });

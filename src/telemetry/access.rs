@@ -37,6 +37,8 @@ pub struct AccessRecord {
     pub metrics: Option<Arc<Metrics>>,
     /// Whether the access event is logged (`[log] access`).
     pub log: bool,
+    /// Whether `bytes_down` came from the origin (not a body authgate made).
+    pub relayed: bool,
 }
 
 impl AccessRecord {
@@ -56,13 +58,15 @@ impl AccessRecord {
             rule: None,
             metrics: None,
             log: true,
+            relayed: false,
         }
     }
 
     /// The request is over: counts its bytes and logs the access event.
     pub fn finish(&self) {
         if let Some(m) = &self.metrics {
-            m.bytes(self.bytes_up.load(Ordering::Relaxed), self.bytes_down);
+            let down = if self.relayed { self.bytes_down } else { 0 };
+            m.bytes(self.bytes_up.load(Ordering::Relaxed), down);
         }
         if self.log {
             self.emit();

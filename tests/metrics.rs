@@ -1,0 +1,223 @@
+//! Metrics, the admin endpoints, and JSON logs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::sync::oneshot;
+
+const RULES: &str =
+    "[policy]\ndefault = \"allow\"\n[[rules]]\nname = \"no-port\"\naction = \"deny\"\nports = [PORT]\n";
+
+struct Running {
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    _dir: TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn spawn_with_admin(rules: &str) -> (Running, std::sync::Arc<authgate::State>) {
+    let dir = TempDir::new();
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{rules}"
+    );
+    let path = dir.write("authgate.toml", cfg);
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    // Not serving yet: not ready, but alive.
+    assert_eq!(authgate::server::admin::respond(&state, &http::Method::GET, "/readyz").status(), 503);
+    assert_eq!(authgate::server::admin::respond(&state, &http::Method::GET, "/healthz").status(), 200);
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    let proxy = listeners[0].local_addr().unwrap();
+    let admin = listeners[1].local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(authgate::run(state.clone(), listeners, async move {
+        let _ = rx.await;
+    }));
+    (Running { proxy, admin, _dir: dir, _stop: tx }, state)
+}
+
+/// Scrapes `/metrics` and returns `series -> value`.
+async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
+    let r = send_one(admin, "GET", "/metrics", &[("Host", "admin")]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    r.text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.parse::<f64>().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_exactly_for_a_scripted_sequence() {
+    let origin = spawn_origin(|_req| async {
+        hyper::Response::builder()
+            .status(401)
+            .header("www-authenticate", "Basic realm=\"o\"")
+            .body(full("no"))
+            .unwrap()
+    });
+    let denied_port = closed_port();
+    let (run, _state) = spawn_with_admin(&RULES.replace("PORT", &denied_port.to_string())).await;
+    let r = send_one(run.admin, "GET", "/readyz", &[("Host", "a")]).await;
+    assert_eq!(r.status, 200, "ready once listening");
+    let before = scrape(run.admin).await;
+    for (k, v) in &before {
+        if k.starts_with("authgate_requests_total") || k.starts_with("authgate_upstream_responses_total") {
+            assert_eq!(*v, 0.0, "{k} starts at 0");
+        }
+    }
+    let a = basic("alice", "a1");
+    // 1. a 407 (no credentials)
+    let r = get(run.proxy, &origin.url("/"), &[("Host", &origin.authority())]).await;
+    assert_eq!(r.status, 407);
+    // 2. a forwarded 401 from the origin (first login: one argon2, a cache miss)
+    let r =
+        get(run.proxy, &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 401);
+    // 3. a 403 from a rule (cache hit)
+    let r =
+        send_one(run.proxy, "CONNECT", &format!("127.0.0.1:{denied_port}"), &[("Proxy-Authorization", &a)])
+            .await;
+    assert_eq!(r.status, 403);
+    // 4. a tunnel, closed by the client (cache hit)
+    let shout = spawn_shout_origin();
+    let mut c = RawConn::connect(run.proxy).await;
+    c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &a)])).await;
+    assert_eq!(c.read_head().await.status, 200);
+    c.send(b"abc").await;
+    assert_eq!(c.read_exact(3).await, b"ABC");
+    c.shutdown_write().await;
+    assert_eq!(c.read_to_end().await, b"BYE\n");
+    // The tunnel's end is counted when its task finishes.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let m = scrape(run.admin).await;
+        if m["authgate_active_tunnels"] == 0.0 && m["authgate_bytes_total{direction=\"up\"}"] >= 3.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "tunnel never finished: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let d = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"proxy_auth_required\"}"), 1.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"forwarded\"}"), 1.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"denied\"}"), 1.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"tunnel\"}"), 1.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"upstream_error\"}"), 0.0);
+    assert_eq!(d("authgate_proxy_auth_failures_total{reason=\"missing\"}"), 1.0);
+    assert_eq!(d("authgate_proxy_auth_failures_total{reason=\"invalid\"}"), 0.0);
+    assert_eq!(d("authgate_upstream_responses_total{class=\"401\"}"), 1.0);
+    assert_eq!(d("authgate_upstream_responses_total{class=\"4xx\"}"), 0.0, "401 is counted on its own");
+    assert_eq!(d("authgate_auth_cache_total{result=\"miss\"}"), 1.0);
+    assert_eq!(d("authgate_auth_cache_total{result=\"hit\"}"), 2.0);
+    assert_eq!(d("authgate_argon2_verifications_total"), 1.0);
+    assert_eq!(d("authgate_argon2_duration_seconds_count"), 1.0);
+    // tunnel: 3 bytes up; down: "ABC" + "BYE\n" = 7, plus the 401 body "no" = 9
+    assert_eq!(d("authgate_bytes_total{direction=\"up\"}"), 3.0);
+    assert_eq!(d("authgate_bytes_total{direction=\"down\"}"), 9.0);
+    assert_eq!(after["authgate_config_generation"], 1.0);
+    assert_eq!(after["authgate_build_info{version=\"0.1.0\"}"], 1.0);
+    // The admin listener is not a proxy.
+    let r = send_one(run.admin, "GET", "/nope", &[("Host", "a")]).await;
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_without_credentials() {
+    let dir = TempDir::new();
+    let port = closed_port();
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[log]\nformat = \"json\"\nlevel = \"info\"\n"
+    );
+    let path = dir.write("authgate.toml", cfg);
+    dir.write("users.toml", users_toml(&[("alice", "s3cret-pw")]));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let origin = spawn_echo_origin();
+        let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(proxy).await.is_err() {
+            assert!(Instant::now() < deadline, "proxy did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let ok = basic("alice", "s3cret-pw");
+        let bad = basic("alice\u{1b}[31m", "wrong-pw");
+        assert_eq!(
+            get(
+                proxy,
+                &origin.url("/x?token=abc"),
+                &[("Host", &origin.authority()), ("Proxy-Authorization", &ok)]
+            )
+            .await
+            .status,
+            200
+        );
+        assert_eq!(
+            get(proxy, &origin.url("/y"), &[("Host", &origin.authority()), ("Proxy-Authorization", &bad)])
+                .await
+                .status,
+            407
+        );
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut access = Vec::new();
+    let mut audit = Vec::new();
+    for line in stdout.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string() && v["target"].is_string(), "{line}");
+        match v["target"].as_str() {
+            Some("authgate::access") => access.push(v),
+            Some("authgate::audit") => audit.push(v),
+            _ => {}
+        }
+    }
+    assert_eq!(access.len(), 2, "{stdout}");
+    let ok = &access[0];
+    for field in [
+        "request_id",
+        "client",
+        "user",
+        "method",
+        "target",
+        "status",
+        "bytes_up",
+        "bytes_down",
+        "duration_ms",
+        "outcome",
+        "rule",
+    ] {
+        assert!(!ok[field].is_null(), "access event lacks {field}: {ok}");
+    }
+    assert_eq!(ok["user"], "alice");
+    assert_eq!(ok["status"], 200);
+    assert!(!ok["target"].as_str().unwrap().contains("token"), "query strings are not logged");
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0]["reason"], "unknown_user");
+    assert!(
+        audit[0]["username"].as_str().unwrap().starts_with("alice\\u{1b}"),
+        "control characters escaped: {}",
+        audit[0]
+    );
+    let everything = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for secret in ["s3cret-pw", "wrong-pw", &b64(b"alice:s3cret-pw")] {
+        assert!(!everything.contains(secret), "log contains a credential: {secret}");
+    }
+}
