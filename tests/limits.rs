@@ -345,3 +345,69 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
     s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\n\r\n").await.unwrap();
     assert!(read_all(s).await.starts_with("HTTP/1.1 400"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
+    let proxy = spawn_custom(&cfg("", "[limits]\ntunnel_idle_timeout = \"400ms\"\n"), &users());
+    let shout = spawn_shout_origin();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))])).await;
+    assert_eq!(c.read_head().await.status, 200);
+    // Activity more often than the timeout keeps it open ...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.send(b"x").await;
+        assert_eq!(c.read_exact(1).await, b"X");
+    }
+    // ... silence closes it.
+    let start = Instant::now();
+    assert!(c.read_to_end().await.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(350), "{:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_argon2_queue_answers_503_with_retry_after() {
+    // Expensive hashes and a queue of one: a burst of distinct wrong
+    // passwords cannot all be verified at once.
+    let dir_users = format!(
+        "[users.alice]\npassword = {}\n",
+        toml_str(
+            &authgate::auth::password::hash_password(
+                "a1",
+                argon2::Params::new(16 * 1024, 1, 1, None).unwrap()
+            )
+            .unwrap()
+            .to_string()
+        )
+    );
+    let config = cfg("", "")
+        .replace("users_file = \"users.toml\"\n", "users_file = \"users.toml\"\nmax_pending = 1\n");
+    let proxy = spawn_custom(&config, &dir_users);
+    let origin = spawn_echo_origin();
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let url = origin.url("/");
+        let host = origin.authority();
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            get(
+                addr,
+                &url,
+                &[("Host", &host), ("Proxy-Authorization", &basic("alice", &format!("wrong{i}")))],
+            )
+            .await
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        if r.status == 503 {
+            assert_proxy_error(&r, 503, "proxy_internal_error", "auth_overloaded");
+            assert!(r.header("retry-after").is_some());
+        }
+        statuses.push(r.status);
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(statuses.contains(&407), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 503 || *s == 407), "{statuses:?}");
+}
