@@ -1191,7 +1191,8 @@ def preflight(env):
     if not os.access(env.bin, os.X_OK):
         missing.append("authgate binary %s (run `cargo build` or set AUTHGATE_BIN)" % env.bin)
     else:
-        versions["authgate"] = "%s (%s)" % (first_line([env.bin, "--version"], e)[0], git_head())
+        versions["authgate"] = "%s (%s; repo at %s)" % (
+            first_line([env.bin, "--version"], e)[0], env.bin.replace(str(REPO) + "/", ""), git_head())
     if missing:
         print("compat: missing clients/tools, cannot build the matrix:", file=sys.stderr)
         for x in missing:
