@@ -226,7 +226,7 @@ fn sighup_reloads_the_real_binary() {
     );
     let path = dir.write("authgate.toml", cfg);
     let users = dir.write("users.toml", users_toml(&[("alice", "a1")]));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
         .arg("--config")
         .arg(&path)
         .stdout(Stdio::piped())

@@ -81,6 +81,14 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     if listeners(&new) != listeners(&old) {
         tracing::warn!("server.listen changed: listener changes take effect after a restart");
     }
+    if new.upstream_ca != old.upstream_ca
+        || new.auth.max_pending != old.auth.max_pending
+        || new.metrics_per_user != old.metrics_per_user
+    {
+        tracing::warn!(
+            "upstream.ca_file, auth.max_pending or metrics.per_user changed: take effect after a restart"
+        );
+    }
     if new.admin != old.admin {
         tracing::warn!("admin.listen changed: takes effect after a restart");
     }

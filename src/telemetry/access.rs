@@ -83,7 +83,7 @@ impl AccessRecord {
             client = %self.client,
             user,
             method = self.method.as_str(),
-            target = %self.target,
+            request_target = %self.target,
             status = self.status,
             bytes_up = self.bytes_up.load(Ordering::Relaxed),
             bytes_down = self.bytes_down,
@@ -119,7 +119,7 @@ impl AuditEvent<'_> {
             client = %self.client,
             username = username.as_deref().unwrap_or("-"),
             reason = self.reason,
-            target = self.target,
+            request_target = self.target,
             "proxy authentication failed"
         );
     }

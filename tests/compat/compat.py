@@ -429,8 +429,8 @@ class Env:
             except ValueError:
                 yield None, {}, line
                 continue
-            # With flatten_event(true) an event's own `target` field and the
-            # tracing target share the key "target" (the tracing one last): keep both.
+            # The tracing target (`authgate::access`, ...) is the key "target";
+            # the request's own target is "request_target".
             fields, event_target = {}, None
             for k, v in pairs:
                 if k == "target" and isinstance(v, str) and v.split("::")[0] == "authgate":
@@ -443,7 +443,7 @@ class Env:
         out = []
         for target, fl, line in self.log_events(mark):
             if target in ("authgate::access", "authgate::audit"):
-                keys = ("method", "target", "status", "outcome", "user", "username", "reason")
+                keys = ("method", "request_target", "status", "outcome", "user", "username", "reason")
                 out.append("%s %s" % (target.split("::")[1],
                                       " ".join("%s=%s" % (k, fl[k]) for k in keys if k in fl)))
             elif fl.get("level") in ("WARN", "ERROR") or target is None:
@@ -1213,7 +1213,7 @@ def check_loopback_only(m, env):
         for event_target, fl, _ in env.log_events():
             if event_target not in ("authgate::access", "authgate::audit"):
                 continue
-            t = str(fl.get("target", ""))
+            t = str(fl.get("request_target", ""))
             seen += 1
             host = re.sub(r"^[a-z]+://", "", t).split("/")[0]
             host = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
