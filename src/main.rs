@@ -127,7 +127,11 @@ fn run(config: &Path) -> ExitCode {
         }
     };
     authgate::telemetry::init(&snap.log.level, snap.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if snap.server.worker_threads > 0 {
+        builder.worker_threads(snap.server.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };

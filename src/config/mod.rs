@@ -37,6 +37,8 @@ pub struct Server {
     pub via: bool,
     /// Whether the plain listeners expect a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// Async worker threads; 0 means one per core.
+    pub worker_threads: usize,
     /// TLS listeners.
     pub tls: Vec<TlsListener>,
 }

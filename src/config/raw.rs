@@ -141,6 +141,7 @@ pub struct RawServer {
     pub realm: Option<Spanned<String>>,
     pub via: Option<bool>,
     pub proxy_protocol: Option<bool>,
+    pub worker_threads: Option<Spanned<i64>>,
     #[serde(default)]
     pub tls: Vec<Spanned<RawTls>>,
 }

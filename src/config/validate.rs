@@ -35,6 +35,7 @@ fn defaults(path: &Path) -> Settings {
             realm: "authgate".into(),
             via: true,
             proxy_protocol: false,
+            worker_threads: 0,
             tls: Vec::new(),
         },
         auth: Auth {
@@ -111,6 +112,12 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     }
     if let Some(pp) = raw.server.proxy_protocol {
         s.server.proxy_protocol = pp;
+    }
+    if let Some(w) = &raw.server.worker_threads {
+        match usize::try_from(*w.get_ref()) {
+            Ok(n) if n <= 1024 => s.server.worker_threads = n,
+            _ => c.at(w.span(), "server.worker_threads: must be between 0 (one per core) and 1024"),
+        }
     }
     let base = path.parent().unwrap_or(Path::new("."));
     for t in &raw.server.tls {

@@ -14,17 +14,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tokio_util::io::poll_read_buf;
 
 /// Bytes read per call while a direction is busy.
 const CHUNK: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Direction {
-    buf: Option<Box<[u8]>>,
-    pos: usize,
-    cap: usize,
+    /// Read but not yet written; `None` while the direction is idle.
+    buf: Option<BytesMut>,
     eof: bool,
     done: bool,
     need_flush: bool,
@@ -44,10 +45,13 @@ impl Direction {
         W: AsyncWrite + Unpin,
     {
         loop {
-            if self.pos == self.cap && !self.eof {
-                let buf = self.buf.get_or_insert_with(|| vec![0u8; CHUNK].into_boxed_slice());
-                let mut rb = ReadBuf::new(buf);
-                match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+            let pending = self.buf.as_ref().map_or(0, |b| b.len());
+            if pending == 0 && !self.eof {
+                // Uninitialised capacity: no 64 KiB memset per read.
+                let buf = self.buf.get_or_insert_with(|| BytesMut::with_capacity(CHUNK));
+                // After `advance`, reclaims the consumed front (len is 0: no copy).
+                buf.reserve(CHUNK);
+                match poll_read_buf(Pin::new(&mut *r), cx, buf) {
                     Poll::Pending => {
                         // Nothing to read: give the buffer back and make sure
                         // what was written is on its way.
@@ -59,31 +63,28 @@ impl Direction {
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.eof = true;
-                            self.buf = None;
-                        } else {
-                            self.pos = 0;
-                            self.cap = n;
-                            *progress = true;
-                        }
+                    Poll::Ready(Ok(0)) => {
+                        self.eof = true;
+                        self.buf = None;
                     }
+                    Poll::Ready(Ok(_)) => *progress = true,
                 }
             }
-            while self.pos < self.cap {
-                let Some(buf) = self.buf.as_ref() else { break };
-                let n = ready!(Pin::new(&mut *w).poll_write(cx, &buf[self.pos..self.cap]))?;
+            while let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {
+                let n = ready!(Pin::new(&mut *w).poll_write(cx, buf))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.pos += n;
+                buf.advance(n);
                 self.moved += n as u64;
                 self.need_flush = true;
                 *progress = true;
             }
-            if self.eof && self.pos == self.cap {
+            if let Some(buf) = self.buf.as_mut() {
+                // Reuse the allocation for the next read.
+                buf.clear();
+            }
+            if self.eof {
                 // Half-close: pass the end of this direction on, keep the other.
                 ready!(Pin::new(&mut *w).poll_flush(cx))?;
                 ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
