@@ -372,12 +372,12 @@ async fn a_full_argon2_queue_answers_503_with_retry_after() {
     let dir_users = format!(
         "[users.alice]\npassword = {}\n",
         toml_str(
-            &authgate::auth::password::hash_password(
+            authgate::auth::password::hash_password(
                 "a1",
                 argon2::Params::new(16 * 1024, 1, 1, None).unwrap()
             )
             .unwrap()
-            .to_string()
+            .as_str()
         )
     );
     let config = cfg("", "")
