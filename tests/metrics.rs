@@ -138,7 +138,7 @@ fn json_logs_are_one_object_per_line_without_credentials() {
     );
     let path = dir.write("authgate.toml", cfg);
     dir.write("users.toml", users_toml(&[("alice", "s3cret-pw")]));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
         .arg("--config")
         .arg(&path)
         .stdout(Stdio::piped())
