@@ -205,18 +205,14 @@ async fn one_address_cannot_take_every_connection() {
     let origin = spawn_echo_origin();
     let _a = connect_from("127.0.0.1", proxy.addr).await;
     let _b = connect_from("127.0.0.1", proxy.addr).await;
-    // Give the accept loop a moment to register the two held connections.
-    let third = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let c = connect_from("127.0.0.1", proxy.addr).await;
-            let text = read_all(c).await;
-            if text.starts_with("HTTP/1.1 503") {
-                return text;
-            }
-        }
-    })
-    .await
-    .expect("the third connection from one address is refused with a 503");
+    // Wait until the proxy holds both (its accept loop runs concurrently).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.state.conns.open() < 2 {
+        assert!(Instant::now() < deadline, "the two connections were never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let third = read_all(connect_from("127.0.0.1", proxy.addr).await).await;
+    assert!(third.starts_with("HTTP/1.1 503"), "the third connection from one address is refused: {third:?}");
     assert!(
         third.contains("authgate; error=proxy_internal_error") && third.contains("too_many_connections"),
         "{third}"

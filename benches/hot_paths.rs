@@ -1,0 +1,106 @@
+//! Micro-benchmarks of the per-request hot paths (criterion).
+//!
+//! `cargo bench --bench hot_paths`. These are pure functions: what a request
+//! costs in authgate's own code before any socket work.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authgate::auth::basic;
+use authgate::auth::cache::VerifiedCache;
+use authgate::auth::store::{StoredHash, User};
+use authgate::policy::rules::{Action, HostPattern, Policy, Query, Rule};
+use authgate::proxy::headers::{add_via, strip_hop_by_hop};
+use authgate::target::parse_authority;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+
+fn headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "registry.example.com"),
+        ("user-agent", "curl/8.5.0"),
+        ("accept", "*/*"),
+        ("proxy-authorization", "Basic YmVuY2g6YmVuY2gtUGE1NXdvcmQ="),
+        ("proxy-connection", "keep-alive"),
+        ("connection", "keep-alive"),
+        ("accept-encoding", "gzip, deflate"),
+        ("authorization", "Bearer abc.def.ghi"),
+    ] {
+        h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn rule(name: &str, action: Action) -> Rule {
+    Rule {
+        name: name.into(),
+        action,
+        users: None,
+        groups: None,
+        hosts: None,
+        ports: None,
+        methods: None,
+        cidrs: None,
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let header = b"Basic YmVuY2g6YmVuY2gtUGE1NXdvcmQ=";
+    c.bench_function("basic_parse", |b| b.iter(|| basic::parse(black_box(header))));
+
+    let cache = VerifiedCache::new();
+    let now = Instant::now();
+    cache.insert(header, "bench".into(), 42, Duration::from_secs(300), now);
+    c.bench_function("verified_cache_hit", |b| b.iter(|| cache.get(black_box(header), now)));
+
+    let template = headers();
+    c.bench_function("header_rewrite", |b| {
+        b.iter_batched(
+            || template.clone(),
+            |mut h| {
+                strip_hop_by_hop(&mut h, false);
+                add_via(&mut h, Version::HTTP_11);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
+    // Ten rules; the request matches the last allow rule.
+    let mut rules = Vec::new();
+    for i in 0..8 {
+        let mut r = rule(&format!("deny-{i}"), Action::Deny);
+        r.ports = Some(vec![(1000 + i, 1000 + i)]);
+        rules.push(r);
+    }
+    let mut team = rule("team-registries", Action::Allow);
+    team.groups = Some(vec!["eng".into()]);
+    team.hosts =
+        Some(vec![HostPattern::Exact("crates.io".into()), HostPattern::Suffix(".example.com".into())]);
+    team.ports = Some(vec![(443, 443)]);
+    rules.push(team);
+    rules.push(rule("rest", Action::Deny));
+    let policy = Policy { default: Action::Deny, rules };
+    let params = argon2::Params::new(8, 1, 1, None).expect("valid params");
+    let hash = authgate::auth::password::hash_password("x", params).expect("hash");
+    let user = User::new("bench".into(), StoredHash::Argon2(hash), vec![Arc::from("eng")], false, None);
+    let target = parse_authority("registry.example.com:443").expect("target");
+    c.bench_function("rule_match_10_rules", |b| {
+        b.iter(|| {
+            policy.decide(black_box(&Query {
+                user: &user,
+                method: &Method::CONNECT,
+                target: &target,
+                addrs: None,
+            }))
+        })
+    });
+
+    c.bench_function("target_parse", |b| b.iter(|| parse_authority(black_box("registry.example.com:443"))));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
