@@ -15,9 +15,10 @@ What it measures (medians are not taken: one run, quote ratios from it):
   tunnels     RSS of the authgate process before, with 1000 and 5000 idle
               authenticated CONNECT tunnels, and after they are closed
   bruteforce  a legitimate client's req/s alone, then while another address
-              (127.0.0.2) floods wrong passwords (a different one each time,
-              throttling off = the worst case of an attacker with many
-              addresses); rejections/s absorbed, RSS before/after
+              (127.0.0.2) floods wrong passwords (a different one each time),
+              once with the default throttle and once without it (the worst
+              case: an attacker with many addresses); rejections/s absorbed,
+              RSS before/after
 """
 
 import argparse
@@ -293,8 +294,8 @@ async def flood(port, origin_port, seconds, conns=50):
     return counts
 
 
-def bruteforce(env, seconds=8):
-    p = env.start_proxy("[auth.throttle]\nenabled = false\n")
+def bruteforce(env, throttle, seconds=8):
+    p = env.start_proxy("" if throttle else "[auth.throttle]\nenabled = false\n")
     wrk(env, 10, 2)
     alone = wrk(env, 10, seconds)
     rss_before = rss_kib(p.pid)
@@ -313,7 +314,8 @@ def bruteforce(env, seconds=8):
     env.stop_proxy()
     counts = result["counts"]
     rejected = sum(v for k, v in counts.items() if 400 <= k < 500)
-    print("\n## brute force: legitimate client (c=10) vs a wrong-password flood from another address")
+    mode = "throttle on (default)" if throttle else "throttle off (worst case: attacker with many addresses)"
+    print(f"\n## brute force, {mode}: legitimate client (c=10) vs a wrong-password flood from 127.0.0.2")
     print(f"legit req/s alone: {alone['rps']:,.0f}; during the flood: {under['rps']:,.0f} "
           f"({under['rps'] / alone['rps']:.0%} kept); errors {under['socket_errors']}, non-2xx {under['non_2xx']}")
     print(f"flood answers: {json.dumps(counts)}; rejections/s absorbed: {rejected / (seconds + 1):,.0f}")
@@ -335,7 +337,8 @@ def main():
         if args.only in (None, "tunnels"):
             tunnels(env)
         if args.only in (None, "bruteforce"):
-            bruteforce(env)
+            bruteforce(env, throttle=True)
+            bruteforce(env, throttle=False)
     finally:
         env.close()
 

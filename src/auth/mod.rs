@@ -48,6 +48,62 @@ pub struct Authenticator {
     max_pending: usize,
     throttle: throttle::Throttle,
     metrics: Arc<crate::telemetry::Metrics>,
+    memory: Arc<MemoryPool>,
+    inflight: Inflight,
+}
+
+/// Verifications in progress, by header value (hashed like the cache key).
+#[derive(Default)]
+struct Inflight {
+    map: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    keys: std::collections::hash_map::RandomState,
+}
+
+/// A place in the queue for one header value; removed when the last waiter leaves.
+struct Gate<'a> {
+    owner: &'a Inflight,
+    key: u64,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Inflight {
+    fn enter(&self, header: &[u8]) -> Gate<'_> {
+        use std::hash::BuildHasher;
+        let key = self.keys.hash_one(header);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = map.entry(key).or_default().clone();
+        Gate { owner: self, key, lock }
+    }
+}
+
+impl Gate<'_> {
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.lock().await
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut map = self.owner.map.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's reference and ours: nobody else waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+/// argon2 working memory, one buffer per verification slot.
+#[derive(Default)]
+struct MemoryPool(std::sync::Mutex<Vec<password::Memory>>);
+
+impl MemoryPool {
+    fn take(&self) -> password::Memory {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn give(&self, m: password::Memory) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+    }
 }
 
 /// What [`Authenticator::authenticate`] needs besides the header.
@@ -75,7 +131,15 @@ impl Authenticator {
             max_pending,
             throttle: throttle::Throttle::new(),
             metrics,
+            memory: Arc::new(MemoryPool::default()),
+            inflight: Inflight::default(),
         }
+    }
+
+    fn cached(&self, users: &UserStore, header: &[u8], now: Instant) -> Option<Arc<User>> {
+        let (name, fingerprint) = self.cache.get(header, now)?;
+        let user = users.get(&name)?;
+        (user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok()).then(|| user.clone())
     }
 
     /// The verified-credential cache.
@@ -90,13 +154,9 @@ impl Authenticator {
             return Outcome::Refused { reason: Refusal::Missing, username: None };
         };
         let now = Instant::now();
-        if let Some((name, fingerprint)) = self.cache.get(header, now)
-            && let Some(user) = users.get(&name)
-            && user.fingerprint == fingerprint
-            && user.active_at(SystemTime::now()).is_ok()
-        {
+        if let Some(user) = self.cached(users, header, now) {
             self.metrics.cache(true);
-            return Outcome::Ok(user.clone());
+            return Outcome::Ok(user);
         }
         self.metrics.cache(false);
         if let Err(retry) = self.throttle.check(client, throttle, now) {
@@ -110,6 +170,14 @@ impl Authenticator {
             }
         };
         let username = creds.username.clone();
+        // Single flight: clients that open many connections at once with the
+        // same credentials wait for one verification instead of each paying
+        // argon2 (and the cache answers the rest).
+        let gate = self.inflight.enter(header);
+        let _turn = gate.lock().await;
+        if let Some(user) = self.cached(users, header, Instant::now()) {
+            return Outcome::Ok(user);
+        }
         let verdict = match self.verify_bounded(users, creds).await {
             Some(v) => v,
             None => return Outcome::Overloaded,
@@ -146,10 +214,13 @@ impl Authenticator {
         };
         let users = users.clone();
         let metrics = self.metrics.clone();
+        let pool = self.memory.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let started = Instant::now();
-            let verdict = users.verify(&creds, SystemTime::now());
+            let mut memory = pool.take();
+            let verdict = users.verify_in(&creds, SystemTime::now(), &mut memory);
+            pool.give(memory);
             metrics.argon2(started.elapsed());
             verdict
         })

@@ -1,7 +1,8 @@
 //! Hashing new passwords (argon2id) and verifying stored ones.
 
+use argon2::password_hash;
 use argon2::password_hash::{PasswordHash, PasswordHashString, SaltString};
-use argon2::{Algorithm, Argon2, Params, PasswordHasher, PasswordVerifier, Version};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHasher, PasswordVerifier, Version};
 use rand_core::OsRng;
 
 use super::basic::nfc;
@@ -31,6 +32,40 @@ pub fn hash_password(
 pub fn verify_argon2(stored: &PasswordHashString, password: &str) -> bool {
     let hash: PasswordHash<'_> = stored.password_hash();
     Argon2::default().verify_password(password.as_bytes(), &hash).is_ok()
+}
+
+/// Working memory for argon2, reused across verifications.
+///
+/// argon2 needs `m_cost` KiB per verification (19 MiB by default). Allocating
+/// that per attempt makes the allocator keep freed arenas per blocking thread,
+/// so a flood of wrong passwords grows the process by hundreds of MiB; reusing
+/// one buffer per verification slot keeps memory flat.
+#[derive(Default)]
+pub struct Memory(Vec<Block>);
+
+/// Like [`verify_argon2`], computing into `memory` instead of a fresh
+/// allocation. The derived key is compared in constant time
+/// (`password_hash::Output` equality).
+pub fn verify_argon2_in(stored: &PasswordHashString, password: &str, memory: &mut Memory) -> bool {
+    let hash: PasswordHash<'_> = stored.password_hash();
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else { return false };
+    let version = hash.version.and_then(|v| Version::try_from(v).ok()).unwrap_or(Version::V0x13);
+    let Ok(params) = Params::try_from(&hash) else { return false };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
+    let blocks = params.block_count();
+    if memory.0.len() < blocks {
+        memory.0.resize(blocks, Block::default());
+    }
+    let mut out = [0u8; 64];
+    let Some(out) = out.get_mut(..expected.len()) else { return false };
+    let argon = Argon2::new(algorithm, version, params);
+    if argon.hash_password_into_with_memory(password.as_bytes(), salt, out, &mut memory.0[..blocks]).is_err()
+    {
+        return false;
+    }
+    password_hash::Output::new(out).is_ok_and(|computed| computed == expected)
 }
 
 /// Parses and checks a stored argon2 PHC string at load time.
@@ -69,6 +104,14 @@ mod tests {
         assert!(h.as_str().starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
         assert!(verify_argon2(&h, "päss"));
         assert!(!verify_argon2(&h, "pass"));
+        let mut mem = Memory::default();
+        assert!(verify_argon2_in(&h, "päss", &mut mem));
+        assert!(!verify_argon2_in(&h, "pass", &mut mem));
+        // The default parameters, with memory reused across calls.
+        let h2 = hash_password("s3cret", Params::new(1024, 2, 1, None).unwrap()).unwrap();
+        assert!(verify_argon2_in(&h2, "s3cret", &mut mem));
+        assert!(!verify_argon2_in(&h2, "s3creT", &mut mem));
+        assert!(verify_argon2_in(&h, "päss", &mut mem), "a smaller hash after a larger one");
     }
 
     #[test]

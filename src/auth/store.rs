@@ -16,7 +16,7 @@ use argon2::Params;
 use argon2::password_hash::PasswordHashString;
 
 use super::basic::Credentials;
-use super::password::{hash_password, verify_argon2};
+use super::password::{Memory, hash_password, verify_argon2_in};
 
 /// A stored password hash.
 #[derive(Clone)]
@@ -29,9 +29,9 @@ pub enum StoredHash {
 }
 
 impl StoredHash {
-    fn verify(&self, password: &str) -> bool {
+    fn verify(&self, password: &str, memory: &mut Memory) -> bool {
         match self {
-            StoredHash::Argon2(h) => verify_argon2(h, password),
+            StoredHash::Argon2(h) => verify_argon2_in(h, password, memory),
             // bcrypt compares in constant time (subtle) internally.
             StoredHash::Bcrypt(h) => bcrypt::verify(password.as_bytes(), h).unwrap_or(false),
         }
@@ -224,13 +224,23 @@ impl UserStore {
     /// Verifies credentials. Slow on purpose (argon2): call it on the blocking
     /// pool. Every path costs one hash verification.
     pub fn verify(&self, creds: &Credentials, now: SystemTime) -> Result<Arc<User>, Refusal> {
+        self.verify_in(creds, now, &mut Memory::default())
+    }
+
+    /// [`UserStore::verify`] with reusable argon2 working memory.
+    pub fn verify_in(
+        &self,
+        creds: &Credentials,
+        now: SystemTime,
+        memory: &mut Memory,
+    ) -> Result<Arc<User>, Refusal> {
         match self.users.get(creds.username.as_str()) {
             None => {
-                let _ = self.dummy.verify(&creds.password);
+                let _ = self.dummy.verify(&creds.password, memory);
                 Err(Refusal::UnknownUser)
             }
             Some(user) => {
-                if !user.hash.verify(&creds.password) {
+                if !user.hash.verify(&creds.password, memory) {
                     return Err(Refusal::BadPassword);
                 }
                 user.active_at(now)?;

@@ -76,6 +76,8 @@ pub struct Auth {
     pub cache_ttl: Duration,
     /// How many verifications may wait for a worker before 503.
     pub max_pending: usize,
+    /// Password verifications run at once; 0 means half the cores (at least 1).
+    pub verify_threads: usize,
     /// Parameters for new hashes (`hash-password`, `users add`).
     pub argon2: argon2::Params,
     /// Failed-login throttling per client address.

@@ -163,6 +163,7 @@ pub struct RawAuth {
     pub users_file: Option<Spanned<String>>,
     pub cache_ttl: Option<Spanned<String>>,
     pub max_pending: Option<Spanned<i64>>,
+    pub verify_threads: Option<Spanned<i64>>,
     #[serde(default)]
     pub argon2: RawArgon2,
     #[serde(default)]

@@ -42,6 +42,7 @@ fn defaults(path: &Path) -> Settings {
             users_file: path.parent().unwrap_or(Path::new(".")).join("users.toml"),
             cache_ttl: Duration::from_secs(300),
             max_pending: 256,
+            verify_threads: 0,
             argon2: crate::auth::password::default_params(),
             throttle: crate::auth::throttle::Settings::default(),
         },
@@ -158,6 +159,12 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
         match usize::try_from(*mp.get_ref()) {
             Ok(n) if (1..=1_000_000).contains(&n) => s.auth.max_pending = n,
             _ => c.at(mp.span(), "auth.max_pending: must be between 1 and 1000000"),
+        }
+    }
+    if let Some(v) = &raw.auth.verify_threads {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if n <= 256 => s.auth.verify_threads = n,
+            _ => c.at(v.span(), "auth.verify_threads: must be between 0 (half the cores) and 256"),
         }
     }
     let a = &raw.auth.argon2;

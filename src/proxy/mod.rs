@@ -76,7 +76,13 @@ impl State {
                 upstream_tls::connector(None)
             })
             .unwrap_or_else(|_| upstream_tls::verify_nothing_connector());
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // Half the cores at most: a flood of wrong passwords must leave CPU
+        // for the traffic of everyone else.
+        let workers = match snapshot.auth.verify_threads {
+            0 => (cores / 2).max(1),
+            n => n,
+        };
         let metrics = Arc::new(Metrics::new(snapshot.metrics_per_user));
         let auth = Authenticator::new(workers, snapshot.auth.max_pending, metrics.clone());
         let cert_slots = snapshot.server.tls.iter().map(|t| CertSlot::new(t.certified.clone())).collect();

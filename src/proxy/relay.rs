@@ -19,13 +19,19 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
-/// Bytes read per call while a direction is busy.
+/// First buffer of a direction that wakes up: small, since most wake-ups of
+/// an interactive tunnel carry little.
+const FIRST_CHUNK: usize = 8 * 1024;
+/// Largest buffer: reached by doubling while reads keep filling the buffer
+/// (a bulk transfer), for fewer syscalls per byte.
 const CHUNK: usize = 64 * 1024;
 
 #[derive(Default)]
 struct Direction {
     /// Read but not yet written; `None` while the direction is idle.
     buf: Option<BytesMut>,
+    /// Size of the next buffer (doubles while reads fill it).
+    size: usize,
     eof: bool,
     done: bool,
     need_flush: bool,
@@ -48,9 +54,11 @@ impl Direction {
             let pending = self.buf.as_ref().map_or(0, |b| b.len());
             if pending == 0 && !self.eof {
                 // Uninitialised capacity: no 64 KiB memset per read.
-                let buf = self.buf.get_or_insert_with(|| BytesMut::with_capacity(CHUNK));
+                let size = self.size.clamp(FIRST_CHUNK, CHUNK);
+                let buf = self.buf.get_or_insert_with(|| BytesMut::with_capacity(size));
                 // After `advance`, reclaims the consumed front (len is 0: no copy).
-                buf.reserve(CHUNK);
+                buf.reserve(size);
+                let room = buf.capacity();
                 match poll_read_buf(Pin::new(&mut *r), cx, buf) {
                     Poll::Pending => {
                         // Nothing to read: give the buffer back and make sure
@@ -67,7 +75,13 @@ impl Direction {
                         self.eof = true;
                         self.buf = None;
                     }
-                    Poll::Ready(Ok(_)) => *progress = true,
+                    Poll::Ready(Ok(n)) => {
+                        *progress = true;
+                        if n >= room && size < CHUNK {
+                            // The next `reserve` grows the buffer.
+                            self.size = size * 2;
+                        }
+                    }
                 }
             }
             while let Some(buf) = self.buf.as_mut().filter(|b| !b.is_empty()) {

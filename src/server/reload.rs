@@ -86,7 +86,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
         || new.metrics_per_user != old.metrics_per_user
     {
         tracing::warn!(
-            "upstream.ca_file, auth.max_pending or metrics.per_user changed: take effect after a restart"
+            "upstream.ca_file, auth.max_pending, auth.verify_threads or metrics.per_user changed: take effect after a restart"
         );
     }
     if new.admin != old.admin {
