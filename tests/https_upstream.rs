@@ -142,3 +142,27 @@ async fn an_origin_certificate_from_the_wrong_ca_is_a_502() {
     let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
     assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
 }
+
+#[test]
+fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
+    let ca = pki::Ca::new("chain CA");
+    let dir = TempDir::new();
+    for (name, alg) in [
+        ("p256", &rcgen::PKCS_ECDSA_P256_SHA256),
+        ("p384", &rcgen::PKCS_ECDSA_P384_SHA384),
+        ("ed25519", &rcgen::PKCS_ED25519),
+    ] {
+        let leaf = ca.leaf_with(name, alg);
+        let cert = dir.write(&format!("{name}.pem"), format!("{}{}", leaf.cert_pem, ca.cert_pem));
+        let key = dir.write(&format!("{name}.key"), &leaf.key_pem);
+        let loaded =
+            authgate::server::tls::load_certified_key(&cert, &key).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(loaded.cert.len(), 2, "{name}: the chain is kept");
+    }
+    // A key that does not belong to the certificate is refused with the file name.
+    let other = ca.leaf_with("other", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let wrong_key = dir.write("wrong.key", &other.key_pem);
+    let err =
+        authgate::server::tls::load_certified_key(&dir.path().join("p256.pem"), &wrong_key).unwrap_err();
+    assert!(err.contains("wrong.key") && err.contains("does not match"), "{err}");
+}

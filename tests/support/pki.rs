@@ -38,3 +38,14 @@ impl Ca {
         Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
     }
 }
+
+impl Ca {
+    /// A leaf signed by this CA with a key of the given algorithm.
+    pub fn leaf_with(&self, cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> Leaf {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate_for(alg).unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+    }
+}
