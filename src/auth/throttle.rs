@@ -43,7 +43,9 @@ pub struct Throttle {
     map: Mutex<HashMap<IpAddr, Bucket>>,
 }
 
-fn key(ip: IpAddr) -> IpAddr {
+/// The unit a client address is counted in: IPv4 addresses one by one
+/// (IPv4-mapped IPv6 as IPv4), IPv6 per /64, since one host owns a whole /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -75,7 +77,7 @@ impl Throttle {
             return Ok(());
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(b) = map.get_mut(&key(ip)) else { return Ok(()) };
+        let Some(b) = map.get_mut(&client_key(ip)) else { return Ok(()) };
         Self::refill(b, s, now);
         if b.tokens >= 1.0 {
             Ok(())
@@ -91,7 +93,7 @@ impl Throttle {
             return;
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED && !map.contains_key(&key(ip)) {
+        if map.len() >= MAX_TRACKED && !map.contains_key(&client_key(ip)) {
             // Forget addresses whose buckets are full again.
             map.retain(|_, b| {
                 Self::refill(b, s, now);
@@ -101,7 +103,7 @@ impl Throttle {
                 return;
             }
         }
-        let b = map.entry(key(ip)).or_insert(Bucket { tokens: f64::from(s.max_failures), at: now });
+        let b = map.entry(client_key(ip)).or_insert(Bucket { tokens: f64::from(s.max_failures), at: now });
         Self::refill(b, s, now);
         b.tokens = (b.tokens - 1.0).max(0.0);
     }

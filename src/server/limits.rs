@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::auth::throttle::client_key;
+
 /// Counts open client connections.
 #[derive(Debug, Default)]
 pub struct ConnLimiter {
@@ -36,19 +38,6 @@ impl Drop for Permit {
     }
 }
 
-fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-        v4 => v4,
-    }
-}
-
 impl ConnLimiter {
     /// Open connections.
     pub fn open(&self) -> usize {
@@ -61,7 +50,7 @@ impl ConnLimiter {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let k = key(ip);
+        let k = client_key(ip);
         let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(k).or_insert(0);
         if *n >= max_per_ip {
