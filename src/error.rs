@@ -43,6 +43,12 @@ pub enum ProxyError {
     /// The request head is larger than `limits.max_header_bytes`.
     #[error("request head too large")]
     HeadTooLarge,
+    /// The request head could not be parsed as HTTP/1.1.
+    #[error("malformed request")]
+    MalformedRequest,
+    /// The request target is longer than the parser accepts.
+    #[error("request target too long")]
+    UriTooLong,
     /// The request target cannot be used (no host, bad port, ...).
     #[error("bad request target: {detail}")]
     BadTarget {
@@ -130,9 +136,13 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         use ProxyError::*;
         match self {
-            OriginForm | UnsupportedScheme { .. } | BadTarget { .. } | HeadTimeout | HeadTooLarge => {
-                Fault::Client
-            }
+            OriginForm
+            | UnsupportedScheme { .. }
+            | BadTarget { .. }
+            | HeadTimeout
+            | HeadTooLarge
+            | MalformedRequest
+            | UriTooLong => Fault::Client,
             ProxyAuthRequired | Throttled { .. } => Fault::Credentials,
             DeniedByRule { .. } | DestinationIpProhibited { .. } | LoopDetected => Fault::Policy,
             DnsError

@@ -47,6 +47,12 @@ pub fn describe(err: &ProxyError) -> Description {
         BadTarget { .. } => {
             (StatusCode::BAD_REQUEST, "http_request_error", "bad_target", "Bad request target")
         }
+        MalformedRequest => {
+            (StatusCode::BAD_REQUEST, "http_request_error", "malformed_request", "Malformed request")
+        }
+        UriTooLong => {
+            (StatusCode::URI_TOO_LONG, "http_request_error", "uri_too_long", "Request target too long")
+        }
         HeadTimeout => {
             (StatusCode::REQUEST_TIMEOUT, "http_request_error", "request_timeout", "Request head timed out")
         }
@@ -145,6 +151,8 @@ fn detail(err: &ProxyError) -> String {
         UnsupportedScheme { scheme } => format!("authgate does not forward {scheme}:// requests here; for https use CONNECT (HTTPS_PROXY)."),
         BadTarget { detail } => format!("The request target is not usable: {detail}."),
         HeadTimeout => "The request head did not arrive in time; the connection is closed.".into(),
+        MalformedRequest => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
+        UriTooLong => "The request target is longer than this proxy accepts.".into(),
         HeadTooLarge => "The request head (request line and header fields) is larger than this proxy accepts.".into(),
         ProxyAuthRequired => "Send valid proxy credentials in Proxy-Authorization (Basic).".into(),
         Throttled { retry_after } => format!("Too many failed logins from your address; retry in {} s.", retry_after.as_secs().max(1)),
@@ -385,6 +393,10 @@ mod tests {
             OriginForm,
             UnsupportedScheme { scheme: "ftp".into() },
             BadTarget { detail: "x" },
+            HeadTimeout,
+            HeadTooLarge,
+            MalformedRequest,
+            UriTooLong,
             ProxyAuthRequired,
             Throttled { retry_after: Duration::from_secs(1) },
             DeniedByRule { rule: "default".into() },

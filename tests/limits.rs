@@ -339,7 +339,10 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
     let plain = spawn_custom(&cfg("", ""), &users());
     let mut s = TcpStream::connect(plain.addr).await.unwrap();
     s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\n\r\n").await.unwrap();
-    assert!(read_all(s).await.starts_with("HTTP/1.1 400"));
+    let answer = read_all(s).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("proxy-status: authgate; error=http_request_error"), "{answer}");
+    assert!(answer.contains("\"code\":\"malformed_request\""), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,4 +409,28 @@ async fn a_full_argon2_queue_answers_503_with_retry_after() {
     assert!(statuses.contains(&503), "{statuses:?}");
     assert!(statuses.contains(&407), "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 503 || *s == 407), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsable_heads_get_authgates_own_answers() {
+    let proxy = spawn_custom(&cfg("", ""), &users());
+    for (bytes, status, code) in [
+        (&b"GET http://127.0.0.1/ HTTP/1.1\r\nBad Header Line\r\n\r\n"[..], 400, "malformed_request"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello\r\n\r\n", 400, "malformed_request"),
+    ] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(bytes).await;
+        let r = c.read_response("GET").await;
+        assert_proxy_error(&r, status, "http_request_error", code);
+        assert!(c.is_closed().await);
+    }
+    // Still serving.
+    let origin = spawn_echo_origin();
+    let r = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
 }

@@ -16,7 +16,9 @@
 //!   timer here; bodies and tunnels have their own limits.
 //!
 //! The canned answers are written to the socket by this wrapper itself, then
-//! hyper reads end-of-stream and closes.
+//! hyper reads end-of-stream and closes. A head hyper cannot parse makes
+//! hyper write a bare 400/414/431 of its own; the wrapper replaces it with
+//! authgate's answer (with `Proxy-Status` and a problem body).
 
 use std::io;
 use std::pin::Pin;
@@ -70,8 +72,20 @@ pub struct Timeouts {
     pub max_head: usize,
 }
 
-/// Builds the raw bytes of a canned answer (408, 431); called at most once.
-pub type Canned = Box<dyn Fn() -> Vec<u8> + Send + Sync>;
+/// Why the wrapper answers a head itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The head did not arrive in time (408).
+    HeadTimeout,
+    /// The head is larger than allowed (431).
+    HeadTooLarge,
+    /// hyper could not parse the head and answered with this status.
+    Unparsable(u16),
+}
+
+/// Builds the raw bytes of the answer for a [`Rejection`]; called at most
+/// once per connection.
+pub type Canned = Box<dyn Fn(Rejection) -> Vec<u8> + Send + Sync>;
 
 /// A client socket with idle and head timers.
 pub struct Guarded<S> {
@@ -81,21 +95,13 @@ pub struct Guarded<S> {
     timer: Pin<Box<Sleep>>,
     armed_for: u8,
     head_bytes: usize,
-    on_head_timeout: Canned,
-    on_head_too_large: Canned,
+    answer: Canned,
     reject: Option<(Vec<u8>, usize)>,
 }
 
 impl<S> Guarded<S> {
-    /// Wraps `inner`; `on_head_timeout` / `on_head_too_large` make the 408 and
-    /// 431 answers.
-    pub fn new(
-        inner: S,
-        phase: Arc<Phase>,
-        limits: Timeouts,
-        on_head_timeout: Canned,
-        on_head_too_large: Canned,
-    ) -> Self {
+    /// Wraps `inner`; `answer` makes the 408, 431 and unparsable-head answers.
+    pub fn new(inner: S, phase: Arc<Phase>, limits: Timeouts, answer: Canned) -> Self {
         Guarded {
             inner,
             phase,
@@ -103,8 +109,7 @@ impl<S> Guarded<S> {
             timer: Box::pin(tokio::time::sleep(limits.idle)),
             armed_for: IDLE,
             head_bytes: 0,
-            on_head_timeout,
-            on_head_too_large,
+            answer,
             reject: None,
         }
     }
@@ -161,7 +166,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 }
             }
             HEAD if this.timer.as_mut().poll(cx).is_ready() => {
-                this.reject = Some(((this.on_head_timeout)(), 0));
+                this.reject = Some(((this.answer)(Rejection::HeadTimeout), 0));
                 return this.poll_reject(cx);
             }
             _ => {}
@@ -181,7 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             if this.head_bytes > this.limits.max_head && this.phase.get() == HEAD {
                 // Drop what was read: hyper must not parse a partial head.
                 buf.set_filled(before);
-                this.reject = Some(((this.on_head_too_large)(), 0));
+                this.reject = Some(((this.answer)(Rejection::HeadTooLarge), 0));
                 return this.poll_reject(cx);
             }
         }
@@ -189,8 +194,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    /// A write while the head is still being read can only be hyper's own
+    /// answer to a head it could not parse (400, 414, 431): no request
+    /// reached the service. That bare answer is replaced by ours, with
+    /// `Proxy-Status` and a problem body; hyper's bytes are reported written.
+    fn poll_replace(&mut self, cx: &mut Context<'_>, first: &[u8], len: usize) -> Poll<io::Result<usize>> {
+        if self.reject.is_none() {
+            let status =
+                first.get(9..12).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| d.parse().ok());
+            self.reject = Some(((self.answer)(Rejection::Unparsable(status.unwrap_or(400))), 0));
+        }
+        ready!(self.poll_reject(cx))?;
+        Poll::Ready(Ok(len))
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.phase.get() == HEAD {
+            return self.poll_replace(cx, buf, buf.len());
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -199,6 +223,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.phase.get() == HEAD {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return self.poll_replace(cx, first, len);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

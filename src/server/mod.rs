@@ -33,7 +33,7 @@ use crate::proxy::State;
 use crate::proxy::service::{self, Client};
 use crate::respond;
 use crate::telemetry::metrics::Outcome as Counted;
-use guard::{Canned, Guarded, Phase, Timeouts};
+use guard::{Canned, Guarded, Phase, Rejection, Timeouts};
 
 /// A bound listener and how to treat its connections.
 pub struct Listener {
@@ -213,13 +213,21 @@ async fn serve(
     }
 }
 
-/// The 408/431 written by [`Guarded`]; counted and logged here.
-fn canned(state: &Arc<State>, err: ProxyError, client: SocketAddr) -> Canned {
+/// The answers [`Guarded`] writes itself (408, 431, unparsable heads);
+/// counted and logged here.
+fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
     let state = state.clone();
-    Box::new(move || {
+    Box::new(move |why| {
+        let err = match why {
+            Rejection::HeadTimeout => ProxyError::HeadTimeout,
+            Rejection::HeadTooLarge | Rejection::Unparsable(431) => ProxyError::HeadTooLarge,
+            Rejection::Unparsable(414) => ProxyError::UriTooLong,
+            Rejection::Unparsable(_) => ProxyError::MalformedRequest,
+        };
         let id = state.next_request_id();
+        let d = respond::describe(&err);
         state.metrics.request(Counted::BadRequest, None);
-        tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = respond::describe(&err).status.as_u16(), outcome = respond::describe(&err).code);
+        tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = d.status.as_u16(), outcome = d.code);
         respond::raw_error_response(&err, &id)
     })
 }
@@ -238,13 +246,7 @@ where
         head: limits.header_read_timeout,
         max_head: limits.max_header_bytes,
     };
-    let io = Guarded::new(
-        io,
-        phase,
-        timeouts,
-        canned(&state, ProxyError::HeadTimeout, addr),
-        canned(&state, ProxyError::HeadTooLarge, addr),
-    );
+    let io = Guarded::new(io, phase, timeouts, canned(&state, addr));
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         // Synchronously, before the future runs: the head is complete.
