@@ -434,3 +434,51 @@ async fn unparsable_heads_get_authgates_own_answers() {
     .await;
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let port = closed_port();
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[limits]\nshutdown_grace = \"60s\"\n"
+    );
+    let path = dir.write("authgate.toml", config);
+    dir.write("users.toml", users());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _tunnel = rt.block_on(async {
+        let shout = spawn_shout_origin();
+        let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(proxy).await.is_err() {
+            assert!(Instant::now() < deadline, "proxy did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut c = RawConn::connect(proxy).await;
+        c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))]))
+            .await;
+        assert_eq!(c.read_head().await.status, 200);
+        (c, shout)
+    });
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "the open tunnel holds the 60 s grace period");
+    let started = Instant::now();
+    let _ = Command::new("kill").args(["-INT", &pid]).status();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "a second signal must exit at once");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "an interrupted shutdown exits non-zero: {status:?}");
+}
