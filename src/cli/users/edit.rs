@@ -1,0 +1,205 @@
+//! Editing the users document with `toml_edit`: adding, changing and
+//! removing `[users.NAME]` tables while keeping every other byte.
+
+use super::*;
+
+/// A user to append.
+pub(super) struct NewUser {
+    pub(super) hash: String,
+    pub(super) groups: Vec<String>,
+    pub(super) expires: Option<toml_edit::Datetime>,
+}
+
+/// Appends `[users.NAME]` after every other table (or, when the file keeps
+/// its users in an inline `users = { .. }`, an inline entry there).
+pub(super) fn add_user(doc: &mut DocumentMut, name: &str, user: NewUser) -> Result<(), UsersError> {
+    let mut t = Table::new();
+    t.insert("password", toml_edit::value(user.hash));
+    t.insert("groups", toml_edit::value(user.groups.iter().collect::<Array>()));
+    t.insert("disabled", toml_edit::value(false));
+    if let Some(e) = user.expires {
+        t.insert("expires", toml_edit::value(e));
+    }
+    t.set_position(max_position(doc.as_table()) + 1);
+    if doc.as_table().is_empty() {
+        // A file of comments only: they stay above the first user.
+        let mut head = prefix_text(Some(doc.trailing()));
+        while !head.is_empty() && !head.ends_with("\n\n") {
+            head.push('\n');
+        }
+        t.decor_mut().set_prefix(head);
+        doc.set_trailing("");
+    }
+    let users = doc.entry("users").or_insert_with(|| {
+        let mut users = Table::new();
+        users.set_implicit(true);
+        Item::Table(users)
+    });
+    match users {
+        Item::Table(users) => {
+            users.insert(name, Item::Table(t));
+        }
+        Item::Value(Value::InlineTable(users)) => {
+            let mut inline: InlineTable = t.into_inline_table();
+            inline.fmt();
+            inline_push(users, name, Value::InlineTable(inline));
+        }
+        _ => return Err(refused("internal error: `users` is neither a table nor an inline table")),
+    }
+    Ok(())
+}
+
+/// The highest document position of any table, so a new one goes last.
+pub(super) fn max_position(t: &Table) -> usize {
+    let own = t.position().unwrap_or(0);
+    t.iter().filter_map(|(_, item)| item.as_table()).map(max_position).fold(own, usize::max)
+}
+
+/// The user's entry (header table, inline table or dotted keys).
+pub(super) fn user_mut<'a>(doc: &'a mut DocumentMut, key: &str) -> Result<&'a mut Item, UsersError> {
+    doc.get_mut("users")
+        .and_then(Item::as_table_like_mut)
+        .and_then(|u| u.get_mut(key))
+        .filter(|u| u.is_table_like())
+        .ok_or_else(|| refused(format!("internal error: user `{}` vanished from the document", shown(key))))
+}
+
+/// Sets `key = value` in a user, keeping the old value's place, spacing and
+/// trailing comment; a new key goes at the end of the user's entry.
+pub(super) fn set(user: &mut Item, key: &str, mut value: Value) {
+    if let Item::Value(Value::InlineTable(t)) = user
+        && !t.contains_key(key)
+    {
+        inline_push(t, key, value);
+        return;
+    }
+    let Some(table) = user.as_table_like_mut() else { return };
+    match table.get_mut(key) {
+        Some(Item::Value(old)) => {
+            *value.decor_mut() = old.decor().clone();
+            *old = value;
+        }
+        Some(other) => *other = Item::Value(value),
+        None => {
+            table.insert(key, Item::Value(value));
+        }
+    }
+}
+
+/// Appends `key = value` to an inline table as a person would: `, key = value`
+/// with the space before `}` moved after the new last value.
+pub(super) fn inline_push(t: &mut InlineTable, key: &str, mut value: Value) {
+    let suffix = t.iter_mut().last().map(|(_, v)| {
+        let s = prefix_text(v.decor().suffix());
+        v.decor_mut().set_suffix("");
+        s
+    });
+    value.decor_mut().set_prefix(" ");
+    value.decor_mut().set_suffix(suffix.unwrap_or_else(|| " ".to_owned()));
+    t.insert(key, value);
+}
+
+/// Removes a user. Comment lines directly above its header go with it;
+/// comments separated from it by a blank line belong to the section, so
+/// they are kept, moved in front of whatever followed the user.
+pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersError> {
+    let gone = || refused(format!("internal error: user `{}` vanished from the document", shown(key)));
+    let first = table_positions(doc).into_iter().map(|(_, p)| p).min();
+    let users = doc.get_mut("users").ok_or_else(gone)?;
+    let Item::Table(t) = users else {
+        users.as_table_like_mut().and_then(|u| u.remove(key)).ok_or_else(gone)?;
+        return Ok(());
+    };
+    let next_key = t.iter().map(|(k, _)| k.to_owned()).skip_while(|k| k != key).nth(1);
+    let container = t.position().unwrap_or(0);
+    match t.remove_entry(key).ok_or_else(gone)? {
+        (_, Item::Table(removed)) if !removed.is_dotted() => {
+            let at = removed.position().unwrap_or(0);
+            let section = section_part(removed.decor().prefix());
+            if section.is_some() || first == Some(at) {
+                reattach(doc, at, section);
+            }
+        }
+        (k, Item::Value(_)) => match (section_part(k.leaf_decor().prefix()), next_key) {
+            (Some(section), Some(next)) => {
+                if let Some(mut nk) = t.key_mut(&next) {
+                    let old = prefix_text(nk.leaf_decor().prefix());
+                    nk.leaf_decor_mut().set_prefix(format!("{section}{old}"));
+                }
+            }
+            (Some(section), None) => reattach(doc, container, Some(section)),
+            (None, _) => {}
+        },
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Every table with a header, as (path below `users`, position); `None` is
+/// `[users]` itself.
+pub(super) fn table_positions(doc: &DocumentMut) -> Vec<(Option<String>, usize)> {
+    let Some(users) = doc.get("users").and_then(Item::as_table) else { return Vec::new() };
+    let own = users.position().filter(|_| !users.is_implicit() && !users.is_dotted()).map(|p| (None, p));
+    let children = users.iter().filter_map(|(k, item)| {
+        let t = item.as_table().filter(|t| !t.is_dotted())?;
+        Some((Some(k.to_owned()), t.position()?))
+    });
+    own.into_iter().chain(children).collect()
+}
+
+pub(super) fn prefix_text(raw: Option<&toml_edit::RawString>) -> String {
+    raw.and_then(|r| r.as_str()).unwrap_or("").to_owned()
+}
+
+/// The part of a decor prefix before its last blank line, if it holds a
+/// comment: that part describes a section, not the item right below it.
+pub(super) fn section_part(prefix: Option<&toml_edit::RawString>) -> Option<String> {
+    let text = prefix_text(prefix);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let last_blank = lines.iter().rposition(|l| l.trim().is_empty())?;
+    let kept: String = lines.get(..last_blank)?.concat();
+    kept.contains('#').then_some(kept)
+}
+
+pub(super) fn without_leading_blank_lines(mut text: &str) -> &str {
+    while let Some((line, rest)) = text.split_once('\n') {
+        if !line.trim().is_empty() {
+            break;
+        }
+        text = rest;
+    }
+    text
+}
+
+/// Puts `section` in front of the first table placed after `position`, or at
+/// the end of the file when there is none. Without a section, the table
+/// that becomes the first one loses its leading blank lines.
+pub(super) fn reattach(doc: &mut DocumentMut, position: usize, section: Option<String>) {
+    let next = table_positions(doc)
+        .into_iter()
+        .filter(|(_, p)| *p > position)
+        .min_by_key(|(_, p)| *p)
+        .map(|(k, _)| k);
+    let table = next.and_then(|k| {
+        let users = doc.get_mut("users")?.as_table_mut()?;
+        match k {
+            None => Some(users),
+            Some(k) => users.get_mut(&k)?.as_table_mut(),
+        }
+    });
+    match (table, section) {
+        (Some(t), section) => {
+            let old = t.decor().prefix().and_then(|r| r.as_str()).unwrap_or("\n").to_owned();
+            let new = match section {
+                Some(s) => format!("{s}{old}"),
+                None => without_leading_blank_lines(&old).to_owned(),
+            };
+            t.decor_mut().set_prefix(new);
+        }
+        (None, Some(section)) => {
+            let old = prefix_text(Some(doc.trailing()));
+            doc.set_trailing(format!("{section}{old}"));
+        }
+        (None, None) => {}
+    }
+}

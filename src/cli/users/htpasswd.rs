@@ -1,0 +1,103 @@
+//! `users import-htpasswd`: bcrypt entries in, every other scheme refused.
+
+use super::*;
+
+/// `users import-htpasswd FILE`: bcrypt entries are added as they are; other
+/// schemes, invalid names, and names already present (never overwritten)
+/// are refused one line each. The importable ones are written in one go.
+pub(super) fn import_htpasswd(
+    file: &UsersFile,
+    source: &Path,
+    groups: Vec<String>,
+) -> Result<Outcome, UsersError> {
+    let text = fs::read(source)
+        .map_err(|e| UsersError::Io { path: source.to_path_buf(), what: "cannot read", source: e })
+        .and_then(|b| {
+            String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", source.display())))
+        })?;
+    let mut doc = file.doc.clone();
+    let mut imported: Vec<String> = Vec::new();
+    let mut refusals = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = format!("{}:{}", source.display(), i + 1);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((raw_name, hash)) = line.split_once(':').map(|(n, h)| (n, h.trim())) else {
+            refusals.push(format!("{at}: not a `name:hash` line; skipped"));
+            continue;
+        };
+        let name = nfc(raw_name);
+        if let Err(m) = check_name(&name) {
+            refusals.push(format!("{at}: user `{}`: {m}; skipped", shown(&name)));
+            continue;
+        }
+        if file.find(&name).is_some() {
+            refusals.push(format!(
+                "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {name}`)",
+                file.path.display()
+            ));
+            continue;
+        }
+        if imported.contains(&name) {
+            refusals.push(format!("{at}: user `{name}` appears again; only its first entry is imported"));
+            continue;
+        }
+        match htpasswd_scheme(hash) {
+            Ok(()) => {
+                add_user(&mut doc, &name, NewUser { hash: hash.to_owned(), groups: groups.clone(), expires: None })?;
+                imported.push(name);
+            }
+            Err(scheme) => refusals.push(format!(
+                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2id and bcrypt only); not imported: reset this user with `authgate users add {name}`, which sets a new password"
+            )),
+        }
+    }
+    let mut stdout = String::new();
+    if imported.is_empty() {
+        let _ = writeln!(
+            stdout,
+            "imported no users from {}; {} unchanged",
+            source.display(),
+            file.path.display()
+        );
+    } else {
+        file.save(&doc)?;
+        let _ = writeln!(
+            stdout,
+            "imported {} user(s) from {} into {}: {} (bcrypt, verified as a legacy scheme until `users passwd` replaces it)",
+            imported.len(),
+            source.display(),
+            file.path.display(),
+            imported.join(", ")
+        );
+    }
+    Ok(Outcome { stdout, refused: refusals })
+}
+
+/// `Ok` for a bcrypt hash authgate can verify, else the scheme's name.
+/// `$2a$` is accepted with `$2y$`/`$2b$`: it is the same bcrypt and the
+/// users file accepts it too.
+pub(super) fn htpasswd_scheme(hash: &str) -> Result<(), &'static str> {
+    let is_crypt_char = |c: char| c.is_ascii_alphanumeric() || c == '.' || c == '/';
+    if ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
+        return match StoredHash::parse(hash) {
+            Ok(StoredHash::Bcrypt(_)) => Ok(()),
+            _ => Err("malformed bcrypt"),
+        };
+    }
+    Err(if hash.starts_with("$apr1$") {
+        "MD5-apr1"
+    } else if hash.starts_with("{SHA}") {
+        "SHA1"
+    } else if hash.starts_with("$1$") {
+        "MD5-crypt"
+    } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
+        "SHA-crypt"
+    } else if hash.len() == 13 && hash.chars().all(is_crypt_char) {
+        "crypt (DES)"
+    } else {
+        "unrecognised (or plain-text)"
+    })
+}

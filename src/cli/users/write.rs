@@ -1,0 +1,69 @@
+//! The atomic write: temp file in the same folder, fsync, rename, fsync of
+//! the folder, owner and mode kept.
+
+use super::*;
+
+/// Replaces `target` with `data` atomically: a temp file in the same folder,
+/// written and fsynced with the old file's owner and mode (0600 for a new
+/// file), renamed over `target`, then the folder fsynced so the rename
+/// itself survives a crash.
+pub(super) fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = match fs::metadata(target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(UsersError::Io { path: target.to_path_buf(), what: "cannot stat", source });
+        }
+    };
+    // A leftover of a killed run that had our pid; nobody else uses the name.
+    let _ = fs::remove_file(&tmp);
+    let result = write_temp(&tmp, data, old.as_ref()).and_then(|()| {
+        fs::rename(&tmp, target).map_err(|source| UsersError::Io {
+            path: target.to_path_buf(),
+            what: "cannot replace",
+            source,
+        })
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| UsersError::Io {
+        path: dir.to_path_buf(),
+        what: "cannot sync the folder",
+        source,
+    })
+}
+
+pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) -> Result<(), UsersError> {
+    let io_err = |what| move |source| UsersError::Io { path: tmp.to_path_buf(), what, source };
+    // 0600 until the old mode is applied: never readable by more than it will be.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(io_err("cannot create"))?;
+    f.write_all(data).map_err(io_err("cannot write"))?;
+    if let Some(old) = old {
+        let new = f.metadata().map_err(io_err("cannot stat"))?;
+        if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
+            std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid())).map_err(|e| {
+                refused(format!(
+                    "cannot give the new users file the old one's owner {}:{} ({e}); nothing written: run as that owner or root",
+                    old.uid(),
+                    old.gid()
+                ))
+            })?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o777))
+            .map_err(io_err("cannot set permissions"))?;
+    }
+    f.sync_all().map_err(io_err("cannot sync"))
+}
