@@ -84,10 +84,16 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord) {
         let outcome = match job.upstream {
             Upstream::Tcp(mut tcp) => match take_tcp(client) {
                 // Plain listener: back to the raw socket, hyper out of the path.
-                Ok((mut sock, early)) => match write_early(&mut tcp, &early).await {
-                    Ok(()) => run(&mut relay, &mut sock, &mut tcp, &kill, &revoked, idle).await,
-                    Err(_) => "tunnel_error",
-                },
+                Ok((mut sock, early)) => {
+                    let sent = write_early(&mut tcp, &early).await;
+                    // `early` may share hyper's whole read buffer: free it
+                    // before the tunnel settles in for hours.
+                    drop(early);
+                    match sent {
+                        Ok(()) => run(&mut relay, &mut sock, &mut tcp, &kill, &revoked, idle).await,
+                        Err(_) => "tunnel_error",
+                    }
+                }
                 Err(upgraded) => {
                     run(&mut relay, &mut TokioIo::new(upgraded), &mut tcp, &kill, &revoked, idle).await
                 }
