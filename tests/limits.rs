@@ -482,3 +482,34 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
     };
     assert!(!status.success(), "an interrupted shutdown exits non-zero: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_count_against_the_per_address_limit() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nmax_connections_per_ip = 2\n"), &users());
+    let shout = spawn_shout_origin();
+    let a = basic("alice", "a1");
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &a)])).await;
+        assert_eq!(c.read_head().await.status, 200);
+        c.send(b"hi").await;
+        assert_eq!(c.read_exact(2).await, b"HI");
+        tunnels.push(c);
+    }
+    // Two tunnels hold both slots of 127.0.0.1 ...
+    let third = read_all(connect_from("127.0.0.1", proxy.addr).await).await;
+    assert!(third.starts_with("HTTP/1.1 503"), "a third connection is refused: {third:?}");
+    // ... until one of them ends.
+    let mut first = tunnels.remove(0);
+    first.shutdown_write().await;
+    assert_eq!(first.read_to_end().await, b"BYE\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.state.conns.open() > 1 {
+        assert!(Instant::now() < deadline, "the ended tunnel's slot was never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c = RawConn::from_stream(connect_from("127.0.0.1", proxy.addr).await);
+    c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &a)])).await;
+    assert_eq!(c.read_head().await.status, 200);
+}

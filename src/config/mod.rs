@@ -132,7 +132,7 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,
             max_connections: 16_384,
-            max_connections_per_ip: 1024,
+            max_connections_per_ip: 8192,
         }
     }
 }

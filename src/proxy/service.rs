@@ -20,6 +20,7 @@ use crate::error::{Fault, ProxyError};
 use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
+use crate::server::limits::Permit;
 use crate::target::{Target, parse_authority, parse_host};
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent};
@@ -40,6 +41,8 @@ pub struct Client {
     pub phase: Arc<Phase>,
     /// Whether the client reached us over TLS.
     pub tls: bool,
+    /// The connection's slot in the connection limits; a tunnel keeps it.
+    pub slot: Arc<Permit>,
 }
 
 /// What a request asks for.
@@ -85,7 +88,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             count(if connect { Counted::Tunnel } else { Counted::Forwarded });
             client.phase.tunnel();
             rec.status = resp.status().as_u16();
-            tunnel::spawn(&state, job, rec);
+            tunnel::spawn(&state, job, rec, client.slot.clone());
             resp
         }
         Err((err, close)) => {

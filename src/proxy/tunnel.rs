@@ -26,6 +26,7 @@ use crate::auth::User;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::server::guard::Guarded;
+use crate::server::limits::Permit;
 use crate::telemetry::AccessRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -63,12 +64,14 @@ pub async fn open(
 
 /// Runs a tunnel in the background, tracked for graceful shutdown; logs its
 /// access event when it ends.
-pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord) {
+pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Permit>) {
     let kill = state.kill.clone();
     let idle = state.snapshot.load().limits.tunnel_idle_timeout;
     let guard = state.sessions.open(job.user.as_deref());
     let metrics = state.metrics.clone();
     state.tasks.spawn(async move {
+        // Held until the tunnel ends: a tunnel is a client connection.
+        let _slot = slot;
         let revoked = guard.session.token.clone();
         let client = match job.client.await {
             Ok(u) => u,

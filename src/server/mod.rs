@@ -189,7 +189,7 @@ async fn serve(
     } else {
         peer
     };
-    let Some(_permit) =
+    let Some(permit) =
         state.conns.try_acquire(client_addr.ip(), limits.max_connections, limits.max_connections_per_ip)
     else {
         tracing::warn!(client = %client_addr, "connection refused: connection limit reached");
@@ -201,11 +201,14 @@ async fn serve(
         }
         return;
     };
+    // Shared with the tunnels this connection may become, so that they
+    // count against the limits for as long as they live.
+    let slot = Arc::new(permit);
     match &listener.tls {
-        None => serve_http(state, stream, client_addr, false, stop).await,
+        None => serve_http(state, stream, client_addr, false, slot, stop).await,
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, stop).await,
+                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, slot, stop).await,
                 Ok(Err(e)) => tracing::debug!(client = %client_addr, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %client_addr, "TLS handshake timed out"),
             }
@@ -232,15 +235,21 @@ fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
     })
 }
 
-async fn serve_http<S>(state: Arc<State>, io: S, addr: SocketAddr, tls: bool, stop: CancellationToken)
-where
+async fn serve_http<S>(
+    state: Arc<State>,
+    io: S,
+    addr: SocketAddr,
+    tls: bool,
+    slot: Arc<limits::Permit>,
+    stop: CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = state.snapshot.load().limits.clone();
     let phase = Arc::new(Phase::default());
     let guard = state.sessions.open(None);
     let revoked = guard.session.token.clone();
-    let client = Client { addr, session: guard.session.clone(), phase: phase.clone(), tls };
+    let client = Client { addr, session: guard.session.clone(), phase: phase.clone(), tls, slot };
     let timeouts = Timeouts {
         idle: limits.idle_timeout,
         head: limits.header_read_timeout,
