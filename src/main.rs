@@ -126,7 +126,8 @@ fn run(config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    authgate::telemetry::init(&snap.log.level, snap.log.format);
+    // Flushes queued log lines when `run` returns (dropped last).
+    let _log = authgate::telemetry::init(&snap.log.level, snap.log.format);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);
