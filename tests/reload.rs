@@ -151,7 +151,9 @@ async fn a_removed_user_gets_407_and_loses_open_tunnels_and_connections() {
     let rest = bob_tunnel.read_to_end().await;
     assert!(rest.is_empty(), "nothing more on bob's tunnel: {rest:?}");
     assert!(bob_conn.is_closed().await, "bob's keep-alive connection is closed");
-    assert!(removed_at.elapsed() < Duration::from_secs(3), "closed within {:?}", removed_at.elapsed());
+    // Detection takes one poll plus one debounce poll (2 x 250 ms); the
+    // bound leaves room for a loaded CI machine.
+    assert!(removed_at.elapsed() < Duration::from_secs(2), "closed within {:?}", removed_at.elapsed());
     // The next request with bob's (cached!) credentials is refused.
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
     // Alice's tunnel is untouched.

@@ -6,7 +6,7 @@
 //! mounted Secret or ConfigMap are both seen). Polling is used rather than
 //! inotify on purpose: inotify watches the inode, which a rename or a symlink
 //! swap replaces, and the edge cases there are the usual source of "reload
-//! did not fire" bugs; a stat of two files twice a second costs nothing.
+//! did not fire" bugs; a stat of a few files four times a second costs nothing.
 //! A change is acted on once the files have stopped changing for one poll
 //! (debounce), so a half-written file is not even tried.
 //!
@@ -27,7 +27,7 @@ use crate::config::{self, ConfigError, Snapshot};
 use crate::proxy::State;
 
 /// How often the files are looked at.
-pub const POLL: Duration = Duration::from_millis(500);
+pub const POLL: Duration = Duration::from_millis(250);
 
 /// What identifies a version of a file: size, mtime, inode, and the path the
 /// symlink chain resolves to.
