@@ -71,11 +71,6 @@ impl ProxyBody {
         self.done = Some(phase);
         self
     }
-
-    /// Takes the access record back out (for a tunnel that logs at its end).
-    pub fn take_log(&mut self) -> Option<AccessRecord> {
-        self.log.take().map(|b| *b)
-    }
 }
 
 impl Drop for ProxyBody {

@@ -72,11 +72,6 @@ impl Egress {
         Egress { denied, allowed }
     }
 
-    /// The configured `allow_cidrs`.
-    pub fn allowed(&self) -> &[IpNet] {
-        &self.allowed
-    }
-
     /// Checks one address. IPv6 forms that embed an IPv4 address are checked
     /// as that IPv4 address.
     pub fn check(&self, ip: IpAddr) -> Verdict {

@@ -194,11 +194,6 @@ impl Decision {
 }
 
 impl Policy {
-    /// Whether any rule needs destination addresses.
-    pub fn uses_cidrs(&self) -> bool {
-        self.rules.iter().any(|r| r.cidrs.is_some())
-    }
-
     /// Decides a query; `None` when a rule needs the addresses first.
     pub fn decide(&self, q: &Query<'_>) -> Option<Decision> {
         for rule in &self.rules {

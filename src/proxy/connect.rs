@@ -26,11 +26,6 @@ impl Connector {
         Connector { resolver }
     }
 
-    /// The resolver (for `explain` and rules that need addresses).
-    pub fn resolver(&self) -> &Resolver {
-        &self.resolver
-    }
-
     /// The addresses of `target`, unchecked.
     ///
     /// # Errors

@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Limits;
 use crate::error::ProxyError;
 use crate::proxy::State;
 use crate::proxy::service::{self, Client};
@@ -205,10 +206,10 @@ async fn serve(
     // count against the limits for as long as they live.
     let slot = Arc::new(permit);
     match &listener.tls {
-        None => serve_http(state, stream, client_addr, false, slot, stop).await,
+        None => serve_http(state, stream, client_addr, false, slot, &limits, stop).await,
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, slot, stop).await,
+                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, slot, &limits, stop).await,
                 Ok(Err(e)) => tracing::debug!(client = %client_addr, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %client_addr, "TLS handshake timed out"),
             }
@@ -241,11 +242,11 @@ async fn serve_http<S>(
     addr: SocketAddr,
     tls: bool,
     slot: Arc<limits::Permit>,
+    limits: &Limits,
     stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = state.snapshot.load().limits.clone();
     let phase = Arc::new(Phase::default());
     let guard = state.sessions.open(None);
     let revoked = guard.session.token.clone();
