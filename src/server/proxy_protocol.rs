@@ -28,31 +28,43 @@ fn bad(msg: &'static str) -> io::Error {
 /// # Errors
 /// `InvalidData` for anything that is not a valid v1 or v2 header.
 pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
-    let mut peek = [0u8; V1_MAX];
-    let n = loop {
-        let n = stream.peek(&mut peek).await?;
+    // Both forms are longer than 12 bytes ("PROXY UNKNOWN\r\n" is 15).
+    let mut head = [0u8; 16];
+    stream.read_exact(&mut head[..12]).await?;
+    if head[..12] == V2_SIGNATURE[..] {
+        stream.read_exact(&mut head[12..]).await?;
+        let len = u16::from_be_bytes([head[14], head[15]]) as usize;
+        if len > V2_MAX_LEN {
+            return Err(bad("PROXY v2 header too long"));
+        }
+        let mut rest = vec![0u8; len];
+        stream.read_exact(&mut rest).await?;
+        return parse_v2(&head, &rest);
+    }
+    if !head.starts_with(b"PROXY ") {
+        return Err(bad("not a PROXY header"));
+    }
+    // v1: consume up to the CRLF and not a byte further. Peek shows what has
+    // arrived; all of it before the line end is header, so it is read (which
+    // also makes the next peek wait for new bytes instead of spinning).
+    let mut line = head[..12].to_vec();
+    let mut buf = [0u8; V1_MAX];
+    loop {
+        let room = V1_MAX - line.len();
+        let n = stream.peek(&mut buf[..room]).await?;
         if n == 0 {
-            return Err(bad("connection closed before the PROXY header"));
+            return Err(bad("connection closed inside the PROXY header"));
         }
-        if n >= 16 || peek[..n].contains(&b'\n') {
-            break n;
+        let take = buf[..n].iter().position(|&b| b == b'\n').map_or(n, |i| i + 1);
+        stream.read_exact(&mut buf[..take]).await?;
+        line.extend_from_slice(&buf[..take]);
+        if line.ends_with(b"\r\n") {
+            return parse_v1(&line[..line.len() - 2]);
         }
-        if !(V2_SIGNATURE.starts_with(&peek[..n.min(12)]) || b"PROXY ".starts_with(&peek[..n.min(6)])) {
-            return Err(bad("not a PROXY header"));
+        if line.ends_with(b"\n") || line.len() >= V1_MAX {
+            return Err(bad("malformed or overlong PROXY v1 header"));
         }
-        // Wait for more of the header.
-        stream.readable().await?;
-    };
-    if peek[..n].starts_with(V2_SIGNATURE) {
-        return read_v2(stream).await;
     }
-    if peek[..n].starts_with(b"PROXY ") {
-        let end = peek[..n].windows(2).position(|w| w == b"\r\n").ok_or(bad("PROXY v1 header too long"))?;
-        let mut line = vec![0u8; end + 2];
-        stream.read_exact(&mut line).await?;
-        return parse_v1(&line[..end]);
-    }
-    Err(bad("not a PROXY header"))
 }
 
 /// Parses a v1 line without its CRLF.
@@ -71,18 +83,6 @@ pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
         }
         _ => Err(bad("malformed PROXY v1 header")),
     }
-}
-
-async fn read_v2(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
-    let mut head = [0u8; 16];
-    stream.read_exact(&mut head).await?;
-    let len = u16::from_be_bytes([head[14], head[15]]) as usize;
-    if len > V2_MAX_LEN {
-        return Err(bad("PROXY v2 header too long"));
-    }
-    let mut rest = vec![0u8; len];
-    stream.read_exact(&mut rest).await?;
-    parse_v2(&head, &rest)
 }
 
 /// Parses a v2 header: the 16 fixed bytes and the address block.
