@@ -77,15 +77,7 @@ async fn spawn_tls_proxy(
 
 /// Sends `GET https://origin/` in absolute form over TLS to the proxy.
 async fn get_https_via(proxy_tls: SocketAddr, proxy_ca_pem: &str, origin: SocketAddr) -> RawResponse {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(proxy_ca_pem.as_bytes()).unwrap()).unwrap();
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = pki::connector(proxy_ca_pem);
     let tcp = tokio::net::TcpStream::connect(proxy_tls).await.unwrap();
     let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let req = request(

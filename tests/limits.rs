@@ -57,18 +57,8 @@ async fn spawn_full(ca: &pki::Ca, leaf: &pki::Leaf) -> Full {
 
 /// The DER of the certificate the TLS listener presents.
 async fn presented_cert(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let mut config = config;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    use rustls::pki_types::ServerName;
+    let connector = pki::connector(ca_pem);
     let tcp = TcpStream::connect(addr).await.unwrap();
     let tls =
         connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake");
