@@ -12,6 +12,7 @@ pub mod pool;
 pub mod relay;
 pub mod service;
 pub mod sessions;
+pub mod splice;
 pub mod tunnel;
 pub mod upstream_tls;
 

@@ -7,6 +7,10 @@
 //! sessions), so here a direction's buffer is released whenever its read
 //! side has nothing to give. An idle tunnel then holds no copy buffer at all,
 //! and a busy one reads in 64 KiB chunks (fewer syscalls for bulk transfers).
+//!
+//! Between two plain TCP sockets ([`Relay::run_tcp`]) a direction that
+//! carries bulk data moves on to `splice(2)` (see `splice.rs`): no copy
+//! through user space at all.
 
 use std::future::poll_fn;
 use std::io;
@@ -16,8 +20,11 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
+
+use super::splice::Pipe;
 
 /// First buffer of a direction that wakes up: small, since most wake-ups of
 /// an interactive tunnel carry little.
@@ -36,6 +43,8 @@ struct Direction {
     done: bool,
     need_flush: bool,
     moved: u64,
+    /// Set once this direction carries bulk data between two TCP sockets.
+    pipe: Option<Pipe>,
 }
 
 impl Direction {
@@ -107,6 +116,56 @@ impl Direction {
             }
         }
     }
+
+    /// Like [`Direction::poll`], for two TCP sockets: once reads have grown
+    /// the buffer to its largest size (a bulk transfer), the direction
+    /// continues through a pipe with `splice(2)`.
+    fn poll_tcp(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut TcpStream,
+        w: &mut TcpStream,
+        progress: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        let drained = self.buf.as_ref().is_none_or(|b| b.is_empty());
+        if self.pipe.is_none() && self.size >= CHUNK && drained && !self.eof {
+            // Out of fds: keep copying rather than fail the tunnel.
+            self.pipe = Pipe::new().ok();
+            if self.pipe.is_some() {
+                self.buf = None;
+            }
+        }
+        let Some(pipe) = self.pipe.as_mut() else {
+            return self.poll(cx, r, w, progress);
+        };
+        loop {
+            if pipe.is_empty() && !self.eof {
+                match ready!(pipe.poll_fill(cx, r))? {
+                    0 => self.eof = true,
+                    _ => *progress = true,
+                }
+            }
+            while !pipe.is_empty() {
+                let n = ready!(pipe.poll_drain(cx, w))?;
+                self.moved += n as u64;
+                *progress = true;
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Which way a direction copies.
+#[derive(Clone, Copy)]
+enum Way {
+    /// Client → origin.
+    Up,
+    /// Origin → client.
+    Down,
 }
 
 /// How a relay ended.
@@ -145,22 +204,39 @@ impl Relay {
         A: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
+        self.drive(idle, |way, dir, cx, progress| match way {
+            Way::Up => dir.poll(cx, client, origin, progress),
+            Way::Down => dir.poll(cx, origin, client, progress),
+        })
+        .await
+    }
+
+    /// [`Relay::run`] for two plain TCP sockets: bulk directions go through
+    /// `splice(2)` instead of a user-space buffer.
+    pub async fn run_tcp(&mut self, client: &mut TcpStream, origin: &mut TcpStream, idle: Duration) -> End {
+        self.drive(idle, |way, dir, cx, progress| match way {
+            Way::Up => dir.poll_tcp(cx, client, origin, progress),
+            Way::Down => dir.poll_tcp(cx, origin, client, progress),
+        })
+        .await
+    }
+
+    /// The loop shared by both relays: polls each direction with `step`,
+    /// ends on failure, on both sides done, or after `idle` without progress.
+    async fn drive<F>(&mut self, idle: Duration, mut step: F) -> End
+    where
+        F: FnMut(Way, &mut Direction, &mut Context<'_>, &mut bool) -> Poll<io::Result<()>>,
+    {
         let mut last = Instant::now();
         let mut timer = Box::pin(tokio::time::sleep(idle));
         poll_fn(|cx| {
             let mut progress = false;
             let mut failed = false;
             if !self.up.done {
-                match self.up.poll(cx, client, origin, &mut progress) {
-                    Poll::Ready(Err(_)) => failed = true,
-                    Poll::Ready(Ok(())) | Poll::Pending => {}
-                }
+                failed = matches!(step(Way::Up, &mut self.up, cx, &mut progress), Poll::Ready(Err(_)));
             }
             if !self.down.done && !failed {
-                match self.down.poll(cx, origin, client, &mut progress) {
-                    Poll::Ready(Err(_)) => failed = true,
-                    Poll::Ready(Ok(())) | Poll::Pending => {}
-                }
+                failed = matches!(step(Way::Down, &mut self.down, cx, &mut progress), Poll::Ready(Err(_)));
             }
             if failed {
                 return Poll::Ready(End::Error);
@@ -181,6 +257,12 @@ impl Relay {
             Poll::Pending
         })
         .await
+    }
+
+    /// Whether a direction moved on to `splice(2)` (for tests).
+    #[cfg(test)]
+    fn spliced(&self) -> (bool, bool) {
+        (self.up.pipe.is_some(), self.down.pipe.is_some())
     }
 }
 
@@ -225,5 +307,47 @@ mod tests {
         }
         assert!(!task.is_finished(), "activity every 6 s keeps a 10 s idle timer from firing");
         assert_eq!(task.await.unwrap(), End::Idle);
+    }
+
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn bulk_between_tcp_sockets_goes_through_splice_intact() {
+        let (client, mut c_side) = tcp_pair().await;
+        let (mut o_side, origin) = tcp_pair().await;
+        let down: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let up: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 241) as u8).collect();
+        let (mut o_r, mut o_w) = origin.into_split();
+        let (mut c_r, mut c_w) = client.into_split();
+        let sent = (down.clone(), up.clone());
+        let origin_task = tokio::spawn(async move {
+            o_w.write_all(&sent.0).await.unwrap();
+            o_w.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            o_r.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let client_task = tokio::spawn(async move {
+            c_w.write_all(&sent.1).await.unwrap();
+            c_w.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            c_r.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        // Let the socket buffers fill, so the relay's first reads are full
+        // ones: the download is bulk from its start.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut relay = Relay::default();
+        let end = relay.run_tcp(&mut c_side, &mut o_side, Duration::from_secs(10)).await;
+        assert_eq!(end, End::Closed);
+        assert!(client_task.await.unwrap() == down, "download arrives intact");
+        assert!(origin_task.await.unwrap() == up, "upload arrives intact");
+        assert_eq!((relay.up(), relay.down()), (up.len() as u64, down.len() as u64));
+        assert!(relay.spliced().1, "a 3 MiB download moves on to splice(2)");
     }
 }

@@ -13,9 +13,8 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::State;
@@ -93,18 +92,19 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
                     // before the tunnel settles in for hours.
                     drop(early);
                     match sent {
-                        Ok(()) => run(&mut relay, &mut sock, &mut tcp, &kill, &revoked, idle).await,
+                        Ok(()) => watch(relay.run_tcp(&mut sock, &mut tcp, idle), &kill, &revoked).await,
                         Err(_) => "tunnel_error",
                     }
                 }
                 Err(upgraded) => {
-                    run(&mut relay, &mut TokioIo::new(upgraded), &mut tcp, &kill, &revoked, idle).await
+                    let mut client = TokioIo::new(upgraded);
+                    watch(relay.run(&mut client, &mut tcp, idle), &kill, &revoked).await
                 }
             },
             Upstream::Upgraded(on) => match on.await {
                 Ok(u) => {
-                    run(&mut relay, &mut TokioIo::new(client), &mut TokioIo::new(u), &kill, &revoked, idle)
-                        .await
+                    let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(u));
+                    watch(relay.run(&mut client, &mut origin, idle), &kill, &revoked).await
                 }
                 Err(_) => "upstream_upgrade_failed",
             },
@@ -133,21 +133,14 @@ async fn write_early(origin: &mut TcpStream, early: &[u8]) -> std::io::Result<()
     Ok(())
 }
 
-/// Relays until the tunnel ends, the proxy shuts down, or the user is revoked.
-async fn run<A, B>(
-    relay: &mut Relay,
-    client: &mut A,
-    origin: &mut B,
+/// Waits for a relay to end, the proxy to shut down, or the user to be revoked.
+async fn watch(
+    relay: impl Future<Output = End>,
     kill: &CancellationToken,
     revoked: &CancellationToken,
-    idle: Duration,
-) -> &'static str
-where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
-{
+) -> &'static str {
     tokio::select! {
-        end = relay.run(client, origin, idle) => match end {
+        end = relay => match end {
             End::Closed => "tunnel_closed",
             End::Idle => "tunnel_idle_timeout",
             End::Error => "tunnel_error",
