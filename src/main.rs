@@ -169,6 +169,7 @@ async fn shutdown_signal() {
             _ = int.recv() => {},
         }
         eprintln!("authgate: second signal, exiting now");
+        authgate::telemetry::flush();
         std::process::exit(1);
     });
 }
