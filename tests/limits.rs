@@ -503,3 +503,50 @@ async fn open_tunnels_count_against_the_per_address_limit() {
     c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &a)])).await;
     assert_eq!(c.read_head().await.status, 200);
 }
+
+/// An origin that answers with an endless chunked body; reports when the
+/// proxy stops taking it (its connection to the origin is gone).
+async fn endless_origin() -> (SocketAddr, oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 4096];
+        let _ = s.read(&mut head).await;
+        let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+        let mut res = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").await;
+        while res.is_ok() {
+            res = s.write_all(chunk.as_bytes()).await;
+        }
+        let _ = tx.send(());
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nsend_timeout = \"500ms\"\n"), &users());
+    let (origin, gone) = endless_origin().await;
+    let mut c = RawConn::connect(proxy.addr).await;
+    let url = format!("http://{origin}/endless");
+    c.send(request(
+        "GET",
+        &url,
+        &[("Host", &origin.to_string()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    ))
+    .await;
+    // The client never reads: the socket buffers fill, the proxy's writes
+    // block, and after the send timeout it gives the connection up, which
+    // also closes its connection to the origin.
+    tokio::time::timeout(Duration::from_secs(20), gone)
+        .await
+        .expect("the proxy dropped the origin connection of a client that stopped reading")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.state.conns.open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(proxy.state.conns.open(), 0, "the connection slot is free again");
+    drop(c);
+}

@@ -119,6 +119,7 @@ pub struct RawLimits {
     pub dns_timeout: Option<Spanned<String>>,
     pub upstream_response_timeout: Option<Spanned<String>>,
     pub tunnel_idle_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub max_connections: Option<Spanned<i64>>,

@@ -13,7 +13,13 @@
 //!   problem body, then the connection closes; a head larger than
 //!   `max_header_bytes` gets `431` the same way;
 //! - **busy** (a request is being served) and **tunnel** (upgraded): no
-//!   timer here; bodies and tunnels have their own limits.
+//!   read timer here; bodies and tunnels have their own limits.
+//!
+//! Outside tunnels, a write the client does not accept for `send_timeout`
+//! fails the connection (a slow-read client would otherwise hold its
+//! connection slot and an origin connection for ever). The timer starts at
+//! the first write that cannot proceed and is forgotten at the next one that
+//! does, so a slow but moving download is not cut.
 //!
 //! The canned answers are written to the socket by this wrapper itself, then
 //! hyper reads end-of-stream and closes. A head hyper cannot parse makes
@@ -68,6 +74,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// From the first byte of a head to its end.
     pub head: Duration,
+    /// A response write that cannot proceed for this long fails.
+    pub send: Duration,
     /// Largest head.
     pub max_head: usize,
 }
@@ -97,6 +105,10 @@ pub struct Guarded<S> {
     head_bytes: usize,
     answer: Canned,
     reject: Option<(Vec<u8>, usize)>,
+    /// Running while writes are blocked by a client that does not read;
+    /// made at the first such stall.
+    stall: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
 }
 
 impl<S> Guarded<S> {
@@ -111,12 +123,41 @@ impl<S> Guarded<S> {
             head_bytes: 0,
             answer,
             reject: None,
+            stall: None,
+            stalled: false,
         }
     }
 
     /// The wrapped socket (for a tunnel that takes it over).
     pub fn into_inner(self) -> S {
         self.inner
+    }
+
+    /// Passes a write's result on; a write that stays blocked for the send
+    /// timeout becomes an error, which makes hyper close the connection.
+    fn watch_send<T>(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if res.is_ready() {
+            self.stalled = false;
+            return res;
+        }
+        if self.phase.get() == TUNNEL {
+            // Tunnels have their own idle timeout.
+            return res;
+        }
+        let limit = self.limits.send;
+        let deadline = Instant::now() + limit;
+        let timer = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.stalled {
+            self.stalled = true;
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client accepted no data for limits.send_timeout",
+            )));
+        }
+        Poll::Pending
     }
 
     fn arm(&mut self, phase: u8, d: Duration) {
@@ -215,7 +256,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         if self.phase.get() == HEAD {
             return self.poll_replace(cx, buf, buf.len());
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch_send(cx, res)
     }
 
     fn poll_write_vectored(
@@ -228,7 +270,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
             let len = bufs.iter().map(|b| b.len()).sum();
             return self.poll_replace(cx, first, len);
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch_send(cx, res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -236,7 +279,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch_send(cx, res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

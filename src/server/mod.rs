@@ -254,6 +254,7 @@ async fn serve_http<S>(
     let timeouts = Timeouts {
         idle: limits.idle_timeout,
         head: limits.header_read_timeout,
+        send: limits.send_timeout,
         max_head: limits.max_header_bytes,
     };
     let io = Guarded::new(io, phase, timeouts, canned(&state, addr));
