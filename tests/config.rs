@@ -68,6 +68,19 @@ fn bad_duration_is_reported_with_line_and_column() {
 }
 
 #[test]
+fn new_limits_are_checked_with_line_and_column() {
+    let config = "[auth.throttle]\ndelay = \"2m\"\n[limits]\nsend_timeout = \"0s\"\n";
+    let err = load_err(config, &good_users());
+    assert!(err.contains("authgate.toml:2:9") && err.contains("auth.throttle.delay"), "{err}");
+    assert!(err.contains("authgate.toml:4:16") && err.contains("limits.send_timeout"), "{err}");
+    let (_dir, snap) =
+        load("[auth.throttle]\ndelay = \"0s\"\n[limits]\nsend_timeout = \"5s\"\n", &good_users());
+    let snap = snap.expect("valid");
+    assert_eq!(snap.auth.throttle.delay, std::time::Duration::ZERO);
+    assert_eq!(snap.limits.send_timeout, std::time::Duration::from_secs(5));
+}
+
+#[test]
 fn bad_listen_address_is_reported_with_line_and_column() {
     let config = "[server]\nlisten = [\"127.0.0.1:3128\", \"localhost:99999\"]\n";
     let err = load_err(config, &good_users());

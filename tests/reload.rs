@@ -199,23 +199,57 @@ async fn status_from(src: &str, proxy: SocketAddr, origin: &Origin, user: &str, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled_per_address() {
     let origin = spawn_echo_origin();
-    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 3\nwindow = \"1m\"\n");
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 3\nwindow = \"1m\"\ndelay = \"3s\"\n");
     let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
     // Alice logs in before the attack: her cached credentials keep working.
     assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await.status, 200);
     for _ in 0..3 {
         assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
     }
+    let start = Instant::now();
     let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong2").await;
     assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    assert!(start.elapsed() >= Duration::from_millis(2900), "the 429 waits for the tarpit delay");
     let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    // A cached success from the throttled address is not slowed.
+    // A cached success from the throttled address is neither refused nor delayed.
+    let start = Instant::now();
     assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    assert!(start.elapsed() < Duration::from_millis(2900), "no tarpit for a logged-in client");
     // The same user from another address is unaffected.
     assert_eq!(status_from("127.0.0.2", proxy.addr, &origin, "alice", "wrong").await.status, 407);
     let r = status_from("127.0.0.2", proxy.addr, &origin, "alice", "a1").await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_wrong_passwords_reaches_argon2_at_most_max_failures_times() {
+    let origin = std::sync::Arc::new(spawn_echo_origin());
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 3\nwindow = \"1h\"\ndelay = \"0s\"\n");
+    // Costs high enough that verifications overlap: every attempt is in
+    // flight before the first failure is known.
+    let params = argon2::Params::new(4096, 1, 1, None).unwrap();
+    let phc = authgate::auth::password::hash_password("a1", params).unwrap().to_string();
+    let proxy: Custom = spawn_custom(&cfg, &format!("[users.alice]\npassword = \"{phc}\"\n"));
+    // 20 different wrong passwords at once, as a brute-forcer with many
+    // connections sends them: each is its own verification.
+    let tries: Vec<_> = (0..20)
+        .map(|i| {
+            let origin = origin.clone();
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                status_from("127.0.0.1", addr, &origin, "alice", &format!("guess{i}")).await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tries {
+        statuses.push(t.await.unwrap().status);
+    }
+    let checked = statuses.iter().filter(|&&s| s == 407).count();
+    let throttled = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(checked + throttled, 20, "{statuses:?}");
+    assert!(checked <= 3, "only max_failures attempts may be checked at once: {statuses:?}");
 }
 
 #[test]

@@ -162,12 +162,9 @@ impl Authenticator {
         if let Err(retry) = self.throttle.check(client, throttle, now) {
             return Outcome::Throttled(retry);
         }
-        let creds = match basic::parse(header) {
-            Ok(c) => c,
-            Err(_) => {
-                self.throttle.failed(client, throttle, now);
-                return Outcome::Refused { reason: Refusal::Malformed, username: None };
-            }
+        let Ok(creds) = basic::parse(header) else {
+            self.throttle.failed(client, throttle, now);
+            return Outcome::Refused { reason: Refusal::Malformed, username: None };
         };
         let username = creds.username.clone();
         // Single flight: clients that open many connections at once with the
@@ -178,19 +175,23 @@ impl Authenticator {
         if let Some(user) = self.cached(users, header, Instant::now()) {
             return Outcome::Ok(user);
         }
-        let verdict = match self.verify_bounded(users, creds).await {
-            Some(v) => v,
-            None => return Outcome::Overloaded,
+        // The attempt is counted before argon2 and given back unless it
+        // fails: concurrent wrong passwords from one address cannot all reach
+        // argon2 before the first failure is known.
+        if let Err(retry) = self.throttle.take(client, throttle, Instant::now()) {
+            return Outcome::Throttled(retry);
+        }
+        let Some(verdict) = self.verify_bounded(users, creds).await else {
+            self.throttle.refund(client, throttle);
+            return Outcome::Overloaded;
         };
         match verdict {
             Ok(user) => {
+                self.throttle.refund(client, throttle);
                 self.cache.insert(header, user.name.clone(), user.fingerprint, ttl, Instant::now());
                 Outcome::Ok(user)
             }
-            Err(reason) => {
-                self.throttle.failed(client, throttle, Instant::now());
-                Outcome::Refused { reason, username: Some(username) }
-            }
+            Err(reason) => Outcome::Refused { reason, username: Some(username) },
         }
     }
 

@@ -23,11 +23,20 @@ pub struct Settings {
     pub max_failures: u32,
     /// Time in which `max_failures` tokens come back.
     pub window: Duration,
+    /// How long a throttled attempt waits before its 429: a flooding client
+    /// then gets one answer per connection per `delay`, and its flood stops
+    /// taking CPU from everyone else.
+    pub delay: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { enabled: true, max_failures: 10, window: Duration::from_secs(60) }
+        Settings {
+            enabled: true,
+            max_failures: 10,
+            window: Duration::from_secs(60),
+            delay: Duration::from_secs(1),
+        }
     }
 }
 
@@ -71,7 +80,7 @@ impl Throttle {
         b.at = now;
     }
 
-    /// `Err(retry_after)` when `ip` has no failed attempt left.
+    /// `Err(retry_after)` when `ip` has no attempt left; takes nothing.
     pub fn check(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<(), Duration> {
         if !s.enabled {
             return Ok(());
@@ -79,33 +88,62 @@ impl Throttle {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = map.get_mut(&client_key(ip)) else { return Ok(()) };
         Self::refill(b, s, now);
-        if b.tokens >= 1.0 {
-            Ok(())
-        } else {
-            let rate = f64::from(s.max_failures) / s.window.as_secs_f64().max(0.001);
-            Err(Duration::from_secs_f64(((1.0 - b.tokens) / rate).max(1.0)).min(s.window))
-        }
+        if b.tokens >= 1.0 { Ok(()) } else { Err(Self::retry_after(b, s)) }
     }
 
-    /// Records a failed attempt from `ip`.
+    fn retry_after(b: &Bucket, s: &Settings) -> Duration {
+        let rate = f64::from(s.max_failures) / s.window.as_secs_f64().max(0.001);
+        Duration::from_secs_f64(((1.0 - b.tokens) / rate).max(1.0)).min(s.window)
+    }
+
+    /// Records a failed attempt that was not taken in advance.
     pub fn failed(&self, ip: IpAddr, s: &Settings, now: Instant) {
+        let _ = self.take(ip, s, now);
+    }
+
+    /// Takes one attempt from `ip`'s bucket before its credentials are
+    /// checked; `Err(retry_after)` when none is left. Taking it up front
+    /// means a burst of concurrent attempts cannot all reach argon2 before
+    /// the first failure is counted. Give it back with [`Throttle::refund`]
+    /// when the attempt did not fail.
+    pub fn take(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<(), Duration> {
         if !s.enabled {
-            return;
+            return Ok(());
         }
+        let key = client_key(ip);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED && !map.contains_key(&client_key(ip)) {
+        if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
             // Forget addresses whose buckets are full again.
             map.retain(|_, b| {
                 Self::refill(b, s, now);
                 b.tokens < f64::from(s.max_failures)
             });
             if map.len() >= MAX_TRACKED {
-                return;
+                // Tracking is full of failing addresses: let this one be
+                // checked rather than refuse a client never seen failing.
+                return Ok(());
             }
         }
-        let b = map.entry(client_key(ip)).or_insert(Bucket { tokens: f64::from(s.max_failures), at: now });
+        let b = map.entry(key).or_insert(Bucket { tokens: f64::from(s.max_failures), at: now });
         Self::refill(b, s, now);
-        b.tokens = (b.tokens - 1.0).max(0.0);
+        if b.tokens >= 1.0 {
+            b.tokens = (b.tokens - 1.0).max(0.0);
+            Ok(())
+        } else {
+            Err(Self::retry_after(b, s))
+        }
+    }
+
+    /// Gives back an attempt taken by [`Throttle::take`] that succeeded (or
+    /// was never checked): successes cost nothing.
+    pub fn refund(&self, ip: IpAddr, s: &Settings) {
+        if !s.enabled {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = map.get_mut(&client_key(ip)) {
+            b.tokens = (b.tokens + 1.0).min(f64::from(s.max_failures));
+        }
     }
 }
 
@@ -115,30 +153,48 @@ mod tests {
 
     #[test]
     fn blocks_after_burst_and_recovers() {
-        let s = Settings { enabled: true, max_failures: 3, window: Duration::from_secs(30) };
+        let s = Settings { max_failures: 3, window: Duration::from_secs(30), ..Settings::default() };
         let t = Throttle::new();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(t.check(ip, &s, t0).is_ok());
-            t.failed(ip, &s, t0);
+            assert!(t.take(ip, &s, t0).is_ok());
         }
-        let retry = t.check(ip, &s, t0).unwrap_err();
+        let retry = t.take(ip, &s, t0).unwrap_err();
         assert!(retry >= Duration::from_secs(1) && retry <= Duration::from_secs(10), "{retry:?}");
-        assert!(t.check(other, &s, t0).is_ok(), "other addresses are unaffected");
-        assert!(t.check(ip, &s, t0 + Duration::from_secs(10)).is_ok(), "a token came back");
+        assert!(t.take(other, &s, t0).is_ok(), "other addresses are unaffected");
+        assert!(t.take(ip, &s, t0 + Duration::from_secs(10)).is_ok(), "a token came back");
+    }
+
+    #[test]
+    fn successes_are_refunded_and_concurrent_attempts_are_bounded() {
+        let s = Settings { max_failures: 2, ..Settings::default() };
+        let t = Throttle::new();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert!(t.take(ip, &s, now).is_ok());
+            t.refund(ip, &s);
+        }
+        // Two attempts in flight at once use up the bucket: a third waits
+        // for one of them to succeed.
+        assert!(t.take(ip, &s, now).is_ok());
+        assert!(t.take(ip, &s, now).is_ok());
+        assert!(t.take(ip, &s, now).is_err());
+        t.refund(ip, &s);
+        assert!(t.take(ip, &s, now).is_ok());
     }
 
     #[test]
     fn ipv6_counts_per_64_and_disabled_never_blocks() {
-        let s = Settings { enabled: true, max_failures: 1, window: Duration::from_secs(60) };
+        let s = Settings { max_failures: 1, ..Settings::default() };
         let t = Throttle::new();
         let now = Instant::now();
-        t.failed("2001:db8::1".parse().unwrap(), &s, now);
-        assert!(t.check("2001:db8::ffff".parse().unwrap(), &s, now).is_err());
-        assert!(t.check("2001:db8:0:1::1".parse().unwrap(), &s, now).is_ok());
+        assert!(t.take("2001:db8::1".parse().unwrap(), &s, now).is_ok());
+        assert!(t.take("2001:db8::ffff".parse().unwrap(), &s, now).is_err());
+        assert!(t.take("2001:db8:0:1::1".parse().unwrap(), &s, now).is_ok());
         let off = Settings { enabled: false, ..s };
-        assert!(t.check("2001:db8::1".parse().unwrap(), &off, now).is_ok());
+        assert!(t.take("2001:db8::1".parse().unwrap(), &off, now).is_ok());
     }
 }

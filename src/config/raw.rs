@@ -178,6 +178,7 @@ pub struct RawThrottle {
     pub enabled: Option<bool>,
     pub max_failures: Option<Spanned<i64>>,
     pub window: Option<Spanned<String>>,
+    pub delay: Option<Spanned<String>>,
 }
 
 /// `[auth.argon2]`: parameters for new hashes.

@@ -213,6 +213,15 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
             None => {}
         }
     }
+    if let Some(d) = &t.delay {
+        match duration(&mut c, d, "auth.throttle.delay") {
+            Some(v) if v > Duration::from_secs(60) => {
+                c.at(d.span(), "auth.throttle.delay: must be at most 60s")
+            }
+            Some(v) => s.auth.throttle.delay = v,
+            None => {}
+        }
+    }
 
     if let Some(level) = &raw.log.level {
         if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {

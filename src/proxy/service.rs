@@ -225,6 +225,9 @@ async fn authenticate(
             Ok(user)
         }
         Outcome::Throttled(retry_after) => {
+            // Tarpit: costs a timer, not CPU, and slows the flood to one
+            // attempt per connection per delay.
+            tokio::time::sleep(snap.auth.throttle.delay).await;
             AuditEvent {
                 request_id: &rec.request_id,
                 client: client.addr,
