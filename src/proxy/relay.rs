@@ -45,6 +45,8 @@ struct Direction {
     moved: u64,
     /// Set once this direction carries bulk data between two TCP sockets.
     pipe: Option<Pipe>,
+    /// splice(2) failed before moving anything: copy for good.
+    no_splice: bool,
 }
 
 impl Direction {
@@ -128,7 +130,7 @@ impl Direction {
         progress: &mut bool,
     ) -> Poll<io::Result<()>> {
         let drained = self.buf.as_ref().is_none_or(|b| b.is_empty());
-        if self.pipe.is_none() && self.size >= CHUNK && drained && !self.eof {
+        if self.pipe.is_none() && !self.no_splice && self.size >= CHUNK && drained && !self.eof {
             // Out of fds: keep copying rather than fail the tunnel.
             self.pipe = Pipe::new().ok();
             if self.pipe.is_some() {
@@ -140,9 +142,16 @@ impl Direction {
         };
         loop {
             if pipe.is_empty() && !self.eof {
-                match ready!(pipe.poll_fill(cx, r))? {
-                    0 => self.eof = true,
-                    _ => *progress = true,
+                match ready!(pipe.poll_fill(cx, r)) {
+                    Ok(0) => self.eof = true,
+                    Ok(_) => *progress = true,
+                    Err(e) if Pipe::unsupported(&e) => {
+                        // Nothing moved: carry on copying.
+                        self.pipe = None;
+                        self.no_splice = true;
+                        return self.poll(cx, r, w, progress);
+                    }
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             }
             while !pipe.is_empty() {

@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::task::{Context, Poll, ready};
 
+use rustix::io::Errno;
 use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, splice};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -59,6 +60,15 @@ impl Pipe {
             return Err(io::Error::other("pipe smaller than the copy buffer"));
         }
         Ok(Pipe { read, write, pending: 0, capacity })
+    }
+
+    /// Whether `e`, from [`Pipe::poll_fill`], says splice cannot be used on
+    /// this socket at all (a seccomp filter, an exotic socket). The pipe is
+    /// empty whenever it is filled, so no byte is lost: the caller can go
+    /// back to copying.
+    pub fn unsupported(e: &io::Error) -> bool {
+        Errno::from_io_error(e)
+            .is_some_and(|n| [Errno::INVAL, Errno::NOSYS, Errno::PERM, Errno::OPNOTSUPP].contains(&n))
     }
 
     /// Whether everything taken in has been passed on.
