@@ -116,3 +116,18 @@ impl Pipe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_errors_that_rule_splice_out_fall_back_to_copying() {
+        for errno in [Errno::INVAL, Errno::NOSYS, Errno::PERM, Errno::OPNOTSUPP] {
+            assert!(Pipe::unsupported(&io::Error::from_raw_os_error(errno.raw_os_error())));
+        }
+        for errno in [Errno::CONNRESET, Errno::PIPE, Errno::AGAIN] {
+            assert!(!Pipe::unsupported(&io::Error::from_raw_os_error(errno.raw_os_error())));
+        }
+    }
+}
