@@ -1061,9 +1061,15 @@ def java_origin_401(env, tls, props=()):
     ensure(first in ("STATUS 401", "EXCEPTION java.io.IOException: No credentials provided"), o[:2000])
     if tls:
         return first.replace("EXCEPTION ", "") + " (401 inside the tunnel)"
-    log = env.log_since(mark)
-    ensure(any("status=401" in line and "user=alice" in line for line in log),
-           "authgate did not forward a 401:\n%s" % "\n".join(log))
+    # authgate writes its log in batches, at most about 100 ms late.
+    deadline = time.time() + 3
+    while True:
+        log = env.log_since(mark)
+        forwarded = any("status=401" in line and "user=alice" in line for line in log)
+        if forwarded or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    ensure(forwarded, "authgate did not forward a 401:\n%s" % "\n".join(log))
     return first.replace("EXCEPTION ", "") + " after the forwarded 401"
 
 
@@ -1210,6 +1216,7 @@ def git_head():
 def check_loopback_only(m, env):
     def scan():
         bad, seen = [], 0
+        time.sleep(0.5)  # the log is written in batches, at most about 100 ms late
         for event_target, fl, _ in env.log_events():
             if event_target not in ("authgate::access", "authgate::audit"):
                 continue
