@@ -140,9 +140,14 @@ impl Throttle {
         if !s.enabled {
             return;
         }
+        let key = client_key(ip);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get_mut(&client_key(ip)) {
-            b.tokens = (b.tokens + 1.0).min(f64::from(s.max_failures));
+        if let Some(b) = map.get_mut(&key) {
+            b.tokens += 1.0;
+            if b.tokens >= f64::from(s.max_failures) {
+                // Full again: an address that never fails is not tracked.
+                map.remove(&key);
+            }
         }
     }
 }
@@ -177,6 +182,7 @@ mod tests {
             assert!(t.take(ip, &s, now).is_ok());
             t.refund(ip, &s);
         }
+        assert!(t.map.lock().unwrap().is_empty(), "an address that never failed is not tracked");
         // Two attempts in flight at once use up the bucket: a third waits
         // for one of them to succeed.
         assert!(t.take(ip, &s, now).is_ok());

@@ -45,7 +45,7 @@ struct Direction {
     moved: u64,
     /// Set once this direction carries bulk data between two TCP sockets.
     pipe: Option<Pipe>,
-    /// splice(2) failed before moving anything: copy for good.
+    /// No pipe could be had, or splice(2) was refused: copy for good.
     no_splice: bool,
 }
 
@@ -131,10 +131,14 @@ impl Direction {
     ) -> Poll<io::Result<()>> {
         let drained = self.buf.as_ref().is_none_or(|b| b.is_empty());
         if self.pipe.is_none() && !self.no_splice && self.size >= CHUNK && drained && !self.eof {
-            // Out of fds: keep copying rather than fail the tunnel.
-            self.pipe = Pipe::new().ok();
-            if self.pipe.is_some() {
-                self.buf = None;
+            match Pipe::new() {
+                Ok(pipe) => {
+                    self.pipe = Some(pipe);
+                    self.buf = None;
+                }
+                // Out of fds, or no large pipe: copy for good rather than
+                // fail the tunnel or try again at every wake-up.
+                Err(_) => self.no_splice = true,
             }
         }
         let Some(pipe) = self.pipe.as_mut() else {

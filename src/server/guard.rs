@@ -144,14 +144,15 @@ impl<S> Guarded<S> {
             // Tunnels have their own idle timeout.
             return res;
         }
-        let limit = self.limits.send;
-        let deadline = Instant::now() + limit;
-        let timer = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.stalled {
             self.stalled = true;
-            timer.as_mut().reset(deadline);
+            let deadline = Instant::now() + self.limits.send;
+            match self.stall.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
-        if timer.as_mut().poll(cx).is_ready() {
+        if self.stall.as_mut().is_some_and(|timer| timer.as_mut().poll(cx).is_ready()) {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client accepted no data for limits.send_timeout",
