@@ -26,6 +26,18 @@ fn users() -> String {
     users_toml(&[("alice", "a1")])
 }
 
+/// An authenticated GET through `proxy` gets the origin's 200.
+async fn assert_still_serves(proxy: SocketAddr) {
+    let origin = spawn_echo_origin();
+    let r = get(
+        proxy,
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "the proxy still serves");
+}
+
 /// A proxy with all configured listeners (plain and TLS) bound on port 0.
 struct Full {
     plain: SocketAddr,
@@ -146,14 +158,7 @@ async fn slowloris_gets_408_and_an_oversized_head_431() {
     assert_proxy_error(&r, 431, "http_request_error", "request_head_too_large");
     assert!(c.is_closed().await);
     // The proxy still serves.
-    let origin = spawn_echo_origin();
-    let r = get(
-        proxy.addr,
-        &origin.url("/"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    assert_still_serves(proxy.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,12 +169,7 @@ async fn idle_keep_alive_connections_are_closed_quietly() {
     );
     let origin = spawn_echo_origin();
     let mut c = RawConn::connect(proxy.addr).await;
-    c.send(request(
-        "GET",
-        &origin.url("/"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    ))
-    .await;
+    c.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
     assert_eq!(c.read_response("GET").await.status, 200);
     let start = Instant::now();
     assert!(c.is_closed().await, "an idle connection is closed without a response");
@@ -210,12 +210,7 @@ async fn one_address_cannot_take_every_connection() {
     // Another address still gets through.
     let s = connect_from("127.0.0.2", proxy.addr).await;
     let mut c = RawConn::from_stream(s);
-    c.send(request(
-        "GET",
-        &origin.url("/"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    ))
-    .await;
+    c.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
     assert_eq!(c.read_response("GET").await.status, 200);
 }
 
@@ -415,14 +410,7 @@ async fn unparsable_heads_get_authgates_own_answers() {
         assert!(c.is_closed().await);
     }
     // Still serving.
-    let origin = spawn_echo_origin();
-    let r = get(
-        proxy.addr,
-        &origin.url("/"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    )
-    .await;
-    assert_eq!(r.status, 200);
+    assert_still_serves(proxy.addr).await;
 }
 
 #[test]
@@ -530,12 +518,7 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     let (origin, gone) = endless_origin().await;
     let mut c = RawConn::connect(proxy.addr).await;
     let url = format!("http://{origin}/endless");
-    c.send(request(
-        "GET",
-        &url,
-        &[("Host", &origin.to_string()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    ))
-    .await;
+    c.send(get_as(&url, &origin.to_string(), "alice", "a1")).await;
     // The client never reads: the socket buffers fill, the proxy's writes
     // block, and after the send timeout it gives the connection up, which
     // also closes its connection to the origin.

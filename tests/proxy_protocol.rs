@@ -37,11 +37,6 @@ async fn a_header_in_pieces_is_waited_for_without_spinning() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.write_all(b"\n").await.unwrap();
     let mut c = RawConn::from_stream(s);
-    c.send(request(
-        "GET",
-        &origin.url("/"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    ))
-    .await;
+    c.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
     assert_eq!(c.read_response("GET").await.status, 200);
 }

@@ -251,6 +251,11 @@ pub fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> 
     s.into_bytes()
 }
 
+/// A GET of `url` with `Host: host` and Basic proxy credentials, as raw bytes.
+pub fn get_as(url: &str, host: &str, user: &str, pass: &str) -> Vec<u8> {
+    request("GET", url, &[("Host", host), ("Proxy-Authorization", &super::basic(user, pass))])
+}
+
 /// Sends one request on a fresh connection and reads its response.
 pub async fn send_one(
     proxy: SocketAddr,
