@@ -87,11 +87,17 @@ impl AccessRecord {
             status = self.status,
             bytes_up = self.bytes_up.load(Ordering::Relaxed),
             bytes_down = self.bytes_down,
-            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = millis(self.started.elapsed()),
             outcome = self.outcome,
             rule,
         );
     }
+}
+
+/// Milliseconds with microsecond resolution: the nearest `f64` to a whole
+/// number of microseconds prints short (`3.865`, not `3.8648749999999996`).
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// An authentication failure, for the audit log (target `authgate::audit`).
@@ -141,4 +147,18 @@ pub fn sanitize_username(name: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_log_in_short_milliseconds() {
+        assert_eq!(format!("{:?}", millis(Duration::from_nanos(3_864_875))), "3.864");
+        assert_eq!(format!("{:?}", millis(Duration::from_micros(29_112_130))), "29112.13");
+        assert_eq!(format!("{:?}", millis(Duration::from_micros(1))), "0.001");
+        assert_eq!(format!("{:?}", millis(Duration::ZERO)), "0.0");
+    }
 }
