@@ -42,22 +42,33 @@ pub struct Listener {
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
     admin: bool,
+    /// Accepted sockets come with `TCP_NODELAY` already set.
+    nodelay_inherited: bool,
 }
 
 impl Listener {
+    fn new(tcp: TcpListener, tls: Option<TlsAcceptor>, proxy_protocol: bool, admin: bool) -> Self {
+        // Linux copies TCP_NODELAY from the listening socket to each accepted
+        // one: set once here, it saves a setsockopt(2) per connection (one of
+        // about 22 syscalls of a CONNECT tunnel, 12 of a one-shot request).
+        let nodelay_inherited =
+            cfg!(target_os = "linux") && socket2::SockRef::from(&tcp).set_tcp_nodelay(true).is_ok();
+        Listener { tcp, tls, proxy_protocol, admin, nodelay_inherited }
+    }
+
     /// A plain-TCP proxy listener.
     pub fn plain(tcp: TcpListener, proxy_protocol: bool) -> Self {
-        Listener { tcp, tls: None, proxy_protocol, admin: false }
+        Listener::new(tcp, None, proxy_protocol, false)
     }
 
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub fn admin(tcp: TcpListener) -> Self {
-        Listener { tcp, tls: None, proxy_protocol: false, admin: true }
+        Listener::new(tcp, None, false, true)
     }
 
     /// A TLS proxy listener.
     pub fn tls(tcp: TcpListener, acceptor: TlsAcceptor, proxy_protocol: bool) -> Self {
-        Listener { tcp, tls: Some(acceptor), proxy_protocol, admin: false }
+        Listener::new(tcp, Some(acceptor), proxy_protocol, false)
     }
 
     /// The bound address.
@@ -172,7 +183,9 @@ async fn serve(
     peer: SocketAddr,
     stop: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    if !listener.nodelay_inherited {
+        let _ = stream.set_nodelay(true);
+    }
     let limits = state.snapshot.load().limits.clone();
     let client_addr = if listener.proxy_protocol {
         match tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream)).await
@@ -291,5 +304,21 @@ async fn serve_http<S>(
     };
     if let Err(e) = result {
         tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_come_with_nodelay_from_the_listener() {
+        let listener = Listener::plain(TcpListener::bind("127.0.0.1:0").await.unwrap(), false);
+        assert!(listener.nodelay_inherited);
+        let addr = listener.local_addr().unwrap();
+        let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.tcp.accept());
+        let (stream, _) = accepted.unwrap();
+        // serve() skips its own set_nodelay on the strength of this.
+        assert!(stream.nodelay().unwrap(), "Linux copies TCP_NODELAY to accepted sockets");
     }
 }
