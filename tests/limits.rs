@@ -417,28 +417,12 @@ async fn unparsable_heads_get_authgates_own_answers() {
 fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
     use std::process::{Command, Stdio};
     let dir = TempDir::new();
-    let port = closed_port();
-    let config = format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[limits]\nshutdown_grace = \"60s\"\n"
-    );
-    let path = dir.write("authgate.toml", config);
-    dir.write("users.toml", users());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bin = start_binary(&dir, "[limits]\nshutdown_grace = \"60s\"\n", &users(), Stdio::null());
+    let (mut child, proxy) = (bin.child, bin.addr);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _tunnel = rt.block_on(async {
         let shout = spawn_shout_origin();
-        let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(proxy).await.is_err() {
-            assert!(Instant::now() < deadline, "proxy did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(proxy).await;
         let mut c = RawConn::connect(proxy).await;
         c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))]))
             .await;

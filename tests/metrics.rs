@@ -132,28 +132,13 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
 #[test]
 fn json_logs_are_one_object_per_line_without_credentials() {
     let dir = TempDir::new();
-    let port = closed_port();
-    let cfg = format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[log]\nformat = \"json\"\nlevel = \"info\"\n"
-    );
-    let path = dir.write("authgate.toml", cfg);
-    dir.write("users.toml", users_toml(&[("alice", "s3cret-pw")]));
-    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let users = users_toml(&[("alice", "s3cret-pw")]);
+    let bin = start_binary(&dir, "[log]\nformat = \"json\"\nlevel = \"info\"\n", &users, Stdio::piped());
+    let (child, proxy) = (bin.child, bin.addr);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let origin = spawn_echo_origin();
-        let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(proxy).await.is_err() {
-            assert!(Instant::now() < deadline, "proxy did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_listening(proxy).await;
         let ok = basic("alice", "s3cret-pw");
         let bad = basic("alice\u{1b}[31m", "wrong-pw");
         assert_eq!(

@@ -256,28 +256,13 @@ async fn a_burst_of_wrong_passwords_reaches_argon2_at_most_max_failures_times() 
 fn sighup_reloads_the_real_binary() {
     use std::process::{Command, Stdio};
     let dir = TempDir::new();
-    let port = closed_port();
-    let cfg = format!(
-        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[reload]\nwatch = false\n"
-    );
-    let path = dir.write("authgate.toml", cfg);
-    let users = dir.write("users.toml", users_toml(&[("alice", "a1")]));
-    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let bin =
+        start_binary(&dir, "[reload]\nwatch = false\n", &users_toml(&[("alice", "a1")]), Stdio::piped());
+    let (child, proxy, users) = (bin.child, bin.addr, bin.users);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let outcome = rt.block_on(async {
         let origin = spawn_echo_origin();
-        let proxy: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let up = eventually(Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(proxy).await.is_ok()
-        })
-        .await;
-        assert!(up, "proxy did not start");
+        wait_listening(proxy).await;
         assert_eq!(status(proxy, &origin, "bob", "b1").await, 407);
         std::fs::write(&users, users_toml(&[("alice", "a1"), ("bob", "b1")])).unwrap();
         // With watching off, nothing happens until SIGHUP.

@@ -334,3 +334,43 @@ pub async fn curl(args: &[&str], env: &[(&str, &str)]) -> CurlOutput {
     .await
     .expect("curl runner panicked")
 }
+
+/// The real `authgate` binary, started as a child process.
+pub struct Binary {
+    pub child: std::process::Child,
+    /// Where it listens (127.0.0.1, a port that was free).
+    pub addr: SocketAddr,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its users file.
+    pub users: PathBuf,
+}
+
+/// Starts the binary in `dir` with a minimal config (one loopback listener,
+/// loopback egress allowed) followed by `extra` sections, and `users` as its
+/// users file. stderr is piped; stdout goes to `stdout`.
+pub fn start_binary(dir: &TempDir, extra: &str, users: &str, stdout: Stdio) -> Binary {
+    let port = closed_port();
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n{extra}"
+    );
+    let config = dir.write("authgate.toml", cfg);
+    let users = dir.write("users.toml", users);
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Binary { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), config, users }
+}
+
+/// Waits (at most 20 s) until something accepts connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the proxy did not start listening on {addr}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
