@@ -153,10 +153,7 @@ async fn head_keeps_content_length_and_sends_no_body() {
     assert_eq!(head.header("content-length"), Some("1234"), "{}", head.dump());
     // If any body bytes followed the HEAD response, the next response on this
     // connection would not start with a status line.
-    conn.send(request("GET", &origin.url("/next"), &headers)).await;
-    let next = conn.read_response("GET").await;
-    assert_eq!(next.status_line, "HTTP/1.1 200 OK", "{}", next.dump());
-    assert_eq!(next.text(), "next");
+    assert_next_request_is_clean(&mut conn, &origin, &headers).await;
 }
 
 #[tokio::test]
@@ -185,10 +182,7 @@ async fn no_content_204_and_not_modified_304_have_no_body() {
     assert_eq!(r304.header("etag"), Some("\"v1\""));
     assert!(r304.header("transfer-encoding").is_none(), "{}", r304.dump());
 
-    conn.send(request("GET", &origin.url("/next"), &headers)).await;
-    let next = conn.read_response("GET").await;
-    assert_eq!(next.status_line, "HTTP/1.1 200 OK", "{}", next.dump());
-    assert_eq!(next.text(), "next");
+    assert_next_request_is_clean(&mut conn, &origin, &headers).await;
 }
 
 #[tokio::test]
@@ -281,4 +275,13 @@ async fn websocket_upgrade_carries_bytes_both_ways() {
     assert_eq!(conn.read_exact(14).await, b"echo:frame two");
     conn.shutdown_write().await;
     assert!(conn.read_to_end().await.is_empty(), "after our FIN the origin closes and so must the proxy");
+}
+
+/// A further request on `conn` gets its own clean 200: nothing of the
+/// previous response (no stray body bytes) is left on the connection.
+async fn assert_next_request_is_clean(conn: &mut RawConn, origin: &Origin, headers: &[(&str, &str)]) {
+    conn.send(request("GET", &origin.url("/next"), headers)).await;
+    let next = conn.read_response("GET").await;
+    assert_eq!(next.status_line, "HTTP/1.1 200 OK", "{}", next.dump());
+    assert_eq!(next.text(), "next");
 }
