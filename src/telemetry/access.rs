@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use super::Metrics;
 
@@ -73,8 +73,21 @@ impl AccessRecord {
         }
     }
 
-    /// Emits the access event.
+    /// Emits the access event: in the text format straight into the log
+    /// buffer (see `line.rs`), otherwise through `tracing`. Either way the
+    /// log filter (`[log] level`, `RUST_LOG`) decides whether it is written.
     pub fn emit(&self) {
+        if !tracing::enabled!(target: "authgate::access", tracing::Level::INFO) {
+            return;
+        }
+        match super::text_sink() {
+            Some(sink) => super::line::write_access(self, SystemTime::now(), |line| sink.append(line)),
+            None => self.emit_through_tracing(),
+        }
+    }
+
+    /// The access event as a `tracing` event.
+    pub(super) fn emit_through_tracing(&self) {
         let user: &str = self.user.as_deref().unwrap_or("-");
         let rule: &str = self.rule.as_deref().unwrap_or("-");
         tracing::info!(
@@ -96,7 +109,7 @@ impl AccessRecord {
 
 /// Milliseconds with microsecond resolution: the nearest `f64` to a whole
 /// number of microseconds prints short (`3.865`, not `3.8648749999999996`).
-fn millis(d: std::time::Duration) -> f64 {
+pub(super) fn millis(d: std::time::Duration) -> f64 {
     d.as_micros() as f64 / 1000.0
 }
 

@@ -5,6 +5,7 @@
 //! never logged as a whole, and the user is logged only once authenticated.
 
 mod access;
+mod line;
 pub mod metrics;
 mod sink;
 
@@ -12,7 +13,17 @@ pub use access::{AccessRecord, AuditEvent, sanitize_username};
 pub use metrics::Metrics;
 pub use sink::{LogGuard, flush};
 
+use std::sync::{Arc, OnceLock};
+
 use tracing_subscriber::EnvFilter;
+
+/// The log buffer, when the text format is in use: access lines are
+/// formatted by `line.rs` and appended to it directly.
+static TEXT_SINK: OnceLock<Arc<sink::Sink>> = OnceLock::new();
+
+fn text_sink() -> Option<&'static sink::Sink> {
+    TEXT_SINK.get().map(|s| &**s)
+}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -36,9 +47,16 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = sink::start(Box::new(std::io::stdout()));
+    let writer_sink = writer.sink();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Text => {
+            let installed = builder.with_ansi(false).try_init();
+            if installed.is_ok() {
+                let _ = TEXT_SINK.set(writer_sink.clone());
+            }
+            installed
+        }
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     guard

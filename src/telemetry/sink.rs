@@ -52,7 +52,8 @@ impl Sink {
         Sink { pending: Mutex::new(Pending::default()), wake: Condvar::new(), out: Mutex::new(out) }
     }
 
-    fn append(&self, bytes: &[u8]) {
+    /// Adds bytes (whole lines) to the buffer.
+    pub fn append(&self, bytes: &[u8]) {
         let mut p = lock(&self.pending);
         let before = p.buf.len();
         p.buf.extend_from_slice(bytes);
@@ -96,6 +97,13 @@ impl Sink {
 /// A handle for `tracing_subscriber`: each line is appended to the [`Sink`].
 #[derive(Clone)]
 pub struct SinkWriter(Arc<Sink>);
+
+impl SinkWriter {
+    /// The buffer this writer appends to.
+    pub fn sink(&self) -> Arc<Sink> {
+        self.0.clone()
+    }
+}
 
 impl Write for SinkWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
