@@ -329,29 +329,34 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
+    /// Sends `data` and half-closes, while reading everything that comes
+    /// back; the task returns what was read.
+    fn send_then_read(socket: TcpStream, data: Vec<u8>) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let (mut r, mut w) = socket.into_split();
+            let ((), got) = tokio::join!(
+                async {
+                    w.write_all(&data).await.unwrap();
+                    w.shutdown().await.unwrap();
+                },
+                async {
+                    let mut got = Vec::new();
+                    r.read_to_end(&mut got).await.unwrap();
+                    got
+                }
+            );
+            got
+        })
+    }
+
     #[tokio::test]
     async fn bulk_between_tcp_sockets_goes_through_splice_intact() {
         let (client, mut c_side) = tcp_pair().await;
         let (mut o_side, origin) = tcp_pair().await;
         let down: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         let up: Vec<u8> = (0..1024 * 1024u32).map(|i| (i % 241) as u8).collect();
-        let (mut o_r, mut o_w) = origin.into_split();
-        let (mut c_r, mut c_w) = client.into_split();
-        let sent = (down.clone(), up.clone());
-        let origin_task = tokio::spawn(async move {
-            o_w.write_all(&sent.0).await.unwrap();
-            o_w.shutdown().await.unwrap();
-            let mut got = Vec::new();
-            o_r.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        let client_task = tokio::spawn(async move {
-            c_w.write_all(&sent.1).await.unwrap();
-            c_w.shutdown().await.unwrap();
-            let mut got = Vec::new();
-            c_r.read_to_end(&mut got).await.unwrap();
-            got
-        });
+        let origin_task = send_then_read(origin, down.clone());
+        let client_task = send_then_read(client, up.clone());
         // Let the socket buffers fill, so the relay's first reads are full
         // ones: the download is bulk from its start.
         tokio::time::sleep(Duration::from_millis(100)).await;
