@@ -187,3 +187,48 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");
     }
 }
+
+/// Runs the binary with `log_section`, makes one authenticated request
+/// through it, stops it with SIGTERM and returns everything it wrote to
+/// stdout.
+fn stdout_after_one_request(log_section: &str) -> String {
+    let dir = TempDir::new();
+    let bin = start_binary(&dir, log_section, &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let (child, proxy) = (bin.child, bin.addr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let auth = basic(USER, PASSWORD);
+        let r = get(
+            proxy,
+            &origin.url("/filtered"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_log_filter_and_the_access_switch_silence_access_lines() {
+    let on = stdout_after_one_request("[log]\nlevel = \"info\"\n");
+    assert!(on.lines().any(|l| l.contains("INFO authgate::access:") && l.contains("/filtered")), "{on}");
+
+    // A filter directive reaches the access line, which does not go through
+    // tracing's formatter.
+    let filtered = stdout_after_one_request("[log]\nlevel = \"info,authgate::access=off\"\n");
+    assert!(filtered.contains("authgate started"), "other INFO lines stay: {filtered}");
+    assert!(!filtered.contains("authgate::access"), "{filtered}");
+
+    let warn_only = stdout_after_one_request("[log]\nlevel = \"warn\"\n");
+    assert!(!warn_only.contains("authgate::access"), "{warn_only}");
+
+    let switched_off = stdout_after_one_request("[log]\naccess = false\n");
+    assert!(switched_off.contains("authgate started"), "{switched_off}");
+    assert!(!switched_off.contains("authgate::access"), "{switched_off}");
+}
