@@ -28,10 +28,12 @@ struct Scratch {
     date: String,
 }
 
+impl Scratch {
+    const NEW: Scratch = Scratch { line: String::new(), second: u64::MAX, date: String::new() };
+}
+
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = const {
-        RefCell::new(Scratch { line: String::new(), second: u64::MAX, date: String::new() })
-    };
+    static SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch::NEW) };
 }
 
 /// Formats the access line of `rec`, stamped `now`, and hands it to `out`.
@@ -44,7 +46,7 @@ pub fn write_access(rec: &AccessRecord, now: SystemTime, out: impl FnOnce(&[u8])
         let s: &mut Scratch = match guard.as_deref_mut() {
             Ok(s) => s,
             Err(_) => {
-                fresh = Scratch { line: String::new(), second: u64::MAX, date: String::new() };
+                fresh = Scratch::NEW;
                 &mut fresh
             }
         };

@@ -53,7 +53,7 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
         LogFormat::Text => {
             let installed = builder.with_ansi(false).try_init();
             if installed.is_ok() {
-                let _ = TEXT_SINK.set(writer_sink.clone());
+                let _ = TEXT_SINK.set(writer_sink);
             }
             installed
         }
