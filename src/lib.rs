@@ -16,6 +16,7 @@
 //! - [`error`]: the one error type, grouped by who is at fault
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod auth;
 pub mod body;

@@ -14,28 +14,40 @@ use toml::value::Datetime;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// `[server]`: listeners and protocol options.
     #[serde(default)]
     pub server: RawServer,
+    /// `[auth]`: users file, verified cache, argon2 pool, throttle.
     #[serde(default)]
     pub auth: RawAuth,
+    /// `[log]`: filter, format, access events.
     #[serde(default)]
     pub log: RawLog,
+    /// `[limits]`: timeouts, sizes, connection caps.
     #[serde(default)]
     pub limits: RawLimits,
+    /// `[egress]`: ranges opened in the default-deny egress policy.
     #[serde(default)]
     pub egress: RawEgress,
+    /// `[dns]`: name servers.
     #[serde(default)]
     pub dns: RawDns,
+    /// `[reload]`: file watching.
     #[serde(default)]
     pub reload: RawReload,
+    /// `[upstream]`: TLS trust for `https://` origins.
     #[serde(default)]
     pub upstream: RawUpstream,
+    /// `[admin]`: the admin listener.
     #[serde(default)]
     pub admin: RawAdmin,
+    /// `[metrics]`: optional metric series.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// `[policy]`: what happens when no rule matches.
     #[serde(default)]
     pub policy: RawPolicy,
+    /// `[[rules]]`, first match wins.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
 }
@@ -84,6 +96,7 @@ pub struct RawDns {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
+    /// `"allow"` or `"deny"`.
     pub default: Option<Spanned<String>>,
 }
 
@@ -91,7 +104,9 @@ pub struct RawPolicy {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum RawPort {
+    /// A single port.
     Num(i64),
+    /// `"lo-hi"`, inclusive.
     Range(String),
 }
 
@@ -99,13 +114,21 @@ pub enum RawPort {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// Shown in 403 details, logs and `explain`.
     pub name: Spanned<String>,
+    /// `"allow"` or `"deny"`.
     pub action: Spanned<String>,
+    /// User names the rule applies to.
     pub users: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Groups the rule applies to.
     pub groups: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Host patterns: exact, `*.suffix`, `*`, or an IP address.
     pub hosts: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Target ports and ranges.
     pub ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    /// Request methods (`CONNECT` for tunnels).
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Ranges the target's resolved addresses must be in (allow) or touch (deny).
     pub cidrs: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -113,16 +136,27 @@ pub struct RawRule {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    /// Time to receive a whole request head (408 after it).
     pub header_read_timeout: Option<Spanned<String>>,
+    /// Keep-alive client connection with no request in progress.
     pub idle_timeout: Option<Spanned<String>>,
+    /// Connecting to the origin (TCP and TLS).
     pub connect_timeout: Option<Spanned<String>>,
+    /// Waiting for a DNS answer.
     pub dns_timeout: Option<Spanned<String>>,
+    /// Waiting for the origin's response head.
     pub upstream_response_timeout: Option<Spanned<String>>,
+    /// A tunnel with no byte in either direction.
     pub tunnel_idle_timeout: Option<Spanned<String>>,
+    /// A client that accepts no byte of a response.
     pub send_timeout: Option<Spanned<String>>,
+    /// How long tunnels may stay open after SIGTERM/SIGINT.
     pub shutdown_grace: Option<Spanned<String>>,
+    /// Largest request head (431 beyond it).
     pub max_header_bytes: Option<Spanned<i64>>,
+    /// Client connections at once.
     pub max_connections: Option<Spanned<i64>>,
+    /// Client connections at once from one address (IPv6: /64).
     pub max_connections_per_ip: Option<Spanned<i64>>,
 }
 
@@ -130,6 +164,7 @@ pub struct RawLimits {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEgress {
+    /// Ranges opened although the egress policy denies them by default.
     #[serde(default)]
     pub allow_cidrs: Vec<Spanned<String>>,
 }
@@ -138,11 +173,17 @@ pub struct RawEgress {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    /// Plain-TCP proxy listeners (`"ip:port"`).
     pub listen: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Realm of the 407 challenge.
     pub realm: Option<Spanned<String>>,
+    /// Add a `Via` header to forwarded messages.
     pub via: Option<bool>,
+    /// The plain listeners expect a PROXY protocol header.
     pub proxy_protocol: Option<bool>,
+    /// Async worker threads; 0 = one per core.
     pub worker_threads: Option<Spanned<i64>>,
+    /// `[[server.tls]]` listeners.
     #[serde(default)]
     pub tls: Vec<Spanned<RawTls>>,
 }
@@ -151,9 +192,13 @@ pub struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
+    /// The TLS listener's address.
     pub listen: Spanned<String>,
+    /// PEM certificate chain, leaf first.
     pub cert: Spanned<String>,
+    /// PEM private key matching the certificate.
     pub key: Spanned<String>,
+    /// This listener expects a PROXY header before the TLS handshake.
     pub proxy_protocol: Option<bool>,
 }
 
@@ -161,12 +206,18 @@ pub struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
+    /// The users file, relative to the config's folder.
     pub users_file: Option<Spanned<String>>,
+    /// How long a verified `Proxy-Authorization` value is trusted.
     pub cache_ttl: Option<Spanned<String>>,
+    /// Password verifications that may wait for a worker (503 beyond).
     pub max_pending: Option<Spanned<i64>>,
+    /// Password verifications run at once; 0 = half the cores.
     pub verify_threads: Option<Spanned<i64>>,
+    /// `[auth.argon2]`: parameters for new hashes.
     #[serde(default)]
     pub argon2: RawArgon2,
+    /// `[auth.throttle]`: failed-login throttle.
     #[serde(default)]
     pub throttle: RawThrottle,
 }
@@ -175,9 +226,13 @@ pub struct RawAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawThrottle {
+    /// Throttle clients with many failed logins.
     pub enabled: Option<bool>,
+    /// Failed attempts allowed in a burst.
     pub max_failures: Option<Spanned<i64>>,
+    /// Time in which `max_failures` attempts come back.
     pub window: Option<Spanned<String>>,
+    /// Tarpit before a throttled 429.
     pub delay: Option<Spanned<String>>,
 }
 
@@ -185,8 +240,11 @@ pub struct RawThrottle {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawArgon2 {
+    /// Memory in KiB.
     pub m_cost: Option<Spanned<i64>>,
+    /// Iterations.
     pub t_cost: Option<Spanned<i64>>,
+    /// Parallelism.
     pub p_cost: Option<Spanned<i64>>,
 }
 
@@ -194,8 +252,11 @@ pub struct RawArgon2 {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
+    /// A `tracing` filter (`RUST_LOG` overrides it).
     pub level: Option<Spanned<String>>,
+    /// `"text"` or `"json"`.
     pub format: Option<Spanned<String>>,
+    /// Emit the per-request access event.
     pub access: Option<bool>,
 }
 
@@ -203,6 +264,7 @@ pub struct RawLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUsers {
+    /// `[users.NAME]` tables by name.
     #[serde(default)]
     pub users: BTreeMap<Spanned<String>, Spanned<RawUser>>,
 }
@@ -211,10 +273,14 @@ pub struct RawUsers {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
+    /// An argon2 PHC string or a legacy bcrypt hash.
     pub password: Spanned<String>,
+    /// Group names used by rules.
     #[serde(default)]
     pub groups: Vec<Spanned<String>>,
+    /// A disabled user is refused with 407.
     #[serde(default)]
     pub disabled: bool,
+    /// From this instant the user is refused with 407.
     pub expires: Option<Spanned<Datetime>>,
 }
