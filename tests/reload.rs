@@ -223,6 +223,33 @@ async fn failed_logins_are_throttled_per_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_a_tarpitted_attempt_at_once() {
+    let origin = std::sync::Arc::new(spawn_echo_origin());
+    let cfg = format!(
+        "{CFG}\n[auth.throttle]\nmax_failures = 1\nwindow = \"1m\"\ndelay = \"60s\"\n[limits]\nshutdown_grace = \"30s\"\n"
+    );
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
+    let addr = proxy.addr;
+    assert_eq!(status_from("127.0.0.1", addr, &origin, "alice", "wrong").await.status, 407);
+    let o = origin.clone();
+    let tarpitted = tokio::spawn(async move { status_from("127.0.0.1", addr, &o, "alice", "wrong2").await });
+    // Let the attempt reach the tarpit (its verdict needs no argon2).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!tarpitted.is_finished(), "a 60 s tarpit holds the attempt");
+    let stopping = tokio::spawn(proxy.stop());
+    // Neither the 60 s delay nor the 30 s grace: shutdown ends the wait.
+    let r = tokio::time::timeout(Duration::from_secs(10), tarpitted)
+        .await
+        .expect("the tarpitted attempt is answered once shutdown begins")
+        .unwrap();
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("shutdown does not wait for the tarpit")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_wrong_passwords_reaches_argon2_at_most_max_failures_times() {
     let origin = std::sync::Arc::new(spawn_echo_origin());
     let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 3\nwindow = \"1h\"\ndelay = \"0s\"\n");

@@ -50,6 +50,9 @@ pub struct State {
     pub upstream_tls: tokio_rustls::TlsConnector,
     /// Every connection and tunnel task, for graceful shutdown.
     pub tasks: TaskTracker,
+    /// Cancelled when shutdown begins: listeners stop, idle keep-alive
+    /// connections close, tarpit waits end.
+    pub stopping: CancellationToken,
     /// Cancelled when shutdown's grace period is over: closes tunnels.
     pub kill: CancellationToken,
     /// Open connections and tunnels by user, for revocation on reload.
@@ -96,6 +99,7 @@ impl State {
             metrics,
             upstream_tls,
             tasks: TaskTracker::new(),
+            stopping: CancellationToken::new(),
             kill: CancellationToken::new(),
             sessions: Arc::new(Sessions::default()),
             generation: AtomicU64::new(1),

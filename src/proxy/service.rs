@@ -226,8 +226,11 @@ async fn authenticate(
         }
         Outcome::Throttled(retry_after) => {
             // Tarpit: costs a timer, not CPU, and slows the flood to one
-            // attempt per connection per delay.
-            tokio::time::sleep(snap.auth.throttle.delay).await;
+            // attempt per connection per delay. Shutdown does not wait for it.
+            tokio::select! {
+                _ = tokio::time::sleep(snap.auth.throttle.delay) => {}
+                _ = state.stopping.cancelled() => {}
+            }
             AuditEvent {
                 request_id: &rec.request_id,
                 client: client.addr,

@@ -121,7 +121,7 @@ pub async fn run<L: Into<Listener>>(
     listeners: Vec<L>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let stop = CancellationToken::new();
+    let stop = state.stopping.clone();
     let mut accepts = Vec::new();
     for listener in listeners {
         accepts.push(tokio::spawn(accept_loop(state.clone(), Arc::new(listener.into()), stop.clone())));
