@@ -26,7 +26,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::error::ProxyError;
@@ -112,7 +111,8 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
     Ok(out)
 }
 
-/// Serves `listeners` until `shutdown` resolves, then shuts down gracefully.
+/// Serves `listeners` until `shutdown` resolves, then shuts down gracefully
+/// (which cancels `state.stopping`: a `State` serves one run).
 ///
 /// # Errors
 /// Never in practice: accept errors are logged and retried with backoff.
@@ -121,17 +121,16 @@ pub async fn run<L: Into<Listener>>(
     listeners: Vec<L>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let stop = state.stopping.clone();
     let mut accepts = Vec::new();
     for listener in listeners {
-        accepts.push(tokio::spawn(accept_loop(state.clone(), Arc::new(listener.into()), stop.clone())));
+        accepts.push(tokio::spawn(accept_loop(state.clone(), Arc::new(listener.into()))));
     }
     state.ready.store(true, std::sync::atomic::Ordering::Release);
-    let watcher = tokio::spawn(reload::watch(state.clone(), stop.clone()));
+    let watcher = tokio::spawn(reload::watch(state.clone()));
     shutdown.await;
     state.ready.store(false, std::sync::atomic::Ordering::Release);
     tracing::info!("shutting down: no new connections; waiting for requests and tunnels");
-    stop.cancel();
+    state.stopping.cancel();
     for a in accepts {
         let _ = a.await;
     }
@@ -151,12 +150,12 @@ pub async fn run<L: Into<Listener>>(
     Ok(())
 }
 
-async fn accept_loop(state: Arc<State>, listener: Arc<Listener>, stop: CancellationToken) {
+async fn accept_loop(state: Arc<State>, listener: Arc<Listener>) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
             a = listener.tcp.accept() => a,
-            _ = stop.cancelled() => return,
+            _ = state.stopping.cancelled() => return,
         };
         match accepted {
             Ok((stream, _)) if listener.admin => {
@@ -164,7 +163,7 @@ async fn accept_loop(state: Arc<State>, listener: Arc<Listener>, stop: Cancellat
             }
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                state.tasks.spawn(serve(state.clone(), listener.clone(), stream, peer, stop.clone()));
+                state.tasks.spawn(serve(state.clone(), listener.clone(), stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: wait and retry instead of spinning.
@@ -176,13 +175,7 @@ async fn accept_loop(state: Arc<State>, listener: Arc<Listener>, stop: Cancellat
     }
 }
 
-async fn serve(
-    state: Arc<State>,
-    listener: Arc<Listener>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    stop: CancellationToken,
-) {
+async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream, peer: SocketAddr) {
     if !listener.nodelay_inherited {
         let _ = stream.set_nodelay(true);
     }
@@ -219,10 +212,10 @@ async fn serve(
     // count against the limits for as long as they live.
     let slot = Arc::new(permit);
     match &listener.tls {
-        None => serve_http(state, stream, client_addr, false, slot, &limits, stop).await,
+        None => serve_http(state, stream, client_addr, false, slot, &limits).await,
         Some(acceptor) => {
             match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, slot, &limits, stop).await,
+                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, slot, &limits).await,
                 Ok(Err(e)) => tracing::debug!(client = %client_addr, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(client = %client_addr, "TLS handshake timed out"),
             }
@@ -256,7 +249,6 @@ async fn serve_http<S>(
     tls: bool,
     slot: Arc<limits::Permit>,
     limits: &Limits,
-    stop: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -294,7 +286,7 @@ async fn serve_http<S>(
             tracing::info!(client = %addr, "closing connection: its user was removed, changed or disabled");
             Ok(())
         }
-        _ = stop.cancelled() => {
+        _ = state.stopping.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 r = conn.as_mut() => r,

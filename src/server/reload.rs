@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::config::{self, ConfigError, Snapshot};
 use crate::proxy::State;
 
@@ -116,9 +114,9 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     Ok(generation)
 }
 
-/// Watches for SIGHUP and file changes until `stop` fires; also closes
+/// Watches for SIGHUP and file changes until shutdown begins; also closes
 /// sessions of users whose `expires` passes while they are connected.
-pub async fn watch(state: Arc<State>, stop: CancellationToken) {
+pub async fn watch(state: Arc<State>) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -138,7 +136,7 @@ pub async fn watch(state: Arc<State>, stop: CancellationToken) {
             }
         };
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = state.stopping.cancelled() => return,
             _ = hup_recv => {
                 tracing::info!("SIGHUP: reloading");
                 let _ = reload(&state);
