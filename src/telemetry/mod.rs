@@ -11,18 +11,29 @@ mod sink;
 
 pub use access::{AccessRecord, AuditEvent, sanitize_username};
 pub use metrics::Metrics;
-pub use sink::{LogGuard, flush};
+pub use sink::LogGuard;
 
 use std::sync::{Arc, OnceLock};
 
 use tracing_subscriber::EnvFilter;
 
-/// The log buffer, when the text format is in use: access lines are
-/// formatted by `line.rs` and appended to it directly.
-static TEXT_SINK: OnceLock<Arc<sink::Sink>> = OnceLock::new();
+/// The log buffer of the installed subscriber, and its format.
+static INSTALLED: OnceLock<(Arc<sink::Sink>, LogFormat)> = OnceLock::new();
 
+/// The log buffer when the text format is in use: access lines are
+/// formatted by `line.rs` and appended to it directly.
 fn text_sink() -> Option<&'static sink::Sink> {
-    TEXT_SINK.get().map(|s| &**s)
+    match INSTALLED.get() {
+        Some((sink, LogFormat::Text)) => Some(sink),
+        _ => None,
+    }
+}
+
+/// Writes the buffered log lines now (before `std::process::exit`).
+pub fn flush() {
+    if let Some((sink, _)) = INSTALLED.get() {
+        sink.flush();
+    }
 }
 
 /// Log line format.
@@ -47,17 +58,14 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = sink::start(Box::new(std::io::stdout()));
-    let writer_sink = writer.sink();
+    let sink = writer.sink();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true);
-    let _ = match format {
-        LogFormat::Text => {
-            let installed = builder.with_ansi(false).try_init();
-            if installed.is_ok() {
-                let _ = TEXT_SINK.set(writer_sink);
-            }
-            installed
-        }
+    let installed = match format {
+        LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
+    if installed.is_ok() {
+        let _ = INSTALLED.set((sink, format));
+    }
     guard
 }

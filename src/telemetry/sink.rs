@@ -12,10 +12,10 @@
 //! Nothing is dropped: a caller that finds [`HARD_LIMIT`] bytes waiting
 //! writes them out itself. Order is kept: output is written under one lock,
 //! and the buffer is taken under it. Lines reach stdout at most about
-//! [`FLUSH_EVERY`] late; [`LogGuard`] and [`flush`] write what is left.
+//! [`FLUSH_EVERY`] late; [`LogGuard`] and [`Sink::flush`] write what is left.
 
 use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -142,21 +142,10 @@ impl Drop for LogGuard {
     }
 }
 
-static GLOBAL: OnceLock<Arc<Sink>> = OnceLock::new();
-
-/// Writes the buffered log lines now (before `std::process::exit`).
-pub fn flush() {
-    if let Some(sink) = GLOBAL.get() {
-        sink.flush();
-    }
-}
-
 /// A sink writing to `out`, its writer for the subscriber, and the guard
-/// that runs its writer thread. The first sink made is the one [`flush`]
-/// writes.
+/// that runs its writer thread.
 pub fn start(out: Box<dyn Write + Send>) -> (SinkWriter, LogGuard) {
     let sink = Arc::new(Sink::new(out));
-    let _ = GLOBAL.set(sink.clone());
     let worker = sink.clone();
     let thread = std::thread::Builder::new()
         .name("authgate-log".into())
