@@ -177,7 +177,9 @@ impl Authenticator {
         }
         // The attempt is counted before argon2 and given back unless it
         // fails: concurrent wrong passwords from one address cannot all reach
-        // argon2 before the first failure is known.
+        // argon2 before the first failure is known. A client that hangs up
+        // before its verdict keeps it spent: a refund on drop would let a
+        // flood of abandoned attempts run argon2 without ever being throttled.
         if let Err(retry) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled(retry);
         }
