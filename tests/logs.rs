@@ -194,7 +194,7 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
 fn stdout_after_one_request(log_section: &str) -> String {
     let dir = TempDir::new();
     let bin = start_binary(&dir, log_section, &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
-    let (child, proxy) = (bin.child, bin.addr);
+    let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let origin = spawn_echo_origin();
@@ -208,8 +208,7 @@ fn stdout_after_one_request(log_section: &str) -> String {
         .await;
         assert_eq!(r.status, 200);
     });
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let out = child.wait_with_output().unwrap();
+    let out = bin.stop();
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

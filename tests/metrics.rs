@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -134,7 +134,7 @@ fn json_logs_are_one_object_per_line_without_credentials() {
     let dir = TempDir::new();
     let users = users_toml(&[("alice", "s3cret-pw")]);
     let bin = start_binary(&dir, "[log]\nformat = \"json\"\nlevel = \"info\"\n", &users, Stdio::piped());
-    let (child, proxy) = (bin.child, bin.addr);
+    let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let origin = spawn_echo_origin();
@@ -158,8 +158,7 @@ fn json_logs_are_one_object_per_line_without_credentials() {
             407
         );
     });
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let out = child.wait_with_output().unwrap();
+    let out = bin.stop();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let mut access = Vec::new();

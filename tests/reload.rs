@@ -281,11 +281,11 @@ async fn a_burst_of_wrong_passwords_reaches_argon2_at_most_max_failures_times() 
 
 #[test]
 fn sighup_reloads_the_real_binary() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = TempDir::new();
     let bin =
         start_binary(&dir, "[reload]\nwatch = false\n", &users_toml(&[("alice", "a1")]), Stdio::piped());
-    let (child, proxy, users) = (bin.child, bin.addr, bin.users);
+    let (proxy, users) = (bin.addr, bin.users.clone());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let outcome = rt.block_on(async {
         let origin = spawn_echo_origin();
@@ -295,14 +295,13 @@ fn sighup_reloads_the_real_binary() {
         // With watching off, nothing happens until SIGHUP.
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let before = status(proxy, &origin, "bob", "b1").await;
-        let _ = Command::new("kill").args(["-HUP", &child.id().to_string()]).status();
+        bin.signal("HUP");
         let after =
             eventually(Duration::from_secs(5), || async { status(proxy, &origin, "bob", "b1").await == 200 })
                 .await;
         (before, after)
     });
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let out = child.wait_with_output().unwrap();
+    let out = bin.stop();
     let log = String::from_utf8_lossy(&out.stdout);
     assert_eq!(outcome.0, 407, "no reload without SIGHUP when watch = false");
     assert!(outcome.1, "SIGHUP reloads; log:\n{log}");

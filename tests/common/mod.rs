@@ -366,6 +366,20 @@ pub fn start_binary(dir: &TempDir, extra: &str, users: &str, stdout: Stdio) -> B
     Binary { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), config, users }
 }
 
+impl Binary {
+    /// Sends `signal` (`"TERM"`, `"HUP"`, ...) to the process with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Stops the process with SIGTERM and returns its exit status and the
+    /// output it wrote.
+    pub fn stop(self) -> std::process::Output {
+        self.signal("TERM");
+        self.child.wait_with_output().unwrap()
+    }
+}
+
 /// Waits (at most 20 s) until something accepts connections on `addr`.
 pub async fn wait_listening(addr: SocketAddr) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
