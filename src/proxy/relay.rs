@@ -43,10 +43,20 @@ struct Direction {
     done: bool,
     need_flush: bool,
     moved: u64,
-    /// Set once this direction carries bulk data between two TCP sockets.
-    pipe: Option<Pipe>,
+    /// Whether this direction moved on to `splice(2)`.
+    splice: Splice,
+}
+
+/// A direction's use of `splice(2)` (two TCP sockets only).
+#[derive(Default)]
+enum Splice {
+    /// Not yet: no bulk data seen.
+    #[default]
+    Untried,
+    /// Carrying bulk data through this pipe.
+    Piped(Pipe),
     /// No pipe could be had, or splice(2) was refused: copy for good.
-    no_splice: bool,
+    Off,
 }
 
 impl Direction {
@@ -130,18 +140,18 @@ impl Direction {
         progress: &mut bool,
     ) -> Poll<io::Result<()>> {
         let drained = self.buf.as_ref().is_none_or(|b| b.is_empty());
-        if self.pipe.is_none() && !self.no_splice && self.size >= CHUNK && drained && !self.eof {
-            match Pipe::new() {
+        if matches!(self.splice, Splice::Untried) && self.size >= CHUNK && drained && !self.eof {
+            self.splice = match Pipe::new() {
                 Ok(pipe) => {
-                    self.pipe = Some(pipe);
                     self.buf = None;
+                    Splice::Piped(pipe)
                 }
                 // Out of fds, or no large pipe: copy for good rather than
                 // fail the tunnel or try again at every wake-up.
-                Err(_) => self.no_splice = true,
-            }
+                Err(_) => Splice::Off,
+            };
         }
-        let Some(pipe) = self.pipe.as_mut() else {
+        let Splice::Piped(pipe) = &mut self.splice else {
             return self.poll(cx, r, w, progress);
         };
         loop {
@@ -151,8 +161,7 @@ impl Direction {
                     Ok(_) => *progress = true,
                     Err(e) if Pipe::unsupported(&e) => {
                         // Nothing moved: carry on copying.
-                        self.pipe = None;
-                        self.no_splice = true;
+                        self.splice = Splice::Off;
                         return self.poll(cx, r, w, progress);
                     }
                     Err(e) => return Poll::Ready(Err(e)),
@@ -275,7 +284,8 @@ impl Relay {
     /// Whether a direction moved on to `splice(2)` (for tests).
     #[cfg(test)]
     fn spliced(&self) -> (bool, bool) {
-        (self.up.pipe.is_some(), self.down.pipe.is_some())
+        let piped = |d: &Direction| matches!(d.splice, Splice::Piped(_));
+        (piped(&self.up), piped(&self.down))
     }
 }
 
