@@ -7,7 +7,7 @@ raise RLIMIT_NOFILE to ~12000 (for the idle-tunnel part). Every socket is on
 127.0.0.0/8; every process it starts is stopped by PID at the end.
 
     python3 benches/e2e.py                 # everything (~2 min)
-    python3 benches/e2e.py --only scaling  # scaling | tunnels | bruteforce
+    python3 benches/e2e.py --only scaling  # scaling | tunnels | keepalive | bruteforce
 
 What it measures (medians are not taken: one run, quote ratios from it):
   scaling     keep-alive absolute-form GET of a 1 KiB body through authgate with
@@ -15,6 +15,9 @@ What it measures (medians are not taken: one run, quote ratios from it):
   tunnels     RSS of the authgate process at start, after one authenticated
               tunnel, with 1000 and 5000 idle authenticated CONNECT tunnels, and
               3 s and 15 s after they are closed, twice (a leak would grow)
+  keepalive   RSS with 5000 idle keep-alive client connections (one absolute-form
+              GET each, then nothing): KiB per connection over the baseline,
+              a second GET on each, and RSS 3 s after they are closed
   bruteforce  a legitimate client's req/s alone (before and after), then while another address
               (127.0.0.2) floods wrong passwords (a different one each time),
               once with the default throttle and once without it (the worst
@@ -275,6 +278,64 @@ def tunnels(env):
     return {"before_kib": base, "rows": rows, **marks}
 
 
+async def keepalive_conns(port, origin_port, n, auth):
+    """n client connections, each after one forwarded GET (kept open, idle)."""
+    conns = []
+    sem = asyncio.Semaphore(200)
+    req = (f"GET http://127.0.0.1:{origin_port}/small HTTP/1.1\r\nHost: 127.0.0.1:{origin_port}\r\n"
+           f"Proxy-Authorization: {auth}\r\n\r\n").encode()
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            if not await get_via(r, w, req):
+                raise SystemExit("GET through the proxy failed")
+            conns.append((r, w))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns, req
+
+
+async def get_via(r, w, req):
+    w.write(req)
+    head = await r.readuntil(b"\r\n\r\n")
+    await r.readexactly(1024)
+    return head.startswith(b"HTTP/1.1 200")
+
+
+def keepalive(env, n=5000):
+    p = env.start_proxy()
+    auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    marks = {}
+
+    async def run():
+        # One request first: argon2's working memory and the upstream pool's
+        # first connection are then part of the baseline.
+        first, _ = await keepalive_conns(env.proxy_port, env.origin_port, 1, auth)
+        for _, w in first:
+            w.close()
+        await asyncio.sleep(3)
+        marks["base"] = rss_kib(p.pid)
+        held, req = await keepalive_conns(env.proxy_port, env.origin_port, n, auth)
+        await asyncio.sleep(3)
+        marks["held"] = rss_kib(p.pid)
+        oks = await asyncio.gather(*(get_via(r, w, req) for r, w in held))
+        marks["alive"] = sum(oks)
+        for _, w in held:
+            w.close()
+        await asyncio.sleep(3)
+        marks["closed"] = rss_kib(p.pid)
+
+    asyncio.run(run())
+    env.stop_proxy()
+    per = (marks["held"] - marks["base"]) / n
+    print("\n## idle keep-alive client connections (one GET each)")
+    print(f"RSS {marks['base'] / 1024:.1f} MiB -> {marks['held'] / 1024:.1f} MiB with {n} connections: "
+          f"{per:.1f} KiB per connection; a second GET on each: {marks['alive']}/{n} OK; "
+          f"3 s after closing: {marks['closed'] / 1024:.1f} MiB")
+    return {**marks, "per_conn_kib": per}
+
+
 async def flood(port, origin_port, seconds, conns=50):
     """Wrong passwords, a different one per request, from 127.0.0.2."""
     counts = {}
@@ -348,7 +409,7 @@ def bruteforce(env, throttle, seconds=8):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["scaling", "tunnels", "bruteforce"])
+    ap.add_argument("--only", choices=["scaling", "tunnels", "keepalive", "bruteforce"])
     args = ap.parse_args()
     env = Env()
     try:
@@ -359,6 +420,8 @@ def main():
             scaling(env)
         if args.only in (None, "tunnels"):
             tunnels(env)
+        if args.only in (None, "keepalive"):
+            keepalive(env)
         if args.only in (None, "bruteforce"):
             bruteforce(env, throttle=True)
             bruteforce(env, throttle=False)

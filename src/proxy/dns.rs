@@ -62,7 +62,11 @@ impl Resolver {
         }
         // A fully-qualified name: no search-domain guessing.
         let fqdn = format!("{name}.");
-        match tokio::time::timeout(timeout, self.inner.lookup_ip(fqdn.as_str())).await {
+        // Boxed: hickory's lookup future is 1.3 KiB, and inline it would
+        // enlarge every request's future (and so every copy of it, and every
+        // keep-alive connection's task) although IP targets never get here.
+        let lookup = Box::pin(self.inner.lookup_ip(fqdn.as_str()));
+        match tokio::time::timeout(timeout, lookup).await {
             Err(_) => Err(ProxyError::DnsTimeout),
             Ok(Err(e)) => Err(classify(&e)),
             Ok(Ok(answer)) => {

@@ -129,21 +129,38 @@ impl Pool {
                 },
             }
         }
-        let stream = dial().await?;
-        let (mut tx, conn) = http1::Builder::new()
-            .max_buf_size(256 * 1024)
-            .handshake::<_, RequestBody>(TokioIo::new(stream))
-            .await
-            .map_err(|e| upstream_error(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        match timed(head_timeout, tx.send_request(req)).await? {
-            Ok(response) => Ok(Sent { response, conn: Some(tx) }),
-            Err(e) => Err(upstream_error(&e)),
+        // Boxed: dialing (resolve, connect, maybe a TLS handshake) and the
+        // handshake make a future of about 1.5 KiB that only a new connection
+        // needs; inline, it would enlarge the future of every request (pooled
+        // ones included) and every copy hyper and tokio make of it.
+        Box::pin(send_new(req, head_timeout, dial)).await
+    }
+}
+
+/// Sends `req` on a new connection made by `dial`.
+async fn send_new<D, F>(
+    req: Request<RequestBody>,
+    head_timeout: Duration,
+    dial: D,
+) -> Result<Sent, ProxyError>
+where
+    D: FnOnce() -> F,
+    F: Future<Output = Result<UpstreamIo, ProxyError>>,
+{
+    let stream = dial().await?;
+    let (mut tx, conn) = http1::Builder::new()
+        .max_buf_size(256 * 1024)
+        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .await
+        .map_err(|e| upstream_error(&e))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
         }
+    });
+    match timed(head_timeout, tx.send_request(req)).await? {
+        Ok(response) => Ok(Sent { response, conn: Some(tx) }),
+        Err(e) => Err(upstream_error(&e)),
     }
 }
 

@@ -71,7 +71,11 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     rec.metrics = Some(state.metrics.clone());
     rec.log = snap.log.access;
 
-    let result = process(&state, &snap, &client, req, &mut rec).await;
+    // Boxed: hyper keeps a connection's request future in an allocation the
+    // size of this one for the connection's whole life, idle or not; with
+    // `process` inline that was 3.7 KiB per keep-alive connection, now it is
+    // a few hundred bytes (the box lives only while a request runs).
+    let result = Box::pin(process(&state, &snap, &client, req, &mut rec)).await;
     let user = rec.user.clone();
     let count = |outcome| state.metrics.request(outcome, user.as_deref());
     match result {

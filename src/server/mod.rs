@@ -214,11 +214,33 @@ async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream
     match &listener.tls {
         None => serve_http(state, stream, client_addr, false, slot, &limits).await,
         Some(acceptor) => {
-            match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(state, tls, client_addr, true, slot, &limits).await,
-                Ok(Err(e)) => tracing::debug!(client = %client_addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(client = %client_addr, "TLS handshake timed out"),
+            if let Some(tls) = accept_tls(acceptor, stream, client_addr, limits.header_read_timeout).await {
+                serve_http(state, tls, client_addr, true, slot, &limits).await;
             }
+        }
+    }
+}
+
+/// The TLS handshake of a connection on a TLS listener, within `timeout`.
+///
+/// The stream comes back boxed, and the handshake runs boxed: a rustls
+/// connection is 1.2 KiB, and inline it would enlarge the task of every
+/// connection, plain ones included (each task is copied when it is spawned).
+async fn accept_tls(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    client: SocketAddr,
+    timeout: Duration,
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
+        Ok(Ok(tls)) => Some(Box::new(tls)),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %client, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %client, "TLS handshake timed out");
+            None
         }
     }
 }
