@@ -133,21 +133,17 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        Box::pin(send_new(req, head_timeout, dial)).await
+        Box::pin(send_new(req, head_timeout, dial())).await
     }
 }
 
-/// Sends `req` on a new connection made by `dial`.
-async fn send_new<D, F>(
+/// Sends `req` on a new connection, the one `dial` makes.
+async fn send_new(
     req: Request<RequestBody>,
     head_timeout: Duration,
-    dial: D,
-) -> Result<Sent, ProxyError>
-where
-    D: FnOnce() -> F,
-    F: Future<Output = Result<UpstreamIo, ProxyError>>,
-{
-    let stream = dial().await?;
+    dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
+) -> Result<Sent, ProxyError> {
+    let stream = dial.await?;
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(256 * 1024)
         .handshake::<_, RequestBody>(TokioIo::new(stream))
