@@ -9,6 +9,7 @@
 //! address is inside its ranges, a *deny* rule when any address is (the safe
 //! reading for each).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -126,7 +127,9 @@ impl Rule {
         {
             return Check::Miss("port");
         }
-        if let Some(hosts) = &self.hosts {
+        if let Some(hosts) = &self.hosts
+            && !hosts.iter().any(|p| matches!(p, HostPattern::Any))
+        {
             let host = host_text(&q.target.host);
             if !hosts.iter().any(|p| p.matches(&host)) {
                 return Check::Miss("host");
@@ -152,10 +155,13 @@ impl Rule {
     }
 }
 
-fn host_text(host: &Host) -> String {
+/// The host as patterns see it; an address is formatted only for a rule
+/// that has patterns other than `*` (formatting one per rule per request
+/// was 1.6k instructions).
+fn host_text(host: &Host) -> Cow<'_, str> {
     match host {
-        Host::Name(n) => n.clone(),
-        Host::Ip(ip) => ip.to_string(),
+        Host::Name(n) => Cow::Borrowed(n),
+        Host::Ip(ip) => Cow::Owned(ip.to_string()),
     }
 }
 
@@ -333,7 +339,12 @@ mod tests {
         let u = user("x", &[]);
         let t = parse_authority("3221225991:80").unwrap(); // 192.0.2.7 in decimal
         assert_eq!(r.check(&Query { user: &u, method: &Method::GET, target: &t, addrs: None }), Check::Match);
+        let other = parse_authority("192.0.2.8:80").unwrap();
+        let q = Query { user: &u, method: &Method::GET, target: &other, addrs: None };
+        assert_eq!(r.check(&q), Check::Miss("host"));
         r.hosts = Some(vec![pat("*")]);
         assert_eq!(r.check(&Query { user: &u, method: &Method::GET, target: &t, addrs: None }), Check::Match);
+        r.hosts = Some(vec![pat("*.example.com"), pat("*")]);
+        assert_eq!(r.check(&q), Check::Match);
     }
 }

@@ -51,10 +51,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+    // One pass over the few names a message has, then a removal for each
+    // one present: a hashed lookup for each of the ten names, most of them
+    // absent, was 4.4k instructions per forwarded request (callgrind).
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            HOP_BY_HOP.contains(name) || *name == header::PROXY_AUTHENTICATE || listed.contains(name)
+        })
+        .cloned()
+        .collect();
+    for name in &doomed {
         headers.remove(name);
     }
-    headers.remove(header::PROXY_AUTHENTICATE);
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -105,13 +114,20 @@ mod tests {
             ("trailer", "x"),
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic eDp5"),
+            ("proxy-authenticate", "Basic realm=\"x\""),
+            ("transfer-encoding", "chunked"),
             ("authorization", "Bearer t"),
             ("x-end", "kept"),
+            ("x-end", "twice"),
         ]);
         strip_hop_by_hop(&mut h, false);
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["authorization", "x-end"]);
+        assert_eq!(h.get_all("x-end").iter().count(), 2);
+        let mut plain = map(&[("host", "a"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub fn write_access(rec: &AccessRecord, now: SystemTime, out: impl FnOnce(&[u8])
         // strings quoted and escaped (`{:?}`), `%` fields as Display.
         let l = &mut s.line;
         l.push_str(&s.date);
-        let _ = write!(l, ".{:06}Z  INFO authgate::access: request_id=", since.subsec_micros());
+        l.push('.');
+        push_padded(l, since.subsec_micros(), 6);
+        l.push_str("Z  INFO authgate::access: request_id=");
         push_quoted(l, &rec.request_id);
         l.push_str(" client=");
         push_addr(l, rec.client);
@@ -81,7 +83,8 @@ pub fn write_access(rec: &AccessRecord, now: SystemTime, out: impl FnOnce(&[u8])
         push_int(l, rec.bytes_up.load(Ordering::Relaxed));
         l.push_str(" bytes_down=");
         push_int(l, rec.bytes_down);
-        let _ = write!(l, " duration_ms={:?}", super::access::millis(rec.started.elapsed()));
+        l.push_str(" duration_ms=");
+        push_millis(l, rec.started.elapsed());
         l.push_str(" outcome=");
         push_quoted(l, rec.outcome);
         l.push_str(" rule=");
@@ -143,6 +146,46 @@ fn push_int(out: &mut String, mut n: u64) {
     for &d in &digits[start..] {
         out.push(char::from(d));
     }
+}
+
+/// Appends `n` with at least `width` digits, as `{:0width$}` writes it.
+fn push_padded(out: &mut String, n: u32, width: usize) {
+    let mut digits = String::new();
+    push_int(&mut digits, u64::from(n));
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(&digits);
+}
+
+/// Appends `d` in milliseconds as `{:?}` writes [`super::access::millis`]:
+/// the nearest `f64` to a whole number of microseconds prints as that
+/// number's exact decimal (`3.865`, `5.0`). Below 2^33 µs (2.4 hours) no
+/// shorter decimal lies within half an ulp, so the digits can be written
+/// directly; longer durations go through `Debug`.
+fn push_millis(out: &mut String, d: std::time::Duration) {
+    let micros = d.as_micros();
+    let Ok(micros) = u64::try_from(micros) else {
+        let _ = write!(out, "{:?}", super::access::millis(d));
+        return;
+    };
+    if micros >= 1 << 33 {
+        let _ = write!(out, "{:?}", super::access::millis(d));
+        return;
+    }
+    push_int(out, micros / 1000);
+    out.push('.');
+    let mut frac = micros % 1000;
+    if frac == 0 {
+        out.push('0');
+        return;
+    }
+    let mut width = 3;
+    while frac % 10 == 0 {
+        frac /= 10;
+        width -= 1;
+    }
+    push_padded(out, frac as u32, width);
 }
 
 /// Appends `YYYY-MM-DDTHH:MM:SS` (UTC) for a Unix time in seconds.
@@ -287,6 +330,19 @@ mod tests {
             let mut ours = String::new();
             push_int(&mut ours, n);
             assert_eq!(ours, n.to_string());
+        }
+        for n in [0, 7, 42, 999_999] {
+            let mut ours = String::new();
+            push_padded(&mut ours, n, 6);
+            assert_eq!(ours, format!("{n:06}"));
+        }
+        let long = (1u64 << 33) - 1;
+        let samples = (0..200_000).chain((0..long).step_by(99_991)).chain(long - 2000..long + 2000);
+        for micros in samples.chain([u64::MAX]) {
+            let d = Duration::from_micros(micros);
+            let mut ours = String::new();
+            push_millis(&mut ours, d);
+            assert_eq!(ours, format!("{:?}", crate::telemetry::access::millis(d)), "{micros} µs");
         }
     }
 
