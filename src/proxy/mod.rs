@@ -130,6 +130,30 @@ impl RequestIds {
 
     fn next(&self) -> Arc<str> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}", self.base.wrapping_add(n)).into()
+        hex16(self.base.wrapping_add(n))
+    }
+}
+
+/// `{:016x}` of `v`, written without `core::fmt` (one id per request).
+fn hex16(v: u64) -> Arc<str> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 16];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    Arc::from(std::str::from_utf8(&hex).unwrap_or("0000000000000000"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_16_hex_digits_counting_up() {
+        for v in [0, 1, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            assert_eq!(&*hex16(v), format!("{v:016x}"));
+        }
+        let ids = RequestIds { base: u64::MAX, counter: AtomicU64::new(0) };
+        assert_eq!((&*ids.next(), &*ids.next()), ("ffffffffffffffff", "0000000000000000"));
     }
 }

@@ -78,28 +78,38 @@ impl Pool {
 
     /// Returns a connection to the pool once its current response is done.
     pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut tx: SendRequest<RequestBody>) {
+        // Usually it is already: hyper read a small response whole before
+        // handing over its head. Then no task is needed to wait for it.
+        if tx.is_ready() {
+            self.put(key, tx);
+            return;
+        }
         let pool = self.clone();
         tokio::spawn(async move {
-            if tx.ready().await.is_err() {
-                return;
-            }
-            let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
-                let now = Instant::now();
-                let timeout = pool.idle_timeout;
-                idle.retain(|_, l| {
-                    l.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
-                    !l.is_empty()
-                });
-                if idle.len() >= MAX_ORIGINS {
-                    return;
-                }
-            }
-            let list = idle.entry(key).or_default();
-            if list.len() < MAX_IDLE_PER_ORIGIN {
-                list.push(Idle { tx, since: Instant::now() });
+            if tx.ready().await.is_ok() {
+                pool.put(key, tx);
             }
         });
+    }
+
+    /// Adds a ready connection to the idle list of `key`.
+    fn put(&self, key: Key, tx: SendRequest<RequestBody>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
+            let now = Instant::now();
+            let timeout = self.idle_timeout;
+            idle.retain(|_, l| {
+                l.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
+                !l.is_empty()
+            });
+            if idle.len() >= MAX_ORIGINS {
+                return;
+            }
+        }
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_ORIGIN {
+            list.push(Idle { tx, since: Instant::now() });
+        }
     }
 
     /// Sends `req` to `key`, on a pooled connection if one is idle, else on a

@@ -65,7 +65,8 @@ pub enum Reply {
 pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -> Response<ProxyBody> {
     let snap = state.snapshot.load_full();
     let request_id = state.next_request_id();
-    let html = prefers_html(req.headers().get(header::ACCEPT));
+    // Read only if authgate answers with an error page itself.
+    let accept = req.headers().get(header::ACCEPT).cloned();
     let connect = req.method() == Method::CONNECT;
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
     rec.metrics = Some(state.metrics.clone());
@@ -103,6 +104,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             }
             rec.status = d.status.as_u16();
             rec.outcome = d.code;
+            let html = prefers_html(accept.as_ref());
             let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
             let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));
             if close {
