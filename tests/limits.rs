@@ -517,3 +517,22 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     assert_eq!(proxy.state.conns.open(), 0, "the connection slot is free again");
     drop(c);
 }
+
+/// hyper has a request-head timer of its own, 30 s by default, that runs
+/// from the end of one response to the next request's head: it closed every
+/// keep-alive connection after 30 s idle whatever `idle_timeout` said.
+/// authgate's own timers do that job (idle: quiet close; head: 408), so a
+/// connection idle for 31 s must still be served when `idle_timeout` is 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_live_as_long_as_the_idle_timeout_says() {
+    let proxy =
+        spawn_custom(&cfg("", "[limits]\nidle_timeout = \"60s\"\nheader_read_timeout = \"5s\"\n"), &users());
+    let origin = spawn_echo_origin();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    c.send(get_as(&origin.url("/again"), &origin.authority(), "alice", "a1")).await;
+    let r = c.read_response("GET").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+}

@@ -296,6 +296,12 @@ async fn serve_http<S>(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
+        // hyper's own head timer (30 s by default once a timer is set) runs
+        // from the end of a response to the next head: it closed keep-alive
+        // connections after 30 s idle whatever `idle_timeout` said, and
+        // armed a fresh timer per request. Guarded does both jobs instead
+        // (idle: quiet close; head: 408) with the configured durations.
+        .header_read_timeout(None)
         // Guarded enforces the head limit with a proper 431; hyper's buffer
         // must be larger so that its own bare 431 never fires first.
         .max_buf_size((limits.max_header_bytes * 2).max(256 * 1024))
