@@ -25,6 +25,10 @@ use crate::target::{Target, parse_authority, parse_host};
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent};
 
+/// The rule name logged when the policy's default decided (one shared
+/// allocation instead of one per request).
+static DEFAULT_RULE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("default"));
+
 /// Largest rejected request body that is read and discarded to keep the
 /// connection usable; larger ones close the connection instead.
 const DRAIN_LIMIT: u64 = 64 * 1024;
@@ -203,7 +207,7 @@ async fn authorize(
             d
         }
     };
-    rec.rule = Some(decision.rule.clone().unwrap_or_else(|| Arc::from("default")));
+    rec.rule = Some(decision.rule.clone().unwrap_or_else(|| DEFAULT_RULE.clone()));
     match decision.action {
         Action::Allow => Ok(checked),
         Action::Deny => Err(ProxyError::DeniedByRule { rule: decision.label() }),

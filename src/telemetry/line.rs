@@ -132,30 +132,34 @@ fn push_addr(out: &mut String, addr: SocketAddr) {
 }
 
 /// Appends `n` in decimal, as `{}` writes it.
-fn push_int(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+fn push_int(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    out.push_str(decimal(n, &mut buf));
+}
+
+/// Appends `n` with at least `width` digits, as `{:0width$}` writes it.
+fn push_padded(out: &mut String, n: u32, width: usize) {
+    let mut buf = [0u8; 20];
+    let digits = decimal(u64::from(n), &mut buf);
+    for _ in digits.len()..width {
+        out.push('0');
+    }
+    out.push_str(digits);
+}
+
+/// The decimal digits of `n`, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
     loop {
         start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+        buf[start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    for &d in &digits[start..] {
-        out.push(char::from(d));
-    }
-}
-
-/// Appends `n` with at least `width` digits, as `{:0width$}` writes it.
-fn push_padded(out: &mut String, n: u32, width: usize) {
-    let mut digits = String::new();
-    push_int(&mut digits, u64::from(n));
-    for _ in digits.len()..width {
-        out.push('0');
-    }
-    out.push_str(&digits);
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[start..]).unwrap_or_default()
 }
 
 /// Appends `d` in milliseconds as `{:?}` writes [`super::access::millis`]:
