@@ -286,31 +286,16 @@ async fn assert_next_request_is_clean(conn: &mut RawConn, origin: &Origin, heade
     assert_eq!(next.text(), "next");
 }
 
-/// An origin answering `/small` (1 KiB) and `/large` (2 MiB) that counts the
-/// TCP connections it accepts.
-fn spawn_counting_origin() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let conns = std::sync::Arc::new(AtomicUsize::new(0));
-    let counter = conns.clone();
-    tokio::spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let len = if req.uri().path() == "/large" { 2 << 20 } else { 1024 };
-                    Ok::<_, std::convert::Infallible>(Response::new(full(vec![b'p'; len])))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (addr, conns)
+/// An origin answering `/small` (1 KiB) and `/large` (2 MiB); its `hits`
+/// count the TCP connections it accepted.
+fn spawn_counting_origin() -> Origin {
+    spawn_raw_origin(|stream: tokio::net::TcpStream| async move {
+        let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+            let len = if req.uri().path() == "/large" { 2 << 20 } else { 1024 };
+            Ok::<_, std::convert::Infallible>(Response::new(full(vec![b'p'; len])))
+        });
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+    })
 }
 
 /// The upstream pool: one client connection's requests, one after another,
@@ -319,16 +304,16 @@ fn spawn_counting_origin() -> (SocketAddr, std::sync::Arc<std::sync::atomic::Ato
 /// connection goes back to the pool only when its body is done).
 #[tokio::test]
 async fn upstream_connections_are_reused_after_small_and_large_responses() {
-    let (origin, conns) = spawn_counting_origin();
+    let origin = spawn_counting_origin();
     let proxy = spawn_proxy("", &[USER]);
-    let host = origin.to_string();
+    let host = origin.authority();
     let auth = auth();
     let headers = [("Host", host.as_str()), ("Proxy-Authorization", &auth)];
     let mut conn = RawConn::connect(proxy.addr).await;
     let paths =
         ["/small", "/small", "/large", "/small", "/large", "/small", "/large", "/small", "/small", "/small"];
     for path in paths {
-        conn.send(request("GET", &format!("http://{origin}{path}"), &headers)).await;
+        conn.send(request("GET", &origin.url(path), &headers)).await;
         let resp = conn.read_response("GET").await;
         assert_eq!(resp.status, 200, "{path}: {}", resp.dump());
         let want = if path == "/large" { 2 << 20 } else { 1024 };
@@ -337,6 +322,6 @@ async fn upstream_connections_are_reused_after_small_and_large_responses() {
     // Without reuse every request dials (10 connections); without reuse
     // after a large response, 4. A connection may rarely be dialled while the
     // previous one is still on its way back to the pool, hence not exactly 1.
-    let dialled = conns.load(std::sync::atomic::Ordering::SeqCst);
+    let dialled = origin.hits();
     assert!((1..=3).contains(&dialled), "{dialled} upstream connections for {} requests", paths.len());
 }

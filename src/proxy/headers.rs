@@ -12,8 +12,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::respond::PROXY_NAME;
 
-/// Fields that are hop-by-hop whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Fields never forwarded, whatever `Connection` says: the hop-by-hop ones,
+/// `Proxy-Authorization` (consumed here) and `Proxy-Authenticate` (an
+/// origin's challenge is not for the client's proxy credentials).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -22,6 +24,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Whether the message asks to switch protocols (`Connection: upgrade` plus
@@ -59,9 +62,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers
             .keys()
             .filter(|name| {
-                HOP_BY_HOP.contains(name)
-                    || *name == header::PROXY_AUTHENTICATE
-                    || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+                HOP_BY_HOP.contains(name) || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
             })
             .cloned()
             .collect()

@@ -346,12 +346,7 @@ fn log_target(req: &Request<Incoming>) -> String {
     match (uri.scheme_str(), uri.authority()) {
         (Some(scheme), Some(auth)) => {
             let host = auth.as_str().rsplit('@').next().unwrap_or("");
-            let path = uri.path();
-            let mut target = String::with_capacity(scheme.len() + 3 + host.len() + path.len());
-            for part in [scheme, "://", host, path] {
-                target.push_str(part);
-            }
-            target
+            [scheme, "://", host, uri.path()].concat()
         }
         _ => uri.path().to_owned(),
     }

@@ -115,8 +115,7 @@ fn push_quoted(out: &mut String, s: &str) {
 fn push_addr(out: &mut String, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(a) => {
-            let [a0, a1, a2, a3] = a.ip().octets();
-            for (i, octet) in [a0, a1, a2, a3].into_iter().enumerate() {
+            for (i, octet) in a.ip().octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push('.');
                 }
@@ -168,15 +167,13 @@ fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
 /// shorter decimal lies within half an ulp, so the digits can be written
 /// directly; longer durations go through `Debug`.
 fn push_millis(out: &mut String, d: std::time::Duration) {
-    let micros = d.as_micros();
-    let Ok(micros) = u64::try_from(micros) else {
-        let _ = write!(out, "{:?}", super::access::millis(d));
-        return;
+    let micros = match u64::try_from(d.as_micros()) {
+        Ok(m) if m < 1 << 33 => m,
+        _ => {
+            let _ = write!(out, "{:?}", super::access::millis(d));
+            return;
+        }
     };
-    if micros >= 1 << 33 {
-        let _ = write!(out, "{:?}", super::access::millis(d));
-        return;
-    }
     push_int(out, micros / 1000);
     out.push('.');
     let mut frac = micros % 1000;
