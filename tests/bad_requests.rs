@@ -1,5 +1,6 @@
 //! Requests that are not proxy requests get a 400 that says how to use a
-//! proxy, as problem+json for tools and as HTML for browsers.
+//! proxy, as problem+json for tools and as HTML for browsers; clients that
+//! half-close their connection after a request.
 
 mod common;
 
@@ -69,4 +70,41 @@ async fn proxy_still_serves_good_requests_after_bad_ones() {
     conn.send(request("GET", &origin.url("/ok"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
     let resp = conn.read_response("GET").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
+}
+
+/// A client that shuts down its sending side right after its request (`nc
+/// -N`, some scripts) still gets an answer that authgate gives at once.
+#[tokio::test]
+async fn half_closed_client_still_gets_the_407() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request("GET", &origin.url("/"), &[("Host", &origin.authority())])).await;
+    conn.shutdown_write().await;
+    let resp = conn.read_response("GET").await;
+    assert_proxy_error(&resp, 407, "http_request_denied", "proxy_auth_required");
+    assert!(conn.is_closed().await, "then the proxy closes the connection");
+}
+
+/// A half-close while a forwarded request waits for its origin means the
+/// client has gone (Squid's `half_closed_clients off` does the same): the
+/// client's connection is closed without an answer, and the request to the
+/// origin is abandoned rather than left running for nobody.
+#[tokio::test]
+async fn half_close_during_a_forwarded_request_abandons_it_upstream() {
+    let mut silent = spawn_silent_origin();
+    let origin = &silent.origin;
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request(
+        "GET",
+        &origin.url("/slow"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+    ))
+    .await;
+    silent.next_head().await;
+    conn.shutdown_write().await;
+    assert!(conn.read_to_end().await.is_empty(), "the client's connection closes without an answer");
+    silent.next_close().await;
 }

@@ -305,6 +305,11 @@ async fn serve_http<S>(
         // Guarded enforces the head limit with a proper 431; hyper's buffer
         // must be larger so that its own bare 431 never fires first.
         .max_buf_size((limits.max_header_bytes * 2).max(256 * 1024))
+        // A client that half-closes while its request runs has gone, as for
+        // Squid (`half_closed_clients off`): the request, and its upstream
+        // exchange, are dropped at once. Answers given without waiting
+        // (400, 407) still reach it.
+        .half_close(false)
         .keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
     let mut conn = std::pin::pin!(conn);

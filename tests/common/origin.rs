@@ -322,3 +322,49 @@ pub fn spawn_shout_origin() -> Origin {
         }
     })
 }
+
+/// An origin that reads request heads and never answers; it reports each
+/// head it received, and the end of each connection to it.
+pub struct SilentOrigin {
+    pub origin: Origin,
+    /// One message per complete request head received.
+    pub heads: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// One message per connection the proxy closed.
+    pub closed: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// Starts a [`SilentOrigin`].
+pub fn spawn_silent_origin() -> SilentOrigin {
+    let (head_tx, heads) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    let origin = spawn_raw_origin(move |mut stream: TcpStream| {
+        let (head_tx, closed_tx) = (head_tx.clone(), closed_tx.clone());
+        async move {
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stream.read(&mut chunk).await {
+                seen.extend_from_slice(&chunk[..n]);
+                if super::find(&seen, b"\r\n\r\n").is_some() {
+                    let _ = head_tx.send(());
+                    seen.clear();
+                }
+            }
+            let _ = closed_tx.send(());
+        }
+    });
+    SilentOrigin { origin, heads, closed }
+}
+
+impl SilentOrigin {
+    /// Waits (at most the raw client's read deadline) for the next head.
+    pub async fn next_head(&mut self) {
+        let got = tokio::time::timeout(super::READ_DEADLINE, self.heads.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "no request reached the origin");
+    }
+
+    /// Waits (at most the raw client's read deadline) for a connection to end.
+    pub async fn next_close(&mut self) {
+        let got = tokio::time::timeout(super::READ_DEADLINE, self.closed.recv()).await;
+        assert!(matches!(got, Ok(Some(()))), "the proxy's connection to the origin stayed open");
+    }
+}
