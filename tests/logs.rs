@@ -231,3 +231,39 @@ fn the_log_filter_and_the_access_switch_silence_access_lines() {
     assert!(switched_off.contains("authgate started"), "{switched_off}");
     assert!(!switched_off.contains("authgate::access"), "{switched_off}");
 }
+
+/// A request whose client leaves before the answer still gets its one
+/// access line: status 0 (nothing was sent) and outcome `client_gone`.
+#[test]
+fn a_request_its_client_abandons_is_logged_once() {
+    let dir = TempDir::new();
+    let bin =
+        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut silent = spawn_silent_origin();
+        wait_listening(proxy).await;
+        let auth = basic(USER, PASSWORD);
+        let host = silent.origin.authority();
+        let mut conn = RawConn::connect(proxy).await;
+        conn.send(request(
+            "GET",
+            &silent.origin.url("/abandoned"),
+            &[("Host", &host), ("Proxy-Authorization", &auth)],
+        ))
+        .await;
+        silent.next_head().await;
+        drop(conn);
+        // The proxy let go of the origin: the request is over.
+        silent.next_close().await;
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> =
+        stdout.lines().filter(|l| l.contains("authgate::access") && l.contains("/abandoned")).collect();
+    assert_eq!(lines.len(), 1, "one access line for the abandoned request:\n{stdout}");
+    for field in ["user=\"alice\"", " status=0 ", "outcome=\"client_gone\""] {
+        assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+    }
+}

@@ -95,11 +95,22 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     assert_eq!(c.read_exact(3).await, b"ABC");
     c.shutdown_write().await;
     assert_eq!(c.read_to_end().await, b"BYE\n");
+    // 5. a request its client abandons while the origin has not answered (cache hit)
+    let mut silent = spawn_silent_origin();
+    let mut c = RawConn::connect(run.proxy).await;
+    let host = silent.origin.authority();
+    c.send(request("GET", &silent.origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &a)])).await;
+    silent.next_head().await;
+    drop(c);
+    silent.next_close().await;
     // The tunnel's end is counted when its task finishes.
     let deadline = Instant::now() + Duration::from_secs(5);
     let after = loop {
         let m = scrape(run.admin).await;
-        if m["authgate_active_tunnels"] == 0.0 && m["authgate_bytes_total{direction=\"up\"}"] >= 3.0 {
+        if m["authgate_active_tunnels"] == 0.0
+            && m["authgate_bytes_total{direction=\"up\"}"] >= 3.0
+            && m["authgate_requests_total{outcome=\"abandoned\"}"] >= 1.0
+        {
             break m;
         }
         assert!(Instant::now() < deadline, "tunnel never finished: {m:?}");
@@ -111,12 +122,13 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     assert_eq!(d("authgate_requests_total{outcome=\"denied\"}"), 1.0);
     assert_eq!(d("authgate_requests_total{outcome=\"tunnel\"}"), 1.0);
     assert_eq!(d("authgate_requests_total{outcome=\"upstream_error\"}"), 0.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"abandoned\"}"), 1.0);
     assert_eq!(d("authgate_proxy_auth_failures_total{reason=\"missing\"}"), 1.0);
     assert_eq!(d("authgate_proxy_auth_failures_total{reason=\"invalid\"}"), 0.0);
     assert_eq!(d("authgate_upstream_responses_total{class=\"401\"}"), 1.0);
     assert_eq!(d("authgate_upstream_responses_total{class=\"4xx\"}"), 0.0, "401 is counted on its own");
     assert_eq!(d("authgate_auth_cache_total{result=\"miss\"}"), 1.0);
-    assert_eq!(d("authgate_auth_cache_total{result=\"hit\"}"), 2.0);
+    assert_eq!(d("authgate_auth_cache_total{result=\"hit\"}"), 3.0);
     assert_eq!(d("authgate_argon2_verifications_total"), 1.0);
     assert_eq!(d("authgate_argon2_duration_seconds_count"), 1.0);
     // tunnel: 3 bytes up; down: "ABC" + "BYE\n" = 7, plus the 401 body "no" = 9

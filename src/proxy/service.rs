@@ -80,7 +80,9 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     // size of this one for the connection's whole life, idle or not; with
     // `process` inline that was 3.7 KiB per keep-alive connection, now it is
     // a few hundred bytes (the box lives only while a request runs).
-    let result = Box::pin(process(&state, &snap, &client, req, &mut rec)).await;
+    let abandoned = LogIfAbandoned { rec: &mut rec, state: &state, client: &client };
+    let result = Box::pin(process(&state, &snap, &client, req, abandoned.rec)).await;
+    abandoned.defuse();
     let user = rec.user.clone();
     let count = |outcome| state.metrics.request(outcome, user.as_deref());
     match result {
@@ -116,6 +118,43 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             }
             resp.map(|b| b.with_log(rec))
         }
+    }
+}
+
+/// Logs a request whose future is dropped before it has an answer: hyper
+/// drops it when the client closes or resets its connection (or half-closes
+/// it, see `server::serve`), and authgate closes connections when their user
+/// is revoked or shutdown runs out of time. Without this, such a request
+/// would leave no access event at all.
+struct LogIfAbandoned<'a> {
+    rec: &'a mut AccessRecord,
+    state: &'a State,
+    client: &'a Client,
+}
+
+impl LogIfAbandoned<'_> {
+    /// The request has its answer; its record goes on with it.
+    fn defuse(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for LogIfAbandoned<'_> {
+    fn drop(&mut self) {
+        let rec = &mut *self.rec;
+        // No answer went out.
+        rec.status = 0;
+        rec.outcome = if std::thread::panicking() {
+            "internal_error"
+        } else if self.client.session.token.is_cancelled() {
+            "user_revoked"
+        } else if self.state.kill.is_cancelled() {
+            "shutdown"
+        } else {
+            "client_gone"
+        };
+        self.state.metrics.request(Counted::Abandoned, rec.user.as_deref());
+        rec.finish();
     }
 }
 

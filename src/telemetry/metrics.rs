@@ -38,9 +38,12 @@ pub enum Outcome {
     Overloaded,
     /// 500 made by authgate.
     InternalError,
+    /// Ended before an answer: the client left, or its connection was
+    /// closed (user revoked, shutdown).
+    Abandoned,
 }
 
-const OUTCOMES: [&str; 10] = [
+const OUTCOMES: [&str; 11] = [
     "forwarded",
     "tunnel",
     "proxy_auth_required",
@@ -51,6 +54,7 @@ const OUTCOMES: [&str; 10] = [
     "bad_request",
     "overloaded",
     "internal_error",
+    "abandoned",
 ];
 
 /// Why a 407 was sent.
@@ -90,7 +94,7 @@ fn counters<const N: usize>() -> [AtomicU64; N] {
 /// All counters and gauges.
 #[derive(Debug)]
 pub struct Metrics {
-    requests: [AtomicU64; 10],
+    requests: [AtomicU64; OUTCOMES.len()],
     auth_failures: [AtomicU64; 3],
     upstream_errors: [AtomicU64; 9],
     upstream_responses: [AtomicU64; 7],
@@ -104,7 +108,7 @@ pub struct Metrics {
     argon2_sum_micros: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
-    per_user: Mutex<Option<HashMap<String, [u64; 10]>>>,
+    per_user: Mutex<Option<HashMap<String, [u64; OUTCOMES.len()]>>>,
 }
 
 impl Metrics {
@@ -136,7 +140,7 @@ impl Metrics {
             let mut guard = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(map) = guard.as_mut() {
                 let key = if map.contains_key(user) || map.len() < MAX_USERS { user } else { "_other" };
-                map.entry(key.to_owned()).or_insert([0; 10])[outcome as usize] += 1;
+                map.entry(key.to_owned()).or_insert([0; OUTCOMES.len()])[outcome as usize] += 1;
             }
         }
     }
