@@ -232,13 +232,20 @@ fn the_log_filter_and_the_access_switch_silence_access_lines() {
     assert!(!switched_off.contains("authgate::access"), "{switched_off}");
 }
 
-/// A request whose client leaves before the answer still gets its one
-/// access line: status 0 (nothing was sent) and outcome `client_gone`.
-#[test]
-fn a_request_its_client_abandons_is_logged_once() {
+/// How a request that waits on a silent origin ends before its answer.
+enum Abandon {
+    /// The client closes its connection.
+    ClientCloses,
+    /// The user is removed from the users file (SIGHUP reload).
+    UserRemoved,
+}
+
+/// Runs the binary, sends one request to an origin that never answers, ends
+/// it the way `how` says, and returns the access line of that request.
+fn access_line_of_an_abandoned_request(how: Abandon) -> String {
     let dir = TempDir::new();
-    let bin =
-        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n";
+    let bin = start_binary(&dir, extra, &users_toml(&[(USER, PASSWORD), ("bob", "b1")]), Stdio::piped());
     let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -254,7 +261,17 @@ fn a_request_its_client_abandons_is_logged_once() {
         ))
         .await;
         silent.next_head().await;
-        drop(conn);
+        match how {
+            Abandon::ClientCloses => drop(conn),
+            Abandon::UserRemoved => {
+                std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
+                bin.signal("HUP");
+                assert!(
+                    conn.read_to_end().await.is_empty(),
+                    "the revoked user's connection closes, unanswered"
+                );
+            }
+        }
         // The proxy let go of the origin: the request is over.
         silent.next_close().await;
     });
@@ -263,7 +280,17 @@ fn a_request_its_client_abandons_is_logged_once() {
     let lines: Vec<&str> =
         stdout.lines().filter(|l| l.contains("authgate::access") && l.contains("/abandoned")).collect();
     assert_eq!(lines.len(), 1, "one access line for the abandoned request:\n{stdout}");
-    for field in ["user=\"alice\"", " status=0 ", "outcome=\"client_gone\""] {
-        assert!(lines[0].contains(field), "{field} in {}", lines[0]);
+    lines[0].to_owned()
+}
+
+/// A request that ends before its answer still gets its one access line,
+/// with status 0 (nothing was sent) and why it ended.
+#[test]
+fn a_request_dropped_before_its_answer_is_logged_once_with_why() {
+    for (how, outcome) in [(Abandon::ClientCloses, "client_gone"), (Abandon::UserRemoved, "user_revoked")] {
+        let line = access_line_of_an_abandoned_request(how);
+        for field in ["user=\"alice\"", " status=0 ", &format!("outcome=\"{outcome}\"")] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
     }
 }
