@@ -138,3 +138,40 @@ async fn request_that_already_passed_authgate_gets_508_loop_detected() {
     assert_eq!(resp.header("content-type"), Some("application/problem+json"));
     assert_eq!(origin.hits(), 0, "a looping request must not be forwarded");
 }
+
+/// hyper takes off only the `chunked` framing; a `gzip` transfer coding under
+/// it is still on the body and must travel on with it (RFC 9110 §7.6.1:
+/// remove *or replace*), both ways, or the next hop reads gzip bytes as the
+/// content.
+#[tokio::test]
+async fn transfer_codings_under_chunked_are_passed_on() {
+    const GZIP_CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\n\
+Transfer-Encoding: gzip, chunked\r\n\
+\r\n\
+4\r\nGZIP\r\n4\r\nDATA\r\n0\r\n\r\n";
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let origin = spawn_canned_origin(GZIP_CHUNKED, seen);
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.dump());
+    assert_eq!(resp.body, b"GZIPDATA");
+
+    let echo = spawn_echo_origin();
+    let host = echo.authority();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut post = request(
+        "POST",
+        &echo.url("/up"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "gzip, chunked")],
+    );
+    post.extend_from_slice(b"4\r\nGZIP\r\n0\r\n\r\n");
+    conn.send(post).await;
+    let resp = conn.read_response("POST").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(seen.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.text());
+    assert_eq!(seen.body, b"GZIP");
+}

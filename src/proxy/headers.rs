@@ -3,7 +3,9 @@
 //! RFC 9110 §7.6.1: a proxy MUST remove the `Connection` header and every field
 //! it names, plus the hop-by-hop fields (`Proxy-Connection`, `Keep-Alive`,
 //! `TE`, `Transfer-Encoding`, `Upgrade` unless upgrading, `Trailer`), before
-//! forwarding. `Proxy-Authorization` is consumed here (RFC 9110 §11.7.2: it
+//! forwarding; `Transfer-Encoding` is replaced by the codings other than the
+//! `chunked` that hyper decoded (§7.6.1 "remove or replace"; see
+//! [`undecoded_codings`]). `Proxy-Authorization` is consumed here (RFC 9110 §11.7.2: it
 //! applies to the next inbound proxy only) and `Proxy-Authenticate` from an
 //! origin is dropped. §7.6.3: a proxy MUST add `Via`.
 
@@ -67,13 +69,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .cloned()
             .collect()
     };
+    let codings = if doomed.contains(&header::TRANSFER_ENCODING) { undecoded_codings(headers) } else { None };
     for name in &doomed {
         headers.remove(name);
+    }
+    if let Some(v) = codings {
+        headers.insert(header::TRANSFER_ENCODING, v);
     }
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// The transfer codings still on a body after hyper removed its `chunked`
+/// framing: `gzip` of `Transfer-Encoding: gzip, chunked` (a response without
+/// a final `chunked` is read to its close, and all its codings remain). They
+/// must go on with the body, or the next hop takes gzip bytes for the
+/// content; hyper appends `chunked` again when it frames the body. `None`
+/// when nothing but `chunked` was applied, or when the field is malformed
+/// (`chunked` not last: RFC 9112 §6.1 allows it once, at the end).
+fn undecoded_codings(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut codings: Vec<&str> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    if codings.last().is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        codings.pop();
+    }
+    if codings.is_empty() || codings.iter().any(|c| c.eq_ignore_ascii_case("chunked")) {
+        return None;
+    }
+    HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
 /// Appends our `Via` entry for a message received with `version`.
@@ -134,6 +167,32 @@ mod tests {
         let mut plain = map(&[("host", "a"), ("accept", "*/*")]);
         strip_hop_by_hop(&mut plain, false);
         assert_eq!(plain.len(), 2);
+    }
+
+    #[test]
+    fn transfer_codings_other_than_chunked_stay_with_the_body() {
+        let te = |pairs: &[(&str, &str)]| {
+            let mut h = map(pairs);
+            strip_hop_by_hop(&mut h, false);
+            h.get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(te(&[("transfer-encoding", "chunked")]), Vec::<String>::new());
+        assert_eq!(te(&[("transfer-encoding", "gzip, chunked")]), ["gzip"]);
+        assert_eq!(te(&[("transfer-encoding", "gzip"), ("transfer-encoding", "Chunked")]), ["gzip"]);
+        // A close-delimited response: every coding is still on the body.
+        assert_eq!(te(&[("transfer-encoding", "gzip")]), ["gzip"]);
+        assert_eq!(te(&[("transfer-encoding", "deflate,gzip , chunked")]), ["deflate, gzip"]);
+        // Named by Connection or not, the codings are a property of the body.
+        assert_eq!(
+            te(&[("connection", "transfer-encoding"), ("transfer-encoding", "gzip, chunked")]),
+            ["gzip"]
+        );
+        // Malformed: chunked twice or not last.
+        assert_eq!(te(&[("transfer-encoding", "chunked, gzip")]), Vec::<String>::new());
+        assert_eq!(te(&[("transfer-encoding", "chunked, chunked")]), Vec::<String>::new());
     }
 
     #[test]
