@@ -175,3 +175,51 @@ Transfer-Encoding: gzip, chunked\r\n\
     assert_eq!(seen.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.text());
     assert_eq!(seen.body, b"GZIP");
 }
+
+/// RFC 9110 §7.6.2: TRACE and OPTIONS carry `Max-Forwards`; authgate
+/// decrements it, and answers itself when it reaches 0 (after the usual
+/// authentication), echoing a TRACE without the credentials.
+#[tokio::test]
+async fn max_forwards_is_decremented_and_zero_is_answered_here() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let url = origin.url("/mf");
+
+    let resp = send_one(
+        proxy.addr,
+        "OPTIONS",
+        &url,
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Max-Forwards", "2")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(Echoed::parse(&resp.body).header("max-forwards"), Some("1"), "{}", resp.text());
+    assert_eq!(origin.hits(), 1);
+
+    let resp = send_one(proxy.addr, "TRACE", &url, &[("Host", &host), ("Max-Forwards", "0")]).await;
+    assert_eq!(resp.status, 407, "credentials first: {}", resp.dump());
+    let resp = send_one(
+        proxy.addr,
+        "TRACE",
+        &url,
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Max-Forwards", "0")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header("content-type"), Some("message/http"));
+    let echoed = resp.text();
+    assert!(echoed.starts_with(&format!("TRACE {url} HTTP/1.1\r\n")), "{echoed}");
+    assert!(echoed.contains("max-forwards: 0\r\n"), "{echoed}");
+    assert!(!echoed.to_ascii_lowercase().contains("proxy-authorization"), "{echoed}");
+    let resp = send_one(
+        proxy.addr,
+        "OPTIONS",
+        &url,
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Max-Forwards", "0")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(origin.hits(), 1, "a request with Max-Forwards: 0 never reaches the origin");
+}

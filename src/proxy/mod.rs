@@ -2,12 +2,14 @@
 //!
 //! [`service`] is the per-request entry point; [`tunnel`] carries CONNECT,
 //! [`forward`] carries absolute-form `http://` requests; [`connect`] is the one
-//! place that resolves, checks and dials; [`headers`] does header hygiene.
+//! place that resolves, checks and dials; [`headers`] does header hygiene;
+//! [`max_forwards`] answers TRACE and OPTIONS aimed at this hop.
 
 pub mod connect;
 pub mod dns;
 pub mod forward;
 pub mod headers;
+pub mod max_forwards;
 pub mod pool;
 pub mod relay;
 pub mod service;

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use super::State;
 use super::headers::via_names_us;
 use super::sessions::Session;
-use super::{forward, tunnel};
+use super::{forward, max_forwards, tunnel};
 use crate::auth::{Outcome, Refusal, User};
 use crate::body::ProxyBody;
 use crate::config::Snapshot;
@@ -207,7 +207,13 @@ async fn process(
             };
             tunnel::open(snap, addrs, req).await
         }
-        Kind::Forward(target, https) => forward::forward(state, snap, target, https, addrs, req, rec).await,
+        Kind::Forward(target, https) => match max_forwards::answer_here(&mut req) {
+            Some(resp) => {
+                rec.outcome = "answered_here";
+                Ok(Reply::Response(resp))
+            }
+            None => forward::forward(state, snap, target, https, addrs, req, rec).await,
+        },
     };
     match reply {
         Ok(Reply::Tunnel(resp, mut job)) => {

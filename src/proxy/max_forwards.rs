@@ -1,0 +1,144 @@
+//! `Max-Forwards` (RFC 9110 §7.6.2): for TRACE and OPTIONS, each proxy
+//! decrements the field before forwarding, and the one that receives `0`
+//! answers as the final recipient instead. A client uses it to reach one
+//! hop of a proxy chain at a time.
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// Request fields a TRACE answer leaves out (RFC 9110 §9.3.8: the final
+/// recipient SHOULD exclude fields likely to carry sensitive data).
+const NOT_ECHOED: [header::HeaderName; 3] =
+    [header::PROXY_AUTHORIZATION, header::AUTHORIZATION, header::COOKIE];
+
+/// For a TRACE or OPTIONS request with `Max-Forwards`: `0` gets authgate's
+/// own answer (returned), a larger value is decremented in place for the
+/// next hop. Every other request is left alone (`None`), as is a value that
+/// is not a number (RFC 9110 defines none for it; forwarding it unchanged
+/// breaks nothing).
+pub fn answer_here<B>(req: &mut Request<B>) -> Option<Response<ProxyBody>> {
+    if req.method() != Method::TRACE && req.method() != Method::OPTIONS {
+        return None;
+    }
+    let hops = remaining(req.headers())?;
+    if hops > 0 {
+        req.headers_mut().insert(header::MAX_FORWARDS, HeaderValue::from(hops - 1));
+        return None;
+    }
+    let mut resp = if req.method() == Method::TRACE {
+        let mut resp = Response::new(ProxyBody::full(echo(req)));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("message/http"));
+        resp
+    } else {
+        Response::new(ProxyBody::empty())
+    };
+    *resp.status_mut() = StatusCode::OK;
+    Some(resp)
+}
+
+/// The value of a single well-formed `Max-Forwards` (1*DIGIT); values too
+/// large for a `u64` count as `u64::MAX` (the field has no upper limit).
+fn remaining(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::MAX_FORWARDS).iter();
+    let (value, None) = (values.next()?, values.next()) else {
+        return None;
+    };
+    let digits = value.as_bytes();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+            .unwrap_or(u64::MAX),
+    )
+}
+
+/// The TRACE request as authgate received it, minus credentials (fields
+/// and URL userinfo) and cookies.
+fn echo<B>(req: &Request<B>) -> BytesMut {
+    let mut out = BytesMut::with_capacity(512);
+    out.put_slice(req.method().as_str().as_bytes());
+    out.put_u8(b' ');
+    let uri = req.uri();
+    if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
+        // Without userinfo: `user:password@` is a credential too.
+        let host = authority.as_str().rsplit('@').next().unwrap_or("");
+        out.put_slice([scheme, "://", host].concat().as_bytes());
+    }
+    out.put_slice(uri.path_and_query().map_or(uri.path(), |p| p.as_str()).as_bytes());
+    out.put_slice(format!(" {:?}\r\n", req.version()).as_bytes());
+    for (name, value) in req.headers() {
+        if NOT_ECHOED.contains(name) {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: Method, max_forwards: &[&str]) -> Request<()> {
+        let mut r = Request::builder().method(method).uri("http://u:pw@example.com/p?q").body(()).unwrap();
+        for v in max_forwards {
+            r.headers_mut().append(header::MAX_FORWARDS, HeaderValue::from_str(v).unwrap());
+        }
+        r.headers_mut().insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic c2VjcmV0"));
+        r.headers_mut().insert(header::COOKIE, HeaderValue::from_static("sid=1"));
+        r.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        r
+    }
+
+    #[test]
+    fn a_positive_value_is_decremented_for_the_next_hop() {
+        let mut r = req(Method::OPTIONS, &["3"]);
+        assert!(answer_here(&mut r).is_none());
+        assert_eq!(r.headers()[header::MAX_FORWARDS], "2");
+        let mut r = req(Method::TRACE, &["99999999999999999999999"]);
+        assert!(answer_here(&mut r).is_none());
+        assert_eq!(r.headers()[header::MAX_FORWARDS], (u64::MAX - 1).to_string().as_str());
+    }
+
+    #[test]
+    fn other_methods_and_malformed_values_are_left_alone() {
+        for (method, values) in [
+            (Method::GET, &["0"][..]),
+            (Method::OPTIONS, &[][..]),
+            (Method::OPTIONS, &["-1"][..]),
+            (Method::OPTIONS, &["1 "][..]),
+            (Method::TRACE, &["0", "1"][..]),
+        ] {
+            let mut r = req(method.clone(), values);
+            assert!(answer_here(&mut r).is_none(), "{method} {values:?}");
+            let now: Vec<_> = r.headers().get_all(header::MAX_FORWARDS).iter().collect();
+            assert_eq!(now, values.iter().map(|v| HeaderValue::from_str(v).unwrap()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn zero_is_answered_here_and_trace_echoes_no_credentials() {
+        let options = answer_here(&mut req(Method::OPTIONS, &["0"])).expect("answered");
+        assert_eq!(options.status(), 200);
+        assert_eq!(options.body().full_bytes().unwrap(), "");
+
+        let trace = answer_here(&mut req(Method::TRACE, &["0"])).expect("answered");
+        assert_eq!(trace.status(), 200);
+        assert_eq!(trace.headers()[header::CONTENT_TYPE], "message/http");
+        let body = trace.body().full_bytes().unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(text.starts_with("TRACE http://example.com/p?q HTTP/1.1\r\n"), "{text}");
+        assert!(text.contains("accept: */*\r\n") && text.contains("max-forwards: 0\r\n"), "{text}");
+        assert!(!text.contains("c2VjcmV0") && !text.contains("sid=1") && !text.contains("pw"), "{text}");
+    }
+}
