@@ -64,14 +64,20 @@ Content-Length: 2\r\n\
 \r\n\
 ok";
 
-#[tokio::test]
-async fn hop_by_hop_response_headers_are_removed() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let origin = spawn_canned_origin(HOPPY_RESPONSE, seen);
+/// A proxy, and its answer to one authenticated GET to an origin that
+/// answers with exactly `response`.
+async fn get_from_canned_origin(response: &'static [u8]) -> (Proxy, RawResponse) {
+    let origin = spawn_canned_origin(response, Arc::new(Mutex::new(Vec::new())));
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
     let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+    (proxy, resp)
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_removed() {
+    let (_proxy, resp) = get_from_canned_origin(HOPPY_RESPONSE).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.body, b"ok");
     for name in HOP_BY_HOP.iter().chain(&["x-hop-resp"]) {
@@ -149,14 +155,10 @@ async fn transfer_codings_under_chunked_are_passed_on() {
 Transfer-Encoding: gzip, chunked\r\n\
 \r\n\
 4\r\nGZIP\r\n4\r\nDATA\r\n0\r\n\r\n";
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let origin = spawn_canned_origin(GZIP_CHUNKED, seen);
-    let proxy = spawn_proxy("", &[USER]);
-    let auth = basic(USER.0, USER.1);
-    let host = origin.authority();
-    let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+    let (proxy, resp) = get_from_canned_origin(GZIP_CHUNKED).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.dump());
+    let auth = basic(USER.0, USER.1);
     assert_eq!(resp.body, b"GZIPDATA");
 
     let echo = spawn_echo_origin();
@@ -176,6 +178,21 @@ Transfer-Encoding: gzip, chunked\r\n\
     assert_eq!(seen.body, b"GZIP");
 }
 
+/// `method url` through `proxy` with `Max-Forwards: hops`, with credentials
+/// when `auth` is given.
+async fn with_max_forwards(
+    proxy: &Proxy,
+    method: &str,
+    url: &str,
+    auth: Option<&str>,
+    hops: &str,
+) -> RawResponse {
+    let host = url.trim_start_matches("http://").split('/').next().unwrap_or_default();
+    let mut headers = vec![("Host", host), ("Max-Forwards", hops)];
+    headers.extend(auth.map(|a| ("Proxy-Authorization", a)));
+    send_one(proxy.addr, method, url, &headers).await
+}
+
 /// RFC 9110 §7.6.2: TRACE and OPTIONS carry `Max-Forwards`; authgate
 /// decrements it, and answers itself when it reaches 0 (after the usual
 /// authentication), echoing a TRACE without the credentials.
@@ -184,42 +201,23 @@ async fn max_forwards_is_decremented_and_zero_is_answered_here() {
     let origin = spawn_echo_origin();
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
-    let host = origin.authority();
     let url = origin.url("/mf");
 
-    let resp = send_one(
-        proxy.addr,
-        "OPTIONS",
-        &url,
-        &[("Host", &host), ("Proxy-Authorization", &auth), ("Max-Forwards", "2")],
-    )
-    .await;
+    let resp = with_max_forwards(&proxy, "OPTIONS", &url, Some(&auth), "2").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(Echoed::parse(&resp.body).header("max-forwards"), Some("1"), "{}", resp.text());
     assert_eq!(origin.hits(), 1);
 
-    let resp = send_one(proxy.addr, "TRACE", &url, &[("Host", &host), ("Max-Forwards", "0")]).await;
+    let resp = with_max_forwards(&proxy, "TRACE", &url, None, "0").await;
     assert_eq!(resp.status, 407, "credentials first: {}", resp.dump());
-    let resp = send_one(
-        proxy.addr,
-        "TRACE",
-        &url,
-        &[("Host", &host), ("Proxy-Authorization", &auth), ("Max-Forwards", "0")],
-    )
-    .await;
+    let resp = with_max_forwards(&proxy, "TRACE", &url, Some(&auth), "0").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.header("content-type"), Some("message/http"));
     let echoed = resp.text();
     assert!(echoed.starts_with(&format!("TRACE {url} HTTP/1.1\r\n")), "{echoed}");
     assert!(echoed.contains("max-forwards: 0\r\n"), "{echoed}");
     assert!(!echoed.to_ascii_lowercase().contains("proxy-authorization"), "{echoed}");
-    let resp = send_one(
-        proxy.addr,
-        "OPTIONS",
-        &url,
-        &[("Host", &host), ("Proxy-Authorization", &auth), ("Max-Forwards", "0")],
-    )
-    .await;
+    let resp = with_max_forwards(&proxy, "OPTIONS", &url, Some(&auth), "0").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(origin.hits(), 1, "a request with Max-Forwards: 0 never reaches the origin");
 }
