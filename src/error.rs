@@ -49,6 +49,10 @@ pub enum ProxyError {
     /// The request target is longer than the parser accepts.
     #[error("request target too long")]
     UriTooLong,
+    /// A CONNECT request that declares a body (RFC 9110 §9.3.6: it has none):
+    /// where the tunnel would begin is ambiguous.
+    #[error("CONNECT with a body")]
+    ConnectWithBody,
     /// The request target cannot be used (no host, bad port, ...).
     #[error("bad request target: {detail}")]
     BadTarget {
@@ -139,6 +143,7 @@ impl ProxyError {
             OriginForm
             | UnsupportedScheme { .. }
             | BadTarget { .. }
+            | ConnectWithBody
             | HeadTimeout
             | HeadTooLarge
             | MalformedRequest

@@ -50,6 +50,9 @@ pub fn describe(err: &ProxyError) -> Description {
         MalformedRequest => {
             (StatusCode::BAD_REQUEST, "http_request_error", "malformed_request", "Malformed request")
         }
+        ConnectWithBody => {
+            (StatusCode::BAD_REQUEST, "http_request_error", "connect_with_body", "CONNECT with a body")
+        }
         UriTooLong => {
             (StatusCode::URI_TOO_LONG, "http_request_error", "uri_too_long", "Request target too long")
         }
@@ -153,6 +156,7 @@ fn detail(err: &ProxyError) -> String {
         HeadTimeout => "The request head did not arrive in time; the connection is closed.".into(),
         MalformedRequest => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
         UriTooLong => "The request target is longer than this proxy accepts.".into(),
+        ConnectWithBody => "A CONNECT request has no content, but this one declares a body (Content-Length or Transfer-Encoding); where the tunnel would begin is ambiguous, so the connection is closed.".into(),
         HeadTooLarge => "The request head (request line and header fields) is larger than this proxy accepts.".into(),
         ProxyAuthRequired => "Send valid proxy credentials in Proxy-Authorization (Basic).".into(),
         Throttled { retry_after } => format!("Too many failed logins from your address; retry in {} s.", retry_after.as_secs().max(1)),
@@ -387,7 +391,7 @@ mod tests {
     }
 
     #[test]
-    fn every_error_has_a_distinct_code() {
+    fn every_error_has_a_distinct_code_documented_in_the_readme() {
         use ProxyError::*;
         let all = [
             OriginForm,
@@ -396,6 +400,7 @@ mod tests {
             HeadTimeout,
             HeadTooLarge,
             MalformedRequest,
+            ConnectWithBody,
             UriTooLong,
             ProxyAuthRequired,
             Throttled { retry_after: Duration::from_secs(1) },
@@ -416,6 +421,13 @@ mod tests {
             Internal,
         ];
         let mut codes: Vec<_> = all.iter().map(|e| describe(e).code).collect();
+        // Each `type` link lands on the README's entry for its code.
+        let readme = include_str!("../README.md");
+        for code in &codes {
+            let anchor = format!("<a id=\"error-{}\"></a>", code.replace('_', "-"));
+            assert!(readme.contains(&anchor), "README has no {anchor}");
+            assert!(readme.contains(&format!("### `{code}`")), "README has no section for {code}");
+        }
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), all.len());

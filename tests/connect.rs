@@ -150,3 +150,41 @@ async fn get_to_an_unreachable_origin_gets_502() {
             .await;
     assert_proxy_error(&resp, 502, "connection_refused", "connection_refused");
 }
+
+/// RFC 9110 §9.3.6: a CONNECT request has no content. One that declares a
+/// body is refused and its connection closed, since whether the bytes after
+/// the head are that body or tunnel data is ambiguous; `Content-Length: 0`
+/// is accepted.
+#[tokio::test]
+async fn connect_that_declares_a_body_is_refused_and_closed() {
+    let origin = spawn_shout_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let target = origin.authority();
+    for (name, value, body) in [
+        ("Content-Length", "5", &b"hello"[..]),
+        ("Transfer-Encoding", "chunked", &b"5\r\nhello\r\n0\r\n\r\n"[..]),
+    ] {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        let mut head =
+            request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth), (name, value)]);
+        head.extend_from_slice(body);
+        conn.send(head).await;
+        let resp = conn.read_response("GET").await;
+        assert_proxy_error(&resp, 400, "http_request_error", "connect_with_body");
+        assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+        assert!(conn.is_closed().await, "{name}: the connection is closed");
+    }
+    assert_eq!(origin.hits(), 0, "no tunnel was opened");
+
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(request(
+        "CONNECT",
+        &target,
+        &[("Host", &target), ("Proxy-Authorization", &auth), ("Content-Length", "0")],
+    ))
+    .await;
+    assert_eq!(conn.read_head().await.status, 200);
+    conn.send(b"ok").await;
+    assert_eq!(conn.read_exact(2).await, b"OK");
+}

@@ -184,7 +184,12 @@ async fn process(
     mut req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Reply, Failure> {
-    let kind = classify(&req, client.tls).map_err(|e| (e, false))?;
+    // A CONNECT that declares a body closes: a front end that frames it
+    // differently would read the rest of the connection differently.
+    let kind = classify(&req, client.tls).map_err(|e| {
+        let close = matches!(e, ProxyError::ConnectWithBody);
+        (e, close)
+    })?;
     if via_names_us(req.headers()) {
         return Err((ProxyError::LoopDetected, false));
     }
@@ -356,6 +361,10 @@ async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
 fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError> {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
+        // `Content-Length: 0` is harmless and some clients send it.
+        if !http_body::Body::is_end_stream(req.body()) {
+            return Err(ProxyError::ConnectWithBody);
+        }
         let authority = uri.authority().ok_or(ProxyError::BadTarget { detail: "CONNECT needs host:port" })?;
         let target =
             parse_authority(authority.as_str()).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
