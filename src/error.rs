@@ -136,6 +136,13 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// Whether the connection must close after this answer, whatever the
+    /// request asked: a CONNECT that declares a body leaves the rest of the
+    /// connection framed one way by hyper and perhaps another by a front end.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::ConnectWithBody)
+    }
+
     /// Who is at fault for this error.
     pub fn fault(&self) -> Fault {
         use ProxyError::*;

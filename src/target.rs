@@ -92,6 +92,12 @@ pub fn parse_host(raw: &str) -> Result<Host, BadTarget> {
     Ok(Host::Name(name))
 }
 
+/// An authority (`user:password@host:port`) without its userinfo: that is a
+/// credential, never logged, forwarded or echoed.
+pub fn without_userinfo(authority: &str) -> &str {
+    authority.rsplit('@').next().unwrap_or(authority)
+}
+
 /// Parses `host:port` (CONNECT authority-form).
 ///
 /// # Errors
@@ -171,6 +177,13 @@ fn parse_part(p: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn userinfo_is_cut_off_up_to_the_last_at() {
+        assert_eq!(without_userinfo("u:p@w@host:80"), "host:80");
+        assert_eq!(without_userinfo("host:80"), "host:80");
+        assert_eq!(without_userinfo("@[::1]:8080"), "[::1]:8080");
+    }
 
     fn ip(s: &str) -> Host {
         Host::Ip(s.parse().unwrap())

@@ -7,7 +7,7 @@ use http::Method;
 use crate::config::Snapshot;
 use crate::policy::explain::{Report, explain};
 use crate::proxy::dns::Resolver;
-use crate::target::{Host, Target, parse_authority, parse_host, parse_port};
+use crate::target::{Host, Target, parse_authority, parse_host, parse_port, without_userinfo};
 
 /// Parses TARGET (a URL or host:port) and the method it implies: `GET` for
 /// `http://`, `CONNECT` for `https://` and host:port.
@@ -24,7 +24,7 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
             }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let authority = authority.rsplit('@').next().unwrap_or(authority);
+        let authority = without_userinfo(authority);
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !p.contains(']') => (h, parse_port(p).map_err(|e| e.0.to_string())?),
             _ => (authority, default_port),

@@ -21,7 +21,7 @@ use super::upstream_tls::{self, UpstreamIo};
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
-use crate::target::Target;
+use crate::target::{Target, without_userinfo};
 use crate::telemetry::AccessRecord;
 
 /// Forwards one absolute-form request to `target`; `checked` are addresses
@@ -45,7 +45,7 @@ pub async fn forward(
     let host = parts
         .uri
         .authority()
-        .map(|a| a.as_str().rsplit('@').next().unwrap_or("").to_owned())
+        .map(|a| without_userinfo(a.as_str()).to_owned())
         .ok_or(ProxyError::BadTarget { detail: "no host" })?;
     let host = HeaderValue::from_str(&host).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));

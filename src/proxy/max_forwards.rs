@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use crate::body::ProxyBody;
+use crate::target::without_userinfo;
 
 /// Request fields a TRACE answer leaves out (RFC 9110 §9.3.8: the final
 /// recipient SHOULD exclude fields likely to carry sensitive data).
@@ -46,16 +47,9 @@ fn remaining(headers: &HeaderMap) -> Option<u64> {
     let (value, None) = (values.next()?, values.next()) else {
         return None;
     };
-    let digits = value.as_bytes();
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        digits
-            .iter()
-            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-            .unwrap_or(u64::MAX),
-    )
+    let digits = value.to_str().ok().filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))?;
+    // Only digits: parsing fails only on overflow.
+    Some(digits.parse().unwrap_or(u64::MAX))
 }
 
 /// The TRACE request as authgate received it, minus credentials (fields
@@ -66,9 +60,7 @@ fn echo<B>(req: &Request<B>) -> BytesMut {
     out.put_u8(b' ');
     let uri = req.uri();
     if let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) {
-        // Without userinfo: `user:password@` is a credential too.
-        let host = authority.as_str().rsplit('@').next().unwrap_or("");
-        out.put_slice([scheme, "://", host].concat().as_bytes());
+        out.put_slice([scheme, "://", without_userinfo(authority.as_str())].concat().as_bytes());
     }
     out.put_slice(uri.path_and_query().map_or(uri.path(), |p| p.as_str()).as_bytes());
     out.put_slice(format!(" {:?}\r\n", req.version()).as_bytes());

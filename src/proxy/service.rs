@@ -21,7 +21,7 @@ use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
 use crate::server::limits::Permit;
-use crate::target::{Target, parse_authority, parse_host};
+use crate::target::{Target, parse_authority, parse_host, without_userinfo};
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent};
 
@@ -113,7 +113,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             let html = prefers_html(accept.as_ref());
             let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
             let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));
-            if close {
+            if close || err.closes_connection() {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             resp.map(|b| b.with_log(rec))
@@ -184,12 +184,7 @@ async fn process(
     mut req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Reply, Failure> {
-    // A CONNECT that declares a body closes: a front end that frames it
-    // differently would read the rest of the connection differently.
-    let kind = classify(&req, client.tls).map_err(|e| {
-        let close = matches!(e, ProxyError::ConnectWithBody);
-        (e, close)
-    })?;
+    let kind = classify(&req, client.tls).map_err(|e| (e, false))?;
     if via_names_us(req.headers()) {
         return Err((ProxyError::LoopDetected, false));
     }
@@ -398,10 +393,7 @@ fn log_target(req: &Request<Incoming>) -> String {
         return uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
     }
     match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme), Some(auth)) => {
-            let host = auth.as_str().rsplit('@').next().unwrap_or("");
-            [scheme, "://", host, uri.path()].concat()
-        }
+        (Some(scheme), Some(auth)) => [scheme, "://", without_userinfo(auth.as_str()), uri.path()].concat(),
         _ => uri.path().to_owned(),
     }
 }
