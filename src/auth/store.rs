@@ -5,7 +5,7 @@
 //! expired user's password is still verified, so timing does not tell an
 //! attacker which names exist.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
 use std::hash::{Hash, Hasher};

@@ -7,7 +7,7 @@
 //! back and it is retried on a fresh connection, so a stale keep-alive
 //! connection never becomes a client-visible error.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ pub struct Sent {
 impl Pool {
     /// An empty pool; idle connections older than `idle_timeout` are dropped.
     pub fn new(idle_timeout: Duration) -> Self {
-        Pool { idle: Mutex::new(HashMap::new()), idle_timeout }
+        Pool { idle: Mutex::new(HashMap::default()), idle_timeout }
     }
 
     fn checkout(&self, key: &Key) -> Option<SendRequest<RequestBody>> {
