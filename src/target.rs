@@ -70,26 +70,38 @@ pub fn parse_host(raw: &str) -> Result<Host, BadTarget> {
         let v6: Ipv6Addr = addr.parse().map_err(|_| BadTarget("bad IPv6 address"))?;
         return Ok(Host::Ip(IpAddr::V6(v6)));
     }
-    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    let name = raw.strip_suffix('.').unwrap_or(raw);
     if name.is_empty() {
         return Err(BadTarget("empty host"));
     }
     if name.len() > 253 {
         return Err(BadTarget("host name too long"));
     }
-    for label in name.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return Err(BadTarget("bad host name"));
-        }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    // One pass over the bytes: labels of 1-63 letters, digits, `-`, `_`.
+    let mut label = 0usize;
+    for &b in name.as_bytes() {
+        if b == b'.' {
+            if label == 0 {
+                return Err(BadTarget("bad host name"));
+            }
+            label = 0;
+        } else if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            label += 1;
+            if label > 63 {
+                return Err(BadTarget("bad host name"));
+            }
+        } else {
             return Err(BadTarget("bad host name"));
         }
     }
-    let last = name.rsplit('.').next().unwrap_or("");
+    if label == 0 {
+        return Err(BadTarget("bad host name"));
+    }
+    let last = name.rfind('.').map_or(name, |dot| &name[dot + 1..]);
     if looks_numeric(last) {
-        return parse_ipv4_loose(&name).map(|a| Host::Ip(IpAddr::V4(a))).ok_or(BadTarget("bad IPv4 address"));
+        return parse_ipv4_loose(name).map(|a| Host::Ip(IpAddr::V4(a))).ok_or(BadTarget("bad IPv4 address"));
     }
-    Ok(Host::Name(name))
+    Ok(Host::Name(name.to_ascii_lowercase()))
 }
 
 /// An authority (`user:password@host:port`) without its userinfo: that is a
@@ -128,21 +140,21 @@ pub fn parse_port(raw: &str) -> Result<u16, BadTarget> {
 fn looks_numeric(label: &str) -> bool {
     !label.is_empty()
         && (label.bytes().all(|b| b.is_ascii_digit())
-            || label.strip_prefix("0x").is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())))
+            || (label.len() > 1
+                && label[..2].eq_ignore_ascii_case("0x")
+                && label[2..].bytes().all(|b| b.is_ascii_hexdigit())))
 }
 
 /// `inet_aton` semantics: 1-4 parts, each decimal, octal (leading 0) or hex
 /// (`0x`); the last part fills the remaining bytes.
 pub fn parse_ipv4_loose(s: &str) -> Option<Ipv4Addr> {
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return None;
+    let mut nums = [0u64; 4];
+    let mut count = 0;
+    for part in s.split('.') {
+        *nums.get_mut(count)? = parse_part(part)?;
+        count += 1;
     }
-    let mut nums = Vec::with_capacity(4);
-    for p in &parts {
-        nums.push(parse_part(p)?);
-    }
-    let (last, init) = nums.split_last()?;
+    let (last, init) = nums[..count].split_last()?;
     let mut value: u64 = 0;
     for (i, n) in init.iter().enumerate() {
         if *n > 255 {
@@ -200,11 +212,14 @@ mod tests {
             "0x7f000001",
             "0x7F.0.0.1",
             "127.0.1",
+            "0X7F000001",
+            "127.0.0.0X1",
         ] {
             assert_eq!(parse_host(s), Ok(ip("127.0.0.1")), "{s}");
         }
         assert_eq!(parse_host("0.0.0.0"), Ok(ip("0.0.0.0")));
         assert_eq!(parse_host("0"), Ok(ip("0.0.0.0")));
+        assert_eq!(parse_host("0X"), Ok(ip("0.0.0.0")), "inet_aton reads a bare 0x as 0");
         assert_eq!(parse_host("[::1]"), Ok(ip("::1")));
         assert_eq!(parse_host("[::ffff:127.0.0.1]"), Ok(ip("::ffff:127.0.0.1")));
         assert_eq!(parse_host("[fe80::1%25eth0]"), Ok(ip("fe80::1")));
@@ -215,6 +230,8 @@ mod tests {
     fn names_are_canonical() {
         assert_eq!(parse_host("Example.COM."), Ok(Host::Name("example.com".into())));
         assert_eq!(parse_host("localhost"), Ok(Host::Name("localhost".into())));
+        let longest_label = format!("{}.Example", "A".repeat(63));
+        assert_eq!(parse_host(&longest_label), Ok(Host::Name(longest_label.to_ascii_lowercase())));
     }
 
     #[test]
@@ -231,6 +248,10 @@ mod tests {
             "09.1.1.1",
             "4294967296",
             "1.2.3.999",
+            ".a",
+            "a..",
+            "a.-.b/",
+            &"x".repeat(64),
         ] {
             assert!(parse_host(s).is_err(), "{s} should fail");
         }
