@@ -17,17 +17,24 @@ use crate::respond::PROXY_NAME;
 /// Fields never forwarded, whatever `Connection` says: the hop-by-hop ones,
 /// `Proxy-Authorization` (consumed here) and `Proxy-Authenticate` (an
 /// origin's challenge is not for the client's proxy credentials).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-];
+///
+/// A `match` on the (always lowercase) name: a `const` array of `HeaderName`s
+/// was built and dropped anew for every field it was checked against (1.5k
+/// instructions per call under callgrind).
+fn always_dropped(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+    )
+}
 
 /// Whether the message asks to switch protocols (`Connection: upgrade` plus
 /// an `Upgrade` field), e.g. a WebSocket handshake.
@@ -64,7 +71,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers
             .keys()
             .filter(|name| {
-                HOP_BY_HOP.contains(name) || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+                always_dropped(name) || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
             })
             .cloned()
             .collect()
