@@ -9,7 +9,7 @@
 //! tunnel task sees its token fire and closes within milliseconds. Other
 //! users' sessions are untouched.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
