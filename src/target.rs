@@ -140,9 +140,9 @@ pub fn parse_port(raw: &str) -> Result<u16, BadTarget> {
 fn looks_numeric(label: &str) -> bool {
     !label.is_empty()
         && (label.bytes().all(|b| b.is_ascii_digit())
-            || (label.len() > 1
-                && label[..2].eq_ignore_ascii_case("0x")
-                && label[2..].bytes().all(|b| b.is_ascii_hexdigit())))
+            || label.as_bytes().split_at_checked(2).is_some_and(|(prefix, hex)| {
+                prefix.eq_ignore_ascii_case(b"0x") && hex.iter().all(u8::is_ascii_hexdigit)
+            }))
 }
 
 /// `inet_aton` semantics: 1-4 parts, each decimal, octal (leading 0) or hex

@@ -19,8 +19,8 @@ use crate::respond::PROXY_NAME;
 /// origin's challenge is not for the client's proxy credentials).
 ///
 /// A `match` on the (always lowercase) name: a `const` array of `HeaderName`s
-/// was built and dropped anew for every field it was checked against (1.5k
-/// instructions per call under callgrind).
+/// is a new array at every use, built and dropped for every field checked
+/// (criterion `header_rewrite`: 330 ns before, 252 ns with the `match`).
 fn always_dropped(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
