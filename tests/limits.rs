@@ -48,12 +48,12 @@ struct Full {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-async fn spawn_full(ca: &pki::Ca, leaf: &pki::Leaf) -> Full {
+async fn spawn_full(ca: &pki::Ca, leaf: &pki::Leaf, rest: &str) -> Full {
     let dir = TempDir::new();
     dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem));
     dir.write("proxy-key.pem", &leaf.key_pem);
     let server = "listen = [\"127.0.0.1:0\"]\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n";
-    let path = dir.write("authgate.toml", cfg(server, ""));
+    let path = dir.write("authgate.toml", cfg(server, rest));
     dir.write("users.toml", users());
     let snap = authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let state = authgate::State::new(snap);
@@ -83,7 +83,7 @@ async fn presented_cert(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
 async fn curl_through_a_tls_proxy_for_http_and_connect_and_cert_reload() {
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("proxy-v1");
-    let proxy = spawn_full(&ca, &leaf).await;
+    let proxy = spawn_full(&ca, &leaf, "").await;
     let origin = spawn_echo_origin();
     let ca_file = proxy.dir.write("ca.pem", &ca.cert_pem);
     let ca_arg = ca_file.to_str().unwrap();
@@ -133,6 +133,38 @@ async fn curl_through_a_tls_proxy_for_http_and_connect_and_cert_reload() {
     let out = curl(&["--proxy", &proxy_url, "--proxy-cacert", ca_arg, &origin.url("/after")], &[]).await;
     out.assert_success();
     let _ = proxy.plain;
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy");
+    let proxy = spawn_full(&ca, &leaf, "[limits]\nheader_read_timeout = \"300ms\"\n").await;
+    // Silent after connecting, and silent after the first bytes of a TLS
+    // record (a ClientHello header that never goes on): the handshake is
+    // bounded by header_read_timeout, and nothing is answered.
+    for first in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        let mut c = RawConn::connect(proxy.tls).await;
+        c.send(first).await;
+        let start = Instant::now();
+        assert!(c.is_closed().await, "closed without an answer ({first:?})");
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "closed by the timeout: {:?}",
+            start.elapsed()
+        );
+    }
+    // A plain HTTP request on the TLS port is not a handshake: no HTTP
+    // answer (rustls may send an alert), the connection is closed.
+    let mut c = RawConn::connect(proxy.tls).await;
+    c.send(request("GET", "http://127.0.0.1/", &[("Host", "127.0.0.1")])).await;
+    let got = c.read_to_end().await;
+    assert!(!String::from_utf8_lossy(&got).contains("HTTP/1."), "no plaintext answer: {got:?}");
+    // Both listeners still serve.
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
+    assert_still_serves(proxy.plain).await;
     drop(proxy.stop);
     let _ = proxy.task.await;
 }
