@@ -34,6 +34,42 @@ async fn https_absolute_form_gets_400_unsupported_scheme() {
 }
 
 #[tokio::test]
+async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
+    let proxy = spawn_proxy("", &[USER]);
+    let origin = spawn_echo_origin();
+    let auth = basic(USER.0, USER.1);
+    let port = origin.addr.port();
+    // CONNECT takes host:port only (RFC 9112 §3.2.3); the absolute form names
+    // a live origin here, so a tunnel to it would be a visible 200.
+    for target in [
+        format!("http://127.0.0.1:{port}/"),
+        format!("HTTP://127.0.0.1:{port}"),
+        "127.0.0.1".to_string(),
+        "127.0.0.1:0".to_string(),
+        format!("u:p@127.0.0.1:{port}"),
+        "/x".to_string(),
+    ] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nProxy-Authorization: {auth}\r\n\r\n"
+        ))
+        .await;
+        let r = c.read_response("CONNECT").await;
+        assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+        assert!(!r.text().contains("u:p"), "the userinfo is not echoed: {}", r.text());
+    }
+    // A path after host:port is not a target hyper parses for CONNECT.
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(format!("CONNECT 127.0.0.1:{port}/x HTTP/1.1\r\nProxy-Authorization: {auth}\r\n\r\n")).await;
+    assert_proxy_error(&c.read_response("CONNECT").await, 400, "http_request_error", "malformed_request");
+    for target in ["http://a..b/", "http://[::1/", "http://127.0.0.1:0/", "http://256.1.1.1/"] {
+        let r = get(proxy.addr, target, &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
+        assert_eq!(r.status, 400, "{target}: {}", r.dump());
+    }
+    assert_eq!(origin.hits(), 0, "no target reached the origin");
+}
+
+#[tokio::test]
 async fn browser_gets_an_html_error_page_with_the_same_code() {
     let proxy = spawn_proxy("", &[USER]);
     let host = proxy.addr.to_string();

@@ -360,6 +360,12 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
         if !http_body::Body::is_end_stream(req.body()) {
             return Err(ProxyError::ConnectWithBody);
         }
+        // RFC 9112 §3.2.3: CONNECT takes the authority form, host:port and
+        // nothing else. hyper also parses `CONNECT http://host:port/`, whose
+        // authority would open a tunnel a stricter hop reads differently.
+        if uri.scheme().is_some() || uri.path_and_query().is_some() {
+            return Err(ProxyError::BadTarget { detail: "CONNECT takes host:port only" });
+        }
         let authority = uri.authority().ok_or(ProxyError::BadTarget { detail: "CONNECT needs host:port" })?;
         let target =
             parse_authority(authority.as_str()).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
