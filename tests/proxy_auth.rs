@@ -12,8 +12,9 @@ const ALICE: (&str, &str) = ("alice", "alice-pw");
 
 /// alice (enabled) and dave (disabled).
 fn proxy_with_disabled_user() -> Proxy {
-    let users =
-        user_entry(ALICE.0, ALICE.1, "disabled = false") + &user_entry("dave", "dave-pw", "disabled = true");
+    let users = user_entry(ALICE.0, ALICE.1, "disabled = false")
+        + &user_entry("dave", "dave-pw", "disabled = true")
+        + &user_entry("erin", "erin-pw", "expires = 2001-01-01T00:00:00Z");
     spawn_proxy_with_users_file("", &users)
 }
 
@@ -130,13 +131,14 @@ fn normalise(resp: &RawResponse) -> String {
 async fn all_407s_are_identical_on_the_wire_so_users_cannot_be_enumerated() {
     let origin = spawn_echo_origin();
     let proxy = proxy_with_disabled_user();
-    let cases: [(&str, Option<String>); 6] = [
+    let cases: [(&str, Option<String>); 7] = [
         ("missing", None),
         ("malformed base64", Some("Basic !!!not*base64!!!".into())),
         ("wrong scheme", Some("Bearer abc.def.ghi".into())),
         ("wrong password", Some(basic("alice", "not-alices-pw"))),
         ("unknown user", Some(basic("mallory", "alice-pw"))),
         ("disabled user", Some(basic("dave", "dave-pw"))),
+        ("expired user", Some(basic("erin", "erin-pw"))),
     ];
     let mut first: Option<(String, String)> = None;
     for (case, auth) in &cases {
@@ -151,6 +153,20 @@ async fn all_407s_are_identical_on_the_wire_so_users_cannot_be_enumerated() {
             ),
         }
     }
+}
+
+#[tokio::test]
+async fn a_bcrypt_user_imported_from_htpasswd_logs_in() {
+    let origin = spawn_echo_origin();
+    // Cost 4, the smallest bcrypt allows: the scheme, not the work factor, is under test.
+    let hash = bcrypt::hash("bob-pw", 4).expect("bcrypt hash");
+    let users = format!("[users.bob]\npassword = {}\ngroups = [\"staff\"]\n", toml_str(&hash));
+    let proxy = spawn_proxy_with_users_file("", &users);
+    let ok = get_with(&proxy, &origin, Some(&basic("bob", "bob-pw"))).await;
+    assert_eq!(ok.status, 200, "{}", ok.dump());
+    let wrong = get_with(&proxy, &origin, Some(&basic("bob", "bob-pW"))).await;
+    assert_challenge(&wrong, "bcrypt user, wrong password");
+    assert_eq!(origin.hits(), 1, "only the right password reached the origin");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ mod custom;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use custom::{Custom, spawn_custom};
@@ -182,6 +182,79 @@ async fn a_disabled_or_changed_user_stops_counting_at_once() {
         .await
     );
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "the old password no longer works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_user_is_disconnected_when_expires_passes_without_a_reload() {
+    let origin = spawn_echo_origin();
+    let shout = spawn_shout_origin();
+    // Whole seconds, as a users file holds them; 4 s leaves time to connect.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let expires = UNIX_EPOCH + Duration::from_secs(now + 4);
+    let alice =
+        user_entry("alice", "a1", &format!("expires = {}", humantime::format_rfc3339_seconds(expires)));
+    let proxy = spawn_custom(CFG_NT, &(alice + &user_entry("bob", "b1", "")));
+    let mut alice_tunnel = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
+    let mut bob_tunnel = open_tunnel(proxy.addr, &shout, "bob", "b1").await;
+    let mut alice_conn = RawConn::connect(proxy.addr).await;
+    let a = basic("alice", "a1");
+    alice_conn
+        .send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
+        .await;
+    assert_eq!(alice_conn.read_response("GET").await.status, 200);
+    // No file changes: the watcher's clock closes what alice holds.
+    let rest = alice_tunnel.read_to_end().await;
+    assert!(SystemTime::now() >= expires, "closed at expiry, not before");
+    assert!(rest.is_empty(), "nothing more on alice's tunnel: {rest:?}");
+    assert!(alice_conn.is_closed().await, "alice's keep-alive connection is closed");
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407);
+    bob_tunnel.send(b"still here").await;
+    assert_eq!(bob_tunnel.read_exact(10).await, b"STILL HERE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_user_and_a_changed_password_lose_their_open_tunnels() {
+    let shout = spawn_shout_origin();
+    // Carol's entry stays byte for byte the same (a new hash of the same
+    // password would be a change: the salt differs).
+    let carol = user_entry("carol", "c1", "");
+    let proxy =
+        spawn_custom(CFG_NT, &(user_entry("alice", "a1", "") + &user_entry("bob", "b1", "") + &carol));
+    let mut alice = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
+    let mut bob = open_tunnel(proxy.addr, &shout, "bob", "b1").await;
+    let mut carol_tunnel = open_tunnel(proxy.addr, &shout, "carol", "c1").await;
+    replace_by_rename(
+        &proxy.file("users.toml"),
+        &(user_entry("alice", "a1", "disabled = true") + &user_entry("bob", "b2", "") + &carol),
+    );
+    assert!(alice.read_to_end().await.is_empty(), "the disabled user's tunnel is closed");
+    assert!(bob.read_to_end().await.is_empty(), "the tunnel opened with the old password is closed");
+    carol_tunnel.send(b"still here").await;
+    assert_eq!(carol_tunnel.read_exact(10).await, b"STILL HERE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_egress_policy_applies_at_once_even_to_a_pooled_origin() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    // Two requests: the second one rides the pooled upstream connection.
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    // Loopback is in the default deny table; without the allowance it is refused.
+    replace_by_rename(&proxy.file("authgate.toml"), &CFG_NT.replace("allow_cidrs = [\"127.0.0.0/8\"]", ""));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(proxy.addr, &origin, "alice", "a1").await == 403
+        })
+        .await,
+        "the new egress policy applies"
+    );
+    let hits = origin.hits();
+    let a = basic("alice", "a1");
+    let r = get(proxy.addr, &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)])
+        .await;
+    assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    assert_eq!(origin.hits(), hits, "a refused request does not reach the origin");
 }
 
 /// Sends one GET from a chosen loopback source address.
