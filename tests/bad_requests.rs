@@ -70,6 +70,37 @@ async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
 }
 
 #[tokio::test]
+async fn broken_origins_long_targets_and_other_schemes_get_their_codes() {
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    // An origin that answers something other than HTTP, and one that closes
+    // without answering: 502 upstream_protocol_error, the origin's fault.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let garbage = spawn_canned_origin(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", seen);
+    let closer = spawn_raw_origin(|stream: tokio::net::TcpStream| async move { drop(stream) });
+    for origin in [&garbage, &closer] {
+        let r = get(
+            proxy.addr,
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        )
+        .await;
+        assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+    }
+    let r = get(proxy.addr, "ftp://127.0.0.1/file", &[("Host", "127.0.0.1"), ("Proxy-Authorization", &auth)])
+        .await;
+    assert_proxy_error(&r, 400, "http_request_error", "unsupported_scheme");
+    // A target longer than the HTTP parser takes (64 KiB), in a head the
+    // proxy would accept: 414, and the connection closes.
+    let roomy = spawn_proxy("[limits]\nmax_header_bytes = 131072\n", &[USER]);
+    let long = format!("http://127.0.0.1/{}", "a".repeat(70_000));
+    let mut c = RawConn::connect(roomy.addr).await;
+    c.send(request("GET", &long, &[("Host", "127.0.0.1")])).await;
+    assert_proxy_error(&c.read_response("GET").await, 414, "http_request_error", "uri_too_long");
+    assert!(c.is_closed().await);
+}
+
+#[tokio::test]
 async fn browser_gets_an_html_error_page_with_the_same_code() {
     let proxy = spawn_proxy("", &[USER]);
     let host = proxy.addr.to_string();

@@ -303,6 +303,9 @@ pub fn assert_proxy_error(resp: &RawResponse, status: u16, error: &str, code: &s
     // The type is the code's entry in the README's error catalogue, and no
     // cache keeps an answer about this client's credentials or this moment.
     let anchor = format!("README.md#error-{}", code.replace('_', "-"));
-    assert!(json["type"].as_str().is_some_and(|t| t.ends_with(&anchor)), "type should end with {anchor}: {json}");
+    assert!(
+        json["type"].as_str().is_some_and(|t| t.ends_with(&anchor)),
+        "type should end with {anchor}: {json}"
+    );
     assert_eq!(resp.header("cache-control"), Some("no-store"), "cache-control; response:\n{}", resp.dump());
 }
