@@ -449,22 +449,38 @@ async fn unparsable_heads_get_authgates_own_answers() {
 fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
     use std::process::{Command, Stdio};
     let dir = TempDir::new();
-    let bin = start_binary(&dir, "[limits]\nshutdown_grace = \"60s\"\n", &users(), Stdio::null());
+    // The access log (stdout) goes to a file, to be read after the exit.
+    let log_path = dir.path().join("access.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let bin = start_binary(&dir, "[limits]\nshutdown_grace = \"60s\"\n", &users(), Stdio::from(log));
     let (mut child, proxy) = (bin.child, bin.addr);
+    let a = basic("alice", "a1");
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let _tunnel = rt.block_on(async {
+    let (_tunnel, _shout, slow) = rt.block_on(async {
         let shout = spawn_shout_origin();
+        let slow = spawn_origin(|_req: hyper::Request<hyper::body::Incoming>| async {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            hyper::Response::new(full("slow answer"))
+        });
         wait_listening(proxy).await;
         let mut c = RawConn::connect(proxy).await;
-        c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))]))
-            .await;
+        c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &a)])).await;
         assert_eq!(c.read_head().await.status, 200);
-        (c, shout)
+        (c, shout, slow)
     });
+    // A request in flight when the first signal comes.
+    let (url, host, auth) = (slow.url("/in-flight"), slow.authority(), a.clone());
+    let in_flight =
+        rt.spawn(async move { get(proxy, &url, &[("Host", &host), ("Proxy-Authorization", &auth)]).await });
+    std::thread::sleep(Duration::from_millis(200));
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     std::thread::sleep(Duration::from_millis(300));
     assert!(child.try_wait().unwrap().is_none(), "the open tunnel holds the 60 s grace period");
+    let answer = rt.block_on(in_flight).unwrap();
+    assert_eq!(answer.status, 200, "the in-flight request finished during the grace period");
+    // At once, while its access line most likely still waits in the log
+    // buffer (written every 100 ms): the second signal must write it out.
     let started = Instant::now();
     let _ = Command::new("kill").args(["-INT", &pid]).status();
     let status = loop {
@@ -474,7 +490,14 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
         assert!(started.elapsed() < Duration::from_secs(10), "a second signal must exit at once");
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(!status.success(), "an interrupted shutdown exits non-zero: {status:?}");
+    assert_eq!(status.code(), Some(1), "an interrupted shutdown exits with status 1: {status:?}");
+    let written = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        written
+            .lines()
+            .any(|l| l.contains("authgate::access") && l.contains("/in-flight") && l.contains("status=200")),
+        "the access line of the last request was written out:\n{written}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
