@@ -296,6 +296,36 @@ async fn failed_logins_are_throttled_per_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throttle_counts_failed_attempts_but_not_a_missing_header() {
+    let origin = spawn_echo_origin();
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1m\"\ndelay = \"10ms\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
+    let from = |auth: Option<&'static str>| {
+        let origin_url = origin.url("/");
+        let host = origin.authority();
+        async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+            let mut c = RawConn::from_stream(sock.connect(proxy.addr).await.unwrap());
+            let mut headers = vec![("Host", host.as_str())];
+            if let Some(a) = auth {
+                headers.push(("Proxy-Authorization", a));
+            }
+            c.send(request("GET", &origin_url, &headers)).await;
+            c.read_response("GET").await.status
+        }
+    };
+    // The first leg of the Basic challenge, however often: no attempt taken.
+    for _ in 0..5 {
+        assert_eq!(from(None).await, 407);
+    }
+    // A malformed header and an unknown user each take one of the two.
+    assert_eq!(from(Some("Basic !!!not-base64")).await, 407);
+    assert_eq!(from(Some("Basic bWFsbG9yeTp4")).await, 407); // mallory:x
+    assert_eq!(from(Some("Basic YWxpY2U6d3Jvbmc=")).await, 429); // alice:wrong
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_a_tarpitted_attempt_at_once() {
     let origin = std::sync::Arc::new(spawn_echo_origin());
     let cfg = format!(
