@@ -247,6 +247,39 @@ async fn one_address_cannot_take_every_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_close_on_tls() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy");
+    let proxy = spawn_full(&ca, &leaf, "[limits]\nmax_connections = 2\n").await;
+    // Two addresses: the global limit, not the per-address one, is what bites.
+    let a = connect_from("127.0.0.1", proxy.plain).await;
+    let b = connect_from("127.0.0.2", proxy.plain).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.state.conns.open() < 2 {
+        assert!(Instant::now() < deadline, "the two connections were never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut third = RawConn::from_stream(connect_from("127.0.0.3", proxy.plain).await);
+    let r = third.read_response("GET").await;
+    assert_proxy_error(&r, 503, "proxy_internal_error", "too_many_connections");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(third.is_closed().await);
+    // On the TLS listener there is no TLS session to answer in: a plain close.
+    let on_tls = read_all(connect_from("127.0.0.4", proxy.tls).await).await;
+    assert!(on_tls.is_empty(), "nothing is written in the clear on a TLS port: {on_tls:?}");
+    // Freed slots are taken again.
+    drop((a, b));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.state.conns.open() > 0 {
+        assert!(Instant::now() < deadline, "the closed connections were never released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_still_serves(proxy.plain).await;
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_timeouts_are_504s_made_by_the_proxy() {
     let proxy = spawn_custom(
         &cfg("", "[limits]\nupstream_response_timeout = \"300ms\"\nconnect_timeout = \"300ms\"\n"),
