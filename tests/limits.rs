@@ -396,6 +396,46 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_proxy_protocol_stalls_are_timed_out_and_the_throttle_keys_on_the_real_client() {
+    let cfg = "[server]\nrealm = \"t\"\nproxy_protocol = true\n[auth]\nusers_file = \"users.toml\"\n[auth.throttle]\nmax_failures = 1\nwindow = \"1m\"\ndelay = \"10ms\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[limits]\nheader_read_timeout = \"300ms\"\n";
+    let proxy = spawn_custom(cfg, &users());
+    let origin = spawn_echo_origin();
+    // Silent, and stalled in the middle of a header: closed without an
+    // answer once header_read_timeout has passed.
+    for first in [&b""[..], b"PROXY TCP4 203.0.1"] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let start = Instant::now();
+        assert_eq!(read_all(s).await, "", "{:?}", String::from_utf8_lossy(first));
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "closed by the timeout: {:?}",
+            start.elapsed()
+        );
+    }
+    // All connections come from 127.0.0.1 (the load balancer); the throttle
+    // counts the addresses in the PROXY headers.
+    let wrong = basic("alice", "wrong");
+    let attempt = |client: &'static str| {
+        let req = request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &wrong)],
+        );
+        async move {
+            let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+            s.write_all(format!("PROXY TCP4 {client} 127.0.0.1 5555 3128\r\n").as_bytes()).await.unwrap();
+            let mut c = RawConn::from_stream(s);
+            c.send(&req).await;
+            c.read_response("GET").await.status
+        }
+    };
+    assert_eq!(attempt("203.0.113.7").await, 407);
+    assert_eq!(attempt("203.0.113.7").await, 429, "that client's one attempt is used up");
+    assert_eq!(attempt("203.0.113.8").await, 407, "another client behind the same balancer is not");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
     let proxy = spawn_custom(&cfg("", "[limits]\ntunnel_idle_timeout = \"400ms\"\n"), &users());
     let shout = spawn_shout_origin();
