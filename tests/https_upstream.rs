@@ -52,16 +52,20 @@ fn spawn_tls_origin(leaf: &pki::Leaf) -> SocketAddr {
     addr
 }
 
+/// `policy`: the `[egress]`, `[policy]` and `[[rules]]` part of the config.
 async fn spawn_tls_proxy(
     dir: &TempDir,
     proxy_ca: &pki::Ca,
     upstream_ca_pem: &str,
+    policy: &str,
 ) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
     let leaf = proxy_ca.leaf("proxy");
     dir.write("proxy-cert.pem", &leaf.cert_pem);
     dir.write("proxy-key.pem", &leaf.key_pem);
     dir.write("upstream-ca.pem", upstream_ca_pem);
-    let cfg = "[server]\nlisten = [\"127.0.0.1:0\"]\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n[auth]\nusers_file = \"users.toml\"\n[upstream]\nca_file = \"upstream-ca.pem\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n[auth]\nusers_file = \"users.toml\"\n[upstream]\nca_file = \"upstream-ca.pem\"\n{policy}"
+    );
     let path = dir.write("authgate.toml", cfg);
     dir.write("users.toml", users_toml(&[("alice", "a1")]));
     let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
@@ -74,6 +78,9 @@ async fn spawn_tls_proxy(
     }));
     (plain, tls, tx)
 }
+
+/// The test origins are on loopback, which the default egress policy denies.
+const LOOPBACK: &str = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
 
 /// Sends `GET https://origin/` in absolute form over TLS to the proxy.
 async fn get_https_via(proxy_tls: SocketAddr, proxy_ca_pem: &str, origin: SocketAddr) -> RawResponse {
@@ -113,7 +120,7 @@ async fn https_absolute_form_is_forwarded_over_verified_tls() {
     let origin_ca = pki::Ca::new("origin CA");
     let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
     let dir = TempDir::new();
-    let (plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem).await;
+    let (plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
     let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
     assert_eq!(r.status, 200, "{}", r.dump());
     assert!(r.text().contains("hello over tls; first line: GET /secure HTTP/1.1"), "{}", r.text());
@@ -130,9 +137,30 @@ async fn an_origin_certificate_from_the_wrong_ca_is_a_502() {
     let other_ca = pki::Ca::new("some other CA");
     let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
     let dir = TempDir::new();
-    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &other_ca.cert_pem).await;
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &other_ca.cert_pem, LOOPBACK).await;
     let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
     assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_forwarding_goes_through_the_egress_checks_and_the_rules() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
+    // Default egress policy: loopback is internal, refused after the lookup.
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, "").await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    // Loopback allowed, but a rule denies the port.
+    let dir = TempDir::new();
+    let rules = format!(
+        "{LOOPBACK}[[rules]]\nname = \"no-test-origin\"\naction = \"deny\"\nports = [{}]\n",
+        origin.port()
+    );
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, &rules).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
 }
 
 #[test]

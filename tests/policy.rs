@@ -126,6 +126,8 @@ async fn dns_rebinding_never_reaches_the_forbidden_address() {
     let r =
         send_one(proxy.addr, "CONNECT", &format!("mixed.test:{port}"), &[("Proxy-Authorization", &a)]).await;
     assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    let ps = r.header("proxy-status").unwrap_or_default();
+    assert!(ps.contains("details=\"address 127.0.0.1"), "the denied address is named: {ps}");
     assert_eq!(forbidden.hits(), 0);
     drop(good);
 }
