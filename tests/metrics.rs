@@ -219,3 +219,52 @@ fn json_logs_are_one_object_per_line_without_credentials() {
         assert!(!everything.contains(secret), "log contains a credential: {secret}");
     }
 }
+
+#[test]
+fn every_refusal_reason_reaches_the_audit_log() {
+    let dir = TempDir::new();
+    let users = user_entry("alice", "a1", "")
+        + &user_entry("dave", "d1", "disabled = true")
+        + &user_entry("erin", "e1", "expires = 2001-01-01T00:00:00Z");
+    let extra =
+        "[log]\nformat = \"json\"\nlevel = \"info\"\n[auth.throttle]\nmax_failures = 5\ndelay = \"10ms\"\n";
+    let bin = start_binary(&dir, extra, &users, Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let statuses = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let mut statuses = Vec::new();
+        for auth in [
+            None,
+            Some("Basic !!!".to_string()),
+            Some(basic("mallory", "m1")),
+            Some(basic("alice", "wrong")),
+            Some(basic("dave", "d1")),
+            Some(basic("erin", "e1")),
+            Some(basic("alice", "wrong again")),
+        ] {
+            let mut headers = vec![("Host".to_string(), origin.authority())];
+            if let Some(a) = auth {
+                headers.push(("Proxy-Authorization".to_string(), a));
+            }
+            let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            statuses.push(get(proxy, &origin.url("/"), &h).await.status);
+        }
+        statuses
+    });
+    assert_eq!(statuses, [407, 407, 407, 407, 407, 407, 429]);
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reasons: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "authgate::audit")
+        .map(|v| v["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["missing", "malformed", "unknown_user", "bad_password", "disabled", "expired", "throttled"],
+        "{stdout}"
+    );
+}
