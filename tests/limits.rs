@@ -319,10 +319,15 @@ async fn upstream_timeouts_are_504s_made_by_the_proxy() {
 async fn shutdown_lets_tunnels_finish_within_the_grace_period_then_closes_them() {
     let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"700ms\"\n"), &users());
     let shout = spawn_shout_origin();
+    let origin = spawn_echo_origin();
     let addr = proxy.addr;
     let mut c = RawConn::connect(addr).await;
     c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))])).await;
     assert_eq!(c.read_head().await.status, 200);
+    // An idle keep-alive connection, one request done.
+    let mut idle = RawConn::connect(addr).await;
+    idle.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
+    assert_eq!(idle.read_response("GET").await.status, 200);
     let started = Instant::now();
     let stopping = tokio::spawn(proxy.stop());
     // New connections are refused once shutdown began.
@@ -336,6 +341,9 @@ async fn shutdown_lets_tunnels_finish_within_the_grace_period_then_closes_them()
     })
     .await;
     assert!(refused.is_ok(), "the listener closes on shutdown");
+    // The idle connection is closed at once, not held for the grace period.
+    assert!(idle.is_closed().await, "the idle keep-alive connection is closed");
+    assert!(started.elapsed() < Duration::from_millis(600), "closed at once: {:?}", started.elapsed());
     // The tunnel still works during the grace period.
     c.send(b"hello").await;
     assert_eq!(c.read_exact(5).await, b"HELLO");

@@ -17,7 +17,7 @@ struct Running {
     proxy: SocketAddr,
     admin: SocketAddr,
     _dir: TempDir,
-    _stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
 }
 
 async fn spawn_with_admin(rules: &str) -> (Running, std::sync::Arc<authgate::State>) {
@@ -38,7 +38,7 @@ async fn spawn_with_admin(rules: &str) -> (Running, std::sync::Arc<authgate::Sta
     tokio::spawn(authgate::run(state.clone(), listeners, async move {
         let _ = rx.await;
     }));
-    (Running { proxy, admin, _dir: dir, _stop: tx }, state)
+    (Running { proxy, admin, _dir: dir, stop: tx }, state)
 }
 
 /// Scrapes `/metrics` and returns `series -> value`.
@@ -267,4 +267,20 @@ fn every_refusal_reason_reaches_the_audit_log() {
         ["missing", "malformed", "unknown_user", "bad_password", "disabled", "expired", "throttled"],
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_the_admin_listener_too() {
+    let (run, _state) = spawn_with_admin("").await;
+    assert_eq!(send_one(run.admin, "GET", "/healthz", &[("Host", "a")]).await.status, 200);
+    let _ = run.stop.send(());
+    for (what, addr) in [("admin", run.admin), ("proxy", run.proxy)] {
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            while tokio::net::TcpStream::connect(addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the {what} listener stops accepting on shutdown");
+    }
 }
