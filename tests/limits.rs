@@ -220,6 +220,15 @@ async fn read_all(mut s: TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Waits until the proxy counts exactly `n` open client connections.
+async fn wait_for_open(state: &authgate::State, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.conns.open() != n {
+        assert!(Instant::now() < deadline, "open connections: {}, expected {n}", state.conns.open());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_connection() {
     let proxy =
@@ -228,11 +237,7 @@ async fn one_address_cannot_take_every_connection() {
     let _a = connect_from("127.0.0.1", proxy.addr).await;
     let _b = connect_from("127.0.0.1", proxy.addr).await;
     // Wait until the proxy holds both (its accept loop runs concurrently).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state.conns.open() < 2 {
-        assert!(Instant::now() < deadline, "the two connections were never registered");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_open(&proxy.state, 2).await;
     let third = read_all(connect_from("127.0.0.1", proxy.addr).await).await;
     assert!(third.starts_with("HTTP/1.1 503"), "the third connection from one address is refused: {third:?}");
     assert!(
@@ -254,11 +259,7 @@ async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_close_on_tl
     // Two addresses: the global limit, not the per-address one, is what bites.
     let a = connect_from("127.0.0.1", proxy.plain).await;
     let b = connect_from("127.0.0.2", proxy.plain).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state.conns.open() < 2 {
-        assert!(Instant::now() < deadline, "the two connections were never registered");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_open(&proxy.state, 2).await;
     let mut third = RawConn::from_stream(connect_from("127.0.0.3", proxy.plain).await);
     let r = third.read_response("GET").await;
     assert_proxy_error(&r, 503, "proxy_internal_error", "too_many_connections");
@@ -269,11 +270,7 @@ async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_close_on_tl
     assert!(on_tls.is_empty(), "nothing is written in the clear on a TLS port: {on_tls:?}");
     // Freed slots are taken again.
     drop((a, b));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state.conns.open() > 0 {
-        assert!(Instant::now() < deadline, "the closed connections were never released");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_open(&proxy.state, 0).await;
     assert_still_serves(proxy.plain).await;
     drop(proxy.stop);
     let _ = proxy.task.await;

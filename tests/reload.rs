@@ -127,6 +127,22 @@ async fn open_tunnel(proxy: SocketAddr, shout: &Origin, user: &str, pass: &str) 
     c
 }
 
+/// The shout origin still answers through `tunnel`.
+async fn assert_tunnel_alive(tunnel: &mut RawConn) {
+    tunnel.send(b"still here").await;
+    assert_eq!(tunnel.read_exact(10).await, b"STILL HERE", "the tunnel still works");
+}
+
+/// A client connection left open (idle, keep-alive) after one GET as `user`.
+async fn keep_alive_after_one_get(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> RawConn {
+    let mut c = RawConn::connect(proxy).await;
+    let a = basic(user, pass);
+    c.send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
+        .await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_user_gets_407_and_loses_open_tunnels_and_connections() {
     let origin = spawn_echo_origin();
@@ -137,12 +153,7 @@ async fn a_removed_user_gets_407_and_loses_open_tunnels_and_connections() {
     let mut bob_tunnel = open_tunnel(proxy.addr, &shout, "bob", "b1").await;
     let mut alice_tunnel = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
     // Bob also holds an idle keep-alive connection.
-    let mut bob_conn = RawConn::connect(proxy.addr).await;
-    let a = basic("bob", "b1");
-    bob_conn
-        .send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
-        .await;
-    assert_eq!(bob_conn.read_response("GET").await.status, 200);
+    let mut bob_conn = keep_alive_after_one_get(proxy.addr, &origin, "bob", "b1").await;
 
     let removed_at = Instant::now();
     replace_by_rename(&proxy.file("users.toml"), &alice);
@@ -157,8 +168,7 @@ async fn a_removed_user_gets_407_and_loses_open_tunnels_and_connections() {
     // The next request with bob's (cached!) credentials is refused.
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
     // Alice's tunnel is untouched.
-    alice_tunnel.send(b"still here").await;
-    assert_eq!(alice_tunnel.read_exact(10).await, b"STILL HERE");
+    assert_tunnel_alive(&mut alice_tunnel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,20 +206,14 @@ async fn an_expiring_user_is_disconnected_when_expires_passes_without_a_reload()
     let proxy = spawn_custom(CFG_NT, &(alice + &user_entry("bob", "b1", "")));
     let mut alice_tunnel = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
     let mut bob_tunnel = open_tunnel(proxy.addr, &shout, "bob", "b1").await;
-    let mut alice_conn = RawConn::connect(proxy.addr).await;
-    let a = basic("alice", "a1");
-    alice_conn
-        .send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
-        .await;
-    assert_eq!(alice_conn.read_response("GET").await.status, 200);
+    let mut alice_conn = keep_alive_after_one_get(proxy.addr, &origin, "alice", "a1").await;
     // No file changes: the watcher's clock closes what alice holds.
     let rest = alice_tunnel.read_to_end().await;
     assert!(SystemTime::now() >= expires, "closed at expiry, not before");
     assert!(rest.is_empty(), "nothing more on alice's tunnel: {rest:?}");
     assert!(alice_conn.is_closed().await, "alice's keep-alive connection is closed");
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407);
-    bob_tunnel.send(b"still here").await;
-    assert_eq!(bob_tunnel.read_exact(10).await, b"STILL HERE");
+    assert_tunnel_alive(&mut bob_tunnel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,8 +233,7 @@ async fn a_disabled_user_and_a_changed_password_lose_their_open_tunnels() {
     );
     assert!(alice.read_to_end().await.is_empty(), "the disabled user's tunnel is closed");
     assert!(bob.read_to_end().await.is_empty(), "the tunnel opened with the old password is closed");
-    carol_tunnel.send(b"still here").await;
-    assert_eq!(carol_tunnel.read_exact(10).await, b"STILL HERE");
+    assert_tunnel_alive(&mut carol_tunnel).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
