@@ -3,6 +3,8 @@
 //! request that already passed through authgate is stopped (508).
 
 mod common;
+#[path = "support/custom.rs"]
+mod custom;
 
 use std::sync::{Arc, Mutex};
 
@@ -124,6 +126,39 @@ async fn host_is_replaced_by_the_uri_authority() {
     let seen = Echoed::parse(&resp.body);
     assert_eq!(seen.header_all("host"), [origin.authority()]);
     assert_eq!(seen.request_line, "GET /where HTTP/1.1");
+}
+
+#[tokio::test]
+async fn via_names_an_http_1_0_hop_as_1_0_and_can_be_turned_off() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    // The request came in as HTTP/1.0: its Via entry says so (RFC 9110 §7.6.3).
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(format!(
+        "GET {} HTTP/1.0\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\n\r\n",
+        origin.url("/")
+    ))
+    .await;
+    let resp = c.read_response("GET").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(Echoed::parse(&resp.body).header_all("via"), ["1.0 authgate"]);
+    // `via = false`: neither direction gets one. The loop check still reads
+    // a Via that arrives.
+    let cfg = base_config("").replace("via = true", "via = false");
+    let quiet = custom::spawn_custom(&cfg, &users_toml(&[USER]));
+    let resp = get(quiet.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert!(resp.header("via").is_none(), "{}", resp.dump());
+    assert!(!Echoed::parse(&resp.body).has("via"), "{}", resp.text());
+    let looped = get(
+        quiet.addr,
+        &origin.url("/"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Via", "1.1 authgate")],
+    )
+    .await;
+    assert_proxy_error(&looped, 508, "proxy_loop_detected", "proxy_loop");
 }
 
 #[tokio::test]

@@ -81,6 +81,15 @@ async fn reload_on_rename_and_a_bad_edit_keeps_the_old_config() {
     replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}\n[limits]\nbogus = 1\n"));
     assert!(eventually(Duration::from_secs(5), || async { failures() >= 2 }).await);
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 200);
+    // Both refusals are counted where monitoring looks.
+    let metrics = authgate::server::admin::respond(&proxy.state, &http::Method::GET, "/metrics");
+    let body = http_body_util::BodyExt::collect(metrics.into_body()).await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.lines()
+            .any(|l| l == format!("authgate_config_reloads_total{{result=\"failed\"}} {}", failures())),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,12 +414,24 @@ fn sighup_reloads_the_real_binary() {
         let after =
             eventually(Duration::from_secs(5), || async { status(proxy, &origin, "bob", "b1").await == 200 })
                 .await;
-        (before, after)
+        // A broken users file and another SIGHUP: refused, bob keeps working.
+        std::fs::write(&users, "[users.carol]\npassword = \"not a hash\"\n").unwrap();
+        bin.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let still = status(proxy, &origin, "bob", "b1").await;
+        (before, after, still)
     });
     let out = bin.stop();
     let log = String::from_utf8_lossy(&out.stdout);
     assert_eq!(outcome.0, 407, "no reload without SIGHUP when watch = false");
     assert!(outcome.1, "SIGHUP reloads; log:\n{log}");
     assert!(log.contains("configuration reloaded"), "{log}");
+    assert_eq!(outcome.2, 200, "a failed reload keeps the previous users");
+    let failed = log
+        .lines()
+        .find(|l| l.contains("reload failed; the previous configuration stays in effect"))
+        .unwrap_or_else(|| panic!("no failed-reload line:\n{log}"));
+    assert!(failed.contains("ERROR"), "logged at ERROR: {failed}");
+    assert!(failed.contains("users.toml:2:"), "the problem is located as file:line:col: {failed}");
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
 }
