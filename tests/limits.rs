@@ -214,10 +214,18 @@ async fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {
     sock.connect(dst).await.unwrap()
 }
 
+/// Everything the proxy writes until it closes the connection; panics if it
+/// has not closed it within 10 s (every caller expects a close: an empty
+/// string must mean "closed without an answer", not "still open").
 async fn read_all(mut s: TcpStream) -> String {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    match tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await {
+        Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+        Err(_) => panic!(
+            "the proxy did not close the connection within 10 s; read {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
 }
 
 /// Waits until the proxy counts exactly `n` open client connections.
