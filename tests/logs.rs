@@ -129,6 +129,13 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     assert_eq!(refused.status, 407, "{}", refused.dump());
     let refused_id = refused.header("x-request-id").unwrap().to_string();
 
+    // A CONNECT with the credentials as userinfo: refused, and its logged
+    // target must not carry them either.
+    let mut c = RawConn::connect(proxy).await;
+    let with_userinfo = format!("{USER}:{}@{}", percent_encode(PASSWORD), tunnel_origin.authority());
+    c.send(request("CONNECT", &with_userinfo, &[("Proxy-Authorization", &good)])).await;
+    assert_eq!(c.read_response("CONNECT").await.status, 400);
+
     // A tunnel.
     let target = tunnel_origin.authority();
     let mut tunnel = RawConn::connect(proxy).await;
@@ -150,7 +157,11 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     })
     .await;
     wait_for(&mut rx, &mut lines, "the access line of the tunnel", |l| {
-        l.contains("authgate::access") && l.contains("CONNECT")
+        l.contains("authgate::access") && l.contains("CONNECT") && l.contains("status=200")
+    })
+    .await;
+    wait_for(&mut rx, &mut lines, "the access line of the refused CONNECT", |l| {
+        l.contains("authgate::access") && l.contains("CONNECT") && l.contains("status=400")
     })
     .await;
 

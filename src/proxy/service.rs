@@ -396,7 +396,8 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
 fn log_target(req: &Request<Incoming>) -> String {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
-        return uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+        // `CONNECT user:pass@host:port` is refused, but it is logged too.
+        return uri.authority().map(|a| without_userinfo(a.as_str()).to_owned()).unwrap_or_default();
     }
     match (uri.scheme_str(), uri.authority()) {
         (Some(scheme), Some(auth)) => [scheme, "://", without_userinfo(auth.as_str()), uri.path()].concat(),
