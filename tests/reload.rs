@@ -435,3 +435,63 @@ fn sighup_reloads_the_real_binary() {
     assert!(failed.contains("users.toml:2:"), "the problem is located as file:line:col: {failed}");
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
 }
+
+/// Settings read only at start: a reload that changes them applies the rest
+/// (a new user here), keeps the old listener, and names each such setting in
+/// one WARN line; a reload that changes none of them warns about nothing.
+#[test]
+fn a_reload_names_the_settings_that_need_a_restart_and_applies_the_rest() {
+    use std::process::Stdio;
+    let dir = TempDir::new();
+    let bin =
+        start_binary(&dir, "[reload]\nwatch = false\n", &users_toml(&[("alice", "a1")]), Stdio::piped());
+    let proxy = bin.addr;
+    let other_port = closed_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (bob, new_port_open, bob_after_second) = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let cfg = std::fs::read_to_string(&bin.config).unwrap();
+        let changed = cfg
+            .replace(
+                &format!("listen = [\"{proxy}\"]"),
+                &format!("listen = [\"127.0.0.1:{other_port}\"]\nworker_threads = 3"),
+            )
+            .replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\nverify_threads = 1")
+            + "[log]\nlevel = \"warn\"\n";
+        assert_ne!(changed, cfg);
+        std::fs::write(&bin.config, changed).unwrap();
+        std::fs::write(&bin.users, users_toml(&[("alice", "a1"), ("bob", "b1")])).unwrap();
+        bin.signal("HUP");
+        let bob =
+            eventually(Duration::from_secs(5), || async { status(proxy, &origin, "bob", "b1").await == 200 })
+                .await;
+        let new_port_open = tokio::net::TcpStream::connect(("127.0.0.1", other_port)).await.is_ok();
+        // A second reload that changes only the users: no warning.
+        std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
+        bin.signal("HUP");
+        let gone = eventually(Duration::from_secs(5), || async {
+            status(proxy, &origin, "alice", "a1").await == 407
+        })
+        .await;
+        assert!(gone, "the second reload applies");
+        (bob, new_port_open, status(proxy, &origin, "bob", "b1").await)
+    });
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(bob, "the users change applies despite the restart-only changes; log:\n{log}");
+    assert!(!new_port_open, "a new listen address needs a restart");
+    assert_eq!(bob_after_second, 200);
+    let warnings: Vec<&str> =
+        log.lines().filter(|l| l.contains("changed settings take effect only after a restart")).collect();
+    assert_eq!(warnings.len(), 1, "one warning, for the first reload only:\n{log}");
+    let w = warnings[0];
+    assert!(w.contains("WARN"), "{w}");
+    for setting in ["server.listen", "server.worker_threads", "auth.verify_threads", "log.level"] {
+        assert!(w.contains(setting), "{setting} is named: {w}");
+    }
+    for unchanged in ["max_pending", "ca_file", "per_user", "admin.listen", "dns.servers"] {
+        assert!(!w.contains(unchanged), "{unchanged} did not change: {w}");
+    }
+    assert_eq!(log.matches("configuration reloaded").count(), 2, "{log}");
+}

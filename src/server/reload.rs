@@ -76,25 +76,22 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
             .chain(s.server.tls.iter().map(|t| (t.listen, t.proxy_protocol)))
             .collect()
     };
-    if listeners(&new) != listeners(&old) {
-        tracing::warn!("server.listen changed: listener changes take effect after a restart");
-    }
-    if new.upstream_ca != old.upstream_ca
-        || new.auth.max_pending != old.auth.max_pending
-        || new.metrics_per_user != old.metrics_per_user
-    {
-        tracing::warn!(
-            "upstream.ca_file, auth.max_pending, auth.verify_threads or metrics.per_user changed: take effect after a restart"
-        );
-    }
-    if new.admin != old.admin {
-        tracing::warn!("admin.listen changed: takes effect after a restart");
-    }
-    if new.dns_servers != old.dns_servers {
-        tracing::warn!("dns.servers changed: takes effect after a restart");
-    }
-    if new.log.level != old.log.level || new.log.format != old.log.format {
-        tracing::warn!("log settings changed: take effect after a restart");
+    // Settings read only at start: a change is kept in the new snapshot but
+    // acts only after a restart, and the operator is told which ones.
+    let restart_only = [
+        ("server.listen/server.tls listeners/proxy_protocol", listeners(&new) != listeners(&old)),
+        ("server.worker_threads", new.server.worker_threads != old.server.worker_threads),
+        ("auth.verify_threads", new.auth.verify_threads != old.auth.verify_threads),
+        ("auth.max_pending", new.auth.max_pending != old.auth.max_pending),
+        ("upstream.ca_file", new.upstream_ca != old.upstream_ca),
+        ("metrics.per_user", new.metrics_per_user != old.metrics_per_user),
+        ("admin.listen", new.admin != old.admin),
+        ("dns.servers", new.dns_servers != old.dns_servers),
+        ("log.level/log.format", new.log.level != old.log.level || new.log.format != old.log.format),
+    ];
+    let changed: Vec<&str> = restart_only.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect();
+    if !changed.is_empty() {
+        tracing::warn!(settings = %changed.join(", "), "changed settings take effect only after a restart");
     }
     for (slot, t) in state.cert_slots.iter().zip(&new.server.tls) {
         slot.store(t.certified.clone());
