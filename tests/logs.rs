@@ -203,8 +203,13 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
 /// through it, stops it with SIGTERM and returns everything it wrote to
 /// stdout.
 fn stdout_after_one_request(log_section: &str) -> String {
+    stdout_after_one_request_env(log_section, &[])
+}
+
+/// [`stdout_after_one_request`] with `env` set for the binary.
+fn stdout_after_one_request_env(log_section: &str, env: &[(&str, &str)]) -> String {
     let dir = TempDir::new();
-    let bin = start_binary(&dir, log_section, &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let bin = start_binary_env(&dir, log_section, &users_toml(&[(USER, PASSWORD)]), Stdio::piped(), env);
     let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -241,6 +246,25 @@ fn the_log_filter_and_the_access_switch_silence_access_lines() {
     let switched_off = stdout_after_one_request("[log]\naccess = false\n");
     assert!(switched_off.contains("authgate started"), "{switched_off}");
     assert!(!switched_off.contains("authgate::access"), "{switched_off}");
+}
+
+/// `RUST_LOG`, when set, overrides `[log] level` both ways (README,
+/// `[log]`); an invalid `RUST_LOG` falls back to the configured level.
+#[test]
+fn rust_log_overrides_the_configured_level() {
+    let louder = stdout_after_one_request_env("[log]\nlevel = \"warn\"\n", &[("RUST_LOG", "info")]);
+    assert!(louder.contains("authgate started"), "{louder}");
+    assert!(
+        louder.lines().any(|l| l.contains("INFO authgate::access:") && l.contains("/filtered")),
+        "{louder}"
+    );
+
+    let quieter = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", "warn")]);
+    assert!(!quieter.contains("authgate started"), "{quieter}");
+    assert!(!quieter.contains("authgate::access"), "{quieter}");
+
+    let invalid = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", "=!=")]);
+    assert!(invalid.contains("authgate started"), "the configured level applies: {invalid}");
 }
 
 /// How a request that waits on a silent origin ends before its answer.

@@ -350,6 +350,19 @@ pub struct Binary {
 /// loopback egress allowed) followed by `extra` sections, and `users` as its
 /// users file. stderr is piped; stdout goes to `stdout`.
 pub fn start_binary(dir: &TempDir, extra: &str, users: &str, stdout: Stdio) -> Binary {
+    start_binary_env(dir, extra, users, stdout, &[])
+}
+
+/// [`start_binary`] with `env` set for the process. `RUST_LOG` is removed
+/// from the inherited environment (it overrides `[log] level`) unless `env`
+/// sets it.
+pub fn start_binary_env(
+    dir: &TempDir,
+    extra: &str,
+    users: &str,
+    stdout: Stdio,
+    env: &[(&str, &str)],
+) -> Binary {
     let port = closed_port();
     let cfg = format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n{extra}"
@@ -359,6 +372,8 @@ pub fn start_binary(dir: &TempDir, extra: &str, users: &str, stdout: Stdio) -> B
     let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
         .arg("--config")
         .arg(&config)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
