@@ -185,3 +185,22 @@ fn hash_password_reads_stdin_and_prints_a_usable_argon2id_hash() {
     assert!(authgate::auth::password::verify_argon2(&parsed, "correct horse: battery"));
     assert!(!authgate::auth::password::verify_argon2(&parsed, "correct horse: battery\n"));
 }
+
+/// The realm goes verbatim into `Proxy-Authenticate: Basic realm="…"`:
+/// whatever cannot stand there unchanged is refused at load, with its place.
+#[test]
+fn a_realm_that_cannot_be_sent_verbatim_is_refused_with_line_and_column() {
+    let long = "r".repeat(101);
+    for bad in
+        ["\"\"", "'say \"hi\"'", "'back\\slash'", "\"tab\\there\"", "\"Zürich\"", &format!("\"{long}\"")]
+    {
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:3128\"]\nrealm = {bad}\n[auth]\nusers_file = \"users.toml\"\n"
+        );
+        let err = load_err(&config, &good_users());
+        assert!(err.contains("authgate.toml:3:9") && err.contains("server.realm"), "{bad}: {err}");
+    }
+    let config = "[server]\nlisten = [\"127.0.0.1:3128\"]\nrealm = \"Corp proxy (EU) - log in\"\n[auth]\nusers_file = \"users.toml\"\n";
+    let (_dir, snap) = load(config, &good_users());
+    assert_eq!(snap.unwrap().server.realm, "Corp proxy (EU) - log in");
+}

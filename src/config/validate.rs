@@ -99,10 +99,16 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     }
     if let Some(realm) = &raw.server.realm {
         let r = realm.get_ref();
-        if r.is_empty() || r.len() > 100 || r.chars().any(|ch| ch.is_control() || ch == '"' || ch == '\\') {
+        // Printable ASCII: the realm goes into a quoted-string of the
+        // Proxy-Authenticate field, where other bytes are obs-text that
+        // clients decode differently (RFC 9110 §5.6.4).
+        if r.is_empty()
+            || r.len() > 100
+            || r.chars().any(|ch| !matches!(ch, ' '..='~') || ch == '"' || ch == '\\')
+        {
             c.at(
                 realm.span(),
-                "server.realm: must be 1-100 printable characters without quotes or backslashes",
+                "server.realm: must be 1-100 printable ASCII characters without quotes or backslashes",
             );
         } else {
             s.server.realm = r.clone();
