@@ -204,3 +204,32 @@ fn a_realm_that_cannot_be_sent_verbatim_is_refused_with_line_and_column() {
     let (_dir, snap) = load(config, &good_users());
     assert_eq!(snap.unwrap().server.realm, "Corp proxy (EU) - log in");
 }
+
+/// A proxy that would listen on nothing, or twice on one address, is refused
+/// at load (and by `authgate check`) instead of starting useless or failing
+/// later at bind time.
+#[test]
+fn no_listener_and_duplicate_listeners_are_refused_with_line_and_column() {
+    let users = good_users();
+    let err = load_err("[server]\nlisten = []\n[auth]\nusers_file = \"users.toml\"\n", &users);
+    assert!(err.contains("authgate.toml:2:10") && err.contains("no listener"), "{err}");
+
+    let twice =
+        "[server]\nlisten = [\"127.0.0.1:3128\", \"127.0.0.1:3128\"]\n[auth]\nusers_file = \"users.toml\"\n";
+    let err = load_err(twice, &users);
+    assert!(err.contains("authgate.toml:2:29") && err.contains("127.0.0.1:3128 is listed twice"), "{err}");
+
+    // Port 0 (any free port) may appear more than once.
+    let (_dir, ok) = load(
+        "[server]\nlisten = [\"127.0.0.1:0\", \"127.0.0.1:0\"]\n[auth]\nusers_file = \"users.toml\"\n",
+        &users,
+    );
+    assert_eq!(ok.unwrap().server.listen.len(), 2);
+
+    // A TLS listener on a plain listener's address; its certificate is not
+    // even read.
+    let clash = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[[server.tls]]\nlisten = \"127.0.0.1:3128\"\ncert = \"none.pem\"\nkey = \"none.pem\"\n[auth]\nusers_file = \"users.toml\"\n";
+    let err = load_err(clash, &users);
+    assert!(err.contains("authgate.toml:4:10") && err.contains("already a listener's address"), "{err}");
+    assert!(!err.contains("none.pem"), "{err}");
+}

@@ -79,6 +79,42 @@ async fn presented_cert(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
     conn.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// `listen = []` with a TLS listener: an HTTPS-only proxy (README,
+/// "TLS listener"); there is no plain listener, and curl gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_proxy_has_no_plain_listener_and_serves() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("tls-only");
+    let dir = TempDir::new();
+    dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem));
+    dir.write("proxy-key.pem", &leaf.key_pem);
+    let server = "listen = []\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n";
+    let path = dir.write("authgate.toml", cfg(server, ""));
+    dir.write("users.toml", users());
+    let snap = authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(snap.server.listen.is_empty());
+    let state = authgate::State::new(snap);
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    assert_eq!(listeners.len(), 1, "only the TLS listener");
+    let tls = listeners[0].local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
+        let _ = rx.await;
+    }));
+    let origin = spawn_echo_origin();
+    let ca_file = dir.write("ca.pem", &ca.cert_pem);
+    let proxy_url = format!("https://alice:a1@localhost:{}", tls.port());
+    let out = curl(
+        &["--proxy", &proxy_url, "--proxy-cacert", ca_file.to_str().unwrap(), &origin.url("/only-tls")],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    assert!(out.stdout_text().contains("GET /only-tls HTTP/1.1"), "{}", out.stdout_text());
+    drop(tx);
+    let _ = task.await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_through_a_tls_proxy_for_http_and_connect_and_cert_reload() {
     let ca = pki::Ca::new("authgate test CA");

@@ -92,6 +92,9 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
         s.server.listen.clear();
         for item in listen.get_ref() {
             match item.get_ref().trim().parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 && s.server.listen.contains(&a) => {
+                    c.at(item.span(), format!("server.listen: {a} is listed twice"));
+                }
                 Ok(a) => s.server.listen.push(a),
                 Err(_) => c.at(item.span(), format!("server.listen: `{}` is not an address:port (e.g. \"127.0.0.1:3128\" or \"[::1]:3128\")", item.get_ref().chars().take(60).collect::<String>())),
             }
@@ -135,6 +138,13 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
         }
         let cert = base.join(t.cert.get_ref());
         let key = base.join(t.key.get_ref());
+        if let Ok(a) = listen
+            && a.port() != 0
+            && (s.server.listen.contains(&a) || s.server.tls.iter().any(|t| t.listen == a))
+        {
+            c.at(t.listen.span(), format!("server.tls.listen: {a} is already a listener's address"));
+            continue;
+        }
         match (listen, crate::server::tls::load_certified_key(&cert, &key)) {
             (Ok(listen), Ok(certified)) => s.server.tls.push(super::TlsListener {
                 listen,
@@ -146,6 +156,15 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
             (_, Err(m)) => c.at(t.cert.span(), format!("server.tls: {m}")),
             _ => {}
         }
+    }
+    if let Some(listen) = &raw.server.listen
+        && listen.get_ref().is_empty()
+        && raw.server.tls.is_empty()
+    {
+        c.at(
+            listen.span(),
+            "server.listen: no listener at all; give an address here or add a [[server.tls]] listener",
+        );
     }
 
     if let Some(f) = &raw.auth.users_file {
