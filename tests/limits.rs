@@ -503,6 +503,70 @@ async fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
     assert!(start.elapsed() >= Duration::from_millis(350), "{:?}", start.elapsed());
 }
 
+/// An upgraded connection (WebSocket after a 101) is a tunnel too: the
+/// same `tunnel_idle_timeout` closes it when silent, on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_upgraded_connection_is_closed_after_the_tunnel_idle_timeout() {
+    let proxy = spawn_custom(&cfg("", "[limits]\ntunnel_idle_timeout = \"400ms\"\n"), &users());
+    let (origin_closed_tx, origin_closed) = oneshot::channel::<()>();
+    let origin_closed_tx = Arc::new(std::sync::Mutex::new(Some(origin_closed_tx)));
+    // Answers the upgrade, then shouts back what it reads until EOF.
+    let origin = spawn_raw_origin(move |mut s: TcpStream| {
+        let done = origin_closed_tx.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read_exact(&mut byte).await.is_err() {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let reply =
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+            if s.write_all(reply).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf).await {
+                if n == 0 || s.write_all(&buf[..n].to_ascii_uppercase()).await.is_err() {
+                    break;
+                }
+            }
+            if let Some(tx) = done.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request(
+        "GET",
+        &origin.url("/ws"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &basic("alice", "a1")),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+        ],
+    ))
+    .await;
+    assert_eq!(c.read_head().await.status, 101);
+    // Activity more often than the timeout keeps it open ...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c.send(b"x").await;
+        assert_eq!(c.read_exact(1).await, b"X");
+    }
+    // ... silence closes it, and the origin's side as well.
+    let start = Instant::now();
+    assert!(c.read_to_end().await.is_empty());
+    assert!(start.elapsed() >= Duration::from_millis(350), "{:?}", start.elapsed());
+    tokio::time::timeout(Duration::from_secs(5), origin_closed)
+        .await
+        .expect("the origin's connection is closed too")
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_argon2_queue_answers_503_with_retry_after() {
     // Expensive hashes and a queue of one: a burst of distinct wrong
