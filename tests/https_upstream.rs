@@ -163,6 +163,36 @@ async fn https_forwarding_goes_through_the_egress_checks_and_the_rules() {
     assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
 }
 
+/// `connect_timeout` covers the origin's TLS handshake too (README,
+/// `[limits]`): an origin that accepts TCP and never answers the
+/// ClientHello is a 504 `connection_timeout`, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_never_finishes_the_tls_handshake_is_a_504_after_connect_timeout() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let mute = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = TempDir::new();
+    let policy = format!("{LOOPBACK}[limits]\nconnect_timeout = \"500ms\"\n");
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, &policy).await;
+    let start = std::time::Instant::now();
+    let r = get_https_via(tls, &proxy_ca.cert_pem, mute).await;
+    assert_proxy_error(&r, 504, "connection_timeout", "connection_timeout");
+    let took = start.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(450) && took < std::time::Duration::from_secs(5),
+        "{took:?}"
+    );
+}
+
 #[test]
 fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     let ca = pki::Ca::new("chain CA");
