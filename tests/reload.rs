@@ -495,3 +495,25 @@ fn a_reload_names_the_settings_that_need_a_restart_and_applies_the_rest() {
     }
     assert_eq!(log.matches("configuration reloaded").count(), 2, "{log}");
 }
+
+/// Reloaded `[limits]` apply to tunnels opened afterwards; a tunnel opened
+/// before keeps the limits it started with (README, "Reload").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloaded_limits_apply_to_new_tunnels_and_spare_open_ones() {
+    let shout = spawn_shout_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    let mut before = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
+    std::fs::write(
+        proxy.file("authgate.toml"),
+        format!("{CFG_NT}[limits]\ntunnel_idle_timeout = \"300ms\"\n"),
+    )
+    .unwrap();
+    authgate::server::reload::reload(&proxy.state).expect("the new limit loads");
+    let mut after = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
+    let start = Instant::now();
+    assert!(after.read_to_end().await.is_empty(), "the new tunnel is closed when idle");
+    assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
+    // The old tunnel has been idle for longer than the new limit: still open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_tunnel_alive(&mut before).await;
+}
