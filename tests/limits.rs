@@ -79,6 +79,26 @@ async fn presented_cert(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
     conn.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// The file watcher alone (no SIGHUP, no reload call) picks up a renewed
+/// certificate: new TLS connections get it within a couple of seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_file_is_served_without_a_signal() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy-v1");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
+    let leaf2 = ca.leaf("proxy-v2");
+    proxy.dir.write("proxy-key.pem", &leaf2.key_pem);
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf2.cert_pem, ca.cert_pem));
+    let start = Instant::now();
+    while presented_cert(proxy.tls, &ca.cert_pem).await != leaf2.der {
+        assert!(start.elapsed() < Duration::from_secs(5), "the new certificate is not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// `listen = []` with a TLS listener: an HTTPS-only proxy (README,
 /// "TLS listener"); there is no plain listener, and curl gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
