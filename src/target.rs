@@ -115,6 +115,9 @@ pub fn without_userinfo(authority: &str) -> &str {
 /// # Errors
 /// [`BadTarget`] when the port is missing, zero or not a number, or the host is bad.
 pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
+    if raw.contains('@') {
+        return Err(BadTarget("CONNECT takes host:port, without user:password@"));
+    }
     let (host, port) = raw.rsplit_once(':').ok_or(BadTarget("CONNECT needs host:port"))?;
     if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && host.contains(':')) {
         return Err(BadTarget("IPv6 addresses must be in brackets"));

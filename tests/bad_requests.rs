@@ -57,6 +57,9 @@ async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
         let r = c.read_response("CONNECT").await;
         assert_proxy_error(&r, 400, "http_request_error", "bad_target");
         assert!(!r.text().contains("u:p"), "the userinfo is not echoed: {}", r.text());
+        if target.contains('@') {
+            assert!(r.text().contains("without user:password@"), "{}", r.text());
+        }
     }
     // A path after host:port is not a target hyper parses for CONNECT.
     let mut c = RawConn::connect(proxy.addr).await;
@@ -66,6 +69,21 @@ async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
         let r = get(proxy.addr, target, &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
         assert_eq!(r.status, 400, "{target}: {}", r.dump());
     }
+    // A port that is not a number 1-65535 is a bad target, not the default
+    // port 80 (http's `Uri::port_u16` says `None` for both).
+    for port in ["65536", "4294986406", "8o", "0x50", "+80", "-1"] {
+        for host in ["127.0.0.1", "[::1]"] {
+            let target = format!("http://{host}:{port}/");
+            let r = get(proxy.addr, &target, &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
+            assert_eq!(r.status, 400, "{target}: {}", r.dump());
+            if r.header("proxy-status").is_some_and(|v| v.contains("bad_target")) {
+                assert!(r.text().contains("bad port"), "{target}: {}", r.text());
+            }
+        }
+    }
+    let r =
+        get(proxy.addr, "http://127.0.0.1:65536/", &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
+    assert_proxy_error(&r, 400, "http_request_error", "bad_target");
     assert_eq!(origin.hits(), 0, "no target reached the origin");
 }
 

@@ -21,7 +21,7 @@ use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
 use crate::server::limits::Permit;
-use crate::target::{Target, parse_authority, parse_host, without_userinfo};
+use crate::target::{Target, parse_authority, parse_host, parse_port, without_userinfo};
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent};
 
@@ -377,11 +377,18 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
             let https = s.eq_ignore_ascii_case("https");
             let host = uri.host().ok_or(ProxyError::BadTarget { detail: "no host" })?;
             let host = parse_host(host).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
-            let port = match uri.port_u16() {
-                None if https => 443,
-                None => 80,
-                Some(0) => return Err(ProxyError::BadTarget { detail: "bad port" }),
-                Some(p) => p,
+            // `Uri::port_u16` is `None` for a port that is not a number
+            // (`:65536`, `:8o`) just as for no port: read the text itself.
+            let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
+            let port_text = match authority.rfind(']') {
+                Some(i) => authority[i + 1..].strip_prefix(':'),
+                None => authority.rsplit_once(':').map(|(_, p)| p),
+            };
+            let port = match port_text {
+                // RFC 3986 §3.2.3: an empty port is the scheme's default.
+                None | Some("") if https => 443,
+                None | Some("") => 80,
+                Some(p) => parse_port(p).map_err(|e| ProxyError::BadTarget { detail: e.0 })?,
             };
             Ok(Kind::Forward(Target { host, port }, https))
         }
