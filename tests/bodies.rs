@@ -325,3 +325,71 @@ async fn upstream_connections_are_reused_after_small_and_large_responses() {
     let dialled = origin.hits();
     assert!((1..=3).contains(&dialled), "{dialled} upstream connections for {} requests", paths.len());
 }
+
+/// A GET (or HEAD) may carry a chunked body (RFC 9110 §9.3.1 gives it no
+/// meaning, but a proxy forwards it); hyper's client drops a body of
+/// unknown length on those methods unless told to send it chunked.
+#[tokio::test]
+async fn a_chunked_body_on_a_get_reaches_the_origin() {
+    let proxy = spawn_proxy("", &[USER]);
+    let origin = spawn_echo_origin();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        origin.url("/get-with-body"),
+        origin.authority(),
+        basic(USER.0, USER.1)
+    ))
+    .await;
+    let r = c.read_response("GET").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    let echoed = Echoed::parse(&r.body);
+    assert_eq!(echoed.body, b"hello world", "{}", r.text());
+    assert_eq!(echoed.header("transfer-encoding"), Some("chunked"));
+    // The connection stays in step: a second request on it works.
+    c.send(request(
+        "GET",
+        &origin.url("/next"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic(USER.0, USER.1))],
+    ))
+    .await;
+    let next = c.read_response("GET").await;
+    assert!(Echoed::parse(&next.body).request_line.starts_with("GET /next "), "{}", next.text());
+}
+
+/// RFC 9112 §6.3: an origin response with both Transfer-Encoding and
+/// Content-Length is framed by the chunks; the Content-Length must not go
+/// on (it would cut the body, or make the client wait for more). The
+/// origin's HTTP/1.0 status line is not relayed either (RFC 9110 §2.5).
+#[tokio::test]
+async fn a_response_with_both_framings_is_sent_by_its_chunks_in_our_version() {
+    let proxy = spawn_proxy("", &[USER]);
+    let both: &'static [u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let origin = spawn_canned_origin(both, std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+    let auth = basic(USER.0, USER.1);
+    let mut c = RawConn::connect(proxy.addr).await;
+    for path in ["/one", "/two"] {
+        c.send(request(
+            "GET",
+            &origin.url(path),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        ))
+        .await;
+        let r = c.read_response("GET").await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+        assert_eq!(r.header("content-length"), None, "{}", r.dump());
+        assert_eq!(r.body, b"abc", "{}", r.dump());
+    }
+    let old: &'static [u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let origin = spawn_canned_origin(old, std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+    let r = get(
+        proxy.addr,
+        &origin.url("/old"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(r.status_line, "HTTP/1.1 200 OK", "{}", r.dump());
+    assert_eq!(r.header("via"), Some("1.0 authgate"), "Via still names the origin's version");
+    assert_eq!(r.body, b"ok");
+}

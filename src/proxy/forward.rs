@@ -52,6 +52,12 @@ pub async fn forward(
     parts.uri = Uri::from(path);
 
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    // hyper's client sends a body of unknown length (the client's was
+    // chunked) on a GET, HEAD or CONNECT only when the field asks for it;
+    // without, a GET's chunked body was dropped.
+    if !http_body::Body::is_end_stream(&body) && http_body::Body::size_hint(&body).exact().is_none() {
+        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
     parts.headers.insert(header::HOST, host);
     if snap.server.via {
         add_via(&mut parts.headers, parts.version);
@@ -94,16 +100,25 @@ pub async fn forward(
         if snap.server.via {
             add_via(&mut parts.headers, parts.version);
         }
+        parts.version = Version::HTTP_11;
         let resp = http::Response::from_parts(parts, ProxyBody::empty());
         return Ok(Reply::Tunnel(resp, Job { client, upstream: Upstream::Upgraded(origin), user: None }));
     }
 
     state.metrics.upstream_response(resp.status().as_u16());
+    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is wrong and an
+    // intermediary must remove it (it would frame the body we send on).
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(resp.headers_mut(), false);
     if snap.server.via {
         let version = resp.version();
         add_via(resp.headers_mut(), version);
     }
+    // RFC 9110 §2.5: a proxy sends its own version, not the origin's (hyper
+    // still answers an HTTP/1.0 client as 1.0).
+    *resp.version_mut() = Version::HTTP_11;
     if let Some(conn) = sent.conn {
         state.pool.checkin(key, conn);
     }
