@@ -8,8 +8,9 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -18,12 +19,59 @@ use hyper::body::Incoming;
 use crate::server::guard::Phase;
 use crate::telemetry::AccessRecord;
 
-/// Error type of [`ProxyBody`]: the origin's body broke off.
-pub type BodyError = hyper::Error;
+/// Error type of [`ProxyBody`]: the origin's body broke off, or went
+/// silent for too long ([`UpstreamBodyTimeout`]).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The origin sent nothing of its response body for the whole idle limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the origin's response body went silent")]
+pub struct UpstreamBodyTimeout;
 
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(Relay),
+}
+
+/// An origin's body on its way through, with the limit on its silences.
+struct Relay {
+    body: Incoming,
+    /// The longest wait for the origin's next frame.
+    idle: Duration,
+    /// Made at the first wait (a body that is all there when it is read, as
+    /// small responses are, never needs one).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer runs for the current wait; false after each frame, so that
+    /// time in which the client was not reading does not count.
+    waiting: bool,
+}
+
+impl Relay {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                let timer = match self.timer.as_mut() {
+                    Some(t) => {
+                        if !self.waiting {
+                            t.as_mut().reset(deadline);
+                        }
+                        t
+                    }
+                    None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                self.waiting = true;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(UpstreamBodyTimeout)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+            Poll::Ready(frame) => {
+                self.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+        }
+    }
 }
 
 /// The body of every response authgate sends to a client.
@@ -47,9 +95,11 @@ impl ProxyBody {
         ProxyBody { kind: Kind::Full(None), sent: 0, log: None, done: None }
     }
 
-    /// The origin's response body, streamed through.
-    pub fn upstream(body: Incoming) -> Self {
-        ProxyBody { kind: Kind::Upstream(body), sent: 0, log: None, done: None }
+    /// The origin's response body, streamed through; cut off with an error
+    /// when the origin sends nothing for `idle` while it is awaited.
+    pub fn upstream(body: Incoming, idle: Duration) -> Self {
+        let relay = Relay { body, idle, timer: None, waiting: false };
+        ProxyBody { kind: Kind::Upstream(relay), sent: 0, log: None, done: None }
     }
 
     /// Attaches the access record that is emitted when this body ends.
@@ -97,15 +147,16 @@ impl Body for ProxyBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(relay) => relay.poll_frame(cx),
         };
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
             this.sent += data.len() as u64;
         }
-        if let (Poll::Ready(Some(Err(_))), Some(log)) = (&polled, this.log.as_mut()) {
-            log.outcome = "upstream_body_error";
+        if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
+            log.outcome =
+                if e.is::<UpstreamBodyTimeout>() { "upstream_body_timeout" } else { "upstream_body_error" };
         }
         polled
     }
@@ -113,7 +164,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(b) => b.is_none(),
-            Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Upstream(r) => r.body.is_end_stream(),
         }
     }
 
@@ -121,7 +172,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(b) => b.size_hint(),
+            Kind::Upstream(r) => r.body.size_hint(),
         }
     }
 }
@@ -130,12 +181,14 @@ impl Body for ProxyBody {
 pub struct RequestBody {
     inner: Incoming,
     count: Arc<AtomicU64>,
+    upload: Option<Arc<Upload>>,
 }
 
 impl RequestBody {
-    /// Wraps `inner`; every data byte is added to `count`.
-    pub fn new(inner: Incoming, count: Arc<AtomicU64>) -> Self {
-        RequestBody { inner, count }
+    /// Wraps `inner`; every data byte is added to `count`. `upload`, for a
+    /// request that has a body, follows its progress.
+    pub fn new(inner: Incoming, count: Arc<AtomicU64>, upload: Option<Arc<Upload>>) -> Self {
+        RequestBody { inner, count, upload }
     }
 }
 
@@ -153,6 +206,13 @@ impl Body for RequestBody {
         {
             self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
         }
+        if let (Poll::Ready(ready), Some(upload)) = (&polled, &self.upload) {
+            match ready {
+                Some(Ok(_)) if !self.inner.is_end_stream() => upload.advanced(UploadState::Sending),
+                Some(Ok(_)) | None => upload.advanced(UploadState::Done),
+                Some(Err(e)) => upload.advanced(UploadState::broken(e)),
+            }
+        }
         polled
     }
 
@@ -162,5 +222,96 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Where a client's request body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadState {
+    /// More is to come.
+    Sending,
+    /// Read to its end.
+    Done,
+    /// Its chunked framing is invalid.
+    Malformed,
+    /// The client closed or reset its connection before the end.
+    Gone,
+}
+
+impl UploadState {
+    /// What a body error from the client's connection means.
+    fn broken(e: &hyper::Error) -> Self {
+        // hyper reports a bad chunk as an io::Error of kind InvalidInput or
+        // InvalidData inside its body error; a connection that ended early
+        // as UnexpectedEof, a reset, or an incomplete message.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                return match io.kind() {
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
+                        UploadState::Malformed
+                    }
+                    _ => UploadState::Gone,
+                };
+            }
+            if let Some(h) = err.downcast_ref::<hyper::Error>()
+                && h.is_parse()
+            {
+                return UploadState::Malformed;
+            }
+            source = err.source();
+        }
+        UploadState::Gone
+    }
+}
+
+/// The progress of a request body, so that a client whose upload stalls or
+/// breaks is told apart from an origin that does not answer, and so that
+/// the wait for the response head counts from the end of the upload.
+#[derive(Debug)]
+pub struct Upload {
+    base: Instant,
+    /// Nanoseconds after `base` of the last frame (or the end).
+    last: AtomicU64,
+    state: AtomicU8,
+}
+
+impl Upload {
+    /// A body that starts now.
+    pub fn new() -> Self {
+        Upload {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            state: AtomicU8::new(UploadState::Sending as u8),
+        }
+    }
+
+    fn advanced(&self, state: UploadState) {
+        let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+        if state != UploadState::Sending {
+            self.state.store(state as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// When the last frame (or the end) came in.
+    pub fn last_progress(&self) -> Instant {
+        self.base + std::time::Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Where the body stands.
+    pub fn state(&self) -> UploadState {
+        match self.state.load(Ordering::Relaxed) {
+            s if s == UploadState::Done as u8 => UploadState::Done,
+            s if s == UploadState::Malformed as u8 => UploadState::Malformed,
+            s if s == UploadState::Gone as u8 => UploadState::Gone,
+            _ => UploadState::Sending,
+        }
+    }
+}
+
+impl Default for Upload {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -53,6 +53,14 @@ pub enum ProxyError {
     /// where the tunnel would begin is ambiguous.
     #[error("CONNECT with a body")]
     ConnectWithBody,
+    /// The client stopped sending its request body before the end: nothing
+    /// arrived for `limits.upstream_response_timeout`.
+    #[error("request body timed out")]
+    BodyTimeout,
+    /// The client's request body broke off (its connection closed or reset
+    /// before the end) or is not valid chunked framing.
+    #[error("bad request body")]
+    BadBody,
     /// The request target cannot be used (no host, bad port, ...).
     #[error("bad request target: {detail}")]
     BadTarget {
@@ -138,9 +146,11 @@ pub enum ProxyError {
 impl ProxyError {
     /// Whether the connection must close after this answer, whatever the
     /// request asked: a CONNECT that declares a body leaves the rest of the
-    /// connection framed one way by hyper and perhaps another by a front end.
+    /// connection framed one way by hyper and perhaps another by a front end;
+    /// after a request body that broke off, where the next request begins is
+    /// unknown.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::ConnectWithBody)
+        matches!(self, ProxyError::ConnectWithBody | ProxyError::BodyTimeout | ProxyError::BadBody)
     }
 
     /// Who is at fault for this error.
@@ -154,6 +164,8 @@ impl ProxyError {
             | HeadTimeout
             | HeadTooLarge
             | MalformedRequest
+            | BodyTimeout
+            | BadBody
             | UriTooLong => Fault::Client,
             ProxyAuthRequired | Throttled { .. } => Fault::Credentials,
             DeniedByRule { .. } | DestinationIpProhibited { .. } | LoopDetected => Fault::Policy,

@@ -59,6 +59,13 @@ pub fn describe(err: &ProxyError) -> Description {
         HeadTimeout => {
             (StatusCode::REQUEST_TIMEOUT, "http_request_error", "request_timeout", "Request head timed out")
         }
+        BodyTimeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "http_request_error",
+            "request_body_timeout",
+            "Request body timed out",
+        ),
+        BadBody => (StatusCode::BAD_REQUEST, "http_request_error", "bad_request_body", "Bad request body"),
         HeadTooLarge => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "http_request_error",
@@ -154,6 +161,8 @@ fn detail(err: &ProxyError) -> String {
         UnsupportedScheme { scheme } => format!("authgate does not forward {scheme}:// requests here; for https use CONNECT (HTTPS_PROXY)."),
         BadTarget { detail } => format!("The request target is not usable: {detail}."),
         HeadTimeout => "The request head did not arrive in time; the connection is closed.".into(),
+        BodyTimeout => "The request body stopped arriving before its end; the connection is closed.".into(),
+        BadBody => "The request body broke off before its end, or its chunked framing is not valid HTTP/1.1; the connection is closed.".into(),
         MalformedRequest => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
         UriTooLong => "The request target is longer than this proxy accepts.".into(),
         ConnectWithBody => "A CONNECT request has no content, but this one declares a body (Content-Length or Transfer-Encoding); where the tunnel would begin is ambiguous, so the connection is closed.".into(),
@@ -398,6 +407,8 @@ mod tests {
             UnsupportedScheme { scheme: "ftp".into() },
             BadTarget { detail: "x" },
             HeadTimeout,
+            BodyTimeout,
+            BadBody,
             HeadTooLarge,
             MalformedRequest,
             ConnectWithBody,

@@ -393,3 +393,128 @@ async fn a_response_with_both_framings_is_sent_by_its_chunks_in_our_version() {
     assert_eq!(r.header("via"), Some("1.0 authgate"), "Via still names the origin's version");
     assert_eq!(r.body, b"ok");
 }
+
+/// A request body that keeps arriving is not cut by
+/// `upstream_response_timeout`: the wait for the response head counts from
+/// the end of the upload (a slow upload of a large file is not an origin
+/// that does not answer).
+#[tokio::test]
+async fn a_slow_upload_longer_than_the_response_timeout_goes_through() {
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"400ms\"\n", &[USER]);
+    let origin = spawn_checksum_origin();
+    let mut c = RawConn::connect(proxy.addr).await;
+    let head = request(
+        "POST",
+        &origin.url("/upload"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &basic(USER.0, USER.1)),
+            ("Content-Length", "6"),
+        ],
+    );
+    c.send(head).await;
+    for part in [&b"ab"[..], b"cd", b"ef"] {
+        c.send(part).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let r = c.read_response("POST").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert!(r.text().starts_with("6 "), "the origin got all 6 bytes: {}", r.text());
+}
+
+/// A client whose body stops arriving gets 408 `request_body_timeout` (its
+/// own doing), and one whose chunked framing is broken gets 400
+/// `bad_request_body`; neither is blamed on the origin as a 5xx.
+#[tokio::test]
+async fn a_stalled_or_bad_request_body_is_the_clients_error() {
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"400ms\"\n", &[USER]);
+    let origin = spawn_checksum_origin();
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    let mut bytes = request(
+        "POST",
+        &origin.url("/stall"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Content-Length", "10")],
+    );
+    bytes.extend_from_slice(b"abc");
+    c.send(bytes).await;
+    let start = std::time::Instant::now();
+    let r = c.read_response("POST").await;
+    assert_proxy_error(&r, 408, "http_request_error", "request_body_timeout");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(350), "{:?}", start.elapsed());
+    assert!(c.is_closed().await, "the connection closes: the rest of the body would be read as a request");
+
+    for bad_chunk in ["zz\r\nabc\r\n0\r\n\r\n", "0x3\r\nabc\r\n0\r\n\r\n"] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        let mut bytes = request(
+            "POST",
+            &origin.url("/bad-chunk"),
+            &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked")],
+        );
+        bytes.extend_from_slice(bad_chunk.as_bytes());
+        c.send(bytes).await;
+        let r = c.read_response("POST").await;
+        assert_proxy_error(&r, 400, "http_request_error", "bad_request_body");
+        assert!(c.is_closed().await);
+    }
+}
+
+/// An origin that goes silent in the middle of its body does not hold the
+/// client (and the connection slot) forever: after `upstream_response_timeout`
+/// of silence the response is cut off and both connections close. A body
+/// that keeps coming, with pauses shorter than that, is relayed whole.
+#[tokio::test]
+async fn an_origin_that_stalls_mid_body_is_cut_off_and_a_slow_one_is_not() {
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"400ms\"\n", &[USER]);
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let closed_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(closed_tx)));
+    let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                if s.read_exact(&mut byte).await.is_err() {
+                    return;
+                }
+                head.push(byte[0]);
+            }
+            let stall = String::from_utf8_lossy(&head).contains("/stall");
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\nConnection: close\r\n\r\n").await;
+            for i in 0..3 {
+                let _ = s.write_all(b"0123456789").await;
+                if stall && i == 0 {
+                    // Silent from here on; the proxy must let go.
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest).await;
+                    if let Some(tx) = closed_tx.lock().unwrap().take() {
+                        let _ = tx.send(());
+                    }
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    });
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let slow =
+        get(proxy.addr, &origin.url("/slow"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+    assert_eq!(slow.status, 200, "{}", slow.dump());
+    assert_eq!(slow.body.len(), 30, "a slow but moving body is relayed whole");
+
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("GET", &origin.url("/stall"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    let head = c.read_head().await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("30"));
+    let start = std::time::Instant::now();
+    let rest = c.read_to_end().await;
+    assert_eq!(rest, b"0123456789", "what came is relayed, then the connection closes short of 30 bytes");
+    assert!(start.elapsed() >= std::time::Duration::from_millis(350), "{:?}", start.elapsed());
+    tokio::time::timeout(std::time::Duration::from_secs(5), closed_rx)
+        .await
+        .expect("the origin connection is closed too")
+        .unwrap();
+}

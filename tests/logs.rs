@@ -273,6 +273,8 @@ enum Abandon {
     ClientCloses,
     /// The user is removed from the users file (SIGHUP reload).
     UserRemoved,
+    /// The client closes its connection in the middle of its request body.
+    MidBody,
 }
 
 /// Runs the binary, sends one request to an origin that never answers, ends
@@ -289,15 +291,20 @@ fn access_line_of_an_abandoned_request(how: Abandon) -> String {
         let auth = basic(USER, PASSWORD);
         let host = silent.origin.authority();
         let mut conn = RawConn::connect(proxy).await;
-        conn.send(request(
-            "GET",
-            &silent.origin.url("/abandoned"),
-            &[("Host", &host), ("Proxy-Authorization", &auth)],
-        ))
-        .await;
+        let url = silent.origin.url("/abandoned");
+        match how {
+            Abandon::MidBody => {
+                let head =
+                    &[("Host", host.as_str()), ("Proxy-Authorization", &auth), ("Content-Length", "10")];
+                let mut bytes = request("POST", &url, head);
+                bytes.extend_from_slice(b"abc");
+                conn.send(bytes).await;
+            }
+            _ => conn.send(request("GET", &url, &[("Host", &host), ("Proxy-Authorization", &auth)])).await,
+        }
         silent.next_head().await;
         match how {
-            Abandon::ClientCloses => drop(conn),
+            Abandon::ClientCloses | Abandon::MidBody => drop(conn),
             Abandon::UserRemoved => {
                 std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
                 bin.signal("HUP");
@@ -322,9 +329,16 @@ fn access_line_of_an_abandoned_request(how: Abandon) -> String {
 /// with status 0 (nothing was sent) and why it ended.
 #[test]
 fn a_request_dropped_before_its_answer_is_logged_once_with_why() {
-    for (how, outcome) in [(Abandon::ClientCloses, "client_gone"), (Abandon::UserRemoved, "user_revoked")] {
+    for (how, status, outcome) in [
+        (Abandon::ClientCloses, 0, "client_gone"),
+        (Abandon::UserRemoved, 0, "user_revoked"),
+        // The client's doing, not the origin's (this was a 502
+        // upstream_protocol_error once). A FIN may close only the client's
+        // sending side, so it is answered.
+        (Abandon::MidBody, 400, "bad_request_body"),
+    ] {
         let line = access_line_of_an_abandoned_request(how);
-        for field in ["user=\"alice\"", " status=0 ", &format!("outcome=\"{outcome}\"")] {
+        for field in ["user=\"alice\"", &format!(" status={status} "), &format!("outcome=\"{outcome}\"")] {
             assert!(line.contains(field), "{field} in {line}");
         }
     }

@@ -6,6 +6,7 @@
 //! hop-by-hop fields and `Via`; an origin 407 is never passed on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -18,7 +19,7 @@ use super::headers::{add_via, strip_hop_by_hop, wants_upgrade};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
-use crate::body::{ProxyBody, RequestBody};
+use crate::body::{ProxyBody, RequestBody, Upload, UploadState};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::target::{Target, without_userinfo};
@@ -56,14 +57,17 @@ pub async fn forward(
     // chunked) on a GET, HEAD or CONNECT only when the field asks for it;
     // without, a GET's chunked body was dropped.
     if !http_body::Body::is_end_stream(&body) && http_body::Body::size_hint(&body).exact().is_none() {
-        parts.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        // A coding kept under `chunked` (`gzip`) is already there; hyper
+        // then adds `chunked` itself.
+        parts.headers.entry(header::TRANSFER_ENCODING).or_insert(HeaderValue::from_static("chunked"));
     }
     parts.headers.insert(header::HOST, host);
     if snap.server.via {
         add_via(&mut parts.headers, parts.version);
     }
     parts.version = Version::HTTP_11;
-    let req = Request::from_parts(parts, RequestBody::new(body, rec.bytes_up.clone()));
+    let upload = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(Upload::new()));
+    let req = Request::from_parts(parts, RequestBody::new(body, rec.bytes_up.clone(), upload.clone()));
 
     let limits = &snap.limits;
     let key = (target.clone(), https);
@@ -83,7 +87,18 @@ pub async fn forward(
             Ok(UpstreamIo::Plain(tcp))
         }
     };
-    let sent = state.pool.send(&key, req, limits.upstream_response_timeout, dial).await?;
+    let sent =
+        match state.pool.send(&key, req, limits.upstream_response_timeout, upload.as_deref(), dial).await {
+            Ok(sent) => sent,
+            // The client's body broke off: that, not the origin, ended the request.
+            Err(e) => match upload.map(|u| u.state()) {
+                // A client that closed mid-body may have closed only its sending
+                // side and still read the answer; one that reset the connection
+                // makes hyper drop this request, logged as `client_gone`.
+                Some(UploadState::Malformed | UploadState::Gone) => return Err(ProxyError::BadBody),
+                _ => return Err(e),
+            },
+        };
     let mut resp = sent.response;
 
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
@@ -122,5 +137,6 @@ pub async fn forward(
     if let Some(conn) = sent.conn {
         state.pool.checkin(key, conn);
     }
-    Ok(Reply::Response(resp.map(ProxyBody::upstream)))
+    let idle = limits.upstream_response_timeout;
+    Ok(Reply::Response(resp.map(|body| ProxyBody::upstream(body, idle))))
 }

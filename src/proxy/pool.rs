@@ -17,7 +17,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use super::upstream_tls::UpstreamIo;
-use crate::body::RequestBody;
+use crate::body::{RequestBody, Upload, UploadState};
 use crate::error::ProxyError;
 use crate::target::Target;
 
@@ -122,6 +122,7 @@ impl Pool {
         key: &Key,
         mut req: Request<RequestBody>,
         head_timeout: Duration,
+        upload: Option<&Upload>,
         dial: D,
     ) -> Result<Sent, ProxyError>
     where
@@ -129,7 +130,7 @@ impl Pool {
         F: Future<Output = Result<UpstreamIo, ProxyError>>,
     {
         while let Some(mut tx) = self.checkout(key) {
-            match timed(head_timeout, tx.try_send_request(req)).await? {
+            match head_wait(head_timeout, upload, tx.try_send_request(req)).await? {
                 Ok(response) => {
                     return Ok(Sent { response, conn: Some(tx) });
                 }
@@ -143,7 +144,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        Box::pin(send_new(req, head_timeout, dial())).await
+        Box::pin(send_new(req, head_timeout, upload, dial())).await
     }
 }
 
@@ -151,6 +152,7 @@ impl Pool {
 async fn send_new(
     req: Request<RequestBody>,
     head_timeout: Duration,
+    upload: Option<&Upload>,
     dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
 ) -> Result<Sent, ProxyError> {
     let stream = dial.await?;
@@ -164,14 +166,40 @@ async fn send_new(
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    match timed(head_timeout, tx.send_request(req)).await? {
+    match head_wait(head_timeout, upload, tx.send_request(req)).await? {
         Ok(response) => Ok(Sent { response, conn: Some(tx) }),
         Err(e) => Err(upstream_error(&e)),
     }
 }
 
-async fn timed<T>(d: Duration, f: impl Future<Output = T>) -> Result<T, ProxyError> {
-    tokio::time::timeout(d, f).await.map_err(|_| ProxyError::UpstreamReadTimeout)
+/// Waits for the response head: `d` after the request body's last progress
+/// (its end, or the start for a request without a body). A body that is
+/// still arriving moves the deadline on; one that stopped arriving before
+/// its end is the client's doing, not the origin's.
+async fn head_wait<T>(
+    d: Duration,
+    upload: Option<&Upload>,
+    f: impl Future<Output = T>,
+) -> Result<T, ProxyError> {
+    let mut f = std::pin::pin!(f);
+    let mut deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, f.as_mut()).await {
+            Ok(v) => return Ok(v),
+            Err(_) => {
+                let Some(upload) = upload else { return Err(ProxyError::UpstreamReadTimeout) };
+                let next = upload.last_progress() + d;
+                if next > Instant::now() {
+                    deadline = next.into();
+                    continue;
+                }
+                return Err(match upload.state() {
+                    UploadState::Sending => ProxyError::BodyTimeout,
+                    _ => ProxyError::UpstreamReadTimeout,
+                });
+            }
+        }
+    }
 }
 
 fn upstream_error(e: &hyper::Error) -> ProxyError {
