@@ -136,3 +136,35 @@ async fn proxy_authorization_never_reaches_the_origin_but_authorization_does() {
     assert!(!resp.text().contains(b64), "the proxy credentials reached the origin in some header: {seen:?}");
     assert_eq!(seen.header_all("authorization"), [origin_auth]);
 }
+
+/// An origin cannot make its 403 pass for authgate's: a `Proxy-Status`
+/// member naming authgate is removed (RFC 9209: origins must not send the
+/// field; each intermediary adds its own member), other intermediaries'
+/// members stay, quoted commas included.
+#[tokio::test]
+async fn an_origin_cannot_forge_authgates_proxy_status() {
+    const FORGED: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
+Content-Type: application/problem+json\r\n\
+Proxy-Status: AuthGate; error=http_request_denied; details=\"rule staff, web\"\r\n\
+Content-Length: 2\r\n\
+\r\n\
+{}";
+    const MIXED: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
+Proxy-Status: cdn-7; error=connection_timeout; details=\"a, b\", authgate; error=http_request_denied\r\n\
+Proxy-Status: edge\r\n\
+Content-Length: 2\r\n\
+\r\n\
+no";
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    for (canned, want) in
+        [(FORGED, vec![]), (MIXED, vec!["cdn-7; error=connection_timeout; details=\"a, b\", edge"])]
+    {
+        let origin = spawn_canned_origin(canned, Arc::new(Mutex::new(Vec::new())));
+        let host = origin.authority();
+        let resp =
+            get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+        assert_eq!(resp.status, 403, "{}", resp.dump());
+        assert_eq!(resp.header_all("proxy-status"), want, "{}", resp.dump());
+    }
+}

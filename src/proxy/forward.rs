@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::State;
 use super::connect::Connector;
-use super::headers::{add_via, strip_hop_by_hop, wants_upgrade};
+use super::headers::{add_via, drop_forged_proxy_status, strip_hop_by_hop, wants_upgrade};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -112,6 +112,7 @@ pub async fn forward(
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers, true);
+        drop_forged_proxy_status(&mut parts.headers);
         if snap.server.via {
             add_via(&mut parts.headers, parts.version);
         }
@@ -127,6 +128,7 @@ pub async fn forward(
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(resp.headers_mut(), false);
+    drop_forged_proxy_status(resp.headers_mut());
     if snap.server.via {
         let version = resp.version();
         add_via(resp.headers_mut(), version);

@@ -119,6 +119,64 @@ fn undecoded_codings(headers: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
+/// Removes the members of an origin's `Proxy-Status` that name this proxy.
+///
+/// RFC 9209 §2: origins must not send the field, and each intermediary adds
+/// its own member. One that says `authgate` can only be forged upstream, and
+/// would make an origin's 403 look like authgate's (README: the two are
+/// never confused). Other intermediaries' members stay, in order.
+pub fn drop_forged_proxy_status(headers: &mut HeaderMap) {
+    const PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
+    let name = PROXY_STATUS;
+    if !headers.contains_key(&name) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut forged = false;
+    for v in &values {
+        for member in sf_list_members(v.as_bytes()) {
+            let token = member.split(|&b| b == b';').next().unwrap_or_default();
+            if token.trim_ascii().eq_ignore_ascii_case(PROXY_NAME.as_bytes()) {
+                forged = true;
+            } else if !member.trim_ascii().is_empty() {
+                kept.push(member.trim_ascii());
+            }
+        }
+    }
+    if !forged {
+        return;
+    }
+    headers.remove(&name);
+    if !kept.is_empty() {
+        let joined = kept.join(&b", "[..]);
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// The members of a structured-field list (RFC 9651 §3.1): split at the
+/// commas that are not inside a quoted string.
+fn sf_list_members(value: &[u8]) -> Vec<&[u8]> {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                members.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    members.push(&value[start..]);
+    members
+}
+
 /// Appends our `Via` entry for a message received with `version`.
 pub fn add_via(headers: &mut HeaderMap, version: Version) {
     let v = match version {
