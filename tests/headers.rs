@@ -7,6 +7,7 @@ mod common;
 mod custom;
 
 use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
 
@@ -209,6 +210,40 @@ Transfer-Encoding: gzip, chunked\r\n\
     let seen = Echoed::parse(&resp.body);
     assert_eq!(seen.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.text());
     assert_eq!(seen.body, b"GZIP");
+}
+
+/// A close-delimited body with a transfer coding, to a client that asked
+/// to close: the coding travels on (with the chunked framing put on it), and
+/// `Connection` says only `close` (hyper 1.x appended `, chunked` to the
+/// field it wrote after a Transfer-Encoding that did not end in chunked).
+#[tokio::test]
+async fn a_close_delimited_coded_body_keeps_the_connection_field_clean() {
+    const GZIP_TO_CLOSE: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nGZIPDATA";
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read_exact(&mut byte).await.is_err() {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let _ = s.write_all(GZIP_TO_CLOSE).await;
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(
+        proxy.addr,
+        &origin.url("/"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Connection", "close")],
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.dump());
+    assert_eq!(resp.header_all("connection"), ["close"], "{}", resp.dump());
+    assert_eq!(resp.body, b"GZIPDATA");
 }
 
 /// `method url` through `proxy` with `Max-Forwards: hops`, with credentials

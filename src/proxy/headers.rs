@@ -96,9 +96,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// framing: `gzip` of `Transfer-Encoding: gzip, chunked` (a response without
 /// a final `chunked` is read to its close, and all its codings remain). They
 /// must go on with the body, or the next hop takes gzip bytes for the
-/// content; hyper appends `chunked` again when it frames the body. `None`
-/// when nothing but `chunked` was applied, or when the field is malformed
-/// (`chunked` not last: RFC 9112 §6.1 allows it once, at the end).
+/// content. The value ends in `chunked`, the framing hyper puts on a body
+/// sent with this field: left for hyper to append, it also went onto the
+/// next field hyper wrote (`Connection: close, chunked`, a hyper 1.x bug).
+/// `None` when nothing but `chunked` was applied, or when the field is
+/// malformed (`chunked` not last: RFC 9112 §6.1 allows it once, at the end).
 fn undecoded_codings(headers: &HeaderMap) -> Option<HeaderValue> {
     let mut codings: Vec<&str> = headers
         .get_all(header::TRANSFER_ENCODING)
@@ -116,6 +118,7 @@ fn undecoded_codings(headers: &HeaderMap) -> Option<HeaderValue> {
     if codings.is_empty() || codings.iter().any(|c| c.eq_ignore_ascii_case("chunked")) {
         return None;
     }
+    codings.push("chunked");
     HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
@@ -259,15 +262,16 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(te(&[("transfer-encoding", "chunked")]), Vec::<String>::new());
-        assert_eq!(te(&[("transfer-encoding", "gzip, chunked")]), ["gzip"]);
-        assert_eq!(te(&[("transfer-encoding", "gzip"), ("transfer-encoding", "Chunked")]), ["gzip"]);
+        // The codings left on the body, and the chunked framing it is sent with.
+        assert_eq!(te(&[("transfer-encoding", "gzip, chunked")]), ["gzip, chunked"]);
+        assert_eq!(te(&[("transfer-encoding", "gzip"), ("transfer-encoding", "Chunked")]), ["gzip, chunked"]);
         // A close-delimited response: every coding is still on the body.
-        assert_eq!(te(&[("transfer-encoding", "gzip")]), ["gzip"]);
-        assert_eq!(te(&[("transfer-encoding", "deflate,gzip , chunked")]), ["deflate, gzip"]);
+        assert_eq!(te(&[("transfer-encoding", "gzip")]), ["gzip, chunked"]);
+        assert_eq!(te(&[("transfer-encoding", "deflate,gzip , chunked")]), ["deflate, gzip, chunked"]);
         // Named by Connection or not, the codings are a property of the body.
         assert_eq!(
             te(&[("connection", "transfer-encoding"), ("transfer-encoding", "gzip, chunked")]),
-            ["gzip"]
+            ["gzip, chunked"]
         );
         // Malformed: chunked twice or not last.
         assert_eq!(te(&[("transfer-encoding", "chunked, gzip")]), Vec::<String>::new());
