@@ -188,3 +188,34 @@ async fn connect_that_declares_a_body_is_refused_and_closed() {
     conn.send(b"ok").await;
     assert_eq!(conn.read_exact(2).await, b"OK");
 }
+
+/// A client may send its first tunnel bytes right behind the CONNECT,
+/// before the answer. When the tunnel is refused, those bytes must not be
+/// read as the client's next request (here, one that would reach an origin
+/// with the client's credentials): the connection closes after the refusal.
+#[tokio::test]
+async fn bytes_sent_ahead_of_a_refused_connect_are_never_run_as_a_request() {
+    let origin = spawn_echo_origin();
+    let denied = format!("127.0.0.1:{}", closed_port());
+    let rules = format!(
+        "[[rules]]\nname = \"no-closed-port\"\naction = \"deny\"\nports = [{}]\n",
+        denied.rsplit(':').next().unwrap()
+    );
+    let proxy = spawn_proxy(&rules, &[USER]);
+    let auth = basic(USER.0, USER.1);
+    for target in [denied.clone(), format!("127.0.0.1:{}", closed_port())] {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        let mut bytes = request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth)]);
+        bytes.extend(request(
+            "GET",
+            &origin.url("/smuggled"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        ));
+        conn.send(bytes).await;
+        let refused = conn.read_response("CONNECT").await;
+        assert!(refused.status == 403 || refused.status == 502, "{}", refused.dump());
+        assert_eq!(refused.header("connection"), Some("close"), "{}", refused.dump());
+        assert!(conn.is_closed().await, "closed after the refusal");
+    }
+    assert_eq!(origin.hits(), 0, "the bytes sent ahead never reached an origin");
+}

@@ -113,7 +113,11 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             let html = prefers_html(accept.as_ref());
             let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
             let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));
-            if close || err.closes_connection() {
+            // After a refused CONNECT, bytes the client sent ahead for the
+            // tunnel would be read as its next request: close instead.
+            // A 407 keeps the connection for the retry with credentials.
+            let refused_tunnel = connect && !matches!(err, ProxyError::ProxyAuthRequired);
+            if close || err.closes_connection() || refused_tunnel {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             resp.map(|b| b.with_log(rec))
