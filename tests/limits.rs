@@ -640,6 +640,9 @@ async fn unparsable_heads_get_authgates_own_answers() {
     for (bytes, status, code) in [
         (&b"GET http://127.0.0.1/ HTTP/1.1\r\nBad Header Line\r\n\r\n"[..], 400, "malformed_request"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage-tls-hello\r\n\r\n", 400, "malformed_request"),
+        // HTTP/2 with prior knowledge (curl --http2-prior-knowledge): hyper
+        // alone closed without a word.
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00", 400, "malformed_request"),
     ] {
         let mut c = RawConn::connect(proxy.addr).await;
         c.send(bytes).await;

@@ -225,6 +225,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 this.arm(HEAD, d);
             }
             this.head_bytes += n;
+            // HTTP/2 with prior knowledge: hyper closes without a word on
+            // its preface, where any other bytes that are not HTTP/1.1 get
+            // a 400. (`PRI` is reserved for this preface, RFC 9113 §3.4.)
+            if this.head_bytes == n && buf.filled()[before..].starts_with(b"PRI * HTTP/2") {
+                buf.set_filled(before);
+                this.reject = Some(((this.answer)(Rejection::Unparsable(400)), 0));
+                return this.poll_reject(cx);
+            }
             if this.head_bytes > this.limits.max_head && this.phase.get() == HEAD {
                 // Drop what was read: hyper must not parse a partial head.
                 buf.set_filled(before);
