@@ -166,7 +166,7 @@ fn detail(err: &ProxyError) -> String {
         MalformedRequest => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
         UriTooLong => "The request target is longer than this proxy accepts.".into(),
         ConnectWithBody => "A CONNECT request has no content, but this one declares a body (Content-Length or Transfer-Encoding); where the tunnel would begin is ambiguous, so the connection is closed.".into(),
-        HeadTooLarge => "The request head (request line and header fields) is larger than this proxy accepts.".into(),
+        HeadTooLarge => "The request head (request line and header fields) is larger, or has more header fields (100), than this proxy accepts.".into(),
         ProxyAuthRequired => "Send valid proxy credentials in Proxy-Authorization (Basic).".into(),
         Throttled { retry_after } => format!("Too many failed logins from your address; retry in {} s.", retry_after.as_secs().max(1)),
         DeniedByRule { rule } => format!("Your account may not reach this destination ({rule}). Ask your proxy administrator for access; retrying will not help."),

@@ -650,6 +650,17 @@ async fn unparsable_heads_get_authgates_own_answers() {
         assert_proxy_error(&r, status, "http_request_error", code);
         assert!(c.is_closed().await);
     }
+    // 101 small header fields (about 1 KiB): more than hyper's table holds.
+    let mut many = String::from("GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("X-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(many).await;
+    let r = c.read_response("GET").await;
+    assert_proxy_error(&r, 431, "http_request_error", "request_head_too_large");
+    assert!(r.text().contains("more header fields"), "{}", r.text());
     // Still serving.
     assert_still_serves(proxy.addr).await;
 }
