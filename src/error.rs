@@ -150,7 +150,13 @@ impl ProxyError {
     /// after a request body that broke off, where the next request begins is
     /// unknown.
     pub fn closes_connection(&self) -> bool {
-        matches!(self, ProxyError::ConnectWithBody | ProxyError::BodyTimeout | ProxyError::BadBody)
+        matches!(
+            self,
+            ProxyError::ConnectWithBody
+                | ProxyError::BodyTimeout
+                | ProxyError::BadBody
+                | ProxyError::MalformedRequest
+        )
     }
 
     /// Who is at fault for this error.

@@ -193,3 +193,29 @@ async fn half_close_during_a_forwarded_request_abandons_it_upstream() {
     assert!(conn.read_to_end().await.is_empty(), "the client's connection closes without an answer");
     silent.next_close().await;
 }
+
+/// RFC 9112 §3.2: two Host fields are a 400 (which one a hop in front used
+/// is unknown); a missing Host is let pass, the Host sent on is made from
+/// the target. An origin status outside 100-599 is a malformed response.
+#[tokio::test]
+async fn two_host_fields_are_refused_and_an_origin_status_of_600_is_a_502() {
+    let proxy = spawn_proxy("", &[USER]);
+    let origin = spawn_echo_origin();
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let two = [("Host", host.as_str()), ("Host", "other.example"), ("Proxy-Authorization", &auth)];
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("GET", &origin.url("/two-hosts"), &two)).await;
+    assert_proxy_error(&c.read_response("GET").await, 400, "http_request_error", "malformed_request");
+    assert!(c.is_closed().await);
+    assert_eq!(origin.hits(), 0);
+    let none = get(proxy.addr, &origin.url("/no-host"), &[("Proxy-Authorization", &auth)]).await;
+    assert_eq!(none.status, 200, "{}", none.dump());
+    assert_eq!(Echoed::parse(&none.body).header("host"), Some(host.as_str()));
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let odd = spawn_canned_origin(b"HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n", seen);
+    let r =
+        get(proxy.addr, &odd.url("/"), &[("Host", &odd.authority()), ("Proxy-Authorization", &auth)]).await;
+    assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+}

@@ -319,3 +319,26 @@ async fn expect_100_continue_without_credentials_gets_407_not_100() {
     assert_eq!(resp.status, 407, "the client must not be told to send its body:\n{}", resp.dump());
     assert_eq!(origin.hits(), 0);
 }
+
+/// Two `Proxy-Authorization` fields: which one a hop in front honoured is
+/// unknown, so neither counts, in either order, even when both are valid.
+#[tokio::test]
+async fn two_proxy_authorization_fields_get_407_whatever_they_hold() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy_with_users_file(
+        "",
+        &(user_entry(ALICE.0, ALICE.1, "") + &user_entry("bob", "bob-pw", "")),
+    );
+    let good = basic(ALICE.0, ALICE.1);
+    let bad = basic(ALICE.0, "wrong");
+    let bob = basic("bob", "bob-pw");
+    let host = origin.authority();
+    for (first, second) in [(&good, &bad), (&bad, &good), (&good, &bob), (&good, &good)] {
+        let headers =
+            [("Host", host.as_str()), ("Proxy-Authorization", first), ("Proxy-Authorization", second)];
+        let resp = get(proxy.addr, &origin.url("/private"), &headers).await;
+        assert_challenge(&resp, "two credentials");
+    }
+    assert_eq!(origin.hits(), 0);
+    assert_eq!(get_with(&proxy, &origin, Some(&good)).await.status, 200, "one field still works");
+}

@@ -104,6 +104,10 @@ pub async fn forward(
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         return Err(ProxyError::Upstream407);
     }
+    // RFC 9110 §15: status codes are 100-599; hyper parses any three digits.
+    if resp.status().as_u16() >= 600 {
+        return Err(ProxyError::UpstreamProtocol { detail: "malformed response" });
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client) = client_upgrade else {
             return Err(ProxyError::UpstreamProtocol { detail: "101 without an upgrade request" });

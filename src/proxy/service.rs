@@ -270,7 +270,15 @@ async fn authenticate(
     req: &mut Request<Incoming>,
     rec: &AccessRecord,
 ) -> Result<Arc<User>, Failure> {
-    let header = req.headers().get(header::PROXY_AUTHORIZATION).map(|v| v.as_bytes());
+    let mut values = req.headers().get_all(header::PROXY_AUTHORIZATION).iter();
+    let header = match (values.next(), values.next()) {
+        (first, None) => first.map(|v| v.as_bytes()),
+        // Two credentials: which one counts is ambiguous (a hop in front may
+        // read the other), so neither does; the request is refused as with
+        // malformed credentials.
+        (Some(_), Some(_)) => Some(&b""[..]),
+        (None, Some(_)) => None,
+    };
     let auth_req = crate::auth::Request {
         users: &snap.users,
         header,
@@ -358,6 +366,14 @@ async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
 /// only when it arrived over TLS: on a plain listener the client's https
 /// payload would cross the network in clear, so it is told to use CONNECT.
 fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError> {
+    // RFC 9112 §3.2: a request with two Host fields is answered 400 (a hop
+    // in front may have read the other one). A missing Host is let pass:
+    // the Host sent on is made from the target, and CONNECTs without one
+    // exist in the wild.
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(ProxyError::MalformedRequest);
+    }
     let uri = req.uri();
     if req.method() == Method::CONNECT {
         // `Content-Length: 0` is harmless and some clients send it.
