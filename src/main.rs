@@ -234,7 +234,7 @@ fn read_password() -> Result<String, String> {
         if first != second {
             return Err("passwords do not match".into());
         }
-        non_empty(first)
+        checked(first)
     } else {
         let mut line = String::new();
         std::io::stdin()
@@ -243,10 +243,10 @@ fn read_password() -> Result<String, String> {
             .map_err(|e| format!("cannot read password from stdin: {e}"))?;
         let line = line.strip_suffix('\n').unwrap_or(&line);
         let line = line.strip_suffix('\r').unwrap_or(line);
-        non_empty(line.to_owned())
+        checked(line.to_owned())
     }
 }
 
-fn non_empty(p: String) -> Result<String, String> {
-    if p.is_empty() { Err("empty password".into()) } else { Ok(p) }
+fn checked(p: String) -> Result<String, String> {
+    authgate::auth::password::check_new_password(&p).map(|()| p)
 }

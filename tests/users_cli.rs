@@ -446,6 +446,15 @@ fn passwords_from_stdin_lose_only_the_line_ending_and_empty_ones_are_refused() {
     // No terminal and no --password-stdin: refused, never waits.
     let err = d.refused(&["add", "e3"], Some("pw\n"));
     assert!(err.contains("--password-stdin"), "{err}");
+    // A password no client could send (the proxy reads at most 4 KiB of
+    // Proxy-Authorization) is refused instead of hashed; 1024 bytes is fine
+    // and logs in.
+    let long = "p".repeat(1025);
+    let err = d.refused(&["add", "e4", "--password-stdin"], Some(&format!("{long}\n")));
+    assert!(err.contains("longer than 1024 bytes"), "{err}");
+    let longest = "p".repeat(1024);
+    d.ok(&["add", "long", "--password-stdin"], Some(&format!("{longest}\n")));
+    assert!(d.snapshot().users.verify(&creds("long", &longest), SystemTime::now()).is_ok());
 }
 
 #[test]

@@ -13,6 +13,29 @@ pub fn default_params() -> Params {
     Params::new(19_456, 2, 1, None).unwrap_or_default()
 }
 
+/// Longest password, in bytes, that `hash-password` and `users` accept: any
+/// user name with it still fits the `Proxy-Authorization` value the proxy
+/// reads ([`super::basic::MAX_HEADER_LEN`], base64 included). A longer one
+/// could be hashed but never used to log in.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// Checks a new password before it is hashed: not empty, and short enough
+/// to be sent (see [`MAX_PASSWORD_BYTES`]).
+///
+/// # Errors
+/// A one-line reason.
+pub fn check_new_password(password: &str) -> Result<(), String> {
+    if password.is_empty() {
+        return Err("empty password refused".into());
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!(
+            "password longer than {MAX_PASSWORD_BYTES} bytes refused: no client could send it in a Proxy-Authorization header authgate accepts"
+        ));
+    }
+    Ok(())
+}
+
 /// Hashes `password` (NFC-normalised first) as an argon2id PHC string.
 ///
 /// # Errors
@@ -93,6 +116,21 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_longest_accepted_password_fits_the_header_with_the_longest_user_name() {
+        use base64::Engine;
+        let user = "\u{1D11E}".repeat(64); // 64 characters of 4 bytes each
+        let password = "p".repeat(MAX_PASSWORD_BYTES);
+        assert!(check_new_password(&password).is_ok());
+        assert!(check_new_password(&format!("{password}p")).is_err());
+        let header = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        let creds = super::super::basic::parse(header.as_bytes()).expect("fits the parser's limit");
+        assert_eq!(creds.password.len(), MAX_PASSWORD_BYTES);
+    }
 
     fn tiny() -> Params {
         Params::new(64, 1, 1, None).unwrap()

@@ -378,9 +378,7 @@ fn new_hash(auth: &Auth, from_stdin: bool) -> Result<String, UsersError> {
             "no terminal to ask for the password on; pass it on standard input with --password-stdin",
         ));
     };
-    if password.is_empty() {
-        return Err(refused("empty password refused"));
-    }
+    crate::auth::password::check_new_password(&password).map_err(refused)?;
     crate::auth::password::hash_password(&password, auth.argon2.clone())
         .map(|h| h.to_string())
         .map_err(|e| refused(format!("cannot hash the password: {e}")))
