@@ -52,7 +52,7 @@ pub async fn forward(
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
 
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let _ = strip_hop_by_hop(&mut parts.headers, upgrade);
     // hyper's client sends a body of unknown length (the client's was
     // chunked) on a GET, HEAD or CONNECT only when the field asks for it;
     // without, a GET's chunked body was dropped.
@@ -115,8 +115,9 @@ pub async fn forward(
         state.metrics.upstream_response(101);
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
-        drop_forged_proxy_status(&mut parts.headers);
+        if strip_hop_by_hop(&mut parts.headers, true) {
+            drop_forged_proxy_status(&mut parts.headers);
+        }
         if snap.server.via {
             add_via(&mut parts.headers, parts.version);
         }
@@ -126,13 +127,9 @@ pub async fn forward(
     }
 
     state.metrics.upstream_response(resp.status().as_u16());
-    // RFC 9112 §6.3: with Transfer-Encoding, Content-Length is wrong and an
-    // intermediary must remove it (it would frame the body we send on).
-    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
-        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    if strip_hop_by_hop(resp.headers_mut(), false) {
+        drop_forged_proxy_status(resp.headers_mut());
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
-    drop_forged_proxy_status(resp.headers_mut());
     if snap.server.via {
         let version = resp.version();
         add_via(resp.headers_mut(), version);

@@ -52,9 +52,15 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop fields; keeps `Upgrade` (and sets `Connection: upgrade`)
-/// when `upgrade` is true.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// when `upgrade` is true. With `Transfer-Encoding`, also removes
+/// `Content-Length` (RFC 9112 §6.3: the chunks frame the body, and an
+/// intermediary must not pass the length on).
+///
+/// Returns whether the message has a `Proxy-Status` field, noted in the
+/// same pass over the names (see [`drop_forged_proxy_status`]).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
     let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    let mut proxy_status = false;
     // One pass over the few names a message has, then a removal for each
     // one present: a hashed lookup for each of the ten names, most of them
     // absent, and a `HeaderName` made from each `Connection` token, were
@@ -74,14 +80,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers
             .keys()
             .filter(|name| {
+                proxy_status |= name.as_str() == "proxy-status";
                 always_dropped(name) || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
             })
             .cloned()
             .collect()
     };
-    let codings = if doomed.contains(&header::TRANSFER_ENCODING) { undecoded_codings(headers) } else { None };
+    let chunked = doomed.contains(&header::TRANSFER_ENCODING);
+    let codings = if chunked { undecoded_codings(headers) } else { None };
     for name in &doomed {
         headers.remove(name);
+    }
+    if chunked {
+        headers.remove(header::CONTENT_LENGTH);
     }
     if let Some(v) = codings {
         headers.insert(header::TRANSFER_ENCODING, v);
@@ -90,6 +101,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    proxy_status
 }
 
 /// The transfer codings still on a body after hyper removed its `chunked`
