@@ -233,3 +233,18 @@ fn no_listener_and_duplicate_listeners_are_refused_with_line_and_column() {
     assert!(err.contains("authgate.toml:4:10") && err.contains("already a listener's address"), "{err}");
     assert!(!err.contains("none.pem"), "{err}");
 }
+
+/// The admin listener must not share a proxy listener's address (it asks
+/// for no credentials): refused at load with its place.
+#[test]
+fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
+    let config = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[auth]\nusers_file = \"users.toml\"\n[admin]\nlisten = \"127.0.0.1:3128\"\n";
+    let err = load_err(config, &good_users());
+    assert!(
+        err.contains("authgate.toml:6:10") && err.contains("must not be a proxy listener's address"),
+        "{err}"
+    );
+    let ok = config.replace("listen = \"127.0.0.1:3128\"", "listen = \"127.0.0.1:9090\"");
+    let (_dir, snap) = load(&ok, &good_users());
+    assert_eq!(snap.unwrap().admin, Some("127.0.0.1:9090".parse().unwrap()));
+}
