@@ -342,3 +342,40 @@ async fn two_proxy_authorization_fields_get_407_whatever_they_hold() {
     assert_eq!(origin.hits(), 0);
     assert_eq!(get_with(&proxy, &origin, Some(&good)).await.status, 200, "one field still works");
 }
+
+/// A client still uploading when it is refused (here a 407 for a large
+/// body) sees the answer and then an orderly close: the proxy shuts its
+/// side and reads what is still coming instead of closing on unread data,
+/// which makes the kernel reset the connection and can destroy the answer
+/// before the client reads it (RFC 9112 §9.6).
+#[tokio::test]
+async fn a_client_refused_mid_upload_gets_an_orderly_close_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[ALICE]);
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head =
+        request("POST", &origin.url("/big"), &[("Host", &origin.authority()), ("Content-Length", "8388608")]);
+    s.write_all(&head).await.unwrap();
+    s.write_all(&[b'a'; 16 * 1024]).await.unwrap();
+    // The answer, read up to the end of the proxy's side.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the proxy answers and shuts its side")
+            .expect("no reset while reading the answer");
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 407 "), "{}", String::from_utf8_lossy(&answer));
+    // The client goes on sending the rest of its body, as an uploading
+    // client does: the proxy still reads it, so no write is reset.
+    for _ in 0..32 {
+        s.write_all(&[b'b'; 16 * 1024]).await.expect("the proxy keeps reading while it closes");
+    }
+    assert_eq!(origin.hits(), 0);
+}

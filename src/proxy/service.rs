@@ -119,6 +119,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             let refused_tunnel = connect && !matches!(err, ProxyError::ProxyAuthRequired);
             if close || err.closes_connection() || refused_tunnel {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                client.phase.linger();
             }
             resp.map(|b| b.with_log(rec))
         }

@@ -29,7 +29,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -40,11 +40,18 @@ const IDLE: u8 = 0;
 const HEAD: u8 = 1;
 const BUSY: u8 = 2;
 const TUNNEL: u8 = 3;
+/// The timer's use while the connection closes (not a phase).
+const CLOSING: u8 = 4;
+
+/// Longest wait, after our end is shut, for the client to stop sending.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read and thrown away in that wait.
+const LINGER_MAX: usize = 1 << 20;
 
 /// Where a client connection is in its request cycle; shared between the
 /// socket wrapper, the service and the response body.
 #[derive(Debug, Default)]
-pub struct Phase(AtomicU8);
+pub struct Phase(AtomicU8, AtomicBool);
 
 impl Phase {
     /// A request head is complete and being served.
@@ -60,6 +67,13 @@ impl Phase {
     /// The connection is handed over to a tunnel: no more HTTP timers.
     pub fn tunnel(&self) {
         self.0.store(TUNNEL, Ordering::Release);
+    }
+
+    /// The connection closes after an answer given before the request's
+    /// body was read: drain what the client still sends before closing,
+    /// see [`Guarded`]'s `poll_shutdown`.
+    pub fn linger(&self) {
+        self.1.store(true, Ordering::Release);
     }
 
     fn get(&self) -> u8 {
@@ -109,6 +123,8 @@ pub struct Guarded<S> {
     /// made at the first such stall.
     stall: Option<Pin<Box<Sleep>>>,
     stalled: bool,
+    /// Bytes drained while closing; `None` until the write side is shut.
+    lingered: Option<usize>,
 }
 
 impl<S> Guarded<S> {
@@ -125,6 +141,7 @@ impl<S> Guarded<S> {
             reject: None,
             stall: None,
             stalled: false,
+            lingered: None,
         }
     }
 
@@ -292,7 +309,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         self.watch_send(cx, res)
     }
 
+    /// Closing after an answer given before the request was read to its
+    /// end (a refusal, a 408, a 431 ...): the client may still be sending
+    /// its body, and closing a socket with unread data makes the kernel send
+    /// a reset, which can destroy the answer before the client reads it
+    /// (RFC 9112 §9.6). So the write side is shut first (the client sees
+    /// the answer end), then what the client still sends is read and thrown
+    /// away until it closes too, for at most [`LINGER`] and [`LINGER_MAX`].
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if this.reject.is_none() && !this.phase.1.load(Ordering::Acquire) {
+            return Pin::new(&mut this.inner).poll_shutdown(cx);
+        }
+        let drained = match this.lingered {
+            Some(n) => n,
+            None => {
+                ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                this.armed_for = CLOSING;
+                this.timer.as_mut().reset(Instant::now() + LINGER);
+                *this.lingered.insert(0)
+            }
+        };
+        let mut total = drained;
+        let mut scratch = [0u8; 4096];
+        while total < LINGER_MAX {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => total += buf.filled().len(),
+                Poll::Ready(Err(_)) => break,
+                Poll::Pending => {
+                    this.lingered = Some(total);
+                    if this.timer.as_mut().poll(cx).is_ready() {
+                        break;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        this.lingered = Some(LINGER_MAX);
+        Poll::Ready(Ok(()))
     }
 }
