@@ -741,3 +741,47 @@ fn an_edit_made_meanwhile_is_not_overwritten() {
     assert_eq!(d.read(), meanwhile);
     assert!(d.strays().is_empty(), "{:?}", d.strays());
 }
+
+/// `users` commands run at the same time never lose an edit: each one that
+/// says it succeeded is in the file; the others are refused with "run it
+/// again" (the check for a file changed since it was read and the rename
+/// happen under a lock on the folder).
+#[test]
+fn concurrent_users_commands_never_lose_an_edit() {
+    let d = Dir::new(Some(&fixture()));
+    let children: Vec<_> = (0..12)
+        .map(|i| {
+            let mut child = d
+                .command(&["add", &format!("c{i}"), "--password-stdin"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let _ = child.stdin.take().unwrap().write_all(b"pw\n");
+            (i, child)
+        })
+        .collect();
+    let mut added = Vec::new();
+    for (i, child) in children {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            added.push(i);
+        } else {
+            assert!(stderr.contains("changed while this command ran"), "c{i}: {stderr}");
+        }
+    }
+    assert!(!added.is_empty());
+    let snap = d.snapshot();
+    for i in 0..12 {
+        let present = snap.users.get(&format!("c{i}")).is_some();
+        assert_eq!(
+            present,
+            added.contains(&i),
+            "c{i}: reported {}, in the file {present}",
+            added.contains(&i)
+        );
+    }
+    assert!(d.strays().is_empty(), "no lock or temp file left: {:?}", d.strays());
+}

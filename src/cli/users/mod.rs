@@ -282,6 +282,8 @@ impl UsersFile {
                 e.to_string().replace('\n', "; ")
             )));
         }
+        // Held until this function returns, the rename included.
+        let _lock = lock_folder(&self.real)?;
         let now = match fs::read(&self.real) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,

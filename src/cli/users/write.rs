@@ -41,6 +41,31 @@ pub(super) fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError>
     })
 }
 
+/// An exclusive lock on the folder of `target`, held by a `users` command
+/// from its check that the file is unchanged since it was read to the
+/// rename: two commands run at once could otherwise both pass the check and
+/// the later rename drop the other's edit. The folder, not a lock file, so
+/// that no extra file appears beside the users file (`flock(2)` on the
+/// folder; editors that do not lock are still caught by the check, up to
+/// the instant of the rename).
+pub(super) fn lock_folder(target: &Path) -> Result<File, UsersError> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let folder = File::open(dir).map_err(|source| UsersError::Io {
+        path: dir.to_path_buf(),
+        what: "cannot open the folder to lock it",
+        source,
+    })?;
+    folder.lock().map_err(|source| UsersError::Io {
+        path: dir.to_path_buf(),
+        what: "cannot lock the folder",
+        source,
+    })?;
+    Ok(folder)
+}
+
 pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) -> Result<(), UsersError> {
     let io_err = |what| move |source| UsersError::Io { path: tmp.to_path_buf(), what, source };
     // 0600 until the old mode is applied: never readable by more than it will be.
