@@ -248,3 +248,25 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
     let (_dir, snap) = load(&ok, &good_users());
     assert_eq!(snap.unwrap().admin, Some("127.0.0.1:9090".parse().unwrap()));
 }
+
+/// authgate compares IPv6 forms of IPv4 addresses (`::ffff:a.b.c.d`, NAT64,
+/// 6to4) as IPv4, so a CIDR written in such a form could never match: it is
+/// refused at load, with the IPv4 CIDR to write instead.
+#[test]
+fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() {
+    let users = good_users();
+    let head = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[auth]\nusers_file = \"users.toml\"\n";
+    let rule = format!(
+        "{head}[[rules]]\nname = \"dns\"\naction = \"deny\"\ncidrs = [\"fd00::/8\", \"::ffff:8.8.8.0/120\"]\n"
+    );
+    let err = load_err(&rule, &users);
+    assert!(err.contains("authgate.toml:8:") && err.contains("write \"8.8.8.0/24\""), "{err}");
+    let egress = format!("{head}[egress]\nallow_cidrs = [\"64:ff9b::10.0.0.0/104\", \"2002:c0a8::/32\"]\n");
+    let err = load_err(&egress, &users);
+    assert!(err.contains("write \"10.0.0.0/8\""), "{err}");
+    assert!(err.contains("write \"192.168.0.0/16\""), "{err}");
+    // Plain IPv6 and IPv4 CIDRs load.
+    let fine = format!("{head}[egress]\nallow_cidrs = [\"fd00::/8\", \"10.0.0.0/8\", \"::1\"]\n");
+    let (_dir, snap) = load(&fine, &users);
+    snap.unwrap_or_else(|e| panic!("{e}"));
+}

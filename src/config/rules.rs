@@ -107,9 +107,7 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         }
         Method::from_bytes(up.as_bytes()).map_err(|_| "not an HTTP method".to_string())
     });
-    let cidrs = list(c, name, "cidrs", &r.cidrs, |s| {
-        parse_cidr(s).ok_or_else(|| format!("`{}` is not a CIDR", s.chars().take(60).collect::<String>()))
-    });
+    let cidrs = list(c, name, "cidrs", &r.cidrs, |s| parse_cidr(s));
     let (Ok(users), Ok(groups), Ok(hosts), Ok(ports), Ok(methods), Ok(cidrs), true, Some(action)) =
         (users, groups, hosts, ports, methods, cidrs, ok, act)
     else {

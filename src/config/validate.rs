@@ -273,14 +273,8 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     let mut allow = Vec::new();
     for cidr in &raw.egress.allow_cidrs {
         match parse_cidr(cidr.get_ref()) {
-            Some(net) => allow.push(net),
-            None => c.at(
-                cidr.span(),
-                format!(
-                    "egress.allow_cidrs: `{}` is not a CIDR (e.g. \"10.1.0.0/16\" or \"fd00::/8\")",
-                    cidr.get_ref().chars().take(60).collect::<String>()
-                ),
-            ),
+            Ok(net) => allow.push(net),
+            Err(why) => c.at(cidr.span(), format!("egress.allow_cidrs: {why}")),
         }
     }
     s.egress = Egress::new(allow);
@@ -334,12 +328,35 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
 }
 
 /// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
-pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+///
+/// # Errors
+/// A one-line reason: not a CIDR, or an IPv6 form of IPv4 addresses
+/// (`::ffff:8.8.8.0/120`), which could never match: authgate compares
+/// those addresses in their IPv4 form (see `policy::egress::canonical`),
+/// so the reason names the IPv4 CIDR to write instead.
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
-    s.parse::<ipnet::IpNet>()
+    let shown = s.chars().take(60).collect::<String>();
+    let net = s
+        .parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
         .map(|n| n.trunc())
+        .ok_or_else(|| format!("`{shown}` is not a CIDR (e.g. \"10.1.0.0/16\" or \"fd00::/8\")"))?;
+    if let ipnet::IpNet::V6(v6) = net
+        && let std::net::IpAddr::V4(v4) = crate::policy::egress::canonical(v6.network().into())
+    {
+        // Where the IPv4 address sits: bits 16-47 for 6to4, the last 32 otherwise.
+        let (start, end) = if v6.network().segments()[0] == 0x2002 { (16, 48) } else { (96, 128) };
+        if v6.prefix_len() >= start {
+            let len = (v6.prefix_len().min(end) - start).min(32);
+            let suggestion = ipnet::Ipv4Net::new(v4, len).map(|n| n.trunc().to_string()).unwrap_or_default();
+            return Err(format!(
+                "`{shown}` is an IPv6 form of IPv4 addresses, which authgate compares as IPv4: write \"{suggestion}\""
+            ));
+        }
+    }
+    Ok(net)
 }
 
 fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
