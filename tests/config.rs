@@ -184,6 +184,18 @@ fn hash_password_reads_stdin_and_prints_a_usable_argon2id_hash() {
     let parsed = argon2::password_hash::PasswordHashString::new(phc).unwrap();
     assert!(authgate::auth::password::verify_argon2(&parsed, "correct horse: battery"));
     assert!(!authgate::auth::password::verify_argon2(&parsed, "correct horse: battery\n"));
+
+    // Standard input is read up to 4096 bytes (an endless stream such as
+    // /dev/zero once grew memory until the allocator aborted), and a
+    // password longer than 1024 bytes is refused: it could never be sent.
+    for (input, why) in
+        [("z".repeat(5000), "longer than 4096 bytes"), ("y".repeat(2000) + "\n", "longer than 1024 bytes")]
+    {
+        let out = authgate_bin(&["hash-password", "--config", &config_arg(&path)], Some(&input));
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));
+        assert!(out.stdout.is_empty());
+    }
 }
 
 /// The realm goes verbatim into `Proxy-Authenticate: Basic realm="…"`:
