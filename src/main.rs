@@ -143,7 +143,7 @@ fn run(config: &Path) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let summary = snap.summary();
         let state = authgate::State::new(snap);
         let listeners = match authgate::server::bind_all(&state).await {
@@ -155,7 +155,12 @@ fn run(config: &Path) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }
-    })
+    });
+    // Dropping the runtime would wait for every blocking task: a password
+    // verification still running (a slow hash, a flood) held the exit, and
+    // the second-signal handler no longer ran. Shutdown is over by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// Starts jemalloc's background thread and has it hand pages unused for

@@ -282,3 +282,26 @@ fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() 
     let (_dir, snap) = load(&fine, &users);
     snap.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Stored hashes with costs beyond what authgate makes are refused at load
+/// (each login of such a user, and the dummy verification of unknown
+/// names, allocated terabytes or ran for days), with the user's place.
+#[test]
+fn stored_hashes_with_runaway_costs_are_refused_with_line_and_column() {
+    let salt_hash = "wp3E4dDN5gPh7Kmnoa9+rQ$YW9SgE8SlePvAmnYlD8pCBn6UOv3F9X4f5RN5vtndoc";
+    let cheap_bcrypt = bcrypt::hash_with_result("pw", 4).unwrap().format_for_version(bcrypt::Version::TwoY);
+    for (hash, why) in [
+        (format!("$argon2id$v=19$m=4294967295,t=1,p=1${salt_hash}"), "m=4294967295"),
+        (format!("$argon2id$v=19$m=64,t=4294967295,p=1${salt_hash}"), "t=4294967295"),
+        (cheap_bcrypt.replacen("$04$", "$31$", 1), "bcrypt cost 31"),
+    ] {
+        let users = format!("# users\n[users.slow]\npassword = \"{hash}\"\n");
+        let err = load_err(GOOD_CONFIG, &users);
+        assert!(err.contains("users.toml:3:12") && err.contains(why) && err.contains("beyond"), "{err}");
+        assert!(!err.contains(salt_hash), "the hash is never echoed: {err}");
+    }
+    // Within the bounds: loads.
+    let users = format!("[users.ok]\npassword = \"{}\"\n", cheap_bcrypt.replacen("$04$", "$17$", 1));
+    let (_d, ok) = load(GOOD_CONFIG, &users);
+    ok.unwrap_or_else(|e| panic!("{e}"));
+}

@@ -811,3 +811,42 @@ async fn keep_alive_connections_live_as_long_as_the_idle_timeout_says() {
     let r = c.read_response("GET").await;
     assert_eq!(r.status, 200, "{}", r.dump());
 }
+
+/// SIGTERM ends the process promptly even while a password verification is
+/// still running (here a bcrypt of cost 17, several seconds) for a client
+/// that has gone: the runtime used to wait for every blocking task on its
+/// way out, and the second-signal handler no longer ran by then.
+#[test]
+fn sigterm_does_not_wait_for_a_running_password_verification() {
+    use std::process::Stdio;
+    let dir = TempDir::new();
+    let slow = bcrypt::hash_with_result("pw", 4)
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoY)
+        .replacen("$04$", "$17$", 1);
+    let users = format!("[users.slow]\npassword = \"{slow}\"\n");
+    let mut bin = start_binary(&dir, "[auth.throttle]\nenabled = false\n", &users, Stdio::null());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_listening(proxy).await;
+        let mut c = RawConn::connect(proxy).await;
+        c.send(request("GET", "http://127.0.0.1:9/", &[("Proxy-Authorization", &basic("slow", "guess"))]))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The verification runs on; the client gives up, so shutdown has no
+        // request to wait for.
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    bin.signal("TERM");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = bin.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

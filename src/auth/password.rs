@@ -110,8 +110,30 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
         return Err("PHC string has no salt or no hash".into());
     }
     let params = Params::try_from(&hash).map_err(|e| format!("bad argon2 parameters ({e})"))?;
+    // A hash with costs beyond those authgate makes ([auth.argon2]) would
+    // make each login of that user (and the dummy verification of unknown
+    // names) allocate terabytes or run for days.
+    if params.m_cost() > MAX_M_COST || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST {
+        return Err(format!(
+            "argon2 costs m={}, t={}, p={} are beyond what authgate verifies (m ≤ {MAX_M_COST} KiB, t ≤ {MAX_T_COST}, p ≤ {MAX_P_COST}); reset this password",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
     Ok((hash.serialize(), params))
 }
+
+/// Largest argon2 memory cost (KiB, 4 GiB) for new hashes and stored ones.
+pub const MAX_M_COST: u32 = 4_194_304;
+/// Largest argon2 time cost.
+pub const MAX_T_COST: u32 = 100;
+/// Largest argon2 parallelism.
+pub const MAX_P_COST: u32 = 64;
+/// Largest bcrypt cost accepted in the users file: Apache's `htpasswd -C`
+/// allows up to 17 (about 10 s a login on a small machine); cost 31 took
+/// days per attempt and pinned a verification thread for as long.
+pub const MAX_BCRYPT_COST: u32 = 17;
 
 #[cfg(test)]
 mod tests {

@@ -60,6 +60,11 @@ impl StoredHash {
     pub fn parse(s: &str) -> Result<StoredHash, String> {
         if s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2a$") {
             return match s.parse::<bcrypt::HashParts>() {
+                Ok(parts) if parts.get_cost() > super::password::MAX_BCRYPT_COST => Err(format!(
+                    "bcrypt cost {} is beyond what authgate verifies (at most {}); reset this password",
+                    parts.get_cost(),
+                    super::password::MAX_BCRYPT_COST
+                )),
                 Ok(_) => Ok(StoredHash::Bcrypt(s.to_owned())),
                 Err(_) => Err("not a valid bcrypt hash".into()),
             };

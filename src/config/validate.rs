@@ -213,9 +213,10 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
             },
         }
     };
-    let m = get(&a.m_cost, defaults.m_cost(), "m_cost", 8..=4_194_304);
-    let t = get(&a.t_cost, defaults.t_cost(), "t_cost", 1..=100);
-    let p = get(&a.p_cost, defaults.p_cost(), "p_cost", 1..=64);
+    use crate::auth::password::{MAX_M_COST, MAX_P_COST, MAX_T_COST};
+    let m = get(&a.m_cost, defaults.m_cost(), "m_cost", 8..=MAX_M_COST);
+    let t = get(&a.t_cost, defaults.t_cost(), "t_cost", 1..=MAX_T_COST);
+    let p = get(&a.p_cost, defaults.p_cost(), "p_cost", 1..=MAX_P_COST);
     match argon2::Params::new(m.max(8 * p), t, p, None) {
         Ok(params) => s.auth.argon2 = params,
         Err(e) => c.whole(format!("auth.argon2: {e}")),

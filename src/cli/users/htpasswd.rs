@@ -84,6 +84,7 @@ pub(super) fn htpasswd_scheme(hash: &str) -> Result<(), &'static str> {
     if ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
         return match StoredHash::parse(hash) {
             Ok(StoredHash::Bcrypt(_)) => Ok(()),
+            Err(e) if e.contains("cost") => Err("bcrypt (cost above 17)"),
             _ => Err("malformed bcrypt"),
         };
     }
