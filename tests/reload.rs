@@ -517,3 +517,40 @@ async fn reloaded_limits_apply_to_new_tunnels_and_spare_open_ones() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_tunnel_alive(&mut before).await;
 }
+
+/// A reload runs off the async runtime: loading hashes a dummy password with
+/// the users' argon2 costs (here about two seconds in a debug build), and
+/// traffic on the runtime's only thread must not wait for it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_reload_does_not_stall_traffic() {
+    let origin = spawn_echo_origin();
+    let alice = user_entry("alice", "a1", "");
+    let proxy = spawn_custom(CFG_NT, &alice);
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200); // cached from now on
+    // Two users whose (never used) hashes carry heavier costs: the dummy
+    // hash a load computes takes the most common costs.
+    let heavy = |name: &str| {
+        format!(
+            "[users.{name}]\npassword = \"$argon2id$v=19$m=16384,t=9,p=1$wp3E4dDN5gPh7Kmnoa9+rQ$YW9SgE8SlePvAmnYlD8pCBn6UOv3F9X4f5RN5vtndoc\"\n"
+        )
+    };
+    let changed_at = Instant::now();
+    replace_by_rename(&proxy.file("users.toml"), &format!("{alice}{}{}", heavy("h1"), heavy("h2")));
+    // Each round: a 50 ms pause and a request. A runtime held by the reload
+    // shows as one long round (the pause's wake-up waits too).
+    let mut slowest = Duration::ZERO;
+    while changed_at.elapsed() < Duration::from_secs(4) {
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(slowest < Duration::from_millis(1000), "a round took {slowest:?} during the reload");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            proxy.state.generation.load(std::sync::atomic::Ordering::Relaxed) >= 1
+        })
+        .await,
+        "the reload happened"
+    );
+}

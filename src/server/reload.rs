@@ -51,6 +51,14 @@ fn watched(snap: &Snapshot) -> Vec<PathBuf> {
     files
 }
 
+/// Runs [`reload`] on tokio's blocking pool: a reload reads files and hashes
+/// a dummy password with the users' argon2 costs (seconds, with large
+/// costs), which on a worker thread stalled every connection sharing it.
+async fn reload_off_runtime(state: &Arc<State>) {
+    let state = state.clone();
+    let _ = tokio::task::spawn_blocking(move || reload(&state)).await;
+}
+
 /// Reloads now. Returns the new generation.
 ///
 /// # Errors
@@ -136,7 +144,7 @@ pub async fn watch(state: Arc<State>) {
             _ = state.stopping.cancelled() => return,
             _ = hup_recv => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = reload(&state);
+                reload_off_runtime(&state).await;
                 seen = stamps(&state.snapshot.load());
                 pending = None;
             }
@@ -154,7 +162,7 @@ pub async fn watch(state: Arc<State>) {
                 // Debounce: act once the files look the same on two polls.
                 if pending.as_ref() == Some(&now) {
                     tracing::info!("configuration files changed: reloading");
-                    let _ = reload(&state);
+                    reload_off_runtime(&state).await;
                     seen = stamps(&state.snapshot.load());
                     pending = None;
                 } else {
