@@ -215,4 +215,19 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     let err =
         authgate::server::tls::load_certified_key(&dir.path().join("p256.pem"), &wrong_key).unwrap_err();
     assert!(err.contains("wrong.key") && err.contains("does not match"), "{err}");
+    // A certificate rustls cannot read is blamed on the certificate, not on
+    // the (matching) key; an encrypted key is named as such.
+    let garbage = dir.write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+    let err = authgate::server::tls::load_certified_key(&garbage, &dir.path().join("p256.key")).unwrap_err();
+    assert!(
+        err.contains("garbage.pem") && err.contains("cannot be used") && !err.contains("does not match"),
+        "{err}"
+    );
+    let encrypted = dir.write(
+        "enc.key",
+        "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHzBJBgkqhkiG9w0BBQ0wPDAbBgkqhkiG9w0BBQwwDgQI\n-----END ENCRYPTED PRIVATE KEY-----\n",
+    );
+    let err =
+        authgate::server::tls::load_certified_key(&dir.path().join("p256.pem"), &encrypted).unwrap_err();
+    assert!(err.contains("enc.key") && err.contains("encrypted"), "{err}");
 }

@@ -30,14 +30,30 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     if chain.is_empty() {
         return Err(format!("{}: no certificate found", cert.display()));
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{}: cannot read private key: {e}", key.display()))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        // rustls skips PEM sections it does not know, an encrypted key's
+        // among them, and then finds "no items".
+        let encrypted = std::fs::read(key).is_ok_and(|b| b.windows(9).any(|w| w == b"ENCRYPTED"));
+        if encrypted {
+            format!(
+                "{}: the private key is encrypted (passphrase-protected), which authgate cannot read; write it decrypted (`openssl pkey -in KEY -out KEY.plain`) and keep that file private",
+                key.display()
+            )
+        } else {
+            format!("{}: cannot read private key: {e}", key.display())
+        }
+    })?;
     let signer = ring::sign::any_supported_type(&der)
         .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
     let certified = CertifiedKey::new(chain, signer);
-    certified
-        .keys_match()
-        .map_err(|e| format!("{}: key does not match the certificate ({e})", key.display()))?;
+    certified.keys_match().map_err(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            format!("{}: key does not match the certificate in {}", key.display(), cert.display())
+        }
+        // Anything else is about the certificate: rustls could not read it
+        // (a bad encoding, an X.509 v1 certificate ...).
+        other => format!("{}: the first certificate cannot be used ({other})", cert.display()),
+    })?;
     Ok(Arc::new(certified))
 }
 
