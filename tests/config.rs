@@ -305,3 +305,13 @@ fn stored_hashes_with_runaway_costs_are_refused_with_line_and_column() {
     let (_d, ok) = load(GOOD_CONFIG, &users);
     ok.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// An expiry outside what authgate can represent (before 1970) is refused
+/// with the supported range in the message, not just "use RFC 3339" (the
+/// value is RFC 3339).
+#[test]
+fn an_expiry_before_1970_is_refused_with_the_supported_range() {
+    let users = format!("{}\nexpires = 1969-12-31T23:59:59Z\n", good_users().trim_end());
+    let err = load_err(GOOD_CONFIG, &users);
+    assert!(err.contains("expires") && err.contains("from 1970 to 9999"), "{err}");
+}

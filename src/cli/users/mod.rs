@@ -335,7 +335,7 @@ fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
 fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersError> {
     let bad = || {
         refused(format!(
-            "--expires `{}`: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC)",
+            "--expires `{}`: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999",
             shown(raw)
         ))
     };
