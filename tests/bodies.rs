@@ -472,14 +472,7 @@ async fn an_origin_that_stalls_mid_body_is_cut_off_and_a_slow_one_is_not() {
     let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
         let closed_tx = closed_tx.clone();
         async move {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if s.read_exact(&mut byte).await.is_err() {
-                    return;
-                }
-                head.push(byte[0]);
-            }
+            let Some(head) = read_request_head(&mut s).await else { return };
             let stall = String::from_utf8_lossy(&head).contains("/stall");
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 30\r\nConnection: close\r\n\r\n").await;
             for i in 0..3 {

@@ -7,7 +7,7 @@ mod common;
 mod custom;
 
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use common::*;
 
@@ -221,13 +221,8 @@ async fn a_close_delimited_coded_body_keeps_the_connection_field_clean() {
     const GZIP_TO_CLOSE: &[u8] =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nGZIPDATA";
     let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if s.read_exact(&mut byte).await.is_err() {
-                return;
-            }
-            head.push(byte[0]);
+        if read_request_head(&mut s).await.is_none() {
+            return;
         }
         let _ = s.write_all(GZIP_TO_CLOSE).await;
     });

@@ -511,13 +511,17 @@ async fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
     let mut c = RawConn::connect(proxy.addr).await;
     c.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))])).await;
     assert_eq!(c.read_head().await.status, 200);
-    // Activity more often than the timeout keeps it open ...
+    closes_when_idle_for_400ms(&mut c).await;
+}
+
+/// Through a connection to a shouting origin with a 400 ms idle limit:
+/// traffic more often than that keeps it open, silence closes it.
+async fn closes_when_idle_for_400ms(c: &mut RawConn) {
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         c.send(b"x").await;
         assert_eq!(c.read_exact(1).await, b"X");
     }
-    // ... silence closes it.
     let start = Instant::now();
     assert!(c.read_to_end().await.is_empty());
     assert!(start.elapsed() >= Duration::from_millis(350), "{:?}", start.elapsed());
@@ -534,13 +538,8 @@ async fn an_idle_upgraded_connection_is_closed_after_the_tunnel_idle_timeout() {
     let origin = spawn_raw_origin(move |mut s: TcpStream| {
         let done = origin_closed_tx.clone();
         async move {
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") {
-                if s.read_exact(&mut byte).await.is_err() {
-                    return;
-                }
-                head.push(byte[0]);
+            if read_request_head(&mut s).await.is_none() {
+                return;
             }
             let reply =
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
@@ -571,16 +570,8 @@ async fn an_idle_upgraded_connection_is_closed_after_the_tunnel_idle_timeout() {
     ))
     .await;
     assert_eq!(c.read_head().await.status, 101);
-    // Activity more often than the timeout keeps it open ...
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        c.send(b"x").await;
-        assert_eq!(c.read_exact(1).await, b"X");
-    }
-    // ... silence closes it, and the origin's side as well.
-    let start = Instant::now();
-    assert!(c.read_to_end().await.is_empty());
-    assert!(start.elapsed() >= Duration::from_millis(350), "{:?}", start.elapsed());
+    closes_when_idle_for_400ms(&mut c).await;
+    // The origin's side is closed as well.
     tokio::time::timeout(Duration::from_secs(5), origin_closed)
         .await
         .expect("the origin's connection is closed too")

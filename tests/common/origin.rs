@@ -368,3 +368,16 @@ impl SilentOrigin {
         assert!(matches!(got, Ok(Some(()))), "the proxy's connection to the origin stayed open");
     }
 }
+
+/// Reads a request head from a raw origin's connection, byte by byte (so
+/// nothing after it is consumed); `None` if the connection ends first.
+pub async fn read_request_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.ok()?;
+        head.push(byte[0]);
+    }
+    Some(head)
+}
