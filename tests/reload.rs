@@ -45,6 +45,25 @@ async fn status(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> u
     .status
 }
 
+/// Like [`status`], but 0 when the proxy closes the connection without an
+/// answer: a request of a user whose entry a reload changes can be caught
+/// in flight, and revocation closes its connection.
+async fn status_or_closed(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = basic(user, pass);
+    let req = request(
+        "GET",
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &a), ("Connection", "close")],
+    );
+    let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let mut raw = Vec::new();
+    if s.write_all(&req).await.is_err() || s.read_to_end(&mut raw).await.is_err() {
+        return 0;
+    }
+    String::from_utf8_lossy(&raw).split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 /// Replaces `path` the way editors do: write a temp file, rename over.
 fn replace_by_rename(path: &Path, contents: &str) {
     let tmp = path.with_extension("tmp-edit");
@@ -63,7 +82,7 @@ async fn reload_on_rename_and_a_bad_edit_keeps_the_old_config() {
     replace_by_rename(&users, &users_toml(&[("alice", "a1"), ("bob", "b1")]));
     assert!(
         eventually(Duration::from_secs(5), || async {
-            status(proxy.addr, &origin, "bob", "b1").await == 200
+            status_or_closed(proxy.addr, &origin, "bob", "b1").await == 200
         })
         .await,
         "bob should get in after the users file was replaced"
@@ -105,7 +124,7 @@ async fn reload_through_a_kubernetes_style_symlink_swap() {
     std::os::unix::fs::symlink("..data/users.toml", dir.join("users.toml")).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            status(proxy.addr, &origin, "alice", "a1").await == 200
+            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 200
         })
         .await,
         "first version via the symlink"
@@ -117,7 +136,7 @@ async fn reload_through_a_kubernetes_style_symlink_swap() {
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
     assert!(
         eventually(Duration::from_secs(5), || async {
-            status(proxy.addr, &origin, "bob", "b1").await == 200
+            status_or_closed(proxy.addr, &origin, "bob", "b1").await == 200
         })
         .await,
         "the swapped-in version is live"
@@ -188,7 +207,7 @@ async fn a_disabled_or_changed_user_stops_counting_at_once() {
     replace_by_rename(&proxy.file("users.toml"), &user_entry("alice", "a1", "disabled = true"));
     assert!(
         eventually(Duration::from_secs(5), || async {
-            status(proxy.addr, &origin, "alice", "a1").await == 407
+            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 407
         })
         .await,
         "a disabled user's cached credentials stop counting"
@@ -196,7 +215,7 @@ async fn a_disabled_or_changed_user_stops_counting_at_once() {
     replace_by_rename(&proxy.file("users.toml"), &users_toml(&[("alice", "new")]));
     assert!(
         eventually(Duration::from_secs(5), || async {
-            status(proxy.addr, &origin, "alice", "new").await == 200
+            status_or_closed(proxy.addr, &origin, "alice", "new").await == 200
         })
         .await
     );
@@ -256,7 +275,7 @@ async fn a_reloaded_egress_policy_applies_at_once_even_to_a_pooled_origin() {
     replace_by_rename(&proxy.file("authgate.toml"), &CFG_NT.replace("allow_cidrs = [\"127.0.0.0/8\"]", ""));
     assert!(
         eventually(Duration::from_secs(5), || async {
-            status(proxy.addr, &origin, "alice", "a1").await == 403
+            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 403
         })
         .await,
         "the new egress policy applies"
@@ -411,9 +430,10 @@ fn sighup_reloads_the_real_binary() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let before = status(proxy, &origin, "bob", "b1").await;
         bin.signal("HUP");
-        let after =
-            eventually(Duration::from_secs(5), || async { status(proxy, &origin, "bob", "b1").await == 200 })
-                .await;
+        let after = eventually(Duration::from_secs(5), || async {
+            status_or_closed(proxy, &origin, "bob", "b1").await == 200
+        })
+        .await;
         // A broken users file and another SIGHUP: refused, bob keeps working.
         std::fs::write(&users, "[users.carol]\npassword = \"not a hash\"\n").unwrap();
         bin.signal("HUP");
@@ -463,15 +483,16 @@ fn a_reload_names_the_settings_that_need_a_restart_and_applies_the_rest() {
         std::fs::write(&bin.config, changed).unwrap();
         std::fs::write(&bin.users, users_toml(&[("alice", "a1"), ("bob", "b1")])).unwrap();
         bin.signal("HUP");
-        let bob =
-            eventually(Duration::from_secs(5), || async { status(proxy, &origin, "bob", "b1").await == 200 })
-                .await;
+        let bob = eventually(Duration::from_secs(5), || async {
+            status_or_closed(proxy, &origin, "bob", "b1").await == 200
+        })
+        .await;
         let new_port_open = tokio::net::TcpStream::connect(("127.0.0.1", other_port)).await.is_ok();
         // A second reload that changes only the users: no warning.
         std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
         bin.signal("HUP");
         let gone = eventually(Duration::from_secs(5), || async {
-            status(proxy, &origin, "alice", "a1").await == 407
+            status_or_closed(proxy, &origin, "alice", "a1").await == 407
         })
         .await;
         assert!(gone, "the second reload applies");
