@@ -210,7 +210,7 @@ impl Body for RequestBody {
             match ready {
                 Some(Ok(_)) if !self.inner.is_end_stream() => upload.advanced(UploadState::Sending),
                 Some(Ok(_)) | None => upload.advanced(UploadState::Done),
-                Some(Err(e)) => upload.advanced(UploadState::broken(e)),
+                Some(Err(_)) => upload.advanced(UploadState::Broken),
             }
         }
         polled
@@ -232,37 +232,9 @@ pub enum UploadState {
     Sending,
     /// Read to its end.
     Done,
-    /// Its chunked framing is invalid.
-    Malformed,
-    /// The client closed or reset its connection before the end.
-    Gone,
-}
-
-impl UploadState {
-    /// What a body error from the client's connection means.
-    fn broken(e: &hyper::Error) -> Self {
-        // hyper reports a bad chunk as an io::Error of kind InvalidInput or
-        // InvalidData inside its body error; a connection that ended early
-        // as UnexpectedEof, a reset, or an incomplete message.
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = source {
-            if let Some(io) = err.downcast_ref::<std::io::Error>() {
-                return match io.kind() {
-                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
-                        UploadState::Malformed
-                    }
-                    _ => UploadState::Gone,
-                };
-            }
-            if let Some(h) = err.downcast_ref::<hyper::Error>()
-                && h.is_parse()
-            {
-                return UploadState::Malformed;
-            }
-            source = err.source();
-        }
-        UploadState::Gone
-    }
+    /// It broke off: invalid chunked framing, or the client closed or reset
+    /// its connection before the end (either way the client's doing).
+    Broken,
 }
 
 /// The progress of a request body, so that a client whose upload stalls or
@@ -303,8 +275,7 @@ impl Upload {
     pub fn state(&self) -> UploadState {
         match self.state.load(Ordering::Relaxed) {
             s if s == UploadState::Done as u8 => UploadState::Done,
-            s if s == UploadState::Malformed as u8 => UploadState::Malformed,
-            s if s == UploadState::Gone as u8 => UploadState::Gone,
+            s if s == UploadState::Broken as u8 => UploadState::Broken,
             _ => UploadState::Sending,
         }
     }

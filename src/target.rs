@@ -126,6 +126,25 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
     Ok(Target { host: parse_host(host)?, port })
 }
 
+/// The port of an absolute-form target's authority (`host:port`,
+/// `[v6]:port`, userinfo already cut): its decimal value, or `default` when
+/// there is none or it is empty (RFC 3986 §3.2.3). `http::Uri::port` cannot
+/// be used: it says "no port" both for none and for one that is not a number
+/// (`:65536`, `:8o`), and it takes `+80`.
+///
+/// # Errors
+/// [`BadTarget`] for a port that is not a number 1-65535.
+pub fn authority_port(authority: &str, default: u16) -> Result<u16, BadTarget> {
+    let text = match authority.rfind(']') {
+        Some(i) => authority[i + 1..].strip_prefix(':'),
+        None => authority.rsplit_once(':').map(|(_, p)| p),
+    };
+    match text {
+        None | Some("") => Ok(default),
+        Some(p) => parse_port(p),
+    }
+}
+
 /// Parses a decimal port 1-65535.
 ///
 /// # Errors
@@ -263,6 +282,22 @@ mod tests {
             &"x".repeat(64),
         ] {
             assert!(parse_host(s).is_err(), "{s} should fail");
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_port_is_a_number_or_the_default() {
+        for (authority, port) in [
+            ("a.example", 80),
+            ("a.example:", 80),
+            ("a.example:8080", 8080),
+            ("[::1]", 80),
+            ("[::1]:443", 443),
+        ] {
+            assert_eq!(authority_port(authority, 80), Ok(port), "{authority}");
+        }
+        for bad in ["a:65536", "a:0", "a:+80", "a:-1", "a:8o", "a:0x50", "[::1]:x", "a:4294986406"] {
+            assert!(authority_port(bad, 80).is_err(), "{bad}");
         }
     }
 

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::State;
 use super::connect::Connector;
-use super::headers::{add_via, drop_forged_proxy_status, strip_hop_by_hop, wants_upgrade};
+use super::headers::{add_via, strip_hop_by_hop, wants_upgrade};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -52,11 +52,12 @@ pub async fn forward(
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
 
-    let _ = strip_hop_by_hop(&mut parts.headers, upgrade);
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    let has_body = !http_body::Body::is_end_stream(&body);
     // hyper's client sends a body of unknown length (the client's was
     // chunked) on a GET, HEAD or CONNECT only when the field asks for it;
     // without, a GET's chunked body was dropped.
-    if !http_body::Body::is_end_stream(&body) && http_body::Body::size_hint(&body).exact().is_none() {
+    if has_body && http_body::Body::size_hint(&body).exact().is_none() {
         // A coding kept under `chunked` (`gzip`) is already there; hyper
         // then adds `chunked` itself.
         parts.headers.entry(header::TRANSFER_ENCODING).or_insert(HeaderValue::from_static("chunked"));
@@ -66,7 +67,7 @@ pub async fn forward(
         add_via(&mut parts.headers, parts.version);
     }
     parts.version = Version::HTTP_11;
-    let upload = (!http_body::Body::is_end_stream(&body)).then(|| Arc::new(Upload::new()));
+    let upload = has_body.then(|| Arc::new(Upload::new()));
     let req = Request::from_parts(parts, RequestBody::new(body, rec.bytes_up.clone(), upload.clone()));
 
     let limits = &snap.limits;
@@ -95,7 +96,7 @@ pub async fn forward(
                 // A client that closed mid-body may have closed only its sending
                 // side and still read the answer; one that reset the connection
                 // makes hyper drop this request, logged as `client_gone`.
-                Some(UploadState::Malformed | UploadState::Gone) => return Err(ProxyError::BadBody),
+                Some(UploadState::Broken) => return Err(ProxyError::BadBody),
                 _ => return Err(e),
             },
         };
@@ -115,9 +116,7 @@ pub async fn forward(
         state.metrics.upstream_response(101);
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
-        if strip_hop_by_hop(&mut parts.headers, true) {
-            drop_forged_proxy_status(&mut parts.headers);
-        }
+        strip_hop_by_hop(&mut parts.headers, true);
         if snap.server.via {
             add_via(&mut parts.headers, parts.version);
         }
@@ -127,9 +126,7 @@ pub async fn forward(
     }
 
     state.metrics.upstream_response(resp.status().as_u16());
-    if strip_hop_by_hop(resp.headers_mut(), false) {
-        drop_forged_proxy_status(resp.headers_mut());
-    }
+    strip_hop_by_hop(resp.headers_mut(), false);
     if snap.server.via {
         let version = resp.version();
         add_via(resp.headers_mut(), version);

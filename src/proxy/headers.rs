@@ -54,11 +54,10 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop fields; keeps `Upgrade` (and sets `Connection: upgrade`)
 /// when `upgrade` is true. With `Transfer-Encoding`, also removes
 /// `Content-Length` (RFC 9112 §6.3: the chunks frame the body, and an
-/// intermediary must not pass the length on).
-///
-/// Returns whether the message has a `Proxy-Status` field, noted in the
-/// same pass over the names (see [`drop_forged_proxy_status`]).
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
+/// intermediary must not pass the length on). A `Proxy-Status` member naming
+/// this proxy is removed too ([`drop_forged_proxy_status`]); the field is
+/// noticed in the same pass over the names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     let mut proxy_status = false;
     // One pass over the few names a message has, then a removal for each
@@ -101,7 +100,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> bool {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    proxy_status
+    if proxy_status {
+        drop_forged_proxy_status(headers);
+    }
 }
 
 /// The transfer codings still on a body after hyper removed its `chunked`
@@ -134,18 +135,14 @@ fn undecoded_codings(headers: &HeaderMap) -> Option<HeaderValue> {
     HeaderValue::from_str(&codings.join(", ")).ok()
 }
 
-/// Removes the members of an origin's `Proxy-Status` that name this proxy.
+/// Removes the members of a received `Proxy-Status` that name this proxy.
 ///
 /// RFC 9209 §2: origins must not send the field, and each intermediary adds
 /// its own member. One that says `authgate` can only be forged upstream, and
 /// would make an origin's 403 look like authgate's (README: the two are
 /// never confused). Other intermediaries' members stay, in order.
-pub fn drop_forged_proxy_status(headers: &mut HeaderMap) {
-    const PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
-    let name = PROXY_STATUS;
-    if !headers.contains_key(&name) {
-        return;
-    }
+fn drop_forged_proxy_status(headers: &mut HeaderMap) {
+    let name = HeaderName::from_static("proxy-status");
     let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut forged = false;

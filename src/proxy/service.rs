@@ -21,7 +21,7 @@ use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
 use crate::server::limits::Permit;
-use crate::target::{Target, parse_authority, parse_host, parse_port, without_userinfo};
+use crate::target::{Target, authority_port, parse_authority, parse_host, without_userinfo};
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent};
 
@@ -398,26 +398,9 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
             let https = s.eq_ignore_ascii_case("https");
             let host = uri.host().ok_or(ProxyError::BadTarget { detail: "no host" })?;
             let host = parse_host(host).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
-            // `Uri::port` is `None` for a port that is not a number
-            // (`:65536`, `:8o`) just as for no port: then read the text.
-            let port_text = || {
-                let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
-                match authority.rfind(']') {
-                    Some(i) => authority[i + 1..].strip_prefix(':'),
-                    None => authority.rsplit_once(':').map(|(_, p)| p),
-                }
-            };
-            let port = match uri.port() {
-                // `Port` reads with `u16::from_str`, which also takes `+80`.
-                Some(p) if p.as_u16() != 0 && p.as_str().bytes().all(|b| b.is_ascii_digit()) => p.as_u16(),
-                Some(_) => return Err(ProxyError::BadTarget { detail: "bad port" }),
-                None => match port_text() {
-                    // RFC 3986 §3.2.3: an empty port is the scheme's default.
-                    None | Some("") if https => 443,
-                    None | Some("") => 80,
-                    Some(p) => parse_port(p).map_err(|e| ProxyError::BadTarget { detail: e.0 })?,
-                },
-            };
+            let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
+            let port = authority_port(authority, if https { 443 } else { 80 })
+                .map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
             Ok(Kind::Forward(Target { host, port }, https))
         }
         Some(s) => Err(ProxyError::UnsupportedScheme {
