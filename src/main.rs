@@ -1,7 +1,7 @@
 //! The `authgate` command line: parse arguments, call the library, map errors
 //! to exit codes. Nothing else lives here.
 
-use std::io::{BufRead, IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -228,9 +228,6 @@ fn hash_password(config: &Path) -> ExitCode {
     }
 }
 
-/// Longest line `hash-password` reads from standard input.
-const MAX_PASSWORD_LINE: u64 = 4096;
-
 /// A password from a no-echo prompt (asked twice) on a TTY, else one line of
 /// standard input.
 fn read_password() -> Result<String, String> {
@@ -244,20 +241,7 @@ fn read_password() -> Result<String, String> {
         }
         checked(first)
     } else {
-        // Bounded: an endless line (`< /dev/zero`) must not grow memory
-        // until the allocator gives up.
-        let mut line = String::new();
-        std::io::stdin()
-            .lock()
-            .take(MAX_PASSWORD_LINE + 1)
-            .read_line(&mut line)
-            .map_err(|e| format!("cannot read password from stdin: {e}"))?;
-        if line.len() as u64 > MAX_PASSWORD_LINE {
-            return Err(format!("password line longer than {MAX_PASSWORD_LINE} bytes"));
-        }
-        let line = line.strip_suffix('\n').unwrap_or(&line);
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        checked(line.to_owned())
+        checked(authgate::cli::password_line(&mut std::io::stdin().lock())?)
     }
 }
 

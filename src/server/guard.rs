@@ -51,33 +51,38 @@ const LINGER_MAX: usize = 1 << 20;
 /// Where a client connection is in its request cycle; shared between the
 /// socket wrapper, the service and the response body.
 #[derive(Debug, Default)]
-pub struct Phase(AtomicU8, AtomicBool);
+pub struct Phase {
+    /// `IDLE`, `HEAD`, `BUSY` or `TUNNEL`.
+    state: AtomicU8,
+    /// Set by [`Phase::linger`].
+    linger: AtomicBool,
+}
 
 impl Phase {
     /// A request head is complete and being served.
     pub fn busy(&self) {
-        self.0.store(BUSY, Ordering::Release);
+        self.state.store(BUSY, Ordering::Release);
     }
 
     /// The response has been sent: waiting for the next request.
     pub fn idle(&self) {
-        let _ = self.0.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The connection is handed over to a tunnel: no more HTTP timers.
     pub fn tunnel(&self) {
-        self.0.store(TUNNEL, Ordering::Release);
+        self.state.store(TUNNEL, Ordering::Release);
     }
 
     /// The connection closes after an answer given before the request's
     /// body was read: drain what the client still sends before closing,
     /// see [`Guarded`]'s `poll_shutdown`.
     pub fn linger(&self) {
-        self.1.store(true, Ordering::Release);
+        self.linger.store(true, Ordering::Release);
     }
 
     fn get(&self) -> u8 {
-        self.0.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire)
     }
 }
 
@@ -235,7 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         let n = buf.filled().len() - before;
         if n > 0 && matches!(phase, IDLE | HEAD) {
             if phase == IDLE
-                && this.phase.0.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
+                && this.phase.state.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
             {
                 this.head_bytes = 0;
                 let d = this.limits.head;
@@ -318,7 +323,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     /// away until it closes too, for at most [`LINGER`] and [`LINGER_MAX`].
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.reject.is_none() && !this.phase.1.load(Ordering::Acquire) {
+        if this.reject.is_none() && !this.phase.linger.load(Ordering::Acquire) {
             return Pin::new(&mut this.inner).poll_shutdown(cx);
         }
         let drained = match this.lingered {

@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -397,28 +397,9 @@ fn password_from_tty() -> Result<String, UsersError> {
     Ok(first)
 }
 
-/// Longest line read by `--password-stdin`; anything longer is a mistake.
-const MAX_PASSWORD_LINE: u64 = 4096;
-
-/// One line of standard input, without its line ending (`\n` or `\r\n`);
-/// everything else (spaces included) is part of the password.
+/// One line of standard input as the password (see [`crate::cli::password_line`]).
 fn password_from_stdin() -> Result<String, UsersError> {
-    let mut line = Vec::new();
-    io::stdin()
-        .lock()
-        .take(MAX_PASSWORD_LINE + 1)
-        .read_until(b'\n', &mut line)
-        .map_err(|e| refused(format!("cannot read the password from standard input: {e}")))?;
-    if line.len() as u64 > MAX_PASSWORD_LINE {
-        return Err(refused(format!("password longer than {MAX_PASSWORD_LINE} bytes")));
-    }
-    if line.last() == Some(&b'\n') {
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-    }
-    String::from_utf8(line).map_err(|_| refused("the password on standard input is not UTF-8"))
+    crate::cli::password_line(&mut io::stdin().lock()).map_err(refused)
 }
 
 /// `users list`: a table of name, groups, disabled, expires, scheme.
