@@ -3,15 +3,20 @@
 
 use super::*;
 
+/// The folder `target` is in (`.` for a bare file name).
+fn folder_of(target: &Path) -> &Path {
+    match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Replaces `target` with `data` atomically: a temp file in the same folder,
 /// written and fsynced with the old file's owner and mode (0600 for a new
 /// file), renamed over `target`, then the folder fsynced so the rename
 /// itself survives a crash.
 pub(super) fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(target);
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = match fs::metadata(target) {
@@ -49,10 +54,7 @@ pub(super) fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError>
 /// folder; editors that do not lock are still caught by the check, up to
 /// the instant of the rename).
 pub(super) fn lock_folder(target: &Path) -> Result<File, UsersError> {
-    let dir = match target.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = folder_of(target);
     let folder = File::open(dir).map_err(|source| UsersError::Io {
         path: dir.to_path_buf(),
         what: "cannot open the folder to lock it",
