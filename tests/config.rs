@@ -315,3 +315,82 @@ fn an_expiry_before_1970_is_refused_with_the_supported_range() {
     let err = load_err(GOOD_CONFIG, &users);
     assert!(err.contains("expires") && err.contains("from 1970 to 9999"), "{err}");
 }
+
+/// Runs the binary, failing the test instead of hanging when it does not
+/// exit within 20 s (the bug this guards against was a hang).
+fn authgate_bin_within(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the authgate binary");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`authgate {}` did not exit within 20 s", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_fifo_a_device_or_a_directory_named_as_a_file_is_an_error_not_a_hang() {
+    let dir = TempDir::new();
+    // A FIFO as the config: opening it used to block until a writer came.
+    let fifo = dir.path().join("authgate.toml");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+    assert!(made.success());
+    let out = authgate_bin_within(&["check", "--config", &config_arg(&fifo)]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!("{}: cannot read: not a regular file (a FIFO, socket or device)", fifo.display())
+    );
+    // /dev/zero as the users file: read until the allocator aborted.
+    let config = dir.write("zero.toml", GOOD_CONFIG.replace("users.toml", "/dev/zero"));
+    let out = authgate_bin_within(&["check", "--config", &config_arg(&config)]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/dev/zero: cannot read: not a regular file"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    // ... and as a TLS listener's certificate and key.
+    let tls = format!(
+        "{GOOD_CONFIG}\n[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"/dev/zero\"\nkey = \"/dev/zero\"\n"
+    );
+    let config = dir.write("tls.toml", tls);
+    dir.write("users.toml", good_users());
+    let out = authgate_bin_within(&["check", "--config", &config_arg(&config)]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/dev/zero: cannot read certificate: not a regular file"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
+    // A directory.
+    let out = authgate_bin_within(&["check", "--config", &config_arg(dir.path())]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot read: is a directory, not a file"), "{}", text(&out.stderr));
+    // `users` reads the users file the same way.
+    let out = authgate_bin_within(&["users", "list", "--config", &config_arg(&dir.path().join("zero.toml"))]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not a regular file"), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn a_file_larger_than_64_mib_is_refused_without_reading_it() {
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", GOOD_CONFIG);
+    let users = dir.write("users.toml", "");
+    // Sparse: no disk space used.
+    let f = std::fs::File::options().write(true).open(&users).unwrap();
+    f.set_len(authgate::config::file::MAX_FILE_BYTES + 1).unwrap();
+    let err = authgate::config::load(&path).expect_err("a 64 MiB users file must be refused").to_string();
+    assert!(err.contains("users.toml: cannot read: larger than 64 MiB"), "{err}");
+}

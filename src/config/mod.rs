@@ -7,6 +7,7 @@
 //! request; a reload builds a whole new snapshot and swaps it in.
 
 mod error;
+pub mod file;
 mod rules;
 
 pub use rules::host_pattern;
@@ -233,7 +234,7 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 
 /// Reads a file, naming the path it looked for when that fails.
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| {
+    file::read_text(path).map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::NotFound => "file not found".to_string(),
             _ => e.to_string(),

@@ -18,23 +18,26 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::file::read_file;
+
 /// Loads a PEM certificate chain and private key (RSA, ECDSA or Ed25519).
 ///
 /// # Errors
 /// A message naming the file and what is wrong, never key material.
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: cannot read certificate: {e}", cert.display()))?
+    let cert_pem =
+        read_file(cert).map_err(|e| format!("{}: cannot read certificate: {e}", cert.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: bad PEM certificate: {e}", cert.display()))?;
     if chain.is_empty() {
         return Err(format!("{}: no certificate found", cert.display()));
     }
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+    let key_pem = read_file(key).map_err(|e| format!("{}: cannot read private key: {e}", key.display()))?;
+    let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         // rustls skips PEM sections it does not know, an encrypted key's
         // among them, and then finds "no items".
-        let encrypted = std::fs::read(key).is_ok_and(|b| b.windows(9).any(|w| w == b"ENCRYPTED"));
-        if encrypted {
+        if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
             format!(
                 "{}: the private key is encrypted (passphrase-protected), which authgate cannot read; write it decrypted (`openssl pkey -in KEY -out KEY.plain`) and keep that file private",
                 key.display()

@@ -10,7 +10,7 @@ pub(super) fn import_htpasswd(
     source: &Path,
     groups: Vec<String>,
 ) -> Result<Outcome, UsersError> {
-    let text = fs::read(source)
+    let text = crate::config::file::read_file(source)
         .map_err(|e| UsersError::Io { path: source.to_path_buf(), what: "cannot read", source: e })
         .and_then(|b| {
             String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", source.display())))

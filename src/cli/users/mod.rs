@@ -227,7 +227,7 @@ impl UsersFile {
             }
             _ => path.to_path_buf(),
         };
-        let text = match fs::read(&real) {
+        let text = match crate::config::file::read_file(&real) {
             Ok(bytes) => String::from_utf8(bytes)
                 .map_err(|_| refused(format!("{}: not UTF-8 text", path.display())))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -284,7 +284,7 @@ impl UsersFile {
         }
         // Held until this function returns, the rename included.
         let _lock = lock_folder(&self.real)?;
-        let now = match fs::read(&self.real) {
+        let now = match crate::config::file::read_file(&self.real) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(source) => {

@@ -1,0 +1,67 @@
+//! Reading the files an admin names in the config or on the command line
+//! (the config itself, the users file, certificates and keys, CA bundles,
+//! htpasswd files).
+//!
+//! Only regular files are read, and at most [`MAX_FILE_BYTES`] of them: a
+//! path that names a FIFO made `authgate check` hang in `open` until a
+//! writer came, and `/dev/zero` grew memory until the allocator aborted.
+//! Both are now an error naming the file. Symlinks are followed, as
+//! deployments (Kubernetes secrets, certbot) rely on them.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+/// The largest file read: 64 MiB, far above any real config, users file
+/// (a user is about 150 bytes) or certificate bundle.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Reads a whole regular file of at most [`MAX_FILE_BYTES`].
+///
+/// # Errors
+/// The open or read error, or an `InvalidInput` error saying that the path
+/// is a directory, not a regular file (FIFO, socket, device) or too large.
+pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    // Checked before opening, as opening a FIFO blocks until a writer comes.
+    let before = std::fs::metadata(path)?;
+    regular(&before)?;
+    let file = File::open(path)?;
+    // And again on what was opened, in case the path changed in between.
+    let meta = file.metadata()?;
+    regular(&meta)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).min(1 << 20));
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// [`read_file`], as UTF-8 text.
+///
+/// # Errors
+/// As [`read_file`], plus `InvalidData` when the file is not UTF-8.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_file(path)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+fn regular(meta: &std::fs::Metadata) -> io::Result<()> {
+    if meta.is_dir() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "is a directory, not a file"));
+    }
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, socket or device)",
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(too_large());
+    }
+    Ok(())
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("larger than {} MiB", MAX_FILE_BYTES >> 20))
+}
