@@ -663,8 +663,8 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
     // The access log (stdout) goes to a file, to be read after the exit.
     let log_path = dir.path().join("access.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let bin = start_binary(&dir, "[limits]\nshutdown_grace = \"60s\"\n", &users(), Stdio::from(log));
-    let (mut child, proxy) = (bin.child, bin.addr);
+    let mut bin = start_binary(&dir, "[limits]\nshutdown_grace = \"60s\"\n", &users(), Stdio::from(log));
+    let (child, proxy) = (&mut bin.child, bin.addr);
     let a = basic("alice", "a1");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (_tunnel, _shout, slow) = rt.block_on(async {

@@ -389,9 +389,33 @@ impl Binary {
 
     /// Stops the process with SIGTERM and returns its exit status and the
     /// output it wrote.
-    pub fn stop(self) -> std::process::Output {
+    pub fn stop(mut self) -> std::process::Output {
+        use std::io::Read;
+        fn read_all(pipe: Option<impl Read>) -> Vec<u8> {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        }
         self.signal("TERM");
-        self.child.wait_with_output().unwrap()
+        // Both pipes at once, as `wait_with_output` does: a child blocked on
+        // a full stderr pipe would never exit while stdout is read.
+        let stderr = self.child.stderr.take();
+        let stderr = std::thread::spawn(move || read_all(stderr));
+        let stdout = read_all(self.child.stdout.take());
+        let status = self.child.wait().unwrap();
+        std::process::Output { status, stdout, stderr: stderr.join().unwrap() }
+    }
+}
+
+/// A test that fails (panics) before `stop` must not leave the proxy
+/// running: it would hold its port and keep writing to the terminal.
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // Both are no-ops once the child has been waited for.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
