@@ -61,6 +61,10 @@ pub enum ProxyError {
     /// before the end) or is not valid chunked framing.
     #[error("bad request body")]
     BadBody,
+    /// Plain HTTP sent to a TLS listener (the client was given `http://`
+    /// for an HTTPS proxy port).
+    #[error("plain HTTP on a TLS port")]
+    TlsRequired,
     /// The request target cannot be used (no host, bad port, ...).
     #[error("bad request target: {detail}")]
     BadTarget {
@@ -172,6 +176,7 @@ impl ProxyError {
             | MalformedRequest
             | BodyTimeout
             | BadBody
+            | TlsRequired
             | UriTooLong => Fault::Client,
             ProxyAuthRequired | Throttled { .. } => Fault::Credentials,
             DeniedByRule { .. } | DestinationIpProhibited { .. } | LoopDetected => Fault::Policy,

@@ -66,6 +66,9 @@ pub fn describe(err: &ProxyError) -> Description {
             "Request body timed out",
         ),
         BadBody => (StatusCode::BAD_REQUEST, "http_request_error", "bad_request_body", "Bad request body"),
+        TlsRequired => {
+            (StatusCode::BAD_REQUEST, "http_request_error", "tls_required", "This port speaks TLS")
+        }
         HeadTooLarge => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "http_request_error",
@@ -165,6 +168,7 @@ fn detail(err: &ProxyError) -> String {
         BadBody => "The request body broke off before its end, or its chunked framing is not valid HTTP/1.1; the connection is closed.".into(),
         MalformedRequest => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
         UriTooLong => "The request target is longer than this proxy accepts.".into(),
+        TlsRequired => "This port is an HTTPS proxy: connections to it start with TLS. Give the proxy as https://HOST:PORT (curl: --proxy https://HOST:PORT), or use the proxy's plain-HTTP port; the connection is closed.".into(),
         ConnectWithBody => "A CONNECT request has no content, but this one declares a body (Content-Length or Transfer-Encoding); where the tunnel would begin is ambiguous, so the connection is closed.".into(),
         HeadTooLarge => "The request head (request line and header fields) is larger, or has more header fields (100), than this proxy accepts.".into(),
         ProxyAuthRequired => "Send valid proxy credentials in Proxy-Authorization (Basic).".into(),
@@ -409,6 +413,7 @@ mod tests {
             HeadTimeout,
             BodyTimeout,
             BadBody,
+            TlsRequired,
             HeadTooLarge,
             MalformedRequest,
             ConnectWithBody,

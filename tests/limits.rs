@@ -135,6 +135,37 @@ async fn a_tls_only_proxy_has_no_plain_listener_and_serves() {
     let _ = task.await;
 }
 
+/// A client given `http://` for the TLS port (an easy slip: the plain port
+/// is http://) gets a 400 it can read, saying what to change, instead of a
+/// TLS alert; TLS clients on the same port are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_sent_to_the_tls_port_gets_a_readable_400_tls_required() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let origin = spawn_echo_origin();
+    let wrong = format!("http://alice:a1@127.0.0.1:{}", proxy.tls.port());
+    let out = curl(&["-w", "\n%{http_code}", "--proxy", &wrong, &origin.url("/slip")], &[]).await;
+    out.assert_success();
+    let text = out.stdout_text();
+    assert!(text.ends_with("\n400"), "{text}");
+    assert!(text.contains("\"code\":\"tls_required\""), "{text}");
+    assert!(text.contains("https://HOST:PORT"), "says what to change: {text}");
+    assert!(!text.contains("YWxpY2U6YTE") && !text.contains("a1@"), "credentials echoed: {text}");
+    // On the wire: a complete response, then the connection is closed.
+    let mut c = RawConn::connect(proxy.tls).await;
+    c.send(request("CONNECT", &origin.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))])).await;
+    let resp = c.read_response("GET").await;
+    assert_proxy_error(&resp, 400, "http_request_error", "tls_required");
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.is_closed()).await;
+    assert_eq!(closed.ok(), Some(true), "the connection is closed after the answer");
+    drop(c);
+    // TLS on the same port still works.
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_through_a_tls_proxy_for_http_and_connect_and_cert_reload() {
     let ca = pki::Ca::new("authgate test CA");

@@ -214,7 +214,14 @@ async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream
     match &listener.tls {
         None => serve_http(state, stream, client_addr, false, slot, &limits).await,
         Some(acceptor) => {
-            if let Some(tls) = accept_tls(acceptor, stream, client_addr, limits.header_read_timeout).await {
+            // One deadline for the first byte and the handshake together.
+            let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+            let plain = tokio::time::timeout_at(deadline, tls::opens_with_plain_http(&stream)).await;
+            if plain == Ok(true) {
+                refuse_plain_http(&state, stream, client_addr).await;
+                return;
+            }
+            if let Some(tls) = accept_tls(acceptor, stream, client_addr, deadline).await {
                 serve_http(state, tls, client_addr, true, slot, &limits).await;
             }
         }
@@ -230,9 +237,9 @@ async fn accept_tls(
     acceptor: &TlsAcceptor,
     stream: TcpStream,
     client: SocketAddr,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
 ) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
-    match tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream))).await {
+    match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(e)) => {
             tracing::debug!(client = %client, error = %e, "TLS handshake failed");
@@ -243,6 +250,19 @@ async fn accept_tls(
             None
         }
     }
+}
+
+/// Plain HTTP on a TLS listener: 400 `tls_required` in plain HTTP, which
+/// the client can read (a TLS alert in answer left curl saying only "wrong
+/// version number" or "Empty reply"), counted and logged like the other
+/// answers to unusable requests.
+async fn refuse_plain_http(state: &Arc<State>, stream: TcpStream, client: SocketAddr) {
+    let err = ProxyError::TlsRequired;
+    let id = state.next_request_id();
+    let d = respond::describe(&err);
+    state.metrics.request(Counted::BadRequest, None);
+    tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = d.status.as_u16(), outcome = d.code);
+    tls::answer_and_close(stream, &respond::raw_error_response(&err, &id)).await;
 }
 
 /// The answers [`Guarded`] writes itself (408, 431, unparsable heads);

@@ -9,6 +9,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::ring;
@@ -16,6 +17,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::file::read_file;
@@ -99,4 +102,35 @@ pub fn acceptor(slot: Arc<CertSlot>) -> Result<TlsAcceptor, String> {
         .with_cert_resolver(slot);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Whether a connection on a TLS listener opens with plain HTTP instead of a
+/// TLS handshake: a client given `http://` for this port. A TLS record opens
+/// with 0x16 (an SSLv2-style hello with a byte above 0x7f), an HTTP/1.1
+/// request with a method name (RFC 9112 §3: a token, letters in practice).
+pub async fn opens_with_plain_http(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_alphabetic())
+}
+
+/// Sends `answer` (a complete HTTP response) and closes the connection.
+///
+/// What the client sent is read and dropped until it closes too (at most
+/// 64 KiB, and all of it within 2 s): closing a socket with unread data in
+/// it sends a reset, which can destroy the answer before the client reads it.
+pub async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
