@@ -394,3 +394,20 @@ fn a_file_larger_than_64_mib_is_refused_without_reading_it() {
     let err = authgate::config::load(&path).expect_err("a 64 MiB users file must be refused").to_string();
     assert!(err.contains("users.toml: cannot read: larger than 64 MiB"), "{err}");
 }
+
+#[test]
+fn a_config_that_does_not_parse_is_one_line_and_no_guess_about_the_users_file() {
+    let dir = TempDir::new();
+    // The users file it names exists; with the config unparsable, its path
+    // is unknown, and the default `users.toml` (absent here) was reported
+    // missing beside the real problem.
+    let config = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[server]\nrealm = \"x\"\n[auth]\nusers_file = \"people.toml\"\n";
+    let path = dir.write("authgate.toml", config);
+    dir.write("people.toml", good_users());
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!("{}:3:1: invalid table header: duplicate key `server` in document root\n", path.display())
+    );
+}

@@ -78,7 +78,9 @@ impl<'a> Collector<'a> {
 
     /// Records a TOML syntax or type error.
     pub fn toml(&mut self, err: &toml::de::Error) {
-        let msg = err.message().trim().to_string();
+        // toml's messages can span lines ("invalid table header" then
+        // "duplicate key ..."); a problem is one line.
+        let msg = err.message().trim().lines().map(str::trim).collect::<Vec<_>>().join(": ");
         match err.span() {
             Some(span) => self.at(span, msg),
             None => self.whole(msg),

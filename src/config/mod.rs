@@ -195,7 +195,8 @@ impl Snapshot {
 /// Every problem found in either file, with file:line:col.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     let source = read(path)?;
-    let (settings, mut problems) = validate::config(path, &source);
+    let (settings, mut problems) =
+        validate::config(path, &source).map_err(|problems| ConfigError { problems })?;
     let users_source = read(&settings.auth.users_file);
     let users = match users_source {
         Ok(src) => {
@@ -259,7 +260,8 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 /// Every problem in the config file.
 pub fn auth_settings(path: &Path) -> Result<Auth, ConfigError> {
     let source = read(path)?;
-    let (settings, problems) = validate::config(path, &source);
+    let (settings, problems) =
+        validate::config(path, &source).map_err(|problems| ConfigError { problems })?;
     if problems.is_empty() { Ok(settings.auth) } else { Err(ConfigError { problems }) }
 }
 

@@ -77,14 +77,19 @@ pub fn duration(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) -> Optio
 
 /// Validates `source` (the main config at `path`); returns the settings with
 /// defaults where a value was missing or bad, and every problem found.
-pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
+///
+/// # Errors
+/// The one problem that stopped parsing (TOML syntax, an unknown key, a
+/// value of the wrong type): then no setting is known, not even which users
+/// file to read.
+pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
     let mut c = Collector::new(path, source);
     let mut s = defaults(path);
     let raw: RawConfig = match toml::from_str(source) {
         Ok(r) => r,
         Err(e) => {
             c.toml(&e);
-            return (s, c.problems);
+            return Err(c.problems);
         }
     };
 
@@ -325,7 +330,7 @@ pub fn config(path: &Path, source: &str) -> (Settings, Vec<Problem>) {
     if let Some(w) = raw.reload.watch {
         s.watch = w;
     }
-    (s, c.problems)
+    Ok((s, c.problems))
 }
 
 /// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
