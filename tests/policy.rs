@@ -266,6 +266,48 @@ async fn denied_by_rule_is_a_403_from_the_proxy_and_never_reaches_the_origin() {
     assert_eq!(ok_origin.hits(), 1);
 }
 
+/// A rule about an IPv4 address also holds for the IPv6 spellings that
+/// reach it (`[::ffff:127.0.0.1]` went past a deny rule for `127.0.0.1` to
+/// the origin), and a rule may name an address in either form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_rule_for_an_ipv4_address_holds_for_its_ipv6_spellings() {
+    let origin = spawn_echo_origin();
+    let port = origin.addr.port();
+    let rules = format!(
+        "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"allow\"\n\n\
+         [[rules]]\nname = \"no-origin\"\naction = \"deny\"\nhosts = [\"127.0.0.1\"]\nports = [{port}]\n\n\
+         [[rules]]\nname = \"no-v6-written\"\naction = \"deny\"\nhosts = [\"::ffff:127.0.0.2\", \"::1\"]\n"
+    );
+    let proxy = spawn_custom(&config(None, &rules), &users());
+    let a = auth();
+    for host in ["127.0.0.1", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[0:0:0:0:0:ffff:127.0.0.1]"] {
+        let authority = format!("{host}:{port}");
+        let r = get(
+            proxy.addr,
+            &format!("http://{authority}/x"),
+            &[("Host", &authority), ("Proxy-Authorization", &a)],
+        )
+        .await;
+        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+        assert_eq!(
+            r.header("proxy-status"),
+            Some("authgate; error=http_request_denied; details=\"rule no-origin\"")
+        );
+        let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
+        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+    }
+    assert_eq!(origin.hits(), 0, "no spelling reached the origin");
+    // A pattern written in IPv6 (bare, without brackets) holds for the IPv4 target.
+    for authority in ["127.0.0.2:9", "[::1]:9"] {
+        let r = send_one(proxy.addr, "CONNECT", authority, &[("Proxy-Authorization", &a)]).await;
+        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+        assert_eq!(
+            r.header("proxy-status"),
+            Some("authgate; error=http_request_denied; details=\"rule no-v6-written\"")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_403_passes_untouched_without_proxy_status() {
     let origin = spawn_origin(|_req| async {

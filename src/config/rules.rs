@@ -12,6 +12,7 @@ use toml::Spanned;
 use super::error::Collector;
 use super::raw::{RawPolicy, RawPort, RawRule};
 use super::validate::parse_cidr;
+use crate::policy::egress::canonical;
 use crate::policy::rules::{Action, HostPattern, Policy, Rule};
 use crate::target::{Host, parse_host};
 
@@ -127,6 +128,11 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         Some(r) => (true, r),
         None => (false, s),
     };
+    // A bare IPv6 address (`::1`), which the host syntax below would read as
+    // host:port.
+    if !wild && let Ok(v6) = rest.parse::<std::net::Ipv6Addr>() {
+        return Ok(HostPattern::Exact(canonical(v6.into()).to_string()));
+    }
     if rest.contains('*') {
         return Err(format!(
             "`{}`: `*` is only allowed as `*` or a leading `*.`",
@@ -137,7 +143,9 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         .map_err(|_| format!("`{}` is not a valid host name", s.chars().take(60).collect::<String>()))?;
     let host = match parse_host(&ascii) {
         Ok(Host::Name(n)) => n,
-        Ok(Host::Ip(ip)) if !wild => ip.to_string(),
+        // As targets are matched: an IPv6 form that embeds an IPv4 address
+        // is that address.
+        Ok(Host::Ip(ip)) if !wild => canonical(ip).to_string(),
         _ => return Err(format!("`{}` is not a valid host pattern", s.chars().take(60).collect::<String>())),
     };
     Ok(if wild { HostPattern::Suffix(format!(".{host}")) } else { HostPattern::Exact(host) })

@@ -157,11 +157,13 @@ impl Rule {
 
 /// The host as patterns see it; an address is formatted only for a rule
 /// that has patterns other than `*` (formatting one per rule per request
-/// was 1.6k instructions).
+/// was 1.6k instructions). An IPv6 form that embeds an IPv4 address
+/// (`[::ffff:10.1.2.3]`) is that IPv4 address, as for `cidrs` and the egress
+/// checks: it reaches the same host, and must not slip past a rule for it.
 fn host_text(host: &Host) -> Cow<'_, str> {
     match host {
         Host::Name(n) => Cow::Borrowed(n),
-        Host::Ip(ip) => Cow::Owned(ip.to_string()),
+        Host::Ip(ip) => Cow::Owned(crate::policy::egress::canonical(*ip).to_string()),
     }
 }
 
