@@ -411,3 +411,35 @@ fn a_config_that_does_not_parse_is_one_line_and_no_guess_about_the_users_file() 
         format!("{}:3:1: invalid table header: duplicate key `server` in document root\n", path.display())
     );
 }
+
+#[test]
+fn a_duration_beyond_365_days_is_refused_for_every_setting() {
+    // "500000000000y" passed `check`, then every deadline computed from it
+    // overflowed: a panic on each connection, login or forwarded request.
+    let keys = [
+        ("limits", "header_read_timeout"),
+        ("limits", "idle_timeout"),
+        ("limits", "connect_timeout"),
+        ("limits", "dns_timeout"),
+        ("limits", "upstream_response_timeout"),
+        ("limits", "tunnel_idle_timeout"),
+        ("limits", "send_timeout"),
+        ("limits", "shutdown_grace"),
+        ("auth", "cache_ttl"),
+        ("auth.throttle", "window"),
+    ];
+    for (table, key) in keys {
+        for value in ["500000000000y", "366days"] {
+            let err = load_err(&format!("[{table}]\n{key} = \"{value}\"\n"), &good_users());
+            assert!(
+                err.contains(&format!("authgate.toml:2:{}: {table}.{key}: at most 365 days", key.len() + 4)),
+                "{err}"
+            );
+        }
+        let (_dir, ok) = load(&format!("[{table}]\n{key} = \"365days\"\n"), &good_users());
+        // 365 days itself is accepted where the setting has no lower cap.
+        if let Err(e) = ok {
+            assert!(!e.contains("at most 365 days"), "{e}");
+        }
+    }
+}

@@ -58,9 +58,19 @@ fn defaults(path: &Path) -> Settings {
     }
 }
 
-/// Parses a duration such as `5m`, `30s`, `1h 30m`, `250ms`.
+/// The longest duration any setting accepts. Timers are deadlines
+/// (`Instant` + duration), and a duration such as `"500000000000y"` made
+/// that sum overflow: a panic on every connection or login.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a duration such as `5m`, `30s`, `1h 30m`, `250ms`; at most
+/// [`MAX_DURATION`].
 pub fn duration(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) -> Option<Duration> {
     match humantime::parse_duration(v.get_ref().trim()) {
+        Ok(d) if d > MAX_DURATION => {
+            c.at(v.span(), format!("{what}: at most 365 days"));
+            None
+        }
         Ok(d) => Some(d),
         Err(e) => {
             c.at(
