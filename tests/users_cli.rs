@@ -477,10 +477,22 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     assert_eq!(snap.users.verify(&creds("old", "pw"), SystemTime::now()).err(), Some(Refusal::Expired));
     assert!(snap.users.verify(&creds("t1", "pw"), SystemTime::now()).is_ok());
 
-    for bad in ["2027-13-01", "2027-03-31T00:00:00", "tomorrow", "10:00:00", "1960-01-01", ""] {
+    // The last two are in range as written but not in UTC (they panicked).
+    for bad in [
+        "2027-13-01",
+        "2027-03-31T00:00:00",
+        "tomorrow",
+        "10:00:00",
+        "1960-01-01",
+        "",
+        "1970-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-23:59",
+    ] {
         let err = d.refused(&["add", "t3", "--expires", bad, "--password-stdin"], Some("pw\n"));
-        assert!(err.contains("--expires"), "{bad}: {err}");
+        assert!(err.contains("--expires") && err.contains("from 1970 to 9999"), "{bad}: {err}");
     }
+    d.ok(&["add", "edge", "--expires", "9999-12-31T23:59:59Z", "--password-stdin"], Some("pw\n"));
+    assert!(d.ok(&["list"], None).stdout.contains("9999-12-31T23:59:59Z"));
 }
 
 #[test]

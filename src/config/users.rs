@@ -98,17 +98,30 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
 }
 
 /// A TOML offset date-time (or a bare date, taken as midnight UTC) as a
-/// `SystemTime`.
+/// `SystemTime`, within [`expiry_in_range`].
 fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
     let text = match (dt.date, dt.time, dt.offset) {
         (Some(_), Some(_), Some(_)) => dt.to_string(),
         (Some(d), None, None) => format!("{d}T00:00:00Z"),
         _ => return None,
     };
-    humantime::parse_rfc3339_weak(&text.replace('z', "Z")).ok().or_else(|| {
-        // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
-        parse_with_offset(&text)
-    })
+    humantime::parse_rfc3339_weak(&text.replace('z', "Z"))
+        .ok()
+        .or_else(|| {
+            // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
+            parse_with_offset(&text)
+        })
+        .filter(|t| expiry_in_range(*t))
+}
+
+/// Whether an expiry, in UTC, lies from 1970-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59Z: what RFC 3339 (four-digit years) and the time
+/// formatting of `users list` can show. `1970-01-01T00:00:00+01:00` (before
+/// the epoch in UTC) and `9999-12-31T23:59:59-23:59` (in year 10000) made
+/// `users list` panic.
+pub fn expiry_in_range(t: SystemTime) -> bool {
+    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    t.duration_since(SystemTime::UNIX_EPOCH).is_ok_and(|d| d.as_secs() <= LAST)
 }
 
 fn parse_with_offset(text: &str) -> Option<SystemTime> {

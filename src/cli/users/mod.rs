@@ -353,7 +353,7 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
     let local = humantime::parse_rfc3339(&utc_text).map_err(|_| bad())?;
     let shift = Duration::from_secs(offset_minutes.unsigned_abs() * 60);
     let instant = if offset_minutes >= 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
-    let instant = instant.ok_or_else(bad)?;
+    let instant = instant.filter(|t| crate::config::expiry_in_range(*t)).ok_or_else(bad)?;
     let written: toml_edit::Datetime =
         humantime::format_rfc3339_seconds(instant).to_string().parse().map_err(|_| bad())?;
     Ok((instant, written))
