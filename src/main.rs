@@ -1,7 +1,7 @@
 //! The `authgate` command line: parse arguments, call the library, map errors
 //! to exit codes. Nothing else lives here.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -61,23 +61,42 @@ fn main() -> ExitCode {
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("authgate: {msg}");
+    err_line(format_args!("authgate: {msg}"));
     ExitCode::FAILURE
+}
+
+/// One line on standard error. `eprintln!` panics when stderr cannot be
+/// written; the exit code still tells what happened.
+fn err_line(line: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Writes `text` to standard output and returns `code`; a write that fails
+/// (a full disk, a closed pipe: `authgate check > /dev/full`) is a one-line
+/// message and exit 1, where `print!` panicked with exit 101.
+fn emit(text: &str, code: ExitCode) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => code,
+        Err(e) => fail(format!("cannot write to standard output: {e}")),
+    }
 }
 
 /// `authgate users ...`: 0 done, 1 refused (one `authgate:` line per problem).
 fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
     match authgate::cli::users::run(config, action) {
         Ok(outcome) => {
-            print!("{}", outcome.stdout);
             for line in &outcome.refused {
-                eprintln!("authgate: {line}");
+                err_line(format_args!("authgate: {line}"));
             }
-            if outcome.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            emit(
+                &outcome.stdout,
+                if outcome.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE },
+            )
         }
         Err(e) => {
             for line in e.lines() {
-                eprintln!("authgate: {line}");
+                err_line(format_args!("authgate: {line}"));
             }
             ExitCode::FAILURE
         }
@@ -86,12 +105,9 @@ fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
 
 fn check(config: &Path) -> ExitCode {
     match authgate::config::load(config) {
-        Ok(snap) => {
-            println!("ok: {}", snap.summary());
-            ExitCode::SUCCESS
-        }
+        Ok(snap) => emit(&format!("ok: {}\n", snap.summary()), ExitCode::SUCCESS),
         Err(e) => {
-            eprintln!("{e}");
+            err_line(format_args!("{e}"));
             ExitCode::FAILURE
         }
     }
@@ -101,24 +117,21 @@ fn explain(config: &Path, user: &str, method: Option<&str>, target: &str) -> Exi
     let snap = match authgate::config::load(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}");
+            err_line(format_args!("{e}"));
             return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("authgate: cannot start the runtime: {e}");
+            err_line(format_args!("authgate: cannot start the runtime: {e}"));
             return ExitCode::from(2);
         }
     };
     match runtime.block_on(authgate::cli::explain::run(&snap, user, method, target)) {
-        Ok(report) => {
-            print!("{}", report.text);
-            if report.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) }
-        }
+        Ok(report) => emit(&report.text, if report.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) }),
         Err(e) => {
-            eprintln!("authgate: {e}");
+            err_line(format_args!("authgate: {e}"));
             ExitCode::from(2)
         }
     }
@@ -128,7 +141,7 @@ fn run(config: &Path) -> ExitCode {
     let snap = match authgate::config::load(config) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{e}");
+            err_line(format_args!("{e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -197,18 +210,20 @@ async fn shutdown_signal() {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
-        eprintln!("authgate: second signal, exiting now");
+        err_line(format_args!("authgate: second signal, exiting now"));
         authgate::telemetry::flush();
         std::process::exit(1);
     });
 }
 
 fn hash_password(config: &Path) -> ExitCode {
-    let params = if config.exists() {
+    // Defaults only when there is no config at all: a config path that is a
+    // dangling symlink or a loop is an error, not a silent fallback.
+    let params = if std::fs::symlink_metadata(config).is_ok() {
         match authgate::config::auth_settings(config) {
             Ok(a) => a.argon2,
             Err(e) => {
-                eprintln!("{e}");
+                err_line(format_args!("{e}"));
                 return ExitCode::FAILURE;
             }
         }
@@ -220,10 +235,7 @@ fn hash_password(config: &Path) -> ExitCode {
         Err(e) => return fail(e),
     };
     match authgate::auth::password::hash_password(&password, params) {
-        Ok(h) => {
-            println!("{h}");
-            ExitCode::SUCCESS
-        }
+        Ok(h) => emit(&format!("{h}\n"), ExitCode::SUCCESS),
         Err(e) => fail(format!("cannot hash: {e}")),
     }
 }

@@ -449,3 +449,48 @@ fn a_duration_beyond_365_days_is_refused_for_every_setting() {
         }
     }
 }
+
+#[test]
+fn a_standard_output_that_cannot_be_written_is_a_message_not_a_panic() {
+    use std::io::Write;
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", GOOD_CONFIG);
+    dir.write("users.toml", good_users());
+    let cfg = config_arg(&path);
+    let cases: [(&[&str], Option<&str>); 3] = [
+        (&["check", "--config", &cfg], None),
+        (&["hash-password", "--config", &cfg], Some("a password\n")),
+        (&["users", "list", "--config", &cfg], None),
+    ];
+    for (args, stdin) in cases {
+        let full = std::fs::File::options().write(true).open("/dev/full").expect("/dev/full");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(args)
+            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::from(full))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stderr),
+            "authgate: cannot write to standard output: No space left on device (os error 28)\n",
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn hash_password_with_a_dangling_config_symlink_is_an_error_not_the_defaults() {
+    let dir = TempDir::new();
+    let link = dir.path().join("authgate.toml");
+    std::os::unix::fs::symlink(dir.path().join("gone.toml"), &link).unwrap();
+    let out = authgate_bin(&["hash-password", "--config", &config_arg(&link)], Some("a password\n"));
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("cannot read: file not found"), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "no hash with default costs: {}", text(&out.stdout));
+}
