@@ -797,3 +797,37 @@ fn concurrent_users_commands_never_lose_an_edit() {
     }
     assert!(d.strays().is_empty(), "no lock or temp file left: {:?}", d.strays());
 }
+
+/// A users file that is not a regular file (here a FIFO; a device node was
+/// replaced by a text file, and opening a FIFO waited for a writer) is
+/// refused, and left as it is.
+#[test]
+fn a_users_file_that_is_not_a_regular_file_is_refused_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    let d = Dir::new(None);
+    assert!(Command::new("mkfifo").arg(d.users()).status().unwrap().success());
+    for args in [&["add", "x", "--password-stdin"][..], &["list"][..]] {
+        let mut child = d
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(b"pw\n");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`users {}` hung on the FIFO", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("users.toml: cannot read: not a regular file"), "{err}");
+        assert!(std::fs::symlink_metadata(d.users()).unwrap().file_type().is_fifo(), "left as it was");
+    }
+}
