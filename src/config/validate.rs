@@ -265,10 +265,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     }
 
     if let Some(level) = &raw.log.level {
-        if tracing_subscriber::EnvFilter::try_new(level.get_ref()).is_err() {
+        if !log_filter_ok(level.get_ref()) {
             c.at(
                 level.span(),
-                "log.level: not a valid level or filter (use error, warn, info, debug, trace)",
+                "log.level: not a level or a filter (use off, error, warn, info, debug or trace, or directives such as \"info,hyper=warn\")",
             );
         } else {
             s.log.level = level.get_ref().clone();
@@ -421,4 +421,18 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
             }
         }
     }
+}
+
+/// Whether `level` is a level or a list of `tracing` directives. A bare
+/// word that is not a level parses as a directive too: `"warning"` meant
+/// "everything from the target `warning`", so a typo silenced every log line
+/// (the startup line, access and audit lines included).
+fn log_filter_ok(level: &str) -> bool {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let bare_words_are_levels = level.split(',').all(|d| {
+        let d = d.trim();
+        !d.is_empty()
+            && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
+    });
+    bare_words_are_levels && tracing_subscriber::EnvFilter::try_new(level).is_ok()
 }
