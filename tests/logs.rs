@@ -343,3 +343,40 @@ fn a_request_dropped_before_its_answer_is_logged_once_with_why() {
         }
     }
 }
+
+/// A request target with `"`, `\` or UTF-8 controls (which hyper accepts)
+/// is quoted and escaped in the text access line: written bare, it forged
+/// fields (`a"b=c`) and put C1 controls (`CSI`) on the terminal of whoever
+/// read the log.
+#[test]
+fn a_hostile_request_target_cannot_forge_access_log_fields_or_controls() {
+    let dir = TempDir::new();
+    let bin = start_binary(&dir, "", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let authority = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let auth = basic(USER, PASSWORD);
+        for path in ["/a\"b=c\\d", "/csi\u{9b}31m", "/ls\u{2028}x"] {
+            let r = get(
+                proxy,
+                &format!("http://{}{path}", origin.authority()),
+                &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{path:?}: {}", r.dump());
+        }
+        origin.authority()
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    for written in [
+        format!(r#"request_target="http://{authority}/a\"b=c\\d" status=200"#),
+        format!(r#"request_target="http://{authority}/csi\u{{9b}}31m" status=200"#),
+        format!(r#"request_target="http://{authority}/ls\u{{2028}}x" status=200"#),
+    ] {
+        assert!(stdout.contains(&written), "{written} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains('\u{9b}') && !stdout.contains('\u{2028}'), "{stdout}");
+}

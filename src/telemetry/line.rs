@@ -11,7 +11,9 @@
 //! 6 reps).
 //!
 //! The bytes are the same as `tracing-subscriber` writes for the event (a
-//! test compares the two); JSON lines still go through `tracing-subscriber`.
+//! test compares the two), except for a request target with bytes that
+//! need escaping, which is quoted here (see [`push_target`]); JSON lines
+//! still go through `tracing-subscriber`.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -76,7 +78,7 @@ pub fn write_access(rec: &AccessRecord, now: SystemTime, out: impl FnOnce(&[u8])
         l.push_str(" method=");
         push_quoted(l, rec.method.as_str());
         l.push_str(" request_target=");
-        l.push_str(&rec.target);
+        push_target(l, &rec.target);
         l.push_str(" status=");
         push_int(l, u64::from(rec.status));
         l.push_str(" bytes_up=");
@@ -106,6 +108,20 @@ fn push_quoted(out: &mut String, s: &str) {
         out.push('"');
         out.push_str(s);
         out.push('"');
+    } else {
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+/// Appends the request target bare, as `{}` writes it, when it is printable
+/// ASCII without `"` or `\\` (what well-behaved clients send); otherwise
+/// quoted and escaped as `{:?}` writes it, as the user field is. hyper
+/// accepts a target with `"`, `\\` and UTF-8, and written bare, those forged
+/// fields (`a"b=c`) or reached a terminal as controls (C1 `CSI`, `NEL`, line
+/// separators). The JSON format escapes them as JSON.
+fn push_target(out: &mut String, s: &str) {
+    if s.bytes().all(|b| matches!(b, b'!'..=b'~') && b != b'"' && b != b'\\') {
+        out.push_str(s);
     } else {
         let _ = write!(out, "{s:?}");
     }
@@ -285,6 +301,27 @@ mod tests {
             assert!(ours.ends_with('\n') && ours.lines().count() == 1, "{ours:?}");
             let stamp = ours.split(' ').next().unwrap();
             assert_eq!(stamp.len(), "2026-11-29T16:18:44.259082Z".len(), "{stamp}");
+        }
+    }
+
+    #[test]
+    fn a_target_that_could_forge_fields_or_terminal_controls_is_quoted_and_escaped() {
+        let line = |target: &str| {
+            let mut ours = Vec::new();
+            write_access(&record(Some("bob"), target), SystemTime::now(), |b| ours.extend_from_slice(b));
+            String::from_utf8(ours).unwrap()
+        };
+        assert!(line("http://h/a%20b?x=1").contains(" request_target=http://h/a%20b?x=1 status="));
+        for (target, written) in [
+            ("http://h/a\"b=c\\d", r#"request_target="http://h/a\"b=c\\d" status="#),
+            ("http://h/nel\u{85}fake", r#"request_target="http://h/nel\u{85}fake" status="#),
+            ("http://h/csi\u{9b}31m", r#"request_target="http://h/csi\u{9b}31m" status="#),
+            ("http://h/ls\u{2028}x", r#"request_target="http://h/ls\u{2028}x" status="#),
+            ("http://h/é\u{202e}", r#"request_target="http://h/é\u{202e}" status="#),
+        ] {
+            let l = line(target);
+            assert!(l.contains(written), "{l}");
+            assert!(l.is_ascii() || target.contains('é'), "{l}");
         }
     }
 
