@@ -507,3 +507,20 @@ fn a_log_level_typo_is_refused_instead_of_silencing_every_log_line() {
         assert!(ok.is_ok(), "{level:?}: {:?}", ok.err());
     }
 }
+
+#[test]
+fn users_written_with_dotted_keys_load_like_tables() {
+    // Valid TOML; refused as "invalid type: string \"password\", expected a
+    // borrowed string".
+    let h = toml_str(&hash("pw"));
+    for users in [
+        format!("users.bob.password = {h}\nusers.bob.groups = [\"staff\"]\nusers.carol.password = {h}\n"),
+        format!(
+            "[users]\nbob.password = {h}\nbob.groups = [\"staff\"]\ncarol.password = {h}\ncarol.disabled = true\n"
+        ),
+    ] {
+        let (_dir, snap) = load(GOOD_CONFIG, &users);
+        let snap = snap.unwrap_or_else(|e| panic!("{e}\n{users}"));
+        assert_eq!(snap.users.len(), 2);
+    }
+}

@@ -266,7 +266,7 @@ pub struct RawLog {
 pub struct RawUsers {
     /// `[users.NAME]` tables by name.
     #[serde(default)]
-    pub users: BTreeMap<Spanned<String>, Spanned<RawUser>>,
+    pub users: BTreeMap<Spanned<String>, RawUser>,
 }
 
 /// One `[users.NAME]` table.

@@ -63,7 +63,6 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             );
             continue;
         }
-        let user = user.into_inner();
         let hash = match StoredHash::parse(user.password.get_ref()) {
             Ok(h) => h,
             Err(m) => {
