@@ -172,7 +172,7 @@ fn detail(err: &ProxyError) -> String {
         ConnectWithBody => "A CONNECT request has no content, but this one declares a body (Content-Length or Transfer-Encoding); where the tunnel would begin is ambiguous, so the connection is closed.".into(),
         HeadTooLarge => "The request head (request line and header fields) is larger, or has more header fields (100), than this proxy accepts.".into(),
         ProxyAuthRequired => "Send valid proxy credentials in Proxy-Authorization (Basic).".into(),
-        Throttled { retry_after } => format!("Too many failed logins from your address; retry in {} s.", retry_after.as_secs().max(1)),
+        Throttled { retry_after } => format!("Too many failed logins from your address; retry in {} s.", retry_secs(*retry_after)),
         DeniedByRule { rule } => format!("Your account may not reach this destination ({rule}). Ask your proxy administrator for access; retrying will not help."),
         DestinationIpProhibited { .. } => "The destination resolves to an address that this proxy never connects to (internal, loopback, link-local or reserved).".into(),
         LoopDetected => "The request already passed through this proxy; check the proxy settings of the upstream.".into(),
@@ -185,7 +185,7 @@ fn detail(err: &ProxyError) -> String {
         UpstreamProtocol { detail } => format!("The origin sent an invalid or incomplete response ({detail})."),
         Upstream407 => "The origin answered 407 Proxy Authentication Required; authgate does not pass that on, because it would be mistaken for authgate's own challenge.".into(),
         UpstreamTls => "The origin's TLS certificate could not be verified.".into(),
-        AuthOverloaded { retry_after } => format!("Too many logins are being checked right now; retry in {} s.", retry_after.as_secs().max(1)),
+        AuthOverloaded { retry_after } => format!("Too many logins are being checked right now; retry in {} s.", retry_secs(*retry_after)),
         TooManyConnections => "The proxy has reached its connection limit; retry shortly.".into(),
         Internal => "authgate failed internally; the request_id identifies it in the proxy's log.".into(),
     }
@@ -314,7 +314,7 @@ pub fn error_response(err: &ProxyError, ctx: &Context<'_>) -> Response<ProxyBody
             insert_str(h, header::PROXY_AUTHENTICATE.as_str(), &challenge);
         }
         ProxyError::Throttled { retry_after } | ProxyError::AuthOverloaded { retry_after } => {
-            insert_str(h, header::RETRY_AFTER.as_str(), &retry_after.as_secs().max(1).to_string());
+            insert_str(h, header::RETRY_AFTER.as_str(), &retry_secs(*retry_after).to_string());
         }
         ProxyError::TooManyConnections => {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -328,6 +328,13 @@ fn insert_str(h: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }
+}
+
+/// Whole seconds until a retry can succeed, rounded up (RFC 9110 §10.2.3:
+/// `Retry-After` is a whole number of seconds): rounded down, a client that
+/// waited exactly that long was refused once more.
+fn retry_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// The `Retry-After` hint for overload answers.
