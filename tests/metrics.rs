@@ -139,6 +139,10 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     // The admin listener is not a proxy.
     let r = send_one(run.admin, "GET", "/nope", &[("Host", "a")]).await;
     assert_eq!(r.status, 404);
+    // Other methods: 405 with the Allow field RFC 9110 §15.5.6 requires.
+    let r = send_one(run.admin, "POST", "/healthz", &[("Host", "a"), ("Content-Length", "0")]).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        // RFC 9110 §15.5.6: a 405 MUST list the methods the resource has.
+        resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    }
     resp
 }
 
