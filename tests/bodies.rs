@@ -511,3 +511,59 @@ async fn an_origin_that_stalls_mid_body_is_cut_off_and_a_slow_one_is_not() {
         .expect("the origin connection is closed too")
         .unwrap();
 }
+
+/// Sends `head` and then `body_len` bytes of body on a fresh connection,
+/// while reading everything the proxy answers until it closes.
+async fn upload_and_read_all(proxy: SocketAddr, head: Vec<u8>, body_len: usize) -> String {
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&head).await;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < body_len {
+            let n = chunk.len().min(body_len - sent);
+            if wr.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            sent += n;
+        }
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), rd.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the proxy closes the connection; got so far:\n{}", String::from_utf8_lossy(&got));
+    writer.abort();
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// An answer given before the request body's end (an origin's 413 to a
+/// large upload, authgate's own 407) is the only answer: the proxy says it
+/// closes the connection and does. What it still read of the unread body
+/// was taken for the head of a next request and answered with a 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_end_of_a_large_upload_is_the_only_answer() {
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig";
+        let _ = s.write_all(refusal).await;
+        // Closes a second later, having read none of the body.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let len = 4 * 1024 * 1024;
+    let length = len.to_string();
+    for (auth, status) in [(Some(auth()), "413"), (None, "407")] {
+        let mut headers = vec![("Host", host.as_str()), ("Content-Length", length.as_str())];
+        if let Some(a) = &auth {
+            headers.push(("Proxy-Authorization", a));
+        }
+        let got =
+            upload_and_read_all(proxy.addr, request("POST", &origin.url("/upload"), &headers), len).await;
+        assert_eq!(got.matches("HTTP/1.1 ").count(), 1, "one answer only:\n{got}");
+        assert!(got.starts_with(&format!("HTTP/1.1 {status} ")), "{got}");
+        assert!(got.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{got}");
+    }
+}

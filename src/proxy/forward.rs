@@ -134,6 +134,12 @@ pub async fn forward(
     // RFC 9110 §2.5: a proxy sends its own version, not the origin's (hyper
     // still answers an HTTP/1.0 client as 1.0).
     *resp.version_mut() = Version::HTTP_11;
+    // An answer before the request body's end (a 413 to a large upload): the
+    // origin will not read the rest, so neither will the connection carry
+    // another request; the client is told, and the caller closes it.
+    if upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(conn) = sent.conn {
         state.pool.checkin(key, conn);
     }

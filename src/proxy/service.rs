@@ -65,6 +65,16 @@ pub enum Reply {
     Tunnel(Response<ProxyBody>, tunnel::Job),
 }
 
+/// The largest request body that authgate may leave unread (it reads none
+/// of a request it answers itself) and still keep the connection. hyper
+/// reads past an unread body to find the next request; a body that is not
+/// yet in its buffer then goes through the head limits as if it were the
+/// next request's head (a 4 MiB upload refused with a 407 was followed by
+/// a 431 for a request never sent). Small bodies, such as a form posted
+/// before the browser learns it needs proxy credentials, arrive with their
+/// head.
+const UNREAD_BODY_KEPT: u64 = 4096;
+
 /// Handles one request. Never fails: errors become authgate's own responses.
 pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -> Response<ProxyBody> {
     let snap = state.snapshot.load_full();
@@ -72,6 +82,10 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     // Read only if authgate answers with an error page itself.
     let accept = req.headers().get(header::ACCEPT).cloned();
     let connect = req.method() == Method::CONNECT;
+    let large_body = match http_body::Body::size_hint(req.body()).exact() {
+        Some(n) => n > UNREAD_BODY_KEPT,
+        None => true,
+    };
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
     rec.metrics = Some(state.metrics.clone());
     rec.log = snap.log.access;
@@ -88,6 +102,12 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     match result {
         Ok(Reply::Response(resp)) => {
             count(Counted::Forwarded);
+            // The origin's own `Connection` was removed with the other
+            // hop-by-hop fields: this one is forward's, for an answer given
+            // before the request body's end.
+            if resp.headers().contains_key(header::CONNECTION) {
+                client.phase.linger();
+            }
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
             rec.status = resp.status().as_u16();
             if rec.outcome.is_empty() {
@@ -115,9 +135,11 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));
             // After a refused CONNECT, bytes the client sent ahead for the
             // tunnel would be read as its next request: close instead.
-            // A 407 keeps the connection for the retry with credentials.
+            // A 407 keeps the connection for the retry with credentials,
+            // unless the request has a body of more than
+            // [`UNREAD_BODY_KEPT`] bytes or of unknown length (see there).
             let refused_tunnel = connect && !matches!(err, ProxyError::ProxyAuthRequired);
-            if close || err.closes_connection() || refused_tunnel {
+            if close || err.closes_connection() || refused_tunnel || large_body {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 client.phase.linger();
             }

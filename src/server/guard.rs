@@ -64,9 +64,14 @@ impl Phase {
         self.state.store(BUSY, Ordering::Release);
     }
 
-    /// The response has been sent: waiting for the next request.
+    /// The response has been sent: waiting for the next request. Not after
+    /// [`Phase::linger`]: the connection closes, and what hyper still reads
+    /// of the unread request body must not count as the head of a next
+    /// request (a large one became a 431 for a request never sent).
     pub fn idle(&self) {
-        let _ = self.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
+        if !self.linger.load(Ordering::Acquire) {
+            let _ = self.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 
     /// The connection is handed over to a tunnel: no more HTTP timers.
