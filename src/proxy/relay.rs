@@ -60,6 +60,12 @@ enum Splice {
 }
 
 impl Direction {
+    /// Whether bytes wait here for the other side to accept them.
+    fn blocked(&self) -> bool {
+        self.buf.as_ref().is_some_and(|b| !b.is_empty())
+            || matches!(&self.splice, Splice::Piped(pipe) if !pipe.is_empty())
+    }
+
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -197,8 +203,28 @@ pub enum End {
     Closed,
     /// No byte moved for the idle timeout.
     Idle,
+    /// Bytes waited for a side that accepted none of them for the
+    /// longer of the two timeouts.
+    Stalled,
     /// A side failed (reset, broken pipe).
     Error,
+}
+
+/// How long a tunnel may go without moving a byte.
+///
+/// The relay sees a byte move when it reads or writes one. A side that
+/// reads slowly is seen only when its socket takes more: with the socket
+/// buffers of a fast link (megabytes), a reader taking 256 KiB/s left the
+/// relay blocked for seconds at a time while bytes still reached it, and a
+/// short `idle` cut that moving download. So while bytes wait for a side
+/// to accept them the tunnel is not idle: it ends only after the longer of
+/// the two without progress.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet {
+    /// Nothing to read either way and nothing waiting (`tunnel_idle_timeout`).
+    pub idle: Duration,
+    /// Bytes waiting for a side that accepts none (`send_timeout`).
+    pub blocked: Duration,
 }
 
 /// A running relay; its byte counts stay readable after it was cancelled.
@@ -220,13 +246,13 @@ impl Relay {
     }
 
     /// Copies until both directions are done, a side fails, or nothing moved
-    /// for `idle`.
-    pub async fn run<A, B>(&mut self, client: &mut A, origin: &mut B, idle: Duration) -> End
+    /// for `quiet.idle` (see [`Quiet`]).
+    pub async fn run<A, B>(&mut self, client: &mut A, origin: &mut B, quiet: Quiet) -> End
     where
         A: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
-        self.drive(idle, |way, dir, cx, progress| match way {
+        self.drive(quiet, |way, dir, cx, progress| match way {
             Way::Up => dir.poll(cx, client, origin, progress),
             Way::Down => dir.poll(cx, origin, client, progress),
         })
@@ -235,8 +261,8 @@ impl Relay {
 
     /// [`Relay::run`] for two plain TCP sockets: bulk directions go through
     /// `splice(2)` instead of a user-space buffer.
-    pub async fn run_tcp(&mut self, client: &mut TcpStream, origin: &mut TcpStream, idle: Duration) -> End {
-        self.drive(idle, |way, dir, cx, progress| match way {
+    pub async fn run_tcp(&mut self, client: &mut TcpStream, origin: &mut TcpStream, quiet: Quiet) -> End {
+        self.drive(quiet, |way, dir, cx, progress| match way {
             Way::Up => dir.poll_tcp(cx, client, origin, progress),
             Way::Down => dir.poll_tcp(cx, origin, client, progress),
         })
@@ -244,13 +270,13 @@ impl Relay {
     }
 
     /// The loop shared by both relays: polls each direction with `step`,
-    /// ends on failure, on both sides done, or after `idle` without progress.
-    async fn drive<F>(&mut self, idle: Duration, mut step: F) -> End
+    /// ends on failure, on both sides done, or after a quiet spell.
+    async fn drive<F>(&mut self, quiet: Quiet, mut step: F) -> End
     where
         F: FnMut(Way, &mut Direction, &mut Context<'_>, &mut bool) -> Poll<io::Result<()>>,
     {
         let mut last = Instant::now();
-        let mut timer = Box::pin(tokio::time::sleep(idle));
+        let mut timer = Box::pin(tokio::time::sleep(quiet.idle));
         poll_fn(|cx| {
             let mut progress = false;
             let mut failed = false;
@@ -270,9 +296,10 @@ impl Relay {
                 last = Instant::now();
             }
             while timer.as_mut().poll(cx).is_ready() {
-                let deadline = last + idle;
+                let blocked = self.up.blocked() || self.down.blocked();
+                let deadline = last + if blocked { quiet.idle.max(quiet.blocked) } else { quiet.idle };
                 if Instant::now() >= deadline {
-                    return Poll::Ready(End::Idle);
+                    return Poll::Ready(if blocked { End::Stalled } else { End::Idle });
                 }
                 timer.as_mut().reset(deadline);
             }
@@ -294,13 +321,44 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
+    /// `idle` seconds, and the default 60 s for a blocked side.
+    fn quiet(idle: u64) -> Quiet {
+        Quiet { idle: Duration::from_secs(idle), blocked: Duration::from_secs(60) }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_side_that_reads_slowly_is_not_idle_and_one_that_stops_is_stalled() {
+        let (mut client, mut c_side) = duplex(64);
+        let (mut o_side, mut origin) = duplex(64);
+        let task = tokio::spawn(async move {
+            let mut r = Relay::default();
+            r.run(&mut c_side, &mut o_side, quiet(5)).await
+        });
+        let _writer = tokio::spawn(async move {
+            let _ = origin.write_all(&[b'x'; 64 * 1024]).await;
+            origin
+        });
+        // Reads a little every 8 s: longer than the 5 s idle timeout, but
+        // bytes keep moving to it (they were cut off after 5 s).
+        let mut chunk = [0u8; 16];
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            client.read_exact(&mut chunk).await.unwrap();
+        }
+        assert!(!task.is_finished(), "a slow reader is not idle");
+        // Stops reading: the relay waits the 60 s, not the 5.
+        let stopped = tokio::time::Instant::now();
+        assert_eq!(task.await.unwrap(), End::Stalled);
+        assert!(stopped.elapsed() >= Duration::from_secs(59), "{:?}", stopped.elapsed());
+    }
+
     #[tokio::test]
     async fn copies_both_ways_with_half_close() {
         let (mut client, mut c_side) = duplex(1024);
         let (mut o_side, mut origin) = duplex(1024);
         let task = tokio::spawn(async move {
             let mut r = Relay::default();
-            let end = r.run(&mut c_side, &mut o_side, Duration::from_secs(5)).await;
+            let end = r.run(&mut c_side, &mut o_side, quiet(5)).await;
             (end, r.up(), r.down())
         });
         client.write_all(b"hello").await.unwrap();
@@ -322,7 +380,7 @@ mod tests {
         let (mut o_side, _origin) = duplex(1024);
         let task = tokio::spawn(async move {
             let mut r = Relay::default();
-            r.run(&mut c_side, &mut o_side, Duration::from_secs(10)).await
+            r.run(&mut c_side, &mut o_side, quiet(10)).await
         });
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(6)).await;
@@ -371,7 +429,7 @@ mod tests {
         // ones: the download is bulk from its start.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut relay = Relay::default();
-        let end = relay.run_tcp(&mut c_side, &mut o_side, Duration::from_secs(10)).await;
+        let end = relay.run_tcp(&mut c_side, &mut o_side, quiet(10)).await;
         assert_eq!(end, End::Closed);
         assert!(client_task.await.unwrap() == down, "download arrives intact");
         assert!(origin_task.await.unwrap() == up, "upload arrives intact");

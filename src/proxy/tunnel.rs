@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use super::State;
 use super::connect::Connector;
-use super::relay::{End, Relay};
+use super::relay::{End, Quiet, Relay};
 use super::service::{Reply, connect_established};
 use crate::auth::User;
 use crate::config::Snapshot;
@@ -65,7 +65,10 @@ pub async fn open(
 /// access event when it ends.
 pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Permit>) {
     let kill = state.kill.clone();
-    let idle = state.snapshot.load().limits.tunnel_idle_timeout;
+    let quiet = {
+        let limits = &state.snapshot.load().limits;
+        Quiet { idle: limits.tunnel_idle_timeout, blocked: limits.send_timeout }
+    };
     let guard = state.sessions.open(job.user.as_deref());
     let metrics = state.metrics.clone();
     state.tasks.spawn(async move {
@@ -92,19 +95,19 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
                     // before the tunnel settles in for hours.
                     drop(early);
                     match sent {
-                        Ok(()) => watch(relay.run_tcp(&mut sock, &mut tcp, idle), &kill, &revoked).await,
+                        Ok(()) => watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await,
                         Err(_) => "tunnel_error",
                     }
                 }
                 Err(upgraded) => {
                     let mut client = TokioIo::new(upgraded);
-                    watch(relay.run(&mut client, &mut tcp, idle), &kill, &revoked).await
+                    watch(relay.run(&mut client, &mut tcp, quiet), &kill, &revoked).await
                 }
             },
             Upstream::Upgraded(on) => match on.await {
                 Ok(u) => {
                     let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(u));
-                    watch(relay.run(&mut client, &mut origin, idle), &kill, &revoked).await
+                    watch(relay.run(&mut client, &mut origin, quiet), &kill, &revoked).await
                 }
                 Err(_) => "upstream_upgrade_failed",
             },
@@ -143,6 +146,7 @@ async fn watch(
         end = relay => match end {
             End::Closed => "tunnel_closed",
             End::Idle => "tunnel_idle_timeout",
+            End::Stalled => "tunnel_send_timeout",
             End::Error => "tunnel_error",
         },
         _ = kill.cancelled() => "tunnel_shutdown",
