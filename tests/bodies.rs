@@ -277,6 +277,30 @@ async fn websocket_upgrade_carries_bytes_both_ways() {
     assert!(conn.read_to_end().await.is_empty(), "after our FIN the origin closes and so must the proxy");
 }
 
+/// RFC 9110 §7.8: a server MUST ignore `Upgrade` in an HTTP/1.0 request.
+/// It was passed on, and the 1.0 client was sent a `101` it cannot use.
+#[tokio::test]
+async fn an_upgrade_in_an_http_1_0_request_is_ignored() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let head = format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        origin.url("/ws10"),
+        origin.authority(),
+        auth()
+    );
+    conn.send(head.as_bytes()).await;
+    let resp = conn.read_response("GET").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert!(
+        !seen.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("upgrade")),
+        "Upgrade reached the origin: {:?}",
+        seen.headers
+    );
+}
+
 /// A further request on `conn` gets its own clean 200: nothing of the
 /// previous response (no stray body bytes) is left on the connection.
 async fn assert_next_request_is_clean(conn: &mut RawConn, origin: &Origin, headers: &[(&str, &str)]) {

@@ -39,7 +39,10 @@ pub async fn forward(
     mut req: Request<Incoming>,
     rec: &AccessRecord,
 ) -> Result<Reply, ProxyError> {
-    let upgrade = wants_upgrade(req.headers());
+    // RFC 9110 §7.8: an Upgrade in an HTTP/1.0 request MUST be ignored (it
+    // is dropped with the other hop-by-hop fields), and a 1.0 client cannot
+    // be sent the 101 an upgrade needs.
+    let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
