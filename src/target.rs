@@ -64,10 +64,14 @@ pub fn parse_host(raw: &str) -> Result<Host, BadTarget> {
     }
     if let Some(inner) = raw.strip_prefix('[') {
         let inner = inner.strip_suffix(']').ok_or(BadTarget("unclosed IPv6 bracket"))?;
-        // A zone id (`%eth0`, URL-encoded `%25eth0`) does not change which
-        // address class this is; the check applies to the address.
-        let addr = inner.split('%').next().unwrap_or(inner);
-        let v6: Ipv6Addr = addr.parse().map_err(|_| BadTarget("bad IPv6 address"))?;
+        // A zone id (`%25eth0`, RFC 6874) names an interface of this
+        // machine, which only link-local addresses need and the egress
+        // policy refuses; `[::1%lo]`, `[::1%]` and the like were accepted
+        // with the zone silently dropped.
+        if inner.contains('%') {
+            return Err(BadTarget("IPv6 zone identifiers are not supported"));
+        }
+        let v6: Ipv6Addr = inner.parse().map_err(|_| BadTarget("bad IPv6 address"))?;
         return Ok(Host::Ip(IpAddr::V6(v6)));
     }
     let name = raw.strip_suffix('.').unwrap_or(raw);
@@ -123,7 +127,9 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
     if raw.contains('@') {
         return Err(BadTarget("CONNECT takes host:port, without user:password@"));
     }
-    let (host, port) = raw.rsplit_once(':').ok_or(BadTarget("CONNECT needs host:port"))?;
+    // `[::1]` has colons but no port.
+    let (host, port) =
+        raw.rsplit_once(':').filter(|_| !raw.ends_with(']')).ok_or(BadTarget("CONNECT needs host:port"))?;
     if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && host.contains(':')) {
         return Err(BadTarget("IPv6 addresses must be in brackets"));
     }
@@ -257,8 +263,13 @@ mod tests {
         assert_eq!(parse_host("0X"), Ok(ip("0.0.0.0")), "inet_aton reads a bare 0x as 0");
         assert_eq!(parse_host("[::1]"), Ok(ip("::1")));
         assert_eq!(parse_host("[::ffff:127.0.0.1]"), Ok(ip("::ffff:127.0.0.1")));
-        assert_eq!(parse_host("[fe80::1%25eth0]"), Ok(ip("fe80::1")));
-        assert_eq!(parse_host("[fe80::1%eth0]"), Ok(ip("fe80::1")));
+        for zoned in ["[fe80::1%25eth0]", "[fe80::1%eth0]", "[::1%lo]", "[::1%25]", "[::1%]", "[::1%25%25]"] {
+            assert_eq!(
+                parse_host(zoned),
+                Err(BadTarget("IPv6 zone identifiers are not supported")),
+                "{zoned}"
+            );
+        }
     }
 
     #[test]
@@ -314,6 +325,10 @@ mod tests {
         assert_eq!(parse_authority("[::1]:8080").unwrap().host, ip("::1"));
         for s in ["example.com", "example.com:0", "example.com:99999", "example.com:+1", "::1:80", ":80"] {
             assert!(parse_authority(s).is_err(), "{s}");
+        }
+        // A bracketed address without a port was told to use brackets.
+        for s in ["[::1]", "[2001:db8::1]"] {
+            assert_eq!(parse_authority(s).err(), Some(BadTarget("CONNECT needs host:port")), "{s}");
         }
     }
 }
