@@ -530,6 +530,11 @@ fn a_reload_names_the_settings_that_need_a_restart_and_applies_the_rest() {
         assert!(!w.contains(unchanged), "{unchanged} did not change: {w}");
     }
     assert_eq!(log.matches("configuration reloaded").count(), 2, "{log}");
+    // The summary names the listeners still bound, not the ones asked for.
+    for line in log.lines().filter(|l| l.contains("configuration reloaded")) {
+        assert!(line.contains(&format!("listening on {proxy};")), "{line}");
+        assert!(!line.contains(&other_port.to_string()), "{line}");
+    }
 }
 
 /// Reloaded `[limits]` apply to tunnels opened afterwards; a tunnel opened

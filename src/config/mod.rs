@@ -176,16 +176,26 @@ pub struct Snapshot {
 impl Snapshot {
     /// One-line summary for `authgate check` and the startup log.
     pub fn summary(&self) -> String {
-        let mut listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
-        listen.extend(self.server.tls.iter().map(|t| format!("{} (TLS)", t.listen)));
+        self.summary_listening(&self.listening())
+    }
+
+    /// The summary, saying `listening` for the listeners: after a reload
+    /// that changed them, those still bound (the change needs a restart).
+    pub fn summary_listening(&self, listening: &str) -> String {
         format!(
-            "{} user(s), {} rule(s) (default {}); listening on {}; users file {}",
+            "{} user(s), {} rule(s) (default {}); listening on {listening}; users file {}",
             self.users.len(),
             self.policy.rules.len(),
             self.policy.default.as_str(),
-            if listen.is_empty() { "nothing".into() } else { listen.join(", ") },
             self.auth.users_file.display()
         )
+    }
+
+    /// The listeners of this snapshot, for the summary.
+    pub fn listening(&self) -> String {
+        let mut listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
+        listen.extend(self.server.tls.iter().map(|t| format!("{} (TLS)", t.listen)));
+        if listen.is_empty() { "nothing".into() } else { listen.join(", ") }
     }
 }
 

@@ -69,6 +69,9 @@ pub struct State {
     pub cert_slots: Vec<Arc<CertSlot>>,
     /// True while listeners are accepting (for `/readyz`).
     pub ready: AtomicBool,
+    /// The listeners of the first snapshot, the ones bound for this run
+    /// (a reload that changes them needs a restart), as the summary says them.
+    pub listening: String,
     ids: RequestIds,
 }
 
@@ -93,6 +96,7 @@ impl State {
         let auth = Authenticator::new(workers, snapshot.auth.max_pending, metrics.clone());
         let cert_slots = snapshot.server.tls.iter().map(|t| CertSlot::new(t.certified.clone())).collect();
         let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
+        let listening = snapshot.listening();
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             auth,
@@ -109,6 +113,7 @@ impl State {
             conns: Arc::new(ConnLimiter::default()),
             cert_slots,
             ready: AtomicBool::new(false),
+            listening,
             ids: RequestIds::new(),
         })
     }

@@ -115,7 +115,9 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
         }
     }
     state.pool.clear();
-    tracing::info!(generation, revoked_sessions = revoked, summary = %new.summary(), "configuration reloaded");
+    // The listeners bound are those of the start until a restart.
+    let summary = new.summary_listening(&state.listening);
+    tracing::info!(generation, revoked_sessions = revoked, summary = %summary, "configuration reloaded");
     Ok(generation)
 }
 
