@@ -188,9 +188,10 @@ fn hash_password_reads_stdin_and_prints_a_usable_argon2id_hash() {
     // Standard input is read up to 4096 bytes (an endless stream such as
     // /dev/zero once grew memory until the allocator aborted), and a
     // password longer than 1024 bytes is refused: it could never be sent.
-    for (input, why) in
-        [("z".repeat(5000), "longer than 4096 bytes"), ("y".repeat(2000) + "\n", "longer than 1024 bytes")]
-    {
+    for (input, why) in [
+        ("z".repeat(5000), "longer than 1024 bytes refused"),
+        ("y".repeat(2000) + "\n", "longer than 1024 bytes refused"),
+    ] {
         let out = authgate_bin(&["hash-password", "--config", &config_arg(&path)], Some(&input));
         assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
         assert!(text(&out.stderr).contains(why), "{}", text(&out.stderr));

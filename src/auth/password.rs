@@ -29,11 +29,16 @@ pub fn check_new_password(password: &str) -> Result<(), String> {
         return Err("empty password refused".into());
     }
     if password.len() > MAX_PASSWORD_BYTES {
-        return Err(format!(
-            "password longer than {MAX_PASSWORD_BYTES} bytes refused: no client could send it in a Proxy-Authorization header authgate accepts"
-        ));
+        return Err(too_long());
     }
     Ok(())
+}
+
+/// Why a password over [`MAX_PASSWORD_BYTES`] is refused, however it came.
+pub fn too_long() -> String {
+    format!(
+        "password longer than {MAX_PASSWORD_BYTES} bytes refused: no client could send it in a Proxy-Authorization header authgate accepts"
+    )
 }
 
 /// Hashes `password` (NFC-normalised first) as an argon2id PHC string.

@@ -13,7 +13,8 @@ const MAX_PASSWORD_LINE: u64 = 4096;
 /// (`\n` or `\r\n`); everything else, spaces included, is part of it.
 ///
 /// # Errors
-/// A one-line reason: unreadable, longer than 4096 bytes, or not UTF-8.
+/// A one-line reason: unreadable, too long (see
+/// [`crate::auth::password::too_long`]), or not UTF-8.
 pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String> {
     use std::io::{BufRead, Read};
     let mut line = Vec::new();
@@ -22,7 +23,9 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
         .read_until(b'\n', &mut line)
         .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
     if line.len() as u64 > MAX_PASSWORD_LINE {
-        return Err(format!("password longer than {MAX_PASSWORD_LINE} bytes"));
+        // Past any password authgate accepts: the same refusal as for one
+        // just over the limit (the read bound is only a memory bound).
+        return Err(crate::auth::password::too_long());
     }
     if line.last() == Some(&b'\n') {
         line.pop();
