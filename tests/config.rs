@@ -94,6 +94,11 @@ fn every_problem_is_reported_not_just_the_first() {
     let err = load_err(config, &good_users());
     assert!(err.contains("authgate.toml:2:11"), "{err}");
     assert!(err.contains("authgate.toml:5:13"), "{err}");
+    // In file order, whatever order the sections are checked in.
+    let config = "[auth]\ncache_ttl = \"soon\"\n\n[server]\nlisten = [\"nowhere\"]\n";
+    let err = load_err(config, &good_users());
+    let at: Vec<&str> = err.lines().map(|l| l.split(": ").next().unwrap_or("")).collect();
+    assert!(at[0].ends_with("authgate.toml:2:13") && at[1].ends_with("authgate.toml:5:11"), "{err}");
 }
 
 #[test]

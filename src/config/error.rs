@@ -55,6 +55,13 @@ pub struct Collector<'a> {
 }
 
 impl<'a> Collector<'a> {
+    /// The problems found, in file order (values are checked section by
+    /// section, not in the order they are written).
+    pub fn into_problems(mut self) -> Vec<Problem> {
+        self.problems.sort_by_key(|p| (p.line, p.col));
+        self.problems
+    }
+
     /// A collector for `source`, read from `file`.
     pub fn new(file: &'a Path, source: &'a str) -> Self {
         Collector { file, source, problems: Vec::new() }

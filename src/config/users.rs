@@ -93,7 +93,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         };
         users.push(User::new(name.into(), hash, groups, user.disabled, expires));
     }
-    (users, c.problems)
+    (users, c.into_problems())
 }
 
 /// A TOML offset date-time (or a bare date, taken as midnight UTC) as a

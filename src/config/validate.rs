@@ -340,7 +340,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     if let Some(w) = raw.reload.watch {
         s.watch = w;
     }
-    Ok((s, c.problems))
+    Ok((s, c.into_problems()))
 }
 
 /// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
