@@ -306,6 +306,16 @@ fn stored_hashes_with_runaway_costs_are_refused_with_line_and_column() {
         assert!(err.contains("users.toml:3:12") && err.contains(why) && err.contains("beyond"), "{err}");
         assert!(!err.contains(salt_hash), "the hash is never echoed: {err}");
     }
+    // Costs and versions that do not exist: the hash could never verify.
+    for (hash, why) in [
+        (cheap_bcrypt.replacen("$04$", "$00$", 1), "bcrypt cost 0 does not exist"),
+        (cheap_bcrypt.replacen("$04$", "$03$", 1), "bcrypt cost 3 does not exist"),
+        (format!("$argon2id$v=99$m=64,t=1,p=1${salt_hash}"), "argon2 version v=99 does not exist"),
+    ] {
+        let users = format!("# users\n[users.never]\npassword = \"{hash}\"\n");
+        let err = load_err(GOOD_CONFIG, &users);
+        assert!(err.contains("users.toml:3:12") && err.contains(why), "{err}");
+    }
     // Within the bounds: loads.
     let users = format!("[users.ok]\npassword = \"{}\"\n", cheap_bcrypt.replacen("$04$", "$17$", 1));
     let (_d, ok) = load(GOOD_CONFIG, &users);

@@ -648,6 +648,20 @@ fn import_htpasswd_takes_bcrypt_as_is_and_refuses_other_schemes() {
     assert!(out.stdout.contains("imported no users"), "{out:?}");
     assert_eq!(d.read(), before);
 
+    // argon2 lines come in as they are; bcrypt with a cost that does not
+    // exist does not (it was imported, and could never verify).
+    let argon =
+        authgate::auth::password::hash_password("argon-pw", argon2::Params::new(8, 1, 1, None).unwrap())
+            .unwrap()
+            .to_string();
+    let zero = bcrypt.replacen("$04$", "$00$", 1);
+    std::fs::write(&ht_path, format!("ana:{argon}\nzed:{zero}\n")).unwrap();
+    let out = d.run(&["import-htpasswd", ht_path.to_str().unwrap()], None);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("imported 1 user(s)") && out.stdout.contains("ana"), "{out:?}");
+    assert!(out.stderr.contains("user `zed`: malformed bcrypt hashes cannot be imported"), "{out:?}");
+    assert!(d.snapshot().users.verify(&creds("ana", "argon-pw"), SystemTime::now()).is_ok());
+
     // `passwd` moves an imported user to argon2id.
     d.ok(&["passwd", "wanda", "--password-stdin"], Some("fresh\n"));
     let list = d.ok(&["list"], None).stdout;

@@ -114,6 +114,13 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
     if hash.hash.is_none() || hash.salt.is_none() {
         return Err("PHC string has no salt or no hash".into());
     }
+    // Only the two versions argon2 has (16 and 19): another one was taken
+    // as 19 at login, a hash that could never verify.
+    if let Some(v) = hash.version
+        && Version::try_from(v).is_err()
+    {
+        return Err(format!("argon2 version v={v} does not exist (v=19 or v=16)"));
+    }
     let params = Params::try_from(&hash).map_err(|e| format!("bad argon2 parameters ({e})"))?;
     // A hash with costs beyond those authgate makes ([auth.argon2]) would
     // make each login of that user (and the dummy verification of unknown

@@ -60,6 +60,11 @@ impl StoredHash {
     pub fn parse(s: &str) -> Result<StoredHash, String> {
         if s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2a$") {
             return match s.parse::<bcrypt::HashParts>() {
+                // bcrypt's costs are 4 to 31: the crate parses `$2y$00$`,
+                // which then never verifies.
+                Ok(parts) if parts.get_cost() < 4 => {
+                    Err(format!("bcrypt cost {} does not exist (4 to 31)", parts.get_cost()))
+                }
                 Ok(parts) if parts.get_cost() > super::password::MAX_BCRYPT_COST => Err(format!(
                     "bcrypt cost {} is beyond what authgate verifies (at most {}); reset this password",
                     parts.get_cost(),

@@ -1,8 +1,8 @@
-//! `users import-htpasswd`: bcrypt entries in, every other scheme refused.
+//! `users import-htpasswd`: bcrypt (and argon2) entries in, every other scheme refused.
 
 use super::*;
 
-/// `users import-htpasswd FILE`: bcrypt entries are added as they are; other
+/// `users import-htpasswd FILE`: bcrypt and argon2 entries are added as they are; other
 /// schemes, invalid names, and names already present (never overwritten)
 /// are refused one line each. The importable ones are written in one go.
 pub(super) fn import_htpasswd(
@@ -50,7 +50,7 @@ pub(super) fn import_htpasswd(
                 imported.push(name);
             }
             Err(scheme) => refusals.push(format!(
-                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2id and bcrypt only); not imported: reset this user with `authgate users add {name}`, which sets a new password"
+                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `authgate users add {name}`, which sets a new password"
             )),
         }
     }
@@ -66,7 +66,7 @@ pub(super) fn import_htpasswd(
         file.save(&doc)?;
         let _ = writeln!(
             stdout,
-            "imported {} user(s) from {} into {}: {} (bcrypt, verified as a legacy scheme until `users passwd` replaces it)",
+            "imported {} user(s) from {} into {}: {} (bcrypt entries are verified as a legacy scheme until `users passwd` replaces them)",
             imported.len(),
             source.display(),
             file.path.display(),
@@ -76,7 +76,7 @@ pub(super) fn import_htpasswd(
     Ok(Outcome { stdout, refused: refusals })
 }
 
-/// `Ok` for a bcrypt hash authgate can verify, else the scheme's name.
+/// `Ok` for a bcrypt or argon2 hash authgate can verify, else the scheme's name.
 /// `$2a$` is accepted with `$2y$`/`$2b$`: it is the same bcrypt and the
 /// users file accepts it too.
 pub(super) fn htpasswd_scheme(hash: &str) -> Result<(), &'static str> {
@@ -84,8 +84,16 @@ pub(super) fn htpasswd_scheme(hash: &str) -> Result<(), &'static str> {
     if ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
         return match StoredHash::parse(hash) {
             Ok(StoredHash::Bcrypt(_)) => Ok(()),
-            Err(e) if e.contains("cost") => Err("bcrypt (cost above 17)"),
+            Err(e) if e.contains("beyond") => Err("bcrypt (cost above 17)"),
             _ => Err("malformed bcrypt"),
+        };
+    }
+    // What the users file holds anyway (another tool's argon2 output).
+    if hash.starts_with("$argon2") {
+        return match StoredHash::parse(hash) {
+            Ok(_) => Ok(()),
+            Err(e) if e.contains("beyond") => Err("argon2 (costs above authgate's bounds)"),
+            Err(_) => Err("malformed argon2"),
         };
     }
     Err(if hash.starts_with("$apr1$") {
