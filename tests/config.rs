@@ -540,3 +540,18 @@ fn users_written_with_dotted_keys_load_like_tables() {
         assert_eq!(snap.users.len(), 2);
     }
 }
+
+#[test]
+fn type_errors_say_what_was_expected_in_the_config_s_words() {
+    // Messages named serde's internal types ("untagged enum RawPort",
+    // "struct RawUser").
+    let rules = "[[rules]]\nname = \"r\"\naction = \"allow\"\nports = [80.0]\n";
+    let err = load_err(rules, &good_users());
+    assert!(err.contains("authgate.toml:4:9: expected a port number or a range"), "{err}");
+    let err = load_err(GOOD_CONFIG, "[users]\na = \"x\"\n");
+    assert!(
+        err.contains("users.toml:2:5: invalid type: string \"x\", expected a user table: password"),
+        "{err}"
+    );
+    assert!(!err.contains("Raw"), "{err}");
+}

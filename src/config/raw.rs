@@ -13,6 +13,7 @@ use toml::value::Datetime;
 /// `authgate.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the authgate config: tables such as [server] and [auth]")]
 pub struct RawConfig {
     /// `[server]`: listeners and protocol options.
     #[serde(default)]
@@ -55,6 +56,7 @@ pub struct RawConfig {
 /// `[admin]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [admin] table")]
 pub struct RawAdmin {
     /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     pub listen: Option<Spanned<String>>,
@@ -63,6 +65,7 @@ pub struct RawAdmin {
 /// `[metrics]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [metrics] table")]
 pub struct RawMetrics {
     /// Per-user series (capped).
     pub per_user: Option<bool>,
@@ -71,6 +74,7 @@ pub struct RawMetrics {
 /// `[upstream]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [upstream] table")]
 pub struct RawUpstream {
     /// CA certificates (PEM) that origins of `https://` requests must chain to.
     pub ca_file: Option<Spanned<String>>,
@@ -79,6 +83,7 @@ pub struct RawUpstream {
 /// `[reload]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [reload] table")]
 pub struct RawReload {
     /// Reload when the files change (SIGHUP always works).
     pub watch: Option<bool>,
@@ -87,6 +92,7 @@ pub struct RawReload {
 /// `[dns]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [dns] table")]
 pub struct RawDns {
     /// Name servers (`ip:port`); the system's when absent.
     pub servers: Option<Vec<Spanned<String>>>,
@@ -95,6 +101,7 @@ pub struct RawDns {
 /// `[policy]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [policy] table")]
 pub struct RawPolicy {
     /// `"allow"` or `"deny"`.
     pub default: Option<Spanned<String>>,
@@ -103,6 +110,7 @@ pub struct RawPolicy {
 /// A port or a `"lo-hi"` range.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
+#[serde(expecting = "expected a port number or a range such as \"8000-8999\"")]
 pub enum RawPort {
     /// A single port.
     Num(i64),
@@ -113,6 +121,7 @@ pub enum RawPort {
 /// One `[[rules]]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[rules]] table")]
 pub struct RawRule {
     /// Shown in 403 details, logs and `explain`.
     pub name: Spanned<String>,
@@ -135,6 +144,7 @@ pub struct RawRule {
 /// `[limits]`: durations as strings ("30s"), sizes and counts as integers.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [limits] table")]
 pub struct RawLimits {
     /// Time to receive a whole request head (408 after it).
     pub header_read_timeout: Option<Spanned<String>>,
@@ -163,6 +173,7 @@ pub struct RawLimits {
 /// `[egress]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [egress] table")]
 pub struct RawEgress {
     /// Ranges opened although the egress policy denies them by default.
     #[serde(default)]
@@ -172,6 +183,7 @@ pub struct RawEgress {
 /// `[server]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [server] table")]
 pub struct RawServer {
     /// Plain-TCP proxy listeners (`"ip:port"`).
     pub listen: Option<Spanned<Vec<Spanned<String>>>>,
@@ -191,6 +203,7 @@ pub struct RawServer {
 /// One `[[server.tls]]` listener.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[server.tls]] table")]
 pub struct RawTls {
     /// The TLS listener's address.
     pub listen: Spanned<String>,
@@ -205,6 +218,7 @@ pub struct RawTls {
 /// `[auth]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [auth] table")]
 pub struct RawAuth {
     /// The users file, relative to the config's folder.
     pub users_file: Option<Spanned<String>>,
@@ -225,6 +239,7 @@ pub struct RawAuth {
 /// `[auth.throttle]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [auth.throttle] table")]
 pub struct RawThrottle {
     /// Throttle clients with many failed logins.
     pub enabled: Option<bool>,
@@ -239,6 +254,7 @@ pub struct RawThrottle {
 /// `[auth.argon2]`: parameters for new hashes.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "an [auth.argon2] table")]
 pub struct RawArgon2 {
     /// Memory in KiB.
     pub m_cost: Option<Spanned<i64>>,
@@ -251,6 +267,7 @@ pub struct RawArgon2 {
 /// `[log]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [log] table")]
 pub struct RawLog {
     /// A `tracing` filter (`RUST_LOG` overrides it).
     pub level: Option<Spanned<String>>,
@@ -263,6 +280,7 @@ pub struct RawLog {
 /// `users.toml`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a users file: [users.NAME] tables")]
 pub struct RawUsers {
     /// `[users.NAME]` tables by name.
     #[serde(default)]
@@ -272,6 +290,7 @@ pub struct RawUsers {
 /// One `[users.NAME]` table.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a user table: password, and optionally groups, disabled, expires")]
 pub struct RawUser {
     /// An argon2 PHC string or a legacy bcrypt hash.
     pub password: Spanned<String>,
