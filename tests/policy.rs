@@ -366,6 +366,15 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     assert!(err.contains("no user"), "{err}");
     let (code, _, _) = run(&["--user", USER, "ftp://x/"]);
     assert_eq!(code, Some(2));
+    // Arguments echoed in a message are escaped: they reached the terminal
+    // with their control characters.
+    let (code, _, err) = run(&["--user", USER, "--method", "\u{1b}[31mX\nY", "127.0.0.1:80"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("`\\u{1b}[31mX\\nY` is not an HTTP method"), "{err}");
+    let (code, _, err) = run(&["--user", USER, "ft\u{1b}p://x/"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unsupported scheme `ft\\u{1b}p`"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
 }
 
 #[test]

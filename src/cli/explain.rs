@@ -20,7 +20,10 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
             "http" => (80, Method::GET),
             "https" => (443, Method::CONNECT),
             other => {
-                return Err(format!("unsupported scheme `{other}` (use http://, https:// or host:port)"));
+                return Err(format!(
+                    "unsupported scheme `{}` (use http://, https:// or host:port)",
+                    shown(other)
+                ));
             }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -51,7 +54,7 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     let (target, implied) = parse_target(target)?;
     let method = match method {
         Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("`{m}` is not an HTTP method"))?,
+            .map_err(|_| format!("`{}` is not an HTTP method", shown(m)))?,
         None => implied,
     };
     let addrs: Result<Vec<IpAddr>, String> = match &target.host {
@@ -62,4 +65,10 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
         }
     };
     Ok(explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref().map_err(|e| e.as_str())))
+}
+
+/// An argument as echoed in a message: at most 64 characters, control and
+/// invisible characters escaped (they reached the terminal as they were).
+fn shown(arg: &str) -> String {
+    arg.chars().take(64).collect::<String>().escape_debug().to_string()
 }
