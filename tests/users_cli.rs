@@ -372,7 +372,16 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     // The same name in decomposed form is the same user.
     let err = d.refused(&["add", "jose\u{301}", "--password-stdin"], Some("pw\n"));
     assert!(err.contains("already exists"), "{err}");
-    for (name, why) in [("a:b", "':'"), ("", "empty"), ("a b", "spaces"), ("tab\there", "control")] {
+    for (name, why) in [
+        ("a:b", "':'"),
+        ("", "empty"),
+        ("a b", "spaces"),
+        ("tab\there", "control"),
+        // Look like `admin` in a list, a log line or a metric label.
+        ("ad\u{200b}min", "invisible or direction-changing"),
+        ("nimda\u{202e}", "invisible or direction-changing"),
+        ("\u{feff}admin", "invisible or direction-changing"),
+    ] {
         let err = d.refused(&["add", name, "--password-stdin"], Some("pw\n"));
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(why), "{name:?}: {err}");
@@ -381,6 +390,11 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     assert!(err.contains("longer than 64"), "{err}");
     let err = d.refused(&["add", "gina", "--group", "", "--password-stdin"], Some("pw\n"));
     assert!(err.contains("group"), "{err}");
+    // `users list` joins groups with ','.
+    let err = d.refused(&["add", "gina", "--group", "a,b", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("group `a,b`: group names must not contain ','"), "{err}");
+    let err = d.refused(&["add", "gina", "--group", "st\u{200b}aff", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("printable"), "{err}");
 }
 
 #[test]

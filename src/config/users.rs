@@ -32,7 +32,39 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("user name must not contain spaces or control characters".into());
     }
+    if name.chars().any(invisible) {
+        return Err(
+            "user name must not contain invisible or direction-changing characters (such as U+200B, U+202E)"
+                .into(),
+        );
+    }
     Ok(())
+}
+
+/// Checks a group name (users file and `users --group`): non-empty, and no
+/// control, invisible or direction-changing character, nor `,`, which
+/// `users list` separates groups with.
+///
+/// # Errors
+/// Why the name is refused.
+pub fn check_group(group: &str) -> Result<(), String> {
+    if group.is_empty() || group.chars().any(|c| c.is_control() || invisible(c)) {
+        return Err("group names must be non-empty and printable".into());
+    }
+    if group.contains(',') {
+        return Err("group names must not contain ',' (`users list` separates groups with it)".into());
+    }
+    Ok(())
+}
+
+/// Unicode format characters that show as nothing or reorder the text
+/// around them: two names that look the same in a list, a log line or a
+/// metric label must be the same name. (Zero-width and bidirectional
+/// controls, soft hyphen, word joiners, the byte-order mark.)
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{61C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// Parses the users file; returns the valid users and every problem.
@@ -75,10 +107,9 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         };
         let mut groups = Vec::new();
         for g in &user.groups {
-            if g.get_ref().is_empty() || g.get_ref().chars().any(char::is_control) {
-                c.at(g.span(), format!("user `{shown}`: group names must be non-empty and printable"));
-            } else {
-                groups.push(Arc::<str>::from(g.get_ref().as_str()));
+            match check_group(g.get_ref()) {
+                Err(m) => c.at(g.span(), format!("user `{shown}`: {m}")),
+                Ok(()) => groups.push(Arc::<str>::from(g.get_ref().as_str())),
             }
         }
         let expires = match &user.expires {

@@ -317,11 +317,8 @@ fn shown(name: &str) -> String {
 fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
     let mut out: Vec<String> = Vec::new();
     for g in groups {
-        if g.is_empty() || g.chars().any(char::is_control) {
-            return Err(refused(format!(
-                "group `{}`: group names must be non-empty and printable",
-                shown(&g)
-            )));
+        if let Err(m) = crate::config::check_group(&g) {
+            return Err(refused(format!("group `{}`: {m}", shown(&g))));
         }
         if !out.contains(&g) {
             out.push(g);
