@@ -265,6 +265,27 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
     let ok = config.replace("listen = \"127.0.0.1:3128\"", "listen = \"127.0.0.1:9090\"");
     let (_dir, snap) = load(&ok, &good_users());
     assert_eq!(snap.unwrap().admin, Some("127.0.0.1:9090".parse().unwrap()));
+    // A wildcard on the same port cannot be bound beside it either (check
+    // said ok, the start failed with "Address already in use").
+    for (proxy, admin) in [
+        ("127.0.0.1:3128", "0.0.0.0:3128"),
+        ("0.0.0.0:3128", "127.0.0.1:3128"),
+        ("127.0.0.1:3128", "[::]:3128"),
+    ] {
+        let config = format!("[server]\nlisten = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n");
+        let err = load_err(&config, &good_users());
+        assert!(
+            err.contains("authgate.toml:4:10: admin.listen: must not be a proxy listener's address"),
+            "{err}"
+        );
+    }
+    let err = load_err("[server]\nlisten = [\"0.0.0.0:3128\", \"127.0.0.1:3128\"]\n", &good_users());
+    assert!(err.contains("authgate.toml:2:27: server.listen: 127.0.0.1:3128 is listed twice"), "{err}");
+    // Different families without a dual-stack wildcard, or other ports: fine.
+    for (proxy, admin) in [("0.0.0.0:3128", "[::1]:3128"), ("0.0.0.0:3128", "0.0.0.0:9090")] {
+        let config = format!("[server]\nlisten = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n");
+        assert!(load(&config, &good_users()).1.is_ok(), "{proxy} {admin}");
+    }
 }
 
 /// authgate compares IPv6 forms of IPv4 addresses (`::ffff:a.b.c.d`, NAT64,

@@ -1,6 +1,6 @@
 //! `authgate.toml` → validated settings, collecting every problem.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -107,8 +107,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         s.server.listen.clear();
         for item in listen.get_ref() {
             match item.get_ref().trim().parse::<SocketAddr>() {
-                Ok(a) if a.port() != 0 && s.server.listen.contains(&a) => {
-                    c.at(item.span(), format!("server.listen: {a} is listed twice"));
+                Ok(a) if s.server.listen.iter().any(|b| overlap(a, *b)) => {
+                    c.at(item.span(), format!("server.listen: {a} is listed twice (or overlaps another entry)"));
                 }
                 Ok(a) => s.server.listen.push(a),
                 Err(_) => c.at(item.span(), format!("server.listen: `{}` is not an address:port (e.g. \"127.0.0.1:3128\" or \"[::1]:3128\")", item.get_ref().chars().take(60).collect::<String>())),
@@ -154,8 +154,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         let cert = base.join(t.cert.get_ref());
         let key = base.join(t.key.get_ref());
         if let Ok(a) = listen
-            && a.port() != 0
-            && (s.server.listen.contains(&a) || s.server.tls.iter().any(|t| t.listen == a))
+            && (s.server.listen.iter().any(|b| overlap(a, *b))
+                || s.server.tls.iter().any(|t| overlap(a, t.listen)))
         {
             c.at(t.listen.span(), format!("server.tls.listen: {a} is already a listener's address"));
             continue;
@@ -325,8 +325,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     if let Some(a) = &raw.admin.listen {
         match a.get_ref().trim().parse::<SocketAddr>() {
             Ok(addr)
-                if addr.port() != 0
-                    && (s.server.listen.contains(&addr) || s.server.tls.iter().any(|t| t.listen == addr)) =>
+                if s.server.listen.iter().any(|b| overlap(addr, *b))
+                    || s.server.tls.iter().any(|t| overlap(addr, t.listen)) =>
             {
                 c.at(a.span(), "admin.listen: must not be a proxy listener's address")
             }
@@ -435,4 +435,21 @@ fn log_filter_ok(level: &str) -> bool {
             && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
     });
     bare_words_are_levels && tracing_subscriber::EnvFilter::try_new(level).is_ok()
+}
+
+/// Whether two listen addresses cannot both be bound: the same port on the
+/// same address, or on an address the other's wildcard covers (`0.0.0.0`
+/// takes every IPv4 address, `[::]` every address). `check` said ok to
+/// `admin.listen = "0.0.0.0:P"` beside `listen = ["127.0.0.1:P"]`, and the
+/// start then failed with "Address already in use". Port 0 never clashes.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    match (a.ip(), b.ip()) {
+        (x, y) if x == y => true,
+        (IpAddr::V6(x), _) | (_, IpAddr::V6(x)) if x.is_unspecified() => true,
+        (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified(),
+        _ => false,
+    }
 }
