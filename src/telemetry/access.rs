@@ -144,8 +144,9 @@ impl AuditEvent<'_> {
     }
 }
 
-/// Escapes control characters and truncates a username to 64 characters, so
-/// a hostile name cannot forge log lines or flood the log.
+/// Escapes control characters (and `\\`, so that an escaped CR cannot be
+/// mistaken for a name with a backslash in it) and truncates a username to
+/// 64 characters, so a hostile name cannot forge log lines or flood the log.
 pub fn sanitize_username(name: &str) -> String {
     let mut out = String::new();
     for (i, c) in name.chars().enumerate() {
@@ -153,7 +154,7 @@ pub fn sanitize_username(name: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if c.is_control() || c == '\\' {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -173,5 +174,14 @@ mod tests {
         assert_eq!(format!("{:?}", millis(Duration::from_micros(29_112_130))), "29112.13");
         assert_eq!(format!("{:?}", millis(Duration::from_micros(1))), "0.001");
         assert_eq!(format!("{:?}", millis(Duration::ZERO)), "0.0");
+    }
+
+    #[test]
+    fn a_sanitized_control_character_cannot_be_taken_for_a_backslash() {
+        assert_eq!(sanitize_username("ev\ril"), "ev\\ril");
+        assert_eq!(sanitize_username("ev\\ril"), "ev\\\\ril");
+        assert_ne!(sanitize_username("a\nb"), sanitize_username("a\\nb"));
+        let long = "x".repeat(70);
+        assert_eq!(sanitize_username(&long), format!("{}…", "x".repeat(64)));
     }
 }
