@@ -362,23 +362,14 @@ fn an_expiry_before_1970_is_refused_with_the_supported_range() {
 /// Runs the binary, failing the test instead of hanging when it does not
 /// exit within 20 s (the bug this guards against was a hang).
 fn authgate_bin_within(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run the authgate binary");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`authgate {}` did not exit within 20 s", args.join(" "));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    output_within_20s(child, &format!("`authgate {}`", args.join(" ")))
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //! lines the command is about may change, comments and odd layout survive.
 //! The config uses tiny argon2 costs so each hash takes microseconds.
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -843,16 +845,7 @@ fn a_users_file_that_is_not_a_regular_file_is_refused_and_left_alone() {
             .spawn()
             .unwrap();
         let _ = child.stdin.take().unwrap().write_all(b"pw\n");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("`users {}` hung on the FIFO", args.join(" "));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let out = child.wait_with_output().unwrap();
+        let out = common::output_within_20s(child, &format!("`users {}` on a FIFO", args.join(" ")));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("users.toml: cannot read: not a regular file"), "{err}");

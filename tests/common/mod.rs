@@ -419,6 +419,22 @@ impl Drop for Binary {
     }
 }
 
+/// Waits for `child` to exit and returns its output; kills it and fails
+/// the test when it has not exited within 20 s (for the tests whose bug
+/// was a hang).
+pub fn output_within_20s(mut child: std::process::Child, what: &str) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Waits (at most 20 s) until something accepts connections on `addr`.
 pub async fn wait_listening(addr: SocketAddr) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
