@@ -155,11 +155,20 @@ Proxy-Status: edge\r\n\
 Content-Length: 2\r\n\
 \r\n\
 no";
+    // A member may be a String as well as a Token (RFC 9209 §2): the quoted
+    // name went past the check.
+    const QUOTED: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
+Proxy-Status: other, \"authgate\"; error=destination_ip_prohibited, \"auth\\gate\"\r\n\
+Content-Length: 2\r\n\
+\r\n\
+no";
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
-    for (canned, want) in
-        [(FORGED, vec![]), (MIXED, vec!["cdn-7; error=connection_timeout; details=\"a, b\", edge"])]
-    {
+    for (canned, want) in [
+        (FORGED, vec![]),
+        (MIXED, vec!["cdn-7; error=connection_timeout; details=\"a, b\", edge"]),
+        (QUOTED, vec!["other"]),
+    ] {
         let origin = spawn_canned_origin(canned, Arc::new(Mutex::new(Vec::new())));
         let host = origin.authority();
         let resp =

@@ -149,7 +149,7 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     for v in &values {
         for member in sf_list_members(v.as_bytes()) {
             let token = member.split(|&b| b == b';').next().unwrap_or_default();
-            if token.trim_ascii().eq_ignore_ascii_case(PROXY_NAME.as_bytes()) {
+            if sf_item_text(token.trim_ascii()).eq_ignore_ascii_case(PROXY_NAME.as_bytes()) {
                 forged = true;
             } else if !member.trim_ascii().is_empty() {
                 kept.push(member.trim_ascii());
@@ -165,6 +165,29 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
         if let Ok(v) = HeaderValue::from_bytes(&joined) {
             headers.insert(name, v);
         }
+    }
+}
+
+/// The text of a structured-field bare item that names an intermediary
+/// (RFC 9209 §2: a Token or a String): `authgate` and `"authgate"` are the
+/// same name, and a String's escapes are undone (`"auth\\gate"`). The
+/// quoted form got past the forgery check.
+fn sf_item_text(item: &[u8]) -> Vec<u8> {
+    match item.strip_prefix(b"\"").and_then(|i| i.strip_suffix(b"\"")) {
+        Some(inner) => {
+            let mut out = Vec::with_capacity(inner.len());
+            let mut escaped = false;
+            for &b in inner {
+                if b == b'\\' && !escaped {
+                    escaped = true;
+                } else {
+                    out.push(b);
+                    escaped = false;
+                }
+            }
+            out
+        }
+        None => item.to_vec(),
     }
 }
 
