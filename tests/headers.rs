@@ -284,3 +284,100 @@ async fn max_forwards_is_decremented_and_zero_is_answered_here() {
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(origin.hits(), 1, "a request with Max-Forwards: 0 never reaches the origin");
 }
+
+/// A raw origin: for each request on a connection, reads the head and a
+/// chunked body if there is one, records `head` + body, and answers with
+/// `answer(&head)`. Returns the origin and what it received.
+fn framing_origin(answer: fn(&str) -> &'static [u8]) -> (Origin, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::AsyncReadExt;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+        let log = log.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                let Some(end) = find(&buf, b"\r\n\r\n") else {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end + 4]).to_ascii_lowercase();
+                let mut used = end + 4;
+                if head.contains("transfer-encoding: chunked") {
+                    while find(&buf[used..], b"0\r\n\r\n").is_none() {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    used += find(&buf[used..], b"0\r\n\r\n").unwrap() + 5;
+                }
+                log.lock().unwrap().push(String::from_utf8_lossy(&buf[..used]).into_owned());
+                buf.drain(..used);
+                if s.write_all(answer(&head)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (origin, seen)
+}
+
+/// After an HTTP/1.0 answer, hyper speaks 1.0 on that connection, where a
+/// chunked body cannot go: a pooled one sent the next POST without its body
+/// (and the client got a 502). Such a connection is not reused.
+#[tokio::test]
+async fn a_connection_that_answered_in_http_1_0_is_not_reused() {
+    let (origin, seen) =
+        framing_origin(|_| b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 4\r\n\r\nokay");
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("GET", &origin.url("/one"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    let mut post = request(
+        "POST",
+        &origin.url("/upload"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked")],
+    );
+    post.extend_from_slice(b"5\r\nhello\r\n0\r\n\r\n");
+    c.send(post).await;
+    let resp = c.read_response("POST").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[1].starts_with("POST /upload HTTP/1.1\r\n"), "{}", seen[1]);
+    assert!(seen[1].ends_with("5\r\nhello\r\n0\r\n\r\n"), "the body reached the origin: {}", seen[1]);
+    assert_eq!(origin.hits(), 2, "the second request went on a new connection");
+}
+
+/// RFC 9112 §6.1: a response with both Transfer-Encoding and Content-Length
+/// "ought to be handled as an error": its connection is not reused. And a
+/// Content-Length listing one length twice goes on as that one length.
+#[tokio::test]
+async fn ambiguous_response_framing_ends_the_origin_connection_and_a_listed_length_is_made_single() {
+    let (origin, _seen) = framing_origin(|head| {
+        if head.starts_with("get /both") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello"
+        }
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("GET", &origin.url("/both"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    let first = c.read_response("GET").await;
+    assert_eq!((first.status, first.text().as_str()), (200, "hello"), "{}", first.dump());
+    c.send(request("GET", &origin.url("/listed"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    let second = c.read_response("GET").await;
+    assert_eq!(second.header_all("content-length"), vec!["5"], "{}", second.dump());
+    assert_eq!(second.text(), "hello");
+    assert_eq!(origin.hits(), 2, "the first connection was not reused");
+}

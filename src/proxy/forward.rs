@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 
 use super::State;
 use super::connect::Connector;
-use super::headers::{add_via, strip_hop_by_hop, wants_upgrade};
+use super::headers::{add_via, single_content_length, strip_hop_by_hop, wants_upgrade};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -129,7 +129,16 @@ pub async fn forward(
     }
 
     state.metrics.upstream_response(resp.status().as_u16());
+    // Kept for another request only when the exchange left no doubt about
+    // framing: after an HTTP/1.0 answer hyper speaks 1.0 on the connection,
+    // where a chunked body cannot go (one was sent as a POST without body),
+    // and a response with both Transfer-Encoding and Content-Length "ought
+    // to be handled as an error" (RFC 9112 §6.1).
+    let reusable = resp.version() == Version::HTTP_11
+        && !(resp.headers().contains_key(header::TRANSFER_ENCODING)
+            && resp.headers().contains_key(header::CONTENT_LENGTH));
     strip_hop_by_hop(resp.headers_mut(), false);
+    single_content_length(resp.headers_mut());
     if snap.server.via {
         let version = resp.version();
         add_via(resp.headers_mut(), version);
@@ -143,7 +152,7 @@ pub async fn forward(
     if upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Some(conn) = sent.conn {
+    if let Some(conn) = sent.conn.filter(|_| reusable) {
         state.pool.checkin(key, conn);
     }
     let idle = limits.upstream_response_timeout;

@@ -105,6 +105,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// Replaces a `Content-Length` that lists one length several times
+/// (`5, 5`, or two equal fields), which hyper accepts from an origin, with
+/// that one length: RFC 9110 §8.6 lets a recipient do so, and passed on as
+/// it was, it made clients such as Node's fail the response. Lengths that
+/// differ never get here (hyper refuses that response).
+pub fn single_content_length(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else { return };
+    let listed = first.as_bytes().contains(&b',');
+    if !listed && values.next().is_none() {
+        return;
+    }
+    let lengths: Option<Vec<u64>> = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|n| std::str::from_utf8(n.trim_ascii()).ok()?.parse().ok())
+        .collect();
+    match lengths.as_deref() {
+        Some([n, rest @ ..]) if rest.iter().all(|m| m == n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(*n));
+        }
+        _ => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+    }
+}
+
 /// The transfer codings still on a body after hyper removed its `chunked`
 /// framing: `gzip` of `Transfer-Encoding: gzip, chunked` (a response without
 /// a final `chunked` is read to its close, and all its codings remain). They
