@@ -208,7 +208,12 @@ impl Body for RequestBody {
         }
         if let (Poll::Ready(ready), Some(upload)) = (&polled, &self.upload) {
             match ready {
-                Some(Ok(_)) if !self.inner.is_end_stream() => upload.advanced(UploadState::Sending),
+                // Trailers end a body (hyper's client polls no further, so
+                // the `None` after them never came: the upload looked
+                // unfinished and the client's connection was closed).
+                Some(Ok(frame)) if !frame.is_trailers() && !self.inner.is_end_stream() => {
+                    upload.advanced(UploadState::Sending)
+                }
                 Some(Ok(_)) | None => upload.advanced(UploadState::Done),
                 Some(Err(_)) => upload.advanced(UploadState::Broken),
             }

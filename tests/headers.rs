@@ -381,3 +381,33 @@ async fn ambiguous_response_framing_ends_the_origin_connection_and_a_listed_leng
     assert_eq!(second.text(), "hello");
     assert_eq!(origin.hits(), 2, "the first connection was not reused");
 }
+
+/// A chunked request body with trailers ends at its trailers: the answer
+/// keeps the connection (it said `Connection: close`, and a pipelined
+/// request behind it was never served).
+#[tokio::test]
+async fn a_request_body_with_trailers_keeps_the_connection() {
+    let (origin, seen) = framing_origin(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    let mut post = request(
+        "POST",
+        &origin.url("/trailed"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked")],
+    );
+    post.extend_from_slice(b"5\r\nhello\r\n0\r\nX-Trailer: t1\r\n\r\n");
+    post.extend_from_slice(&request(
+        "GET",
+        &origin.url("/next"),
+        &[("Host", &host), ("Proxy-Authorization", &auth)],
+    ));
+    c.send(post).await;
+    let first = c.read_response("POST").await;
+    assert_eq!(first.status, 200, "{}", first.dump());
+    assert_eq!(first.header("connection"), None, "{}", first.dump());
+    let second = c.read_response("GET").await;
+    assert_eq!(second.status, 200, "the pipelined request is served: {}", second.dump());
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
