@@ -219,3 +219,30 @@ async fn two_host_fields_are_refused_and_an_origin_status_of_600_is_a_502() {
         get(proxy.addr, &odd.url("/"), &[("Host", &odd.authority()), ("Proxy-Authorization", &auth)]).await;
     assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
 }
+
+/// A head far past `max_header_bytes` gets its 431 and then an orderly
+/// close: the socket used to be closed with the unread rest of the head in
+/// it (past 128 KiB), which sends a reset that can destroy the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_head_gets_its_431_and_a_clean_close_not_a_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = spawn_proxy("", &[USER]);
+    for size in [80 * 1024, 200 * 1024, 600 * 1024] {
+        let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let mut head = b"GET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\nX-Big: ".to_vec();
+        head.resize(size, b'a');
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(&head).await;
+            // Then stops sending, as a client waiting for its answer does;
+            // the write side stays open until the proxy closes.
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            drop(wr);
+        });
+        let mut got = Vec::new();
+        let read = rd.read_to_end(&mut got).await;
+        assert!(read.is_ok(), "{size} bytes: {read:?} after {:?}", String::from_utf8_lossy(&got));
+        assert!(got.starts_with(b"HTTP/1.1 431 "), "{size} bytes: {:?}", String::from_utf8_lossy(&got));
+        writer.abort();
+    }
+}

@@ -222,7 +222,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.reject.is_some() {
-            return this.poll_reject(cx);
+            // The canned answer, then the end of the stream for hyper. hyper
+            // takes that end mid-head as an error and drops the socket
+            // without shutting it down, so the linger happens here: closed
+            // with unread bytes (a head past 128 KiB), the socket sent a
+            // reset that could destroy the answer.
+            return this.poll_refuse(cx);
         }
         let phase = this.phase.get();
         match phase {
@@ -236,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             }
             HEAD if this.timer.as_mut().poll(cx).is_ready() => {
                 this.reject = Some(((this.answer)(Rejection::HeadTimeout), 0));
-                return this.poll_reject(cx);
+                return this.poll_refuse(cx);
             }
             _ => {}
         }
@@ -258,13 +263,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             if this.head_bytes == n && buf.filled()[before..].starts_with(b"PRI * HTTP/2") {
                 buf.set_filled(before);
                 this.reject = Some(((this.answer)(Rejection::Unparsable(400)), 0));
-                return this.poll_reject(cx);
+                return this.poll_refuse(cx);
             }
             if this.head_bytes > this.limits.max_head && this.phase.get() == HEAD {
                 // Drop what was read: hyper must not parse a partial head.
                 buf.set_filled(before);
                 this.reject = Some(((this.answer)(Rejection::HeadTooLarge), 0));
-                return this.poll_reject(cx);
+                return this.poll_refuse(cx);
             }
         }
         Poll::Ready(Ok(()))
@@ -331,6 +336,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         if this.reject.is_none() && !this.phase.linger.load(Ordering::Acquire) {
             return Pin::new(&mut this.inner).poll_shutdown(cx);
         }
+        this.poll_linger(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    /// Writes the canned answer, then lingers: what `poll_read` returns
+    /// once an answer is decided.
+    fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_reject(cx))?;
+        self.poll_linger(cx)
+    }
+
+    /// Shuts the write side, then reads and drops what the client still
+    /// sends until it closes, for at most [`LINGER`] and [`LINGER_MAX`]
+    /// (see `poll_shutdown`). Done once; later calls return at once.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         let drained = match this.lingered {
             Some(n) => n,
             None => {
