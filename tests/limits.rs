@@ -293,6 +293,32 @@ async fn idle_keep_alive_connections_are_closed_quietly() {
     let start = Instant::now();
     assert!(c.is_closed().await, "an idle connection is closed without a response");
     assert!(start.elapsed() >= Duration::from_millis(250));
+    // Counted from the end of the response, not from the head deadline
+    // (request start + 5 s): the timer used to start only then.
+    assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
+}
+
+/// A request that outlasts `header_read_timeout` still leaves a connection
+/// that the idle timer closes: it used to stay open (and hold its slot)
+/// until the client left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_after_a_slow_request_is_closed_too() {
+    let proxy = spawn_custom(
+        &cfg("", "[limits]\nidle_timeout = \"500ms\"\nheader_read_timeout = \"300ms\"\n"),
+        &users(),
+    );
+    let origin = spawn_origin(|_req: hyper::Request<hyper::body::Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        hyper::Response::new(full("slow"))
+    });
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(get_as(&origin.url("/slow"), &origin.authority(), "alice", "a1")).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    let start = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.is_closed()).await;
+    assert_eq!(closed.ok(), Some(true), "the idle connection is closed");
+    assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
+    wait_for_open(&proxy.state, 0).await;
 }
 
 async fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {

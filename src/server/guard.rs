@@ -28,9 +28,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -56,6 +56,13 @@ pub struct Phase {
     state: AtomicU8,
     /// Set by [`Phase::linger`].
     linger: AtomicBool,
+    /// The connection's task, parked in a read while a request is served:
+    /// woken when the response ends, so that the idle timer starts then.
+    /// Without it the timer started only at the next wake-up (the head
+    /// deadline, request start + `header_read_timeout`), and after a request
+    /// that outlasted that deadline, never: the connection held its slot
+    /// for good.
+    reader: Mutex<Option<Waker>>,
 }
 
 impl Phase {
@@ -69,8 +76,19 @@ impl Phase {
     /// of the unread request body must not count as the head of a next
     /// request (a large one became a 431 for a request never sent).
     pub fn idle(&self) {
-        if !self.linger.load(Ordering::Acquire) {
-            let _ = self.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
+        if !self.linger.load(Ordering::Acquire)
+            && self.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            && let Some(reader) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take()
+        {
+            reader.wake();
+        }
+    }
+
+    /// Remembers the task reading while a request is served.
+    fn park_reader(&self, waker: &Waker) {
+        let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if !reader.as_ref().is_some_and(|r| r.will_wake(waker)) {
+            *reader = Some(waker.clone());
         }
     }
 
@@ -229,7 +247,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             // reset that could destroy the answer.
             return this.poll_refuse(cx);
         }
-        let phase = this.phase.get();
+        let mut phase = this.phase.get();
+        if phase == BUSY {
+            this.phase.park_reader(cx.waker());
+            // The response may have ended in between.
+            phase = this.phase.get();
+        }
         match phase {
             IDLE => {
                 let d = this.limits.idle;
