@@ -521,6 +521,30 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
     assert!(answer.contains("\"code\":\"malformed_request\""), "{answer}");
 }
 
+/// Connections still waiting for their PROXY header count against
+/// `max_connections`: 600 silent ones went past a limit of 20 (and past the
+/// process's file descriptors), invisible to the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_for_a_proxy_header_count_against_the_limit() {
+    let proxy = spawn_custom(
+        &cfg("proxy_protocol = true", "[limits]\nmax_connections = 3\nheader_read_timeout = \"5s\"\n"),
+        &users(),
+    );
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    wait_for_open(&proxy.state, 3).await;
+    let over = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = read_all(over).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections"), "{answer}");
+    assert_eq!(proxy.state.conns.open(), 3);
+    // Their slots come back when they leave.
+    drop(silent);
+    wait_for_open(&proxy.state, 0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_proxy_protocol_stalls_are_timed_out_and_the_throttle_keys_on_the_real_client() {
     let cfg = "[server]\nrealm = \"t\"\nproxy_protocol = true\n[auth]\nusers_file = \"users.toml\"\n[auth.throttle]\nmax_failures = 1\nwindow = \"1m\"\ndelay = \"10ms\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[limits]\nheader_read_timeout = \"300ms\"\n";

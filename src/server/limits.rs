@@ -22,19 +22,42 @@ pub struct ConnLimiter {
 #[derive(Debug)]
 pub struct Permit {
     limiter: Arc<ConnLimiter>,
-    key: IpAddr,
+    /// The client's address key, once known ([`Permit::assign`]).
+    key: Option<IpAddr>,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limiter.total.fetch_sub(1, Ordering::AcqRel);
+        let Some(key) = self.key else { return };
         let mut map = self.limiter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.key) {
+        if let Some(n) = map.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                map.remove(&self.key);
+                map.remove(&key);
             }
         }
+    }
+}
+
+impl Permit {
+    /// Counts this connection against `ip`'s limit; `false` (and nothing
+    /// counted) when `ip` already has `max_per_ip` connections.
+    pub fn assign(&mut self, ip: IpAddr, max_per_ip: usize) -> bool {
+        debug_assert!(self.key.is_none(), "a permit is assigned once");
+        let k = client_key(ip);
+        let mut map = self.limiter.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(k).or_insert(0);
+        if *n >= max_per_ip {
+            if *n == 0 {
+                map.remove(&k);
+            }
+            return false;
+        }
+        *n += 1;
+        drop(map);
+        self.key = Some(k);
+        true
     }
 }
 
@@ -44,22 +67,21 @@ impl ConnLimiter {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// A slot for a connection from `ip`, or `None` when a limit is reached.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<Permit> {
+    /// A slot counted against the overall limit only, or `None` when it is
+    /// reached: taken when a connection is accepted, before its client is
+    /// known (behind a PROXY header), then [`Permit::assign`]ed to it.
+    pub fn reserve(self: &Arc<Self>, max_total: usize) -> Option<Permit> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        let k = client_key(ip);
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(k).or_insert(0);
-        if *n >= max_per_ip {
-            drop(map);
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        *n += 1;
-        Some(Permit { limiter: self.clone(), key: k })
+        Some(Permit { limiter: self.clone(), key: None })
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a limit is reached.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Option<Permit> {
+        let mut permit = self.reserve(max_total)?;
+        permit.assign(ip, max_per_ip).then_some(permit)
     }
 }
 

@@ -180,6 +180,12 @@ async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream
         let _ = stream.set_nodelay(true);
     }
     let limits = state.snapshot.load().limits.clone();
+    // Counted before anything is read: a connection waiting for its PROXY
+    // header holds a socket too (600 silent ones went past a limit of 20).
+    let Some(mut permit) = state.conns.reserve(limits.max_connections) else {
+        refuse_overloaded(&state, &listener, stream, peer).await;
+        return;
+    };
     let client_addr = if listener.proxy_protocol {
         match tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream)).await
         {
@@ -196,18 +202,11 @@ async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream
     } else {
         peer
     };
-    let Some(permit) =
-        state.conns.try_acquire(client_addr.ip(), limits.max_connections, limits.max_connections_per_ip)
-    else {
-        tracing::warn!(client = %client_addr, "connection refused: connection limit reached");
-        state.metrics.request(Counted::Overloaded, None);
-        if listener.tls.is_none() {
-            let id = state.next_request_id();
-            let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
-        }
+    if !permit.assign(client_addr.ip(), limits.max_connections_per_ip) {
+        drop(permit);
+        refuse_overloaded(&state, &listener, stream, client_addr).await;
         return;
-    };
+    }
     // Shared with the tunnels this connection may become, so that they
     // count against the limits for as long as they live.
     let slot = Arc::new(permit);
@@ -225,6 +224,18 @@ async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream
                 serve_http(state, tls, client_addr, true, slot, &limits).await;
             }
         }
+    }
+}
+
+/// A connection over a limit: logged, counted, and on a plain listener
+/// answered with 503 `too_many_connections` before it is closed.
+async fn refuse_overloaded(state: &State, listener: &Listener, mut stream: TcpStream, client: SocketAddr) {
+    tracing::warn!(client = %client, "connection refused: connection limit reached");
+    state.metrics.request(Counted::Overloaded, None);
+    if listener.tls.is_none() {
+        let id = state.next_request_id();
+        let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
     }
 }
 
