@@ -49,8 +49,21 @@ struct Bucket {
 /// The per-address failure counter.
 #[derive(Debug, Default)]
 pub struct Throttle {
-    map: Mutex<HashMap<IpAddr, Bucket>>,
+    map: Mutex<Tracked>,
 }
+
+#[derive(Debug, Default)]
+struct Tracked {
+    buckets: HashMap<IpAddr, Bucket>,
+    /// When a full map was last swept for buckets that are full again.
+    swept: Option<Instant>,
+}
+
+/// Least time between two sweeps of a full map: a sweep visits every
+/// entry under the lock, and one per attempt from an untracked address
+/// (100,000 entries each time) cut a flood's throughput, everyone's logins
+/// included, by three quarters.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// The unit a client address is counted in: IPv4 addresses one by one
 /// (IPv4-mapped IPv6 as IPv4), IPv6 per /64, since one host owns a whole /64.
@@ -86,7 +99,7 @@ impl Throttle {
             return Ok(());
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(b) = map.get_mut(&client_key(ip)) else { return Ok(()) };
+        let Some(b) = map.buckets.get_mut(&client_key(ip)) else { return Ok(()) };
         Self::refill(b, s, now);
         if b.tokens >= 1.0 { Ok(()) } else { Err(Self::retry_after(b, s)) }
     }
@@ -111,20 +124,26 @@ impl Throttle {
             return Ok(());
         }
         let key = client_key(ip);
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_TRACKED && !map.contains_key(&key) {
-            // Forget addresses whose buckets are full again.
-            map.retain(|_, b| {
-                Self::refill(b, s, now);
-                b.tokens < f64::from(s.max_failures)
-            });
-            if map.len() >= MAX_TRACKED {
+        let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let map = &mut *guard;
+        if map.buckets.len() >= MAX_TRACKED && !map.buckets.contains_key(&key) {
+            if map.swept.is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_EVERY) {
+                map.swept = Some(now);
+                // Forget addresses whose buckets are full again.
+                map.buckets.retain(|_, b| {
+                    Self::refill(b, s, now);
+                    b.tokens < f64::from(s.max_failures)
+                });
+            }
+            if map.buckets.len() >= MAX_TRACKED {
                 // Tracking is full of failing addresses: let this one be
                 // checked rather than refuse a client never seen failing.
+                // Its guesses are still bounded by the verification pool
+                // (`verify_threads`, `max_pending`).
                 return Ok(());
             }
         }
-        let b = map.entry(key).or_insert(Bucket { tokens: f64::from(s.max_failures), at: now });
+        let b = map.buckets.entry(key).or_insert(Bucket { tokens: f64::from(s.max_failures), at: now });
         Self::refill(b, s, now);
         if b.tokens >= 1.0 {
             b.tokens = (b.tokens - 1.0).max(0.0);
@@ -142,11 +161,11 @@ impl Throttle {
         }
         let key = client_key(ip);
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = map.get_mut(&key) {
+        if let Some(b) = map.buckets.get_mut(&key) {
             b.tokens += 1.0;
             if b.tokens >= f64::from(s.max_failures) {
                 // Full again: an address that never fails is not tracked.
-                map.remove(&key);
+                map.buckets.remove(&key);
             }
         }
     }
@@ -182,7 +201,7 @@ mod tests {
             assert!(t.take(ip, &s, now).is_ok());
             t.refund(ip, &s);
         }
-        assert!(t.map.lock().unwrap().is_empty(), "an address that never failed is not tracked");
+        assert!(t.map.lock().unwrap().buckets.is_empty(), "an address that never failed is not tracked");
         // Two attempts in flight at once use up the bucket: a third waits
         // for one of them to succeed.
         assert!(t.take(ip, &s, now).is_ok());
@@ -190,6 +209,30 @@ mod tests {
         assert!(t.take(ip, &s, now).is_err());
         t.refund(ip, &s);
         assert!(t.take(ip, &s, now).is_ok());
+    }
+
+    #[test]
+    fn a_full_map_is_swept_at_most_once_a_second() {
+        let s = Settings { max_failures: 1, window: Duration::from_secs(3600), ..Settings::default() };
+        let t = Throttle::new();
+        let now = Instant::now();
+        for i in 0..MAX_TRACKED as u32 {
+            assert!(t.take(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), &s, now).is_ok());
+        }
+        // Full of failing addresses: a new one is let through, untracked,
+        // and the sweep that found nothing to forget is not repeated for
+        // the next ones (each went through all 100,000 entries).
+        let new: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(t.take(new, &s, now).is_ok());
+        assert_eq!(t.map.lock().unwrap().swept, Some(now));
+        assert!(t.take(new, &s, now + Duration::from_millis(500)).is_ok());
+        assert_eq!(t.map.lock().unwrap().swept, Some(now), "no second sweep within a second");
+        // Later, once buckets are full again, a sweep frees room and new
+        // addresses are tracked (and throttled) again.
+        let later = now + Duration::from_secs(3601);
+        assert!(t.take(new, &s, later).is_ok());
+        assert_eq!(t.map.lock().unwrap().buckets.len(), 1);
+        assert!(t.take(new, &s, later).is_err(), "tracked again");
     }
 
     #[test]
