@@ -276,6 +276,26 @@ async fn slowloris_gets_408_and_an_oversized_head_431() {
     let r = c.read_response("GET").await;
     assert_proxy_error(&r, 431, "http_request_error", "request_head_too_large");
     assert!(c.is_closed().await);
+    // A slowloris that keeps writing after its 408 is read from, not reset:
+    // the writes went to a closed socket (EPIPE 0.1 s after the 408), and a
+    // reset can destroy the answer (RFC 9112 §9.6).
+    let stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let reader = tokio::spawn(async move {
+        let _ = rd.read_to_end(&mut answer).await;
+        answer
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let line = format!("X-Slow-{i}: still here\r\n");
+        assert!(wr.write_all(line.as_bytes()).await.is_ok(), "write {i} after the 408 was refused");
+    }
+    drop(wr);
+    let answer = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 408 "), "{}", String::from_utf8_lossy(&answer));
     // The proxy still serves.
     assert_still_serves(proxy.addr).await;
 }
