@@ -78,6 +78,28 @@ pub fn parse(value: &[u8]) -> Result<Credentials, Malformed> {
     Ok(Credentials { username: text(&decoded[..colon]), password: text(&decoded[colon + 1..]) })
 }
 
+/// The token of a Basic header in one spelling for all the spellings
+/// [`parse`] reads the same: scheme in any case, any spaces, base64 with or
+/// without its `=` padding. `None` for another scheme. (The cache keyed on
+/// the header as sent, so one user could fill it with `basic`, `BASIC`,
+/// `Basic  ` ... variants of one login, each costing an argon2 run.)
+pub fn canonical_token(value: &[u8]) -> Option<&[u8]> {
+    let value = trim(value);
+    let space = value.iter().position(|&b| b == b' ')?;
+    if !value[..space].eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let token = trim(&value[space..]);
+    let mut unpadded = token;
+    while let [rest @ .., b'='] = unpadded {
+        unpadded = rest;
+    }
+    // Only the padding `parse` accepts (none, or the canonical amount):
+    // another spelling must not reach an entry that `parse` would refuse.
+    let pad = token.len() - unpadded.len();
+    (pad == 0 || pad == (4 - unpadded.len() % 4) % 4).then_some(unpadded)
+}
+
 fn trim(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
@@ -108,6 +130,25 @@ pub fn nfc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spellings_with_one_canonical_token_parse_to_the_same_credentials() {
+        let canonical = parse(b"Basic YWxpY2U6YTE=").unwrap();
+        for same in [
+            &b"basic YWxpY2U6YTE="[..],
+            b"BASIC YWxpY2U6YTE",
+            b"Basic   YWxpY2U6YTE=",
+            b" bAsIc \tYWxpY2U6YTE= ",
+        ] {
+            assert_eq!(canonical_token(same), Some(&b"YWxpY2U6YTE"[..]));
+            assert_eq!(parse(same).unwrap(), canonical, "{}", String::from_utf8_lossy(same));
+        }
+        // What `parse` refuses has no canonical token.
+        for refused in [&b"Basic YWxpY2U6YTE=="[..], b"Basic\tYWxpY2U6YTE=", b"Bearer YWxpY2U6YTE="] {
+            assert!(parse(refused).is_err(), "{}", String::from_utf8_lossy(refused));
+            assert_eq!(canonical_token(refused), None, "{}", String::from_utf8_lossy(refused));
+        }
+    }
 
     fn b64(s: &[u8]) -> Vec<u8> {
         let mut v = b"Basic ".to_vec();

@@ -62,17 +62,34 @@ impl VerifiedCache {
         VerifiedCache { keyed, map: RwLock::new(HashMap::default()) }
     }
 
-    /// Keyed BLAKE2s-256 of `header`: the same value as `Blake2sMac256`
+    /// The key of a header: the MAC of its Basic token in one spelling
+    /// (see [`crate::auth::basic::canonical_token`]), so that the ways of
+    /// writing one login share one entry; other headers as they are.
+    fn key(&self, header: &[u8]) -> Key {
+        match crate::auth::basic::canonical_token(header) {
+            Some(token) => self.mac_parts(&[b"basic ", token]),
+            None => self.mac(header),
+        }
+    }
+
+    /// Keyed BLAKE2s-256 of `msg`: the same value as `Blake2sMac256`
     /// under this cache's key (a test checks), from the precomputed state.
-    fn mac(&self, header: &[u8]) -> Key {
+    fn mac(&self, msg: &[u8]) -> Key {
+        self.mac_parts(&[msg])
+    }
+
+    /// [`VerifiedCache::mac`] of the concatenation of `parts`.
+    fn mac_parts(&self, parts: &[&[u8]]) -> Key {
         let mut core = self.keyed.clone();
         let mut buffer = Buffer::<Blake2sVarCore>::default();
         // With no message the key block would have been the last block;
         // a header is never empty (the caller only looks up present ones),
         // and an empty one still gets a fixed, distinct input.
-        buffer.digest_blocks(if header.is_empty() { b"\0" } else { header }, |blocks| {
-            core.update_blocks(blocks)
-        });
+        const NUL: &[&[u8]] = &[b"\0"];
+        let parts = if parts.iter().all(|p| p.is_empty()) { NUL } else { parts };
+        for part in parts {
+            buffer.digest_blocks(part, |blocks| core.update_blocks(blocks));
+        }
         let mut out = Default::default();
         core.finalize_variable_core(&mut buffer, &mut out);
         out.into()
@@ -81,7 +98,7 @@ impl VerifiedCache {
     /// The user a header value was verified for, with that user's fingerprint
     /// at the time, if the entry has not expired.
     pub fn get(&self, header: &[u8], now: Instant) -> Option<(Arc<str>, u64)> {
-        let key = self.mac(header);
+        let key = self.key(header);
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         map.get(&key).filter(|e| e.until > now).map(|e| (e.user.clone(), e.fingerprint))
     }
@@ -91,7 +108,7 @@ impl VerifiedCache {
         if ttl.is_zero() {
             return;
         }
-        let key = self.mac(header);
+        let key = self.key(header);
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, e| e.until > now);
@@ -160,6 +177,35 @@ mod tests {
             assert_eq!(c.mac(&msg), <[u8; 32]>::from(reference.finalize().into_bytes()), "length {len}");
         }
         assert_ne!(c.mac(b""), c.mac(b"x"));
+    }
+
+    #[test]
+    fn the_spellings_of_one_basic_login_share_an_entry() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        c.insert(b"Basic YWxpY2U6YTE=", "alice".into(), 7, Duration::from_secs(60), t0);
+        for same in [
+            &b"basic YWxpY2U6YTE="[..],
+            b"BASIC YWxpY2U6YTE",
+            b"Basic   YWxpY2U6YTE=",
+            b"bAsIc \tYWxpY2U6YTE= ",
+        ] {
+            assert!(c.get(same, t0).is_some(), "{}", String::from_utf8_lossy(same));
+            c.insert(same, "alice".into(), 7, Duration::from_secs(60), t0);
+        }
+        assert_eq!(c.len(), 1, "one entry for all of them");
+        // Another login, another scheme, and spellings `parse` refuses.
+        for other in [
+            &b"Basic YWxpY2U6YTI="[..],
+            b"Bearer YWxpY2U6YTE=",
+            b"BasicYWxpY2U6YTE=",
+            b"Basic YWxpY2U6YTE==",
+            b"Basic\tYWxpY2U6YTE=",
+        ] {
+            assert!(c.get(other, t0).is_none(), "{}", String::from_utf8_lossy(other));
+        }
+        // Multi-part input is the MAC of the concatenation.
+        assert_eq!(c.mac_parts(&[b"basic ", b"abc"]), c.mac(b"basic abc"));
     }
 
     #[test]
