@@ -591,3 +591,30 @@ async fn an_answer_before_the_end_of_a_large_upload_is_the_only_answer() {
         assert!(got.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{got}");
     }
 }
+
+/// A body behind `Expect: 100-continue` is not sent until the client hears
+/// `100`; authgate's own answer replaces the `100`, and hyper then closes
+/// the connection. The answer says so (it did not, so the client wrote its
+/// body into a closed connection).
+#[tokio::test]
+async fn an_answer_instead_of_100_continue_says_the_connection_closes() {
+    let proxy = spawn_proxy("", &[USER]);
+    let target = format!("127.0.0.1:{}", closed_port());
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request(
+        "POST",
+        &format!("http://{target}/form"),
+        &[
+            ("Host", &target),
+            ("Proxy-Authorization", &auth()),
+            ("Content-Length", "62"),
+            ("Expect", "100-continue"),
+        ],
+    ))
+    .await;
+    let resp = c.read_response("POST").await;
+    assert_eq!(resp.status, 502, "{}", resp.dump());
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), c.is_closed()).await;
+    assert_eq!(closed.ok(), Some(true));
+}

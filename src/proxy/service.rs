@@ -65,14 +65,17 @@ pub enum Reply {
     Tunnel(Response<ProxyBody>, tunnel::Job),
 }
 
-/// The largest request body that authgate may leave unread (it reads none
-/// of a request it answers itself) and still keep the connection. hyper
+/// The largest request body that authgate may leave unread and still keep
+/// the connection, when it answers a request itself past authentication
+/// (a refusal by a rule, a DNS or connect failure ...; the answers of the
+/// authentication step read small bodies, see `drain_small_body`). hyper
 /// reads past an unread body to find the next request; a body that is not
 /// yet in its buffer then goes through the head limits as if it were the
-/// next request's head (a 4 MiB upload refused with a 407 was followed by
-/// a 431 for a request never sent). Small bodies, such as a form posted
-/// before the browser learns it needs proxy credentials, arrive with their
-/// head.
+/// next request's head (a 4 MiB upload refused before it was read was
+/// followed by a 431 for a request never sent). Small bodies usually
+/// arrive with their head. A body behind `Expect: 100-continue` is not sent
+/// at all until the client hears `100`, which an answer replaces: hyper
+/// then closes the connection, and the answer says so.
 const UNREAD_BODY_KEPT: u64 = 4096;
 
 /// Handles one request. Never fails: errors become authgate's own responses.
@@ -82,8 +85,9 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     // Read only if authgate answers with an error page itself.
     let accept = req.headers().get(header::ACCEPT).cloned();
     let connect = req.method() == Method::CONNECT;
-    let large_body = match http_body::Body::size_hint(req.body()).exact() {
-        Some(n) => n > UNREAD_BODY_KEPT,
+    let unread_body_closes = match http_body::Body::size_hint(req.body()).exact() {
+        Some(0) => false,
+        Some(n) => n > UNREAD_BODY_KEPT || req.headers().contains_key(header::EXPECT),
         None => true,
     };
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
@@ -135,11 +139,17 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));
             // After a refused CONNECT, bytes the client sent ahead for the
             // tunnel would be read as its next request: close instead.
-            // A 407 keeps the connection for the retry with credentials,
-            // unless the request has a body of more than
-            // [`UNREAD_BODY_KEPT`] bytes or of unknown length (see there).
+            // A 407 keeps the connection for the retry with credentials
+            // (the authentication step decided `close` for its body).
             let refused_tunnel = connect && !matches!(err, ProxyError::ProxyAuthRequired);
-            if close || err.closes_connection() || refused_tunnel || large_body {
+            let authenticating = matches!(
+                err,
+                ProxyError::ProxyAuthRequired
+                    | ProxyError::Throttled { .. }
+                    | ProxyError::AuthOverloaded { .. }
+            );
+            let body_left = unread_body_closes && !authenticating;
+            if close || err.closes_connection() || refused_tunnel || body_left {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 client.phase.linger();
             }
