@@ -327,12 +327,19 @@ async fn a_connection_idle_after_a_slow_request_is_closed_too() {
         &cfg("", "[limits]\nidle_timeout = \"500ms\"\nheader_read_timeout = \"300ms\"\n"),
         &users(),
     );
-    let origin = spawn_origin(|_req: hyper::Request<hyper::body::Incoming>| async {
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        hyper::Response::new(full("slow"))
+    let origin = spawn_origin(|req: hyper::Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        hyper::Response::new(full("answer"))
     });
     let mut c = RawConn::connect(proxy.addr).await;
-    c.send(get_as(&origin.url("/slow"), &origin.authority(), "alice", "a1")).await;
+    // A fast request and a slow one pipelined behind it: the idle timer of
+    // the first answer must not cut the connection right after the second.
+    let mut both = get_as(&origin.url("/fast"), &origin.authority(), "alice", "a1");
+    both.extend_from_slice(&get_as(&origin.url("/slow"), &origin.authority(), "alice", "a1"));
+    c.send(both).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
     assert_eq!(c.read_response("GET").await.status, 200);
     let start = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(10), c.is_closed()).await;
