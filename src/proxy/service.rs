@@ -65,19 +65,6 @@ pub enum Reply {
     Tunnel(Response<ProxyBody>, tunnel::Job),
 }
 
-/// The largest request body that authgate may leave unread and still keep
-/// the connection, when it answers a request itself past authentication
-/// (a refusal by a rule, a DNS or connect failure ...; the answers of the
-/// authentication step read small bodies, see `drain_small_body`). hyper
-/// reads past an unread body to find the next request; a body that is not
-/// yet in its buffer then goes through the head limits as if it were the
-/// next request's head (a 4 MiB upload refused before it was read was
-/// followed by a 431 for a request never sent). Small bodies usually
-/// arrive with their head. A body behind `Expect: 100-continue` is not sent
-/// at all until the client hears `100`, which an answer replaces: hyper
-/// then closes the connection, and the answer says so.
-const UNREAD_BODY_KEPT: u64 = 4096;
-
 /// Handles one request. Never fails: errors become authgate's own responses.
 pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -> Response<ProxyBody> {
     let snap = state.snapshot.load_full();
@@ -85,11 +72,16 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     // Read only if authgate answers with an error page itself.
     let accept = req.headers().get(header::ACCEPT).cloned();
     let connect = req.method() == Method::CONNECT;
-    let unread_body_closes = match http_body::Body::size_hint(req.body()).exact() {
-        Some(0) => false,
-        Some(n) => n > UNREAD_BODY_KEPT || req.headers().contains_key(header::EXPECT),
-        None => true,
-    };
+    // Past authentication authgate reads no body of a request it answers
+    // itself (a refusal by a rule, a DNS or connect failure ...; the
+    // authentication step reads small bodies itself, see
+    // `drain_small_body`). hyper then reads what is already buffered of the
+    // body and closes the connection if that is not all of it: the answer
+    // must say so. Without it a large unread body was read as the next
+    // head and answered with a 431 for a request never sent, and a small
+    // body sent just after its head (or behind `Expect: 100-continue`) met
+    // a closed connection after an answer that promised keep-alive.
+    let has_body = !http_body::Body::is_end_stream(req.body());
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
     rec.metrics = Some(state.metrics.clone());
     rec.log = snap.log.access;
@@ -148,7 +140,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
                     | ProxyError::Throttled { .. }
                     | ProxyError::AuthOverloaded { .. }
             );
-            let body_left = unread_body_closes && !authenticating;
+            let body_left = has_body && !authenticating;
             if close || err.closes_connection() || refused_tunnel || body_left {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
                 client.phase.linger();
