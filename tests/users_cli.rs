@@ -113,15 +113,19 @@ impl Dir {
         c
     }
 
-    /// Runs `authgate users ARGS` with `stdin` (closed when `None`).
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut child = self
-            .command(args)
+    /// Starts `authgate users ARGS` with all three streams piped.
+    fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs `authgate users ARGS` with `stdin` (closed when `None`).
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
+        let mut child = self.spawn(args);
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
             // A command refused before it reads its password closes the
@@ -837,13 +841,7 @@ fn a_users_file_that_is_not_a_regular_file_is_refused_and_left_alone() {
     let d = Dir::new(None);
     assert!(Command::new("mkfifo").arg(d.users()).status().unwrap().success());
     for args in [&["add", "x", "--password-stdin"][..], &["list"][..]] {
-        let mut child = d
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = d.spawn(args);
         let _ = child.stdin.take().unwrap().write_all(b"pw\n");
         let out = common::output_within_20s(child, &format!("`users {}` on a FIFO", args.join(" ")));
         let err = String::from_utf8_lossy(&out.stderr);
