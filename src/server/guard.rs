@@ -142,6 +142,9 @@ pub struct Guarded<S> {
     idle_after: u32,
     /// Bytes drained while closing; `None` until the write side is shut.
     lingered: Option<usize>,
+    /// The request (`served` count) whose end of stream was held back once,
+    /// see `poll_read`.
+    eof_held_for: u32,
 }
 
 impl<S> Guarded<S> {
@@ -160,6 +163,7 @@ impl<S> Guarded<S> {
             stalled: false,
             idle_after: 0,
             lingered: None,
+            eof_held_for: 0,
         }
     }
 
@@ -277,8 +281,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             _ => {}
         }
         let before = buf.filled().len();
+        let room = buf.remaining() > 0;
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
+        if n == 0 && room && phase == BUSY {
+            // The client half-closed while its request is being served.
+            // hyper (`half_close(false)`) takes that as the client gone and
+            // drops the request unanswered, even when the answer is ready at
+            // the service's first poll (a 407, a 400): with the end of stream
+            // already there when hyper read on after the head, such answers
+            // were lost (one in six, under load). The end is held back once
+            // per request, so that hyper polls the service before it sees it;
+            // a request still waiting (for its origin, a password check) is
+            // then dropped as before.
+            let served = this.phase.served.load(Ordering::Relaxed);
+            if this.eof_held_for != served {
+                this.eof_held_for = served;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+        }
         if n > 0 && matches!(phase, IDLE | HEAD) {
             if phase == IDLE
                 && this.phase.state.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
