@@ -385,7 +385,12 @@ pub fn raw_error_response(err: &ProxyError, request_id: &str) -> Vec<u8> {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("content-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes());
+    // RFC 9110 §6.6.1: a server with a clock sends `Date` (hyper adds it to
+    // every other answer).
+    let date = httpdate::fmt_http_date(SystemTime::now());
+    out.extend_from_slice(
+        format!("date: {date}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes(),
+    );
     out.extend_from_slice(&body);
     out
 }

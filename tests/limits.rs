@@ -267,6 +267,10 @@ async fn slowloris_gets_408_and_an_oversized_head_431() {
     c.send(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await;
     let r = c.read_response("GET").await;
     assert_proxy_error(&r, 408, "http_request_error", "request_timeout");
+    // Written straight to the socket, and dated like every other answer
+    // (RFC 9110 §6.6.1).
+    let date = r.header("date").unwrap_or_else(|| panic!("no Date: {}", r.dump()));
+    assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
     assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
     assert!(c.is_closed().await, "closed after the 408");
 
