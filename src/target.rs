@@ -119,6 +119,62 @@ pub fn without_userinfo(authority: &str) -> &str {
     }
 }
 
+/// Whether a `Host` field value has the syntax RFC 9110 §7.2 gives it:
+/// `uri-host [ ":" port ]` (RFC 3986: an IP literal in brackets, or a
+/// reg-name of unreserved characters, sub-delims and percent-encodings;
+/// the port is digits). RFC 9112 §3.2 has a server answer 400 to a Host
+/// that is not; userinfo (`user@host`) and spaces are the usual offenders.
+/// An empty value is valid syntax (an empty reg-name).
+pub fn valid_host_field(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let inner = &value[1..end];
+                let literal =
+                    !inner.is_empty() && inner.iter().all(|&b| b == b':' || unreserved_or_sub_delim(b));
+                if !literal {
+                    return false;
+                }
+                (&[][..], &value[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok && reg_name(host)
+}
+
+fn unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
+}
+
+/// RFC 3986 `reg-name`: unreserved, sub-delims and `%` HEXDIG HEXDIG.
+fn reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&b) = name.get(i) {
+        if b == b'%' {
+            let hex = name.get(i + 1..i + 3);
+            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                return false;
+            }
+            i += 3;
+        } else if unreserved_or_sub_delim(b) {
+            i += 1;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 /// Parses `host:port` (CONNECT authority-form).
 ///
 /// # Errors
@@ -230,6 +286,38 @@ fn parse_part(p: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_fields_are_checked_against_the_uri_host_port_grammar() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:8080",
+            "[2001:db8::1]",
+            "xn--bcher-kva.example",
+            "a%20b",
+            "host:",
+            "",
+        ] {
+            assert!(valid_host_field(good.as_bytes()), "{good:?} is valid");
+        }
+        for bad in [
+            "a b",
+            "user@host",
+            "user:pw@host:1",
+            "<script>",
+            "[::1",
+            "[::1]x",
+            "[]",
+            "host:8o",
+            "h:1:2",
+            "a%2",
+            "h\\",
+        ] {
+            assert!(!valid_host_field(bad.as_bytes()), "{bad:?} is not");
+        }
+    }
 
     #[test]
     fn userinfo_is_cut_off_up_to_the_last_at() {

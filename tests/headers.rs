@@ -411,3 +411,47 @@ async fn a_request_body_with_trailers_keeps_the_connection() {
     assert_eq!(second.status, 200, "the pipelined request is served: {}", second.dump());
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
+
+/// HTTP/1.0 clients: a body of unknown length (the origin's was chunked) is
+/// ended by the close, so the answer says `Connection: close` even to a
+/// client that asked for keep-alive (hyper said `keep-alive` and closed);
+/// a 100-continue expectation from a 1.0 client is ignored (RFC 9110
+/// §10.1.1), not sent on in the HTTP/1.1 request made of it.
+#[tokio::test]
+async fn http_1_0_clients_get_an_honest_close_and_no_expectation_is_sent_on() {
+    let chunked_origin = spawn_origin(|_req| async { hyper::Response::new(chunked(&[b"hello ", b"world"])) });
+    let echo = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nConnection: keep-alive\r\nProxy-Authorization: {auth}\r\n\r\n",
+        chunked_origin.url("/chunked"),
+        chunked_origin.authority()
+    ))
+    .await;
+    let resp = c.read_response("GET").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+    assert_eq!(resp.header("transfer-encoding"), None, "{}", resp.dump());
+    assert_eq!(resp.body, b"hello world");
+
+    // With a length, keep-alive stays on for the 1.0 client that asks.
+    let mut c = RawConn::connect(proxy.addr).await;
+    for path in ["/one", "/two"] {
+        c.send(format!(
+            "POST {} HTTP/1.0\r\nHost: {}\r\nConnection: keep-alive\r\nExpect: 100-continue\r\n\
+             Content-Length: 5\r\nProxy-Authorization: {auth}\r\n\r\nhello",
+            echo.url(path),
+            echo.authority()
+        ))
+        .await;
+        let resp = c.read_response("POST").await;
+        assert_eq!(resp.status, 200, "{}", resp.dump());
+        assert_eq!(resp.header("connection"), Some("keep-alive"), "{}", resp.dump());
+        let seen = Echoed::parse(&resp.body);
+        assert!(!seen.has("expect"), "{}", resp.text());
+        assert_eq!(seen.body, b"hello");
+    }
+}

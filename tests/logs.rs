@@ -114,14 +114,18 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     let bad = basic(USER, WRONG_PASSWORD);
     let host = origin.authority();
 
-    // A forwarded request (also carrying the credentials in the URL userinfo).
-    let ok = get(
+    // A forwarded request.
+    let ok = get(proxy, &origin.url("/ok"), &[("Host", &host), ("Proxy-Authorization", &good)]).await;
+    assert_eq!(ok.status, 200, "{}", ok.dump());
+    // One carrying the credentials in the URL userinfo: refused (RFC 9110
+    // §4.2.4), and logged without them.
+    let in_url = get(
         proxy,
-        &origin.url("/ok").replace("http://", &format!("http://{}:{}@", USER, percent_encode(PASSWORD))),
+        &origin.url("/in-url").replace("http://", &format!("http://{}:{}@", USER, percent_encode(PASSWORD))),
         &[("Host", &host), ("Proxy-Authorization", &good)],
     )
     .await;
-    assert_eq!(ok.status, 200, "{}", ok.dump());
+    assert_proxy_error(&in_url, 400, "http_request_error", "bad_target");
 
     // A rejected one.
     let refused =
@@ -158,6 +162,10 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     .await;
     wait_for(&mut rx, &mut lines, "the access line of the tunnel", |l| {
         l.contains("authgate::access") && l.contains("CONNECT") && l.contains("status=200")
+    })
+    .await;
+    wait_for(&mut rx, &mut lines, "the access line of the userinfo URL", |l| {
+        l.contains("authgate::access") && l.contains("/in-url") && l.contains("status=400")
     })
     .await;
     wait_for(&mut rx, &mut lines, "the access line of the refused CONNECT", |l| {

@@ -22,7 +22,7 @@ use super::upstream_tls::{self, UpstreamIo};
 use crate::body::{ProxyBody, RequestBody, Upload, UploadState};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
-use crate::target::{Target, without_userinfo};
+use crate::target::Target;
 use crate::telemetry::AccessRecord;
 
 /// Forwards one absolute-form request to `target`; `checked` are addresses
@@ -45,17 +45,22 @@ pub async fn forward(
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let from_http10 = parts.version == Version::HTTP_10;
 
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| without_userinfo(a.as_str()).to_owned())
-        .ok_or(ProxyError::BadTarget { detail: "no host" })?;
-    let host = HeaderValue::from_str(&host).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
+    // The authority has no userinfo: `classify` refused that.
+    let host = parts.uri.authority().ok_or(ProxyError::BadTarget { detail: "no host" })?;
+    let host =
+        HeaderValue::from_str(host.as_str()).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
 
     strip_hop_by_hop(&mut parts.headers, upgrade);
+    // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request
+    // MUST be ignored; sent on in the HTTP/1.1 request made of it, the
+    // origin would act on it.
+    if from_http10 && parts.headers.get(header::EXPECT).is_some_and(is_100_continue) {
+        parts.headers.remove(header::EXPECT);
+    }
     let has_body = !http_body::Body::is_end_stream(&body);
     // hyper's client sends a body of unknown length (the client's was
     // chunked) on a GET, HEAD or CONNECT only when the field asks for it;
@@ -152,9 +157,28 @@ pub async fn forward(
     if upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    // An HTTP/1.0 client gets a body of unknown length (the origin's was
+    // chunked or ended by its close) delimited by the close of the
+    // connection: hyper does so, but still answered `Connection:
+    // keep-alive` to a client that asked for it (RFC 9112 §9.3: the
+    // connection persists only with a self-delimited body). hyper appends
+    // that `keep-alive` even to our `close` unless the response is marked
+    // 1.0 (it answers a 1.0 client in 1.0 whatever the mark).
+    let unknown_length = {
+        use http_body::Body as _;
+        !resp.body().is_end_stream() && resp.body().size_hint().exact().is_none()
+    };
+    if from_http10 && unknown_length {
+        *resp.version_mut() = Version::HTTP_10;
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(conn) = sent.conn.filter(|_| reusable) {
         state.pool.checkin(key, conn);
     }
     let idle = limits.upstream_response_timeout;
     Ok(Reply::Response(resp.map(|body| ProxyBody::upstream(body, idle))))
+}
+
+fn is_100_continue(v: &HeaderValue) -> bool {
+    v.as_bytes().eq_ignore_ascii_case(b"100-continue")
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -21,7 +21,9 @@ use crate::policy::{Action, Decision, Query};
 use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
 use crate::server::limits::Permit;
-use crate::target::{Target, authority_port, parse_authority, parse_host, without_userinfo};
+use crate::target::{
+    Target, authority_port, parse_authority, parse_host, valid_host_field, without_userinfo,
+};
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent};
 
@@ -391,12 +393,18 @@ async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
 /// only when it arrived over TLS: on a plain listener the client's https
 /// payload would cross the network in clear, so it is told to use CONNECT.
 fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError> {
-    // RFC 9112 §3.2: a request with two Host fields is answered 400 (a hop
-    // in front may have read the other one). A missing Host is let pass:
-    // the Host sent on is made from the target, and CONNECTs without one
-    // exist in the wild.
+    // RFC 9112 §3.2: a server answers 400 to a request with two Host
+    // fields (a hop in front may have read the other one), with a Host that
+    // is not `host[:port]`, and to an HTTP/1.1 request without one. The
+    // Host sent on is made from the target either way; a CONNECT without
+    // Host is let pass, as such clients exist in the wild.
     let mut hosts = req.headers().get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
+    let valid = match (hosts.next(), hosts.next()) {
+        (Some(host), None) => valid_host_field(host.as_bytes()),
+        (None, _) => req.version() != Version::HTTP_11 || req.method() == Method::CONNECT,
+        (Some(_), Some(_)) => false,
+    };
+    if !valid {
         return Err(ProxyError::MalformedRequest);
     }
     let uri = req.uri();
@@ -420,9 +428,15 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
         None => Err(ProxyError::OriginForm),
         Some(s) if s.eq_ignore_ascii_case("http") || (over_tls && s.eq_ignore_ascii_case("https")) => {
             let https = s.eq_ignore_ascii_case("https");
+            // RFC 9110 §4.2.4: userinfo in an http(s) URI is to be treated
+            // as an error (`http://www.example.com@evil.example/` misleads
+            // the reader; a client sends credentials in header fields).
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(ProxyError::BadTarget { detail: "user:password@ in the target" });
+            }
             let host = uri.host().ok_or(ProxyError::BadTarget { detail: "no host" })?;
             let host = parse_host(host).map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
-            let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
+            let authority = uri.authority().map_or("", |a| a.as_str());
             let port = authority_port(authority, if https { 443 } else { 80 })
                 .map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
             Ok(Kind::Forward(Target { host, port }, https))
