@@ -44,6 +44,9 @@ struct Relay {
     /// The timer runs for the current wait; false after each frame, so that
     /// time in which the client was not reading does not count.
     waiting: bool,
+    /// A request body held back behind `Expect: 100-continue` that is not
+    /// to be sent: its upload ends when this answer is done.
+    unsent: Option<Unsent>,
 }
 
 impl Relay {
@@ -98,7 +101,7 @@ impl ProxyBody {
     /// The origin's response body, streamed through; cut off with an error
     /// when the origin sends nothing for `idle` while it is awaited.
     pub fn upstream(body: Incoming, idle: Duration) -> Self {
-        let relay = Relay { body, idle, timer: None, waiting: false };
+        let relay = Relay { body, idle, timer: None, waiting: false, unsent: None };
         ProxyBody { kind: Kind::Upstream(relay), sent: 0, log: None, done: None }
     }
 
@@ -114,6 +117,15 @@ impl ProxyBody {
             Kind::Full(b) => Some(b.clone().unwrap_or_default()),
             Kind::Upstream(_) => None,
         }
+    }
+
+    /// Keeps `unsent` (the origin answered before it asked for the request
+    /// body) until this body is finished or dropped.
+    pub fn ending(mut self, unsent: Unsent) -> Self {
+        if let Kind::Upstream(relay) = &mut self.kind {
+            relay.unsent = Some(unsent);
+        }
+        self
     }
 
     /// Marks the connection idle again when this body is finished.
@@ -182,24 +194,41 @@ pub struct RequestBody {
     inner: Incoming,
     count: Arc<AtomicU64>,
     upload: Option<Arc<Upload>>,
+    /// Behind `Expect: 100-continue`: resolves when the body may be read
+    /// (`true`) or is never to be sent (`false`), see [`Continue`].
+    hold: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
 }
 
 impl RequestBody {
     /// Wraps `inner`; every data byte is added to `count`. `upload`, for a
     /// request that has a body, follows its progress.
     pub fn new(inner: Incoming, count: Arc<AtomicU64>, upload: Option<Arc<Upload>>) -> Self {
-        RequestBody { inner, count, upload }
+        RequestBody { inner, count, upload, hold: None }
+    }
+
+    /// Reads nothing of the body (so hyper sends the client no `100
+    /// Continue`) until `gate` opens; see [`Continue`].
+    pub fn held_by(mut self, gate: Arc<Continue>) -> Self {
+        self.hold = Some(Box::pin(gate.wait()));
+        self
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(hold) = self.hold.as_mut() {
+            let go = std::task::ready!(hold.as_mut().poll(cx));
+            self.hold = None;
+            if !go {
+                return Poll::Ready(Some(Err(Box::new(NotSent))));
+            }
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
@@ -218,7 +247,7 @@ impl Body for RequestBody {
                 Some(Err(_)) => upload.advanced(UploadState::Broken),
             }
         }
-        polled
+        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -227,6 +256,89 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The origin answered before it asked for the body of an `Expect:
+/// 100-continue` request, which is then never sent: the upload to it ends
+/// in this error, which closes that connection.
+#[derive(Debug, thiserror::Error)]
+#[error("the origin answered without asking for the request body")]
+pub struct NotSent;
+
+/// `Expect: 100-continue` carried end to end (RFC 9110 §10.1.1).
+///
+/// hyper's server answers `100 Continue` to the client as soon as the body
+/// is first read, and hyper's client reads it right after the head is
+/// sent: the client was told to send at once, whatever the origin would
+/// say. So the body is held back until the origin says `100 Continue`
+/// (then hyper tells the client the same), or until [`CONTINUE_WAIT`]
+/// passes without a word (an origin that ignores the expectation waits for
+/// the body; clients such as curl also stop waiting after a second). An
+/// origin that answers first (a 401, a 413) is relayed without the body
+/// ever being asked for, and the connection to it is closed after that
+/// answer.
+#[derive(Debug, Default)]
+pub struct Continue {
+    state: AtomicU8,
+    notify: tokio::sync::Notify,
+}
+
+/// How long a held-back body waits for the origin's `100 Continue`.
+pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
+
+const WAITING: u8 = 0;
+const GO: u8 = 1;
+/// The origin's answer came first; the body waits for [`Continue::release`].
+const ANSWERED: u8 = 2;
+const DROPPED: u8 = 3;
+
+impl Continue {
+    /// The origin said `100 Continue`: the body may go.
+    pub fn go(&self) {
+        if self.swap_from(WAITING, GO) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// The origin's final answer has arrived. If that was before the body
+    /// was asked for, the body is never sent: the upload ends, closing the
+    /// origin connection, when the returned [`Unsent`] is dropped (with the
+    /// answer, once relayed).
+    pub fn answered(self: &Arc<Self>) -> Option<Unsent> {
+        self.swap_from(WAITING, ANSWERED).then(|| Unsent(self.clone()))
+    }
+
+    fn swap_from(&self, from: u8, to: u8) -> bool {
+        self.state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    async fn wait(self: Arc<Self>) -> bool {
+        loop {
+            match self.state.load(Ordering::Acquire) {
+                GO => return true,
+                DROPPED => return false,
+                WAITING => {
+                    let said = tokio::time::timeout(CONTINUE_WAIT, self.notify.notified()).await;
+                    if said.is_err() && self.swap_from(WAITING, GO) {
+                        return true;
+                    }
+                }
+                _ => self.notify.notified().await,
+            }
+        }
+    }
+}
+
+/// A request body that will not be sent (see [`Continue::answered`]); its
+/// upload ends when this is dropped.
+#[derive(Debug)]
+pub struct Unsent(Arc<Continue>);
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        self.0.state.store(DROPPED, Ordering::Release);
+        self.0.notify.notify_one();
     }
 }
 

@@ -212,6 +212,127 @@ async fn expect_100_continue_gets_100_before_the_body_then_200() {
     assert_eq!(seen.body, b"hello world");
 }
 
+/// `Expect: 100-continue` is carried end to end (RFC 9110 §10.1.1): the
+/// client hears `100 Continue` only after the origin said it, and an
+/// origin that answers at once (here a 413) gets no body: the client gets
+/// that answer with no `100` before it, and the origin connection, whose
+/// request was never completed, is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_waits_for_the_origin() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    // Says 100 (after a moment), then reads the body and answers with its length.
+    let said_continue = Arc::new(AtomicBool::new(false));
+    let said = said_continue.clone();
+    let patient = spawn_raw_origin(move |mut s| {
+        let said = said.clone();
+        async move {
+            let Some(_) = read_request_head(&mut s).await else { return };
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            said.store(true, Ordering::SeqCst);
+            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+            let mut body = [0u8; 11];
+            s.read_exact(&mut body).await.unwrap();
+            let answer =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{}", String::from_utf8_lossy(&body));
+            s.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    // Answers 413 without reading the body; counts body bytes that arrive anyway.
+    let got = Arc::new(AtomicUsize::new(0));
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let counted = got.clone();
+    let refusing = spawn_raw_origin(move |mut s| {
+        let (counted, closed_tx) = (counted.clone(), closed_tx.clone());
+        async move {
+            let Some(_) = read_request_head(&mut s).await else { return };
+            s.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nnope").await.unwrap();
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                counted.fetch_add(n, Ordering::SeqCst);
+            }
+            let _ = closed_tx.send(());
+        }
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = auth();
+
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request(
+        "PUT",
+        &patient.url("/up"),
+        &[
+            ("Host", &patient.authority()),
+            ("Proxy-Authorization", &auth),
+            ("Content-Length", "11"),
+            ("Expect", "100-continue"),
+        ],
+    ))
+    .await;
+    let interim = c.read_head().await;
+    assert_eq!(interim.status, 100, "{}", interim.dump());
+    assert!(said_continue.load(Ordering::SeqCst), "the client heard 100 before the origin said it");
+    c.send(b"hello world").await;
+    let resp = c.read_response("PUT").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.body, b"hello world");
+
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request(
+        "PUT",
+        &refusing.url("/up"),
+        &[
+            ("Host", &refusing.authority()),
+            ("Proxy-Authorization", &auth),
+            ("Content-Length", "100000"),
+            ("Expect", "100-continue"),
+        ],
+    ))
+    .await;
+    let resp = c.read_response("PUT").await;
+    assert_eq!(resp.status, 413, "no 100 before the origin's answer: {}", resp.dump());
+    assert_eq!(resp.body, b"nope");
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), closed.recv()).await;
+    assert!(matches!(ended, Ok(Some(()))), "the origin connection stays open");
+    assert_eq!(got.load(Ordering::SeqCst), 0, "body bytes reached the origin");
+}
+
+/// An origin that ignores `Expect: 100-continue` and just reads the body
+/// still gets it (after the proxy's wait for a `100` that never comes).
+#[tokio::test]
+async fn expect_100_continue_to_an_origin_that_ignores_it_still_sends_the_body() {
+    let origin = spawn_raw_origin(|mut s| async move {
+        let Some(_) = read_request_head(&mut s).await else { return };
+        let mut body = [0u8; 5];
+        s.read_exact(&mut body).await.unwrap();
+        let answer =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}", String::from_utf8_lossy(&body));
+        s.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = auth();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request(
+        "POST",
+        &origin.url("/deaf"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &auth),
+            ("Content-Length", "5"),
+            ("Expect", "100-continue"),
+        ],
+    ))
+    .await;
+    let interim = c.read_head().await;
+    assert_eq!(interim.status, 100, "{}", interim.dump());
+    c.send(b"hello").await;
+    let resp = c.read_response("POST").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.body, b"hello");
+}
+
 #[tokio::test]
 async fn websocket_upgrade_carries_bytes_both_ways() {
     let origin = spawn_origin(|mut req: Request<Incoming>| async move {

@@ -19,7 +19,7 @@ use super::headers::{add_via, single_content_length, strip_hop_by_hop, wants_upg
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
-use crate::body::{ProxyBody, RequestBody, Upload, UploadState};
+use crate::body::{Continue, ProxyBody, RequestBody, Upload, UploadState};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::target::Target;
@@ -76,7 +76,22 @@ pub async fn forward(
     }
     parts.version = Version::HTTP_11;
     let upload = has_body.then(|| Arc::new(Upload::new()));
-    let req = Request::from_parts(parts, RequestBody::new(body, rec.bytes_up.clone(), upload.clone()));
+    // `Expect: 100-continue` is end to end: the origin decides (see
+    // `Continue`). (A 1.0 client's was dropped above.)
+    let expects = has_body && parts.headers.get(header::EXPECT).is_some_and(is_100_continue);
+    let gate = expects.then(|| Arc::new(Continue::default()));
+    let mut body = RequestBody::new(body, rec.bytes_up.clone(), upload.clone());
+    if let Some(gate) = &gate {
+        body = body.held_by(gate.clone());
+    }
+    let mut req = Request::from_parts(parts, body);
+    if let Some(gate) = gate.clone() {
+        hyper::ext::on_informational(&mut req, move |interim| {
+            if interim.status() == StatusCode::CONTINUE {
+                gate.go();
+            }
+        });
+    }
 
     let limits = &snap.limits;
     let key = (target.clone(), https);
@@ -109,6 +124,10 @@ pub async fn forward(
             },
         };
     let mut resp = sent.response;
+    // The origin answered without asking for the body: it is never sent,
+    // and the connection closes once this answer is relayed (or at once,
+    // for an answer that is not).
+    let unsent = gate.and_then(|g| g.answered());
 
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         return Err(ProxyError::Upstream407);
@@ -172,11 +191,17 @@ pub async fn forward(
         *resp.version_mut() = Version::HTTP_10;
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Some(conn) = sent.conn.filter(|_| reusable) {
+    if let Some(conn) = sent.conn.filter(|_| reusable && unsent.is_none()) {
         state.pool.checkin(key, conn);
     }
     let idle = limits.upstream_response_timeout;
-    Ok(Reply::Response(resp.map(|body| ProxyBody::upstream(body, idle))))
+    Ok(Reply::Response(resp.map(|body| {
+        let body = ProxyBody::upstream(body, idle);
+        match unsent {
+            Some(unsent) => body.ending(unsent),
+            None => body,
+        }
+    })))
 }
 
 fn is_100_continue(v: &HeaderValue) -> bool {
