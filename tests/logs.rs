@@ -388,3 +388,34 @@ fn a_hostile_request_target_cannot_forge_access_log_fields_or_controls() {
     }
     assert!(!stdout.contains('\u{9b}') && !stdout.contains('\u{2028}'), "{stdout}");
 }
+
+/// A connection refused over the connection limit gets a 503 whose
+/// `x-request-id` is in the log line that records the refusal.
+#[test]
+fn the_request_id_of_a_503_at_the_connection_limit_is_logged() {
+    let dir = TempDir::new();
+    let bin = start_binary(
+        &dir,
+        "[limits]\nmax_connections = 1\n",
+        &users_toml(&[(USER, PASSWORD)]),
+        Stdio::piped(),
+    );
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = rt.block_on(async {
+        wait_listening(proxy).await;
+        let _held = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        // The held connection is counted before the next one is accepted.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut refused = RawConn::connect(proxy).await;
+        let r = refused.read_response("GET").await;
+        assert_proxy_error(&r, 503, "proxy_internal_error", "too_many_connections");
+        r.header("x-request-id").expect("the 503 has an x-request-id").to_owned()
+    });
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.lines().any(|l| l.contains("connection limit reached") && l.contains(&id)),
+        "no log line with request id {id}:\n{log}"
+    );
+}

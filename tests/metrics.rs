@@ -260,17 +260,20 @@ fn every_refusal_reason_reaches_the_audit_log() {
     assert_eq!(statuses, [407, 407, 407, 407, 407, 407, 429]);
     let out = bin.stop();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let reasons: Vec<String> = stdout
+    let audit: Vec<serde_json::Value> = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "authgate::audit")
-        .map(|v| v["reason"].as_str().unwrap_or_default().to_string())
         .collect();
+    let reasons: Vec<&str> = audit.iter().map(|v| v["reason"].as_str().unwrap_or_default()).collect();
     assert_eq!(
         reasons,
         ["missing", "malformed", "unknown_user", "bad_password", "disabled", "expired", "throttled"],
         "{stdout}"
     );
+    // The username as sent, the throttled attempt's too ("-" was logged).
+    let names: Vec<&str> = audit.iter().map(|v| v["username"].as_str().unwrap_or_default()).collect();
+    assert_eq!(names, ["-", "-", "mallory", "alice", "dave", "erin", "alice"], "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

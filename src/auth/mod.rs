@@ -37,7 +37,12 @@ pub enum Outcome {
     /// The verification queue is full: answer 503, spend no argon2.
     Overloaded,
     /// Too many failures from this address: answer 429, spend no argon2.
-    Throttled(Duration),
+    Throttled {
+        /// When the address may try again.
+        retry_after: Duration,
+        /// The username as presented, if the header parsed (audit log only).
+        username: Option<String>,
+    },
 }
 
 /// The shared authentication engine.
@@ -159,10 +164,13 @@ impl Authenticator {
             return Outcome::Ok(user);
         }
         self.metrics.cache(false);
-        if let Err(retry) = self.throttle.check(client, throttle, now) {
-            return Outcome::Throttled(retry);
+        // Parsed first, so that a throttled attempt is audited with the
+        // username it tried.
+        let parsed = basic::parse(header);
+        if let Err(retry_after) = self.throttle.check(client, throttle, now) {
+            return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
         }
-        let Ok(creds) = basic::parse(header) else {
+        let Ok(creds) = parsed else {
             self.throttle.failed(client, throttle, now);
             return Outcome::Refused { reason: Refusal::Malformed, username: None };
         };
@@ -180,8 +188,8 @@ impl Authenticator {
         // argon2 before the first failure is known. A client that hangs up
         // before its verdict keeps it spent: a refund on drop would let a
         // flood of abandoned attempts run argon2 without ever being throttled.
-        if let Err(retry) = self.throttle.take(client, throttle, Instant::now()) {
-            return Outcome::Throttled(retry);
+        if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
+            return Outcome::Throttled { retry_after, username: Some(username) };
         }
         let Some(verdict) = self.verify_bounded(users, creds).await else {
             self.throttle.refund(client, throttle);

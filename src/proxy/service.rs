@@ -318,7 +318,7 @@ async fn authenticate(
             client.session.bind(&user);
             Ok(user)
         }
-        Outcome::Throttled(retry_after) => {
+        Outcome::Throttled { retry_after, username } => {
             // Tarpit: costs a timer, not CPU, and slows the flood to one
             // attempt per connection per delay. Shutdown does not wait for it.
             tokio::select! {
@@ -328,7 +328,7 @@ async fn authenticate(
             AuditEvent {
                 request_id: &rec.request_id,
                 client: client.addr,
-                username: None,
+                username: username.as_deref(),
                 reason: "throttled",
                 target: &rec.target,
             }

@@ -234,10 +234,11 @@ async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream
 /// A connection over a limit: logged, counted, and on a plain listener
 /// answered with 503 `too_many_connections` before it is closed.
 async fn refuse_overloaded(state: &State, listener: &Listener, mut stream: TcpStream, client: SocketAddr) {
-    tracing::warn!(client = %client, "connection refused: connection limit reached");
+    // The id the 503 carries (`x-request-id`, problem body) is in the log.
+    let id = state.next_request_id();
+    tracing::warn!(request_id = &*id, client = %client, "connection refused: connection limit reached");
     state.metrics.request(Counted::Overloaded, None);
     if listener.tls.is_none() {
-        let id = state.next_request_id();
         let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
     }
