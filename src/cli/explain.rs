@@ -32,10 +32,23 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
             Some((h, p)) if !p.contains(']') => (h, parse_port(p).map_err(|e| e.0.to_string())?),
             _ => (authority, default_port),
         };
-        let host = parse_host(host).map_err(|e| e.0.to_string())?;
+        let host = parse_host(&ascii_host(host)?).map_err(|e| e.0.to_string())?;
         return Ok((Target { host, port }, method));
     }
-    parse_authority(raw).map(|t| (t, Method::CONNECT)).map_err(|e| e.0.to_string())
+    let raw = match raw.rsplit_once(':') {
+        Some((host, port)) if !raw.is_ascii() => format!("{}:{port}", ascii_host(host)?),
+        _ => raw.to_owned(),
+    };
+    parse_authority(&raw).map(|t| (t, Method::CONNECT)).map_err(|e| e.0.to_string())
+}
+
+/// A host name as a person types it (`bücher.example`) in the form a client
+/// sends it (`xn--bcher-kva.example`), as `hosts` in the rules are read.
+fn ascii_host(host: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    if host.is_ascii() {
+        return Ok(host.into());
+    }
+    idna::domain_to_ascii(host).map(Into::into).map_err(|_| "bad host name".to_owned())
 }
 
 /// Runs `explain`; `Err` is an error (exit 2), the report says allowed/denied.
@@ -71,4 +84,19 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
 /// invisible characters escaped (they reached the terminal as they were).
 fn shown(arg: &str) -> String {
     arg.chars().take(64).collect::<String>().escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_typed_in_unicode_is_explained_in_its_ascii_form() {
+        let name = Host::Name("xn--bcher-kva.example".into());
+        let (target, method) = parse_target("http://bücher.example:8000/x").unwrap();
+        assert_eq!((target, method), (Target { host: name.clone(), port: 8000 }, Method::GET));
+        let (target, method) = parse_target("BÜCHER.example:443").unwrap();
+        assert_eq!((target, method), (Target { host: name, port: 443 }, Method::CONNECT));
+        assert!(parse_target("http://bü cher.example/").is_err());
+    }
 }
