@@ -76,22 +76,10 @@ pub async fn forward(
     }
     parts.version = Version::HTTP_11;
     let upload = has_body.then(|| Arc::new(Upload::new()));
-    // `Expect: 100-continue` is end to end: the origin decides (see
-    // `Continue`). (A 1.0 client's was dropped above.)
+    // (A 1.0 client's expectation was dropped above.)
     let expects = has_body && parts.headers.get(header::EXPECT).is_some_and(is_100_continue);
-    let gate = expects.then(|| Arc::new(Continue::default()));
-    let mut body = RequestBody::new(body, rec.bytes_up.clone(), upload.clone());
-    if let Some(gate) = &gate {
-        body = body.held_by(gate.clone());
-    }
-    let mut req = Request::from_parts(parts, body);
-    if let Some(gate) = gate.clone() {
-        hyper::ext::on_informational(&mut req, move |interim| {
-            if interim.status() == StatusCode::CONTINUE {
-                gate.go();
-            }
-        });
-    }
+    let body = RequestBody::new(body, rec.bytes_up.clone(), upload.clone());
+    let (req, gate) = with_continue_gate(Request::from_parts(parts, body), expects);
 
     let limits = &snap.limits;
     let key = (target.clone(), https);
@@ -183,11 +171,7 @@ pub async fn forward(
     // connection persists only with a self-delimited body). hyper appends
     // that `keep-alive` even to our `close` unless the response is marked
     // 1.0 (it answers a 1.0 client in 1.0 whatever the mark).
-    let unknown_length = {
-        use http_body::Body as _;
-        !resp.body().is_end_stream() && resp.body().size_hint().exact().is_none()
-    };
-    if from_http10 && unknown_length {
+    if from_http10 && of_unknown_length(resp.body()) {
         *resp.version_mut() = Version::HTTP_10;
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -206,4 +190,29 @@ pub async fn forward(
 
 fn is_100_continue(v: &HeaderValue) -> bool {
     v.as_bytes().eq_ignore_ascii_case(b"100-continue")
+}
+
+/// `Expect: 100-continue` end to end, when `expects` (see [`Continue`]):
+/// the body is held back until the origin's `100 Continue`, which hyper's
+/// client reports through `on_informational`.
+fn with_continue_gate(
+    mut req: Request<RequestBody>,
+    expects: bool,
+) -> (Request<RequestBody>, Option<Arc<Continue>>) {
+    if !expects {
+        return (req, None);
+    }
+    let gate = Arc::new(Continue::default());
+    let opener = gate.clone();
+    hyper::ext::on_informational(&mut req, move |interim| {
+        if interim.status() == StatusCode::CONTINUE {
+            opener.go();
+        }
+    });
+    (req.map(|body| body.held_by(gate.clone())), Some(gate))
+}
+
+fn of_unknown_length(body: &hyper::body::Incoming) -> bool {
+    use http_body::Body as _;
+    !body.is_end_stream() && body.size_hint().exact().is_none()
 }
