@@ -212,6 +212,45 @@ async fn expect_100_continue_gets_100_before_the_body_then_200() {
     assert_eq!(seen.body, b"hello world");
 }
 
+/// A raw origin that reads a request head, says `100 Continue` if given
+/// `said` (after a moment, raising `said` first), then reads a body of
+/// `len` bytes and answers 200 with it.
+fn body_echo_origin(len: usize, said: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>) -> Origin {
+    spawn_raw_origin(move |mut s| {
+        let said = said.clone();
+        async move {
+            let Some(_) = read_request_head(&mut s).await else { return };
+            if let Some(said) = said {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                said.store(true, std::sync::atomic::Ordering::SeqCst);
+                s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+            }
+            let mut body = vec![0u8; len];
+            s.read_exact(&mut body).await.unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            s.write_all(&[head.as_bytes(), &body].concat()).await.unwrap();
+        }
+    })
+}
+
+/// Sends the head of a PUT with `Expect: 100-continue` and a body of `len`
+/// bytes to `origin` through `proxy`.
+async fn put_expecting_100(proxy: SocketAddr, origin: &Origin, len: usize) -> RawConn {
+    let mut c = RawConn::connect(proxy).await;
+    c.send(request(
+        "PUT",
+        &origin.url("/up"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &auth()),
+            ("Content-Length", &len.to_string()),
+            ("Expect", "100-continue"),
+        ],
+    ))
+    .await;
+    c
+}
+
 /// `Expect: 100-continue` is carried end to end (RFC 9110 §10.1.1): the
 /// client hears `100 Continue` only after the origin said it, and an
 /// origin that answers at once (here a 413) gets no body: the client gets
@@ -222,23 +261,8 @@ async fn expect_100_continue_waits_for_the_origin() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    // Says 100 (after a moment), then reads the body and answers with its length.
     let said_continue = Arc::new(AtomicBool::new(false));
-    let said = said_continue.clone();
-    let patient = spawn_raw_origin(move |mut s| {
-        let said = said.clone();
-        async move {
-            let Some(_) = read_request_head(&mut s).await else { return };
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            said.store(true, Ordering::SeqCst);
-            s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
-            let mut body = [0u8; 11];
-            s.read_exact(&mut body).await.unwrap();
-            let answer =
-                format!("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{}", String::from_utf8_lossy(&body));
-            s.write_all(answer.as_bytes()).await.unwrap();
-        }
-    });
+    let patient = body_echo_origin(11, Some(said_continue.clone()));
     // Answers 413 without reading the body; counts body bytes that arrive anyway.
     let got = Arc::new(AtomicUsize::new(0));
     let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
@@ -256,20 +280,8 @@ async fn expect_100_continue_waits_for_the_origin() {
         }
     });
     let proxy = spawn_proxy("", &[USER]);
-    let auth = auth();
 
-    let mut c = RawConn::connect(proxy.addr).await;
-    c.send(request(
-        "PUT",
-        &patient.url("/up"),
-        &[
-            ("Host", &patient.authority()),
-            ("Proxy-Authorization", &auth),
-            ("Content-Length", "11"),
-            ("Expect", "100-continue"),
-        ],
-    ))
-    .await;
+    let mut c = put_expecting_100(proxy.addr, &patient, 11).await;
     let interim = c.read_head().await;
     assert_eq!(interim.status, 100, "{}", interim.dump());
     assert!(said_continue.load(Ordering::SeqCst), "the client heard 100 before the origin said it");
@@ -278,18 +290,7 @@ async fn expect_100_continue_waits_for_the_origin() {
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.body, b"hello world");
 
-    let mut c = RawConn::connect(proxy.addr).await;
-    c.send(request(
-        "PUT",
-        &refusing.url("/up"),
-        &[
-            ("Host", &refusing.authority()),
-            ("Proxy-Authorization", &auth),
-            ("Content-Length", "100000"),
-            ("Expect", "100-continue"),
-        ],
-    ))
-    .await;
+    let mut c = put_expecting_100(proxy.addr, &refusing, 100_000).await;
     let resp = c.read_response("PUT").await;
     assert_eq!(resp.status, 413, "no 100 before the origin's answer: {}", resp.dump());
     assert_eq!(resp.body, b"nope");
@@ -303,32 +304,13 @@ async fn expect_100_continue_waits_for_the_origin() {
 /// still gets it (after the proxy's wait for a `100` that never comes).
 #[tokio::test]
 async fn expect_100_continue_to_an_origin_that_ignores_it_still_sends_the_body() {
-    let origin = spawn_raw_origin(|mut s| async move {
-        let Some(_) = read_request_head(&mut s).await else { return };
-        let mut body = [0u8; 5];
-        s.read_exact(&mut body).await.unwrap();
-        let answer =
-            format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}", String::from_utf8_lossy(&body));
-        s.write_all(answer.as_bytes()).await.unwrap();
-    });
+    let origin = body_echo_origin(5, None);
     let proxy = spawn_proxy("", &[USER]);
-    let auth = auth();
-    let mut c = RawConn::connect(proxy.addr).await;
-    c.send(request(
-        "POST",
-        &origin.url("/deaf"),
-        &[
-            ("Host", &origin.authority()),
-            ("Proxy-Authorization", &auth),
-            ("Content-Length", "5"),
-            ("Expect", "100-continue"),
-        ],
-    ))
-    .await;
+    let mut c = put_expecting_100(proxy.addr, &origin, 5).await;
     let interim = c.read_head().await;
     assert_eq!(interim.status, 100, "{}", interim.dump());
     c.send(b"hello").await;
-    let resp = c.read_response("POST").await;
+    let resp = c.read_response("PUT").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.body, b"hello");
 }
