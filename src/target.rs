@@ -126,53 +126,66 @@ pub fn without_userinfo(authority: &str) -> &str {
 /// that is not; userinfo (`user@host`) and spaces are the usual offenders.
 /// An empty value is valid syntax (an empty reg-name).
 pub fn valid_host_field(value: &[u8]) -> bool {
-    let (host, port) = match value.first() {
-        Some(b'[') => match value.iter().position(|&b| b == b']') {
-            Some(end) => {
-                let inner = &value[1..end];
-                let literal =
-                    !inner.is_empty() && inner.iter().all(|&b| b == b':' || unreserved_or_sub_delim(b));
-                if !literal {
-                    return false;
-                }
-                (&[][..], &value[end + 1..])
+    let port = match value.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) if end > 0 && literal[..end].iter().all(|&b| b == b':' || REG_NAME[usize::from(b)]) => {
+                &literal[end + 1..]
             }
-            None => return false,
+            _ => return false,
         },
-        _ => match value.iter().position(|&b| b == b':') {
-            Some(colon) => (&value[..colon], &value[colon..]),
-            None => (value, &[][..]),
-        },
+        None => &value[reg_name_len(value)..],
     };
-    let port_ok = match port.split_first() {
+    match port.split_first() {
         None => true,
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
-    };
-    port_ok && reg_name(host)
+    }
 }
 
-fn unreserved_or_sub_delim(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
-}
-
-/// RFC 3986 `reg-name`: unreserved, sub-delims and `%` HEXDIG HEXDIG.
-fn reg_name(name: &[u8]) -> bool {
+/// The bytes of an RFC 3986 `reg-name` besides `%`: unreserved and
+/// sub-delims. A table: this runs on every request, and a range test plus
+/// a search of the sub-delims per byte was 270 instructions a request.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
     let mut i = 0;
-    while let Some(&b) = name.get(i) {
-        if b == b'%' {
-            let hex = name.get(i + 1..i + 3);
-            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                return false;
-            }
-            i += 3;
-        } else if unreserved_or_sub_delim(b) {
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        i += 1;
+    }
+    table
+};
+
+/// How many leading bytes of `s` form a reg-name (with `%` HEXDIG HEXDIG).
+fn reg_name_len(s: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        if REG_NAME[usize::from(b)] {
             i += 1;
+        } else if b == b'%' && s.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            i += 3;
         } else {
-            return false;
+            break;
         }
     }
-    true
+    i
 }
 
 /// Parses `host:port` (CONNECT authority-form).
