@@ -8,7 +8,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -44,9 +44,9 @@ struct Relay {
     /// The timer runs for the current wait; false after each frame, so that
     /// time in which the client was not reading does not count.
     waiting: bool,
-    /// A request body held back behind `Expect: 100-continue` that is not
-    /// to be sent: its upload ends when this answer is done.
-    unsent: Option<Unsent>,
+    /// The origin connection, when its exchange cannot finish (the request
+    /// body is not all sent): closed when this answer is done.
+    close: Option<AbortOnDrop>,
 }
 
 impl Relay {
@@ -101,7 +101,7 @@ impl ProxyBody {
     /// The origin's response body, streamed through; cut off with an error
     /// when the origin sends nothing for `idle` while it is awaited.
     pub fn upstream(body: Incoming, idle: Duration) -> Self {
-        let relay = Relay { body, idle, timer: None, waiting: false, unsent: None };
+        let relay = Relay { body, idle, timer: None, waiting: false, close: None };
         ProxyBody { kind: Kind::Upstream(relay), sent: 0, log: None, done: None }
     }
 
@@ -119,11 +119,11 @@ impl ProxyBody {
         }
     }
 
-    /// Keeps `unsent` (the origin answered before it asked for the request
-    /// body) until this body is finished or dropped.
-    pub fn ending(mut self, unsent: Unsent) -> Self {
+    /// Closes the origin connection behind this body (see
+    /// [`AbortOnDrop`]) once the body is finished or dropped.
+    pub fn closing(mut self, connection: AbortOnDrop) -> Self {
         if let Kind::Upstream(relay) = &mut self.kind {
-            relay.unsent = Some(unsent);
+            relay.close = Some(connection);
         }
         self
     }
@@ -194,9 +194,9 @@ pub struct RequestBody {
     inner: Incoming,
     count: Arc<AtomicU64>,
     upload: Option<Arc<Upload>>,
-    /// Behind `Expect: 100-continue`: resolves when the body may be read
-    /// (`true`) or is never to be sent (`false`), see [`Continue`].
-    hold: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    /// Behind `Expect: 100-continue`: resolves when the body may be read,
+    /// see [`Continue`].
+    hold: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl RequestBody {
@@ -216,20 +216,20 @@ impl RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = BodyError;
+    type Error = hyper::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if let Some(hold) = self.hold.as_mut() {
-            let go = std::task::ready!(hold.as_mut().poll(cx));
+            std::task::ready!(hold.as_mut().poll(cx));
             self.hold = None;
-            if !go {
-                return Poll::Ready(Some(Err(Box::new(NotSent))));
-            }
         }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(upload) = &self.upload {
+            upload.client_turn.store(polled.is_pending(), Ordering::Relaxed);
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
@@ -247,7 +247,7 @@ impl Body for RequestBody {
                 Some(Err(_)) => upload.advanced(UploadState::Broken),
             }
         }
-        polled.map(|frame| frame.map(|f| f.map_err(Into::into)))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -259,12 +259,17 @@ impl Body for RequestBody {
     }
 }
 
-/// The origin answered before it asked for the body of an `Expect:
-/// 100-continue` request, which is then never sent: the upload to it ends
-/// in this error, which closes that connection.
-#[derive(Debug, thiserror::Error)]
-#[error("the origin answered without asking for the request body")]
-pub struct NotSent;
+/// Aborts a task when dropped: the task driving an origin connection whose
+/// exchange cannot finish, dropped with the answer it gave (see
+/// [`ProxyBody::closing`]).
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// `Expect: 100-continue` carried end to end (RFC 9110 §10.1.1).
 ///
@@ -276,8 +281,8 @@ pub struct NotSent;
 /// passes without a word (an origin that ignores the expectation waits for
 /// the body; clients such as curl also stop waiting after a second). An
 /// origin that answers first (a 401, a 413) is relayed without the body
-/// ever being asked for, and the connection to it is closed after that
-/// answer.
+/// ever being asked for; the body then waits for good, until the origin
+/// connection, which holds it, is closed after that answer.
 #[derive(Debug, Default)]
 pub struct Continue {
     state: AtomicU8,
@@ -289,9 +294,8 @@ pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
 const WAITING: u8 = 0;
 const GO: u8 = 1;
-/// The origin's answer came first; the body waits for [`Continue::release`].
+/// The origin's answer came first: the body is never to be sent.
 const ANSWERED: u8 = 2;
-const DROPPED: u8 = 3;
 
 impl Continue {
     /// The origin said `100 Continue`: the body may go.
@@ -301,44 +305,30 @@ impl Continue {
         }
     }
 
-    /// The origin's final answer has arrived. If that was before the body
-    /// was asked for, the body is never sent: the upload ends, closing the
-    /// origin connection, when the returned [`Unsent`] is dropped (with the
-    /// answer, once relayed).
-    pub fn answered(self: &Arc<Self>) -> Option<Unsent> {
-        self.swap_from(WAITING, ANSWERED).then(|| Unsent(self.clone()))
+    /// The origin's final answer has arrived: if the body was not asked
+    /// for yet, it never is (the caller closes the connection).
+    pub fn answered(&self) {
+        self.swap_from(WAITING, ANSWERED);
     }
 
     fn swap_from(&self, from: u8, to: u8) -> bool {
         self.state.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
-    async fn wait(self: Arc<Self>) -> bool {
+    /// Resolves when the body may be read.
+    async fn wait(self: Arc<Self>) {
         loop {
             match self.state.load(Ordering::Acquire) {
-                GO => return true,
-                DROPPED => return false,
+                GO => return,
                 WAITING => {
                     let said = tokio::time::timeout(CONTINUE_WAIT, self.notify.notified()).await;
                     if said.is_err() && self.swap_from(WAITING, GO) {
-                        return true;
+                        return;
                     }
                 }
                 _ => self.notify.notified().await,
             }
         }
-    }
-}
-
-/// A request body that will not be sent (see [`Continue::answered`]); its
-/// upload ends when this is dropped.
-#[derive(Debug)]
-pub struct Unsent(Arc<Continue>);
-
-impl Drop for Unsent {
-    fn drop(&mut self) {
-        self.0.state.store(DROPPED, Ordering::Release);
-        self.0.notify.notify_one();
     }
 }
 
@@ -363,6 +353,9 @@ pub struct Upload {
     /// Nanoseconds after `base` of the last frame (or the end).
     last: AtomicU64,
     state: AtomicU8,
+    /// The last read of the body found nothing: it waits for the client,
+    /// not for the origin to take more.
+    client_turn: AtomicBool,
 }
 
 impl Upload {
@@ -372,6 +365,7 @@ impl Upload {
             base: Instant::now(),
             last: AtomicU64::new(0),
             state: AtomicU8::new(UploadState::Sending as u8),
+            client_turn: AtomicBool::new(false),
         }
     }
 
@@ -386,6 +380,13 @@ impl Upload {
     /// When the last frame (or the end) came in.
     pub fn last_progress(&self) -> Instant {
         self.base + std::time::Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Whether an unfinished body is waiting for the client's bytes (`true`)
+    /// or for the origin to take what was read (`false`; also before the
+    /// origin has asked for any).
+    pub fn waits_for_client(&self) -> bool {
+        self.client_turn.load(Ordering::Relaxed)
     }
 
     /// Where the body stands.

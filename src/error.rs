@@ -119,6 +119,9 @@ pub enum ProxyError {
     /// The origin did not send a response head in time.
     #[error("upstream response timed out")]
     UpstreamReadTimeout,
+    /// The origin stopped taking the request body (the client kept sending).
+    #[error("upstream stopped reading the request")]
+    UpstreamWriteTimeout,
     /// The origin broke the protocol or closed the connection early.
     #[error("upstream protocol error: {detail}")]
     UpstreamProtocol {
@@ -186,6 +189,7 @@ impl ProxyError {
             | ConnectionTimeout
             | DestinationUnavailable
             | UpstreamReadTimeout
+            | UpstreamWriteTimeout
             | UpstreamProtocol { .. }
             | Upstream407
             | UpstreamTls => Fault::Upstream,

@@ -116,6 +116,12 @@ pub fn describe(err: &ProxyError) -> Description {
             "upstream_timeout",
             "Origin did not answer in time",
         ),
+        UpstreamWriteTimeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "connection_write_timeout",
+            "upstream_write_timeout",
+            "Origin stopped taking the request",
+        ),
         UpstreamProtocol { .. } => (
             StatusCode::BAD_GATEWAY,
             "http_protocol_error",
@@ -182,6 +188,7 @@ fn detail(err: &ProxyError) -> String {
         ConnectionTimeout => "Connecting to the destination timed out.".into(),
         DestinationUnavailable => "The destination could not be reached.".into(),
         UpstreamReadTimeout => "The origin accepted the request but did not answer in time.".into(),
+        UpstreamWriteTimeout => "The origin stopped reading the request body before its end and did not answer.".into(),
         UpstreamProtocol { detail } => format!("The origin sent an invalid or incomplete response ({detail})."),
         Upstream407 => "The origin answered 407 Proxy Authentication Required; authgate does not pass that on, because it would be mistaken for authgate's own challenge.".into(),
         UpstreamTls => "The origin's TLS certificate could not be verified.".into(),
@@ -441,6 +448,7 @@ mod tests {
             ConnectionTimeout,
             DestinationUnavailable,
             UpstreamReadTimeout,
+            UpstreamWriteTimeout,
             UpstreamProtocol { detail: "x" },
             Upstream407,
             UpstreamTls,

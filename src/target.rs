@@ -128,9 +128,7 @@ pub fn without_userinfo(authority: &str) -> &str {
 pub fn valid_host_field(value: &[u8]) -> bool {
     let port = match value.strip_prefix(b"[") {
         Some(literal) => match literal.iter().position(|&b| b == b']') {
-            Some(end) if end > 0 && literal[..end].iter().all(|&b| b == b':' || REG_NAME[usize::from(b)]) => {
-                &literal[end + 1..]
-            }
+            Some(end) if ip_literal(&literal[..end]) => &literal[end + 1..],
             _ => return false,
         },
         None => &value[reg_name_len(value)..],
@@ -139,6 +137,23 @@ pub fn valid_host_field(value: &[u8]) -> bool {
         None => true,
         Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
         Some(_) => false,
+    }
+}
+
+/// RFC 3986 `IP-literal` without its brackets: an IPv6 address (no zone
+/// id), or `IPvFuture` (`v` HEXDIG+ `.` then unreserved, sub-delims, `:`).
+fn ip_literal(inner: &[u8]) -> bool {
+    match inner.split_first() {
+        Some((b'v' | b'V', rest)) => {
+            let hex = rest.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            match rest[hex..].split_first() {
+                Some((b'.', tail)) => {
+                    hex > 0 && !tail.is_empty() && tail.iter().all(|&b| b == b':' || REG_NAME[usize::from(b)])
+                }
+                _ => false,
+            }
+        }
+        _ => std::str::from_utf8(inner).is_ok_and(|s| s.parse::<Ipv6Addr>().is_ok()),
     }
 }
 
@@ -308,6 +323,8 @@ mod tests {
             "127.0.0.1:80",
             "[::1]:8080",
             "[2001:db8::1]",
+            "[::ffff:127.0.0.1]:80",
+            "[v1.fe80::a+en1]",
             "xn--bcher-kva.example",
             "a%20b",
             "host:",
@@ -323,6 +340,13 @@ mod tests {
             "[::1",
             "[::1]x",
             "[]",
+            "[foo]",
+            "[::1::2]",
+            "[1.2.3.4]",
+            "[:]",
+            "[v1.]",
+            "[vx.a]",
+            "[::1%25eth0]",
             "host:8o",
             "h:1:2",
             "a%2",

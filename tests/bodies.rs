@@ -587,6 +587,70 @@ async fn a_stalled_or_bad_request_body_is_the_clients_error() {
     }
 }
 
+/// An origin that stops reading an upload (with or without having said
+/// `100 Continue`) and never answers is the origin's fault, not the
+/// client's: 504 `upstream_write_timeout`, not 408. And both connections
+/// are closed: the client's stayed open, and the origin's kept the rest of
+/// the body waiting for as long as the origin held its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_stops_reading_an_upload_is_cut_off_and_blamed() {
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"500ms\"\n", &[USER]);
+    let (release_tx, release_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release_rx = std::sync::Arc::new(tokio::sync::Mutex::new(release_rx));
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let origin = spawn_raw_origin(move |mut s| {
+        let (release_rx, closed_tx) = (release_rx.clone(), closed_tx.clone());
+        async move {
+            let Some(head) = read_request_head(&mut s).await else { return };
+            if String::from_utf8_lossy(&head).to_ascii_lowercase().contains("expect: 100-continue") {
+                s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.unwrap();
+            }
+            // Reads nothing until the test has its answer, then drains: the
+            // end of stream comes only if the proxy closed the connection.
+            let _ = release_rx.lock().await.recv().await;
+            let mut chunk = vec![0u8; 64 * 1024];
+            while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                let _ = n;
+            }
+            let _ = closed_tx.send(());
+        }
+    });
+    let len = 16 * 1024 * 1024;
+    for expect in [false, true] {
+        let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let mut headers = vec![
+            ("Host".to_owned(), origin.authority()),
+            ("Proxy-Authorization".to_owned(), auth()),
+            ("Content-Length".to_owned(), len.to_string()),
+        ];
+        if expect {
+            headers.push(("Expect".to_owned(), "100-continue".to_owned()));
+        }
+        let h: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let head = request("PUT", &origin.url("/stuck"), &h);
+        let writer = tokio::spawn(async move {
+            wr.write_all(&head).await.unwrap();
+            let _ = wr.write_all(&vec![b'x'; len]).await;
+            wr
+        });
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(15), rd.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the client's connection stays open (expect: {expect})");
+        let text = String::from_utf8_lossy(&answer);
+        let last = text.rfind("HTTP/1.1 5").or_else(|| text.rfind("HTTP/1.1 4")).unwrap_or(0);
+        let final_answer = &text[last..];
+        assert!(final_answer.starts_with("HTTP/1.1 504 "), "expect: {expect}: {text}");
+        assert!(final_answer.contains("error=connection_write_timeout"), "{final_answer}");
+        assert!(final_answer.contains("upstream_write_timeout"), "{final_answer}");
+        release_tx.send(()).unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), closed.recv()).await;
+        assert!(matches!(ended, Ok(Some(()))), "the origin connection stays open (expect: {expect})");
+        writer.abort();
+    }
+}
+
 /// An origin that goes silent in the middle of its body does not hold the
 /// client (and the connection slot) forever: after `upstream_response_timeout`
 /// of silence the response is cut off and both connections close. A body

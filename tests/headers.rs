@@ -437,6 +437,20 @@ async fn http_1_0_clients_get_an_honest_close_and_no_expectation_is_sent_on() {
     assert_eq!(resp.header("transfer-encoding"), None, "{}", resp.dump());
     assert_eq!(resp.body, b"hello world");
 
+    // authgate's own answer that closes (a body left unread) says just
+    // `close` to a 1.0 client that asked for keep-alive (it said `close,
+    // keep-alive`).
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(format!(
+        "POST {} HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\
+         Proxy-Authorization: {auth}\r\n\r\nhello",
+        echo.url("/x").replace("http://", "http://u:p@"),
+    ))
+    .await;
+    let resp = c.read_response("POST").await;
+    assert_proxy_error(&resp, 400, "http_request_error", "bad_target");
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+
     // With a length, keep-alive stays on for the 1.0 client that asks.
     let mut c = RawConn::connect(proxy.addr).await;
     for path in ["/one", "/two"] {

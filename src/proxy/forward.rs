@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use super::State;
 use super::connect::Connector;
 use super::headers::{add_via, single_content_length, strip_hop_by_hop, wants_upgrade};
+use super::pool::{Conn, Sent};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -111,11 +112,22 @@ pub async fn forward(
                 _ => return Err(e),
             },
         };
-    let mut resp = sent.response;
-    // The origin answered without asking for the body: it is never sent,
-    // and the connection closes once this answer is relayed (or at once,
-    // for an answer that is not).
-    let unsent = gate.and_then(|g| g.answered());
+    let Sent { response: mut resp, conn } = sent;
+    // The origin answered without asking for the body: it is never sent.
+    if let Some(gate) = &gate {
+        gate.answered();
+    }
+    // An answer before the request body's end (a 413 to a large upload, an
+    // answer to an `Expect: 100-continue` request): the origin will not
+    // read the rest, and the connection cannot carry another request. It is
+    // closed once this answer is relayed (or at once, for one that is not):
+    // hyper would keep sending the body, or wait for good to send it, for
+    // as long as the origin keeps the socket open. (Not after a 101, whose
+    // connection becomes the tunnel.)
+    let early = upload.as_ref().is_some_and(|u| u.state() != UploadState::Done)
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
+    let mut conn = Some(conn);
+    let close = if early { conn.take().map(Conn::close_on_drop) } else { None };
 
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         return Err(ProxyError::Upstream407);
@@ -158,31 +170,27 @@ pub async fn forward(
     // RFC 9110 §2.5: a proxy sends its own version, not the origin's (hyper
     // still answers an HTTP/1.0 client as 1.0).
     *resp.version_mut() = Version::HTTP_11;
-    // An answer before the request body's end (a 413 to a large upload): the
-    // origin will not read the rest, so neither will the connection carry
-    // another request; the client is told, and the caller closes it.
-    if upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) {
+    // Nor will the client's connection carry another request after an early
+    // answer: the client is told, and the caller closes it.
+    if early {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // An HTTP/1.0 client gets a body of unknown length (the origin's was
     // chunked or ended by its close) delimited by the close of the
     // connection: hyper does so, but still answered `Connection:
     // keep-alive` to a client that asked for it (RFC 9112 §9.3: the
-    // connection persists only with a self-delimited body). hyper appends
-    // that `keep-alive` even to our `close` unless the response is marked
-    // 1.0 (it answers a 1.0 client in 1.0 whatever the mark).
+    // connection persists only with a self-delimited body).
     if from_http10 && of_unknown_length(resp.body()) {
-        *resp.version_mut() = Version::HTTP_10;
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let Some(conn) = sent.conn.filter(|_| reusable && unsent.is_none()) {
+    if let Some(conn) = conn.filter(|_| reusable) {
         state.pool.checkin(key, conn);
     }
     let idle = limits.upstream_response_timeout;
     Ok(Reply::Response(resp.map(|body| {
         let body = ProxyBody::upstream(body, idle);
-        match unsent {
-            Some(unsent) => body.ending(unsent),
+        match close {
+            Some(connection) => body.closing(connection),
             None => body,
         }
     })))

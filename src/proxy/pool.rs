@@ -15,9 +15,10 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use tokio::task::AbortHandle;
 
 use super::upstream_tls::UpstreamIo;
-use crate::body::{RequestBody, Upload, UploadState};
+use crate::body::{AbortOnDrop, RequestBody, Upload, UploadState};
 use crate::error::ProxyError;
 use crate::target::Target;
 
@@ -32,8 +33,26 @@ const MAX_IDLE_PER_ORIGIN: usize = 1024;
 const MAX_ORIGINS: usize = 4096;
 
 struct Idle {
-    tx: SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
+}
+
+/// An origin connection: the handle requests are sent on, and the task
+/// that drives it (which holds the request body being sent).
+pub struct Conn {
+    tx: SendRequest<RequestBody>,
+    task: AbortHandle,
+}
+
+impl Conn {
+    /// Gives up the connection: it is closed, whatever it was doing, when
+    /// the returned value is dropped. For an exchange that cannot finish
+    /// (an upload the origin stopped reading, or one that will not be
+    /// sent), which hyper would otherwise drive for as long as the origin
+    /// keeps the socket open.
+    pub fn close_on_drop(self) -> AbortOnDrop {
+        AbortOnDrop(self.task)
+    }
 }
 
 /// The upstream connection pool.
@@ -46,9 +65,8 @@ pub struct Pool {
 pub struct Sent {
     /// The origin's response.
     pub response: Response<Incoming>,
-    /// The connection, to return to the pool once the response is consumed
-    /// (`None` after an upgrade or `Connection: close`).
-    pub conn: Option<SendRequest<RequestBody>>,
+    /// The connection, to return to the pool once the response is consumed.
+    pub conn: Conn,
 }
 
 impl Pool {
@@ -57,13 +75,13 @@ impl Pool {
         Pool { idle: Mutex::new(HashMap::default()), idle_timeout }
     }
 
-    fn checkout(&self, key: &Key) -> Option<SendRequest<RequestBody>> {
+    fn checkout(&self, key: &Key) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
-            if c.tx.is_ready() && now.duration_since(c.since) < self.idle_timeout {
-                return Some(c.tx);
+            if c.conn.tx.is_ready() && now.duration_since(c.since) < self.idle_timeout {
+                return Some(c.conn);
             }
         }
         idle.remove(key);
@@ -77,29 +95,29 @@ impl Pool {
     }
 
     /// Returns a connection to the pool once its current response is done.
-    pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut tx: SendRequest<RequestBody>) {
+    pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut conn: Conn) {
         // Usually it is already: hyper read a small response whole before
         // handing over its head. Then no task is needed to wait for it.
-        if tx.is_ready() {
-            self.put(key, tx);
+        if conn.tx.is_ready() {
+            self.put(key, conn);
             return;
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            if tx.ready().await.is_ok() {
-                pool.put(key, tx);
+            if conn.tx.ready().await.is_ok() {
+                pool.put(key, conn);
             }
         });
     }
 
     /// Adds a ready connection to the idle list of `key`.
-    fn put(&self, key: Key, tx: SendRequest<RequestBody>) {
+    fn put(&self, key: Key, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
             let now = Instant::now();
             let timeout = self.idle_timeout;
             idle.retain(|_, l| {
-                l.retain(|c| !c.tx.is_closed() && now.duration_since(c.since) < timeout);
+                l.retain(|c| !c.conn.tx.is_closed() && now.duration_since(c.since) < timeout);
                 !l.is_empty()
             });
             if idle.len() >= MAX_ORIGINS {
@@ -108,7 +126,7 @@ impl Pool {
         }
         let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_ORIGIN {
-            list.push(Idle { tx, since: Instant::now() });
+            list.push(Idle { conn, since: Instant::now() });
         }
     }
 
@@ -129,15 +147,18 @@ impl Pool {
         D: FnOnce() -> F,
         F: Future<Output = Result<UpstreamIo, ProxyError>>,
     {
-        while let Some(mut tx) = self.checkout(key) {
-            match head_wait(head_timeout, upload, tx.try_send_request(req)).await? {
-                Ok(response) => {
-                    return Ok(Sent { response, conn: Some(tx) });
-                }
-                Err(mut e) => match e.take_message() {
+        while let Some(mut conn) = self.checkout(key) {
+            let sent = head_wait(head_timeout, upload, conn.tx.try_send_request(req)).await;
+            match sent {
+                Ok(Ok(response)) => return Ok(Sent { response, conn }),
+                Ok(Err(mut e)) => match e.take_message() {
                     Some(back) => req = back,
                     None => return Err(upstream_error(e.error())),
                 },
+                Err(e) => {
+                    drop(conn.close_on_drop());
+                    return Err(e);
+                }
             }
         }
         // Boxed: dialing (resolve, connect, maybe a TLS handshake) and the
@@ -161,14 +182,23 @@ async fn send_new(
         .handshake::<_, RequestBody>(TokioIo::new(stream))
         .await
         .map_err(|e| upstream_error(&e))?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
-    });
-    match head_wait(head_timeout, upload, tx.send_request(req)).await? {
-        Ok(response) => Ok(Sent { response, conn: Some(tx) }),
-        Err(e) => Err(upstream_error(&e)),
+    })
+    .abort_handle();
+    let sent = head_wait(head_timeout, upload, tx.send_request(req)).await;
+    let conn = Conn { tx, task };
+    match sent {
+        Ok(Ok(response)) => Ok(Sent { response, conn }),
+        Ok(Err(e)) => Err(upstream_error(&e)),
+        // No answer in time: the exchange is abandoned, and with it the
+        // connection, which may still be sending the request body.
+        Err(e) => {
+            drop(conn.close_on_drop());
+            Err(e)
+        }
     }
 }
 
@@ -194,7 +224,11 @@ async fn head_wait<T>(
                     continue;
                 }
                 return Err(match upload.state() {
-                    UploadState::Sending => ProxyError::BodyTimeout,
+                    UploadState::Sending if upload.waits_for_client() => ProxyError::BodyTimeout,
+                    // The client has more to send but the origin stopped
+                    // taking it (an upload it will not read): not the
+                    // client's fault.
+                    UploadState::Sending => ProxyError::UpstreamWriteTimeout,
                     _ => ProxyError::UpstreamReadTimeout,
                 });
             }

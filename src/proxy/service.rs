@@ -84,6 +84,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     // body sent just after its head (or behind `Expect: 100-continue`) met
     // a closed connection after an answer that promised keep-alive.
     let has_body = !http_body::Body::is_end_stream(req.body());
+    let http10 = req.version() == Version::HTTP_10;
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
     rec.metrics = Some(state.metrics.clone());
     rec.log = snap.log.access;
@@ -101,9 +102,10 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
         Ok(Reply::Response(resp)) => {
             count(Counted::Forwarded);
             // The origin's own `Connection` was removed with the other
-            // hop-by-hop fields: this one is forward's, for an answer given
-            // before the request body's end.
+            // hop-by-hop fields: this one is forward's `close`.
+            let mut resp = resp;
             if resp.headers().contains_key(header::CONNECTION) {
+                closing(&mut resp, http10);
                 client.phase.linger();
             }
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
@@ -145,10 +147,21 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             let body_left = has_body && !authenticating;
             if close || err.closes_connection() || refused_tunnel || body_left {
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                closing(&mut resp, http10);
                 client.phase.linger();
             }
             resp.map(|b| b.with_log(rec))
         }
+    }
+}
+
+/// A response that says `Connection: close`, to an HTTP/1.0 client, is
+/// marked 1.0: hyper answers such a client in 1.0 anyway, and for a
+/// response marked 1.1 it appended `keep-alive` to our `close` when the
+/// client had asked for keep-alive (`Connection: close, keep-alive`).
+fn closing<B>(resp: &mut Response<B>, http10: bool) {
+    if http10 {
+        *resp.version_mut() = Version::HTTP_10;
     }
 }
 

@@ -45,8 +45,12 @@ const CLOSING: u8 = 4;
 
 /// Longest wait, after our end is shut, for the client to stop sending.
 const LINGER: Duration = Duration::from_secs(2);
-/// Most bytes read and thrown away in that wait.
-const LINGER_MAX: usize = 1 << 20;
+/// Most bytes read and thrown away in that wait. Generous: a client that
+/// sends a whole upload before it reads the answer (curl does, when it
+/// stops waiting for `100 Continue`) gets a reset, which destroys the
+/// part of a large answer not read yet, once this much is drained (1 MiB
+/// cut a 4 MiB answer to an 8 MB upload).
+const LINGER_MAX: usize = 64 << 20;
 
 /// Where a client connection is in its request cycle; shared between the
 /// socket wrapper, the service and the response body.

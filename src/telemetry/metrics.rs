@@ -71,13 +71,14 @@ pub enum AuthFailure {
 
 const AUTH_FAILURES: [&str; 3] = ["missing", "malformed", "invalid"];
 
-const UPSTREAM_TYPES: [&str; 9] = [
+const UPSTREAM_TYPES: [&str; 10] = [
     "dns_error",
     "dns_timeout",
     "connection_refused",
     "connection_timeout",
     "destination_unavailable",
     "connection_read_timeout",
+    "connection_write_timeout",
     "http_protocol_error",
     "tls_certificate_error",
     "other",
@@ -96,7 +97,7 @@ fn counters<const N: usize>() -> [AtomicU64; N] {
 pub struct Metrics {
     requests: [AtomicU64; OUTCOMES.len()],
     auth_failures: [AtomicU64; 3],
-    upstream_errors: [AtomicU64; 9],
+    upstream_errors: [AtomicU64; UPSTREAM_TYPES.len()],
     upstream_responses: [AtomicU64; 7],
     active_tunnels: AtomicI64,
     bytes_up: AtomicU64,
