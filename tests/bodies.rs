@@ -651,6 +651,61 @@ async fn an_origin_that_stops_reading_an_upload_is_cut_off_and_blamed() {
     }
 }
 
+/// A client that sends its whole upload at once (not waiting for `100
+/// Continue`) while it reads, to an origin that answers at once with a
+/// large body: the answer arrives whole. The proxy drains the upload it
+/// will not send before it closes; with only 1 MiB drained, the close
+/// reset the connection and cut the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_early_answer_reaches_a_client_that_sends_its_whole_upload() {
+    const ANSWER: usize = 4 * 1024 * 1024;
+    const UPLOAD: usize = 8 * 1024 * 1024;
+    let origin = spawn_raw_origin(|mut s| async move {
+        let Some(_) = read_request_head(&mut s).await else { return };
+        let head = format!("HTTP/1.1 401 Unauthorized\r\nContent-Length: {ANSWER}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(&vec![b'n'; ANSWER]).await;
+        // Keeps the connection; whatever else arrives is read and dropped.
+        let mut chunk = vec![0u8; 64 * 1024];
+        while let Ok(1..) = s.read(&mut chunk).await {}
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    // Several times: whether the reset came before the client had read
+    // the answer is a matter of timing (with 1 MiB drained, two runs of
+    // this test in three failed).
+    for _ in 0..16 {
+        early_answer_whole(proxy.addr, &origin, ANSWER, UPLOAD).await;
+    }
+}
+
+async fn early_answer_whole(proxy: SocketAddr, origin: &Origin, answer_len: usize, upload: usize) {
+    let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = request(
+        "PUT",
+        &origin.url("/big"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &auth()),
+            ("Content-Length", &upload.to_string()),
+            ("Expect", "100-continue"),
+        ],
+    );
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&head).await;
+        let _ = wr.write_all(&vec![b'x'; upload]).await;
+        wr
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), rd.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no end of the answer");
+    let _ = writer.await;
+    let text = String::from_utf8_lossy(&answer[..answer.len().min(300)]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 401 "), "{text}");
+    let body_start = find(&answer, b"\r\n\r\n").expect("a complete head") + 4;
+    assert_eq!(answer.len() - body_start, answer_len, "the answer was cut: {text}");
+}
+
 /// An origin that goes silent in the middle of its body does not hold the
 /// client (and the connection slot) forever: after `upstream_response_timeout`
 /// of silence the response is cut off and both connections close. A body
