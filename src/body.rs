@@ -207,9 +207,10 @@ impl RequestBody {
     }
 
     /// Reads nothing of the body (so hyper sends the client no `100
-    /// Continue`) until `gate` opens; see [`Continue`].
-    pub fn held_by(mut self, gate: Arc<Continue>) -> Self {
-        self.hold = Some(Box::pin(gate.wait()));
+    /// Continue`) until `gate` opens, or `patience` passes without a word
+    /// from the origin; see [`Continue`].
+    pub fn held_by(mut self, gate: Arc<Continue>, patience: Duration) -> Self {
+        self.hold = Some(Box::pin(gate.wait(patience)));
         self
     }
 }
@@ -289,7 +290,8 @@ pub struct Continue {
     notify: tokio::sync::Notify,
 }
 
-/// How long a held-back body waits for the origin's `100 Continue`.
+/// How long a held-back body waits for the origin's `100 Continue` (less
+/// when `upstream_response_timeout` is shorter than twice this).
 pub const CONTINUE_WAIT: Duration = Duration::from_secs(1);
 
 const WAITING: u8 = 0;
@@ -316,12 +318,12 @@ impl Continue {
     }
 
     /// Resolves when the body may be read.
-    async fn wait(self: Arc<Self>) {
+    async fn wait(self: Arc<Self>, patience: Duration) {
         loop {
             match self.state.load(Ordering::Acquire) {
                 GO => return,
                 WAITING => {
-                    let said = tokio::time::timeout(CONTINUE_WAIT, self.notify.notified()).await;
+                    let said = tokio::time::timeout(patience, self.notify.notified()).await;
                     if said.is_err() && self.swap_from(WAITING, GO) {
                         return;
                     }

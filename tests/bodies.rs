@@ -313,6 +313,16 @@ async fn expect_100_continue_to_an_origin_that_ignores_it_still_sends_the_body()
     let resp = c.read_response("PUT").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.body, b"hello");
+
+    // With an `upstream_response_timeout` shorter than the usual 1 s wait
+    // for the `100`, the wait is shorter too: it counted against the
+    // origin, which got a 504 for a body authgate was holding back.
+    let impatient = spawn_proxy("[limits]\nupstream_response_timeout = \"400ms\"\n", &[USER]);
+    let mut c = put_expecting_100(impatient.addr, &origin, 5).await;
+    assert_eq!(c.read_head().await.status, 100);
+    c.send(b"hello").await;
+    let resp = c.read_response("PUT").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
 }
 
 #[tokio::test]

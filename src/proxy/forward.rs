@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
@@ -20,7 +21,7 @@ use super::pool::{Conn, Sent};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
-use crate::body::{Continue, ProxyBody, RequestBody, Upload, UploadState};
+use crate::body::{CONTINUE_WAIT, Continue, ProxyBody, RequestBody, Upload, UploadState};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::target::Target;
@@ -80,7 +81,10 @@ pub async fn forward(
     // (A 1.0 client's expectation was dropped above.)
     let expects = has_body && parts.headers.get(header::EXPECT).is_some_and(is_100_continue);
     let body = RequestBody::new(body, rec.bytes_up.clone(), upload.clone());
-    let (req, gate) = with_continue_gate(Request::from_parts(parts, body), expects);
+    // The wait for the origin's `100` is part of the wait for its answer,
+    // so it takes at most half of that.
+    let patience = CONTINUE_WAIT.min(snap.limits.upstream_response_timeout / 2);
+    let (req, gate) = with_continue_gate(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
     let key = (target.clone(), https);
@@ -124,7 +128,7 @@ pub async fn forward(
     // hyper would keep sending the body, or wait for good to send it, for
     // as long as the origin keeps the socket open. (Not after a 101, whose
     // connection becomes the tunnel.)
-    let early = upload.as_ref().is_some_and(|u| u.state() != UploadState::Done)
+    let early = (upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) || conn.still_sending())
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
     let mut conn = Some(conn);
     let close = if early { conn.take().map(Conn::close_on_drop) } else { None };
@@ -200,16 +204,17 @@ fn is_100_continue(v: &HeaderValue) -> bool {
     v.as_bytes().eq_ignore_ascii_case(b"100-continue")
 }
 
-/// `Expect: 100-continue` end to end, when `expects` (see [`Continue`]):
-/// the body is held back until the origin's `100 Continue`, which hyper's
-/// client reports through `on_informational`.
+/// `Expect: 100-continue` end to end, when there is a `patience` (see
+/// [`Continue`]): the body is held back until the origin's `100 Continue`,
+/// which hyper's client reports through `on_informational`, or for
+/// `patience` without a word.
 fn with_continue_gate(
     mut req: Request<RequestBody>,
-    expects: bool,
+    patience: Option<Duration>,
 ) -> (Request<RequestBody>, Option<Arc<Continue>>) {
-    if !expects {
+    let Some(patience) = patience else {
         return (req, None);
-    }
+    };
     let gate = Arc::new(Continue::default());
     let opener = gate.clone();
     hyper::ext::on_informational(&mut req, move |interim| {
@@ -217,7 +222,7 @@ fn with_continue_gate(
             opener.go();
         }
     });
-    (req.map(|body| body.held_by(gate.clone())), Some(gate))
+    (req.map(|body| body.held_by(gate.clone(), patience)), Some(gate))
 }
 
 fn of_unknown_length(body: &hyper::body::Incoming) -> bool {

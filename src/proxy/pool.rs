@@ -15,6 +15,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::AbortHandle;
 
 use super::upstream_tls::UpstreamIo;
@@ -37,14 +43,104 @@ struct Idle {
     since: Instant,
 }
 
-/// An origin connection: the handle requests are sent on, and the task
-/// that drives it (which holds the request body being sent).
+/// An origin connection: the handle requests are sent on, the task that
+/// drives it (which holds the request body being sent), and how its
+/// writes go.
 pub struct Conn {
     tx: SendRequest<RequestBody>,
     task: AbortHandle,
+    writes: Arc<Writes>,
+}
+
+/// How writes to an origin connection go: whether the origin takes what is
+/// sent. A request body read whole from the client may still be on its way
+/// to the origin, in hyper's buffer or stuck behind a full socket buffer.
+#[derive(Debug)]
+pub struct Writes {
+    base: Instant,
+    /// Nanoseconds after `base` of the last write that made progress.
+    last: AtomicU64,
+    /// The last write could not proceed: the origin is not reading.
+    blocked: AtomicBool,
+}
+
+impl Writes {
+    fn new() -> Self {
+        Writes { base: Instant::now(), last: AtomicU64::new(0), blocked: AtomicBool::new(false) }
+    }
+
+    fn record<T>(&self, res: &Poll<io::Result<T>>) {
+        match res {
+            Poll::Pending => self.blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(_) => {
+                let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.last.store(nanos, Ordering::Relaxed);
+                self.blocked.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn last_progress(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// The origin socket as hyper's client sees it, reporting to [`Writes`].
+struct Watched {
+    io: UpstreamIo,
+    writes: Arc<Writes>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.writes.record(&res);
+        res
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.writes.record(&res);
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let res = Pin::new(&mut self.io).poll_flush(cx);
+        self.writes.record(&res);
+        res
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 impl Conn {
+    /// Whether the request is still on its way to the origin: its last
+    /// write could not proceed (the origin stopped reading). An answer that
+    /// comes then came before the origin read the whole request.
+    pub fn still_sending(&self) -> bool {
+        self.writes.blocked.load(Ordering::Relaxed)
+    }
+
     /// Gives up the connection: it is closed, whatever it was doing, when
     /// the returned value is dropped. For an exchange that cannot finish
     /// (an upload the origin stopped reading, or one that will not be
@@ -148,7 +244,8 @@ impl Pool {
         F: Future<Output = Result<UpstreamIo, ProxyError>>,
     {
         while let Some(mut conn) = self.checkout(key) {
-            let sent = head_wait(head_timeout, upload, conn.tx.try_send_request(req)).await;
+            let writes = conn.writes.clone();
+            let sent = head_wait(head_timeout, upload, &writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => return Ok(Sent { response, conn }),
                 Ok(Err(mut e)) => match e.take_message() {
@@ -177,9 +274,11 @@ async fn send_new(
     dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
 ) -> Result<Sent, ProxyError> {
     let stream = dial.await?;
+    let writes = Arc::new(Writes::new());
+    let io = Watched { io: stream, writes: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(256 * 1024)
-        .handshake::<_, RequestBody>(TokioIo::new(stream))
+        .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
         .map_err(|e| upstream_error(&e))?;
     let task = tokio::spawn(async move {
@@ -188,8 +287,8 @@ async fn send_new(
         }
     })
     .abort_handle();
-    let sent = head_wait(head_timeout, upload, tx.send_request(req)).await;
-    let conn = Conn { tx, task };
+    let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
+    let conn = Conn { tx, task, writes };
     match sent {
         Ok(Ok(response)) => Ok(Sent { response, conn }),
         Ok(Err(e)) => Err(upstream_error(&e)),
@@ -202,13 +301,16 @@ async fn send_new(
     }
 }
 
-/// Waits for the response head: `d` after the request body's last progress
-/// (its end, or the start for a request without a body). A body that is
-/// still arriving moves the deadline on; one that stopped arriving before
-/// its end is the client's doing, not the origin's.
+/// Waits for the response head: `d` after the request's last progress (its
+/// start, a piece of its body read from the client, or a write of it to
+/// the origin). A body that keeps arriving, or an origin that keeps taking
+/// it (slowly), moves the deadline on. When it passes with the body
+/// unfinished, whoever stopped is to blame: the client that sends nothing
+/// more (408), or the origin that reads nothing more (504 `write`).
 async fn head_wait<T>(
     d: Duration,
     upload: Option<&Upload>,
+    writes: &Writes,
     f: impl Future<Output = T>,
 ) -> Result<T, ProxyError> {
     let mut f = std::pin::pin!(f);
@@ -218,17 +320,21 @@ async fn head_wait<T>(
             Ok(v) => return Ok(v),
             Err(_) => {
                 let Some(upload) = upload else { return Err(ProxyError::UpstreamReadTimeout) };
-                let next = upload.last_progress() + d;
+                let next = upload.last_progress().max(writes.last_progress()) + d;
                 if next > Instant::now() {
                     deadline = next.into();
                     continue;
                 }
+                let origin_stuck = writes.blocked.load(Ordering::Relaxed);
                 return Err(match upload.state() {
-                    UploadState::Sending if upload.waits_for_client() => ProxyError::BodyTimeout,
-                    // The client has more to send but the origin stopped
-                    // taking it (an upload it will not read): not the
-                    // client's fault.
+                    UploadState::Sending if upload.waits_for_client() && !origin_stuck => {
+                        ProxyError::BodyTimeout
+                    }
+                    // The client has more to send, or the origin has not
+                    // taken all it was sent: the origin stopped reading (an
+                    // upload it will not read), not the client's fault.
                     UploadState::Sending => ProxyError::UpstreamWriteTimeout,
+                    _ if origin_stuck => ProxyError::UpstreamWriteTimeout,
                     _ => ProxyError::UpstreamReadTimeout,
                 });
             }
@@ -249,4 +355,44 @@ fn upstream_error(e: &hyper::Error) -> ProxyError {
         "connection failed"
     };
     ProxyError::UpstreamProtocol { detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A write to an origin that does not read ends up blocked, and says so
+    /// (an answer that comes then came before the origin read the whole
+    /// request); once the origin reads, writes go on and count as progress.
+    #[tokio::test]
+    async fn writes_to_an_origin_that_stops_reading_are_seen_blocked() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut origin, _) = accepted.unwrap();
+        let writes = Arc::new(Writes::new());
+        let mut io = Watched { io: UpstreamIo::Plain(client.unwrap()), writes: writes.clone() };
+        let chunk = vec![b'x'; 256 * 1024];
+        let mut written = 0usize;
+        // Until the socket buffers are full: a write that does not finish.
+        while tokio::time::timeout(Duration::from_millis(200), io.write_all(&chunk)).await.is_ok() {
+            written += chunk.len();
+            assert!(written < 512 * 1024 * 1024, "the buffers never filled");
+        }
+        assert!(writes.blocked.load(Ordering::Relaxed), "a write that cannot proceed is seen");
+        let before = writes.last_progress();
+        // The origin reads everything: the writes go on.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1024 * 1024];
+            while let Ok(1..) = origin.read(&mut buf).await {}
+        });
+        io.write_all(b"end").await.unwrap();
+        io.flush().await.unwrap();
+        assert!(!writes.blocked.load(Ordering::Relaxed));
+        assert!(writes.last_progress() > before, "a write that went through is progress");
+        drop(io);
+        reader.await.unwrap();
+    }
 }
