@@ -55,33 +55,31 @@ pub struct Conn {
 /// How writes to an origin connection go: whether the origin takes what is
 /// sent. A request body read whole from the client may still be on its way
 /// to the origin, in hyper's buffer or stuck behind a full socket buffer.
-#[derive(Debug)]
+///
+/// Kept cheap, as every write to an origin passes here: a count, not a
+/// clock reading (the wait for an answer looks at it only when its deadline
+/// passes).
+#[derive(Debug, Default)]
 pub struct Writes {
-    base: Instant,
-    /// Nanoseconds after `base` of the last write that made progress.
-    last: AtomicU64,
+    /// Writes that went through.
+    done: AtomicU64,
     /// The last write could not proceed: the origin is not reading.
     blocked: AtomicBool,
 }
 
 impl Writes {
-    fn new() -> Self {
-        Writes { base: Instant::now(), last: AtomicU64::new(0), blocked: AtomicBool::new(false) }
-    }
-
     fn record<T>(&self, res: &Poll<io::Result<T>>) {
         match res {
             Poll::Pending => self.blocked.store(true, Ordering::Relaxed),
             Poll::Ready(_) => {
-                let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.last.store(nanos, Ordering::Relaxed);
+                self.done.fetch_add(1, Ordering::Relaxed);
                 self.blocked.store(false, Ordering::Relaxed);
             }
         }
     }
 
-    fn last_progress(&self) -> Instant {
-        self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
+    fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
     }
 }
 
@@ -123,9 +121,7 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.io).poll_flush(cx);
-        self.writes.record(&res);
-        res
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -274,7 +270,7 @@ async fn send_new(
     dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
 ) -> Result<Sent, ProxyError> {
     let stream = dial.await?;
-    let writes = Arc::new(Writes::new());
+    let writes = Arc::new(Writes::default());
     let io = Watched { io: stream, writes: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(256 * 1024)
@@ -302,9 +298,10 @@ async fn send_new(
 }
 
 /// Waits for the response head: `d` after the request's last progress (its
-/// start, a piece of its body read from the client, or a write of it to
-/// the origin). A body that keeps arriving, or an origin that keeps taking
-/// it (slowly), moves the deadline on. When it passes with the body
+/// start, a piece of its body read from the client, or, seen at each
+/// deadline, writes of it to the origin since the last). A body that keeps
+/// arriving, or an origin that keeps taking it (slowly), moves the
+/// deadline on. When it passes with the body
 /// unfinished, whoever stopped is to blame: the client that sends nothing
 /// more (408), or the origin that reads nothing more (504 `write`).
 async fn head_wait<T>(
@@ -315,13 +312,19 @@ async fn head_wait<T>(
 ) -> Result<T, ProxyError> {
     let mut f = std::pin::pin!(f);
     let mut deadline = tokio::time::Instant::now() + d;
+    let mut written = writes.done();
     loop {
         match tokio::time::timeout_at(deadline, f.as_mut()).await {
             Ok(v) => return Ok(v),
             Err(_) => {
                 let Some(upload) = upload else { return Err(ProxyError::UpstreamReadTimeout) };
-                let next = upload.last_progress().max(writes.last_progress()) + d;
-                if next > Instant::now() {
+                let now = Instant::now();
+                let mut next = upload.last_progress() + d;
+                if writes.done() != written {
+                    written = writes.done();
+                    next = next.max(now + d);
+                }
+                if next > now {
                     deadline = next.into();
                     continue;
                 }
@@ -372,7 +375,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (mut origin, _) = accepted.unwrap();
-        let writes = Arc::new(Writes::new());
+        let writes = Arc::new(Writes::default());
         let mut io = Watched { io: UpstreamIo::Plain(client.unwrap()), writes: writes.clone() };
         let chunk = vec![b'x'; 256 * 1024];
         let mut written = 0usize;
@@ -382,16 +385,15 @@ mod tests {
             assert!(written < 512 * 1024 * 1024, "the buffers never filled");
         }
         assert!(writes.blocked.load(Ordering::Relaxed), "a write that cannot proceed is seen");
-        let before = writes.last_progress();
+        let before = writes.done();
         // The origin reads everything: the writes go on.
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 1024 * 1024];
             while let Ok(1..) = origin.read(&mut buf).await {}
         });
         io.write_all(b"end").await.unwrap();
-        io.flush().await.unwrap();
         assert!(!writes.blocked.load(Ordering::Relaxed));
-        assert!(writes.last_progress() > before, "a write that went through is progress");
+        assert!(writes.done() > before, "a write that went through is progress");
         drop(io);
         reader.await.unwrap();
     }
