@@ -7,6 +7,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use common::*;
@@ -404,9 +405,16 @@ fn the_request_id_of_a_503_at_the_connection_limit_is_logged() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = rt.block_on(async {
         wait_listening(proxy).await;
-        let _held = tokio::net::TcpStream::connect(proxy).await.unwrap();
-        // The held connection is counted before the next one is accepted.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A connection that holds the one slot: wait_listening's own may
+        // still hold it for a moment, and then this one is refused.
+        let _held = loop {
+            let mut held = tokio::net::TcpStream::connect(proxy).await.unwrap();
+            let mut byte = [0u8; 1];
+            let answered = tokio::time::timeout(Duration::from_millis(300), held.read(&mut byte)).await;
+            if answered.is_err() {
+                break held;
+            }
+        };
         let mut refused = RawConn::connect(proxy).await;
         let r = refused.read_response("GET").await;
         assert_proxy_error(&r, 503, "proxy_internal_error", "too_many_connections");
