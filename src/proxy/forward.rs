@@ -77,10 +77,10 @@ pub async fn forward(
         add_via(&mut parts.headers, parts.version);
     }
     parts.version = Version::HTTP_11;
-    let upload = has_body.then(|| Arc::new(Upload::new()));
+    let upload = has_body.then(|| Arc::new(Upload::new(rec.bytes_up.clone())));
     // (A 1.0 client's expectation was dropped above.)
     let expects = has_body && parts.headers.get(header::EXPECT).is_some_and(is_100_continue);
-    let body = RequestBody::new(body, rec.bytes_up.clone(), upload.clone());
+    let body = RequestBody::new(body, upload.clone());
     // The wait for the origin's `100` is part of the wait for its answer,
     // so it takes at most half of that.
     let patience = CONTINUE_WAIT.min(snap.limits.upstream_response_timeout / 2);
