@@ -233,21 +233,26 @@ fn body_echo_origin(len: usize, said: Option<std::sync::Arc<std::sync::atomic::A
     })
 }
 
-/// Sends the head of a PUT with `Expect: 100-continue` and a body of `len`
-/// bytes to `origin` through `proxy`.
-async fn put_expecting_100(proxy: SocketAddr, origin: &Origin, len: usize) -> RawConn {
-    let mut c = RawConn::connect(proxy).await;
-    c.send(request(
+/// The head of a PUT to `origin` with `Expect: 100-continue` and a body of
+/// `len` bytes.
+fn put_expecting_100_head(origin: &Origin, path: &str, len: usize) -> Vec<u8> {
+    request(
         "PUT",
-        &origin.url("/up"),
+        &origin.url(path),
         &[
             ("Host", &origin.authority()),
             ("Proxy-Authorization", &auth()),
             ("Content-Length", &len.to_string()),
             ("Expect", "100-continue"),
         ],
-    ))
-    .await;
+    )
+}
+
+/// Sends the head of a PUT with `Expect: 100-continue` and a body of `len`
+/// bytes to `origin` through `proxy`.
+async fn put_expecting_100(proxy: SocketAddr, origin: &Origin, len: usize) -> RawConn {
+    let mut c = RawConn::connect(proxy).await;
+    c.send(put_expecting_100_head(origin, "/up", len)).await;
     c
 }
 
@@ -691,16 +696,7 @@ async fn a_large_early_answer_reaches_a_client_that_sends_its_whole_upload() {
 async fn early_answer_whole(proxy: SocketAddr, origin: &Origin, answer_len: usize, upload: usize) {
     let stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
     let (mut rd, mut wr) = stream.into_split();
-    let head = request(
-        "PUT",
-        &origin.url("/big"),
-        &[
-            ("Host", &origin.authority()),
-            ("Proxy-Authorization", &auth()),
-            ("Content-Length", &upload.to_string()),
-            ("Expect", "100-continue"),
-        ],
-    );
+    let head = put_expecting_100_head(origin, "/big", upload);
     let writer = tokio::spawn(async move {
         let _ = wr.write_all(&head).await;
         let _ = wr.write_all(&vec![b'x'; upload]).await;
