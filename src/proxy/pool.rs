@@ -78,6 +78,12 @@ impl Writes {
         }
     }
 
+    /// A flush moves no bytes of its own, but over TLS it is where the
+    /// socket write happens, and it can be the one that cannot proceed.
+    fn record_flush(&self, res: &Poll<io::Result<()>>) {
+        self.blocked.store(res.is_pending(), Ordering::Relaxed);
+    }
+
     fn done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
     }
@@ -121,7 +127,9 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let res = Pin::new(&mut self.io).poll_flush(cx);
+        self.writes.record_flush(&res);
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
