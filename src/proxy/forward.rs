@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use super::State;
 use super::connect::Connector;
 use super::headers::{add_via, single_content_length, strip_hop_by_hop, wants_upgrade};
-use super::pool::{Conn, Sent};
+use super::pool::Sent;
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -130,8 +130,7 @@ pub async fn forward(
     // connection becomes the tunnel.)
     let early = (upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) || conn.still_sending())
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-    let mut conn = Some(conn);
-    let close = if early { conn.take().map(Conn::close_on_drop) } else { None };
+    let (conn, close) = if early { (None, Some(conn.close_on_drop())) } else { (Some(conn), None) };
 
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
         return Err(ProxyError::Upstream407);

@@ -60,7 +60,7 @@ pub struct Conn {
 /// clock reading (the wait for an answer looks at it only when its deadline
 /// passes).
 #[derive(Debug, Default)]
-pub struct Writes {
+struct Writes {
     /// Writes that went through.
     done: AtomicU64,
     /// The last write could not proceed: the origin is not reading.
@@ -68,20 +68,23 @@ pub struct Writes {
 }
 
 impl Writes {
+    /// Only the connection's own task writes, so plain loads and stores
+    /// do (no locked read-modify-write per write), and `blocked` is
+    /// stored only when it changes.
     fn record<T>(&self, res: &Poll<io::Result<T>>) {
-        match res {
-            Poll::Pending => self.blocked.store(true, Ordering::Relaxed),
-            Poll::Ready(_) => {
-                self.done.fetch_add(1, Ordering::Relaxed);
-                self.blocked.store(false, Ordering::Relaxed);
-            }
+        if res.is_ready() {
+            self.done.store(self.done.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
+        self.note_blocked(res);
     }
 
-    /// A flush moves no bytes of its own, but over TLS it is where the
-    /// socket write happens, and it can be the one that cannot proceed.
-    fn record_flush(&self, res: &Poll<io::Result<()>>) {
-        self.blocked.store(res.is_pending(), Ordering::Relaxed);
+    /// Whether the write (or flush: over TLS that is where the socket
+    /// write happens) could not proceed.
+    fn note_blocked<T>(&self, res: &Poll<T>) {
+        let blocked = res.is_pending();
+        if self.blocked.load(Ordering::Relaxed) != blocked {
+            self.blocked.store(blocked, Ordering::Relaxed);
+        }
     }
 
     fn done(&self) -> u64 {
@@ -128,7 +131,7 @@ impl AsyncWrite for Watched {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = Pin::new(&mut self.io).poll_flush(cx);
-        self.writes.record_flush(&res);
+        self.writes.note_blocked(&res);
         res
     }
 
@@ -248,8 +251,7 @@ impl Pool {
         F: Future<Output = Result<UpstreamIo, ProxyError>>,
     {
         while let Some(mut conn) = self.checkout(key) {
-            let writes = conn.writes.clone();
-            let sent = head_wait(head_timeout, upload, &writes, conn.tx.try_send_request(req)).await;
+            let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => return Ok(Sent { response, conn }),
                 Ok(Err(mut e)) => match e.take_message() {
@@ -309,9 +311,9 @@ async fn send_new(
 /// start, a piece of its body read from the client, or, seen at each
 /// deadline, writes of it to the origin since the last). A body that keeps
 /// arriving, or an origin that keeps taking it (slowly), moves the
-/// deadline on. When it passes with the body
-/// unfinished, whoever stopped is to blame: the client that sends nothing
-/// more (408), or the origin that reads nothing more (504 `write`).
+/// deadline on. When it passes with the body unfinished, whoever stopped
+/// is to blame: the client that sends nothing more (408), or the origin
+/// that reads nothing more (504 `write`).
 async fn head_wait<T>(
     d: Duration,
     upload: Option<&Upload>,

@@ -105,8 +105,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             // hop-by-hop fields: this one is forward's `close`.
             let mut resp = resp;
             if resp.headers().contains_key(header::CONNECTION) {
-                closing(&mut resp, http10);
-                client.phase.linger();
+                close_after(&mut resp, http10, &client.phase);
             }
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
             rec.status = resp.status().as_u16();
@@ -146,23 +145,24 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             );
             let body_left = has_body && !authenticating;
             if close || err.closes_connection() || refused_tunnel || body_left {
-                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                closing(&mut resp, http10);
-                client.phase.linger();
+                close_after(&mut resp, http10, &client.phase);
             }
             resp.map(|b| b.with_log(rec))
         }
     }
 }
 
-/// A response that says `Connection: close`, to an HTTP/1.0 client, is
-/// marked 1.0: hyper answers such a client in 1.0 anyway, and for a
-/// response marked 1.1 it appended `keep-alive` to our `close` when the
-/// client had asked for keep-alive (`Connection: close, keep-alive`).
-fn closing<B>(resp: &mut Response<B>, http10: bool) {
+/// Ends the connection after `resp`: says `Connection: close`, and has the
+/// close linger (see [`Phase::linger`]). To an HTTP/1.0 client the answer
+/// is marked 1.0: hyper answers such a client in 1.0 anyway, and to one
+/// marked 1.1 it appended `keep-alive` to our `close` when the client had
+/// asked for keep-alive (`Connection: close, keep-alive`).
+fn close_after<B>(resp: &mut Response<B>, http10: bool, phase: &Phase) {
+    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     if http10 {
         *resp.version_mut() = Version::HTTP_10;
     }
+    phase.linger();
 }
 
 /// Logs a request whose future is dropped before it has an answer: hyper
