@@ -477,9 +477,21 @@ async fn shutdown_lets_tunnels_finish_within_the_grace_period_then_closes_them()
     let mut idle = RawConn::connect(addr).await;
     idle.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
     assert_eq!(idle.read_response("GET").await.status, 200);
+    // A request in flight, its answer 400 ms away.
+    let slow = spawn_origin(|_| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        http::Response::new(full("late"))
+    });
+    let mut busy = RawConn::connect(addr).await;
+    busy.send(get_as(&slow.url("/"), &slow.authority(), "alice", "a1")).await;
+    while slow.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let started = Instant::now();
     let stopping = tokio::spawn(proxy.stop());
-    // New connections are refused once shutdown began.
+    // New connections are refused once shutdown began, not once the last
+    // request in flight is done (its connection's task held the listening
+    // socket open: new clients hung, then got a reset).
     let refused = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             if TcpStream::connect(addr).await.is_err() {
@@ -490,6 +502,10 @@ async fn shutdown_lets_tunnels_finish_within_the_grace_period_then_closes_them()
     })
     .await;
     assert!(refused.is_ok(), "the listener closes on shutdown");
+    assert!(started.elapsed() < Duration::from_millis(300), "refused at once: {:?}", started.elapsed());
+    // The request in flight still gets its answer.
+    let late = busy.read_response("GET").await;
+    assert_eq!(late.status, 200, "{}", late.dump());
     // The idle connection is closed at once, not held for the grace period.
     assert!(idle.is_closed().await, "the idle keep-alive connection is closed");
     assert!(started.elapsed() < Duration::from_millis(600), "closed at once: {:?}", started.elapsed());

@@ -38,6 +38,14 @@ use guard::{Canned, Guarded, Phase, Rejection, Timeouts};
 /// A bound listener and how to treat its connections.
 pub struct Listener {
     tcp: TcpListener,
+    how: Arc<Accepting>,
+}
+
+/// How a listener's connections are treated. Their tasks hold this, not
+/// the [`Listener`]: the socket must close when the accept loop ends at
+/// shutdown, not when the last request on it does (a shutdown with a
+/// request in flight kept accepting connections it never served).
+struct Accepting {
     tls: Option<TlsAcceptor>,
     proxy_protocol: bool,
     admin: bool,
@@ -52,7 +60,7 @@ impl Listener {
         // about 22 syscalls of a CONNECT tunnel, 10 of a one-shot request).
         let nodelay_inherited =
             cfg!(target_os = "linux") && socket2::SockRef::from(&tcp).set_tcp_nodelay(true).is_ok();
-        Listener { tcp, tls, proxy_protocol, admin, nodelay_inherited }
+        Listener { tcp, how: Arc::new(Accepting { tls, proxy_protocol, admin, nodelay_inherited }) }
     }
 
     /// A plain-TCP proxy listener.
@@ -123,7 +131,7 @@ pub async fn run<L: Into<Listener>>(
 ) -> io::Result<()> {
     let mut accepts = Vec::new();
     for listener in listeners {
-        accepts.push(tokio::spawn(accept_loop(state.clone(), Arc::new(listener.into()))));
+        accepts.push(tokio::spawn(accept_loop(state.clone(), listener.into())));
     }
     state.ready.store(true, std::sync::atomic::Ordering::Release);
     let watcher = tokio::spawn(reload::watch(state.clone()));
@@ -141,7 +149,7 @@ pub async fn run<L: Into<Listener>>(
         tracing::info!(
             grace_secs = grace.as_secs(),
             open = state.tasks.len(),
-            "grace period over: closing remaining tunnels"
+            "grace period over: closing the connections and tunnels still open"
         );
         state.kill.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
@@ -150,7 +158,7 @@ pub async fn run<L: Into<Listener>>(
     Ok(())
 }
 
-async fn accept_loop(state: Arc<State>, listener: Arc<Listener>) {
+async fn accept_loop(state: Arc<State>, listener: Listener) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -158,12 +166,12 @@ async fn accept_loop(state: Arc<State>, listener: Arc<Listener>) {
             _ = state.stopping.cancelled() => return,
         };
         match accepted {
-            Ok((stream, _)) if listener.admin => {
+            Ok((stream, _)) if listener.how.admin => {
                 tokio::spawn(admin::serve(state.clone(), stream));
             }
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                state.tasks.spawn(serve(state.clone(), listener.clone(), stream, peer));
+                state.tasks.spawn(serve(state.clone(), listener.how.clone(), stream, peer));
             }
             Err(e) => {
                 // EMFILE and friends: wait and retry instead of spinning.
@@ -175,7 +183,7 @@ async fn accept_loop(state: Arc<State>, listener: Arc<Listener>) {
     }
 }
 
-async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream, peer: SocketAddr) {
+async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStream, peer: SocketAddr) {
     if !listener.nodelay_inherited {
         let _ = stream.set_nodelay(true);
     }
@@ -233,7 +241,7 @@ async fn serve(state: Arc<State>, listener: Arc<Listener>, mut stream: TcpStream
 
 /// A connection over a limit: logged, counted, and on a plain listener
 /// answered with 503 `too_many_connections` before it is closed.
-async fn refuse_overloaded(state: &State, listener: &Listener, mut stream: TcpStream, client: SocketAddr) {
+async fn refuse_overloaded(state: &State, listener: &Accepting, mut stream: TcpStream, client: SocketAddr) {
     // The id the 503 carries (`x-request-id`, problem body) is in the log.
     let id = state.next_request_id();
     tracing::warn!(request_id = &*id, client = %client, "connection refused: connection limit reached");
@@ -375,7 +383,7 @@ mod tests {
     #[tokio::test]
     async fn accepted_sockets_come_with_nodelay_from_the_listener() {
         let listener = Listener::plain(TcpListener::bind("127.0.0.1:0").await.unwrap(), false);
-        assert!(listener.nodelay_inherited);
+        assert!(listener.how.nodelay_inherited);
         let addr = listener.local_addr().unwrap();
         let (_client, accepted) = tokio::join!(TcpStream::connect(addr), listener.tcp.accept());
         let (stream, _) = accepted.unwrap();
