@@ -99,6 +99,55 @@ async fn a_renewed_certificate_file_is_served_without_a_signal() {
     let _ = proxy.task.await;
 }
 
+/// Each TLS listener keeps its own certificate across a reload that
+/// reorders the `[[server.tls]]` tables or drops one (they were matched by
+/// position: swapping two tables swapped the certificates the running
+/// listeners served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_each_tls_listener_on_its_own_certificate() {
+    let ca = pki::Ca::new("authgate test CA");
+    let (a, b) = (ca.leaf("listener-a"), ca.leaf("listener-b"));
+    let dir = TempDir::new();
+    for (name, leaf) in [("a", &a), ("b", &b)] {
+        dir.write(&format!("{name}-cert.pem"), format!("{}{}", leaf.cert_pem, ca.cert_pem));
+        dir.write(&format!("{name}-key.pem"), &leaf.key_pem);
+    }
+    let (port_a, port_b) = (closed_port(), closed_port());
+    let table = |name: &str, port: u16| {
+        format!(
+            "[[server.tls]]\nlisten = \"127.0.0.1:{port}\"\ncert = \"{name}-cert.pem\"\nkey = \"{name}-key.pem\"\n"
+        )
+    };
+    let server = |tables: &[String]| format!("listen = []\n{}", tables.concat());
+    let path = dir.write("authgate.toml", cfg(&server(&[table("a", port_a), table("b", port_b)]), ""));
+    dir.write("users.toml", users());
+    let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    let (addr_a, addr_b) = (listeners[0].local_addr().unwrap(), listeners[1].local_addr().unwrap());
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
+        let _ = rx.await;
+    }));
+    assert_eq!(presented_cert(addr_a, &ca.cert_pem).await, a.der);
+    assert_eq!(presented_cert(addr_b, &ca.cert_pem).await, b.der);
+    // The same two tables, b first.
+    dir.write("authgate.toml", cfg(&server(&[table("b", port_b), table("a", port_a)]), ""));
+    authgate::server::reload::reload(&state).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(presented_cert(addr_a, &ca.cert_pem).await, a.der, "a serves a's certificate");
+    assert_eq!(presented_cert(addr_b, &ca.cert_pem).await, b.der, "b serves b's certificate");
+    // a's table removed (a runs on until a restart, with its certificate),
+    // and b's certificate renewed: b serves the new one.
+    let b2 = ca.leaf("listener-b-renewed");
+    dir.write("b-cert.pem", format!("{}{}", b2.cert_pem, ca.cert_pem));
+    dir.write("b-key.pem", &b2.key_pem);
+    dir.write("authgate.toml", cfg(&server(&[table("b", port_b)]), ""));
+    authgate::server::reload::reload(&state).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(presented_cert(addr_a, &ca.cert_pem).await, a.der);
+    assert_eq!(presented_cert(addr_b, &ca.cert_pem).await, b2.der);
+    drop(tx);
+    let _ = task.await;
+}
+
 /// `listen = []` with a TLS listener: an HTTPS-only proxy (README,
 /// "TLS listener"); there is no plain listener, and curl gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

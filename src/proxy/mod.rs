@@ -18,6 +18,7 @@ pub mod splice;
 pub mod tunnel;
 pub mod upstream_tls;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Authenticator;
 use crate::config::Snapshot;
 use crate::server::limits::ConnLimiter;
+use crate::server::reload::StartOnly;
 use crate::server::tls::CertSlot;
 use crate::telemetry::Metrics;
 use connect::Connector;
@@ -65,8 +67,11 @@ pub struct State {
     pub reload_failures: AtomicU64,
     /// Open client connections, overall and per address.
     pub conns: Arc<ConnLimiter>,
-    /// The live certificate of each TLS listener, in config order.
-    pub cert_slots: Vec<Arc<CertSlot>>,
+    /// The live certificate of each TLS listener, in the order of the
+    /// first snapshot's `[[server.tls]]`, with its configured address.
+    pub cert_slots: Vec<(SocketAddr, Arc<CertSlot>)>,
+    /// The settings that need a restart, as this run has them.
+    pub started: StartOnly,
     /// True while listeners are accepting (for `/readyz`).
     pub ready: AtomicBool,
     /// The listeners of the first snapshot, the ones bound for this run
@@ -94,7 +99,9 @@ impl State {
         };
         let metrics = Arc::new(Metrics::new(snapshot.metrics_per_user));
         let auth = Authenticator::new(workers, snapshot.auth.max_pending, metrics.clone());
-        let cert_slots = snapshot.server.tls.iter().map(|t| CertSlot::new(t.certified.clone())).collect();
+        let cert_slots =
+            snapshot.server.tls.iter().map(|t| (t.listen, CertSlot::new(t.certified.clone()))).collect();
+        let started = StartOnly::of(&snapshot);
         let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
         let listening = snapshot.listening();
         Arc::new(State {
@@ -112,6 +119,7 @@ impl State {
             reload_failures: AtomicU64::new(0),
             conns: Arc::new(ConnLimiter::default()),
             cert_slots,
+            started,
             ready: AtomicBool::new(false),
             listening,
             ids: RequestIds::new(),

@@ -108,7 +108,11 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
         let tcp = TcpListener::bind(t.listen)
             .await
             .map_err(|e| format!("cannot listen on {} (TLS): {e}", t.listen))?;
-        let slot = state.cert_slots.get(i).cloned().ok_or("TLS listener without a certificate slot")?;
+        let slot = state
+            .cert_slots
+            .get(i)
+            .map(|(_, s)| s.clone())
+            .ok_or("TLS listener without a certificate slot")?;
         out.push(Listener::tls(tcp, tls::acceptor(slot)?, t.proxy_protocol));
     }
     if let Some(addr) = snap.admin {

@@ -21,8 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
+use std::net::SocketAddr;
+
 use crate::config::{self, ConfigError, Snapshot};
 use crate::proxy::State;
+use crate::telemetry::LogFormat;
 
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_millis(250);
@@ -59,6 +62,58 @@ async fn reload_off_runtime(state: &Arc<State>) {
     let _ = tokio::task::spawn_blocking(move || reload(&state)).await;
 }
 
+/// The settings read only at start (a change needs a restart), as a
+/// snapshot has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartOnly {
+    listeners: Vec<(SocketAddr, bool)>,
+    worker_threads: usize,
+    verify_threads: usize,
+    max_pending: usize,
+    upstream_ca: Option<PathBuf>,
+    metrics_per_user: bool,
+    admin: Option<SocketAddr>,
+    dns_servers: Vec<SocketAddr>,
+    log: (String, LogFormat),
+}
+
+impl StartOnly {
+    /// Those settings of `s`.
+    pub fn of(s: &Snapshot) -> Self {
+        let plain = s.server.listen.iter().map(|a| (*a, s.server.proxy_protocol));
+        StartOnly {
+            listeners: plain.chain(s.server.tls.iter().map(|t| (t.listen, t.proxy_protocol))).collect(),
+            worker_threads: s.server.worker_threads,
+            verify_threads: s.auth.verify_threads,
+            max_pending: s.auth.max_pending,
+            upstream_ca: s.upstream_ca.clone(),
+            metrics_per_user: s.metrics_per_user,
+            admin: s.admin,
+            dns_servers: s.dns_servers.clone(),
+            log: (s.log.level.clone(), s.log.format),
+        }
+    }
+
+    /// The names of the settings that differ in `other`, as the config
+    /// file spells them.
+    pub fn differences(&self, other: &StartOnly) -> Vec<&'static str> {
+        [
+            ("server.listen/server.tls listeners/proxy_protocol", self.listeners != other.listeners),
+            ("server.worker_threads", self.worker_threads != other.worker_threads),
+            ("auth.verify_threads", self.verify_threads != other.verify_threads),
+            ("auth.max_pending", self.max_pending != other.max_pending),
+            ("upstream.ca_file", self.upstream_ca != other.upstream_ca),
+            ("metrics.per_user", self.metrics_per_user != other.metrics_per_user),
+            ("admin.listen", self.admin != other.admin),
+            ("dns.servers", self.dns_servers != other.dns_servers),
+            ("log.level/log.format", self.log != other.log),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+    }
+}
+
 /// Reloads now. Returns the new generation.
 ///
 /// # Errors
@@ -76,33 +131,25 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
             return Err(e);
         }
     };
-    let listeners = |s: &Snapshot| -> Vec<(std::net::SocketAddr, bool)> {
-        s.server
-            .listen
-            .iter()
-            .map(|a| (*a, s.server.proxy_protocol))
-            .chain(s.server.tls.iter().map(|t| (t.listen, t.proxy_protocol)))
-            .collect()
-    };
     // Settings read only at start: a change is kept in the new snapshot but
-    // acts only after a restart, and the operator is told which ones.
-    let restart_only = [
-        ("server.listen/server.tls listeners/proxy_protocol", listeners(&new) != listeners(&old)),
-        ("server.worker_threads", new.server.worker_threads != old.server.worker_threads),
-        ("auth.verify_threads", new.auth.verify_threads != old.auth.verify_threads),
-        ("auth.max_pending", new.auth.max_pending != old.auth.max_pending),
-        ("upstream.ca_file", new.upstream_ca != old.upstream_ca),
-        ("metrics.per_user", new.metrics_per_user != old.metrics_per_user),
-        ("admin.listen", new.admin != old.admin),
-        ("dns.servers", new.dns_servers != old.dns_servers),
-        ("log.level/log.format", new.log.level != old.log.level || new.log.format != old.log.format),
-    ];
-    let changed: Vec<&str> = restart_only.iter().filter(|(_, c)| *c).map(|(name, _)| *name).collect();
+    // acts only after a restart. The operator is told at every reload for
+    // as long as the files ask for something else than what runs (told
+    // once, a later reload hid that the process still ran the old ones).
+    let changed = state.started.differences(&StartOnly::of(&new));
     if !changed.is_empty() {
         tracing::warn!(settings = %changed.join(", "), "changed settings take effect only after a restart");
     }
-    for (slot, t) in state.cert_slots.iter().zip(&new.server.tls) {
-        slot.store(t.certified.clone());
+    // Each TLS listener keeps its own certificate: slots are matched to the
+    // new `[[server.tls]]` tables by address (by position, tables were
+    // reordered or one removed gave a listener another's certificate). A
+    // listener whose table is gone keeps the certificate it has.
+    let mut taken = vec![false; new.server.tls.len()];
+    for (addr, slot) in &state.cert_slots {
+        let same = new.server.tls.iter().enumerate().find(|(j, t)| !taken[*j] && t.listen == *addr);
+        if let Some((j, t)) = same {
+            taken[j] = true;
+            slot.store(t.certified.clone());
+        }
     }
     let new = Arc::new(new);
     state.snapshot.store(new.clone());
