@@ -222,6 +222,45 @@ async fn a_disabled_or_changed_user_stops_counting_at_once() {
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "the old password no longer works");
 }
 
+/// A login whose password was being verified (argon2, or the wait for it)
+/// when a reload removed its user is refused: it was checked against the
+/// users it started with, and a removed user got one more request, or a
+/// tunnel, through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_removed_while_their_password_is_verified_is_refused() {
+    let origin = std::sync::Arc::new(spawn_echo_origin());
+    let cfg = format!("{CFG_NT}[reload]\nwatch = false\n");
+    // alice's hash takes a while to verify (in a debug build, about 0.8 s).
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
+    let alice = authgate::auth::password::hash_password("a1", costly).unwrap().to_string();
+    let alice = format!("[users.alice]\npassword = {}\n\n", toml_str(&alice));
+    let proxy = spawn_custom(&cfg, &format!("{alice}{}", users_toml(&[("bob", "b1")])));
+    let addr = proxy.addr;
+    let started = Instant::now();
+    let o = origin.clone();
+    let get = tokio::spawn(async move { status(addr, &o, "alice", "a1").await });
+    let target = origin.authority();
+    let connect = tokio::spawn(async move {
+        let a = basic("alice", "a1");
+        send_one(addr, "CONNECT", &target, &[("Proxy-Authorization", &a)]).await.status
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(proxy.file("users.toml"), users_toml(&[("bob", "b1")])).unwrap();
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = started.elapsed();
+    assert!(
+        !get.is_finished() && !connect.is_finished(),
+        "the verification was too quick to test with ({took:?})"
+    );
+    assert_eq!(get.await.unwrap(), 407, "a GET of the removed user");
+    assert_eq!(connect.await.unwrap(), 407, "a CONNECT of the removed user");
+    assert_eq!(status(addr, &origin, "bob", "b1").await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_user_is_disconnected_when_expires_passes_without_a_reload() {
     let origin = spawn_echo_origin();

@@ -233,7 +233,10 @@ async fn process(
         return Err((ProxyError::LoopDetected, false));
     }
 
-    let user = authenticate(state, snap, client, &mut req, rec).await?;
+    let (user, fresh) = authenticate(state, snap, client, &mut req, rec).await?;
+    // Checked against a snapshot that a reload replaced meanwhile: the rest
+    // goes by the new one too.
+    let snap = fresh.as_ref().unwrap_or(snap);
     rec.user = Some(user.name.clone());
 
     let target = match &kind {
@@ -303,13 +306,21 @@ async fn authorize(
     }
 }
 
+/// How many times a login is checked again because a reload replaced the
+/// users while it was verified, before it is answered as overloaded.
+const RECHECKS: usize = 3;
+
+/// Authenticates the request; with the live snapshot when a reload replaced
+/// `snap`'s users while the password was verified (argon2, and the wait for
+/// it, can take seconds: a user removed meanwhile got one more request
+/// through, and a tunnel).
 async fn authenticate(
     state: &State,
     snap: &Arc<Snapshot>,
     client: &Client,
     req: &mut Request<Incoming>,
     rec: &AccessRecord,
-) -> Result<Arc<User>, Failure> {
+) -> Result<(Arc<User>, Option<Arc<Snapshot>>), Failure> {
     let mut values = req.headers().get_all(header::PROXY_AUTHORIZATION).iter();
     let header = match (values.next(), values.next()) {
         (first, None) => first.map(|v| v.as_bytes()),
@@ -319,18 +330,35 @@ async fn authenticate(
         (Some(_), Some(_)) => Some(&b""[..]),
         (None, Some(_)) => None,
     };
-    let auth_req = crate::auth::Request {
-        users: &snap.users,
-        header,
-        ttl: snap.auth.cache_ttl,
-        client: client.addr.ip(),
-        throttle: &snap.auth.throttle,
-    };
-    match state.auth.authenticate(auth_req).await {
-        Outcome::Ok(user) => {
-            client.session.bind(&user);
-            Ok(user)
+    let mut fresh: Option<Arc<Snapshot>> = None;
+    let mut checks = 0;
+    let outcome = loop {
+        let snap = fresh.as_ref().unwrap_or(snap);
+        let auth_req = crate::auth::Request {
+            users: &snap.users,
+            header,
+            ttl: snap.auth.cache_ttl,
+            client: client.addr.ip(),
+            throttle: &snap.auth.throttle,
+        };
+        let outcome = state.auth.authenticate(auth_req).await;
+        if let Outcome::Ok(user) = &outcome {
+            let live = state.snapshot.load();
+            if !Arc::ptr_eq(&live.users, &snap.users) {
+                checks += 1;
+                if checks < RECHECKS {
+                    fresh = Some(arc_swap::Guard::into_inner(live));
+                    continue;
+                }
+                break Outcome::Overloaded;
+            }
+            client.session.bind(user);
         }
+        break outcome;
+    };
+    let snap = fresh.as_ref().unwrap_or(snap);
+    match outcome {
+        Outcome::Ok(user) => Ok((user, fresh.clone())),
         Outcome::Throttled { retry_after, username } => {
             // Tarpit: costs a timer, not CPU, and slows the flood to one
             // attempt per connection per delay. Shutdown does not wait for it.
