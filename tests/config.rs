@@ -310,6 +310,27 @@ fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() 
     snap.unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// `proxy_protocol_from` takes CIDRs and addresses; anything else is an
+/// error at its place.
+#[test]
+fn proxy_protocol_from_takes_cidrs_and_addresses() {
+    let users = good_users();
+    let server = "[server]\nlisten = [\"127.0.0.1:3128\"]\nproxy_protocol = true\n";
+    let tail = "[auth]\nusers_file = \"users.toml\"\n";
+    let bad = format!("{server}proxy_protocol_from = [\"10.0.0.0/8\", \"balancer.internal\"]\n{tail}");
+    let err = load_err(&bad, &users);
+    assert!(err.contains("authgate.toml:4:") && err.contains("server.proxy_protocol_from"), "{err}");
+    assert!(err.contains("`balancer.internal` is not a CIDR"), "{err}");
+    let good = format!("{server}proxy_protocol_from = [\"10.0.0.0/8\", \"fd00::1\"]\n{tail}");
+    let (_dir, snap) = load(&good, &users);
+    let snap = snap.unwrap_or_else(|e| panic!("{e}"));
+    assert!(snap.server.may_send_proxy_header("10.1.2.3".parse().unwrap()));
+    assert!(snap.server.may_send_proxy_header("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(snap.server.may_send_proxy_header("fd00::1".parse().unwrap()));
+    assert!(!snap.server.may_send_proxy_header("192.0.2.1".parse().unwrap()));
+    assert!(!snap.server.may_send_proxy_header("fd00::2".parse().unwrap()));
+}
+
 /// Stored hashes with costs beyond what authgate makes are refused at load
 /// (each login of such a user, and the dummy verification of unknown
 /// names, allocated terabytes or ran for days), with the user's place.

@@ -617,6 +617,35 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
     assert!(answer.contains("\"code\":\"malformed_request\""), "{answer}");
 }
 
+/// With `proxy_protocol_from`, only those peers' PROXY headers are
+/// believed: a client that reaches the listener directly cannot name an
+/// address of its choice (and so dodge the throttle and the limits, or
+/// forge the logs). The list is reloadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_count_only_from_the_listed_balancers() {
+    let server = "proxy_protocol = true\nproxy_protocol_from = [\"192.0.2.0/24\", \"2001:db8::1\"]";
+    let limits = "[limits]\nheader_read_timeout = \"2s\"\n[reload]\nwatch = false\n";
+    let proxy = spawn_custom(&cfg(server, limits), &users());
+    let origin = spawn_echo_origin();
+    let a = basic("alice", "a1");
+    let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);
+    let mut with_header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\n".to_vec();
+    with_header.extend_from_slice(&req);
+    // 127.0.0.1 is not a listed balancer: closed without an answer.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&with_header).await.unwrap();
+    assert_eq!(read_all(s).await, "", "a PROXY header from an unlisted peer is not believed");
+    // Listed (after a reload): served.
+    let server = "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.0/8\"]";
+    std::fs::write(proxy.file("authgate.toml"), cfg(server, limits)).unwrap();
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&with_header).await.unwrap();
+    let mut c = RawConn::from_stream(s);
+    assert_eq!(c.read_response("GET").await.status, 200);
+}
+
 /// Connections still waiting for their PROXY header count against
 /// `max_connections`: 600 silent ones went past a limit of 20 (and past the
 /// process's file descriptors), invisible to the metrics.

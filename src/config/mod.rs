@@ -38,10 +38,22 @@ pub struct Server {
     pub via: bool,
     /// Whether the plain listeners expect a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// The peers whose PROXY header is believed, on every listener that
+    /// expects one; empty: any peer's.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Async worker threads; 0 means one per core.
     pub worker_threads: usize,
     /// TLS listeners.
     pub tls: Vec<TlsListener>,
+}
+
+impl Server {
+    /// Whether a connection from `peer` may send a PROXY header (which
+    /// then names the client address for logs, rules and limits).
+    pub fn may_send_proxy_header(&self, peer: std::net::IpAddr) -> bool {
+        let peer = crate::policy::egress::canonical(peer);
+        self.proxy_protocol_from.is_empty() || self.proxy_protocol_from.iter().any(|n| n.contains(&peer))
+    }
 }
 
 /// One `[[server.tls]]` listener, its certificate already loaded.

@@ -193,6 +193,8 @@ pub struct RawServer {
     pub via: Option<bool>,
     /// The plain listeners expect a PROXY protocol header.
     pub proxy_protocol: Option<bool>,
+    /// Peers allowed to send a PROXY header (CIDRs or addresses).
+    pub proxy_protocol_from: Option<Vec<Spanned<String>>>,
     /// Async worker threads; 0 = one per core.
     pub worker_threads: Option<Spanned<i64>>,
     /// `[[server.tls]]` listeners.

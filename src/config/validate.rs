@@ -35,6 +35,7 @@ fn defaults(path: &Path) -> Settings {
             realm: "authgate".into(),
             via: true,
             proxy_protocol: false,
+            proxy_protocol_from: Vec::new(),
             worker_threads: 0,
             tls: Vec::new(),
         },
@@ -137,6 +138,12 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     }
     if let Some(pp) = raw.server.proxy_protocol {
         s.server.proxy_protocol = pp;
+    }
+    for cidr in raw.server.proxy_protocol_from.iter().flatten() {
+        match parse_cidr(cidr.get_ref()) {
+            Ok(net) => s.server.proxy_protocol_from.push(net),
+            Err(why) => c.at(cidr.span(), format!("server.proxy_protocol_from: {why}")),
+        }
     }
     if let Some(w) = &raw.server.worker_threads {
         match usize::try_from(*w.get_ref()) {

@@ -199,6 +199,12 @@ async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStrea
         return;
     };
     let client_addr = if listener.proxy_protocol {
+        // Anyone else could name any address, and so pass for another
+        // client in the logs, the rules, the throttle and the limits.
+        if !state.snapshot.load().server.may_send_proxy_header(peer.ip()) {
+            tracing::warn!(peer = %peer, "closing connection: PROXY protocol from an address not in server.proxy_protocol_from");
+            return;
+        }
         match tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream)).await
         {
             Ok(Ok(addr)) => addr.unwrap_or(peer),
