@@ -44,6 +44,8 @@ struct Relay {
     /// The timer runs for the current wait; false after each frame, so that
     /// time in which the client was not reading does not count.
     waiting: bool,
+    /// The body's end was read.
+    ended: bool,
     /// The origin connection, when its exchange cannot finish (the request
     /// body is not all sent): closed when this answer is done.
     close: Option<AbortOnDrop>,
@@ -71,6 +73,7 @@ impl Relay {
             }
             Poll::Ready(frame) => {
                 self.waiting = false;
+                self.ended |= frame.is_none();
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
         }
@@ -101,7 +104,7 @@ impl ProxyBody {
     /// The origin's response body, streamed through; cut off with an error
     /// when the origin sends nothing for `idle` while it is awaited.
     pub fn upstream(body: Incoming, idle: Duration) -> Self {
-        let relay = Relay { body, idle, timer: None, waiting: false, close: None };
+        let relay = Relay { body, idle, timer: None, waiting: false, ended: false, close: None };
         ProxyBody { kind: Kind::Upstream(relay), sent: 0, log: None, done: None }
     }
 
@@ -137,12 +140,22 @@ impl ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let Some(phase) = self.done.take() {
+        let phase = self.done.take();
+        if let Some(phase) = &phase {
             phase.idle();
         }
         if let Some(mut record) = self.log.take() {
             record.bytes_down = self.sent;
             record.relayed = matches!(self.kind, Kind::Upstream(_));
+            // Dropped before its end, with nothing gone wrong upstream: the
+            // client's connection ended (the client left, or authgate closed
+            // it for a revocation or at shutdown).
+            if let (Kind::Upstream(relay), "forwarded", Some(phase)) = (&self.kind, record.outcome, &phase)
+                && !relay.ended
+                && !relay.body.is_end_stream()
+            {
+                record.outcome = phase.cut_outcome();
+            }
             record.finish();
         }
     }

@@ -353,6 +353,67 @@ fn a_request_dropped_before_its_answer_is_logged_once_with_why() {
     }
 }
 
+/// Runs the binary, has an origin send the head and the first 10 of 100
+/// body bytes and then stall, ends the exchange the way `how` says (the
+/// client leaves, or its user is removed), and returns the access line.
+fn access_line_of_a_cut_response(how: Abandon) -> String {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n";
+    let bin = start_binary(&dir, extra, &users_toml(&[(USER, PASSWORD), ("bob", "b1")]), Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (closed_tx, mut closed) = mpsc::unbounded_channel();
+        let origin = spawn_raw_origin(move |mut s| {
+            let closed_tx = closed_tx.clone();
+            async move {
+                if read_request_head(&mut s).await.is_some() {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+                    let mut rest = [0u8; 64];
+                    while let Ok(1..) = s.read(&mut rest).await {}
+                }
+                let _ = closed_tx.send(());
+            }
+        });
+        wait_listening(proxy).await;
+        let mut conn = RawConn::connect(proxy).await;
+        conn.send(get_as(&origin.url("/cut"), &origin.authority(), USER, PASSWORD)).await;
+        assert_eq!(conn.read_head().await.status, 200);
+        assert_eq!(conn.read_exact(10).await, b"0123456789");
+        match how {
+            Abandon::UserRemoved => {
+                std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
+                bin.signal("HUP");
+                assert!(conn.read_to_end().await.is_empty(), "the revoked user's connection closes");
+            }
+            _ => drop(conn),
+        }
+        // The proxy let go of the origin: the exchange is over.
+        let gone = tokio::time::timeout(Duration::from_secs(10), closed.recv()).await;
+        assert!(matches!(gone, Ok(Some(()))), "the origin connection stayed open");
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> =
+        stdout.lines().filter(|l| l.contains("authgate::access") && l.contains("/cut")).collect();
+    assert_eq!(lines.len(), 1, "one access line for the cut response:\n{stdout}");
+    lines[0].to_owned()
+}
+
+/// A response cut short on the client's side is logged with why, not as
+/// `forwarded` (a download a revocation cut looked like a whole one).
+#[test]
+fn a_response_cut_short_is_logged_with_why() {
+    for (how, outcome) in [(Abandon::ClientCloses, "client_gone"), (Abandon::UserRemoved, "user_revoked")] {
+        let line = access_line_of_a_cut_response(how);
+        for field in ["user=\"alice\"", " status=200 ", " bytes_down=10 ", &format!("outcome=\"{outcome}\"")]
+        {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+    }
+}
+
 /// A request target with `"`, `\` or UTF-8 controls (which hyper accepts)
 /// is quoted and escaped in the text access line: written bare, it forged
 /// fields (`a"b=c`) and put C1 controls (`CSI`) on the terminal of whoever

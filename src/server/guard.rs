@@ -63,6 +63,18 @@ pub struct Phase {
     /// Requests served so far: tells the idle timer of one response from
     /// the next (a pipelined request goes from idle to busy without a read).
     served: AtomicU32,
+    /// Why authgate closes the connection itself, if it does (see
+    /// [`Phase::closed_by`]).
+    closing: AtomicU8,
+}
+
+/// Why authgate closed a client connection itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    /// Its user was removed, changed or disabled.
+    Revocation = 1,
+    /// Shutdown ran out of grace.
+    Shutdown = 2,
 }
 
 impl Phase {
@@ -79,6 +91,22 @@ impl Phase {
     pub fn idle(&self) {
         if !self.linger.load(Ordering::Acquire) {
             let _ = self.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
+    /// authgate is closing the connection, for `why`: a response cut short
+    /// by it is logged with that outcome, not as `forwarded`.
+    pub fn closed_by(&self, why: Closer) {
+        self.closing.store(why as u8, Ordering::Release);
+    }
+
+    /// How a response that did not reach its end ended: the outcome of
+    /// [`Phase::closed_by`], else the client's leaving.
+    pub fn cut_outcome(&self) -> &'static str {
+        match self.closing.load(Ordering::Acquire) {
+            x if x == Closer::Revocation as u8 => "user_revoked",
+            x if x == Closer::Shutdown as u8 => "shutdown",
+            _ => "client_gone",
         }
     }
 

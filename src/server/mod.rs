@@ -33,7 +33,7 @@ use crate::proxy::State;
 use crate::proxy::service::{self, Client};
 use crate::respond;
 use crate::telemetry::metrics::Outcome as Counted;
-use guard::{Canned, Guarded, Phase, Rejection, Timeouts};
+use guard::{Canned, Closer, Guarded, Phase, Rejection, Timeouts};
 
 /// A bound listener and how to treat its connections.
 pub struct Listener {
@@ -329,6 +329,7 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let phase = Arc::new(Phase::default());
+    let closing = phase.clone();
     let guard = state.sessions.open(None);
     let revoked = guard.session.token.clone();
     let client = Client { addr, session: guard.session.clone(), phase: phase.clone(), tls, slot };
@@ -371,13 +372,17 @@ async fn serve_http<S>(
         r = conn.as_mut() => r,
         _ = revoked.cancelled() => {
             tracing::info!(client = %addr, "closing connection: its user was removed, changed or disabled");
+            closing.closed_by(Closer::Revocation);
             Ok(())
         }
         _ = state.stopping.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 r = conn.as_mut() => r,
-                _ = state.kill.cancelled() => Ok(()),
+                _ = state.kill.cancelled() => {
+                    closing.closed_by(Closer::Shutdown);
+                    Ok(())
+                }
             }
         }
     };
