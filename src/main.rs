@@ -163,7 +163,7 @@ fn run(config: &Path) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(e),
         };
-        tracing::info!(summary = %summary, "authgate started");
+        tracing::info!(summary = &*summary, "authgate started");
         match authgate::run(state, listeners, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -414,6 +414,35 @@ fn a_response_cut_short_is_logged_with_why() {
     }
 }
 
+/// In the text format an audit line's username is quoted and escaped once,
+/// by the format: it was escaped before too, so a CR showed as `\\r`.
+#[test]
+fn the_text_audit_line_escapes_a_username_once() {
+    let dir = TempDir::new();
+    let bin =
+        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let bad = basic("ev\r\nil\\x\u{202e}", "wrong-pw");
+        let r =
+            get(proxy, &origin.url("/a"), &[("Host", &origin.authority()), ("Proxy-Authorization", &bad)])
+                .await;
+        assert_eq!(r.status, 407);
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains("authgate::audit")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.contains(r#"username="ev\r\nil\\x\u{202e}" "#), "{line}");
+    // Free text with spaces and commas is quoted too, so that key=value
+    // parsers read the line.
+    let started =
+        stdout.lines().find(|l| l.contains("authgate started")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(started.contains(r#" summary="1 user(s), "#), "{started}");
+}
+
 /// A request target with `"`, `\` or UTF-8 controls (which hyper accepts)
 /// is quoted and escaped in the text access line: written bare, it forged
 /// fields (`a"b=c`) and put C1 controls (`CSI`) on the terminal of whoever

@@ -13,6 +13,7 @@ mod rules;
 pub use rules::host_pattern;
 pub mod raw;
 mod users;
+pub(crate) use users::invisible;
 mod validate;
 
 use std::net::SocketAddr;

@@ -61,7 +61,7 @@ pub fn check_group(group: &str) -> Result<(), String> {
 /// around them: two names that look the same in a list, a log line or a
 /// metric label must be the same name. (Zero-width and bidirectional
 /// controls, soft hyphen, word joiners, the byte-order mark.)
-fn invisible(c: char) -> bool {
+pub(crate) fn invisible(c: char) -> bool {
     matches!(c,
         '\u{AD}' | '\u{61C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
         | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')

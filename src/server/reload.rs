@@ -137,7 +137,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     // once, a later reload hid that the process still ran the old ones).
     let changed = state.started.differences(&StartOnly::of(&new));
     if !changed.is_empty() {
-        tracing::warn!(settings = %changed.join(", "), "changed settings take effect only after a restart");
+        tracing::warn!(settings = &*changed.join(", "), "changed settings take effect only after a restart");
     }
     // Each TLS listener keeps its own certificate: slots are matched to the
     // new `[[server.tls]]` tables by address (by position, tables were
@@ -164,7 +164,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     state.pool.clear();
     // The listeners bound are those of the start until a restart.
     let summary = new.summary_listening(&state.listening);
-    tracing::info!(generation, revoked_sessions = revoked, summary = %summary, "configuration reloaded");
+    tracing::info!(generation, revoked_sessions = revoked, summary = &*summary, "configuration reloaded");
     Ok(generation)
 }
 

@@ -96,7 +96,7 @@ impl AccessRecord {
             client = %self.client,
             user,
             method = self.method.as_str(),
-            request_target = %self.target,
+            request_target = %super::for_log(&self.target),
             status = self.status,
             bytes_up = self.bytes_up.load(Ordering::Relaxed),
             bytes_down = self.bytes_down,
@@ -120,7 +120,7 @@ pub struct AuditEvent<'a> {
     pub request_id: &'a str,
     /// The client's address.
     pub client: SocketAddr,
-    /// The username as sent, escaped and truncated; never the password.
+    /// The username as sent (logged truncated); never the password.
     pub username: Option<&'a str>,
     /// `missing`, `malformed`, `unknown_user`, `bad_password`, `disabled`, `expired`, `throttled`.
     pub reason: &'static str,
@@ -131,22 +131,36 @@ pub struct AuditEvent<'a> {
 impl AuditEvent<'_> {
     /// Emits the audit event.
     pub fn emit(&self) {
-        let username = self.username.map(sanitize_username);
+        // Escaped once, by the log format (see `for_log`): escaped here as
+        // well, a name came out of JSON with `\` doubled, and out of the
+        // text format with its controls escaped twice.
+        let username = self.username.map(truncated);
+        let username = username.as_deref().map(super::for_log);
         tracing::warn!(
             target: "authgate::audit",
             request_id = self.request_id,
             client = %self.client,
             username = username.as_deref().unwrap_or("-"),
             reason = self.reason,
-            request_target = self.target,
+            request_target = &*super::for_log(self.target),
             "proxy authentication failed"
         );
     }
 }
 
-/// Escapes control characters (and `\\`, so that an escaped CR cannot be
-/// mistaken for a name with a backslash in it) and truncates a username to
-/// 64 characters, so a hostile name cannot forge log lines or flood the log.
+/// A username cut to 64 characters, so a hostile one cannot flood the log.
+fn truncated(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.char_indices().nth(64) {
+        Some((at, _)) => std::borrow::Cow::Owned(format!("{}…", &name[..at])),
+        None => std::borrow::Cow::Borrowed(name),
+    }
+}
+
+/// A username for a message printed as it is (a CLI error): control
+/// characters escaped (and `\\`, so that an escaped CR cannot be mistaken
+/// for a name with a backslash in it), truncated to 64 characters, so a
+/// hostile name cannot forge lines or flood the output. (Log fields are
+/// escaped by the log format instead, see [`super::for_log`].)
 pub fn sanitize_username(name: &str) -> String {
     let mut out = String::new();
     for (i, c) in name.chars().enumerate() {
@@ -183,5 +197,12 @@ mod tests {
         assert_ne!(sanitize_username("a\nb"), sanitize_username("a\\nb"));
         let long = "x".repeat(70);
         assert_eq!(sanitize_username(&long), format!("{}…", "x".repeat(64)));
+    }
+
+    #[test]
+    fn audit_usernames_are_cut_to_64_characters_and_otherwise_kept() {
+        assert_eq!(truncated(&"é".repeat(70)), format!("{}…", "é".repeat(64)));
+        assert_eq!(truncated(&"é".repeat(64)), "é".repeat(64));
+        assert_eq!(truncated("a\r\\b"), "a\r\\b");
     }
 }
