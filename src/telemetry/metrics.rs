@@ -3,7 +3,7 @@
 //! Every label comes from a fixed set, and every series exists (at 0) from
 //! the start, so alerts on `rate()` work before the first event. Per-user
 //! series exist only with `[metrics] per_user = true`, capped at
-//! [`MAX_USERS`] users (the rest are counted as `_other`).
+//! [`MAX_USERS`] users (the rest are counted as [`OTHER_USERS`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -13,6 +13,10 @@ use std::time::Duration;
 
 /// Most users with their own per-user series.
 pub const MAX_USERS: usize = 1000;
+/// The `user` label of the users past [`MAX_USERS`]: no user name can
+/// contain `:` (Basic separates name and password with it), so no user's
+/// series can be taken for it.
+pub const OTHER_USERS: &str = ":other";
 
 /// How a request ended, for `authgate_requests_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +144,7 @@ impl Metrics {
         if let Some(user) = user {
             let mut guard = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(map) = guard.as_mut() {
-                let key = if map.contains_key(user) || map.len() < MAX_USERS { user } else { "_other" };
+                let key = if map.contains_key(user) || map.len() < MAX_USERS { user } else { OTHER_USERS };
                 map.entry(key.to_owned()).or_insert([0; OUTCOMES.len()])[outcome as usize] += 1;
             }
         }
@@ -346,11 +350,14 @@ mod tests {
     #[test]
     fn per_user_series_are_capped() {
         let m = Metrics::new(true);
-        for i in 0..(MAX_USERS + 5) {
+        // A user may be called `_other` (it was the overflow's label).
+        m.request(Outcome::Forwarded, Some("_other"));
+        for i in 1..(MAX_USERS + 5) {
             m.request(Outcome::Forwarded, Some(&format!("u{i}")));
         }
         let text = m.render(1, 0);
-        assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 5"));
+        assert!(text.contains("authgate_user_requests_total{user=\":other\",outcome=\"forwarded\"} 5"));
+        assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 1"));
         assert_eq!(text.matches("outcome=\"forwarded\"} ").count(), 1 + MAX_USERS + 1);
     }
 }
