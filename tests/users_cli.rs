@@ -334,6 +334,26 @@ fn remove_drops_the_user_and_its_own_comment_but_keeps_section_comments() {
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
+/// The comment lines above the file's first table are its header: they
+/// stay when the first user goes, blank line or not.
+#[test]
+fn removing_the_first_user_keeps_the_files_header_comment() {
+    let file = format!(
+        "# users file for the lab\n# keep this comment\n[users.first]\npassword = \"{H}\"\n\n# the second\n[users.second]\npassword = \"{H}\"\n"
+    );
+    let d = Dir::new(Some(&file));
+    d.ok(&["remove", "first"], None);
+    assert_eq!(
+        d.read(),
+        format!(
+            "# users file for the lab\n# keep this comment\n\n# the second\n[users.second]\npassword = \"{H}\"\n"
+        )
+    );
+    d.ok(&["remove", "second"], None);
+    assert!(d.read().starts_with("# users file for the lab\n# keep this comment\n"), "{}", d.read());
+    assert!(!d.read().contains("the second"), "{}", d.read());
+}
+
 #[test]
 fn disable_and_enable_change_one_line_in_any_layout() {
     let d = Dir::new(Some(&fixture()));

@@ -101,7 +101,9 @@ pub(super) fn inline_push(t: &mut InlineTable, key: &str, mut value: Value) {
 
 /// Removes a user. Comment lines directly above its header go with it;
 /// comments separated from it by a blank line belong to the section, so
-/// they are kept, moved in front of whatever followed the user.
+/// they are kept, moved in front of whatever followed the user. A comment
+/// block right above the file's first table, with no blank line in it, is
+/// the file's header and is kept too (removing the first user took it).
 pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersError> {
     let gone = || refused(format!("internal error: user `{}` vanished from the document", shown(key)));
     let first = table_positions(doc).into_iter().map(|(_, p)| p).min();
@@ -115,7 +117,12 @@ pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersE
     match t.remove_entry(key).ok_or_else(gone)? {
         (_, Item::Table(removed)) if !removed.is_dotted() => {
             let at = removed.position().unwrap_or(0);
-            let section = section_part(removed.decor().prefix());
+            let prefix = prefix_text(removed.decor().prefix());
+            let section = if first == Some(at) && !prefix.lines().any(|l| l.trim().is_empty()) {
+                Some(prefix).filter(|p| p.contains('#'))
+            } else {
+                section_part(removed.decor().prefix())
+            };
             if section.is_some() || first == Some(at) {
                 reattach(doc, at, section);
             }
