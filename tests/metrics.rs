@@ -175,7 +175,7 @@ fn json_logs_are_one_object_per_line_without_credentials() {
         );
         // Characters JSON leaves raw that reorder or hide text, in a
         // username and in a request target.
-        let bidi = basic("admin\u{202e}gnp\\x\u{85}", "wrong-pw");
+        let bidi = basic("admin\u{202e}gnp\\x\u{85}\u{e0041}\u{3164}", "wrong-pw");
         let h = [("Host", origin.authority()), ("Proxy-Authorization", bidi)];
         let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
         assert_eq!(get(proxy, &origin.url("/z"), &h).await.status, 407);
@@ -199,7 +199,8 @@ fn json_logs_are_one_object_per_line_without_credentials() {
         }
     }
     assert_eq!(access.len(), 4, "{stdout}");
-    assert!(!stdout.contains(['\u{202e}', '\u{85}', '\u{1b}']), "no raw bidi or control character: {stdout}");
+    let raw = ['\u{202e}', '\u{85}', '\u{1b}', '\u{e0041}', '\u{3164}'];
+    assert!(!stdout.contains(raw), "no raw bidi, invisible or control character: {stdout}");
     let ok = &access[0];
     for field in [
         "request_id",
@@ -226,9 +227,11 @@ fn json_logs_are_one_object_per_line_without_credentials() {
     // Escaped once, by JSON: the name decodes as sent (it was escaped
     // before JSON escaped it again, so `\` came out doubled).
     assert_eq!(audit[0]["username"], "alice\u{1b}[31m", "{}", audit[0]);
-    // What JSON would leave raw is written as `\u{…}`; a backslash is one.
-    assert_eq!(audit[1]["username"], "admin\\u{202e}gnp\\x\\u{85}", "{}", audit[1]);
-    assert_eq!(access[3]["request_target"].as_str().unwrap().rsplit('/').next(), Some("r\\u{202e}l"));
+    // What JSON leaves raw is written as a JSON escape: the value read back
+    // is the name as sent, and the line shows no such character.
+    assert_eq!(audit[1]["username"], "admin\u{202e}gnp\\x\u{85}\u{e0041}\u{3164}", "{}", audit[1]);
+    assert!(stdout.contains(r#""username":"admin\u202egnp\\x\u0085\udb40\udc41\u3164""#), "{stdout}");
+    assert_eq!(access[3]["request_target"].as_str().unwrap().rsplit('/').next(), Some("r\u{202e}l"));
     let everything = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     for secret in ["s3cret-pw", "wrong-pw", &b64(b"alice:s3cret-pw")] {
         assert!(!everything.contains(secret), "log contains a credential: {secret}");

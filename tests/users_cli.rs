@@ -407,6 +407,12 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
         ("ad\u{200b}min", "invisible or direction-changing"),
         ("nimda\u{202e}", "invisible or direction-changing"),
         ("\u{feff}admin", "invisible or direction-changing"),
+        // Tag characters, variation selectors, Hangul fillers, the
+        // musical-symbol format controls: zero width too.
+        ("admin\u{e0041}", "invisible or direction-changing"),
+        ("adm\u{fe0f}in", "invisible or direction-changing"),
+        ("\u{3164}admin", "invisible or direction-changing"),
+        ("admin\u{1d173}", "invisible or direction-changing"),
     ] {
         let err = d.refused(&["add", name, "--password-stdin"], Some("pw\n"));
         assert_eq!(err.lines().count(), 1, "{err}");

@@ -96,7 +96,7 @@ impl AccessRecord {
             client = %self.client,
             user,
             method = self.method.as_str(),
-            request_target = %super::for_log(&self.target),
+            request_target = %self.target,
             status = self.status,
             bytes_up = self.bytes_up.load(Ordering::Relaxed),
             bytes_down = self.bytes_down,
@@ -131,18 +131,17 @@ pub struct AuditEvent<'a> {
 impl AuditEvent<'_> {
     /// Emits the audit event.
     pub fn emit(&self) {
-        // Escaped once, by the log format (see `for_log`): escaped here as
-        // well, a name came out of JSON with `\` doubled, and out of the
-        // text format with its controls escaped twice.
+        // Escaped once, by the log format and the sink (see `sink.rs`):
+        // escaped here as well, a name came out of JSON with `\` doubled,
+        // and out of the text format with its controls escaped twice.
         let username = self.username.map(truncated);
-        let username = username.as_deref().map(super::for_log);
         tracing::warn!(
             target: "authgate::audit",
             request_id = self.request_id,
             client = %self.client,
             username = username.as_deref().unwrap_or("-"),
             reason = self.reason,
-            request_target = &*super::for_log(self.target),
+            request_target = self.target,
             "proxy authentication failed"
         );
     }
@@ -160,7 +159,7 @@ fn truncated(name: &str) -> std::borrow::Cow<'_, str> {
 /// characters escaped (and `\\`, so that an escaped CR cannot be mistaken
 /// for a name with a backslash in it), truncated to 64 characters, so a
 /// hostile name cannot forge lines or flood the output. (Log fields are
-/// escaped by the log format instead, see [`super::for_log`].)
+/// escaped by the log format and the log sink instead.)
 pub fn sanitize_username(name: &str) -> String {
     let mut out = String::new();
     for (i, c) in name.chars().enumerate() {

@@ -29,33 +29,6 @@ fn text_sink() -> Option<&'static sink::Sink> {
     }
 }
 
-/// A client's text (a username, a request target) for a field of a log
-/// line. The text format quotes and escapes such fields itself (`{:?}`);
-/// JSON escapes only what it must (`"`, `\`, U+0000–U+001F), so for it the
-/// characters that would still act on a terminal or hide in a line (C1
-/// controls, bidirectional and zero-width characters, line and paragraph
-/// separators) are written as `\u{…}`.
-pub fn for_log(s: &str) -> std::borrow::Cow<'_, str> {
-    let json = matches!(INSTALLED.get(), Some((_, LogFormat::Json)));
-    let hidden = |c: char| {
-        crate::config::invisible(c)
-            || ('\u{7f}'..='\u{9f}').contains(&c)
-            || matches!(c, '\u{2028}' | '\u{2029}')
-    };
-    if !json || !s.chars().any(hidden) {
-        return std::borrow::Cow::Borrowed(s);
-    }
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if hidden(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 /// Writes the buffered log lines now (before `std::process::exit`).
 pub fn flush() {
     if let Some((sink, _)) = INSTALLED.get() {
@@ -84,7 +57,7 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = sink::start(Box::new(std::io::stdout()));
+    let (writer, guard) = sink::start(Box::new(std::io::stdout()), format == LogFormat::Json);
     let sink = writer.sink();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true);
     let installed = match format {

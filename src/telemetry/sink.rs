@@ -34,6 +34,8 @@ pub struct Sink {
     wake: Condvar,
     /// Held while writing: keeps batches in order.
     out: Mutex<Box<dyn Write + Send>>,
+    /// Lines are JSON (else text): how hidden characters are escaped.
+    json: bool,
 }
 
 #[derive(Default)]
@@ -48,15 +50,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Sink {
-    fn new(out: Box<dyn Write + Send>) -> Self {
-        Sink { pending: Mutex::new(Pending::default()), wake: Condvar::new(), out: Mutex::new(out) }
+    fn new(out: Box<dyn Write + Send>, json: bool) -> Self {
+        Sink { pending: Mutex::new(Pending::default()), wake: Condvar::new(), out: Mutex::new(out), json }
     }
 
-    /// Adds bytes (whole lines) to the buffer.
+    /// Adds bytes (whole lines) to the buffer, with hidden characters
+    /// escaped (see [`escape_hidden`]).
     pub fn append(&self, bytes: &[u8]) {
+        let bytes = escape_hidden(bytes, self.json);
         let mut p = lock(&self.pending);
         let before = p.buf.len();
-        p.buf.extend_from_slice(bytes);
+        p.buf.extend_from_slice(&bytes);
         let now = p.buf.len();
         drop(p);
         if now >= HARD_LIMIT {
@@ -92,6 +96,49 @@ impl Sink {
             }
         }
     }
+}
+
+/// Characters of a client's text (a username, a request target) that
+/// would act on a terminal, or hide or reorder text, in a log line as it is
+/// read: DEL and C1 controls, line and paragraph separators, and the
+/// invisible characters user names may not contain. The log formats escape
+/// C0 controls themselves; the text format escapes most of these too, JSON
+/// none of them.
+fn hidden(c: char) -> bool {
+    ('\u{7f}'..='\u{9f}').contains(&c) || matches!(c, '\u{2028}' | '\u{2029}') || crate::config::invisible(c)
+}
+
+/// `line` with each [`hidden`] character written as an escape: `\uXXXX`
+/// in JSON, where such characters only ever appear inside strings, so the
+/// value a JSON reader gets is unchanged (a surrogate pair past U+FFFF);
+/// `\u{…}` in text, where every client string is quoted and its
+/// backslashes doubled, so the escape cannot be taken for text the client
+/// sent. Lines of printable ASCII, nearly all, are passed on as they are.
+fn escape_hidden(line: &[u8], json: bool) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    use std::fmt::Write as _;
+    // Word-at-a-time and memchr: this runs for every access line.
+    if line.is_ascii() && !line.contains(&0x7f) {
+        return Cow::Borrowed(line);
+    }
+    let text = String::from_utf8_lossy(line);
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in text.chars() {
+        if !hidden(c) {
+            out.push(c);
+        } else if json {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.extend(c.escape_unicode());
+        }
+    }
+    Cow::Owned(out.into_bytes())
 }
 
 /// A handle for `tracing_subscriber`: each line is appended to the [`Sink`].
@@ -142,10 +189,10 @@ impl Drop for LogGuard {
     }
 }
 
-/// A sink writing to `out`, its writer for the subscriber, and the guard
-/// that runs its writer thread.
-pub fn start(out: Box<dyn Write + Send>) -> (SinkWriter, LogGuard) {
-    let sink = Arc::new(Sink::new(out));
+/// A sink writing lines (`json` or text) to `out`, its writer for the
+/// subscriber, and the guard that runs its writer thread.
+pub fn start(out: Box<dyn Write + Send>, json: bool) -> (SinkWriter, LogGuard) {
+    let sink = Arc::new(Sink::new(out, json));
     let worker = sink.clone();
     let thread = std::thread::Builder::new()
         .name("authgate-log".into())
@@ -176,7 +223,7 @@ mod tests {
     #[test]
     fn lines_arrive_in_order_and_none_is_lost_at_exit() {
         let out = Shared::default();
-        let (writer, guard) = start(Box::new(out.clone()));
+        let (writer, guard) = start(Box::new(out.clone()), false);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let mut w = writer.clone();
@@ -203,9 +250,31 @@ mod tests {
     }
 
     #[test]
+    fn hidden_characters_are_escaped_in_the_syntax_of_the_format() {
+        let line = "user=\"a\u{202e}b\u{85}c\u{e0041}\u{3164}é\\\"\n";
+        let json = escape_hidden(line.as_bytes(), true);
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            "user=\"a\\u202eb\\u0085c\\udb40\\udc41\\u3164é\\\"\n"
+        );
+        let text = escape_hidden(line.as_bytes(), false);
+        assert_eq!(
+            std::str::from_utf8(&text).unwrap(),
+            "user=\"a\\u{202e}b\\u{85}c\\u{e0041}\\u{3164}é\\\"\n"
+        );
+        // What a JSON reader gets is the value as it was.
+        let v: serde_json::Value = serde_json::from_str(
+            std::str::from_utf8(&escape_hidden(b"\"x\xe2\x80\xae\xf3\xa0\x81\x81\"", true)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v, "x\u{202e}\u{e0041}");
+        assert!(matches!(escape_hidden("plain é line\n".as_bytes(), true), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
     fn a_quiet_log_is_still_written_without_a_flush_call() {
         let out = Shared::default();
-        let (mut writer, _guard) = start(Box::new(out.clone()));
+        let (mut writer, _guard) = start(Box::new(out.clone()), false);
         writer.write_all(b"started\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while lock(&out.0).is_empty() && std::time::Instant::now() < deadline {
