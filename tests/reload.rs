@@ -261,6 +261,44 @@ async fn a_user_removed_while_their_password_is_verified_is_refused() {
     assert_eq!(status(addr, &origin, "bob", "b1").await, 200);
 }
 
+/// A reload that leaves the user as it was costs a login being verified
+/// nothing more: it was verified again (with `cache_ttl = "0s"`, a second
+/// argon2 run, and under reloads in a row a 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
+    let origin = spawn_echo_origin();
+    let cfg = CFG_NT
+        .replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\ncache_ttl = \"0s\"")
+        + "[reload]\nwatch = false\n";
+    // alice's hash takes a while to verify (in a debug build, about 0.8 s);
+    // most users have tiny costs, so a reload is quick.
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
+    let alice = authgate::auth::password::hash_password("a1", costly).unwrap().to_string();
+    let users = format!(
+        "[users.alice]\npassword = {}\n\n{}",
+        toml_str(&alice),
+        users_toml(&[("bob", "b1"), ("carol", "c1")])
+    );
+    let proxy = spawn_custom(&cfg, &users);
+    let (addr, url, host) = (proxy.addr, origin.url("/"), origin.authority());
+    let get = tokio::spawn(async move {
+        let a = basic("alice", "a1");
+        send_one(addr, "GET", &url, &[("Host", &host), ("Proxy-Authorization", &a)]).await.status
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for _ in 0..4 {
+        let state = proxy.state.clone();
+        tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(!get.is_finished(), "the verification was too quick to test with");
+    assert_eq!(get.await.unwrap(), 200);
+    let metrics = proxy.state.metrics.render(1, 0);
+    assert!(metrics.contains("authgate_argon2_verifications_total 1\n"), "one verification:\n{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_user_is_disconnected_when_expires_passes_without_a_reload() {
     let origin = spawn_echo_origin();
@@ -586,6 +624,29 @@ fn a_reload_names_the_settings_that_need_a_restart_and_applies_the_rest() {
         assert!(line.contains(&format!("listening on {proxy};")), "{line}");
         assert!(!line.contains(&other_port.to_string()), "{line}");
     }
+}
+
+/// The settings that need a restart are compared as the process has them:
+/// the same listeners in another order are no change (a reordered file
+/// warned at every reload), another address is.
+#[test]
+fn listeners_in_another_order_need_no_restart() {
+    use authgate::server::reload::StartOnly;
+    let dir = TempDir::new();
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let load = |listen: &str| {
+        let path = dir.write(
+            "authgate.toml",
+            format!("[server]\nlisten = [{listen}]\n[auth]\nusers_file = \"users.toml\"\n"),
+        );
+        StartOnly::of(&authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")))
+    };
+    let start = load("\"127.0.0.1:3128\", \"[::1]:3128\"");
+    assert!(start.differences(&load("\"[::1]:3128\", \"127.0.0.1:3128\"")).is_empty());
+    assert_eq!(
+        start.differences(&load("\"[::1]:3128\", \"127.0.0.1:3129\"")),
+        ["server.listen/server.tls listeners/proxy_protocol"]
+    );
 }
 
 /// Reloaded `[limits]` apply to tunnels opened afterwards; a tunnel opened

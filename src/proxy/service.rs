@@ -306,14 +306,15 @@ async fn authorize(
     }
 }
 
-/// How many times a login is checked again because a reload replaced the
-/// users while it was verified, before it is answered as overloaded.
-const RECHECKS: usize = 3;
+/// How many times at most a login is verified while reloads keep changing
+/// its user meanwhile; then it is answered as overloaded.
+const VERIFICATIONS: usize = 3;
 
-/// Authenticates the request; with the live snapshot when a reload replaced
-/// `snap`'s users while the password was verified (argon2, and the wait for
-/// it, can take seconds: a user removed meanwhile got one more request
-/// through, and a tunnel).
+/// Authenticates the request. A reload may land while the password is
+/// verified (argon2, and the wait for it, take seconds): the user must
+/// then be the same in the live users, or the login is verified again
+/// against them (a user removed meanwhile got one more request through,
+/// and a tunnel). Either way the request goes on with the live snapshot.
 async fn authenticate(
     state: &State,
     snap: &Arc<Snapshot>,
@@ -331,7 +332,7 @@ async fn authenticate(
         (None, Some(_)) => None,
     };
     let mut fresh: Option<Arc<Snapshot>> = None;
-    let mut checks = 0;
+    let mut verifications = 0;
     let outcome = loop {
         let snap = fresh.as_ref().unwrap_or(snap);
         let auth_req = crate::auth::Request {
@@ -341,16 +342,23 @@ async fn authenticate(
             client: client.addr.ip(),
             throttle: &snap.auth.throttle,
         };
-        let outcome = state.auth.authenticate(auth_req).await;
-        if let Outcome::Ok(user) = &outcome {
+        let mut outcome = state.auth.authenticate(auth_req).await;
+        verifications += 1;
+        if let Outcome::Ok(user) = &mut outcome {
             let live = state.snapshot.load();
             if !Arc::ptr_eq(&live.users, &snap.users) {
-                checks += 1;
-                if checks < RECHECKS {
-                    fresh = Some(arc_swap::Guard::into_inner(live));
-                    continue;
+                // (A reload that changed nothing of this user, as most do,
+                // costs nothing more.)
+                let same = live.users.get(&user.name).filter(|u| {
+                    u.fingerprint == user.fingerprint && u.active_at(std::time::SystemTime::now()).is_ok()
+                });
+                let same = same.cloned();
+                fresh = Some(arc_swap::Guard::into_inner(live));
+                match same {
+                    Some(u) => *user = u,
+                    None if verifications < VERIFICATIONS => continue,
+                    None => break Outcome::Overloaded,
                 }
-                break Outcome::Overloaded;
             }
             client.session.bind(user);
         }

@@ -81,8 +81,12 @@ impl StartOnly {
     /// Those settings of `s`.
     pub fn of(s: &Snapshot) -> Self {
         let plain = s.server.listen.iter().map(|a| (*a, s.server.proxy_protocol));
+        let mut listeners: Vec<_> =
+            plain.chain(s.server.tls.iter().map(|t| (t.listen, t.proxy_protocol))).collect();
+        // A set: the same listeners in another order need no restart.
+        listeners.sort_unstable();
         StartOnly {
-            listeners: plain.chain(s.server.tls.iter().map(|t| (t.listen, t.proxy_protocol))).collect(),
+            listeners,
             worker_threads: s.server.worker_threads,
             verify_threads: s.auth.verify_threads,
             max_pending: s.auth.max_pending,
