@@ -284,6 +284,8 @@ enum Abandon {
     UserRemoved,
     /// The client closes its connection in the middle of its request body.
     MidBody,
+    /// The client stops reading the response (and keeps its connection).
+    StopsReading,
 }
 
 /// Runs the binary, sends one request to an origin that never answers, ends
@@ -313,7 +315,7 @@ fn access_line_of_an_abandoned_request(how: Abandon) -> String {
         }
         silent.next_head().await;
         match how {
-            Abandon::ClientCloses | Abandon::MidBody => drop(conn),
+            Abandon::ClientCloses | Abandon::MidBody | Abandon::StopsReading => drop(conn),
             Abandon::UserRemoved => {
                 std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
                 bin.signal("HUP");
@@ -353,13 +355,15 @@ fn a_request_dropped_before_its_answer_is_logged_once_with_why() {
     }
 }
 
-/// Runs the binary, has an origin send the head and the first 10 of 100
-/// body bytes and then stall, ends the exchange the way `how` says (the
-/// client leaves, or its user is removed), and returns the access line.
+/// Runs the binary, has an origin send the head and the first 10 body
+/// bytes and then stall (or, for a client that stops reading, send on), ends
+/// the exchange the way `how` says (the client leaves, its user is removed,
+/// or it stops reading for `send_timeout`), and returns the access line.
 fn access_line_of_a_cut_response(how: Abandon) -> String {
     use tokio::io::AsyncWriteExt;
     let dir = TempDir::new();
-    let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n";
+    let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n[limits]\nsend_timeout = \"500ms\"\n";
+    let flood = matches!(how, Abandon::StopsReading);
     let bin = start_binary(&dir, extra, &users_toml(&[(USER, PASSWORD), ("bob", "b1")]), Stdio::piped());
     let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -369,7 +373,12 @@ fn access_line_of_a_cut_response(how: Abandon) -> String {
             let closed_tx = closed_tx.clone();
             async move {
                 if read_request_head(&mut s).await.is_some() {
-                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+                    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n0123456789";
+                    let _ = s.write_all(head).await;
+                    if flood {
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while s.write_all(&chunk).await.is_ok() {}
+                    }
                     let mut rest = [0u8; 64];
                     while let Ok(1..) = s.read(&mut rest).await {}
                 }
@@ -386,6 +395,13 @@ fn access_line_of_a_cut_response(how: Abandon) -> String {
                 std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
                 bin.signal("HUP");
                 assert!(conn.read_to_end().await.is_empty(), "the revoked user's connection closes");
+            }
+            // The proxy gives up on it after send_timeout.
+            Abandon::StopsReading => {
+                let gone = tokio::time::timeout(Duration::from_secs(10), closed.recv()).await;
+                assert!(matches!(gone, Ok(Some(()))), "the origin connection stayed open");
+                drop(conn);
+                return;
             }
             _ => drop(conn),
         }
@@ -411,6 +427,11 @@ fn a_response_cut_short_is_logged_with_why() {
         {
             assert!(line.contains(field), "{field} in {line}");
         }
+    }
+    // authgate closed it, not the client.
+    let line = access_line_of_a_cut_response(Abandon::StopsReading);
+    for field in ["user=\"alice\"", " status=200 ", "outcome=\"send_timeout\""] {
+        assert!(line.contains(field), "{field} in {line}");
     }
 }
 

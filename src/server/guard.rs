@@ -75,6 +75,8 @@ pub enum Closer {
     Revocation = 1,
     /// Shutdown ran out of grace.
     Shutdown = 2,
+    /// The client took no byte of a response for `send_timeout`.
+    SendTimeout = 3,
 }
 
 impl Phase {
@@ -106,6 +108,7 @@ impl Phase {
         match self.closing.load(Ordering::Acquire) {
             x if x == Closer::Revocation as u8 => "user_revoked",
             x if x == Closer::Shutdown as u8 => "shutdown",
+            x if x == Closer::SendTimeout as u8 => "send_timeout",
             _ => "client_gone",
         }
     }
@@ -224,6 +227,7 @@ impl<S> Guarded<S> {
             }
         }
         if self.stall.as_mut().is_some_and(|timer| timer.as_mut().poll(cx).is_ready()) {
+            self.phase.closed_by(Closer::SendTimeout);
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client accepted no data for limits.send_timeout",
