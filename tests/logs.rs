@@ -328,11 +328,16 @@ fn access_line_of_an_abandoned_request(how: Abandon) -> String {
         // The proxy let go of the origin: the request is over.
         silent.next_close().await;
     });
+    the_access_line(bin, "/abandoned")
+}
+
+/// Stops the binary; the one access line of the request for `path`.
+fn the_access_line(bin: Binary, path: &str) -> String {
     let out = bin.stop();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> =
-        stdout.lines().filter(|l| l.contains("authgate::access") && l.contains("/abandoned")).collect();
-    assert_eq!(lines.len(), 1, "one access line for the abandoned request:\n{stdout}");
+        stdout.lines().filter(|l| l.contains("authgate::access") && l.contains(path)).collect();
+    assert_eq!(lines.len(), 1, "one access line for {path}:\n{stdout}");
     lines[0].to_owned()
 }
 
@@ -409,12 +414,7 @@ fn access_line_of_a_cut_response(how: Abandon) -> String {
         let gone = tokio::time::timeout(Duration::from_secs(10), closed.recv()).await;
         assert!(matches!(gone, Ok(Some(()))), "the origin connection stayed open");
     });
-    let out = bin.stop();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> =
-        stdout.lines().filter(|l| l.contains("authgate::access") && l.contains("/cut")).collect();
-    assert_eq!(lines.len(), 1, "one access line for the cut response:\n{stdout}");
-    lines[0].to_owned()
+    the_access_line(bin, "/cut")
 }
 
 /// A response cut short on the client's side is logged with why, not as
