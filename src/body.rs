@@ -208,7 +208,9 @@ impl Body for ProxyBody {
 /// the origin, and one past a size LLVM copies inline costs a `memcpy` call
 /// at each move (16 more bytes here were 500 instructions a request).
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: no body (a request made again, see [`RequestBody::empty`]).
+    /// (The `Option` costs no byte: `Incoming` has a niche.)
+    inner: Option<Incoming>,
     upload: Option<Arc<Upload>>,
     /// Behind `Expect: 100-continue`: resolves when the body may be read,
     /// see [`Continue`]. (Boxed twice: one thin pointer.)
@@ -221,7 +223,12 @@ impl RequestBody {
     /// Wraps `inner`; `upload`, for a request that has a body, follows its
     /// progress and counts its bytes.
     pub fn new(inner: Incoming, upload: Option<Arc<Upload>>) -> Self {
-        RequestBody { inner, upload, hold: None }
+        RequestBody { inner: Some(inner), upload, hold: None }
+    }
+
+    /// No body: for a bodiless request sent again on another connection.
+    pub fn empty() -> Self {
+        RequestBody { inner: None, upload: None, hold: None }
     }
 
     /// Reads nothing of the body (so hyper sends the client no `100
@@ -245,7 +252,8 @@ impl Body for RequestBody {
             std::task::ready!(hold.as_mut().as_mut().poll(cx));
             self.hold = None;
         }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let polled = Pin::new(inner).poll_frame(cx);
         if let Some(upload) = &self.upload {
             upload.client_turn.store(polled.is_pending(), Ordering::Relaxed);
         }
@@ -259,7 +267,7 @@ impl Body for RequestBody {
                 // Trailers end a body (hyper's client polls no further, so
                 // the `None` after them never came: the upload looked
                 // unfinished and the client's connection was closed).
-                Some(Ok(frame)) if !frame.is_trailers() && !self.inner.is_end_stream() => {
+                Some(Ok(frame)) if !frame.is_trailers() && !self.is_end_stream() => {
                     upload.advanced(UploadState::Sending)
                 }
                 Some(Ok(_)) | None => upload.advanced(UploadState::Done),
@@ -270,11 +278,11 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner.as_ref().map_or(SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

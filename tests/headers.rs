@@ -356,6 +356,70 @@ async fn a_connection_that_answered_in_http_1_0_is_not_reused() {
     assert_eq!(origin.hits(), 2, "the second request went on a new connection");
 }
 
+/// An origin that answers the first request on each connection and closes
+/// the connection as the second one arrives, unanswered: what an origin's
+/// keep-alive timeout does to a pooled connection at the wrong moment.
+/// Returns the origin and the request lines it answered.
+fn closes_under_the_second_request() -> (Origin, Arc<Mutex<Vec<String>>>) {
+    use tokio::io::AsyncWriteExt;
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let seen = answered.clone();
+    let origin = spawn_raw_origin(move |mut s| {
+        let seen = seen.clone();
+        async move {
+            let Some(head) = read_request_head(&mut s).await else { return };
+            let head = String::from_utf8_lossy(&head).into_owned();
+            if let Some(n) = head.to_ascii_lowercase().split("content-length: ").nth(1) {
+                let n: usize = n.split("\r\n").next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let mut body = vec![0u8; n];
+                let _ = tokio::io::AsyncReadExt::read_exact(&mut s, &mut body).await;
+            }
+            seen.lock().unwrap().push(head.lines().next().unwrap_or("").to_owned());
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+            // The next request arrives, and the connection closes under it.
+            let _ = read_request_head(&mut s).await;
+        }
+    });
+    (origin, answered)
+}
+
+/// RFC 9112 §9.3.1: a pooled origin connection that closes under an
+/// idempotent request without a body (the origin's keep-alive timeout ran
+/// out as the request went out) is not the client's problem: the request is
+/// sent again on a new connection. It was a 502. A request with a body, or
+/// one that is not idempotent, is not sent twice. (Only for connections
+/// idle for 250 ms or more: a race with a keep-alive timeout needs that.)
+#[tokio::test]
+async fn a_pooled_connection_closing_under_a_get_is_retried_on_a_new_one() {
+    let (origin, answered) = closes_under_the_second_request();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    for path in ["/one", "/two", "/three"] {
+        // Idle long enough for an origin's keep-alive timeout to be a risk.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        c.send(request("GET", &origin.url(path), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+        let resp = c.read_response("GET").await;
+        assert_eq!((resp.status, resp.text().as_str()), (200, "ok"), "{path}: {}", resp.dump());
+    }
+    let lines = answered.lock().unwrap().clone();
+    assert_eq!(lines, ["GET /one HTTP/1.1", "GET /two HTTP/1.1", "GET /three HTTP/1.1"]);
+    assert_eq!(origin.hits(), 3, "each retry on a new connection");
+    // A POST on the pooled connection that closes under it: 502, sent once.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut post = request(
+        "POST",
+        &origin.url("/post"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Content-Length", "2")],
+    );
+    post.extend_from_slice(b"hi");
+    c.send(post).await;
+    let resp = c.read_response("POST").await;
+    assert_eq!(resp.status, 502, "{}", resp.dump());
+    assert_eq!(origin.hits(), 3, "not sent again");
+}
+
 /// RFC 9112 §6.1: a response with both Transfer-Encoding and Content-Length
 /// "ought to be handled as an error": its connection is not reused. And a
 /// Content-Length listing one length twice goes on as that one length.

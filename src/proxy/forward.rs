@@ -88,6 +88,8 @@ pub async fn forward(
 
     let limits = &snap.limits;
     let key = (target.clone(), https);
+    // RFC 9110 §9.2.2; an upgrade's connection is the client's alone.
+    let replayable = !has_body && !upgrade && req.method().is_idempotent();
     let dial = || async {
         let addrs = match checked {
             Some(a) => a,
@@ -104,18 +106,21 @@ pub async fn forward(
             Ok(UpstreamIo::Plain(tcp))
         }
     };
-    let sent =
-        match state.pool.send(&key, req, limits.upstream_response_timeout, upload.as_deref(), dial).await {
-            Ok(sent) => sent,
-            // The client's body broke off: that, not the origin, ended the request.
-            Err(e) => match upload.map(|u| u.state()) {
-                // A client that closed mid-body may have closed only its sending
-                // side and still read the answer; one that reset the connection
-                // makes hyper drop this request, logged as `client_gone`.
-                Some(UploadState::Broken) => return Err(ProxyError::BadBody),
-                _ => return Err(e),
-            },
-        };
+    let sent = match state
+        .pool
+        .send(&key, req, limits.upstream_response_timeout, upload.as_deref(), replayable, dial)
+        .await
+    {
+        Ok(sent) => sent,
+        // The client's body broke off: that, not the origin, ended the request.
+        Err(e) => match upload.map(|u| u.state()) {
+            // A client that closed mid-body may have closed only its sending
+            // side and still read the answer; one that reset the connection
+            // makes hyper drop this request, logged as `client_gone`.
+            Some(UploadState::Broken) => return Err(ProxyError::BadBody),
+            _ => return Err(e),
+        },
+    };
     let Sent { response: mut resp, conn } = sent;
     // The origin answered without asking for the body: it is never sent.
     if let Some(gate) = &gate {
