@@ -73,12 +73,15 @@ pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
     let parts: Vec<&str> = line.split(' ').collect();
     match parts.as_slice() {
         ["PROXY", "UNKNOWN", ..] => Ok(None),
-        ["PROXY", fam @ ("TCP4" | "TCP6"), src, _dst, sport, _dport] => {
-            let ip: IpAddr = src.parse().map_err(|_| bad("bad PROXY v1 source address"))?;
-            if (*fam == "TCP4") != ip.is_ipv4() {
-                return Err(bad("PROXY v1 family does not match the address"));
-            }
+        ["PROXY", fam @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
+            // The destination is checked as strictly as the source, though
+            // unused: a header with a broken half is not a balancer's.
+            let address = |a: &str| a.parse::<IpAddr>().ok().filter(|ip| (*fam == "TCP4") == ip.is_ipv4());
+            let (Some(ip), Some(_)) = (address(src), address(dst)) else {
+                return Err(bad("bad PROXY v1 address, or not of the family named"));
+            };
             let port = crate::target::parse_port(sport).map_err(|_| bad("bad PROXY v1 source port"))?;
+            crate::target::parse_port(dport).map_err(|_| bad("bad PROXY v1 destination port"))?;
             Ok(Some(SocketAddr::new(ip, port)))
         }
         _ => Err(bad("malformed PROXY v1 header")),
@@ -129,6 +132,12 @@ mod tests {
             &b"PROXY TCP4 2001:db8::1 1.1.1.1 1 2"[..],
             b"PROXY TCP4 1.1.1.1 1.1.1.1 99999 1",
             b"PROXY TCP4 x y 1 2",
+            // The destination half, unused, is checked too.
+            b"PROXY TCP4 198.51.100.7 not-an-ip 4242 3128",
+            b"PROXY TCP4 198.51.100.7 127.0.0.1 4242 99999999",
+            b"PROXY TCP4 198.51.100.7 ::1 4242 3128",
+            b"PROXY TCP6 2001:db8::7 ::1 4242 x",
+            b"PROXY TCP6 2001:db8::7 ::1 4242 3128\r",
             b"PROXY",
             b"GET / HTTP/1.1",
         ] {
