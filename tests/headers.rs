@@ -356,6 +356,23 @@ async fn a_connection_that_answered_in_http_1_0_is_not_reused() {
     assert_eq!(origin.hits(), 2, "the second request went on a new connection");
 }
 
+/// RFC 9110 §8.6: a server must not send Content-Length in a 204; one an
+/// origin sent anyway is not passed on (it was, with the body dropped).
+#[tokio::test]
+async fn a_204_goes_on_without_the_content_length_an_origin_gave_it() {
+    let (origin, _seen) =
+        framing_origin(|_| b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\n");
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("DELETE", &origin.url("/x"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    let resp = c.read_response("DELETE").await;
+    assert_eq!(resp.status, 204, "{}", resp.dump());
+    assert_eq!(resp.header("x-kept"), Some("yes"));
+    assert!(resp.header("content-length").is_none(), "{}", resp.dump());
+}
+
 /// An origin that answers the first request on each connection and closes
 /// the connection as the second one arrives, unanswered: what an origin's
 /// keep-alive timeout does to a pooled connection at the wrong moment.

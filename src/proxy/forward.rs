@@ -171,6 +171,11 @@ pub async fn forward(
             && resp.headers().contains_key(header::CONTENT_LENGTH));
     strip_hop_by_hop(resp.headers_mut(), false);
     single_content_length(resp.headers_mut());
+    // RFC 9110 §8.6: no Content-Length in a 204 (its body, none, is
+    // dropped by hyper either way).
+    if resp.status() == StatusCode::NO_CONTENT {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     if snap.server.via {
         let version = resp.version();
         add_via(resp.headers_mut(), version);
