@@ -310,6 +310,23 @@ fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() 
     snap.unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A refused group in the users file is named (escaped), with the reason.
+#[test]
+fn a_refused_group_is_named_with_why() {
+    let users = format!(
+        "[users.grp]\npassword = {}\ngroups = [\"ok\", \"g\u{fe0f}\", \"\"]\n",
+        toml_str(&hash("pw"))
+    );
+    let err = load_err("[auth]\nusers_file = \"users.toml\"\n", &users);
+    assert!(
+        err.contains(
+            "users.toml:3:17: user `grp`: group `g\\u{fe0f}`: group names must not contain control, invisible"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("users.toml:3:23: user `grp`: group ``: group names must not be empty"), "{err}");
+}
+
 /// `proxy_protocol_from` takes CIDRs and addresses; anything else is an
 /// error at its place.
 #[test]

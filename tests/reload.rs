@@ -3,6 +3,8 @@
 mod common;
 #[path = "support/custom.rs"]
 mod custom;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -628,25 +630,31 @@ fn a_reload_names_the_settings_that_need_a_restart_and_applies_the_rest() {
 
 /// The settings that need a restart are compared as the process has them:
 /// the same listeners in another order are no change (a reordered file
-/// warned at every reload), another address is.
+/// warned at every reload); another address is, and so is an address that
+/// moves between a plain and a TLS listener.
 #[test]
 fn listeners_in_another_order_need_no_restart() {
     use authgate::server::reload::StartOnly;
     let dir = TempDir::new();
     dir.write("users.toml", users_toml(&[("alice", "a1")]));
-    let load = |listen: &str| {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let load = |listen: &str, tls: &str| {
+        let tls = format!("[[server.tls]]\nlisten = \"{tls}\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n");
         let path = dir.write(
             "authgate.toml",
-            format!("[server]\nlisten = [{listen}]\n[auth]\nusers_file = \"users.toml\"\n"),
+            format!("[server]\nlisten = [{listen}]\n{tls}[auth]\nusers_file = \"users.toml\"\n"),
         );
         StartOnly::of(&authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")))
     };
-    let start = load("\"127.0.0.1:3128\", \"[::1]:3128\"");
-    assert!(start.differences(&load("\"[::1]:3128\", \"127.0.0.1:3128\"")).is_empty());
-    assert_eq!(
-        start.differences(&load("\"[::1]:3128\", \"127.0.0.1:3129\"")),
-        ["server.listen/server.tls listeners/proxy_protocol"]
-    );
+    let start = load("\"127.0.0.1:3128\", \"[::1]:3128\"", "127.0.0.1:3129");
+    assert!(start.differences(&load("\"[::1]:3128\", \"127.0.0.1:3128\"", "127.0.0.1:3129")).is_empty());
+    let changed = ["server.listen/server.tls listeners/proxy_protocol"];
+    assert_eq!(start.differences(&load("\"[::1]:3128\", \"127.0.0.1:3130\"", "127.0.0.1:3129")), changed);
+    // 3128 and 3129 swap kinds: the process still serves plain on 3128.
+    assert_eq!(start.differences(&load("\"[::1]:3128\", \"127.0.0.1:3129\"", "127.0.0.1:3128")), changed);
 }
 
 /// Reloaded `[limits]` apply to tunnels opened afterwards; a tunnel opened

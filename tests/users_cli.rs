@@ -417,6 +417,8 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
         let err = d.refused(&["add", name, "--password-stdin"], Some("pw\n"));
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(why), "{name:?}: {err}");
+        // The name is shown with what makes it refused made visible.
+        assert!(!err.contains(|c: char| !c.is_ascii() && !"…".contains(c)), "{name:?} raw in: {err}");
     }
     let err = d.refused(&["add", &"x".repeat(65), "--password-stdin"], Some("pw\n"));
     assert!(err.contains("longer than 64"), "{err}");
@@ -425,8 +427,11 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     // `users list` joins groups with ','.
     let err = d.refused(&["add", "gina", "--group", "a,b", "--password-stdin"], Some("pw\n"));
     assert!(err.contains("group `a,b`: group names must not contain ','"), "{err}");
-    let err = d.refused(&["add", "gina", "--group", "st\u{200b}aff", "--password-stdin"], Some("pw\n"));
-    assert!(err.contains("printable"), "{err}");
+    for group in ["st\u{200b}aff", "st\u{3164}aff", "sta\u{fe0f}ff"] {
+        let err = d.refused(&["add", "gina", "--group", group, "--password-stdin"], Some("pw\n"));
+        assert!(err.contains("invisible or direction-changing"), "{err}");
+        assert!(err.contains("group `st") && err.is_ascii(), "the group, escaped: {err}");
+    }
 }
 
 #[test]

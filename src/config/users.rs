@@ -48,8 +48,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// # Errors
 /// Why the name is refused.
 pub fn check_group(group: &str) -> Result<(), String> {
-    if group.is_empty() || group.chars().any(|c| c.is_control() || invisible(c)) {
-        return Err("group names must be non-empty and printable".into());
+    if group.is_empty() {
+        return Err("group names must not be empty".into());
+    }
+    if group.chars().any(|c| c.is_control() || invisible(c)) {
+        return Err(
+            "group names must not contain control, invisible or direction-changing characters (such as U+200B, U+202E)"
+                .into(),
+        );
     }
     if group.contains(',') {
         return Err("group names must not contain ',' (`users list` separates groups with it)".into());
@@ -115,7 +121,9 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         let mut groups = Vec::new();
         for g in &user.groups {
             match check_group(g.get_ref()) {
-                Err(m) => c.at(g.span(), format!("user `{shown}`: {m}")),
+                Err(m) => {
+                    c.at(g.span(), format!("user `{shown}`: group `{}`: {m}", g.get_ref().escape_default()))
+                }
                 Ok(()) => groups.push(Arc::<str>::from(g.get_ref().as_str())),
             }
         }

@@ -66,7 +66,8 @@ async fn reload_off_runtime(state: &Arc<State>) {
 /// snapshot has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartOnly {
-    listeners: Vec<(SocketAddr, bool)>,
+    /// (address, TLS, PROXY protocol), sorted.
+    listeners: Vec<(SocketAddr, bool, bool)>,
     worker_threads: usize,
     verify_threads: usize,
     max_pending: usize,
@@ -80,9 +81,9 @@ pub struct StartOnly {
 impl StartOnly {
     /// Those settings of `s`.
     pub fn of(s: &Snapshot) -> Self {
-        let plain = s.server.listen.iter().map(|a| (*a, s.server.proxy_protocol));
-        let mut listeners: Vec<_> =
-            plain.chain(s.server.tls.iter().map(|t| (t.listen, t.proxy_protocol))).collect();
+        let plain = s.server.listen.iter().map(|a| (*a, false, s.server.proxy_protocol));
+        let tls = s.server.tls.iter().map(|t| (t.listen, true, t.proxy_protocol));
+        let mut listeners: Vec<_> = plain.chain(tls).collect();
         // A set: the same listeners in another order need no restart.
         listeners.sort_unstable();
         StartOnly {

@@ -310,7 +310,17 @@ fn user_name(raw: &str) -> Result<String, UsersError> {
 
 /// A name as it may appear in a message: bounded and with controls escaped.
 fn shown(name: &str) -> String {
-    name.chars().take(64).collect::<String>().escape_debug().to_string()
+    // `escape_debug` leaves printable and combining characters, among them
+    // invisible ones (U+3164, U+FE0F): those are escaped too.
+    let mut out = String::new();
+    for c in name.chars().take(64) {
+        if crate::config::invisible(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.extend(c.escape_debug());
+        }
+    }
+    out
 }
 
 /// Checks and de-duplicates `--group` values, keeping their order.
