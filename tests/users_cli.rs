@@ -354,6 +354,21 @@ fn removing_the_first_user_keeps_the_files_header_comment() {
     assert!(!d.read().contains("the second"), "{}", d.read());
 }
 
+/// Users written with dotted keys under `[users]`: a section comment,
+/// set apart by a blank line, stays when the user below it goes.
+#[test]
+fn removing_a_dotted_key_user_keeps_the_section_comment_above_it() {
+    let file = format!(
+        "[users]\nalice.password = \"{H}\"\n\n# contractors below\n\nbob.password = \"{H}\"\ncarol.password = \"{H}\"\n"
+    );
+    let d = Dir::new(Some(&file));
+    d.ok(&["remove", "bob"], None);
+    let after = d.read();
+    assert!(after.contains("# contractors below"), "{after}");
+    assert!(!after.contains("bob"), "{after}");
+    assert!(after.find("# contractors below") < after.find("carol"), "{after}");
+}
+
 #[test]
 fn disable_and_enable_change_one_line_in_any_layout() {
     let d = Dir::new(Some(&fixture()));

@@ -127,19 +127,45 @@ pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersE
                 reattach(doc, at, section);
             }
         }
-        (k, Item::Value(_)) => match (section_part(k.leaf_decor().prefix()), next_key) {
-            (Some(section), Some(next)) => {
-                if let Some(mut nk) = t.key_mut(&next) {
-                    let old = prefix_text(nk.leaf_decor().prefix());
-                    nk.leaf_decor_mut().set_prefix(format!("{section}{old}"));
-                }
+        // A line `name = {…}`, or lines `name.key = …` (dotted keys, whose
+        // comments sit on the first line's last key): a section comment
+        // above goes in front of what followed.
+        (k, removed) => {
+            let prefix = match &removed {
+                Item::Table(dotted) => dotted.iter().next().and_then(|(first, _)| dotted.key(first)),
+                _ => Some(&k),
+            };
+            match (prefix.and_then(|k| section_part(k.leaf_decor().prefix())), next_key) {
+                (Some(section), Some(next)) => prepend_to_lines_of(t, &next, &section),
+                (Some(section), None) => reattach(doc, container, Some(section)),
+                (None, _) => {}
             }
-            (Some(section), None) => reattach(doc, container, Some(section)),
-            (None, _) => {}
-        },
-        _ => {}
+        }
     }
     Ok(())
+}
+
+/// Puts `text` (whole comment lines) in front of the first line of the
+/// entry `key` of `t`: its header, its line, or its first dotted line.
+fn prepend_to_lines_of(t: &mut toml_edit::Table, key: &str, text: &str) {
+    fn prepend(decor: &mut toml_edit::Decor, text: &str) {
+        let old = prefix_text(decor.prefix());
+        decor.set_prefix(format!("{text}{old}"));
+    }
+    match t.get_mut(key) {
+        Some(Item::Table(next)) if next.is_dotted() => {
+            let first = next.iter().next().map(|(k, _)| k.to_owned());
+            if let Some(mut k) = first.and_then(|first| next.key_mut(&first)) {
+                prepend(k.leaf_decor_mut(), text);
+            }
+        }
+        Some(Item::Table(next)) => prepend(next.decor_mut(), text),
+        _ => {
+            if let Some(mut k) = t.key_mut(key) {
+                prepend(k.leaf_decor_mut(), text);
+            }
+        }
+    }
 }
 
 /// Every table with a header, as (path below `users`, position); `None` is
