@@ -380,7 +380,7 @@ async fn a_204_goes_on_without_the_content_length_an_origin_gave_it() {
 /// the connection as the second one arrives, unanswered: what an origin's
 /// keep-alive timeout does to a pooled connection at the wrong moment.
 /// Returns the origin and the request lines it answered.
-fn closes_under_the_second_request() -> (Origin, Arc<Mutex<Vec<String>>>) {
+fn closes_under_the_second_request(after: std::time::Duration) -> (Origin, Arc<Mutex<Vec<String>>>) {
     use tokio::io::AsyncWriteExt;
     let answered = Arc::new(Mutex::new(Vec::new()));
     let seen = answered.clone();
@@ -396,8 +396,11 @@ fn closes_under_the_second_request() -> (Origin, Arc<Mutex<Vec<String>>>) {
             }
             seen.lock().unwrap().push(head.lines().next().unwrap_or("").to_owned());
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-            // The next request arrives, and the connection closes under it.
-            let _ = read_request_head(&mut s).await;
+            // The next request arrives, and the connection closes under it
+            // (`after` later).
+            if read_request_head(&mut s).await.is_some() {
+                tokio::time::sleep(after).await;
+            }
         }
     });
     (origin, answered)
@@ -411,7 +414,7 @@ fn closes_under_the_second_request() -> (Origin, Arc<Mutex<Vec<String>>>) {
 /// idle for 250 ms or more: a race with a keep-alive timeout needs that.)
 #[tokio::test]
 async fn a_pooled_connection_closing_under_a_get_is_retried_on_a_new_one() {
-    let (origin, answered) = closes_under_the_second_request();
+    let (origin, answered) = closes_under_the_second_request(std::time::Duration::ZERO);
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
@@ -438,6 +441,29 @@ async fn a_pooled_connection_closing_under_a_get_is_retried_on_a_new_one() {
     let resp = c.read_response("POST").await;
     assert_eq!(resp.status, 502, "{}", resp.dump());
     assert_eq!(origin.hits(), 3, "not sent again");
+}
+
+/// A request is sent again only under the configuration it was checked
+/// with: after a reload (which may forbid the origin) no new connection is
+/// made for it, and the client gets the 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_after_a_reload_landed_during_the_request() {
+    let (origin, answered) = closes_under_the_second_request(std::time::Duration::from_millis(800));
+    let proxy = custom::spawn_custom(&base_config("[reload]\nwatch = false\n"), &users_toml(&[USER]));
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("GET", &origin.url("/one"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    c.send(request("GET", &origin.url("/two"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    let resp = c.read_response("GET").await;
+    assert_eq!(resp.status, 502, "{}", resp.dump());
+    assert_eq!(answered.lock().unwrap().len(), 1);
+    assert_eq!(origin.hits(), 1, "no new connection");
 }
 
 /// RFC 9112 §6.1: a response with both Transfer-Encoding and Content-Length

@@ -88,8 +88,11 @@ pub async fn forward(
 
     let limits = &snap.limits;
     let key = (target.clone(), https);
-    // RFC 9110 §9.2.2; an upgrade's connection is the client's alone.
-    let replayable = !has_body && !upgrade && req.method().is_idempotent();
+    // RFC 9110 §9.2.2; an upgrade's connection is the client's alone. And
+    // only under the configuration this request was checked with: after a
+    // reload the origin may be forbidden, and no new connection is made.
+    let idempotent = !has_body && !upgrade && req.method().is_idempotent();
+    let replayable = || idempotent && std::ptr::eq(&**state.snapshot.load(), snap);
     let dial = || async {
         let addrs = match checked {
             Some(a) => a,

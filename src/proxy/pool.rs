@@ -243,40 +243,44 @@ impl Pool {
     /// Sends `req` to `key`, on a pooled connection if one is idle, else on a
     /// new one made by `dial` (which resolves, checks and connects).
     ///
-    /// With `replayable` (an idempotent request without a body, RFC 9110
-    /// §9.2.2), a pooled connection that fails after taking the request,
-    /// before a whole answer (the origin closed it as it went out: its
-    /// keep-alive timeout ran out), is not the client's problem: the request
-    /// is sent again, once, on a new connection (RFC 9112 §9.3.1), as Squid
-    /// and nginx do. Otherwise that race was a 502. Only for a connection
-    /// idle for [`REPLAY_AFTER`]: keeping the head to send again costs a
-    /// copy of it (1.2k instructions, 2.5 % of a pooled request).
+    /// While `replayable` says so (an idempotent request without a body,
+    /// RFC 9110 §9.2.2, under a configuration still live), a pooled
+    /// connection that fails after taking the request, before a whole answer
+    /// (the origin closed it as it went out: its keep-alive timeout ran
+    /// out), is not the client's problem: the request is sent again, once,
+    /// on a new connection (RFC 9112 §9.3.1), as Squid and nginx do.
+    /// Otherwise that race was a 502. Only for a connection idle for
+    /// [`REPLAY_AFTER`]: keeping the head to send again costs a copy of it
+    /// (1.2k instructions, 2.5 % of a pooled request). `replayable` is asked
+    /// again before the new connection is made: a reload meanwhile may have
+    /// forbidden the origin.
     ///
     /// # Errors
     /// The dial error, or `UpstreamProtocol` / `UpstreamReadTimeout`.
-    pub async fn send<D, F>(
+    pub async fn send<D, F, R>(
         &self,
         key: &Key,
         mut req: Request<RequestBody>,
         head_timeout: Duration,
         upload: Option<&Upload>,
-        replayable: bool,
+        replayable: R,
         dial: D,
     ) -> Result<Sent, ProxyError>
     where
         D: FnOnce() -> F,
         F: Future<Output = Result<UpstreamIo, ProxyError>>,
+        R: Fn() -> bool,
     {
         while let Some((mut conn, idle_for)) = self.checkout(key) {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
-            let again = (replayable && idle_for >= REPLAY_AFTER).then(|| Replay::of(&req));
+            let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => return Ok(Sent { response, conn }),
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     (Some(back), _) => req = back,
-                    (None, Some(again)) if closed_under_it(e.error()) => {
+                    (None, Some(again)) if closed_under_it(e.error()) && replayable() => {
                         tracing::debug!(error = %e.error(), "pooled origin connection failed; sending the request again on a new one");
                         req = again.request();
                         break;
