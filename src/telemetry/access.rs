@@ -155,9 +155,10 @@ fn truncated(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A username for a message printed as it is (a CLI error): control
-/// characters escaped (and `\\`, so that an escaped CR cannot be mistaken
-/// for a name with a backslash in it), truncated to 64 characters, so a
+/// A username for a message printed as it is (a CLI error): control and
+/// hidden characters (see `sink::hidden`) escaped (and `\\`, so that an
+/// escaped CR cannot be mistaken for a name with a backslash in it),
+/// truncated to 64 characters, so a
 /// hostile name cannot forge lines or flood the output. (Log fields are
 /// escaped by the log format and the log sink instead.)
 pub fn sanitize_username(name: &str) -> String {
@@ -167,7 +168,7 @@ pub fn sanitize_username(name: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() || c == '\\' {
+        if c.is_control() || c == '\\' || super::sink::hidden(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -194,6 +195,7 @@ mod tests {
         assert_eq!(sanitize_username("ev\ril"), "ev\\ril");
         assert_eq!(sanitize_username("ev\\ril"), "ev\\\\ril");
         assert_ne!(sanitize_username("a\nb"), sanitize_username("a\\nb"));
+        assert_eq!(sanitize_username("h\u{3164}f\u{2028}"), "h\\u{3164}f\\u{2028}");
         let long = "x".repeat(70);
         assert_eq!(sanitize_username(&long), format!("{}…", "x".repeat(64)));
     }

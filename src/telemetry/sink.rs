@@ -104,7 +104,7 @@ impl Sink {
 /// invisible characters user names may not contain. The log formats escape
 /// C0 controls themselves; the text format escapes most of these too, JSON
 /// none of them.
-fn hidden(c: char) -> bool {
+pub(crate) fn hidden(c: char) -> bool {
     ('\u{7f}'..='\u{9f}').contains(&c) || matches!(c, '\u{2028}' | '\u{2029}') || crate::config::invisible(c)
 }
 

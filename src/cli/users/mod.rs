@@ -12,6 +12,9 @@
 //! anything is touched (so a half-broken file is never rewritten), and the
 //! new text must parse as a valid users file before it is written.
 
+// A name as it may appear in a message: bounded, with controls and
+// invisible characters escaped.
+use crate::telemetry::sanitize_username as shown;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
@@ -306,21 +309,6 @@ fn user_name(raw: &str) -> Result<String, UsersError> {
     let name = nfc(raw);
     check_name(&name).map_err(|m| refused(format!("user `{}`: {m}", shown(&name))))?;
     Ok(name)
-}
-
-/// A name as it may appear in a message: bounded and with controls escaped.
-fn shown(name: &str) -> String {
-    // `escape_debug` leaves printable and combining characters, among them
-    // invisible ones (U+3164, U+FE0F): those are escaped too.
-    let mut out = String::new();
-    for c in name.chars().take(64) {
-        if crate::config::invisible(c) {
-            out.extend(c.escape_unicode());
-        } else {
-            out.extend(c.escape_debug());
-        }
-    }
-    out
 }
 
 /// Checks and de-duplicates `--group` values, keeping their order.
