@@ -314,7 +314,7 @@ fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() 
 #[test]
 fn a_refused_group_is_named_with_why() {
     let users = format!(
-        "[users.grp]\npassword = {}\ngroups = [\"ok\", \"g\u{fe0f}\", \"\"]\n",
+        "[users.grp]\npassword = {}\ngroups = [\"ok\", \"g\u{fe0f}\", \"\", \"sales team\", \"a:b\"]\n",
         toml_str(&hash("pw"))
     );
     let err = load_err("[auth]\nusers_file = \"users.toml\"\n", &users);
@@ -325,6 +325,9 @@ fn a_refused_group_is_named_with_why() {
         "{err}"
     );
     assert!(err.contains("users.toml:3:23: user `grp`: group ``: group names must not be empty"), "{err}");
+    // `users list` separates its columns with spaces; `:` as in user names.
+    assert!(err.contains("group `sales team`: group names must not contain spaces"), "{err}");
+    assert!(err.contains("group `a:b`: group names must not contain ':'"), "{err}");
 }
 
 /// `proxy_protocol_from` takes CIDRs and addresses; anything else is an

@@ -442,6 +442,11 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     // `users list` joins groups with ','.
     let err = d.refused(&["add", "gina", "--group", "a,b", "--password-stdin"], Some("pw\n"));
     assert!(err.contains("group `a,b`: group names must not contain ','"), "{err}");
+    // ... and its columns with spaces.
+    let err = d.refused(&["add", "gina", "--group", "sales team", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("group `sales team`: group names must not contain spaces"), "{err}");
+    let err = d.refused(&["add", "gina", "--group", "a:b", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("group names must not contain ':'"), "{err}");
     for group in ["st\u{200b}aff", "st\u{3164}aff", "sta\u{fe0f}ff"] {
         let err = d.refused(&["add", "gina", "--group", group, "--password-stdin"], Some("pw\n"));
         assert!(err.contains("invisible or direction-changing"), "{err}");

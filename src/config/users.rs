@@ -41,15 +41,24 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a group name (users file and `users --group`): non-empty, and no
-/// control, invisible or direction-changing character, nor `,`, which
-/// `users list` separates groups with.
+/// Checks a group name (users file and `users --group`): non-empty, and
+/// none of the characters a user name may not have (`:`, whitespace,
+/// control, invisible or direction-changing ones), nor `,`, which
+/// `users list` separates groups with (and whitespace its columns).
 ///
 /// # Errors
 /// Why the name is refused.
 pub fn check_group(group: &str) -> Result<(), String> {
     if group.is_empty() {
         return Err("group names must not be empty".into());
+    }
+    if group.contains(':') {
+        return Err("group names must not contain ':'".into());
+    }
+    if group.chars().any(char::is_whitespace) {
+        return Err(
+            "group names must not contain spaces (`users list` separates its columns with them)".into()
+        );
     }
     if group.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(
