@@ -27,15 +27,29 @@ pub fn policy(c: &mut Collector<'_>, raw: &RawPolicy, rules: &[Spanned<RawRule>]
     }
     let mut names = HashSet::new();
     for r in rules {
-        if let Some(rule) = rule(c, r.get_ref()) {
-            if !names.insert(rule.name.clone()) {
-                c.at(r.get_ref().name.span(), format!("rule `{}`: duplicate rule name", rule.name));
-                continue;
-            }
+        let raw = r.get_ref();
+        // Checked whatever else is wrong with either rule: every problem is
+        // reported in one go.
+        let name = raw.name.get_ref().trim();
+        let fresh = !valid_name(name) || names.insert(name);
+        if !fresh {
+            c.at(raw.name.span(), format!("rule `{name}`: duplicate rule name"));
+        }
+        if let Some(rule) = rule(c, raw)
+            && fresh
+        {
             p.rules.push(rule);
         }
     }
     p
+}
+
+/// A rule name: 1-64 characters from A-Z a-z 0-9 - _ . (it is logged and
+/// shown by `explain`).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
 }
 
 fn action(s: &str) -> Option<Action> {
@@ -76,10 +90,7 @@ fn list<T, U>(
 fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let name = r.name.get_ref().trim();
     let mut ok = true;
-    if name.is_empty()
-        || name.len() > 64
-        || !name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
-    {
+    if !valid_name(name) {
         c.at(r.name.span(), "rule name: 1-64 characters from A-Z a-z 0-9 - _ .");
         ok = false;
     }
