@@ -214,11 +214,15 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     let wrong_key = dir.write("wrong.key", &other.key_pem);
     let err =
         authgate::server::tls::load_certified_key(&dir.path().join("p256.pem"), &wrong_key).unwrap_err();
+    assert_eq!(err.file, authgate::server::tls::TlsFile::Key, "{err}");
+    let err = err.message;
     assert!(err.contains("wrong.key") && err.contains("does not match"), "{err}");
     // A certificate rustls cannot read is blamed on the certificate, not on
     // the (matching) key; an encrypted key is named as such.
     let garbage = dir.write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
     let err = authgate::server::tls::load_certified_key(&garbage, &dir.path().join("p256.key")).unwrap_err();
+    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+    let err = err.message;
     assert!(
         err.contains("garbage.pem") && err.contains("cannot be used") && !err.contains("does not match"),
         "{err}"
@@ -229,5 +233,21 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     );
     let err =
         authgate::server::tls::load_certified_key(&dir.path().join("p256.pem"), &encrypted).unwrap_err();
+    assert_eq!(err.file, authgate::server::tls::TlsFile::Key, "{err}");
+    let err = err.message;
     assert!(err.contains("enc.key") && err.contains("encrypted"), "{err}");
+    // In a config, each problem points at the line of the file it is in.
+    dir.write("users.toml", "");
+    for (cert, key, at) in [
+        ("p256.pem", "missing.key", ":6:7:"),
+        ("p256.pem", "wrong.key", ":6:7:"),
+        ("garbage.pem", "p256.key", ":5:8:"),
+    ] {
+        let config = dir.write(
+            "tls.toml",
+            format!("[auth]\nusers_file = \"users.toml\"\n[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"{cert}\"\nkey = \"{key}\"\n"),
+        );
+        let err = authgate::config::load(&config).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains(&format!("tls.toml{at} server.tls: ")), "{cert} {key} at {at}: {err}");
+    }
 }

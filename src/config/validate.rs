@@ -175,7 +175,13 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 proxy_protocol: t.proxy_protocol.unwrap_or(false),
                 certified,
             }),
-            (_, Err(m)) => c.at(t.cert.span(), format!("server.tls: {m}")),
+            (_, Err(e)) => {
+                let at = match e.file {
+                    crate::server::tls::TlsFile::Cert => t.cert.span(),
+                    crate::server::tls::TlsFile::Key => t.key.span(),
+                };
+                c.at(at, format!("server.tls: {e}"));
+            }
             _ => {}
         }
     }

@@ -23,42 +23,70 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::file::read_file;
 
+/// Which of a TLS listener's two files a [`CertError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFile {
+    /// The certificate chain (`cert`).
+    Cert,
+    /// The private key (`key`).
+    Key,
+}
+
+/// Why a certificate and key could not be loaded, and the file at fault (so
+/// that a config error points at that file's line).
+#[derive(Debug)]
+pub struct CertError {
+    /// The file the problem is in.
+    pub file: TlsFile,
+    /// What is wrong, naming the file; never key material.
+    pub message: String,
+}
+
+impl fmt::Display for CertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Loads a PEM certificate chain and private key (RSA, ECDSA or Ed25519).
 ///
 /// # Errors
-/// A message naming the file and what is wrong, never key material.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
+/// What is wrong and in which file, never key material.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
+    let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
+    let in_key = |message: String| CertError { file: TlsFile::Key, message };
     let cert_pem =
-        read_file(cert).map_err(|e| format!("{}: cannot read certificate: {e}", cert.display()))?;
+        read_file(cert).map_err(|e| in_cert(format!("{}: cannot read certificate: {e}", cert.display())))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: bad PEM certificate: {e}", cert.display()))?;
+        .map_err(|e| in_cert(format!("{}: bad PEM certificate: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(format!("{}: no certificate found", cert.display()));
+        return Err(in_cert(format!("{}: no certificate found", cert.display())));
     }
-    let key_pem = read_file(key).map_err(|e| format!("{}: cannot read private key: {e}", key.display()))?;
+    let key_pem =
+        read_file(key).map_err(|e| in_key(format!("{}: cannot read private key: {e}", key.display())))?;
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         // rustls skips PEM sections it does not know, an encrypted key's
         // among them, and then finds "no items".
-        if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
+        in_key(if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
             format!(
                 "{}: the private key is encrypted (passphrase-protected), which authgate cannot read; write it decrypted (`openssl pkey -in KEY -out KEY.plain`) and keep that file private",
                 key.display()
             )
         } else {
             format!("{}: cannot read private key: {e}", key.display())
-        }
+        })
     })?;
     let signer = ring::sign::any_supported_type(&der)
-        .map_err(|e| format!("{}: unsupported private key: {e}", key.display()))?;
+        .map_err(|e| in_key(format!("{}: unsupported private key: {e}", key.display())))?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| match e {
         rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-            format!("{}: key does not match the certificate in {}", key.display(), cert.display())
+            in_key(format!("{}: key does not match the certificate in {}", key.display(), cert.display()))
         }
         // Anything else is about the certificate: rustls could not read it
         // (a bad encoding, an X.509 v1 certificate ...).
-        other => format!("{}: the first certificate cannot be used ({other})", cert.display()),
+        other => in_cert(format!("{}: the first certificate cannot be used ({other})", cert.display())),
     })?;
     Ok(Arc::new(certified))
 }
