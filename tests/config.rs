@@ -304,6 +304,10 @@ fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() 
     let err = load_err(&egress, &users);
     assert!(err.contains("write \"10.0.0.0/8\""), "{err}");
     assert!(err.contains("write \"192.168.0.0/16\""), "{err}");
+    // A whole translation prefix is every IPv4 address: no "write 0.0.0.0/0".
+    let egress = format!("{head}[egress]\nallow_cidrs = [\"64:ff9b::/96\"]\n");
+    let err = load_err(&egress, &users);
+    assert!(err.contains("stands for every IPv4 address") && !err.contains("write"), "{err}");
     // Plain IPv6 and IPv4 CIDRs load.
     let fine = format!("{head}[egress]\nallow_cidrs = [\"fd00::/8\", \"10.0.0.0/8\", \"::1\"]\n");
     let (_dir, snap) = load(&fine, &users);

@@ -379,6 +379,13 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         let (start, end) = if v6.network().segments()[0] == 0x2002 { (16, 48) } else { (96, 128) };
         if v6.prefix_len() >= start {
             let len = (v6.prefix_len().min(end) - start).min(32);
+            if len == 0 {
+                // A whole translation prefix (`64:ff9b::/96`): its IPv4 form
+                // would open or match every IPv4 address.
+                return Err(format!(
+                    "`{shown}` is an IPv6 form of IPv4 addresses, which authgate compares as IPv4; it stands for every IPv4 address (\"0.0.0.0/0\"): list the IPv4 ranges you mean instead"
+                ));
+            }
             let suggestion = ipnet::Ipv4Net::new(v4, len).map(|n| n.trunc().to_string()).unwrap_or_default();
             return Err(format!(
                 "`{shown}` is an IPv6 form of IPv4 addresses, which authgate compares as IPv4: write \"{suggestion}\""
