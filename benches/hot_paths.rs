@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || template.clone(),
             |mut h| {
-                strip_hop_by_hop(&mut h, false);
+                let _ = strip_hop_by_hop(&mut h, false);
                 add_via(&mut h, Version::HTTP_11);
                 h
             },

@@ -241,6 +241,57 @@ async fn a_close_delimited_coded_body_keeps_the_connection_field_clean() {
     assert_eq!(resp.body, b"GZIPDATA");
 }
 
+/// RFC 9112 §6.1: `chunked` is applied once, last. A message that says
+/// otherwise cannot be passed on as it is (hyper takes one `chunked` off,
+/// and the next hop would read what is left wrong): a response is a 502, a
+/// request a 400 that never reaches the origin. A coding under `chunked`
+/// can only be named in `Transfer-Encoding`, which an HTTP/1.0 client must
+/// not be sent: rather than gzip bytes unlabelled, that client gets a 502.
+#[tokio::test]
+async fn transfer_codings_that_cannot_be_passed_on_are_refused() {
+    const CHUNKED_THEN_GZIP: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\nConnection: close\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n";
+    const CHUNKED_TWICE: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n\
+9\r\n4\r\nGZIP\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n";
+    for response in [CHUNKED_THEN_GZIP, CHUNKED_TWICE] {
+        let (_proxy, resp) = get_from_canned_origin(response).await;
+        assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
+        assert!(resp.json()["detail"].as_str().unwrap().contains("Transfer-Encoding"), "{}", resp.dump());
+    }
+
+    const GZIP_CHUNKED: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n8\r\nGZIPDATA\r\n0\r\n\r\n";
+    let origin = spawn_canned_origin(GZIP_CHUNKED, Arc::new(Mutex::new(Vec::new())));
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let head = format!("GET {} HTTP/1.0\r\nProxy-Authorization: {auth}\r\n\r\n", origin.url("/coded"));
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(head.as_bytes()).await;
+    let resp = conn.read_response("GET").await;
+    assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
+    assert!(resp.json()["detail"].as_str().unwrap().contains("HTTP/1.0"), "{}", resp.dump());
+    // A 1.0 HEAD has no body to mislabel: answered.
+    let head = format!("HEAD {} HTTP/1.0\r\nProxy-Authorization: {auth}\r\n\r\n", origin.url("/coded"));
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(head.as_bytes()).await;
+    assert_eq!(conn.read_response("HEAD").await.status, 200);
+
+    let echo = spawn_echo_origin();
+    let host = echo.authority();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut post = request(
+        "POST",
+        &echo.url("/twice"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked, chunked")],
+    );
+    post.extend_from_slice(b"9\r\n4\r\nGZIP\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n");
+    conn.send(post).await;
+    let resp = conn.read_response("POST").await;
+    assert_proxy_error(&resp, 400, "http_request_error", "malformed_request");
+    assert_eq!(echo.hits(), 0, "a malformed request must not be forwarded");
+}
+
 /// `method url` through `proxy` with `Max-Forwards: hops`, with credentials
 /// when `auth` is given.
 async fn with_max_forwards(

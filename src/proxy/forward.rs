@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::State;
 use super::connect::Connector;
-use super::headers::{add_via, single_content_length, strip_hop_by_hop, wants_upgrade};
+use super::headers::{Codings, add_via, single_content_length, strip_hop_by_hop, wants_upgrade};
 use super::pool::Sent;
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
@@ -56,7 +56,11 @@ pub async fn forward(
     let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     parts.uri = Uri::from(path);
 
-    strip_hop_by_hop(&mut parts.headers, upgrade);
+    // RFC 9112 §6.1: `chunked` once and last. hyper decoded one `chunked`
+    // of `chunked, chunked`; passed on, the origin would decode only that.
+    if strip_hop_by_hop(&mut parts.headers, upgrade) == Codings::Malformed {
+        return Err(ProxyError::MalformedRequest);
+    }
     // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request
     // MUST be ignored; sent on in the HTTP/1.1 request made of it, the
     // origin would act on it.
@@ -154,7 +158,7 @@ pub async fn forward(
         state.metrics.upstream_response(101);
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, true);
+        let _ = strip_hop_by_hop(&mut parts.headers, true);
         if snap.server.via {
             add_via(&mut parts.headers, parts.version);
         }
@@ -172,7 +176,23 @@ pub async fn forward(
     let reusable = resp.version() == Version::HTTP_11
         && !(resp.headers().contains_key(header::TRANSFER_ENCODING)
             && resp.headers().contains_key(header::CONTENT_LENGTH));
-    strip_hop_by_hop(resp.headers_mut(), false);
+    match strip_hop_by_hop(resp.headers_mut(), false) {
+        // `chunked` twice, or not last (the body then runs to the close,
+        // still chunked): no field can say what the body is.
+        Codings::Malformed => {
+            return Err(ProxyError::UpstreamProtocol { detail: "malformed Transfer-Encoding" });
+        }
+        // A coding such as gzip stays on the body, and only `Transfer-Encoding`
+        // can say so, which an HTTP/1.0 client must not be sent (RFC 9112
+        // §6.1); passed on without it, the client would take gzip bytes for
+        // the content.
+        Codings::Kept if from_http10 && !http_body::Body::is_end_stream(resp.body()) => {
+            return Err(ProxyError::UpstreamProtocol {
+                detail: "a transfer coding other than chunked, which an HTTP/1.0 client cannot receive",
+            });
+        }
+        _ => {}
+    }
     single_content_length(resp.headers_mut());
     // RFC 9110 §8.6: no Content-Length in a 204 (its body, none, is
     // dropped by hyper either way).

@@ -51,13 +51,29 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The transfer codings a message's body still has once hyper decoded its
+/// `chunked` framing (see [`strip_hop_by_hop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Codings {
+    /// None: no `Transfer-Encoding`, or `chunked` alone.
+    Plain,
+    /// Others (`gzip` of `gzip, chunked`): they stay in `Transfer-Encoding`
+    /// with the body, which only an HTTP/1.1 recipient may be sent.
+    Kept,
+    /// `chunked` more than once or not last (RFC 9112 §6.1), or a field
+    /// that is not text: the body cannot be passed on as it was sent.
+    Malformed,
+}
+
 /// Removes hop-by-hop fields; keeps `Upgrade` (and sets `Connection: upgrade`)
 /// when `upgrade` is true. With `Transfer-Encoding`, also removes
 /// `Content-Length` (RFC 9112 §6.3: the chunks frame the body, and an
-/// intermediary must not pass the length on). A `Proxy-Status` member naming
-/// this proxy is removed too ([`drop_forged_proxy_status`]); the field is
-/// noticed in the same pass over the names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// intermediary must not pass the length on), and says which codings the
+/// body still has. A `Proxy-Status` member naming this proxy is removed too
+/// ([`drop_forged_proxy_status`]); the field is noticed in the same pass
+/// over the names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
     let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
     let mut proxy_status = false;
     // One pass over the few names a message has, then a removal for each
@@ -86,15 +102,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             .collect()
     };
     let chunked = doomed.contains(&header::TRANSFER_ENCODING);
-    let codings = if chunked { undecoded_codings(headers) } else { None };
+    let codings = if chunked { undecoded_codings(headers) } else { Ok(None) };
     for name in &doomed {
         headers.remove(name);
     }
     if chunked {
         headers.remove(header::CONTENT_LENGTH);
     }
-    if let Some(v) = codings {
-        headers.insert(header::TRANSFER_ENCODING, v);
+    if let Ok(Some(v)) = &codings {
+        headers.insert(header::TRANSFER_ENCODING, v.clone());
     }
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
@@ -102,6 +118,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
     if proxy_status {
         drop_forged_proxy_status(headers);
+    }
+    match codings {
+        Ok(None) => Codings::Plain,
+        Ok(Some(_)) => Codings::Kept,
+        Err(()) => Codings::Malformed,
     }
 }
 
@@ -140,14 +161,16 @@ pub fn single_content_length(headers: &mut HeaderMap) {
 /// content. The value ends in `chunked`, the framing hyper puts on a body
 /// sent with this field: left for hyper to append, it also went onto the
 /// next field hyper wrote (`Connection: close, chunked`, a hyper 1.x bug).
-/// `None` when nothing but `chunked` was applied, or when the field is
-/// malformed (`chunked` not last: RFC 9112 §6.1 allows it once, at the end).
-fn undecoded_codings(headers: &HeaderMap) -> Option<HeaderValue> {
+/// `None` when nothing but `chunked` was applied; an error when the field is
+/// malformed (`chunked` other than once at the end, RFC 9112 §6.1: passed
+/// on, the next hop would decode a layer the body does not have, or one
+/// too few).
+fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
     let mut codings: Vec<&str> = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
-        .map(|v| v.to_str().ok())
-        .collect::<Option<Vec<_>>>()?
+        .map(|v| v.to_str().map_err(|_| ()))
+        .collect::<Result<Vec<_>, ()>>()?
         .into_iter()
         .flat_map(|v| v.split(','))
         .map(str::trim)
@@ -156,11 +179,14 @@ fn undecoded_codings(headers: &HeaderMap) -> Option<HeaderValue> {
     if codings.last().is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
         codings.pop();
     }
-    if codings.is_empty() || codings.iter().any(|c| c.eq_ignore_ascii_case("chunked")) {
-        return None;
+    if codings.iter().any(|c| c.eq_ignore_ascii_case("chunked")) {
+        return Err(());
+    }
+    if codings.is_empty() {
+        return Ok(None);
     }
     codings.push("chunked");
-    HeaderValue::from_str(&codings.join(", ")).ok()
+    HeaderValue::from_str(&codings.join(", ")).map(Some).map_err(|_| ())
 }
 
 /// Removes the members of a received `Proxy-Status` that name this proxy.
@@ -290,13 +316,13 @@ mod tests {
             ("x-end", "kept"),
             ("x-end", "twice"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        let _ = strip_hop_by_hop(&mut h, false);
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(names, ["authorization", "x-end"]);
         assert_eq!(h.get_all("x-end").iter().count(), 2);
         let mut plain = map(&[("host", "a"), ("accept", "*/*")]);
-        strip_hop_by_hop(&mut plain, false);
+        let _ = strip_hop_by_hop(&mut plain, false);
         assert_eq!(plain.len(), 2);
         // Any case, several Connection fields, empty list members.
         let mut mixed = map(&[
@@ -307,21 +333,26 @@ mod tests {
             ("close", "?"),
             ("host", "a"),
         ]);
-        strip_hop_by_hop(&mut mixed, false);
+        let _ = strip_hop_by_hop(&mut mixed, false);
         assert_eq!(mixed.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
     }
 
     #[test]
     fn transfer_codings_other_than_chunked_stay_with_the_body() {
-        let te = |pairs: &[(&str, &str)]| {
+        let coded = |pairs: &[(&str, &str)]| {
             let mut h = map(pairs);
-            strip_hop_by_hop(&mut h, false);
-            h.get_all(header::TRANSFER_ENCODING)
+            let codings = strip_hop_by_hop(&mut h, false);
+            let kept = h
+                .get_all(header::TRANSFER_ENCODING)
                 .iter()
                 .map(|v| v.to_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            assert_eq!(codings == Codings::Kept, !kept.is_empty(), "{pairs:?}");
+            (codings, kept)
         };
-        assert_eq!(te(&[("transfer-encoding", "chunked")]), Vec::<String>::new());
+        let te = |pairs: &[(&str, &str)]| coded(pairs).1;
+        assert_eq!(coded(&[("transfer-encoding", "chunked")]), (Codings::Plain, vec![]));
+        assert_eq!(coded(&[("accept", "*/*")]), (Codings::Plain, vec![]));
         // The codings left on the body, and the chunked framing it is sent with.
         assert_eq!(te(&[("transfer-encoding", "gzip, chunked")]), ["gzip, chunked"]);
         assert_eq!(te(&[("transfer-encoding", "gzip"), ("transfer-encoding", "Chunked")]), ["gzip, chunked"]);
@@ -333,16 +364,26 @@ mod tests {
             te(&[("connection", "transfer-encoding"), ("transfer-encoding", "gzip, chunked")]),
             ["gzip, chunked"]
         );
-        // Malformed: chunked twice or not last.
-        assert_eq!(te(&[("transfer-encoding", "chunked, gzip")]), Vec::<String>::new());
-        assert_eq!(te(&[("transfer-encoding", "chunked, chunked")]), Vec::<String>::new());
+        // Malformed: chunked twice or not last. Nothing is passed on, and
+        // the caller refuses the message.
+        for te in ["chunked, gzip", "chunked, chunked", "gzip, chunked, chunked"] {
+            assert_eq!(coded(&[("transfer-encoding", te)]), (Codings::Malformed, vec![]), "{te}");
+        }
+        assert_eq!(
+            coded(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]),
+            (Codings::Malformed, vec![])
+        );
+        let opaque = HeaderValue::from_bytes(b"g\xffzip, chunked").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::TRANSFER_ENCODING, opaque);
+        assert_eq!(strip_hop_by_hop(&mut h, false), Codings::Malformed);
     }
 
     #[test]
     fn upgrade_is_kept_when_upgrading() {
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        let _ = strip_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
