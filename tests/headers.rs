@@ -63,6 +63,8 @@ Trailer: X-Checksum\r\n\
 TE: trailers\r\n\
 X-End-To-End: kept\r\n\
 Via: 1.1 cdn-edge\r\n\
+Proxy-Authentication-Info: nextnonce=\"for-the-next-hop\"\r\n\
+X-Spaced : before the colon\r\n\
 Content-Length: 2\r\n\
 \r\n\
 ok";
@@ -83,9 +85,14 @@ async fn hop_by_hop_response_headers_are_removed() {
     let (_proxy, resp) = get_from_canned_origin(HOPPY_RESPONSE).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.body, b"ok");
-    for name in HOP_BY_HOP.iter().chain(&["x-hop-resp"]) {
+    // Proxy-Authentication-Info is for the next outbound client (RFC 9110
+    // §11.7.3), which is authgate: it must not read as authgate's own.
+    for name in HOP_BY_HOP.iter().chain(&["x-hop-resp", "proxy-authentication-info"]) {
         assert!(resp.header(name).is_none(), "`{name}` reached the client:\n{}", resp.dump());
     }
+    // RFC 9112 §5.1: a proxy removes whitespace before a response field's
+    // colon, and passes the field on.
+    assert_eq!(resp.header("x-spaced"), Some("before the colon"), "{}", resp.dump());
     for v in resp.header_all("connection") {
         assert!(!v.to_ascii_lowercase().contains("x-hop-resp"), "Connection passed on as {v:?}");
     }

@@ -15,8 +15,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use crate::respond::PROXY_NAME;
 
 /// Fields never forwarded, whatever `Connection` says: the hop-by-hop ones,
-/// `Proxy-Authorization` (consumed here) and `Proxy-Authenticate` (an
-/// origin's challenge is not for the client's proxy credentials).
+/// `Proxy-Authorization` (consumed here), and `Proxy-Authenticate` and
+/// `Proxy-Authentication-Info` (an origin's challenge, or its word on a
+/// proxy login, is not for the client's proxy credentials: RFC 9110
+/// §11.7.1, §11.7.3, for the next outbound client only, which is authgate).
 ///
 /// A `match` on the (always lowercase) name: a `const` array of `HeaderName`s
 /// is a new array at every use, built and dropped for every field checked
@@ -33,6 +35,7 @@ fn always_dropped(name: &HeaderName) -> bool {
             | "upgrade"
             | "proxy-authorization"
             | "proxy-authenticate"
+            | "proxy-authentication-info"
     )
 }
 

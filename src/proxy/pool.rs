@@ -341,6 +341,11 @@ async fn send_new(
     let io = Watched { io: stream, writes: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(256 * 1024)
+        // RFC 9112 §5.1: a proxy MUST remove whitespace between a response
+        // field's name and its colon, and pass the field on (hyper's default
+        // refuses the response). What the client gets is framed by
+        // authgate, so the field cannot be read two ways downstream.
+        .allow_spaces_after_header_name_in_responses(true)
         .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
         .map_err(|e| upstream_error(&e))?;
