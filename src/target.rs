@@ -217,7 +217,7 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
     if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && host.contains(':')) {
         return Err(BadTarget("IPv6 addresses must be in brackets"));
     }
-    let port = parse_port(port)?;
+    let port = uri_port(port)?;
     Ok(Target { host: parse_host(host)?, port })
 }
 
@@ -238,8 +238,16 @@ pub fn authority_port(authority: &str, default: u16) -> Result<u16, BadTarget> {
     };
     match text {
         None | Some("") => Ok(default),
-        Some(p) => parse_port(p),
+        Some(p) => uri_port(p),
     }
+}
+
+/// A port in a request target: RFC 3986 §3.2.3 `port = *DIGIT`, so leading
+/// zeros are allowed (`:08080` is 8080, as for the `Host` field).
+fn uri_port(raw: &str) -> Result<u16, BadTarget> {
+    let digits = raw.trim_start_matches('0');
+    // All zeros: port 0, refused with the rest.
+    parse_port(if digits.is_empty() { "0" } else { digits })
 }
 
 /// Parses a decimal port 1-65535.
@@ -436,10 +444,24 @@ mod tests {
             ("a.example:8080", 8080),
             ("[::1]", 80),
             ("[::1]:443", 443),
+            // RFC 3986 §3.2.3: `*DIGIT`.
+            ("a.example:024001", 24001),
+            ("a.example:0000000080", 80),
         ] {
             assert_eq!(authority_port(authority, 80), Ok(port), "{authority}");
         }
-        for bad in ["a:65536", "a:0", "a:+80", "a:-1", "a:8o", "a:0x50", "[::1]:x", "a:4294986406"] {
+        for bad in [
+            "a:65536",
+            "a:0",
+            "a:000",
+            "a:065536",
+            "a:+80",
+            "a:-1",
+            "a:8o",
+            "a:0x50",
+            "[::1]:x",
+            "a:4294986406",
+        ] {
             assert!(authority_port(bad, 80).is_err(), "{bad}");
         }
     }
@@ -448,6 +470,7 @@ mod tests {
     fn authority_needs_a_port() {
         assert_eq!(parse_authority("example.com:443").unwrap().port, 443);
         assert_eq!(parse_authority("[::1]:8080").unwrap().host, ip("::1"));
+        assert_eq!(parse_authority("example.com:0443").unwrap().port, 443);
         for s in ["example.com", "example.com:0", "example.com:99999", "example.com:+1", "::1:80", ":80"] {
             assert!(parse_authority(s).is_err(), "{s}");
         }

@@ -7,7 +7,7 @@ use http::Method;
 use crate::config::Snapshot;
 use crate::policy::explain::{Report, explain};
 use crate::proxy::dns::Resolver;
-use crate::target::{Host, Target, parse_authority, parse_host, parse_port, without_userinfo};
+use crate::target::{Host, Target, authority_port, parse_authority, parse_host, without_userinfo};
 
 /// Parses TARGET (a URL or host:port) and the method it implies: `GET` for
 /// `http://`, `CONNECT` for `https://` and host:port.
@@ -28,9 +28,11 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let authority = without_userinfo(authority);
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !p.contains(']') => (h, parse_port(p).map_err(|e| e.0.to_string())?),
-            _ => (authority, default_port),
+        // The port as the proxy reads it (an empty one is the default).
+        let port = authority_port(authority, default_port).map_err(|e| e.0.to_string())?;
+        let host = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => h,
+            _ => authority,
         };
         let host = parse_host(&ascii_host(host)?).map_err(|e| e.0.to_string())?;
         return Ok((Target { host, port }, method));
@@ -98,5 +100,20 @@ mod tests {
         let (target, method) = parse_target("BÜCHER.example:443").unwrap();
         assert_eq!((target, method), (Target { host: name, port: 443 }, Method::CONNECT));
         assert!(parse_target("http://bü cher.example/").is_err());
+    }
+
+    /// The port of a URL as the proxy reads it: an empty one is the
+    /// scheme's, leading zeros are allowed (explain said "bad port" for
+    /// `http://127.0.0.1:/`, which the proxy sends to port 80).
+    #[test]
+    fn a_url_port_is_read_as_the_proxy_reads_it() {
+        let port = |url: &str| parse_target(url).map(|(t, _)| t.port);
+        assert_eq!(port("http://127.0.0.1:/"), Ok(80));
+        assert_eq!(port("https://127.0.0.1:"), Ok(443));
+        assert_eq!(port("http://127.0.0.1:08080/x"), Ok(8080));
+        assert_eq!(port("http://[::1]:/"), Ok(80));
+        assert_eq!(port("http://[::1]/"), Ok(80));
+        assert!(port("http://127.0.0.1:0/").is_err());
+        assert!(port("http://127.0.0.1:65536/").is_err());
     }
 }
