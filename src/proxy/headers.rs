@@ -41,8 +41,22 @@ fn always_dropped(name: &HeaderName) -> bool {
 
 /// Whether the message asks to switch protocols (`Connection: upgrade` plus
 /// an `Upgrade` field), e.g. a WebSocket handshake.
+///
+/// Not when `h2c` is all it offers: that upgrade needs its
+/// `HTTP2-Settings` field, which is hop-by-hop (named in `Connection`) and
+/// so never reaches the origin; the request goes on as plain HTTP/1.1, as
+/// RFC 9113 §3.1 lets a server answer it anyway.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_lists(headers, "upgrade")
+    let mut offers = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+        .peekable();
+    offers.peek().is_some()
+        && !offers.all(|p| p.eq_ignore_ascii_case(b"h2c"))
+        && connection_lists(headers, "upgrade")
 }
 
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
@@ -384,6 +398,12 @@ mod tests {
 
     #[test]
     fn upgrade_is_kept_when_upgrading() {
+        // h2c alone cannot be passed on (its HTTP2-Settings is hop-by-hop).
+        for (upgrade, wanted) in [("h2c", false), ("H2C", false), ("h2c, websocket", true), ("", false)] {
+            let h = map(&[("connection", "Upgrade, HTTP2-Settings"), ("upgrade", upgrade)]);
+            assert_eq!(wants_upgrade(&h), wanted, "{upgrade:?}");
+        }
+        assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         assert!(wants_upgrade(&h));
         let _ = strip_hop_by_hop(&mut h, true);
