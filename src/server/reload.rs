@@ -111,7 +111,8 @@ impl StartOnly {
             ("metrics.per_user", self.metrics_per_user != other.metrics_per_user),
             ("admin.listen", self.admin != other.admin),
             ("dns.servers", self.dns_servers != other.dns_servers),
-            ("log.level/log.format", self.log != other.log),
+            ("log.level", self.log.0 != other.log.0),
+            ("log.format", self.log.1 != other.log.1),
         ]
         .into_iter()
         .filter_map(|(name, differs)| differs.then_some(name))
