@@ -113,6 +113,52 @@ async fn reload_on_rename_and_a_bad_edit_keeps_the_old_config() {
     );
 }
 
+/// A typo in the config file holds back the config file's changes, not a
+/// users-file change: a user removed meanwhile is refused at once (the
+/// removal used to wait until someone fixed the unrelated typo).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_file_does_not_hold_back_a_users_change() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let origin = spawn_echo_origin();
+    let alice = user_entry("alice", "a1", "");
+    let proxy = spawn_custom(CFG_NT, &(alice.clone() + &user_entry("bob", "b1", "")));
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 200);
+    let failures = || proxy.state.reload_failures.load(SeqCst);
+    let generation = || proxy.state.generation.load(SeqCst);
+    let start = generation();
+
+    // The config file gets a change (deny everything) and a typo.
+    let config = proxy.file("authgate.toml");
+    replace_by_rename(&config, &format!("{CFG_NT}[policy]\ndefault = \"deny\"\n[limits]\nbogus = 1\n"));
+    assert!(eventually(Duration::from_secs(5), || async { failures() >= 1 }).await, "the bad edit was tried");
+    assert_eq!(generation(), start, "nothing changed that could apply");
+
+    // Bob is removed while the typo is there: refused.
+    replace_by_rename(&proxy.file("users.toml"), &alice);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status_or_closed(proxy.addr, &origin, "bob", "b1").await == 407
+        })
+        .await,
+        "bob is refused although the config file is broken"
+    );
+    assert_eq!(failures(), 2, "the config file is still refused");
+    assert_eq!(generation(), start + 1);
+    // ... under the configuration in effect: the deny-all waits for the fix.
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+
+    replace_by_rename(&config, &format!("{CFG_NT}[policy]\ndefault = \"deny\"\n"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 403
+        })
+        .await,
+        "the fixed config file applies"
+    );
+    assert_eq!(generation(), start + 2);
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_through_a_kubernetes_style_symlink_swap() {
     let origin = spawn_echo_origin();

@@ -156,7 +156,7 @@ impl Default for Limits {
 }
 
 /// Everything a request needs, validated. Immutable; replaced whole on reload.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The config file this came from.
     pub config_path: PathBuf,
@@ -220,25 +220,12 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     let source = read(path)?;
     let (settings, mut problems) =
         validate::config(path, &source).map_err(|problems| ConfigError { problems })?;
-    let users_source = read(&settings.auth.users_file);
-    let users = match users_source {
-        Ok(src) => {
-            let (users, p) = users::parse(&settings.auth.users_file, &src);
-            problems.extend(p);
-            users
-        }
-        Err(e) => {
-            problems.extend(e.problems);
-            Vec::new()
-        }
-    };
+    let (users, p) = read_users(&settings.auth);
+    problems.extend(p);
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
-    let params = users::common_params(&users).unwrap_or_else(|| settings.auth.argon2.clone());
-    let store = UserStore::new(users, params).map_err(|m| ConfigError {
-        problems: vec![Problem { file: settings.auth.users_file.clone(), line: 0, col: 0, message: m }],
-    })?;
+    let store = user_store(users, &settings.auth)?;
     Ok(Snapshot {
         config_path: path.to_path_buf(),
         server: settings.server,
@@ -253,6 +240,35 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
         admin: settings.admin,
         metrics_per_user: settings.metrics_per_user,
         users: Arc::new(store),
+    })
+}
+
+/// The users file `auth` names on its own, under those settings: a reload
+/// whose config file has errors still applies it (a revocation must not
+/// wait for a typo elsewhere).
+///
+/// # Errors
+/// Every problem in the users file.
+pub fn load_users(auth: &Auth) -> Result<UserStore, ConfigError> {
+    let (users, problems) = read_users(auth);
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    user_store(users, auth)
+}
+
+/// The users in the users file `auth` names, and every problem in it.
+fn read_users(auth: &Auth) -> (Vec<crate::auth::store::User>, Vec<Problem>) {
+    match read(&auth.users_file) {
+        Ok(src) => users::parse(&auth.users_file, &src),
+        Err(e) => (Vec::new(), e.problems),
+    }
+}
+
+fn user_store(users: Vec<crate::auth::store::User>, auth: &Auth) -> Result<UserStore, ConfigError> {
+    let params = users::common_params(&users).unwrap_or_else(|| auth.argon2.clone());
+    UserStore::new(users, params).map_err(|m| ConfigError {
+        problems: vec![Problem { file: auth.users_file.clone(), line: 0, col: 0, message: m }],
     })
 }
 

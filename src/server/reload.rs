@@ -134,6 +134,9 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
             }
             state.reload_failures.fetch_add(1, Ordering::Relaxed);
             state.metrics.reload(false);
+            if e.problems.iter().all(|p| p.file != old.auth.users_file) {
+                users_alone(state, &old);
+            }
             return Err(e);
         }
     };
@@ -158,20 +161,57 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
         }
     }
     let new = Arc::new(new);
+    let (generation, revoked) = install(state, &old, new.clone());
+    state.metrics.reload(true);
+    state.pool.clear();
+    // The listeners bound are those of the start until a restart.
+    let summary = new.summary_listening(&state.listening);
+    tracing::info!(generation, revoked_sessions = revoked, summary = &*summary, "configuration reloaded");
+    Ok(generation)
+}
+
+/// After a reload refused for errors in the config file alone: the users
+/// file, if it changed and loads on its own, applies under the
+/// configuration in effect. An admin who removes a user while an unrelated
+/// typo sits in the config file (the reload's ERROR unread) would otherwise
+/// leave that user in until someone fixes the typo.
+fn users_alone(state: &State, old: &Arc<Snapshot>) {
+    let users = match config::load_users(&old.auth) {
+        Ok(u) => u,
+        Err(e) => {
+            for p in &e.problems {
+                tracing::error!(problem = %p, "reload failed; the previous configuration stays in effect");
+            }
+            return;
+        }
+    };
+    let same = users.len() == old.users.len()
+        && old.users.iter().all(|u| users.get(&u.name).is_some_and(|n| n.fingerprint == u.fingerprint));
+    if same {
+        return;
+    }
+    let new = Arc::new(Snapshot { users: Arc::new(users), ..(**old).clone() });
+    let (generation, revoked) = install(state, old, new);
+    tracing::warn!(
+        generation,
+        revoked_sessions = revoked,
+        "users file reloaded on its own; the config file's changes wait until its errors are fixed"
+    );
+}
+
+/// Makes `new` the live snapshot in place of `old`: a new generation, the
+/// sessions and cached logins of users that changed or went closed and
+/// forgotten. Returns the generation and the number of sessions closed.
+fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
     state.snapshot.store(new.clone());
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
-    state.metrics.reload(true);
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
     for user in old.users.iter() {
         if new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint) {
             state.auth.cache().forget_user(&user.name);
         }
     }
-    state.pool.clear();
-    // The listeners bound are those of the start until a restart.
-    let summary = new.summary_listening(&state.listening);
-    tracing::info!(generation, revoked_sessions = revoked, summary = &*summary, "configuration reloaded");
-    Ok(generation)
+    (generation, revoked)
 }
 
 /// Watches for SIGHUP and file changes until shutdown begins; also closes
