@@ -288,11 +288,13 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
     }
 }
 
-/// authgate compares IPv6 forms of IPv4 addresses (`::ffff:a.b.c.d`, NAT64,
-/// 6to4) as IPv4, so a CIDR written in such a form could never match: it is
-/// refused at load, with the IPv4 CIDR to write instead.
+/// authgate compares IPv4-mapped addresses (`::ffff:a.b.c.d`) as IPv4, so a
+/// CIDR written in that form could never match: it is refused at load, with
+/// the IPv4 CIDR to write instead. NAT64 and 6to4 ranges are IPv6 ranges
+/// (authgate dials those addresses as IPv6) and load. A CIDR with bits set
+/// past its prefix is refused: the address or the range, which was meant?
 #[test]
-fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() {
+fn a_mapped_cidr_or_one_with_host_bits_is_refused_with_what_to_write() {
     let users = good_users();
     let head = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[auth]\nusers_file = \"users.toml\"\n";
     let rule = format!(
@@ -300,16 +302,19 @@ fn an_ipv6_form_of_ipv4_addresses_in_a_cidr_is_refused_with_the_ipv4_to_write() 
     );
     let err = load_err(&rule, &users);
     assert!(err.contains("authgate.toml:8:") && err.contains("write \"8.8.8.0/24\""), "{err}");
-    let egress = format!("{head}[egress]\nallow_cidrs = [\"64:ff9b::10.0.0.0/104\", \"2002:c0a8::/32\"]\n");
-    let err = load_err(&egress, &users);
-    assert!(err.contains("write \"10.0.0.0/8\""), "{err}");
-    assert!(err.contains("write \"192.168.0.0/16\""), "{err}");
-    // A whole translation prefix is every IPv4 address: no "write 0.0.0.0/0".
-    let egress = format!("{head}[egress]\nallow_cidrs = [\"64:ff9b::/96\"]\n");
+    // The whole mapped range is every IPv4 address: no "write 0.0.0.0/0".
+    let egress = format!("{head}[egress]\nallow_cidrs = [\"::ffff:0:0/96\"]\n");
     let err = load_err(&egress, &users);
     assert!(err.contains("stands for every IPv4 address") && !err.contains("write"), "{err}");
-    // Plain IPv6 and IPv4 CIDRs load.
-    let fine = format!("{head}[egress]\nallow_cidrs = [\"fd00::/8\", \"10.0.0.0/8\", \"::1\"]\n");
+    // Host bits: `::1/64` opened `::/64`, `::` (this host) with it.
+    let egress = format!("{head}[egress]\nallow_cidrs = [\"::1/64\", \"10.1.2.3/8\"]\n");
+    let err = load_err(&egress, &users);
+    assert!(err.contains("`::1/64` has bits set past its /64: write \"::/64\""), "{err}");
+    assert!(err.contains("`10.1.2.3/8` has bits set past its /8: write \"10.0.0.0/8\""), "{err}");
+    // Plain IPv6 and IPv4 CIDRs load, and so do NAT64 and 6to4 ranges.
+    let fine = format!(
+        "{head}[egress]\nallow_cidrs = [\"fd00::/8\", \"10.0.0.0/8\", \"::1\", \"64:ff9b::/96\", \"2002:c0a8::/32\"]\n"
+    );
     let (_dir, snap) = load(&fine, &users);
     snap.unwrap_or_else(|e| panic!("{e}"));
 }

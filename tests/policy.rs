@@ -361,6 +361,16 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, out, _) = run(&["--user", USER, "169.254.169.254:80"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("DENIED: link-local"), "{out}");
+    // IPv6 forms that name 127.0.0.1 through a translator are dialled as
+    // IPv6: the loopback range opened in [egress] does not open them (one
+    // was allowed, then dialled off the machine).
+    for target in ["http://[::127.0.0.1]:80/", "http://[64:ff9b::127.0.0.1]:80/", "[2002:7f00:1::1]:80"] {
+        let (code, out, _) = run(&["--user", USER, target]);
+        assert_eq!(code, Some(1), "{target}: {out}");
+        assert!(out.contains("DENIED: loopback"), "{target}: {out}");
+    }
+    let (code, out, _) = run(&["--user", USER, "http://[::ffff:127.0.0.1]:80/"]);
+    assert_eq!(code, Some(0), "the mapped form is 127.0.0.1: {out}");
     let (code, _, err) = run(&["--user", "nobody", "127.0.0.1:80"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("no user"), "{err}");

@@ -359,7 +359,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
 /// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
 ///
 /// # Errors
-/// A one-line reason: not a CIDR, or an IPv6 form of IPv4 addresses
+/// A one-line reason: not a CIDR; bits set past the prefix (`10.1.2.3/8`:
+/// which was meant, the address or its /8?); or an IPv4-mapped form
 /// (`::ffff:8.8.8.0/120`), which could never match: authgate compares
 /// those addresses in their IPv4 form (see `policy::egress::canonical`),
 /// so the reason names the IPv4 CIDR to write instead.
@@ -370,27 +371,30 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-        .map(|n| n.trunc())
         .ok_or_else(|| format!("`{shown}` is not a CIDR (e.g. \"10.1.0.0/16\" or \"fd00::/8\")"))?;
+    if net != net.trunc() {
+        return Err(format!(
+            "`{shown}` has bits set past its /{}: write \"{}\" for the range, or the address alone",
+            net.prefix_len(),
+            net.trunc()
+        ));
+    }
     if let ipnet::IpNet::V6(v6) = net
         && let std::net::IpAddr::V4(v4) = crate::policy::egress::canonical(v6.network().into())
+        && v6.prefix_len() >= 96
     {
-        // Where the IPv4 address sits: bits 16-47 for 6to4, the last 32 otherwise.
-        let (start, end) = if v6.network().segments()[0] == 0x2002 { (16, 48) } else { (96, 128) };
-        if v6.prefix_len() >= start {
-            let len = (v6.prefix_len().min(end) - start).min(32);
-            if len == 0 {
-                // A whole translation prefix (`64:ff9b::/96`): its IPv4 form
-                // would open or match every IPv4 address.
-                return Err(format!(
-                    "`{shown}` is an IPv6 form of IPv4 addresses, which authgate compares as IPv4; it stands for every IPv4 address (\"0.0.0.0/0\"): list the IPv4 ranges you mean instead"
-                ));
-            }
-            let suggestion = ipnet::Ipv4Net::new(v4, len).map(|n| n.trunc().to_string()).unwrap_or_default();
+        let len = v6.prefix_len() - 96;
+        if len == 0 {
+            // The whole mapped range: its IPv4 form would open or match
+            // every IPv4 address.
             return Err(format!(
-                "`{shown}` is an IPv6 form of IPv4 addresses, which authgate compares as IPv4: write \"{suggestion}\""
+                "`{shown}` is an IPv6 form of IPv4 addresses, which authgate compares as IPv4; it stands for every IPv4 address (\"0.0.0.0/0\"): list the IPv4 ranges you mean instead"
             ));
         }
+        let suggestion = ipnet::Ipv4Net::new(v4, len).map(|n| n.trunc().to_string()).unwrap_or_default();
+        return Err(format!(
+            "`{shown}` is an IPv6 form of IPv4 addresses, which authgate compares as IPv4: write \"{suggestion}\""
+        ));
     }
     Ok(net)
 }

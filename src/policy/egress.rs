@@ -5,8 +5,13 @@
 //! opened with `[egress] allow_cidrs`: loopback, RFC 1918 private, CGNAT,
 //! link-local (incl. the cloud metadata address 169.254.169.254), unique-local,
 //! unspecified, broadcast, multicast, documentation and benchmarking ranges,
-//! reserved ranges, and the IPv4-mapped / IPv4-compatible / NAT64 / 6to4 IPv6
-//! forms of all of these (the embedded IPv4 address is checked).
+//! reserved ranges. An IPv4-mapped address (`::ffff:a.b.c.d`) is the IPv4
+//! address it maps (a connection to it goes there). The IPv6 forms that
+//! name an IPv4 host through a translator or relay (IPv4-compatible
+//! `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::/48`) are
+//! denied when that IPv4 address is, and otherwise judged as the IPv6
+//! addresses they are: they are dialled as such, so opening an IPv4 range
+//! never opens them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -31,7 +36,10 @@ const DENIED: &[(&str, &str)] = &[
     ("240.0.0.0/4", "reserved / broadcast"),
     ("::/128", "unspecified"),
     ("::1/128", "loopback"),
+    ("::/96", "IPv4-compatible (deprecated)"),
+    ("::ffff:0:0:0/96", "IPv4-translated (SIIT)"),
     ("100::/64", "discard-only"),
+    ("64:ff9b:1::/48", "local-use NAT64 (RFC 8215)"),
     ("2001::/23", "IETF protocol assignments"),
     ("2001:db8::/32", "documentation"),
     ("fc00::/7", "unique-local"),
@@ -72,10 +80,23 @@ impl Egress {
         Egress { denied, allowed }
     }
 
-    /// Checks one address. IPv6 forms that embed an IPv4 address are checked
-    /// as that IPv4 address.
+    /// Checks one address: an IPv4-mapped one as its IPv4 address; an IPv6
+    /// form that names an IPv4 host ([`embedded_v4`]) is denied when that
+    /// host is denied by default (a translator would take the connection
+    /// there), unless `allow_cidrs` opens the IPv6 address itself, and is
+    /// otherwise judged as itself. An `allow_cidrs` entry for IPv4 never
+    /// opens an IPv6 address: authgate dials the address it checked.
     pub fn check(&self, ip: IpAddr) -> Verdict {
         let ip = canonical(ip);
+        if let IpAddr::V6(v6) = ip
+            && let Some(v4) = embedded_v4(v6)
+            && let Some(why) = self.denied_reason(v4.into())
+        {
+            return match self.allowed.iter().find(|n| n.contains(&ip)) {
+                Some(net) => Verdict::AllowedByConfig(*net),
+                None => Verdict::Denied(why),
+            };
+        }
         if let Some(net) = self.allowed.iter().find(|n| n.contains(&ip)) {
             return match self.denied_reason(ip) {
                 Some(_) => Verdict::AllowedByConfig(*net),
@@ -98,21 +119,30 @@ impl Egress {
     }
 }
 
-/// The IPv4 address an IPv6 address embeds, for the transition forms that
-/// reach IPv4 hosts: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,
-/// NAT64 `64:ff9b::a.b.c.d` and 6to4 `2002:aabb:ccdd::`.
+/// The address a connection to `ip` reaches: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, as a dual-stack socket reports an IPv4 peer) is that
+/// IPv4 address; every other address is itself.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4).unwrap_or(ip),
     }
 }
 
-fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+/// `addr` with its address [`canonical`]: a client of a dual-stack `[::]`
+/// listener, or one a PROXY header names, as `::ffff:a.b.c.d` is a.b.c.d.
+pub fn canonical_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(canonical(addr.ip()), addr.port())
+}
+
+/// The IPv4 host an IPv6 address names through a translator or relay:
+/// IPv4-compatible `::a.b.c.d` (deprecated), NAT64 `64:ff9b::a.b.c.d` and
+/// 6to4 `2002:aabb:ccdd::/48`. Such an address is dialled as IPv6, so it is
+/// used only to deny: to the egress checks, and to deny rules.
+pub fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {
-        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(tail),
         // IPv4-compatible; ::, ::1 stay IPv6 (their own ranges apply).
         [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
@@ -161,6 +191,13 @@ mod tests {
             "64:ff9b::10.0.0.1",
             "2002:7f00:1::",
             "::ffff:10.0.0.1",
+            // IPv4-compatible and -translated forms, local-use NAT64.
+            "::2",
+            "::0.0.1.1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1::808:808",
             // Each remaining row of the README's table, at both ends.
             "0.255.255.255",
             "100.127.255.255",
@@ -210,5 +247,35 @@ mod tests {
         assert!(denied(&e, "10.0.0.1"));
         assert!(denied(&e, "::1"));
         assert!(matches!(e.check("127.0.0.1".parse().unwrap()), Verdict::AllowedByConfig(_)));
+        // The IPv6 forms that name 127.0.0.1 through a translator or relay are
+        // dialled as IPv6 (off the machine): opening 127/8 does not open them.
+        for v6 in ["::127.0.0.1", "64:ff9b::127.0.0.1", "2002:7f00:1::1", "2002:7f00:1:ffff::1"] {
+            assert_eq!(e.check(v6.parse().unwrap()), Verdict::Denied("loopback"), "{v6}");
+        }
+        // Only allow_cidrs for the IPv6 range itself opens them.
+        let nat64: IpNet = "64:ff9b::/96".parse().unwrap();
+        let e = Egress::new(vec![nat64]);
+        assert_eq!(e.check("64:ff9b::10.0.0.1".parse().unwrap()), Verdict::AllowedByConfig(nat64));
+        assert!(denied(&e, "10.0.0.1"));
+    }
+
+    /// A NAT64 or 6to4 address of a public IPv4 host is a public IPv6
+    /// address; a mapped one is the IPv4 address.
+    #[test]
+    fn transition_forms_of_public_hosts_are_public() {
+        let e = Egress::default();
+        for s in ["64:ff9b::8.8.8.8", "2002:808:808::1", "::ffff:8.8.8.8"] {
+            assert_eq!(e.check(s.parse().unwrap()), Verdict::Allowed, "{s}");
+        }
+        assert_eq!(canonical("::ffff:8.8.8.8".parse().unwrap()), "8.8.8.8".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            canonical("64:ff9b::8.8.8.8".parse().unwrap()),
+            "64:ff9b::808:808".parse::<IpAddr>().unwrap()
+        );
+        // How clients are logged: as the IPv4 address a dual-stack socket maps.
+        let mapped: std::net::SocketAddr = "[::ffff:127.0.0.1]:4242".parse().unwrap();
+        assert_eq!(canonical_addr(mapped).to_string(), "127.0.0.1:4242");
+        let v6: std::net::SocketAddr = "[::1]:4242".parse().unwrap();
+        assert_eq!(canonical_addr(v6), v6);
     }
 }

@@ -131,7 +131,11 @@ impl Rule {
             && !hosts.iter().any(|p| matches!(p, HostPattern::Any))
         {
             let host = host_text(&q.target.host);
-            if !hosts.iter().any(|p| p.matches(&host)) {
+            let hit = hosts.iter().any(|p| p.matches(&host))
+                || (self.action == Action::Deny
+                    && embedded(&q.target.host)
+                        .is_some_and(|v4| hosts.iter().any(|p| p.matches(&v4.to_string()))));
+            if !hit {
                 return Check::Miss("host");
             }
         }
@@ -139,13 +143,19 @@ impl Rule {
             let Some(addrs) = q.addrs else {
                 return Check::NeedAddrs;
             };
-            let inside = |ip: &IpAddr| {
-                let ip = crate::policy::egress::canonical(*ip);
-                cidrs.iter().any(|n| n.contains(&ip))
-            };
+            let inside = |ip: IpAddr| cidrs.iter().any(|n| n.contains(&ip));
+            // The address dialled; for a deny rule also the IPv4 host an
+            // IPv6 form names through a translator (NAT64, 6to4), so that
+            // no spelling gets past it. An allow rule opens only what it
+            // lists.
             let hit = match self.action {
-                Action::Allow => !addrs.is_empty() && addrs.iter().all(inside),
-                Action::Deny => addrs.iter().any(inside),
+                Action::Allow => {
+                    !addrs.is_empty() && addrs.iter().all(|ip| inside(crate::policy::egress::canonical(*ip)))
+                }
+                Action::Deny => addrs.iter().any(|ip| {
+                    let ip = crate::policy::egress::canonical(*ip);
+                    inside(ip) || embedded_ip(ip).is_some_and(|v4| inside(v4.into()))
+                }),
             };
             if !hit {
                 return Check::Miss("cidr");
@@ -157,13 +167,29 @@ impl Rule {
 
 /// The host as patterns see it; an address is formatted only for a rule
 /// that has patterns other than `*` (formatting one per rule per request
-/// was 1.6k instructions). An IPv6 form that embeds an IPv4 address
-/// (`[::ffff:10.1.2.3]`) is that IPv4 address, as for `cidrs` and the egress
-/// checks: it reaches the same host, and must not slip past a rule for it.
+/// was 1.6k instructions). An IPv4-mapped address (`[::ffff:10.1.2.3]`) is
+/// that IPv4 address, as for `cidrs` and the egress checks: a connection to
+/// it reaches that host, and it must not slip past a rule for it.
 fn host_text(host: &Host) -> Cow<'_, str> {
     match host {
         Host::Name(n) => Cow::Borrowed(n),
         Host::Ip(ip) => Cow::Owned(crate::policy::egress::canonical(*ip).to_string()),
+    }
+}
+
+/// The IPv4 host a target address names through a translator or relay
+/// (see [`crate::policy::egress::embedded_v4`]): deny rules match it too.
+fn embedded(host: &Host) -> Option<std::net::Ipv4Addr> {
+    match host {
+        Host::Ip(ip) => embedded_ip(*ip),
+        Host::Name(_) => None,
+    }
+}
+
+fn embedded_ip(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
+    match ip {
+        IpAddr::V6(v6) => crate::policy::egress::embedded_v4(v6),
+        IpAddr::V4(_) => None,
     }
 }
 
@@ -348,5 +374,37 @@ mod tests {
         assert_eq!(r.check(&Query { user: &u, method: &Method::GET, target: &t, addrs: None }), Check::Match);
         r.hosts = Some(vec![pat("*.example.com"), pat("*")]);
         assert_eq!(r.check(&q), Check::Match);
+    }
+
+    /// An IPv6 form that names an IPv4 host through a translator or relay
+    /// (NAT64, 6to4, IPv4-compatible) is dialled as IPv6: an allow rule for
+    /// the IPv4 host does not open it, a deny rule for that host holds for
+    /// it. A mapped address (`::ffff:`) is the IPv4 address for both.
+    #[test]
+    fn translator_forms_match_deny_rules_of_their_ipv4_host_but_not_allow_rules() {
+        let u = user("x", &[]);
+        let ip = |s: &str| vec![s.parse::<IpAddr>().unwrap()];
+        let check = |r: &Rule, target: &str| {
+            let t = parse_authority(&format!("[{target}]:80")).unwrap();
+            let addrs = ip(target);
+            r.check(&Query { user: &u, method: &Method::GET, target: &t, addrs: Some(&addrs) })
+        };
+        for (kind, set) in [("cidrs", true), ("hosts", false)] {
+            let mut allow = rule("allow", Action::Allow);
+            let mut deny = rule("deny", Action::Deny);
+            if set {
+                allow.cidrs = Some(vec!["127.0.0.0/8".parse().unwrap()]);
+                deny.cidrs = Some(vec!["127.0.0.0/8".parse().unwrap()]);
+            } else {
+                allow.hosts = Some(vec![pat("127.0.0.1")]);
+                deny.hosts = Some(vec![pat("127.0.0.1")]);
+            }
+            for v6 in ["::127.0.0.1", "64:ff9b::127.0.0.1", "2002:7f00:1::1"] {
+                assert_ne!(check(&allow, v6), Check::Match, "{kind}: allow {v6}");
+                assert_eq!(check(&deny, v6), Check::Match, "{kind}: deny {v6}");
+            }
+            assert_eq!(check(&allow, "::ffff:127.0.0.1"), Check::Match, "{kind}");
+            assert_eq!(check(&deny, "::ffff:127.0.0.1"), Check::Match, "{kind}");
+        }
     }
 }

@@ -188,6 +188,9 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
 }
 
 async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStream, peer: SocketAddr) {
+    // An IPv4 client of a dual-stack `[::]` listener is `::ffff:a.b.c.d`:
+    // logged, throttled and limited as a.b.c.d, as on an IPv4 listener.
+    let peer = crate::policy::egress::canonical_addr(peer);
     if !listener.nodelay_inherited {
         let _ = stream.set_nodelay(true);
     }
@@ -207,7 +210,7 @@ async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStrea
         }
         match tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream)).await
         {
-            Ok(Ok(addr)) => addr.unwrap_or(peer),
+            Ok(Ok(addr)) => addr.map_or(peer, crate::policy::egress::canonical_addr),
             Ok(Err(e)) => {
                 tracing::warn!(peer = %peer, error = %e, "closing connection: bad or missing PROXY protocol header");
                 return;
