@@ -261,7 +261,13 @@ async fn transfer_codings_that_cannot_be_passed_on_are_refused() {
     const CHUNKED_TWICE: &[u8] =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n\
 9\r\n4\r\nGZIP\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n";
-    for response in [CHUNKED_THEN_GZIP, CHUNKED_TWICE] {
+    // hyper decodes `chunked` only as the very last member: these are read
+    // to the close, chunk framing and all, which the client took as content.
+    const CHUNKED_COMMA: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    const CHUNKED_PARAM: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;ext=1\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    for response in [CHUNKED_THEN_GZIP, CHUNKED_TWICE, CHUNKED_COMMA, CHUNKED_PARAM] {
         let (_proxy, resp) = get_from_canned_origin(response).await;
         assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
         assert!(resp.json()["detail"].as_str().unwrap().contains("Transfer-Encoding"), "{}", resp.dump());
@@ -296,6 +302,16 @@ async fn transfer_codings_that_cannot_be_passed_on_are_refused() {
     conn.send(post).await;
     let resp = conn.read_response("POST").await;
     assert_proxy_error(&resp, 400, "http_request_error", "malformed_request");
+    // `chunked` with a parameter is `chunked` too.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut post = request(
+        "POST",
+        &echo.url("/param"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked;x=1, chunked")],
+    );
+    post.extend_from_slice(b"9\r\n4\r\nGZIP\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n");
+    conn.send(post).await;
+    assert_proxy_error(&conn.read_response("POST").await, 400, "http_request_error", "malformed_request");
     assert_eq!(echo.hits(), 0, "a malformed request must not be forwarded");
 }
 

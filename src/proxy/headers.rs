@@ -59,6 +59,22 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
         && connection_lists(headers, "upgrade")
 }
 
+/// The protocols the `Upgrade` fields offer, all of them in one value,
+/// without `h2c` (see [`wants_upgrade`]); `None` when nothing else is left.
+fn upgrade_offers(headers: &HeaderMap) -> Option<HeaderValue> {
+    let offers: Vec<&[u8]> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case(b"h2c"))
+        .collect();
+    if offers.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(&offers.join(&b", "[..])).ok()
+}
+
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
@@ -91,7 +107,7 @@ pub enum Codings {
 /// ([`drop_forged_proxy_status`]); the field is noticed in the same pass
 /// over the names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
-    let upgrade_value = if upgrade { headers.get(header::UPGRADE).cloned() } else { None };
+    let upgrade_value = if upgrade { upgrade_offers(headers) } else { None };
     let mut proxy_status = false;
     // One pass over the few names a message has, then a removal for each
     // one present: a hashed lookup for each of the ten names, most of them
@@ -183,20 +199,28 @@ pub fn single_content_length(headers: &mut HeaderMap) {
 /// on, the next hop would decode a layer the body does not have, or one
 /// too few).
 fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
-    let mut codings: Vec<&str> = headers
+    let fields = headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .map(|v| v.to_str().map_err(|_| ()))
-        .collect::<Result<Vec<_>, ()>>()?
-        .into_iter()
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .collect();
-    if codings.last().is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
+        .collect::<Result<Vec<_>, ()>>()?;
+    // What hyper decoded: `chunked` exactly as the last member of the last
+    // field (hyper's own test). `chunked,` and `chunked;x=1` are read to the
+    // close instead, chunks and all; taken for chunked here, the client got
+    // the chunk framing as content.
+    let decoded = fields
+        .last()
+        .and_then(|f| f.rsplit(',').next())
+        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
+    let mut codings: Vec<&str> =
+        fields.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|c| !c.is_empty()).collect();
+    if decoded {
         codings.pop();
     }
-    if codings.iter().any(|c| c.eq_ignore_ascii_case("chunked")) {
+    // Any other `chunked` (by name: `chunked;x=1` too) is one too many, or
+    // one hyper did not take off.
+    let name = |c: &str| c.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("chunked");
+    if codings.iter().any(|c| name(c)) {
         return Err(());
     }
     if codings.is_empty() {
@@ -383,13 +407,30 @@ mod tests {
         );
         // Malformed: chunked twice or not last. Nothing is passed on, and
         // the caller refuses the message.
-        for te in ["chunked, gzip", "chunked, chunked", "gzip, chunked, chunked"] {
+        for te in [
+            "chunked, gzip",
+            "chunked, chunked",
+            "gzip, chunked, chunked",
+            // What hyper does not decode as chunked, though named so.
+            "chunked,",
+            " chunked , ",
+            "chunked;ext=1",
+            "chunked;x=1, chunked",
+            "chunked ; q=1, chunked",
+        ] {
             assert_eq!(coded(&[("transfer-encoding", te)]), (Codings::Malformed, vec![]), "{te}");
         }
         assert_eq!(
             coded(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]),
             (Codings::Malformed, vec![])
         );
+        // hyper reads the last field: an empty one after `chunked` is not chunked.
+        assert_eq!(
+            coded(&[("transfer-encoding", "chunked"), ("transfer-encoding", "")]),
+            (Codings::Malformed, vec![])
+        );
+        // Empty members elsewhere are nothing (RFC 9110 §5.6.1).
+        assert_eq!(te(&[("transfer-encoding", "gzip,,chunked")]), ["gzip, chunked"]);
         let opaque = HeaderValue::from_bytes(b"g\xffzip, chunked").unwrap();
         let mut h = HeaderMap::new();
         h.insert(header::TRANSFER_ENCODING, opaque);
@@ -404,6 +445,11 @@ mod tests {
             assert_eq!(wants_upgrade(&h), wanted, "{upgrade:?}");
         }
         assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+        // Every offer goes on, in one field, without h2c.
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "h2c"), ("upgrade", "websocket, foo/2")]);
+        assert!(wants_upgrade(&h));
+        let _ = strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get_all("upgrade").iter().collect::<Vec<_>>(), ["websocket, foo/2"]);
         let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         assert!(wants_upgrade(&h));
         let _ = strip_hop_by_hop(&mut h, true);
