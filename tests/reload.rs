@@ -157,6 +157,24 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     );
     assert_eq!(generation(), start + 2);
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
+
+    // A problem in a users file is not a typo elsewhere: the config names
+    // a users file that is not there, and the old one, edited, is not
+    // applied on its own (it would be blamed on the config file).
+    let failed = failures();
+    replace_by_rename(
+        &config,
+        &format!("{CFG_NT}[policy]\ndefault = \"deny\"\n").replace("users.toml", "gone.toml"),
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async { failures() > failed }).await,
+        "the bad edit was tried"
+    );
+    let failed = failures();
+    replace_by_rename(&proxy.file("users.toml"), &(alice.clone() + &user_entry("bob", "b1", "")));
+    assert!(eventually(Duration::from_secs(5), || async { failures() > failed }).await, "tried again");
+    assert_eq!(generation(), start + 2, "nothing applied");
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,7 +134,10 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
             }
             state.reload_failures.fetch_add(1, Ordering::Relaxed);
             state.metrics.reload(false);
-            if e.problems.iter().all(|p| p.file != old.auth.users_file) {
+            // Only when every problem is in the config file itself: one in
+            // a users file (the new one it names, too) is not "a typo
+            // elsewhere".
+            if e.problems.iter().all(|p| p.file == old.config_path) {
                 users_alone(state, &old);
             }
             return Err(e);
