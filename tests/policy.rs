@@ -390,7 +390,7 @@ fn explain_prints_each_rule_and_exits_by_decision() {
 #[test]
 fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
     let dir = TempDir::new();
-    let cfg = "[auth]\nusers_file = \"users.toml\"\n\n[[rules]]\nname = \"empty\"\naction = \"allow\"\nhosts = []\n\n[[rules]]\nname = \"inverted\"\naction = \"deny\"\nports = [\"9000-8000\"]\n\n[[rules]]\nname = \"pattern\"\naction = \"deny\"\nhosts = [\"foo*.com\"]\n\n[[rules]]\nname = \"verb\"\naction = \"maybe\"\n\n[[rules]]\nname = \"empty\"\naction = \"deny\"\n";
+    let cfg = "[auth]\nusers_file = \"users.toml\"\n\n[[rules]]\nname = \"empty\"\naction = \"allow\"\nhosts = []\n\n[[rules]]\nname = \"inverted\"\naction = \"deny\"\nports = [\"9000-8000\"]\n\n[[rules]]\nname = \"pattern\"\naction = \"deny\"\nhosts = [\"foo*.com\"]\n\n[[rules]]\nname = \"verb\"\naction = \"maybe\"\n\n[[rules]]\nname = \"empty\"\naction = \"deny\"\n\n[[rules]]\nname = \"names\"\naction = \"allow\"\nusers = [\"x y\"]\ngroups = [\"web team\"]\n";
     let path = dir.write("authgate.toml", cfg);
     dir.write("users.toml", users());
     let out = authgate_bin().arg("check").arg("--config").arg(&path).output().unwrap();
@@ -406,4 +406,10 @@ fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
     assert!(err.contains(&format!("{p}:21:10: rule `verb`: action must be")), "{err}");
     // A second rule of a name is reported even when the first has errors of its own.
     assert!(err.contains(&format!("{p}:24:8: rule `empty`: duplicate rule name")), "{err}");
+    // Names the users file refuses: no user or group can match them.
+    assert!(err.contains(&format!("{p}:30:10: rule `names`: users: `x y`: user name must not")), "{err}");
+    assert!(
+        err.contains(&format!("{p}:31:11: rule `names`: groups: `web team`: group names must not")),
+        "{err}"
+    );
 }

@@ -106,10 +106,15 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
             Ok(Arc::from(s.as_str()))
         }
     };
+    // Names no user or group can have would make the rule never match.
     let users = list(c, name, "users", &r.users, |s| {
+        super::check_name(s).map_err(|m| format!("`{}`: {m}", crate::telemetry::sanitize_username(s)))?;
         text(s).map(|n| Arc::from(crate::auth::basic::nfc(&n).as_str()))
     });
-    let groups = list(c, name, "groups", &r.groups, text);
+    let groups = list(c, name, "groups", &r.groups, |s| {
+        super::check_group(s).map_err(|m| format!("`{}`: {m}", crate::telemetry::sanitize_username(s)))?;
+        text(s)
+    });
     let hosts = list(c, name, "hosts", &r.hosts, |s| host_pattern(s));
     let ports = list(c, name, "ports", &r.ports, port_range);
     let methods = list(c, name, "methods", &r.methods, |s| {
