@@ -9,10 +9,16 @@
 //! Here it is 0.008 `write(2)` per request and no wake-up. (In req/s the two
 //! could not be told apart on a 2-core box: both cost about 7 % in a.)
 //!
-//! Nothing is dropped: a caller that finds [`HARD_LIMIT`] bytes waiting
-//! writes them out itself. Order is kept: output is written under one lock,
-//! and the buffer is taken under it. Lines reach stdout at most about
-//! [`FLUSH_EVERY`] late; [`LogGuard`] and [`Sink::flush`] write what is left.
+//! Nothing is dropped while stdout takes the lines. When [`HARD_LIMIT`]
+//! bytes are waiting, stdout has stopped taking them (a paused or stuck
+//! log consumer): further lines are dropped and counted, and a `WARN` line
+//! says how many once stdout takes lines again. Before, the thread that
+//! found the buffer full wrote it out itself, and with a stopped consumer
+//! every worker blocked in that write: the whole proxy (tunnels, health
+//! checks, SIGTERM) froze until the consumer read again. Order is kept:
+//! output is written under one lock, and the buffer is taken under it.
+//! Lines reach stdout at most about [`FLUSH_EVERY`] late; [`LogGuard`] and
+//! [`Sink::flush`] write what is left.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,7 +31,7 @@ use tracing_subscriber::fmt::MakeWriter;
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Bytes waiting that wake the writer thread early.
 pub const FLUSH_AT: usize = 64 * 1024;
-/// Bytes waiting at which a logging thread writes them itself.
+/// Bytes waiting past which new lines are dropped (and counted).
 pub const HARD_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The buffer shared by all threads that log.
@@ -42,6 +48,8 @@ pub struct Sink {
 struct Pending {
     buf: Vec<u8>,
     closing: bool,
+    /// Lines dropped since the last report.
+    dropped: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,12 +68,16 @@ impl Sink {
         let bytes = escape_hidden(bytes, self.json);
         let mut p = lock(&self.pending);
         let before = p.buf.len();
+        if before >= HARD_LIMIT {
+            // stdout has not taken 4 MiB: the writer thread is stuck in a
+            // write. Waiting for it would stop this thread too.
+            p.dropped += 1;
+            return;
+        }
         p.buf.extend_from_slice(&bytes);
         let now = p.buf.len();
         drop(p);
-        if now >= HARD_LIMIT {
-            self.flush();
-        } else if before < FLUSH_AT && now >= FLUSH_AT {
+        if before < FLUSH_AT && now >= FLUSH_AT {
             self.wake.notify_one();
         }
     }
@@ -73,11 +85,24 @@ impl Sink {
     /// Writes everything buffered so far.
     pub fn flush(&self) {
         let mut out = lock(&self.out);
-        let batch = std::mem::take(&mut lock(&self.pending).buf);
+        let (batch, dropped) = {
+            let mut p = lock(&self.pending);
+            (std::mem::take(&mut p.buf), std::mem::take(&mut p.dropped))
+        };
         if !batch.is_empty() {
             // Nowhere to report a failing stdout; the lines are lost, the
             // proxy keeps running.
             let _ = out.write_all(&batch).and_then(|()| out.flush());
+        }
+        drop(out);
+        if dropped > 0 {
+            // In the log's own format, with the next batch: stdout took
+            // this one, so the consumer reads again.
+            tracing::warn!(
+                target: "authgate::log",
+                dropped_lines = dropped,
+                "log lines dropped: stdout took none while 4 MiB waited (the log consumer stopped reading)"
+            );
         }
     }
 
@@ -247,6 +272,51 @@ mod tests {
             next[t] += 1;
         }
         assert_eq!(next, [20_000; 4], "every line written");
+    }
+
+    /// A consumer that stops reading costs log lines, counted, not the
+    /// threads that log (they all blocked in the write, and the proxy froze).
+    #[test]
+    fn a_stopped_consumer_costs_lines_not_the_threads_that_log() {
+        // An output that blocks until let go, as a pipe nobody reads.
+        struct Stuck(Arc<(Mutex<bool>, Condvar)>);
+        impl Write for Stuck {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let (go, cv) = &*self.0;
+                let mut go = lock(go);
+                while !*go {
+                    go = cv.wait(go).unwrap_or_else(|e| e.into_inner());
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let gate = Arc::new((Mutex::new(false), Condvar::new()));
+        let (writer, guard) = start(Box::new(Stuck(gate.clone())), false);
+        let sink = writer.sink();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let mut w = writer.clone();
+        std::thread::spawn(move || {
+            let mut line = vec![b'x'; 1023];
+            line.push(b'\n');
+            // 10 MiB, more than the buffer holds.
+            for _ in 0..10 * 1024 {
+                w.write_all(&line).unwrap();
+            }
+            let _ = done_tx.send(());
+        });
+        assert!(done_rx.recv_timeout(Duration::from_secs(20)).is_ok(), "the logging thread blocked");
+        {
+            let p = lock(&sink.pending);
+            assert!(p.dropped > 0, "lines past the limit are dropped and counted");
+            assert!(p.buf.len() < HARD_LIMIT + 1024, "the buffer stays bounded");
+        }
+        *lock(&gate.0) = true;
+        gate.1.notify_all();
+        drop(guard);
+        assert_eq!(lock(&sink.pending).buf.len(), 0, "what was kept is written at exit");
     }
 
     #[test]
