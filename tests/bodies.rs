@@ -564,6 +564,41 @@ async fn a_slow_upload_longer_than_the_response_timeout_goes_through() {
     assert!(r.text().starts_with("6 "), "the origin got all 6 bytes: {}", r.text());
 }
 
+/// A body that has gone out whole counts as sent: an origin that then never
+/// answers gets its 504 after `upstream_response_timeout`, as for a GET,
+/// not after twice that (the writes of the request itself extended the wait).
+#[tokio::test]
+async fn a_request_with_a_body_waits_one_response_timeout() {
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        let mut buf = [0u8; 4096];
+        // Read the request, then hold the connection without a word.
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    });
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"1s\"\n", &[USER]);
+    let mut c = RawConn::connect(proxy.addr).await;
+    let mut bytes = request(
+        "POST",
+        &origin.url("/never"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &basic(USER.0, USER.1)),
+            ("Content-Length", "10"),
+        ],
+    );
+    bytes.extend_from_slice(b"0123456789");
+    let start = std::time::Instant::now();
+    c.send(bytes).await;
+    let r = c.read_response("POST").await;
+    assert_eq!(r.status, 504, "{}", r.dump());
+    // Twice the timeout (2 s) before the fix; the bound leaves room for a
+    // loaded machine.
+    assert!(start.elapsed() < std::time::Duration::from_millis(1800), "{:?}", start.elapsed());
+}
+
 /// A client whose body stops arriving gets 408 `request_body_timeout` (its
 /// own doing), and one whose chunked framing is broken gets 400
 /// `bad_request_body`; neither is blamed on the origin as a 5xx.

@@ -392,9 +392,16 @@ async fn head_wait<T>(
                 let Some(upload) = upload else { return Err(ProxyError::UpstreamReadTimeout) };
                 let now = Instant::now();
                 let mut next = upload.last_progress() + d;
+                // Writes since the last look extend the wait only while the
+                // origin is still being sent the body (the client sends, or
+                // the last write could not proceed). A body that has gone
+                // out whole counts as sent: its own writes gave every request
+                // with a body a second full wait.
                 if writes.done() != written {
                     written = writes.done();
-                    next = next.max(now + d);
+                    if upload.state() == UploadState::Sending || writes.blocked.load(Ordering::Relaxed) {
+                        next = next.max(now + d);
+                    }
                 }
                 if next > now {
                     deadline = next.into();
