@@ -230,15 +230,18 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
 /// # Errors
 /// [`BadTarget`] for a port that is not a number 1-65535.
 pub fn authority_port(authority: &str, default: u16) -> Result<u16, BadTarget> {
-    // The last `:`, unless it is inside an IPv6 literal's brackets.
-    let bytes = authority.as_bytes();
-    let text = match bytes.iter().rposition(|&b| b == b':') {
-        Some(i) if !bytes[i..].contains(&b']') => Some(&authority[i + 1..]),
-        _ => None,
-    };
-    match text {
+    match split_port(authority).1 {
         None | Some("") => Ok(default),
         Some(p) => uri_port(p),
+    }
+}
+
+/// An authority (`host:port`, `[v6]:port`, `host`) cut at the `:` before
+/// its port: the last `:`, unless it is inside an IPv6 literal's brackets.
+pub fn split_port(authority: &str) -> (&str, Option<&str>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (authority, None),
     }
 }
 

@@ -7,7 +7,9 @@ use http::Method;
 use crate::config::Snapshot;
 use crate::policy::explain::{Report, explain};
 use crate::proxy::dns::Resolver;
-use crate::target::{Host, Target, authority_port, parse_authority, parse_host, without_userinfo};
+use crate::target::{
+    Host, Target, authority_port, parse_authority, parse_host, split_port, without_userinfo,
+};
 
 /// Parses TARGET (a URL or host:port) and the method it implies: `GET` for
 /// `http://`, `CONNECT` for `https://` and host:port.
@@ -30,10 +32,7 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         let authority = without_userinfo(authority);
         // The port as the proxy reads it (an empty one is the default).
         let port = authority_port(authority, default_port).map_err(|e| e.0.to_string())?;
-        let host = match authority.rsplit_once(':') {
-            Some((h, p)) if !p.contains(']') => h,
-            _ => authority,
-        };
+        let (host, _) = split_port(authority);
         let host = parse_host(&ascii_host(host)?).map_err(|e| e.0.to_string())?;
         return Ok((Target { host, port }, method));
     }

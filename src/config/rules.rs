@@ -99,21 +99,16 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         c.at(r.action.span(), format!("rule `{name}`: action must be \"allow\" or \"deny\""));
         ok = false;
     }
-    let text = |s: &String| -> Result<Arc<str>, String> {
-        if s.is_empty() || s.chars().any(char::is_control) {
-            Err("must be non-empty and printable".into())
-        } else {
-            Ok(Arc::from(s.as_str()))
-        }
-    };
-    // Names no user or group can have would make the rule never match.
+    // Names no user or group can have would make the rule never match (the
+    // users file's own checks: non-empty, printable, no `:` or spaces ...).
+    let shown = |s: &str, m: String| format!("`{}`: {m}", crate::telemetry::sanitize_username(s));
     let users = list(c, name, "users", &r.users, |s| {
-        super::check_name(s).map_err(|m| format!("`{}`: {m}", crate::telemetry::sanitize_username(s)))?;
-        text(s).map(|n| Arc::from(crate::auth::basic::nfc(&n).as_str()))
+        super::check_name(s).map_err(|m| shown(s, m))?;
+        Ok(Arc::from(crate::auth::basic::nfc(s).as_str()))
     });
     let groups = list(c, name, "groups", &r.groups, |s| {
-        super::check_group(s).map_err(|m| format!("`{}`: {m}", crate::telemetry::sanitize_username(s)))?;
-        text(s)
+        super::check_group(s).map_err(|m| shown(s, m))?;
+        Ok(Arc::<str>::from(s.as_str()))
     });
     let hosts = list(c, name, "hosts", &r.hosts, |s| host_pattern(s));
     let ports = list(c, name, "ports", &r.ports, port_range);

@@ -13,7 +13,7 @@
 //! addresses they are: they are dialled as such, so opening an IPv4 range
 //! never opens them.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
@@ -88,8 +88,7 @@ impl Egress {
     /// opens an IPv6 address: authgate dials the address it checked.
     pub fn check(&self, ip: IpAddr) -> Verdict {
         let ip = canonical(ip);
-        if let IpAddr::V6(v6) = ip
-            && let Some(v4) = embedded_v4(v6)
+        if let Some(v4) = embedded_v4(ip)
             && let Some(why) = self.denied_reason(v4.into())
         {
             return match self.allowed.iter().find(|n| n.contains(&ip)) {
@@ -139,7 +138,8 @@ pub fn canonical_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 /// IPv4-compatible `::a.b.c.d` (deprecated), NAT64 `64:ff9b::a.b.c.d` and
 /// 6to4 `2002:aabb:ccdd::/48`. Such an address is dialled as IPv6, so it is
 /// used only to deny: to the egress checks, and to deny rules.
-pub fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+pub fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    let IpAddr::V6(v6) = ip else { return None };
     let s = v6.segments();
     let tail = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
     match s {

@@ -154,7 +154,7 @@ impl Rule {
                 }
                 Action::Deny => addrs.iter().any(|ip| {
                     let ip = crate::policy::egress::canonical(*ip);
-                    inside(ip) || embedded_ip(ip).is_some_and(|v4| inside(v4.into()))
+                    inside(ip) || crate::policy::egress::embedded_v4(ip).is_some_and(|v4| inside(v4.into()))
                 }),
             };
             if !hit {
@@ -181,15 +181,8 @@ fn host_text(host: &Host) -> Cow<'_, str> {
 /// (see [`crate::policy::egress::embedded_v4`]): deny rules match it too.
 fn embedded(host: &Host) -> Option<std::net::Ipv4Addr> {
     match host {
-        Host::Ip(ip) => embedded_ip(*ip),
+        Host::Ip(ip) => crate::policy::egress::embedded_v4(*ip),
         Host::Name(_) => None,
-    }
-}
-
-fn embedded_ip(ip: IpAddr) -> Option<std::net::Ipv4Addr> {
-    match ip {
-        IpAddr::V6(v6) => crate::policy::egress::embedded_v4(v6),
-        IpAddr::V4(_) => None,
     }
 }
 

@@ -47,28 +47,22 @@ fn always_dropped(name: &HeaderName) -> bool {
 /// so never reaches the origin; the request goes on as plain HTTP/1.1, as
 /// RFC 9113 §3.1 lets a server answer it anyway.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    let mut offers = headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty())
-        .peekable();
-    offers.peek().is_some()
-        && !offers.all(|p| p.eq_ignore_ascii_case(b"h2c"))
-        && connection_lists(headers, "upgrade")
+    offers(headers).next().is_some() && connection_lists(headers, "upgrade")
 }
 
-/// The protocols the `Upgrade` fields offer, all of them in one value,
-/// without `h2c` (see [`wants_upgrade`]); `None` when nothing else is left.
-fn upgrade_offers(headers: &HeaderMap) -> Option<HeaderValue> {
-    let offers: Vec<&[u8]> = headers
+/// The protocols the `Upgrade` fields offer, every field, but `h2c`.
+fn offers(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
         .get_all(header::UPGRADE)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case(b"h2c"))
-        .collect();
+}
+
+/// The [`offers`] in one value; `None` when there is none.
+fn upgrade_offers(headers: &HeaderMap) -> Option<HeaderValue> {
+    let offers: Vec<&[u8]> = offers(headers).collect();
     if offers.is_empty() {
         return None;
     }
@@ -142,9 +136,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
     if chunked {
         headers.remove(header::CONTENT_LENGTH);
     }
-    if let Ok(Some(v)) = &codings {
-        headers.insert(header::TRANSFER_ENCODING, v.clone());
-    }
+    let codings = match codings {
+        Ok(None) => Codings::Plain,
+        Ok(Some(v)) => {
+            headers.insert(header::TRANSFER_ENCODING, v);
+            Codings::Kept
+        }
+        Err(()) => Codings::Malformed,
+    };
     if let Some(v) = upgrade_value {
         headers.insert(header::UPGRADE, v);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -152,11 +151,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
     if proxy_status {
         drop_forged_proxy_status(headers);
     }
-    match codings {
-        Ok(None) => Codings::Plain,
-        Ok(Some(_)) => Codings::Kept,
-        Err(()) => Codings::Malformed,
-    }
+    codings
 }
 
 /// Replaces a `Content-Length` that lists one length several times
