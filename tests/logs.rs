@@ -538,3 +538,41 @@ fn the_request_id_of_a_503_at_the_connection_limit_is_logged() {
         "no log line with request id {id}:\n{log}"
     );
 }
+
+/// A client named in IPv4-mapped form (as a dual-stack `[::]` listener
+/// reports an IPv4 peer, or as a PROXY header may name it) is logged as
+/// the IPv4 address, as on an IPv4 listener: a search for the address finds
+/// every line of that client.
+#[test]
+fn a_mapped_client_address_is_logged_as_ipv4() {
+    let dir = TempDir::new();
+    let port = closed_port();
+    let config = dir.write(
+        "authgate.toml",
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\n[auth]\nusers_file = \"users.toml\"\n[log]\nlevel = \"info\"\n"
+        ),
+    );
+    let users = dir.write("users.toml", users_toml(&[(USER, PASSWORD)]));
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bin = Binary { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)), config, users };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_listening(bin.addr).await;
+        let mut conn = RawConn::connect(bin.addr).await;
+        let mut bytes = b"PROXY TCP6 ::ffff:192.0.2.9 ::1 4000 3128\r\n".to_vec();
+        // No credentials: answered at once with a 407, and logged.
+        bytes.extend(request("GET", "http://127.0.0.1:9/mapped", &[("Host", "127.0.0.1:9")]));
+        conn.send(bytes).await;
+        assert_eq!(conn.read_response("GET").await.status, 407);
+    });
+    let line = the_access_line(bin, "/mapped");
+    assert!(line.contains("client=192.0.2.9:4000"), "{line}");
+}
