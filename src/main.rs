@@ -138,6 +138,9 @@ fn explain(config: &Path, user: &str, method: Option<&str>, target: &str) -> Exi
 }
 
 fn run(config: &Path) -> ExitCode {
+    // Before anything that takes time: SIGHUP's default action ends the
+    // process, and a reload asked for during the start must not.
+    let hangup = authgate::server::reload::listen_for_hangup();
     let snap = match authgate::config::load(config) {
         Ok(s) => s,
         Err(e) => {
@@ -159,6 +162,7 @@ fn run(config: &Path) -> ExitCode {
     let code = runtime.block_on(async move {
         let summary = snap.summary();
         let state = authgate::State::new(snap);
+        state.hand_over_hangup(hangup);
         let listeners = match authgate::server::bind_all(&state).await {
             Ok(l) => l,
             Err(e) => return fail(e),

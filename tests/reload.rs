@@ -177,6 +177,50 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
 }
 
+/// A config file with no setting at all, seen by a reload, is a file being
+/// written (`cat > authgate.toml`, a truncated copy), not a wish to go back
+/// to every default, `[policy] default = "allow"` among them: refused, the
+/// rules in effect stay, and a users-file change still applies on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_config_file_does_not_open_the_proxy_at_a_reload() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let origin = spawn_echo_origin();
+    let config = format!(
+        "{CFG_NT}[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"alice-only\"\naction = \"allow\"\nusers = [\"alice\"]\n"
+    );
+    let proxy = spawn_custom(&config, &users_toml(&[("alice", "a1"), ("bob", "b1")]));
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403);
+    let failures = || proxy.state.reload_failures.load(SeqCst);
+    let generation = proxy.state.generation.load(SeqCst);
+
+    // Truncated in place, then only comments: both refused.
+    std::fs::write(proxy.file("authgate.toml"), "").unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async { failures() >= 1 }).await,
+        "the empty file was tried"
+    );
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    replace_by_rename(&proxy.file("authgate.toml"), "# authgate\n\n   # being written\n");
+    assert!(
+        eventually(Duration::from_secs(5), || async { failures() >= 2 }).await,
+        "the comments were tried"
+    );
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    assert_eq!(proxy.state.generation.load(SeqCst), generation);
+
+    // A users change meanwhile applies under the rules in effect.
+    replace_by_rename(&proxy.file("users.toml"), &users_toml(&[("bob", "b1")]));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 407
+        })
+        .await,
+        "alice was removed"
+    );
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_through_a_kubernetes_style_symlink_swap() {
     let origin = spawn_echo_origin();
@@ -612,6 +656,52 @@ fn sighup_reloads_the_real_binary() {
     assert!(failed.contains("ERROR"), "logged at ERROR: {failed}");
     assert!(failed.contains("users.toml:2:"), "the problem is located as file:line:col: {failed}");
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
+}
+
+/// SIGHUP's default action ends a process. The binary takes SIGHUP over
+/// before it reads its configuration, so a reload asked for while it starts
+/// (a config tool that writes the files and signals right after starting the
+/// service) neither kills it nor is lost: it reloads once it serves. A users
+/// file of 20,000 entries makes the start long enough to signal into.
+#[test]
+fn a_sighup_during_the_start_is_acted_on_once_the_proxy_serves() {
+    use std::process::Stdio;
+    let dir = TempDir::new();
+    let filler = hash("filler");
+    let mut users = users_toml(&[("alice", "a1")]);
+    for i in 0..20_000 {
+        users.push_str(&format!("[users.u{i}]\npassword = \"{filler}\"\n"));
+    }
+    let bin = start_binary(&dir, "[reload]\nwatch = false\n", &users, Stdio::piped());
+    let status_file = format!("/proc/{}/status", bin.child.id());
+    let hup_caught = || {
+        std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            Some(u64::from_str_radix(mask.trim(), 16).ok()? & 1 == 1)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hup_caught() != Some(true) {
+        assert!(Instant::now() < deadline, "the binary never installed a SIGHUP handler");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let listening_already = std::net::TcpStream::connect(bin.addr).is_ok();
+    bin.signal("HUP");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let served = rt.block_on(async {
+        wait_listening(bin.addr).await;
+        let origin = spawn_echo_origin();
+        status(bin.addr, &origin, "alice", "a1").await
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(!listening_already, "SIGHUP was taken over only once the port was bound");
+    assert_eq!(served, 200, "log:\n{log}");
+    assert!(out.status.success(), "SIGHUP during the start must not end the process: {:?}", out.status);
+    let started = log.find("authgate started").unwrap_or_else(|| panic!("no start line:\n{log}"));
+    let reloading = log.find("SIGHUP: reloading").unwrap_or_else(|| panic!("the SIGHUP was lost:\n{log}"));
+    assert!(started < reloading, "the reload comes once the proxy serves:\n{log}");
 }
 
 /// Settings read only at start: a reload that changes them applies the rest

@@ -217,9 +217,38 @@ impl Snapshot {
 /// # Errors
 /// Every problem found in either file, with file:line:col.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    load_source(path, &read(path)?)
+}
+
+/// [`load`] for a reload: a config file without a single setting (empty,
+/// or comments only) is refused. Loaded, it would put every setting back to
+/// its default, `[policy] default = "allow"` among them; at a reload such a
+/// file is far more likely one being written (`cat > file`, a truncated
+/// copy) than a wish to open the proxy to everything. A start still accepts
+/// it (the summary says "default allow").
+///
+/// # Errors
+/// As [`load`], plus the empty config file.
+pub fn load_for_reload(path: &Path) -> Result<Snapshot, ConfigError> {
     let source = read(path)?;
+    if source.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#')) {
+        return Err(ConfigError {
+            problems: vec![Problem {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: "no settings at all (empty, or still being written): a reload does not put every \
+                          setting back to its default, which allows all traffic; restart to run on defaults"
+                    .into(),
+            }],
+        });
+    }
+    load_source(path, &source)
+}
+
+fn load_source(path: &Path, source: &str) -> Result<Snapshot, ConfigError> {
     let (settings, mut problems) =
-        validate::config(path, &source).map_err(|problems| ConfigError { problems })?;
+        validate::config(path, source).map_err(|problems| ConfigError { problems })?;
     let (users, p) = read_users(&settings.auth);
     problems.extend(p);
     if !problems.is_empty() {

@@ -77,6 +77,9 @@ pub struct State {
     /// The listeners of the first snapshot, the ones bound for this run
     /// (a reload that changes them needs a restart), as the summary says them.
     pub listening: String,
+    /// The SIGHUP listener of the binary's start, until the reload watcher
+    /// takes it (see [`State::hand_over_hangup`]).
+    pub hangup: std::sync::Mutex<Option<crate::server::reload::Hangup>>,
     ids: RequestIds,
 }
 
@@ -122,8 +125,19 @@ impl State {
             started,
             ready: AtomicBool::new(false),
             listening,
+            hangup: std::sync::Mutex::new(None),
             ids: RequestIds::new(),
         })
+    }
+
+    /// Gives the reload watcher the SIGHUP listener made before the
+    /// configuration was read, so a SIGHUP sent during the start is acted on
+    /// (not lost, and not fatal: see
+    /// [`listen_for_hangup`](crate::server::reload::listen_for_hangup)).
+    pub fn hand_over_hangup(&self, hangup: crate::server::reload::Hangup) {
+        if let Ok(mut slot) = self.hangup.lock() {
+            *slot = Some(hangup);
+        }
     }
 
     /// A fresh request id.

@@ -16,12 +16,15 @@
 //! and idle upstream connections are dropped (the egress policy may have
 //! changed). Nothing else in flight is touched.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use std::net::SocketAddr;
+
+use tokio::signal::unix::{Signal, SignalKind};
 
 use crate::config::{self, ConfigError, Snapshot};
 use crate::proxy::State;
@@ -126,7 +129,7 @@ impl StartOnly {
 /// Every problem in the new files; the old snapshot stays live.
 pub fn reload(state: &State) -> Result<u64, ConfigError> {
     let old = state.snapshot.load_full();
-    let new = match config::load(&old.config_path) {
+    let new = match config::load_for_reload(&old.config_path) {
         Ok(s) => s,
         Err(e) => {
             for p in &e.problems {
@@ -217,10 +220,40 @@ fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
     (generation, revoked)
 }
 
+/// SIGHUP, listened for from the moment [`listen_for_hangup`] ran.
+pub struct Hangup(io::Result<Signal>);
+
+/// Takes SIGHUP over from the process's default action, which is to end it.
+///
+/// The binary calls this first, before the configuration is read: a reload
+/// asked for while the proxy starts (a config tool that writes the files and
+/// sends SIGHUP right after starting the service) killed it. A SIGHUP that
+/// arrives from now on is kept and acted on once [`watch`] runs: the files
+/// are read again then, as they may have changed since the start read them.
+///
+/// Works inside a tokio runtime or outside one (a short-lived one is made to
+/// register the handler; the handler stays for the life of the process, and
+/// any later runtime's signal driver delivers to the returned listener).
+pub fn listen_for_hangup() -> Hangup {
+    let listen = || tokio::signal::unix::signal(SignalKind::hangup());
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Hangup(listen());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build();
+    Hangup(runtime.and_then(|rt| {
+        let _in = rt.enter();
+        listen()
+    }))
+}
+
 /// Watches for SIGHUP and file changes until shutdown begins; also closes
 /// sessions of users whose `expires` passes while they are connected.
+/// Listens for SIGHUP with the listener handed to the state by
+/// [`State::hand_over_hangup`](crate::proxy::State::hand_over_hangup), or
+/// with a new one.
 pub async fn watch(state: Arc<State>) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+    let early = state.hangup.lock().ok().and_then(|mut h| h.take());
+    let mut hup = match early.unwrap_or_else(listen_for_hangup).0 {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching still works");
