@@ -73,7 +73,10 @@ impl Relay {
             }
             Poll::Ready(frame) => {
                 self.waiting = false;
-                self.ended |= frame.is_none();
+                // Trailers are a body's last frame, and hyper's HTTP/1
+                // server stops reading the body once it has them: ended
+                // there, the response is whole (it was logged client_gone).
+                self.ended |= frame.as_ref().is_none_or(|f| f.as_ref().is_ok_and(Frame::is_trailers));
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
         }

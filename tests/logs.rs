@@ -435,6 +435,63 @@ fn a_response_cut_short_is_logged_with_why() {
     }
 }
 
+/// A chunked response that ends with trailers is whole: logged `forwarded`
+/// with all its bytes, whether or not the client asked for the trailers
+/// (`TE: trailers`), and the connection stays open for the next request. It
+/// was logged `client_gone`: hyper stops reading a body at its trailers.
+#[test]
+fn a_chunked_response_with_trailers_is_logged_as_forwarded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let bin =
+        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let origin = spawn_raw_origin(|mut s| async move {
+            while read_request_head(&mut s).await.is_some() {
+                let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+                    5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        wait_listening(proxy).await;
+        let auth = basic(USER, PASSWORD);
+        let host = origin.authority();
+        let mut conn = RawConn::connect(proxy).await;
+        for (path, te) in [("/trailers-asked", "trailers"), ("/trailers-not-asked", "")] {
+            let mut head = vec![("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())];
+            if !te.is_empty() {
+                head.push(("TE", te));
+            }
+            conn.send(request("GET", &origin.url(path), &head)).await;
+            let resp = conn.read_response("GET").await;
+            assert_eq!((resp.status, resp.body.as_slice()), (200, &b"hello world"[..]), "{}", resp.dump());
+            assert!(
+                !resp.dump().contains("X-Sum"),
+                "trailers are dropped, as the README says: {}",
+                resp.dump()
+            );
+        }
+        // One connection carried both: it stayed open.
+        drop(conn);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for path in ["/trailers-asked", "/trailers-not-asked"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("authgate::access") && l.contains(path))
+            .unwrap_or_else(|| panic!("no access line for {path}:\n{stdout}"));
+        for field in [" status=200 ", " bytes_down=11 ", "outcome=\"forwarded\""] {
+            assert!(line.contains(field), "{field} in {line}");
+        }
+    }
+}
+
 /// In the text format an audit line's username is quoted and escaped once,
 /// by the format: it was escaped before too, so a CR showed as `\\r`.
 #[test]
