@@ -1047,3 +1047,50 @@ fn sigterm_does_not_wait_for_a_running_password_verification() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// With its file descriptors used up, the proxy cannot dial an origin: that
+/// is its own limit, answered 503 `too_many_connections` with a WARN that
+/// says what to raise, not a 502 blaming the destination. Once connections
+/// close, it serves again.
+#[test]
+fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let bin = start_binary(&dir, "[log]\nlevel = \"info\"\n", &users(), Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (starved, recovered) = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let limited = Command::new("prlimit")
+            .args(["--nofile=64:64", "--pid", &bin.child.id().to_string()])
+            .status()
+            .expect("prlimit (util-linux) runs");
+        assert!(limited.success(), "prlimit failed: {limited:?}");
+        // Idle connections until the proxy has no descriptor left: those it
+        // cannot accept wait in the listen queue.
+        let mut first = RawConn::connect(proxy).await;
+        let mut idle = Vec::new();
+        for _ in 0..80 {
+            idle.push(TcpStream::connect(proxy).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        first.send(get_as(&origin.url("/starved"), &origin.authority(), "alice", "a1")).await;
+        let starved = first.read_response("GET").await;
+        drop((first, idle));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut again = RawConn::connect(proxy).await;
+        again.send(get_as(&origin.url("/recovered"), &origin.authority(), "alice", "a1")).await;
+        (starved, again.read_response("GET").await.status)
+    });
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(starved.status, 503, "{}", starved.dump());
+    assert!(starved.dump().contains("too_many_connections"), "{}", starved.dump());
+    assert_eq!(starved.header("retry-after"), Some("1"), "{}", starved.dump());
+    assert_eq!(starved.header("connection"), None, "the client keeps its connection: {}", starved.dump());
+    assert_eq!(recovered, 200, "serves again once descriptors are free:\n{log}");
+    let warnings =
+        log.lines().filter(|l| l.contains("WARN") && l.contains("out of file descriptors")).count();
+    assert_eq!(warnings, 1, "one warning names the cause:\n{log}");
+}

@@ -6,7 +6,8 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
 
@@ -86,6 +87,34 @@ fn classify(e: &io::Error) -> ProxyError {
     match e.kind() {
         io::ErrorKind::ConnectionRefused => ProxyError::ConnectionRefused,
         io::ErrorKind::TimedOut => ProxyError::ConnectionTimeout,
+        _ if out_of_descriptors(e) => {
+            warn_out_of_descriptors(e);
+            ProxyError::TooManyConnections
+        }
         _ => ProxyError::DestinationUnavailable,
+    }
+}
+
+/// Whether `e` says the process (EMFILE) or the system (ENFILE) has no
+/// file descriptor left: the proxy's own limit, not the destination's
+/// fault, so the client gets a 503 to retry, not a 502 blaming the origin.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    rustix::io::Errno::from_io_error(e)
+        .is_some_and(|n| n == rustix::io::Errno::MFILE || n == rustix::io::Errno::NFILE)
+}
+
+/// The operator is told, at most once every 10 s (when the descriptors run
+/// out every request fails, and a line for each would flood the log).
+fn warn_out_of_descriptors(e: &io::Error) {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last.saturating_add(10)
+        && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(
+            error = %e,
+            "out of file descriptors: cannot open connections to origins (answered 503); raise the open-files limit (LimitNOFILE, ulimit -n) or lower limits.max_connections"
+        );
     }
 }
