@@ -492,6 +492,80 @@ fn a_chunked_response_with_trailers_is_logged_as_forwarded() {
     }
 }
 
+/// A log consumer that dies (stdout a pipe nobody reads any more) costs log
+/// lines, but not silently: stderr says so once, and once stdout takes lines
+/// again a WARN line counts those lost. The proxy serves on throughout.
+#[test]
+fn a_failing_stdout_is_reported_on_stderr_and_the_lost_lines_counted() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = TempDir::new();
+    let fifo = dir.path().join("log.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    // Opening either end of a FIFO waits for the other.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::File::open(fifo).unwrap())
+    };
+    let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let mut first = BufReader::new(reader.join().unwrap());
+    let bin =
+        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), writer.into());
+    let mut line = String::new();
+    while !line.contains("authgate started") {
+        line.clear();
+        assert!(first.read_line(&mut line).unwrap() > 0, "the log pipe closed before the start line");
+    }
+    // The consumer dies: the pipe has no reader, every write fails.
+    drop(first);
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(async { spawn_echo_origin() });
+    let get = |path: &str| {
+        rt.block_on(async {
+            let mut c = RawConn::connect(proxy).await;
+            c.send(get_as(&origin.url(path), &origin.authority(), USER, PASSWORD)).await;
+            c.read_response("GET").await.status
+        })
+    };
+    assert_eq!(get("/while-broken-1"), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get("/while-broken-2"), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    // A new consumer.
+    let second = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || {
+            let mut text = String::new();
+            let _ = std::fs::File::open(fifo).unwrap().read_to_string(&mut text);
+            text
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get("/after"), 200);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = bin.stop();
+    let log = second.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    let told: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("cannot write the log to standard output")).collect();
+    assert_eq!(told.len(), 1, "told once for the whole failure:\n{stderr}");
+    assert!(told[0].contains("Broken pipe"), "{}", told[0]);
+    let warn = log
+        .lines()
+        .find(|l| l.contains("log lines lost"))
+        .unwrap_or_else(|| panic!("no count of lost lines once stdout works again:\n{log}"));
+    let lost: u64 = warn
+        .split("lost_lines=")
+        .nth(1)
+        .and_then(|v| v.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("lost_lines in {warn}"));
+    assert!(lost >= 2, "both access lines written while broken are counted: {warn}");
+    assert!(log.contains("/after"), "lines reach stdout again:\n{log}");
+    assert!(!log.contains("/while-broken"), "{log}");
+}
+
 /// In the text format an audit line's username is quoted and escaped once,
 /// by the format: it was escaped before too, so a CR showed as `\\r`.
 #[test]

@@ -21,6 +21,7 @@
 //! [`Sink::flush`] write what is left.
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -42,6 +43,8 @@ pub struct Sink {
     out: Mutex<Box<dyn Write + Send>>,
     /// Lines are JSON (else text): how hidden characters are escaped.
     json: bool,
+    /// The last write to the output failed.
+    failing: AtomicBool,
 }
 
 #[derive(Default)]
@@ -50,6 +53,9 @@ struct Pending {
     closing: bool,
     /// Lines dropped since the last report.
     dropped: u64,
+    /// Lines lost to failed writes (a closed pipe, a full disk) since the
+    /// last report.
+    lost: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -59,7 +65,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Sink {
     fn new(out: Box<dyn Write + Send>, json: bool) -> Self {
-        Sink { pending: Mutex::new(Pending::default()), wake: Condvar::new(), out: Mutex::new(out), json }
+        Sink {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            out: Mutex::new(out),
+            json,
+            failing: AtomicBool::new(false),
+        }
     }
 
     /// Adds bytes (whole lines) to the buffer, with hidden characters
@@ -89,12 +101,25 @@ impl Sink {
             let mut p = lock(&self.pending);
             (std::mem::take(&mut p.buf), std::mem::take(&mut p.dropped))
         };
-        if !batch.is_empty() {
-            // Nowhere to report a failing stdout; the lines are lost, the
-            // proxy keeps running.
-            let _ = out.write_all(&batch).and_then(|()| out.flush());
-        }
+        let written =
+            if batch.is_empty() { Ok(()) } else { out.write_all(&batch).and_then(|()| out.flush()) };
         drop(out);
+        if let Err(e) = written {
+            self.output_failed(&batch, dropped, &e);
+            return;
+        }
+        let lost = if !batch.is_empty() && self.failing.swap(false, Ordering::Relaxed) {
+            std::mem::take(&mut lock(&self.pending).lost)
+        } else {
+            0
+        };
+        if lost > 0 {
+            tracing::warn!(
+                target: "authgate::log",
+                lost_lines = lost,
+                "log lines lost: writing them to stdout failed (stderr has the error); stdout takes lines again"
+            );
+        }
         if dropped > 0 {
             // In the log's own format, with the next batch: stdout took
             // this one, so the consumer reads again.
@@ -102,6 +127,26 @@ impl Sink {
                 target: "authgate::log",
                 dropped_lines = dropped,
                 "log lines dropped: stdout took none while 4 MiB waited (the log consumer stopped reading)"
+            );
+        }
+    }
+
+    /// A write of `batch` failed: its lines (and the `dropped` ones not
+    /// yet reported) are counted, to be reported once stdout takes lines
+    /// again, and the first failure of a run of them is told on stderr,
+    /// the one place left (a log consumer that died, a full disk: the
+    /// lines were lost without a word).
+    fn output_failed(&self, batch: &[u8], dropped: u64, error: &io::Error) {
+        let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
+        {
+            let mut p = lock(&self.pending);
+            p.lost += lines;
+            p.dropped += dropped;
+        }
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            let _ = writeln!(
+                io::stderr().lock(),
+                "authgate: cannot write the log to standard output ({error}); log lines are lost until it takes them again"
             );
         }
     }
