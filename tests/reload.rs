@@ -658,6 +658,39 @@ fn sighup_reloads_the_real_binary() {
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
 }
 
+/// alice (password a1) and `n` other users: slow to load in a debug build
+/// (about 50 µs a user), so a test can signal while it loads.
+fn large_users_file(n: usize) -> String {
+    let filler = hash("filler");
+    let mut users = users_toml(&[("alice", "a1")]);
+    for i in 0..n {
+        users.push_str(&format!("[users.u{i}]\npassword = \"{filler}\"\n"));
+    }
+    users
+}
+
+/// Shutdown does not wait for a reload under way: it could take seconds (a
+/// large users file, large argon2 costs), past `shutdown_grace`, for a
+/// configuration that would serve nobody.
+#[test]
+fn shutdown_does_not_wait_for_a_reload_under_way() {
+    use std::process::Stdio;
+    let dir = TempDir::new();
+    let bin = start_binary(&dir, "[reload]\nwatch = false\n", &large_users_file(40_000), Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(wait_listening(bin.addr));
+    bin.signal("HUP");
+    std::thread::sleep(Duration::from_millis(100));
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    let reloading = log.find("SIGHUP: reloading").unwrap_or_else(|| panic!("no reload began:\n{log}"));
+    let stopped =
+        log.find("INFO authgate::server: stopped").unwrap_or_else(|| panic!("no stop line:\n{log}"));
+    let reloaded = log.find("configuration reloaded").unwrap_or(usize::MAX);
+    assert!(reloading < stopped && stopped < reloaded, "stopped before the reload ended:\n{log}");
+}
+
 /// SIGHUP's default action ends a process. The binary takes SIGHUP over
 /// before it reads its configuration, so a reload asked for while it starts
 /// (a config tool that writes the files and signals right after starting the
@@ -667,12 +700,7 @@ fn sighup_reloads_the_real_binary() {
 fn a_sighup_during_the_start_is_acted_on_once_the_proxy_serves() {
     use std::process::Stdio;
     let dir = TempDir::new();
-    let filler = hash("filler");
-    let mut users = users_toml(&[("alice", "a1")]);
-    for i in 0..20_000 {
-        users.push_str(&format!("[users.u{i}]\npassword = \"{filler}\"\n"));
-    }
-    let bin = start_binary(&dir, "[reload]\nwatch = false\n", &users, Stdio::piped());
+    let bin = start_binary(&dir, "[reload]\nwatch = false\n", &large_users_file(20_000), Stdio::piped());
     let status_file = format!("/proc/{}/status", bin.child.id());
     let hup_caught = || {
         std::fs::read_to_string(&status_file).ok().and_then(|s| {

@@ -60,9 +60,18 @@ fn watched(snap: &Snapshot) -> Vec<PathBuf> {
 /// Runs [`reload`] on tokio's blocking pool: a reload reads files and hashes
 /// a dummy password with the users' argon2 costs (seconds, with large
 /// costs), which on a worker thread stalled every connection sharing it.
-async fn reload_off_runtime(state: &Arc<State>) {
-    let state = state.clone();
-    let _ = tokio::task::spawn_blocking(move || reload(&state)).await;
+///
+/// Returns false, without waiting for the reload to end, when shutdown
+/// begins meanwhile: a reload of a large users file or with large argon2
+/// costs takes seconds, and shutdown waited for it (past `shutdown_grace`)
+/// for a configuration that would serve nobody.
+async fn reload_off_runtime(state: &Arc<State>) -> bool {
+    let run = state.clone();
+    let reload = tokio::task::spawn_blocking(move || reload(&run));
+    tokio::select! {
+        _ = reload => true,
+        () = state.stopping.cancelled() => false,
+    }
 }
 
 /// The settings read only at start (a change needs a restart), as a
@@ -275,7 +284,9 @@ pub async fn watch(state: Arc<State>) {
             _ = state.stopping.cancelled() => return,
             _ = hup_recv => {
                 tracing::info!("SIGHUP: reloading");
-                reload_off_runtime(&state).await;
+                if !reload_off_runtime(&state).await {
+                    return;
+                }
                 seen = stamps(&state.snapshot.load());
                 pending = None;
             }
@@ -293,7 +304,9 @@ pub async fn watch(state: Arc<State>) {
                 // Debounce: act once the files look the same on two polls.
                 if pending.as_ref() == Some(&now) {
                     tracing::info!("configuration files changed: reloading");
-                    reload_off_runtime(&state).await;
+                    if !reload_off_runtime(&state).await {
+                        return;
+                    }
                     seen = stamps(&state.snapshot.load());
                     pending = None;
                 } else {
