@@ -160,6 +160,7 @@ fn run(config: &Path) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     let code = runtime.block_on(async move {
+        authgate::telemetry::survive_file_size_limit();
         let summary = snap.summary();
         let state = authgate::State::new(snap);
         state.hand_over_hangup(hangup);

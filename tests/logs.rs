@@ -566,6 +566,53 @@ fn a_failing_stdout_is_reported_on_stderr_and_the_lost_lines_counted() {
     assert!(!log.contains("/while-broken"), "{log}");
 }
 
+/// A log file that reaches the file-size limit (`ulimit -f`, `LimitFSIZE=`)
+/// costs log lines, told on stderr, not the process: SIGXFSZ, which the
+/// kernel sends on such a write, ended it.
+#[test]
+fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
+    let dir = TempDir::new();
+    let path = dir.path().join("out.log");
+    let file = std::fs::File::create(&path).unwrap();
+    let mut bin =
+        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), file.into());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(async {
+        wait_listening(proxy).await;
+        spawn_echo_origin()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let limit = std::fs::metadata(&path).unwrap().len() + 1000;
+    let limited = Command::new("prlimit")
+        .args([&format!("--fsize={limit}:{limit}"), "--pid", &bin.child.id().to_string()])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(limited.success());
+    let get = |path: &str| {
+        rt.block_on(async {
+            let mut c = RawConn::connect(proxy).await;
+            c.send(get_as(&origin.url(path), &origin.authority(), USER, PASSWORD)).await;
+            c.read_response("GET").await.status
+        })
+    };
+    // Each access line is over 200 bytes: the file reaches the limit.
+    for i in 0..10 {
+        assert_eq!(get(&format!("/filling-{i}")), 200);
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), limit, "the log file reached its limit");
+    assert!(bin.child.try_wait().unwrap().is_none(), "the process ended: {:?}", bin.child.try_wait());
+    assert_eq!(get("/after-the-limit"), 200, "it serves on");
+    let out = bin.stop();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    let told: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("cannot write the log to standard output")).collect();
+    assert_eq!(told.len(), 1, "{stderr}");
+    assert!(told[0].contains("File too large"), "{}", told[0]);
+}
+
 /// In the text format an audit line's username is quoted and escaped once,
 /// by the format: it was escaped before too, so a CR showed as `\\r`.
 #[test]

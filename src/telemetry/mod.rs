@@ -36,6 +36,18 @@ pub fn flush() {
     }
 }
 
+/// Makes a log write past the file-size limit (`ulimit -f`, systemd's
+/// `LimitFSIZE=`) fail with `EFBIG`, told and counted like any failing
+/// stdout, instead of ending the process: the default action of the
+/// SIGXFSZ the kernel sends then. Call inside a tokio runtime; the handler
+/// stays for the life of the process.
+pub fn survive_file_size_limit() {
+    let xfsz = tokio::signal::unix::SignalKind::from_raw(rustix::process::Signal::XFSZ.as_raw());
+    if let Err(e) = tokio::signal::unix::signal(xfsz) {
+        tracing::warn!(error = %e, "cannot catch SIGXFSZ: a log file that reaches the file-size limit ends the process");
+    }
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -51,7 +63,8 @@ pub enum LogFormat {
 ///
 /// Lines are formatted on the calling thread into a shared buffer that a
 /// background thread writes out in batches, at most 100 ms late (see
-/// `sink.rs` for the measurements behind this). Nothing is dropped. `RUST_LOG`,
+/// `sink.rs` for the measurements behind this). Lines are lost only when
+/// stdout stops taking them, and then counted (see `sink.rs`). `RUST_LOG`,
 /// when set, overrides `level`.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
