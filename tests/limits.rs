@@ -1094,3 +1094,69 @@ fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
         log.lines().filter(|l| l.contains("WARN") && l.contains("out of file descriptors")).count();
     assert_eq!(warnings, 1, "one warning names the cause:\n{log}");
 }
+
+/// A request that reached an idle keep-alive connection in time is served
+/// even when the process could not run until after the idle timeout (it was
+/// stopped, or starved of CPU): the socket is read before the idle timer is
+/// looked at. The connection was closed under the request.
+#[test]
+fn a_request_that_arrived_in_time_is_served_after_the_process_was_stopped() {
+    use std::process::Stdio;
+    /// The status line, or what came before the connection closed.
+    async fn status_line(conn: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n") {
+            match tokio::time::timeout(Duration::from_secs(10), conn.read(&mut byte)).await {
+                Ok(Ok(1)) => got.push(byte[0]),
+                _ => break,
+            }
+        }
+        got
+    }
+    let dir = TempDir::new();
+    let bin = start_binary(
+        &dir,
+        "[limits]\nidle_timeout = \"1s\"\n[log]\nlevel = \"info\"\n",
+        &users(),
+        Stdio::piped(),
+    );
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (first, second) = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let mut conn = TcpStream::connect(proxy).await.unwrap();
+        conn.write_all(&get_as(&origin.url("/first"), &origin.authority(), "alice", "a1")).await.unwrap();
+        let first = status_line(&mut conn).await;
+        // The rest of the first answer: an echo of the request, whose length
+        // the head gives; keep-alive, so read up to the end of the head and
+        // then exactly that many bytes.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            conn.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the echo origin sends Content-Length");
+        conn.read_exact(&mut vec![0u8; len]).await.unwrap();
+        bin.signal("STOP");
+        conn.write_all(&get_as(&origin.url("/second"), &origin.authority(), "alice", "a1")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        bin.signal("CONT");
+        (first, status_line(&mut conn).await)
+    });
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&first));
+    assert!(
+        second.starts_with(b"HTTP/1.1 200"),
+        "the request was dropped: {:?}\n{log}",
+        String::from_utf8_lossy(&second)
+    );
+}

@@ -180,7 +180,13 @@ pub struct Guarded<S> {
     /// The request (`served` count) whose end of stream was held back once,
     /// see `poll_read`.
     eof_held_for: u32,
+    /// The idle timer fired once and was given [`IDLE_GRACE`] more.
+    idle_grace: bool,
 }
+
+/// How long a connection whose idle timer fired is still watched for a
+/// request that arrived in time, see `poll_read`.
+const IDLE_GRACE: Duration = Duration::from_millis(20);
 
 impl<S> Guarded<S> {
     /// Wraps `inner`; `answer` makes the 408, 431 and unparsable-head answers.
@@ -199,6 +205,7 @@ impl<S> Guarded<S> {
             idle_after: 0,
             lingered: None,
             eof_held_for: 0,
+            idle_grace: false,
         }
     }
 
@@ -252,6 +259,7 @@ impl<S> Guarded<S> {
         if self.armed_for != IDLE || self.idle_after != served {
             self.idle_after = served;
             self.armed_for = IDLE;
+            self.idle_grace = false;
             self.timer.as_mut().reset(Instant::now() + self.limits.idle);
             // Registers this task: it is woken, and `poll_read` closes, when
             // the timer fires.
@@ -262,6 +270,7 @@ impl<S> Guarded<S> {
     fn arm(&mut self, phase: u8, d: Duration) {
         if self.armed_for != phase {
             self.armed_for = phase;
+            self.idle_grace = false;
             self.timer.as_mut().reset(Instant::now() + d);
         }
     }
@@ -305,11 +314,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             IDLE => {
                 let d = this.limits.idle;
                 this.arm(IDLE, d);
-                if this.timer.as_mut().poll(cx).is_ready() {
-                    // Quiet close: hyper sees end-of-stream between requests.
-                    return Poll::Ready(Ok(()));
-                }
             }
+            // Before the socket: bytes that keep coming must not keep a
+            // head from timing out (slowloris).
             HEAD if this.timer.as_mut().poll(cx).is_ready() => {
                 this.reject = Some(((this.answer)(Rejection::HeadTimeout), 0));
                 return this.poll_refuse(cx);
@@ -318,7 +325,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         }
         let before = buf.filled().len();
         let room = buf.remaining() > 0;
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        // Between requests the socket comes before the idle timer: after the
+        // process could not run for a while (stopped, starved of CPU), a
+        // request that arrived in time is served, not dropped with the
+        // connection. A first byte starts the head timer.
+        if read.is_pending() && phase == IDLE && this.timer.as_mut().poll(cx).is_ready() {
+            if !this.idle_grace {
+                // The timer can be seen to fire before the reactor has
+                // looked at the socket (after a stop, the two are handled
+                // in either order): one short look more before closing.
+                this.idle_grace = true;
+                this.timer.as_mut().reset(Instant::now() + IDLE_GRACE);
+                if this.timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            // Quiet close: hyper sees end-of-stream between requests.
+            return Poll::Ready(Ok(()));
+        }
+        ready!(read)?;
         let n = buf.filled().len() - before;
         if n == 0 && room && phase == BUSY {
             // The client half-closed while its request is being served.
