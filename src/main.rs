@@ -151,6 +151,7 @@ fn run(config: &Path) -> ExitCode {
     // Flushes queued log lines when `run` returns (dropped last).
     let _log = authgate::telemetry::init(&snap.log.level, snap.log.format);
     return_freed_memory();
+    authgate::server::limits::raise_open_files_limit(snap.limits.max_connections);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);

@@ -1160,3 +1160,52 @@ fn a_request_that_arrived_in_time_is_served_after_the_process_was_stopped() {
         String::from_utf8_lossy(&second)
     );
 }
+
+/// A shell's soft open-files limit (often 1024) ran out at about 500
+/// connections while the hard limit allowed far more: the binary raises the
+/// soft limit to the hard one at start, and warns when even that is short
+/// of what `max_connections` asks for (two descriptors a connection).
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named() {
+    use std::process::{Command, Stdio};
+    let run = |nofile: &str| {
+        let dir = TempDir::new();
+        let port = closed_port();
+        let config = dir.write(
+            "authgate.toml",
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[limits]\nmax_connections = 1000\n"
+            ),
+        );
+        let users = dir.write("users.toml", users());
+        let child = Command::new("prlimit")
+            .arg(format!("--nofile={nofile}"))
+            .arg(env!("CARGO_BIN_EXE_authgate"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("prlimit (util-linux) runs");
+        let bin = Binary { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), config, users };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(wait_listening(bin.addr));
+        // prlimit execs the binary: the same process.
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", bin.child.id())).unwrap();
+        let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+        let out = bin.stop();
+        (open_files, String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (open_files, log) = run("256:4096");
+    let soft: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(&soft[3..5], ["4096", "4096"], "soft limit raised to the hard one: {open_files}");
+    assert!(!log.contains("open-files limit"), "4096 is room enough for 1000 connections:\n{log}");
+    let (open_files, log) = run("256:256");
+    assert!(open_files.contains(" 256 "), "{open_files}");
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("open-files limit allows about 128 client connections"))
+        .unwrap_or_else(|| panic!("no warning for a limit short of max_connections:\n{log}"));
+    assert!(warn.contains("max_connections=1000"), "{warn}");
+}

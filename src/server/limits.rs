@@ -104,3 +104,39 @@ mod tests {
         assert_eq!(l.open(), 3);
     }
 }
+
+/// Descriptors a client connection takes in the common case: its socket and
+/// its origin's. A tunnel moving bulk data takes up to six (a splice pipe,
+/// two fds, each way).
+const FDS_PER_CONNECTION: u64 = 2;
+
+/// Raises the process's open-files limit to its hard limit, as far as the
+/// service manager or shell allows, and warns when even that leaves less
+/// room than `max_connections` asks for. A shell's soft limit is often
+/// 1024, which ran out at about 500 connections with `EMFILE`, while the
+/// hard limit allowed far more. Returns the soft limit in effect (`None`:
+/// unlimited).
+pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if soft.is_some() && soft != limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit to its hard limit"),
+        }
+    }
+    let needed = (max_connections as u64).saturating_mul(FDS_PER_CONNECTION);
+    if let Some(n) = soft
+        && n < needed
+    {
+        tracing::warn!(
+            open_files = n,
+            max_connections,
+            "the open-files limit allows about {} client connections (each takes 2 descriptors, a bulk tunnel up to 6), fewer than limits.max_connections: past it new connections wait unaccepted and requests get 503; raise LimitNOFILE or the hard `ulimit -n`",
+            n / FDS_PER_CONNECTION
+        );
+    }
+    soft
+}
