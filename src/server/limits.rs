@@ -85,26 +85,6 @@ impl ConnLimiter {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_ip_and_total_limits() {
-        let l = Arc::new(ConnLimiter::default());
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let p1 = l.try_acquire(a, 3, 2).unwrap();
-        let _p2 = l.try_acquire(a, 3, 2).unwrap();
-        assert!(l.try_acquire(a, 3, 2).is_none(), "per-ip limit");
-        let _p3 = l.try_acquire(b, 3, 2).unwrap();
-        assert!(l.try_acquire(b, 3, 2).is_none(), "total limit");
-        drop(p1);
-        let _p4 = l.try_acquire(b, 3, 2).expect("a slot was freed");
-        assert_eq!(l.open(), 3);
-    }
-}
-
 /// Descriptors a client connection takes in the common case: its socket and
 /// its origin's. A tunnel moving bulk data takes up to six (a splice pipe,
 /// two fds, each way).
@@ -139,4 +119,24 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
         );
     }
     soft
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_and_total_limits() {
+        let l = Arc::new(ConnLimiter::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let p1 = l.try_acquire(a, 3, 2).unwrap();
+        let _p2 = l.try_acquire(a, 3, 2).unwrap();
+        assert!(l.try_acquire(a, 3, 2).is_none(), "per-ip limit");
+        let _p3 = l.try_acquire(b, 3, 2).unwrap();
+        assert!(l.try_acquire(b, 3, 2).is_none(), "total limit");
+        drop(p1);
+        let _p4 = l.try_acquire(b, 3, 2).expect("a slot was freed");
+        assert_eq!(l.open(), 3);
+    }
 }
