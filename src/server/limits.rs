@@ -93,8 +93,8 @@ const FDS_PER_CONNECTION: u64 = 2;
 /// Raises the process's open-files limit to its hard limit, as far as the
 /// service manager or shell allows, and warns when even that leaves less
 /// room than `max_connections` asks for. A shell's soft limit is often
-/// 1024, which ran out at about 500 connections with `EMFILE`, while the
-/// hard limit allowed far more. Returns the soft limit in effect (`None`:
+/// 1024, room for about 500 connections before `EMFILE`, while the hard
+/// limit is often far higher. Returns the soft limit in effect (`None`:
 /// unlimited).
 pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
