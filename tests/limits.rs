@@ -1161,34 +1161,23 @@ fn a_request_that_arrived_in_time_is_served_after_the_process_was_stopped() {
     );
 }
 
-/// A shell's soft open-files limit (often 1024) ran out at about 500
-/// connections while the hard limit allowed far more: the binary raises the
+/// A shell's soft open-files limit (often 1024) is room for about 500
+/// connections while the hard limit is often far higher: the binary raises the
 /// soft limit to the hard one at start, and warns when even that is short
 /// of what `max_connections` asks for (two descriptors a connection).
 #[test]
 fn the_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let run = |nofile: &str| {
         let dir = TempDir::new();
-        let port = closed_port();
-        let config = dir.write(
-            "authgate.toml",
-            format!(
-                "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[limits]\nmax_connections = 1000\n"
-            ),
+        let wrapper = ["prlimit", &format!("--nofile={nofile}")];
+        let bin = start_binary_under(
+            &dir,
+            &wrapper,
+            "[limits]\nmax_connections = 1000\n",
+            &users(),
+            Stdio::piped(),
         );
-        let users = dir.write("users.toml", users());
-        let child = Command::new("prlimit")
-            .arg(format!("--nofile={nofile}"))
-            .arg(env!("CARGO_BIN_EXE_authgate"))
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("prlimit (util-linux) runs");
-        let bin = Binary { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), config, users };
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(wait_listening(bin.addr));
         // prlimit execs the binary: the same process.

@@ -435,6 +435,11 @@ fn a_response_cut_short_is_logged_with_why() {
     }
 }
 
+/// The binary logging at INFO, with one user, alice.
+fn alice_at_info(dir: &TempDir, stdout: Stdio) -> Binary {
+    start_binary(dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), stdout)
+}
+
 /// A chunked response that ends with trailers is whole: logged `forwarded`
 /// with all its bytes, whether or not the client asked for the trailers
 /// (`TE: trailers`), and the connection stays open for the next request. It
@@ -443,8 +448,7 @@ fn a_response_cut_short_is_logged_with_why() {
 fn a_chunked_response_with_trailers_is_logged_as_forwarded() {
     use tokio::io::AsyncWriteExt;
     let dir = TempDir::new();
-    let bin =
-        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let bin = alice_at_info(&dir, Stdio::piped());
     let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -508,8 +512,7 @@ fn a_failing_stdout_is_reported_on_stderr_and_the_lost_lines_counted() {
     };
     let writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
     let mut first = BufReader::new(reader.join().unwrap());
-    let bin =
-        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), writer.into());
+    let bin = alice_at_info(&dir, writer.into());
     let mut line = String::new();
     while !line.contains("authgate started") {
         line.clear();
@@ -574,8 +577,7 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
     let dir = TempDir::new();
     let path = dir.path().join("out.log");
     let file = std::fs::File::create(&path).unwrap();
-    let mut bin =
-        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), file.into());
+    let mut bin = alice_at_info(&dir, file.into());
     let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let origin = rt.block_on(async {
@@ -618,8 +620,7 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
 #[test]
 fn the_text_audit_line_escapes_a_username_once() {
     let dir = TempDir::new();
-    let bin =
-        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let bin = alice_at_info(&dir, Stdio::piped());
     let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -363,13 +363,45 @@ pub fn start_binary_env(
     stdout: Stdio,
     env: &[(&str, &str)],
 ) -> Binary {
+    launch(dir, &[], extra, users, stdout, env)
+}
+
+/// [`start_binary`] run by `wrapper` (a program and its arguments, such as
+/// `prlimit --nofile=256:256`) that ends by executing the binary: the child
+/// is then the binary itself.
+pub fn start_binary_under(
+    dir: &TempDir,
+    wrapper: &[&str],
+    extra: &str,
+    users: &str,
+    stdout: Stdio,
+) -> Binary {
+    launch(dir, wrapper, extra, users, stdout, &[])
+}
+
+fn launch(
+    dir: &TempDir,
+    wrapper: &[&str],
+    extra: &str,
+    users: &str,
+    stdout: Stdio,
+    env: &[(&str, &str)],
+) -> Binary {
     let port = closed_port();
     let cfg = format!(
         "[server]\nlisten = [\"127.0.0.1:{port}\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n{extra}"
     );
     let config = dir.write("authgate.toml", cfg);
     let users = dir.write("users.toml", users);
-    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(env!("CARGO_BIN_EXE_authgate"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_authgate")),
+    };
+    let child = command
         .arg("--config")
         .arg(&config)
         .env_remove("RUST_LOG")
