@@ -1077,6 +1077,12 @@ fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         first.send(get_as(&origin.url("/starved"), &origin.authority(), "alice", "a1")).await;
         let starved = first.read_response("GET").await;
+        // More requests on the same connection fail the same way, and are
+        // not warned about again (at most one WARN per 10 s).
+        for _ in 0..3 {
+            first.send(get_as(&origin.url("/starved-again"), &origin.authority(), "alice", "a1")).await;
+            assert_eq!(first.read_response("GET").await.status, 503);
+        }
         drop((first, idle));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let mut again = RawConn::connect(proxy).await;
