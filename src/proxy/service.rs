@@ -349,10 +349,13 @@ async fn authenticate(
             if !Arc::ptr_eq(&live.users, &snap.users) {
                 // (A reload that changed nothing of this user, as most do,
                 // costs nothing more.)
-                let same = live.users.get(&user.name).filter(|u| {
-                    u.fingerprint == user.fingerprint && u.active_at(std::time::SystemTime::now()).is_ok()
-                });
-                let same = same.cloned();
+                let same = live
+                    .users
+                    .get(&user.name)
+                    .filter(|u| {
+                        u.fingerprint == user.fingerprint && u.active_at(std::time::SystemTime::now()).is_ok()
+                    })
+                    .cloned();
                 fresh = Some(arc_swap::Guard::into_inner(live));
                 match same {
                     Some(u) => *user = u,

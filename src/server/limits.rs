@@ -100,10 +100,14 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let mut soft = limit.current;
-    if soft.is_some() && soft != limit.maximum {
-        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    // (`None` is unlimited. Linux caps a hard limit at `fs.nr_open`, so an
+    // unlimited one is not set as the soft limit.)
+    if let (Some(current), Some(hard)) = (limit.current, limit.maximum)
+        && current < hard
+    {
+        let raised = rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) };
         match setrlimit(Resource::Nofile, raised) {
-            Ok(()) => soft = limit.maximum,
+            Ok(()) => soft = Some(hard),
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit to its hard limit"),
         }
     }
