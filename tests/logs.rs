@@ -496,6 +496,56 @@ fn a_chunked_response_with_trailers_is_logged_as_forwarded() {
     }
 }
 
+/// An origin that resets a tunnel: every byte the proxy took from it before
+/// the reset still reaches the client, then the client's side closes (RFC
+/// 9110 §9.3.6: the intermediary MUST attempt to send the outstanding data
+/// that came from the closed side, then close both), and the access line
+/// says `tunnel_error`. The client reads slowly at first (a small receive
+/// buffer, a pause), so bytes wait in the proxy's send buffer when the reset
+/// comes: passing the reset on (a zero-linger close) would throw them away.
+#[test]
+fn an_origin_reset_inside_a_tunnel_delivers_what_came_before_it_and_is_logged() {
+    use tokio::io::AsyncWriteExt;
+    const SENT: usize = 1024 * 1024;
+    let dir = TempDir::new();
+    let bin = alice_at_info(&dir, Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let got = rt.block_on(async {
+        let origin = spawn_raw_origin(|mut s| async move {
+            // The client's first byte: the relay runs.
+            let mut go = [0u8; 1];
+            if s.read_exact(&mut go).await.is_err() {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(300), s.write_all(&pattern(0, SENT))).await;
+            // A zero-linger close sends a reset.
+            s.set_zero_linger().unwrap();
+        });
+        wait_listening(proxy).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tunnel = RawConn::from_stream(socket.connect(proxy).await.unwrap());
+        let target = origin.authority();
+        let auth = basic(USER, PASSWORD);
+        tunnel.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth)])).await;
+        assert_eq!(tunnel.read_head().await.status, 200);
+        tunnel.send(b"g").await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        tunnel.read_to_end().await
+    });
+    assert!(!got.is_empty() && got == pattern(0, got.len()), "{} bytes, in order", got.len());
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("authgate::access") && l.contains("method=\"CONNECT\""))
+        .unwrap_or_else(|| panic!("no access line for the tunnel:\n{stdout}"));
+    for field in [" status=200 ", &format!(" bytes_down={} ", got.len()), "outcome=\"tunnel_error\""] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+}
+
 /// A log consumer that dies (stdout a pipe nobody reads any more) costs log
 /// lines, but not silently: stderr says so once, and once stdout takes lines
 /// again a WARN line counts those lost. The proxy serves on throughout.
