@@ -86,7 +86,7 @@ fn emit(text: &str, code: ExitCode) -> ExitCode {
 fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
     match authgate::cli::users::run(config, action) {
         Ok(outcome) => {
-            for line in &outcome.refused {
+            for line in outcome.warnings.iter().chain(&outcome.refused) {
                 err_line(format_args!("authgate: {line}"));
             }
             emit(
@@ -227,7 +227,12 @@ fn hash_password(config: &Path) -> ExitCode {
     // dangling symlink or a loop is an error, not a silent fallback.
     let params = if std::fs::symlink_metadata(config).is_ok() {
         match authgate::config::auth_settings(config) {
-            Ok(a) => a.argon2,
+            Ok(a) => {
+                for line in authgate::cli::users::config_warnings(config, &a.elsewhere) {
+                    err_line(format_args!("authgate: {line}"));
+                }
+                a.auth.argon2
+            }
             Err(e) => {
                 err_line(format_args!("{e}"));
                 return ExitCode::FAILURE;

@@ -901,3 +901,68 @@ fn a_users_file_that_is_not_a_regular_file_is_refused_and_left_alone() {
         assert!(std::fs::symlink_metadata(d.users()).unwrap().file_type().is_fifo(), "left as it was");
     }
 }
+
+/// A problem elsewhere in the config (a rule, an unknown key) does not stop
+/// user management: locking a user out must not wait for an unrelated fix.
+/// The command runs with the `[auth]` settings (its argon2 costs too) and
+/// warns, naming each problem and what it means. A problem in `[auth]`
+/// itself, or a config that is not TOML, still stops it.
+#[test]
+fn users_commands_run_with_a_warning_while_the_config_is_broken_outside_auth() {
+    let d = Dir::new(Some(&fixture()));
+    let good = std::fs::read_to_string(d.config()).unwrap();
+    let rule_line = good.lines().count() + 4;
+    std::fs::write(d.config(), format!("{good}\n[[rules]]\nname = \"r\"\naction = \"maybe\"\n")).unwrap();
+    let warned = |out: &Out| {
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 2, "{out:?}");
+        assert!(
+            lines[0].starts_with(&format!("authgate: warning: {}:{rule_line}:", d.config().display())),
+            "{out:?}"
+        );
+        assert!(lines[1].contains("will not start with (or reload) this config"), "{out:?}");
+    };
+
+    let out = d.run(&["disable", "alice"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    warned(&out);
+    assert_eq!(diff(&fixture(), &d.read()), (lines(&["disabled = false"]), lines(&["disabled = true"])));
+
+    let out = d.run(&["add", "erin", "--password-stdin"], Some("erin-pw\n"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    warned(&out);
+    let erin = d
+        .read()
+        .lines()
+        .skip_while(|l| !l.contains("erin"))
+        .find(|l| l.contains("password"))
+        .unwrap()
+        .to_owned();
+    assert!(erin.contains("$argon2id$v=19$m=8,t=1,p=1$"), "the [auth.argon2] costs: {erin}");
+
+    let mut hash = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(d.config())
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = hash.stdin.take().unwrap().write_all(b"pw\n");
+    let out = hash.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{stdout} {stderr}");
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+
+    // A problem in [auth] itself: refused, no warning but the problem.
+    let broken_auth = good.replace("m_cost = 8", "m_cost = 1");
+    std::fs::write(d.config(), format!("{broken_auth}\n[[rules]]\nname = \"r\"\naction = \"maybe\"\n"))
+        .unwrap();
+    let err = d.refused(&["enable", "alice"], None);
+    assert!(!err.contains("warning"), "{err}");
+    // Not TOML at all: refused with the syntax error.
+    std::fs::write(d.config(), format!("{good}\n[rules\n")).unwrap();
+    let err = d.refused(&["enable", "alice"], None);
+    assert!(err.contains(&format!("authgate.toml:{}:", good.lines().count() + 2)), "{err}");
+}

@@ -319,18 +319,53 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+/// The `[auth]` settings of a config, and the problems found elsewhere in it.
+#[derive(Debug)]
+pub struct AuthSettings {
+    /// Users file path and argon2 parameters for new hashes.
+    pub auth: Auth,
+    /// Problems outside `[auth]`: the proxy will not load this config (nor
+    /// reload it) until they are fixed, but users can still be managed.
+    pub elsewhere: Vec<Problem>,
+}
+
 /// Reads just the `[auth]` settings of the config (users file path, argon2
 /// parameters for new hashes), without reading the users file: for
 /// `hash-password` and `users`, which must work while the users file is
-/// missing or being repaired.
+/// missing or being repaired, and while someone fixes a rule or a listener:
+/// a config whose problems all lie outside `[auth]` still gives them (with
+/// those problems in [`AuthSettings::elsewhere`]), since locking a user out
+/// must not wait for an unrelated typo to be found.
 ///
 /// # Errors
-/// Every problem in the config file.
-pub fn auth_settings(path: &Path) -> Result<Auth, ConfigError> {
+/// Every problem in the config file, when the file is not TOML at all or its
+/// `[auth]` table has a problem of its own.
+pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
     let source = read(path)?;
-    let (settings, problems) =
-        validate::config(path, &source).map_err(|problems| ConfigError { problems })?;
-    if problems.is_empty() { Ok(settings.auth) } else { Err(ConfigError { problems }) }
+    let problems = match validate::config(path, &source) {
+        Ok((settings, problems)) if problems.is_empty() => {
+            return Ok(AuthSettings { auth: settings.auth, elsewhere: problems });
+        }
+        Ok((_, problems)) | Err(problems) => problems,
+    };
+    // The whole file is not valid; its `[auth]` table alone may be.
+    match auth_table_alone(&source).map(|alone| validate::config(path, &alone)) {
+        Some(Ok((settings, none))) if none.is_empty() => {
+            Ok(AuthSettings { auth: settings.auth, elsewhere: problems })
+        }
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+/// The `[auth]` table of a config, subtables and all, as a config of its
+/// own; `None` when the text does not parse as TOML.
+fn auth_table_alone(source: &str) -> Option<String> {
+    let doc = source.parse::<toml_edit::DocumentMut>().ok()?;
+    let mut alone = toml_edit::DocumentMut::new();
+    if let Some(auth) = doc.get("auth") {
+        alone.insert("auth", auth.clone());
+    }
+    Some(alone.to_string())
 }
 
 /// Parses a users file on its own (for `users list` and checks after an edit).

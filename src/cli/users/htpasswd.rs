@@ -73,7 +73,7 @@ pub(super) fn import_htpasswd(
             imported.join(", ")
         );
     }
-    Ok(Outcome { stdout, refused: refusals })
+    Ok(Outcome { stdout, refused: refusals, ..Outcome::default() })
 }
 
 /// `Ok` for a bcrypt or argon2 hash authgate can verify, else the scheme's name.

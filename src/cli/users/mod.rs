@@ -102,6 +102,9 @@ pub struct Outcome {
     pub stdout: String,
     /// Entries refused by a command that otherwise went ahead (`import-htpasswd`).
     pub refused: Vec<String>,
+    /// For standard error, without changing the exit status: problems of
+    /// the config file outside `[auth]`, which the command did not need.
+    pub warnings: Vec<String>,
 }
 
 /// Why a `users` command changed nothing.
@@ -148,7 +151,31 @@ fn refused(msg: impl Into<String>) -> UsersError {
 /// # Errors
 /// Anything that stopped the command; the users file is then unchanged.
 pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
-    let auth = auth_settings(config).map_err(UsersError::Invalid)?;
+    let settings = auth_settings(config).map_err(UsersError::Invalid)?;
+    let mut outcome = run_with(&settings.auth, action)?;
+    outcome.warnings = config_warnings(config, &settings.elsewhere);
+    Ok(outcome)
+}
+
+/// One line per problem of the config outside `[auth]`, and what it means,
+/// for a command that went ahead without those settings.
+pub fn config_warnings(config: &Path, elsewhere: &[crate::config::Problem]) -> Vec<String> {
+    if elsewhere.is_empty() {
+        return Vec::new();
+    }
+    let mut lines: Vec<String> = elsewhere
+        .iter()
+        .map(|p| format!("warning: {}", p.to_string().lines().map(str::trim).collect::<Vec<_>>().join("; ")))
+        .collect();
+    lines.push(format!(
+        "warning: {} has the problems above outside [auth]; this command used its [auth] settings, \
+         but the proxy will not start with (or reload) this config until they are fixed",
+        config.display()
+    ));
+    lines
+}
+
+fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
     let file = UsersFile::read(&auth.users_file)?;
     match action {
         Action::List => {
@@ -165,7 +192,7 @@ pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
             }
             let groups = group_names(groups)?;
             let expires = expires.as_deref().map(parse_expires).transpose()?;
-            let hash = new_hash(&auth, password_stdin)?;
+            let hash = new_hash(auth, password_stdin)?;
             let mut doc = file.doc.clone();
             add_user(&mut doc, &name, NewUser { hash, groups, expires: expires.map(|e| e.1) })?;
             file.save(&doc)?;
@@ -176,7 +203,7 @@ pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
         Action::Passwd { name, expires, no_expires, password_stdin } => {
             let key = file.existing(&name)?;
             let expires = expires.as_deref().map(parse_expires).transpose()?;
-            let hash = new_hash(&auth, password_stdin)?;
+            let hash = new_hash(auth, password_stdin)?;
             let mut doc = file.doc.clone();
             let user = user_mut(&mut doc, &key)?;
             set(user, "password", Value::from(hash));
