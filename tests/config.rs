@@ -2,6 +2,8 @@
 //! through the library and through the real `authgate` binary.
 
 mod common;
+#[path = "support/pki.rs"]
+mod pki;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -619,4 +621,37 @@ fn type_errors_say_what_was_expected_in_the_config_s_words() {
         "{err}"
     );
     assert!(!err.contains("Raw"), "{err}");
+}
+
+/// Every file authgate reads says a missing file the same way: the users
+/// file, a certificate, a key, a CA bundle. (A TLS key said "No such file or
+/// directory (os error 2)" where the users file said "file not found".)
+#[test]
+fn a_missing_file_is_worded_alike_whatever_the_file() {
+    let dir = TempDir::new();
+    let leaf = pki::Ca::new("test ca").leaf("proxy");
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let (cert, key) = ("cert.pem", "key.pem");
+    for (config, says) in [
+        (
+            "[auth]\nusers_file = \"gone-users.toml\"\n".to_owned(),
+            "gone-users.toml: cannot read: file not found",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"gone-cert.pem\"\nkey = \"{key}\"\n"),
+            "gone-cert.pem: cannot read certificate: file not found",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"gone-key.pem\"\n"),
+            "gone-key.pem: cannot read private key: file not found",
+        ),
+        ("[upstream]\nca_file = \"gone-ca.pem\"\n".to_owned(), "gone-ca.pem: cannot read: file not found"),
+    ] {
+        let path = dir.write("authgate.toml", &config);
+        dir.write("users.toml", good_users());
+        let err = authgate::config::load(&path).map(|_| ()).expect_err(&config).to_string();
+        assert!(err.contains(says), "{says} in {err}");
+        assert!(!err.contains("os error"), "{err}");
+    }
 }

@@ -37,6 +37,17 @@ pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Why a file could not be read, worded the same for every file authgate
+/// reads: "file not found" and "permission denied" for the two an admin
+/// meets most, the system's words otherwise.
+pub fn reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "file not found".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
 /// [`read_file`], as UTF-8 text.
 ///
 /// # Errors

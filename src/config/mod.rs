@@ -303,19 +303,13 @@ fn user_store(users: Vec<crate::auth::store::User>, auth: &Auth) -> Result<UserS
 
 /// Reads a file, naming the path it looked for when that fails.
 fn read(path: &Path) -> Result<String, ConfigError> {
-    file::read_text(path).map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "file not found".to_string(),
-            _ => e.to_string(),
-        };
-        ConfigError {
-            problems: vec![Problem {
-                file: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                message: format!("cannot read: {why}"),
-            }],
-        }
+    file::read_text(path).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!("cannot read: {}", file::reason(&e)),
+        }],
     })
 }
 

@@ -25,7 +25,9 @@ pub fn connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, Stri
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let pem = crate::config::file::read_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem = crate::config::file::read_file(path).map_err(|e| {
+                format!("{}: cannot read: {}", path.display(), crate::config::file::reason(&e))
+            })?;
             for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
                 roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;

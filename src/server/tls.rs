@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::file::read_file;
+use crate::config::file::{read_file, reason};
 
 /// Which of a TLS listener's two files a [`CertError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,16 +55,16 @@ impl fmt::Display for CertError {
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
     let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
     let in_key = |message: String| CertError { file: TlsFile::Key, message };
-    let cert_pem =
-        read_file(cert).map_err(|e| in_cert(format!("{}: cannot read certificate: {e}", cert.display())))?;
+    let cert_pem = read_file(cert)
+        .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", cert.display(), reason(&e))))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| in_cert(format!("{}: bad PEM certificate: {e}", cert.display())))?;
     if chain.is_empty() {
         return Err(in_cert(format!("{}: no certificate found", cert.display())));
     }
-    let key_pem =
-        read_file(key).map_err(|e| in_key(format!("{}: cannot read private key: {e}", key.display())))?;
+    let key_pem = read_file(key)
+        .map_err(|e| in_key(format!("{}: cannot read private key: {}", key.display(), reason(&e))))?;
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         // rustls skips PEM sections it does not know, an encrypted key's
         // among them, and then finds "no items".
