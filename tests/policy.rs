@@ -93,12 +93,19 @@ async fn ssrf_bypass_forms_are_all_refused() {
 /// (DNS rebinding, TTL 0): the forbidden address is never connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_rebinding_never_reaches_the_forbidden_address() {
-    let allowed = std::net::TcpListener::bind("127.0.0.2:0").expect("bind 127.0.0.2");
-    let port = allowed.local_addr().unwrap().port();
-    drop(allowed);
-    // The forbidden origin on 127.0.0.1 and the allowed one on 127.0.0.2, same port.
-    let forbidden = spawn_origin_at("127.0.0.1", port);
-    let good = spawn_origin_at("127.0.0.2", port);
+    // The forbidden origin on 127.0.0.1 and the allowed one on 127.0.0.2, same
+    // port: a port free on one address may be taken on the other (by any
+    // process's connection), so pairs are tried until both bind.
+    let (on_1, on_2) = (0..100)
+        .find_map(|_| {
+            let one = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+            let two = std::net::TcpListener::bind(("127.0.0.2", one.local_addr().unwrap().port())).ok()?;
+            Some((one, two))
+        })
+        .expect("no port free on both 127.0.0.1 and 127.0.0.2");
+    let port = on_1.local_addr().unwrap().port();
+    let forbidden = spawn_origin_on(on_1);
+    let good = spawn_origin_on(on_2);
     let zone = vec![
         ("rebind.test", Answer::A(vec![vec![Ipv4Addr::new(127, 0, 0, 2)], vec![Ipv4Addr::LOCALHOST]], 0)),
         ("mixed.test", Answer::A(vec![vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::LOCALHOST]], 60)),
@@ -134,9 +141,8 @@ async fn dns_rebinding_never_reaches_the_forbidden_address() {
     drop(good);
 }
 
-/// An hyper origin (counting connections) bound to a given address.
-fn spawn_origin_at(ip: &str, port: u16) -> Origin {
-    let l = std::net::TcpListener::bind((ip, port)).unwrap_or_else(|e| panic!("bind {ip}:{port}: {e}"));
+/// An hyper origin (counting connections) on a bound listener.
+fn spawn_origin_on(l: std::net::TcpListener) -> Origin {
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
