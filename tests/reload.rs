@@ -691,6 +691,42 @@ fn shutdown_does_not_wait_for_a_reload_under_way() {
     assert!(reloading < stopped && stopped < reloaded, "stopped before the reload ended:\n{log}");
 }
 
+/// A users-file change that lands while a reload runs is loaded after it:
+/// the watcher compares the files with what they were before the reload
+/// read them. (Compared with what they were after it, the change looked
+/// loaded already: a user removed meanwhile kept access until some other
+/// change came.) 20,000 users make the reload last about a second in a
+/// debug build; the file is replaced 300 ms into it.
+#[test]
+fn a_users_change_made_during_a_reload_is_loaded_after_it() {
+    use std::process::Stdio;
+    let dir = TempDir::new();
+    let bin = start_binary(&dir, "", &large_users_file(20_000), Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let origin = rt.block_on(async {
+        wait_listening(bin.addr).await;
+        spawn_echo_origin()
+    });
+    assert_eq!(rt.block_on(status(bin.addr, &origin, "alice", "a1")), 200);
+    bin.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    // alice removed, bob added; written aside and renamed in, as tools do.
+    let next = bin.users.with_extension("next");
+    std::fs::write(&next, users_toml(&[("bob", "b1")])).unwrap();
+    std::fs::rename(&next, &bin.users).unwrap();
+    let (alice, bob) = rt.block_on(async {
+        let gone = eventually(Duration::from_secs(15), || async {
+            status(bin.addr, &origin, "alice", "a1").await == 407
+        })
+        .await;
+        (gone, status(bin.addr, &origin, "bob", "b1").await)
+    });
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(alice, "alice, removed during a reload, still got in:\n{log}");
+    assert_eq!(bob, 200, "{log}");
+}
+
 /// SIGHUP's default action ends a process. The binary takes SIGHUP over
 /// before it reads its configuration, so a reload asked for while it starts
 /// (a config tool that writes the files and signals right after starting the

@@ -74,6 +74,40 @@ async fn reload_off_runtime(state: &Arc<State>) -> bool {
     }
 }
 
+/// Runs a reload and returns the stamps the files had *before* it read them,
+/// for [`watch`] to compare the next polls with: a change that lands while
+/// the reload runs (a second or more with a large users file, or argon2
+/// costs to check) is then seen at the next poll. Stamped after the reload,
+/// such a change looked loaded already and waited for the next unrelated
+/// one: a user removed meanwhile kept access. A file the new configuration
+/// watches and the old one did not (a new `users_file`) gets [`unseen`], so
+/// it is read once more. `None` when shutdown began meanwhile.
+async fn reload_and_stamp(state: &Arc<State>) -> Option<Vec<Stamp>> {
+    let before: Vec<(PathBuf, Stamp)> = watched(&state.snapshot.load())
+        .into_iter()
+        .map(|path| {
+            let s = stamp(&path);
+            (path, s)
+        })
+        .collect();
+    if !reload_off_runtime(state).await {
+        return None;
+    }
+    let after = watched(&state.snapshot.load());
+    Some(
+        after
+            .iter()
+            .map(|path| before.iter().find(|(p, _)| p == path).map_or_else(unseen, |(_, s)| s.clone()))
+            .collect(),
+    )
+}
+
+/// A stamp no file has (its size is `u64::MAX`): the file differs from it
+/// at the next poll.
+fn unseen() -> Stamp {
+    Some((u64::MAX, None, u64::MAX, PathBuf::new()))
+}
+
 /// The settings read only at start (a change needs a restart), as a
 /// snapshot has them.
 #[derive(Debug, Clone, PartialEq)]
@@ -284,10 +318,8 @@ pub async fn watch(state: Arc<State>) {
             _ = state.stopping.cancelled() => return,
             _ = hup_recv => {
                 tracing::info!("SIGHUP: reloading");
-                if !reload_off_runtime(&state).await {
-                    return;
-                }
-                seen = stamps(&state.snapshot.load());
+                let Some(before) = reload_and_stamp(&state).await else { return };
+                seen = before;
                 pending = None;
             }
             _ = tick.tick() => {
@@ -304,10 +336,8 @@ pub async fn watch(state: Arc<State>) {
                 // Debounce: act once the files look the same on two polls.
                 if pending.as_ref() == Some(&now) {
                     tracing::info!("configuration files changed: reloading");
-                    if !reload_off_runtime(&state).await {
-                        return;
-                    }
-                    seen = stamps(&state.snapshot.load());
+                    let Some(before) = reload_and_stamp(&state).await else { return };
+                    seen = before;
                     pending = None;
                 } else {
                     pending = Some(now);
