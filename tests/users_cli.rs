@@ -966,3 +966,26 @@ fn users_commands_run_with_a_warning_while_the_config_is_broken_outside_auth() {
     let err = d.refused(&["enable", "alice"], None);
     assert!(err.contains(&format!("authgate.toml:{}:", good.lines().count() + 2)), "{err}");
 }
+
+/// The users file and the commands count a name's characters alike, after
+/// NFC: a name that NFC lengthens past 64 is refused in the file as by
+/// `users add` (the proxy admitted such a user that no command could then
+/// disable or remove), and one that NFC shortens is accepted by both.
+#[test]
+fn a_names_length_is_counted_after_nfc_in_the_file_as_in_the_commands() {
+    // U+0958 is two characters in NFC; `e` + U+0301 is one (U+00E9).
+    let grows = "\u{958}".repeat(64);
+    let shrinks = "e\u{301}".repeat(40);
+    let d = Dir::new(Some(&format!("[users.\"{grows}\"]\npassword = \"{H}\"\n")));
+    let err = d.refused(&["list"], None);
+    assert!(err.contains("users.toml:1:") && err.contains("longer than 64 characters"), "{err}");
+    let err = d.refused(&["add", &grows, "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("longer than 64 characters"), "{err}");
+
+    let d = Dir::new(Some(&format!("[users.\"{shrinks}\"]\npassword = \"{H}\"\n")));
+    d.ok(&["disable", &shrinks], None);
+    assert!(d.snapshot().users.get(&"\u{e9}".repeat(40)).unwrap().disabled);
+    let d = Dir::new(None);
+    d.ok(&["add", &shrinks, "--password-stdin"], Some("pw\n"));
+    d.snapshot();
+}

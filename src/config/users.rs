@@ -105,11 +105,14 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         let span = name.span();
         let raw_name = name.into_inner();
         let shown: String = raw_name.chars().take(MAX_NAME_CHARS).collect();
-        if let Err(m) = check_name(&raw_name) {
+        // Checked as compared and as `authgate users` checks it: after NFC,
+        // which can lengthen a name (U+0958 is two characters in NFC) or
+        // shorten it (`e` + U+0301 is one).
+        let name = nfc(&raw_name);
+        if let Err(m) = check_name(&name) {
             c.at(span.clone(), format!("user `{}`: {m}", shown.escape_default()));
             continue;
         }
-        let name = nfc(&raw_name);
         if seen.insert(name.clone(), ()).is_some() {
             c.at(
                 span.clone(),
