@@ -177,12 +177,14 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
 }
 
-/// A config file with no setting at all, seen by a reload, is a file being
+/// A config file with no setting at all, or without the `[policy] default`
+/// the running configuration denies with, seen by a reload, is a file being
 /// written (`cat > authgate.toml`, a truncated copy), not a wish to go back
-/// to every default, `[policy] default = "allow"` among them: refused, the
-/// rules in effect stay, and a users-file change still applies on its own.
+/// to `[policy] default = "allow"`: refused, the rules in effect stay, and a
+/// users-file change still applies on its own. (Table headers alone, or a
+/// first part without `[policy]`, opened the proxy.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_emptied_config_file_does_not_open_the_proxy_at_a_reload() {
+async fn a_config_file_emptied_or_half_written_does_not_open_the_proxy_at_a_reload() {
     use std::sync::atomic::Ordering::SeqCst;
     let origin = spawn_echo_origin();
     let config = format!(
@@ -207,6 +209,18 @@ async fn an_emptied_config_file_does_not_open_the_proxy_at_a_reload() {
         "the comments were tried"
     );
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    // Table headers are no settings either (nor is a byte-order mark).
+    replace_by_rename(&proxy.file("authgate.toml"), "\u{feff}# authgate\n[server]\n[policy]\n[auth.throttle]\n");
+    assert!(eventually(Duration::from_secs(5), || async { failures() >= 3 }).await, "the headers were tried");
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    // A first part with settings, but without `[policy] default`: missing
+    // means allow, where the running configuration denies.
+    replace_by_rename(&proxy.file("authgate.toml"), CFG_NT);
+    assert!(
+        eventually(Duration::from_secs(5), || async { failures() >= 4 }).await,
+        "the first part was tried"
+    );
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
     assert_eq!(proxy.state.generation.load(SeqCst), generation);
 
     // A users change meanwhile applies under the rules in effect.
@@ -219,6 +233,15 @@ async fn an_emptied_config_file_does_not_open_the_proxy_at_a_reload() {
         "alice was removed"
     );
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403);
+    // Said in so many words, allow is taken.
+    replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}[policy]\ndefault = \"allow\"\n"));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status(proxy.addr, &origin, "bob", "b1").await == 200
+        })
+        .await,
+        "an explicit default allow applies"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -220,30 +220,64 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     load_source(path, &read(path)?)
 }
 
-/// [`load`] for a reload: a config file without a single setting (empty,
-/// or comments only) is refused. Loaded, it would put every setting back to
-/// its default, `[policy] default = "allow"` among them; at a reload such a
-/// file is far more likely one being written (`cat > file`, a truncated
-/// copy) than a wish to open the proxy to everything. A start still accepts
-/// it (the summary says "default allow").
+/// [`load`] for a reload, which refuses two files that would open the proxy
+/// by omission, as a file being written (`cat > file`, a truncated copy, a
+/// slow `scp`) reads at a reload far more often than a wish for that:
+///
+/// - one without a single setting (empty, comments or table headers only,
+///   `server = {}`): loaded, it would put every setting back to its default,
+///   `[policy] default = "allow"` among them;
+/// - one that says no `[policy] default` while the running configuration
+///   denies by default: its absence means "allow". An admin who wants that
+///   writes `default = "allow"`.
+///
+/// A start still accepts both (the summary line says "default allow").
 ///
 /// # Errors
-/// As [`load`], plus the empty config file.
-pub fn load_for_reload(path: &Path) -> Result<Snapshot, ConfigError> {
+/// As [`load`], plus those two.
+pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, ConfigError> {
     let source = read(path)?;
-    if source.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#')) {
-        return Err(ConfigError {
+    let refuse = |message: &str| {
+        Err(ConfigError {
             problems: vec![Problem {
                 file: path.to_path_buf(),
                 line: 0,
                 col: 0,
-                message: "no settings at all (empty, or still being written): a reload does not put every \
-                          setting back to its default, which allows all traffic; restart to run on defaults"
-                    .into(),
+                message: message.to_owned(),
             }],
-        });
+        })
+    };
+    // Text that is not TOML is left to `load_source`, which locates the error.
+    if let Ok(doc) = source.parse::<toml_edit::DocumentMut>() {
+        if !has_setting(doc.as_table()) {
+            return refuse(
+                "no settings at all (empty, only comments or table headers, or still being written): a \
+                 reload does not put every setting back to its default, which allows all traffic; restart \
+                 to run on defaults",
+            );
+        }
+        let says_default = doc.get("policy").and_then(|p| p.get("default")).is_some();
+        if running.policy.default == crate::policy::Action::Deny && !says_default {
+            return refuse(
+                "[policy] default is missing, and missing means \"allow\", where the running configuration \
+                 denies by default: a reload does not open the proxy by omission (the file may be half \
+                 written); write `default = \"deny\"` back, or `default = \"allow\"` to mean it",
+            );
+        }
     }
     load_source(path, &source)
+}
+
+/// Whether a TOML table holds at least one key with a value, at any depth
+/// (a table header alone is no setting).
+fn has_setting(table: &dyn toml_edit::TableLike) -> bool {
+    table.iter().any(|(_, item)| match item {
+        toml_edit::Item::None => false,
+        toml_edit::Item::Table(t) => has_setting(t),
+        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => has_setting(t),
+        toml_edit::Item::ArrayOfTables(a) => !a.is_empty(),
+        toml_edit::Item::Value(_) => true,
+    })
 }
 
 fn load_source(path: &Path, source: &str) -> Result<Snapshot, ConfigError> {

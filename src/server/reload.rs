@@ -172,7 +172,7 @@ impl StartOnly {
 /// Every problem in the new files; the old snapshot stays live.
 pub fn reload(state: &State) -> Result<u64, ConfigError> {
     let old = state.snapshot.load_full();
-    let new = match config::load_for_reload(&old.config_path) {
+    let new = match config::load_for_reload(&old.config_path, &old) {
         Ok(s) => s,
         Err(e) => {
             for p in &e.problems {
