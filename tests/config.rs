@@ -655,3 +655,24 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         assert!(!err.contains("os error"), "{err}");
     }
 }
+
+/// `authgate check` writes one line per problem whatever the config holds:
+/// control characters it quotes (a method, a host pattern, a path) are
+/// escaped, so a value can neither split a problem, forge another line, nor
+/// send a terminal escape sequence (a title change, a screen clear).
+#[test]
+fn check_escapes_control_characters_quoted_from_the_config() {
+    let dir = TempDir::new();
+    let config = "[auth]\nusers_file = \"x\\u001b[2J\\nforged.toml:1:1: all good\"\n\
+                  [[rules]]\nname = \"r\"\naction = \"allow\"\nmethods = [\"GET\\r\\n\"]\nhosts = [\"\\u001b]0;pwned\\u0007\"]\n";
+    let path = dir.write("authgate.toml", config);
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.chars().any(|c| c.is_control() && c != '\n'), "a raw control character: {all:?}");
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per problem: {all}");
+    assert!(lines.iter().all(|l| l.starts_with(&dir.path().display().to_string())), "{all}");
+    assert!(all.contains("`GET\\r\\n` is not an HTTP method"), "{all}");
+    assert!(all.contains("x\\u{1b}[2J\\nforged.toml:1:1: all good: cannot read: file not found"), "{all}");
+}

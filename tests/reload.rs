@@ -210,7 +210,10 @@ async fn a_config_file_emptied_or_half_written_does_not_open_the_proxy_at_a_relo
     );
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
     // Table headers are no settings either (nor is a byte-order mark).
-    replace_by_rename(&proxy.file("authgate.toml"), "\u{feff}# authgate\n[server]\n[policy]\n[auth.throttle]\n");
+    replace_by_rename(
+        &proxy.file("authgate.toml"),
+        "\u{feff}# authgate\n[server]\n[policy]\n[auth.throttle]\n",
+    );
     assert!(eventually(Duration::from_secs(5), || async { failures() >= 3 }).await, "the headers were tried");
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
     // A first part with settings, but without `[policy] default`: missing

@@ -17,14 +17,31 @@ pub struct Problem {
     pub message: String,
 }
 
+/// One line, whatever the config held: control characters in the file name
+/// or the message (both can quote the config: a path, a method, a host
+/// pattern) are written escaped (`\n`, `\u{1b}`), so that a value cannot
+/// break a problem in two, forge another, or send a terminal escape
+/// sequence to whoever runs `authgate check`.
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.line == 0 {
-            write!(f, "{}: {}", self.file.display(), self.message)
+        write_escaped(f, &self.file.display().to_string())?;
+        if self.line != 0 {
+            write!(f, ":{}:{}", self.line, self.col)?;
+        }
+        f.write_str(": ")?;
+        write_escaped(f, &self.message)
+    }
+}
+
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    for c in text.chars() {
+        if c.is_control() {
+            write!(f, "{}", c.escape_default())?;
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.message)
+            write!(f, "{c}")?;
         }
     }
+    Ok(())
 }
 
 /// Every problem found while loading, reported together.
