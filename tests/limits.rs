@@ -1050,7 +1050,8 @@ fn sigterm_does_not_wait_for_a_running_password_verification() {
 
 /// With its file descriptors used up, the proxy cannot dial an origin: that
 /// is its own limit, answered 503 `too_many_connections` with a WARN that
-/// says what to raise, not a 502 blaming the destination. Once connections
+/// says what to raise, not a 502 blaming the destination; the accepts that
+/// fail meanwhile are one WARN line, not one per failure. Once connections
 /// close, it serves again.
 #[test]
 fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
@@ -1099,6 +1100,11 @@ fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
     let warnings =
         log.lines().filter(|l| l.contains("WARN") && l.contains("out of file descriptors")).count();
     assert_eq!(warnings, 1, "one warning names the cause:\n{log}");
+    // The connections waiting in the listen queue meanwhile failed accept
+    // after accept (backing off from 5 ms): one line for them all, not one
+    // per failure.
+    let accepts = log.lines().filter(|l| l.contains("WARN") && l.contains("accept failed")).count();
+    assert_eq!(accepts, 1, "accept failures are logged at most every 10 s:\n{log}");
 }
 
 /// A request that reached an idle keep-alive connection in time is served

@@ -145,6 +145,55 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
 }
 
+/// The admin port (no credentials asked) holds at most
+/// `MAX_ADMIN_CONNECTIONS` connections: one past them is closed unanswered,
+/// those open are served, the proxy port is not affected, and a slot freed
+/// is taken again. (Without a bound, kept-alive `/healthz` connections took
+/// every file descriptor and a proxy request went unanswered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_port_holds_a_bounded_number_of_connections() {
+    use authgate::server::MAX_ADMIN_CONNECTIONS;
+    let origin = spawn_echo_origin();
+    let (run, _state) = spawn_with_admin("").await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_ADMIN_CONNECTIONS {
+        held.push(RawConn::connect(run.admin).await);
+    }
+    // Each is served as it arrives: all slots are taken once this answers.
+    held[0].send(request("GET", "/healthz", &[("Host", "a")])).await;
+    assert_eq!(held[0].read_response("GET").await.status, 200);
+    let mut extra = RawConn::connect(run.admin).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.is_closed()).await;
+    assert_eq!(closed.ok(), Some(true), "the connection past the bound is closed at once");
+    let last = MAX_ADMIN_CONNECTIONS - 1;
+    held[last].send(request("GET", "/readyz", &[("Host", "a")])).await;
+    assert_eq!(held[last].read_response("GET").await.status, 200, "those held are served");
+    let r = get(
+        run.proxy,
+        &origin.url("/through"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "the proxy port serves: {}", r.dump());
+    // A slot freed is taken again.
+    held.truncate(last);
+    let mut served = false;
+    for _ in 0..50 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut conn = tokio::net::TcpStream::connect(run.admin).await.unwrap();
+        let _ = conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await;
+        if got.starts_with(b"HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a freed slot serves a new connection");
+    let _ = run.stop.send(());
+}
+
 #[test]
 fn json_logs_are_one_object_per_line_without_credentials() {
     let dir = TempDir::new();

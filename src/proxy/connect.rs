@@ -6,8 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -15,6 +14,7 @@ use super::dns::Resolver;
 use crate::error::ProxyError;
 use crate::policy::egress::Egress;
 use crate::target::{Host, Target};
+use crate::telemetry::Every;
 
 /// Resolves and dials targets.
 pub struct Connector {
@@ -106,14 +106,11 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 /// The operator is told, at most once every 10 s (when the descriptors run
 /// out every request fails, and a line for each would flood the log).
 fn warn_out_of_descriptors(e: &io::Error) {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let last = LAST.load(Ordering::Relaxed);
-    if now >= last.saturating_add(10)
-        && LAST.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-    {
+    static EVERY: Every = Every::new(10);
+    if let Some(held) = EVERY.pass() {
         tracing::warn!(
             error = %e,
+            held_back = held,
             "out of file descriptors: cannot open connections to origins (answered 503); raise the open-files limit (LimitNOFILE, ulimit -n) or lower limits.max_connections"
         );
     }

@@ -25,6 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
@@ -32,6 +33,7 @@ use crate::error::ProxyError;
 use crate::proxy::State;
 use crate::proxy::service::{self, Client};
 use crate::respond;
+use crate::telemetry::Every;
 use crate::telemetry::metrics::Outcome as Counted;
 use guard::{Canned, Closer, Guarded, Phase, Rejection, Timeouts};
 
@@ -163,6 +165,11 @@ pub async fn run<L: Into<Listener>>(
 }
 
 async fn accept_loop(state: Arc<State>, listener: Listener) {
+    // Out of descriptors, every listener fails every accept: one line per
+    // 10 s for the whole process (one a second per listener flooded the log
+    // during the very incident it reported).
+    static ACCEPT_FAILED: Every = Every::new(10);
+    let admin_slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -170,8 +177,9 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
             _ = state.stopping.cancelled() => return,
         };
         match accepted {
-            Ok((stream, _)) if listener.how.admin => {
-                tokio::spawn(admin::serve(state.clone(), stream));
+            Ok((stream, peer)) if listener.how.admin => {
+                backoff = Duration::from_millis(5);
+                admit_admin(&state, &admin_slots, stream, peer);
             }
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
@@ -179,9 +187,42 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
             }
             Err(e) => {
                 // EMFILE and friends: wait and retry instead of spinning.
-                tracing::warn!(error = %e, "accept failed; retrying");
+                if let Some(held) = ACCEPT_FAILED.pass() {
+                    tracing::warn!(error = %e, held_back = held, "accept failed; retrying");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Most admin connections open at once. A scraper or a health check needs
+/// one or two; past this many a new one is closed at once, so that clients
+/// of the admin port (which asks for no credentials) cannot take the file
+/// descriptors the proxy's clients need (20,000 kept-alive `/healthz`
+/// connections left a proxy request unanswered).
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves an admin connection if a slot is free, else closes it (with a
+/// WARN at most every 10 s).
+fn admit_admin(state: &Arc<State>, slots: &Arc<Semaphore>, stream: TcpStream, peer: SocketAddr) {
+    static FULL: Every = Every::new(10);
+    match slots.clone().try_acquire_owned() {
+        Ok(slot) => {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                admin::serve(state, stream).await;
+            });
+        }
+        Err(_) => {
+            if let Some(held) = FULL.pass() {
+                tracing::warn!(
+                    peer = %peer,
+                    held_back = held,
+                    "admin connection closed: {MAX_ADMIN_CONNECTIONS} admin connections are open already"
+                );
             }
         }
     }

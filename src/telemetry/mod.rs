@@ -5,11 +5,13 @@
 //! never logged as a whole, and the user is logged only once authenticated.
 
 mod access;
+mod every;
 mod line;
 pub mod metrics;
 mod sink;
 
 pub use access::{AccessRecord, AuditEvent, sanitize_username};
+pub use every::Every;
 pub use metrics::Metrics;
 pub use sink::LogGuard;
 
