@@ -621,7 +621,9 @@ fn a_failing_stdout_is_reported_on_stderr_and_the_lost_lines_counted() {
 
 /// A log file that reaches the file-size limit (`ulimit -f`, `LimitFSIZE=`)
 /// costs log lines, told on stderr, not the process: SIGXFSZ, which the
-/// kernel sends on such a write, ended it.
+/// kernel sends on such a write, ended it. Once the limit is lifted, lines
+/// are written again, whole: the first was glued to the end of the line the
+/// limit had cut.
 #[test]
 fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
     let dir = TempDir::new();
@@ -637,7 +639,7 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
     std::thread::sleep(Duration::from_millis(300));
     let limit = std::fs::metadata(&path).unwrap().len() + 1000;
     let limited = Command::new("prlimit")
-        .args([&format!("--fsize={limit}:{limit}"), "--pid", &bin.child.id().to_string()])
+        .args([&format!("--fsize={limit}:unlimited"), "--pid", &bin.child.id().to_string()])
         .status()
         .expect("prlimit (util-linux) runs");
     assert!(limited.success());
@@ -656,6 +658,16 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
     assert_eq!(std::fs::metadata(&path).unwrap().len(), limit, "the log file reached its limit");
     assert!(bin.child.try_wait().unwrap().is_none(), "the process ended: {:?}", bin.child.try_wait());
     assert_eq!(get("/after-the-limit"), 200, "it serves on");
+    // The limit lifted: lines are written again, and the first is whole,
+    // not glued to the part of a line the limit cut (which went out in
+    // part: the file ended mid-line).
+    let lifted = Command::new("prlimit")
+        .args(["--fsize=unlimited:unlimited", "--pid", &bin.child.id().to_string()])
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(lifted.success());
+    assert_eq!(get("/once-lifted"), 200);
+    std::thread::sleep(Duration::from_millis(300));
     let out = bin.stop();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{:?}\n{stderr}", out.status);
@@ -663,6 +675,11 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
         stderr.lines().filter(|l| l.contains("cannot write the log to standard output")).collect();
     assert_eq!(told.len(), 1, "{stderr}");
     assert!(told[0].contains("File too large"), "{}", told[0]);
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(log.contains("/once-lifted"), "lines are written once the limit is lifted:\n{log}");
+    let glued: Vec<&str> = log.lines().filter(|l| l.matches("authgate::").count() > 1).collect();
+    assert!(glued.is_empty(), "a line begun on the end of a cut one: {glued:?}");
+    assert!(log.contains("lost_lines="), "the lines lost are counted:\n{log}");
 }
 
 /// In the text format an audit line's username is quoted and escaped once,

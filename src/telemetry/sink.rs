@@ -45,6 +45,10 @@ pub struct Sink {
     json: bool,
     /// The last write to the output failed.
     failing: AtomicBool,
+    /// A failed write left the output in the middle of a line (a file at
+    /// its size limit, a full disk take part of a write): the next batch
+    /// ends that fragment first, so that its first line is not glued to it.
+    torn: AtomicBool,
 }
 
 #[derive(Default)]
@@ -71,6 +75,7 @@ impl Sink {
             out: Mutex::new(out),
             json,
             failing: AtomicBool::new(false),
+            torn: AtomicBool::new(false),
         }
     }
 
@@ -101,11 +106,25 @@ impl Sink {
             let mut p = lock(&self.pending);
             (std::mem::take(&mut p.buf), std::mem::take(&mut p.dropped))
         };
-        let written =
-            if batch.is_empty() { Ok(()) } else { out.write_all(&batch).and_then(|()| out.flush()) };
+        let written = if batch.is_empty() {
+            Ok(())
+        } else if self.torn.load(Ordering::Relaxed)
+            && let Err((_, e)) = write_out(&mut **out, b"\n")
+        {
+            Err((0, e))
+        } else {
+            self.torn.store(false, Ordering::Relaxed);
+            write_out(&mut **out, &batch)
+        };
+        if let Err((done, _)) = &written
+            && batch.get(..*done).and_then(<[u8]>::last).is_some_and(|&b| b != b'\n')
+        {
+            self.torn.store(true, Ordering::Relaxed);
+        }
         drop(out);
-        if let Err(e) = written {
-            self.output_failed(&batch, dropped, &e);
+        if let Err((done, e)) = written {
+            // The lines that went out whole are not lost.
+            self.output_failed(batch.get(done..).unwrap_or_default(), dropped, &e);
             return;
         }
         let lost = if !batch.is_empty() && self.failing.swap(false, Ordering::Relaxed) {
@@ -166,6 +185,21 @@ impl Sink {
             }
         }
     }
+}
+
+/// Writes all of `bytes` and flushes; on failure, how many bytes went out
+/// before it (a file at its size limit takes part of a write).
+fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+    let mut done = 0;
+    while let Some(rest) = bytes.get(done..).filter(|r| !r.is_empty()) {
+        match out.write(rest) {
+            Ok(0) => return Err((done, io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((done, e)),
+        }
+    }
+    out.flush().map_err(|e| (done, e))
 }
 
 /// Characters of a client's text (a username, a request target) that
