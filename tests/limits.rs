@@ -1110,7 +1110,9 @@ fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
 /// A request that reached an idle keep-alive connection in time is served
 /// even when the process could not run until after the idle timeout (it was
 /// stopped, or starved of CPU): the socket is read before the idle timer is
-/// looked at. The connection was closed under the request.
+/// looked at. The connection was closed under the request. The same for
+/// the rest of a head begun in time, past `header_read_timeout`: it got a
+/// 408. (Slowloris stays bounded: see `slowloris_gets_408_...`.)
 #[test]
 fn a_request_that_arrived_in_time_is_served_after_the_process_was_stopped() {
     use std::process::Stdio;
@@ -1129,13 +1131,13 @@ fn a_request_that_arrived_in_time_is_served_after_the_process_was_stopped() {
     let dir = TempDir::new();
     let bin = start_binary(
         &dir,
-        "[limits]\nidle_timeout = \"1s\"\n[log]\nlevel = \"info\"\n",
+        "[limits]\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\"\n[log]\nlevel = \"info\"\n",
         &users(),
         Stdio::piped(),
     );
     let proxy = bin.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (first, second) = rt.block_on(async {
+    let (first, second, third) = rt.block_on(async {
         let origin = spawn_echo_origin();
         wait_listening(proxy).await;
         let mut conn = TcpStream::connect(proxy).await.unwrap();
@@ -1161,16 +1163,29 @@ fn a_request_that_arrived_in_time_is_served_after_the_process_was_stopped() {
         conn.write_all(&get_as(&origin.url("/second"), &origin.authority(), "alice", "a1")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         bin.signal("CONT");
-        (first, status_line(&mut conn).await)
+        let second = status_line(&mut conn).await;
+        // A head begun, its rest sent in time while the process is stopped
+        // past `header_read_timeout`: served, not a 408.
+        let mut fresh = TcpStream::connect(proxy).await.unwrap();
+        let request = get_as(&origin.url("/third"), &origin.authority(), "alice", "a1");
+        fresh.write_all(&request[..20]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        bin.signal("STOP");
+        fresh.write_all(&request[20..]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        bin.signal("CONT");
+        (first, second, status_line(&mut fresh).await)
     });
     let out = bin.stop();
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(first.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&first));
-    assert!(
-        second.starts_with(b"HTTP/1.1 200"),
-        "the request was dropped: {:?}\n{log}",
-        String::from_utf8_lossy(&second)
-    );
+    for (which, got) in [("the idle connection's", &second), ("the begun head's", &third)] {
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{which} request was not served: {:?}\n{log}",
+            String::from_utf8_lossy(got)
+        );
+    }
 }
 
 /// A shell's soft open-files limit (often 1024) is room for about 500

@@ -180,13 +180,13 @@ pub struct Guarded<S> {
     /// The request (`served` count) whose end of stream was held back once,
     /// see `poll_read`.
     eof_held_for: u32,
-    /// The idle timer fired once and was given [`IDLE_GRACE`] more.
-    idle_grace: bool,
+    /// The idle or head timer fired once and was given [`GRACE`] more.
+    grace_given: bool,
 }
 
-/// How long a connection whose idle timer fired is still watched for a
-/// request that arrived in time, see `poll_read`.
-const IDLE_GRACE: Duration = Duration::from_millis(20);
+/// How long a connection whose idle or head timer fired is still watched
+/// for bytes that arrived in time, see `poll_read`.
+const GRACE: Duration = Duration::from_millis(20);
 
 impl<S> Guarded<S> {
     /// Wraps `inner`; `answer` makes the 408, 431 and unparsable-head answers.
@@ -205,7 +205,7 @@ impl<S> Guarded<S> {
             idle_after: 0,
             lingered: None,
             eof_held_for: 0,
-            idle_grace: false,
+            grace_given: false,
         }
     }
 
@@ -259,7 +259,7 @@ impl<S> Guarded<S> {
         if self.armed_for != IDLE || self.idle_after != served {
             self.idle_after = served;
             self.armed_for = IDLE;
-            self.idle_grace = false;
+            self.grace_given = false;
             self.timer.as_mut().reset(Instant::now() + self.limits.idle);
             // Registers this task: it is woken, and `poll_read` closes, when
             // the timer fires.
@@ -270,7 +270,7 @@ impl<S> Guarded<S> {
     fn arm(&mut self, phase: u8, d: Duration) {
         if self.armed_for != phase {
             self.armed_for = phase;
-            self.idle_grace = false;
+            self.grace_given = false;
             self.timer.as_mut().reset(Instant::now() + d);
         }
     }
@@ -316,10 +316,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 this.arm(IDLE, d);
             }
             // Before the socket: bytes that keep coming must not keep a
-            // head from timing out (slowloris).
+            // head from timing out (slowloris). But the rest of a head that
+            // arrived in time, while the process could not run (stopped,
+            // starved of CPU), is still taken: the first time the timer is
+            // seen fired, the socket gets one look of [`GRACE`] (the timer
+            // can fire before the reactor has seen the socket's bytes).
+            // Whatever a trickling client sends in it cannot keep the head
+            // alive past that.
             HEAD if this.timer.as_mut().poll(cx).is_ready() => {
-                this.reject = Some(((this.answer)(Rejection::HeadTimeout), 0));
-                return this.poll_refuse(cx);
+                if this.grace_given {
+                    this.reject = Some(((this.answer)(Rejection::HeadTimeout), 0));
+                    return this.poll_refuse(cx);
+                }
+                this.grace_given = true;
+                this.timer.as_mut().reset(Instant::now() + GRACE);
+                // Registers this task for the grace's end.
+                let _ = this.timer.as_mut().poll(cx);
             }
             _ => {}
         }
@@ -331,12 +343,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         // request that arrived in time is served, not dropped with the
         // connection. A first byte starts the head timer.
         if read.is_pending() && phase == IDLE && this.timer.as_mut().poll(cx).is_ready() {
-            if !this.idle_grace {
+            if !this.grace_given {
                 // The timer can be seen to fire before the reactor has
                 // looked at the socket (after a stop, the two are handled
                 // in either order): one short look more before closing.
-                this.idle_grace = true;
-                this.timer.as_mut().reset(Instant::now() + IDLE_GRACE);
+                this.grace_given = true;
+                this.timer.as_mut().reset(Instant::now() + GRACE);
                 if this.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
