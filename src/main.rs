@@ -177,8 +177,11 @@ fn run(config: &Path) -> ExitCode {
     });
     // Dropping the runtime would wait for every blocking task: a password
     // verification still running (a slow hash, a flood) held the exit, and
-    // the second-signal handler no longer ran. Shutdown is over by now.
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // the second-signal handler no longer ran; so did a reload under way,
+    // for a configuration that would serve nobody (a one-second bound here
+    // still held the exit that long). Shutdown is over by now: what those
+    // tasks would produce is not wanted.
+    runtime.shutdown_background();
     code
 }
 
