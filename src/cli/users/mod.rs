@@ -163,10 +163,8 @@ pub fn config_warnings(config: &Path, elsewhere: &[crate::config::Problem]) -> V
     if elsewhere.is_empty() {
         return Vec::new();
     }
-    let mut lines: Vec<String> = elsewhere
-        .iter()
-        .map(|p| format!("warning: {}", p.to_string().lines().map(str::trim).collect::<Vec<_>>().join("; ")))
-        .collect();
+    // A problem displays as one line (control characters escaped).
+    let mut lines: Vec<String> = elsewhere.iter().map(|p| format!("warning: {p}")).collect();
     lines.push(format!(
         "warning: {} has the problems above outside [auth]; this command used its [auth] settings, \
          but the proxy will not start with (or reload) this config until they are fixed",
