@@ -199,20 +199,10 @@ Transfer-Encoding: gzip, chunked\r\n\
     let (proxy, resp) = get_from_canned_origin(GZIP_CHUNKED).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.dump());
-    let auth = basic(USER.0, USER.1);
     assert_eq!(resp.body, b"GZIPDATA");
 
     let echo = spawn_echo_origin();
-    let host = echo.authority();
-    let mut conn = RawConn::connect(proxy.addr).await;
-    let mut post = request(
-        "POST",
-        &echo.url("/up"),
-        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "gzip, chunked")],
-    );
-    post.extend_from_slice(b"4\r\nGZIP\r\n0\r\n\r\n");
-    conn.send(post).await;
-    let resp = conn.read_response("POST").await;
+    let resp = post_coded(&proxy, &echo, "/up", "gzip, chunked", b"4\r\nGZIP\r\n0\r\n\r\n").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     let seen = Echoed::parse(&resp.body);
     assert_eq!(seen.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.text());
@@ -291,28 +281,30 @@ async fn transfer_codings_that_cannot_be_passed_on_are_refused() {
     assert_eq!(conn.read_response("HEAD").await.status, 200);
 
     let echo = spawn_echo_origin();
-    let host = echo.authority();
-    let mut conn = RawConn::connect(proxy.addr).await;
-    let mut post = request(
-        "POST",
-        &echo.url("/twice"),
-        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked, chunked")],
-    );
-    post.extend_from_slice(b"9\r\n4\r\nGZIP\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n");
-    conn.send(post).await;
-    let resp = conn.read_response("POST").await;
+    // `chunked` twice, under a body framed as such.
+    const TWICE: &[u8] = b"9\r\n4\r\nGZIP\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n";
+    let resp = post_coded(&proxy, &echo, "/twice", "chunked, chunked", TWICE).await;
     assert_proxy_error(&resp, 400, "http_request_error", "malformed_request");
     // `chunked` with a parameter is `chunked` too.
-    let mut conn = RawConn::connect(proxy.addr).await;
+    let resp = post_coded(&proxy, &echo, "/param", "chunked;x=1, chunked", TWICE).await;
+    assert_proxy_error(&resp, 400, "http_request_error", "malformed_request");
+    assert_eq!(echo.hits(), 0, "a malformed request must not be forwarded");
+}
+
+/// A POST of `body` (framed already) to `path` of `origin` as alice, on a
+/// new connection, with `Transfer-Encoding: te`; the answer.
+async fn post_coded(proxy: &Proxy, origin: &Origin, path: &str, te: &str, body: &[u8]) -> RawResponse {
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
     let mut post = request(
         "POST",
-        &echo.url("/param"),
-        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", "chunked;x=1, chunked")],
+        &origin.url(path),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Transfer-Encoding", te)],
     );
-    post.extend_from_slice(b"9\r\n4\r\nGZIP\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n");
+    post.extend_from_slice(body);
+    let mut conn = RawConn::connect(proxy.addr).await;
     conn.send(post).await;
-    assert_proxy_error(&conn.read_response("POST").await, 400, "http_request_error", "malformed_request");
-    assert_eq!(echo.hits(), 0, "a malformed request must not be forwarded");
+    conn.read_response("POST").await
 }
 
 /// `method url` through `proxy` with `Max-Forwards: hops`, with credentials
