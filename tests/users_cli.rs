@@ -107,25 +107,32 @@ impl Dir {
             .collect()
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// `authgate --config CONFIG ARGS`.
+    fn authgate(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_authgate"));
-        c.arg("--config").arg(self.config()).arg("users").args(args);
+        c.arg("--config").arg(self.config()).args(args);
         c
     }
 
-    /// Starts `authgate users ARGS` with all three streams piped.
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = self.authgate(&["users"]);
+        c.args(args);
+        c
+    }
+
+    /// Starts `command` with all three streams piped.
+    fn spawn(mut command: Command) -> Child {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
     }
 
     /// Runs `authgate users ARGS` with `stdin` (closed when `None`).
     fn run(&self, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut child = self.spawn(args);
+        Dir::run_command(self.command(args), stdin)
+    }
+
+    /// Runs `command` with `stdin` (closed when `None`).
+    fn run_command(command: Command, stdin: Option<&str>) -> Out {
+        let mut child = Dir::spawn(command);
         let mut pipe = child.stdin.take().unwrap();
         if let Some(s) = stdin {
             // A command refused before it reads its password closes the
@@ -811,13 +818,7 @@ fn owner_and_group_are_kept() {
 #[test]
 fn an_edit_made_meanwhile_is_not_overwritten() {
     let d = Dir::new(Some(&fixture()));
-    let mut child = d
-        .command(&["add", "late", "--password-stdin"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Dir::spawn(d.command(&["add", "late", "--password-stdin"]));
     // The file has been read once the process blocks on standard input.
     let stat = format!("/proc/{}/stat", child.id());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -848,13 +849,7 @@ fn concurrent_users_commands_never_lose_an_edit() {
     let d = Dir::new(Some(&fixture()));
     let children: Vec<_> = (0..12)
         .map(|i| {
-            let mut child = d
-                .command(&["add", &format!("c{i}"), "--password-stdin"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
+            let mut child = Dir::spawn(d.command(&["add", &format!("c{i}"), "--password-stdin"]));
             let _ = child.stdin.take().unwrap().write_all(b"pw\n");
             (i, child)
         })
@@ -892,7 +887,7 @@ fn a_users_file_that_is_not_a_regular_file_is_refused_and_left_alone() {
     let d = Dir::new(None);
     assert!(Command::new("mkfifo").arg(d.users()).status().unwrap().success());
     for args in [&["add", "x", "--password-stdin"][..], &["list"][..]] {
-        let mut child = d.spawn(args);
+        let mut child = Dir::spawn(d.command(args));
         let _ = child.stdin.take().unwrap().write_all(b"pw\n");
         let out = common::output_within_20s(child, &format!("`users {}` on a FIFO", args.join(" ")));
         let err = String::from_utf8_lossy(&out.stderr);
@@ -940,20 +935,10 @@ fn users_commands_run_with_a_warning_while_the_config_is_broken_outside_auth() {
         .to_owned();
     assert!(erin.contains("$argon2id$v=19$m=8,t=1,p=1$"), "the [auth.argon2] costs: {erin}");
 
-    let mut hash = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("--config")
-        .arg(d.config())
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _ = hash.stdin.take().unwrap().write_all(b"pw\n");
-    let out = hash.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && stdout.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{stdout} {stderr}");
-    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+    let out = Dir::run_command(d.authgate(&["hash-password"]), Some("pw\n"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{out:?}");
+    warned(&out);
 
     // A problem in [auth] itself: refused, no warning but the problem.
     let broken_auth = good.replace("m_cost = 8", "m_cost = 1");
