@@ -24,8 +24,8 @@ use std::time::Duration;
 pub use error::{ConfigError, Problem, line_col};
 
 use crate::auth::UserStore;
-use crate::policy::Policy;
 use crate::policy::egress::Egress;
+use crate::policy::{Action, Policy};
 use crate::telemetry::LogFormat;
 
 /// `[server]` settings.
@@ -248,24 +248,26 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
         })
     };
     // Text that is not TOML is left to `load_source`, which locates the error.
-    if let Ok(doc) = source.parse::<toml_edit::DocumentMut>() {
-        if !has_setting(doc.as_table()) {
-            return refuse(
-                "no settings at all (empty, only comments or table headers, or still being written): a \
-                 reload does not put every setting back to its default, which allows all traffic; restart \
-                 to run on defaults",
-            );
-        }
-        let says_default = doc.get("policy").and_then(|p| p.get("default")).is_some();
-        if running.policy.default == crate::policy::Action::Deny && !says_default {
-            return refuse(
-                "[policy] default is missing, and missing means \"allow\", where the running configuration \
-                 denies by default: a reload does not open the proxy by omission (the file may be half \
-                 written); write `default = \"deny\"` back, or `default = \"allow\"` to mean it",
-            );
-        }
+    let doc = source.parse::<toml_edit::DocumentMut>().ok();
+    if doc.as_ref().is_some_and(|d| !has_setting(d.as_table())) {
+        return refuse(
+            "no settings at all (empty, only comments or table headers, or still being written): a \
+             reload does not put every setting back to its default, which allows all traffic; restart \
+             to run on defaults",
+        );
     }
-    load_source(path, &source)
+    // Checked on a config that loads, so that a wrong value (`policy` not
+    // a table, say) is reported as what it is, not as a missing default.
+    let new = load_source(path, &source)?;
+    let says_default = doc.as_ref().and_then(|d| d.get("policy")?.get("default")).is_some();
+    if running.policy.default == Action::Deny && new.policy.default == Action::Allow && !says_default {
+        return refuse(
+            "[policy] default is missing, and missing means \"allow\", where the running configuration \
+             denies by default: a reload does not open the proxy by omission (the file may be half \
+             written); write `default = \"deny\"` back, or `default = \"allow\"` to mean it",
+        );
+    }
+    Ok(new)
 }
 
 /// Whether a TOML table holds at least one key with a value, at any depth
