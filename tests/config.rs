@@ -654,6 +654,13 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         assert!(err.contains(says), "{says} in {err}");
         assert!(!err.contains("os error"), "{err}");
     }
+    // And the files the users command reads.
+    let path = dir.write("authgate.toml", "");
+    let gone = dir.path().join("gone.htpasswd");
+    let out =
+        authgate_bin(&["users", "--config", &config_arg(&path), "import-htpasswd", &config_arg(&gone)], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr), format!("authgate: {}: cannot read: file not found\n", gone.display()));
 }
 
 /// `authgate check` writes one line per problem whatever the config holds:

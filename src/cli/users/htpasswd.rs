@@ -11,9 +11,7 @@ pub(super) fn import_htpasswd(
     groups: Vec<String>,
 ) -> Result<Outcome, UsersError> {
     let text = crate::config::file::read_file(source)
-        .map_err(|e| {
-            refused(format!("{}: cannot read: {}", source.display(), crate::config::file::reason(&e)))
-        })
+        .map_err(|e| UsersError::Io { path: source.to_path_buf(), what: "cannot read", source: e })
         .and_then(|b| {
             String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", source.display())))
         })?;

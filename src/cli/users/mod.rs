@@ -118,7 +118,7 @@ pub enum UsersError {
     #[error("{0}")]
     Refused(String),
     /// Reading or writing a file failed.
-    #[error("{}: {what}: {source}", path.display())]
+    #[error("{}: {what}: {}", path.display(), crate::config::file::reason(source))]
     Io {
         /// The file or folder.
         path: PathBuf,
