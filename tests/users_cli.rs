@@ -952,6 +952,49 @@ fn users_commands_run_with_a_warning_while_the_config_is_broken_outside_auth() {
     assert!(err.contains(&format!("authgate.toml:{}:", good.lines().count() + 2)), "{err}");
 }
 
+/// A broken config without an `[auth]` table is refused, not read as "the
+/// defaults": with a typo in the header (`[Auth]`), or a file that is not an
+/// authgate config at all, the default `users.toml` beside it is not the
+/// file the admin meant (`remove` took a user out of a stale copy, exit 0,
+/// while the proxy kept admitting them). And a problem in `[auth]` is named
+/// even when the whole file's check stopped at an earlier one.
+#[test]
+fn users_commands_refuse_a_broken_config_that_has_no_auth_table() {
+    let d = Dir::new(Some(&fixture()));
+    std::fs::write(
+        d.config(),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[Auth]\nusers_file = \"real.toml\"\n",
+    )
+    .unwrap();
+    let err = d.refused(&["remove", "alice"], None);
+    assert!(err.contains("authgate.toml:4:") && err.contains("unknown field `Auth`"), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    let out = Dir::run_command(d.authgate(&["hash-password"]), Some("pw\n"));
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.is_empty() && out.stderr.contains("unknown field `Auth`"), "{out:?}");
+
+    // Not an authgate config: nothing is created beside it.
+    let d = Dir::new(None);
+    std::fs::write(d.config(), "[package]\nname = \"x\"\n").unwrap();
+    d.refused(&["add", "bob", "--password-stdin"], Some("pw\n"));
+    assert!(!d.users().exists());
+
+    // `bogus` stops the whole file's check before it reaches `[auth.argon2]`;
+    // the problem that stops the command is listed too, at its line.
+    let d = Dir::new(Some(&fixture()));
+    let good = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        good.replace("[server]\n", "[server]\nbogus = 1\n").replace("m_cost = 8", "m_cost = 1"),
+    )
+    .unwrap();
+    let err = d.refused(&["enable", "alice"], None);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].contains("authgate.toml:2:1: unknown field `bogus`"), "{err}");
+    assert!(lines[1].contains("authgate.toml:9:10:") && lines[1].contains("m_cost"), "{err}");
+}
+
 /// The users file and the commands count a name's characters alike, after
 /// NFC: a name that NFC lengthens past 64 is refused in the file as by
 /// `users add` (the proxy admitted such a user that no command could then

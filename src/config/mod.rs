@@ -368,34 +368,92 @@ pub struct AuthSettings {
 /// must not wait for an unrelated typo to be found.
 ///
 /// # Errors
-/// Every problem in the config file, when the file is not TOML at all or its
-/// `[auth]` table has a problem of its own.
+/// Every problem in the config file, when the file is not TOML at all, has
+/// no `[auth]` table, or its `[auth]` table has a problem of its own (those
+/// problems are then listed with the others, where they are in the file).
 pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
     let source = read(path)?;
-    let problems = match validate::config(path, &source) {
+    let mut problems = match validate::config(path, &source) {
         Ok((settings, problems)) if problems.is_empty() => {
             return Ok(AuthSettings { auth: settings.auth, elsewhere: problems });
         }
         Ok((_, problems)) | Err(problems) => problems,
     };
-    // The whole file is not valid; its `[auth]` table alone may be.
-    match auth_table_alone(&source).map(|alone| validate::config(path, &alone)) {
-        Some(Ok((settings, none))) if none.is_empty() => {
+    // The whole file is not valid; its `[auth]` table alone may be. Only a
+    // table that is there: without one (a typo in its header such as
+    // `[Auth]`, a `users_file` whose header line was lost, a file that is
+    // not an authgate config) the defaults would send the command to
+    // another users file than the one the admin meant.
+    let Some(alone) = auth_table_alone(&source) else {
+        return Err(ConfigError { problems });
+    };
+    match validate::config(path, &alone) {
+        Ok((settings, none)) if none.is_empty() => {
             Ok(AuthSettings { auth: settings.auth, elsewhere: problems })
         }
-        _ => Err(ConfigError { problems }),
+        // What stops the command is in `[auth]`: say so even when the whole
+        // file's check stopped at an earlier problem and never got there.
+        Ok((_, in_auth)) | Err(in_auth) => {
+            for p in in_auth {
+                if !problems.contains(&p) {
+                    problems.push(p);
+                }
+            }
+            problems.sort_by_key(|p| (p.line, p.col));
+            Err(ConfigError { problems })
+        }
     }
 }
 
-/// The `[auth]` table of a config, subtables and all, as a config of its
-/// own; `None` when the text does not parse as TOML.
+/// The config with everything but its `[auth]` table (subtables and all)
+/// blanked out: every other byte but line ends becomes a space, so that a
+/// problem found in it is at its line and column in the real file. `None`
+/// when the text is not TOML or has no `auth` table.
 fn auth_table_alone(source: &str) -> Option<String> {
-    let doc = source.parse::<toml_edit::DocumentMut>().ok()?;
-    let mut alone = toml_edit::DocumentMut::new();
-    if let Some(auth) = doc.get("auth") {
-        alone.insert("auth", auth.clone());
+    let doc = toml_edit::ImDocument::parse(source).ok()?;
+    let root = doc.as_table();
+    let auth = root.get("auth")?;
+    // Where each table's header starts, and whether the table is `[auth]`
+    // or under it: a table's lines run from its header to the next one.
+    let mut headers = Vec::new();
+    collect_headers(root, true, false, &mut headers);
+    headers.sort_unstable();
+    let first_header = headers.first().map_or(source.len(), |h| h.0);
+    // `auth = { ... }` or `auth.key = ...` before the first header: keep
+    // that part too (with whatever else is there).
+    let auth_at_top = match auth {
+        toml_edit::Item::Table(t) => t.is_dotted(),
+        _ => true,
+    };
+    let mut keep = vec![auth_at_top; source.len()];
+    for (i, &(start, is_auth)) in headers.iter().enumerate() {
+        let end = headers.get(i + 1).map_or(source.len(), |h| h.0);
+        keep[start..end].fill(is_auth);
     }
-    Some(alone.to_string())
+    keep[..first_header.min(source.len())].fill(auth_at_top);
+    let blanked: Vec<u8> =
+        source.bytes().zip(keep).map(|(b, keep)| if keep || b == b'\n' { b } else { b' ' }).collect();
+    // Only whole characters were blanked (a multi-byte one becomes spaces).
+    String::from_utf8(blanked).ok()
+}
+
+/// The start of every table header under `table` (the document's root when
+/// `root`), and whether it is `[auth]` or a table under it.
+fn collect_headers(table: &toml_edit::Table, root: bool, under_auth: bool, out: &mut Vec<(usize, bool)>) {
+    for (key, item) in table.iter() {
+        let is_auth = under_auth || (root && key == "auth");
+        let tables: Vec<&toml_edit::Table> = match item {
+            toml_edit::Item::Table(t) => vec![t],
+            toml_edit::Item::ArrayOfTables(a) => a.iter().collect(),
+            _ => continue,
+        };
+        for t in tables {
+            if let Some(span) = t.span() {
+                out.push((span.start, is_auth));
+            }
+            collect_headers(t, false, is_auth, out);
+        }
+    }
 }
 
 /// Parses a users file on its own (for `users list` and checks after an edit).
@@ -408,3 +466,30 @@ pub fn parse_users(path: &Path, source: &str) -> Result<Vec<crate::auth::User>, 
 }
 
 pub use users::{check_group, check_name, expiry_in_range};
+
+#[cfg(test)]
+mod tests {
+    use super::auth_table_alone;
+
+    #[test]
+    fn the_auth_table_alone_keeps_its_lines_where_they_were() {
+        let source = "top = 1\n[server]\nx = \"auth\"\n[auth]\nusers_file = \"u.toml\"\n[server.auth]\nk = \"é\"\n[[rules]]\nname = \"r\"\n[auth.argon2]\nm_cost = 8\n";
+        let alone = auth_table_alone(source).unwrap();
+        assert_eq!(alone.len(), source.len());
+        let lines: Vec<&str> = alone.lines().map(str::trim_end).collect();
+        assert_eq!(
+            lines,
+            ["", "", "", "[auth]", "users_file = \"u.toml\"", "", "", "", "", "[auth.argon2]", "m_cost = 8"]
+        );
+        // Dotted or inline at the top: the part before the first header is kept.
+        let dotted = auth_table_alone("auth.users_file = \"u.toml\"\n[server]\nx = 1\n").unwrap();
+        assert_eq!(
+            dotted.lines().map(str::trim_end).collect::<Vec<_>>(),
+            ["auth.users_file = \"u.toml\"", "", ""]
+        );
+        // No `auth` at the top (a typo, another table's `auth`), or not TOML.
+        assert_eq!(auth_table_alone("[Auth]\nusers_file = \"u.toml\"\n"), None);
+        assert_eq!(auth_table_alone("[server.auth]\nusers_file = \"u.toml\"\n"), None);
+        assert_eq!(auth_table_alone("[auth\n"), None);
+    }
+}
