@@ -274,6 +274,61 @@ async fn denied_by_rule_is_a_403_from_the_proxy_and_never_reaches_the_origin() {
     assert_eq!(ok_origin.hits(), 1);
 }
 
+/// A group is one group however its name is written: compared after NFC, as
+/// user names are. A deny rule for `café` (composed) let in a user whose
+/// users-file entry spelled it decomposed (`cafe` + U+0301), and `users add`
+/// stored both spellings as two groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_is_one_group_however_its_name_is_normalised() {
+    let origin = spawn_echo_origin();
+    let rules = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"allow\"\n\
+                 [[rules]]\nname = \"no-cafe\"\naction = \"deny\"\ngroups = [\"caf\u{e9}\"]\n";
+    let users = format!(
+        "[users.alice]\npassword = {}\ngroups = [\"cafe\\u0301\"]\n[users.bob]\npassword = {}\ngroups = [\"staff\"]\n",
+        toml_str(&hash(PASS)),
+        toml_str(&hash("pw"))
+    );
+    let proxy = spawn_custom(&config(None, rules), &users);
+    let host = origin.authority();
+    let r = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth())]).await;
+    assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+    assert_eq!(
+        r.header("proxy-status"),
+        Some("authgate; error=http_request_denied; details=\"rule no-cafe\"")
+    );
+    let r =
+        get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &basic("bob", "pw"))])
+            .await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(origin.hits(), 1);
+
+    // `explain` says the same, and `users add` keeps one spelling, in NFC.
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", config(None, rules));
+    dir.write("users.toml", &users);
+    let out = authgate_bin()
+        .args(["explain", "--config"])
+        .arg(&path)
+        .args(["--user", USER, "127.0.0.1:80"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("decision deny by rule no-cafe"), "{text}");
+    let mut add = authgate_bin()
+        .args(["users", "--config"])
+        .arg(&path)
+        .args(["add", "dave", "--group", "caf\u{e9}", "--group", "cafe\u{301}", "--password-stdin"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut add.stdin.take().unwrap(), b"pw\n").unwrap();
+    assert!(add.wait().unwrap().success());
+    let written = std::fs::read_to_string(dir.path().join("users.toml")).unwrap();
+    let dave = written.split("[users.dave]").nth(1).unwrap();
+    assert!(dave.contains("groups = [\"caf\u{e9}\"]"), "{written}");
+}
+
 /// A rule about an IPv4 address also holds for the IPv6 spellings that
 /// reach it (`[::ffff:127.0.0.1]` went past a deny rule for `127.0.0.1` to
 /// the origin), and a rule may name an address in either form.

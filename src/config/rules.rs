@@ -107,8 +107,9 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         Ok(Arc::from(crate::auth::basic::nfc(s).as_str()))
     });
     let groups = list(c, name, "groups", &r.groups, |s| {
-        super::check_group(s).map_err(|m| shown(s, m))?;
-        Ok(Arc::<str>::from(s.as_str()))
+        let group = crate::auth::basic::nfc(s);
+        super::check_group(&group).map_err(|m| shown(s, m))?;
+        Ok(Arc::<str>::from(group))
     });
     let hosts = list(c, name, "hosts", &r.hosts, |s| host_pattern(s));
     let ports = list(c, name, "ports", &r.ports, port_range);

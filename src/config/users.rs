@@ -132,11 +132,15 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         };
         let mut groups = Vec::new();
         for g in &user.groups {
-            match check_group(g.get_ref()) {
+            // Compared after NFC, as user names are (and as rules name
+            // groups): `café` composed or decomposed is one group.
+            let group = nfc(g.get_ref());
+            match check_group(&group) {
                 Err(m) => {
                     c.at(g.span(), format!("user `{shown}`: group `{}`: {m}", g.get_ref().escape_default()))
                 }
-                Ok(()) => groups.push(Arc::<str>::from(g.get_ref().as_str())),
+                Ok(()) if groups.iter().any(|known: &Arc<str>| **known == *group) => {}
+                Ok(()) => groups.push(Arc::<str>::from(group)),
             }
         }
         let expires = match &user.expires {

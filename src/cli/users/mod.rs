@@ -336,10 +336,12 @@ fn user_name(raw: &str) -> Result<String, UsersError> {
     Ok(name)
 }
 
-/// Checks and de-duplicates `--group` values, keeping their order.
+/// NFC-normalises, checks and de-duplicates `--group` values, keeping their
+/// order (`café` composed and decomposed are one group, as in the proxy).
 fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
     let mut out: Vec<String> = Vec::new();
     for g in groups {
+        let g = nfc(&g);
         if let Err(m) = crate::config::check_group(&g) {
             return Err(refused(format!("group `{}`: {m}", shown(&g))));
         }
