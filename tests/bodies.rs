@@ -604,7 +604,7 @@ async fn a_request_with_a_body_waits_one_response_timeout() {
 /// `bad_request_body`; neither is blamed on the origin as a 5xx.
 #[tokio::test]
 async fn a_stalled_or_bad_request_body_is_the_clients_error() {
-    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"400ms\"\n", &[USER]);
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"1s\"\n", &[USER]);
     let origin = spawn_checksum_origin();
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
@@ -619,7 +619,11 @@ async fn a_stalled_or_bad_request_body_is_the_clients_error() {
     let start = std::time::Instant::now();
     let r = c.read_response("POST").await;
     assert_proxy_error(&r, 408, "http_request_error", "request_body_timeout");
-    assert!(start.elapsed() >= std::time::Duration::from_millis(350), "{:?}", start.elapsed());
+    // The timeout counts from the last byte: twice the timeout (2 s) before
+    // the fix, as the head's write to the origin counted from the look that
+    // found it; the bound leaves room for a loaded machine.
+    assert!(start.elapsed() >= std::time::Duration::from_millis(950), "{:?}", start.elapsed());
+    assert!(start.elapsed() < std::time::Duration::from_millis(1700), "{:?}", start.elapsed());
     assert!(c.is_closed().await, "the connection closes: the rest of the body would be read as a request");
 
     for bad_chunk in ["zz\r\nabc\r\n0\r\n\r\n", "0x3\r\nabc\r\n0\r\n\r\n"] {
@@ -644,7 +648,7 @@ async fn a_stalled_or_bad_request_body_is_the_clients_error() {
 /// the body waiting for as long as the origin held its socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_stops_reading_an_upload_is_cut_off_and_blamed() {
-    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"500ms\"\n", &[USER]);
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"1s\"\n", &[USER]);
     let (release_tx, release_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let release_rx = std::sync::Arc::new(tokio::sync::Mutex::new(release_rx));
     let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
@@ -685,9 +689,13 @@ async fn an_origin_that_stops_reading_an_upload_is_cut_off_and_blamed() {
             wr
         });
         let mut answer = Vec::new();
+        let start = std::time::Instant::now();
         let read =
             tokio::time::timeout(std::time::Duration::from_secs(15), rd.read_to_end(&mut answer)).await;
         assert!(read.is_ok(), "the client's connection stays open (expect: {expect})");
+        // One timeout after the origin last took bytes (at once here): twice
+        // the timeout before the fix.
+        assert!(start.elapsed() < std::time::Duration::from_millis(1700), "{:?}", start.elapsed());
         let text = String::from_utf8_lossy(&answer);
         let last = text.rfind("HTTP/1.1 5").or_else(|| text.rfind("HTTP/1.1 4")).unwrap_or(0);
         let final_answer = &text[last..];

@@ -61,24 +61,30 @@ pub struct Conn {
 /// sent. A request body read whole from the client may still be on its way
 /// to the origin, in hyper's buffer or stuck behind a full socket buffer.
 ///
-/// Kept cheap, as every write to an origin passes here: a count, not a
-/// clock reading (the wait for an answer looks at it only when its deadline
-/// passes).
-#[derive(Debug, Default)]
+/// Every write to an origin passes here: a clock reading per write that went
+/// through (a forwarded GET makes one, head and all), no locked
+/// read-modify-write.
+#[derive(Debug)]
 struct Writes {
-    /// Writes that went through.
-    done: AtomicU64,
+    /// When the connection was made: `last` counts from here.
+    base: Instant,
+    /// When the last write went through, in nanoseconds after `base`.
+    last: AtomicU64,
     /// The last write could not proceed: the origin is not reading.
     blocked: AtomicBool,
 }
 
 impl Writes {
-    /// Only the connection's own task writes, so plain loads and stores
-    /// do (no locked read-modify-write per write), and `blocked` is
-    /// stored only when it changes.
+    fn new() -> Writes {
+        Writes { base: Instant::now(), last: AtomicU64::new(0), blocked: AtomicBool::new(false) }
+    }
+
+    /// Only the connection's own task writes, so plain stores do, and
+    /// `blocked` is stored only when it changes.
     fn record<T>(&self, res: &Poll<io::Result<T>>) {
         if res.is_ready() {
-            self.done.store(self.done.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            let nanos = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last.store(nanos, Ordering::Relaxed);
         }
         self.note_blocked(res);
     }
@@ -92,8 +98,9 @@ impl Writes {
         }
     }
 
-    fn done(&self) -> u64 {
-        self.done.load(Ordering::Relaxed)
+    /// When the last write went through (`base` if none did).
+    fn last(&self) -> Instant {
+        self.base + Duration::from_nanos(self.last.load(Ordering::Relaxed))
     }
 }
 
@@ -337,7 +344,7 @@ async fn send_new(
     dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
 ) -> Result<Sent, ProxyError> {
     let stream = dial.await?;
-    let writes = Arc::new(Writes::default());
+    let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, writes: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(256 * 1024)
@@ -384,7 +391,6 @@ async fn head_wait<T>(
 ) -> Result<T, ProxyError> {
     let mut f = std::pin::pin!(f);
     let mut deadline = tokio::time::Instant::now() + d;
-    let mut written = writes.done();
     loop {
         match tokio::time::timeout_at(deadline, f.as_mut()).await {
             Ok(v) => return Ok(v),
@@ -392,16 +398,15 @@ async fn head_wait<T>(
                 let Some(upload) = upload else { return Err(ProxyError::UpstreamReadTimeout) };
                 let now = Instant::now();
                 let mut next = upload.last_progress() + d;
-                // Writes since the last look extend the wait only while the
+                // A write to the origin is progress too, counted from when
+                // it went through (counted from the look that found it, a
+                // stall took up to twice the timeout), and only while the
                 // origin is still being sent the body (the client sends, or
                 // the last write could not proceed). A body that has gone
                 // out whole counts as sent: its own writes gave every request
                 // with a body a second full wait.
-                if writes.done() != written {
-                    written = writes.done();
-                    if upload.state() == UploadState::Sending || writes.blocked.load(Ordering::Relaxed) {
-                        next = next.max(now + d);
-                    }
+                if upload.state() == UploadState::Sending || writes.blocked.load(Ordering::Relaxed) {
+                    next = next.max(writes.last() + d);
                 }
                 if next > now {
                     deadline = next.into();
@@ -464,7 +469,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (mut origin, _) = accepted.unwrap();
-        let writes = Arc::new(Writes::default());
+        let writes = Arc::new(Writes::new());
         let mut io = Watched { io: UpstreamIo::Plain(client.unwrap()), writes: writes.clone() };
         let chunk = vec![b'x'; 256 * 1024];
         let mut written = 0usize;
@@ -474,7 +479,7 @@ mod tests {
             assert!(written < 512 * 1024 * 1024, "the buffers never filled");
         }
         assert!(writes.blocked.load(Ordering::Relaxed), "a write that cannot proceed is seen");
-        let before = writes.done();
+        let before = writes.last();
         // The origin reads everything: the writes go on.
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 1024 * 1024];
@@ -482,7 +487,7 @@ mod tests {
         });
         io.write_all(b"end").await.unwrap();
         assert!(!writes.blocked.load(Ordering::Relaxed));
-        assert!(writes.done() > before, "a write that went through is progress");
+        assert!(writes.last() > before, "a write that went through is progress");
         drop(io);
         reader.await.unwrap();
     }
