@@ -682,4 +682,30 @@ fn check_escapes_control_characters_quoted_from_the_config() {
     assert!(lines.iter().all(|l| l.starts_with(&dir.path().display().to_string())), "{all}");
     assert!(all.contains("`GET\\r\\n` is not an HTTP method"), "{all}");
     assert!(all.contains("x\\u{1b}[2J\\nforged.toml:1:1: all good: cannot read: file not found"), "{all}");
+
+    // Direction-changing characters too, and the lines that say all is well:
+    // `check`'s summary and the users commands name the users file, whose
+    // path came out raw (a forged second `ok:` line, an escape sequence).
+    let config = "[auth]\nusers_file = \"u\\u001b[31m\\nok: forged\\u202etxt.toml\"\n\
+                  [auth.argon2]\nm_cost = 8\nt_cost = 1\np_cost = 1\n[[rules]]\nname = \"r\"\naction = \"allow\"\nmethods = [\"G\\u202eET\"]\n";
+    let path = dir.write("authgate.toml", config);
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    let all = text(&out.stderr);
+    assert!(all.contains("`G\\u{202e}ET` is not an HTTP method"), "{all}");
+    let path = dir.write("authgate.toml", config.split("[[rules]]").next().unwrap());
+    let users = dir.path().join("u\u{1b}[31m\nok: forged\u{202e}txt.toml");
+    std::fs::write(&users, "").unwrap();
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let add = authgate_bin(
+        &["users", "--config", &config_arg(&path), "add", "bob", "--password-stdin"],
+        Some("pw\n"),
+    );
+    assert_eq!(add.status.code(), Some(0), "{add:?}");
+    for out in [&out, &add] {
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!all.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'), "{all:?}");
+        assert_eq!(all.lines().count(), 1, "{all}");
+        assert!(all.contains("u\\u{1b}[31m\\nok: forged\\u{202e}txt.toml"), "{all}");
+    }
 }

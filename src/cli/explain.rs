@@ -62,7 +62,7 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
         format!(
             "no user `{}` in {}",
             crate::telemetry::sanitize_username(user),
-            snap.auth.users_file.display()
+            crate::config::shown_path(&snap.auth.users_file)
         )
     })?;
     let (target, implied) = parse_target(target)?;

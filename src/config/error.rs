@@ -1,5 +1,6 @@
 //! Config problems with their file, line and column.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -19,29 +20,55 @@ pub struct Problem {
 
 /// One line, whatever the config held: control characters in the file name
 /// or the message (both can quote the config: a path, a method, a host
-/// pattern) are written escaped (`\n`, `\u{1b}`), so that a value cannot
-/// break a problem in two, forge another, or send a terminal escape
-/// sequence to whoever runs `authgate check`.
+/// pattern) are written escaped (`\n`, `\u{1b}`), and so are invisible and
+/// direction-changing ones (`\u{202e}`), so that a value cannot break a
+/// problem in two, forge another, reorder what a terminal shows, or send a
+/// terminal escape sequence to whoever runs `authgate check`.
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_escaped(f, &self.file.display().to_string())?;
+        f.write_str(&shown_path(&self.file))?;
         if self.line != 0 {
             write!(f, ":{}:{}", self.line, self.col)?;
         }
         f.write_str(": ")?;
-        write_escaped(f, &self.message)
+        f.write_str(&shown(&self.message))
     }
 }
 
-fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+/// `text` for a terminal, on one line: control characters (line ends
+/// included) and the invisible or direction-changing characters that user
+/// names may not hold written as escapes (`\n`, `\u{1b}`, `\u{202e}`);
+/// text without them, nearly all, is returned as it is.
+pub fn shown(text: &str) -> Cow<'_, str> {
+    escaped(text, |_| true)
+}
+
+/// A path for a terminal, as [`shown`] writes text (a path can hold any
+/// byte but `/` and NUL; bytes that are not UTF-8 as U+FFFD).
+pub fn shown_path(path: &Path) -> String {
+    shown(&path.to_string_lossy()).into_owned()
+}
+
+/// Text of several lines for a terminal: as [`shown`], but its line ends
+/// are kept.
+pub fn shown_lines(text: &str) -> Cow<'_, str> {
+    escaped(text, |c| c != '\n')
+}
+
+fn escaped(text: &str, escape_control: impl Fn(char) -> bool) -> Cow<'_, str> {
+    let hide = |c: char| (c.is_control() && escape_control(c)) || crate::telemetry::hidden(c);
+    if !text.chars().any(hide) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if c.is_control() {
-            write!(f, "{}", c.escape_default())?;
+        if hide(c) {
+            out.extend(c.escape_default());
         } else {
-            write!(f, "{c}")?;
+            out.push(c);
         }
     }
-    Ok(())
+    Cow::Owned(out)
 }
 
 /// Every problem found while loading, reported together.

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{ConfigError, Problem, line_col};
+pub use error::{ConfigError, Problem, line_col, shown, shown_lines, shown_path};
 
 use crate::auth::UserStore;
 use crate::policy::egress::Egress;
@@ -200,7 +200,7 @@ impl Snapshot {
             self.users.len(),
             self.policy.rules.len(),
             self.policy.default.as_str(),
-            self.auth.users_file.display()
+            error::shown_path(&self.auth.users_file)
         )
     }
 

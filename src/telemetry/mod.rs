@@ -14,6 +14,7 @@ pub use access::{AccessRecord, AuditEvent, sanitize_username};
 pub use every::Every;
 pub use metrics::Metrics;
 pub use sink::LogGuard;
+pub(crate) use sink::hidden;
 
 use std::sync::{Arc, OnceLock};
 

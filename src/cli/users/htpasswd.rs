@@ -13,13 +13,13 @@ pub(super) fn import_htpasswd(
     let text = crate::config::file::read_file(source)
         .map_err(|e| UsersError::Io { path: source.to_path_buf(), what: "cannot read", source: e })
         .and_then(|b| {
-            String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", source.display())))
+            String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", shown_path(source))))
         })?;
     let mut doc = file.doc.clone();
     let mut imported: Vec<String> = Vec::new();
     let mut refusals = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let at = format!("{}:{}", source.display(), i + 1);
+        let at = format!("{}:{}", shown_path(source), i + 1);
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
@@ -36,7 +36,7 @@ pub(super) fn import_htpasswd(
         if file.find(&name).is_some() {
             refusals.push(format!(
                 "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {name}`)",
-                file.path.display()
+                shown_path(&file.path)
             ));
             continue;
         }
@@ -59,8 +59,8 @@ pub(super) fn import_htpasswd(
         let _ = writeln!(
             stdout,
             "imported no users from {}; {} unchanged",
-            source.display(),
-            file.path.display()
+            shown_path(source),
+            shown_path(&file.path)
         );
     } else {
         file.save(&doc)?;
@@ -68,8 +68,8 @@ pub(super) fn import_htpasswd(
             stdout,
             "imported {} user(s) from {} into {}: {} (bcrypt entries are verified as a legacy scheme until `users passwd` replaces them)",
             imported.len(),
-            source.display(),
-            file.path.display(),
+            shown_path(source),
+            shown_path(&file.path),
             imported.join(", ")
         );
     }

@@ -34,7 +34,7 @@ use write::*;
 
 use crate::auth::basic::nfc;
 use crate::auth::store::{StoredHash, User};
-use crate::config::{Auth, ConfigError, auth_settings, check_name, parse_users};
+use crate::config::{Auth, ConfigError, auth_settings, check_name, parse_users, shown_path};
 
 /// The `authgate users` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -118,7 +118,7 @@ pub enum UsersError {
     #[error("{0}")]
     Refused(String),
     /// Reading or writing a file failed.
-    #[error("{}: {what}: {}", path.display(), crate::config::file::reason(source))]
+    #[error("{}: {what}: {}", shown_path(path), crate::config::file::reason(source))]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -168,7 +168,7 @@ pub fn config_warnings(config: &Path, elsewhere: &[crate::config::Problem]) -> V
     lines.push(format!(
         "warning: {} has the problems above outside [auth]; this command used its [auth] settings, \
          but the proxy will not start with (or reload) this config until they are fixed",
-        config.display()
+        shown_path(config)
     ));
     lines
 }
@@ -185,7 +185,7 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             if file.find(&name).is_some() {
                 return Err(refused(format!(
                     "user `{name}` already exists in {}; change its password with `authgate users passwd {name}`",
-                    file.path.display()
+                    shown_path(&file.path)
                 )));
             }
             let groups = group_names(groups)?;
@@ -194,7 +194,7 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             let mut doc = file.doc.clone();
             add_user(&mut doc, &name, NewUser { hash, groups, expires: expires.map(|e| e.1) })?;
             file.save(&doc)?;
-            let mut out = format!("added user `{name}` to {}\n", file.path.display());
+            let mut out = format!("added user `{name}` to {}\n", shown_path(&file.path));
             out.push_str(&expiry_note(expires.map(|e| e.0)));
             Ok(Outcome { stdout: out, ..Outcome::default() })
         }
@@ -211,7 +211,7 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
                 t.remove("expires");
             }
             file.save(&doc)?;
-            let mut out = format!("changed the password of `{}` in {}\n", nfc(&key), file.path.display());
+            let mut out = format!("changed the password of `{}` in {}\n", nfc(&key), shown_path(&file.path));
             out.push_str(&expiry_note(expires.map(|e| e.0)));
             Ok(Outcome { stdout: out, ..Outcome::default() })
         }
@@ -221,7 +221,7 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             remove_user(&mut doc, &key)?;
             file.save(&doc)?;
             Ok(Outcome {
-                stdout: format!("removed user `{}` from {}\n", nfc(&key), file.path.display()),
+                stdout: format!("removed user `{}` from {}\n", nfc(&key), shown_path(&file.path)),
                 ..Outcome::default()
             })
         }
@@ -257,7 +257,7 @@ impl UsersFile {
         };
         let text = match crate::config::file::read_file(&real) {
             Ok(bytes) => String::from_utf8(bytes)
-                .map_err(|_| refused(format!("{}: not UTF-8 text", path.display())))?,
+                .map_err(|_| refused(format!("{}: not UTF-8 text", shown_path(path))))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(UsersFile {
                     path: path.to_path_buf(),
@@ -272,7 +272,7 @@ impl UsersFile {
         let users = parse_users(path, &text).map_err(UsersError::Invalid)?;
         let doc = text
             .parse::<DocumentMut>()
-            .map_err(|e| refused(format!("{}: {}", path.display(), e.message())))?;
+            .map_err(|e| refused(format!("{}: {}", shown_path(path), e.message())))?;
         Ok(UsersFile { path: path.to_path_buf(), real, original: Some(text), users, doc })
     }
 
@@ -288,7 +288,7 @@ impl UsersFile {
             Some(_) => Ok(()),
             None => Err(refused(format!(
                 "{} does not exist (`authgate users add` creates it)",
-                self.path.display()
+                shown_path(&self.path)
             ))),
         }
     }
@@ -297,7 +297,7 @@ impl UsersFile {
     fn existing(&self, name: &str) -> Result<String, UsersError> {
         self.require_file()?;
         let name = user_name(name)?;
-        self.find(&name).ok_or_else(|| refused(format!("no user `{name}` in {}", self.path.display())))
+        self.find(&name).ok_or_else(|| refused(format!("no user `{name}` in {}", shown_path(&self.path))))
     }
 
     /// Validates `doc` as a whole users file, then writes it atomically,
@@ -322,7 +322,7 @@ impl UsersFile {
         if now.as_deref() != self.original.as_deref().map(str::as_bytes) {
             return Err(refused(format!(
                 "{} changed while this command ran; nothing written, run it again",
-                self.path.display()
+                shown_path(&self.path)
             )));
         }
         atomic_write(&self.real, text.as_bytes())
@@ -470,7 +470,7 @@ fn set_disabled(file: &UsersFile, name: &str, disabled: bool) -> Result<Outcome,
     set(user_mut(&mut doc, &key)?, "disabled", Value::from(disabled));
     file.save(&doc)?;
     Ok(Outcome {
-        stdout: format!("{word} user `{shown_name}` in {}\n", file.path.display()),
+        stdout: format!("{word} user `{shown_name}` in {}\n", shown_path(&file.path)),
         ..Outcome::default()
     })
 }
