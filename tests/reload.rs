@@ -113,6 +113,35 @@ async fn reload_on_rename_and_a_bad_edit_keeps_the_old_config() {
     );
 }
 
+/// A change of the same size whose mtime was put back (`cp -p`, `rsync -t
+/// --inplace`, `tar x` do that) is seen: the file's ctime tells. With size
+/// and mtime alone it never loaded, and the replaced user kept access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_same_size_change_with_its_mtime_put_back_is_loaded() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    let users = proxy.file("users.toml");
+    let mtime = std::fs::metadata(&users).unwrap().modified().unwrap();
+    let replaced = users_toml(&[("carol", "c1")]);
+    assert_eq!(
+        replaced.len(),
+        std::fs::read_to_string(&users).unwrap().len(),
+        "the test needs the same size"
+    );
+    // In place (the same inode), then the old mtime set back.
+    std::fs::write(&users, &replaced).unwrap();
+    std::fs::File::options().write(true).open(&users).unwrap().set_modified(mtime).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            status_or_closed(proxy.addr, &origin, "carol", "c1").await == 200
+        })
+        .await,
+        "carol should get in after the users file was rewritten"
+    );
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407);
+}
+
 /// A typo in the config file holds back the config file's changes, not a
 /// users-file change: a user removed meanwhile is refused at once (the
 /// removal used to wait until someone fixed the unrelated typo).

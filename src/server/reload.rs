@@ -33,15 +33,24 @@ use crate::telemetry::LogFormat;
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_millis(250);
 
-/// What identifies a version of a file: size, mtime, inode, and the path the
-/// symlink chain resolves to.
-type Stamp = Option<(u64, Option<SystemTime>, u64, PathBuf)>;
+/// What identifies a version of a file: size, mtime, ctime, device and
+/// inode, and the path the symlink chain resolves to. The ctime is what a
+/// writer cannot set back: a change of the same size whose mtime was put
+/// back (`cp -p`, `rsync -t --inplace`, `tar x`, a file deleted and made
+/// again on the same inode) went unseen with size and mtime alone.
+type Stamp = Option<(u64, Option<SystemTime>, (i64, i64), (u64, u64), PathBuf)>;
 
 fn stamp(path: &Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path).ok()?;
     let real = std::fs::canonicalize(path).unwrap_or_default();
-    Some((meta.len(), meta.modified().ok(), meta.ino(), real))
+    Some((
+        meta.len(),
+        meta.modified().ok(),
+        (meta.ctime(), meta.ctime_nsec()),
+        (meta.dev(), meta.ino()),
+        real,
+    ))
 }
 
 fn stamps(snap: &Snapshot) -> Vec<Stamp> {
@@ -105,7 +114,7 @@ async fn reload_and_stamp(state: &Arc<State>) -> Option<Vec<Stamp>> {
 /// A stamp no file has (its size is `u64::MAX`): the file differs from it
 /// at the next poll.
 fn unseen() -> Stamp {
-    Some((u64::MAX, None, u64::MAX, PathBuf::new()))
+    Some((u64::MAX, None, (i64::MIN, 0), (u64::MAX, u64::MAX), PathBuf::new()))
 }
 
 /// The settings read only at start (a change needs a restart), as a
