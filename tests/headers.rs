@@ -288,6 +288,17 @@ async fn transfer_codings_that_cannot_be_passed_on_are_refused() {
     // `chunked` with a parameter is `chunked` too.
     let resp = post_coded(&proxy, &echo, "/param", "chunked;x=1, chunked", TWICE).await;
     assert_proxy_error(&resp, 400, "http_request_error", "malformed_request");
+    // Checked with the request's form, before credentials and rules, as
+    // the README's order says: it got a 407 (then a 403) first.
+    let mut post = request(
+        "POST",
+        &echo.url("/anon"),
+        &[("Host", &echo.authority()), ("Transfer-Encoding", "chunked, chunked")],
+    );
+    post.extend_from_slice(TWICE);
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(post).await;
+    assert_proxy_error(&conn.read_response("POST").await, 400, "http_request_error", "malformed_request");
     assert_eq!(echo.hits(), 0, "a malformed request must not be forwarded");
 }
 

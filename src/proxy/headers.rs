@@ -193,6 +193,12 @@ pub fn single_content_length(headers: &mut HeaderMap) {
 /// malformed (`chunked` other than once at the end, RFC 9112 §6.1: passed
 /// on, the next hop would decode a layer the body does not have, or one
 /// too few).
+/// Whether the request's `Transfer-Encoding` names `chunked` other than once
+/// at the end (RFC 9112 §6.1): a 400 whoever sent it.
+pub fn transfer_coding_malformed(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && undecoded_codings(headers).is_err()
+}
+
 fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
     let fields = headers
         .get_all(header::TRANSFER_ENCODING)

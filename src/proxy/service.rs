@@ -456,7 +456,7 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
         (None, _) => req.version() != Version::HTTP_11 || req.method() == Method::CONNECT,
         (Some(_), Some(_)) => false,
     };
-    if !valid {
+    if !valid || super::headers::transfer_coding_malformed(req.headers()) {
         return Err(ProxyError::MalformedRequest);
     }
     let uri = req.uri();
