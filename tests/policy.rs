@@ -418,6 +418,11 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, out, _) = run(&["--user", USER, "--method", "DELETE", "http://127.0.0.1/"]);
     assert_eq!(code, Some(1));
     assert!(out.contains("by the default"), "{out}");
+    // A method is taken as written, as the proxy takes it: `get` is not
+    // `GET` (explain allowed it, the proxy refused it).
+    let (code, out, _) = run(&["--user", USER, "--method", "get", "http://127.0.0.1/"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("request  get 127.0.0.1:80") && out.contains("is not `GET`"), "{out}");
     // Allowed by the rules but refused by the egress policy.
     let (code, out, _) = run(&["--user", USER, "169.254.169.254:80"]);
     assert_eq!(code, Some(1), "{out}");
@@ -437,6 +442,30 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     assert!(err.contains("no user"), "{err}");
     let (code, _, _) = run(&["--user", USER, "ftp://x/"]);
     assert_eq!(code, Some(2));
+    // A rule with `cidrs` makes the proxy check the addresses first: a
+    // denied one is its answer (`destination_ip_prohibited`), not the
+    // default that explain named.
+    let cidrs = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"deny\"\n\
+                 [[rules]]\nname = \"lab\"\naction = \"allow\"\ncidrs = [\"127.0.0.0/8\"]\n";
+    let lab = dir.write("lab.toml", config(None, cidrs));
+    let out = authgate_bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(&lab)
+        .args(["--user", USER, "http://[::1]:80/"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("decision deny by the egress policy"), "{text}");
+    let out = authgate_bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(&lab)
+        .args(["--user", USER, "http://127.0.0.1:80/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
     // Arguments echoed in a message are escaped: they reached the terminal
     // with their control characters.
     let (code, _, err) = run(&["--user", USER, "--method", "\u{1b}[31mX\nY", "127.0.0.1:80"]);

@@ -67,8 +67,11 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     })?;
     let (target, implied) = parse_target(target)?;
     let method = match method {
-        Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("`{}` is not an HTTP method", shown(m)))?,
+        // As sent: methods are case-sensitive, and the proxy matches a
+        // rule's `GET` against `GET` only.
+        Some(m) => {
+            Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{}` is not an HTTP method", shown(m)))?
+        }
         None => implied,
     };
     let addrs: Result<Vec<IpAddr>, String> = match &target.host {

@@ -46,6 +46,13 @@ pub fn explain(
             writeln!(t, "         note: this user is {} and gets 407 before any rule applies", r.as_str());
     }
     let _ = writeln!(t, "request  {method} {target}");
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        let _ = writeln!(
+            t,
+            "         note: methods are case-sensitive (RFC 9110 §9.1): `{method}` is not `{}`",
+            method.as_str().to_ascii_uppercase()
+        );
+    }
     let query = Query { user, method, target, addrs: addrs.ok() };
     let _ = writeln!(t, "rules    (first match wins)");
     let mut decided = None;
@@ -65,8 +72,21 @@ pub fn explain(
         let _ = writeln!(t, "  {:>2}. {:<24} {:<5}  {verdict}", i + 1, name, action.as_str());
     }
     let (action, rule) = decided.unwrap_or((policy.default, None));
-    let by = rule.map_or("the default".to_string(), |r| format!("rule {r}"));
-    let _ = writeln!(t, "decision {} by {by}", action.as_str());
+    // A rule with `cidrs` reached before a decision: the proxy resolves the
+    // name and checks the addresses against the egress policy first, and a
+    // denied address is its answer (403 `destination_ip_prohibited`).
+    let egress_first = policy.decide(&Query { addrs: None, ..query }).is_none()
+        && addrs.is_ok_and(|ips| ips.iter().any(|ip| matches!(egress.check(*ip), Verdict::Denied(_))));
+    if egress_first {
+        let _ = writeln!(
+            t,
+            "decision deny by the egress policy, checked before a rule that needs the addresses \
+             (403 destination_ip_prohibited)"
+        );
+    } else {
+        let by = rule.map_or("the default".to_string(), |r| format!("rule {r}"));
+        let _ = writeln!(t, "decision {} by {by}", action.as_str());
+    }
 
     let mut allowed = action == Action::Allow && user.active_at(SystemTime::now()).is_ok();
     match addrs {
