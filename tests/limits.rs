@@ -401,12 +401,6 @@ async fn a_connection_idle_after_a_slow_request_is_closed_too() {
     wait_for_open(&proxy.state, 0).await;
 }
 
-async fn connect_from(src: &str, dst: SocketAddr) -> TcpStream {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    sock.connect(dst).await.unwrap()
-}
-
 /// Everything the proxy writes until it closes the connection; panics if it
 /// has not closed it within 10 s (every caller expects a close: an empty
 /// string must mean "closed without an answer", not "still open").

@@ -146,28 +146,49 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
 }
 
 /// The admin port (no credentials asked) holds at most
-/// `MAX_ADMIN_CONNECTIONS` connections: one past them is closed unanswered,
-/// those open are served, the proxy port is not affected, and a slot freed
-/// is taken again. (Without a bound, kept-alive `/healthz` connections took
-/// every file descriptor and a proxy request went unanswered.)
+/// `MAX_ADMIN_CONNECTIONS` connections, and `MAX_ADMIN_CONNECTIONS_PER_ADDRESS`
+/// from one address: one past them is closed unanswered, those open are
+/// served, another address is served while one is at its share, the proxy
+/// port is not affected, and a slot freed is taken again. (Without a bound,
+/// kept-alive `/healthz` connections took every file descriptor and a proxy
+/// request went unanswered; with one for all, 64 held from one address kept
+/// every health check out.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_holds_a_bounded_number_of_connections() {
-    use authgate::server::MAX_ADMIN_CONNECTIONS;
+    use authgate::server::{MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS_PER_ADDRESS as PER_ADDRESS};
     let origin = spawn_echo_origin();
     let (run, _state) = spawn_with_admin("").await;
+    let from = |i: usize| format!("127.0.0.{}", 2 + i);
+    let served = |mut conn: RawConn, path: &'static str| async move {
+        conn.send(request("GET", path, &[("Host", "a")])).await;
+        assert_eq!(conn.read_response("GET").await.status, 200, "{path}");
+        conn
+    };
+    let closed_at_once = |mut conn: RawConn| async move {
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.is_closed()).await;
+        assert_eq!(closed.ok(), Some(true), "a connection past the bound is closed at once");
+    };
+    // One address holds its share: its next connection is closed, another
+    // address's (a load balancer's health check) is served.
     let mut held = Vec::new();
-    for _ in 0..MAX_ADMIN_CONNECTIONS {
-        held.push(RawConn::connect(run.admin).await);
+    for _ in 0..PER_ADDRESS {
+        held.push(served(RawConn::from_stream(connect_from(&from(0), run.admin).await), "/healthz").await);
     }
-    // Each is served as it arrives: all slots are taken once this answers.
-    held[0].send(request("GET", "/healthz", &[("Host", "a")])).await;
-    assert_eq!(held[0].read_response("GET").await.status, 200);
-    let mut extra = RawConn::connect(run.admin).await;
-    let closed = tokio::time::timeout(Duration::from_secs(5), extra.is_closed()).await;
-    assert_eq!(closed.ok(), Some(true), "the connection past the bound is closed at once");
-    let last = MAX_ADMIN_CONNECTIONS - 1;
-    held[last].send(request("GET", "/readyz", &[("Host", "a")])).await;
-    assert_eq!(held[last].read_response("GET").await.status, 200, "those held are served");
+    closed_at_once(RawConn::from_stream(connect_from(&from(0), run.admin).await)).await;
+    held.push(served(RawConn::from_stream(connect_from(&from(1), run.admin).await), "/healthz").await);
+    // All the slots, from as many addresses as that takes.
+    let mut i = PER_ADDRESS + 1;
+    while held.len() < MAX_ADMIN_CONNECTIONS {
+        held.push(
+            served(RawConn::from_stream(connect_from(&from(i / PER_ADDRESS), run.admin).await), "/healthz")
+                .await,
+        );
+        i += 1;
+    }
+    let fresh = from(MAX_ADMIN_CONNECTIONS / PER_ADDRESS + 1);
+    closed_at_once(RawConn::from_stream(connect_from(&fresh, run.admin).await)).await;
+    let last = held.pop().unwrap();
+    held.push(served(last, "/readyz").await);
     let r = get(
         run.proxy,
         &origin.url("/through"),
@@ -176,21 +197,21 @@ async fn the_admin_port_holds_a_bounded_number_of_connections() {
     .await;
     assert_eq!(r.status, 200, "the proxy port serves: {}", r.dump());
     // A slot freed is taken again.
-    held.truncate(last);
-    let mut served = false;
+    held.truncate(MAX_ADMIN_CONNECTIONS - 1);
+    let mut served_again = false;
     for _ in 0..50 {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut conn = tokio::net::TcpStream::connect(run.admin).await.unwrap();
+        let mut conn = connect_from(&fresh, run.admin).await;
         let _ = conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
         let mut got = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await;
         if got.starts_with(b"HTTP/1.1 200") {
-            served = true;
+            served_again = true;
             break;
         }
     }
-    assert!(served, "a freed slot serves a new connection");
+    assert!(served_again, "a freed slot serves a new connection");
     let _ = run.stop.send(());
 }
 

@@ -25,7 +25,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
@@ -169,7 +168,7 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
     // 10 s for the whole process (one a second per listener flooded the log
     // during the very incident it reported).
     static ACCEPT_FAILED: Every = Every::new(10);
-    let admin_slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let admin_slots = Arc::new(AdminSlots::default());
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -204,11 +203,60 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
 /// connections left a proxy request unanswered).
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 
+/// Most admin connections open at once from one client address, so that one
+/// client holding connections open cannot take every slot and keep a load
+/// balancer's health checks (from another address) out.
+pub const MAX_ADMIN_CONNECTIONS_PER_ADDRESS: usize = 8;
+
+/// The admin listener's connection slots: [`MAX_ADMIN_CONNECTIONS`] in all,
+/// [`MAX_ADMIN_CONNECTIONS_PER_ADDRESS`] per client address.
+#[derive(Default)]
+struct AdminSlots {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One admin connection's slot, given back on drop.
+struct AdminSlot {
+    slots: Arc<AdminSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl AdminSlots {
+    /// A slot for a connection from `ip`, or why there is none.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<AdminSlot, String> {
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if open.values().sum::<usize>() >= MAX_ADMIN_CONNECTIONS {
+            return Err(format!("{MAX_ADMIN_CONNECTIONS} admin connections are open already"));
+        }
+        let mine = open.entry(ip).or_default();
+        if *mine >= MAX_ADMIN_CONNECTIONS_PER_ADDRESS {
+            return Err(format!(
+                "{MAX_ADMIN_CONNECTIONS_PER_ADDRESS} admin connections from this address are open already"
+            ));
+        }
+        *mine += 1;
+        Ok(AdminSlot { slots: self.clone(), ip })
+    }
+}
+
+impl Drop for AdminSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves an admin connection if a slot is free, else closes it (with a
 /// WARN at most every 10 s).
-fn admit_admin(state: &Arc<State>, slots: &Arc<Semaphore>, stream: TcpStream, peer: SocketAddr) {
+fn admit_admin(state: &Arc<State>, slots: &Arc<AdminSlots>, stream: TcpStream, peer: SocketAddr) {
     static FULL: Every = Every::new(10);
-    match slots.clone().try_acquire_owned() {
+    let peer = crate::policy::egress::canonical_addr(peer);
+    match slots.take(peer.ip()) {
         Ok(slot) => {
             let state = state.clone();
             tokio::spawn(async move {
@@ -216,13 +264,9 @@ fn admit_admin(state: &Arc<State>, slots: &Arc<Semaphore>, stream: TcpStream, pe
                 admin::serve(state, stream).await;
             });
         }
-        Err(_) => {
+        Err(why) => {
             if let Some(held) = FULL.pass() {
-                tracing::warn!(
-                    peer = %peer,
-                    held_back = held,
-                    "admin connection closed: {MAX_ADMIN_CONNECTIONS} admin connections are open already"
-                );
+                tracing::warn!(peer = %peer, held_back = held, "admin connection closed: {why}");
             }
         }
     }

@@ -468,6 +468,14 @@ pub fn output_within_20s(mut child: std::process::Child, what: &str) -> std::pro
 }
 
 /// Waits (at most 20 s) until something accepts connections on `addr`.
+/// A TCP connection to `dst` from the loopback address `src` (127.0.0.x),
+/// for what the proxy counts per client address.
+pub async fn connect_from(src: &str, dst: SocketAddr) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    sock.connect(dst).await.unwrap()
+}
+
 pub async fn wait_listening(addr: SocketAddr) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {

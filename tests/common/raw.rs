@@ -80,13 +80,13 @@ impl RawConn {
         RawConn { stream, buf: Vec::new() }
     }
 
-    /// Writes all of `bytes`.
     /// Wraps an already connected stream (e.g. one bound to a chosen source).
     pub fn from_stream(stream: TcpStream) -> RawConn {
         stream.set_nodelay(true).unwrap();
         RawConn { stream, buf: Vec::new() }
     }
 
+    /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).await.expect("write to proxy");
     }
