@@ -613,6 +613,23 @@ async fn retry_after_is_rounded_up_to_whole_seconds() {
     assert!(r.json()["detail"].as_str().unwrap().contains("retry in 5 s"), "{}", r.dump());
 }
 
+/// `Retry-After` counts from the answer: the tarpit's `delay` is already
+/// spent when the 429 goes out (with a 4 s window and a 2 s delay it said 4,
+/// where 2 was true), and a retry after it is let through to the password
+/// check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_counts_from_the_answer_after_the_tarpit() {
+    let origin = spawn_echo_origin();
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 1\nwindow = \"4s\"\ndelay = \"2s\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+    let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await;
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    assert_eq!(r.header("retry-after"), Some("2"), "{}", r.dump());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_a_tarpitted_attempt_at_once() {
     let origin = std::sync::Arc::new(spawn_echo_origin());

@@ -373,6 +373,7 @@ async fn authenticate(
         Outcome::Throttled { retry_after, username } => {
             // Tarpit: costs a timer, not CPU, and slows the flood to one
             // attempt per connection per delay. Shutdown does not wait for it.
+            let held = tokio::time::Instant::now();
             tokio::select! {
                 _ = tokio::time::sleep(snap.auth.throttle.delay) => {}
                 _ = state.stopping.cancelled() => {}
@@ -386,6 +387,9 @@ async fn authenticate(
             }
             .emit();
             let close = !drain_small_body(req).await;
+            // Counted from the answer, not from the attempt: the tarpit's
+            // wait is already behind the client.
+            let retry_after = retry_after.saturating_sub(held.elapsed());
             Err((ProxyError::Throttled { retry_after }, close))
         }
         Outcome::Overloaded => {
