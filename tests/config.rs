@@ -623,6 +623,21 @@ fn type_errors_say_what_was_expected_in_the_config_s_words() {
     assert!(!err.contains("Raw"), "{err}");
 }
 
+/// Two user names equal after NFC are an error on the later entry, which
+/// names the earlier one and its line (it said "another user").
+#[test]
+fn a_name_equal_to_another_after_nfc_names_that_other() {
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", "[auth]\nusers_file = \"users.toml\"\n");
+    let h = toml_str(&hash("pw"));
+    dir.write(
+        "users.toml",
+        format!("[users.\"\u{e9}\"]\npassword = {h}\n\n[users.\"e\u{301}\"]\npassword = {h}\n"),
+    );
+    let err = authgate::config::load(&path).map(|_| ()).expect_err("a duplicate").to_string();
+    assert!(err.contains("users.toml:4:8: user `e\u{301}`: same name as user `\u{e9}` (line 1)"), "{err}");
+}
+
 /// Every file authgate reads says a missing file the same way: the users
 /// file, a certificate, a key, a CA bundle. (A TLS key said "No such file or
 /// directory (os error 2)" where the users file said "file not found".)

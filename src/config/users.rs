@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::error::{Collector, Problem};
+use super::error::{Collector, Problem, line_col};
 use super::raw::RawUsers;
 use crate::auth::basic::nfc;
 use crate::auth::store::{StoredHash, User};
@@ -100,8 +100,12 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         }
     };
     let mut users = Vec::new();
-    let mut seen: HashMap<String, ()> = HashMap::new();
-    for (name, user) in raw.users {
+    // Each name after NFC, and where it was first: (as written, line).
+    let mut seen: HashMap<String, (String, usize)> = HashMap::new();
+    // In file order, so that a duplicate is the later entry.
+    let mut entries: Vec<_> = raw.users.into_iter().collect();
+    entries.sort_by_key(|(name, _)| name.span().start);
+    for (name, user) in entries {
         let span = name.span();
         let raw_name = name.into_inner();
         let shown: String = raw_name.chars().take(MAX_NAME_CHARS).collect();
@@ -113,13 +117,16 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             c.at(span.clone(), format!("user `{}`: {m}", shown.escape_default()));
             continue;
         }
-        if seen.insert(name.clone(), ()).is_some() {
+        if let Some((other, line)) = seen.get(&name) {
             c.at(
                 span.clone(),
-                format!("user `{shown}`: same name as another user after Unicode normalisation"),
+                format!(
+                    "user `{shown}`: same name as user `{other}` (line {line}) after Unicode normalisation"
+                ),
             );
             continue;
         }
+        seen.insert(name.clone(), (shown.clone(), line_col(source, span.start).0));
         let hash = match StoredHash::parse(user.password.get_ref()) {
             Ok(h) => h,
             Err(m) => {
