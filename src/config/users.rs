@@ -100,7 +100,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         }
     };
     let mut users = Vec::new();
-    // Each name after NFC, and where it was first: (as written, line).
+    // Each name after NFC, and where it was first: (as written, offset).
     let mut seen: HashMap<String, (String, usize)> = HashMap::new();
     // In file order, so that a duplicate is the later entry.
     let mut entries: Vec<_> = raw.users.into_iter().collect();
@@ -117,7 +117,10 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             c.at(span.clone(), format!("user `{}`: {m}", shown.escape_default()));
             continue;
         }
-        if let Some((other, line)) = seen.get(&name) {
+        if let Some((other, at)) = seen.get(&name) {
+            // Counted only here: counted for every name, it made a large
+            // file's load quadratic.
+            let line = line_col(source, *at).0;
             c.at(
                 span.clone(),
                 format!(
@@ -126,7 +129,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             );
             continue;
         }
-        seen.insert(name.clone(), (shown.clone(), line_col(source, span.start).0));
+        seen.insert(name.clone(), (shown.clone(), span.start));
         let hash = match StoredHash::parse(user.password.get_ref()) {
             Ok(h) => h,
             Err(m) => {
