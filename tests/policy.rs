@@ -306,14 +306,8 @@ async fn a_group_is_one_group_however_its_name_is_normalised() {
     let dir = TempDir::new();
     let path = dir.write("authgate.toml", config(None, rules));
     dir.write("users.toml", &users);
-    let out = authgate_bin()
-        .args(["explain", "--config"])
-        .arg(&path)
-        .args(["--user", USER, "127.0.0.1:80"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let (code, text, _) = explain(&path, &["--user", USER, "127.0.0.1:80"]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("decision deny by rule no-cafe"), "{text}");
     let mut add = authgate_bin()
         .args(["users", "--config"])
@@ -391,20 +385,23 @@ fn authgate_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_authgate"))
 }
 
+/// `authgate explain --config CONFIG ARGS`: exit code, stdout, stderr.
+fn explain(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = authgate_bin().arg("explain").arg("--config").arg(config).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn explain_prints_each_rule_and_exits_by_decision() {
     let dir = TempDir::new();
     let cfg = RULES.replace("\"PORT_DENIED\"", "8080");
     let path = dir.write("authgate.toml", config(None, &cfg));
     dir.write("users.toml", users());
-    let run = |args: &[&str]| {
-        let out = authgate_bin().arg("explain").arg("--config").arg(&path).args(args).output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = |args: &[&str]| explain(&path, args);
     let (code, out, _) = run(&["--user", USER, "http://127.0.0.1:80/"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -448,24 +445,11 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let cidrs = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"deny\"\n\
                  [[rules]]\nname = \"lab\"\naction = \"allow\"\ncidrs = [\"127.0.0.0/8\"]\n";
     let lab = dir.write("lab.toml", config(None, cidrs));
-    let out = authgate_bin()
-        .arg("explain")
-        .arg("--config")
-        .arg(&lab)
-        .args(["--user", USER, "http://[::1]:80/"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("decision deny by the egress policy"), "{text}");
-    let out = authgate_bin()
-        .arg("explain")
-        .arg("--config")
-        .arg(&lab)
-        .args(["--user", USER, "http://127.0.0.1:80/"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let (code, out, _) = explain(&lab, &["--user", USER, "http://[::1]:80/"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("decision deny by the egress policy"), "{out}");
+    let (code, out, _) = explain(&lab, &["--user", USER, "http://127.0.0.1:80/"]);
+    assert_eq!(code, Some(0), "{out}");
     // Arguments echoed in a message are escaped: they reached the terminal
     // with their control characters.
     let (code, _, err) = run(&["--user", USER, "--method", "\u{1b}[31mX\nY", "127.0.0.1:80"]);
