@@ -67,6 +67,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// One line on standard error. `eprintln!` panics when stderr cannot be
 /// written; the exit code still tells what happened.
+///
 /// Whatever it quotes (a path, a name from a file), control characters but
 /// line ends, and invisible or direction-changing ones, go out escaped.
 fn err_line(line: impl std::fmt::Display) {
@@ -76,8 +77,8 @@ fn err_line(line: impl std::fmt::Display) {
 
 /// Writes `text` to standard output and returns `code`; a write that fails
 /// (a full disk, a closed pipe: `authgate check > /dev/full`) is a one-line
-/// message and exit 1, where `print!` panicked with exit 101.
-/// Escaped as [`err_line`] escapes.
+/// message and exit 1, where `print!` panicked with exit 101. Escaped as
+/// [`err_line`] escapes.
 fn emit(text: &str, code: ExitCode) -> ExitCode {
     let text = authgate::config::shown_lines(text);
     let mut out = std::io::stdout().lock();

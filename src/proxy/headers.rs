@@ -182,6 +182,12 @@ pub fn single_content_length(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the request's `Transfer-Encoding` names `chunked` other than once
+/// at the end (RFC 9112 §6.1): a 400 whoever sent it.
+pub fn transfer_coding_malformed(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) && undecoded_codings(headers).is_err()
+}
+
 /// The transfer codings still on a body after hyper removed its `chunked`
 /// framing: `gzip` of `Transfer-Encoding: gzip, chunked` (a response without
 /// a final `chunked` is read to its close, and all its codings remain). They
@@ -193,12 +199,6 @@ pub fn single_content_length(headers: &mut HeaderMap) {
 /// malformed (`chunked` other than once at the end, RFC 9112 §6.1: passed
 /// on, the next hop would decode a layer the body does not have, or one
 /// too few).
-/// Whether the request's `Transfer-Encoding` names `chunked` other than once
-/// at the end (RFC 9112 §6.1): a 400 whoever sent it.
-pub fn transfer_coding_malformed(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING) && undecoded_codings(headers).is_err()
-}
-
 fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
     let fields = headers
         .get_all(header::TRANSFER_ENCODING)
