@@ -940,6 +940,18 @@ fn users_commands_run_with_a_warning_while_the_config_is_broken_outside_auth() {
     assert!(out.stdout.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{out:?}");
     warned(&out);
 
+    // `[auth]` as dotted keys at the top, beside a key that is wrong there:
+    // the wrong key is not `[auth]`'s (it stopped the command).
+    std::fs::write(
+        d.config(),
+        "auth.users_file = \"users.toml\"\nauth.argon2 = { m_cost = 8, t_cost = 1, p_cost = 1 }\nbogus = 1\n",
+    )
+    .unwrap();
+    let out = d.run(&["enable", "alice"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("authgate.toml:3:1: unknown field `bogus`"), "{out:?}");
+    d.run(&["disable", "alice"], None);
+
     // A problem in [auth] itself: refused, no warning but the problem.
     let broken_auth = good.replace("m_cost = 8", "m_cost = 1");
     std::fs::write(d.config(), format!("{broken_auth}\n[[rules]]\nname = \"r\"\naction = \"maybe\"\n"))

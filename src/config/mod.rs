@@ -17,6 +17,7 @@ pub(crate) use users::invisible;
 mod validate;
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -418,23 +419,48 @@ fn auth_table_alone(source: &str) -> Option<String> {
     let mut headers = Vec::new();
     collect_headers(root, true, false, &mut headers);
     headers.sort_unstable();
-    let first_header = headers.first().map_or(source.len(), |h| h.0);
-    // `auth = { ... }` or `auth.key = ...` before the first header: keep
-    // that part too (with whatever else is there).
-    let auth_at_top = match auth {
-        toml_edit::Item::Table(t) => t.is_dotted(),
-        _ => true,
-    };
-    let mut keep = vec![auth_at_top; source.len()];
+    let mut keep = vec![false; source.len()];
     for (i, &(start, is_auth)) in headers.iter().enumerate() {
         let end = headers.get(i + 1).map_or(source.len(), |h| h.0);
         keep[start..end].fill(is_auth);
     }
-    keep[..first_header.min(source.len())].fill(auth_at_top);
+    // `auth = { ... }` and `auth.key = ...` lines before the first header
+    // (and only those: other keys there are not `[auth]`'s).
+    let mut lines = Vec::new();
+    if let Some(key) = root.key("auth") {
+        top_level_lines(source, key, auth, &mut lines);
+    }
+    for range in lines {
+        if let Some(part) = keep.get_mut(range) {
+            part.fill(true);
+        }
+    }
     let blanked: Vec<u8> =
         source.bytes().zip(keep).map(|(b, keep)| if keep || b == b'\n' { b } else { b' ' }).collect();
     // Only whole characters were blanked (a multi-byte one becomes spaces).
     String::from_utf8(blanked).ok()
+}
+
+/// Where the key-value lines of `item` (under `key`) written without a
+/// table header are: an inline table, or each dotted key's line (from its
+/// line's start to the end of its value, which may run over lines).
+fn top_level_lines(source: &str, key: &toml_edit::Key, item: &toml_edit::Item, out: &mut Vec<Range<usize>>) {
+    let line_start = |at: usize| source.get(..at).and_then(|s| s.rfind('\n')).map_or(0, |i| i + 1);
+    match item {
+        toml_edit::Item::Value(v) => {
+            if let (Some(k), Some(v)) = (key.span(), v.span()) {
+                out.push(line_start(k.start)..v.end);
+            }
+        }
+        toml_edit::Item::Table(t) if t.is_dotted() => {
+            for (name, inner) in t.iter() {
+                if let Some(k) = t.key(name) {
+                    top_level_lines(source, k, inner, out);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The start of every table header under `table` (the document's root when
@@ -481,11 +507,17 @@ mod tests {
             lines,
             ["", "", "", "[auth]", "users_file = \"u.toml\"", "", "", "", "", "[auth.argon2]", "m_cost = 8"]
         );
-        // Dotted or inline at the top: the part before the first header is kept.
-        let dotted = auth_table_alone("auth.users_file = \"u.toml\"\n[server]\nx = 1\n").unwrap();
+        // Dotted or inline at the top: those lines are kept, and only those.
+        let dotted = "bogus = 1\nauth.users_file = \"u.toml\"\nlimits.x = 2\nauth.argon2.m_cost = [\n  8\n]\n[server]\nx = 1\n";
+        let alone = auth_table_alone(dotted).unwrap();
         assert_eq!(
-            dotted.lines().map(str::trim_end).collect::<Vec<_>>(),
-            ["auth.users_file = \"u.toml\"", "", ""]
+            alone.lines().map(str::trim_end).collect::<Vec<_>>(),
+            ["", "auth.users_file = \"u.toml\"", "", "auth.argon2.m_cost = [", "  8", "]", "", ""]
+        );
+        let inline = auth_table_alone("bogus = 1\nauth = { users_file = \"u.toml\" }\n").unwrap();
+        assert_eq!(
+            inline.lines().map(str::trim_end).collect::<Vec<_>>(),
+            ["", "auth = { users_file = \"u.toml\" }"]
         );
         // No `auth` at the top (a typo, another table's `auth`), or not TOML.
         assert_eq!(auth_table_alone("[Auth]\nusers_file = \"u.toml\"\n"), None);
