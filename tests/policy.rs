@@ -420,6 +420,11 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, out, _) = run(&["--user", USER, "--method", "get", "http://127.0.0.1/"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("request  get 127.0.0.1:80") && out.contains("is not `GET`"), "{out}");
+    // host:port is CONNECT's form only (the proxy answers `connect` so with a
+    // 400, where explain said ALLOWED).
+    let (code, _, err) = run(&["--user", USER, "--method", "connect", "127.0.0.1:80"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("only CONNECT takes that form"), "{err}");
     // Allowed by the rules but refused by the egress policy.
     let (code, out, _) = run(&["--user", USER, "169.254.169.254:80"]);
     assert_eq!(code, Some(1), "{out}");

@@ -65,6 +65,7 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             crate::config::shown_path(&snap.auth.users_file)
         )
     })?;
+    let authority_form = !target.contains("://");
     let (target, implied) = parse_target(target)?;
     let method = match method {
         // As sent: methods are case-sensitive, and the proxy matches a
@@ -74,6 +75,14 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
         }
         None => implied,
     };
+    // host:port is CONNECT's form only: any other method with it (`connect`
+    // included: methods are case-sensitive) is not a proxy request.
+    if authority_form && method != Method::CONNECT {
+        return Err(format!(
+            "`{}` with host:port: only CONNECT takes that form; the proxy answers 400 not_a_proxy_request",
+            shown(method.as_str())
+        ));
+    }
     let addrs: Result<Vec<IpAddr>, String> = match &target.host {
         Host::Ip(ip) => Ok(vec![*ip]),
         Host::Name(n) => {
