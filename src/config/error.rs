@@ -40,7 +40,7 @@ impl fmt::Display for Problem {
 /// names may not hold written as escapes (`\n`, `\u{1b}`, `\u{202e}`);
 /// text without them, nearly all, is returned as it is.
 pub fn shown(text: &str) -> Cow<'_, str> {
-    escaped(text, |_| true)
+    escaped(text, |c| c.is_control() || crate::telemetry::hidden(c))
 }
 
 /// A path for a terminal, as [`shown`] writes text (a path can hold any
@@ -52,12 +52,13 @@ pub fn shown_path(path: &Path) -> String {
 /// Text of several lines for a terminal: as [`shown`], but its line ends
 /// are kept.
 pub fn shown_lines(text: &str) -> Cow<'_, str> {
-    escaped(text, |c| c != '\n')
+    escaped(text, |c| (c.is_control() && c != '\n') || crate::telemetry::hidden(c))
 }
 
-fn escaped(text: &str, escape_control: impl Fn(char) -> bool) -> Cow<'_, str> {
-    let hide = |c: char| (c.is_control() && escape_control(c)) || crate::telemetry::hidden(c);
-    if !text.chars().any(hide) {
+/// `text` with each character `hide` picks written as its escape
+/// (`\n`, `\u{1b}`); borrowed when there is none.
+pub(crate) fn escaped(text: &str, hide: impl Fn(char) -> bool) -> Cow<'_, str> {
+    if !text.chars().any(&hide) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);

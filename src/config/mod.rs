@@ -17,11 +17,11 @@ pub(crate) use users::invisible;
 mod validate;
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub(crate) use error::escaped;
 pub use error::{ConfigError, Problem, line_col, shown, shown_lines, shown_path};
 
 use crate::auth::UserStore;
@@ -426,14 +426,8 @@ fn auth_table_alone(source: &str) -> Option<String> {
     }
     // `auth = { ... }` and `auth.key = ...` lines before the first header
     // (and only those: other keys there are not `[auth]`'s).
-    let mut lines = Vec::new();
     if let Some(key) = root.key("auth") {
-        top_level_lines(source, key, auth, &mut lines);
-    }
-    for range in lines {
-        if let Some(part) = keep.get_mut(range) {
-            part.fill(true);
-        }
+        keep_top_level_lines(source, key, auth, &mut keep);
     }
     let blanked: Vec<u8> =
         source.bytes().zip(keep).map(|(b, keep)| if keep || b == b'\n' { b } else { b' ' }).collect();
@@ -441,21 +435,23 @@ fn auth_table_alone(source: &str) -> Option<String> {
     String::from_utf8(blanked).ok()
 }
 
-/// Where the key-value lines of `item` (under `key`) written without a
-/// table header are: an inline table, or each dotted key's line (from its
-/// line's start to the end of its value, which may run over lines).
-fn top_level_lines(source: &str, key: &toml_edit::Key, item: &toml_edit::Item, out: &mut Vec<Range<usize>>) {
-    let line_start = |at: usize| source.get(..at).and_then(|s| s.rfind('\n')).map_or(0, |i| i + 1);
+/// Marks in `keep` the key-value lines of `item` (under `key`) written
+/// without a table header: an inline table, or each dotted key's line (from
+/// its line's start to the end of its value, which may run over lines).
+fn keep_top_level_lines(source: &str, key: &toml_edit::Key, item: &toml_edit::Item, keep: &mut [bool]) {
     match item {
         toml_edit::Item::Value(v) => {
             if let (Some(k), Some(v)) = (key.span(), v.span()) {
-                out.push(line_start(k.start)..v.end);
+                let line_start = source.get(..k.start).and_then(|s| s.rfind('\n')).map_or(0, |i| i + 1);
+                if let Some(part) = keep.get_mut(line_start..v.end) {
+                    part.fill(true);
+                }
             }
         }
         toml_edit::Item::Table(t) if t.is_dotted() => {
             for (name, inner) in t.iter() {
                 if let Some(k) = t.key(name) {
-                    top_level_lines(source, k, inner, out);
+                    keep_top_level_lines(source, k, inner, keep);
                 }
             }
         }

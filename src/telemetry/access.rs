@@ -162,17 +162,14 @@ fn truncated(name: &str) -> std::borrow::Cow<'_, str> {
 /// hostile name cannot forge lines or flood the output. (Log fields are
 /// escaped by the log format and the log sink instead.)
 pub fn sanitize_username(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if i == 64 {
-            out.push('…');
-            break;
-        }
-        if c.is_control() || c == '\\' || super::sink::hidden(c) {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+    let head = match name.char_indices().nth(64) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    };
+    let mut out =
+        crate::config::escaped(head, |c| c.is_control() || c == '\\' || super::sink::hidden(c)).into_owned();
+    if head.len() < name.len() {
+        out.push('…');
     }
     out
 }
