@@ -422,7 +422,9 @@ fn auth_table_alone(source: &str) -> Option<String> {
     let mut keep = vec![false; source.len()];
     for (i, &(start, is_auth)) in headers.iter().enumerate() {
         let end = headers.get(i + 1).map_or(source.len(), |h| h.0);
-        keep[start..end].fill(is_auth);
+        if let Some(part) = keep.get_mut(start..end) {
+            part.fill(is_auth);
+        }
     }
     // `auth = { ... }` and `auth.key = ...` lines before the first header
     // (and only those: other keys there are not `[auth]`'s).
