@@ -893,3 +893,68 @@ async fn an_answer_that_leaves_a_body_unread_says_the_connection_closes() {
         assert_eq!(closed.ok(), Some(true));
     }
 }
+
+/// An origin that reads an upload slowly but steadily (256 KiB every
+/// 250 ms) is taking it: the upload goes through although it lasts twice
+/// `upstream_response_timeout`. The proxy sees the origin read only through
+/// its own writes; without a bound on the bytes its socket holds unsent
+/// (megabytes on loopback), the whole upload went into the kernel's buffers
+/// at once and the wait for the answer ran out while the origin was still
+/// reading it. What the origin's own receive buffer holds stays invisible:
+/// the origin must read that much, and answer, within the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_reads_an_upload_slowly_but_steadily_is_not_cut() {
+    const LEN: usize = 4 * 1024 * 1024;
+    let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"2s\"\n", &[USER]);
+    let origin = spawn_raw_origin(|mut s| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut got = 0;
+        while got < LEN {
+            let want = chunk.len().min(LEN - got);
+            if s.read_exact(&mut chunk[..want]).await.is_err() {
+                return;
+            }
+            got += want;
+            if got < LEN {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+        let body = format!("{got}");
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let _ = s.write_all(answer.as_bytes()).await;
+    });
+    let bytes = request(
+        "PUT",
+        &origin.url("/slow-reader"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &auth()),
+            ("Content-Length", &LEN.to_string()),
+        ],
+    );
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&bytes).await.unwrap();
+        // A proxy that gives up closes while the body is still going out.
+        let _ = wr.write_all(&vec![b'x'; LEN]).await;
+        wr
+    });
+    let want = LEN.to_string();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let start = std::time::Instant::now();
+    while !answer.ends_with(want.as_bytes()) && start.elapsed() < std::time::Duration::from_secs(30) {
+        match tokio::time::timeout(std::time::Duration::from_secs(30), rd.read(&mut chunk)).await {
+            Ok(Ok(n @ 1..)) => answer.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.ends_with(&format!("\r\n\r\n{want}")), "the origin read the whole upload: {text}");
+}

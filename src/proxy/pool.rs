@@ -28,6 +28,17 @@ use crate::body::{AbortOnDrop, RequestBody, Upload, UploadState};
 use crate::error::ProxyError;
 use crate::target::Target;
 
+/// Bytes an origin connection may hold written but not yet sent
+/// (`TCP_NOTSENT_LOWAT`). authgate sees an origin read an upload only
+/// through its own writes going through; with the socket's default, a write
+/// went through only after the origin had read about a third of a send
+/// buffer that grows to megabytes, so an origin reading slowly but steadily
+/// (about 1 MiB per 2 s) looked stalled to `upstream_response_timeout`. With
+/// the bound a write goes through each time the origin has taken about
+/// 64 KiB. 128 KiB is the size the option's author gives as enough for
+/// throughput ("128 KB or less is OK", Linux commit c9bee3b7fdec).
+const MAX_UNSENT: u32 = 128 * 1024;
+
 /// Pool key: the origin and whether it is spoken to over TLS.
 pub type Key = (Target, bool);
 
@@ -344,6 +355,10 @@ async fn send_new(
     dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
 ) -> Result<Sent, ProxyError> {
     let stream = dial.await?;
+    // Where the option is missing (not Linux), writes show progress late,
+    // as they did before it: a slow origin may be cut sooner, never later.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(stream.tcp()).set_tcp_notsent_lowat(MAX_UNSENT);
     let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, writes: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
