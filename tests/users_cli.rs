@@ -1029,3 +1029,31 @@ fn a_names_length_is_counted_after_nfc_in_the_file_as_in_the_commands() {
     d.ok(&["add", &shrinks, "--password-stdin"], Some("pw\n"));
     d.snapshot();
 }
+
+/// `users list` lines its columns up on a terminal: a name in CJK
+/// characters (two columns each) is padded by the columns it takes, not by
+/// its characters, so the next column starts at the same place on every line.
+#[test]
+fn list_aligns_columns_by_terminal_width() {
+    let d = Dir::new(Some(&fixture()));
+    for name in ["田中太郎", "zz"] {
+        d.ok(&["add", name, "--group", "ops", "--password-stdin"], Some("pw\n"));
+    }
+    let list = d.ok(&["list"], None).stdout;
+    // Terminal columns: the CJK ideographs used here take two, the rest one.
+    let columns = |s: &str| {
+        s.chars().map(|c| if ('\u{4e00}'..='\u{9fff}').contains(&c) { 2 } else { 1 }).sum::<usize>()
+    };
+    let group_column = |line: &str| {
+        let name = line.split("  ").next().unwrap_or_default();
+        let rest = &line[name.len()..];
+        columns(name) + (rest.len() - rest.trim_start().len())
+    };
+    let header = list.lines().next().unwrap();
+    let want = group_column(header);
+    assert_eq!(want, header.find("GROUPS").unwrap(), "{list}");
+    for line in list.lines() {
+        assert_eq!(group_column(line), want, "the second column starts at {want} on every line:\n{list}");
+    }
+    assert!(list.lines().any(|l| l.starts_with("田中太郎 ") && l.contains("ops")), "{list}");
+}

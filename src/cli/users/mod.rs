@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
+use unicode_width::UnicodeWidthStr;
 
 mod edit;
 mod htpasswd;
@@ -437,17 +438,19 @@ fn list(users: &[User], now: SystemTime) -> String {
         let disabled = if u.disabled { "yes" } else { "no" };
         rows.push([u.name.to_string(), groups, disabled.to_owned(), expires, u.hash().scheme()]);
     }
+    // Padded by terminal columns, not characters: a CJK character takes two.
     let mut widths = [0usize; 5];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
+            *w = (*w).max(cell.width());
         }
     }
     let mut out = String::new();
     for row in &rows {
         let mut line = String::new();
         for (cell, w) in row.iter().zip(widths) {
-            let _ = write!(line, "{cell:<w$}  ");
+            line.push_str(cell);
+            line.extend(std::iter::repeat_n(' ', w - cell.width() + 2));
         }
         out.push_str(line.trim_end());
         out.push('\n');
