@@ -958,3 +958,84 @@ async fn an_origin_that_reads_an_upload_slowly_but_steadily_is_not_cut() {
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert!(text.ends_with(&format!("\r\n\r\n{want}")), "the origin read the whole upload: {text}");
 }
+
+/// A large response the client has not read yet, and the client's next
+/// request pipelined behind it: the response arrives whole, then the next
+/// one. The connection went back to waiting for a head when the response
+/// was handed to hyper, before hyper had written it, so the head that came
+/// next made the rest of the response look like hyper's own error answer:
+/// it was cut, followed by a 400 for a valid request. That happens when the
+/// response is a little larger than the socket buffers hold, which depends
+/// on the kernel's tuning, so the test tries sizes from 1 to 6 MiB at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_behind_an_unread_large_response_does_not_cut_it() {
+    let origin = spawn_origin(|req: Request<Incoming>| async move {
+        let len = req.uri().path().trim_start_matches("/big/").parse().unwrap_or(2);
+        Response::new(full(vec![b'b'; len]))
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let (host, auth) = (origin.authority(), auth());
+    let mut tries = tokio::task::JoinSet::new();
+    for size in (1 << 20..6 << 20).step_by(64 << 10) {
+        let (origin_url, host, auth) = (origin.url("/"), host.clone(), auth.clone());
+        tries.spawn(async move {
+            let headers = [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())];
+            let mut c = RawConn::connect(proxy.addr).await;
+            c.send(request("GET", &format!("{origin_url}big/{size}"), &headers)).await;
+            // The proxy reads the whole answer from the origin and holds
+            // what the client's socket cannot take yet.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            c.send(request("GET", &format!("{origin_url}small"), &headers)).await;
+            let first = c.read_response("GET").await;
+            assert_eq!(first.status, 200, "{}", first.status_line);
+            assert_eq!(first.body.len(), size, "the large answer arrives whole");
+            let second = c.read_response("GET").await;
+            assert_eq!(second.status, 200, "after {size} bytes: {}", second.dump());
+            assert_eq!(second.body, b"bb");
+        });
+    }
+    while let Some(done) = tries.join_next().await {
+        if let Err(e) = done {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+/// A request head followed at once by a body larger than `max_header_bytes`
+/// (in one read, as after a large upload hyper reads in large pieces): only
+/// the head counts against the limit. After a 4 MB upload, the next POST's
+/// head and body were counted together and got a 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_read_with_its_head_does_not_count_against_the_head_limit() {
+    let origin = spawn_checksum_origin();
+    let proxy = spawn_proxy("[limits]\nmax_header_bytes = 8192\n", &[USER]);
+    let (host, auth) = (origin.authority(), auth());
+    let mut c = RawConn::connect(proxy.addr).await;
+    for (len, lf_only) in [(4_000_000, false), (200_000, false), (300_000, true)] {
+        let len_text = len.to_string();
+        let mut bytes = request(
+            "POST",
+            &origin.url("/upload"),
+            &[("Host", &host), ("Proxy-Authorization", &auth), ("Content-Length", &len_text)],
+        );
+        if lf_only {
+            // A bare LF ends the lines as well (RFC 9112 §2.2).
+            bytes = String::from_utf8(bytes).unwrap().replace("\r\n", "\n").into_bytes();
+        }
+        bytes.extend_from_slice(&vec![b'u'; len]);
+        c.send(bytes).await;
+        let r = c.read_response("POST").await;
+        assert_eq!(r.status, 200, "{len} bytes: {}", r.dump());
+        assert!(r.text().starts_with(&format!("{len} ")), "{}", r.text());
+    }
+    // A head that is itself too large still gets its 431.
+    let long = "v".repeat(10_000);
+    let r = send_one(
+        proxy.addr,
+        "GET",
+        &origin.url("/"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("X-Long", &long)],
+    )
+    .await;
+    assert_eq!(r.status, 431, "{}", r.dump());
+}

@@ -42,6 +42,10 @@ const BUSY: u8 = 2;
 const TUNNEL: u8 = 3;
 /// The timer's use while the connection closes (not a phase).
 const CLOSING: u8 = 4;
+/// The response is handed to hyper whole, and may still be in its buffer:
+/// idle once hyper has flushed it. Until then, hyper's writes are the
+/// response's, never its own answer to a next head it could not parse.
+const ENDED: u8 = 5;
 
 /// Longest wait, after our end is shut, for the client to stop sending.
 const LINGER: Duration = Duration::from_secs(2);
@@ -56,7 +60,7 @@ const LINGER_MAX: usize = 64 << 20;
 /// socket wrapper, the service and the response body.
 #[derive(Debug, Default)]
 pub struct Phase {
-    /// `IDLE`, `HEAD`, `BUSY` or `TUNNEL`.
+    /// `IDLE`, `HEAD`, `BUSY`, `ENDED` or `TUNNEL`.
     state: AtomicU8,
     /// Set by [`Phase::linger`].
     linger: AtomicBool,
@@ -86,13 +90,16 @@ impl Phase {
         self.state.store(BUSY, Ordering::Release);
     }
 
-    /// The response has been sent: waiting for the next request. Not after
+    /// The response has been handed to hyper whole: the connection waits
+    /// for the next request once hyper has flushed it (see [`ENDED`]; a
+    /// pipelined head read before that made the rest of a large response
+    /// look like hyper's own 400, which replaced it). Not after
     /// [`Phase::linger`]: the connection closes, and what hyper still reads
     /// of the unread request body must not count as the head of a next
     /// request (a large one became a 431 for a request never sent).
     pub fn idle(&self) {
         if !self.linger.load(Ordering::Acquire) {
-            let _ = self.state.compare_exchange(BUSY, IDLE, Ordering::AcqRel, Ordering::Acquire);
+            let _ = self.state.compare_exchange(BUSY, ENDED, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
@@ -165,7 +172,14 @@ pub struct Guarded<S> {
     limits: Timeouts,
     timer: Pin<Box<Sleep>>,
     armed_for: u8,
+    /// Bytes of the head being read, up to its end.
     head_bytes: usize,
+    /// The end of the head being read has been seen: what follows in the
+    /// same read (a body, a tunnel's first bytes) is not part of it.
+    head_ended: bool,
+    /// The last two bytes of the head read so far, to find its end across
+    /// reads.
+    head_tail: [u8; 2],
     answer: Canned,
     reject: Option<(Vec<u8>, usize)>,
     /// Running while writes are blocked by a client that does not read;
@@ -198,6 +212,8 @@ impl<S> Guarded<S> {
             timer: Box::pin(tokio::time::sleep(limits.idle)),
             armed_for: IDLE,
             head_bytes: 0,
+            head_ended: false,
+            head_tail: [0; 2],
             answer,
             reject: None,
             stall: None,
@@ -225,6 +241,15 @@ impl<S> Guarded<S> {
             // Tunnels have their own idle timeout.
             return res;
         }
+        self.stall(cx)
+    }
+
+    /// A write (or shutdown) cannot proceed: `Pending`, or the send timeout's
+    /// error once it has not proceeded for that long. Also for authgate's
+    /// own answers (408, 431, a refused head) and the shutdown after them,
+    /// which hyper does not see: a client that reads nothing held such a
+    /// connection, and its slot, until it closed.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if !self.stalled {
             self.stalled = true;
             let deadline = Instant::now() + self.limits.send;
@@ -278,19 +303,26 @@ impl<S> Guarded<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
     /// Writes the pending canned answer, then reports end-of-stream.
+    /// A write that does not proceed for the send timeout fails it.
     fn poll_reject(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Some((bytes, written)) = self.reject.as_mut() {
-            while *written < bytes.len() {
-                match ready!(Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..])) {
-                    Ok(0) | Err(_) => {
-                        *written = bytes.len();
-                    }
-                    Ok(n) => *written += n,
+        let Some((bytes, written)) = self.reject.as_mut() else { return Poll::Ready(Ok(())) };
+        while *written < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0) | Err(_)) => *written = bytes.len(),
+                Poll::Ready(Ok(n)) => {
+                    *written += n;
+                    self.stalled = false;
                 }
+                Poll::Pending => return self.stall(cx),
             }
-            let _ = ready!(Pin::new(&mut self.inner).poll_flush(cx));
         }
-        Poll::Ready(Ok(()))
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.stall(cx),
+            Poll::Ready(_) => {
+                self.stalled = false;
+                Poll::Ready(Ok(()))
+            }
+        }
     }
 }
 
@@ -380,14 +412,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 && this.phase.state.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
             {
                 this.head_bytes = 0;
+                this.head_ended = false;
+                this.head_tail = [0; 2];
                 let d = this.limits.head;
                 this.arm(HEAD, d);
             }
-            this.head_bytes += n;
+            let first = this.head_bytes == 0;
+            let read = &buf.filled()[before..];
+            if !this.head_ended {
+                this.head_bytes += n;
+                // Only past the limit is the read searched for the head's
+                // end: a body (or a tunnel's first bytes) read with it is
+                // not part of it (a large upload's next request got a 431).
+                if this.head_bytes > this.limits.max_head
+                    && let Some(end) = head_end(this.head_tail, read)
+                {
+                    this.head_bytes -= n - end;
+                    this.head_ended = true;
+                }
+                this.head_tail = match read {
+                    [.., a, b] => [*a, *b],
+                    [b] => [this.head_tail[1], *b],
+                    [] => this.head_tail,
+                };
+            }
             // HTTP/2 with prior knowledge: hyper closes without a word on
             // its preface, where any other bytes that are not HTTP/1.1 get
             // a 400. (`PRI` is reserved for this preface, RFC 9113 §3.4.)
-            if this.head_bytes == n && buf.filled()[before..].starts_with(b"PRI * HTTP/2") {
+            if first && read.starts_with(b"PRI * HTTP/2") {
                 buf.set_filled(before);
                 this.reject = Some(((this.answer)(Rejection::Unparsable(400)), 0));
                 return this.poll_refuse(cx);
@@ -448,6 +500,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if matches!(res, Poll::Ready(Ok(()))) && self.phase.get() == ENDED {
+            // hyper flushes its buffer before it flushes the socket: the
+            // response is out.
+            let _ = self.phase.state.compare_exchange(ENDED, IDLE, Ordering::AcqRel, Ordering::Acquire);
+        }
         self.start_idle_timer(cx);
         self.watch_send(cx, res)
     }
@@ -484,7 +541,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
         let drained = match this.lingered {
             Some(n) => n,
             None => {
-                ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                // Over TLS the shutdown writes a close_notify, which a
+                // client that reads nothing never takes.
+                match Pin::new(&mut this.inner).poll_shutdown(cx) {
+                    Poll::Pending => return this.stall(cx),
+                    Poll::Ready(r) => r?,
+                }
                 this.armed_for = CLOSING;
                 this.timer.as_mut().reset(Instant::now() + LINGER);
                 *this.lingered.insert(0)
@@ -509,5 +571,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
         }
         this.lingered = Some(LINGER_MAX);
         Poll::Ready(Ok(()))
+    }
+}
+
+/// How many bytes of `read` belong to the head when its end (an empty line:
+/// `\n\n` or `\n\r\n`, RFC 9112 §2.2 lets a recipient take a bare LF as a
+/// line end) is in it; `tail` is the last two bytes read before it.
+fn head_end(tail: [u8; 2], read: &[u8]) -> Option<usize> {
+    let mut prev = tail;
+    for (i, &b) in read.iter().enumerate() {
+        if b == b'\n' && (prev[1] == b'\n' || prev == *b"\n\r") {
+            return Some(i + 1);
+        }
+        prev = [prev[1], b];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            idle: Duration::from_secs(60),
+            head: Duration::from_secs(3),
+            send: Duration::from_secs(10),
+            max_head: 8192,
+        }
+    }
+
+    /// A client that sends part of a head and then reads nothing, with its
+    /// receive buffer full: authgate's own 408 cannot be written. That write
+    /// fails after the send timeout, and the connection with it; it was
+    /// left pending for as long as the client kept the connection open.
+    #[tokio::test(start_paused = true)]
+    async fn a_canned_answer_the_client_does_not_take_fails_after_the_send_timeout() {
+        // 64 bytes of buffer towards the client, which never reads them.
+        let (mut client, server) = tokio::io::duplex(64);
+        let answer: Canned = Box::new(|_| vec![b'x'; 4096]);
+        let mut guarded = Guarded::new(server, Arc::new(Phase::default()), timeouts(), answer);
+        client.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = guarded.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the partial head is read");
+
+        let start = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(3600), guarded.read(&mut buf)).await;
+        let Ok(Err(e)) = ended else { panic!("the connection is still open after an hour: {ended:?}") };
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // The head timeout (and its short grace), then the send timeout.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(13) && took < Duration::from_secs(14), "{took:?}");
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_reads_and_with_bare_line_feeds() {
+        assert_eq!(head_end([0; 2], b"GET / HTTP/1.1\r\n\r\nbody"), Some(18));
+        assert_eq!(head_end([0; 2], b"GET / HTTP/1.1\n\nbody"), Some(16));
+        assert_eq!(head_end(*b"\r\n", b"\r\nbody"), Some(2));
+        assert_eq!(head_end(*b"\n\r", b"\nbody"), Some(1));
+        assert_eq!(head_end(*b"x\n", b"\nbody"), Some(1));
+        assert_eq!(head_end([0; 2], b"GET / HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(head_end(*b"\r\n", b"Host: x"), None);
     }
 }
