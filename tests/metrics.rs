@@ -21,12 +21,19 @@ struct Running {
 }
 
 async fn spawn_with_admin(rules: &str) -> (Running, std::sync::Arc<authgate::State>) {
+    spawn_with_admin_for(rules, &[("alice", "a1")]).await
+}
+
+async fn spawn_with_admin_for(
+    rules: &str,
+    users: &[(&str, &str)],
+) -> (Running, std::sync::Arc<authgate::State>) {
     let dir = TempDir::new();
     let cfg = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{rules}"
     );
     let path = dir.write("authgate.toml", cfg);
-    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    dir.write("users.toml", users_toml(users));
     let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
     // Not serving yet: not ready, but alive.
     assert_eq!(authgate::server::admin::respond(&state, &http::Method::GET, "/readyz").status(), 503);
@@ -374,4 +381,44 @@ async fn shutdown_closes_the_admin_listener_too() {
         .await;
         assert!(closed.is_ok(), "the {what} listener stops accepting on shutdown");
     }
+}
+
+/// The spellings of one password (composed or decomposed accents, UTF-8 or
+/// ISO-8859-1) are one login to the verified-credential cache: the first
+/// costs an argon2 run, every other spelling is a cache hit. Keyed on the
+/// header as sent, each spelling cost a run and an entry of its own, and
+/// one user could fill the cache (65,536 entries), which is then cleared
+/// for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spellings_of_a_password_share_one_cache_entry() {
+    let origin = spawn_echo_origin();
+    let (run, _state) =
+        spawn_with_admin_for("[policy]\ndefault = \"allow\"\n", &[("carol", "\u{e9}t\u{e9}")]).await;
+    let before = scrape(run.admin).await;
+    let mut spellings: Vec<String> = Vec::new();
+    for first in ["\u{e9}", "e\u{301}"] {
+        for second in ["\u{e9}", "e\u{301}"] {
+            spellings.push(basic("carol", &format!("{first}t{second}")));
+        }
+    }
+    spellings.push(basic_raw(b"carol:\xe9t\xe9"));
+    for _ in 0..2 {
+        for auth in &spellings {
+            let r = send_one(
+                run.proxy,
+                "GET",
+                &origin.url("/"),
+                &[("Host", &origin.authority()), ("Proxy-Authorization", auth)],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.dump());
+        }
+    }
+    let after = scrape(run.admin).await;
+    let d = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    // One run for the composed spelling (the header as sent is its entry),
+    // one for the first other spelling (the normal form is theirs).
+    assert_eq!(d("authgate_argon2_verifications_total"), 2.0);
+    assert_eq!(d("authgate_auth_cache_total{result=\"hit\"}"), 8.0);
+    let _ = run.stop.send(());
 }

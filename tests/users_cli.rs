@@ -219,7 +219,7 @@ fn lines(ls: &[&str]) -> Vec<String> {
 }
 
 fn creds(user: &str, password: &str) -> Credentials {
-    Credentials { username: user.into(), password: password.into() }
+    Credentials { username: user.into(), password: password.into(), respelled: false }
 }
 
 #[test]

@@ -24,13 +24,27 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// A username and password as presented. `Debug` never shows the password.
-#[derive(Clone, PartialEq, Eq)]
+/// Equal when they are the same username and password, however spelled.
+#[derive(Clone)]
 pub struct Credentials {
     /// The user-id, NFC-normalised.
     pub username: String,
     /// The password, NFC-normalised.
     pub password: String,
+    /// Whether they were sent in another spelling than their normal form
+    /// (ISO-8859-1 bytes, or characters that NFC changes): one login then
+    /// has many headers, which must not each be an entry of the
+    /// verified-credential cache.
+    pub respelled: bool,
 }
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Self) -> bool {
+        self.username == other.username && self.password == other.password
+    }
+}
+
+impl Eq for Credentials {}
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,7 +89,9 @@ pub fn parse(value: &[u8]) -> Result<Credentials, Malformed> {
     }
     let decoded = BASE64.decode(token).map_err(|_| Malformed::Encoding)?;
     let colon = decoded.iter().position(|&b| b == b':').ok_or(Malformed::Encoding)?;
-    Ok(Credentials { username: text(&decoded[..colon]), password: text(&decoded[colon + 1..]) })
+    let (username, user_respelled) = text(&decoded[..colon]);
+    let (password, password_respelled) = text(&decoded[colon + 1..]);
+    Ok(Credentials { username, password, respelled: user_respelled || password_respelled })
 }
 
 /// The token of a Basic header in one spelling for all the spellings
@@ -111,11 +127,16 @@ fn trim(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// UTF-8 if valid, else ISO-8859-1; then NFC.
-fn text(bytes: &[u8]) -> String {
+/// UTF-8 if valid, else ISO-8859-1; then NFC. And whether that is
+/// another spelling than the bytes (ISO-8859-1, or changed by NFC).
+fn text(bytes: &[u8]) -> (String, bool) {
     match std::str::from_utf8(bytes) {
-        Ok(s) => nfc(s),
-        Err(_) => nfc(&bytes.iter().map(|&b| b as char).collect::<String>()),
+        Ok(s) => {
+            let normal = nfc(s);
+            let respelled = normal != s;
+            (normal, respelled)
+        }
+        Err(_) => (nfc(&bytes.iter().map(|&b| b as char).collect::<String>()), true),
     }
 }
 
@@ -196,6 +217,10 @@ mod tests {
         assert_eq!(utf8, latin1);
         assert_eq!(utf8, decomposed);
         assert_eq!(utf8.password, "pässwörd");
+        // Only the UTF-8 NFC spelling is the header's own; the others are
+        // cached by their normal form.
+        assert!(!utf8.respelled && latin1.respelled && decomposed.respelled);
+        assert!(parse(&b64("ju\u{308}rgen:p".as_bytes())).unwrap().respelled, "the username counts too");
     }
 
     #[test]

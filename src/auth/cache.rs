@@ -19,6 +19,8 @@ use blake2::digest::core_api::{Block, Buffer, UpdateCore, VariableOutputCore};
 use foldhash::HashMap;
 use rand_core::RngCore;
 
+use super::basic::Credentials;
+
 /// Most entries kept; past this, expired entries are swept, then the map is
 /// cleared (clients re-verify once), so memory stays bounded under attack.
 const MAX_ENTRIES: usize = 65_536;
@@ -95,20 +97,55 @@ impl VerifiedCache {
         out.into()
     }
 
+    /// The key of credentials sent in another spelling than their normal
+    /// form ([`Credentials::respelled`]): the MAC of the normal form, so that
+    /// all its spellings share one entry. (Keyed on the header, each
+    /// spelling of a password with accents was an entry and an argon2 run
+    /// of its own, and one user could fill the cache, which is then cleared
+    /// for everyone.) The prefix holds a NUL, which no header value can, so
+    /// it never equals a header's key.
+    fn credentials_key(&self, creds: &Credentials) -> Key {
+        self.mac_parts(&[b"normal\0", creds.username.as_bytes(), b":", creds.password.as_bytes()])
+    }
+
     /// The user a header value was verified for, with that user's fingerprint
     /// at the time, if the entry has not expired.
     pub fn get(&self, header: &[u8], now: Instant) -> Option<(Arc<str>, u64)> {
-        let key = self.key(header);
+        self.get_key(&self.key(header), now)
+    }
+
+    /// [`VerifiedCache::get`] for respelled credentials, by their normal form.
+    pub fn get_credentials(&self, creds: &Credentials, now: Instant) -> Option<(Arc<str>, u64)> {
+        self.get_key(&self.credentials_key(creds), now)
+    }
+
+    fn get_key(&self, key: &Key, now: Instant) -> Option<(Arc<str>, u64)> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&key).filter(|e| e.until > now).map(|e| (e.user.clone(), e.fingerprint))
+        map.get(key).filter(|e| e.until > now).map(|e| (e.user.clone(), e.fingerprint))
     }
 
     /// Remembers that `header` verified as `user` for `ttl`.
     pub fn insert(&self, header: &[u8], user: Arc<str>, fingerprint: u64, ttl: Duration, now: Instant) {
+        self.insert_key(self.key(header), user, fingerprint, ttl, now);
+    }
+
+    /// [`VerifiedCache::insert`] for respelled credentials, by their normal
+    /// form.
+    pub fn insert_credentials(
+        &self,
+        creds: &Credentials,
+        user: Arc<str>,
+        fingerprint: u64,
+        ttl: Duration,
+        now: Instant,
+    ) {
+        self.insert_key(self.credentials_key(creds), user, fingerprint, ttl, now);
+    }
+
+    fn insert_key(&self, key: Key, user: Arc<str>, fingerprint: u64, ttl: Duration, now: Instant) {
         if ttl.is_zero() {
             return;
         }
-        let key = self.key(header);
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, e| e.until > now);

@@ -142,7 +142,25 @@ impl Authenticator {
     }
 
     fn cached(&self, users: &UserStore, header: &[u8], now: Instant) -> Option<Arc<User>> {
-        let (name, fingerprint) = self.cache.get(header, now)?;
+        self.current(users, self.cache.get(header, now)?)
+    }
+
+    /// [`Authenticator::cached`] for credentials sent in another spelling
+    /// than their normal form, which are cached by that form.
+    fn cached_respelled(
+        &self,
+        users: &UserStore,
+        creds: &basic::Credentials,
+        now: Instant,
+    ) -> Option<Arc<User>> {
+        if !creds.respelled {
+            return None;
+        }
+        self.current(users, self.cache.get_credentials(creds, now)?)
+    }
+
+    /// The user of a cache entry, if it still counts.
+    fn current(&self, users: &UserStore, (name, fingerprint): (Arc<str>, u64)) -> Option<Arc<User>> {
         let user = users.get(&name)?;
         (user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok()).then(|| user.clone())
     }
@@ -163,10 +181,14 @@ impl Authenticator {
             self.metrics.cache(true);
             return Outcome::Ok(user);
         }
-        self.metrics.cache(false);
         // Parsed first, so that a throttled attempt is audited with the
         // username it tried.
         let parsed = basic::parse(header);
+        if let Some(user) = parsed.as_ref().ok().and_then(|c| self.cached_respelled(users, c, now)) {
+            self.metrics.cache(true);
+            return Outcome::Ok(user);
+        }
+        self.metrics.cache(false);
         if let Err(retry_after) = self.throttle.check(client, throttle, now) {
             return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
         }
@@ -180,7 +202,10 @@ impl Authenticator {
         // argon2 (and the cache answers the rest).
         let gate = self.inflight.enter(header);
         let _turn = gate.lock().await;
-        if let Some(user) = self.cached(users, header, Instant::now()) {
+        let now = Instant::now();
+        if let Some(user) =
+            self.cached(users, header, now).or_else(|| self.cached_respelled(users, &creds, now))
+        {
             return Outcome::Ok(user);
         }
         // The attempt is counted before argon2 and given back unless it
@@ -191,6 +216,7 @@ impl Authenticator {
         if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled { retry_after, username: Some(username) };
         }
+        let respelled = creds.respelled.then(|| creds.clone());
         let Some(verdict) = self.verify_bounded(users, creds).await else {
             self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
@@ -198,7 +224,11 @@ impl Authenticator {
         match verdict {
             Ok(user) => {
                 self.throttle.refund(client, throttle);
-                self.cache.insert(header, user.name.clone(), user.fingerprint, ttl, Instant::now());
+                let (name, fingerprint, now) = (user.name.clone(), user.fingerprint, Instant::now());
+                match &respelled {
+                    Some(creds) => self.cache.insert_credentials(creds, name, fingerprint, ttl, now),
+                    None => self.cache.insert(header, name, fingerprint, ttl, now),
+                }
                 Outcome::Ok(user)
             }
             Err(reason) => Outcome::Refused { reason, username: Some(username) },
