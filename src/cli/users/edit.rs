@@ -13,6 +13,18 @@ pub(super) struct NewUser {
 /// Appends `[users.NAME]` after every other table (or, when the file keeps
 /// its users in an inline `users = { .. }`, an inline entry there).
 pub(super) fn add_user(doc: &mut DocumentMut, name: &str, user: NewUser) -> Result<(), UsersError> {
+    let position = max_position(doc.as_table()) + 1;
+    add_user_at(doc, name, user, position)
+}
+
+/// [`add_user`] at a document `position` past every table's, known to the
+/// caller (an import adds many users, and finding it is a walk of the file).
+pub(super) fn add_user_at(
+    doc: &mut DocumentMut,
+    name: &str,
+    user: NewUser,
+    position: usize,
+) -> Result<(), UsersError> {
     let mut t = Table::new();
     t.insert("password", toml_edit::value(user.hash));
     t.insert("groups", toml_edit::value(user.groups.iter().collect::<Array>()));
@@ -20,7 +32,7 @@ pub(super) fn add_user(doc: &mut DocumentMut, name: &str, user: NewUser) -> Resu
     if let Some(e) = user.expires {
         t.insert("expires", toml_edit::value(e));
     }
-    t.set_position(max_position(doc.as_table()) + 1);
+    t.set_position(position);
     if doc.as_table().is_empty() {
         // A file of comments only: they stay above the first user.
         let mut head = prefix_text(Some(doc.trailing()));

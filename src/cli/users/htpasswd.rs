@@ -16,7 +16,17 @@ pub(super) fn import_htpasswd(
             String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", shown_path(source))))
         })?;
     let mut doc = file.doc.clone();
+    // Sets and a running position, not a search of the file per line: an
+    // import of 20,000 lines took 26 s.
+    let present: std::collections::HashSet<String> = file
+        .doc
+        .get("users")
+        .and_then(Item::as_table_like)
+        .map(|users| users.iter().map(|(k, _)| nfc(k)).collect())
+        .unwrap_or_default();
     let mut imported: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut position = max_position(doc.as_table()) + 1;
     let mut refusals = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let at = format!("{}:{}", shown_path(source), i + 1);
@@ -33,20 +43,23 @@ pub(super) fn import_htpasswd(
             refusals.push(format!("{at}: user `{}`: {m}; skipped", shown(&name)));
             continue;
         }
-        if file.find(&name).is_some() {
+        if present.contains(&name) {
             refusals.push(format!(
                 "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {name}`)",
                 shown_path(&file.path)
             ));
             continue;
         }
-        if imported.contains(&name) {
+        if seen.contains(&name) {
             refusals.push(format!("{at}: user `{name}` appears again; only its first entry is imported"));
             continue;
         }
         match htpasswd_scheme(hash) {
             Ok(()) => {
-                add_user(&mut doc, &name, NewUser { hash: hash.to_owned(), groups: groups.clone(), expires: None })?;
+                let user = NewUser { hash: hash.to_owned(), groups: groups.clone(), expires: None };
+                add_user_at(&mut doc, &name, user, position)?;
+                position += 1;
+                seen.insert(name.clone());
                 imported.push(name);
             }
             Err(scheme) => refusals.push(format!(
