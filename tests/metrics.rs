@@ -422,3 +422,36 @@ async fn the_spellings_of_a_password_share_one_cache_entry() {
     assert_eq!(d("authgate_auth_cache_total{result=\"hit\"}"), 8.0);
     let _ = run.stop.send(());
 }
+
+/// Bytes a client sends in the same packet as its CONNECT (hyper reads them
+/// with the head) go to the target first and are counted like the rest of
+/// the tunnel: they were missing from `bytes_up` and the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_with_a_connect_are_counted() {
+    let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
+    let before = scrape(run.admin).await;
+    let shout = spawn_shout_origin();
+    let mut c = RawConn::connect(run.proxy).await;
+    let mut bytes = request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))]);
+    bytes.extend_from_slice(b"hello");
+    c.send(bytes).await;
+    assert_eq!(c.read_head().await.status, 200);
+    assert_eq!(c.read_exact(5).await, b"HELLO");
+    c.send(b"abc").await;
+    assert_eq!(c.read_exact(3).await, b"ABC");
+    c.shutdown_write().await;
+    assert_eq!(c.read_to_end().await, b"BYE\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let m = scrape(run.admin).await;
+        if m["authgate_active_tunnels"] == 0.0 && m["authgate_requests_total{outcome=\"tunnel\"}"] >= 1.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "tunnel never finished: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let d = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(d("authgate_bytes_total{direction=\"up\"}"), 8.0, "hello + abc");
+    assert_eq!(d("authgate_bytes_total{direction=\"down\"}"), 12.0, "HELLO + ABC + BYE");
+    let _ = run.stop.send(());
+}

@@ -90,13 +90,20 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
             Upstream::Tcp(mut tcp) => match take_tcp(client) {
                 // Plain listener: back to the raw socket, hyper out of the path.
                 Ok((mut sock, early)) => {
-                    let sent = write_early(&mut tcp, &early).await;
+                    // What the client sent behind its CONNECT (up to a
+                    // head's size): under the tunnel's limits like the rest,
+                    // and counted (a target that never read held the tunnel
+                    // and its slot for good; the bytes were not in `bytes_up`).
+                    let sent =
+                        watch_write(write_early(&mut tcp, &early), quiet.blocked, &kill, &revoked).await;
+                    rec.bytes_up
+                        .fetch_add(if sent.is_ok() { early.len() as u64 } else { 0 }, Ordering::Relaxed);
                     // `early` may share hyper's whole read buffer: free it
                     // before the tunnel settles in for hours.
                     drop(early);
                     match sent {
                         Ok(()) => watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await,
-                        Err(_) => "tunnel_error",
+                        Err(outcome) => outcome,
                     }
                 }
                 Err(upgraded) => {
@@ -134,6 +141,26 @@ async fn write_early(origin: &mut TcpStream, early: &[u8]) -> std::io::Result<()
         origin.write_all(early).await?;
     }
     Ok(())
+}
+
+/// Waits for a write of the early bytes as [`watch`] waits for a relay,
+/// and for at most `blocked` (the relay's limit on a side that takes
+/// nothing).
+async fn watch_write(
+    write: impl Future<Output = std::io::Result<()>>,
+    blocked: std::time::Duration,
+    kill: &CancellationToken,
+    revoked: &CancellationToken,
+) -> Result<(), &'static str> {
+    tokio::select! {
+        done = tokio::time::timeout(blocked, write) => match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err("tunnel_error"),
+            Err(_) => Err("tunnel_send_timeout"),
+        },
+        _ = kill.cancelled() => Err("tunnel_shutdown"),
+        _ = revoked.cancelled() => Err("user_revoked"),
+    }
 }
 
 /// Waits for a relay to end, the proxy to shut down, or the user to be revoked.
