@@ -455,3 +455,40 @@ async fn bytes_sent_with_a_connect_are_counted() {
     assert_eq!(d("authgate_bytes_total{direction=\"down\"}"), 12.0, "HELLO + ABC + BYE");
     let _ = run.stop.send(());
 }
+
+/// Admin connections that pipeline requests and read none of the answers
+/// are closed once their writes have been blocked for `send_timeout`, and
+/// their slots are free again: they held them for as long as the client
+/// kept them open, which kept that address's health checks out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_that_read_nothing_are_closed_after_the_send_timeout() {
+    use authgate::server::MAX_ADMIN_CONNECTIONS_PER_ADDRESS as PER_ADDRESS;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (run, _state) = spawn_with_admin("[limits]\nsend_timeout = \"1s\"\n").await;
+    let from = "127.0.0.30";
+    let pipelined = b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n".repeat(3000);
+    let mut held = Vec::new();
+    for _ in 0..PER_ADDRESS {
+        let mut conn = connect_from(from, run.admin).await;
+        conn.write_all(&pipelined).await.unwrap();
+        held.push(conn);
+    }
+    let start = Instant::now();
+    let healthz = || async {
+        let mut conn = connect_from(from, run.admin).await;
+        let _ = conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut got)).await;
+        got.starts_with(b"HTTP/1.1 200")
+    };
+    assert!(!healthz().await, "the address is at its share while the answers wait");
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if healthz().await {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "the stalled admin connections kept their slots");
+    }
+    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
+    let _ = run.stop.send(());
+}

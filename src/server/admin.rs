@@ -4,8 +4,12 @@
 //! loopback or a network only monitoring can reach.
 
 use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -14,7 +18,9 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use crate::proxy::State;
 
@@ -52,6 +58,8 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
 
 /// Serves one admin connection.
 pub async fn serve(state: Arc<State>, stream: TcpStream) {
+    let send_timeout = state.snapshot.load().limits.send_timeout;
+    let stream = SendDeadline { io: stream, limit: send_timeout, stall: None };
     let svc = service_fn(move |req: Request<Incoming>| {
         let resp = respond(&state, req.method(), req.uri().path());
         async move { Ok::<_, Infallible>(resp) }
@@ -59,4 +67,73 @@ pub async fn serve(state: Arc<State>, stream: TcpStream) {
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+}
+
+/// The admin socket, where a write blocked for `limit` (`send_timeout`)
+/// fails and ends the connection: hyper's head timer does not run while it
+/// waits to write, so a client that pipelined requests and read none of the
+/// answers held its admin slot for as long as it kept the connection.
+struct SendDeadline {
+    io: TcpStream,
+    limit: Duration,
+    /// Running while writes are blocked.
+    stall: Option<Pin<Box<Sleep>>>,
+}
+
+impl SendDeadline {
+    fn watch<T>(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if res.is_ready() {
+            self.stall = None;
+            return res;
+        }
+        let limit = self.limit;
+        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stall.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the admin client accepted no data for limits.send_timeout",
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl AsyncRead for SendDeadline {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SendDeadline {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, res)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, res)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let res = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, res)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let res = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, res)
+    }
 }

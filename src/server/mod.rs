@@ -256,7 +256,9 @@ impl Drop for AdminSlot {
 fn admit_admin(state: &Arc<State>, slots: &Arc<AdminSlots>, stream: TcpStream, peer: SocketAddr) {
     static FULL: Every = Every::new(10);
     let peer = crate::policy::egress::canonical_addr(peer);
-    match slots.take(peer.ip()) {
+    // IPv6 per /64, as the proxy's own per-address limit: one host owns a
+    // whole /64.
+    match slots.take(crate::auth::throttle::client_key(peer.ip())) {
         Ok(slot) => {
             let state = state.clone();
             tokio::spawn(async move {
