@@ -96,6 +96,9 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Ok(r) => r,
         Err(e) => {
             c.toml(&e);
+            for p in &mut c.problems {
+                p.message = without_quoted_strings(&p.message);
+            }
             return (Vec::new(), c.problems);
         }
     };
@@ -222,4 +225,63 @@ pub fn common_params(users: &[User]) -> Option<argon2::Params> {
     }
     let ((m, t, p), _) = counts.into_iter().max_by_key(|(k, n)| (*n, *k))?;
     argon2::Params::new(m, t, p, None).ok()
+}
+
+/// `message` with the strings serde quotes (`invalid type: string "…",
+/// expected a boolean`) left out: in the users file such a value may be a
+/// password or hash typed under the wrong key, and a reload logs the
+/// message.
+fn without_quoted_strings(message: &str) -> String {
+    const QUOTED: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(QUOTED) {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        let inside = &rest[at + QUOTED.len()..];
+        // The closing quote is the first one not escaped (serde writes the
+        // value as Rust's `Debug` does); none: the rest is the value.
+        let mut escaped = false;
+        let end = inside
+            .char_indices()
+            .find(|&(_, ch)| {
+                let close = ch == '"' && !escaped;
+                escaped = ch == '\\' && !escaped;
+                close
+            })
+            .map_or(inside.len(), |(i, _)| i + 1);
+        rest = &inside[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_under_the_wrong_key_is_not_quoted_in_the_problem() {
+        let source = "[users.alice]\npassword = \"$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\"\ndisabled = \"s3cr3t \\\" pw\"\n";
+        let (users, problems) = parse(Path::new("users.toml"), source);
+        assert!(users.is_empty());
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 1, "{shown:?}");
+        assert!(!shown[0].contains("s3cr3t") && !shown[0].contains(" pw"), "{shown:?}");
+        assert!(
+            shown[0].contains("users.toml:3:12: invalid type: a string, expected a boolean"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn quoted_strings_are_left_out_whatever_they_hold() {
+        assert_eq!(
+            without_quoted_strings(r#"invalid type: string "a\"b", expected x"#),
+            "invalid type: a string, expected x"
+        );
+        assert_eq!(without_quoted_strings(r#"string "x\\" then "y""#), r#"a string then "y""#);
+        assert_eq!(without_quoted_strings(r#"cut string "abc"#), "cut a string");
+        assert_eq!(without_quoted_strings("no value here"), "no value here");
+    }
 }
