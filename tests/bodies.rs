@@ -894,23 +894,32 @@ async fn an_answer_that_leaves_a_body_unread_says_the_connection_closes() {
     }
 }
 
-/// An origin that reads an upload slowly but steadily (256 KiB every
-/// 250 ms) is taking it: the upload goes through although it lasts twice
-/// `upstream_response_timeout`. The proxy sees the origin read only through
+/// An origin that reads an upload slowly but steadily (64 KiB every
+/// 250 ms) is taking it: the upload goes through although it lasts four
+/// `upstream_response_timeout`s. The proxy sees the origin read only through
 /// its own writes; without a bound on the bytes its socket holds unsent
 /// (megabytes on loopback), the whole upload went into the kernel's buffers
 /// at once and the wait for the answer ran out while the origin was still
 /// reading it. What the origin's own receive buffer holds stays invisible:
-/// the origin must read that much, and answer, within the timeout.
+/// the origin must read that much, and answer, within the timeout after the
+/// last write (here the buffer is fixed at 64 KiB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_reads_an_upload_slowly_but_steadily_is_not_cut() {
-    const LEN: usize = 4 * 1024 * 1024;
+    const LEN: usize = 2 * 1024 * 1024;
     let proxy = spawn_proxy("[limits]\nupstream_response_timeout = \"2s\"\n", &[USER]);
-    let origin = spawn_raw_origin(|mut s| async move {
+    // A fixed receive buffer, as an origin that does not read fast at first
+    // has: what it holds is read within the timeout after the last write.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let origin = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else { return };
         if read_request_head(&mut s).await.is_none() {
             return;
         }
-        let mut chunk = vec![0u8; 256 * 1024];
+        let mut chunk = vec![0u8; 64 * 1024];
         let mut got = 0;
         while got < LEN {
             let want = chunk.len().min(LEN - got);
@@ -928,9 +937,9 @@ async fn an_origin_that_reads_an_upload_slowly_but_steadily_is_not_cut() {
     });
     let bytes = request(
         "PUT",
-        &origin.url("/slow-reader"),
+        &format!("http://{origin}/slow-reader"),
         &[
-            ("Host", &origin.authority()),
+            ("Host", &origin.to_string()),
             ("Proxy-Authorization", &auth()),
             ("Content-Length", &LEN.to_string()),
         ],

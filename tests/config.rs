@@ -618,10 +618,7 @@ fn type_errors_say_what_was_expected_in_the_config_s_words() {
     // `a = "..."` may be a password written where its table belongs: the
     // value is not quoted.
     let err = load_err(GOOD_CONFIG, "[users]\na = \"x\"\n");
-    assert!(
-        err.contains("users.toml:2:5: invalid type: a string, expected a user table: password"),
-        "{err}"
-    );
+    assert!(err.contains("users.toml:2:5: invalid type: a string, expected a user table: password"), "{err}");
     assert!(!err.contains("Raw"), "{err}");
 }
 

@@ -984,6 +984,34 @@ async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
     drop(c);
 }
 
+/// A client that reads a download slowly but steadily (128 KiB every
+/// 250 ms) is not cut by `send_timeout`, although its socket buffers are
+/// full all along: a write goes through each time it has read a little.
+/// Without the bound on unsent bytes, a write went through only after the
+/// client had read about a third of a send buffer of megabytes, seconds
+/// apart, and the download was cut as if the client had stopped reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_a_download_slowly_but_steadily_is_not_cut() {
+    const LEN: usize = 5 * 1024 * 1024;
+    let proxy = spawn_custom(&cfg("", "[limits]\nsend_timeout = \"1s\"\n"), &users());
+    let origin = spawn_origin(|_req| async { hyper::Response::new(full(vec![b'd'; LEN])) });
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(get_as(&origin.url("/big"), &origin.authority(), "alice", "a1")).await;
+    let head = c.read_head().await;
+    assert_eq!(head.status, 200);
+    let mut got = 0;
+    while got < LEN {
+        let n = (LEN - got).min(128 * 1024);
+        let part = c.read_exact(n).await;
+        assert_eq!(part.len(), n, "the download was cut after {got} bytes");
+        got += n;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The connection is still good for the next request.
+    c.send(get_as(&origin.url("/again"), &origin.authority(), "alice", "a1")).await;
+    assert_eq!(c.read_response("GET").await.body.len(), LEN);
+}
+
 /// hyper has a request-head timer of its own, 30 s by default, that runs
 /// from the end of one response to the next request's head: it closed every
 /// keep-alive connection after 30 s idle whatever `idle_timeout` said.

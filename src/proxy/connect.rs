@@ -69,6 +69,7 @@ impl Connector {
                 match TcpStream::connect(addr).await {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
+                        bound_unsent(&s);
                         return Ok(s);
                     }
                     Err(e) => last = classify(&e),
@@ -81,6 +82,33 @@ impl Connector {
             Err(_) => Err(ProxyError::ConnectionTimeout),
         }
     }
+}
+
+/// Bytes a connection may hold written but not yet sent
+/// (`TCP_NOTSENT_LOWAT`), on every client and origin connection.
+///
+/// authgate sees a peer take bytes only through its own writes going
+/// through, and every "took nothing for this long" limit (`send_timeout`,
+/// the upload's share of `upstream_response_timeout`, a tunnel's) counts
+/// from the last one. With the socket's default a write went through only
+/// after the peer had read about a third of a send buffer that grows to
+/// 4 MiB on a fast link: a client reading a download at 16 KiB/s was cut by
+/// the 60 s `send_timeout`, an origin reading an upload slowly was taken for
+/// one that stopped. With the bound a write goes through each time the peer
+/// has taken about half of it, and a slow peer no longer parks megabytes in
+/// the kernel. 128 KiB is the size the option's author gives as enough for
+/// throughput ("128 KB or less is OK", Linux commit c9bee3b7fdec).
+pub const MAX_UNSENT: u32 = 128 * 1024;
+
+/// Sets [`MAX_UNSENT`] on `socket`. Linux copies it from a listening socket
+/// to each accepted one. Where the option is missing (not Linux), writes
+/// show progress late, as they did before it: a slow peer may be cut
+/// sooner, never later.
+pub fn bound_unsent(socket: &impl std::os::fd::AsFd) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(socket).set_tcp_notsent_lowat(MAX_UNSENT);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket;
 }
 
 fn classify(e: &io::Error) -> ProxyError {

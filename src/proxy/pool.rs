@@ -28,17 +28,6 @@ use crate::body::{AbortOnDrop, RequestBody, Upload, UploadState};
 use crate::error::ProxyError;
 use crate::target::Target;
 
-/// Bytes an origin connection may hold written but not yet sent
-/// (`TCP_NOTSENT_LOWAT`). authgate sees an origin read an upload only
-/// through its own writes going through; with the socket's default, a write
-/// went through only after the origin had read about a third of a send
-/// buffer that grows to megabytes, so an origin reading slowly but steadily
-/// (about 1 MiB per 2 s) looked stalled to `upstream_response_timeout`. With
-/// the bound a write goes through each time the origin has taken about
-/// 64 KiB. 128 KiB is the size the option's author gives as enough for
-/// throughput ("128 KB or less is OK", Linux commit c9bee3b7fdec).
-const MAX_UNSENT: u32 = 128 * 1024;
-
 /// Pool key: the origin and whether it is spoken to over TLS.
 pub type Key = (Target, bool);
 
@@ -355,10 +344,6 @@ async fn send_new(
     dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
 ) -> Result<Sent, ProxyError> {
     let stream = dial.await?;
-    // Where the option is missing (not Linux), writes show progress late,
-    // as they did before it: a slow origin may be cut sooner, never later.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = socket2::SockRef::from(stream.tcp()).set_tcp_notsent_lowat(MAX_UNSENT);
     let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, writes: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
@@ -392,8 +377,8 @@ async fn send_new(
 }
 
 /// Waits for the response head: `d` after the request's last progress (its
-/// start, a piece of its body read from the client, or, seen at each
-/// deadline, writes of it to the origin since the last). A body that keeps
+/// start, a piece of its body read from the client, or a write of it to the
+/// origin going through). A body that keeps
 /// arriving, or an origin that keeps taking it (slowly), moves the
 /// deadline on. When it passes with the body unfinished, whoever stopped
 /// is to blame: the client that sends nothing more (408), or the origin
@@ -412,17 +397,14 @@ async fn head_wait<T>(
             Err(_) => {
                 let Some(upload) = upload else { return Err(ProxyError::UpstreamReadTimeout) };
                 let now = Instant::now();
-                let mut next = upload.last_progress() + d;
                 // A write to the origin is progress too, counted from when
                 // it went through (counted from the look that found it, a
-                // stall took up to twice the timeout), and only while the
-                // origin is still being sent the body (the client sends, or
-                // the last write could not proceed). A body that has gone
-                // out whole counts as sent: its own writes gave every request
-                // with a body a second full wait.
-                if upload.state() == UploadState::Sending || writes.blocked.load(Ordering::Relaxed) {
-                    next = next.max(writes.last() + d);
-                }
+                // stall took up to twice the timeout). And a body read whole
+                // from the client may leave authgate seconds later, to an
+                // origin that reads slowly: the wait for the answer runs
+                // from its last write (it ran from the client's last byte,
+                // and cut an origin that had just read the body).
+                let next = upload.last_progress().max(writes.last()) + d;
                 if next > now {
                     deadline = next.into();
                     continue;

@@ -101,16 +101,6 @@ pub enum UpstreamIo {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
-impl UpstreamIo {
-    /// The TCP connection under it.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            UpstreamIo::Plain(s) => s,
-            UpstreamIo::Tls(s) => s.get_ref().0,
-        }
-    }
-}
-
 impl AsyncRead for UpstreamIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

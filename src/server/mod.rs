@@ -61,6 +61,8 @@ impl Listener {
         // about 22 syscalls of a CONNECT tunnel, 10 of a one-shot request).
         let nodelay_inherited =
             cfg!(target_os = "linux") && socket2::SockRef::from(&tcp).set_tcp_nodelay(true).is_ok();
+        // Inherited the same way, at no cost per connection.
+        crate::proxy::connect::bound_unsent(&tcp);
         Listener { tcp, how: Arc::new(Accepting { tls, proxy_protocol, admin, nodelay_inherited }) }
     }
 
