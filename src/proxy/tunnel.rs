@@ -94,8 +94,8 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
                     // head's size): under the tunnel's limits like the rest,
                     // and counted (a target that never read held the tunnel
                     // and its slot for good; the bytes were not in `bytes_up`).
-                    let sent =
-                        watch_write(write_early(&mut tcp, &early), quiet.blocked, &kill, &revoked).await;
+                    let limit = quiet.idle.max(quiet.blocked);
+                    let sent = watch_write(write_early(&mut tcp, &early), limit, &kill, &revoked).await;
                     rec.bytes_up
                         .fetch_add(if sent.is_ok() { early.len() as u64 } else { 0 }, Ordering::Relaxed);
                     // `early` may share hyper's whole read buffer: free it
@@ -145,7 +145,7 @@ async fn write_early(origin: &mut TcpStream, early: &[u8]) -> std::io::Result<()
 
 /// Waits for a write of the early bytes as [`watch`] waits for a relay,
 /// and for at most `blocked` (the relay's limit on a side that takes
-/// nothing).
+/// nothing: the longer of the tunnel's idle and send timeouts).
 async fn watch_write(
     write: impl Future<Output = std::io::Result<()>>,
     blocked: std::time::Duration,
