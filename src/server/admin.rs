@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -20,8 +19,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
+use super::guard::SendStall;
 use crate::proxy::State;
 
 /// Answers one admin request.
@@ -59,7 +58,7 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
 /// Serves one admin connection.
 pub async fn serve(state: Arc<State>, stream: TcpStream) {
     let send_timeout = state.snapshot.load().limits.send_timeout;
-    let stream = SendDeadline { io: stream, limit: send_timeout, stall: None };
+    let stream = SendDeadline { io: stream, stall: SendStall::new(send_timeout) };
     let svc = service_fn(move |req: Request<Incoming>| {
         let resp = respond(&state, req.method(), req.uri().path());
         async move { Ok::<_, Infallible>(resp) }
@@ -69,33 +68,13 @@ pub async fn serve(state: Arc<State>, stream: TcpStream) {
     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
 
-/// The admin socket, where a write blocked for `limit` (`send_timeout`)
+/// The admin socket, where a write blocked for `send_timeout`
 /// fails and ends the connection: hyper's head timer does not run while it
 /// waits to write, so a client that pipelined requests and read none of the
 /// answers held its admin slot for as long as it kept the connection.
 struct SendDeadline {
     io: TcpStream,
-    limit: Duration,
-    /// Running while writes are blocked.
-    stall: Option<Pin<Box<Sleep>>>,
-}
-
-impl SendDeadline {
-    fn watch<T>(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        if res.is_ready() {
-            self.stall = None;
-            return res;
-        }
-        let limit = self.limit;
-        let stall = self.stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        if stall.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the admin client accepted no data for limits.send_timeout",
-            )));
-        }
-        Poll::Pending
-    }
+    stall: SendStall,
 }
 
 impl AsyncRead for SendDeadline {
@@ -111,7 +90,7 @@ impl AsyncRead for SendDeadline {
 impl AsyncWrite for SendDeadline {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.watch(cx, res)
+        self.stall.watch(cx, res)
     }
 
     fn poll_write_vectored(
@@ -120,7 +99,7 @@ impl AsyncWrite for SendDeadline {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.watch(cx, res)
+        self.stall.watch(cx, res)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -129,11 +108,11 @@ impl AsyncWrite for SendDeadline {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = Pin::new(&mut self.io).poll_flush(cx);
-        self.watch(cx, res)
+        self.stall.watch(cx, res)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let res = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.watch(cx, res)
+        self.stall.watch(cx, res)
     }
 }

@@ -137,6 +137,56 @@ impl Phase {
     }
 }
 
+/// `send_timeout` for a socket's writes: a write that cannot proceed starts
+/// the timer, one that does forgets it, so a slow but moving reader is not
+/// cut; the timer's allocation is made at the first stall and reused.
+pub(super) struct SendStall {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
+}
+
+impl SendStall {
+    pub(super) fn new(limit: Duration) -> Self {
+        SendStall { limit, timer: None, stalled: false }
+    }
+
+    /// A write went through.
+    pub(super) fn progress(&mut self) {
+        self.stalled = false;
+    }
+
+    /// A write could not proceed: `Pending`, or a `TimedOut` error once
+    /// none has for `limit`.
+    pub(super) fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.stalled {
+            self.stalled = true;
+            let deadline = Instant::now() + self.limit;
+            match self.timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        if self.timer.as_mut().is_some_and(|timer| timer.as_mut().poll(cx).is_ready()) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client accepted no data for limits.send_timeout",
+            )));
+        }
+        Poll::Pending
+    }
+
+    /// Passes a write's result on, through [`SendStall::blocked`] when it
+    /// could not proceed.
+    pub(super) fn watch<T>(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if res.is_ready() {
+            self.progress();
+            return res;
+        }
+        self.blocked(cx)
+    }
+}
+
 /// Limits the wrapper enforces.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -182,10 +232,8 @@ pub struct Guarded<S> {
     head_tail: [u8; 2],
     answer: Canned,
     reject: Option<(Vec<u8>, usize)>,
-    /// Running while writes are blocked by a client that does not read;
-    /// made at the first such stall.
-    stall: Option<Pin<Box<Sleep>>>,
-    stalled: bool,
+    /// Writes blocked by a client that does not read.
+    send: SendStall,
     /// The request count ([`Phase`]'s `served`) the idle timer was started
     /// after.
     idle_after: u32,
@@ -216,8 +264,7 @@ impl<S> Guarded<S> {
             head_tail: [0; 2],
             answer,
             reject: None,
-            stall: None,
-            stalled: false,
+            send: SendStall::new(limits.send),
             idle_after: 0,
             lingered: None,
             eof_held_for: 0,
@@ -234,7 +281,7 @@ impl<S> Guarded<S> {
     /// timeout becomes an error, which makes hyper close the connection.
     fn watch_send<T>(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if res.is_ready() {
-            self.stalled = false;
+            self.send.progress();
             return res;
         }
         if self.phase.get() == TUNNEL {
@@ -250,22 +297,11 @@ impl<S> Guarded<S> {
     /// which hyper does not see: a client that reads nothing held such a
     /// connection, and its slot, until it closed.
     fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
-        if !self.stalled {
-            self.stalled = true;
-            let deadline = Instant::now() + self.limits.send;
-            match self.stall.as_mut() {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        if self.stall.as_mut().is_some_and(|timer| timer.as_mut().poll(cx).is_ready()) {
+        let res = self.send.blocked(cx);
+        if res.is_ready() {
             self.phase.closed_by(Closer::SendTimeout);
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client accepted no data for limits.send_timeout",
-            )));
         }
-        Poll::Pending
+        res
     }
 
     /// Starts the idle timer as the response ends: hyper flushes the end of
@@ -311,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
                 Poll::Ready(Ok(0) | Err(_)) => *written = bytes.len(),
                 Poll::Ready(Ok(n)) => {
                     *written += n;
-                    self.stalled = false;
+                    self.send.progress();
                 }
                 Poll::Pending => return self.stall(cx),
             }
@@ -319,7 +355,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
         match Pin::new(&mut self.inner).poll_flush(cx) {
             Poll::Pending => self.stall(cx),
             Poll::Ready(_) => {
-                self.stalled = false;
+                self.send.progress();
                 Poll::Ready(Ok(()))
             }
         }
