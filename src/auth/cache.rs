@@ -27,6 +27,11 @@ const MAX_ENTRIES: usize = 65_536;
 
 type Key = [u8; 32];
 
+/// The cache key of credentials sent in another spelling than their normal
+/// form, see [`VerifiedCache::credentials_key`]. Made once per attempt: the
+/// credentials (and their password) are not kept for it.
+pub struct CredentialsKey(Key);
+
 struct Entry {
     user: Arc<str>,
     fingerprint: u64,
@@ -104,8 +109,13 @@ impl VerifiedCache {
     /// of its own, and one user could fill the cache, which is then cleared
     /// for everyone.) The prefix holds a NUL, which no header value can, so
     /// it never equals a header's key.
-    fn credentials_key(&self, creds: &Credentials) -> Key {
-        self.mac_parts(&[b"normal\0", creds.username.as_bytes(), b":", creds.password.as_bytes()])
+    pub fn credentials_key(&self, creds: &Credentials) -> CredentialsKey {
+        CredentialsKey(self.mac_parts(&[
+            b"normal\0",
+            creds.username.as_bytes(),
+            b":",
+            creds.password.as_bytes(),
+        ]))
     }
 
     /// The user a header value was verified for, with that user's fingerprint
@@ -115,8 +125,8 @@ impl VerifiedCache {
     }
 
     /// [`VerifiedCache::get`] for respelled credentials, by their normal form.
-    pub fn get_credentials(&self, creds: &Credentials, now: Instant) -> Option<(Arc<str>, u64)> {
-        self.get_key(&self.credentials_key(creds), now)
+    pub fn get_credentials(&self, key: &CredentialsKey, now: Instant) -> Option<(Arc<str>, u64)> {
+        self.get_key(&key.0, now)
     }
 
     fn get_key(&self, key: &Key, now: Instant) -> Option<(Arc<str>, u64)> {
@@ -133,13 +143,13 @@ impl VerifiedCache {
     /// form.
     pub fn insert_credentials(
         &self,
-        creds: &Credentials,
+        key: &CredentialsKey,
         user: Arc<str>,
         fingerprint: u64,
         ttl: Duration,
         now: Instant,
     ) {
-        self.insert_key(self.credentials_key(creds), user, fingerprint, ttl, now);
+        self.insert_key(key.0, user, fingerprint, ttl, now);
     }
 
     fn insert_key(&self, key: Key, user: Arc<str>, fingerprint: u64, ttl: Duration, now: Instant) {

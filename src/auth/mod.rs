@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
-pub use cache::VerifiedCache;
+pub use cache::{CredentialsKey, VerifiedCache};
 pub use store::{Refusal, User, UserStore};
 
 /// The result of authenticating one request.
@@ -146,17 +146,15 @@ impl Authenticator {
     }
 
     /// [`Authenticator::cached`] for credentials sent in another spelling
-    /// than their normal form, which are cached by that form.
-    fn cached_respelled(
+    /// than their normal form, which are cached by that form (`normal`,
+    /// `None` for credentials sent in it).
+    fn cached_normal(
         &self,
         users: &UserStore,
-        creds: &basic::Credentials,
+        normal: Option<&CredentialsKey>,
         now: Instant,
     ) -> Option<Arc<User>> {
-        if !creds.respelled {
-            return None;
-        }
-        self.current(users, self.cache.get_credentials(creds, now)?)
+        self.current(users, self.cache.get_credentials(normal?, now)?)
     }
 
     /// The user of a cache entry, if it still counts.
@@ -184,7 +182,8 @@ impl Authenticator {
         // Parsed first, so that a throttled attempt is audited with the
         // username it tried.
         let parsed = basic::parse(header);
-        if let Some(user) = parsed.as_ref().ok().and_then(|c| self.cached_respelled(users, c, now)) {
+        let normal = parsed.as_ref().ok().filter(|c| c.respelled).map(|c| self.cache.credentials_key(c));
+        if let Some(user) = self.cached_normal(users, normal.as_ref(), now) {
             self.metrics.cache(true);
             return Outcome::Ok(user);
         }
@@ -204,7 +203,7 @@ impl Authenticator {
         let _turn = gate.lock().await;
         let now = Instant::now();
         if let Some(user) =
-            self.cached(users, header, now).or_else(|| self.cached_respelled(users, &creds, now))
+            self.cached(users, header, now).or_else(|| self.cached_normal(users, normal.as_ref(), now))
         {
             return Outcome::Ok(user);
         }
@@ -216,7 +215,6 @@ impl Authenticator {
         if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled { retry_after, username: Some(username) };
         }
-        let respelled = creds.respelled.then(|| creds.clone());
         let Some(verdict) = self.verify_bounded(users, creds).await else {
             self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
@@ -225,8 +223,8 @@ impl Authenticator {
             Ok(user) => {
                 self.throttle.refund(client, throttle);
                 let (name, fingerprint, now) = (user.name.clone(), user.fingerprint, Instant::now());
-                match &respelled {
-                    Some(creds) => self.cache.insert_credentials(creds, name, fingerprint, ttl, now),
+                match &normal {
+                    Some(key) => self.cache.insert_credentials(key, name, fingerprint, ttl, now),
                     None => self.cache.insert(header, name, fingerprint, ttl, now),
                 }
                 Outcome::Ok(user)
