@@ -598,17 +598,25 @@ async fn the_throttle_counts_failed_attempts_but_not_a_missing_header() {
     assert_eq!(from(Some("Basic YWxpY2U6d3Jvbmc=")).await, 429); // alice:wrong
 }
 
+/// A proxy throttling after one failure per `window` (tarpit `delay`), and
+/// its 429 to a second wrong password from one address.
+async fn throttled_second_attempt(window: &str, delay: &str) -> (Custom, Origin, RawResponse) {
+    let origin = spawn_echo_origin();
+    let cfg =
+        format!("{CFG}\n[auth.throttle]\nmax_failures = 1\nwindow = \"{window}\"\ndelay = \"{delay}\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+    let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await;
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    (proxy, origin, r)
+}
+
 /// `Retry-After` is the time until an attempt comes back, rounded up: with
 /// a 5 s window it says 5 (it said 4, and a client that waited 4 s was
 /// refused again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_is_rounded_up_to_whole_seconds() {
-    let origin = spawn_echo_origin();
-    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 1\nwindow = \"5s\"\ndelay = \"10ms\"\n");
-    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
-    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
-    let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await;
-    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    let (_proxy, _origin, r) = throttled_second_attempt("5s", "10ms").await;
     assert_eq!(r.header("retry-after"), Some("5"), "{}", r.dump());
     assert!(r.json()["detail"].as_str().unwrap().contains("retry in 5 s"), "{}", r.dump());
 }
@@ -619,12 +627,7 @@ async fn retry_after_is_rounded_up_to_whole_seconds() {
 /// check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_counts_from_the_answer_after_the_tarpit() {
-    let origin = spawn_echo_origin();
-    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 1\nwindow = \"4s\"\ndelay = \"2s\"\n");
-    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
-    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
-    let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await;
-    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    let (proxy, origin, r) = throttled_second_attempt("4s", "2s").await;
     assert_eq!(r.header("retry-after"), Some("2"), "{}", r.dump());
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);

@@ -96,8 +96,9 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
                     // and its slot for good; the bytes were not in `bytes_up`).
                     let limit = quiet.idle.max(quiet.blocked);
                     let sent = watch_write(write_early(&mut tcp, &early), limit, &kill, &revoked).await;
-                    rec.bytes_up
-                        .fetch_add(if sent.is_ok() { early.len() as u64 } else { 0 }, Ordering::Relaxed);
+                    if sent.is_ok() {
+                        rec.bytes_up.fetch_add(early.len() as u64, Ordering::Relaxed);
+                    }
                     // `early` may share hyper's whole read buffer: free it
                     // before the tunnel settles in for hours.
                     drop(early);
