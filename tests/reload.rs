@@ -47,6 +47,15 @@ async fn status(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> u
     .status
 }
 
+/// Whether `user`'s request gets `status` within 5 s (a reload is picked up
+/// by polling, so its effect shows a little later).
+async fn answers(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str, status: u16) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        status_or_closed(proxy, origin, user, pass).await == status
+    })
+    .await
+}
+
 /// Like [`status`], but 0 when the proxy closes the connection without an
 /// answer: a request of a user whose entry a reload changes can be caught
 /// in flight, and revocation closes its connection.
@@ -83,10 +92,7 @@ async fn reload_on_rename_and_a_bad_edit_keeps_the_old_config() {
     let users = proxy.file("users.toml");
     replace_by_rename(&users, &users_toml(&[("alice", "a1"), ("bob", "b1")]));
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "bob", "b1").await == 200
-        })
-        .await,
+        answers(proxy.addr, &origin, "bob", "b1", 200).await,
         "bob should get in after the users file was replaced"
     );
     let generation = proxy.state.generation.load(std::sync::atomic::Ordering::SeqCst);
@@ -133,10 +139,7 @@ async fn a_same_size_change_with_its_mtime_put_back_is_loaded() {
     std::fs::write(&users, &replaced).unwrap();
     std::fs::File::options().write(true).open(&users).unwrap().set_modified(mtime).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "carol", "c1").await == 200
-        })
-        .await,
+        answers(proxy.addr, &origin, "carol", "c1", 200).await,
         "carol should get in after the users file was rewritten"
     );
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407);
@@ -165,10 +168,7 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     // Bob is removed while the typo is there: refused.
     replace_by_rename(&proxy.file("users.toml"), &alice);
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "bob", "b1").await == 407
-        })
-        .await,
+        answers(proxy.addr, &origin, "bob", "b1", 407).await,
         "bob is refused although the config file is broken"
     );
     assert_eq!(failures(), 2, "the config file is still refused");
@@ -177,13 +177,7 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
 
     replace_by_rename(&config, &format!("{CFG_NT}[policy]\ndefault = \"deny\"\n"));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 403
-        })
-        .await,
-        "the fixed config file applies"
-    );
+    assert!(answers(proxy.addr, &origin, "alice", "a1", 403).await, "the fixed config file applies");
     assert_eq!(generation(), start + 2);
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
 
@@ -257,13 +251,7 @@ async fn a_config_file_emptied_or_half_written_does_not_open_the_proxy_at_a_relo
 
     // A users change meanwhile applies under the rules in effect.
     replace_by_rename(&proxy.file("users.toml"), &users_toml(&[("bob", "b1")]));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 407
-        })
-        .await,
-        "alice was removed"
-    );
+    assert!(answers(proxy.addr, &origin, "alice", "a1", 407).await, "alice was removed");
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403);
     // Said in so many words, allow is taken.
     replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}[policy]\ndefault = \"allow\"\n"));
@@ -287,25 +275,13 @@ async fn reload_through_a_kubernetes_style_symlink_swap() {
     std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
     std::fs::remove_file(dir.join("users.toml")).unwrap();
     std::os::unix::fs::symlink("..data/users.toml", dir.join("users.toml")).unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 200
-        })
-        .await,
-        "first version via the symlink"
-    );
+    assert!(answers(proxy.addr, &origin, "alice", "a1", 200).await, "first version via the symlink");
     // The swap: new folder, new symlink, renamed over ..data atomically.
     std::fs::create_dir(dir.join("..v2")).unwrap();
     std::fs::write(dir.join("..v2/users.toml"), users_toml(&[("bob", "b1")])).unwrap();
     std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "bob", "b1").await == 200
-        })
-        .await,
-        "the swapped-in version is live"
-    );
+    assert!(answers(proxy.addr, &origin, "bob", "b1", 200).await, "the swapped-in version is live");
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "alice was removed by the swap");
 }
 
@@ -371,19 +347,11 @@ async fn a_disabled_or_changed_user_stops_counting_at_once() {
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200); // now cached
     replace_by_rename(&proxy.file("users.toml"), &user_entry("alice", "a1", "disabled = true"));
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 407
-        })
-        .await,
+        answers(proxy.addr, &origin, "alice", "a1", 407).await,
         "a disabled user's cached credentials stop counting"
     );
     replace_by_rename(&proxy.file("users.toml"), &users_toml(&[("alice", "new")]));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "alice", "new").await == 200
-        })
-        .await
-    );
+    assert!(answers(proxy.addr, &origin, "alice", "new", 200).await);
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "the old password no longer works");
 }
 
@@ -515,13 +483,7 @@ async fn a_reloaded_egress_policy_applies_at_once_even_to_a_pooled_origin() {
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
     // Loopback is in the default deny table; without the allowance it is refused.
     replace_by_rename(&proxy.file("authgate.toml"), &CFG_NT.replace("allow_cidrs = [\"127.0.0.0/8\"]", ""));
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy.addr, &origin, "alice", "a1").await == 403
-        })
-        .await,
-        "the new egress policy applies"
-    );
+    assert!(answers(proxy.addr, &origin, "alice", "a1", 403).await, "the new egress policy applies");
     let hits = origin.hits();
     let a = basic("alice", "a1");
     let r = get(proxy.addr, &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)])
@@ -707,10 +669,7 @@ fn sighup_reloads_the_real_binary() {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let before = status(proxy, &origin, "bob", "b1").await;
         bin.signal("HUP");
-        let after = eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy, &origin, "bob", "b1").await == 200
-        })
-        .await;
+        let after = answers(proxy, &origin, "bob", "b1", 200).await;
         // A broken users file and another SIGHUP: refused, bob keeps working.
         std::fs::write(&users, "[users.carol]\npassword = \"not a hash\"\n").unwrap();
         bin.signal("HUP");
@@ -884,29 +843,20 @@ fn a_reload_names_the_settings_that_need_a_restart_and_applies_the_rest() {
         std::fs::write(&bin.config, changed).unwrap();
         std::fs::write(&bin.users, users_toml(&[("alice", "a1"), ("bob", "b1")])).unwrap();
         bin.signal("HUP");
-        let bob = eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy, &origin, "bob", "b1").await == 200
-        })
-        .await;
+        let bob = answers(proxy, &origin, "bob", "b1", 200).await;
         let new_port_open = tokio::net::TcpStream::connect(("127.0.0.1", other_port)).await.is_ok();
         // A second reload that changes only the users: warned again, as
         // the file still asks for settings the process does not run with.
         std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
         bin.signal("HUP");
-        let gone = eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy, &origin, "alice", "a1").await == 407
-        })
-        .await;
+        let gone = answers(proxy, &origin, "alice", "a1", 407).await;
         assert!(gone, "the second reload applies");
         let bob_after_second = status(proxy, &origin, "bob", "b1").await;
         // The config as it was at start, and alice back: no warning.
         std::fs::write(&bin.config, &cfg).unwrap();
         std::fs::write(&bin.users, users_toml(&[("alice", "a1"), ("bob", "b1")])).unwrap();
         bin.signal("HUP");
-        let back = eventually(Duration::from_secs(5), || async {
-            status_or_closed(proxy, &origin, "alice", "a1").await == 200
-        })
-        .await;
+        let back = answers(proxy, &origin, "alice", "a1", 200).await;
         assert!(back, "the third reload applies");
         (bob, new_port_open, bob_after_second)
     });
