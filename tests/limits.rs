@@ -856,6 +856,85 @@ async fn unparsable_heads_get_authgates_own_answers() {
     assert_still_serves(proxy.addr).await;
 }
 
+/// Empty lines before a request line are skipped (RFC 9112 §2.2) but count
+/// against the head limit: they looked like the end of a head, and the head
+/// after them got past the limit uncounted (an 8192-byte limit let a
+/// 10,000-byte head through to the origin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lines_before_a_head_count_against_the_head_limit() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(&cfg("", "[limits]\nmax_header_bytes = 8192\n"), &users());
+    let (host, auth) = (origin.authority(), basic("alice", "a1"));
+    let big = "x".repeat(10_000);
+    for (before, then) in [("\r\n", "\r\n"), ("\n", "\n"), ("\r", "\n")] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(before).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut rest = then.as_bytes().to_vec();
+        rest.extend(request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &host), ("Proxy-Authorization", &auth), ("X-Big", &big)],
+        ));
+        c.send(rest).await;
+        let r = c.read_response("GET").await;
+        assert_proxy_error(&r, 431, "http_request_error", "request_head_too_large");
+    }
+    // Empty lines alone, more than the limit.
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send("\r\n".repeat(5000)).await;
+    let r = c.read_response("GET").await;
+    assert_proxy_error(&r, 431, "http_request_error", "request_head_too_large");
+    // A few empty lines before a head of normal size are fine.
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send("\r\n\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut rest = b"\r\n".to_vec();
+    rest.extend(request("GET", &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]));
+    c.send(rest).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+}
+
+/// An empty line between requests (RFC 9112 §2.2 lets a recipient skip it)
+/// does not start the head timer: the next request, sent after more than
+/// `header_read_timeout` but within `idle_timeout`, got a 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_line_between_requests_does_not_start_the_head_timer() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(
+        &cfg("", "[limits]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"10s\"\n"),
+        &users(),
+    );
+    let (host, auth) = (origin.authority(), basic("alice", "a1"));
+    let req = request("GET", &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]);
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(&req).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    c.send("\r\n").await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    c.send(&req).await;
+    let r = c.read_response("GET").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+}
+
+/// HTTP/2's preface gets authgate's 400 however it is split across reads,
+/// and after empty lines: split, hyper closed without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_split_across_reads_gets_a_400() {
+    let proxy = spawn_custom(&cfg("", ""), &users());
+    let preface = &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..];
+    for (first, rest) in [(&b"P"[..], &preface[1..]), (&preface[..8], &preface[8..]), (&b"\r\n"[..], preface)]
+    {
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(first).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        c.send(rest).await;
+        let r = c.read_response("GET").await;
+        assert_proxy_error(&r, 400, "http_request_error", "malformed_request");
+        assert!(c.is_closed().await);
+    }
+}
+
 #[test]
 fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
     use std::process::{Command, Stdio};

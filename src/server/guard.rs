@@ -230,6 +230,15 @@ pub struct Guarded<S> {
     /// The last two bytes of the head read so far, to find its end across
     /// reads.
     head_tail: [u8; 2],
+    /// The request count ([`Phase`]'s `served`) the head bytes are counted
+    /// after: the count starts again for each request.
+    counted_after: u32,
+    /// The empty lines before the head ended in a `\r` (see
+    /// [`skip_empty_lines`]).
+    blank_cr: bool,
+    /// How many bytes of the HTTP/2 preface the head starts with so far
+    /// (at least [`PREFACE`]'s length once it differs).
+    preface: usize,
     answer: Canned,
     reject: Option<(Vec<u8>, usize)>,
     /// Writes blocked by a client that does not read.
@@ -262,6 +271,9 @@ impl<S> Guarded<S> {
             head_bytes: 0,
             head_ended: false,
             head_tail: [0; 2],
+            counted_after: 0,
+            blank_cr: false,
+            preface: 0,
             answer,
             reject: None,
             send: SendStall::new(limits.send),
@@ -444,29 +456,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             }
         }
         if n > 0 && matches!(phase, IDLE | HEAD) {
-            if phase == IDLE
-                && this.phase.state.compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire).is_ok()
-            {
-                this.head_bytes = 0;
-                this.head_ended = false;
-                this.head_tail = [0; 2];
-                let d = this.limits.head;
-                this.arm(HEAD, d);
-            }
-            let first = this.head_bytes == 0;
             let read = &buf.filled()[before..];
+            // Where the head starts in this read.
+            let mut from = 0;
+            if phase == IDLE {
+                let served = this.phase.served.load(Ordering::Relaxed);
+                if this.counted_after != served {
+                    this.counted_after = served;
+                    this.head_bytes = 0;
+                    this.head_ended = false;
+                    this.blank_cr = false;
+                }
+                // Empty lines before a request line are skipped (RFC 9112
+                // §2.2, and by hyper): they do not start the head timer (a
+                // stray CRLF between requests made the next one a 408), but
+                // they count against the head limit (blank lines, then a
+                // head, got past it: they looked like the head's end).
+                match skip_empty_lines(&mut this.blank_cr, read) {
+                    Some(start)
+                        if this
+                            .phase
+                            .state
+                            .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok() =>
+                    {
+                        from = start;
+                        this.head_tail = [0; 2];
+                        this.preface = 0;
+                        let d = this.limits.head;
+                        this.arm(HEAD, d);
+                    }
+                    _ => from = n,
+                }
+            }
+            let head = &read[from..];
             if !this.head_ended {
                 this.head_bytes += n;
                 // Only past the limit is the read searched for the head's
                 // end: a body (or a tunnel's first bytes) read with it is
                 // not part of it (a large upload's next request got a 431).
                 if this.head_bytes > this.limits.max_head
-                    && let Some(end) = head_end(this.head_tail, read)
+                    && let Some(end) = head_end(this.head_tail, head)
                 {
-                    this.head_bytes -= n - end;
+                    this.head_bytes -= head.len() - end;
                     this.head_ended = true;
                 }
-                this.head_tail = match read {
+                this.head_tail = match head {
                     [.., a, b] => [*a, *b],
                     [b] => [this.head_tail[1], *b],
                     [] => this.head_tail,
@@ -475,12 +510,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             // HTTP/2 with prior knowledge: hyper closes without a word on
             // its preface, where any other bytes that are not HTTP/1.1 get
             // a 400. (`PRI` is reserved for this preface, RFC 9113 §3.4.)
-            if first && read.starts_with(b"PRI * HTTP/2") {
-                buf.set_filled(before);
-                this.reject = Some(((this.answer)(Rejection::Unparsable(400)), 0));
-                return this.poll_refuse(cx);
+            // Followed across reads: split, it was closed on in silence.
+            if this.preface < PREFACE.len() && !head.is_empty() {
+                let want = &PREFACE[this.preface..];
+                let len = want.len().min(head.len());
+                this.preface =
+                    if want[..len] == head[..len] { this.preface + len } else { PREFACE.len() + 1 };
+                if this.preface == PREFACE.len() {
+                    buf.set_filled(before);
+                    this.reject = Some(((this.answer)(Rejection::Unparsable(400)), 0));
+                    return this.poll_refuse(cx);
+                }
             }
-            if this.head_bytes > this.limits.max_head && this.phase.get() == HEAD {
+            if this.head_bytes > this.limits.max_head && matches!(this.phase.get(), IDLE | HEAD) {
                 // Drop what was read: hyper must not parse a partial head.
                 buf.set_filled(before);
                 this.reject = Some(((this.answer)(Rejection::HeadTooLarge), 0));
@@ -610,6 +652,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
     }
 }
 
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2";
+
+/// Where the first byte after the empty lines (`\r\n` or `\n`) that may
+/// come before a request line is in `read`, if it is there; `cr` says the
+/// bytes before ended in a `\r`, and is updated. A `\r` not followed by
+/// `\n` starts the head (hyper answers it with a 400).
+fn skip_empty_lines(cr: &mut bool, read: &[u8]) -> Option<usize> {
+    for (i, &b) in read.iter().enumerate() {
+        match (b, *cr) {
+            (b'\n', _) => *cr = false,
+            (b'\r', false) => *cr = true,
+            _ => return Some(i),
+        }
+    }
+    None
+}
+
 /// How many bytes of `read` belong to the head when its end (an empty line:
 /// `\n\n` or `\n\r\n`, RFC 9112 §2.2 lets a recipient take a bare LF as a
 /// line end) is in it; `tail` is the last two bytes read before it.
@@ -660,6 +720,21 @@ mod tests {
         // The head timeout (and its short grace), then the send timeout.
         let took = start.elapsed();
         assert!(took >= Duration::from_secs(13) && took < Duration::from_secs(14), "{took:?}");
+    }
+
+    #[test]
+    fn empty_lines_before_a_head_are_skipped_across_reads() {
+        let mut cr = false;
+        assert_eq!(skip_empty_lines(&mut cr, b"\r\n\nGET"), Some(3));
+        assert_eq!(skip_empty_lines(&mut cr, b"\r"), None);
+        assert!(cr);
+        assert_eq!(skip_empty_lines(&mut cr, b"\nG"), Some(1));
+        let mut cr = false;
+        // A CR that does not end a line starts the head (hyper's 400).
+        assert_eq!(skip_empty_lines(&mut cr, b"\r\rGET"), Some(1));
+        let mut cr = false;
+        assert_eq!(skip_empty_lines(&mut cr, b"\n\n\r\n"), None);
+        assert!(!cr);
     }
 
     #[test]
