@@ -97,7 +97,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Err(e) => {
             c.toml(&e);
             for p in &mut c.problems {
-                p.message = without_quoted_strings(&p.message);
+                p.message = without_values(&p.message);
             }
             return (Vec::new(), c.problems);
         }
@@ -227,27 +227,37 @@ pub fn common_params(users: &[User]) -> Option<argon2::Params> {
     argon2::Params::new(m, t, p, None).ok()
 }
 
-/// `message` with the strings serde quotes (`invalid type: string "…",
-/// expected a boolean`) left out: in the users file such a value may be a
-/// password or hash typed under the wrong key, and a reload logs the
-/// message.
-fn without_quoted_strings(message: &str) -> String {
-    const QUOTED: &str = "string \"";
+/// `message` with the values serde quotes (`invalid type: string "…",
+/// expected a boolean`, ``integer `31415926` ``, ``boolean `true` ``) left
+/// out: in the users file such a value may be a password or hash typed under
+/// the wrong key (a password of digits typed without quotes is an integer),
+/// and a reload logs the message.
+fn without_values(message: &str) -> String {
+    // How serde's `Unexpected` writes a value, and what is shown instead.
+    const KINDS: [(&str, char, &str); 5] = [
+        ("string \"", '"', "a string"),
+        ("integer `", '`', "an integer"),
+        ("floating point `", '`', "a number"),
+        ("boolean `", '`', "a boolean"),
+        ("character `", '`', "a character"),
+    ];
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
-    while let Some(at) = rest.find(QUOTED) {
+    while let Some((at, (opening, close, shown))) =
+        KINDS.iter().filter_map(|k| rest.find(k.0).map(|at| (at, k))).min_by_key(|(at, _)| *at)
+    {
         out.push_str(&rest[..at]);
-        out.push_str("a string");
-        let inside = &rest[at + QUOTED.len()..];
-        // The closing quote is the first one not escaped (serde writes the
-        // value as Rust's `Debug` does); none: the rest is the value.
+        out.push_str(shown);
+        let inside = &rest[at + opening.len()..];
+        // The closing mark is the first one not escaped (serde writes a
+        // string as Rust's `Debug` does); none: the rest is the value.
         let mut escaped = false;
         let end = inside
             .char_indices()
             .find(|&(_, ch)| {
-                let close = ch == '"' && !escaped;
+                let closes = ch == *close && !escaped;
                 escaped = ch == '\\' && !escaped;
-                close
+                closes
             })
             .map_or(inside.len(), |(i, _)| i + 1);
         rest = &inside[end..];
@@ -275,13 +285,33 @@ mod tests {
     }
 
     #[test]
-    fn quoted_strings_are_left_out_whatever_they_hold() {
+    fn a_password_of_digits_typed_without_quotes_is_not_shown() {
+        let (users, problems) = parse(Path::new("users.toml"), "[users.bob]\npassword = 31415926\n");
+        assert!(users.is_empty());
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(!shown.is_empty() && shown.iter().all(|p| !p.contains("31415926")), "{shown:?}");
+        assert!(
+            shown[0].contains("users.toml:2:12: invalid type: an integer, expected a string"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn quoted_values_are_left_out_whatever_they_hold() {
         assert_eq!(
-            without_quoted_strings(r#"invalid type: string "a\"b", expected x"#),
+            without_values(r#"invalid type: string "a\"b", expected x"#),
             "invalid type: a string, expected x"
         );
-        assert_eq!(without_quoted_strings(r#"string "x\\" then "y""#), r#"a string then "y""#);
-        assert_eq!(without_quoted_strings(r#"cut string "abc"#), "cut a string");
-        assert_eq!(without_quoted_strings("no value here"), "no value here");
+        assert_eq!(without_values(r#"string "x\\" then "y""#), r#"a string then "y""#);
+        assert_eq!(without_values(r#"cut string "abc"#), "cut a string");
+        assert_eq!(without_values("no value here"), "no value here");
+        assert_eq!(
+            without_values("invalid type: integer `31415926`, expected a string"),
+            "invalid type: an integer, expected a string"
+        );
+        assert_eq!(
+            without_values("floating point `3.5`, boolean `true`, character `x`, string \"s\""),
+            "a number, a boolean, a character, a string"
+        );
     }
 }
