@@ -456,6 +456,60 @@ async fn bytes_sent_with_a_connect_are_counted() {
     let _ = run.stop.send(());
 }
 
+/// Bytes sent with a CONNECT that its target stops taking are counted as far
+/// as they went out: the write's timeout left them all out (`bytes_up` 0 for
+/// about 130 KB delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_with_a_connect_are_counted_when_the_target_stops_taking_them() {
+    let (run, _state) = spawn_with_admin(
+        "[policy]\ndefault = \"allow\"\n[limits]\nsend_timeout = \"1s\"\ntunnel_idle_timeout = \"1s\"\n",
+    )
+    .await;
+    let origin = spawn_checksum_origin();
+    // A target that accepts and never reads, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let target = socket.listen(4).unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let (held, _) = target.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(held);
+    });
+    let before = scrape(run.admin).await;
+    let auth = basic("alice", "a1");
+    let mut c = RawConn::connect(run.proxy).await;
+    // A large upload first: hyper then reads in large pieces, and takes
+    // the CONNECT's early bytes with its head.
+    let mut upload = request(
+        "POST",
+        &origin.url("/upload"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth), ("Content-Length", "4000000")],
+    );
+    upload.extend_from_slice(&vec![b'u'; 4_000_000]);
+    c.send(upload).await;
+    assert_eq!(c.read_response("POST").await.status, 200);
+    let mut bytes = request("CONNECT", &target_addr.to_string(), &[("Proxy-Authorization", &auth)]);
+    bytes.extend_from_slice(&vec![b'e'; 200_000]);
+    c.send(bytes).await;
+    assert_eq!(c.read_head().await.status, 200);
+    assert!(c.is_closed().await, "closed when the target took nothing for a second");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let up = loop {
+        let m = scrape(run.admin).await;
+        if m["authgate_active_tunnels"] == 0.0 && m["authgate_requests_total{outcome=\"tunnel\"}"] >= 1.0 {
+            let k = "authgate_bytes_total{direction=\"up\"}";
+            break m[k] - before.get(k).copied().unwrap_or(0.0) - 4_000_000.0;
+        }
+        assert!(Instant::now() < deadline, "tunnel never finished: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(up > 0.0 && up < 200_000.0, "{up} bytes counted up, of 200000 sent");
+    holder.abort();
+    let _ = run.stop.send(());
+}
+
 /// Admin connections that pipeline requests and read none of the answers
 /// are closed once their writes have been blocked for `send_timeout`, and
 /// their slots are free again: they held them for as long as the client

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -92,13 +92,12 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
                 Ok((mut sock, early)) => {
                     // What the client sent behind its CONNECT (up to a
                     // head's size): under the tunnel's limits like the rest,
-                    // and counted (a target that never read held the tunnel
-                    // and its slot for good; the bytes were not in `bytes_up`).
+                    // and counted as they go out, also when the write fails
+                    // (a target that never read held the tunnel and its slot
+                    // for good; the bytes were not in `bytes_up`).
                     let limit = quiet.idle.max(quiet.blocked);
-                    let sent = watch_write(write_early(&mut tcp, &early), limit, &kill, &revoked).await;
-                    if sent.is_ok() {
-                        rec.bytes_up.fetch_add(early.len() as u64, Ordering::Relaxed);
-                    }
+                    let write = write_early(&mut tcp, &early, &rec.bytes_up, limit);
+                    let sent = watch_write(write, &kill, &revoked).await;
                     // `early` may share hyper's whole read buffer: free it
                     // before the tunnel settles in for hours.
                     drop(early);
@@ -137,28 +136,38 @@ fn take_tcp(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded> {
         .map(|parts| (parts.io.into_inner().into_inner(), parts.read_buf))
 }
 
-async fn write_early(origin: &mut TcpStream, early: &[u8]) -> std::io::Result<()> {
-    if !early.is_empty() {
-        origin.write_all(early).await?;
+/// Writes the early bytes to the target, adding what goes out to `sent`; a
+/// write that does not proceed for `blocked` (the relay's limit on a side
+/// that takes nothing: the longer of the tunnel's idle and send timeouts)
+/// fails, as in the relay.
+async fn write_early(
+    origin: &mut TcpStream,
+    early: &[u8],
+    sent: &AtomicU64,
+    blocked: std::time::Duration,
+) -> Result<(), &'static str> {
+    let mut rest = early;
+    while !rest.is_empty() {
+        match tokio::time::timeout(blocked, origin.write(rest)).await {
+            Ok(Ok(0) | Err(_)) => return Err("tunnel_error"),
+            Ok(Ok(n)) => {
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+                rest = rest.get(n..).unwrap_or_default();
+            }
+            Err(_) => return Err("tunnel_send_timeout"),
+        }
     }
     Ok(())
 }
 
-/// Waits for a write of the early bytes as [`watch`] waits for a relay,
-/// and for at most `blocked` (the relay's limit on a side that takes
-/// nothing: the longer of the tunnel's idle and send timeouts).
+/// Waits for a write of the early bytes as [`watch`] waits for a relay.
 async fn watch_write(
-    write: impl Future<Output = std::io::Result<()>>,
-    blocked: std::time::Duration,
+    write: impl Future<Output = Result<(), &'static str>>,
     kill: &CancellationToken,
     revoked: &CancellationToken,
 ) -> Result<(), &'static str> {
     tokio::select! {
-        done = tokio::time::timeout(blocked, write) => match done {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err("tunnel_error"),
-            Err(_) => Err("tunnel_send_timeout"),
-        },
+        done = write => done,
         _ = kill.cancelled() => Err("tunnel_shutdown"),
         _ = revoked.cancelled() => Err("user_revoked"),
     }
