@@ -8,7 +8,8 @@
 //! - **idle** (between requests): after `idle_timeout` the connection is
 //!   closed quietly (a 408 there could be read as the answer to a request the
 //!   client is sending at that very moment);
-//! - **head** (first byte of a request seen, head not complete): after
+//! - **head** (first byte of a request seen, head not complete; empty lines
+//!   before a request line do not start it but count against the limit): after
 //!   `header_read_timeout` the client gets `408` with `Proxy-Status` and a
 //!   problem body, then the connection closes; a head larger than
 //!   `max_header_bytes` gets `431` the same way;
