@@ -270,21 +270,28 @@ impl Relay {
     }
 
     /// The loop shared by both relays: polls each direction with `step`,
-    /// ends on failure, on both sides done, or after a quiet spell.
+    /// ends on failure, on both sides done, or after a quiet spell. Each
+    /// direction has its own clock: bytes moving one way do not keep alive
+    /// bytes that wait, the other way, for a side that takes none (a client
+    /// that stopped reading but sent a byte a second held its tunnel for
+    /// good).
     async fn drive<F>(&mut self, quiet: Quiet, mut step: F) -> End
     where
         F: FnMut(Way, &mut Direction, &mut Context<'_>, &mut bool) -> Poll<io::Result<()>>,
     {
-        let mut last = Instant::now();
+        let start = Instant::now();
+        // When each direction (up, down) last moved a byte.
+        let mut last = [start, start];
         let mut timer = Box::pin(tokio::time::sleep(quiet.idle));
+        let stall = quiet.idle.max(quiet.blocked);
         poll_fn(|cx| {
-            let mut progress = false;
+            let mut moved = [false, false];
             let mut failed = false;
             if !self.up.done {
-                failed = matches!(step(Way::Up, &mut self.up, cx, &mut progress), Poll::Ready(Err(_)));
+                failed = matches!(step(Way::Up, &mut self.up, cx, &mut moved[0]), Poll::Ready(Err(_)));
             }
             if !self.down.done && !failed {
-                failed = matches!(step(Way::Down, &mut self.down, cx, &mut progress), Poll::Ready(Err(_)));
+                failed = matches!(step(Way::Down, &mut self.down, cx, &mut moved[1]), Poll::Ready(Err(_)));
             }
             if failed {
                 return Poll::Ready(End::Error);
@@ -292,14 +299,26 @@ impl Relay {
             if self.up.done && self.down.done {
                 return Poll::Ready(End::Closed);
             }
-            if progress {
-                last = Instant::now();
+            if moved[0] || moved[1] {
+                let now = Instant::now();
+                for (at, m) in last.iter_mut().zip(moved) {
+                    if m {
+                        *at = now;
+                    }
+                }
             }
             while timer.as_mut().poll(cx).is_ready() {
-                let blocked = self.up.blocked() || self.down.blocked();
-                let deadline = last + if blocked { quiet.idle.max(quiet.blocked) } else { quiet.idle };
+                let blocked = [self.up.blocked(), self.down.blocked()];
+                // The first deadline that applies: a blocked direction's
+                // stall, else (nothing waiting) the tunnel's idle time.
+                let deadline = match (blocked[0], blocked[1]) {
+                    (false, false) => last[0].max(last[1]) + quiet.idle,
+                    (true, false) => last[0] + stall,
+                    (false, true) => last[1] + stall,
+                    (true, true) => last[0].min(last[1]) + stall,
+                };
                 if Instant::now() >= deadline {
-                    return Poll::Ready(if blocked { End::Stalled } else { End::Idle });
+                    return Poll::Ready(if blocked[0] || blocked[1] { End::Stalled } else { End::Idle });
                 }
                 timer.as_mut().reset(deadline);
             }
@@ -350,6 +369,42 @@ mod tests {
         let stopped = tokio::time::Instant::now();
         assert_eq!(task.await.unwrap(), End::Stalled);
         assert!(stopped.elapsed() >= Duration::from_secs(59), "{:?}", stopped.elapsed());
+    }
+
+    /// A client that stops reading its download is stalled even while it
+    /// keeps sending a byte a second the other way (the shared clock kept
+    /// such a tunnel open for as long as the client went on).
+    #[tokio::test(start_paused = true)]
+    async fn bytes_moving_one_way_do_not_keep_a_stalled_other_way_alive() {
+        let (mut client, mut c_side) = duplex(64);
+        let (mut o_side, origin) = duplex(64);
+        let task = tokio::spawn(async move {
+            let mut r = Relay::default();
+            r.run(&mut c_side, &mut o_side, quiet(5)).await
+        });
+        let _origin = tokio::spawn(async move {
+            // Sends a download nobody reads, and drains what comes up.
+            let (mut rd, mut wr) = tokio::io::split(origin);
+            let drain = tokio::spawn(async move {
+                let mut sink = [0u8; 64];
+                while rd.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+            });
+            let _ = wr.write_all(&[b'x'; 64 * 1024]).await;
+            drain.await
+        });
+        let started = tokio::time::Instant::now();
+        let mut end = None;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if task.is_finished() {
+                end = Some(started.elapsed());
+                break;
+            }
+            let _ = client.write_all(b"k").await;
+        }
+        let took = end.unwrap_or_else(|| panic!("still open after 200 s of a byte a second up"));
+        assert!(took >= Duration::from_secs(59) && took <= Duration::from_secs(62), "{took:?}");
+        assert_eq!(task.await.unwrap(), End::Stalled);
     }
 
     #[tokio::test]
