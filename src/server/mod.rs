@@ -344,9 +344,14 @@ async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStrea
 /// A connection over a limit: logged, counted, and on a plain listener
 /// answered with 503 `too_many_connections` before it is closed.
 async fn refuse_overloaded(state: &State, listener: &Accepting, mut stream: TcpStream, client: SocketAddr) {
-    // The id the 503 carries (`x-request-id`, problem body) is in the log.
+    // The id the 503 carries (`x-request-id`, problem body) is in the log,
+    // for one refusal per 10 s: a line per refusal made the log grow by
+    // thousands of lines a second while the limit held off a flood.
+    static REFUSED: Every = Every::new(10);
     let id = state.next_request_id();
-    tracing::warn!(request_id = &*id, client = %client, "connection refused: connection limit reached");
+    if let Some(held) = REFUSED.pass() {
+        tracing::warn!(request_id = &*id, client = %client, held_back = held, "connection refused: connection limit reached");
+    }
     state.metrics.request(Counted::Overloaded, None);
     if listener.tls.is_none() {
         let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);

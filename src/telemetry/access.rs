@@ -122,7 +122,8 @@ pub struct AuditEvent<'a> {
     pub client: SocketAddr,
     /// The username as sent (logged truncated); never the password.
     pub username: Option<&'a str>,
-    /// `missing`, `malformed`, `unknown_user`, `bad_password`, `disabled`, `expired`, `throttled`.
+    /// `malformed`, `unknown_user`, `bad_password`, `disabled`, `expired`, `throttled`
+    /// (no credentials at all is not audited).
     pub reason: &'static str,
     /// The request target.
     pub target: &'a str,
