@@ -284,6 +284,9 @@ impl Relay {
         let mut last = [start, start];
         let mut timer = Box::pin(tokio::time::sleep(quiet.idle));
         let stall = quiet.idle.max(quiet.blocked);
+        // The timer is set for a stall, which may be later than the idle
+        // deadline that applies once the bytes waiting are gone.
+        let mut for_stall = false;
         poll_fn(|cx| {
             let mut moved = [false, false];
             let mut failed = false;
@@ -306,6 +309,13 @@ impl Relay {
                         *at = now;
                     }
                 }
+                if for_stall && !self.up.blocked() && !self.down.blocked() {
+                    // The stall cleared: idle from now on (with a send
+                    // timeout longer than the idle one, the tunnel went
+                    // idle that much late).
+                    for_stall = false;
+                    timer.as_mut().reset(now + quiet.idle);
+                }
             }
             while timer.as_mut().poll(cx).is_ready() {
                 let blocked = [self.up.blocked(), self.down.blocked()];
@@ -320,6 +330,7 @@ impl Relay {
                 if Instant::now() >= deadline {
                     return Poll::Ready(if blocked[0] || blocked[1] { End::Stalled } else { End::Idle });
                 }
+                for_stall = blocked[0] || blocked[1];
                 timer.as_mut().reset(deadline);
             }
             Poll::Pending
@@ -405,6 +416,29 @@ mod tests {
         let took = end.unwrap_or_else(|| panic!("still open after 200 s of a byte a second up"));
         assert!(took >= Duration::from_secs(59) && took <= Duration::from_secs(62), "{took:?}");
         assert_eq!(task.await.unwrap(), End::Stalled);
+    }
+
+    /// Once bytes that waited for a side have gone, the tunnel is idle from
+    /// its last move: with a send timeout longer than the idle one, the
+    /// timer stayed on the stall's later deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_is_idle_from_its_last_move_once_a_stall_cleared() {
+        let (mut client, mut c_side) = duplex(64);
+        let (mut o_side, mut origin) = duplex(64);
+        let quiet = Quiet { idle: Duration::from_secs(2), blocked: Duration::from_secs(6) };
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(async move { Relay::default().run(&mut c_side, &mut o_side, quiet).await });
+        let _client = tokio::spawn(async move {
+            let _ = client.write_all(&[b'u'; 4096]).await;
+            client
+        });
+        // The origin takes nothing for 3 s, then all of it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut got = vec![0u8; 4096];
+        origin.read_exact(&mut got).await.unwrap();
+        assert_eq!(task.await.unwrap(), End::Idle);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_secs(5) && took < Duration::from_millis(5500), "{took:?}");
     }
 
     #[tokio::test]
