@@ -356,14 +356,21 @@ mod tests {
         Quiet { idle: Duration::from_secs(idle), blocked: Duration::from_secs(60) }
     }
 
+    /// A relay between two in-memory pipes of `size` bytes: the client's end,
+    /// the origin's end, and the relay's task.
+    fn relay_between(
+        size: usize,
+        quiet: Quiet,
+    ) -> (tokio::io::DuplexStream, tokio::io::DuplexStream, tokio::task::JoinHandle<End>) {
+        let (client, mut c_side) = duplex(size);
+        let (mut o_side, origin) = duplex(size);
+        let task = tokio::spawn(async move { Relay::default().run(&mut c_side, &mut o_side, quiet).await });
+        (client, origin, task)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_side_that_reads_slowly_is_not_idle_and_one_that_stops_is_stalled() {
-        let (mut client, mut c_side) = duplex(64);
-        let (mut o_side, mut origin) = duplex(64);
-        let task = tokio::spawn(async move {
-            let mut r = Relay::default();
-            r.run(&mut c_side, &mut o_side, quiet(5)).await
-        });
+        let (mut client, mut origin, task) = relay_between(64, quiet(5));
         let _writer = tokio::spawn(async move {
             let _ = origin.write_all(&[b'x'; 64 * 1024]).await;
             origin
@@ -387,12 +394,7 @@ mod tests {
     /// such a tunnel open for as long as the client went on).
     #[tokio::test(start_paused = true)]
     async fn bytes_moving_one_way_do_not_keep_a_stalled_other_way_alive() {
-        let (mut client, mut c_side) = duplex(64);
-        let (mut o_side, origin) = duplex(64);
-        let task = tokio::spawn(async move {
-            let mut r = Relay::default();
-            r.run(&mut c_side, &mut o_side, quiet(5)).await
-        });
+        let (mut client, origin, task) = relay_between(64, quiet(5));
         let _origin = tokio::spawn(async move {
             // Sends a download nobody reads, and drains what comes up.
             let (mut rd, mut wr) = tokio::io::split(origin);
@@ -423,11 +425,9 @@ mod tests {
     /// timer stayed on the stall's later deadline.
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_is_idle_from_its_last_move_once_a_stall_cleared() {
-        let (mut client, mut c_side) = duplex(64);
-        let (mut o_side, mut origin) = duplex(64);
         let quiet = Quiet { idle: Duration::from_secs(2), blocked: Duration::from_secs(6) };
         let started = tokio::time::Instant::now();
-        let task = tokio::spawn(async move { Relay::default().run(&mut c_side, &mut o_side, quiet).await });
+        let (mut client, mut origin, task) = relay_between(64, quiet);
         let _client = tokio::spawn(async move {
             let _ = client.write_all(&[b'u'; 4096]).await;
             client
@@ -465,12 +465,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_tunnels_end_and_busy_ones_do_not() {
-        let (mut client, mut c_side) = duplex(1024);
-        let (mut o_side, _origin) = duplex(1024);
-        let task = tokio::spawn(async move {
-            let mut r = Relay::default();
-            r.run(&mut c_side, &mut o_side, quiet(10)).await
-        });
+        let (mut client, _origin, task) = relay_between(1024, quiet(10));
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(6)).await;
             client.write_all(b"x").await.unwrap();
