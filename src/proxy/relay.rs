@@ -284,9 +284,6 @@ impl Relay {
         let mut last = [start, start];
         let mut timer = Box::pin(tokio::time::sleep(quiet.idle));
         let stall = quiet.idle.max(quiet.blocked);
-        // The timer is set for a stall, which may be later than the idle
-        // deadline that applies once the bytes waiting are gone.
-        let mut for_stall = false;
         poll_fn(|cx| {
             let mut moved = [false, false];
             let mut failed = false;
@@ -309,11 +306,11 @@ impl Relay {
                         *at = now;
                     }
                 }
-                if for_stall && !self.up.blocked() && !self.down.blocked() {
-                    // The stall cleared: idle from now on (with a send
-                    // timeout longer than the idle one, the tunnel went
-                    // idle that much late).
-                    for_stall = false;
+                // A stall's deadline, later than the idle one, no longer
+                // applies once the bytes waiting are gone (with a send
+                // timeout longer than the idle one, the tunnel went idle
+                // that much late).
+                if timer.deadline() > now + quiet.idle && !self.up.blocked() && !self.down.blocked() {
                     timer.as_mut().reset(now + quiet.idle);
                 }
             }
@@ -330,7 +327,6 @@ impl Relay {
                 if Instant::now() >= deadline {
                     return Poll::Ready(if blocked[0] || blocked[1] { End::Stalled } else { End::Idle });
                 }
-                for_stall = blocked[0] || blocked[1];
                 timer.as_mut().reset(deadline);
             }
             Poll::Pending
