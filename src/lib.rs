@@ -29,6 +29,7 @@ pub mod respond;
 pub mod server;
 pub mod target;
 pub mod telemetry;
+pub mod watched_io;
 
 pub use config::Snapshot;
 pub use proxy::State;

@@ -16,17 +16,16 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::AbortHandle;
 
 use super::upstream_tls::UpstreamIo;
 use crate::body::{AbortOnDrop, RequestBody, Upload, UploadState};
 use crate::error::ProxyError;
 use crate::target::Target;
+use crate::watched_io::WriteObserver;
 
 /// Pool key: the origin and whether it is spoken to over TLS.
 pub type Key = (Target, bool);
@@ -105,50 +104,17 @@ impl Writes {
 }
 
 /// The origin socket as hyper's client sees it, reporting to [`Writes`].
-struct Watched {
-    io: UpstreamIo,
-    writes: Arc<Writes>,
-}
+type Watched = crate::watched_io::Watched<UpstreamIo, Arc<Writes>>;
 
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.writes.record(&res);
+impl WriteObserver for Arc<Writes> {
+    fn write(&mut self, _cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        self.record(&res);
         res
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.writes.record(&res);
+    fn flush(&mut self, _cx: &mut Context<'_>, res: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+        self.note_blocked(&res);
         res
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.io).poll_flush(cx);
-        self.writes.note_blocked(&res);
-        res
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -345,7 +311,7 @@ async fn send_new(
 ) -> Result<Sent, ProxyError> {
     let stream = dial.await?;
     let writes = Arc::new(Writes::new());
-    let io = Watched { io: stream, writes: writes.clone() };
+    let io = Watched { io: stream, observer: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(256 * 1024)
         // RFC 9112 §5.1: a proxy MUST remove whitespace between a response
@@ -467,7 +433,7 @@ mod tests {
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (mut origin, _) = accepted.unwrap();
         let writes = Arc::new(Writes::new());
-        let mut io = Watched { io: UpstreamIo::Plain(client.unwrap()), writes: writes.clone() };
+        let mut io = Watched { io: UpstreamIo::Plain(client.unwrap()), observer: writes.clone() };
         let chunk = vec![b'x'; 256 * 1024];
         let mut written = 0usize;
         // Until the socket buffers are full: a write that does not finish.

@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -17,11 +16,11 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::guard::SendStall;
 use crate::proxy::State;
+use crate::watched_io::{Watched, WriteObserver};
 
 /// Answers one admin request.
 pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
@@ -58,7 +57,7 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
 /// Serves one admin connection.
 pub async fn serve(state: Arc<State>, stream: TcpStream) {
     let send_timeout = state.snapshot.load().limits.send_timeout;
-    let stream = SendDeadline { io: stream, stall: SendStall::new(send_timeout) };
+    let stream = Watched { io: stream, observer: SendStall::new(send_timeout) };
     let svc = service_fn(move |req: Request<Incoming>| {
         let resp = respond(&state, req.method(), req.uri().path());
         async move { Ok::<_, Infallible>(resp) }
@@ -68,51 +67,21 @@ pub async fn serve(state: Arc<State>, stream: TcpStream) {
     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
 
-/// The admin socket, where a write blocked for `send_timeout`
-/// fails and ends the connection: hyper's head timer does not run while it
-/// waits to write, so a client that pipelined requests and read none of the
-/// answers held its admin slot for as long as it kept the connection.
-struct SendDeadline {
-    io: TcpStream,
-    stall: SendStall,
-}
-
-impl AsyncRead for SendDeadline {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SendDeadline {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.stall.watch(cx, res)
+/// The admin socket's writes go through [`SendStall`]: one blocked for
+/// `send_timeout` fails and ends the connection. hyper's head timer does
+/// not run while it waits to write, so a client that pipelined requests and
+/// read none of the answers held its admin slot for as long as it kept the
+/// connection.
+impl WriteObserver for SendStall {
+    fn write(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        self.watch(cx, res)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let res = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.stall.watch(cx, res)
+    fn flush(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+        self.watch(cx, res)
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.io).poll_flush(cx);
-        self.stall.watch(cx, res)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let res = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.stall.watch(cx, res)
+    fn shutdown(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+        self.watch(cx, res)
     }
 }

@@ -1,0 +1,79 @@
+//! A socket whose writes are reported to an observer: the one way the
+//! admin port's send deadline and the upstream pool's write record see a
+//! socket's writes, instead of two copies of the same `AsyncWrite`
+//! delegation.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Sees the result of every write, flush and shutdown of a [`Watched`]
+/// socket, and decides what the caller gets: the result itself, or
+/// another (an error once a write has been blocked too long).
+pub trait WriteObserver: Unpin {
+    /// A write (plain or vectored) returned `res`.
+    fn write(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>>;
+
+    /// A flush returned `res`.
+    fn flush(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<()>>) -> Poll<io::Result<()>>;
+
+    /// A shutdown returned `res`; passed on unseen unless overridden.
+    fn shutdown(&mut self, _cx: &mut Context<'_>, res: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
+        res
+    }
+}
+
+/// `io`, with its writes reported to `observer`; reads pass straight
+/// through.
+pub struct Watched<IO, O> {
+    /// The socket.
+    pub io: IO,
+    /// What sees its writes.
+    pub observer: O,
+}
+
+impl<IO: AsyncRead + Unpin, O: Unpin> AsyncRead for Watched<IO, O> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin, O: WriteObserver> AsyncWrite for Watched<IO, O> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.observer.write(cx, res)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.observer.write(cx, res)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_flush(cx);
+        this.observer.flush(cx, res)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.observer.shutdown(cx, res)
+    }
+}
