@@ -395,6 +395,50 @@ async fn websocket_upgrade_carries_bytes_both_ways() {
     assert!(conn.read_to_end().await.is_empty(), "after our FIN the origin closes and so must the proxy");
 }
 
+/// RFC 9110 §7.8: a 101 must name the protocol it switches to, one the
+/// client offered. One that did not was relayed and the connection made a
+/// tunnel: the client's next request, `Proxy-Authorization` and all, went
+/// to the origin as raw bytes. Now it is a 502, and the client's next
+/// request is the proxy's to read.
+#[tokio::test]
+async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502() {
+    let next = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = auth();
+    let answers: [&'static [u8]; 3] = [
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket, irc\r\n\r\n",
+    ];
+    for answer in answers {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let origin = spawn_canned_origin(answer, seen.clone());
+        let mut conn = RawConn::connect(proxy.addr).await;
+        let upgrade = [
+            ("Host", origin.authority()),
+            ("Proxy-Authorization", auth.clone()),
+            ("Connection", "Upgrade".to_string()),
+            ("Upgrade", "websocket".to_string()),
+        ];
+        let upgrade: Vec<(&str, &str)> = upgrade.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        conn.send(request("GET", &origin.url("/ws"), &upgrade)).await;
+        let resp = conn.read_response("GET").await;
+        assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
+
+        conn.send(request(
+            "GET",
+            &next.url("/after"),
+            &[("Host", &next.authority()), ("Proxy-Authorization", &auth)],
+        ))
+        .await;
+        let after = conn.read_response("GET").await;
+        assert_eq!(after.status, 200, "{}", after.dump());
+        assert!(Echoed::parse(&after.body).request_line.starts_with("GET /after "), "{}", after.dump());
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1, "the origin got more than the upgrade request: {seen:?}");
+    }
+}
+
 /// RFC 9110 §7.8: a server MUST ignore `Upgrade` in an HTTP/1.0 request.
 /// It was passed on, and the 1.0 client was sent a `101` it cannot use.
 #[tokio::test]

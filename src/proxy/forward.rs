@@ -16,7 +16,9 @@ use hyper::body::Incoming;
 
 use super::State;
 use super::connect::Connector;
-use super::headers::{Codings, add_via, single_content_length, strip_hop_by_hop, wants_upgrade};
+use super::headers::{
+    Codings, add_via, check_switch, single_content_length, strip_hop_by_hop, wants_upgrade,
+};
 use super::pool::Sent;
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
@@ -61,6 +63,8 @@ pub async fn forward(
     if strip_hop_by_hop(&mut parts.headers, upgrade) == Codings::Malformed {
         return Err(ProxyError::MalformedRequest);
     }
+    // The offers a 101 is checked against: the request's fields are gone by then.
+    let offered = if upgrade { parts.headers.get(header::UPGRADE).cloned() } else { None };
     // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request
     // MUST be ignored; sent on in the HTTP/1.1 request made of it, the
     // origin would act on it.
@@ -152,9 +156,10 @@ pub async fn forward(
         return Err(ProxyError::UpstreamProtocol { detail: "malformed response" });
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) = client_upgrade else {
+        let (Some(client), Some(offered)) = (client_upgrade, offered) else {
             return Err(ProxyError::UpstreamProtocol { detail: "101 without an upgrade request" });
         };
+        check_switch(&offered, resp.headers()).map_err(|detail| ProxyError::UpstreamProtocol { detail })?;
         state.metrics.upstream_response(101);
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();

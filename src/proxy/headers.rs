@@ -52,12 +52,16 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 
 /// The protocols the `Upgrade` fields offer, every field, but `h2c`.
 fn offers(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
+    protocols(headers.get_all(header::UPGRADE)).filter(|p| !p.eq_ignore_ascii_case(b"h2c"))
+}
+
+/// The protocols `Upgrade` fields name, in order.
+fn protocols<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .into_iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty() && !p.eq_ignore_ascii_case(b"h2c"))
+        .filter(|p| !p.is_empty())
 }
 
 /// The [`offers`] in one value; `None` when there is none.
@@ -67,6 +71,35 @@ fn upgrade_offers(headers: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_bytes(&offers.join(&b", "[..])).ok()
+}
+
+/// Checks a 101 against the `Upgrade` of the request it answers, as
+/// forwarded (the client's offers but `h2c`). RFC 9110 §7.8:
+/// a server that sends 101 MUST send `Upgrade` naming the new protocols,
+/// and MUST NOT switch to one the client did not offer. Relayed anyway, the
+/// connection became a tunnel the client had not asked for, and its next
+/// request, `Proxy-Authorization` and all, went to the origin unread.
+///
+/// # Errors
+/// What is wrong with the 101, for the 502's details.
+pub fn check_switch(offered: &HeaderValue, response: &HeaderMap) -> Result<(), &'static str> {
+    let mut named = false;
+    for answer in protocols(response.get_all(header::UPGRADE)) {
+        named = true;
+        let mut offers = protocols([offered]).filter(|p| !p.eq_ignore_ascii_case(b"h2c"));
+        if !offers.any(|offer| same_protocol(offer, answer)) {
+            return Err("101 to a protocol the client did not offer");
+        }
+    }
+    if named { Ok(()) } else { Err("101 without Upgrade") }
+}
+
+/// `protocol-name ["/" protocol-version]`, without regard to case; an
+/// answer without a version matches an offer of that name with one.
+fn same_protocol(offer: &[u8], answer: &[u8]) -> bool {
+    offer.eq_ignore_ascii_case(answer)
+        || (!answer.contains(&b'/')
+            && offer.split(|&b| b == b'/').next().is_some_and(|n| n.eq_ignore_ascii_case(answer)))
 }
 
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
@@ -457,6 +490,26 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
+    }
+
+    #[test]
+    fn a_switch_must_name_an_offered_protocol() {
+        let offered = HeaderValue::from_static("h2c, websocket, Foo/2");
+        for (answer, ok) in [
+            (None, Err("101 without Upgrade")),
+            (Some(""), Err("101 without Upgrade")),
+            (Some("websocket"), Ok(())),
+            (Some("WebSocket"), Ok(())),
+            (Some("foo"), Ok(())),
+            (Some("foo/2"), Ok(())),
+            (Some("websocket, foo/2"), Ok(())),
+            (Some("foo/3"), Err("101 to a protocol the client did not offer")),
+            (Some("h2c"), Err("101 to a protocol the client did not offer")),
+            (Some("websocket, irc"), Err("101 to a protocol the client did not offer")),
+        ] {
+            let response = answer.map_or_else(HeaderMap::new, |a| map(&[("upgrade", a)]));
+            assert_eq!(check_switch(&offered, &response), ok, "{answer:?}");
+        }
     }
 
     #[test]
