@@ -36,6 +36,10 @@ pub type Key = (Target, bool);
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// Origins with idle connections kept at most.
 const MAX_ORIGINS: usize = 4096;
+/// The largest response head taken from an origin, and hyper's read buffer.
+/// The buffer alone let a head somewhat larger through when its end came
+/// in the read that filled it: a 270 KB head passed one time in two.
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 /// A pooled connection idle this long may be closed by its origin as a
 /// request goes out on it: origins close idle connections after their
 /// keep-alive timeout, a second or more (Apache and Node 5 s, nginx 75 s).
@@ -250,7 +254,7 @@ impl Pool {
             let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
-                Ok(Ok(response)) => return Ok(Sent { response, conn }),
+                Ok(Ok(response)) => return Sent::checked(response, conn),
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     (Some(back), _) => req = back,
                     (None, Some(again)) if closed_under_it(e.error()) && replayable() => {
@@ -313,7 +317,7 @@ async fn send_new(
     let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, observer: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
-        .max_buf_size(256 * 1024)
+        .max_buf_size(MAX_RESPONSE_HEAD)
         // RFC 9112 §5.1: a proxy MUST remove whitespace between a response
         // field's name and its colon, and pass the field on (hyper's default
         // refuses the response). What the client gets is framed by
@@ -331,7 +335,7 @@ async fn send_new(
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
     let conn = Conn { tx, task, writes };
     match sent {
-        Ok(Ok(response)) => Ok(Sent { response, conn }),
+        Ok(Ok(response)) => Sent::checked(response, conn),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -392,6 +396,27 @@ async fn head_wait<T>(
     }
 }
 
+impl Sent {
+    /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
+    /// (counted as [`head_len`] does): then the connection is closed.
+    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, ProxyError> {
+        if head_len(&response) > MAX_RESPONSE_HEAD {
+            drop(conn.close_on_drop());
+            return Err(ProxyError::UpstreamProtocol { detail: "response head too large" });
+        }
+        Ok(Sent { response, conn })
+    }
+}
+
+/// The size of a response head as sent, or a little less: the status line
+/// without its reason phrase, and the fields with a colon and line end each.
+fn head_len(response: &Response<Incoming>) -> usize {
+    response
+        .headers()
+        .iter()
+        .fold("HTTP/1.1 200 \r\n\r\n".len(), |n, (name, value)| n + name.as_str().len() + 2 + value.len() + 2)
+}
+
 /// Whether the connection failed under the request (closed or reset, no
 /// whole answer read), rather than answering badly or too late.
 fn closed_under_it(e: &hyper::Error) -> bool {
@@ -405,6 +430,8 @@ fn closed_under_it(e: &hyper::Error) -> bool {
 fn upstream_error(e: &hyper::Error) -> ProxyError {
     let detail = if e.is_incomplete_message() {
         "connection closed before a complete response"
+    } else if e.is_parse_too_large() {
+        "response head too large"
     } else if e.is_parse() || e.is_parse_status() {
         "malformed response"
     } else if e.is_timeout() {
