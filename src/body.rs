@@ -182,9 +182,17 @@ impl Body for ProxyBody {
         {
             this.sent += data.len() as u64;
         }
-        if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
-            log.outcome =
-                if e.is::<UpstreamBodyTimeout>() { "upstream_body_timeout" } else { "upstream_body_error" };
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            if let Some(log) = this.log.as_mut() {
+                log.outcome = if e.is::<UpstreamBodyTimeout>() {
+                    "upstream_body_timeout"
+                } else {
+                    "upstream_body_error"
+                };
+            }
+            if let Some(phase) = &this.done {
+                phase.reset();
+            }
         }
         polled
     }

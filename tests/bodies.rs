@@ -439,6 +439,49 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502() {
     }
 }
 
+/// RFC 9112 §8: a response cut short must not look whole. To an HTTP/1.0
+/// client a body without a length runs to the close, so a chunked body
+/// that broke off upstream ended in a FIN that looked like its end: the
+/// connection now ends with a reset. A whole response still ends cleanly.
+#[tokio::test]
+async fn a_response_that_breaks_off_upstream_resets_an_http_1_0_client() {
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = auth();
+    for (answer, whole) in [
+        (&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"[..], false),
+        (&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..], true),
+    ] {
+        let origin = spawn_raw_origin(move |mut stream: tokio::net::TcpStream| async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while find(&head, b"\r\n\r\n").is_none() {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(answer).await;
+            // Then closes, mid-body for the first answer.
+        });
+        let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let req = format!(
+            "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {auth}\r\n\r\n",
+            origin.url("/"),
+            origin.authority()
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let read = conn.read_to_end(&mut got).await;
+        if whole {
+            assert!(read.is_ok(), "{read:?}");
+            assert!(got.ends_with(b"\r\n\r\nabc"), "{}", String::from_utf8_lossy(&got));
+        } else {
+            let err = read.expect_err("a clean end after a body that broke off");
+            assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        }
+    }
+}
+
 /// RFC 9110 §7.8: a server MUST ignore `Upgrade` in an HTTP/1.0 request.
 /// It was passed on, and the 1.0 client was sent a `101` it cannot use.
 #[tokio::test]

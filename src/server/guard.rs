@@ -71,6 +71,8 @@ pub struct Phase {
     /// Why authgate closes the connection itself, if it does (see
     /// [`Phase::closed_by`]).
     closing: AtomicU8,
+    /// Set by [`Phase::reset`].
+    reset: AtomicBool,
 }
 
 /// Why authgate closed a client connection itself.
@@ -124,6 +126,18 @@ impl Phase {
     /// The connection is handed over to a tunnel: no more HTTP timers.
     pub fn tunnel(&self) {
         self.state.store(TUNNEL, Ordering::Release);
+    }
+
+    /// A response broke off (its origin failed mid-body): the connection
+    /// ends with a reset, not a FIN, which a client reading a body that
+    /// runs to the close (an HTTP/1.0 client's) would take for its end.
+    pub fn reset(&self) {
+        self.reset.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Phase::reset`] was called.
+    pub fn resets(&self) -> bool {
+        self.reset.load(Ordering::Acquire)
     }
 
     /// The connection closes after an answer given before the request's

@@ -17,6 +17,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -415,6 +416,25 @@ fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
     })
 }
 
+/// A client socket that can be closed with a reset (`SO_LINGER` 0), for a
+/// response that broke off (see [`Phase::reset`]).
+trait Resettable {
+    /// Makes the coming close a reset.
+    fn reset_on_close(&self);
+}
+
+impl Resettable for TcpStream {
+    fn reset_on_close(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl Resettable for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
 async fn serve_http<S>(
     state: Arc<State>,
     io: S,
@@ -423,7 +443,7 @@ async fn serve_http<S>(
     slot: Arc<limits::Permit>,
     limits: &Limits,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Resettable + Unpin + Send + 'static,
 {
     let phase = Arc::new(Phase::default());
     let closing = phase.clone();
@@ -463,8 +483,8 @@ async fn serve_http<S>(
         // (400, 407) still reach it.
         .half_close(false)
         .keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
-    let mut conn = std::pin::pin!(conn);
+    let mut connection = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    let mut conn = Pin::new(&mut connection);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = revoked.cancelled() => {
@@ -485,6 +505,11 @@ async fn serve_http<S>(
     };
     if let Err(e) = result {
         tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
+    }
+    if closing.resets()
+        && let Some(parts) = connection.into_parts()
+    {
+        parts.io.into_inner().into_inner().reset_on_close();
     }
 }
 
