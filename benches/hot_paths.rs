@@ -53,7 +53,12 @@ fn bench(c: &mut Criterion) {
 
     let cache = VerifiedCache::new();
     let now = Instant::now();
-    cache.insert(header, "bench".into(), 42, Duration::from_secs(300), now);
+    cache.insert(
+        header,
+        ("bench".into(), 42, std::net::Ipv4Addr::LOCALHOST.into()),
+        Duration::from_secs(300),
+        now,
+    );
     c.bench_function("verified_cache_hit", |b| b.iter(|| cache.get(black_box(header), now)));
 
     let template = headers();

@@ -530,6 +530,42 @@ async fn failed_logins_are_throttled_per_address() {
     assert_eq!(r.status, 200);
 }
 
+/// A throttled address learns nothing from the cache: a password someone
+/// else logged in with got 200 at once, with no argon2 run, and every other
+/// guess a 429, so guessing while throttled, over many connections, was
+/// faster than guessing unthrottled. Its guesses now all get the 429; the
+/// address that logged in, and any not throttled, still hit the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_address_cannot_test_guesses_against_the_cache() {
+    let origin = spawn_echo_origin();
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1m\"\ndelay = \"10ms\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    for _ in 0..2 {
+        assert_eq!(status_from("127.0.0.5", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+    }
+    assert_eq!(status_from("127.0.0.5", proxy.addr, &origin, "alice", "guess").await.status, 429);
+    // The right password, cached from 127.0.0.1, in both spellings the
+    // cache knows (as sent, and respelled with a lower-case scheme).
+    let r = status_from("127.0.0.5", proxy.addr, &origin, "alice", "a1").await;
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    let mut c = RawConn::from_stream({
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.5:0".parse().unwrap()).unwrap();
+        sock.connect(proxy.addr).await.unwrap()
+    });
+    let lower = basic("alice", "a1").replacen("Basic", "basic", 1);
+    c.send(request(
+        "GET",
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &lower)],
+    ))
+    .await;
+    assert_eq!(c.read_response("GET").await.status, 429);
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    assert_eq!(status_from("127.0.0.6", proxy.addr, &origin, "alice", "a1").await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_throttle_counts_failed_attempts_but_not_a_missing_header() {
     let origin = spawn_echo_origin();

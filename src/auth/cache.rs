@@ -11,6 +11,7 @@
 //! fingerprint, so a changed, removed or disabled user's entries stop counting
 //! the moment a new snapshot is live.
 
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,14 @@ struct Entry {
     user: Arc<str>,
     fingerprint: u64,
     until: Instant,
+    /// Where the credentials were verified from (its throttle unit, see
+    /// [`super::throttle::client_key`]).
+    by: IpAddr,
 }
+
+/// A cache hit: who the credentials were verified as, that user's
+/// fingerprint then, and the address (throttle unit) that verified them.
+pub type Hit = (Arc<str>, u64, IpAddr);
 
 /// The cache. Cheap to share behind an `Arc`.
 pub struct VerifiedCache {
@@ -120,39 +128,32 @@ impl VerifiedCache {
 
     /// The user a header value was verified for, with that user's fingerprint
     /// at the time, if the entry has not expired.
-    pub fn get(&self, header: &[u8], now: Instant) -> Option<(Arc<str>, u64)> {
+    pub fn get(&self, header: &[u8], now: Instant) -> Option<Hit> {
         self.get_key(&self.key(header), now)
     }
 
     /// [`VerifiedCache::get`] for respelled credentials, by their normal form.
-    pub fn get_credentials(&self, key: &CredentialsKey, now: Instant) -> Option<(Arc<str>, u64)> {
+    pub fn get_credentials(&self, key: &CredentialsKey, now: Instant) -> Option<Hit> {
         self.get_key(&key.0, now)
     }
 
-    fn get_key(&self, key: &Key, now: Instant) -> Option<(Arc<str>, u64)> {
+    fn get_key(&self, key: &Key, now: Instant) -> Option<Hit> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(key).filter(|e| e.until > now).map(|e| (e.user.clone(), e.fingerprint))
+        map.get(key).filter(|e| e.until > now).map(|e| (e.user.clone(), e.fingerprint, e.by))
     }
 
-    /// Remembers that `header` verified as `user` for `ttl`.
-    pub fn insert(&self, header: &[u8], user: Arc<str>, fingerprint: u64, ttl: Duration, now: Instant) {
-        self.insert_key(self.key(header), user, fingerprint, ttl, now);
+    /// Remembers that `header` verified as `user`, from `by`, for `ttl`.
+    pub fn insert(&self, header: &[u8], verified: Hit, ttl: Duration, now: Instant) {
+        self.insert_key(self.key(header), verified, ttl, now);
     }
 
     /// [`VerifiedCache::insert`] for respelled credentials, by their normal
     /// form.
-    pub fn insert_credentials(
-        &self,
-        key: &CredentialsKey,
-        user: Arc<str>,
-        fingerprint: u64,
-        ttl: Duration,
-        now: Instant,
-    ) {
-        self.insert_key(key.0, user, fingerprint, ttl, now);
+    pub fn insert_credentials(&self, key: &CredentialsKey, verified: Hit, ttl: Duration, now: Instant) {
+        self.insert_key(key.0, verified, ttl, now);
     }
 
-    fn insert_key(&self, key: Key, user: Arc<str>, fingerprint: u64, ttl: Duration, now: Instant) {
+    fn insert_key(&self, key: Key, (user, fingerprint, by): Hit, ttl: Duration, now: Instant) {
         if ttl.is_zero() {
             return;
         }
@@ -163,7 +164,7 @@ impl VerifiedCache {
                 map.clear();
             }
         }
-        map.insert(key, Entry { user, fingerprint, until: now + ttl });
+        map.insert(key, Entry { user, fingerprint, until: now + ttl, by });
     }
 
     /// Drops every entry of `user` (the snapshot check already ignores them;
@@ -186,14 +187,19 @@ impl VerifiedCache {
 
 #[cfg(test)]
 mod tests {
+    /// The address credentials are verified from in these tests.
+    const HERE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     use super::*;
 
     #[test]
     fn hit_until_ttl_then_miss() {
         let c = VerifiedCache::new();
         let t0 = Instant::now();
-        c.insert(b"Basic abc", "alice".into(), 7, Duration::from_secs(60), t0);
-        assert_eq!(c.get(b"Basic abc", t0).map(|(u, f)| (u.to_string(), f)), Some(("alice".into(), 7)));
+        c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
+        assert_eq!(
+            c.get(b"Basic abc", t0).map(|(u, f, by)| (u.to_string(), f, by)),
+            Some(("alice".into(), 7, HERE))
+        );
         assert!(c.get(b"Basic abd", t0).is_none());
         assert!(c.get(b"Basic abc", t0 + Duration::from_secs(61)).is_none());
     }
@@ -202,10 +208,10 @@ mod tests {
     fn zero_ttl_caches_nothing_and_forget_removes() {
         let c = VerifiedCache::new();
         let t0 = Instant::now();
-        c.insert(b"x", "a".into(), 1, Duration::ZERO, t0);
+        c.insert(b"x", ("a".into(), 1, HERE), Duration::ZERO, t0);
         assert!(c.is_empty());
-        c.insert(b"x", "a".into(), 1, Duration::from_secs(1), t0);
-        c.insert(b"y", "b".into(), 1, Duration::from_secs(1), t0);
+        c.insert(b"x", ("a".into(), 1, HERE), Duration::from_secs(1), t0);
+        c.insert(b"y", ("b".into(), 1, HERE), Duration::from_secs(1), t0);
         c.forget_user("a");
         assert_eq!(c.len(), 1);
     }
@@ -230,7 +236,7 @@ mod tests {
     fn the_spellings_of_one_basic_login_share_an_entry() {
         let c = VerifiedCache::new();
         let t0 = Instant::now();
-        c.insert(b"Basic YWxpY2U6YTE=", "alice".into(), 7, Duration::from_secs(60), t0);
+        c.insert(b"Basic YWxpY2U6YTE=", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
         for same in [
             &b"basic YWxpY2U6YTE="[..],
             b"BASIC YWxpY2U6YTE",
@@ -238,7 +244,7 @@ mod tests {
             b"bAsIc \tYWxpY2U6YTE= ",
         ] {
             assert!(c.get(same, t0).is_some(), "{}", String::from_utf8_lossy(same));
-            c.insert(same, "alice".into(), 7, Duration::from_secs(60), t0);
+            c.insert(same, ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
         }
         assert_eq!(c.len(), 1, "one entry for all of them");
         // Another login, another scheme, and spellings `parse` refuses.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
-pub use cache::{CredentialsKey, VerifiedCache};
+pub use cache::{CredentialsKey, Hit, VerifiedCache};
 pub use store::{Refusal, User, UserStore};
 
 /// The result of authenticating one request.
@@ -141,7 +141,7 @@ impl Authenticator {
         }
     }
 
-    fn cached(&self, users: &UserStore, header: &[u8], now: Instant) -> Option<Arc<User>> {
+    fn cached(&self, users: &UserStore, header: &[u8], now: Instant) -> Option<(Arc<User>, IpAddr)> {
         self.current(users, self.cache.get(header, now)?)
     }
 
@@ -153,14 +153,32 @@ impl Authenticator {
         users: &UserStore,
         normal: Option<&CredentialsKey>,
         now: Instant,
-    ) -> Option<Arc<User>> {
+    ) -> Option<(Arc<User>, IpAddr)> {
         self.current(users, self.cache.get_credentials(normal?, now)?)
     }
 
-    /// The user of a cache entry, if it still counts.
-    fn current(&self, users: &UserStore, (name, fingerprint): (Arc<str>, u64)) -> Option<Arc<User>> {
+    /// The user of a cache entry, if it still counts, and where it was
+    /// verified from.
+    fn current(&self, users: &UserStore, (name, fingerprint, by): Hit) -> Option<(Arc<User>, IpAddr)> {
         let user = users.get(&name)?;
-        (user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok()).then(|| user.clone())
+        (user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok())
+            .then(|| (user.clone(), by))
+    }
+
+    /// A cache hit counts at once from the address that verified the
+    /// credentials; from another, only while that address is not
+    /// throttled. Otherwise a throttled address learnt in an instant, with
+    /// no argon2 run, whether a guess was a password someone had recently
+    /// used (200) or not (429): over many connections a faster oracle than
+    /// guessing unthrottled. `Err` is the throttle's `retry_after`.
+    fn hit_counts(
+        &self,
+        by: IpAddr,
+        client: IpAddr,
+        throttle: &throttle::Settings,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if by == throttle::client_key(client) { Ok(()) } else { self.throttle.check(client, throttle, now) }
     }
 
     /// The verified-credential cache.
@@ -175,17 +193,28 @@ impl Authenticator {
             return Outcome::Refused { reason: Refusal::Missing, username: None };
         };
         let now = Instant::now();
-        if let Some(user) = self.cached(users, header, now) {
+        let hit = self.cached(users, header, now);
+        if let Some((user, by)) = &hit
+            && self.hit_counts(*by, client, throttle, now).is_ok()
+        {
             self.metrics.cache(true);
-            return Outcome::Ok(user);
+            return Outcome::Ok(user.clone());
         }
         // Parsed first, so that a throttled attempt is audited with the
         // username it tried.
         let parsed = basic::parse(header);
         let normal = parsed.as_ref().ok().filter(|c| c.respelled).map(|c| self.cache.credentials_key(c));
-        if let Some(user) = self.cached_normal(users, normal.as_ref(), now) {
-            self.metrics.cache(true);
-            return Outcome::Ok(user);
+        let hit = hit.or_else(|| self.cached_normal(users, normal.as_ref(), now));
+        if let Some((user, by)) = hit {
+            match self.hit_counts(by, client, throttle, now) {
+                Ok(()) => {
+                    self.metrics.cache(true);
+                    return Outcome::Ok(user);
+                }
+                Err(retry_after) => {
+                    return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
+                }
+            }
         }
         self.metrics.cache(false);
         if let Err(retry_after) = self.throttle.check(client, throttle, now) {
@@ -202,7 +231,8 @@ impl Authenticator {
         let gate = self.inflight.enter(header);
         let _turn = gate.lock().await;
         let now = Instant::now();
-        if let Some(user) =
+        // (The address was not throttled a moment ago: a hit counts.)
+        if let Some((user, _)) =
             self.cached(users, header, now).or_else(|| self.cached_normal(users, normal.as_ref(), now))
         {
             return Outcome::Ok(user);
@@ -222,10 +252,11 @@ impl Authenticator {
         match verdict {
             Ok(user) => {
                 self.throttle.refund(client, throttle);
-                let (name, fingerprint, now) = (user.name.clone(), user.fingerprint, Instant::now());
+                let verified = (user.name.clone(), user.fingerprint, throttle::client_key(client));
+                let now = Instant::now();
                 match &normal {
-                    Some(key) => self.cache.insert_credentials(key, name, fingerprint, ttl, now),
-                    None => self.cache.insert(header, name, fingerprint, ttl, now),
+                    Some(key) => self.cache.insert_credentials(key, verified, ttl, now),
+                    None => self.cache.insert(header, verified, ttl, now),
                 }
                 Outcome::Ok(user)
             }
