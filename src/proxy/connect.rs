@@ -134,12 +134,9 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 /// The operator is told, at most once every 10 s (when the descriptors run
 /// out every request fails, and a line for each would flood the log).
 fn warn_out_of_descriptors(e: &io::Error) {
-    static EVERY: Every = Every::new(10);
+    const LINE: &str = "out of file descriptors: cannot open connections to origins (answered 503); raise the open-files limit (LimitNOFILE, ulimit -n) or lower limits.max_connections";
+    static EVERY: Every = Every::new(10, LINE);
     if let Some(held) = EVERY.pass() {
-        tracing::warn!(
-            error = %e,
-            held_back = held,
-            "out of file descriptors: cannot open connections to origins (answered 503); raise the open-files limit (LimitNOFILE, ulimit -n) or lower limits.max_connections"
-        );
+        tracing::warn!(error = %e, held_back = held, "{LINE}");
     }
 }

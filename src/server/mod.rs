@@ -162,6 +162,7 @@ pub async fn run<L: Into<Listener>>(
         state.kill.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
     }
+    crate::telemetry::flush_held_back();
     tracing::info!("stopped");
     Ok(())
 }
@@ -170,7 +171,7 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
     // Out of descriptors, every listener fails every accept: one line per
     // 10 s for the whole process (one a second per listener flooded the log
     // during the very incident it reported).
-    static ACCEPT_FAILED: Every = Every::new(10);
+    static ACCEPT_FAILED: Every = Every::new(10, "accept failed; retrying");
     let admin_slots = Arc::new(AdminSlots::default());
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -257,7 +258,7 @@ impl Drop for AdminSlot {
 /// Serves an admin connection if a slot is free, else closes it (with a
 /// WARN at most every 10 s).
 fn admit_admin(state: &Arc<State>, slots: &Arc<AdminSlots>, stream: TcpStream, peer: SocketAddr) {
-    static FULL: Every = Every::new(10);
+    static FULL: Every = Every::new(10, "admin connection closed");
     let peer = crate::policy::egress::canonical_addr(peer);
     // IPv6 per /64, as the proxy's own per-address limit: one host owns a
     // whole /64.
@@ -342,16 +343,18 @@ async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStrea
     }
 }
 
+const REFUSED_LINE: &str = "connection refused: connection limit reached";
+
 /// A connection over a limit: logged, counted, and on a plain listener
 /// answered with 503 `too_many_connections` before it is closed.
 async fn refuse_overloaded(state: &State, listener: &Accepting, mut stream: TcpStream, client: SocketAddr) {
     // The id the 503 carries (`x-request-id`, problem body) is in the log,
     // for one refusal per 10 s: a line per refusal made the log grow by
     // thousands of lines a second while the limit held off a flood.
-    static REFUSED: Every = Every::new(10);
+    static REFUSED: Every = Every::new(10, REFUSED_LINE);
     let id = state.next_request_id();
     if let Some(held) = REFUSED.pass() {
-        tracing::warn!(request_id = &*id, client = %client, held_back = held, "connection refused: connection limit reached");
+        tracing::warn!(request_id = &*id, client = %client, held_back = held, "{REFUSED_LINE}");
     }
     state.metrics.request(Counted::Overloaded, None);
     if listener.tls.is_none() {

@@ -1,55 +1,133 @@
 //! Warnings that would repeat for every request or connection while a
 //! condition lasts (out of file descriptors): one line per period, with how
 //! many were held back, rather than a flood in the middle of the incident.
+//!
+//! What is held back is never lost: when no occurrence comes to carry the
+//! count once the period is over, a summary line says it then (and at
+//! shutdown, see [`flush_all`]). So the occurrences of a warning are its
+//! lines, each one of them, plus every line's `held_back`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+/// The clock [`Every`] reads: monotonic (a wall clock stepped back would
+/// silence a warning for the length of the step), in milliseconds from here.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The warnings with a count held back and a summary due: flushed at
+/// shutdown, as the tasks that would write their summaries stop with the
+/// runtime.
+static DUE: Mutex<Vec<&'static Every>> = Mutex::new(Vec::new());
 
 /// Lets one occurrence through per `period` seconds.
 pub struct Every {
     period: u64,
-    /// Seconds since the epoch of the last occurrence let through.
+    /// What the summary line says: the warning's own message.
+    what: &'static str,
+    /// Milliseconds after [`EPOCH`], plus one, of the last line (0: none yet).
     last: AtomicU64,
     /// Occurrences held back since then.
     held: AtomicU64,
+    /// A summary is due (in [`DUE`], and a task waits to write it).
+    due: AtomicBool,
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 impl Every {
-    /// At most one occurrence every `period` seconds.
-    pub const fn new(period: u64) -> Every {
-        Every { period, last: AtomicU64::new(0), held: AtomicU64::new(0) }
+    /// At most one line every `period` seconds for the warning `what`.
+    pub const fn new(period: u64, what: &'static str) -> Every {
+        Every { period, what, last: AtomicU64::new(0), held: AtomicU64::new(0), due: AtomicBool::new(false) }
     }
 
-    /// `Some(held back since the last one)` when this occurrence is to be
-    /// logged, `None` when it is held back (and counted).
-    pub fn pass(&self) -> Option<u64> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    /// `Some(held back since the last line)` when this occurrence is to be
+    /// logged, `None` when it is held back (and counted, and a summary
+    /// line made due).
+    pub fn pass(&'static self) -> Option<u64> {
+        self.pass_at(now_ms())
+    }
+
+    fn pass_at(&'static self, now: u64) -> Option<u64> {
         let last = self.last.load(Ordering::Relaxed);
-        if now >= last.saturating_add(self.period)
+        if self.open(last, now)
             && self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            Some(self.held.swap(0, Ordering::Relaxed))
-        } else {
-            self.held.fetch_add(1, Ordering::Relaxed);
-            None
+            return Some(self.held.swap(0, Ordering::Relaxed));
         }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        if !self.due.swap(true, Ordering::AcqRel) {
+            DUE.lock().unwrap_or_else(|p| p.into_inner()).push(self);
+            let wait = Duration::from_millis(last.saturating_add(self.period * 1000).saturating_sub(now));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    self.summarize();
+                });
+            }
+        }
+        None
+    }
+
+    /// Whether a line may go out at `now`, the last one at `last`.
+    fn open(&self, last: u64, now: u64) -> bool {
+        last == 0 || now >= last.saturating_add(self.period * 1000)
+    }
+
+    /// Writes the summary of what was held back, if anything still is.
+    fn summarize(&'static self) {
+        DUE.lock().unwrap_or_else(|p| p.into_inner()).retain(|e| !std::ptr::eq(*e, self));
+        self.due.store(false, Ordering::Release);
+        let held = self.held.swap(0, Ordering::Relaxed);
+        if held > 0 {
+            self.last.store(now_ms(), Ordering::Relaxed);
+            tracing::warn!(held_back = held, "{} (summary: held back since the last line)", self.what);
+        }
+    }
+}
+
+/// Writes the summaries still due: at shutdown, so that no count held back
+/// is lost.
+pub fn flush_all() {
+    let due: Vec<&'static Every> = std::mem::take(&mut *DUE.lock().unwrap_or_else(|p| p.into_inner()));
+    for every in due {
+        every.summarize();
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Every;
+    use super::*;
 
     #[test]
     fn one_passes_per_period_and_the_rest_are_counted() {
-        let every = Every::new(3600);
-        assert_eq!(every.pass(), Some(0));
-        for _ in 0..5 {
-            assert_eq!(every.pass(), None);
+        static EVERY: Every = Every::new(3600, "test");
+        assert_eq!(EVERY.pass_at(1_000), Some(0));
+        for t in 0..5 {
+            assert_eq!(EVERY.pass_at(1_001 + t), None);
         }
-        // A new period: the next one passes with the count of those held.
-        every.last.store(0, std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(every.pass(), Some(5));
-        assert_eq!(every.pass(), None);
+        // One millisecond short of the period, then the period: the next
+        // line has the count of those held.
+        assert_eq!(EVERY.pass_at(3_600_999), None);
+        assert_eq!(EVERY.pass_at(3_601_000), Some(6));
+        assert_eq!(EVERY.pass_at(3_601_001), None);
+    }
+
+    #[test]
+    fn what_is_held_back_is_summarized_when_nothing_follows() {
+        static EVERY: Every = Every::new(3600, "test");
+        assert_eq!(EVERY.pass(), Some(0));
+        assert_eq!(EVERY.pass(), None);
+        assert_eq!(EVERY.pass(), None);
+        assert!(EVERY.due.load(Ordering::Acquire));
+        flush_all();
+        assert_eq!(EVERY.held.load(Ordering::Relaxed), 0, "the summary took the count");
+        assert!(!EVERY.due.load(Ordering::Acquire));
+        // Counted anew afterwards.
+        assert_eq!(EVERY.pass(), None);
+        assert_eq!(EVERY.held.load(Ordering::Relaxed), 1);
+        assert!(EVERY.due.load(Ordering::Acquire));
     }
 }

@@ -11,7 +11,7 @@ pub mod metrics;
 mod sink;
 
 pub use access::{AccessRecord, AuditEvent, sanitize_username};
-pub use every::Every;
+pub use every::{Every, flush_all as flush_held_back};
 pub use metrics::Metrics;
 pub use sink::LogGuard;
 pub(crate) use sink::hidden;
