@@ -96,8 +96,9 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Ok(r) => r,
         Err(e) => {
             c.toml(&e);
+            let found = e.span().and_then(|span| source.get(span)).map(toml_kind);
             for p in &mut c.problems {
-                p.message = without_values(&p.message);
+                p.message = in_toml_terms(&without_values(&p.message), found);
             }
             return (Vec::new(), c.problems);
         }
@@ -227,6 +228,52 @@ pub fn common_params(users: &[User]) -> Option<argon2::Params> {
     argon2::Params::new(m, t, p, None).ok()
 }
 
+/// What kind of TOML value `text` (where a problem points) begins, named
+/// without showing it. serde calls a date-time and an inline table both a
+/// "map", an array a "sequence", and a table made by a dotted key
+/// (`password.x = …`) "a string, expected a borrowed string".
+fn toml_kind(text: &str) -> &'static str {
+    let b = text.as_bytes();
+    let digits =
+        |range: std::ops::Range<usize>| b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    match b.first() {
+        Some(b'{') => "an inline table",
+        Some(b'[') => "an array",
+        Some(b'"' | b'\'') => "a string",
+        _ if text.starts_with("true") || text.starts_with("false") => "a boolean",
+        _ if (digits(0..4) && b.get(4) == Some(&b'-')) || (digits(0..2) && b.get(2) == Some(&b':')) => {
+            "a date or time"
+        }
+        Some(b'0'..=b'9' | b'+' | b'-') => {
+            let value = text.split([' ', '\t', ',', ']', '}', '\n', '#']).next().unwrap_or(text);
+            let hex = value.trim_start_matches(['+', '-']).starts_with("0x");
+            if value.contains(['.', 'i', 'n']) || (!hex && value.contains(['e', 'E'])) {
+                "a floating-point number"
+            } else {
+                "an integer"
+            }
+        }
+        _ if text.starts_with("inf") || text.starts_with("nan") => "a floating-point number",
+        _ => "a table",
+    }
+}
+
+/// An `invalid type` message with the value's kind as TOML names it
+/// (`found`, from the file), and serde's names of the expected one in TOML
+/// terms too.
+fn in_toml_terms(message: &str, found: Option<&str>) -> String {
+    let message = message
+        .replace("expected a borrowed string", "expected a string")
+        .replace("expected a sequence", "expected an array");
+    match (message.strip_prefix("invalid type: "), found) {
+        (Some(rest), Some(found)) => match rest.split_once(", expected ") {
+            Some((_, expected)) => format!("invalid type: {found}, expected {expected}"),
+            None => format!("invalid type: {found}"),
+        },
+        _ => message,
+    }
+}
+
 /// `message` with the values serde quotes (`invalid type: string "…",
 /// expected a boolean`, ``integer `31415926` ``, ``boolean `true` ``) left
 /// out: in the users file such a value may be a password or hash typed under
@@ -269,6 +316,33 @@ fn without_values(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_as_toml_names_it() {
+        let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA";
+        for (body, said) in [
+            ("password = 1979-05-27".to_string(), "invalid type: a date or time, expected a string"),
+            ("password = 1979-05-27T07:32:00Z".into(), "invalid type: a date or time, expected a string"),
+            ("password = 07:32:00".into(), "invalid type: a date or time, expected a string"),
+            ("password = [ \"x\" ]".into(), "invalid type: an array, expected a string"),
+            ("password = { a = \"x\" }".into(), "invalid type: an inline table, expected a string"),
+            ("password.SECRET = \"v\"".into(), "invalid type: a table, expected a string"),
+            ("password = 31415926".into(), "invalid type: an integer, expected a string"),
+            ("password = 0x1e".into(), "invalid type: an integer, expected a string"),
+            ("password = -3.5e2".into(), "invalid type: a floating-point number, expected a string"),
+            ("password = -inf".into(), "invalid type: a floating-point number, expected a string"),
+            ("password = true".into(), "invalid type: a boolean, expected a string"),
+            (
+                format!("password = \"{hash}\"\ngroups = [1979-05-27]"),
+                "invalid type: a date or time, expected a string",
+            ),
+            (format!("password = \"{hash}\"\ngroups = \"x\""), "invalid type: a string, expected an array"),
+        ] {
+            let (_, problems) = parse(Path::new("users.toml"), &format!("[users.a]\n{body}\n"));
+            let shown: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+            assert_eq!(shown, [said], "{body}");
+        }
+    }
 
     #[test]
     fn a_value_under_the_wrong_key_is_not_quoted_in_the_problem() {
