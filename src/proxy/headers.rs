@@ -14,7 +14,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::respond::PROXY_NAME;
 
-/// Fields never forwarded, whatever `Connection` says: the hop-by-hop ones,
+/// Fields never forwarded, whatever `Connection` says: the hop-by-hop ones
+/// (`HTTP2-Settings` among them),
 /// `Proxy-Authorization` (consumed here), and `Proxy-Authenticate` and
 /// `Proxy-Authentication-Info` (an origin's challenge, or its word on a
 /// proxy login, is not for the client's proxy credentials: RFC 9110
@@ -36,6 +37,10 @@ fn always_dropped(name: &HeaderName) -> bool {
             | "proxy-authorization"
             | "proxy-authenticate"
             | "proxy-authentication-info"
+            // Hop-by-hop even when a client fails to name it in
+            // `Connection` (RFC 9113 §3.2.1), and of no use without the
+            // `h2c` upgrade, which is never passed on.
+            | "http2-settings"
     )
 }
 
@@ -386,6 +391,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic eDp5"),
             ("proxy-authenticate", "Basic realm=\"x\""),
+            ("http2-settings", "AAMAAABkAAQAAP__"),
             ("transfer-encoding", "chunked"),
             ("authorization", "Bearer t"),
             ("x-end", "kept"),
