@@ -714,6 +714,58 @@ async fn an_idle_tunnel_is_closed_after_the_tunnel_idle_timeout() {
     closes_when_idle_for_400ms(&mut c).await;
 }
 
+/// On the TLS listener, bytes the TLS layer took but could not yet send
+/// (the client not reading) wait as bytes in the relay's buffer do: the
+/// tunnel is not idle while they wait, and a client that pauses for longer
+/// than `tunnel_idle_timeout` (but less than `send_timeout`) still gets the
+/// whole download. The relay took them for sent, and cut such a tunnel as
+/// idle, with the TLS layer's bytes lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_on_the_tls_listener_is_not_idle_while_bytes_wait_for_it() {
+    use rustls::pki_types::ServerName;
+    // Fits the kernel's buffers (a 4 KiB receive buffer, 128 KiB not yet
+    // sent) with some left in the TLS layer.
+    const DOWNLOAD: usize = 160_000;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let rest =
+        "[policy]\ndefault = \"allow\"\n[limits]\ntunnel_idle_timeout = \"1s\"\nsend_timeout = \"6s\"\n";
+    let proxy = spawn_full(&ca, &leaf, rest).await;
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let _target = tokio::spawn(async move {
+        let (mut s, _) = target.accept().await.unwrap();
+        s.write_all(&vec![b'd'; DOWNLOAD]).await.unwrap();
+        // Then silent, until the client leaves.
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink).await;
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(proxy.tls).await.unwrap();
+    let mut tls = pki::connector(&ca.cert_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let connect =
+        request("CONNECT", &target_addr.to_string(), &[("Proxy-Authorization", &basic("alice", "a1"))]);
+    tls.write_all(&connect).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        assert_eq!(tls.read(&mut buf).await.unwrap(), 1, "{}", String::from_utf8_lossy(&got));
+        got.push(buf[0]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    // A pause longer than the idle timeout, shorter than the send timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut download = vec![0u8; DOWNLOAD];
+    let read = tokio::time::timeout(Duration::from_secs(20), tls.read_exact(&mut download)).await;
+    assert!(matches!(read, Ok(Ok(_))), "the download was cut: {read:?}");
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// Through a connection to a shouting origin with a 400 ms idle limit:
 /// traffic more often than that keeps it open, silence closes it.
 async fn closes_when_idle_for_400ms(c: &mut RawConn) {

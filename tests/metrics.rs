@@ -510,6 +510,55 @@ async fn bytes_sent_with_a_connect_are_counted_when_the_target_stops_taking_them
     let _ = run.stop.send(());
 }
 
+/// Bytes sent with a CONNECT do not hold up what the target sends first: a
+/// target that writes a large banner before it reads anything got nothing
+/// read from it while the early bytes waited for it, and the tunnel ended
+/// after the send timeout with the client given none of the banner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_bytes_do_not_hold_up_a_target_that_speaks_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BANNER: usize = 4 << 20;
+    const EARLY: usize = 200_000;
+    let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
+    let origin = spawn_checksum_origin();
+    // Writes its banner whole, then reads, with a small receive buffer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let target = socket.listen(4).unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let speaker = tokio::spawn(async move {
+        let (mut s, _) = target.accept().await.unwrap();
+        s.write_all(&vec![b'b'; BANNER]).await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got.len()
+    });
+    let auth = basic("alice", "a1");
+    let mut c = RawConn::connect(run.proxy).await;
+    // A large upload first, so that hyper reads in large pieces and takes
+    // the early bytes with the CONNECT's head.
+    let mut upload = request(
+        "POST",
+        &origin.url("/upload"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth), ("Content-Length", "4000000")],
+    );
+    upload.extend_from_slice(&vec![b'u'; 4_000_000]);
+    c.send(upload).await;
+    assert_eq!(c.read_response("POST").await.status, 200);
+    let mut bytes = request("CONNECT", &target_addr.to_string(), &[("Proxy-Authorization", &auth)]);
+    bytes.extend_from_slice(&vec![b'e'; EARLY]);
+    c.send(bytes).await;
+    assert_eq!(c.read_head().await.status, 200);
+    let banner = tokio::time::timeout(Duration::from_secs(30), c.read_exact(BANNER))
+        .await
+        .expect("the banner is held up behind the early bytes");
+    assert!(banner.iter().all(|&b| b == b'b'));
+    c.shutdown_write().await;
+    assert_eq!(speaker.await.unwrap(), EARLY, "the target got every early byte");
+    let _ = run.stop.send(());
+}
+
 /// Admin connections that pipeline requests and read none of the answers
 /// are closed once their writes have been blocked for `send_timeout`, and
 /// their slots are free again: they held them for as long as the client

@@ -42,6 +42,9 @@ struct Direction {
     eof: bool,
     done: bool,
     need_flush: bool,
+    /// A flush could not finish: bytes the writer took (TLS: into its
+    /// records) still wait for the socket.
+    flushing: bool,
     moved: u64,
     /// Whether this direction moved on to `splice(2)`.
     splice: Splice,
@@ -62,8 +65,23 @@ enum Splice {
 impl Direction {
     /// Whether bytes wait here for the other side to accept them.
     fn blocked(&self) -> bool {
-        self.buf.as_ref().is_some_and(|b| !b.is_empty())
+        self.flushing
+            || self.buf.as_ref().is_some_and(|b| !b.is_empty())
             || matches!(&self.splice, Splice::Piped(pipe) if !pipe.is_empty())
+    }
+
+    /// Flushes `w`, noting whether bytes still wait in it; bytes that
+    /// waited there and have gone are progress.
+    fn flush<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+        progress: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        let res = Pin::new(w).poll_flush(cx);
+        *progress |= self.flushing && res.is_ready();
+        self.flushing = res.is_pending();
+        res
     }
 
     fn poll<R, W>(
@@ -92,7 +110,7 @@ impl Direction {
                         // what was written is on its way.
                         self.buf = None;
                         if self.need_flush {
-                            ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                            ready!(self.flush(cx, w, progress))?;
                             self.need_flush = false;
                         }
                         return Poll::Pending;
@@ -127,7 +145,7 @@ impl Direction {
             }
             if self.eof {
                 // Half-close: pass the end of this direction on, keep the other.
-                ready!(Pin::new(&mut *w).poll_flush(cx))?;
+                ready!(self.flush(cx, w, progress))?;
                 ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
@@ -235,6 +253,19 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay whose first bytes up are `early`: what the client sent
+    /// along with its CONNECT. They go out as the relay's first write, while
+    /// the origin's bytes already flow down: written before the relay, they
+    /// waited for an origin that sends a large banner before it reads, and
+    /// that origin for a client the relay did not yet read for.
+    pub fn with_early(early: &[u8]) -> Relay {
+        let mut relay = Relay::default();
+        if !early.is_empty() {
+            relay.up.buf = Some(BytesMut::from(early));
+        }
+        relay
+    }
+
     /// Bytes client → origin so far.
     pub fn up(&self) -> u64 {
         self.up.moved

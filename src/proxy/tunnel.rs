@@ -7,14 +7,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use http::Request;
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::State;
@@ -91,20 +90,13 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
                 // Plain listener: back to the raw socket, hyper out of the path.
                 Ok((mut sock, early)) => {
                     // What the client sent behind its CONNECT (up to a
-                    // head's size): under the tunnel's limits like the rest,
-                    // and counted as they go out, also when the write fails
-                    // (a target that never read held the tunnel and its slot
-                    // for good; the bytes were not in `bytes_up`).
-                    let limit = quiet.idle.max(quiet.blocked);
-                    let write = write_early(&mut tcp, &early, &rec.bytes_up, limit);
-                    let sent = watch_write(write, &kill, &revoked).await;
-                    // `early` may share hyper's whole read buffer: free it
-                    // before the tunnel settles in for hours.
+                    // head's size) is the relay's first write up, under the
+                    // tunnel's limits and counted like the rest; copied, as
+                    // `early` may share hyper's whole read buffer, which is
+                    // freed before the tunnel settles in for hours.
+                    relay = Relay::with_early(&early);
                     drop(early);
-                    match sent {
-                        Ok(()) => watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await,
-                        Err(outcome) => outcome,
-                    }
+                    watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await
                 }
                 Err(upgraded) => {
                     let mut client = TokioIo::new(upgraded);
@@ -134,43 +126,6 @@ fn take_tcp(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded> {
     upgraded
         .downcast::<TokioIo<Guarded<TcpStream>>>()
         .map(|parts| (parts.io.into_inner().into_inner(), parts.read_buf))
-}
-
-/// Writes the early bytes to the target, adding what goes out to `sent`; a
-/// write that does not proceed for `blocked` (the relay's limit on a side
-/// that takes nothing: the longer of the tunnel's idle and send timeouts)
-/// fails, as in the relay.
-async fn write_early(
-    origin: &mut TcpStream,
-    early: &[u8],
-    sent: &AtomicU64,
-    blocked: std::time::Duration,
-) -> Result<(), &'static str> {
-    let mut rest = early;
-    while !rest.is_empty() {
-        match tokio::time::timeout(blocked, origin.write(rest)).await {
-            Ok(Ok(0) | Err(_)) => return Err("tunnel_error"),
-            Ok(Ok(n)) => {
-                sent.fetch_add(n as u64, Ordering::Relaxed);
-                rest = rest.get(n..).unwrap_or_default();
-            }
-            Err(_) => return Err("tunnel_send_timeout"),
-        }
-    }
-    Ok(())
-}
-
-/// Waits for a write of the early bytes as [`watch`] waits for a relay.
-async fn watch_write(
-    write: impl Future<Output = Result<(), &'static str>>,
-    kill: &CancellationToken,
-    revoked: &CancellationToken,
-) -> Result<(), &'static str> {
-    tokio::select! {
-        done = write => done,
-        _ = kill.cancelled() => Err("tunnel_shutdown"),
-        _ = revoked.cancelled() => Err("user_revoked"),
-    }
 }
 
 /// Waits for a relay to end, the proxy to shut down, or the user to be revoked.
