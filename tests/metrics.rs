@@ -456,6 +456,44 @@ async fn bytes_sent_with_a_connect_are_counted() {
     let _ = run.stop.send(());
 }
 
+/// A target listening with a 4 KiB receive buffer, so that what it does
+/// not read soon backs up to the proxy.
+fn small_buffer_target() -> (tokio::net::TcpListener, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let target = socket.listen(4).unwrap();
+    let addr = target.local_addr().unwrap();
+    (target, addr)
+}
+
+/// On a fresh connection, a 4 MB upload to `origin` (so that hyper reads
+/// in large pieces), then a CONNECT to `target` with `early` bytes of `e`
+/// in the same write, which hyper takes with its head; returns the
+/// connection after the 200.
+async fn connect_with_early_bytes(
+    proxy: SocketAddr,
+    origin: &Origin,
+    target: SocketAddr,
+    early: usize,
+) -> RawConn {
+    let auth = basic("alice", "a1");
+    let mut c = RawConn::connect(proxy).await;
+    let mut upload = request(
+        "POST",
+        &origin.url("/upload"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth), ("Content-Length", "4000000")],
+    );
+    upload.extend_from_slice(&vec![b'u'; 4_000_000]);
+    c.send(upload).await;
+    assert_eq!(c.read_response("POST").await.status, 200);
+    let mut bytes = request("CONNECT", &target.to_string(), &[("Proxy-Authorization", &auth)]);
+    bytes.extend_from_slice(&vec![b'e'; early]);
+    c.send(bytes).await;
+    assert_eq!(c.read_head().await.status, 200);
+    c
+}
+
 /// Bytes sent with a CONNECT that its target stops taking are counted as far
 /// as they went out: the write's timeout left them all out (`bytes_up` 0 for
 /// about 130 KB delivered).
@@ -466,34 +504,15 @@ async fn bytes_sent_with_a_connect_are_counted_when_the_target_stops_taking_them
     )
     .await;
     let origin = spawn_checksum_origin();
-    // A target that accepts and never reads, with a small receive buffer.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let target = socket.listen(4).unwrap();
-    let target_addr = target.local_addr().unwrap();
+    // A target that accepts and never reads.
+    let (target, target_addr) = small_buffer_target();
     let holder = tokio::spawn(async move {
         let (held, _) = target.accept().await.unwrap();
         tokio::time::sleep(Duration::from_secs(30)).await;
         drop(held);
     });
     let before = scrape(run.admin).await;
-    let auth = basic("alice", "a1");
-    let mut c = RawConn::connect(run.proxy).await;
-    // A large upload first: hyper then reads in large pieces, and takes
-    // the CONNECT's early bytes with its head.
-    let mut upload = request(
-        "POST",
-        &origin.url("/upload"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth), ("Content-Length", "4000000")],
-    );
-    upload.extend_from_slice(&vec![b'u'; 4_000_000]);
-    c.send(upload).await;
-    assert_eq!(c.read_response("POST").await.status, 200);
-    let mut bytes = request("CONNECT", &target_addr.to_string(), &[("Proxy-Authorization", &auth)]);
-    bytes.extend_from_slice(&vec![b'e'; 200_000]);
-    c.send(bytes).await;
-    assert_eq!(c.read_head().await.status, 200);
+    let mut c = connect_with_early_bytes(run.proxy, &origin, target_addr, 200_000).await;
     assert!(c.is_closed().await, "closed when the target took nothing for a second");
     let deadline = Instant::now() + Duration::from_secs(5);
     let up = loop {
@@ -521,12 +540,8 @@ async fn early_bytes_do_not_hold_up_a_target_that_speaks_first() {
     const EARLY: usize = 200_000;
     let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
     let origin = spawn_checksum_origin();
-    // Writes its banner whole, then reads, with a small receive buffer.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let target = socket.listen(4).unwrap();
-    let target_addr = target.local_addr().unwrap();
+    // Writes its banner whole, then reads.
+    let (target, target_addr) = small_buffer_target();
     let speaker = tokio::spawn(async move {
         let (mut s, _) = target.accept().await.unwrap();
         s.write_all(&vec![b'b'; BANNER]).await.unwrap();
@@ -534,22 +549,7 @@ async fn early_bytes_do_not_hold_up_a_target_that_speaks_first() {
         s.read_to_end(&mut got).await.unwrap();
         got.len()
     });
-    let auth = basic("alice", "a1");
-    let mut c = RawConn::connect(run.proxy).await;
-    // A large upload first, so that hyper reads in large pieces and takes
-    // the early bytes with the CONNECT's head.
-    let mut upload = request(
-        "POST",
-        &origin.url("/upload"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth), ("Content-Length", "4000000")],
-    );
-    upload.extend_from_slice(&vec![b'u'; 4_000_000]);
-    c.send(upload).await;
-    assert_eq!(c.read_response("POST").await.status, 200);
-    let mut bytes = request("CONNECT", &target_addr.to_string(), &[("Proxy-Authorization", &auth)]);
-    bytes.extend_from_slice(&vec![b'e'; EARLY]);
-    c.send(bytes).await;
-    assert_eq!(c.read_head().await.status, 200);
+    let mut c = connect_with_early_bytes(run.proxy, &origin, target_addr, EARLY).await;
     let banner = tokio::time::timeout(Duration::from_secs(30), c.read_exact(BANNER))
         .await
         .expect("the banner is held up behind the early bytes");

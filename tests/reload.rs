@@ -492,12 +492,16 @@ async fn a_reloaded_egress_policy_applies_at_once_even_to_a_pooled_origin() {
     assert_eq!(origin.hits(), hits, "a refused request does not reach the origin");
 }
 
-/// Sends one GET from a chosen loopback source address.
-async fn status_from(src: &str, proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> RawResponse {
+/// A connection to `proxy` from a chosen loopback source address.
+async fn conn_from(src: &str, proxy: SocketAddr) -> RawConn {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let stream = sock.connect(proxy).await.unwrap();
-    let mut c = RawConn::from_stream(stream);
+    RawConn::from_stream(sock.connect(proxy).await.unwrap())
+}
+
+/// Sends one GET from a chosen loopback source address.
+async fn status_from(src: &str, proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> RawResponse {
+    let mut c = conn_from(src, proxy).await;
     let a = basic(user, pass);
     c.send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
         .await;
@@ -549,11 +553,7 @@ async fn a_throttled_address_cannot_test_guesses_against_the_cache() {
     // cache knows (as sent, and respelled with a lower-case scheme).
     let r = status_from("127.0.0.5", proxy.addr, &origin, "alice", "a1").await;
     assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
-    let mut c = RawConn::from_stream({
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind("127.0.0.5:0".parse().unwrap()).unwrap();
-        sock.connect(proxy.addr).await.unwrap()
-    });
+    let mut c = conn_from("127.0.0.5", proxy.addr).await;
     let lower = basic("alice", "a1").replacen("Basic", "basic", 1);
     c.send(request(
         "GET",
@@ -575,9 +575,7 @@ async fn the_throttle_counts_failed_attempts_but_not_a_missing_header() {
         let origin_url = origin.url("/");
         let host = origin.authority();
         async move {
-            let sock = tokio::net::TcpSocket::new_v4().unwrap();
-            sock.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-            let mut c = RawConn::from_stream(sock.connect(proxy.addr).await.unwrap());
+            let mut c = conn_from("127.0.0.3", proxy.addr).await;
             let mut headers = vec![("Host", host.as_str())];
             if let Some(a) = auth {
                 headers.push(("Proxy-Authorization", a));
