@@ -46,6 +46,9 @@ struct Relay {
     waiting: bool,
     /// The body's end was read.
     ended: bool,
+    /// Sent delimited by the close of the connection (to an HTTP/1.0
+    /// client, a body of unknown length): see [`ProxyBody::open_ended`].
+    open_ended: bool,
     /// The origin connection, when its exchange cannot finish (the request
     /// body is not all sent): closed when this answer is done.
     close: Option<AbortOnDrop>,
@@ -107,7 +110,8 @@ impl ProxyBody {
     /// The origin's response body, streamed through; cut off with an error
     /// when the origin sends nothing for `idle` while it is awaited.
     pub fn upstream(body: Incoming, idle: Duration) -> Self {
-        let relay = Relay { body, idle, timer: None, waiting: false, ended: false, close: None };
+        let relay =
+            Relay { body, idle, timer: None, waiting: false, ended: false, open_ended: false, close: None };
         ProxyBody { kind: Kind::Upstream(relay), sent: 0, log: None, done: None }
     }
 
@@ -134,8 +138,24 @@ impl ProxyBody {
         self
     }
 
+    /// Marks this body as delimited by the close of the connection: until
+    /// its end has been read from the origin, the connection's close is a
+    /// reset (see [`Phase::open_ended`]), which the client cannot take for
+    /// the body's end, as it would a FIN (RFC 9112 §8).
+    pub fn open_ended(mut self) -> Self {
+        if let Kind::Upstream(relay) = &mut self.kind {
+            relay.open_ended = true;
+        }
+        self
+    }
+
     /// Marks the connection idle again when this body is finished.
     pub fn on_done(mut self, phase: Arc<Phase>) -> Self {
+        if let Kind::Upstream(relay) = &self.kind
+            && relay.open_ended
+        {
+            phase.open_ended(true);
+        }
         self.done = Some(phase);
         self
     }
@@ -182,17 +202,15 @@ impl Body for ProxyBody {
         {
             this.sent += data.len() as u64;
         }
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            if let Some(log) = this.log.as_mut() {
-                log.outcome = if e.is::<UpstreamBodyTimeout>() {
-                    "upstream_body_timeout"
-                } else {
-                    "upstream_body_error"
-                };
-            }
-            if let Some(phase) = &this.done {
-                phase.reset();
-            }
+        if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
+            log.outcome =
+                if e.is::<UpstreamBodyTimeout>() { "upstream_body_timeout" } else { "upstream_body_error" };
+        }
+        if let (Kind::Upstream(relay), Some(phase)) = (&this.kind, &this.done)
+            && relay.open_ended
+            && relay.ended
+        {
+            phase.open_ended(false);
         }
         polled
     }

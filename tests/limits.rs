@@ -528,6 +528,98 @@ async fn upstream_timeouts_are_504s_made_by_the_proxy() {
     drop(full);
 }
 
+/// A download to an HTTP/1.0 client, delimited by the close, that a
+/// shutdown cuts after its grace ends with a reset: a FIN was the body's
+/// end to the client, which took the cut download for a whole one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_resets_a_download_an_http_1_0_client_reads_to_the_close() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"300ms\"\n"), &users());
+    // A chunked head and one chunk, then silence.
+    let origin = spawn_raw_origin(|mut s: TcpStream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    });
+    let mut c = TcpStream::connect(proxy.addr).await.unwrap();
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
+        origin.url("/long"),
+        origin.authority(),
+        basic("alice", "a1")
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"hello") {
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let stopping = tokio::spawn(proxy.stop());
+    let end = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+        .await
+        .expect("closed after the grace");
+    let err = end.expect_err("a clean end of a download cut short");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    stopping.await.unwrap();
+}
+
+/// To an HTTP/1.1 client a body that breaks off is chunked, and its
+/// missing last chunk says so: the connection ends with a FIN, not a reset,
+/// which would discard what the client has not read yet: here a whole
+/// response pipelined before it, to a client that reads slowly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_chunked_body_to_an_http_1_1_client_ends_with_a_fin() {
+    const WHOLE: usize = 200_000;
+    let proxy = spawn_custom(&cfg("", ""), &users());
+    let origin = spawn_raw_origin(|mut s: TcpStream| async move {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = seen.drain(..i + 4).collect();
+                if head.starts_with(b"GET /whole") {
+                    let mut answer =
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {WHOLE}\r\n\r\n").into_bytes();
+                    answer.resize(answer.len() + WHOLE, b'w');
+                    let _ = s.write_all(&answer).await;
+                } else {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                        .await;
+                    return;
+                }
+                continue;
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(proxy.addr).await.unwrap();
+    let mut both = get_as(&origin.url("/whole"), &origin.authority(), "alice", "a1");
+    both.extend_from_slice(&get_as(&origin.url("/broken"), &origin.authority(), "alice", "a1"));
+    c.write_all(&both).await.unwrap();
+    // Reads only after the proxy has given up on the second response.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = Vec::new();
+    let read = c.read_to_end(&mut got).await;
+    assert!(read.is_ok(), "{read:?} after {} bytes", got.len());
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches('w').count(), WHOLE, "the whole first response");
+    assert!(text.ends_with("5\r\nhello\r\n"), "{}", &text[text.len().saturating_sub(200)..]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_tunnels_finish_within_the_grace_period_then_closes_them() {
     let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"700ms\"\n"), &users());

@@ -221,7 +221,8 @@ pub async fn forward(
     // connection: hyper does so, but still answered `Connection:
     // keep-alive` to a client that asked for it (RFC 9112 §9.3: the
     // connection persists only with a self-delimited body).
-    if from_http10 && of_unknown_length(resp.body()) {
+    let open_ended = from_http10 && of_unknown_length(resp.body());
+    if open_ended {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Some(conn) = conn.filter(|_| reusable) {
@@ -230,6 +231,7 @@ pub async fn forward(
     let idle = limits.upstream_response_timeout;
     Ok(Reply::Response(resp.map(|body| {
         let body = ProxyBody::upstream(body, idle);
+        let body = if open_ended { body.open_ended() } else { body };
         match close {
             Some(connection) => body.closing(connection),
             None => body,

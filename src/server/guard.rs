@@ -71,8 +71,8 @@ pub struct Phase {
     /// Why authgate closes the connection itself, if it does (see
     /// [`Phase::closed_by`]).
     closing: AtomicU8,
-    /// Set by [`Phase::reset`].
-    reset: AtomicBool,
+    /// See [`Phase::open_ended`].
+    open_ended: AtomicBool,
 }
 
 /// Why authgate closed a client connection itself.
@@ -128,16 +128,21 @@ impl Phase {
         self.state.store(TUNNEL, Ordering::Release);
     }
 
-    /// A response broke off (its origin failed mid-body): the connection
-    /// ends with a reset, not a FIN, which a client reading a body that
-    /// runs to the close (an HTTP/1.0 client's) would take for its end.
-    pub fn reset(&self) {
-        self.reset.store(true, Ordering::Release);
+    /// A response body delimited by the close of the connection (an
+    /// HTTP/1.0 client's, of unknown length) is being sent (`true`), or
+    /// its end was read from the origin (`false`). A connection that closes
+    /// in between (the origin failed mid-body, a shutdown, a revocation, a
+    /// send timeout) ends with a reset, not a FIN, which the client would
+    /// take for the body's end. Only then: a reset also discards what the
+    /// client has not read yet, such as whole responses before it.
+    pub fn open_ended(&self, sending: bool) {
+        self.open_ended.store(sending, Ordering::Release);
     }
 
-    /// Whether [`Phase::reset`] was called.
+    /// Whether the connection must end with a reset (see
+    /// [`Phase::open_ended`]).
     pub fn resets(&self) -> bool {
-        self.reset.load(Ordering::Acquire)
+        self.open_ended.load(Ordering::Acquire)
     }
 
     /// The connection closes after an answer given before the request's
