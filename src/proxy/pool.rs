@@ -402,19 +402,24 @@ impl Sent {
     fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
-            return Err(ProxyError::UpstreamProtocol { detail: "response head too large" });
+            return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
         }
         Ok(Sent { response, conn })
     }
 }
 
-/// The size of a response head as sent, or a little less: the status line
-/// without its reason phrase, and the fields with a colon and line end each.
+/// The size of a response head as sent, or less, never more: the status
+/// line without its reason phrase, and each field with a colon and a line
+/// end, without the whitespace that may surround its value. So a head of
+/// 256 KiB or less always passes, and one above passes only by as much as
+/// its reason phrase and that whitespace (a space per field, usually),
+/// when hyper's reads let it (counted with the space, `Name:value` heads
+/// under the limit were refused).
 fn head_len(response: &Response<Incoming>) -> usize {
     response
         .headers()
         .iter()
-        .fold("HTTP/1.1 200 \r\n\r\n".len(), |n, (name, value)| n + name.as_str().len() + 2 + value.len() + 2)
+        .fold("HTTP/1.1 200\r\n\r\n".len(), |n, (name, value)| n + name.as_str().len() + 1 + value.len() + 2)
 }
 
 /// Whether the connection failed under the request (closed or reset, no
@@ -431,7 +436,8 @@ fn upstream_error(e: &hyper::Error) -> ProxyError {
     let detail = if e.is_incomplete_message() {
         "connection closed before a complete response"
     } else if e.is_parse_too_large() {
-        "response head too large"
+        // hyper's one error for both.
+        "response head over 256 KiB or over 100 fields"
     } else if e.is_parse() || e.is_parse_status() {
         "malformed response"
     } else if e.is_timeout() {
