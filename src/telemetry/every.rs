@@ -60,11 +60,22 @@ impl Every {
         self.held.fetch_add(1, Ordering::Relaxed);
         if !self.due.swap(true, Ordering::AcqRel) {
             DUE.lock().unwrap_or_else(|p| p.into_inner()).push(self);
-            let wait = Duration::from_millis(last.saturating_add(self.period * 1000).saturating_sub(now));
+            let mut wait = last.saturating_add(self.period * 1000).saturating_sub(now);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    self.summarize();
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        match self.summary_at(now_ms()) {
+                            Some(held) if held > 0 => self.write_summary(held),
+                            Some(_) => {}
+                            None => {
+                                wait = self.last.load(Ordering::Relaxed).saturating_add(self.period * 1000);
+                                wait = wait.saturating_sub(now_ms());
+                                continue;
+                            }
+                        }
+                        break;
+                    }
                 });
             }
         }
@@ -76,15 +87,36 @@ impl Every {
         last == 0 || now >= last.saturating_add(self.period * 1000)
     }
 
-    /// Writes the summary of what was held back, if anything still is.
-    fn summarize(&'static self) {
+    /// The summary due at `now`: `None` while the period is not over (a
+    /// line went out since the summary was made due); else the count held
+    /// back, taken, and the period claimed for the summary line if there
+    /// is one (0: a line that went out meanwhile took the count).
+    fn summary_at(&'static self, now: u64) -> Option<u64> {
+        loop {
+            let last = self.last.load(Ordering::Relaxed);
+            if !self.open(last, now) {
+                return None;
+            }
+            self.settle();
+            if self.held.load(Ordering::Relaxed) == 0 {
+                return Some(0);
+            }
+            // A line passing meanwhile claims the period and the count.
+            if self.last.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                return Some(self.held.swap(0, Ordering::Relaxed));
+            }
+        }
+    }
+
+    /// No summary is due any more: an occurrence held back from now on
+    /// makes a new one due.
+    fn settle(&'static self) {
         DUE.lock().unwrap_or_else(|p| p.into_inner()).retain(|e| !std::ptr::eq(*e, self));
         self.due.store(false, Ordering::Release);
-        let held = self.held.swap(0, Ordering::Relaxed);
-        if held > 0 {
-            self.last.store(now_ms(), Ordering::Relaxed);
-            tracing::warn!(held_back = held, "{} (summary: held back since the last line)", self.what);
-        }
+    }
+
+    fn write_summary(&self, held: u64) {
+        tracing::warn!(held_back = held, "{} (summary: held back since the last line)", self.what);
     }
 }
 
@@ -93,7 +125,12 @@ impl Every {
 pub fn flush_all() {
     let due: Vec<&'static Every> = std::mem::take(&mut *DUE.lock().unwrap_or_else(|p| p.into_inner()));
     for every in due {
-        every.summarize();
+        // At once, period or not: the process is ending.
+        every.settle();
+        let held = every.held.swap(0, Ordering::Relaxed);
+        if held > 0 {
+            every.write_summary(held);
+        }
     }
 }
 
@@ -113,6 +150,24 @@ mod tests {
         assert_eq!(EVERY.pass_at(3_600_999), None);
         assert_eq!(EVERY.pass_at(3_601_000), Some(6));
         assert_eq!(EVERY.pass_at(3_601_001), None);
+    }
+
+    #[test]
+    fn a_summary_waits_for_the_period_and_never_follows_a_line_within_it() {
+        static EVERY: Every = Every::new(10, "test");
+        assert_eq!(EVERY.pass_at(1_000), Some(0));
+        assert_eq!(EVERY.pass_at(2_000), None);
+        // Not before the period is over.
+        assert_eq!(EVERY.summary_at(10_999), None);
+        assert_eq!(EVERY.summary_at(11_000), Some(1));
+        // It claimed the period: the next line waits for its end.
+        assert_eq!(EVERY.pass_at(11_001), None);
+        // A line that went out first took the count: nothing to say.
+        assert_eq!(EVERY.pass_at(21_000), Some(1));
+        assert_eq!(EVERY.summary_at(21_000), None);
+        assert_eq!(EVERY.pass_at(21_500), None);
+        assert_eq!(EVERY.summary_at(31_000), Some(1));
+        assert_eq!(EVERY.summary_at(41_000), Some(0), "nothing held");
     }
 
     #[test]
