@@ -608,6 +608,32 @@ fn users_written_with_dotted_keys_load_like_tables() {
     }
 }
 
+/// A table written as an array of its fields in order was taken (serde's
+/// derived structs accept that), with extra elements dropped without a
+/// word: a user `a = ["$argon2id$…", ["g1"], false, 2099-01-01T00:00:00Z,
+/// "extra", 42]` loaded and could log in. Tables are tables only.
+#[test]
+fn a_table_written_as_an_array_is_refused() {
+    let h = toml_str(&hash("pw"));
+    let users = format!("[users]\na = [{h}, [\"g1\"], false, 2099-01-01T00:00:00Z, \"extra\", 42]\n");
+    let err = load_err(GOOD_CONFIG, &users);
+    assert!(err.contains("users.toml:2:5: invalid type: an array, expected a user table"), "{err}");
+    assert!(!err.contains("argon2"), "{err}");
+    for (config, said) in [
+        (
+            format!("log = [\"info\", \"text\", true]\n{GOOD_CONFIG}"),
+            "authgate.toml:1:7: invalid type: sequence, expected a [log] table",
+        ),
+        (
+            GOOD_CONFIG.replace("[auth]\n", "[auth]\nthrottle = [true, 3, \"1m\", \"1s\"]\n"),
+            "authgate.toml:6:12: invalid type: sequence, expected an [auth.throttle] table",
+        ),
+    ] {
+        let err = load_err(&config, &good_users());
+        assert!(err.contains(said), "{config}: {err}");
+    }
+}
+
 #[test]
 fn type_errors_say_what_was_expected_in_the_config_s_words() {
     // Messages named serde's internal types ("untagged enum RawPort",

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 use toml::value::Datetime;
 
@@ -16,37 +18,37 @@ use toml::value::Datetime;
 #[serde(expecting = "the authgate config: tables such as [server] and [auth]")]
 pub struct RawConfig {
     /// `[server]`: listeners and protocol options.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub server: RawServer,
     /// `[auth]`: users file, verified cache, argon2 pool, throttle.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub auth: RawAuth,
     /// `[log]`: filter, format, access events.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub log: RawLog,
     /// `[limits]`: timeouts, sizes, connection caps.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub limits: RawLimits,
     /// `[egress]`: ranges opened in the default-deny egress policy.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub egress: RawEgress,
     /// `[dns]`: name servers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub dns: RawDns,
     /// `[reload]`: file watching.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub reload: RawReload,
     /// `[upstream]`: TLS trust for `https://` origins.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub upstream: RawUpstream,
     /// `[admin]`: the admin listener.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub admin: RawAdmin,
     /// `[metrics]`: optional metric series.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub metrics: RawMetrics,
     /// `[policy]`: what happens when no rule matches.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub policy: RawPolicy,
     /// `[[rules]]`, first match wins.
     #[serde(default)]
@@ -231,10 +233,10 @@ pub struct RawAuth {
     /// Password verifications run at once; 0 = half the cores.
     pub verify_threads: Option<Spanned<i64>>,
     /// `[auth.argon2]`: parameters for new hashes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub argon2: RawArgon2,
     /// `[auth.throttle]`: failed-login throttle.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "table")]
     pub throttle: RawThrottle,
 }
 
@@ -285,8 +287,51 @@ pub struct RawLog {
 #[serde(expecting = "a users file: [users.NAME] tables")]
 pub struct RawUsers {
     /// `[users.NAME]` tables by name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "user_tables")]
     pub users: BTreeMap<Spanned<String>, RawUser>,
+}
+
+/// Deserializes `T` from a table, and only a table: serde's derived
+/// structs also take an array of their fields in order, and ignore extra
+/// elements (`throttle = [true, 3]`, or a user as `["$argon2id$…", ["g"],
+/// false, 2099-01-01, "extra"]`, were accepted).
+fn table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    TableOnly::deserialize(d).map(|TableOnly(t)| t)
+}
+
+/// The users, each one a table (see [`table`]).
+fn user_tables<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Spanned<String>, RawUser>, D::Error> {
+    let users: BTreeMap<Spanned<String>, TableOnly<RawUser>> = BTreeMap::deserialize(d)?;
+    Ok(users.into_iter().map(|(name, TableOnly(user))| (name, user)).collect())
+}
+
+/// A `T` that was a table.
+struct TableOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for TableOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(TableVisitor(std::marker::PhantomData))
+    }
+}
+
+struct TableVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for TableVisitor<T> {
+    type Value = TableOnly<T>;
+
+    /// What `T` says it expects (`a [server] table`): its visitor's words,
+    /// had from the error it gives for a unit value (only ever on the way
+    /// to an error).
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = serde::de::value::UnitDeserializer::<serde::de::value::Error>::new();
+        let said = T::deserialize(unit).err().map(|e| e.to_string());
+        let what = said.as_deref().and_then(|m| m.split_once(", expected ")).map_or("a table", |(_, w)| w);
+        f.write_str(what)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        T::deserialize(MapAccessDeserializer::new(map)).map(TableOnly)
+    }
 }
 
 /// One `[users.NAME]` table.

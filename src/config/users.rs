@@ -96,7 +96,10 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Ok(r) => r,
         Err(e) => {
             c.toml(&e);
-            let found = e.span().and_then(|span| source.get(span)).map(toml_kind);
+            let found = e
+                .span()
+                .filter(|span| source.get(span.clone()).is_some())
+                .map(|span| toml_kind(source, span.start));
             for p in &mut c.problems {
                 p.message = in_toml_terms(&without_values(&p.message), found);
             }
@@ -232,8 +235,32 @@ pub fn common_params(users: &[User]) -> Option<argon2::Params> {
 /// without showing it. serde calls a date-time and an inline table both a
 /// "map", an array a "sequence", and a table made by a dotted key
 /// (`password.x = …`) "a string, expected a borrowed string".
-fn toml_kind(text: &str) -> &'static str {
+fn toml_kind(source: &str, start: usize) -> &'static str {
+    let text = source.get(start..).unwrap_or_default();
     let b = text.as_bytes();
+    let line = text.lines().next().unwrap_or_default().trim_end();
+    let line_start = source
+        .get(..start)
+        .and_then(|before| before.rsplit('\n').next())
+        .is_some_and(|s| s.trim().is_empty());
+    // `[users.a.password]`: a table header, where a line starts (an array
+    // value follows a key).
+    if line_start
+        && line.starts_with('[')
+        && !line.starts_with("[[")
+        && line.ends_with(']')
+        && !line.contains(['=', ','])
+    {
+        return "a table";
+    }
+    // `password."x" = …`: a quoted key, so a table made by a dotted key.
+    if let Some(quote @ (b'"' | b'\'')) = b.first().copied() {
+        let close = text[1..].find(char::from(quote)).map(|i| i + 2);
+        let after = close.and_then(|i| text.get(i..)).map(str::trim_start);
+        if after.is_some_and(|a| a.starts_with('.') || a.starts_with('=')) {
+            return "a table";
+        }
+    }
     let digits =
         |range: std::ops::Range<usize>| b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
     match b.first() {
@@ -264,7 +291,8 @@ fn toml_kind(text: &str) -> &'static str {
 fn in_toml_terms(message: &str, found: Option<&str>) -> String {
     let message = message
         .replace("expected a borrowed string", "expected a string")
-        .replace("expected a sequence", "expected an array");
+        .replace("expected a sequence", "expected an array")
+        .replace("expected a map", "expected a table");
     match (message.strip_prefix("invalid type: "), found) {
         (Some(rest), Some(found)) => match rest.split_once(", expected ") {
             Some((_, expected)) => format!("invalid type: {found}, expected {expected}"),
@@ -337,6 +365,9 @@ mod tests {
                 "invalid type: a date or time, expected a string",
             ),
             (format!("password = \"{hash}\"\ngroups = \"x\""), "invalid type: a string, expected an array"),
+            ("password.\"x\" = \"s\"".into(), "invalid type: a table, expected a string"),
+            ("[users.a.password]\nx = 1".into(), "invalid type: a table, expected a string"),
+            ("password = [[1], [2]]".into(), "invalid type: an array, expected a string"),
         ] {
             let (_, problems) = parse(Path::new("users.toml"), &format!("[users.a]\n{body}\n"));
             let shown: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
