@@ -628,6 +628,10 @@ fn a_table_written_as_an_array_is_refused() {
             GOOD_CONFIG.replace("[auth]\n", "[auth]\nthrottle = [true, 3, \"1m\", \"1s\"]\n"),
             "authgate.toml:6:12: invalid type: sequence, expected an [auth.throttle] table",
         ),
+        (
+            format!("rules = [[\"r\", \"allow\"]]\n{GOOD_CONFIG}"),
+            "authgate.toml:1:10: invalid type: sequence, expected a [[rules]] table",
+        ),
     ] {
         let err = load_err(&config, &good_users());
         assert!(err.contains(said), "{config}: {err}");

@@ -51,7 +51,7 @@ pub struct RawConfig {
     #[serde(default, deserialize_with = "table")]
     pub policy: RawPolicy,
     /// `[[rules]]`, first match wins.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tables")]
     pub rules: Vec<Spanned<RawRule>>,
 }
 
@@ -200,7 +200,7 @@ pub struct RawServer {
     /// Async worker threads; 0 = one per core.
     pub worker_threads: Option<Spanned<i64>>,
     /// `[[server.tls]]` listeners.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "tables")]
     pub tls: Vec<Spanned<RawTls>>,
 }
 
@@ -297,6 +297,19 @@ pub struct RawUsers {
 /// false, 2099-01-01, "extra"]`, were accepted).
 fn table<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<T, D::Error> {
     TableOnly::deserialize(d).map(|TableOnly(t)| t)
+}
+
+/// An array of tables (`[[rules]]`), each one a table (see [`table`]).
+fn tables<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<Spanned<T>>, D::Error> {
+    let all: Vec<Spanned<TableOnly<T>>> = Vec::deserialize(d)?;
+    Ok(all
+        .into_iter()
+        .map(|t| {
+            let span = t.span();
+            let TableOnly(inner) = t.into_inner();
+            Spanned::new(span, inner)
+        })
+        .collect())
 }
 
 /// The users, each one a table (see [`table`]).
