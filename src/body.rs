@@ -138,8 +138,8 @@ impl ProxyBody {
         self
     }
 
-    /// Marks this body as delimited by the close of the connection: until
-    /// its end has been read from the origin, the connection's close is a
+    /// Marks this body as delimited by the close of the connection: unless
+    /// the connection ends cleanly, with all of it written, its close is a
     /// reset (see [`Phase::open_ended`]), which the client cannot take for
     /// the body's end, as it would a FIN (RFC 9112 §8).
     pub fn open_ended(mut self) -> Self {
@@ -154,7 +154,7 @@ impl ProxyBody {
         if let Kind::Upstream(relay) = &self.kind
             && relay.open_ended
         {
-            phase.open_ended(true);
+            phase.open_ended();
         }
         self.done = Some(phase);
         self
@@ -205,12 +205,6 @@ impl Body for ProxyBody {
         if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
             log.outcome =
                 if e.is::<UpstreamBodyTimeout>() { "upstream_body_timeout" } else { "upstream_body_error" };
-        }
-        if let (Kind::Upstream(relay), Some(phase)) = (&this.kind, &this.done)
-            && relay.open_ended
-            && relay.ended
-        {
-            phase.open_ended(false);
         }
         polled
     }

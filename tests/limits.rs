@@ -571,6 +571,47 @@ async fn shutdown_resets_a_download_an_http_1_0_client_reads_to_the_close() {
     stopping.await.unwrap();
 }
 
+/// A close-delimited download whose end authgate has read from the origin
+/// but not yet written when the send timeout cuts the connection ends with
+/// a reset too: the end read from the origin cleared the mark, and the
+/// client, which had stopped reading, got a FIN after a part of the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_after_its_end_was_read_from_the_origin_still_resets() {
+    const BODY: usize = 200_000;
+    let proxy = spawn_custom(&cfg("", "[limits]\nsend_timeout = \"1s\"\n"), &users());
+    // The whole body, then the close: it ends with the origin's close.
+    let origin = spawn_raw_origin(|mut s: TcpStream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let mut answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+        answer.resize(answer.len() + BODY, b'b');
+        let _ = s.write_all(&answer).await;
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(proxy.addr).await.unwrap();
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
+        origin.url("/all"),
+        origin.authority(),
+        basic("alice", "a1")
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    // Reads nothing until well past the send timeout.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut got = Vec::new();
+    let read = c.read_to_end(&mut got).await;
+    assert!(got.len() < BODY, "the client got the whole body: {} bytes", got.len());
+    let err = read.expect_err("a clean end after a part of the body");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
 /// To an HTTP/1.1 client a body that breaks off is chunked, and its
 /// missing last chunk says so: the connection ends with a FIN, not a reset,
 /// which would discard what the client has not read yet: here a whole

@@ -129,20 +129,27 @@ impl Phase {
     }
 
     /// A response body delimited by the close of the connection (an
-    /// HTTP/1.0 client's, of unknown length) is being sent (`true`), or
-    /// its end was read from the origin (`false`). A connection that closes
-    /// in between (the origin failed mid-body, a shutdown, a revocation, a
-    /// send timeout) ends with a reset, not a FIN, which the client would
-    /// take for the body's end. Only then: a reset also discards what the
-    /// client has not read yet, such as whole responses before it.
-    pub fn open_ended(&self, sending: bool) {
-        self.open_ended.store(sending, Ordering::Release);
+    /// HTTP/1.0 client's, of unknown length) is being sent: the last on the
+    /// connection. Unless hyper ends the connection cleanly, with all of it
+    /// written (the origin failed mid-body, a shutdown, a revocation, a
+    /// send timeout, even after the body's end was read from the origin),
+    /// the close is a reset, not a FIN, which the client would take for the
+    /// body's end. Only then: a reset also discards what the client has not
+    /// read yet, such as whole responses before it.
+    pub fn open_ended(&self) {
+        self.open_ended.store(true, Ordering::Release);
     }
 
-    /// Whether the connection must end with a reset (see
-    /// [`Phase::open_ended`]).
+    /// Whether a connection that did not end cleanly must end with a reset
+    /// (see [`Phase::open_ended`]).
     pub fn resets(&self) -> bool {
         self.open_ended.load(Ordering::Acquire)
+    }
+
+    /// Whether authgate closed the connection itself (see
+    /// [`Phase::closed_by`]).
+    pub fn cut_here(&self) -> bool {
+        self.closing.load(Ordering::Acquire) != 0
     }
 
     /// The connection closes after an answer given before the request's

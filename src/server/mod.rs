@@ -522,10 +522,12 @@ async fn serve_http<S>(
             }
         }
     };
+    let clean = result.is_ok() && !closing.cut_here();
     if let Err(e) = result {
         tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
     }
-    if closing.resets()
+    if !clean
+        && closing.resets()
         && let Some(parts) = connection.into_parts()
     {
         parts.io.into_inner().into_inner().reset_on_close();
