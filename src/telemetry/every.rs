@@ -60,7 +60,7 @@ impl Every {
         self.held.fetch_add(1, Ordering::Relaxed);
         if !self.due.swap(true, Ordering::AcqRel) {
             DUE.lock().unwrap_or_else(|p| p.into_inner()).push(self);
-            let mut wait = last.saturating_add(self.period * 1000).saturating_sub(now);
+            let mut wait = self.summary_from(last).saturating_sub(now);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     loop {
@@ -69,8 +69,9 @@ impl Every {
                             Some(held) if held > 0 => self.write_summary(held),
                             Some(_) => {}
                             None => {
-                                wait = self.last.load(Ordering::Relaxed).saturating_add(self.period * 1000);
-                                wait = wait.saturating_sub(now_ms());
+                                wait = self
+                                    .summary_from(self.last.load(Ordering::Relaxed))
+                                    .saturating_sub(now_ms());
                                 continue;
                             }
                         }
@@ -80,6 +81,14 @@ impl Every {
             }
         }
         None
+    }
+
+    /// When a summary may go out, the last line at `last`: a period after
+    /// the next line could have, so that while occurrences go on a line
+    /// (with its client and request id) carries the count, not a summary
+    /// that took the period first.
+    fn summary_from(&self, last: u64) -> u64 {
+        last.saturating_add(2 * self.period * 1000)
     }
 
     /// Whether a line may go out at `now`, the last one at `last`.
@@ -94,7 +103,7 @@ impl Every {
     fn summary_at(&'static self, now: u64) -> Option<u64> {
         loop {
             let last = self.last.load(Ordering::Relaxed);
-            if !self.open(last, now) {
+            if now < self.summary_from(last) {
                 return None;
             }
             self.settle();
@@ -157,17 +166,18 @@ mod tests {
         static EVERY: Every = Every::new(10, "test");
         assert_eq!(EVERY.pass_at(1_000), Some(0));
         assert_eq!(EVERY.pass_at(2_000), None);
-        // Not before the period is over.
-        assert_eq!(EVERY.summary_at(10_999), None);
-        assert_eq!(EVERY.summary_at(11_000), Some(1));
+        // Not before a period after the next line could have gone out.
+        assert_eq!(EVERY.summary_at(11_000), None);
+        assert_eq!(EVERY.summary_at(20_999), None);
+        assert_eq!(EVERY.summary_at(21_000), Some(1));
         // It claimed the period: the next line waits for its end.
-        assert_eq!(EVERY.pass_at(11_001), None);
+        assert_eq!(EVERY.pass_at(21_001), None);
         // A line that went out first took the count: nothing to say.
-        assert_eq!(EVERY.pass_at(21_000), Some(1));
-        assert_eq!(EVERY.summary_at(21_000), None);
-        assert_eq!(EVERY.pass_at(21_500), None);
-        assert_eq!(EVERY.summary_at(31_000), Some(1));
-        assert_eq!(EVERY.summary_at(41_000), Some(0), "nothing held");
+        assert_eq!(EVERY.pass_at(31_000), Some(1));
+        assert_eq!(EVERY.summary_at(41_000), None);
+        assert_eq!(EVERY.pass_at(31_500), None);
+        assert_eq!(EVERY.summary_at(51_000), Some(1));
+        assert_eq!(EVERY.summary_at(71_000), Some(0), "nothing held");
     }
 
     #[test]
