@@ -618,6 +618,8 @@ fn a_table_written_as_an_array_is_refused() {
     let users = format!("[users]\na = [{h}, [\"g1\"], false, 2099-01-01T00:00:00Z, \"extra\", 42]\n");
     let err = load_err(GOOD_CONFIG, &users);
     assert!(err.contains("users.toml:2:5: invalid type: an array, expected a user table"), "{err}");
+    let err = load_err(GOOD_CONFIG, "[users]\nu = 2099-01-01\n");
+    assert!(err.contains("invalid type: a date or time, expected a table"), "{err}");
     assert!(!err.contains("argon2"), "{err}");
     for (config, said) in [
         (
@@ -627,6 +629,10 @@ fn a_table_written_as_an_array_is_refused() {
         (
             GOOD_CONFIG.replace("[auth]\n", "[auth]\nthrottle = [true, 3, \"1m\", \"1s\"]\n"),
             "authgate.toml:6:12: invalid type: sequence, expected an [auth.throttle] table",
+        ),
+        (
+            format!("metrics = 2020-01-01\n{GOOD_CONFIG}"),
+            "authgate.toml:1:11: invalid type: a date or time, expected a table",
         ),
         (
             format!("rules = [[\"r\", \"allow\"]]\n{GOOD_CONFIG}"),

@@ -139,7 +139,12 @@ impl<'a> Collector<'a> {
     pub fn toml(&mut self, err: &toml::de::Error) {
         // toml's messages can span lines ("invalid table header" then
         // "duplicate key ..."); a problem is one line.
-        let msg = err.message().trim().lines().map(str::trim).collect::<Vec<_>>().join(": ");
+        let mut msg = err.message().trim().lines().map(str::trim).collect::<Vec<_>>().join(": ");
+        // A date-time reaches serde as a map with one private key: where a
+        // table belongs, the table's struct called it an unknown field.
+        if msg.starts_with("unknown field `$__toml_private_datetime`") {
+            msg = "invalid type: a date or time, expected a table".to_owned();
+        }
         match err.span() {
             Some(span) => self.at(span, msg),
             None => self.whole(msg),
