@@ -612,6 +612,45 @@ async fn a_download_cut_after_its_end_was_read_from_the_origin_still_resets() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }
 
+/// On the TLS listener too, a close-delimited body that breaks off ends
+/// with a reset of the TCP connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let origin = spawn_raw_origin(|mut s: TcpStream| async move {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
+    });
+    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+    let mut tls = pki::connector(&ca.cert_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let req = format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
+        origin.url("/cut"),
+        origin.authority(),
+        basic("alice", "a1")
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tls.read_to_end(&mut got).await;
+    let err = read.expect_err("a clean end after a body that broke off");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}: {}", String::from_utf8_lossy(&got));
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// To an HTTP/1.1 client a body that breaks off is chunked, and its
 /// missing last chunk says so: the connection ends with a FIN, not a reset,
 /// which would discard what the client has not read yet: here a whole
