@@ -528,6 +528,34 @@ async fn upstream_timeouts_are_504s_made_by_the_proxy() {
     drop(full);
 }
 
+/// A chunked head and one chunk, and no end.
+const CUT_CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+
+/// A raw origin that answers the first request head of each connection
+/// with `answer`, then holds the connection for `hold` before closing it.
+fn answering_once(answer: Vec<u8>, hold: Duration) -> Origin {
+    let answer = Arc::new(answer);
+    spawn_raw_origin(move |mut s: TcpStream| {
+        let answer = answer.clone();
+        async move {
+            if read_request_head(&mut s).await.is_some() {
+                let _ = s.write_all(&answer).await;
+                tokio::time::sleep(hold).await;
+            }
+        }
+    })
+}
+
+/// An HTTP/1.0 GET of `path` on `origin`, as alice.
+fn get_10(origin: &Origin, path: &str) -> String {
+    format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
+        origin.url(path),
+        origin.authority(),
+        basic("alice", "a1")
+    )
+}
+
 /// A download to an HTTP/1.0 client, delimited by the close, that a
 /// shutdown cuts after its grace ends with a reset: a FIN was the body's
 /// end to the client, which took the cut download for a whole one.
@@ -535,25 +563,9 @@ async fn upstream_timeouts_are_504s_made_by_the_proxy() {
 async fn shutdown_resets_a_download_an_http_1_0_client_reads_to_the_close() {
     let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"300ms\"\n"), &users());
     // A chunked head and one chunk, then silence.
-    let origin = spawn_raw_origin(|mut s: TcpStream| async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
-        tokio::time::sleep(Duration::from_secs(30)).await;
-    });
+    let origin = answering_once(CUT_CHUNKED.to_vec(), Duration::from_secs(30));
     let mut c = TcpStream::connect(proxy.addr).await.unwrap();
-    let req = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
-        origin.url("/long"),
-        origin.authority(),
-        basic("alice", "a1")
-    );
+    let req = get_10(&origin, "/long");
     c.write_all(req.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -580,28 +592,13 @@ async fn a_download_cut_after_its_end_was_read_from_the_origin_still_resets() {
     const BODY: usize = 200_000;
     let proxy = spawn_custom(&cfg("", "[limits]\nsend_timeout = \"1s\"\n"), &users());
     // The whole body, then the close: it ends with the origin's close.
-    let origin = spawn_raw_origin(|mut s: TcpStream| async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        let mut answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
-        answer.resize(answer.len() + BODY, b'b');
-        let _ = s.write_all(&answer).await;
-    });
+    let mut answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".to_vec();
+    answer.resize(answer.len() + BODY, b'b');
+    let origin = answering_once(answer, Duration::ZERO);
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut c = socket.connect(proxy.addr).await.unwrap();
-    let req = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
-        origin.url("/all"),
-        origin.authority(),
-        basic("alice", "a1")
-    );
+    let req = get_10(&origin, "/all");
     c.write_all(req.as_bytes()).await.unwrap();
     // Reads nothing until well past the send timeout.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -620,28 +617,13 @@ async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("localhost");
     let proxy = spawn_full(&ca, &leaf, "").await;
-    let origin = spawn_raw_origin(|mut s: TcpStream| async move {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
-    });
+    let origin = answering_once(CUT_CHUNKED.to_vec(), Duration::ZERO);
     let tcp = TcpStream::connect(proxy.tls).await.unwrap();
     let mut tls = pki::connector(&ca.cert_pem)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .expect("TLS handshake");
-    let req = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
-        origin.url("/cut"),
-        origin.authority(),
-        basic("alice", "a1")
-    );
+    let req = get_10(&origin, "/cut");
     tls.write_all(req.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let read = tls.read_to_end(&mut got).await;
