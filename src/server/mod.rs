@@ -347,7 +347,7 @@ const REFUSED_LINE: &str = "connection refused: connection limit reached";
 
 /// A connection over a limit: logged, counted, and on a plain listener
 /// answered with 503 `too_many_connections` before it is closed.
-async fn refuse_overloaded(state: &State, listener: &Accepting, mut stream: TcpStream, client: SocketAddr) {
+async fn refuse_overloaded(state: &State, listener: &Accepting, stream: TcpStream, client: SocketAddr) {
     // The id the 503 carries (`x-request-id`, problem body) is in the log,
     // for one refusal per 10 s: a line per refusal made the log grow by
     // thousands of lines a second while the limit held off a flood.
@@ -358,24 +358,13 @@ async fn refuse_overloaded(state: &State, listener: &Accepting, mut stream: TcpS
     }
     state.metrics.request(Counted::Overloaded, None);
     if listener.tls.is_none() {
+        // With a lingering close: the client's request, left unread, made
+        // the close a reset, which could destroy the 503 before the client
+        // read it (41 of 150 raw clients that sent at once). Half a second
+        // at most (the 503 is a few hundred bytes, written at once), so
+        // that a flood of refusals does not hold many descriptors.
         let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
-        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
-        // Then a lingering close: the end of the answer, and what the client
-        // sends (its request) read until it closes, for half a second at
-        // most. Left unread, the request made the close a reset, which
-        // could destroy the 503 before the client read it (41 of 150 raw
-        // clients that sent at once). The bound keeps a flood of refusals
-        // from holding many descriptors.
-        let _ = stream.shutdown().await;
-        let drain = async {
-            let mut sink = [0u8; 4096];
-            for _ in 0..16 {
-                if !stream.read(&mut sink).await.is_ok_and(|n| n > 0) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+        answer_and_close(stream, &bytes, Duration::from_millis(500)).await;
     }
 }
 
@@ -413,7 +402,30 @@ async fn refuse_plain_http(state: &Arc<State>, stream: TcpStream, client: Socket
     let d = respond::describe(&err);
     state.metrics.request(Counted::BadRequest, None);
     tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = d.status.as_u16(), outcome = d.code);
-    tls::answer_and_close(stream, &respond::raw_error_response(&err, &id)).await;
+    answer_and_close(stream, &respond::raw_error_response(&err, &id), Duration::from_secs(2)).await;
+}
+
+/// Sends `answer` (a complete HTTP response) and closes the connection, all
+/// `within` the time given.
+///
+/// What the client sent is read and dropped until it closes too (at most
+/// 64 KiB): closing a socket with unread data in it sends a reset, which
+/// can destroy the answer before the client reads it.
+async fn answer_and_close(mut stream: TcpStream, answer: &[u8], within: Duration) {
+    let _ = tokio::time::timeout(within, async {
+        stream.write_all(answer).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => total += n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// The answers [`Guarded`] writes itself (408, 431, unparsable heads);
@@ -436,7 +448,7 @@ fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
 }
 
 /// A client socket that can be closed with a reset (`SO_LINGER` 0), for a
-/// response that broke off (see [`Phase::reset`]).
+/// response that broke off (see [`Phase::open_ended`]).
 trait Resettable {
     /// Makes the coming close a reset.
     fn reset_on_close(&self);

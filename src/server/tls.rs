@@ -9,7 +9,6 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::ring;
@@ -17,7 +16,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -139,26 +137,4 @@ pub fn acceptor(slot: Arc<CertSlot>) -> Result<TlsAcceptor, String> {
 pub async fn opens_with_plain_http(stream: &TcpStream) -> bool {
     let mut first = [0u8; 1];
     matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_alphabetic())
-}
-
-/// Sends `answer` (a complete HTTP response) and closes the connection.
-///
-/// What the client sent is read and dropped until it closes too (at most
-/// 64 KiB, and all of it within 2 s): closing a socket with unread data in
-/// it sends a reset, which can destroy the answer before the client reads it.
-pub async fn answer_and_close(mut stream: TcpStream, answer: &[u8]) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        stream.write_all(answer).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        let mut total = 0;
-        while total < 64 * 1024 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => total += n,
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
 }
