@@ -170,15 +170,23 @@ impl Authenticator {
     /// throttled. Otherwise a throttled address learnt in an instant, with
     /// no argon2 run, whether a guess was a password someone had recently
     /// used (200) or not (429): over many connections a faster oracle than
-    /// guessing unthrottled. `Err` is the throttle's `retry_after`.
-    fn hit_counts(
+    /// guessing unthrottled.
+    /// `username` names the attempt for the audit log, if it is throttled.
+    fn answer_hit(
         &self,
-        by: IpAddr,
+        (user, by): (Arc<User>, IpAddr),
         client: IpAddr,
         throttle: &throttle::Settings,
         now: Instant,
-    ) -> Result<(), Duration> {
-        if by == throttle::client_key(client) { Ok(()) } else { self.throttle.check(client, throttle, now) }
+        username: impl FnOnce() -> Option<String>,
+    ) -> Outcome {
+        if by != throttle::client_key(client)
+            && let Err(retry_after) = self.throttle.check(client, throttle, now)
+        {
+            return Outcome::Throttled { retry_after, username: username() };
+        }
+        self.metrics.cache(true);
+        Outcome::Ok(user)
     }
 
     /// The verified-credential cache.
@@ -193,28 +201,16 @@ impl Authenticator {
             return Outcome::Refused { reason: Refusal::Missing, username: None };
         };
         let now = Instant::now();
-        let hit = self.cached(users, header, now);
-        if let Some((user, by)) = &hit
-            && self.hit_counts(*by, client, throttle, now).is_ok()
-        {
-            self.metrics.cache(true);
-            return Outcome::Ok(user.clone());
+        if let Some(hit) = self.cached(users, header, now) {
+            let username = || basic::parse(header).ok().map(|c| c.username);
+            return self.answer_hit(hit, client, throttle, now, username);
         }
         // Parsed first, so that a throttled attempt is audited with the
         // username it tried.
         let parsed = basic::parse(header);
         let normal = parsed.as_ref().ok().filter(|c| c.respelled).map(|c| self.cache.credentials_key(c));
-        let hit = hit.or_else(|| self.cached_normal(users, normal.as_ref(), now));
-        if let Some((user, by)) = hit {
-            match self.hit_counts(by, client, throttle, now) {
-                Ok(()) => {
-                    self.metrics.cache(true);
-                    return Outcome::Ok(user);
-                }
-                Err(retry_after) => {
-                    return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
-                }
-            }
+        if let Some(hit) = self.cached_normal(users, normal.as_ref(), now) {
+            return self.answer_hit(hit, client, throttle, now, || parsed.ok().map(|c| c.username));
         }
         self.metrics.cache(false);
         if let Err(retry_after) = self.throttle.check(client, throttle, now) {
