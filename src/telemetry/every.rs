@@ -60,24 +60,8 @@ impl Every {
         self.held.fetch_add(1, Ordering::Relaxed);
         if !self.due.swap(true, Ordering::AcqRel) {
             DUE.lock().unwrap_or_else(|p| p.into_inner()).push(self);
-            let mut wait = self.summary_from(last).saturating_sub(now);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    loop {
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                        match self.summary_at(now_ms()) {
-                            Some(held) if held > 0 => self.write_summary(held),
-                            Some(_) => {}
-                            None => {
-                                wait = self
-                                    .summary_from(self.last.load(Ordering::Relaxed))
-                                    .saturating_sub(now_ms());
-                                continue;
-                            }
-                        }
-                        break;
-                    }
-                });
+                runtime.spawn(self.summarize_when_due(self.summary_from(last).saturating_sub(now)));
             }
         }
         None
@@ -89,6 +73,19 @@ impl Every {
     /// that took the period first.
     fn summary_from(&self, last: u64) -> u64 {
         last.saturating_add(2 * self.period * 1000)
+    }
+
+    /// Writes the summary once it is due, `wait` ms from now or later
+    /// (a line that goes out meanwhile moves it on, or takes the count).
+    async fn summarize_when_due(&'static self, mut wait: u64) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match self.summary_at(now_ms()) {
+                Some(0) => return,
+                Some(held) => return self.write_summary(held),
+                None => wait = self.summary_from(self.last.load(Ordering::Relaxed)).saturating_sub(now_ms()),
+            }
+        }
     }
 
     /// Whether a line may go out at `now`, the last one at `last`.
