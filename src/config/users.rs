@@ -101,7 +101,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
                 .filter(|span| source.get(span.clone()).is_some())
                 .map(|span| toml_kind(source, span.start));
             for p in &mut c.problems {
-                p.message = in_toml_terms(&without_values(&p.message), found);
+                p.message = in_toml_terms(&without_values(&without_odd_keys(&p.message)), found);
             }
             return (Vec::new(), c.problems);
         }
@@ -302,6 +302,36 @@ fn in_toml_terms(message: &str, found: Option<&str>) -> String {
     }
 }
 
+/// `message` with an unknown key left out unless it looks like the name of
+/// a setting: keys are where typos show (`pasword`), but a password or a
+/// hash typed where a key belongs (`"$argon2id$…" = 1`) must not be echoed,
+/// and a reload logs the message. serde writes ``unknown field `KEY`,
+/// expected …``.
+fn without_odd_keys(message: &str) -> String {
+    const OPENING: &str = "unknown field `";
+    let Some(at) = message.find(OPENING) else {
+        return message.to_owned();
+    };
+    let inside = &message[at + OPENING.len()..];
+    // serde writes the key as it is, so a backtick in it ends the quote
+    // early: the closing mark is the last "`, expected" or the end.
+    let end = inside.rfind("`, expected").or_else(|| inside.strip_suffix('`').map(str::len));
+    let (key, rest) = match end {
+        Some(end) => (&inside[..end], &inside[end + 1..]),
+        None => (inside, ""),
+    };
+    let setting_like = key.len() <= 40
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if setting_like {
+        message.to_owned()
+    } else {
+        format!(
+            "{}unknown key (not shown: it is not a setting name, and may be a secret){rest}",
+            &message[..at]
+        )
+    }
+}
+
 /// `message` with the values serde quotes (`invalid type: string "…",
 /// expected a boolean`, ``integer `31415926` ``, ``boolean `true` ``) left
 /// out: in the users file such a value may be a password or hash typed under
@@ -399,6 +429,28 @@ mod tests {
             shown[0].contains("users.toml:2:12: invalid type: an integer, expected a string"),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn an_unknown_key_is_shown_only_when_it_looks_like_a_setting() {
+        let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA";
+        for (body, secret) in [
+            (format!("password = \"{hash}\"\n\"{hash}\" = 1"), hash),
+            (format!("password = \"{hash}\"\n\"Hunter2 pw\" = true"), "Hunter2"),
+            (format!("password = \"{hash}\"\n\"a`b, expected x\" = 1"), "a`b"),
+        ] {
+            let (users, problems) = parse(Path::new("users.toml"), &format!("[users.a]\n{body}\n"));
+            assert!(users.is_empty());
+            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert_eq!(shown.len(), 1, "{shown:?}");
+            assert!(!shown[0].contains(secret), "{shown:?}");
+            assert!(shown[0].contains("users.toml:3:1: unknown key (not shown"), "{shown:?}");
+            assert!(shown[0].contains("expected one of `password`"), "{shown:?}");
+        }
+        let (_, problems) =
+            parse(Path::new("users.toml"), &format!("[users.a]\npassword = \"{hash}\"\npasword_2 = 1\n"));
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(shown[0].contains("unknown field `pasword_2`, expected one of `password`"), "{shown:?}");
     }
 
     #[test]
