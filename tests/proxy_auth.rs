@@ -280,6 +280,60 @@ async fn rejected_request_with_a_small_body_leaves_the_connection_usable() {
     assert_eq!(origin.hits(), 1, "the rejected body must never reach the origin");
 }
 
+/// A client that sends its head before its body (a streaming upload) hears
+/// its 407 at once, not once the body is in: the proxy reads the body while
+/// the answer goes out, and the connection stays usable for the retry.
+/// Read before the answer, a body still on its way held the 407 back (5 s
+/// for one that never came) and then closed the connection.
+#[tokio::test]
+async fn a_407_does_not_wait_for_a_body_still_on_its_way() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[ALICE]);
+    let host = origin.authority();
+    let url = origin.url("/form");
+    let mut conn = RawConn::connect(proxy.addr).await;
+
+    let mut rejected = request("POST", &url, &[("Host", &host), ("Content-Length", "10")]);
+    rejected.extend_from_slice(b"hello");
+    conn.send(rejected).await;
+    // The rest of the body is sent only after the 407 has been read.
+    let first = conn.read_response("POST").await;
+    assert_eq!(first.status, 407, "{}", first.dump());
+    assert_eq!(first.header("connection"), None, "the connection is kept for the retry:\n{}", first.dump());
+
+    let mut rest = b"world".to_vec();
+    let auth = basic(ALICE.0, ALICE.1);
+    rest.extend(request(
+        "POST",
+        &url,
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Content-Length", "2")],
+    ));
+    rest.extend_from_slice(b"ok");
+    conn.send(rest).await;
+    let second = conn.read_response("POST").await;
+    assert_eq!(second.status, 200, "the retry on the same connection is forwarded:\n{}", second.dump());
+    assert_eq!(Echoed::parse(&second.body).body, b"ok");
+    assert_eq!(origin.hits(), 1, "the refused body never reaches the origin");
+}
+
+/// A body announced with a 407's request that never comes is not waited
+/// for beyond `header_read_timeout`: the connection is closed.
+#[tokio::test]
+async fn a_refused_body_that_never_comes_ends_the_connection() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("[limits]\nheader_read_timeout = \"1s\"\n", &[ALICE]);
+    let host = origin.authority();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut rejected = request("POST", &origin.url("/form"), &[("Host", &host), ("Content-Length", "10")]);
+    rejected.extend_from_slice(b"hel");
+    conn.send(rejected).await;
+    let first = conn.read_response("POST").await;
+    assert_eq!(first.status, 407, "{}", first.dump());
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), conn.is_closed()).await;
+    assert_eq!(closed.ok(), Some(true), "the proxy closes once header_read_timeout has passed");
+    assert_eq!(origin.hits(), 0);
+}
+
 #[tokio::test]
 async fn rejected_request_with_a_large_body_gets_407_then_a_clean_close() {
     // Too large to drain: the proxy must answer and close, not read the next

@@ -236,7 +236,11 @@ async fn process(
         return Err((ProxyError::LoopDetected, false));
     }
 
-    let (user, fresh) = authenticate(state, snap, client, &mut req, rec).await?;
+    let (user, fresh) = match authenticate(state, snap, client, &req, rec).await {
+        Ok(found) => found,
+        // A refusal the client answers with a retry on this connection.
+        Err((err, _)) => return Err((err, !drain_small_body(state, snap.limits.header_read_timeout, req))),
+    };
     // Checked against a snapshot that a reload replaced meanwhile: the rest
     // goes by the new one too.
     let snap = fresh.as_ref().unwrap_or(snap);
@@ -322,7 +326,7 @@ async fn authenticate(
     state: &State,
     snap: &Arc<Snapshot>,
     client: &Client,
-    req: &mut Request<Incoming>,
+    req: &Request<Incoming>,
     rec: &AccessRecord,
 ) -> Result<(Arc<User>, Option<Arc<Snapshot>>), Failure> {
     let mut values = req.headers().get_all(header::PROXY_AUTHORIZATION).iter();
@@ -389,15 +393,13 @@ async fn authenticate(
                 target: &rec.target,
             }
             .emit();
-            let close = !drain_small_body(req).await;
             // Counted from the answer, not from the attempt: the tarpit's
             // wait is already behind the client.
             let retry_after = retry_after.saturating_sub(held.elapsed());
-            Err((ProxyError::Throttled { retry_after }, close))
+            Err((ProxyError::Throttled { retry_after }, false))
         }
         Outcome::Overloaded => {
-            let close = !drain_small_body(req).await;
-            Err((ProxyError::AuthOverloaded { retry_after: respond::OVERLOAD_RETRY }, close))
+            Err((ProxyError::AuthOverloaded { retry_after: respond::OVERLOAD_RETRY }, false))
         }
         Outcome::Refused { reason, username } => {
             state.metrics.auth_failure(match reason {
@@ -420,18 +422,26 @@ async fn authenticate(
                 }
                 .emit();
             }
-            let close = !drain_small_body(req).await;
-            Err((ProxyError::ProxyAuthRequired, close))
+            Err((ProxyError::ProxyAuthRequired, false))
         }
     }
 }
 
-/// Reads and discards a small request body so that the connection stays in
-/// sync for the client's retry with credentials. Returns whether the
-/// connection may be kept; a large, unknown-length or `Expect: 100-continue`
-/// body is not read (the client may not even send it), and the connection is
-/// closed cleanly after the response instead.
-async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
+/// Reads and discards a small request body refused by the authentication
+/// step (407, 429, 503), so that the connection stays in sync for the
+/// client's retry with credentials. Returns whether the connection may be
+/// kept; a large, unknown-length or `Expect: 100-continue` body is not read
+/// (the client may not even send it), and the connection is closed cleanly
+/// after the answer instead.
+///
+/// The body is read in a task of its own while the answer goes out at once:
+/// hyper writes the answer and reads the body side by side, and reads the
+/// next request once the body has ended. (Read before answering, a body
+/// that came slowly held the 407 back, 5 s for one that never came.) A body
+/// not read in full `within` (`header_read_timeout`: the client trickles
+/// it, or never sends it) is dropped there, and hyper closes the connection
+/// after the answer; so does shutdown.
+fn drain_small_body(state: &State, within: Duration, req: Request<Incoming>) -> bool {
     use http_body::Body as _;
     if req.body().is_end_stream() {
         return true;
@@ -443,16 +453,16 @@ async fn drain_small_body(req: &mut Request<Incoming>) -> bool {
         Some(n) if n <= DRAIN_LIMIT => {}
         _ => return false,
     }
-    let body = req.body_mut();
-    let drain = async {
-        while let Some(frame) = body.frame().await {
-            if frame.is_err() {
-                return false;
-            }
+    let mut body = req.into_body();
+    let stopping = state.stopping.clone();
+    tokio::spawn(async move {
+        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        tokio::select! {
+            _ = tokio::time::timeout(within, drain) => {}
+            _ = stopping.cancelled() => {}
         }
-        true
-    };
-    matches!(tokio::time::timeout(Duration::from_secs(5), drain).await, Ok(true))
+    });
+    true
 }
 
 /// The size of the request's head as sent, or a little less: two bytes per
