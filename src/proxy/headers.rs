@@ -108,12 +108,21 @@ fn same_protocol(offer: &[u8], answer: &[u8]) -> bool {
 }
 
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    members(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The members of the comma-separated list fields `name`, without the
+/// whitespace around them and without empty ones, as bytes: a field with a
+/// byte outside ASCII (obs-text, which hyper lets through) is still read for
+/// its other members; read as text, the whole field was skipped, and the
+/// fields that `Connection: X-Hop, caf\xe9` names were forwarded.
+fn members<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|m| m.trim_ascii())
+        .filter(|m| !m.is_empty())
 }
 
 /// The transfer codings a message's body still has once hyper decoded its
@@ -149,19 +158,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
         // Fields named by Connection, read before Connection goes away.
         // `keep-alive`, the usual token, names a field dropped anyway: left
         // out, the list stays empty and unallocated for most messages.
-        let listed: Vec<&str> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("keep-alive"))
+        let listed: Vec<&[u8]> = members(headers, &header::CONNECTION)
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive"))
             .collect();
         headers
             .keys()
             .filter(|name| {
                 proxy_status |= name.as_str() == "proxy-status";
-                always_dropped(name) || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+                always_dropped(name)
+                    || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))
             })
             .cloned()
             .collect()
@@ -358,13 +363,9 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
 
 /// Whether a `Via` entry already names this proxy (a forwarding loop).
 pub fn via_names_us(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|entry| entry.split_whitespace().nth(1))
-        .any(|received_by| received_by.eq_ignore_ascii_case(PROXY_NAME))
+    members(headers, &header::VIA)
+        .filter_map(|entry| entry.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).nth(1))
+        .any(|received_by| received_by.eq_ignore_ascii_case(PROXY_NAME.as_bytes()))
 }
 
 #[cfg(test)]
@@ -416,6 +417,24 @@ mod tests {
         ]);
         let _ = strip_hop_by_hop(&mut mixed, false);
         assert_eq!(mixed.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
+    }
+
+    /// A byte outside ASCII (obs-text) in `Connection` does not hide the
+    /// other fields it names; read as text, the whole field was skipped.
+    #[test]
+    fn a_connection_field_with_obs_text_still_names_its_fields() {
+        for value in [&b"X-Hop, keep-aliv\xe5"[..], b"X-Hop, caf\xc3\xa9", b"\xff,\tX-Hop\t"] {
+            let mut h = HeaderMap::new();
+            h.append(header::CONNECTION, HeaderValue::from_bytes(value).unwrap());
+            h.append("x-hop", HeaderValue::from_static("1"));
+            h.append("x-end", HeaderValue::from_static("kept"));
+            let _ = strip_hop_by_hop(&mut h, false);
+            assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-end"], "{value:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_bytes(b"Upgrade, \xe5").unwrap());
+        h.append(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_upgrade(&h));
     }
 
     #[test]
@@ -522,6 +541,10 @@ mod tests {
     fn via_loop_detection() {
         assert!(via_names_us(&map(&[("via", "1.1 other, 1.1 AuthGate")])));
         assert!(!via_names_us(&map(&[("via", "1.1 authgate-other")])));
+        // A byte outside ASCII elsewhere in the field does not hide the loop.
+        let mut h = HeaderMap::new();
+        h.append(header::VIA, HeaderValue::from_bytes(b"1.1 caf\xe9, 1.1\tauthgate (x)").unwrap());
+        assert!(via_names_us(&h));
         let mut h = HeaderMap::new();
         add_via(&mut h, Version::HTTP_11);
         assert!(via_names_us(&h));
