@@ -633,6 +633,91 @@ async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
     let _ = proxy.task.await;
 }
 
+/// Size of the whole response pipelined before a cut one.
+const WHOLE: usize = 1_000_000;
+
+/// A raw origin: `/whole` gets [`WHOLE`] bytes of `w` with a length, any
+/// other path a chunked body cut after one chunk of 1000 bytes (to an
+/// HTTP/1.0 client, a body that runs to the close).
+fn whole_then_cut_origin() -> Origin {
+    spawn_raw_origin(|mut s: TcpStream| async move {
+        while let Some(head) = read_request_head(&mut s).await {
+            if head.starts_with(b"GET /whole ") {
+                let mut answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {WHOLE}\r\n\r\n").into_bytes();
+                answer.resize(answer.len() + WHOLE, b'w');
+                if s.write_all(&answer).await.is_err() {
+                    return;
+                }
+            } else {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\n").await;
+                let _ = s.write_all(&[b'c'; 1000]).await;
+                return;
+            }
+        }
+    })
+}
+
+/// A client socket with a small receive buffer, so that the proxy's
+/// socket holds most of what is on its way.
+async fn small_window_client(to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 * 1024).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Sends the two pipelined HTTP/1.0 requests (`/whole` with keep-alive,
+/// then `/cut`), reads slowly to the end, and checks that the whole first
+/// response came, then the head of the second, then a reset.
+async fn whole_then_cut<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut c: S, origin: &Origin) {
+    let whole = get_10(origin, "/whole").replace("\r\n\r\n", "\r\nConnection: keep-alive\r\n\r\n");
+    c.write_all(format!("{whole}{}", get_10(origin, "/cut")).as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let end = loop {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        match c.read(&mut buf).await {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a first head") + 4;
+    let first = &got[head_end..];
+    let whole = first.iter().take_while(|&&b| b == b'w').count();
+    assert_eq!(
+        whole,
+        WHOLE,
+        "the first response, whole; then {:?}",
+        String::from_utf8_lossy(&first[whole..])
+    );
+    let second = &first[WHOLE..];
+    assert!(second.starts_with(b"HTTP/1.0 200 OK\r\n"), "{:?}", String::from_utf8_lossy(second));
+    let err = end.expect_err("a clean end after a body that broke off");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+}
+
+/// The reset that ends a cut close-delimited body comes after what was
+/// sent before it: a whole response pipelined ahead of the cut one reaches
+/// a client that reads slowly in full, on the plain and the TLS listener.
+/// Reset at once, the socket dropped what the kernel still held for the
+/// client: 880 to 900 KB of a whole 1 MB response arrived, then the reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_response_before_a_cut_one_reaches_a_slow_reader_whole() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let origin = whole_then_cut_origin();
+    whole_then_cut(small_window_client(proxy.plain).await, &origin).await;
+    let tls = pki::connector(&ca.cert_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), small_window_client(proxy.tls).await)
+        .await
+        .expect("TLS handshake");
+    whole_then_cut(tls, &origin).await;
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// To an HTTP/1.1 client a body that breaks off is chunked, and its
 /// missing last chunk says so: the connection ends with a FIN, not a reset,
 /// which would discard what the client has not read yet: here a whole

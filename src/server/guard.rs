@@ -135,7 +135,10 @@ impl Phase {
     /// send timeout, even after the body's end was read from the origin),
     /// the close is a reset, not a FIN, which the client would take for the
     /// body's end. Only then: a reset also discards what the client has not
-    /// read yet, such as whole responses before it.
+    /// read yet. When the origin broke the body off, the reset waits for
+    /// what the kernel still holds for the client to go out first, such as
+    /// a whole response before it (see `server::reset`); when authgate cut
+    /// the connection itself, it comes at once.
     pub fn open_ended(&self) {
         self.open_ended.store(true, Ordering::Release);
     }

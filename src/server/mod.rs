@@ -12,6 +12,7 @@ pub mod guard;
 pub mod limits;
 pub mod proxy_protocol;
 pub mod reload;
+mod reset;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -36,6 +37,7 @@ use crate::respond;
 use crate::telemetry::Every;
 use crate::telemetry::metrics::Outcome as Counted;
 use guard::{Canned, Closer, Guarded, Phase, Rejection, Timeouts};
+use reset::Resettable;
 
 /// A bound listener and how to treat its connections.
 pub struct Listener {
@@ -447,25 +449,6 @@ fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
     })
 }
 
-/// A client socket that can be closed with a reset (`SO_LINGER` 0), for a
-/// response that broke off (see [`Phase::open_ended`]).
-trait Resettable {
-    /// Makes the coming close a reset.
-    fn reset_on_close(&self);
-}
-
-impl Resettable for TcpStream {
-    fn reset_on_close(&self) {
-        let _ = self.set_zero_linger();
-    }
-}
-
-impl Resettable for Box<tokio_rustls::server::TlsStream<TcpStream>> {
-    fn reset_on_close(&self) {
-        self.get_ref().0.reset_on_close();
-    }
-}
-
 async fn serve_http<S>(
     state: Arc<State>,
     io: S,
@@ -542,7 +525,11 @@ async fn serve_http<S>(
         && closing.resets()
         && let Some(parts) = connection.into_parts()
     {
-        parts.io.into_inner().into_inner().reset_on_close();
+        let io = parts.io.into_inner().into_inner();
+        // Cut by authgate itself (revocation, shutdown, a client that took
+        // nothing for `send_timeout`): nothing more is owed, reset at once.
+        let within = if closing.cut_here() { Duration::ZERO } else { limits.send_timeout };
+        reset::reset_once_sent(&io, within, &state.kill).await;
     }
 }
 

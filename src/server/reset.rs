@@ -1,0 +1,83 @@
+//! Ending a client connection with a reset (`SO_LINGER` 0) after a
+//! close-delimited response that broke off (see
+//! [`Phase::open_ended`](super::guard::Phase::open_ended)): to an HTTP/1.0
+//! client a FIN would mark the body's end.
+//!
+//! A reset also throws away what the kernel still holds for the client, so
+//! it waits until all of that has gone out: a whole response pipelined ahead
+//! of the cut one reaches a slow reader in full (it lost its last 100 KB or
+//! more when the reset came at once), and so does what was sent of the cut
+//! one. The receiver reads what reached it before the reset.
+
+use std::io;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, poll};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// A client socket that can be closed with a reset.
+pub(super) trait Resettable {
+    /// The TCP socket underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Resettable for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Resettable for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// How often the wait looks again when no readiness event came: the kernel
+/// signals writability under `TCP_NOTSENT_LOWAT` on acknowledgements, and a
+/// missed one must not hold the close until `within`.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
+/// Makes the close of `socket` a reset, once the kernel has sent everything
+/// it holds for the client, or after `within` (a client that reads nothing
+/// more: `send_timeout`; zero: at once), or at once when `kill` is
+/// cancelled (shutdown's grace is over).
+pub(super) async fn reset_once_sent(socket: &impl Resettable, within: Duration, kill: &CancellationToken) {
+    let tcp = socket.tcp();
+    if within.is_zero() {
+        let _ = tcp.set_zero_linger();
+        return;
+    }
+    // With a low-water mark of 1 byte, the socket is writable only when no
+    // byte is left unsent.
+    if socket2::SockRef::from(tcp).set_tcp_notsent_lowat(1).is_ok() {
+        let sent = async {
+            loop {
+                // Readiness tokio saw before the mark was set says nothing:
+                // cleared first, so an event after the look below counts.
+                let _ = tcp.try_io(Interest::WRITABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                if all_sent(tcp) {
+                    return;
+                }
+                let _ = tokio::time::timeout(LOOK_AGAIN, tcp.writable()).await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(within, sent) => {}
+            _ = kill.cancelled() => {}
+        }
+    }
+    let _ = tcp.set_zero_linger();
+}
+
+/// Whether `tcp` has nothing left unsent (under `TCP_NOTSENT_LOWAT` 1), or
+/// has failed: a socket in error has nothing more to wait for.
+fn all_sent(tcp: &TcpStream) -> bool {
+    let mut fds = [PollFd::new(tcp, PollFlags::OUT)];
+    match poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })) {
+        Ok(_) => !fds[0].revents().intersection(PollFlags::OUT | PollFlags::ERR | PollFlags::HUP).is_empty(),
+        Err(_) => true,
+    }
+}
