@@ -566,6 +566,29 @@ async fn a_throttled_address_cannot_test_guesses_against_the_cache() {
     assert_eq!(status_from("127.0.0.6", proxy.addr, &origin, "alice", "a1").await.status, 200);
 }
 
+/// A user who logged in from an address that is throttled later (someone
+/// else's guesses behind the same NAT) keeps the fast path there, though
+/// another address verified the credentials first: a hit that counted from
+/// an address makes it one the credentials are known from. An address that
+/// never presented them while unthrottled still gets 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_address_is_throttled_later_keeps_the_cached_login() {
+    let origin = spawn_echo_origin();
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1m\"\ndelay = \"10ms\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1"), ("bob", "b1")]));
+    assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    // From a second address, a cache hit: it counts, and is remembered.
+    assert_eq!(status_from("127.0.0.7", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    for ip in ["127.0.0.7", "127.0.0.8"] {
+        for _ in 0..2 {
+            assert_eq!(status_from(ip, proxy.addr, &origin, "bob", "wrong").await.status, 407);
+        }
+        assert_eq!(status_from(ip, proxy.addr, &origin, "bob", "guess").await.status, 429);
+    }
+    assert_eq!(status_from("127.0.0.7", proxy.addr, &origin, "alice", "a1").await.status, 200);
+    assert_eq!(status_from("127.0.0.8", proxy.addr, &origin, "alice", "a1").await.status, 429);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_throttle_counts_failed_attempts_but_not_a_missing_header() {
     let origin = spawn_echo_origin();

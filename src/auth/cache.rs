@@ -37,14 +37,26 @@ struct Entry {
     user: Arc<str>,
     fingerprint: u64,
     until: Instant,
-    /// Where the credentials were verified from (its throttle unit, see
-    /// [`super::throttle::client_key`]).
-    by: IpAddr,
+    /// The addresses the credentials are known from (their throttle units,
+    /// see [`super::throttle::client_key`]): the one that verified them,
+    /// and the last others that presented them while not throttled.
+    by: [Option<IpAddr>; ADDRESSES],
+    /// Where in `by` the next address goes (the oldest other one).
+    next: u8,
 }
 
-/// A cache hit: who the credentials were verified as, that user's
-/// fingerprint then, and the address (throttle unit) that verified them.
+/// Addresses an entry knows its credentials from: a user who logs in from
+/// a few places (office, VPN, home) keeps the fast path at each.
+const ADDRESSES: usize = 4;
+
+/// Credentials verified: who as, that user's fingerprint then, and the
+/// address (throttle unit) that verified them.
 pub type Hit = (Arc<str>, u64, IpAddr);
+
+/// A cache hit: who the credentials were verified as, that user's
+/// fingerprint then, and whether the asking address is one they are known
+/// from.
+pub type Found = (Arc<str>, u64, bool);
 
 /// The cache. Cheap to share behind an `Arc`.
 pub struct VerifiedCache {
@@ -127,19 +139,47 @@ impl VerifiedCache {
     }
 
     /// The user a header value was verified for, with that user's fingerprint
-    /// at the time, if the entry has not expired.
-    pub fn get(&self, header: &[u8], now: Instant) -> Option<Hit> {
-        self.get_key(&self.key(header), now)
+    /// at the time, if the entry has not expired; and whether `from` (a
+    /// throttle unit) is an address the credentials are known from.
+    pub fn get(&self, header: &[u8], from: IpAddr, now: Instant) -> Option<Found> {
+        self.get_key(&self.key(header), from, now)
     }
 
     /// [`VerifiedCache::get`] for respelled credentials, by their normal form.
-    pub fn get_credentials(&self, key: &CredentialsKey, now: Instant) -> Option<Hit> {
-        self.get_key(&key.0, now)
+    pub fn get_credentials(&self, key: &CredentialsKey, from: IpAddr, now: Instant) -> Option<Found> {
+        self.get_key(&key.0, from, now)
     }
 
-    fn get_key(&self, key: &Key, now: Instant) -> Option<Hit> {
+    fn get_key(&self, key: &Key, from: IpAddr, now: Instant) -> Option<Found> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(key).filter(|e| e.until > now).map(|e| (e.user.clone(), e.fingerprint, e.by))
+        map.get(key)
+            .filter(|e| e.until > now)
+            .map(|e| (e.user.clone(), e.fingerprint, e.by.contains(&Some(from))))
+    }
+
+    /// Records that the credentials of `header` came from `from` too (a hit
+    /// that counted there), in place of the oldest address other than the
+    /// one that verified them.
+    pub fn vouch(&self, header: &[u8], from: IpAddr) {
+        self.vouch_key(&self.key(header), from);
+    }
+
+    /// [`VerifiedCache::vouch`] for respelled credentials, by their normal
+    /// form.
+    pub fn vouch_credentials(&self, key: &CredentialsKey, from: IpAddr) {
+        self.vouch_key(&key.0, from);
+    }
+
+    fn vouch_key(&self, key: &Key, from: IpAddr) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get_mut(key)
+            && !e.by.contains(&Some(from))
+        {
+            // Slot 0 keeps the address that verified them.
+            let slot = 1 + usize::from(e.next) % (ADDRESSES - 1);
+            e.by[slot] = Some(from);
+            e.next = e.next.wrapping_add(1);
+        }
     }
 
     /// Remembers that `header` verified as `user`, from `by`, for `ttl`.
@@ -164,7 +204,9 @@ impl VerifiedCache {
                 map.clear();
             }
         }
-        map.insert(key, Entry { user, fingerprint, until: now + ttl, by });
+        let mut known = [None; ADDRESSES];
+        known[0] = Some(by);
+        map.insert(key, Entry { user, fingerprint, until: now + ttl, by: known, next: 0 });
     }
 
     /// Drops every entry of `user` (the snapshot check already ignores them;
@@ -197,11 +239,33 @@ mod tests {
         let t0 = Instant::now();
         c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
         assert_eq!(
-            c.get(b"Basic abc", t0).map(|(u, f, by)| (u.to_string(), f, by)),
-            Some(("alice".into(), 7, HERE))
+            c.get(b"Basic abc", HERE, t0).map(|(u, f, known)| (u.to_string(), f, known)),
+            Some(("alice".into(), 7, true))
         );
-        assert!(c.get(b"Basic abd", t0).is_none());
-        assert!(c.get(b"Basic abc", t0 + Duration::from_secs(61)).is_none());
+        assert!(c.get(b"Basic abd", HERE, t0).is_none());
+        assert!(c.get(b"Basic abc", HERE, t0 + Duration::from_secs(61)).is_none());
+    }
+
+    #[test]
+    fn an_entry_knows_the_verifying_address_and_the_last_others() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        let at = |n: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n));
+        c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
+        let known = |from| c.get(b"Basic abc", from, t0).map(|(_, _, known)| known);
+        assert_eq!(known(at(1)), Some(false));
+        for n in 1..=5 {
+            c.vouch(b"Basic abc", at(n));
+            c.vouch(b"Basic abc", at(n));
+        }
+        // The verifying address and the last three others.
+        assert_eq!(known(HERE), Some(true));
+        assert_eq!(
+            [1, 2, 3, 4, 5].map(|n| known(at(n))),
+            [Some(false), Some(false), Some(true), Some(true), Some(true)]
+        );
+        c.vouch(b"Basic zzz", at(9));
+        assert!(c.get(b"Basic zzz", at(9), t0).is_none(), "vouching adds no entry");
     }
 
     #[test]
@@ -243,7 +307,7 @@ mod tests {
             b"Basic   YWxpY2U6YTE=",
             b"bAsIc \tYWxpY2U6YTE= ",
         ] {
-            assert!(c.get(same, t0).is_some(), "{}", String::from_utf8_lossy(same));
+            assert!(c.get(same, HERE, t0).is_some(), "{}", String::from_utf8_lossy(same));
             c.insert(same, ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
         }
         assert_eq!(c.len(), 1, "one entry for all of them");
@@ -255,7 +319,7 @@ mod tests {
             b"Basic YWxpY2U6YTE==",
             b"Basic\tYWxpY2U6YTE=",
         ] {
-            assert!(c.get(other, t0).is_none(), "{}", String::from_utf8_lossy(other));
+            assert!(c.get(other, HERE, t0).is_none(), "{}", String::from_utf8_lossy(other));
         }
         // Multi-part input is the MAC of the concatenation.
         assert_eq!(c.mac_parts(&[b"basic ", b"abc"]), c.mac(b"basic abc"));

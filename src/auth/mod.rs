@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
-pub use cache::{CredentialsKey, Hit, VerifiedCache};
+pub use cache::{CredentialsKey, Found, Hit, VerifiedCache};
 pub use store::{Refusal, User, UserStore};
 
 /// The result of authenticating one request.
@@ -141,8 +141,16 @@ impl Authenticator {
         }
     }
 
-    fn cached(&self, users: &UserStore, header: &[u8], now: Instant) -> Option<(Arc<User>, IpAddr)> {
-        self.current(users, self.cache.get(header, now)?)
+    /// The user a cache entry for `header` names, if it still counts, and
+    /// whether the credentials are known from `from` (a throttle unit).
+    fn cached(
+        &self,
+        users: &UserStore,
+        header: &[u8],
+        from: IpAddr,
+        now: Instant,
+    ) -> Option<(Arc<User>, bool)> {
+        self.current(users, self.cache.get(header, from, now)?)
     }
 
     /// [`Authenticator::cached`] for credentials sent in another spelling
@@ -152,38 +160,44 @@ impl Authenticator {
         &self,
         users: &UserStore,
         normal: Option<&CredentialsKey>,
+        from: IpAddr,
         now: Instant,
-    ) -> Option<(Arc<User>, IpAddr)> {
-        self.current(users, self.cache.get_credentials(normal?, now)?)
+    ) -> Option<(Arc<User>, bool)> {
+        self.current(users, self.cache.get_credentials(normal?, from, now)?)
     }
 
-    /// The user of a cache entry, if it still counts, and where it was
-    /// verified from.
-    fn current(&self, users: &UserStore, (name, fingerprint, by): Hit) -> Option<(Arc<User>, IpAddr)> {
+    /// The user of a cache entry, if it still counts, and whether the
+    /// asking address is one the credentials are known from.
+    fn current(&self, users: &UserStore, (name, fingerprint, known): Found) -> Option<(Arc<User>, bool)> {
         let user = users.get(&name)?;
         (user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok())
-            .then(|| (user.clone(), by))
+            .then(|| (user.clone(), known))
     }
 
-    /// A cache hit counts at once from the address that verified the
-    /// credentials; from another, only while that address is not
-    /// throttled. Otherwise a throttled address learnt in an instant, with
-    /// no argon2 run, whether a guess was a password someone had recently
-    /// used (200) or not (429): over many connections a faster oracle than
-    /// guessing unthrottled.
+    /// A cache hit counts at once from an address the credentials are known
+    /// from (the one that verified them, or one where a hit counted since);
+    /// from another, only while that address is not throttled, and then
+    /// that address is known too (`vouch`): a user whose address is
+    /// throttled later, by someone else's guesses behind the same NAT, keeps
+    /// the fast path there. Otherwise a throttled address learnt in an
+    /// instant, with no argon2 run, whether a guess was a password someone
+    /// had recently used (200) or not (429): over many connections a faster
+    /// oracle than guessing unthrottled.
     /// `username` names the attempt for the audit log, if it is throttled.
     fn answer_hit(
         &self,
-        (user, by): (Arc<User>, IpAddr),
+        (user, known): (Arc<User>, bool),
         client: IpAddr,
         throttle: &throttle::Settings,
         now: Instant,
+        vouch: impl FnOnce(),
         username: impl FnOnce() -> Option<String>,
     ) -> Outcome {
-        if by != throttle::client_key(client)
-            && let Err(retry_after) = self.throttle.check(client, throttle, now)
-        {
-            return Outcome::Throttled { retry_after, username: username() };
+        if !known {
+            if let Err(retry_after) = self.throttle.check(client, throttle, now) {
+                return Outcome::Throttled { retry_after, username: username() };
+            }
+            vouch();
         }
         self.metrics.cache(true);
         Outcome::Ok(user)
@@ -201,16 +215,18 @@ impl Authenticator {
             return Outcome::Refused { reason: Refusal::Missing, username: None };
         };
         let now = Instant::now();
-        if let Some(hit) = self.cached(users, header, now) {
+        let from = throttle::client_key(client);
+        if let Some(hit) = self.cached(users, header, from, now) {
             let username = || basic::parse(header).ok().map(|c| c.username);
-            return self.answer_hit(hit, client, throttle, now, username);
+            return self.answer_hit(hit, client, throttle, now, || self.cache.vouch(header, from), username);
         }
         // Parsed first, so that a throttled attempt is audited with the
         // username it tried.
         let parsed = basic::parse(header);
         let normal = parsed.as_ref().ok().filter(|c| c.respelled).map(|c| self.cache.credentials_key(c));
-        if let Some(hit) = self.cached_normal(users, normal.as_ref(), now) {
-            return self.answer_hit(hit, client, throttle, now, || parsed.ok().map(|c| c.username));
+        if let Some(hit) = self.cached_normal(users, normal.as_ref(), from, now) {
+            let vouch = || normal.as_ref().map_or((), |key| self.cache.vouch_credentials(key, from));
+            return self.answer_hit(hit, client, throttle, now, vouch, || parsed.ok().map(|c| c.username));
         }
         self.metrics.cache(false);
         if let Err(retry_after) = self.throttle.check(client, throttle, now) {
@@ -228,9 +244,16 @@ impl Authenticator {
         let _turn = gate.lock().await;
         let now = Instant::now();
         // (The address was not throttled a moment ago: a hit counts.)
-        if let Some((user, _)) =
-            self.cached(users, header, now).or_else(|| self.cached_normal(users, normal.as_ref(), now))
+        if let Some((user, known)) = self
+            .cached(users, header, from, now)
+            .or_else(|| self.cached_normal(users, normal.as_ref(), from, now))
         {
+            if !known {
+                match &normal {
+                    Some(key) => self.cache.vouch_credentials(key, from),
+                    None => self.cache.vouch(header, from),
+                }
+            }
             return Outcome::Ok(user);
         }
         // The attempt is counted before argon2 and given back unless it
@@ -248,7 +271,7 @@ impl Authenticator {
         match verdict {
             Ok(user) => {
                 self.throttle.refund(client, throttle);
-                let verified = (user.name.clone(), user.fingerprint, throttle::client_key(client));
+                let verified = (user.name.clone(), user.fingerprint, from);
                 let now = Instant::now();
                 match &normal {
                     Some(key) => self.cache.insert_credentials(key, verified, ttl, now),
