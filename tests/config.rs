@@ -624,11 +624,11 @@ fn a_table_written_as_an_array_is_refused() {
     for (config, said) in [
         (
             format!("log = [\"info\", \"text\", true]\n{GOOD_CONFIG}"),
-            "authgate.toml:1:7: invalid type: sequence, expected a [log] table",
+            "authgate.toml:1:7: invalid type: an array, expected a [log] table",
         ),
         (
             GOOD_CONFIG.replace("[auth]\n", "[auth]\nthrottle = [true, 3, \"1m\", \"1s\"]\n"),
-            "authgate.toml:6:12: invalid type: sequence, expected an [auth.throttle] table",
+            "authgate.toml:6:12: invalid type: an array, expected an [auth.throttle] table",
         ),
         (
             format!("metrics = 2020-01-01\n{GOOD_CONFIG}"),
@@ -636,12 +636,53 @@ fn a_table_written_as_an_array_is_refused() {
         ),
         (
             format!("rules = [[\"r\", \"allow\"]]\n{GOOD_CONFIG}"),
-            "authgate.toml:1:10: invalid type: sequence, expected a [[rules]] table",
+            "authgate.toml:1:10: invalid type: an array, expected a [[rules]] table",
         ),
     ] {
         let err = load_err(&config, &good_users());
         assert!(err.contains(said), "{config}: {err}");
     }
+}
+
+/// The config file's type errors name kinds as TOML does, as the users
+/// file's do: serde called a date "map", an array "sequence", an integer
+/// "i64", a number "floating point `1.5`".
+#[test]
+fn config_type_errors_are_worded_in_toml_terms() {
+    for (config, said) in [
+        (
+            GOOD_CONFIG.replace("[server]\n", "[server]\nvia = 1979-05-27\n"),
+            "invalid type: a date or time, expected a boolean",
+        ),
+        (
+            format!("[limits]\nmax_connections = 1979-05-27\n{GOOD_CONFIG}"),
+            "invalid type: a date or time, expected an integer",
+        ),
+        (
+            format!("[limits]\nmax_connections = 1.5\n{GOOD_CONFIG}"),
+            "invalid type: a floating-point number, expected an integer",
+        ),
+        (
+            format!("[limits]\nmax_connections = [1]\n{GOOD_CONFIG}"),
+            "invalid type: an array, expected an integer",
+        ),
+        (
+            format!("rules = 1979-05-27\n{GOOD_CONFIG}"),
+            "authgate.toml:1:9: invalid type: a date or time, expected an array",
+        ),
+        (
+            format!("rules = {{}}\n{GOOD_CONFIG}"),
+            "authgate.toml:1:9: invalid type: an inline table, expected an array",
+        ),
+    ] {
+        let err = load_err(&config, &good_users());
+        assert!(err.contains(said), "{config}: {err}");
+        for serde_word in ["map", "sequence", "i64", "floating point", "spanned"] {
+            assert!(!err.contains(serde_word), "{config}: {err}");
+        }
+    }
+    let err = load_err(GOOD_CONFIG, "users = 1979-05-27\n");
+    assert!(err.contains("users.toml:1:9: invalid type: a date or time, expected a table"), "{err}");
 }
 
 #[test]

@@ -145,6 +145,11 @@ impl<'a> Collector<'a> {
         if msg.starts_with("unknown field `$__toml_private_datetime`") {
             msg = "invalid type: a date or time, expected a table".to_owned();
         }
+        let found = err
+            .span()
+            .filter(|span| self.source.get(span.clone()).is_some())
+            .map(|span| super::toml_terms::toml_kind(self.source, span.start));
+        let msg = super::toml_terms::in_toml_terms(&msg, found);
         match err.span() {
             Some(span) => self.at(span, msg),
             None => self.whole(msg),

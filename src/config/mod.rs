@@ -9,6 +9,7 @@
 mod error;
 pub mod file;
 mod rules;
+mod toml_terms;
 
 pub use rules::host_pattern;
 pub mod raw;

@@ -96,12 +96,8 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Ok(r) => r,
         Err(e) => {
             c.toml(&e);
-            let found = e
-                .span()
-                .filter(|span| source.get(span.clone()).is_some())
-                .map(|span| toml_kind(source, span.start));
             for p in &mut c.problems {
-                p.message = in_toml_terms(&without_values(&without_odd_keys(&p.message)), found);
+                p.message = without_values(&without_odd_keys(&p.message));
             }
             return (Vec::new(), c.problems);
         }
@@ -229,77 +225,6 @@ pub fn common_params(users: &[User]) -> Option<argon2::Params> {
     }
     let ((m, t, p), _) = counts.into_iter().max_by_key(|(k, n)| (*n, *k))?;
     argon2::Params::new(m, t, p, None).ok()
-}
-
-/// What kind of TOML value `text` (where a problem points) begins, named
-/// without showing it. serde calls a date-time and an inline table both a
-/// "map", an array a "sequence", and a table made by a dotted key
-/// (`password.x = …`) "a string, expected a borrowed string".
-fn toml_kind(source: &str, start: usize) -> &'static str {
-    let text = source.get(start..).unwrap_or_default();
-    let b = text.as_bytes();
-    let line = text.lines().next().unwrap_or_default().trim_end();
-    let line_start = source
-        .get(..start)
-        .and_then(|before| before.rsplit('\n').next())
-        .is_some_and(|s| s.trim().is_empty());
-    // `[users.a.password]`: a table header, where a line starts (an array
-    // value follows a key).
-    if line_start
-        && line.starts_with('[')
-        && !line.starts_with("[[")
-        && line.ends_with(']')
-        && !line.contains(['=', ','])
-    {
-        return "a table";
-    }
-    // `password."x" = …`: a quoted key, so a table made by a dotted key.
-    if let Some(quote @ (b'"' | b'\'')) = b.first().copied() {
-        let close = text[1..].find(char::from(quote)).map(|i| i + 2);
-        let after = close.and_then(|i| text.get(i..)).map(str::trim_start);
-        if after.is_some_and(|a| a.starts_with('.') || a.starts_with('=')) {
-            return "a table";
-        }
-    }
-    let digits =
-        |range: std::ops::Range<usize>| b.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    match b.first() {
-        Some(b'{') => "an inline table",
-        Some(b'[') => "an array",
-        Some(b'"' | b'\'') => "a string",
-        _ if text.starts_with("true") || text.starts_with("false") => "a boolean",
-        _ if (digits(0..4) && b.get(4) == Some(&b'-')) || (digits(0..2) && b.get(2) == Some(&b':')) => {
-            "a date or time"
-        }
-        Some(b'0'..=b'9' | b'+' | b'-') => {
-            let value = text.split([' ', '\t', ',', ']', '}', '\n', '#']).next().unwrap_or(text);
-            let hex = value.trim_start_matches(['+', '-']).starts_with("0x");
-            if value.contains(['.', 'i', 'n']) || (!hex && value.contains(['e', 'E'])) {
-                "a floating-point number"
-            } else {
-                "an integer"
-            }
-        }
-        _ if text.starts_with("inf") || text.starts_with("nan") => "a floating-point number",
-        _ => "a table",
-    }
-}
-
-/// An `invalid type` message with the value's kind as TOML names it
-/// (`found`, from the file), and serde's names of the expected one in TOML
-/// terms too.
-fn in_toml_terms(message: &str, found: Option<&str>) -> String {
-    let message = message
-        .replace("expected a borrowed string", "expected a string")
-        .replace("expected a sequence", "expected an array")
-        .replace("expected a map", "expected a table");
-    match (message.strip_prefix("invalid type: "), found) {
-        (Some(rest), Some(found)) => match rest.split_once(", expected ") {
-            Some((_, expected)) => format!("invalid type: {found}, expected {expected}"),
-            None => format!("invalid type: {found}"),
-        },
-        _ => message,
-    }
 }
 
 /// `message` with an unknown key left out unless it looks like the name of
