@@ -316,6 +316,49 @@ async fn a_407_does_not_wait_for_a_body_still_on_its_way() {
     assert_eq!(origin.hits(), 1, "the refused body never reaches the origin");
 }
 
+/// The body read after the 407 belongs to the refused request, not to the
+/// client's next one: it neither starts the next head's timer (a retry sent
+/// `header_read_timeout` after the body got a 408) nor counts against its
+/// size limit (a body past `max_header_bytes` got a 431 for a request never
+/// sent).
+#[tokio::test]
+async fn a_body_read_after_the_407_is_not_the_start_of_the_next_request() {
+    let origin = spawn_echo_origin();
+    let cfg = "[limits]\nheader_read_timeout = \"1s\"\nmax_header_bytes = 8192\n";
+    let proxy = spawn_proxy(cfg, &[ALICE]);
+    let host = origin.authority();
+    let url = origin.url("/form");
+    let auth = basic(ALICE.0, ALICE.1);
+    // A body larger than a head may be, the retry at once; a small body,
+    // the retry longer than header_read_timeout after it.
+    for (len, pause) in [(10_000, 0), (10, 1500)] {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(request("POST", &url, &[("Host", &host), ("Content-Length", &len.to_string())])).await;
+        let first = conn.read_response("POST").await;
+        assert_eq!(first.status, 407, "{}", first.dump());
+        conn.send(vec![b'x'; len]).await;
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        conn.send(request("GET", &url, &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+        let second = conn.read_response("GET").await;
+        assert_eq!(second.status, 200, "body {len}, retry {pause} ms later:\n{}", second.dump());
+    }
+}
+
+/// After a 407 whose body was read late, the connection is idle: closed
+/// quietly after `idle_timeout` if no retry comes.
+#[tokio::test]
+async fn after_a_407_and_its_late_body_an_idle_connection_is_closed() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("[limits]\nidle_timeout = \"1s\"\n", &[ALICE]);
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let host = origin.authority();
+    conn.send(request("POST", &origin.url("/form"), &[("Host", &host), ("Content-Length", "10")])).await;
+    assert_eq!(conn.read_response("POST").await.status, 407);
+    conn.send(b"0123456789").await;
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), conn.is_closed()).await;
+    assert_eq!(closed.ok(), Some(true), "closed once idle_timeout has passed");
+}
+
 /// A body announced with a 407's request that never comes is not waited
 /// for beyond `header_read_timeout`: the connection is closed.
 #[tokio::test]

@@ -239,7 +239,10 @@ async fn process(
     let (user, fresh) = match authenticate(state, snap, client, &req, rec).await {
         Ok(found) => found,
         // A refusal the client answers with a retry on this connection.
-        Err((err, _)) => return Err((err, !drain_small_body(state, snap.limits.header_read_timeout, req))),
+        Err((err, _)) => {
+            let within = snap.limits.header_read_timeout;
+            return Err((err, !drain_small_body(state, &client.phase, within, req)));
+        }
     };
     // Checked against a snapshot that a reload replaced meanwhile: the rest
     // goes by the new one too.
@@ -440,8 +443,9 @@ async fn authenticate(
 /// that came slowly held the 407 back, 5 s for one that never came.) A body
 /// not read in full `within` (`header_read_timeout`: the client trickles
 /// it, or never sends it) is dropped there, and hyper closes the connection
-/// after the answer; so does shutdown.
-fn drain_small_body(state: &State, within: Duration, req: Request<Incoming>) -> bool {
+/// after the answer; so does shutdown. Meanwhile the request counts as
+/// being served ([`Phase::draining`]).
+fn drain_small_body(state: &State, phase: &Arc<Phase>, within: Duration, req: Request<Incoming>) -> bool {
     use http_body::Body as _;
     if req.body().is_end_stream() {
         return true;
@@ -455,12 +459,26 @@ fn drain_small_body(state: &State, within: Duration, req: Request<Incoming>) -> 
     }
     let mut body = req.into_body();
     let stopping = state.stopping.clone();
+    // Until the body is read, its bytes are this request's, not the next
+    // one's head.
+    phase.draining();
+    let phase = phase.clone();
     tokio::spawn(async move {
-        let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+        // Until the length is reached: hyper ends the body's stream only
+        // when it next reads the socket, which may be never (a client that
+        // sends its body, then waits for the user to type a password).
+        let drain = async {
+            while !body.is_end_stream() {
+                if !matches!(body.frame().await, Some(Ok(_))) {
+                    break;
+                }
+            }
+        };
         tokio::select! {
             _ = tokio::time::timeout(within, drain) => {}
             _ = stopping.cancelled() => {}
         }
+        phase.drained();
     });
     true
 }

@@ -73,7 +73,19 @@ pub struct Phase {
     closing: AtomicU8,
     /// See [`Phase::open_ended`].
     open_ended: AtomicBool,
+    /// See [`Phase::draining`]: `NOT_DRAINING`, `DRAINING` or
+    /// `DRAINING_ANSWERED`.
+    draining: AtomicU8,
+    /// The connection's task, waiting on the socket while a body is drained
+    /// elsewhere: woken when the drain ends, so that the connection goes
+    /// idle (and its idle timer starts) without a byte from the client.
+    drain_waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
+
+const NOT_DRAINING: u8 = 0;
+const DRAINING: u8 = 1;
+/// Draining, and the answer has been handed to hyper whole.
+const DRAINING_ANSWERED: u8 = 2;
 
 /// Why authgate closed a client connection itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +103,41 @@ impl Phase {
     pub fn busy(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
         self.state.store(BUSY, Ordering::Release);
+        self.draining.store(NOT_DRAINING, Ordering::Release);
+    }
+
+    /// The request's body is still being read, after its answer (the body
+    /// of a request refused with a 407, read so that the client can retry
+    /// on the connection): the request stays busy until
+    /// [`Phase::drained`]. Its bytes, read after the answer, are not the
+    /// start of a next request: they started its head timer (a retry sent
+    /// `header_read_timeout` after the body got a 408) and counted against
+    /// its size limit (a 431 for a request never sent).
+    pub fn draining(&self) {
+        self.draining.store(DRAINING, Ordering::Release);
+    }
+
+    /// The body [`Phase::draining`] spoke of has been read (or given up):
+    /// if the answer is already out, the request is over.
+    pub fn drained(&self) {
+        if self.draining.swap(NOT_DRAINING, Ordering::AcqRel) == DRAINING_ANSWERED {
+            self.end();
+        }
+        let waker = self.drain_waker.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Has `waker` woken when a drain in progress ends (see
+    /// [`Phase::drained`]).
+    fn wake_when_drained(&self, waker: &std::task::Waker) {
+        if self.draining.load(Ordering::Acquire) != NOT_DRAINING {
+            let mut slot = self.drain_waker.lock().unwrap_or_else(|p| p.into_inner());
+            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                *slot = Some(waker.clone());
+            }
+        }
     }
 
     /// The response has been handed to hyper whole: the connection waits
@@ -101,9 +148,22 @@ impl Phase {
     /// of the unread request body must not count as the head of a next
     /// request (a large one became a 431 for a request never sent).
     pub fn idle(&self) {
-        if !self.linger.load(Ordering::Acquire) {
-            let _ = self.state.compare_exchange(BUSY, ENDED, Ordering::AcqRel, Ordering::Acquire);
+        if self.linger.load(Ordering::Acquire) {
+            return;
         }
+        // The body still being read: the request ends with it.
+        if self
+            .draining
+            .compare_exchange(DRAINING, DRAINING_ANSWERED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            return;
+        }
+        self.end();
+    }
+
+    fn end(&self) {
+        let _ = self.state.compare_exchange(BUSY, ENDED, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// authgate is closing the connection, for `why`: a response cut short
@@ -421,6 +481,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         }
         let phase = this.phase.get();
         match phase {
+            BUSY => this.phase.wake_when_drained(cx.waker()),
             IDLE => {
                 let d = this.limits.idle;
                 this.arm(IDLE, d);
