@@ -97,7 +97,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Err(e) => {
             c.toml(&e);
             for p in &mut c.problems {
-                p.message = without_values(&without_odd_keys(&p.message));
+                p.message = without_values(&without_secret_keys(&p.message));
             }
             return (Vec::new(), c.problems);
         }
@@ -227,34 +227,77 @@ pub fn common_params(users: &[User]) -> Option<argon2::Params> {
     argon2::Params::new(m, t, p, None).ok()
 }
 
-/// `message` with an unknown key left out unless it looks like the name of
-/// a setting: keys are where typos show (`pasword`), but a password or a
-/// hash typed where a key belongs (`"$argon2id$…" = 1`) must not be echoed,
-/// and a reload logs the message. serde writes ``unknown field `KEY`,
-/// expected …``.
-fn without_odd_keys(message: &str) -> String {
-    const OPENING: &str = "unknown field `";
-    let Some(at) = message.find(OPENING) else {
+/// The names a users file uses for its tables and settings.
+const NAMES: [&str; 5] = ["users", "password", "groups", "disabled", "expires"];
+
+/// `message` (from the TOML parser or serde) with the keys it quotes left
+/// out unless they are, or are close to, the name of a setting (a typo:
+/// `pasword`), or are user names (a user defined twice). A password or hash
+/// typed where a key belongs (`"$argon2id$…" = 1`, `hunter2 = 1`, a table
+/// `[users.a.S3cret]`) must not be echoed, and a reload logs the message.
+/// The keys are written as they are, so a backtick in one ends the quote
+/// early: a key runs to the last of the texts that can follow it.
+fn without_secret_keys(message: &str) -> String {
+    const OPENINGS: [&str; 3] = ["unknown field `", "duplicate key `", "dotted key `"];
+    const CLOSINGS: [&str; 4] =
+        ["` in table `", "` in document root", "` attempted to extend", "`, expected"];
+    let Some((at, opening)) =
+        OPENINGS.iter().filter_map(|o| message.find(o).map(|at| (at, *o))).min_by_key(|(at, _)| *at)
+    else {
         return message.to_owned();
     };
-    let inside = &message[at + OPENING.len()..];
-    // serde writes the key as it is, so a backtick in it ends the quote
-    // early: the closing mark is the last "`, expected" or the end.
-    let end = inside.rfind("`, expected").or_else(|| inside.strip_suffix('`').map(str::len));
+    let inside = &message[at + opening.len()..];
+    let end = CLOSINGS
+        .iter()
+        .filter_map(|c| inside.rfind(c))
+        .max()
+        .or_else(|| inside.strip_suffix('`').map(str::len));
     let (key, rest) = match end {
         Some(end) => (&inside[..end], &inside[end + 1..]),
         None => (inside, ""),
     };
-    let setting_like = key.len() <= 40
-        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if setting_like {
-        message.to_owned()
+    // `in table `users.a.S3cret`` names the tables a key is in: beyond the
+    // user's, their names are keys too.
+    let (rest, table) = match rest.strip_prefix(" in table `").and_then(|t| t.rsplit_once('`')) {
+        Some((table, after)) => (after, Some(table)),
+        None => (rest, None),
+    };
+    let user_name = table == Some("users");
+    let table_shown = table.map(|t| {
+        let hidden = t.split('.').skip(2).any(|segment| !near_a_name(segment));
+        if hidden { " in a table whose name is not shown".to_owned() } else { format!(" in table `{t}`") }
+    });
+    let kind = &opening[..opening.len() - 2];
+    let key_shown = if user_name || near_a_name(key) {
+        format!("{kind} `{key}`")
     } else {
-        format!(
-            "{}unknown key (not shown: it is not a setting name, and may be a secret){rest}",
-            &message[..at]
-        )
+        let kind = kind.replace("field", "key");
+        format!("{kind} (not shown: not a setting name, and it may be a secret)")
+    };
+    format!("{}{key_shown}{}{rest}", &message[..at], table_shown.unwrap_or_default())
+}
+
+/// Whether `key` is one of [`NAMES`] or differs from one by at most two
+/// letters (a typo), in lowercase ASCII.
+fn near_a_name(key: &str) -> bool {
+    key.len() <= 12
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && NAMES.iter().any(|name| edit_distance(key.as_bytes(), name.as_bytes()) <= 2)
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions).
+fn edit_distance(a: &[u8], b: &[u8]) -> usize {
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
     }
+    row[b.len()]
 }
 
 /// `message` with the values serde quotes (`invalid type: string "…",
@@ -357,25 +400,40 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_key_is_shown_only_when_it_looks_like_a_setting() {
+    fn a_key_is_shown_only_when_it_is_near_a_setting_name_or_a_user_name() {
         let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA";
-        for (body, secret) in [
-            (format!("password = \"{hash}\"\n\"{hash}\" = 1"), hash),
-            (format!("password = \"{hash}\"\n\"Hunter2 pw\" = true"), "Hunter2"),
-            (format!("password = \"{hash}\"\n\"a`b, expected x\" = 1"), "a`b"),
+        let user = format!("[users.a]\npassword = \"{hash}\"\n");
+        for (body, secret, said) in [
+            (format!("{user}\"{hash}\" = 1"), hash, "users.toml:3:1: unknown key (not shown"),
+            (format!("{user}hunter2hunter2 = true"), "hunter2", "users.toml:3:1: unknown key (not shown"),
+            (format!("{user}\"a`b, expected x\" = 1"), "a`b", "users.toml:3:1: unknown key (not shown"),
+            (format!("{user}\"S3cret\" = 1\n\"S3cret\" = 1"), "S3cret", "duplicate key (not shown"),
+            (format!("{user}\"S3cret\" = 1\n\"S3cret\".x = 2"), "S3cret", "dotted key (not shown"),
+            (format!("{user}[users.a.S3cret]\n[users.a.S3cret]"), "S3cret", "duplicate key (not shown"),
+            (format!("{user}[users.a.S3cret]\nx = 1\nx = 2"), "S3cret", "in a table whose name is not shown"),
+            (format!("{user}x = {{ \"S3cret\" = 1, \"S3cret\" = 2 }}"), "S3cret", "duplicate key (not shown"),
+            (format!("[S3cret]\n[S3cret]\n{user}"), "S3cret", "duplicate key (not shown"),
         ] {
-            let (users, problems) = parse(Path::new("users.toml"), &format!("[users.a]\n{body}\n"));
+            let (users, problems) = parse(Path::new("users.toml"), &body);
             assert!(users.is_empty());
             let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
             assert_eq!(shown.len(), 1, "{shown:?}");
             assert!(!shown[0].contains(secret), "{shown:?}");
-            assert!(shown[0].contains("users.toml:3:1: unknown key (not shown"), "{shown:?}");
-            assert!(shown[0].contains("expected one of `password`"), "{shown:?}");
+            assert!(shown[0].contains(said), "{shown:?}");
         }
-        let (_, problems) =
-            parse(Path::new("users.toml"), &format!("[users.a]\npassword = \"{hash}\"\npasword_2 = 1\n"));
-        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        assert!(shown[0].contains("unknown field `pasword_2`, expected one of `password`"), "{shown:?}");
+        // Typos, settings and user names are shown.
+        for (body, said) in [
+            (format!("{user}pasword = 1"), "unknown field `pasword`, expected one of `password`"),
+            (format!("{user}groups = []\ngroups = []"), "duplicate key `groups` in table `users.a`"),
+            (
+                format!("{user}[users.\"B0b S\"]\n[users.\"B0b S\"]"),
+                "duplicate key `\"B0b S\"` in table `users`",
+            ),
+        ] {
+            let (_, problems) = parse(Path::new("users.toml"), &body);
+            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert!(shown.iter().any(|p| p.contains(said)), "{body}: {shown:?}");
+        }
     }
 
     #[test]
