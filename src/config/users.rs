@@ -97,7 +97,8 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Err(e) => {
             c.toml(&e);
             for p in &mut c.problems {
-                p.message = without_values(&without_secret_keys(&p.message));
+                let line = p.line.checked_sub(1).and_then(|n| source.lines().nth(n));
+                p.message = without_values(&without_secret_keys(&p.message, line));
             }
             return (Vec::new(), c.problems);
         }
@@ -237,7 +238,7 @@ const NAMES: [&str; 5] = ["users", "password", "groups", "disabled", "expires"];
 /// `[users.a.S3cret]`) must not be echoed, and a reload logs the message.
 /// The keys are written as they are, so a backtick in one ends the quote
 /// early: a key runs to the last of the texts that can follow it.
-fn without_secret_keys(message: &str) -> String {
+fn without_secret_keys(message: &str, line: Option<&str>) -> String {
     const OPENINGS: [&str; 3] = ["unknown field `", "duplicate key `", "dotted key `"];
     const CLOSINGS: [&str; 4] =
         ["` in table `", "` in document root", "` attempted to extend", "`, expected"];
@@ -262,9 +263,22 @@ fn without_secret_keys(message: &str) -> String {
         Some((table, after)) => (after, Some(table)),
         None => (rest, None),
     };
-    let user_name = table == Some("users");
+    // A key the parser places in `users` is a user's name only where the
+    // line defines one: `[users.KEY]`, or `KEY = …` (`KEY.x = …` is a key
+    // of that user's, which the parser places in `users` too).
+    let user_name = table == Some("users")
+        && line.map(str::trim_start).is_some_and(|l| {
+            l.strip_prefix("[users.").and_then(|r| r.strip_prefix(key)).is_some_and(|r| r.starts_with(']'))
+                || l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))
+        });
+    // A table's name is keys too: beyond `users` and the user's name, or
+    // all of it outside `users`.
     let table_shown = table.map(|t| {
-        let hidden = t.split('.').skip(2).any(|segment| !near_a_name(segment));
+        let mut segments = t.split('.');
+        let hidden = match segments.next() {
+            Some("users") => segments.skip(1).any(|segment| !near_a_name(segment)),
+            _ => t.split('.').any(|segment| !near_a_name(segment)),
+        };
         if hidden { " in a table whose name is not shown".to_owned() } else { format!(" in table `{t}`") }
     });
     let kind = &opening[..opening.len() - 2];
@@ -413,6 +427,17 @@ mod tests {
             (format!("{user}[users.a.S3cret]\nx = 1\nx = 2"), "S3cret", "in a table whose name is not shown"),
             (format!("{user}x = {{ \"S3cret\" = 1, \"S3cret\" = 2 }}"), "S3cret", "duplicate key (not shown"),
             (format!("[S3cret]\n[S3cret]\n{user}"), "S3cret", "duplicate key (not shown"),
+            (
+                format!("[users]\nb.password = \"{hash}\"\nb.Hunter2 = 1\nb.Hunter2 = 2"),
+                "Hunter2",
+                "duplicate key (not shown: not a setting name, and it may be a secret) in table `users`",
+            ),
+            (format!("[TopS3cret]\nx = 1\nx = 2\n{user}"), "TopS3cret", "in a table whose name is not shown"),
+            (
+                format!("[\"hunter2pass\".y]\nx = 1\nx = 2\n{user}"),
+                "hunter2pass",
+                "in a table whose name is not shown",
+            ),
         ] {
             let (users, problems) = parse(Path::new("users.toml"), &body);
             assert!(users.is_empty());
@@ -428,6 +453,10 @@ mod tests {
             (
                 format!("{user}[users.\"B0b S\"]\n[users.\"B0b S\"]"),
                 "duplicate key `\"B0b S\"` in table `users`",
+            ),
+            (
+                format!("[users]\nbob = {{ password = \"{hash}\" }}\nbob = 1"),
+                "duplicate key `bob` in table `users`",
             ),
         ] {
             let (_, problems) = parse(Path::new("users.toml"), &body);
