@@ -199,6 +199,25 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     assert_eq!(fake.queries("ttl.test"), 2, "an expired answer is asked for again");
 }
 
+/// A resolver that cannot be reached (nothing listens at its address) is
+/// no answer, a 504 to retry later, as the README's catalogue says, not a
+/// 502 "host name does not resolve", which would send users to check a
+/// spelling that is right. (Names under `.invalid` never resolve, RFC 6761:
+/// the resolver says so at once, a 502.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_resolver_is_a_dns_timeout_not_a_dns_error() {
+    let nobody = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let proxy = spawn_custom(&config(Some(nobody), ""), &users());
+    let a = auth();
+    let r = send_one(proxy.addr, "CONNECT", "example.test:443", &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 504, "dns_timeout", "dns_timeout");
+    let r = get(proxy.addr, "http://example.test/", &[("Host", "example.test"), ("Proxy-Authorization", &a)])
+        .await;
+    assert_proxy_error(&r, 504, "dns_timeout", "dns_timeout");
+    let r = send_one(proxy.addr, "CONNECT", "nothing.invalid:443", &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 502, "dns_error", "dns_error");
+}
+
 const RULES: &str = r#"
 [egress]
 allow_cidrs = ["127.0.0.0/8"]
