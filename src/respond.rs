@@ -167,7 +167,8 @@ fn detail(err: &ProxyError) -> String {
     use ProxyError::*;
     match err {
         OriginForm => "This is a forward proxy. Send absolute-form requests (GET http://host/path) or CONNECT host:port; set HTTP_PROXY/HTTPS_PROXY to this address.".into(),
-        UnsupportedScheme { scheme } => format!("authgate does not forward {scheme}:// requests here; for https use CONNECT (HTTPS_PROXY)."),
+        UnsupportedScheme { scheme } if scheme.eq_ignore_ascii_case("https") => "https:// requests are forwarded on authgate's TLS listener only; here use CONNECT (HTTPS_PROXY).".into(),
+        UnsupportedScheme { scheme } => format!("authgate forwards http:// and https:// requests only (https through CONNECT, HTTPS_PROXY), not {scheme}://."),
         BadTarget { detail } => format!("The request target is not usable: {detail}."),
         HeadTimeout => "The request head did not arrive in time; the connection is closed.".into(),
         BodyTimeout => "The request body stopped arriving before its end; the connection is closed.".into(),
@@ -420,6 +421,14 @@ mod tests {
     fn sf_string_escapes_and_strips() {
         assert_eq!(sf_string("rule \"a\\b\""), "\"rule \\\"a\\\\b\\\"\"");
         assert_eq!(sf_string("ü"), "\"?\"");
+    }
+
+    #[test]
+    fn an_unsupported_scheme_says_what_to_do_for_it() {
+        let https = detail(&ProxyError::UnsupportedScheme { scheme: "https".into() });
+        assert!(https.contains("TLS listener") && https.contains("CONNECT"), "{https}");
+        let ftp = detail(&ProxyError::UnsupportedScheme { scheme: "ftp".into() });
+        assert!(ftp.contains("not ftp://") && !ftp.contains("for https"), "{ftp}");
     }
 
     #[test]
