@@ -118,6 +118,26 @@ fn bad_password_hash_names_the_user_and_never_the_hash() {
     assert!(!err.contains("c2FsdHNhbHQ"), "the salt leaked: {err}");
 }
 
+/// A password typed where its hash belongs reads as a PHC string whose
+/// algorithm is the password (`"$hunter2"`): only a scheme's own name is
+/// shown.
+#[test]
+fn a_password_typed_as_a_hash_is_not_named_as_its_algorithm() {
+    for (typed, said) in [
+        ("$hunter2", "unsupported algorithm (not named"),
+        ("$dlbtwopwx$Dl2bMOREzz", "unsupported algorithm (not named"),
+        ("$scrypt$ln=16,r=8,p=1$aGVsbG8$aGFzaGhhc2hoYXNoaGFzaA", "unsupported algorithm `scrypt`"),
+    ] {
+        let users = format!("[users.bob]\npassword = {}\n", toml_str(typed));
+        let err = load_err(GOOD_CONFIG, &users);
+        assert!(
+            err.contains("users.toml:2:12: user `bob`: password: ") && err.contains(said),
+            "{typed}: {err}"
+        );
+        assert!(!err.contains("hunter2") && !err.contains("dlbtwopwx"), "{err}");
+    }
+}
+
 #[test]
 fn missing_users_file_names_the_path_it_looked_for() {
     let dir = TempDir::new();
@@ -325,23 +345,28 @@ fn a_mapped_cidr_or_one_with_host_bits_is_refused_with_what_to_write() {
 }
 
 /// A refused group in the users file is named (escaped), with the reason.
+/// A refused group in the users file is located (line:col) and said why,
+/// but not quoted: what was typed there may be a password (a passphrase
+/// with spaces pasted into the list), and a reload logs the problem.
 #[test]
-fn a_refused_group_is_named_with_why() {
+fn a_refused_group_is_located_with_why_and_not_quoted() {
     let users = format!(
-        "[users.grp]\npassword = {}\ngroups = [\"ok\", \"g\u{fe0f}\", \"\", \"sales team\", \"a:b\"]\n",
+        "[users.grp]\npassword = {}\ngroups = [\"ok\", \"g\u{fe0f}\", \"\", \"hunter2 pw\", \"a:b\"]\n",
         toml_str(&hash("pw"))
     );
     let err = load_err("[auth]\nusers_file = \"users.toml\"\n", &users);
     assert!(
-        err.contains(
-            "users.toml:3:17: user `grp`: group `g\\u{fe0f}`: group names must not contain control, invisible"
-        ),
+        err.contains("users.toml:3:17: user `grp`: a group: group names must not contain control, invisible"),
         "{err}"
     );
-    assert!(err.contains("users.toml:3:23: user `grp`: group ``: group names must not be empty"), "{err}");
+    assert!(err.contains("users.toml:3:23: user `grp`: a group: group names must not be empty"), "{err}");
     // `users list` separates its columns with spaces; `:` as in user names.
-    assert!(err.contains("group `sales team`: group names must not contain spaces"), "{err}");
-    assert!(err.contains("group `a:b`: group names must not contain ':'"), "{err}");
+    assert!(
+        err.contains("users.toml:3:27: user `grp`: a group: group names must not contain spaces"),
+        "{err}"
+    );
+    assert!(err.contains("a group: group names must not contain ':'"), "{err}");
+    assert!(!err.contains("hunter2") && !err.contains("a:b"), "{err}");
 }
 
 /// `proxy_protocol_from` takes CIDRs and addresses; anything else is an

@@ -104,11 +104,15 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
     let hash = PasswordHash::new(phc).map_err(|e| format!("not a valid PHC string ({e})"))?;
     match hash.algorithm.as_str() {
         "argon2id" | "argon2i" | "argon2d" => {}
-        other => {
-            return Err(format!(
-                "unsupported algorithm `{}`; use argon2id",
-                other.chars().take(20).collect::<String>()
-            ));
+        // Named only when it is a scheme's: a password typed where its hash
+        // belongs (`"$hunter2"`) reads as a PHC string of algorithm
+        // `hunter2`, and a reload logs the message.
+        known @ ("scrypt" | "pbkdf2" | "pbkdf2-sha256" | "pbkdf2-sha512" | "yescrypt" | "y" | "7" | "1"
+        | "5" | "6" | "md5" | "sha1" | "apr1" | "balloon") => {
+            return Err(format!("unsupported algorithm `{known}`; use argon2id"));
+        }
+        _ => {
+            return Err("unsupported algorithm (not named: the value may be a password); use argon2id".into());
         }
     }
     if hash.hash.is_none() || hash.salt.is_none() {

@@ -97,8 +97,11 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         Err(e) => {
             c.toml(&e);
             for p in &mut c.problems {
-                let line = p.line.checked_sub(1).and_then(|n| source.lines().nth(n));
-                p.message = without_values(&without_secret_keys(&p.message, line));
+                let lines: Vec<&str> = source.lines().take(p.line).collect();
+                let line = p.line.checked_sub(1).and_then(|n| lines.get(n).copied());
+                // The header of the table the line is in.
+                let header = lines.iter().rev().skip(1).map(|l| l.trim()).find(|l| l.starts_with('['));
+                p.message = without_values(&without_secret_keys(&p.message, line, header));
             }
             return (Vec::new(), c.problems);
         }
@@ -150,9 +153,10 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             // groups): `café` composed or decomposed is one group.
             let group = nfc(g.get_ref());
             match check_group(&group) {
-                Err(m) => {
-                    c.at(g.span(), format!("user `{shown}`: group `{}`: {m}", g.get_ref().escape_default()))
-                }
+                // Located, not quoted: what was typed there may be a
+                // password (a passphrase with spaces pasted into the list),
+                // and a reload logs the problem.
+                Err(m) => c.at(g.span(), format!("user `{shown}`: a group: {m}")),
                 Ok(()) if groups.iter().any(|known: &Arc<str>| **known == *group) => {}
                 Ok(()) => groups.push(Arc::<str>::from(group)),
             }
@@ -238,7 +242,7 @@ const NAMES: [&str; 5] = ["users", "password", "groups", "disabled", "expires"];
 /// `[users.a.S3cret]`) must not be echoed, and a reload logs the message.
 /// The keys are written as they are, so a backtick in one ends the quote
 /// early: a key runs to the last of the texts that can follow it.
-fn without_secret_keys(message: &str, line: Option<&str>) -> String {
+fn without_secret_keys(message: &str, line: Option<&str>, header: Option<&str>) -> String {
     const OPENINGS: [&str; 3] = ["unknown field `", "duplicate key `", "dotted key `"];
     const CLOSINGS: [&str; 4] =
         ["` in table `", "` in document root", "` attempted to extend", "`, expected"];
@@ -264,12 +268,14 @@ fn without_secret_keys(message: &str, line: Option<&str>) -> String {
         None => (rest, None),
     };
     // A key the parser places in `users` is a user's name only where the
-    // line defines one: `[users.KEY]`, or `KEY = …` (`KEY.x = …` is a key
-    // of that user's, which the parser places in `users` too).
+    // line defines one: `[users.KEY]`, or `KEY = …` in `[users]` (`KEY.x =
+    // …` is a key of that user's, which the parser places in `users` too,
+    // and so is a key in `[[users]]`).
     let user_name = table == Some("users")
         && line.map(str::trim_start).is_some_and(|l| {
             l.strip_prefix("[users.").and_then(|r| r.strip_prefix(key)).is_some_and(|r| r.starts_with(']'))
-                || l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('='))
+                || (header == Some("[users]")
+                    && l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')))
         });
     // A table's name is keys too: beyond `users` and the user's name, or
     // all of it outside `users`.
@@ -438,6 +444,7 @@ mod tests {
                 "hunter2pass",
                 "in a table whose name is not shown",
             ),
+            ("[[users]]\nhunter2x = 1\nhunter2x = 2".into(), "hunter2x", "duplicate key (not shown"),
         ] {
             let (users, problems) = parse(Path::new("users.toml"), &body);
             assert!(users.is_empty());
