@@ -656,3 +656,30 @@ async fn http_1_0_clients_get_an_honest_close_and_no_expectation_is_sent_on() {
         assert_eq!(seen.body, b"hello");
     }
 }
+
+/// A client's `Connection: close` is honoured in a field with a byte
+/// outside ASCII too (RFC 9112 §9.6): hyper skips such a field, and the
+/// connection stayed open after the answer; the field's other members were
+/// already removed before forwarding.
+#[tokio::test]
+async fn a_close_in_a_connection_field_with_obs_text_ends_the_connection() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut head = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {auth}\r\nConnection: close, X-Hop, caf",
+        origin.url("/close"),
+        origin.authority()
+    )
+    .into_bytes();
+    head.extend_from_slice(b"\xe9\r\nX-Hop: 1\r\n\r\n");
+    conn.send(head).await;
+    let resp = conn.read_response("GET").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert!(!seen.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("x-hop")), "{:?}", seen.headers);
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), conn.is_closed()).await;
+    assert_eq!(closed.ok(), Some(true), "the proxy closes after its answer");
+}

@@ -111,6 +111,16 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     members(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// Whether `Connection` asks to close the connection in a field hyper does
+/// not read: hyper reads each field as text and skips one with a byte
+/// outside ASCII (obs-text), so `Connection: close, caf\xe9` kept the
+/// connection open (RFC 9112 §9.6: the server closes after its answer).
+/// Looked for only when a field is not text.
+pub fn close_hidden_from_hyper(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| v.to_str().is_err())
+        && connection_lists(headers, "close")
+}
+
 /// The members of the comma-separated list fields `name`, without the
 /// whitespace around them and without empty ones, as bytes: a field with a
 /// byte outside ASCII (obs-text, which hyper lets through) is still read for
@@ -535,6 +545,20 @@ mod tests {
             let response = answer.map_or_else(HeaderMap::new, |a| map(&[("upgrade", a)]));
             assert_eq!(check_switch(&offered, &response), ok, "{answer:?}");
         }
+    }
+
+    #[test]
+    fn a_close_in_a_connection_field_hyper_skips_is_seen() {
+        let field = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.append(header::CONNECTION, HeaderValue::from_bytes(v).unwrap());
+            h
+        };
+        assert!(close_hidden_from_hyper(&field(b"close, caf\xe9")));
+        assert!(close_hidden_from_hyper(&field(b"\xff,\tCLOSE")));
+        // hyper reads these itself.
+        assert!(!close_hidden_from_hyper(&field(b"close")));
+        assert!(!close_hidden_from_hyper(&field(b"keep-alive, caf\xe9")));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::State;
-use super::headers::via_names_us;
+use super::headers::{close_hidden_from_hyper, via_names_us};
 use super::sessions::Session;
 use super::{forward, max_forwards, tunnel};
 use crate::auth::{Outcome, Refusal, User};
@@ -85,6 +85,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     // a closed connection after an answer that promised keep-alive.
     let has_body = !http_body::Body::is_end_stream(req.body());
     let http10 = req.version() == Version::HTTP_10;
+    let close_asked = close_hidden_from_hyper(req.headers());
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
     rec.metrics = Some(state.metrics.clone());
     rec.log = snap.log.access;
@@ -104,7 +105,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             // The origin's own `Connection` was removed with the other
             // hop-by-hop fields: this one is forward's `close`.
             let mut resp = resp;
-            if resp.headers().contains_key(header::CONNECTION) {
+            if close_asked || resp.headers().contains_key(header::CONNECTION) {
                 close_after(&mut resp, http10, &client.phase);
             }
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
@@ -144,7 +145,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
                     | ProxyError::AuthOverloaded { .. }
             );
             let body_left = has_body && !authenticating;
-            if close || err.closes_connection() || refused_tunnel || body_left {
+            if close || close_asked || err.closes_connection() || refused_tunnel || body_left {
                 close_after(&mut resp, http10, &client.phase);
             }
             resp.map(|b| b.with_log(rec))
