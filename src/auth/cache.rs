@@ -160,14 +160,15 @@ impl VerifiedCache {
     /// Records that the credentials of `header` came from `from` too (a hit
     /// that counted there), in place of the oldest address other than the
     /// one that verified them.
-    pub fn vouch(&self, header: &[u8], from: IpAddr) {
-        self.vouch_key(&self.key(header), from);
-    }
-
-    /// [`VerifiedCache::vouch`] for respelled credentials, by their normal
-    /// form.
-    pub fn vouch_credentials(&self, key: &CredentialsKey, from: IpAddr) {
-        self.vouch_key(&key.0, from);
+    ///
+    /// `normal` is the key of respelled credentials, which are cached by
+    /// it (see [`VerifiedCache::insert_credentials`]); otherwise the entry
+    /// is the header's.
+    pub fn vouch(&self, header: &[u8], normal: Option<&CredentialsKey>, from: IpAddr) {
+        match normal {
+            Some(key) => self.vouch_key(&key.0, from),
+            None => self.vouch_key(&self.key(header), from),
+        }
     }
 
     fn vouch_key(&self, key: &Key, from: IpAddr) {
@@ -255,8 +256,8 @@ mod tests {
         let known = |from| c.get(b"Basic abc", from, t0).map(|(_, _, known)| known);
         assert_eq!(known(at(1)), Some(false));
         for n in 1..=5 {
-            c.vouch(b"Basic abc", at(n));
-            c.vouch(b"Basic abc", at(n));
+            c.vouch(b"Basic abc", None, at(n));
+            c.vouch(b"Basic abc", None, at(n));
         }
         // The verifying address and the last three others.
         assert_eq!(known(HERE), Some(true));
@@ -264,7 +265,7 @@ mod tests {
             [1, 2, 3, 4, 5].map(|n| known(at(n))),
             [Some(false), Some(false), Some(true), Some(true), Some(true)]
         );
-        c.vouch(b"Basic zzz", at(9));
+        c.vouch(b"Basic zzz", None, at(9));
         assert!(c.get(b"Basic zzz", at(9), t0).is_none(), "vouching adds no entry");
     }
 

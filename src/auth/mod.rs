@@ -218,14 +218,23 @@ impl Authenticator {
         let from = throttle::client_key(client);
         if let Some(hit) = self.cached(users, header, from, now) {
             let username = || basic::parse(header).ok().map(|c| c.username);
-            return self.answer_hit(hit, client, throttle, now, || self.cache.vouch(header, from), username);
+            // (A hit on the header's own entry: credentials sent in their normal
+            // form, cached by the header.)
+            return self.answer_hit(
+                hit,
+                client,
+                throttle,
+                now,
+                || self.cache.vouch(header, None, from),
+                username,
+            );
         }
         // Parsed first, so that a throttled attempt is audited with the
         // username it tried.
         let parsed = basic::parse(header);
         let normal = parsed.as_ref().ok().filter(|c| c.respelled).map(|c| self.cache.credentials_key(c));
         if let Some(hit) = self.cached_normal(users, normal.as_ref(), from, now) {
-            let vouch = || normal.as_ref().map_or((), |key| self.cache.vouch_credentials(key, from));
+            let vouch = || self.cache.vouch(header, normal.as_ref(), from);
             return self.answer_hit(hit, client, throttle, now, vouch, || parsed.ok().map(|c| c.username));
         }
         self.metrics.cache(false);
@@ -249,10 +258,7 @@ impl Authenticator {
             .or_else(|| self.cached_normal(users, normal.as_ref(), from, now))
         {
             if !known {
-                match &normal {
-                    Some(key) => self.cache.vouch_credentials(key, from),
-                    None => self.cache.vouch(header, from),
-                }
+                self.cache.vouch(header, normal.as_ref(), from);
             }
             return Outcome::Ok(user);
         }
