@@ -240,7 +240,7 @@ async fn process(
     let (user, fresh) = match authenticate(state, snap, client, &req, rec).await {
         Ok(found) => found,
         // A refusal the client answers with a retry on this connection.
-        Err((err, _)) => {
+        Err(err) => {
             let within = snap.limits.header_read_timeout;
             return Err((err, !drain_small_body(state, &client.phase, within, req)));
         }
@@ -326,13 +326,14 @@ const VERIFICATIONS: usize = 3;
 /// then be the same in the live users, or the login is verified again
 /// against them (a user removed meanwhile got one more request through,
 /// and a tunnel). Either way the request goes on with the live snapshot.
+/// A refusal leaves the request's body to the caller ([`drain_small_body`]).
 async fn authenticate(
     state: &State,
     snap: &Arc<Snapshot>,
     client: &Client,
     req: &Request<Incoming>,
     rec: &AccessRecord,
-) -> Result<(Arc<User>, Option<Arc<Snapshot>>), Failure> {
+) -> Result<(Arc<User>, Option<Arc<Snapshot>>), ProxyError> {
     let mut values = req.headers().get_all(header::PROXY_AUTHORIZATION).iter();
     let header = match (values.next(), values.next()) {
         (first, None) => first.map(|v| v.as_bytes()),
@@ -400,11 +401,9 @@ async fn authenticate(
             // Counted from the answer, not from the attempt: the tarpit's
             // wait is already behind the client.
             let retry_after = retry_after.saturating_sub(held.elapsed());
-            Err((ProxyError::Throttled { retry_after }, false))
+            Err(ProxyError::Throttled { retry_after })
         }
-        Outcome::Overloaded => {
-            Err((ProxyError::AuthOverloaded { retry_after: respond::OVERLOAD_RETRY }, false))
-        }
+        Outcome::Overloaded => Err(ProxyError::AuthOverloaded { retry_after: respond::OVERLOAD_RETRY }),
         Outcome::Refused { reason, username } => {
             state.metrics.auth_failure(match reason {
                 Refusal::Missing => AuthFailure::Missing,
@@ -426,7 +425,7 @@ async fn authenticate(
                 }
                 .emit();
             }
-            Err((ProxyError::ProxyAuthRequired, false))
+            Err(ProxyError::ProxyAuthRequired)
         }
     }
 }
