@@ -566,7 +566,10 @@ fn a_failing_stdout_is_reported_on_stderr_and_the_lost_lines_counted() {
     let mut line = String::new();
     while !line.contains("authgate started") {
         line.clear();
-        assert!(first.read_line(&mut line).unwrap() > 0, "the log pipe closed before the start line");
+        if first.read_line(&mut line).unwrap() == 0 {
+            let stderr = bin.stop().stderr;
+            panic!("the log pipe closed before the start line:\n{}", String::from_utf8_lossy(&stderr));
+        }
     }
     // The consumer dies: the pipe has no reader, every write fails.
     drop(first);

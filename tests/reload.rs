@@ -841,7 +841,7 @@ fn a_users_change_made_during_a_reload_is_loaded_after_it() {
 fn a_sighup_during_the_start_is_acted_on_once_the_proxy_serves() {
     use std::process::Stdio;
     let dir = TempDir::new();
-    let bin = start_binary(&dir, "[reload]\nwatch = false\n", &large_users_file(20_000), Stdio::piped());
+    let bin = spawn_binary(&dir, "[reload]\nwatch = false\n", &large_users_file(20_000), Stdio::piped());
     let status_file = format!("/proc/{}/status", bin.child.id());
     let hup_caught = || {
         std::fs::read_to_string(&status_file).ok().and_then(|s| {

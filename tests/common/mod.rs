@@ -231,8 +231,30 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// A port on 127.0.0.1 where nothing listens (bound, then released).
+/// A port on 127.0.0.1 where nothing listens: free when tried, and taken
+/// from below the kernel's ephemeral range, so that no socket opened
+/// meanwhile (an origin bound to port 0, a client's `connect`) is given it
+/// before the test uses it. A port released by a bind to port 0 could be,
+/// and an authgate told to listen there then failed to start. Ports are
+/// tried in turn, from a start that differs from process to process.
 pub fn closed_port() -> u16 {
+    const FLOOR: usize = 10_000;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32_768)
+        .min(usize::from(u16::MAX));
+    let span = ephemeral.saturating_sub(FLOOR);
+    if span >= 1000 {
+        let start = std::process::id() as usize * 7919 % span;
+        for _ in 0..span {
+            let port = (FLOOR + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -348,9 +370,16 @@ pub struct Binary {
 
 /// Starts the binary in `dir` with a minimal config (one loopback listener,
 /// loopback egress allowed) followed by `extra` sections, and `users` as its
-/// users file. stderr is piped; stdout goes to `stdout`.
+/// users file. stderr is piped; stdout goes to `stdout`. Returns once it
+/// listens.
 pub fn start_binary(dir: &TempDir, extra: &str, users: &str, stdout: Stdio) -> Binary {
     start_binary_env(dir, extra, users, stdout, &[])
+}
+
+/// [`start_binary`] that returns at once, while the binary may still be
+/// reading its files, for the tests of what happens during the start.
+pub fn spawn_binary(dir: &TempDir, extra: &str, users: &str, stdout: Stdio) -> Binary {
+    launch(dir, &[], extra, users, stdout, &[])
 }
 
 /// [`start_binary`] with `env` set for the process. `RUST_LOG` is removed
@@ -363,7 +392,7 @@ pub fn start_binary_env(
     stdout: Stdio,
     env: &[(&str, &str)],
 ) -> Binary {
-    launch(dir, &[], extra, users, stdout, env)
+    launch(dir, &[], extra, users, stdout, env).started()
 }
 
 /// [`start_binary`] run by `wrapper` (a program and its arguments, such as
@@ -376,7 +405,7 @@ pub fn start_binary_under(
     users: &str,
     stdout: Stdio,
 ) -> Binary {
-    launch(dir, wrapper, extra, users, stdout, &[])
+    launch(dir, wrapper, extra, users, stdout, &[]).started()
 }
 
 fn launch(
@@ -414,6 +443,54 @@ fn launch(
 }
 
 impl Binary {
+    /// Returns once the binary listens; a binary that exits first fails
+    /// the test with what it said on stderr, not a later test step with a
+    /// refused connection or a closed log pipe. It looks in /proc rather
+    /// than connecting: a connection would count against the limits and in
+    /// the log of the test.
+    fn started(mut self) -> Binary {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut said = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    let _ = stderr.read_to_string(&mut said);
+                }
+                panic!("authgate exited at start ({status}):\n{said}");
+            }
+            if self.listens() {
+                return self;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "authgate did not listen on {} within 20 s",
+                self.addr
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Whether a socket of this process listens on `addr` (an IPv4
+    /// address): a LISTEN line for it in /proc/net/tcp whose inode is one of
+    /// the process's descriptors.
+    fn listens(&self) -> bool {
+        let SocketAddr::V4(v4) = self.addr else { return false };
+        let local = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let inodes: Vec<String> = table
+            .lines()
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() > 9 && f[1] == local && f[3] == "0A")
+            .map(|f| format!("socket:[{}]", f[9]))
+            .collect();
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())) else { return false };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+        })
+    }
+
     /// Sends `signal` (`"TERM"`, `"HUP"`, ...) to the process with kill(1).
     pub fn signal(&self, signal: &str) {
         let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
