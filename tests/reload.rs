@@ -285,6 +285,25 @@ async fn reload_through_a_kubernetes_style_symlink_swap() {
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "alice was removed by the swap");
 }
 
+/// A change that lands after the start has read the files and before the
+/// reload watcher first looks at them (the proxy starting while a
+/// deployment updates its users) is reloaded. The watcher took the files as
+/// it first saw them for loaded: a removed user kept access until the next
+/// unrelated change. (The symlink swap test above failed now and then on
+/// it, when its swap beat the watcher's first look.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_while_the_proxy_starts_is_reloaded() {
+    let origin = spawn_echo_origin();
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", CFG_NT);
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let snapshot = authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    replace_by_rename(&dir.path().join("users.toml"), &users_toml(&[("bob", "b1")]));
+    let proxy = custom::run_custom(dir, snapshot);
+    assert!(answers(proxy.addr, &origin, "bob", "b1", 200).await, "the change was reloaded");
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "alice was removed by the change");
+}
+
 /// Opens a CONNECT tunnel to the shout origin as `user` and checks it works.
 async fn open_tunnel(proxy: SocketAddr, shout: &Origin, user: &str, pass: &str) -> RawConn {
     let mut c = RawConn::connect(proxy).await;

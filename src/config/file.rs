@@ -10,7 +10,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// The largest file read: 64 MiB, far above any real config, users file
 /// (a user is about 150 bytes) or certificate bundle.
@@ -46,6 +47,28 @@ pub fn reason(e: &io::Error) -> String {
         io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
         _ => e.to_string(),
     }
+}
+
+/// What identifies a version of a file: size, mtime, ctime, device and
+/// inode, and the path the symlink chain resolves to; `None` when the file
+/// cannot be looked at. The ctime is what a writer cannot set back: a
+/// change of the same size whose mtime was put back (`cp -p`,
+/// `rsync -t --inplace`, `tar x`, a file deleted and made again on the same
+/// inode) went unseen with size and mtime alone.
+pub type Stamp = Option<(u64, Option<SystemTime>, (i64, i64), (u64, u64), PathBuf)>;
+
+/// The [`Stamp`] of the file at `path` now (symlinks followed).
+pub fn stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let real = std::fs::canonicalize(path).unwrap_or_default();
+    Some((
+        meta.len(),
+        meta.modified().ok(),
+        (meta.ctime(), meta.ctime_nsec()),
+        (meta.dev(), meta.ino()),
+        real,
+    ))
 }
 
 /// [`read_file`], as UTF-8 text.

@@ -186,6 +186,12 @@ pub struct Snapshot {
     pub metrics_per_user: bool,
     /// The users.
     pub users: Arc<UserStore>,
+    /// The files of [`Snapshot::watched`] as they were just before this
+    /// snapshot read them (a TLS listener's certificate and key before
+    /// the listener reads them), for the reload watcher's first look: a
+    /// change that lands while the proxy starts is then seen. A reload of
+    /// the users file alone keeps them; the watcher has its own by then.
+    pub files_as_read: Vec<file::Stamp>,
 }
 
 impl Snapshot {
@@ -206,6 +212,17 @@ impl Snapshot {
         )
     }
 
+    /// The files a reload watches: the config, the users file, and each
+    /// TLS listener's certificate and key, in that order.
+    pub fn watched(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.config_path.clone(), self.auth.users_file.clone()];
+        for t in &self.server.tls {
+            files.push(t.cert.clone());
+            files.push(t.key.clone());
+        }
+        files
+    }
+
     /// The listeners of this snapshot, for the summary.
     pub fn listening(&self) -> String {
         let mut listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
@@ -219,7 +236,8 @@ impl Snapshot {
 /// # Errors
 /// Every problem found in either file, with file:line:col.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
-    load_source(path, &read(path)?)
+    let config_as_read = file::stamp(path);
+    load_source(path, &read(path)?, config_as_read)
 }
 
 /// [`load`] for a reload, which refuses two files that would open the proxy
@@ -238,6 +256,7 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 /// # Errors
 /// As [`load`], plus those two.
 pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, ConfigError> {
+    let config_as_read = file::stamp(path);
     let source = read(path)?;
     let refuse = |message: &str| {
         Err(ConfigError {
@@ -260,7 +279,7 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
     }
     // Checked on a config that loads, so that a wrong value (`policy` not
     // a table, say) is reported as what it is, not as a missing default.
-    let new = load_source(path, &source)?;
+    let new = load_source(path, &source, config_as_read)?;
     let says_default = doc.as_ref().and_then(|d| d.get("policy")?.get("default")).is_some();
     if running.policy.default == Action::Deny && new.policy.default == Action::Allow && !says_default {
         return refuse(
@@ -284,9 +303,14 @@ fn has_setting(table: &dyn toml_edit::TableLike) -> bool {
     })
 }
 
-fn load_source(path: &Path, source: &str) -> Result<Snapshot, ConfigError> {
+/// [`load`] of the config text `source`, read from `path` when it had the
+/// stamp `config_as_read`.
+fn load_source(path: &Path, source: &str, config_as_read: file::Stamp) -> Result<Snapshot, ConfigError> {
     let (settings, mut problems) =
         validate::config(path, source).map_err(|problems| ConfigError { problems })?;
+    let mut files_as_read = vec![config_as_read, file::stamp(&settings.auth.users_file)];
+    files_as_read
+        .extend(settings.server.tls.iter().flat_map(|t| [file::stamp(&t.cert), file::stamp(&t.key)]));
     let (users, p) = read_users(&settings.auth);
     problems.extend(p);
     if !problems.is_empty() {
@@ -307,6 +331,7 @@ fn load_source(path: &Path, source: &str) -> Result<Snapshot, ConfigError> {
         admin: settings.admin,
         metrics_per_user: settings.metrics_per_user,
         users: Arc::new(store),
+        files_as_read,
     })
 }
 

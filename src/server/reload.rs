@@ -17,7 +17,7 @@
 //! changed). Nothing else in flight is touched.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 
 use tokio::signal::unix::{Signal, SignalKind};
 
+use crate::config::file::{Stamp, stamp};
 use crate::config::{self, ConfigError, Snapshot};
 use crate::proxy::State;
 use crate::telemetry::LogFormat;
@@ -33,37 +34,8 @@ use crate::telemetry::LogFormat;
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_millis(250);
 
-/// What identifies a version of a file: size, mtime, ctime, device and
-/// inode, and the path the symlink chain resolves to. The ctime is what a
-/// writer cannot set back: a change of the same size whose mtime was put
-/// back (`cp -p`, `rsync -t --inplace`, `tar x`, a file deleted and made
-/// again on the same inode) went unseen with size and mtime alone.
-type Stamp = Option<(u64, Option<SystemTime>, (i64, i64), (u64, u64), PathBuf)>;
-
-fn stamp(path: &Path) -> Stamp {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    let real = std::fs::canonicalize(path).unwrap_or_default();
-    Some((
-        meta.len(),
-        meta.modified().ok(),
-        (meta.ctime(), meta.ctime_nsec()),
-        (meta.dev(), meta.ino()),
-        real,
-    ))
-}
-
 fn stamps(snap: &Snapshot) -> Vec<Stamp> {
-    watched(snap).iter().map(|p| stamp(p)).collect()
-}
-
-fn watched(snap: &Snapshot) -> Vec<PathBuf> {
-    let mut files = vec![snap.config_path.clone(), snap.auth.users_file.clone()];
-    for t in &snap.server.tls {
-        files.push(t.cert.clone());
-        files.push(t.key.clone());
-    }
-    files
+    snap.watched().iter().map(|p| stamp(p)).collect()
 }
 
 /// Runs [`reload`] on tokio's blocking pool: a reload reads files and hashes
@@ -92,7 +64,10 @@ async fn reload_off_runtime(state: &Arc<State>) -> bool {
 /// watches and the old one did not (a new `users_file`) gets [`unseen`], so
 /// it is read once more. `None` when shutdown began meanwhile.
 async fn reload_and_stamp(state: &Arc<State>) -> Option<Vec<Stamp>> {
-    let before: Vec<(PathBuf, Stamp)> = watched(&state.snapshot.load())
+    let before: Vec<(PathBuf, Stamp)> = state
+        .snapshot
+        .load()
+        .watched()
         .into_iter()
         .map(|path| {
             let s = stamp(&path);
@@ -102,7 +77,7 @@ async fn reload_and_stamp(state: &Arc<State>) -> Option<Vec<Stamp>> {
     if !reload_off_runtime(state).await {
         return None;
     }
-    let after = watched(&state.snapshot.load());
+    let after = state.snapshot.load().watched();
     Some(
         after
             .iter()
@@ -312,7 +287,10 @@ pub async fn watch(state: Arc<State>) {
             None
         }
     };
-    let mut seen = stamps(&state.snapshot.load());
+    // The files as the running snapshot read them, not as they are now: a
+    // change that landed since (while the proxy started) was taken as
+    // loaded, and waited for the next unrelated one.
+    let mut seen = state.snapshot.load().files_as_read.clone();
     let mut pending: Option<Vec<Stamp>> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -51,6 +51,12 @@ pub fn spawn_custom(config: &str, users: &str) -> Custom {
     dir.write("users.toml", users);
     let snapshot =
         authgate::config::load(&path).unwrap_or_else(|e| panic!("test config does not load:\n{e}"));
+    run_custom(dir, snapshot)
+}
+
+/// Runs authgate in-process on `snapshot`, loaded from the files in `dir`
+/// (any time before: a test can change the files in between).
+pub fn run_custom(dir: TempDir, snapshot: authgate::config::Snapshot) -> Custom {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
