@@ -446,6 +446,36 @@ async fn one_address_cannot_take_every_connection() {
     assert_eq!(c.read_response("GET").await.status, 200);
 }
 
+/// At the per-address limit, the connection refused is the one that came
+/// last, not one of those already open: the slots were taken in each
+/// connection's task, and a later connection could be counted first (an
+/// idle connection got the 503 while the newest was served, 4 runs in 16
+/// of a probe). Twenty rounds of connections opened back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_per_address_limit_the_newest_connection_is_the_one_refused() {
+    let proxy =
+        spawn_custom(&cfg("", "[limits]\nmax_connections_per_ip = 3\nmax_connections = 100\n"), &users());
+    for round in 0..20 {
+        let mut conns = Vec::new();
+        for _ in 0..4 {
+            conns.push(connect_from("127.0.0.1", proxy.addr).await);
+        }
+        // The refused one reads its 503 and the proxy's close; the others
+        // read nothing while they are held.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let newest = conns.pop().unwrap();
+        let refused = read_all(newest).await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "round {round}: the newest got {refused:?}");
+        for (i, c) in conns.iter().enumerate() {
+            let mut byte = [0u8; 1];
+            let peeked = tokio::time::timeout(Duration::from_millis(20), c.peek(&mut byte)).await;
+            assert!(peeked.is_err(), "round {round}: connection {i}, open before the newest, got {peeked:?}");
+        }
+        drop(conns);
+        wait_for_open(&proxy.state, 0).await;
+    }
+}
+
 /// A refused client that sent its request at once, as a raw client does,
 /// still reads its 503: the request, left unread, made the close a reset,
 /// which could destroy the answer before the client read it.

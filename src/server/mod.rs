@@ -188,7 +188,12 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
             }
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                state.tasks.spawn(serve(state.clone(), listener.how.clone(), stream, peer));
+                // An IPv4 client of a dual-stack `[::]` listener is
+                // `::ffff:a.b.c.d`: logged, throttled and limited as
+                // a.b.c.d, as on an IPv4 listener.
+                let peer = crate::policy::egress::canonical_addr(peer);
+                let permit = slot_for(&state, &listener.how, peer);
+                state.tasks.spawn(serve(state.clone(), listener.how.clone(), stream, peer, permit));
             }
             Err(e) => {
                 // EMFILE and friends: wait and retry instead of spinning.
@@ -280,20 +285,38 @@ fn admit_admin(state: &Arc<State>, slots: &Arc<AdminSlots>, stream: TcpStream, p
     }
 }
 
-async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStream, peer: SocketAddr) {
-    // An IPv4 client of a dual-stack `[::]` listener is `::ffff:a.b.c.d`:
-    // logged, throttled and limited as a.b.c.d, as on an IPv4 listener.
-    let peer = crate::policy::egress::canonical_addr(peer);
+/// The slot of a connection from `peer` just accepted on `listener`, or
+/// `None` when a limit is reached. Taken in the accept loop, in the order
+/// the connections came: taken in each connection's task, a later one could
+/// be counted first, get the last slot and leave an earlier one the 503 (4
+/// of 16 runs of a probe). Counted before anything is read: a connection
+/// waiting for its PROXY header holds a socket too (600 silent ones went
+/// past a limit of 20); its client's own limit applies once the header
+/// names it.
+fn slot_for(state: &State, listener: &Accepting, peer: SocketAddr) -> Option<limits::Permit> {
+    let snap = state.snapshot.load();
+    let mut permit = state.conns.reserve(snap.limits.max_connections)?;
+    if !listener.proxy_protocol && !permit.assign(peer.ip(), snap.limits.max_connections_per_ip) {
+        return None;
+    }
+    Some(permit)
+}
+
+async fn serve(
+    state: Arc<State>,
+    listener: Arc<Accepting>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<limits::Permit>,
+) {
     if !listener.nodelay_inherited {
         let _ = stream.set_nodelay(true);
     }
-    let limits = state.snapshot.load().limits.clone();
-    // Counted before anything is read: a connection waiting for its PROXY
-    // header holds a socket too (600 silent ones went past a limit of 20).
-    let Some(mut permit) = state.conns.reserve(limits.max_connections) else {
+    let Some(mut permit) = permit else {
         Box::pin(refuse_overloaded(&state, &listener, stream, peer)).await;
         return;
     };
+    let limits = state.snapshot.load().limits.clone();
     let client_addr = if listener.proxy_protocol {
         // Anyone else could name any address, and so pass for another
         // client in the logs, the rules, the throttle and the limits.
@@ -301,9 +324,13 @@ async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStrea
             tracing::warn!(peer = %peer, "closing connection: PROXY protocol from an address not in server.proxy_protocol_from");
             return;
         }
-        match tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream)).await
+        let addr = match tokio::time::timeout(
+            limits.header_read_timeout,
+            proxy_protocol::read_header(&mut stream),
+        )
+        .await
         {
-            Ok(Ok(addr)) => addr.map_or(peer, crate::policy::egress::canonical_addr),
+            Ok(Ok(addr)) => addr,
             Ok(Err(e)) => {
                 tracing::warn!(peer = %peer, error = %e, "closing connection: bad or missing PROXY protocol header");
                 return;
@@ -312,15 +339,17 @@ async fn serve(state: Arc<State>, listener: Arc<Accepting>, mut stream: TcpStrea
                 tracing::warn!(peer = %peer, "closing connection: no PROXY protocol header in time");
                 return;
             }
+        };
+        let addr = addr.map_or(peer, crate::policy::egress::canonical_addr);
+        if !permit.assign(addr.ip(), limits.max_connections_per_ip) {
+            drop(permit);
+            Box::pin(refuse_overloaded(&state, &listener, stream, addr)).await;
+            return;
         }
+        addr
     } else {
         peer
     };
-    if !permit.assign(client_addr.ip(), limits.max_connections_per_ip) {
-        drop(permit);
-        Box::pin(refuse_overloaded(&state, &listener, stream, client_addr)).await;
-        return;
-    }
     // Shared with the tunnels this connection may become, so that they
     // count against the limits for as long as they live.
     let slot = Arc::new(permit);
