@@ -6,8 +6,11 @@
 //! A reset also throws away what the kernel still holds for the client, so
 //! it waits until all of that has gone out: a whole response pipelined ahead
 //! of the cut one reaches a slow reader in full (it lost its last 100 KB or
-//! more when the reset came at once), and so does what was sent of the cut
-//! one. The receiver reads what reached it before the reset.
+//! more when the reset came at once), and so does what of the cut one had
+//! reached the kernel. What hyper still held of it is lost with the
+//! connection (`bytes_down` counts it: the README says so), which costs a
+//! response that is incomplete whatever arrives. The receiver reads what
+//! reached it before the reset.
 
 use std::io;
 use std::time::Duration;
