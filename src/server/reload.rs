@@ -236,8 +236,11 @@ fn users_alone(state: &State, old: &Arc<Snapshot>) {
 /// sessions and cached logins of users that changed or went closed and
 /// forgotten. Returns the generation and the number of sessions closed.
 fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
-    state.snapshot.store(new.clone());
+    // The generation first: whoever sees the new snapshot at work (an
+    // answer under the new rules) then reads its generation, not the one
+    // before (a test read that for a thread descheduled between the two).
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    state.snapshot.store(new.clone());
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
     for user in old.users.iter() {
         if new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint) {
