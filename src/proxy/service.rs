@@ -461,7 +461,7 @@ fn drain_small_body(state: &State, phase: &Arc<Phase>, within: Duration, req: Re
     let stopping = state.stopping.clone();
     // Until the body is read, its bytes are this request's, not the next
     // one's head.
-    phase.draining();
+    let draining = phase.draining();
     let phase = phase.clone();
     tokio::spawn(async move {
         // Until the length is reached: hyper ends the body's stream only
@@ -478,7 +478,7 @@ fn drain_small_body(state: &State, phase: &Arc<Phase>, within: Duration, req: Re
             _ = tokio::time::timeout(within, drain) => {}
             _ = stopping.cancelled() => {}
         }
-        phase.drained();
+        phase.drained(draining);
     });
     true
 }

@@ -30,7 +30,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -61,24 +61,25 @@ const LINGER_MAX: usize = 64 << 20;
 /// socket wrapper, the service and the response body.
 #[derive(Debug, Default)]
 pub struct Phase {
-    /// `IDLE`, `HEAD`, `BUSY`, `ENDED` or `TUNNEL`.
-    state: AtomicU8,
+    /// The state (`IDLE`, `HEAD`, `BUSY`, `ENDED` or `TUNNEL`), the drain
+    /// (see [`Phase::draining`]) and the requests served so far, in one
+    /// word (see [`Word`]): a drain ends in a task of its own, and with
+    /// the three apart, its end could act on the next request (a pipelined
+    /// one begun meanwhile), ending it while still busy or forgetting that
+    /// its own body was still being drained.
+    word: AtomicU64,
     /// Set by [`Phase::linger`].
     linger: AtomicBool,
-    /// Requests served so far: tells the idle timer of one response from
-    /// the next (a pipelined request goes from idle to busy without a read).
-    served: AtomicU32,
     /// Why authgate closes the connection itself, if it does (see
     /// [`Phase::closed_by`]).
     closing: AtomicU8,
     /// See [`Phase::open_ended`].
     open_ended: AtomicBool,
-    /// See [`Phase::draining`]: `NOT_DRAINING`, `DRAINING` or
-    /// `DRAINING_ANSWERED`.
-    draining: AtomicU8,
     /// The connection's task, waiting on the socket while a body is drained
     /// elsewhere: woken when the drain ends, so that the connection goes
     /// idle (and its idle timer starts) without a byte from the client.
+    /// Set and taken under its lock together with the drain's checks, so
+    /// that a drain ending meanwhile cannot miss it.
     drain_waker: std::sync::Mutex<Option<std::task::Waker>>,
 }
 
@@ -86,6 +87,37 @@ const NOT_DRAINING: u8 = 0;
 const DRAINING: u8 = 1;
 /// Draining, and the answer has been handed to hyper whole.
 const DRAINING_ANSWERED: u8 = 2;
+
+/// [`Phase`]'s word, unpacked: the state in its low byte, the drain in the
+/// next, the request count in the high half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word {
+    state: u8,
+    drain: u8,
+    /// Requests served so far: tells the idle timer of one response from
+    /// the next (a pipelined request goes from idle to busy without a
+    /// read), and a drain's end from a later request.
+    served: u32,
+}
+
+impl Word {
+    fn unpack(w: u64) -> Self {
+        Word { state: w as u8, drain: (w >> 8) as u8, served: (w >> 32) as u32 }
+    }
+
+    fn pack(self) -> u64 {
+        u64::from(self.state) | u64::from(self.drain) << 8 | u64::from(self.served) << 32
+    }
+}
+
+/// A drain in progress, of the body of one request (see
+/// [`Phase::draining`]); given back to [`Phase::drained`] at its end.
+#[derive(Debug)]
+#[must_use = "a drain must be ended with Phase::drained"]
+pub struct Drain {
+    /// The request (`served` count) whose body is drained.
+    of: u32,
+}
 
 /// Why authgate closed a client connection itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,11 +131,31 @@ pub enum Closer {
 }
 
 impl Phase {
+    fn load(&self) -> Word {
+        Word::unpack(self.word.load(Ordering::Acquire))
+    }
+
+    /// Changes the word as `f` says, atomically; `f` returns `None` to
+    /// leave it as it is. Returns whether it changed.
+    fn update(&self, mut f: impl FnMut(Word) -> Option<Word>) -> bool {
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| f(Word::unpack(w)).map(Word::pack))
+            .is_ok()
+    }
+
+    /// Moves the state from `from` to `to`, if it is `from`.
+    fn shift(&self, from: u8, to: u8) -> bool {
+        self.update(|w| (w.state == from).then_some(Word { state: to, ..w }))
+    }
+
+    /// Requests served so far.
+    fn served(&self) -> u32 {
+        self.load().served
+    }
+
     /// A request head is complete and being served.
     pub fn busy(&self) {
-        self.served.fetch_add(1, Ordering::Relaxed);
-        self.state.store(BUSY, Ordering::Release);
-        self.draining.store(NOT_DRAINING, Ordering::Release);
+        self.update(|w| Some(Word { state: BUSY, drain: NOT_DRAINING, served: w.served.wrapping_add(1) }));
     }
 
     /// The request's body is still being read, after its answer (the body
@@ -113,18 +165,29 @@ impl Phase {
     /// start of a next request: they started its head timer (a retry sent
     /// `header_read_timeout` after the body got a 408) and counted against
     /// its size limit (a 431 for a request never sent).
-    pub fn draining(&self) {
-        self.draining.store(DRAINING, Ordering::Release);
+    pub fn draining(&self) -> Drain {
+        let mut of = 0;
+        self.update(|w| {
+            of = w.served;
+            Some(Word { drain: DRAINING, ..w })
+        });
+        Drain { of }
     }
 
     /// The body [`Phase::draining`] spoke of has been read (or given up):
-    /// if the answer is already out, the request is over.
-    pub fn drained(&self) {
-        if self.draining.swap(NOT_DRAINING, Ordering::AcqRel) == DRAINING_ANSWERED {
-            self.end();
-        }
-        let waker = self.drain_waker.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(waker) = waker {
+    /// if the answer is already out, the request is over. Nothing changes
+    /// once a next request has begun: the drain was its predecessor's.
+    pub fn drained(&self, drain: Drain) {
+        let mut slot = self.drain_waker.lock().unwrap_or_else(|p| p.into_inner());
+        self.update(|w| {
+            if w.served != drain.of || w.drain == NOT_DRAINING {
+                return None;
+            }
+            let state = if w.drain == DRAINING_ANSWERED && w.state == BUSY { ENDED } else { w.state };
+            Some(Word { state, drain: NOT_DRAINING, ..w })
+        });
+        if let Some(waker) = slot.take() {
+            drop(slot);
             waker.wake();
         }
     }
@@ -132,11 +195,13 @@ impl Phase {
     /// Has `waker` woken when a drain in progress ends (see
     /// [`Phase::drained`]).
     fn wake_when_drained(&self, waker: &std::task::Waker) {
-        if self.draining.load(Ordering::Acquire) != NOT_DRAINING {
-            let mut slot = self.drain_waker.lock().unwrap_or_else(|p| p.into_inner());
-            if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
-                *slot = Some(waker.clone());
-            }
+        if self.load().drain == NOT_DRAINING {
+            return;
+        }
+        let mut slot = self.drain_waker.lock().unwrap_or_else(|p| p.into_inner());
+        // Again under the lock: the drain may have ended since.
+        if self.load().drain != NOT_DRAINING && !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
         }
     }
 
@@ -146,24 +211,18 @@ impl Phase {
     /// look like hyper's own 400, which replaced it). Not after
     /// [`Phase::linger`]: the connection closes, and what hyper still reads
     /// of the unread request body must not count as the head of a next
-    /// request (a large one became a 431 for a request never sent).
+    /// request (a large one became a 431 for a request never sent). While
+    /// the request's body is still being drained, the request ends with the
+    /// drain.
     pub fn idle(&self) {
         if self.linger.load(Ordering::Acquire) {
             return;
         }
-        // The body still being read: the request ends with it.
-        if self
-            .draining
-            .compare_exchange(DRAINING, DRAINING_ANSWERED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            return;
-        }
-        self.end();
-    }
-
-    fn end(&self) {
-        let _ = self.state.compare_exchange(BUSY, ENDED, Ordering::AcqRel, Ordering::Acquire);
+        self.update(|w| match (w.drain, w.state) {
+            (DRAINING, _) => Some(Word { drain: DRAINING_ANSWERED, ..w }),
+            (NOT_DRAINING, BUSY) => Some(Word { state: ENDED, ..w }),
+            _ => None,
+        });
     }
 
     /// authgate is closing the connection, for `why`: a response cut short
@@ -185,7 +244,7 @@ impl Phase {
 
     /// The connection is handed over to a tunnel: no more HTTP timers.
     pub fn tunnel(&self) {
-        self.state.store(TUNNEL, Ordering::Release);
+        self.update(|w| Some(Word { state: TUNNEL, ..w }));
     }
 
     /// A response body delimited by the close of the connection (an
@@ -223,7 +282,7 @@ impl Phase {
     }
 
     fn get(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+        self.load().state
     }
 }
 
@@ -418,7 +477,7 @@ impl<S> Guarded<S> {
         if self.phase.get() != IDLE {
             return;
         }
-        let served = self.phase.served.load(Ordering::Relaxed);
+        let served = self.phase.served();
         if self.armed_for != IDLE || self.idle_after != served {
             self.idle_after = served;
             self.armed_for = IDLE;
@@ -539,7 +598,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             // per request, so that hyper polls the service before it sees it;
             // a request still waiting (for its origin, a password check) is
             // then dropped as before.
-            let served = this.phase.served.load(Ordering::Relaxed);
+            let served = this.phase.served();
             if this.eof_held_for != served {
                 this.eof_held_for = served;
                 cx.waker().wake_by_ref();
@@ -551,7 +610,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             // Where the head starts in this read.
             let mut from = 0;
             if phase == IDLE {
-                let served = this.phase.served.load(Ordering::Relaxed);
+                let served = this.phase.served();
                 if this.counted_after != served {
                     this.counted_after = served;
                     this.head_bytes = 0;
@@ -564,13 +623,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 // they count against the head limit (blank lines, then a
                 // head, got past it: they looked like the head's end).
                 match skip_empty_lines(&mut this.blank_cr, read) {
-                    Some(start)
-                        if this
-                            .phase
-                            .state
-                            .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok() =>
-                    {
+                    Some(start) if this.phase.shift(IDLE, HEAD) => {
                         from = start;
                         this.head_tail = [0; 2];
                         this.preface = 0;
@@ -672,7 +725,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         if matches!(res, Poll::Ready(Ok(()))) && self.phase.get() == ENDED {
             // hyper flushes its buffer before it flushes the socket: the
             // response is out.
-            let _ = self.phase.state.compare_exchange(ENDED, IDLE, Ordering::AcqRel, Ordering::Acquire);
+            self.phase.shift(ENDED, IDLE);
         }
         self.start_idle_timer(cx);
         self.watch_send(cx, res)
@@ -811,6 +864,78 @@ mod tests {
         // The head timeout (and its short grace), then the send timeout.
         let took = start.elapsed();
         assert!(took >= Duration::from_secs(13) && took < Duration::from_secs(14), "{took:?}");
+    }
+
+    /// A request refused while its body is still coming: the answer goes
+    /// out, the body is drained in a task of its own, and the request ends
+    /// with whichever of the two comes last.
+    #[test]
+    fn a_drained_request_ends_with_the_later_of_its_answer_and_its_body() {
+        let phase = Phase::default();
+        phase.busy();
+        let drain = phase.draining();
+        phase.idle();
+        assert_eq!(phase.get(), BUSY, "answered, but its body is still being read");
+        phase.drained(drain);
+        assert_eq!(phase.get(), ENDED);
+
+        phase.shift(ENDED, IDLE);
+        phase.busy();
+        let drain = phase.draining();
+        phase.drained(drain);
+        assert_eq!(phase.get(), BUSY, "its body is read, but not its answer sent");
+        phase.idle();
+        assert_eq!(phase.get(), ENDED);
+    }
+
+    /// The drain runs in a task of its own and can end after hyper has
+    /// begun the next, pipelined request: that request is not ended by it,
+    /// and a drain of its own is not forgotten (its body's bytes would have
+    /// been taken for the head of a request after it).
+    #[test]
+    fn a_drain_that_ends_after_the_next_request_began_leaves_that_request_alone() {
+        let phase = Phase::default();
+        phase.busy();
+        let first = phase.draining();
+        phase.idle();
+        phase.busy();
+        phase.drained(first);
+        assert_eq!(phase.get(), BUSY, "the next request is still being served");
+
+        let second = phase.draining();
+        phase.idle();
+        phase.busy();
+        let third = phase.draining();
+        phase.drained(second);
+        phase.idle();
+        assert_eq!(phase.get(), BUSY, "the third request's body is still being read");
+        phase.drained(third);
+        assert_eq!(phase.get(), ENDED);
+    }
+
+    /// The connection's task, waiting on the socket while the body is
+    /// drained elsewhere, is woken when the drain ends (so that its idle
+    /// timer starts without a byte from the client).
+    #[test]
+    fn the_end_of_a_drain_wakes_the_connection() {
+        struct Flag(AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = std::task::Waker::from(flag.clone());
+        let phase = Phase::default();
+        phase.busy();
+        phase.wake_when_drained(&waker);
+        let drain = phase.draining();
+        phase.idle();
+        phase.wake_when_drained(&waker);
+        assert!(!flag.0.load(Ordering::Acquire));
+        phase.drained(drain);
+        assert!(flag.0.load(Ordering::Acquire), "not woken");
+        assert_eq!(phase.get(), ENDED);
     }
 
     #[test]
