@@ -440,6 +440,47 @@ async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
     assert!(metrics.contains("authgate_argon2_verifications_total 1\n"), "one verification:\n{metrics}");
 }
 
+/// Connections opened at once with one wrong password (a client's parallel
+/// downloads, with a stale password in `HTTPS_PROXY`) all get their 407
+/// from one argon2 run: each waited for the one before it and ran argon2
+/// again, the last answered after all of them. The refusal lives only as
+/// long as its queue: the right password afterwards is verified and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_at_once_with_one_wrong_password_share_one_verification() {
+    let origin = spawn_echo_origin();
+    // alice's hash takes a while to verify (in a debug build, about 0.8 s).
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
+    let alice = authgate::auth::password::hash_password("a1", costly).unwrap().to_string();
+    let users = format!("[users.alice]\npassword = {}\n", toml_str(&alice));
+    let proxy = spawn_custom(CFG_NT, &users);
+    let wrong = basic("alice", "stale");
+    let head =
+        request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &wrong)]);
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(RawConn::connect(proxy.addr).await);
+    }
+    conns[0].send(&head).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for conn in &mut conns[1..] {
+        conn.send(&head).await;
+    }
+    let mut first = conns.remove(0);
+    let first = tokio::spawn(async move { first.read_response("GET").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!first.is_finished(), "the verification was too quick to test with");
+    let mut answers = vec![first.await.unwrap()];
+    for conn in &mut conns {
+        answers.push(conn.read_response("GET").await);
+    }
+    for (i, r) in answers.iter().enumerate() {
+        assert_eq!(r.status, 407, "connection {i}: {}", r.dump());
+    }
+    let metrics = proxy.state.metrics.render(1, 0);
+    assert!(metrics.contains("authgate_argon2_verifications_total 1\n"), "one verification:\n{metrics}");
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_user_is_disconnected_when_expires_passes_without_a_reload() {
     let origin = spawn_echo_origin();

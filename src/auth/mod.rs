@@ -60,15 +60,43 @@ pub struct Authenticator {
 /// Verifications in progress, by header value (hashed like the cache key).
 #[derive(Default)]
 struct Inflight {
-    map: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    map: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<Turn>>>>,
     keys: std::collections::hash_map::RandomState,
+}
+
+/// What the clients waiting together on one header value share: the
+/// refusal the last of them to run argon2 got, if it was refused.
+#[derive(Default)]
+struct Turn {
+    refused: Option<Refused>,
+}
+
+/// A verification's refusal, with what it was made of.
+struct Refused {
+    /// The header verified (the queue is keyed by its hash, which two
+    /// headers may share).
+    header: Box<[u8]>,
+    /// The users it was verified against (a reload may have changed them).
+    users: Arc<UserStore>,
+    reason: Refusal,
+}
+
+impl Turn {
+    /// The refusal of `header` against `users`, if a client before this one
+    /// got it.
+    fn refusal(&self, header: &[u8], users: &Arc<UserStore>) -> Option<Refusal> {
+        self.refused
+            .as_ref()
+            .filter(|r| *r.header == *header && Arc::ptr_eq(&r.users, users))
+            .map(|r| r.reason)
+    }
 }
 
 /// A place in the queue for one header value; removed when the last waiter leaves.
 struct Gate<'a> {
     owner: &'a Inflight,
     key: u64,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Arc<tokio::sync::Mutex<Turn>>,
 }
 
 impl Inflight {
@@ -82,7 +110,7 @@ impl Inflight {
 }
 
 impl Gate<'_> {
-    async fn lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    async fn lock(&self) -> tokio::sync::MutexGuard<'_, Turn> {
         self.lock.lock().await
     }
 }
@@ -248,9 +276,9 @@ impl Authenticator {
         let username = creds.username.clone();
         // Single flight: clients that open many connections at once with the
         // same credentials wait for one verification instead of each paying
-        // argon2 (and the cache answers the rest).
+        // argon2 (the cache answers the rest, or the refusal is shared).
         let gate = self.inflight.enter(header);
-        let _turn = gate.lock().await;
+        let mut turn = gate.lock().await;
         let now = Instant::now();
         // (The address was not throttled a moment ago: a hit counts.)
         if let Some((user, known)) = self
@@ -270,6 +298,14 @@ impl Authenticator {
         if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled { retry_after, username: Some(username) };
         }
+        // A client that waited while the same header was refused gets the
+        // same refusal (a failed attempt of its address, as any other),
+        // without argon2 again: 30 connections opened at once with a wrong
+        // password each ran it in turn, the last answered after all of them.
+        // Only while clients wait together: no refusal outlives its queue.
+        if let Some(reason) = turn.refusal(header, users) {
+            return Outcome::Refused { reason, username: Some(username) };
+        }
         let Some(verdict) = self.verify_bounded(users, creds).await else {
             self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
@@ -285,7 +321,10 @@ impl Authenticator {
                 }
                 Outcome::Ok(user)
             }
-            Err(reason) => Outcome::Refused { reason, username: Some(username) },
+            Err(reason) => {
+                turn.refused = Some(Refused { header: header.into(), users: users.clone(), reason });
+                Outcome::Refused { reason, username: Some(username) }
+            }
         }
     }
 
