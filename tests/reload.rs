@@ -440,6 +440,53 @@ async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
     assert!(metrics.contains("authgate_argon2_verifications_total 1\n"), "one verification:\n{metrics}");
 }
 
+/// A proxy whose one user, alice, has a hash that takes a while to verify
+/// (in a debug build, about 0.8 s), with `password`.
+fn proxy_with_a_costly_alice(password: &str) -> Custom {
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
+    let alice = authgate::auth::password::hash_password(password, costly).unwrap().to_string();
+    spawn_custom(CFG_NT, &format!("[users.alice]\npassword = {}\n", toml_str(&alice)))
+}
+
+/// One GET per `Proxy-Authorization` value in `auths`, each on a connection
+/// of its own, the first alone and the others while it is being verified;
+/// their answers, in that order.
+async fn while_the_first_is_verified(
+    proxy: SocketAddr,
+    origin: &Origin,
+    auths: &[String],
+) -> Vec<RawResponse> {
+    let mut conns = Vec::new();
+    for auth in auths {
+        let head =
+            request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", auth)]);
+        conns.push((RawConn::connect(proxy).await, head));
+    }
+    let (mut first, head) = conns.remove(0);
+    first.send(&head).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for (conn, head) in &mut conns {
+        conn.send(&*head).await;
+    }
+    let first = tokio::spawn(async move { first.read_response("GET").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!first.is_finished(), "the verification was too quick to test with");
+    let mut answers = vec![first.await.unwrap()];
+    for (conn, _) in &mut conns {
+        answers.push(conn.read_response("GET").await);
+    }
+    answers
+}
+
+fn argon2_runs(proxy: &Custom) -> String {
+    let metrics = proxy.state.metrics.render(1, 0);
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("authgate_argon2_verifications_total "))
+        .unwrap_or_else(|| panic!("no verification count:\n{metrics}"))
+        .to_string()
+}
+
 /// Connections opened at once with one wrong password (a client's parallel
 /// downloads, with a stale password in `HTTPS_PROXY`) all get their 407
 /// from one argon2 run: each waited for the one before it and ran argon2
@@ -448,37 +495,50 @@ async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_opened_at_once_with_one_wrong_password_share_one_verification() {
     let origin = spawn_echo_origin();
-    // alice's hash takes a while to verify (in a debug build, about 0.8 s).
-    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
-    let alice = authgate::auth::password::hash_password("a1", costly).unwrap().to_string();
-    let users = format!("[users.alice]\npassword = {}\n", toml_str(&alice));
-    let proxy = spawn_custom(CFG_NT, &users);
-    let wrong = basic("alice", "stale");
-    let head =
-        request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &wrong)]);
-    let mut conns = Vec::new();
-    for _ in 0..6 {
-        conns.push(RawConn::connect(proxy.addr).await);
-    }
-    conns[0].send(&head).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    for conn in &mut conns[1..] {
-        conn.send(&head).await;
-    }
-    let mut first = conns.remove(0);
-    let first = tokio::spawn(async move { first.read_response("GET").await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!first.is_finished(), "the verification was too quick to test with");
-    let mut answers = vec![first.await.unwrap()];
-    for conn in &mut conns {
-        answers.push(conn.read_response("GET").await);
-    }
+    let proxy = proxy_with_a_costly_alice("a1");
+    let answers = while_the_first_is_verified(proxy.addr, &origin, &vec![basic("alice", "stale"); 6]).await;
     for (i, r) in answers.iter().enumerate() {
         assert_eq!(r.status, 407, "connection {i}: {}", r.dump());
     }
-    let metrics = proxy.state.metrics.render(1, 0);
-    assert!(metrics.contains("authgate_argon2_verifications_total 1\n"), "one verification:\n{metrics}");
+    assert_eq!(argon2_runs(&proxy), "1");
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+}
+
+/// The spellings of one password sent at once (scheme in any case, extra
+/// spaces, ISO-8859-1, decomposed accents) wait for one another: the
+/// spellings of the header's normal form share one argon2 run, the others
+/// one more, a wrong password one in all. Queued by the header as sent,
+/// each spelling ran argon2 of its own (probe 53: nine spellings, eight
+/// runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spellings_of_one_password_sent_at_once_share_its_verification() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_a_costly_alice("\u{e9}t\u{e9}");
+    let spellings = |password: &str| {
+        let latin1: Vec<u8> =
+            format!("alice:{password}").chars().map(|c| u8::try_from(u32::from(c)).unwrap()).collect();
+        let composed = basic("alice", password);
+        let token = composed.strip_prefix("Basic ").unwrap().to_string();
+        vec![
+            composed.clone(),
+            format!("basic {token}"),
+            format!("BASIC   {token}"),
+            format!("Basic {}", token.trim_end_matches('=')),
+            basic_raw(&latin1),
+            format!("basic {}", b64(&latin1)),
+            basic("alice", &password.replace('\u{e9}', "e\u{301}")),
+        ]
+    };
+    let answers = while_the_first_is_verified(proxy.addr, &origin, &spellings("\u{e9}t\u{e9}")).await;
+    for (i, r) in answers.iter().enumerate() {
+        assert_eq!(r.status, 200, "spelling {i}: {}", r.dump());
+    }
+    assert_eq!(argon2_runs(&proxy), "2");
+    let answers = while_the_first_is_verified(proxy.addr, &origin, &spellings("\u{e9}t\u{e8}")).await;
+    for (i, r) in answers.iter().enumerate() {
+        assert_eq!(r.status, 407, "wrong spelling {i}: {}", r.dump());
+    }
+    assert_eq!(argon2_runs(&proxy), "3");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,7 @@ type Key = [u8; 32];
 /// The cache key of credentials sent in another spelling than their normal
 /// form, see [`VerifiedCache::credentials_key`]. Made once per attempt: the
 /// credentials (and their password) are not kept for it.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CredentialsKey(Key);
 
 struct Entry {

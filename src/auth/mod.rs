@@ -57,54 +57,50 @@ pub struct Authenticator {
     inflight: Inflight,
 }
 
-/// Verifications in progress, by header value (hashed like the cache key).
+/// Verifications in progress, by credentials (the MAC of their normal
+/// form, [`VerifiedCache::credentials_key`]): every spelling of one login
+/// queues together. (By the header as sent, nine spellings of one password
+/// sent at once ran argon2 eight times.)
 #[derive(Default)]
 struct Inflight {
-    map: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<Turn>>>>,
-    keys: std::collections::hash_map::RandomState,
+    map: std::sync::Mutex<std::collections::HashMap<CredentialsKey, Arc<tokio::sync::Mutex<Turn>>>>,
 }
 
-/// What the clients waiting together on one header value share: the
-/// refusal the last of them to run argon2 got, if it was refused.
+/// What the clients waiting together on one login share: the refusal the
+/// last of them to run argon2 got, if it was refused.
 #[derive(Default)]
 struct Turn {
     refused: Option<Refused>,
 }
 
-/// A verification's refusal, with what it was made of.
+/// A verification's refusal, and the users it was verified against (a
+/// reload may have changed them since).
 struct Refused {
-    /// The header verified (the queue is keyed by its hash, which two
-    /// headers may share).
-    header: Box<[u8]>,
-    /// The users it was verified against (a reload may have changed them).
     users: Arc<UserStore>,
     reason: Refusal,
 }
 
 impl Turn {
-    /// The refusal of `header` against `users`, if a client before this one
-    /// got it.
-    fn refusal(&self, header: &[u8], users: &Arc<UserStore>) -> Option<Refusal> {
-        self.refused
-            .as_ref()
-            .filter(|r| *r.header == *header && Arc::ptr_eq(&r.users, users))
-            .map(|r| r.reason)
+    /// The refusal of these credentials against `users`, if a client
+    /// before this one got it. (The verdict depends on nothing else: the
+    /// normal form of the credentials, the users, and the time, past which
+    /// an expired user stays expired.)
+    fn refusal(&self, users: &Arc<UserStore>) -> Option<Refusal> {
+        self.refused.as_ref().filter(|r| Arc::ptr_eq(&r.users, users)).map(|r| r.reason)
     }
 }
 
-/// A place in the queue for one header value; removed when the last waiter leaves.
+/// A place in the queue for one login; removed when the last waiter leaves.
 struct Gate<'a> {
     owner: &'a Inflight,
-    key: u64,
+    key: CredentialsKey,
     lock: Arc<tokio::sync::Mutex<Turn>>,
 }
 
 impl Inflight {
-    fn enter(&self, header: &[u8]) -> Gate<'_> {
-        use std::hash::BuildHasher;
-        let key = self.keys.hash_one(header);
+    fn enter(&self, key: CredentialsKey) -> Gate<'_> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let lock = map.entry(key).or_default().clone();
+        let lock = map.entry(key.clone()).or_default().clone();
         Gate { owner: self, key, lock }
     }
 }
@@ -277,7 +273,7 @@ impl Authenticator {
         // Single flight: clients that open many connections at once with the
         // same credentials wait for one verification instead of each paying
         // argon2 (the cache answers the rest, or the refusal is shared).
-        let gate = self.inflight.enter(header);
+        let gate = self.inflight.enter(normal.clone().unwrap_or_else(|| self.cache.credentials_key(&creds)));
         let mut turn = gate.lock().await;
         let now = Instant::now();
         // (The address was not throttled a moment ago: a hit counts.)
@@ -298,12 +294,13 @@ impl Authenticator {
         if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled { retry_after, username: Some(username) };
         }
-        // A client that waited while the same header was refused gets the
-        // same refusal (a failed attempt of its address, as any other),
-        // without argon2 again: 30 connections opened at once with a wrong
-        // password each ran it in turn, the last answered after all of them.
-        // Only while clients wait together: no refusal outlives its queue.
-        if let Some(reason) = turn.refusal(header, users) {
+        // A client that waited while the same login (in any spelling) was
+        // refused gets the same refusal (a failed attempt of its address, as
+        // any other), without argon2 again: 30 connections opened at once
+        // with a wrong password each ran it in turn, the last answered after
+        // all of them. Only while clients wait together: no refusal outlives
+        // its queue.
+        if let Some(reason) = turn.refusal(users) {
             return Outcome::Refused { reason, username: Some(username) };
         }
         let Some(verdict) = self.verify_bounded(users, creds).await else {
@@ -322,7 +319,7 @@ impl Authenticator {
                 Outcome::Ok(user)
             }
             Err(reason) => {
-                turn.refused = Some(Refused { header: header.into(), users: users.clone(), reason });
+                turn.refused = Some(Refused { users: users.clone(), reason });
                 Outcome::Refused { reason, username: Some(username) }
             }
         }
