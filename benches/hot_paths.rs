@@ -55,7 +55,9 @@ fn bench(c: &mut Criterion) {
     let now = Instant::now();
     let from = std::net::Ipv4Addr::LOCALHOST.into();
     cache.insert(header, ("bench".into(), 42, from), Duration::from_secs(300), now);
-    c.bench_function("verified_cache_hit", |b| b.iter(|| cache.get(black_box(header), from, now)));
+    c.bench_function("verified_cache_hit", |b| {
+        b.iter(|| cache.get(black_box(header), from, now, Duration::from_secs(300)))
+    });
 
     let template = headers();
     c.bench_function("header_rewrite", |b| {

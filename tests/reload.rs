@@ -443,9 +443,14 @@ async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
 /// A proxy whose one user, alice, has a hash that takes a while to verify
 /// (in a debug build, about 0.8 s), with `password`.
 fn proxy_with_a_costly_alice(password: &str) -> Custom {
+    proxy_with_a_costly_alice_in(CFG_NT, password)
+}
+
+/// [`proxy_with_a_costly_alice`] with the config `cfg`.
+fn proxy_with_a_costly_alice_in(cfg: &str, password: &str) -> Custom {
     let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
     let alice = authgate::auth::password::hash_password(password, costly).unwrap().to_string();
-    spawn_custom(CFG_NT, &format!("[users.alice]\npassword = {}\n", toml_str(&alice)))
+    spawn_custom(cfg, &format!("[users.alice]\npassword = {}\n", toml_str(&alice)))
 }
 
 /// One GET per `Proxy-Authorization` value in `auths`, each on a connection
@@ -539,6 +544,52 @@ async fn spellings_of_one_password_sent_at_once_share_its_verification() {
         assert_eq!(r.status, 407, "wrong spelling {i}: {}", r.dump());
     }
     assert_eq!(argon2_runs(&proxy), "3");
+}
+
+/// With `cache_ttl = "0s"` every request runs argon2, and those of one
+/// login sent at once are not queued behind one another: past
+/// `max_pending` they get the 503 at once. (Queued per login, 30 at once
+/// ran one at a time, the last answered after 9 s, none refused.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_cached_one_login_sent_at_once_is_bounded_by_max_pending() {
+    let origin = spawn_echo_origin();
+    let cfg = CFG_NT.replace(
+        "users_file = \"users.toml\"",
+        "users_file = \"users.toml\"\ncache_ttl = \"0s\"\nverify_threads = 1\nmax_pending = 2",
+    );
+    let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
+    let answers = while_the_first_is_verified(proxy.addr, &origin, &vec![basic("alice", "a1"); 6]).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    // One verified, two waiting for the worker, three past the queue.
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 503).count(), 3, "{statuses:?}");
+    assert_eq!(argon2_runs(&proxy), "3");
+}
+
+/// A `cache_ttl` lowered by a reload applies at once to the logins already
+/// cached: set to `"0s"` (an emergency stop for the cache), a login cached
+/// under the old five minutes runs argon2 again on every request. (The
+/// entries kept their old expiry, and served the login unchecked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_ttl_lowered_by_a_reload_applies_to_logins_already_cached() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    for _ in 0..2 {
+        assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    }
+    assert_eq!(argon2_runs(&proxy), "1", "cached");
+    let cfg =
+        CFG_NT.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\ncache_ttl = \"0s\"");
+    proxy.dir.write("authgate.toml", cfg);
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..2 {
+        assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    }
+    assert_eq!(argon2_runs(&proxy), "3", "verified on every request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,9 @@ pub struct CredentialsKey(Key);
 struct Entry {
     user: Arc<str>,
     fingerprint: u64,
+    /// When the credentials were verified.
+    verified: Instant,
+    /// Until when the `cache_ttl` of that time trusts them.
     until: Instant,
     /// The addresses the credentials are known from (their throttle units,
     /// see [`super::throttle::client_key`]): the one that verified them,
@@ -142,19 +145,29 @@ impl VerifiedCache {
     /// The user a header value was verified for, with that user's fingerprint
     /// at the time, if the entry has not expired; and whether `from` (a
     /// throttle unit) is an address the credentials are known from.
-    pub fn get(&self, header: &[u8], from: IpAddr, now: Instant) -> Option<Found> {
-        self.get_key(&self.key(header), from, now)
+    ///
+    /// An entry counts for the shorter of the `cache_ttl` it was made under
+    /// and `ttl`, the one in force: lowered by a reload (`"0s"` in an
+    /// emergency), the new one applies to the entries already made too.
+    pub fn get(&self, header: &[u8], from: IpAddr, now: Instant, ttl: Duration) -> Option<Found> {
+        self.get_key(&self.key(header), from, now, ttl)
     }
 
     /// [`VerifiedCache::get`] for respelled credentials, by their normal form.
-    pub fn get_credentials(&self, key: &CredentialsKey, from: IpAddr, now: Instant) -> Option<Found> {
-        self.get_key(&key.0, from, now)
+    pub fn get_credentials(
+        &self,
+        key: &CredentialsKey,
+        from: IpAddr,
+        now: Instant,
+        ttl: Duration,
+    ) -> Option<Found> {
+        self.get_key(&key.0, from, now, ttl)
     }
 
-    fn get_key(&self, key: &Key, from: IpAddr, now: Instant) -> Option<Found> {
+    fn get_key(&self, key: &Key, from: IpAddr, now: Instant, ttl: Duration) -> Option<Found> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
         map.get(key)
-            .filter(|e| e.until > now)
+            .filter(|e| e.until > now && now.saturating_duration_since(e.verified) < ttl)
             .map(|e| (e.user.clone(), e.fingerprint, e.by.contains(&Some(from))))
     }
 
@@ -208,7 +221,7 @@ impl VerifiedCache {
         }
         let mut known = [None; ADDRESSES];
         known[0] = Some(by);
-        map.insert(key, Entry { user, fingerprint, until: now + ttl, by: known, next: 0 });
+        map.insert(key, Entry { user, fingerprint, verified: now, until: now + ttl, by: known, next: 0 });
     }
 
     /// Drops every entry of `user` (the snapshot check already ignores them;
@@ -233,7 +246,26 @@ impl VerifiedCache {
 mod tests {
     /// The address credentials are verified from in these tests.
     const HERE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    /// The `cache_ttl` in force when the tests look an entry up.
+    const TTL: Duration = Duration::from_secs(300);
     use super::*;
+
+    /// A `cache_ttl` lowered by a reload applies to the entries made before
+    /// it: `"0s"` (an admin's emergency stop) made no difference to a login
+    /// already cached, trusted for up to the old five minutes.
+    #[test]
+    fn an_entry_counts_for_the_shorter_of_its_ttl_and_the_one_in_force() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(300), t0);
+        let hit = |at: u64, ttl: u64| {
+            c.get(b"Basic abc", HERE, t0 + Duration::from_secs(at), Duration::from_secs(ttl)).is_some()
+        };
+        assert!(hit(0, 300) && hit(299, 300) && !hit(300, 300));
+        assert!(!hit(0, 0), "0s trusts nothing");
+        assert!(hit(59, 60) && !hit(60, 60), "a lowered ttl counts from the verification");
+        assert!(!hit(300, 600), "a raised one does not lengthen the entry");
+    }
 
     #[test]
     fn hit_until_ttl_then_miss() {
@@ -241,11 +273,11 @@ mod tests {
         let t0 = Instant::now();
         c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
         assert_eq!(
-            c.get(b"Basic abc", HERE, t0).map(|(u, f, known)| (u.to_string(), f, known)),
+            c.get(b"Basic abc", HERE, t0, TTL).map(|(u, f, known)| (u.to_string(), f, known)),
             Some(("alice".into(), 7, true))
         );
-        assert!(c.get(b"Basic abd", HERE, t0).is_none());
-        assert!(c.get(b"Basic abc", HERE, t0 + Duration::from_secs(61)).is_none());
+        assert!(c.get(b"Basic abd", HERE, t0, TTL).is_none());
+        assert!(c.get(b"Basic abc", HERE, t0 + Duration::from_secs(61), TTL).is_none());
     }
 
     #[test]
@@ -254,7 +286,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |n: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n));
         c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
-        let known = |from| c.get(b"Basic abc", from, t0).map(|(_, _, known)| known);
+        let known = |from| c.get(b"Basic abc", from, t0, TTL).map(|(_, _, known)| known);
         assert_eq!(known(at(1)), Some(false));
         for n in 1..=5 {
             c.vouch(b"Basic abc", None, at(n));
@@ -267,7 +299,7 @@ mod tests {
             [Some(false), Some(false), Some(true), Some(true), Some(true)]
         );
         c.vouch(b"Basic zzz", None, at(9));
-        assert!(c.get(b"Basic zzz", at(9), t0).is_none(), "vouching adds no entry");
+        assert!(c.get(b"Basic zzz", at(9), t0, TTL).is_none(), "vouching adds no entry");
     }
 
     #[test]
@@ -309,7 +341,7 @@ mod tests {
             b"Basic   YWxpY2U6YTE=",
             b"bAsIc \tYWxpY2U6YTE= ",
         ] {
-            assert!(c.get(same, HERE, t0).is_some(), "{}", String::from_utf8_lossy(same));
+            assert!(c.get(same, HERE, t0, TTL).is_some(), "{}", String::from_utf8_lossy(same));
             c.insert(same, ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
         }
         assert_eq!(c.len(), 1, "one entry for all of them");
@@ -321,7 +353,7 @@ mod tests {
             b"Basic YWxpY2U6YTE==",
             b"Basic\tYWxpY2U6YTE=",
         ] {
-            assert!(c.get(other, HERE, t0).is_none(), "{}", String::from_utf8_lossy(other));
+            assert!(c.get(other, HERE, t0, TTL).is_none(), "{}", String::from_utf8_lossy(other));
         }
         // Multi-part input is the MAC of the concatenation.
         assert_eq!(c.mac_parts(&[b"basic ", b"abc"]), c.mac(b"basic abc"));

@@ -169,12 +169,12 @@ impl Authenticator {
     /// whether the credentials are known from `from` (a throttle unit).
     fn cached(
         &self,
-        users: &UserStore,
+        req: &Request<'_>,
         header: &[u8],
         from: IpAddr,
         now: Instant,
     ) -> Option<(Arc<User>, bool)> {
-        self.current(users, self.cache.get(header, from, now)?)
+        self.current(req.users, self.cache.get(header, from, now, req.ttl)?)
     }
 
     /// [`Authenticator::cached`] for credentials sent in another spelling
@@ -182,12 +182,12 @@ impl Authenticator {
     /// `None` for credentials sent in it).
     fn cached_normal(
         &self,
-        users: &UserStore,
+        req: &Request<'_>,
         normal: Option<&CredentialsKey>,
         from: IpAddr,
         now: Instant,
     ) -> Option<(Arc<User>, bool)> {
-        self.current(users, self.cache.get_credentials(normal?, from, now)?)
+        self.current(req.users, self.cache.get_credentials(normal?, from, now, req.ttl)?)
     }
 
     /// The user of a cache entry, if it still counts, and whether the
@@ -240,7 +240,7 @@ impl Authenticator {
         };
         let now = Instant::now();
         let from = throttle::client_key(client);
-        if let Some(hit) = self.cached(users, header, from, now) {
+        if let Some(hit) = self.cached(&req, header, from, now) {
             let username = || basic::parse(header).ok().map(|c| c.username);
             // (A hit on the header's own entry: credentials sent in their normal
             // form, cached by the header.)
@@ -257,7 +257,7 @@ impl Authenticator {
         // username it tried.
         let parsed = basic::parse(header);
         let normal = parsed.as_ref().ok().filter(|c| c.respelled).map(|c| self.cache.credentials_key(c));
-        if let Some(hit) = self.cached_normal(users, normal.as_ref(), from, now) {
+        if let Some(hit) = self.cached_normal(&req, normal.as_ref(), from, now) {
             let vouch = || self.cache.vouch(header, normal.as_ref(), from);
             return self.answer_hit(hit, client, throttle, now, vouch, || parsed.ok().map(|c| c.username));
         }
@@ -272,14 +272,23 @@ impl Authenticator {
         let username = creds.username.clone();
         // Single flight: clients that open many connections at once with the
         // same credentials wait for one verification instead of each paying
-        // argon2 (the cache answers the rest, or the refusal is shared).
-        let gate = self.inflight.enter(normal.clone().unwrap_or_else(|| self.cache.credentials_key(&creds)));
-        let mut turn = gate.lock().await;
+        // argon2 (the cache answers the rest, or the refusal is shared). Not
+        // when nothing is cached (`cache_ttl = "0s"`: every request runs
+        // argon2): the queue ran one login's requests one at a time, on one
+        // worker, and outside `max_pending` (30 at once, the last answered
+        // after 9 s and none refused).
+        let gate = (!ttl.is_zero()).then(|| {
+            self.inflight.enter(normal.clone().unwrap_or_else(|| self.cache.credentials_key(&creds)))
+        });
+        let mut turn = match &gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
         let now = Instant::now();
         // (The address was not throttled a moment ago: a hit counts.)
         if let Some((user, known)) = self
-            .cached(users, header, from, now)
-            .or_else(|| self.cached_normal(users, normal.as_ref(), from, now))
+            .cached(&req, header, from, now)
+            .or_else(|| self.cached_normal(&req, normal.as_ref(), from, now))
         {
             if !known {
                 self.cache.vouch(header, normal.as_ref(), from);
@@ -300,7 +309,7 @@ impl Authenticator {
         // with a wrong password each ran it in turn, the last answered after
         // all of them. Only while clients wait together: no refusal outlives
         // its queue.
-        if let Some(reason) = turn.refusal(users) {
+        if let Some(reason) = turn.as_ref().and_then(|turn| turn.refusal(users)) {
             return Outcome::Refused { reason, username: Some(username) };
         }
         let Some(verdict) = self.verify_bounded(users, creds).await else {
@@ -319,7 +328,9 @@ impl Authenticator {
                 Outcome::Ok(user)
             }
             Err(reason) => {
-                turn.refused = Some(Refused { users: users.clone(), reason });
+                if let Some(turn) = turn.as_mut() {
+                    turn.refused = Some(Refused { users: users.clone(), reason });
+                }
                 Outcome::Refused { reason, username: Some(username) }
             }
         }
