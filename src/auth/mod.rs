@@ -66,27 +66,27 @@ struct Inflight {
     map: std::sync::Mutex<std::collections::HashMap<CredentialsKey, Arc<tokio::sync::Mutex<Turn>>>>,
 }
 
-/// What the clients waiting together on one login share: the refusal the
-/// last of them to run argon2 got, if it was refused.
+/// What the clients waiting together on one login share: the verdict of
+/// the last of them to run argon2.
 #[derive(Default)]
 struct Turn {
-    refused: Option<Refused>,
+    verdict: Option<Verdict>,
 }
 
-/// A verification's refusal, and the users it was verified against (a
-/// reload may have changed them since).
-struct Refused {
+/// A verification's verdict, and the users it was made against (a reload
+/// may have changed them since).
+struct Verdict {
     users: Arc<UserStore>,
-    reason: Refusal,
+    outcome: Result<Arc<User>, Refusal>,
 }
 
 impl Turn {
-    /// The refusal of these credentials against `users`, if a client
-    /// before this one got it. (The verdict depends on nothing else: the
-    /// normal form of the credentials, the users, and the time, past which
-    /// an expired user stays expired.)
-    fn refusal(&self, users: &Arc<UserStore>) -> Option<Refusal> {
-        self.refused.as_ref().filter(|r| Arc::ptr_eq(&r.users, users)).map(|r| r.reason)
+    /// The verdict on these credentials against `users`, if a client
+    /// before this one got it. (It depends on nothing else: the normal
+    /// form of the credentials, the users, and the time, which only an
+    /// expiry reads; a success is checked against it again.)
+    fn verdict(&self, users: &Arc<UserStore>) -> Option<Result<Arc<User>, Refusal>> {
+        self.verdict.as_ref().filter(|v| Arc::ptr_eq(&v.users, users)).map(|v| v.outcome.clone())
     }
 }
 
@@ -271,19 +271,14 @@ impl Authenticator {
         };
         let username = creds.username.clone();
         // Single flight: clients that open many connections at once with the
-        // same credentials wait for one verification instead of each paying
-        // argon2 (the cache answers the rest, or the refusal is shared). Not
-        // when nothing is cached (`cache_ttl = "0s"`: every request runs
-        // argon2): the queue ran one login's requests one at a time, on one
-        // worker, and outside `max_pending` (30 at once, the last answered
-        // after 9 s and none refused).
-        let gate = (!ttl.is_zero()).then(|| {
-            self.inflight.enter(normal.clone().unwrap_or_else(|| self.cache.credentials_key(&creds)))
-        });
-        let mut turn = match &gate {
-            Some(gate) => Some(gate.lock().await),
-            None => None,
-        };
+        // same credentials (in any spelling) wait for one verification and
+        // share its verdict instead of each paying argon2, with or without a
+        // cache: 30 connections opened at once with a wrong password ran it
+        // in turn, the last answered after all of them; with `cache_ttl =
+        // "0s"`, so did right ones. Only while clients wait together: no
+        // verdict outlives its queue.
+        let gate = self.inflight.enter(normal.clone().unwrap_or_else(|| self.cache.credentials_key(&creds)));
+        let mut turn = gate.lock().await;
         let now = Instant::now();
         // (The address was not throttled a moment ago: a hit counts.)
         if let Some((user, known)) = self
@@ -295,6 +290,16 @@ impl Authenticator {
             }
             return Outcome::Ok(user);
         }
+        let shared = turn.verdict(users);
+        if let Some(Ok(user)) = &shared
+            && user.active_at(SystemTime::now()).is_ok()
+        {
+            // A success takes no attempt from the address (several right
+            // logins at once from one address took one each, and past
+            // `max_failures` got a 429).
+            self.remember(header, normal.as_ref(), user, from, ttl);
+            return Outcome::Ok(user.clone());
+        }
         // The attempt is counted before argon2 and given back unless it
         // fails: concurrent wrong passwords from one address cannot all reach
         // argon2 before the first failure is known. A client that hangs up
@@ -303,36 +308,40 @@ impl Authenticator {
         if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled { retry_after, username: Some(username) };
         }
-        // A client that waited while the same login (in any spelling) was
-        // refused gets the same refusal (a failed attempt of its address, as
-        // any other), without argon2 again: 30 connections opened at once
-        // with a wrong password each ran it in turn, the last answered after
-        // all of them. Only while clients wait together: no refusal outlives
-        // its queue.
-        if let Some(reason) = turn.as_ref().and_then(|turn| turn.refusal(users)) {
+        // A shared refusal is a failed attempt of this address, as any other.
+        if let Some(Err(reason)) = shared {
             return Outcome::Refused { reason, username: Some(username) };
         }
-        let Some(verdict) = self.verify_bounded(users, creds).await else {
+        let Some(outcome) = self.verify_bounded(users, creds).await else {
             self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
         };
-        match verdict {
+        turn.verdict = Some(Verdict { users: users.clone(), outcome: outcome.clone() });
+        match outcome {
             Ok(user) => {
                 self.throttle.refund(client, throttle);
-                let verified = (user.name.clone(), user.fingerprint, from);
-                let now = Instant::now();
-                match &normal {
-                    Some(key) => self.cache.insert_credentials(key, verified, ttl, now),
-                    None => self.cache.insert(header, verified, ttl, now),
-                }
+                self.remember(header, normal.as_ref(), &user, from, ttl);
                 Outcome::Ok(user)
             }
-            Err(reason) => {
-                if let Some(turn) = turn.as_mut() {
-                    turn.refused = Some(Refused { users: users.clone(), reason });
-                }
-                Outcome::Refused { reason, username: Some(username) }
-            }
+            Err(reason) => Outcome::Refused { reason, username: Some(username) },
+        }
+    }
+
+    /// Caches a success for `ttl`: respelled credentials by their normal
+    /// form (`normal`), others by the header.
+    fn remember(
+        &self,
+        header: &[u8],
+        normal: Option<&CredentialsKey>,
+        user: &User,
+        from: IpAddr,
+        ttl: Duration,
+    ) {
+        let verified = (user.name.clone(), user.fingerprint, from);
+        let now = Instant::now();
+        match normal {
+            Some(key) => self.cache.insert_credentials(key, verified, ttl, now),
+            None => self.cache.insert(header, verified, ttl, now),
         }
     }
 
