@@ -567,6 +567,48 @@ async fn with_nothing_cached_one_login_sent_at_once_shares_one_verification() {
     assert_eq!(argon2_runs(&proxy), "3", "nothing cached between requests");
 }
 
+/// A client that hangs up while its login waits for an argon2 worker gives
+/// its place in the queue back. It kept it for good: once `max_pending`
+/// had, every login that had to wait got a 503 until a restart (probe 56,
+/// with no valid credentials needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_given_up_while_it_waits_for_a_worker_leaves_its_place_in_the_queue() {
+    let origin = spawn_echo_origin();
+    let cfg = CFG_NT.replace(
+        "users_file = \"users.toml\"",
+        "users_file = \"users.toml\"\nverify_threads = 1\nmax_pending = 1",
+    );
+    let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
+    for round in 0..2 {
+        // One wrong password takes the worker; another waits for it and is
+        // given up.
+        let guesses = [basic("alice", &format!("x{round}")), basic("alice", &format!("y{round}"))];
+        let mut conns = Vec::new();
+        for auth in &guesses {
+            let mut conn = RawConn::connect(proxy.addr).await;
+            conn.send(request(
+                "GET",
+                &origin.url("/"),
+                &[("Host", &origin.authority()), ("Proxy-Authorization", auth)],
+            ))
+            .await;
+            conns.push(conn);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(conns.pop());
+        let mut first = conns.pop().unwrap();
+        let first = tokio::spawn(async move { first.read_response("GET").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!first.is_finished(), "the verification was too quick to test with");
+        assert_eq!(first.await.unwrap().status, 407);
+    }
+    // The worker busy again: the right password waits for it and passes.
+    let answers =
+        while_the_first_is_verified(proxy.addr, &origin, &[basic("alice", "z"), basic("alice", "a1")]).await;
+    assert_eq!(answers[0].status, 407, "{}", answers[0].dump());
+    assert_eq!(answers[1].status, 200, "{}", answers[1].dump());
+}
+
 /// A `cache_ttl` lowered by a reload applies at once to the logins already
 /// cached: set to `"0s"` (an emergency stop for the cache), a login cached
 /// under the old five minutes runs argon2 again on every request. (The

@@ -121,6 +121,19 @@ impl Drop for Gate<'_> {
     }
 }
 
+/// A verification's place in the queue for an argon2 worker, given back
+/// when dropped: also when its client hangs up while it waits. (Given back
+/// after the wait only, a wait cut short kept its place for good, and once
+/// `max_pending` of them had, every login that had to wait got a 503 until
+/// a restart.)
+struct Place<'a>(&'a AtomicUsize);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// argon2 working memory, one buffer per verification slot.
 #[derive(Default)]
 struct MemoryPool(std::sync::Mutex<Vec<password::Memory>>);
@@ -345,6 +358,16 @@ impl Authenticator {
         }
     }
 
+    /// A place among the `max_pending` verifications waiting for a worker,
+    /// or `None` when they are all taken.
+    fn queue(&self) -> Option<Place<'_>> {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Place(&self.waiting))
+    }
+
     /// Runs one verification on the blocking pool; `None` when the queue is full.
     async fn verify_bounded(
         &self,
@@ -354,13 +377,8 @@ impl Authenticator {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return None;
-                }
-                let acquired = self.permits.clone().acquire_owned().await;
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                acquired.ok()?
+                let _place = self.queue()?;
+                self.permits.clone().acquire_owned().await.ok()?
             }
         };
         let users = users.clone();
