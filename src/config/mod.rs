@@ -215,12 +215,7 @@ impl Snapshot {
     /// The files a reload watches: the config, the users file, and each
     /// TLS listener's certificate and key, in that order.
     pub fn watched(&self) -> Vec<PathBuf> {
-        let mut files = vec![self.config_path.clone(), self.auth.users_file.clone()];
-        for t in &self.server.tls {
-            files.push(t.cert.clone());
-            files.push(t.key.clone());
-        }
-        files
+        watched(&self.config_path, &self.auth.users_file, &self.server.tls)
     }
 
     /// The listeners of this snapshot, for the summary.
@@ -303,14 +298,25 @@ fn has_setting(table: &dyn toml_edit::TableLike) -> bool {
     })
 }
 
+/// [`Snapshot::watched`], of its parts.
+fn watched(config: &Path, users: &Path, tls: &[TlsListener]) -> Vec<PathBuf> {
+    let mut files = vec![config.to_path_buf(), users.to_path_buf()];
+    for t in tls {
+        files.push(t.cert.clone());
+        files.push(t.key.clone());
+    }
+    files
+}
+
 /// [`load`] of the config text `source`, read from `path` when it had the
 /// stamp `config_as_read`.
 fn load_source(path: &Path, source: &str, config_as_read: file::Stamp) -> Result<Snapshot, ConfigError> {
     let (settings, mut problems) =
         validate::config(path, source).map_err(|problems| ConfigError { problems })?;
-    let mut files_as_read = vec![config_as_read, file::stamp(&settings.auth.users_file)];
-    files_as_read
-        .extend(settings.server.tls.iter().flat_map(|t| [file::stamp(&t.cert), file::stamp(&t.key)]));
+    // The config's own stamp is from before its text was read.
+    let others = watched(path, &settings.auth.users_file, &settings.server.tls);
+    let files_as_read: Vec<file::Stamp> =
+        std::iter::once(config_as_read).chain(others.iter().skip(1).map(|f| file::stamp(f))).collect();
     let (users, p) = read_users(&settings.auth);
     problems.extend(p);
     if !problems.is_empty() {
