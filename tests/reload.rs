@@ -609,6 +609,39 @@ async fn a_login_given_up_while_it_waits_for_a_worker_leaves_its_place_in_the_qu
     assert_eq!(answers[1].status, 200, "{}", answers[1].dump());
 }
 
+/// The cache metric counts each login once, as a user reading the hit
+/// ratio expects: a login that waited for the same credentials' verification
+/// and then found them cached is a hit (it counted as a miss, so four
+/// connections opened at once read as no hit at all), and so is a cached
+/// login refused because its address is throttled (it counted as neither).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_login_counts_once_in_the_cache_metric() {
+    let origin = spawn_echo_origin();
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1m\"\ndelay = \"10ms\"\n");
+    let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
+    let cache = |result: &str| {
+        let metrics = proxy.state.metrics.render(1, 0);
+        let line = format!("authgate_auth_cache_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .unwrap_or_else(|| panic!("no {result} count:\n{metrics}"))
+            .to_string()
+    };
+    let answers = while_the_first_is_verified(proxy.addr, &origin, &vec![basic("alice", "a1"); 4]).await;
+    for (i, r) in answers.iter().enumerate() {
+        assert_eq!(r.status, 200, "connection {i}: {}", r.dump());
+    }
+    assert_eq!(argon2_runs(&proxy), "1");
+    assert_eq!((cache("hit"), cache("miss")), ("3".into(), "1".into()));
+    for _ in 0..2 {
+        assert_eq!(status_from("127.0.0.5", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+    }
+    let r = status_from("127.0.0.5", proxy.addr, &origin, "alice", "a1").await;
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    assert_eq!((cache("hit"), cache("miss")), ("4".into(), "3".into()));
+}
+
 /// A `cache_ttl` lowered by a reload applies at once to the logins already
 /// cached: set to `"0s"` (an emergency stop for the cache), a login cached
 /// under the old five minutes runs argon2 again on every request. (The

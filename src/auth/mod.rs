@@ -221,6 +221,7 @@ impl Authenticator {
     /// had recently used (200) or not (429): over many connections a faster
     /// oracle than guessing unthrottled.
     /// `username` names the attempt for the audit log, if it is throttled.
+    /// A hit is counted as one whether or not the throttle refuses it.
     fn answer_hit(
         &self,
         (user, known): (Arc<User>, bool),
@@ -230,13 +231,13 @@ impl Authenticator {
         vouch: impl FnOnce(),
         username: impl FnOnce() -> Option<String>,
     ) -> Outcome {
+        self.metrics.cache(true);
         if !known {
             if let Err(retry_after) = self.throttle.check(client, throttle, now) {
                 return Outcome::Throttled { retry_after, username: username() };
             }
             vouch();
         }
-        self.metrics.cache(true);
         Outcome::Ok(user)
     }
 
@@ -274,11 +275,14 @@ impl Authenticator {
             let vouch = || self.cache.vouch(header, normal.as_ref(), from);
             return self.answer_hit(hit, client, throttle, now, vouch, || parsed.ok().map(|c| c.username));
         }
-        self.metrics.cache(false);
+        // Each request with credentials counts once in the cache metric: a
+        // miss here, or after the wait below, where the cache can answer.
         if let Err(retry_after) = self.throttle.check(client, throttle, now) {
+            self.metrics.cache(false);
             return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
         }
         let Ok(creds) = parsed else {
+            self.metrics.cache(false);
             self.throttle.failed(client, throttle, now);
             return Outcome::Refused { reason: Refusal::Malformed, username: None };
         };
@@ -301,8 +305,10 @@ impl Authenticator {
             if !known {
                 self.cache.vouch(header, normal.as_ref(), from);
             }
+            self.metrics.cache(true);
             return Outcome::Ok(user);
         }
+        self.metrics.cache(false);
         let shared = turn.verdict(users);
         if let Some(Ok(user)) = &shared
             && user.active_at(SystemTime::now()).is_ok()
