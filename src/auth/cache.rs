@@ -1,8 +1,10 @@
 //! Verified-credential cache: a client pays for argon2 once, not per request.
 //!
-//! Keyed by a keyed BLAKE2s MAC of the whole `Proxy-Authorization` value under a
-//! random per-process key, never by the password: a memory dump shows neither
-//! passwords nor anything that can be checked offline without the key.
+//! Keyed by a keyed BLAKE2s MAC under a random per-process key: of the Basic
+//! token in one canonical spelling, of the credentials' normal form when they
+//! were sent in another spelling, or of any other value as sent; never by
+//! the password: a memory dump shows neither passwords nor anything that
+//! can be checked offline without the key.
 //! BLAKE2s puts the key in a block of its own ahead of the message, so the
 //! state after that block is computed once and each MAC costs the message's
 //! blocks only (one for any usual header: half the work). An entry

@@ -2,8 +2,9 @@
 //!
 //! [`Authenticator::authenticate`] turns a `Proxy-Authorization` value into a
 //! [`User`] or a [`Refusal`]. The fast path is the verified-credential cache;
-//! the slow path runs argon2 on the blocking pool behind a semaphore sized to
-//! the cores, with a bounded queue, so a flood of bad passwords cannot starve
+//! the slow path runs argon2 on the blocking pool behind a semaphore of
+//! `auth.verify_threads` permits (by default half the cores), with a bounded
+//! queue, so a flood of bad passwords cannot starve
 //! the async runtime (tunnels, forwarding) nor grow memory without limit.
 
 pub mod basic;

@@ -3,9 +3,12 @@
 //! A token bucket per address (IPv6 per /64, since one host owns a whole /64):
 //! each failed attempt takes a token, tokens come back at `max_failures` per
 //! `window`. With no token left, the client gets 429 with `Retry-After` before
-//! any argon2 work is spent. Successes never consume tokens, and a request a
-//! verified-credential cache hit answers never reaches the throttle, so
-//! legitimate clients are not slowed. The map is bounded.
+//! any argon2 work is spent. A verification takes its token up front, and a
+//! success gives it back; a verified-credential cache hit takes none, and
+//! from an address the credentials are already known from it does not even
+//! look (a hit from another address is refused while that address is
+//! throttled: see `Authenticator::answer_hit`), so legitimate clients are
+//! not slowed. The map is bounded.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -202,8 +205,8 @@ mod tests {
             t.refund(ip, &s);
         }
         assert!(t.map.lock().unwrap().buckets.is_empty(), "an address that never failed is not tracked");
-        // Two attempts in flight at once use up the bucket: a third waits
-        // for one of them to succeed.
+        // Two attempts in flight at once use up the bucket: a third is
+        // refused until one of them is refunded.
         assert!(t.take(ip, &s, now).is_ok());
         assert!(t.take(ip, &s, now).is_ok());
         assert!(t.take(ip, &s, now).is_err());

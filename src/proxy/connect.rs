@@ -27,7 +27,7 @@ impl Connector {
         Connector { resolver }
     }
 
-    /// The addresses of `target`, unchecked.
+    /// The addresses of `host`, unchecked.
     ///
     /// # Errors
     /// `DnsError` / `DnsTimeout`.
@@ -38,11 +38,12 @@ impl Connector {
         }
     }
 
-    /// Resolves `target` and keeps only the addresses `egress` permits.
+    /// Resolves `target` and returns its addresses if `egress` permits every
+    /// one of them.
     ///
     /// # Errors
     /// DNS errors, or `DestinationIpProhibited` naming the first refused
-    /// address when every address is refused. A name with some internal and
+    /// address when any address is refused. A name with some internal and
     /// some public addresses is refused whole: a mixed answer is the shape of
     /// a rebinding attack.
     pub async fn resolve_checked(
@@ -61,7 +62,8 @@ impl Connector {
     /// Connects to the first address that answers, within `timeout` overall.
     ///
     /// # Errors
-    /// `ConnectionRefused`, `ConnectionTimeout` or `DestinationUnavailable`.
+    /// `ConnectionRefused`, `ConnectionTimeout`, `DestinationUnavailable`, or
+    /// `TooManyConnections` when file descriptors run out.
     pub async fn dial(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ProxyError> {
         let attempt = async {
             let mut last = ProxyError::DestinationUnavailable;

@@ -1,4 +1,5 @@
-//! Absolute-form `http://` requests: rewrite, send upstream, stream back.
+//! Absolute-form `http://` requests (and `https://` ones received on a TLS
+//! listener): rewrite, send upstream, stream back.
 //!
 //! RFC 9112 §3.2.2: the proxy replaces `Host` with the target URI's authority
 //! and sends origin-form upstream. Bodies stream both ways frame by frame. The

@@ -5,7 +5,7 @@
 //! `TE`, `Transfer-Encoding`, `Upgrade` unless upgrading, `Trailer`), before
 //! forwarding; `Transfer-Encoding` is replaced by the codings other than the
 //! `chunked` that hyper decoded (§7.6.1 "remove or replace"; see
-//! [`undecoded_codings`]). `Proxy-Authorization` is consumed here (RFC 9110 §11.7.2: it
+//! `undecoded_codings`). `Proxy-Authorization` is consumed here (RFC 9110 §11.7.2: it
 //! applies to the next inbound proxy only) and `Proxy-Authenticate` from an
 //! origin is dropped. §7.6.3: a proxy MUST add `Via`.
 
@@ -155,7 +155,7 @@ pub enum Codings {
 /// `Content-Length` (RFC 9112 §6.3: the chunks frame the body, and an
 /// intermediary must not pass the length on), and says which codings the
 /// body still has. A `Proxy-Status` member naming this proxy is removed too
-/// ([`drop_forged_proxy_status`]); the field is noticed in the same pass
+/// (`drop_forged_proxy_status`); the field is noticed in the same pass
 /// over the names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
     let upgrade_value = if upgrade { upgrade_offers(headers) } else { None };

@@ -1,7 +1,8 @@
 //! The proxy: classify → authenticate → authorize → dispatch.
 //!
 //! [`service`] is the per-request entry point; [`tunnel`] carries CONNECT,
-//! [`forward`] carries absolute-form `http://` requests; [`connect`] is the one
+//! [`forward`] carries absolute-form `http://` requests (and `https://` ones
+//! received on a TLS listener); [`connect`] is the one
 //! place that resolves, checks and dials; [`headers`] does header hygiene;
 //! [`max_forwards`] answers TRACE and OPTIONS aimed at this hop.
 
@@ -61,9 +62,11 @@ pub struct State {
     pub kill: CancellationToken,
     /// Open connections and tunnels by user, for revocation on reload.
     pub sessions: Arc<Sessions>,
-    /// Incremented by every successful reload.
+    /// Incremented each time a new snapshot is installed: a successful
+    /// reload, or a users file applied on its own after a reload failed.
     pub generation: AtomicU64,
-    /// Reloads that failed (the old snapshot stayed).
+    /// Reloads that failed (the old configuration stayed; a users file that
+    /// loads on its own may still have been applied).
     pub reload_failures: AtomicU64,
     /// Open client connections, overall and per address.
     pub conns: Arc<ConnLimiter>,
@@ -146,7 +149,8 @@ impl State {
     }
 }
 
-/// Request ids: a random per-process prefix plus a counter, 16 hex digits.
+/// Request ids: a random per-process start plus a counter (wrapping), as 16
+/// hex digits.
 struct RequestIds {
     base: u64,
     counter: AtomicU64,

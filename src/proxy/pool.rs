@@ -4,8 +4,9 @@
 //! end (hyper's `SendRequest` becomes ready again); a connection the origin
 //! closed is noticed and dropped at checkout. When a pooled connection turns
 //! out to be dead before the request was written, hyper hands the request
-//! back and it is retried on a fresh connection, so a stale keep-alive
-//! connection never becomes a client-visible error.
+//! back and it is tried on the next idle connection or a new one. One the
+//! origin closes as the request goes out is sent again only when that is
+//! safe (see [`Pool::send`]); otherwise that race is a 502.
 
 use foldhash::HashMap;
 use std::sync::Mutex;
@@ -227,13 +228,14 @@ impl Pool {
     /// out), is not the client's problem: the request is sent again, once,
     /// on a new connection (RFC 9112 §9.3.1), as Squid and nginx do.
     /// Otherwise that race was a 502. Only for a connection idle for
-    /// [`REPLAY_AFTER`]: keeping the head to send again costs a copy of it
+    /// `REPLAY_AFTER`: keeping the head to send again costs a copy of it
     /// (1.2k instructions, 2.5 % of a pooled request). `replayable` is asked
     /// again before the new connection is made: a reload meanwhile may have
     /// forbidden the origin.
     ///
     /// # Errors
-    /// The dial error, or `UpstreamProtocol` / `UpstreamReadTimeout`.
+    /// The dial error, `UpstreamProtocol`, `UpstreamReadTimeout`,
+    /// `UpstreamWriteTimeout` or `BodyTimeout` (see `head_wait`).
     pub async fn send<D, F, R>(
         &self,
         key: &Key,

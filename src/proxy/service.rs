@@ -31,8 +31,9 @@ use crate::telemetry::{AccessRecord, AuditEvent};
 /// allocation instead of one per request).
 static DEFAULT_RULE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("default"));
 
-/// Largest rejected request body that is read and discarded to keep the
-/// connection usable; larger ones close the connection instead.
+/// Largest body of a request refused by authentication (407, 429, 503) that
+/// is read and discarded to keep the connection usable; larger ones close
+/// the connection instead.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
 /// What the connection knows about its client.
@@ -168,7 +169,7 @@ fn close_after<B>(resp: &mut Response<B>, http10: bool, phase: &Phase) {
 
 /// Logs a request whose future is dropped before it has an answer: hyper
 /// drops it when the client closes or resets its connection (or half-closes
-/// it, see `server::serve`), and authgate closes connections when their user
+/// it, see `server::serve_http`), and authgate closes connections when their user
 /// is revoked or shutdown runs out of time. Without this, such a request
 /// would leave no access event at all.
 struct LogIfAbandoned<'a> {
@@ -574,7 +575,8 @@ fn log_target(req: &Request<Incoming>) -> String {
     }
 }
 
-/// A `200 Connection established` for CONNECT.
+/// The empty `200` that opens a CONNECT tunnel (hyper writes the reason
+/// phrase `OK`).
 pub fn connect_established() -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = StatusCode::OK;

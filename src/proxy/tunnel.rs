@@ -46,10 +46,11 @@ pub struct Job {
     pub user: Option<Arc<User>>,
 }
 
-/// Dials the CONNECT target's checked addresses; on success answers 200.
+/// Dials the CONNECT target's checked addresses (resolved and checked
+/// against the egress policy by the caller); on success answers 200.
 ///
 /// # Errors
-/// DNS, egress and connect failures, as authgate's own responses.
+/// Connect failures, as authgate's own responses (see [`Connector::dial`]).
 pub async fn open(
     snap: &Snapshot,
     addrs: Vec<SocketAddr>,

@@ -206,7 +206,7 @@ impl Phase {
     }
 
     /// The response has been handed to hyper whole: the connection waits
-    /// for the next request once hyper has flushed it (see [`ENDED`]; a
+    /// for the next request once hyper has flushed it (see `ENDED`; a
     /// pipelined head read before that made the rest of a large response
     /// look like hyper's own 400, which replaced it). Not after
     /// [`Phase::linger`]: the connection closes, and what hyper still reads
@@ -737,7 +737,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     /// a reset, which can destroy the answer before the client reads it
     /// (RFC 9112 §9.6). So the write side is shut first (the client sees
     /// the answer end), then what the client still sends is read and thrown
-    /// away until it closes too, for at most [`LINGER`] and [`LINGER_MAX`].
+    /// away until it closes too, for at most `LINGER` and `LINGER_MAX`.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.reject.is_none() && !this.phase.linger.load(Ordering::Acquire) {

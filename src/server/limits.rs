@@ -1,7 +1,8 @@
 //! Connection limits: overall and per client address.
 //!
-//! The per-address limit (IPv6 per /64) is below the overall one, so one
-//! client cannot take every slot; a refused connection is closed at once
+//! The per-address limit (IPv6 per /64) is below the overall one by default
+//! (the configuration may set it higher), so one client cannot take every
+//! slot; a refused connection is closed at once
 //! (plain listeners get a 503 first).
 
 use std::collections::HashMap;

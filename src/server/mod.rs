@@ -2,8 +2,11 @@
 //!
 //! [`run`] takes listeners that are already bound and a shutdown future, so
 //! tests bind `127.0.0.1:0` and stop the server whenever they like. Per
-//! connection: PROXY header (if enabled) → connection limits → TLS handshake
-//! (if TLS) → HTTP/1.1 with hyper behind [`guard::Guarded`]. On shutdown: stop
+//! connection: connection limits, taken in the accept loop before anything
+//! is read (the per-address one there too, unless a PROXY header is expected)
+//! → PROXY header (if enabled), then the per-address limit for the client it
+//! names → TLS handshake (if TLS) → HTTP/1.1 with hyper behind
+//! [`guard::Guarded`]. On shutdown: stop
 //! accepting, let in-flight requests finish (idle keep-alive connections are
 //! closed), give tunnels `limits.shutdown_grace`, then close whatever is left.
 
@@ -399,7 +402,7 @@ async fn refuse_overloaded(state: &State, listener: &Accepting, stream: TcpStrea
     }
 }
 
-/// The TLS handshake of a connection on a TLS listener, within `timeout`.
+/// The TLS handshake of a connection on a TLS listener, before `deadline`.
 ///
 /// The stream comes back boxed, and the handshake runs boxed: a rustls
 /// connection is 1.2 KiB, and inline it would enlarge the task of every

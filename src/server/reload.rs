@@ -1,6 +1,7 @@
 //! Live reload of the config, the users file and TLS certificates.
 //!
-//! Triggers: SIGHUP, and a change of either file seen by polling their
+//! Triggers: SIGHUP, and a change of any watched file (the config, the users
+//! file, each TLS listener's certificate and key) seen by polling their
 //! metadata every [`POLL`] (following symlinks, so an editor's
 //! write-to-temp-then-rename and Kubernetes' `..data` symlink swap of a
 //! mounted Secret or ConfigMap are both seen). Polling is used rather than

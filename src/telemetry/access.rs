@@ -116,7 +116,7 @@ pub(super) fn millis(d: std::time::Duration) -> f64 {
 /// An authentication failure, for the audit log (target `authgate::audit`).
 #[derive(Debug)]
 pub struct AuditEvent<'a> {
-    /// Shared with the 407's `request_id`.
+    /// Shared with the refusal's (407 or 429) `request_id`.
     pub request_id: &'a str,
     /// The client's address.
     pub client: SocketAddr,

@@ -22,7 +22,8 @@ pub const OTHER_USERS: &str = ":other";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Outcome {
-    /// Forwarded; the origin answered.
+    /// A response passed on from the origin (an upgrade's 101 included), or
+    /// a `Max-Forwards: 0` answer made here.
     Forwarded,
     /// CONNECT answered 200.
     Tunnel,
@@ -36,7 +37,7 @@ pub enum Outcome {
     Throttled,
     /// 502/504 made by authgate.
     UpstreamError,
-    /// 400/408/431/508 made by authgate.
+    /// 400/408/414/431/508 made by authgate.
     BadRequest,
     /// 503 made by authgate.
     Overloaded,
