@@ -9,14 +9,16 @@
 
 use std::time::Duration;
 
-/// Who caused a failure: decides the status class and how it is logged.
+/// Who caused a failure: groups authgate's errors for the metrics (the
+/// status comes from `respond::describe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The client sent something we cannot serve (4xx).
     Client,
-    /// The client's proxy credentials are missing or wrong (407).
+    /// The client's proxy credentials are missing or wrong (407), or its
+    /// address is throttled for failed logins (429).
     Credentials,
-    /// Authenticated, but policy says no (403, 508, 429).
+    /// Authenticated, but policy says no (403, 508).
     Policy,
     /// The origin or the path to it failed (502/504).
     Upstream,
@@ -107,7 +109,7 @@ pub enum ProxyError {
     /// The resolver did not answer in time.
     #[error("DNS lookup timed out")]
     DnsTimeout,
-    /// Every address refused the connection.
+    /// The last address tried refused the connection.
     #[error("connection refused")]
     ConnectionRefused,
     /// Connecting took longer than the connect timeout.

@@ -1,7 +1,7 @@
 //! authgate: a forward HTTP proxy that lets traffic out only with valid proxy
 //! credentials.
 //!
-//! Module map (data flows down this list, nothing flows back up):
+//! Module map (roughly in the order a request meets them):
 //!
 //! - [`config`]: TOML files → one validated, immutable [`config::Snapshot`]
 //! - [`auth`]: `Proxy-Authorization` parsing, users, verified cache, argon2 pool

@@ -1,5 +1,6 @@
 //! The `authgate` command line: parse arguments, call the library, map errors
-//! to exit codes. Nothing else lives here.
+//! to exit codes; plus what only a process does: signals, the allocator's
+//! settings, and reading a password from the terminal.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

@@ -3,8 +3,10 @@
 //! Every spelling of an IP address that some resolver or browser accepts is
 //! turned into the address itself here, so the egress check sees what a
 //! connect would reach: IPv4 in the `inet_aton` forms (`2130706433`,
-//! `0177.0.0.1`, `0x7f.1`, `127.1`), bracketed IPv6 with or without a zone id,
-//! and IPv4-mapped IPv6. A name whose last label is numeric but that is not a
+//! `0177.0.0.1`, `0x7f.1`, `127.1`) and bracketed IPv6 (a zone id such as
+//! `%25eth0` is refused). IPv4-mapped IPv6 stays IPv6 here; the egress check
+//! and the rules compare it as the IPv4 address it maps
+//! (`policy::egress::canonical`). A name whose last label is numeric but that is not a
 //! valid IPv4 address is refused (as the WHATWG URL standard does) rather than
 //! sent to DNS.
 

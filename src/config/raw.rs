@@ -96,7 +96,8 @@ pub struct RawReload {
 #[serde(deny_unknown_fields)]
 #[serde(expecting = "a [dns] table")]
 pub struct RawDns {
-    /// Name servers (`ip:port`); the system's when absent.
+    /// Name servers (`ip` or `ip:port`, port 53 by default); the system's
+    /// when absent or empty.
     pub servers: Option<Vec<Spanned<String>>>,
 }
 
@@ -162,7 +163,7 @@ pub struct RawLimits {
     pub tunnel_idle_timeout: Option<Spanned<String>>,
     /// A client that accepts no byte of a response.
     pub send_timeout: Option<Spanned<String>>,
-    /// How long tunnels may stay open after SIGTERM/SIGINT.
+    /// How long requests and tunnels may stay open after SIGTERM/SIGINT.
     pub shutdown_grace: Option<Spanned<String>>,
     /// Largest request head (431 beyond it).
     pub max_header_bytes: Option<Spanned<i64>>,

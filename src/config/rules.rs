@@ -155,8 +155,8 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         .map_err(|_| format!("`{}` is not a valid host name", s.chars().take(60).collect::<String>()))?;
     let host = match parse_host(&ascii) {
         Ok(Host::Name(n)) => n,
-        // As targets are matched: an IPv6 form that embeds an IPv4 address
-        // is that address.
+        // As targets are matched: an IPv4-mapped address (`::ffff:a.b.c.d`)
+        // is that IPv4 address; other IPv6 forms stay IPv6.
         Ok(Host::Ip(ip)) if !wild => canonical(ip).to_string(),
         _ => return Err(format!("`{}` is not a valid host pattern", s.chars().take(60).collect::<String>())),
     };

@@ -54,8 +54,8 @@ impl Resolver {
     /// The addresses of `name` (lower-case, no trailing dot).
     ///
     /// # Errors
-    /// `DnsTimeout` when no answer came within `timeout`, `DnsError` when the
-    /// name does not exist or has no addresses.
+    /// `DnsTimeout` when no answer came within `timeout`, `DnsError` for
+    /// any other failure (no such name, no address, an error answer).
     pub async fn lookup(&self, name: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         if name == "localhost" || name.ends_with(".localhost") {
             return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);

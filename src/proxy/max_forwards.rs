@@ -17,9 +17,9 @@ const NOT_ECHOED: [header::HeaderName; 3] =
 
 /// For a TRACE or OPTIONS request with `Max-Forwards`: `0` gets authgate's
 /// own answer (returned), a larger value is decremented in place for the
-/// next hop. Every other request is left alone (`None`), as is a value that
-/// is not a number (RFC 9110 defines none for it; forwarding it unchanged
-/// breaks nothing).
+/// next hop. Every other request is left alone (`None`), as is a field that
+/// is repeated or not a number (RFC 9110 defines nothing for either;
+/// forwarding it unchanged breaks nothing).
 pub fn answer_here<B>(req: &mut Request<B>) -> Option<Response<ProxyBody>> {
     if req.method() != Method::TRACE && req.method() != Method::OPTIONS {
         return None;

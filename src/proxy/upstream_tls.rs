@@ -68,7 +68,8 @@ pub fn verify_nothing_connector() -> TlsConnector {
 ///
 /// # Errors
 /// `UpstreamTls` when the certificate does not verify, other handshake
-/// failures as `UpstreamProtocol`.
+/// failures as `UpstreamProtocol`, and `BadTarget` when the host is not a
+/// valid TLS server name.
 pub async fn handshake(
     connector: &TlsConnector,
     host: &Host,

@@ -29,7 +29,8 @@ pub struct AccessRecord {
     pub bytes_down: u64,
     /// When the request arrived.
     pub started: Instant,
-    /// Short fixed word: `forwarded`, `tunnel`, `denied`, a `code` ...
+    /// Short fixed word: `forwarded`, `answered_here`, how a tunnel ended
+    /// (`tunnel_closed`, …), or the error's `code`.
     pub outcome: &'static str,
     /// The rule that decided, if any.
     pub rule: Option<Arc<str>>,

@@ -3,8 +3,8 @@
 //! many were held back, rather than a flood in the middle of the incident.
 //!
 //! What is held back is never lost: when no occurrence comes to carry the
-//! count once the period is over, a summary line says it then (and at
-//! shutdown, see [`flush_all`]). So the occurrences of a warning are its
+//! count, a summary line says it a period after the next line could have
+//! gone out (and at shutdown, see [`flush_all`]). So the occurrences of a warning are its
 //! lines, each one of them, plus every line's `held_back`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -301,8 +301,9 @@ pub fn start(out: Box<dyn Write + Send>, json: bool) -> (SinkWriter, LogGuard) {
     let thread = std::thread::Builder::new()
         .name("authgate-log".into())
         .spawn(move || worker.writer_loop())
-        // Without the thread, lines are written when the buffer fills and
-        // when the guard drops.
+        // Without the thread, nothing is written until the guard drops (or
+        // `telemetry::flush` runs); past `HARD_LIMIT`, lines are dropped and
+        // counted.
         .ok();
     (SinkWriter(sink.clone()), LogGuard { sink, thread })
 }

@@ -85,7 +85,8 @@ pub enum Action {
     },
     /// List users: name, groups, disabled, expires, scheme (never hashes).
     List,
-    /// Import bcrypt entries of an htpasswd file; other schemes are refused.
+    /// Import bcrypt and argon2 entries of an htpasswd file; other schemes
+    /// are refused.
     ImportHtpasswd {
         /// The htpasswd file.
         file: PathBuf,
