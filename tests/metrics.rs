@@ -383,6 +383,39 @@ async fn shutdown_closes_the_admin_listener_too() {
     }
 }
 
+/// A `Max-Forwards: 0` request answered by authgate itself is counted as
+/// `answered_here`, as the access log says, not as `forwarded`: it was, and
+/// traffic that never reached an origin looked like traffic that did, with
+/// `forwarded` above the sum of the origins' answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_forwards_answer_made_here_is_not_counted_as_forwarded() {
+    let origin = spawn_echo_origin();
+    let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
+    let a = basic("alice", "a1");
+    let host = origin.authority();
+    let before = scrape(run.admin).await;
+    for method in ["OPTIONS", "TRACE"] {
+        let r = send_one(
+            run.proxy,
+            method,
+            &origin.url("/"),
+            &[("Host", &host), ("Max-Forwards", "0"), ("Proxy-Authorization", &a)],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+    }
+    let r =
+        send_one(run.proxy, "GET", &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    let after = scrape(run.admin).await;
+    let d = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"answered_here\"}"), 2.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"forwarded\"}"), 1.0);
+    assert_eq!(d("authgate_upstream_responses_total{class=\"2xx\"}"), 1.0);
+    assert_eq!(origin.hits(), 1, "only the GET reached the origin");
+    let _ = run.stop.send(());
+}
+
 /// The spellings of one password (composed or decomposed accents, UTF-8 or
 /// ISO-8859-1) are one login to the verified-credential cache: the first
 /// costs an argon2 run, every other spelling is a cache hit. Keyed on the

@@ -102,7 +102,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     let count = |outcome| state.metrics.request(outcome, user.as_deref());
     match result {
         Ok(Reply::Response(resp)) => {
-            count(Counted::Forwarded);
+            count(if rec.outcome == ANSWERED_HERE { Counted::AnsweredHere } else { Counted::Forwarded });
             // The origin's own `Connection` was removed with the other
             // hop-by-hop fields: this one is forward's `close`.
             let mut resp = resp;
@@ -268,7 +268,7 @@ async fn process(
         }
         Kind::Forward(target, https) => match max_forwards::answer_here(&mut req) {
             Some(resp) => {
-                rec.outcome = "answered_here";
+                rec.outcome = ANSWERED_HERE;
                 Ok(Reply::Response(resp))
             }
             None => forward::forward(state, snap, target, https, addrs, req, rec).await,
@@ -317,6 +317,10 @@ async fn authorize(
         Action::Deny => Err(ProxyError::DeniedByRule { rule: decision.label() }),
     }
 }
+
+/// The access log's outcome (and the metrics') of a `Max-Forwards: 0`
+/// request answered by authgate itself.
+const ANSWERED_HERE: &str = "answered_here";
 
 /// How many times at most a login is verified while reloads keep changing
 /// its user meanwhile; then it is answered as overloaded.

@@ -22,11 +22,13 @@ pub const OTHER_USERS: &str = ":other";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
 pub enum Outcome {
-    /// A response passed on from the origin (an upgrade's 101 included), or
-    /// a `Max-Forwards: 0` answer made here.
+    /// A response passed on from the origin (an upgrade's 101 included).
     Forwarded,
     /// CONNECT answered 200.
     Tunnel,
+    /// A `TRACE` or `OPTIONS` with `Max-Forwards: 0`, answered by authgate
+    /// itself: it never reaches an origin.
+    AnsweredHere,
     /// 407 from authgate.
     ProxyAuthRequired,
     /// 403 by a rule.
@@ -48,9 +50,10 @@ pub enum Outcome {
     Abandoned,
 }
 
-const OUTCOMES: [&str; 11] = [
+const OUTCOMES: [&str; 12] = [
     "forwarded",
     "tunnel",
+    "answered_here",
     "proxy_auth_required",
     "denied",
     "ip_prohibited",
