@@ -483,6 +483,19 @@ async fn while_the_first_is_verified(
     answers
 }
 
+/// `authgate_auth_cache_total` of `proxy`: `[hit, miss]`.
+fn cache_counts(proxy: &Custom) -> [u64; 2] {
+    let metrics = proxy.state.metrics.render(1, 0);
+    ["hit", "miss"].map(|result| {
+        let line = format!("authgate_auth_cache_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {result} count:\n{metrics}"))
+    })
+}
+
 fn argon2_runs(proxy: &Custom) -> String {
     let metrics = proxy.state.metrics.render(1, 0);
     metrics
@@ -619,27 +632,50 @@ async fn each_login_counts_once_in_the_cache_metric() {
     let origin = spawn_echo_origin();
     let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1m\"\ndelay = \"10ms\"\n");
     let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
-    let cache = |result: &str| {
-        let metrics = proxy.state.metrics.render(1, 0);
-        let line = format!("authgate_auth_cache_total{{result=\"{result}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .unwrap_or_else(|| panic!("no {result} count:\n{metrics}"))
-            .to_string()
-    };
     let answers = while_the_first_is_verified(proxy.addr, &origin, &vec![basic("alice", "a1"); 4]).await;
     for (i, r) in answers.iter().enumerate() {
         assert_eq!(r.status, 200, "connection {i}: {}", r.dump());
     }
     assert_eq!(argon2_runs(&proxy), "1");
-    assert_eq!((cache("hit"), cache("miss")), ("3".into(), "1".into()));
+    assert_eq!(cache_counts(&proxy), [3, 1], "[hit, miss]");
     for _ in 0..2 {
         assert_eq!(status_from("127.0.0.5", proxy.addr, &origin, "alice", "wrong").await.status, 407);
     }
     let r = status_from("127.0.0.5", proxy.addr, &origin, "alice", "a1").await;
     assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
-    assert_eq!((cache("hit"), cache("miss")), ("4".into(), "3".into()));
+    assert_eq!(cache_counts(&proxy), [4, 3], "[hit, miss]");
+}
+
+/// A login given up while it waits for the same credentials' verification
+/// (its client hung up) still counts in the cache metric, as a miss: it was
+/// not counted at all, so the hit and miss counts fell short of the logins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_given_up_while_it_waits_still_counts_in_the_cache_metric() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_a_costly_alice("a1");
+    let auth = basic("alice", "a1");
+    let head =
+        request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)]);
+    let mut first = RawConn::connect(proxy.addr).await;
+    first.send(&head).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(&head).await;
+        waiters.push(conn);
+    }
+    let first = tokio::spawn(async move { first.read_response("GET").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!first.is_finished(), "the verification was too quick to test with");
+    drop(waiters);
+    assert_eq!(first.await.unwrap().status, 200);
+    // The three given up are counted as their requests end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache_counts(&proxy) != [0, 4] && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cache_counts(&proxy), [0, 4], "[hit, miss]: one verified, three given up while they waited");
 }
 
 /// A `cache_ttl` lowered by a reload applies at once to the logins already

@@ -135,6 +135,28 @@ impl Drop for Place<'_> {
     }
 }
 
+/// A login waiting for its turn in the single-flight queue, which is
+/// counted in the cache metric once the turn comes. Given up before then
+/// (its client hung up), it counts as a miss when dropped: the cache did
+/// not answer it. (It was not counted at all, and the hit and miss counts
+/// fell short of the logins.)
+struct Waiting<'a>(Option<&'a crate::telemetry::Metrics>);
+
+impl Waiting<'_> {
+    /// The turn came: the login is counted where it is answered.
+    fn turn_came(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.cache(false);
+        }
+    }
+}
+
 /// argon2 working memory, one buffer per verification slot.
 #[derive(Default)]
 struct MemoryPool(std::sync::Mutex<Vec<password::Memory>>);
@@ -296,7 +318,9 @@ impl Authenticator {
         // "0s"`, so did right ones. Only while clients wait together: no
         // verdict outlives its queue.
         let gate = self.inflight.enter(normal.clone().unwrap_or_else(|| self.cache.credentials_key(&creds)));
+        let waiting = Waiting(Some(&self.metrics));
         let mut turn = gate.lock().await;
+        waiting.turn_came();
         let now = Instant::now();
         // (The address was not throttled a moment ago: a hit counts.)
         if let Some((user, known)) = self
