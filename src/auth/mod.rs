@@ -52,7 +52,7 @@ pub struct Authenticator {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_pending: usize,
-    throttle: Arc<throttle::Throttle>,
+    throttle: throttle::Throttle,
     metrics: Arc<crate::telemetry::Metrics>,
     memory: Arc<MemoryPool>,
     inflight: Inflight,
@@ -157,35 +157,6 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A throttle attempt taken for a verification: given back when dropped,
-/// unless [`Attempt::spend`] keeps it. A verification that runs and fails
-/// keeps it; one that succeeds gives it back, also when its client has hung
-/// up meanwhile (a client that cancelled connections waiting for the
-/// verification of its right password spent an attempt with each, and got a
-/// 429), and so does one given up before a worker ran argon2 for it. A flood
-/// of abandoned wrong passwords cannot run argon2 without being throttled.
-struct Attempt {
-    throttle: Arc<throttle::Throttle>,
-    client: IpAddr,
-    settings: throttle::Settings,
-    spent: bool,
-}
-
-impl Attempt {
-    /// Keeps the attempt: the login failed.
-    fn spend(mut self) {
-        self.spent = true;
-    }
-}
-
-impl Drop for Attempt {
-    fn drop(&mut self) {
-        if !self.spent {
-            self.throttle.refund(self.client, &self.settings);
-        }
-    }
-}
-
 /// argon2 working memory, one buffer per verification slot.
 #[derive(Default)]
 struct MemoryPool(std::sync::Mutex<Vec<password::Memory>>);
@@ -223,7 +194,7 @@ impl Authenticator {
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
             max_pending,
-            throttle: Arc::new(throttle::Throttle::new()),
+            throttle: throttle::Throttle::new(),
             metrics,
             memory: Arc::new(MemoryPool::default()),
             inflight: Inflight::default(),
@@ -374,23 +345,25 @@ impl Authenticator {
             return Outcome::Ok(user.clone());
         }
         // The attempt is counted before argon2 and given back unless it
-        // fails (see `Attempt`): concurrent wrong passwords from one address
-        // cannot all reach argon2 before the first failure is known.
+        // fails: concurrent wrong passwords from one address cannot all reach
+        // argon2 before the first failure is known. A client that hangs up
+        // before its verdict keeps it spent: a refund on drop would let a
+        // flood of abandoned attempts run argon2 without ever being throttled.
         if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled { retry_after, username: Some(username) };
         }
-        let attempt = Attempt { throttle: self.throttle.clone(), client, settings: *throttle, spent: false };
         // A shared refusal is a failed attempt of this address, as any other.
         if let Some(Err(reason)) = shared {
-            attempt.spend();
             return Outcome::Refused { reason, username: Some(username) };
         }
-        let Some(outcome) = self.verify_bounded(users, creds, attempt).await else {
+        let Some(outcome) = self.verify_bounded(users, creds).await else {
+            self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
         };
         turn.verdict = Some(Verdict { users: users.clone(), outcome: outcome.clone() });
         match outcome {
             Ok(user) => {
+                self.throttle.refund(client, throttle);
                 self.remember(header, normal.as_ref(), &user, from, ttl);
                 Outcome::Ok(user)
             }
@@ -426,14 +399,11 @@ impl Authenticator {
         Some(Place(&self.waiting))
     }
 
-    /// Runs one verification on the blocking pool; `None` when the queue is
-    /// full. The verification decides `attempt` as soon as its verdict is
-    /// known, whether or not the client still waits for it.
+    /// Runs one verification on the blocking pool; `None` when the queue is full.
     async fn verify_bounded(
         &self,
         users: &Arc<UserStore>,
         creds: basic::Credentials,
-        attempt: Attempt,
     ) -> Option<Result<Arc<User>, Refusal>> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -451,10 +421,6 @@ impl Authenticator {
             let mut memory = pool.take();
             let verdict = users.verify_in(&creds, SystemTime::now(), &mut memory);
             pool.give(memory);
-            match verdict {
-                Ok(_) => drop(attempt),
-                Err(_) => attempt.spend(),
-            }
             metrics.argon2(started.elapsed());
             verdict
         })
