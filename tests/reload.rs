@@ -485,24 +485,22 @@ async fn while_the_first_is_verified(
 
 /// `authgate_auth_cache_total` of `proxy`: `[hit, miss]`.
 fn cache_counts(proxy: &Custom) -> [u64; 2] {
-    let metrics = proxy.state.metrics.render(1, 0);
-    ["hit", "miss"].map(|result| {
-        let line = format!("authgate_auth_cache_total{{result=\"{result}\"}} ");
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(line.as_str()))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {result} count:\n{metrics}"))
-    })
+    ["hit", "miss"].map(|result| counter(proxy, &format!("authgate_auth_cache_total{{result=\"{result}\"}}")))
 }
 
 fn argon2_runs(proxy: &Custom) -> String {
+    counter(proxy, "authgate_argon2_verifications_total").to_string()
+}
+
+/// The value of one series (name and labels) of the proxy's metrics.
+fn counter(proxy: &Custom, series: &str) -> u64 {
     let metrics = proxy.state.metrics.render(1, 0);
+    let prefix = format!("{series} ");
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("authgate_argon2_verifications_total "))
-        .unwrap_or_else(|| panic!("no verification count:\n{metrics}"))
-        .to_string()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}:\n{metrics}"))
 }
 
 /// Connections opened at once with one wrong password (a client's parallel
@@ -676,6 +674,98 @@ async fn a_login_given_up_while_it_waits_still_counts_in_the_cache_metric() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(cache_counts(&proxy), [0, 4], "[hit, miss]: one verified, three given up while they waited");
+}
+
+/// A client that hangs up while its right password is being verified
+/// spends no failed attempt, and its login is cached all the same: each
+/// such connection kept the attempt, and past `max_failures` the client's
+/// next login, right password and all, got a 429 (probe 62). Its next
+/// connection is a cache hit, so hanging up cannot run argon2 again and
+/// again (probe 63). A wrong password given up the same way still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_right_password_given_up_while_argon2_runs_is_cached_and_costs_no_attempt() {
+    let origin = spawn_echo_origin();
+    let cfg = format!(
+        "{}\n[auth.throttle]\nmax_failures = 3\nwindow = \"1h\"\ndelay = \"10ms\"\n",
+        CFG.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\nverify_threads = 1")
+    );
+    let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
+    let abandoned = "authgate_requests_total{outcome=\"abandoned\"}";
+    for (round, password) in [(1, "a1"), (2, "wrong")] {
+        let auth = basic("alice", password);
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        ))
+        .await;
+        // The miss is counted just before argon2 starts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache_counts(&proxy)[1] < round && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        drop(conn);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (argon2_runs(&proxy) != round.to_string() || counter(&proxy, abandoned) < round)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(argon2_runs(&proxy), round.to_string(), "{password}: argon2 ran to its end");
+        assert_eq!(
+            counter(&proxy, abandoned),
+            round,
+            "{password}: given up before its answer (else too quick to test)"
+        );
+        if round == 1 {
+            let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "a1").await;
+            assert_eq!(r.status, 200, "{}", r.dump());
+            assert_eq!(argon2_runs(&proxy), "1", "the login given up was cached");
+        }
+    }
+    // Three attempts: the wrong password given up took one, the right one none.
+    for _ in 0..2 {
+        assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong2").await.status, 407);
+    }
+    let r = status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong2").await;
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+}
+
+/// A client that waits for the verification of the same login as a client
+/// that hangs up meanwhile gets the verdict of that verification when it
+/// ends: it ran argon2 again at once, side by side with the one still
+/// running for nobody. Shown with `cache_ttl = "0s"`, where the cache
+/// cannot answer it either; a right password and a wrong one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_waiting_behind_one_given_up_gets_its_verdict() {
+    let origin = spawn_echo_origin();
+    let cfg = CFG.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\ncache_ttl = \"0s\"");
+    let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
+    let abandoned = "authgate_requests_total{outcome=\"abandoned\"}";
+    for (round, password, status) in [(1, "a1", 200), (2, "wrong", 407)] {
+        let auth = basic("alice", password);
+        let head = request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        );
+        let mut first = RawConn::connect(proxy.addr).await;
+        first.send(&head).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cache_counts(&proxy)[1] < 2 * round - 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut second = RawConn::connect(proxy.addr).await;
+        second.send(&head).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(first);
+        let r = second.read_response("GET").await;
+        assert_eq!(r.status, status, "{}", r.dump());
+        assert_eq!(counter(&proxy, abandoned), round, "{password}: the first was given up before its answer");
+        assert_eq!(argon2_runs(&proxy), round.to_string(), "{password}: one verification for both");
+    }
 }
 
 /// A `cache_ttl` lowered by a reload applies at once to the logins already

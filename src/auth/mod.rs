@@ -48,14 +48,14 @@ pub enum Outcome {
 
 /// The shared authentication engine.
 pub struct Authenticator {
-    cache: VerifiedCache,
+    cache: Arc<VerifiedCache>,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_pending: usize,
-    throttle: throttle::Throttle,
+    throttle: Arc<throttle::Throttle>,
     metrics: Arc<crate::telemetry::Metrics>,
     memory: Arc<MemoryPool>,
-    inflight: Inflight,
+    inflight: Arc<Inflight>,
 }
 
 /// Verifications in progress, by credentials (the MAC of their normal
@@ -64,7 +64,14 @@ pub struct Authenticator {
 /// sent at once ran argon2 eight times.)
 #[derive(Default)]
 struct Inflight {
-    map: std::sync::Mutex<std::collections::HashMap<CredentialsKey, Arc<tokio::sync::Mutex<Turn>>>>,
+    map: std::sync::Mutex<std::collections::HashMap<CredentialsKey, Queue>>,
+}
+
+/// The clients of one login, and the turn they wait for.
+struct Queue {
+    turn: Arc<tokio::sync::Mutex<Turn>>,
+    /// The [`Gate`]s held: the queue is removed with the last.
+    gates: usize,
 }
 
 /// What the clients waiting together on one login share: the verdict of
@@ -91,33 +98,41 @@ impl Turn {
     }
 }
 
-/// A place in the queue for one login; removed when the last waiter leaves.
-struct Gate<'a> {
-    owner: &'a Inflight,
+/// A hold on the queue of one login, kept by a client waiting for its
+/// turn, and by a verification until argon2 ends; the queue is removed
+/// with the last hold. (The holds are counted under the map's lock.
+/// Counting the references to the turn instead, as before, would count a
+/// verification's lock on the turn too, which it keeps on the blocking
+/// pool.)
+struct Gate {
+    owner: Arc<Inflight>,
     key: CredentialsKey,
-    lock: Arc<tokio::sync::Mutex<Turn>>,
+    turn: Arc<tokio::sync::Mutex<Turn>>,
 }
 
 impl Inflight {
-    fn enter(&self, key: CredentialsKey) -> Gate<'_> {
+    fn enter(self: &Arc<Self>, key: CredentialsKey) -> Gate {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let lock = map.entry(key.clone()).or_default().clone();
-        Gate { owner: self, key, lock }
+        let queue = map.entry(key.clone()).or_insert_with(|| Queue { turn: Arc::default(), gates: 0 });
+        queue.gates += 1;
+        Gate { owner: self.clone(), key, turn: queue.turn.clone() }
     }
 }
 
-impl Gate<'_> {
-    async fn lock(&self) -> tokio::sync::MutexGuard<'_, Turn> {
-        self.lock.lock().await
+impl Gate {
+    async fn lock(&self) -> tokio::sync::OwnedMutexGuard<Turn> {
+        self.turn.clone().lock_owned().await
     }
 }
 
-impl Drop for Gate<'_> {
+impl Drop for Gate {
     fn drop(&mut self) {
         let mut map = self.owner.map.lock().unwrap_or_else(|p| p.into_inner());
-        // The map's reference and ours: nobody else waits.
-        if Arc::strong_count(&self.lock) == 2 {
-            map.remove(&self.key);
+        if let Some(queue) = map.get_mut(&self.key) {
+            queue.gates -= 1;
+            if queue.gates == 0 {
+                map.remove(&self.key);
+            }
         }
     }
 }
@@ -157,6 +172,75 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What the end of a verification records, on the blocking pool where
+/// argon2 runs, whether or not its client is still there: the verdict, for
+/// the clients waiting on the same login (who get their turn only then);
+/// and for a yes its cache entry, and the throttle attempt it took, given
+/// back. (Recorded by the request, a client that hung up while its own
+/// right password was verified kept a failed attempt for each such
+/// connection, and got a 429 past `max_failures` (probe 62); the next
+/// client waiting on the login ran argon2 again at once; and giving the
+/// attempt back without the cache entry let a client with one valid
+/// account run argon2 without limit by hanging up each time (probe 63).
+/// Now a login of the same credentials that comes while argon2 runs waits
+/// for its verdict, and one after it is a cache hit.) A login given up
+/// before argon2 ran for it (while it waited for a worker) keeps its
+/// attempt.
+struct Settle {
+    /// The login's turn, held until the verdict is in.
+    turn: tokio::sync::OwnedMutexGuard<Turn>,
+    /// Its hold on the queue, which stays until then.
+    _gate: Gate,
+    users: Arc<UserStore>,
+    cache: Arc<VerifiedCache>,
+    throttle: Arc<throttle::Throttle>,
+    settings: throttle::Settings,
+    client: IpAddr,
+    /// `client`'s throttle unit, which the entry is known from.
+    from: IpAddr,
+    ttl: Duration,
+    entry: Entry,
+}
+
+/// Where a success is cached: respelled credentials by the key of their
+/// normal form, others by the header.
+enum Entry {
+    Credentials(CredentialsKey),
+    Header(Box<[u8]>),
+}
+
+impl Settle {
+    fn record(mut self, outcome: &Result<Arc<User>, Refusal>) {
+        if let Ok(user) = outcome {
+            self.throttle.refund(self.client, &self.settings);
+            let (header, normal) = match &self.entry {
+                Entry::Credentials(key) => (&[][..], Some(key)),
+                Entry::Header(header) => (&header[..], None),
+            };
+            remember(&self.cache, header, normal, user, self.from, self.ttl);
+        }
+        self.turn.verdict = Some(Verdict { users: self.users, outcome: outcome.clone() });
+    }
+}
+
+/// Caches a success for `ttl`: respelled credentials by their normal
+/// form (`normal`), others by the header.
+fn remember(
+    cache: &VerifiedCache,
+    header: &[u8],
+    normal: Option<&CredentialsKey>,
+    user: &User,
+    from: IpAddr,
+    ttl: Duration,
+) {
+    let verified = (user.name.clone(), user.fingerprint, from);
+    let now = Instant::now();
+    match normal {
+        Some(key) => cache.insert_credentials(key, verified, ttl, now),
+        None => cache.insert(header, verified, ttl, now),
+    }
+}
+
 /// argon2 working memory, one buffer per verification slot.
 #[derive(Default)]
 struct MemoryPool(std::sync::Mutex<Vec<password::Memory>>);
@@ -190,14 +274,14 @@ impl Authenticator {
     /// `workers` argon2 verifications run at once; up to `max_pending` more wait.
     pub fn new(workers: usize, max_pending: usize, metrics: Arc<crate::telemetry::Metrics>) -> Self {
         Authenticator {
-            cache: VerifiedCache::new(),
+            cache: Arc::new(VerifiedCache::new()),
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
             max_pending,
-            throttle: throttle::Throttle::new(),
+            throttle: Arc::new(throttle::Throttle::new()),
             metrics,
             memory: Arc::new(MemoryPool::default()),
-            inflight: Inflight::default(),
+            inflight: Arc::default(),
         }
     }
 
@@ -319,7 +403,7 @@ impl Authenticator {
         // verdict outlives its queue.
         let gate = self.inflight.enter(normal.clone().unwrap_or_else(|| self.cache.credentials_key(&creds)));
         let waiting = Waiting(Some(&self.metrics));
-        let mut turn = gate.lock().await;
+        let turn = gate.lock().await;
         waiting.turn_came();
         let now = Instant::now();
         // (The address was not throttled a moment ago: a hit counts.)
@@ -341,14 +425,15 @@ impl Authenticator {
             // A success takes no attempt from the address (several right
             // logins at once from one address took one each, and past
             // `max_failures` got a 429).
-            self.remember(header, normal.as_ref(), user, from, ttl);
+            remember(&self.cache, header, normal.as_ref(), user, from, ttl);
             return Outcome::Ok(user.clone());
         }
         // The attempt is counted before argon2 and given back unless it
         // fails: concurrent wrong passwords from one address cannot all reach
         // argon2 before the first failure is known. A client that hangs up
-        // before its verdict keeps it spent: a refund on drop would let a
-        // flood of abandoned attempts run argon2 without ever being throttled.
+        // before its verdict keeps it spent, unless argon2 ran and said yes
+        // (see [`Settle`]): a refund on drop would let a flood of abandoned
+        // attempts run argon2 without ever being throttled.
         if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
             return Outcome::Throttled { retry_after, username: Some(username) };
         }
@@ -356,36 +441,28 @@ impl Authenticator {
         if let Some(Err(reason)) = shared {
             return Outcome::Refused { reason, username: Some(username) };
         }
-        let Some(outcome) = self.verify_bounded(users, creds).await else {
+        let settle = Settle {
+            turn,
+            _gate: gate,
+            users: users.clone(),
+            cache: self.cache.clone(),
+            throttle: self.throttle.clone(),
+            settings: *throttle,
+            client,
+            from,
+            ttl,
+            entry: match normal {
+                Some(key) => Entry::Credentials(key),
+                None => Entry::Header(header.into()),
+            },
+        };
+        let Some(outcome) = self.verify_bounded(creds, settle).await else {
             self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
         };
-        turn.verdict = Some(Verdict { users: users.clone(), outcome: outcome.clone() });
         match outcome {
-            Ok(user) => {
-                self.throttle.refund(client, throttle);
-                self.remember(header, normal.as_ref(), &user, from, ttl);
-                Outcome::Ok(user)
-            }
+            Ok(user) => Outcome::Ok(user),
             Err(reason) => Outcome::Refused { reason, username: Some(username) },
-        }
-    }
-
-    /// Caches a success for `ttl`: respelled credentials by their normal
-    /// form (`normal`), others by the header.
-    fn remember(
-        &self,
-        header: &[u8],
-        normal: Option<&CredentialsKey>,
-        user: &User,
-        from: IpAddr,
-        ttl: Duration,
-    ) {
-        let verified = (user.name.clone(), user.fingerprint, from);
-        let now = Instant::now();
-        match normal {
-            Some(key) => self.cache.insert_credentials(key, verified, ttl, now),
-            None => self.cache.insert(header, verified, ttl, now),
         }
     }
 
@@ -399,11 +476,12 @@ impl Authenticator {
         Some(Place(&self.waiting))
     }
 
-    /// Runs one verification on the blocking pool; `None` when the queue is full.
+    /// Runs one verification on the blocking pool, where its end is
+    /// recorded (`settle`); `None` when the queue is full.
     async fn verify_bounded(
         &self,
-        users: &Arc<UserStore>,
         creds: basic::Credentials,
+        settle: Settle,
     ) -> Option<Result<Arc<User>, Refusal>> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -412,20 +490,63 @@ impl Authenticator {
                 self.permits.clone().acquire_owned().await.ok()?
             }
         };
-        let users = users.clone();
         let metrics = self.metrics.clone();
         let pool = self.memory.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let started = Instant::now();
             let mut memory = pool.take();
-            let verdict = users.verify_in(&creds, SystemTime::now(), &mut memory);
+            let verdict = settle.users.verify_in(&creds, SystemTime::now(), &mut memory);
             pool.give(memory);
             metrics.argon2(started.elapsed());
+            settle.record(&verdict);
             verdict
         })
         .await;
         // A panic inside argon2 would be a bug; treat it as a refusal.
         Some(joined.unwrap_or(Err(Refusal::BadPassword)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A login's queue goes with its last hold, also when holds are given
+    /// up at the same moment on several threads (as a verification ending
+    /// on the blocking pool and its client hanging up do).
+    #[test]
+    fn a_login_queue_goes_with_its_last_hold() {
+        let inflight = Arc::new(Inflight::default());
+        let creds = basic::parse(b"Basic YWxpY2U6YTE=").unwrap();
+        let key = VerifiedCache::new().credentials_key(&creds);
+        let threads = 2;
+        let [entered, dropped, looked] = [(); 3].map(|()| std::sync::Barrier::new(threads + 1));
+        let mut left = Vec::new();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for _ in 0..2_000 {
+                        let gate = inflight.enter(key.clone());
+                        entered.wait();
+                        drop(gate);
+                        dropped.wait();
+                        looked.wait();
+                    }
+                });
+            }
+            for _ in 0..2_000 {
+                entered.wait();
+                dropped.wait();
+                left.push(inflight.map.lock().unwrap().len());
+                looked.wait();
+            }
+        });
+        assert!(left.iter().all(|&n| n == 0), "queues left after their holds were given up: {left:?}");
+        let (first, second) = (inflight.enter(key.clone()), inflight.enter(key.clone()));
+        drop(first);
+        assert_eq!(inflight.map.lock().unwrap().len(), 1, "a hold is still kept");
+        drop(second);
+        assert_eq!(inflight.map.lock().unwrap().len(), 0);
     }
 }
