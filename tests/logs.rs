@@ -685,6 +685,89 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
     assert!(log.contains("lost_lines="), "the lines lost are counted:\n{log}");
 }
 
+/// A wrong password whose client hangs up while argon2 verifies it is
+/// audited all the same, once, when its verification ends, with the
+/// request id of its access line (`client_gone`). It left no audit line;
+/// and since a right password given up that way is cached (its next
+/// connection answered at once), a client could learn that a guess was
+/// wrong without leaving one. A right password given up is not audited.
+#[tokio::test]
+async fn a_wrong_password_given_up_while_it_is_verified_is_audited_once() {
+    let origin = spawn_echo_origin();
+    let dir = TempDir::new();
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
+    let hash = authgate::auth::password::hash_password(PASSWORD, costly).unwrap().to_string();
+    let users = format!("[users.{USER}]\npassword = {}\n", toml_str(&hash));
+    let mut bin = start_binary(&dir, "[log]\nformat = \"json\"\nlevel = \"info\"\n", &users, Stdio::piped());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    pump(bin.child.stdout.take().unwrap(), "stdout", tx);
+    let mut lines = Vec::new();
+    let head = |path: &str, password: &str| {
+        let auth = basic(USER, password);
+        request("GET", &origin.url(path), &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)])
+    };
+    let mut give_up = async |path: &str, password: &str, lines: &mut Vec<String>| {
+        let mut conn = RawConn::connect(bin.addr).await;
+        conn.send(head(path, password)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(conn);
+        wait_for(&mut rx, lines, "the access line", |l| l.contains("authgate::access") && l.contains(path))
+            .await;
+    };
+    give_up("/right", PASSWORD, &mut lines).await;
+    // The right one's verification is over (this one waited for it), so the
+    // wrong one runs argon2 at once.
+    let after = get(
+        bin.addr,
+        &origin.url("/after"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic(USER, PASSWORD))],
+    )
+    .await;
+    assert_eq!(after.status, 200);
+    give_up("/wrong", WRONG_PASSWORD, &mut lines).await;
+    let last = get(
+        bin.addr,
+        &origin.url("/last"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic(USER, "another guess"))],
+    )
+    .await;
+    assert_eq!(last.status, 407);
+    wait_for(&mut rx, &mut lines, "the audit line", |l| {
+        l.contains("authgate::audit") && l.contains("/wrong")
+    })
+    .await;
+    drop(bin.stop());
+    while let Some(line) = rx.recv().await {
+        lines.push(line);
+    }
+    let events: Vec<serde_json::Value> =
+        lines.iter().filter_map(|l| serde_json::from_str(l.strip_prefix("stdout: ")?).ok()).collect();
+    let of = |target: &str, path: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|v| {
+                v["target"] == target && v["request_target"].as_str().is_some_and(|t| t.ends_with(path))
+            })
+            .collect()
+    };
+    for path in ["/right", "/wrong"] {
+        let access = of("authgate::access", path);
+        assert_eq!(access.len(), 1, "{path}: {access:?}");
+        assert_eq!(access[0]["outcome"], "client_gone", "{path}: given up before its answer: {}", access[0]);
+    }
+    assert!(
+        of("authgate::audit", "/right").is_empty(),
+        "a right password is not audited:\n{}",
+        lines.join("\n")
+    );
+    let wrong = of("authgate::audit", "/wrong");
+    assert_eq!(wrong.len(), 1, "audited once:\n{}", lines.join("\n"));
+    assert_eq!(wrong[0]["reason"], "bad_password");
+    assert_eq!(wrong[0]["username"], USER);
+    assert_eq!(wrong[0]["request_id"], of("authgate::access", "/wrong")[0]["request_id"], "{}", wrong[0]);
+    assert_eq!(of("authgate::audit", "/last").len(), 1, "a refusal heard is audited once, as before");
+}
+
 /// In the text format an audit line's username is quoted and escaped once,
 /// by the format: it was escaped before too, so a CR showed as `\\r`.
 #[test]

@@ -13,7 +13,7 @@ pub mod password;
 pub mod store;
 pub mod throttle;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -200,6 +200,8 @@ struct Settle {
     from: IpAddr,
     ttl: Duration,
     entry: Entry,
+    /// Who audits a refusal.
+    hearing: Arc<std::sync::Mutex<Hearing>>,
 }
 
 /// Where a success is cached: respelled credentials by the key of their
@@ -218,6 +220,13 @@ impl Settle {
                 Entry::Header(header) => (&header[..], None),
             };
             remember(&self.cache, header, normal, user, self.from, self.ttl);
+        }
+        if let Err(reason) = outcome {
+            let mut hearing = self.hearing.lock().unwrap_or_else(|p| p.into_inner());
+            match std::mem::take(&mut *hearing) {
+                Hearing::Gone(line) => line.emit(*reason),
+                _ => *hearing = Hearing::Refused(*reason),
+            }
         }
         self.turn.verdict = Some(Verdict { users: self.users, outcome: outcome.clone() });
     }
@@ -241,6 +250,76 @@ fn remember(
     }
 }
 
+/// Who audits a verification's refusal: the request, which answers it; or,
+/// when its client hung up first, the verification, where it ends; never
+/// both. (A wrong password given up while argon2 ran left no audit line,
+/// only an access line that said `client_gone`; and since a right one
+/// given up that way is cached, its next connection answered at once, a
+/// client could learn that a guess was wrong without leaving one.)
+#[derive(Default)]
+enum Hearing {
+    /// The request waits for the verdict.
+    #[default]
+    Waiting,
+    /// The request is gone: a refusal is audited with this.
+    Gone(AuditLine),
+    /// The verdict is a refusal the request has not taken.
+    Refused(Refusal),
+}
+
+/// An audit line's fields besides the reason.
+struct AuditLine {
+    request_id: Box<str>,
+    client: SocketAddr,
+    target: Box<str>,
+    username: Box<str>,
+}
+
+impl AuditLine {
+    fn emit(&self, reason: Refusal) {
+        crate::telemetry::AuditEvent {
+            request_id: &self.request_id,
+            client: self.client,
+            username: Some(&self.username),
+            reason: reason.as_str(),
+            target: &self.target,
+        }
+        .emit();
+    }
+}
+
+/// The request's side of a [`Hearing`], while it waits for its verdict.
+struct Listener<'a> {
+    hearing: Option<Arc<std::sync::Mutex<Hearing>>>,
+    audit: Audit<'a>,
+    username: &'a str,
+}
+
+impl Listener<'_> {
+    /// The verdict came: the request answers it, and audits a refusal.
+    fn heard(mut self) {
+        self.hearing = None;
+    }
+}
+
+impl Drop for Listener<'_> {
+    fn drop(&mut self) {
+        let Some(hearing) = self.hearing.take() else { return };
+        let line = AuditLine {
+            request_id: self.audit.request_id.into(),
+            client: self.audit.client,
+            target: self.audit.target.into(),
+            username: self.username.into(),
+        };
+        let mut hearing = hearing.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::take(&mut *hearing) {
+            // It came as the client left.
+            Hearing::Refused(reason) => line.emit(reason),
+            _ => *hearing = Hearing::Gone(line),
+        }
+    }
+}
+
 /// argon2 working memory, one buffer per verification slot.
 #[derive(Default)]
 struct MemoryPool(std::sync::Mutex<Vec<password::Memory>>);
@@ -253,6 +332,19 @@ impl MemoryPool {
     fn give(&self, m: password::Memory) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).push(m);
     }
+}
+
+/// What the audit line of a refused login says of its request, for a
+/// refusal its client does not stay to hear: the verification audits it
+/// then, where it ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Audit<'a> {
+    /// The request's id, which its access line has too.
+    pub request_id: &'a str,
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The request target.
+    pub target: &'a str,
 }
 
 /// What [`Authenticator::authenticate`] needs besides the header.
@@ -268,6 +360,9 @@ pub struct Request<'a> {
     pub client: IpAddr,
     /// Throttle settings.
     pub throttle: &'a throttle::Settings,
+    /// The request, for the audit line of a refusal its client does not
+    /// stay to hear. (One it hears is the caller's to audit.)
+    pub audit: Audit<'a>,
 }
 
 impl Authenticator {
@@ -355,7 +450,7 @@ impl Authenticator {
 
     /// Checks a `Proxy-Authorization` value against the users.
     pub async fn authenticate(&self, req: Request<'_>) -> Outcome {
-        let Request { users, header, ttl, client, throttle } = req;
+        let Request { users, header, ttl, client, throttle, audit } = req;
         let Some(header) = header else {
             return Outcome::Refused { reason: Refusal::Missing, username: None };
         };
@@ -441,6 +536,8 @@ impl Authenticator {
         if let Some(Err(reason)) = shared {
             return Outcome::Refused { reason, username: Some(username) };
         }
+        let hearing = Arc::new(std::sync::Mutex::new(Hearing::Waiting));
+        let listener = Listener { hearing: Some(hearing.clone()), audit, username: &username };
         let settle = Settle {
             turn,
             _gate: gate,
@@ -455,8 +552,11 @@ impl Authenticator {
                 Some(key) => Entry::Credentials(key),
                 None => Entry::Header(header.into()),
             },
+            hearing,
         };
-        let Some(outcome) = self.verify_bounded(creds, settle).await else {
+        let verified = self.verify_bounded(creds, settle).await;
+        listener.heard();
+        let Some(outcome) = verified else {
             self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
         };

@@ -358,6 +358,11 @@ async fn authenticate(
             ttl: snap.auth.cache_ttl,
             client: client.addr.ip(),
             throttle: &snap.auth.throttle,
+            audit: crate::auth::Audit {
+                request_id: &rec.request_id,
+                client: client.addr,
+                target: &rec.target,
+            },
         };
         let mut outcome = state.auth.authenticate(auth_req).await;
         verifications += 1;
