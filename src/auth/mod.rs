@@ -100,10 +100,11 @@ impl Turn {
 
 /// A hold on the queue of one login, kept by a client waiting for its
 /// turn, and by a verification until argon2 ends; the queue is removed
-/// with the last hold. (The holds are counted under the map's lock.
-/// Counting the references to the turn instead, as before, would count a
-/// verification's lock on the turn too, which it keeps on the blocking
-/// pool.)
+/// with the last hold. (The holds are counted under the map's lock. The
+/// count of the turn's references, read there before, could include one
+/// that a hold given up at the same moment on another thread had not yet
+/// let go of, and then nobody removed the queue: a unit test saw it in 13
+/// runs of 20.)
 struct Gate {
     owner: Arc<Inflight>,
     key: CredentialsKey,
@@ -183,9 +184,9 @@ impl Drop for Waiting<'_> {
 /// attempt back without the cache entry let a client with one valid
 /// account run argon2 without limit by hanging up each time (probe 63).
 /// Now a login of the same credentials that comes while argon2 runs waits
-/// for its verdict, and one after it is a cache hit.) A login given up
-/// before argon2 ran for it (while it waited for a worker) keeps its
-/// attempt.
+/// for its verdict, and one after it is a cache hit, unless `cache_ttl` is
+/// zero.) A login given up before argon2 ran for it (while it waited for a
+/// worker) keeps its attempt, and records nothing.
 struct Settle {
     /// The login's turn, held until the verdict is in.
     turn: tokio::sync::OwnedMutexGuard<Turn>,
@@ -335,8 +336,9 @@ impl MemoryPool {
 }
 
 /// What the audit line of a refused login says of its request, for a
-/// refusal its client does not stay to hear: the verification audits it
-/// then, where it ends.
+/// refusal its client does not stay to hear, which `authenticate` audits
+/// itself (the verification where it ends, or the request as it is
+/// dropped).
 #[derive(Debug, Clone, Copy)]
 pub struct Audit<'a> {
     /// The request's id, which its access line has too.
@@ -611,6 +613,80 @@ impl Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
+    use std::task::Poll;
+
+    /// Log lines written by a test's subscriber.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        fn audit_lines(&self) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).matches("authgate::audit").count()
+        }
+    }
+
+    /// A refusal that comes while its request is not being polled, the
+    /// request then dropped (its client hung up as argon2 ended), is
+    /// audited once, by the request as it goes: the verification left it
+    /// for the request, which was no longer there to hear it.
+    #[test]
+    fn a_refusal_that_came_as_its_client_left_is_audited_once() {
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        let hash = password::hash_password("a1", params.clone()).unwrap().to_string();
+        let alice = User::new("alice".into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None);
+        let users = Arc::new(UserStore::new(vec![alice], params).unwrap());
+        let auth = Authenticator::new(1, 4, Arc::new(crate::telemetry::Metrics::new(false)));
+        let settings = throttle::Settings::default();
+        let req = Request {
+            users: &users,
+            // alice:wrong
+            header: Some(b"Basic YWxpY2U6d3Jvbmc="),
+            ttl: Duration::from_secs(60),
+            client: IpAddr::from([127, 0, 0, 1]),
+            throttle: &settings,
+            audit: Audit {
+                request_id: "r1",
+                client: ([127, 0, 0, 1], 5000).into(),
+                target: "http://t.test/",
+            },
+        };
+        let log = Captured::default();
+        let _log =
+            tracing::subscriber::set_default(tracing_subscriber::fmt().with_writer(log.clone()).finish());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut request = Box::pin(auth.authenticate(req));
+            let first = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "argon2 runs");
+            // The verification has ended once it lets go of the login's queue.
+            while !auth.inflight.map.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(log.audit_lines(), 0, "the request may still hear the refusal");
+            drop(request);
+        });
+        assert_eq!(log.audit_lines(), 1);
+    }
 
     /// A login's queue goes with its last hold, also when holds are given
     /// up at the same moment on several threads (as a verification ending
