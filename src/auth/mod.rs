@@ -213,9 +213,18 @@ enum Entry {
 }
 
 impl Settle {
-    fn record(mut self, outcome: &Result<Arc<User>, Refusal>) {
+    /// Records the verdict on `password`.
+    fn record(mut self, outcome: &Result<Arc<User>, Refusal>, password: &str) {
         if let Ok(user) = outcome {
-            self.throttle.refund(self.client, &self.settings);
+            // Except a bcrypt password longer than bcrypt reads: each of its
+            // endless spellings (any bytes after the 72nd) is a login of its
+            // own, with a cache entry of its own, and refunded, they let
+            // anyone who knew one run bcrypt without limit, and keep other
+            // users' logins at 503 (probe 64). One such login per cache
+            // lifetime, its owner's, costs one attempt.
+            if !user.hash().ignores_part_of(password) {
+                self.throttle.refund(self.client, &self.settings);
+            }
             let (header, normal) = match &self.entry {
                 Entry::Credentials(key) => (&[][..], Some(key)),
                 Entry::Header(header) => (&header[..], None),
@@ -601,7 +610,7 @@ impl Authenticator {
             let verdict = settle.users.verify_in(&creds, SystemTime::now(), &mut memory);
             pool.give(memory);
             metrics.argon2(started.elapsed());
-            settle.record(&verdict);
+            settle.record(&verdict, &creds.password);
             verdict
         })
         .await;

@@ -18,6 +18,9 @@ use argon2::password_hash::PasswordHashString;
 use super::basic::Credentials;
 use super::password::{Memory, hash_password, verify_argon2_in};
 
+/// How many bytes of a password bcrypt reads.
+const BCRYPT_READS: usize = 72;
+
 /// A stored password hash.
 #[derive(Clone)]
 pub enum StoredHash {
@@ -35,6 +38,13 @@ impl StoredHash {
             // bcrypt compares in constant time (subtle) internally.
             StoredHash::Bcrypt(h) => bcrypt::verify(password.as_bytes(), h).unwrap_or(false),
         }
+    }
+
+    /// Whether `password` has bytes past the ones this hash reads (bcrypt
+    /// reads 72): every such password that shares those passes, so each
+    /// is one of endlessly many that do.
+    pub fn ignores_part_of(&self, password: &str) -> bool {
+        matches!(self, StoredHash::Bcrypt(_)) && password.len() > BCRYPT_READS
     }
 
     /// The stored string (for fingerprints and rewriting the file; never log it).
