@@ -797,6 +797,61 @@ async fn bcrypt_passwords_past_72_bytes_cost_an_attempt_each() {
     assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "bcu", &short).await.status, 200, "cached");
 }
 
+/// Users behind one address (an office's NAT) who log in at the same
+/// moment, all with their right passwords, all get in, however many they
+/// are: each verification took an attempt from the address until it
+/// ended, and past `max_failures` verifications at once the others got
+/// 429s (probe 64: 15 users, 5 refused). They now wait for the attempts
+/// being verified, which successes give back. Wrong passwords still stop
+/// at `max_failures`, waiting or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_logging_in_at_once_from_one_address_are_not_throttled() {
+    let origin = spawn_echo_origin();
+    let cfg = format!(
+        "{}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1h\"\ndelay = \"10ms\"\n",
+        CFG.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\nverify_threads = 1")
+    );
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
+    let names = ["u1", "u2", "u3", "u4", "u5"];
+    let users: String = names
+        .iter()
+        .map(|n| {
+            let hash = authgate::auth::password::hash_password(n, costly.clone()).unwrap().to_string();
+            format!("[users.{n}]\npassword = {}\n", toml_str(&hash))
+        })
+        .collect();
+    let proxy: Custom = spawn_custom(&cfg, &users);
+    let at_once = async |logins: Vec<(&str, String)>| {
+        let mut answers = Vec::new();
+        for (user, password) in logins {
+            let auth = basic(user, &password);
+            let head = request(
+                "GET",
+                &origin.url("/"),
+                &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+            );
+            let addr = proxy.addr;
+            answers.push(tokio::spawn(async move {
+                let mut conn = conn_from("127.0.0.1", addr).await;
+                conn.send(head).await;
+                conn.read_response("GET").await.status
+            }));
+        }
+        let mut statuses = Vec::new();
+        for answer in answers {
+            statuses.push(answer.await.unwrap());
+        }
+        statuses
+    };
+    let right = at_once(names.iter().map(|n| (*n, n.to_string())).collect()).await;
+    assert_eq!(right, [200; 5], "all right passwords");
+    assert_eq!(argon2_runs(&proxy), "5");
+    let wrong = at_once(names.iter().map(|n| (*n, format!("{n}-wrong"))).collect()).await;
+    let mut sorted = wrong.clone();
+    sorted.sort();
+    assert_eq!(sorted, [407, 407, 429, 429, 429], "two attempts, then throttled: {wrong:?}");
+}
+
 /// A `cache_ttl` lowered by a reload applies at once to the logins already
 /// cached: set to `"0s"` (an emergency stop for the cache), a login cached
 /// under the old five minutes runs argon2 again on every request. (The

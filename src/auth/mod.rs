@@ -194,15 +194,39 @@ struct Settle {
     _gate: Gate,
     users: Arc<UserStore>,
     cache: Arc<VerifiedCache>,
-    throttle: Arc<throttle::Throttle>,
-    settings: throttle::Settings,
-    client: IpAddr,
-    /// `client`'s throttle unit, which the entry is known from.
+    /// The client's throttle unit, which the entry is known from.
     from: IpAddr,
     ttl: Duration,
     entry: Entry,
     /// Who audits a refusal.
     hearing: Arc<std::sync::Mutex<Hearing>>,
+    /// The throttle attempt, which ends last: after its refund, and after
+    /// the turn is given up.
+    attempt: Verifying,
+}
+
+/// A throttle attempt being verified, which ends when dropped (see
+/// [`throttle::Throttle::ended`]), if the throttle counted it.
+struct Verifying {
+    throttle: Arc<throttle::Throttle>,
+    client: IpAddr,
+    settings: throttle::Settings,
+    counted: bool,
+}
+
+impl Verifying {
+    /// Gives the attempt back: it did not fail.
+    fn refund(&self) {
+        self.throttle.refund(self.client, &self.settings);
+    }
+}
+
+impl Drop for Verifying {
+    fn drop(&mut self) {
+        if self.counted {
+            self.throttle.ended(self.client, &self.settings);
+        }
+    }
 }
 
 /// Where a success is cached: respelled credentials by the key of their
@@ -223,7 +247,7 @@ impl Settle {
             // users' logins at 503 (probe 64). One such login per cache
             // lifetime, its owner's, costs one attempt.
             if !user.hash().ignores_part_of(password) {
-                self.throttle.refund(self.client, &self.settings);
+                self.attempt.refund();
             }
             let (header, normal) = match &self.entry {
                 Entry::Credentials(key) => (&[][..], Some(key)),
@@ -446,8 +470,8 @@ impl Authenticator {
     ) -> Outcome {
         self.metrics.cache(true);
         if !known {
-            if let Err(retry_after) = self.throttle.check(client, throttle, now) {
-                return Outcome::Throttled { retry_after, username: username() };
+            if let Err(no) = self.throttle.check(client, throttle, now) {
+                return Outcome::Throttled { retry_after: no.retry_after, username: username() };
             }
             vouch();
         }
@@ -490,7 +514,8 @@ impl Authenticator {
         }
         // Each request with credentials counts once in the cache metric: a
         // miss here, or after the wait below, where the cache can answer.
-        if let Err(retry_after) = self.throttle.check(client, throttle, now) {
+        if let Err(retry_after) = self.attempt(|| self.throttle.check(client, throttle, Instant::now())).await
+        {
             self.metrics.cache(false);
             return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
         }
@@ -540,9 +565,11 @@ impl Authenticator {
         // before its verdict keeps it spent, unless argon2 ran and said yes
         // (see [`Settle`]): a refund on drop would let a flood of abandoned
         // attempts run argon2 without ever being throttled.
-        if let Err(retry_after) = self.throttle.take(client, throttle, Instant::now()) {
-            return Outcome::Throttled { retry_after, username: Some(username) };
-        }
+        let counted = match self.attempt(|| self.throttle.take(client, throttle, Instant::now())).await {
+            Ok(counted) => counted,
+            Err(retry_after) => return Outcome::Throttled { retry_after, username: Some(username) },
+        };
+        let attempt = Verifying { throttle: self.throttle.clone(), client, settings: *throttle, counted };
         // A shared refusal is a failed attempt of this address, as any other.
         if let Some(Err(reason)) = shared {
             return Outcome::Refused { reason, username: Some(username) };
@@ -554,9 +581,6 @@ impl Authenticator {
             _gate: gate,
             users: users.clone(),
             cache: self.cache.clone(),
-            throttle: self.throttle.clone(),
-            settings: *throttle,
-            client,
             from,
             ttl,
             entry: match normal {
@@ -564,16 +588,43 @@ impl Authenticator {
                 None => Entry::Header(header.into()),
             },
             hearing,
+            attempt,
         };
         let verified = self.verify_bounded(creds, settle).await;
         listener.heard();
         let Some(outcome) = verified else {
-            self.throttle.refund(client, throttle);
             return Outcome::Overloaded;
         };
         match outcome {
             Ok(user) => Outcome::Ok(user),
             Err(reason) => Outcome::Refused { reason, username: Some(username) },
+        }
+    }
+
+    /// An attempt for `client` from `attempt` ([`throttle::Throttle::check`]
+    /// or [`throttle::Throttle::take`]), waiting while the address has none
+    /// left but has attempts being verified, which give theirs back if they
+    /// succeed; or the time until one comes back by itself.
+    async fn attempt<T>(&self, attempt: impl Fn() -> Result<T, throttle::NoAttempt>) -> Result<T, Duration> {
+        loop {
+            let pending = match attempt() {
+                Ok(taken) => return Ok(taken),
+                Err(throttle::NoAttempt { pending: Some(pending), .. }) => pending,
+                Err(throttle::NoAttempt { retry_after, pending: None }) => return Err(retry_after),
+            };
+            // Listening before looking again, so that an end in between is
+            // not missed.
+            let mut ended = std::pin::pin!(pending.notified());
+            ended.as_mut().enable();
+            match attempt() {
+                Ok(taken) => return Ok(taken),
+                Err(throttle::NoAttempt { pending: Some(again), .. }) if Arc::ptr_eq(&again, &pending) => {
+                    ended.await;
+                }
+                // Another set of attempts in flight since: listen to them.
+                Err(throttle::NoAttempt { pending: Some(_), .. }) => {}
+                Err(throttle::NoAttempt { retry_after, pending: None }) => return Err(retry_after),
+            }
         }
     }
 
@@ -597,8 +648,17 @@ impl Authenticator {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                let _place = self.queue()?;
-                self.permits.clone().acquire_owned().await.ok()?
+                // Refused for overload, the attempt is given back before it
+                // ends, so that the attempts waiting for its end find it.
+                let Some(_place) = self.queue() else {
+                    settle.attempt.refund();
+                    return None;
+                };
+                let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                    settle.attempt.refund();
+                    return None;
+                };
+                permit
             }
         };
         let metrics = self.metrics.clone();

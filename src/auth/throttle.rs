@@ -4,7 +4,9 @@
 //! each failed attempt takes a token, tokens come back at `max_failures` per
 //! `window`. With no token left, the client gets 429 with `Retry-After` before
 //! any argon2 work is spent. A verification takes its token up front, and a
-//! success gives it back; a verified-credential cache hit takes none, and
+//! success gives it back; while an address has none left but some being
+//! verified, its next attempts wait for those verdicts rather than get the
+//! 429 (see [`NoAttempt::pending`]). A verified-credential cache hit takes none, and
 //! from an address the credentials are already known from it does not even
 //! look (a hit from another address is refused while that address is
 //! throttled: see `Authenticator::answer_hit`), so legitimate clients are
@@ -12,8 +14,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 const MAX_TRACKED: usize = 100_000;
 
@@ -43,10 +47,41 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// Attempts taken by [`Throttle::take`] whose verification has not
+    /// ended ([`Throttle::ended`]).
+    verifying: u32,
+    /// Woken when one of them ends, for the attempts that wait for it.
+    waiters: Option<Arc<Notify>>,
+}
+
+impl Bucket {
+    fn full(s: &Settings, now: Instant) -> Self {
+        Bucket { tokens: f64::from(s.max_failures), at: now, verifying: 0, waiters: None }
+    }
+
+    /// Why there is no attempt left: when one comes back by itself, and
+    /// whether some may come back sooner, from attempts being verified.
+    fn none_left(&mut self, s: &Settings) -> NoAttempt {
+        let pending = (self.verifying > 0).then(|| self.waiters.get_or_insert_with(Default::default).clone());
+        NoAttempt { retry_after: Throttle::retry_after(self, s), pending }
+    }
+}
+
+/// No attempt left for an address.
+#[derive(Debug)]
+pub struct NoAttempt {
+    /// When one comes back by itself.
+    pub retry_after: Duration,
+    /// Notified when an attempt of the address being verified ends, if any
+    /// is: a success gives its attempt back, so those who are refused now
+    /// may wait for it instead. (Refused at once, a few users behind one
+    /// address who logged in at the same moment, all with their right
+    /// passwords, got 429s past `max_failures`: probe 64.)
+    pub pending: Option<Arc<Notify>>,
 }
 
 /// The per-address failure counter.
@@ -96,15 +131,15 @@ impl Throttle {
         b.at = now;
     }
 
-    /// `Err(retry_after)` when `ip` has no attempt left; takes nothing.
-    pub fn check(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<(), Duration> {
+    /// An error when `ip` has no attempt left; takes nothing.
+    pub fn check(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<(), NoAttempt> {
         if !s.enabled {
             return Ok(());
         }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let Some(b) = map.buckets.get_mut(&client_key(ip)) else { return Ok(()) };
         Self::refill(b, s, now);
-        if b.tokens >= 1.0 { Ok(()) } else { Err(Self::retry_after(b, s)) }
+        if b.tokens >= 1.0 { Ok(()) } else { Err(b.none_left(s)) }
     }
 
     fn retry_after(b: &Bucket, s: &Settings) -> Duration {
@@ -114,17 +149,24 @@ impl Throttle {
 
     /// Records a failed attempt that was not taken in advance.
     pub fn failed(&self, ip: IpAddr, s: &Settings, now: Instant) {
-        let _ = self.take(ip, s, now);
+        let _ = self.take_one(ip, s, now, false);
     }
 
     /// Takes one attempt from `ip`'s bucket before its credentials are
-    /// checked; `Err(retry_after)` when none is left. Taking it up front
-    /// means a burst of concurrent attempts cannot all reach argon2 before
-    /// the first failure is counted. Give it back with [`Throttle::refund`]
-    /// when the attempt did not fail.
-    pub fn take(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<(), Duration> {
+    /// checked; an error when none is left. Taking it up front means a
+    /// burst of concurrent attempts cannot all reach argon2 before the
+    /// first failure is counted. Give it back with [`Throttle::refund`]
+    /// when the attempt did not fail, and say when its verification has
+    /// ended, whatever its verdict, with [`Throttle::ended`], if it was
+    /// counted (`Ok(true)`: not when throttling is off, or the address is
+    /// not tracked).
+    pub fn take(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<bool, NoAttempt> {
+        self.take_one(ip, s, now, true)
+    }
+
+    fn take_one(&self, ip: IpAddr, s: &Settings, now: Instant, verified: bool) -> Result<bool, NoAttempt> {
         if !s.enabled {
-            return Ok(());
+            return Ok(false);
         }
         let key = client_key(ip);
         let mut guard = self.map.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,7 +177,7 @@ impl Throttle {
                 // Forget addresses whose buckets are full again.
                 map.buckets.retain(|_, b| {
                     Self::refill(b, s, now);
-                    b.tokens < f64::from(s.max_failures)
+                    b.tokens < f64::from(s.max_failures) || b.verifying > 0
                 });
             }
             if map.buckets.len() >= MAX_TRACKED {
@@ -143,16 +185,17 @@ impl Throttle {
                 // checked rather than refuse a client never seen failing.
                 // Its guesses are still bounded by the verification pool
                 // (`verify_threads`, `max_pending`).
-                return Ok(());
+                return Ok(false);
             }
         }
-        let b = map.buckets.entry(key).or_insert(Bucket { tokens: f64::from(s.max_failures), at: now });
+        let b = map.buckets.entry(key).or_insert_with(|| Bucket::full(s, now));
         Self::refill(b, s, now);
         if b.tokens >= 1.0 {
             b.tokens = (b.tokens - 1.0).max(0.0);
-            Ok(())
+            b.verifying += u32::from(verified);
+            Ok(verified)
         } else {
-            Err(Self::retry_after(b, s))
+            Err(b.none_left(s))
         }
     }
 
@@ -166,8 +209,28 @@ impl Throttle {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(b) = map.buckets.get_mut(&key) {
             b.tokens += 1.0;
-            if b.tokens >= f64::from(s.max_failures) {
+            if b.tokens >= f64::from(s.max_failures) && b.verifying == 0 {
                 // Full again: an address that never fails is not tracked.
+                map.buckets.remove(&key);
+            }
+        }
+    }
+
+    /// The verification of an attempt counted by [`Throttle::take`] has
+    /// ended (after its refund, if it succeeded), or will never run: the
+    /// attempts waiting for it look again. With the settings it was taken
+    /// under.
+    pub fn ended(&self, ip: IpAddr, s: &Settings) {
+        let key = client_key(ip);
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(b) = map.buckets.get_mut(&key) else { return };
+        b.verifying = b.verifying.saturating_sub(1);
+        if let Some(waiters) = &b.waiters {
+            waiters.notify_waiters();
+        }
+        if b.verifying == 0 {
+            b.waiters = None;
+            if b.tokens >= f64::from(s.max_failures) {
                 map.buckets.remove(&key);
             }
         }
@@ -188,7 +251,7 @@ mod tests {
         for _ in 0..3 {
             assert!(t.take(ip, &s, t0).is_ok());
         }
-        let retry = t.take(ip, &s, t0).unwrap_err();
+        let retry = t.take(ip, &s, t0).unwrap_err().retry_after;
         assert!(retry >= Duration::from_secs(1) && retry <= Duration::from_secs(10), "{retry:?}");
         assert!(t.take(other, &s, t0).is_ok(), "other addresses are unaffected");
         assert!(t.take(ip, &s, t0 + Duration::from_secs(10)).is_ok(), "a token came back");
@@ -203,15 +266,41 @@ mod tests {
         for _ in 0..10 {
             assert!(t.take(ip, &s, now).is_ok());
             t.refund(ip, &s);
+            t.ended(ip, &s);
         }
         assert!(t.map.lock().unwrap().buckets.is_empty(), "an address that never failed is not tracked");
         // Two attempts in flight at once use up the bucket: a third is
-        // refused until one of them is refunded.
+        // refused until one of them is refunded, and told to wait for them.
         assert!(t.take(ip, &s, now).is_ok());
         assert!(t.take(ip, &s, now).is_ok());
-        assert!(t.take(ip, &s, now).is_err());
+        let no = t.take(ip, &s, now).unwrap_err();
+        let pending = no.pending.expect("attempts are being verified");
+        let mut ended = std::pin::pin!(pending.notified());
+        ended.as_mut().enable();
         t.refund(ip, &s);
+        t.ended(ip, &s);
+        assert!(futures_ready(ended.as_mut()), "the end of an attempt wakes those waiting for it");
         assert!(t.take(ip, &s, now).is_ok());
+        // Failed, both: none left, and none to wait for.
+        t.ended(ip, &s);
+        t.ended(ip, &s);
+        let no = t.check(ip, &s, now).unwrap_err();
+        assert!(no.pending.is_none(), "nothing is being verified");
+    }
+
+    /// Whether `f` is ready, polled once.
+    fn futures_ready(f: std::pin::Pin<&mut impl std::future::Future>) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        f.poll(&mut cx).is_ready()
+    }
+
+    /// One attempt taken and failed; whether there was one to take.
+    fn fail(t: &Throttle, ip: IpAddr, s: &Settings, now: Instant) -> bool {
+        let taken = t.take(ip, s, now).is_ok();
+        if taken {
+            t.ended(ip, s);
+        }
+        taken
     }
 
     #[test]
@@ -220,22 +309,22 @@ mod tests {
         let t = Throttle::new();
         let now = Instant::now();
         for i in 0..MAX_TRACKED as u32 {
-            assert!(t.take(IpAddr::from((0x0a00_0000 + i).to_be_bytes()), &s, now).is_ok());
+            assert!(fail(&t, IpAddr::from((0x0a00_0000 + i).to_be_bytes()), &s, now));
         }
         // Full of failing addresses: a new one is let through, untracked,
         // and the sweep that found nothing to forget is not repeated for
         // the next ones (each went through all 100,000 entries).
         let new: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(t.take(new, &s, now).is_ok());
+        assert!(fail(&t, new, &s, now));
         assert_eq!(t.map.lock().unwrap().swept, Some(now));
-        assert!(t.take(new, &s, now + Duration::from_millis(500)).is_ok());
+        assert!(fail(&t, new, &s, now + Duration::from_millis(500)));
         assert_eq!(t.map.lock().unwrap().swept, Some(now), "no second sweep within a second");
         // Later, once buckets are full again, a sweep frees room and new
         // addresses are tracked (and throttled) again.
         let later = now + Duration::from_secs(3601);
-        assert!(t.take(new, &s, later).is_ok());
+        assert!(fail(&t, new, &s, later));
         assert_eq!(t.map.lock().unwrap().buckets.len(), 1);
-        assert!(t.take(new, &s, later).is_err(), "tracked again");
+        assert!(!fail(&t, new, &s, later), "tracked again");
     }
 
     #[test]
@@ -247,6 +336,7 @@ mod tests {
         assert!(t.take("2001:db8::ffff".parse().unwrap(), &s, now).is_err());
         assert!(t.take("2001:db8:0:1::1".parse().unwrap(), &s, now).is_ok());
         let off = Settings { enabled: false, ..s };
-        assert!(t.take("2001:db8::1".parse().unwrap(), &off, now).is_ok());
+        let taken = t.take("2001:db8::1".parse().unwrap(), &off, now);
+        assert_eq!(taken.ok(), Some(false), "let through, and not counted as being verified");
     }
 }
