@@ -484,6 +484,15 @@ async fn while_the_first_is_verified(
 }
 
 /// `authgate_auth_cache_total` of `proxy`: `[hit, miss]`.
+/// [`CFG`] with one argon2 worker, and `max_failures` failed logins per
+/// hour from one address.
+fn one_worker_throttled_after(max_failures: u32) -> String {
+    format!(
+        "{}\n[auth.throttle]\nmax_failures = {max_failures}\nwindow = \"1h\"\ndelay = \"10ms\"\n",
+        CFG.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\nverify_threads = 1")
+    )
+}
+
 fn cache_counts(proxy: &Custom) -> [u64; 2] {
     ["hit", "miss"].map(|result| counter(proxy, &format!("authgate_auth_cache_total{{result=\"{result}\"}}")))
 }
@@ -685,10 +694,7 @@ async fn a_login_given_up_while_it_waits_still_counts_in_the_cache_metric() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_right_password_given_up_while_argon2_runs_is_cached_and_costs_no_attempt() {
     let origin = spawn_echo_origin();
-    let cfg = format!(
-        "{}\n[auth.throttle]\nmax_failures = 3\nwindow = \"1h\"\ndelay = \"10ms\"\n",
-        CFG.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\nverify_threads = 1")
-    );
+    let cfg = one_worker_throttled_after(3);
     let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
     let abandoned = "authgate_requests_total{outcome=\"abandoned\"}";
     for (round, password) in [(1, "a1"), (2, "wrong")] {
@@ -807,10 +813,7 @@ async fn bcrypt_passwords_past_72_bytes_cost_an_attempt_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_logging_in_at_once_from_one_address_are_not_throttled() {
     let origin = spawn_echo_origin();
-    let cfg = format!(
-        "{}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1h\"\ndelay = \"10ms\"\n",
-        CFG.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\nverify_threads = 1")
-    );
+    let cfg = one_worker_throttled_after(2);
     let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
     let names = ["u1", "u2", "u3", "u4", "u5"];
     let users: String = names
