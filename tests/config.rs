@@ -452,6 +452,21 @@ fn authgate_bin_within(args: &[&str]) -> Output {
     output_within_20s(child, &format!("`authgate {}`", args.join(" ")))
 }
 
+/// A mistyped option or command is refused (exit 2) with the one it was
+/// probably meant to be: `--grop` got only "to pass '--grop' as a value,
+/// use '-- --grop'".
+#[test]
+fn a_mistyped_option_or_command_is_answered_with_the_likely_one() {
+    for (args, meant) in [
+        (&["users", "add", "dave", "--grop", "staff"][..], "a similar argument exists: '--group'"),
+        (&["usres", "list"][..], "a similar subcommand exists: 'users'"),
+    ] {
+        let out = authgate_bin_within(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains(meant), "{args:?}: {}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn a_fifo_a_device_or_a_directory_named_as_a_file_is_an_error_not_a_hang() {
     let dir = TempDir::new();
