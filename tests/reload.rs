@@ -372,8 +372,7 @@ async fn a_user_removed_while_their_password_is_verified_is_refused() {
     let origin = std::sync::Arc::new(spawn_echo_origin());
     let cfg = format!("{CFG_NT}[reload]\nwatch = false\n");
     // alice's hash takes a while to verify (in a debug build, about 0.8 s).
-    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
-    let alice = authgate::auth::password::hash_password("a1", costly).unwrap().to_string();
+    let alice = costly_hash("a1");
     let alice = format!("[users.alice]\npassword = {}\n\n", toml_str(&alice));
     let proxy = spawn_custom(&cfg, &format!("{alice}{}", users_toml(&[("bob", "b1")])));
     let addr = proxy.addr;
@@ -413,8 +412,7 @@ async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
         + "[reload]\nwatch = false\n";
     // alice's hash takes a while to verify (in a debug build, about 0.8 s);
     // most users have tiny costs, so a reload is quick.
-    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
-    let alice = authgate::auth::password::hash_password("a1", costly).unwrap().to_string();
+    let alice = costly_hash("a1");
     let users = format!(
         "[users.alice]\npassword = {}\n\n{}",
         toml_str(&alice),
@@ -448,8 +446,7 @@ fn proxy_with_a_costly_alice(password: &str) -> Custom {
 
 /// [`proxy_with_a_costly_alice`] with the config `cfg`.
 fn proxy_with_a_costly_alice_in(cfg: &str, password: &str) -> Custom {
-    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
-    let alice = authgate::auth::password::hash_password(password, costly).unwrap().to_string();
+    let alice = costly_hash(password);
     spawn_custom(cfg, &format!("[users.alice]\npassword = {}\n", toml_str(&alice)))
 }
 
@@ -491,6 +488,19 @@ fn one_worker_throttled_after(max_failures: u32) -> String {
         "{}\n[auth.throttle]\nmax_failures = {max_failures}\nwindow = \"1h\"\ndelay = \"10ms\"\n",
         CFG.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\nverify_threads = 1")
     )
+}
+
+/// An argon2 hash of `password` with parameters that make a verification
+/// take a while (a few tenths of a second in a debug build).
+fn costly_hash(password: &str) -> String {
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
+    authgate::auth::password::hash_password(password, costly).unwrap().to_string()
+}
+
+/// A users file of `names`, each with its name as its password, hashed
+/// with [`costly_hash`].
+fn costly_users(names: &[&str]) -> String {
+    names.iter().map(|n| format!("[users.{n}]\npassword = {}\n", toml_str(&costly_hash(n)))).collect()
 }
 
 fn cache_counts(proxy: &Custom) -> [u64; 2] {
@@ -814,15 +824,8 @@ async fn bcrypt_passwords_past_72_bytes_cost_an_attempt_each() {
 async fn users_logging_in_at_once_from_one_address_are_not_throttled() {
     let origin = spawn_echo_origin();
     let cfg = one_worker_throttled_after(2);
-    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
     let names = ["u1", "u2", "u3", "u4", "u5"];
-    let users: String = names
-        .iter()
-        .map(|n| {
-            let hash = authgate::auth::password::hash_password(n, costly.clone()).unwrap().to_string();
-            format!("[users.{n}]\npassword = {}\n", toml_str(&hash))
-        })
-        .collect();
+    let users = costly_users(&names);
     let proxy: Custom = spawn_custom(&cfg, &users);
     let at_once = async |logins: Vec<(&str, String)>| {
         let mut answers = Vec::new();
@@ -853,6 +856,68 @@ async fn users_logging_in_at_once_from_one_address_are_not_throttled() {
     let mut sorted = wrong.clone();
     sorted.sort();
     assert_eq!(sorted, [407, 407, 429, 429, 429], "two attempts, then throttled: {wrong:?}");
+}
+
+/// The connections of one login that find their address's attempts all
+/// held by other logins' verifications still share one verification of
+/// their own, also with `cache_ttl = "0s"`: they waited before joining
+/// their login's queue, and once its verification had ended, its verdict
+/// gone with the queue, each ran argon2 again (probe 67: 1,225 runs for
+/// 60 logins). And a login cached from another address waits for those
+/// verifications rather than take the address for throttled (it got a 429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_waiting_for_an_address_s_attempts_share_their_verification() {
+    let origin = spawn_echo_origin();
+    let cfg =
+        one_worker_throttled_after(1).replace("verify_threads = 1", "verify_threads = 1\ncache_ttl = \"0s\"");
+    let users = costly_users(&["u1", "u2"]);
+    let proxy: Custom = spawn_custom(&cfg, &users);
+    let mut answers = Vec::new();
+    for user in ["u1", "u1", "u1", "u2", "u2", "u2"] {
+        let auth = basic(user, user);
+        let head = request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        );
+        let addr = proxy.addr;
+        answers.push(tokio::spawn(async move {
+            let mut conn = conn_from("127.0.0.1", addr).await;
+            conn.send(head).await;
+            conn.read_response("GET").await.status
+        }));
+    }
+    for answer in answers {
+        assert_eq!(answer.await.unwrap(), 200);
+    }
+    assert_eq!(argon2_runs(&proxy), "2", "one verification per login");
+}
+
+/// A login cached from one address, sent from another whose attempts are
+/// all held by verifications in progress, waits for their verdicts: it got
+/// a 429 at once, as if the address were throttled (probe 67).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them() {
+    let origin = spawn_echo_origin();
+    let users = costly_users(&["u1", "u2"]);
+    let proxy: Custom = spawn_custom(&one_worker_throttled_after(1), &users);
+    assert_eq!(status_from("127.0.0.2", proxy.addr, &origin, "u1", "u1").await.status, 200);
+    let mut held = conn_from("127.0.0.3", proxy.addr).await;
+    let auth = basic("u2", "u2");
+    held.send(request(
+        "GET",
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+    ))
+    .await;
+    // u2's verification has started (its miss is counted just before).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache_counts(&proxy)[1] < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let r = status_from("127.0.0.3", proxy.addr, &origin, "u1", "u1").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(held.read_response("GET").await.status, 200);
 }
 
 /// A `cache_ttl` lowered by a reload applies at once to the logins already
