@@ -302,22 +302,7 @@ fn without_secret_keys(message: &str, line: Option<&str>, header: Option<&str>) 
 fn near_a_name(key: &str) -> bool {
     key.len() <= 12
         && key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-        && NAMES.iter().any(|name| edit_distance(key.as_bytes(), name.as_bytes()) <= 2)
-}
-
-/// Levenshtein distance (insertions, deletions, substitutions).
-fn edit_distance(a: &[u8], b: &[u8]) -> usize {
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, &ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let above = row[j + 1];
-            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != cb));
-            diagonal = above;
-        }
-    }
-    row[b.len()]
+        && NAMES.iter().any(|name| strsim::levenshtein(key, name) <= 2)
 }
 
 /// `message` with the values serde quotes (`invalid type: string "…",
