@@ -827,32 +827,11 @@ async fn users_logging_in_at_once_from_one_address_are_not_throttled() {
     let names = ["u1", "u2", "u3", "u4", "u5"];
     let users = costly_users(&names);
     let proxy: Custom = spawn_custom(&cfg, &users);
-    let at_once = async |logins: Vec<(&str, String)>| {
-        let mut answers = Vec::new();
-        for (user, password) in logins {
-            let auth = basic(user, &password);
-            let head = request(
-                "GET",
-                &origin.url("/"),
-                &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-            );
-            let addr = proxy.addr;
-            answers.push(tokio::spawn(async move {
-                let mut conn = conn_from("127.0.0.1", addr).await;
-                conn.send(head).await;
-                conn.read_response("GET").await.status
-            }));
-        }
-        let mut statuses = Vec::new();
-        for answer in answers {
-            statuses.push(answer.await.unwrap());
-        }
-        statuses
-    };
-    let right = at_once(names.iter().map(|n| (*n, n.to_string())).collect()).await;
+    let right = at_once(proxy.addr, &origin, names.map(|n| (n.to_string(), n.to_string())).to_vec()).await;
     assert_eq!(right, [200; 5], "all right passwords");
     assert_eq!(argon2_runs(&proxy), "5");
-    let wrong = at_once(names.iter().map(|n| (*n, format!("{n}-wrong"))).collect()).await;
+    let wrong =
+        at_once(proxy.addr, &origin, names.map(|n| (n.to_string(), format!("{n}-wrong"))).to_vec()).await;
     let mut sorted = wrong.clone();
     sorted.sort();
     assert_eq!(sorted, [407, 407, 429, 429, 429], "two attempts, then throttled: {wrong:?}");
@@ -872,24 +851,8 @@ async fn logins_waiting_for_an_address_s_attempts_share_their_verification() {
         one_worker_throttled_after(1).replace("verify_threads = 1", "verify_threads = 1\ncache_ttl = \"0s\"");
     let users = costly_users(&["u1", "u2"]);
     let proxy: Custom = spawn_custom(&cfg, &users);
-    let mut answers = Vec::new();
-    for user in ["u1", "u1", "u1", "u2", "u2", "u2"] {
-        let auth = basic(user, user);
-        let head = request(
-            "GET",
-            &origin.url("/"),
-            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-        );
-        let addr = proxy.addr;
-        answers.push(tokio::spawn(async move {
-            let mut conn = conn_from("127.0.0.1", addr).await;
-            conn.send(head).await;
-            conn.read_response("GET").await.status
-        }));
-    }
-    for answer in answers {
-        assert_eq!(answer.await.unwrap(), 200);
-    }
+    let logins = ["u1", "u1", "u1", "u2", "u2", "u2"].map(|u| (u.to_string(), u.to_string()));
+    assert_eq!(at_once(proxy.addr, &origin, logins.to_vec()).await, [200; 6]);
     assert_eq!(argon2_runs(&proxy), "2", "one verification per login");
 }
 
@@ -1011,6 +974,30 @@ async fn conn_from(src: &str, proxy: SocketAddr) -> RawConn {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
     sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
     RawConn::from_stream(sock.connect(proxy).await.unwrap())
+}
+
+/// One GET per `(user, password)` in `logins`, each on a connection of its
+/// own from 127.0.0.1, all sent at once; their statuses, in that order.
+async fn at_once(proxy: SocketAddr, origin: &Origin, logins: Vec<(String, String)>) -> Vec<u16> {
+    let mut answers = Vec::new();
+    for (user, password) in logins {
+        let auth = basic(&user, &password);
+        let head = request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        );
+        answers.push(tokio::spawn(async move {
+            let mut conn = conn_from("127.0.0.1", proxy).await;
+            conn.send(head).await;
+            conn.read_response("GET").await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for answer in answers {
+        statuses.push(answer.await.unwrap());
+    }
+    statuses
 }
 
 /// Sends one GET from a chosen loopback source address.
