@@ -513,8 +513,8 @@ impl Authenticator {
         }
         // Each request with credentials counts once in the cache metric: a
         // miss here, or after the wait below, where the cache can answer.
-        let held = match self.throttle.check(client, throttle, now) {
-            Ok(()) => false,
+        match self.throttle.check(client, throttle, now) {
+            Ok(()) => {}
             // None left, but some held by verifications in progress: a login
             // waits for their verdicts when it takes its attempt, in its
             // credentials' turn. (Waiting here, before joining the queue of
@@ -522,23 +522,22 @@ impl Authenticator {
             // again once their login's verification had ended, its verdict
             // gone with its queue: with `cache_ttl = "0s"`, 1,225 runs for
             // 60 logins, probe 67.)
-            Err(throttle::NoAttempt { pending: Some(_), .. }) => true,
+            Err(throttle::NoAttempt { pending: Some(_), .. }) => {}
             Err(throttle::NoAttempt { retry_after, pending: None }) => {
                 self.metrics.cache(false);
                 return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
             }
-        };
+        }
         let Ok(creds) = parsed else {
             self.metrics.cache(false);
-            // (Malformed, it joins no queue: it waits here.)
-            if held
-                && let Err(retry_after) =
-                    self.attempt(|| self.throttle.check(client, throttle, Instant::now())).await
-            {
-                return Outcome::Throttled { retry_after, username: None };
-            }
-            self.throttle.failed(client, throttle, Instant::now());
-            return Outcome::Refused { reason: Refusal::Malformed, username: None };
+            // Malformed, it joins no queue: it waits here, and takes its
+            // attempt in the same step as it looks for one. (Looked for,
+            // then taken, two woken at once both found the last one, and
+            // both got a 407: probe 68.)
+            return match self.attempt(|| self.throttle.failed(client, throttle, Instant::now())).await {
+                Ok(_) => Outcome::Refused { reason: Refusal::Malformed, username: None },
+                Err(retry_after) => Outcome::Throttled { retry_after, username: None },
+            };
         };
         let username = creds.username.clone();
         // Single flight: clients that open many connections at once with the

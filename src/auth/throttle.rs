@@ -147,9 +147,10 @@ impl Throttle {
         Duration::from_secs_f64(((1.0 - b.tokens) / rate).max(1.0)).min(s.window)
     }
 
-    /// Records a failed attempt that was not taken in advance.
-    pub fn failed(&self, ip: IpAddr, s: &Settings, now: Instant) {
-        let _ = self.take_one(ip, s, now, false);
+    /// Records a failed attempt that was not taken in advance, in one step
+    /// with the look for one left: an error when none is.
+    pub fn failed(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<bool, NoAttempt> {
+        self.take_one(ip, s, now, false)
     }
 
     /// Takes one attempt from `ip`'s bucket before its credentials are
@@ -292,6 +293,22 @@ mod tests {
     fn futures_ready(f: std::pin::Pin<&mut impl std::future::Future>) -> bool {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         f.poll(&mut cx).is_ready()
+    }
+
+    /// A failure not taken in advance (a malformed header) takes its attempt
+    /// in the same step as it looks for one, and says when there was none.
+    #[test]
+    fn a_failure_not_taken_in_advance_is_refused_when_none_is_left() {
+        let s = Settings { max_failures: 2, ..Settings::default() };
+        let t = Throttle::new();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let now = Instant::now();
+        assert_eq!(t.failed(ip, &s, now).ok(), Some(false), "taken, and not counted as being verified");
+        assert!(t.take(ip, &s, now).is_ok());
+        let none = t.failed(ip, &s, now).unwrap_err();
+        assert!(none.pending.is_some(), "one attempt is being verified: wait for it");
+        t.ended(ip, &s);
+        assert!(t.failed(ip, &s, now).unwrap_err().pending.is_none());
     }
 
     /// One attempt taken and failed; whether there was one to take.
