@@ -700,33 +700,10 @@ mod tests {
     use std::future::Future;
     use std::task::Poll;
 
-    /// Log lines written by a test's subscriber.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    use crate::telemetry::Captured;
 
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
-
-    impl Captured {
-        fn audit_lines(&self) -> usize {
-            String::from_utf8_lossy(&self.0.lock().unwrap()).matches("authgate::audit").count()
-        }
+    fn audit_lines(log: &Captured) -> usize {
+        log.text().matches("authgate::audit").count()
     }
 
     /// A refusal that comes while its request is not being polled, the
@@ -755,8 +732,9 @@ mod tests {
             },
         };
         let log = Captured::default();
-        let _log =
-            tracing::subscriber::set_default(tracing_subscriber::fmt().with_writer(log.clone()).finish());
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
+        let _log = tracing::subscriber::set_default(subscriber);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let mut request = Box::pin(auth.authenticate(req));
@@ -766,10 +744,10 @@ mod tests {
             while !auth.inflight.map.lock().unwrap().is_empty() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            assert_eq!(log.audit_lines(), 0, "the request may still hear the refusal");
+            assert_eq!(audit_lines(&log), 0, "the request may still hear the refusal");
             drop(request);
         });
-        assert_eq!(log.audit_lines(), 1);
+        assert_eq!(audit_lines(&log), 1);
     }
 
     /// A login's queue goes with its last hold, also when holds are given

@@ -216,9 +216,9 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io;
+    use crate::telemetry::Captured;
     use std::net::SocketAddr;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     #[test]
@@ -235,19 +235,6 @@ mod tests {
         assert_eq!(date(1_796_000_000), "2026-11-30T00:53:20");
         assert_eq!(date(4_107_542_400), "2100-03-01T00:00:00");
         assert_eq!(date(253_402_300_799), "9999-12-31T23:59:59");
-    }
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Captured {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
     }
 
     fn record(user: Option<&str>, target: &str) -> AccessRecord {
@@ -293,7 +280,7 @@ mod tests {
                 .with_target(true)
                 .finish();
             tracing::subscriber::with_default(subscriber, || rec.emit_through_tracing());
-            let theirs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+            let theirs = captured.text();
             let mut ours = Vec::new();
             write_access(&rec, SystemTime::now(), |b| ours.extend_from_slice(b));
             let ours = String::from_utf8(ours).unwrap();

@@ -5,12 +5,16 @@
 //! never logged as a whole, and the user is logged only once authenticated.
 
 mod access;
+#[cfg(test)]
+mod captured;
 mod every;
 mod line;
 pub mod metrics;
 mod sink;
 
 pub use access::{AccessRecord, AuditEvent, sanitize_username};
+#[cfg(test)]
+pub(crate) use captured::Captured;
 pub use every::{Every, flush_all as flush_held_back};
 pub use metrics::Metrics;
 pub use sink::LogGuard;

@@ -312,22 +312,11 @@ pub fn start(out: Box<dyn Write + Send>, json: bool) -> (SinkWriter, LogGuard) {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            lock(&self.0).extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::telemetry::Captured;
 
     #[test]
     fn lines_arrive_in_order_and_none_is_lost_at_exit() {
-        let out = Shared::default();
+        let out = Captured::default();
         let (writer, guard) = start(Box::new(out.clone()), false);
         let threads: Vec<_> = (0..4)
             .map(|t| {
@@ -423,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_quiet_log_is_still_written_without_a_flush_call() {
-        let out = Shared::default();
+        let out = Captured::default();
         let (mut writer, _guard) = start(Box::new(out.clone()), false);
         writer.write_all(b"started\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
