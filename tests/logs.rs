@@ -695,8 +695,7 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
 async fn a_wrong_password_given_up_while_it_is_verified_is_audited_once() {
     let origin = spawn_echo_origin();
     let dir = TempDir::new();
-    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
-    let hash = authgate::auth::password::hash_password(PASSWORD, costly).unwrap().to_string();
+    let hash = costly_hash(PASSWORD);
     let users = format!("[users.{USER}]\npassword = {}\n", toml_str(&hash));
     let mut bin = start_binary(&dir, "[log]\nformat = \"json\"\nlevel = \"info\"\n", &users, Stdio::piped());
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -490,13 +490,6 @@ fn one_worker_throttled_after(max_failures: u32) -> String {
     )
 }
 
-/// An argon2 hash of `password` with parameters that make a verification
-/// take a while (a few tenths of a second in a debug build).
-fn costly_hash(password: &str) -> String {
-    let costly = argon2::Params::new(16 * 1024, 3, 1, None).unwrap();
-    authgate::auth::password::hash_password(password, costly).unwrap().to_string()
-}
-
 /// A users file of `names`, each with its name as its password, hashed
 /// with [`costly_hash`].
 fn costly_users(names: &[&str]) -> String {
@@ -878,6 +871,7 @@ async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them()
     while cache_counts(&proxy)[1] < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    assert_eq!(argon2_runs(&proxy), "1", "u2's verification is still running as u1 comes");
     let r = status_from("127.0.0.3", proxy.addr, &origin, "u1", "u1").await;
     assert_eq!(r.status, 200, "{}", r.dump());
     assert_eq!(held.read_response("GET").await.status, 200);

@@ -87,6 +87,14 @@ pub fn hash(password: &str) -> String {
         .to_string()
 }
 
+/// An argon2 hash of `password` with parameters that make a verification
+/// take a while (a few tenths of a second in a debug build), for tests that
+/// act while one runs.
+pub fn costly_hash(password: &str) -> String {
+    let costly = argon2::Params::new(16 * 1024, 3, 1, None).expect("valid argon2 parameters");
+    authgate::auth::password::hash_password(password, costly).expect("hashing").to_string()
+}
+
 /// A TOML basic string literal for `s` (quotes and escapes).
 pub fn toml_str(s: &str) -> String {
     let mut out = String::from("\"");
