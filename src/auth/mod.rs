@@ -735,11 +735,22 @@ mod tests {
         let writer = log.clone();
         let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
         let _log = tracing::subscriber::set_default(subscriber);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // One blocking thread, kept busy until the request has been polled:
+        // argon2 cannot end before (it did, once in a while, when it ran at
+        // once).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
         rt.block_on(async {
+            let (go, busy) = std::sync::mpsc::channel::<()>();
+            let busy = tokio::task::spawn_blocking(move || busy.recv());
             let mut request = Box::pin(auth.authenticate(req));
             let first = std::future::poll_fn(|cx| Poll::Ready(request.as_mut().poll(cx))).await;
-            assert!(first.is_pending(), "argon2 runs");
+            assert!(first.is_pending(), "argon2 waits for the thread");
+            go.send(()).unwrap();
+            busy.await.unwrap().unwrap();
             // The verification has ended once it lets go of the login's queue.
             while !auth.inflight.map.lock().unwrap().is_empty() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
