@@ -460,8 +460,8 @@ impl Authenticator {
     /// `username` names the attempt for the audit log, if it is throttled.
     /// A hit is counted as one whether or not the throttle refuses it.
     /// An address whose attempts are all held by verifications in progress
-    /// is not throttled yet: the hit waits for their verdicts (it got a 429
-    /// at once, probe 67).
+    /// is not throttled yet: the hit waits for their verdicts, in line with
+    /// the address's other attempts (it got a 429 at once, probe 67).
     async fn answer_hit(
         &self,
         (user, known): (Arc<User>, bool),
@@ -472,9 +472,7 @@ impl Authenticator {
     ) -> Outcome {
         self.metrics.cache(true);
         if !known {
-            if let Err(retry_after) =
-                self.attempt(|| self.throttle.check(client, throttle, Instant::now())).await
-            {
+            if let Err(retry_after) = self.throttle.attempt(throttle::Use::Look, client, throttle).await {
                 return Outcome::Throttled { retry_after, username: username() };
             }
             vouch();
@@ -515,26 +513,27 @@ impl Authenticator {
         // miss here, or after the wait below, where the cache can answer.
         match self.throttle.check(client, throttle, now) {
             Ok(()) => {}
-            // None left, but some held by verifications in progress: a login
-            // waits for their verdicts when it takes its attempt, in its
-            // credentials' turn. (Waiting here, before joining the queue of
+            // None left, but some held by verifications in progress (or others
+            // already wait for them): a login waits for their verdicts when
+            // it takes its attempt, in its credentials' turn. (Waiting here, before joining the queue of
             // its credentials, the connections of one login each ran argon2
             // again once their login's verification had ended, its verdict
             // gone with its queue: with `cache_ttl = "0s"`, 1,225 runs for
             // 60 logins, probe 67.)
-            Err(throttle::NoAttempt { pending: Some(_), .. }) => {}
-            Err(throttle::NoAttempt { retry_after, pending: None }) => {
+            Err(throttle::NoAttempt { pending: true, .. }) => {}
+            Err(throttle::NoAttempt { retry_after, pending: false }) => {
                 self.metrics.cache(false);
                 return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
             }
         }
         let Ok(creds) = parsed else {
             self.metrics.cache(false);
-            // Malformed, it joins no queue: it waits here, and takes its
-            // attempt in the same step as it looks for one. (Looked for,
+            // Malformed, it joins no login's queue: it waits here, in its
+            // address's line, and takes its attempt in the same step as it
+            // looks for one. (Looked for,
             // then taken, two woken at once both found the last one, and
             // both got a 407: probe 68.)
-            return match self.attempt(|| self.throttle.failed(client, throttle, Instant::now())).await {
+            return match self.throttle.attempt(throttle::Use::Fail, client, throttle).await {
                 Ok(_) => Outcome::Refused { reason: Refusal::Malformed, username: None },
                 Err(retry_after) => Outcome::Throttled { retry_after, username: None },
             };
@@ -580,7 +579,7 @@ impl Authenticator {
         // before its verdict keeps it spent, unless argon2 ran and said yes
         // (see [`Settle`]): a refund on drop would let a flood of abandoned
         // attempts run argon2 without ever being throttled.
-        let counted = match self.attempt(|| self.throttle.take(client, throttle, Instant::now())).await {
+        let counted = match self.throttle.attempt(throttle::Use::Verify, client, throttle).await {
             Ok(counted) => counted,
             Err(retry_after) => return Outcome::Throttled { retry_after, username: Some(username) },
         };
@@ -613,33 +612,6 @@ impl Authenticator {
         match outcome {
             Ok(user) => Outcome::Ok(user),
             Err(reason) => Outcome::Refused { reason, username: Some(username) },
-        }
-    }
-
-    /// An attempt for `client` from `attempt` ([`throttle::Throttle::check`]
-    /// or [`throttle::Throttle::take`]), waiting while the address has none
-    /// left but has attempts being verified, which give theirs back if they
-    /// succeed; or the time until one comes back by itself.
-    async fn attempt<T>(&self, attempt: impl Fn() -> Result<T, throttle::NoAttempt>) -> Result<T, Duration> {
-        loop {
-            let pending = match attempt() {
-                Ok(taken) => return Ok(taken),
-                Err(throttle::NoAttempt { pending: Some(pending), .. }) => pending,
-                Err(throttle::NoAttempt { retry_after, pending: None }) => return Err(retry_after),
-            };
-            // Listening before looking again, so that an end in between is
-            // not missed.
-            let mut ended = std::pin::pin!(pending.notified());
-            ended.as_mut().enable();
-            match attempt() {
-                Ok(taken) => return Ok(taken),
-                Err(throttle::NoAttempt { pending: Some(again), .. }) if Arc::ptr_eq(&again, &pending) => {
-                    ended.await;
-                }
-                // Another set of attempts in flight since: listen to them.
-                Err(throttle::NoAttempt { pending: Some(_), .. }) => {}
-                Err(throttle::NoAttempt { retry_after, pending: None }) => return Err(retry_after),
-            }
         }
     }
 
@@ -759,6 +731,67 @@ mod tests {
             drop(request);
         });
         assert_eq!(audit_lines(&log), 1);
+    }
+
+    /// Whether `f` is still pending, polled once.
+    async fn waits<F: Future>(mut f: std::pin::Pin<&mut F>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_pending())).await
+    }
+
+    /// Logins from one address that wait for an attempt get it in the order
+    /// they came: a login that comes when a verification has just given its
+    /// attempt back waits behind the one that was already waiting for it,
+    /// rather than take it first.
+    #[test]
+    fn a_login_that_comes_later_waits_behind_those_already_waiting() {
+        let params = argon2::Params::new(4096, 1, 1, None).unwrap();
+        let user = |name: &str, password: &str| {
+            let hash = password::hash_password(password, params.clone()).unwrap().to_string();
+            User::new(name.into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None)
+        };
+        let users = Arc::new(
+            UserStore::new(vec![user("alice", "a1"), user("bob", "b1"), user("carol", "c1")], params.clone())
+                .unwrap(),
+        );
+        let auth = Authenticator::new(2, 4, Arc::new(crate::telemetry::Metrics::new(false)));
+        // One attempt, and no cache: each login runs argon2 with the attempt.
+        let settings = throttle::Settings { max_failures: 1, ..throttle::Settings::default() };
+        let login = |header: &'static [u8]| Request {
+            users: &users,
+            header: Some(header),
+            ttl: Duration::ZERO,
+            client: IpAddr::from([127, 0, 0, 1]),
+            throttle: &settings,
+            audit: Audit {
+                request_id: "r1",
+                client: ([127, 0, 0, 1], 5000).into(),
+                target: "http://t.test/",
+            },
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            // alice:a1, bob:b1, carol:c1
+            let mut alice = Box::pin(auth.authenticate(login(b"Basic YWxpY2U6YTE=")));
+            let mut bob = Box::pin(auth.authenticate(login(b"Basic Ym9iOmIx")));
+            // The workers are busy until both have been polled: alice's
+            // verification cannot end before bob waits for it.
+            let busy = auth.permits.clone().try_acquire_many_owned(2).unwrap();
+            assert!(waits(alice.as_mut()).await, "alice's password waits for a worker");
+            assert!(waits(bob.as_mut()).await, "bob waits for the attempt alice holds");
+            drop(busy);
+            assert!(matches!(alice.await, Outcome::Ok(_)), "alice is in, and her attempt given back");
+            // Carol comes before bob has looked again.
+            let mut carol = Box::pin(auth.authenticate(login(b"Basic Y2Fyb2w6YzE=")));
+            assert!(waits(carol.as_mut()).await);
+            let first = tokio::select! {
+                biased;
+                verdict = &mut carol => ("carol", verdict),
+                verdict = &mut bob => ("bob", verdict),
+            };
+            assert_eq!(first.0, "bob", "bob was first in line");
+            assert!(matches!(first.1, Outcome::Ok(_)));
+            assert!(matches!(carol.await, Outcome::Ok(_)), "carol's turn came next");
+        });
     }
 
     /// A login's queue goes with its last hold, also when holds are given
