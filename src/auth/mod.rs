@@ -215,9 +215,13 @@ struct Verifying {
 }
 
 impl Verifying {
-    /// Gives the attempt back: it did not fail.
+    /// Gives the attempt back: it did not fail. (Only one the throttle
+    /// counted: one from an address it did not track took none, and given
+    /// back, it added an attempt to a bucket made for the address since.)
     fn refund(&self) {
-        self.throttle.refund(self.client, &self.settings);
+        if self.counted {
+            self.throttle.refund(self.client, &self.settings);
+        }
     }
 }
 
@@ -792,6 +796,22 @@ mod tests {
             assert!(matches!(first.1, Outcome::Ok(_)));
             assert!(matches!(carol.await, Outcome::Ok(_)), "carol's turn came next");
         });
+    }
+
+    /// A success gives back only an attempt the throttle counted: one from
+    /// an address it did not track (its map full) took none.
+    #[test]
+    fn an_attempt_not_counted_is_not_given_back() {
+        let throttle = Arc::new(throttle::Throttle::new());
+        let settings = throttle::Settings { max_failures: 1, ..throttle::Settings::default() };
+        let client = IpAddr::from([192, 0, 2, 1]);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let failed = rt.block_on(throttle.attempt(throttle::Use::Fail, client, &settings));
+        assert_eq!(failed, Ok(false), "one failure: none left");
+        let success = Verifying { throttle: throttle.clone(), client, settings, counted: false };
+        success.refund();
+        drop(success);
+        assert!(throttle.check(client, &settings, Instant::now()).is_err(), "still none left");
     }
 
     /// A login's queue goes with its last hold, also when holds are given
