@@ -13,7 +13,7 @@
 //! `Authenticator::answer_hit`), so legitimate clients are not slowed. The
 //! map is bounded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,39 +70,36 @@ struct Bucket {
     /// Attempts taken by a [`Use::Verify`] whose verification has not
     /// ended ([`Throttle::ended`]).
     verifying: u32,
-    /// The attempts waiting for them, first come first served.
-    line: VecDeque<Waiter>,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    id: u64,
-    turn: Arc<Notify>,
+    /// The attempts waiting for one, first come first served: by id, ids
+    /// being handed out in the order attempts come. (A map, so that one
+    /// that leaves from the middle costs no scan of the line, and an
+    /// emptied line keeps no memory.)
+    line: BTreeMap<u64, Arc<Notify>>,
 }
 
 impl Bucket {
     fn full(s: &Settings, now: Instant) -> Self {
-        Bucket { tokens: f64::from(s.max_failures), at: now, verifying: 0, line: VecDeque::new() }
+        Bucket { tokens: f64::from(s.max_failures), at: now, verifying: 0, line: BTreeMap::new() }
     }
 
-    /// Tells the waiters whose turn has come: the first in line when an
-    /// attempt is left, all of them when none is and none will come back
-    /// from a verification (each then gets its 429).
+    /// Tells the waiters to look again after a change: all of them when
+    /// there is none left and none will come back from a verification
+    /// (each then gets its 429, unless one has come back with time since
+    /// the bucket was last refilled), otherwise the first in line, which
+    /// takes one if there is one, or else waits for one as the first.
     fn call(&self) {
-        if self.tokens >= 1.0 {
-            if let Some(first) = self.line.front() {
-                first.turn.notify_one();
+        if self.tokens < 1.0 && self.verifying == 0 {
+            for turn in self.line.values() {
+                turn.notify_one();
             }
-        } else if self.verifying == 0 {
-            for waiter in &self.line {
-                waiter.turn.notify_one();
-            }
+        } else if let Some((_, first)) = self.line.first_key_value() {
+            first.notify_one();
         }
     }
 
     /// Whether the bucket can be forgotten: full, and nothing in it.
-    fn idle(&self, s: &Settings) -> bool {
-        self.tokens >= f64::from(s.max_failures) && self.verifying == 0 && self.line.is_empty()
+    fn idle(&self, max_failures: u32) -> bool {
+        self.tokens >= f64::from(max_failures) && self.verifying == 0 && self.line.is_empty()
     }
 
     /// Why a newcomer gets no attempt now.
@@ -111,10 +108,10 @@ impl Bucket {
         NoAttempt { retry_after: Throttle::retry_after(self, s), pending }
     }
 
-    fn leave(&mut self, id: u64) {
-        if let Some(at) = self.line.iter().position(|w| w.id == id) {
-            self.line.remove(at);
-        }
+    /// The time until an attempt comes back by itself.
+    fn refilled_in(&self, s: &Settings) -> Duration {
+        let rate = f64::from(s.max_failures) / s.window.as_secs_f64().max(0.001);
+        Duration::from_secs_f64(((1.0 - self.tokens) / rate).max(0.001)).min(s.window)
     }
 }
 
@@ -154,8 +151,16 @@ struct Place<'a> {
     key: IpAddr,
     id: u64,
     turn: Arc<Notify>,
-    /// Still in the line (not when its turn came).
+    /// In the line: not once the attempt has left it, with an attempt or
+    /// with the time until one comes back.
     queued: bool,
+    /// The time until an attempt comes back by itself, when this one is
+    /// the first in line and there is none left: it looks again then, if
+    /// no verification has ended before.
+    refilled_in: Option<Duration>,
+    /// The settings' `max_failures`, to tell whether the bucket is left
+    /// idle when the attempt leaves.
+    max_failures: u32,
 }
 
 impl Drop for Place<'_> {
@@ -165,8 +170,11 @@ impl Drop for Place<'_> {
         }
         let mut map = self.throttle.lock();
         if let Some(b) = map.buckets.get_mut(&self.key) {
-            b.leave(self.id);
+            b.line.remove(&self.id);
             b.call();
+            if b.idle(self.max_failures) {
+                map.buckets.remove(&self.key);
+            }
         }
     }
 }
@@ -209,8 +217,8 @@ impl Throttle {
         b.at = now;
     }
 
-    /// An error when `ip` has no attempt left for a newcomer (also when
-    /// others wait for one); takes nothing, and does not wait.
+    /// An error when `ip` has no attempt left; takes nothing, and does not
+    /// wait.
     pub fn check(&self, ip: IpAddr, s: &Settings, now: Instant) -> Result<(), NoAttempt> {
         if !s.enabled {
             return Ok(());
@@ -218,7 +226,7 @@ impl Throttle {
         let mut map = self.lock();
         let Some(b) = map.buckets.get_mut(&client_key(ip)) else { return Ok(()) };
         Self::refill(b, s, now);
-        if b.tokens >= 1.0 && b.line.is_empty() { Ok(()) } else { Err(b.no_attempt(s)) }
+        if b.tokens >= 1.0 { Ok(()) } else { Err(b.no_attempt(s)) }
     }
 
     fn retry_after(b: &Bucket, s: &Settings) -> Duration {
@@ -233,26 +241,36 @@ impl Throttle {
     /// cannot all reach argon2 before the first failure is counted.
     ///
     /// While the address has none left but some being verified, the attempt
-    /// waits for their verdicts (a success gives its attempt back), in line
-    /// behind those that came before it: a newcomer does not take one that
-    /// came back while others waited for it. (Woken all at once, and
-    /// overtaken by newcomers, attempts over capacity waited at random: the
-    /// p99 wait was 12.2 s against 5.2 s with the throttle not binding,
-    /// probe 67.) Otherwise, with none left, the error is the time until one
-    /// comes back by itself.
+    /// waits for their verdicts (a success gives its attempt back), or for
+    /// one to come back with time, in line behind those that came before
+    /// it: a newcomer does not take one that came back while others waited
+    /// for it. (Woken all at once, and overtaken by newcomers, attempts over
+    /// capacity waited at random: the p99 wait was 12.2 s against 5.2 s with
+    /// the throttle not binding, probe 67.) A [`Use::Look`] that finds one
+    /// there goes at once, since it takes none; one that has to wait waits
+    /// its turn as any other. Otherwise, with none left, the error is the
+    /// time until one comes back by itself.
     pub async fn attempt(&self, how: Use, ip: IpAddr, s: &Settings) -> Result<bool, Duration> {
         let mut place = None;
         loop {
-            let retry_after = match self.try_use(how, ip, s, Instant::now(), &mut place) {
+            let refused = match self.try_use(how, ip, s, Instant::now(), &mut place) {
                 Ok(counted) => return Ok(counted),
-                Err(NoAttempt { retry_after, pending }) if !pending => return Err(retry_after),
-                Err(NoAttempt { retry_after, .. }) => retry_after,
+                Err(refused) => refused,
+            };
+            let Some(p) = place.as_ref().filter(|_| refused.pending) else {
+                return Err(refused.retry_after);
             };
             // In line now: a turn that came since is kept for it.
-            let Some(turn) = place.as_ref().map(|p: &Place<'_>| p.turn.clone()) else {
-                return Err(retry_after);
-            };
-            turn.notified().await;
+            let (turn, refilled_in) = (p.turn.clone(), p.refilled_in);
+            match refilled_in {
+                Some(refilled_in) => {
+                    tokio::select! {
+                        () = turn.notified() => {}
+                        () = tokio::time::sleep(refilled_in) => {}
+                    }
+                }
+                None => turn.notified().await,
+            }
         }
     }
 
@@ -282,7 +300,7 @@ impl Throttle {
                     // Forget addresses whose buckets are full again.
                     map.buckets.retain(|_, b| {
                         Self::refill(b, s, now);
-                        !b.idle(s)
+                        !b.idle(s.max_failures)
                     });
                 }
                 if map.buckets.len() >= MAX_TRACKED {
@@ -297,10 +315,10 @@ impl Throttle {
         let b = map.buckets.entry(key).or_insert_with(|| Bucket::full(s, now));
         Self::refill(b, s, now);
         let mine = place.as_ref().map(|p| p.id);
-        let first = b.line.front().is_none_or(|w| Some(w.id) == mine);
-        if first && b.tokens >= 1.0 {
+        let first = b.line.first_key_value().is_none_or(|(&id, _)| Some(id) == mine);
+        if b.tokens >= 1.0 && (first || how == Use::Look) {
             if let Some(p) = place.as_mut().filter(|p| p.queued) {
-                b.leave(p.id);
+                b.line.remove(&p.id);
                 p.queued = false;
             }
             if how != Use::Look {
@@ -309,31 +327,49 @@ impl Throttle {
             let counted = how == Use::Verify;
             b.verifying += u32::from(counted);
             b.call();
+            if b.idle(s.max_failures) {
+                map.buckets.remove(&key);
+            }
             return Ok(counted);
         }
         let refused = b.no_attempt(s);
         if !refused.pending {
             if let Some(p) = place.as_mut().filter(|p| p.queued) {
-                b.leave(p.id);
+                b.line.remove(&p.id);
                 p.queued = false;
             }
             return Err(refused);
         }
+        if b.tokens >= 1.0 {
+            // There is one, and it is the first in line's: make sure it
+            // knows (it came back with time, which wakes no one).
+            b.call();
+        }
         // Its turn will come: in line, if it is not yet.
-        match place {
-            Some(p) if b.line.iter().any(|w| w.id == p.id) => {}
-            Some(p) => {
-                b.line.push_back(Waiter { id: p.id, turn: p.turn.clone() });
-                p.queued = true;
-            }
+        let place = match place {
+            Some(p) => p,
             None => {
                 let id = map.next;
                 map.next += 1;
                 let turn = Arc::new(Notify::new());
-                b.line.push_back(Waiter { id, turn: turn.clone() });
-                *place = Some(Place { throttle: self, key, id, turn, queued: true });
+                let max_failures = s.max_failures;
+                place.insert(Place {
+                    throttle: self,
+                    key,
+                    id,
+                    turn,
+                    queued: false,
+                    refilled_in: None,
+                    max_failures,
+                })
             }
+        };
+        if !place.queued {
+            b.line.insert(place.id, place.turn.clone());
+            place.queued = true;
         }
+        let first = b.line.first_key_value().is_some_and(|(&id, _)| id == place.id);
+        place.refilled_in = (first && b.tokens < 1.0).then(|| b.refilled_in(s));
         Err(refused)
     }
 
@@ -348,7 +384,7 @@ impl Throttle {
         if let Some(b) = map.buckets.get_mut(&key) {
             b.tokens += 1.0;
             b.call();
-            if b.idle(s) {
+            if b.idle(s.max_failures) {
                 // Full again: an address that never fails is not tracked.
                 map.buckets.remove(&key);
             }
@@ -357,15 +393,15 @@ impl Throttle {
 
     /// The verification of an attempt counted for [`Use::Verify`] has
     /// ended (after its refund, if it succeeded), or will never run: the
-    /// attempts waiting for it look again. With the settings it was taken
-    /// under.
+    /// attempts waiting for it are told (see `Bucket::call`). With the
+    /// settings it was taken under.
     pub fn ended(&self, ip: IpAddr, s: &Settings) {
         let key = client_key(ip);
         let mut map = self.lock();
         let Some(b) = map.buckets.get_mut(&key) else { return };
         b.verifying = b.verifying.saturating_sub(1);
         b.call();
-        if b.idle(s) {
+        if b.idle(s.max_failures) {
             map.buckets.remove(&key);
         }
     }
@@ -393,6 +429,8 @@ mod tests {
 
     #[test]
     fn successes_are_refunded_and_concurrent_attempts_are_bounded() {
+        let rt = runtime();
+        let _rt = rt.enter();
         let s = Settings { max_failures: 2, ..Settings::default() };
         let t = Throttle::new();
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
@@ -421,7 +459,7 @@ mod tests {
     }
 
     /// What `f` gives, polled once, if it is ready.
-    fn poll<T>(f: std::pin::Pin<&mut impl std::future::Future<Output = T>>) -> Option<T> {
+    fn poll<T>(f: std::pin::Pin<&mut (impl std::future::Future<Output = T> + ?Sized)>) -> Option<T> {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match f.poll(&mut cx) {
             std::task::Poll::Ready(v) => Some(v),
@@ -429,29 +467,39 @@ mod tests {
         }
     }
 
-    /// An attempt for a verification by a newcomer, which does not wait.
+    /// An attempt for a verification by a newcomer that does not stay:
+    /// refused, it leaves at once (from the line, if it joined it).
     fn take(t: &Throttle, ip: IpAddr, s: &Settings, now: Instant) -> Result<bool, NoAttempt> {
         t.try_use(Use::Verify, ip, s, now, &mut None)
     }
 
-    /// An attempt for a failure by a newcomer, which does not wait.
+    /// An attempt for a failure by a newcomer that does not stay.
     fn failed(t: &Throttle, ip: IpAddr, s: &Settings, now: Instant) -> Result<bool, NoAttempt> {
         t.try_use(Use::Fail, ip, s, now, &mut None)
     }
 
+    /// A runtime for the timer of the first in line, whose futures the
+    /// tests poll by hand (its time does not pass by itself).
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap()
+    }
+
     /// Attempts that wait take their turns in the order they came, whatever
     /// they are for and whoever looks first when one comes back: not a
-    /// newcomer, and not one further back in line.
+    /// newcomer, and not one further back in line. A look that finds one
+    /// there goes at once: it takes none.
     #[test]
     fn waiters_take_their_turns_first_come_first_served() {
+        let rt = runtime();
+        let _rt = rt.enter();
         let s = Settings { max_failures: 1, ..Settings::default() };
         let t = Throttle::new();
         let ip: IpAddr = "192.0.2.3".parse().unwrap();
         let now = Instant::now();
         assert_eq!(take(&t, ip, &s, now).ok(), Some(true));
         let mut first = std::pin::pin!(t.attempt(Use::Verify, ip, &s));
-        let mut second = std::pin::pin!(t.attempt(Use::Look, ip, &s));
-        let mut third = std::pin::pin!(t.attempt(Use::Fail, ip, &s));
+        let mut second = std::pin::pin!(t.attempt(Use::Fail, ip, &s));
+        let mut third = std::pin::pin!(t.attempt(Use::Verify, ip, &s));
         assert!(
             poll(first.as_mut()).is_none()
                 && poll(second.as_mut()).is_none()
@@ -460,16 +508,233 @@ mod tests {
         t.refund(ip, &s);
         t.ended(ip, &s);
         assert!(take(&t, ip, &s, now).unwrap_err().pending, "a newcomer waits behind them");
-        assert!(t.check(ip, &s, now).unwrap_err().pending);
         assert!(poll(third.as_mut()).is_none() && poll(second.as_mut()).is_none(), "not their turn");
+        let mut newcomer = std::pin::pin!(t.attempt(Use::Look, ip, &s));
+        assert_eq!(poll(newcomer.as_mut()), Some(Ok(false)), "a look takes none: it need not wait");
         assert_eq!(poll(first.as_mut()), Some(Ok(true)));
         assert!(poll(third.as_mut()).is_none() && poll(second.as_mut()).is_none(), "none left");
         t.refund(ip, &s);
         t.ended(ip, &s);
         assert!(poll(third.as_mut()).is_none(), "not its turn");
-        assert_eq!(poll(second.as_mut()), Some(Ok(false)), "a look takes none");
-        assert_eq!(poll(third.as_mut()), Some(Ok(false)), "taken, and not counted as being verified");
-        assert!(!t.check(ip, &s, now).unwrap_err().pending, "none left, and nothing being verified");
+        assert_eq!(poll(second.as_mut()), Some(Ok(false)), "taken, and not counted as being verified");
+        let retry_after = poll(third.as_mut()).and_then(Result::err);
+        assert!(
+            retry_after.is_some(),
+            "none left, and nothing being verified: the time until one comes back"
+        );
+        assert!(!t.check(ip, &s, now).unwrap_err().pending);
+    }
+
+    /// A bucket left full and empty by the last attempt in its line is
+    /// forgotten, as one left so by a refund or an end: whether that
+    /// attempt got its turn or hung up.
+    #[test]
+    fn a_bucket_its_line_leaves_idle_is_forgotten() {
+        let rt = runtime();
+        let _rt = rt.enter();
+        let s = Settings { max_failures: 1, ..Settings::default() };
+        let t = Throttle::new();
+        let ip: IpAddr = "192.0.2.5".parse().unwrap();
+        for hang_up in [false, true] {
+            assert_eq!(take(&t, ip, &s, Instant::now()).ok(), Some(true));
+            let mut waiter = Box::pin(t.attempt(Use::Look, ip, &s));
+            assert!(poll(waiter.as_mut()).is_none());
+            t.refund(ip, &s);
+            t.ended(ip, &s);
+            if hang_up {
+                drop(waiter);
+            } else {
+                assert_eq!(poll(waiter.as_mut()), Some(Ok(false)));
+            }
+            assert!(t.lock().buckets.is_empty(), "an address that never failed is not tracked");
+        }
+    }
+
+    /// An attempt that comes back with time, while the attempts being
+    /// verified have not ended (they may wait long for a worker), goes to
+    /// the first in line: at once if a newcomer sees it, else when it is
+    /// due (nothing wakes the line then).
+    #[test]
+    fn an_attempt_that_comes_back_with_time_goes_to_the_first_in_line() {
+        let s = Settings { max_failures: 1, window: Duration::from_millis(50), ..Settings::default() };
+        let t = Throttle::new();
+        let ip: IpAddr = "192.0.2.6".parse().unwrap();
+        let rt = runtime();
+        rt.block_on(async {
+            assert_eq!(take(&t, ip, &s, Instant::now()).ok(), Some(true), "being verified, for good");
+            let mut waiter = Box::pin(t.attempt(Use::Verify, ip, &s));
+            assert!(poll(waiter.as_mut()).is_none());
+            std::thread::sleep(Duration::from_millis(100));
+            let mut newcomer = Box::pin(t.attempt(Use::Verify, ip, &s));
+            assert!(poll(newcomer.as_mut()).is_none(), "behind the line");
+            assert_eq!(poll(waiter.as_mut()), Some(Ok(true)), "told by the newcomer");
+            // The newcomer is first now, and nothing will end: it takes the
+            // next one when it comes back.
+            let got = tokio::time::timeout(Duration::from_secs(10), newcomer).await;
+            assert_eq!(got.ok(), Some(Ok(true)));
+        });
+    }
+
+    type Waiting<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, Duration>> + 'a>>;
+
+    /// Random sequences of attempts (for each use, under settings that
+    /// change between them as a reload changes them), polls in any order,
+    /// hang-ups (also between a waiter's wake and its look), refunds and
+    /// ends: attempts that take one come in the order they came; whenever
+    /// nothing is being verified, nobody is left waiting; at the end
+    /// nothing is left in the throttle. (Review 69's test.)
+    #[test]
+    fn random_sequences_never_strand_a_waiter() {
+        const SETTINGS: [Settings; 5] = [
+            Settings {
+                enabled: true,
+                max_failures: 1,
+                window: Duration::from_secs(3600),
+                delay: Duration::ZERO,
+            },
+            Settings {
+                enabled: true,
+                max_failures: 2,
+                window: Duration::from_secs(3600),
+                delay: Duration::ZERO,
+            },
+            Settings {
+                enabled: true,
+                max_failures: 3,
+                window: Duration::from_secs(3600),
+                delay: Duration::ZERO,
+            },
+            Settings {
+                enabled: false,
+                max_failures: 1,
+                window: Duration::from_secs(3600),
+                delay: Duration::ZERO,
+            },
+            Settings {
+                enabled: true,
+                max_failures: 1,
+                window: Duration::from_millis(1),
+                delay: Duration::ZERO,
+            },
+        ];
+        let rt = runtime();
+        let _rt = rt.enter();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let ip: IpAddr = "192.0.2.50".parse().unwrap();
+        for round in 0..20_000 {
+            let t = Throttle::new();
+            // (the attempt, its use, the order it came in, its settings)
+            let mut waiters: Vec<(Waiting<'_>, Use, usize, usize)> = Vec::new();
+            let mut counted: Vec<usize> = Vec::new();
+            let mut came = 0;
+            // Polls the waiters at `at` (all, if `None`), in their order in
+            // `waiters`; whether any of them moved.
+            let look = |waiters: &mut Vec<(Waiting<'_>, Use, usize, usize)>,
+                        counted: &mut Vec<usize>,
+                        pick: &mut dyn FnMut() -> bool| {
+                let mut moved = false;
+                let mut i = 0;
+                while i < waiters.len() {
+                    if !pick() {
+                        i += 1;
+                        continue;
+                    }
+                    let Some(got) = poll(waiters[i].0.as_mut()) else {
+                        i += 1;
+                        continue;
+                    };
+                    let (_, how, order, si) = waiters.remove(i);
+                    if got.is_ok() && how != Use::Look {
+                        let first = waiters.iter().all(|w| w.2 > order || w.1 == Use::Look);
+                        assert!(first || !SETTINGS[si].enabled, "round {round}: out of turn");
+                    }
+                    if got == Ok(true) {
+                        counted.push(si);
+                    }
+                    moved = true;
+                }
+                moved
+            };
+            for _ in 0..40 {
+                match rnd(10) {
+                    0..=4 => {
+                        let how = [Use::Look, Use::Fail, Use::Verify, Use::Verify, Use::Verify][rnd(5)];
+                        let si = rnd(SETTINGS.len());
+                        let mut attempt: Waiting<'_> = Box::pin(t.attempt(how, ip, &SETTINGS[si]));
+                        match poll(attempt.as_mut()) {
+                            Some(got) => {
+                                let overtook = got.is_ok() && how != Use::Look && SETTINGS[si].enabled;
+                                assert!(
+                                    !overtook || waiters.is_empty(),
+                                    "round {round}: a newcomer overtook the line"
+                                );
+                                if got == Ok(true) {
+                                    counted.push(si);
+                                }
+                            }
+                            None => {
+                                came += 1;
+                                waiters.push((attempt, how, came, si));
+                            }
+                        }
+                    }
+                    5 | 6 if !waiters.is_empty() => {
+                        drop(waiters.remove(rnd(waiters.len())));
+                    }
+                    7 | 8 if !counted.is_empty() => {
+                        let si = counted.remove(rnd(counted.len()));
+                        if rnd(10) < 7 {
+                            t.refund(ip, &SETTINGS[si]);
+                        }
+                        t.ended(ip, &SETTINGS[si]);
+                    }
+                    _ => {}
+                }
+                // Some of them only, in any order.
+                for i in (1..waiters.len()).rev() {
+                    waiters.swap(i, rnd(i + 1));
+                }
+                look(&mut waiters, &mut counted, &mut || rnd(2) == 0);
+                if rnd(3) != 0 {
+                    continue;
+                }
+                while look(&mut waiters, &mut counted, &mut || true) {}
+                let line = t.lock().buckets.get(&ip).map_or(0, |b| b.line.len());
+                assert_eq!(line, waiters.len(), "round {round}: the line and the waiters disagree");
+                if t.lock().buckets.get(&ip).is_none_or(|b| b.verifying == 0) && !waiters.is_empty() {
+                    // Only the 1 ms window's refill can still be owed.
+                    std::thread::sleep(Duration::from_millis(2));
+                    while look(&mut waiters, &mut counted, &mut || true) {}
+                    let verifying = t.lock().buckets.get(&ip).map_or(0, |b| b.verifying);
+                    assert!(
+                        verifying > 0 || waiters.is_empty(),
+                        "round {round}: stranded with nothing verified"
+                    );
+                }
+            }
+            // Everything ends; the line drains.
+            loop {
+                while look(&mut waiters, &mut counted, &mut || true) {}
+                if let Some(si) = counted.pop() {
+                    t.ended(ip, &SETTINGS[si]);
+                    continue;
+                }
+                if waiters.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                while look(&mut waiters, &mut counted, &mut || true) {}
+                assert!(!counted.is_empty() || waiters.is_empty(), "round {round}: stuck at the end");
+            }
+            let map = t.lock();
+            assert!(map.buckets.values().all(|b| b.verifying == 0 && b.line.is_empty()), "round {round}");
+        }
     }
 
     /// An attempt whose client hangs up while it waits leaves the line, and
@@ -477,6 +742,8 @@ mod tests {
     /// being verified, everyone in line gets the time until one comes back.
     #[test]
     fn a_waiter_that_leaves_passes_its_turn_on() {
+        let rt = runtime();
+        let _rt = rt.enter();
         let s = Settings { max_failures: 1, ..Settings::default() };
         let t = Throttle::new();
         let ip: IpAddr = "192.0.2.4".parse().unwrap();
