@@ -767,6 +767,69 @@ async fn a_wrong_password_given_up_while_it_is_verified_is_audited_once() {
     assert_eq!(of("authgate::audit", "/last").len(), 1, "a refusal heard is audited once, as before");
 }
 
+/// A throttled attempt is audited once whether its client waits for the
+/// 429 or hangs up during the tarpit's delay (then as it leaves, with the
+/// request id of its access line). One that hung up left no audit line, so
+/// a flood that hung up on every throttled guess showed in no audit line
+/// past the first `max_failures`.
+#[tokio::test]
+async fn a_throttled_attempt_is_audited_once_also_when_its_client_leaves_during_the_delay() {
+    let origin = spawn_echo_origin();
+    let dir = TempDir::new();
+    let users = format!("[users.{USER}]\npassword = {}\n", toml_str(&hash(PASSWORD)));
+    let extra =
+        "[log]\nformat = \"json\"\nlevel = \"info\"\n[auth.throttle]\nmax_failures = 1\ndelay = \"2s\"\n";
+    let mut bin = start_binary(&dir, extra, &users, Stdio::piped());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    pump(bin.child.stdout.take().unwrap(), "stdout", tx);
+    let mut lines = Vec::new();
+    let guess = |path: &str| {
+        let auth = basic(USER, WRONG_PASSWORD);
+        request("GET", &origin.url(path), &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)])
+    };
+    let wrong = [("Host", origin.authority()), ("Proxy-Authorization", basic(USER, WRONG_PASSWORD))];
+    let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(get(bin.addr, &origin.url("/first"), &wrong).await.status, 407, "the only attempt");
+    let mut conn = RawConn::connect(bin.addr).await;
+    conn.send(guess("/gone")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(conn);
+    wait_for(&mut rx, &mut lines, "the access line", |l| {
+        l.contains("authgate::access") && l.contains("/gone")
+    })
+    .await;
+    assert_eq!(get(bin.addr, &origin.url("/waited"), &wrong).await.status, 429);
+    wait_for(&mut rx, &mut lines, "the audit line", |l| {
+        l.contains("authgate::audit") && l.contains("/waited")
+    })
+    .await;
+    drop(bin.stop());
+    while let Some(line) = rx.recv().await {
+        lines.push(line);
+    }
+    let events: Vec<serde_json::Value> =
+        lines.iter().filter_map(|l| serde_json::from_str(l.strip_prefix("stdout: ")?).ok()).collect();
+    let of = |target: &str, path: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|v| {
+                v["target"] == target && v["request_target"].as_str().is_some_and(|t| t.ends_with(path))
+            })
+            .collect()
+    };
+    let gone = of("authgate::access", "/gone");
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0]["outcome"], "client_gone", "left during the delay: {}", gone[0]);
+    for path in ["/gone", "/waited"] {
+        let audit = of("authgate::audit", path);
+        assert_eq!(audit.len(), 1, "{path}: audited once:\n{}", lines.join("\n"));
+        assert_eq!(audit[0]["reason"], "throttled", "{path}");
+        assert_eq!(audit[0]["username"], USER, "{path}");
+        assert_eq!(audit[0]["request_id"], of("authgate::access", path)[0]["request_id"], "{path}");
+    }
+    assert_eq!(of("authgate::audit", "/first")[0]["reason"], "bad_password");
+}
+
 /// In the text format an audit line's username is quoted and escaped once,
 /// by the format: it was escaped before too, so a CR showed as `\\r`.
 #[test]

@@ -25,7 +25,7 @@ use crate::target::{
     Target, authority_port, parse_authority, parse_host, valid_host_field, without_userinfo,
 };
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
-use crate::telemetry::{AccessRecord, AuditEvent};
+use crate::telemetry::{AccessRecord, AuditEvent, AuditOnDrop};
 
 /// The rule name logged when the policy's default decided (one shared
 /// allocation instead of one per request).
@@ -393,6 +393,16 @@ async fn authenticate(
     match outcome {
         Outcome::Ok(user) => Ok((user, fresh.clone())),
         Outcome::Throttled { retry_after, username } => {
+            // Audited as the 429 goes out, or as the client leaves during
+            // the tarpit (the request dropped): before, one that hung up
+            // left no audit line, and a flood that did so none at all.
+            let _audit = AuditOnDrop(AuditEvent {
+                request_id: &rec.request_id,
+                client: client.addr,
+                username: username.as_deref(),
+                reason: "throttled",
+                target: &rec.target,
+            });
             // Tarpit: costs a timer, not CPU, and slows the flood to one
             // attempt per connection per delay. Shutdown does not wait for it.
             let held = tokio::time::Instant::now();
@@ -400,14 +410,6 @@ async fn authenticate(
                 _ = tokio::time::sleep(snap.auth.throttle.delay) => {}
                 _ = state.stopping.cancelled() => {}
             }
-            AuditEvent {
-                request_id: &rec.request_id,
-                client: client.addr,
-                username: username.as_deref(),
-                reason: "throttled",
-                target: &rec.target,
-            }
-            .emit();
             // Counted from the answer, not from the attempt: the tarpit's
             // wait is already behind the client.
             let retry_after = retry_after.saturating_sub(held.elapsed());

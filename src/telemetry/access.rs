@@ -149,6 +149,18 @@ impl AuditEvent<'_> {
     }
 }
 
+/// An audit event emitted when dropped: at the end of the scope that holds
+/// it, or earlier, when the request that holds it is dropped before its
+/// answer (its client left), so that it is emitted once either way.
+#[derive(Debug)]
+pub struct AuditOnDrop<'a>(pub AuditEvent<'a>);
+
+impl Drop for AuditOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.emit();
+    }
+}
+
 /// A username cut to 64 characters, so a hostile one cannot flood the log.
 fn truncated(name: &str) -> std::borrow::Cow<'_, str> {
     match name.char_indices().nth(64) {

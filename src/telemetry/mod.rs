@@ -12,7 +12,7 @@ mod line;
 pub mod metrics;
 mod sink;
 
-pub use access::{AccessRecord, AuditEvent, sanitize_username};
+pub use access::{AccessRecord, AuditEvent, AuditOnDrop, sanitize_username};
 #[cfg(test)]
 pub(crate) use captured::Captured;
 pub use every::{Every, flush_all as flush_held_back};
