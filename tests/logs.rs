@@ -685,6 +685,28 @@ fn a_log_file_at_the_file_size_limit_does_not_end_the_process() {
     assert!(log.contains("lost_lines="), "the lines lost are counted:\n{log}");
 }
 
+/// Stops the binary, reads the rest of its output into `lines`, and
+/// returns its JSON log events.
+async fn stop_for_events(
+    bin: Binary,
+    rx: &mut mpsc::UnboundedReceiver<String>,
+    lines: &mut Vec<String>,
+) -> Vec<serde_json::Value> {
+    drop(bin.stop());
+    while let Some(line) = rx.recv().await {
+        lines.push(line);
+    }
+    lines.iter().filter_map(|l| serde_json::from_str(l.strip_prefix("stdout: ")?).ok()).collect()
+}
+
+/// The events of log target `target` whose request target ends with `path`.
+fn events_of<'a>(events: &'a [serde_json::Value], target: &str, path: &str) -> Vec<&'a serde_json::Value> {
+    events
+        .iter()
+        .filter(|v| v["target"] == target && v["request_target"].as_str().is_some_and(|t| t.ends_with(path)))
+        .collect()
+}
+
 /// A wrong password whose client hangs up while argon2 verifies it is
 /// audited all the same, once, when its verification ends, with the
 /// request id of its access line (`client_gone`). It left no audit line;
@@ -735,20 +757,8 @@ async fn a_wrong_password_given_up_while_it_is_verified_is_audited_once() {
         l.contains("authgate::audit") && l.contains("/wrong")
     })
     .await;
-    drop(bin.stop());
-    while let Some(line) = rx.recv().await {
-        lines.push(line);
-    }
-    let events: Vec<serde_json::Value> =
-        lines.iter().filter_map(|l| serde_json::from_str(l.strip_prefix("stdout: ")?).ok()).collect();
-    let of = |target: &str, path: &str| -> Vec<&serde_json::Value> {
-        events
-            .iter()
-            .filter(|v| {
-                v["target"] == target && v["request_target"].as_str().is_some_and(|t| t.ends_with(path))
-            })
-            .collect()
-    };
+    let events = stop_for_events(bin, &mut rx, &mut lines).await;
+    let of = |target: &str, path: &str| events_of(&events, target, path);
     for path in ["/right", "/wrong"] {
         let access = of("authgate::access", path);
         assert_eq!(access.len(), 1, "{path}: {access:?}");
@@ -803,20 +813,8 @@ async fn a_throttled_attempt_is_audited_once_also_when_its_client_leaves_during_
         l.contains("authgate::audit") && l.contains("/waited")
     })
     .await;
-    drop(bin.stop());
-    while let Some(line) = rx.recv().await {
-        lines.push(line);
-    }
-    let events: Vec<serde_json::Value> =
-        lines.iter().filter_map(|l| serde_json::from_str(l.strip_prefix("stdout: ")?).ok()).collect();
-    let of = |target: &str, path: &str| -> Vec<&serde_json::Value> {
-        events
-            .iter()
-            .filter(|v| {
-                v["target"] == target && v["request_target"].as_str().is_some_and(|t| t.ends_with(path))
-            })
-            .collect()
-    };
+    let events = stop_for_events(bin, &mut rx, &mut lines).await;
+    let of = |target: &str, path: &str| events_of(&events, target, path);
     let gone = of("authgate::access", "/gone");
     assert_eq!(gone.len(), 1, "{gone:?}");
     assert_eq!(gone[0]["outcome"], "client_gone", "left during the delay: {}", gone[0]);

@@ -678,6 +678,27 @@ mod tests {
 
     use crate::telemetry::Captured;
 
+    /// A login from 127.0.0.1 with `header`.
+    fn login<'a>(
+        users: &'a Arc<UserStore>,
+        header: &'a [u8],
+        ttl: Duration,
+        throttle: &'a throttle::Settings,
+    ) -> Request<'a> {
+        Request {
+            users,
+            header: Some(header),
+            ttl,
+            client: IpAddr::from([127, 0, 0, 1]),
+            throttle,
+            audit: Audit {
+                request_id: "r1",
+                client: ([127, 0, 0, 1], 5000).into(),
+                target: "http://t.test/",
+            },
+        }
+    }
+
     fn audit_lines(log: &Captured) -> usize {
         log.text().matches("authgate::audit").count()
     }
@@ -694,19 +715,8 @@ mod tests {
         let users = Arc::new(UserStore::new(vec![alice], params).unwrap());
         let auth = Authenticator::new(1, 4, Arc::new(crate::telemetry::Metrics::new(false)));
         let settings = throttle::Settings::default();
-        let req = Request {
-            users: &users,
-            // alice:wrong
-            header: Some(b"Basic YWxpY2U6d3Jvbmc="),
-            ttl: Duration::from_secs(60),
-            client: IpAddr::from([127, 0, 0, 1]),
-            throttle: &settings,
-            audit: Audit {
-                request_id: "r1",
-                client: ([127, 0, 0, 1], 5000).into(),
-                target: "http://t.test/",
-            },
-        };
+        // alice:wrong
+        let req = login(&users, b"Basic YWxpY2U6d3Jvbmc=", Duration::from_secs(60), &settings);
         let log = Captured::default();
         let writer = log.clone();
         let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).finish();
@@ -760,18 +770,7 @@ mod tests {
         let auth = Authenticator::new(2, 4, Arc::new(crate::telemetry::Metrics::new(false)));
         // One attempt, and no cache: each login runs argon2 with the attempt.
         let settings = throttle::Settings { max_failures: 1, ..throttle::Settings::default() };
-        let login = |header: &'static [u8]| Request {
-            users: &users,
-            header: Some(header),
-            ttl: Duration::ZERO,
-            client: IpAddr::from([127, 0, 0, 1]),
-            throttle: &settings,
-            audit: Audit {
-                request_id: "r1",
-                client: ([127, 0, 0, 1], 5000).into(),
-                target: "http://t.test/",
-            },
-        };
+        let login = |header| login(&users, header, Duration::ZERO, &settings);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             // alice:a1, bob:b1, carol:c1
