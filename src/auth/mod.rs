@@ -517,9 +517,9 @@ impl Authenticator {
         // miss here, or after the wait below, where the cache can answer.
         match self.throttle.check(client, throttle, now) {
             Ok(()) => {}
-            // None left, but some held by verifications in progress (or others
-            // already wait for them): a login waits for their verdicts when
-            // it takes its attempt, in its credentials' turn. (Waiting here, before joining the queue of
+            // None left, but some held by verifications in progress: a login
+            // waits for their verdicts when it takes its attempt, in its
+            // credentials' turn. (Waiting here, before joining the queue of
             // its credentials, the connections of one login each ran argon2
             // again once their login's verification had ended, its verdict
             // gone with its queue: with `cache_ttl = "0s"`, 1,225 runs for
@@ -534,9 +534,8 @@ impl Authenticator {
             self.metrics.cache(false);
             // Malformed, it joins no login's queue: it waits here, in its
             // address's line, and takes its attempt in the same step as it
-            // looks for one. (Looked for,
-            // then taken, two woken at once both found the last one, and
-            // both got a 407: probe 68.)
+            // looks for one. (Looked for, then taken, two woken at once both
+            // found the last one, and both got a 407: probe 68.)
             return match self.throttle.attempt(throttle::Use::Fail, client, throttle).await {
                 Ok(_) => Outcome::Refused { reason: Refusal::Malformed, username: None },
                 Err(retry_after) => Outcome::Throttled { retry_after, username: None },
