@@ -877,6 +877,52 @@ async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them()
     assert_eq!(held.read_response("GET").await.status, 200);
 }
 
+/// A reload that turns the throttle off reaches the logins already waiting
+/// in their address's line: one waiting for the only attempt, held by a
+/// wrong password's verification, goes on to its own and gets in. (It was
+/// answered under the settings it came with: a 429, probe 70.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_turns_the_throttle_off_reaches_the_logins_waiting_for_an_attempt() {
+    let origin = spawn_echo_origin();
+    // u1's verification takes a while (seconds, in a debug build); the
+    // others' none, and theirs are the parameters most users have, which
+    // the reload's dummy hash uses: it is over long before u1's.
+    let slow = argon2::Params::new(64 * 1024, 3, 1, None).unwrap();
+    let u1 = authgate::auth::password::hash_password("u1", slow).unwrap().to_string();
+    let mut users = format!("[users.u1]\npassword = {}\n", toml_str(&u1));
+    users.extend(["u2", "u3", "u4"].map(|u| format!("[users.{u}]\npassword = {}\n", toml_str(&hash(u)))));
+    let cfg = one_worker_throttled_after(1);
+    let proxy: Custom = spawn_custom(&cfg, &users);
+    let send = async |user: &str, pass: &str| {
+        let mut c = conn_from("127.0.0.1", proxy.addr).await;
+        let auth = basic(user, pass);
+        c.send(request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        ))
+        .await;
+        c
+    };
+    let proxy = &proxy;
+    let misses = |n: u64| async move { cache_counts(proxy)[1] >= n };
+    let mut wrong = send("u1", "a guess").await;
+    assert!(eventually(Duration::from_secs(10), || misses(1)).await, "u1's verification starts");
+    let mut waiting = send("u2", "u2").await;
+    // (Counted just before it looks for an attempt, and joins the line.)
+    assert!(eventually(Duration::from_secs(10), || misses(2)).await, "u2 waits for u1's attempt");
+    proxy.dir.write("authgate.toml", cfg.replace("[auth.throttle]\n", "[auth.throttle]\nenabled = false\n"));
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(argon2_runs(proxy), "0", "u1's password is still being verified after the reload");
+    let r = waiting.read_response("GET").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(wrong.read_response("GET").await.status, 407);
+}
+
 /// A `cache_ttl` lowered by a reload applies at once to the logins already
 /// cached: set to `"0s"` (an emergency stop for the cache), a login cached
 /// under the old five minutes runs argon2 again on every request. (The

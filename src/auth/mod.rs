@@ -484,6 +484,12 @@ impl Authenticator {
         Outcome::Ok(user)
     }
 
+    /// `[auth.throttle]` settings a reload made live: the logins waiting in
+    /// an address's line for an attempt look again under them.
+    pub fn reconfigure_throttle(&self, s: &throttle::Settings) {
+        self.throttle.reconfigure(s);
+    }
+
     /// The verified-credential cache.
     pub fn cache(&self) -> &VerifiedCache {
         &self.cache

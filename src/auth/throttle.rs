@@ -142,6 +142,9 @@ struct Tracked {
     swept: Option<Instant>,
     /// The id of the next waiter.
     next: u64,
+    /// The settings of the last reload, if any: an attempt that has waited
+    /// looks again under them, not under those it came with.
+    live: Option<Settings>,
 }
 
 /// An attempt's place in its address's line, which it leaves when
@@ -252,8 +255,9 @@ impl Throttle {
     /// time until one comes back by itself.
     pub async fn attempt(&self, how: Use, ip: IpAddr, s: &Settings) -> Result<bool, Duration> {
         let mut place = None;
+        let mut settings = *s;
         loop {
-            let refused = match self.try_use(how, ip, s, Instant::now(), &mut place) {
+            let refused = match self.try_use(how, ip, &settings, Instant::now(), &mut place) {
                 Ok(counted) => return Ok(counted),
                 Err(refused) => refused,
             };
@@ -270,6 +274,24 @@ impl Throttle {
                     }
                 }
                 None => turn.notified().await,
+            }
+            // A reload while it waited applies to it: throttling turned off
+            // lets those already in line through, and new `max_failures` or
+            // `window` set the pace at which attempts come back to them.
+            // (They were answered under the settings they came with: a 429
+            // after throttling was turned off, probe 70.)
+            settings = self.lock().live.unwrap_or(*s);
+        }
+    }
+
+    /// Settings a reload made live: the attempts waiting in line look again
+    /// under them.
+    pub fn reconfigure(&self, s: &Settings) {
+        let mut map = self.lock();
+        map.live = Some(*s);
+        for b in map.buckets.values() {
+            for turn in b.line.values() {
+                turn.notify_one();
             }
         }
     }
@@ -368,6 +390,7 @@ impl Throttle {
             b.line.insert(place.id, place.turn.clone());
             place.queued = true;
         }
+        place.max_failures = s.max_failures;
         let first = b.line.first_key_value().is_some_and(|(&id, _)| id == place.id);
         place.refilled_in = (first && b.tokens < 1.0).then(|| b.refilled_in(s));
         Err(refused)
@@ -735,6 +758,32 @@ mod tests {
             let map = t.lock();
             assert!(map.buckets.values().all(|b| b.verifying == 0 && b.line.is_empty()), "round {round}");
         }
+    }
+
+    /// A reload reaches the attempts already waiting in line: throttling
+    /// turned off lets them through at once, and a shorter `window` brings
+    /// the next attempt back sooner.
+    #[test]
+    fn a_reload_reaches_the_attempts_waiting_in_line() {
+        let s = Settings { max_failures: 1, window: Duration::from_secs(3600), ..Settings::default() };
+        let t = Throttle::new();
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let rt = runtime();
+        rt.block_on(async {
+            assert_eq!(take(&t, ip, &s, Instant::now()).ok(), Some(true), "being verified, for good");
+            let mut right = Box::pin(t.attempt(Use::Verify, ip, &s));
+            let mut malformed = Box::pin(t.attempt(Use::Fail, ip, &s));
+            assert!(poll(right.as_mut()).is_none() && poll(malformed.as_mut()).is_none());
+            t.reconfigure(&Settings { enabled: false, ..s });
+            assert_eq!(poll(malformed.as_mut()), Some(Ok(false)), "let through");
+            assert_eq!(poll(right.as_mut()), Some(Ok(false)), "let through, and not counted");
+            t.reconfigure(&s);
+            let mut next = Box::pin(t.attempt(Use::Verify, ip, &s));
+            assert!(poll(next.as_mut()).is_none(), "an hour to wait");
+            t.reconfigure(&Settings { window: Duration::from_millis(50), ..s });
+            let got = tokio::time::timeout(Duration::from_secs(10), next).await;
+            assert_eq!(got.ok(), Some(Ok(true)), "one came back within the new window");
+        });
     }
 
     /// An attempt whose client hangs up while it waits leaves the line, and

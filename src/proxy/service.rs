@@ -389,7 +389,6 @@ async fn authenticate(
         }
         break outcome;
     };
-    let snap = fresh.as_ref().unwrap_or(snap);
     match outcome {
         Outcome::Ok(user) => Ok((user, fresh.clone())),
         Outcome::Throttled { retry_after, username } => {
@@ -406,8 +405,10 @@ async fn authenticate(
             // Tarpit: costs a timer, not CPU, and slows the flood to one
             // attempt per connection per delay. Shutdown does not wait for it.
             let held = tokio::time::Instant::now();
+            // (The live `delay`: the attempt may have waited across a reload.)
+            let delay = state.snapshot.load().auth.throttle.delay;
             tokio::select! {
-                _ = tokio::time::sleep(snap.auth.throttle.delay) => {}
+                _ = tokio::time::sleep(delay) => {}
                 _ = state.stopping.cancelled() => {}
             }
             // Counted from the answer, not from the attempt: the tarpit's

@@ -242,6 +242,7 @@ fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
     // before (a test read that for a thread descheduled between the two).
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
     state.snapshot.store(new.clone());
+    state.auth.reconfigure_throttle(&new.auth.throttle);
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
     for user in old.users.iter() {
         if new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint) {
