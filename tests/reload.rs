@@ -434,7 +434,7 @@ async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
     }
     assert!(!get.is_finished(), "the verification was too quick to test with");
     assert_eq!(get.await.unwrap(), 200);
-    let metrics = proxy.state.metrics.render(1, 0);
+    let metrics = proxy.state.metrics.render(1, 0, proxy.state.auth.load());
     assert!(metrics.contains("authgate_argon2_verifications_total 1\n"), "one verification:\n{metrics}");
 }
 
@@ -506,7 +506,7 @@ fn argon2_runs(proxy: &Custom) -> String {
 
 /// The value of one series (name and labels) of the proxy's metrics.
 fn counter(proxy: &Custom, series: &str) -> u64 {
-    let metrics = proxy.state.metrics.render(1, 0);
+    let metrics = proxy.state.metrics.render(1, 0, proxy.state.auth.load());
     let prefix = format!("{series} ");
     metrics
         .lines()
@@ -921,6 +921,49 @@ async fn a_reload_that_turns_the_throttle_off_reaches_the_logins_waiting_for_an_
     let r = waiting.read_response("GET").await;
     assert_eq!(r.status, 200, "{}", r.dump());
     assert_eq!(wrong.read_response("GET").await.status, 407);
+}
+
+/// The gauges count the logins authgate holds: a verification running, one
+/// waiting for the worker, and a login waiting in its address's line for a
+/// throttle attempt; and nothing once they are answered (probe 70 had
+/// nothing to tell a drained proxy by).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_gauges_count_the_logins_held() {
+    let origin = spawn_echo_origin();
+    let slow = argon2::Params::new(64 * 1024, 3, 1, None).unwrap();
+    let u1 = authgate::auth::password::hash_password("u1", slow).unwrap().to_string();
+    let mut users = format!("[users.u1]\npassword = {}\n", toml_str(&u1));
+    users.extend(["u2", "u3", "u4"].map(|u| format!("[users.{u}]\npassword = {}\n", toml_str(&hash(u)))));
+    let proxy: Custom = spawn_custom(&one_worker_throttled_after(1), &users);
+    let proxy = &proxy;
+    let send = async |from: &str, user: &str, pass: &str| {
+        let mut c = conn_from(from, proxy.addr).await;
+        let auth = basic(user, pass);
+        c.send(request(
+            "GET",
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        ))
+        .await;
+        c
+    };
+    let gauges = || {
+        ["running", "queued"]
+            .map(|g| counter(proxy, &format!("authgate_auth_verifications_{g}")))
+            .into_iter()
+            .chain([counter(proxy, "authgate_auth_throttle_waiting")])
+            .collect::<Vec<_>>()
+    };
+    let mut running = send("127.0.0.1", "u1", "a guess").await;
+    assert!(eventually(Duration::from_secs(10), || async { gauges() == [1, 0, 0] }).await, "{:?}", gauges());
+    let mut in_line = send("127.0.0.1", "u2", "u2").await;
+    let mut queued = send("127.0.0.2", "u3", "u3").await;
+    assert!(eventually(Duration::from_secs(10), || async { gauges() == [1, 1, 1] }).await, "{:?}", gauges());
+    assert_eq!(argon2_runs(proxy), "0", "u1's password is still being verified");
+    assert_eq!(running.read_response("GET").await.status, 407);
+    assert_eq!(queued.read_response("GET").await.status, 200);
+    assert_eq!(in_line.read_response("GET").await.status, 429, "u1's attempt failed: none left");
+    assert!(eventually(Duration::from_secs(10), || async { gauges() == [0, 0, 0] }).await, "{:?}", gauges());
 }
 
 /// A `cache_ttl` lowered by a reload applies at once to the logins already

@@ -50,6 +50,8 @@ pub enum Outcome {
 pub struct Authenticator {
     cache: Arc<VerifiedCache>,
     permits: Arc<Semaphore>,
+    /// The number of permits.
+    workers: usize,
     waiting: AtomicUsize,
     max_pending: usize,
     throttle: Arc<throttle::Throttle>,
@@ -410,6 +412,7 @@ impl Authenticator {
         Authenticator {
             cache: Arc::new(VerifiedCache::new()),
             permits: Arc::new(Semaphore::new(workers.max(1))),
+            workers: workers.max(1),
             waiting: AtomicUsize::new(0),
             max_pending,
             throttle: Arc::new(throttle::Throttle::new()),
@@ -488,6 +491,16 @@ impl Authenticator {
     /// an address's line for an attempt look again under them.
     pub fn reconfigure_throttle(&self, s: &throttle::Settings) {
         self.throttle.reconfigure(s);
+    }
+
+    /// How many logins it holds now: verifications running and waiting for
+    /// a worker, and logins waiting for a throttle attempt.
+    pub fn load(&self) -> crate::telemetry::metrics::AuthLoad {
+        crate::telemetry::metrics::AuthLoad {
+            running: self.workers.saturating_sub(self.permits.available_permits()),
+            queued: self.waiting.load(Ordering::Relaxed),
+            throttle_waiting: self.throttle.waiting(),
+        }
     }
 
     /// The verified-credential cache.

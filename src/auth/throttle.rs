@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,8 @@ pub struct NoAttempt {
 #[derive(Debug, Default)]
 pub struct Throttle {
     map: Mutex<Tracked>,
+    /// Attempts in the lines of all addresses, for the gauge.
+    waiting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -173,7 +176,7 @@ impl Drop for Place<'_> {
         }
         let mut map = self.throttle.lock();
         if let Some(b) = map.buckets.get_mut(&self.key) {
-            b.line.remove(&self.id);
+            self.throttle.left(b, self.id);
             b.call();
             if b.idle(self.max_failures) {
                 map.buckets.remove(&self.key);
@@ -284,6 +287,18 @@ impl Throttle {
         }
     }
 
+    /// `id` leaves `b`'s line.
+    fn left(&self, b: &mut Bucket, id: u64) {
+        if b.line.remove(&id).is_some() {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Attempts waiting in the lines of all addresses now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// Settings a reload made live: the attempts waiting in line look again
     /// under them.
     pub fn reconfigure(&self, s: &Settings) {
@@ -340,7 +355,7 @@ impl Throttle {
         let first = b.line.first_key_value().is_none_or(|(&id, _)| Some(id) == mine);
         if b.tokens >= 1.0 && (first || how == Use::Look) {
             if let Some(p) = place.as_mut().filter(|p| p.queued) {
-                b.line.remove(&p.id);
+                self.left(b, p.id);
                 p.queued = false;
             }
             if how != Use::Look {
@@ -357,7 +372,7 @@ impl Throttle {
         let refused = b.no_attempt(s);
         if !refused.pending {
             if let Some(p) = place.as_mut().filter(|p| p.queued) {
-                b.line.remove(&p.id);
+                self.left(b, p.id);
                 p.queued = false;
             }
             return Err(refused);
@@ -388,6 +403,7 @@ impl Throttle {
         };
         if !place.queued {
             b.line.insert(place.id, place.turn.clone());
+            self.waiting.fetch_add(1, Ordering::Relaxed);
             place.queued = true;
         }
         place.max_failures = s.max_failures;

@@ -36,7 +36,11 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
         (&Method::GET | &Method::HEAD, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.render(state.generation.load(Ordering::Relaxed), state.conns.open()),
+            state.metrics.render(
+                state.generation.load(Ordering::Relaxed),
+                state.conns.open(),
+                state.auth.load(),
+            ),
         ),
         (_, "/healthz" | "/readyz" | "/metrics") => {
             (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".to_string())

@@ -100,6 +100,17 @@ fn counters<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }
 
+/// How many logins the authenticator holds now, for the gauges.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct AuthLoad {
+    /// Verifications running on a worker.
+    pub running: usize,
+    /// Verifications waiting for a worker.
+    pub queued: usize,
+    /// Logins waiting in their address's line for a throttle attempt.
+    pub throttle_waiting: usize,
+}
+
 /// All counters and gauges.
 #[derive(Debug)]
 pub struct Metrics {
@@ -213,7 +224,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (version 0.0.4).
-    pub fn render(&self, generation: u64, active_connections: usize) -> String {
+    pub fn render(&self, generation: u64, active_connections: usize, auth: AuthLoad) -> String {
         let mut o = String::with_capacity(8192);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
@@ -267,6 +278,22 @@ impl Metrics {
         family(&mut o, "authgate_auth_cache_total", "counter", "Verified-credential cache lookups.");
         let _ = writeln!(o, "authgate_auth_cache_total{{result=\"hit\"}} {}", get(&self.cache_hits));
         let _ = writeln!(o, "authgate_auth_cache_total{{result=\"miss\"}} {}", get(&self.cache_misses));
+        family(&mut o, "authgate_auth_verifications_running", "gauge", "Password verifications running now.");
+        let _ = writeln!(o, "authgate_auth_verifications_running {}", auth.running);
+        family(
+            &mut o,
+            "authgate_auth_verifications_queued",
+            "gauge",
+            "Password verifications waiting for a worker now (at most [auth] max_pending).",
+        );
+        let _ = writeln!(o, "authgate_auth_verifications_queued {}", auth.queued);
+        family(
+            &mut o,
+            "authgate_auth_throttle_waiting",
+            "gauge",
+            "Logins waiting in their address's line for a throttle attempt now.",
+        );
+        let _ = writeln!(o, "authgate_auth_throttle_waiting {}", auth.throttle_waiting);
         family(&mut o, "authgate_argon2_verifications_total", "counter", "Password verifications run.");
         let _ = writeln!(o, "authgate_argon2_verifications_total {}", get(&self.argon2_count));
         family(
@@ -333,13 +360,13 @@ mod tests {
     #[test]
     fn every_series_exists_from_the_start_and_counts() {
         let m = Metrics::new(false);
-        let text = m.render(1, 0);
+        let text = m.render(1, 0, AuthLoad::default());
         assert!(text.contains("authgate_requests_total{outcome=\"throttled\"} 0"));
         m.request(Outcome::Denied, Some("alice"));
         m.upstream_response(401);
         m.upstream_error("dns_timeout");
         m.argon2(Duration::from_millis(20));
-        let text = m.render(3, 2);
+        let text = m.render(3, 2, AuthLoad { running: 1, queued: 2, throttle_waiting: 3 });
         assert!(text.contains("authgate_requests_total{outcome=\"denied\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"401\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"4xx\"} 0"));
@@ -348,6 +375,9 @@ mod tests {
         assert!(text.contains("authgate_argon2_duration_seconds_bucket{le=\"0.01\"} 0"));
         assert!(text.contains("authgate_config_generation 3"));
         assert!(text.contains("authgate_active_connections 2"));
+        assert!(text.contains("authgate_auth_verifications_running 1"));
+        assert!(text.contains("authgate_auth_verifications_queued 2"));
+        assert!(text.contains("authgate_auth_throttle_waiting 3"));
         assert!(!text.contains("alice"), "no per-user series unless enabled");
     }
 
@@ -359,7 +389,7 @@ mod tests {
         for i in 1..(MAX_USERS + 5) {
             m.request(Outcome::Forwarded, Some(&format!("u{i}")));
         }
-        let text = m.render(1, 0);
+        let text = m.render(1, 0, AuthLoad::default());
         assert!(text.contains("authgate_user_requests_total{user=\":other\",outcome=\"forwarded\"} 5"));
         assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 1"));
         assert_eq!(text.matches("outcome=\"forwarded\"} ").count(), 1 + MAX_USERS + 1);
