@@ -877,6 +877,32 @@ async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them()
     assert_eq!(held.read_response("GET").await.status, 200);
 }
 
+/// Users u1 to u4, each with its name as its password. u1's verification
+/// takes a while (seconds, in a debug build); the others' none, and theirs
+/// are the parameters most users have, which a reload's dummy hash uses: a
+/// reload is over long before u1's verification.
+fn slow_u1_and_quick_others() -> String {
+    let slow = argon2::Params::new(64 * 1024, 3, 1, None).unwrap();
+    let u1 = authgate::auth::password::hash_password("u1", slow).unwrap().to_string();
+    let mut users = format!("[users.u1]\npassword = {}\n", toml_str(&u1));
+    users.extend(["u2", "u3", "u4"].map(|u| format!("[users.{u}]\npassword = {}\n", toml_str(&hash(u)))));
+    users
+}
+
+/// A connection from `src` on which a GET with `user`'s credentials has
+/// been sent, its answer not read.
+async fn sent_from(src: &str, proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> RawConn {
+    let mut c = conn_from(src, proxy).await;
+    let auth = basic(user, pass);
+    c.send(request(
+        "GET",
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+    ))
+    .await;
+    c
+}
+
 /// A reload that turns the throttle off reaches the logins already waiting
 /// in their address's line: one waiting for the only attempt, held by a
 /// wrong password's verification, goes on to its own and gets in. (It was
@@ -884,27 +910,10 @@ async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_turns_the_throttle_off_reaches_the_logins_waiting_for_an_attempt() {
     let origin = spawn_echo_origin();
-    // u1's verification takes a while (seconds, in a debug build); the
-    // others' none, and theirs are the parameters most users have, which
-    // the reload's dummy hash uses: it is over long before u1's.
-    let slow = argon2::Params::new(64 * 1024, 3, 1, None).unwrap();
-    let u1 = authgate::auth::password::hash_password("u1", slow).unwrap().to_string();
-    let mut users = format!("[users.u1]\npassword = {}\n", toml_str(&u1));
-    users.extend(["u2", "u3", "u4"].map(|u| format!("[users.{u}]\npassword = {}\n", toml_str(&hash(u)))));
     let cfg = one_worker_throttled_after(1);
-    let proxy: Custom = spawn_custom(&cfg, &users);
-    let send = async |user: &str, pass: &str| {
-        let mut c = conn_from("127.0.0.1", proxy.addr).await;
-        let auth = basic(user, pass);
-        c.send(request(
-            "GET",
-            &origin.url("/"),
-            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-        ))
-        .await;
-        c
-    };
+    let proxy: Custom = spawn_custom(&cfg, &slow_u1_and_quick_others());
     let proxy = &proxy;
+    let send = async |user: &str, pass: &str| sent_from("127.0.0.1", proxy.addr, &origin, user, pass).await;
     let misses = |n: u64| async move { cache_counts(proxy)[1] >= n };
     let mut wrong = send("u1", "a guess").await;
     assert!(eventually(Duration::from_secs(10), || misses(1)).await, "u1's verification starts");
@@ -930,23 +939,10 @@ async fn a_reload_that_turns_the_throttle_off_reaches_the_logins_waiting_for_an_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_auth_gauges_count_the_logins_held() {
     let origin = spawn_echo_origin();
-    let slow = argon2::Params::new(64 * 1024, 3, 1, None).unwrap();
-    let u1 = authgate::auth::password::hash_password("u1", slow).unwrap().to_string();
-    let mut users = format!("[users.u1]\npassword = {}\n", toml_str(&u1));
-    users.extend(["u2", "u3", "u4"].map(|u| format!("[users.{u}]\npassword = {}\n", toml_str(&hash(u)))));
-    let proxy: Custom = spawn_custom(&one_worker_throttled_after(1), &users);
+    let proxy: Custom = spawn_custom(&one_worker_throttled_after(1), &slow_u1_and_quick_others());
     let proxy = &proxy;
-    let send = async |from: &str, user: &str, pass: &str| {
-        let mut c = conn_from(from, proxy.addr).await;
-        let auth = basic(user, pass);
-        c.send(request(
-            "GET",
-            &origin.url("/"),
-            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-        ))
-        .await;
-        c
-    };
+    let send =
+        async |from: &str, user: &str, pass: &str| sent_from(from, proxy.addr, &origin, user, pass).await;
     let gauges = || {
         ["running", "queued"]
             .map(|g| counter(proxy, &format!("authgate_auth_verifications_{g}")))
@@ -1085,11 +1081,7 @@ async fn at_once(proxy: SocketAddr, origin: &Origin, logins: Vec<(String, String
 
 /// Sends one GET from a chosen loopback source address.
 async fn status_from(src: &str, proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> RawResponse {
-    let mut c = conn_from(src, proxy).await;
-    let a = basic(user, pass);
-    c.send(request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]))
-        .await;
-    c.read_response("GET").await
+    sent_from(src, proxy, origin, user, pass).await.read_response("GET").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
