@@ -496,6 +496,19 @@ fn costly_users(names: &[&str]) -> String {
     names.iter().map(|n| format!("[users.{n}]\npassword = {}\n", toml_str(&costly_hash(n)))).collect()
 }
 
+/// Waits (up to 10 s) until the cache has counted `n` misses, each just
+/// before its login looks for a throttle attempt and argon2; whether it did.
+async fn misses_reach(proxy: &Custom, n: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache_counts(proxy)[1] < n {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
 fn cache_counts(proxy: &Custom) -> [u64; 2] {
     ["hit", "miss"].map(|result| counter(proxy, &format!("authgate_auth_cache_total{{result=\"{result}\"}}")))
 }
@@ -605,17 +618,9 @@ async fn a_login_given_up_while_it_waits_for_a_worker_leaves_its_place_in_the_qu
     for round in 0..2 {
         // One wrong password takes the worker; another waits for it and is
         // given up.
-        let guesses = [basic("alice", &format!("x{round}")), basic("alice", &format!("y{round}"))];
         let mut conns = Vec::new();
-        for auth in &guesses {
-            let mut conn = RawConn::connect(proxy.addr).await;
-            conn.send(request(
-                "GET",
-                &origin.url("/"),
-                &[("Host", &origin.authority()), ("Proxy-Authorization", auth)],
-            ))
-            .await;
-            conns.push(conn);
+        for guess in [format!("x{round}"), format!("y{round}")] {
+            conns.push(sent_from("127.0.0.1", proxy.addr, &origin, "alice", &guess).await);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(conns.pop());
@@ -701,19 +706,9 @@ async fn a_right_password_given_up_while_argon2_runs_is_cached_and_costs_no_atte
     let proxy = proxy_with_a_costly_alice_in(&cfg, "a1");
     let abandoned = "authgate_requests_total{outcome=\"abandoned\"}";
     for (round, password) in [(1, "a1"), (2, "wrong")] {
-        let auth = basic("alice", password);
-        let mut conn = RawConn::connect(proxy.addr).await;
-        conn.send(request(
-            "GET",
-            &origin.url("/"),
-            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-        ))
-        .await;
+        let conn = sent_from("127.0.0.1", proxy.addr, &origin, "alice", password).await;
         // The miss is counted just before argon2 starts.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cache_counts(&proxy)[1] < round && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        misses_reach(&proxy, round).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         drop(conn);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -762,10 +757,7 @@ async fn a_login_waiting_behind_one_given_up_gets_its_verdict() {
         );
         let mut first = RawConn::connect(proxy.addr).await;
         first.send(&head).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cache_counts(&proxy)[1] < 2 * round - 1 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        misses_reach(&proxy, 2 * round - 1).await;
         let mut second = RawConn::connect(proxy.addr).await;
         second.send(&head).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -858,19 +850,9 @@ async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them()
     let users = costly_users(&["u1", "u2"]);
     let proxy: Custom = spawn_custom(&one_worker_throttled_after(1), &users);
     assert_eq!(status_from("127.0.0.2", proxy.addr, &origin, "u1", "u1").await.status, 200);
-    let mut held = conn_from("127.0.0.3", proxy.addr).await;
-    let auth = basic("u2", "u2");
-    held.send(request(
-        "GET",
-        &origin.url("/"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-    ))
-    .await;
+    let mut held = sent_from("127.0.0.3", proxy.addr, &origin, "u2", "u2").await;
     // u2's verification has started (its miss is counted just before).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cache_counts(&proxy)[1] < 2 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    misses_reach(&proxy, 2).await;
     assert_eq!(argon2_runs(&proxy), "1", "u2's verification is still running as u1 comes");
     let r = status_from("127.0.0.3", proxy.addr, &origin, "u1", "u1").await;
     assert_eq!(r.status, 200, "{}", r.dump());
@@ -914,12 +896,11 @@ async fn a_reload_that_turns_the_throttle_off_reaches_the_logins_waiting_for_an_
     let proxy: Custom = spawn_custom(&cfg, &slow_u1_and_quick_others());
     let proxy = &proxy;
     let send = async |user: &str, pass: &str| sent_from("127.0.0.1", proxy.addr, &origin, user, pass).await;
-    let misses = |n: u64| async move { cache_counts(proxy)[1] >= n };
     let mut wrong = send("u1", "a guess").await;
-    assert!(eventually(Duration::from_secs(10), || misses(1)).await, "u1's verification starts");
+    assert!(misses_reach(proxy, 1).await, "u1's verification starts");
     let mut waiting = send("u2", "u2").await;
     // (Counted just before it looks for an attempt, and joins the line.)
-    assert!(eventually(Duration::from_secs(10), || misses(2)).await, "u2 waits for u1's attempt");
+    assert!(misses_reach(proxy, 2).await, "u2 waits for u1's attempt");
     proxy.dir.write("authgate.toml", cfg.replace("[auth.throttle]\n", "[auth.throttle]\nenabled = false\n"));
     let state = proxy.state.clone();
     tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
