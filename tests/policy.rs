@@ -141,6 +141,49 @@ async fn dns_rebinding_never_reaches_the_forbidden_address() {
     drop(good);
 }
 
+/// A name with a dead address first (a server that silently drops
+/// connections, as behind a firewall) and a live one second: the second is
+/// tried a quarter of a second after the first, beside it (RFC 8305), and
+/// both a forwarded request and a tunnel get through. Tried one after the
+/// other, the first spent all of `connect_timeout` and the answer was a 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_drops_connections_does_not_keep_the_next_one_from_being_tried() {
+    let (live, _hole) = (0..100)
+        .find_map(|_| {
+            let one = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+            let hole = black_hole(("127.0.0.2", one.local_addr().unwrap().port()))?;
+            Some((one, hole))
+        })
+        .expect("no port free on both 127.0.0.1 and 127.0.0.2");
+    let port = live.local_addr().unwrap().port();
+    let origin = spawn_origin_on(live);
+    let zone =
+        vec![("half.test", Answer::A(vec![vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::LOCALHOST]], 60))];
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&config(Some(fake.addr), "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]"), &users());
+    let a = auth();
+    let url = format!("http://half.test:{port}/");
+    let r = get(proxy.addr, &url, &[("Host", "half.test"), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    let authority = format!("half.test:{port}");
+    let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(origin.hits(), 2);
+}
+
+/// A listener at `addr` that never accepts, its one-place queue filled:
+/// the kernel drops every later SYN, and a connection to it neither
+/// succeeds nor fails until the caller gives up. Kept open while held.
+fn black_hole(addr: (&str, u16)) -> Option<(socket2::Socket, std::net::TcpStream)> {
+    use socket2::{Domain, Socket, Type};
+    let addr: std::net::SocketAddr = format!("{}:{}", addr.0, addr.1).parse().unwrap();
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    l.bind(&addr.into()).ok()?;
+    l.listen(0).unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    Some((l, filler))
+}
+
 /// An hyper origin (counting connections) on a bound listener.
 fn spawn_origin_on(l: std::net::TcpListener) -> Origin {
     l.set_nonblocking(true).unwrap();
