@@ -171,6 +171,44 @@ async fn an_address_that_drops_connections_does_not_keep_the_next_one_from_being
     assert_eq!(origin.hits(), 2);
 }
 
+/// A name whose A query is answered and whose AAAA query never is (a
+/// resolver or a middlebox that drops AAAA): the A answer is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_whose_aaaa_query_goes_unanswered_is_reached_by_its_a_records() {
+    let origin = spawn_echo_origin();
+    let zone = vec![("v4.test", Answer::NoAaaa(vec![Ipv4Addr::LOCALHOST], 60))];
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&config(Some(fake.addr), "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]"), &users());
+    let a = auth();
+    let url = format!("http://v4.test:{}/", origin.addr.port());
+    let r = get(proxy.addr, &url, &[("Host", "v4.test"), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+}
+
+/// A name with an IPv4 and an IPv6 address: both are used, IPv4 first,
+/// the IPv6 one when IPv4 is refused; and a name with IPv6 addresses only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_answers_are_used_after_ipv4_ones() {
+    let six = std::net::TcpListener::bind("[::1]:0").expect("bind ::1");
+    let port = six.local_addr().unwrap().port();
+    let origin = spawn_origin_on(six);
+    let (v4, v6) = (Ipv4Addr::LOCALHOST, std::net::Ipv6Addr::LOCALHOST);
+    let zone = vec![
+        ("dual.test", Answer::Dual(vec![v4], vec![v6], 60)),
+        ("six.test", Answer::Dual(vec![], vec![v6], 60)),
+    ];
+    let fake = dns::spawn(zone).await;
+    let open = "[egress]\nallow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]";
+    let proxy = spawn_custom(&config(Some(fake.addr), open), &users());
+    let a = auth();
+    for name in ["dual.test", "six.test"] {
+        let authority = format!("{name}:{port}");
+        let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.dump());
+    }
+    assert_eq!(origin.hits(), 2);
+}
+
 /// A listener at `addr` that never accepts, its one-place queue filled:
 /// the kernel drops every later SYN, and a connection to it neither
 /// succeeds nor fails until the caller gives up. Kept open while held.

@@ -9,6 +9,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
@@ -51,36 +53,86 @@ impl Resolver {
         Resolver { inner: builder.build() }
     }
 
-    /// The addresses of `name` (lower-case, no trailing dot).
+    /// The addresses of `name` (lower-case, no trailing dot), IPv4 first.
+    ///
+    /// A and AAAA are asked at once, each on its own: a resolver (or a
+    /// middlebox) that drops one kind of query, typically AAAA, does not
+    /// keep the other's answer from being used. Once the A answer has come
+    /// with addresses, the AAAA answer is waited for only
+    /// [`RESOLUTION_DELAY`] more (RFC 8305 §3); the other way round, the
+    /// A answer is waited for until `timeout`. IPv4 comes first because an
+    /// egress network more often has an IPv6 path that leads nowhere than a
+    /// dead IPv4 one; the dialer tries the families in turns.
     ///
     /// # Errors
-    /// `DnsTimeout` when no answer came within `timeout`, `DnsError` for
-    /// any other failure (no such name, no address, an error answer).
+    /// `DnsTimeout` when no address came within `timeout` and a query was
+    /// still unanswered or timed out, `DnsError` for any other failure (no
+    /// such name, no address, an error answer).
     pub async fn lookup(&self, name: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         if name == "localhost" || name.ends_with(".localhost") {
             return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
         }
         // A fully-qualified name: no search-domain guessing.
         let fqdn = format!("{name}.");
-        // Boxed: hickory's lookup future is 1.3 KiB, and inline it would
-        // enlarge every request's future (and so every copy of it, and every
-        // keep-alive connection's task) although IP targets never get here.
-        let lookup = Box::pin(self.inner.lookup_ip(fqdn.as_str()));
-        match tokio::time::timeout(timeout, lookup).await {
-            Err(_) => Err(ProxyError::DnsTimeout),
-            Ok(Err(e)) => Err(classify(&e)),
-            Ok(Ok(answer)) => {
-                let mut ips: Vec<IpAddr> = Vec::new();
-                for ip in answer.iter() {
-                    if !ips.contains(&ip) {
-                        ips.push(ip);
+        // Boxed: hickory's lookup futures are over a kilobyte each, and
+        // inline they would enlarge every request's future (and so every
+        // copy of it, and every keep-alive connection's task) although IP
+        // targets never get here.
+        Box::pin(self.both_families(&fqdn, timeout)).await
+    }
+
+    async fn both_families(&self, fqdn: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
+        let deadline = Instant::now() + timeout;
+        let v4 = async {
+            let answer = self.inner.ipv4_lookup(fqdn).await?;
+            Ok::<_, ResolveError>(answer.iter().map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>())
+        };
+        let v6 = async {
+            let answer = self.inner.ipv6_lookup(fqdn).await?;
+            Ok::<_, ResolveError>(answer.iter().map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>())
+        };
+        tokio::pin!(v4, v6);
+        let give_up = tokio::time::sleep_until(deadline);
+        tokio::pin!(give_up);
+        let (mut a, mut aaaa) = (None, None);
+        while a.is_none() || aaaa.is_none() {
+            tokio::select! {
+                r = &mut v4, if a.is_none() => {
+                    if aaaa.is_none() && r.as_ref().is_ok_and(|ips| !ips.is_empty()) {
+                        give_up.as_mut().reset(deadline.min(Instant::now() + RESOLUTION_DELAY));
                     }
+                    a = Some(r);
                 }
-                if ips.is_empty() { Err(ProxyError::DnsError) } else { Ok(ips) }
+                r = &mut v6, if aaaa.is_none() => aaaa = Some(r),
+                () = &mut give_up => break,
             }
+        }
+        let mut ips: Vec<IpAddr> = Vec::new();
+        for ip in [&a, &aaaa].into_iter().flatten().flatten().flatten() {
+            if !ips.contains(ip) {
+                ips.push(*ip);
+            }
+        }
+        if !ips.is_empty() {
+            return Ok(ips);
+        }
+        let timed_out = |r: &Option<Result<Vec<IpAddr>, ResolveError>>| match r {
+            None => true,
+            Some(Err(e)) => matches!(classify(e), ProxyError::DnsTimeout),
+            Some(Ok(_)) => false,
+        };
+        if timed_out(&a) || timed_out(&aaaa) {
+            Err(ProxyError::DnsTimeout)
+        } else {
+            Err(ProxyError::DnsError)
         }
     }
 }
+
+/// How long the AAAA answer is waited for after the A answer came with
+/// addresses (RFC 8305 §3 recommends 50 ms): a late AAAA answer costs the
+/// IPv6 addresses of that lookup, never the connection.
+pub const RESOLUTION_DELAY: Duration = Duration::from_millis(50);
 
 fn classify(e: &ResolveError) -> ProxyError {
     match e.proto().map(|p| p.kind()) {

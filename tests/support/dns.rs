@@ -2,10 +2,10 @@
 //! A tiny authoritative DNS server on 127.0.0.1:0 (UDP) for tests: answers A
 //! queries from a table, NXDOMAIN for names it does not know, and never
 //! answers names listed as "slow" (to test timeouts). AAAA gets an empty
-//! answer. Each name's answers can rotate (a DNS-rebinding attacker).
+//! answer, or none. Each name's answers can rotate (a DNS-rebinding attacker).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +20,11 @@ pub enum Answer {
     NxDomain,
     /// No answer at all.
     Silent,
+    /// A records with a TTL, and no answer at all to AAAA queries (a
+    /// resolver or middlebox that drops them).
+    NoAaaa(Vec<Ipv4Addr>, u32),
+    /// A and AAAA records with a TTL.
+    Dual(Vec<Ipv4Addr>, Vec<Ipv6Addr>, u32),
 }
 
 /// A running fake DNS server.
@@ -50,12 +55,22 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
             let Some((name, qtype, qend)) = parse_question(&buf[..n]) else { continue };
             let reply = match zone.get(&name) {
                 Some((Answer::Silent, _)) => continue,
+                Some((Answer::NoAaaa(..), _)) if qtype != 1 => continue,
+                Some((Answer::NoAaaa(ips, ttl), _)) => {
+                    *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
+                    response(&buf[..qend], 0, &octets(ips), *ttl)
+                }
+                Some((Answer::Dual(v4, v6, ttl), _)) => {
+                    let v6: Vec<Vec<u8>> = v6.iter().map(|ip| ip.octets().to_vec()).collect();
+                    let answer = if qtype == 1 { octets(v4) } else { v6 };
+                    response(&buf[..qend], 0, &answer, *ttl)
+                }
                 None | Some((Answer::NxDomain, _)) => response(&buf[..qend], 3, &[], 0),
                 Some((Answer::A(sets, ttl), next)) => {
                     if qtype == 1 {
                         *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
                         let i = next.fetch_add(1, Ordering::SeqCst) % sets.len();
-                        response(&buf[..qend], 0, &sets[i], *ttl)
+                        response(&buf[..qend], 0, &octets(&sets[i]), *ttl)
                     } else {
                         response(&buf[..qend], 0, &[], *ttl)
                     }
@@ -84,8 +99,13 @@ fn parse_question(msg: &[u8]) -> Option<(String, u16, usize)> {
     Some((labels.join("."), qtype, i + 4))
 }
 
-fn response(query: &[u8], rcode: u8, ips: &[Ipv4Addr], ttl: u32) -> Vec<u8> {
-    let mut r = Vec::with_capacity(query.len() + ips.len() * 16);
+fn octets(ips: &[Ipv4Addr]) -> Vec<Vec<u8>> {
+    ips.iter().map(|ip| ip.octets().to_vec()).collect()
+}
+
+/// An answer to `query` with one record per address (4 bytes: A, 16: AAAA).
+fn response(query: &[u8], rcode: u8, ips: &[Vec<u8>], ttl: u32) -> Vec<u8> {
+    let mut r = Vec::with_capacity(query.len() + ips.len() * 28);
     r.extend_from_slice(&query[..2]); // id
     r.extend_from_slice(&[0x84 | (query[2] & 0x01), 0x80 | rcode]); // QR AA RD, RA rcode
     r.extend_from_slice(&[0, 1]); // qdcount
@@ -93,10 +113,11 @@ fn response(query: &[u8], rcode: u8, ips: &[Ipv4Addr], ttl: u32) -> Vec<u8> {
     r.extend_from_slice(&[0, 0, 0, 0]);
     r.extend_from_slice(&query[12..]);
     for ip in ips {
-        r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        let kind = if ip.len() == 4 { 1 } else { 28 };
+        r.extend_from_slice(&[0xc0, 0x0c, 0, kind, 0, 1]);
         r.extend_from_slice(&ttl.to_be_bytes());
-        r.extend_from_slice(&[0, 4]);
-        r.extend_from_slice(&ip.octets());
+        r.extend_from_slice(&(ip.len() as u16).to_be_bytes());
+        r.extend_from_slice(ip);
     }
     r
 }
