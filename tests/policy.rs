@@ -185,13 +185,20 @@ async fn a_name_whose_aaaa_query_goes_unanswered_is_reached_by_its_a_records() {
     assert_eq!(r.status, 200, "{}", r.dump());
 }
 
-/// A name with an IPv4 and an IPv6 address: both are used, IPv4 first,
-/// the IPv6 one when IPv4 is refused; and a name with IPv6 addresses only.
+/// A name's IPv4 addresses are dialled before its IPv6 ones, and a name
+/// with IPv6 addresses only is reached through them. (Which address got
+/// the connection is seen at the origins, one on each family, same port.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipv6_answers_are_used_after_ipv4_ones() {
-    let six = std::net::TcpListener::bind("[::1]:0").expect("bind ::1");
-    let port = six.local_addr().unwrap().port();
-    let origin = spawn_origin_on(six);
+async fn ipv4_addresses_come_first_and_ipv6_ones_are_used() {
+    let (on_4, on_6) = (0..100)
+        .find_map(|_| {
+            let six = std::net::TcpListener::bind("[::1]:0").expect("bind ::1");
+            let four = std::net::TcpListener::bind(("127.0.0.1", six.local_addr().unwrap().port())).ok()?;
+            Some((four, six))
+        })
+        .expect("no port free on both 127.0.0.1 and ::1");
+    let port = on_4.local_addr().unwrap().port();
+    let (origin_4, origin_6) = (spawn_origin_on(on_4), spawn_origin_on(on_6));
     let (v4, v6) = (Ipv4Addr::LOCALHOST, std::net::Ipv6Addr::LOCALHOST);
     let zone = vec![
         ("dual.test", Answer::Dual(vec![v4], vec![v6], 60)),
@@ -201,12 +208,17 @@ async fn ipv6_answers_are_used_after_ipv4_ones() {
     let open = "[egress]\nallow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]";
     let proxy = spawn_custom(&config(Some(fake.addr), open), &users());
     let a = auth();
-    for name in ["dual.test", "six.test"] {
+    let connect = |name: &str| {
         let authority = format!("{name}:{port}");
-        let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
-        assert_eq!(r.status, 200, "{name}: {}", r.dump());
-    }
-    assert_eq!(origin.hits(), 2);
+        let a = a.clone();
+        async move { send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await }
+    };
+    let r = connect("dual.test").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!((origin_4.hits(), origin_6.hits()), (1, 0), "dual.test goes to its IPv4 address");
+    let r = connect("six.test").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!((origin_4.hits(), origin_6.hits()), (1, 1), "six.test goes to its IPv6 address");
 }
 
 /// A listener at `addr` that never accepts, its one-place queue filled:
