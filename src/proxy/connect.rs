@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::dns::Resolver;
 use crate::error::ProxyError;
@@ -64,19 +65,27 @@ impl Connector {
     /// Connects to the first address that answers, within `timeout` overall.
     ///
     /// With several addresses the attempts race, as RFC 8305 ("Happy
-    /// Eyeballs") describes: the addresses are taken in turns of family
-    /// ([`in_turns`]), and the next one is tried when the last one started
-    /// has failed or has not connected within [`ATTEMPT_DELAY`], while the
-    /// earlier attempts go on. The first to connect wins; the others are
-    /// dropped. An address that silently drops connections (a dead server
-    /// behind one of a name's A records, an IPv6 route that leads nowhere)
-    /// so costs a quarter of a second, not the whole `timeout`.
+    /// Eyeballs") describes, in turns of family ([`in_turns`]): the next
+    /// address is tried when the last attempt started has failed, or has
+    /// not connected within [`ATTEMPT_DELAY`], while the earlier one goes on.
+    /// The first to connect wins; the others are dropped. An address that
+    /// silently drops connections (a dead server behind one of a name's A
+    /// records, an IPv6 route that leads nowhere) so costs a quarter of a
+    /// second, not the whole `timeout`.
+    ///
+    /// A proxy makes these for many clients at once, and every attempt
+    /// holds a descriptor: at most [`MAX_RACING`] run at a time, each given
+    /// an even share of the time left (at least [`MIN_SHARE`]) before it is
+    /// dropped for the next address, as Go's dialer does.
     ///
     /// # Errors
     /// `ConnectionRefused`, `ConnectionTimeout`, `DestinationUnavailable`, or
-    /// `TooManyConnections` when file descriptors run out; when every
-    /// address failed, the error of the last one that did.
+    /// `TooManyConnections` when file descriptors run out (at once: other
+    /// addresses would fail the same way). When every address failed, the
+    /// error of the last one that did; when the time ran out first,
+    /// `ConnectionTimeout`.
     pub async fn dial(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ProxyError> {
+        let end = Instant::now() + timeout;
         let attempt = async {
             match addrs {
                 [] => Err(ProxyError::DestinationUnavailable),
@@ -84,10 +93,10 @@ impl Connector {
                 // Boxed: the race's state (its timer, the attempts) would
                 // otherwise enlarge every dial's future, single-address
                 // ones included.
-                many => Box::pin(race(in_turns(many))).await,
+                many => Box::pin(race(in_turns(many), end)).await,
             }
         };
-        match tokio::time::timeout(timeout, attempt).await {
+        match tokio::time::timeout_at(end, attempt).await {
             Ok(r) => r,
             Err(_) => Err(ProxyError::ConnectionTimeout),
         }
@@ -98,6 +107,14 @@ impl Connector {
 /// tried beside it: RFC 8305 §5's recommended "Connection Attempt Delay".
 pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
+/// Connection attempts of one dial that run at the same time.
+pub const MAX_RACING: usize = 2;
+
+/// The least time an attempt gets before it may be dropped for the next
+/// address (Go's dialer uses the same floor): a far origin, or one whose
+/// first SYN was lost (Linux sends it again after 1 s), still connects.
+pub const MIN_SHARE: Duration = Duration::from_secs(2);
+
 async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     let s = TcpStream::connect(addr).await?;
     let _ = s.set_nodelay(true);
@@ -105,33 +122,46 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
     Ok(s)
 }
 
-/// Connection attempts to `addrs`, in order, each started when the one
-/// before it failed or after [`ATTEMPT_DELAY`]; the first connection.
-/// At most one attempt per address, and (under the caller's timeout) at
-/// most `timeout / ATTEMPT_DELAY + 1` in flight, however long the answer.
-async fn race(addrs: Vec<SocketAddr>) -> Result<TcpStream, ProxyError> {
+/// Connection attempts to `addrs`, in order, by `end`; the first
+/// connection. A new attempt starts when fewer than [`MAX_RACING`] run and
+/// the last one started has run [`ATTEMPT_DELAY`] or has ended (at once:
+/// a refused address costs no timer tick). Each attempt gets the time left
+/// divided by the addresses not yet tried, itself included (at least
+/// [`MIN_SHARE`]), and is dropped as timed out after it, so that the
+/// addresses after a run of dead ones still get their turn.
+async fn race(addrs: Vec<SocketAddr>, end: Instant) -> Result<TcpStream, ProxyError> {
     let mut waiting = addrs.into_iter();
     let mut racing = FuturesUnordered::new();
     let mut last = ProxyError::DestinationUnavailable;
-    let next_start = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(next_start);
+    let mut next_start = Instant::now();
+    let tick = tokio::time::sleep_until(next_start);
+    tokio::pin!(tick);
     loop {
+        while racing.len() < MAX_RACING && (racing.is_empty() || Instant::now() >= next_start) {
+            let Some(addr) = waiting.next() else { break };
+            let now = Instant::now();
+            let share = (end.saturating_duration_since(now) / (waiting.len() as u32 + 1)).max(MIN_SHARE);
+            racing.push(async move {
+                match tokio::time::timeout_at(now + share, connect(addr)).await {
+                    Ok(done) => done.map_err(|e| classify(&e)),
+                    Err(_) => Err(ProxyError::ConnectionTimeout),
+                }
+            });
+            next_start = now + ATTEMPT_DELAY;
+        }
+        tick.as_mut().reset(next_start);
         tokio::select! {
             biased;
             Some(done) = racing.next() => match done {
                 Ok(stream) => return Ok(stream),
+                Err(ProxyError::TooManyConnections) => return Err(ProxyError::TooManyConnections),
                 Err(e) => {
-                    last = classify(&e);
+                    last = e;
                     // RFC 8305 §5: a failure starts the next attempt at once.
-                    next_start.as_mut().reset(tokio::time::Instant::now());
+                    next_start = Instant::now();
                 }
             },
-            () = &mut next_start, if waiting.len() > 0 => {
-                if let Some(addr) = waiting.next() {
-                    racing.push(connect(addr));
-                }
-                next_start.as_mut().reset(tokio::time::Instant::now() + ATTEMPT_DELAY);
-            }
+            () = &mut tick, if waiting.len() > 0 && racing.len() < MAX_RACING => {}
             else => return Err(last),
         }
     }
@@ -252,6 +282,48 @@ mod tests {
         let at = l.local_addr().unwrap().as_socket().unwrap();
         let filler = std::net::TcpStream::connect(at).unwrap();
         (l, filler, at)
+    }
+
+    /// Sockets of this process's network namespace in SYN-SENT towards
+    /// `ports` on 127.0.0.1 (`/proc/net/tcp`: state 02).
+    fn syn_sent_to(ports: &[u16]) -> usize {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table
+            .lines()
+            .skip(1)
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let port = fields[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+                fields[3] == "02"
+                    && fields[2].starts_with("0100007F:")
+                    && port.is_some_and(|p| ports.contains(&p))
+            })
+            .count()
+    }
+
+    /// A name with many dead addresses holds at most [`MAX_RACING`]
+    /// sockets at a time (each a descriptor, and a proxy dials for many
+    /// clients at once), and still works through them: an attempt that has
+    /// had its share of the time left is dropped for the next address.
+    #[tokio::test]
+    async fn dead_addresses_are_worked_through_a_few_sockets_at_a_time() {
+        let holes: Vec<_> = (0..6).map(|_| black_hole()).collect();
+        let ports: Vec<u16> = holes.iter().map(|h| h.2.port()).collect();
+        let addrs: Vec<SocketAddr> = holes.iter().map(|h| h.2).collect();
+        let dial = tokio::spawn(async move { Connector::dial(&addrs, Duration::from_secs(3)).await });
+        let mut most = 0;
+        while !dial.is_finished() {
+            most = most.max(syn_sent_to(&ports));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(most, MAX_RACING, "attempts in flight at once");
+        let r = dial.await.unwrap();
+        assert!(matches!(r, Err(ProxyError::ConnectionTimeout)), "{r:?}");
+
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_at = live.local_addr().unwrap();
+        let s = Connector::dial(&[holes[0].2, holes[1].2, live_at], Duration::from_secs(6)).await;
+        assert_eq!(s.unwrap().peer_addr().unwrap(), live_at, "the third address gets its turn");
     }
 
     #[tokio::test]
