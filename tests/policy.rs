@@ -261,6 +261,7 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     let zone = vec![
         ("nx.test", Answer::NxDomain),
         ("slow.test", Answer::Silent),
+        ("nx-v4.test", Answer::NxNoAaaa),
         ("ttl.test", Answer::A(vec![vec![Ipv4Addr::LOCALHOST]], 1)),
     ];
     let fake = dns::spawn(zone).await;
@@ -273,6 +274,10 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     assert_proxy_error(&r, 502, "dns_error", "dns_error");
     let r = send_one(proxy.addr, "CONNECT", "slow.test:443", &[("Proxy-Authorization", &a)]).await;
     assert_proxy_error(&r, 504, "dns_timeout", "dns_timeout");
+    // NXDOMAIN to A says the name does not exist: the AAAA query, dropped
+    // on the way, is not waited for.
+    let r = send_one(proxy.addr, "CONNECT", "nx-v4.test:443", &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 502, "dns_error", "dns_error");
 
     let url = format!("http://ttl.test:{}/", origin.addr.port());
     for _ in 0..3 {

@@ -23,6 +23,8 @@ pub enum Answer {
     /// A records with a TTL, and no answer at all to AAAA queries (a
     /// resolver or middlebox that drops them).
     NoAaaa(Vec<Ipv4Addr>, u32),
+    /// NXDOMAIN to A queries, and no answer at all to AAAA queries.
+    NxNoAaaa,
     /// A and AAAA records with a TTL.
     Dual(Vec<Ipv4Addr>, Vec<Ipv6Addr>, u32),
 }
@@ -55,7 +57,8 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
             let Some((name, qtype, qend)) = parse_question(&buf[..n]) else { continue };
             let reply = match zone.get(&name) {
                 Some((Answer::Silent, _)) => continue,
-                Some((Answer::NoAaaa(..), _)) if qtype != 1 => continue,
+                Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
+                Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
                 Some((Answer::NoAaaa(ips, ttl), _)) => {
                     *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
                     response(&buf[..qend], 0, &octets(ips), *ttl)
