@@ -707,6 +707,55 @@ fn events_of<'a>(events: &'a [serde_json::Value], target: &str, path: &str) -> V
         .collect()
 }
 
+/// The access line names the origin address a request went to or a tunnel
+/// connected to (`upstream`): for a name that resolves to several
+/// addresses, or to other addresses later, the target alone does not say
+/// which one was reached. `-` when no origin connection served the request.
+/// In the JSON format and in the text one.
+#[tokio::test]
+async fn the_access_line_names_the_origin_address_reached() {
+    let origin = spawn_echo_origin();
+    let tunnel_origin = spawn_shout_origin();
+    let dir = TempDir::new();
+    let users = users_toml(&[(USER, PASSWORD)]);
+    let mut bin = start_binary(&dir, "[log]\nformat = \"json\"\nlevel = \"info\"\n", &users, Stdio::piped());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    pump(bin.child.stdout.take().unwrap(), "stdout", tx);
+    let mut lines = Vec::new();
+    wait_listening(bin.addr).await;
+    let good = basic(USER, PASSWORD);
+    let host = origin.authority();
+    let r =
+        get(bin.addr, &origin.url("/forwarded"), &[("Host", &host), ("Proxy-Authorization", &good)]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    let r = get(bin.addr, &origin.url("/refused"), &[("Host", &host)]).await;
+    assert_eq!(r.status, 407, "{}", r.dump());
+    let target = tunnel_origin.authority();
+    let mut tunnel = RawConn::connect(bin.addr).await;
+    tunnel.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &good)])).await;
+    assert_eq!(tunnel.read_head().await.status, 200);
+    tunnel.shutdown_write().await;
+    assert_eq!(tunnel.read_to_end().await, b"BYE\n");
+    wait_for(&mut rx, &mut lines, "the tunnel's access line", |l| {
+        l.contains("authgate::access") && l.contains("CONNECT")
+    })
+    .await;
+    let events = stop_for_events(bin, &mut rx, &mut lines).await;
+    let upstream = |path: &str| {
+        let access = events_of(&events, "authgate::access", path);
+        assert_eq!(access.len(), 1, "{path}: {}", lines.join("\n"));
+        access[0]["upstream"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(upstream("/forwarded"), origin.addr.to_string());
+    assert_eq!(upstream("/refused"), "-");
+    assert_eq!(upstream(&target), tunnel_origin.addr.to_string());
+
+    // (It runs a runtime of its own: on a thread of its own.)
+    let text = std::thread::spawn(|| stdout_after_one_request("[log]\nlevel = \"info\"\n")).join().unwrap();
+    let access = text.lines().find(|l| l.contains("authgate::access")).expect("an access line");
+    assert!(access.contains(" upstream=127.0.0.1:"), "{access}");
+}
+
 /// A wrong password whose client hangs up while argon2 verifies it is
 /// audited all the same, once, when its verification ends, with the
 /// request id of its access line (`client_gone`). It left no audit line;
@@ -884,9 +933,9 @@ fn a_hostile_request_target_cannot_forge_access_log_fields_or_controls() {
     let out = bin.stop();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     for written in [
-        format!(r#"request_target="http://{authority}/a\"b=c\\d" status=200"#),
-        format!(r#"request_target="http://{authority}/csi\u{{9b}}31m" status=200"#),
-        format!(r#"request_target="http://{authority}/ls\u{{2028}}x" status=200"#),
+        format!(r#"request_target="http://{authority}/a\"b=c\\d" upstream={authority} status=200"#),
+        format!(r#"request_target="http://{authority}/csi\u{{9b}}31m" upstream={authority} status=200"#),
+        format!(r#"request_target="http://{authority}/ls\u{{2028}}x" upstream={authority} status=200"#),
     ] {
         assert!(stdout.contains(&written), "{written} not in:\n{stdout}");
     }

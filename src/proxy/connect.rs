@@ -62,7 +62,8 @@ impl Connector {
         Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, target.port)).collect())
     }
 
-    /// Connects to the first address that answers, within `timeout` overall.
+    /// Connects to the first address that answers, within `timeout` overall;
+    /// the connection and the address it went to.
     ///
     /// With several addresses the attempts race, as RFC 8305 ("Happy
     /// Eyeballs") describes, in turns of family ([`in_turns`]): the next
@@ -84,12 +85,15 @@ impl Connector {
     /// addresses would fail the same way). When every address failed, the
     /// error of the last one that did; when the time ran out first,
     /// `ConnectionTimeout`.
-    pub async fn dial(addrs: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ProxyError> {
+    pub async fn dial(
+        addrs: &[SocketAddr],
+        timeout: Duration,
+    ) -> Result<(TcpStream, SocketAddr), ProxyError> {
         let end = Instant::now() + timeout;
         let attempt = async {
             match addrs {
                 [] => Err(ProxyError::DestinationUnavailable),
-                [one] => connect(*one).await.map_err(|e| classify(&e)),
+                [one] => connect(*one).await.map(|s| (s, *one)).map_err(|e| classify(&e)),
                 // Boxed: the race's state (its timer, the attempts) would
                 // otherwise enlarge every dial's future, single-address
                 // ones included.
@@ -129,7 +133,7 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// divided by the addresses not yet tried, itself included (at least
 /// [`MIN_SHARE`]), and is dropped as timed out after it, so that the
 /// addresses after a run of dead ones still get their turn.
-async fn race(addrs: Vec<SocketAddr>, end: Instant) -> Result<TcpStream, ProxyError> {
+async fn race(addrs: Vec<SocketAddr>, end: Instant) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let mut waiting = addrs.into_iter();
     let mut racing = FuturesUnordered::new();
     let mut last = ProxyError::DestinationUnavailable;
@@ -143,7 +147,7 @@ async fn race(addrs: Vec<SocketAddr>, end: Instant) -> Result<TcpStream, ProxyEr
             let share = (end.saturating_duration_since(now) / (waiting.len() as u32 + 1)).max(MIN_SHARE);
             racing.push(async move {
                 match tokio::time::timeout_at(now + share, connect(addr)).await {
-                    Ok(done) => done.map_err(|e| classify(&e)),
+                    Ok(done) => done.map(|s| (s, addr)).map_err(|e| classify(&e)),
                     Err(_) => Err(ProxyError::ConnectionTimeout),
                 }
             });
@@ -323,7 +327,7 @@ mod tests {
         let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let live_at = live.local_addr().unwrap();
         let s = Connector::dial(&[holes[0].2, holes[1].2, live_at], Duration::from_secs(6)).await;
-        assert_eq!(s.unwrap().peer_addr().unwrap(), live_at, "the third address gets its turn");
+        assert_eq!(s.unwrap().1, live_at, "the third address gets its turn");
     }
 
     #[tokio::test]
@@ -334,10 +338,10 @@ mod tests {
         let long = Duration::from_secs(20);
 
         // A refused address and a silent one before the live one.
-        let s = Connector::dial(&[refused(), hole_at, live_at], long).await.unwrap();
-        assert_eq!(s.peer_addr().unwrap(), live_at);
-        let s = Connector::dial(&[hole_at, live_at], long).await.unwrap();
-        assert_eq!(s.peer_addr().unwrap(), live_at);
+        let (s, at) = Connector::dial(&[refused(), hole_at, live_at], long).await.unwrap();
+        assert_eq!((s.peer_addr().unwrap(), at), (live_at, live_at));
+        let (s, at) = Connector::dial(&[hole_at, live_at], long).await.unwrap();
+        assert_eq!((s.peer_addr().unwrap(), at), (live_at, live_at));
 
         let all_refused = Connector::dial(&[refused(), refused()], long).await;
         assert!(matches!(all_refused, Err(ProxyError::ConnectionRefused)), "{all_refused:?}");

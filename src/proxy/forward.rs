@@ -31,7 +31,8 @@ use crate::target::Target;
 use crate::telemetry::AccessRecord;
 
 /// Forwards one absolute-form request to `target`; `checked` are addresses
-/// already resolved and egress-checked by the rules step, if any.
+/// already resolved and egress-checked by the rules step, if any. Notes in
+/// `rec` the origin address that answered.
 ///
 /// # Errors
 /// DNS, egress, connect and upstream protocol failures, and an origin 407.
@@ -42,7 +43,7 @@ pub async fn forward(
     https: bool,
     checked: Option<Vec<SocketAddr>>,
     mut req: Request<Incoming>,
-    rec: &AccessRecord,
+    rec: &mut AccessRecord,
 ) -> Result<Reply, ProxyError> {
     // RFC 9110 §7.8: an Upgrade in an HTTP/1.0 request MUST be ignored (it
     // is dropped with the other hop-by-hop fields), and a 1.0 client cannot
@@ -107,15 +108,15 @@ pub async fn forward(
             Some(a) => a,
             None => state.connector.resolve_checked(&target, &snap.egress, limits.dns_timeout).await?,
         };
-        let tcp = Connector::dial(&addrs, limits.connect_timeout).await?;
+        let (tcp, peer) = Connector::dial(&addrs, limits.connect_timeout).await?;
         if https {
             let tls = upstream_tls::handshake(&state.upstream_tls, &target.host, tcp);
             let tls = tokio::time::timeout(limits.connect_timeout, tls)
                 .await
                 .map_err(|_| ProxyError::ConnectionTimeout)??;
-            Ok(UpstreamIo::Tls(Box::new(tls)))
+            Ok((UpstreamIo::Tls(Box::new(tls)), peer))
         } else {
-            Ok(UpstreamIo::Plain(tcp))
+            Ok((UpstreamIo::Plain(tcp), peer))
         }
     };
     let sent = match state
@@ -134,6 +135,7 @@ pub async fn forward(
         },
     };
     let Sent { response: mut resp, conn } = sent;
+    rec.upstream = Some(conn.peer);
     // The origin answered without asking for the body: it is never sent.
     if let Some(gate) = &gate {
         gate.answered();

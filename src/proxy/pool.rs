@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -59,6 +60,8 @@ pub struct Conn {
     tx: SendRequest<RequestBody>,
     task: AbortHandle,
     writes: Arc<Writes>,
+    /// The origin address it is connected to.
+    pub peer: SocketAddr,
 }
 
 /// How writes to an origin connection go: whether the origin takes what is
@@ -247,7 +250,7 @@ impl Pool {
     ) -> Result<Sent, ProxyError>
     where
         D: FnOnce() -> F,
-        F: Future<Output = Result<UpstreamIo, ProxyError>>,
+        F: Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
         R: Fn() -> bool,
     {
         while let Some((mut conn, idle_for)) = self.checkout(key) {
@@ -313,9 +316,9 @@ async fn send_new(
     req: Request<RequestBody>,
     head_timeout: Duration,
     upload: Option<&Upload>,
-    dial: impl Future<Output = Result<UpstreamIo, ProxyError>>,
+    dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
 ) -> Result<Sent, ProxyError> {
-    let stream = dial.await?;
+    let (stream, peer) = dial.await?;
     let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, observer: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
@@ -335,7 +338,7 @@ async fn send_new(
     })
     .abort_handle();
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
-    let conn = Conn { tx, task, writes };
+    let conn = Conn { tx, task, writes, peer };
     match sent {
         Ok(Ok(response)) => Sent::checked(response, conn),
         Ok(Err(e)) => Err(upstream_error(&e)),

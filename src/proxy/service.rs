@@ -264,7 +264,7 @@ async fn process(
                 Some(a) => a,
                 None => resolve(state, snap, &target).await.map_err(|e| (e, false))?,
             };
-            tunnel::open(snap, addrs, req).await
+            tunnel::open(snap, addrs, req, rec).await
         }
         Kind::Forward(target, https) => match max_forwards::answer_here(&mut req) {
             Some(resp) => {

@@ -47,7 +47,8 @@ pub struct Job {
 }
 
 /// Dials the CONNECT target's checked addresses (resolved and checked
-/// against the egress policy by the caller); on success answers 200.
+/// against the egress policy by the caller); on success answers 200, and
+/// notes the address connected to in `rec`.
 ///
 /// # Errors
 /// Connect failures, as authgate's own responses (see [`Connector::dial`]).
@@ -55,8 +56,10 @@ pub async fn open(
     snap: &Snapshot,
     addrs: Vec<SocketAddr>,
     mut req: Request<Incoming>,
+    rec: &mut AccessRecord,
 ) -> Result<Reply, ProxyError> {
-    let stream = Connector::dial(&addrs, snap.limits.connect_timeout).await?;
+    let (stream, peer) = Connector::dial(&addrs, snap.limits.connect_timeout).await?;
+    rec.upstream = Some(peer);
     let client = hyper::upgrade::on(&mut req);
     Ok(Reply::Tunnel(connect_established(), Job { client, upstream: Upstream::Tcp(stream), user: None }))
 }

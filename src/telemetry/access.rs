@@ -21,6 +21,10 @@ pub struct AccessRecord {
     /// `host:port` for CONNECT, `scheme://authority/path` otherwise (no query:
     /// query strings often carry tokens).
     pub target: String,
+    /// The origin address the request went to or the tunnel connected to;
+    /// `None` when no origin connection served it (an answer of authgate's,
+    /// a failure before one was made).
+    pub upstream: Option<SocketAddr>,
     /// Status sent to the client.
     pub status: u16,
     /// Body bytes received from the client (tunnel: client → origin).
@@ -51,6 +55,7 @@ impl AccessRecord {
             user: None,
             method,
             target,
+            upstream: None,
             status: 0,
             bytes_up: Arc::new(AtomicU64::new(0)),
             bytes_down: 0,
@@ -98,6 +103,7 @@ impl AccessRecord {
             user,
             method = self.method.as_str(),
             request_target = %self.target,
+            upstream = %OrDash(self.upstream),
             status = self.status,
             bytes_up = self.bytes_up.load(Ordering::Relaxed),
             bytes_down = self.bytes_down,
@@ -186,6 +192,18 @@ pub fn sanitize_username(name: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// An address, or `-` for none, as the access line shows the upstream.
+struct OrDash(Option<SocketAddr>);
+
+impl std::fmt::Display for OrDash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,11 @@ pub fn write_access(rec: &AccessRecord, now: SystemTime, out: impl FnOnce(&[u8])
         push_quoted(l, rec.method.as_str());
         l.push_str(" request_target=");
         push_target(l, &rec.target);
+        l.push_str(" upstream=");
+        match rec.upstream {
+            Some(addr) => push_addr(l, addr),
+            None => l.push('-'),
+        }
         l.push_str(" status=");
         push_int(l, u64::from(rec.status));
         l.push_str(" bytes_up=");
@@ -254,6 +259,11 @@ mod tests {
         rec
     }
 
+    fn with_upstream(mut rec: AccessRecord, upstream: &str) -> AccessRecord {
+        rec.upstream = Some(upstream.parse().unwrap());
+        rec
+    }
+
     /// Everything after the timestamp, which the two ways take at
     /// different instants.
     fn after_stamp(line: &str) -> &str {
@@ -271,6 +281,11 @@ mod tests {
             record(Some("ällice\u{7}"), "example.com:443"),
             record(None, "http://[::1]:8080/a%20b"),
             record_from("127.0.0.1:40000", Some("bob"), "10.0.0.1:443"),
+            with_upstream(record(None, "example.com:443"), "93.184.215.14:443"),
+            with_upstream(
+                record(Some("bob"), "http://example.com/"),
+                "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:80",
+            ),
         ] {
             let captured = Captured::default();
             let writer = captured.clone();
@@ -298,13 +313,13 @@ mod tests {
             write_access(&record(Some("bob"), target), SystemTime::now(), |b| ours.extend_from_slice(b));
             String::from_utf8(ours).unwrap()
         };
-        assert!(line("http://h/a%20b?x=1").contains(" request_target=http://h/a%20b?x=1 status="));
+        assert!(line("http://h/a%20b?x=1").contains(" request_target=http://h/a%20b?x=1 upstream=- status="));
         for (target, written) in [
-            ("http://h/a\"b=c\\d", r#"request_target="http://h/a\"b=c\\d" status="#),
-            ("http://h/nel\u{85}fake", r#"request_target="http://h/nel\u{85}fake" status="#),
-            ("http://h/csi\u{9b}31m", r#"request_target="http://h/csi\u{9b}31m" status="#),
-            ("http://h/ls\u{2028}x", r#"request_target="http://h/ls\u{2028}x" status="#),
-            ("http://h/é\u{202e}", r#"request_target="http://h/é\u{202e}" status="#),
+            ("http://h/a\"b=c\\d", r#"request_target="http://h/a\"b=c\\d" upstream=- status="#),
+            ("http://h/nel\u{85}fake", r#"request_target="http://h/nel\u{85}fake" upstream=- status="#),
+            ("http://h/csi\u{9b}31m", r#"request_target="http://h/csi\u{9b}31m" upstream=- status="#),
+            ("http://h/ls\u{2028}x", r#"request_target="http://h/ls\u{2028}x" upstream=- status="#),
+            ("http://h/é\u{202e}", r#"request_target="http://h/é\u{202e}" upstream=- status="#),
         ] {
             let l = line(target);
             assert!(l.contains(written), "{l}");
