@@ -172,16 +172,25 @@ async fn an_address_that_drops_connections_does_not_keep_the_next_one_from_being
 }
 
 /// A name whose A query is answered and whose AAAA query never is (a
-/// resolver or a middlebox that drops AAAA): the A answer is used.
+/// resolver or a middlebox that drops AAAA): the A answer is used. And one
+/// whose AAAA query gets NXDOMAIN before the A answer comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_whose_aaaa_query_goes_unanswered_is_reached_by_its_a_records() {
     let origin = spawn_echo_origin();
-    let zone = vec![("v4.test", Answer::NoAaaa(vec![Ipv4Addr::LOCALHOST], 60))];
+    let zone = vec![
+        ("v4.test", Answer::NoAaaa(vec![Ipv4Addr::LOCALHOST], 60)),
+        ("late-v4.test", Answer::LateA(vec![Ipv4Addr::LOCALHOST], 30)),
+    ];
     let fake = dns::spawn(zone).await;
     let proxy = spawn_custom(&config(Some(fake.addr), "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]"), &users());
     let a = auth();
     let url = format!("http://v4.test:{}/", origin.addr.port());
     let r = get(proxy.addr, &url, &[("Host", "v4.test"), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    // An NXDOMAIN to AAAA that comes before the A records (RFC 4074 §4.2)
+    // does not end the wait for them.
+    let url = format!("http://late-v4.test:{}/", origin.addr.port());
+    let r = get(proxy.addr, &url, &[("Host", "late-v4.test"), ("Proxy-Authorization", &a)]).await;
     assert_eq!(r.status, 200, "{}", r.dump());
 }
 

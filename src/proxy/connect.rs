@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -77,7 +78,8 @@ impl Connector {
     /// A proxy makes these for many clients at once, and every attempt
     /// holds a descriptor: at most [`MAX_RACING`] run at a time, each given
     /// an even share of the time left (at least [`MIN_SHARE`]) before it is
-    /// dropped for the next address, as Go's dialer does.
+    /// dropped for the next address, as Go's dialer does; the last one
+    /// tried runs until `timeout`. The first [`MAX_ADDRESSES`] are tried.
     ///
     /// # Errors
     /// `ConnectionRefused`, `ConnectionTimeout`, `DestinationUnavailable`, or
@@ -97,7 +99,11 @@ impl Connector {
                 // Boxed: the race's state (its timer, the attempts) would
                 // otherwise enlarge every dial's future, single-address
                 // ones included.
-                many => Box::pin(race(in_turns(many), end)).await,
+                many => {
+                    let mut addrs = in_turns(many);
+                    addrs.truncate(MAX_ADDRESSES);
+                    Box::pin(race(addrs, end)).await
+                }
             }
         };
         match tokio::time::timeout_at(end, attempt).await {
@@ -113,6 +119,12 @@ pub const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
 /// Connection attempts of one dial that run at the same time.
 pub const MAX_RACING: usize = 2;
+
+/// Addresses of one name tried at the most, the first ones in the order of
+/// [`in_turns`] (Squid stops after 25 tries too, `forward_max_tries`): a
+/// name with thousands of addresses (a DNS answer over TCP holds about
+/// 4,000) would otherwise make one request send thousands of SYNs.
+pub const MAX_ADDRESSES: usize = 25;
 
 /// The least time an attempt gets before it may be dropped for the next
 /// address (Go's dialer uses the same floor): a far origin, or one whose
@@ -131,10 +143,13 @@ async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// the last one started has run [`ATTEMPT_DELAY`] or has ended (at once:
 /// a refused address costs no timer tick). Each attempt gets the time left
 /// divided by the addresses not yet tried, itself included (at least
-/// [`MIN_SHARE`]), and is dropped as timed out after it, so that the
-/// addresses after a run of dead ones still get their turn.
+/// [`MIN_SHARE`]); after it, it is dropped as timed out if an address is
+/// still waiting for its turn, and otherwise goes on until `end`.
 async fn race(addrs: Vec<SocketAddr>, end: Instant) -> Result<(TcpStream, SocketAddr), ProxyError> {
     let mut waiting = addrs.into_iter();
+    // How many addresses wait for their turn, as the attempts see it.
+    let left = AtomicUsize::new(waiting.len());
+    let left = &left;
     let mut racing = FuturesUnordered::new();
     let mut last = ProxyError::DestinationUnavailable;
     let mut next_start = Instant::now();
@@ -143,13 +158,18 @@ async fn race(addrs: Vec<SocketAddr>, end: Instant) -> Result<(TcpStream, Socket
     loop {
         while racing.len() < MAX_RACING && (racing.is_empty() || Instant::now() >= next_start) {
             let Some(addr) = waiting.next() else { break };
+            left.store(waiting.len(), Ordering::Relaxed);
             let now = Instant::now();
             let share = (end.saturating_duration_since(now) / (waiting.len() as u32 + 1)).max(MIN_SHARE);
             racing.push(async move {
-                match tokio::time::timeout_at(now + share, connect(addr)).await {
-                    Ok(done) => done.map(|s| (s, addr)).map_err(|e| classify(&e)),
-                    Err(_) => Err(ProxyError::ConnectionTimeout),
-                }
+                let connecting = connect(addr);
+                tokio::pin!(connecting);
+                let done = match tokio::time::timeout_at(now + share, &mut connecting).await {
+                    Ok(done) => done,
+                    Err(_) if left.load(Ordering::Relaxed) > 0 => return Err(ProxyError::ConnectionTimeout),
+                    Err(_) => connecting.await,
+                };
+                done.map(|s| (s, addr)).map_err(|e| classify(&e))
             });
             next_start = now + ATTEMPT_DELAY;
         }
@@ -328,6 +348,36 @@ mod tests {
         let live_at = live.local_addr().unwrap();
         let s = Connector::dial(&[holes[0].2, holes[1].2, live_at], Duration::from_secs(6)).await;
         assert_eq!(s.unwrap().1, live_at, "the third address gets its turn");
+    }
+
+    /// An attempt past its share of the time goes on when no other address
+    /// is left to try: here the origin's listen queue frees up after 2.6 s
+    /// (Linux then completes the handshake about half a second later, on a
+    /// retransmission), past the attempt's 2.5 s share of the 5 s. Dropped
+    /// at its share, the dial failed at 2.5 s.
+    #[tokio::test]
+    async fn the_last_attempt_left_runs_until_the_timeout() {
+        let (hole, filler, late_at) = black_hole();
+        let freed = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(2600));
+            let accepted = hole.accept().unwrap();
+            (hole, filler, accepted)
+        });
+        let s = Connector::dial(&[late_at, refused()], Duration::from_secs(5)).await;
+        assert_eq!(s.unwrap().1, late_at);
+        drop(freed.await.unwrap());
+    }
+
+    /// Only the first [`MAX_ADDRESSES`] of a name are tried.
+    #[tokio::test]
+    async fn addresses_past_the_limit_are_not_tried() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut addrs: Vec<SocketAddr> = (0..MAX_ADDRESSES).map(|_| refused()).collect();
+        addrs.push(live.local_addr().unwrap());
+        let r = Connector::dial(&addrs, Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(ProxyError::ConnectionRefused)), "{r:?}");
+        addrs.remove(0);
+        assert!(Connector::dial(&addrs, Duration::from_secs(5)).await.is_ok());
     }
 
     #[tokio::test]

@@ -67,8 +67,8 @@ impl Resolver {
     /// # Errors
     /// `DnsTimeout` when no address came within `timeout` and a query was
     /// still unanswered or timed out, `DnsError` for any other failure (no
-    /// such name, no address, an error answer). An NXDOMAIN answer to
-    /// either query is a `DnsError` at once.
+    /// such name, no address, an error answer). With no address, an
+    /// NXDOMAIN answer to either query makes it a `DnsError`.
     pub async fn lookup(&self, name: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         if name == "localhost" || name.ends_with(".localhost") {
             return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V6(Ipv6Addr::LOCALHOST)]);
@@ -96,10 +96,12 @@ impl Resolver {
         let give_up = tokio::time::sleep_until(deadline);
         tokio::pin!(give_up);
         let (mut a, mut aaaa) = (None, None);
-        // NXDOMAIN says the name has no records of any type: the other
-        // answer is not waited for.
+        // An NXDOMAIN to one query does not end the wait for the other:
+        // some servers say NXDOMAIN to AAAA for names that have A records
+        // (RFC 4074 §4.2), and a resolver's cache can hold such an answer
+        // after the A records expired.
         let no_such_name = |r: &Option<Result<Vec<IpAddr>, ResolveError>>| matches!(r, Some(Err(e)) if e.proto().is_some_and(|p| p.is_nx_domain()));
-        while (a.is_none() || aaaa.is_none()) && !no_such_name(&a) && !no_such_name(&aaaa) {
+        while a.is_none() || aaaa.is_none() {
             tokio::select! {
                 r = &mut v4, if a.is_none() => {
                     if aaaa.is_none() && r.as_ref().is_ok_and(|ips| !ips.is_empty()) {
@@ -125,6 +127,8 @@ impl Resolver {
             Some(Err(e)) => matches!(classify(e), ProxyError::DnsTimeout),
             Some(Ok(_)) => false,
         };
+        // No address: a name one answer says does not exist is a
+        // `DnsError`, whether or not the other came.
         if !no_such_name(&a) && !no_such_name(&aaaa) && (timed_out(&a) || timed_out(&aaaa)) {
             Err(ProxyError::DnsTimeout)
         } else {

@@ -25,6 +25,10 @@ pub enum Answer {
     NoAaaa(Vec<Ipv4Addr>, u32),
     /// NXDOMAIN to A queries, and no answer at all to AAAA queries.
     NxNoAaaa,
+    /// A records sent after a delay (milliseconds), and NXDOMAIN to AAAA
+    /// at once (a server that says a name with A records does not exist
+    /// when asked for AAAA, RFC 4074 §4.2).
+    LateA(Vec<Ipv4Addr>, u64),
     /// A and AAAA records with a TTL.
     Dual(Vec<Ipv4Addr>, Vec<Ipv6Addr>, u32),
 }
@@ -44,7 +48,7 @@ impl FakeDns {
 
 /// Starts the server with `zone` (names without trailing dot).
 pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sock = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
     let addr = sock.local_addr().unwrap();
     let zone: HashMap<String, (Answer, AtomicUsize)> =
         zone.into_iter().map(|(n, a)| (n.to_string(), (a, AtomicUsize::new(0)))).collect();
@@ -59,6 +63,16 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::Silent, _)) => continue,
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
+                Some((Answer::LateA(ips, delay), _)) if qtype == 1 => {
+                    let (reply, delay, sock) =
+                        (response(&buf[..qend], 0, &octets(ips), 60), *delay, sock.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        let _ = sock.send_to(&reply, peer).await;
+                    });
+                    continue;
+                }
+                Some((Answer::LateA(..), _)) => response(&buf[..qend], 3, &[], 0),
                 Some((Answer::NoAaaa(ips, ttl), _)) => {
                     *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
                     response(&buf[..qend], 0, &octets(ips), *ttl)
