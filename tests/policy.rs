@@ -271,6 +271,7 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
         ("nx.test", Answer::NxDomain),
         ("slow.test", Answer::Silent),
         ("nx-v4.test", Answer::NxNoAaaa),
+        ("tc.test", Answer::Truncated),
         ("ttl.test", Answer::A(vec![vec![Ipv4Addr::LOCALHOST]], 1)),
     ];
     let fake = dns::spawn(zone).await;
@@ -287,6 +288,11 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     // on the way, is not waited for.
     let r = send_one(proxy.addr, "CONNECT", "nx-v4.test:443", &[("Proxy-Authorization", &a)]).await;
     assert_proxy_error(&r, 502, "dns_error", "dns_error");
+    // A long answer that must be asked again over TCP, which the resolver
+    // refuses: it could not be asked, no answer to retry later, not a
+    // name that does not resolve.
+    let r = send_one(proxy.addr, "CONNECT", "tc.test:443", &[("Proxy-Authorization", &a)]).await;
+    assert_proxy_error(&r, 504, "dns_timeout", "dns_timeout");
 
     let url = format!("http://ttl.test:{}/", origin.addr.port());
     for _ in 0..3 {

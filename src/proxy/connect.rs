@@ -251,14 +251,14 @@ fn classify(e: &io::Error) -> ProxyError {
 /// Whether `e` says the process (EMFILE) or the system (ENFILE) has no
 /// file descriptor left: the proxy's own limit, not the destination's
 /// fault, so the client gets a 503 to retry, not a 502 blaming the origin.
-fn out_of_descriptors(e: &io::Error) -> bool {
+pub(super) fn out_of_descriptors(e: &io::Error) -> bool {
     rustix::io::Errno::from_io_error(e)
         .is_some_and(|n| n == rustix::io::Errno::MFILE || n == rustix::io::Errno::NFILE)
 }
 
 /// The operator is told, at most once every 10 s (when the descriptors run
 /// out every request fails, and a line for each would flood the log).
-fn warn_out_of_descriptors(e: &io::Error) {
+pub(super) fn warn_out_of_descriptors(e: &io::Error) {
     const LINE: &str = "out of file descriptors: cannot open connections to origins (answered 503); raise the open-files limit (LimitNOFILE, ulimit -n) or lower limits.max_connections";
     static EVERY: Every = Every::new(10, LINE);
     if let Some(held) = EVERY.pass() {

@@ -122,18 +122,22 @@ impl Resolver {
         if !ips.is_empty() {
             return Ok(ips);
         }
-        let timed_out = |r: &Option<Result<Vec<IpAddr>, ResolveError>>| match r {
-            None => true,
-            Some(Err(e)) => matches!(classify(e), ProxyError::DnsTimeout),
-            Some(Ok(_)) => false,
-        };
-        // No address: a name one answer says does not exist is a
-        // `DnsError`, whether or not the other came.
-        if !no_such_name(&a) && !no_such_name(&aaaa) && (timed_out(&a) || timed_out(&aaaa)) {
-            Err(ProxyError::DnsTimeout)
-        } else {
-            Err(ProxyError::DnsError)
+        // No address. A name one answer says does not exist is a
+        // `DnsError`, whether or not the other came; otherwise the most
+        // telling failure of the two.
+        if no_such_name(&a) || no_such_name(&aaaa) {
+            return Err(ProxyError::DnsError);
         }
+        let failed = |r: &Option<Result<Vec<IpAddr>, ResolveError>>| match r {
+            None => ProxyError::DnsTimeout,
+            Some(Err(e)) => classify(e),
+            Some(Ok(_)) => ProxyError::DnsError,
+        };
+        Err(match (failed(&a), failed(&aaaa)) {
+            (e @ ProxyError::TooManyConnections, _) | (_, e @ ProxyError::TooManyConnections) => e,
+            (e @ ProxyError::DnsTimeout, _) | (_, e @ ProxyError::DnsTimeout) => e,
+            (e, _) => e,
+        })
     }
 }
 
@@ -142,9 +146,23 @@ impl Resolver {
 /// IPv6 addresses of that lookup, never the connection.
 pub const RESOLUTION_DELAY: Duration = Duration::from_millis(50);
 
+/// What a failed query tells the client. When the resolver could not be
+/// asked (it refused the TCP connection a long answer needs, it was too
+/// busy, no connection to it could be made) there is no answer to retry
+/// later, a `DnsTimeout`, not a "does not resolve"; with no file
+/// descriptor left for the query, authgate's own limit, a 503.
 fn classify(e: &ResolveError) -> ProxyError {
     match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::Timeout) => ProxyError::DnsTimeout,
+        Some(ProtoErrorKind::Io(io)) if super::connect::out_of_descriptors(io) => {
+            super::connect::warn_out_of_descriptors(io);
+            ProxyError::TooManyConnections
+        }
+        Some(
+            ProtoErrorKind::Timeout
+            | ProtoErrorKind::Io(_)
+            | ProtoErrorKind::Busy
+            | ProtoErrorKind::NoConnections,
+        ) => ProxyError::DnsTimeout,
         _ => ProxyError::DnsError,
     }
 }

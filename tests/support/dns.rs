@@ -29,6 +29,9 @@ pub enum Answer {
     /// at once (a server that says a name with A records does not exist
     /// when asked for AAAA, RFC 4074 §4.2).
     LateA(Vec<Ipv4Addr>, u64),
+    /// A truncated answer (TC set, no records): the resolver must ask
+    /// again over TCP, which this server does not take.
+    Truncated,
     /// A and AAAA records with a TTL.
     Dual(Vec<Ipv4Addr>, Vec<Ipv6Addr>, u32),
 }
@@ -63,6 +66,11 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::Silent, _)) => continue,
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
+                Some((Answer::Truncated, _)) => {
+                    let mut r = response(&buf[..qend], 0, &[], 0);
+                    r[2] |= 0x02; // TC
+                    r
+                }
                 Some((Answer::LateA(ips, delay), _)) if qtype == 1 => {
                     let (reply, delay, sock) =
                         (response(&buf[..qend], 0, &octets(ips), 60), *delay, sock.clone());
