@@ -93,16 +93,8 @@ async fn ssrf_bypass_forms_are_all_refused() {
 /// (DNS rebinding, TTL 0): the forbidden address is never connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_rebinding_never_reaches_the_forbidden_address() {
-    // The forbidden origin on 127.0.0.1 and the allowed one on 127.0.0.2, same
-    // port: a port free on one address may be taken on the other (by any
-    // process's connection), so pairs are tried until both bind.
-    let (on_1, on_2) = (0..100)
-        .find_map(|_| {
-            let one = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-            let two = std::net::TcpListener::bind(("127.0.0.2", one.local_addr().unwrap().port())).ok()?;
-            Some((one, two))
-        })
-        .expect("no port free on both 127.0.0.1 and 127.0.0.2");
+    // The forbidden origin on 127.0.0.1 and the allowed one on 127.0.0.2.
+    let (on_1, on_2) = same_port("127.0.0.1:0", |port| std::net::TcpListener::bind(("127.0.0.2", port)).ok());
     let port = on_1.local_addr().unwrap().port();
     let forbidden = spawn_origin_on(on_1);
     let good = spawn_origin_on(on_2);
@@ -148,13 +140,7 @@ async fn dns_rebinding_never_reaches_the_forbidden_address() {
 /// other, the first spent all of `connect_timeout` and the answer was a 504.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_that_drops_connections_does_not_keep_the_next_one_from_being_tried() {
-    let (live, _hole) = (0..100)
-        .find_map(|_| {
-            let one = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-            let hole = black_hole(("127.0.0.2", one.local_addr().unwrap().port()))?;
-            Some((one, hole))
-        })
-        .expect("no port free on both 127.0.0.1 and 127.0.0.2");
+    let (live, _hole) = same_port("127.0.0.1:0", |port| black_hole(("127.0.0.2", port)));
     let port = live.local_addr().unwrap().port();
     let origin = spawn_origin_on(live);
     let zone =
@@ -199,13 +185,7 @@ async fn a_name_whose_aaaa_query_goes_unanswered_is_reached_by_its_a_records() {
 /// the connection is seen at the origins, one on each family, same port.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_addresses_come_first_and_ipv6_ones_are_used() {
-    let (on_4, on_6) = (0..100)
-        .find_map(|_| {
-            let six = std::net::TcpListener::bind("[::1]:0").expect("bind ::1");
-            let four = std::net::TcpListener::bind(("127.0.0.1", six.local_addr().unwrap().port())).ok()?;
-            Some((four, six))
-        })
-        .expect("no port free on both 127.0.0.1 and ::1");
+    let (on_6, on_4) = same_port("[::1]:0", |port| std::net::TcpListener::bind(("127.0.0.1", port)).ok());
     let port = on_4.local_addr().unwrap().port();
     let (origin_4, origin_6) = (spawn_origin_on(on_4), spawn_origin_on(on_6));
     let (v4, v6) = (Ipv4Addr::LOCALHOST, std::net::Ipv6Addr::LOCALHOST);
@@ -228,6 +208,19 @@ async fn ipv4_addresses_come_first_and_ipv6_ones_are_used() {
     let r = connect("six.test").await;
     assert_eq!(r.status, 200, "{}", r.dump());
     assert_eq!((origin_4.hits(), origin_6.hits()), (1, 1), "six.test goes to its IPv6 address");
+}
+
+/// A listener on `first` (port 0) and what `second` makes on the same port.
+/// A port free on one address may be taken on the other (by any process's
+/// connection), so ports are tried until both bind.
+fn same_port<T>(first: &str, second: impl Fn(u16) -> Option<T>) -> (std::net::TcpListener, T) {
+    (0..100)
+        .find_map(|_| {
+            let one = std::net::TcpListener::bind(first).expect("bind the first address");
+            let two = second(one.local_addr().unwrap().port())?;
+            Some((one, two))
+        })
+        .expect("no port free on both addresses")
 }
 
 /// A listener at `addr` that never accepts, its one-place queue filled:
