@@ -552,6 +552,7 @@ fn a_duration_beyond_365_days_is_refused_for_every_setting() {
         ("limits", "dns_timeout"),
         ("limits", "upstream_response_timeout"),
         ("limits", "tunnel_idle_timeout"),
+        ("limits", "upstream_idle_timeout"),
         ("limits", "send_timeout"),
         ("limits", "shutdown_grace"),
         ("auth", "cache_ttl"),

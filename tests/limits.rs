@@ -371,6 +371,60 @@ async fn idle_keep_alive_connections_are_closed_quietly() {
     assert!(start.elapsed() < Duration::from_secs(3), "{:?}", start.elapsed());
 }
 
+/// `upstream_idle_timeout`: a pooled origin connection is reused while it
+/// is fresh and closed once it has sat idle that long, also when no request
+/// for that origin comes again. It stayed open for the life of the process
+/// when the origin did not close it (a descriptor and a socket each). A
+/// reload sets the timeout for the connections made after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_pooled_origin_connection_is_closed_after_upstream_idle_timeout() {
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Answers every request and never closes a connection itself.
+    let origin = spawn_raw_origin(move |mut s| {
+        let closed = closed_tx.clone();
+        async move {
+            while read_request_head(&mut s).await.is_some() {
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                    return;
+                }
+            }
+            let _ = closed.send(Instant::now());
+        }
+    });
+    let with = |timeout: &str| {
+        cfg("", &format!("[reload]\nwatch = false\n[limits]\nupstream_idle_timeout = \"{timeout}\"\n"))
+    };
+    let proxy = spawn_custom(&with("30s"), &users());
+    let mut c = RawConn::connect(proxy.addr).await;
+    let mut get_twice = async || {
+        for _ in 0..2 {
+            c.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
+            assert_eq!(c.read_response("GET").await.status, 200);
+        }
+    };
+    get_twice().await;
+    assert_eq!(origin.hits(), 1, "the pooled connection is reused while fresh");
+    // The reload drops the idle connection and shortens the timeout.
+    proxy.dir.write("authgate.toml", with("1s"));
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    let within_10s = async |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Instant>| {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the idle origin connection is closed within 10 s")
+            .unwrap()
+    };
+    within_10s(&mut closed_rx).await;
+    get_twice().await;
+    let idle_from = Instant::now();
+    assert_eq!(origin.hits(), 2);
+    let idle = within_10s(&mut closed_rx).await.duration_since(idle_from);
+    assert!(idle >= Duration::from_millis(800), "closed after {idle:?} idle, before the timeout");
+    // The client connection is untouched, and a new request dials anew.
+    get_twice().await;
+    assert_eq!(origin.hits(), 3);
+}
+
 /// A request that outlasts `header_read_timeout` still leaves a connection
 /// that the idle timer closes: it used to stay open (and hold its slot)
 /// until the client left.

@@ -126,6 +126,8 @@ pub struct Limits {
     pub upstream_response_timeout: Duration,
     /// A tunnel with no bytes either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// A pooled origin connection unused for this long is closed.
+    pub upstream_idle_timeout: Duration,
     /// A client that accepts no byte of its response for this long is
     /// disconnected (slow read).
     pub send_timeout: Duration,
@@ -148,6 +150,7 @@ impl Default for Limits {
             dns_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(300),
             tunnel_idle_timeout: Duration::from_secs(3600),
+            upstream_idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             max_header_bytes: 64 * 1024,

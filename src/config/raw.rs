@@ -161,6 +161,8 @@ pub struct RawLimits {
     pub upstream_response_timeout: Option<Spanned<String>>,
     /// A tunnel with no byte in either direction.
     pub tunnel_idle_timeout: Option<Spanned<String>>,
+    /// A pooled origin connection with no request on it.
+    pub upstream_idle_timeout: Option<Spanned<String>>,
     /// A client that accepts no byte of a response.
     pub send_timeout: Option<Spanned<String>>,
     /// How long requests and tunnels may stay open after SIGTERM/SIGINT.

@@ -400,7 +400,7 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
 }
 
 fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
-    let durations: [(&Option<Spanned<String>>, &mut Duration, &str); 8] = [
+    let durations: [(&Option<Spanned<String>>, &mut Duration, &str); 9] = [
         (&raw.header_read_timeout, &mut l.header_read_timeout, "limits.header_read_timeout"),
         (&raw.idle_timeout, &mut l.idle_timeout, "limits.idle_timeout"),
         (&raw.connect_timeout, &mut l.connect_timeout, "limits.connect_timeout"),
@@ -411,6 +411,7 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
             "limits.upstream_response_timeout",
         ),
         (&raw.tunnel_idle_timeout, &mut l.tunnel_idle_timeout, "limits.tunnel_idle_timeout"),
+        (&raw.upstream_idle_timeout, &mut l.upstream_idle_timeout, "limits.upstream_idle_timeout"),
         (&raw.send_timeout, &mut l.send_timeout, "limits.send_timeout"),
         (&raw.shutdown_grace, &mut l.shutdown_grace, "limits.shutdown_grace"),
     ];

@@ -22,7 +22,6 @@ pub mod upstream_tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -110,11 +109,12 @@ impl State {
         let started = StartOnly::of(&snapshot);
         let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
         let listening = snapshot.listening();
+        let pool = Pool::new(snapshot.limits.upstream_idle_timeout);
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             auth,
             connector,
-            pool: Arc::new(Pool::new(Duration::from_secs(60))),
+            pool: Arc::new(pool),
             metrics,
             upstream_tls,
             tasks: TaskTracker::new(),

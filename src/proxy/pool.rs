@@ -146,8 +146,11 @@ impl Conn {
 
 /// The upstream connection pool.
 pub struct Pool {
+    /// Per origin, oldest first: a connection goes back at the end and is
+    /// taken from the end.
     idle: Mutex<HashMap<Key, Vec<Idle>>>,
-    idle_timeout: Duration,
+    /// `[limits] upstream_idle_timeout`, in nanoseconds (a reload sets it).
+    idle_timeout: AtomicU64,
 }
 
 /// A response plus what to do with its connection afterwards.
@@ -159,19 +162,55 @@ pub struct Sent {
 }
 
 impl Pool {
-    /// An empty pool; idle connections older than `idle_timeout` are dropped.
+    /// An empty pool; idle connections older than `idle_timeout` are closed
+    /// (by [`Pool::sweep`], or when found at checkout).
     pub fn new(idle_timeout: Duration) -> Self {
-        Pool { idle: Mutex::new(HashMap::default()), idle_timeout }
+        let pool = Pool { idle: Mutex::new(HashMap::default()), idle_timeout: AtomicU64::new(0) };
+        pool.set_idle_timeout(idle_timeout);
+        pool
+    }
+
+    /// Sets how long a connection may sit idle (after a reload).
+    pub fn set_idle_timeout(&self, idle_timeout: Duration) {
+        let nanos = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.idle_timeout.store(nanos, Ordering::Relaxed);
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_nanos(self.idle_timeout.load(Ordering::Relaxed))
+    }
+
+    /// Closes the connections idle for the idle timeout or longer. Without
+    /// it, one to an origin that keeps idle connections open (some never
+    /// close them) and is not asked again stayed open for the life of the
+    /// process, a descriptor and a socket buffer each. Each list is oldest
+    /// first, so the expired ones are a prefix: a sweep costs one look per
+    /// origin plus one per connection it closes.
+    pub fn sweep(&self) {
+        let timeout = self.idle_timeout();
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|_, list| {
+                let stale = list.partition_point(|c| now.duration_since(c.since) >= timeout);
+                expired.extend(list.drain(..stale));
+                !list.is_empty()
+            });
+        }
+        // Closed outside the lock: requests wait on it.
+        drop(expired);
     }
 
     /// An idle connection to `key`, and how long it sat idle.
     fn checkout(&self, key: &Key) -> Option<(Conn, Duration)> {
+        let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         let now = Instant::now();
         while let Some(c) = list.pop() {
             let idle_for = now.duration_since(c.since);
-            if c.conn.tx.is_ready() && idle_for < self.idle_timeout {
+            if c.conn.tx.is_ready() && idle_for < timeout {
                 return Some((c.conn, idle_for));
             }
         }
@@ -206,7 +245,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
             let now = Instant::now();
-            let timeout = self.idle_timeout;
+            let timeout = self.idle_timeout();
             idle.retain(|_, l| {
                 l.retain(|c| !c.conn.tx.is_closed() && now.duration_since(c.since) < timeout);
                 !l.is_empty()

@@ -243,6 +243,7 @@ fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
     state.snapshot.store(new.clone());
     state.auth.reconfigure_throttle(&new.auth.throttle);
+    state.pool.set_idle_timeout(new.limits.upstream_idle_timeout);
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
     for user in old.users.iter() {
         if new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint) {
@@ -279,7 +280,8 @@ pub fn listen_for_hangup() -> Hangup {
 }
 
 /// Watches for SIGHUP and file changes until shutdown begins; also closes
-/// sessions of users whose `expires` passes while they are connected.
+/// sessions of users whose `expires` passes while they are connected, and
+/// pooled origin connections idle for `upstream_idle_timeout`.
 /// Listens for SIGHUP with the listener handed to the state by
 /// [`State::hand_over_hangup`](crate::proxy::State::hand_over_hangup), or
 /// with a new one.
@@ -317,6 +319,7 @@ pub async fn watch(state: Arc<State>) {
             _ = tick.tick() => {
                 let snap = state.snapshot.load_full();
                 state.sessions.revoke_stale(&snap.users, SystemTime::now());
+                state.pool.sweep();
                 if !snap.watch {
                     continue;
                 }
