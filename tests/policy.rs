@@ -29,6 +29,13 @@ fn config(dns: Option<std::net::SocketAddr>, extra: &str) -> String {
     )
 }
 
+/// A config opening loopback, asking `dns` with `dns_timeout`.
+fn loopback_config(dns: std::net::SocketAddr, dns_timeout: &str) -> String {
+    format!(
+        "[server]\nrealm = \"t\"\n[auth]\nusers_file = \"users.toml\"\n[limits]\ndns_timeout = \"{dns_timeout}\"\n[dns]\nservers = [\"{dns}\"]\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n"
+    )
+}
+
 fn users() -> String {
     user_entry(USER, PASS, "disabled = false") + &user_entry("eve", "x", "")
 }
@@ -256,6 +263,57 @@ fn spawn_origin_on(l: std::net::TcpListener) -> Origin {
         }
     });
     Origin { addr, hits }
+}
+
+/// A query that gets no answer (a UDP packet lost on the way) is sent
+/// again once half of `dns_timeout` has passed, as stub resolvers do: one
+/// lost packet was a 504 `dns_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_dns_query_is_sent_again_within_dns_timeout() {
+    let zone = vec![("lossy.test", Answer::FirstLost(vec![Ipv4Addr::LOCALHOST], 60))];
+    let fake = dns::spawn(zone).await;
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(&loopback_config(fake.addr, "1s"), &users());
+    let url = format!("http://lossy.test:{}/", origin.addr.port());
+    let r = get(proxy.addr, &url, &[("Host", "lossy.test"), ("Proxy-Authorization", &auth())]).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(fake.queries("lossy.test"), 4, "A and AAAA, each sent twice");
+}
+
+/// Answers that need TCP (too long for UDP), asked for many names at once:
+/// hickory sends at most 32 queries at a time on its TCP connection, says
+/// "busy" to the others and gives up on them after 0.3 s of retries. Each
+/// of those was a 504 `dns_timeout` long before `dns_timeout`; now a query
+/// told "busy" is asked again until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_whose_answers_need_tcp_all_resolve_when_asked_for_at_once() {
+    const NAMES: usize = 300;
+    let names: Vec<String> = (0..NAMES).map(|i| format!("long{i}.test")).collect();
+    let zone = names.iter().map(|n| (n.as_str(), Answer::TcpOnly(vec![Ipv4Addr::LOCALHOST], 400))).collect();
+    let fake = dns::spawn_with_tcp(zone).await;
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(&loopback_config(fake.addr, "5s"), &users());
+    let a = auth();
+    let port = origin.addr.port();
+    let all = names.iter().map(|name| {
+        let (url, host, a) = (format!("http://{name}:{port}/"), format!("{name}:{port}"), a.clone());
+        let addr = proxy.addr;
+        tokio::spawn(async move { get(addr, &url, &[("Host", &host), ("Proxy-Authorization", &a)]).await })
+    });
+    let mut failed = Vec::new();
+    for (name, r) in names.iter().zip(all.collect::<Vec<_>>()) {
+        let r = r.await.unwrap();
+        if r.status != 200 {
+            failed.push(format!(
+                "{name}: {} {} (queries over TCP: {})",
+                r.status,
+                r.header("proxy-status").unwrap_or(""),
+                fake.queries(name)
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{} of {NAMES} failed:\n{}", failed.len(), failed.join("\n"));
+    assert!(names.iter().all(|n| fake.queries(n) >= 2), "A and AAAA of each name were answered over TCP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

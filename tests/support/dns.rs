@@ -3,6 +3,7 @@
 //! queries from a table, NXDOMAIN for names it does not know, and never
 //! answers names listed as "slow" (to test timeouts). AAAA gets an empty
 //! answer, or none. Each name's answers can rotate (a DNS-rebinding attacker).
+//! [`spawn_with_tcp`] also takes queries over TCP on the same port.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -34,6 +35,14 @@ pub enum Answer {
     Truncated,
     /// A and AAAA records with a TTL.
     Dual(Vec<Ipv4Addr>, Vec<Ipv6Addr>, u32),
+    /// A records with a TTL; the first A query and the first AAAA query
+    /// get no answer (lost packets).
+    FirstLost(Vec<Ipv4Addr>, u32),
+    /// Over UDP a truncated answer; over TCP (see [`spawn_with_tcp`]) A
+    /// records, and an empty AAAA answer, each after a delay in
+    /// milliseconds: an answer too long for UDP, from a server that takes
+    /// a while.
+    TcpOnly(Vec<Ipv4Addr>, u64),
 }
 
 /// A running fake DNS server.
@@ -66,7 +75,7 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::Silent, _)) => continue,
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
-                Some((Answer::Truncated, _)) => {
+                Some((Answer::Truncated | Answer::TcpOnly(..), _)) => {
                     let mut r = response(&buf[..qend], 0, &[], 0);
                     r[2] |= 0x02; // TC
                     r
@@ -84,6 +93,16 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::NoAaaa(ips, ttl), _)) => {
                     *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
                     response(&buf[..qend], 0, &octets(ips), *ttl)
+                }
+                Some((Answer::FirstLost(ips, ttl), seen)) => {
+                    *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
+                    // Counts A (1) and AAAA (28) queries in separate halves.
+                    let count = seen.fetch_add(if qtype == 1 { 1 } else { 1 << 16 }, Ordering::SeqCst);
+                    if (qtype == 1 && count & 0xffff == 0) || (qtype != 1 && count >> 16 == 0) {
+                        continue;
+                    }
+                    let answer = if qtype == 1 { octets(ips) } else { Vec::new() };
+                    response(&buf[..qend], 0, &answer, *ttl)
                 }
                 Some((Answer::Dual(v4, v6, ttl), _)) => {
                     let v6: Vec<Vec<u8>> = v6.iter().map(|ip| ip.octets().to_vec()).collect();
@@ -105,6 +124,72 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
         }
     });
     FakeDns { addr, queries }
+}
+
+/// Like [`spawn`], and also listening for TCP on the same port, where it
+/// answers [`Answer::TcpOnly`] names (after their delay, each query on its
+/// own, many at once on one connection) and says NXDOMAIN to the others.
+pub async fn spawn_with_tcp(zone: Vec<(&str, Answer)>) -> FakeDns {
+    let tcp_zone: HashMap<String, (Vec<Ipv4Addr>, u64)> = zone
+        .iter()
+        .filter_map(|(n, a)| match a {
+            Answer::TcpOnly(ips, delay) => Some((n.to_string(), (ips.clone(), *delay))),
+            _ => None,
+        })
+        .collect();
+    let tcp_zone = Arc::new(tcp_zone);
+    let (fake, listener) = loop {
+        let fake = spawn(zone.clone()).await;
+        if let Ok(l) = tokio::net::TcpListener::bind(fake.addr).await {
+            break (fake, l);
+        }
+    };
+    let queries = fake.queries.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (zone, queries) = (tcp_zone.clone(), queries.clone());
+            tokio::spawn(serve_tcp(stream, zone, queries));
+        }
+    });
+    fake
+}
+
+/// One TCP connection: length-prefixed queries (RFC 1035 §4.2.2), each
+/// answered on its own after its name's delay.
+async fn serve_tcp(
+    stream: tokio::net::TcpStream,
+    zone: Arc<HashMap<String, (Vec<Ipv4Addr>, u64)>>,
+    queries: Arc<Mutex<HashMap<String, usize>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, wr) = stream.into_split();
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    loop {
+        let mut len = [0u8; 2];
+        if rd.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let mut msg = vec![0u8; u16::from_be_bytes(len) as usize];
+        if rd.read_exact(&mut msg).await.is_err() {
+            return;
+        }
+        let Some((name, qtype, qend)) = parse_question(&msg) else { return };
+        let (reply, delay) = match zone.get(&name) {
+            Some((ips, delay)) => {
+                *queries.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
+                let ips = if qtype == 1 { octets(ips) } else { Vec::new() };
+                (response(&msg[..qend], 0, &ips, 60), *delay)
+            }
+            None => (response(&msg[..qend], 3, &[], 0), 0),
+        };
+        let wr = wr.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&reply);
+            let _ = wr.lock().await.write_all(&framed).await;
+        });
+    }
 }
 
 /// (lower-case name, qtype, end of the question section).
