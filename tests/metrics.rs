@@ -160,6 +160,30 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
 /// kept-alive `/healthz` connections took every file descriptor and a proxy
 /// request went unanswered; with one for all, 64 held from one address kept
 /// every health check out.)
+/// `authgate_upstream_idle_connections` counts the origin connections idle
+/// in the pool: one after a request to a keep-alive origin, none once
+/// `upstream_idle_timeout` has closed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_origin_connections_are_a_gauge_that_falls_when_they_expire() {
+    let (run, _state) = spawn_with_admin("[limits]\nupstream_idle_timeout = \"1s\"\n").await;
+    let origin = spawn_echo_origin();
+    let gauge = async || scrape(run.admin).await["authgate_upstream_idle_connections"];
+    assert_eq!(gauge().await, 0.0);
+    let r = get(
+        run.proxy,
+        &origin.url("/"),
+        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(gauge().await, 1.0);
+    let start = std::time::Instant::now();
+    while gauge().await != 0.0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "still pooled after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_holds_a_bounded_number_of_connections() {
     use authgate::server::{MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS_PER_ADDRESS as PER_ADDRESS};

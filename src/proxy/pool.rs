@@ -202,6 +202,14 @@ impl Pool {
         drop(expired);
     }
 
+    /// How many connections are idle in the pool, not counting those the
+    /// origin has closed meanwhile (dropped when next looked at). For the
+    /// metrics: a look at each.
+    pub fn idle_connections(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().flatten().filter(|c| !c.conn.tx.is_closed()).count()
+    }
+
     /// An idle connection to `key`, and how long it sat idle.
     fn checkout(&self, key: &Key) -> Option<(Conn, Duration)> {
         let timeout = self.idle_timeout();

@@ -39,6 +39,7 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
             state.metrics.render(
                 state.generation.load(Ordering::Relaxed),
                 state.conns.open(),
+                state.pool.idle_connections(),
                 state.auth.load(),
             ),
         ),

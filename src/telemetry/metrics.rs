@@ -223,8 +223,15 @@ impl Metrics {
         if ok { &self.reloads_ok } else { &self.reloads_failed }.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition (version 0.0.4).
-    pub fn render(&self, generation: u64, active_connections: usize, auth: AuthLoad) -> String {
+    /// The Prometheus text exposition (version 0.0.4). `pooled`: origin
+    /// connections idle in the pool now.
+    pub fn render(
+        &self,
+        generation: u64,
+        active_connections: usize,
+        pooled: usize,
+        auth: AuthLoad,
+    ) -> String {
         let mut o = String::with_capacity(8192);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
@@ -272,6 +279,13 @@ impl Metrics {
         let _ = writeln!(o, "authgate_active_connections {active_connections}");
         family(&mut o, "authgate_active_tunnels", "gauge", "Tunnels (CONNECT and upgrades) open now.");
         let _ = writeln!(o, "authgate_active_tunnels {}", self.active_tunnels.load(Ordering::Relaxed).max(0));
+        family(
+            &mut o,
+            "authgate_upstream_idle_connections",
+            "gauge",
+            "Keep-alive connections to origins idle in the pool now.",
+        );
+        let _ = writeln!(o, "authgate_upstream_idle_connections {pooled}");
         family(&mut o, "authgate_bytes_total", "counter", "Payload bytes relayed.");
         let _ = writeln!(o, "authgate_bytes_total{{direction=\"up\"}} {}", get(&self.bytes_up));
         let _ = writeln!(o, "authgate_bytes_total{{direction=\"down\"}} {}", get(&self.bytes_down));
@@ -360,13 +374,13 @@ mod tests {
     #[test]
     fn every_series_exists_from_the_start_and_counts() {
         let m = Metrics::new(false);
-        let text = m.render(1, 0, AuthLoad::default());
+        let text = m.render(1, 0, 0, AuthLoad::default());
         assert!(text.contains("authgate_requests_total{outcome=\"throttled\"} 0"));
         m.request(Outcome::Denied, Some("alice"));
         m.upstream_response(401);
         m.upstream_error("dns_timeout");
         m.argon2(Duration::from_millis(20));
-        let text = m.render(3, 2, AuthLoad { running: 1, queued: 2, throttle_waiting: 3 });
+        let text = m.render(3, 2, 4, AuthLoad { running: 1, queued: 2, throttle_waiting: 3 });
         assert!(text.contains("authgate_requests_total{outcome=\"denied\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"401\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"4xx\"} 0"));
@@ -375,6 +389,7 @@ mod tests {
         assert!(text.contains("authgate_argon2_duration_seconds_bucket{le=\"0.01\"} 0"));
         assert!(text.contains("authgate_config_generation 3"));
         assert!(text.contains("authgate_active_connections 2"));
+        assert!(text.contains("authgate_upstream_idle_connections 4"));
         assert!(text.contains("authgate_auth_verifications_running 1"));
         assert!(text.contains("authgate_auth_verifications_queued 2"));
         assert!(text.contains("authgate_auth_throttle_waiting 3"));
@@ -389,7 +404,7 @@ mod tests {
         for i in 1..(MAX_USERS + 5) {
             m.request(Outcome::Forwarded, Some(&format!("u{i}")));
         }
-        let text = m.render(1, 0, AuthLoad::default());
+        let text = m.render(1, 0, 0, AuthLoad::default());
         assert!(text.contains("authgate_user_requests_total{user=\":other\",outcome=\"forwarded\"} 5"));
         assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 1"));
         assert_eq!(text.matches("outcome=\"forwarded\"} ").count(), 1 + MAX_USERS + 1);
