@@ -425,6 +425,50 @@ async fn an_idle_pooled_origin_connection_is_closed_after_upstream_idle_timeout(
     assert_eq!(origin.hits(), 3);
 }
 
+/// When shutdown begins, idle pooled origin connections are closed at once,
+/// not when the last request of the grace period ends: the origins get
+/// their descriptors back (probe 74).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_pooled_origin_connections_at_once() {
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (slow_in, release) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+    let (slow_in2, release2) = (slow_in.clone(), release.clone());
+    // `/slow` is answered once released; everything else at once.
+    let origin = spawn_raw_origin(move |mut s| {
+        let (closed, slow_in, release) = (closed_tx.clone(), slow_in2.clone(), release2.clone());
+        async move {
+            while let Some(head) = read_request_head(&mut s).await {
+                if head.starts_with(b"GET /slow") {
+                    slow_in.notify_one();
+                    release.notified().await;
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                    return;
+                }
+            }
+            let _ = closed.send(());
+        }
+    });
+    let proxy = spawn_custom(&cfg("", ""), &users());
+    let (addr, host) = (proxy.addr, origin.authority());
+    let (url, h) = (origin.url("/slow"), host.clone());
+    let slow = tokio::spawn(async move {
+        send_one(addr, "GET", &url, &[("Host", &h), ("Proxy-Authorization", &basic("alice", "a1"))]).await
+    });
+    slow_in.notified().await;
+    let mut c = RawConn::connect(addr).await;
+    c.send(get_as(&origin.url("/fast"), &host, "alice", "a1")).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    assert_eq!(origin.hits(), 2, "the fast request on a connection of its own, now idle in the pool");
+    drop(proxy);
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("the idle origin connection is closed while /slow is still running")
+        .unwrap();
+    release.notify_one();
+    assert_eq!(slow.await.unwrap().status, 200, "the request in progress is served");
+}
+
 /// A request that outlasts `header_read_timeout` still leaves a connection
 /// that the idle timer closes: it used to stay open (and hold its slot)
 /// until the client left.

@@ -8,6 +8,7 @@ mod pki;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -1027,6 +1028,72 @@ async fn a_reloaded_egress_policy_applies_at_once_even_to_a_pooled_origin() {
         .await;
     assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
     assert_eq!(origin.hits(), hits, "a refused request does not reach the origin");
+}
+
+/// A pooled origin connection that was in use when a reload forbade its
+/// origin is not pooled again when its response ends: it came back after
+/// the reload had cleared the pool and served that origin on, unchecked,
+/// for as long as requests kept it busy (probe 74). Whether the reload
+/// lands before the response's head or between its head and the end of
+/// its body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_busy_during_a_reload_that_forbids_its_origin_is_not_reused() {
+    busy_during_a_reload_that_forbids_its_origin(false).await;
+    busy_during_a_reload_that_forbids_its_origin(true).await;
+}
+
+async fn busy_during_a_reload_that_forbids_its_origin(head_first: bool) {
+    use tokio::io::AsyncWriteExt;
+    let (got, release) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+    let (got2, release2) = (got.clone(), release.clone());
+    // Answers every request; the first (or the end of its body) only once
+    // released.
+    let origin = spawn_raw_origin(move |mut s| {
+        let (got, release) = (got2.clone(), release2.clone());
+        async move {
+            let mut first = true;
+            while read_request_head(&mut s).await.is_some() {
+                let (head, rest): (&[u8], &[u8]) = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no", b"k");
+                if std::mem::take(&mut first) {
+                    if head_first && s.write_all(head).await.is_err() {
+                        return;
+                    }
+                    got.notify_one();
+                    release.notified().await;
+                    if !head_first && s.write_all(head).await.is_err() {
+                        return;
+                    }
+                } else if s.write_all(head).await.is_err() {
+                    return;
+                }
+                if s.write_all(rest).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let proxy = spawn_custom(&format!("{CFG_NT}[reload]\nwatch = false\n"), &users_toml(&[("alice", "a1")]));
+    let a = basic("alice", "a1");
+    let (addr, url, host) = (proxy.addr, origin.url("/"), origin.authority());
+    let slow =
+        tokio::spawn(async move { get(addr, &url, &[("Host", &host), ("Proxy-Authorization", &a)]).await });
+    got.notified().await;
+    if head_first {
+        // (An allowance for the head to reach authgate, not a bound.)
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Loopback is in the default deny table; without the allowance it is refused.
+    proxy.dir.write("authgate.toml", CFG_NT.replace("allow_cidrs = [\"127.0.0.0/8\"]", ""));
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    release.notify_one();
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"), "checked before the reload, answered");
+    let a = basic("alice", "a1");
+    let r = get(proxy.addr, &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)])
+        .await;
+    assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    assert_eq!(origin.hits(), 1, "head_first: {head_first}");
 }
 
 /// A connection to `proxy` from a chosen loopback source address.

@@ -228,8 +228,13 @@ pub async fn forward(
     if open_ended {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    // Pooled only if the configuration it was used under is still live
+    // (the epoch first: see `Pool::epoch`).
     if let Some(conn) = conn.filter(|_| reusable) {
-        state.pool.checkin(key, conn);
+        let epoch = state.pool.epoch();
+        if std::ptr::eq(&**state.snapshot.load(), snap) {
+            state.pool.checkin(key, conn, epoch);
+        }
     }
     let idle = limits.upstream_response_timeout;
     Ok(Reply::Response(resp.map(|body| {

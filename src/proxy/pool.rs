@@ -151,6 +151,8 @@ pub struct Pool {
     idle: Mutex<HashMap<Key, Vec<Idle>>>,
     /// `[limits] upstream_idle_timeout`, in nanoseconds (a reload sets it).
     idle_timeout: AtomicU64,
+    /// How many times the pool was cleared; see [`Pool::epoch`].
+    epoch: AtomicU64,
 }
 
 /// A response plus what to do with its connection afterwards.
@@ -165,7 +167,11 @@ impl Pool {
     /// An empty pool; idle connections older than `idle_timeout` are closed
     /// (by [`Pool::sweep`], or when found at checkout).
     pub fn new(idle_timeout: Duration) -> Self {
-        let pool = Pool { idle: Mutex::new(HashMap::default()), idle_timeout: AtomicU64::new(0) };
+        let pool = Pool {
+            idle: Mutex::new(HashMap::default()),
+            idle_timeout: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+        };
         pool.set_idle_timeout(idle_timeout);
         pool
     }
@@ -226,31 +232,50 @@ impl Pool {
         None
     }
 
-    /// Drops every idle connection (after a reload: the egress policy or the
-    /// DNS answers they were made under may have changed).
+    /// Drops every idle connection, and keeps out those in use now (after a
+    /// reload: the egress policy or the DNS answers they were made under
+    /// may have changed). Call it once the new configuration is live.
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        idle.clear();
     }
 
-    /// Returns a connection to the pool once its current response is done.
-    pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut conn: Conn) {
+    /// The pool's epoch, for [`Pool::checkin`]: read it *before* checking
+    /// that the configuration a connection was made or used under is still
+    /// live. A reload that lands after that check clears the pool after
+    /// it, so the epoch read is then an old one.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Returns a connection to the pool once its current response is done,
+    /// unless the pool was cleared since `epoch` was read. A connection in
+    /// use while a reload cleared the pool came back after it, and with its
+    /// origin's requests going to the newest connection, it went on serving
+    /// an origin the new egress policy forbids, with no check (probe 74).
+    pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut conn: Conn, epoch: u64) {
         // Usually it is already: hyper read a small response whole before
         // handing over its head. Then no task is needed to wait for it.
         if conn.tx.is_ready() {
-            self.put(key, conn);
+            self.put(key, conn, epoch);
             return;
         }
         let pool = self.clone();
         tokio::spawn(async move {
             if conn.tx.ready().await.is_ok() {
-                pool.put(key, conn);
+                pool.put(key, conn, epoch);
             }
         });
     }
 
-    /// Adds a ready connection to the idle list of `key`.
-    fn put(&self, key: Key, conn: Conn) {
+    /// Adds a ready connection to the idle list of `key`, unless the pool
+    /// was cleared since `epoch`.
+    fn put(&self, key: Key, conn: Conn, epoch: u64) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
         if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
             let now = Instant::now();
             let timeout = self.idle_timeout();

@@ -152,6 +152,9 @@ pub async fn run<L: Into<Listener>>(
     state.ready.store(false, std::sync::atomic::Ordering::Release);
     tracing::info!("shutting down: no new connections; waiting for requests and tunnels");
     state.stopping.cancel();
+    // Idle origin connections are closed now, not when the last request of
+    // the grace period ends; those still in use are not pooled again.
+    state.pool.clear();
     for a in accepts {
         let _ = a.await;
     }
