@@ -267,10 +267,14 @@ fn spawn_origin_on(l: std::net::TcpListener) -> Origin {
 
 /// A query that gets no answer (a UDP packet lost on the way) is sent
 /// again once half of `dns_timeout` has passed, as stub resolvers do: one
-/// lost packet was a 504 `dns_timeout`.
+/// lost packet was a 504 `dns_timeout`. The first query is still waited
+/// for: an answer to it that comes later than that, but in time, counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_dns_query_is_sent_again_within_dns_timeout() {
-    let zone = vec![("lossy.test", Answer::FirstLost(vec![Ipv4Addr::LOCALHOST], 60))];
+    let zone = vec![
+        ("lossy.test", Answer::FirstLost(vec![Ipv4Addr::LOCALHOST], 60)),
+        ("slow.test", Answer::LateA(vec![Ipv4Addr::LOCALHOST], 700)),
+    ];
     let fake = dns::spawn(zone).await;
     let origin = spawn_echo_origin();
     let proxy = spawn_custom(&loopback_config(fake.addr, "1s"), &users());
@@ -278,6 +282,9 @@ async fn a_lost_dns_query_is_sent_again_within_dns_timeout() {
     let r = get(proxy.addr, &url, &[("Host", "lossy.test"), ("Proxy-Authorization", &auth())]).await;
     assert_eq!(r.status, 200, "{}", r.dump());
     assert_eq!(fake.queries("lossy.test"), 4, "A and AAAA, each sent twice");
+    let url = format!("http://slow.test:{}/", origin.addr.port());
+    let r = get(proxy.addr, &url, &[("Host", "slow.test"), ("Proxy-Authorization", &auth())]).await;
+    assert_eq!(r.status, 200, "an answer after 0.7 s of 1 s: {}", r.dump());
 }
 
 /// Answers that need TCP (too long for UDP), asked for many names at once:
@@ -313,7 +320,10 @@ async fn names_whose_answers_need_tcp_all_resolve_when_asked_for_at_once() {
         }
     }
     assert!(failed.is_empty(), "{} of {NAMES} failed:\n{}", failed.len(), failed.join("\n"));
-    assert!(names.iter().all(|n| fake.queries(n) >= 2), "A and AAAA of each name were answered over TCP");
+    // (Over UDP the answers hold no address. An AAAA query may be lost with
+    // a connection hickory drops, and the lookup goes on without it once
+    // the A answer is in.)
+    assert!(names.iter().all(|n| fake.queries(n) >= 1), "the A query of each name was answered over TCP");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

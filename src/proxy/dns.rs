@@ -9,6 +9,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::time::Instant;
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -26,8 +28,7 @@ pub struct Resolver {
 
 impl Resolver {
     /// A resolver asking `servers`, or the system's resolvers when empty.
-    /// `timeout` is `dns_timeout` at start: a query unanswered for half of
-    /// it is sent again (see [`patiently`]).
+    /// `timeout` bounds each query hickory sends (`dns_timeout` at start).
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Self {
         let provider = TokioConnectionProvider::default();
         let mut builder = if servers.is_empty() {
@@ -47,7 +48,7 @@ impl Resolver {
             TokioResolver::builder_with_config(config, provider)
         };
         let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = timeout / 2;
+        opts.timeout = timeout;
         opts.attempts = 1;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         opts.cache_size = 4096;
@@ -85,11 +86,12 @@ impl Resolver {
 
     async fn both_families(&self, fqdn: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         let deadline = Instant::now() + timeout;
-        let v4 = patiently(deadline, || async {
+        let resend_after = timeout / 2;
+        let v4 = patiently(deadline, resend_after, || async {
             let answer = self.inner.ipv4_lookup(fqdn).await?;
             Ok(answer.iter().map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>())
         });
-        let v6 = patiently(deadline, || async {
+        let v6 = patiently(deadline, resend_after, || async {
             let answer = self.inner.ipv6_lookup(fqdn).await?;
             Ok(answer.iter().map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>())
         });
@@ -137,29 +139,53 @@ impl Resolver {
     }
 }
 
-/// Runs `ask` again, after [`BUSY_PAUSE`], while the resolver says it is
-/// too busy to send the query, or the query went unanswered for half of
-/// `dns_timeout` (as a stub resolver sends a lost query again), until
-/// `deadline`. The other failures are answers, or not worth asking again.
+/// Runs `ask`, and again, until `deadline`: once more, alongside, when it
+/// has not answered after `resend_after` (half of `dns_timeout`, as a stub
+/// resolver sends a lost query again; the first answer of the two is
+/// used, so a slow server's answer still counts), and after
+/// [`BUSY_PAUSE`] when the resolver was too busy to send it. The other
+/// failures are answers, or not worth asking again.
 ///
-/// hickory sends at most 32 queries at a time on a TCP connection to a
-/// server (answers too long for UDP come that way) and says "busy" to the
-/// others once its own retries (0.3 s) are over: with 300 lookups of such
-/// names at once, one in five was a 504 `dns_timeout` long before
-/// `dns_timeout`. It also makes a new connection after each "busy", and a
-/// few queries handed to the connection it drops are never sent: with only
-/// "busy" asked again, 5 to 84 of the 300 were a 504 at `dns_timeout`, in 9
-/// of 55 runs; sent again after half of it, none in 20.
+/// A lost UDP packet was a 504. And hickory sends at most 32 queries at a
+/// time on a TCP connection to a server (answers too long for UDP come
+/// that way) and says "busy" to the others once its own retries (0.3 s)
+/// are over: with 300 lookups of such names at once, one in five was a 504
+/// `dns_timeout` long before `dns_timeout`. It also makes a new connection
+/// after each "busy", and a few queries handed to the connection it drops
+/// are never sent: with only "busy" asked again, 5 to 84 of the 300 were a
+/// 504 at `dns_timeout`, in 9 of 55 runs.
+///
+/// (hickory's own timeout and retry were tried for the resending first:
+/// it drops the first query when it sends the second, and a server
+/// answering in 2.5 to 5 s, which had been in time, no longer was.)
 async fn patiently<T, F: Future<Output = Result<T, ResolveError>>>(
     deadline: Instant,
+    resend_after: Duration,
     ask: impl Fn() -> F,
 ) -> Result<T, ResolveError> {
+    let mut running = FuturesUnordered::new();
+    running.push(ask());
+    // When to send it again alongside, once per round.
+    let mut resend = Some(Instant::now() + resend_after);
     loop {
-        match ask().await {
-            Err(e) if worth_asking_again(&e) && Instant::now() + BUSY_PAUSE < deadline => {
-                tokio::time::sleep(BUSY_PAUSE).await;
+        let again = resend.filter(|_| running.len() == 1);
+        tokio::select! {
+            Some(r) = running.next() => match r {
+                Err(e) if worth_asking_again(&e) && Instant::now() + BUSY_PAUSE < deadline => {
+                    if running.is_empty() {
+                        tokio::time::sleep(BUSY_PAUSE).await;
+                        running.push(ask());
+                        resend = Some(Instant::now() + resend_after);
+                    }
+                }
+                r => return r,
+            },
+            () = tokio::time::sleep_until(again.unwrap_or(deadline)), if again.is_some() => {
+                running.push(ask());
+                resend = None;
             }
-            r => return r,
+            // (Never: one query at least is running at each turn.)
+            else => return Err(ResolveError::from("no query running")),
         }
     }
 }
@@ -178,8 +204,8 @@ fn worth_asking_again(e: &ResolveError) -> bool {
     )
 }
 
-/// The pause before a query is asked again (hickory has already waited
-/// 0.3 s before it says it is too busy).
+/// The pause before a query is asked again after a failure (hickory has
+/// already waited 0.3 s before it says it is too busy).
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
 
 /// `ips` without repeats, in their order. A set, not a scan of the list
