@@ -287,6 +287,32 @@ async fn a_lost_dns_query_is_sent_again_within_dns_timeout() {
     assert_eq!(r.status, 200, "an answer after 0.7 s of 1 s: {}", r.dump());
 }
 
+/// A name server that closes the TCP connection an answer too long for UDP
+/// needs, unanswered, is asked again on a new connection (servers close
+/// idle TCP connections, and one may close as a query goes out on it). One
+/// that closes that one too could not be asked: a 504 `dns_timeout`, as
+/// when it refuses the connection. It was a 502 `dns_error`, which says
+/// the name does not resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_server_closing_the_tcp_connection_is_asked_again_on_a_new_one() {
+    let zone = vec![
+        ("closes.test", Answer::TcpCloses),
+        ("closes-first.test", Answer::TcpClosesFirst(vec![Ipv4Addr::LOCALHOST])),
+    ];
+    let fake = dns::spawn_with_tcp(zone).await;
+    let proxy = spawn_custom(&loopback_config(fake.addr, "1s"), &users());
+    let origin = spawn_echo_origin();
+    let url = format!("http://closes-first.test:{}/", origin.addr.port());
+    let r = get(proxy.addr, &url, &[("Host", "closes-first.test"), ("Proxy-Authorization", &auth())]).await;
+    assert_eq!(r.status, 200, "asked again on a new connection: {}", r.dump());
+    let r = send_one(proxy.addr, "CONNECT", "closes.test:443", &[("Proxy-Authorization", &auth())]).await;
+    assert_proxy_error(&r, 504, "dns_timeout", "dns_timeout");
+    // Twice, on two connections, for A and for AAAA (2 or 4 queries: the
+    // two kinds may share a connection, of which the server reads one).
+    let queries = fake.queries("closes.test");
+    assert!((2..=4).contains(&queries), "{queries} queries over TCP");
+}
+
 /// Answers that need TCP (too long for UDP), asked for many names at once:
 /// hickory sends at most 32 queries at a time on its TCP connection, says
 /// "busy" to the others and gives up on them after 0.3 s of retries. Each

@@ -204,6 +204,21 @@ fn worth_asking_again(e: &ResolveError) -> bool {
     )
 }
 
+/// Whether the server closed the connection (TCP) before it answered.
+/// hickory has then asked once more on a new connection already (a server
+/// may close an idle connection as a query goes out on it, RFC 7766
+/// §6.2.3). It says so as a message only.
+fn connection_closed(e: &ResolveError) -> bool {
+    use std::io::ErrorKind;
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::Message(m)) => *m == "stream closed",
+        Some(ProtoErrorKind::Io(io)) => {
+            matches!(io.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof)
+        }
+        _ => false,
+    }
+}
+
 /// The pause before a query is asked again after a failure (hickory has
 /// already waited 0.3 s before it says it is too busy).
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
@@ -224,10 +239,10 @@ fn distinct(ips: impl Iterator<Item = IpAddr>) -> Vec<IpAddr> {
 pub const RESOLUTION_DELAY: Duration = Duration::from_millis(50);
 
 /// What a failed query tells the client. When the resolver could not be
-/// asked (it refused the TCP connection a long answer needs, it was too
-/// busy, no connection to it could be made) there is no answer to retry
-/// later, a `DnsTimeout`, not a "does not resolve"; with no file
-/// descriptor left for the query, authgate's own limit, a 503.
+/// asked (it refused the TCP connection a long answer needs or closed it
+/// unanswered, it was too busy, no connection to it could be made) there
+/// is no answer to retry later, a `DnsTimeout`, not a "does not resolve";
+/// with no file descriptor left for the query, authgate's own limit, a 503.
 fn classify(e: &ResolveError) -> ProxyError {
     match e.proto().map(|p| p.kind()) {
         Some(ProtoErrorKind::Io(io)) if super::connect::out_of_descriptors(io) => {
@@ -240,6 +255,7 @@ fn classify(e: &ResolveError) -> ProxyError {
             | ProtoErrorKind::Busy
             | ProtoErrorKind::NoConnections,
         ) => ProxyError::DnsTimeout,
+        _ if connection_closed(e) => ProxyError::DnsTimeout,
         _ => ProxyError::DnsError,
     }
 }

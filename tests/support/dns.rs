@@ -43,6 +43,24 @@ pub enum Answer {
     /// milliseconds: an answer too long for UDP, from a server that takes
     /// a while.
     TcpOnly(Vec<Ipv4Addr>, u64),
+    /// Over UDP a truncated answer; over TCP, the connection closed when
+    /// the query has been read, unanswered.
+    TcpCloses,
+    /// Like [`Answer::TcpOnly`] without delay, except on the first TCP
+    /// connection, closed like [`Answer::TcpCloses`] (a server that closed
+    /// an idle connection as the query went out on it).
+    TcpClosesFirst(Vec<Ipv4Addr>),
+}
+
+/// What [`spawn_with_tcp`] does with a query over TCP.
+#[derive(Clone)]
+enum OverTcp {
+    /// These A records (no AAAA), after a delay in milliseconds.
+    Answer(Vec<Ipv4Addr>, u64),
+    /// The connection closed, unanswered.
+    Close,
+    /// Closed on the first connection, answered on the others.
+    CloseFirst(Vec<Ipv4Addr>),
 }
 
 /// A running fake DNS server.
@@ -75,7 +93,10 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::Silent, _)) => continue,
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
-                Some((Answer::Truncated | Answer::TcpOnly(..), _)) => {
+                Some((
+                    Answer::Truncated | Answer::TcpOnly(..) | Answer::TcpCloses | Answer::TcpClosesFirst(_),
+                    _,
+                )) => {
                     let mut r = response(&buf[..qend], 0, &[], 0);
                     r[2] |= 0x02; // TC
                     r
@@ -128,12 +149,16 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
 
 /// Like [`spawn`], and also listening for TCP on the same port, where it
 /// answers [`Answer::TcpOnly`] names (after their delay, each query on its
-/// own, many at once on one connection) and says NXDOMAIN to the others.
+/// own, many at once on one connection), closes the connection on a query
+/// for an [`Answer::TcpCloses`] name (or an [`Answer::TcpClosesFirst`] one
+/// on the first connection), and says NXDOMAIN to the others.
 pub async fn spawn_with_tcp(zone: Vec<(&str, Answer)>) -> FakeDns {
-    let tcp_zone: HashMap<String, (Vec<Ipv4Addr>, u64)> = zone
+    let tcp_zone: HashMap<String, OverTcp> = zone
         .iter()
         .filter_map(|(n, a)| match a {
-            Answer::TcpOnly(ips, delay) => Some((n.to_string(), (ips.clone(), *delay))),
+            Answer::TcpOnly(ips, delay) => Some((n.to_string(), OverTcp::Answer(ips.clone(), *delay))),
+            Answer::TcpCloses => Some((n.to_string(), OverTcp::Close)),
+            Answer::TcpClosesFirst(ips) => Some((n.to_string(), OverTcp::CloseFirst(ips.clone()))),
             _ => None,
         })
         .collect();
@@ -146,9 +171,10 @@ pub async fn spawn_with_tcp(zone: Vec<(&str, Answer)>) -> FakeDns {
     };
     let queries = fake.queries.clone();
     tokio::spawn(async move {
+        let mut first = true;
         while let Ok((stream, _)) = listener.accept().await {
             let (zone, queries) = (tcp_zone.clone(), queries.clone());
-            tokio::spawn(serve_tcp(stream, zone, queries));
+            tokio::spawn(serve_tcp(stream, zone, queries, std::mem::take(&mut first)));
         }
     });
     fake
@@ -158,8 +184,9 @@ pub async fn spawn_with_tcp(zone: Vec<(&str, Answer)>) -> FakeDns {
 /// answered on its own after its name's delay.
 async fn serve_tcp(
     stream: tokio::net::TcpStream,
-    zone: Arc<HashMap<String, (Vec<Ipv4Addr>, u64)>>,
+    zone: Arc<HashMap<String, OverTcp>>,
     queries: Arc<Mutex<HashMap<String, usize>>>,
+    first: bool,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut rd, wr) = stream.into_split();
@@ -174,14 +201,23 @@ async fn serve_tcp(
             return;
         }
         let Some((name, qtype, qend)) = parse_question(&msg) else { return };
-        let (reply, delay) = match zone.get(&name) {
-            Some((ips, delay)) => {
-                *queries.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
-                let ips = if qtype == 1 { octets(ips) } else { Vec::new() };
-                (response(&msg[..qend], 0, &ips, 60), *delay)
+        if zone.contains_key(&name) {
+            *queries.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
+        }
+        let (ips, delay) = match zone.get(&name) {
+            Some(OverTcp::Close) => return,
+            Some(OverTcp::CloseFirst(_)) if first => return,
+            Some(OverTcp::CloseFirst(ips)) => (ips, 0),
+            Some(OverTcp::Answer(ips, delay)) => (ips, *delay),
+            None => {
+                let reply = response(&msg[..qend], 3, &[], 0);
+                let framed = [&(reply.len() as u16).to_be_bytes()[..], &reply].concat();
+                let _ = wr.lock().await.write_all(&framed).await;
+                continue;
             }
-            None => (response(&msg[..qend], 3, &[], 0), 0),
         };
+        let ips = if qtype == 1 { octets(ips) } else { Vec::new() };
+        let reply = response(&msg[..qend], 0, &ips, 60);
         let wr = wr.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
