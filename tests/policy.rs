@@ -393,7 +393,7 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     }
     assert_eq!(fake.queries("ttl.test"), 1, "answers are cached within their TTL");
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // let the 1 s TTL run out
-    proxy.state.pool.clear();
+    proxy.state.pool.retire(proxy.state.snapshot.load().id);
     let r = get(proxy.addr, &url, &[("Host", "ttl.test"), ("Proxy-Authorization", &a)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(fake.queries("ttl.test"), 2, "an expired answer is asked for again");

@@ -195,7 +195,14 @@ pub struct Snapshot {
     /// change that lands while the proxy starts is then seen. A reload of
     /// the users file alone keeps them; the watcher has its own by then.
     pub files_as_read: Vec<file::Stamp>,
+    /// Unique to each configuration loaded (a users file applied on its own
+    /// keeps it): origin connections are pooled under it, so one made under
+    /// an egress policy never serves a request checked under another.
+    pub id: u64,
 }
+
+/// The next [`Snapshot::id`].
+static NEXT_SNAPSHOT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Snapshot {
     /// One-line summary for `authgate check` and the startup log.
@@ -341,6 +348,7 @@ fn load_source(path: &Path, source: &str, config_as_read: file::Stamp) -> Result
         metrics_per_user: settings.metrics_per_user,
         users: Arc::new(store),
         files_as_read,
+        id: NEXT_SNAPSHOT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 

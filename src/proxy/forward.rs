@@ -97,7 +97,7 @@ pub async fn forward(
     let (req, gate) = with_continue_gate(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
-    let key = (target.clone(), https);
+    let key = (target.clone(), https, snap.id);
     // RFC 9110 §9.2.2; an upgrade's connection is the client's alone. And
     // only under the configuration this request was checked with: after a
     // reload the origin may be forbidden, and no new connection is made.
@@ -228,13 +228,8 @@ pub async fn forward(
     if open_ended {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    // Pooled only if the configuration it was used under is still live
-    // (the epoch first: see `Pool::epoch`).
     if let Some(conn) = conn.filter(|_| reusable) {
-        let epoch = state.pool.epoch();
-        if std::ptr::eq(&**state.snapshot.load(), snap) {
-            state.pool.checkin(key, conn, epoch);
-        }
+        state.pool.checkin(key, conn);
     }
     let idle = limits.upstream_response_timeout;
     Ok(Reply::Response(resp.map(|body| {

@@ -109,7 +109,7 @@ impl State {
         let started = StartOnly::of(&snapshot);
         let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
         let listening = snapshot.listening();
-        let pool = Pool::new(snapshot.limits.upstream_idle_timeout);
+        let pool = Pool::new(snapshot.limits.upstream_idle_timeout, snapshot.id);
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             auth,

@@ -29,8 +29,13 @@ use crate::error::ProxyError;
 use crate::target::Target;
 use crate::watched_io::WriteObserver;
 
-/// Pool key: the origin and whether it is spoken to over TLS.
-pub type Key = (Target, bool);
+/// Pool key: the origin, whether it is spoken to over TLS, and the
+/// [`Snapshot::id`](crate::config::Snapshot::id) of the configuration the
+/// connection was made and used under.
+pub type Key = (Target, bool, u64);
+
+/// A [`Pool::retire`] id no configuration has: nothing is pooled again.
+pub const NO_CONFIGURATION: u64 = 0;
 
 /// Idle connections kept per origin. Never more than were in use at once
 /// before; 64 made every request beyond the 64th concurrent one to a busy
@@ -151,8 +156,9 @@ pub struct Pool {
     idle: Mutex<HashMap<Key, Vec<Idle>>>,
     /// `[limits] upstream_idle_timeout`, in nanoseconds (a reload sets it).
     idle_timeout: AtomicU64,
-    /// How many times the pool was cleared; see [`Pool::epoch`].
-    epoch: AtomicU64,
+    /// The id of the live configuration, as [`Pool::retire`] last set it:
+    /// connections of others are not taken back.
+    live: AtomicU64,
 }
 
 /// A response plus what to do with its connection afterwards.
@@ -164,13 +170,14 @@ pub struct Sent {
 }
 
 impl Pool {
-    /// An empty pool; idle connections older than `idle_timeout` are closed
-    /// (by [`Pool::sweep`], or when found at checkout).
-    pub fn new(idle_timeout: Duration) -> Self {
+    /// An empty pool for the configuration `live`; idle connections older
+    /// than `idle_timeout` are closed (by [`Pool::sweep`], or when found at
+    /// checkout).
+    pub fn new(idle_timeout: Duration, live: u64) -> Self {
         let pool = Pool {
             idle: Mutex::new(HashMap::default()),
             idle_timeout: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
+            live: AtomicU64::new(live),
         };
         pool.set_idle_timeout(idle_timeout);
         pool
@@ -232,48 +239,45 @@ impl Pool {
         None
     }
 
-    /// Drops every idle connection, and keeps out those in use now (after a
-    /// reload: the egress policy or the DNS answers they were made under
-    /// may have changed). Call it once the new configuration is live.
-    pub fn clear(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        self.epoch.fetch_add(1, Ordering::SeqCst);
-        idle.clear();
+    /// Closes every idle connection, and from now on takes back only those
+    /// of configuration `live` (after a reload: the egress policy or the
+    /// DNS answers they were made under may have changed; at shutdown,
+    /// [`NO_CONFIGURATION`]). A connection in use now comes back after
+    /// this; one of another configuration is then closed: it went back
+    /// into the pool, and under a policy it was not checked against
+    /// (probe 74). The keys keep a request from taking another
+    /// configuration's connection meanwhile (probe 75).
+    pub fn retire(&self, live: u64) {
+        let idle = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            self.live.store(live, Ordering::SeqCst);
+            std::mem::take(&mut *idle)
+        };
+        // Closed outside the lock: requests wait on it.
+        drop(idle);
     }
 
-    /// The pool's epoch, for [`Pool::checkin`]: read it *before* checking
-    /// that the configuration a connection was made or used under is still
-    /// live. A reload that lands after that check clears the pool after
-    /// it, so the epoch read is then an old one.
-    pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::SeqCst)
-    }
-
-    /// Returns a connection to the pool once its current response is done,
-    /// unless the pool was cleared since `epoch` was read. A connection in
-    /// use while a reload cleared the pool came back after it, and with its
-    /// origin's requests going to the newest connection, it went on serving
-    /// an origin the new egress policy forbids, with no check (probe 74).
-    pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut conn: Conn, epoch: u64) {
+    /// Returns a connection to the pool once its current response is done.
+    pub fn checkin(self: &std::sync::Arc<Self>, key: Key, mut conn: Conn) {
         // Usually it is already: hyper read a small response whole before
         // handing over its head. Then no task is needed to wait for it.
         if conn.tx.is_ready() {
-            self.put(key, conn, epoch);
+            self.put(key, conn);
             return;
         }
         let pool = self.clone();
         tokio::spawn(async move {
             if conn.tx.ready().await.is_ok() {
-                pool.put(key, conn, epoch);
+                pool.put(key, conn);
             }
         });
     }
 
-    /// Adds a ready connection to the idle list of `key`, unless the pool
-    /// was cleared since `epoch`.
-    fn put(&self, key: Key, conn: Conn, epoch: u64) {
+    /// Adds a ready connection to the idle list of `key`, if it is one of
+    /// the live configuration.
+    fn put(&self, key: Key, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if self.epoch.load(Ordering::SeqCst) != epoch {
+        if key.2 != self.live.load(Ordering::SeqCst) {
             return;
         }
         if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {

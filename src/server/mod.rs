@@ -154,7 +154,7 @@ pub async fn run<L: Into<Listener>>(
     state.stopping.cancel();
     // Idle origin connections are closed now, not when the last request of
     // the grace period ends; those still in use are not pooled again.
-    state.pool.clear();
+    state.pool.retire(crate::proxy::pool::NO_CONFIGURATION);
     for a in accepts {
         let _ = a.await;
     }

@@ -197,7 +197,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     let new = Arc::new(new);
     let (generation, revoked) = install(state, &old, new.clone());
     state.metrics.reload(true);
-    state.pool.clear();
+    state.pool.retire(new.id);
     // The listeners bound are those of the start until a restart.
     let summary = new.summary_listening(&state.listening);
     tracing::info!(generation, revoked_sessions = revoked, summary = &*summary, "configuration reloaded");
