@@ -263,6 +263,69 @@ fn classify(e: &ResolveError) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hickory_resolver::proto::ProtoError;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn busy() -> ResolveError {
+        ResolveError::from(ProtoError::from(ProtoErrorKind::Busy))
+    }
+
+    /// `patiently` with `dns_timeout` 1 s around `ask`, which is given the
+    /// number of its call (from 0); the result and the number of calls.
+    async fn run<F: Future<Output = Result<&'static str, ResolveError>>>(
+        ask: impl Fn(usize) -> F,
+    ) -> (Result<&'static str, ResolveError>, usize) {
+        let calls = AtomicUsize::new(0);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let asking =
+            patiently(deadline, Duration::from_millis(500), || ask(calls.fetch_add(1, Ordering::SeqCst)));
+        // (`both_families` gives up at the deadline; here, a hang is a failure.)
+        let r =
+            tokio::time::timeout(Duration::from_secs(2), asking).await.expect("an answer by the deadline");
+        (r, calls.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_the_resolver_was_too_busy_for_is_asked_again() {
+        let (r, calls) = run(async |n| if n < 2 { Err(busy()) } else { Ok("answer") }).await;
+        assert_eq!((r.ok(), calls), (Some("answer"), 3));
+        // Until the deadline, 50 ms apart.
+        let start = Instant::now();
+        let (r, calls) = run(async |_| Err(busy())).await;
+        assert!(r.is_err_and(|e| e.proto().is_some_and(|p| p.is_busy())));
+        assert_eq!((calls, start.elapsed().as_millis() / 50), (20, 19));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_query_is_sent_again_alongside_and_the_first_answer_wins() {
+        // The first is lost: the second answers.
+        let (r, calls) = run(async |n| {
+            if n == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok("second")
+        })
+        .await;
+        assert_eq!((r.ok(), calls), (Some("second"), 2));
+        // The first is slow, past the resend, but in time: it still counts.
+        let (r, calls) = run(async |n| {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                return Ok("first");
+            }
+            std::future::pending::<()>().await;
+            Ok("second")
+        })
+        .await;
+        assert_eq!((r.ok(), calls), (Some("first"), 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_is_not_asked_again() {
+        let (r, calls) = run(async |_| Err(ResolveError::from("no such name"))).await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+    }
 
     #[test]
     fn repeats_are_dropped_and_the_order_kept() {
