@@ -178,6 +178,8 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     );
     assert_eq!(failures(), 2, "the config file is still refused");
     assert_eq!(generation(), start + 1);
+    // The configuration in effect is the same: its pooled origin connection stays.
+    assert_eq!(proxy.state.pool.idle_connections(), 1);
     // ... under the configuration in effect: the deny-all waits for the fix.
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
 
