@@ -204,21 +204,6 @@ fn worth_asking_again(e: &ResolveError) -> bool {
     )
 }
 
-/// Whether the server closed the connection (TCP) before it answered.
-/// hickory has then asked once more on a new connection already (a server
-/// may close an idle connection as a query goes out on it, RFC 7766
-/// §6.2.3). It says so as a message only.
-fn connection_closed(e: &ResolveError) -> bool {
-    use std::io::ErrorKind;
-    match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::Message(m)) => *m == "stream closed",
-        Some(ProtoErrorKind::Io(io)) => {
-            matches!(io.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof)
-        }
-        _ => false,
-    }
-}
-
 /// The pause before a query is asked again after a failure (hickory has
 /// already waited 0.3 s before it says it is too busy).
 const BUSY_PAUSE: Duration = Duration::from_millis(50);
@@ -255,7 +240,11 @@ fn classify(e: &ResolveError) -> ProxyError {
             | ProtoErrorKind::Busy
             | ProtoErrorKind::NoConnections,
         ) => ProxyError::DnsTimeout,
-        _ if connection_closed(e) => ProxyError::DnsTimeout,
+        // The server closed the TCP connection unanswered, also the new one
+        // hickory then asked on (a server may close an idle connection as a
+        // query goes out, RFC 7766 §6.2.3). hickory says so as a message
+        // only; a broken pipe or a reset is an `Io` error, above.
+        Some(ProtoErrorKind::Message(m)) if *m == "stream closed" => ProxyError::DnsTimeout,
         _ => ProxyError::DnsError,
     }
 }
