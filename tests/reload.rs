@@ -1054,28 +1054,28 @@ async fn busy_during_a_reload_that_forbids_its_origin(head_first: bool) {
     let origin = spawn_raw_origin(move |mut s| {
         let (got, release, closed) = (got2.clone(), release2.clone(), closed_tx.clone());
         async move {
-            let _closed = Defer(Some(move || {
-                let _ = closed.send(());
-            }));
+            const WHOLE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
             let mut first = true;
             while read_request_head(&mut s).await.is_some() {
-                let (head, rest): (&[u8], &[u8]) = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no", b"k");
-                if std::mem::take(&mut first) {
-                    if head_first && s.write_all(head).await.is_err() {
-                        return;
-                    }
+                let gated = std::mem::take(&mut first);
+                // What goes before the wait and what after it.
+                let (before, after) = match (gated, head_first) {
+                    (false, _) => (WHOLE, &b""[..]),
+                    (true, true) => WHOLE.split_at(WHOLE.len() - 1),
+                    (true, false) => (&b""[..], WHOLE),
+                };
+                if s.write_all(before).await.is_err() {
+                    break;
+                }
+                if gated {
                     got.notify_one();
                     release.notified().await;
-                    if !head_first && s.write_all(head).await.is_err() {
-                        return;
-                    }
-                } else if s.write_all(head).await.is_err() {
-                    return;
                 }
-                if s.write_all(rest).await.is_err() {
-                    return;
+                if s.write_all(after).await.is_err() {
+                    break;
                 }
             }
+            let _ = closed.send(());
         }
     });
     let proxy = spawn_custom(&format!("{CFG_NT}[reload]\nwatch = false\n"), &users_toml(&[("alice", "a1")]));
@@ -1135,17 +1135,6 @@ async fn a_request_under_a_new_configuration_never_takes_a_connection_pooled_und
         .await;
     assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
     assert_eq!(origin.hits(), 1);
-}
-
-/// Runs its closure when dropped.
-struct Defer<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for Defer<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
 }
 
 /// A connection to `proxy` from a chosen loopback source address.

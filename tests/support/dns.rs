@@ -204,25 +204,22 @@ async fn serve_tcp(
         if zone.contains_key(&name) {
             *queries.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
         }
-        let (ips, delay) = match zone.get(&name) {
+        // A records to A, an empty answer to AAAA.
+        let answer = |ips: &[Ipv4Addr]| {
+            response(&msg[..qend], 0, &if qtype == 1 { octets(ips) } else { Vec::new() }, 60)
+        };
+        let (reply, delay) = match zone.get(&name) {
             Some(OverTcp::Close) => return,
             Some(OverTcp::CloseFirst(_)) if first => return,
-            Some(OverTcp::CloseFirst(ips)) => (ips, 0),
-            Some(OverTcp::Answer(ips, delay)) => (ips, *delay),
-            None => {
-                let reply = response(&msg[..qend], 3, &[], 0);
-                let framed = [&(reply.len() as u16).to_be_bytes()[..], &reply].concat();
-                let _ = wr.lock().await.write_all(&framed).await;
-                continue;
-            }
+            Some(OverTcp::CloseFirst(ips)) => (answer(ips), 0),
+            Some(OverTcp::Answer(ips, delay)) => (answer(ips), *delay),
+            None => (response(&msg[..qend], 3, &[], 0), 0),
         };
-        let ips = if qtype == 1 { octets(ips) } else { Vec::new() };
-        let reply = response(&msg[..qend], 0, &ips, 60);
+        // Length-prefixed, each answer on its own (after its delay).
+        let framed = [&(reply.len() as u16).to_be_bytes()[..], &reply].concat();
         let wr = wr.clone();
         tokio::spawn(async move {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-            let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
-            framed.extend_from_slice(&reply);
             let _ = wr.lock().await.write_all(&framed).await;
         });
     }
