@@ -66,6 +66,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Standard output without std's line buffer: a descriptor of its own
+/// (a duplicate of fd 1, the same open file), so a write the kernel takes
+/// only in part says so. Through `std::io::stdout()`, a write cut by a full
+/// disk or a file-size limit left the rest of the line in std's buffer,
+/// counted as written: it went out with the next write that got through,
+/// as the first bytes of a log file that logrotate's `copytruncate` had
+/// emptied. Falls back to `stdout()` when the descriptor cannot be
+/// duplicated (none left).
+fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
+    use std::os::fd::AsFd;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(std::io::stdout()),
+    }
+}
+
 /// Installs the global tracing subscriber writing to stdout.
 ///
 /// Lines are formatted on the calling thread into a shared buffer that a
@@ -77,7 +93,7 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = sink::start(Box::new(std::io::stdout()), format == LogFormat::Json);
+    let (writer, guard) = sink::start(stdout_unbuffered(), format == LogFormat::Json);
     let sink = writer.sink();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true);
     let installed = match format {
