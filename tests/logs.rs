@@ -730,15 +730,21 @@ fn events_of<'a>(events: &'a [serde_json::Value], target: &str, path: &str) -> V
 /// The access line names the origin address a request went to or a tunnel
 /// connected to (`upstream`): for a name that resolves to several
 /// addresses, or to other addresses later, the target alone does not say
-/// which one was reached. `-` when no origin connection served the request.
-/// In the JSON format and in the text one.
+/// which one was reached. Also when the origin answered badly or not at
+/// all (it was `-` then: which of a name's addresses failed was not
+/// said). `-` when the request went out on no origin connection. In the
+/// JSON format and in the text one.
 #[tokio::test]
 async fn the_access_line_names_the_origin_address_reached() {
     let origin = spawn_echo_origin();
     let tunnel_origin = spawn_shout_origin();
+    let malformed = spawn_canned_origin(b"HTTP/1.1 abc Nope\r\n\r\n", std::sync::Arc::default());
+    let mut silent = spawn_silent_origin();
+    let closed = format!("127.0.0.1:{}", closed_port());
     let dir = TempDir::new();
     let users = users_toml(&[(USER, PASSWORD)]);
-    let mut bin = start_binary(&dir, "[log]\nformat = \"json\"\nlevel = \"info\"\n", &users, Stdio::piped());
+    let cfg = "[log]\nformat = \"json\"\nlevel = \"info\"\n[limits]\nupstream_response_timeout = \"1s\"\n";
+    let mut bin = start_binary(&dir, cfg, &users, Stdio::piped());
     let (tx, mut rx) = mpsc::unbounded_channel();
     pump(bin.child.stdout.take().unwrap(), "stdout", tx);
     let mut lines = Vec::new();
@@ -750,6 +756,15 @@ async fn the_access_line_names_the_origin_address_reached() {
     assert_eq!(r.status, 200, "{}", r.dump());
     let r = get(bin.addr, &origin.url("/refused"), &[("Host", &host)]).await;
     assert_eq!(r.status, 407, "{}", r.dump());
+    let answer = |url: String, host: String| {
+        let auth = good.clone();
+        async move { get(bin.addr, &url, &[("Host", &host), ("Proxy-Authorization", &auth)]).await.status }
+    };
+    assert_eq!(answer(malformed.url("/malformed"), malformed.authority()).await, 502);
+    let timed_out = answer(silent.origin.url("/silent"), silent.origin.authority());
+    let (status, ()) = tokio::join!(timed_out, silent.next_head());
+    assert_eq!(status, 504);
+    assert_eq!(answer(format!("http://{closed}/closed"), closed.clone()).await, 502);
     let target = tunnel_origin.authority();
     let mut tunnel = RawConn::connect(bin.addr).await;
     tunnel.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &good)])).await;
@@ -768,6 +783,9 @@ async fn the_access_line_names_the_origin_address_reached() {
     };
     assert_eq!(upstream("/forwarded"), origin.addr.to_string());
     assert_eq!(upstream("/refused"), "-");
+    assert_eq!(upstream("/malformed"), malformed.addr.to_string());
+    assert_eq!(upstream("/silent"), silent.origin.addr.to_string());
+    assert_eq!(upstream("/closed"), "-", "connection refused: no origin connection");
     assert_eq!(upstream(&target), tunnel_origin.addr.to_string());
 
     // (It runs a runtime of its own: on a thread of its own.)

@@ -410,7 +410,9 @@ async fn shutdown_closes_the_admin_listener_too() {
 /// A `Max-Forwards: 0` request answered by authgate itself is counted as
 /// `answered_here`, as the access log says, not as `forwarded`: it was, and
 /// traffic that never reached an origin looked like traffic that did, with
-/// `forwarded` above the sum of the origins' answers.
+/// `forwarded` above the sum of the origins' answers. Nor is an origin's
+/// response that authgate replaced with a 502 (`chunked` twice) counted
+/// among those passed to clients: it was, as a 2xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_max_forwards_answer_made_here_is_not_counted_as_forwarded() {
     let origin = spawn_echo_origin();
@@ -431,11 +433,18 @@ async fn a_max_forwards_answer_made_here_is_not_counted_as_forwarded() {
     let r =
         send_one(run.proxy, "GET", &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &a)]).await;
     assert_eq!(r.status, 200, "{}", r.dump());
+    let twice = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n";
+    let odd = spawn_canned_origin(twice, std::sync::Arc::default());
+    let r =
+        send_one(run.proxy, "GET", &odd.url("/"), &[("Host", &odd.authority()), ("Proxy-Authorization", &a)])
+            .await;
+    assert_eq!(r.status, 502, "{}", r.dump());
     let after = scrape(run.admin).await;
     let d = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
     assert_eq!(d("authgate_requests_total{outcome=\"answered_here\"}"), 2.0);
     assert_eq!(d("authgate_requests_total{outcome=\"forwarded\"}"), 1.0);
-    assert_eq!(d("authgate_upstream_responses_total{class=\"2xx\"}"), 1.0);
+    assert_eq!(d("authgate_requests_total{outcome=\"upstream_error\"}"), 1.0);
+    assert_eq!(d("authgate_upstream_responses_total{class=\"2xx\"}"), 1.0, "the 502's origin answer is not");
     assert_eq!(origin.hits(), 1, "only the GET reached the origin");
     let _ = run.stop.send(());
 }

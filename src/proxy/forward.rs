@@ -20,7 +20,7 @@ use super::connect::Connector;
 use super::headers::{
     Codings, add_via, check_switch, single_content_length, strip_hop_by_hop, wants_upgrade,
 };
-use super::pool::Sent;
+use super::pool::{Failed, Sent};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -125,14 +125,18 @@ pub async fn forward(
         .await
     {
         Ok(sent) => sent,
-        // The client's body broke off: that, not the origin, ended the request.
-        Err(e) => match upload.map(|u| u.state()) {
-            // A client that closed mid-body may have closed only its sending
-            // side and still read the answer; one that reset the connection
-            // makes hyper drop this request, logged as `client_gone`.
-            Some(UploadState::Broken) => return Err(ProxyError::BadBody),
-            _ => return Err(e),
-        },
+        Err(Failed { error, peer }) => {
+            rec.upstream = peer;
+            // The client's body broke off: that, not the origin, ended the
+            // request. A client that closed mid-body may have closed only
+            // its sending side and still read the answer; one that reset
+            // the connection makes hyper drop this request, logged as
+            // `client_gone`.
+            return Err(match upload.map(|u| u.state()) {
+                Some(UploadState::Broken) => ProxyError::BadBody,
+                _ => error,
+            });
+        }
     };
     let Sent { response: mut resp, conn } = sent;
     rec.upstream = Some(conn.peer);
@@ -175,7 +179,6 @@ pub async fn forward(
         return Ok(Reply::Tunnel(resp, Job { client, upstream: Upstream::Upgraded(origin), user: None }));
     }
 
-    state.metrics.upstream_response(resp.status().as_u16());
     // Kept for another request only when the exchange left no doubt about
     // framing: after an HTTP/1.0 answer hyper speaks 1.0 on the connection,
     // where a chunked body cannot go (one was sent as a POST without body),
@@ -201,6 +204,8 @@ pub async fn forward(
         }
         _ => {}
     }
+    // Counted once it is sure to be passed on (not replaced by a 502).
+    state.metrics.upstream_response(resp.status().as_u16());
     single_content_length(resp.headers_mut());
     // RFC 9110 §8.6: no Content-Length in a 204 (its body, none, is
     // dropped by hyper either way).

@@ -169,6 +169,31 @@ pub struct Sent {
     pub conn: Conn,
 }
 
+/// Why [`Pool::send`] got no usable response, and from which origin
+/// address, when the request went out on a connection: the access line
+/// names the origin that answered badly or not at all (of a name's
+/// addresses, which one).
+#[derive(Debug)]
+pub struct Failed {
+    /// What the client is told.
+    pub error: ProxyError,
+    /// The origin address of the connection the request was last sent on;
+    /// `None` when it was sent on none (the dial failed).
+    pub peer: Option<SocketAddr>,
+}
+
+impl Failed {
+    fn at(peer: SocketAddr) -> impl Fn(ProxyError) -> Failed + Copy {
+        move |error| Failed { error, peer: Some(peer) }
+    }
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Failed { error, peer: None }
+    }
+}
+
 impl Pool {
     /// An empty pool for the configuration `live`; idle connections older
     /// than `idle_timeout` are closed (by [`Pool::sweep`], or when found at
@@ -314,7 +339,8 @@ impl Pool {
     ///
     /// # Errors
     /// The dial error, `UpstreamProtocol`, `UpstreamReadTimeout`,
-    /// `UpstreamWriteTimeout` or `BodyTimeout` (see `head_wait`).
+    /// `UpstreamWriteTimeout` or `BodyTimeout` (see `head_wait`), with the
+    /// address of the connection it happened on.
     pub async fn send<D, F, R>(
         &self,
         key: &Key,
@@ -323,7 +349,7 @@ impl Pool {
         upload: Option<&Upload>,
         replayable: R,
         dial: D,
-    ) -> Result<Sent, ProxyError>
+    ) -> Result<Sent, Failed>
     where
         D: FnOnce() -> F,
         F: Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
@@ -343,11 +369,12 @@ impl Pool {
                         req = again.request();
                         break;
                     }
-                    (None, _) => return Err(upstream_error(e.error())),
+                    (None, _) => return Err(Failed::at(conn.peer)(upstream_error(e.error()))),
                 },
                 Err(e) => {
+                    let peer = conn.peer;
                     drop(conn.close_on_drop());
-                    return Err(e);
+                    return Err(Failed::at(peer)(e));
                 }
             }
         }
@@ -393,8 +420,9 @@ async fn send_new(
     head_timeout: Duration,
     upload: Option<&Upload>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
-) -> Result<Sent, ProxyError> {
+) -> Result<Sent, Failed> {
     let (stream, peer) = dial.await?;
+    let failed = Failed::at(peer);
     let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, observer: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
@@ -406,7 +434,7 @@ async fn send_new(
         .allow_spaces_after_header_name_in_responses(true)
         .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
-        .map_err(|e| upstream_error(&e))?;
+        .map_err(|e| failed(upstream_error(&e)))?;
     let task = tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -417,12 +445,12 @@ async fn send_new(
     let conn = Conn { tx, task, writes, peer };
     match sent {
         Ok(Ok(response)) => Sent::checked(response, conn),
-        Ok(Err(e)) => Err(upstream_error(&e)),
+        Ok(Err(e)) => Err(failed(upstream_error(&e))),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
         Err(e) => {
             drop(conn.close_on_drop());
-            Err(e)
+            Err(failed(e))
         }
     }
 }
@@ -480,10 +508,13 @@ async fn head_wait<T>(
 impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
     /// (counted as [`head_len`] does): then the connection is closed.
-    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, ProxyError> {
+    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, Failed> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
+            let peer = conn.peer;
             drop(conn.close_on_drop());
-            return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
+            return Err(Failed::at(peer)(ProxyError::UpstreamProtocol {
+                detail: "response head over 256 KiB",
+            }));
         }
         Ok(Sent { response, conn })
     }
