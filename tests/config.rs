@@ -369,6 +369,24 @@ fn a_refused_group_is_located_with_why_and_not_quoted() {
     assert!(!err.contains("hunter2") && !err.contains("a:b"), "{err}");
 }
 
+/// A user name the users file refuses for a `:` or a space is located and
+/// said why, not quoted: it is most likely `name:password` (an htpasswd
+/// line) or a passphrase typed where a name belongs, and a reload logs the
+/// problem; it was quoted whole. One refused for an invisible character
+/// is quoted, with the character made visible.
+#[test]
+fn a_user_name_refused_for_a_colon_or_a_space_is_located_not_quoted() {
+    let pw = toml_str(&hash("pw"));
+    let users = format!(
+        "[users.\"carol:Hunter2Secret\"]\npassword = {pw}\n[users.\"dave Hunter3Secret\"]\npassword = {pw}\n[users.\"ad\u{200b}min\"]\npassword = {pw}\n"
+    );
+    let err = load_err("[auth]\nusers_file = \"users.toml\"\n", &users);
+    assert!(err.contains("users.toml:1:8: user name must not contain ':'"), "{err}");
+    assert!(err.contains("users.toml:3:8: user name must not contain spaces"), "{err}");
+    assert!(!err.contains("Hunter"), "{err}");
+    assert!(err.contains("user `ad\\u{200b}min`: user name must not contain invisible"), "{err}");
+}
+
 /// `proxy_protocol_from` takes CIDRs and addresses; anything else is an
 /// error at its place.
 #[test]

@@ -439,8 +439,12 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
         let err = d.refused(&["add", name, "--password-stdin"], Some("pw\n"));
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(why), "{name:?}: {err}");
-        // The name is shown with what makes it refused made visible.
+        // The name is shown with what makes it refused made visible, or,
+        // with a `:` or a space (`name:password` typed as a name), not at all.
         assert!(!err.contains(|c: char| !c.is_ascii() && !"…".contains(c)), "{name:?} raw in: {err}");
+        if name.contains([':', ' ', '\t']) {
+            assert!(err.contains("not shown") && !err.contains(name), "{name:?}: {err}");
+        }
     }
     let err = d.refused(&["add", &"x".repeat(65), "--password-stdin"], Some("pw\n"));
     assert!(err.contains("longer than 64"), "{err}");

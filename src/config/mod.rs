@@ -532,7 +532,7 @@ pub fn parse_users(path: &Path, source: &str) -> Result<Vec<crate::auth::User>, 
     if problems.is_empty() { Ok(users) } else { Err(ConfigError { problems }) }
 }
 
-pub use users::{check_group, check_name, expiry_in_range};
+pub use users::{check_group, check_name, expiry_in_range, refused_name};
 
 #[cfg(test)]
 mod tests {

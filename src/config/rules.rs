@@ -103,7 +103,7 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     // users file's own checks: non-empty, printable, no `:` or spaces ...).
     let shown = |s: &str, m: String| format!("`{}`: {m}", crate::telemetry::sanitize_username(s));
     let users = list(c, name, "users", &r.users, |s| {
-        super::check_name(s).map_err(|m| shown(s, m))?;
+        super::check_name(s).map_err(|m| super::refused_name(s, &m, crate::telemetry::sanitize_username))?;
         Ok(Arc::from(crate::auth::basic::nfc(s).as_str()))
     });
     let groups = list(c, name, "groups", &r.groups, |s| {

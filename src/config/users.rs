@@ -41,6 +41,23 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `problem`, the reason [`check_name`] refused `name`, with the name as
+/// `shown` writes it, or without it: a name refused for a `:`, whitespace,
+/// a control character or its length is most likely something else typed
+/// where a name belongs (`name:password` from an htpasswd line, a
+/// passphrase, a hash), and a reload logs the problem. Only a name refused
+/// for invisible characters is quoted, which is the point of showing it
+/// (with them made visible).
+pub fn refused_name(name: &str, problem: &str, shown: impl Fn(&str) -> String) -> String {
+    let pasted = name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(|c| c == ':' || c.is_control() || c.is_whitespace());
+    if pasted {
+        format!("{problem} (the name is not shown: it may hold a password)")
+    } else {
+        format!("user `{}`: {problem}", shown(name))
+    }
+}
+
 /// Checks a group name (users file and `users --group`): non-empty, and
 /// none of the characters a user name may not have (`:`, whitespace,
 /// control, invisible or direction-changing ones), nor `,`, which
@@ -121,7 +138,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
         // shorten it (`e` + U+0301 is one).
         let name = nfc(&raw_name);
         if let Err(m) = check_name(&name) {
-            c.at(span.clone(), format!("user `{}`: {m}", shown.escape_default()));
+            c.at(span.clone(), refused_name(&name, &m, |_| shown.escape_default().to_string()));
             continue;
         }
         if let Some((other, at)) = seen.get(&name) {

@@ -40,7 +40,7 @@ pub(super) fn import_htpasswd(
         };
         let name = nfc(raw_name);
         if let Err(m) = check_name(&name) {
-            refusals.push(format!("{at}: user `{}`: {m}; skipped", shown(&name)));
+            refusals.push(format!("{at}: {}; skipped", refused_name(&name, &m, shown)));
             continue;
         }
         if present.contains(&name) {

@@ -35,7 +35,7 @@ use write::*;
 
 use crate::auth::basic::nfc;
 use crate::auth::store::{StoredHash, User};
-use crate::config::{Auth, ConfigError, auth_settings, check_name, parse_users, shown_path};
+use crate::config::{Auth, ConfigError, auth_settings, check_name, parse_users, refused_name, shown_path};
 
 /// The `authgate users` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -334,7 +334,7 @@ impl UsersFile {
 /// NFC-normalises and checks a user name given on the command line.
 fn user_name(raw: &str) -> Result<String, UsersError> {
     let name = nfc(raw);
-    check_name(&name).map_err(|m| refused(format!("user `{}`: {m}", shown(&name))))?;
+    check_name(&name).map_err(|m| refused(refused_name(&name, &m, shown)))?;
     Ok(name)
 }
 
