@@ -303,9 +303,16 @@ impl UsersFile {
     }
 
     /// Validates `doc` as a whole users file, then writes it atomically,
-    /// unless the file changed on disk since it was read.
+    /// unless the file changed on disk since it was read. Lines end as the
+    /// file's first line did: toml_edit writes `\n` only, and a file kept
+    /// with `\r\n` line ends came back with every line changed.
     fn save(&self, doc: &DocumentMut) -> Result<(), UsersError> {
-        let text = doc.to_string();
+        let mut text = doc.to_string();
+        let crlf =
+            self.original.as_deref().and_then(|o| o.split_once('\n')).is_some_and(|(l, _)| l.ends_with('\r'));
+        if crlf {
+            text = text.replace("\r\n", "\n").replace('\n', "\r\n");
+        }
         if let Err(e) = parse_users(&self.path, &text) {
             return Err(refused(format!(
                 "internal error: the edit would make the users file invalid; nothing written ({})",
