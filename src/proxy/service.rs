@@ -240,10 +240,14 @@ async fn process(
 
     let (user, fresh) = match authenticate(state, snap, client, &req, rec).await {
         Ok(found) => found,
-        // A refusal the client answers with a retry on this connection.
+        // A refusal the client answers with a retry on this connection,
+        // unless shutdown has begun: the tarpit's 429 goes out then, and
+        // hyper, woken by the same signal, could write it before it knew
+        // to close the connection, without `Connection: close`.
         Err(err) => {
             let within = snap.limits.header_read_timeout;
-            return Err((err, !drain_small_body(state, &client.phase, within, req)));
+            let close = !drain_small_body(state, &client.phase, within, req) || state.stopping.is_cancelled();
+            return Err((err, close));
         }
     };
     // Checked against a snapshot that a reload replaced meanwhile: the rest
