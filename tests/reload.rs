@@ -1680,6 +1680,32 @@ async fn reloaded_limits_apply_to_new_tunnels_and_spare_open_ones() {
     assert_tunnel_alive(&mut before).await;
 }
 
+/// A reloaded `max_header_bytes` applies to connections opened afterwards,
+/// as the other limits do; a connection open before keeps its own. Lowered,
+/// it reached those too: a 431 on a connection accepted under a larger
+/// limit (and raised, it did not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_head_limit_applies_to_new_connections_only() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    let auth = basic("alice", "a1");
+    let big = "x".repeat(20_000);
+    let fields = [("Host", origin.authority()), ("Proxy-Authorization", auth), ("X-Big", big)];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let head = request("GET", &origin.url("/big"), &fields);
+    let mut before = RawConn::connect(proxy.addr).await;
+    before.send(head.clone()).await;
+    assert_eq!(before.read_response("GET").await.status, 200);
+    std::fs::write(proxy.file("authgate.toml"), format!("{CFG_NT}[limits]\nmax_header_bytes = 8192\n"))
+        .unwrap();
+    authgate::server::reload::reload(&proxy.state).expect("the new limit loads");
+    before.send(head.clone()).await;
+    assert_eq!(before.read_response("GET").await.status, 200, "the open connection keeps its limit");
+    let mut after = RawConn::connect(proxy.addr).await;
+    after.send(head).await;
+    assert_eq!(after.read_response("GET").await.status, 431);
+}
+
 /// A reload runs off the async runtime: loading hashes a dummy password with
 /// the users' argon2 costs (here about two seconds in a debug build), and
 /// traffic on the runtime's only thread must not wait for it.

@@ -50,6 +50,12 @@ pub struct Client {
     pub tls: bool,
     /// The connection's slot in the connection limits; a tunnel keeps it.
     pub slot: Arc<Permit>,
+    /// `max_header_bytes` as the connection was accepted under (the socket
+    /// wrapper counts with it too): a reload changes it for connections
+    /// opened afterwards, as it does the other limits. Read from the live
+    /// configuration, a lowered limit reached the connections already
+    /// open, and a raised one did not.
+    pub max_head: usize,
 }
 
 /// What a request asks for.
@@ -230,7 +236,7 @@ async fn process(
     mut req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Reply, Failure> {
-    if head_len(&req) > snap.limits.max_header_bytes {
+    if head_len(&req) > client.max_head {
         return Err((ProxyError::HeadTooLarge, true));
     }
     let kind = classify(&req, client.tls).map_err(|e| (e, false))?;

@@ -498,7 +498,8 @@ async fn serve_http<S>(
     let closing = phase.clone();
     let guard = state.sessions.open(None);
     let revoked = guard.session.token.clone();
-    let client = Client { addr, session: guard.session.clone(), phase: phase.clone(), tls, slot };
+    let max_head = limits.max_header_bytes;
+    let client = Client { addr, session: guard.session.clone(), phase: phase.clone(), tls, slot, max_head };
     let timeouts = Timeouts {
         idle: limits.idle_timeout,
         head: limits.header_read_timeout,
