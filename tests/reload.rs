@@ -256,6 +256,43 @@ async fn a_config_file_emptied_or_half_written_does_not_open_the_proxy_at_a_relo
     );
 }
 
+/// A users file emptied, or with comments only, seen by a reload is a file
+/// being written (`cat > users.toml`, a shell's `>` empties it first), not
+/// a wish to remove every user: refused, and the users in effect keep their
+/// access and their open tunnels. Loaded, it locked everyone out and closed
+/// every connection and tunnel until the write ended. Also when the config
+/// file has errors (the users file then applies on its own). `[users]`
+/// says it is meant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_file_emptied_does_not_lock_everyone_out_at_a_reload() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let origin = spawn_echo_origin();
+    let shout = spawn_shout_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    let mut tunnel = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
+    let failures = || proxy.state.reload_failures.load(SeqCst);
+    let generation = proxy.state.generation.load(SeqCst);
+
+    std::fs::write(proxy.file("users.toml"), "").unwrap();
+    assert!(eventually(RELOAD_SEEN, || async { failures() >= 1 }).await, "the empty file was tried");
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200, "the users in effect stay");
+    replace_by_rename(&proxy.file("users.toml"), "# users\n\n   # being written\n");
+    assert!(eventually(RELOAD_SEEN, || async { failures() >= 2 }).await, "the comments were tried");
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200, "the users in effect stay");
+    // A config file with an error: the users file is tried on its own.
+    replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}[limits]\nidle_timeout = \"x\"\n"));
+    assert!(eventually(RELOAD_SEEN, || async { failures() >= 3 }).await, "the config was tried");
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200, "the users in effect stay");
+    assert_eq!(proxy.state.generation.load(SeqCst), generation);
+    assert_tunnel_alive(&mut tunnel).await;
+
+    // Said in so many words, no user it is.
+    replace_by_rename(&proxy.file("users.toml"), "[users]\n");
+    replace_by_rename(&proxy.file("authgate.toml"), CFG_NT);
+    assert!(answers(proxy.addr, &origin, "alice", "a1", 407).await, "`[users]` removes every user");
+    assert!(tunnel.read_to_end().await.is_empty(), "and closes their tunnels");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_through_a_kubernetes_style_symlink_swap() {
     let origin = spawn_echo_origin();

@@ -242,7 +242,7 @@ impl Snapshot {
 /// Every problem found in either file, with file:line:col.
 pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
     let config_as_read = file::stamp(path);
-    load_source(path, &read(path)?, config_as_read)
+    load_source(path, &read(path)?, config_as_read, None)
 }
 
 /// [`load`] for a reload, which refuses two files that would open the proxy
@@ -256,10 +256,13 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 ///   denies by default: its absence means "allow". An admin who wants that
 ///   writes `default = "allow"`.
 ///
-/// A start still accepts both (the summary line says "default allow").
+/// And a users file with no users and no `[users]` table, while the running
+/// one has users (see [`read_users`]).
+///
+/// A start still accepts all three (the summary line says "default allow").
 ///
 /// # Errors
-/// As [`load`], plus those two.
+/// As [`load`], plus those three.
 pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, ConfigError> {
     let config_as_read = file::stamp(path);
     let source = read(path)?;
@@ -284,7 +287,7 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
     }
     // Checked on a config that loads, so that a wrong value (`policy` not
     // a table, say) is reported as what it is, not as a missing default.
-    let new = load_source(path, &source, config_as_read)?;
+    let new = load_source(path, &source, config_as_read, Some(&running.users))?;
     let says_default = doc.as_ref().and_then(|d| d.get("policy")?.get("default")).is_some();
     if running.policy.default == Action::Deny && new.policy.default == Action::Allow && !says_default {
         return refuse(
@@ -319,15 +322,20 @@ fn watched(config: &Path, users: &Path, tls: &[TlsListener]) -> Vec<PathBuf> {
 }
 
 /// [`load`] of the config text `source`, read from `path` when it had the
-/// stamp `config_as_read`.
-fn load_source(path: &Path, source: &str, config_as_read: file::Stamp) -> Result<Snapshot, ConfigError> {
+/// stamp `config_as_read`; for a reload, `running` are the users in effect.
+fn load_source(
+    path: &Path,
+    source: &str,
+    config_as_read: file::Stamp,
+    running: Option<&UserStore>,
+) -> Result<Snapshot, ConfigError> {
     let (settings, mut problems) =
         validate::config(path, source).map_err(|problems| ConfigError { problems })?;
     // The config's own stamp is from before its text was read.
     let others = watched(path, &settings.auth.users_file, &settings.server.tls);
     let files_as_read: Vec<file::Stamp> =
         std::iter::once(config_as_read).chain(others.iter().skip(1).map(|f| file::stamp(f))).collect();
-    let (users, p) = read_users(&settings.auth);
+    let (users, p) = read_users(&settings.auth, running);
     problems.extend(p);
     if !problems.is_empty() {
         return Err(ConfigError { problems });
@@ -354,12 +362,13 @@ fn load_source(path: &Path, source: &str, config_as_read: file::Stamp) -> Result
 
 /// The users file `auth` names on its own, under those settings: a reload
 /// whose config file has errors still applies it (a revocation must not
-/// wait for a typo elsewhere).
+/// wait for a typo elsewhere). `running` are the users in effect.
 ///
 /// # Errors
-/// Every problem in the users file.
-pub fn load_users(auth: &Auth) -> Result<UserStore, ConfigError> {
-    let (users, problems) = read_users(auth);
+/// Every problem in the users file, and an unfinished one (see
+/// [`read_users`]).
+pub fn load_users(auth: &Auth, running: &UserStore) -> Result<UserStore, ConfigError> {
+    let (users, problems) = read_users(auth, Some(running));
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -367,11 +376,33 @@ pub fn load_users(auth: &Auth) -> Result<UserStore, ConfigError> {
 }
 
 /// The users in the users file `auth` names, and every problem in it.
-fn read_users(auth: &Auth) -> (Vec<crate::auth::store::User>, Vec<Problem>) {
-    match read(&auth.users_file) {
-        Ok(src) => users::parse(&auth.users_file, &src),
-        Err(e) => (Vec::new(), e.problems),
+///
+/// At a reload (`running`, the users in effect, has some), a file with no
+/// user and no `users` table (empty, only comments: most likely being
+/// written, as `cat > file` or a shell's `>` empties it first) is a
+/// problem too: loaded, it locked every user out and closed every
+/// connection and tunnel, until the write ended. A file that means it says
+/// `[users]`, as `authgate users remove` writes for the last user.
+fn read_users(auth: &Auth, running: Option<&UserStore>) -> (Vec<crate::auth::store::User>, Vec<Problem>) {
+    let src = match read(&auth.users_file) {
+        Ok(src) => src,
+        Err(e) => return (Vec::new(), e.problems),
+    };
+    let (users, mut problems) = users::parse(&auth.users_file, &src);
+    // (Parsed again only when it holds no user: a small file.)
+    let unfinished = || src.parse::<toml_edit::DocumentMut>().is_ok_and(|d| !d.contains_key("users"));
+    if users.is_empty() && problems.is_empty() && running.is_some_and(|r| !r.is_empty()) && unfinished() {
+        problems.push(Problem {
+            file: auth.users_file.clone(),
+            line: 0,
+            col: 0,
+            message: "no users and no [users] table (empty, only comments, or still being written): a \
+                      reload does not remove every user, which would lock everyone out and close their \
+                      connections; write `[users]` to mean it"
+                .to_owned(),
+        });
     }
+    (users, problems)
 }
 
 fn user_store(users: Vec<crate::auth::store::User>, auth: &Auth) -> Result<UserStore, ConfigError> {

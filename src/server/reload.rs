@@ -210,7 +210,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
 /// typo sits in the config file (the reload's ERROR unread) would otherwise
 /// leave that user in until someone fixes the typo.
 fn users_alone(state: &State, old: &Arc<Snapshot>) {
-    let users = match config::load_users(&old.auth) {
+    let users = match config::load_users(&old.auth, &old.users) {
         Ok(u) => u,
         Err(e) => {
             for p in &e.problems {

@@ -154,6 +154,21 @@ pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersE
             }
         }
     }
+    // The last user gone: a `[users]` line says so. A file without one
+    // (`[users.NAME]` tables make it implicit) reads at a reload as one
+    // still being written, and is refused.
+    // What was left around the user (the file's header, a closing
+    // comment) goes above it, not below.
+    if doc.get("users").and_then(Item::as_table_like).is_none_or(|u| u.is_empty()) {
+        let mut around = prefix_text(Some(doc.trailing()));
+        if !around.is_empty() && !around.ends_with("\n\n") {
+            around.push('\n');
+        }
+        doc.set_trailing("");
+        let mut users = Table::new();
+        users.decor_mut().set_prefix(around);
+        doc.insert("users", Item::Table(users));
+    }
     Ok(())
 }
 
