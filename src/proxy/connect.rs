@@ -290,10 +290,18 @@ mod tests {
         assert!(in_turns(&[]).is_empty());
     }
 
-    /// A loopback port nothing listens on.
+    /// A loopback port nothing listens on, nor can: bound without
+    /// listening (a SYN to it is refused), and kept bound for the life of
+    /// the test process. Freed at once, as it was, the port could be given
+    /// to another test's [`black_hole`] while a dial to it was still going
+    /// out: that test then counted one attempt in flight too many.
     fn refused() -> SocketAddr {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
+        use socket2::{Domain, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&addr("127.0.0.1:0").into()).unwrap();
+        let at = s.local_addr().unwrap().as_socket().unwrap();
+        std::mem::forget(s);
+        at
     }
 
     /// A listener that never accepts, its one-place queue filled: later
