@@ -730,10 +730,10 @@ fn events_of<'a>(events: &'a [serde_json::Value], target: &str, path: &str) -> V
 /// The access line names the origin address a request went to or a tunnel
 /// connected to (`upstream`): for a name that resolves to several
 /// addresses, or to other addresses later, the target alone does not say
-/// which one was reached. Also when the origin answered badly or not at
-/// all (it was `-` then: which of a name's addresses failed was not
-/// said). `-` when the request went out on no origin connection. In the
-/// JSON format and in the text one.
+/// which one was reached. Also when the origin answered badly or not in
+/// time, or the client left before it answered (it was `-` then: which of
+/// a name's addresses failed was not said). `-` when the request went out
+/// on no origin connection. In the JSON format and in the text one.
 #[tokio::test]
 async fn the_access_line_names_the_origin_address_reached() {
     let origin = spawn_echo_origin();
@@ -765,6 +765,18 @@ async fn the_access_line_names_the_origin_address_reached() {
     let (status, ()) = tokio::join!(timed_out, silent.next_head());
     assert_eq!(status, 504);
     assert_eq!(answer(format!("http://{closed}/closed"), closed.clone()).await, 502);
+    // A client that leaves while the origin keeps it waiting.
+    let mut gone = RawConn::connect(bin.addr).await;
+    let host = silent.origin.authority();
+    gone.send(request(
+        "GET",
+        &silent.origin.url("/gone"),
+        &[("Host", &host), ("Proxy-Authorization", &good)],
+    ))
+    .await;
+    silent.next_head().await;
+    drop(gone);
+    wait_for(&mut rx, &mut lines, "the left request's access line", |l| l.contains("/gone")).await;
     let target = tunnel_origin.authority();
     let mut tunnel = RawConn::connect(bin.addr).await;
     tunnel.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &good)])).await;
@@ -785,6 +797,9 @@ async fn the_access_line_names_the_origin_address_reached() {
     assert_eq!(upstream("/refused"), "-");
     assert_eq!(upstream("/malformed"), malformed.addr.to_string());
     assert_eq!(upstream("/silent"), silent.origin.addr.to_string());
+    assert_eq!(upstream("/gone"), silent.origin.addr.to_string());
+    let gone = events_of(&events, "authgate::access", "/gone");
+    assert_eq!((gone[0]["status"].as_u64(), gone[0]["outcome"].as_str()), (Some(0), Some("client_gone")));
     assert_eq!(upstream("/closed"), "-", "connection refused: no origin connection");
     assert_eq!(upstream(&target), tunnel_origin.addr.to_string());
 

@@ -20,7 +20,7 @@ use super::connect::Connector;
 use super::headers::{
     Codings, add_via, check_switch, single_content_length, strip_hop_by_hop, wants_upgrade,
 };
-use super::pool::{Failed, Sent};
+use super::pool::{Exchange, Sent};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -119,27 +119,23 @@ pub async fn forward(
             Ok((UpstreamIo::Plain(tcp), peer))
         }
     };
-    let sent = match state
-        .pool
-        .send(&key, req, limits.upstream_response_timeout, upload.as_deref(), replayable, dial)
-        .await
-    {
+    let exchange = Exchange {
+        head_timeout: limits.upstream_response_timeout,
+        upload: upload.as_deref(),
+        reached: &mut rec.upstream,
+    };
+    let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,
-        Err(Failed { error, peer }) => {
-            rec.upstream = peer;
-            // The client's body broke off: that, not the origin, ended the
-            // request. A client that closed mid-body may have closed only
-            // its sending side and still read the answer; one that reset
-            // the connection makes hyper drop this request, logged as
-            // `client_gone`.
-            return Err(match upload.map(|u| u.state()) {
-                Some(UploadState::Broken) => ProxyError::BadBody,
-                _ => error,
-            });
-        }
+        // The client's body broke off: that, not the origin, ended the request.
+        Err(e) => match upload.map(|u| u.state()) {
+            // A client that closed mid-body may have closed only its sending
+            // side and still read the answer; one that reset the connection
+            // makes hyper drop this request, logged as `client_gone`.
+            Some(UploadState::Broken) => return Err(ProxyError::BadBody),
+            _ => return Err(e),
+        },
     };
     let Sent { response: mut resp, conn } = sent;
-    rec.upstream = Some(conn.peer);
     // The origin answered without asking for the body: it is never sent.
     if let Some(gate) = &gate {
         gate.answered();

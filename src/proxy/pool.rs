@@ -169,29 +169,20 @@ pub struct Sent {
     pub conn: Conn,
 }
 
-/// Why [`Pool::send`] got no usable response, and from which origin
-/// address, when the request went out on a connection: the access line
-/// names the origin that answered badly or not at all (of a name's
-/// addresses, which one).
-#[derive(Debug)]
-pub struct Failed {
-    /// What the client is told.
-    pub error: ProxyError,
-    /// The origin address of the connection the request was last sent on;
-    /// `None` when it was sent on none (the dial failed).
-    pub peer: Option<SocketAddr>,
-}
-
-impl Failed {
-    fn at(peer: SocketAddr) -> impl Fn(ProxyError) -> Failed + Copy {
-        move |error| Failed { error, peer: Some(peer) }
-    }
-}
-
-impl From<ProxyError> for Failed {
-    fn from(error: ProxyError) -> Self {
-        Failed { error, peer: None }
-    }
+/// How [`Pool::send`] waits for the answer, and where it says which origin
+/// address the request went out to.
+pub struct Exchange<'a> {
+    /// The longest wait for the response head after the request's last
+    /// progress (see `head_wait`).
+    pub head_timeout: Duration,
+    /// The request body's progress, when it has one.
+    pub upload: Option<&'a Upload>,
+    /// The address of the connection the request is out on, as soon as it
+    /// is (`None` while it is on none): the access line names that origin
+    /// whatever comes back, a bad answer, none in time, or none at all as
+    /// the client left. It named none then, and which of a name's
+    /// addresses failed was not said.
+    pub reached: &'a mut Option<SocketAddr>,
 }
 
 impl Pool {
@@ -339,26 +330,26 @@ impl Pool {
     ///
     /// # Errors
     /// The dial error, `UpstreamProtocol`, `UpstreamReadTimeout`,
-    /// `UpstreamWriteTimeout` or `BodyTimeout` (see `head_wait`), with the
-    /// address of the connection it happened on.
+    /// `UpstreamWriteTimeout` or `BodyTimeout` (see `head_wait`).
     pub async fn send<D, F, R>(
         &self,
         key: &Key,
         mut req: Request<RequestBody>,
-        head_timeout: Duration,
-        upload: Option<&Upload>,
+        exchange: Exchange<'_>,
         replayable: R,
         dial: D,
-    ) -> Result<Sent, Failed>
+    ) -> Result<Sent, ProxyError>
     where
         D: FnOnce() -> F,
         F: Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
         R: Fn() -> bool,
     {
+        let Exchange { head_timeout, upload, reached } = exchange;
         while let Some((mut conn, idle_for)) = self.checkout(key) {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
             let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
+            *reached = Some(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => return Sent::checked(response, conn),
@@ -369,20 +360,22 @@ impl Pool {
                         req = again.request();
                         break;
                     }
-                    (None, _) => return Err(Failed::at(conn.peer)(upstream_error(e.error()))),
+                    (None, _) => return Err(upstream_error(e.error())),
                 },
                 Err(e) => {
-                    let peer = conn.peer;
                     drop(conn.close_on_drop());
-                    return Err(Failed::at(peer)(e));
+                    return Err(e);
                 }
             }
         }
+        // Until the new connection is made, the request is out on none.
+        *reached = None;
         // Boxed: dialing (resolve, connect, maybe a TLS handshake) and the
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        Box::pin(send_new(req, head_timeout, upload, dial())).await
+        let exchange = Exchange { head_timeout, upload, reached };
+        Box::pin(send_new(req, exchange, dial())).await
     }
 }
 
@@ -417,12 +410,12 @@ impl Replay {
 /// Sends `req` on a new connection, the one `dial` makes.
 async fn send_new(
     req: Request<RequestBody>,
-    head_timeout: Duration,
-    upload: Option<&Upload>,
+    exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
-) -> Result<Sent, Failed> {
+) -> Result<Sent, ProxyError> {
+    let Exchange { head_timeout, upload, reached } = exchange;
     let (stream, peer) = dial.await?;
-    let failed = Failed::at(peer);
+    *reached = Some(peer);
     let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, observer: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
@@ -434,7 +427,7 @@ async fn send_new(
         .allow_spaces_after_header_name_in_responses(true)
         .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
-        .map_err(|e| failed(upstream_error(&e)))?;
+        .map_err(|e| upstream_error(&e))?;
     let task = tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -445,12 +438,12 @@ async fn send_new(
     let conn = Conn { tx, task, writes, peer };
     match sent {
         Ok(Ok(response)) => Sent::checked(response, conn),
-        Ok(Err(e)) => Err(failed(upstream_error(&e))),
+        Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
         Err(e) => {
             drop(conn.close_on_drop());
-            Err(failed(e))
+            Err(e)
         }
     }
 }
@@ -508,13 +501,10 @@ async fn head_wait<T>(
 impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
     /// (counted as [`head_len`] does): then the connection is closed.
-    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, Failed> {
+    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
-            let peer = conn.peer;
             drop(conn.close_on_drop());
-            return Err(Failed::at(peer)(ProxyError::UpstreamProtocol {
-                detail: "response head over 256 KiB",
-            }));
+            return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
         }
         Ok(Sent { response, conn })
     }
