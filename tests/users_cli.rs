@@ -377,6 +377,11 @@ fn removing_the_first_user_keeps_the_files_header_comment() {
     assert_eq!(d.read(), "# users file for the lab\n# keep this comment\n\n[users]\n");
     let reloaded = authgate::config::load_for_reload(&d.config(), &running).unwrap_or_else(|e| panic!("{e}"));
     assert!(reloaded.users.is_empty());
+    // A `[users]` line already there stays as it was, with its comments.
+    let d =
+        Dir::new(Some(&format!("# header\n\n[users]  # all of them\n\n[users.last]\npassword = \"{H}\"\n")));
+    d.ok(&["remove", "last"], None);
+    assert_eq!(d.read(), "# header\n\n[users]  # all of them\n");
 }
 
 /// Users written with dotted keys under `[users]`: a section comment,

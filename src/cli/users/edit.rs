@@ -154,22 +154,38 @@ pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersE
             }
         }
     }
-    // The last user gone: a `[users]` line says so. A file without one
-    // (`[users.NAME]` tables make it implicit) reads at a reload as one
-    // still being written, and is refused.
-    // What was left around the user (the file's header, a closing
-    // comment) goes above it, not below.
-    if doc.get("users").and_then(Item::as_table_like).is_none_or(|u| u.is_empty()) {
-        let mut around = prefix_text(Some(doc.trailing()));
-        if !around.is_empty() && !around.ends_with("\n\n") {
-            around.push('\n');
-        }
-        doc.set_trailing("");
-        let mut users = Table::new();
-        users.decor_mut().set_prefix(around);
-        doc.insert("users", Item::Table(users));
-    }
+    show_users_table(doc);
     Ok(())
+}
+
+/// After the last user went: a `[users]` line says there are none. A file
+/// without one (`[users.NAME]` tables or `users.NAME.…` keys leave a table
+/// that is not written) reads at a reload as one still being written, and
+/// is refused. A `[users]` line or `users = {…}` already there stays as it
+/// is, with its comments; a new one gets what was left around the last
+/// user (the file's header, a closing comment) above it, not below.
+fn show_users_table(doc: &mut DocumentMut) {
+    let shown = match doc.get("users") {
+        Some(Item::Table(t)) => !t.is_empty() || (!t.is_implicit() && !t.is_dotted()),
+        Some(_) => true,
+        None => false,
+    };
+    if shown {
+        return;
+    }
+    let mut around = prefix_text(Some(doc.trailing()));
+    if !around.is_empty() && !around.ends_with("\n\n") {
+        around.push('\n');
+    }
+    doc.set_trailing("");
+    let mut users = match doc.remove("users") {
+        Some(Item::Table(t)) => t,
+        _ => Table::new(),
+    };
+    users.set_implicit(false);
+    users.set_dotted(false);
+    users.decor_mut().set_prefix(around);
+    doc.insert("users", Item::Table(users));
 }
 
 /// Puts `text` (whole comment lines) in front of the first line of the
