@@ -385,6 +385,19 @@ fn a_user_name_refused_for_a_colon_or_a_space_is_located_not_quoted() {
     assert!(err.contains("users.toml:3:8: user name must not contain spaces"), "{err}");
     assert!(!err.contains("Hunter"), "{err}");
     assert!(err.contains("user `ad\\u{200b}min`: user name must not contain invisible"), "{err}");
+    // Nor when such a table is defined twice (a name defined twice is
+    // otherwise named).
+    let twice = format!(
+        "[users.\"carol:Hunter2Secret\"]\npassword = {pw}\n[users.\"carol:Hunter2Secret\"]\npassword = {pw}\n"
+    );
+    let err = load_err("[auth]\nusers_file = \"users.toml\"\n", &twice);
+    assert!(
+        err.contains("users.toml:3:") && err.contains("duplicate key") && !err.contains("Hunter"),
+        "{err}"
+    );
+    let twice = format!("[users.carol]\npassword = {pw}\n[users.carol]\npassword = {pw}\n");
+    let err = load_err("[auth]\nusers_file = \"users.toml\"\n", &twice);
+    assert!(err.contains("duplicate key `carol`"), "{err}");
 }
 
 /// `proxy_protocol_from` takes CIDRs and addresses; anything else is an

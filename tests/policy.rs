@@ -660,7 +660,11 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     assert_eq!(code, Some(0), "the mapped form is 127.0.0.1: {out}");
     let (code, _, err) = run(&["--user", "nobody", "127.0.0.1:80"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("no user"), "{err}");
+    assert!(err.contains("no user `nobody`"), "{err}");
+    // `name:password` typed for the name is not echoed.
+    let (code, _, err) = run(&["--user", "alice:S3cretPW", "127.0.0.1:80"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no such user") && !err.contains("S3cretPW"), "{err}");
     let (code, _, _) = run(&["--user", USER, "ftp://x/"]);
     assert_eq!(code, Some(2));
     // A rule with `cidrs` makes the proxy check the addresses first: a
@@ -711,8 +715,10 @@ fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
         "{err}"
     );
     assert!(!err.contains("x y"), "{err}");
+    // (Nor a group with a space, as in the users file.)
     assert!(
-        err.contains(&format!("{p}:31:11: rule `names`: groups: `web team`: group names must not")),
+        err.contains(&format!("{p}:31:11: rule `names`: groups: group names must not contain spaces")),
         "{err}"
     );
+    assert!(!err.contains("web team"), "{err}");
 }

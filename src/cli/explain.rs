@@ -59,11 +59,13 @@ fn ascii_host(host: &str) -> Result<std::borrow::Cow<'_, str>, String> {
 pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str) -> Result<Report, String> {
     let name = crate::auth::basic::nfc(user);
     let user = snap.users.get(&name).ok_or_else(|| {
-        format!(
-            "no user `{}` in {}",
-            crate::telemetry::sanitize_username(user),
-            crate::config::shown_path(&snap.auth.users_file)
-        )
+        let file = crate::config::shown_path(&snap.auth.users_file);
+        // `alice:S3cret` typed for a name is not echoed.
+        if crate::config::may_hold_a_password(&name) {
+            format!("no such user in {file} (the name is not shown: it may hold a password)")
+        } else {
+            format!("no user `{}` in {file}", crate::telemetry::sanitize_username(user))
+        }
     })?;
     let authority_form = !target.contains("://");
     let (target, implied) = parse_target(target)?;

@@ -108,7 +108,14 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     });
     let groups = list(c, name, "groups", &r.groups, |s| {
         let group = crate::auth::basic::nfc(s);
-        super::check_group(&group).map_err(|m| shown(s, m))?;
+        super::check_group(&group).map_err(|m| {
+            // Not quoted when it may be a passphrase, as in the users file.
+            if super::may_hold_a_password(s) {
+                format!("{m} (not shown: it may hold a password)")
+            } else {
+                shown(s, m)
+            }
+        })?;
         Ok(Arc::<str>::from(group))
     });
     let hosts = list(c, name, "hosts", &r.hosts, |s| host_pattern(s));

@@ -49,13 +49,22 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// for invisible characters is quoted, which is the point of showing it
 /// (with them made visible).
 pub fn refused_name(name: &str, problem: &str, shown: impl Fn(&str) -> String) -> String {
-    let pasted = name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(|c| c == ':' || c.is_control() || c.is_whitespace());
-    if pasted {
+    if name.is_empty() {
+        problem.to_owned()
+    } else if may_hold_a_password(name) {
         format!("{problem} (the name is not shown: it may hold a password)")
     } else {
         format!("user `{}`: {problem}", shown(name))
     }
+}
+
+/// Whether a user or group name given where one belongs looks like more
+/// than a name (`name:password`, a passphrase, a hash): a `:`, whitespace,
+/// a control character, or more than [`MAX_NAME_CHARS`] characters. No
+/// valid name does; such a name is located in problems, not quoted.
+pub fn may_hold_a_password(name: &str) -> bool {
+    name.chars().count() > MAX_NAME_CHARS
+        || name.chars().any(|c| c == ':' || c.is_control() || c.is_whitespace())
 }
 
 /// Checks a group name (users file and `users --group`): non-empty, and
@@ -305,7 +314,9 @@ fn without_secret_keys(message: &str, line: Option<&str>, header: Option<&str>) 
         if hidden { " in a table whose name is not shown".to_owned() } else { format!(" in table `{t}`") }
     });
     let kind = &opening[..opening.len() - 2];
-    let key_shown = if user_name || near_a_name(key) {
+    // (A user's name only when it could be one: `[users."alice:S3cret"]`
+    // defined twice is a password typed as a name, twice.)
+    let key_shown = if (user_name && !may_hold_a_password(key)) || near_a_name(key) {
         format!("{kind} `{key}`")
     } else {
         let kind = kind.replace("field", "key");
