@@ -777,6 +777,25 @@ async fn the_access_line_names_the_origin_address_reached() {
     silent.next_head().await;
     drop(gone);
     wait_for(&mut rx, &mut lines, "the left request's access line", |l| l.contains("/gone")).await;
+    // A pooled connection that closes under a request sent again on a new
+    // one, which cannot be made: the origin it went out to is named.
+    let (once, once_at) = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = l.local_addr().unwrap();
+        (l, at)
+    };
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let (mut s, _) = once.accept().await.unwrap();
+        drop(once); // later connections are refused
+        read_request_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.unwrap();
+        read_request_head(&mut s).await; // and closed under the second
+    });
+    let url = |path: &str| format!("http://{once_at}{path}");
+    assert_eq!(answer(url("/pooled"), once_at.to_string()).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the replay threshold
+    assert_eq!(answer(url("/sent-again"), once_at.to_string()).await, 502);
     let target = tunnel_origin.authority();
     let mut tunnel = RawConn::connect(bin.addr).await;
     tunnel.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &good)])).await;
@@ -798,6 +817,7 @@ async fn the_access_line_names_the_origin_address_reached() {
     assert_eq!(upstream("/malformed"), malformed.addr.to_string());
     assert_eq!(upstream("/silent"), silent.origin.addr.to_string());
     assert_eq!(upstream("/gone"), silent.origin.addr.to_string());
+    assert_eq!(upstream("/sent-again"), once_at.to_string());
     let gone = events_of(&events, "authgate::access", "/gone");
     assert_eq!((gone[0]["status"].as_u64(), gone[0]["outcome"].as_str()), (Some(0), Some("client_gone")));
     assert_eq!(upstream("/closed"), "-", "connection refused: no origin connection");

@@ -177,10 +177,10 @@ pub struct Exchange<'a> {
     pub head_timeout: Duration,
     /// The request body's progress, when it has one.
     pub upload: Option<&'a Upload>,
-    /// The address of the connection the request is out on, as soon as it
-    /// is (`None` while it is on none): the access line names that origin
-    /// whatever comes back, a bad answer, none in time, or none at all as
-    /// the client left. It named none then, and which of a name's
+    /// The address of the connection the request last went out on, as
+    /// soon as it does (`None` until then): the access line names that
+    /// origin whatever comes back, a bad answer, none in time, or none at
+    /// all as the client left. It named none then, and which of a name's
     /// addresses failed was not said.
     pub reached: &'a mut Option<SocketAddr>,
 }
@@ -349,12 +349,16 @@ impl Pool {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
             let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
-            *reached = Some(conn.peer);
+            let before = reached.replace(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => return Sent::checked(response, conn),
                 Ok(Err(mut e)) => match (e.take_message(), again) {
-                    (Some(back), _) => req = back,
+                    // Not sent on it after all.
+                    (Some(back), _) => {
+                        *reached = before;
+                        req = back;
+                    }
                     (None, Some(again)) if closed_under_it(e.error()) && replayable() => {
                         tracing::debug!(error = %e.error(), "pooled origin connection failed; sending the request again on a new one");
                         req = again.request();
@@ -368,8 +372,8 @@ impl Pool {
                 }
             }
         }
-        // Until the new connection is made, the request is out on none.
-        *reached = None;
+        // (A request sent again keeps the address it went out to until the
+        // new connection is made: if none can be, that one is named.)
         // Boxed: dialing (resolve, connect, maybe a TLS handshake) and the
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
