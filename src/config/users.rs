@@ -458,6 +458,13 @@ mod tests {
                 "in a table whose name is not shown",
             ),
             ("[[users]]\nhunter2x = 1\nhunter2x = 2".into(), "hunter2x", "duplicate key (not shown"),
+            // A user's name, but one no user can have: `name:password`.
+            (
+                format!("{user}[users.\"b0b:S3cret\"]\n[users.\"b0b:S3cret\"]"),
+                "S3cret",
+                "duplicate key (not shown",
+            ),
+            (format!("{user}[users.\"B0b S\"]\n[users.\"B0b S\"]"), "B0b S", "duplicate key (not shown"),
         ] {
             let (users, problems) = parse(Path::new("users.toml"), &body);
             assert!(users.is_empty());
@@ -471,8 +478,8 @@ mod tests {
             (format!("{user}pasword = 1"), "unknown field `pasword`, expected one of `password`"),
             (format!("{user}groups = []\ngroups = []"), "duplicate key `groups` in table `users.a`"),
             (
-                format!("{user}[users.\"B0b S\"]\n[users.\"B0b S\"]"),
-                "duplicate key `\"B0b S\"` in table `users`",
+                format!("{user}[users.\"B0b.S\"]\n[users.\"B0b.S\"]"),
+                "duplicate key `\"B0b.S\"` in table `users`",
             ),
             (
                 format!("[users]\nbob = {{ password = \"{hash}\" }}\nbob = 1"),
