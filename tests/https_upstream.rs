@@ -251,3 +251,35 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
         assert!(err.contains(&format!("tls.toml{at} server.tls: ")), "{cert} {key} at {at}: {err}");
     }
 }
+
+/// A TLS handshake with the origin that fails (its certificate is from
+/// another CA) names in the access line the address that served that
+/// certificate: of a name's addresses, which one. It was `-`, as for a
+/// dial that reached no origin.
+#[test]
+fn the_access_line_names_the_origin_whose_certificate_failed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in = rt.enter();
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin = spawn_tls_origin(&pki::Ca::new("origin CA").leaf("origin"));
+    let dir = TempDir::new();
+    let leaf = proxy_ca.leaf("proxy");
+    dir.write("proxy-cert.pem", &leaf.cert_pem);
+    dir.write("proxy-key.pem", &leaf.key_pem);
+    dir.write("upstream-ca.pem", &pki::Ca::new("some other CA").cert_pem);
+    let tls_port = closed_port();
+    let extra = format!(
+        "[[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n[upstream]\nca_file = \"upstream-ca.pem\"\n"
+    );
+    let bin = start_binary(&dir, &extra, &users_toml(&[("alice", "a1")]), std::process::Stdio::piped());
+    let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let r = rt.block_on(get_https_via(tls, &proxy_ca.cert_pem, origin));
+    assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    let access = log
+        .lines()
+        .find(|l| l.contains("authgate::access") && l.contains("/secure"))
+        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    assert!(access.contains(&format!(" upstream={origin} ")), "{access}");
+}
