@@ -12,7 +12,8 @@
 #      and newest supported versions, strict (unknown fields are errors), with
 #      the network cut off when `unshare -n` works (proof that it is offline).
 #   3. Prometheus: promtool check rules, promtool test rules (alert unit tests),
-#      promtool check config on a prometheus.yml made of scrape.yml + alerts.yml.
+#      promtool check rules on the PromQL lines of deploy/README.md, promtool
+#      check config on a prometheus.yml made of scrape.yml + alerts.yml.
 #   4. systemd: systemd-analyze verify on the unit (ExecStart pointed at a stub:
 #      the real binary need not be installed) and systemd-analyze security with
 #      a maximum exposure; systemd-sysusers --dry-run on the sysusers entry.
@@ -168,6 +169,17 @@ pdir=$here/prometheus
 run "promtool check rules deploy/prometheus/alerts.yml" "$promtool" check rules "$pdir/alerts.yml"
 run "promtool test rules deploy/prometheus/alerts_test.yml (alert unit tests)" \
     "$promtool" test rules "$pdir/alerts_test.yml"
+# The PromQL that deploy/README.md gives to paste: each line of its ```promql
+# blocks (without its `# comment`) as a recording rule.
+"$venv/bin/python" - "$here/README.md" "$tmp/readme-promql.yml" <<'PY'
+import re, sys, yaml
+text = open(sys.argv[1], encoding="utf-8").read()
+exprs = [re.sub(r"\s+#.*$", "", line).strip()
+         for block in re.findall(r"```promql\n(.*?)```", text, re.S) for line in block.splitlines()]
+rules = [{"record": f"readme:line{i}", "expr": e} for i, e in enumerate(x for x in exprs if x)]
+yaml.safe_dump({"groups": [{"name": "readme", "rules": rules}]}, open(sys.argv[2], "w"), sort_keys=False)
+PY
+run "promtool check rules: the PromQL lines of deploy/README.md" "$promtool" check rules "$tmp/readme-promql.yml"
 # A prometheus.yml as an operator would write it: scrape.yml's jobs + alerts.yml.
 "$venv/bin/python" - "$pdir" "$tmp" <<'PY'
 import sys, yaml
