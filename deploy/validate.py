@@ -282,6 +282,9 @@ def check_container(root: Path, deploy: Path, docs: dict[Path, list]) -> None:
     ignore = (root / ".dockerignore")
     lines = {l.strip() for l in ignore.read_text(encoding="utf-8").splitlines()} if ignore.exists() else set()
     check({"target/", ".git/"} <= lines, ".dockerignore excludes target/ and .git/")
+    # A pattern without `**/` matches at the context root only.
+    check({"**/*.pem", "**/*.key", "**/users.toml"} <= lines,
+          ".dockerignore excludes keys, certificates and users files in every folder")
     try:
         tomllib.loads((deploy / "container" / "authgate.toml").read_text(encoding="utf-8"))
         check(True, "deploy/container/authgate.toml is valid TOML")
