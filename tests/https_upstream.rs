@@ -275,11 +275,6 @@ fn the_access_line_names_the_origin_whose_certificate_failed() {
     let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
     let r = rt.block_on(get_https_via(tls, &proxy_ca.cert_pem, origin));
     assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
-    let out = bin.stop();
-    let log = String::from_utf8_lossy(&out.stdout);
-    let access = log
-        .lines()
-        .find(|l| l.contains("authgate::access") && l.contains("/secure"))
-        .unwrap_or_else(|| panic!("no access line:\n{log}"));
+    let access = bin.stop_for_access_line("/secure");
     assert!(access.contains(&format!(" upstream={origin} ")), "{access}");
 }

@@ -328,17 +328,7 @@ fn access_line_of_an_abandoned_request(how: Abandon) -> String {
         // The proxy let go of the origin: the request is over.
         silent.next_close().await;
     });
-    the_access_line(bin, "/abandoned")
-}
-
-/// Stops the binary; the one access line of the request for `path`.
-fn the_access_line(bin: Binary, path: &str) -> String {
-    let out = bin.stop();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> =
-        stdout.lines().filter(|l| l.contains("authgate::access") && l.contains(path)).collect();
-    assert_eq!(lines.len(), 1, "one access line for {path}:\n{stdout}");
-    lines[0].to_owned()
+    bin.stop_for_access_line("/abandoned")
 }
 
 /// A request that ends before its answer still gets its one access line,
@@ -414,7 +404,7 @@ fn access_line_of_a_cut_response(how: Abandon) -> String {
         let gone = tokio::time::timeout(Duration::from_secs(10), closed.recv()).await;
         assert!(matches!(gone, Ok(Some(()))), "the origin connection stayed open");
     });
-    the_access_line(bin, "/cut")
+    bin.stop_for_access_line("/cut")
 }
 
 /// A response cut short on the client's side is logged with why, not as
@@ -1112,6 +1102,6 @@ fn a_mapped_client_address_is_logged_as_ipv4() {
         conn.send(bytes).await;
         assert_eq!(conn.read_response("GET").await.status, 407);
     });
-    let line = the_access_line(bin, "/mapped");
+    let line = bin.stop_for_access_line("/mapped");
     assert!(line.contains("client=192.0.2.9:4000"), "{line}");
 }

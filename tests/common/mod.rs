@@ -530,6 +530,17 @@ impl Binary {
         let status = self.child.wait().unwrap();
         std::process::Output { status, stdout, stderr: stderr.join().unwrap() }
     }
+
+    /// Stops the process (its stdout piped, the text log format); the one
+    /// access line of the request for `path`.
+    pub fn stop_for_access_line(self, path: &str) -> String {
+        let out = self.stop();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> =
+            stdout.lines().filter(|l| l.contains("authgate::access") && l.contains(path)).collect();
+        assert_eq!(lines.len(), 1, "one access line for {path}:\n{stdout}");
+        lines[0].to_owned()
+    }
 }
 
 /// A test that fails (panics) before `stop` must not leave the proxy
