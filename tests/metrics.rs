@@ -169,12 +169,7 @@ async fn pooled_origin_connections_are_a_gauge_that_falls_when_they_expire() {
     let origin = spawn_echo_origin();
     let gauge = async || scrape(run.admin).await["authgate_upstream_idle_connections"];
     assert_eq!(gauge().await, 0.0);
-    let r = get(
-        run.proxy,
-        &origin.url("/"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    )
-    .await;
+    let r = get_from(run.proxy, &origin, "/", ("alice", "a1")).await;
     assert_eq!(r.status, 200, "{}", r.dump());
     assert_eq!(gauge().await, 1.0);
     let start = std::time::Instant::now();
@@ -220,12 +215,7 @@ async fn the_admin_port_holds_a_bounded_number_of_connections() {
     closed_at_once(RawConn::from_stream(connect_from(&fresh, run.admin).await)).await;
     let last = held.pop().unwrap();
     held.push(served(last, "/readyz").await);
-    let r = get(
-        run.proxy,
-        &origin.url("/through"),
-        &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", "a1"))],
-    )
-    .await;
+    let r = get_from(run.proxy, &origin, "/through", ("alice", "a1")).await;
     assert_eq!(r.status, 200, "the proxy port serves: {}", r.dump());
     // A slot freed is taken again.
     held.truncate(MAX_ADMIN_CONNECTIONS - 1);

@@ -55,6 +55,19 @@ async fn status(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str) -> u
     .status
 }
 
+/// Waits until `proxy` has refused `n` reloads in all (`what`, just
+/// written, was tried), then checks that `user` still gets `code`: what
+/// was in effect stays.
+async fn refused_keeping(proxy: &Custom, n: u64, what: &str, origin: &Origin, user: (&str, &str), code: u16) {
+    let failures = || proxy.state.reload_failures.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(eventually(RELOAD_SEEN, || async { failures() >= n }).await, "tried: {what}");
+    assert_eq!(
+        status(proxy.addr, origin, user.0, user.1).await,
+        code,
+        "what was in effect stays after {what}"
+    );
+}
+
 /// Whether `user`'s request gets `status` within 5 s (a reload is picked up
 /// by polling, so its effect shows a little later).
 async fn answers(proxy: SocketAddr, origin: &Origin, user: &str, pass: &str, status: u16) -> bool {
@@ -220,28 +233,23 @@ async fn a_config_file_emptied_or_half_written_does_not_open_the_proxy_at_a_relo
     let proxy = spawn_custom(&config, &users_toml(&[("alice", "a1"), ("bob", "b1")]));
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403);
-    let failures = || proxy.state.reload_failures.load(SeqCst);
     let generation = proxy.state.generation.load(SeqCst);
 
     // Truncated in place, then only comments: both refused.
     std::fs::write(proxy.file("authgate.toml"), "").unwrap();
-    assert!(eventually(RELOAD_SEEN, || async { failures() >= 1 }).await, "the empty file was tried");
-    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    refused_keeping(&proxy, 1, "the empty file", &origin, ("bob", "b1"), 403).await;
     replace_by_rename(&proxy.file("authgate.toml"), "# authgate\n\n   # being written\n");
-    assert!(eventually(RELOAD_SEEN, || async { failures() >= 2 }).await, "the comments were tried");
-    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    refused_keeping(&proxy, 2, "the comments", &origin, ("bob", "b1"), 403).await;
     // Table headers are no settings either (nor is a byte-order mark).
     replace_by_rename(
         &proxy.file("authgate.toml"),
         "\u{feff}# authgate\n[server]\n[policy]\n[auth.throttle]\n",
     );
-    assert!(eventually(RELOAD_SEEN, || async { failures() >= 3 }).await, "the headers were tried");
-    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    refused_keeping(&proxy, 3, "the headers", &origin, ("bob", "b1"), 403).await;
     // A first part with settings, but without `[policy] default`: missing
     // means allow, where the running configuration denies.
     replace_by_rename(&proxy.file("authgate.toml"), CFG_NT);
-    assert!(eventually(RELOAD_SEEN, || async { failures() >= 4 }).await, "the first part was tried");
-    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "the rules in effect stay");
+    refused_keeping(&proxy, 4, "the first part", &origin, ("bob", "b1"), 403).await;
     assert_eq!(proxy.state.generation.load(SeqCst), generation);
 
     // A users change meanwhile applies under the rules in effect.
@@ -270,19 +278,15 @@ async fn a_users_file_emptied_does_not_lock_everyone_out_at_a_reload() {
     let shout = spawn_shout_origin();
     let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
     let mut tunnel = open_tunnel(proxy.addr, &shout, "alice", "a1").await;
-    let failures = || proxy.state.reload_failures.load(SeqCst);
     let generation = proxy.state.generation.load(SeqCst);
 
     std::fs::write(proxy.file("users.toml"), "").unwrap();
-    assert!(eventually(RELOAD_SEEN, || async { failures() >= 1 }).await, "the empty file was tried");
-    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200, "the users in effect stay");
+    refused_keeping(&proxy, 1, "the empty file", &origin, ("alice", "a1"), 200).await;
     replace_by_rename(&proxy.file("users.toml"), "# users\n\n   # being written\n");
-    assert!(eventually(RELOAD_SEEN, || async { failures() >= 2 }).await, "the comments were tried");
-    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200, "the users in effect stay");
+    refused_keeping(&proxy, 2, "the comments", &origin, ("alice", "a1"), 200).await;
     // A config file with an error: the users file is tried on its own.
     replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}[limits]\nidle_timeout = \"x\"\n"));
-    assert!(eventually(RELOAD_SEEN, || async { failures() >= 3 }).await, "the config was tried");
-    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200, "the users in effect stay");
+    refused_keeping(&proxy, 3, "the config", &origin, ("alice", "a1"), 200).await;
     assert_eq!(proxy.state.generation.load(SeqCst), generation);
     assert_tunnel_alive(&mut tunnel).await;
 

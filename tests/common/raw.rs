@@ -256,6 +256,19 @@ pub fn get_as(url: &str, host: &str, user: &str, pass: &str) -> Vec<u8> {
     request("GET", url, &[("Host", host), ("Proxy-Authorization", &super::basic(user, pass))])
 }
 
+/// `GET path` of `origin` through the proxy on a fresh connection, with
+/// the origin's `Host` and `user`'s Basic proxy credentials.
+pub async fn get_from(
+    proxy: SocketAddr,
+    origin: &super::origin::Origin,
+    path: &str,
+    (user, pass): (&str, &str),
+) -> RawResponse {
+    let mut c = RawConn::connect(proxy).await;
+    c.send(get_as(&origin.url(path), &origin.authority(), user, pass)).await;
+    c.read_response("GET").await
+}
+
 /// Sends one request on a fresh connection and reads its response.
 pub async fn send_one(
     proxy: SocketAddr,
