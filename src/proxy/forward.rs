@@ -103,21 +103,23 @@ pub async fn forward(
     // reload the origin may be forbidden, and no new connection is made.
     let idempotent = !has_body && !upgrade && req.method().is_idempotent();
     let replayable = || idempotent && std::ptr::eq(&**state.snapshot.load(), snap);
-    // The address whose TLS handshake failed, for the access line: of a
-    // name's addresses, the one that served a bad certificate.
-    let handshaking = std::sync::OnceLock::new();
     let dial = || async {
         let addrs = match checked {
             Some(a) => a,
-            None => state.connector.resolve_checked(&target, &snap.egress, limits.dns_timeout).await?,
+            None => state
+                .connector
+                .resolve_checked(&target, &snap.egress, limits.dns_timeout)
+                .await
+                .map_err(|e| (e, None))?,
         };
-        let (tcp, peer) = Connector::dial(&addrs, limits.connect_timeout).await?;
+        let (tcp, peer) = Connector::dial(&addrs, limits.connect_timeout).await.map_err(|e| (e, None))?;
         if https {
-            let _ = handshaking.set(peer);
             let tls = upstream_tls::handshake(&state.upstream_tls, &target.host, tcp);
+            // A failed handshake names the address it was with.
             let tls = tokio::time::timeout(limits.connect_timeout, tls)
                 .await
-                .map_err(|_| ProxyError::ConnectionTimeout)??;
+                .unwrap_or(Err(ProxyError::ConnectionTimeout))
+                .map_err(|e| (e, Some(peer)))?;
             Ok((UpstreamIo::Tls(Box::new(tls)), peer))
         } else {
             Ok((UpstreamIo::Plain(tcp), peer))
@@ -130,20 +132,14 @@ pub async fn forward(
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,
-        Err(e) => {
-            if rec.upstream.is_none() {
-                rec.upstream = handshaking.get().copied();
-            }
-            // The client's body broke off: that, not the origin, ended the
-            // request. A client that closed mid-body may have closed only
-            // its sending side and still read the answer; one that reset
-            // the connection makes hyper drop this request, logged as
-            // `client_gone`.
-            return Err(match upload.map(|u| u.state()) {
-                Some(UploadState::Broken) => ProxyError::BadBody,
-                _ => e,
-            });
-        }
+        // The client's body broke off: that, not the origin, ended the request.
+        Err(e) => match upload.map(|u| u.state()) {
+            // A client that closed mid-body may have closed only its sending
+            // side and still read the answer; one that reset the connection
+            // makes hyper drop this request, logged as `client_gone`.
+            Some(UploadState::Broken) => return Err(ProxyError::BadBody),
+            _ => return Err(e),
+        },
     };
     let Sent { response: mut resp, conn } = sent;
     // The origin answered without asking for the body: it is never sent.

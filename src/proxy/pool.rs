@@ -169,6 +169,11 @@ pub struct Sent {
     pub conn: Conn,
 }
 
+/// Why a dial failed, and the origin address it had connected to when it
+/// failed after the connect (the TLS handshake): the access line names it,
+/// as the one that served a bad certificate.
+pub type DialError = (ProxyError, Option<SocketAddr>);
+
 /// How [`Pool::send`] waits for the answer, and where it says which origin
 /// address the request went out to.
 pub struct Exchange<'a> {
@@ -341,7 +346,7 @@ impl Pool {
     ) -> Result<Sent, ProxyError>
     where
         D: FnOnce() -> F,
-        F: Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
+        F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
         let Exchange { head_timeout, upload, reached } = exchange;
@@ -415,10 +420,18 @@ impl Replay {
 async fn send_new(
     req: Request<RequestBody>,
     exchange: Exchange<'_>,
-    dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), ProxyError>>,
+    dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
     let Exchange { head_timeout, upload, reached } = exchange;
-    let (stream, peer) = dial.await?;
+    let (stream, peer) = match dial.await {
+        Ok(dialed) => dialed,
+        Err((e, connected)) => {
+            if connected.is_some() {
+                *reached = connected;
+            }
+            return Err(e);
+        }
+    };
     *reached = Some(peer);
     let writes = Arc::new(Writes::new());
     let io = Watched { io: stream, observer: writes.clone() };
