@@ -62,7 +62,7 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
         let file = crate::config::shown_path(&snap.auth.users_file);
         // `alice:S3cret` typed for a name is not echoed.
         if crate::config::may_hold_a_password(&name) {
-            format!("no such user in {file} (the name is not shown: it may hold a password)")
+            format!("no such user in {file} {}", crate::config::NOT_SHOWN)
         } else {
             format!("no user `{}` in {file}", crate::telemetry::sanitize_username(user))
         }

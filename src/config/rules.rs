@@ -110,11 +110,7 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         let group = crate::auth::basic::nfc(s);
         super::check_group(&group).map_err(|m| {
             // Not quoted when it may be a passphrase, as in the users file.
-            if super::may_hold_a_password(s) {
-                format!("{m} (not shown: it may hold a password)")
-            } else {
-                shown(s, m)
-            }
+            if super::may_hold_a_password(s) { format!("{m} {}", super::NOT_SHOWN) } else { shown(s, m) }
         })?;
         Ok(Arc::<str>::from(group))
     });

@@ -52,11 +52,14 @@ pub fn refused_name(name: &str, problem: &str, shown: impl Fn(&str) -> String) -
     if name.is_empty() {
         problem.to_owned()
     } else if may_hold_a_password(name) {
-        format!("{problem} (the name is not shown: it may hold a password)")
+        format!("{problem} {NOT_SHOWN}")
     } else {
         format!("user `{}`: {problem}", shown(name))
     }
 }
+
+/// What a problem says in place of a name that [`may_hold_a_password`].
+pub const NOT_SHOWN: &str = "(the name is not shown: it may hold a password)";
 
 /// Whether a user or group name given where one belongs looks like more
 /// than a name (`name:password`, a passphrase, a hash): a `:`, whitespace,
