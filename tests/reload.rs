@@ -1577,6 +1577,21 @@ fn a_sighup_during_the_start_is_acted_on_once_the_proxy_serves() {
         std::thread::sleep(Duration::from_millis(1));
     }
     let listening_already = std::net::TcpStream::connect(bin.addr).is_ok();
+    // SigCgt shows the handler a moment before tokio's action is registered
+    // behind it (signal-hook-registry installs the handler, then publishes
+    // the action), and a SIGHUP in between is dropped: sent at once, it was
+    // lost in 1 of 96 runs on a loaded machine. The binary reads its users
+    // file after both: the signal goes once it has read half of it.
+    let half = std::fs::metadata(&bin.users).unwrap().len() / 2;
+    let io_file = format!("/proc/{}/io", bin.child.id());
+    let read_so_far = || {
+        let io = std::fs::read_to_string(&io_file).unwrap_or_default();
+        io.lines().find_map(|l| l.strip_prefix("rchar: ")?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    while read_so_far() < half {
+        assert!(Instant::now() < deadline, "the binary never read its users file");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     bin.signal("HUP");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let served = rt.block_on(async {
