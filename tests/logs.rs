@@ -940,6 +940,43 @@ async fn a_throttled_attempt_is_audited_once_also_when_its_client_leaves_during_
     assert_eq!(of("authgate::audit", "/first")[0]["reason"], "bad_password");
 }
 
+/// A throttled attempt that a reload lets through during the tarpit's delay
+/// (the throttle turned off) has its password checked then: it is audited
+/// once, for what the check found, not also as throttled.
+#[tokio::test]
+async fn a_tarpitted_attempt_let_through_by_a_reload_is_audited_for_its_password() {
+    let origin = spawn_echo_origin();
+    let dir = TempDir::new();
+    let users = format!("[users.{USER}]\npassword = {}\n", toml_str(&hash(PASSWORD)));
+    let extra =
+        "[log]\nformat = \"json\"\nlevel = \"info\"\n[auth.throttle]\nmax_failures = 1\ndelay = \"60s\"\n";
+    let mut bin = start_binary(&dir, extra, &users, Stdio::piped());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    pump(bin.child.stdout.take().unwrap(), "stdout", tx);
+    let mut lines = Vec::new();
+    let wrong = [("Host", origin.authority()), ("Proxy-Authorization", basic(USER, WRONG_PASSWORD))];
+    let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    assert_eq!(get(bin.addr, &origin.url("/first"), &wrong).await.status, 407, "the only attempt");
+    let mut conn = RawConn::connect(bin.addr).await;
+    conn.send(request("GET", &origin.url("/held"), &wrong)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cfg = std::fs::read_to_string(&bin.config).unwrap();
+    std::fs::write(&bin.config, cfg.replace("[auth.throttle]\n", "[auth.throttle]\nenabled = false\n"))
+        .unwrap();
+    bin.signal("HUP");
+    let r = tokio::time::timeout(Duration::from_secs(20), conn.read_response("GET"))
+        .await
+        .expect("checked once the reload turns the throttle off, not after the 60 s delay");
+    assert_eq!(r.status, 407, "{}", r.dump());
+    wait_for(&mut rx, &mut lines, "the audit line", |l| l.contains("authgate::audit") && l.contains("/held"))
+        .await;
+    let events = stop_for_events(bin, &mut rx, &mut lines).await;
+    let audit = events_of(&events, "authgate::audit", "/held");
+    assert_eq!(audit.len(), 1, "audited once:\n{}", lines.join("\n"));
+    assert_eq!(audit[0]["reason"], "bad_password", "{}", audit[0]);
+    assert_eq!(audit[0]["request_id"], events_of(&events, "authgate::access", "/held")[0]["request_id"]);
+}
+
 /// In the text format an audit line's username is quoted and escaped once,
 /// by the format: it was escaped before too, so a CR showed as `\\r`.
 #[test]

@@ -1358,6 +1358,45 @@ async fn retry_after_counts_from_the_answer_after_the_tarpit() {
     assert_eq!(status_from("127.0.0.1", proxy.addr, &origin, "alice", "wrong").await.status, 407);
 }
 
+/// A reload that turns the throttle off reaches the logins already refused
+/// and held in the tarpit, as it does those waiting in line: their
+/// passwords are checked after all, at once, a right one gets in and a
+/// wrong one gets its 407. (They got their 429 when the 60 s delay was
+/// over, and only a retry went through.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_turns_the_throttle_off_lets_the_tarpitted_logins_be_checked() {
+    let origin = std::sync::Arc::new(spawn_echo_origin());
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 1\nwindow = \"1m\"\ndelay = \"60s\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1")]));
+    let addr = proxy.addr;
+    assert_eq!(status_from("127.0.0.1", addr, &origin, "alice", "wrong").await.status, 407);
+    let attempt = |pass: &'static str| {
+        let o = origin.clone();
+        tokio::spawn(async move { status_from("127.0.0.1", addr, &o, "alice", pass).await })
+    };
+    let (right, wrong) = (attempt("a1"), attempt("wrong2"));
+    // Let the attempts reach the tarpit (their verdict needs no argon2).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!right.is_finished() && !wrong.is_finished(), "a 60 s tarpit holds the attempts");
+    proxy.dir.write("authgate.toml", cfg.replace("[auth.throttle]\n", "[auth.throttle]\nenabled = false\n"));
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let answer = async |attempt: tokio::task::JoinHandle<RawResponse>| {
+        tokio::time::timeout(Duration::from_secs(10), attempt)
+            .await
+            .expect("the tarpitted login is checked once the throttle is off, not after the delay")
+            .unwrap()
+    };
+    let r = answer(right).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    let r = answer(wrong).await;
+    assert_eq!(r.status, 407, "{}", r.dump());
+    assert_eq!(counter(&proxy, "authgate_requests_total{outcome=\"throttled\"}"), 0, "no 429 went out");
+}
+
 /// Shutdown ends the tarpit's wait: the 429 goes out at once, with
 /// `Connection: close` (hyper, woken by the same signal, could write it
 /// before it knew to close, and it went out without).

@@ -493,6 +493,13 @@ impl Authenticator {
         self.throttle.reconfigure(s);
     }
 
+    /// Resolves once a reload has turned throttling off (at once if the
+    /// last one did): a login refused by the throttle and held in the
+    /// tarpit is then checked after all.
+    pub async fn throttle_turned_off(&self) {
+        self.throttle.turned_off().await;
+    }
+
     /// How many logins it holds now: verifications running and waiting for
     /// a worker, and logins waiting for a throttle attempt.
     pub fn load(&self) -> crate::telemetry::metrics::AuthLoad {

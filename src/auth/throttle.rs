@@ -136,6 +136,9 @@ pub struct Throttle {
     map: Mutex<Tracked>,
     /// Attempts in the lines of all addresses, for the gauge.
     waiting: AtomicUsize,
+    /// Told when a reload turns throttling off: attempts already refused
+    /// and held in the tarpit are let through then ([`Throttle::turned_off`]).
+    off: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -309,6 +312,24 @@ impl Throttle {
                 turn.notify_one();
             }
         }
+        drop(map);
+        if !s.enabled {
+            self.off.notify_waiters();
+        }
+    }
+
+    /// Resolves once a reload has turned throttling off: at once if the
+    /// last reload did. (Registered before it looks, so a reload between
+    /// the two is not missed: [`Throttle::reconfigure`] records the
+    /// settings before it tells.)
+    pub async fn turned_off(&self) {
+        let told = self.off.notified();
+        tokio::pin!(told);
+        told.as_mut().enable();
+        if self.lock().live.is_some_and(|s| !s.enabled) {
+            return;
+        }
+        told.await;
     }
 
     /// One look at the bucket for `how`, from `place` in its line if it has
@@ -799,6 +820,26 @@ mod tests {
             t.reconfigure(&Settings { window: Duration::from_millis(50), ..s });
             let got = tokio::time::timeout(Duration::from_secs(10), next).await;
             assert_eq!(got.ok(), Some(Ok(true)), "one came back within the new window");
+        });
+    }
+
+    /// `turned_off` resolves when a reload turns throttling off, also when
+    /// that reload came before it was called, and not for a reload that
+    /// keeps it on or turns it on again.
+    #[test]
+    fn turned_off_hears_a_reload_before_or_after_it_is_called() {
+        let s = Settings::default();
+        let t = Throttle::new();
+        runtime().block_on(async {
+            let mut waiting = Box::pin(t.turned_off());
+            assert!(poll(waiting.as_mut()).is_none(), "no reload yet");
+            t.reconfigure(&s);
+            assert!(poll(waiting.as_mut()).is_none(), "still on");
+            t.reconfigure(&Settings { enabled: false, ..s });
+            assert_eq!(poll(waiting.as_mut()), Some(()), "turned off while it waited");
+            assert_eq!(poll(Box::pin(t.turned_off()).as_mut()), Some(()), "off before it looked");
+            t.reconfigure(&s);
+            assert!(poll(Box::pin(t.turned_off()).as_mut()).is_none(), "on again");
         });
     }
 

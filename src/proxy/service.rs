@@ -332,6 +332,45 @@ async fn authorize(
 /// request answered by authgate itself.
 const ANSWERED_HERE: &str = "answered_here";
 
+/// The tarpit of a login refused by the throttle, its password unchecked:
+/// it waits the live `delay` before its 429, which costs a timer, not CPU,
+/// and slows a flood to one attempt per connection per delay. Returns how
+/// long it held the login (the 429's `Retry-After` counts from the
+/// answer), or, if `release`, `None` when a reload turns throttling off
+/// meanwhile: the login is then checked after all, as the logins waiting
+/// in line for an attempt are (before, it got its 429 when `delay` was
+/// over, and only its retry went through). Shutdown does not wait for it.
+async fn tarpit(
+    state: &State,
+    client: &Client,
+    rec: &AccessRecord,
+    username: Option<&str>,
+    release: bool,
+) -> Option<Duration> {
+    // Audited as the 429 goes out, or as the client leaves during the
+    // tarpit (the request dropped): before, one that hung up left no
+    // audit line, and a flood that did so none at all.
+    let audit = AuditOnDrop(AuditEvent {
+        request_id: &rec.request_id,
+        client: client.addr,
+        username,
+        reason: "throttled",
+        target: &rec.target,
+    });
+    let held = tokio::time::Instant::now();
+    // (The live `delay`: the attempt may have waited across a reload.)
+    let delay = state.snapshot.load().auth.throttle.delay;
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = state.stopping.cancelled() => {}
+        _ = state.auth.throttle_turned_off(), if release => {
+            audit.cancel();
+            return None;
+        }
+    }
+    Some(held.elapsed())
+}
+
 /// How many times at most a login is verified while reloads keep changing
 /// its user meanwhile; then it is answered as overloaded.
 const VERIFICATIONS: usize = 3;
@@ -360,6 +399,7 @@ async fn authenticate(
     };
     let mut fresh: Option<Arc<Snapshot>> = None;
     let mut verifications = 0;
+    let mut released = false;
     let outcome = loop {
         let snap = fresh.as_ref().unwrap_or(snap);
         let auth_req = crate::auth::Request {
@@ -376,6 +416,19 @@ async fn authenticate(
         };
         let mut outcome = state.auth.authenticate(auth_req).await;
         verifications += 1;
+        if let Outcome::Throttled { retry_after, username } = &mut outcome {
+            match tarpit(state, client, rec, username.as_deref(), !released).await {
+                Some(held) => *retry_after = retry_after.saturating_sub(held),
+                // Let through: checked again under the live settings. (Once:
+                // a reload that turns throttling on again in between gets
+                // the login its 429 after the delay, not a loop.)
+                None => {
+                    released = true;
+                    fresh = Some(arc_swap::Guard::into_inner(state.snapshot.load()));
+                    continue;
+                }
+            }
+        }
         if let Outcome::Ok(user) = &mut outcome {
             let live = state.snapshot.load();
             if !Arc::ptr_eq(&live.users, &snap.users) {
@@ -401,31 +454,7 @@ async fn authenticate(
     };
     match outcome {
         Outcome::Ok(user) => Ok((user, fresh.clone())),
-        Outcome::Throttled { retry_after, username } => {
-            // Audited as the 429 goes out, or as the client leaves during
-            // the tarpit (the request dropped): before, one that hung up
-            // left no audit line, and a flood that did so none at all.
-            let _audit = AuditOnDrop(AuditEvent {
-                request_id: &rec.request_id,
-                client: client.addr,
-                username: username.as_deref(),
-                reason: "throttled",
-                target: &rec.target,
-            });
-            // Tarpit: costs a timer, not CPU, and slows the flood to one
-            // attempt per connection per delay. Shutdown does not wait for it.
-            let held = tokio::time::Instant::now();
-            // (The live `delay`: the attempt may have waited across a reload.)
-            let delay = state.snapshot.load().auth.throttle.delay;
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = state.stopping.cancelled() => {}
-            }
-            // Counted from the answer, not from the attempt: the tarpit's
-            // wait is already behind the client.
-            let retry_after = retry_after.saturating_sub(held.elapsed());
-            Err(ProxyError::Throttled { retry_after })
-        }
+        Outcome::Throttled { retry_after, .. } => Err(ProxyError::Throttled { retry_after }),
         Outcome::Overloaded => Err(ProxyError::AuthOverloaded { retry_after: respond::OVERLOAD_RETRY }),
         Outcome::Refused { reason, username } => {
             state.metrics.auth_failure(match reason {

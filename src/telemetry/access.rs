@@ -161,6 +161,13 @@ impl AuditEvent<'_> {
 #[derive(Debug)]
 pub struct AuditOnDrop<'a>(pub AuditEvent<'a>);
 
+impl AuditOnDrop<'_> {
+    /// Drops it without the event: what it was to record did not happen.
+    pub fn cancel(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for AuditOnDrop<'_> {
     fn drop(&mut self) {
         self.0.emit();
