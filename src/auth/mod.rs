@@ -737,7 +737,7 @@ mod tests {
         let params = argon2::Params::new(64, 1, 1, None).unwrap();
         let hash = password::hash_password("a1", params.clone()).unwrap().to_string();
         let alice = User::new("alice".into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None);
-        let users = Arc::new(UserStore::new(vec![alice], params).unwrap());
+        let users = Arc::new(UserStore::new(vec![alice], params, None).unwrap());
         let auth = Authenticator::new(1, 4, Arc::new(crate::telemetry::Metrics::new(false)));
         let settings = throttle::Settings::default();
         // alice:wrong
@@ -789,8 +789,12 @@ mod tests {
             User::new(name.into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None)
         };
         let users = Arc::new(
-            UserStore::new(vec![user("alice", "a1"), user("bob", "b1"), user("carol", "c1")], params.clone())
-                .unwrap(),
+            UserStore::new(
+                vec![user("alice", "a1"), user("bob", "b1"), user("carol", "c1")],
+                params.clone(),
+                None,
+            )
+            .unwrap(),
         );
         let auth = Authenticator::new(2, 4, Arc::new(crate::telemetry::Metrics::new(false)));
         // One attempt, and no cache: each login runs argon2 with the attempt.

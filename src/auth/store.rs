@@ -209,16 +209,31 @@ impl fmt::Debug for UserStore {
 
 impl UserStore {
     /// Builds the store; `params` are the most common parameters among the
-    /// users (or the configured ones), used for the dummy hash.
+    /// users (or the configured ones), used for the dummy hash. The dummy
+    /// of `previous` (the users in effect, at a reload) is kept when its
+    /// parameters are the same: making one costs an argon2 run, seconds
+    /// and gigabytes with the largest costs a user may have.
     ///
     /// # Errors
     /// Only if argon2 rejects `params`, which validated config never holds.
-    pub fn new(users: Vec<User>, params: Params) -> Result<Self, String> {
-        let dummy_password = format!("{:x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng));
-        let dummy =
-            hash_password(&dummy_password, params).map_err(|e| format!("cannot build dummy hash: {e}"))?;
+    pub fn new(users: Vec<User>, params: Params, previous: Option<&UserStore>) -> Result<Self, String> {
+        let kept = previous.map(|p| &p.dummy).filter(|d| match d {
+            StoredHash::Argon2(h) => Params::try_from(&h.password_hash()).is_ok_and(|p| {
+                (p.m_cost(), p.t_cost(), p.p_cost()) == (params.m_cost(), params.t_cost(), params.p_cost())
+            }),
+            StoredHash::Bcrypt(_) => false,
+        });
+        let dummy = match kept {
+            Some(d) => d.clone(),
+            None => {
+                let dummy_password = format!("{:x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng));
+                let h = hash_password(&dummy_password, params)
+                    .map_err(|e| format!("cannot build dummy hash: {e}"))?;
+                StoredHash::Argon2(h)
+            }
+        };
         let users = users.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
-        Ok(UserStore { users, dummy: StoredHash::Argon2(dummy) })
+        Ok(UserStore { users, dummy })
     }
 
     /// Looks a user up by (NFC-normalised) name.
@@ -267,5 +282,34 @@ impl UserStore {
                 Ok(user.clone())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phc(d: &StoredHash) -> String {
+        match d {
+            StoredHash::Argon2(h) => h.to_string(),
+            StoredHash::Bcrypt(b) => b.clone(),
+        }
+    }
+
+    /// A reload keeps the dummy hash of the users in effect when its
+    /// parameters are still the ones to use (making one is an argon2 run:
+    /// seconds and gigabytes at the largest costs), and makes a new one
+    /// when they changed.
+    #[test]
+    fn a_reload_keeps_the_dummy_when_its_parameters_stay() {
+        let small = Params::new(8, 1, 1, None).unwrap();
+        let first = UserStore::new(Vec::new(), small.clone(), None).unwrap();
+        let again = UserStore::new(Vec::new(), small.clone(), Some(&first)).unwrap();
+        assert_eq!(phc(&again.dummy), phc(&first.dummy), "kept");
+        let other = UserStore::new(Vec::new(), Params::new(16, 1, 1, None).unwrap(), Some(&first)).unwrap();
+        assert_ne!(phc(&other.dummy), phc(&first.dummy));
+        assert!(phc(&other.dummy).contains("m=16,t=1,p=1"), "{}", phc(&other.dummy));
+        let fresh = UserStore::new(Vec::new(), small, None).unwrap();
+        assert_ne!(phc(&fresh.dummy), phc(&first.dummy), "a new salt and password each time");
     }
 }

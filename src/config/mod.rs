@@ -340,7 +340,7 @@ fn load_source(
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
-    let store = user_store(users, &settings.auth)?;
+    let store = user_store(users, &settings.auth, running)?;
     Ok(Snapshot {
         config_path: path.to_path_buf(),
         server: settings.server,
@@ -372,7 +372,7 @@ pub fn load_users(auth: &Auth, running: &UserStore) -> Result<UserStore, ConfigE
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
-    user_store(users, auth)
+    user_store(users, auth, Some(running))
 }
 
 /// The users in the users file `auth` names, and every problem in it.
@@ -405,9 +405,13 @@ fn read_users(auth: &Auth, running: Option<&UserStore>) -> (Vec<crate::auth::sto
     (users, problems)
 }
 
-fn user_store(users: Vec<crate::auth::store::User>, auth: &Auth) -> Result<UserStore, ConfigError> {
+fn user_store(
+    users: Vec<crate::auth::store::User>,
+    auth: &Auth,
+    running: Option<&UserStore>,
+) -> Result<UserStore, ConfigError> {
     let params = users::common_params(&users).unwrap_or_else(|| auth.argon2.clone());
-    UserStore::new(users, params).map_err(|m| ConfigError {
+    UserStore::new(users, params, running).map_err(|m| ConfigError {
         problems: vec![Problem { file: auth.users_file.clone(), line: 0, col: 0, message: m }],
     })
 }
