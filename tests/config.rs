@@ -38,6 +38,30 @@ fn load(config: &str, users: &str) -> (TempDir, Result<authgate::Snapshot, Strin
     (dir, result)
 }
 
+/// A hash or passphrase pasted where a key of the config file belongs is
+/// located, not echoed (a reload logs the problem), in a table's name as
+/// well; a key shaped like a setting's name, as a typo is, is still quoted.
+#[test]
+fn a_secret_typed_as_a_config_key_is_located_not_echoed() {
+    let hash = "$argon2id$v=19$m=8,t=1,p=1$secretsalt$secrethash";
+    for (config, at) in [
+        (format!("{GOOD_CONFIG}\"{hash}\" = 1\n"), "authgate.toml:13:1:"),
+        (format!("[server]\n\"correct horse battery\" = true\n{}", &GOOD_CONFIG[9..]), "authgate.toml:2:1:"),
+        (format!("{GOOD_CONFIG}[\"{hash}\"]\nx = 1\n"), "authgate.toml:13:"),
+        (format!("{GOOD_CONFIG}[auth.\"S3cret pw\"]\n"), "authgate.toml:13:"),
+    ] {
+        let (_dir, result) = load(&config, &good_users());
+        let err = result.expect_err("refused");
+        assert!(err.contains(at), "{err}");
+        for secret in ["secretsalt", "secrethash", "horse", "S3cret"] {
+            assert!(!err.contains(secret), "{secret} echoed: {err}");
+        }
+    }
+    let (_dir, result) = load(&format!("{GOOD_CONFIG}cach_ttl = \"1m\"\n"), &good_users());
+    let err = result.expect_err("refused");
+    assert!(err.contains("unknown field `cach_ttl`, expected one of"), "{err}");
+}
+
 fn load_err(config: &str, users: &str) -> String {
     match load(config, users).1 {
         Ok(_) => panic!("config should have been rejected:\n{config}\n---\n{users}"),
@@ -340,6 +364,31 @@ fn a_mapped_cidr_or_one_with_host_bits_is_refused_with_what_to_write() {
     let fine = format!(
         "{head}[egress]\nallow_cidrs = [\"fd00::/8\", \"10.0.0.0/8\", \"::1\", \"64:ff9b::/96\", \"2002:c0a8::/32\"]\n"
     );
+    let (_dir, snap) = load(&fine, &users);
+    snap.unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// An IPv4 CIDR with a leading zero in a number is refused: a rule's
+/// `hosts` read `010.0.0.1` as inet_aton does (8.0.0.1), and the CIDR was
+/// read as 10.0.0.0/24, one spelling for two addresses in one file. IPv6
+/// groups with leading zeros are plain hexadecimal and load.
+#[test]
+fn an_ipv4_cidr_with_a_leading_zero_is_refused() {
+    let users = good_users();
+    let head = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[auth]\nusers_file = \"users.toml\"\n";
+    let rule = format!("{head}[[rules]]\nname = \"oct\"\naction = \"deny\"\ncidrs = [\"010.0.0.0/24\"]\n");
+    let err = load_err(&rule, &users);
+    assert!(
+        err.contains("authgate.toml:8:") && err.contains("`010.0.0.0/24` has a number with a leading zero"),
+        "{err}"
+    );
+    let egress =
+        format!("{head}[egress]\nallow_cidrs = [\"10.0.0.0/8\", \"192.168.001.0/24\", \"10.1.1.01\"]\n");
+    let err = load_err(&egress, &users);
+    assert!(err.contains("`192.168.001.0/24` has a number with a leading zero"), "{err}");
+    assert!(err.contains("`10.1.1.01` has a number with a leading zero"), "{err}");
+    assert!(!err.contains("`10.0.0.0/8`"), "{err}");
+    let fine = format!("{head}[egress]\nallow_cidrs = [\"10.0.0.0/8\", \"fd00:0000::/32\", \"0.0.0.0/0\"]\n");
     let (_dir, snap) = load(&fine, &users);
     snap.unwrap_or_else(|e| panic!("{e}"));
 }

@@ -140,6 +140,18 @@ impl<'a> Collector<'a> {
         // toml's messages can span lines ("invalid table header" then
         // "duplicate key ..."); a problem is one line.
         let mut msg = err.message().trim().lines().map(str::trim).collect::<Vec<_>>().join(": ");
+        // The parser says nothing of a control character where none is
+        // allowed (in a comment, say): the problem was an empty message.
+        if msg.is_empty() {
+            let at = err.span().and_then(|span| self.source.get(span.start..)).and_then(|t| t.chars().next());
+            msg = match at {
+                Some(ch) if ch.is_control() => format!(
+                    "control character U+{:04X} is not allowed here (TOML allows tab, and newlines between lines)",
+                    u32::from(ch)
+                ),
+                _ => "not valid TOML here".to_owned(),
+            };
+        }
         // A date-time reaches serde as a map with one private key: where a
         // table belongs, the table's struct called it an unknown field.
         if msg.starts_with("unknown field `$__toml_private_datetime`") {
@@ -203,5 +215,26 @@ mod tests {
         assert_eq!(line_col(s, 6), (2, 1));
         assert_eq!(line_col(s, 9), (2, 4));
         assert_eq!(line_col(s, 999), (3, 1));
+    }
+
+    /// A control character where TOML allows none (in a comment, say) is
+    /// named, in the config and the users file: the parser's own message
+    /// for it is empty, and the problem was `file:1:4: ` (probe 83).
+    #[test]
+    fn a_control_character_in_a_comment_is_named() {
+        for ch in ['\u{1}', '\0', '\u{1f}', '\u{7f}'] {
+            let source = format!("# a{ch}b\n[server]\nrealm = \"x\"\n");
+            let config = match crate::config::validate::config(Path::new("c.toml"), &source) {
+                Err(problems) => problems,
+                Ok(_) => panic!("accepted {ch:?}"),
+            };
+            let (_, users) = crate::config::users::parse(Path::new("u.toml"), &source);
+            for p in config.iter().chain(&users) {
+                let want = format!("control character U+{:04X} is not allowed here", u32::from(ch));
+                assert!(p.message.starts_with(&want), "{ch:?}: {p:?}");
+                assert_eq!((p.line, p.col), (1, 4), "{ch:?}");
+            }
+            assert_eq!((config.len(), users.len()), (1, 1), "{config:?} {users:?}");
+        }
     }
 }

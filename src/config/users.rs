@@ -283,6 +283,18 @@ const NAMES: [&str; 5] = ["users", "password", "groups", "disabled", "expires"];
 /// The keys are written as they are, so a backtick in one ends the quote
 /// early: a key runs to the last of the texts that can follow it.
 fn without_secret_keys(message: &str, line: Option<&str>, header: Option<&str>) -> String {
+    without_keys(message, line, header, near_a_name)
+}
+
+/// `message` with the keys it quotes (and the tables it names) left out
+/// unless `shown` says a key may be shown (or, in the users file, it is a
+/// user's name); see [`without_secret_keys`].
+pub(super) fn without_keys(
+    message: &str,
+    line: Option<&str>,
+    header: Option<&str>,
+    shown: fn(&str) -> bool,
+) -> String {
     const OPENINGS: [&str; 3] = ["unknown field `", "duplicate key `", "dotted key `"];
     const CLOSINGS: [&str; 4] =
         ["` in table `", "` in document root", "` attempted to extend", "`, expected"];
@@ -322,15 +334,15 @@ fn without_secret_keys(message: &str, line: Option<&str>, header: Option<&str>) 
     let table_shown = table.map(|t| {
         let mut segments = t.split('.');
         let hidden = match segments.next() {
-            Some("users") => segments.skip(1).any(|segment| !near_a_name(segment)),
-            _ => t.split('.').any(|segment| !near_a_name(segment)),
+            Some("users") => segments.skip(1).any(|segment| !shown(segment)),
+            _ => t.split('.').any(|segment| !shown(segment)),
         };
         if hidden { " in a table whose name is not shown".to_owned() } else { format!(" in table `{t}`") }
     });
     let kind = &opening[..opening.len() - 2];
     // (A user's name only when it could be one: `[users."alice:S3cret"]`
     // defined twice is a password typed as a name, twice.)
-    let key_shown = if (user_name && !may_hold_a_password(key)) || near_a_name(key) {
+    let key_shown = if (user_name && !may_hold_a_password(key)) || shown(key) {
         format!("{kind} `{key}`")
     } else {
         let kind = kind.replace("field", "key");

@@ -86,8 +86,19 @@ pub fn duration(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) -> Optio
     }
 }
 
+/// Whether an unknown key of the config file may be quoted in its error:
+/// it has the shape of a setting's name, as a typo of one has (ASCII
+/// letters, digits, `_` and `-`, at most 64 characters). A hash or a
+/// passphrase has not.
+fn setting_shaped(key: &str) -> bool {
+    (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Validates `source` (the main config at `path`); returns the settings with
 /// defaults where a value was missing or bad, and every problem found.
+/// An unknown key is quoted only if it has the shape of a setting's name
+/// ([`setting_shaped`]): a password or hash pasted where a key belongs
+/// (`"$argon2id$…" = 1`) is not echoed, and a reload logs the message.
 ///
 /// # Errors
 /// The one problem that stopped parsing (TOML syntax, an unknown key, a
@@ -100,6 +111,9 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         Ok(r) => r,
         Err(e) => {
             c.toml(&e);
+            for p in &mut c.problems {
+                p.message = super::users::without_keys(&p.message, None, None, setting_shaped);
+            }
             return Err(c.problems);
         }
     };
@@ -367,6 +381,23 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
 pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
     let shown = s.chars().take(60).collect::<String>();
+    // `010.0.0.0/24` was read as 10.0.0.0/24, where a rule's `hosts` read
+    // `010.0.0.1` as inet_aton does, 8.0.0.1: one spelling, two addresses
+    // in one file (probe 83).
+    let (address, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
+    if !address.contains(':') && address.split('.').any(|n| n.len() > 1 && n.starts_with('0')) {
+        let decimal: Vec<&str> = address
+            .split('.')
+            .map(|n| n.trim_start_matches('0'))
+            .map(|n| if n.is_empty() { "0" } else { n })
+            .collect();
+        let decimal = decimal.join(".") + &prefix.map(|p| format!("/{p}")).unwrap_or_default();
+        return Err(format!(
+            "`{shown}` has a number with a leading zero, which reads as octal where a host is \
+             matched (`010.0.0.1` is 8.0.0.1): write it without (\"{}\")",
+            decimal.chars().take(60).collect::<String>()
+        ));
+    }
     let net = s
         .parse::<ipnet::IpNet>()
         .ok()

@@ -352,7 +352,13 @@ fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
     for g in groups {
         let g = nfc(&g);
         if let Err(m) = crate::config::check_group(&g) {
-            return Err(refused(format!("group `{}`: {m}", shown(&g))));
+            // Not quoted when it may be a passphrase, as in the users file
+            // and in rules.
+            return Err(refused(if crate::config::may_hold_a_password(&g) {
+                format!("a group: {m} {}", crate::config::NOT_SHOWN)
+            } else {
+                format!("group `{}`: {m}", shown(&g))
+            }));
         }
         if !out.contains(&g) {
             out.push(g);
