@@ -569,6 +569,63 @@ async fn ambiguous_response_framing_ends_the_origin_connection_and_a_listed_leng
     assert_eq!(origin.hits(), 2, "the first connection was not reused");
 }
 
+/// A `Content-Length` that is not one length, in the answer to a `HEAD` or
+/// in a `304` (where it frames no body, so hyper lets it through), is a
+/// malformed response: a 502, as for a `GET`. (It went to the client as
+/// it came, `-5`, `+5`, `abc`; two lengths that differed lost the field.)
+/// One length, or one listed twice, still goes on as that length.
+#[tokio::test]
+async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
+    let (origin, _seen) = framing_origin(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        let path = path.rsplit('/').next().unwrap_or("");
+        match path {
+            "minus" => b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+            "plus" => b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "hex" => b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+            "empty" => b"HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            "huge" => b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "differ" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+            "304" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: abc\r\n\r\n",
+            "listed" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        }
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    for (method, path) in [
+        ("HEAD", "minus"),
+        ("HEAD", "plus"),
+        ("HEAD", "hex"),
+        ("HEAD", "empty"),
+        ("HEAD", "huge"),
+        ("HEAD", "differ"),
+        ("GET", "304"),
+    ] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        let url = origin.url(&format!("/{path}"));
+        c.send(request(method, &url, &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+        let r = c.read_response(method).await;
+        // (The answer to a HEAD has no body: the Proxy-Status field says it.)
+        assert_eq!(r.status, 502, "{path}: {}", r.dump());
+        assert_eq!(
+            r.header("proxy-status"),
+            Some("authgate; error=http_protocol_error; details=\"malformed Content-Length\""),
+            "{path}: {}",
+            r.dump()
+        );
+    }
+    for (path, length) in [("listed", "5"), ("plain", "5")] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        let url = origin.url(&format!("/{path}"));
+        c.send(request("HEAD", &url, &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+        let r = c.read_response("HEAD").await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+        assert_eq!(r.header_all("content-length"), vec![length], "{}", r.dump());
+    }
+}
+
 /// A chunked request body with trailers ends at its trailers: the answer
 /// keeps the connection (it said `Connection: close`, and a pipelined
 /// request behind it was never served).

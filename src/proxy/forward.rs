@@ -206,9 +206,11 @@ pub async fn forward(
         }
         _ => {}
     }
+    if single_content_length(resp.headers_mut()).is_err() {
+        return Err(ProxyError::UpstreamProtocol { detail: "malformed Content-Length" });
+    }
     // Counted once it is sure to be passed on (not replaced by a 502).
     state.metrics.upstream_response(resp.status().as_u16());
-    single_content_length(resp.headers_mut());
     // RFC 9110 §8.6: no Content-Length in a 204 (its body, none, is
     // dropped by hyper either way).
     if resp.status() == StatusCode::NO_CONTENT {

@@ -210,28 +210,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
 /// Replaces a `Content-Length` that lists one length several times
 /// (`5, 5`, or two equal fields), which hyper accepts from an origin, with
 /// that one length: RFC 9110 §8.6 lets a recipient do so, and passed on as
-/// it was, it made clients such as Node's fail the response. Lengths that
-/// differ never get here (hyper refuses that response).
-pub fn single_content_length(headers: &mut HeaderMap) {
+/// it was, it made clients such as Node's fail the response.
+///
+/// # Errors
+/// When the lengths differ or one is not a length (digits only, RFC 9110
+/// §8.6: `-5`, `+5`, `0x10`, `abc`, an empty value, one past `u64`): the
+/// response is malformed (RFC 9112 §6.3). hyper refuses those where the
+/// length frames a body, not in the answer to a `HEAD` or a `304`, which
+/// were passed on as they came (`5` and `7` lost the field: probe 82).
+pub fn single_content_length(headers: &mut HeaderMap) -> Result<(), ()> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else { return };
+    let Some(first) = values.next() else { return Ok(()) };
+    let length = |n: &[u8]| {
+        let n = n.trim_ascii();
+        if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(n).ok()?.parse::<u64>().ok()
+    };
     let listed = first.as_bytes().contains(&b',');
     if !listed && values.next().is_none() {
-        return;
+        return length(first.as_bytes()).map(drop).ok_or(());
     }
     let lengths: Option<Vec<u64>> = headers
         .get_all(header::CONTENT_LENGTH)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(|n| std::str::from_utf8(n.trim_ascii()).ok()?.parse().ok())
+        .map(length)
         .collect();
     match lengths.as_deref() {
         Some([n, rest @ ..]) if rest.iter().all(|m| m == n) => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(*n));
+            Ok(())
         }
-        _ => {
-            headers.remove(header::CONTENT_LENGTH);
-        }
+        _ => Err(()),
     }
 }
 
