@@ -206,7 +206,7 @@ pub async fn forward(
         }
         _ => {}
     }
-    if single_content_length(resp.headers_mut()).is_err() {
+    if !single_content_length(resp.headers_mut()) {
         return Err(ProxyError::UpstreamProtocol { detail: "malformed Content-Length" });
     }
     // Counted once it is sure to be passed on (not replaced by a 502).

@@ -212,15 +212,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
 /// that one length: RFC 9110 §8.6 lets a recipient do so, and passed on as
 /// it was, it made clients such as Node's fail the response.
 ///
-/// # Errors
-/// When the lengths differ or one is not a length (digits only, RFC 9110
-/// §8.6: `-5`, `+5`, `0x10`, `abc`, an empty value, one past `u64`): the
-/// response is malformed (RFC 9112 §6.3). hyper refuses those where the
-/// length frames a body, not in the answer to a `HEAD` or a `304`, which
-/// were passed on as they came (`5` and `7` lost the field: probe 82).
-pub fn single_content_length(headers: &mut HeaderMap) -> Result<(), ()> {
+/// Returns `false`, changing nothing, when the lengths differ or one is not
+/// a length (digits only, RFC 9110 §8.6: `-5`, `+5`, `0x10`, `abc`, an
+/// empty value, one past `u64`): the response is malformed (RFC 9112
+/// §6.3). hyper refuses those where the length frames a body, not in the
+/// answer to a `HEAD` or a `304`, which were passed on as they came (`5`
+/// and `7` lost the field: probe 82).
+pub fn single_content_length(headers: &mut HeaderMap) -> bool {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = values.next() else { return Ok(()) };
+    let Some(first) = values.next() else { return true };
     let length = |n: &[u8]| {
         let n = n.trim_ascii();
         if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
@@ -230,7 +230,7 @@ pub fn single_content_length(headers: &mut HeaderMap) -> Result<(), ()> {
     };
     let listed = first.as_bytes().contains(&b',');
     if !listed && values.next().is_none() {
-        return length(first.as_bytes()).map(drop).ok_or(());
+        return length(first.as_bytes()).is_some();
     }
     let lengths: Option<Vec<u64>> = headers
         .get_all(header::CONTENT_LENGTH)
@@ -241,9 +241,9 @@ pub fn single_content_length(headers: &mut HeaderMap) -> Result<(), ()> {
     match lengths.as_deref() {
         Some([n, rest @ ..]) if rest.iter().all(|m| m == n) => {
             headers.insert(header::CONTENT_LENGTH, HeaderValue::from(*n));
-            Ok(())
+            true
         }
-        _ => Err(()),
+        _ => false,
     }
 }
 
