@@ -298,6 +298,16 @@ async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
     c.send(request("GET", "http://127.0.0.1/", &[("Host", "127.0.0.1")])).await;
     let got = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
     assert!(got.starts_with("HTTP/1.1 400 ") && got.contains("tls_required"), "{got}");
+    // Nor is a PROXY header of either version, on a listener without
+    // `proxy_protocol` (version 2 got a TLS alert).
+    let v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01\x30\x39\x00\x50";
+    for header in [&b"PROXY TCP4 127.0.0.1 127.0.0.1 12345 80\r\n"[..], &v2[..]] {
+        let mut c = RawConn::connect(proxy.tls).await;
+        c.send(header).await;
+        c.send(request("GET", "http://127.0.0.1/", &[("Host", "127.0.0.1")])).await;
+        let got = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
+        assert!(got.starts_with("HTTP/1.1 400 ") && got.contains("tls_required"), "{header:?}: {got}");
+    }
     // Both listeners still serve.
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     assert_still_serves(proxy.plain).await;
