@@ -80,9 +80,13 @@ pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
             let (Some(ip), Some(_)) = (address(src), address(dst)) else {
                 return Err(bad("bad PROXY v1 address, or not of the family named"));
             };
-            let port = crate::target::parse_port(sport).map_err(|_| bad("bad PROXY v1 source port"))?;
-            crate::target::parse_port(dport).map_err(|_| bad("bad PROXY v1 destination port"))?;
-            Ok(Some(SocketAddr::new(ip, port)))
+            // 0 to 65535 (the spec's range; a balancer may say 0 where it
+            // has no port: it was refused, probe 82).
+            let port =
+                |p: &str| p.bytes().all(|b| b.is_ascii_digit()).then(|| p.parse::<u16>().ok()).flatten();
+            let sport = port(sport).ok_or_else(|| bad("bad PROXY v1 source port"))?;
+            port(dport).ok_or_else(|| bad("bad PROXY v1 destination port"))?;
+            Ok(Some(SocketAddr::new(ip, sport)))
         }
         _ => Err(bad("malformed PROXY v1 header")),
     }
@@ -109,7 +113,11 @@ pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> 
             Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), u16::from_be_bytes([rest[32], rest[33]]))))
         }
         0x11 | 0x21 => Err(bad("PROXY v2 address block too short")),
-        _ => Ok(None), // UNSPEC, UDP, unix sockets: keep the peer address
+        // UNSPEC, UDP, unix sockets: keep the peer address.
+        0x00 | 0x12 | 0x22 | 0x31 | 0x32 => Ok(None),
+        // The spec's other values "must be rejected as invalid by
+        // receivers" (they kept the peer address: probe 82).
+        _ => Err(bad("bad PROXY v2 address family or protocol")),
     }
 }
 
@@ -128,6 +136,11 @@ mod tests {
             Some("[2001:db8::1]:5000".parse().unwrap())
         );
         assert_eq!(parse_v1(b"PROXY UNKNOWN").unwrap(), None);
+        // Ports are 0 to 65535.
+        assert_eq!(
+            parse_v1(b"PROXY TCP4 192.0.2.1 127.0.0.1 0 0").unwrap(),
+            Some("192.0.2.1:0".parse().unwrap())
+        );
         for bad in [
             &b"PROXY TCP4 2001:db8::1 1.1.1.1 1 2"[..],
             b"PROXY TCP4 1.1.1.1 1.1.1.1 99999 1",
@@ -138,6 +151,9 @@ mod tests {
             b"PROXY TCP4 198.51.100.7 ::1 4242 3128",
             b"PROXY TCP6 2001:db8::7 ::1 4242 x",
             b"PROXY TCP6 2001:db8::7 ::1 4242 3128\r",
+            b"PROXY TCP4 1.1.1.1 1.1.1.1 +1 2",
+            b"PROXY TCP4 1.1.1.1 1.1.1.1 1 65536",
+            b"PROXY TCP4 1.1.1.1 1.1.1.1  1 2",
             b"PROXY",
             b"GET / HTTP/1.1",
         ] {
@@ -159,5 +175,15 @@ mod tests {
         assert!(parse_v2(&head, &rest[..4]).is_err());
         head[12] = 0x11;
         assert!(parse_v2(&head, &rest).is_err());
+        head[12] = 0x21;
+        // UNSPEC, UDP, unix sockets keep the peer's address; a family or
+        // protocol the spec does not define is refused.
+        for (family, valid) in [(0x00, true), (0x12, true), (0x22, true), (0x31, true), (0x32, true)]
+            .into_iter()
+            .chain([0x01, 0x10, 0x13, 0x20, 0x23, 0x30, 0x41, 0xff].map(|f| (f, false)))
+        {
+            head[13] = family;
+            assert_eq!(parse_v2(&head, &[0; 216]).is_ok(), valid, "{family:#04x}");
+        }
     }
 }
