@@ -128,6 +128,19 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     .await;
     assert_proxy_error(&in_url, 400, "http_request_error", "bad_target");
 
+    // Unencoded, a `/`, `?` or `#` in a URL's password ends the authority
+    // before the `@`: `alice:Sl4sh` reads as a host and a port. Refused
+    // (bad port), and no part of the password is logged (the access line
+    // had `http://alice:Sl4sh/Part2@…`, probe 82).
+    for raw in ["Sl4sh/Part2", "Fr4g#Part2", "Qu3ry?Part2"] {
+        let url = origin.url("/raw-userinfo").replace("http://", &format!("http://{USER}:{raw}@"));
+        let r = get(proxy, &url, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
+        assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+    }
+    let mut c = RawConn::connect(proxy).await;
+    c.send(request("CONNECT", &format!("{USER}:C0nnect"), &[("Proxy-Authorization", &good)])).await;
+    assert_eq!(c.read_response("CONNECT").await.status, 400);
+
     // A rejected one.
     let refused =
         get(proxy, &origin.url("/refused"), &[("Host", &host), ("Proxy-Authorization", &bad)]).await;
@@ -173,6 +186,14 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         l.contains("authgate::access") && l.contains("CONNECT") && l.contains("status=400")
     })
     .await;
+    // Three GETs (`http://alice:…`) and the CONNECT (`alice:…`).
+    let hidden = format!("{USER}:…");
+    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains(&hidden)).count() < 4 {
+        match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
+            Ok(Some(line)) => lines.push(line),
+            _ => panic!("no access lines of the raw userinfo:\n{}", lines.join("\n")),
+        }
+    }
 
     let pid = running.0.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
@@ -202,6 +223,11 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         b64(WRONG_PASSWORD.as_bytes()),
         "Tr0ub4dor".to_string(),
         "n0t-the-Pa55word".to_string(),
+        "Sl4sh".to_string(),
+        "Fr4g".to_string(),
+        "Qu3ry".to_string(),
+        "Part2".to_string(),
+        "C0nnect".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");
