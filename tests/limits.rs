@@ -308,6 +308,21 @@ async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
         let got = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
         assert!(got.starts_with("HTTP/1.1 400 ") && got.contains("tls_required"), "{header:?}: {got}");
     }
+    // A record that is no handshake gets an alert; a connection closed
+    // before its first byte (a TCP health check) is no handshake at all.
+    let mut c = RawConn::connect(proxy.tls).await;
+    c.send(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00][..]).await;
+    assert_eq!(c.read_to_end().await.first(), Some(&0x15), "a TLS alert, then the close");
+    drop(RawConn::connect(proxy.tls).await);
+    // The failed handshakes are counted, nowhere else seen but at debug level.
+    let failures = |reason: &str| {
+        let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load());
+        let series = format!("authgate_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
+    };
+    // (Counted before the connection closes, which the client waited for.)
+    assert_eq!(failures("failed").as_deref(), Some("1"), "the record that is no handshake");
+    assert_eq!(failures("timed_out").as_deref(), Some("2"), "the two silent ones");
     // Both listeners still serve.
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     assert_still_serves(proxy.plain).await;

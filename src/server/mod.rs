@@ -364,8 +364,11 @@ async fn serve(
         Some(acceptor) => {
             // One deadline for the first byte and the handshake together.
             let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-            let plain = tokio::time::timeout_at(deadline, tls::opens_with_plain_http(&stream)).await;
-            if plain == Ok(true) {
+            let opening = tokio::time::timeout_at(deadline, tls::opening(&stream)).await;
+            if opening == Ok(tls::Opening::Closed) {
+                return;
+            }
+            if opening == Ok(tls::Opening::PlainHttp) {
                 // Boxed, as all rare paths here: inline, its state (a 4 KiB
                 // drain buffer) made every connection's task larger, and each
                 // spawn copies the task (memcpy per CONNECT tunnel: +2.9k
@@ -373,7 +376,7 @@ async fn serve(
                 Box::pin(refuse_plain_http(&state, stream, client_addr)).await;
                 return;
             }
-            if let Some(tls) = accept_tls(acceptor, stream, client_addr, deadline).await {
+            if let Some(tls) = accept_tls(acceptor, stream, client_addr, deadline, &state.metrics).await {
                 serve_http(state, tls, client_addr, true, slot, &limits).await;
             }
         }
@@ -415,14 +418,17 @@ async fn accept_tls(
     stream: TcpStream,
     client: SocketAddr,
     deadline: tokio::time::Instant,
+    metrics: &crate::telemetry::Metrics,
 ) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
     match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
         Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(e)) => {
+            metrics.tls_handshake_failed(false);
             tracing::debug!(client = %client, error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
+            metrics.tls_handshake_failed(true);
             tracing::debug!(client = %client, "TLS handshake timed out");
             None
         }

@@ -130,14 +130,29 @@ pub fn acceptor(slot: Arc<CertSlot>) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Whether a connection on a TLS listener opens with plain HTTP instead of a
-/// TLS handshake: a client given `http://` for this port, or a PROXY
-/// header on a listener without `proxy_protocol`. A TLS record opens with
-/// 0x16 (an SSLv2-style hello with a byte above 0x7f), an HTTP/1.1 request
-/// with a method name (RFC 9112 §3: a token, letters in practice), a PROXY
-/// header with `PROXY` (version 1) or `\r\n\r\n\0\r\nQUIT\n` (version 2,
-/// which got a TLS alert: probe 82).
-pub async fn opens_with_plain_http(stream: &TcpStream) -> bool {
+/// How a connection on a TLS listener opens, by its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Plain HTTP instead of a TLS handshake: a client given `http://` for
+    /// this port, or a PROXY header on a listener without `proxy_protocol`.
+    /// A TLS record opens with 0x16 (an SSLv2-style hello with a byte above
+    /// 0x7f), an HTTP/1.1 request with a method name (RFC 9112 §3: a token,
+    /// letters in practice), a PROXY header with `PROXY` (version 1) or
+    /// `\r\n\r\n\0\r\nQUIT\n` (version 2, which got a TLS alert: probe 82).
+    PlainHttp,
+    /// Anything else: a handshake, to be tried.
+    Handshake,
+    /// Closed before a byte came (a load balancer's TCP health check).
+    Closed,
+}
+
+/// How the connection opens; [`Opening::Handshake`] also when the peek
+/// fails.
+pub async fn opening(stream: &TcpStream) -> Opening {
     let mut first = [0u8; 1];
-    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_alphabetic() || first[0] == b'\r')
+    match stream.peek(&mut first).await {
+        Ok(0) => Opening::Closed,
+        Ok(_) if first[0].is_ascii_alphabetic() || first[0] == b'\r' => Opening::PlainHttp,
+        _ => Opening::Handshake,
+    }
 }

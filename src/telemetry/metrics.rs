@@ -128,6 +128,8 @@ pub struct Metrics {
     argon2_sum_micros: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// TLS handshakes on the listener that failed, and that timed out.
+    tls_failed: [AtomicU64; 2],
     per_user: Mutex<Option<HashMap<String, [u64; OUTCOMES.len()]>>>,
 }
 
@@ -149,6 +151,7 @@ impl Metrics {
             argon2_sum_micros: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            tls_failed: counters(),
             per_user: Mutex::new(per_user.then(HashMap::new)),
         }
     }
@@ -216,6 +219,14 @@ impl Metrics {
         }
         self.argon2_count.fetch_add(1, Ordering::Relaxed);
         self.argon2_sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake on a TLS listener that failed (`timed_out`: not
+    /// over within `header_read_timeout`). Nothing else records one: the
+    /// client got a TLS alert or a close, and the log says it only at
+    /// debug level, since anyone can send such bytes.
+    pub fn tls_handshake_failed(&self, timed_out: bool) {
+        self.tls_failed[usize::from(timed_out)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A reload attempt.
@@ -308,6 +319,19 @@ impl Metrics {
             "Logins waiting in their address's line for a throttle attempt now.",
         );
         let _ = writeln!(o, "authgate_auth_throttle_waiting {}", auth.throttle_waiting);
+        family(
+            &mut o,
+            "authgate_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes on TLS listeners that failed (an alert sent, or the client left) or timed out.",
+        );
+        for (i, l) in ["failed", "timed_out"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "authgate_tls_handshake_failures_total{{reason=\"{l}\"}} {}",
+                get(&self.tls_failed[i])
+            );
+        }
         family(&mut o, "authgate_argon2_verifications_total", "counter", "Password verifications run.");
         let _ = writeln!(o, "authgate_argon2_verifications_total {}", get(&self.argon2_count));
         family(
