@@ -368,6 +368,42 @@ fn a_mapped_cidr_or_one_with_host_bits_is_refused_with_what_to_write() {
     snap.unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// A file that is not UTF-8 is located: the line and column of its first
+/// byte that is not, in the config and in the users file (the problem had
+/// no location).
+#[test]
+fn a_file_that_is_not_utf8_is_located() {
+    let dir = TempDir::new();
+    let mut config = GOOD_CONFIG.as_bytes().to_vec();
+    let at = GOOD_CONFIG.find("corp").unwrap() + 2;
+    config[at] = 0xff;
+    let path = dir.write("authgate.toml", &config);
+    dir.write("users.toml", good_users());
+    let err = authgate::config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("authgate.toml:3:12: not UTF-8 text (byte 0xff here)"), "{err}");
+    dir.write("authgate.toml", GOOD_CONFIG);
+    dir.write("users.toml", [good_users().as_bytes(), b"# caf\xe9\n"].concat());
+    let err = authgate::config::load(&path).unwrap_err().to_string();
+    let line = good_users().lines().count() + 1;
+    assert!(err.contains(&format!("users.toml:{line}:6: not UTF-8 text (byte 0xe9 here)")), "{err}");
+}
+
+/// A DNS server at port 0 is refused (it was accepted); the port left out
+/// is 53.
+#[test]
+fn a_dns_server_at_port_0_is_refused() {
+    let err = load_err(
+        &format!("{GOOD_CONFIG}[dns]\nservers = [\"127.0.0.1:53\", \"127.0.0.1:0\"]\n"),
+        &good_users(),
+    );
+    assert!(err.contains("authgate.toml:14:") && err.contains("port 0 is no server's"), "{err}");
+    let (_dir, snap) =
+        load(&format!("{GOOD_CONFIG}[dns]\nservers = [\"127.0.0.1\", \"[::1]:5353\"]\n"), &good_users());
+    let snap = snap.unwrap_or_else(|e| panic!("{e}"));
+    let servers: Vec<String> = snap.dns_servers.iter().map(ToString::to_string).collect();
+    assert_eq!(servers, ["127.0.0.1:53", "[::1]:5353"]);
+}
+
 /// An IPv4 CIDR with a leading zero in a number is refused: a rule's
 /// `hosts` read `010.0.0.1` as inet_aton does (8.0.0.1), and the CIDR was
 /// read as 10.0.0.0/24, one spelling for two addresses in one file. IPv6

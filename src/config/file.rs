@@ -71,15 +71,6 @@ pub fn stamp(path: &Path) -> Stamp {
     ))
 }
 
-/// [`read_file`], as UTF-8 text.
-///
-/// # Errors
-/// As [`read_file`], plus `InvalidData` when the file is not UTF-8.
-pub fn read_text(path: &Path) -> io::Result<String> {
-    String::from_utf8(read_file(path)?)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
-}
-
 fn regular(meta: &std::fs::Metadata) -> io::Result<()> {
     if meta.is_dir() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "is a directory, not a file"));

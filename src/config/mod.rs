@@ -416,15 +416,20 @@ fn user_store(
     })
 }
 
-/// Reads a file, naming the path it looked for when that fails.
+/// Reads a file as UTF-8 text, naming the path it looked for when that
+/// fails, and where the first byte that is not UTF-8 is.
 fn read(path: &Path) -> Result<String, ConfigError> {
-    file::read_text(path).map_err(|e| ConfigError {
-        problems: vec![Problem {
-            file: path.to_path_buf(),
-            line: 0,
-            col: 0,
-            message: format!("cannot read: {}", file::reason(&e)),
-        }],
+    let problem = |line, col, message| ConfigError {
+        problems: vec![Problem { file: path.to_path_buf(), line, col, message }],
+    };
+    let bytes =
+        file::read_file(path).map_err(|e| problem(0, 0, format!("cannot read: {}", file::reason(&e))))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+        let (line, col) = error::line_col(before, before.len());
+        let byte = e.as_bytes().get(valid).copied().unwrap_or_default();
+        problem(line, col, format!("not UTF-8 text (byte 0x{byte:02x} here); save the file as UTF-8"))
     })
 }
 

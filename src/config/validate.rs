@@ -330,6 +330,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 .ok()
                 .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
             match parsed {
+                // (No server listens there: it was accepted, probe 83.)
+                Some(a) if a.port() == 0 => {
+                    c.at(server.span(), "dns.servers: port 0 is no server's; leave the port out for 53")
+                }
                 Some(a) => s.dns_servers.push(a),
                 None => c.at(
                     server.span(),
