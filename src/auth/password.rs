@@ -125,6 +125,23 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
     {
         return Err(format!("argon2 version v={v} does not exist (v=19 or v=16)"));
     }
+    // Said in argon2's terms where the crate's own message is cryptic
+    // ("value to short" for `m=8,p=2`), and a parameter given twice
+    // (`m=8,m=9`, which the parser took) is refused.
+    let mut names = Vec::new();
+    for (name, _) in hash.params.iter() {
+        if names.contains(&name.as_str()) {
+            // (Not named: what a parameter's name holds may be typed there
+            // by mistake; `m`, `t` and `p` are the ones argon2 has.)
+            return Err("an argon2 parameter is given twice".to_owned());
+        }
+        names.push(name.as_str());
+    }
+    if let (Some(m), Some(p)) = (hash.params.get_decimal("m"), hash.params.get_decimal("p"))
+        && u64::from(m) < 8 * u64::from(p)
+    {
+        return Err(format!("argon2 memory m={m} KiB is below 8 × p={p}, the least argon2 allows"));
+    }
     let params = Params::try_from(&hash).map_err(|e| format!("bad argon2 parameters ({e})"))?;
     // A hash with costs beyond those authgate makes ([auth.argon2]) would
     // make each login of that user (and the dummy verification of unknown
@@ -154,6 +171,19 @@ pub const MAX_BCRYPT_COST: u32 = 17;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parameters argon2 refuses are said in its terms: `m` below 8 × `p`
+    /// (the crate said "value to short"), a parameter given twice (taken,
+    /// the last one winning).
+    #[test]
+    fn bad_parameters_are_said_plainly() {
+        let phc = |params: &str| format!("$argon2id$v=19${params}$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA");
+        let err = |params: &str| parse_argon2(&phc(params)).err().unwrap_or_default();
+        assert_eq!(err("m=8,t=1,p=2"), "argon2 memory m=8 KiB is below 8 × p=2, the least argon2 allows");
+        assert_eq!(err("m=64,t=1,p=65"), "argon2 memory m=64 KiB is below 8 × p=65, the least argon2 allows");
+        assert_eq!(err("m=8,m=9,t=1,p=1"), "an argon2 parameter is given twice");
+        assert!(parse_argon2(&phc("m=16,t=1,p=2")).is_ok());
+    }
 
     #[test]
     fn the_longest_accepted_password_fits_the_header_with_the_longest_user_name() {
