@@ -573,7 +573,8 @@ async fn ambiguous_response_framing_ends_the_origin_connection_and_a_listed_leng
 /// in a `304` (where it frames no body, so hyper lets it through), is a
 /// malformed response: a 502, as for a `GET`. (It went to the client as
 /// it came, `-5`, `+5`, `abc`; two lengths that differed lost the field.)
-/// One length, or one listed twice, still goes on as that length.
+/// One length, or one listed twice, still goes on as that length, and a
+/// 204 loses the field, as before.
 #[tokio::test]
 async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
     let (origin, _seen) = framing_origin(|head| {
@@ -588,6 +589,7 @@ async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
             "differ" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
             "304" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: abc\r\n\r\n",
             "listed" => b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            "204" => b"HTTP/1.1 204 No Content\r\nContent-Length: -5\r\n\r\n",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
         }
     });
@@ -624,6 +626,12 @@ async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
         assert_eq!(r.status, 200, "{}", r.dump());
         assert_eq!(r.header_all("content-length"), vec![length], "{}", r.dump());
     }
+    // A 204's Content-Length is dropped, whatever it says (it was a 502
+    // for a bad one, probe 84).
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("GET", &origin.url("/204"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    let r = c.read_response("GET").await;
+    assert_eq!((r.status, r.header("content-length")), (204, None), "{}", r.dump());
 }
 
 /// A chunked request body with trailers ends at its trailers: the answer

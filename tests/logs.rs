@@ -132,7 +132,10 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     // before the `@`: `alice:Sl4sh` reads as a host and a port. Refused
     // (bad port), and no part of the password is logged (the access line
     // had `http://alice:Sl4sh/Part2@…`, probe 82).
-    for raw in ["Sl4sh/Part2", "Fr4g#Part2", "Qu3ry?Part2"] {
+    // Digits that are no port (0, past 65535) are taken for the same, and a
+    // `@` in the password leaves what follows the last `@` (it logged the
+    // part between, `http://At5ign/x@…`, probe 84).
+    for raw in ["Sl4sh/Part2", "Fr4g#Part2", "Qu3ry?Part2", "00/Zer0Part", "99999/Big9Part", "pa@At5ign/x"] {
         let url = origin.url("/raw-userinfo").replace("http://", &format!("http://{USER}:{raw}@"));
         let r = get(proxy, &url, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
         assert_proxy_error(&r, 400, "http_request_error", "bad_target");
@@ -186,9 +189,13 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         l.contains("authgate::access") && l.contains("CONNECT") && l.contains("status=400")
     })
     .await;
-    // Three GETs (`http://alice:…`) and the CONNECT (`alice:…`).
+    // Five GETs (`http://alice:…`) and the CONNECT (`alice:…`), and the
+    // GET whose password has a `@`.
     let hidden = format!("{USER}:…");
-    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains(&hidden)).count() < 4 {
+    let after_at = format!("request_target={}", origin.url("/raw-userinfo"));
+    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains(&hidden)).count() < 6
+        || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&after_at))
+    {
         match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
             Ok(Some(line)) => lines.push(line),
             _ => panic!("no access lines of the raw userinfo:\n{}", lines.join("\n")),
@@ -228,6 +235,9 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "Qu3ry".to_string(),
         "Part2".to_string(),
         "C0nnect".to_string(),
+        "Zer0Part".to_string(),
+        "Big9Part".to_string(),
+        "At5ign".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");

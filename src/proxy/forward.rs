@@ -206,16 +206,16 @@ pub async fn forward(
         }
         _ => {}
     }
+    // RFC 9110 §8.6: no Content-Length in a 204 (its body, none, is
+    // dropped by hyper either way), so none to check there.
+    if resp.status() == StatusCode::NO_CONTENT {
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     if !single_content_length(resp.headers_mut()) {
         return Err(ProxyError::UpstreamProtocol { detail: "malformed Content-Length" });
     }
     // Counted once it is sure to be passed on (not replaced by a 502).
     state.metrics.upstream_response(resp.status().as_u16());
-    // RFC 9110 §8.6: no Content-Length in a 204 (its body, none, is
-    // dropped by hyper either way).
-    if resp.status() == StatusCode::NO_CONTENT {
-        resp.headers_mut().remove(header::CONTENT_LENGTH);
-    }
     if snap.server.via {
         let version = resp.version();
         add_via(resp.headers_mut(), version);

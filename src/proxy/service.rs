@@ -621,36 +621,53 @@ fn log_target(req: &Request<Incoming>) -> String {
     if req.method() == Method::CONNECT {
         // `CONNECT user:pass@host:port` is refused, but it is logged too.
         let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
-        return match port_not_digits(authority) {
+        return match not_a_port(authority) {
             Some(host) => [host, ":…"].concat(),
             None => authority.to_owned(),
         };
     }
     match (uri.scheme_str(), uri.authority()) {
-        (Some(scheme), Some(auth)) => {
-            let authority = without_userinfo(auth.as_str());
-            match port_not_digits(authority) {
-                Some(host) => [scheme, "://", host, ":…"].concat(),
-                None => [scheme, "://", authority, uri.path()].concat(),
-            }
+        // Userinfo (refused): what follows the last `@`, in the path too,
+        // since a password may hold `@` and `/` unencoded (`alice:pa@ss/w@host/`
+        // reads as host `ss` and a path; it logged `http://ss/w@host/`).
+        (Some(scheme), Some(auth)) if auth.as_str().contains('@') => {
+            let full = [auth.as_str(), uri.path()].concat();
+            let after = full.rfind('@').map_or("", |at| &full[at + 1..]);
+            [scheme, "://", after].concat()
         }
+        (Some(scheme), Some(auth)) => match not_a_port(auth.as_str()) {
+            Some(host) => [scheme, "://", host, ":…"].concat(),
+            None => [scheme, "://", auth.as_str(), uri.path()].concat(),
+        },
         _ => uri.path().to_owned(),
     }
 }
 
-/// The host of an authority whose port is not digits, which is most likely
-/// a password: in `http://user:pa/ss@host/` (a `/`, `?` or `#` in it) the
-/// authority ends before the `@`, at `user:pa`, and the path holds the rest
-/// (`/ss@host/`). Neither is logged then (they were: probe 82); the request
-/// is a 400 `bad_target` (bad port).
-fn port_not_digits(authority: &str) -> Option<&str> {
+/// The host of an authority whose port is no port (not digits, or digits
+/// outside 1-65535), which is most likely a password: in
+/// `http://user:pa/ss@host/` (a `/`, `?` or `#` in it) the authority ends
+/// before the `@`, at `user:pa`, and the path holds the rest (`/ss@host/`).
+/// Neither is logged then (they were: probes 82 and 84); the request is a
+/// 400 `bad_target` (bad port). A password whose `/`, `?` or `#` follows
+/// only digits (`user:2024/x@host`), or nothing (`user:/x@host`), makes a
+/// valid URL, to host `user`: that request is forwarded, and logged, as
+/// the URL it is.
+fn not_a_port(authority: &str) -> Option<&str> {
     // Bytes, from the end: a port's digits, then what stopped them says
     // (a `:` before them, as in nearly every target, ends it at once).
     let b = authority.as_bytes();
     let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
     let before = b.len() - digits;
-    if before == 0 || matches!(b[before - 1], b':' | b']') {
+    if before == 0 || b[before - 1] == b']' {
         return None;
+    }
+    if b[before - 1] == b':' {
+        // RFC 3986 §3.2.3: leading zeros allowed, and an empty port.
+        let port = &b[before..];
+        let significant = &port[port.iter().take_while(|&&c| c == b'0').count()..];
+        let value = || significant.iter().fold(0u32, |v, &c| v * 10 + u32::from(c - b'0'));
+        let valid = port.is_empty() || (significant.len() <= 5 && (1..=65535).contains(&value()));
+        return (!valid).then(|| &authority[..before - 1]);
     }
     let colon = b[..before].iter().rposition(|&c| c == b':')?;
     (!b[colon..].contains(&b']')).then(|| &authority[..colon])
@@ -668,17 +685,27 @@ pub fn connect_established() -> Response<ProxyBody> {
 mod tests {
     use super::*;
 
-    /// The host of an authority whose port is not digits (most likely a
+    /// The host of an authority whose port is no port (most likely a
     /// password cut at a `/`, `?` or `#`), and nothing for any other.
     #[test]
-    fn a_port_that_is_not_digits_is_found() {
+    fn a_port_that_is_no_port_is_found() {
         for (authority, host) in [
             ("alice:S3cret", Some("alice")),
             ("alice:S3cret9", Some("alice")),
             ("alice:9S3cret", Some("alice")),
+            ("alice:00", Some("alice")),
+            ("alice:0", Some("alice")),
+            ("alice:65536", Some("alice")),
+            ("alice:99999", Some("alice")),
+            ("alice:123456", Some("alice")),
+            ("alice:99999999999999999999999999", Some("alice")),
             ("[::1]:ab", Some("[::1]")),
+            ("[::1]:0", Some("[::1]")),
             ("a:b:c", Some("a:b")),
             ("127.0.0.1:38400", None),
+            ("127.0.0.1:65535", None),
+            ("127.0.0.1:0008080", None),
+            ("alice:2024", None),
             ("example.com", None),
             ("example.com:", None),
             ("[::1]", None),
@@ -687,7 +714,7 @@ mod tests {
             ("", None),
             ("8080", None),
         ] {
-            assert_eq!(port_not_digits(authority), host, "{authority}");
+            assert_eq!(not_a_port(authority), host, "{authority}");
         }
     }
 

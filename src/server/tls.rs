@@ -142,17 +142,19 @@ pub enum Opening {
     PlainHttp,
     /// Anything else: a handshake, to be tried.
     Handshake,
-    /// Closed before a byte came (a load balancer's TCP health check).
+    /// Closed or reset before a byte came (a load balancer's TCP health
+    /// check, which some end with a reset).
     Closed,
 }
 
-/// How the connection opens; [`Opening::Handshake`] also when the peek
-/// fails.
+/// How the connection opens.
 pub async fn opening(stream: &TcpStream) -> Opening {
     let mut first = [0u8; 1];
     match stream.peek(&mut first).await {
-        Ok(0) => Opening::Closed,
+        // (A reset was tried as a handshake, and counted as a failed one:
+        // probe 84.)
+        Ok(0) | Err(_) => Opening::Closed,
         Ok(_) if first[0].is_ascii_alphabetic() || first[0] == b'\r' => Opening::PlainHttp,
-        _ => Opening::Handshake,
+        Ok(_) => Opening::Handshake,
     }
 }
