@@ -137,6 +137,11 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
         }
         names.push(name.as_str());
     }
+    for name in ["t", "p"] {
+        if hash.params.get_decimal(name) == Some(0) {
+            return Err(format!("argon2 {name}=0: it is at least 1"));
+        }
+    }
     if let (Some(m), Some(p)) = (hash.params.get_decimal("m"), hash.params.get_decimal("p"))
         && u64::from(m) < 8 * u64::from(p)
     {
@@ -182,6 +187,8 @@ mod tests {
         assert_eq!(err("m=8,t=1,p=2"), "argon2 memory m=8 KiB is below 8 × p=2, the least argon2 allows");
         assert_eq!(err("m=64,t=1,p=65"), "argon2 memory m=64 KiB is below 8 × p=65, the least argon2 allows");
         assert_eq!(err("m=8,m=9,t=1,p=1"), "an argon2 parameter is given twice");
+        assert_eq!(err("m=8,t=0,p=1"), "argon2 t=0: it is at least 1");
+        assert_eq!(err("m=8,t=1,p=0"), "argon2 p=0: it is at least 1");
         assert!(parse_argon2(&phc("m=16,t=1,p=2")).is_ok());
     }
 

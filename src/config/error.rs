@@ -141,16 +141,21 @@ impl<'a> Collector<'a> {
         // "duplicate key ..."); a problem is one line.
         let mut msg = err.message().trim().lines().map(str::trim).collect::<Vec<_>>().join(": ");
         // The parser says nothing of a control character where none is
-        // allowed (in a comment, say): the problem was an empty message.
-        if msg.is_empty() {
-            let at = err.span().and_then(|span| self.source.get(span.start..)).and_then(|t| t.chars().next());
-            msg = match at {
-                Some(ch) if ch.is_control() => format!(
+        // allowed (in a comment, say: the problem was an empty message), or
+        // something beside the point ("expected newline, `#`" for one in a
+        // comment after a value, "invalid basic string" in a string): the
+        // character is named. (Not a line end, where the parser's message
+        // is about what came before it.)
+        let at = err.span().and_then(|span| self.source.get(span.start..)).and_then(|t| t.chars().next());
+        match at {
+            Some(ch) if ch.is_control() && !matches!(ch, '\t' | '\n' | '\r') => {
+                msg = format!(
                     "control character U+{:04X} is not allowed here (TOML allows tab, and newlines between lines)",
                     u32::from(ch)
-                ),
-                _ => "not valid TOML here".to_owned(),
-            };
+                );
+            }
+            _ if msg.is_empty() => msg = "not valid TOML here".to_owned(),
+            _ => {}
         }
         // A date-time reaches serde as a map with one private key: where a
         // table belongs, the table's struct called it an unknown field.
@@ -222,8 +227,14 @@ mod tests {
     /// for it is empty, and the problem was `file:1:4: ` (probe 83).
     #[test]
     fn a_control_character_in_a_comment_is_named() {
-        for ch in ['\u{1}', '\0', '\u{1f}', '\u{7f}'] {
-            let source = format!("# a{ch}b\n[server]\nrealm = \"x\"\n");
+        for (ch, source, at) in ['\u{1}', '\0', '\u{1f}', '\u{7f}'].into_iter().flat_map(|ch| {
+            [
+                (ch, format!("# a{ch}b\n[server]\nrealm = \"x\"\n"), (1, 4)),
+                (ch, format!("[server] # a{ch}b\nrealm = \"x\"\n"), (1, 13)),
+                (ch, format!("[server]\nrealm = \"x\" # y{ch}\n"), (2, 16)),
+                (ch, format!("[server]\nrealm = \"a{ch}b\"\n"), (2, 11)),
+            ]
+        }) {
             let config = match crate::config::validate::config(Path::new("c.toml"), &source) {
                 Err(problems) => problems,
                 Ok(_) => panic!("accepted {ch:?}"),
@@ -231,8 +242,8 @@ mod tests {
             let (_, users) = crate::config::users::parse(Path::new("u.toml"), &source);
             for p in config.iter().chain(&users) {
                 let want = format!("control character U+{:04X} is not allowed here", u32::from(ch));
-                assert!(p.message.starts_with(&want), "{ch:?}: {p:?}");
-                assert_eq!((p.line, p.col), (1, 4), "{ch:?}");
+                assert!(p.message.starts_with(&want), "{ch:?} {source:?}: {p:?}");
+                assert_eq!((p.line, p.col), at, "{ch:?} {source:?}");
             }
             assert_eq!((config.len(), users.len()), (1, 1), "{config:?} {users:?}");
         }

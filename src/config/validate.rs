@@ -334,6 +334,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 Some(a) if a.port() == 0 => {
                     c.at(server.span(), "dns.servers: port 0 is no server's; leave the port out for 53")
                 }
+                Some(a) if a.ip().is_unspecified() => c.at(
+                    server.span(),
+                    "dns.servers: 0.0.0.0 or :: is no server's address; write the server's (127.0.0.1 for one on this host)",
+                ),
                 Some(a) => s.dns_servers.push(a),
                 None => c.at(
                     server.span(),
@@ -389,7 +393,11 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     // `010.0.0.1` as inet_aton does, 8.0.0.1: one spelling, two addresses
     // in one file (probe 83).
     let (address, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-    if !address.contains(':') && address.split('.').any(|n| n.len() > 1 && n.starts_with('0')) {
+    // (Only a dotted quad of decimal numbers: `0x0a.0.0.0` or `012` are not
+    // CIDRs at all, and were told to drop a zero.)
+    let quad =
+        address.split('.').count() == 4 && address.split('.').all(|n| n.bytes().all(|b| b.is_ascii_digit()));
+    if quad && address.split('.').any(|n| n.len() > 1 && n.starts_with('0')) {
         let decimal: Vec<&str> = address
             .split('.')
             .map(|n| n.trim_start_matches('0'))

@@ -82,8 +82,11 @@ pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
             };
             // 0 to 65535 (the spec's range; a balancer may say 0 where it
             // has no port: it was refused, probe 82).
-            let port =
-                |p: &str| p.bytes().all(|b| b.is_ascii_digit()).then(|| p.parse::<u16>().ok()).flatten();
+            let port = |p: &str| {
+                (p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| p.parse::<u16>().ok())
+                    .flatten()
+            };
             let sport = port(sport).ok_or_else(|| bad("bad PROXY v1 source port"))?;
             port(dport).ok_or_else(|| bad("bad PROXY v1 destination port"))?;
             Ok(Some(SocketAddr::new(ip, sport)))
@@ -154,6 +157,7 @@ mod tests {
             b"PROXY TCP4 1.1.1.1 1.1.1.1 +1 2",
             b"PROXY TCP4 1.1.1.1 1.1.1.1 1 65536",
             b"PROXY TCP4 1.1.1.1 1.1.1.1  1 2",
+            b"PROXY TCP4 1.1.1.1 1.1.1.1 000000000000000000001 2",
             b"PROXY",
             b"GET / HTTP/1.1",
         ] {
