@@ -430,11 +430,7 @@ async fn a_user_removed_while_their_password_is_verified_is_refused() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     std::fs::write(proxy.file("users.toml"), users_toml(&[("bob", "b1")])).unwrap();
-    let state = proxy.state.clone();
-    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
+    reload_now(&proxy).await;
     let took = started.elapsed();
     assert!(
         !get.is_finished() && !connect.is_finished(),
@@ -555,6 +551,16 @@ async fn misses_reach(proxy: &Custom, n: u64) -> bool {
 
 fn cache_counts(proxy: &Custom) -> [u64; 2] {
     ["hit", "miss"].map(|result| counter(proxy, &format!("authgate_auth_cache_total{{result=\"{result}\"}}")))
+}
+
+/// Reloads `proxy` from its files now, off the runtime as the watcher
+/// does; a reload that fails fails the test.
+async fn reload_now(proxy: &Custom) {
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn argon2_runs(proxy: &Custom) -> String {
@@ -946,11 +952,7 @@ async fn a_reload_that_turns_the_throttle_off_reaches_the_logins_waiting_for_an_
     // (Counted just before it looks for an attempt, and joins the line.)
     assert!(misses_reach(proxy, 2).await, "u2 waits for u1's attempt");
     proxy.dir.write("authgate.toml", cfg.replace("[auth.throttle]\n", "[auth.throttle]\nenabled = false\n"));
-    let state = proxy.state.clone();
-    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
+    reload_now(proxy).await;
     assert_eq!(argon2_runs(proxy), "0", "u1's password is still being verified after the reload");
     let r = waiting.read_response("GET").await;
     assert_eq!(r.status, 200, "{}", r.dump());
@@ -1002,11 +1004,7 @@ async fn a_cache_ttl_lowered_by_a_reload_applies_to_logins_already_cached() {
     let cfg =
         CFG_NT.replace("users_file = \"users.toml\"", "users_file = \"users.toml\"\ncache_ttl = \"0s\"");
     proxy.dir.write("authgate.toml", cfg);
-    let state = proxy.state.clone();
-    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
+    reload_now(&proxy).await;
     for _ in 0..2 {
         assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
     }
@@ -1379,11 +1377,7 @@ async fn a_reload_that_turns_the_throttle_off_lets_the_tarpitted_logins_be_check
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!right.is_finished() && !wrong.is_finished(), "a 60 s tarpit holds the attempts");
     proxy.dir.write("authgate.toml", cfg.replace("[auth.throttle]\n", "[auth.throttle]\nenabled = false\n"));
-    let state = proxy.state.clone();
-    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
-        .await
-        .unwrap()
-        .unwrap_or_else(|e| panic!("{e}"));
+    reload_now(&proxy).await;
     let answer = async |attempt: tokio::task::JoinHandle<RawResponse>| {
         tokio::time::timeout(Duration::from_secs(10), attempt)
             .await
