@@ -51,7 +51,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
         Command::Check => check(&cli.config),
@@ -59,6 +62,29 @@ fn main() -> ExitCode {
         Command::Explain { user, method, target } => explain(&cli.config, &user, method.as_deref(), &target),
         Command::Users { action } => users(&cli.config, action),
     }
+}
+
+/// clap's error, or, for a value given where no argument is taken (most
+/// likely a password: `authgate hash-password S3cret`, `users add alice
+/// S3cret`), the same without the value: clap quotes it.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let value = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(v)) if e.kind() == ErrorKind::UnknownArgument => v,
+        _ => e.exit(),
+    };
+    if value.starts_with('-') {
+        e.exit();
+    }
+    let usage = match e.get(ContextKind::Usage) {
+        Some(ContextValue::StyledStr(u)) => format!("\n\n{u}"),
+        _ => String::new(),
+    };
+    err_line(format_args!(
+        "error: unexpected argument (not shown: it may be a password; `hash-password` and `users` read \
+         passwords from the terminal or with --password-stdin){usage}\n\nFor more information, try '--help'."
+    ));
+    ExitCode::from(2)
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {

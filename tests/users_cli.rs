@@ -504,6 +504,24 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     }
 }
 
+/// A password typed as an argument (`hash-password S3cret`, `users add
+/// alice S3cret`) is not echoed in the usage error, which clap quoted;
+/// a mistyped flag still is, with clap's suggestion.
+#[test]
+fn a_password_given_as_an_argument_is_not_echoed() {
+    let d = Dir::new(Some(&fixture()));
+    for args in [&["hash-password", "Hunter2Secret"][..], &["users", "add", "gina", "Hunter2Secret"]] {
+        let out = Dir::run_command(d.authgate(args), None);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(!out.stderr.contains("Hunter2Secret") && !out.stdout.contains("Hunter2Secret"), "{out:?}");
+        assert!(out.stderr.contains("unexpected argument (not shown"), "{out:?}");
+        assert!(out.stderr.contains("Usage: authgate"), "{out:?}");
+    }
+    let out = d.run(&["add", "--pasword-stdin", "gina"], None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("'--pasword-stdin'") && out.stderr.contains("'--password-stdin'"), "{out:?}");
+}
+
 #[test]
 fn commands_on_a_missing_user_are_refused() {
     let d = Dir::new(Some(&fixture()));
