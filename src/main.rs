@@ -64,16 +64,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// clap's error, or, for a value given where no argument is taken (most
-/// likely a password: `authgate hash-password S3cret`, `users add alice
-/// S3cret`), the same without the value: clap quotes it.
+/// clap's error, or, for a value given where none is taken (most likely a
+/// password: `authgate hash-password S3cret`, `users add alice S3cret`,
+/// `--password-stdin=S3cret`), the same without the value: clap quotes it.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let value = match e.get(ContextKind::InvalidArg) {
-        Some(ContextValue::String(v)) if e.kind() == ErrorKind::UnknownArgument => v,
-        _ => e.exit(),
+    let a_value = match e.kind() {
+        ErrorKind::UnknownArgument => {
+            matches!(e.get(ContextKind::InvalidArg), Some(ContextValue::String(v)) if !v.starts_with('-'))
+        }
+        ErrorKind::TooManyValues => true,
+        _ => false,
     };
-    if value.starts_with('-') {
+    if !a_value {
         e.exit();
     }
     let usage = match e.get(ContextKind::Usage) {

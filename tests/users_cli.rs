@@ -510,7 +510,11 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
 #[test]
 fn a_password_given_as_an_argument_is_not_echoed() {
     let d = Dir::new(Some(&fixture()));
-    for args in [&["hash-password", "Hunter2Secret"][..], &["users", "add", "gina", "Hunter2Secret"]] {
+    for args in [
+        &["hash-password", "Hunter2Secret"][..],
+        &["users", "add", "gina", "Hunter2Secret"],
+        &["users", "add", "gina", "--password-stdin=Hunter2Secret"],
+    ] {
         let out = Dir::run_command(d.authgate(args), None);
         assert_eq!(out.code, Some(2), "{out:?}");
         assert!(!out.stderr.contains("Hunter2Secret") && !out.stdout.contains("Hunter2Secret"), "{out:?}");
