@@ -239,10 +239,23 @@ pub fn authority_port(authority: &str, default: u16) -> Result<u16, BadTarget> {
 }
 
 /// An authority (`host:port`, `[v6]:port`, `host`) cut at the `:` before
-/// its port: the last `:`, unless it is inside an IPv6 literal's brackets.
+/// its port: the last `:`, or for an IPv6 literal the one right after its
+/// `]`. What else follows the `]` is returned as the port, a bad one. (A
+/// port with a `]` in it, `host:80[]`, was taken for no port, and the
+/// request went to port 80: probe 85.)
 pub fn split_port(authority: &str) -> (&str, Option<&str>) {
+    if authority.starts_with('[')
+        && let Some(end) = authority.find(']')
+    {
+        let (host, rest) = authority.split_at(end + 1);
+        return match rest.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if rest.is_empty() => (host, None),
+            None => (host, Some(rest)),
+        };
+    }
     match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        Some((host, port)) if !authority.starts_with('[') => (host, Some(port)),
         _ => (authority, None),
     }
 }
@@ -466,6 +479,13 @@ mod tests {
             "a:0x50",
             "[::1]:x",
             "a:4294986406",
+            // A `]` in the port is no IPv6 literal's: a bad port (it was
+            // taken for none, so port 80).
+            "a:80[]",
+            "a:[]",
+            "a:[x]",
+            "[::1]x",
+            "[::1]]:80",
         ] {
             assert!(authority_port(bad, 80).is_err(), "{bad}");
         }

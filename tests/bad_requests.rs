@@ -71,7 +71,8 @@ async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
     }
     // A port that is not a number 1-65535 is a bad target, not the default
     // port 80 (http's `Uri::port_u16` says `None` for both).
-    for port in ["65536", "4294986406", "8o", "0x50", "+80", "-1"] {
+    // Nor is one with a `]` in it (it was taken for none, probe 85).
+    for port in ["65536", "4294986406", "8o", "0x50", "+80", "-1", "80[]", "[]", "[x]"] {
         for host in ["127.0.0.1", "[::1]"] {
             let target = format!("http://{host}:{port}/");
             let r = get(proxy.addr, &target, &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
