@@ -69,10 +69,12 @@ fn main() -> ExitCode {
 /// `--password-stdin=S3cret`), the same without the value: clap quotes it.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
+    // Shown when clap names a similar flag or subcommand (a typo, the point
+    // of its message); any other value may be a password, also one that
+    // starts with `-` (`users add alice -- -S3cret`, probe 85).
     let a_value = match e.kind() {
-        ErrorKind::UnknownArgument => {
-            matches!(e.get(ContextKind::InvalidArg), Some(ContextValue::String(v)) if !v.starts_with('-'))
-        }
+        ErrorKind::UnknownArgument => e.get(ContextKind::SuggestedArg).is_none(),
+        ErrorKind::InvalidSubcommand => e.get(ContextKind::SuggestedSubcommand).is_none(),
         ErrorKind::TooManyValues => true,
         _ => false,
     };
@@ -84,8 +86,9 @@ fn usage_error(e: clap::Error) -> ExitCode {
         _ => String::new(),
     };
     err_line(format_args!(
-        "error: unexpected argument (not shown: it may be a password; `hash-password` and `users` read \
-         passwords from the terminal or with --password-stdin){usage}\n\nFor more information, try '--help'."
+        "error: unexpected argument (not shown: it may be a password; `hash-password` reads it from the \
+         terminal or standard input, `users` from the terminal or with --password-stdin){usage}\n\nFor more \
+         information, try '--help'."
     ));
     ExitCode::from(2)
 }

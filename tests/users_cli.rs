@@ -505,8 +505,9 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
 }
 
 /// A password typed as an argument (`hash-password S3cret`, `users add
-/// alice S3cret`) is not echoed in the usage error, which clap quoted;
-/// a mistyped flag still is, with clap's suggestion.
+/// alice S3cret`, `--password-stdin=S3cret`, `-- -S3cret`) is not echoed
+/// in the usage error, which clap quoted; a mistyped flag or subcommand
+/// still is, with clap's suggestion.
 #[test]
 fn a_password_given_as_an_argument_is_not_echoed() {
     let d = Dir::new(Some(&fixture()));
@@ -514,6 +515,9 @@ fn a_password_given_as_an_argument_is_not_echoed() {
         &["hash-password", "Hunter2Secret"][..],
         &["users", "add", "gina", "Hunter2Secret"],
         &["users", "add", "gina", "--password-stdin=Hunter2Secret"],
+        &["users", "add", "gina", "--", "-Hunter2Secret"],
+        &["hash-password", "--Hunter2Secret"],
+        &["Hunter2Secret"],
     ] {
         let out = Dir::run_command(d.authgate(args), None);
         assert_eq!(out.code, Some(2), "{out:?}");
@@ -524,6 +528,9 @@ fn a_password_given_as_an_argument_is_not_echoed() {
     let out = d.run(&["add", "--pasword-stdin", "gina"], None);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("'--pasword-stdin'") && out.stderr.contains("'--password-stdin'"), "{out:?}");
+    let out = d.run(&["ad", "gina"], None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("'ad'") && out.stderr.contains("'add'"), "a typo keeps clap's tip: {out:?}");
 }
 
 #[test]

@@ -621,9 +621,10 @@ fn log_target(req: &Request<Incoming>) -> String {
     if req.method() == Method::CONNECT {
         // `CONNECT user:pass@host:port` is refused, but it is logged too.
         let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
-        return match not_a_port(authority) {
-            Some(host) => [host, ":…"].concat(),
-            None => authority.to_owned(),
+        return match shown(authority) {
+            Shown::Whole => authority.to_owned(),
+            Shown::Host(host) => [host, ":…"].concat(),
+            Shown::Hidden => "…".to_owned(),
         };
     }
     match (uri.scheme_str(), uri.authority()) {
@@ -635,11 +636,33 @@ fn log_target(req: &Request<Incoming>) -> String {
             let after = full.rfind('@').map_or("", |at| &full[at + 1..]);
             [scheme, "://", after].concat()
         }
-        (Some(scheme), Some(auth)) => match not_a_port(auth.as_str()) {
-            Some(host) => [scheme, "://", host, ":…"].concat(),
-            None => [scheme, "://", auth.as_str(), uri.path()].concat(),
+        (Some(scheme), Some(auth)) => match shown(auth.as_str()) {
+            Shown::Whole => [scheme, "://", auth.as_str(), uri.path()].concat(),
+            Shown::Host(host) => [scheme, "://", host, ":…"].concat(),
+            Shown::Hidden => [scheme, "://…"].concat(),
         },
         _ => uri.path().to_owned(),
+    }
+}
+
+/// How the access log shows an authority (without userinfo).
+enum Shown<'a> {
+    /// As it is: a host, and a port 1-65535 or none.
+    Whole,
+    /// The host alone, then `:…`: the port is no port (see [`not_a_port`]).
+    Host(&'a str),
+    /// Not at all: not a host and a port by their syntax (RFC 9110 §7.2),
+    /// most likely a password, as in `alice:x[]SEK/y@host` (probe 85).
+    Hidden,
+}
+
+fn shown(authority: &str) -> Shown<'_> {
+    if !valid_host_field(authority.as_bytes()) {
+        return Shown::Hidden;
+    }
+    match not_a_port(authority) {
+        Some(host) => Shown::Host(host),
+        None => Shown::Whole,
     }
 }
 
@@ -715,6 +738,35 @@ mod tests {
             ("8080", None),
         ] {
             assert_eq!(not_a_port(authority), host, "{authority}");
+        }
+    }
+
+    /// An authority is logged whole when it is a host and a port 1-65535
+    /// (or none), its host alone when the port is out of range, and not at
+    /// all when it is not a host and a port by their syntax.
+    #[test]
+    fn an_authority_is_shown_as_far_as_it_is_one() {
+        let shown_as = |a: &str| match shown(a) {
+            Shown::Whole => a.to_owned(),
+            Shown::Host(h) => format!("{h}:…"),
+            Shown::Hidden => "…".to_owned(),
+        };
+        for (authority, logged) in [
+            ("example.com", "example.com"),
+            ("example.com:8080", "example.com:8080"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("[::1]", "[::1]"),
+            ("alice:2024", "alice:2024"),
+            ("alice:00", "alice:…"),
+            ("alice:99999", "alice:…"),
+            ("alice:S3cret", "…"),
+            ("alice:x[]SEK", "…"),
+            ("alice:[SEK]", "…"),
+            ("[alice:SEK]", "…"),
+            ("al[ice:SEK]", "…"),
+            ("alice:pa$$", "…"),
+        ] {
+            assert_eq!(shown_as(authority), logged, "{authority}");
         }
     }
 
