@@ -388,8 +388,8 @@ fn a_file_that_is_not_utf8_is_located() {
     assert!(err.contains(&format!("users.toml:{line}:6: not UTF-8 text (byte 0xe9 here)")), "{err}");
 }
 
-/// A DNS server at port 0, or at 0.0.0.0 or ::, is refused (they were
-/// accepted); the port left out is 53.
+/// A DNS server at port 0, or at an unspecified, broadcast or multicast
+/// address, is refused (they were accepted); the port left out is 53.
 #[test]
 fn a_dns_server_at_port_0_is_refused() {
     let err = load_err(
@@ -397,8 +397,9 @@ fn a_dns_server_at_port_0_is_refused() {
         &good_users(),
     );
     assert!(err.contains("authgate.toml:14:") && err.contains("port 0 is no server's"), "{err}");
-    let err = load_err(&format!("{GOOD_CONFIG}[dns]\nservers = [\"0.0.0.0\", \"[::]:53\"]\n"), &good_users());
-    assert_eq!(err.matches("is no server's address").count(), 2, "{err}");
+    let servers = ["0.0.0.0", "[::]:53", "::ffff:0.0.0.0", "255.255.255.255", "224.0.0.1", "[ff02::1]:53"];
+    let err = load_err(&format!("{GOOD_CONFIG}[dns]\nservers = {servers:?}\n"), &good_users());
+    assert_eq!(err.matches("address is no server's").count(), 6, "{err}");
     let (_dir, snap) =
         load(&format!("{GOOD_CONFIG}[dns]\nservers = [\"127.0.0.1\", \"[::1]:5353\"]\n"), &good_users());
     let snap = snap.unwrap_or_else(|e| panic!("{e}"));
@@ -427,9 +428,12 @@ fn an_ipv4_cidr_with_a_leading_zero_is_refused() {
     assert!(err.contains("`10.1.1.01` has a number with a leading zero"), "{err}");
     assert!(!err.contains("`10.0.0.0/8`"), "{err}");
     // Not a dotted quad of decimals: not a CIDR, not a zero to drop.
-    let egress = format!("{head}[egress]\nallow_cidrs = [\"0x0a.0.0.0/8\", \"012\"]\n");
+    let bad = ["0x0a.0.0.0/8", "012", ".010.0.0", "010..0.0", "0999.0.0.0/8", "010.0.0.0/33"];
+    let egress = format!("{head}[egress]\nallow_cidrs = {bad:?}\n");
     let err = load_err(&egress, &users);
-    assert!(err.contains("`0x0a.0.0.0/8` is not a CIDR") && err.contains("`012` is not a CIDR"), "{err}");
+    for cidr in bad {
+        assert!(err.contains(&format!("`{cidr}` is not a CIDR")), "{cidr}: {err}");
+    }
     assert!(!err.contains("leading zero"), "{err}");
     let fine = format!("{head}[egress]\nallow_cidrs = [\"10.0.0.0/8\", \"fd00:0000::/32\", \"0.0.0.0/0\"]\n");
     let (_dir, snap) = load(&fine, &users);

@@ -334,9 +334,12 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 Some(a) if a.port() == 0 => {
                     c.at(server.span(), "dns.servers: port 0 is no server's; leave the port out for 53")
                 }
-                Some(a) if a.ip().is_unspecified() => c.at(
+                // (Also as `::ffff:0.0.0.0`, and broadcast or multicast:
+                // probe 85.)
+                Some(a) if no_server(a.ip().to_canonical()) => c.at(
                     server.span(),
-                    "dns.servers: 0.0.0.0 or :: is no server's address; write the server's (127.0.0.1 for one on this host)",
+                    "dns.servers: an unspecified, broadcast or multicast address is no server's; write the \
+                     server's (127.0.0.1 for one on this host)",
                 ),
                 Some(a) => s.dns_servers.push(a),
                 None => c.at(
@@ -378,6 +381,11 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     Ok((s, c.into_problems()))
 }
 
+/// Whether `ip` can be no DNS server's: unspecified, broadcast, multicast.
+fn no_server(ip: std::net::IpAddr) -> bool {
+    ip.is_unspecified() || ip.is_multicast() || ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+}
+
 /// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
 ///
 /// # Errors
@@ -393,17 +401,25 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     // `010.0.0.1` as inet_aton does, 8.0.0.1: one spelling, two addresses
     // in one file (probe 83).
     let (address, prefix) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-    // (Only a dotted quad of decimal numbers: `0x0a.0.0.0` or `012` are not
-    // CIDRs at all, and were told to drop a zero.)
-    let quad =
-        address.split('.').count() == 4 && address.split('.').all(|n| n.bytes().all(|b| b.is_ascii_digit()));
-    if quad && address.split('.').any(|n| n.len() > 1 && n.starts_with('0')) {
-        let decimal: Vec<&str> = address
+    // (Only a dotted quad of decimal numbers, and only when it is a CIDR
+    // without the zeros: `0x0a.0.0.0`, `012`, `.010.0.0`, `0999.0.0.0` or
+    // `010.0.0.0/33` are not CIDRs at all, and were told to drop a zero,
+    // some to a spelling that is none either: probes 84, 85.)
+    let quad = address.split('.').count() == 4
+        && address.split('.').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let decimal = || {
+        let numbers: Vec<&str> = address
             .split('.')
             .map(|n| n.trim_start_matches('0'))
             .map(|n| if n.is_empty() { "0" } else { n })
             .collect();
-        let decimal = decimal.join(".") + &prefix.map(|p| format!("/{p}")).unwrap_or_default();
+        numbers.join(".") + &prefix.map(|p| format!("/{p}")).unwrap_or_default()
+    };
+    if quad
+        && address.split('.').any(|n| n.len() > 1 && n.starts_with('0'))
+        && let decimal = decimal()
+        && (decimal.parse::<ipnet::IpNet>().is_ok() || decimal.parse::<std::net::IpAddr>().is_ok())
+    {
         return Err(format!(
             "`{shown}` has a number with a leading zero, which reads as octal where a host is \
              matched (`010.0.0.1` is 8.0.0.1): write it without (\"{}\")",

@@ -337,6 +337,11 @@ async fn serve(
         .await
         {
             Ok(Ok(addr)) => addr,
+            // (A health check: one warning per check drowned the log, probe 85.)
+            Ok(Err(e)) if proxy_protocol::unheard(&e) => {
+                tracing::debug!(peer = %peer, "connection closed before its PROXY protocol header");
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(peer = %peer, error = %e, "closing connection: bad or missing PROXY protocol header");
                 return;

@@ -30,7 +30,13 @@ fn bad(msg: &'static str) -> io::Error {
 pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr>> {
     // Both forms are longer than 12 bytes ("PROXY UNKNOWN\r\n" is 15).
     let mut head = [0u8; 16];
-    stream.read_exact(&mut head[..12]).await?;
+    // A connection closed or reset before its first byte is a balancer's
+    // TCP health check, not a bad header ([`unheard`]).
+    let first = match stream.read(&mut head[..12]).await {
+        Ok(0) | Err(_) => return Err(io::Error::other(Unheard)),
+        Ok(n) => n,
+    };
+    stream.read_exact(&mut head[first..12]).await?;
     if head[..12] == V2_SIGNATURE[..] {
         stream.read_exact(&mut head[12..]).await?;
         let len = u16::from_be_bytes([head[14], head[15]]) as usize;
@@ -65,6 +71,25 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
             return Err(bad("malformed or overlong PROXY v1 header"));
         }
     }
+}
+
+/// The error of a connection closed or reset before its first byte.
+#[derive(Debug)]
+struct Unheard;
+
+impl std::fmt::Display for Unheard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("closed before its first byte")
+    }
+}
+
+impl std::error::Error for Unheard {}
+
+/// Whether [`read_header`] failed because the connection closed or reset
+/// before its first byte: what a load balancer's TCP health check does,
+/// which the log does not report as a bad header (a warning per check).
+pub fn unheard(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Unheard>())
 }
 
 /// Parses a v1 line without its CRLF.
@@ -162,6 +187,26 @@ mod tests {
             b"GET / HTTP/1.1",
         ] {
             assert!(parse_v1(bad).is_err());
+        }
+    }
+
+    /// A connection closed or reset before its first byte is `unheard`
+    /// (a health check), one that closes after some bytes is not.
+    #[tokio::test]
+    async fn a_connection_closed_before_its_first_byte_is_unheard() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (sent, reset, unheard_) in [(&b""[..], false, true), (b"", true, true), (b"PROX", false, false)] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            client.write_all(sent).await.unwrap();
+            if reset {
+                socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO)).unwrap();
+            }
+            drop(client);
+            let e = read_header(&mut server).await.unwrap_err();
+            assert_eq!(unheard(&e), unheard_, "{sent:?} reset={reset}: {e}");
         }
     }
 
