@@ -240,9 +240,10 @@ pub fn authority_port(authority: &str, default: u16) -> Result<u16, BadTarget> {
 
 /// An authority (`host:port`, `[v6]:port`, `host`) cut at the `:` before
 /// its port: the last `:`, or for an IPv6 literal the one right after its
-/// `]`. What else follows the `]` is returned as the port, a bad one. (A
-/// port with a `]` in it, `host:80[]`, was taken for no port, and the
-/// request went to port 80: probe 85.)
+/// `]`. Anything else after the `]` is returned as the port from the `]`
+/// on, which no port starts with: a bad one (`[::1]80` was port 80, probe
+/// 86). (A port with a `]` in it, `host:80[]`, was taken for no port, and
+/// the request went to port 80: probe 85.)
 pub fn split_port(authority: &str) -> (&str, Option<&str>) {
     if authority.starts_with('[')
         && let Some(end) = authority.find(']')
@@ -251,7 +252,7 @@ pub fn split_port(authority: &str) -> (&str, Option<&str>) {
         return match rest.strip_prefix(':') {
             Some(port) => (host, Some(port)),
             None if rest.is_empty() => (host, None),
-            None => (host, Some(rest)),
+            None => (host, Some(&authority[end..])),
         };
     }
     match authority.rsplit_once(':') {
@@ -486,6 +487,8 @@ mod tests {
             "a:[x]",
             "[::1]x",
             "[::1]]:80",
+            "[::1]80",
+            "[::ffff:127.0.0.1]0042080",
         ] {
             assert!(authority_port(bad, 80).is_err(), "{bad}");
         }

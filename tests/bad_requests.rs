@@ -85,6 +85,13 @@ async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
     let r =
         get(proxy.addr, "http://127.0.0.1:65536/", &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
     assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+    // Digits right after an IPv6 literal's `]`, without the `:`, are no
+    // port either (they were taken for one, and the request forwarded:
+    // probe 86).
+    let target = format!("http://[::ffff:127.0.0.1]{port}/");
+    let r = get(proxy.addr, &target, &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
+    assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+    assert!(r.text().contains("bad port"), "{target}: {}", r.text());
     assert_eq!(origin.hits(), 0, "no target reached the origin");
 }
 

@@ -422,9 +422,10 @@ fn an_ipv4_cidr_with_a_leading_zero_is_refused() {
         "{err}"
     );
     let egress =
-        format!("{head}[egress]\nallow_cidrs = [\"10.0.0.0/8\", \"192.168.001.0/24\", \"10.1.1.01\"]\n");
+        format!("{head}[egress]\nallow_cidrs = [\"10.0.0.0/8\", \"192.168.001.0/024\", \"10.1.1.01\"]\n");
     let err = load_err(&egress, &users);
-    assert!(err.contains("`192.168.001.0/24` has a number with a leading zero"), "{err}");
+    assert!(err.contains("`192.168.001.0/024` has a number with a leading zero"), "{err}");
+    assert!(err.contains("write it without (\"192.168.1.0/24\")"), "the prefix's zero too: {err}");
     assert!(err.contains("`10.1.1.01` has a number with a leading zero"), "{err}");
     assert!(!err.contains("`10.0.0.0/8`"), "{err}");
     // Not a dotted quad of decimals: not a CIDR, not a zero to drop.

@@ -413,6 +413,11 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
             .map(|n| n.trim_start_matches('0'))
             .map(|n| if n.is_empty() { "0" } else { n })
             .collect();
+        // (The prefix without its zeros too: `/08` is 8, probe 86.)
+        let prefix = prefix.map(|p| match p.trim_start_matches('0') {
+            "" => "0",
+            p => p,
+        });
         numbers.join(".") + &prefix.map(|p| format!("/{p}")).unwrap_or_default()
     };
     if quad
