@@ -22,7 +22,7 @@ use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
 use crate::server::limits::Permit;
 use crate::target::{
-    Target, authority_port, parse_authority, parse_host, valid_host_field, without_userinfo,
+    Target, authority_port, parse_authority, parse_host, split_port, valid_host_field, without_userinfo,
 };
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent, AuditOnDrop};
@@ -237,9 +237,13 @@ async fn process(
     rec: &mut AccessRecord,
 ) -> Result<Reply, Failure> {
     if head_len(&req) > client.max_head {
+        rec.target = guarded_target(&req);
         return Err((ProxyError::HeadTooLarge, true));
     }
-    let kind = classify(&req, client.tls).map_err(|e| (e, false))?;
+    let kind = classify(&req, client.tls).map_err(|e| {
+        rec.target = guarded_target(&req);
+        (e, false)
+    })?;
     if via_names_us(req.headers()) {
         return Err((ProxyError::LoopDetected, false));
     }
@@ -615,85 +619,67 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
 }
 
 /// The target as logged: `host:port` for CONNECT, scheme://authority/path
-/// otherwise, without userinfo or query.
+/// otherwise, without userinfo or query. For a request whose target is
+/// refused, [`guarded_target`] replaces it.
 fn log_target(req: &Request<Incoming>) -> String {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
-        // `CONNECT user:pass@host:port` is refused, but it is logged too.
-        let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
-        return match shown(authority) {
-            Shown::Whole => authority.to_owned(),
-            Shown::Host(host) => [host, ":…"].concat(),
-            Shown::Hidden => "…".to_owned(),
-        };
+        return uri.authority().map(|a| without_userinfo(a.as_str()).to_owned()).unwrap_or_default();
     }
     match (uri.scheme_str(), uri.authority()) {
-        // Userinfo (refused): what follows the last `@`, in the path too,
-        // since a password may hold `@` and `/` unencoded (`alice:pa@ss/w@host/`
-        // reads as host `ss` and a path; it logged `http://ss/w@host/`).
+        (Some(scheme), Some(auth)) => [scheme, "://", without_userinfo(auth.as_str()), uri.path()].concat(),
+        _ => uri.path().to_owned(),
+    }
+}
+
+/// The target as logged for a request refused before it was classified
+/// (a bad target, a bad `Host`, a head too large): such a target may hold
+/// a password cut out of a malformed URL. In `http://alice:pa/ss@host/`
+/// the unencoded `/` (or `?`, `#`) ends the authority before the `@`, at
+/// `alice:pa`, and the path holds the rest. So:
+///
+/// - with userinfo: what follows the last `@`, in the path too, since a
+///   password may hold `@` and `/` unencoded (`alice:pa@ss/w@host/` read
+///   as host `ss`, and `http://ss/w@host/` was logged);
+/// - an authority that is not a host and a port by their syntax (RFC 9110
+///   §7.2): `…`, and one whose port is outside 1-65535: `host:…`, both
+///   without the path (probes 82, 84, 85).
+///
+/// A password whose `/` follows only digits or nothing (`alice:2024/x@host`)
+/// makes a valid URL, to host `alice`: that request is forwarded, and
+/// logged, as the URL it is. (Only refused targets come here: the checks
+/// are off the path of a valid request.)
+fn guarded_target(req: &Request<Incoming>) -> String {
+    let uri = req.uri();
+    if req.method() == Method::CONNECT {
+        let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
+        return shown(authority).0.into_owned();
+    }
+    match (uri.scheme_str(), uri.authority()) {
         (Some(scheme), Some(auth)) if auth.as_str().contains('@') => {
             let full = [auth.as_str(), uri.path()].concat();
             let after = full.rfind('@').map_or("", |at| &full[at + 1..]);
             [scheme, "://", after].concat()
         }
         (Some(scheme), Some(auth)) => match shown(auth.as_str()) {
-            Shown::Whole => [scheme, "://", auth.as_str(), uri.path()].concat(),
-            Shown::Host(host) => [scheme, "://", host, ":…"].concat(),
-            Shown::Hidden => [scheme, "://…"].concat(),
+            (authority, true) => [scheme, "://", &authority, uri.path()].concat(),
+            (authority, false) => [scheme, "://", &authority].concat(),
         },
         _ => uri.path().to_owned(),
     }
 }
 
-/// How the access log shows an authority (without userinfo).
-enum Shown<'a> {
-    /// As it is: a host, and a port 1-65535 or none.
-    Whole,
-    /// The host alone, then `:…`: the port is no port (see [`not_a_port`]).
-    Host(&'a str),
-    /// Not at all: not a host and a port by their syntax (RFC 9110 §7.2),
-    /// most likely a password, as in `alice:x[]SEK/y@host` (probe 85).
-    Hidden,
-}
-
-fn shown(authority: &str) -> Shown<'_> {
+/// An authority (without userinfo) as [`guarded_target`] logs it, and
+/// whether it is whole (a host, and a port 1-65535 or none), so that the
+/// path may follow.
+fn shown(authority: &str) -> (std::borrow::Cow<'_, str>, bool) {
     if !valid_host_field(authority.as_bytes()) {
-        return Shown::Hidden;
+        return ("…".into(), false);
     }
-    match not_a_port(authority) {
-        Some(host) => Shown::Host(host),
-        None => Shown::Whole,
+    match split_port(authority) {
+        (host, Some(_)) if authority_port(authority, 80).is_err() => ([host, ":…"].concat().into(), false),
+        _ => (authority.into(), true),
     }
-}
-
-/// The host of an authority whose port is no port (not digits, or digits
-/// outside 1-65535), which is most likely a password: in
-/// `http://user:pa/ss@host/` (a `/`, `?` or `#` in it) the authority ends
-/// before the `@`, at `user:pa`, and the path holds the rest (`/ss@host/`).
-/// Neither is logged then (they were: probes 82 and 84); the request is a
-/// 400 `bad_target` (bad port). A password whose `/`, `?` or `#` follows
-/// only digits (`user:2024/x@host`), or nothing (`user:/x@host`), makes a
-/// valid URL, to host `user`: that request is forwarded, and logged, as
-/// the URL it is.
-fn not_a_port(authority: &str) -> Option<&str> {
-    // Bytes, from the end: a port's digits, then what stopped them says
-    // (a `:` before them, as in nearly every target, ends it at once).
-    let b = authority.as_bytes();
-    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
-    let before = b.len() - digits;
-    if before == 0 || b[before - 1] == b']' {
-        return None;
-    }
-    if b[before - 1] == b':' {
-        // RFC 3986 §3.2.3: leading zeros allowed, and an empty port.
-        let port = &b[before..];
-        let significant = &port[port.iter().take_while(|&&c| c == b'0').count()..];
-        let value = || significant.iter().fold(0u32, |v, &c| v * 10 + u32::from(c - b'0'));
-        let valid = port.is_empty() || (significant.len() <= 5 && (1..=65535).contains(&value()));
-        return (!valid).then(|| &authority[..before - 1]);
-    }
-    let colon = b[..before].iter().rposition(|&c| c == b':')?;
-    (!b[colon..].contains(&b']')).then(|| &authority[..colon])
 }
 
 /// The empty `200` that opens a CONNECT tunnel (hyper writes the reason
@@ -708,65 +694,47 @@ pub fn connect_established() -> Response<ProxyBody> {
 mod tests {
     use super::*;
 
-    /// The host of an authority whose port is no port (most likely a
-    /// password cut at a `/`, `?` or `#`), and nothing for any other.
-    #[test]
-    fn a_port_that_is_no_port_is_found() {
-        for (authority, host) in [
-            ("alice:S3cret", Some("alice")),
-            ("alice:S3cret9", Some("alice")),
-            ("alice:9S3cret", Some("alice")),
-            ("alice:00", Some("alice")),
-            ("alice:0", Some("alice")),
-            ("alice:65536", Some("alice")),
-            ("alice:99999", Some("alice")),
-            ("alice:123456", Some("alice")),
-            ("alice:99999999999999999999999999", Some("alice")),
-            ("[::1]:ab", Some("[::1]")),
-            ("[::1]:0", Some("[::1]")),
-            ("a:b:c", Some("a:b")),
-            ("127.0.0.1:38400", None),
-            ("127.0.0.1:65535", None),
-            ("127.0.0.1:0008080", None),
-            ("alice:2024", None),
-            ("example.com", None),
-            ("example.com:", None),
-            ("[::1]", None),
-            ("[::1]:8080", None),
-            ("[fe80::1:2]", None),
-            ("", None),
-            ("8080", None),
-        ] {
-            assert_eq!(not_a_port(authority), host, "{authority}");
-        }
-    }
-
     /// An authority is logged whole when it is a host and a port 1-65535
     /// (or none), its host alone when the port is out of range, and not at
-    /// all when it is not a host and a port by their syntax.
+    /// all when it is not a host and a port by their syntax (a port that is
+    /// not digits among them).
     #[test]
     fn an_authority_is_shown_as_far_as_it_is_one() {
-        let shown_as = |a: &str| match shown(a) {
-            Shown::Whole => a.to_owned(),
-            Shown::Host(h) => format!("{h}:…"),
-            Shown::Hidden => "…".to_owned(),
-        };
         for (authority, logged) in [
             ("example.com", "example.com"),
+            ("example.com:", "example.com:"),
             ("example.com:8080", "example.com:8080"),
+            ("127.0.0.1:38400", "127.0.0.1:38400"),
+            ("127.0.0.1:65535", "127.0.0.1:65535"),
+            ("127.0.0.1:0008080", "127.0.0.1:0008080"),
             ("[::1]:8080", "[::1]:8080"),
             ("[::1]", "[::1]"),
+            ("[fe80::1:2]", "[fe80::1:2]"),
             ("alice:2024", "alice:2024"),
+            ("8080", "8080"),
             ("alice:00", "alice:…"),
+            ("alice:0", "alice:…"),
+            ("alice:65536", "alice:…"),
             ("alice:99999", "alice:…"),
+            ("alice:123456", "alice:…"),
+            ("alice:99999999999999999999999999", "alice:…"),
+            ("[::1]:0", "[::1]:…"),
             ("alice:S3cret", "…"),
+            ("alice:S3cret9", "…"),
+            ("alice:9S3cret", "…"),
+            ("[::1]:ab", "…"),
+            ("[::1]80", "…"),
+            ("a:b:c", "…"),
             ("alice:x[]SEK", "…"),
             ("alice:[SEK]", "…"),
             ("[alice:SEK]", "…"),
             ("al[ice:SEK]", "…"),
             ("alice:pa$$", "…"),
+            ("", ""),
         ] {
-            assert_eq!(shown_as(authority), logged, "{authority}");
+            let (shown_as, whole) = shown(authority);
+            assert_eq!(shown_as, logged, "{authority}");
+            assert_eq!(whole, logged == authority, "{authority}");
         }
     }
 
