@@ -405,23 +405,23 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     // without the zeros: `0x0a.0.0.0`, `012`, `.010.0.0`, `0999.0.0.0` or
     // `010.0.0.0/33` are not CIDRs at all, and were told to drop a zero,
     // some to a spelling that is none either: probes 84, 85.)
-    let quad = address.split('.').count() == 4
-        && address.split('.').all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    let decimal = || {
-        let numbers: Vec<&str> = address
-            .split('.')
-            .map(|n| n.trim_start_matches('0'))
-            .map(|n| if n.is_empty() { "0" } else { n })
-            .collect();
-        // (The prefix without its zeros too: `/08` is 8, probe 86.)
-        let prefix = prefix.map(|p| match p.trim_start_matches('0') {
+    /// A number without its zeros, `0` for all zeros.
+    fn unpadded(n: &str) -> &str {
+        match n.trim_start_matches('0') {
             "" => "0",
-            p => p,
-        });
-        numbers.join(".") + &prefix.map(|p| format!("/{p}")).unwrap_or_default()
+            n => n,
+        }
+    }
+    let numbers: Vec<&str> = address.split('.').collect();
+    let quad =
+        numbers.len() == 4 && numbers.iter().all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    // (The prefix without its zeros too: `/08` is 8, probe 86.)
+    let decimal = || {
+        let numbers: Vec<&str> = numbers.iter().map(|n| unpadded(n)).collect();
+        numbers.join(".") + &prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default()
     };
     if quad
-        && address.split('.').any(|n| n.len() > 1 && n.starts_with('0'))
+        && numbers.iter().any(|n| n.len() > 1 && n.starts_with('0'))
         && let decimal = decimal()
         && (decimal.parse::<ipnet::IpNet>().is_ok() || decimal.parse::<std::net::IpAddr>().is_ok())
     {

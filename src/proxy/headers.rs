@@ -228,13 +228,8 @@ pub fn single_content_length(headers: &mut HeaderMap) -> bool {
         }
         std::str::from_utf8(n).ok()?.parse::<u64>().ok()
     };
-    // The one value nearly every response has: digits, and few enough of
-    // them to fit (`u64::MAX` has 20), need no more look.
-    let (first, more) = (first.as_bytes(), values.next().is_some());
-    if !more && (1..20).contains(&first.len()) && first.iter().all(u8::is_ascii_digit) {
-        return true;
-    }
-    if !more && !first.contains(&b',') {
+    let first = first.as_bytes();
+    if values.next().is_none() && !first.contains(&b',') {
         return length(first).is_some();
     }
     let lengths: Option<Vec<u64>> = headers
