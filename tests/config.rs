@@ -388,8 +388,9 @@ fn a_file_that_is_not_utf8_is_located() {
     assert!(err.contains(&format!("users.toml:{line}:6: not UTF-8 text (byte 0xe9 here)")), "{err}");
 }
 
-/// A DNS server at port 0, or at an unspecified, broadcast or multicast
-/// address, is refused (they were accepted); the port left out is 53.
+/// A DNS server at port 0, or at an unspecified (any of 0.0.0.0/8),
+/// broadcast or multicast address, is refused (they were accepted); the
+/// port left out is 53.
 #[test]
 fn a_dns_server_at_port_0_is_refused() {
     let err = load_err(
@@ -397,9 +398,18 @@ fn a_dns_server_at_port_0_is_refused() {
         &good_users(),
     );
     assert!(err.contains("authgate.toml:14:") && err.contains("port 0 is no server's"), "{err}");
-    let servers = ["0.0.0.0", "[::]:53", "::ffff:0.0.0.0", "255.255.255.255", "224.0.0.1", "[ff02::1]:53"];
+    let servers = [
+        "0.0.0.0",
+        "[::]:53",
+        "::ffff:0.0.0.0",
+        "0.0.0.1",
+        "0.255.0.1:53",
+        "255.255.255.255",
+        "224.0.0.1",
+        "[ff02::1]:53",
+    ];
     let err = load_err(&format!("{GOOD_CONFIG}[dns]\nservers = {servers:?}\n"), &good_users());
-    assert_eq!(err.matches("address is no server's").count(), 6, "{err}");
+    assert_eq!(err.matches("address is no server's").count(), 8, "{err}");
     let (_dir, snap) =
         load(&format!("{GOOD_CONFIG}[dns]\nservers = [\"127.0.0.1\", \"[::1]:5353\"]\n"), &good_users());
     let snap = snap.unwrap_or_else(|e| panic!("{e}"));

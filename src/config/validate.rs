@@ -335,11 +335,11 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                     c.at(server.span(), "dns.servers: port 0 is no server's; leave the port out for 53")
                 }
                 // (Also as `::ffff:0.0.0.0`, and broadcast or multicast:
-                // probe 85.)
+                // probe 85; the rest of 0.0.0.0/8: probe 86.)
                 Some(a) if no_server(a.ip().to_canonical()) => c.at(
                     server.span(),
-                    "dns.servers: an unspecified, broadcast or multicast address is no server's; write the \
-                     server's (127.0.0.1 for one on this host)",
+                    "dns.servers: an unspecified (0.0.0.0/8, ::), broadcast or multicast address is no \
+                     server's; write the server's (127.0.0.1 for one on this host)",
                 ),
                 Some(a) => s.dns_servers.push(a),
                 None => c.at(
@@ -381,9 +381,14 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     Ok((s, c.into_problems()))
 }
 
-/// Whether `ip` can be no DNS server's: unspecified, broadcast, multicast.
+/// Whether `ip` can be no DNS server's: unspecified, in 0.0.0.0/8 ("this
+/// network", a source address only: RFC 1122 3.2.1.3), broadcast,
+/// multicast.
 fn no_server(ip: std::net::IpAddr) -> bool {
-    ip.is_unspecified() || ip.is_multicast() || ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets()[0] == 0 || v4.is_broadcast() || v4.is_multicast(),
+        std::net::IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+    }
 }
 
 /// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
