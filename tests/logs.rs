@@ -1188,3 +1188,56 @@ fn a_mapped_client_address_is_logged_as_ipv4() {
     let line = bin.stop_for_access_line("/mapped");
     assert!(line.contains("client=192.0.2.9:4000"), "{line}");
 }
+
+/// A head over `max_header_bytes` that the proxy's service refuses (one
+/// pipelined behind a large response, read while it went out: the reader
+/// did not count it) is logged without a password cut out of a malformed
+/// URL: `http://alice:Hu6e/Head@host/` (authority `alice:Hu6e`, not a host
+/// and a port) is logged as `http://…`, as for a bad target (it would log
+/// `http://alice:Hu6e/Head@host/`).
+#[test]
+fn a_head_too_large_is_logged_without_a_password_in_its_target() {
+    use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use hyper::{Request, Response};
+    let dir = TempDir::new();
+    let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n[limits]\nmax_header_bytes = 8192\n";
+    let bin = start_binary(&dir, extra, &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let origin = spawn_origin(|req: Request<Incoming>| async move {
+            if req.method() == hyper::Method::POST {
+                let got = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+                return Response::new(full(got.to_string()));
+            }
+            let len = req.uri().path().trim_start_matches("/big/").parse().unwrap_or(2);
+            Response::new(full(vec![b'b'; len]))
+        });
+        wait_listening(bin.addr).await;
+        let (host, auth) = (origin.authority(), basic(USER, PASSWORD));
+        let headers = [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())];
+        let mut c = RawConn::connect(bin.addr).await;
+        // An upload first makes the proxy read in large pieces.
+        let mut upload =
+            request("POST", &origin.url("/upload"), &[headers[0], headers[1], ("Content-Length", "4000000")]);
+        upload.extend_from_slice(&vec![b'u'; 4_000_000]);
+        c.send(upload).await;
+        assert_eq!(c.read_response("POST").await.text(), "4000000");
+        c.send(request("GET", &origin.url("/big/8000000"), &headers)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let target = origin.url("/too-large").replace("http://", "http://alice:Hu6e/Head@");
+        let long = "v".repeat(60_000);
+        c.send(request("GET", &target, &[headers[0], headers[1], ("X-Long", &long)])).await;
+        assert_eq!(c.read_response("GET").await.body.len(), 8_000_000);
+        let second = c.read_response("GET").await;
+        assert_proxy_error(&second, 431, "http_request_error", "request_head_too_large");
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("Hu6e"), "the password is logged:\n{stdout}");
+    let line = stdout.lines().find(|l| l.contains("authgate::access") && l.contains("status=431"));
+    assert!(
+        line.is_some_and(|l| l.contains("request_target=\"http://…\"")),
+        "the 431's access line:\n{stdout}"
+    );
+}
