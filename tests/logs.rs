@@ -1241,3 +1241,55 @@ fn a_head_too_large_is_logged_without_a_password_in_its_target() {
         "the 431's access line:\n{stdout}"
     );
 }
+
+/// On a PROXY-protocol listener, a connection closed or reset before its
+/// first byte (a load balancer's TCP health check) is not warned about: a
+/// warning per check drowned the log. A bad header still is, and one
+/// shorter than a header is refused at once (it waited 30 s,
+/// `header_read_timeout`, for 12 bytes).
+#[test]
+fn a_health_check_on_a_proxy_protocol_listener_is_not_warned_about() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let port = closed_port();
+    let config = dir.write(
+        "authgate.toml",
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\n[auth]\nusers_file = \"users.toml\"\n[log]\nlevel = \"info\"\n"
+        ),
+    );
+    let users = dir.write("users.toml", users_toml(&[(USER, PASSWORD)]));
+    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bin = Binary { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)), config, users };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_listening(bin.addr).await;
+        for _ in 0..3 {
+            // Closed, and reset, before a byte.
+            drop(tokio::net::TcpStream::connect(bin.addr).await.unwrap());
+            let reset = tokio::net::TcpStream::connect(bin.addr).await.unwrap();
+            reset.set_zero_linger().unwrap();
+            drop(reset);
+        }
+        // A bad header, last: once it is answered, the checks before it
+        // have been seen.
+        let mut bad = tokio::net::TcpStream::connect(bin.addr).await.unwrap();
+        bad.write_all(b"HELLO\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), bad.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "a short bad header is refused at once");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    });
+    let out = bin.stop();
+    let log = [String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)].concat();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") && l.contains("PROXY")).collect();
+    assert_eq!(warned.len(), 1, "one warning, for the bad header:\n{log}");
+    assert!(warned[0].contains("bad or missing PROXY protocol header"), "{log}");
+}

@@ -32,11 +32,21 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
     let mut head = [0u8; 16];
     // A connection closed or reset before its first byte is a balancer's
     // TCP health check, not a bad header ([`unheard`]).
-    let first = match stream.read(&mut head[..12]).await {
+    let mut got = match stream.read(&mut head[..12]).await {
         Ok(0) | Err(_) => return Err(io::Error::other(Unheard)),
         Ok(n) => n,
     };
-    stream.read_exact(&mut head[first..12]).await?;
+    // Bytes that begin neither form are refused as they come: a short
+    // line of something else waited `header_read_timeout` for 12 bytes.
+    while got < 12 {
+        if !could_begin_header(&head[..got]) {
+            return Err(bad("not a PROXY header"));
+        }
+        match stream.read(&mut head[got..12]).await? {
+            0 => return Err(bad("connection closed inside the PROXY header")),
+            n => got += n,
+        }
+    }
     if head[..12] == V2_SIGNATURE[..] {
         stream.read_exact(&mut head[12..]).await?;
         let len = u16::from_be_bytes([head[14], head[15]]) as usize;
@@ -71,6 +81,12 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
             return Err(bad("malformed or overlong PROXY v1 header"));
         }
     }
+}
+
+/// Whether `bytes` (fewer than 12) may begin a v1 or a v2 header.
+fn could_begin_header(bytes: &[u8]) -> bool {
+    const V1: &[u8] = b"PROXY ";
+    V2_SIGNATURE.starts_with(bytes) || bytes.starts_with(V1) || V1.starts_with(bytes)
 }
 
 /// The error of a connection closed or reset before its first byte.
@@ -152,6 +168,16 @@ pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_may_begin_a_header() {
+        for may in [&b"P"[..], b"PROXY", b"PROXY ", b"PROXY TCP4 ", b"\r", b"\r\n\r\n\0\r\nQUI"] {
+            assert!(could_begin_header(may), "{may:?}");
+        }
+        for not in [&b"G"[..], b"PROXX", b"PROXYX", b"HELLO\r\n", b"\r\n\r\n\n", b"\r\nGET"] {
+            assert!(!could_begin_header(not), "{not:?}");
+        }
+    }
 
     #[test]
     fn v1_forms() {
