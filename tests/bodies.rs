@@ -1104,34 +1104,9 @@ async fn a_request_pipelined_behind_an_unread_large_response_does_not_cut_it() {
 /// response, which arrives whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_pipelined_behind_a_large_response_counts_against_the_head_limit() {
-    let origin = spawn_origin(|req: Request<Incoming>| async move {
-        if req.method() == hyper::Method::POST {
-            let got = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-            return Response::new(full(got.to_string()));
-        }
-        let len = req.uri().path().trim_start_matches("/big/").parse().unwrap_or(2);
-        Response::new(full(vec![b'b'; len]))
-    });
+    let origin = spawn_sized_origin();
     let proxy = spawn_proxy("[limits]\nmax_header_bytes = 8192\n", &[USER]);
-    let (host, auth) = (origin.authority(), auth());
-    let headers = [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())];
-    let mut c = RawConn::connect(proxy.addr).await;
-    let mut upload = request(
-        "POST",
-        &origin.url("/upload"),
-        &[("Host", &host), ("Proxy-Authorization", &auth), ("Content-Length", "4000000")],
-    );
-    upload.extend_from_slice(&vec![b'u'; 4_000_000]);
-    c.send(upload).await;
-    assert_eq!(c.read_response("POST").await.text(), "4000000");
-    c.send(request("GET", &origin.url("/big/8000000"), &headers)).await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let long = "v".repeat(60_000);
-    c.send(request("GET", &origin.url("/small"), &[headers[0], headers[1], ("X-Long", &long)])).await;
-    let first = c.read_response("GET").await;
-    assert_eq!(first.status, 200, "{}", first.status_line);
-    assert_eq!(first.body.len(), 8_000_000, "the large answer arrives whole");
-    let second = c.read_response("GET").await;
+    let second = head_behind_a_large_response(proxy.addr, &origin, USER, &origin.url("/small")).await;
     assert_proxy_error(&second, 431, "http_request_error", "request_head_too_large");
 }
 

@@ -1151,13 +1151,9 @@ fn the_request_id_of_a_503_at_the_connection_limit_is_logged_once_per_10_s() {
     assert_eq!(total, ids.len(), "the lines account for every refusal:\n{log}");
 }
 
-/// A client named in IPv4-mapped form (as a dual-stack `[::]` listener
-/// reports an IPv4 peer, or as a PROXY header may name it) is logged as
-/// the IPv4 address, as on an IPv4 listener: a search for the address finds
-/// every line of that client.
-#[test]
-fn a_mapped_client_address_is_logged_as_ipv4() {
-    let dir = TempDir::new();
+/// The binary logging at INFO on one plain listener with `proxy_protocol`
+/// (which [`start_binary`]'s `[server]` cannot take), stdout piped.
+fn proxy_protocol_binary(dir: &TempDir) -> Binary {
     let port = closed_port();
     let config = dir.write(
         "authgate.toml",
@@ -1174,7 +1170,17 @@ fn a_mapped_client_address_is_logged_as_ipv4() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let bin = Binary { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)), config, users };
+    Binary { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)), config, users }
+}
+
+/// A client named in IPv4-mapped form (as a dual-stack `[::]` listener
+/// reports an IPv4 peer, or as a PROXY header may name it) is logged as
+/// the IPv4 address, as on an IPv4 listener: a search for the address finds
+/// every line of that client.
+#[test]
+fn a_mapped_client_address_is_logged_as_ipv4() {
+    let dir = TempDir::new();
+    let bin = proxy_protocol_binary(&dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         wait_listening(bin.addr).await;
@@ -1197,39 +1203,15 @@ fn a_mapped_client_address_is_logged_as_ipv4() {
 /// `http://alice:Hu6e/Head@host/`).
 #[test]
 fn a_head_too_large_is_logged_without_a_password_in_its_target() {
-    use http_body_util::BodyExt;
-    use hyper::body::Incoming;
-    use hyper::{Request, Response};
     let dir = TempDir::new();
     let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n[limits]\nmax_header_bytes = 8192\n";
     let bin = start_binary(&dir, extra, &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let origin = spawn_origin(|req: Request<Incoming>| async move {
-            if req.method() == hyper::Method::POST {
-                let got = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                return Response::new(full(got.to_string()));
-            }
-            let len = req.uri().path().trim_start_matches("/big/").parse().unwrap_or(2);
-            Response::new(full(vec![b'b'; len]))
-        });
+        let origin = spawn_sized_origin();
         wait_listening(bin.addr).await;
-        let (host, auth) = (origin.authority(), basic(USER, PASSWORD));
-        let headers = [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())];
-        let mut c = RawConn::connect(bin.addr).await;
-        // An upload first makes the proxy read in large pieces.
-        let mut upload =
-            request("POST", &origin.url("/upload"), &[headers[0], headers[1], ("Content-Length", "4000000")]);
-        upload.extend_from_slice(&vec![b'u'; 4_000_000]);
-        c.send(upload).await;
-        assert_eq!(c.read_response("POST").await.text(), "4000000");
-        c.send(request("GET", &origin.url("/big/8000000"), &headers)).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
         let target = origin.url("/too-large").replace("http://", "http://alice:Hu6e/Head@");
-        let long = "v".repeat(60_000);
-        c.send(request("GET", &target, &[headers[0], headers[1], ("X-Long", &long)])).await;
-        assert_eq!(c.read_response("GET").await.body.len(), 8_000_000);
-        let second = c.read_response("GET").await;
+        let second = head_behind_a_large_response(bin.addr, &origin, (USER, PASSWORD), &target).await;
         assert_proxy_error(&second, 431, "http_request_error", "request_head_too_large");
     });
     let out = bin.stop();
@@ -1251,23 +1233,7 @@ fn a_head_too_large_is_logged_without_a_password_in_its_target() {
 fn a_health_check_on_a_proxy_protocol_listener_is_not_warned_about() {
     use tokio::io::AsyncWriteExt;
     let dir = TempDir::new();
-    let port = closed_port();
-    let config = dir.write(
-        "authgate.toml",
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\n[auth]\nusers_file = \"users.toml\"\n[log]\nlevel = \"info\"\n"
-        ),
-    );
-    let users = dir.write("users.toml", users_toml(&[(USER, PASSWORD)]));
-    let child = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let bin = Binary { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)), config, users };
+    let bin = proxy_protocol_binary(&dir);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         wait_listening(bin.addr).await;

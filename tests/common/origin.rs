@@ -227,6 +227,19 @@ pub fn spawn_echo_origin() -> Origin {
     })
 }
 
+/// An origin that answers a POST with the length of its body, and a GET of
+/// `/big/N` with N bytes (2 for any other path).
+pub fn spawn_sized_origin() -> Origin {
+    spawn_origin(|req: Request<Incoming>| async move {
+        if req.method() == hyper::Method::POST {
+            let got = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+            return Response::new(full(got.to_string()));
+        }
+        let len = req.uri().path().trim_start_matches("/big/").parse().unwrap_or(2);
+        Response::new(full(vec![b'b'; len]))
+    })
+}
+
 /// An origin that streams the request body through FNV and answers
 /// `"<length> <fnv hex>"`.
 pub fn spawn_checksum_origin() -> Origin {

@@ -251,6 +251,36 @@ pub fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> 
     s.into_bytes()
 }
 
+/// On one connection to `proxy`, with `user`'s credentials: a 4 MB upload
+/// to `origin` (a [`super::spawn_sized_origin`]), which makes the proxy read
+/// in large pieces; a GET of 8 MB left unread for 500 ms; and pipelined
+/// behind it, read by the proxy while that response goes out, a GET of
+/// `target` with a 60 KB header field. Checks the first two answers, and
+/// returns the third.
+pub async fn head_behind_a_large_response(
+    proxy: SocketAddr,
+    origin: &super::Origin,
+    (user, pass): (&str, &str),
+    target: &str,
+) -> RawResponse {
+    let (host, auth) = (origin.authority(), super::basic(user, pass));
+    let headers = [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())];
+    let mut c = RawConn::connect(proxy).await;
+    let mut upload =
+        request("POST", &origin.url("/upload"), &[headers[0], headers[1], ("Content-Length", "4000000")]);
+    upload.extend_from_slice(&vec![b'u'; 4_000_000]);
+    c.send(upload).await;
+    assert_eq!(c.read_response("POST").await.text(), "4000000");
+    c.send(request("GET", &origin.url("/big/8000000"), &headers)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let long = "v".repeat(60_000);
+    c.send(request("GET", target, &[headers[0], headers[1], ("X-Long", &long)])).await;
+    let first = c.read_response("GET").await;
+    assert_eq!(first.status, 200, "{}", first.status_line);
+    assert_eq!(first.body.len(), 8_000_000, "the large answer arrives whole");
+    c.read_response("GET").await
+}
+
 /// A GET of `url` with `Host: host` and Basic proxy credentials, as raw bytes.
 pub fn get_as(url: &str, host: &str, user: &str, pass: &str) -> Vec<u8> {
     request("GET", url, &[("Host", host), ("Proxy-Authorization", &super::basic(user, pass))])
