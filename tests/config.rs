@@ -144,13 +144,26 @@ fn bad_password_hash_names_the_user_and_never_the_hash() {
 
 /// A password typed where its hash belongs reads as a PHC string whose
 /// algorithm is the password (`"$hunter2"`): only a scheme's own name is
-/// shown.
+/// shown, also when the rest of its string is not PHC (`$apr1$`, `$5$`
+/// said "salt invalid"). No character of a value is quoted (a salt or a
+/// parameter with a `!` or an `S` in it was quoted that character).
 #[test]
 fn a_password_typed_as_a_hash_is_not_named_as_its_algorithm() {
     for (typed, said) in [
         ("$hunter2", "unsupported algorithm (not named"),
         ("$dlbtwopwx$Dl2bMOREzz", "unsupported algorithm (not named"),
         ("$scrypt$ln=16,r=8,p=1$aGVsbG8$aGFzaGhhc2hoYXNoaGFzaA", "unsupported algorithm `scrypt`"),
+        ("$apr1$abc$def", "unsupported algorithm `apr1`"),
+        ("$5$rounds=5000$abc$def", "unsupported algorithm `5`"),
+        (
+            "$argon2id$v=19$m=64,t=1,p=1$S3cret!Pass$aGFzaGhhc2hoYXNoaGFzaA",
+            "(the salt holds a character it may not)",
+        ),
+        ("$argon2id$v=19$m=64,t=1,p=1$abc$aGFzaGhhc2hoYXNoaGFzaA", "(the salt is too short)"),
+        (
+            "$argon2id$v=19$m=Qw3rtyPass,t=1,p=1$aGVsbG8xMjM0$aGFzaGhhc2hoYXNoaGFzaA",
+            "(a parameter's value holds a character it may not)",
+        ),
     ] {
         let users = format!("[users.bob]\npassword = {}\n", toml_str(typed));
         let err = load_err(GOOD_CONFIG, &users);
@@ -158,7 +171,9 @@ fn a_password_typed_as_a_hash_is_not_named_as_its_algorithm() {
             err.contains("users.toml:2:12: user `bob`: password: ") && err.contains(said),
             "{typed}: {err}"
         );
-        assert!(!err.contains("hunter2") && !err.contains("dlbtwopwx"), "{err}");
+        for secret in ["hunter2", "dlbtwopwx", "'!'", "'S'", "'Q'", "to short"] {
+            assert!(!err.contains(secret), "{secret} in {err}");
+        }
     }
 }
 

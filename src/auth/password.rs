@@ -101,16 +101,19 @@ pub fn verify_argon2_in(stored: &PasswordHashString, password: &str, memory: &mu
 /// # Errors
 /// A message (never containing the hash) when it is not a usable argon2 hash.
 pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
-    let hash = PasswordHash::new(phc).map_err(|e| format!("not a valid PHC string ({e})"))?;
+    // A known scheme is named even when the rest of its string is not PHC
+    // (`$apr1$…`, `$5$rounds=…`: their salts were refused first, as
+    // "salt invalid").
+    let first = phc.strip_prefix('$').and_then(|rest| rest.split('$').next());
+    if let Some(known) = OTHER_SCHEMES.iter().find(|s| Some(**s) == first) {
+        return Err(format!("unsupported algorithm `{known}`; use argon2id"));
+    }
+    let hash = PasswordHash::new(phc).map_err(|e| format!("not a valid PHC string ({})", unquoted(e)))?;
     match hash.algorithm.as_str() {
         "argon2id" | "argon2i" | "argon2d" => {}
-        // Named only when it is a scheme's: a password typed where its hash
-        // belongs (`"$hunter2"`) reads as a PHC string of algorithm
-        // `hunter2`, and a reload logs the message.
-        known @ ("scrypt" | "pbkdf2" | "pbkdf2-sha256" | "pbkdf2-sha512" | "yescrypt" | "y" | "7" | "1"
-        | "5" | "6" | "md5" | "sha1" | "apr1" | "balloon") => {
-            return Err(format!("unsupported algorithm `{known}`; use argon2id"));
-        }
+        // Named only when it is a scheme's (above): a password typed where
+        // its hash belongs (`"$hunter2"`) reads as a PHC string of
+        // algorithm `hunter2`, and a reload logs the message.
         _ => {
             return Err("unsupported algorithm (not named: the value may be a password); use argon2id".into());
         }
@@ -147,7 +150,7 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
     {
         return Err(format!("argon2 memory m={m} KiB is below 8 × p={p}, the least argon2 allows"));
     }
-    let params = Params::try_from(&hash).map_err(|e| format!("bad argon2 parameters ({e})"))?;
+    let params = Params::try_from(&hash).map_err(|e| format!("bad argon2 parameters ({})", unquoted(e)))?;
     // A hash with costs beyond those authgate makes ([auth.argon2]) would
     // make each login of that user (and the dummy verification of unknown
     // names) allocate terabytes or run for days.
@@ -160,6 +163,43 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
         ));
     }
     Ok((hash.serialize(), params))
+}
+
+/// Hashing schemes other than argon2, named when a stored hash is of one
+/// of them.
+const OTHER_SCHEMES: [&str; 14] = [
+    "scrypt",
+    "pbkdf2",
+    "pbkdf2-sha256",
+    "pbkdf2-sha512",
+    "yescrypt",
+    "y",
+    "7",
+    "1",
+    "5",
+    "6",
+    "md5",
+    "sha1",
+    "apr1",
+    "balloon",
+];
+
+/// A PHC parse error in words that quote nothing of the value: the
+/// crate's own say `contains invalid character: '!'`, a character of what
+/// may be a password, and a reload logs the problem.
+fn unquoted(e: password_hash::Error) -> String {
+    use password_hash::errors::InvalidValue;
+    let value = |v: InvalidValue| match v {
+        InvalidValue::InvalidChar(_) => "holds a character it may not",
+        InvalidValue::TooShort => "is too short",
+        InvalidValue::TooLong => "is too long",
+        _ => "is malformed",
+    };
+    match e {
+        password_hash::Error::SaltInvalid(v) => format!("the salt {}", value(v)),
+        password_hash::Error::ParamValueInvalid(v) => format!("a parameter's value {}", value(v)),
+        e => e.to_string(),
+    }
 }
 
 /// Largest argon2 memory cost (KiB, 4 GiB) for new hashes and stored ones.
