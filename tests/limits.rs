@@ -1249,6 +1249,53 @@ async fn an_idle_upgraded_connection_is_closed_after_the_tunnel_idle_timeout() {
         .unwrap();
 }
 
+/// A 101 (or a CONNECT's 200) that the client does not read is cut at
+/// `send_timeout`, as any answer: the tunnel's own timers start once it is
+/// written, and until then none applied, so the connection and the
+/// origin's were held for as long as the client stayed (probe 88).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_answer_the_client_does_not_read_is_cut_at_the_send_timeout() {
+    let limits = "[limits]\nsend_timeout = \"1s\"\ntunnel_idle_timeout = \"1h\"\n";
+    let proxy = spawn_custom(&cfg("", limits), &users());
+    // A 101 with a head of 210 KB (under the 256 KiB an origin's head may
+    // have), more than the socket buffers hold.
+    let origin = spawn_raw_origin(move |mut s: TcpStream| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let mut reply =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n".to_vec();
+        for i in 0..70 {
+            reply.extend_from_slice(format!("X-Big-{i}: {}\r\n", "b".repeat(3000)).as_bytes());
+        }
+        reply.extend_from_slice(b"\r\n");
+        let _ = s.write_all(&reply).await;
+        let mut buf = [0u8; 64];
+        while let Ok(1..) = s.read(&mut buf).await {}
+    });
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut c = socket.connect(proxy.addr).await.unwrap();
+    let head = request(
+        "GET",
+        &origin.url("/ws"),
+        &[
+            ("Host", &origin.authority()),
+            ("Proxy-Authorization", &basic("alice", "a1")),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+        ],
+    );
+    c.write_all(&head).await.unwrap();
+    // Not read for three times the send timeout; then what was sent comes,
+    // and the end of the connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "the connection is still open after {} bytes", got.len());
+    assert!(got.len() < 210_000, "the whole 101 went out: {} bytes", got.len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_argon2_queue_answers_503_with_retry_after() {
     // Expensive hashes and a queue of one: a burst of distinct wrong

@@ -124,9 +124,8 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
         }
         Ok(Reply::Tunnel(resp, job)) => {
             count(if connect { Counted::Tunnel } else { Counted::Forwarded });
-            client.phase.tunnel();
             rec.status = resp.status().as_u16();
-            tunnel::spawn(&state, job, rec, client.slot.clone());
+            tunnel::spawn(&state, job, rec, &client);
             resp
         }
         Err((err, close)) => {

@@ -19,12 +19,11 @@ use tokio::net::TcpStream;
 use super::State;
 use super::connect::Connector;
 use super::relay::{End, Quiet, Relay};
-use super::service::{Reply, connect_established};
+use super::service::{Client, Reply, connect_established};
 use crate::auth::User;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::server::guard::Guarded;
-use crate::server::limits::Permit;
 use crate::telemetry::AccessRecord;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +65,8 @@ pub async fn open(
 
 /// Runs a tunnel in the background, tracked for graceful shutdown; logs its
 /// access event when it ends.
-pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Permit>) {
+pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Client) {
+    let (slot, phase) = (client.slot.clone(), client.phase.clone());
     let kill = state.kill.clone();
     let quiet = {
         let limits = &state.snapshot.load().limits;
@@ -78,15 +78,22 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, slot: Arc<Perm
         // Held until the tunnel ends: a tunnel is a client connection.
         let _slot = slot;
         let revoked = guard.session.token.clone();
+        // The HTTP timers stay until hyper has written the 2xx or 101: a
+        // client that did not read it held the connection, and the origin's,
+        // for as long as it stayed (send_timeout did not apply, and the
+        // tunnel's own timers start after; probe 88).
         let client = match job.client.await {
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(error = %e, "client upgrade failed");
-                rec.outcome = "client_gone";
+                // The answer did not (all) go out.
+                rec.status = 0;
+                rec.outcome = phase.cut_outcome();
                 rec.finish();
                 return;
             }
         };
+        phase.tunnel();
         metrics.tunnels(1);
         let mut relay = Relay::default();
         let outcome = match job.upstream {
