@@ -140,6 +140,38 @@ async fn dns_rebinding_never_reaches_the_forbidden_address() {
     drop(good);
 }
 
+/// A pooled origin connection is used only for a request whose rules
+/// checked its address: eve's connection to 127.0.0.2 went to alice too,
+/// once the name's answer had changed to 127.0.0.1, past alice's rule
+/// against 127.0.0.2 (probe 88).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_is_not_used_past_a_rule_about_its_address() {
+    let (on_1, on_2) = same_port("127.0.0.1:0", |port| std::net::TcpListener::bind(("127.0.0.2", port)).ok());
+    let port = on_1.local_addr().unwrap().port();
+    let ok = || async { hyper::Response::new(full("ok")) };
+    let (origin_1, origin_2) =
+        (spawn_origin_on_listener(on_1, move |_| ok()), spawn_origin_on_listener(on_2, move |_| ok()));
+    // TTL 0: each lookup asks, and gets the next answer.
+    let zone =
+        vec![("flip.test", Answer::A(vec![vec![Ipv4Addr::new(127, 0, 0, 2)], vec![Ipv4Addr::LOCALHOST]], 0))];
+    let fake = dns::spawn(zone).await;
+    let rules = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"allow\"\n\n\
+                 [[rules]]\nname = \"alice-not-to-2\"\naction = \"deny\"\nusers = [\"alice\"]\ncidrs = [\"127.0.0.2/32\"]\n";
+    let proxy = spawn_custom(&config(Some(fake.addr), rules), &users());
+    let url = format!("http://flip.test:{port}/");
+    let host = format!("flip.test:{port}");
+    let mut c = RawConn::connect(proxy.addr).await;
+    // eve's request: no rule needs the address; to 127.0.0.2, and pooled.
+    c.send(get_as(&url, &host, "eve", "x")).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // alice's: her rule is checked against 127.0.0.1, the answer now.
+    c.send(get_as(&url, &host, USER, PASS)).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    assert_eq!(origin_2.hits(), 1, "alice reached 127.0.0.2 through eve's connection");
+    assert_eq!(origin_1.hits(), 1);
+}
+
 /// A name with a dead address first (a server that silently drops
 /// connections, as behind a firewall) and a live one second: the second is
 /// tried a quarter of a second after the first, beside it (RFC 8305), and

@@ -103,6 +103,7 @@ pub async fn forward(
     // reload the origin may be forbidden, and no new connection is made.
     let idempotent = !has_body && !upgrade && req.method().is_idempotent();
     let replayable = || idempotent && std::ptr::eq(&**state.snapshot.load(), snap);
+    let only_to = checked.clone();
     let dial = || async {
         let addrs = match checked {
             Some(a) => a,
@@ -129,6 +130,7 @@ pub async fn forward(
         head_timeout: limits.upstream_response_timeout,
         upload: upload.as_deref(),
         reached: &mut rec.upstream,
+        only_to: only_to.as_deref(),
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,

@@ -188,6 +188,12 @@ pub struct Exchange<'a> {
     /// all as the client left. It named none then, and which of a name's
     /// addresses failed was not said.
     pub reached: &'a mut Option<SocketAddr>,
+    /// The addresses the rules checked for this request (a rule with
+    /// `cidrs`), if they did: a pooled connection to another address is
+    /// not used for it. It was made for a request the rules checked
+    /// against another answer, perhaps for another user (a user's deny
+    /// rule was passed when the name's answer changed, probe 88).
+    pub only_to: Option<&'a [SocketAddr]>,
 }
 
 impl Pool {
@@ -245,19 +251,31 @@ impl Pool {
     }
 
     /// An idle connection to `key`, and how long it sat idle.
-    fn checkout(&self, key: &Key) -> Option<(Conn, Duration)> {
+    /// The most recently used idle connection for `key` that is still
+    /// open, and to one of `only_to` if given (see [`Exchange::only_to`]);
+    /// closed and expired ones met on the way are dropped.
+    fn checkout(&self, key: &Key, only_to: Option<&[SocketAddr]>) -> Option<(Conn, Duration)> {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         let now = Instant::now();
-        while let Some(c) = list.pop() {
+        let mut found = None;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let c = &list[i];
             let idle_for = now.duration_since(c.since);
-            if c.conn.tx.is_ready() && idle_for < timeout {
-                return Some((c.conn, idle_for));
+            if !c.conn.tx.is_ready() || idle_for >= timeout {
+                list.remove(i);
+            } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) {
+                found = Some((list.remove(i).conn, idle_for));
+                break;
             }
         }
-        idle.remove(key);
-        None
+        if list.is_empty() {
+            idle.remove(key);
+        }
+        found
     }
 
     /// Closes every idle connection, and from now on takes back only those
@@ -349,8 +367,8 @@ impl Pool {
         F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
-        let Exchange { head_timeout, upload, reached } = exchange;
-        while let Some((mut conn, idle_for)) = self.checkout(key) {
+        let Exchange { head_timeout, upload, reached, only_to } = exchange;
+        while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
             let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
@@ -383,7 +401,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        let exchange = Exchange { head_timeout, upload, reached };
+        let exchange = Exchange { head_timeout, upload, reached, only_to };
         Box::pin(send_new(req, exchange, dial())).await
     }
 }
@@ -422,7 +440,7 @@ async fn send_new(
     exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
-    let Exchange { head_timeout, upload, reached } = exchange;
+    let Exchange { head_timeout, upload, reached, .. } = exchange;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
         Err((e, connected)) => {

@@ -61,7 +61,18 @@ where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<OriginBody>> + Send + 'static,
 {
-    let (l, addr) = bind();
+    spawn_origin_on_listener(bind().0, handler)
+}
+
+/// [`spawn_origin`] on a listener bound by the caller; `hits` counts
+/// requests.
+pub fn spawn_origin_on_listener<H, F>(l: std::net::TcpListener, handler: H) -> Origin
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<OriginBody>> + Send + 'static,
+{
+    l.set_nonblocking(true).unwrap();
+    let addr = l.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
     tokio::spawn(async move {
