@@ -6,7 +6,9 @@
 //! `localhost` and `*.localhost` are loopback without asking anyone (RFC 6761
 //! §6.3), so the egress check sees them as what they are.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -24,6 +26,8 @@ use crate::error::ProxyError;
 /// The resolver shared by all requests.
 pub struct Resolver {
     inner: TokioResolver,
+    /// The answers kept for their TTL (hickory keeps none, see [`Kept`]).
+    kept: Kept,
 }
 
 impl Resolver {
@@ -51,8 +55,10 @@ impl Resolver {
         opts.timeout = timeout;
         opts.attempts = 1;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        opts.cache_size = 4096;
-        Resolver { inner: builder.build() }
+        // Answers are kept by `Kept`, not by hickory: its cache holds each
+        // answer's records whole (see `Kept`).
+        opts.cache_size = 0;
+        Resolver { inner: builder.build(), kept: Kept::default() }
     }
 
     /// The addresses of `name` (lower-case, no trailing dot), IPv4 first.
@@ -88,12 +94,22 @@ impl Resolver {
         let deadline = Instant::now() + timeout;
         let resend_after = timeout / 2;
         let v4 = patiently(deadline, resend_after, || async {
+            if let Some(ips) = self.kept.get(Family::V4, fqdn) {
+                return Ok(ips);
+            }
             let answer = self.inner.ipv4_lookup(fqdn).await?;
-            Ok(answer.iter().map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>())
+            let ips: Vec<IpAddr> = answer.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect();
+            self.kept.put(Family::V4, fqdn, &ips, answer.valid_until());
+            Ok(ips)
         });
         let v6 = patiently(deadline, resend_after, || async {
+            if let Some(ips) = self.kept.get(Family::V6, fqdn) {
+                return Ok(ips);
+            }
             let answer = self.inner.ipv6_lookup(fqdn).await?;
-            Ok(answer.iter().map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>())
+            let ips: Vec<IpAddr> = answer.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect();
+            self.kept.put(Family::V6, fqdn, &ips, answer.valid_until());
+            Ok(ips)
         });
         tokio::pin!(v4, v6);
         let give_up = tokio::time::sleep_until(deadline);
@@ -136,6 +152,72 @@ impl Resolver {
             (e @ ProxyError::DnsTimeout, _) | (_, e @ ProxyError::DnsTimeout) => e,
             (e, _) => e,
         })
+    }
+}
+
+/// Most addresses of one family used (and kept) from one answer. Only
+/// these are checked and dialed: an answer can hold thousands (over TCP),
+/// and the dialer gives up on a name long before it has tried 32.
+const KEPT_ADDRS: usize = 32;
+
+/// Most answers kept (a name's A and its AAAA count as two).
+const KEPT_ANSWERS: usize = 4096;
+
+/// An address family, as asked for.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// The answers kept until their TTL ends: at most [`KEPT_ANSWERS`], each
+/// the [`KEPT_ADDRS`] addresses used of it, so at most a few MiB in all.
+/// hickory's cache (4096 answers) kept each answer's records whole, about
+/// 1 MB for one of 3000 addresses: any user could make the proxy hold
+/// gigabytes with names of a zone of theirs (probe 88). Failures are not
+/// kept. (SipHash: the names are chosen by the users.)
+#[derive(Default)]
+struct Kept(Mutex<HashMap<(Family, Box<str>), Answer>>);
+
+/// The addresses of one answer, and until when they hold.
+struct Answer {
+    ips: Box<[IpAddr]>,
+    until: std::time::Instant,
+}
+
+impl Kept {
+    /// The kept answer for `name`, while it holds.
+    fn get(&self, family: Family, name: &str) -> Option<Vec<IpAddr>> {
+        let key = (family, Box::from(name));
+        let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let answer = kept.get(&key)?;
+        if answer.until > std::time::Instant::now() {
+            return Some(answer.ips.to_vec());
+        }
+        kept.remove(&key);
+        None
+    }
+
+    /// Keeps `ips` for `name` until `until`. With [`KEPT_ANSWERS`] kept
+    /// already, the expired ones go, or if none has expired, the one that
+    /// expires first.
+    fn put(&self, family: Family, name: &str, ips: &[IpAddr], until: std::time::Instant) {
+        let now = std::time::Instant::now();
+        if until <= now {
+            return;
+        }
+        let key = (family, Box::from(name));
+        let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if kept.len() >= KEPT_ANSWERS && !kept.contains_key(&key) {
+            kept.retain(|_, a| a.until > now);
+            if kept.len() >= KEPT_ANSWERS {
+                let first = kept.iter().min_by_key(|(_, a)| a.until).map(|(k, _)| k.clone());
+                if let Some(first) = first {
+                    kept.remove(&first);
+                }
+            }
+        }
+        kept.insert(key, Answer { ips: ips.into(), until });
     }
 }
 
@@ -252,6 +334,29 @@ fn classify(e: &ResolveError) -> ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Answers are kept until their TTL ends, per family, and never more
+    /// than `KEPT_ANSWERS`: past it, the one that expires first goes.
+    #[test]
+    fn kept_answers_hold_for_their_ttl_and_are_bounded() {
+        let kept = Kept::default();
+        let now = std::time::Instant::now();
+        let ip = |i: u32| IpAddr::V4(Ipv4Addr::from(i));
+        kept.put(Family::V4, "a.test.", &[ip(1)], now + Duration::from_secs(60));
+        assert_eq!(kept.get(Family::V4, "a.test."), Some(vec![ip(1)]));
+        assert_eq!(kept.get(Family::V6, "a.test."), None, "per family");
+        kept.put(Family::V4, "gone.test.", &[ip(2)], now);
+        assert_eq!(kept.get(Family::V4, "gone.test."), None, "expired");
+        for i in 0..KEPT_ANSWERS + 10 {
+            let until = now + Duration::from_secs(120 + i as u64);
+            kept.put(Family::V6, &format!("n{i}.test."), &[ip(3)], until);
+        }
+        let len = kept.0.lock().unwrap().len();
+        assert_eq!(len, KEPT_ANSWERS);
+        assert_eq!(kept.get(Family::V4, "a.test."), None, "the one expiring first went");
+        assert_eq!(kept.get(Family::V6, "n0.test."), None);
+        assert!(kept.get(Family::V6, &format!("n{}.test.", KEPT_ANSWERS + 9)).is_some());
+    }
     use hickory_resolver::proto::ProtoError;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
