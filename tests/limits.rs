@@ -293,11 +293,14 @@ async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
         );
     }
     // A plain HTTP request on the TLS port is not a handshake: a plain 400
-    // saying so (it used to be a TLS alert), then the connection is closed.
-    let mut c = RawConn::connect(proxy.tls).await;
-    c.send(request("GET", "http://127.0.0.1/", &[("Host", "127.0.0.1")])).await;
-    let got = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
-    assert!(got.starts_with("HTTP/1.1 400 ") && got.contains("tls_required"), "{got}");
+    // saying so (it used to be a TLS alert), then the connection is closed;
+    // also after an empty line (a bare LF got an alert).
+    for before in [&b""[..], b"\r\n", b"\n"] {
+        let mut c = RawConn::connect(proxy.tls).await;
+        c.send([before, &request("GET", "http://127.0.0.1/", &[("Host", "127.0.0.1")])].concat()).await;
+        let got = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
+        assert!(got.starts_with("HTTP/1.1 400 ") && got.contains("tls_required"), "{before:?}: {got}");
+    }
     // Nor is a PROXY header of either version, on a listener without
     // `proxy_protocol` (version 2 got a TLS alert).
     let v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c\x7f\x00\x00\x01\x7f\x00\x00\x01\x30\x39\x00\x50";

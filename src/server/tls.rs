@@ -137,7 +137,7 @@ pub enum Opening {
     /// this port, or a PROXY header on a listener without `proxy_protocol`.
     /// A TLS record opens with 0x16 (an SSLv2-style hello with a byte above
     /// 0x7f), an HTTP/1.1 request with a method name (RFC 9112 §3: a token,
-    /// letters in practice), a PROXY header with `PROXY` (version 1) or
+    /// letters in practice) or an empty line, a PROXY header with `PROXY` (version 1) or
     /// `\r\n\r\n\0\r\nQUIT\n` (version 2, which got a TLS alert: probe 82).
     PlainHttp,
     /// Anything else: a handshake, to be tried.
@@ -154,7 +154,9 @@ pub async fn opening(stream: &TcpStream) -> Opening {
         // (A reset was tried as a handshake, and counted as a failed one:
         // probe 84.)
         Ok(0) | Err(_) => Opening::Closed,
-        Ok(_) if first[0].is_ascii_alphabetic() || first[0] == b'\r' => Opening::PlainHttp,
+        // (An empty line may come first, RFC 9112 §2.2: CRLF, or a bare LF,
+        // which got a TLS alert, probe 88.)
+        Ok(_) if first[0].is_ascii_alphabetic() || matches!(first[0], b'\r' | b'\n') => Opening::PlainHttp,
         Ok(_) => Opening::Handshake,
     }
 }
