@@ -209,7 +209,7 @@ fn run(config: &Path) -> ExitCode {
             Err(e) => return fail(e),
         };
         tracing::info!(summary = &*summary, "authgate started");
-        match authgate::run(state, listeners, shutdown_signal()).await {
+        match authgate::run(state.clone(), listeners, shutdown_signal(state)).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }
@@ -241,8 +241,9 @@ fn return_freed_memory() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT; a second signal exits at once.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT; a second signal exits at once, once what
+/// is still open has been closed and logged (for half a second at most).
+async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
     else {
@@ -259,6 +260,10 @@ async fn shutdown_signal() {
             _ = int.recv() => {},
         }
         err_line(format_args!("authgate: second signal, exiting now"));
+        // Closed as when the grace period ends, so that their access lines
+        // are written: an open tunnel left none.
+        state.kill.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), state.tasks.wait()).await;
         authgate::telemetry::flush();
         std::process::exit(1);
     });

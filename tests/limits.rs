@@ -1299,6 +1299,36 @@ async fn an_upgrade_answer_the_client_does_not_read_is_cut_at_the_send_timeout()
     assert!(got.len() < 210_000, "the whole 101 went out: {} bytes", got.len());
 }
 
+/// A connection that still owes its TLS handshake or its PROXY header when
+/// shutdown begins has no request to finish: it is closed at once, like an
+/// idle keep-alive connection. It held the end of the shutdown until
+/// `header_read_timeout` (at most 5 s past `shutdown_grace`; probe 89).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_still_opening_does_not_hold_the_shutdown() {
+    let limits = "[limits]\nheader_read_timeout = \"60s\"\nshutdown_grace = \"10s\"\n";
+    let ca = pki::Ca::new("test CA");
+    let leaf = ca.leaf("127.0.0.1");
+    let full = spawn_full(&ca, &leaf, limits).await;
+    let pp = spawn_custom(&cfg("proxy_protocol = true", limits), &users());
+    // Silent, and the first bytes of each.
+    let mut held = Vec::new();
+    for (addr, first) in
+        [(full.tls, &b""[..]), (full.tls, b"\x16\x03\x01"), (pp.addr, b""), (pp.addr, b"PROXY TCP4")]
+    {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = Instant::now();
+    let Full { stop, task, .. } = full;
+    let _ = stop.unwrap().send(());
+    pp.stop().await;
+    let _ = task.await;
+    assert!(start.elapsed() < Duration::from_secs(5), "shutdown took {:?}", start.elapsed());
+    drop(held);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_argon2_queue_answers_503_with_retry_after() {
     // Expensive hashes and a queue of one: a burst of distinct wrong
@@ -1456,6 +1486,8 @@ async fn an_http2_preface_split_across_reads_gets_a_400() {
     }
 }
 
+/// A second signal exits at once (status 1), with the access lines of
+/// what it cuts and of what ended just before.
 #[test]
 fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
     use std::process::{Command, Stdio};
@@ -1508,6 +1540,13 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
             .lines()
             .any(|l| l.contains("authgate::access") && l.contains("/in-flight") && l.contains("status=200")),
         "the access line of the last request was written out:\n{written}"
+    );
+    // The tunnel the second signal cut is logged too (it left no line).
+    assert!(
+        written.lines().any(|l| l.contains("authgate::access")
+            && l.contains("CONNECT")
+            && l.contains("outcome=\"tunnel_shutdown\"")),
+        "the access line of the open tunnel:\n{written}"
     );
 }
 

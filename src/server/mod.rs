@@ -330,12 +330,13 @@ async fn serve(
             tracing::warn!(peer = %peer, "closing connection: PROXY protocol from an address not in server.proxy_protocol_from");
             return;
         }
-        let addr = match tokio::time::timeout(
-            limits.header_read_timeout,
-            proxy_protocol::read_header(&mut stream),
-        )
-        .await
-        {
+        let header =
+            tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream));
+        let Some(header) = unless_stopping(&state, header).await else {
+            tracing::debug!(peer = %peer, "closing connection at shutdown: no PROXY protocol header yet");
+            return;
+        };
+        let addr = match header {
             Ok(Ok(addr)) => addr,
             // (A health check: one warning per check drowned the log, probe 85.)
             Ok(Err(e)) if proxy_protocol::unheard(&e) => {
@@ -369,7 +370,8 @@ async fn serve(
         Some(acceptor) => {
             // One deadline for the first byte and the handshake together.
             let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
-            let opening = tokio::time::timeout_at(deadline, tls::opening(&stream)).await;
+            let opening = tokio::time::timeout_at(deadline, tls::opening(&stream));
+            let Some(opening) = unless_stopping(&state, opening).await else { return };
             if opening == Ok(tls::Opening::Closed) {
                 return;
             }
@@ -381,10 +383,24 @@ async fn serve(
                 Box::pin(refuse_plain_http(&state, stream, client_addr)).await;
                 return;
             }
-            if let Some(tls) = accept_tls(acceptor, stream, client_addr, deadline, &state.metrics).await {
+            let handshake = accept_tls(acceptor, stream, client_addr, deadline, &state.metrics);
+            if let Some(Some(tls)) = unless_stopping(&state, handshake).await {
                 serve_http(state, tls, client_addr, true, slot, &limits).await;
             }
         }
+    }
+}
+
+/// `step`'s result, or `None` once shutdown has begun: a connection still
+/// owing its PROXY header or its TLS handshake has no request to finish,
+/// and held the exit until `header_read_timeout` (5 s past a shorter
+/// `shutdown_grace`, the most the end of a shutdown waits; probe 89), as
+/// an idle keep-alive connection, closed at once, does not.
+async fn unless_stopping<T>(state: &State, step: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        biased;
+        r = step => Some(r),
+        () = state.stopping.cancelled() => None,
     }
 }
 
