@@ -491,6 +491,20 @@ fn a_refused_group_is_located_with_why_and_not_quoted() {
     assert!(!err.contains("hunter2") && !err.contains("a:b"), "{err}");
 }
 
+/// Every problem of one user is said: a bad password hid a bad group and a
+/// bad `expires` until it was fixed.
+#[test]
+fn each_problem_of_a_user_is_said() {
+    let users = "[users.dave]\npassword = \"$hunter2\"\ngroups = [\"a b\"]\nexpires = 1979-05-27T07:32:00\n";
+    let err = load_err("[auth]\nusers_file = \"users.toml\"\n", users);
+    assert!(err.contains("users.toml:2:12: user `dave`: password: unsupported algorithm"), "{err}");
+    assert!(
+        err.contains("users.toml:3:11: user `dave`: a group: group names must not contain spaces"),
+        "{err}"
+    );
+    assert!(err.contains("users.toml:4:11: user `dave`: expires:"), "{err}");
+}
+
 /// A user name the users file refuses for a `:` or a space is located and
 /// said why, not quoted: it is most likely `name:password` (an htpasswd
 /// line) or a passphrase typed where a name belongs, and a reload logs the

@@ -166,14 +166,16 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             continue;
         }
         seen.insert(name.clone(), (shown.clone(), span.start));
+        // Each of the user's values is checked, all problems said: a bad
+        // password hid a bad group until it was fixed (probe 89).
         let hash = match StoredHash::parse(user.password.get_ref()) {
-            Ok(h) => h,
+            Ok(h) => Some(h),
             Err(m) => {
                 c.at(
                     user.password.span(),
                     format!("user `{shown}`: password: {m}; make one with `authgate hash-password`"),
                 );
-                continue;
+                None
             }
         };
         let mut groups = Vec::new();
@@ -198,16 +200,18 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             }
         }
         let expires = match &user.expires {
-            None => None,
+            None => Some(None),
             Some(dt) => match to_system_time(dt.get_ref()) {
-                Some(t) => Some(t),
+                Some(t) => Some(Some(t)),
                 None => {
                     c.at(dt.span(), format!("user `{shown}`: expires: use an RFC 3339 date-time with offset, from 1970 to 9999, e.g. 2027-03-31T00:00:00Z"));
-                    continue;
+                    None
                 }
             },
         };
-        users.push(User::new(name.into(), hash, groups, user.disabled, expires));
+        if let (Some(hash), Some(expires)) = (hash, expires) {
+            users.push(User::new(name.into(), hash, groups, user.disabled, expires));
+        }
     }
     (users, c.into_problems())
 }
