@@ -1297,6 +1297,13 @@ async fn an_upgrade_answer_the_client_does_not_read_is_cut_at_the_send_timeout()
     let ended = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await;
     assert!(ended.is_ok(), "the connection is still open after {} bytes", got.len());
     assert!(got.len() < 210_000, "the whole 101 went out: {} bytes", got.len());
+    // Counted as a request abandoned, not as one forwarded.
+    let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load());
+    let count = |outcome: &str| {
+        let series = format!("authgate_requests_total{{outcome=\"{outcome}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(series.as_str())).unwrap_or("?").to_owned()
+    };
+    assert_eq!((count("abandoned"), count("forwarded")), ("1".to_owned(), "0".to_owned()), "{text}");
 }
 
 /// A connection that still owes its TLS handshake or its PROXY header when

@@ -123,9 +123,10 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             resp.map(|b| b.with_log(rec))
         }
         Ok(Reply::Tunnel(resp, job)) => {
-            count(if connect { Counted::Tunnel } else { Counted::Forwarded });
+            // Counted once the answer is out (see `tunnel::spawn`).
+            let counted = if connect { Counted::Tunnel } else { Counted::Forwarded };
             rec.status = resp.status().as_u16();
-            tunnel::spawn(&state, job, rec, &client);
+            tunnel::spawn(&state, job, rec, &client, counted);
             resp
         }
         Err((err, close)) => {

@@ -25,6 +25,7 @@ use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::server::guard::Guarded;
 use crate::telemetry::AccessRecord;
+use crate::telemetry::metrics::Outcome as Counted;
 use tokio_util::sync::CancellationToken;
 
 /// The far side of a tunnel.
@@ -65,7 +66,7 @@ pub async fn open(
 
 /// Runs a tunnel in the background, tracked for graceful shutdown; logs its
 /// access event when it ends.
-pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Client) {
+pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Client, counted: Counted) {
     let (slot, phase) = (client.slot.clone(), client.phase.clone());
     let kill = state.kill.clone();
     let quiet = {
@@ -89,11 +90,13 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
                 // The answer did not (all) go out.
                 rec.status = 0;
                 rec.outcome = phase.cut_outcome();
+                metrics.request(Counted::Abandoned, rec.user.as_deref());
                 rec.finish();
                 return;
             }
         };
         phase.tunnel();
+        metrics.request(counted, rec.user.as_deref());
         metrics.tunnels(1);
         let mut relay = Relay::default();
         let outcome = match job.upstream {
