@@ -1,8 +1,9 @@
 //! Name resolution: asynchronous, cached with the records' own TTLs, bounded
 //! by a timeout.
 //!
-//! Uses hickory's resolver (its cache honours each answer's TTL) with either
-//! the system's `/etc/resolv.conf` or the `[dns] servers` of the config.
+//! Uses hickory's resolver, without its cache (authgate keeps the addresses
+//! it uses of each answer for the answer's TTL, see `Kept`), with either the
+//! system's `/etc/resolv.conf` or the `[dns] servers` of the config.
 //! `localhost` and `*.localhost` are loopback without asking anyone (RFC 6761
 //! §6.3), so the egress check sees them as what they are.
 

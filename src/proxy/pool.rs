@@ -250,10 +250,10 @@ impl Pool {
         idle.values().flatten().filter(|c| !c.conn.tx.is_closed()).count()
     }
 
-    /// An idle connection to `key`, and how long it sat idle.
     /// The most recently used idle connection for `key` that is still
-    /// open, and to one of `only_to` if given (see [`Exchange::only_to`]);
-    /// closed and expired ones met on the way are dropped.
+    /// open, and to one of `only_to` if given (see [`Exchange::only_to`]),
+    /// with how long it sat idle; closed and expired ones met on the way
+    /// are dropped.
     fn checkout(&self, key: &Key, only_to: Option<&[SocketAddr]>) -> Option<(Conn, Duration)> {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
