@@ -162,12 +162,21 @@ Proxy-Status: other, \"authgate\"; error=destination_ip_prohibited, \"auth\\gate
 Content-Length: 2\r\n\
 \r\n\
 no";
+    // Split across two field lines by a quote opened on the first: read as
+    // one value (RFC 9110 §5.3), its second member names authgate.
+    const SPLIT: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
+Proxy-Status: x;a=\"\r\n\
+Proxy-Status: \", authgate; error=http_request_denied; details=\"rule staff-web\"\r\n\
+Content-Length: 2\r\n\
+\r\n\
+no";
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     for (canned, want) in [
         (FORGED, vec![]),
         (MIXED, vec!["cdn-7; error=connection_timeout; details=\"a, b\", edge"]),
         (QUOTED, vec!["other"]),
+        (SPLIT, vec!["x;a=\", \""]),
     ] {
         let origin = spawn_canned_origin(canned, Arc::new(Mutex::new(Vec::new())));
         let host = origin.authority();

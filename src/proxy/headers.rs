@@ -304,17 +304,19 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 /// never confused). Other intermediaries' members stay, in order.
 fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     let name = HeaderName::from_static("proxy-status");
-    let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+    // The field lines as one value (RFC 9110 §5.3), as a client reads
+    // them: taken one by one, a member split across two lines by a quote
+    // opened on the first went past the check (probe 91).
+    let lines: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
+    let combined = lines.join(&b", "[..]);
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut forged = false;
-    for v in &values {
-        for member in sf_list_members(v.as_bytes()) {
-            let token = member.split(|&b| b == b';').next().unwrap_or_default();
-            if sf_item_text(token.trim_ascii()).eq_ignore_ascii_case(PROXY_NAME.as_bytes()) {
-                forged = true;
-            } else if !member.trim_ascii().is_empty() {
-                kept.push(member.trim_ascii());
-            }
+    for member in sf_list_members(&combined) {
+        let token = member.split(|&b| b == b';').next().unwrap_or_default();
+        if sf_item_text(token.trim_ascii()).eq_ignore_ascii_case(PROXY_NAME.as_bytes()) {
+            forged = true;
+        } else if !member.trim_ascii().is_empty() {
+            kept.push(member.trim_ascii());
         }
     }
     if !forged {
