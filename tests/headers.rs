@@ -360,6 +360,20 @@ async fn max_forwards_is_decremented_and_zero_is_answered_here() {
     let resp = with_max_forwards(&proxy, "OPTIONS", &url, Some(&auth), "0").await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(origin.hits(), 1, "a request with Max-Forwards: 0 never reaches the origin");
+    // Such an answer reads no body: it says the connection closes (it
+    // promised keep-alive, and the connection closed).
+    let host = origin.authority();
+    let headers = [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str()), ("Max-Forwards", "0")];
+    for method in ["TRACE", "OPTIONS"] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        let mut req =
+            request(method, &url, &[headers[0], headers[1], headers[2], ("Content-Length", "200000")]);
+        req.extend_from_slice(&[b'x'; 100]);
+        c.send(req).await;
+        let resp = c.read_response(method).await;
+        assert_eq!(resp.status, 200, "{}", resp.dump());
+        assert_eq!(resp.header("connection"), Some("close"), "{method}: {}", resp.dump());
+    }
 }
 
 /// A raw origin: for each request on a connection, reads the head and a

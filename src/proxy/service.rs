@@ -112,7 +112,11 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             // The origin's own `Connection` was removed with the other
             // hop-by-hop fields: this one is forward's `close`.
             let mut resp = resp;
-            if close_asked || resp.headers().contains_key(header::CONNECTION) {
+            // A `Max-Forwards: 0` answer reads no body either: as for the
+            // errors below (it promised keep-alive, then the connection
+            // closed; probe 91).
+            let body_left = has_body && rec.outcome == ANSWERED_HERE;
+            if close_asked || body_left || resp.headers().contains_key(header::CONNECTION) {
                 close_after(&mut resp, http10, &client.phase);
             }
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
