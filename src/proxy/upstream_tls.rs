@@ -55,8 +55,9 @@ pub fn connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, Stri
 }
 
 /// A connector that trusts no root at all (every https:// origin fails
-/// verification): the last resort if even the default config could not be
-/// built, which rustls's own safe defaults never cause.
+/// verification): for a CA file that cannot be read when the proxy starts
+/// (it was readable when the config was checked), or a config rustls could
+/// not build.
 pub fn verify_nothing_connector() -> TlsConnector {
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
