@@ -7,9 +7,7 @@ use http::Method;
 use crate::config::Snapshot;
 use crate::policy::explain::{Report, explain};
 use crate::proxy::dns::Resolver;
-use crate::target::{
-    Host, Target, authority_port, parse_authority, parse_host, split_port, without_userinfo,
-};
+use crate::target::{Host, Target, authority_port, parse_authority, parse_host, split_port};
 
 /// Parses TARGET (a URL or host:port) and the method it implies: `GET` for
 /// `http://`, `CONNECT` for `https://` and host:port.
@@ -29,7 +27,14 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
             }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let authority = without_userinfo(authority);
+        // Refused by the proxy (RFC 9110 §4.2.4); it was explained as the
+        // URL without it, "ALLOWED" (probe 91). Not echoed: a password.
+        if authority.contains('@') {
+            return Err(
+                "user:password@ in the URL: the proxy answers 400 bad_target (send credentials in Proxy-Authorization)"
+                    .into(),
+            );
+        }
         // The port as the proxy reads it (an empty one is the default).
         let port = authority_port(authority, default_port).map_err(|e| e.0.to_string())?;
         let (host, _) = split_port(authority);
@@ -128,5 +133,16 @@ mod tests {
         assert_eq!(port("http://[::1]/"), Ok(80));
         assert!(port("http://127.0.0.1:0/").is_err());
         assert!(port("http://127.0.0.1:65536/").is_err());
+    }
+
+    /// A URL with userinfo is the proxy's 400, not explained without it
+    /// (it said ALLOWED), and the password is not echoed.
+    #[test]
+    fn a_url_with_userinfo_is_an_error() {
+        for url in ["http://alice:S3cret@127.0.0.1:8080/x", "https://alice:S3cret@example.com/", "http://@h/"]
+        {
+            let err = parse_target(url).unwrap_err();
+            assert!(err.contains("400 bad_target") && !err.contains("S3cret"), "{url}: {err}");
+        }
     }
 }
