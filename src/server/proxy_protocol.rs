@@ -48,7 +48,13 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
         }
     }
     if head[..12] == V2_SIGNATURE[..] {
-        stream.read_exact(&mut head[12..]).await?;
+        // The version and command first: a byte no header has is refused
+        // as it comes (it waited for the length after it; probe 90).
+        stream.read_exact(&mut head[12..13]).await?;
+        if head[12] >> 4 != 2 || head[12] & 0x0f > 1 {
+            return Err(bad("bad PROXY v2 version or command"));
+        }
+        stream.read_exact(&mut head[13..]).await?;
         let len = u16::from_be_bytes([head[14], head[15]]) as usize;
         if len > V2_MAX_LEN {
             return Err(bad("PROXY v2 header too long"));
