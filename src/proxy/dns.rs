@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
 
@@ -98,7 +99,8 @@ impl Resolver {
             if let Some(ips) = self.kept.get(Family::V4, fqdn) {
                 return Ok(ips);
             }
-            let answer = self.inner.ipv4_lookup(fqdn).await?;
+            let answer =
+                self.inner.ipv4_lookup(fqdn).await.inspect_err(|e| self.kept.no_data(Family::V4, fqdn, e))?;
             let ips: Vec<IpAddr> = answer.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect();
             self.kept.put(Family::V4, fqdn, &ips, answer.valid_until());
             Ok(ips)
@@ -107,7 +109,8 @@ impl Resolver {
             if let Some(ips) = self.kept.get(Family::V6, fqdn) {
                 return Ok(ips);
             }
-            let answer = self.inner.ipv6_lookup(fqdn).await?;
+            let answer =
+                self.inner.ipv6_lookup(fqdn).await.inspect_err(|e| self.kept.no_data(Family::V6, fqdn, e))?;
             let ips: Vec<IpAddr> = answer.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect();
             self.kept.put(Family::V6, fqdn, &ips, answer.valid_until());
             Ok(ips)
@@ -175,24 +178,33 @@ enum Family {
 /// the [`KEPT_ADDRS`] addresses used of it, so at most a few MiB in all.
 /// hickory's cache (4096 answers) kept each answer's records whole, about
 /// 1 MB for one of 3000 addresses: any user could make the proxy hold
-/// gigabytes with names of a zone of theirs (probe 88). Failures are not
-/// kept. (SipHash: the names are chosen by the users.)
+/// gigabytes with names of a zone of theirs (probe 88). An answer with no
+/// address of the family asked (an IPv4-only name's AAAA) is kept for its
+/// negative TTL, when the server gave one (RFC 2308); other failures are
+/// not kept. (SipHash: the names are chosen by the users.)
 #[derive(Default)]
 struct Kept(Mutex<HashMap<(Family, Box<str>), Answer>>);
 
-/// The addresses of one answer, and until when they hold.
+/// The addresses of one answer, until when they hold, and when they were
+/// last used.
 struct Answer {
     ips: Box<[IpAddr]>,
     until: std::time::Instant,
+    used: std::time::Instant,
 }
+
+/// The longest an answer is kept, whatever its TTL (hickory's bound).
+const KEPT_TTL_MAX: Duration = Duration::from_secs(86_400);
 
 impl Kept {
     /// The kept answer for `name`, while it holds.
     fn get(&self, family: Family, name: &str) -> Option<Vec<IpAddr>> {
         let key = (family, Box::from(name));
+        let now = std::time::Instant::now();
         let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let answer = kept.get(&key)?;
-        if answer.until > std::time::Instant::now() {
+        let answer = kept.get_mut(&key)?;
+        if answer.until > now {
+            answer.used = now;
             return Some(answer.ips.to_vec());
         }
         kept.remove(&key);
@@ -200,25 +212,42 @@ impl Kept {
     }
 
     /// Keeps `ips` for `name` until `until`. With [`KEPT_ANSWERS`] kept
-    /// already, the expired ones go, or if none has expired, the one that
-    /// expires first.
+    /// already, the expired ones go, or if none has expired, the one used
+    /// least recently: by the one to expire first, names with long TTLs
+    /// asked for once kept everyone's others from being kept at all
+    /// (probe 90).
     fn put(&self, family: Family, name: &str, ips: &[IpAddr], until: std::time::Instant) {
         let now = std::time::Instant::now();
         if until <= now {
             return;
         }
+        let until = until.min(now + KEPT_TTL_MAX);
         let key = (family, Box::from(name));
         let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if kept.len() >= KEPT_ANSWERS && !kept.contains_key(&key) {
             kept.retain(|_, a| a.until > now);
             if kept.len() >= KEPT_ANSWERS {
-                let first = kept.iter().min_by_key(|(_, a)| a.until).map(|(k, _)| k.clone());
-                if let Some(first) = first {
-                    kept.remove(&first);
+                let oldest = kept.iter().min_by_key(|(_, a)| a.used).map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    kept.remove(&oldest);
                 }
             }
         }
-        kept.insert(key, Answer { ips: ips.into(), until });
+        kept.insert(key, Answer { ips: ips.into(), until, used: now });
+    }
+
+    /// Keeps an answer of no address for `name` when `e` is one that says
+    /// the name has none of this family ("no data": it exists) for a
+    /// negative TTL. Without, an IPv4-only name's AAAA was asked again at
+    /// each lookup (probe 90).
+    fn no_data(&self, family: Family, name: &str, e: &ResolveError) {
+        if let Some(ProtoErrorKind::NoRecordsFound { negative_ttl: Some(ttl), response_code, .. }) =
+            e.proto().map(|p| p.kind())
+            && *response_code == ResponseCode::NoError
+        {
+            let until = std::time::Instant::now() + Duration::from_secs(u64::from(*ttl));
+            self.put(family, name, &[], until);
+        }
     }
 }
 
@@ -337,7 +366,8 @@ mod tests {
     use super::*;
 
     /// Answers are kept until their TTL ends, per family, and never more
-    /// than `KEPT_ANSWERS`: past it, the one that expires first goes.
+    /// than `KEPT_ANSWERS`: past it, the one used least recently goes,
+    /// however long its TTL.
     #[test]
     fn kept_answers_hold_for_their_ttl_and_are_bounded() {
         let kept = Kept::default();
@@ -348,15 +378,37 @@ mod tests {
         assert_eq!(kept.get(Family::V6, "a.test."), None, "per family");
         kept.put(Family::V4, "gone.test.", &[ip(2)], now);
         assert_eq!(kept.get(Family::V4, "gone.test."), None, "expired");
+        let day = Duration::from_secs(86_400);
         for i in 0..KEPT_ANSWERS + 10 {
-            let until = now + Duration::from_secs(120 + i as u64);
-            kept.put(Family::V6, &format!("n{i}.test."), &[ip(3)], until);
+            kept.put(Family::V6, &format!("n{i}.test."), &[ip(3)], now + day);
+            // a.test, used all along, stays.
+            assert!(kept.get(Family::V4, "a.test.").is_some(), "{i}");
         }
         let len = kept.0.lock().unwrap().len();
         assert_eq!(len, KEPT_ANSWERS);
-        assert_eq!(kept.get(Family::V4, "a.test."), None, "the one expiring first went");
-        assert_eq!(kept.get(Family::V6, "n0.test."), None);
+        assert_eq!(kept.get(Family::V6, "n0.test."), None, "the least recently used went");
         assert!(kept.get(Family::V6, &format!("n{}.test.", KEPT_ANSWERS + 9)).is_some());
+    }
+
+    /// An answer of no address of a family ("no data") is kept for its
+    /// negative TTL; a name that does not exist, or one without a
+    /// negative TTL, is not kept.
+    #[test]
+    fn no_data_is_kept_for_its_negative_ttl() {
+        use hickory_resolver::proto::op::Query;
+        let kept = Kept::default();
+        let nothing = |ttl, code| {
+            let query = Box::new(Query::default());
+            ResolveError::from(ProtoError::nx_error(query, None, None, ttl, code, false, None))
+        };
+        kept.no_data(Family::V6, "v4only.test.", &nothing(Some(300), ResponseCode::NoError));
+        assert_eq!(kept.get(Family::V6, "v4only.test."), Some(vec![]));
+        kept.no_data(Family::V6, "nx.test.", &nothing(Some(300), ResponseCode::NXDomain));
+        kept.no_data(Family::V6, "nottl.test.", &nothing(None, ResponseCode::NoError));
+        kept.no_data(Family::V6, "busy.test.", &busy());
+        for name in ["nx.test.", "nottl.test.", "busy.test."] {
+            assert_eq!(kept.get(Family::V6, name), None, "{name}");
+        }
     }
     use hickory_resolver::proto::ProtoError;
     use std::sync::atomic::{AtomicUsize, Ordering};
