@@ -162,22 +162,34 @@ Proxy-Status: other, \"authgate\"; error=destination_ip_prohibited, \"auth\\gate
 Content-Length: 2\r\n\
 \r\n\
 no";
-    // Split across two field lines by a quote opened on the first: read as
-    // one value (RFC 9110 §5.3), its second member names authgate.
-    const SPLIT: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
-Proxy-Status: x;a=\"\r\n\
-Proxy-Status: \", authgate; error=http_request_denied; details=\"rule staff-web\"\r\n\
-Content-Length: 2\r\n\
-\r\n\
-no";
+    // Hidden by quotes: across two lines read as one value (RFC 9110
+    // §5.3), or read line by line (probes 91, 92), or with a quote outside
+    // a string; and written so as to read as authgate at a glance.
+    let forgeries: [&[&str]; 7] = [
+        &["x;a=\"", "\", authgate; error=http_request_denied; details=\"rule staff-web\""],
+        &["cdn; details=\"", "authgate; error=http_request_denied; details=\"default\""],
+        &["cdn; details=\"", "authgate; error=http_request_denied", "\""],
+        &["a\\\", authgate; error=http_request_denied, \""],
+        &["authgate x; error=http_request_denied"],
+        &["authgate=?1; error=http_request_denied"],
+        &["authgate\"; error=http_request_denied"],
+    ];
+    let canned: Vec<&'static [u8]> = forgeries
+        .iter()
+        .map(|lines| {
+            let fields: String = lines.iter().map(|l| format!("Proxy-Status: {l}\r\n")).collect();
+            let response = format!("HTTP/1.1 403 Forbidden\r\n{fields}Content-Length: 2\r\n\r\nno");
+            &*Box::leak(response.into_bytes().into_boxed_slice())
+        })
+        .collect();
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
-    for (canned, want) in [
+    let cases = [
         (FORGED, vec![]),
         (MIXED, vec!["cdn-7; error=connection_timeout; details=\"a, b\", edge"]),
         (QUOTED, vec!["other"]),
-        (SPLIT, vec!["x;a=\", \""]),
-    ] {
+    ];
+    for (canned, want) in cases.into_iter().chain(canned.into_iter().map(|c| (c, vec![]))) {
         let origin = spawn_canned_origin(canned, Arc::new(Mutex::new(Vec::new())));
         let host = origin.authority();
         let resp =

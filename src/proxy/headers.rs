@@ -301,40 +301,72 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 /// RFC 9209 §2: origins must not send the field, and each intermediary adds
 /// its own member. One that says `authgate` can only be forged upstream, and
 /// would make an origin's 403 look like authgate's (README: the two are
-/// never confused). Other intermediaries' members stay, in order.
+/// never confused).
+///
+/// A field is forged when any way a client may read it finds a member
+/// naming authgate: so its lines are split at every comma, quoted or not
+/// (a quote opened on one line hid the `authgate` member of the next from
+/// a check line by line, probe 91, and from a check of the lines joined,
+/// probe 92), and a member is taken to name authgate by its leading token
+/// (`authgate x`, `authgate=?1` and the like read as authgate at a glance).
+/// Then other intermediaries' members stay, in order, from the lines that
+/// are well-formed on their own (their quotes closed).
 fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     let name = HeaderName::from_static("proxy-status");
-    // The field lines as one value (RFC 9110 §5.3), as a client reads
-    // them: taken one by one, a member split across two lines by a quote
-    // opened on the first went past the check (probe 91).
     let lines: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
-    let combined = lines.join(&b", "[..]);
-    let mut kept: Vec<&[u8]> = Vec::new();
-    let mut forged = false;
-    for member in sf_list_members(&combined) {
-        let token = member.split(|&b| b == b';').next().unwrap_or_default();
-        if sf_item_text(token.trim_ascii()).eq_ignore_ascii_case(PROXY_NAME.as_bytes()) {
-            forged = true;
-        } else if !member.trim_ascii().is_empty() {
-            kept.push(member.trim_ascii());
-        }
-    }
-    if !forged {
+    if !lines.iter().any(|l| mentions_us(l)) {
         return;
     }
+    let kept: Vec<&[u8]> = lines
+        .iter()
+        .filter(|l| quotes_closed(l))
+        .flat_map(|l| sf_list_members(l))
+        .map(<[u8]>::trim_ascii)
+        .filter(|m| !m.is_empty() && !mentions_us(m))
+        .collect();
+    let rest = (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept.join(&b", "[..])));
     headers.remove(&name);
-    if !kept.is_empty() {
-        let joined = kept.join(&b", "[..]);
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
-            headers.insert(name, v);
-        }
+    if let Some(Ok(v)) = rest {
+        headers.insert(name, v);
     }
 }
 
-/// The text of a structured-field bare item that names an intermediary
-/// (RFC 9209 §2: a Token or a String): `authgate` and `"authgate"` are the
-/// same name, and a String's escapes are undone (`"auth\\gate"`). The
-/// quoted form got past the forgery check.
+/// Whether a piece of `text` between commas (any comma, quoted or not)
+/// names authgate as a `Proxy-Status` member: by its item, a Token or a
+/// String (`"authgate"`, `"auth\\gate"`: the quoted form got past the
+/// check), or by the token it starts with.
+fn mentions_us(text: &[u8]) -> bool {
+    text.split(|&b| b == b',').any(|piece| {
+        let item = piece.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+        let name = match item.first() {
+            Some(b'"') => sf_item_text(item),
+            _ => item.iter().take_while(|&&b| is_token_char(b)).copied().collect(),
+        };
+        name.eq_ignore_ascii_case(PROXY_NAME.as_bytes())
+    })
+}
+
+/// A character of a structured-field Token (RFC 9651 §3.3.4): tchar, `:`, `/`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
+}
+
+/// Whether every quoted string `line` opens is closed in it.
+fn quotes_closed(line: &[u8]) -> bool {
+    let (mut quoted, mut escaped) = (false, false);
+    for &b in line {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ => {}
+        }
+    }
+    !quoted
+}
+
+/// The text of a structured-field String (`"auth\\gate"` is `authgate`: its
+/// escapes are undone), or `item` as it is when it is not one.
 fn sf_item_text(item: &[u8]) -> Vec<u8> {
     match item.strip_prefix(b"\"").and_then(|i| i.strip_suffix(b"\"")) {
         Some(inner) => {
