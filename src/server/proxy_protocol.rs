@@ -54,7 +54,13 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
         if head[12] >> 4 != 2 || head[12] & 0x0f > 1 {
             return Err(bad("bad PROXY v2 version or command"));
         }
-        stream.read_exact(&mut head[13..]).await?;
+        // So is a family the specification does not define (LOCAL's is
+        // not read; it waited for the length too, probe 92).
+        stream.read_exact(&mut head[13..14]).await?;
+        if head[12] & 0x0f == 1 && !known_family(head[13]) {
+            return Err(bad("bad PROXY v2 address family or protocol"));
+        }
+        stream.read_exact(&mut head[14..]).await?;
         let len = u16::from_be_bytes([head[14], head[15]]) as usize;
         if len > V2_MAX_LEN {
             return Err(bad("PROXY v2 header too long"));
@@ -164,11 +170,17 @@ pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> 
         }
         0x11 | 0x21 => Err(bad("PROXY v2 address block too short")),
         // UNSPEC, UDP, unix sockets: keep the peer address.
-        0x00 | 0x12 | 0x22 | 0x31 | 0x32 => Ok(None),
-        // The spec's other values "must be rejected as invalid by
-        // receivers" (they kept the peer address: probe 82).
+        f if known_family(f) => Ok(None),
         _ => Err(bad("bad PROXY v2 address family or protocol")),
     }
+}
+
+/// Whether a v2 family-and-protocol byte is one the specification defines:
+/// UNSPEC, TCP or UDP over IPv4 or IPv6, unix stream or datagram. Its other
+/// values "must be rejected as invalid by receivers" (they kept the peer
+/// address: probe 82).
+fn known_family(b: u8) -> bool {
+    matches!(b, 0x00 | 0x11 | 0x12 | 0x21 | 0x22 | 0x31 | 0x32)
 }
 
 #[cfg(test)]
