@@ -1201,6 +1201,18 @@ async fn closes_when_idle_for_400ms(c: &mut RawConn) {
     assert!(start.elapsed() >= Duration::from_millis(350), "{:?}", start.elapsed());
 }
 
+/// alice's request to upgrade to WebSocket at `origin`'s `/ws`.
+fn websocket_request(origin: &Origin) -> Vec<u8> {
+    let headers = [
+        ("Host", origin.authority()),
+        ("Proxy-Authorization", basic("alice", "a1")),
+        ("Connection", "Upgrade".to_owned()),
+        ("Upgrade", "websocket".to_owned()),
+    ];
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    request("GET", &origin.url("/ws"), &headers)
+}
+
 /// An upgraded connection (WebSocket after a 101) is a tunnel too: the
 /// same `tunnel_idle_timeout` closes it when silent, on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1232,17 +1244,7 @@ async fn an_idle_upgraded_connection_is_closed_after_the_tunnel_idle_timeout() {
         }
     });
     let mut c = RawConn::connect(proxy.addr).await;
-    c.send(request(
-        "GET",
-        &origin.url("/ws"),
-        &[
-            ("Host", &origin.authority()),
-            ("Proxy-Authorization", &basic("alice", "a1")),
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-        ],
-    ))
-    .await;
+    c.send(websocket_request(&origin)).await;
     assert_eq!(c.read_head().await.status, 101);
     closes_when_idle_for_400ms(&mut c).await;
     // The origin's side is closed as well.
@@ -1279,17 +1281,7 @@ async fn an_upgrade_answer_the_client_does_not_read_is_cut_at_the_send_timeout()
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut c = socket.connect(proxy.addr).await.unwrap();
-    let head = request(
-        "GET",
-        &origin.url("/ws"),
-        &[
-            ("Host", &origin.authority()),
-            ("Proxy-Authorization", &basic("alice", "a1")),
-            ("Connection", "Upgrade"),
-            ("Upgrade", "websocket"),
-        ],
-    );
-    c.write_all(&head).await.unwrap();
+    c.write_all(&websocket_request(&origin)).await.unwrap();
     // Not read for three times the send timeout; then what was sent comes,
     // and the end of the connection.
     tokio::time::sleep(Duration::from_secs(3)).await;
