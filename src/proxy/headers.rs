@@ -299,18 +299,20 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 /// Removes the members of a received `Proxy-Status` that name this proxy.
 ///
 /// RFC 9209 §2: origins must not send the field, and each intermediary adds
-/// its own member. One that says `authgate` can only be forged upstream, and
-/// would make an origin's 403 look like authgate's (README: the two are
-/// never confused).
+/// its own member. One that says `authgate` can only be forged upstream
+/// (the intermediaries between authgate and the origin do not know it by
+/// that name), and would make an origin's 403 look like authgate's
+/// (README: the two are never confused).
 ///
-/// A field is forged when any way a client may read it finds a member
-/// naming authgate: so its lines are split at every comma, quoted or not
-/// (a quote opened on one line hid the `authgate` member of the next from
-/// a check line by line, probe 91, and from a check of the lines joined,
-/// probe 92), and a member is taken to name authgate by its leading token
-/// (`authgate x`, `authgate=?1` and the like read as authgate at a glance).
-/// Then other intermediaries' members stay, in order, from the lines that
-/// are well-formed on their own (their quotes closed).
+/// Reading the field as a parser would was not enough: each way of
+/// reading it (line by line, the lines joined, a quote outside a string,
+/// a non-ASCII byte before the name, a Display String, an inner list ...)
+/// let a forgery through to some client (probes 91, 92, 93). So any
+/// mention of the name makes the field forged: the name in any case,
+/// anywhere in a line, also with a String's escapes or percent-encoding
+/// undone. Then what stays is the members that mention it nowhere, of the
+/// lines that are well-formed on their own (printable ASCII, their quotes
+/// closed), in order.
 fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     let name = HeaderName::from_static("proxy-status");
     let lines: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
@@ -319,7 +321,7 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     }
     let kept: Vec<&[u8]> = lines
         .iter()
-        .filter(|l| quotes_closed(l))
+        .filter(|l| well_formed(l))
         .flat_map(|l| sf_list_members(l))
         .map(<[u8]>::trim_ascii)
         .filter(|m| !m.is_empty() && !mentions_us(m))
@@ -331,30 +333,49 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     }
 }
 
-/// Whether a piece of `text` between commas (any comma, quoted or not)
-/// names authgate as a `Proxy-Status` member: by its item, a Token or a
-/// String (`"authgate"`, `"auth\\gate"`: the quoted form got past the
-/// check), or by the token it starts with.
+/// Whether `text` holds this proxy's name, in any case, as it is or with
+/// backslashes (a String's escapes) taken out and `%XX` (a Display
+/// String's) decoded.
 fn mentions_us(text: &[u8]) -> bool {
-    text.split(|&b| b == b',').any(|piece| {
-        let item = piece.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-        let name = match item.first() {
-            Some(b'"') => sf_item_text(item),
-            _ => item.iter().take_while(|&&b| is_token_char(b)).copied().collect(),
-        };
-        name.eq_ignore_ascii_case(PROXY_NAME.as_bytes())
-    })
+    let ours = PROXY_NAME.as_bytes();
+    let holds = |t: &[u8]| t.windows(ours.len()).any(|w| w.eq_ignore_ascii_case(ours));
+    if holds(text) {
+        return true;
+    }
+    if !text.iter().any(|&b| b == b'\\' || b == b'%') {
+        return false;
+    }
+    let unescaped: Vec<u8> = text.iter().copied().filter(|&b| b != b'\\').collect();
+    let mut decoded = Vec::with_capacity(unescaped.len());
+    let mut i = 0;
+    while i < unescaped.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            unescaped[i],
+            unescaped.get(i + 1).copied().and_then(hex),
+            unescaped.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(u8::try_from(hi * 16 + lo).unwrap_or_default());
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    holds(&decoded)
 }
 
-/// A character of a structured-field Token (RFC 9651 §3.3.4): tchar, `:`, `/`.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
-}
-
-/// Whether every quoted string `line` opens is closed in it.
-fn quotes_closed(line: &[u8]) -> bool {
+/// Whether a `Proxy-Status` line can be kept: printable ASCII (a structured
+/// field is), and every quoted string it opens closed in it.
+fn well_formed(line: &[u8]) -> bool {
     let (mut quoted, mut escaped) = (false, false);
     for &b in line {
+        if !(b == b'\t' || (b' '..=b'~').contains(&b)) {
+            return false;
+        }
         match b {
             _ if escaped => escaped = false,
             b'\\' if quoted => escaped = true,
@@ -363,27 +384,6 @@ fn quotes_closed(line: &[u8]) -> bool {
         }
     }
     !quoted
-}
-
-/// The text of a structured-field String (`"auth\\gate"` is `authgate`: its
-/// escapes are undone), or `item` as it is when it is not one.
-fn sf_item_text(item: &[u8]) -> Vec<u8> {
-    match item.strip_prefix(b"\"").and_then(|i| i.strip_suffix(b"\"")) {
-        Some(inner) => {
-            let mut out = Vec::with_capacity(inner.len());
-            let mut escaped = false;
-            for &b in inner {
-                if b == b'\\' && !escaped {
-                    escaped = true;
-                } else {
-                    out.push(b);
-                    escaped = false;
-                }
-            }
-            out
-        }
-        None => item.to_vec(),
-    }
 }
 
 /// The members of a structured-field list (RFC 9651 §3.1): split at the
