@@ -207,6 +207,11 @@ no";
             vec!["cdn-a, edge; details=\"x\""],
         ),
         (respond(&[b"cdn", b"\"authgate; error=http_request_denied"], "403 Forbidden"), vec!["cdn"]),
+        // The name in look-alike letters (a Cyrillic `а`): not ASCII, dropped.
+        (
+            respond(&[b"cdn", "\u{430}uthgate; error=http_request_denied".as_bytes()], "403 Forbidden"),
+            vec!["cdn"],
+        ),
         // A field that does not mention it passes as it came.
         (
             respond(&[b"cdn; details=\"a, b\"", b"edge; error=dns_timeout"], "403 Forbidden"),

@@ -310,13 +310,14 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 /// let a forgery through to some client (probes 91, 92, 93). So any
 /// mention of the name makes the field forged: the name in any case,
 /// anywhere in a line, also with a String's escapes or percent-encoding
-/// undone. Then what stays is the members that mention it nowhere, of the
+/// undone; so does a line that is not printable ASCII (a name in look-alike
+/// letters). Then what stays is the members that mention it nowhere, of the
 /// lines that are well-formed on their own (printable ASCII, their quotes
 /// closed), in order.
 fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     let name = HeaderName::from_static("proxy-status");
     let lines: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
-    if !lines.iter().any(|l| mentions_us(l)) {
+    if !lines.iter().any(|l| mentions_us(l) || !printable(l)) {
         return;
     }
     let kept: Vec<&[u8]> = lines
@@ -368,14 +369,21 @@ fn mentions_us(text: &[u8]) -> bool {
     holds(&decoded)
 }
 
-/// Whether a `Proxy-Status` line can be kept: printable ASCII (a structured
-/// field is), and every quoted string it opens closed in it.
+/// Whether `line` is printable ASCII, as a structured field is: a line
+/// with other bytes is dropped (a strict parser discards such a field, and
+/// a look-alike of the name in other letters reads as it to a person).
+fn printable(line: &[u8]) -> bool {
+    line.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
+/// Whether a `Proxy-Status` line can be kept: [`printable`], and every
+/// quoted string it opens closed in it.
 fn well_formed(line: &[u8]) -> bool {
+    if !printable(line) {
+        return false;
+    }
     let (mut quoted, mut escaped) = (false, false);
     for &b in line {
-        if !(b == b'\t' || (b' '..=b'~').contains(&b)) {
-            return false;
-        }
         match b {
             _ if escaped => escaped = false,
             b'\\' if quoted => escaped = true,
