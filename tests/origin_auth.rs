@@ -168,7 +168,7 @@ no";
     // clients (a non-ASCII byte before the name, which Python and Node
     // strip), or to a strict parser (a Display String, an inner list;
     // probe 93).
-    let forgeries: [&[&[u8]]; 13] = [
+    let forgeries: [&[&[u8]]; 16] = [
         &[b"x;a=\"", b"\", authgate; error=http_request_denied; details=\"rule staff-web\""],
         &[b"cdn; details=\"", b"authgate; error=http_request_denied; details=\"default\""],
         &[b"cdn; details=\"", b"authgate; error=http_request_denied", b"\""],
@@ -182,6 +182,11 @@ no";
         &[b"(authgate); error=http_request_denied"],
         &[b"\"authgate\" x; error=http_request_denied"],
         &[b"'authgate'; error=http_request_denied"],
+        // A Display String with an invisible character in the name, and
+        // the name as a Byte Sequence (probe 94).
+        &[b"%\"auth%e2%80%8bgate\"; error=http_request_denied"],
+        &[b":YXV0aGdhdGU=:; error=http_request_denied"],
+        &[b"cdn; details=:YXV0aGdhdGU=:"],
     ];
     let respond = |lines: &[&[u8]], status: &str| -> &'static [u8] {
         let mut response = format!("HTTP/1.1 {status}\r\n").into_bytes();
@@ -212,6 +217,8 @@ no";
             respond(&[b"cdn", "\u{430}uthgate; error=http_request_denied".as_bytes()], "403 Forbidden"),
             vec!["cdn"],
         ),
+        // Parameters RFC 9209 does not use are not passed on either.
+        (respond(&[b"cdn-a", b"cdn-b; details=%\"caf%c3%a9\""], "403 Forbidden"), vec!["cdn-a"]),
         // A field that does not mention it passes as it came.
         (
             respond(&[b"cdn; details=\"a, b\"", b"edge; error=dns_timeout"], "403 Forbidden"),

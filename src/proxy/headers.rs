@@ -304,34 +304,69 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 /// that name), and would make an origin's 403 look like authgate's
 /// (README: the two are never confused).
 ///
-/// Reading the field as a parser would was not enough: each way of
-/// reading it (line by line, the lines joined, a quote outside a string,
-/// a non-ASCII byte before the name, a Display String, an inner list ...)
-/// let a forgery through to some client (probes 91, 92, 93). So any
-/// mention of the name makes the field forged: the name in any case,
-/// anywhere in a line, also with a String's escapes or percent-encoding
-/// undone; so does a line that is not printable ASCII (a name in look-alike
-/// letters). Then what stays is the members that mention it nowhere, of the
-/// lines that are well-formed on their own (printable ASCII, their quotes
-/// closed), in order.
+/// Looking for forgeries shape by shape was not enough: each way of
+/// reading the field (line by line, the lines joined, a quote outside a
+/// string, a non-ASCII byte before the name, a Display String with an
+/// invisible character in the name, an inner list ...) let one through to
+/// some client (probes 91 to 94). So the field passes as it came only when
+/// it is plain: printable ASCII, each member a Token or a String with
+/// parameters that are neither Display Strings, Byte Sequences nor inner
+/// lists (RFC 9209's own), and the name nowhere in it, in any case, also
+/// with a String's escapes or percent-encoding undone. Otherwise it is made
+/// of its plain members alone, from the lines whose quotes close, in order
+/// (or dropped, past [`MAX_REBUILT`]).
 fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     let name = HeaderName::from_static("proxy-status");
     let lines: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
-    if !lines.iter().any(|l| mentions_us(l) || !printable(l)) {
+    let plain_line =
+        |l: &&[u8]| printable(l) && !mentions_us(l) && sf_list_members(l).into_iter().all(plain_member);
+    if lines.iter().all(plain_line) {
         return;
     }
     let kept: Vec<&[u8]> = lines
         .iter()
         .filter(|l| well_formed(l))
         .flat_map(|l| sf_list_members(l))
+        .filter(|m| !m.trim_ascii().is_empty() && plain_member(m))
         .map(<[u8]>::trim_ascii)
-        .filter(|m| !m.is_empty() && !mentions_us(m))
         .collect();
-    let rest = (!kept.is_empty()).then(|| HeaderValue::from_bytes(&kept.join(&b", "[..])));
+    let rebuilt = kept.join(&b", "[..]);
+    let rest = (!kept.is_empty() && rebuilt.len() <= MAX_REBUILT).then(|| HeaderValue::from_bytes(&rebuilt));
     headers.remove(&name);
     if let Some(Ok(v)) = rest {
         headers.insert(name, v);
     }
+}
+
+/// The longest `Proxy-Status` rebuilt of a field with a forgery in it: a
+/// forged field of 200 KB came out longer than it went in (its members
+/// joined by `", "`), beyond what clients take.
+const MAX_REBUILT: usize = 8192;
+
+/// Whether a `Proxy-Status` member (or an empty piece of a list) is plain:
+/// a Token or a String naming an intermediary other than this one, whose
+/// parameters hold no Display String (`%"…"`), Byte Sequence (`=:…:`) or
+/// inner list (`=(…)`), which RFC 9209 does not use and which a client
+/// could decode into the name.
+fn plain_member(member: &[u8]) -> bool {
+    let member = member.trim_ascii();
+    if member.is_empty() {
+        return true;
+    }
+    if mentions_us(member) || member.windows(2).any(|w| matches!(w, b"%\"" | b"=:" | b"=(")) {
+        return false;
+    }
+    let item = member.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    match item.first() {
+        Some(b'"') => true,
+        Some(&c) if c.is_ascii_alphabetic() || c == b'*' => item.iter().all(|&b| is_token_char(b)),
+        _ => false,
+    }
+}
+
+/// A character of a structured-field Token (RFC 9651 §3.3.4): tchar, `:`, `/`.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
 }
 
 /// Whether `text` holds this proxy's name, in any case, as it is or with
