@@ -168,7 +168,7 @@ no";
     // clients (a non-ASCII byte before the name, which Python and Node
     // strip), or to a strict parser (a Display String, an inner list;
     // probe 93).
-    let forgeries: [&[&[u8]]; 16] = [
+    let forgeries: [&[&[u8]]; 15] = [
         &[b"x;a=\"", b"\", authgate; error=http_request_denied; details=\"rule staff-web\""],
         &[b"cdn; details=\"", b"authgate; error=http_request_denied; details=\"default\""],
         &[b"cdn; details=\"", b"authgate; error=http_request_denied", b"\""],
@@ -186,7 +186,6 @@ no";
         // the name as a Byte Sequence (probe 94).
         &[b"%\"auth%e2%80%8bgate\"; error=http_request_denied"],
         &[b":YXV0aGdhdGU=:; error=http_request_denied"],
-        &[b"cdn; details=:YXV0aGdhdGU=:"],
     ];
     let respond = |lines: &[&[u8]], status: &str| -> &'static [u8] {
         let mut response = format!("HTTP/1.1 {status}\r\n").into_bytes();
@@ -201,25 +200,37 @@ no";
     let mut cases = vec![
         (FORGED, vec![]),
         (MIXED, vec!["cdn-7; error=connection_timeout; details=\"a, b\", edge"]),
-        (QUOTED, vec!["other"]),
-        // A member that mentions the name at all goes, and the rest of the
-        // field stays, on one line.
+        // (`\\g` is no escape of a String: not a list, dropped whole.)
+        (QUOTED, vec![]),
+        // The members named otherwise stay, on one line.
         (
             respond(
-                &[b"cdn-a", b"cdn-b; details=\"blocked, authgate said no\"", b"edge; details=\"x\""],
+                &[b"cdn-a", b"AuthGate-x; error=http_request_denied", b"edge; details=\"x\""],
                 "403 Forbidden",
             ),
             vec!["cdn-a, edge; details=\"x\""],
         ),
-        (respond(&[b"cdn", b"\"authgate; error=http_request_denied"], "403 Forbidden"), vec!["cdn"]),
-        // The name in look-alike letters (a Cyrillic `а`): not ASCII, dropped.
+        // The name in a parameter names no member: passed as it came.
         (
-            respond(&[b"cdn", "\u{430}uthgate; error=http_request_denied".as_bytes()], "403 Forbidden"),
-            vec!["cdn"],
+            respond(
+                &[b"cdn-b; details=\"blocked, authgate said no\"", b"edge; next-protocol=:aDI=:"],
+                "403 Forbidden",
+            ),
+            vec!["cdn-b; details=\"blocked, authgate said no\"", "edge; next-protocol=:aDI=:"],
         ),
-        // Parameters RFC 9209 does not use are not passed on either.
-        (respond(&[b"cdn-a", b"cdn-b; details=%\"caf%c3%a9\""], "403 Forbidden"), vec!["cdn-a"]),
-        // A field that does not mention it passes as it came.
+        // A line that is not a list: the field is dropped whole, as a
+        // strict client ignores it (an open quote, the name in look-alike
+        // letters, a Display String; probe 95: two lines that each passed
+        // the check before, joined by a client, held a Byte Sequence
+        // `authgate`).
+        (respond(&[b"cdn", b"\"authgate; error=http_request_denied"], "403 Forbidden"), vec![]),
+        (respond(&[b"cdn", "\u{430}uthgate; error=http_request_denied".as_bytes()], "403 Forbidden"), vec![]),
+        (respond(&[b"cdn-a", b"cdn-b; details=%\"caf%c3%a9\""], "403 Forbidden"), vec![]),
+        (
+            respond(&[b"cdn; details=\"a", b"\" , :YXV0aGdhdGU:;error=http_request_denied"], "403 Forbidden"),
+            vec![],
+        ),
+        // A field with no member named authgate passes as it came.
         (
             respond(&[b"cdn; details=\"a, b\"", b"edge; error=dns_timeout"], "403 Forbidden"),
             vec!["cdn; details=\"a, b\"", "edge; error=dns_timeout"],

@@ -299,37 +299,37 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 /// Removes the members of a received `Proxy-Status` that name this proxy.
 ///
 /// RFC 9209 §2: origins must not send the field, and each intermediary adds
-/// its own member. One that says `authgate` can only be forged upstream
-/// (the intermediaries between authgate and the origin do not know it by
-/// that name), and would make an origin's 403 look like authgate's
-/// (README: the two are never confused).
+/// its own member. One named `authgate` can only be forged upstream (the
+/// intermediaries between authgate and the origin do not know it by that
+/// name), and would make an origin's 403 look like authgate's (README: the
+/// two are never confused).
 ///
-/// Looking for forgeries shape by shape was not enough: each way of
-/// reading the field (line by line, the lines joined, a quote outside a
-/// string, a non-ASCII byte before the name, a Display String with an
-/// invisible character in the name, an inner list ...) let one through to
-/// some client (probes 91 to 94). So the field passes as it came only when
-/// it is plain: printable ASCII, each member a Token or a String with
-/// parameters that are neither Display Strings, Byte Sequences nor inner
-/// lists (RFC 9209's own), and the name nowhere in it, in any case, also
-/// with a String's escapes or percent-encoding undone. Otherwise it is made
-/// of its plain members alone, from the lines whose quotes close, in order
-/// (or dropped, past [`MAX_REBUILT`]).
+/// Looking for forgeries shape by shape did not hold: each way of reading
+/// the field (line by line, the lines joined, a quote left open on one line,
+/// a non-ASCII byte before the name, a Display String with an invisible
+/// character in it, a Byte Sequence ...) let one through to some client
+/// (probes 91 to 95). So each field line must be a list as RFC 9651 §4.2.1
+/// reads it, of the members RFC 9209 §2 defines: a Token or a String, and
+/// parameters. A field with a line that is not is dropped whole (a strict
+/// client ignores it, a lenient one could find anything in it); lines that
+/// each are join into a list of the same members. Then a member whose name
+/// holds `authgate` in any case is removed, the others stay, in order.
 fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     let name = HeaderName::from_static("proxy-status");
-    let lines: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
-    let plain_line =
-        |l: &&[u8]| printable(l) && !mentions_us(l) && sf_list_members(l).into_iter().all(plain_member);
-    if lines.iter().all(plain_line) {
+    let lines: Option<Vec<Vec<sf::Member<'_>>>> =
+        headers.get_all(&name).iter().map(|v| sf::members(v.as_bytes())).collect();
+    let Some(lines) = lines else {
+        headers.remove(&name);
+        return;
+    };
+    let ours = |m: &sf::Member<'_>| {
+        let n = PROXY_NAME.as_bytes();
+        m.name.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    };
+    if !lines.iter().flatten().any(ours) {
         return;
     }
-    let kept: Vec<&[u8]> = lines
-        .iter()
-        .filter(|l| well_formed(l))
-        .flat_map(|l| sf_list_members(l))
-        .filter(|m| !m.trim_ascii().is_empty() && plain_member(m))
-        .map(<[u8]>::trim_ascii)
-        .collect();
+    let kept: Vec<&[u8]> = lines.iter().flatten().filter(|m| !ours(m)).map(|m| m.text).collect();
     let rebuilt = kept.join(&b", "[..]);
     let rest = (!kept.is_empty() && rebuilt.len() <= MAX_REBUILT).then(|| HeaderValue::from_bytes(&rebuilt));
     headers.remove(&name);
@@ -343,111 +343,138 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
 /// joined by `", "`), beyond what clients take.
 const MAX_REBUILT: usize = 8192;
 
-/// Whether a `Proxy-Status` member (or an empty piece of a list) is plain:
-/// a Token or a String naming an intermediary other than this one, whose
-/// parameters hold no Display String (`%"…"`), Byte Sequence (`=:…:`) or
-/// inner list (`=(…)`), which RFC 9209 does not use and which a client
-/// could decode into the name.
-fn plain_member(member: &[u8]) -> bool {
-    let member = member.trim_ascii();
-    if member.is_empty() {
-        return true;
+/// The part of RFC 9651 (Structured Field Values) that `Proxy-Status`
+/// (RFC 9209) uses, read strictly.
+mod sf {
+    /// A list member: its text as written, and its name (a Token, or a
+    /// String with its escapes undone).
+    pub struct Member<'a> {
+        pub text: &'a [u8],
+        pub name: Vec<u8>,
     }
-    if mentions_us(member) || member.windows(2).any(|w| matches!(w, b"%\"" | b"=:" | b"=(")) {
-        return false;
-    }
-    let item = member.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-    match item.first() {
-        Some(b'"') => true,
-        Some(&c) if c.is_ascii_alphabetic() || c == b'*' => item.iter().all(|&b| is_token_char(b)),
-        _ => false,
-    }
-}
 
-/// A character of a structured-field Token (RFC 9651 §3.3.4): tchar, `:`, `/`.
-fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
-}
-
-/// Whether `text` holds this proxy's name, in any case, as it is or with
-/// backslashes (a String's escapes) taken out and `%XX` (a Display
-/// String's) decoded.
-fn mentions_us(text: &[u8]) -> bool {
-    let ours = PROXY_NAME.as_bytes();
-    let holds = |t: &[u8]| t.windows(ours.len()).any(|w| w.eq_ignore_ascii_case(ours));
-    if holds(text) {
-        return true;
-    }
-    if !text.iter().any(|&b| b == b'\\' || b == b'%') {
-        return false;
-    }
-    let unescaped: Vec<u8> = text.iter().copied().filter(|&b| b != b'\\').collect();
-    let mut decoded = Vec::with_capacity(unescaped.len());
-    let mut i = 0;
-    while i < unescaped.len() {
-        let hex = |b: u8| char::from(b).to_digit(16);
-        match (
-            unescaped[i],
-            unescaped.get(i + 1).copied().and_then(hex),
-            unescaped.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                decoded.push(u8::try_from(hi * 16 + lo).unwrap_or_default());
-                i += 3;
-            }
-            (b, _, _) => {
-                decoded.push(b);
-                i += 1;
+    /// The members of `line`, a list of Tokens and Strings with parameters
+    /// (RFC 9651 §4.2.1; no inner lists), or `None` when it is not one.
+    /// Parameter values are Tokens, Strings, Integers, Decimals, Booleans
+    /// or Byte Sequences (not Display Strings).
+    pub fn members(line: &[u8]) -> Option<Vec<Member<'_>>> {
+        let mut out = Vec::new();
+        let mut at = skip(line, 0, b" \t");
+        if at == line.len() {
+            return Some(out);
+        }
+        loop {
+            let start = at;
+            let (name, next) = item_name(line, at)?;
+            at = parameters(line, next)?;
+            out.push(Member { text: &line[start..at], name });
+            at = skip(line, at, b" \t");
+            match line.get(at) {
+                None => return Some(out),
+                Some(b',') => {
+                    at = skip(line, at + 1, b" \t");
+                    // A comma must be followed by a member.
+                    line.get(at)?;
+                }
+                Some(_) => return None,
             }
         }
     }
-    holds(&decoded)
-}
 
-/// Whether `line` is printable ASCII, as a structured field is: a line
-/// with other bytes is dropped (a strict parser discards such a field, and
-/// a look-alike of the name in other letters reads as it to a person).
-fn printable(line: &[u8]) -> bool {
-    line.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-}
-
-/// Whether a `Proxy-Status` line can be kept: [`printable`], and every
-/// quoted string it opens closed in it.
-fn well_formed(line: &[u8]) -> bool {
-    if !printable(line) {
-        return false;
-    }
-    let (mut quoted, mut escaped) = (false, false);
-    for &b in line {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            _ => {}
+    fn skip(line: &[u8], mut at: usize, what: &[u8]) -> usize {
+        while line.get(at).is_some_and(|b| what.contains(b)) {
+            at += 1;
         }
+        at
     }
-    !quoted
-}
 
-/// The members of a structured-field list (RFC 9651 §3.1): split at the
-/// commas that are not inside a quoted string.
-fn sf_list_members(value: &[u8]) -> Vec<&[u8]> {
-    let mut members = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, &b) in value.iter().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                members.push(&value[start..i]);
-                start = i + 1;
+    /// A member's item, a Token or a String: its name and where it ends.
+    fn item_name(line: &[u8], at: usize) -> Option<(Vec<u8>, usize)> {
+        match line.get(at)? {
+            b'"' => string(line, at),
+            c if c.is_ascii_alphabetic() || *c == b'*' => {
+                let end = token_end(line, at);
+                Some((line[at..end].to_vec(), end))
             }
-            _ => {}
+            _ => None,
         }
     }
-    members.push(&value[start..]);
-    members
+
+    fn token_end(line: &[u8], at: usize) -> usize {
+        let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(b);
+        at + line[at..].iter().take_while(|b| token(b)).count()
+    }
+
+    /// A String from its opening quote: its text, escapes undone, and
+    /// where it ends.
+    fn string(line: &[u8], at: usize) -> Option<(Vec<u8>, usize)> {
+        let mut text = Vec::new();
+        let mut i = at + 1;
+        loop {
+            match *line.get(i)? {
+                b'\\' => match *line.get(i + 1)? {
+                    c @ (b'"' | b'\\') => {
+                        text.push(c);
+                        i += 2;
+                    }
+                    _ => return None,
+                },
+                b'"' => return Some((text, i + 1)),
+                c @ 0x20..=0x7e => {
+                    text.push(c);
+                    i += 1;
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Parameters from `at`: `;` key [`=` value], each; where they end.
+    fn parameters(line: &[u8], mut at: usize) -> Option<usize> {
+        while line.get(at) == Some(&b';') {
+            at = skip(line, at + 1, b" ");
+            let key = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(b);
+            match line.get(at) {
+                Some(c) if c.is_ascii_lowercase() || *c == b'*' => {}
+                _ => return None,
+            }
+            at += line[at..].iter().take_while(|b| key(b)).count();
+            if line.get(at) == Some(&b'=') {
+                at = value_end(line, at + 1)?;
+            }
+        }
+        Some(at)
+    }
+
+    /// The end of a parameter's value: a bare item other than a Display
+    /// String.
+    fn value_end(line: &[u8], at: usize) -> Option<usize> {
+        match *line.get(at)? {
+            b'"' => string(line, at).map(|(_, end)| end),
+            b'?' => matches!(line.get(at + 1), Some(b'0' | b'1')).then_some(at + 2),
+            b':' => {
+                let base64 = |b: &u8| b.is_ascii_alphanumeric() || b"+/=".contains(b);
+                let end = at + 1 + line[at + 1..].iter().take_while(|b| base64(b)).count();
+                (line.get(end) == Some(&b':')).then_some(end + 1)
+            }
+            c if c == b'-' || c.is_ascii_digit() => {
+                let digits = |from: usize| line[from..].iter().take_while(|b| b.is_ascii_digit()).count();
+                let start = if c == b'-' { at + 1 } else { at };
+                let whole = digits(start);
+                if whole == 0 || whole > 15 {
+                    return None;
+                }
+                let end = start + whole;
+                if line.get(end) == Some(&b'.') {
+                    let fraction = digits(end + 1);
+                    return (whole <= 12 && (1..=3).contains(&fraction)).then_some(end + 1 + fraction);
+                }
+                Some(end)
+            }
+            c if c.is_ascii_alphabetic() || c == b'*' => Some(token_end(line, at)),
+            _ => None,
+        }
+    }
 }
 
 /// Appends our `Via` entry for a message received with `version`.
@@ -470,6 +497,43 @@ pub fn via_names_us(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Proxy-Status` lines are read as RFC 9651 lists of Tokens and
+    /// Strings with parameters, strictly: anything else is not a list.
+    #[test]
+    fn proxy_status_lines_are_read_strictly() {
+        let names = |line: &str| {
+            sf::members(line.as_bytes()).map(|ms| {
+                ms.iter().map(|m| String::from_utf8_lossy(&m.name).into_owned()).collect::<Vec<_>>()
+            })
+        };
+        let some = |v: &[&str]| Some(v.iter().map(ToString::to_string).collect::<Vec<_>>());
+        assert_eq!(names(""), some(&[]));
+        assert_eq!(names("cdn"), some(&["cdn"]));
+        assert_eq!(
+            names(
+                "cdn-7; error=connection_timeout; details=\"a, b\", \"Edge \\\"x\\\"\";rcode=-503;w=1.5;ok=?1;np=:aDI=:"
+            ),
+            some(&["cdn-7", "Edge \"x\""])
+        );
+        for bad in [
+            "cdn,",
+            ", cdn",
+            "cdn; details=\"a",
+            "\"auth\\gate\"",
+            "%\"authgate\"",
+            "(authgate)",
+            ":YXV0aGdhdGU=:",
+            "42",
+            "cdn; details=%\"x\"",
+            "cdn; Details=1",
+            "cdn x",
+            "\u{430}uthgate",
+            "cdn; details=\"\u{e9}\"",
+        ] {
+            assert_eq!(names(bad), None, "{bad:?}");
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
