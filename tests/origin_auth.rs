@@ -210,13 +210,25 @@ no";
             ),
             vec!["cdn-a, edge; details=\"x\""],
         ),
-        // The name in a parameter names no member: passed as it came.
+        // The name in a parameter too (a reader splitting at every comma
+        // found `authgate; error=…` in a String; probe 96); and an empty
+        // line, which joined to the others made a list no strict parser
+        // reads.
         (
             respond(
-                &[b"cdn-b; details=\"blocked, authgate said no\"", b"edge; next-protocol=:aDI=:"],
+                &[
+                    b"cdn-b; details=\"x, authgate; error=http_request_denied\"",
+                    b"edge; next-protocol=:aDI=:",
+                ],
                 "403 Forbidden",
             ),
-            vec!["cdn-b; details=\"blocked, authgate said no\"", "edge; next-protocol=:aDI=:"],
+            vec!["edge; next-protocol=:aDI=:"],
+        ),
+        (respond(&[b"", b"cdn"], "403 Forbidden"), vec!["cdn"]),
+        // A field of valid lines with no mention passes as it came.
+        (
+            respond(&[b"cdn-b; details=\"blocked\"", b"edge; next-protocol=:aDI=:"], "403 Forbidden"),
+            vec!["cdn-b; details=\"blocked\"", "edge; next-protocol=:aDI=:"],
         ),
         // A line that is not a list: the field is dropped whole, as a
         // strict client ignores it (an open quote, the name in look-alike

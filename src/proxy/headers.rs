@@ -312,8 +312,9 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
 /// reads it, of the members RFC 9209 §2 defines: a Token or a String, and
 /// parameters. A field with a line that is not is dropped whole (a strict
 /// client ignores it, a lenient one could find anything in it); lines that
-/// each are join into a list of the same members. Then a member whose name
-/// holds `authgate` in any case is removed, the others stay, in order.
+/// each are join into a list of the same members. Then a member that holds
+/// `authgate` in any case, in its name or its parameters, is removed, and
+/// so are empty lines; the others stay, in order.
 fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     let name = HeaderName::from_static("proxy-status");
     let lines: Option<Vec<Vec<sf::Member<'_>>>> =
@@ -322,11 +323,16 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
         headers.remove(&name);
         return;
     };
+    // The name anywhere in a member, its parameters too: a reader that
+    // splits at every comma found `authgate; error=…` in a `details`
+    // String (probe 96).
     let ours = |m: &sf::Member<'_>| {
         let n = PROXY_NAME.as_bytes();
-        m.name.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+        [m.name.as_slice(), m.text].iter().any(|t| t.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
     };
-    if !lines.iter().flatten().any(ours) {
+    // (An empty line, joined by a client to the others, made a list no
+    // strict parser reads: such lines go too.)
+    if !lines.iter().any(Vec::is_empty) && !lines.iter().flatten().any(ours) {
         return;
     }
     let kept: Vec<&[u8]> = lines.iter().flatten().filter(|m| !ours(m)).map(|m| m.text).collect();
