@@ -221,6 +221,9 @@ fn run(config: &Path) -> ExitCode {
     // still held the exit that long). Shutdown is over by now: what those
     // tasks would produce is not wanted.
     runtime.shutdown_background();
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        return ExitCode::FAILURE;
+    }
     code
 }
 
@@ -241,6 +244,9 @@ fn return_freed_memory() {
     }
 }
 
+/// Set by a second SIGTERM or SIGINT: the exit status is then 1.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Resolves on SIGTERM or SIGINT; a second signal exits at once, once what
 /// is still open has been closed and logged (for half a second at most).
 async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
@@ -260,6 +266,9 @@ async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
             _ = int.recv() => {},
         }
         err_line(format_args!("authgate: second signal, exiting now"));
+        // Before what follows ends the shutdown: then `run` returns, and it
+        // must exit with status 1 too (it exited 0 when it came first).
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         // Closed as when the grace period ends, so that their access lines
         // are written: an open tunnel left none.
         state.kill.cancel();
