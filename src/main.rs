@@ -214,6 +214,23 @@ fn run(config: &Path) -> ExitCode {
             Err(e) => fail(e),
         }
     });
+    // A second signal acted on has its handler end the process, with
+    // status 1, once it has said so and written what it closed: it needs
+    // the runtime a little longer. One that comes after this is not acted
+    // on (the shutdown is over). Either way the status tells what happened:
+    // a second signal that won the race still ended in status 0, at times
+    // in the middle of its message (probe 97).
+    let interrupted = EXIT
+        .compare_exchange(
+            RUNNING,
+            EXITING,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        )
+        .is_err();
+    if interrupted {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
     // Dropping the runtime would wait for every blocking task: a password
     // verification still running (a slow hash, a flood) held the exit, and
     // the second-signal handler no longer ran; so did a reload under way,
@@ -221,10 +238,7 @@ fn run(config: &Path) -> ExitCode {
     // still held the exit that long). Shutdown is over by now: what those
     // tasks would produce is not wanted.
     runtime.shutdown_background();
-    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
-        return ExitCode::FAILURE;
-    }
-    code
+    if interrupted { ExitCode::FAILURE } else { code }
 }
 
 /// Starts jemalloc's background thread and has it hand pages unused for
@@ -244,8 +258,13 @@ fn return_freed_memory() {
     }
 }
 
-/// Set by a second SIGTERM or SIGINT: the exit status is then 1.
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How `run` ends: [`RUNNING`] until a second SIGTERM or SIGINT is acted
+/// on ([`INTERRUPTED`]: the exit status is 1) or the shutdown is over
+/// ([`EXITING`]), whichever comes first.
+static EXIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(RUNNING);
+const RUNNING: u8 = 0;
+const INTERRUPTED: u8 = 1;
+const EXITING: u8 = 2;
 
 /// Resolves on SIGTERM or SIGINT; a second signal exits at once, once what
 /// is still open has been closed and logged (for half a second at most).
@@ -265,10 +284,14 @@ async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
+        // Acted on only while the shutdown is not over, and said only then:
+        // `run`, which may end the process first, then exits with status 1
+        // too (see `run`).
+        let ordering = std::sync::atomic::Ordering::SeqCst;
+        if EXIT.compare_exchange(RUNNING, INTERRUPTED, ordering, ordering).is_err() {
+            return;
+        }
         err_line(format_args!("authgate: second signal, exiting now"));
-        // Before what follows ends the shutdown: then `run` returns, and it
-        // must exit with status 1 too (it exited 0 when it came first).
-        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
         // Closed as when the grace period ends, so that their access lines
         // are written: an open tunnel left none.
         state.kill.cancel();
