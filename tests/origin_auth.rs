@@ -225,6 +225,8 @@ no";
             vec!["edge; next-protocol=:aDI=:"],
         ),
         (respond(&[b"", b"cdn"], "403 Forbidden"), vec!["cdn"]),
+        // In a parameter's Byte Sequence, decoded (probe 97), padded or not.
+        (respond(&[b"cdn; details=:YXV0aGdhdGU=:", b"edge; x=:QXV0aEdhdGU:"], "403 Forbidden"), vec![]),
         // A field of valid lines with no mention passes as it came.
         (
             respond(&[b"cdn-b; details=\"blocked\"", b"edge; next-protocol=:aDI=:"], "403 Forbidden"),

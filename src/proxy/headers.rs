@@ -328,7 +328,11 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     // String (probe 96).
     let ours = |m: &sf::Member<'_>| {
         let n = PROXY_NAME.as_bytes();
-        [m.name.as_slice(), m.text].iter().any(|t| t.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
+        let decoded = m.bytes.iter().map(Vec::as_slice);
+        [m.name.as_slice(), m.text]
+            .into_iter()
+            .chain(decoded)
+            .any(|t| t.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
     };
     // (An empty line, joined by a client to the others, made a list no
     // strict parser reads: such lines go too.)
@@ -357,6 +361,9 @@ mod sf {
     pub struct Member<'a> {
         pub text: &'a [u8],
         pub name: Vec<u8>,
+        /// Its parameters' Byte Sequences, decoded (base64 that does not
+        /// decode as such, kept as written).
+        pub bytes: Vec<Vec<u8>>,
     }
 
     /// The members of `line`, a list of Tokens and Strings with parameters
@@ -372,8 +379,9 @@ mod sf {
         loop {
             let start = at;
             let (name, next) = item_name(line, at)?;
-            at = parameters(line, next)?;
-            out.push(Member { text: &line[start..at], name });
+            let mut bytes = Vec::new();
+            at = parameters(line, next, &mut bytes)?;
+            out.push(Member { text: &line[start..at], name, bytes });
             at = skip(line, at, b" \t");
             match line.get(at) {
                 None => return Some(out),
@@ -436,7 +444,8 @@ mod sf {
     }
 
     /// Parameters from `at`: `;` key [`=` value], each; where they end.
-    fn parameters(line: &[u8], mut at: usize) -> Option<usize> {
+    /// Byte Sequences are decoded into `bytes`.
+    fn parameters(line: &[u8], mut at: usize, bytes: &mut Vec<Vec<u8>>) -> Option<usize> {
         while line.get(at) == Some(&b';') {
             at = skip(line, at + 1, b" ");
             let key = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(b);
@@ -446,10 +455,26 @@ mod sf {
             }
             at += line[at..].iter().take_while(|b| key(b)).count();
             if line.get(at) == Some(&b'=') {
-                at = value_end(line, at + 1)?;
+                let end = value_end(line, at + 1)?;
+                if line.get(at + 1) == Some(&b':') {
+                    bytes.push(decoded(&line[at + 2..end - 1]));
+                }
+                at = end;
             }
         }
         Some(at)
+    }
+
+    /// A Byte Sequence's bytes (RFC 9651 §4.2.7: padding may be left out).
+    fn decoded(base64: &[u8]) -> Vec<u8> {
+        use base64::Engine;
+        let lenient = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+                .with_decode_allow_trailing_bits(true),
+        );
+        lenient.decode(base64).unwrap_or_else(|_| base64.to_vec())
     }
 
     /// The end of a parameter's value: a bare item other than a Display
