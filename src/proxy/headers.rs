@@ -325,13 +325,12 @@ fn drop_forged_proxy_status(headers: &mut HeaderMap) {
     };
     // The name anywhere in a member, its parameters too: a reader that
     // splits at every comma found `authgate; error=…` in a `details`
-    // String (probe 96).
+    // String (probe 96). (A String's escapes are a backslash before `"` or
+    // `\`: none can split the name, so the text as written is searched.)
     let ours = |m: &sf::Member<'_>| {
         let n = PROXY_NAME.as_bytes();
-        let decoded = m.bytes.iter().map(Vec::as_slice);
-        [m.name.as_slice(), m.text]
-            .into_iter()
-            .chain(decoded)
+        std::iter::once(m.text)
+            .chain(m.bytes.iter().map(Vec::as_slice))
             .any(|t| t.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
     };
     // (An empty line, joined by a client to the others, made a list no
@@ -356,11 +355,9 @@ const MAX_REBUILT: usize = 8192;
 /// The part of RFC 9651 (Structured Field Values) that `Proxy-Status`
 /// (RFC 9209) uses, read strictly.
 mod sf {
-    /// A list member: its text as written, and its name (a Token, or a
-    /// String with its escapes undone).
+    /// A list member: its text as written.
     pub struct Member<'a> {
         pub text: &'a [u8],
-        pub name: Vec<u8>,
         /// Its parameters' Byte Sequences, decoded (base64 that does not
         /// decode as such, kept as written).
         pub bytes: Vec<Vec<u8>>,
@@ -378,10 +375,9 @@ mod sf {
         }
         loop {
             let start = at;
-            let (name, next) = item_name(line, at)?;
             let mut bytes = Vec::new();
-            at = parameters(line, next, &mut bytes)?;
-            out.push(Member { text: &line[start..at], name, bytes });
+            at = parameters(line, item_end(line, at)?, &mut bytes)?;
+            out.push(Member { text: &line[start..at], bytes });
             at = skip(line, at, b" \t");
             match line.get(at) {
                 None => return Some(out),
@@ -402,14 +398,11 @@ mod sf {
         at
     }
 
-    /// A member's item, a Token or a String: its name and where it ends.
-    fn item_name(line: &[u8], at: usize) -> Option<(Vec<u8>, usize)> {
+    /// Where a member's item, a Token or a String, ends.
+    fn item_end(line: &[u8], at: usize) -> Option<usize> {
         match line.get(at)? {
-            b'"' => string(line, at),
-            c if c.is_ascii_alphabetic() || *c == b'*' => {
-                let end = token_end(line, at);
-                Some((line[at..end].to_vec(), end))
-            }
+            b'"' => string_end(line, at),
+            c if c.is_ascii_alphabetic() || *c == b'*' => Some(token_end(line, at)),
             _ => None,
         }
     }
@@ -419,25 +412,16 @@ mod sf {
         at + line[at..].iter().take_while(|b| token(b)).count()
     }
 
-    /// A String from its opening quote: its text, escapes undone, and
-    /// where it ends.
-    fn string(line: &[u8], at: usize) -> Option<(Vec<u8>, usize)> {
-        let mut text = Vec::new();
+    /// Where a String that opens at `at` ends (its only escapes are `\"`
+    /// and `\\`, its characters printable ASCII).
+    fn string_end(line: &[u8], at: usize) -> Option<usize> {
         let mut i = at + 1;
         loop {
             match *line.get(i)? {
-                b'\\' => match *line.get(i + 1)? {
-                    c @ (b'"' | b'\\') => {
-                        text.push(c);
-                        i += 2;
-                    }
-                    _ => return None,
-                },
-                b'"' => return Some((text, i + 1)),
-                c @ 0x20..=0x7e => {
-                    text.push(c);
-                    i += 1;
-                }
+                b'\\' if matches!(line.get(i + 1), Some(b'"' | b'\\')) => i += 2,
+                b'"' => return Some(i + 1),
+                b'\\' => return None,
+                0x20..=0x7e => i += 1,
                 _ => return None,
             }
         }
@@ -481,7 +465,7 @@ mod sf {
     /// String.
     fn value_end(line: &[u8], at: usize) -> Option<usize> {
         match *line.get(at)? {
-            b'"' => string(line, at).map(|(_, end)| end),
+            b'"' => string_end(line, at),
             b'?' => matches!(line.get(at + 1), Some(b'0' | b'1')).then_some(at + 2),
             b':' => {
                 let base64 = |b: &u8| b.is_ascii_alphanumeric() || b"+/=".contains(b);
@@ -534,9 +518,8 @@ mod tests {
     #[test]
     fn proxy_status_lines_are_read_strictly() {
         let names = |line: &str| {
-            sf::members(line.as_bytes()).map(|ms| {
-                ms.iter().map(|m| String::from_utf8_lossy(&m.name).into_owned()).collect::<Vec<_>>()
-            })
+            sf::members(line.as_bytes())
+                .map(|ms| ms.iter().map(|m| String::from_utf8_lossy(m.text).into_owned()).collect::<Vec<_>>())
         };
         let some = |v: &[&str]| Some(v.iter().map(ToString::to_string).collect::<Vec<_>>());
         assert_eq!(names(""), some(&[]));
@@ -545,7 +528,10 @@ mod tests {
             names(
                 "cdn-7; error=connection_timeout; details=\"a, b\", \"Edge \\\"x\\\"\";rcode=-503;w=1.5;ok=?1;np=:aDI=:"
             ),
-            some(&["cdn-7", "Edge \"x\""])
+            some(&[
+                "cdn-7; error=connection_timeout; details=\"a, b\"",
+                "\"Edge \\\"x\\\"\";rcode=-503;w=1.5;ok=?1;np=:aDI=:"
+            ])
         );
         for bad in [
             "cdn,",
