@@ -95,26 +95,8 @@ impl Resolver {
     async fn both_families(&self, fqdn: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         let deadline = Instant::now() + timeout;
         let resend_after = timeout / 2;
-        let v4 = patiently(deadline, resend_after, || async {
-            if let Some(ips) = self.kept.get(Family::V4, fqdn) {
-                return Ok(ips);
-            }
-            let answer =
-                self.inner.ipv4_lookup(fqdn).await.inspect_err(|e| self.kept.no_data(Family::V4, fqdn, e))?;
-            let ips: Vec<IpAddr> = answer.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect();
-            self.kept.put(Family::V4, fqdn, &ips, answer.valid_until());
-            Ok(ips)
-        });
-        let v6 = patiently(deadline, resend_after, || async {
-            if let Some(ips) = self.kept.get(Family::V6, fqdn) {
-                return Ok(ips);
-            }
-            let answer =
-                self.inner.ipv6_lookup(fqdn).await.inspect_err(|e| self.kept.no_data(Family::V6, fqdn, e))?;
-            let ips: Vec<IpAddr> = answer.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect();
-            self.kept.put(Family::V6, fqdn, &ips, answer.valid_until());
-            Ok(ips)
-        });
+        let v4 = patiently(deadline, resend_after, || self.addresses(Family::V4, fqdn));
+        let v6 = patiently(deadline, resend_after, || self.addresses(Family::V6, fqdn));
         tokio::pin!(v4, v6);
         let give_up = tokio::time::sleep_until(deadline);
         tokio::pin!(give_up);
@@ -248,6 +230,29 @@ impl Kept {
             let until = std::time::Instant::now() + Duration::from_secs(u64::from(*ttl));
             self.put(family, name, &[], until);
         }
+    }
+}
+
+impl Resolver {
+    /// The addresses of one family of `fqdn`: kept ones (see [`Kept`]), or
+    /// asked for, then kept.
+    async fn addresses(&self, family: Family, fqdn: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        if let Some(ips) = self.kept.get(family, fqdn) {
+            return Ok(ips);
+        }
+        let answer = match family {
+            Family::V4 => self.inner.ipv4_lookup(fqdn).await.map(|a| {
+                let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
+                (ips, a.valid_until())
+            }),
+            Family::V6 => self.inner.ipv6_lookup(fqdn).await.map(|a| {
+                let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
+                (ips, a.valid_until())
+            }),
+        };
+        let (ips, until) = answer.inspect_err(|e| self.kept.no_data(family, fqdn, e))?;
+        self.kept.put(family, fqdn, &ips, until);
+        Ok(ips)
     }
 }
 
