@@ -103,17 +103,21 @@ pub async fn forward(
     // reload the origin may be forbidden, and no new connection is made.
     let idempotent = !has_body && !upgrade && req.method().is_idempotent();
     let replayable = || idempotent && std::ptr::eq(&**state.snapshot.load(), snap);
-    let only_to = checked.clone();
+    let checked = checked.as_deref();
     let dial = || async {
+        let resolved;
         let addrs = match checked {
             Some(a) => a,
-            None => state
-                .connector
-                .resolve_checked(&target, &snap.egress, limits.dns_timeout)
-                .await
-                .map_err(|e| (e, None))?,
+            None => {
+                resolved = state
+                    .connector
+                    .resolve_checked(&target, &snap.egress, limits.dns_timeout)
+                    .await
+                    .map_err(|e| (e, None))?;
+                &resolved[..]
+            }
         };
-        let (tcp, peer) = Connector::dial(&addrs, limits.connect_timeout).await.map_err(|e| (e, None))?;
+        let (tcp, peer) = Connector::dial(addrs, limits.connect_timeout).await.map_err(|e| (e, None))?;
         if https {
             let tls = upstream_tls::handshake(&state.upstream_tls, &target.host, tcp);
             // A failed handshake names the address it was with.
@@ -130,7 +134,7 @@ pub async fn forward(
         head_timeout: limits.upstream_response_timeout,
         upload: upload.as_deref(),
         reached: &mut rec.upstream,
-        only_to: only_to.as_deref(),
+        only_to: checked,
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,
