@@ -51,7 +51,7 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
         // The version and command first: a byte no header has is refused
         // as it comes (it waited for the length after it; probe 90).
         stream.read_exact(&mut head[12..13]).await?;
-        if head[12] >> 4 != 2 || head[12] & 0x0f > 1 {
+        if !known_command(head[12]) {
             return Err(bad("bad PROXY v2 version or command"));
         }
         // So is a family the specification does not define (LOCAL's is
@@ -150,13 +150,11 @@ pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
 
 /// Parses a v2 header: the 16 fixed bytes and the address block.
 pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> {
-    if head[..12] != V2_SIGNATURE[..] || head[12] >> 4 != 2 {
-        return Err(bad("bad PROXY v2 signature or version"));
+    if head[..12] != V2_SIGNATURE[..] || !known_command(head[12]) {
+        return Err(bad("bad PROXY v2 signature, version or command"));
     }
-    match head[12] & 0x0f {
-        0 => return Ok(None), // LOCAL: a health check from the balancer itself
-        1 => {}
-        _ => return Err(bad("bad PROXY v2 command")),
+    if head[12] & 0x0f == 0 {
+        return Ok(None); // LOCAL: a health check from the balancer itself
     }
     match head[13] {
         0x11 if rest.len() >= 12 => {
@@ -173,6 +171,12 @@ pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> 
         f if known_family(f) => Ok(None),
         _ => Err(bad("bad PROXY v2 address family or protocol")),
     }
+}
+
+/// Whether a v2 version-and-command byte is one the specification defines:
+/// version 2, and LOCAL (0) or PROXY (1).
+fn known_command(b: u8) -> bool {
+    b >> 4 == 2 && b & 0x0f <= 1
 }
 
 /// Whether a v2 family-and-protocol byte is one the specification defines:
