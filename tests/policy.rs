@@ -431,6 +431,30 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     assert_eq!(fake.queries("ttl.test"), 2, "an expired answer is asked for again");
 }
 
+/// A name with A records and none of type AAAA: the answer to AAAA says so
+/// with an SOA whose negative TTL keeps it (RFC 2308 §5). Within that TTL
+/// the AAAA question is not asked again; after it, it is. Without, every
+/// connection to an IPv4-only name asked for its AAAA records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_records_is_kept_for_its_negative_ttl() {
+    let zone = vec![("v4only.test", Answer::NoDataSoa(vec![Ipv4Addr::LOCALHOST], 60, 1))];
+    let fake = dns::spawn(zone).await;
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(&loopback_config(fake.addr, "2s"), &users());
+    let target = format!("v4only.test:{}", origin.addr.port());
+    let connect = || async {
+        let r = send_one(proxy.addr, "CONNECT", &target, &[("Proxy-Authorization", &auth())]).await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+    };
+    for _ in 0..3 {
+        connect().await;
+    }
+    assert_eq!(fake.queries("v4only.test AAAA"), 1, "no data is kept for its negative TTL");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // let the 1 s negative TTL run out
+    connect().await;
+    assert_eq!(fake.queries("v4only.test AAAA"), 2, "an expired no-data answer is asked for again");
+}
+
 /// A resolver that cannot be reached (nothing listens at its address) is
 /// no answer, a 504 to retry later, as the README's catalogue says, not a
 /// 502 "host name does not resolve", which would send users to check a

@@ -50,6 +50,11 @@ pub enum Answer {
     /// connection, closed like [`Answer::TcpCloses`] (a server that closed
     /// an idle connection as the query went out on it).
     TcpClosesFirst(Vec<Ipv4Addr>),
+    /// A records with a TTL, and to AAAA queries an answer without
+    /// records whose SOA gives a negative TTL (RFC 2308 §5: "no data",
+    /// cacheable), in seconds. AAAA queries are counted under
+    /// `"<name> AAAA"`.
+    NoDataSoa(Vec<Ipv4Addr>, u32, u32),
 }
 
 /// What [`spawn_with_tcp`] does with a query over TCP.
@@ -124,6 +129,13 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                     }
                     let answer = if qtype == 1 { octets(ips) } else { Vec::new() };
                     response(&buf[..qend], 0, &answer, *ttl)
+                }
+                Some((Answer::NoDataSoa(ips, ttl, _), _)) if qtype == 1 => {
+                    response(&buf[..qend], 0, &octets(ips), *ttl)
+                }
+                Some((Answer::NoDataSoa(_, _, negative_ttl), _)) => {
+                    *q2.lock().unwrap().entry(format!("{name} AAAA")).or_insert(0) += 1;
+                    with_soa(response(&buf[..qend], 0, &[], 0), *negative_ttl)
                 }
                 Some((Answer::Dual(v4, v6, ttl), _)) => {
                     let v6: Vec<Vec<u8>> = v6.iter().map(|ip| ip.octets().to_vec()).collect();
@@ -263,4 +275,23 @@ fn response(query: &[u8], rcode: u8, ips: &[Vec<u8>], ttl: u32) -> Vec<u8> {
         r.extend_from_slice(ip);
     }
     r
+}
+
+/// `reply` (without records) with an SOA record for the root in its
+/// authority section, whose TTL and MINIMUM are `negative_ttl`: the
+/// negative TTL of the answer (RFC 2308 §5).
+fn with_soa(mut reply: Vec<u8>, negative_ttl: u32) -> Vec<u8> {
+    reply[9] = 1; // nscount
+    // Root owner, type SOA (6), class IN, TTL.
+    reply.extend_from_slice(&[0, 0, 6, 0, 1]);
+    reply.extend_from_slice(&negative_ttl.to_be_bytes());
+    // MNAME and RNAME (both the root), then serial, refresh, retry, expire,
+    // minimum.
+    let mut rdata = vec![0, 0];
+    for field in [1, 3600, 600, 86400, negative_ttl] {
+        rdata.extend_from_slice(&u32::to_be_bytes(field));
+    }
+    reply.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    reply.extend_from_slice(&rdata);
+    reply
 }
