@@ -240,6 +240,9 @@ no";
         (respond(&[b"cdn", b"\"authgate; error=http_request_denied"], "403 Forbidden"), vec![]),
         (respond(&[b"cdn", "\u{430}uthgate; error=http_request_denied".as_bytes()], "403 Forbidden"), vec![]),
         (respond(&[b"cdn-a", b"cdn-b; details=%\"caf%c3%a9\""], "403 Forbidden"), vec![]),
+        // A Byte Sequence that is not base64, which lenient decoders read
+        // as `authgate` (probe 98).
+        (respond(&[b"cdn-a", b"cdn-b; by=:YXV0aGdhdGU=A:"], "403 Forbidden"), vec![]),
         (
             respond(&[b"cdn; details=\"a", b"\" , :YXV0aGdhdGU:;error=http_request_denied"], "403 Forbidden"),
             vec![],

@@ -358,8 +358,7 @@ mod sf {
     /// A list member: its text as written.
     pub struct Member<'a> {
         pub text: &'a [u8],
-        /// Its parameters' Byte Sequences, decoded (base64 that does not
-        /// decode as such, kept as written).
+        /// Its parameters' Byte Sequences, decoded.
         pub bytes: Vec<Vec<u8>>,
     }
 
@@ -441,7 +440,7 @@ mod sf {
             if line.get(at) == Some(&b'=') {
                 let end = value_end(line, at + 1)?;
                 if line.get(at + 1) == Some(&b':') {
-                    bytes.push(decoded(&line[at + 2..end - 1]));
+                    bytes.push(decoded(&line[at + 2..end - 1])?);
                 }
                 at = end;
             }
@@ -449,8 +448,11 @@ mod sf {
         Some(at)
     }
 
-    /// A Byte Sequence's bytes (RFC 9651 §4.2.7: padding may be left out).
-    fn decoded(base64: &[u8]) -> Vec<u8> {
+    /// A Byte Sequence's bytes, or `None` when it is not base64 (RFC 9651
+    /// §4.2.7: the parse fails; padding may be left out, pad bits may be
+    /// set). Kept as written, `:YXV0aGdhdGU=A:` went through, and lenient
+    /// decoders read `authgate` from it (probe 98).
+    fn decoded(base64: &[u8]) -> Option<Vec<u8>> {
         use base64::Engine;
         let lenient = base64::engine::GeneralPurpose::new(
             &base64::alphabet::STANDARD,
@@ -458,7 +460,7 @@ mod sf {
                 .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
                 .with_decode_allow_trailing_bits(true),
         );
-        lenient.decode(base64).unwrap_or_else(|_| base64.to_vec())
+        lenient.decode(base64).ok()
     }
 
     /// The end of a parameter's value: a bare item other than a Display
@@ -547,6 +549,10 @@ mod tests {
             "cdn x",
             "\u{430}uthgate",
             "cdn; details=\"\u{e9}\"",
+            "cdn; by=:YXV0aGdhdGU=A:",
+            "cdn; by=:=YXV0aGdhdGU=:",
+            "cdn; by=:YXV0aGdhdGU===:",
+            "cdn; by=:YXV0aGdhdGUAA:",
         ] {
             assert_eq!(names(bad), None, "{bad:?}");
         }
