@@ -431,6 +431,25 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     assert_eq!(fake.queries("ttl.test"), 2, "an expired answer is asked for again");
 }
 
+/// Host names with labels IDNA refuses but DNS holds (an underscore inside
+/// a label, a leading hyphen, an `xn--` label that is not Punycode) are
+/// asked for like any other: they were a 502 `dns_error` without a query
+/// sent (probe 99).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_idna_refuses_are_still_looked_up() {
+    let names = ["my_host.test", "a_.test", "-x.test", "xn--zz.test"];
+    let zone = names.iter().map(|n| (*n, Answer::A(vec![vec![Ipv4Addr::LOCALHOST]], 60))).collect();
+    let fake = dns::spawn(zone).await;
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(&loopback_config(fake.addr, "2s"), &users());
+    for name in names {
+        let target = format!("{name}:{}", origin.addr.port());
+        let r = send_one(proxy.addr, "CONNECT", &target, &[("Proxy-Authorization", &auth())]).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.dump());
+        assert_eq!(fake.queries(name), 1, "{name}");
+    }
+}
+
 /// A name with A records and none of type AAAA: the answer to AAAA says so
 /// with an SOA whose negative TTL keeps it (RFC 2308 §5). Within that TTL
 /// the AAAA question is not asked again; after it, it is. Without, every

@@ -21,7 +21,7 @@ use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_resolver::{Name, ResolveError, TokioResolver};
 
 use crate::error::ProxyError;
 
@@ -95,8 +95,9 @@ impl Resolver {
     async fn both_families(&self, fqdn: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         let deadline = Instant::now() + timeout;
         let resend_after = timeout / 2;
-        let v4 = patiently(deadline, resend_after, || self.addresses(Family::V4, fqdn));
-        let v6 = patiently(deadline, resend_after, || self.addresses(Family::V6, fqdn));
+        let name = query_name(fqdn).map_err(|_| ProxyError::DnsError)?;
+        let v4 = patiently(deadline, resend_after, || self.addresses(Family::V4, fqdn, &name));
+        let v6 = patiently(deadline, resend_after, || self.addresses(Family::V6, fqdn, &name));
         tokio::pin!(v4, v6);
         let give_up = tokio::time::sleep_until(deadline);
         tokio::pin!(give_up);
@@ -234,18 +235,18 @@ impl Kept {
 }
 
 impl Resolver {
-    /// The addresses of one family of `fqdn`: kept ones (see [`Kept`]), or
-    /// asked for, then kept.
-    async fn addresses(&self, family: Family, fqdn: &str) -> Result<Vec<IpAddr>, ResolveError> {
+    /// The addresses of one family of `fqdn` (`name`, as asked): kept ones
+    /// (see [`Kept`]), or asked for, then kept.
+    async fn addresses(&self, family: Family, fqdn: &str, name: &Name) -> Result<Vec<IpAddr>, ResolveError> {
         if let Some(ips) = self.kept.get(family, fqdn) {
             return Ok(ips);
         }
         let answer = match family {
-            Family::V4 => self.inner.ipv4_lookup(fqdn).await.map(|a| {
+            Family::V4 => self.inner.ipv4_lookup(name.clone()).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
                 (ips, a.valid_until())
             }),
-            Family::V6 => self.inner.ipv6_lookup(fqdn).await.map(|a| {
+            Family::V6 => self.inner.ipv6_lookup(name.clone()).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
                 (ips, a.valid_until())
             }),
@@ -254,6 +255,17 @@ impl Resolver {
         self.kept.put(family, fqdn, &ips, until);
         Ok(ips)
     }
+}
+
+/// `fqdn` as the query names it: its labels as they are. hickory reads a
+/// `&str` as IDNA (UTS 46, STD3 rules), and refused names the target
+/// parser lets through (`a_b.test`, `-x.test`, `xn--zz.test`) without
+/// sending a query: a 502 "does not resolve" for names the system
+/// resolver answers (probe 99). The labels are ASCII letters, digits, `-`
+/// and `_` (see `target::parse_host`), lower case.
+fn query_name(fqdn: &str) -> Result<Name, ResolveError> {
+    let labels = fqdn.strip_suffix('.').unwrap_or(fqdn).split('.').map(str::as_bytes);
+    Ok(Name::from_labels(labels)?)
 }
 
 /// Runs `ask`, and again, until `deadline`: once more, alongside, when it
