@@ -416,7 +416,7 @@ fn a_dns_server_at_port_0_is_refused() {
     let servers = [
         "0.0.0.0",
         "[::]:53",
-        "::ffff:0.0.0.0",
+        "[::ffff:0.0.0.0]",
         "0.0.0.1",
         "0.255.0.1:53",
         "255.255.255.255",
@@ -425,11 +425,27 @@ fn a_dns_server_at_port_0_is_refused() {
     ];
     let err = load_err(&format!("{GOOD_CONFIG}[dns]\nservers = {servers:?}\n"), &good_users());
     assert_eq!(err.matches("address is no server's").count(), 8, "{err}");
-    let (_dir, snap) =
-        load(&format!("{GOOD_CONFIG}[dns]\nservers = [\"127.0.0.1\", \"[::1]:5353\"]\n"), &good_users());
+    let (_dir, snap) = load(
+        &format!("{GOOD_CONFIG}[dns]\nservers = [\"127.0.0.1\", \"[::1]:5353\", \"[::2]\"]\n"),
+        &good_users(),
+    );
     let snap = snap.unwrap_or_else(|e| panic!("{e}"));
     let servers: Vec<String> = snap.dns_servers.iter().map(ToString::to_string).collect();
-    assert_eq!(servers, ["127.0.0.1:53", "[::1]:5353"]);
+    assert_eq!(servers, ["127.0.0.1:53", "[::1]:5353", "[::2]:53"]);
+}
+
+/// An IPv6 DNS server without brackets is refused: `::1:5353` is an
+/// address of its own, and was read as that address, port 53, where the
+/// admin meant ::1, port 5353 (probe 99).
+#[test]
+fn a_dns_server_in_ipv6_without_brackets_is_refused() {
+    let err =
+        load_err(&format!("{GOOD_CONFIG}[dns]\nservers = [\"::1:5353\", \"fd00::53\"]\n"), &good_users());
+    assert_eq!(err.matches("write an IPv6 address in brackets").count(), 2, "{err}");
+    assert!(
+        err.contains("authgate.toml:14:12: dns.servers: write an IPv6 address in brackets, \"[::1:5353]\""),
+        "{err}"
+    );
 }
 
 /// An IPv4 CIDR with a leading zero in a number is refused: a rule's

@@ -474,6 +474,28 @@ async fn an_answer_without_records_is_kept_for_its_negative_ttl() {
     assert_eq!(fake.queries("v4only.test AAAA"), 2, "an expired no-data answer is asked for again");
 }
 
+/// A TTL with its top bit set is read as zero (RFC 2181 §8), for an answer
+/// and for a negative TTL: neither is kept. Both were kept for a day
+/// (probe 99).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_with_the_top_bit_set_are_not_kept() {
+    let top = 0x8000_0000;
+    let zone = vec![
+        ("top.test", Answer::A(vec![vec![Ipv4Addr::LOCALHOST]], top)),
+        ("v4top.test", Answer::NoDataSoa(vec![Ipv4Addr::LOCALHOST], 60, top)),
+    ];
+    let fake = dns::spawn(zone).await;
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(&loopback_config(fake.addr, "2s"), &users());
+    for name in ["top.test", "v4top.test", "top.test", "v4top.test"] {
+        let target = format!("{name}:{}", origin.addr.port());
+        let r = send_one(proxy.addr, "CONNECT", &target, &[("Proxy-Authorization", &auth())]).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.dump());
+    }
+    assert_eq!(fake.queries("top.test"), 2, "an answer with a TTL past 2^31 - 1 is not kept");
+    assert_eq!(fake.queries("v4top.test AAAA"), 2, "nor is a negative TTL past 2^31 - 1");
+}
+
 /// A resolver that cannot be reached (nothing listens at its address) is
 /// no answer, a 504 to retry later, as the README's catalogue says, not a
 /// 502 "host name does not resolve", which would send users to check a

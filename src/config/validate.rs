@@ -325,10 +325,26 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     if let Some(servers) = &raw.dns.servers {
         for server in servers {
             let text = server.get_ref().trim();
+            // An IPv6 address goes in brackets: `::1:5353` was read as the
+            // address ::1:5353, port 53, not ::1 port 5353 (probe 99).
+            if text.parse::<std::net::Ipv6Addr>().is_ok() {
+                c.at(
+                    server.span(),
+                    format!(
+                        "dns.servers: write an IPv6 address in brackets, \"[{text}]\" (port 53) or with its \
+                         port, \"[::1]:5353\": without, the last group could be a port"
+                    ),
+                );
+                continue;
+            }
+            let bracketed = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
             let parsed = text
                 .parse::<SocketAddr>()
                 .ok()
-                .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)));
+                .or_else(|| text.parse::<std::net::Ipv4Addr>().ok().map(|ip| SocketAddr::new(ip.into(), 53)))
+                .or_else(|| {
+                    bracketed?.parse::<std::net::Ipv6Addr>().ok().map(|ip| SocketAddr::new(ip.into(), 53))
+                });
             match parsed {
                 // (No server listens there: it was accepted, probe 83.)
                 Some(a) if a.port() == 0 => {

@@ -224,9 +224,12 @@ impl Kept {
     /// negative TTL. Without, an IPv4-only name's AAAA was asked again at
     /// each lookup (probe 90).
     fn no_data(&self, family: Family, name: &str, e: &ResolveError) {
-        if let Some(ProtoErrorKind::NoRecordsFound { negative_ttl: Some(ttl), response_code, .. }) =
+        if let Some(ProtoErrorKind::NoRecordsFound { negative_ttl: Some(ttl), response_code, soa, .. }) =
             e.proto().map(|p| p.kind())
             && *response_code == ResponseCode::NoError
+            // (hickory has already bounded `ttl` to a day: the SOA says
+            // whether one of the TTLs it is made of was past TTL_MAX.)
+            && soa.as_ref().is_none_or(|soa| soa.ttl().max(soa.data().minimum()) <= TTL_MAX)
         {
             let until = std::time::Instant::now() + Duration::from_secs(u64::from(*ttl));
             self.put(family, name, &[], until);
@@ -244,17 +247,30 @@ impl Resolver {
         let answer = match family {
             Family::V4 => self.inner.ipv4_lookup(name.clone()).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
-                (ips, a.valid_until())
+                (ips, valid_until(a.as_lookup()))
             }),
             Family::V6 => self.inner.ipv6_lookup(name.clone()).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
-                (ips, a.valid_until())
+                (ips, valid_until(a.as_lookup()))
             }),
         };
         let (ips, until) = answer.inspect_err(|e| self.kept.no_data(family, fqdn, e))?;
         self.kept.put(family, fqdn, &ips, until);
         Ok(ips)
     }
+}
+
+/// The longest TTL: one with its top bit set is read as zero (RFC 2181 §8),
+/// not kept; it was kept for a day (probe 99).
+const TTL_MAX: u32 = i32::MAX.unsigned_abs();
+
+/// Until when `answer` holds: its shortest TTL from now, or now when a
+/// record's TTL is past [`TTL_MAX`].
+fn valid_until(answer: &hickory_resolver::lookup::Lookup) -> std::time::Instant {
+    if answer.records().iter().any(|r| r.ttl() > TTL_MAX) {
+        return std::time::Instant::now();
+    }
+    answer.valid_until()
 }
 
 /// `fqdn` as the query names it: its labels as they are. hickory reads a
