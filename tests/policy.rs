@@ -775,6 +775,12 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     assert!(out.contains("decision deny by the egress policy"), "{out}");
     let (code, out, _) = explain(&lab, &["--user", USER, "http://127.0.0.1:80/"]);
     assert_eq!(code, Some(0), "{out}");
+    // A name that does not resolve: the rule decides nothing, and the
+    // proxy's answer is the lookup's 502 (explain named the rule).
+    let (code, out, _) = explain(&lab, &["--user", USER, "http://nx.invalid/"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("decision none: rule lab needs the destination's addresses"), "{out}");
+    assert!(out.contains("the proxy answers 502 dns_error"), "{out}");
     // Arguments echoed in a message are escaped: they reached the terminal
     // with their control characters.
     let (code, _, err) = run(&["--user", USER, "--method", "\u{1b}[31mX\nY", "127.0.0.1:80"]);

@@ -94,7 +94,10 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
         Host::Ip(ip) => Ok(vec![*ip]),
         Host::Name(n) => {
             let resolver = Resolver::new(&snap.dns_servers, snap.limits.dns_timeout);
-            resolver.lookup(n, snap.limits.dns_timeout).await.map_err(|e| e.to_string())
+            resolver.lookup(n, snap.limits.dns_timeout).await.map_err(|e| {
+                let answer = crate::respond::describe(&e);
+                format!("{e}; the proxy answers {} {}", answer.status.as_u16(), answer.code)
+            })
         }
     };
     Ok(explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref().map_err(|e| e.as_str())))

@@ -56,6 +56,9 @@ pub fn explain(
     let query = Query { user, method, target, addrs: addrs.ok() };
     let _ = writeln!(t, "rules    (first match wins)");
     let mut decided = None;
+    // A rule that needs the addresses, which did not resolve: the proxy's
+    // answer is the lookup's error, not this rule's (probe 99).
+    let mut undecided = None;
     for (i, (name, action, check)) in policy.trace(&query).into_iter().enumerate() {
         let verdict = match (&check, decided.is_some()) {
             (_, true) => "not reached".to_string(),
@@ -66,6 +69,7 @@ pub fn explain(
             (Check::Miss(why), false) => format!("no match ({why} differs)"),
             (Check::NeedAddrs, false) => {
                 decided = Some((Action::Deny, Some(name.clone())));
+                undecided = Some(name.clone());
                 "cannot decide: needs the destination's addresses, which did not resolve".to_string()
             }
         };
@@ -77,7 +81,13 @@ pub fn explain(
     // denied address is its answer (403 `destination_ip_prohibited`).
     let egress_first = policy.decide(&Query { addrs: None, ..query }).is_none()
         && addrs.is_ok_and(|ips| ips.iter().any(|ip| matches!(egress.check(*ip), Verdict::Denied(_))));
-    if egress_first {
+    if let Some(rule) = undecided {
+        let _ = writeln!(
+            t,
+            "decision none: rule {rule} needs the destination's addresses, and the proxy answers the \
+             lookup's error (below)"
+        );
+    } else if egress_first {
         let _ = writeln!(
             t,
             "decision deny by the egress policy, checked before a rule that needs the addresses \
