@@ -893,17 +893,7 @@ fn owner_and_group_are_kept() {
 fn an_edit_made_meanwhile_is_not_overwritten() {
     let d = Dir::new(Some(&fixture()));
     let mut child = Dir::spawn(d.command(&["add", "late", "--password-stdin"]));
-    // The file has been read once the process blocks on standard input.
-    let stat = format!("/proc/{}/stat", child.id());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = std::fs::read_to_string(&stat).unwrap_or_default();
-        if s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S')) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never blocked on stdin: {s}");
-        std::thread::yield_now();
-    }
+    blocked_on_stdin(&child);
     let meanwhile = fixture() + "\n[users.other]\npassword = \"" + H + "\"\n";
     std::fs::write(d.users(), &meanwhile).unwrap();
     child.stdin.take().unwrap().write_all(b"pw\n").unwrap();
@@ -912,6 +902,47 @@ fn an_edit_made_meanwhile_is_not_overwritten() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("changed while this command ran"));
     assert_eq!(d.read(), meanwhile);
     assert!(d.strays().is_empty(), "{:?}", d.strays());
+}
+
+/// Returns once `child` blocks (on standard input): it has read the file.
+fn blocked_on_stdin(child: &Child) {
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        if s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('S')) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never blocked on stdin: {s}");
+        std::thread::yield_now();
+    }
+}
+
+/// A users file that is a symlink pointed elsewhere while `passwd` waits
+/// for its password (a Kubernetes `..data` swap) is not written through
+/// the old link: the command refuses, and neither file changes. It wrote
+/// the file the link no longer names, said it was done, and the old
+/// password still let the user in (probe 100).
+#[test]
+fn a_symlink_pointed_elsewhere_meanwhile_is_not_written_through() {
+    let d = Dir::new(None);
+    for v in ["v1.toml", "v2.toml"] {
+        std::fs::write(d.path.join(v), fixture()).unwrap();
+    }
+    std::os::unix::fs::symlink("v1.toml", d.users()).unwrap();
+    let mut child = Dir::spawn(d.command(&["passwd", "alice", "--password-stdin"]));
+    blocked_on_stdin(&child);
+    let swap = d.path.join("swap");
+    std::os::unix::fs::symlink("v2.toml", &swap).unwrap();
+    std::fs::rename(&swap, d.users()).unwrap();
+    child.stdin.take().unwrap().write_all(b"new password\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed while this command ran"), "{stderr}");
+    for v in ["v1.toml", "v2.toml"] {
+        assert_eq!(std::fs::read_to_string(d.path.join(v)).unwrap(), fixture(), "{v}");
+    }
 }
 
 /// `users` commands run at the same time never lose an edit: each one that

@@ -240,8 +240,7 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
 struct UsersFile {
     /// The configured path, for messages.
     path: PathBuf,
-    /// Where to write: the symlink's target when `path` is a symlink (as a
-    /// Kubernetes-style mount is), so that the link is kept.
+    /// Where to write (see [`written_at`]).
     real: PathBuf,
     original: Option<String>,
     users: Vec<User>,
@@ -251,12 +250,7 @@ struct UsersFile {
 impl UsersFile {
     fn read(path: &Path) -> Result<UsersFile, UsersError> {
         let io_err = |what| move |source| UsersError::Io { path: path.to_path_buf(), what, source };
-        let real = match fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                fs::canonicalize(path).map_err(io_err("cannot follow the symlink"))?
-            }
-            _ => path.to_path_buf(),
-        };
+        let real = written_at(path).map_err(io_err("cannot follow the symlink"))?;
         let text = match crate::config::file::read_file(&real) {
             Ok(bytes) => String::from_utf8(bytes)
                 .map_err(|_| refused(format!("{}: not UTF-8 text", shown_path(path))))?,
@@ -328,13 +322,28 @@ impl UsersFile {
                 return Err(UsersError::Io { path: self.path.clone(), what: "cannot read", source });
             }
         };
-        if now.as_deref() != self.original.as_deref().map(str::as_bytes) {
+        // Where the path leads now, too: a symlink pointed elsewhere in
+        // the meantime (a Kubernetes `..data` swap) left the file it now
+        // names, the one the proxy reads, unchanged, and the command said
+        // it was done (probe 100).
+        let moved = !written_at(&self.path).is_ok_and(|real| real == self.real);
+        if moved || now.as_deref() != self.original.as_deref().map(str::as_bytes) {
             return Err(refused(format!(
                 "{} changed while this command ran; nothing written, run it again",
                 shown_path(&self.path)
             )));
         }
         atomic_write(&self.real, text.as_bytes())
+    }
+}
+
+/// Where a users file at `path` is written: the symlink's target when
+/// `path` is a symlink (as a Kubernetes-style mount is), so that the link is
+/// kept; `path` otherwise.
+fn written_at(path: &Path) -> io::Result<PathBuf> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path),
+        _ => Ok(path.to_path_buf()),
     }
 }
 
