@@ -1090,6 +1090,14 @@ fn users_commands_refuse_a_broken_config_that_has_no_auth_table() {
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.is_empty() && out.stderr.contains("unknown field `Auth`"), "{out:?}");
 
+    // The same typo beside an `[auth]` table of its own (`[auth.argon2]`):
+    // `add` created a users file at the default path (probe 100).
+    let d = Dir::new(None);
+    std::fs::write(d.config(), "[auth.argon2]\nm_cost = 8\n\n[Auth]\nusers_file = \"real.toml\"\n").unwrap();
+    let err = d.refused(&["add", "bob", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("unknown field `Auth`") && !err.contains("warning"), "{err}");
+    assert!(!d.users().exists() && !d.path.join("real.toml").exists());
+
     // Not an authgate config: nothing is created beside it.
     let d = Dir::new(None);
     std::fs::write(d.config(), "[package]\nname = \"x\"\n").unwrap();

@@ -497,6 +497,19 @@ fn auth_table_alone(source: &str) -> Option<String> {
     let doc = toml_edit::ImDocument::parse(source).ok()?;
     let root = doc.as_table();
     let auth = root.get("auth")?;
+    // Another table meant as `[auth]` beside it (`[Auth]` with the
+    // `users_file`, an `[auth.argon2]` elsewhere): the command went to the
+    // default users file, and `add` created it (probe 100).
+    let meant_as_auth = |(key, item): (&str, &toml_edit::Item)| {
+        key != "auth"
+            && (key.eq_ignore_ascii_case("auth")
+                || item
+                    .as_table_like()
+                    .is_some_and(|t| t.contains_key("users_file") || t.contains_key("argon2")))
+    };
+    if root.iter().any(meant_as_auth) {
+        return None;
+    }
     // Where each table's header starts, and whether the table is `[auth]`
     // or under it: a table's lines run from its header to the next one.
     let mut headers = Vec::new();
@@ -604,5 +617,8 @@ mod tests {
         assert_eq!(auth_table_alone("[Auth]\nusers_file = \"u.toml\"\n"), None);
         assert_eq!(auth_table_alone("[server.auth]\nusers_file = \"u.toml\"\n"), None);
         assert_eq!(auth_table_alone("[auth\n"), None);
+        // Beside another table meant as `[auth]`.
+        assert_eq!(auth_table_alone("[auth.argon2]\nm_cost = 8\n[Auth]\nusers_file = \"u.toml\"\n"), None);
+        assert_eq!(auth_table_alone("[auth]\ncache_ttl = \"5m\"\n[auht]\nusers_file = \"u.toml\"\n"), None);
     }
 }
