@@ -1024,3 +1024,21 @@ fn check_escapes_control_characters_quoted_from_the_config() {
         assert!(all.contains("u\\u{1b}[31m\\nok: forged\\u{202e}txt.toml"), "{all}");
     }
 }
+
+/// At most 256 listener addresses: each is checked against the others,
+/// and 300,000 entries took `check` 30 s (probe 100). The first one past
+/// the bound is named; the ones before are checked as usual.
+#[test]
+fn more_than_256_listeners_are_refused() {
+    let config = |n: u16| {
+        let listen: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 20_000 + i)).collect();
+        format!("[server]\nlisten = {listen:?}\n[auth]\nusers_file = \"users.toml\"\n")
+    };
+    let (_dir, snap) = load(&config(256), &good_users());
+    assert_eq!(snap.unwrap_or_else(|e| panic!("{e}")).server.listen.len(), 256);
+    let too_many = config(300);
+    let err = load_err(&too_many, &good_users());
+    let col = too_many.find("\"127.0.0.1:20256\"").unwrap() - too_many.find("listen").unwrap() + 1;
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&format!("authgate.toml:2:{col}: server.listen: more than 256 addresses")), "{err}");
+}
