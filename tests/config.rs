@@ -1042,3 +1042,27 @@ fn more_than_256_listeners_are_refused() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&format!("authgate.toml:2:{col}: server.listen: more than 256 addresses")), "{err}");
 }
+
+/// A config or users file with more than 1,000,000 keys, tables and array
+/// items is refused before it is parsed, at the part past the bound: the
+/// parser takes about 250 bytes for each, and 60 MB of `[[],[],…]` (under
+/// the 64 MiB a file may have) took 5.8 GB (probe 100).
+#[test]
+fn a_file_of_more_than_a_million_parts_is_refused_unparsed() {
+    let many = format!("[users]\na = [{}]\n", vec!["1"; 1_000_000].join(","));
+    let err = load_err(GOOD_CONFIG, &many);
+    // The header's `[`, `=`, `[`, then commas: the 999,998th is the part
+    // too many.
+    let col = many.match_indices(',').nth(999_997).unwrap().0 - "[users]\n".len() + 1;
+    assert!(
+        err.contains(&format!(
+            "users.toml:2:{col}: more than 1000000 keys, tables and array items; not parsed"
+        )),
+        "{}",
+        &err[..err.len().min(300)]
+    );
+    let config =
+        format!("{GOOD_CONFIG}\n[egress]\nallow_cidrs = [{}]\n", vec!["\"10.0.0.0/8\""; 1_000_000].join(","));
+    let err = load_err(&config, &good_users());
+    assert!(err.contains("more than 1000000 keys, tables and array items"), "{}", &err[..err.len().min(300)]);
+}

@@ -135,6 +135,22 @@ impl<'a> Collector<'a> {
         });
     }
 
+    /// Records a problem, where it is past the bound, when the file has
+    /// more parts than are parsed (see `toml_terms::MAX_PARTS`); whether
+    /// it did.
+    pub fn too_many_parts(&mut self) -> bool {
+        let Some(at) = super::toml_terms::past_max_parts(self.source) else { return false };
+        self.at(
+            at..at,
+            format!(
+                "more than {} keys, tables and array items; not parsed (that would take about 250 bytes \
+                 of memory for each)",
+                super::toml_terms::MAX_PARTS
+            ),
+        );
+        true
+    }
+
     /// Records a TOML syntax or type error.
     pub fn toml(&mut self, err: &toml::de::Error) {
         // toml's messages can span lines ("invalid table header" then

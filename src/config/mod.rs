@@ -494,6 +494,9 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
 /// problem found in it is at its line and column in the real file. `None`
 /// when the text is not TOML or has no `auth` table.
 fn auth_table_alone(source: &str) -> Option<String> {
+    if toml_terms::past_max_parts(source).is_some() {
+        return None;
+    }
     let doc = toml_edit::ImDocument::parse(source).ok()?;
     let root = doc.as_table();
     let auth = root.get("auth")?;

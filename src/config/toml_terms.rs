@@ -99,6 +99,66 @@ fn expected_in_toml_terms(expected: &str) -> &str {
     }
 }
 
+/// Most parts (keys, tables, arrays and their items) a config or users
+/// file may have: parsing takes about 250 bytes for each, so that 60 MB of
+/// `a = [[],[],…]` (well under the 64 MiB a file may have) took 5.8 GB
+/// and 20 s (probe 100). A users file of 100,000 users with groups has
+/// about 500,000.
+pub(super) const MAX_PARTS: usize = 1_000_000;
+
+/// Where the part of `source` past [`MAX_PARTS`] is, counting each `=`,
+/// `,`, `[` and `{` outside strings and comments; `None` within the bound.
+/// A linear pass before the parser's: a count, not a parse (a string left
+/// open only ends the count early).
+pub(super) fn past_max_parts(source: &str) -> Option<usize> {
+    past_parts(source, MAX_PARTS)
+}
+
+/// [`past_max_parts`] with `max` for its bound.
+fn past_parts(source: &str, max: usize) -> Option<usize> {
+    let b = source.as_bytes();
+    let mut parts = 0usize;
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'#' => i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n),
+            b'"' | b'\'' => i = string_end(b, i),
+            b'=' | b',' | b'[' | b'{' => {
+                parts += 1;
+                if parts > max {
+                    return Some(i);
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// Past the string that opens at `at` (basic or literal, on one line or
+/// multi-line): the end of `b` when it is not closed.
+fn string_end(b: &[u8], at: usize) -> usize {
+    let q = b[at];
+    let escapes = q == b'"';
+    let triple = [q, q, q];
+    let (mut i, multi) = if b[at..].starts_with(&triple) { (at + 3, true) } else { (at + 1, false) };
+    while let Some(&c) = b.get(i) {
+        if escapes && c == b'\\' {
+            i += 2;
+        } else if multi && b[i..].starts_with(&triple) {
+            // Up to two quotes of the text may come right before the end.
+            let run = b[i..].iter().take_while(|&&c| c == q).count();
+            return i + run;
+        } else if !multi && (c == q || c == b'\n') {
+            return i + 1;
+        } else {
+            i += 1;
+        }
+    }
+    b.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +205,27 @@ mod tests {
         ] {
             assert_eq!(in_toml_terms(message, found), said, "{message}");
         }
+    }
+
+    /// Parts are counted outside strings and comments only: a PHC hash
+    /// (`m=19456,t=2,p=1`) or a `#` comment with commas is one value.
+    #[test]
+    fn parts_are_counted_outside_strings_and_comments() {
+        let at = |text: &str, max| past_parts(text, max);
+        assert_eq!(at("a = [1, 2]", 3), None);
+        assert_eq!(at("a = [1, 2]", 2), Some(6));
+        let quiet = "p = \"$argon2id$v=19$m=8,t=1,p=1$x\" # a, b, [c]\nq = 'x,=[{'\n";
+        assert_eq!(at(quiet, 2), None);
+        assert_eq!(at(&format!("{quiet}r = 1"), 2), Some(quiet.len() + 2));
+        // Multi-line strings (with an escaped quote, and quotes of the text
+        // right before the end) and a basic string ending in `\"`.
+        let multi = r#"a = """x, \""" ,"""""
+b = '''
+,,,'''''
+c = "\",""#;
+        assert_eq!(at(multi, 3), None, "{multi}");
+        assert_eq!(at(&format!("{multi}\nd = 1"), 3), Some(multi.len() + 3));
+        // An open string ends the count.
+        assert_eq!(at("a = \"x, y, z", 1), None);
     }
 }

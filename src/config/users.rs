@@ -121,6 +121,9 @@ pub(crate) fn invisible(c: char) -> bool {
 /// Parses the users file; returns the valid users and every problem.
 pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
     let mut c = Collector::new(path, source);
+    if c.too_many_parts() {
+        return (Vec::new(), c.problems);
+    }
     let raw: RawUsers = match toml::from_str(source) {
         Ok(r) => r,
         Err(e) => {

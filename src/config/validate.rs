@@ -107,6 +107,9 @@ fn setting_shaped(key: &str) -> bool {
 pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
     let mut c = Collector::new(path, source);
     let mut s = defaults(path);
+    if c.too_many_parts() {
+        return Err(c.problems);
+    }
     let raw: RawConfig = match toml::from_str(source) {
         Ok(r) => r,
         Err(e) => {
