@@ -320,6 +320,11 @@ fn rust_log_overrides_the_configured_level() {
 
     let invalid = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", "=!=")]);
     assert!(invalid.contains("authgate started"), "the configured level applies: {invalid}");
+    // And it says so (it was ignored without a word).
+    assert!(
+        invalid.lines().any(|l| l.contains("WARN") && l.contains("RUST_LOG is not a log filter")),
+        "{invalid}"
+    );
 }
 
 /// How a request that waits on a silent origin ends before its answer.

@@ -88,11 +88,16 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 /// background thread writes out in batches, at most 100 ms late (see
 /// `sink.rs` for the measurements behind this). Lines are lost only when
 /// stdout stops taking them, and then counted (see `sink.rs`). `RUST_LOG`,
-/// when set, overrides `level`.
+/// when set (and not empty), overrides `level`; one that is not a filter
+/// is said in a warning, and `level` applies.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let configured = || EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (filter, bad_env) = match from_env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(filter)) => (filter, None),
+        Some(Err(e)) => (configured(), Some(e)),
+        None => (configured(), None),
+    };
     let (writer, guard) = sink::start(stdout_unbuffered(), format == LogFormat::Json);
     let sink = writer.sink();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(true);
@@ -102,6 +107,11 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     };
     if installed.is_ok() {
         let _ = INSTALLED.set((sink, format));
+    }
+    // (Ignored without a word before: a mistyped override looked applied;
+    // probe 100.)
+    if let Some(e) = bad_env {
+        tracing::warn!(error = %e, "RUST_LOG is not a log filter; [log] level applies");
     }
     guard
 }
