@@ -1066,3 +1066,19 @@ fn a_file_of_more_than_a_million_parts_is_refused_unparsed() {
     let err = load_err(&config, &good_users());
     assert!(err.contains("more than 1000000 keys, tables and array items"), "{}", &err[..err.len().min(300)]);
 }
+
+/// A value with `@` (a pasted `user:password@host`) is not quoted in a
+/// problem: a rule's `hosts`, `server.listen`, `dns.servers` and CIDRs
+/// echoed it, to the terminal and, at a reload, to the log (probe 100).
+#[test]
+fn a_value_that_may_hold_a_password_is_not_echoed() {
+    let config = "[server]\nlisten = [\"alice:S3cret@127.0.0.1:3128\"]\n[auth]\nusers_file = \"users.toml\"\n\
+                  [dns]\nservers = [\"alice:S3cret@10.0.0.2\"]\n[egress]\nallow_cidrs = [\"alice:S3cret@10.0.0.0/8\"]\n\
+                  [[rules]]\nname = \"r\"\naction = \"allow\"\nhosts = [\"alice:S3cret@example.com\"]\n";
+    let err = load_err(config, &good_users());
+    assert_eq!(err.matches("(a value with `@`, not shown: it may hold a password)").count(), 4, "{err}");
+    assert!(!err.contains("S3cret"), "{err}");
+    // Others are quoted, as a typo is.
+    let err = load_err(&GOOD_CONFIG.replace("127.0.0.1:3128", "127.0.0.1:31x8"), &good_users());
+    assert!(err.contains("server.listen: `127.0.0.1:31x8` is not an address:port"), "{err}");
+}

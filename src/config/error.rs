@@ -203,6 +203,17 @@ fn line_col_in(source: &str, starts: &[usize], offset: usize) -> (usize, usize) 
     (line, col)
 }
 
+/// A value of a config as a message quotes it: its first 60 characters in
+/// backticks, or, when it has an `@` (a pasted `user:password@host`), a
+/// note that it is not shown (probe 100: a rule's `hosts` echoed it).
+pub(crate) fn quoted(value: &str) -> String {
+    if value.contains('@') {
+        "(a value with `@`, not shown: it may hold a password)".to_owned()
+    } else {
+        format!("`{}`", value.chars().take(60).collect::<String>())
+    }
+}
+
 /// 1-based line and column (in characters) of byte `offset` in `source`.
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::Method;
 use toml::Spanned;
 
-use super::error::Collector;
+use super::error::{Collector, quoted};
 use super::raw::{RawPolicy, RawPort, RawRule};
 use super::validate::parse_cidr;
 use crate::policy::egress::canonical;
@@ -149,19 +149,16 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         return Ok(HostPattern::Exact(canonical(v6.into()).to_string()));
     }
     if rest.contains('*') {
-        return Err(format!(
-            "`{}`: `*` is only allowed as `*` or a leading `*.`",
-            s.chars().take(60).collect::<String>()
-        ));
+        return Err(format!("{}: `*` is only allowed as `*` or a leading `*.`", quoted(s)));
     }
     let ascii = idna::domain_to_ascii(rest.trim_end_matches('.'))
-        .map_err(|_| format!("`{}` is not a valid host name", s.chars().take(60).collect::<String>()))?;
+        .map_err(|_| format!("{} is not a valid host name", quoted(s)))?;
     let host = match parse_host(&ascii) {
         Ok(Host::Name(n)) => n,
         // As targets are matched: an IPv4-mapped address (`::ffff:a.b.c.d`)
         // is that IPv4 address; other IPv6 forms stay IPv6.
         Ok(Host::Ip(ip)) if !wild => canonical(ip).to_string(),
-        _ => return Err(format!("`{}` is not a valid host pattern", s.chars().take(60).collect::<String>())),
+        _ => return Err(format!("{} is not a valid host pattern", quoted(s))),
     };
     Ok(if wild { HostPattern::Suffix(format!(".{host}")) } else { HostPattern::Exact(host) })
 }

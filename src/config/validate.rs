@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::error::{Collector, Problem};
+use super::error::{Collector, Problem, quoted};
 use super::raw::RawConfig;
 use super::{Auth, Limits, Log, Server};
 use crate::policy::Policy;
@@ -135,7 +135,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                     c.at(item.span(), format!("server.listen: {a} is listed twice (or overlaps another entry)"));
                 }
                 Ok(a) => s.server.listen.push(a),
-                Err(_) => c.at(item.span(), format!("server.listen: `{}` is not an address:port (e.g. \"127.0.0.1:3128\" or \"[::1]:3128\")", item.get_ref().chars().take(60).collect::<String>())),
+                Err(_) => c.at(item.span(), format!("server.listen: {} is not an address:port (e.g. \"127.0.0.1:3128\" or \"[::1]:3128\")", quoted(item.get_ref()))),
             }
         }
     }
@@ -373,8 +373,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 None => c.at(
                     server.span(),
                     format!(
-                        "dns.servers: `{}` is not an address (e.g. \"10.0.0.2\" or \"127.0.0.1:5353\")",
-                        text.chars().take(60).collect::<String>()
+                        "dns.servers: {} is not an address (e.g. \"10.0.0.2\" or \"127.0.0.1:5353\")",
+                        quoted(text)
                     ),
                 ),
             }
@@ -468,7 +468,7 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         .parse::<ipnet::IpNet>()
         .ok()
         .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-        .ok_or_else(|| format!("`{shown}` is not a CIDR (e.g. \"10.1.0.0/16\" or \"fd00::/8\")"))?;
+        .ok_or_else(|| format!("{} is not a CIDR (e.g. \"10.1.0.0/16\" or \"fd00::/8\")", quoted(s)))?;
     if net != net.trunc() {
         return Err(format!(
             "`{shown}` has bits set past its /{}: write \"{}\" for the range, or the address alone",
