@@ -1082,3 +1082,16 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
     let err = load_err(&GOOD_CONFIG.replace("127.0.0.1:3128", "127.0.0.1:31x8"), &good_users());
     assert!(err.contains("server.listen: `127.0.0.1:31x8` is not an address:port"), "{err}");
 }
+
+/// `users_file = ""` is one problem, at its place: the default users file,
+/// which is not the one meant, is not read too (its "cannot read" was a
+/// second, misleading line; probe 100).
+#[test]
+fn an_empty_users_file_setting_is_one_problem() {
+    let dir = TempDir::new();
+    let path =
+        dir.write("authgate.toml", GOOD_CONFIG.replace("users_file = \"users.toml\"", "users_file = \"\""));
+    let err = authgate::config::load(&path).map(|_| ()).expect_err("refused").to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("authgate.toml:6:14: auth.users_file: must not be empty"), "{err}");
+}

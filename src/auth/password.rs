@@ -167,7 +167,11 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
 
 /// Hashing schemes other than argon2, named when a stored hash is of one
 /// of them.
-const OTHER_SCHEMES: [&str; 14] = [
+/// (bcrypt's `$2x$`, of hashes made by a buggy crypt_blowfish, and its
+/// first `$2$`; `$2a$`, `$2b$` and `$2y$` are taken, see `store.rs`.)
+const OTHER_SCHEMES: [&str; 16] = [
+    "2x",
+    "2",
     "scrypt",
     "pbkdf2",
     "pbkdf2-sha256",
@@ -271,6 +275,10 @@ mod tests {
     fn parse_rejects_non_argon2_and_garbage() {
         assert!(parse_argon2("nope").is_err());
         assert!(parse_argon2("$2y$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ012345").is_err());
+        assert_eq!(
+            parse_argon2("$2x$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ012345").map(|_| ()),
+            Err("unsupported algorithm `2x`; use argon2id".to_owned())
+        );
         let h = hash_password("x", tiny()).unwrap();
         assert!(parse_argon2(h.as_str()).is_ok());
     }

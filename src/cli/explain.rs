@@ -41,6 +41,14 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         let host = parse_host(&ascii_host(host)?).map_err(|e| e.0.to_string())?;
         return Ok((Target { host, port }, method));
     }
+    // `http:127.0.0.1:8080` was told "IPv6 addresses must be in brackets"
+    // (probe 100). (`http:8080` is the host `http`, port 8080.)
+    if let Some((scheme, rest)) = raw.split_once(':')
+        && ["http", "https"].iter().any(|s| s.eq_ignore_ascii_case(scheme))
+        && !rest.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("`{}` is no URL: write {scheme}://host/…", shown(raw)));
+    }
     let raw = match raw.rsplit_once(':') {
         Some((host, port)) if !raw.is_ascii() => format!("{}:{port}", ascii_host(host)?),
         _ => raw.to_owned(),
@@ -63,6 +71,9 @@ fn ascii_host(host: &str) -> Result<std::borrow::Cow<'_, str>, String> {
 /// Unknown user, bad target or method.
 pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str) -> Result<Report, String> {
     let name = crate::auth::basic::nfc(user);
+    if name.is_empty() {
+        return Err("--user: a user name must not be empty".into());
+    }
     let user = snap.users.get(&name).ok_or_else(|| {
         let file = crate::config::shown_path(&snap.auth.users_file);
         // `alice:S3cret` typed for a name is not echoed.
@@ -112,6 +123,18 @@ fn shown(arg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `http:host:port` (no `//`) is named as the URL it is not.
+    #[test]
+    fn a_url_without_slashes_is_named_so() {
+        assert_eq!(
+            parse_target("http:127.0.0.1:8080"),
+            Err("`http:127.0.0.1:8080` is no URL: write http://host/…".into())
+        );
+        assert_eq!(parse_target("HTTPS:x"), Err("`HTTPS:x` is no URL: write HTTPS://host/…".into()));
+        assert!(parse_target("httpbin.org:443").is_ok());
+        assert!(parse_target("http:8080").is_ok(), "the host `http`");
+    }
 
     #[test]
     fn a_host_typed_in_unicode_is_explained_in_its_ascii_form() {

@@ -384,6 +384,10 @@ pub fn load_users(auth: &Auth, running: &UserStore) -> Result<UserStore, ConfigE
 /// connection and tunnel, until the write ended. A file that means it says
 /// `[users]`, as `authgate users remove` writes for the last user.
 fn read_users(auth: &Auth, running: Option<&UserStore>) -> (Vec<crate::auth::store::User>, Vec<Problem>) {
+    // `users_file = ""`, a problem of the config already.
+    if auth.users_file.as_os_str().is_empty() {
+        return (Vec::new(), Vec::new());
+    }
     let src = match read(&auth.users_file) {
         Ok(src) => src,
         Err(e) => return (Vec::new(), e.problems),

@@ -207,7 +207,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             Some(dt) => match to_system_time(dt.get_ref()) {
                 Some(t) => Some(Some(t)),
                 None => {
-                    c.at(dt.span(), format!("user `{shown}`: expires: use an RFC 3339 date-time with offset, from 1970 to 9999, e.g. 2027-03-31T00:00:00Z"));
+                    c.at(dt.span(), format!("user `{shown}`: expires: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999"));
                     None
                 }
             },

@@ -225,6 +225,9 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         let base = path.parent().unwrap_or(Path::new("."));
         if f.get_ref().trim().is_empty() {
             c.at(f.span(), "auth.users_file: must not be empty");
+            // No file to read: the default one is not the one meant, and
+            // its problems were a second, misleading line (probe 100).
+            s.auth.users_file = std::path::PathBuf::new();
         } else {
             s.auth.users_file = base.join(f.get_ref());
         }
