@@ -3,6 +3,8 @@
 //! whole output is searched for the passwords and their base64 forms.
 
 mod common;
+#[path = "support/dns.rs"]
+mod dns;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -325,6 +327,40 @@ fn rust_log_overrides_the_configured_level() {
         invalid.lines().any(|l| l.contains("WARN") && l.contains("RUST_LOG is not a log filter")),
         "{invalid}"
     );
+}
+
+/// The resolver's own lines are off unless the filter names them: hickory
+/// writes a warning for every DNS reply it drops, and anyone who reaches
+/// the resolver's port can send forged ones at will (probe 99).
+#[test]
+fn forged_dns_replies_write_no_line_unless_asked_for() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (fake, origin) = rt.block_on(async {
+        let fake =
+            dns::spawn(vec![("forged.test", dns::Answer::ForgedFirst(vec![std::net::Ipv4Addr::LOCALHOST]))])
+                .await;
+        (fake, spawn_echo_origin())
+    });
+    let run = |level: &str| {
+        let dir = TempDir::new();
+        let extra = format!("[dns]\nservers = [\"{}\"]\n[log]\nlevel = \"{level}\"\n", fake.addr);
+        let bin = start_binary_env(&dir, &extra, &users_toml(&[(USER, PASSWORD)]), Stdio::piped(), &[]);
+        rt.block_on(async {
+            wait_listening(bin.addr).await;
+            let target = format!("forged.test:{}", origin.addr.port());
+            let r =
+                send_one(bin.addr, "CONNECT", &target, &[("Proxy-Authorization", &basic(USER, PASSWORD))])
+                    .await;
+            assert_eq!(r.status, 200, "{}", r.dump());
+        });
+        let out = bin.stop();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let quiet = run("info");
+    assert!(quiet.contains("authgate::access"), "{quiet}");
+    assert!(!quiet.contains("hickory"), "{quiet}");
+    let asked = run("info,hickory_proto=warn");
+    assert!(asked.lines().any(|l| l.contains("WARN hickory_proto")), "{asked}");
 }
 
 /// How a request that waits on a silent origin ends before its answer.

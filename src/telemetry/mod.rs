@@ -82,6 +82,19 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
     }
 }
 
+/// `filter` with the resolver's own lines (hickory's) off, unless it names
+/// them (`hickory_proto=warn`): hickory writes a warning for each DNS
+/// reply it drops, forged or malformed, which anyone who reaches the
+/// resolver's port can send at will, one line each (probe 99). authgate
+/// says what a failed lookup did to a request in its access line.
+fn quiet_resolver(filter: &str) -> String {
+    if filter.contains("hickory") {
+        filter.to_owned()
+    } else {
+        format!("{filter},hickory_proto=off,hickory_resolver=off")
+    }
+}
+
 /// Installs the global tracing subscriber writing to stdout.
 ///
 /// Lines are formatted on the calling thread into a shared buffer that a
@@ -91,9 +104,9 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 /// when set (and not empty), overrides `level`; one that is not a filter
 /// is said in a warning, and `level` applies.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
-    let configured = || EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let configured = || EnvFilter::try_new(quiet_resolver(level)).unwrap_or_else(|_| EnvFilter::new("info"));
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let (filter, bad_env) = match from_env.as_deref().map(EnvFilter::try_new) {
+    let (filter, bad_env) = match from_env.as_deref().map(|v| EnvFilter::try_new(quiet_resolver(v))) {
         Some(Ok(filter)) => (filter, None),
         Some(Err(e)) => (configured(), Some(e)),
         None => (configured(), None),

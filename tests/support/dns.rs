@@ -55,6 +55,9 @@ pub enum Answer {
     /// cacheable), in seconds. AAAA queries are counted under
     /// `"<name> AAAA"`.
     NoDataSoa(Vec<Ipv4Addr>, u32, u32),
+    /// A records (TTL 60), each answer sent after a forged one: the same
+    /// with a wrong query id (as an off-path attacker sends them).
+    ForgedFirst(Vec<Ipv4Addr>),
 }
 
 /// What [`spawn_with_tcp`] does with a query over TCP.
@@ -136,6 +139,14 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::NoDataSoa(_, _, negative_ttl), _)) => {
                     *q2.lock().unwrap().entry(format!("{name} AAAA")).or_insert(0) += 1;
                     with_soa(response(&buf[..qend], 0, &[], 0), *negative_ttl)
+                }
+                Some((Answer::ForgedFirst(ips), _)) => {
+                    let answer = if qtype == 1 { octets(ips) } else { Vec::new() };
+                    let reply = response(&buf[..qend], 0, &answer, 60);
+                    let mut forged = reply.clone();
+                    forged[1] = forged[1].wrapping_add(1);
+                    let _ = sock.send_to(&forged, peer).await;
+                    reply
                 }
                 Some((Answer::Dual(v4, v6, ttl), _)) => {
                     let v6: Vec<Vec<u8>> = v6.iter().map(|ip| ip.octets().to_vec()).collect();
