@@ -143,8 +143,8 @@ impl<'a> Collector<'a> {
         self.at(
             at..at,
             format!(
-                "more than {} keys, tables and array items; not parsed (that would take about 250 bytes \
-                 of memory for each)",
+                "more than {} parts (keys, tables, array items; a dot in a key counts as three); not \
+                 parsed (each takes a few hundred bytes of memory while parsed)",
                 super::toml_terms::MAX_PARTS
             ),
         );
