@@ -322,11 +322,20 @@ fn rust_log_overrides_the_configured_level() {
 
     let invalid = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", "=!=")]);
     assert!(invalid.contains("authgate started"), "the configured level applies: {invalid}");
-    // And it says so (it was ignored without a word).
-    assert!(
-        invalid.lines().any(|l| l.contains("WARN") && l.contains("RUST_LOG is not a log filter")),
-        "{invalid}"
-    );
+    // And it says so (it was ignored without a word), also for a bare
+    // word that is not a level, which silenced every line (probe 101).
+    for rust_log in ["=!=", "warning"] {
+        let out = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", rust_log)]);
+        assert!(
+            out.lines().any(|l| l.contains("WARN") && l.contains("RUST_LOG is not a level or a log filter")),
+            "{rust_log}: {out}"
+        );
+        assert!(out.contains("authgate::access"), "{rust_log}: {out}");
+    }
+    // A level with spaces around it, which `check` accepts, is that level
+    // (it was a target, and nothing was logged).
+    let spaced = stdout_after_one_request("[log]\nlevel = \" info \"\n");
+    assert!(spaced.contains("authgate started") && spaced.contains("authgate::access"), "{spaced}");
 }
 
 /// The resolver's own lines are off unless the filter names them: hickory
@@ -359,6 +368,9 @@ fn forged_dns_replies_write_no_line_unless_asked_for() {
     let quiet = run("info");
     assert!(quiet.contains("authgate::access"), "{quiet}");
     assert!(!quiet.contains("hickory"), "{quiet}");
+    // (A directive for another target with `hickory` in its name is not one.)
+    let other = run("info,nothickory=info");
+    assert!(!other.contains("hickory_proto"), "{other}");
     let asked = run("info,hickory_proto=warn");
     assert!(asked.lines().any(|l| l.contains("WARN hickory_proto")), "{asked}");
 }

@@ -307,13 +307,12 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     }
 
     if let Some(level) = &raw.log.level {
-        if !log_filter_ok(level.get_ref()) {
-            c.at(
+        match crate::telemetry::log_filter(level.get_ref()) {
+            Some(filter) => s.log.level = filter,
+            None => c.at(
                 level.span(),
                 "log.level: not a level or a filter (use off, error, warn, info, debug or trace, or directives such as \"info,hyper=warn\")",
-            );
-        } else {
-            s.log.level = level.get_ref().clone();
+            ),
         }
     }
     if let Some(format) = &raw.log.format {
@@ -548,28 +547,14 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
     }
 }
 
-/// Whether `level` is a level or a list of `tracing` directives. A bare
-/// word that is not a level parses as a directive too: `"warning"` meant
-/// "everything from the target `warning`", so a typo silenced every log line
-/// (the startup line, access and audit lines included).
-fn log_filter_ok(level: &str) -> bool {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let bare_words_are_levels = level.split(',').all(|d| {
-        let d = d.trim();
-        !d.is_empty()
-            && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
-    });
-    bare_words_are_levels && tracing_subscriber::EnvFilter::try_new(level).is_ok()
-}
+/// Most addresses in `server.listen`, and most `[[server.tls]]` listeners.
+const MAX_LISTENERS: usize = 256;
 
 /// Whether two listen addresses cannot both be bound: the same port on the
 /// same address, or on an address the other's wildcard covers (`0.0.0.0`
 /// takes every IPv4 address, `[::]` every address). `check` said ok to
 /// `admin.listen = "0.0.0.0:P"` beside `listen = ["127.0.0.1:P"]`, and the
 /// start then failed with "Address already in use". Port 0 never clashes.
-/// Most addresses in `server.listen`, and most `[[server.tls]]` listeners.
-const MAX_LISTENERS: usize = 256;
-
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() == 0 || a.port() != b.port() {
         return false;

@@ -82,13 +82,32 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
     }
 }
 
-/// `filter` with the resolver's own lines (hickory's) off, unless it names
-/// them (`hickory_proto=warn`): hickory writes a warning for each DNS
-/// reply it drops, forged or malformed, which anyone who reaches the
-/// resolver's port can send at will, one line each (probe 99). authgate
-/// says what a failed lookup did to a request in its access line.
+/// `level` as a log filter, its directives trimmed, when it is a level or a
+/// list of `tracing` directives whose bare words are levels; `None`
+/// otherwise. A bare word that is not a level parses as a directive too:
+/// `"warning"` meant "everything from the target `warning`", so a typo
+/// silenced every log line (the startup line, access and audit lines
+/// included); and `"info "`, accepted by the config's check, was the target
+/// `info ` at the start (probe 101).
+pub fn log_filter(level: &str) -> Option<String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let directives: Vec<&str> = level.split(',').map(str::trim).collect();
+    let bare_words_are_levels = directives.iter().all(|d| {
+        !d.is_empty()
+            && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
+    });
+    let filter = directives.join(",");
+    (bare_words_are_levels && EnvFilter::try_new(&filter).is_ok()).then_some(filter)
+}
+
+/// `filter` with the resolver's own lines (hickory's) off, unless one of
+/// its directives is for them (`hickory_proto=warn`): hickory writes a
+/// warning for each DNS reply it drops, forged or malformed, which anyone
+/// who reaches the resolver's port can send at will, one line each (probe
+/// 99). authgate says what a failed lookup did to a request in its access
+/// line.
 fn quiet_resolver(filter: &str) -> String {
-    if filter.contains("hickory") {
+    if filter.split(',').any(|d| d.trim_start().starts_with("hickory")) {
         filter.to_owned()
     } else {
         format!("{filter},hickory_proto=off,hickory_resolver=off")
@@ -104,12 +123,15 @@ fn quiet_resolver(filter: &str) -> String {
 /// when set (and not empty), overrides `level`; one that is not a filter
 /// is said in a warning, and `level` applies.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
-    let configured = || EnvFilter::try_new(quiet_resolver(level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
-    let (filter, bad_env) = match from_env.as_deref().map(|v| EnvFilter::try_new(quiet_resolver(v))) {
-        Some(Ok(filter)) => (filter, None),
-        Some(Err(e)) => (configured(), Some(e)),
-        None => (configured(), None),
+    let filter_of =
+        |f: &str| EnvFilter::try_new(quiet_resolver(f)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    // Read as `[log] level` is: a bare word that is not a level
+    // (`RUST_LOG=warning`) silenced every line without a word (probe 101).
+    let (filter, bad_env) = match from_env.as_deref().map(log_filter) {
+        Some(Some(f)) => (filter_of(&f), false),
+        Some(None) => (filter_of(level), true),
+        None => (filter_of(level), false),
     };
     let (writer, guard) = sink::start(stdout_unbuffered(), format == LogFormat::Json);
     let sink = writer.sink();
@@ -123,8 +145,8 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     }
     // (Ignored without a word before: a mistyped override looked applied;
     // probe 100.)
-    if let Some(e) = bad_env {
-        tracing::warn!(error = %e, "RUST_LOG is not a log filter; [log] level applies");
+    if bad_env {
+        tracing::warn!("RUST_LOG is not a level or a log filter; [log] level applies");
     }
     guard
 }
