@@ -781,6 +781,12 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("decision none: rule lab needs the destination's addresses"), "{out}");
     assert!(out.contains("the proxy answers 502 dns_error"), "{out}");
+    // Denied before any lookup: the proxy's answer is the 403, not the
+    // lookup's error (explain named the 502; probe 101).
+    let (code, out, _) = run(&["--user", USER, "nx.invalid:25"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("decision deny by rule no-smtp"), "{out}");
+    assert!(out.contains("egress   cannot check: DNS lookup failed\n"), "{out}");
     // Arguments echoed in a message are escaped: they reached the terminal
     // with their control characters.
     let (code, _, err) = run(&["--user", USER, "--method", "\u{1b}[31mX\nY", "127.0.0.1:80"]);

@@ -1,7 +1,5 @@
 //! `authgate explain [--method M] --user NAME TARGET`.
 
-use std::net::IpAddr;
-
 use http::Method;
 
 use crate::config::Snapshot;
@@ -47,7 +45,9 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         && ["http", "https"].iter().any(|s| s.eq_ignore_ascii_case(scheme))
         && !rest.bytes().all(|b| b.is_ascii_digit())
     {
-        return Err(format!("`{}` is no URL: write {scheme}://host/…", shown(raw)));
+        // (Not echoed: `http:alice:S3cret@host` was, password and all;
+        // probe 101.)
+        return Err(format!("`{scheme}:` without `//` is no URL: write {scheme}://host/…"));
     }
     let raw = match raw.rsplit_once(':') {
         Some((host, port)) if !raw.is_ascii() => format!("{}:{port}", ascii_host(host)?),
@@ -101,17 +101,14 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             shown(method.as_str())
         ));
     }
-    let addrs: Result<Vec<IpAddr>, String> = match &target.host {
+    let addrs = match &target.host {
         Host::Ip(ip) => Ok(vec![*ip]),
         Host::Name(n) => {
             let resolver = Resolver::new(&snap.dns_servers, snap.limits.dns_timeout);
-            resolver.lookup(n, snap.limits.dns_timeout).await.map_err(|e| {
-                let answer = crate::respond::describe(&e);
-                format!("{e}; the proxy answers {} {}", answer.status.as_u16(), answer.code)
-            })
+            resolver.lookup(n, snap.limits.dns_timeout).await
         }
     };
-    Ok(explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref().map_err(|e| e.as_str())))
+    Ok(explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref()))
 }
 
 /// An argument as echoed in a message: at most 64 characters, control and
@@ -129,9 +126,14 @@ mod tests {
     fn a_url_without_slashes_is_named_so() {
         assert_eq!(
             parse_target("http:127.0.0.1:8080"),
-            Err("`http:127.0.0.1:8080` is no URL: write http://host/…".into())
+            Err("`http:` without `//` is no URL: write http://host/…".into())
         );
-        assert_eq!(parse_target("HTTPS:x"), Err("`HTTPS:x` is no URL: write HTTPS://host/…".into()));
+        assert_eq!(
+            parse_target("HTTPS:x"),
+            Err("`HTTPS:` without `//` is no URL: write HTTPS://host/…".into())
+        );
+        let err = parse_target("http:alice:S3cret@127.0.0.1").unwrap_err();
+        assert!(!err.contains("S3cret"), "{err}");
         assert!(parse_target("httpbin.org:443").is_ok());
         assert!(parse_target("http:8080").is_ok(), "the host `http`");
     }

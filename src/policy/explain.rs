@@ -12,6 +12,7 @@ use http::Method;
 use super::egress::{Egress, Verdict};
 use super::rules::{Action, Check, Policy, Query};
 use crate::auth::User;
+use crate::error::ProxyError;
 use crate::target::Target;
 
 /// What `explain` found.
@@ -31,7 +32,7 @@ pub fn explain(
     user: &User,
     method: &Method,
     target: &Target,
-    addrs: Result<&[IpAddr], &str>,
+    addrs: Result<&[IpAddr], &ProxyError>,
 ) -> Report {
     let mut t = String::new();
     let groups: Vec<&str> = user.groups.iter().map(|g| &**g).collect();
@@ -81,7 +82,7 @@ pub fn explain(
     // denied address is its answer (403 `destination_ip_prohibited`).
     let egress_first = policy.decide(&Query { addrs: None, ..query }).is_none()
         && addrs.is_ok_and(|ips| ips.iter().any(|ip| matches!(egress.check(*ip), Verdict::Denied(_))));
-    if let Some(rule) = undecided {
+    if let Some(rule) = &undecided {
         let _ = writeln!(
             t,
             "decision none: rule {rule} needs the destination's addresses, and the proxy answers the \
@@ -98,10 +99,20 @@ pub fn explain(
         let _ = writeln!(t, "decision {} by {by}", action.as_str());
     }
 
-    let mut allowed = action == Action::Allow && user.active_at(SystemTime::now()).is_ok();
+    let active = user.active_at(SystemTime::now()).is_ok();
+    let mut allowed = action == Action::Allow && active;
     match addrs {
         Err(e) => {
-            let _ = writeln!(t, "egress   cannot check: {e}");
+            // The lookup's error is the proxy's answer only when nothing
+            // refused the request before it (a denial is a 403 without a
+            // lookup; probe 101).
+            let answer = if active && (allowed || undecided.is_some()) {
+                let d = crate::respond::describe(e);
+                format!("; the proxy answers {} {}", d.status.as_u16(), d.code)
+            } else {
+                String::new()
+            };
+            let _ = writeln!(t, "egress   cannot check: {e}{answer}");
             allowed = false;
         }
         Ok(ips) => {
