@@ -505,14 +505,12 @@ fn auth_table_alone(source: &str) -> Option<String> {
     let root = doc.as_table();
     let auth = root.get("auth")?;
     // Another table meant as `[auth]` beside it (`[Auth]` with the
-    // `users_file`, an `[auth.argon2]` elsewhere): the command went to the
-    // default users file, and `add` created it (probe 100).
+    // `users_file`, an `[auth.argon2]` elsewhere), or one of its keys
+    // anywhere else (at the top, in `[server]`, a rule, `[argon2]`): the
+    // command went to the default users file, and `add` created it
+    // (probes 100, 101).
     let meant_as_auth = |(key, item): (&str, &toml_edit::Item)| {
-        key != "auth"
-            && (key.eq_ignore_ascii_case("auth")
-                || item
-                    .as_table_like()
-                    .is_some_and(|t| t.contains_key("users_file") || t.contains_key("argon2")))
+        key != "auth" && (key.eq_ignore_ascii_case("auth") || auth_key(key) || holds_auth_keys(item))
     };
     if root.iter().any(meant_as_auth) {
         return None;
@@ -538,6 +536,21 @@ fn auth_table_alone(source: &str) -> Option<String> {
         source.bytes().zip(keep).map(|(b, keep)| if keep || b == b'\n' { b } else { b' ' }).collect();
     // Only whole characters were blanked (a multi-byte one becomes spaces).
     String::from_utf8(blanked).ok()
+}
+
+/// A key that only `[auth]` takes.
+fn auth_key(key: &str) -> bool {
+    key == "users_file" || key == "argon2"
+}
+
+/// Whether `item` holds an [`auth_key`], at any depth (tables, inline
+/// tables, arrays of tables).
+fn holds_auth_keys(item: &toml_edit::Item) -> bool {
+    let in_table = |t: &dyn toml_edit::TableLike| t.iter().any(|(k, v)| auth_key(k) || holds_auth_keys(v));
+    match item {
+        toml_edit::Item::ArrayOfTables(a) => a.iter().any(|t| in_table(t)),
+        _ => item.as_table_like().is_some_and(in_table),
+    }
 }
 
 /// Marks in `keep` the key-value lines of `item` (under `key`) written
@@ -627,5 +640,15 @@ mod tests {
         // Beside another table meant as `[auth]`.
         assert_eq!(auth_table_alone("[auth.argon2]\nm_cost = 8\n[Auth]\nusers_file = \"u.toml\"\n"), None);
         assert_eq!(auth_table_alone("[auth]\ncache_ttl = \"5m\"\n[auht]\nusers_file = \"u.toml\"\n"), None);
+        // Or one of its keys anywhere else (probe 101).
+        for elsewhere in [
+            "users_file = \"u.toml\"\n[auth.argon2]\nm_cost = 8\n",
+            "[auth.argon2]\nm_cost = 8\n[server.auth]\nusers_file = \"u.toml\"\n",
+            "[auth]\n[[rules]]\nname = \"r\"\nusers_file = \"u.toml\"\n",
+            "[auth]\n[argon2]\nm_cost = 8\n",
+            "[auth]\n[server]\nx = { argon2 = 1 }\n",
+        ] {
+            assert_eq!(auth_table_alone(elsewhere), None, "{elsewhere}");
+        }
     }
 }
