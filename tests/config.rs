@@ -1081,6 +1081,14 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
     let err = load_err(config, &good_users());
     assert_eq!(err.matches("(a value with `@`, not shown: it may hold a password)").count(), 4, "{err}");
     assert!(!err.contains("S3cret"), "{err}");
+    // Nor a rule's bad name in its other problems, nor a port range, a
+    // method or a duration (probe 101).
+    let config = "[auth]\nusers_file = \"users.toml\"\n[limits]\nidle_timeout = \"alice:S3cret@x\"\n\
+                  [[rules]]\nname = \"alice:S3cret@10.0.0.1\"\naction = \"allow\"\n\
+                  ports = [\"alice:S3cret@x\"]\nmethods = [\"S3cret@x\"]\nhosts = [\"exa mple\"]\n";
+    let err = load_err(config, &good_users());
+    assert!(!err.contains("S3cret"), "{err}");
+    assert!(err.contains("rule `(bad name)`: hosts: `exa mple` is not a valid host"), "{err}");
     // Others are quoted, as a typo is.
     let err = load_err(&GOOD_CONFIG.replace("127.0.0.1:3128", "127.0.0.1:31x8"), &good_users());
     assert!(err.contains("server.listen: `127.0.0.1:31x8` is not an address:port"), "{err}");

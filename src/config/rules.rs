@@ -94,6 +94,9 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         c.at(r.name.span(), "rule name: 1-64 characters from A-Z a-z 0-9 - _ .");
         ok = false;
     }
+    // The rule's other problems name it, but not a bad name: it may be
+    // anything pasted there, a password too (probe 101).
+    let name = if valid_name(name) { name } else { "(bad name)" };
     let act = action(r.action.get_ref());
     if act.is_none() {
         c.at(r.action.span(), format!("rule `{name}`: action must be \"allow\" or \"deny\""));
@@ -119,7 +122,7 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let methods = list(c, name, "methods", &r.methods, |s| {
         let up = s.to_ascii_uppercase();
         if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
-            return Err(format!("`{}` is not an HTTP method", s.chars().take(20).collect::<String>()));
+            return Err(format!("{} is not an HTTP method", quoted(s)));
         }
         Method::from_bytes(up.as_bytes()).map_err(|_| "not an HTTP method".to_string())
     });
@@ -170,9 +173,9 @@ fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
     match p {
         RawPort::Num(n) => one(*n).map(|n| (n, n)),
         RawPort::Range(s) => {
-            let (lo, hi) = s.split_once('-').ok_or_else(|| {
-                format!("`{}` is not a port range like \"8000-8999\"", s.chars().take(30).collect::<String>())
-            })?;
+            let (lo, hi) = s
+                .split_once('-')
+                .ok_or_else(|| format!("{} is not a port range like \"8000-8999\"", quoted(s)))?;
             let lo = one(lo.trim().parse::<i64>().map_err(|_| "bad range start".to_string())?)?;
             let hi = one(hi.trim().parse::<i64>().map_err(|_| "bad range end".to_string())?)?;
             if lo > hi {

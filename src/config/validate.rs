@@ -77,8 +77,8 @@ pub fn duration(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) -> Optio
             c.at(
                 v.span(),
                 format!(
-                    "{what}: bad duration `{}` ({e}); use e.g. \"30s\", \"5m\", \"1h\"",
-                    v.get_ref().chars().take(40).collect::<String>()
+                    "{what}: bad duration {} ({e}); use e.g. \"30s\", \"5m\", \"1h\"",
+                    quoted(v.get_ref())
                 ),
             );
             None
