@@ -345,8 +345,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 c.at(
                     server.span(),
                     format!(
-                        "dns.servers: write an IPv6 address in brackets, \"[{text}]\" (port 53) or with its \
-                         port, \"[::1]:5353\": without, the last group could be a port"
+                        "dns.servers: write an IPv6 address in brackets, \"[{text}]\" (port 53) or with a \
+                         port, \"[address]:port\": without, the last group could be a port"
                     ),
                 );
                 continue;
