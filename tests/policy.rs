@@ -758,6 +758,9 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, _, err) = run(&["--user", "nobody", "127.0.0.1:80"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("no user `nobody`"), "{err}");
+    let (code, _, err) = run(&["--user", "", "127.0.0.1:80"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--user: a user name must not be empty"), "{err}");
     // `name:password` typed for the name is not echoed.
     let (code, _, err) = run(&["--user", "alice:S3cretPW", "127.0.0.1:80"]);
     assert_eq!(code, Some(2));
