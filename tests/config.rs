@@ -617,6 +617,8 @@ fn an_expiry_before_1970_is_refused_with_the_supported_range() {
         let users = format!("{}\nexpires = {when}\n", good_users().trim_end());
         let err = load_err(GOOD_CONFIG, &users);
         assert!(err.contains("expires") && err.contains("from 1970 to 9999"), "{when}: {err}");
+        // Both forms it takes are named (the bare date was not; probe 100).
+        assert!(err.contains("or a date (2027-03-31, midnight UTC)"), "{when}: {err}");
     }
     let users = format!("{}\nexpires = 9999-12-31T23:59:59Z\n", good_users().trim_end());
     assert!(load(GOOD_CONFIG, &users).1.is_ok());
