@@ -135,17 +135,17 @@ impl<'a> Collector<'a> {
         });
     }
 
-    /// Records a problem, where it is past the bound, when the file has
-    /// more parts than are parsed (see `toml_terms::MAX_PARTS`); whether
-    /// it did.
-    pub fn too_many_parts(&mut self) -> bool {
-        let Some(at) = super::toml_terms::past_max_parts(self.source) else { return false };
+    /// Records a problem, where the bound is passed, when the file weighs
+    /// more than is parsed (see `toml_terms::MAX_WEIGHT`); whether it did.
+    pub fn too_heavy(&mut self) -> bool {
+        let Some(at) = super::toml_terms::past_max_weight(self.source) else { return false };
         self.at(
             at..at,
             format!(
-                "more than {} parts (keys, tables, array items; a dot in a key counts as three); not \
-                 parsed (each takes a few hundred bytes of memory while parsed)",
-                super::toml_terms::MAX_PARTS
+                "too many keys, tables and items: past a weight of {} (a table 6, a dot in a key 4, an \
+                 inline table 3, a key 2, an array or an item 1; about 125,000 users); not parsed, which \
+                 would take about 0.3 KB of memory for each",
+                super::toml_terms::MAX_WEIGHT
             ),
         );
         true

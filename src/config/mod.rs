@@ -498,7 +498,7 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
 /// problem found in it is at its line and column in the real file. `None`
 /// when the text is not TOML or has no `auth` table.
 fn auth_table_alone(source: &str) -> Option<String> {
-    if toml_terms::past_max_parts(source).is_some() {
+    if toml_terms::past_max_weight(source).is_some() {
         return None;
     }
     let doc = toml_edit::ImDocument::parse(source).ok()?;

@@ -99,46 +99,65 @@ fn expected_in_toml_terms(expected: &str) -> &str {
     }
 }
 
-/// Most parts (keys, tables, arrays and their items) a config or users
-/// file may have: parsing takes up to about 400 bytes for each, so that
-/// 60 MB of `a = [[],[],…]` (well under the 64 MiB a file may have) took
-/// 5.8 GB and 20 s (probe 100). A users file of 100,000 users with groups
-/// (`[users.name]`, `password`, `groups` of two) has about 800,000.
-pub(super) const MAX_PARTS: usize = 1_000_000;
+/// The most a config or users file may weigh, in units of about 0.2 to
+/// 0.4 KB of the parser's memory (see [`weight`]): 60 MB of
+/// `a = [[],[],…]`, well under the 64 MiB a file may have, took the parser
+/// 5.8 GB and 20 s (probe 100). A user as `authgate users add` writes one
+/// with two groups and an expiry (a table with four keys) weighs 20, so
+/// that 125,000 fit; 130,000 such users took 554 MB.
+pub(super) const MAX_WEIGHT: usize = 2_500_000;
 
-/// The parts a `.` outside strings counts for: each one in a key makes a
-/// table, of about 1.2 KB while parsed (measured: 200,000 lines of
-/// `kN.a.b.c.d.e = 1` took 1.19 GB); lines of a key with 75 dots, each
-/// one part before, took 1 GB for 2 MB of text (probe 101). (A float's
-/// dot counts too, harmlessly.)
-const DOT_PARTS: usize = 3;
-
-/// Where the part of `source` past [`MAX_PARTS`] is, counting each `=`,
-/// `,`, `[` and `{`, and each `.` as [`DOT_PARTS`], outside strings and
-/// comments; `None` within the bound. A linear pass before the parser's: a
-/// count, not a parse (a string left open only ends the count early).
-pub(super) fn past_max_parts(source: &str) -> Option<usize> {
-    past_parts(source, MAX_PARTS)
+/// What a character outside strings and comments weighs, by what it makes
+/// the parser hold (measured on the release build, peak RSS of `check` for
+/// a file of each shape, probes 101 and 102): a table header's `[` (at the
+/// start of its line) a table, about 1.9 KB with its key (`[tN]` then
+/// `k = 1`); a `.` a table too, in a dotted key (about 1.2 KB; a float's
+/// dot counts as well, harmlessly); `{` an inline table (about 1 KB); `=`
+/// a key and its value (0.4 to 0.75 KB); `,` and another `[` an item, an
+/// array (0.1 to 0.3 KB).
+fn weight(c: u8, starts_line: bool) -> usize {
+    match c {
+        b'[' if starts_line => 6,
+        b'.' => 4,
+        b'{' => 3,
+        b'=' => 2,
+        b',' | b'[' => 1,
+        _ => 0,
+    }
 }
 
-/// [`past_max_parts`] with `max` for its bound.
-fn past_parts(source: &str, max: usize) -> Option<usize> {
+/// Where `source` passes [`MAX_WEIGHT`], its characters
+/// outside strings and comments weighed by [`weight`]; `None` within the
+/// bound. A linear pass before the parser's: a count, not a parse (a
+/// string left open only ends the count early).
+pub(super) fn past_max_weight(source: &str) -> Option<usize> {
+    past_weight(source, MAX_WEIGHT)
+}
+
+/// [`past_max_weight`] with `max` for its bound.
+fn past_weight(source: &str, max: usize) -> Option<usize> {
     let b = source.as_bytes();
-    let mut parts = 0usize;
+    let mut weight_so_far = 0usize;
+    // Only spaces and tabs so far on this line.
+    let mut starts_line = true;
     let mut i = 0;
     while let Some(&c) = b.get(i) {
         match c {
             b'#' => i = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n),
             b'"' | b'\'' => i = string_end(b, i),
-            b'=' | b',' | b'[' | b'{' | b'.' => {
-                parts += if c == b'.' { DOT_PARTS } else { 1 };
-                if parts > max {
+            _ => {
+                weight_so_far += weight(c, starts_line);
+                if weight_so_far > max {
                     return Some(i);
                 }
                 i += 1;
             }
-            _ => i += 1,
         }
+        starts_line = match c {
+            b'\n' => true,
+            b' ' | b'\t' | b'\r' => starts_line,
+            _ => false,
+        };
     }
     None
 }
@@ -214,29 +233,35 @@ mod tests {
         }
     }
 
-    /// Parts are counted outside strings and comments only: a PHC hash
+    /// Parts are weighed outside strings and comments only: a PHC hash
     /// (`m=19456,t=2,p=1`) or a `#` comment with commas is one value.
     #[test]
-    fn parts_are_counted_outside_strings_and_comments() {
-        let at = |text: &str, max| past_parts(text, max);
-        assert_eq!(at("a = [1, 2]", 3), None);
-        assert_eq!(at("a = [1, 2]", 2), Some(6));
+    fn parts_are_weighed_outside_strings_and_comments() {
+        let at = |text: &str, max| past_weight(text, max);
+        // `=` 2, `[` of an array 1, `,` 1.
+        assert_eq!(at("a = [1, 2]", 4), None);
+        assert_eq!(at("a = [1, 2]", 3), Some(6));
         let quiet = "p = \"$argon2id$v=19$m=8,t=1,p=1$x\" # a, b, [c]\nq = 'x,=[{'\n";
-        assert_eq!(at(quiet, 2), None);
-        assert_eq!(at(&format!("{quiet}r = 1"), 2), Some(quiet.len() + 2));
+        assert_eq!(at(quiet, 4), None);
+        assert_eq!(at(&format!("{quiet}r = 1"), 4), Some(quiet.len() + 2));
         // Multi-line strings (with an escaped quote, and quotes of the text
         // right before the end) and a basic string ending in `\"`.
         let multi = r#"a = """x, \""" ,"""""
 b = '''
 ,,,'''''
 c = "\",""#;
-        assert_eq!(at(multi, 3), None, "{multi}");
-        assert_eq!(at(&format!("{multi}\nd = 1"), 3), Some(multi.len() + 3));
+        assert_eq!(at(multi, 6), None, "{multi}");
+        assert_eq!(at(&format!("{multi}\nd = 1"), 6), Some(multi.len() + 3));
         // An open string ends the count.
-        assert_eq!(at("a = \"x, y, z", 1), None);
-        // A dot in a key makes a table: it counts as three.
-        assert_eq!(at("a.b.c = 1", 7), None);
-        assert_eq!(at("a.b.c = 1", 5), Some(3));
-        assert_eq!(at("[\"a.b\".c]", 4), None);
+        assert_eq!(at("a = \"x, y, z", 2), None);
+        // A dot in a key makes a table: 4; an inline table 3.
+        assert_eq!(at("a.b.c = 1", 10), None);
+        assert_eq!(at("a.b.c = 1", 7), Some(3));
+        assert_eq!(at("a = {}", 5), None);
+        assert_eq!(at("a = {}", 4), Some(4));
+        // A table header's `[`, at the start of its line: 6.
+        assert_eq!(at("[\"a.b\".c]", 10), None);
+        assert_eq!(at("[\"a.b\".c]", 9), Some(6));
+        assert_eq!(at(" \t[t]\nk = 1", 7), Some(8));
     }
 }

@@ -121,7 +121,7 @@ pub(crate) fn invisible(c: char) -> bool {
 /// Parses the users file; returns the valid users and every problem.
 pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
     let mut c = Collector::new(path, source);
-    if c.too_many_parts() {
+    if c.too_heavy() {
         return (Vec::new(), c.problems);
     }
     let raw: RawUsers = match toml::from_str(source) {

@@ -107,7 +107,7 @@ fn setting_shaped(key: &str) -> bool {
 pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
     let mut c = Collector::new(path, source);
     let mut s = defaults(path);
-    if c.too_many_parts() {
+    if c.too_heavy() {
         return Err(c.problems);
     }
     let raw: RawConfig = match toml::from_str(source) {
