@@ -88,12 +88,17 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 /// `"warning"` meant "everything from the target `warning`", so a typo
 /// silenced every log line (the startup line, access and audit lines
 /// included); and `"info "`, accepted by the config's check, was the target
-/// `info ` at the start (probe 101).
+/// `info ` at the start (probe 101), as `"hickory_proto =off"` was the
+/// target `hickory_proto ` (probe 102): a space inside a directive's target
+/// or level is refused.
 pub fn log_filter(level: &str) -> Option<String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let directives: Vec<&str> = level.split(',').map(str::trim).collect();
     let bare_words_are_levels = directives.iter().all(|d| {
+        let outside_spans =
+            d.split('[').next().unwrap_or_default().to_owned() + d.rsplit(']').next().unwrap_or_default();
         !d.is_empty()
+            && !outside_spans.contains(char::is_whitespace)
             && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
     });
     let filter = directives.join(",");
@@ -107,11 +112,19 @@ pub fn log_filter(level: &str) -> Option<String> {
 /// 99). authgate says what a failed lookup did to a request in its access
 /// line.
 fn quiet_resolver(filter: &str) -> String {
-    if filter.split(',').any(|d| d.trim_start().starts_with("hickory")) {
-        filter.to_owned()
-    } else {
-        format!("{filter},hickory_proto=off,hickory_resolver=off")
+    let mut quiet = filter.to_owned();
+    for lib in ["hickory_proto", "hickory_resolver"] {
+        // A directive for the crate or a module of it (`hickoryx=error`
+        // named neither, and turned both on; probe 102).
+        let named = filter.split(',').any(|d| {
+            let target = d.split(['=', '[']).next().unwrap_or_default().trim();
+            target == lib || target.strip_prefix(lib).is_some_and(|rest| rest.starts_with("::"))
+        });
+        if !named {
+            quiet.push_str(&format!(",{lib}=off"));
+        }
     }
+    quiet
 }
 
 /// Installs the global tracing subscriber writing to stdout.
@@ -149,4 +162,39 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
         tracing::warn!("RUST_LOG is not a level or a log filter; [log] level applies");
     }
     guard
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    /// Levels and directives as `tracing` reads them, trimmed; a bare word
+    /// that is not a level, or a space inside a directive, is no filter.
+    #[test]
+    fn log_filters_are_checked_and_trimmed() {
+        assert_eq!(log_filter(" info , authgate::access=off ").as_deref(), Some("info,authgate::access=off"));
+        assert_eq!(log_filter("INFO").as_deref(), Some("INFO"));
+        for bad in ["warning", "info,", "info,hickory_proto =off", "info,authgate::access= off", "=!="] {
+            assert_eq!(log_filter(bad), None, "{bad}");
+        }
+    }
+
+    /// hickory's crates are silenced unless a directive is for the crate
+    /// or one of its modules.
+    #[test]
+    fn the_resolver_is_quiet_unless_named() {
+        assert_eq!(quiet_resolver("info"), "info,hickory_proto=off,hickory_resolver=off");
+        assert_eq!(
+            quiet_resolver("info,hickoryx=error"),
+            "info,hickoryx=error,hickory_proto=off,hickory_resolver=off"
+        );
+        assert_eq!(
+            quiet_resolver("debug,hickory_proto=warn"),
+            "debug,hickory_proto=warn,hickory_resolver=off"
+        );
+        assert_eq!(
+            quiet_resolver("hickory_resolver::lookup=trace"),
+            "hickory_resolver::lookup=trace,hickory_proto=off"
+        );
+    }
 }
