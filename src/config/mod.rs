@@ -538,18 +538,30 @@ fn auth_table_alone(source: &str) -> Option<String> {
     String::from_utf8(blanked).ok()
 }
 
-/// A key that only `[auth]` takes.
+/// A key that only `[auth]` takes, in any case, with `-` for `_`
+/// (`Users-File`: probe 102).
 fn auth_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('-', "_");
     key == "users_file" || key == "argon2"
 }
 
 /// Whether `item` holds an [`auth_key`], at any depth (tables, inline
-/// tables, arrays of tables).
+/// tables, arrays of either: `x = [{ users_file = … }]`, probe 102).
 fn holds_auth_keys(item: &toml_edit::Item) -> bool {
     let in_table = |t: &dyn toml_edit::TableLike| t.iter().any(|(k, v)| auth_key(k) || holds_auth_keys(v));
     match item {
         toml_edit::Item::ArrayOfTables(a) => a.iter().any(|t| in_table(t)),
+        toml_edit::Item::Value(v) => value_holds_auth_keys(v),
         _ => item.as_table_like().is_some_and(in_table),
+    }
+}
+
+/// [`holds_auth_keys`] for a value: an inline table or an array.
+fn value_holds_auth_keys(value: &toml_edit::Value) -> bool {
+    match value {
+        toml_edit::Value::Array(a) => a.iter().any(value_holds_auth_keys),
+        toml_edit::Value::InlineTable(t) => t.iter().any(|(k, v)| auth_key(k) || value_holds_auth_keys(v)),
+        _ => false,
     }
 }
 
@@ -647,6 +659,9 @@ mod tests {
             "[auth]\n[[rules]]\nname = \"r\"\nusers_file = \"u.toml\"\n",
             "[auth]\n[argon2]\nm_cost = 8\n",
             "[auth]\n[server]\nx = { argon2 = 1 }\n",
+            "x = [{ users_file = \"u.toml\" }]\n[auth.argon2]\nm_cost = 8\n",
+            "foo = [[{ argon2 = { m_cost = 8 } }]]\n[auth.argon2]\nm_cost = 8\n",
+            "Users-File = \"u.toml\"\n[auth.argon2]\nm_cost = 8\n",
         ] {
             assert_eq!(auth_table_alone(elsewhere), None, "{elsewhere}");
         }
