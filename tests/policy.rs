@@ -795,6 +795,10 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, _, err) = run(&["--user", USER, "--method", "\u{1b}[31mX\nY", "127.0.0.1:80"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("`\\u{1b}[31mX\\nY` is not an HTTP method"), "{err}");
+    // Nor is a method with an `@` in it, a pasted password (probe 102).
+    let (code, _, err) = run(&["--user", USER, "--method", "S3cret@x", "127.0.0.1:80"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--method (not shown") && !err.contains("S3cret"), "{err}");
     let (code, _, err) = run(&["--user", USER, "ft\u{1b}p://x/"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("unsupported scheme `ft\\u{1b}p`"), "{err}");

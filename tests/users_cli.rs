@@ -1170,3 +1170,19 @@ fn list_aligns_columns_by_terminal_width() {
     }
     assert!(list.lines().any(|l| l.starts_with("田中太郎 ") && l.contains("ops")), "{list}");
 }
+
+/// An `--expires` or `--group` value with an `@` in it (a pasted
+/// `user:password@…`) is not echoed in the refusal (probe 102).
+#[test]
+fn option_values_that_may_hold_a_password_are_not_echoed() {
+    let d = Dir::new(Some(&fixture()));
+    for args in [
+        &["add", "u9", "--expires", "alice:S3cret@x", "--password-stdin"][..],
+        &["add", "u9", "--group", "a,S3cret@x", "--password-stdin"][..],
+    ] {
+        let err = d.refused(args, Some("pw\n"));
+        assert!(err.contains("--expires:") || err.contains("not shown"), "{err}");
+        assert!(!err.contains("S3cret"), "{err}");
+    }
+    assert_eq!(d.read(), fixture());
+}

@@ -89,7 +89,15 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
         // As sent: methods are case-sensitive, and the proxy matches a
         // rule's `GET` against `GET` only.
         Some(m) => {
-            Method::from_bytes(m.as_bytes()).map_err(|_| format!("`{}` is not an HTTP method", shown(m)))?
+            Method::from_bytes(m.as_bytes()).map_err(|_| {
+                // (Not echoed with an `@` in it: a pasted password; probe 102.)
+                let m = if m.contains('@') {
+                    "--method (not shown: it has `@`)".to_owned()
+                } else {
+                    format!("`{}`", shown(m))
+                };
+                format!("{m} is not an HTTP method")
+            })?
         }
         None => implied,
     };

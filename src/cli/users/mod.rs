@@ -363,7 +363,7 @@ fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
         if let Err(m) = crate::config::check_group(&g) {
             // Not quoted when it may be a passphrase, as in the users file
             // and in rules.
-            return Err(refused(if crate::config::may_hold_a_password(&g) {
+            return Err(refused(if crate::config::may_hold_a_password(&g) || g.contains('@') {
                 format!("a group: {m} {}", crate::config::NOT_SHOWN)
             } else {
                 format!("group `{}`: {m}", shown(&g))
@@ -380,9 +380,11 @@ fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
 /// (midnight UTC). Returns the instant and the UTC TOML date-time to write.
 fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersError> {
     let bad = || {
+        // (A value with `@`, a pasted `user:password@…`, is not shown;
+        // probe 102.)
+        let value = if raw.contains('@') { String::new() } else { format!(" `{}`", shown(raw)) };
         refused(format!(
-            "--expires `{}`: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999",
-            shown(raw)
+            "--expires{value}: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999"
         ))
     };
     let dt: toml_edit::Datetime = raw.trim().parse().map_err(|_| bad())?;
