@@ -1054,9 +1054,9 @@ fn more_than_256_listeners_are_refused() {
 fn a_file_too_heavy_to_parse_is_refused_unparsed() {
     let many = format!("[users]\na = [{}]\n", vec!["1"; 2_500_000].join(","));
     let err = load_err(GOOD_CONFIG, &many);
-    // The header's `[` 6, `=` 2, `[` 1, then commas 1 each: the
-    // 2,499,992nd passes 2,500,000.
-    let col = many.match_indices(',').nth(2_499_991).unwrap().0 - "[users]\n".len() + 1;
+    // The header's `[` 6, `=` 2, the array's `[` 3, then commas 1 each:
+    // the 2,499,990th passes 2,500,000.
+    let col = many.match_indices(',').nth(2_499_989).unwrap().0 - "[users]\n".len() + 1;
     assert!(
         err.contains(&format!("users.toml:2:{col}: too many keys, tables and items")),
         "{}",
@@ -1106,4 +1106,20 @@ fn an_empty_users_file_setting_is_one_problem() {
     let err = authgate::config::load(&path).map(|_| ()).expect_err("refused").to_string();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("authgate.toml:6:14: auth.users_file: must not be empty"), "{err}");
+}
+
+/// A reload weighs the file before it parses any of it: it parsed the
+/// whole file first (to see whether it held any setting), so a file of any
+/// weight cost its parse, 2.1 GB for 6 MB (probe 103). A file of table
+/// headers alone says so: weighed first, it is "too many", not "no
+/// settings at all".
+#[test]
+fn a_reload_weighs_the_file_before_parsing_it() {
+    let (dir, running) = load(GOOD_CONFIG, &good_users());
+    let running = running.unwrap_or_else(|e| panic!("{e}"));
+    let headers: String = (0..420_000).map(|i| format!("[t{i}]\n")).collect();
+    let path = dir.write("authgate.toml", headers);
+    let err =
+        authgate::config::load_for_reload(&path, &running).map(|_| ()).expect_err("refused").to_string();
+    assert!(err.contains("too many keys, tables and items"), "{}", &err[..err.len().min(300)]);
 }

@@ -276,6 +276,13 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
             }],
         })
     };
+    // Weighed before the parse below, as `load_source` does before its own:
+    // a reload parsed a file of any weight here first (probe 103: 6 MB
+    // took 2.1 GB).
+    let mut heavy = error::Collector::new(path, &source);
+    if heavy.too_heavy() {
+        return Err(ConfigError { problems: heavy.problems });
+    }
     // Text that is not TOML is left to `load_source`, which locates the error.
     let doc = source.parse::<toml_edit::DocumentMut>().ok();
     if doc.as_ref().is_some_and(|d| !has_setting(d.as_table())) {
@@ -435,6 +442,12 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         let byte = e.as_bytes().get(valid).copied().unwrap_or_default();
         problem(line, col, format!("not UTF-8 text (byte 0x{byte:02x} here); save the file as UTF-8"))
     })
+}
+
+/// Whether a config or users file is light enough to be parsed (see
+/// `toml_terms::MAX_WEIGHT`).
+pub fn within_weight(source: &str) -> bool {
+    toml_terms::past_max_weight(source).is_none()
 }
 
 /// The `[auth]` settings of a config, and the problems found elsewhere in it.

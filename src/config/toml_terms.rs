@@ -103,8 +103,8 @@ fn expected_in_toml_terms(expected: &str) -> &str {
 /// 0.4 KB of the parser's memory (see [`weight`]): 60 MB of
 /// `a = [[],[],…]`, well under the 64 MiB a file may have, took the parser
 /// 5.8 GB and 20 s (probe 100). A user as `authgate users add` writes one
-/// with two groups and an expiry (a table with four keys) weighs 20, so
-/// that 125,000 fit; 130,000 such users took 554 MB.
+/// with two groups and an expiry (a table with four keys) weighs 22, so
+/// that 113,000 fit.
 pub(super) const MAX_WEIGHT: usize = 2_500_000;
 
 /// What a character outside strings and comments weighs, by what it makes
@@ -112,16 +112,17 @@ pub(super) const MAX_WEIGHT: usize = 2_500_000;
 /// a file of each shape, probes 101 and 102): a table header's `[` (at the
 /// start of its line) a table, about 1.9 KB with its key (`[tN]` then
 /// `k = 1`); a `.` a table too, in a dotted key (about 1.2 KB; a float's
-/// dot counts as well, harmlessly); `{` an inline table (about 1 KB); `=`
-/// a key and its value (0.4 to 0.75 KB); `,` and another `[` an item, an
-/// array (0.1 to 0.3 KB).
+/// dot counts as well, harmlessly); `{` an inline table (about 1 KB), and
+/// another `[` an array (0.7 to 0.9 KB: 278,000 of `[[[[[[[[1]]]]]]]]`,
+/// each `[` weighed 1, took 1.76 GB; probe 103); `=` a key and its value
+/// (0.4 to 0.75 KB); `,` an item (0.1 to 0.3 KB).
 fn weight(c: u8, starts_line: bool) -> usize {
     match c {
         b'[' if starts_line => 6,
         b'.' => 4,
-        b'{' => 3,
+        b'{' | b'[' => 3,
         b'=' => 2,
-        b',' | b'[' => 1,
+        b',' => 1,
         _ => 0,
     }
 }
@@ -238,9 +239,9 @@ mod tests {
     #[test]
     fn parts_are_weighed_outside_strings_and_comments() {
         let at = |text: &str, max| past_weight(text, max);
-        // `=` 2, `[` of an array 1, `,` 1.
-        assert_eq!(at("a = [1, 2]", 4), None);
-        assert_eq!(at("a = [1, 2]", 3), Some(6));
+        // `=` 2, `[` of an array 3, `,` 1.
+        assert_eq!(at("a = [1, 2]", 6), None);
+        assert_eq!(at("a = [1, 2]", 5), Some(6));
         let quiet = "p = \"$argon2id$v=19$m=8,t=1,p=1$x\" # a, b, [c]\nq = 'x,=[{'\n";
         assert_eq!(at(quiet, 4), None);
         assert_eq!(at(&format!("{quiet}r = 1"), 4), Some(quiet.len() + 2));

@@ -114,12 +114,11 @@ pub fn log_filter(level: &str) -> Option<String> {
 fn quiet_resolver(filter: &str) -> String {
     let mut quiet = filter.to_owned();
     for lib in ["hickory_proto", "hickory_resolver"] {
-        // A directive for the crate or a module of it (`hickoryx=error`
-        // named neither, and turned both on; probe 102).
-        let named = filter.split(',').any(|d| {
-            let target = d.split(['=', '[']).next().unwrap_or_default().trim();
-            target == lib || target.strip_prefix(lib).is_some_and(|rest| rest.starts_with("::"))
-        });
+        // A directive for the whole crate, no module and no span: a more
+        // specific one (`hickory_proto::udp=warn`) still wins over the
+        // `off` added, and one such as `hickory_proto::x=off` turned the
+        // whole crate on (probe 103), as `hickoryx=error` did (probe 102).
+        let named = filter.split(',').any(|d| d.split('=').next().is_some_and(|target| target.trim() == lib));
         if !named {
             quiet.push_str(&format!(",{lib}=off"));
         }
@@ -193,8 +192,8 @@ mod filter_tests {
             "debug,hickory_proto=warn,hickory_resolver=off"
         );
         assert_eq!(
-            quiet_resolver("hickory_resolver::lookup=trace"),
-            "hickory_resolver::lookup=trace,hickory_proto=off"
+            quiet_resolver("hickory_resolver::lookup=trace,hickory_proto[x]=off"),
+            "hickory_resolver::lookup=trace,hickory_proto[x]=off,hickory_proto=off,hickory_resolver=off"
         );
     }
 }

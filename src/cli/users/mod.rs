@@ -307,6 +307,14 @@ impl UsersFile {
         if crlf {
             text = text.replace("\r\n", "\n").replace('\n', "\r\n");
         }
+        // (Not an internal error: a file at the bound; probe 103.)
+        if !crate::config::within_weight(&text) {
+            return Err(refused(format!(
+                "the users file would be too large to load (past the weight a file may have: about \
+                 113,000 users; see the README); nothing written to {}",
+                shown_path(&self.path)
+            )));
+        }
         if let Err(e) = parse_users(&self.path, &text) {
             return Err(refused(format!(
                 "internal error: the edit would make the users file invalid; nothing written ({})",
