@@ -1123,3 +1123,16 @@ fn a_reload_weighs_the_file_before_parsing_it() {
         authgate::config::load_for_reload(&path, &running).map(|_| ()).expect_err("refused").to_string();
     assert!(err.contains("too many keys, tables and items"), "{}", &err[..err.len().min(300)]);
 }
+
+/// A user's table without `password` names the user (it said "missing
+/// field `password`" at the table's line alone; probe 100), unless the
+/// name may hold a password.
+#[test]
+fn a_user_without_a_password_is_named() {
+    let err = load_err(GOOD_CONFIG, "[users.bob]\ngroups = []\n");
+    assert!(err.contains("users.toml:1:1: user `bob`: missing field `password`"), "{err}");
+    let err = load_err(GOOD_CONFIG, "[users]\ncarol = { groups = [] }\n");
+    assert!(err.contains("users.toml:2:9: user `carol`: missing field `password`"), "{err}");
+    let err = load_err(GOOD_CONFIG, "[users.\"dave:S3cret\"]\ngroups = []\n");
+    assert!(err.contains("users.toml:1:1: missing field `password`") && !err.contains("S3cret"), "{err}");
+}

@@ -118,6 +118,20 @@ pub(crate) fn invisible(c: char) -> bool {
         | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
+/// The user whose table starts on `line`: `[users.NAME]` or `NAME = {`
+/// (the name unquoted).
+fn user_at(line: &str) -> Option<String> {
+    let line = line.trim();
+    let key = match line.strip_prefix("[users.") {
+        Some(rest) => rest.strip_suffix(']')?,
+        None => line.split_once('=').filter(|(_, v)| v.trim_start().starts_with('{'))?.0,
+    };
+    let key = key.trim();
+    let unquoted = key.strip_prefix('"').and_then(|k| k.strip_suffix('"'));
+    let name = unquoted.or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\''))).unwrap_or(key);
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
 /// Parses the users file; returns the valid users and every problem.
 pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
     let mut c = Collector::new(path, source);
@@ -134,6 +148,15 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
                 // The header of the table the line is in.
                 let header = lines.iter().rev().skip(1).map(|l| l.trim()).find(|l| l.starts_with('['));
                 p.message = without_values(&without_secret_keys(&p.message, line, header));
+                // Which user lacks it: the problem points at the user's
+                // table (`[users.bob]`, `bob = { … }`), unnamed (probe 100).
+                if p.message.starts_with("missing field")
+                    && let Some(name) = line.and_then(user_at)
+                    && !may_hold_a_password(&name)
+                {
+                    p.message =
+                        format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
+                }
             }
             return (Vec::new(), c.problems);
         }
