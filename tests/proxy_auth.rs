@@ -181,6 +181,22 @@ async fn valid_credentials_are_forwarded() {
     assert_eq!(origin.hits(), 1);
 }
 
+/// A `Proxy-Authorization` longer than 4 KiB is refused whether or not
+/// its login is cached: padded with spaces, it got 407 first and 200 once
+/// the same login had been verified (probe 105).
+#[tokio::test]
+async fn an_oversized_header_is_refused_also_when_its_login_is_cached() {
+    let origin = spawn_echo_origin();
+    let proxy = proxy_with_disabled_user();
+    let token = basic(ALICE.0, ALICE.1);
+    let padded = token.replacen("Basic ", &format!("Basic {}", " ".repeat(5000)), 1);
+    assert_eq!(get_with(&proxy, &origin, Some(&padded)).await.status, 407);
+    assert_eq!(get_with(&proxy, &origin, Some(&token)).await.status, 200);
+    let resp = get_with(&proxy, &origin, Some(&padded)).await;
+    assert_challenge(&resp, "oversized, cached");
+    assert_eq!(origin.hits(), 1);
+}
+
 #[tokio::test]
 async fn utf8_username_and_password_are_accepted() {
     let origin = spawn_echo_origin();
