@@ -1313,6 +1313,17 @@ fn a_health_check_on_a_proxy_protocol_listener_is_not_warned_about() {
     let out = bin.stop();
     let log = [String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)].concat();
     let warned: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") && l.contains("PROXY")).collect();
-    assert_eq!(warned.len(), 3, "a warning for each bad header:\n{log}");
     assert!(warned.iter().all(|w| w.contains("bad or missing PROXY protocol header")), "{log}");
+    // At most one line every 10 s, the others counted in `held_back` (of
+    // the next line, or of the summary at shutdown): anyone who reaches
+    // the listener can make one per connection (probe 106: 600 lines in
+    // 0.1 s).
+    let held = |l: &&str| {
+        l.split("held_back=")
+            .nth(1)
+            .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok())
+    };
+    assert_eq!(warned.len(), 2, "the first, and a summary at shutdown:\n{log}");
+    let lines = warned.iter().filter(|l| !l.contains("(summary")).count();
+    assert_eq!(lines + warned.iter().filter_map(held).sum::<usize>(), 3, "each bad header counted:\n{log}");
 }

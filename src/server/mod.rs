@@ -268,6 +268,12 @@ impl Drop for AdminSlot {
     }
 }
 
+/// The warnings of a connection refused on a PROXY-protocol listener.
+const NOT_ALLOWED_LINE: &str =
+    "closing connection: PROXY protocol from an address not in server.proxy_protocol_from";
+const BAD_HEADER_LINE: &str = "closing connection: bad or missing PROXY protocol header";
+const NO_HEADER_LINE: &str = "closing connection: no PROXY protocol header in time";
+
 /// Serves an admin connection if a slot is free, else closes it (with a
 /// WARN at most every 10 s).
 fn admit_admin(state: &Arc<State>, slots: &Arc<AdminSlots>, stream: TcpStream, peer: SocketAddr) {
@@ -326,8 +332,15 @@ async fn serve(
     let client_addr = if listener.proxy_protocol {
         // Anyone else could name any address, and so pass for another
         // client in the logs, the rules, the throttle and the limits.
+        // Each warning at most every 10 s: anyone who reaches the listener
+        // can make one per connection (probe 106: 600 lines in 0.1 s).
+        static NOT_ALLOWED: Every = Every::new(10, NOT_ALLOWED_LINE);
+        static BAD_HEADER: Every = Every::new(10, BAD_HEADER_LINE);
+        static NO_HEADER: Every = Every::new(10, NO_HEADER_LINE);
         if !state.snapshot.load().server.may_send_proxy_header(peer.ip()) {
-            tracing::warn!(peer = %peer, "closing connection: PROXY protocol from an address not in server.proxy_protocol_from");
+            if let Some(held) = NOT_ALLOWED.pass() {
+                tracing::warn!(peer = %peer, held_back = held, "{NOT_ALLOWED_LINE}");
+            }
             return;
         }
         let header =
@@ -344,11 +357,15 @@ async fn serve(
                 return;
             }
             Ok(Err(e)) => {
-                tracing::warn!(peer = %peer, error = %e, "closing connection: bad or missing PROXY protocol header");
+                if let Some(held) = BAD_HEADER.pass() {
+                    tracing::warn!(peer = %peer, error = %e, held_back = held, "{BAD_HEADER_LINE}");
+                }
                 return;
             }
             Err(_) => {
-                tracing::warn!(peer = %peer, "closing connection: no PROXY protocol header in time");
+                if let Some(held) = NO_HEADER.pass() {
+                    tracing::warn!(peer = %peer, held_back = held, "{NO_HEADER_LINE}");
+                }
                 return;
             }
         };
