@@ -209,6 +209,17 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
             authgate::server::tls::load_certified_key(&cert, &key).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(loaded.cert.len(), 2, "{name}: the chain is kept");
     }
+    // A key of a curve rustls does not sign with (P-521) is refused naming
+    // the keys it takes: rustls said it could not read it "as RSA, ECDSA,
+    // or EdDSA", of an ECDSA key (probe 106). (Made with openssl; a test
+    // key, of no use elsewhere.)
+    let cert = dir.write("p521.pem", P521_CERT);
+    let key = dir.write("p521.key", P521_KEY);
+    let err = authgate::server::tls::load_certified_key(&cert, &key).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        err.contains("p521.key: unsupported private key") && err.contains("ECDSA keys on P-256 or P-384"),
+        "{err}"
+    );
     // A key that does not belong to the certificate is refused with the file name.
     let other = ca.leaf_with("other", &rcgen::PKCS_ECDSA_P256_SHA256);
     let wrong_key = dir.write("wrong.key", &other.key_pem);
@@ -278,3 +289,6 @@ fn the_access_line_names_the_origin_whose_certificate_failed() {
     let access = bin.stop_for_access_line("/secure");
     assert!(access.contains(&format!(" upstream={origin} ")), "{access}");
 }
+
+const P521_KEY: &str = "-----BEGIN EC PRIVATE KEY-----\nMIHcAgEBBEIA2eZ5nUdeU58D2C6sIs36HW7WeuX19Ry8jSa4LcHwR3MF7UlRqD1t\nB26+RIB0USXk3BHpWr398h0Z6DOWXtnAEvugBwYFK4EEACOhgYkDgYYABAHqZnsj\n+NALX0n5Wrt1ofXuFq2jBBieOMBCpo4k48rpl1uUX2zR6Tff2VpTBidWSrnoWAM0\nLLY4CzKpvk6tHhkfQgDSfZa39wYrJW6cGC4gf7sROJJehYNh1sEUlOPo5uFRmGxS\nKA88JhAEs6btnmR9TIycVsZkVLX14YS+j/vladOsTQ==\n-----END EC PRIVATE KEY-----\n";
+const P521_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIICBTCCAWagAwIBAgIUSXGTrk4UfZPAPVJrUqoFvW3W4MUwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MB4XDTI2MTIwMjA1MzAxNVoXDTM2MTEyOTA1\nMzAxNVowFDESMBAGA1UEAwwJbG9jYWxob3N0MIGbMBAGByqGSM49AgEGBSuBBAAj\nA4GGAAQB6mZ7I/jQC19J+Vq7daH17hatowQYnjjAQqaOJOPK6ZdblF9s0ek339la\nUwYnVkq56FgDNCy2OAsyqb5OrR4ZH0IA0n2Wt/cGKyVunBguIH+7ETiSXoWDYdbB\nFJTj6ObhUZhsUigPPCYQBLOm7Z5kfUyMnFbGZFS19eGEvo/75WnTrE2jUzBRMB0G\nA1UdDgQWBBQqY35t8OOcNsz6alpZvBKCgx5edDAfBgNVHSMEGDAWgBQqY35t8OOc\nNsz6alpZvBKCgx5edDAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA4GMADCB\niAJCAXXUc5NvWcEDip2fMd6sffKDG5hmTFoeFc4dKkMFkpXczqk3yEc7DdgR5aYI\nkA4ptyRw9FK1ZG8QWy4/uwcy9fl+AkIAqtnTh/qNP/O2uiBFXUSsJA8I0lpODGZw\nyVry7eJRVeeOLbgoGxPUA1T1Ju1RcSyvAWwsQ0kHwz2fizHNL7i0k9I=\n-----END CERTIFICATE-----\n";

@@ -75,8 +75,16 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             format!("{}: cannot read private key: {e}", key.display())
         })
     })?;
-    let signer = ring::sign::any_supported_type(&der)
-        .map_err(|e| in_key(format!("{}: unsupported private key: {e}", key.display())))?;
+    let signer = ring::sign::any_supported_type(&der).map_err(|e| {
+        // rustls says it could not read the key "as RSA, ECDSA, or
+        // EdDSA" also of an ECDSA key on P-521 (probe 106): name what
+        // is taken.
+        in_key(format!(
+            "{}: unsupported private key ({e}); authgate takes RSA keys of 2048 bits or more, ECDSA \
+                 keys on P-256 or P-384, and Ed25519 keys",
+            key.display()
+        ))
+    })?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| match e {
         rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
