@@ -80,7 +80,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         // EdDSA" also of an ECDSA key on P-521 (probe 106): name what
         // is taken.
         in_key(format!(
-            "{}: unsupported private key ({e}); authgate takes RSA keys of 2048 bits or more, ECDSA \
+            "{}: unsupported private key ({e}); authgate takes RSA keys of 2048 to 8192 bits, ECDSA \
                  keys on P-256 or P-384, and Ed25519 keys",
             key.display()
         ))
