@@ -95,9 +95,8 @@ impl Resolver {
     async fn both_families(&self, fqdn: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         let deadline = Instant::now() + timeout;
         let resend_after = timeout / 2;
-        let name = query_name(fqdn).map_err(|_| ProxyError::DnsError)?;
-        let v4 = patiently(deadline, resend_after, || self.addresses(Family::V4, fqdn, &name));
-        let v6 = patiently(deadline, resend_after, || self.addresses(Family::V6, fqdn, &name));
+        let v4 = patiently(deadline, resend_after, || self.addresses(Family::V4, fqdn));
+        let v6 = patiently(deadline, resend_after, || self.addresses(Family::V6, fqdn));
         tokio::pin!(v4, v6);
         let give_up = tokio::time::sleep_until(deadline);
         tokio::pin!(give_up);
@@ -238,18 +237,20 @@ impl Kept {
 }
 
 impl Resolver {
-    /// The addresses of one family of `fqdn` (`name`, as asked): kept ones
-    /// (see [`Kept`]), or asked for, then kept.
-    async fn addresses(&self, family: Family, fqdn: &str, name: &Name) -> Result<Vec<IpAddr>, ResolveError> {
+    /// The addresses of one family of `fqdn`: kept ones (see [`Kept`]), or
+    /// asked for, then kept.
+    async fn addresses(&self, family: Family, fqdn: &str) -> Result<Vec<IpAddr>, ResolveError> {
         if let Some(ips) = self.kept.get(family, fqdn) {
             return Ok(ips);
         }
+        // Made only when it is asked for: not on the path of a kept answer.
+        let name = query_name(fqdn)?;
         let answer = match family {
-            Family::V4 => self.inner.ipv4_lookup(name.clone()).await.map(|a| {
+            Family::V4 => self.inner.ipv4_lookup(name).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
                 (ips, valid_until(a.as_lookup()))
             }),
-            Family::V6 => self.inner.ipv6_lookup(name.clone()).await.map(|a| {
+            Family::V6 => self.inner.ipv6_lookup(name).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
                 (ips, valid_until(a.as_lookup()))
             }),

@@ -95,10 +95,12 @@ pub fn log_filter(level: &str) -> Option<String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let directives: Vec<&str> = level.split(',').map(str::trim).collect();
     let bare_words_are_levels = directives.iter().all(|d| {
-        let outside_spans =
-            d.split('[').next().unwrap_or_default().to_owned() + d.rsplit(']').next().unwrap_or_default();
+        // The target (before any span) and the level (after the spans).
+        let target = d.split('[').next().unwrap_or_default();
+        let level = d.rsplit_once(']').map_or("", |(_, level)| level);
         !d.is_empty()
-            && !outside_spans.contains(char::is_whitespace)
+            && !target.contains(char::is_whitespace)
+            && !level.contains(char::is_whitespace)
             && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
     });
     let filter = directives.join(",");
