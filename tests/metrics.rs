@@ -481,7 +481,8 @@ async fn the_spellings_of_a_password_share_one_cache_entry() {
 
 /// Bytes a client sends in the same packet as its CONNECT (hyper reads them
 /// with the head) go to the target first and are counted like the rest of
-/// the tunnel: they were missing from `bytes_up` and the metrics.
+/// the tunnel: they were missing from `bytes_up` and the metrics. A
+/// tunnel's bytes are counted while it is open, and once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_sent_with_a_connect_are_counted() {
     let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
@@ -495,6 +496,13 @@ async fn bytes_sent_with_a_connect_are_counted() {
     assert_eq!(c.read_exact(5).await, b"HELLO");
     c.send(b"abc").await;
     assert_eq!(c.read_exact(3).await, b"ABC");
+    // Counted as they move, not when the tunnel ends (it can last hours):
+    // a graph of `rate(authgate_bytes_total)` read 0 meanwhile.
+    let open = scrape(run.admin).await;
+    let d = |k: &str| open[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(open["authgate_active_tunnels"], 1.0);
+    assert_eq!(d("authgate_bytes_total{direction=\"up\"}"), 8.0, "hello + abc, tunnel open");
+    assert_eq!(d("authgate_bytes_total{direction=\"down\"}"), 8.0, "HELLO + ABC, tunnel open");
     c.shutdown_write().await;
     assert_eq!(c.read_to_end().await, b"BYE\n");
     let deadline = Instant::now() + Duration::from_secs(5);

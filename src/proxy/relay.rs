@@ -15,6 +15,7 @@
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::io::poll_read_buf;
 
 use super::splice::Pipe;
+use crate::telemetry::metrics::Metrics;
 
 /// First buffer of a direction that wakes up: small, since most wake-ups of
 /// an interactive tunnel carry little.
@@ -68,6 +70,18 @@ impl Direction {
         self.flushing
             || self.buf.as_ref().is_some_and(|b| !b.is_empty())
             || matches!(&self.splice, Splice::Piped(pipe) if !pipe.is_empty())
+    }
+
+    /// After the other direction failed: once this one has nothing waiting
+    /// and nothing to read at once, it ends as at an EOF (its writer is
+    /// flushed and shut: a FIN after the last byte). Whether it was set so
+    /// now (poll it again to carry that out).
+    fn finish_after_failure(&mut self) -> bool {
+        if self.eof || self.blocked() {
+            return false;
+        }
+        self.eof = true;
+        true
     }
 
     /// Flushes `w`, noting whether bytes still wait in it; bytes that
@@ -250,20 +264,28 @@ pub struct Quiet {
 pub struct Relay {
     up: Direction,
     down: Direction,
+    /// Where the bytes are counted as they move (see [`Relay::count_into`]).
+    meter: Option<Arc<Metrics>>,
+    /// The bytes (up, down) already added to `meter`.
+    counted: [u64; 2],
 }
 
 impl Relay {
-    /// A relay whose first bytes up are `early`: what the client sent
-    /// along with its CONNECT. They go out as the relay's first write, while
-    /// the origin's bytes already flow down: written before the relay, they
+    /// Makes `early` the relay's first bytes up: what the client sent along
+    /// with its CONNECT. They go out as the relay's first write, while the
+    /// origin's bytes already flow down: written before the relay, they
     /// waited for an origin that sends a large banner before it reads, and
     /// that origin for a client the relay did not yet read for.
-    pub fn with_early(early: &[u8]) -> Relay {
-        let mut relay = Relay::default();
+    pub fn send_first(&mut self, early: &[u8]) {
         if !early.is_empty() {
-            relay.up.buf = Some(BytesMut::from(early));
+            self.up.buf = Some(BytesMut::from(early));
         }
-        relay
+    }
+
+    /// Adds the bytes to `metrics` as they move, not at the end; whoever
+    /// logs the tunnel must not count them again.
+    pub fn count_into(&mut self, metrics: Arc<Metrics>) {
+        self.meter = Some(metrics);
     }
 
     /// Bytes client → origin so far.
@@ -283,29 +305,48 @@ impl Relay {
         A: AsyncRead + AsyncWrite + Unpin,
         B: AsyncRead + AsyncWrite + Unpin,
     {
-        self.drive(quiet, |way, dir, cx, progress| match way {
-            Way::Up => dir.poll(cx, client, origin, progress),
-            Way::Down => dir.poll(cx, origin, client, progress),
-        })
-        .await
+        let end = self
+            .drive(quiet, |way, dir, cx, progress| match way {
+                Way::Up => dir.poll(cx, client, origin, progress),
+                Way::Down => dir.poll(cx, origin, client, progress),
+            })
+            .await;
+        if end == End::Error {
+            // Boxed: inline, it would grow every tunnel's task.
+            Box::pin(close_gently(client, origin)).await;
+        }
+        end
     }
 
     /// [`Relay::run`] for two plain TCP sockets: bulk directions go through
     /// `splice(2)` instead of a user-space buffer.
     pub async fn run_tcp(&mut self, client: &mut TcpStream, origin: &mut TcpStream, quiet: Quiet) -> End {
-        self.drive(quiet, |way, dir, cx, progress| match way {
-            Way::Up => dir.poll_tcp(cx, client, origin, progress),
-            Way::Down => dir.poll_tcp(cx, origin, client, progress),
-        })
-        .await
+        let end = self
+            .drive(quiet, |way, dir, cx, progress| match way {
+                Way::Up => dir.poll_tcp(cx, client, origin, progress),
+                Way::Down => dir.poll_tcp(cx, origin, client, progress),
+            })
+            .await;
+        if end == End::Error {
+            // Boxed: inline, it would grow every tunnel's task.
+            Box::pin(close_gently(client, origin)).await;
+        }
+        end
     }
 
     /// The loop shared by both relays: polls each direction with `step`,
-    /// ends on failure, on both sides done, or after a quiet spell. Each
-    /// direction has its own clock: bytes moving one way do not keep alive
-    /// bytes that wait, the other way, for a side that takes none (a client
-    /// that stopped reading but sent a byte a second held its tunnel for
-    /// good).
+    /// ends on both sides done or after a quiet spell. Each direction has
+    /// its own clock: bytes moving one way do not keep alive bytes that
+    /// wait, the other way, for a side that takes none (a client that
+    /// stopped reading but sent a byte a second held its tunnel for good).
+    ///
+    /// When a direction fails (a reset, a broken pipe), the other one still
+    /// passes on what it can read at once and what it already holds, then
+    /// ends its side with a FIN (see [`Direction::finish_after_failure`]);
+    /// the relay ends with [`End::Error`] once that is out. Ending at the
+    /// failure dropped both sockets, and the kernel reset the one with
+    /// unread data, throwing away what it still had to send (probe 109: an
+    /// origin's 413 never reached a client that was still uploading).
     async fn drive<F>(&mut self, quiet: Quiet, mut step: F) -> End
     where
         F: FnMut(Way, &mut Direction, &mut Context<'_>, &mut bool) -> Poll<io::Result<()>>,
@@ -315,20 +356,37 @@ impl Relay {
         let mut last = [start, start];
         let mut timer = Box::pin(tokio::time::sleep(quiet.idle));
         let stall = quiet.idle.max(quiet.blocked);
+        let mut failed = false;
         poll_fn(|cx| {
             let mut moved = [false, false];
-            let mut failed = false;
-            if !self.up.done {
-                failed = matches!(step(Way::Up, &mut self.up, cx, &mut moved[0]), Poll::Ready(Err(_)));
+            // Twice when a failure turns up in the second direction: the
+            // first, polled before it, then has to finish too.
+            for _ in 0..2 {
+                let failed_before = failed;
+                for (i, way) in [Way::Up, Way::Down].into_iter().enumerate() {
+                    let dir = match way {
+                        Way::Up => &mut self.up,
+                        Way::Down => &mut self.down,
+                    };
+                    if dir.done {
+                        continue;
+                    }
+                    let mut res = step(way, dir, cx, &mut moved[i]);
+                    if res.is_pending() && failed && dir.finish_after_failure() {
+                        res = step(way, dir, cx, &mut moved[i]);
+                    }
+                    if let Poll::Ready(Err(_)) = res {
+                        dir.done = true;
+                        failed = true;
+                    }
+                }
+                if failed == failed_before {
+                    break;
+                }
             }
-            if !self.down.done && !failed {
-                failed = matches!(step(Way::Down, &mut self.down, cx, &mut moved[1]), Poll::Ready(Err(_)));
-            }
-            if failed {
-                return Poll::Ready(End::Error);
-            }
+            self.count(moved);
             if self.up.done && self.down.done {
-                return Poll::Ready(End::Closed);
+                return Poll::Ready(if failed { End::Error } else { End::Closed });
             }
             if moved[0] || moved[1] {
                 let now = Instant::now();
@@ -365,12 +423,58 @@ impl Relay {
         .await
     }
 
+    /// Adds the bytes moved since the last call to the metrics, if any, so
+    /// that a tunnel's traffic shows while it runs (a tunnel can last hours:
+    /// counted at its end only, `rate(authgate_bytes_total)` read 0 while it
+    /// moved data, then jumped).
+    fn count(&mut self, moved: [bool; 2]) {
+        let Some(meter) = &self.meter else { return };
+        if !(moved[0] || moved[1]) {
+            return;
+        }
+        let (up, down) = (self.up.moved, self.down.moved);
+        meter.bytes(up - self.counted[0], down - self.counted[1]);
+        self.counted = [up, down];
+    }
+
     /// Whether a direction moved on to `splice(2)` (for tests).
     #[cfg(test)]
     fn spliced(&self) -> (bool, bool) {
         let piped = |d: &Direction| matches!(d.splice, Splice::Piped(_));
         (piped(&self.up), piped(&self.down))
     }
+}
+
+/// Longest wait, after a tunnel failed, for its sides to stop sending.
+const LINGER: Duration = Duration::from_secs(2);
+/// Most bytes read and thrown away from each side in that wait.
+const LINGER_MAX: u64 = 64 << 20;
+
+/// Closes both sides of a tunnel that failed: each side's write half is shut
+/// (what was written still goes out, then a FIN), and what each still sends
+/// is read and thrown away until it closes too, for at most [`LINGER`] and
+/// [`LINGER_MAX`]. Closing a socket with unread data makes the kernel reset
+/// it, which throws away what it still had to send (RFC 9112 §9.6 gives the
+/// same reason for HTTP connections).
+async fn close_gently<A, B>(a: &mut A, b: &mut B)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    async fn drain<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A side that failed is already closed: shut and read both fail.
+        let _ = s.shutdown().await;
+        let mut scratch = vec![0u8; 8 * 1024];
+        let mut total = 0u64;
+        while total < LINGER_MAX {
+            match s.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+    }
+    let _ = tokio::time::timeout(LINGER, async { tokio::join!(drain(a), drain(b)) }).await;
 }
 
 #[cfg(test)]

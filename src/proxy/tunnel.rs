@@ -99,6 +99,7 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
         metrics.request(counted, rec.user.as_deref());
         metrics.tunnels(1);
         let mut relay = Relay::default();
+        relay.count_into(metrics.clone());
         let outcome = match job.upstream {
             Upstream::Tcp(mut tcp) => match take_tcp(client) {
                 // Plain listener: back to the raw socket, hyper out of the path.
@@ -108,7 +109,7 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
                     // tunnel's limits and counted like the rest; copied, as
                     // `early` may share hyper's whole read buffer, which is
                     // freed before the tunnel settles in for hours.
-                    relay = Relay::with_early(&early);
+                    relay.send_first(&early);
                     drop(early);
                     watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await
                 }
@@ -129,6 +130,8 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
         rec.bytes_up.fetch_add(relay.up(), Ordering::Relaxed);
         rec.bytes_down = relay.down();
         rec.relayed = true;
+        // The relay added them to the metrics as they moved.
+        rec.metrics = None;
         rec.outcome = outcome;
         rec.finish();
     });

@@ -86,6 +86,12 @@ impl RawConn {
         RawConn { stream, buf: Vec::new() }
     }
 
+    /// The connection itself (bytes read but not consumed are dropped).
+    #[allow(dead_code)]
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     /// Writes all of `bytes`.
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.stream.write_all(bytes.as_ref()).await.expect("write to proxy");
