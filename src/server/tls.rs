@@ -75,13 +75,13 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             format!("{}: cannot read private key: {e}", key.display())
         })
     })?;
-    let signer = ring::sign::any_supported_type(&der).map_err(|e| {
-        // rustls says it could not read the key "as RSA, ECDSA, or
-        // EdDSA" also of an ECDSA key on P-521 (probe 106): name what
-        // is taken.
+    let signer = ring::sign::any_supported_type(&der).map_err(|_| {
+        // rustls says it could not read the key "as RSA, ECDSA, or EdDSA",
+        // also of an ECDSA key on P-521 (probe 106) and of an RSA key of
+        // 8192 bits (probe 108): name what is taken instead.
         in_key(format!(
-            "{}: unsupported private key ({e}); authgate takes RSA keys of 2048 to 8192 bits, ECDSA \
-                 keys on P-256 or P-384, and Ed25519 keys",
+            "{}: unsupported private key; authgate takes RSA keys of 2048 to 4096 bits, ECDSA keys \
+                 on P-256 or P-384, and Ed25519 keys",
             key.display()
         ))
     })?;
