@@ -1148,3 +1148,59 @@ async fn a_body_read_with_its_head_does_not_count_against_the_head_limit() {
     .await;
     assert_eq!(r.status, 431, "{}", r.dump());
 }
+
+/// An origin that answers a request without reading its body, and keeps
+/// the connection (against RFC 9112 §9.3), later reads that body as a
+/// request: whatever a client put there. The connection is then reused only
+/// for that client's user, so another user never gets the answer to it
+/// (probe 107: bob's GET got the answer to the GET in alice's POST body,
+/// which had passed no rule and had no access line). Connections that
+/// carried no body are still shared and reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_an_origin_left_unread_never_answers_another_users_request() {
+    const BOB: (&str, &str) = ("bob", "bob-pw");
+    // Answers each request head it reads with its path and the number of
+    // its connection; `/early` waits, then answers without reading the
+    // body, and so does the request in that body.
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        async move {
+            while let Some(head) = read_request_head(&mut s).await {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                // Late enough for the next request to be on its way.
+                if path == "/early" || path == "/smuggled" {
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+                let body = format!("{path} on connection {n}");
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let proxy = spawn_proxy("", &[USER, BOB]);
+    let host = origin.authority();
+    let smuggled = format!("GET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let len = smuggled.len().to_string();
+    let mut alice = RawConn::connect(proxy.addr).await;
+    alice
+        .send(request(
+            "POST",
+            &origin.url("/early"),
+            &[("Host", &host), ("Proxy-Authorization", &auth()), ("Content-Length", &len)],
+        ))
+        .await;
+    alice.send(&smuggled).await;
+    let early = alice.read_response("POST").await;
+    assert_eq!(early.text(), "/early on connection 1", "{}", early.dump());
+    // At once: the answer to the smuggled request is on its way.
+    for round in 0..2 {
+        let mine = get_from(proxy.addr, &origin, "/mine", BOB).await;
+        assert_eq!(mine.text(), "/mine on connection 2", "round {round}: {}", mine.dump());
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -135,6 +135,7 @@ pub async fn forward(
         upload: upload.as_deref(),
         reached: &mut rec.upstream,
         only_to: checked,
+        user: rec.user.as_ref(),
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,

@@ -67,6 +67,40 @@ pub struct Conn {
     writes: Arc<Writes>,
     /// The origin address it is connected to.
     pub peer: SocketAddr,
+    /// Who may send the next request on it.
+    owner: Owner,
+}
+
+/// Who may take a pooled connection.
+///
+/// A request body is the client's bytes on the origin connection. An origin
+/// that answers without reading it, and keeps the connection (against RFC
+/// 9112 §9.3), reads it afterwards as a request of the client's making, and
+/// its answer goes to the next request sent on that connection: probe 107
+/// had one user's body run on the origin, past the rules, and another
+/// user's request get its answer. So a connection that carried a body is
+/// taken again only for the user who sent it (who could have sent that
+/// request anyway), and by nobody when no user did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Owner {
+    /// No request body has gone out on it.
+    #[default]
+    Anyone,
+    /// This user's requests only.
+    User(Arc<str>),
+    /// Not to be pooled.
+    Nobody,
+}
+
+impl Owner {
+    /// Whether a request of `user` may go out on the connection.
+    fn admits(&self, user: Option<&Arc<str>>) -> bool {
+        match (self, user) {
+            (Owner::Anyone, _) => true,
+            (Owner::User(owner), Some(user)) => owner == user,
+            _ => false,
+        }
+    }
 }
 
 /// How writes to an origin connection go: whether the origin takes what is
@@ -147,6 +181,14 @@ impl Conn {
     pub fn close_on_drop(self) -> AbortOnDrop {
         AbortOnDrop(self.task)
     }
+
+    /// A request of `user` with a body went out on it (see [`Owner`]).
+    fn carried_body_of(&mut self, user: Option<&Arc<str>>) {
+        self.owner = match user {
+            Some(user) if self.owner.admits(Some(user)) => Owner::User(user.clone()),
+            _ => Owner::Nobody,
+        };
+    }
 }
 
 /// The upstream connection pool.
@@ -194,6 +236,9 @@ pub struct Exchange<'a> {
     /// against another answer, perhaps for another user (a user's deny
     /// rule was passed when the name's answer changed, probe 88).
     pub only_to: Option<&'a [SocketAddr]>,
+    /// Who sends the request: a connection that carried another user's
+    /// request body is not used for it (see [`Owner`]).
+    pub user: Option<&'a Arc<str>>,
 }
 
 impl Pool {
@@ -251,10 +296,16 @@ impl Pool {
     }
 
     /// The most recently used idle connection for `key` that is still
-    /// open, and to one of `only_to` if given (see [`Exchange::only_to`]),
+    /// open, that `user` may take (see [`Owner`]), and to one of `only_to`
+    /// if given (see [`Exchange::only_to`]),
     /// with how long it sat idle; closed and expired ones met on the way
     /// are dropped.
-    fn checkout(&self, key: &Key, only_to: Option<&[SocketAddr]>) -> Option<(Conn, Duration)> {
+    fn checkout(
+        &self,
+        key: &Key,
+        only_to: Option<&[SocketAddr]>,
+        user: Option<&Arc<str>>,
+    ) -> Option<(Conn, Duration)> {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
@@ -267,7 +318,7 @@ impl Pool {
             let idle_for = now.duration_since(c.since);
             if !c.conn.tx.is_ready() || idle_for >= timeout {
                 list.remove(i);
-            } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) {
+            } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) && c.conn.owner.admits(user) {
                 found = Some((list.remove(i).conn, idle_for));
                 break;
             }
@@ -315,6 +366,9 @@ impl Pool {
     /// Adds a ready connection to the idle list of `key`, if it is one of
     /// the live configuration.
     fn put(&self, key: Key, conn: Conn) {
+        if conn.owner == Owner::Nobody {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if key.2 != self.live.load(Ordering::SeqCst) {
             return;
@@ -367,15 +421,15 @@ impl Pool {
         F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
-        let Exchange { head_timeout, upload, reached, only_to } = exchange;
-        while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
+        let Exchange { head_timeout, upload, reached, only_to, user } = exchange;
+        while let Some((mut conn, idle_for)) = self.checkout(key, only_to, user) {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
             let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
             let before = reached.replace(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
-                Ok(Ok(response)) => return Sent::checked(response, conn),
+                Ok(Ok(response)) => return Sent::checked(response, conn, upload.is_some().then_some(user)),
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
                     (Some(back), _) => {
@@ -401,7 +455,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        let exchange = Exchange { head_timeout, upload, reached, only_to };
+        let exchange = Exchange { head_timeout, upload, reached, only_to, user };
         Box::pin(send_new(req, exchange, dial())).await
     }
 }
@@ -440,7 +494,7 @@ async fn send_new(
     exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
-    let Exchange { head_timeout, upload, reached, .. } = exchange;
+    let Exchange { head_timeout, upload, reached, user, .. } = exchange;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
         Err((e, connected)) => {
@@ -470,9 +524,9 @@ async fn send_new(
     })
     .abort_handle();
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
-    let conn = Conn { tx, task, writes, peer };
+    let conn = Conn { tx, task, writes, peer, owner: Owner::Anyone };
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn),
+        Ok(Ok(response)) => Sent::checked(response, conn, upload.is_some().then_some(user)),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -536,7 +590,15 @@ async fn head_wait<T>(
 impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
     /// (counted as [`head_len`] does): then the connection is closed.
-    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, ProxyError> {
+    /// `body_of` names the sender of a request body, if it had one.
+    fn checked(
+        response: Response<Incoming>,
+        mut conn: Conn,
+        body_of: Option<Option<&Arc<str>>>,
+    ) -> Result<Sent, ProxyError> {
+        if let Some(user) = body_of {
+            conn.carried_body_of(user);
+        }
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
             return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
