@@ -294,6 +294,7 @@ impl Body for RequestBody {
                     upload.advanced(UploadState::Sending)
                 }
                 Some(Ok(_)) | None => upload.advanced(UploadState::Done),
+                Some(Err(e)) if reset(e) => upload.advanced(UploadState::Reset),
                 Some(Err(_)) => upload.advanced(UploadState::Broken),
             }
         }
@@ -307,6 +308,21 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.as_ref().map_or(SizeHint::with_exact(0), Incoming::size_hint)
     }
+}
+
+/// Whether a body read failed because the client reset its connection.
+fn reset(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Aborts a task when dropped: the task driving an origin connection whose
@@ -390,9 +406,11 @@ pub enum UploadState {
     Sending,
     /// Read to its end.
     Done,
-    /// It broke off: invalid chunked framing, or the client closed or reset
-    /// its connection before the end (either way the client's doing).
+    /// It broke off: invalid chunked framing, or the client closed its
+    /// connection before the end (either way the client's doing).
     Broken,
+    /// The client reset its connection before the end.
+    Reset,
 }
 
 /// The progress of a request body, so that a client whose upload stalls or
@@ -448,6 +466,7 @@ impl Upload {
         match self.state.load(Ordering::Relaxed) {
             s if s == UploadState::Done as u8 => UploadState::Done,
             s if s == UploadState::Broken as u8 => UploadState::Broken,
+            s if s == UploadState::Reset as u8 => UploadState::Reset,
             _ => UploadState::Sending,
         }
     }

@@ -62,7 +62,11 @@ pub enum ProxyError {
     /// The client's request body broke off (its connection closed or reset
     /// before the end) or is not valid chunked framing.
     #[error("bad request body")]
-    BadBody,
+    BadBody {
+        /// The client reset its connection: no answer can reach it, and
+        /// none is logged as sent (status 0, `client_gone`).
+        reset: bool,
+    },
     /// Plain HTTP sent to a TLS listener (the client was given `http://`
     /// for an HTTPS proxy port).
     #[error("plain HTTP on a TLS port")]
@@ -163,7 +167,7 @@ impl ProxyError {
             self,
             ProxyError::ConnectWithBody
                 | ProxyError::BodyTimeout
-                | ProxyError::BadBody
+                | ProxyError::BadBody { .. }
                 | ProxyError::MalformedRequest
         )
     }
@@ -180,7 +184,7 @@ impl ProxyError {
             | HeadTooLarge
             | MalformedRequest
             | BodyTimeout
-            | BadBody
+            | BadBody { .. }
             | TlsRequired
             | UriTooLong => Fault::Client,
             ProxyAuthRequired | Throttled { .. } => Fault::Credentials,

@@ -65,7 +65,9 @@ pub fn describe(err: &ProxyError) -> Description {
             "request_body_timeout",
             "Request body timed out",
         ),
-        BadBody => (StatusCode::BAD_REQUEST, "http_request_error", "bad_request_body", "Bad request body"),
+        BadBody { .. } => {
+            (StatusCode::BAD_REQUEST, "http_request_error", "bad_request_body", "Bad request body")
+        }
         TlsRequired => {
             (StatusCode::BAD_REQUEST, "http_request_error", "tls_required", "This port speaks TLS")
         }
@@ -172,7 +174,7 @@ fn detail(err: &ProxyError) -> String {
         BadTarget { detail } => format!("The request target is not usable: {detail}."),
         HeadTimeout => "The request head did not arrive in time; the connection is closed.".into(),
         BodyTimeout => "The request body stopped arriving before its end; the connection is closed.".into(),
-        BadBody => "The request body broke off before its end, or its chunked framing is not valid HTTP/1.1; the connection is closed.".into(),
+        BadBody { .. } => "The request body broke off before its end, or its chunked framing is not valid HTTP/1.1; the connection is closed.".into(),
         MalformedRequest => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
         UriTooLong => "The request target is longer than this proxy accepts.".into(),
         TlsRequired => "This port is an HTTPS proxy: connections to it start with TLS. Give the proxy as https://HOST:PORT (curl: --proxy https://HOST:PORT), or use the proxy's plain-HTTP port; the connection is closed.".into(),
@@ -440,7 +442,7 @@ mod tests {
             BadTarget { detail: "x" },
             HeadTimeout,
             BodyTimeout,
-            BadBody,
+            BadBody { reset: false },
             TlsRequired,
             HeadTooLarge,
             MalformedRequest,

@@ -383,6 +383,8 @@ enum Abandon {
     UserRemoved,
     /// The client closes its connection in the middle of its request body.
     MidBody,
+    /// The client resets its connection in the middle of its request body.
+    MidBodyReset,
     /// The client stops reading the response (and keeps its connection).
     StopsReading,
 }
@@ -403,7 +405,7 @@ fn access_line_of_an_abandoned_request(how: Abandon) -> String {
         let mut conn = RawConn::connect(proxy).await;
         let url = silent.origin.url("/abandoned");
         match how {
-            Abandon::MidBody => {
+            Abandon::MidBody | Abandon::MidBodyReset => {
                 let head =
                     &[("Host", host.as_str()), ("Proxy-Authorization", &auth), ("Content-Length", "10")];
                 let mut bytes = request("POST", &url, head);
@@ -415,6 +417,11 @@ fn access_line_of_an_abandoned_request(how: Abandon) -> String {
         silent.next_head().await;
         match how {
             Abandon::ClientCloses | Abandon::MidBody | Abandon::StopsReading => drop(conn),
+            Abandon::MidBodyReset => {
+                let stream = conn.into_stream();
+                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+                drop(stream);
+            }
             Abandon::UserRemoved => {
                 std::fs::write(&bin.users, users_toml(&[("bob", "b1")])).unwrap();
                 bin.signal("HUP");
@@ -441,6 +448,9 @@ fn a_request_dropped_before_its_answer_is_logged_once_with_why() {
         // upstream_protocol_error once). A FIN may close only the client's
         // sending side, so it is answered.
         (Abandon::MidBody, 400, "bad_request_body"),
+        // A reset is not answered: nothing can reach the client (it was
+        // logged as a 400 sent, probe 107).
+        (Abandon::MidBodyReset, 0, "client_gone"),
     ] {
         let line = access_line_of_an_abandoned_request(how);
         for field in ["user=\"alice\"", &format!(" status={status} "), &format!("outcome=\"{outcome}\"")] {

@@ -143,8 +143,9 @@ pub async fn forward(
         Err(e) => match upload.map(|u| u.state()) {
             // A client that closed mid-body may have closed only its sending
             // side and still read the answer; one that reset the connection
-            // makes hyper drop this request, logged as `client_gone`.
-            Some(UploadState::Broken) => return Err(ProxyError::BadBody),
+            // is gone (logged as `client_gone`).
+            Some(UploadState::Broken) => return Err(ProxyError::BadBody { reset: false }),
+            Some(UploadState::Reset) => return Err(ProxyError::BadBody { reset: true }),
             _ => return Err(e),
         },
     };

@@ -133,6 +133,18 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             tunnel::spawn(&state, job, rec, &client, counted);
             resp
         }
+        // A client that reset its connection mid-body is gone: no answer
+        // can reach it, and none is logged as sent (it was a 400, probe 107).
+        Err((err @ ProxyError::BadBody { reset: true }, _)) => {
+            count(Counted::Abandoned);
+            rec.status = 0;
+            rec.outcome = "client_gone";
+            rec.finish();
+            let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html: false };
+            let mut resp = respond::error_response(&err, &ctx);
+            close_after(&mut resp, http10, &client.phase);
+            resp
+        }
         Err((err, close)) => {
             let d = respond::describe(&err);
             count(outcome_of(&err));
