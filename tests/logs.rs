@@ -1337,3 +1337,31 @@ fn a_health_check_on_a_proxy_protocol_listener_is_not_warned_about() {
     let lines = warned.iter().filter(|l| !l.contains("(summary")).count();
     assert_eq!(lines + warned.iter().filter_map(held).sum::<usize>(), 3, "each bad header counted:\n{log}");
 }
+
+/// A request in authority form that is not a CONNECT (`GET host:port`) is
+/// refused as no proxy request, and its access line names the target sent,
+/// without a password in it: `request_target` was empty (probe 108).
+#[test]
+fn an_authority_form_get_is_logged_with_its_target() {
+    let dir = TempDir::new();
+    let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n";
+    let bin = start_binary(&dir, extra, &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_listening(bin.addr).await;
+        let auth = basic(USER, PASSWORD);
+        for target in ["127.0.0.1:7", "alice:hunter2@127.0.0.2:7"] {
+            let r =
+                send_one(bin.addr, "GET", target, &[("Host", "127.0.0.1:7"), ("Proxy-Authorization", &auth)])
+                    .await;
+            assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
+        }
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("authgate::access")).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].contains(" request_target=127.0.0.1:7 "), "{}", lines[0]);
+    assert!(lines[1].contains(" request_target=127.0.0.2:7 "), "{}", lines[1]);
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}

@@ -667,7 +667,9 @@ fn log_target(req: &Request<Incoming>) -> String {
 /// are off the path of a valid request.)
 fn guarded_target(req: &Request<Incoming>) -> String {
     let uri = req.uri();
-    if req.method() == Method::CONNECT {
+    // The authority form: CONNECT's, and another method's (`GET host:port`,
+    // refused as no proxy request), which was logged as nothing (probe 108).
+    if req.method() == Method::CONNECT || (uri.scheme().is_none() && uri.authority().is_some()) {
         let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
         return shown(authority).0.into_owned();
     }
