@@ -298,8 +298,9 @@ impl Relay {
         self.down.moved
     }
 
-    /// Copies until both directions are done, a side fails, or nothing moved
-    /// for `quiet.idle` (see [`Quiet`]).
+    /// Copies until both directions are done, a side failed (and the other
+    /// passed on what it held, see [`Relay::drive`]), or nothing moved for
+    /// `quiet.idle` (see [`Quiet`]).
     pub async fn run<A, B>(&mut self, client: &mut A, origin: &mut B, quiet: Quiet) -> End
     where
         A: AsyncRead + AsyncWrite + Unpin,
@@ -311,11 +312,7 @@ impl Relay {
                 Way::Down => dir.poll(cx, origin, client, progress),
             })
             .await;
-        if end == End::Error {
-            // Boxed: inline, it would grow every tunnel's task.
-            Box::pin(close_gently(client, origin)).await;
-        }
-        end
+        closed(end, client, origin).await
     }
 
     /// [`Relay::run`] for two plain TCP sockets: bulk directions go through
@@ -327,11 +324,7 @@ impl Relay {
                 Way::Down => dir.poll_tcp(cx, origin, client, progress),
             })
             .await;
-        if end == End::Error {
-            // Boxed: inline, it would grow every tunnel's task.
-            Box::pin(close_gently(client, origin)).await;
-        }
-        end
+        closed(end, client, origin).await
     }
 
     /// The loop shared by both relays: polls each direction with `step`,
@@ -449,6 +442,20 @@ impl Relay {
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read and thrown away from each side in that wait.
 const LINGER_MAX: u64 = 64 << 20;
+
+/// Ends a relay that ended with `end`: after a failure, closes both sides
+/// gently (see [`close_gently`]).
+async fn closed<A, B>(end: End, a: &mut A, b: &mut B) -> End
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    if end == End::Error {
+        // Boxed: inline, it would grow every tunnel's task.
+        Box::pin(close_gently(a, b)).await;
+    }
+    end
+}
 
 /// Closes both sides of a tunnel that failed: each side's write half is shut
 /// (what was written still goes out, then a FIN), and what each still sends
