@@ -257,7 +257,7 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 ///   writes `default = "allow"`.
 ///
 /// And a users file with no users and no `[users]` table, while the running
-/// one has users (see [`read_users`]).
+/// one has users (see `read_users`).
 ///
 /// A start still accepts all three (the summary line says "default allow").
 ///
@@ -373,7 +373,7 @@ fn load_source(
 ///
 /// # Errors
 /// Every problem in the users file, and an unfinished one (see
-/// [`read_users`]).
+/// `read_users`).
 pub fn load_users(auth: &Auth, running: &UserStore) -> Result<UserStore, ConfigError> {
     let (users, problems) = read_users(auth, Some(running));
     if !problems.is_empty() {

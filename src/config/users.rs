@@ -63,7 +63,7 @@ pub const NOT_SHOWN: &str = "(the name is not shown: it may hold a password)";
 
 /// Whether a user or group name given where one belongs looks like more
 /// than a name (`name:password`, a passphrase, a hash): a `:`, whitespace,
-/// a control character, or more than [`MAX_NAME_CHARS`] characters. No
+/// a control character, or more than `MAX_NAME_CHARS` (64) characters. No
 /// valid name does; such a name is located in problems, not quoted.
 pub fn may_hold_a_password(name: &str) -> bool {
     name.chars().count() > MAX_NAME_CHARS

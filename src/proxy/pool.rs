@@ -237,7 +237,7 @@ pub struct Exchange<'a> {
     /// rule was passed when the name's answer changed, probe 88).
     pub only_to: Option<&'a [SocketAddr]>,
     /// Who sends the request: a connection that carried another user's
-    /// request body is not used for it (see [`Owner`]).
+    /// request body is not used for it (see `Owner`).
     pub user: Option<&'a Arc<str>>,
 }
 

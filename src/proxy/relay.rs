@@ -299,7 +299,7 @@ impl Relay {
     }
 
     /// Copies until both directions are done, a side failed (and the other
-    /// passed on what it held, see [`Relay::drive`]), or nothing moved for
+    /// passed on what it held, see `Relay::drive`), or nothing moved for
     /// `quiet.idle` (see [`Quiet`]).
     pub async fn run<A, B>(&mut self, client: &mut A, origin: &mut B, quiet: Quiet) -> End
     where
