@@ -138,8 +138,11 @@ pub enum ProxyError {
     #[error("upstream answered 407")]
     Upstream407,
     /// The origin's TLS certificate did not verify.
-    #[error("upstream TLS certificate error")]
-    UpstreamTls,
+    #[error("upstream TLS certificate error: {reason}")]
+    UpstreamTls {
+        /// Why, in words (expired, not for this name, unknown issuer ...).
+        reason: &'static str,
+    },
 
     // ---- ourselves ----
     /// The password-verification queue is full.
@@ -198,7 +201,7 @@ impl ProxyError {
             | UpstreamWriteTimeout
             | UpstreamProtocol { .. }
             | Upstream407
-            | UpstreamTls => Fault::Upstream,
+            | UpstreamTls { .. } => Fault::Upstream,
             AuthOverloaded { .. } | TooManyConnections | Internal => Fault::Ourselves,
         }
     }

@@ -59,6 +59,17 @@ async fn spawn_tls_proxy(
     upstream_ca_pem: &str,
     policy: &str,
 ) -> (SocketAddr, SocketAddr, oneshot::Sender<()>) {
+    let (plain, tls, stop, _) = spawn_tls_proxy_with_state(dir, proxy_ca, upstream_ca_pem, policy).await;
+    (plain, tls, stop)
+}
+
+/// [`spawn_tls_proxy`], with the proxy's state (to reload it).
+async fn spawn_tls_proxy_with_state(
+    dir: &TempDir,
+    proxy_ca: &pki::Ca,
+    upstream_ca_pem: &str,
+    policy: &str,
+) -> (SocketAddr, SocketAddr, oneshot::Sender<()>, Arc<authgate::State>) {
     let leaf = proxy_ca.leaf("proxy");
     dir.write("proxy-cert.pem", &leaf.cert_pem);
     dir.write("proxy-key.pem", &leaf.key_pem);
@@ -73,10 +84,10 @@ async fn spawn_tls_proxy(
     let plain = listeners[0].local_addr().unwrap();
     let tls = listeners[1].local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(authgate::run(state, listeners, async move {
+    tokio::spawn(authgate::run(state.clone(), listeners, async move {
         let _ = rx.await;
     }));
-    (plain, tls, tx)
+    (plain, tls, tx, state)
 }
 
 /// The test origins are on loopback, which the default egress policy denies.
@@ -142,6 +153,63 @@ async fn an_origin_certificate_from_the_wrong_ca_is_a_502() {
     assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
 }
 
+/// Why a certificate was refused is in `details` (all were "could not be
+/// verified", probe 111), and a `ca_file` replaced in place applies at the
+/// next reload: it was ignored until a restart, without a word. One that
+/// breaks fails the reload, and the one in use stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_replaced_in_place_applies_at_the_next_reload() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
+    let dir = TempDir::new();
+    let other_ca = pki::Ca::new("some other CA").cert_pem;
+    let (_plain, tls, _stop, state) = spawn_tls_proxy_with_state(&dir, &proxy_ca, &other_ca, LOOPBACK).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
+    let status = r.header("proxy-status").unwrap_or_default();
+    assert!(status.contains("details=\"it is not issued by a CA authgate trusts"), "{status}");
+    let reload = |state: Arc<authgate::State>| async move {
+        tokio::task::spawn_blocking(move || {
+            authgate::server::reload::reload(&state).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap()
+    };
+    dir.write("upstream-ca.pem", &origin_ca.cert_pem);
+    reload(state.clone()).await.unwrap();
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    dir.write("upstream-ca.pem", "not a certificate\n");
+    let err = reload(state.clone()).await.unwrap_err();
+    assert!(err.contains("upstream.ca_file") && err.contains("not PEM"), "{err}");
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+}
+
+/// `SSL_CERT_FILE` (read for the system roots when there is no `ca_file`)
+/// naming a FIFO is an error `check` reports, not a proxy that never starts
+/// (probe 111: it waited in `open` for a writer, without a word).
+#[test]
+fn ssl_cert_file_naming_a_fifo_is_refused() {
+    let dir = TempDir::new();
+    let fifo = dir.path().join("bundle.pem");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let config = dir.write("authgate.toml", "[auth]\nusers_file = \"users.toml\"\n");
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["check", "--config", &config.display().to_string()])
+        .env("SSL_CERT_FILE", &fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within_20s(child, "check with SSL_CERT_FILE a FIFO");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("SSL_CERT_FILE") && err.contains("not a regular file"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_forwarding_goes_through_the_egress_checks_and_the_rules() {
     let proxy_ca = pki::Ca::new("proxy CA");
@@ -191,6 +259,42 @@ async fn an_origin_that_never_finishes_the_tls_handshake_is_a_504_after_connect_
         took >= std::time::Duration::from_millis(450) && took < std::time::Duration::from_secs(5),
         "{took:?}"
     );
+}
+
+/// `connect_timeout` is one budget for the TCP connect and the TLS
+/// handshake: each had its own (probe 111: 8 s for a 5 s timeout). Here the
+/// TCP connect takes about 1 s (the origin's accept queue is full: the SYN
+/// is dropped, and sent again after 1 s) and the handshake never ends: the
+/// 504 comes at `connect_timeout`, 2 s, where it came at about 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_covers_the_tcp_connect_and_the_handshake_together() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    l.listen(0).unwrap();
+    let slow = l.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect(slow).unwrap();
+    let dir = TempDir::new();
+    let policy = format!("{LOOPBACK}[limits]\nconnect_timeout = \"2s\"\n");
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, &policy).await;
+    // Room in the queue once the proxy's first SYN was dropped; what comes
+    // in then is never answered.
+    let held = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let first = l.accept().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        drop((first, filler, l));
+    });
+    let start = std::time::Instant::now();
+    let r = get_https_via(tls, &proxy_ca.cert_pem, slow).await;
+    let took = start.elapsed();
+    assert_proxy_error(&r, 504, "connection_timeout", "connection_timeout");
+    assert!(
+        took >= std::time::Duration::from_millis(1900) && took < std::time::Duration::from_millis(2600),
+        "{took:?}"
+    );
+    held.join().unwrap();
 }
 
 #[test]

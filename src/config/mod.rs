@@ -183,6 +183,9 @@ pub struct Snapshot {
     pub watch: bool,
     /// `[upstream] ca_file`: roots for `https://` origins (system roots when `None`).
     pub upstream_ca: Option<PathBuf>,
+    /// TLS to `https://` origins, trusting `upstream_ca` (read with this
+    /// configuration) or the system's roots.
+    pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
     /// `[admin] listen`: the admin listener, off when `None`.
     pub admin: Option<SocketAddr>,
     /// `[metrics] per_user`.
@@ -222,10 +225,11 @@ impl Snapshot {
         )
     }
 
-    /// The files a reload watches: the config, the users file, and each
-    /// TLS listener's certificate and key, in that order.
+    /// The files a reload watches: the config, the users file, each TLS
+    /// listener's certificate and key, and `[upstream] ca_file`, in that
+    /// order.
     pub fn watched(&self) -> Vec<PathBuf> {
-        watched(&self.config_path, &self.auth.users_file, &self.server.tls)
+        watched(&self.config_path, &self.auth.users_file, &self.server.tls, self.upstream_ca.as_deref())
     }
 
     /// The listeners of this snapshot, for the summary.
@@ -319,12 +323,13 @@ fn has_setting(table: &dyn toml_edit::TableLike) -> bool {
 }
 
 /// [`Snapshot::watched`], of its parts.
-fn watched(config: &Path, users: &Path, tls: &[TlsListener]) -> Vec<PathBuf> {
+fn watched(config: &Path, users: &Path, tls: &[TlsListener], upstream_ca: Option<&Path>) -> Vec<PathBuf> {
     let mut files = vec![config.to_path_buf(), users.to_path_buf()];
     for t in tls {
         files.push(t.cert.clone());
         files.push(t.key.clone());
     }
+    files.extend(upstream_ca.map(Path::to_path_buf));
     files
 }
 
@@ -339,7 +344,8 @@ fn load_source(
     let (settings, mut problems) =
         validate::config(path, source).map_err(|problems| ConfigError { problems })?;
     // The config's own stamp is from before its text was read.
-    let others = watched(path, &settings.auth.users_file, &settings.server.tls);
+    let others =
+        watched(path, &settings.auth.users_file, &settings.server.tls, settings.upstream_ca.as_deref());
     let files_as_read: Vec<file::Stamp> =
         std::iter::once(config_as_read).chain(others.iter().skip(1).map(|f| file::stamp(f))).collect();
     let (users, p) = read_users(&settings.auth, running);
@@ -359,6 +365,7 @@ fn load_source(
         policy: settings.policy,
         watch: settings.watch,
         upstream_ca: settings.upstream_ca,
+        upstream_tls: settings.upstream_tls,
         admin: settings.admin,
         metrics_per_user: settings.metrics_per_user,
         users: Arc::new(store),

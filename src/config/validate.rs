@@ -24,6 +24,7 @@ pub struct Settings {
     pub policy: Policy,
     pub watch: bool,
     pub upstream_ca: Option<std::path::PathBuf>,
+    pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
     pub admin: Option<SocketAddr>,
     pub metrics_per_user: bool,
 }
@@ -54,6 +55,7 @@ fn defaults(path: &Path) -> Settings {
         policy: Policy::default(),
         watch: true,
         upstream_ca: None,
+        upstream_tls: crate::proxy::upstream_tls::trusting_nothing(),
         admin: None,
         metrics_per_user: false,
     }
@@ -383,12 +385,16 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         }
     }
     s.policy = super::rules::policy(&mut c, &raw.policy, &raw.rules);
-    if let Some(ca) = &raw.upstream.ca_file {
-        let p = base.join(ca.get_ref());
-        match crate::proxy::upstream_tls::connector(Some(&p)) {
-            Ok(_) => s.upstream_ca = Some(p),
-            Err(m) => c.at(ca.span(), format!("upstream.ca_file: {m}")),
+    let ca = raw.upstream.ca_file.as_ref().map(|ca| (base.join(ca.get_ref()), ca.span()));
+    match crate::proxy::upstream_tls::connector(ca.as_ref().map(|(p, _)| p.as_path())) {
+        Ok(tls) => {
+            s.upstream_tls = tls;
+            s.upstream_ca = ca.map(|(p, _)| p);
         }
+        Err(m) => match ca {
+            Some((_, span)) => c.at(span, format!("upstream.ca_file: {m}")),
+            None => c.whole(format!("the system's CA certificates (no [upstream] ca_file): {m}")),
+        },
     }
     if let Some(a) = &raw.admin.listen {
         match a.get_ref().trim().parse::<SocketAddr>() {

@@ -117,11 +117,14 @@ pub async fn forward(
                 &resolved[..]
             }
         };
+        // One budget for the TCP connect and the TLS handshake: each had
+        // its own, so an origin could take twice `connect_timeout` (probe 111).
+        let deadline = tokio::time::Instant::now() + limits.connect_timeout;
         let (tcp, peer) = Connector::dial(addrs, limits.connect_timeout).await.map_err(|e| (e, None))?;
         if https {
-            let tls = upstream_tls::handshake(&state.upstream_tls, &target.host, tcp);
+            let tls = upstream_tls::handshake(&snap.upstream_tls, &target.host, tcp);
             // A failed handshake names the address it was with.
-            let tls = tokio::time::timeout(limits.connect_timeout, tls)
+            let tls = tokio::time::timeout_at(deadline, tls)
                 .await
                 .unwrap_or(Err(ProxyError::ConnectionTimeout))
                 .map_err(|e| (e, Some(peer)))?;

@@ -50,8 +50,6 @@ pub struct State {
     pub pool: Arc<Pool>,
     /// Counters and gauges for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// TLS client for `https://` origins.
-    pub upstream_tls: tokio_rustls::TlsConnector,
     /// Every connection and tunnel task, for graceful shutdown.
     pub tasks: TaskTracker,
     /// Cancelled when shutdown begins: listeners stop, idle keep-alive
@@ -88,13 +86,6 @@ pub struct State {
 impl State {
     /// Builds the shared state around a first snapshot.
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
-        // The CA file was read once already during validation. Unusable
-        // now (changed in between), it is not replaced by the system roots,
-        // which it is meant to narrow (probe 91): nothing verifies.
-        let upstream_tls = upstream_tls::connector(snapshot.upstream_ca.as_deref()).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "upstream CA file unusable; https:// forwarding fails verification until a restart");
-            upstream_tls::verify_nothing_connector()
-        });
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         // Half the cores at most: a flood of wrong passwords must leave CPU
         // for the traffic of everyone else.
@@ -116,7 +107,6 @@ impl State {
             connector,
             pool: Arc::new(pool),
             metrics,
-            upstream_tls,
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             kill: CancellationToken::new(),

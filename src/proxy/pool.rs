@@ -632,7 +632,15 @@ fn closed_under_it(e: &hyper::Error) -> bool {
 }
 
 fn upstream_error(e: &hyper::Error) -> ProxyError {
-    let detail = if e.is_incomplete_message() {
+    use std::error::Error as _;
+    // A TLS origin that closes without close_notify: rustls reports the
+    // end of the stream as an error (it was "connection failed", probe 111).
+    let eof = || {
+        e.source()
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof)
+    };
+    let detail = if e.is_incomplete_message() || eof() {
         "connection closed before a complete response"
     } else if e.is_parse_too_large() {
         // hyper's one error for both.

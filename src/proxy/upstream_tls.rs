@@ -3,10 +3,12 @@
 //! `[upstream] ca_file`.
 
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
+use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,55 +16,109 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::config::file::{check_file, read_file, reason};
 use crate::error::ProxyError;
 use crate::target::Host;
 
-/// Builds the connector: `ca_file` when given, else the system's roots.
+/// The connector for origins: trusting `ca_file` when given, else the
+/// system's roots (read once per process).
+///
+/// Built with each configuration (a reload re-reads `ca_file`: a bundle
+/// rotated in place applies then, where it was ignored until a restart
+/// without a word, probe 111).
 ///
 /// # Errors
-/// A message when `ca_file` cannot be read or holds no certificate.
-pub fn connector(ca_file: Option<&std::path::Path>) -> Result<TlsConnector, String> {
-    let mut roots = rustls::RootCertStore::empty();
+/// A message when `ca_file` cannot be read or holds no certificate, or
+/// when `SSL_CERT_FILE` names what is not a regular file.
+pub fn connector(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     match ca_file {
-        Some(path) => {
-            let pem = crate::config::file::read_file(path).map_err(|e| {
-                format!("{}: cannot read: {}", path.display(), crate::config::file::reason(&e))
-            })?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{}: no CA certificate found", path.display()));
-            }
-        }
+        Some(path) => Ok(with_roots(ca_roots(path)?)),
         None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                tracing::warn!("no system CA certificates found: https:// forwarding will fail verification");
-            }
+            static SYSTEM: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+            SYSTEM.get_or_init(|| system_roots().map(with_roots)).clone()
         }
     }
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// A connector that trusts no root at all (every https:// origin fails
-/// verification): for a CA file that cannot be read when the proxy starts
-/// (it was readable when the config was checked), or a config rustls could
-/// not build.
-pub fn verify_nothing_connector() -> TlsConnector {
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+/// A connector that trusts no root: every `https://` origin fails
+/// verification (what a configuration holds until its `[upstream]` is
+/// checked).
+pub fn trusting_nothing() -> Arc<ClientConfig> {
+    with_roots(rustls::RootCertStore::empty())
+}
+
+fn with_roots(roots: rustls::RootCertStore) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // The protocol versions are ring's defaults (TLS 1.2 and 1.3): no error.
+    let mut config = match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    {
+        Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
+        Err(_) => ClientConfig::builder().with_root_certificates(roots).with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// The certificates of the PEM file at `path`.
+fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let shown = path.display();
+    let pem = read_file(path).map_err(|e| format!("{shown}: cannot read: {}", reason(&e)))?;
+    // A byte order mark, as some Windows editors write, hid the first
+    // certificate.
+    let pem = pem.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&pem);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("{shown}: {}", pem_problem(&e)))?;
+        roots.add(cert).map_err(|e| format!("{shown}: a certificate in it cannot be read ({e})"))?;
+    }
+    if roots.is_empty() {
+        let holds = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
+        return Err(if holds(b"PRIVATE KEY-----") {
+            format!("{shown}: no CA certificate found, only a private key")
+        } else if !holds(b"-----BEGIN ") {
+            format!(
+                "{shown}: no CA certificate found: the file is not PEM (a DER certificate? \
+                 `openssl x509 -inform der -in FILE -out FILE.pem` converts it)"
+            )
+        } else {
+            format!("{shown}: no CA certificate found")
+        });
+    }
+    Ok(roots)
+}
+
+/// What is wrong with a PEM file, in words (rustls's debug form printed a
+/// missing end line's marker as a list of byte values, probe 111).
+fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section has no END line (is the file cut short?)".into(),
+        Error::IllegalSectionStart { .. } => "a PEM section's BEGIN line is not valid".into(),
+        Error::Base64Decode(_) => "a PEM section's base64 is not valid".into(),
+        Error::Io(e) => reason(e),
+        other => other.to_string(),
+    }
+}
+
+/// The system's roots: what `SSL_CERT_FILE` and `SSL_CERT_DIR` name when
+/// set, else the platform's bundle.
+fn system_roots() -> Result<rustls::RootCertStore, String> {
+    // rustls-native-certs reads the file this names as it finds it: a
+    // FIFO kept the proxy from starting, without a word, and `/dev/zero`
+    // took memory until the allocator aborted (probe 111). It is checked as
+    // every file authgate reads is. (Of `SSL_CERT_DIR`, it reads regular
+    // files only.)
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
+        let file = Path::new(&file);
+        check_file(file).map_err(|e| format!("SSL_CERT_FILE: {}: {}", file.display(), reason(&e)))?;
+    }
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        tracing::warn!("no system CA certificates found: https:// forwarding will fail verification");
+    }
+    Ok(roots)
 }
 
 /// Wraps `tcp` in TLS to `host`.
@@ -72,7 +128,7 @@ pub fn verify_nothing_connector() -> TlsConnector {
 /// failures as `UpstreamProtocol`, and `BadTarget` when the host is not a
 /// valid TLS server name.
 pub async fn handshake(
-    connector: &TlsConnector,
+    config: &Arc<ClientConfig>,
     host: &Host,
     tcp: TcpStream,
 ) -> Result<TlsStream<TcpStream>, ProxyError> {
@@ -82,17 +138,35 @@ pub async fn handshake(
         }
         Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
     };
-    connector.connect(name, tcp).await.map_err(|e| {
-        let cert_error = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-        if cert_error {
-            ProxyError::UpstreamTls
-        } else {
-            ProxyError::UpstreamProtocol { detail: "TLS handshake with the origin failed" }
+    TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
+        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::InvalidCertificate(why)) => ProxyError::UpstreamTls { reason: why_not(why) },
+            _ => ProxyError::UpstreamProtocol { detail: "TLS handshake with the origin failed" },
         }
     })
+}
+
+/// Why a certificate was refused, in words for the client and the admin
+/// (all were "could not be verified", which left the admin to guess
+/// between an expired certificate, a wrong name and a CA not trusted,
+/// probe 111).
+fn why_not(e: &rustls::CertificateError) -> &'static str {
+    use rustls::CertificateError as E;
+    match e {
+        E::Expired | E::ExpiredContext { .. } => "it has expired",
+        E::NotValidYet | E::NotValidYetContext { .. } => "it is not valid yet",
+        E::NotValidForName | E::NotValidForNameContext { .. } => "it is not for this host name",
+        E::UnknownIssuer => {
+            "it is not issued by a CA authgate trusts (the system roots or [upstream] ca_file)"
+        }
+        E::BadSignature | E::UnsupportedSignatureAlgorithmContext { .. } => {
+            "its signature is bad or of an algorithm authgate does not accept"
+        }
+        E::InvalidPurpose | E::InvalidPurposeContext { .. } => "it is not for TLS servers",
+        E::Revoked => "it is revoked",
+        E::BadEncoding => "it cannot be parsed",
+        _ => "it is not valid",
+    }
 }
 
 /// A connection to an origin: plain or TLS.
