@@ -137,6 +137,35 @@ async fn reload_on_rename_and_a_bad_edit_keeps_the_old_config() {
     );
 }
 
+/// A reload refused because the new config names a users file that is
+/// missing, or that has an error, is tried again once that file is made or
+/// fixed: only the running configuration's files were watched, so the fix
+/// was never read, and a user left out of the new file kept access until a
+/// SIGHUP (probe 112).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_file_named_by_a_refused_config_is_watched_until_it_loads() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1"), ("carol", "c1")]));
+    assert_eq!(status(proxy.addr, &origin, "carol", "c1").await, 200);
+    let failures = || proxy.state.reload_failures.load(std::sync::atomic::Ordering::SeqCst);
+    // Missing, then made.
+    replace_by_rename(&proxy.file("authgate.toml"), &CFG_NT.replace("users.toml", "users-new.toml"));
+    assert!(eventually(RELOAD_SEEN, || async { failures() >= 1 }).await, "the missing file was tried");
+    std::fs::write(proxy.file("users-new.toml"), users_toml(&[("alice", "a1"), ("dave", "d1")])).unwrap();
+    assert!(answers(proxy.addr, &origin, "dave", "d1", 200).await, "the file made was never read");
+    assert!(answers(proxy.addr, &origin, "carol", "c1", 407).await, "carol is not in the new file");
+    // With an error, then fixed.
+    let bad = format!("{}\n[users.erin]\npassword = \"not a hash\"\n", users_toml(&[("alice", "a1")]));
+    std::fs::write(proxy.file("users-fixed.toml"), bad).unwrap();
+    let before = failures();
+    replace_by_rename(&proxy.file("authgate.toml"), &CFG_NT.replace("users.toml", "users-fixed.toml"));
+    assert!(eventually(RELOAD_SEEN, || async { failures() > before }).await, "the bad file was tried");
+    assert_eq!(status(proxy.addr, &origin, "dave", "d1").await, 200, "refused: the old users stay");
+    replace_by_rename(&proxy.file("users-fixed.toml"), &users_toml(&[("alice", "a1")]));
+    assert!(answers(proxy.addr, &origin, "dave", "d1", 407).await, "the fix was never read");
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+}
+
 /// A change of the same size whose mtime was put back (`cp -p`, `rsync -t
 /// --inplace`, `tar x` do that) is seen: the file's ctime tells. With size
 /// and mtime alone it never loaded, and the replaced user kept access.

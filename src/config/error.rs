@@ -77,6 +77,18 @@ pub(crate) fn escaped(text: &str, hide: impl Fn(char) -> bool) -> Cow<'_, str> {
 pub struct ConfigError {
     /// All problems, in file order.
     pub problems: Vec<Problem>,
+    /// The other files the refused config names (its users file, TLS
+    /// certificates and keys, CA file), with their stamps from before they
+    /// were read, when it was read that far: a reload watches them until
+    /// one loads (see `server::reload`).
+    pub named: Vec<(std::path::PathBuf, super::file::Stamp)>,
+}
+
+impl ConfigError {
+    /// An error of these problems.
+    pub fn new(problems: Vec<Problem>) -> Self {
+        ConfigError { problems, named: Vec::new() }
+    }
 }
 
 impl fmt::Display for ConfigError {

@@ -271,21 +271,19 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
     let config_as_read = file::stamp(path);
     let source = read(path)?;
     let refuse = |message: &str| {
-        Err(ConfigError {
-            problems: vec![Problem {
-                file: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                message: message.to_owned(),
-            }],
-        })
+        Err(ConfigError::new(vec![Problem {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: message.to_owned(),
+        }]))
     };
     // Weighed before the parse below, as `load_source` does before its own:
     // a reload parsed a file of any weight here first (probe 103: 6 MB
     // took 2.1 GB).
     let mut heavy = error::Collector::new(path, &source);
     if heavy.too_heavy() {
-        return Err(ConfigError { problems: heavy.problems });
+        return Err(ConfigError::new(heavy.problems));
     }
     // Text that is not TOML is left to `load_source`, which locates the error.
     let doc = source.parse::<toml_edit::DocumentMut>().ok();
@@ -341,8 +339,7 @@ fn load_source(
     config_as_read: file::Stamp,
     running: Option<&UserStore>,
 ) -> Result<Snapshot, ConfigError> {
-    let (settings, mut problems) =
-        validate::config(path, source).map_err(|problems| ConfigError { problems })?;
+    let (settings, mut problems) = validate::config(path, source).map_err(ConfigError::new)?;
     // The config's own stamp is from before its text was read.
     let others =
         watched(path, &settings.auth.users_file, &settings.server.tls, settings.upstream_ca.as_deref());
@@ -350,10 +347,15 @@ fn load_source(
         std::iter::once(config_as_read).chain(others.iter().skip(1).map(|f| file::stamp(f))).collect();
     let (users, p) = read_users(&settings.auth, running);
     problems.extend(p);
+    // Refused, the config still says which files to watch for a fix.
+    let named = |problems: ConfigError| ConfigError {
+        named: others.iter().cloned().zip(files_as_read.iter().cloned()).skip(1).collect(),
+        ..problems
+    };
     if !problems.is_empty() {
-        return Err(ConfigError { problems });
+        return Err(named(ConfigError::new(problems)));
     }
-    let store = user_store(users, &settings.auth, running)?;
+    let store = user_store(users, &settings.auth, running).map_err(named)?;
     Ok(Snapshot {
         config_path: path.to_path_buf(),
         server: settings.server,
@@ -384,7 +386,7 @@ fn load_source(
 pub fn load_users(auth: &Auth, running: &UserStore) -> Result<UserStore, ConfigError> {
     let (users, problems) = read_users(auth, Some(running));
     if !problems.is_empty() {
-        return Err(ConfigError { problems });
+        return Err(ConfigError::new(problems));
     }
     user_store(users, auth, Some(running))
 }
@@ -429,17 +431,16 @@ fn user_store(
     running: Option<&UserStore>,
 ) -> Result<UserStore, ConfigError> {
     let params = users::common_params(&users).unwrap_or_else(|| auth.argon2.clone());
-    UserStore::new(users, params, running).map_err(|m| ConfigError {
-        problems: vec![Problem { file: auth.users_file.clone(), line: 0, col: 0, message: m }],
+    UserStore::new(users, params, running).map_err(|m| {
+        ConfigError::new(vec![Problem { file: auth.users_file.clone(), line: 0, col: 0, message: m }])
     })
 }
 
 /// Reads a file as UTF-8 text, naming the path it looked for when that
 /// fails, and where the first byte that is not UTF-8 is.
 fn read(path: &Path) -> Result<String, ConfigError> {
-    let problem = |line, col, message| ConfigError {
-        problems: vec![Problem { file: path.to_path_buf(), line, col, message }],
-    };
+    let problem =
+        |line, col, message| ConfigError::new(vec![Problem { file: path.to_path_buf(), line, col, message }]);
     let bytes =
         file::read_file(path).map_err(|e| problem(0, 0, format!("cannot read: {}", file::reason(&e))))?;
     String::from_utf8(bytes).map_err(|e| {
@@ -493,7 +494,7 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
     // not an authgate config) the defaults would send the command to
     // another users file than the one the admin meant.
     let Some(alone) = auth_table_alone(&source) else {
-        return Err(ConfigError { problems });
+        return Err(ConfigError::new(problems));
     };
     match validate::config(path, &alone) {
         Ok((settings, none)) if none.is_empty() => {
@@ -508,7 +509,7 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
                 }
             }
             problems.sort_by_key(|p| (p.line, p.col));
-            Err(ConfigError { problems })
+            Err(ConfigError::new(problems))
         }
     }
 }
@@ -634,7 +635,7 @@ fn collect_headers(table: &toml_edit::Table, root: bool, under_auth: bool, out: 
 /// Every problem in the file, with line:col.
 pub fn parse_users(path: &Path, source: &str) -> Result<Vec<crate::auth::User>, ConfigError> {
     let (users, problems) = users::parse(path, source);
-    if problems.is_empty() { Ok(users) } else { Err(ConfigError { problems }) }
+    if problems.is_empty() { Ok(users) } else { Err(ConfigError::new(problems)) }
 }
 
 pub use users::{NOT_SHOWN, check_group, check_name, expiry_in_range, may_hold_a_password, refused_name};

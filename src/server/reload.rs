@@ -35,8 +35,8 @@ use crate::telemetry::LogFormat;
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_millis(250);
 
-fn stamps(snap: &Snapshot) -> Vec<Stamp> {
-    snap.watched().iter().map(|p| stamp(p)).collect()
+fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
+    paths.iter().map(|p| stamp(p)).collect()
 }
 
 /// Runs [`reload`] on tokio's blocking pool: a reload reads files and hashes
@@ -47,12 +47,18 @@ fn stamps(snap: &Snapshot) -> Vec<Stamp> {
 /// begins meanwhile: a reload of a large users file or with large argon2
 /// costs takes seconds, and shutdown waited for it (past `shutdown_grace`)
 /// for a configuration that would serve nobody.
-async fn reload_off_runtime(state: &Arc<State>) -> bool {
+///
+/// Otherwise, the files a refused configuration names (see
+/// [`ConfigError::named`]).
+async fn reload_off_runtime(state: &Arc<State>) -> Option<Vec<(PathBuf, Stamp)>> {
     let run = state.clone();
     let reload = tokio::task::spawn_blocking(move || reload(&run));
     tokio::select! {
-        _ = reload => true,
-        () = state.stopping.cancelled() => false,
+        done = reload => Some(match done {
+            Ok(Err(e)) => e.named,
+            _ => Vec::new(),
+        }),
+        () = state.stopping.cancelled() => None,
     }
 }
 
@@ -63,8 +69,17 @@ async fn reload_off_runtime(state: &Arc<State>) -> bool {
 /// such a change looked loaded already and waited for the next unrelated
 /// one: a user removed meanwhile kept access. A file the new configuration
 /// watches and the old one did not (a new `users_file`) gets [`unseen`], so
-/// it is read once more. `None` when shutdown began meanwhile.
-async fn reload_and_stamp(state: &Arc<State>) -> Option<Vec<Stamp>> {
+/// it is read once more.
+///
+/// After a refused reload, the files the refused configuration names are
+/// watched too, with their stamps from before it read them: a new users
+/// file that was missing or had an error, once fixed, was never read (only
+/// the running configuration's files were watched), and a user removed in
+/// it kept access until a SIGHUP (probe 112).
+///
+/// Returns the files to watch and their stamps; `None` when shutdown began
+/// meanwhile.
+async fn reload_and_stamp(state: &Arc<State>) -> Option<(Vec<PathBuf>, Vec<Stamp>)> {
     let before: Vec<(PathBuf, Stamp)> = state
         .snapshot
         .load()
@@ -75,16 +90,19 @@ async fn reload_and_stamp(state: &Arc<State>) -> Option<Vec<Stamp>> {
             (path, s)
         })
         .collect();
-    if !reload_off_runtime(state).await {
-        return None;
+    let refused = reload_off_runtime(state).await?;
+    let mut after = state.snapshot.load().watched();
+    let mut seen: Vec<Stamp> = after
+        .iter()
+        .map(|path| before.iter().find(|(p, _)| p == path).map_or_else(unseen, |(_, s)| s.clone()))
+        .collect();
+    for (path, as_read) in refused {
+        if !after.contains(&path) {
+            after.push(path);
+            seen.push(as_read);
+        }
     }
-    let after = state.snapshot.load().watched();
-    Some(
-        after
-            .iter()
-            .map(|path| before.iter().find(|(p, _)| p == path).map_or_else(unseen, |(_, s)| s.clone()))
-            .collect(),
-    )
+    Some((after, seen))
 }
 
 /// A stamp no file has (its size is `u64::MAX`): the file differs from it
@@ -242,10 +260,14 @@ fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
     state.auth.reconfigure_throttle(&new.auth.throttle);
     state.pool.set_idle_timeout(new.limits.upstream_idle_timeout);
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
-    for user in old.users.iter() {
-        if new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint) {
-            state.auth.cache().forget_user(&user.name);
-        }
+    let changed: foldhash::HashSet<&str> = old
+        .users
+        .iter()
+        .filter(|user| new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint))
+        .map(|user| &*user.name)
+        .collect();
+    if !changed.is_empty() {
+        state.auth.cache().forget_users(|name| changed.contains(name));
     }
     (generation, revoked)
 }
@@ -295,6 +317,7 @@ pub async fn watch(state: Arc<State>) {
     // change that landed since (while the proxy started) was taken as
     // loaded, and waited for the next unrelated one.
     let mut seen = state.snapshot.load().files_as_read.clone();
+    let mut paths = state.snapshot.load().watched();
     let mut pending: Option<Vec<Stamp>> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -309,8 +332,8 @@ pub async fn watch(state: Arc<State>) {
             _ = state.stopping.cancelled() => return,
             _ = hup_recv => {
                 tracing::info!("SIGHUP: reloading");
-                let Some(before) = reload_and_stamp(&state).await else { return };
-                seen = before;
+                let Some((now_watched, before)) = reload_and_stamp(&state).await else { return };
+                (paths, seen) = (now_watched, before);
                 pending = None;
             }
             _ = tick.tick() => {
@@ -320,7 +343,7 @@ pub async fn watch(state: Arc<State>) {
                 if !snap.watch {
                     continue;
                 }
-                let now = stamps(&snap);
+                let now = stamps(&paths);
                 if now == seen {
                     pending = None;
                     continue;
@@ -328,8 +351,8 @@ pub async fn watch(state: Arc<State>) {
                 // Debounce: act once the files look the same on two polls.
                 if pending.as_ref() == Some(&now) {
                     tracing::info!("configuration files changed: reloading");
-                    let Some(before) = reload_and_stamp(&state).await else { return };
-                    seen = before;
+                    let Some((now_watched, before)) = reload_and_stamp(&state).await else { return };
+                    (paths, seen) = (now_watched, before);
                     pending = None;
                 } else {
                     pending = Some(now);
