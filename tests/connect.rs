@@ -312,3 +312,39 @@ async fn a_client_that_resets_closes_its_tunnel_to_a_silent_origin() {
     let end = tokio::time::timeout(READ_DEADLINE, rx.recv()).await;
     assert!(matches!(end, Ok(Some(None))), "the origin saw no close: {end:?}");
 }
+
+/// After a client resets its tunnel, authgate takes no more from the
+/// origin than its buffers hold: it read and threw away up to 64 MiB of an
+/// origin that kept sending, counted nowhere (probe 110: 68 MB in 45 ms,
+/// for 35 bytes sent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_does_not_have_authgate_drain_the_origin() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let counter = sent.clone();
+    let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+        let (counter, done_tx) = (counter.clone(), done_tx.clone());
+        async move {
+            let chunk = vec![b'o'; 64 * 1024];
+            while s.write_all(&chunk).await.is_ok() {
+                counter.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+            let _ = done_tx.send(());
+        }
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let mut tunnel = open_tunnel(&proxy, &origin.authority()).await;
+    tunnel.read_exact(1024).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let at_reset = sent.load(Ordering::SeqCst);
+    let stream = tunnel.into_stream();
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(stream);
+    let ended = tokio::time::timeout(READ_DEADLINE, done_rx.recv()).await;
+    assert!(ended.is_ok(), "the origin connection was never closed");
+    let after = sent.load(Ordering::SeqCst) - at_reset;
+    assert!(after < 16 << 20, "the origin sent {after} bytes after the client's reset");
+}

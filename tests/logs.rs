@@ -1365,3 +1365,53 @@ fn an_authority_form_get_is_logged_with_its_target() {
     assert!(lines[1].contains(" request_target=127.0.0.2:7 "), "{}", lines[1]);
     assert!(!stdout.contains("hunter2"), "{stdout}");
 }
+
+/// A tunnel whose origin resets while its client has stopped reading (and
+/// sends a byte that finds the origin gone) ends `send_timeout` later,
+/// logged `tunnel_error`: the tunnel's idle timeout
+/// (30 s here, an hour by default) held it, and it was logged
+/// `tunnel_send_timeout` (probe 110).
+#[test]
+fn a_failed_tunnel_with_a_stalled_reader_ends_after_send_timeout_as_an_error() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let extra = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n[limits]\nsend_timeout = \"1s\"\ntunnel_idle_timeout = \"30s\"\n";
+    let bin = start_binary(&dir, extra, &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tunnel = rt.block_on(async {
+        // Sends until the buffers are full, then resets.
+        let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+            let chunk = vec![b'o'; 64 * 1024];
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while s.write_all(&chunk).await.is_ok() {}
+            })
+            .await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        });
+        wait_listening(bin.addr).await;
+        let target = origin.authority();
+        let auth = basic(USER, PASSWORD);
+        let mut tunnel = RawConn::connect(bin.addr).await;
+        tunnel.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth)])).await;
+        assert_eq!(tunnel.read_head().await.status, 200);
+        // A byte up after the reset, which finds the origin gone. Then
+        // never read, nor closed: the tunnel ends by itself, or at the
+        // shutdown below.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tunnel.send(b"x").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tunnel
+    });
+    let line = bin.stop_for_access_line("CONNECT");
+    drop(tunnel);
+    assert!(line.contains("outcome=\"tunnel_error\""), "{line}");
+    // Before the shutdown (at 4 s), not when the idle timeout or the
+    // shutdown's grace ran out.
+    let ms: f64 = line
+        .split(" duration_ms=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {line}"));
+    assert!(ms < 4000.0, "{line}");
+}

@@ -659,3 +659,56 @@ async fn admin_connections_that_read_nothing_are_closed_after_the_send_timeout()
     assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
     let _ = run.stop.send(());
 }
+
+/// An upgrade whose request had a body: the body's bytes are in
+/// `authgate_bytes_total` as in the access line (they were dropped with the
+/// relay's, which are counted as they move, probe 110).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_requests_body_is_counted_with_its_relay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        let Some(_) = read_request_head(&mut s).await else { return };
+        let mut body = [0u8; 10];
+        if s.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
+            .await;
+        let mut chunk = [0u8; 64];
+        while let Ok(n @ 1..) = s.read(&mut chunk).await {
+            let _ = s.write_all(&chunk[..n]).await;
+        }
+    });
+    let before = scrape(run.admin).await;
+    let mut c = RawConn::connect(run.proxy).await;
+    let head = [
+        ("Host", origin.authority()),
+        ("Proxy-Authorization", basic("alice", "a1")),
+        ("Connection", "Upgrade".into()),
+        ("Upgrade", "foo".into()),
+        ("Content-Length", "10".into()),
+    ];
+    let head: Vec<(&str, &str)> = head.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    c.send(request("GET", &origin.url("/up"), &head)).await;
+    c.send(b"0123456789").await;
+    assert_eq!(c.read_head().await.status, 101);
+    c.send(b"hello").await;
+    assert_eq!(c.read_exact(5).await, b"hello");
+    c.shutdown_write().await;
+    assert!(c.read_to_end().await.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let m = scrape(run.admin).await;
+        if m["authgate_active_tunnels"] == 0.0 && m["authgate_bytes_total{direction=\"up\"}"] > 0.0 {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "the upgrade never ended: {m:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let d = |k: &str| after[k] - before.get(k).copied().unwrap_or(0.0);
+    assert_eq!(d("authgate_bytes_total{direction=\"up\"}"), 15.0, "the body and hello");
+    assert_eq!(d("authgate_bytes_total{direction=\"down\"}"), 5.0);
+    let _ = run.stop.send(());
+}

@@ -127,11 +127,15 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
             },
         };
         metrics.tunnels(-1);
-        rec.bytes_up.fetch_add(relay.up(), Ordering::Relaxed);
+        // The relay added its bytes to the metrics as they moved; those of
+        // the request's body, before (an upgrade's), are counted here (they
+        // were dropped with the relay's, probe 110).
+        let before = rec.bytes_up.fetch_add(relay.up(), Ordering::Relaxed);
+        if let Some(m) = rec.metrics.take() {
+            m.bytes(before, 0);
+        }
         rec.bytes_down = relay.down();
         rec.relayed = true;
-        // The relay added them to the metrics as they moved.
-        rec.metrics = None;
         rec.outcome = outcome;
         rec.finish();
     });
