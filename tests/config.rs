@@ -1136,3 +1136,20 @@ fn a_user_without_a_password_is_named() {
     let err = load_err(GOOD_CONFIG, "[users.\"dave:S3cret\"]\ngroups = []\n");
     assert!(err.contains("users.toml:1:1: missing field `password`") && !err.contains("S3cret"), "{err}");
 }
+
+/// An allow rule without any condition allows every request: refused at
+/// its `action`, naming `[policy] default` for that (it is the shape of a
+/// rule cut short while its file is written, which a reload took, opening
+/// the proxy to every user; probe 112). A deny rule without one is a
+/// catch-all and loads.
+#[test]
+fn an_allow_rule_without_a_condition_is_refused() {
+    let rule = "[[rules]]\nname = \"bob-only\"\naction = \"allow\"\n";
+    let err = load_err(&format!("{GOOD_CONFIG}{rule}"), &good_users());
+    assert!(err.contains("authgate.toml:15:10: rule `bob-only` allows every request"), "{err}");
+    assert!(err.contains("[policy] default = \"allow\""), "{err}");
+    let (_dir, ok) = load(&format!("{GOOD_CONFIG}{rule}users = [\"bob\"]\n"), &good_users());
+    ok.unwrap_or_else(|e| panic!("{e}"));
+    let (_dir, ok) = load(&format!("{GOOD_CONFIG}{}", rule.replace("allow", "deny")), &good_users());
+    ok.unwrap_or_else(|e| panic!("{e}"));
+}

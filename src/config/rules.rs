@@ -127,6 +127,27 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
         Method::from_bytes(up.as_bytes()).map_err(|_| "not an HTTP method".to_string())
     });
     let cidrs = list(c, name, "cidrs", &r.cidrs, |s| parse_cidr(s));
+    // An allow rule with no condition at all lets every request through:
+    // what `[policy] default = "allow"` says, and the shape of a rule cut
+    // short while its file is written (`action = "allow"`, its `users` line
+    // not yet there), which a reload then took, opening the proxy to every
+    // user until the rest arrived (probe 112).
+    let unconditional = r.users.is_none()
+        && r.groups.is_none()
+        && r.hosts.is_none()
+        && r.ports.is_none()
+        && r.methods.is_none()
+        && r.cidrs.is_none();
+    if act == Some(Action::Allow) && unconditional {
+        c.at(
+            r.action.span(),
+            format!(
+                "rule `{name}` allows every request (it has no users, groups, hosts, ports, methods \
+                 or cidrs); to allow everything that no rule denies, write [policy] default = \"allow\""
+            ),
+        );
+        ok = false;
+    }
     let (Ok(users), Ok(groups), Ok(hosts), Ok(ports), Ok(methods), Ok(cidrs), true, Some(action)) =
         (users, groups, hosts, ports, methods, cidrs, ok, act)
     else {
