@@ -409,3 +409,26 @@ fn the_access_line_names_the_origin_whose_certificate_failed() {
 
 const P521_KEY: &str = "-----BEGIN EC PRIVATE KEY-----\nMIHcAgEBBEIA2eZ5nUdeU58D2C6sIs36HW7WeuX19Ry8jSa4LcHwR3MF7UlRqD1t\nB26+RIB0USXk3BHpWr398h0Z6DOWXtnAEvugBwYFK4EEACOhgYkDgYYABAHqZnsj\n+NALX0n5Wrt1ofXuFq2jBBieOMBCpo4k48rpl1uUX2zR6Tff2VpTBidWSrnoWAM0\nLLY4CzKpvk6tHhkfQgDSfZa39wYrJW6cGC4gf7sROJJehYNh1sEUlOPo5uFRmGxS\nKA88JhAEs6btnmR9TIycVsZkVLX14YS+j/vladOsTQ==\n-----END EC PRIVATE KEY-----\n";
 const P521_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIICBTCCAWagAwIBAgIUSXGTrk4UfZPAPVJrUqoFvW3W4MUwCgYIKoZIzj0EAwIw\nFDESMBAGA1UEAwwJbG9jYWxob3N0MB4XDTI2MTIwMjA1MzAxNVoXDTM2MTEyOTA1\nMzAxNVowFDESMBAGA1UEAwwJbG9jYWxob3N0MIGbMBAGByqGSM49AgEGBSuBBAAj\nA4GGAAQB6mZ7I/jQC19J+Vq7daH17hatowQYnjjAQqaOJOPK6ZdblF9s0ek339la\nUwYnVkq56FgDNCy2OAsyqb5OrR4ZH0IA0n2Wt/cGKyVunBguIH+7ETiSXoWDYdbB\nFJTj6ObhUZhsUigPPCYQBLOm7Z5kfUyMnFbGZFS19eGEvo/75WnTrE2jUzBRMB0G\nA1UdDgQWBBQqY35t8OOcNsz6alpZvBKCgx5edDAfBgNVHSMEGDAWgBQqY35t8OOc\nNsz6alpZvBKCgx5edDAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA4GMADCB\niAJCAXXUc5NvWcEDip2fMd6sffKDG5hmTFoeFc4dKkMFkpXczqk3yEc7DdgR5aYI\nkA4ptyRw9FK1ZG8QWy4/uwcy9fl+AkIAqtnTh/qNP/O2uiBFXUSsJA8I0lpODGZw\nyVry7eJRVeeOLbgoGxPUA1T1Ju1RcSyvAWwsQ0kHwz2fizHNL7i0k9I=\n-----END CERTIFICATE-----\n";
+
+/// A `ca_file` that is not what it should be is said so in words: a cut
+/// PEM section was "missing section end marker: [67, 69, 82, …]", a key or
+/// a DER file only "no CA certificate found" (probe 111). A byte order mark
+/// before the first certificate is skipped.
+#[test]
+fn ca_file_problems_are_worded() {
+    let ca = pki::Ca::new("worded CA");
+    let dir = TempDir::new();
+    let err = |name: &str, contents: &[u8]| {
+        let path = dir.write(name, contents);
+        authgate::proxy::upstream_tls::connector(Some(&path)).map(|_| ()).unwrap_err()
+    };
+    let cut = &ca.cert_pem[..ca.cert_pem.len() - 30];
+    let e = err("cut.pem", cut.as_bytes());
+    assert!(e.contains("cut.pem: a PEM section has no END line"), "{e}");
+    let e = err("key.pem", ca.leaf("k").key_pem.as_bytes());
+    assert!(e.contains("key.pem: no CA certificate found, only a private key"), "{e}");
+    let e = err("der.crt", &[0x30, 0x82, 0x01, 0x0a, 0x02]);
+    assert!(e.contains("der.crt: no CA certificate found: the file is not PEM"), "{e}");
+    let bom = dir.write("bom.pem", format!("\u{feff}{}", ca.cert_pem));
+    authgate::proxy::upstream_tls::connector(Some(&bom)).unwrap_or_else(|e| panic!("{e}"));
+}
