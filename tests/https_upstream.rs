@@ -16,6 +16,13 @@ use tokio::sync::oneshot;
 
 /// A TLS origin (hyper behind tokio-rustls) answering `hello over tls`.
 fn spawn_tls_origin(leaf: &pki::Leaf) -> SocketAddr {
+    spawn_tls_origin_that(leaf, true)
+}
+
+/// A TLS origin that reads a request and, if `answers`, answers `hello over
+/// tls`; else it closes the TCP connection without a word, `close_notify`
+/// included.
+fn spawn_tls_origin_that(leaf: &pki::Leaf, answers: bool) -> SocketAddr {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
@@ -38,6 +45,9 @@ fn spawn_tls_origin(leaf: &pki::Leaf) -> SocketAddr {
                 let Ok(mut tls) = acceptor.accept(s).await else { return };
                 let mut buf = vec![0u8; 4096];
                 let n = tls.read(&mut buf).await.unwrap_or(0);
+                if !answers {
+                    return;
+                }
                 let head = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let body = format!("hello over tls; first line: {}", head.lines().next().unwrap_or(""));
                 let resp = format!(
@@ -139,6 +149,22 @@ async fn https_absolute_form_is_forwarded_over_verified_tls() {
     let req = format!("https://127.0.0.1:{}/secure", origin.port());
     let r = get(plain, &req, &[("Host", "x"), ("Proxy-Authorization", &basic("alice", "a1"))]).await;
     assert_proxy_error(&r, 400, "http_request_error", "unsupported_scheme");
+}
+
+/// A TLS origin that closes without answering, and without `close_notify`,
+/// is a 502 saying the connection closed before a complete response, as
+/// for a plain origin (it said "connection failed", probe 111).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_origin_that_closes_without_a_word_is_a_502_saying_so() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let origin = spawn_tls_origin_that(&origin_ca.leaf("origin"), false);
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+    let status = r.header("proxy-status").unwrap_or_default();
+    assert!(status.contains("details=\"connection closed before a complete response\""), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
