@@ -712,3 +712,53 @@ async fn an_upgrade_requests_body_is_counted_with_its_relay() {
     assert_eq!(d("authgate_bytes_total{direction=\"down\"}"), 5.0);
     let _ = run.stop.send(());
 }
+
+/// A user's many uploads to one origin at once leave at most 32 of their
+/// connections idle in the pool: connections that carried a body are that
+/// user's alone, and without a bound they filled the origin's idle list
+/// (1,024) with connections no other user could take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_own_idle_connections_to_an_origin_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
+    // Reads each request and its one-byte body, then answers after 300 ms,
+    // keeping the connection.
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        while read_request_head(&mut s).await.is_some() {
+            let mut body = [0u8; 1];
+            if s.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                return;
+            }
+        }
+    });
+    let (host, auth) = (origin.authority(), basic("alice", "a1"));
+    let uploads = (0..40).map(|_| {
+        let (url, host, auth) = (origin.url("/up"), host.clone(), auth.clone());
+        tokio::spawn(async move {
+            let head =
+                [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str()), ("Content-Length", "1")];
+            let mut c = RawConn::connect(run.proxy).await;
+            let mut bytes = request("POST", &url, &head);
+            bytes.push(b'x');
+            c.send(bytes).await;
+            c.read_response("POST").await.status
+        })
+    });
+    for upload in uploads.collect::<Vec<_>>() {
+        assert_eq!(upload.await.unwrap(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let idle = scrape(run.admin).await["authgate_upstream_idle_connections"];
+        if idle == 32.0 {
+            break;
+        }
+        assert!(idle < 32.0 && Instant::now() < deadline, "{idle} idle connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = run.stop.send(());
+}

@@ -43,6 +43,11 @@ pub const NO_CONFIGURATION: u64 = 0;
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// Origins with idle connections kept at most.
 const MAX_ORIGINS: usize = 4096;
+/// Idle connections kept per origin that only one user may take (see
+/// [`Owner`]): a user's many uploads at once would otherwise fill the
+/// origin's list with connections nobody else can use, and every other
+/// user's request to it would look through them.
+const MAX_IDLE_OWNED: usize = 32;
 /// The largest response head taken from an origin, and hyper's read buffer.
 /// The buffer alone let a head somewhat larger through when its end came
 /// in the read that filled it: a 270 KB head passed one time in two.
@@ -385,6 +390,10 @@ impl Pool {
             }
         }
         let list = idle.entry(key).or_default();
+        let owned = matches!(conn.owner, Owner::User(_));
+        if owned && list.iter().filter(|c| c.conn.owner == conn.owner).count() >= MAX_IDLE_OWNED {
+            return;
+        }
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(Idle { conn, since: Instant::now() });
         }
