@@ -161,9 +161,38 @@ async fn a_users_file_named_by_a_refused_config_is_watched_until_it_loads() {
     replace_by_rename(&proxy.file("authgate.toml"), &CFG_NT.replace("users.toml", "users-fixed.toml"));
     assert!(eventually(RELOAD_SEEN, || async { failures() > before }).await, "the bad file was tried");
     assert_eq!(status(proxy.addr, &origin, "dave", "d1").await, 200, "refused: the old users stay");
+    // Meanwhile a user removed from the users file in effect is removed:
+    // that file is not what is wrong (probe 113: frank kept access).
+    replace_by_rename(&proxy.file("users-new.toml"), &users_toml(&[("alice", "a1"), ("dave", "d1")]));
+    assert!(answers(proxy.addr, &origin, "dave", "d1", 200).await);
+    let frank = users_toml(&[("alice", "a1"), ("dave", "d1"), ("frank", "f1")]);
+    replace_by_rename(&proxy.file("users-new.toml"), &frank);
+    assert!(answers(proxy.addr, &origin, "frank", "f1", 200).await, "frank added on his own");
+    replace_by_rename(&proxy.file("users-new.toml"), &users_toml(&[("alice", "a1"), ("dave", "d1")]));
+    assert!(answers(proxy.addr, &origin, "frank", "f1", 407).await, "frank's removal waited");
     replace_by_rename(&proxy.file("users-fixed.toml"), &users_toml(&[("alice", "a1")]));
     assert!(answers(proxy.addr, &origin, "dave", "d1", 407).await, "the fix was never read");
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+}
+
+/// The same for a CA file the new config names that is missing: once made,
+/// the new config applies (probe 113: only a users file was watched so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_file_named_by_a_refused_config_is_watched_until_it_loads() {
+    let ca = pki::Ca::new("watched CA");
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    let generation = || proxy.state.generation.load(std::sync::atomic::Ordering::SeqCst);
+    let failures = || proxy.state.reload_failures.load(std::sync::atomic::Ordering::SeqCst);
+    let before = generation();
+    replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}[upstream]\nca_file = \"ca.pem\"\n"));
+    assert!(eventually(RELOAD_SEEN, || async { failures() >= 1 }).await, "the missing CA file was tried");
+    assert_eq!(generation(), before);
+    std::fs::write(proxy.file("ca.pem"), &ca.cert_pem).unwrap();
+    assert!(
+        eventually(RELOAD_SEEN, || async { generation() > before }).await,
+        "the CA file made was never read"
+    );
+    assert_eq!(proxy.state.snapshot.load().upstream_ca.as_deref(), Some(proxy.file("ca.pem").as_path()));
 }
 
 /// A change of the same size whose mtime was put back (`cp -p`, `rsync -t

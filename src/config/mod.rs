@@ -341,8 +341,9 @@ fn load_source(
 ) -> Result<Snapshot, ConfigError> {
     let (settings, mut problems) = validate::config(path, source).map_err(ConfigError::new)?;
     // The config's own stamp is from before its text was read.
-    let others =
+    let mut others =
         watched(path, &settings.auth.users_file, &settings.server.tls, settings.upstream_ca.as_deref());
+    others.extend(settings.unusable.iter().cloned());
     let files_as_read: Vec<file::Stamp> =
         std::iter::once(config_as_read).chain(others.iter().skip(1).map(|f| file::stamp(f))).collect();
     let (users, p) = read_users(&settings.auth, running);

@@ -25,6 +25,9 @@ pub struct Settings {
     pub watch: bool,
     pub upstream_ca: Option<std::path::PathBuf>,
     pub upstream_tls: std::sync::Arc<rustls::ClientConfig>,
+    /// Files named that could not be used (a TLS certificate or key, a CA
+    /// file): a refused reload watches them, as it does a users file.
+    pub unusable: Vec<std::path::PathBuf>,
     pub admin: Option<SocketAddr>,
     pub metrics_per_user: bool,
 }
@@ -56,6 +59,7 @@ fn defaults(path: &Path) -> Settings {
         watch: true,
         upstream_ca: None,
         upstream_tls: crate::proxy::upstream_tls::trusting_nothing(),
+        unusable: Vec::new(),
         admin: None,
         metrics_per_user: false,
     }
@@ -209,6 +213,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                     crate::server::tls::TlsFile::Key => t.key.span(),
                 };
                 c.at(at, format!("server.tls: {e}"));
+                s.unusable.extend([cert, key]);
             }
             _ => {}
         }
@@ -392,7 +397,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             s.upstream_ca = ca.map(|(p, _)| p);
         }
         Err(m) => match ca {
-            Some((_, span)) => c.at(span, format!("upstream.ca_file: {m}")),
+            Some((path, span)) => {
+                c.at(span, format!("upstream.ca_file: {m}"));
+                s.unusable.push(path);
+            }
             None => c.whole(format!("the system's CA certificates (no [upstream] ca_file): {m}")),
         },
     }

@@ -180,10 +180,12 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
             }
             state.reload_failures.fetch_add(1, Ordering::Relaxed);
             state.metrics.reload(false);
-            // Only when every problem is in the config file itself: one in
-            // a users file (the new one it names, too) is not "a typo
-            // elsewhere".
-            if e.problems.iter().all(|p| p.file == old.config_path) {
+            // Unless the users file in force has a problem itself: a
+            // problem in the config file, or in a file the new one names (a
+            // new users file, a certificate), leaves that file's changes to
+            // apply on their own (a user removed from it kept access while
+            // a new users file had an error, probe 113).
+            if !e.problems.iter().any(|p| p.file == old.auth.users_file) {
                 users_alone(state, &old);
             }
             return Err(e);
@@ -219,7 +221,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     Ok(generation)
 }
 
-/// After a reload refused for errors in the config file alone: the users
+/// After a reload refused for errors outside the users file in effect: that
 /// file, if it changed and loads on its own, applies under the
 /// configuration in effect. An admin who removes a user while an unrelated
 /// typo sits in the config file (the reload's ERROR unread) would otherwise
