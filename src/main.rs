@@ -191,6 +191,7 @@ fn run(config: &Path) -> ExitCode {
     let _log = authgate::telemetry::init(&snap.log.level, snap.log.format);
     return_freed_memory();
     authgate::server::limits::raise_open_files_limit(snap.limits.max_connections);
+    authgate::proxy::upstream_tls::warn_if_no_system_roots(&snap);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);

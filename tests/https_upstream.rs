@@ -234,6 +234,18 @@ fn ssl_cert_file_naming_a_fifo_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("SSL_CERT_FILE") && err.contains("not a regular file"), "{err}");
+    // Named on purpose with no certificate in it: it passed `check`, and
+    // `run` verified nothing, without a word (probe 113).
+    let empty = dir.write("empty.pem", "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["check", "--config", &config.display().to_string()])
+        .env("SSL_CERT_FILE", &empty)
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("SSL_CERT_FILE=") && err.contains("no CA certificate found"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -455,6 +467,8 @@ fn ca_file_problems_are_worded() {
     assert!(e.contains("key.pem: no CA certificate found, only a private key"), "{e}");
     let e = err("der.crt", &[0x30, 0x82, 0x01, 0x0a, 0x02]);
     assert!(e.contains("der.crt: no CA certificate found: the file is not PEM"), "{e}");
+    let e = err("empty.pem", b"");
+    assert!(e.contains("empty.pem: the file is empty"), "{e}");
     let bom = dir.write("bom.pem", format!("\u{feff}{}", ca.cert_pem));
     authgate::proxy::upstream_tls::connector(Some(&bom)).unwrap_or_else(|e| panic!("{e}"));
 }

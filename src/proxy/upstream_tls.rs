@@ -69,11 +69,18 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| format!("{shown}: {}", pem_problem(&e)))?;
-        roots.add(cert).map_err(|e| format!("{shown}: a certificate in it cannot be read ({e})"))?;
+        roots.add(cert).map_err(|e| match e {
+            rustls::Error::InvalidCertificate(why) => {
+                format!("{shown}: a certificate in it cannot be used: {}", why_not(&why))
+            }
+            other => format!("{shown}: a certificate in it cannot be used ({other})"),
+        })?;
     }
     if roots.is_empty() {
         let holds = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
-        return Err(if holds(b"PRIVATE KEY-----") {
+        return Err(if pem.iter().all(u8::is_ascii_whitespace) {
+            format!("{shown}: the file is empty")
+        } else if holds(b"PRIVATE KEY-----") {
             format!("{shown}: no CA certificate found, only a private key")
         } else if !holds(b"-----BEGIN ") {
             format!(
@@ -115,10 +122,34 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
+    SYSTEM_ROOTS.store(added, std::sync::atomic::Ordering::Relaxed);
+    // A file named on purpose with nothing usable in it is a mistake to
+    // report (it passed `check` and started a proxy that verified nothing,
+    // without a word, probe 113); no bundle on the platform is warned of
+    // where it matters (see [`warn_if_no_system_roots`]).
     if added == 0 {
-        tracing::warn!("no system CA certificates found: https:// forwarding will fail verification");
+        let shown = |var: &str| std::env::var_os(var).map(|v| format!("{var}={}", Path::new(&v).display()));
+        if let Some(set) = shown("SSL_CERT_FILE").or_else(|| shown("SSL_CERT_DIR")) {
+            return Err(format!("{set}: no CA certificate found"));
+        }
     }
     Ok(roots)
+}
+
+/// How many system roots were read (`usize::MAX` until they are).
+static SYSTEM_ROOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Warns when `https://` forwarding is possible (a TLS listener, no
+/// `ca_file`) but the system roots were found empty: every origin would
+/// fail verification. Called once logging runs (the roots are read with
+/// the configuration, before it does).
+pub fn warn_if_no_system_roots(snap: &crate::config::Snapshot) {
+    let read = SYSTEM_ROOTS.load(std::sync::atomic::Ordering::Relaxed);
+    if read == 0 && snap.upstream_ca.is_none() && !snap.server.tls.is_empty() {
+        tracing::warn!(
+            "no system CA certificates found: https:// forwarding on the TLS listener fails verification; set [upstream] ca_file"
+        );
+    }
 }
 
 /// Wraps `tcp` in TLS to `host`.
