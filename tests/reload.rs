@@ -259,9 +259,10 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     assert_eq!(generation(), start + 2);
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
 
-    // A problem in a users file is not a typo elsewhere: the config names
-    // a users file that is not there, and the old one, edited, is not
-    // applied on its own (it would be blamed on the config file).
+    // A problem in a new users file the config names (one that is not
+    // there) is not one in the users file in effect: that file, edited,
+    // applies on its own too (it did not, and a user removed from it kept
+    // access while the new file was missing or broken; probe 113).
     let failed = failures();
     replace_by_rename(
         &config,
@@ -270,9 +271,19 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     assert!(eventually(RELOAD_SEEN, || async { failures() > failed }).await, "the bad edit was tried");
     let failed = failures();
     replace_by_rename(&proxy.file("users.toml"), &(alice.clone() + &user_entry("bob", "b1", "")));
+    // (The users file is applied after the failure is counted.)
+    assert!(
+        eventually(RELOAD_SEEN, || async { generation() == start + 3 }).await,
+        "the users file in effect applied"
+    );
+    assert!(failures() > failed, "the config is still refused");
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403, "bob is back, under deny-all");
+    // But a problem in the users file in effect holds its own change back.
+    let failed = failures();
+    replace_by_rename(&proxy.file("users.toml"), "[users.carol]\npassword = \"not a hash\"\n");
     assert!(eventually(RELOAD_SEEN, || async { failures() > failed }).await, "tried again");
-    assert_eq!(generation(), start + 2, "nothing applied");
-    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 407);
+    assert_eq!(generation(), start + 3, "nothing applied");
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403);
 }
 
 /// A config file with no setting at all, or without the `[policy] default`
