@@ -221,8 +221,20 @@ fn ssl_cert_file_naming_a_fifo_is_refused() {
     let dir = TempDir::new();
     let fifo = dir.path().join("bundle.pem");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
-    let config = dir.write("authgate.toml", "[auth]\nusers_file = \"users.toml\"\n");
+    // They are read for a TLS listener (where `https://` is forwarded).
+    let leaf = pki::Ca::new("listener CA").leaf("proxy");
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let tls = "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+    let config = dir.write("authgate.toml", format!("{tls}[auth]\nusers_file = \"users.toml\"\n"));
     dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    // Not for `authgate users`, which checks [auth] alone: it was refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["users", "--config", &config.display().to_string(), "list"])
+        .env("SSL_CERT_FILE", &fifo)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
         .args(["check", "--config", &config.display().to_string()])
         .env("SSL_CERT_FILE", &fifo)

@@ -391,12 +391,17 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     }
     s.policy = super::rules::policy(&mut c, &raw.policy, &raw.rules);
     let ca = raw.upstream.ca_file.as_ref().map(|ca| (base.join(ca.get_ref()), ca.span()));
-    match crate::proxy::upstream_tls::connector(ca.as_ref().map(|(p, _)| p.as_path())) {
-        Ok(tls) => {
+    // `https://` is forwarded on a TLS listener only: without one, the
+    // system roots are not needed, nor read (an `SSL_CERT_FILE` problem
+    // refused `authgate users`, whose [auth] alone is checked here).
+    let wanted = ca.is_some() || !raw.server.tls.is_empty();
+    match wanted.then(|| crate::proxy::upstream_tls::connector(ca.as_ref().map(|(p, _)| p.as_path()))) {
+        None => {}
+        Some(Ok(tls)) => {
             s.upstream_tls = tls;
             s.upstream_ca = ca.map(|(p, _)| p);
         }
-        Err(m) => match ca {
+        Some(Err(m)) => match ca {
             Some((path, span)) => {
                 c.at(span, format!("upstream.ca_file: {m}"));
                 s.unusable.push(path);
