@@ -312,17 +312,8 @@ impl Body for RequestBody {
 
 /// Whether a body read failed because the client reset its connection.
 fn reset(e: &hyper::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-            );
-        }
-        source = s.source();
-    }
-    false
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset};
+    matches!(crate::error::io_kind(e), Some(ConnectionReset | ConnectionAborted))
 }
 
 /// Aborts a task when dropped: the task driving an origin connection whose

@@ -206,3 +206,16 @@ impl ProxyError {
         }
     }
 }
+
+/// The kind of the I/O error under `e` (the first in its chain of
+/// sources), if there is one: what a socket said under a hyper error.
+pub fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = s.source();
+    }
+    None
+}

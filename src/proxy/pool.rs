@@ -432,13 +432,16 @@ impl Pool {
     {
         let Exchange { head_timeout, upload, reached, only_to, user } = exchange;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to, user) {
+            if upload.is_some() {
+                conn.carried_body_of(user);
+            }
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
             let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
             let before = reached.replace(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
-                Ok(Ok(response)) => return Sent::checked(response, conn, upload.is_some().then_some(user)),
+                Ok(Ok(response)) => return Sent::checked(response, conn),
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
                     (Some(back), _) => {
@@ -533,9 +536,12 @@ async fn send_new(
     })
     .abort_handle();
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
-    let conn = Conn { tx, task, writes, peer, owner: Owner::Anyone };
+    let mut conn = Conn { tx, task, writes, peer, owner: Owner::Anyone };
+    if upload.is_some() {
+        conn.carried_body_of(user);
+    }
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn, upload.is_some().then_some(user)),
+        Ok(Ok(response)) => Sent::checked(response, conn),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -599,15 +605,7 @@ async fn head_wait<T>(
 impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
     /// (counted as [`head_len`] does): then the connection is closed.
-    /// `body_of` names the sender of a request body, if it had one.
-    fn checked(
-        response: Response<Incoming>,
-        mut conn: Conn,
-        body_of: Option<Option<&Arc<str>>>,
-    ) -> Result<Sent, ProxyError> {
-        if let Some(user) = body_of {
-            conn.carried_body_of(user);
-        }
+    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
             return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
@@ -641,14 +639,9 @@ fn closed_under_it(e: &hyper::Error) -> bool {
 }
 
 fn upstream_error(e: &hyper::Error) -> ProxyError {
-    use std::error::Error as _;
     // A TLS origin that closes without close_notify: rustls reports the
     // end of the stream as an error (it was "connection failed", probe 111).
-    let eof = || {
-        e.source()
-            .and_then(|s| s.downcast_ref::<io::Error>())
-            .is_some_and(|io| io.kind() == io::ErrorKind::UnexpectedEof)
-    };
+    let eof = || crate::error::io_kind(e) == Some(io::ErrorKind::UnexpectedEof);
     let detail = if e.is_incomplete_message() || eof() {
         "connection closed before a complete response"
     } else if e.is_parse_too_large() {

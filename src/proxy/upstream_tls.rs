@@ -33,12 +33,16 @@ use crate::target::Host;
 pub fn connector(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     match ca_file {
         Some(path) => Ok(with_roots(ca_roots(path)?)),
-        None => {
-            static SYSTEM: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
-            SYSTEM.get_or_init(|| system_roots().map(with_roots)).clone()
-        }
+        None => SYSTEM
+            .get_or_init(|| system_roots().map(|(roots, n)| (with_roots(roots), n)))
+            .clone()
+            .map(|(c, _)| c),
     }
 }
+
+/// The connector for the system's roots, and how many roots it has; read
+/// once per process.
+static SYSTEM: OnceLock<Result<(Arc<ClientConfig>, usize), String>> = OnceLock::new();
 
 /// A connector that trusts no root: every `https://` origin fails
 /// verification (what a configuration holds until its `[upstream]` is
@@ -109,7 +113,7 @@ fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
 
 /// The system's roots: what `SSL_CERT_FILE` and `SSL_CERT_DIR` name when
 /// set, else the platform's bundle.
-fn system_roots() -> Result<rustls::RootCertStore, String> {
+fn system_roots() -> Result<(rustls::RootCertStore, usize), String> {
     // rustls-native-certs reads the file this names as it finds it: a
     // FIFO kept the proxy from starting, without a word, and `/dev/zero`
     // took memory until the allocator aborted (probe 111). It is checked as
@@ -122,7 +126,6 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(found.certs);
-    SYSTEM_ROOTS.store(added, std::sync::atomic::Ordering::Relaxed);
     // A file named on purpose with nothing usable in it is a mistake to
     // report (it passed `check` and started a proxy that verified nothing,
     // without a word, probe 113); no bundle on the platform is warned of
@@ -133,19 +136,16 @@ fn system_roots() -> Result<rustls::RootCertStore, String> {
             return Err(format!("{set}: no CA certificate found"));
         }
     }
-    Ok(roots)
+    Ok((roots, added))
 }
-
-/// How many system roots were read (`usize::MAX` until they are).
-static SYSTEM_ROOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
 
 /// Warns when `https://` forwarding is possible (a TLS listener, no
 /// `ca_file`) but the system roots were found empty: every origin would
 /// fail verification. Called once logging runs (the roots are read with
 /// the configuration, before it does).
 pub fn warn_if_no_system_roots(snap: &crate::config::Snapshot) {
-    let read = SYSTEM_ROOTS.load(std::sync::atomic::Ordering::Relaxed);
-    if read == 0 && snap.upstream_ca.is_none() && !snap.server.tls.is_empty() {
+    let none_read = matches!(SYSTEM.get(), Some(Ok((_, 0))));
+    if none_read && snap.upstream_ca.is_none() && !snap.server.tls.is_empty() {
         tracing::warn!(
             "no system CA certificates found: https:// forwarding on the TLS listener fails verification; set [upstream] ca_file"
         );
