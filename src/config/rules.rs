@@ -87,6 +87,18 @@ fn list<T, U>(
     if ok { Ok(Some(out)) } else { Err(()) }
 }
 
+/// A `*` in `users` or `groups`: names there are matched exactly, so
+/// `users = ["*"]` (written as `hosts = ["*"]` is) matched only a user
+/// named `*` and left every other user to the next rule, silently.
+fn no_wildcard(s: &str) -> Result<(), String> {
+    if s.contains('*') {
+        return Err("`*` is not a wildcard in users or groups (names match exactly); leave out both \
+                    `users` and `groups` to match every authenticated user"
+            .into());
+    }
+    Ok(())
+}
+
 fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let name = r.name.get_ref().trim();
     let mut ok = true;
@@ -106,10 +118,12 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     // users file's own checks: non-empty, printable, no `:` or spaces ...).
     let shown = |s: &str, m: String| format!("`{}`: {m}", crate::telemetry::sanitize_username(s));
     let users = list(c, name, "users", &r.users, |s| {
+        no_wildcard(s)?;
         super::check_name(s).map_err(|m| super::refused_name(s, &m, crate::telemetry::sanitize_username))?;
         Ok(Arc::from(crate::auth::basic::nfc(s).as_str()))
     });
     let groups = list(c, name, "groups", &r.groups, |s| {
+        no_wildcard(s)?;
         let group = crate::auth::basic::nfc(s);
         super::check_group(&group).map_err(|m| {
             // Not quoted when it may be a passphrase, as in the users file.
