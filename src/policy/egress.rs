@@ -8,7 +8,8 @@
 //! reserved ranges. An IPv4-mapped address (`::ffff:a.b.c.d`) is the IPv4
 //! address it maps (a connection to it goes there). The IPv6 forms that
 //! name an IPv4 host through a translator or relay (IPv4-compatible
-//! `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::/48`) are
+//! `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64
+//! `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::/48`) are
 //! denied when that IPv4 address is, and otherwise judged as the IPv6
 //! addresses they are: they are dialled as such, so opening an IPv4 range
 //! never opens them.
@@ -135,8 +136,9 @@ pub fn canonical_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {
 }
 
 /// The IPv4 host an IPv6 address names through a translator or relay:
-/// IPv4-compatible `::a.b.c.d` (deprecated), NAT64 `64:ff9b::a.b.c.d` and
-/// 6to4 `2002:aabb:ccdd::/48`. Such an address is dialled as IPv6, so it is
+/// IPv4-compatible `::a.b.c.d` (deprecated), IPv4-translated (SIIT)
+/// `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d` and 6to4
+/// `2002:aabb:ccdd::/48`. Such an address is dialled as IPv6, so it is
 /// used only to deny: to the egress checks, and to deny rules.
 pub fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     let IpAddr::V6(v6) = ip else { return None };
@@ -145,6 +147,9 @@ pub fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     match s {
         // IPv4-compatible; ::, ::1 stay IPv6 (their own ranges apply).
         [0, 0, 0, 0, 0, 0, hi, _] if hi != 0 => Some(tail),
+        // IPv4-translated: a site that opens its SIIT prefix reached the
+        // hosts its deny rules name this way (probe 116).
+        [0, 0, 0, 0, 0xffff, 0, _, _] => Some(tail),
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(tail),
         [0x2002, a, b, ..] => Some(Ipv4Addr::new((a >> 8) as u8, a as u8, (b >> 8) as u8, b as u8)),
         _ => None,

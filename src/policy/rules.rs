@@ -370,7 +370,7 @@ mod tests {
     }
 
     /// An IPv6 form that names an IPv4 host through a translator or relay
-    /// (NAT64, 6to4, IPv4-compatible) is dialled as IPv6: an allow rule for
+    /// (NAT64, 6to4, IPv4-compatible, IPv4-translated) is dialled as IPv6: an allow rule for
     /// the IPv4 host does not open it, a deny rule for that host holds for
     /// it. A mapped address (`::ffff:`) is the IPv4 address for both.
     #[test]
@@ -392,7 +392,7 @@ mod tests {
                 allow.hosts = Some(vec![pat("127.0.0.1")]);
                 deny.hosts = Some(vec![pat("127.0.0.1")]);
             }
-            for v6 in ["::127.0.0.1", "64:ff9b::127.0.0.1", "2002:7f00:1::1"] {
+            for v6 in ["::127.0.0.1", "::ffff:0:127.0.0.1", "64:ff9b::127.0.0.1", "2002:7f00:1::1"] {
                 assert_ne!(check(&allow, v6), Check::Match, "{kind}: allow {v6}");
                 assert_eq!(check(&deny, v6), Check::Match, "{kind}: deny {v6}");
             }
