@@ -642,6 +642,52 @@ async fn a_group_is_one_group_however_its_name_is_normalised() {
 /// A rule about an IPv4 address also holds for the IPv6 spellings that
 /// reach it (`[::ffff:127.0.0.1]` went past a deny rule for `127.0.0.1` to
 /// the origin), and a rule may name an address in either form.
+/// A deny rule on `methods` reads a request's method in any case: an origin
+/// may take `post` for POST, and a rule denying POST let `post`, `Post` and
+/// `pUT` through to it (probe 116). An allow rule matches only as listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_rule_on_methods_holds_for_every_spelling_of_the_method() {
+    let origin = spawn_echo_origin();
+    let rules = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"deny\"\n\n\
+                 [[rules]]\nname = \"read-only\"\naction = \"deny\"\nmethods = [\"post\", \"PUT\"]\n\n\
+                 [[rules]]\nname = \"reads\"\naction = \"allow\"\nmethods = [\"GET\", \"post\", \"Put\", \"patch\"]\n";
+    let proxy = spawn_custom(&config(None, rules), &users());
+    let a = auth();
+    let send = |method: &'static str| {
+        let (url, host) = (origin.url("/"), origin.authority());
+        let a = a.clone();
+        async move {
+            send_one(
+                proxy.addr,
+                method,
+                &url,
+                &[("Host", &host), ("Proxy-Authorization", &a), ("Content-Length", "0")],
+            )
+            .await
+        }
+    };
+    for method in ["POST", "post", "Post", "PUT", "pUT"] {
+        let r = send(method).await;
+        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+        assert_eq!(
+            r.header("proxy-status"),
+            Some("authgate; error=http_request_denied; details=\"rule read-only\""),
+            "{method}"
+        );
+    }
+    assert_eq!(origin.hits(), 0, "no spelling of a denied method reached the origin");
+    // The allow rule: `GET` and `PATCH` as listed (upper case), not `get`.
+    for (method, status) in [("GET", 200), ("PATCH", 200), ("get", 403), ("Patch", 403)] {
+        assert_eq!(send(method).await.status, status, "{method}");
+    }
+    assert_eq!(origin.hits(), 2);
+    // `explain` says what the proxy does.
+    let url = origin.url("/");
+    let (code, out, _) = explain(&proxy.file("authgate.toml"), &["--user", USER, "--method", "pUT", &url]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("decision deny by rule read-only") && out.contains("deny rules do"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_rule_for_an_ipv4_address_holds_for_its_ipv6_spellings() {
     let origin = spawn_echo_origin();

@@ -50,8 +50,9 @@ pub fn explain(
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         let _ = writeln!(
             t,
-            "         note: methods are case-sensitive (RFC 9110 §9.1): `{method}` is not `{}`",
-            method.as_str().to_ascii_uppercase()
+            "         note: methods are case-sensitive (RFC 9110 §9.1): `{method}` is not `{up}`; \
+             allow rules listing `{up}` do not match it, deny rules do",
+            up = method.as_str().to_ascii_uppercase()
         );
     }
     let query = Query { user, method, target, addrs: addrs.ok() };

@@ -117,8 +117,15 @@ impl Rule {
         if !who {
             return Check::Miss("user/group");
         }
+        // Methods are case-sensitive (RFC 9110 §9.1), but an origin may
+        // take `post` for POST: a deny rule reads them in any case (the
+        // safe reading, as for `cidrs`), an allow rule only as listed. A
+        // deny rule for POST let `post` through (probe 116).
         if let Some(methods) = &self.methods
-            && !methods.contains(q.method)
+            && !methods.iter().any(|m| {
+                m == q.method
+                    || (self.action == Action::Deny && m.as_str().eq_ignore_ascii_case(q.method.as_str()))
+            })
         {
             return Check::Miss("method");
         }
