@@ -144,7 +144,13 @@ fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
 
 fn check(config: &Path) -> ExitCode {
     match authgate::config::load(config) {
-        Ok(snap) => emit(&format!("ok: {}\n", snap.summary()), ExitCode::SUCCESS),
+        Ok(snap) => {
+            // Warnings, not errors: the proxy starts with them.
+            for line in authgate::server::tls::date_warnings(&snap.server.tls) {
+                err_line(format_args!("authgate: warning: {line}"));
+            }
+            emit(&format!("ok: {}\n", snap.summary()), ExitCode::SUCCESS)
+        }
         Err(e) => {
             err_line(format_args!("{e}"));
             ExitCode::FAILURE
@@ -192,6 +198,7 @@ fn run(config: &Path) -> ExitCode {
     return_freed_memory();
     authgate::server::limits::raise_open_files_limit(snap.limits.max_connections);
     authgate::proxy::upstream_tls::warn_if_no_system_roots(&snap);
+    authgate::server::tls::warn_if_out_of_date(&snap.server.tls);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);

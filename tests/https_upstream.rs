@@ -405,6 +405,16 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
         err.contains("garbage.pem") && err.contains("cannot be used") && !err.contains("does not match"),
         "{err}"
     );
+    // So is a chain with a certificate after the first that is not one:
+    // rustls reads only the first, and every handshake failed (probe 118).
+    let chain = dir.write(
+        "chain-junk.pem",
+        format!("{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", ca.leaf("junk").cert_pem),
+    );
+    let err = authgate::server::tls::load_certified_key(&chain, &dir.path().join("p256.key")).unwrap_err();
+    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+    let err = err.message;
+    assert!(err.contains("chain-junk.pem: certificate 2 of the chain is not an X.509 certificate"), "{err}");
     let encrypted = dir.write(
         "enc.key",
         "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHzBJBgkqhkiG9w0BBQ0wPDAbBgkqhkiG9w0BBQwwDgQI\n-----END ENCRYPTED PRIVATE KEY-----\n",

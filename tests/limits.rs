@@ -99,6 +99,73 @@ async fn a_renewed_certificate_file_is_served_without_a_signal() {
     let _ = proxy.task.await;
 }
 
+/// An expired certificate does not replace the one in use at a reload (a
+/// renewal gone wrong put one in place of a working certificate, and every
+/// client refused the proxy: probe 118); `authgate check` and the start
+/// warn of it. A certificate not valid yet is loaded, with a warning (the
+/// clock of the machine that issued it may be ahead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_does_not_replace_the_one_in_use() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy-v1");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let expired = ca.leaf_dated("proxy-expired", 2020, 2021);
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", expired.cert_pem, ca.cert_pem));
+    proxy.dir.write("proxy-key.pem", &expired.key_pem);
+    let state = proxy.state.clone();
+    let err = tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .expect_err("an expired certificate must not load");
+    let err = err.to_string();
+    assert!(
+        err.contains("proxy-cert.pem: the certificate expired on 2021-01-01T00:00:00Z")
+            && err.contains("the certificate in use, which keeps serving"),
+        "{err}"
+    );
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
+    // `check` on the same files: a warning, and `ok`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(proxy.dir.path().join("authgate.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("authgate: warning: ")
+            && err.contains(
+                "proxy-cert.pem: the certificate expired on 2021-01-01T00:00:00Z; TLS clients refuse it"
+            ),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+    // Not valid yet: loaded (and served).
+    let early = ca.leaf_dated("proxy-early", 2090, 2091);
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", early.cert_pem, ca.cert_pem));
+    proxy.dir.write("proxy-key.pem", &early.key_pem);
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    // (So a client refuses it until then: the handshake fails on its dates.)
+    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let handshake = pki::connector(&ca.cert_pem).connect(name, tcp).await;
+    assert!(handshake.is_err_and(|e| e.to_string().contains("not valid yet")), "the new one is served");
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+    // A proxy started with an expired certificate (a warning) reloads: the
+    // certificate in use is not refused for being the one in use.
+    let proxy = spawn_full(&ca, &expired, "").await;
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// Each TLS listener keeps its own certificate across a reload that
 /// reorders the `[[server.tls]]` tables or drops one (they were matched by
 /// position: swapping two tables swapped the certificates the running

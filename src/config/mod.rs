@@ -261,9 +261,11 @@ pub fn load(path: &Path) -> Result<Snapshot, ConfigError> {
 ///   writes `default = "allow"`.
 ///
 /// And a users file with no users and no `[users]` table, while the running
-/// one has users (see `read_users`).
+/// one has users (see `read_users`); and a TLS listener's certificate that
+/// has expired, in place of the one in use (the old one keeps serving).
 ///
-/// A start still accepts all three (the summary line says "default allow").
+/// A start still accepts all four (the summary line says "default allow";
+/// an expired certificate is a warning).
 ///
 /// # Errors
 /// As [`load`], plus those three.
@@ -297,6 +299,12 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
     // Checked on a config that loads, so that a wrong value (`policy` not
     // a table, say) is reported as what it is, not as a missing default.
     let new = load_source(path, &source, config_as_read, Some(&running.users))?;
+    let expired = expired_replacements(&new, running);
+    if !expired.is_empty() {
+        // Watched until fixed, as the files of any refused configuration.
+        let named = new.watched().into_iter().zip(new.files_as_read.iter().cloned()).skip(1).collect();
+        return Err(ConfigError { problems: expired, named });
+    }
     let says_default = doc.as_ref().and_then(|d| d.get("policy")?.get("default")).is_some();
     if running.policy.default == Action::Deny && new.policy.default == Action::Allow && !says_default {
         return refuse(
@@ -306,6 +314,36 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
         );
     }
     Ok(new)
+}
+
+/// The TLS listeners of `new` whose certificate has expired and is not the
+/// one `running` serves on that address: a renewal gone wrong replaced a
+/// working certificate with one every client refuses (probe 118). An
+/// expired certificate already in use stays (a reload for another file
+/// does not fail over it).
+fn expired_replacements(new: &Snapshot, running: &Snapshot) -> Vec<Problem> {
+    let now = std::time::SystemTime::now();
+    new.server
+        .tls
+        .iter()
+        .filter_map(|t| {
+            let problem = crate::server::tls::DateProblem::of(&t.certified, now)?;
+            let crate::server::tls::DateProblem::Expired(_) = problem else { return None };
+            let in_use = running
+                .server
+                .tls
+                .iter()
+                .any(|r| r.listen == t.listen && r.certified.cert.first() == t.certified.cert.first());
+            (!in_use).then(|| Problem {
+                file: t.cert.clone(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "{problem}; a reload does not put it in place of the certificate in use, which keeps serving"
+                ),
+            })
+        })
+        .collect()
 }
 
 /// Whether a TOML table holds at least one key with a value, at any depth

@@ -17,6 +17,7 @@ pub mod proxy_protocol;
 pub mod reload;
 mod reset;
 pub mod tls;
+pub mod x509;
 
 use std::convert::Infallible;
 use std::io;

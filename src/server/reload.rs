@@ -199,6 +199,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     if !changed.is_empty() {
         tracing::warn!(settings = &*changed.join(", "), "changed settings take effect only after a restart");
     }
+    crate::server::tls::warn_if_out_of_date(&new.server.tls);
     // Each TLS listener keeps its own certificate: slots are matched to the
     // new `[[server.tls]]` tables by address (by position, tables were
     // reordered or one removed gave a listener another's certificate). A

@@ -4,11 +4,12 @@
 //! The certificate lives behind an `ArcSwap` read by the certificate resolver
 //! on every handshake, so a reload swaps it without touching open
 //! connections; a bad new certificate fails the whole reload and the old one
-//! keeps serving.
+//! keeps serving. So does an expired one (see [`DateProblem`]).
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::ring;
@@ -61,6 +62,15 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     if chain.is_empty() {
         return Err(in_cert(format!("{}: no certificate found", cert.display())));
     }
+    // rustls reads the first certificate only; the others went out unread,
+    // and a corrupt one failed every handshake (probe 118).
+    if let Some(n) = chain.iter().skip(1).position(|c| !super::x509::is_certificate(c)) {
+        return Err(in_cert(format!(
+            "{}: certificate {} of the chain is not an X.509 certificate (its DER does not parse)",
+            cert.display(),
+            n + 2
+        )));
+    }
     let key_pem = read_file(key)
         .map_err(|e| in_key(format!("{}: cannot read private key: {}", key.display(), reason(&e))))?;
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
@@ -95,6 +105,72 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         other => in_cert(format!("{}: the first certificate cannot be used ({other})", cert.display())),
     })?;
     Ok(Arc::new(certified))
+}
+
+/// A certificate used outside its validity period, which every client that
+/// checks certificates refuses.
+///
+/// An expired certificate fails a reload that would put it in place of
+/// another (probe 118: one replaced a working certificate). At the start
+/// and in `authgate check` it is a warning only: a restart with it would
+/// otherwise take down the plain listeners too. A certificate not valid
+/// yet is a warning everywhere: one issued a moment ago by a machine
+/// whose clock is ahead is valid a moment later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DateProblem {
+    /// `notAfter` has passed.
+    Expired(SystemTime),
+    /// `notBefore` has not come yet.
+    NotYetValid(SystemTime),
+}
+
+impl DateProblem {
+    /// The problem of the first certificate of `key` at `now`, if any (none
+    /// when its dates cannot be read).
+    pub fn of(key: &CertifiedKey, now: SystemTime) -> Option<DateProblem> {
+        let v = super::x509::validity(key.cert.first()?)?;
+        if now > v.not_after {
+            Some(DateProblem::Expired(v.not_after))
+        } else if now < v.not_before {
+            Some(DateProblem::NotYetValid(v.not_before))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for DateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DateProblem::Expired(t) => write!(
+                f,
+                "the certificate expired on {}; TLS clients refuse it",
+                humantime::format_rfc3339_seconds(*t)
+            ),
+            DateProblem::NotYetValid(t) => write!(
+                f,
+                "the certificate is not valid until {}; TLS clients refuse it until then",
+                humantime::format_rfc3339_seconds(*t)
+            ),
+        }
+    }
+}
+
+/// One line per TLS listener whose certificate is outside its validity
+/// period now: `path: problem`.
+pub fn date_warnings(tls: &[crate::config::TlsListener]) -> Vec<String> {
+    let now = SystemTime::now();
+    tls.iter()
+        .filter_map(|t| Some(format!("{}: {}", t.cert.display(), DateProblem::of(&t.certified, now)?)))
+        .collect()
+}
+
+/// Logs [`date_warnings`] (at the start, and after each reload, for as long
+/// as the files hold such a certificate).
+pub fn warn_if_out_of_date(tls: &[crate::config::TlsListener]) {
+    for line in date_warnings(tls) {
+        tracing::warn!(problem = &*line, "TLS listener certificate outside its validity period");
+    }
 }
 
 /// The live certificate of one TLS listener.

@@ -40,6 +40,17 @@ impl Ca {
 }
 
 impl Ca {
+    /// A leaf for localhost valid from `from` to `until` (years, January 1).
+    pub fn leaf_dated(&self, cn: &str, from: i32, until: i32) -> Leaf {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+    }
+
     /// A leaf signed by this CA with a key of the given algorithm.
     pub fn leaf_with(&self, cn: &str, alg: &'static rcgen::SignatureAlgorithm) -> Leaf {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
