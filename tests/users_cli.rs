@@ -983,6 +983,36 @@ fn concurrent_users_commands_never_lose_an_edit() {
     assert!(d.strays().is_empty(), "no lock or temp file left: {:?}", d.strays());
 }
 
+/// The lock on the folder is waited for a bounded time: anyone who can read
+/// the folder can take it, and a command (`users disable`, the emergency
+/// lock-out) waited for it without end and without a word (probe 114). A
+/// lock let go meanwhile is taken.
+#[test]
+fn a_lock_held_on_the_folder_is_waited_for_a_bounded_time() {
+    let d = Dir::new(Some(&fixture()));
+    let folder = std::fs::File::open(&d.path).unwrap();
+    folder.lock_shared().unwrap();
+    let start = std::time::Instant::now();
+    let child = Dir::spawn(d.command(&["disable", "alice"]));
+    let out = common::output_within_20s(child, "`users disable` on a locked folder");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the folder is locked by another process (still after 10 s")
+            && err.contains("nothing written"),
+        "{err}"
+    );
+    assert!(start.elapsed() >= std::time::Duration::from_secs(10), "it waited");
+    assert_eq!(d.read(), fixture());
+    // Let go while the command waits: it goes on.
+    let child = Dir::spawn(d.command(&["disable", "alice"]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    drop(folder);
+    let out = common::output_within_20s(child, "`users disable` once the lock is let go");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(d.snapshot().users.get("alice").unwrap().disabled);
+}
+
 /// A users file that is not a regular file (here a FIFO; a device node was
 /// replaced by a text file, and opening a FIFO waited for a writer) is
 /// refused, and left as it is.

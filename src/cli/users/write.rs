@@ -53,6 +53,10 @@ pub(super) fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError>
 /// that no extra file appears beside the users file (`flock(2)` on the
 /// folder; editors that do not lock are still caught by the check, up to
 /// the instant of the rename).
+///
+/// Waited for at most [`LOCK_WAIT`]: another `users` command holds it for
+/// the moment of its write, but anyone who can read the folder can take
+/// it, and a command waited without end and without a word (probe 114).
 pub(super) fn lock_folder(target: &Path) -> Result<File, UsersError> {
     let dir = folder_of(target);
     let folder = File::open(dir).map_err(|source| UsersError::Io {
@@ -60,13 +64,34 @@ pub(super) fn lock_folder(target: &Path) -> Result<File, UsersError> {
         what: "cannot open the folder to lock it",
         source,
     })?;
-    folder.lock().map_err(|source| UsersError::Io {
-        path: dir.to_path_buf(),
-        what: "cannot lock the folder",
-        source,
-    })?;
-    Ok(folder)
+    let since = std::time::Instant::now();
+    loop {
+        match folder.try_lock() {
+            Ok(()) => return Ok(folder),
+            Err(fs::TryLockError::WouldBlock) if since.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(UsersError::Refused(format!(
+                    "{}: the folder is locked by another process (still after {} s; an `authgate users` \
+                     command holds the lock only while it writes); nothing written",
+                    crate::config::shown_path(dir),
+                    LOCK_WAIT.as_secs()
+                )));
+            }
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(UsersError::Io {
+                    path: dir.to_path_buf(),
+                    what: "cannot lock the folder",
+                    source,
+                });
+            }
+        }
+    }
 }
+
+/// How long [`lock_folder`] waits for the lock.
+pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) -> Result<(), UsersError> {
     let io_err = |what| move |source| UsersError::Io { path: tmp.to_path_buf(), what, source };
