@@ -113,11 +113,20 @@ fn err_line(line: impl std::fmt::Display) {
 /// message and exit 1, where `print!` panicked with exit 101. Escaped as
 /// [`err_line`] escapes.
 fn emit(text: &str, code: ExitCode) -> ExitCode {
+    emit_else(text, code, ExitCode::FAILURE)
+}
+
+/// [`emit`] with `failed` as the exit code of a write that fails: `explain`
+/// exits 1 for "denied", which a script read into a full disk (probe 114).
+fn emit_else(text: &str, code: ExitCode, failed: ExitCode) -> ExitCode {
     let text = authgate::config::shown_lines(text);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => code,
-        Err(e) => fail(format!("cannot write to standard output: {e}")),
+        Err(e) => {
+            fail(format!("cannot write to standard output: {e}"));
+            failed
+        }
     }
 }
 
@@ -174,7 +183,11 @@ fn explain(config: &Path, user: &str, method: Option<&str>, target: &str) -> Exi
         }
     };
     match runtime.block_on(authgate::cli::explain::run(&snap, user, method, target)) {
-        Ok(report) => emit(&report.text, if report.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) }),
+        Ok(report) => emit_else(
+            &report.text,
+            if report.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) },
+            ExitCode::from(2),
+        ),
         Err(e) => {
             err_line(format_args!("authgate: {e}"));
             ExitCode::from(2)

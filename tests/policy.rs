@@ -782,6 +782,25 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, out, _) = run(&["--user", USER, "--method", "get", "http://127.0.0.1/"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("request  get 127.0.0.1:80") && out.contains("is not `GET`"), "{out}");
+    // Absolute-form https:// is forwarded on a TLS listener only: on this
+    // config (none) the proxy answers 400, where explain said ALLOWED.
+    let (code, _, err) = run(&["--user", USER, "--method", "GET", "https://127.0.0.1/"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("https:// is forwarded on a TLS listener only") && err.contains("unsupported_scheme"),
+        "{err}"
+    );
+    // A report that cannot be written is an error (2), not "denied" (1).
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let out = authgate_bin()
+        .arg("explain")
+        .arg("--config")
+        .arg(&path)
+        .args(["--user", USER, "127.0.0.1:80"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     // host:port is CONNECT's form only (the proxy answers `connect` so with a
     // 400, where explain said ALLOWED).
     let (code, _, err) = run(&["--user", USER, "--method", "connect", "127.0.0.1:80"]);

@@ -84,6 +84,7 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
         }
     })?;
     let authority_form = !target.contains("://");
+    let https = target.split_once("://").is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"));
     let (target, implied) = parse_target(target)?;
     let method = match method {
         // As sent: methods are case-sensitive, and the proxy matches a
@@ -109,6 +110,17 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             shown(method.as_str())
         ));
     }
+    // An https:// URL with a method other than CONNECT is absolute-form
+    // https://, forwarded on a TLS listener only: explained as ALLOWED on a
+    // config without one, where the proxy answers 400 (probe 114).
+    let absolute_https = https && method != Method::CONNECT;
+    if absolute_https && snap.server.tls.is_empty() {
+        return Err(format!(
+            "`{} https://…`: https:// is forwarded on a TLS listener only, and this config has none; the \
+             proxy answers 400 unsupported_scheme (clients send CONNECT for https://: leave out --method)",
+            shown(method.as_str())
+        ));
+    }
     let addrs = match &target.host {
         Host::Ip(ip) => Ok(vec![*ip]),
         Host::Name(n) => {
@@ -116,7 +128,14 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             resolver.lookup(n, snap.limits.dns_timeout).await
         }
     };
-    Ok(explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref()))
+    let mut report = explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref());
+    if absolute_https {
+        report.text.push_str(
+            "note     https:// is forwarded on the TLS listeners only; a plain listener answers 400 \
+             unsupported_scheme\n",
+        );
+    }
+    Ok(report)
 }
 
 /// An argument as echoed in a message: at most 64 characters, control and
