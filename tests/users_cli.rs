@@ -742,6 +742,29 @@ fn htpasswd_fixture() -> (String, String) {
     (text, bcrypt)
 }
 
+/// A byte order mark (as Windows editors write one) is kept by an edit of
+/// the users file and read past in an htpasswd file, whose first user was
+/// refused for it; a name a shell reads specially is quoted in the command
+/// a message suggests (pasted as shown, `x;touch$(id)` ran `touch`: probe
+/// 114).
+#[test]
+fn byte_order_marks_are_kept_and_suggested_commands_quote_names() {
+    let d = Dir::new(Some(&format!("\u{feff}{}", fixture())));
+    d.ok(&["disable", "alice"], None);
+    assert!(d.read().starts_with("\u{feff}# Users of the proxy."), "{:?}", &d.read()[..20]);
+    let (_, bcrypt) = htpasswd_fixture();
+    let ht = d.path.join("bom.htpasswd");
+    std::fs::write(&ht, format!("\u{feff}first:{bcrypt}\r\nx;touch$(id):{{SHA}}abc\r\nit's:{{SHA}}abc\r\n"))
+        .unwrap();
+    let out = d.run(&["import-htpasswd", ht.to_str().unwrap()], None);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stdout.contains("imported 1 user(s)") && out.stdout.contains("first"), "{out:?}");
+    assert!(out.stderr.contains("authgate users add 'x;touch$(id)'"), "{}", out.stderr);
+    assert!(out.stderr.contains(r"authgate users add 'it'\''s'"), "{}", out.stderr);
+    assert!(d.read().starts_with('\u{feff}'));
+    assert!(d.snapshot().users.get("first").is_some());
+}
+
 #[test]
 fn import_htpasswd_takes_bcrypt_as_is_and_refuses_other_schemes() {
     let d = Dir::new(Some(&fixture()));
@@ -871,6 +894,60 @@ fn on_a_terminal_the_password_is_asked_twice() {
     assert_eq!(d.read(), before);
 }
 
+/// `--password-stdin` from a terminal reads without echo: the password
+/// showed as it was typed (probe 114). Typed once authgate waits for it,
+/// as a person types (typed before, the terminal echoes it itself).
+#[test]
+fn password_stdin_on_a_terminal_is_not_echoed() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: no /usr/bin/script");
+        return;
+    }
+    let d = Dir::new(Some(&fixture()));
+    let cmd = format!(
+        "{} --config {} users add quiet --password-stdin",
+        env!("CARGO_BIN_EXE_authgate"),
+        d.config().display()
+    );
+    let mut script = Command::new("/usr/bin/script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // authgate, the child of script's child (the shell of -c) or its own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let authgate = loop {
+        let found = descendants(script.id()).into_iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "authgate")
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "authgate never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    blocked_pid(authgate);
+    script.stdin.take().unwrap().write_all(b"Visible-S3cret\n").unwrap();
+    let out = script.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("Visible-S3cret"), "echoed: {text}");
+    assert!(d.snapshot().users.verify(&creds("quiet", "Visible-S3cret"), SystemTime::now()).is_ok());
+}
+
+/// The processes under `pid`.
+fn descendants(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children: Vec<u32> = children.split_whitespace().filter_map(|c| c.parse().ok()).collect();
+    let mut all = children.clone();
+    for c in children {
+        all.extend(descendants(c));
+    }
+    all
+}
+
 /// Run as root, the new file gets the old one's owner and group (a file
 /// owned by the proxy's account stays readable by it); skipped otherwise.
 #[test]
@@ -906,7 +983,12 @@ fn an_edit_made_meanwhile_is_not_overwritten() {
 
 /// Returns once `child` blocks (on standard input): it has read the file.
 fn blocked_on_stdin(child: &Child) {
-    let stat = format!("/proc/{}/stat", child.id());
+    blocked_pid(child.id());
+}
+
+/// Returns once the process `pid` sleeps (blocks).
+fn blocked_pid(pid: u32) {
+    let stat = format!("/proc/{pid}/stat");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let s = std::fs::read_to_string(&stat).unwrap_or_default();

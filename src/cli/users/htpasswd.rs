@@ -15,6 +15,9 @@ pub(super) fn import_htpasswd(
         .and_then(|b| {
             String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", shown_path(source))))
         })?;
+    // A byte order mark (as Windows editors write) made the first name
+    // `\u{feff}name`, refused (probe 114).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut doc = file.doc.clone();
     // Sets and a running position, not a search of the file per line: an
     // import of 20,000 lines took 26 s.
@@ -45,8 +48,9 @@ pub(super) fn import_htpasswd(
         }
         if present.contains(&name) {
             refusals.push(format!(
-                "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {name}`)",
-                shown_path(&file.path)
+                "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {}`)",
+                shown_path(&file.path),
+                shell_word(&name)
             ));
             continue;
         }
@@ -63,7 +67,8 @@ pub(super) fn import_htpasswd(
                 imported.push(name);
             }
             Err(scheme) => refusals.push(format!(
-                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `authgate users add {name}`, which sets a new password"
+                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `authgate users add {}`, which sets a new password",
+                shell_word(&name)
             )),
         }
     }

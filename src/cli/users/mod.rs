@@ -186,8 +186,9 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             let name = user_name(&name)?;
             if file.find(&name).is_some() {
                 return Err(refused(format!(
-                    "user `{name}` already exists in {}; change its password with `authgate users passwd {name}`",
-                    shown_path(&file.path)
+                    "user `{name}` already exists in {}; change its password with `authgate users passwd {}`",
+                    shown_path(&file.path),
+                    shell_word(&name)
                 )));
             }
             let groups = group_names(groups)?;
@@ -300,8 +301,16 @@ impl UsersFile {
     /// unless the file changed on disk since it was read. Lines end as the
     /// file's first line did: toml_edit writes `\n` only, and a file kept
     /// with `\r\n` line ends came back with every line changed.
+    ///
+    /// A byte order mark the file began with is kept (toml_edit reads past
+    /// it and does not write it back: probe 114).
     fn save(&self, doc: &DocumentMut) -> Result<(), UsersError> {
         let mut text = doc.to_string();
+        if self.original.as_deref().is_some_and(|o| o.starts_with('\u{feff}'))
+            && !text.starts_with('\u{feff}')
+        {
+            text.insert(0, '\u{feff}');
+        }
         let crlf =
             self.original.as_deref().and_then(|o| o.split_once('\n')).is_some_and(|(l, _)| l.ends_with('\r'));
         if crlf {
@@ -454,8 +463,26 @@ fn password_from_tty() -> Result<String, UsersError> {
 }
 
 /// One line of standard input as the password (see [`crate::cli::password_line`]).
+/// From a terminal, read without echo: `--password-stdin` typed at a prompt
+/// showed the password as it was typed (probe 114).
 fn password_from_stdin() -> Result<String, UsersError> {
+    if io::stdin().is_terminal() {
+        return rpassword::read_password().map_err(|e| refused(format!("cannot read the password: {e}")));
+    }
     crate::cli::password_line(&mut io::stdin().lock()).map_err(refused)
+}
+
+/// `name` as one word for a POSIX shell, for the commands messages suggest:
+/// as it is when it holds nothing a shell reads specially, else in single
+/// quotes. A name from an imported htpasswd file may hold `;` or `$(…)`,
+/// and a suggestion pasted as shown ran it (probe 114).
+pub(super) fn shell_word(name: &str) -> std::borrow::Cow<'_, str> {
+    let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
+    if !name.is_empty() && name.chars().all(plain) {
+        name.into()
+    } else {
+        format!("'{}'", name.replace('\'', r"'\''")).into()
+    }
 }
 
 /// `users list`: a table of name, groups, disabled, expires, scheme.
