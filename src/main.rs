@@ -317,7 +317,7 @@ async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
         // are written: an open tunnel left none.
         state.kill.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_millis(500), state.tasks.wait()).await;
-        authgate::telemetry::flush();
+        authgate::telemetry::flush(std::time::Duration::from_millis(500));
         std::process::exit(1);
     });
 }

@@ -1415,3 +1415,59 @@ fn a_failed_tunnel_with_a_stalled_reader_ends_after_send_timeout_as_an_error() {
         .unwrap_or_else(|| panic!("no duration in {line}"));
     assert!(ms < 4000.0, "{line}");
 }
+
+/// A log consumer that stopped reading does not keep the process from
+/// ending: SIGTERM, and a second one, waited without end for the write of
+/// the last lines to a full pipe, and only SIGKILL ended it (probe 117).
+/// The exit waits for stdout a bounded time, then says on stderr that the
+/// lines still waiting are lost.
+#[test]
+fn a_stopped_log_consumer_does_not_keep_sigterm_from_ending_the_process() {
+    for second_signal in [false, true] {
+        stopped_log_consumer_then_sigterm(second_signal);
+    }
+}
+
+fn stopped_log_consumer_then_sigterm(second_signal: bool) {
+    let dir = TempDir::new();
+    // A long grace: the second signal has to cut it.
+    let grace = if second_signal { "60s" } else { "1s" };
+    let mut bin = start_binary(
+        &dir,
+        &format!("[limits]\nshutdown_grace = \"{grace}\"\n"),
+        &users_toml(&[(USER, PASSWORD)]),
+        Stdio::piped(),
+    );
+    // Far more than a pipe holds (64 KiB): access lines of 407s.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        wait_listening(bin.addr).await;
+        for _ in 0..600 {
+            let r = get(bin.addr, "http://127.0.0.1:9/a-line-for-the-log", &[("Host", "127.0.0.1:9")]).await;
+            assert_eq!(r.status, 407);
+        }
+    });
+    // (The writer thread writes every 100 ms: it is stuck by now.)
+    std::thread::sleep(Duration::from_millis(500));
+    // A head still arriving holds the shutdown for the grace period.
+    let mut held = std::net::TcpStream::connect(bin.addr).unwrap();
+    std::io::Write::write_all(&mut held, b"GET http://127.0.0.1:9/ HTTP/1.1\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    bin.signal("TERM");
+    if second_signal {
+        std::thread::sleep(Duration::from_millis(300));
+        bin.signal("TERM");
+    }
+    let status = loop {
+        if let Some(status) = bin.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "not ended 20 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(if second_signal { 1 } else { 0 }), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bin.child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("standard output took no log lines at exit"), "{stderr}");
+}

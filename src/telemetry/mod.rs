@@ -36,10 +36,11 @@ fn text_sink() -> Option<&'static sink::Sink> {
     }
 }
 
-/// Writes the buffered log lines now (before `std::process::exit`).
-pub fn flush() {
+/// Writes the buffered log lines now (before `std::process::exit`),
+/// waiting for stdout `limit` at most (see [`sink::LogGuard`]).
+pub fn flush(limit: std::time::Duration) {
     if let Some((sink, _)) = INSTALLED.get() {
-        sink.flush();
+        sink::flush_within(sink, limit);
     }
 }
 

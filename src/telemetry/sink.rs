@@ -34,6 +34,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub const FLUSH_AT: usize = 64 * 1024;
 /// Bytes waiting past which new lines are dropped (and counted).
 pub const HARD_LIMIT: usize = 4 * 1024 * 1024;
+/// Longest the process waits at its exit for stdout to take the last
+/// lines (see [`LogGuard`]).
+pub const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The buffer shared by all threads that log.
 pub struct Sink {
@@ -275,8 +278,13 @@ impl<'a> MakeWriter<'a> for SinkWriter {
     }
 }
 
-/// Stops the writer thread and writes what is left when dropped. Hold it
-/// until the process exits.
+/// Stops the writer thread and writes what is left when dropped, waiting
+/// for stdout [`EXIT_WAIT`] at most. Hold it until the process exits.
+///
+/// A write to a stdout nobody reads (a paused log consumer) blocks without
+/// end: the exit waited for it, so a SIGTERM, and a second one too, never
+/// ended the process (probe 117). Past the wait, the lines still waiting
+/// are lost, and stderr says so.
 pub struct LogGuard {
     sink: Arc<Sink>,
     thread: Option<JoinHandle<()>>,
@@ -286,10 +294,45 @@ impl Drop for LogGuard {
     fn drop(&mut self) {
         lock(&self.sink.pending).closing = true;
         self.sink.wake.notify_one();
+        let deadline = std::time::Instant::now() + EXIT_WAIT;
         if let Some(t) = self.thread.take() {
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if !t.is_finished() {
+                self.sink.gave_up();
+                return;
+            }
             let _ = t.join();
         }
-        self.sink.flush();
+        flush_within(&self.sink, deadline.saturating_duration_since(std::time::Instant::now()));
+    }
+}
+
+/// [`Sink::flush`] on a thread of its own, waited for `limit` at most:
+/// false when it did not end in time (it is left blocked in its write;
+/// the process is about to exit).
+pub fn flush_within(sink: &Arc<Sink>, limit: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = sink.clone();
+    let spawned = std::thread::Builder::new().name("authgate-log-exit".into()).spawn(move || {
+        s.flush();
+        let _ = tx.send(());
+    });
+    let done = spawned.is_ok() && rx.recv_timeout(limit).is_ok();
+    if !done {
+        sink.gave_up();
+    }
+    done
+}
+
+impl Sink {
+    /// Says on stderr, once, that the exit did not wait longer for stdout.
+    fn gave_up(&self) {
+        let _ = writeln!(
+            io::stderr().lock(),
+            "authgate: standard output took no log lines at exit (the log consumer stopped reading); the lines still waiting are lost"
+        );
     }
 }
 
