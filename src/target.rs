@@ -142,6 +142,21 @@ pub fn valid_host_field(value: &[u8]) -> bool {
     }
 }
 
+/// Whether a request's `Host` fields pass RFC 9112 §3.2, which has a
+/// server answer 400 to a request with two of them (a hop in front may
+/// have read the other one), with one that is not `host[:port]`
+/// ([`valid_host_field`]), and to an HTTP/1.1 request without one;
+/// `missing_ok` lets a request without one pass (a CONNECT: such clients
+/// exist in the wild).
+pub fn host_fields_valid(headers: &http::HeaderMap, version: http::Version, missing_ok: bool) -> bool {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => valid_host_field(host.as_bytes()),
+        (None, _) => version != http::Version::HTTP_11 || missing_ok,
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// RFC 3986 `IP-literal` without its brackets: an IPv6 address (no zone
 /// id), or `IPvFuture` (`v` HEXDIG+ `.` then unreserved, sub-delims, `:`).
 fn ip_literal(inner: &[u8]) -> bool {

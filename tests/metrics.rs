@@ -150,6 +150,15 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     let r = send_one(run.admin, "POST", "/healthz", &[("Host", "a"), ("Content-Length", "0")]).await;
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    // RFC 9112 §3.2: 400 to an HTTP/1.1 request without Host, with two, or
+    // with one that is not host[:port] (it answered 200: probe 117).
+    for hosts in [&[][..], &[("Host", "a"), ("Host", "b")], &[("Host", "a b/c")]] {
+        let r = send_one(run.admin, "GET", "/healthz", hosts).await;
+        assert_eq!(r.status, 400, "{hosts:?}");
+    }
+    let mut c = RawConn::connect(run.admin).await;
+    c.send(b"GET /healthz HTTP/1.0\r\n\r\n".to_vec()).await;
+    assert_eq!(c.read_response("GET").await.status, 200, "HTTP/1.0 needs no Host");
 }
 
 /// The admin port (no credentials asked) holds at most

@@ -22,7 +22,8 @@ use crate::respond::{self, prefers_html};
 use crate::server::guard::Phase;
 use crate::server::limits::Permit;
 use crate::target::{
-    Target, authority_port, parse_authority, parse_host, split_port, valid_host_field, without_userinfo,
+    Target, authority_port, host_fields_valid, parse_authority, parse_host, split_port, valid_host_field,
+    without_userinfo,
 };
 use crate::telemetry::metrics::{AuthFailure, Outcome as Counted};
 use crate::telemetry::{AccessRecord, AuditEvent, AuditOnDrop};
@@ -580,17 +581,8 @@ fn head_len<B>(req: &Request<B>) -> usize {
 /// only when it arrived over TLS: on a plain listener the client's https
 /// payload would cross the network in clear, so it is told to use CONNECT.
 fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError> {
-    // RFC 9112 §3.2: a server answers 400 to a request with two Host
-    // fields (a hop in front may have read the other one), with a Host that
-    // is not `host[:port]`, and to an HTTP/1.1 request without one. The
-    // Host sent on is made from the target either way; a CONNECT without
-    // Host is let pass, as such clients exist in the wild.
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let valid = match (hosts.next(), hosts.next()) {
-        (Some(host), None) => valid_host_field(host.as_bytes()),
-        (None, _) => req.version() != Version::HTTP_11 || req.method() == Method::CONNECT,
-        (Some(_), Some(_)) => false,
-    };
+    // The Host sent on is made from the target either way.
+    let valid = host_fields_valid(req.headers(), req.version(), req.method() == Method::CONNECT);
     if !valid || super::headers::transfer_coding_malformed(req.headers()) {
         return Err(ProxyError::MalformedRequest);
     }

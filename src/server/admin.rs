@@ -59,12 +59,30 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     resp
 }
 
+/// The 400 to a request whose `Host` fields RFC 9112 §3.2 refuses; the
+/// connection is closed after it (the request's end is in doubt).
+fn bad_host() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"bad or missing Host\n")));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    let headers = resp.headers_mut();
+    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    resp
+}
+
 /// Serves one admin connection.
 pub async fn serve(state: Arc<State>, stream: TcpStream) {
     let send_timeout = state.snapshot.load().limits.send_timeout;
     let stream = Watched { io: stream, observer: SendStall::new(send_timeout) };
     let svc = service_fn(move |req: Request<Incoming>| {
-        let resp = respond(&state, req.method(), req.uri().path());
+        // RFC 9112 §3.2, as on the proxy port (it answered 200 without
+        // Host, with two, or with `Host: a b/c`: probe 117).
+        let resp = if crate::target::host_fields_valid(req.headers(), req.version(), false) {
+            respond(&state, req.method(), req.uri().path())
+        } else {
+            bad_host()
+        };
         async move { Ok::<_, Infallible>(resp) }
     });
     let mut builder = http1::Builder::new();
