@@ -356,9 +356,9 @@ fn hash_password(config: &Path) -> ExitCode {
 fn read_password() -> Result<String, String> {
     if std::io::stdin().is_terminal() {
         let first =
-            rpassword::prompt_password("Password: ").map_err(|e| format!("cannot read password: {e}"))?;
+            authgate::cli::prompt_hidden("Password: ").map_err(|e| format!("cannot read password: {e}"))?;
         let second =
-            rpassword::prompt_password("Repeat: ").map_err(|e| format!("cannot read password: {e}"))?;
+            authgate::cli::prompt_hidden("Repeat: ").map_err(|e| format!("cannot read password: {e}"))?;
         if first != second {
             return Err("passwords do not match".into());
         }

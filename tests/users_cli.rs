@@ -937,6 +937,63 @@ fn password_stdin_on_a_terminal_is_not_echoed() {
     assert!(d.snapshot().users.verify(&creds("quiet", "Visible-S3cret"), SystemTime::now()).is_ok());
 }
 
+/// Ctrl-C at a password prompt gives the terminal its echo back: killed
+/// by SIGINT mid-prompt, the command left the shell typing blind (probe
+/// 114). Exit status 130, as before; the file is untouched.
+#[test]
+fn ctrl_c_at_a_password_prompt_leaves_the_terminal_echoing() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: no /usr/bin/script");
+        return;
+    }
+    let d = Dir::new(Some(&fixture()));
+    // The shell ignores the SIGINT the terminal sends to the whole group.
+    let cmd = format!(
+        "trap : INT; {} --config {} users add zed; echo rc=$?; stty -a",
+        env!("CARGO_BIN_EXE_authgate"),
+        d.config().display()
+    );
+    let mut script = Command::new("/usr/bin/script")
+        .args(["-qec", &format!("sh -c '{cmd}'"), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = script.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+        }
+    });
+    let mut seen = String::new();
+    while !seen.contains("New password:") {
+        seen = rx.recv_timeout(Duration::from_secs(10)).expect("no prompt");
+    }
+    // Echo is turned off right after the prompt is written.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stdin = script.stdin.take().unwrap();
+    stdin.write_all(b"\x03").unwrap();
+    while !seen.contains("rc=") || !seen.contains("echo") {
+        seen = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no end: {seen}"));
+    }
+    drop(stdin);
+    let _ = script.wait();
+    while let Ok(more) = rx.recv_timeout(Duration::from_millis(500)) {
+        seen = more;
+    }
+    assert!(seen.contains("rc=130"), "{seen}");
+    assert!(seen.split_whitespace().any(|w| w == "echo"), "echo is off: {seen}");
+    assert_eq!(d.read(), fixture());
+}
+
 /// The processes under `pid`.
 fn descendants(pid: u32) -> Vec<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();

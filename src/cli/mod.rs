@@ -35,3 +35,45 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
     }
     String::from_utf8(line).map_err(|_| "the password on standard input is not UTF-8".to_owned())
 }
+
+/// Asks for a password on the terminal without echo (rpassword), and
+/// gives the terminal its settings back when Ctrl-C ends the wait: killed
+/// by SIGINT in the middle of the prompt, the command left the shell with
+/// echo off (probe 114). The process then exits with status 130, as the
+/// signal's default action made it.
+///
+/// # Errors
+/// The terminal cannot be read.
+pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let tty = std::fs::File::open("/dev/tty");
+    let saved = tty.as_ref().ok().and_then(|t| rustix::termios::tcgetattr(t).ok());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build();
+    let (Ok(tty), Some(saved), Ok(runtime)) = (tty, saved, runtime) else {
+        return rpassword::prompt_password(prompt);
+    };
+    runtime.block_on(async {
+        let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
+            return rpassword::prompt_password(prompt);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let prompt = prompt.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(rpassword::prompt_password(prompt));
+        });
+        // The read may end first, cut by the signal (EINTR).
+        let read = tokio::select! {
+            read = rx => read.ok(),
+            _ = interrupt.recv() => None,
+        };
+        match read {
+            Some(Ok(password)) => Ok(password),
+            Some(Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => Err(e),
+            _ => {
+                let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &saved);
+                let _ = std::io::Write::write_all(&mut &tty, b"\n");
+                std::process::exit(130);
+            }
+        }
+    })
+}

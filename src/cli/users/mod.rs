@@ -453,7 +453,7 @@ fn new_hash(auth: &Auth, from_stdin: bool) -> Result<String, UsersError> {
 
 fn password_from_tty() -> Result<String, UsersError> {
     let ask = |prompt: &str| {
-        rpassword::prompt_password(prompt).map_err(|e| refused(format!("cannot read the password: {e}")))
+        crate::cli::prompt_hidden(prompt).map_err(|e| refused(format!("cannot read the password: {e}")))
     };
     let first = ask("New password: ")?;
     if first != ask("Repeat it: ")? {
@@ -467,7 +467,7 @@ fn password_from_tty() -> Result<String, UsersError> {
 /// showed the password as it was typed (probe 114).
 fn password_from_stdin() -> Result<String, UsersError> {
     if io::stdin().is_terminal() {
-        return rpassword::read_password().map_err(|e| refused(format!("cannot read the password: {e}")));
+        return crate::cli::prompt_hidden("").map_err(|e| refused(format!("cannot read the password: {e}")));
     }
     crate::cli::password_line(&mut io::stdin().lock()).map_err(refused)
 }
