@@ -158,6 +158,10 @@ fn check(config: &Path) -> ExitCode {
             for line in authgate::server::tls::date_warnings(&snap.server.tls) {
                 err_line(format_args!("authgate: warning: {line}"));
             }
+            let users_file = authgate::config::shown_path(&snap.auth.users_file);
+            for line in snap.users.hash_warnings(|_| true) {
+                err_line(format_args!("authgate: warning: {users_file}: {line}"));
+            }
             emit(&format!("ok: {}\n", snap.summary()), ExitCode::SUCCESS)
         }
         Err(e) => {
@@ -212,6 +216,9 @@ fn run(config: &Path) -> ExitCode {
     authgate::server::limits::raise_open_files_limit(snap.limits.max_connections);
     authgate::proxy::upstream_tls::warn_if_no_system_roots(&snap);
     authgate::server::tls::warn_if_out_of_date(&snap.server.tls);
+    for line in snap.users.hash_warnings(|_| true) {
+        tracing::warn!(problem = &*line, "users file: a hash that may never verify");
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);

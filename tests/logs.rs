@@ -1471,3 +1471,46 @@ fn stopped_log_consumer_then_sigterm(second_signal: bool) {
     std::io::Read::read_to_string(&mut bin.child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("standard output took no log lines at exit"), "{stderr}");
 }
+
+/// An argon2 hash whose tag is not a length tools write (here cut from 32
+/// bytes to 30, as when it was copied short) is warned of: by `check`
+/// (which says `ok`), at the start, and at a reload that brings it. It
+/// passed `check`, and its user was refused as a wrong password (probe 118).
+#[test]
+fn a_hash_cut_short_is_warned_of() {
+    let good = hash(PASSWORD);
+    let (head, tag) = good.rsplit_once('$').unwrap();
+    assert_eq!(tag.len(), 43, "a 32-byte tag");
+    let cut = format!("{head}${}", &tag[..40]);
+    let dir = TempDir::new();
+    let users = format!(
+        "[users.alice]\npassword = {}\n[users.bob]\npassword = {}\n",
+        toml_str(&good),
+        toml_str(&cut)
+    );
+    let bin = start_binary(&dir, "", &users, Stdio::piped());
+    let check = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(&bin.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{err}");
+    assert!(
+        err.contains("authgate: warning: ")
+            && err.contains("users.toml: user `bob`: its argon2 hash has a 30-byte tag"),
+        "{err}"
+    );
+    assert!(!err.contains("alice") && !err.contains(&tag[..40]), "{err}");
+    // A reload that brings another such hash warns of that user only.
+    let more = format!("{users}[users.carol]\npassword = {}\n", toml_str(&cut));
+    std::fs::write(&bin.users, more).unwrap();
+    bin.signal("HUP");
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains("a hash that may never verify")).collect();
+    assert_eq!(warned.len(), 2, "bob at the start, carol at the reload:\n{log}");
+    assert!(warned[0].contains("user `bob`") && warned[1].contains("user `carol`"), "{warned:?}");
+}

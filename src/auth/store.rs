@@ -55,6 +55,18 @@ impl StoredHash {
         }
     }
 
+    /// The length in bytes of an argon2 hash's tag when it is none of those
+    /// tools write: 32 (`authgate hash-password`, and the defaults of
+    /// libargon2, PHP, libsodium, argon2-cffi ...), 16 (passlib), 64. A tag
+    /// of another length is most likely a hash cut short when it was
+    /// copied, which never verifies: the user was refused as a wrong
+    /// password, and the file passed `check` (probe 118).
+    pub fn unusual_tag(&self) -> Option<usize> {
+        let StoredHash::Argon2(h) = self else { return None };
+        let len = h.password_hash().hash?.len();
+        (![16, 32, 64].contains(&len)).then_some(len)
+    }
+
     /// `argon2id`, `argon2i`, `argon2d` or `bcrypt (legacy)`.
     pub fn scheme(&self) -> String {
         match self {
@@ -254,6 +266,27 @@ impl UserStore {
     /// Iterates over all users.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
         self.users.values()
+    }
+
+    /// A warning for each user whose argon2 hash has an
+    /// [unusual tag](StoredHash::unusual_tag), of those `include` picks,
+    /// in name order.
+    pub fn hash_warnings(&self, include: impl Fn(&User) -> bool) -> Vec<String> {
+        let mut odd: Vec<(&str, usize)> = self
+            .iter()
+            .filter(|u| include(u))
+            .filter_map(|u| Some((&*u.name, u.hash.unusual_tag()?)))
+            .collect();
+        odd.sort_unstable();
+        odd.into_iter()
+            .map(|(name, len)| {
+                format!(
+                    "user `{}`: its argon2 hash has a {len}-byte tag where `authgate hash-password` writes \
+                     32: a hash cut short when it was copied never verifies",
+                    crate::telemetry::sanitize_username(name)
+                )
+            })
+            .collect()
     }
 
     /// Verifies credentials. Slow on purpose (argon2): call it on the blocking
