@@ -863,21 +863,14 @@ fn import_htpasswd_into_a_missing_file_with_groups_exits_zero() {
 /// test is skipped where util-linux `script` is missing).
 #[test]
 fn on_a_terminal_the_password_is_asked_twice() {
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("skipped: no /usr/bin/script");
+    if !has_script() {
         return;
     }
     let d = Dir::new(Some(&fixture()));
     let tty = |args: &str, typed: &str| {
         let cmd =
             format!("{} --config {} users {args}", env!("CARGO_BIN_EXE_authgate"), d.config().display());
-        let mut child = Command::new("/usr/bin/script")
-            .args(["-qec", &cmd, "/dev/null"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = in_terminal(&cmd);
         child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -899,23 +892,15 @@ fn on_a_terminal_the_password_is_asked_twice() {
 /// as a person types (typed before, the terminal echoes it itself).
 #[test]
 fn password_stdin_on_a_terminal_is_not_echoed() {
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("skipped: no /usr/bin/script");
+    if !has_script() {
         return;
     }
     let d = Dir::new(Some(&fixture()));
-    let cmd = format!(
+    let mut script = in_terminal(&format!(
         "{} --config {} users add quiet --password-stdin",
         env!("CARGO_BIN_EXE_authgate"),
         d.config().display()
-    );
-    let mut script = Command::new("/usr/bin/script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    ));
     // authgate, the child of script's child (the shell of -c) or its own.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let authgate = loop {
@@ -942,24 +927,16 @@ fn password_stdin_on_a_terminal_is_not_echoed() {
 /// 114). Exit status 130, as before; the file is untouched.
 #[test]
 fn ctrl_c_at_a_password_prompt_leaves_the_terminal_echoing() {
-    if !Path::new("/usr/bin/script").exists() {
-        eprintln!("skipped: no /usr/bin/script");
+    if !has_script() {
         return;
     }
     let d = Dir::new(Some(&fixture()));
     // The shell ignores the SIGINT the terminal sends to the whole group.
-    let cmd = format!(
-        "trap : INT; {} --config {} users add zed; echo rc=$?; stty -a",
+    let mut script = in_terminal(&format!(
+        "sh -c 'trap : INT; {} --config {} users add zed; echo rc=$?; stty -a'",
         env!("CARGO_BIN_EXE_authgate"),
         d.config().display()
-    );
-    let mut script = Command::new("/usr/bin/script")
-        .args(["-qec", &format!("sh -c '{cmd}'"), "/dev/null"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    ));
     let mut stdout = script.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -992,6 +969,28 @@ fn ctrl_c_at_a_password_prompt_leaves_the_terminal_echoing() {
     assert!(seen.contains("rc=130"), "{seen}");
     assert!(seen.split_whitespace().any(|w| w == "echo"), "echo is off: {seen}");
     assert_eq!(d.read(), fixture());
+}
+
+/// Whether util-linux `script(1)`, which makes the pseudo-terminal of the
+/// terminal tests, is here (they are skipped without it).
+fn has_script() -> bool {
+    let here = Path::new("/usr/bin/script").exists();
+    if !here {
+        eprintln!("skipped: no /usr/bin/script");
+    }
+    here
+}
+
+/// `cmd`, run by a shell on a pseudo-terminal that `script(1)` makes, its
+/// standard streams piped (standard input is what is typed).
+fn in_terminal(cmd: &str) -> Child {
+    Command::new("/usr/bin/script")
+        .args(["-qec", cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 /// The processes under `pid`.
