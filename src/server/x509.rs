@@ -70,25 +70,53 @@ fn tbs(der: &[u8]) -> Option<&[u8]> {
     rest.is_empty().then_some(tbs)
 }
 
-/// Whether `der` is shaped like a certificate: one SEQUENCE of a SEQUENCE
-/// (what is signed), a SEQUENCE (the algorithm) and a BIT STRING (the
-/// signature). Not a full check: what a client makes of the rest is its own.
-pub fn is_certificate(der: &[u8]) -> bool {
-    tbs(der).is_some()
-}
-
-/// The validity period of the certificate `der`; `None` when it cannot be
-/// read.
-pub fn validity(der: &[u8]) -> Option<Validity> {
-    let tbs = tbs(der)?;
+/// The fields of `tbsCertificate` in their order (RFC 5280 §4.1), each of
+/// its type: an optional `[0]` version holding an INTEGER, the serial
+/// number (INTEGER), the signature algorithm, issuer, validity, subject
+/// and public key (SEQUENCEs), then only the optional `[1]`, `[2]` unique
+/// ids and `[3]` extensions, in order. Returns the validity's content.
+///
+/// Only the outer shape was checked at first: a block with one byte of
+/// its version changed, or `30 06 30 00 30 00 03 00`, passed, and every
+/// handshake failed in the client's parser (probe 119).
+fn validity_field(tbs: &[u8]) -> Option<&[u8]> {
     let rest = match expect(tbs, VERSION) {
-        Some((_, rest)) => rest,
+        Some((version, rest)) => {
+            let (_, inside) = expect(version, INTEGER)?;
+            inside.is_empty().then_some(rest)?
+        }
         None => tbs,
     };
-    let (_, rest) = expect(rest, INTEGER)?; // serialNumber
-    let (_, rest) = expect(rest, SEQUENCE)?; // signature
-    let (_, rest) = expect(rest, SEQUENCE)?; // issuer
-    let (validity, _) = expect(rest, SEQUENCE)?;
+    let (serial, rest) = expect(rest, INTEGER)?;
+    let (algorithm, rest) = expect(rest, SEQUENCE)?;
+    let (_, rest) = expect(rest, SEQUENCE)?; // issuer (an empty Name is a SEQUENCE too)
+    let (validity, rest) = expect(rest, SEQUENCE)?;
+    let (_, rest) = expect(rest, SEQUENCE)?; // subject
+    let (key, mut rest) = expect(rest, SEQUENCE)?;
+    if serial.is_empty() || algorithm.is_empty() || key.is_empty() {
+        return None;
+    }
+    for tag in [0xa1, 0xa2, 0xa3] {
+        if let Some((_, after)) = expect(rest, tag).or_else(|| expect(rest, tag & !0x20)) {
+            rest = after;
+        }
+    }
+    rest.is_empty().then_some(validity)
+}
+
+/// Whether `der` is shaped like a certificate: the outer SEQUENCE of what
+/// is signed, the algorithm and the signature, and what is signed made of
+/// its fields in their order and types, with dates that read (see
+/// [`validity`]). Not a full check: what a client makes of the values is
+/// its own.
+pub fn is_certificate(der: &[u8]) -> bool {
+    validity(der).is_some()
+}
+
+/// The validity period of the certificate `der`; `None` when it is not
+/// shaped like one (see [`is_certificate`]).
+pub fn validity(der: &[u8]) -> Option<Validity> {
+    let validity = validity_field(tbs(der)?)?;
     let (tag, before, rest) = element(validity)?;
     let not_before = time(tag, before)?;
     let (tag, after, rest) = element(rest)?;
@@ -97,31 +125,53 @@ pub fn validity(der: &[u8]) -> Option<Validity> {
 }
 
 /// A UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime
-/// (`YYYYMMDDHHMMSSZ`), the forms RFC 5280 §4.1.2.5 allows.
+/// (`YYYYMMDDHHMMSSZ`), the forms RFC 5280 §4.1.2.5 allows. Years before
+/// 1970 too (a `notBefore` of 1965 is valid DER; read through a parser
+/// that refused them, a certificate with one was not seen to have expired:
+/// probe 119).
 fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
-    let text = std::str::from_utf8(text).ok()?;
-    let digits = text.strip_suffix('Z')?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let digits = text.strip_suffix(b"Z")?;
+    if !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let full = match (tag, digits.len()) {
+    let number = |from: usize, to: usize| -> Option<i64> {
+        digits.get(from..to)?.iter().try_fold(0i64, |n, d| Some(n * 10 + i64::from(d - b'0')))
+    };
+    let (year, at) = match (tag, digits.len()) {
         (UTC_TIME, 12) => {
-            let century = if digits < "50" { "20" } else { "19" };
-            format!("{century}{digits}")
+            let yy = number(0, 2)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
         }
-        (GENERALIZED_TIME, 14) => digits.to_owned(),
+        (GENERALIZED_TIME, 14) => (number(0, 4)?, 4),
         _ => return None,
     };
-    let rfc3339 = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        full.get(0..4)?,
-        full.get(4..6)?,
-        full.get(6..8)?,
-        full.get(8..10)?,
-        full.get(10..12)?,
-        full.get(12..14)?
-    );
-    humantime::parse_rfc3339(&rfc3339).ok()
+    let (month, day) = (number(at, at + 2)?, number(at + 2, at + 4)?);
+    let (hour, minute, second) = (number(at + 4, at + 6)?, number(at + 6, at + 8)?, number(at + 8, at + 10)?);
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = *days_in_month.get(usize::try_from(month).ok()?.checked_sub(1)?)?;
+    if !(1..=month_days).contains(&day) || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
+    let magnitude = std::time::Duration::from_secs(seconds.unsigned_abs());
+    if seconds >= 0 {
+        std::time::UNIX_EPOCH.checked_add(magnitude)
+    } else {
+        std::time::UNIX_EPOCH.checked_sub(magnitude)
+    }
+}
+
+/// Days from 1970-01-01 to the date (proleptic Gregorian calendar), by
+/// Howard Hinnant's `days_from_civil`.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -139,12 +189,20 @@ mod tests {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2051, 6, 30);
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
+        let cert = params.clone().self_signed(&key).unwrap();
         let v = validity(cert.der()).unwrap();
         assert_eq!(v.not_before, at(1_577_836_800));
         // After 2049: a GeneralizedTime.
         assert_eq!(v.not_after, at(2_571_696_000));
         assert!(is_certificate(cert.der()));
+        // notBefore before 1970: read (it was not, and the certificate's
+        // expiry went unseen: probe 119).
+        params.not_before = rcgen::date_time_ymd(1965, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let v = validity(cert.der()).unwrap();
+        assert_eq!(v.not_after, at(1_609_459_200));
+        assert!(v.not_before < UNIX_EPOCH);
     }
 
     #[test]
@@ -156,6 +214,17 @@ mod tests {
             assert_eq!(time(GENERALIZED_TIME, bad), None, "{}", String::from_utf8_lossy(bad));
         }
         assert_eq!(time(UTC_TIME, b"20210101000000Z"), None);
+        // Before 1970 (probe 119), leap days, the last second of 9999.
+        let before = |secs: u64| std::time::UNIX_EPOCH.checked_sub(Duration::from_secs(secs));
+        assert_eq!(time(UTC_TIME, b"650101000000Z"), before(157_766_400));
+        assert_eq!(time(UTC_TIME, b"691231235959Z"), before(1));
+        assert_eq!(time(GENERALIZED_TIME, b"20240229000000Z"), Some(at(1_709_164_800)));
+        assert_eq!(time(GENERALIZED_TIME, b"20230229000000Z"), None);
+        assert_eq!(time(GENERALIZED_TIME, b"21000229000000Z"), None);
+        assert_eq!(time(GENERALIZED_TIME, b"99991231235959Z"), Some(at(253_402_300_799)));
+        for bad in [&b"20210100000000Z"[..], b"20210132000000Z", b"20210101240000Z", b"20210101006000Z"] {
+            assert_eq!(time(GENERALIZED_TIME, bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
@@ -174,5 +243,23 @@ mod tests {
         // A length that claims more than there is, or an indefinite one.
         assert!(!is_certificate(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]));
         assert!(!is_certificate(&[0x30, 0x80, 0, 0]));
+        // Shaped like one outside, not inside (probe 119): an empty one,
+        // garbage where what is signed belongs, one byte of it changed.
+        assert!(!is_certificate(&[0x30, 0x06, 0x30, 0x00, 0x30, 0x00, 0x03, 0x00]));
+        let mut garbage = vec![0x30, 0x2e, 0x30, 0x28];
+        garbage.extend([0xff; 40]);
+        garbage.extend([0x30, 0x00, 0x03, 0x00]);
+        assert!(!is_certificate(&garbage));
+        let version = der.windows(3).position(|w| w == [0xa0, 0x03, 0x02]).unwrap();
+        let mut changed = der.clone();
+        changed[version] = 0x04;
+        assert!(!is_certificate(&changed));
+        // A certificate made by another library (openssl, a CA's chain)
+        // still is one.
+        let chain = include_str!("../../tests/support/keys/rsa4096.pem");
+        use rustls::pki_types::pem::PemObject;
+        let der =
+            rustls::pki_types::CertificateDer::pem_slice_iter(chain.as_bytes()).next().unwrap().unwrap();
+        assert!(is_certificate(&der));
     }
 }
