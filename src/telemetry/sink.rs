@@ -21,7 +21,7 @@
 //! [`Sink::flush`] write what is left.
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,8 +34,8 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 pub const FLUSH_AT: usize = 64 * 1024;
 /// Bytes waiting past which new lines are dropped (and counted).
 pub const HARD_LIMIT: usize = 4 * 1024 * 1024;
-/// Longest the process waits at its exit for stdout to take the last
-/// lines (see [`LogGuard`]).
+/// Longest the process waits at its exit for stdout to take any of the
+/// last lines (see [`LogGuard`]).
 pub const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The buffer shared by all threads that log.
@@ -52,6 +52,8 @@ pub struct Sink {
     /// its size limit, a full disk take part of a write): the next batch
     /// ends that fragment first, so that its first line is not glued to it.
     torn: AtomicBool,
+    /// Bytes the output has taken: the exit waits while this grows.
+    taken: AtomicU64,
 }
 
 #[derive(Default)]
@@ -79,6 +81,7 @@ impl Sink {
             json,
             failing: AtomicBool::new(false),
             torn: AtomicBool::new(false),
+            taken: AtomicU64::new(0),
         }
     }
 
@@ -112,12 +115,12 @@ impl Sink {
         let written = if batch.is_empty() {
             Ok(())
         } else if self.torn.load(Ordering::Relaxed)
-            && let Err((_, e)) = write_out(&mut **out, b"\n")
+            && let Err((_, e)) = write_out(&mut **out, b"\n", &self.taken)
         {
             Err((0, e))
         } else {
             self.torn.store(false, Ordering::Relaxed);
-            write_out(&mut **out, &batch)
+            write_out(&mut **out, &batch, &self.taken)
         };
         if let Err((done, _)) = &written
             && batch.get(..*done).and_then(<[u8]>::last).is_some_and(|&b| b != b'\n')
@@ -190,14 +193,23 @@ impl Sink {
     }
 }
 
+/// The most [`write_out`] hands to one `write(2)`.
+const WRITE_PIECE: usize = 64 * 1024;
+
 /// Writes all of `bytes` and flushes; on failure, how many bytes went out
 /// before it (a file at its size limit takes part of a write).
-fn write_out(out: &mut dyn Write, bytes: &[u8]) -> Result<(), (usize, io::Error)> {
+fn write_out(out: &mut dyn Write, bytes: &[u8], taken: &AtomicU64) -> Result<(), (usize, io::Error)> {
     let mut done = 0;
     while let Some(rest) = bytes.get(done..).filter(|r| !r.is_empty()) {
-        match out.write(rest) {
+        // In pieces: a write to a blocking pipe returns once all of it is
+        // taken, and the exit, which waits while output is taken, saw no
+        // progress for seconds while a slow reader took a large batch.
+        match out.write(&rest[..rest.len().min(WRITE_PIECE)]) {
             Ok(0) => return Err((done, io::ErrorKind::WriteZero.into())),
-            Ok(n) => done += n,
+            Ok(n) => {
+                done += n;
+                taken.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err((done, e)),
         }
@@ -278,13 +290,15 @@ impl<'a> MakeWriter<'a> for SinkWriter {
     }
 }
 
-/// Stops the writer thread and writes what is left when dropped, waiting
-/// for stdout [`EXIT_WAIT`] at most. Hold it until the process exits.
+/// Stops the writer thread and writes what is left when dropped, for as
+/// long as stdout takes lines: it gives up once stdout has taken none for
+/// [`EXIT_WAIT`]. Hold it until the process exits.
 ///
 /// A write to a stdout nobody reads (a paused log consumer) blocks without
 /// end: the exit waited for it, so a SIGTERM, and a second one too, never
 /// ended the process (probe 117). Past the wait, the lines still waiting
-/// are lost, and stderr says so.
+/// are lost, and stderr says so. (A wait of 2 s in all cut a slow reader
+/// that was still taking lines: probe 119.)
 pub struct LogGuard {
     sink: Arc<Sink>,
     thread: Option<JoinHandle<()>>,
@@ -294,45 +308,55 @@ impl Drop for LogGuard {
     fn drop(&mut self) {
         lock(&self.sink.pending).closing = true;
         self.sink.wake.notify_one();
-        let deadline = std::time::Instant::now() + EXIT_WAIT;
         if let Some(t) = self.thread.take() {
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if !t.is_finished() {
-                self.sink.gave_up();
+            if !self.sink.wait_while_taken(EXIT_WAIT, || t.is_finished()) {
                 return;
             }
             let _ = t.join();
         }
-        flush_within(&self.sink, deadline.saturating_duration_since(std::time::Instant::now()));
+        flush_within(&self.sink, EXIT_WAIT);
     }
 }
 
-/// [`Sink::flush`] on a thread of its own, waited for `limit` at most:
-/// false when it did not end in time (it is left blocked in its write;
-/// the process is about to exit).
-pub fn flush_within(sink: &Arc<Sink>, limit: Duration) -> bool {
+/// [`Sink::flush`] on a thread of its own, waited for while stdout takes
+/// lines, until it has taken none for `quiet`: false when it gave up (the
+/// thread is left blocked in its write; the process is about to exit).
+pub fn flush_within(sink: &Arc<Sink>, quiet: Duration) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let s = sink.clone();
     let spawned = std::thread::Builder::new().name("authgate-log-exit".into()).spawn(move || {
         s.flush();
         let _ = tx.send(());
     });
-    let done = spawned.is_ok() && rx.recv_timeout(limit).is_ok();
-    if !done {
-        sink.gave_up();
-    }
-    done
+    // (Ended also if the thread ended without a word: a panic.)
+    spawned.is_ok()
+        && sink
+            .wait_while_taken(quiet, || !matches!(rx.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)))
 }
 
 impl Sink {
-    /// Says on stderr, once, that the exit did not wait longer for stdout.
-    fn gave_up(&self) {
-        let _ = writeln!(
-            io::stderr().lock(),
-            "authgate: standard output took no log lines at exit (the log consumer stopped reading); the lines still waiting are lost"
-        );
+    /// Waits until `done`, for as long as the output takes bytes; once it
+    /// has taken none for `quiet`, says on stderr that the lines still
+    /// waiting are lost and returns false.
+    fn wait_while_taken(&self, quiet: Duration, mut done: impl FnMut() -> bool) -> bool {
+        let mut taken = self.taken.load(Ordering::Relaxed);
+        let mut since = std::time::Instant::now();
+        while !done() {
+            let now = self.taken.load(Ordering::Relaxed);
+            if now != taken {
+                (taken, since) = (now, std::time::Instant::now());
+            } else if since.elapsed() >= quiet {
+                let _ = writeln!(
+                    io::stderr().lock(),
+                    "authgate: standard output took no log lines for {} ms at exit (the log consumer stopped \
+                     reading); the lines still waiting are lost",
+                    quiet.as_millis()
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 }
 
