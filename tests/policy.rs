@@ -873,7 +873,7 @@ fn explain_prints_each_rule_and_exits_by_decision() {
 #[test]
 fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
     let dir = TempDir::new();
-    let cfg = "[auth]\nusers_file = \"users.toml\"\n\n[[rules]]\nname = \"empty\"\naction = \"allow\"\nhosts = []\n\n[[rules]]\nname = \"inverted\"\naction = \"deny\"\nports = [\"9000-8000\"]\n\n[[rules]]\nname = \"pattern\"\naction = \"deny\"\nhosts = [\"foo*.com\"]\n\n[[rules]]\nname = \"verb\"\naction = \"maybe\"\n\n[[rules]]\nname = \"empty\"\naction = \"deny\"\n\n[[rules]]\nname = \"names\"\naction = \"allow\"\nusers = [\"x y\"]\ngroups = [\"web team\"]\n\n[[rules]]\nname = \"stars\"\naction = \"allow\"\nusers = [\"*\"]\ngroups = [\"eng-*\"]\n";
+    let cfg = "[auth]\nusers_file = \"users.toml\"\n\n[[rules]]\nname = \"empty\"\naction = \"allow\"\nhosts = []\n\n[[rules]]\nname = \"inverted\"\naction = \"deny\"\nports = [\"9000-8000\"]\n\n[[rules]]\nname = \"pattern\"\naction = \"deny\"\nhosts = [\"foo*.com\"]\n\n[[rules]]\nname = \"verb\"\naction = \"maybe\"\n\n[[rules]]\nname = \"empty\"\naction = \"deny\"\n\n[[rules]]\nname = \"names\"\naction = \"allow\"\nusers = [\"x y\"]\ngroups = [\"web team\"]\n\n[[rules]]\nname = \"stars\"\naction = \"allow\"\nusers = [\"*\"]\ngroups = [\"eng\", \"*\"]\n\n[[rules]]\nname = \"named\"\naction = \"deny\"\nusers = [\"ops*\"]\n";
     let path = dir.write("authgate.toml", cfg);
     dir.write("users.toml", users());
     let out = authgate_bin().arg("check").arg("--config").arg(&path).output().unwrap();
@@ -904,7 +904,7 @@ fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
     assert!(!err.contains("web team"), "{err}");
     // `*` is no wildcard in users or groups: `users = ["*"]` matched only a
     // user named `*`, silently.
-    for (line_col, key) in [("36:10", "users"), ("37:11", "groups")] {
+    for (line_col, key) in [("36:10", "users"), ("37:18", "groups")] {
         assert!(
             err.contains(&format!(
                 "{p}:{line_col}: rule `stars`: {key}: `*` is not a wildcard in users or groups"
@@ -912,4 +912,6 @@ fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
             "{err}"
         );
     }
+    // A name with a `*` in it is a name (the users file takes `ops*`).
+    assert!(!err.contains("rule `named`"), "{err}");
 }

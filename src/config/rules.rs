@@ -87,11 +87,13 @@ fn list<T, U>(
     if ok { Ok(Some(out)) } else { Err(()) }
 }
 
-/// A `*` in `users` or `groups`: names there are matched exactly, so
+/// `*` in `users` or `groups`: names there are matched exactly, so
 /// `users = ["*"]` (written as `hosts = ["*"]` is) matched only a user
-/// named `*` and left every other user to the next rule, silently.
+/// named `*` and left every other user to the next rule, silently. Only
+/// `*` itself: a name with a `*` in it (`ops*`) is one the users file
+/// takes, and a rule must be able to name it (probe 119).
 fn no_wildcard(s: &str) -> Result<(), String> {
-    if s.contains('*') {
+    if s.trim() == "*" {
         return Err("`*` is not a wildcard in users or groups (names match exactly); leave out both \
                     `users` and `groups` to match every authenticated user"
             .into());
