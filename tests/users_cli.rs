@@ -754,13 +754,24 @@ fn byte_order_marks_are_kept_and_suggested_commands_quote_names() {
     assert!(d.read().starts_with("\u{feff}# Users of the proxy."), "{:?}", &d.read()[..20]);
     let (_, bcrypt) = htpasswd_fixture();
     let ht = d.path.join("bom.htpasswd");
-    std::fs::write(&ht, format!("\u{feff}first:{bcrypt}\r\nx;touch$(id):{{SHA}}abc\r\nit's:{{SHA}}abc\r\n"))
-        .unwrap();
+    std::fs::write(
+        &ht,
+        format!("\u{feff}first:{bcrypt}\r\nx;touch$(id):{{SHA}}abc\r\nit's:{{SHA}}abc\r\n-rf:{{SHA}}abc\r\n"),
+    )
+    .unwrap();
     let out = d.run(&["import-htpasswd", ht.to_str().unwrap()], None);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("imported 1 user(s)") && out.stdout.contains("first"), "{out:?}");
     assert!(out.stderr.contains("authgate users add 'x;touch$(id)'"), "{}", out.stderr);
     assert!(out.stderr.contains(r"authgate users add 'it'\''s'"), "{}", out.stderr);
+    // A name that starts with `-` comes after `--` (probe 119).
+    assert!(out.stderr.contains("authgate users add -- -rf`"), "{}", out.stderr);
+    assert!(out.stdout.contains("(bcrypt entries are verified as a legacy scheme"), "{out:?}");
+    // An import of argon2 entries only says nothing of bcrypt.
+    std::fs::write(&ht, format!("second:{H}\n")).unwrap();
+    let out = d.run(&["import-htpasswd", ht.to_str().unwrap()], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("imported 1 user(s)") && !out.stdout.contains("bcrypt"), "{out:?}");
     assert!(d.read().starts_with('\u{feff}'));
     assert!(d.snapshot().users.get("first").is_some());
 }

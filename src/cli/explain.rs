@@ -130,7 +130,10 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     };
     let mut report = explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref());
     if absolute_https {
-        report.text.push_str(
+        // Above the `result` line, the report's last.
+        let at = report.text.rfind("result ").unwrap_or(report.text.len());
+        report.text.insert_str(
+            at,
             "note     https:// is forwarded on the TLS listeners only; a plain listener answers 400 \
              unsupported_scheme\n",
         );

@@ -28,6 +28,7 @@ pub(super) fn import_htpasswd(
         .map(|users| users.iter().map(|(k, _)| nfc(k)).collect())
         .unwrap_or_default();
     let mut imported: Vec<String> = Vec::new();
+    let mut bcrypt = false;
     let mut seen = std::collections::HashSet::new();
     let mut position = max_position(doc.as_table()) + 1;
     let mut refusals = Vec::new();
@@ -50,7 +51,7 @@ pub(super) fn import_htpasswd(
             refusals.push(format!(
                 "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {}`)",
                 shown_path(&file.path),
-                shell_word(&name)
+                name_arg(&name)
             ));
             continue;
         }
@@ -65,10 +66,11 @@ pub(super) fn import_htpasswd(
                 position += 1;
                 seen.insert(name.clone());
                 imported.push(name);
+                bcrypt |= hash.starts_with("$2");
             }
             Err(scheme) => refusals.push(format!(
                 "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `authgate users add {}`, which sets a new password",
-                shell_word(&name)
+                name_arg(&name)
             )),
         }
     }
@@ -84,11 +86,16 @@ pub(super) fn import_htpasswd(
         file.save(&doc)?;
         let _ = writeln!(
             stdout,
-            "imported {} user(s) from {} into {}: {} (bcrypt entries are verified as a legacy scheme until `users passwd` replaces them)",
+            "imported {} user(s) from {} into {}: {}{}",
             imported.len(),
             shown_path(source),
             shown_path(&file.path),
-            imported.join(", ")
+            imported.join(", "),
+            if bcrypt {
+                " (bcrypt entries are verified as a legacy scheme until `users passwd` replaces them)"
+            } else {
+                ""
+            }
         );
     }
     Ok(Outcome { stdout, refused: refusals, ..Outcome::default() })

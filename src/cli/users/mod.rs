@@ -188,7 +188,7 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
                 return Err(refused(format!(
                     "user `{name}` already exists in {}; change its password with `authgate users passwd {}`",
                     shown_path(&file.path),
-                    shell_word(&name)
+                    name_arg(&name)
                 )));
             }
             let groups = group_names(groups)?;
@@ -472,17 +472,20 @@ fn password_from_stdin() -> Result<String, UsersError> {
     crate::cli::password_line(&mut io::stdin().lock()).map_err(refused)
 }
 
-/// `name` as one word for a POSIX shell, for the commands messages suggest:
-/// as it is when it holds nothing a shell reads specially, else in single
-/// quotes. A name from an imported htpasswd file may hold `;` or `$(…)`,
-/// and a suggestion pasted as shown ran it (probe 114).
-pub(super) fn shell_word(name: &str) -> std::borrow::Cow<'_, str> {
+/// `name` as the NAME argument of a command a message suggests, for a
+/// POSIX shell: as it is when it holds nothing a shell reads specially,
+/// else in single quotes (a name from an imported htpasswd file may hold
+/// `;` or `$(…)`, and a suggestion pasted as shown ran it: probe 114);
+/// after `--` when it starts with `-`, which the command would take for an
+/// option (probe 119).
+pub(super) fn name_arg(name: &str) -> String {
     let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
-    if !name.is_empty() && name.chars().all(plain) {
-        name.into()
+    let word = if !name.is_empty() && name.chars().all(plain) {
+        name.to_owned()
     } else {
-        format!("'{}'", name.replace('\'', r"'\''")).into()
-    }
+        format!("'{}'", name.replace('\'', r"'\''"))
+    };
+    if name.starts_with('-') { format!("-- {word}") } else { word }
 }
 
 /// `users list`: a table of name, groups, disabled, expires, scheme.
