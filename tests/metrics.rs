@@ -188,6 +188,39 @@ async fn pooled_origin_connections_are_a_gauge_that_falls_when_they_expire() {
     }
 }
 
+/// The pool keeps at most `max_connections` idle origin connections, all
+/// origins together: one client's slow requests to a few origins filled it
+/// with 982 (1024 allowed per origin), the process ran out of descriptors
+/// and other clients got 503 (probe 121). Requests past the bound are
+/// served all the same; their connections are closed after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idle_pool_keeps_at_most_max_connections_for_all_origins() {
+    let (run, _state) = spawn_with_admin("[limits]\nmax_connections = 6\nmax_connections_per_ip = 6\n").await;
+    // Slow answers: the requests to one origin overlap, a connection each.
+    let slow = || {
+        spawn_origin(|_req: hyper::Request<hyper::body::Incoming>| async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            hyper::Response::new(full("ok"))
+        })
+    };
+    let origins = [slow(), slow(), slow()];
+    for origin in &origins {
+        let requests: Vec<_> = (0..3)
+            .map(|_| {
+                let (proxy, url, host) = (run.proxy, origin.url("/"), origin.authority());
+                tokio::spawn(async move {
+                    get(proxy, &url, &[("Host", &host), ("Proxy-Authorization", &basic("alice", "a1"))]).await
+                })
+            })
+            .collect();
+        for r in requests {
+            let r = r.await.unwrap();
+            assert_eq!(r.status, 200, "{}", r.dump());
+        }
+    }
+    assert_eq!(scrape(run.admin).await["authgate_upstream_idle_connections"], 6.0, "3 × 3 kept as 6");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_holds_a_bounded_number_of_connections() {
     use authgate::server::{MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS_PER_ADDRESS as PER_ADDRESS};

@@ -101,6 +101,7 @@ impl State {
         let connector = Connector::new(Resolver::new(&snapshot.dns_servers, snapshot.limits.dns_timeout));
         let listening = snapshot.listening();
         let pool = Pool::new(snapshot.limits.upstream_idle_timeout, snapshot.id);
+        pool.set_max_idle(crate::server::limits::idle_pool_cap(snapshot.limits.max_connections));
         Arc::new(State {
             snapshot: ArcSwap::from_pointee(snapshot),
             auth,

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use tokio::task::AbortHandle;
 
@@ -203,6 +203,11 @@ pub struct Pool {
     idle: Mutex<HashMap<Key, Vec<Idle>>>,
     /// `[limits] upstream_idle_timeout`, in nanoseconds (a reload sets it).
     idle_timeout: AtomicU64,
+    /// Connections in `idle`, all origins together (changed under its
+    /// lock).
+    count: AtomicUsize,
+    /// The most kept idle at once (see [`Pool::set_max_idle`]).
+    max_idle: AtomicUsize,
     /// The id of the live configuration, as [`Pool::retire`] last set it:
     /// connections of others are not taken back.
     live: AtomicU64,
@@ -254,6 +259,8 @@ impl Pool {
         let pool = Pool {
             idle: Mutex::new(HashMap::default()),
             idle_timeout: AtomicU64::new(0),
+            count: AtomicUsize::new(0),
+            max_idle: AtomicUsize::new(usize::MAX),
             live: AtomicU64::new(live),
         };
         pool.set_idle_timeout(idle_timeout);
@@ -264,6 +271,16 @@ impl Pool {
     pub fn set_idle_timeout(&self, idle_timeout: Duration) {
         let nanos = u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX);
         self.idle_timeout.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Sets the most idle connections kept, all origins together. Each
+    /// holds a descriptor: without a bound for all (there is one per origin
+    /// and one on origins), one client's slow requests to a few origins
+    /// filled the pool with 982 connections, the process ran out of
+    /// descriptors, and other clients got 503 with 20 connections open
+    /// (probe 121).
+    pub fn set_max_idle(&self, max_idle: usize) {
+        self.max_idle.store(max_idle, Ordering::Relaxed);
     }
 
     fn idle_timeout(&self) -> Duration {
@@ -284,6 +301,7 @@ impl Pool {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.retain(|_, list| {
                 let stale = list.partition_point(|c| now.duration_since(c.since) >= timeout);
+                self.count.fetch_sub(stale, Ordering::Relaxed);
                 expired.extend(list.drain(..stale));
                 !list.is_empty()
             });
@@ -323,8 +341,10 @@ impl Pool {
             let idle_for = now.duration_since(c.since);
             if !c.conn.tx.is_ready() || idle_for >= timeout {
                 list.remove(i);
+                self.count.fetch_sub(1, Ordering::Relaxed);
             } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) && c.conn.owner.admits(user) {
                 found = Some((list.remove(i).conn, idle_for));
+                self.count.fetch_sub(1, Ordering::Relaxed);
                 break;
             }
         }
@@ -346,6 +366,7 @@ impl Pool {
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             self.live.store(live, Ordering::SeqCst);
+            self.count.store(0, Ordering::Relaxed);
             std::mem::take(&mut *idle)
         };
         // Closed outside the lock: requests wait on it.
@@ -375,14 +396,18 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if key.2 != self.live.load(Ordering::SeqCst) {
+        if key.2 != self.live.load(Ordering::SeqCst)
+            || self.count.load(Ordering::Relaxed) >= self.max_idle.load(Ordering::Relaxed)
+        {
             return;
         }
         if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
             let now = Instant::now();
             let timeout = self.idle_timeout();
             idle.retain(|_, l| {
+                let before = l.len();
                 l.retain(|c| !c.conn.tx.is_closed() && now.duration_since(c.since) < timeout);
+                self.count.fetch_sub(before - l.len(), Ordering::Relaxed);
                 !l.is_empty()
             });
             if idle.len() >= MAX_ORIGINS {
@@ -396,6 +421,7 @@ impl Pool {
         }
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(Idle { conn, since: Instant::now() });
+            self.count.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -126,6 +126,15 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
     soft
 }
 
+/// The most idle origin connections the pool keeps, all origins together
+/// (see [`Pool::set_max_idle`](crate::proxy::pool::Pool::set_max_idle)):
+/// `max_connections`, and at most a quarter of the open-files limit, so
+/// that three quarters of the descriptors stay for connections in use.
+pub fn idle_pool_cap(max_connections: usize) -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    max_connections.min(usize::try_from(soft / 4).unwrap_or(usize::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

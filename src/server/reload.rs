@@ -262,6 +262,7 @@ fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
     state.snapshot.store(new.clone());
     state.auth.reconfigure_throttle(&new.auth.throttle);
     state.pool.set_idle_timeout(new.limits.upstream_idle_timeout);
+    state.pool.set_max_idle(super::limits::idle_pool_cap(new.limits.max_connections));
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
     let changed: foldhash::HashSet<&str> = old
         .users
