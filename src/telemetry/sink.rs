@@ -292,7 +292,7 @@ impl<'a> MakeWriter<'a> for SinkWriter {
 
 /// Stops the writer thread and writes what is left when dropped, for as
 /// long as stdout takes lines: it gives up once stdout has taken none for
-/// [`EXIT_WAIT`]. Hold it until the process exits.
+/// `EXIT_WAIT` (2 s). Hold it until the process exits.
 ///
 /// A write to a stdout nobody reads (a paused log consumer) blocks without
 /// end: the exit waited for it, so a SIGTERM, and a second one too, never
