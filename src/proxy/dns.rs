@@ -389,8 +389,13 @@ fn classify(e: &ResolveError) -> ProxyError {
         // The server closed the TCP connection unanswered, also the new one
         // hickory then asked on (a server may close an idle connection as a
         // query goes out, RFC 7766 §6.2.3). hickory says so as a message
-        // only; a broken pipe or a reset is an `Io` error, above.
-        Some(ProtoErrorKind::Message(m)) if *m == "stream closed" => ProxyError::DnsTimeout,
+        // only; a broken pipe or a reset is an `Io` error, above. A query
+        // the closed connection took down with it, before it went out (A
+        // and AAAA share one), is "receiver was canceled": it was a 502
+        // one time in 3 to 12 (probe 121).
+        Some(ProtoErrorKind::Message(m)) if ["stream closed", "receiver was canceled"].contains(m) => {
+            ProxyError::DnsTimeout
+        }
         _ => ProxyError::DnsError,
     }
 }
