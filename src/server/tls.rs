@@ -142,15 +142,13 @@ impl DateProblem {
 impl fmt::Display for DateProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DateProblem::Expired(t) => write!(
-                f,
-                "the certificate expired on {}; TLS clients refuse it",
-                humantime::format_rfc3339_seconds(*t)
-            ),
+            DateProblem::Expired(t) => {
+                write!(f, "the certificate expired on {}; TLS clients refuse it", super::x509::rfc3339(*t))
+            }
             DateProblem::NotYetValid(t) => write!(
                 f,
                 "the certificate is not valid until {}; TLS clients refuse it until then",
-                humantime::format_rfc3339_seconds(*t)
+                super::x509::rfc3339(*t)
             ),
         }
     }
@@ -242,5 +240,25 @@ pub async fn opening(stream: &TcpStream) -> Opening {
         // which got a TLS alert, probe 88.)
         Ok(_) if first[0].is_ascii_alphabetic() || matches!(first[0], b'\r' | b'\n') => Opening::PlainHttp,
         Ok(_) => Opening::Handshake,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// Dates before 1970 are written, not a panic: a certificate that
+    /// expired in 1969 made `check`, the start and a reload panic in
+    /// humantime's formatter (probe 122).
+    #[test]
+    fn date_problems_before_1970_are_written() {
+        let t = UNIX_EPOCH.checked_sub(Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            DateProblem::Expired(t).to_string(),
+            "the certificate expired on 1969-12-31T23:59:59Z; TLS clients refuse it"
+        );
+        let t = UNIX_EPOCH.checked_sub(Duration::from_secs(310_521_600)).unwrap();
+        assert!(DateProblem::NotYetValid(t).to_string().contains("1960-02-29T00:00:00Z"));
     }
 }

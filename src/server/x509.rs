@@ -162,6 +162,42 @@ fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
     }
 }
 
+/// `t` as RFC 3339 in UTC, whole seconds (`2021-01-01T00:00:00Z`), before
+/// 1970 too: humantime's formatter panics there, and a certificate that
+/// expired in 1969 made `check`, the start and a reload panic (probe 122).
+pub fn rfc3339(t: SystemTime) -> String {
+    let seconds = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => {
+            let before = before.duration();
+            // Whole seconds down: 0.5 s before 1970 is 1969-12-31T23:59:59.
+            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            -whole - i64::from(before.subsec_nanos() > 0)
+        }
+    };
+    let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+/// The date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// Days from 1970-01-01 to the date (proleptic Gregorian calendar), by
 /// Howard Hinnant's `days_from_civil`.
 fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
@@ -222,6 +258,20 @@ mod tests {
         assert_eq!(time(GENERALIZED_TIME, b"20230229000000Z"), None);
         assert_eq!(time(GENERALIZED_TIME, b"21000229000000Z"), None);
         assert_eq!(time(GENERALIZED_TIME, b"99991231235959Z"), Some(at(253_402_300_799)));
+        // And back: written without a panic before 1970 (probe 122).
+        for text in [
+            &b"19650101000000Z"[..],
+            b"19691231235959Z",
+            b"19600229120000Z",
+            b"20240229000000Z",
+            b"99991231235959Z",
+        ] {
+            let t = time(GENERALIZED_TIME, text).unwrap();
+            let digits: String = String::from_utf8_lossy(text).chars().filter(char::is_ascii_digit).collect();
+            let written: String = rfc3339(t).chars().filter(char::is_ascii_digit).collect();
+            assert_eq!(written, digits);
+        }
+        assert_eq!(rfc3339(at(1_609_459_200)), "2021-01-01T00:00:00Z");
         for bad in [&b"20210100000000Z"[..], b"20210132000000Z", b"20210101240000Z", b"20210101006000Z"] {
             assert_eq!(time(GENERALIZED_TIME, bad), None, "{}", String::from_utf8_lossy(bad));
         }
