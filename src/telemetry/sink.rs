@@ -36,7 +36,7 @@ pub const FLUSH_AT: usize = 64 * 1024;
 pub const HARD_LIMIT: usize = 4 * 1024 * 1024;
 /// Longest the process waits at its exit for stdout to take any of the
 /// last lines (see [`LogGuard`]).
-pub const EXIT_WAIT: Duration = Duration::from_secs(2);
+pub const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// The buffer shared by all threads that log.
 pub struct Sink {
@@ -151,7 +151,7 @@ impl Sink {
             tracing::warn!(
                 target: "authgate::log",
                 dropped_lines = dropped,
-                "log lines dropped: stdout took none while 4 MiB waited (the log consumer stopped reading)"
+                "log lines dropped: 4 MiB waited for stdout (the log consumer stopped reading, or reads slower than lines come)"
             );
         }
     }
@@ -194,7 +194,10 @@ impl Sink {
 }
 
 /// The most [`write_out`] hands to one `write(2)`.
-const WRITE_PIECE: usize = 64 * 1024;
+/// With [`EXIT_WAIT`], a reader that takes 16 KiB in 5 s (3.2 KiB/s) is
+/// still seen reading at the exit: 64 KiB pieces hid readers below 32 KiB/s
+/// (probe 122).
+const WRITE_PIECE: usize = 16 * 1024;
 
 /// Writes all of `bytes` and flushes; on failure, how many bytes went out
 /// before it (a file at its size limit takes part of a write).
@@ -292,7 +295,7 @@ impl<'a> MakeWriter<'a> for SinkWriter {
 
 /// Stops the writer thread and writes what is left when dropped, for as
 /// long as stdout takes lines: it gives up once stdout has taken none for
-/// `EXIT_WAIT` (2 s). Hold it until the process exits.
+/// `EXIT_WAIT` (5 s). Hold it until the process exits.
 ///
 /// A write to a stdout nobody reads (a paused log consumer) blocks without
 /// end: the exit waited for it, so a SIGTERM, and a second one too, never
