@@ -221,6 +221,62 @@ async fn the_idle_pool_keeps_at_most_max_connections_for_all_origins() {
     assert_eq!(scrape(run.admin).await["authgate_upstream_idle_connections"], 6.0, "3 × 3 kept as 6");
 }
 
+/// Pooled connections their origins closed (after a short keep-alive
+/// timeout) do not count against that bound: they kept pooling stopped for
+/// every other origin until `upstream_idle_timeout` while the metric said
+/// 0 (probe 122).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_their_origins_closed_leave_room_in_the_pool() {
+    let (run, _state) = spawn_with_admin("[limits]\nmax_connections = 2\nmax_connections_per_ip = 2\n").await;
+    // An origin that answers one request on a keep-alive connection, then
+    // closes it 100 ms later; and one that keeps connections, counting them.
+    let origin = |close_after: Option<Duration>| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut stream = stream;
+                    let mut buf = [0u8; 4096];
+                    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        if let Some(after) = close_after {
+                            std::thread::sleep(after);
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    };
+    let ask = async |addr: SocketAddr| {
+        let url = format!("http://{addr}/");
+        let r = get(
+            run.proxy,
+            &url,
+            &[("Host", &addr.to_string()), ("Proxy-Authorization", &basic("alice", "a1"))],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+    };
+    for _ in 0..2 {
+        ask(origin(Some(Duration::from_millis(100))).0).await;
+    }
+    // Closed by their origins; the pool's sweep runs four times a second.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(scrape(run.admin).await["authgate_upstream_idle_connections"], 0.0);
+    let (keeps, accepted) = origin(None);
+    for _ in 0..3 {
+        ask(keeps).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "pooled and taken again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_port_holds_a_bounded_number_of_connections() {
     use authgate::server::{MAX_ADMIN_CONNECTIONS, MAX_ADMIN_CONNECTIONS_PER_ADDRESS as PER_ADDRESS};
