@@ -935,13 +935,28 @@ fn password_stdin_on_a_terminal_is_not_echoed() {
 
 /// Ctrl-C at a password prompt gives the terminal its echo back: killed
 /// by SIGINT mid-prompt, the command left the shell typing blind (probe
-/// 114). Exit status 130, as before; the file is untouched.
+/// 114). Exit status 130, as before; the file is untouched. And a Ctrl-C
+/// after the prompts (here while the command waits for a lock on the
+/// folder) still ends the command at once: caught for the prompt, it was
+/// thrown away (probe 122).
 #[test]
 fn ctrl_c_at_a_password_prompt_leaves_the_terminal_echoing() {
     if !has_script() {
         return;
     }
     let d = Dir::new(Some(&fixture()));
+    ctrl_c_during(&d, &[]);
+    let folder = std::fs::File::open(&d.path).unwrap();
+    folder.lock_shared().unwrap();
+    let took = ctrl_c_during(&d, &[("New password:", "pw-1234"), ("Repeat it:", "pw-1234")]);
+    assert!(took < Duration::from_secs(5), "ended {took:?} after Ctrl-C, not at the lock wait's end");
+    drop(folder);
+}
+
+/// Runs `users add zed` on a terminal, answers `answers` (prompt, text),
+/// then sends Ctrl-C; asserts status 130, echo on and the file untouched;
+/// returns how long the command took to end after the Ctrl-C.
+fn ctrl_c_during(d: &Dir, answers: &[(&str, &str)]) -> Duration {
     // The shell ignores the SIGINT the terminal sends to the whole group.
     let mut script = in_terminal(&format!(
         "sh -c 'trap : INT; {} --config {} users add zed; echo rc=$?; stty -a'",
@@ -961,17 +976,26 @@ fn ctrl_c_at_a_password_prompt_leaves_the_terminal_echoing() {
             let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
         }
     });
-    let mut seen = String::new();
-    while !seen.contains("New password:") {
-        seen = rx.recv_timeout(Duration::from_secs(10)).expect("no prompt");
-    }
-    // Echo is turned off right after the prompt is written.
-    std::thread::sleep(Duration::from_millis(300));
     let mut stdin = script.stdin.take().unwrap();
-    stdin.write_all(b"\x03").unwrap();
-    while !seen.contains("rc=") || !seen.contains("echo") {
-        seen = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no end: {seen}"));
+    let mut seen = String::new();
+    let mut wait_for = |what: &str, seen: &mut String| {
+        while !seen.contains(what) {
+            *seen = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {what}: {seen}"));
+        }
+    };
+    for (prompt, text) in answers {
+        wait_for(prompt, &mut seen);
+        // Echo is turned off right after the prompt is written.
+        std::thread::sleep(Duration::from_millis(300));
+        stdin.write_all(format!("{text}\n").as_bytes()).unwrap();
     }
+    wait_for("New password:", &mut seen);
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = std::time::Instant::now();
+    stdin.write_all(b"\x03").unwrap();
+    wait_for("rc=", &mut seen);
+    let took = sent.elapsed();
+    wait_for(" echo ", &mut seen);
     drop(stdin);
     let _ = script.wait();
     while let Ok(more) = rx.recv_timeout(Duration::from_millis(500)) {
@@ -980,6 +1004,7 @@ fn ctrl_c_at_a_password_prompt_leaves_the_terminal_echoing() {
     assert!(seen.contains("rc=130"), "{seen}");
     assert!(seen.split_whitespace().any(|w| w == "echo"), "echo is off: {seen}");
     assert_eq!(d.read(), fixture());
+    took
 }
 
 /// Whether util-linux `script(1)`, which makes the pseudo-terminal of the

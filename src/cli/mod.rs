@@ -36,44 +36,71 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
     String::from_utf8(line).map_err(|_| "the password on standard input is not UTF-8".to_owned())
 }
 
+/// The terminal and its settings to give back when Ctrl-C comes during a
+/// password prompt.
+static PROMPTING: std::sync::Mutex<Option<(std::fs::File, rustix::termios::Termios)>> =
+    std::sync::Mutex::new(None);
+
+/// Whether SIGINT is caught (see [`catch_interrupts`]).
+static INTERRUPTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// From the first prompt on, SIGINT is caught by a thread of its own,
+/// which gives a prompting terminal its settings back and exits with status
+/// 130, as the signal's default action did. (Caught only while a prompt
+/// waited, a Ctrl-C after it, during a long hash or a lock wait, was
+/// caught and thrown away: probe 122.)
+fn catch_interrupts() -> bool {
+    *INTERRUPTS.get_or_init(|| {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("authgate-sigint".into()).spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_io().build() else {
+                let _ = tx.send(false);
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
+                    let _ = tx.send(false);
+                    return;
+                };
+                let _ = tx.send(true);
+                interrupt.recv().await;
+                let prompting = PROMPTING.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((tty, saved)) = prompting {
+                    let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &saved);
+                    let _ = std::io::Write::write_all(&mut &tty, b"\n");
+                }
+                std::process::exit(130);
+            });
+        });
+        spawned.is_ok() && rx.recv().unwrap_or(false)
+    })
+}
+
 /// Asks for a password on the terminal without echo (rpassword), and
 /// gives the terminal its settings back when Ctrl-C ends the wait: killed
 /// by SIGINT in the middle of the prompt, the command left the shell with
 /// echo off (probe 114). The process then exits with status 130, as the
-/// signal's default action made it.
+/// signal's default action made it (see [`catch_interrupts`]).
 ///
 /// # Errors
 /// The terminal cannot be read.
 pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let tty = std::fs::File::open("/dev/tty");
-    let saved = tty.as_ref().ok().and_then(|t| rustix::termios::tcgetattr(t).ok());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build();
-    let (Ok(tty), Some(saved), Ok(runtime)) = (tty, saved, runtime) else {
-        return rpassword::prompt_password(prompt);
-    };
-    runtime.block_on(async {
-        let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
-            return rpassword::prompt_password(prompt);
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let prompt = prompt.to_owned();
-        std::thread::spawn(move || {
-            let _ = tx.send(rpassword::prompt_password(prompt));
-        });
-        // The read may end first, cut by the signal (EINTR).
-        let read = tokio::select! {
-            read = rx => read.ok(),
-            _ = interrupt.recv() => None,
-        };
-        match read {
-            Some(Ok(password)) => Ok(password),
-            Some(Err(e)) if e.kind() != std::io::ErrorKind::Interrupted => Err(e),
-            _ => {
-                let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &saved);
-                let _ = std::io::Write::write_all(&mut &tty, b"\n");
-                std::process::exit(130);
-            }
+    if let Ok(tty) = std::fs::File::open("/dev/tty")
+        && let Ok(saved) = rustix::termios::tcgetattr(&tty)
+        && catch_interrupts()
+    {
+        *PROMPTING.lock().unwrap_or_else(|p| p.into_inner()) = Some((tty, saved));
+    }
+    let read = rpassword::prompt_password(prompt);
+    PROMPTING.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match read {
+        // Cut by the signal (EINTR): the thread that caught it ends the
+        // process in a moment.
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            Err(e)
         }
-    })
+        other => other,
+    }
 }
