@@ -978,7 +978,7 @@ fn ctrl_c_during(d: &Dir, answers: &[(&str, &str)]) -> Duration {
     });
     let mut stdin = script.stdin.take().unwrap();
     let mut seen = String::new();
-    let mut wait_for = |what: &str, seen: &mut String| {
+    let wait_for = |what: &str, seen: &mut String| {
         while !seen.contains(what) {
             *seen = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no {what}: {seen}"));
         }
