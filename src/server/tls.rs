@@ -66,7 +66,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     // and a corrupt one failed every handshake (probe 118).
     if let Some(n) = chain.iter().skip(1).position(|c| !super::x509::is_certificate(c)) {
         return Err(in_cert(format!(
-            "{}: certificate {} of the chain is not an X.509 certificate (its DER does not parse)",
+            "{}: certificate {} of the chain is not an X.509 certificate authgate can read (its DER structure or its dates)",
             cert.display(),
             n + 2
         )));
