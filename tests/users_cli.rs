@@ -1390,3 +1390,22 @@ fn option_values_that_may_hold_a_password_are_not_echoed() {
     }
     assert_eq!(d.read(), fixture());
 }
+
+/// `*` is no user or group name: a rule could not name it (`"*"` in a
+/// rule's `users` or `groups` is refused as the wildcard it is not), so the
+/// users file and `users add` refuse it too (probe 122).
+#[test]
+fn a_star_is_no_user_or_group_name() {
+    let d = Dir::new(Some(&fixture()));
+    let err = d.refused(&["add", "*", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("`*` is not a name"), "{err}");
+    let err = d.refused(&["add", "starry", "--group", "*", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("`*` is not a name"), "{err}");
+    // Names with a `*` in them are names.
+    d.ok(&["add", "ops*", "--group", "team*", "--password-stdin"], Some("pw\n"));
+    std::fs::write(d.users(), format!("[users.\"*\"]\npassword = \"{H}\"\n")).unwrap();
+    let out = d.authgate(&["check"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("`*` is not a name"), "{err}");
+}

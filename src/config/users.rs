@@ -38,8 +38,16 @@ pub fn check_name(name: &str) -> Result<(), String> {
                 .into(),
         );
     }
+    if name == "*" {
+        return Err(STAR.into());
+    }
     Ok(())
 }
+
+/// Why `*` is no user or group name: a rule could not name it, since
+/// `users = ["*"]` in a rule is refused as the wildcard it is not (probe
+/// 122).
+const STAR: &str = "`*` is not a name (a rule could not name it: `*` there reads as a wildcard, which users and groups do not have)";
 
 /// `problem`, the reason [`check_name`] refused `name`, with the name as
 /// `shown` writes it, or without it: a name refused for a `:`, whitespace,
@@ -97,6 +105,9 @@ pub fn check_group(group: &str) -> Result<(), String> {
     }
     if group.contains(',') {
         return Err("group names must not contain ',' (`users list` separates groups with it)".into());
+    }
+    if group == "*" {
+        return Err(STAR.into());
     }
     Ok(())
 }
