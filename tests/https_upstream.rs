@@ -415,6 +415,21 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
     let err = err.message;
     assert!(err.contains("chain-junk.pem: certificate 2 of the chain is not an X.509 certificate"), "{err}");
+    // So is a first certificate whose dates are none (month 13): rustls
+    // does not read them, and it loaded, long expired, without a word
+    // (probe 123). (Its signature no longer holds: not what is looked at.)
+    let leaf = ca.leaf_with("bad-date", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let mut der = leaf.der.clone();
+    let at = der.windows(2).position(|w| w == [0x17, 0x0d]).unwrap() + 2;
+    der[at + 2..at + 4].copy_from_slice(b"13");
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+    let pem = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+    let bad_date = dir.write("bad-date.pem", pem);
+    let bad_key = dir.write("bad-date.key", &leaf.key_pem);
+    let err =
+        authgate::server::tls::load_certified_key(&bad_date, &bad_key).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("bad-date.pem: the first certificate's dates cannot be read"), "{err}");
     let encrypted = dir.write(
         "enc.key",
         "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHzBJBgkqhkiG9w0BBQ0wPDAbBgkqhkiG9w0BBQwwDgQI\n-----END ENCRYPTED PRIVATE KEY-----\n",

@@ -945,18 +945,23 @@ fn ctrl_c_at_a_password_prompt_leaves_the_terminal_echoing() {
         return;
     }
     let d = Dir::new(Some(&fixture()));
-    ctrl_c_during(&d, &[]);
+    ctrl_c_during(&d, &[], None);
+    // SIGTERM and SIGHUP at the prompt too (the terminal was left raw
+    // under dash: probe 123).
+    ctrl_c_during(&d, &[], Some(("TERM", 143)));
+    ctrl_c_during(&d, &[], Some(("HUP", 129)));
     let folder = std::fs::File::open(&d.path).unwrap();
     folder.lock_shared().unwrap();
-    let took = ctrl_c_during(&d, &[("New password:", "pw-1234"), ("Repeat it:", "pw-1234")]);
+    let took = ctrl_c_during(&d, &[("New password:", "pw-1234"), ("Repeat it:", "pw-1234")], None);
     assert!(took < Duration::from_secs(5), "ended {took:?} after Ctrl-C, not at the lock wait's end");
     drop(folder);
 }
 
 /// Runs `users add zed` on a terminal, answers `answers` (prompt, text),
-/// then sends Ctrl-C; asserts status 130, echo on and the file untouched;
-/// returns how long the command took to end after the Ctrl-C.
-fn ctrl_c_during(d: &Dir, answers: &[(&str, &str)]) -> Duration {
+/// then sends Ctrl-C, or `signal` to authgate; asserts status 130 (or the
+/// signal's), echo on and the file untouched; returns how long the command
+/// took to end after it.
+fn ctrl_c_during(d: &Dir, answers: &[(&str, &str)], signal: Option<(&str, i32)>) -> Duration {
     // The shell ignores the SIGINT the terminal sends to the whole group.
     let mut script = in_terminal(&format!(
         "sh -c 'trap : INT; {} --config {} users add zed; echo rc=$?; stty -a'",
@@ -992,7 +997,29 @@ fn ctrl_c_during(d: &Dir, answers: &[(&str, &str)]) -> Duration {
     wait_for("New password:", &mut seen);
     std::thread::sleep(Duration::from_millis(300));
     let sent = std::time::Instant::now();
-    stdin.write_all(b"\x03").unwrap();
+    let status = match signal {
+        None => {
+            stdin.write_all(b"\x03").unwrap();
+            130
+        }
+        Some((name, status)) => {
+            let authgate = descendants(script.id())
+                .into_iter()
+                .find(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "authgate")
+                })
+                .expect("authgate runs");
+            assert!(
+                Command::new("kill")
+                    .arg(format!("-{name}"))
+                    .arg(authgate.to_string())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            status
+        }
+    };
     wait_for("rc=", &mut seen);
     let took = sent.elapsed();
     wait_for(" echo ", &mut seen);
@@ -1001,7 +1028,7 @@ fn ctrl_c_during(d: &Dir, answers: &[(&str, &str)]) -> Duration {
     while let Ok(more) = rx.recv_timeout(Duration::from_millis(500)) {
         seen = more;
     }
-    assert!(seen.contains("rc=130"), "{seen}");
+    assert!(seen.contains(&format!("rc={status}")), "{seen}");
     assert!(seen.split_whitespace().any(|w| w == "echo"), "echo is off: {seen}");
     assert_eq!(d.read(), fixture());
     took

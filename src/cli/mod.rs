@@ -44,11 +44,13 @@ static PROMPTING: std::sync::Mutex<Option<(std::fs::File, rustix::termios::Termi
 /// Whether SIGINT is caught (see [`catch_interrupts`]).
 static INTERRUPTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// From the first prompt on, SIGINT is caught by a thread of its own,
-/// which gives a prompting terminal its settings back and exits with status
-/// 130, as the signal's default action did. (Caught only while a prompt
-/// waited, a Ctrl-C after it, during a long hash or a lock wait, was
-/// caught and thrown away: probe 122.)
+/// From the first prompt on, SIGINT, SIGTERM and SIGHUP are caught by a
+/// thread of its own, which gives a prompting terminal its settings back
+/// and exits with status 128 + the signal's number (130, 143, 129), as the
+/// signals' default action did. (Caught only while a prompt waited, a
+/// Ctrl-C after it, during a long hash or a lock wait, was caught and
+/// thrown away: probe 122. SIGTERM and SIGHUP at a prompt left the terminal
+/// without echo under a shell that does not restore it, dash: probe 123.)
 fn catch_interrupts() -> bool {
     *INTERRUPTS.get_or_init(|| {
         use tokio::signal::unix::{SignalKind, signal};
@@ -59,18 +61,26 @@ fn catch_interrupts() -> bool {
                 return;
             };
             runtime.block_on(async {
-                let Ok(mut interrupt) = signal(SignalKind::interrupt()) else {
+                let (Ok(mut interrupt), Ok(mut terminate), Ok(mut hangup)) = (
+                    signal(SignalKind::interrupt()),
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::hangup()),
+                ) else {
                     let _ = tx.send(false);
                     return;
                 };
                 let _ = tx.send(true);
-                interrupt.recv().await;
+                let status = tokio::select! {
+                    _ = interrupt.recv() => 130,
+                    _ = terminate.recv() => 143,
+                    _ = hangup.recv() => 129,
+                };
                 let prompting = PROMPTING.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some((tty, saved)) = prompting {
                     let _ = rustix::termios::tcsetattr(&tty, rustix::termios::OptionalActions::Now, &saved);
                     let _ = std::io::Write::write_all(&mut &tty, b"\n");
                 }
-                std::process::exit(130);
+                std::process::exit(status);
             });
         });
         spawned.is_ok() && rx.recv().unwrap_or(false)

@@ -104,6 +104,14 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         // (a bad encoding, an X.509 v1 certificate ...).
         other => in_cert(format!("{}: the first certificate cannot be used ({other})", cert.display())),
     })?;
+    // rustls does not read its dates: one with a date that is none (month
+    // 13) loaded, even long expired, without a word (probe 123).
+    if certified.cert.first().is_none_or(|c| !super::x509::is_certificate(c)) {
+        return Err(in_cert(format!(
+            "{}: the first certificate's dates cannot be read (clients refuse it: \"format error\")",
+            cert.display()
+        )));
+    }
     Ok(Arc::new(certified))
 }
 
