@@ -111,6 +111,14 @@ pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
             std::thread::sleep(std::time::Duration::from_secs(1));
             Err(e)
         }
-        other => other,
+        // The message goes on a line of its own, not after the prompt
+        // (Ctrl-D: probe 123).
+        Err(e) => {
+            if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
+                let _ = std::io::Write::write_all(&mut tty, b"\n");
+            }
+            Err(e)
+        }
+        ok => ok,
     }
 }

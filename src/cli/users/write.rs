@@ -75,7 +75,10 @@ pub(super) fn lock_folder(target: &Path) -> Result<File, UsersError> {
                 return Err(UsersError::Refused(format!(
                     "{}: the folder is locked by another process (still after {} s; an `authgate users` \
                      command holds the lock only while it writes); nothing written",
-                    crate::config::shown_path(dir),
+                    // Absolute: `.` said little (probe 123).
+                    crate::config::shown_path(
+                        &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+                    ),
                     LOCK_WAIT.as_secs()
                 )));
             }
