@@ -41,7 +41,7 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
 static PROMPTING: std::sync::Mutex<Option<(std::fs::File, rustix::termios::Termios)>> =
     std::sync::Mutex::new(None);
 
-/// Whether SIGINT is caught (see [`catch_interrupts`]).
+/// Whether SIGINT, SIGTERM and SIGHUP are caught (see [`catch_interrupts`]).
 static INTERRUPTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// From the first prompt on, SIGINT, SIGTERM and SIGHUP are caught by a
@@ -96,14 +96,17 @@ fn catch_interrupts() -> bool {
 /// # Errors
 /// The terminal cannot be read.
 pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
-    if let Ok(tty) = std::fs::File::open("/dev/tty")
+    // Written to as well (the line end after an interruption or an
+    // error): opened read-only, those writes failed unseen.
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty");
+    if let Ok(tty) = tty
         && let Ok(saved) = rustix::termios::tcgetattr(&tty)
         && catch_interrupts()
     {
         *PROMPTING.lock().unwrap_or_else(|p| p.into_inner()) = Some((tty, saved));
     }
     let read = rpassword::prompt_password(prompt);
-    PROMPTING.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let prompting = PROMPTING.lock().unwrap_or_else(|p| p.into_inner()).take();
     match read {
         // Cut by the signal (EINTR): the thread that caught it ends the
         // process in a moment.
@@ -114,8 +117,8 @@ pub fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
         // The message goes on a line of its own, not after the prompt
         // (Ctrl-D: probe 123).
         Err(e) => {
-            if let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty") {
-                let _ = std::io::Write::write_all(&mut tty, b"\n");
+            if let Some((tty, _)) = prompting {
+                let _ = std::io::Write::write_all(&mut &tty, b"\n");
             }
             Err(e)
         }
