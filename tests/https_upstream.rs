@@ -453,6 +453,24 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
         let err = authgate::config::load(&config).map(|_| ()).unwrap_err().to_string();
         assert!(err.contains(&format!("tls.toml{at} server.tls: ")), "{cert} {key} at {at}: {err}");
     }
+    // `explain` of absolute-form https:// on a config with a TLS listener:
+    // explained, with a note (above the result) that only the TLS
+    // listeners forward it (on a config without one it is an error).
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let config = dir.write(
+        "tls.toml",
+        "[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"p256.pem\"\nkey = \"p256.key\"\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["explain", "--config"])
+        .arg(&config)
+        .args(["--user", "alice", "--method", "GET", "https://127.0.0.1:8443/"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let note = text.find("note     https:// is forwarded on the TLS listeners only").expect("the note");
+    assert!(note < text.find("result   ALLOWED").expect("the result"), "{text}");
 }
 
 /// A TLS handshake with the origin that fails (its certificate is from
