@@ -643,6 +643,13 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     }
     d.ok(&["add", "edge", "--expires", "9999-12-31T23:59:59Z", "--password-stdin"], Some("pw\n"));
     assert!(d.ok(&["list"], None).stdout.contains("9999-12-31T23:59:59Z"));
+
+    // A fraction of a second is kept, in the file and in the list (it was
+    // dropped: the user expired up to a second early).
+    d.ok(&["add", "frac", "--expires", "2029-06-01T12:30:00.25-01:00", "--password-stdin"], Some("pw\n"));
+    assert!(d.read().contains("expires = 2029-06-01T13:30:00.25Z\n"), "{}", d.read());
+    let list = d.ok(&["list"], None).stdout;
+    assert!(list.lines().any(|l| l.starts_with("frac ") && l.contains("2029-06-01T13:30:00.25Z")), "{list}");
 }
 
 #[test]

@@ -418,9 +418,13 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
     let local = humantime::parse_rfc3339(&utc_text).map_err(|_| bad())?;
     let shift = Duration::from_secs(offset_minutes.unsigned_abs() * 60);
     let instant = if offset_minutes >= 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
+    // The fraction of a second is kept, as `check` and the proxy read it
+    // from the file (it was dropped: the user expired up to a second early;
+    // probe 114).
+    let instant = instant.and_then(|t| t.checked_add(Duration::from_nanos(u64::from(time.nanosecond))));
     let instant = instant.filter(|t| crate::config::expiry_in_range(*t)).ok_or_else(bad)?;
     let written: toml_edit::Datetime =
-        humantime::format_rfc3339_seconds(instant).to_string().parse().map_err(|_| bad())?;
+        humantime::format_rfc3339(instant).to_string().parse().map_err(|_| bad())?;
     Ok((instant, written))
 }
 
@@ -428,7 +432,7 @@ fn expiry_note(expires: Option<SystemTime>) -> String {
     match expires {
         Some(t) if t <= SystemTime::now() => format!(
             "note: expires {} has passed: the user cannot log in until it is changed\n",
-            humantime::format_rfc3339_seconds(t)
+            expiry_text(t)
         ),
         _ => String::new(),
     }
@@ -488,6 +492,18 @@ pub(super) fn name_arg(name: &str) -> String {
     if name.starts_with('-') { format!("-- {word}") } else { word }
 }
 
+/// An expiry as RFC 3339 in UTC, with the fraction of a second the file
+/// gave, if any, without trailing zeros (`…T13:30:00.25Z`), as in the file.
+fn expiry_text(t: SystemTime) -> String {
+    let text = humantime::format_rfc3339(t).to_string();
+    match text.split_once('.') {
+        Some((whole, fraction)) => {
+            format!("{whole}.{}Z", fraction.trim_end_matches('Z').trim_end_matches('0'))
+        }
+        None => text,
+    }
+}
+
 /// `users list`: a table of name, groups, disabled, expires, scheme.
 fn list(users: &[User], now: SystemTime) -> String {
     let mut rows = vec![["NAME", "GROUPS", "DISABLED", "EXPIRES", "SCHEME"].map(str::to_owned)];
@@ -495,8 +511,8 @@ fn list(users: &[User], now: SystemTime) -> String {
         let groups = if u.groups.is_empty() { "-".to_owned() } else { u.groups.join(",") };
         let expires = match u.expires {
             None => "-".to_owned(),
-            Some(t) if t <= now => format!("{} (expired)", humantime::format_rfc3339_seconds(t)),
-            Some(t) => humantime::format_rfc3339_seconds(t).to_string(),
+            Some(t) if t <= now => format!("{} (expired)", expiry_text(t)),
+            Some(t) => expiry_text(t),
         };
         let disabled = if u.disabled { "yes" } else { "no" };
         rows.push([u.name.to_string(), groups, disabled.to_owned(), expires, u.hash().scheme()]);
