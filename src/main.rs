@@ -85,12 +85,47 @@ fn usage_error(e: clap::Error) -> ExitCode {
         Some(ContextValue::StyledStr(u)) => format!("\n\n{u}"),
         _ => String::new(),
     };
+    // A word where a command goes names the commands there, so that a typo
+    // far from every name (`authgate help nosuch`) reads as one (probe 114).
+    let what = match e.kind() {
+        ErrorKind::InvalidSubcommand => {
+            format!("unknown command; the commands are {}", commands_at(std::env::args_os()))
+        }
+        _ => "unexpected argument".to_owned(),
+    };
     err_line(format_args!(
-        "error: unexpected argument (not shown: it may be a password; `hash-password` reads it from the \
+        "error: {what} (not shown: it may be a password; `hash-password` reads it from the \
          terminal or standard input, `users` from the terminal or with --password-stdin){usage}\n\nFor more \
          information, try '--help'."
     ));
     ExitCode::from(2)
+}
+
+/// The subcommands of the command that `args` name before their first
+/// unknown word, `help` included, as `a, b, c`. `--config`'s value is
+/// skipped, so that `-c users users nosuch` names `users`'s commands.
+fn commands_at(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut args = args.skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_string_lossy();
+        if arg == "--config" || arg == "-c" {
+            args.next();
+        } else if arg.starts_with('-') {
+            continue;
+        } else if arg == "help" {
+            // `help X` looks X up among the commands of this level.
+            continue;
+        } else if let Some(sub) = cmd.find_subcommand(arg.as_ref()).cloned() {
+            cmd = sub;
+        } else {
+            break;
+        }
+    }
+    let names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
+    names.join(", ")
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {

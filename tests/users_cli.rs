@@ -522,8 +522,35 @@ fn a_password_given_as_an_argument_is_not_echoed() {
         let out = Dir::run_command(d.authgate(args), None);
         assert_eq!(out.code, Some(2), "{out:?}");
         assert!(!out.stderr.contains("Hunter2Secret") && !out.stdout.contains("Hunter2Secret"), "{out:?}");
-        assert!(out.stderr.contains("unexpected argument (not shown"), "{out:?}");
+        let what = if args.len() == 1 {
+            "unknown command; the commands are run, check"
+        } else {
+            "unexpected argument"
+        };
+        assert!(out.stderr.contains(what) && out.stderr.contains("(not shown"), "{out:?}");
         assert!(out.stderr.contains("Usage: authgate"), "{out:?}");
+    }
+    // A word where a command goes, far from every command, names the
+    // commands of that level (it read as a stray argument; probe 114).
+    let config = d.config();
+    let config = config.to_str().unwrap();
+    for (args, commands) in [
+        (&["help", "nosuch"][..], "run, check, hash-password, explain, users, help"),
+        (&["users", "nosuch"], "add, passwd, remove, disable, enable, list, import-htpasswd, help"),
+        (
+            &["-c", config, "users", "help", "nosuch"],
+            "add, passwd, remove, disable, enable, list, import-htpasswd",
+        ),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        command.args(args);
+        let out = Dir::run_command(command, None);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr.contains(&format!("error: unknown command; the commands are {commands}")),
+            "{out:?}"
+        );
+        assert!(!out.stderr.contains("nosuch"), "{out:?}");
     }
     let out = d.run(&["add", "--pasword-stdin", "gina"], None);
     assert_eq!(out.code, Some(2), "{out:?}");
