@@ -96,6 +96,10 @@ pub fn verify_argon2_in(stored: &PasswordHashString, password: &str, memory: &mu
     password_hash::Output::new(out).is_ok_and(|computed| computed == expected)
 }
 
+/// The base64 characters of the longest tag a PHC string holds: 64 bytes,
+/// unpadded.
+const MAX_TAG_CHARS: usize = 86;
+
 /// Parses and checks a stored argon2 PHC string at load time.
 ///
 /// # Errors
@@ -107,6 +111,19 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
     let first = phc.strip_prefix('$').and_then(|rest| rest.split('$').next());
     if let Some(known) = OTHER_SCHEMES.iter().find(|s| Some(**s) == first) {
         return Err(format!("unsupported algorithm `{known}`; use argon2id"));
+    }
+    // A tag past the 64 bytes a PHC string holds (two hashes run together,
+    // a tail pasted twice) was "not a valid PHC string (invalid Base64
+    // length)" (probe 122). Its length is said instead; not the text.
+    if let Some((_, tag)) = phc.rsplit_once('$')
+        && tag.len() > MAX_TAG_CHARS
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    {
+        return Err(format!(
+            "its argon2 hash tag is {} bytes, more than the 64 a PHC string holds (`authgate hash-password` \
+             writes 32)",
+            tag.len() * 3 / 4
+        ));
     }
     let hash = PasswordHash::new(phc).map_err(|e| format!("not a valid PHC string ({})", unquoted(e)))?;
     match hash.algorithm.as_str() {
@@ -281,5 +298,23 @@ mod tests {
         );
         let h = hash_password("x", tiny()).unwrap();
         assert!(parse_argon2(h.as_str()).is_ok());
+    }
+
+    /// A tag past 64 bytes is said as such, with its length and not its
+    /// text (it was "invalid Base64 length"); 64 bytes still parse.
+    #[test]
+    fn a_tag_too_long_is_said_plainly() {
+        let phc = |bytes: usize| {
+            format!("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ${}", "A".repeat(bytes * 4 / 3 + 1))
+        };
+        assert!(parse_argon2(&phc(64)).is_ok(), "{:?}", parse_argon2(&phc(64)).err());
+        for bytes in [65, 96, 128] {
+            let err = parse_argon2(&phc(bytes)).err().unwrap_or_default();
+            assert!(
+                err.starts_with(&format!("its argon2 hash tag is {bytes} bytes, more than the 64")),
+                "{err}"
+            );
+            assert!(!err.contains("AAAA"), "{err}");
+        }
     }
 }
