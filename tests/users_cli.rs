@@ -875,11 +875,15 @@ fn import_htpasswd_takes_bcrypt_as_is_and_refuses_other_schemes() {
             .unwrap()
             .to_string();
     let zero = bcrypt.replacen("$04$", "$00$", 1);
-    std::fs::write(&ht_path, format!("ana:{argon}\nzed:{zero}\n")).unwrap();
+    // Nor does one whose last character has an unused bit set (the crate's
+    // test vector for "password", `…tDU96` made `…tDU97`; probe 127).
+    let bits = "$2a$04$UuTkLRZZ6QofpDOlMz32MuuxEHA43WOemOYHPz6.SjsVsyO1tDU97";
+    std::fs::write(&ht_path, format!("ana:{argon}\nzed:{zero}\nbits:{bits}\n")).unwrap();
     let out = d.run(&["import-htpasswd", ht_path.to_str().unwrap()], None);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("imported 1 user(s)") && out.stdout.contains("ana"), "{out:?}");
     assert!(out.stderr.contains("user `zed`: malformed bcrypt hashes cannot be imported"), "{out:?}");
+    assert!(out.stderr.contains("user `bits`: malformed bcrypt hashes cannot be imported"), "{out:?}");
     assert!(d.snapshot().users.verify(&creds("ana", "argon-pw"), SystemTime::now()).is_ok());
 
     // `passwd` moves an imported user to argon2id.

@@ -92,12 +92,31 @@ impl StoredHash {
                     parts.get_cost(),
                     super::password::MAX_BCRYPT_COST
                 )),
+                Ok(_) if !bcrypt_decodes(s) => Err(
+                    "not a valid bcrypt hash (its salt or hash is not canonical bcrypt base64, so it never verifies)"
+                        .into(),
+                ),
                 Ok(_) => Ok(StoredHash::Bcrypt(s.to_owned())),
                 Err(_) => Err("not a valid bcrypt hash".into()),
             };
         }
         super::password::parse_argon2(s).map(|(h, _)| StoredHash::Argon2(h))
     }
+}
+
+/// Whether a bcrypt string's salt (22 characters) and hash (31) decode as
+/// the bcrypt crate decodes them at login: strictly, unused low bits zero.
+/// A string that only has the shape (a character changed in copying) was
+/// taken, and every password was then refused as wrong (probe 127).
+fn bcrypt_decodes(s: &str) -> bool {
+    use base64::Engine;
+    const BCRYPT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::BCRYPT,
+        base64::engine::general_purpose::NO_PAD,
+    );
+    let Some((_, salt_and_hash)) = s.rsplit_once('$') else { return false };
+    let Some((salt, hash)) = salt_and_hash.split_at_checked(22) else { return false };
+    BCRYPT_BASE64.decode(salt).is_ok() && BCRYPT_BASE64.decode(hash).is_ok()
 }
 
 /// One user. `Debug` never shows the hash.
@@ -344,5 +363,23 @@ mod tests {
         assert!(phc(&other.dummy).contains("m=16,t=1,p=1"), "{}", phc(&other.dummy));
         let fresh = UserStore::new(Vec::new(), small, None).unwrap();
         assert_ne!(phc(&fresh.dummy), phc(&first.dummy), "a new salt and password each time");
+    }
+
+    /// A bcrypt string whose salt or hash has unused low bits set (one
+    /// character changed in copying) is refused when read: it had the
+    /// shape, and then never verified (probe 127). The bcrypt crate's own
+    /// test vector for "password" still reads and verifies.
+    #[test]
+    fn a_bcrypt_string_that_never_verifies_is_refused() {
+        let good = "$2a$04$UuTkLRZZ6QofpDOlMz32MuuxEHA43WOemOYHPz6.SjsVsyO1tDU96";
+        let parsed = StoredHash::parse(good).unwrap();
+        assert!(parsed.verify("password", &mut Memory::default()));
+        for bad in [
+            "$2a$04$UuTkLRZZ6QofpDOlMz32MvuxEHA43WOemOYHPz6.SjsVsyO1tDU96",
+            "$2a$04$UuTkLRZZ6QofpDOlMz32MuuxEHA43WOemOYHPz6.SjsVsyO1tDU97",
+        ] {
+            let err = StoredHash::parse(bad).err().unwrap_or_default();
+            assert!(err.contains("not canonical bcrypt base64") && !err.contains("UuTk"), "{err}");
+        }
     }
 }
