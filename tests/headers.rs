@@ -136,6 +136,35 @@ async fn host_is_replaced_by_the_uri_authority() {
     assert_eq!(seen.request_line, "GET /where HTTP/1.1");
 }
 
+/// RFC 9112 §3.2.1: an empty path goes out as `/`, also when the target
+/// has a fragment (`http://host#top` went out as `GET  HTTP/1.1`, which an
+/// origin reads as HTTP/0.9; probe 128), and a fragment never goes out.
+#[tokio::test]
+async fn an_empty_path_is_sent_as_a_slash_and_a_fragment_is_dropped() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let origin = spawn_canned_origin(OK, seen.clone());
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let cases = [
+        ("#top", "GET / HTTP/1.1"),
+        ("#", "GET / HTTP/1.1"),
+        ("", "GET / HTTP/1.1"),
+        ("?q=1#x", "GET /?q=1 HTTP/1.1"),
+        ("/#x", "GET / HTTP/1.1"),
+        ("/a#x", "GET /a HTTP/1.1"),
+    ];
+    for (rest, _) in cases {
+        let target = format!("http://{host}{rest}");
+        let resp = get(proxy.addr, &target, &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+        assert_eq!(resp.status, 200, "{target}: {}", resp.dump());
+    }
+    let seen = seen.lock().unwrap();
+    let lines: Vec<&str> = seen.iter().map(|h| h.lines().next().unwrap_or_default()).collect();
+    assert_eq!(lines, cases.map(|c| c.1), "{seen:?}");
+}
+
 #[tokio::test]
 async fn via_names_an_http_1_0_hop_as_1_0_and_can_be_turned_off() {
     let origin = spawn_echo_origin();

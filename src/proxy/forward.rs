@@ -57,7 +57,14 @@ pub async fn forward(
     let host = parts.uri.authority().ok_or(ProxyError::BadTarget { detail: "no host" })?;
     let host =
         HeaderValue::from_str(host.as_str()).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
-    let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // RFC 9112 §3.2.1: an empty path is sent as `/`. A target whose path
+    // is empty but that has a fragment (`http://host#top`) has an empty
+    // path and query here, not none, and went out as `GET  HTTP/1.1`
+    // (probe 128).
+    let path = match parts.uri.path_and_query() {
+        Some(pq) if pq.path() != "/" || pq.query().is_some() => pq.clone(),
+        _ => PathAndQuery::from_static("/"),
+    };
     parts.uri = Uri::from(path);
 
     // RFC 9112 §6.1: `chunked` once and last. hyper decoded one `chunked`
