@@ -231,6 +231,11 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
     // `[::1]` has colons but no port.
     let (host, port) =
         raw.rsplit_once(':').filter(|_| !raw.ends_with(']')).ok_or(BadTarget("CONNECT needs host:port"))?;
+    // `[::1]443`: bracketed, but no `:` before the port (it was "must be
+    // in brackets"; probe 128).
+    if raw.starts_with('[') && raw.find(']').is_some_and(|end| raw.as_bytes().get(end + 1) != Some(&b':')) {
+        return Err(BadTarget("bad port"));
+    }
     if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && host.contains(':')) {
         return Err(BadTarget("IPv6 addresses must be in brackets"));
     }
@@ -521,5 +526,11 @@ mod tests {
         for s in ["[::1]", "[2001:db8::1]"] {
             assert_eq!(parse_authority(s).err(), Some(BadTarget("CONNECT needs host:port")), "{s}");
         }
+        // Bracketed, with something other than `:` after the `]`: the port
+        // is what is wrong (it was "must be in brackets"; probe 128).
+        for s in ["[::1]36402", "[::1]x:80", "[::1]]:80", "[fe80::1]/80"] {
+            assert_eq!(parse_authority(s).err(), Some(BadTarget("bad port")), "{s}");
+        }
+        assert_eq!(parse_authority("[::1:80").err(), Some(BadTarget("IPv6 addresses must be in brackets")));
     }
 }
