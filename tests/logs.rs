@@ -146,10 +146,21 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "pa@At5ign/x",
         "x[]Br4cket/y",
         "[Br4cket]/y",
+        // A `@` then a `?` or `#`: what follows the last `@` before them
+        // was logged as the host (`http://Qm4rk/`, probe 128).
+        "pa@Qm4rk?Part2",
+        "pa@H4sh#Part2",
     ] {
         let url = origin.url("/raw-userinfo").replace("http://", &format!("http://{USER}:{raw}@"));
         let r = get(proxy, &url, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
         assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+    }
+    // The origin form with `//` is an authority in all but name: logged
+    // after its last `@` when that is the `Host`, else as `//…`.
+    for (raw, host_field) in [("0r1gin", host.as_str()), ("pa@0rQm?Part2", "elsewhere")] {
+        let target = format!("//{USER}:{raw}@{host}/o");
+        let r = get(proxy, &target, &[("Host", host_field), ("Proxy-Authorization", &good)]).await;
+        assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
     }
     let mut c = RawConn::connect(proxy).await;
     c.send(request("CONNECT", &format!("{USER}:C0nnect"), &[("Proxy-Authorization", &good)])).await;
@@ -200,12 +211,15 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         l.contains("authgate::access") && l.contains("CONNECT") && l.contains("status=400")
     })
     .await;
-    // Seven GETs and the CONNECT, shown as `http://…` (not a host and a
-    // port) or `http://alice:…` (a port out of range), and the GET whose
-    // password has a `@`.
+    // Nine GETs, the CONNECT and one origin form, shown as `http://…` (not
+    // a host and a port, or not the `Host`), `//…` or `http://alice:…` (a
+    // port out of range), and the GET whose password has a `@` and the
+    // other origin form, after their last `@`.
     let after_at = format!("request_target={}", origin.url("/raw-userinfo"));
-    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains('…')).count() < 8
+    let origin_form = format!("request_target=//{host}/o ");
+    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains('…')).count() < 11
         || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&after_at))
+        || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&origin_form))
     {
         match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
             Ok(Some(line)) => lines.push(line),
@@ -250,6 +264,10 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "Big9Part".to_string(),
         "At5ign".to_string(),
         "Br4cket".to_string(),
+        "Qm4rk".to_string(),
+        "H4sh".to_string(),
+        "0r1gin".to_string(),
+        "0rQm".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");

@@ -648,7 +648,12 @@ fn log_target(req: &Request<Incoming>) -> String {
 ///
 /// - with userinfo: what follows the last `@`, in the path too, since a
 ///   password may hold `@` and `/` unencoded (`alice:pa@ss/w@host/` read
-///   as host `ss`, and `http://ss/w@host/` was logged);
+///   as host `ss`, and `http://ss/w@host/` was logged); but only when the
+///   host it begins with is the one the `Host` field names, else `…`: a
+///   password may hold `@` then `?` or `#`, and what follows the last `@`
+///   in the authority and path is then a piece of it (`alice:p@ssw0rd?x@
+///   host/` logged `http://ssw0rd/`, probe 128); the same for an
+///   origin-form target that begins with `//`;
 /// - an authority that is not a host and a port by their syntax (RFC 9110
 ///   §7.2): `…`, and one whose port is outside 1-65535: `host:…`, both
 ///   without the path (probes 82, 84, 85).
@@ -661,22 +666,36 @@ fn guarded_target(req: &Request<Incoming>) -> String {
     let uri = req.uri();
     // The authority form: CONNECT's, and another method's (`GET host:port`,
     // refused as no proxy request), which was logged as nothing (probe 108).
-    if req.method() == Method::CONNECT || (uri.scheme().is_none() && uri.authority().is_some()) {
-        let authority = uri.authority().map_or("", |a| without_userinfo(a.as_str()));
-        return shown(authority).0.into_owned();
+    if let Some(authority) = uri.authority()
+        && (req.method() == Method::CONNECT || uri.scheme().is_none())
+    {
+        return shown(without_userinfo(authority.as_str())).0.into_owned();
     }
     match (uri.scheme_str(), uri.authority()) {
         (Some(scheme), Some(auth)) if auth.as_str().contains('@') => {
-            let full = [auth.as_str(), uri.path()].concat();
-            let after = full.rfind('@').map_or("", |at| &full[at + 1..]);
-            [scheme, "://", after].concat()
+            after_userinfo(&[scheme, "://"].concat(), &[auth.as_str(), uri.path()].concat(), req.headers())
         }
         (Some(scheme), Some(auth)) => match shown(auth.as_str()) {
             (authority, true) => [scheme, "://", &authority, uri.path()].concat(),
             (authority, false) => [scheme, "://", &authority].concat(),
         },
-        _ => uri.path().to_owned(),
+        // `CONNECT /`, `CONNECT *` and the origin form: the path, which
+        // `//user:password@host/` makes an authority in all but name.
+        _ => match uri.path().strip_prefix("//") {
+            Some(rest) if rest.contains('@') => after_userinfo("//", rest, req.headers()),
+            _ => uri.path().to_owned(),
+        },
     }
+}
+
+/// `prefix` and what follows the last `@` of `full` (an authority with
+/// userinfo and the path after it), when the host that begins it is the
+/// one the `Host` field names; else `prefix…`.
+fn after_userinfo(prefix: &str, full: &str, headers: &http::HeaderMap) -> String {
+    let after = full.rfind('@').map_or("", |at| &full[at + 1..]);
+    let host = after.split('/').next().unwrap_or_default();
+    let named = headers.get(header::HOST).is_some_and(|h| h.as_bytes().eq_ignore_ascii_case(host.as_bytes()));
+    if named && !host.is_empty() { [prefix, after].concat() } else { [prefix, "…"].concat() }
 }
 
 /// An authority (without userinfo) as [`guarded_target`] logs it, and
