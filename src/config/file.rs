@@ -8,7 +8,6 @@
 //! Both are now an error naming the file. Symlinks are followed, as
 //! deployments (Kubernetes secrets, certbot) rely on them.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -26,16 +25,26 @@ pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
     // Checked before opening, as opening a FIFO blocks until a writer comes.
     let before = std::fs::metadata(path)?;
     regular(&before)?;
-    let file = File::open(path)?;
-    // And again on what was opened, in case the path changed in between.
-    let meta = file.metadata()?;
-    regular(&meta)?;
+    let (file, meta) = open_regular(path)?;
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).min(1 << 20));
     file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_large());
     }
     Ok(bytes)
+}
+
+/// Opens `path` without waiting, and checks that what was opened is a
+/// regular file: a FIFO put in the file's place after [`read_file`]'s first
+/// check (a symlink swapped back and forth) held a blocking open, and with
+/// it every later reload, until a writer came (probe 125). `O_NONBLOCK`
+/// changes nothing for a regular file's reads.
+fn open_regular(path: &Path) -> io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let meta = file.metadata()?;
+    regular(&meta)?;
+    Ok((file, meta))
 }
 
 /// Whether `path` is a regular file of at most [`MAX_FILE_BYTES`], for a
@@ -98,4 +107,30 @@ fn regular(meta: &std::fs::Metadata) -> io::Result<()> {
 
 fn too_large() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("larger than {} MiB", MAX_FILE_BYTES >> 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The open itself does not wait on a FIFO (the check before it cannot
+    /// see a FIFO swapped in after it): the error comes at once.
+    #[test]
+    fn opening_a_fifo_does_not_wait() {
+        let dir = std::env::temp_dir().join(format!("authgate-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("users.toml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(open_regular(&path).map(|_| ()).map_err(|e| e.to_string())));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+        if got.is_err() {
+            // Let the waiting open go, so the test ends.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(got, Ok(Err("not a regular file (a FIFO, socket or device)".to_owned())));
+    }
 }
