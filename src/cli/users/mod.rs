@@ -332,6 +332,12 @@ impl UsersFile {
         }
         // Held until this function returns, the rename included.
         let _lock = lock_folder(&self.real)?;
+        atomic_write(&self.real, text.as_bytes(), || self.unchanged())
+    }
+
+    /// `Ok` when the users file is still the one read, checked right
+    /// before the rename; else the refusal that nothing was written.
+    fn unchanged(&self) -> Result<(), UsersError> {
         let now = match crate::config::file::read_file(&self.real) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -350,7 +356,7 @@ impl UsersFile {
                 shown_path(&self.path)
             )));
         }
-        atomic_write(&self.real, text.as_bytes())
+        Ok(())
     }
 }
 

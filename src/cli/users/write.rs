@@ -14,8 +14,15 @@ fn folder_of(target: &Path) -> &Path {
 /// Replaces `target` with `data` atomically: a temp file in the same folder,
 /// written and fsynced with the old file's owner and mode (0600 for a new
 /// file), renamed over `target`, then the folder fsynced so the rename
-/// itself survives a crash.
-pub(super) fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError> {
+/// itself survives a crash. `unchanged` runs right before the rename, after
+/// the write and its fsync: a change it checks for that lands during those
+/// (slow on a busy disk) was overwritten when it ran before them (probe
+/// 125); an `Err` from it leaves `target` as it was.
+pub(super) fn atomic_write(
+    target: &Path,
+    data: &[u8],
+    unchanged: impl FnOnce() -> Result<(), UsersError>,
+) -> Result<(), UsersError> {
     let dir = folder_of(target);
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -28,7 +35,7 @@ pub(super) fn atomic_write(target: &Path, data: &[u8]) -> Result<(), UsersError>
     };
     // A leftover of a killed run that had our pid; nobody else uses the name.
     let _ = fs::remove_file(&tmp);
-    let result = write_temp(&tmp, data, old.as_ref()).and_then(|()| {
+    let result = write_temp(&tmp, data, old.as_ref()).and_then(|()| unchanged()).and_then(|()| {
         fs::rename(&tmp, target).map_err(|source| UsersError::Io {
             path: target.to_path_buf(),
             what: "cannot replace",
@@ -121,4 +128,45 @@ pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) ->
             .map_err(io_err("cannot set permissions"))?;
     }
     f.sync_all().map_err(io_err("cannot sync"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The check that the file is unchanged runs after the new text is
+    /// written and synced, right before the rename (it ran before the
+    /// write, and a hand edit that landed during the write and its fsync
+    /// was overwritten; probe 125); a refusal from it leaves the file and
+    /// no temp file.
+    #[test]
+    fn the_unchanged_check_comes_last_before_the_rename() {
+        let dir = std::env::temp_dir().join(format!("authgate-write-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("users.toml");
+        fs::write(&target, "old\n").unwrap();
+        let temp_of = |dir: &Path| -> Vec<String> {
+            fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp-"))
+                .collect()
+        };
+        let mut seen = None;
+        atomic_write(&target, b"new\n", || {
+            let temps = temp_of(&dir);
+            seen = Some((temps.len(), temps.first().map(|t| fs::read(dir.join(t)).unwrap())));
+            assert_eq!(fs::read(&target).unwrap(), b"old\n");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, Some((1, Some(b"new\n".to_vec()))), "the new text was in place before the check");
+        assert_eq!(fs::read(&target).unwrap(), b"new\n");
+
+        let refused = atomic_write(&target, b"newer\n", || Err(refused("changed".to_owned())));
+        assert!(refused.is_err());
+        assert_eq!(fs::read(&target).unwrap(), b"new\n");
+        assert!(temp_of(&dir).is_empty(), "{:?}", temp_of(&dir));
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
