@@ -11,8 +11,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Sees the result of every write, flush and shutdown of a [`Watched`]
 /// socket, and decides what the caller gets: the result itself, or
-/// another (an error once a write has been blocked too long).
+/// another (an error once a write has been blocked too long); and, if it
+/// wants, each read that brought bytes.
 pub trait WriteObserver: Unpin {
+    /// A read brought bytes; nothing by default.
+    fn read_some(&mut self) {}
+
     /// A write (plain or vectored) returned `res`.
     fn write(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>>;
 
@@ -25,8 +29,8 @@ pub trait WriteObserver: Unpin {
     }
 }
 
-/// `io`, with its writes reported to `observer`; reads pass straight
-/// through.
+/// `io`, with its writes reported to `observer`, and its reads that
+/// brought bytes.
 pub struct Watched<IO, O> {
     /// The socket.
     pub io: IO,
@@ -34,13 +38,18 @@ pub struct Watched<IO, O> {
     pub observer: O,
 }
 
-impl<IO: AsyncRead + Unpin, O: Unpin> AsyncRead for Watched<IO, O> {
+impl<IO: AsyncRead + Unpin, O: WriteObserver> AsyncRead for Watched<IO, O> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.observer.read_some();
+        }
+        res
     }
 }
 

@@ -501,6 +501,14 @@ async fn a_204_goes_on_without_the_content_length_an_origin_gave_it() {
 /// keep-alive timeout does to a pooled connection at the wrong moment.
 /// Returns the origin and the request lines it answered.
 fn closes_under_the_second_request(after: std::time::Duration) -> (Origin, Arc<Mutex<Vec<String>>>) {
+    writes_then_closes_under_the_second_request(b"", after)
+}
+
+/// The same, writing `first` to the second request before the wait.
+fn writes_then_closes_under_the_second_request(
+    first: &'static [u8],
+    after: std::time::Duration,
+) -> (Origin, Arc<Mutex<Vec<String>>>) {
     use tokio::io::AsyncWriteExt;
     let answered = Arc::new(Mutex::new(Vec::new()));
     let seen = answered.clone();
@@ -519,6 +527,7 @@ fn closes_under_the_second_request(after: std::time::Duration) -> (Origin, Arc<M
             // The next request arrives, and the connection closes under it
             // (`after` later).
             if read_request_head(&mut s).await.is_some() {
+                let _ = s.write_all(first).await;
                 tokio::time::sleep(after).await;
             }
         }
@@ -561,6 +570,33 @@ async fn a_pooled_connection_closing_under_a_get_is_retried_on_a_new_one() {
     let resp = c.read_response("POST").await;
     assert_eq!(resp.status, 502, "{}", resp.dump());
     assert_eq!(origin.hits(), 3, "not sent again");
+}
+
+/// A request is sent again only when the connection failed before a byte
+/// of an answer came and within a second of sending it: an origin that
+/// began an answer, or held the request for longer, worked on it. Both
+/// were sent again, and the client waited up to twice
+/// `upstream_response_timeout` (probe 124).
+#[tokio::test]
+async fn no_retry_after_part_of_an_answer_or_a_long_hold() {
+    let long = std::time::Duration::from_millis(1500);
+    let short = std::time::Duration::from_millis(100);
+    for (first, after) in [(&b""[..], long), (b"HTTP/1.1 200 OK\r\nContent-Le", short), (b"H", short)] {
+        let (origin, answered) = writes_then_closes_under_the_second_request(first, after);
+        let proxy = spawn_proxy("", &[USER]);
+        let auth = basic(USER.0, USER.1);
+        let host = origin.authority();
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(request("GET", &origin.url("/one"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+        assert_eq!(c.read_response("GET").await.status, 200);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        c.send(request("GET", &origin.url("/two"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+        let resp = c.read_response("GET").await;
+        let case = String::from_utf8_lossy(first);
+        assert_eq!(resp.status, 502, "{case:?}: {}", resp.dump());
+        assert_eq!(origin.hits(), 1, "{case:?}: not sent again on a new connection");
+        assert_eq!(answered.lock().unwrap().len(), 1);
+    }
 }
 
 /// A request is sent again only under the configuration it was checked

@@ -58,6 +58,12 @@ const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 /// A connection picked up sooner was in use a moment ago.
 const REPLAY_AFTER: Duration = Duration::from_millis(250);
 
+/// How soon after a request went out on a pooled connection the connection
+/// must fail for the request to be sent again: the time for the close the
+/// origin sent as the request went out to arrive, with room for a long
+/// round trip.
+const REPLAY_WITHIN: Duration = Duration::from_secs(1);
+
 struct Idle {
     conn: Conn,
     since: Instant,
@@ -123,11 +129,19 @@ struct Writes {
     last: AtomicU64,
     /// The last write could not proceed: the origin is not reading.
     blocked: AtomicBool,
+    /// Bytes came from the origin since `heard` was last cleared (before a
+    /// request that may be sent again goes out).
+    heard: AtomicBool,
 }
 
 impl Writes {
     fn new() -> Writes {
-        Writes { base: Instant::now(), last: AtomicU64::new(0), blocked: AtomicBool::new(false) }
+        Writes {
+            base: Instant::now(),
+            last: AtomicU64::new(0),
+            blocked: AtomicBool::new(false),
+            heard: AtomicBool::new(false),
+        }
     }
 
     /// Only the connection's own task writes, so plain stores do, and
@@ -159,6 +173,12 @@ impl Writes {
 type Watched = crate::watched_io::Watched<UpstreamIo, Arc<Writes>>;
 
 impl WriteObserver for Arc<Writes> {
+    fn read_some(&mut self) {
+        if !self.heard.load(Ordering::Relaxed) {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+    }
+
     fn write(&mut self, _cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         self.record(&res);
         res
@@ -434,11 +454,15 @@ impl Pool {
     ///
     /// While `replayable` says so (an idempotent request without a body,
     /// RFC 9110 §9.2.2, under a configuration still live), a pooled
-    /// connection that fails after taking the request, before a whole answer
-    /// (the origin closed it as it went out: its keep-alive timeout ran
-    /// out), is not the client's problem: the request is sent again, once,
-    /// on a new connection (RFC 9112 §9.3.1), as Squid and nginx do.
-    /// Otherwise that race was a 502. Only for a connection idle for
+    /// connection that fails after taking the request, before a byte of an
+    /// answer and within [`REPLAY_WITHIN`] of sending it (the origin closed
+    /// it as it went out: its keep-alive timeout ran out), is not the
+    /// client's problem: the request is sent again, once, on a new
+    /// connection (RFC 9112 §9.3.1), as Squid and nginx do. Otherwise that
+    /// race was a 502. An origin that began an answer, or that held the
+    /// request longer, has worked on it: it is not sent again (it was, and
+    /// the client waited twice `upstream_response_timeout`; probe 124).
+    /// Only for a connection idle for
     /// `REPLAY_AFTER`: keeping the head to send again costs a copy of it
     /// (1.2k instructions, 2.5 % of a pooled request). `replayable` is asked
     /// again before the new connection is made: a reload meanwhile may have
@@ -467,7 +491,10 @@ impl Pool {
             }
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
-            let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| Replay::of(&req));
+            let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| {
+                conn.writes.heard.store(false, Ordering::Relaxed);
+                (Replay::of(&req), Instant::now())
+            });
             let before = reached.replace(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
@@ -478,7 +505,12 @@ impl Pool {
                         *reached = before;
                         req = back;
                     }
-                    (None, Some(again)) if closed_under_it(e.error()) && replayable() => {
+                    (None, Some((again, sent_at)))
+                        if closed_under_it(e.error())
+                            && !conn.writes.heard.load(Ordering::Relaxed)
+                            && sent_at.elapsed() < REPLAY_WITHIN
+                            && replayable() =>
+                    {
                         tracing::debug!(error = %e.error(), "pooled origin connection failed; sending the request again on a new one");
                         req = again.request();
                         break;
