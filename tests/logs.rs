@@ -613,6 +613,71 @@ fn a_chunked_response_with_trailers_is_logged_as_forwarded() {
     }
 }
 
+/// An origin whose body breaks off before a byte of it could go out: the
+/// client sees only the close, and the access line says `status=0`, as for
+/// any request no answer went out to; one whose body broke after a wait
+/// (the head went out then) says the status the client saw. Both said 200
+/// (probes 115, 124). Whether the head went out first is up to how the
+/// proxy's tasks meet the bytes, so each line is checked against what its
+/// client saw.
+#[test]
+fn a_body_broken_before_anything_went_out_is_logged_with_status_0() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let bin = alice_at_info(&dir, Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let seen: Vec<(String, bool)> = rt.block_on(async {
+        let origin = spawn_raw_origin(|mut s| async move {
+            let Some(head) = read_request_head(&mut s).await else { return };
+            let head = String::from_utf8_lossy(&head).into_owned();
+            // A chunk size no body has, in the same write as the head, or
+            // after a wait.
+            let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n";
+            if head.contains("/late") {
+                let (head, body) = bad.split_at(bad.len() - 8);
+                let _ = s.write_all(head).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = s.write_all(body).await;
+            } else {
+                let _ = s.write_all(bad).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+        wait_listening(proxy).await;
+        let auth = basic(USER, PASSWORD);
+        let mut seen = Vec::new();
+        for path in ["/at-once-1", "/at-once-2", "/at-once-3", "/at-once-4", "/at-once-5", "/late"] {
+            let mut c = RawConn::connect(proxy).await;
+            c.send(request(
+                "GET",
+                &origin.url(path),
+                &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+            ))
+            .await;
+            let got = c.read_to_end().await;
+            seen.push((path.to_owned(), got.starts_with(b"HTTP/1.1 200")));
+        }
+        seen
+    });
+    assert!(seen.last().is_some_and(|s| s.1), "after a wait the head went out: {seen:?}");
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (path, head_went_out) in &seen {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("authgate::access") && l.contains(&format!("{path} ")))
+            .unwrap_or_else(|| panic!("no access line for {path}:\n{stdout}"));
+        let status = if *head_went_out { " status=200 " } else { " status=0 " };
+        for field in [status, " bytes_down=0 ", "outcome=\"upstream_body_error\""] {
+            assert!(
+                line.contains(field),
+                "{path}: the client saw a head: {head_went_out}; {field} in {line}"
+            );
+        }
+    }
+}
+
 /// An origin that resets a tunnel: every byte the proxy took from it before
 /// the reset still reaches the client, then the client's side closes (RFC
 /// 9110 §9.3.6: the intermediary MUST attempt to send the outstanding data
