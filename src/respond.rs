@@ -248,11 +248,22 @@ fn proxy_status_details(err: &ProxyError) -> Option<String> {
     match err {
         ProxyError::DeniedByRule { rule } => Some(rule.clone()),
         ProxyError::DestinationIpProhibited { addr } => Some(format!("address {addr}")),
-        ProxyError::Upstream407 => Some("upstream answered 407".into()),
-        ProxyError::UpstreamProtocol { detail } => Some((*detail).into()),
-        ProxyError::UpstreamTls { reason } => Some((*reason).into()),
+        ProxyError::Upstream407 | ProxyError::UpstreamProtocol { .. } | ProxyError::UpstreamTls { .. } => {
+            log_detail(err).map(Into::into)
+        }
         ProxyError::ProxyAuthRequired => Some("proxy authentication required".into()),
         ProxyError::Throttled { .. } => Some("too many failed logins".into()),
+        _ => None,
+    }
+}
+
+/// What the access line says of an error with the origin, beside its
+/// `outcome`: the `Proxy-Status` details, where they are fixed words.
+pub fn log_detail(err: &ProxyError) -> Option<&'static str> {
+    match err {
+        ProxyError::UpstreamProtocol { detail } => Some(detail),
+        ProxyError::UpstreamTls { reason } => Some(reason),
+        ProxyError::Upstream407 => Some("upstream answered 407"),
         _ => None,
     }
 }

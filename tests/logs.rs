@@ -678,6 +678,62 @@ fn a_body_broken_before_anything_went_out_is_logged_with_status_0() {
     }
 }
 
+/// An origin's error is told apart in the access line by `detail`, the
+/// words of the `Proxy-Status` details the client got (the outcome alone
+/// said `upstream_protocol_error` for all of them: probe 124); a line
+/// without such an error has no `detail`.
+#[test]
+fn an_upstream_error_is_detailed_in_the_access_line() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new();
+    let bin = alice_at_info(&dir, Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let origin = spawn_raw_origin(|mut s| async move {
+            let Some(head) = read_request_head(&mut s).await else { return };
+            let answer: &[u8] = if String::from_utf8_lossy(&head).contains("/six-hundred") {
+                b"HTTP/1.1 600 Nope\r\ncontent-length: 0\r\n\r\n"
+            } else if String::from_utf8_lossy(&head).contains("/proxy-auth") {
+                b"HTTP/1.1 407 Nope\r\ncontent-length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            };
+            let _ = s.write_all(answer).await;
+        });
+        wait_listening(proxy).await;
+        let auth = basic(USER, PASSWORD);
+        for (path, status) in [("/six-hundred", 502), ("/proxy-auth", 502), ("/fine", 200)] {
+            let resp = get(
+                proxy,
+                &origin.url(path),
+                &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+            )
+            .await;
+            assert_eq!(resp.status, status, "{path}: {}", resp.dump());
+        }
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |path: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains("authgate::access") && l.contains(&format!("{path} ")))
+            .unwrap_or_else(|| panic!("no access line for {path}:\n{stdout}"))
+            .to_owned()
+    };
+    let six = line("/six-hundred");
+    assert!(
+        six.contains("outcome=\"upstream_protocol_error\"")
+            && six.ends_with(" detail=\"malformed response\""),
+        "{six}"
+    );
+    let proxy_auth = line("/proxy-auth");
+    assert!(proxy_auth.ends_with(" detail=\"upstream answered 407\""), "{proxy_auth}");
+    let fine = line("/fine");
+    assert!(fine.contains(" status=200 ") && !fine.contains("detail="), "{fine}");
+}
+
 /// An origin that resets a tunnel: every byte the proxy took from it before
 /// the reset still reaches the client, then the client's side closes (RFC
 /// 9110 §9.3.6: the intermediary MUST attempt to send the outstanding data

@@ -154,6 +154,7 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             }
             rec.status = d.status.as_u16();
             rec.outcome = d.code;
+            rec.detail = respond::log_detail(&err);
             let html = prefers_html(accept.as_ref());
             let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
             let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));

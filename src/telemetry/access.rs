@@ -38,6 +38,10 @@ pub struct AccessRecord {
     pub outcome: &'static str,
     /// The rule that decided, if any.
     pub rule: Option<Arc<str>>,
+    /// What went wrong with the origin, as the `Proxy-Status` details say
+    /// it to the client (`malformed response`, `certificate expired` ...):
+    /// the outcome alone did not tell these apart (probe 124).
+    pub detail: Option<&'static str>,
     /// Where byte counts go when the record finishes.
     pub metrics: Option<Arc<Metrics>>,
     /// Whether the access event is logged (`[log] access`).
@@ -62,6 +66,7 @@ impl AccessRecord {
             started: Instant::now(),
             outcome: "",
             rule: None,
+            detail: None,
             metrics: None,
             log: true,
             relayed: false,
@@ -110,6 +115,7 @@ impl AccessRecord {
             duration_ms = millis(self.started.elapsed()),
             outcome = self.outcome,
             rule,
+            detail = self.detail,
         );
     }
 }

@@ -96,6 +96,10 @@ pub fn write_access(rec: &AccessRecord, now: SystemTime, out: impl FnOnce(&[u8])
         push_quoted(l, rec.outcome);
         l.push_str(" rule=");
         push_quoted(l, rule);
+        if let Some(detail) = rec.detail {
+            l.push_str(" detail=");
+            push_quoted(l, detail);
+        }
         l.push('\n');
         out(s.line.as_bytes());
     });
@@ -264,6 +268,11 @@ mod tests {
         rec
     }
 
+    fn with_detail(mut rec: AccessRecord, detail: &'static str) -> AccessRecord {
+        rec.detail = Some(detail);
+        rec
+    }
+
     /// Everything after the timestamp, which the two ways take at
     /// different instants.
     fn after_stamp(line: &str) -> &str {
@@ -286,6 +295,7 @@ mod tests {
                 record(Some("bob"), "http://example.com/"),
                 "[2606:2800:21f:cb07:6820:80da:af6b:8b2c]:80",
             ),
+            with_detail(record(Some("bob"), "http://example.com/"), "malformed response"),
         ] {
             let captured = Captured::default();
             let writer = captured.clone();
