@@ -173,6 +173,7 @@ impl Writes {
 type Watched = crate::watched_io::Watched<UpstreamIo, Arc<Writes>>;
 
 impl WriteObserver for Arc<Writes> {
+    #[inline]
     fn read_some(&mut self) {
         if !self.heard.load(Ordering::Relaxed) {
             self.heard.store(true, Ordering::Relaxed);
