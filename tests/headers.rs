@@ -572,6 +572,20 @@ async fn a_pooled_connection_closing_under_a_get_is_retried_on_a_new_one() {
     assert_eq!(origin.hits(), 3, "not sent again");
 }
 
+/// A client connection that has had `/one` answered and, 300 ms later
+/// (the pooled origin connection idle long enough to be sent again on),
+/// has sent `/two`, unanswered yet.
+async fn second_request_sent_on_a_pooled_connection(proxy: std::net::SocketAddr, origin: &Origin) -> RawConn {
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy).await;
+    c.send(request("GET", &origin.url("/one"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    c.send(request("GET", &origin.url("/two"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    c
+}
+
 /// A request is sent again only when the connection failed before a byte
 /// of an answer came and within a second of sending it: an origin that
 /// began an answer, or held the request for longer, worked on it. Both
@@ -584,13 +598,7 @@ async fn no_retry_after_part_of_an_answer_or_a_long_hold() {
     for (first, after) in [(&b""[..], long), (b"HTTP/1.1 200 OK\r\nContent-Le", short), (b"H", short)] {
         let (origin, answered) = writes_then_closes_under_the_second_request(first, after);
         let proxy = spawn_proxy("", &[USER]);
-        let auth = basic(USER.0, USER.1);
-        let host = origin.authority();
-        let mut c = RawConn::connect(proxy.addr).await;
-        c.send(request("GET", &origin.url("/one"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
-        assert_eq!(c.read_response("GET").await.status, 200);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        c.send(request("GET", &origin.url("/two"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+        let mut c = second_request_sent_on_a_pooled_connection(proxy.addr, &origin).await;
         let resp = c.read_response("GET").await;
         let case = String::from_utf8_lossy(first);
         assert_eq!(resp.status, 502, "{case:?}: {}", resp.dump());
@@ -606,13 +614,7 @@ async fn no_retry_after_part_of_an_answer_or_a_long_hold() {
 async fn no_retry_after_a_reload_landed_during_the_request() {
     let (origin, answered) = closes_under_the_second_request(std::time::Duration::from_millis(800));
     let proxy = custom::spawn_custom(&base_config("[reload]\nwatch = false\n"), &users_toml(&[USER]));
-    let auth = basic(USER.0, USER.1);
-    let host = origin.authority();
-    let mut c = RawConn::connect(proxy.addr).await;
-    c.send(request("GET", &origin.url("/one"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
-    assert_eq!(c.read_response("GET").await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    c.send(request("GET", &origin.url("/two"), &[("Host", &host), ("Proxy-Authorization", &auth)])).await;
+    let mut c = second_request_sent_on_a_pooled_connection(proxy.addr, &origin).await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let state = proxy.state.clone();
     tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();

@@ -553,6 +553,15 @@ fn a_response_cut_short_is_logged_with_why() {
 }
 
 /// The binary logging at INFO, with one user, alice.
+/// The access line of the request for `path` (the target ends there) in
+/// `stdout`.
+fn access_line<'a>(stdout: &'a str, path: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.contains("authgate::access") && l.contains(&format!("{path} ")))
+        .unwrap_or_else(|| panic!("no access line for {path}:\n{stdout}"))
+}
+
 fn alice_at_info(dir: &TempDir, stdout: Stdio) -> Binary {
     start_binary(dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), stdout)
 }
@@ -603,10 +612,7 @@ fn a_chunked_response_with_trailers_is_logged_as_forwarded() {
     let out = bin.stop();
     let stdout = String::from_utf8_lossy(&out.stdout);
     for path in ["/trailers-asked", "/trailers-not-asked"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.contains("authgate::access") && l.contains(path))
-            .unwrap_or_else(|| panic!("no access line for {path}:\n{stdout}"));
+        let line = access_line(&stdout, path);
         for field in [" status=200 ", " bytes_down=11 ", "outcome=\"forwarded\""] {
             assert!(line.contains(field), "{field} in {line}");
         }
@@ -664,10 +670,7 @@ fn a_body_broken_before_anything_went_out_is_logged_with_status_0() {
     let out = bin.stop();
     let stdout = String::from_utf8_lossy(&out.stdout);
     for (path, head_went_out) in &seen {
-        let line = stdout
-            .lines()
-            .find(|l| l.contains("authgate::access") && l.contains(&format!("{path} ")))
-            .unwrap_or_else(|| panic!("no access line for {path}:\n{stdout}"));
+        let line = access_line(&stdout, path);
         let status = if *head_went_out { " status=200 " } else { " status=0 " };
         for field in [status, " bytes_down=0 ", "outcome=\"upstream_body_error\""] {
             assert!(
@@ -715,13 +718,7 @@ fn an_upstream_error_is_detailed_in_the_access_line() {
     });
     let out = bin.stop();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = |path: &str| {
-        stdout
-            .lines()
-            .find(|l| l.contains("authgate::access") && l.contains(&format!("{path} ")))
-            .unwrap_or_else(|| panic!("no access line for {path}:\n{stdout}"))
-            .to_owned()
-    };
+    let line = |path: &str| access_line(&stdout, path);
     let six = line("/six-hundred");
     assert!(
         six.contains("outcome=\"upstream_protocol_error\"")
