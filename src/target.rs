@@ -233,8 +233,13 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
         raw.rsplit_once(':').filter(|_| !raw.ends_with(']')).ok_or(BadTarget("CONNECT needs host:port"))?;
     // `[::1]443`: bracketed, but no `:` before the port (it was "must be
     // in brackets"; probe 128).
-    if raw.starts_with('[') && raw.find(']').is_some_and(|end| raw.as_bytes().get(end + 1) != Some(&b':')) {
-        return Err(BadTarget("bad port"));
+    if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(end) if raw.as_bytes().get(end + 1) != Some(&b':') => return Err(BadTarget("bad port")),
+            // `[::1:443`: a bracket opened, never closed (probe 129).
+            None => return Err(BadTarget("bad IPv6 address")),
+            Some(_) => {}
+        }
     }
     if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && host.contains(':')) {
         return Err(BadTarget("IPv6 addresses must be in brackets"));
@@ -531,6 +536,7 @@ mod tests {
         for s in ["[::1]36402", "[::1]x:80", "[::1]]:80", "[fe80::1]/80"] {
             assert_eq!(parse_authority(s).err(), Some(BadTarget("bad port")), "{s}");
         }
-        assert_eq!(parse_authority("[::1:80").err(), Some(BadTarget("IPv6 addresses must be in brackets")));
+        assert_eq!(parse_authority("[::1:80").err(), Some(BadTarget("bad IPv6 address")));
+        assert_eq!(parse_authority("::1:80").err(), Some(BadTarget("IPv6 addresses must be in brackets")));
     }
 }

@@ -115,14 +115,19 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
     // A tag past the 64 bytes a PHC string holds (two hashes run together,
     // a tail pasted twice) was "not a valid PHC string (invalid Base64
     // length)" (probe 122). Its length is said instead; not the text.
-    if let Some((_, tag)) = phc.rsplit_once('$')
+    // (The tag is the last of `$id$v=19$params$salt$tag`, or of
+    // `$id$params$salt$tag`: a last field that is a long salt, with no tag
+    // after it, was taken for one; probe 129.)
+    let fields: Vec<&str> = phc.split('$').collect();
+    let with_tag = if fields.get(2).is_some_and(|f| f.starts_with("v=")) { 6 } else { 5 };
+    if let Some(tag) = fields.last().filter(|_| fields.len() == with_tag)
         && tag.len() > MAX_TAG_CHARS
         && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
     {
         return Err(format!(
-            "its argon2 hash tag is {} bytes, more than the 64 a PHC string holds (`authgate hash-password` \
-             writes 32)",
-            tag.len() * 3 / 4
+            "its argon2 hash tag is {} base64 characters, more than the {MAX_TAG_CHARS} of 64 bytes, the most \
+             a PHC string holds (`authgate hash-password` writes 32 bytes)",
+            tag.len()
         ));
     }
     let hash = PasswordHash::new(phc).map_err(|e| format!("not a valid PHC string ({})", unquoted(e)))?;
@@ -310,11 +315,22 @@ mod tests {
         assert!(parse_argon2(&phc(64)).is_ok(), "{:?}", parse_argon2(&phc(64)).err());
         for bytes in [65, 96, 128] {
             let err = parse_argon2(&phc(bytes)).err().unwrap_or_default();
+            let chars = bytes * 4 / 3 + 1;
             assert!(
-                err.starts_with(&format!("its argon2 hash tag is {bytes} bytes, more than the 64")),
+                err.starts_with(&format!(
+                    "its argon2 hash tag is {chars} base64 characters, more than the 86"
+                )),
                 "{err}"
             );
             assert!(!err.contains("AAAA"), "{err}");
         }
+        // The same without the version field.
+        let unversioned = format!("$argon2id$m=64,t=1,p=1$c2FsdHNhbHQ${}", "A".repeat(88));
+        assert!(parse_argon2(&unversioned).err().unwrap_or_default().contains("tag is 88 base64 characters"));
+        // A long salt with no tag after it is no tag (it was said to be
+        // one, probe 129).
+        let no_tag = format!("$argon2id$v=19$m=64,t=1,p=1${}", "A".repeat(100));
+        let err = parse_argon2(&no_tag).err().unwrap_or_default();
+        assert!(!err.contains("tag"), "{err}");
     }
 }
