@@ -157,7 +157,15 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     }
     // The origin form with `//` is an authority in all but name: logged
     // after its last `@` when that is the `Host`, else as `//…`.
-    for (raw, host_field) in [("0r1gin", host.as_str()), ("pa@0rQm?Part2", "elsewhere")] {
+    // A `?` or `#` in the password ends the path before the `@`: the `@`
+    // is looked for in the query, and a `user:` cut short by `#` is `//…`
+    // (`//alice:s3cr` was logged, probe 129).
+    for (raw, host_field) in [
+        ("0r1gin", host.as_str()),
+        ("pa@0rQm?Part2", "elsewhere"),
+        ("0rQ?m4rk", host.as_str()),
+        ("0rH4sh#x", host.as_str()),
+    ] {
         let target = format!("//{USER}:{raw}@{host}/o");
         let r = get(proxy, &target, &[("Host", host_field), ("Proxy-Authorization", &good)]).await;
         assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
@@ -211,13 +219,14 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         l.contains("authgate::access") && l.contains("CONNECT") && l.contains("status=400")
     })
     .await;
-    // Nine GETs, the CONNECT and one origin form, shown as `http://…` (not
-    // a host and a port, or not the `Host`), `//…` or `http://alice:…` (a
-    // port out of range), and the GET whose password has a `@` and the
-    // other origin form, after their last `@`.
+    // Nine GETs, the CONNECT and two origin forms, shown as `http://…`
+    // (not a host and a port, or not the `Host`), `//…` or `http://alice:…`
+    // (a port out of range), and the GET whose password has a `@` and the
+    // two other origin forms, after their last `@`.
     let after_at = format!("request_target={}", origin.url("/raw-userinfo"));
     let origin_form = format!("request_target=//{host}/o ");
-    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains('…')).count() < 11
+    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains('…')).count() < 12
+        || lines.iter().filter(|l| l.contains("authgate::access") && l.contains(&origin_form)).count() < 2
         || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&after_at))
         || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&origin_form))
     {
@@ -268,6 +277,8 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "H4sh".to_string(),
         "0r1gin".to_string(),
         "0rQm".to_string(),
+        "0rQ".to_string(),
+        "0rH4sh".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");

@@ -683,9 +683,28 @@ fn guarded_target(req: &Request<Incoming>) -> String {
         // `CONNECT /`, `CONNECT *` and the origin form: the path, which
         // `//user:password@host/` makes an authority in all but name.
         _ => match uri.path().strip_prefix("//") {
-            Some(rest) if rest.contains('@') => after_userinfo("//", rest, req.headers()),
-            _ => uri.path().to_owned(),
+            Some(rest) => origin_form_authority(rest, uri.query(), req.headers()),
+            None => uri.path().to_owned(),
         },
+    }
+}
+
+/// How [`guarded_target`] logs an origin-form path `//rest` (`query` the
+/// query after it): a `?` or `#` in a password ends the path before its
+/// `@` (`//alice:s3cr?t@host/` is the path `//alice:s3cr`, probe 129), so
+/// the `@` is looked for in the query too; and a first segment with a `:`
+/// (a user and a password, cut short by a `#`, which never arrives) is `…`.
+fn origin_form_authority(rest: &str, query: Option<&str>, headers: &http::HeaderMap) -> String {
+    let full = match query {
+        Some(q) => [rest, "?", q].concat(),
+        None => rest.to_owned(),
+    };
+    if full.contains('@') {
+        after_userinfo("//", &full, headers)
+    } else if rest.split('/').next().is_some_and(|first| first.contains(':')) {
+        "//…".to_owned()
+    } else {
+        ["//", rest].concat()
     }
 }
 
