@@ -195,6 +195,28 @@ async fn a_ca_file_named_by_a_refused_config_is_watched_until_it_loads() {
     assert_eq!(proxy.state.snapshot.load().upstream_ca.as_deref(), Some(proxy.file("ca.pem").as_path()));
 }
 
+/// A config change that names a new users file is one reload: the new
+/// file was given a stamp no file has, and read again half a second later,
+/// a second reload for no change, logged as "files changed", counted, and
+/// retiring the pooled connections again (probe 130). The new file is
+/// still watched: a change to it after is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_naming_a_new_users_file_is_reloaded_once() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_custom(CFG_NT, &users_toml(&[("alice", "a1")]));
+    std::fs::write(proxy.file("users-b.toml"), users_toml(&[("bob", "b1")])).unwrap();
+    let generation = || proxy.state.generation.load(std::sync::atomic::Ordering::SeqCst);
+    let before = generation();
+    replace_by_rename(&proxy.file("authgate.toml"), &CFG_NT.replace("users.toml", "users-b.toml"));
+    assert!(eventually(RELOAD_SEEN, || async { generation() > before }).await, "not reloaded");
+    // The watcher looks every 250 ms; the second reload came 0.5 s after.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(generation(), before + 1, "one change, one reload");
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 200);
+    replace_by_rename(&proxy.file("users-b.toml"), &users_toml(&[("bob", "b1"), ("carol", "c1")]));
+    assert!(answers(proxy.addr, &origin, "carol", "c1", 200).await, "the new file is watched");
+}
+
 /// A change of the same size whose mtime was put back (`cp -p`, `rsync -t
 /// --inplace`, `tar x` do that) is seen: the file's ctime tells. With size
 /// and mtime alone it never loaded, and the replaced user kept access.

@@ -68,8 +68,11 @@ async fn reload_off_runtime(state: &Arc<State>) -> Option<Vec<(PathBuf, Stamp)>>
 /// costs to check) is then seen at the next poll. Stamped after the reload,
 /// such a change looked loaded already and waited for the next unrelated
 /// one: a user removed meanwhile kept access. A file the new configuration
-/// watches and the old one did not (a new `users_file`) gets [`unseen`], so
-/// it is read once more.
+/// watches and the old one did not (a new `users_file`, certificate) gets
+/// the stamp the load took of it ([`Snapshot::files_as_read`], as a refused
+/// configuration's named files do); it got [`unseen`], and every reload
+/// that named a new file ran twice, the second time for no change (probe
+/// 130). [`unseen`] remains for one the load did not stamp.
 ///
 /// After a refused reload, the files the refused configuration names are
 /// watched too, with their stamps from before it read them: a new users
@@ -91,10 +94,15 @@ async fn reload_and_stamp(state: &Arc<State>) -> Option<(Vec<PathBuf>, Vec<Stamp
         })
         .collect();
     let refused = reload_off_runtime(state).await?;
-    let mut after = state.snapshot.load().watched();
+    let snapshot = state.snapshot.load();
+    let mut after = snapshot.watched();
     let mut seen: Vec<Stamp> = after
         .iter()
-        .map(|path| before.iter().find(|(p, _)| p == path).map_or_else(unseen, |(_, s)| s.clone()))
+        .enumerate()
+        .map(|(i, path)| match before.iter().find(|(p, _)| p == path) {
+            Some((_, s)) => s.clone(),
+            None => snapshot.files_as_read.get(i).cloned().unwrap_or_else(unseen),
+        })
         .collect();
     for (path, as_read) in refused {
         if !after.contains(&path) {
