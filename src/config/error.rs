@@ -211,8 +211,15 @@ fn line_col_in(source: &str, starts: &[usize], offset: usize) -> (usize, usize) 
     // The first line starts at 0, so at least one start is <= offset.
     let line = starts.partition_point(|&start| start <= offset).max(1);
     let line_start = starts.get(line - 1).copied().unwrap_or(0);
-    let col = source.get(line_start..offset).map_or(0, |s| s.chars().count()) + 1;
+    let col = source.get(past_bom(source, line_start)..offset).map_or(0, |s| s.chars().count()) + 1;
     (line, col)
+}
+
+/// Where the columns of the line starting at `line_start` are counted
+/// from: past a byte order mark that begins the file, which editors do not
+/// show (columns on line 1 were one too far right; probe 130).
+fn past_bom(source: &str, line_start: usize) -> usize {
+    if line_start == 0 && source.starts_with('\u{feff}') { '\u{feff}'.len_utf8() } else { line_start }
 }
 
 /// A value of a config as a message quotes it: its first 60 characters in
@@ -232,7 +239,7 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    let col = before.get(past_bom(source, line_start)..).map_or(0, |s| s.chars().count()) + 1;
     (line, col)
 }
 
@@ -242,16 +249,17 @@ mod tests {
 
     #[test]
     fn a_collector_places_problems_as_line_col_does() {
-        let source = "a = 1\n\nb = \"é€\"\n  c = [\n1]\nlast";
-        let mut c = Collector::new(Path::new("x.toml"), source);
-        // Spans from the parser fall on character boundaries.
-        let offsets: Vec<usize> =
-            (0..=source.len() + 2).filter(|&i| source.is_char_boundary(i.min(source.len()))).collect();
-        for &at in &offsets {
-            c.at(at..at, "x");
-        }
-        for (p, &at) in c.problems.iter().zip(&offsets) {
-            assert_eq!((p.line, p.col), line_col(source, at), "offset {at}");
+        for source in ["a = 1\n\nb = \"é€\"\n  c = [\n1]\nlast", "\u{feff}a = 1\nb"] {
+            let mut c = Collector::new(Path::new("x.toml"), source);
+            // Spans from the parser fall on character boundaries.
+            let offsets: Vec<usize> =
+                (0..=source.len() + 2).filter(|&i| source.is_char_boundary(i.min(source.len()))).collect();
+            for &at in &offsets {
+                c.at(at..at, "x");
+            }
+            for (p, &at) in c.problems.iter().zip(&offsets) {
+                assert_eq!((p.line, p.col), line_col(source, at), "offset {at}");
+            }
         }
     }
 
@@ -262,6 +270,12 @@ mod tests {
         assert_eq!(line_col(s, 6), (2, 1));
         assert_eq!(line_col(s, 9), (2, 4));
         assert_eq!(line_col(s, 999), (3, 1));
+        // A byte order mark is no column (editors do not show it).
+        let bom = "\u{feff}a = 1\nb";
+        assert_eq!(line_col(bom, 3), (1, 1));
+        assert_eq!(line_col(bom, 7), (1, 5));
+        assert_eq!(line_col(bom, 0), (1, 1));
+        assert_eq!(line_col(bom, 9), (2, 1));
     }
 
     /// A control character where TOML allows none (in a comment, say) is
