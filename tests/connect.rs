@@ -99,17 +99,32 @@ async fn connect_without_credentials_gets_407() {
     assert_eq!(origin.hits(), 0, "no connection to the target without credentials");
 }
 
+/// A CONNECT answered 407 closes its connection, as every refused CONNECT
+/// does: bytes a client sent ahead for the tunnel were read as its next
+/// request, and one with credentials of its own went out to its own origin
+/// (probe 132). The retry with credentials, on a new connection, opens the
+/// tunnel.
 #[tokio::test]
-async fn connect_407_then_credentials_on_the_same_connection_opens_the_tunnel() {
+async fn connect_407_closes_and_the_retry_with_credentials_opens_the_tunnel() {
     let origin = spawn_shout_origin();
+    let echo = spawn_echo_origin();
     let proxy = spawn_proxy("", &[USER]);
     let target = origin.authority();
+    let auth = basic(USER.0, USER.1);
     let mut conn = RawConn::connect(proxy.addr).await;
-    conn.send(request("CONNECT", &target, &[("Host", &target)])).await;
+    let mut ahead = request("CONNECT", &target, &[("Host", &target)]);
+    // Sent ahead for the tunnel: a request of the proxy's form, with
+    // credentials.
+    let host = echo.authority();
+    ahead.extend(request("GET", &echo.url("/ahead"), &[("Host", &host), ("Proxy-Authorization", &auth)]));
+    conn.send(ahead).await;
     let first = conn.read_response("CONNECT").await;
     assert_eq!(first.status, 407, "{}", first.dump());
+    assert_eq!(first.header("connection"), Some("close"), "{}", first.dump());
+    assert!(conn.read_to_end().await.is_empty(), "nothing more on it");
+    assert_eq!(echo.hits(), 0, "the bytes sent ahead were not run as a request");
 
-    let auth = basic(USER.0, USER.1);
+    let mut conn = RawConn::connect(proxy.addr).await;
     conn.send(request("CONNECT", &target, &[("Host", &target), ("Proxy-Authorization", &auth)])).await;
     let second = conn.read_head().await;
     assert_eq!(second.status, 200, "{}", second.dump());

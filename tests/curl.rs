@@ -89,6 +89,38 @@ async fn curl_proxy_anyauth_retries_on_the_same_connection() {
     assert_eq!(seen.request_line, "GET /anyauth HTTP/1.1");
 }
 
+/// A CONNECT answered 407 closes its connection (bytes sent ahead for the
+/// tunnel must never be read as a request): curl retries the CONNECT with
+/// the credentials on a new one.
+#[tokio::test]
+async fn curl_proxy_anyauth_retries_a_connect_on_a_new_connection() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let userpass = format!("{}:{}", USER.0, USER.1);
+    let out = curl(
+        &[
+            "-v",
+            "-p",
+            "--proxy-anyauth",
+            "-U",
+            &userpass,
+            "-x",
+            &proxy.url(),
+            "-w",
+            "\n%{http_code} %{num_connects}",
+            &origin.url("/tunnelled"),
+        ],
+        &[],
+    )
+    .await;
+    out.assert_success();
+    let stdout = out.stdout_text();
+    let (body, summary) = stdout.rsplit_once('\n').unwrap();
+    assert!(out.stderr.contains("407"), "curl should first have been challenged:\n{}", out.stderr);
+    assert_eq!(summary, "200 2", "the retry on a second connection:\n{}", out.stderr);
+    assert_eq!(Echoed::parse(body.as_bytes()).request_line, "GET /tunnelled HTTP/1.1");
+}
+
 #[tokio::test]
 async fn curl_uses_http_proxy_from_the_environment() {
     let origin = spawn_echo_origin();

@@ -159,10 +159,12 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             let ctx = respond::Context { request_id: &request_id, realm: &snap.server.realm, html };
             let mut resp = respond::error_response(&err, &ctx).map(|b| b.on_done(client.phase.clone()));
             // After a refused CONNECT, bytes the client sent ahead for the
-            // tunnel would be read as its next request: close instead.
-            // A 407 keeps the connection for the retry with credentials
-            // (the authentication step decided `close` for its body).
-            let refused_tunnel = connect && !matches!(err, ProxyError::ProxyAuthRequired);
+            // tunnel would be read as its next request: close instead. A
+            // 407 too: it kept the connection for the retry with
+            // credentials, and a request sent ahead for the tunnel, with
+            // credentials of its own, went out to its own origin (probe
+            // 132). Clients retry a CONNECT on a new connection.
+            let refused_tunnel = connect;
             let authenticating = matches!(
                 err,
                 ProxyError::ProxyAuthRequired
