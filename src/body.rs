@@ -271,20 +271,38 @@ impl RequestBody {
     }
 }
 
+/// A chunked request body whose last chunk ended with a bare LF
+/// (`0\r\n\n`): hyper read what followed, up to the next blank line, as
+/// its trailer section (empty) and dropped it, a request pipelined behind
+/// included (probe 132). The body is refused, and its connection closed.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body's chunked framing ended with a bare LF")]
+pub struct BareLfEnd;
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if let Some(hold) = self.hold.as_mut() {
             std::task::ready!(hold.as_mut().as_mut().poll(cx));
             self.hold = None;
         }
         let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
-        let polled = Pin::new(inner).poll_frame(cx);
+        let polled = match Pin::new(inner).poll_frame(cx) {
+            // hyper makes a trailers frame only of a trailer section; an
+            // empty one is what a bare LF after the last chunk leaves.
+            Poll::Ready(Some(Ok(frame))) if frame.trailers_ref().is_some_and(http::HeaderMap::is_empty) => {
+                if let Some(upload) = &self.upload {
+                    upload.advanced(UploadState::Broken);
+                }
+                return Poll::Ready(Some(Err(Box::new(BareLfEnd))));
+            }
+            polled => polled,
+        };
         if let Some(upload) = &self.upload {
             upload.client_turn.store(polled.is_pending(), Ordering::Relaxed);
         }
@@ -306,7 +324,7 @@ impl Body for RequestBody {
                 Some(Err(_)) => upload.advanced(UploadState::Broken),
             }
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -728,6 +728,37 @@ async fn a_stalled_or_bad_request_body_is_the_clients_error() {
     }
 }
 
+/// A chunked body whose last chunk ends with a bare LF (`0\r\n\n`) is a
+/// 400 `bad_request_body`, and the connection closes: hyper read what
+/// followed, up to the next blank line, as the body's trailer section and
+/// dropped it, so a request pipelined behind was swallowed unanswered and
+/// the client waited (probe 132). Trailers themselves still pass.
+#[tokio::test]
+async fn a_bare_lf_after_the_last_chunk_is_a_bad_body_and_swallows_nothing() {
+    let proxy = spawn_proxy("", &[USER]);
+    let origin = spawn_checksum_origin();
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let headers =
+        [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str()), ("Transfer-Encoding", "chunked")];
+    let mut c = RawConn::connect(proxy.addr).await;
+    let mut bytes = request("POST", &origin.url("/bare-lf"), &headers);
+    bytes.extend_from_slice(b"5\r\nhello\r\n0\r\n\n");
+    bytes.extend(request("GET", &origin.url("/behind"), &headers[..2]));
+    c.send(bytes).await;
+    let r = c.read_response("POST").await;
+    assert_proxy_error(&r, 400, "http_request_error", "bad_request_body");
+    assert!(c.is_closed().await, "nothing more is read on it");
+    assert_eq!(origin.hits(), 0, "the origin got no whole request");
+
+    let mut c = RawConn::connect(proxy.addr).await;
+    let mut bytes = request("POST", &origin.url("/trailers"), &headers);
+    bytes.extend_from_slice(b"5\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n");
+    c.send(bytes).await;
+    let r = c.read_response("POST").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+}
+
 /// An origin that stops reading an upload (with or without having said
 /// `100 Continue`) and never answers is the origin's fault, not the
 /// client's: 504 `upstream_write_timeout`, not 408. And both connections
