@@ -104,6 +104,16 @@ impl StoredHash {
     }
 }
 
+/// The scheme and costs of a stored hash.
+fn hash_costs(hash: &StoredHash) -> Option<Costs> {
+    match hash {
+        StoredHash::Argon2(h) => Params::try_from(&h.password_hash()).ok().map(Costs::from),
+        StoredHash::Bcrypt(h) => {
+            h.parse::<bcrypt::HashParts>().ok().map(|p| Costs::Bcrypt { cost: p.get_cost() })
+        }
+    }
+}
+
 /// Whether a bcrypt string's salt (22 characters) and hash (31) decode as
 /// the bcrypt crate decodes them at login: strictly, unused low bits zero.
 /// A string that only has the shape (a character changed in copying) was
@@ -117,6 +127,36 @@ fn bcrypt_decodes(s: &str) -> bool {
     let Some((_, salt_and_hash)) = s.rsplit_once('$') else { return false };
     let Some((salt, hash)) = salt_and_hash.split_at_checked(22) else { return false };
     BCRYPT_BASE64.decode(salt).is_ok() && BCRYPT_BASE64.decode(hash).is_ok()
+}
+
+/// A hash scheme and its costs: what the dummy hash of unknown users is
+/// made with, the ones most users have, so that an unknown name costs the
+/// time a known one does. Ordered so that of two the cheaper comes first:
+/// argon2 before bcrypt, then by cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Costs {
+    /// argon2 (any variant: the dummy is argon2id) with these costs.
+    Argon2 {
+        /// Memory, KiB.
+        m: u32,
+        /// Passes.
+        t: u32,
+        /// Lanes.
+        p: u32,
+    },
+    /// bcrypt with this cost (imported from htpasswd): with an argon2
+    /// dummy, a file of bcrypt users told each known name from an unknown
+    /// one by time, 56 ms against 14 (probe 131).
+    Bcrypt {
+        /// log2 of the rounds.
+        cost: u32,
+    },
+}
+
+impl From<Params> for Costs {
+    fn from(p: Params) -> Self {
+        Costs::Argon2 { m: p.m_cost(), t: p.t_cost(), p: p.p_cost() }
+    }
 }
 
 /// One user. `Debug` never shows the hash.
@@ -174,6 +214,11 @@ impl User {
             return Err(Refusal::Expired);
         }
         Ok(())
+    }
+
+    /// The scheme and costs of the user's hash.
+    pub fn costs(&self) -> Option<Costs> {
+        hash_costs(&self.hash)
     }
 
     /// The argon2 parameters of the user's hash.
@@ -239,28 +284,36 @@ impl fmt::Debug for UserStore {
 }
 
 impl UserStore {
-    /// Builds the store; `params` are the most common parameters among the
-    /// users (or the configured ones), used for the dummy hash. The dummy
-    /// of `previous` (the users in effect, at a reload) is kept when its
-    /// parameters are the same: making one costs an argon2 run, seconds
-    /// and gigabytes with the largest costs a user may have.
+    /// Builds the store; `costs` are the most common among the users (or
+    /// the configured argon2 ones), used for the dummy hash. The dummy of
+    /// `previous` (the users in effect, at a reload) is kept when its costs
+    /// are the same: making one costs a hash run, seconds and gigabytes
+    /// with the largest costs a user may have.
     ///
     /// # Errors
-    /// Only if argon2 rejects `params`, which validated config never holds.
-    pub fn new(users: Vec<User>, params: Params, previous: Option<&UserStore>) -> Result<Self, String> {
-        let kept = previous.map(|p| &p.dummy).filter(|d| match d {
-            StoredHash::Argon2(h) => Params::try_from(&h.password_hash()).is_ok_and(|p| {
-                (p.m_cost(), p.t_cost(), p.p_cost()) == (params.m_cost(), params.t_cost(), params.p_cost())
-            }),
-            StoredHash::Bcrypt(_) => false,
-        });
+    /// Only if argon2 or bcrypt rejects `costs`, which a validated config
+    /// and users file never hold.
+    pub fn new(
+        users: Vec<User>,
+        costs: impl Into<Costs>,
+        previous: Option<&UserStore>,
+    ) -> Result<Self, String> {
+        let costs = costs.into();
+        let kept = previous.map(|p| &p.dummy).filter(|d| hash_costs(d) == Some(costs));
         let dummy = match kept {
             Some(d) => d.clone(),
             None => {
                 let dummy_password = format!("{:x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng));
-                let h = hash_password(&dummy_password, params)
-                    .map_err(|e| format!("cannot build dummy hash: {e}"))?;
-                StoredHash::Argon2(h)
+                let failed = |e: &dyn std::fmt::Display| format!("cannot build dummy hash: {e}");
+                match costs {
+                    Costs::Argon2 { m, t, p } => {
+                        let params = Params::new(m, t, p, None).map_err(|e| failed(&e))?;
+                        StoredHash::Argon2(hash_password(&dummy_password, params).map_err(|e| failed(&e))?)
+                    }
+                    Costs::Bcrypt { cost } => {
+                        StoredHash::Bcrypt(bcrypt::hash(&dummy_password, cost).map_err(|e| failed(&e))?)
+                    }
+                }
             }
         };
         let users = users.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
@@ -363,6 +416,22 @@ mod tests {
         assert!(phc(&other.dummy).contains("m=16,t=1,p=1"), "{}", phc(&other.dummy));
         let fresh = UserStore::new(Vec::new(), small, None).unwrap();
         assert_ne!(phc(&fresh.dummy), phc(&first.dummy), "a new salt and password each time");
+    }
+
+    /// A dummy of bcrypt costs is a bcrypt hash of that cost, kept by a
+    /// reload that keeps the costs; unknown names are checked against it.
+    #[test]
+    fn a_bcrypt_dummy_for_bcrypt_users() {
+        let first = UserStore::new(Vec::new(), Costs::Bcrypt { cost: 4 }, None).unwrap();
+        assert!(
+            phc(&first.dummy).starts_with("$2") && phc(&first.dummy).contains("$04$"),
+            "{}",
+            phc(&first.dummy)
+        );
+        let again = UserStore::new(Vec::new(), Costs::Bcrypt { cost: 4 }, Some(&first)).unwrap();
+        assert_eq!(phc(&again.dummy), phc(&first.dummy), "kept");
+        let other = UserStore::new(Vec::new(), Costs::Bcrypt { cost: 5 }, Some(&first)).unwrap();
+        assert!(phc(&other.dummy).contains("$05$"), "{}", phc(&other.dummy));
     }
 
     /// A bcrypt string whose salt or hash has unused low bits set (one

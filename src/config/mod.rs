@@ -469,8 +469,8 @@ fn user_store(
     auth: &Auth,
     running: Option<&UserStore>,
 ) -> Result<UserStore, ConfigError> {
-    let params = users::common_params(&users).unwrap_or_else(|| auth.argon2.clone());
-    UserStore::new(users, params, running).map_err(|m| {
+    let costs = users::common_costs(&users).unwrap_or_else(|| auth.argon2.clone().into());
+    UserStore::new(users, costs, running).map_err(|m| {
         ConfigError::new(vec![Problem { file: auth.users_file.clone(), line: 0, col: 0, message: m }])
     })
 }
