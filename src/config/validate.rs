@@ -75,7 +75,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub fn duration(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) -> Option<Duration> {
     match humantime::parse_duration(v.get_ref().trim()) {
         Ok(d) if d > MAX_DURATION => {
-            c.at(v.span(), format!("{what}: at most 365 days"));
+            // (humantime counts a year, `1y`, and twelve months as 365.25
+            // days: the bare message read as wrong for them; probe 130.)
+            c.at(v.span(), format!("{what}: at most 365 days (`365d`; `1y` counts 365.25 days)"));
             None
         }
         Ok(d) => Some(d),
