@@ -69,6 +69,19 @@ fn load_err(config: &str, users: &str) -> String {
     }
 }
 
+/// An integer past TOML's range names its setting (the parser's message,
+/// "number too large to fit in target type", named nothing; probe 130),
+/// and only a setting's name: a key may be a password typed there.
+#[test]
+fn an_integer_too_large_for_toml_names_its_setting() {
+    let err = load_err("[limits]\nmax_header_bytes = 99999999999999999999\n", &good_users());
+    assert!(err.contains("authgate.toml:2:20: max_header_bytes: number too large"), "{err}");
+    let err = load_err("[[rules]]\naction = \"allow\"\nports = [1, 99999999999999999999]\n", &good_users());
+    assert!(err.contains("ports: number too large"), "{err}");
+    let err = load_err("[limits]\nS3cretPw = 99999999999999999999\n", &good_users());
+    assert!(err.contains(": number too large") && !err.contains("S3cretPw"), "{err}");
+}
+
 #[test]
 fn good_config_loads() {
     let (_dir, result) = load(GOOD_CONFIG, &good_users());

@@ -188,6 +188,34 @@ impl<'a> Collector<'a> {
             _ if msg.is_empty() => msg = "not valid TOML here".to_owned(),
             _ => {}
         }
+        // An integer past i64 was "number too large to fit in target type",
+        // with no key and no range, where every other bad value names both
+        // (probe 130): the key on its line is named.
+        if msg.starts_with("number too large") {
+            let start = err.span().map_or(0, |s| s.start);
+            let line = self
+                .source
+                .get(..start)
+                .map_or("", |before| &before[before.rfind('\n').map_or(0, |i| i + 1)..]);
+            // (Only a setting's name: a key may be a password typed there.)
+            const NUMBERS: [&str; 11] = [
+                "max_header_bytes",
+                "max_connections",
+                "max_connections_per_ip",
+                "worker_threads",
+                "max_pending",
+                "verify_threads",
+                "max_failures",
+                "m_cost",
+                "t_cost",
+                "p_cost",
+                "ports",
+            ];
+            msg = match line.split_once('=').map(|(k, _)| k.trim()).filter(|k| NUMBERS.contains(k)) {
+                Some(key) => format!("{key}: number too large (see the setting's range in the README)"),
+                None => "number too large (see the setting's range in the README)".to_owned(),
+            };
+        }
         // A date-time reaches serde as a map with one private key: where a
         // table belongs, the table's struct called it an unknown field.
         if msg.starts_with("unknown field `$__toml_private_datetime`") {
