@@ -73,11 +73,34 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Parses a duration such as `5m`, `30s`, `1h 30m`, `250ms`; at most
 /// [`MAX_DURATION`].
 pub fn duration(c: &mut Collector<'_>, v: &Spanned<String>, what: &str) -> Option<Duration> {
+    duration_within(c, v, what, (MAX_DURATION, "365 days"))
+}
+
+/// [`duration`] with a bound of its own (`max`, and how the message says
+/// it): a setting whose bound is below 365 days was told "at most 365
+/// days" first, for `"1y"`, and then its own bound (probe 133).
+fn duration_within(
+    c: &mut Collector<'_>,
+    v: &Spanned<String>,
+    what: &str,
+    (max, said): (Duration, &str),
+) -> Option<Duration> {
     match humantime::parse_duration(v.get_ref().trim()) {
-        Ok(d) if d > MAX_DURATION => {
-            // (humantime counts a year, `1y`, and twelve months as 365.25
-            // days: the bare message read as wrong for them; probe 130.)
-            c.at(v.span(), format!("{what}: at most 365 days (`365d`; `1y` counts 365.25 days)"));
+        Ok(d) if d > max => {
+            // humantime counts a year, `1y`, and twelve months as 365.25
+            // days: the bare message read as wrong for them (probe 130).
+            let text = v.get_ref();
+            let message = if max != MAX_DURATION {
+                format!("{what}: must be at most {said}")
+            } else if text
+                .split(|ch: char| !ch.is_ascii_alphabetic())
+                .any(|unit| matches!(unit, "y" | "year" | "years" | "M" | "month" | "months"))
+            {
+                format!("{what}: at most {said} (`1y` counts 365.25 days: write `365d`)")
+            } else {
+                format!("{what}: at most {said}")
+            };
+            c.at(v.span(), message);
             None
         }
         Ok(d) => Some(d),
@@ -306,12 +329,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         }
     }
     if let Some(d) = &t.delay {
-        match duration(&mut c, d, "auth.throttle.delay") {
-            Some(v) if v > Duration::from_secs(60) => {
-                c.at(d.span(), "auth.throttle.delay: must be at most 60s")
-            }
-            Some(v) => s.auth.throttle.delay = v,
-            None => {}
+        if let Some(v) = duration_within(&mut c, d, "auth.throttle.delay", (Duration::from_secs(60), "60s")) {
+            s.auth.throttle.delay = v;
         }
     }
 
