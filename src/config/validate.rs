@@ -328,10 +328,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             None => {}
         }
     }
-    if let Some(d) = &t.delay {
-        if let Some(v) = duration_within(&mut c, d, "auth.throttle.delay", (Duration::from_secs(60), "60s")) {
-            s.auth.throttle.delay = v;
-        }
+    if let Some(d) = &t.delay
+        && let Some(v) = duration_within(&mut c, d, "auth.throttle.delay", (Duration::from_secs(60), "60s"))
+    {
+        s.auth.throttle.delay = v;
     }
 
     if let Some(level) = &raw.log.level {
