@@ -306,10 +306,12 @@ impl Body for RequestBody {
         if let Some(upload) = &self.upload {
             upload.client_turn.store(polled.is_pending(), Ordering::Relaxed);
         }
-        if let (Poll::Ready(Some(Ok(frame))), Some(upload)) = (&polled, &self.upload)
-            && let Some(data) = frame.data_ref()
-        {
-            upload.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let (Poll::Ready(Some(Ok(frame))), Some(upload)) = (&polled, &self.upload) {
+            if let Some(data) = frame.data_ref() {
+                upload.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+            } else if frame.is_trailers() {
+                upload.trailers.store(true, Ordering::Relaxed);
+            }
         }
         if let (Poll::Ready(ready), Some(upload)) = (&polled, &self.upload) {
             match ready {
@@ -444,6 +446,8 @@ pub struct Upload {
     /// The last read of the body found nothing: it waits for the client,
     /// not for the origin to take more.
     client_turn: AtomicBool,
+    /// The body ended with trailer fields (see [`Upload::had_trailers`]).
+    trailers: AtomicBool,
 }
 
 impl Upload {
@@ -455,7 +459,18 @@ impl Upload {
             last: AtomicU64::new(0),
             state: AtomicU8::new(UploadState::Sending as u8),
             client_turn: AtomicBool::new(false),
+            trailers: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the body ended with trailer fields. hyper reads a trailer
+    /// section up to the next CRLF CRLF and parses it to its first blank
+    /// line: one ended by a bare LF (`X: y\n\n`) takes the requests
+    /// pipelined behind it along, dropped unseen (probe 133). The client's
+    /// connection is closed after such a request's answer, so that a client
+    /// waiting for an answer to them learns there is none.
+    pub fn had_trailers(&self) -> bool {
+        self.trailers.load(Ordering::Relaxed)
     }
 
     fn advanced(&self, state: UploadState) {

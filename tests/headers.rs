@@ -715,11 +715,15 @@ async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
     assert_eq!((r.status, r.header("content-length")), (204, None), "{}", r.dump());
 }
 
-/// A chunked request body with trailers ends at its trailers: the answer
-/// keeps the connection (it said `Connection: close`, and a pipelined
-/// request behind it was never served).
+/// A chunked request body with trailers ends at its trailers, and is
+/// answered; then the connection closes, saying so. hyper reads a trailer
+/// section up to the next CRLF CRLF and parses it to its first blank line,
+/// so one ended by a bare LF took the requests pipelined behind it along,
+/// unanswered and unseen, and their client waited for `idle_timeout`
+/// (probe 133). authgate cannot tell that section from a well-formed one;
+/// the close tells the client that what it sent behind was not answered.
 #[tokio::test]
-async fn a_request_body_with_trailers_keeps_the_connection() {
+async fn a_request_body_with_trailers_is_answered_and_its_connection_closed() {
     let (origin, seen) = framing_origin(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
@@ -739,10 +743,9 @@ async fn a_request_body_with_trailers_keeps_the_connection() {
     c.send(post).await;
     let first = c.read_response("POST").await;
     assert_eq!(first.status, 200, "{}", first.dump());
-    assert_eq!(first.header("connection"), None, "{}", first.dump());
-    let second = c.read_response("GET").await;
-    assert_eq!(second.status, 200, "the pipelined request is served: {}", second.dump());
-    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(first.header("connection"), Some("close"), "{}", first.dump());
+    assert!(c.is_closed().await, "the connection closes after the answer");
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
 /// HTTP/1.0 clients: a body of unknown length (the origin's was chunked) is

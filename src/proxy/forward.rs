@@ -242,8 +242,9 @@ pub async fn forward(
     // still answers an HTTP/1.0 client as 1.0).
     *resp.version_mut() = Version::HTTP_11;
     // Nor will the client's connection carry another request after an early
-    // answer: the client is told, and the caller closes it.
-    if early {
+    // answer, or after a body that ended with trailer fields (see
+    // `Upload::had_trailers`): the client is told, and the caller closes it.
+    if early || upload.as_ref().is_some_and(|u| u.had_trailers()) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // An HTTP/1.0 client gets a body of unknown length (the origin's was
