@@ -298,7 +298,7 @@ fn parse_with_offset(text: &str) -> Option<SystemTime> {
 }
 
 /// The hash scheme and costs most users have, for the dummy hash; of
-/// those that tie, the cheapest (argon2 before bcrypt). (The costliest won
+/// those that tie, the least work ([`Costs::work`]). (The costliest won
 /// a tie: one user imported at the largest cost allowed, beside one at the
 /// usual cost, made every login with an unknown name, which anyone can
 /// send, cost 4 GiB and seconds, and so every `check` and reload: probe
@@ -310,7 +310,7 @@ pub fn common_costs(users: &[User]) -> Option<Costs> {
             *counts.entry(c).or_default() += 1;
         }
     }
-    counts.into_iter().max_by_key(|(k, n)| (*n, std::cmp::Reverse(*k))).map(|(k, _)| k)
+    counts.into_iter().max_by_key(|(k, n)| (*n, std::cmp::Reverse((k.work(), *k)))).map(|(k, _)| k)
 }
 
 /// The names a users file uses for its tables and settings.
@@ -610,8 +610,7 @@ mod tests {
     /// bcrypt users count too (imported from htpasswd): most users bcrypt,
     /// the dummy is bcrypt at their most common cost, so that an unknown
     /// name costs what a known one does (an argon2 dummy told them apart:
-    /// 14 ms against 56, probe 131). A tie goes to argon2, then to the
-    /// cheaper cost.
+    /// 14 ms against 56, probe 131). A tie goes to the least work.
     #[test]
     fn bcrypt_users_count_for_the_dummy() {
         let bcrypt = |cost: u32| bcrypt::hash("pw", cost).unwrap();
@@ -630,6 +629,12 @@ mod tests {
         assert_eq!(costs(&[bcrypt(6), bcrypt(4), bcrypt(6)]), Costs::Bcrypt { cost: 6 });
         assert_eq!(costs(&[bcrypt(6), bcrypt(4)]), Costs::Bcrypt { cost: 4 });
         assert_eq!(costs(&[bcrypt(4), argon]), Costs::Argon2 { m: 8, t: 1, p: 1 });
+        // A tie across schemes goes to the least work: one argon2 user at
+        // a high cost beside one bcrypt user set every unknown name's cost
+        // (probe 133).
+        let costly = "$argon2id$v=19$m=65536,t=4,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_owned();
+        assert_eq!(costs(&[costly.clone(), bcrypt(4)]), Costs::Bcrypt { cost: 4 });
+        assert_eq!(costs(&[bcrypt(4), costly]), Costs::Bcrypt { cost: 4 });
     }
 
     /// A user's groups are kept once each, in their order, compared after
