@@ -170,6 +170,10 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         let r = get(proxy, &target, &[("Host", host_field), ("Proxy-Authorization", &good)]).await;
         assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
     }
+    // Nor its query, as no target's (`?api_key=…` was logged, probe 133).
+    let target = format!("//{USER}:0r1gin@{host}/o?api_key=K3yQuery");
+    let r = get(proxy, &target, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
+    assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
     let mut c = RawConn::connect(proxy).await;
     c.send(request("CONNECT", &format!("{USER}:C0nnect"), &[("Proxy-Authorization", &good)])).await;
     assert_eq!(c.read_response("CONNECT").await.status, 400);
@@ -226,7 +230,7 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     let after_at = format!("request_target={}", origin.url("/raw-userinfo"));
     let origin_form = format!("request_target=//{host}/o ");
     while lines.iter().filter(|l| l.contains("authgate::access") && l.contains('…')).count() < 12
-        || lines.iter().filter(|l| l.contains("authgate::access") && l.contains(&origin_form)).count() < 2
+        || lines.iter().filter(|l| l.contains("authgate::access") && l.contains(&origin_form)).count() < 3
         || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&after_at))
         || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&origin_form))
     {
@@ -279,6 +283,7 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "0rQm".to_string(),
         "0rQ".to_string(),
         "0rH4sh".to_string(),
+        "K3yQuery".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");

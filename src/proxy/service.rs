@@ -702,7 +702,11 @@ fn origin_form_authority(rest: &str, query: Option<&str>, headers: &http::Header
         None => rest.to_owned(),
     };
     if full.contains('@') {
-        after_userinfo("//", &full, headers)
+        // Without the query, as every target is logged (it was, when the
+        // `@` came before it; probe 133).
+        let mut logged = after_userinfo("//", &full, headers);
+        logged.truncate(logged.find('?').unwrap_or(logged.len()));
+        logged
     } else if rest.split('/').next().is_some_and(|first| first.contains(':')) {
         "//…".to_owned()
     } else {
