@@ -75,11 +75,19 @@ fn load_err(config: &str, users: &str) -> String {
 #[test]
 fn an_integer_too_large_for_toml_names_its_setting() {
     let err = load_err("[limits]\nmax_header_bytes = 99999999999999999999\n", &good_users());
-    assert!(err.contains("authgate.toml:2:20: max_header_bytes: number too large"), "{err}");
+    assert!(err.contains("authgate.toml:2:20: limits.max_header_bytes: number too large"), "{err}");
+    let err = load_err("[limits]\nmax_connections = -99999999999999999999\n", &good_users());
+    assert!(err.contains("limits.max_connections: number too small"), "{err}");
     let err = load_err("[[rules]]\naction = \"allow\"\nports = [1, 99999999999999999999]\n", &good_users());
-    assert!(err.contains("ports: number too large"), "{err}");
-    let err = load_err("[limits]\nS3cretPw = 99999999999999999999\n", &good_users());
-    assert!(err.contains(": number too large") && !err.contains("S3cretPw"), "{err}");
+    assert!(err.contains("rules.ports: number too large"), "{err}");
+    // Not an integer setting: the parser's words, no setting, no range.
+    for (table, key) in [("limits", "S3cretPw"), ("server", "via"), ("limits", "idle_timeout")] {
+        let err = load_err(&format!("[{table}]\n{key} = 99999999999999999999\n"), &good_users());
+        assert!(
+            err.contains("number too large") && !err.contains("S3cretPw") && !err.contains("range"),
+            "{err}"
+        );
+    }
 }
 
 /// A duration past a bound of its own is told that bound, not first the

@@ -189,32 +189,10 @@ impl<'a> Collector<'a> {
             _ => {}
         }
         // An integer past i64 was "number too large to fit in target type",
-        // with no key and no range, where every other bad value names both
-        // (probe 130): the key on its line is named.
-        if msg.starts_with("number too large") {
-            let start = err.span().map_or(0, |s| s.start);
-            let line = self
-                .source
-                .get(..start)
-                .map_or("", |before| &before[before.rfind('\n').map_or(0, |i| i + 1)..]);
-            // (Only a setting's name: a key may be a password typed there.)
-            const NUMBERS: [&str; 11] = [
-                "max_header_bytes",
-                "max_connections",
-                "max_connections_per_ip",
-                "worker_threads",
-                "max_pending",
-                "verify_threads",
-                "max_failures",
-                "m_cost",
-                "t_cost",
-                "p_cost",
-                "ports",
-            ];
-            msg = match line.split_once('=').map(|(k, _)| k.trim()).filter(|k| NUMBERS.contains(k)) {
-                Some(key) => format!("{key}: number too large (see the setting's range in the README)"),
-                None => "number too large (see the setting's range in the README)".to_owned(),
-            };
+        // with no setting and no range, where every other bad value names
+        // both (probes 130, 133).
+        if let Some(named) = number_out_of_range(self.source, err.span().map_or(0, |s| s.start), &msg) {
+            msg = named;
         }
         // A date-time reaches serde as a map with one private key: where a
         // table belongs, the table's struct called it an unknown field.
@@ -259,6 +237,46 @@ pub(crate) fn quoted(value: &str) -> String {
     } else {
         format!("`{}`", value.chars().take(60).collect::<String>())
     }
+}
+
+/// The settings whose values are integers, the only keys
+/// [`number_out_of_range`] names (a key may be a password typed there).
+const INTEGER_SETTINGS: [&str; 11] = [
+    "max_header_bytes",
+    "max_connections",
+    "max_connections_per_ip",
+    "worker_threads",
+    "max_pending",
+    "verify_threads",
+    "max_failures",
+    "m_cost",
+    "t_cost",
+    "p_cost",
+    "ports",
+];
+
+/// The parser's "number too large (small) to fit in target type" for an
+/// integer past i64 at byte `at`, said as the other range errors say it:
+/// the setting (`limits.max_connections`, from the key on that line and
+/// the table header above) and where its range is. `None` for any other
+/// message, or a key that is no integer setting (a `via`, a `password`:
+/// the parser's message, or its type error, stands).
+fn number_out_of_range(source: &str, at: usize, message: &str) -> Option<String> {
+    let size = ["large", "small"].into_iter().find(|s| message.starts_with(&format!("number too {s}")))?;
+    let before = source.get(..at)?;
+    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| INTEGER_SETTINGS.contains(k))?;
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|h| h.trim_start_matches('[').split(']').next().unwrap_or_default().trim());
+    let setting = match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    };
+    Some(format!("{setting}: number too {size} (see the setting's range in the README)"))
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `source`.
