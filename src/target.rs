@@ -233,11 +233,14 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
         raw.rsplit_once(':').filter(|_| !raw.ends_with(']')).ok_or(BadTarget("CONNECT needs host:port"))?;
     // `[::1]443`: bracketed, but no `:` before the port (it was "must be
     // in brackets"; probe 128).
-    if raw.starts_with('[') {
-        match raw.find(']') {
-            Some(end) if raw.as_bytes().get(end + 1) != Some(&b':') => return Err(BadTarget("bad port")),
-            // `[::1:443`: a bracket opened, never closed (probe 129).
-            None => return Err(BadTarget("bad IPv6 address")),
+    if let Some(inner) = raw.strip_prefix('[') {
+        match inner.find(']') {
+            // `[[::1]]:80`: no address in the brackets (probe 133).
+            _ if inner.starts_with('[') => return Err(BadTarget("bad IPv6 address")),
+            Some(end) if inner.as_bytes().get(end + 1) != Some(&b':') => return Err(BadTarget("bad port")),
+            // `[::1:443`: a bracket opened, never closed (probe 129), said
+            // as for a URL.
+            None => return Err(BadTarget("unclosed IPv6 bracket")),
             Some(_) => {}
         }
     }
@@ -536,7 +539,8 @@ mod tests {
         for s in ["[::1]36402", "[::1]x:80", "[::1]]:80", "[fe80::1]/80"] {
             assert_eq!(parse_authority(s).err(), Some(BadTarget("bad port")), "{s}");
         }
-        assert_eq!(parse_authority("[::1:80").err(), Some(BadTarget("bad IPv6 address")));
+        assert_eq!(parse_authority("[::1:80").err(), Some(BadTarget("unclosed IPv6 bracket")));
+        assert_eq!(parse_authority("[[::1]]:80").err(), Some(BadTarget("bad IPv6 address")));
         assert_eq!(parse_authority("::1:80").err(), Some(BadTarget("IPv6 addresses must be in brackets")));
     }
 }
