@@ -80,8 +80,16 @@ fn an_integer_too_large_for_toml_names_its_setting() {
     assert!(err.contains("limits.max_connections: number too small"), "{err}");
     let err = load_err("[[rules]]\naction = \"allow\"\nports = [1, 99999999999999999999]\n", &good_users());
     assert!(err.contains("rules.ports: number too large"), "{err}");
-    // Not an integer setting: the parser's words, no setting, no range.
-    for (table, key) in [("limits", "S3cretPw"), ("server", "via"), ("limits", "idle_timeout")] {
+    // Not an integer setting: the parser's words, no setting, no range;
+    // also a key of one in another table, and a table read off a line in
+    // a string (probe 134).
+    for (table, key) in [
+        ("limits", "S3cretPw"),
+        ("server", "via"),
+        ("limits", "idle_timeout"),
+        ("server", "max_connections"),
+        ("server]\nrealm = \"\"\"\n[S3cretPw\n\"\"\"\n#", "worker_threads"),
+    ] {
         let err = load_err(&format!("[{table}]\n{key} = 99999999999999999999\n"), &good_users());
         assert!(
             err.contains("number too large") && !err.contains("S3cretPw") && !err.contains("range"),

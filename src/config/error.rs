@@ -239,20 +239,23 @@ pub(crate) fn quoted(value: &str) -> String {
     }
 }
 
-/// The settings whose values are integers, the only keys
-/// [`number_out_of_range`] names (a key may be a password typed there).
+/// The settings whose values are integers, as `table.key`: the only ones
+/// [`number_out_of_range`] names. A key, or a table header read off an
+/// earlier line (which may be inside a multi-line string), may be a
+/// password typed there; a pair not in this list is not named (probe 134:
+/// `S3cretPw.worker_threads` was).
 const INTEGER_SETTINGS: [&str; 11] = [
-    "max_header_bytes",
-    "max_connections",
-    "max_connections_per_ip",
-    "worker_threads",
-    "max_pending",
-    "verify_threads",
-    "max_failures",
-    "m_cost",
-    "t_cost",
-    "p_cost",
-    "ports",
+    "limits.max_header_bytes",
+    "limits.max_connections",
+    "limits.max_connections_per_ip",
+    "server.worker_threads",
+    "auth.max_pending",
+    "auth.verify_threads",
+    "auth.throttle.max_failures",
+    "auth.argon2.m_cost",
+    "auth.argon2.t_cost",
+    "auth.argon2.p_cost",
+    "rules.ports",
 ];
 
 /// The parser's "number too large (small) to fit in target type" for an
@@ -265,18 +268,17 @@ fn number_out_of_range(source: &str, at: usize, message: &str) -> Option<String>
     let size = ["large", "small"].into_iter().find(|s| message.starts_with(&format!("number too {s}")))?;
     let before = source.get(..at)?;
     let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
-    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| INTEGER_SETTINGS.contains(k))?;
+    let key = line.split_once('=').map(|(k, _)| k.trim())?;
     let table = before
         .lines()
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|h| h.trim_start_matches('[').split(']').next().unwrap_or_default().trim());
-    let setting = match table {
-        Some(t) if !t.is_empty() => format!("{t}.{key}"),
-        _ => key.to_owned(),
-    };
-    Some(format!("{setting}: number too {size} (see the setting's range in the README)"))
+        .map(|h| h.trim_start_matches('[').split(']').next().unwrap_or_default().trim())?;
+    let setting = format!("{table}.{key}");
+    INTEGER_SETTINGS
+        .contains(&setting.as_str())
+        .then(|| format!("{setting}: number too {size} (see the setting's range in the README)"))
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `source`.
