@@ -170,10 +170,15 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         let r = get(proxy, &target, &[("Host", host_field), ("Proxy-Authorization", &good)]).await;
         assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
     }
-    // Nor its query, as no target's (`?api_key=…` was logged, probe 133).
-    let target = format!("//{USER}:0r1gin@{host}/o?api_key=K3yQuery");
-    let r = get(proxy, &target, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
-    assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
+    // Nor its query, as no target's (`?api_key=…` was logged, probe 133),
+    // also where the last `@` is in the query (probe 134).
+    for target in [
+        format!("//{USER}:0r1gin@{host}/o?api_key=K3yQuery"),
+        format!("//{host}/o?u=a@{host}/QK3yPath?k=K3yQuery"),
+    ] {
+        let r = get(proxy, &target, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
+        assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
+    }
     let mut c = RawConn::connect(proxy).await;
     c.send(request("CONNECT", &format!("{USER}:C0nnect"), &[("Proxy-Authorization", &good)])).await;
     assert_eq!(c.read_response("CONNECT").await.status, 400);
@@ -225,14 +230,19 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     .await;
     // Nine GETs, the CONNECT and two origin forms, shown as `http://…`
     // (not a host and a port, or not the `Host`), `//…` or `http://alice:…`
-    // (a port out of range), and the GET whose password has a `@` and the
-    // two other origin forms, after their last `@`.
+    // (a port out of range); the GET whose password has a `@`, and two
+    // origin forms, after their last `@`; and two whose last `@` is in the
+    // query, as the host alone.
     let after_at = format!("request_target={}", origin.url("/raw-userinfo"));
     let origin_form = format!("request_target=//{host}/o ");
-    while lines.iter().filter(|l| l.contains("authgate::access") && l.contains('…')).count() < 12
-        || lines.iter().filter(|l| l.contains("authgate::access") && l.contains(&origin_form)).count() < 3
-        || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&after_at))
-        || !lines.iter().any(|l| l.contains("authgate::access") && l.contains(&origin_form))
+    let host_alone = format!("request_target=//{host} ");
+    let count = |lines: &[String], what: &str| {
+        lines.iter().filter(|l| l.contains("authgate::access") && l.contains(what)).count()
+    };
+    while count(&lines, "…") < 12
+        || count(&lines, &origin_form) < 2
+        || count(&lines, &host_alone) < 2
+        || count(&lines, &after_at) < 1
     {
         match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
             Ok(Some(line)) => lines.push(line),
@@ -284,6 +294,7 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "0rQ".to_string(),
         "0rH4sh".to_string(),
         "K3yQuery".to_string(),
+        "QK3yPath".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");

@@ -703,9 +703,13 @@ fn origin_form_authority(rest: &str, query: Option<&str>, headers: &http::Header
     };
     if full.contains('@') {
         // Without the query, as every target is logged (it was, when the
-        // `@` came before it; probe 133).
+        // `@` came before it; probe 133). When the last `@` is in the query,
+        // what follows the host there is the query's too: the host alone
+        // (probe 134).
         let mut logged = after_userinfo("//", &full, headers);
-        logged.truncate(logged.find('?').unwrap_or(logged.len()));
+        let in_query = full.rfind('@').is_some_and(|at| at > rest.len());
+        let end = if in_query { logged[2..].find('/').map(|i| i + 2) } else { logged.find('?') };
+        logged.truncate(end.unwrap_or(logged.len()));
         logged
     } else if rest.split('/').next().is_some_and(|first| first.contains(':')) {
         "//…".to_owned()
