@@ -94,7 +94,7 @@ fn duration_within(
                 format!("{what}: must be at most {said}")
             } else if text
                 .split(|ch: char| !ch.is_ascii_alphabetic())
-                .any(|unit| matches!(unit, "y" | "year" | "years" | "M" | "month" | "months"))
+                .any(|unit| matches!(unit, "y" | "yr" | "yrs" | "year" | "years" | "M" | "month" | "months"))
             {
                 format!("{what}: at most {said} (`1y` counts 365.25 days: write `365d`)")
             } else {
