@@ -56,37 +56,36 @@ async fn curl_connect_tunnel_with_p() {
     assert!(!seen.has("proxy-authorization"), "{seen:?}");
 }
 
-#[tokio::test]
-async fn curl_proxy_anyauth_retries_on_the_same_connection() {
+/// `curl --proxy-anyauth` (credentials only after a 407) for `path` of an
+/// echo origin, through a tunnel with `tunnel`: the request line the origin
+/// saw, `http_code num_connects`, and curl's stderr, after checking that
+/// the 407 came first.
+async fn anyauth(path: &str, tunnel: bool) -> (String, String, String) {
     let origin = spawn_echo_origin();
     let proxy = spawn_proxy("", &[USER]);
     let userpass = format!("{}:{}", USER.0, USER.1);
-    let out = curl(
-        &[
-            "-v",
-            "--proxy-anyauth",
-            "-U",
-            &userpass,
-            "-x",
-            &proxy.url(),
-            "-w",
-            "\n%{http_code} %{num_connects}",
-            &origin.url("/anyauth"),
-        ],
-        &[],
-    )
-    .await;
+    let (proxy_url, url) = (proxy.url(), origin.url(path));
+    let mut args = vec!["-v", "--proxy-anyauth", "-U", &userpass, "-x", &proxy_url];
+    if tunnel {
+        args.push("-p");
+    }
+    args.extend(["-w", "\n%{http_code} %{num_connects}", &url]);
+    let out = curl(&args, &[]).await;
     out.assert_success();
     let stdout = out.stdout_text();
     let (body, summary) = stdout.rsplit_once('\n').unwrap();
     assert!(out.stderr.contains("407"), "curl should first have been challenged:\n{}", out.stderr);
+    (Echoed::parse(body.as_bytes()).request_line, summary.to_owned(), out.stderr)
+}
+
+#[tokio::test]
+async fn curl_proxy_anyauth_retries_on_the_same_connection() {
+    let (request_line, summary, stderr) = anyauth("/anyauth", false).await;
     assert_eq!(
         summary, "200 1",
-        "expected 200 over a single connection (the 407 must leave it usable):\n{}",
-        out.stderr
+        "expected 200 over a single connection (the 407 must leave it usable):\n{stderr}"
     );
-    let seen = Echoed::parse(body.as_bytes());
-    assert_eq!(seen.request_line, "GET /anyauth HTTP/1.1");
+    assert_eq!(request_line, "GET /anyauth HTTP/1.1");
 }
 
 /// A CONNECT answered 407 closes its connection (bytes sent ahead for the
@@ -94,31 +93,9 @@ async fn curl_proxy_anyauth_retries_on_the_same_connection() {
 /// the credentials on a new one.
 #[tokio::test]
 async fn curl_proxy_anyauth_retries_a_connect_on_a_new_connection() {
-    let origin = spawn_echo_origin();
-    let proxy = spawn_proxy("", &[USER]);
-    let userpass = format!("{}:{}", USER.0, USER.1);
-    let out = curl(
-        &[
-            "-v",
-            "-p",
-            "--proxy-anyauth",
-            "-U",
-            &userpass,
-            "-x",
-            &proxy.url(),
-            "-w",
-            "\n%{http_code} %{num_connects}",
-            &origin.url("/tunnelled"),
-        ],
-        &[],
-    )
-    .await;
-    out.assert_success();
-    let stdout = out.stdout_text();
-    let (body, summary) = stdout.rsplit_once('\n').unwrap();
-    assert!(out.stderr.contains("407"), "curl should first have been challenged:\n{}", out.stderr);
-    assert_eq!(summary, "200 2", "the retry on a second connection:\n{}", out.stderr);
-    assert_eq!(Echoed::parse(body.as_bytes()).request_line, "GET /tunnelled HTTP/1.1");
+    let (request_line, summary, stderr) = anyauth("/tunnelled", true).await;
+    assert_eq!(summary, "200 2", "the retry on a second connection:\n{stderr}");
+    assert_eq!(request_line, "GET /tunnelled HTTP/1.1");
 }
 
 #[tokio::test]
