@@ -348,12 +348,25 @@ fn no_listener_and_duplicate_listeners_are_refused_with_line_and_column() {
     );
     assert_eq!(ok.unwrap().server.listen.len(), 2);
 
-    // A TLS listener on a plain listener's address; its certificate is not
-    // even read.
+    // A TLS listener on a plain listener's address, whose certificate is
+    // missing too: both are told (the certificate was not read, and its
+    // problem showed only once the clash was fixed; probe 136).
     let clash = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[[server.tls]]\nlisten = \"127.0.0.1:3128\"\ncert = \"none.pem\"\nkey = \"none.pem\"\n[auth]\nusers_file = \"users.toml\"\n";
     let err = load_err(clash, &users);
     assert!(err.contains("authgate.toml:4:10") && err.contains("already a listener's address"), "{err}");
-    assert!(!err.contains("none.pem"), "{err}");
+    assert!(
+        err.contains("authgate.toml:5:8: server.tls: ") && err.contains("none.pem: cannot read certificate"),
+        "{err}"
+    );
+    // And an admin listener on the address of a TLS listener whose
+    // certificate is missing: both too (the clash was not seen).
+    let admin = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"none.pem\"\nkey = \"none.pem\"\n[admin]\nlisten = \"127.0.0.1:3129\"\n";
+    let err = load_err(admin, &users);
+    assert!(err.contains("none.pem: cannot read certificate"), "{err}");
+    assert!(
+        err.contains("authgate.toml:8:10: admin.listen: must not be a proxy listener's address"),
+        "{err}"
+    );
 }
 
 /// The admin listener must not share a proxy listener's address (it asks

@@ -209,6 +209,12 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     if let Some(extra) = raw.server.tls.get(MAX_LISTENERS) {
         c.at(extra.span(), format!("server.tls: more than {MAX_LISTENERS} TLS listeners"));
     }
+    // Every TLS listener's address, its certificate loaded or not: the
+    // clash checks see them all. A listener whose certificate failed was
+    // left out of them, and a clash that was one more problem showed only
+    // after the certificate was fixed; and a clash skipped the certificate
+    // (probe 136: `check` is to print every problem).
+    let mut tls_addrs: Vec<SocketAddr> = Vec::new();
     for t in raw.server.tls.iter().take(MAX_LISTENERS) {
         let t = t.get_ref();
         let listen = t.listen.get_ref().trim().parse::<SocketAddr>();
@@ -217,14 +223,17 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         }
         let cert = base.join(t.cert.get_ref());
         let key = base.join(t.key.get_ref());
-        if let Ok(a) = listen
-            && (s.server.listen.iter().any(|b| overlap(a, *b))
-                || s.server.tls.iter().any(|t| overlap(a, t.listen)))
-        {
-            c.at(t.listen.span(), format!("server.tls.listen: {a} is already a listener's address"));
-            continue;
+        let clash = listen.as_ref().is_ok_and(|a| {
+            s.server.listen.iter().any(|b| overlap(*a, *b)) || tls_addrs.iter().any(|b| overlap(*a, *b))
+        });
+        if let Ok(a) = listen {
+            if clash {
+                c.at(t.listen.span(), format!("server.tls.listen: {a} is already a listener's address"));
+            }
+            tls_addrs.push(a);
         }
         match (listen, crate::server::tls::load_certified_key(&cert, &key)) {
+            (Ok(_), Ok(_)) if clash => {}
             (Ok(listen), Ok(certified)) => s.server.tls.push(super::TlsListener {
                 listen,
                 cert,
@@ -434,7 +443,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         match a.get_ref().trim().parse::<SocketAddr>() {
             Ok(addr)
                 if s.server.listen.iter().any(|b| overlap(addr, *b))
-                    || s.server.tls.iter().any(|t| overlap(addr, t.listen)) =>
+                    || tls_addrs.iter().any(|t| overlap(addr, *t)) =>
             {
                 c.at(a.span(), "admin.listen: must not be a proxy listener's address")
             }
