@@ -804,7 +804,7 @@ fn a_duration_beyond_365_days_is_refused_for_every_setting() {
                 "{err}"
             );
             // `1y` is 365.25 days to the parser: the message says so.
-            assert_eq!(err.contains("`1y` counts 365.25 days"), !value.ends_with("days"), "{err}");
+            assert_eq!(err.contains("a year counts 365.25 days"), !value.ends_with("days"), "{err}");
         }
         let (_dir, ok) = load(&format!("[{table}]\n{key} = \"365days\"\n"), &good_users());
         // 365 days itself is accepted where the setting has no lower cap.

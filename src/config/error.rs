@@ -154,8 +154,8 @@ impl<'a> Collector<'a> {
         self.at(
             at..at,
             format!(
-                "too many keys, tables and items: past a weight of {} (a table 6, a dot in a key 4, an \
-                 inline table or an array 3, a key 2, an item 1; about 113,000 users); not parsed, which \
+                "too many keys, tables and items: past a weight of {} (a table 6, a dot 4, an inline \
+                 table or an array 3, a key 2, a comma 1; about 113,000 users); not parsed, which \
                  would take about 0.3 KB of memory for each",
                 super::toml_terms::MAX_WEIGHT
             ),

@@ -96,7 +96,9 @@ fn duration_within(
                 .split(|ch: char| !ch.is_ascii_alphabetic())
                 .any(|unit| matches!(unit, "y" | "yr" | "yrs" | "year" | "years" | "M" | "month" | "months"))
             {
-                format!("{what}: at most {said} (`1y` counts 365.25 days: write `365d`)")
+                format!(
+                    "{what}: at most {said} (a year counts 365.25 days, a month a twelfth of that: write `365d`)"
+                )
             } else {
                 format!("{what}: at most {said}")
             };
