@@ -228,27 +228,19 @@ pub fn parse_authority(raw: &str) -> Result<Target, BadTarget> {
     if raw.contains('@') {
         return Err(BadTarget("CONNECT takes host:port, without user:password@"));
     }
-    // `[::1]` has colons but no port.
-    let (host, port) =
-        raw.rsplit_once(':').filter(|_| !raw.ends_with(']')).ok_or(BadTarget("CONNECT needs host:port"))?;
-    // `[::1]443`: bracketed, but no `:` before the port (it was "must be
-    // in brackets"; probe 128).
-    if let Some(inner) = raw.strip_prefix('[') {
-        match inner.find(']') {
-            // `[[::1]]:80`: no address in the brackets (probe 133).
-            _ if inner.starts_with('[') => return Err(BadTarget("bad IPv6 address")),
-            Some(end) if inner.as_bytes().get(end + 1) != Some(&b':') => return Err(BadTarget("bad port")),
-            // `[::1:443`: a bracket opened, never closed (probe 129), said
-            // as for a URL.
-            None => return Err(BadTarget("unclosed IPv6 bracket")),
-            Some(_) => {}
-        }
-    }
-    if host.starts_with('[') != host.ends_with(']') || (!host.starts_with('[') && host.contains(':')) {
+    // Split as a URL's authority is ([`split_port`]): an IPv6 literal's
+    // port comes after its `]`, and anything else there is a bad port
+    // (`[::1]443`); the host is read first, so that `[::1:443` (a bracket
+    // never closed) and `[[::1]]:80` say what is wrong with them (special
+    // cases on top of a split at the last `:` said "must be in brackets",
+    // probes 128, 129, 133).
+    let (host, port) = split_port(raw);
+    if !host.starts_with('[') && host.contains(':') {
         return Err(BadTarget("IPv6 addresses must be in brackets"));
     }
-    let port = uri_port(port)?;
-    Ok(Target { host: parse_host(host)?, port })
+    let host = parse_host(host)?;
+    let port = uri_port(port.ok_or(BadTarget("CONNECT needs host:port"))?)?;
+    Ok(Target { host, port })
 }
 
 /// The port of an absolute-form target's authority (`host:port`,
@@ -536,7 +528,7 @@ mod tests {
         }
         // Bracketed, with something other than `:` after the `]`: the port
         // is what is wrong (it was "must be in brackets"; probe 128).
-        for s in ["[::1]36402", "[::1]x:80", "[::1]]:80", "[fe80::1]/80"] {
+        for s in ["[::1]36402", "[::1]x:80", "[::1]]:80", "[fe80::1]/80", "[::1]:80]"] {
             assert_eq!(parse_authority(s).err(), Some(BadTarget("bad port")), "{s}");
         }
         assert_eq!(parse_authority("[::1:80").err(), Some(BadTarget("unclosed IPv6 bracket")));

@@ -815,6 +815,19 @@ fn explain_prints_each_rule_and_exits_by_decision() {
         err.contains("https:// is forwarded on a TLS listener only") && err.contains("unsupported_scheme"),
         "{err}"
     );
+    // A target's faults are told alike in both forms, the host's first
+    // (`http://[[::1]]:80/` was "bad port", `[[::1]]:80` "bad IPv6
+    // address"; probe 134).
+    for (url, said) in [
+        ("http://[[::1]]:80/", "bad IPv6 address"),
+        ("[[::1]]:80", "bad IPv6 address"),
+        ("http://[::1]80/", "bad port"),
+        ("[::1]80", "bad port"),
+        ("[::1:80", "unclosed IPv6 bracket"),
+    ] {
+        let (code, _, err) = run(&["--user", USER, url]);
+        assert_eq!((code, err.trim()), (Some(2), format!("authgate: {said}").as_str()), "{url}");
+    }
     // A report that cannot be written is an error (2), not "denied" (1).
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
     let out = authgate_bin()

@@ -33,10 +33,12 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
                     .into(),
             );
         }
-        // The port as the proxy reads it (an empty one is the default).
-        let port = authority_port(authority, default_port).map_err(|e| e.0.to_string())?;
+        // Host, then port, as the proxy reads them (an empty port is the
+        // default): read port first, `http://[[::1]]:80/` was "bad port"
+        // here and `[[::1]]:80` "bad IPv6 address" (probe 134).
         let (host, _) = split_port(authority);
         let host = parse_host(&ascii_host(host)?).map_err(|e| e.0.to_string())?;
+        let port = authority_port(authority, default_port).map_err(|e| e.0.to_string())?;
         return Ok((Target { host, port }, method));
     }
     // `http:127.0.0.1:8080` was told "IPv6 addresses must be in brackets"
