@@ -20,6 +20,7 @@
 
 pub mod auth;
 pub mod body;
+mod calendar;
 pub mod cli;
 pub mod config;
 pub mod error;
