@@ -236,14 +236,6 @@ impl User {
         hash_costs(&self.hash)
     }
 
-    /// The argon2 parameters of the user's hash.
-    pub fn argon2_params(&self) -> Option<Params> {
-        match &self.hash {
-            StoredHash::Argon2(h) => Params::try_from(&h.password_hash()).ok(),
-            StoredHash::Bcrypt(_) => None,
-        }
-    }
-
     /// The user's stored hash.
     pub fn hash(&self) -> &StoredHash {
         &self.hash

@@ -429,9 +429,7 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
     // probe 114).
     let instant = instant.and_then(|t| t.checked_add(Duration::from_nanos(u64::from(time.nanosecond))));
     let instant = instant.filter(|t| crate::config::expiry_in_range(*t)).ok_or_else(bad)?;
-    let written: toml_edit::Datetime =
-        humantime::format_rfc3339(instant).to_string().parse().map_err(|_| bad())?;
-    Ok((instant, written))
+    Ok((instant, utc_datetime(instant).ok_or_else(bad)?))
 }
 
 fn expiry_note(expires: Option<SystemTime>) -> String {
@@ -498,16 +496,15 @@ pub(super) fn name_arg(name: &str) -> String {
     if name.starts_with('-') { format!("-- {word}") } else { word }
 }
 
-/// An expiry as RFC 3339 in UTC, with the fraction of a second the file
-/// gave, if any, without trailing zeros (`…T13:30:00.25Z`), as in the file.
+/// `t` as the TOML date-time written for it: UTC, with its fraction of a
+/// second, if any, without trailing zeros (`…T13:30:00.25Z`).
+fn utc_datetime(t: SystemTime) -> Option<toml_edit::Datetime> {
+    humantime::format_rfc3339(t).to_string().parse().ok()
+}
+
+/// An expiry as the users file has it (see [`utc_datetime`]).
 fn expiry_text(t: SystemTime) -> String {
-    let text = humantime::format_rfc3339(t).to_string();
-    match text.split_once('.') {
-        Some((whole, fraction)) => {
-            format!("{whole}.{}Z", fraction.trim_end_matches('Z').trim_end_matches('0'))
-        }
-        None => text,
-    }
+    utc_datetime(t).map_or_else(|| humantime::format_rfc3339_seconds(t).to_string(), |d| d.to_string())
 }
 
 /// `users list`: a table of name, groups, disabled, expires, scheme.
