@@ -1,7 +1,7 @@
-//! A socket whose writes are reported to an observer: the one way the
-//! admin port's send deadline and the upstream pool's write record see a
-//! socket's writes, instead of two copies of the same `AsyncWrite`
-//! delegation.
+//! A socket whose writes, and reads that bring bytes, are reported to an
+//! observer: the one way the admin port's send deadline and the upstream
+//! pool's write record (and its note that an origin answered, for the
+//! retry rule) see a socket, instead of two copies of the same delegation.
 
 use std::io;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// socket, and decides what the caller gets: the result itself, or
 /// another (an error once a write has been blocked too long); and, if it
 /// wants, each read that brought bytes.
-pub trait WriteObserver: Unpin {
+pub trait IoObserver: Unpin {
     /// A read brought bytes; nothing by default.
     fn read_some(&mut self) {}
 
@@ -38,7 +38,7 @@ pub struct Watched<IO, O> {
     pub observer: O,
 }
 
-impl<IO: AsyncRead + Unpin, O: WriteObserver> AsyncRead for Watched<IO, O> {
+impl<IO: AsyncRead + Unpin, O: IoObserver> AsyncRead for Watched<IO, O> {
     // Inlined, as the plain delegation it replaced was: a call per read
     // cost 0.1k instructions a request.
     #[inline]
@@ -56,7 +56,7 @@ impl<IO: AsyncRead + Unpin, O: WriteObserver> AsyncRead for Watched<IO, O> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin, O: WriteObserver> AsyncWrite for Watched<IO, O> {
+impl<IO: AsyncWrite + Unpin, O: IoObserver> AsyncWrite for Watched<IO, O> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.io).poll_write(cx, buf);

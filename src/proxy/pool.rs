@@ -27,7 +27,7 @@ use super::upstream_tls::UpstreamIo;
 use crate::body::{AbortOnDrop, RequestBody, Upload, UploadState};
 use crate::error::ProxyError;
 use crate::target::Target;
-use crate::watched_io::WriteObserver;
+use crate::watched_io::IoObserver;
 
 /// Pool key: the origin, whether it is spoken to over TLS, and the
 /// [`Snapshot::id`](crate::config::Snapshot::id) of the configuration the
@@ -172,7 +172,7 @@ impl Writes {
 /// The origin socket as hyper's client sees it, reporting to [`Writes`].
 type Watched = crate::watched_io::Watched<UpstreamIo, Arc<Writes>>;
 
-impl WriteObserver for Arc<Writes> {
+impl IoObserver for Arc<Writes> {
     #[inline]
     fn read_some(&mut self) {
         if !self.heard.load(Ordering::Relaxed) {

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 
 use super::guard::SendStall;
 use crate::proxy::State;
-use crate::watched_io::{Watched, WriteObserver};
+use crate::watched_io::{IoObserver, Watched};
 
 /// Answers one admin request.
 pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Bytes>> {
@@ -95,7 +95,7 @@ pub async fn serve(state: Arc<State>, stream: TcpStream) {
 /// not run while it waits to write, so a client that pipelined requests and
 /// read none of the answers held its admin slot for as long as it kept the
 /// connection.
-impl WriteObserver for SendStall {
+impl IoObserver for SendStall {
     fn write(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         self.watch(cx, res)
     }
