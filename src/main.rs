@@ -251,9 +251,7 @@ fn run(config: &Path) -> ExitCode {
     authgate::server::limits::raise_open_files_limit(snap.limits.max_connections);
     authgate::proxy::upstream_tls::warn_if_no_system_roots(&snap);
     authgate::server::tls::warn_if_out_of_date(&snap.server.tls);
-    for line in snap.users.hash_warnings(|_| true) {
-        tracing::warn!(problem = &*line, "users file: a hash that may never verify");
-    }
+    snap.users.warn_of_hashes(|_| true);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);

@@ -368,6 +368,14 @@ impl UserStore {
             .collect()
     }
 
+    /// Logs [`UserStore::hash_warnings`] (at the start, for all users; at a
+    /// reload, for those added or changed), as `authgate check` prints them.
+    pub fn warn_of_hashes(&self, include: impl Fn(&User) -> bool) {
+        for line in self.hash_warnings(include) {
+            tracing::warn!(problem = &*line, "users file: a hash that may never verify");
+        }
+    }
+
     /// Verifies credentials. Slow on purpose (argon2): call it on the blocking
     /// pool. Every path costs one hash verification.
     pub fn verify(&self, creds: &Credentials, now: SystemTime) -> Result<Arc<User>, Refusal> {

@@ -282,11 +282,7 @@ fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
         state.auth.cache().forget_users(|name| changed.contains(name));
     }
     // Of the users added or changed.
-    for line in
-        new.users.hash_warnings(|u| old.users.get(&u.name).is_none_or(|o| o.fingerprint != u.fingerprint))
-    {
-        tracing::warn!(problem = &*line, "users file: a hash that may never verify");
-    }
+    new.users.warn_of_hashes(|u| old.users.get(&u.name).is_none_or(|o| o.fingerprint != u.fingerprint));
     (generation, revoked)
 }
 
