@@ -217,16 +217,21 @@ impl Conn {
     }
 }
 
-/// The upstream connection pool.
-pub struct Pool {
+/// The idle connections, under the pool's lock.
+#[derive(Default)]
+struct Idles {
     /// Per origin, oldest first: a connection goes back at the end and is
     /// taken from the end.
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    by_key: HashMap<Key, Vec<Idle>>,
+    /// How many there are, all origins together.
+    count: usize,
+}
+
+/// The upstream connection pool.
+pub struct Pool {
+    idle: Mutex<Idles>,
     /// `[limits] upstream_idle_timeout`, in nanoseconds (a reload sets it).
     idle_timeout: AtomicU64,
-    /// Connections in `idle`, all origins together (changed under its
-    /// lock).
-    count: AtomicUsize,
     /// The most kept idle at once (see [`Pool::set_max_idle`]).
     max_idle: AtomicUsize,
     /// The id of the live configuration, as [`Pool::retire`] last set it:
@@ -278,9 +283,8 @@ impl Pool {
     /// checkout).
     pub fn new(idle_timeout: Duration, live: u64) -> Self {
         let pool = Pool {
-            idle: Mutex::new(HashMap::default()),
+            idle: Mutex::new(Idles::default()),
             idle_timeout: AtomicU64::new(0),
-            count: AtomicUsize::new(0),
             max_idle: AtomicUsize::new(usize::MAX),
             live: AtomicU64::new(live),
         };
@@ -323,13 +327,13 @@ impl Pool {
         let mut expired = Vec::new();
         {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|_, list| {
+            idle.by_key.retain(|_, list| {
                 let stale = list.partition_point(|c| now.duration_since(c.since) >= timeout);
                 expired.extend(list.drain(..stale));
                 expired.extend(list.extract_if(.., |c| c.conn.tx.is_closed()));
                 !list.is_empty()
             });
-            self.count.fetch_sub(expired.len(), Ordering::Relaxed);
+            idle.count -= expired.len();
         }
         // Closed outside the lock: requests wait on it.
         drop(expired);
@@ -340,7 +344,7 @@ impl Pool {
     /// metrics: a look at each.
     pub fn idle_connections(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.values().flatten().filter(|c| !c.conn.tx.is_closed()).count()
+        idle.by_key.values().flatten().filter(|c| !c.conn.tx.is_closed()).count()
     }
 
     /// The most recently used idle connection for `key` that is still
@@ -356,7 +360,8 @@ impl Pool {
     ) -> Option<(Conn, Duration)> {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
+        let Idles { by_key, count } = &mut *idle;
+        let list = by_key.get_mut(key)?;
         let now = Instant::now();
         let mut found = None;
         let mut i = list.len();
@@ -366,15 +371,15 @@ impl Pool {
             let idle_for = now.duration_since(c.since);
             if !c.conn.tx.is_ready() || idle_for >= timeout {
                 list.remove(i);
-                self.count.fetch_sub(1, Ordering::Relaxed);
+                *count -= 1;
             } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) && c.conn.owner.admits(user) {
                 found = Some((list.remove(i).conn, idle_for));
-                self.count.fetch_sub(1, Ordering::Relaxed);
+                *count -= 1;
                 break;
             }
         }
         if list.is_empty() {
-            idle.remove(key);
+            by_key.remove(key);
         }
         found
     }
@@ -391,7 +396,6 @@ impl Pool {
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             self.live.store(live, Ordering::SeqCst);
-            self.count.store(0, Ordering::Relaxed);
             std::mem::take(&mut *idle)
         };
         // Closed outside the lock: requests wait on it.
@@ -421,32 +425,31 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if key.2 != self.live.load(Ordering::SeqCst)
-            || self.count.load(Ordering::Relaxed) >= self.max_idle.load(Ordering::Relaxed)
-        {
+        let Idles { by_key, count } = &mut *idle;
+        if key.2 != self.live.load(Ordering::SeqCst) || *count >= self.max_idle.load(Ordering::Relaxed) {
             return;
         }
-        if idle.len() >= MAX_ORIGINS && !idle.contains_key(&key) {
+        if by_key.len() >= MAX_ORIGINS && !by_key.contains_key(&key) {
             let now = Instant::now();
             let timeout = self.idle_timeout();
-            idle.retain(|_, l| {
+            by_key.retain(|_, l| {
                 let before = l.len();
                 l.retain(|c| !c.conn.tx.is_closed() && now.duration_since(c.since) < timeout);
-                self.count.fetch_sub(before - l.len(), Ordering::Relaxed);
+                *count -= before - l.len();
                 !l.is_empty()
             });
-            if idle.len() >= MAX_ORIGINS {
+            if by_key.len() >= MAX_ORIGINS {
                 return;
             }
         }
-        let list = idle.entry(key).or_default();
+        let list = by_key.entry(key).or_default();
         let owned = matches!(conn.owner, Owner::User(_));
         if owned && list.iter().filter(|c| c.conn.owner == conn.owner).count() >= MAX_IDLE_OWNED {
             return;
         }
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(Idle { conn, since: Instant::now() });
-            self.count.fetch_add(1, Ordering::Relaxed);
+            *count += 1;
         }
     }
 
