@@ -17,14 +17,43 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         let (default_port, method) = match scheme.to_ascii_lowercase().as_str() {
             "http" => (80, Method::GET),
             "https" => (443, Method::CONNECT),
-            other => {
+            // As typed: `FTP` was shown `ftp` (probe 138).
+            _ => {
                 return Err(format!(
                     "unsupported scheme `{}` (use http://, https:// or host:port)",
-                    shown(other)
+                    shown(scheme)
                 ));
             }
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        // Host, then port, as the proxy reads them (an empty port is the
+        // default): read port first, `http://[[::1]]:80/` was "bad port"
+        // here and `[[::1]]:80` "bad IPv6 address" (probe 134).
+        let parsed = || {
+            let (host, _) = split_port(authority);
+            let host = parse_host(&ascii_host(host)?).map_err(|e| e.0.to_string())?;
+            let port = authority_port(authority, default_port).map_err(|e| e.0.to_string())?;
+            Ok::<_, String>(Target { host, port })
+        };
+        // hyper reads the target before authgate does: what it cannot read
+        // is a 400 malformed_request on the wire, whatever is in it
+        // (`http://a.test:80\@b.test/` was explained as bad_target; probe
+        // 138). A host typed in Unicode is sent in its ASCII form.
+        let path = &rest[authority.len()..];
+        let as_sent = if authority.is_ascii() { authority } else { "host" };
+        if http::Uri::try_from(format!("{scheme}://{as_sent}{path}")).is_err() {
+            // (Not echoed, nor a detail read off a userinfo: a password.)
+            let detail = match parsed() {
+                Err(e) if !authority.contains('@') => format!(" ({e})"),
+                _ => String::new(),
+            };
+            return Err(if raw.len() > MAX_TARGET {
+                "longer than the proxy reads (65,534 bytes): it answers 431 request_head_too_large or 414 uri_too_long"
+                    .into()
+            } else {
+                format!("a URL the proxy cannot read{detail}: it answers 400 malformed_request")
+            });
+        }
         // Refused by the proxy (RFC 9110 §4.2.4); it was explained as the
         // URL without it, "ALLOWED" (probe 91). Not echoed: a password.
         if authority.contains('@') {
@@ -33,13 +62,7 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
                     .into(),
             );
         }
-        // Host, then port, as the proxy reads them (an empty port is the
-        // default): read port first, `http://[[::1]]:80/` was "bad port"
-        // here and `[[::1]]:80` "bad IPv6 address" (probe 134).
-        let (host, _) = split_port(authority);
-        let host = parse_host(&ascii_host(host)?).map_err(|e| e.0.to_string())?;
-        let port = authority_port(authority, default_port).map_err(|e| e.0.to_string())?;
-        return Ok((Target { host, port }, method));
+        return parsed().map(|target| (target, method));
     }
     // `http:127.0.0.1:8080` was told "IPv6 addresses must be in brackets"
     // (probe 100). (`http:8080` is the host `http`, port 8080.)
@@ -51,9 +74,12 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         // probe 101.)
         return Err(format!("`{scheme}:` without `//` is no URL: write {scheme}://host/…"));
     }
+    // Unicode without a port is still host without port (it was "bad host
+    // name"; probe 138).
     let raw = match raw.rsplit_once(':') {
-        Some((host, port)) if !raw.is_ascii() => format!("{}:{port}", ascii_host(host)?),
-        _ => raw.to_owned(),
+        _ if raw.is_ascii() => raw.to_owned(),
+        Some((host, port)) => format!("{}:{port}", ascii_host(host)?),
+        None => ascii_host(raw)?.into_owned(),
     };
     parse_authority(&raw).map(|t| (t, Method::CONNECT)).map_err(|e| e.0.to_string())
 }
@@ -145,6 +171,9 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
 
 /// An argument as echoed in a message: at most 64 characters, control and
 /// invisible characters escaped (they reached the terminal as they were).
+/// The longest request target hyper reads (`http::Uri`'s limit).
+const MAX_TARGET: usize = 65_534;
+
 fn shown(arg: &str) -> String {
     arg.chars().take(64).collect::<String>().escape_debug().to_string()
 }
@@ -178,6 +207,35 @@ mod tests {
         let (target, method) = parse_target("BÜCHER.example:443").unwrap();
         assert_eq!((target, method), (Target { host: name, port: 443 }, Method::CONNECT));
         assert!(parse_target("http://bü cher.example/").is_err());
+        // Without a port it is a host without a port, not a bad name.
+        assert_eq!(parse_target("bücher.example"), Err("CONNECT needs host:port".into()));
+    }
+
+    /// What hyper cannot read is explained as the proxy's 400
+    /// malformed_request, not as what authgate would have said of it.
+    #[test]
+    fn a_url_hyper_refuses_is_explained_as_malformed() {
+        let err = parse_target(r"http://a.test:80\@b.test/").unwrap_err();
+        assert!(err.ends_with("it answers 400 malformed_request"), "{err}");
+        let err = parse_target("http://[::1:80/").unwrap_err();
+        assert_eq!(
+            err,
+            "a URL the proxy cannot read (unclosed IPv6 bracket): it answers 400 malformed_request"
+        );
+        // No detail read off userinfo, which may be a password.
+        let err = parse_target("http://alice:S3cr t@a.test/").unwrap_err();
+        assert_eq!(err, "a URL the proxy cannot read: it answers 400 malformed_request");
+        let long = format!("http://a.test/{}", "x".repeat(MAX_TARGET));
+        assert!(parse_target(&long).unwrap_err().contains("414 uri_too_long"));
+        // What hyper reads goes on to authgate's own checks.
+        assert!(parse_target("http://alice:S3cret@a.test/").unwrap_err().contains("bad_target"));
+        assert!(parse_target(&format!("http://a.test/{}", "x".repeat(60_000))).is_ok());
+    }
+
+    #[test]
+    fn an_unsupported_scheme_is_shown_as_typed() {
+        let err = parse_target("FTP://a.test/").unwrap_err();
+        assert!(err.starts_with("unsupported scheme `FTP`"), "{err}");
     }
 
     /// The port of a URL as the proxy reads it: an empty one is the

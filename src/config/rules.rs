@@ -174,8 +174,11 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
 
 /// Parses `*`, `*.example.com`, or an exact host; Unicode names become
 /// punycode, case and a trailing dot are ignored.
+///
+/// Spaces and more than one trailing dot are refused, as in a target:
+/// ` a.test.. ` was read as `a.test` (probe 138).
 pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
-    let s = raw.trim();
+    let s = raw;
     if s == "*" {
         return Ok(HostPattern::Any);
     }
@@ -194,7 +197,8 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
     // A name already in ASCII is taken as a target's is (the proxy asks
     // for `xn--zz.test`, which IDNA refuses: a rule could not name it;
     // probe 101); one in Unicode becomes its ASCII form.
-    let name = rest.trim_end_matches('.');
+    // (`parse_host` drops one trailing dot.)
+    let name = rest;
     let ascii = if name.is_ascii() {
         std::borrow::Cow::Borrowed(name)
     } else {
@@ -220,8 +224,15 @@ fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
             let (lo, hi) = s
                 .split_once('-')
                 .ok_or_else(|| format!("{} is not a port range like \"8000-8999\"", quoted(s)))?;
-            let lo = one(lo.trim().parse::<i64>().map_err(|_| "bad range start".to_string())?)?;
-            let hi = one(hi.trim().parse::<i64>().map_err(|_| "bad range end".to_string())?)?;
+            // Digits only: ` 80 - 90 ` and `+100` were read (probe 138).
+            let number =
+                |n: &str, what: &str| {
+                    n.bytes().all(|b| b.is_ascii_digit()).then(|| n.parse::<i64>().ok()).flatten().ok_or_else(
+                        || format!("{} is not a port range like \"8000-8999\" ({what})", quoted(s)),
+                    )
+                };
+            let lo = one(number(lo, "bad start")?)?;
+            let hi = one(number(hi, "bad end")?)?;
             if lo > hi {
                 return Err(format!("range {lo}-{hi} is inverted, so it can never match"));
             }
@@ -243,7 +254,19 @@ mod tests {
         // ASCII names as the proxy asks for them, also those IDNA refuses.
         assert_eq!(host_pattern("XN--ZZ.test"), Ok(HostPattern::Exact("xn--zz.test".into())));
         assert_eq!(host_pattern("My_Host.test."), Ok(HostPattern::Exact("my_host.test".into())));
-        for bad in ["foo*.com", "*.", "**", "a..b", "*.*.com", ""] {
+        for bad in [
+            "foo*.com",
+            "*.",
+            "**",
+            "a..b",
+            "*.*.com",
+            "",
+            " a.test",
+            "a.test ",
+            "a.test..",
+            "*.a.test..",
+            " * ",
+        ] {
             assert!(host_pattern(bad).is_err(), "{bad}");
         }
     }
@@ -256,5 +279,8 @@ mod tests {
         assert!(port_range(&RawPort::Num(0)).is_err());
         assert!(port_range(&RawPort::Num(70000)).is_err());
         assert!(port_range(&RawPort::Range("x".into())).is_err());
+        for bad in [" 80 - 90 ", "80 -90", "+100-110", "100-+110", "-5-10", "80-", "0x50-0x60"] {
+            assert!(port_range(&RawPort::Range(bad.into())).is_err(), "{bad}");
+        }
     }
 }
