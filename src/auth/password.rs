@@ -2,7 +2,7 @@
 
 use argon2::password_hash;
 use argon2::password_hash::{PasswordHash, PasswordHashString, SaltString};
-use argon2::{Algorithm, Argon2, Block, Params, PasswordHasher, PasswordVerifier, Version};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHasher, Version};
 use rand_core::OsRng;
 
 use super::basic::nfc;
@@ -58,8 +58,7 @@ pub fn hash_password(
 /// Verifies `password` against a stored argon2 PHC string, in constant time
 /// (the comparison of the derived keys is constant-time inside `argon2`).
 pub fn verify_argon2(stored: &PasswordHashString, password: &str) -> bool {
-    let hash: PasswordHash<'_> = stored.password_hash();
-    Argon2::default().verify_password(password.as_bytes(), &hash).is_ok()
+    verify_argon2_in(stored, password, &mut Memory::default())
 }
 
 /// Working memory for argon2, reused across verifications.
@@ -78,7 +77,16 @@ pub fn verify_argon2_in(stored: &PasswordHashString, password: &str, memory: &mu
     let hash: PasswordHash<'_> = stored.password_hash();
     let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
     let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else { return false };
-    let version = hash.version.and_then(|v| Version::try_from(v).ok()).unwrap_or(Version::V0x13);
+    // A string without `v=` is version 16, as the reference implementation
+    // reads (and writes) it; read as 19 (the `argon2` crate's default), such
+    // a hash loaded without a word and never verified (probe 139).
+    let version = match hash.version {
+        None => Version::V0x10,
+        Some(v) => match Version::try_from(v) {
+            Ok(v) => v,
+            Err(_) => return false,
+        },
+    };
     let Ok(params) = Params::try_from(&hash) else { return false };
     let mut salt_buf = [0u8; 64];
     let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
@@ -275,6 +283,24 @@ mod tests {
 
     fn tiny() -> Params {
         Params::new(64, 1, 1, None).unwrap()
+    }
+
+    /// libargon2 (argon2-cffi 23) wrote these with `version=16`; it
+    /// verifies them with the `v=16$` left out too, and not as `v=19`.
+    #[test]
+    fn a_hash_without_a_version_is_version_16() {
+        for phc in [
+            "$argon2i$m=8,t=2,p=1$c29tZXNhbHQ$4bmP+thg+TOoSS0PXrrU219xl35YCeBln3sv5cp5bZY",
+            "$argon2i$v=16$m=8,t=2,p=1$c29tZXNhbHQ$4bmP+thg+TOoSS0PXrrU219xl35YCeBln3sv5cp5bZY",
+            "$argon2id$m=8,t=2,p=1$c29tZXNhbHQ$+1ErlofTy8evXbCAGAVkI4oktQ1uRN2sCRO0j3qapBA",
+        ] {
+            let (h, _) = parse_argon2(phc).unwrap();
+            assert!(verify_argon2(&h, "password"), "{phc}");
+            assert!(!verify_argon2(&h, "passwort"), "{phc}");
+            let v19 = phc.replacen("$m=", "$v=19$m=", 1).replacen("$v=16$v=19", "$v=19", 1);
+            let (h, _) = parse_argon2(&v19).unwrap();
+            assert!(!verify_argon2(&h, "password"), "{v19}");
+        }
     }
 
     #[test]
