@@ -325,6 +325,11 @@ fn stdout_after_one_request_env(log_section: &str, env: &[(&str, &str)]) -> Stri
         )
         .await;
         assert_eq!(r.status, 200);
+        // And one that never became a request: a short access event.
+        let mut c = RawConn::connect(proxy).await;
+        c.send("GARBAGE\r\n\r\n").await;
+        let answer = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     });
     let out = bin.stop();
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
@@ -335,6 +340,11 @@ fn stdout_after_one_request_env(log_section: &str, env: &[(&str, &str)]) -> Stri
 fn the_log_filter_and_the_access_switch_silence_access_lines() {
     let on = stdout_after_one_request("[log]\nlevel = \"info\"\n");
     assert!(on.lines().any(|l| l.contains("INFO authgate::access:") && l.contains("/filtered")), "{on}");
+    assert!(
+        on.lines()
+            .any(|l| l.contains("INFO authgate::access:") && l.contains("outcome=\"malformed_request\"")),
+        "{on}"
+    );
 
     // A filter directive reaches the access line, which does not go through
     // tracing's formatter.

@@ -480,11 +480,21 @@ async fn accept_tls(
 /// answers to unusable requests.
 async fn refuse_plain_http(state: &Arc<State>, stream: TcpStream, client: SocketAddr) {
     let err = ProxyError::TlsRequired;
+    let answer = refused_head(state, client, &err);
+    answer_and_close(stream, &answer, Duration::from_secs(2)).await;
+}
+
+/// Counts and logs (a short access event, unless `[log] access = false`)
+/// an answer to a request that never became one; returns it, whole.
+fn refused_head(state: &State, client: SocketAddr, err: &ProxyError) -> Vec<u8> {
     let id = state.next_request_id();
-    let d = respond::describe(&err);
+    let d = respond::describe(err);
     state.metrics.request(Counted::BadRequest, None);
-    tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = d.status.as_u16(), outcome = d.code);
-    answer_and_close(stream, &respond::raw_error_response(&err, &id), Duration::from_secs(2)).await;
+    // Was logged whatever `access` said (probe 140).
+    if state.snapshot.load().log.access {
+        tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = d.status.as_u16(), outcome = d.code);
+    }
+    respond::raw_error_response(err, &id)
 }
 
 /// Sends `answer` (a complete HTTP response) and closes the connection, all
@@ -521,11 +531,7 @@ fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
             Rejection::Unparsable(414) => ProxyError::UriTooLong,
             Rejection::Unparsable(_) => ProxyError::MalformedRequest,
         };
-        let id = state.next_request_id();
-        let d = respond::describe(&err);
-        state.metrics.request(Counted::BadRequest, None);
-        tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = d.status.as_u16(), outcome = d.code);
-        respond::raw_error_response(&err, &id)
+        refused_head(&state, client, &err)
     })
 }
 
