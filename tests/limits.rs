@@ -1442,6 +1442,57 @@ async fn a_full_argon2_queue_answers_503_with_retry_after() {
     assert!(statuses.iter().all(|s| *s == 503 || *s == 407), "{statuses:?}");
 }
 
+/// One address that sends more wrong passwords at once than the
+/// verification queue holds spends the attempts of those refused for
+/// overload, and reaches its 429s. (Given back, they were taken again at
+/// once: with `max_pending` + `verify_threads` below `max_failures` it got
+/// about 15,000 503s a second, the queue stayed full and every other
+/// address's logins got 503s too; probe 142.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_flooding_past_the_queue_reaches_its_429s() {
+    let users = format!(
+        "[users.alice]\npassword = {}\n",
+        toml_str(
+            authgate::auth::password::hash_password(
+                "a1",
+                argon2::Params::new(16 * 1024, 1, 1, None).unwrap()
+            )
+            .unwrap()
+            .as_str()
+        )
+    );
+    let config = cfg("", "").replace(
+        "[auth.throttle]\nenabled = false\n",
+        "verify_threads = 1\nmax_pending = 1\n[auth.throttle]\nmax_failures = 10\nwindow = \"600s\"\ndelay = \"0s\"\n",
+    );
+    let proxy = spawn_custom(&config, &users);
+    let origin = spawn_echo_origin();
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let (url, host, addr) = (origin.url("/"), origin.authority(), proxy.addr);
+        tasks.push(tokio::spawn(async move {
+            let auth = basic("alice", &format!("wrong{i}"));
+            get(addr, &url, &[("Host", &host), ("Proxy-Authorization", &auth)]).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.contains(&503), "the queue overflowed: {statuses:?}");
+    assert!(statuses.iter().all(|s| [407, 429, 503].contains(s)), "{statuses:?}");
+    // Ten attempts were taken, all spent: what comes next is throttled.
+    for i in 0..5 {
+        let r = get(
+            proxy.addr,
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &basic("alice", &format!("again{i}")))],
+        )
+        .await;
+        assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unparsable_heads_get_authgates_own_answers() {
     let proxy = spawn_custom(&cfg("", ""), &users());

@@ -225,6 +225,14 @@ impl Verifying {
             self.throttle.refund(self.client, &self.settings);
         }
     }
+
+    /// Gives the attempt back after an overload, if it was its address's
+    /// only one being verified (see [`throttle::Throttle::refund_overloaded`]).
+    fn refund_overloaded(&self) {
+        if self.counted {
+            self.throttle.refund_overloaded(self.client, &self.settings);
+        }
+    }
 }
 
 impl Drop for Verifying {
@@ -667,11 +675,11 @@ impl Authenticator {
                 // Refused for overload, the attempt is given back before it
                 // ends, so that the attempts waiting for its end find it.
                 let Some(_place) = self.queue() else {
-                    settle.attempt.refund();
+                    settle.attempt.refund_overloaded();
                     return None;
                 };
                 let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                    settle.attempt.refund();
+                    settle.attempt.refund_overloaded();
                     return None;
                 };
                 permit
