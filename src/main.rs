@@ -66,16 +66,19 @@ fn main() -> ExitCode {
 
 /// clap's error, or, for a value given where none is taken (most likely a
 /// password: `authgate hash-password S3cret`, `users add alice S3cret`,
-/// `--password-stdin=S3cret`), the same without the value: clap quotes it.
+/// `--password-stdin=S3cret`) or an unknown flag, the same without the
+/// value: clap quotes it.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     // Shown when clap names a similar flag or subcommand (a typo, the point
     // of its message); any other value may be a password, also one that
     // starts with `-` (`users add alice -- -S3cret`, probe 85).
+    // A mistyped flag is not repeated either: what clap took for one may
+    // have a password glued to it (`--password-stdin:S3cret`,
+    // `--passwordS3cret`; probe 139). Its suggestion is said.
     let a_value = match e.kind() {
-        ErrorKind::UnknownArgument => e.get(ContextKind::SuggestedArg).is_none(),
+        ErrorKind::UnknownArgument | ErrorKind::TooManyValues => true,
         ErrorKind::InvalidSubcommand => e.get(ContextKind::SuggestedSubcommand).is_none(),
-        ErrorKind::TooManyValues => true,
         _ => false,
     };
     if !a_value {
@@ -85,18 +88,29 @@ fn usage_error(e: clap::Error) -> ExitCode {
         Some(ContextValue::StyledStr(u)) => format!("\n\n{u}"),
         _ => String::new(),
     };
+    let tip = match e.get(ContextKind::SuggestedArg) {
+        Some(ContextValue::String(flag)) => format!("\n\n  tip: a similar argument exists: '{flag}'"),
+        _ => String::new(),
+    };
+    let args: Vec<_> = std::env::args_os().collect();
     // A word where a command goes names the commands there, so that a typo
     // far from every name (`authgate help nosuch`) reads as one (probe 114).
     let what = match e.kind() {
         ErrorKind::InvalidSubcommand => {
-            format!("unknown command; the commands are {}", commands_at(std::env::args_os()))
+            format!("unknown command; the commands are {}", commands_at(args.iter().cloned()))
         }
         _ => "unexpected argument".to_owned(),
     };
+    // Where passwords go, where the command is one that reads them.
+    let hint = match command_at(args.into_iter()).get_name() {
+        "explain" | "check" | "run" => "",
+        _ => {
+            "; `hash-password` reads it from the terminal or standard input, `users` from the terminal \
+             or with --password-stdin"
+        }
+    };
     err_line(format_args!(
-        "error: {what} (not shown: it may be a password; `hash-password` reads it from the \
-         terminal or standard input, `users` from the terminal or with --password-stdin){usage}\n\nFor more \
-         information, try '--help'."
+        "error: {what} (not shown: it may be a password{hint}){tip}{usage}\n\nFor more information, try '--help'."
     ));
     ExitCode::from(2)
 }
@@ -105,6 +119,13 @@ fn usage_error(e: clap::Error) -> ExitCode {
 /// unknown word, `help` included, as `a, b, c`. `--config`'s value is
 /// skipped, so that `-c users users nosuch` names `users`'s commands.
 fn commands_at(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    let cmd = command_at(args);
+    let names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
+    names.join(", ")
+}
+
+/// The command that `args` name before their first unknown word.
+fn command_at(args: impl Iterator<Item = std::ffi::OsString>) -> clap::Command {
     use clap::CommandFactory;
     let mut cmd = Cli::command();
     cmd.build();
@@ -124,8 +145,7 @@ fn commands_at(args: impl Iterator<Item = std::ffi::OsString>) -> String {
             break;
         }
     }
-    let names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
-    names.join(", ")
+    cmd
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {

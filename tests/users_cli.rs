@@ -515,6 +515,11 @@ fn a_password_given_as_an_argument_is_not_echoed() {
         &["hash-password", "Hunter2Secret"][..],
         &["users", "add", "gina", "Hunter2Secret"],
         &["users", "add", "gina", "--password-stdin=Hunter2Secret"],
+        // Glued to a flag clap finds a similar one for: it quoted them
+        // (probe 139).
+        &["users", "add", "gina", "--password-stdin:Hunter2Secret"],
+        &["users", "add", "gina", "--passwordHunter2Secret"],
+        &["users", "add", "gina", "--password-stdinHunter2Secret"],
         &["users", "add", "gina", "--", "-Hunter2Secret"],
         &["hash-password", "--Hunter2Secret"],
         &["Hunter2Secret"],
@@ -552,9 +557,18 @@ fn a_password_given_as_an_argument_is_not_echoed() {
         );
         assert!(!out.stderr.contains("nosuch"), "{out:?}");
     }
+    // A mistyped flag gets the likely one, and is not repeated itself.
     let out = d.run(&["add", "--pasword-stdin", "gina"], None);
     assert_eq!(out.code, Some(2), "{out:?}");
-    assert!(out.stderr.contains("'--pasword-stdin'") && out.stderr.contains("'--password-stdin'"), "{out:?}");
+    assert!(out.stderr.contains("a similar argument exists: '--password-stdin'"), "{out:?}");
+    assert!(!out.stderr.contains("--pasword-stdin"), "{out:?}");
+    // `explain` takes no password: its error does not say where one goes.
+    let mut command = Command::new(env!("CARGO_BIN_EXE_authgate"));
+    command.args(["explain", "--user", "gina", "a.test:443", "Hunter2Secret"]);
+    let out = Dir::run_command(command, None);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(out.stderr.contains("error: unexpected argument (not shown: it may be a password)"), "{out:?}");
+    assert!(!out.stderr.contains("Hunter2Secret") && !out.stderr.contains("hash-password"), "{out:?}");
     let out = d.run(&["ad", "gina"], None);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(out.stderr.contains("'ad'") && out.stderr.contains("'add'"), "a typo keeps clap's tip: {out:?}");
