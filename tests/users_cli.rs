@@ -595,7 +595,21 @@ fn commands_on_a_missing_user_are_refused() {
     let err = empty.refused(&["remove", "x"], None);
     assert!(err.contains("does not exist"), "{err}");
     let err = empty.refused(&["list"], None);
-    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains("does not exist (`authgate users add` creates it)"), "{err}");
+    // Nor its folder: `add` does not create that, and says so (it said
+    // "cannot open the folder to lock it: file not found"; probe 139).
+    let config = empty.config();
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("\"users.toml\"", "\"nodir/sub/users.toml\"");
+    std::fs::write(&config, text).unwrap();
+    let err = empty.refused(&["list"], None);
+    assert!(err.contains("/nodir/sub/users.toml does not exist, nor does its folder /"), "{err}");
+    assert!(err.trim_end().ends_with("/nodir/sub"), "{err}");
+    let err = empty.refused(&["add", "x", "--password-stdin"], Some("pw\n"));
+    assert!(
+        err.trim_end().ends_with("/nodir/sub: the folder does not exist; create it first (nothing written)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -281,8 +281,15 @@ impl UsersFile {
 
     /// Refuses commands other than `add` and `import-htpasswd` on a missing file.
     fn require_file(&self) -> Result<(), UsersError> {
+        let folder = write::folder_of(&self.path);
         match self.original {
             Some(_) => Ok(()),
+            // `users add` creates the file, not its folder (probe 139).
+            None if !folder.is_dir() => Err(refused(format!(
+                "{} does not exist, nor does its folder {}",
+                shown_path(&self.path),
+                shown_path(folder)
+            ))),
             None => Err(refused(format!(
                 "{} does not exist (`authgate users add` creates it)",
                 shown_path(&self.path)

@@ -4,7 +4,7 @@
 use super::*;
 
 /// The folder `target` is in (`.` for a bare file name).
-fn folder_of(target: &Path) -> &Path {
+pub(super) fn folder_of(target: &Path) -> &Path {
     match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -66,10 +66,14 @@ pub(super) fn atomic_write(
 /// it, and a command waited without end and without a word (probe 114).
 pub(super) fn lock_folder(target: &Path) -> Result<File, UsersError> {
     let dir = folder_of(target);
-    let folder = File::open(dir).map_err(|source| UsersError::Io {
-        path: dir.to_path_buf(),
-        what: "cannot open the folder to lock it",
-        source,
+    let folder = File::open(dir).map_err(|source| match source.kind() {
+        // "cannot open the folder to lock it: file not found" read as a
+        // lock or permission problem (probe 139).
+        std::io::ErrorKind::NotFound => UsersError::Refused(format!(
+            "{}: the folder does not exist; create it first (nothing written)",
+            crate::config::shown_path(dir)
+        )),
+        _ => UsersError::Io { path: dir.to_path_buf(), what: "cannot open the folder to lock it", source },
     })?;
     let since = std::time::Instant::now();
     loop {
