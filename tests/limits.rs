@@ -697,7 +697,7 @@ async fn a_refused_client_that_sent_at_once_reads_its_503_not_a_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_close_on_tls() {
+async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_reset_on_tls() {
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("proxy");
     let proxy = spawn_full(&ca, &leaf, "[limits]\nmax_connections = 2\n").await;
@@ -710,9 +710,14 @@ async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_close_on_tl
     assert_proxy_error(&r, 503, "proxy_internal_error", "too_many_connections");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert!(third.is_closed().await);
-    // On the TLS listener there is no TLS session to answer in: a plain close.
-    let on_tls = read_all(connect_from("127.0.0.4", proxy.tls).await).await;
-    assert!(on_tls.is_empty(), "nothing is written in the clear on a TLS port: {on_tls:?}");
+    // On the TLS listener there is no TLS session to answer in: a reset,
+    // nothing written in the clear (it was a FIN when the refusal came
+    // before the ClientHello; probe 142).
+    let mut on_tls = connect_from("127.0.0.4", proxy.tls).await;
+    let mut buf = [0u8; 64];
+    let got =
+        tokio::time::timeout(Duration::from_secs(5), on_tls.read(&mut buf)).await.expect("closed at once");
+    assert_eq!(got.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset));
     // Freed slots are taken again.
     drop((a, b));
     wait_for_open(&proxy.state, 0).await;
