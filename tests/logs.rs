@@ -170,6 +170,13 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         let r = get(proxy, &target, &[("Host", host_field), ("Proxy-Authorization", &good)]).await;
         assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
     }
+    // One `/` of `http://` dropped: the same (it was logged whole, probe
+    // 137).
+    for raw in ["S1ngle", "S1nQ?x", "S1nH#x"] {
+        let target = format!("/{USER}:{raw}@{host}/o");
+        let r = get(proxy, &target, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
+        assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
+    }
     // Nor its query, as no target's (`?api_key=…` was logged, probe 133),
     // also where the last `@` is in the query (probe 134).
     for target in [
@@ -243,6 +250,8 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         || count(&lines, &origin_form) < 2
         || count(&lines, &host_alone) < 2
         || count(&lines, &after_at) < 1
+        || count(&lines, &format!("request_target=/{host}/o ")) < 1
+        || count(&lines, &format!("request_target=/{host} ")) < 1
     {
         match tokio::time::timeout(Duration::from_secs(15), rx.recv()).await {
             Ok(Some(line)) => lines.push(line),
@@ -295,6 +304,9 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "0rH4sh".to_string(),
         "K3yQuery".to_string(),
         "QK3yPath".to_string(),
+        "S1ngle".to_string(),
+        "S1nQ".to_string(),
+        "S1nH".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");

@@ -683,20 +683,39 @@ fn guarded_target(req: &Request<Incoming>) -> String {
             (authority, false) => [scheme, "://", &authority].concat(),
         },
         // `CONNECT /`, `CONNECT *` and the origin form: the path, which
-        // `//user:password@host/` makes an authority in all but name.
+        // `//user:password@host/` makes an authority in all but name, and
+        // `/user:password@host/` (one `/` of `http://` dropped) nearly so:
+        // it was logged whole (probe 137).
         _ => match uri.path().strip_prefix("//") {
-            Some(rest) => origin_form_authority(rest, uri.query(), req.headers()),
-            None => uri.path().to_owned(),
+            Some(rest) => origin_form_authority("//", rest, uri.query(), req.headers()),
+            None => match uri.path().strip_prefix('/') {
+                Some(rest) if first_segment(rest, uri.query()).contains(['@', ':']) => {
+                    origin_form_authority("/", rest, uri.query(), req.headers())
+                }
+                _ => uri.path().to_owned(),
+            },
         },
     }
 }
 
-/// How [`guarded_target`] logs an origin-form path `//rest` (`query` the
-/// query after it): a `?` or `#` in a password ends the path before its
-/// `@` (`//alice:s3cr?t@host/` is the path `//alice:s3cr`, probe 129), so
-/// the `@` is looked for in the query too; and a first segment with a `:`
-/// (a user and a password, cut short by a `#`, which never arrives) is `…`.
-fn origin_form_authority(rest: &str, query: Option<&str>, headers: &http::HeaderMap) -> String {
+/// The first segment of an origin-form path `rest` (after its `/`), with
+/// the query when the path has one segment: a `?` in a password ends the
+/// path before its `@`.
+fn first_segment<'a>(rest: &'a str, query: Option<&'a str>) -> &'a str {
+    match rest.split_once('/') {
+        Some((first, _)) => first,
+        None if query.is_some_and(|q| q.contains('@')) => "@",
+        None => rest,
+    }
+}
+
+/// How [`guarded_target`] logs an origin-form path `prefix rest` (`query`
+/// the query after it; `prefix` `//` or `/`): a `?` or `#` in a password
+/// ends the path before its `@` (`//alice:s3cr?t@host/` is the path
+/// `//alice:s3cr`, probe 129), so the `@` is looked for in the query too;
+/// and a first segment with a `:` (a user and a password, cut short by a
+/// `#`, which never arrives) is `…`.
+fn origin_form_authority(prefix: &str, rest: &str, query: Option<&str>, headers: &http::HeaderMap) -> String {
     let full = match query {
         Some(q) => [rest, "?", q].concat(),
         None => rest.to_owned(),
@@ -706,15 +725,19 @@ fn origin_form_authority(rest: &str, query: Option<&str>, headers: &http::Header
         // `@` came before it; probe 133). When the last `@` is in the query,
         // what follows the host there is the query's too: the host alone
         // (probe 134).
-        let mut logged = after_userinfo("//", &full, headers);
+        let mut logged = after_userinfo(prefix, &full, headers);
         let in_query = full.rfind('@').is_some_and(|at| at > rest.len());
-        let end = if in_query { logged[2..].find('/').map(|i| i + 2) } else { logged.find('?') };
+        let end = if in_query {
+            logged[prefix.len()..].find('/').map(|i| i + prefix.len())
+        } else {
+            logged.find('?')
+        };
         logged.truncate(end.unwrap_or(logged.len()));
         logged
     } else if rest.split('/').next().is_some_and(|first| first.contains(':')) {
-        "//…".to_owned()
+        [prefix, "…"].concat()
     } else {
-        ["//", rest].concat()
+        [prefix, rest].concat()
     }
 }
 
