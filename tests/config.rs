@@ -626,6 +626,51 @@ fn proxy_protocol_from_takes_cidrs_and_addresses() {
     assert!(!snap.server.may_send_proxy_header("fd00::2".parse().unwrap()));
 }
 
+/// `proxy_protocol` is `true` (every plain listener), `false`, or a list of
+/// `listen` addresses; an address not listened on is an error at its place.
+#[test]
+fn proxy_protocol_names_all_plain_listeners_or_some() {
+    let users = good_users();
+    let tail = "[auth]\nusers_file = \"users.toml\"\n";
+    let listen = "[server]\nlisten = [\"127.0.0.1:3128\", \"[::1]:3128\"]\n";
+    let addr = |a: &str| a.parse::<std::net::SocketAddr>().unwrap();
+    for (pp, expected) in [
+        ("true", vec![addr("127.0.0.1:3128"), addr("[::1]:3128")]),
+        ("false", vec![]),
+        ("[\"[::1]:3128\"]", vec![addr("[::1]:3128")]),
+        ("[\" 127.0.0.1:3128\", \"127.0.0.1:3128\"]", vec![addr("127.0.0.1:3128")]),
+        ("[]", vec![]),
+    ] {
+        let (_dir, snap) = load(&format!("{listen}proxy_protocol = {pp}\n{tail}"), &users);
+        let snap = snap.unwrap_or_else(|e| panic!("{pp}: {e}"));
+        assert_eq!(snap.server.proxy_protocol, expected, "{pp}");
+        if pp == "[\"[::1]:3128\"]" {
+            // `check` and the start say which listeners expect the header.
+            let summary = snap.summary();
+            assert!(
+                summary.contains("listening on 127.0.0.1:3128, [::1]:3128 (PROXY protocol);"),
+                "{summary}"
+            );
+        }
+    }
+    let err = load_err(&format!("{listen}proxy_protocol = [\"127.0.0.1:3129\"]\n{tail}"), &users);
+    assert!(
+        err.contains("authgate.toml:3:18: server.proxy_protocol: 127.0.0.1:3129 is not one of server.listen"),
+        "{err}"
+    );
+    let err = load_err(&format!("{listen}proxy_protocol = [\"balancer\"]\n{tail}"), &users);
+    assert!(
+        err.contains("server.proxy_protocol: `balancer` is not an address:port of server.listen"),
+        "{err}"
+    );
+    let err = load_err(&format!("{listen}proxy_protocol = \"yes\"\n{tail}"), &users);
+    assert!(
+        err.contains("authgate.toml:3:")
+            && err.contains("expected true, false or a list of server.listen addresses"),
+        "{err}"
+    );
+}
+
 /// Stored hashes with costs beyond what authgate makes are refused at load
 /// (each login of such a user, and the dummy verification of unknown
 /// names, allocated terabytes or ran for days), with the user's place.

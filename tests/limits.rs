@@ -1134,6 +1134,51 @@ async fn proxy_protocol_headers_count_only_from_the_listed_balancers() {
     assert_eq!(c.read_response("GET").await.status, 200);
 }
 
+/// `proxy_protocol` may name the listeners that expect a PROXY header: a
+/// balancer's, beside one for clients inside that send none (one switch for
+/// all plain listeners cut those off; probe 143).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_can_be_set_per_listener() {
+    let (balanced, direct) = (closed_port(), closed_port());
+    assert_ne!(balanced, direct);
+    let server = format!(
+        "listen = [\"127.0.0.1:{balanced}\", \"127.0.0.1:{direct}\"]\nproxy_protocol = [\"127.0.0.1:{balanced}\"]"
+    );
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", cfg(&server, ""));
+    dir.write("users.toml", users());
+    let snap = authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let state = authgate::State::new(snap);
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
+        let _ = rx.await;
+    }));
+    let origin = spawn_echo_origin();
+    let a = basic("alice", "a1");
+    let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);
+    let mut with_header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\n".to_vec();
+    with_header.extend_from_slice(&req);
+    let balanced = SocketAddr::from(([127, 0, 0, 1], balanced));
+    let direct = SocketAddr::from(([127, 0, 0, 1], direct));
+    // The balancer's listener: a header, then the request; none, no answer.
+    let mut c = RawConn::connect(balanced).await;
+    c.send(&with_header).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    let mut s = TcpStream::connect(balanced).await.unwrap();
+    s.write_all(&req).await.unwrap();
+    assert_eq!(read_all(s).await, "", "a connection without a PROXY header is closed");
+    // The other: plain requests, and a PROXY header is no request.
+    let mut c = RawConn::connect(direct).await;
+    c.send(&req).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    let mut c = RawConn::connect(direct).await;
+    c.send(&with_header).await;
+    assert_proxy_error(&c.read_response("GET").await, 400, "http_request_error", "malformed_request");
+    drop(tx);
+    let _ = task.await;
+}
+
 /// Connections still waiting for their PROXY header count against
 /// `max_connections`: 600 silent ones went past a limit of 20 (and past the
 /// process's file descriptors), invisible to the metrics.

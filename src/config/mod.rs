@@ -39,8 +39,9 @@ pub struct Server {
     pub realm: String,
     /// Whether to add `Via: 1.1 authgate` both ways.
     pub via: bool,
-    /// Whether the plain listeners expect a PROXY protocol header.
-    pub proxy_protocol: bool,
+    /// The plain listeners (of `listen`) that expect a PROXY protocol
+    /// header.
+    pub proxy_protocol: Vec<SocketAddr>,
     /// The peers whose PROXY header is believed, on every listener that
     /// expects one; empty: any peer's.
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
@@ -234,8 +235,15 @@ impl Snapshot {
 
     /// The listeners of this snapshot, for the summary.
     pub fn listening(&self) -> String {
-        let mut listen: Vec<String> = self.server.listen.iter().map(|a| a.to_string()).collect();
-        listen.extend(self.server.tls.iter().map(|t| format!("{} (TLS)", t.listen)));
+        let plain = |a: &SocketAddr| match self.server.proxy_protocol.contains(a) {
+            true => format!("{a} (PROXY protocol)"),
+            false => a.to_string(),
+        };
+        let mut listen: Vec<String> = self.server.listen.iter().map(plain).collect();
+        listen.extend(self.server.tls.iter().map(|t| match t.proxy_protocol {
+            true => format!("{} (TLS, PROXY protocol)", t.listen),
+            false => format!("{} (TLS)", t.listen),
+        }));
         if listen.is_empty() { "nothing".into() } else { listen.join(", ") }
     }
 }

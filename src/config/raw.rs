@@ -110,6 +110,17 @@ pub struct RawPolicy {
     pub default: Option<Spanned<String>>,
 }
 
+/// `[server] proxy_protocol`: for every plain listener, or for those listed.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+#[serde(expecting = "expected true, false or a list of server.listen addresses")]
+pub enum RawProxyProtocol {
+    /// Every plain listener, or none.
+    All(bool),
+    /// The listeners of these `server.listen` addresses.
+    Only(Vec<String>),
+}
+
 /// A port or a `"lo-hi"` range.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -196,8 +207,9 @@ pub struct RawServer {
     pub realm: Option<Spanned<String>>,
     /// Add a `Via` header to forwarded messages.
     pub via: Option<bool>,
-    /// The plain listeners expect a PROXY protocol header.
-    pub proxy_protocol: Option<bool>,
+    /// The plain listeners that expect a PROXY protocol header: all, none
+    /// or those listed.
+    pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
     /// Peers allowed to send a PROXY header (CIDRs or addresses).
     pub proxy_protocol_from: Option<Vec<Spanned<String>>>,
     /// Async worker threads; 0 = one per core.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::{Collector, Problem, quoted};
-use super::raw::RawConfig;
+use super::raw::{RawConfig, RawProxyProtocol};
 use super::{Auth, Limits, Log, Server};
 use crate::policy::Policy;
 use crate::policy::egress::Egress;
@@ -38,7 +38,7 @@ fn defaults(path: &Path) -> Settings {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 3128))],
             realm: "authgate".into(),
             via: true,
-            proxy_protocol: false,
+            proxy_protocol: Vec::new(),
             proxy_protocol_from: Vec::new(),
             worker_threads: 0,
             tls: Vec::new(),
@@ -192,8 +192,38 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     if let Some(via) = raw.server.via {
         s.server.via = via;
     }
-    if let Some(pp) = raw.server.proxy_protocol {
-        s.server.proxy_protocol = pp;
+    // Per listener too, as Squid's `require-proxy-header` is: with one
+    // switch for all, a balancer's listener cut off the clients inside that
+    // reach another without one (probe 143).
+    if let Some(pp) = &raw.server.proxy_protocol {
+        match pp.get_ref() {
+            RawProxyProtocol::All(all) => {
+                if *all {
+                    s.server.proxy_protocol.clone_from(&s.server.listen);
+                }
+            }
+            RawProxyProtocol::Only(list) => {
+                for item in list {
+                    match item.trim().parse::<SocketAddr>() {
+                        Ok(a) if s.server.listen.contains(&a) => {
+                            if !s.server.proxy_protocol.contains(&a) {
+                                s.server.proxy_protocol.push(a);
+                            }
+                        }
+                        Ok(a) => {
+                            c.at(pp.span(), format!("server.proxy_protocol: {a} is not one of server.listen"))
+                        }
+                        Err(_) => c.at(
+                            pp.span(),
+                            format!(
+                                "server.proxy_protocol: {} is not an address:port of server.listen",
+                                quoted(item)
+                            ),
+                        ),
+                    }
+                }
+            }
+        }
     }
     for cidr in raw.server.proxy_protocol_from.iter().flatten() {
         match parse_cidr(cidr.get_ref()) {

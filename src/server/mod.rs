@@ -112,7 +112,7 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
     let mut out = Vec::new();
     for addr in &snap.server.listen {
         let tcp = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        out.push(Listener::plain(tcp, snap.server.proxy_protocol));
+        out.push(Listener::plain(tcp, snap.server.proxy_protocol.contains(addr)));
     }
     for (i, t) in snap.server.tls.iter().enumerate() {
         let tcp = TcpListener::bind(t.listen)

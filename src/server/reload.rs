@@ -137,7 +137,7 @@ pub struct StartOnly {
 impl StartOnly {
     /// Those settings of `s`.
     pub fn of(s: &Snapshot) -> Self {
-        let plain = s.server.listen.iter().map(|a| (*a, false, s.server.proxy_protocol));
+        let plain = s.server.listen.iter().map(|a| (*a, false, s.server.proxy_protocol.contains(a)));
         let tls = s.server.tls.iter().map(|t| (t.listen, true, t.proxy_protocol));
         let mut listeners: Vec<_> = plain.chain(tls).collect();
         // A set: the same listeners in another order need no restart.

@@ -61,7 +61,8 @@ pub fn run_custom(dir: TempDir, snapshot: authgate::config::Snapshot) -> Custom 
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
     let listener = tokio::net::TcpListener::from_std(l).unwrap();
-    let listener = authgate::server::Listener::plain(listener, snapshot.server.proxy_protocol);
+    // The one listener stands for the configured ones.
+    let listener = authgate::server::Listener::plain(listener, !snapshot.server.proxy_protocol.is_empty());
     let state = authgate::State::new(snapshot);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(authgate::run(state.clone(), vec![listener], async move {
