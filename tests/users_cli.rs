@@ -705,6 +705,18 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     assert!(d.read().contains("expires = 2029-06-01T13:30:00.25Z\n"), "{}", d.read());
     let list = d.ok(&["list"], None).stdout;
     assert!(list.lines().any(|l| l.starts_with("frac ") && l.contains("2029-06-01T13:30:00.25Z")), "{list}");
+    // A leap second is the second after `:59` (it was read as `:59`; probe
+    // 137): written as the instant it is.
+    d.ok(&["add", "leap", "--expires", "2027-12-31T23:59:60.5Z", "--password-stdin"], Some("pw\n"));
+    assert!(d.read().contains("expires = 2028-01-01T00:00:00.5Z\n"), "{}", d.read());
+    let err =
+        d.refused(&["add", "leap2", "--expires", "9999-12-31T23:59:60Z", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("from 1970 to 9999"), "{err}");
+    // The same in the file.
+    let text = d.read().replace("2028-01-01T00:00:00.5Z", "2027-12-31T23:59:60Z");
+    std::fs::write(d.users(), text).unwrap();
+    let list = d.ok(&["list"], None).stdout;
+    assert!(list.lines().any(|l| l.starts_with("leap ") && l.contains("2028-01-01T00:00:00Z")), "{list}");
 }
 
 #[test]

@@ -58,7 +58,7 @@ impl StoredHash {
     /// The length in bytes of an argon2 hash's tag when it is none of those
     /// tools write: 32 (`authgate hash-password`, and the defaults of
     /// libargon2, PHP, libsodium, argon2-cffi ...), 16 (passlib), 64. A tag
-    /// of another length is most likely a hash cut short when it was
+    /// of another length is most likely a hash cut short (or lengthened) when it was
     /// copied, which never verifies: the user was refused as a wrong
     /// password, and the file passed `check` (probe 118).
     pub fn unusual_tag(&self) -> Option<usize> {
@@ -361,7 +361,7 @@ impl UserStore {
             .map(|(name, len)| {
                 format!(
                     "user `{}`: its argon2 hash has a {len}-byte tag where `authgate hash-password` writes \
-                     32: a hash cut short when it was copied never verifies",
+                     32: a hash cut short or lengthened when it was copied never verifies",
                     crate::telemetry::sanitize_username(name)
                 )
             })

@@ -256,6 +256,10 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
 /// A TOML offset date-time (or a bare date, taken as midnight UTC) as a
 /// `SystemTime`, within [`expiry_in_range`].
 fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
+    // A leap second (`23:59:60`) is the second after `:59`: it was read as
+    // `:59`, and the user expired a second early (probe 137).
+    let mut dt = *dt;
+    let leap = dt.time.as_mut().filter(|t| t.second == 60).map(|t| t.second = 59).is_some();
     let text = match (dt.date, dt.time, dt.offset) {
         (Some(_), Some(_), Some(_)) => dt.to_string(),
         (Some(d), None, None) => format!("{d}T00:00:00Z"),
@@ -267,6 +271,7 @@ fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
             // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
             parse_with_offset(&text)
         })
+        .and_then(|t| if leap { t.checked_add(std::time::Duration::from_secs(1)) } else { Some(t) })
         .filter(|t| expiry_in_range(*t))
 }
 

@@ -424,11 +424,20 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
         (Some(d), Some(t), Some(toml_edit::Offset::Custom { minutes })) => (d, t, i64::from(minutes)),
         _ => return Err(bad()),
     };
+    // A leap second (`23:59:60`) is the second after `:59`; it was read as
+    // `:59`, a second early (probe 137).
+    let leap = time.second == 60;
     let utc_text = format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        date.year, date.month, date.day, time.hour, time.minute, time.second
+        date.year,
+        date.month,
+        date.day,
+        time.hour,
+        time.minute,
+        time.second.min(59)
     );
     let local = humantime::parse_rfc3339(&utc_text).map_err(|_| bad())?;
+    let local = if leap { local.checked_add(Duration::from_secs(1)).ok_or_else(bad)? } else { local };
     let shift = Duration::from_secs(offset_minutes.unsigned_abs() * 60);
     let instant = if offset_minutes >= 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
     // The fraction of a second is kept, as `check` and the proxy read it
