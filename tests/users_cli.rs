@@ -382,6 +382,22 @@ fn removing_the_first_user_keeps_the_files_header_comment() {
         Dir::new(Some(&format!("# header\n\n[users]  # all of them\n\n[users.last]\npassword = \"{H}\"\n")));
     d.ok(&["remove", "last"], None);
     assert_eq!(d.read(), "# header\n\n[users]  # all of them\n");
+    // Users as dotted keys at the top of the file: the same (the header
+    // went with the first user; probe 139).
+    for second in
+        [format!("users.bob = {{ password = \"{H}\" }}\n"), format!("users.bob.password = \"{H}\"\n")]
+    {
+        let file =
+            format!("# top\nusers.alice.password = \"{H}\"\nusers.alice.groups = [\"x\"] # g\n{second}");
+        let d = Dir::new(Some(&file));
+        d.ok(&["remove", "alice"], None);
+        assert_eq!(d.read(), format!("# top\n{second}"));
+    }
+    let d = Dir::new(Some(&format!(
+        "# top\nusers.bob = {{ password = \"{H}\" }}\nusers.alice.password = \"{H}\"\n"
+    )));
+    d.ok(&["remove", "bob"], None);
+    assert_eq!(d.read(), format!("# top\nusers.alice.password = \"{H}\"\n"));
 }
 
 /// Users written with dotted keys under `[users]`: a section comment,

@@ -119,6 +119,9 @@ pub(super) fn inline_push(t: &mut InlineTable, key: &str, mut value: Value) {
 pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersError> {
     let gone = || refused(format!("internal error: user `{}` vanished from the document", shown(key)));
     let first = table_positions(doc).into_iter().map(|(_, p)| p).min();
+    // Root keys come before every table: `users.NAME.key = …` lines that
+    // are the root's first begin the file.
+    let users_first = doc.iter().next().is_some_and(|(k, _)| k == "users");
     let users = doc.get_mut("users").ok_or_else(gone)?;
     let Item::Table(t) = users else {
         users.as_table_like_mut().and_then(|u| u.remove(key)).ok_or_else(gone)?;
@@ -126,6 +129,7 @@ pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersE
     };
     let next_key = t.iter().map(|(k, _)| k.to_owned()).skip_while(|k| k != key).nth(1);
     let container = t.position().unwrap_or(0);
+    let starts_file = users_first && t.is_dotted() && t.iter().next().is_some_and(|(k, _)| k == key);
     match t.remove_entry(key).ok_or_else(gone)? {
         (_, Item::Table(removed)) if !removed.is_dotted() => {
             let at = removed.position().unwrap_or(0);
@@ -146,8 +150,15 @@ pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersE
             let prefix = match &removed {
                 Item::Table(dotted) => dotted.iter().next().and_then(|(first, _)| dotted.key(first)),
                 _ => Some(&k),
-            };
-            match (prefix.and_then(|k| section_part(k.leaf_decor().prefix())), next_key) {
+            }
+            .map(|k| k.leaf_decor().prefix());
+            // The file's header, as above a first table (it went with the
+            // user; probe 139).
+            let header = prefix
+                .filter(|_| starts_file)
+                .map(prefix_text)
+                .filter(|p| p.contains('#') && !p.lines().any(|l| l.trim().is_empty()));
+            match (header.or_else(|| prefix.and_then(section_part)), next_key) {
                 (Some(section), Some(next)) => prepend_to_lines_of(t, &next, &section),
                 (Some(section), None) => reattach(doc, container, Some(section)),
                 (None, _) => {}
