@@ -746,6 +746,13 @@ fn permissions_are_kept_and_a_new_file_is_private() {
     std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o600)).unwrap();
     d.ok(&["remove", "p1"], None);
     assert_eq!(d.mode(), 0o600);
+    // A file nobody may write is left alone, also by root (it was replaced,
+    // mode kept; probe 139).
+    std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o444)).unwrap();
+    let err = d.refused(&["add", "p2", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("users.toml: the file is read-only (mode 0444); nothing written"), "{err}");
+    assert!(d.refused(&["disable", "alice"], None).contains("read-only"));
+    std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o600)).unwrap();
 
     let fresh = Dir::new(None);
     fresh.ok(&["add", "first", "--group", "g", "--password-stdin"], Some("pw\n"));

@@ -33,6 +33,15 @@ pub(super) fn atomic_write(
             return Err(UsersError::Io { path: target.to_path_buf(), what: "cannot stat", source });
         }
     };
+    // A file nobody may write is one an admin froze (`chmod a-w`): a rename
+    // would replace it all the same, mode kept (probe 139).
+    if let Some(m) = old.as_ref().filter(|m| m.permissions().mode() & 0o222 == 0) {
+        return Err(UsersError::Refused(format!(
+            "{}: the file is read-only (mode {:04o}); nothing written (`chmod u+w` it to edit it here)",
+            crate::config::shown_path(target),
+            m.permissions().mode() & 0o7777
+        )));
+    }
     // A leftover of a killed run that had our pid; nobody else uses the name.
     let _ = fs::remove_file(&tmp);
     let result = write_temp(&tmp, data, old.as_ref()).and_then(|()| unchanged()).and_then(|()| {
