@@ -817,9 +817,13 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     );
     // A target's faults are told alike in both forms, the host's first
     // (`http://[[::1]]:80/` was "bad port", `[[::1]]:80` "bad IPv6
-    // address"; probe 134).
+    // address"; probe 134), and a URL hyper cannot read as the 400 it
+    // gets on the wire (probe 138).
     for (url, said) in [
-        ("http://[[::1]]:80/", "bad IPv6 address"),
+        (
+            "http://[[::1]]:80/",
+            "a URL the proxy cannot read (bad IPv6 address): it answers 400 malformed_request",
+        ),
         ("[[::1]]:80", "bad IPv6 address"),
         ("http://[::1]80/", "bad port"),
         ("[::1]80", "bad port"),
