@@ -23,16 +23,32 @@ fn spawn_tls_origin(leaf: &pki::Leaf) -> SocketAddr {
 /// tls`; else it closes the TCP connection without a word, `close_notify`
 /// included.
 fn spawn_tls_origin_that(leaf: &pki::Leaf, answers: bool) -> SocketAddr {
+    spawn_tls_origin_with(leaf, None, answers)
+}
+
+/// [`spawn_tls_origin_that`], requiring a client certificate from
+/// `client_ca` when there is one.
+fn spawn_tls_origin_with(leaf: &pki::Leaf, client_ca: Option<&pki::Ca>, answers: bool) -> SocketAddr {
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
     let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let config =
-        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
@@ -105,17 +121,18 @@ const LOOPBACK: &str = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
 
 /// Sends `GET https://origin/` in absolute form over TLS to the proxy.
 async fn get_https_via(proxy_tls: SocketAddr, proxy_ca_pem: &str, origin: SocketAddr) -> RawResponse {
+    get_https_authority_via(proxy_tls, proxy_ca_pem, &format!("127.0.0.1:{}", origin.port())).await
+}
+
+/// Sends `GET https://authority/secure` in absolute form over TLS to the proxy.
+async fn get_https_authority_via(proxy_tls: SocketAddr, proxy_ca_pem: &str, authority: &str) -> RawResponse {
     let connector = pki::connector(proxy_ca_pem);
     let tcp = tokio::net::TcpStream::connect(proxy_tls).await.unwrap();
     let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
     let req = request(
         "GET",
-        &format!("https://127.0.0.1:{}/secure", origin.port()),
-        &[
-            ("Host", &format!("127.0.0.1:{}", origin.port())),
-            ("Proxy-Authorization", &basic("alice", "a1")),
-            ("Connection", "close"),
-        ],
+        &format!("https://{authority}/secure"),
+        &[("Host", authority), ("Proxy-Authorization", &basic("alice", "a1")), ("Connection", "close")],
     );
     tls.write_all(&req).await.unwrap();
     let mut raw = Vec::new();
@@ -177,6 +194,53 @@ async fn an_origin_certificate_from_the_wrong_ca_is_a_502() {
     let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &other_ca.cert_pem, LOOPBACK).await;
     let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
     assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
+}
+
+/// A self-signed certificate marked `CA:TRUE` (what `openssl req -x509`
+/// makes) is said to be one, also when it is in `ca_file` (it was "it is
+/// not valid"); an origin that requires a client certificate says so under
+/// TLS 1.3, where it learns it after the handshake (it was "connection
+/// failed"); and a host name that is no TLS server name is refused before
+/// anything is dialled (it was a 400 after the DNS query and a TCP
+/// connection to the origin). Probe 146.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_tls_failures_are_worded_and_a_bad_name_dials_nothing() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let own = pki::self_signed_ca_leaf("origin");
+    let origin = spawn_tls_origin(&own);
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &own.cert_pem, LOOPBACK).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
+    let status = r.header("proxy-status").unwrap_or_default();
+    assert!(
+        status.contains("details=\"it is a CA certificate (CA:TRUE), which cannot be the origin's own\""),
+        "{status}"
+    );
+
+    let origin_ca = pki::Ca::new("origin CA");
+    let strict = spawn_tls_origin_with(&origin_ca.leaf("origin"), Some(&pki::Ca::new("client CA")), true);
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, strict).await;
+    assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+    let status = r.header("proxy-status").unwrap_or_default();
+    assert!(
+        status.contains("details=\"the origin requires a client certificate, which authgate does not send\""),
+        "{status}"
+    );
+
+    // `-a.localhost` is loopback without DNS (127.0.0.1 and ::1), and no
+    // TLS server name.
+    let dir = TempDir::new();
+    let both = "[egress]\nallow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]\n";
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, both).await;
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let r = get_https_authority_via(tls, &proxy_ca.cert_pem, &format!("-a.localhost:{port}")).await;
+    assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+    assert_eq!(silent.accept().map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::WouldBlock), "dialled");
 }
 
 /// Why a certificate was refused is in `details` (all were "could not be

@@ -112,6 +112,9 @@ pub async fn forward(
     let replayable = || idempotent && std::ptr::eq(&**state.snapshot.load(), snap);
     let checked = checked.as_deref();
     let dial = || async {
+        // Before anything is dialled (probe 146).
+        let name =
+            if https { Some(upstream_tls::server_name(&target.host).map_err(|e| (e, None))?) } else { None };
         let resolved;
         let addrs = match checked {
             Some(a) => a,
@@ -128,8 +131,8 @@ pub async fn forward(
         // its own, so an origin could take twice `connect_timeout` (probe 111).
         let deadline = tokio::time::Instant::now() + limits.connect_timeout;
         let (tcp, peer) = Connector::dial(addrs, limits.connect_timeout).await.map_err(|e| (e, None))?;
-        if https {
-            let tls = upstream_tls::handshake(&snap.upstream_tls, &target.host, tcp);
+        if let Some(name) = name {
+            let tls = upstream_tls::handshake(&snap.upstream_tls, name, tcp);
             // A failed handshake names the address it was with.
             let tls = tokio::time::timeout_at(deadline, tls)
                 .await

@@ -704,6 +704,19 @@ fn closed_under_it(e: &hyper::Error) -> bool {
         || e.source().is_some_and(|s| s.is::<io::Error>())
 }
 
+/// A TLS alert the origin sent, if that is what failed.
+fn tls_alert(e: &hyper::Error) -> Option<rustls::AlertDescription> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let tls = s.downcast_ref::<io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>());
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return Some(*alert);
+        }
+        source = s.source();
+    }
+    None
+}
+
 fn upstream_error(e: &hyper::Error) -> ProxyError {
     // A TLS origin that closes without close_notify: rustls reports the
     // end of the stream as an error (it was "connection failed", probe 111).
@@ -719,6 +732,8 @@ fn upstream_error(e: &hyper::Error) -> ProxyError {
         return ProxyError::UpstreamReadTimeout;
     } else if e.is_user() {
         "request could not be sent"
+    } else if let Some(alert) = tls_alert(e) {
+        super::upstream_tls::alert_detail(alert)
     } else {
         "connection failed"
     };

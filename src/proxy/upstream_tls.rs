@@ -160,21 +160,45 @@ pub fn warn_if_no_system_roots(snap: &crate::config::Snapshot) {
 /// valid TLS server name.
 pub async fn handshake(
     config: &Arc<ClientConfig>,
-    host: &Host,
+    name: ServerName<'static>,
     tcp: TcpStream,
 ) -> Result<TlsStream<TcpStream>, ProxyError> {
-    let name = match host {
-        Host::Name(n) => {
-            ServerName::try_from(n.clone()).map_err(|_| ProxyError::BadTarget { detail: "bad host name" })?
-        }
-        Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
-    };
     TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
         match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             Some(rustls::Error::InvalidCertificate(why)) => ProxyError::UpstreamTls { reason: why_not(why) },
+            Some(rustls::Error::AlertReceived(alert)) => {
+                ProxyError::UpstreamProtocol { detail: alert_detail(*alert) }
+            }
             _ => ProxyError::UpstreamProtocol { detail: "TLS handshake with the origin failed" },
         }
     })
+}
+
+/// The TLS server name of `host`, checked before anything is dialled: a
+/// name rustls refuses (`-a.example`) was a 400 only after the DNS query
+/// and the TCP connection to the origin (probe 146).
+///
+/// # Errors
+/// `BadTarget` when the host is not a valid TLS server name.
+pub fn server_name(host: &Host) -> Result<ServerName<'static>, ProxyError> {
+    match host {
+        Host::Name(n) => {
+            ServerName::try_from(n.clone()).map_err(|_| ProxyError::BadTarget { detail: "bad host name" })
+        }
+        Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+    }
+}
+
+/// What a TLS alert from the origin says: under TLS 1.3 an origin that
+/// requires a client certificate says so after the handshake, with the
+/// first read (it was "connection failed", probe 146).
+pub fn alert_detail(alert: rustls::AlertDescription) -> &'static str {
+    match alert {
+        rustls::AlertDescription::CertificateRequired => {
+            "the origin requires a client certificate, which authgate does not send"
+        }
+        _ => "TLS handshake with the origin failed",
+    }
 }
 
 /// Why a certificate was refused, in words for the client and the admin
@@ -190,12 +214,21 @@ fn why_not(e: &rustls::CertificateError) -> &'static str {
         E::UnknownIssuer => {
             "it is not issued by a CA authgate trusts (the system roots or [upstream] ca_file)"
         }
-        E::BadSignature | E::UnsupportedSignatureAlgorithmContext { .. } => {
+        #[allow(deprecated)]
+        E::BadSignature
+        | E::UnsupportedSignatureAlgorithm
+        | E::UnsupportedSignatureAlgorithmContext { .. }
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
             "its signature is bad or of an algorithm authgate does not accept"
         }
         E::InvalidPurpose | E::InvalidPurposeContext { .. } => "it is not for TLS servers",
         E::Revoked => "it is revoked",
         E::BadEncoding => "it cannot be parsed",
+        // The README's common mistake, told as such (it was "it is not
+        // valid", probe 146).
+        E::Other(other) if matches!(other.0.downcast_ref(), Some(webpki::Error::CaUsedAsEndEntity)) => {
+            "it is a CA certificate (CA:TRUE), which cannot be the origin's own"
+        }
         _ => "it is not valid",
     }
 }

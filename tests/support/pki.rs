@@ -61,6 +61,17 @@ impl Ca {
     }
 }
 
+/// A self-signed certificate for localhost and 127.0.0.1 marked `CA:TRUE`,
+/// as `openssl req -x509` makes one.
+pub fn self_signed_ca_leaf(cn: &str) -> Leaf {
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, cn);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
+}
+
 /// A TLS connector that trusts only `ca_pem` and offers ALPN `http/1.1`.
 pub fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
