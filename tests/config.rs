@@ -1253,3 +1253,31 @@ fn an_allow_rule_without_a_condition_is_refused() {
     let (_dir, ok) = load(&format!("{GOOD_CONFIG}{}", rule.replace("allow", "deny")), &good_users());
     ok.unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Empty TLS and CA paths are said to be empty (they named the folder, or
+/// nothing: `upstream.ca_file: : cannot read`), and a missing key is said
+/// beside a missing certificate (only the first was; probes 146, 147).
+#[test]
+fn empty_or_missing_tls_files_are_each_named() {
+    let tls = |cert: &str, key: &str| {
+        format!(
+            "{GOOD_CONFIG}\n[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"{cert}\"\nkey = \"{key}\"\n"
+        )
+    };
+    let err = load_err(&tls("missing-cert.pem", "missing-key.pem"), &good_users());
+    assert!(
+        err.contains(":16:8: server.tls: ") && err.contains("missing-cert.pem: cannot read certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains(":17:7: server.tls: ") && err.contains("missing-key.pem: cannot read private key"),
+        "{err}"
+    );
+    let err = load_err(&tls("", " "), &good_users());
+    assert!(err.contains(":16:8: server.tls.cert: must not be empty"), "{err}");
+    assert!(err.contains(":17:7: server.tls.key: must not be empty"), "{err}");
+    assert_eq!(err.lines().count(), 2, "{err}");
+    let err = load_err(&format!("{GOOD_CONFIG}[upstream]\nca_file = \"\"\n"), &good_users());
+    assert!(err.contains(":14:11: upstream.ca_file: must not be empty (leave it out"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

@@ -255,6 +255,15 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         }
         let cert = base.join(t.cert.get_ref());
         let key = base.join(t.key.get_ref());
+        // An empty path named the folder, or nothing (probes 146, 147).
+        let empty: Vec<_> = [("cert", &t.cert), ("key", &t.key)]
+            .into_iter()
+            .filter(|(_, p)| p.get_ref().trim().is_empty())
+            .map(|(name, p)| (name, p.span()))
+            .collect();
+        for (name, span) in &empty {
+            c.at(span.clone(), format!("server.tls.{name}: must not be empty"));
+        }
         let clash = listen.as_ref().is_ok_and(|a| {
             s.server.listen.iter().any(|b| overlap(*a, *b)) || tls_addrs.iter().any(|b| overlap(*a, *b))
         });
@@ -263,6 +272,9 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 c.at(t.listen.span(), format!("server.tls.listen: {a} is already a listener's address"));
             }
             tls_addrs.push(a);
+        }
+        if !empty.is_empty() {
+            continue;
         }
         match (listen, crate::server::tls::load_certified_key(&cert, &key)) {
             (Ok(_), Ok(_)) if clash => {}
@@ -279,6 +291,13 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                     crate::server::tls::TlsFile::Key => t.key.span(),
                 };
                 c.at(at, format!("server.tls: {e}"));
+                // The key's own problem too, which is read after the
+                // certificate (only the first was said; probe 147).
+                if e.file == crate::server::tls::TlsFile::Cert
+                    && let Err(k) = crate::server::tls::load_key(&key)
+                {
+                    c.at(t.key.span(), format!("server.tls: {k}"));
+                }
                 s.unusable.extend([cert, key]);
             }
             _ => {}
@@ -452,7 +471,20 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         }
     }
     s.policy = super::rules::policy(&mut c, &raw.policy, &raw.rules);
-    let ca = raw.upstream.ca_file.as_ref().map(|ca| (base.join(ca.get_ref()), ca.span()));
+    // An empty `ca_file` named the folder, or nothing (probes 146, 147).
+    let ca_empty = raw.upstream.ca_file.as_ref().filter(|ca| ca.get_ref().trim().is_empty());
+    if let Some(ca) = ca_empty {
+        c.at(
+            ca.span(),
+            "upstream.ca_file: must not be empty (leave it out for the system's CA certificates)",
+        );
+    }
+    let ca = raw
+        .upstream
+        .ca_file
+        .as_ref()
+        .filter(|_| ca_empty.is_none())
+        .map(|ca| (base.join(ca.get_ref()), ca.span()));
     // `https://` is forwarded on a TLS listener only: without one, the
     // system roots are not needed, nor read (an `SSL_CERT_FILE` problem
     // refused `authgate users`, whose [auth] alone is checked here).

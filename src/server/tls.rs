@@ -71,6 +71,35 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             n + 2
         )));
     }
+    let signer = load_key(key)?;
+    let certified = CertifiedKey::new(chain, signer);
+    certified.keys_match().map_err(|e| match e {
+        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+            in_key(format!("{}: key does not match the certificate in {}", key.display(), cert.display()))
+        }
+        // Anything else is about the certificate: rustls could not read it
+        // (a bad encoding, an X.509 v1 certificate ...).
+        other => in_cert(format!("{}: the first certificate cannot be used ({other})", cert.display())),
+    })?;
+    // rustls does not read its dates: one with a date that is none (month
+    // 13) loaded, even long expired, without a word (probe 123).
+    if certified.cert.first().is_none_or(|c| !super::x509::is_certificate(c)) {
+        return Err(in_cert(format!(
+            "{}: the first certificate's dates cannot be read (clients refuse it: \"format error\")",
+            cert.display()
+        )));
+    }
+    Ok(Arc::new(certified))
+}
+
+/// The private key in `key`, as a signer. [`load_certified_key`] reads it
+/// only once the certificate is usable; `check` calls this too, so that a
+/// bad key is reported beside a bad certificate (probe 147).
+///
+/// # Errors
+/// What is wrong with the key file, naming it.
+pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertError> {
+    let in_key = |message: String| CertError { file: TlsFile::Key, message };
     let key_pem = read_file(key)
         .map_err(|e| in_key(format!("{}: cannot read private key: {}", key.display(), reason(&e))))?;
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
@@ -95,24 +124,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
             key.display()
         ))
     })?;
-    let certified = CertifiedKey::new(chain, signer);
-    certified.keys_match().map_err(|e| match e {
-        rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-            in_key(format!("{}: key does not match the certificate in {}", key.display(), cert.display()))
-        }
-        // Anything else is about the certificate: rustls could not read it
-        // (a bad encoding, an X.509 v1 certificate ...).
-        other => in_cert(format!("{}: the first certificate cannot be used ({other})", cert.display())),
-    })?;
-    // rustls does not read its dates: one with a date that is none (month
-    // 13) loaded, even long expired, without a word (probe 123).
-    if certified.cert.first().is_none_or(|c| !super::x509::is_certificate(c)) {
-        return Err(in_cert(format!(
-            "{}: the first certificate's dates cannot be read (clients refuse it: \"format error\")",
-            cert.display()
-        )));
-    }
-    Ok(Arc::new(certified))
+    Ok(signer)
 }
 
 /// A certificate used outside its validity period, which every client that
