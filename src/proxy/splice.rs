@@ -5,7 +5,9 @@
 //! to user and back) plus a syscall per 64 KiB each way; with splice the
 //! kernel hands the socket's pages to the pipe and on to the other socket.
 //! The relay switches a direction to a pipe only once it has seen bulk data
-//! (see `relay.rs`), so idle and interactive tunnels hold no pipe fds.
+//! (see `relay.rs`), so interactive tunnels, and idle ones that never
+//! carried bulk data, hold no pipe fds. A direction keeps its pipe once it
+//! has one, until the tunnel ends (the README says so).
 //!
 //! Readiness comes from tokio's registration of the sockets; the pipe itself
 //! is never polled: it is filled only when empty, so it can neither be full
