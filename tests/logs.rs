@@ -172,8 +172,14 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
     }
     // One `/` of `http://` dropped: the same (it was logged whole, probe
     // 137).
-    for raw in ["S1ngle", "S1nQ?x", "S1nH#x"] {
-        let target = format!("/{USER}:{raw}@{host}/o");
+    // Also with a `/` in the user's name (probe 144), and for `//`.
+    for target in
+        ["S1ngle", "S1nQ?x", "S1nH#x"].into_iter().map(|raw| format!("/{USER}:{raw}@{host}/o")).chain([
+            format!("/al/ice:S1nSl4sh@{host}/o"),
+            format!("/al/ice:S1nSlH#x@{host}/o"),
+            format!("//al/ice:S1nSlD#x@{host}/o"),
+        ])
+    {
         let r = get(proxy, &target, &[("Host", &host), ("Proxy-Authorization", &good)]).await;
         assert_proxy_error(&r, 400, "http_request_error", "not_a_proxy_request");
     }
@@ -307,6 +313,7 @@ allow_cidrs = ["127.0.0.0/8", "::1/128"]
         "S1ngle".to_string(),
         "S1nQ".to_string(),
         "S1nH".to_string(),
+        "S1nSl".to_string(),
     ];
     for secret in &forbidden {
         assert!(!output.contains(secret.as_str()), "the log contains the credential {secret:?}:\n{output}");

@@ -688,8 +688,10 @@ fn guarded_target(req: &Request<Incoming>) -> String {
         // it was logged whole (probe 137).
         _ => match uri.path().strip_prefix("//") {
             Some(rest) => origin_form_authority("//", rest, uri.query(), req.headers()),
+            // A user name may hold `/` (`/al/ice:pw@host/`): an `@` or `:`
+            // anywhere, not only in the first segment (probe 144).
             None => match uri.path().strip_prefix('/') {
-                Some(rest) if first_segment(rest, uri.query()).contains(['@', ':']) => {
+                Some(rest) if rest.contains(['@', ':']) || uri.query().is_some_and(|q| q.contains('@')) => {
                     origin_form_authority("/", rest, uri.query(), req.headers())
                 }
                 _ => uri.path().to_owned(),
@@ -698,23 +700,12 @@ fn guarded_target(req: &Request<Incoming>) -> String {
     }
 }
 
-/// The first segment of an origin-form path `rest` (after its `/`), with
-/// the query when the path has one segment: a `?` in a password ends the
-/// path before its `@`.
-fn first_segment<'a>(rest: &'a str, query: Option<&'a str>) -> &'a str {
-    match rest.split_once('/') {
-        Some((first, _)) => first,
-        None if query.is_some_and(|q| q.contains('@')) => "@",
-        None => rest,
-    }
-}
-
 /// How [`guarded_target`] logs an origin-form path `prefix rest` (`query`
 /// the query after it; `prefix` `//` or `/`): a `?` or `#` in a password
 /// ends the path before its `@` (`//alice:s3cr?t@host/` is the path
 /// `//alice:s3cr`, probe 129), so the `@` is looked for in the query too;
-/// and a first segment with a `:` (a user and a password, cut short by a
-/// `#`, which never arrives) is `…`.
+/// and a path with a `:` (a user and a password, cut short by a `#`, which
+/// never arrives; the user's name may hold `/`, probe 144) is `…`.
 fn origin_form_authority(prefix: &str, rest: &str, query: Option<&str>, headers: &http::HeaderMap) -> String {
     let full = match query {
         Some(q) => [rest, "?", q].concat(),
@@ -734,7 +725,7 @@ fn origin_form_authority(prefix: &str, rest: &str, query: Option<&str>, headers:
         };
         logged.truncate(end.unwrap_or(logged.len()));
         logged
-    } else if rest.split('/').next().is_some_and(|first| first.contains(':')) {
+    } else if rest.contains(':') {
         [prefix, "…"].concat()
     } else {
         [prefix, rest].concat()
