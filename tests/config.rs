@@ -653,9 +653,13 @@ fn proxy_protocol_names_all_plain_listeners_or_some() {
             );
         }
     }
-    let err = load_err(&format!("{listen}proxy_protocol = [\"127.0.0.1:3129\"]\n{tail}"), &users);
+    // Each entry where it is (all were put at the `[`; probe 147).
+    let err = load_err(
+        &format!("{listen}proxy_protocol = [\n  \"127.0.0.1:3128\",\n  \"127.0.0.1:3129\",\n]\n{tail}"),
+        &users,
+    );
     assert!(
-        err.contains("authgate.toml:3:18: server.proxy_protocol: 127.0.0.1:3129 is not one of server.listen"),
+        err.contains("authgate.toml:5:3: server.proxy_protocol: 127.0.0.1:3129 is not one of server.listen"),
         "{err}"
     );
     let err = load_err(&format!("{listen}proxy_protocol = [\"balancer\"]\n{tail}"), &users);

@@ -111,14 +111,37 @@ pub struct RawPolicy {
 }
 
 /// `[server] proxy_protocol`: for every plain listener, or for those listed.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-#[serde(expecting = "expected true, false or a list of server.listen addresses")]
+#[derive(Debug)]
 pub enum RawProxyProtocol {
     /// Every plain listener, or none.
     All(bool),
-    /// The listeners of these `server.listen` addresses.
-    Only(Vec<String>),
+    /// The listeners of these `server.listen` addresses, each where it is
+    /// written (as untagged enum variants they lost their places, and each
+    /// problem was put at the list's `[`; probe 147).
+    Only(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for RawProxyProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = RawProxyProtocol;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a list of server.listen addresses")
+            }
+            fn visit_bool<E: serde::de::Error>(self, all: bool) -> Result<Self::Value, E> {
+                Ok(RawProxyProtocol::All(all))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut only = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    only.push(item);
+                }
+                Ok(RawProxyProtocol::Only(only))
+            }
+        }
+        d.deserialize_any(Either)
+    }
 }
 
 /// A port or a `"lo-hi"` range.

@@ -204,20 +204,21 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             }
             RawProxyProtocol::Only(list) => {
                 for item in list {
-                    match item.trim().parse::<SocketAddr>() {
+                    match item.get_ref().trim().parse::<SocketAddr>() {
                         Ok(a) if s.server.listen.contains(&a) => {
                             if !s.server.proxy_protocol.contains(&a) {
                                 s.server.proxy_protocol.push(a);
                             }
                         }
-                        Ok(a) => {
-                            c.at(pp.span(), format!("server.proxy_protocol: {a} is not one of server.listen"))
-                        }
+                        Ok(a) => c.at(
+                            item.span(),
+                            format!("server.proxy_protocol: {a} is not one of server.listen"),
+                        ),
                         Err(_) => c.at(
-                            pp.span(),
+                            item.span(),
                             format!(
                                 "server.proxy_protocol: {} is not an address:port of server.listen",
-                                quoted(item)
+                                quoted(item.get_ref())
                             ),
                         ),
                     }
