@@ -1574,6 +1574,12 @@ fn sighup_reloads_the_real_binary() {
         bin.signal("HUP");
         tokio::time::sleep(Duration::from_millis(500)).await;
         let still = status(proxy, &origin, "bob", "b1").await;
+        // 150 problems: 100 are logged, and a count of the rest (one
+        // reload wrote 98 MB of log; probe 147).
+        let many: String = (0..150).map(|i| format!("[users.u{i}]\npassword = \"not a hash\"\n")).collect();
+        std::fs::write(&users, many).unwrap();
+        bin.signal("HUP");
+        tokio::time::sleep(Duration::from_millis(500)).await;
         (before, after, still)
     });
     let out = bin.stop();
@@ -1588,6 +1594,9 @@ fn sighup_reloads_the_real_binary() {
         .unwrap_or_else(|| panic!("no failed-reload line:\n{log}"));
     assert!(failed.contains("ERROR"), "logged at ERROR: {failed}");
     assert!(failed.contains("users.toml:2:"), "the problem is located as file:line:col: {failed}");
+    let problems = log.lines().filter(|l| l.contains("stays in effect problem=")).count();
+    assert_eq!(problems, 1 + 100, "{log}");
+    assert!(log.lines().any(|l| l.contains("more_problems=50") && l.contains("authgate check")), "{log}");
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);
 }
 
