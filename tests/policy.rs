@@ -345,6 +345,52 @@ async fn a_name_server_closing_the_tcp_connection_is_asked_again_on_a_new_one() 
     assert!((2..=4).contains(&queries), "{queries} queries over TCP");
 }
 
+/// A name server that stops answering on its TCP connection without
+/// closing it failed every later lookup needing TCP, for good: they all
+/// went out on that connection. A lookup that got no answer now makes the
+/// resolver anew, and the next lookups go out on a new connection (probe
+/// 145).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_server_silent_on_its_tcp_connection_is_asked_on_a_new_one() {
+    let zone = vec![
+        ("big.test", Answer::TcpOnly(vec![Ipv4Addr::LOCALHOST], 0)),
+        ("mute.test", Answer::TcpMute),
+        ("big-after.test", Answer::TcpOnly(vec![Ipv4Addr::LOCALHOST], 0)),
+    ];
+    let fake = dns::spawn_with_tcp(zone).await;
+    let proxy = spawn_custom(&loopback_config(fake.addr, "1s"), &users());
+    let origin = spawn_echo_origin();
+    for (name, status) in [("big.test", 200), ("mute.test", 504), ("big-after.test", 200)] {
+        let url = format!("http://{name}:{}/", origin.addr.port());
+        let r = get(proxy.addr, &url, &[("Host", name), ("Proxy-Authorization", &auth())]).await;
+        assert_eq!(r.status, status, "{name}: {}", r.dump());
+    }
+}
+
+/// A reload that raises `dns_timeout` reaches the resolver's queries too:
+/// they were given up after the value of the start, and an answer slower
+/// than that never counted (probe 145).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_raises_dns_timeout_lets_slower_answers_count() {
+    let zone = vec![
+        ("late.test", Answer::LateA(vec![Ipv4Addr::LOCALHOST], 1500)),
+        ("late2.test", Answer::LateA(vec![Ipv4Addr::LOCALHOST], 1500)),
+    ];
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&loopback_config(fake.addr, "1s"), &users());
+    let origin = spawn_echo_origin();
+    let url = format!("http://late.test:{}/", origin.addr.port());
+    let r = get(proxy.addr, &url, &[("Host", "late.test"), ("Proxy-Authorization", &auth())]).await;
+    // No A answer in 1 s, and AAAA's NXDOMAIN: the name does not resolve.
+    assert_proxy_error(&r, 502, "dns_error", "dns_error");
+    std::fs::write(proxy.file("authgate.toml"), loopback_config(fake.addr, "4s")).unwrap();
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    let url = format!("http://late2.test:{}/", origin.addr.port());
+    let r = get(proxy.addr, &url, &[("Host", "late2.test"), ("Proxy-Authorization", &auth())]).await;
+    assert_eq!(r.status, 200, "an answer after 1.5 s of 4 s: {}", r.dump());
+}
+
 /// A and AAAA asked on one TCP connection that the server closes: the
 /// query the connection took down with it (hickory: "receiver was
 /// canceled") could not be asked either, a 504; it was a 502 `dns_error`

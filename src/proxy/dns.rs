@@ -27,40 +27,94 @@ use crate::error::ProxyError;
 
 /// The resolver shared by all requests.
 pub struct Resolver {
-    inner: TokioResolver,
+    /// hickory's resolver, made anew (see [`Resolver::fresh`]) when the
+    /// `dns_timeout` asked for is not the one it was made with, and after
+    /// a lookup that got no answer at all.
+    inner: arc_swap::ArcSwap<Made>,
+    /// The servers and options it is made from (read once: the system's
+    /// `/etc/resolv.conf` at the start).
+    config: ResolverConfig,
+    opts: ResolverOpts,
+    /// When it was last made anew after a lookup without an answer.
+    renewed: Mutex<Option<Instant>>,
     /// The answers kept for their TTL (hickory keeps none, see [`Kept`]).
     kept: Kept,
 }
 
+/// A hickory resolver and the per-query timeout it was made with.
+struct Made {
+    resolver: TokioResolver,
+    timeout: Duration,
+}
+
+/// Least time between two renewals after lookups without an answer: a
+/// dead server times every lookup out, and a new resolver per lookup would
+/// cost a new TCP connection each.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
 impl Resolver {
     /// A resolver asking `servers`, or the system's resolvers when empty.
-    /// `timeout` bounds each query hickory sends (`dns_timeout` at start).
+    /// `timeout` bounds each query hickory sends (`dns_timeout`).
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Self {
-        let provider = TokioConnectionProvider::default();
-        let mut builder = if servers.is_empty() {
-            match TokioResolver::builder_tokio() {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the system DNS configuration; names will not resolve");
-                    TokioResolver::builder_with_config(ResolverConfig::new(), provider)
-                }
-            }
+        let (config, mut opts) = if servers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read the system DNS configuration; names will not resolve");
+                (ResolverConfig::new(), ResolverOpts::default())
+            })
         } else {
             let mut config = ResolverConfig::new();
             for s in servers {
                 config.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
                 config.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
             }
-            TokioResolver::builder_with_config(config, provider)
+            (config, ResolverOpts::default())
         };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = timeout;
         opts.attempts = 1;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         // Answers are kept by `Kept`, not by hickory: its cache holds each
         // answer's records whole (see `Kept`).
         opts.cache_size = 0;
-        Resolver { inner: builder.build(), kept: Kept::default() }
+        let made = made(&config, &opts, timeout);
+        Resolver {
+            inner: arc_swap::ArcSwap::from_pointee(made),
+            config,
+            opts,
+            renewed: Mutex::new(None),
+            kept: Kept::default(),
+        }
+    }
+
+    /// The hickory resolver for lookups bounded by `timeout`: made anew
+    /// when the one in use was made with another. A reload that changed
+    /// `dns_timeout` reached only the whole lookup, and hickory still gave
+    /// each query up after the old one: raised from 2 s to 6 s, answers that
+    /// came in 2.5 s were never taken (probe 145).
+    fn fresh(&self, timeout: Duration) -> std::sync::Arc<Made> {
+        let current = self.inner.load_full();
+        if current.timeout == timeout {
+            return current;
+        }
+        let new = std::sync::Arc::new(made(&self.config, &self.opts, timeout));
+        self.inner.store(new.clone());
+        new
+    }
+
+    /// After a lookup that got no answer at all: a new hickory resolver, so
+    /// that the next lookups go out on new connections. hickory sends every
+    /// query over TCP on one connection per server, kept open: a server that
+    /// stopped answering on it, and did not close it, failed every lookup
+    /// needing TCP for good (probe 145).
+    fn renew(&self) {
+        let now = Instant::now();
+        {
+            let mut renewed = self.renewed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if renewed.is_some_and(|at| now.duration_since(at) < RENEW_EVERY) {
+                return;
+            }
+            *renewed = Some(now);
+        }
+        let timeout = self.inner.load().timeout;
+        self.inner.store(std::sync::Arc::new(made(&self.config, &self.opts, timeout)));
     }
 
     /// The addresses of `name` (lower-case, no trailing dot), IPv4 first.
@@ -89,14 +143,19 @@ impl Resolver {
         // inline they would enlarge every request's future (and so every
         // copy of it, and every keep-alive connection's task) although IP
         // targets never get here.
-        Box::pin(self.both_families(&fqdn, timeout)).await
+        let found = Box::pin(self.both_families(&fqdn, timeout)).await;
+        if matches!(found, Err(ProxyError::DnsTimeout)) {
+            self.renew();
+        }
+        found
     }
 
     async fn both_families(&self, fqdn: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
         let deadline = Instant::now() + timeout;
         let resend_after = timeout / 2;
-        let v4 = patiently(deadline, resend_after, || self.addresses(Family::V4, fqdn));
-        let v6 = patiently(deadline, resend_after, || self.addresses(Family::V6, fqdn));
+        let made = self.fresh(timeout);
+        let v4 = patiently(deadline, resend_after, || self.addresses(&made.resolver, Family::V4, fqdn));
+        let v6 = patiently(deadline, resend_after, || self.addresses(&made.resolver, Family::V6, fqdn));
         tokio::pin!(v4, v6);
         let give_up = tokio::time::sleep_until(deadline);
         tokio::pin!(give_up);
@@ -239,18 +298,23 @@ impl Kept {
 impl Resolver {
     /// The addresses of one family of `fqdn`: kept ones (see [`Kept`]), or
     /// asked for, then kept.
-    async fn addresses(&self, family: Family, fqdn: &str) -> Result<Vec<IpAddr>, ResolveError> {
+    async fn addresses(
+        &self,
+        resolver: &TokioResolver,
+        family: Family,
+        fqdn: &str,
+    ) -> Result<Vec<IpAddr>, ResolveError> {
         if let Some(ips) = self.kept.get(family, fqdn) {
             return Ok(ips);
         }
         // Made only when it is asked for: not on the path of a kept answer.
         let name = query_name(fqdn)?;
         let answer = match family {
-            Family::V4 => self.inner.ipv4_lookup(name).await.map(|a| {
+            Family::V4 => resolver.ipv4_lookup(name).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
                 (ips, valid_until(a.as_lookup()))
             }),
-            Family::V6 => self.inner.ipv6_lookup(name).await.map(|a| {
+            Family::V6 => resolver.ipv6_lookup(name).await.map(|a| {
                 let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
                 (ips, valid_until(a.as_lookup()))
             }),
@@ -259,6 +323,17 @@ impl Resolver {
         self.kept.put(family, fqdn, &ips, until);
         Ok(ips)
     }
+}
+
+/// A hickory resolver of `config` and `opts` whose queries time out after
+/// `timeout`.
+fn made(config: &ResolverConfig, opts: &ResolverOpts, timeout: Duration) -> Made {
+    let mut opts = opts.clone();
+    opts.timeout = timeout;
+    let resolver = TokioResolver::builder_with_config(config.clone(), TokioConnectionProvider::default())
+        .with_options(opts)
+        .build();
+    Made { resolver, timeout }
 }
 
 /// The longest TTL: one with its top bit set is read as zero (RFC 2181 §8),

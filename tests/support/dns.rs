@@ -55,6 +55,10 @@ pub enum Answer {
     /// cacheable), in seconds. AAAA queries are counted under
     /// `"<name> AAAA"`.
     NoDataSoa(Vec<Ipv4Addr>, u32, u32),
+    /// Over UDP a truncated answer; over TCP, the connection never answers
+    /// again once it has read the query, and stays open (a server stuck
+    /// on one connection, or a middlebox that still acknowledges it).
+    TcpMute,
     /// A records (TTL 60), each answer sent after a forged one: the same
     /// with a wrong query id (as an off-path attacker sends them).
     ForgedFirst(Vec<Ipv4Addr>),
@@ -69,6 +73,8 @@ enum OverTcp {
     Close,
     /// Closed on the first connection, answered on the others.
     CloseFirst(Vec<Ipv4Addr>),
+    /// Nothing more on this connection: read, never answered.
+    Mute,
 }
 
 /// A running fake DNS server.
@@ -102,7 +108,11 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
                 Some((
-                    Answer::Truncated | Answer::TcpOnly(..) | Answer::TcpCloses | Answer::TcpClosesFirst(_),
+                    Answer::Truncated
+                    | Answer::TcpOnly(..)
+                    | Answer::TcpCloses
+                    | Answer::TcpClosesFirst(_)
+                    | Answer::TcpMute,
                     _,
                 )) => {
                     let mut r = response(&buf[..qend], 0, &[], 0);
@@ -182,6 +192,7 @@ pub async fn spawn_with_tcp(zone: Vec<(&str, Answer)>) -> FakeDns {
             Answer::TcpOnly(ips, delay) => Some((n.to_string(), OverTcp::Answer(ips.clone(), *delay))),
             Answer::TcpCloses => Some((n.to_string(), OverTcp::Close)),
             Answer::TcpClosesFirst(ips) => Some((n.to_string(), OverTcp::CloseFirst(ips.clone()))),
+            Answer::TcpMute => Some((n.to_string(), OverTcp::Mute)),
             _ => None,
         })
         .collect();
@@ -214,6 +225,7 @@ async fn serve_tcp(
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let mut mute = false;
     loop {
         let mut len = [0u8; 2];
         if rd.read_exact(&mut len).await.is_err() {
@@ -227,6 +239,11 @@ async fn serve_tcp(
         if zone.contains_key(&name) {
             *queries.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
         }
+        mute |= matches!(zone.get(&name), Some(OverTcp::Mute));
+        if mute {
+            // Kept open, never written to again (the writer is held).
+            continue;
+        }
         // A records to A, an empty answer to AAAA.
         let answer = |ips: &[Ipv4Addr]| {
             response(&msg[..qend], 0, &if qtype == 1 { octets(ips) } else { Vec::new() }, 60)
@@ -236,6 +253,7 @@ async fn serve_tcp(
             Some(OverTcp::CloseFirst(_)) if first => return,
             Some(OverTcp::CloseFirst(ips)) => (answer(ips), 0),
             Some(OverTcp::Answer(ips, delay)) => (answer(ips), *delay),
+            Some(OverTcp::Mute) => continue,
             None => (response(&msg[..qend], 3, &[], 0), 0),
         };
         // Length-prefixed, each answer on its own (after its delay).
