@@ -76,11 +76,11 @@ fn usage_error(e: clap::Error) -> ExitCode {
     // A mistyped flag is not repeated either: what clap took for one may
     // have a password glued to it (`--password-stdin:S3cret`,
     // `--passwordS3cret`; probe 139). Its suggestion is said.
-    let a_value = match e.kind() {
-        ErrorKind::UnknownArgument | ErrorKind::TooManyValues => true,
-        ErrorKind::InvalidSubcommand => e.get(ContextKind::SuggestedSubcommand).is_none(),
-        _ => false,
-    };
+    // A mistyped subcommand neither (`hash-password:S3cret`; probe 144).
+    let a_value = matches!(
+        e.kind(),
+        ErrorKind::UnknownArgument | ErrorKind::TooManyValues | ErrorKind::InvalidSubcommand
+    );
     if !a_value {
         e.exit();
     }
@@ -88,8 +88,14 @@ fn usage_error(e: clap::Error) -> ExitCode {
         Some(ContextValue::StyledStr(u)) => format!("\n\n{u}"),
         _ => String::new(),
     };
-    let tip = match e.get(ContextKind::SuggestedArg) {
-        Some(ContextValue::String(flag)) => format!("\n\n  tip: a similar argument exists: '{flag}'"),
+    let tip = match (e.get(ContextKind::SuggestedArg), e.get(ContextKind::SuggestedSubcommand)) {
+        (Some(ContextValue::String(flag)), _) => format!("\n\n  tip: a similar argument exists: '{flag}'"),
+        (_, Some(ContextValue::String(command))) => {
+            format!("\n\n  tip: a similar subcommand exists: '{command}'")
+        }
+        (_, Some(ContextValue::Strings(commands))) if !commands.is_empty() => {
+            format!("\n\n  tip: a similar subcommand exists: '{}'", commands.join("', '"))
+        }
         _ => String::new(),
     };
     let args: Vec<_> = std::env::args_os().collect();
