@@ -736,14 +736,21 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     // 137): written as the instant it is.
     d.ok(&["add", "leap", "--expires", "2027-12-31T23:59:60.5Z", "--password-stdin"], Some("pw\n"));
     assert!(d.read().contains("expires = 2028-01-01T00:00:00.5Z\n"), "{}", d.read());
-    let err =
-        d.refused(&["add", "leap2", "--expires", "9999-12-31T23:59:60Z", "--password-stdin"], Some("pw\n"));
-    assert!(err.contains("from 1970 to 9999"), "{err}");
+    d.ok(&["add", "leap3", "--expires", "2027-01-01T05:29:60+05:30", "--password-stdin"], Some("pw\n"));
+    assert!(d.read().contains("expires = 2027-01-01T00:00:00Z\n"), "{}", d.read());
+    // Only at the end of a UTC day (`12:34:60` was taken; probe 144).
+    for bad in ["9999-12-31T23:59:60Z", "2027-03-15T12:34:60Z", "2027-12-31T23:59:60+01:00"] {
+        let err = d.refused(&["add", "leap2", "--expires", bad, "--password-stdin"], Some("pw\n"));
+        assert!(err.contains("from 1970 to 9999"), "{bad}: {err}");
+    }
     // The same in the file.
     let text = d.read().replace("2028-01-01T00:00:00.5Z", "2027-12-31T23:59:60Z");
-    std::fs::write(d.users(), text).unwrap();
+    std::fs::write(d.users(), &text).unwrap();
     let list = d.ok(&["list"], None).stdout;
     assert!(list.lines().any(|l| l.starts_with("leap ") && l.contains("2028-01-01T00:00:00Z")), "{list}");
+    std::fs::write(d.users(), text.replace("2027-12-31T23:59:60Z", "2027-03-15T12:34:60Z")).unwrap();
+    let err = d.refused(&["list"], None);
+    assert!(err.contains("users.toml:") && err.contains("expires"), "{err}");
 }
 
 #[test]

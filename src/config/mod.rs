@@ -685,7 +685,9 @@ pub fn parse_users(path: &Path, source: &str) -> Result<Vec<crate::auth::User>, 
     if problems.is_empty() { Ok(users) } else { Err(ConfigError::new(problems)) }
 }
 
-pub use users::{NOT_SHOWN, check_group, check_name, expiry_in_range, may_hold_a_password, refused_name};
+pub use users::{
+    NOT_SHOWN, check_group, check_name, ends_a_utc_day, expiry_in_range, may_hold_a_password, refused_name,
+};
 
 #[cfg(test)]
 mod tests {

@@ -271,8 +271,20 @@ fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
             // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
             parse_with_offset(&text)
         })
-        .and_then(|t| if leap { t.checked_add(std::time::Duration::from_secs(1)) } else { Some(t) })
+        .and_then(|t| match leap {
+            // Only where leap seconds go (probe 144).
+            true => Some(t)
+                .filter(|t| ends_a_utc_day(*t))
+                .and_then(|t| t.checked_add(std::time::Duration::from_secs(1))),
+            false => Some(t),
+        })
         .filter(|t| expiry_in_range(*t))
+}
+
+/// Whether `t` is within the last second of a UTC day, where a leap second
+/// (`23:59:60Z`, or the same instant at another offset) follows.
+pub fn ends_a_utc_day(t: SystemTime) -> bool {
+    t.duration_since(SystemTime::UNIX_EPOCH).is_ok_and(|d| d.as_secs() % 86_400 == 86_399)
 }
 
 /// Whether an expiry, in UTC, lies from 1970-01-01T00:00:00Z to

@@ -437,9 +437,16 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
         time.second.min(59)
     );
     let local = humantime::parse_rfc3339(&utc_text).map_err(|_| bad())?;
-    let local = if leap { local.checked_add(Duration::from_secs(1)).ok_or_else(bad)? } else { local };
     let shift = Duration::from_secs(offset_minutes.unsigned_abs() * 60);
     let instant = if offset_minutes >= 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
+    // Only where leap seconds go: the last second of a UTC day (`12:34:60`
+    // was taken as `12:35:00`; probe 144).
+    let instant = match instant {
+        Some(t) if leap => Some(t)
+            .filter(|t| crate::config::ends_a_utc_day(*t))
+            .and_then(|t| t.checked_add(Duration::from_secs(1))),
+        t => t,
+    };
     // The fraction of a second is kept, as `check` and the proxy read it
     // from the file (it was dropped: the user expired up to a second early;
     // probe 114).
