@@ -30,7 +30,7 @@ pub fn policy(c: &mut Collector<'_>, raw: &RawPolicy, rules: &[Spanned<RawRule>]
         let raw = r.get_ref();
         // Checked whatever else is wrong with either rule: every problem is
         // reported in one go.
-        let name = raw.name.get_ref().trim();
+        let name = raw.name.get_ref().as_str();
         let fresh = !valid_name(name) || names.insert(name);
         if !fresh {
             c.at(raw.name.span(), format!("rule `{name}`: duplicate rule name"));
@@ -102,7 +102,7 @@ fn no_wildcard(s: &str) -> Result<(), String> {
 }
 
 fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
-    let name = r.name.get_ref().trim();
+    let name = r.name.get_ref().as_str();
     let mut ok = true;
     if !valid_name(name) {
         c.at(r.name.span(), "rule name: 1-64 characters from A-Z a-z 0-9 - _ .");
