@@ -1285,3 +1285,26 @@ fn empty_or_missing_tls_files_are_each_named() {
     assert!(err.contains(":14:11: upstream.ca_file: must not be empty (leave it out"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// A string left open is placed at its opening quotes (it was placed past
+/// the file's last line), and a bad escape at its backslash (it was placed
+/// after the letter); probe 147.
+#[test]
+fn an_open_string_and_a_bad_escape_are_placed_where_they_begin() {
+    for (realm, at, said) in [
+        (
+            "\"\"\"authgate\nvia = true\n",
+            ":2:9:",
+            "invalid multiline basic string: not closed (it opens here)",
+        ),
+        (
+            "'''authgate\nvia = true\n",
+            ":2:9:",
+            "invalid multiline literal string: not closed (it opens here)",
+        ),
+        ("\"ab\\qcd\"\n", ":2:12:", "invalid escape sequence"),
+    ] {
+        let err = load_err(&format!("[server]\nrealm = {realm}"), &good_users());
+        assert!(err.contains(&format!("{at} {said}")), "{realm:?}: {err}");
+    }
+}

@@ -215,8 +215,28 @@ impl<'a> Collector<'a> {
             .span()
             .filter(|span| self.source.get(span.clone()).is_some())
             .map(|span| super::toml_terms::toml_kind(self.source, span.start));
-        let msg = super::toml_terms::in_toml_terms(&msg, found);
-        match err.span() {
+        let mut msg = super::toml_terms::in_toml_terms(&msg, found);
+        let mut span = err.span();
+        if let Some(s) = span.as_mut() {
+            // The parser places a string left open at the end of the file
+            // (past its last line), and a bad escape after its letter: the
+            // opening quotes, and the backslash (probe 147).
+            let open = |delim: &str| self.source.rfind(delim).filter(|_| s.start >= self.source.len());
+            if msg.starts_with("invalid multiline basic string")
+                && let Some(at) = open("\"\"\"")
+            {
+                (*s, msg) = (at..at, format!("{msg}: not closed (it opens here)"));
+            } else if msg.starts_with("invalid multiline literal string")
+                && let Some(at) = open("'''")
+            {
+                (*s, msg) = (at..at, format!("{msg}: not closed (it opens here)"));
+            } else if msg.starts_with("invalid escape sequence")
+                && let Some(at) = self.source.get(..s.start).and_then(|before| before.rfind('\\'))
+            {
+                *s = at..at;
+            }
+        }
+        match span {
             Some(span) => self.at(span, msg),
             None => self.whole(msg),
         }
