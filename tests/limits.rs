@@ -713,11 +713,18 @@ async fn the_global_connection_limit_refuses_with_503_on_plain_and_a_reset_on_tl
     // On the TLS listener there is no TLS session to answer in: a reset,
     // nothing written in the clear (it was a FIN when the refusal came
     // before the ClientHello; probe 142).
-    let mut on_tls = connect_from("127.0.0.4", proxy.tls).await;
-    let mut buf = [0u8; 64];
-    let got =
-        tokio::time::timeout(Duration::from_secs(5), on_tls.read(&mut buf)).await.expect("closed at once");
-    assert_eq!(got.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset));
+    // (The reset can come before `connect` returns, on a busy machine.)
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.4:0".parse().unwrap()).unwrap();
+    let got = match sock.connect(proxy.tls).await {
+        Err(e) => Err(e.kind()),
+        Ok(mut on_tls) => {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(5), on_tls.read(&mut buf));
+            read.await.expect("closed at once").map_err(|e| e.kind())
+        }
+    };
+    assert_eq!(got, Err(std::io::ErrorKind::ConnectionReset));
     // Freed slots are taken again.
     drop((a, b));
     wait_for_open(&proxy.state, 0).await;
