@@ -1452,21 +1452,19 @@ async fn a_connection_still_opening_does_not_hold_the_shutdown() {
     drop(held);
 }
 
+/// A users file of alice (password a1) with a hash of 16 MiB: slow enough
+/// that a burst of logins cannot all be verified at once.
+fn slow_alice() -> String {
+    let costly = argon2::Params::new(16 * 1024, 1, 1, None).unwrap();
+    let hash = authgate::auth::password::hash_password("a1", costly).unwrap();
+    format!("[users.alice]\npassword = {}\n", toml_str(hash.as_str()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_argon2_queue_answers_503_with_retry_after() {
     // Expensive hashes and a queue of one: a burst of distinct wrong
     // passwords cannot all be verified at once.
-    let dir_users = format!(
-        "[users.alice]\npassword = {}\n",
-        toml_str(
-            authgate::auth::password::hash_password(
-                "a1",
-                argon2::Params::new(16 * 1024, 1, 1, None).unwrap()
-            )
-            .unwrap()
-            .as_str()
-        )
-    );
+    let dir_users = slow_alice();
     let config = cfg("", "")
         .replace("users_file = \"users.toml\"\n", "users_file = \"users.toml\"\nmax_pending = 1\n");
     let proxy = spawn_custom(&config, &dir_users);
@@ -1507,17 +1505,7 @@ async fn a_full_argon2_queue_answers_503_with_retry_after() {
 /// address's logins got 503s too; probe 142.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_flooding_past_the_queue_reaches_its_429s() {
-    let users = format!(
-        "[users.alice]\npassword = {}\n",
-        toml_str(
-            authgate::auth::password::hash_password(
-                "a1",
-                argon2::Params::new(16 * 1024, 1, 1, None).unwrap()
-            )
-            .unwrap()
-            .as_str()
-        )
-    );
+    let users = slow_alice();
     let config = cfg("", "").replace(
         "[auth.throttle]\nenabled = false\n",
         "verify_threads = 1\nmax_pending = 1\n[auth.throttle]\nmax_failures = 10\nwindow = \"600s\"\ndelay = \"0s\"\n",
