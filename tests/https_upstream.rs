@@ -2,6 +2,8 @@
 //! over TLS to the origin, which must verify against `[upstream] ca_file`.
 
 mod common;
+#[path = "support/dns.rs"]
+mod dns;
 #[path = "support/pki.rs"]
 mod pki;
 
@@ -241,6 +243,18 @@ async fn origin_tls_failures_are_worded_and_a_bad_name_dials_nothing() {
     let r = get_https_authority_via(tls, &proxy_ca.cert_pem, &format!("-a.localhost:{port}")).await;
     assert_proxy_error(&r, 400, "http_request_error", "bad_target");
     assert_eq!(silent.accept().map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::WouldBlock), "dialled");
+    // Nor looked up first by a rule that needs the addresses (probe 149).
+    let fake =
+        dns::spawn(vec![("-a.test", dns::Answer::A(vec![vec![std::net::Ipv4Addr::LOCALHOST]], 60))]).await;
+    let dir = TempDir::new();
+    let rules = format!(
+        "{both}[dns]\nservers = [\"{}\"]\n[[rules]]\nname = \"lab\"\naction = \"allow\"\ncidrs = [\"127.0.0.0/8\"]\n",
+        fake.addr
+    );
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, &rules).await;
+    let r = get_https_authority_via(tls, &proxy_ca.cert_pem, &format!("-a.test:{port}")).await;
+    assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+    assert_eq!(fake.queries("-a.test"), 0, "looked up");
 }
 
 /// Why a certificate was refused is in `details` (all were "could not be

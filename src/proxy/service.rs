@@ -621,6 +621,11 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
             let authority = uri.authority().map_or("", |a| a.as_str());
             let port = authority_port(authority, if https { 443 } else { 80 })
                 .map_err(|e| ProxyError::BadTarget { detail: e.0 })?;
+            // A name no TLS connection can be made to is a bad target before
+            // the rules run: one with `cidrs` looked it up first (probe 149).
+            if https {
+                super::upstream_tls::server_name(&host)?;
+            }
             Ok(Kind::Forward(Target { host, port }, https))
         }
         Some(s) => Err(ProxyError::UnsupportedScheme {
