@@ -358,9 +358,15 @@ async fn a_name_server_silent_on_its_tcp_connection_is_asked_on_a_new_one() {
         ("big-after.test", Answer::TcpOnly(vec![Ipv4Addr::LOCALHOST], 0)),
     ];
     let fake = dns::spawn_with_tcp(zone).await;
-    let proxy = spawn_custom(&loopback_config(fake.addr, "1s"), &users());
+    let config =
+        loopback_config(fake.addr, "1s").replace("\"127.0.0.0/8\"]", "\"127.0.0.0/8\", \"::1/128\"]");
+    let proxy = spawn_custom(&config, &users());
     let origin = spawn_echo_origin();
-    for (name, status) in [("big.test", 200), ("mute.test", 504), ("big-after.test", 200)] {
+    // mute.test's A goes out on the TCP connection and is never answered,
+    // its AAAA (::1, where nothing listens) comes over UDP: the lookup did
+    // not fail whole, and the resolver was kept, and with it the dead
+    // connection (probe 149).
+    for (name, status) in [("big.test", 200), ("mute.test", 502), ("big-after.test", 200)] {
         let url = format!("http://{name}:{}/", origin.addr.port());
         let r = get(proxy.addr, &url, &[("Host", name), ("Proxy-Authorization", &auth())]).await;
         assert_eq!(r.status, status, "{name}: {}", r.dump());

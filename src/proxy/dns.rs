@@ -99,7 +99,7 @@ impl Resolver {
         new
     }
 
-    /// After a lookup that got no answer at all: a new hickory resolver, so
+    /// After a lookup with a query unanswered: a new hickory resolver, so
     /// that the next lookups go out on new connections. hickory sends every
     /// query over TCP on one connection per server, kept open: a server that
     /// stopped answering on it, and did not close it, failed every lookup
@@ -143,11 +143,7 @@ impl Resolver {
         // inline they would enlarge every request's future (and so every
         // copy of it, and every keep-alive connection's task) although IP
         // targets never get here.
-        let found = Box::pin(self.both_families(&fqdn, timeout)).await;
-        if matches!(found, Err(ProxyError::DnsTimeout)) {
-            self.renew();
-        }
-        found
+        Box::pin(self.both_families(&fqdn, timeout)).await
     }
 
     async fn both_families(&self, fqdn: &str, timeout: Duration) -> Result<Vec<IpAddr>, ProxyError> {
@@ -160,6 +156,9 @@ impl Resolver {
         let give_up = tokio::time::sleep_until(deadline);
         tokio::pin!(give_up);
         let (mut a, mut aaaa) = (None, None);
+        // Whether the wait was cut to the Resolution Delay (no answer to
+        // AAAA is then no sign of a dead connection).
+        let mut cut_short = false;
         // An NXDOMAIN to one query does not end the wait for the other:
         // some servers say NXDOMAIN to AAAA for names that have A records
         // (RFC 4074 §4.2), and a resolver's cache can hold such an answer
@@ -170,12 +169,26 @@ impl Resolver {
                 r = &mut v4, if a.is_none() => {
                     if aaaa.is_none() && r.as_ref().is_ok_and(|ips| !ips.is_empty()) {
                         give_up.as_mut().reset(deadline.min(Instant::now() + RESOLUTION_DELAY));
+                        cut_short = true;
                     }
                     a = Some(r);
                 }
                 r = &mut v6, if aaaa.is_none() => aaaa = Some(r),
                 () = &mut give_up => break,
             }
+        }
+        // A query of either family unanswered until the end makes the
+        // resolver anew (see [`Resolver::renew`]): with A over a dead TCP
+        // connection and AAAA over UDP, every lookup of such a name waited
+        // the whole `dns_timeout` and lost its IPv4 addresses, without
+        // ever failing whole (probe 149).
+        let unanswered = |r: &Option<Result<Vec<IpAddr>, ResolveError>>| match r {
+            None => true,
+            Some(Err(e)) => matches!(classify(e), ProxyError::DnsTimeout),
+            Some(Ok(_)) => false,
+        };
+        if !cut_short && (unanswered(&a) || unanswered(&aaaa)) {
+            self.renew();
         }
         let ips = distinct([&a, &aaaa].into_iter().flatten().flatten().flatten().copied());
         if !ips.is_empty() {

@@ -55,9 +55,10 @@ pub enum Answer {
     /// cacheable), in seconds. AAAA queries are counted under
     /// `"<name> AAAA"`.
     NoDataSoa(Vec<Ipv4Addr>, u32, u32),
-    /// Over UDP a truncated answer; over TCP, the connection never answers
-    /// again once it has read the query, and stays open (a server stuck
-    /// on one connection, or a middlebox that still acknowledges it).
+    /// To A over UDP a truncated answer; over TCP, the connection never
+    /// answers again once it has read the query, and stays open (a server
+    /// stuck on one connection, or a middlebox that still acknowledges
+    /// it). To AAAA over UDP, ::1 (TTL 60).
     TcpMute,
     /// A records (TTL 60), each answer sent after a forged one: the same
     /// with a wrong query id (as an off-path attacker sends them).
@@ -107,6 +108,9 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::Silent, _)) => continue,
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
+                Some((Answer::TcpMute, _)) if qtype != 1 => {
+                    response(&buf[..qend], 0, &[Ipv6Addr::LOCALHOST.octets().to_vec()], 60)
+                }
                 Some((
                     Answer::Truncated
                     | Answer::TcpOnly(..)
