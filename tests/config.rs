@@ -1281,6 +1281,14 @@ fn empty_or_missing_tls_files_are_each_named() {
     assert!(err.contains(":16:8: server.tls.cert: must not be empty"), "{err}");
     assert!(err.contains(":17:7: server.tls.key: must not be empty"), "{err}");
     assert_eq!(err.lines().count(), 2, "{err}");
+    // One empty, the other missing: both said (probe 149).
+    for (cert, key, said) in
+        [("", "missing-key.pem", ":17:7: server.tls: "), ("missing-cert.pem", "", ":16:8: server.tls: ")]
+    {
+        let err = load_err(&tls(cert, key), &good_users());
+        assert!(err.contains(said) && err.contains("cannot read"), "{err}");
+        assert!(err.contains("must not be empty"), "{err}");
+    }
     let err = load_err(&format!("{GOOD_CONFIG}[upstream]\nca_file = \"\"\n"), &good_users());
     assert!(err.contains(":14:11: upstream.ca_file: must not be empty (leave it out"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -1303,6 +1311,10 @@ fn an_open_string_and_a_bad_escape_are_placed_where_they_begin() {
             "invalid multiline literal string: not closed (it opens here)",
         ),
         ("\"ab\\qcd\"\n", ":2:12:", "invalid escape sequence"),
+        // An escaped `\"""` or a run of four quotes, a bad `\u` (probe 149).
+        ("\"\"\"abc\nmore \\\"\"\" here\nlines\n", ":2:9:", "invalid multiline basic string: not closed"),
+        ("\"\"\"\"abc\nmore\n", ":2:9:", "invalid multiline basic string: not closed"),
+        ("\"ab\\u12\"\n", ":2:12:", "invalid unicode 4-digit hex code"),
     ] {
         let err = load_err(&format!("[server]\nrealm = {realm}"), &good_users());
         assert!(err.contains(&format!("{at} {said}")), "{realm:?}: {err}");

@@ -113,11 +113,14 @@ pub struct Collector<'a> {
     /// line:col counted from the top for each problem made a file with many
     /// problems quadratic (40,000 bad entries: 52 s).
     line_starts: std::cell::OnceCell<Vec<usize>>,
-    /// The last problem's (offset, line, col): the next one further on its
-    /// line counts its column from there. Counted from the line's start
-    /// each time, 400,000 bad items on one line took `check` 17 s, and a
-    /// reload as long (probe 147).
-    last: (usize, usize, usize),
+    /// The places already counted, by offset: (line, col). A problem
+    /// counts its column on from the nearest one before it on its line.
+    /// Counted from the line's start each time, 400,000 bad items on one
+    /// line took `check` 17 s, and a reload as long (probe 147); counted
+    /// on from the last problem only, problems placed out of order (a
+    /// rule's keys in another order than they are checked) still did
+    /// (probe 149).
+    known: std::collections::BTreeMap<usize, (usize, usize)>,
 }
 
 impl<'a> Collector<'a> {
@@ -135,7 +138,7 @@ impl<'a> Collector<'a> {
             source,
             problems: Vec::new(),
             line_starts: std::cell::OnceCell::new(),
-            last: (0, 0, 0),
+            known: std::collections::BTreeMap::new(),
         }
     }
 
@@ -144,8 +147,10 @@ impl<'a> Collector<'a> {
         let starts = self.line_starts.get_or_init(|| {
             std::iter::once(0).chain(self.source.match_indices('\n').map(|(i, _)| i + 1)).collect()
         });
-        let (line, col) = line_col_in(self.source, starts, span.start, self.last);
-        self.last = (span.start.min(self.source.len()), line, col);
+        let offset = span.start.min(self.source.len());
+        let before = self.known.range(..=offset).next_back().map(|(&at, &(line, col))| (at, line, col));
+        let (line, col) = line_col_in(self.source, starts, offset, before.unwrap_or((0, 0, 0)));
+        self.known.insert(offset, (line, col));
         self.problems.push(Problem { file: self.file.to_path_buf(), line, col, message: message.into() });
     }
 
@@ -221,7 +226,7 @@ impl<'a> Collector<'a> {
             // The parser places a string left open at the end of the file
             // (past its last line), and a bad escape after its letter: the
             // opening quotes, and the backslash (probe 147).
-            let open = |delim: &str| self.source.rfind(delim).filter(|_| s.start >= self.source.len());
+            let open = |delim: &str| opening(self.source, delim).filter(|_| s.start >= self.source.len());
             if msg.starts_with("invalid multiline basic string")
                 && let Some(at) = open("\"\"\"")
             {
@@ -230,7 +235,7 @@ impl<'a> Collector<'a> {
                 && let Some(at) = open("'''")
             {
                 (*s, msg) = (at..at, format!("{msg}: not closed (it opens here)"));
-            } else if msg.starts_with("invalid escape sequence")
+            } else if (msg.starts_with("invalid escape sequence") || msg.starts_with("invalid unicode"))
                 && let Some(at) = self.source.get(..s.start).and_then(|before| before.rfind('\\'))
             {
                 *s = at..at;
@@ -241,6 +246,19 @@ impl<'a> Collector<'a> {
             None => self.whole(msg),
         }
     }
+}
+
+/// Where the string left open at the end of `source` opens: its last
+/// `delim` (all after the opening one are the string's), not escaped, at
+/// the start of its run of quotes (`\"\"\"\"` opens with the first three;
+/// probe 149).
+fn opening(source: &str, delim: &str) -> Option<usize> {
+    let quote = delim.chars().next()?;
+    let escaped = |at: usize| source[..at].chars().rev().take_while(|&c| c == '\\').count() % 2 == 1;
+    let last =
+        source.match_indices(delim).map(|(at, _)| at).filter(|&at| quote == '\'' || !escaped(at)).last()?;
+    let run = source[..last].chars().rev().take_while(|&c| c == quote).count();
+    Some(last - run * quote.len_utf8())
 }
 
 /// [`line_col`] with `starts`, the offsets where the lines of `source`

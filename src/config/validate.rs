@@ -275,6 +275,15 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             tls_addrs.push(a);
         }
         if !empty.is_empty() {
+            // The other file's own problem too (probe 149).
+            let other = match empty.as_slice() {
+                [("cert", _)] => crate::server::tls::load_key(&key).err().map(|e| (e, t.key.span())),
+                [("key", _)] => crate::server::tls::load_chain(&cert).err().map(|e| (e, t.cert.span())),
+                _ => None,
+            };
+            if let Some((e, span)) = other {
+                c.at(span, format!("server.tls: {e}"));
+            }
             continue;
         }
         match (listen, crate::server::tls::load_certified_key(&cert, &key)) {

@@ -54,23 +54,7 @@ impl fmt::Display for CertError {
 pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertError> {
     let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
     let in_key = |message: String| CertError { file: TlsFile::Key, message };
-    let cert_pem = read_file(cert)
-        .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", cert.display(), reason(&e))))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| in_cert(format!("{}: bad PEM certificate: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err(in_cert(format!("{}: no certificate found", cert.display())));
-    }
-    // rustls reads the first certificate only; the others went out unread,
-    // and a corrupt one failed every handshake (probe 118).
-    if let Some(n) = chain.iter().skip(1).position(|c| !super::x509::is_certificate(c)) {
-        return Err(in_cert(format!(
-            "{}: certificate {} of the chain is not an X.509 certificate authgate can read (its DER structure or its dates)",
-            cert.display(),
-            n + 2
-        )));
-    }
+    let chain = load_chain(cert)?;
     let signer = load_key(key)?;
     let certified = CertifiedKey::new(chain, signer);
     certified.keys_match().map_err(|e| match e {
@@ -90,6 +74,32 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         )));
     }
     Ok(Arc::new(certified))
+}
+
+/// The certificate chain in `cert` (leaf first), each certificate readable.
+///
+/// # Errors
+/// What is wrong with the certificate file, naming it.
+pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
+    let cert_pem = read_file(cert)
+        .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", cert.display(), reason(&e))))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| in_cert(format!("{}: bad PEM certificate: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(in_cert(format!("{}: no certificate found", cert.display())));
+    }
+    // rustls reads the first certificate only; the others went out unread,
+    // and a corrupt one failed every handshake (probe 118).
+    if let Some(n) = chain.iter().skip(1).position(|c| !super::x509::is_certificate(c)) {
+        return Err(in_cert(format!(
+            "{}: certificate {} of the chain is not an X.509 certificate authgate can read (its DER structure or its dates)",
+            cert.display(),
+            n + 2
+        )));
+    }
+    Ok(chain)
 }
 
 /// The private key in `key`, as a signer. [`load_certified_key`] reads it
