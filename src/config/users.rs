@@ -240,6 +240,12 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             None => Some(None),
             Some(dt) => match to_system_time(dt.get_ref()) {
                 Some(t) => Some(Some(t)),
+                // A second 60 is RFC 3339, and only wrong where no leap
+                // second goes: said so (probe 150).
+                None if dt.get_ref().time.is_some_and(|t| t.second == 60) => {
+                    c.at(dt.span(), format!("user `{shown}`: expires: {LEAP_ONLY}"));
+                    None
+                }
                 None => {
                     c.at(dt.span(), format!("user `{shown}`: expires: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999"));
                     None
@@ -280,6 +286,10 @@ fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
         })
         .filter(|t| expiry_in_range(*t))
 }
+
+/// Why an expiry with a second 60 elsewhere than at a UTC day's end is
+/// refused.
+pub const LEAP_ONLY: &str = "a second 60 (a leap second) is taken only at the end of a UTC day (23:59:60Z, or the same instant at another offset), from 1970 to 9999";
 
 /// Whether `t` is within the last second of a UTC day, where a leap second
 /// (`23:59:60Z`, or the same instant at another offset) follows.

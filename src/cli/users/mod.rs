@@ -442,9 +442,12 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
     // Only where leap seconds go: the last second of a UTC day (`12:34:60`
     // was taken as `12:35:00`; probe 144).
     let instant = match instant {
-        Some(t) if leap => Some(t)
-            .filter(|t| crate::config::ends_a_utc_day(*t))
-            .and_then(|t| t.checked_add(Duration::from_secs(1))),
+        Some(t) if leap && !crate::config::ends_a_utc_day(t) => {
+            // (Said so: a second 60 is RFC 3339; probe 150.)
+            let value = if raw.contains('@') { String::new() } else { format!(" `{}`", shown(raw)) };
+            return Err(refused(format!("--expires{value}: {}", crate::config::LEAP_ONLY)));
+        }
+        Some(t) if leap => t.checked_add(Duration::from_secs(1)),
         t => t,
     };
     // The fraction of a second is kept, as `check` and the proxy read it
