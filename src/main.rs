@@ -70,13 +70,11 @@ fn main() -> ExitCode {
 /// value: clap quotes it.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    // Shown when clap names a similar flag or subcommand (a typo, the point
-    // of its message); any other value may be a password, also one that
-    // starts with `-` (`users add alice -- -S3cret`, probe 85).
-    // A mistyped flag is not repeated either: what clap took for one may
-    // have a password glued to it (`--password-stdin:S3cret`,
-    // `--passwordS3cret`; probe 139). Its suggestion is said.
-    // A mistyped subcommand neither (`hash-password:S3cret`; probe 144).
+    // A value may be a password, also one that starts with `-` (`users add
+    // alice -- -S3cret`, probe 85); so may a mistyped flag or subcommand,
+    // with a password glued to it (`--password-stdin:S3cret`, probe 139;
+    // `hash-password:S3cret`, probe 144): none is repeated, and the similar
+    // flag or subcommand clap found is named.
     let a_value = matches!(
         e.kind(),
         ErrorKind::UnknownArgument | ErrorKind::TooManyValues | ErrorKind::InvalidSubcommand

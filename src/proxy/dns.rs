@@ -29,13 +29,13 @@ use crate::error::ProxyError;
 pub struct Resolver {
     /// hickory's resolver, made anew (see [`Resolver::fresh`]) when the
     /// `dns_timeout` asked for is not the one it was made with, and after
-    /// a lookup that got no answer at all.
+    /// a lookup in which a query went unanswered (see [`Resolver::renew`]).
     inner: arc_swap::ArcSwap<Made>,
     /// The servers and options it is made from (read once: the system's
     /// `/etc/resolv.conf` at the start).
     config: ResolverConfig,
     opts: ResolverOpts,
-    /// When it was last made anew after a lookup without an answer.
+    /// When it was last made anew after an unanswered query.
     renewed: Mutex<Option<Instant>>,
     /// The answers kept for their TTL (hickory keeps none, see [`Kept`]).
     kept: Kept,
@@ -47,7 +47,7 @@ struct Made {
     timeout: Duration,
 }
 
-/// Least time between two renewals after lookups without an answer: a
+/// Least time between two renewals after unanswered queries: a
 /// dead server times every lookup out, and a new resolver per lookup would
 /// cost a new TCP connection each.
 const RENEW_EVERY: Duration = Duration::from_secs(1);
