@@ -686,8 +686,8 @@ pub fn parse_users(path: &Path, source: &str) -> Result<Vec<crate::auth::User>, 
 }
 
 pub use users::{
-    LEAP_ONLY, NOT_SHOWN, check_group, check_name, ends_a_utc_day, expiry_in_range, may_hold_a_password,
-    refused_name,
+    LEAP_ONLY, NOT_SHOWN, check_group, check_name, expiry_in_range, may_hold_a_password,
+    misplaced_leap_second, refused_name, to_system_time,
 };
 
 #[cfg(test)]

@@ -242,7 +242,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
                 Some(t) => Some(Some(t)),
                 // A second 60 is RFC 3339, and only wrong where no leap
                 // second goes: said so (probe 150).
-                None if dt.get_ref().time.is_some_and(|t| t.second == 60) => {
+                None if misplaced_leap_second(dt.get_ref()) => {
                     c.at(dt.span(), format!("user `{shown}`: expires: {LEAP_ONLY}"));
                     None
                 }
@@ -261,7 +261,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
 
 /// A TOML offset date-time (or a bare date, taken as midnight UTC) as a
 /// `SystemTime`, within [`expiry_in_range`].
-fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
+pub fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
     // A leap second (`23:59:60`) is the second after `:59`: it was read as
     // `:59`, and the user expired a second early (probe 137).
     let mut dt = *dt;
@@ -291,9 +291,19 @@ fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
 /// refused.
 pub const LEAP_ONLY: &str = "a second 60 (a leap second) is taken only at the end of a UTC day (23:59:60Z, or the same instant at another offset), from 1970 to 9999";
 
+/// Whether `dt` has a second 60 where no leap second goes: not in the
+/// last second of a UTC day (a leap second there past the range is out of
+/// range, not misplaced).
+pub fn misplaced_leap_second(dt: &toml::value::Datetime) -> bool {
+    let Some(time) = dt.time.filter(|t| t.second == 60) else { return false };
+    let mut at59 = *dt;
+    at59.time = Some(toml::value::Time { second: 59, ..time });
+    !to_system_time(&at59).is_some_and(ends_a_utc_day)
+}
+
 /// Whether `t` is within the last second of a UTC day, where a leap second
 /// (`23:59:60Z`, or the same instant at another offset) follows.
-pub fn ends_a_utc_day(t: SystemTime) -> bool {
+fn ends_a_utc_day(t: SystemTime) -> bool {
     t.duration_since(SystemTime::UNIX_EPOCH).is_ok_and(|d| d.as_secs() % 86_400 == 86_399)
 }
 

@@ -20,7 +20,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, IsTerminal, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, Value};
 use unicode_width::UnicodeWidthStr;
@@ -418,43 +418,17 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
         ))
     };
     let dt: toml_edit::Datetime = raw.trim().parse().map_err(|_| bad())?;
-    let (date, time, offset_minutes) = match (dt.date, dt.time, dt.offset) {
-        (Some(d), None, None) => (d, toml_edit::Time { hour: 0, minute: 0, second: 0, nanosecond: 0 }, 0),
-        (Some(d), Some(t), Some(toml_edit::Offset::Z)) => (d, t, 0),
-        (Some(d), Some(t), Some(toml_edit::Offset::Custom { minutes })) => (d, t, i64::from(minutes)),
-        _ => return Err(bad()),
-    };
-    // A leap second (`23:59:60`) is the second after `:59`; it was read as
-    // `:59`, a second early (probe 137).
-    let leap = time.second == 60;
-    let utc_text = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        date.year,
-        date.month,
-        date.day,
-        time.hour,
-        time.minute,
-        time.second.min(59)
-    );
-    let local = humantime::parse_rfc3339(&utc_text).map_err(|_| bad())?;
-    let shift = Duration::from_secs(offset_minutes.unsigned_abs() * 60);
-    let instant = if offset_minutes >= 0 { local.checked_sub(shift) } else { local.checked_add(shift) };
-    // Only where leap seconds go: the last second of a UTC day (`12:34:60`
-    // was taken as `12:35:00`; probe 144).
-    let instant = match instant {
-        Some(t) if leap && !crate::config::ends_a_utc_day(t) => {
-            // (Said so: a second 60 is RFC 3339; probe 150.)
+    // Read as the users file's `expires` is read (this was a copy of that,
+    // which had to be kept in step: fractions, offsets, leap seconds).
+    let instant = match crate::config::to_system_time(&dt) {
+        Some(t) => t,
+        // (Said so: a second 60 is RFC 3339; probe 150.)
+        None if crate::config::misplaced_leap_second(&dt) => {
             let value = if raw.contains('@') { String::new() } else { format!(" `{}`", shown(raw)) };
             return Err(refused(format!("--expires{value}: {}", crate::config::LEAP_ONLY)));
         }
-        Some(t) if leap => t.checked_add(Duration::from_secs(1)),
-        t => t,
+        None => return Err(bad()),
     };
-    // The fraction of a second is kept, as `check` and the proxy read it
-    // from the file (it was dropped: the user expired up to a second early;
-    // probe 114).
-    let instant = instant.and_then(|t| t.checked_add(Duration::from_nanos(u64::from(time.nanosecond))));
-    let instant = instant.filter(|t| crate::config::expiry_in_range(*t)).ok_or_else(bad)?;
     Ok((instant, utc_datetime(instant).ok_or_else(bad)?))
 }
 
