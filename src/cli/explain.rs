@@ -169,11 +169,11 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     Ok(report)
 }
 
-/// An argument as echoed in a message: at most 64 characters, control and
-/// invisible characters escaped (they reached the terminal as they were).
 /// The longest request target hyper reads (`http::Uri`'s limit).
 const MAX_TARGET: usize = 65_534;
 
+/// An argument as echoed in a message: at most 64 characters, control and
+/// invisible characters escaped (they reached the terminal as they were).
 fn shown(arg: &str) -> String {
     arg.chars().take(64).collect::<String>().escape_debug().to_string()
 }
