@@ -215,6 +215,26 @@ async fn request_that_already_passed_authgate_gets_508_loop_detected() {
     assert_eq!(origin.hits(), 0, "a looping request must not be forwarded");
 }
 
+/// A request authgate forwards to its own listener arrives there in
+/// origin-form, carrying authgate's `Via`: that is the loop, and the client
+/// is told so (it was told to set HTTP_PROXY: 400 `not_a_proxy_request`,
+/// probe 156). The inner hop's 508 reaches the client through the outer one.
+#[tokio::test]
+async fn request_forwarded_to_authgate_itself_gets_508_loop_detected() {
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let own = proxy.addr.to_string();
+    let resp =
+        get(proxy.addr, &format!("http://{own}/x"), &[("Host", &own), ("Proxy-Authorization", &auth)]).await;
+    assert_eq!(resp.status, 508, "{}", resp.dump());
+    assert!(resp.text().contains("\"code\":\"proxy_loop\""), "{}", resp.dump());
+    // The origin-form request with a `Via` of authgate, sent straight.
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(format!("GET /x HTTP/1.1\r\nHost: {own}\r\nVia: 1.1 authgate\r\n\r\n")).await;
+    let resp = c.read_response("GET").await;
+    assert_proxy_error(&resp, 508, "proxy_loop_detected", "proxy_loop");
+}
+
 /// hyper takes off only the `chunked` framing; a `gzip` transfer coding under
 /// it is still on the body and must travel on with it (RFC 9110 §7.6.1:
 /// remove *or replace*), both ways, or the next hop reads gzip bytes as the

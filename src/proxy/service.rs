@@ -260,13 +260,17 @@ async fn process(
         rec.target = guarded_target(&req);
         return Err((ProxyError::HeadTooLarge, true));
     }
+    // Before the target is read: a request authgate forwarded to its own
+    // listener comes back in origin-form, which is no proxy request, and
+    // the client is to hear of the loop, not of how to set HTTP_PROXY.
+    if via_names_us(req.headers()) {
+        rec.target = guarded_target(&req);
+        return Err((ProxyError::LoopDetected, false));
+    }
     let kind = classify(&req, client.tls).map_err(|e| {
         rec.target = guarded_target(&req);
         (e, false)
     })?;
-    if via_names_us(req.headers()) {
-        return Err((ProxyError::LoopDetected, false));
-    }
 
     let (user, fresh) = match authenticate(state, snap, client, &req, rec).await {
         Ok(found) => found,
@@ -649,7 +653,7 @@ fn log_target(req: &Request<Incoming>) -> String {
 }
 
 /// The target as logged for a request refused before it was classified
-/// (a bad target, a bad `Host`, a head too large): such a target may hold
+/// (a bad target, a bad `Host`, a head too large, a loop): such a target may hold
 /// a password cut out of a malformed URL. In `http://alice:pa/ss@host/`
 /// the unencoded `/` (or `?`, `#`) ends the authority before the `@`, at
 /// `alice:pa`, and the path holds the rest. So:
