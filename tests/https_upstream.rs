@@ -549,6 +549,27 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     let note = text.find("note     https:// is forwarded on the TLS listeners only").expect("the note");
     assert!(note < text.find("result   ALLOWED").expect("the result"), "{text}");
+    // A host no TLS connection can be made to is the listener's 400
+    // bad_target, before the rules and DNS (it was explained as ALLOWED;
+    // probe 156). Its DNS server is a dead loopback port all the same.
+    let config = dir.write(
+        "tls.toml",
+        format!(
+            "[auth]\nusers_file = \"users.toml\"\n[dns]\nservers = [\"127.0.0.1:{}\"]\n[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"p256.pem\"\nkey = \"p256.key\"\n",
+            closed_port()
+        ),
+    );
+    for host in ["-x.test", "a-.test"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(["explain", "--config"])
+            .arg(&config)
+            .args(["--user", "alice", "--method", "GET", &format!("https://{host}:8443/")])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{host}: {err}");
+        assert!(err.contains("no TLS server name") && err.contains("400 bad_target"), "{host}: {err}");
+    }
 }
 
 /// A TLS handshake with the origin that fails (its certificate is from

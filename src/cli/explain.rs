@@ -149,6 +149,14 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             shown(method.as_str())
         ));
     }
+    // The TLS listener refuses a name no TLS connection can be made to
+    // (`-a.example`) before the rules and any DNS query; it was explained
+    // as ALLOWED (probe 156).
+    if absolute_https && crate::proxy::upstream_tls::server_name(&target.host).is_err() {
+        return Err("the host is no TLS server name (a label that begins or ends with `-`, say): the proxy \
+             answers 400 bad_target to https:// for it"
+            .into());
+    }
     let addrs = match &target.host {
         Host::Ip(ip) => Ok(vec![*ip]),
         Host::Name(n) => {
