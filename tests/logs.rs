@@ -355,6 +355,33 @@ fn stdout_after_one_request_env(log_section: &str, env: &[(&str, &str)]) -> Stri
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An IPv4-mapped target (`[::ffff:127.0.0.1]`) is its IPv4 address: the
+/// access line names the origin as `127.0.0.1:port`, as the egress check
+/// and the connection take it (it said `[::ffff:127.0.0.1]:port`; probe 156).
+#[test]
+fn an_ipv4_mapped_target_is_logged_as_its_ipv4_address() {
+    let dir = TempDir::new();
+    let bin =
+        start_binary(&dir, "[log]\nlevel = \"info\"\n", &users_toml(&[(USER, PASSWORD)]), Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let port = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(bin.addr).await;
+        let port = origin.addr.port();
+        let url = format!("http://[::ffff:7f00:1]:{port}/mapped");
+        let r = get(
+            bin.addr,
+            &url,
+            &[("Host", &format!("[::ffff:7f00:1]:{port}")), ("Proxy-Authorization", &basic(USER, PASSWORD))],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+        port
+    });
+    let access = bin.stop_for_access_line("/mapped");
+    assert!(access.contains(&format!(" upstream=127.0.0.1:{port} ")), "{access}");
+}
+
 #[test]
 fn the_log_filter_and_the_access_switch_silence_access_lines() {
     let on = stdout_after_one_request("[log]\nlevel = \"info\"\n");

@@ -80,6 +80,22 @@ async fn ssrf_bypass_forms_are_all_refused() {
         let r = get(proxy.addr, &url, &[("Host", &authority), ("Proxy-Authorization", &a)]).await;
         assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
     }
+    // An IPv4-mapped address is refused as its IPv4 address, and named so
+    // (it was named `::ffff:127.0.0.1`; probe 156).
+    for host in ["[::ffff:127.0.0.1]", "[::ffff:7f00:1]"] {
+        let authority = format!("{host}:{port}");
+        let r = get(
+            proxy.addr,
+            &format!("http://{authority}/"),
+            &[("Host", &authority), ("Proxy-Authorization", &a)],
+        )
+        .await;
+        assert_eq!(
+            r.header("proxy-status"),
+            Some("authgate; error=destination_ip_prohibited; details=\"address 127.0.0.1\""),
+            "{host}"
+        );
+    }
     // Zone ids are refused as a bad target.
     for authority in
         [format!("[fe80::1%eth0]:{port}"), format!("[::1%25lo]:{port}"), format!("[::1%]:{port}")]
