@@ -892,10 +892,15 @@ fn explain_prints_each_rule_and_exits_by_decision() {
             "http://[[::1]]:80/",
             "a URL the proxy cannot read (bad IPv6 address): it answers 400 malformed_request",
         ),
-        ("[[::1]]:80", "bad IPv6 address"),
+        ("[[::1]]:80", "a target the proxy cannot read (bad IPv6 address): it answers 400 malformed_request"),
         ("http://[::1]80/", "bad port"),
         ("[::1]80", "bad port"),
-        ("[::1:80", "unclosed IPv6 bracket"),
+        (
+            "[::1:80",
+            "a target the proxy cannot read (unclosed IPv6 bracket): it answers 400 malformed_request",
+        ),
+        // (It was "bad port"; probe 156.)
+        ("127.0.0.1:80/", "a target the proxy cannot read (bad port): it answers 400 malformed_request"),
     ] {
         let (code, _, err) = run(&["--user", USER, url]);
         assert_eq!((code, err.trim()), (Some(2), format!("authgate: {said}").as_str()), "{url}");

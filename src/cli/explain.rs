@@ -48,8 +48,7 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
                 _ => String::new(),
             };
             return Err(if raw.len() > MAX_TARGET {
-                "longer than the proxy reads (65,534 bytes): it answers 431 request_head_too_large or 414 uri_too_long"
-                    .into()
+                TOO_LONG.into()
             } else {
                 format!("a URL the proxy cannot read{detail}: it answers 400 malformed_request")
             });
@@ -81,6 +80,18 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         Some((host, port)) => format!("{}:{port}", ascii_host(host)?),
         None => ascii_host(raw)?.into_owned(),
     };
+    // As for a URL: what hyper cannot read is the wire's 400
+    // malformed_request (`host:80/` was explained as "bad port"; probe 156).
+    if raw.len() > MAX_TARGET {
+        return Err(TOO_LONG.into());
+    }
+    if http::Uri::try_from(raw.as_str()).is_err() {
+        let detail = match parse_authority(&raw) {
+            Err(e) if !raw.contains('@') => format!(" ({})", e.0),
+            _ => String::new(),
+        };
+        return Err(format!("a target the proxy cannot read{detail}: it answers 400 malformed_request"));
+    }
     parse_authority(&raw).map(|t| (t, Method::CONNECT)).map_err(|e| e.0.to_string())
 }
 
@@ -179,6 +190,10 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
 
 /// The longest request target hyper reads (`http::Uri`'s limit).
 const MAX_TARGET: usize = 65_534;
+
+/// What explain says of a target longer than [`MAX_TARGET`].
+const TOO_LONG: &str =
+    "longer than the proxy reads (65,534 bytes): it answers 431 request_head_too_large or 414 uri_too_long";
 
 /// An argument as echoed in a message: at most 64 characters, control and
 /// invisible characters escaped (they reached the terminal as they were).
