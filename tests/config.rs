@@ -1239,6 +1239,15 @@ fn a_user_without_a_password_is_named() {
     assert!(err.contains("users.toml:2:9: user `carol`: missing field `password`"), "{err}");
     let err = load_err(GOOD_CONFIG, "[users.\"dave:S3cret\"]\ngroups = []\n");
     assert!(err.contains("users.toml:1:1: missing field `password`") && !err.contains("S3cret"), "{err}");
+    // A name written with TOML escapes is read as TOML reads it: the `:`
+    // of `\u003a` or a tab hides it, and `caf\u00e9` is `café` (they were
+    // shown as typed, backslashes doubled; probe 155).
+    for name in [r"dave\u003aS3cret", r"S3cret\tpw"] {
+        let err = load_err(GOOD_CONFIG, &format!("[users.\"{name}\"]\ngroups = []\n"));
+        assert!(err.contains("users.toml:1:1: missing field `password`") && !err.contains("S3cret"), "{err}");
+    }
+    let err = load_err(GOOD_CONFIG, "[users.\"caf\\u00e9\"]\ngroups = []\n");
+    assert!(err.contains("users.toml:1:1: user `café`: missing field `password`"), "{err}");
 }
 
 /// An allow rule without any condition allows every request: refused at

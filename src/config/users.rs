@@ -130,17 +130,20 @@ pub(crate) fn invisible(c: char) -> bool {
 }
 
 /// The user whose table starts on `line`: `[users.NAME]` or `NAME = {`
-/// (the name unquoted).
+/// (the name as TOML reads it: unquoted, its escapes decoded, so that
+/// `"alice\u003aS3cret"` is seen to hold a `:`; it was shown as typed,
+/// probe 155).
 fn user_at(line: &str) -> Option<String> {
     let line = line.trim();
     let key = match line.strip_prefix("[users.") {
         Some(rest) => rest.strip_suffix(']')?,
         None => line.split_once('=').filter(|(_, v)| v.trim_start().starts_with('{'))?.0,
     };
-    let key = key.trim();
-    let unquoted = key.strip_prefix('"').and_then(|k| k.strip_suffix('"'));
-    let name = unquoted.or_else(|| key.strip_prefix('\'').and_then(|k| k.strip_suffix('\''))).unwrap_or(key);
-    (!name.is_empty()).then(|| name.to_owned())
+    // One key, not a dotted one: a table of one integer.
+    let read: toml::Table = toml::from_str(&format!("{} = 0", key.trim())).ok()?;
+    let one = read.len() == 1;
+    let (name, value) = read.into_iter().next()?;
+    (one && value.is_integer() && !name.is_empty()).then_some(name)
 }
 
 /// Parses the users file; returns the valid users and every problem.
@@ -408,11 +411,15 @@ pub(super) fn without_keys(
                     && l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')))
         });
     // A table's name is keys too: beyond `users` and the user's name, or
-    // all of it outside `users`.
+    // all of it outside `users`; and the user's name is shown only when it
+    // could be one (`users.alice:S3cret`, `users.$argon2id$…` were quoted
+    // whole; probe 155).
     let table_shown = table.map(|t| {
         let mut segments = t.split('.');
         let hidden = match segments.next() {
-            Some("users") => segments.skip(1).any(|segment| !shown(segment)),
+            Some("users") => {
+                segments.next().is_some_and(may_hold_a_password) || segments.any(|segment| !shown(segment))
+            }
             _ => t.split('.').any(|segment| !shown(segment)),
         };
         if hidden { " in a table whose name is not shown".to_owned() } else { format!(" in table `{t}`") }
@@ -536,6 +543,10 @@ mod tests {
         );
     }
 
+    /// A hash of the usual length (a 16-byte salt, a 32-byte hash).
+    const FULL_HASH: &str =
+        "$argon2id$v=19$m=8,t=1,p=1$9B5FgT2TkzMTLZUfWLtwuQ$KMQ5Os13iPGYeET0Gm5LSMQkiaEqzwLVneQV5GkH9UE";
+
     #[test]
     fn a_key_is_shown_only_when_it_is_near_a_setting_name_or_a_user_name() {
         let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA";
@@ -569,6 +580,23 @@ mod tests {
                 "duplicate key (not shown",
             ),
             (format!("{user}[users.\"B0b S\"]\n[users.\"B0b S\"]"), "B0b S", "duplicate key (not shown"),
+            // A key twice in the table of a user whose name is a password
+            // or a hash: the table was named (probe 155).
+            (
+                format!("{user}[users.\"b0b:S3cret\"]\ngroups = []\ngroups = []"),
+                "S3cret",
+                "in a table whose name is not shown",
+            ),
+            (
+                format!("{user}[users.\"{FULL_HASH}\"]\ndisabled = true\ndisabled = true"),
+                "9B5FgT2TkzMTLZUfWLtwuQ",
+                "in a table whose name is not shown",
+            ),
+            (
+                format!("{user}[users.\"my pass phrase\"]\npassword = \"{hash}\"\ngroups = []\ngroups = []"),
+                "pass phrase",
+                "in a table whose name is not shown",
+            ),
         ] {
             let (users, problems) = parse(Path::new("users.toml"), &body);
             assert!(users.is_empty());
