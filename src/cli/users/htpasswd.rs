@@ -6,7 +6,7 @@ use super::*;
 /// schemes, invalid names, and names already present (never overwritten)
 /// are refused one line each. The importable ones are written in one go.
 pub(super) fn import_htpasswd(
-    file: &UsersFile,
+    file: &mut UsersFile,
     source: &Path,
     groups: Vec<String>,
 ) -> Result<Outcome, UsersError> {
@@ -18,11 +18,10 @@ pub(super) fn import_htpasswd(
     // A byte order mark (as Windows editors write) made the first name
     // `\u{feff}name`, refused (probe 114).
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let mut doc = file.doc.clone();
+    let mut doc = file.take_doc();
     // Sets and a running position, not a search of the file per line: an
     // import of 20,000 lines took 26 s.
-    let present: std::collections::HashSet<String> = file
-        .doc
+    let present: std::collections::HashSet<String> = doc
         .get("users")
         .and_then(Item::as_table_like)
         .map(|users| users.iter().map(|(k, _)| nfc(k)).collect())
@@ -83,7 +82,7 @@ pub(super) fn import_htpasswd(
             shown_path(&file.path)
         );
     } else {
-        file.save(&doc)?;
+        file.save(doc)?;
         let _ = writeln!(
             stdout,
             "imported {} user(s) from {} into {}: {}{}",

@@ -176,7 +176,7 @@ pub fn config_warnings(config: &Path, elsewhere: &[crate::config::Problem]) -> V
 }
 
 fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
-    let file = UsersFile::read(&auth.users_file)?;
+    let mut file = UsersFile::read(&auth.users_file)?;
     match action {
         Action::List => {
             file.require_file()?;
@@ -194,9 +194,9 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             let groups = group_names(groups)?;
             let expires = expires.as_deref().map(parse_expires).transpose()?;
             let hash = new_hash(auth, password_stdin)?;
-            let mut doc = file.doc.clone();
+            let mut doc = file.take_doc();
             add_user(&mut doc, &name, NewUser { hash, groups, expires: expires.map(|e| e.1) })?;
-            file.save(&doc)?;
+            file.save(doc)?;
             let mut out = format!("added user `{name}` to {}\n", shown_path(&file.path));
             out.push_str(&expiry_note(expires.map(|e| e.0)));
             Ok(Outcome { stdout: out, ..Outcome::default() })
@@ -205,7 +205,7 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             let key = file.existing(&name)?;
             let expires = expires.as_deref().map(parse_expires).transpose()?;
             let hash = new_hash(auth, password_stdin)?;
-            let mut doc = file.doc.clone();
+            let mut doc = file.take_doc();
             let user = user_mut(&mut doc, &key)?;
             set(user, "password", Value::from(hash));
             if let Some((_, dt)) = &expires {
@@ -213,25 +213,25 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             } else if no_expires && let Some(t) = user.as_table_like_mut() {
                 t.remove("expires");
             }
-            file.save(&doc)?;
+            file.save(doc)?;
             let mut out = format!("changed the password of `{}` in {}\n", nfc(&key), shown_path(&file.path));
             out.push_str(&expiry_note(expires.map(|e| e.0)));
             Ok(Outcome { stdout: out, ..Outcome::default() })
         }
         Action::Remove { name } => {
             let key = file.existing(&name)?;
-            let mut doc = file.doc.clone();
+            let mut doc = file.take_doc();
             remove_user(&mut doc, &key)?;
-            file.save(&doc)?;
+            file.save(doc)?;
             Ok(Outcome {
                 stdout: format!("removed user `{}` from {}\n", nfc(&key), shown_path(&file.path)),
                 ..Outcome::default()
             })
         }
-        Action::Disable { name } => set_disabled(&file, &name, true),
-        Action::Enable { name } => set_disabled(&file, &name, false),
+        Action::Disable { name } => set_disabled(&mut file, &name, true),
+        Action::Enable { name } => set_disabled(&mut file, &name, false),
         Action::ImportHtpasswd { file: source, groups } => {
-            import_htpasswd(&file, &source, group_names(groups)?)
+            import_htpasswd(&mut file, &source, group_names(groups)?)
         }
     }
 }
@@ -273,6 +273,12 @@ impl UsersFile {
         Ok(UsersFile { path: path.to_path_buf(), real, original: Some(text), users, doc })
     }
 
+    /// The document to edit, taken out of the file (not copied: at the
+    /// weight bound a copy cost hundreds of MB more; probe 155).
+    fn take_doc(&mut self) -> DocumentMut {
+        std::mem::take(&mut self.doc)
+    }
+
     /// The key (as spelled in the file) of the user whose NFC name is `name`.
     fn find(&self, name: &str) -> Option<String> {
         let users = self.doc.get("users")?.as_table_like()?;
@@ -311,8 +317,11 @@ impl UsersFile {
     ///
     /// A byte order mark the file began with is kept (toml_edit reads past
     /// it and does not write it back: probe 114).
-    fn save(&self, doc: &DocumentMut) -> Result<(), UsersError> {
+    fn save(&self, doc: DocumentMut) -> Result<(), UsersError> {
         let mut text = doc.to_string();
+        // Given back before the new text is parsed to validate it: at the
+        // weight bound each is hundreds of MB (probe 155).
+        drop(doc);
         if self.original.as_deref().is_some_and(|o| o.starts_with('\u{feff}'))
             && !text.starts_with('\u{feff}')
         {
@@ -540,7 +549,7 @@ fn list(users: &[User], now: SystemTime) -> String {
     out
 }
 
-fn set_disabled(file: &UsersFile, name: &str, disabled: bool) -> Result<Outcome, UsersError> {
+fn set_disabled(file: &mut UsersFile, name: &str, disabled: bool) -> Result<Outcome, UsersError> {
     let key = file.existing(name)?;
     let shown_name = nfc(&key);
     let is_disabled = file.users.iter().any(|u| *u.name == *shown_name && u.disabled);
@@ -551,9 +560,9 @@ fn set_disabled(file: &UsersFile, name: &str, disabled: bool) -> Result<Outcome,
             ..Outcome::default()
         });
     }
-    let mut doc = file.doc.clone();
+    let mut doc = file.take_doc();
     set(user_mut(&mut doc, &key)?, "disabled", Value::from(disabled));
-    file.save(&doc)?;
+    file.save(doc)?;
     Ok(Outcome {
         stdout: format!("{word} user `{shown_name}` in {}\n", shown_path(&file.path)),
         ..Outcome::default()
