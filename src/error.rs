@@ -45,9 +45,13 @@ pub enum ProxyError {
     /// The request head is larger than `limits.max_header_bytes`.
     #[error("request head too large")]
     HeadTooLarge,
-    /// The request head could not be parsed as HTTP/1.1.
+    /// The request head could not be parsed as HTTP/1.1, or is one that
+    /// cannot be served as it stands; `why`, when it is not the parse.
     #[error("malformed request")]
-    MalformedRequest,
+    MalformedRequest {
+        /// What is wrong, for the client; `None`: the head could not be read.
+        why: Option<&'static str>,
+    },
     /// The request target is longer than the parser accepts.
     #[error("request target too long")]
     UriTooLong,
@@ -171,7 +175,7 @@ impl ProxyError {
             ProxyError::ConnectWithBody
                 | ProxyError::BodyTimeout
                 | ProxyError::BadBody { .. }
-                | ProxyError::MalformedRequest
+                | ProxyError::MalformedRequest { .. }
         )
     }
 
@@ -185,7 +189,7 @@ impl ProxyError {
             | ConnectWithBody
             | HeadTimeout
             | HeadTooLarge
-            | MalformedRequest
+            | MalformedRequest { .. }
             | BodyTimeout
             | BadBody { .. }
             | TlsRequired

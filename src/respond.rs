@@ -47,7 +47,7 @@ pub fn describe(err: &ProxyError) -> Description {
         BadTarget { .. } => {
             (StatusCode::BAD_REQUEST, "http_request_error", "bad_target", "Bad request target")
         }
-        MalformedRequest => {
+        MalformedRequest { .. } => {
             (StatusCode::BAD_REQUEST, "http_request_error", "malformed_request", "Malformed request")
         }
         ConnectWithBody => {
@@ -175,7 +175,8 @@ fn detail(err: &ProxyError) -> String {
         HeadTimeout => "The request head did not arrive in time; the connection is closed.".into(),
         BodyTimeout => "The request body stopped arriving before its end; the connection is closed.".into(),
         BadBody { .. } => "The request body broke off before its end, or its chunked framing is not valid HTTP/1.1; the connection is closed.".into(),
-        MalformedRequest => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
+        MalformedRequest { why: None } => "The request is not valid HTTP/1.1 (request line or header fields could not be parsed); the connection is closed.".into(),
+        MalformedRequest { why: Some(why) } => format!("{why}; the connection is closed."),
         UriTooLong => "The request target is longer than this proxy accepts.".into(),
         TlsRequired => "This port is an HTTPS proxy: connections to it start with TLS. Give the proxy as https://HOST:PORT (curl: --proxy https://HOST:PORT), or use the proxy's plain-HTTP port; the connection is closed.".into(),
         ConnectWithBody => "A CONNECT request has no content, but this one declares a body (Content-Length or Transfer-Encoding); where the tunnel would begin is ambiguous, so the connection is closed.".into(),
@@ -457,7 +458,7 @@ mod tests {
             BadBody { reset: false },
             TlsRequired,
             HeadTooLarge,
-            MalformedRequest,
+            MalformedRequest { why: None },
             ConnectWithBody,
             UriTooLong,
             ProxyAuthRequired,

@@ -204,6 +204,39 @@ async fn connect_that_declares_a_body_is_refused_and_closed() {
     assert_eq!(conn.read_exact(2).await, b"OK");
 }
 
+/// hyper opens no tunnel for an HTTP/1.0 CONNECT that carries `Upgrade`:
+/// it is refused before the target is dialled (it got a 200, then the
+/// connection closed with nothing relayed, logged as the client gone;
+/// probe 153). Over HTTP/1.1, and over HTTP/1.0 without `Upgrade`, the
+/// tunnel works.
+#[tokio::test]
+async fn an_http_1_0_connect_with_upgrade_is_refused_before_the_dial() {
+    let origin = spawn_shout_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let target = origin.authority();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(format!(
+        "CONNECT {target} HTTP/1.0\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\nUpgrade: foo\r\n\r\n"
+    ))
+    .await;
+    let resp = conn.read_response("GET").await;
+    assert_proxy_error(&resp, 400, "http_request_error", "malformed_request");
+    assert!(resp.text().contains("HTTP/1.0 CONNECT with an Upgrade field"), "{}", resp.dump());
+    assert!(conn.is_closed().await, "the connection is closed");
+    assert_eq!(origin.hits(), 0, "the target was not dialled");
+    for (version, upgrade) in [("1.1", "Upgrade: foo\r\n"), ("1.0", "")] {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(format!(
+            "CONNECT {target} HTTP/{version}\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n{upgrade}\r\n"
+        ))
+        .await;
+        assert_eq!(conn.read_head().await.status, 200, "HTTP/{version}");
+        conn.send(b"ok").await;
+        assert_eq!(conn.read_exact(2).await, b"OK", "HTTP/{version}");
+    }
+}
+
 /// A client may send its first tunnel bytes right behind the CONNECT,
 /// before the answer. When the tunnel is refused, those bytes must not be
 /// read as the client's next request (here, one that would reach an origin

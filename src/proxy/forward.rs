@@ -70,7 +70,7 @@ pub async fn forward(
     // RFC 9112 §6.1: `chunked` once and last. hyper decoded one `chunked`
     // of `chunked, chunked`; passed on, the origin would decode only that.
     if strip_hop_by_hop(&mut parts.headers, upgrade) == Codings::Malformed {
-        return Err(ProxyError::MalformedRequest);
+        return Err(ProxyError::MalformedRequest { why: None });
     }
     // The offers a 101 is checked against: the request's fields are gone by then.
     let offered = if upgrade { parts.headers.get(header::UPGRADE).cloned() } else { None };

@@ -37,6 +37,9 @@ static DEFAULT_RULE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(||
 /// the connection instead.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 
+/// Why an HTTP/1.0 CONNECT with an `Upgrade` field is refused.
+const CONNECT_NO_UPGRADE: &str = "An HTTP/1.0 CONNECT with an Upgrade field cannot be tunnelled here: send it without Upgrade, or as HTTP/1.1";
+
 /// What the connection knows about its client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -591,13 +594,21 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
     // The Host sent on is made from the target either way.
     let valid = host_fields_valid(req.headers(), req.version(), req.method() == Method::CONNECT);
     if !valid || super::headers::transfer_coding_malformed(req.headers()) {
-        return Err(ProxyError::MalformedRequest);
+        return Err(ProxyError::MalformedRequest { why: None });
     }
     let uri = req.uri();
     if req.method() == Method::CONNECT {
         // `Content-Length: 0` is harmless and some clients send it.
         if !http_body::Body::is_end_stream(req.body()) {
             return Err(ProxyError::ConnectWithBody);
+        }
+        // hyper gives no connection to tunnel over for an HTTP/1.0 CONNECT
+        // with an `Upgrade` field (it takes the field for an upgrade, which
+        // HTTP/1.0 has not): the 200 went out, the tunnel closed at once,
+        // and the line blamed the client (probe 153). Refused before the
+        // dial. (RFC 9110 §7.8 has the field ignored; hyper cannot.)
+        if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() {
+            return Err(ProxyError::MalformedRequest { why: Some(CONNECT_NO_UPGRADE) });
         }
         // RFC 9112 §3.2.3: CONNECT takes the authority form, host:port and
         // nothing else. hyper also parses `CONNECT http://host:port/`, whose

@@ -535,7 +535,7 @@ fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
             Rejection::HeadTimeout => ProxyError::HeadTimeout,
             Rejection::HeadTooLarge | Rejection::Unparsable(431) => ProxyError::HeadTooLarge,
             Rejection::Unparsable(414) => ProxyError::UriTooLong,
-            Rejection::Unparsable(_) => ProxyError::MalformedRequest,
+            Rejection::Unparsable(_) => ProxyError::MalformedRequest { why: None },
         };
         refused_head(&state, client, &err)
     })
