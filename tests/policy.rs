@@ -389,6 +389,45 @@ async fn a_name_server_silent_on_its_tcp_connection_is_asked_on_a_new_one() {
     }
 }
 
+/// AAAA answers that need TCP, and a server that stops answering on its
+/// TCP connection: each lookup is cut 50 ms after its A answer, its AAAA
+/// query dropped unanswered, so none ever timed out and the resolver was
+/// never made anew; the names' IPv6 addresses were lost for good (probe
+/// 152). A second such lookup `dns_timeout` after the first makes it anew,
+/// and AAAA goes out on a new connection. The origin listens on ::1 only:
+/// a 200 needs the AAAA answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aaaa_queries_left_on_a_silent_tcp_connection_move_to_a_new_one() {
+    let names: Vec<String> = (0..40).map(|i| format!("v6-{i}.test")).collect();
+    let zone = names
+        .iter()
+        .map(|n| (n.as_str(), Answer::AaaaTcpMuteFirst(vec![Ipv4Addr::new(127, 0, 0, 9)])))
+        .collect();
+    let fake = dns::spawn_with_tcp(zone).await;
+    let config =
+        loopback_config(fake.addr, "1s").replace("\"127.0.0.0/8\"]", "\"127.0.0.0/8\", \"::1/128\"]");
+    let proxy = spawn_custom(&config, &users());
+    let v6 = match std::net::TcpListener::bind("[::1]:0") {
+        Ok(l) => l,
+        Err(e) => return eprintln!("skipped: no IPv6 loopback here ({e})"),
+    };
+    let port = v6.local_addr().unwrap().port();
+    let _origin = spawn_origin_on(v6);
+    let mut statuses = Vec::new();
+    for name in &names {
+        let url = format!("http://{name}:{port}/");
+        let r = get(proxy.addr, &url, &[("Host", name), ("Proxy-Authorization", &auth())]).await;
+        statuses.push(r.status);
+        if r.status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    // The first lookups reach 127.0.0.9 only, where nothing listens.
+    assert_eq!(statuses[0], 502, "{statuses:?}");
+    assert_eq!(statuses.last(), Some(&200), "IPv6 never came back: {statuses:?}");
+}
+
 /// A reload that raises `dns_timeout` reaches the resolver's queries too:
 /// they were given up after the value of the start, and an answer slower
 /// than that never counted (probe 145).

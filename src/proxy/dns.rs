@@ -37,6 +37,10 @@ pub struct Resolver {
     opts: ResolverOpts,
     /// When it was last made anew after an unanswered query.
     renewed: Mutex<Option<Instant>>,
+    /// When a lookup was first cut to the Resolution Delay with its AAAA
+    /// query unanswered, since the resolver was last made anew (see
+    /// [`Resolver::aaaa_left_again`]).
+    aaaa_left: Mutex<Option<Instant>>,
     /// The answers kept for their TTL (hickory keeps none, see [`Kept`]).
     kept: Kept,
 }
@@ -80,6 +84,7 @@ impl Resolver {
             config,
             opts,
             renewed: Mutex::new(None),
+            aaaa_left: Mutex::new(None),
             kept: Kept::default(),
         }
     }
@@ -113,8 +118,29 @@ impl Resolver {
             }
             *renewed = Some(now);
         }
+        *self.aaaa_left.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         let timeout = self.inner.load().timeout;
         self.inner.store(std::sync::Arc::new(made(&self.config, &self.opts, timeout)));
+    }
+
+    /// Whether a lookup cut to the Resolution Delay with its AAAA query
+    /// unanswered comes `timeout` or more after the first such lookup since
+    /// the resolver was made: the AAAA queries may be going out on a TCP
+    /// connection that no longer answers. A cut query is dropped unanswered,
+    /// so no lookup ever timed out on it and the resolver was never made
+    /// anew: with AAAA answers too long for UDP and A ones not, a name's
+    /// IPv6 addresses were lost for good (probe 152). At most a renewal
+    /// more for a server whose AAAA answers take over 50 ms now and then.
+    fn aaaa_left_again(&self, timeout: Duration) -> bool {
+        let now = Instant::now();
+        let mut first = self.aaaa_left.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match *first {
+            Some(at) => now.duration_since(at) >= timeout,
+            None => {
+                *first = Some(now);
+                false
+            }
+        }
     }
 
     /// The addresses of `name` (lower-case, no trailing dot), IPv4 first.
@@ -157,7 +183,8 @@ impl Resolver {
         tokio::pin!(give_up);
         let (mut a, mut aaaa) = (None, None);
         // Whether the wait was cut to the Resolution Delay (no answer to
-        // AAAA is then no sign of a dead connection).
+        // AAAA is then a sign of a dead connection only when it recurs:
+        // see `aaaa_left_again`).
         let mut cut_short = false;
         // An NXDOMAIN to one query does not end the wait for the other:
         // some servers say NXDOMAIN to AAAA for names that have A records
@@ -187,7 +214,12 @@ impl Resolver {
             Some(Err(e)) => matches!(classify(e), ProxyError::DnsTimeout),
             Some(Ok(_)) => false,
         };
-        if !cut_short && (unanswered(&a) || unanswered(&aaaa)) {
+        let renew = if cut_short {
+            aaaa.is_none() && self.aaaa_left_again(timeout)
+        } else {
+            unanswered(&a) || unanswered(&aaaa)
+        };
+        if renew {
             self.renew();
         }
         let ips = distinct([&a, &aaaa].into_iter().flatten().flatten().flatten().copied());

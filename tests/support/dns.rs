@@ -63,6 +63,11 @@ pub enum Answer {
     /// A records (TTL 60), each answer sent after a forged one: the same
     /// with a wrong query id (as an off-path attacker sends them).
     ForgedFirst(Vec<Ipv4Addr>),
+    /// A records (TTL 60) over UDP; to AAAA over UDP a truncated answer,
+    /// over TCP ::1 (TTL 60), except on the first TCP connection, which
+    /// never answers and stays open (AAAA answers too long for UDP, from a
+    /// server stuck on one connection).
+    AaaaTcpMuteFirst(Vec<Ipv4Addr>),
 }
 
 /// What [`spawn_with_tcp`] does with a query over TCP.
@@ -76,6 +81,8 @@ enum OverTcp {
     CloseFirst(Vec<Ipv4Addr>),
     /// Nothing more on this connection: read, never answered.
     Mute,
+    /// ::1 to AAAA, except on the first connection: [`OverTcp::Mute`].
+    AaaaMuteFirst,
 }
 
 /// A running fake DNS server.
@@ -108,6 +115,9 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                 Some((Answer::Silent, _)) => continue,
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
+                Some((Answer::AaaaTcpMuteFirst(ips), _)) if qtype == 1 => {
+                    response(&buf[..qend], 0, &octets(ips), 60)
+                }
                 Some((Answer::TcpMute, _)) if qtype != 1 => {
                     response(&buf[..qend], 0, &[Ipv6Addr::LOCALHOST.octets().to_vec()], 60)
                 }
@@ -116,7 +126,8 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                     | Answer::TcpOnly(..)
                     | Answer::TcpCloses
                     | Answer::TcpClosesFirst(_)
-                    | Answer::TcpMute,
+                    | Answer::TcpMute
+                    | Answer::AaaaTcpMuteFirst(_),
                     _,
                 )) => {
                     let mut r = response(&buf[..qend], 0, &[], 0);
@@ -197,6 +208,7 @@ pub async fn spawn_with_tcp(zone: Vec<(&str, Answer)>) -> FakeDns {
             Answer::TcpCloses => Some((n.to_string(), OverTcp::Close)),
             Answer::TcpClosesFirst(ips) => Some((n.to_string(), OverTcp::CloseFirst(ips.clone()))),
             Answer::TcpMute => Some((n.to_string(), OverTcp::Mute)),
+            Answer::AaaaTcpMuteFirst(_) => Some((n.to_string(), OverTcp::AaaaMuteFirst)),
             _ => None,
         })
         .collect();
@@ -243,7 +255,8 @@ async fn serve_tcp(
         if zone.contains_key(&name) {
             *queries.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
         }
-        mute |= matches!(zone.get(&name), Some(OverTcp::Mute));
+        mute |= matches!(zone.get(&name), Some(OverTcp::Mute))
+            || (first && matches!(zone.get(&name), Some(OverTcp::AaaaMuteFirst)));
         if mute {
             // Kept open, never written to again (the writer is held).
             continue;
@@ -258,6 +271,9 @@ async fn serve_tcp(
             Some(OverTcp::CloseFirst(ips)) => (answer(ips), 0),
             Some(OverTcp::Answer(ips, delay)) => (answer(ips), *delay),
             Some(OverTcp::Mute) => continue,
+            Some(OverTcp::AaaaMuteFirst) => {
+                (response(&msg[..qend], 0, &[Ipv6Addr::LOCALHOST.octets().to_vec()], 60), 0)
+            }
             None => (response(&msg[..qend], 3, &[], 0), 0),
         };
         // Length-prefixed, each answer on its own (after its delay).
