@@ -739,11 +739,18 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     d.ok(&["add", "leap3", "--expires", "2027-01-01T05:29:60+05:30", "--password-stdin"], Some("pw\n"));
     assert!(d.read().contains("expires = 2027-01-01T00:00:00Z\n"), "{}", d.read());
     // Only at the end of a UTC day (`12:34:60` was taken; probe 144).
-    for bad in ["9999-12-31T23:59:60Z", "2027-03-15T12:34:60Z", "2027-12-31T23:59:60+01:00"] {
+    // Said to be about the leap second (probe 150) only where that is what
+    // is wrong: not without an offset, nor without a date (probe 152).
+    for (bad, leap) in [
+        ("9999-12-31T23:59:60Z", false),
+        ("2027-03-15T12:34:60Z", true),
+        ("2027-12-31T23:59:60+01:00", true),
+        ("2027-06-30T23:59:60", false),
+        ("12:34:60", false),
+    ] {
         let err = d.refused(&["add", "leap2", "--expires", bad, "--password-stdin"], Some("pw\n"));
         assert!(err.contains("from 1970 to 9999"), "{bad}: {err}");
-        // Said to be about the leap second (probe 150).
-        assert_eq!(err.contains("a second 60 (a leap second)"), !bad.starts_with("9999"), "{bad}: {err}");
+        assert_eq!(err.contains("a second 60 (a leap second)"), leap, "{bad}: {err}");
     }
     // The same in the file.
     let text = d.read().replace("2028-01-01T00:00:00.5Z", "2027-12-31T23:59:60Z");
@@ -753,6 +760,9 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     std::fs::write(d.users(), text.replace("2027-12-31T23:59:60Z", "2027-03-15T12:34:60Z")).unwrap();
     let err = d.refused(&["list"], None);
     assert!(err.contains("users.toml:") && err.contains("expires: a second 60 (a leap second)"), "{err}");
+    std::fs::write(d.users(), text.replace("2027-12-31T23:59:60Z", "2027-06-30T23:59:60")).unwrap();
+    let err = d.refused(&["list"], None);
+    assert!(err.contains("expires: use an RFC 3339 date-time with offset"), "{err}");
 }
 
 #[test]

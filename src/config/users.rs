@@ -296,12 +296,14 @@ pub const LEAP_ONLY: &str = "a second 60 (a leap second) is taken only at the en
 
 /// Whether `dt` has a second 60 where no leap second goes: not in the
 /// last second of a UTC day (a leap second there past the range is out of
-/// range, not misplaced).
+/// range, not misplaced), in an expiry that is valid with second 59 (one
+/// without an offset, or a time without a date, is wrong for that, and was
+/// told about leap seconds; probe 152).
 pub fn misplaced_leap_second(dt: &toml::value::Datetime) -> bool {
     let Some(time) = dt.time.filter(|t| t.second == 60) else { return false };
     let mut at59 = *dt;
     at59.time = Some(toml::value::Time { second: 59, ..time });
-    !to_system_time(&at59).is_some_and(ends_a_utc_day)
+    to_system_time(&at59).is_some_and(|t| !ends_a_utc_day(t))
 }
 
 /// Whether `t` is within the last second of a UTC day, where a leap second
