@@ -214,8 +214,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
 ///
 /// Returns `false`, changing nothing, when the lengths differ or one is not
 /// a length (digits only, RFC 9110 §8.6: `-5`, `+5`, `0x10`, `abc`, an
-/// empty value, one past `u64`): the response is malformed (RFC 9112
-/// §6.3). hyper refuses those where the length frames a body, not in the
+/// empty value, one past `i64`, which clients that count in signed 64 bits
+/// as curl does misread: a body cut short passed as complete, probe 154):
+/// the response is malformed (RFC 9112 §6.3). hyper refuses those where the length frames a body, not in the
 /// answer to a `HEAD` or a `304`, which were passed on as they came (`5`
 /// and `7` lost the field: probe 82).
 pub fn single_content_length(headers: &mut HeaderMap) -> bool {
@@ -226,13 +227,13 @@ pub fn single_content_length(headers: &mut HeaderMap) -> bool {
         if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
             return None;
         }
-        std::str::from_utf8(n).ok()?.parse::<u64>().ok()
+        std::str::from_utf8(n).ok()?.parse::<i64>().ok()
     };
     let first = first.as_bytes();
     if values.next().is_none() && !first.contains(&b',') {
         return length(first).is_some();
     }
-    let lengths: Option<Vec<u64>> = headers
+    let lengths: Option<Vec<i64>> = headers
         .get_all(header::CONTENT_LENGTH)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))

@@ -724,8 +724,9 @@ fn upstream_error(e: &hyper::Error) -> ProxyError {
     let detail = if e.is_incomplete_message() || eof() {
         "connection closed before a complete response"
     } else if e.is_parse_too_large() {
-        // hyper's one error for both.
-        "response head over 256 KiB or over 100 fields"
+        // hyper's one error for the three (a length of 2^64 - 2 or more
+        // was told as a head too large; probe 154).
+        "response head over 256 KiB or over 100 fields, or a Content-Length too large"
     } else if e.is_parse() || e.is_parse_status() {
         "malformed response"
     } else if e.is_timeout() {
