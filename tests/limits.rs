@@ -874,6 +874,41 @@ async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
     let _ = proxy.task.await;
 }
 
+/// A TLS client that sends its `close_notify` right behind its request
+/// has its request dropped, as a TCP half-close has, or answered when the
+/// answer was quicker; either way the connection ends with authgate's own
+/// `close_notify` (RFC 8446 §6.1). When the request was cut it ended without
+/// one, which a client cannot tell from a truncation (probe 157). Twenty
+/// tries: which way each goes is a race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_sends_close_notify_gets_one_back() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let origin = spawn_echo_origin();
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
+        origin.url("/"),
+        origin.authority(),
+        basic("alice", "a1")
+    );
+    for _ in 0..20 {
+        let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+        let mut tls = pki::connector(&ca.cert_pem)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        tls.write_all(req.as_bytes()).await.unwrap();
+        tls.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let read = tls.read_to_end(&mut got).await;
+        assert!(read.is_ok(), "{read:?} after {:?}", String::from_utf8_lossy(&got));
+    }
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// Size of the whole response pipelined before a cut one.
 const WHOLE: usize = 1_000_000;
 

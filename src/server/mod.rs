@@ -614,15 +614,17 @@ async fn serve_http<S>(
     if let Err(e) = result {
         tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
     }
-    if !clean
-        && closing.resets()
-        && let Some(parts) = connection.into_parts()
-    {
-        let io = parts.io.into_inner().into_inner();
-        // Cut by authgate itself (revocation, shutdown, a client that took
-        // nothing for `send_timeout`): nothing more is owed, reset at once.
-        let within = if closing.cut_here() { Duration::ZERO } else { limits.send_timeout };
-        reset::reset_once_sent(&io, within, &state.kill).await;
+    if !clean && let Some(parts) = connection.into_parts() {
+        let mut io = parts.io.into_inner().into_inner();
+        if closing.resets() {
+            // Cut by authgate itself (revocation, shutdown, a client that
+            // took nothing for `send_timeout`): nothing more is owed, reset
+            // at once.
+            let within = if closing.cut_here() { Duration::ZERO } else { limits.send_timeout };
+            reset::reset_once_sent(&io, within, &state.kill).await;
+        } else {
+            io.close_notify();
+        }
     }
 }
 

@@ -24,6 +24,15 @@ use tokio_util::sync::CancellationToken;
 pub(super) trait Resettable {
     /// The TCP socket underneath.
     fn tcp(&self) -> &TcpStream;
+
+    /// Before a close that is not a reset: on TLS, a `close_notify` alert,
+    /// written if the socket takes it at once (RFC 8446 §6.1: each party
+    /// sends one before closing, unless it sent an error alert). hyper
+    /// sends one when it closes a connection itself, not when the
+    /// connection ends in an error, as when a client's own `close_notify`
+    /// cut its request: the client could not tell the close from a
+    /// truncation (probe 157).
+    fn close_notify(&mut self) {}
 }
 
 impl Resettable for TcpStream {
@@ -35,6 +44,31 @@ impl Resettable for TcpStream {
 impl Resettable for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
+    }
+
+    fn close_notify(&mut self) {
+        let (tcp, tls) = self.get_mut();
+        tls.send_close_notify();
+        // Without waiting: a client that reads nothing does not hold the
+        // close (24 bytes, which an open socket takes).
+        while tls.wants_write() {
+            if !matches!(tls.write_tls(&mut NoWait(tcp)), Ok(n) if n > 0) {
+                return;
+            }
+        }
+    }
+}
+
+/// Writes to a socket what it takes at once.
+struct NoWait<'a>(&'a TcpStream);
+
+impl io::Write for NoWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
