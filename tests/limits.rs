@@ -49,11 +49,18 @@ struct Full {
 }
 
 async fn spawn_full(ca: &pki::Ca, leaf: &pki::Leaf, rest: &str) -> Full {
+    spawn_full_with(ca, leaf, "", rest).await
+}
+
+/// [`spawn_full`] with `tls_extra` in the TLS listener's table.
+async fn spawn_full_with(ca: &pki::Ca, leaf: &pki::Leaf, tls_extra: &str, rest: &str) -> Full {
     let dir = TempDir::new();
     dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem));
     dir.write("proxy-key.pem", &leaf.key_pem);
-    let server = "listen = [\"127.0.0.1:0\"]\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n";
-    let path = dir.write("authgate.toml", cfg(server, rest));
+    let server = format!(
+        "listen = [\"127.0.0.1:0\"]\n[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n{tls_extra}\n"
+    );
+    let path = dir.write("authgate.toml", cfg(&server, rest));
     dir.write("users.toml", users());
     let snap = authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let state = authgate::State::new(snap);
@@ -904,6 +911,36 @@ async fn a_tls_client_that_sends_close_notify_gets_one_back() {
         let mut got = Vec::new();
         let read = tls.read_to_end(&mut got).await;
         assert!(read.is_ok(), "{read:?} after {:?}", String::from_utf8_lossy(&got));
+    }
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
+/// On a TLS listener with the PROXY protocol, `header_read_timeout` bounds
+/// the PROXY header, the wait for the first TLS byte and the handshake
+/// together: each stage had one of its own, and a client slow at each held
+/// its slot for three times the timeout (probe 157). Here the header takes
+/// 0.4 s of 1 s and the ClientHello comes 0.8 s later: the connection is
+/// closed before it; a quicker client gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_header_and_the_tls_handshake_share_one_deadline() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy =
+        spawn_full_with(&ca, &leaf, "proxy_protocol = true", "[limits]\nheader_read_timeout = \"1s\"\n")
+            .await;
+    for (idle, served) in [(Duration::from_millis(800), false), (Duration::ZERO, true)] {
+        let mut tcp = TcpStream::connect(proxy.tls).await.unwrap();
+        let header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 443\r\n";
+        for piece in header.chunks(header.len() / 7 + 1) {
+            tcp.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        tokio::time::sleep(idle).await;
+        let handshake =
+            pki::connector(&ca.cert_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await;
+        assert_eq!(handshake.is_ok(), served, "{idle:?}: {:?}", handshake.err());
     }
     drop(proxy.stop);
     let _ = proxy.task.await;

@@ -330,6 +330,11 @@ async fn serve(
         return;
     };
     let limits = state.snapshot.load().limits.clone();
+    // One deadline for the opening: the PROXY header, the first byte and
+    // the TLS handshake together (each had one of its own, and a client
+    // slow at all three held its slot for three times the timeout; probe
+    // 157). The request head has its own (see `Guarded`).
+    let opened_by = tokio::time::Instant::now() + limits.header_read_timeout;
     let client_addr = if listener.proxy_protocol {
         // Anyone else could name any address, and so pass for another
         // client in the logs, the rules, the throttle and the limits.
@@ -344,8 +349,7 @@ async fn serve(
             }
             return;
         }
-        let header =
-            tokio::time::timeout(limits.header_read_timeout, proxy_protocol::read_header(&mut stream));
+        let header = tokio::time::timeout_at(opened_by, proxy_protocol::read_header(&mut stream));
         let Some(header) = unless_stopping(&state, header).await else {
             tracing::debug!(peer = %peer, "closing connection at shutdown: no PROXY protocol header yet");
             return;
@@ -386,8 +390,7 @@ async fn serve(
     match &listener.tls {
         None => serve_http(state, stream, client_addr, false, slot, &limits).await,
         Some(acceptor) => {
-            // One deadline for the first byte and the handshake together.
-            let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+            let deadline = opened_by;
             let opening = tokio::time::timeout_at(deadline, tls::opening(&stream));
             let Some(opening) = unless_stopping(&state, opening).await else { return };
             if opening == Ok(tls::Opening::Closed) {
