@@ -109,6 +109,23 @@ fn a_duration_past_its_own_bound_is_told_that_bound() {
     }
 }
 
+/// A capital `M` is months to the duration parser, and every other capital
+/// unit an error: `"5M"` meant five minutes and loaded as five months
+/// (probe 160). It is refused, with what to write; `months` still reads.
+#[test]
+fn a_capital_m_in_a_duration_is_refused() {
+    for value in ["5M", "1h 5M", "2M30s"] {
+        let err = load_err(&format!("[auth]\ncache_ttl = \"{value}\"\n"), &good_users());
+        assert!(
+            err.contains(":2:13: auth.cache_ttl: bad duration") && err.contains("`M` is months"),
+            "{err}"
+        );
+    }
+    let (_dir, result) =
+        load("[auth]\nusers_file = \"users.toml\"\ncache_ttl = \"2months\"\n", &good_users());
+    assert!(result.is_ok(), "{:?}", result.err().map(|e| e.to_string()));
+}
+
 #[test]
 fn good_config_loads() {
     let (_dir, result) = load(GOOD_CONFIG, &good_users());

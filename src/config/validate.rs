@@ -85,6 +85,20 @@ fn duration_within(
     what: &str,
     (max, said): (Duration, &str),
 ) -> Option<Duration> {
+    // humantime reads a capital `M` as months and refuses every other
+    // capital unit: `"5M"` meant for minutes was a `cache_ttl` of five
+    // months, a throttle `window` of `"1M"` a lockout of ten days, both
+    // without a word (probe 160). `month` and `months` are written out.
+    if v.get_ref().split(|ch: char| !ch.is_ascii_alphabetic()).any(|unit| unit == "M") {
+        c.at(
+            v.span(),
+            format!(
+                "{what}: bad duration {}: `M` is months; write `m` for minutes (\"5m\"), or `months`",
+                quoted(v.get_ref())
+            ),
+        );
+        return None;
+    }
     match humantime::parse_duration(v.get_ref().trim()) {
         Ok(d) if d > max => {
             // humantime counts a year, `1y`, and twelve months as 365.25
