@@ -221,6 +221,9 @@ fn check(config: &Path) -> ExitCode {
             for line in snap.users.hash_warnings(|_| true) {
                 err_line(format_args!("authgate: warning: {users_file}: {line}"));
             }
+            for line in authgate::config::reload_caveats(&snap) {
+                err_line(format_args!("authgate: warning: {line}"));
+            }
             emit(&format!("ok: {}\n", snap.summary()), ExitCode::SUCCESS)
         }
         Err(e) => {

@@ -1229,6 +1229,41 @@ fn an_empty_users_file_setting_is_one_problem() {
     assert!(err.contains("authgate.toml:6:14: auth.users_file: must not be empty"), "{err}");
 }
 
+/// A reload of a config without `[policy] default` (in place of one that
+/// denies by default) whose users file has a problem too is told both: the
+/// missing default was told only after the other was fixed (probe 160).
+/// And `check` warns of what such a reload refuses: it said `ok`, and a
+/// `systemctl reload` that runs it first went on to a reload that failed.
+#[test]
+fn a_missing_default_is_told_with_the_other_problems_and_check_warns_of_it() {
+    let deny = format!("{GOOD_CONFIG}[policy]\ndefault = \"deny\"\n");
+    let (dir, running) = load(&deny, &good_users());
+    let running = running.unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.write("authgate.toml", GOOD_CONFIG);
+    dir.write("users.toml", good_users().replace("disabled = false", "disabled = \"yes\""));
+    let err =
+        authgate::config::load_for_reload(&path, &running).map(|_| ()).expect_err("refused").to_string();
+    assert!(err.contains("users.toml:") && err.contains("expected a boolean"), "{err}");
+    assert!(err.contains("authgate.toml: [policy] default is missing"), "{err}");
+
+    dir.write("users.toml", good_users());
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let warned = text(&out.stderr);
+    assert!(
+        warned.contains("authgate: warning: ") && warned.contains("[policy] default is missing"),
+        "{warned}"
+    );
+    dir.write("users.toml", "# none yet\n");
+    let out = authgate_bin(&["check", "--config", &config_arg(&dir.write("authgate.toml", &deny))], None);
+    let warned = text(&out.stderr);
+    assert!(warned.contains("no users and no [users] table") && !warned.contains("default"), "{warned}");
+    // Said in so many words: no warning.
+    dir.write("users.toml", "[users]\n");
+    let out = authgate_bin(&["check", "--config", &config_arg(&path.with_file_name("authgate.toml"))], None);
+    assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));
+}
+
 /// A reload weighs the file before it parses any of it: it parsed the
 /// whole file first (to see whether it held any setting), so a file of any
 /// weight cost its parse, 2.1 GB for 6 MB (probe 103). A file of table

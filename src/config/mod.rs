@@ -305,8 +305,28 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
         );
     }
     // Checked on a config that loads, so that a wrong value (`policy` not
-    // a table, say) is reported as what it is, not as a missing default.
-    let new = load_source(path, &source, config_as_read, Some(&running.users))?;
+    // a table, say) is reported as what it is, not as a missing default;
+    // and added to the problems of one that does not, where the file
+    // surely lacks it: it was told only once the others were fixed
+    // (probe 160).
+    let new = match load_source(path, &source, config_as_read, Some(&running.users)) {
+        Ok(new) => new,
+        Err(mut e) => {
+            let policy = doc.as_ref().map(|d| d.get("policy"));
+            let lacks = |p: Option<&toml_edit::Item>| {
+                p.is_none_or(|p| p.is_table_like() && p.get("default").is_none())
+            };
+            if running.policy.default == Action::Deny && policy.is_some_and(lacks) {
+                e.problems.push(Problem {
+                    file: path.to_path_buf(),
+                    line: 0,
+                    col: 0,
+                    message: MISSING_DEFAULT.to_owned(),
+                });
+            }
+            return Err(e);
+        }
+    };
     let expired = expired_replacements(&new, running);
     if !expired.is_empty() {
         // Watched until fixed, as the files of any refused configuration.
@@ -315,13 +335,45 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
     }
     let says_default = doc.as_ref().and_then(|d| d.get("policy")?.get("default")).is_some();
     if running.policy.default == Action::Deny && new.policy.default == Action::Allow && !says_default {
-        return refuse(
-            "[policy] default is missing, and missing means \"allow\", where the running configuration \
-             denies by default: a reload does not open the proxy by omission (the file may be half \
-             written); write `default = \"deny\"` back, or `default = \"allow\"` to mean it",
-        );
+        return refuse(MISSING_DEFAULT);
     }
     Ok(new)
+}
+
+/// Why a reload refuses a config without `[policy] default` while the
+/// running one denies by default.
+const MISSING_DEFAULT: &str = "[policy] default is missing, and missing means \"allow\", where the running \
+     configuration denies by default: a reload does not open the proxy by omission (the file may be half \
+     written); write `default = \"deny\"` back, or `default = \"allow\"` to mean it";
+
+/// What `authgate check` warns of in a configuration that loads: what a
+/// reload refuses in place of a running configuration that has users and
+/// denies by default. `check` said `ok` of such a file, and a
+/// `systemctl reload` that runs it first went on to a reload that failed
+/// (probe 160).
+pub fn reload_caveats(snap: &Snapshot) -> Vec<String> {
+    let mut caveats = Vec::new();
+    let said = |path: &Path, key: &str| {
+        read(path).ok().and_then(|s| s.parse::<toml_edit::DocumentMut>().ok()).map(|d| match key {
+            "policy.default" => d.get("policy").and_then(|p| p.get("default")).is_some(),
+            _ => d.contains_key(key),
+        })
+    };
+    if snap.policy.default == Action::Allow && said(&snap.config_path, "policy.default") == Some(false) {
+        caveats.push(format!(
+            "{}: [policy] default is missing, so it is \"allow\"; a reload refuses this file in place of a \
+             configuration that denies by default (write `default = \"allow\"` to mean it)",
+            shown_path(&snap.config_path)
+        ));
+    }
+    if snap.users.is_empty() && said(&snap.auth.users_file, "users") == Some(false) {
+        caveats.push(format!(
+            "{}: no users and no [users] table: every login gets 407, and a reload refuses this file in \
+             place of one that has users (write `[users]` to mean it)",
+            shown_path(&snap.auth.users_file)
+        ));
+    }
+    caveats
 }
 
 /// The TLS listeners of `new` whose certificate has expired and is not the
