@@ -18,7 +18,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(name = "authgate", version, about = "Forward HTTP proxy that requires proxy credentials")]
 struct Cli {
     /// Config file.
-    #[arg(long, short, global = true, default_value = "config/authgate.toml")]
+    #[arg(long, short, global = true, default_value = authgate::config::DEFAULT_PATH)]
     config: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,

@@ -25,6 +25,9 @@ use std::time::Duration;
 pub(crate) use error::escaped;
 pub use error::{ConfigError, Problem, line_col, shown, shown_lines, shown_path};
 
+/// The config file read when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/authgate.toml";
+
 use crate::auth::UserStore;
 use crate::policy::egress::Egress;
 use crate::policy::{Action, Policy};

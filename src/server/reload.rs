@@ -123,8 +123,12 @@ fn unseen() -> Stamp {
 /// snapshot has them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartOnly {
-    /// (address, TLS, PROXY protocol), sorted.
-    listeners: Vec<(SocketAddr, bool, bool)>,
+    /// The plain listeners' addresses, sorted.
+    listen: Vec<SocketAddr>,
+    /// The TLS listeners' addresses, sorted.
+    tls_listen: Vec<SocketAddr>,
+    /// The listeners that expect a PROXY header (address, TLS), sorted.
+    proxy_protocol: Vec<(SocketAddr, bool)>,
     worker_threads: usize,
     verify_threads: usize,
     max_pending: usize,
@@ -137,13 +141,20 @@ pub struct StartOnly {
 impl StartOnly {
     /// Those settings of `s`.
     pub fn of(s: &Snapshot) -> Self {
-        let plain = s.server.listen.iter().map(|a| (*a, false, s.server.proxy_protocol.contains(a)));
-        let tls = s.server.tls.iter().map(|t| (t.listen, true, t.proxy_protocol));
-        let mut listeners: Vec<_> = plain.chain(tls).collect();
-        // A set: the same listeners in another order need no restart.
-        listeners.sort_unstable();
+        // Sets: the same listeners in another order need no restart.
+        let sorted = |mut v: Vec<SocketAddr>| {
+            v.sort_unstable();
+            v
+        };
+        let plain =
+            s.server.listen.iter().filter(|a| s.server.proxy_protocol.contains(a)).map(|a| (*a, false));
+        let tls = s.server.tls.iter().filter(|t| t.proxy_protocol).map(|t| (t.listen, true));
+        let mut proxy_protocol: Vec<_> = plain.chain(tls).collect();
+        proxy_protocol.sort_unstable();
         StartOnly {
-            listeners,
+            listen: sorted(s.server.listen.clone()),
+            tls_listen: sorted(s.server.tls.iter().map(|t| t.listen).collect()),
+            proxy_protocol,
             worker_threads: s.server.worker_threads,
             verify_threads: s.auth.verify_threads,
             max_pending: s.auth.max_pending,
@@ -155,10 +166,13 @@ impl StartOnly {
     }
 
     /// The names of the settings that differ in `other`, as the config
-    /// file spells them.
+    /// file spells them (the listeners' three were named together whichever
+    /// changed; probe 160).
     pub fn differences(&self, other: &StartOnly) -> Vec<&'static str> {
         [
-            ("server.listen/server.tls listeners/proxy_protocol", self.listeners != other.listeners),
+            ("server.listen", self.listen != other.listen),
+            ("server.tls listen", self.tls_listen != other.tls_listen),
+            ("proxy_protocol", self.proxy_protocol != other.proxy_protocol),
             ("server.worker_threads", self.worker_threads != other.worker_threads),
             ("auth.verify_threads", self.verify_threads != other.verify_threads),
             ("auth.max_pending", self.max_pending != other.max_pending),
@@ -183,7 +197,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     let new = match config::load_for_reload(&old.config_path, &old) {
         Ok(s) => s,
         Err(e) => {
-            log_problems(&e);
+            log_problems(&e, &old.config_path);
             state.reload_failures.fetch_add(1, Ordering::Relaxed);
             state.metrics.reload(false);
             // Unless the users file in force has a problem itself: a
@@ -233,15 +247,24 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
 /// check` says them all.
 const MAX_LOGGED_PROBLEMS: usize = 100;
 
-/// Logs the problems of a refused reload, at most [`MAX_LOGGED_PROBLEMS`].
-fn log_problems(e: &ConfigError) {
+/// Logs the problems of a refused reload of `config`, at most
+/// [`MAX_LOGGED_PROBLEMS`]. Each as a string, quoted in the text format as
+/// the other problem fields are (it went out bare, `problem=a.toml:6:1:
+/// unknown field …`, which a key=value reader cuts at the first space;
+/// probe 160).
+fn log_problems(e: &ConfigError, config: &std::path::Path) {
     for p in e.problems.iter().take(MAX_LOGGED_PROBLEMS) {
-        tracing::error!(problem = %p, "reload failed; the previous configuration stays in effect");
+        tracing::error!(
+            problem = &*p.to_string(),
+            "reload failed; the previous configuration stays in effect"
+        );
     }
     if let Some(more) = e.problems.len().checked_sub(MAX_LOGGED_PROBLEMS).filter(|n| *n > 0) {
+        let check = format!("authgate check --config {}", config::shown_path(config));
         tracing::error!(
             more_problems = more,
-            "reload failed; the previous configuration stays in effect; `authgate check` lists the other problems"
+            check = &*check,
+            "reload failed; the previous configuration stays in effect; `check` lists the other problems"
         );
     }
 }
@@ -255,7 +278,7 @@ fn users_alone(state: &State, old: &Arc<Snapshot>) {
     let users = match config::load_users(&old.auth, &old.users) {
         Ok(u) => u,
         Err(e) => {
-            log_problems(&e);
+            log_problems(&e, &old.config_path);
             return;
         }
     };

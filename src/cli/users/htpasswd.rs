@@ -48,8 +48,9 @@ pub(super) fn import_htpasswd(
         }
         if present.contains(&name) {
             refusals.push(format!(
-                "{at}: user `{name}` already exists in {}; not overwritten (change its password with `authgate users passwd {}`)",
+                "{at}: user `{name}` already exists in {}; not overwritten (change its password with `{} passwd {}`)",
                 shown_path(&file.path),
+                file.cmd,
                 name_arg(&name)
             ));
             continue;
@@ -68,7 +69,8 @@ pub(super) fn import_htpasswd(
                 bcrypt |= hash.starts_with("$2");
             }
             Err(scheme) => refusals.push(format!(
-                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `authgate users add {}`, which sets a new password",
+                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `{} add {}`, which sets a new password",
+                file.cmd,
                 name_arg(&name)
             )),
         }

@@ -154,7 +154,7 @@ fn refused(msg: impl Into<String>) -> UsersError {
 /// Anything that stopped the command; the users file is then unchanged.
 pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
     let settings = auth_settings(config).map_err(UsersError::Invalid)?;
-    let mut outcome = run_with(&settings.auth, action)?;
+    let mut outcome = run_with(&settings.auth, action, &users_command(config))?;
     outcome.warnings = config_warnings(config, &settings.elsewhere);
     Ok(outcome)
 }
@@ -175,8 +175,20 @@ pub fn config_warnings(config: &Path, elsewhere: &[crate::config::Problem]) -> V
     lines
 }
 
-fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
+/// `authgate users`, with the `--config` the command was given: a command
+/// suggested without it acts on another configuration's users file, the
+/// demo one in a checkout (probe 160).
+fn users_command(config: &Path) -> String {
+    if config == Path::new(crate::config::DEFAULT_PATH) {
+        "authgate users".to_owned()
+    } else {
+        format!("authgate --config {} users", shell_word(&config.to_string_lossy()))
+    }
+}
+
+fn run_with(auth: &Auth, action: Action, cmd: &str) -> Result<Outcome, UsersError> {
     let mut file = UsersFile::read(&auth.users_file)?;
+    file.cmd = cmd.to_owned();
     match action {
         Action::List => {
             file.require_file()?;
@@ -186,8 +198,9 @@ fn run_with(auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
             let name = user_name(&name)?;
             if file.find(&name).is_some() {
                 return Err(refused(format!(
-                    "user `{name}` already exists in {}; change its password with `authgate users passwd {}`",
+                    "user `{name}` already exists in {}; change its password with `{} passwd {}`",
                     shown_path(&file.path),
+                    file.cmd,
                     name_arg(&name)
                 )));
             }
@@ -246,6 +259,9 @@ struct UsersFile {
     original: Option<String>,
     users: Vec<User>,
     doc: DocumentMut,
+    /// `authgate users` as this command was run (see [`users_command`]),
+    /// for the commands messages suggest.
+    cmd: String,
 }
 
 impl UsersFile {
@@ -262,6 +278,7 @@ impl UsersFile {
                     original: None,
                     users: Vec::new(),
                     doc: DocumentMut::new(),
+                    cmd: String::new(),
                 });
             }
             Err(e) => return Err(io_err("cannot read")(e)),
@@ -270,7 +287,7 @@ impl UsersFile {
         let doc = text
             .parse::<DocumentMut>()
             .map_err(|e| refused(format!("{}: {}", shown_path(path), e.message())))?;
-        Ok(UsersFile { path: path.to_path_buf(), real, original: Some(text), users, doc })
+        Ok(UsersFile { path: path.to_path_buf(), real, original: Some(text), users, doc, cmd: String::new() })
     }
 
     /// The document to edit, taken out of the file (not copied: at the
@@ -297,8 +314,9 @@ impl UsersFile {
                 shown_path(folder)
             ))),
             None => Err(refused(format!(
-                "{} does not exist (`authgate users add` creates it)",
-                shown_path(&self.path)
+                "{} does not exist (`{} add` creates it)",
+                shown_path(&self.path),
+                self.cmd
             ))),
         }
     }
@@ -496,13 +514,19 @@ fn password_from_stdin() -> Result<String, UsersError> {
 /// after `--` when it starts with `-`, which the command would take for an
 /// option (probe 119).
 pub(super) fn name_arg(name: &str) -> String {
-    let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
-    let word = if !name.is_empty() && name.chars().all(plain) {
-        name.to_owned()
-    } else {
-        format!("'{}'", name.replace('\'', r"'\''"))
-    };
+    let word = shell_word(name);
     if name.starts_with('-') { format!("-- {word}") } else { word }
+}
+
+/// `text` as one word for a POSIX shell: as it is when it holds only
+/// characters no shell reads specially, in single quotes otherwise.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
 }
 
 /// `t` as the TOML date-time written for it: UTC, with its fraction of a
