@@ -456,6 +456,10 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     let d = Dir::new(Some(&fixture()));
     let err = d.refused(&["add", "alice", "--password-stdin"], Some("pw\n"));
     assert!(err.contains("user `alice` already exists"), "{err}");
+    // The command it suggests names the config this one was given: without
+    // it, it acts on config/authgate.toml's users file (probe 160).
+    let config = d.config().to_string_lossy().into_owned();
+    assert!(err.contains(&format!("`authgate --config {config} users passwd alice`")), "{err}");
     // The same name in decomposed form is the same user.
     let err = d.refused(&["add", "jose\u{301}", "--password-stdin"], Some("pw\n"));
     assert!(err.contains("already exists"), "{err}");
