@@ -698,8 +698,12 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     let d = Dir::new(Some(&fixture()));
     d.ok(&["add", "t1", "--expires", "2027-03-31T00:00:00Z", "--password-stdin"], Some("pw\n"));
     d.ok(&["add", "t2", "--expires", "2029-06-01T12:30:00-01:00", "--password-stdin"], Some("pw\n"));
-    let out = d.ok(&["add", "old", "--expires", "2020-01-01", "--password-stdin"], Some("pw\n"));
-    assert!(out.stdout.contains("has passed"), "{out:?}");
+    // A warning on standard error, as the others (it was a `note:` on
+    // standard output; probe 160).
+    let out = d.run(&["add", "old", "--expires", "2020-01-01", "--password-stdin"], Some("pw\n"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stdout, format!("added user `old` to {}\n", d.users().display()), "{out:?}");
+    assert!(out.stderr.starts_with("authgate: warning: expires 2020-01-01T00:00:00Z has passed"), "{out:?}");
     let text = d.read();
     assert!(text.contains("[users.t1]\n") && text.contains("expires = 2027-03-31T00:00:00Z\n"), "{text}");
     assert!(text.contains("expires = 2029-06-01T13:30:00Z\n"), "{text}");

@@ -155,7 +155,9 @@ fn refused(msg: impl Into<String>) -> UsersError {
 pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
     let settings = auth_settings(config).map_err(UsersError::Invalid)?;
     let mut outcome = run_with(&settings.auth, action, &users_command(config))?;
-    outcome.warnings = config_warnings(config, &settings.elsewhere);
+    let mut warnings = config_warnings(config, &settings.elsewhere);
+    warnings.append(&mut outcome.warnings);
+    outcome.warnings = warnings;
     Ok(outcome)
 }
 
@@ -210,9 +212,8 @@ fn run_with(auth: &Auth, action: Action, cmd: &str) -> Result<Outcome, UsersErro
             let mut doc = file.take_doc();
             add_user(&mut doc, &name, NewUser { hash, groups, expires: expires.map(|e| e.1) })?;
             file.save(doc)?;
-            let mut out = format!("added user `{name}` to {}\n", shown_path(&file.path));
-            out.push_str(&expiry_note(expires.map(|e| e.0)));
-            Ok(Outcome { stdout: out, ..Outcome::default() })
+            let stdout = format!("added user `{name}` to {}\n", shown_path(&file.path));
+            Ok(Outcome { stdout, warnings: expiry_warning(expires.map(|e| e.0)), ..Outcome::default() })
         }
         Action::Passwd { name, expires, no_expires, password_stdin } => {
             let key = file.existing(&name)?;
@@ -227,9 +228,8 @@ fn run_with(auth: &Auth, action: Action, cmd: &str) -> Result<Outcome, UsersErro
                 t.remove("expires");
             }
             file.save(doc)?;
-            let mut out = format!("changed the password of `{}` in {}\n", nfc(&key), shown_path(&file.path));
-            out.push_str(&expiry_note(expires.map(|e| e.0)));
-            Ok(Outcome { stdout: out, ..Outcome::default() })
+            let stdout = format!("changed the password of `{}` in {}\n", nfc(&key), shown_path(&file.path));
+            Ok(Outcome { stdout, warnings: expiry_warning(expires.map(|e| e.0)), ..Outcome::default() })
         }
         Action::Remove { name } => {
             let key = file.existing(&name)?;
@@ -459,13 +459,16 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
     Ok((instant, utc_datetime(instant).ok_or_else(bad)?))
 }
 
-fn expiry_note(expires: Option<SystemTime>) -> String {
+/// A warning, as every other goes out (on standard error, `authgate:
+/// warning: …`), when `expires` has passed: it was a `note:` line on
+/// standard output, among what a script reads (probe 160).
+fn expiry_warning(expires: Option<SystemTime>) -> Vec<String> {
     match expires {
-        Some(t) if t <= SystemTime::now() => format!(
-            "note: expires {} has passed: the user cannot log in until it is changed\n",
+        Some(t) if t <= SystemTime::now() => vec![format!(
+            "warning: expires {} has passed: the user cannot log in until it is changed",
             expiry_text(t)
-        ),
-        _ => String::new(),
+        )],
+        _ => Vec::new(),
     }
 }
 
