@@ -1070,6 +1070,7 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     let leaf = pki::Ca::new("test ca").leaf("proxy");
     dir.write("cert.pem", &leaf.cert_pem);
     dir.write("key.pem", &leaf.key_pem);
+    dir.write("empty.pem", "");
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1085,6 +1086,20 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
             "gone-key.pem: cannot read private key: file not found",
         ),
         ("[upstream]\nca_file = \"gone-ca.pem\"\n".to_owned(), "gone-ca.pem: cannot read: file not found"),
+        // A file that holds none, or the other of the pair, says so ("cannot
+        // read private key: no items found"; probe 160).
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{cert}\"\n"),
+            "cert.pem: no private key found (it holds a certificate: are `cert` and `key` the wrong way round?)",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{key}\"\nkey = \"{key}\"\n"),
+            "key.pem: no certificate found (it holds a private key: are `cert` and `key` the wrong way round?)",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"empty.pem\"\n"),
+            "empty.pem: no private key found (the file is empty)",
+        ),
     ] {
         let path = dir.write("authgate.toml", &config);
         dir.write("users.toml", good_users());

@@ -88,7 +88,11 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         .collect::<Result<_, _>>()
         .map_err(|e| in_cert(format!("{}: bad PEM certificate: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(in_cert(format!("{}: no certificate found", cert.display())));
+        return Err(in_cert(format!(
+            "{}: no certificate found{}",
+            cert.display(),
+            holds_instead(&cert_pem, b"PRIVATE KEY-----", "a private key")
+        )));
     }
     // rustls reads the first certificate only; the others went out unread,
     // and a corrupt one failed every handshake (probe 118).
@@ -100,6 +104,19 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         )));
     }
     Ok(chain)
+}
+
+/// What a PEM file without what it was read for holds instead, for the
+/// message: nothing, or `other` (found by `marker`), the other file of the
+/// pair, `cert` and `key` given the wrong way round.
+fn holds_instead(pem: &[u8], marker: &[u8], other: &str) -> String {
+    if pem.iter().all(u8::is_ascii_whitespace) {
+        " (the file is empty)".to_owned()
+    } else if pem.windows(marker.len()).any(|w| w == marker) {
+        format!(" (it holds {other}: are `cert` and `key` the wrong way round?)")
+    } else {
+        String::new()
+    }
 }
 
 /// The private key in `key`, as a signer. [`load_certified_key`] reads it
@@ -119,6 +136,14 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
             format!(
                 "{}: the private key is encrypted (passphrase-protected), which authgate cannot read; write it decrypted (`openssl pkey -in KEY -out KEY.plain`) and keep that file private",
                 key.display()
+            )
+        } else if matches!(e, rustls::pki_types::pem::Error::NoItemsFound) {
+            // ("cannot read private key: no items found" read as a failed
+            // read, and a certificate there as nothing; probe 160.)
+            format!(
+                "{}: no private key found{}",
+                key.display(),
+                holds_instead(&key_pem, b"-----BEGIN CERTIFICATE-----", "a certificate")
             )
         } else {
             format!("{}: cannot read private key: {e}", key.display())
