@@ -270,6 +270,35 @@ fn config_arg(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// A listener that cannot be bound is told in words for the admin, not
+/// the system's ("Cannot assign requested address (os error 99)"; probe
+/// 160). 192.0.2.1 (TEST-NET-1) is on no interface here: only the bind is
+/// tried, nothing is sent.
+#[test]
+fn a_listener_that_cannot_be_bound_is_told_why() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap();
+    let dir = TempDir::new();
+    dir.write("users.toml", good_users());
+    for (listen, says) in [
+        (taken.to_string(), format!("authgate: cannot listen on {taken}: the address is in use (another process listens on it)")),
+        (
+            "192.0.2.1:3128".to_owned(),
+            "authgate: cannot listen on 192.0.2.1:3128: no network interface of this machine has that address"
+                .to_owned(),
+        ),
+    ] {
+        let path = dir.write(
+            "authgate.toml",
+            format!("[server]\nlisten = [\"{listen}\"]\n[auth]\nusers_file = \"users.toml\"\n[dns]\nservers = [\"127.0.0.1:1\"]\n"),
+        );
+        let out = authgate_bin(&["--config", &config_arg(&path)], None);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(&says), "{}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("os error"), "{}", text(&out.stderr));
+    }
+}
+
 #[test]
 fn check_command_prints_line_and_column_and_exits_1() {
     let dir = TempDir::new();

@@ -103,6 +103,22 @@ impl From<TcpListener> for Listener {
     }
 }
 
+/// Why a listener could not be bound, in words for the admin: the system's
+/// ("Cannot assign requested address (os error 99)") said what failed, not
+/// what is wrong (probe 160).
+fn bind_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "the address is in use (another process listens on it)".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no network interface of this machine has that address".to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)".to_owned()
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// Binds every listener of the state's snapshot (plain, TLS, admin).
 ///
 /// # Errors
@@ -111,13 +127,15 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
     let snap = state.snapshot.load_full();
     let mut out = Vec::new();
     for addr in &snap.server.listen {
-        let tcp = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {}", bind_reason(&e)))?;
         out.push(Listener::plain(tcp, snap.server.proxy_protocol.contains(addr)));
     }
     for (i, t) in snap.server.tls.iter().enumerate() {
         let tcp = TcpListener::bind(t.listen)
             .await
-            .map_err(|e| format!("cannot listen on {} (TLS): {e}", t.listen))?;
+            .map_err(|e| format!("cannot listen on {} (TLS): {}", t.listen, bind_reason(&e)))?;
         let slot = state
             .cert_slots
             .get(i)
@@ -126,8 +144,9 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
         out.push(Listener::tls(tcp, tls::acceptor(slot)?, t.proxy_protocol));
     }
     if let Some(addr) = snap.admin {
-        let tcp =
-            TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} (admin): {e}"))?;
+        let tcp = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (admin): {}", bind_reason(&e)))?;
         out.push(Listener::admin(tcp));
     }
     Ok(out)
