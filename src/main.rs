@@ -419,17 +419,20 @@ fn hash_password(config: &Path) -> ExitCode {
 }
 
 /// A password from a no-echo prompt (asked twice) on a TTY, else one line of
-/// standard input.
+/// standard input. Prompts and refusals as `users` words them (they
+/// differed; probe 160), an empty password refused before it is asked again.
 fn read_password() -> Result<String, String> {
     if std::io::stdin().is_terminal() {
-        let first =
-            authgate::cli::prompt_hidden("Password: ").map_err(|e| format!("cannot read password: {e}"))?;
-        let second =
-            authgate::cli::prompt_hidden("Repeat: ").map_err(|e| format!("cannot read password: {e}"))?;
+        let first = checked(
+            authgate::cli::prompt_hidden("Password: ")
+                .map_err(|e| format!("cannot read the password: {e}"))?,
+        )?;
+        let second = authgate::cli::prompt_hidden("Repeat it: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
         if first != second {
-            return Err("passwords do not match".into());
+            return Err("the two passwords differ".into());
         }
-        checked(first)
+        Ok(first)
     } else {
         checked(authgate::cli::password_line(&mut std::io::stdin().lock())?)
     }

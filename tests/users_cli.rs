@@ -1035,6 +1035,33 @@ fn on_a_terminal_the_password_is_asked_twice() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("the two passwords differ"), "{out}");
     assert_eq!(d.read(), before);
+    // An empty password is refused before it is asked again.
+    let (code, out) = tty("passwd ttyuser", "\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("empty") && !out.contains("Repeat it:"), "{out}");
+
+    // `hash-password` asks and refuses in the same words (it said "Repeat:"
+    // and "passwords do not match"; probe 160).
+    let hash = |typed: &str| {
+        let cmd =
+            format!("{} --config {} hash-password", env!("CARGO_BIN_EXE_authgate"), d.config().display());
+        let mut child = in_terminal(&cmd);
+        child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = hash("one\ntwo\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("Password:") && out.contains("Repeat it:") && out.contains("the two passwords differ"),
+        "{out}"
+    );
+    let (code, out) = hash("\n");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("empty password refused") && !out.contains("Repeat it:"), "{out}");
+    let (code, out) = hash("same\nsame\n");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("$argon2id$"), "{out}");
 }
 
 /// `--password-stdin` from a terminal reads without echo: the password

@@ -494,6 +494,8 @@ fn password_from_tty() -> Result<String, UsersError> {
         crate::cli::prompt_hidden(prompt).map_err(|e| refused(format!("cannot read the password: {e}")))
     };
     let first = ask("New password: ")?;
+    // Refused before it is asked again (probe 160).
+    crate::auth::password::check_new_password(&first).map_err(refused)?;
     if first != ask("Repeat it: ")? {
         return Err(refused("the two passwords differ; nothing changed"));
     }
