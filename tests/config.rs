@@ -1257,7 +1257,18 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
     assert!(err.contains("rule `(bad name)`: hosts: `exa mple` is not a valid host"), "{err}");
     // Others are quoted, as a typo is.
     let err = load_err(&GOOD_CONFIG.replace("127.0.0.1:3128", "127.0.0.1:31x8"), &good_users());
-    assert!(err.contains("server.listen: `127.0.0.1:31x8` is not an address:port"), "{err}");
+    assert!(err.contains("server.listen: `127.0.0.1:31x8` is not an IP address and port"), "{err}");
+    // A host name is said not to be taken (it was "not an address:port";
+    // probe 160).
+    let err = load_err(&GOOD_CONFIG.replace("127.0.0.1:3128", "localhost:3128"), &good_users());
+    assert!(
+        err.contains("`localhost:3128` is not an IP address and port")
+            && err.contains("host names are not taken"),
+        "{err}"
+    );
+    // A date-time in quotes is told to drop them.
+    let err = load_err(GOOD_CONFIG, &good_users().replace("disabled = false", "expires = \"2027-01-01\""));
+    assert!(err.contains("expected a date-time (written without quotes: 2027-03-31)"), "{err}");
 }
 
 /// `users_file = ""` is one problem, at its place: the default users file,

@@ -95,6 +95,8 @@ fn expected_in_toml_terms(expected: &str) -> &str {
         "a borrowed string" => "a string",
         "i8" | "i16" | "i32" | "i64" | "isize" | "u8" | "u16" | "u32" | "u64" | "usize" => "an integer",
         "f32" | "f64" => "a number",
+        // A date-time in quotes is a string (probe 160).
+        "a TOML datetime" => "a date-time (written without quotes: 2027-03-31)",
         other => other,
     }
 }

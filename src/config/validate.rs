@@ -182,7 +182,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                     c.at(item.span(), format!("server.listen: {a} is listed twice (or overlaps another entry)"));
                 }
                 Ok(a) => s.server.listen.push(a),
-                Err(_) => c.at(item.span(), format!("server.listen: {} is not an address:port (e.g. \"127.0.0.1:3128\" or \"[::1]:3128\")", quoted(item.get_ref()))),
+                // (A host name was told it is no address:port; probe 160.)
+                Err(_) => c.at(item.span(), format!("server.listen: {} is not an IP address and port (e.g. \"127.0.0.1:3128\", \"0.0.0.0:3128\" or \"[::1]:3128\"; host names are not taken)", quoted(item.get_ref()))),
             }
         }
     }
