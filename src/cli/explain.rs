@@ -92,8 +92,15 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         };
         return Err(format!("a target the proxy cannot read{detail}: it answers 400 malformed_request"));
     }
-    parse_authority(&raw).map(|t| (t, Method::CONNECT)).map_err(|e| e.0.to_string())
+    parse_authority(&raw).map(|t| (t, Method::CONNECT)).map_err(|e| match e.0 {
+        // No CONNECT was typed: what TARGET takes (probe 160).
+        "CONNECT needs host:port" => NO_PORT.to_owned(),
+        other => other.to_string(),
+    })
 }
+
+/// What explain says of a target without a port or scheme.
+const NO_PORT: &str = "a target without a port: give host:port (a CONNECT) or a URL (http://host/…)";
 
 /// A host name as a person types it (`bücher.example`) in the form a client
 /// sends it (`xn--bcher-kva.example`), as `hosts` in the rules are read.
@@ -231,7 +238,10 @@ mod tests {
         assert_eq!((target, method), (Target { host: name, port: 443 }, Method::CONNECT));
         assert!(parse_target("http://bü cher.example/").is_err());
         // Without a port it is a host without a port, not a bad name.
-        assert_eq!(parse_target("bücher.example"), Err("CONNECT needs host:port".into()));
+        // (It said "CONNECT needs host:port" of what no CONNECT was typed
+        // for; probe 160.)
+        assert_eq!(parse_target("bücher.example"), Err(NO_PORT.into()));
+        assert_eq!(parse_target("127.0.0.1"), Err(NO_PORT.into()));
     }
 
     /// What hyper cannot read is explained as the proxy's 400
