@@ -1319,6 +1319,33 @@ fn a_missing_default_is_told_with_the_other_problems_and_check_warns_of_it() {
     assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));
 }
 
+/// `check` warns of a rule that names a group no user is in, or a user the
+/// users file has not: such a rule matches nobody (`groups = ["staf"]` was
+/// `ok`; probe 160).
+#[test]
+fn check_warns_of_rules_naming_nobody() {
+    let dir = TempDir::new();
+    dir.write("users.toml", good_users());
+    let rules = |groups: &str, users: &str| {
+        format!(
+            "{GOOD_CONFIG}[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"web\"\naction = \"allow\"\ngroups = [{groups}]\n[[rules]]\nname = \"one\"\naction = \"allow\"\nusers = [{users}]\n"
+        )
+    };
+    let path = dir.write("authgate.toml", rules("\"staf\"", "\"bob\""));
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let warned = text(&out.stderr);
+    assert!(
+        warned.contains("authgate: warning: rule `web`: no user in ")
+            && warned.contains("users.toml is in group `staf`"),
+        "{warned}"
+    );
+    assert!(warned.contains("authgate: warning: rule `one`: no user `bob` in "), "{warned}");
+    let path = dir.write("authgate.toml", rules("\"staff\"", "\"alice\""));
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));
+}
+
 /// A reload weighs the file before it parses any of it: it parsed the
 /// whole file first (to see whether it held any setting), so a file of any
 /// weight cost its parse, 2.1 GB for 6 MB (probe 103). A file of table

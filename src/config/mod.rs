@@ -349,9 +349,10 @@ const MISSING_DEFAULT: &str = "[policy] default is missing, and missing means \"
      configuration denies by default: a reload does not open the proxy by omission (the file may be half \
      written); write `default = \"deny\"` back, or `default = \"allow\"` to mean it";
 
-/// What `authgate check` warns of in a configuration that loads: what a
-/// reload refuses in place of a running configuration that has users and
-/// denies by default. `check` said `ok` of such a file, and a
+/// What `authgate check` warns of in a configuration that loads: rules
+/// naming groups or users the users file does not have, and what a reload
+/// refuses in place of a running configuration that has users and denies
+/// by default. `check` said `ok` of such a file, and a
 /// `systemctl reload` that runs it first went on to a reload that failed
 /// (probe 160).
 pub fn reload_caveats(snap: &Snapshot) -> Vec<String> {
@@ -368,6 +369,24 @@ pub fn reload_caveats(snap: &Snapshot) -> Vec<String> {
              configuration that denies by default (write `default = \"allow\"` to mean it)",
             shown_path(&snap.config_path)
         ));
+    }
+    // A rule naming a group or user the users file has not never matches
+    // (`groups = ["staf"]` was `ok`; probe 160).
+    for rule in &snap.policy.rules {
+        for group in rule.groups.iter().flatten().filter(|g| !snap.users.iter().any(|u| u.in_group(g))) {
+            caveats.push(format!(
+                "rule `{}`: no user in {} is in group `{group}`, so the rule matches nobody yet",
+                rule.name,
+                shown_path(&snap.auth.users_file)
+            ));
+        }
+        for user in rule.users.iter().flatten().filter(|u| snap.users.get(u).is_none()) {
+            caveats.push(format!(
+                "rule `{}`: no user `{user}` in {}, so it matches nobody yet",
+                rule.name,
+                shown_path(&snap.auth.users_file)
+            ));
+        }
     }
     if snap.users.is_empty() && said(&snap.auth.users_file, "users") == Some(false) {
         caveats.push(format!(
