@@ -233,6 +233,16 @@ async fn request_forwarded_to_authgate_itself_gets_508_loop_detected() {
     c.send(format!("GET /x HTTP/1.1\r\nHost: {own}\r\nVia: 1.1 authgate\r\n\r\n")).await;
     let resp = c.read_response("GET").await;
     assert_proxy_error(&resp, 508, "proxy_loop_detected", "proxy_loop");
+    // A head without a valid `Host` is a 400 and the connection's end all
+    // the same (RFC 9112 §3.2; it was a 508 on an open connection, probe
+    // 158).
+    for host in ["", "Host: a\r\nHost: b\r\n", "Host: a b\r\n"] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(format!("GET http://{own}/x HTTP/1.1\r\n{host}Via: 1.1 authgate\r\n\r\n")).await;
+        let resp = c.read_response("GET").await;
+        assert_proxy_error(&resp, 400, "http_request_error", "malformed_request");
+        assert!(c.is_closed().await, "{host:?}: the connection is closed");
+    }
 }
 
 /// hyper takes off only the `chunked` framing; a `gzip` transfer coding under

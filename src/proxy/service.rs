@@ -263,6 +263,13 @@ async fn process(
         rec.target = guarded_target(&req);
         return Err((ProxyError::HeadTooLarge, true));
     }
+    // RFC 9112 §3.2 and §6.1 first: a head without a valid `Host`, or with
+    // bad framing, is a 400 and the connection's end, loop or not (a `Via`
+    // made it a 508 on an open connection; probe 158).
+    if let Err(e) = well_formed(&req) {
+        rec.target = guarded_target(&req);
+        return Err((e, false));
+    }
     // Before the target is read: a request authgate forwarded to its own
     // listener comes back in origin-form, which is no proxy request, and
     // the client is to hear of the loop, not of how to set HTTP_PROXY.
@@ -587,15 +594,20 @@ fn head_len<B>(req: &Request<B>) -> usize {
     req.headers().iter().fold(line, |n, (name, value)| n + name.as_str().len() + 2 + value.len())
 }
 
-/// What the request asks for. Absolute-form `https://` is forwarded over TLS
-/// only when it arrived over TLS: on a plain listener the client's https
-/// payload would cross the network in clear, so it is told to use CONNECT.
-fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError> {
-    // The Host sent on is made from the target either way.
+/// Whether the head has valid `Host` fields (the Host sent on is made from
+/// the target either way) and a `Transfer-Encoding` that frames its body.
+fn well_formed(req: &Request<Incoming>) -> Result<(), ProxyError> {
     let valid = host_fields_valid(req.headers(), req.version(), req.method() == Method::CONNECT);
     if !valid || super::headers::transfer_coding_malformed(req.headers()) {
         return Err(ProxyError::MalformedRequest { why: None });
     }
+    Ok(())
+}
+
+/// What the request asks for. Absolute-form `https://` is forwarded over TLS
+/// only when it arrived over TLS: on a plain listener the client's https
+/// payload would cross the network in clear, so it is told to use CONNECT.
+fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError> {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
         // `Content-Length: 0` is harmless and some clients send it.
