@@ -906,6 +906,10 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, out, _) = run(&["--user", USER, "127.0.0.1:25"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("decision deny by rule no-smtp"), "{out}");
+    // An IPv4-mapped address is shown as the IPv4 address the proxy dials
+    // (probe 158).
+    let (_, out, _) = run(&["--user", USER, "http://[::ffff:127.0.0.1]:80/"]);
+    assert!(out.contains("\n         127.0.0.1 ") && !out.contains("         ::ffff:"), "{out}");
     let (code, out, _) = run(&["--user", USER, "--method", "DELETE", "http://127.0.0.1/"]);
     assert_eq!(code, Some(1));
     assert!(out.contains("by the default"), "{out}");

@@ -182,6 +182,10 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             resolver.lookup(n, snap.limits.dns_timeout).await
         }
     };
+    // As the proxy takes them: an IPv4-mapped address is its IPv4 address,
+    // once (it was shown as `::ffff:a.b.c.d`, and counted twice beside the
+    // same A record; probe 158).
+    let addrs = addrs.map(crate::policy::egress::canonical_distinct);
     let mut report = explain(&snap.policy, &snap.egress, user, &method, &target, addrs.as_deref());
     if absolute_https {
         // Above the `result` line, the report's last.

@@ -129,6 +129,19 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// `ips` each [`canonical`], each once, in their order: the addresses a
+/// name's answers make the proxy dial (an A record and the same address
+/// IPv4-mapped in AAAA are one).
+pub fn canonical_distinct(ips: impl IntoIterator<Item = IpAddr>) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for ip in ips.into_iter().map(canonical) {
+        if !out.contains(&ip) {
+            out.push(ip);
+        }
+    }
+    out
+}
+
 /// `addr` with its address [`canonical`]: a client of a dual-stack `[::]`
 /// listener, or one a PROXY header names, as `::ffff:a.b.c.d` is a.b.c.d.
 pub fn canonical_addr(addr: std::net::SocketAddr) -> std::net::SocketAddr {

@@ -60,17 +60,11 @@ impl Connector {
         // An IPv4-mapped address (`::ffff:127.0.0.2`) is its IPv4 address:
         // checked, dialled, logged and refused as such (the access line said
         // `upstream=[::ffff:127.0.0.2]:80`; probe 156).
-        let mut addrs: Vec<SocketAddr> = Vec::with_capacity(ips.len());
-        for ip in ips.into_iter().map(crate::policy::egress::canonical) {
-            if !egress.permits(ip) {
-                return Err(ProxyError::DestinationIpProhibited { addr: ip });
-            }
-            let addr = SocketAddr::new(ip, target.port);
-            if !addrs.contains(&addr) {
-                addrs.push(addr);
-            }
+        let ips = crate::policy::egress::canonical_distinct(ips);
+        if let Some(bad) = ips.iter().find(|ip| !egress.permits(**ip)) {
+            return Err(ProxyError::DestinationIpProhibited { addr: *bad });
         }
-        Ok(addrs)
+        Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, target.port)).collect())
     }
 
     /// Connects to the first address that answers, within `timeout` overall;
