@@ -964,6 +964,17 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     let (code, _, err) = run(&["--user", USER, "--method", "connect", "127.0.0.1:80"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("only CONNECT takes that form"), "{err}");
+    // Whatever its host and port, once hyper reads it (they were told
+    // CONNECT's faults: "bad port"; probe 158).
+    for (target, answer) in [
+        ("127.0.0.1:0", "400 not_a_proxy_request"),
+        ("[::1]", "400 not_a_proxy_request"),
+        ("127.0.0.1:80/", "400 malformed_request"),
+    ] {
+        let (code, _, err) = run(&["--user", USER, "--method", "GET", target]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains(answer), "{target}: {err}");
+    }
     // Allowed by the rules but refused by the egress policy.
     let (code, out, _) = run(&["--user", USER, "169.254.169.254:80"]);
     assert_eq!(code, Some(1), "{out}");

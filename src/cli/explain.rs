@@ -73,6 +73,20 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         // probe 101.)
         return Err(format!("`{scheme}:` without `//` is no URL: write {scheme}://host/…"));
     }
+    let raw = readable_authority(raw)?;
+    parse_authority(&raw).map(|t| (t, Method::CONNECT)).map_err(|e| match e.0 {
+        // No CONNECT was typed: what TARGET takes (probe 160).
+        "CONNECT needs host:port" => NO_PORT.to_owned(),
+        other => other.to_string(),
+    })
+}
+
+/// A `host:port` target in the ASCII form a client sends, if hyper can
+/// read it as a request target.
+///
+/// # Errors
+/// What the proxy answers to one it cannot read.
+fn readable_authority(raw: &str) -> Result<String, String> {
     // Unicode without a port is still host without port (it was "bad host
     // name"; probe 138).
     let raw = match raw.rsplit_once(':') {
@@ -92,11 +106,7 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         };
         return Err(format!("a target the proxy cannot read{detail}: it answers 400 malformed_request"));
     }
-    parse_authority(&raw).map(|t| (t, Method::CONNECT)).map_err(|e| match e.0 {
-        // No CONNECT was typed: what TARGET takes (probe 160).
-        "CONNECT needs host:port" => NO_PORT.to_owned(),
-        other => other.to_string(),
-    })
+    Ok(raw)
 }
 
 /// What explain says of a target without a port or scheme.
@@ -131,11 +141,10 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     })?;
     let authority_form = !target.contains("://");
     let https = target.split_once("://").is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("https"));
-    let (target, implied) = parse_target(target)?;
-    let method = match method {
-        // As sent: methods are case-sensitive, and the proxy matches a
-        // rule's `GET` against `GET` only.
-        Some(m) => {
+    // As sent: methods are case-sensitive, and the proxy matches a rule's
+    // `GET` against `GET` only.
+    let given = method
+        .map(|m| {
             Method::from_bytes(m.as_bytes()).map_err(|_| {
                 // (Not echoed with an `@` in it: a pasted password; probe 102.)
                 let m = if m.contains('@') {
@@ -144,18 +153,22 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
                     format!("`{}`", shown(m))
                 };
                 format!("{m} is not an HTTP method")
-            })?
-        }
-        None => implied,
-    };
+            })
+        })
+        .transpose()?;
     // host:port is CONNECT's form only: any other method with it (`connect`
-    // included: methods are case-sensitive) is not a proxy request.
-    if authority_form && method != Method::CONNECT {
+    // included: methods are case-sensitive) is not a proxy request, once
+    // hyper has read it, whatever its host and port (`GET host:0` was told
+    // "bad port", CONNECT's fault; probe 158).
+    if let Some(m) = given.as_ref().filter(|m| authority_form && **m != Method::CONNECT) {
+        readable_authority(target)?;
         return Err(format!(
             "`{}` with host:port: only CONNECT takes that form; the proxy answers 400 not_a_proxy_request",
-            shown(method.as_str())
+            shown(m.as_str())
         ));
     }
+    let (target, implied) = parse_target(target)?;
+    let method = given.unwrap_or(implied);
     // An https:// URL with a method other than CONNECT is absolute-form
     // https://, forwarded on a TLS listener only: explained as ALLOWED on a
     // config without one, where the proxy answers 400 (probe 114).
