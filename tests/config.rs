@@ -1382,6 +1382,12 @@ fn a_user_without_a_password_is_named() {
     }
     let err = load_err(GOOD_CONFIG, "[users.\"caf\\u00e9\"]\ngroups = []\n");
     assert!(err.contains("users.toml:1:1: user `café`: missing field `password`"), "{err}");
+    // `users = { … }` at the top is the table of users, not a user `users`
+    // (probe 158); a comment after `[users]` changes nothing.
+    let err = load_err(GOOD_CONFIG, "users = { \"dave\\u003aS3cret\" = { groups = [] } }\n");
+    assert!(!err.contains("user `users`") && !err.contains("S3cret"), "{err}");
+    let err = load_err(GOOD_CONFIG, "[users] # all of them\ncarol = { groups = [] }\n");
+    assert!(err.contains("users.toml:2:9: user `carol`: missing field `password`"), "{err}");
 }
 
 /// An allow rule without any condition allows every request: refused at

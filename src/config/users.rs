@@ -133,11 +133,17 @@ pub(crate) fn invisible(c: char) -> bool {
 /// (the name as TOML reads it: unquoted, its escapes decoded, so that
 /// `"alice\u003aS3cret"` is seen to hold a `:`; it was shown as typed,
 /// probe 155).
-fn user_at(line: &str) -> Option<String> {
+fn user_at(line: &str, header: Option<&str>) -> Option<String> {
     let line = line.trim();
     let key = match line.strip_prefix("[users.") {
         Some(rest) => rest.strip_suffix(']')?,
-        None => line.split_once('=').filter(|(_, v)| v.trim_start().starts_with('{'))?.0,
+        // `NAME = {` names a user in `[users]` only: at the top,
+        // `users = { … }` is the table of users (it was blamed on a user
+        // `users`; probe 158).
+        None if header.is_some_and(|h| h.split('#').next().map(str::trim) == Some("[users]")) => {
+            line.split_once('=').filter(|(_, v)| v.trim_start().starts_with('{'))?.0
+        }
+        None => return None,
     };
     // One key, not a dotted one: a table of one integer.
     let read: toml::Table = toml::from_str(&format!("{} = 0", key.trim())).ok()?;
@@ -165,7 +171,7 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
                 // Which user lacks it: the problem points at the user's
                 // table (`[users.bob]`, `bob = { … }`), unnamed (probe 100).
                 if p.message.starts_with("missing field")
-                    && let Some(name) = line.and_then(user_at)
+                    && let Some(name) = line.and_then(|l| user_at(l, header))
                     && !may_hold_a_password(&name)
                 {
                     p.message =
