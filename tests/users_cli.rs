@@ -626,7 +626,8 @@ fn commands_on_a_missing_user_are_refused() {
     let err = empty.refused(&["remove", "x"], None);
     assert!(err.contains("does not exist"), "{err}");
     let err = empty.refused(&["list"], None);
-    assert!(err.contains("does not exist (`authgate users add` creates it)"), "{err}");
+    let add = format!("`authgate --config {} users add` creates it", empty.config().display());
+    assert!(err.contains(&format!("does not exist ({add})")), "{err}");
     // Nor its folder: `add` does not create that, and says so (it said
     // "cannot open the folder to lock it: file not found"; probe 139).
     let config = empty.config();
@@ -897,10 +898,11 @@ fn byte_order_marks_are_kept_and_suggested_commands_quote_names() {
     let out = d.run(&["import-htpasswd", ht.to_str().unwrap()], None);
     assert_eq!(out.code, Some(1), "{out:?}");
     assert!(out.stdout.contains("imported 1 user(s)") && out.stdout.contains("first"), "{out:?}");
-    assert!(out.stderr.contains("authgate users add 'x;touch$(id)'"), "{}", out.stderr);
-    assert!(out.stderr.contains(r"authgate users add 'it'\''s'"), "{}", out.stderr);
+    let users = format!("authgate --config {} users", d.config().display());
+    assert!(out.stderr.contains(&format!("{users} add 'x;touch$(id)'")), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!(r"{users} add 'it'\''s'")), "{}", out.stderr);
     // A name that starts with `-` comes after `--` (probe 119).
-    assert!(out.stderr.contains("authgate users add -- -rf`"), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("{users} add -- -rf`")), "{}", out.stderr);
     assert!(out.stdout.contains("(bcrypt entries are verified as a legacy scheme"), "{out:?}");
     // An import of argon2 entries only says nothing of bcrypt.
     std::fs::write(&ht, format!("second:{H}\n")).unwrap();
@@ -928,7 +930,8 @@ fn import_htpasswd_takes_bcrypt_as_is_and_refuses_other_schemes() {
             .find(|l| l.contains(&format!("user `{user}`")))
             .unwrap_or_else(|| panic!("{user}: {err:?}"));
         assert!(line.contains(scheme) && line.contains("cannot be imported"), "{line}");
-        assert!(line.contains(&format!("authgate users add {user}")), "{line}");
+        assert!(line.contains(&format!("users add {user}")), "{line}");
+        assert!(line.contains(&format!("`authgate --config {} users add", d.config().display())), "{line}");
         assert!(!line.contains('$') && !line.contains("{SHA}5en"), "a hash in a message: {line}");
     }
     let alice = err.iter().find(|l| l.contains("user `alice`")).unwrap();
