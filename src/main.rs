@@ -29,7 +29,13 @@ enum Command {
     /// Run the proxy (the default).
     Run,
     /// Validate the config and users file; print `ok` or every problem.
-    Check,
+    Check {
+        /// Also refuse (exit 1) what a reload refuses in place of a running
+        /// configuration that denies by default and has users: for a
+        /// service manager's reload step.
+        #[arg(long)]
+        reload: bool,
+    },
     /// Read a password and print its argon2id PHC string.
     HashPassword,
     /// Explain whether USER may reach TARGET and why (exit 0 allowed, 1 denied, 2 error).
@@ -57,7 +63,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(&cli.config),
-        Command::Check => check(&cli.config),
+        Command::Check { reload } => check(&cli.config, reload),
         Command::HashPassword => hash_password(&cli.config),
         Command::Explain { user, method, target } => explain(&cli.config, &user, method.as_deref(), &target),
         Command::Users { action } => users(&cli.config, action),
@@ -210,7 +216,7 @@ fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
     }
 }
 
-fn check(config: &Path) -> ExitCode {
+fn check(config: &Path, reload: bool) -> ExitCode {
     match authgate::config::load(config) {
         Ok(snap) => {
             // Warnings, not errors: the proxy starts with them.
@@ -221,8 +227,18 @@ fn check(config: &Path) -> ExitCode {
             for line in snap.users.hash_warnings(|_| true) {
                 err_line(format_args!("authgate: warning: {users_file}: {line}"));
             }
-            for line in authgate::config::reload_caveats(&snap) {
+            for line in authgate::config::rule_hints(&snap) {
                 err_line(format_args!("authgate: warning: {line}"));
+            }
+            // With `--reload`, errors: `systemctl reload` ran a `check` that
+            // said ok, then a reload that failed (probe 162).
+            let refusals = authgate::config::reload_refusals(&snap);
+            let kind = if reload { "" } else { "warning: " };
+            for line in &refusals {
+                err_line(format_args!("authgate: {kind}{line}"));
+            }
+            if reload && !refusals.is_empty() {
+                return ExitCode::FAILURE;
             }
             emit(&format!("ok: {}\n", snap.summary()), ExitCode::SUCCESS)
         }

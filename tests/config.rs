@@ -281,7 +281,7 @@ fn a_listener_that_cannot_be_bound_is_told_why() {
     let dir = TempDir::new();
     dir.write("users.toml", good_users());
     for (listen, says) in [
-        (taken.to_string(), format!("authgate: cannot listen on {taken}: the address is in use (another process listens on it)")),
+        (taken.to_string(), format!("authgate: cannot listen on {taken}: the address is in use (by a listener, or by a connection with it as its local port)")),
         (
             "192.0.2.1:3128".to_owned(),
             "authgate: cannot listen on 192.0.2.1:3128: no network interface of this machine has that address"
@@ -1318,6 +1318,17 @@ fn a_missing_default_is_told_with_the_other_problems_and_check_warns_of_it() {
         warned.contains("authgate: warning: ") && warned.contains("[policy] default is missing"),
         "{warned}"
     );
+    // `check --reload`, a service manager's reload step, refuses it: with
+    // the warning alone, `systemctl reload` went on to a reload that
+    // failed and reported success (probe 162).
+    let out = authgate_bin(&["check", "--reload", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).starts_with("authgate: ") && !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "", "no `ok`");
     dir.write("users.toml", "# none yet\n");
     let out = authgate_bin(&["check", "--config", &config_arg(&dir.write("authgate.toml", &deny))], None);
     let warned = text(&out.stderr);

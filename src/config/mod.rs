@@ -349,14 +349,13 @@ const MISSING_DEFAULT: &str = "[policy] default is missing, and missing means \"
      configuration denies by default: a reload does not open the proxy by omission (the file may be half \
      written); write `default = \"deny\"` back, or `default = \"allow\"` to mean it";
 
-/// What `authgate check` warns of in a configuration that loads: rules
-/// naming groups or users the users file does not have, and what a reload
-/// refuses in place of a running configuration that has users and denies
-/// by default. `check` said `ok` of such a file, and a
-/// `systemctl reload` that runs it first went on to a reload that failed
-/// (probe 160).
-pub fn reload_caveats(snap: &Snapshot) -> Vec<String> {
-    let mut caveats = Vec::new();
+/// What a reload refuses in place of a running configuration that has
+/// users and denies by default: a config without `[policy] default`, a
+/// users file with no users and no `[users]` table. `check` warns of them
+/// (it said `ok`, and a `systemctl reload` that runs it first went on to a
+/// reload that failed; probe 160), and refuses them with `--reload`.
+pub fn reload_refusals(snap: &Snapshot) -> Vec<String> {
+    let mut refusals = Vec::new();
     let said = |path: &Path, key: &str| {
         read(path).ok().and_then(|s| s.parse::<toml_edit::DocumentMut>().ok()).map(|d| match key {
             "policy.default" => d.get("policy").and_then(|p| p.get("default")).is_some(),
@@ -364,38 +363,44 @@ pub fn reload_caveats(snap: &Snapshot) -> Vec<String> {
         })
     };
     if snap.policy.default == Action::Allow && said(&snap.config_path, "policy.default") == Some(false) {
-        caveats.push(format!(
+        refusals.push(format!(
             "{}: [policy] default is missing, so it is \"allow\"; a reload refuses this file in place of a \
              configuration that denies by default (write `default = \"allow\"` to mean it)",
             shown_path(&snap.config_path)
         ));
     }
-    // A rule naming a group or user the users file has not never matches
-    // (`groups = ["staf"]` was `ok`; probe 160).
+    if snap.users.is_empty() && said(&snap.auth.users_file, "users") == Some(false) {
+        refusals.push(format!(
+            "{}: no users and no [users] table: every login gets 407, and a reload refuses this file in \
+             place of one that has users (write `[users]` to mean it)",
+            shown_path(&snap.auth.users_file)
+        ));
+    }
+    refusals
+}
+
+/// What `authgate check` warns of in the rules: a group no user is in, a
+/// user the users file has not. Such a rule matches nobody (`groups =
+/// ["staf"]` was `ok`; probe 160).
+pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
+    let mut hints = Vec::new();
     for rule in &snap.policy.rules {
         for group in rule.groups.iter().flatten().filter(|g| !snap.users.iter().any(|u| u.in_group(g))) {
-            caveats.push(format!(
+            hints.push(format!(
                 "rule `{}`: no user in {} is in group `{group}`, so the rule matches nobody yet",
                 rule.name,
                 shown_path(&snap.auth.users_file)
             ));
         }
         for user in rule.users.iter().flatten().filter(|u| snap.users.get(u).is_none()) {
-            caveats.push(format!(
+            hints.push(format!(
                 "rule `{}`: no user `{user}` in {}, so it matches nobody yet",
                 rule.name,
                 shown_path(&snap.auth.users_file)
             ));
         }
     }
-    if snap.users.is_empty() && said(&snap.auth.users_file, "users") == Some(false) {
-        caveats.push(format!(
-            "{}: no users and no [users] table: every login gets 407, and a reload refuses this file in \
-             place of one that has users (write `[users]` to mean it)",
-            shown_path(&snap.auth.users_file)
-        ));
-    }
-    caveats
+    hints
 }
 
 /// The TLS listeners of `new` whose certificate has expired and is not the

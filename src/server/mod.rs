@@ -108,7 +108,11 @@ impl From<TcpListener> for Listener {
 /// what is wrong (probe 160).
 fn bind_reason(e: &std::io::Error) -> String {
     match e.kind() {
-        std::io::ErrorKind::AddrInUse => "the address is in use (another process listens on it)".to_owned(),
+        // (Not only by a listener: a connection of this machine's with it
+        // as its local port holds it too; probe 162.)
+        std::io::ErrorKind::AddrInUse => {
+            "the address is in use (by a listener, or by a connection with it as its local port)".to_owned()
+        }
         std::io::ErrorKind::AddrNotAvailable => {
             "no network interface of this machine has that address".to_owned()
         }
