@@ -115,7 +115,7 @@ async fn a_renewed_certificate_file_is_served_without_a_signal() {
 async fn an_expired_certificate_does_not_replace_the_one_in_use() {
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("proxy-v1");
-    let proxy = spawn_full(&ca, &leaf, "").await;
+    let proxy = spawn_full(&ca, &leaf, "[policy]\ndefault = \"deny\"\n").await;
     let expired = ca.leaf_dated("proxy-expired", 2020, 2021);
     proxy.dir.write("proxy-cert.pem", format!("{}{}", expired.cert_pem, ca.cert_pem));
     proxy.dir.write("proxy-key.pem", &expired.key_pem);
@@ -130,6 +130,23 @@ async fn an_expired_certificate_does_not_replace_the_one_in_use() {
             && err.contains("the certificate in use, which keeps serving"),
         "{err}"
     );
+    // A file that also lost its `[policy] default` is told of both at once
+    // (it was told the second only once the certificate was renewed;
+    // probe 161).
+    let config = proxy.dir.path().join("authgate.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    proxy.dir.write("authgate.toml", text.replace("default = \"deny\"", ""));
+    let state = proxy.state.clone();
+    let err = tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .expect_err("an expired certificate must not load")
+        .to_string();
+    assert!(
+        err.contains("the certificate expired on") && err.contains("[policy] default is missing"),
+        "{err}"
+    );
+    proxy.dir.write("authgate.toml", &text);
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     // `check` on the same files: a warning, and `ok`.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))

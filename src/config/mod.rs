@@ -330,14 +330,26 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
             return Err(e);
         }
     };
-    let expired = expired_replacements(&new, running);
+    let says_default = doc.as_ref().and_then(|d| d.get("policy")?.get("default")).is_some();
+    let opens =
+        running.policy.default == Action::Deny && new.policy.default == Action::Allow && !says_default;
+    let mut expired = expired_replacements(&new, running);
     if !expired.is_empty() {
+        // Told with the expired certificate, not after it is renewed
+        // (probe 161).
+        if opens {
+            expired.push(Problem {
+                file: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: MISSING_DEFAULT.to_owned(),
+            });
+        }
         // Watched until fixed, as the files of any refused configuration.
         let named = new.watched().into_iter().zip(new.files_as_read.iter().cloned()).skip(1).collect();
         return Err(ConfigError { problems: expired, named });
     }
-    let says_default = doc.as_ref().and_then(|d| d.get("policy")?.get("default")).is_some();
-    if running.policy.default == Action::Deny && new.policy.default == Action::Allow && !says_default {
+    if opens {
         return refuse(MISSING_DEFAULT);
     }
     Ok(new)
