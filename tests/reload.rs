@@ -1860,7 +1860,23 @@ fn listeners_in_another_order_need_no_restart() {
     );
     // (The TLS listener's `listen` line, then one more, its closing quote cut off.)
     let pp = load("\"127.0.0.1:3128\", \"[::1]:3128\"", "127.0.0.1:3129\"\nproxy_protocol = true\n#\"");
-    assert_eq!(start.differences(&pp), ["proxy_protocol"]);
+    assert_eq!(start.differences(&pp), ["server.tls proxy_protocol"]);
+    // A listener that expects a PROXY header moved to another port: its
+    // address changed, not the setting (both were named; probe 161).
+    let moved = load("\"127.0.0.1:3128\", \"[::1]:3128\"", "127.0.0.1:3130\"\nproxy_protocol = true\n#\"");
+    assert_eq!(pp.differences(&moved), ["server.tls listen"]);
+    let plain = |listen: &str, pp: &str| {
+        let path = dir.write(
+            "authgate.toml",
+            format!(
+                "[server]\nlisten = [{listen}]\nproxy_protocol = {pp}\n[auth]\nusers_file = \"users.toml\"\n"
+            ),
+        );
+        StartOnly::of(&authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")))
+    };
+    let on = plain("\"127.0.0.1:3128\"", "true");
+    assert_eq!(on.differences(&plain("\"127.0.0.1:3130\"", "true")), ["server.listen"]);
+    assert_eq!(on.differences(&plain("\"127.0.0.1:3128\"", "false")), ["server.proxy_protocol"]);
 }
 
 /// Reloaded `[limits]` apply to tunnels opened afterwards; a tunnel opened

@@ -127,8 +127,10 @@ pub struct StartOnly {
     listen: Vec<SocketAddr>,
     /// The TLS listeners' addresses, sorted.
     tls_listen: Vec<SocketAddr>,
-    /// The listeners that expect a PROXY header (address, TLS), sorted.
-    proxy_protocol: Vec<(SocketAddr, bool)>,
+    /// The plain listeners that expect a PROXY header, sorted.
+    proxy_protocol: Vec<SocketAddr>,
+    /// The TLS listeners that expect a PROXY header, sorted.
+    tls_proxy_protocol: Vec<SocketAddr>,
     worker_threads: usize,
     verify_threads: usize,
     max_pending: usize,
@@ -146,15 +148,15 @@ impl StartOnly {
             v.sort_unstable();
             v
         };
-        let plain =
-            s.server.listen.iter().filter(|a| s.server.proxy_protocol.contains(a)).map(|a| (*a, false));
-        let tls = s.server.tls.iter().filter(|t| t.proxy_protocol).map(|t| (t.listen, true));
-        let mut proxy_protocol: Vec<_> = plain.chain(tls).collect();
-        proxy_protocol.sort_unstable();
         StartOnly {
             listen: sorted(s.server.listen.clone()),
             tls_listen: sorted(s.server.tls.iter().map(|t| t.listen).collect()),
-            proxy_protocol,
+            proxy_protocol: sorted(
+                s.server.listen.iter().filter(|a| s.server.proxy_protocol.contains(a)).copied().collect(),
+            ),
+            tls_proxy_protocol: sorted(
+                s.server.tls.iter().filter(|t| t.proxy_protocol).map(|t| t.listen).collect(),
+            ),
             worker_threads: s.server.worker_threads,
             verify_threads: s.auth.verify_threads,
             max_pending: s.auth.max_pending,
@@ -167,12 +169,36 @@ impl StartOnly {
 
     /// The names of the settings that differ in `other`, as the config
     /// file spells them (the listeners' three were named together whichever
-    /// changed; probe 160).
+    /// changed; probe 160). A listener's PROXY header setting differs when
+    /// it does on an address both have: a listener moved to another port
+    /// is a change of its address alone (it was named a `proxy_protocol`
+    /// change too; probe 161).
     pub fn differences(&self, other: &StartOnly) -> Vec<&'static str> {
+        // Whether `a` and `b`, the PROXY listeners of `listen_a` and of
+        // `listen_b`, differ on an address both listen on.
+        let flags_differ =
+            |a: &[SocketAddr], listen_a: &[SocketAddr], b: &[SocketAddr], listen_b: &[SocketAddr]| {
+                listen_a
+                    .iter()
+                    .filter(|addr| listen_b.contains(addr))
+                    .any(|addr| a.contains(addr) != b.contains(addr))
+            };
         [
             ("server.listen", self.listen != other.listen),
             ("server.tls listen", self.tls_listen != other.tls_listen),
-            ("proxy_protocol", self.proxy_protocol != other.proxy_protocol),
+            (
+                "server.proxy_protocol",
+                flags_differ(&self.proxy_protocol, &self.listen, &other.proxy_protocol, &other.listen),
+            ),
+            (
+                "server.tls proxy_protocol",
+                flags_differ(
+                    &self.tls_proxy_protocol,
+                    &self.tls_listen,
+                    &other.tls_proxy_protocol,
+                    &other.tls_listen,
+                ),
+            ),
             ("server.worker_threads", self.worker_threads != other.worker_threads),
             ("auth.verify_threads", self.verify_threads != other.verify_threads),
             ("auth.max_pending", self.max_pending != other.max_pending),
