@@ -1599,9 +1599,12 @@ fn sighup_reloads_the_real_binary() {
     assert!(failed.contains(" problem=\"") && failed.ends_with('"'), "{failed}");
     let problems = log.lines().filter(|l| l.contains("stays in effect problem=")).count();
     assert_eq!(problems, 1 + 100, "{log}");
-    // The check to run names the config (probe 160).
+    // The check to run names the config (probe 160), as a shell reads it
+    // (probe 161).
     assert!(
-        log.lines().any(|l| l.contains("more_problems=50") && l.contains("check=\"authgate check --config ")),
+        log.lines().any(|l| l.contains("more_problems=50")
+            && l.contains("check=\"authgate --config /")
+            && l.ends_with(" check\"")),
         "{log}"
     );
     assert!(out.status.success(), "SIGTERM exits 0: {:?}", out.status);

@@ -524,6 +524,60 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     }
 }
 
+/// The commands messages suggest run as they are shown, with the config
+/// given, whatever its path: one that begins with `-` is glued to
+/// `--config=` (apart, it read as an option), one with a tab is in `$'…'`
+/// (it was in single quotes, the tab raw; probe 161). Each suggestion is
+/// run in bash as printed.
+#[test]
+fn suggested_commands_run_as_shown_for_any_config_path() {
+    let d = Dir::new(Some(&fixture()));
+    for (folder, config) in [("", "-a.toml"), ("t\tb", "t\tb/a.toml")] {
+        std::fs::create_dir_all(d.path.join(folder)).unwrap();
+        std::fs::copy(d.config(), d.path.join(config)).unwrap();
+        std::fs::write(d.path.join(folder).join("users.toml"), fixture()).unwrap();
+        // Runs `text` (one line of shell) in the folder, `authgate` being
+        // the binary under test.
+        let bash = |text: &str, stdin: &str| {
+            let mut c = Command::new("bash");
+            c.current_dir(&d.path)
+                .arg("-c")
+                .arg(format!("authgate() {{ \"$AUTHGATE\" \"$@\"; }}\n{text}"))
+                .env("AUTHGATE", env!("CARGO_BIN_EXE_authgate"));
+            Dir::run_command(c, Some(stdin))
+        };
+        let mut add = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        add.current_dir(&d.path).arg(format!("--config={config}")).args([
+            "users",
+            "add",
+            "alice",
+            "--password-stdin",
+        ]);
+        let out = Dir::run_command(add, Some("pw\n"));
+        assert_eq!(out.code, Some(1), "{out:?}");
+        let suggested = out.stderr.split('`').find(|s| s.contains(" passwd "));
+        let suggested = suggested.unwrap_or_else(|| panic!("{out:?}"));
+        assert!(suggested.ends_with(" users passwd alice"), "{suggested}");
+        let ran = bash(&format!("{suggested} --password-stdin"), "pw2\n");
+        assert_eq!(ran.code, Some(0), "{suggested}: {ran:?}");
+        let users = std::fs::read_to_string(d.path.join(folder).join("users.toml")).unwrap();
+        assert_ne!(users, fixture(), "{suggested} changed another file");
+        // A users file with a password that is no hash: the hint to make one.
+        std::fs::write(d.path.join(folder).join("users.toml"), "[users.zed]\npassword = \"x\"\n").unwrap();
+        let mut check = Command::new(env!("CARGO_BIN_EXE_authgate"));
+        check.current_dir(&d.path).arg(format!("--config={config}")).arg("check");
+        let out = Dir::run_command(check, None);
+        let hint = out.stderr.split("make one with `").nth(1).and_then(|s| s.split('`').next());
+        let hint = hint.unwrap_or_else(|| panic!("{out:?}"));
+        assert!(hint.ends_with(" hash-password"), "{hint}");
+        let ran = bash(hint, "pw3\n");
+        assert_eq!(ran.code, Some(0), "{hint}: {ran:?}");
+        assert!(
+            ran.stdout.starts_with("$argon2id$v=19$m=8,t=1,p=1$"),
+            "{hint} did not use the config: {ran:?}"
+        );
+    }
+}
 /// A password typed as an argument (`hash-password S3cret`, `users add
 /// alice S3cret`, `--password-stdin=S3cret`, `-- -S3cret`) is not echoed
 /// in the usage error, which clap quoted; a mistyped flag or subcommand
@@ -832,7 +886,7 @@ fn a_kill_during_the_command_leaves_the_file_intact() {
     assert!(!status.success());
     drop(stdin);
     assert_eq!(d.read(), fixture());
-    assert!(authgate::config::parse_users(&d.users(), &d.read()).is_ok());
+    assert!(authgate::config::parse_users(&d.users(), &d.read(), &d.config()).is_ok());
 }
 
 /// SIGKILL at many points of a run that writes: the users file is always
@@ -858,7 +912,7 @@ fn kills_at_any_point_leave_the_old_or_the_new_file() {
         let _ = child.kill();
         let _ = child.wait();
         let after = d.read();
-        let users = authgate::config::parse_users(&d.users(), &after)
+        let users = authgate::config::parse_users(&d.users(), &after, &d.config())
             .unwrap_or_else(|e| panic!("run {i}: {e}\n{after}"));
         if after != before {
             let (removed, _) = diff(&before, &after);

@@ -49,6 +49,57 @@ pub fn shown_path(path: &Path) -> String {
     shown(&path.to_string_lossy()).into_owned()
 }
 
+/// `authgate SUB` for a message to suggest, with `--config` when `config`
+/// is not the default one: a command suggested without it acts on another
+/// configuration (probe 160). A path that begins with `-` is glued to the
+/// option (`--config=-a.toml`: apart, it would be read as an option; probe
+/// 161).
+pub fn command(config: &Path, sub: &str) -> String {
+    if config == Path::new(super::DEFAULT_PATH) {
+        format!("authgate {sub}")
+    } else {
+        let path = config.to_string_lossy();
+        let glue = if path.starts_with('-') { "=" } else { " " };
+        format!("authgate --config{glue}{} {sub}", shell_word(&path))
+    }
+}
+
+/// `text` as one word for a POSIX shell: as it is when it holds only
+/// characters no shell reads specially; in single quotes otherwise; in
+/// `$'…'` (POSIX.1-2024, bash, zsh, ksh) when it holds a control character,
+/// written as the `\x` escapes of its bytes (a tab or a line end in single
+/// quotes reached the terminal raw, or escaped by [`shown`] into another
+/// name; probe 161).
+pub fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
+    let raw = |c: char| c.is_control() || crate::telemetry::hidden(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_owned()
+    } else if text.chars().any(raw) {
+        let mut out = String::from("$'");
+        for c in text.chars() {
+            match c {
+                '\\' | '\'' => {
+                    out.push('\\');
+                    out.push(c);
+                }
+                // Its UTF-8 bytes: `\u` depends on the locale (bash in the C
+                // locale kept `\u202E` as text).
+                c if raw(c) => {
+                    for b in c.encode_utf8(&mut [0; 4]).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        out.push('\'');
+        out
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 /// Text of several lines for a terminal: as [`shown`], but its line ends
 /// are kept.
 pub fn shown_lines(text: &str) -> Cow<'_, str> {
@@ -356,6 +407,22 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
 mod tests {
     use super::*;
 
+    /// Each word as bash reads it back (`printf %s WORD`) is the text.
+    #[test]
+    fn a_shell_word_is_read_back_as_the_text() {
+        for text in
+            ["a.toml", "my config.toml", "it's", "t\tb", "a'\n\\b", "\u{202e}x", "\u{e0041}", "-x", ""]
+        {
+            let word = shell_word(text);
+            let out = std::process::Command::new("bash").arg("-c").arg(format!("printf %s {word}")).output();
+            let out = out.map(|o| o.stdout).unwrap_or_default();
+            assert_eq!(String::from_utf8_lossy(&out), text, "{word}");
+            assert!(!word.chars().any(|c| c.is_control()), "{word}");
+        }
+        assert_eq!(command(Path::new(crate::config::DEFAULT_PATH), "check"), "authgate check");
+        assert_eq!(command(Path::new("-a.toml"), "check"), "authgate --config=-a.toml check");
+    }
+
     #[test]
     fn a_collector_places_problems_as_line_col_does() {
         for source in ["a = 1\n\nb = \"é€\"\n  c = [\n1]\nlast", "\u{feff}a = 1\nb"] {
@@ -412,7 +479,7 @@ mod tests {
                 Err(problems) => problems,
                 Ok(_) => panic!("accepted {ch:?}"),
             };
-            let (_, users) = crate::config::users::parse(Path::new("u.toml"), &source);
+            let (_, users) = crate::config::users::parse(Path::new("u.toml"), &source, Path::new("a.toml"));
             for p in config.iter().chain(&users) {
                 let want = format!("control character U+{:04X} is not allowed here", u32::from(ch));
                 assert!(p.message.starts_with(&want), "{ch:?} {source:?}: {p:?}");

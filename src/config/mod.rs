@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use error::escaped;
-pub use error::{ConfigError, Problem, line_col, shown, shown_lines, shown_path};
+pub use error::{ConfigError, Problem, command, line_col, shell_word, shown, shown_lines, shown_path};
 
 /// The config file read when `--config` is not given.
 pub const DEFAULT_PATH: &str = "config/authgate.toml";
@@ -483,7 +483,7 @@ fn load_source(
     others.extend(settings.unusable.iter().cloned());
     let files_as_read: Vec<file::Stamp> =
         std::iter::once(config_as_read).chain(others.iter().skip(1).map(|f| file::stamp(f))).collect();
-    let (users, p) = read_users(&settings.auth, running);
+    let (users, p) = read_users(&settings.auth, path, running);
     problems.extend(p);
     // Refused, the config still says which files to watch for a fix.
     let named = |problems: ConfigError| ConfigError {
@@ -516,13 +516,14 @@ fn load_source(
 
 /// The users file `auth` names on its own, under those settings: a reload
 /// whose config file has errors still applies it (a revocation must not
-/// wait for a typo elsewhere). `running` are the users in effect.
+/// wait for a typo elsewhere). `running` are the users in effect; `config`
+/// is the config file in effect, for the commands messages suggest.
 ///
 /// # Errors
 /// Every problem in the users file, and an unfinished one (see
 /// `read_users`).
-pub fn load_users(auth: &Auth, running: &UserStore) -> Result<UserStore, ConfigError> {
-    let (users, problems) = read_users(auth, Some(running));
+pub fn load_users(auth: &Auth, config: &Path, running: &UserStore) -> Result<UserStore, ConfigError> {
+    let (users, problems) = read_users(auth, config, Some(running));
     if !problems.is_empty() {
         return Err(ConfigError::new(problems));
     }
@@ -537,7 +538,11 @@ pub fn load_users(auth: &Auth, running: &UserStore) -> Result<UserStore, ConfigE
 /// problem too: loaded, it locked every user out and closed every
 /// connection and tunnel, until the write ended. A file that means it says
 /// `[users]`, as `authgate users remove` writes for the last user.
-fn read_users(auth: &Auth, running: Option<&UserStore>) -> (Vec<crate::auth::store::User>, Vec<Problem>) {
+fn read_users(
+    auth: &Auth,
+    config: &Path,
+    running: Option<&UserStore>,
+) -> (Vec<crate::auth::store::User>, Vec<Problem>) {
     // `users_file = ""`, a problem of the config already.
     if auth.users_file.as_os_str().is_empty() {
         return (Vec::new(), Vec::new());
@@ -546,7 +551,7 @@ fn read_users(auth: &Auth, running: Option<&UserStore>) -> (Vec<crate::auth::sto
         Ok(src) => src,
         Err(e) => return (Vec::new(), e.problems),
     };
-    let (users, mut problems) = users::parse(&auth.users_file, &src);
+    let (users, mut problems) = users::parse(&auth.users_file, &src, config);
     // (Parsed again only when it holds no user: a small file.)
     let unfinished = || src.parse::<toml_edit::DocumentMut>().is_ok_and(|d| !d.contains_key("users"));
     if users.is_empty() && problems.is_empty() && running.is_some_and(|r| !r.is_empty()) && unfinished() {
@@ -767,12 +772,14 @@ fn collect_headers(table: &toml_edit::Table, root: bool, under_auth: bool, out: 
     }
 }
 
-/// Parses a users file on its own (for `users list` and checks after an edit).
+/// Parses a users file on its own (for `users list` and checks after an
+/// edit); `config` is the config file that names it, for the commands its
+/// messages suggest.
 ///
 /// # Errors
 /// Every problem in the file, with line:col.
-pub fn parse_users(path: &Path, source: &str) -> Result<Vec<crate::auth::User>, ConfigError> {
-    let (users, problems) = users::parse(path, source);
+pub fn parse_users(path: &Path, source: &str, config: &Path) -> Result<Vec<crate::auth::User>, ConfigError> {
+    let (users, problems) = users::parse(path, source, config);
     if problems.is_empty() { Ok(users) } else { Err(ConfigError::new(problems)) }
 }
 

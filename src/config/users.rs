@@ -153,7 +153,9 @@ fn user_at(line: &str, header: Option<&str>) -> Option<String> {
 }
 
 /// Parses the users file; returns the valid users and every problem.
-pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
+/// `config` is the config file that names it, for the commands messages
+/// suggest.
+pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Problem>) {
     let mut c = Collector::new(path, source);
     if c.too_heavy() {
         return (Vec::new(), c.problems);
@@ -219,7 +221,10 @@ pub fn parse(path: &Path, source: &str) -> (Vec<User>, Vec<Problem>) {
             Err(m) => {
                 c.at(
                     user.password.span(),
-                    format!("user `{shown}`: password: {m}; make one with `authgate hash-password`"),
+                    format!(
+                        "user `{shown}`: password: {m}; make one with `{}`",
+                        super::command(config, "hash-password")
+                    ),
                 );
                 None
             }
@@ -519,7 +524,11 @@ mod tests {
             ("[users.a.password]\nx = 1".into(), "invalid type: a table, expected a string"),
             ("password = [[1], [2]]".into(), "invalid type: an array, expected a string"),
         ] {
-            let (_, problems) = parse(Path::new("users.toml"), &format!("[users.a]\n{body}\n"));
+            let (_, problems) = parse(
+                Path::new("users.toml"),
+                &format!("[users.a]\n{body}\n"),
+                Path::new(super::super::DEFAULT_PATH),
+            );
             let shown: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
             assert_eq!(shown, [said], "{body}");
         }
@@ -528,7 +537,7 @@ mod tests {
     #[test]
     fn a_value_under_the_wrong_key_is_not_quoted_in_the_problem() {
         let source = "[users.alice]\npassword = \"$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\"\ndisabled = \"s3cr3t \\\" pw\"\n";
-        let (users, problems) = parse(Path::new("users.toml"), source);
+        let (users, problems) = parse(Path::new("users.toml"), source, Path::new(super::super::DEFAULT_PATH));
         assert!(users.is_empty());
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(problems.len(), 1, "{shown:?}");
@@ -541,7 +550,11 @@ mod tests {
 
     #[test]
     fn a_password_of_digits_typed_without_quotes_is_not_shown() {
-        let (users, problems) = parse(Path::new("users.toml"), "[users.bob]\npassword = 31415926\n");
+        let (users, problems) = parse(
+            Path::new("users.toml"),
+            "[users.bob]\npassword = 31415926\n",
+            Path::new(super::super::DEFAULT_PATH),
+        );
         assert!(users.is_empty());
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(!shown.is_empty() && shown.iter().all(|p| !p.contains("31415926")), "{shown:?}");
@@ -606,7 +619,8 @@ mod tests {
                 "in a table whose name is not shown",
             ),
         ] {
-            let (users, problems) = parse(Path::new("users.toml"), &body);
+            let (users, problems) =
+                parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
             assert!(users.is_empty());
             let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
             assert_eq!(shown.len(), 1, "{shown:?}");
@@ -626,7 +640,7 @@ mod tests {
                 "duplicate key `bob` in table `users`",
             ),
         ] {
-            let (_, problems) = parse(Path::new("users.toml"), &body);
+            let (_, problems) = parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
             let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
             assert!(shown.iter().any(|p| p.contains(said)), "{body}: {shown:?}");
         }
@@ -668,7 +682,8 @@ mod tests {
                 .collect::<String>()
         };
         let common = |costs: &[&str]| {
-            let (users, problems) = parse(Path::new("users.toml"), &file(costs));
+            let (users, problems) =
+                parse(Path::new("users.toml"), &file(costs), Path::new(super::super::DEFAULT_PATH));
             assert!(problems.is_empty(), "{problems:?}");
             match common_costs(&users).unwrap() {
                 Costs::Argon2 { m, t, p } => (m, t, p),
@@ -694,7 +709,8 @@ mod tests {
                 .enumerate()
                 .map(|(i, h)| format!("[users.u{i}]\npassword = \"{h}\"\n"))
                 .collect();
-            let (users, problems) = parse(Path::new("users.toml"), &file);
+            let (users, problems) =
+                parse(Path::new("users.toml"), &file, Path::new(super::super::DEFAULT_PATH));
             assert!(problems.is_empty(), "{problems:?}");
             common_costs(&users).unwrap()
         };
@@ -715,7 +731,7 @@ mod tests {
     #[test]
     fn a_users_groups_are_kept_once_each_in_order() {
         let src = "[users.a]\npassword = \"$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\"\ngroups = [\"b\", \"caf\\u00e9\", \"a\", \"b\", \"cafe\\u0301\"]\n";
-        let (users, problems) = parse(Path::new("users.toml"), src);
+        let (users, problems) = parse(Path::new("users.toml"), src, Path::new(super::super::DEFAULT_PATH));
         assert!(problems.is_empty(), "{problems:?}");
         let groups: Vec<&str> = users[0].groups.iter().map(|g| &**g).collect();
         assert_eq!(groups, ["b", "caf\u{e9}", "a"]);

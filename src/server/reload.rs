@@ -286,7 +286,7 @@ fn log_problems(e: &ConfigError, config: &std::path::Path) {
         );
     }
     if let Some(more) = e.problems.len().checked_sub(MAX_LOGGED_PROBLEMS).filter(|n| *n > 0) {
-        let check = format!("authgate check --config {}", config::shown_path(config));
+        let check = config::command(config, "check");
         tracing::error!(
             more_problems = more,
             check = &*check,
@@ -301,7 +301,7 @@ fn log_problems(e: &ConfigError, config: &std::path::Path) {
 /// typo sits in the config file (the reload's ERROR unread) would otherwise
 /// leave that user in until someone fixes the typo.
 fn users_alone(state: &State, old: &Arc<Snapshot>) {
-    let users = match config::load_users(&old.auth, &old.users) {
+    let users = match config::load_users(&old.auth, &old.config_path, &old.users) {
         Ok(u) => u,
         Err(e) => {
             log_problems(&e, &old.config_path);

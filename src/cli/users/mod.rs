@@ -35,7 +35,9 @@ use write::*;
 
 use crate::auth::basic::nfc;
 use crate::auth::store::{StoredHash, User};
-use crate::config::{Auth, ConfigError, auth_settings, check_name, parse_users, refused_name, shown_path};
+use crate::config::{
+    Auth, ConfigError, auth_settings, check_name, parse_users, refused_name, shell_word, shown_path,
+};
 
 /// The `authgate users` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -154,7 +156,7 @@ fn refused(msg: impl Into<String>) -> UsersError {
 /// Anything that stopped the command; the users file is then unchanged.
 pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
     let settings = auth_settings(config).map_err(UsersError::Invalid)?;
-    let mut outcome = run_with(&settings.auth, action, &users_command(config))?;
+    let mut outcome = run_with(&settings.auth, action, config)?;
     let mut warnings = config_warnings(config, &settings.elsewhere);
     warnings.append(&mut outcome.warnings);
     outcome.warnings = warnings;
@@ -177,20 +179,8 @@ pub fn config_warnings(config: &Path, elsewhere: &[crate::config::Problem]) -> V
     lines
 }
 
-/// `authgate users`, with the `--config` the command was given: a command
-/// suggested without it acts on another configuration's users file, the
-/// demo one in a checkout (probe 160).
-fn users_command(config: &Path) -> String {
-    if config == Path::new(crate::config::DEFAULT_PATH) {
-        "authgate users".to_owned()
-    } else {
-        format!("authgate --config {} users", shell_word(&config.to_string_lossy()))
-    }
-}
-
-fn run_with(auth: &Auth, action: Action, cmd: &str) -> Result<Outcome, UsersError> {
-    let mut file = UsersFile::read(&auth.users_file)?;
-    file.cmd = cmd.to_owned();
+fn run_with(auth: &Auth, action: Action, config: &Path) -> Result<Outcome, UsersError> {
+    let mut file = UsersFile::read(&auth.users_file, config)?;
     match action {
         Action::List => {
             file.require_file()?;
@@ -259,13 +249,15 @@ struct UsersFile {
     original: Option<String>,
     users: Vec<User>,
     doc: DocumentMut,
-    /// `authgate users` as this command was run (see [`users_command`]),
-    /// for the commands messages suggest.
+    /// `authgate users` as this command was run (see
+    /// [`crate::config::command`]), for the commands messages suggest.
     cmd: String,
+    /// The config file the command was given.
+    config: PathBuf,
 }
 
 impl UsersFile {
-    fn read(path: &Path) -> Result<UsersFile, UsersError> {
+    fn read(path: &Path, config: &Path) -> Result<UsersFile, UsersError> {
         let io_err = |what| move |source| UsersError::Io { path: path.to_path_buf(), what, source };
         let real = written_at(path).map_err(io_err("cannot follow the symlink"))?;
         let text = match crate::config::file::read_file(&real) {
@@ -278,16 +270,25 @@ impl UsersFile {
                     original: None,
                     users: Vec::new(),
                     doc: DocumentMut::new(),
-                    cmd: String::new(),
+                    cmd: crate::config::command(config, "users"),
+                    config: config.to_path_buf(),
                 });
             }
             Err(e) => return Err(io_err("cannot read")(e)),
         };
-        let users = parse_users(path, &text).map_err(UsersError::Invalid)?;
+        let users = parse_users(path, &text, config).map_err(UsersError::Invalid)?;
         let doc = text
             .parse::<DocumentMut>()
             .map_err(|e| refused(format!("{}: {}", shown_path(path), e.message())))?;
-        Ok(UsersFile { path: path.to_path_buf(), real, original: Some(text), users, doc, cmd: String::new() })
+        Ok(UsersFile {
+            path: path.to_path_buf(),
+            real,
+            original: Some(text),
+            users,
+            doc,
+            cmd: crate::config::command(config, "users"),
+            config: config.to_path_buf(),
+        })
     }
 
     /// The document to edit, taken out of the file (not copied: at the
@@ -358,7 +359,7 @@ impl UsersFile {
                 shown_path(&self.path)
             )));
         }
-        if let Err(e) = parse_users(&self.path, &text) {
+        if let Err(e) = parse_users(&self.path, &text, &self.config) {
             return Err(refused(format!(
                 "internal error: the edit would make the users file invalid; nothing written ({})",
                 e.to_string().replace('\n', "; ")
@@ -521,17 +522,6 @@ fn password_from_stdin() -> Result<String, UsersError> {
 pub(super) fn name_arg(name: &str) -> String {
     let word = shell_word(name);
     if name.starts_with('-') { format!("-- {word}") } else { word }
-}
-
-/// `text` as one word for a POSIX shell: as it is when it holds only
-/// characters no shell reads specially, in single quotes otherwise.
-fn shell_word(text: &str) -> String {
-    let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
-    if !text.is_empty() && text.chars().all(plain) {
-        text.to_owned()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
 }
 
 /// `t` as the TOML date-time written for it: UTC, with its fraction of a
