@@ -1101,6 +1101,12 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     dir.write("cert.pem", &leaf.cert_pem);
     dir.write("key.pem", &leaf.key_pem);
     dir.write("empty.pem", "");
+    std::fs::write(dir.path().join("cert.der"), &leaf.der).unwrap();
+    let key_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap()
+    };
+    std::fs::write(dir.path().join("key.der"), key_der.secret_der()).unwrap();
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1120,15 +1126,25 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         // read private key: no items found"; probe 160).
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{cert}\"\n"),
-            "cert.pem: no private key found (it holds a certificate: are `cert` and `key` the wrong way round?)",
+            "cert.pem: no private key found (it holds a certificate: is this the `cert` file?)",
         ),
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{key}\"\nkey = \"{key}\"\n"),
-            "key.pem: no certificate found (it holds a private key: are `cert` and `key` the wrong way round?)",
+            "key.pem: no certificate found (it holds a private key: is this the `key` file?)",
         ),
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"empty.pem\"\n"),
             "empty.pem: no private key found (the file is empty)",
+        ),
+        // DER files: told so, with the command that makes PEM of them (they
+        // were "no certificate found"; probe 161).
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.der\"\nkey = \"{key}\"\n"),
+            "cert.der: no certificate found (it is binary DER, not PEM: `openssl x509 -inform DER",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"key.der\"\n"),
+            "key.der: no private key found (it is binary DER, not PEM: `openssl pkey -inform DER",
         ),
     ] {
         let path = dir.write("authgate.toml", &config);

@@ -91,7 +91,7 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         return Err(in_cert(format!(
             "{}: no certificate found{}",
             cert.display(),
-            holds_instead(&cert_pem, b"PRIVATE KEY-----", "a private key")
+            holds_instead(&cert_pem, b"PRIVATE KEY-----", "a private key: is this the `key` file?", "x509")
         )));
     }
     // rustls reads the first certificate only; the others went out unread,
@@ -107,13 +107,20 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
 }
 
 /// What a PEM file without what it was read for holds instead, for the
-/// message: nothing, or `other` (found by `marker`), the other file of the
-/// pair, `cert` and `key` given the wrong way round.
-fn holds_instead(pem: &[u8], marker: &[u8], other: &str) -> String {
+/// message: nothing; `other` (found by `marker`), the other file of the
+/// pair; or DER, which `openssl {tool}` writes as PEM. (A file of the pair
+/// named for both was told "the wrong way round", and a DER file nothing;
+/// probe 161.)
+fn holds_instead(pem: &[u8], marker: &[u8], other: &str, tool: &str) -> String {
     if pem.iter().all(u8::is_ascii_whitespace) {
         " (the file is empty)".to_owned()
     } else if pem.windows(marker.len()).any(|w| w == marker) {
-        format!(" (it holds {other}: are `cert` and `key` the wrong way round?)")
+        format!(" (it holds {other})")
+    } else if pem.first() == Some(&0x30) && !pem.is_ascii() {
+        // A DER SEQUENCE: a certificate or a key in binary form.
+        format!(
+            " (it is binary DER, not PEM: `openssl {tool} -inform DER -in FILE -out FILE.pem` writes it as PEM)"
+        )
     } else {
         String::new()
     }
@@ -143,7 +150,12 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
             format!(
                 "{}: no private key found{}",
                 key.display(),
-                holds_instead(&key_pem, b"-----BEGIN CERTIFICATE-----", "a certificate")
+                holds_instead(
+                    &key_pem,
+                    b"-----BEGIN CERTIFICATE-----",
+                    "a certificate: is this the `cert` file?",
+                    "pkey"
+                )
             )
         } else {
             format!("{}: cannot read private key: {e}", key.display())
