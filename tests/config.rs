@@ -710,7 +710,10 @@ fn proxy_protocol_names_all_plain_listeners_or_some() {
     );
     let err = load_err(&format!("{listen}proxy_protocol = [\"balancer\"]\n{tail}"), &users);
     assert!(
-        err.contains("server.proxy_protocol: `balancer` is not an address:port of server.listen"),
+        err.contains(
+            "server.proxy_protocol: `balancer` is not an IP address and port (it has no port; host names are not \
+             taken; write an entry of server.listen)"
+        ),
         "{err}"
     );
     let err = load_err(&format!("{listen}proxy_protocol = \"yes\"\n{tail}"), &users);
@@ -1291,6 +1294,35 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
             && err.contains("host names are not taken"),
         "{err}"
     );
+    // Each listener setting says what is wrong with its value (the TLS and
+    // admin ones said "not an address:port", a bad port was told host names
+    // are not taken; probe 161).
+    for (value, why) in [
+        ("localhost:3128", "host names are not taken"),
+        ("127.0.0.1:99999", "its port is no number from 0 to 65535"),
+        ("127.0.0.1", "it has no port"),
+        ("[::1]", "it has no port"),
+        ("::1:3128", "an IPv6 address and port are written in brackets"),
+        ("fe80::1:x", "its port is no number"),
+        ("proxy", "it has no port; host names are not taken"),
+    ] {
+        for (setting, config) in [
+            ("server.listen", GOOD_CONFIG.replace("\"127.0.0.1:3128\"", &format!("\"{value}\""))),
+            (
+                "server.tls.listen",
+                format!(
+                    "{GOOD_CONFIG}\n[[server.tls]]\nlisten = \"{value}\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n"
+                ),
+            ),
+            ("admin.listen", format!("{GOOD_CONFIG}\n[admin]\nlisten = \"{value}\"\n")),
+        ] {
+            let err = load_err(&config, &good_users());
+            assert!(
+                err.contains(&format!("{setting}: `{value}` is not an IP address and port ({why}")),
+                "{err}"
+            );
+        }
+    }
     // A date-time in quotes is told to drop them.
     let err = load_err(GOOD_CONFIG, &good_users().replace("disabled = false", "expires = \"2027-01-01\""));
     assert!(err.contains("expected a date-time (written without quotes: 2027-03-31)"), "{err}");

@@ -179,11 +179,20 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             }
             match item.get_ref().trim().parse::<SocketAddr>() {
                 Ok(a) if s.server.listen.iter().any(|b| overlap(a, *b)) => {
-                    c.at(item.span(), format!("server.listen: {a} is listed twice (or overlaps another entry)"));
+                    c.at(
+                        item.span(),
+                        format!("server.listen: {a} is listed twice (or overlaps another entry)"),
+                    );
                 }
                 Ok(a) => s.server.listen.push(a),
-                // (A host name was told it is no address:port; probe 160.)
-                Err(_) => c.at(item.span(), format!("server.listen: {} is not an IP address and port (e.g. \"127.0.0.1:3128\", \"0.0.0.0:3128\" or \"[::1]:3128\"; host names are not taken)", quoted(item.get_ref()))),
+                Err(_) => c.at(
+                    item.span(),
+                    not_an_address(
+                        "server.listen",
+                        item.get_ref(),
+                        "e.g. \"127.0.0.1:3128\", \"0.0.0.0:3128\" or \"[::1]:3128\"",
+                    ),
+                ),
             }
         }
     }
@@ -231,9 +240,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                         ),
                         Err(_) => c.at(
                             item.span(),
-                            format!(
-                                "server.proxy_protocol: {} is not an address:port of server.listen",
-                                quoted(item.get_ref())
+                            not_an_address(
+                                "server.proxy_protocol",
+                                item.get_ref(),
+                                "write an entry of server.listen",
                             ),
                         ),
                     }
@@ -267,7 +277,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         let t = t.get_ref();
         let listen = t.listen.get_ref().trim().parse::<SocketAddr>();
         if listen.is_err() {
-            c.at(t.listen.span(), "server.tls.listen: not an address:port (e.g. \"0.0.0.0:3129\")");
+            c.at(
+                t.listen.span(),
+                not_an_address("server.tls.listen", t.listen.get_ref(), "e.g. \"0.0.0.0:3129\""),
+            );
         }
         let cert = base.join(t.cert.get_ref());
         let key = base.join(t.key.get_ref());
@@ -537,7 +550,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 c.at(a.span(), "admin.listen: must not be a proxy listener's address")
             }
             Ok(addr) => s.admin = Some(addr),
-            Err(_) => c.at(a.span(), "admin.listen: not an address:port (e.g. \"127.0.0.1:9090\")"),
+            Err(_) => c.at(a.span(), not_an_address("admin.listen", a.get_ref(), "e.g. \"127.0.0.1:9090\"")),
         }
     }
     if let Some(p) = raw.metrics.per_user {
@@ -693,6 +706,31 @@ const MAX_LISTENERS: usize = 256;
 /// takes every IPv4 address, `[::]` every address). `check` said ok to
 /// `admin.listen = "0.0.0.0:P"` beside `listen = ["127.0.0.1:P"]`, and the
 /// start then failed with "Address already in use". Port 0 never clashes.
+/// Why `text`, the value of the listener setting `setting`, is not an IP
+/// address and port, with `example` (what to write): a host name, a port that is no number
+/// to 65535, an address without its port, an IPv6 address without
+/// brackets. (One wording each setting had, and a host name, a bad port
+/// and a missing one got the same; probes 160, 161.)
+fn not_an_address(setting: &str, text: &str, example: &str) -> String {
+    let text = text.trim();
+    let why = match text.rsplit_once(':') {
+        _ if text.parse::<std::net::Ipv6Addr>().is_ok() => {
+            "an IPv6 address and port are written in brackets, `[::1]:3128`"
+        }
+        _ if text.is_empty() => "it is empty",
+        _ if text.parse::<IpAddr>().is_ok() || text.starts_with('[') && text.ends_with(']') => {
+            "it has no port"
+        }
+        None => "it has no port; host names are not taken",
+        Some((_, port)) if port.parse::<u16>().is_err() => "its port is no number from 0 to 65535",
+        Some((host, _)) if host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() => {
+            "an IPv6 address is written in brackets"
+        }
+        Some(_) => "host names are not taken",
+    };
+    format!("{setting}: {} is not an IP address and port ({why}; {example})", quoted(text))
+}
+
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() == 0 || a.port() != b.port() {
         return false;
