@@ -1326,6 +1326,27 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
     // A date-time in quotes is told to drop them.
     let err = load_err(GOOD_CONFIG, &good_users().replace("disabled = false", "expires = \"2027-01-01\""));
     assert!(err.contains("expected a date-time (written without quotes: 2027-03-31)"), "{err}");
+    // A value of the wrong type names its user and key, and only a string
+    // is told to drop quotes (probe 161).
+    for (wrong, says) in [
+        (
+            "expires = 5",
+            "user `alice`: expires: invalid type: an integer, expected a date-time (such as 2027-03-31)",
+        ),
+        (
+            "expires = { }",
+            "user `alice`: expires: invalid type: a table, expected a date-time (such as 2027-03-31)",
+        ),
+        ("expires = {a = 1}", "user `alice`: expires: invalid type: a table, expected a date-time"),
+        ("disabled = \"no\"", "user `alice`: disabled: invalid type: a string, expected a boolean"),
+    ] {
+        let err = load_err(GOOD_CONFIG, &good_users().replace("disabled = false", wrong));
+        assert!(err.contains(says), "{wrong}: {err}");
+    }
+    // (A value on a line below its key.)
+    let users = good_users().replace("groups = [\"staff\"]", "groups = [\n  \"a\",\n  1,\n]");
+    let err = load_err(GOOD_CONFIG, &users);
+    assert!(err.contains("user `alice`: groups: invalid type: an integer, expected a string"), "{err}");
 }
 
 /// `users_file = ""` is one problem, at its place: the default users file,

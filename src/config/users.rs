@@ -179,6 +179,16 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
                     p.message =
                         format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
                 }
+                // A value of the wrong type: whose and which (it named
+                // neither; probe 161).
+                if let Some(line) = line {
+                    // From the table's header (or the file's start) to the
+                    // value.
+                    let table = lines.iter().rposition(|l| l.trim_start().starts_with('[')).unwrap_or(0);
+                    let mut before = lines[table..lines.len() - 1].join("\n");
+                    before.extend(line.chars().take(p.col.saturating_sub(1)));
+                    p.message = typed_value_problem(&p.message, &before, line, header);
+                }
             }
             return (Vec::new(), c.problems);
         }
@@ -380,6 +390,42 @@ fn without_secret_keys(message: &str, line: Option<&str>, header: Option<&str>) 
     without_keys(message, line, header, near_a_name)
 }
 
+/// A users file problem about a value, `before` the text of its table up
+/// to the value, `line` the value's line, in the table of `header`: a type
+/// error is told with the user and the key (``user `alice`: expires:
+/// invalid type: …``), a date-time is told to drop its quotes only when it
+/// has them, and a table where a date-time belongs is not toml's "expected
+/// field with custom name" (it named neither user nor key; probe 161).
+fn typed_value_problem(message: &str, before: &str, line: &str, header: Option<&str>) -> String {
+    let message = match message {
+        // (toml's words for a table there, with keys or without.)
+        "expected field with custom name" | "datetime key not found" => {
+            "invalid type: a table, expected a date-time (such as 2027-03-31)".to_owned()
+        }
+        m if m.starts_with("invalid type: a string") => m.to_owned(),
+        m if m.starts_with("invalid type: ") => {
+            m.replace("(written without quotes: 2027-03-31)", "(such as 2027-03-31)")
+        }
+        m => return m.to_owned(),
+    };
+    // The last `KEY =` before it (a problem in an array or a table is
+    // placed inside it, maybe lines below).
+    const KEYS: [&str; 4] = ["password", "groups", "disabled", "expires"];
+    let assigned = |k: &str| {
+        let at = before.rfind(k)?;
+        before[at + k.len()..].trim_start().starts_with('=').then_some(at)
+    };
+    let Some(key) = KEYS.iter().filter_map(|k| Some((assigned(k)?, *k))).max().map(|(_, k)| k) else {
+        return message;
+    };
+    // The user: the inline table on this line, or the table header's.
+    let user = user_at(line, header).or_else(|| header.and_then(|h| user_at(h, None)));
+    match user.filter(|name| !may_hold_a_password(name)) {
+        Some(name) => format!("user `{}`: {key}: {message}", crate::telemetry::sanitize_username(&name)),
+        None => format!("{key}: {message}"),
+    }
+}
+
 /// `message` with the keys it quotes (and the tables it names) left out
 /// unless `shown` says a key may be shown (or, in the users file, it is a
 /// user's name); see [`without_secret_keys`].
@@ -530,7 +576,8 @@ mod tests {
                 Path::new(super::super::DEFAULT_PATH),
             );
             let shown: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
-            assert_eq!(shown, [said], "{body}");
+            // (After the user and key, where the value is named.)
+            assert!(shown.len() == 1 && shown[0].ends_with(said), "{body}: {shown:?}");
         }
     }
 
@@ -543,7 +590,9 @@ mod tests {
         assert_eq!(problems.len(), 1, "{shown:?}");
         assert!(!shown[0].contains("s3cr3t") && !shown[0].contains(" pw"), "{shown:?}");
         assert!(
-            shown[0].contains("users.toml:3:12: invalid type: a string, expected a boolean"),
+            shown[0].contains(
+                "users.toml:3:12: user `alice`: disabled: invalid type: a string, expected a boolean"
+            ),
             "{shown:?}"
         );
     }
@@ -559,7 +608,9 @@ mod tests {
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(!shown.is_empty() && shown.iter().all(|p| !p.contains("31415926")), "{shown:?}");
         assert!(
-            shown[0].contains("users.toml:2:12: invalid type: an integer, expected a string"),
+            shown[0].contains(
+                "users.toml:2:12: user `bob`: password: invalid type: an integer, expected a string"
+            ),
             "{shown:?}"
         );
     }
