@@ -1477,6 +1477,14 @@ fn a_user_without_a_password_is_named() {
     assert!(!err.contains("user `users`") && !err.contains("S3cret"), "{err}");
     let err = load_err(GOOD_CONFIG, "[users] # all of them\ncarol = { groups = [] }\n");
     assert!(err.contains("users.toml:2:9: user `carol`: missing field `password`"), "{err}");
+    // Headers as TOML reads them, spaces and quotes and all (only
+    // `[users.NAME]` and `[users]` as written so were seen; probe 161).
+    let err = load_err(GOOD_CONFIG, "[ users . bob ]\ngroups = []\n");
+    assert!(err.contains("users.toml:1:1: user `bob`: missing field `password`"), "{err}");
+    let err = load_err(GOOD_CONFIG, "[\"users\"]\ncarol = { groups = [] }\n");
+    assert!(err.contains("users.toml:2:9: user `carol`: missing field `password`"), "{err}");
+    let err = load_err(GOOD_CONFIG, "[ users ]\ncarol = { groups = [], disabled = 1 }\n");
+    assert!(err.contains("user `carol`: disabled: invalid type: an integer, expected a boolean"), "{err}");
 }
 
 /// An allow rule without any condition allows every request: refused at

@@ -132,24 +132,40 @@ pub(crate) fn invisible(c: char) -> bool {
 /// The user whose table starts on `line`: `[users.NAME]` or `NAME = {`
 /// (the name as TOML reads it: unquoted, its escapes decoded, so that
 /// `"alice\u003aS3cret"` is seen to hold a `:`; it was shown as typed,
-/// probe 155).
+/// probe 155). A header is read as TOML reads it, spaces and quotes
+/// included (`[ users . alice ]`, `["users"]` were not seen; probe 161).
 fn user_at(line: &str, header: Option<&str>) -> Option<String> {
-    let line = line.trim();
-    let key = match line.strip_prefix("[users.") {
-        Some(rest) => rest.strip_suffix(']')?,
-        // `NAME = {` names a user in `[users]` only: at the top,
-        // `users = { … }` is the table of users (it was blamed on a user
-        // `users`; probe 158).
-        None if header.is_some_and(|h| h.split('#').next().map(str::trim) == Some("[users]")) => {
-            line.split_once('=').filter(|(_, v)| v.trim_start().starts_with('{'))?.0
-        }
-        None => return None,
-    };
+    if let Some(mut path) = table_path(line) {
+        return (path.len() == 2 && path[0] == "users").then(|| path.pop()).flatten();
+    }
+    // `NAME = {` names a user in `[users]` only: at the top, `users = { … }`
+    // is the table of users (it was blamed on a user `users`; probe 158).
+    if header.and_then(table_path).is_none_or(|p| p != ["users"]) {
+        return None;
+    }
+    let key = line.split_once('=').filter(|(_, v)| v.trim_start().starts_with('{'))?.0;
     // One key, not a dotted one: a table of one integer.
     let read: toml::Table = toml::from_str(&format!("{} = 0", key.trim())).ok()?;
     let one = read.len() == 1;
     let (name, value) = read.into_iter().next()?;
     (one && value.is_integer() && !name.is_empty()).then_some(name)
+}
+
+/// The keys of the table header `line` (`[a."b c"]` is `a`, `b c`), as
+/// TOML reads them; `None` for a line that is no `[table]` header.
+fn table_path(line: &str) -> Option<Vec<String>> {
+    let line = line.trim_start();
+    if !line.starts_with('[') || line.starts_with("[[") {
+        return None;
+    }
+    let mut table: toml::Table = toml::from_str(line).ok()?;
+    let mut path = Vec::new();
+    while table.len() == 1 {
+        let Some((key, toml::Value::Table(inner))) = table.into_iter().next() else { return None };
+        path.push(key);
+        table = inner;
+    }
+    (table.is_empty() && !path.is_empty()).then_some(path)
 }
 
 /// Parses the users file; returns the valid users and every problem.
@@ -466,7 +482,7 @@ pub(super) fn without_keys(
     let user_name = table == Some("users")
         && line.map(str::trim_start).is_some_and(|l| {
             l.strip_prefix("[users.").and_then(|r| r.strip_prefix(key)).is_some_and(|r| r.starts_with(']'))
-                || (header == Some("[users]")
+                || (header.and_then(table_path).is_some_and(|p| p == ["users"])
                     && l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')))
         });
     // A table's name is keys too: beyond `users` and the user's name, or
