@@ -161,9 +161,12 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     // hyper has read it, whatever its host and port (`GET host:0` was told
     // "bad port", CONNECT's fault; probe 158).
     if let Some(m) = given.as_ref().filter(|m| authority_form && **m != Method::CONNECT) {
-        readable_authority(target)?;
+        let raw = readable_authority(target)?;
+        // (`GET 127.0.0.1` was told "with host:port"; probe 161.)
+        let form = if parse_authority(&raw).is_ok() { "host:port" } else { "a host and no scheme" };
         return Err(format!(
-            "`{}` with host:port: only CONNECT takes that form; the proxy answers 400 not_a_proxy_request",
+            "`{}` with {form}: only CONNECT takes a target that is no URL; the proxy answers 400 \
+             not_a_proxy_request",
             shown(m.as_str())
         ));
     }
