@@ -1110,6 +1110,7 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap()
     };
     std::fs::write(dir.path().join("key.der"), key_der.secret_der()).unwrap();
+    std::fs::write(dir.path().join("junk.der"), [0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x03, 0xff]).unwrap();
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1143,11 +1144,25 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         // were "no certificate found"; probe 161).
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.der\"\nkey = \"{key}\"\n"),
-            "cert.der: no certificate found (it is binary DER, not PEM: `openssl x509 -inform DER",
+            "cert.der: no certificate found (it is a certificate in binary DER, not PEM: `openssl x509 -inform DER",
         ),
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"key.der\"\n"),
-            "key.der: no private key found (it is binary DER, not PEM: `openssl pkey -inform DER",
+            "key.der: no private key found (it is a private key in binary DER, not PEM: `openssl pkey -inform DER",
+        ),
+        // A DER file of the other kind is not told a command that fails on
+        // it, and other binary files no command at all (probe 164).
+        (
+            "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"key.der\"\nkey = \"cert.der\"\n".to_owned(),
+            "key.der: no certificate found (it is a private key in binary DER: is this the `key` file?)",
+        ),
+        (
+            "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"key.der\"\nkey = \"cert.der\"\n".to_owned(),
+            "cert.der: no private key found (it is a certificate in binary DER: is this the `cert` file?)",
+        ),
+        (
+            "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"junk.der\"\nkey = \"junk.der\"\n".to_owned(),
+            "junk.der: no certificate found (it is binary, not PEM text)",
         ),
     ] {
         let path = dir.write("authgate.toml", &config);

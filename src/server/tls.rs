@@ -91,7 +91,7 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         return Err(in_cert(format!(
             "{}: no certificate found{}",
             cert.display(),
-            holds_instead(&cert_pem, b"PRIVATE KEY-----", "a private key: is this the `key` file?", "x509")
+            holds_instead(&cert_pem, TlsFile::Cert)
         )));
     }
     // rustls reads the first certificate only; the others went out unread,
@@ -106,23 +106,38 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     Ok(chain)
 }
 
-/// What a PEM file without what it was read for holds instead, for the
-/// message: nothing; `other` (found by `marker`), the other file of the
-/// pair; or DER, which `openssl {tool}` writes as PEM. (A file of the pair
-/// named for both was told "the wrong way round", and a DER file nothing;
-/// probe 161.)
-fn holds_instead(pem: &[u8], marker: &[u8], other: &str, tool: &str) -> String {
-    if pem.iter().all(u8::is_ascii_whitespace) {
-        " (the file is empty)".to_owned()
-    } else if pem.windows(marker.len()).any(|w| w == marker) {
-        format!(" (it holds {other})")
-    } else if pem.first() == Some(&0x30) && !pem.is_ascii() {
-        // A DER SEQUENCE: a certificate or a key in binary form.
+/// What a file read for `want` that has none in PEM holds instead, for
+/// the message: nothing; the other file of the pair, in PEM or in binary
+/// DER; or `want` itself in DER, which an `openssl` command writes as PEM.
+/// (A file of the pair named for both was told "the wrong way round", and a
+/// DER file nothing, then an `openssl` command that fails on a DER file of
+/// the other kind; probes 161, 164.)
+fn holds_instead(bytes: &[u8], want: TlsFile) -> String {
+    let pem = |marker: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
+    let der_key = || PrivateKeyDer::try_from(bytes).is_ok_and(|k| ring::sign::any_supported_type(&k).is_ok());
+    let der_cert = || super::x509::is_certificate(bytes);
+    let convert = |tool: &str, what: &str| {
         format!(
-            " (it is binary DER, not PEM: `openssl {tool} -inform DER -in FILE -out FILE.pem` writes it as PEM)"
+            " (it is {what} in binary DER, not PEM: `openssl {tool} -inform DER -in FILE -out FILE.pem` writes \
+             it as PEM)"
         )
-    } else {
-        String::new()
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return " (the file is empty)".to_owned();
+    }
+    match want {
+        TlsFile::Cert if pem(b"PRIVATE KEY-----") => {
+            " (it holds a private key: is this the `key` file?)".into()
+        }
+        TlsFile::Cert if der_cert() => convert("x509", "a certificate"),
+        TlsFile::Cert if der_key() => " (it is a private key in binary DER: is this the `key` file?)".into(),
+        TlsFile::Key if pem(b"-----BEGIN CERTIFICATE-----") => {
+            " (it holds a certificate: is this the `cert` file?)".into()
+        }
+        TlsFile::Key if der_key() => convert("pkey", "a private key"),
+        TlsFile::Key if der_cert() => " (it is a certificate in binary DER: is this the `cert` file?)".into(),
+        _ if !bytes.is_ascii() => " (it is binary, not PEM text)".into(),
+        _ => String::new(),
     }
 }
 
@@ -150,12 +165,7 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
             format!(
                 "{}: no private key found{}",
                 key.display(),
-                holds_instead(
-                    &key_pem,
-                    b"-----BEGIN CERTIFICATE-----",
-                    "a certificate: is this the `cert` file?",
-                    "pkey"
-                )
+                holds_instead(&key_pem, TlsFile::Key)
             )
         } else {
             format!("{}: cannot read private key: {e}", key.display())
