@@ -532,7 +532,7 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
 #[test]
 fn suggested_commands_run_as_shown_for_any_config_path() {
     let d = Dir::new(Some(&fixture()));
-    for (folder, config) in [("", "-a.toml"), ("t\tb", "t\tb/a.toml")] {
+    for (folder, config) in [("", "-a.toml"), ("t\tb", "t\tb/a.toml"), ("\u{3164}", "\u{3164}/a.toml")] {
         std::fs::create_dir_all(d.path.join(folder)).unwrap();
         std::fs::copy(d.config(), d.path.join(config)).unwrap();
         std::fs::write(d.path.join(folder).join("users.toml"), fixture()).unwrap();

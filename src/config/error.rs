@@ -53,31 +53,53 @@ pub fn shown_path(path: &Path) -> String {
 /// is not the default one: a command suggested without it acts on another
 /// configuration (probe 160). A path that begins with `-` is glued to the
 /// option (`--config=-a.toml`: apart, it would be read as an option; probe
-/// 161).
+/// 161). The path is its bytes, whatever they are (one not UTF-8 was shown
+/// with U+FFFD in their place, another file; probe 164).
 pub fn command(config: &Path, sub: &str) -> String {
     if config == Path::new(super::DEFAULT_PATH) {
         format!("authgate {sub}")
     } else {
-        let path = config.to_string_lossy();
-        let glue = if path.starts_with('-') { "=" } else { " " };
-        format!("authgate --config{glue}{} {sub}", shell_word(&path))
+        let path = config.as_os_str().as_encoded_bytes();
+        let glue = if path.starts_with(b"-") { "=" } else { " " };
+        format!("authgate --config{glue}{} {sub}", shell_bytes(path))
     }
 }
 
-/// `text` as one word for a POSIX shell: as it is when it holds only
-/// characters no shell reads specially; in single quotes otherwise; in
-/// `$'…'` (POSIX.1-2024, bash, zsh, ksh) when it holds a control character,
-/// written as the `\x` escapes of its bytes (a tab or a line end in single
-/// quotes reached the terminal raw, or escaped by [`shown`] into another
-/// name; probe 161).
+/// `text` as one word for a POSIX shell (see [`shell_bytes`]).
 pub fn shell_word(text: &str) -> String {
-    let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
+    shell_bytes(text.as_bytes())
+}
+
+/// `bytes` as one word for a POSIX shell: as they are when they are
+/// characters no shell reads specially; in single quotes when they are
+/// text a terminal shows as it is; otherwise in `$'…'` (POSIX.1-2024, bash,
+/// zsh, ksh), each control or invisible character (as [`shown`] picks
+/// them) and each byte that is not UTF-8 written as `\x` escapes. (In
+/// single quotes, a tab or a line end reached the terminal raw or was
+/// escaped by [`shown`] into another name; an invisible letter, U+3164, was
+/// taken as plain; probes 161, 164.)
+fn shell_bytes(bytes: &[u8]) -> String {
     let raw = |c: char| c.is_control() || crate::telemetry::hidden(c);
-    if !text.is_empty() && text.chars().all(plain) {
-        text.to_owned()
-    } else if text.chars().any(raw) {
-        let mut out = String::from("$'");
-        for c in text.chars() {
+    let plain = |c: char| c.is_alphanumeric() || "-_.@+=%,/:".contains(c);
+    let text = std::str::from_utf8(bytes).ok();
+    match text {
+        Some(t) if !t.chars().any(raw) => {
+            return if !t.is_empty() && t.chars().all(plain) {
+                t.to_owned()
+            } else {
+                format!("'{}'", t.replace('\'', r"'\''"))
+            };
+        }
+        _ => {}
+    }
+    let mut out = String::from("$'");
+    let escape = |out: &mut String, bytes: &[u8]| {
+        for b in bytes {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    };
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
             match c {
                 '\\' | '\'' => {
                     out.push('\\');
@@ -85,19 +107,14 @@ pub fn shell_word(text: &str) -> String {
                 }
                 // Its UTF-8 bytes: `\u` depends on the locale (bash in the C
                 // locale kept `\u202E` as text).
-                c if raw(c) => {
-                    for b in c.encode_utf8(&mut [0; 4]).bytes() {
-                        out.push_str(&format!("\\x{b:02x}"));
-                    }
-                }
+                c if raw(c) => escape(&mut out, c.encode_utf8(&mut [0; 4]).as_bytes()),
                 c => out.push(c),
             }
         }
-        out.push('\'');
-        out
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
+        escape(&mut out, chunk.invalid());
     }
+    out.push('\'');
+    out
 }
 
 /// Text of several lines for a terminal: as [`shown`], but its line ends
@@ -410,17 +427,32 @@ mod tests {
     /// Each word as bash reads it back (`printf %s WORD`) is the text.
     #[test]
     fn a_shell_word_is_read_back_as_the_text() {
-        for text in
-            ["a.toml", "my config.toml", "it's", "t\tb", "a'\n\\b", "\u{202e}x", "\u{e0041}", "-x", ""]
-        {
-            let word = shell_word(text);
+        let texts: [&[u8]; 12] = [
+            b"a.toml",
+            b"my config.toml",
+            b"it's",
+            b"t\tb",
+            b"a'\n\\b",
+            "\u{202e}x".as_bytes(),
+            "\u{e0041}".as_bytes(),
+            "\u{3164}.toml".as_bytes(),
+            b"\xff\xfe.toml",
+            b"d\xffx/'a\t.toml",
+            b"-x",
+            b"",
+        ];
+        for text in texts {
+            let word = shell_bytes(text);
             let out = std::process::Command::new("bash").arg("-c").arg(format!("printf %s {word}")).output();
             let out = out.map(|o| o.stdout).unwrap_or_default();
-            assert_eq!(String::from_utf8_lossy(&out), text, "{word}");
-            assert!(!word.chars().any(|c| c.is_control()), "{word}");
+            assert_eq!(out, text, "{word}");
+            // What a terminal shows of it is what is typed.
+            assert_eq!(shown(&word), word, "{word}");
         }
         assert_eq!(command(Path::new(crate::config::DEFAULT_PATH), "check"), "authgate check");
         assert_eq!(command(Path::new("-a.toml"), "check"), "authgate --config=-a.toml check");
+        let bytes = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff.toml");
+        assert_eq!(command(Path::new(bytes), "check"), r"authgate --config $'\xff.toml' check");
     }
 
     #[test]
