@@ -1358,6 +1358,29 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
         let err = load_err(GOOD_CONFIG, &good_users().replace("disabled = false", wrong));
         assert!(err.contains(says), "{wrong}: {err}");
     }
+    // As TOML reads the file: not a `KEY =` in a comment or a string, nor
+    // a user named in a multi-line string (probe 164).
+    for (users, says) in [
+        (
+            good_users()
+                .replace("groups = [\"staff\"]", "groups = [\n  \"a\", # expires = 2027-01-01\n  1,\n]"),
+            "user `alice`: groups: invalid type: an integer, expected a string",
+        ),
+        (
+            good_users().replace("groups = [\"staff\"]", "groups = [\"password=x\", 2]"),
+            "user `alice`: groups: invalid type: an integer, expected a string",
+        ),
+        (
+            "[users.bob]\npassword = \"\"\"\n[users.alice]\n\"\"\"\nexpires = 5\n".to_owned(),
+            "user `bob`: expires: invalid type: an integer",
+        ),
+    ] {
+        let err = load_err(GOOD_CONFIG, &users);
+        assert!(err.contains(says), "{users}: {err}");
+    }
+    // Not named when not certain (`groups.x = 1` is placed at `groups`).
+    let err = load_err(GOOD_CONFIG, &good_users().replace("groups = [\"staff\"]", "groups.x = 1"));
+    assert!(err.contains("users.toml:3:1: invalid type: a table, expected an array"), "{err}");
     // (A value on a line below its key.)
     let users = good_users().replace("groups = [\"staff\"]", "groups = [\n  \"a\",\n  1,\n]");
     let err = load_err(GOOD_CONFIG, &users);

@@ -197,14 +197,8 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
                 }
                 // A value of the wrong type: whose and which (it named
                 // neither; probe 161).
-                if let Some(line) = line {
-                    // From the table's header (or the file's start) to the
-                    // value.
-                    let table = lines.iter().rposition(|l| l.trim_start().starts_with('[')).unwrap_or(0);
-                    let mut before = lines[table..lines.len() - 1].join("\n");
-                    before.extend(line.chars().take(p.col.saturating_sub(1)));
-                    p.message = typed_value_problem(&p.message, &before, line, header);
-                }
+                p.message =
+                    typed_value_problem(&p.message, e.span().and_then(|at| value_owner(source, at.start)));
             }
             return (Vec::new(), c.problems);
         }
@@ -406,13 +400,12 @@ fn without_secret_keys(message: &str, line: Option<&str>, header: Option<&str>) 
     without_keys(message, line, header, near_a_name)
 }
 
-/// A users file problem about a value, `before` the text of its table up
-/// to the value, `line` the value's line, in the table of `header`: a type
-/// error is told with the user and the key (``user `alice`: expires:
+/// A users file problem about a value, whose `owner` (user, key) is known
+/// or not: a type error is told with them (``user `alice`: expires:
 /// invalid type: …``), a date-time is told to drop its quotes only when it
 /// has them, and a table where a date-time belongs is not toml's "expected
 /// field with custom name" (it named neither user nor key; probe 161).
-fn typed_value_problem(message: &str, before: &str, line: &str, header: Option<&str>) -> String {
+fn typed_value_problem(message: &str, owner: Option<(String, &str)>) -> String {
     let message = match message {
         // (toml's words for a table there, with keys or without.)
         "expected field with custom name" | "datetime key not found" => {
@@ -424,22 +417,30 @@ fn typed_value_problem(message: &str, before: &str, line: &str, header: Option<&
         }
         m => return m.to_owned(),
     };
-    // The last `KEY =` before it (a problem in an array or a table is
-    // placed inside it, maybe lines below).
-    const KEYS: [&str; 4] = ["password", "groups", "disabled", "expires"];
-    let assigned = |k: &str| {
-        let at = before.rfind(k)?;
-        before[at + k.len()..].trim_start().starts_with('=').then_some(at)
-    };
-    let Some(key) = KEYS.iter().filter_map(|k| Some((assigned(k)?, *k))).max().map(|(_, k)| k) else {
-        return message;
-    };
-    // The user: the inline table on this line, or the table header's.
-    let user = user_at(line, header).or_else(|| header.and_then(|h| user_at(h, None)));
-    match user.filter(|name| !may_hold_a_password(name)) {
-        Some(name) => format!("user `{}`: {key}: {message}", crate::telemetry::sanitize_username(&name)),
-        None => format!("{key}: {message}"),
+    match owner {
+        Some((name, key)) if !may_hold_a_password(&name) => {
+            format!("user `{}`: {key}: {message}", crate::telemetry::sanitize_username(&name))
+        }
+        Some((_, key)) => format!("{key}: {message}"),
+        None => message,
     }
+}
+
+/// The user and the key of the value of the users file `source` that holds
+/// byte `at`, as TOML reads the file (a search of the text for `KEY =`
+/// found one in a comment, a string or a value, and a user in a multi-line
+/// string; probe 164). `None` unless it is certain.
+fn value_owner(source: &str, at: usize) -> Option<(String, &'static str)> {
+    const KEYS: [&str; 4] = ["password", "groups", "disabled", "expires"];
+    let doc = toml_edit::ImDocument::parse(source).ok()?;
+    let users = doc.get("users")?.as_table_like()?;
+    users.iter().find_map(|(name, user)| {
+        let user = user.as_table_like()?;
+        let key = KEYS
+            .into_iter()
+            .find(|k| user.get(k).and_then(toml_edit::Item::span).is_some_and(|s| s.contains(&at)))?;
+        Some((name.to_owned(), key))
+    })
 }
 
 /// `message` with the keys it quotes (and the tables it names) left out
