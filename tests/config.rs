@@ -1320,6 +1320,15 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
         ("::1:3128", "an IPv6 address and port are written in brackets"),
         ("fe80::1:x", "its port is no number"),
         ("proxy", "it has no port; host names are not taken"),
+        // (Each was given another reason; probe 164.)
+        ("127.0.0.1:+3128", "its port is no number from 0 to 65535"),
+        ("[127.0.0.1]:3128", "only an IPv6 address is written in brackets"),
+        ("[::1]:80]", "its port is no number"),
+        ("3128", "it has no address"),
+        (":3128", "it has no address"),
+        ("0:3128", "an IPv4 address is four numbers"),
+        ("[fe80::1%eth0]:3128", "zone ids (`%eth0`) are not taken"),
+        ("127.0.0.1 :3128", "it holds a space"),
     ] {
         for (setting, config) in [
             ("server.listen", GOOD_CONFIG.replace("\"127.0.0.1:3128\"", &format!("\"{value}\""))),

@@ -707,28 +707,75 @@ const MAX_LISTENERS: usize = 256;
 /// `admin.listen = "0.0.0.0:P"` beside `listen = ["127.0.0.1:P"]`, and the
 /// start then failed with "Address already in use". Port 0 never clashes.
 /// Why `text`, the value of the listener setting `setting`, is not an IP
-/// address and port, with `example` (what to write): a host name, a port that is no number
-/// to 65535, an address without its port, an IPv6 address without
-/// brackets. (One wording each setting had, and a host name, a bad port
-/// and a missing one got the same; probes 160, 161.)
+/// address and port, with `example` (what to write): a host name, a port
+/// that is no number to 65535, no port, no address, IPv6 without brackets,
+/// IPv4 in them, a zone id, a space. (One wording each setting had, and a
+/// host name, a bad port and a missing one got the same; probes 160, 161,
+/// 164.)
 fn not_an_address(setting: &str, text: &str, example: &str) -> String {
     let text = text.trim();
-    let why = match text.rsplit_once(':') {
-        _ if text.parse::<std::net::Ipv6Addr>().is_ok() => {
-            "an IPv6 address and port are written in brackets, `[::1]:3128`"
+    format!(
+        "{setting}: {} is not an IP address and port ({}; {example})",
+        quoted(text),
+        address_problem(text)
+    )
+}
+
+/// What is wrong with `text` as an IP address and port (see
+/// [`not_an_address`]).
+fn address_problem(text: &str) -> &'static str {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if text.is_empty() {
+        return "it is empty";
+    }
+    if text.contains(char::is_whitespace) {
+        return "it holds a space";
+    }
+    if text.contains('%') {
+        return "zone ids (`%eth0`) are not taken";
+    }
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return "an IPv6 address and port are written in brackets, `[::1]:3128`";
+    }
+    if text.parse::<IpAddr>().is_ok() {
+        return "it has no port";
+    }
+    if digits(text) {
+        return "it has no address: `0.0.0.0:PORT` is every IPv4 interface";
+    }
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let Some((host, after)) = rest.split_once(']') else { return "its `[` is not closed" };
+            if host.parse::<std::net::Ipv4Addr>().is_ok() {
+                return "only an IPv6 address is written in brackets";
+            }
+            match after.strip_prefix(':') {
+                None if after.is_empty() => return "it has no port",
+                None => return "text follows its `]`",
+                Some(port) => (host, port),
+            }
         }
-        _ if text.is_empty() => "it is empty",
-        _ if text.parse::<IpAddr>().is_ok() || text.starts_with('[') && text.ends_with(']') => {
-            "it has no port"
-        }
-        None => "it has no port; host names are not taken",
-        Some((_, port)) if port.parse::<u16>().is_err() => "its port is no number from 0 to 65535",
-        Some((host, _)) if host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() => {
-            "an IPv6 address is written in brackets"
-        }
-        Some(_) => "host names are not taken",
+        None => match text.rsplit_once(':') {
+            Some(pair) => pair,
+            None => return "it has no port; host names are not taken",
+        },
     };
-    format!("{setting}: {} is not an IP address and port ({why}; {example})", quoted(text))
+    if port.is_empty() {
+        return "it has no port";
+    }
+    if !digits(port) || port.parse::<u16>().is_err() {
+        return "its port is no number from 0 to 65535";
+    }
+    if host.is_empty() {
+        return "it has no address: `0.0.0.0:PORT` is every IPv4 interface";
+    }
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        return "an IPv6 address is written in brackets";
+    }
+    if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return "an IPv4 address is four numbers, `127.0.0.1`";
+    }
+    if host.parse::<IpAddr>().is_ok() { "it is not one as written" } else { "host names are not taken" }
 }
 
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
