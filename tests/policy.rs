@@ -963,11 +963,13 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     // 400, where explain said ALLOWED).
     let (code, _, err) = run(&["--user", USER, "--method", "connect", "127.0.0.1:80"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("`connect` with host:port: only CONNECT takes a target that is no URL"), "{err}");
-    // A host without a port is not called host:port (probe 161).
-    let (code, _, err) = run(&["--user", USER, "--method", "GET", "127.0.0.1"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("`GET` with a host and no scheme: only CONNECT takes"), "{err}");
+    assert!(err.contains("`connect` with a target that is no http:// URL: the proxy answers 400"), "{err}");
+    // Not told it is host:port when it is not (probes 161, 164).
+    for target in ["127.0.0.1", "/x", "*"] {
+        let (code, _, err) = run(&["--user", USER, "--method", "GET", target]);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("`GET` with a target that is no http:// URL"), "{target}: {err}");
+    }
     // Whatever its host and port, once hyper reads it (they were told
     // CONNECT's faults: "bad port"; probe 158).
     for (target, answer) in [

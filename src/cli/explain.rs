@@ -161,12 +161,12 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     // hyper has read it, whatever its host and port (`GET host:0` was told
     // "bad port", CONNECT's fault; probe 158).
     if let Some(m) = given.as_ref().filter(|m| authority_form && **m != Method::CONNECT) {
-        let raw = readable_authority(target)?;
-        // (`GET 127.0.0.1` was told "with host:port"; probe 161.)
-        let form = if parse_authority(&raw).is_ok() { "host:port" } else { "a host and no scheme" };
+        readable_authority(target)?;
+        // (Not told what form it has: `GET 127.0.0.1` was "with host:port",
+        // then `/x` "a host and no scheme"; probes 161, 164.)
         return Err(format!(
-            "`{}` with {form}: only CONNECT takes a target that is no URL; the proxy answers 400 \
-             not_a_proxy_request",
+            "`{}` with a target that is no http:// URL: the proxy answers 400 not_a_proxy_request (only \
+             CONNECT takes host:port)",
             shown(m.as_str())
         ));
     }
