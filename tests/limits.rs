@@ -146,6 +146,16 @@ async fn an_expired_certificate_does_not_replace_the_one_in_use() {
         err.contains("the certificate expired on") && err.contains("[policy] default is missing"),
         "{err}"
     );
+    // And beside any other problem of the file (it was told once the others
+    // were fixed; probe 164).
+    proxy.dir.write("authgate.toml", format!("{text}[limits]\nidle_timeout = \"forever\"\n"));
+    let state = proxy.state.clone();
+    let err = tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .expect_err("a bad duration must not load")
+        .to_string();
+    assert!(err.contains("the certificate expired on") && err.contains("idle_timeout"), "{err}");
     proxy.dir.write("authgate.toml", &text);
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     // `check` on the same files: a warning, and `ok`.

@@ -327,6 +327,12 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
                     message: MISSING_DEFAULT.to_owned(),
                 });
             }
+            // And an expired certificate that would replace one in use,
+            // read from the files the text names (it was told once the
+            // other problems were fixed; probe 164).
+            if let Some(doc) = &doc {
+                e.problems.extend(expired_named(doc, path, running));
+            }
             return Err(e);
         }
     };
@@ -421,28 +427,55 @@ pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
 /// expired certificate already in use stays (a reload for another file
 /// does not fail over it).
 fn expired_replacements(new: &Snapshot, running: &Snapshot) -> Vec<Problem> {
-    let now = std::time::SystemTime::now();
     new.server
         .tls
         .iter()
+        .filter_map(|t| expired_replacement(&t.cert, Some(t.listen), t.certified.cert.first()?, running))
+        .collect()
+}
+
+/// [`expired_replacements`] of a config that does not load, `doc` its text
+/// at `path`: the certificates its `[[server.tls]]` tables name that can be
+/// read.
+fn expired_named(doc: &toml_edit::DocumentMut, path: &Path, running: &Snapshot) -> Vec<Problem> {
+    let base = path.parent().unwrap_or(Path::new("."));
+    let tables = doc.get("server").and_then(|s| s.get("tls")).and_then(toml_edit::Item::as_array_of_tables);
+    tables
+        .into_iter()
+        .flatten()
         .filter_map(|t| {
-            let problem = crate::server::tls::DateProblem::of(&t.certified, now)?;
-            let crate::server::tls::DateProblem::Expired(_) = problem else { return None };
-            let in_use = running
-                .server
-                .tls
-                .iter()
-                .any(|r| r.listen == t.listen && r.certified.cert.first() == t.certified.cert.first());
-            (!in_use).then(|| Problem {
-                file: t.cert.clone(),
-                line: 0,
-                col: 0,
-                message: format!(
-                    "{problem}; a reload does not put it in place of the certificate in use, which keeps serving"
-                ),
-            })
+            let cert = base.join(t.get("cert")?.as_str()?);
+            let listen =
+                t.get("listen").and_then(toml_edit::Item::as_str).and_then(|l| l.trim().parse().ok());
+            let chain = crate::server::tls::load_chain(&cert).ok()?;
+            expired_replacement(&cert, listen, chain.first()?, running)
         })
         .collect()
+}
+
+/// The problem of the certificate `first` read from `cert` for the
+/// listener on `listen`, if it has expired and is not the one `running`
+/// serves there.
+fn expired_replacement(
+    cert: &Path,
+    listen: Option<std::net::SocketAddr>,
+    first: &[u8],
+    running: &Snapshot,
+) -> Option<Problem> {
+    let problem = crate::server::tls::DateProblem::of_der(first, std::time::SystemTime::now())?;
+    let crate::server::tls::DateProblem::Expired(_) = problem else { return None };
+    let in_use =
+        running.server.tls.iter().any(|r| {
+            Some(r.listen) == listen && r.certified.cert.first().is_some_and(|c| c.as_ref() == first)
+        });
+    (!in_use).then(|| Problem {
+        file: cert.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!(
+            "{problem}; a reload does not put it in place of the certificate in use, which keeps serving"
+        ),
+    })
 }
 
 /// Whether a TOML table holds at least one key with a value, at any depth

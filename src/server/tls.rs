@@ -205,7 +205,13 @@ impl DateProblem {
     /// The problem of the first certificate of `key` at `now`, if any (none
     /// when its dates cannot be read).
     pub fn of(key: &CertifiedKey, now: SystemTime) -> Option<DateProblem> {
-        let v = super::x509::validity(key.cert.first()?)?;
+        DateProblem::of_der(key.cert.first()?, now)
+    }
+
+    /// The problem of the certificate `der` at `now`, if any (none when its
+    /// dates cannot be read).
+    pub fn of_der(der: &[u8], now: SystemTime) -> Option<DateProblem> {
+        let v = super::x509::validity(der)?;
         if now > v.not_after {
             Some(DateProblem::Expired(v.not_after))
         } else if now < v.not_before {
