@@ -1244,3 +1244,49 @@ async fn a_body_an_origin_left_unread_never_answers_another_users_request() {
     }
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// A body an origin sends behind its answer to HEAD (or a 204, a 304) that
+/// declares a length, in a later write than the head, is read as the answer
+/// to the next request on that connection: that connection is then reused
+/// only for the same user, so another user never gets it (probe 165: bob's
+/// GET got `EVIL!` from the body of alice's HEAD answer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_late_behind_a_head_answer_never_answers_another_users_request() {
+    const BOB: (&str, &str) = ("bob", "bob-pw");
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        async move {
+            while let Some(head) = read_request_head(&mut s).await {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                let answer = if head.starts_with("HEAD ") {
+                    // The head, then (late enough for the next request to be
+                    // on its way) a body that reads as a response.
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 43\r\n\r\n").await;
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nEVIL!".to_owned()
+                } else {
+                    let body = format!("{path} on connection {n}");
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                };
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let proxy = spawn_proxy("", &[USER, BOB]);
+    let host = origin.authority();
+    let mut alice = RawConn::connect(proxy.addr).await;
+    alice
+        .send(request("HEAD", &origin.url("/head"), &[("Host", &host), ("Proxy-Authorization", &auth())]))
+        .await;
+    let head = alice.read_response("HEAD").await;
+    assert_eq!(head.status, 200, "{}", head.dump());
+    // At once: the body is on its way.
+    let mine = get_from(proxy.addr, &origin, "/mine", BOB).await;
+    assert_eq!(mine.text(), "/mine on connection 2", "{}", mine.dump());
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -92,6 +92,13 @@ pub struct Conn {
 /// user's request get its answer. So a connection that carried a body is
 /// taken again only for the user who sent it (who could have sent that
 /// request anyway), and by nobody when no user did.
+///
+/// The same goes for a response that has no body by its request or status
+/// (HEAD, 204, 304) and declares one: an origin that sends that body anyway,
+/// in a later write than the head, has it read as the answer to the next
+/// request on the connection (probe 165: bob got the body of alice's HEAD
+/// answer). Such a connection is taken again only for the user the answer
+/// went to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 enum Owner {
     /// No request body has gone out on it.
@@ -208,7 +215,8 @@ impl Conn {
         AbortOnDrop(self.task)
     }
 
-    /// A request of `user` with a body went out on it (see [`Owner`]).
+    /// A request of `user` with a body went out on it, or an answer to one
+    /// of `user`'s that may be followed by a body (see [`Owner`]).
     fn carried_body_of(&mut self, user: Option<&Arc<str>>) {
         self.owner = match user {
             Some(user) if self.owner.admits(Some(user)) => Owner::User(user.clone()),
@@ -489,6 +497,7 @@ impl Pool {
         R: Fn() -> bool,
     {
         let Exchange { head_timeout, upload, reached, only_to, user } = exchange;
+        let head = req.method() == http::Method::HEAD;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to, user) {
             if upload.is_some() {
                 conn.carried_body_of(user);
@@ -502,7 +511,7 @@ impl Pool {
             let before = reached.replace(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
-                Ok(Ok(response)) => return Sent::checked(response, conn),
+                Ok(Ok(response)) => return Sent::checked(response, conn, head, user),
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
                     (Some(back), _) => {
@@ -573,6 +582,7 @@ async fn send_new(
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
     let Exchange { head_timeout, upload, reached, user, .. } = exchange;
+    let head = req.method() == http::Method::HEAD;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
         Err((e, connected)) => {
@@ -607,7 +617,7 @@ async fn send_new(
         conn.carried_body_of(user);
     }
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn),
+        Ok(Ok(response)) => Sent::checked(response, conn, head, user),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -670,11 +680,29 @@ async fn head_wait<T>(
 
 impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
-    /// (counted as [`head_len`] does): then the connection is closed.
-    fn checked(response: Response<Incoming>, conn: Conn) -> Result<Sent, ProxyError> {
+    /// (counted as [`head_len`] does): then the connection is closed. `head`:
+    /// it answers a HEAD request of `user`; a response without a body that
+    /// declares one keeps the connection for `user` (see [`Owner`]).
+    fn checked(
+        response: Response<Incoming>,
+        mut conn: Conn,
+        head: bool,
+        user: Option<&Arc<str>>,
+    ) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
             return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
+        }
+        let status = response.status();
+        let bodiless =
+            head || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
+        // (Headers read only for those.)
+        let declares = |h: &http::HeaderMap| {
+            h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+                || h.contains_key(http::header::TRANSFER_ENCODING)
+        };
+        if bodiless && declares(response.headers()) {
+            conn.carried_body_of(user);
         }
         Ok(Sent { response, conn })
     }
