@@ -132,6 +132,38 @@ async fn connect_407_closes_and_the_retry_with_credentials_opens_the_tunnel() {
     assert_eq!(conn.read_exact(12).await, b"RETRY WORKED");
 }
 
+/// The same for an upgrade (`Upgrade: websocket`) authgate refuses, with a
+/// 407 or a 403: a request sent ahead behind it was run (probe 165). Its
+/// retry with credentials goes out.
+#[tokio::test]
+async fn a_refused_upgrade_closes_its_connection() {
+    let echo = spawn_echo_origin();
+    let denied = spawn_echo_origin();
+    let port = denied.authority().rsplit_once(':').map(|(_, p)| p.to_owned()).unwrap();
+    let rule = format!("[[rules]]\nname = \"no\"\naction = \"deny\"\nports = [{port}]\n");
+    let proxy = spawn_proxy(&rule, &[USER]);
+    let auth = basic(USER.0, USER.1);
+    for (origin, creds, status) in [(&echo, None, 407), (&denied, Some(auth.as_str()), 403)] {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        let host = origin.authority();
+        let mut fields = vec![("Host", host.as_str()), ("Connection", "upgrade"), ("Upgrade", "websocket")];
+        fields.extend(creds.map(|c| ("Proxy-Authorization", c)));
+        let mut ahead = request("GET", &origin.url("/up"), &fields);
+        let echo_host = echo.authority();
+        ahead.extend(request(
+            "GET",
+            &echo.url("/ahead"),
+            &[("Host", &echo_host), ("Proxy-Authorization", &auth)],
+        ));
+        conn.send(ahead).await;
+        let first = conn.read_response("GET").await;
+        assert_eq!(first.status, status, "{}", first.dump());
+        assert_eq!(first.header("connection"), Some("close"), "{}", first.dump());
+        assert!(conn.read_to_end().await.is_empty(), "nothing more on it");
+        assert_eq!(echo.hits() + denied.hits(), 0, "the request sent ahead was not run");
+    }
+}
+
 #[tokio::test]
 async fn connect_with_wrong_password_gets_407() {
     let origin = spawn_shout_origin();

@@ -85,6 +85,8 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     // Read only if authgate answers with an error page itself.
     let accept = req.headers().get(header::ACCEPT).cloned();
     let connect = req.method() == Method::CONNECT;
+    // An upgrade asked for (hyper marks it: an `Upgrade` field in 1.1).
+    let upgrade = req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
     // Past authentication authgate reads no body of a request it answers
     // itself (a refusal by a rule, a DNS or connect failure ...; the
     // authentication step reads small bodies itself, see
@@ -166,8 +168,11 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
             // 407 too: it kept the connection for the retry with
             // credentials, and a request sent ahead for the tunnel, with
             // credentials of its own, went out to its own origin (probe
-            // 132). Clients retry a CONNECT on a new connection.
-            let refused_tunnel = connect;
+            // 132). Clients retry a CONNECT on a new connection. The same
+            // for an upgrade authgate refuses: a client may send the new
+            // protocol's bytes once its request is sent (RFC 9110 §7.8),
+            // and a request sent ahead was run after the 407 (probe 165).
+            let refused_tunnel = connect || upgrade;
             let authenticating = matches!(
                 err,
                 ProxyError::ProxyAuthRequired
