@@ -244,6 +244,11 @@ fn check(config: &Path, reload: bool) -> ExitCode {
         }
         Err(e) => {
             err_line(format_args!("{e}"));
+            // Said beside the errors, not once they are fixed.
+            if let Some(line) = authgate::config::default_refusal(config) {
+                let kind = if reload { "" } else { "warning: " };
+                err_line(format_args!("authgate: {kind}{line}"));
+            }
             ExitCode::FAILURE
         }
     }

@@ -1445,6 +1445,16 @@ fn a_missing_default_is_told_with_the_other_problems_and_check_warns_of_it() {
         text(&out.stderr)
     );
     assert_eq!(text(&out.stdout), "", "no `ok`");
+    // Beside the file's other problems, as the reload tells it (it was told
+    // once they were fixed; probe 166).
+    dir.write("users.toml", good_users().replace("disabled = false", "disabled = \"yes\""));
+    let out = authgate_bin(&["check", "--reload", "--config", &config_arg(&path)], None);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("expected a boolean") && err.contains("[policy] default is missing, so it is"),
+        "{err}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{err}");
     dir.write("users.toml", "# none yet\n");
     let out = authgate_bin(&["check", "--config", &config_arg(&dir.write("authgate.toml", &deny))], None);
     let warned = text(&out.stderr);

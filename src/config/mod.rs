@@ -373,20 +373,7 @@ const MISSING_DEFAULT: &str = "[policy] default is missing, and missing means \"
 /// (it said `ok`, and a `systemctl reload` that runs it first went on to a
 /// reload that failed; probe 160), and refuses them with `--reload`.
 pub fn reload_refusals(snap: &Snapshot) -> Vec<String> {
-    let mut refusals = Vec::new();
-    let said = |path: &Path, key: &str| {
-        read(path).ok().and_then(|s| s.parse::<toml_edit::DocumentMut>().ok()).map(|d| match key {
-            "policy.default" => d.get("policy").and_then(|p| p.get("default")).is_some(),
-            _ => d.contains_key(key),
-        })
-    };
-    if snap.policy.default == Action::Allow && said(&snap.config_path, "policy.default") == Some(false) {
-        refusals.push(format!(
-            "{}: [policy] default is missing, so it is \"allow\"; a reload refuses this file in place of a \
-             configuration that denies by default (write `default = \"allow\"` to mean it)",
-            shown_path(&snap.config_path)
-        ));
-    }
+    let mut refusals: Vec<String> = default_refusal(&snap.config_path).into_iter().collect();
     if snap.users.is_empty() && said(&snap.auth.users_file, "users") == Some(false) {
         refusals.push(format!(
             "{}: no users and no [users] table: every login gets 407, and a reload refuses this file in \
@@ -395,6 +382,29 @@ pub fn reload_refusals(snap: &Snapshot) -> Vec<String> {
         ));
     }
     refusals
+}
+
+/// Whether the TOML file at `path` has `key` (`policy.default`, or a
+/// top-level key); `None` when it cannot be read as TOML.
+fn said(path: &Path, key: &str) -> Option<bool> {
+    read(path).ok().and_then(|s| s.parse::<toml_edit::DocumentMut>().ok()).map(|d| match key {
+        "policy.default" => d.get("policy").and_then(|p| p.get("default")).is_some(),
+        _ => d.contains_key(key),
+    })
+}
+
+/// The [`reload_refusals`] line for a config file without `[policy]
+/// default`, if it has none; of a file that does not load too, so that
+/// `check --reload` says it with the other problems (it was said once they
+/// were fixed; probe 166).
+pub fn default_refusal(config: &Path) -> Option<String> {
+    (said(config, "policy.default") == Some(false)).then(|| {
+        format!(
+            "{}: [policy] default is missing, so it is \"allow\"; a reload refuses this file in place of a \
+             configuration that denies by default (write `default = \"allow\"` to mean it)",
+            shown_path(config)
+        )
+    })
 }
 
 /// What `authgate check` warns of in the rules: a group no user is in, a
