@@ -1387,6 +1387,14 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
         let err = load_err(GOOD_CONFIG, &users);
         assert!(err.contains(says), "{users}: {err}");
     }
+    // Nor a hash typed as a name, a bcrypt one short enough to be a name
+    // (probe 166).
+    let bcrypt = "$2y$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234";
+    let err = load_err(
+        GOOD_CONFIG,
+        &good_users().replace("alice", bcrypt).replace("disabled = false", "disabled = 2"),
+    );
+    assert!(err.contains("disabled: invalid type: an integer") && !err.contains("$2y$"), "{err}");
     // Not named when not certain (`groups.x = 1` is placed at `groups`).
     let err = load_err(GOOD_CONFIG, &good_users().replace("groups = [\"staff\"]", "groups.x = 1"));
     assert!(err.contains("users.toml:3:1: invalid type: a table, expected an array"), "{err}");

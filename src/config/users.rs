@@ -71,11 +71,14 @@ pub const NOT_SHOWN: &str = "(the name is not shown: it may hold a password)";
 
 /// Whether a user or group name given where one belongs looks like more
 /// than a name (`name:password`, a passphrase, a hash): a `:`, whitespace,
-/// a control character, or more than `MAX_NAME_CHARS` (64) characters. No
-/// valid name does; such a name is located in problems, not quoted.
+/// a control character, more than `MAX_NAME_CHARS` (64) characters, or the
+/// shape of a crypt hash (`$2y$10$…`, three `$` and more from the start: a
+/// bcrypt hash fits in 64 characters, and was shown; probe 166). Such a
+/// name is located in problems, not quoted.
 pub fn may_hold_a_password(name: &str) -> bool {
     name.chars().count() > MAX_NAME_CHARS
         || name.chars().any(|c| c == ':' || c.is_control() || c.is_whitespace())
+        || (name.starts_with('$') && name.matches('$').count() >= 3)
 }
 
 /// Checks a group name (users file and `users --group`): non-empty, and
