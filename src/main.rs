@@ -244,10 +244,10 @@ fn check(config: &Path, reload: bool) -> ExitCode {
         }
         Err(e) => {
             err_line(format_args!("{e}"));
-            // Said beside the errors, not once they are fixed.
-            if let Some(line) = authgate::config::default_refusal(config) {
-                let kind = if reload { "" } else { "warning: " };
-                err_line(format_args!("authgate: {kind}{line}"));
+            // With `--reload`, said beside the errors, as the reload says
+            // it, not once they are fixed (probe 166).
+            if let Some(line) = authgate::config::default_refusal(config).filter(|_| reload) {
+                err_line(format_args!("authgate: {line}"));
             }
             ExitCode::FAILURE
         }
