@@ -156,6 +156,19 @@ async fn an_expired_certificate_does_not_replace_the_one_in_use() {
         .expect_err("a bad duration must not load")
         .to_string();
     assert!(err.contains("the certificate expired on") && err.contains("idle_timeout"), "{err}");
+    // Once, when two listeners name the file (probe 166).
+    let second = format!(
+        "[[server.tls]]\nlisten = \"127.0.0.1:{}\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n",
+        closed_port()
+    );
+    proxy.dir.write("authgate.toml", text.replacen("[auth]", &format!("{second}[auth]"), 1));
+    let state = proxy.state.clone();
+    let err = tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+        .await
+        .unwrap()
+        .expect_err("an expired certificate must not load")
+        .to_string();
+    assert_eq!(err.matches("the certificate expired on").count(), 1, "{err}");
     proxy.dir.write("authgate.toml", &text);
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     // `check` on the same files: a warning, and `ok`.
@@ -938,6 +951,58 @@ async fn a_tls_client_that_sends_close_notify_gets_one_back() {
         let mut got = Vec::new();
         let read = tls.read_to_end(&mut got).await;
         assert!(read.is_ok(), "{read:?} after {:?}", String::from_utf8_lossy(&got));
+    }
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
+/// A CONNECT or an upgrade that authgate refuses ends its connection as
+/// every other refusal does: on TLS with a `close_notify`, and without a
+/// reset while the client's bytes still come in. hyper keeps the upgrade it
+/// prepared for such a request pending whatever the answer, hands the
+/// connection to it at the end, and dropped it unclosed (probe 167: a bare
+/// FIN after every 407 to a CONNECT, a reset when bytes followed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_or_upgrade_closes_cleanly() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let origin = spawn_echo_origin();
+    let target = origin.authority();
+    let upgrade = format!(
+        "GET {} HTTP/1.1\r\nHost: {target}\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        origin.url("/")
+    );
+    let connect = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    for (head, behind) in [(&connect, 0), (&upgrade, 0), (&connect, 300_000), (&upgrade, 300_000)] {
+        let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+        let tls = pki::connector(&ca.cert_pem)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        let mut bytes = head.clone().into_bytes();
+        bytes.resize(bytes.len() + behind, b'x');
+        // (Written while the answer is read: it may stop taking them.)
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        let writer = tokio::spawn(async move { wr.write_all(&bytes).await });
+        let mut got = Vec::new();
+        let read = rd.read_to_end(&mut got).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 407 "), "{text}");
+        assert!(read.is_ok(), "{head:?} + {behind}: {read:?} after {text}");
+        drop(writer.await);
+        // And on the plain listener: no reset.
+        let mut tcp = TcpStream::connect(proxy.plain).await.unwrap();
+        let mut bytes = head.clone().into_bytes();
+        bytes.resize(bytes.len() + behind, b'x');
+        let (mut rd, mut wr) = tcp.split();
+        let (_, read) = tokio::join!(wr.write_all(&bytes), async {
+            let mut got = Vec::new();
+            rd.read_to_end(&mut got).await.map(|_| got)
+        });
+        let got = read.unwrap_or_else(|e| panic!("{head:?} + {behind} on plain: {e}"));
+        assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 407 "));
     }
     drop(proxy.stop);
     let _ = proxy.task.await;

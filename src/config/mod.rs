@@ -441,7 +441,7 @@ fn expired_replacements(new: &Snapshot, running: &Snapshot) -> Vec<Problem> {
         .tls
         .iter()
         .filter_map(|t| expired_replacement(&t.cert, Some(t.listen), t.certified.cert.first()?, running))
-        .collect()
+        .fold(Vec::new(), once_each)
 }
 
 /// [`expired_replacements`] of a config that does not load, `doc` its text
@@ -460,7 +460,16 @@ fn expired_named(doc: &toml_edit::DocumentMut, path: &Path, running: &Snapshot) 
             let chain = crate::server::tls::load_chain(&cert).ok()?;
             expired_replacement(&cert, listen, chain.first()?, running)
         })
-        .collect()
+        .fold(Vec::new(), once_each)
+}
+
+/// `problems` with `p` added unless it is there already: one certificate
+/// file named by two listeners was told twice, alike (probe 166).
+fn once_each(mut problems: Vec<Problem>, p: Problem) -> Vec<Problem> {
+    if !problems.iter().any(|q| q.file == p.file && q.message == p.message) {
+        problems.push(p);
+    }
+    problems
 }
 
 /// The problem of the certificate `first` read from `cert` for the

@@ -42,14 +42,16 @@ pub async fn forward(
     target: Target,
     https: bool,
     checked: Option<Vec<SocketAddr>>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Reply, ProxyError> {
     // RFC 9110 §7.8: an Upgrade in an HTTP/1.0 request MUST be ignored (it
     // is dropped with the other hop-by-hop fields), and a 1.0 client cannot
     // be sent the 101 an upgrade needs.
     let upgrade = req.version() == Version::HTTP_11 && wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    // Taken only for a 101: an upgrade declined stays for `handle` to close
+    // (see `ClientUpgrade`).
+    let client_upgrade = if upgrade { super::tunnel::ClientUpgrade::of(&req) } else { None };
     let (mut parts, body) = req.into_parts();
     let from_http10 = parts.version == Version::HTTP_10;
 
@@ -186,7 +188,7 @@ pub async fn forward(
         return Err(ProxyError::UpstreamProtocol { detail: "malformed response" });
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(client), Some(offered)) = (client_upgrade, offered) else {
+        let (Some(client), Some(offered)) = (client_upgrade.and_then(|c| c.take()), offered) else {
             return Err(ProxyError::UpstreamProtocol { detail: "101 without an upgrade request" });
         };
         check_switch(&offered, resp.headers()).map_err(|detail| ProxyError::UpstreamProtocol { detail })?;

@@ -79,14 +79,21 @@ pub enum Reply {
 }
 
 /// Handles one request. Never fails: errors become authgate's own responses.
-pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(state: Arc<State>, client: Client, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let snap = state.snapshot.load_full();
     let request_id = state.next_request_id();
     // Read only if authgate answers with an error page itself.
     let accept = req.headers().get(header::ACCEPT).cloned();
     let connect = req.method() == Method::CONNECT;
-    // An upgrade asked for (hyper marks it: an `Upgrade` field in 1.1).
-    let upgrade = req.extensions().get::<hyper::upgrade::OnUpgrade>().is_some();
+    // An upgrade asked for (hyper marks it: a CONNECT, an `Upgrade` field
+    // in 1.1), held so that a refused one is closed properly (see
+    // `ClientUpgrade`).
+    let held = req
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some()
+        .then(|| tunnel::ClientUpgrade::hold(&mut req));
+    let upgrade = held.is_some();
     // Past authentication authgate reads no body of a request it answers
     // itself (a refusal by a rule, a DNS or connect failure ...; the
     // authentication step reads small bodies itself, see
@@ -110,6 +117,10 @@ pub async fn handle(state: Arc<State>, client: Client, req: Request<Incoming>) -
     let abandoned = LogIfAbandoned { rec: &mut rec, state: &state, client: &client };
     let result = Box::pin(process(&state, &snap, &client, req, abandoned.rec)).await;
     abandoned.defuse();
+    // Taken by a tunnel, or refused (see `ClientUpgrade`).
+    if let Some(held) = held {
+        held.close_when_handed();
+    }
     let user = rec.user.clone();
     let count = |outcome| state.metrics.request(outcome, user.as_deref());
     match result {
@@ -624,7 +635,11 @@ fn classify(req: &Request<Incoming>, over_tls: bool) -> Result<Kind, ProxyError>
         // HTTP/1.0 has not): the 200 went out, the tunnel closed at once,
         // and the line blamed the client (probe 153). Refused before the
         // dial. (RFC 9110 §7.8 has the field ignored; hyper cannot.)
-        if req.extensions().get::<hyper::upgrade::OnUpgrade>().is_none() {
+        // (`handle` has moved it into a `ClientUpgrade`.)
+        let extensions = req.extensions();
+        if extensions.get::<tunnel::ClientUpgrade>().is_none()
+            && extensions.get::<hyper::upgrade::OnUpgrade>().is_none()
+        {
             return Err(ProxyError::MalformedRequest { why: Some(CONNECT_NO_UPGRADE) });
         }
         // RFC 9112 §3.2.3: CONNECT takes the authority form, host:port and

@@ -36,6 +36,53 @@ pub enum Upstream {
     Upgraded(OnUpgrade),
 }
 
+/// The client's side of an upgrade hyper prepared for a request (a
+/// CONNECT, a request with `Upgrade`), held where the request and
+/// [`service::handle`](super::service::handle) both reach it.
+///
+/// hyper keeps that upgrade pending whatever the answer, and when the
+/// connection ends hands its socket to it: with nobody waiting, the socket
+/// was dropped unclosed, so every refused CONNECT or upgrade (a 407 to a
+/// CONNECT, the first answer most clients get) ended without the lingering
+/// close and, on TLS, without `close_notify`: a reset when the client's
+/// bytes still came in (probe 167). An upgrade nobody took is waited for,
+/// and its socket shut down as any other connection's.
+#[derive(Clone)]
+pub struct ClientUpgrade(Arc<std::sync::Mutex<Option<OnUpgrade>>>);
+
+impl ClientUpgrade {
+    /// Takes hyper's upgrade out of `req` into a slot that `req` carries
+    /// too (for [`ClientUpgrade::take`]).
+    pub fn hold(req: &mut Request<Incoming>) -> ClientUpgrade {
+        let held = ClientUpgrade(Arc::new(std::sync::Mutex::new(Some(hyper::upgrade::on(&mut *req)))));
+        req.extensions_mut().insert(held.clone());
+        held
+    }
+
+    /// The slot `req` carries, if any.
+    pub fn of<B>(req: &Request<B>) -> Option<ClientUpgrade> {
+        req.extensions().get::<ClientUpgrade>().cloned()
+    }
+
+    /// The upgrade, for the tunnel that takes the client's side (hyper's
+    /// own when none was held, which fails if hyper prepared none).
+    pub fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    /// Once hyper hands over the connection of an upgrade no tunnel took,
+    /// shuts it down as any connection's end is (the lingering close of
+    /// `Guarded`, and on TLS its `close_notify`).
+    pub fn close_when_handed(self) {
+        let Some(pending) = self.take() else { return };
+        tokio::spawn(async move {
+            if let Ok(upgraded) = pending.await {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut TokioIo::new(upgraded)).await;
+            }
+        });
+    }
+}
+
 /// A tunnel waiting for the client's side to be handed over.
 pub struct Job {
     /// Resolves once hyper has written our 2xx/101 and released the socket.
@@ -60,8 +107,14 @@ pub async fn open(
 ) -> Result<Reply, ProxyError> {
     let (stream, peer) = Connector::dial(&addrs, snap.limits.connect_timeout).await?;
     rec.upstream = Some(peer);
-    let client = hyper::upgrade::on(&mut req);
+    let client = client_upgrade(&mut req);
     Ok(Reply::Tunnel(connect_established(), Job { client, upstream: Upstream::Tcp(stream), user: None }))
+}
+
+/// The client's side of the upgrade of `req`: from the slot
+/// [`ClientUpgrade::hold`] made, else hyper's own.
+pub fn client_upgrade<B>(req: &mut Request<B>) -> OnUpgrade {
+    ClientUpgrade::of(req).and_then(|held| held.take()).unwrap_or_else(|| hyper::upgrade::on(req))
 }
 
 /// Runs a tunnel in the background, tracked for graceful shutdown; logs its
