@@ -1111,6 +1111,7 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     };
     std::fs::write(dir.path().join("key.der"), key_der.secret_der()).unwrap();
     std::fs::write(dir.path().join("junk.der"), [0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x03, 0xff]).unwrap();
+    std::fs::write(dir.path().join("chain.der"), [leaf.der.clone(), leaf.der.clone()].concat()).unwrap();
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1163,6 +1164,11 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         (
             "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"junk.der\"\nkey = \"junk.der\"\n".to_owned(),
             "junk.der: no certificate found (it is binary, not PEM text)",
+        ),
+        // A chain in DER: the first certificate is read (probe 166).
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"chain.der\"\nkey = \"{key}\"\n"),
+            "chain.der: no certificate found (it is a certificate in binary DER, not PEM",
         ),
     ] {
         let path = dir.write("authgate.toml", &config);
@@ -1327,7 +1333,14 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
         ("3128", "it has no address"),
         (":3128", "it has no address"),
         ("0:3128", "an IPv4 address is four numbers"),
-        ("[fe80::1%eth0]:3128", "zone ids (`%eth0`) are not taken"),
+        ("[fe80::1%eth0]:3128", "a zone id (`%…`) is not taken"),
+        // (And these; probe 166.)
+        ("256.0.0.1:3128", "each of an IPv4 address's four numbers is 0 to 255"),
+        ("0127.0.0.1:3128", "each of an IPv4 address's four numbers is 0 to 255"),
+        ("127.0.0.1:3128:3128", "its address part is no IP address"),
+        ("::1]:80", "its address part is no IP address"),
+        ("-1:80", "its address part is no IP address"),
+        ("http://127.0.0.1:3128", "it is a URL"),
         ("127.0.0.1 :3128", "it holds a space"),
     ] {
         for (setting, config) in [

@@ -709,9 +709,9 @@ const MAX_LISTENERS: usize = 256;
 /// Why `text`, the value of the listener setting `setting`, is not an IP
 /// address and port, with `example` (what to write): a host name, a port
 /// that is no number to 65535, no port, no address, IPv6 without brackets,
-/// IPv4 in them, a zone id, a space. (One wording each setting had, and a
-/// host name, a bad port and a missing one got the same; probes 160, 161,
-/// 164.)
+/// IPv4 in them, a zone id, a space, a URL. (One wording each setting had,
+/// and a host name, a bad port and a missing one got the same; probes 160,
+/// 161, 164, 166.)
 fn not_an_address(setting: &str, text: &str, example: &str) -> String {
     let text = text.trim();
     format!(
@@ -731,8 +731,11 @@ fn address_problem(text: &str) -> &'static str {
     if text.contains(char::is_whitespace) {
         return "it holds a space";
     }
+    if text.contains("://") {
+        return "it is a URL: write the address and port alone";
+    }
     if text.contains('%') {
-        return "zone ids (`%eth0`) are not taken";
+        return "a zone id (`%…`) is not taken";
     }
     if text.parse::<std::net::Ipv6Addr>().is_ok() {
         return "an IPv6 address and port are written in brackets, `[::1]:3128`";
@@ -773,9 +776,17 @@ fn address_problem(text: &str) -> &'static str {
         return "an IPv6 address is written in brackets";
     }
     if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return "an IPv4 address is four numbers, `127.0.0.1`";
+        return if host.split('.').count() == 4 && host.split('.').all(digits) {
+            "each of an IPv4 address's four numbers is 0 to 255, without leading zeros"
+        } else {
+            "an IPv4 address is four numbers, `127.0.0.1`"
+        };
     }
-    if host.parse::<IpAddr>().is_ok() { "it is not one as written" } else { "host names are not taken" }
+    // A name as DNS writes one (letters, digits, `-`, `.`), with a letter.
+    let name = host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && host.bytes().any(|b| b.is_ascii_alphabetic())
+        && !host.starts_with(['-', '.']);
+    if name { "host names are not taken" } else { "its address part is no IP address" }
 }
 
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {

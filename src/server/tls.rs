@@ -114,8 +114,10 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
 /// the other kind; probes 161, 164.)
 fn holds_instead(bytes: &[u8], want: TlsFile) -> String {
     let pem = |marker: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
-    let der_key = || PrivateKeyDer::try_from(bytes).is_ok_and(|k| ring::sign::any_supported_type(&k).is_ok());
-    let der_cert = || super::x509::is_certificate(bytes);
+    // (Any key's shape, one authgate cannot use included: it is told so
+    // once written as PEM. The first certificate of a chain in DER.)
+    let der_key = || PrivateKeyDer::try_from(bytes).is_ok();
+    let der_cert = || super::x509::is_certificate(first_der(bytes));
     let convert = |tool: &str, what: &str| {
         format!(
             " (it is {what} in binary DER, not PEM: `openssl {tool} -inform DER -in FILE -out FILE.pem` writes \
@@ -139,6 +141,20 @@ fn holds_instead(bytes: &[u8], want: TlsFile) -> String {
         _ if !bytes.is_ascii() => " (it is binary, not PEM text)".into(),
         _ => String::new(),
     }
+}
+
+/// The first DER element of `bytes` (all of them when its length cannot be
+/// read): a chain of certificates in DER is several, one after the other.
+fn first_der(bytes: &[u8]) -> &[u8] {
+    let len = match bytes.get(1) {
+        Some(&n) if n < 0x80 => Some((2, usize::from(n))),
+        Some(&n) if (0x81..=0x84).contains(&n) => {
+            let count = usize::from(n - 0x80);
+            bytes.get(2..2 + count).map(|b| (2 + count, b.iter().fold(0, |l, &d| (l << 8) | usize::from(d))))
+        }
+        _ => None,
+    };
+    len.and_then(|(head, body)| bytes.get(..head.checked_add(body)?)).unwrap_or(bytes)
 }
 
 /// The private key in `key`, as a signer. [`load_certified_key`] reads it
