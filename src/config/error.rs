@@ -84,7 +84,8 @@ fn shell_bytes(bytes: &[u8]) -> String {
     let text = std::str::from_utf8(bytes).ok();
     match text {
         Some(t) if !t.chars().any(raw) => {
-            return if !t.is_empty() && t.chars().all(plain) {
+            // (A leading `=` is a command's path to zsh.)
+            return if !t.is_empty() && !t.starts_with('=') && t.chars().all(plain) {
                 t.to_owned()
             } else {
                 format!("'{}'", t.replace('\'', r"'\''"))
@@ -427,7 +428,7 @@ mod tests {
     /// Each word as bash reads it back (`printf %s WORD`) is the text.
     #[test]
     fn a_shell_word_is_read_back_as_the_text() {
-        let texts: [&[u8]; 12] = [
+        let texts: [&[u8]; 13] = [
             b"a.toml",
             b"my config.toml",
             b"it's",
@@ -439,6 +440,7 @@ mod tests {
             b"\xff\xfe.toml",
             b"d\xffx/'a\t.toml",
             b"-x",
+            b"=eq/a.toml",
             b"",
         ];
         for text in texts {
