@@ -670,6 +670,24 @@ async fn wait_for_open(state: &authgate::State, n: usize) {
     }
 }
 
+/// A refused CONNECT keeps its connection's slot while its close lingers,
+/// as every refusal does: it was released when hyper handed the socket
+/// over, and such sockets were outside the limits (probe 168).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_keeps_its_slot_while_it_lingers() {
+    let proxy =
+        spawn_custom(&cfg("", "[limits]\nmax_connections_per_ip = 1\nmax_connections = 100\n"), &users());
+    let origin = spawn_echo_origin();
+    let target = origin.authority();
+    let mut first = RawConn::connect(proxy.addr).await;
+    first.send(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n")).await;
+    assert_eq!(first.read_response("CONNECT").await.status, 407);
+    // The first is still open (its close lingers): the second is refused.
+    let second = read_all(connect_from("127.0.0.1", proxy.addr).await).await;
+    assert!(second.starts_with("HTTP/1.1 503"), "{second}");
+    drop(first);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_take_every_connection() {
     let proxy =

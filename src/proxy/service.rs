@@ -119,7 +119,7 @@ pub async fn handle(state: Arc<State>, client: Client, mut req: Request<Incoming
     abandoned.defuse();
     // Taken by a tunnel, or refused (see `ClientUpgrade`).
     if let Some(held) = held {
-        held.close_when_handed();
+        held.close_when_handed(client.slot.clone());
     }
     let user = rec.user.clone();
     let count = |outcome| state.metrics.request(outcome, user.as_deref());

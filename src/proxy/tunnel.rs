@@ -72,13 +72,17 @@ impl ClientUpgrade {
 
     /// Once hyper hands over the connection of an upgrade no tunnel took,
     /// shuts it down as any connection's end is (the lingering close of
-    /// `Guarded`, and on TLS its `close_notify`).
-    pub fn close_when_handed(self) {
+    /// `Guarded`, and on TLS its `close_notify`). `slot`, the connection's
+    /// place in the connection limits, is kept until then, as a tunnel
+    /// keeps it (released at the handover, lingering sockets were outside
+    /// `max_connections` and the gauge; probe 168).
+    pub fn close_when_handed(self, slot: impl Send + 'static) {
         let Some(pending) = self.take() else { return };
         tokio::spawn(async move {
             if let Ok(upgraded) = pending.await {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut TokioIo::new(upgraded)).await;
             }
+            drop(slot);
         });
     }
 }
