@@ -64,8 +64,8 @@ impl ClientUpgrade {
         req.extensions().get::<ClientUpgrade>().cloned()
     }
 
-    /// The upgrade, for the tunnel that takes the client's side (hyper's
-    /// own when none was held, which fails if hyper prepared none).
+    /// The upgrade, for the tunnel that takes the client's side; `None`
+    /// once taken.
     pub fn take(&self) -> Option<OnUpgrade> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
@@ -116,8 +116,9 @@ pub async fn open(
 }
 
 /// The client's side of the upgrade of `req`: from the slot
-/// [`ClientUpgrade::hold`] made, else hyper's own.
-pub fn client_upgrade<B>(req: &mut Request<B>) -> OnUpgrade {
+/// [`ClientUpgrade::hold`] made, else hyper's own (which fails if hyper
+/// prepared none).
+fn client_upgrade<B>(req: &mut Request<B>) -> OnUpgrade {
     ClientUpgrade::of(req).and_then(|held| held.take()).unwrap_or_else(|| hyper::upgrade::on(req))
 }
 
