@@ -696,9 +696,11 @@ impl Sent {
         let status = response.status();
         let bodiless =
             head || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
-        // (Headers read only for those.)
+        // (Headers read only for those.) Every Content-Length field counts:
+        // `0` then `43` declares a body too (probe 169), though the first
+        // alone says none.
         let declares = |h: &http::HeaderMap| {
-            h.get(http::header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+            h.get_all(http::header::CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0")
                 || h.contains_key(http::header::TRANSFER_ENCODING)
         };
         if bodiless && declares(response.headers()) {
