@@ -434,6 +434,9 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
         ("127.0.0.1:3128", "0.0.0.0:3128"),
         ("0.0.0.0:3128", "127.0.0.1:3128"),
         ("127.0.0.1:3128", "[::]:3128"),
+        // An IPv4-mapped address binds the IPv4 one (probe 170).
+        ("127.0.0.1:3128", "[::ffff:127.0.0.1]:3128"),
+        ("[::ffff:0.0.0.0]:3128", "127.0.0.1:3128"),
     ] {
         let config = format!("[server]\nlisten = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n");
         let err = load_err(&config, &good_users());
@@ -444,6 +447,12 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
     }
     let err = load_err("[server]\nlisten = [\"0.0.0.0:3128\", \"127.0.0.1:3128\"]\n", &good_users());
     assert!(err.contains("authgate.toml:2:27: server.listen: 127.0.0.1:3128 is listed twice"), "{err}");
+    let mapped = "[server]\nlisten = [\"127.0.0.1:3128\", \"[::ffff:127.0.0.1]:3128\"]\n";
+    let err = load_err(mapped, &good_users());
+    assert!(
+        err.contains("authgate.toml:2:29: server.listen: [::ffff:127.0.0.1]:3128 is listed twice"),
+        "{err}"
+    );
     // Different families without a dual-stack wildcard, or other ports: fine.
     for (proxy, admin) in [("0.0.0.0:3128", "[::1]:3128"), ("0.0.0.0:3128", "0.0.0.0:9090")] {
         let config = format!("[server]\nlisten = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n");

@@ -793,7 +793,8 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() == 0 || a.port() != b.port() {
         return false;
     }
-    match (a.ip(), b.ip()) {
+    // `[::ffff:127.0.0.1]` binds 127.0.0.1 (probe 170): compare as bound.
+    match (a.ip().to_canonical(), b.ip().to_canonical()) {
         (x, y) if x == y => true,
         (IpAddr::V6(x), _) | (_, IpAddr::V6(x)) if x.is_unspecified() => true,
         (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified(),
