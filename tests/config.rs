@@ -299,6 +299,51 @@ fn a_listener_that_cannot_be_bound_is_told_why() {
     }
 }
 
+/// An IPv6 listener takes IPv4 connections too, whatever the host's
+/// `net.ipv6.bindv6only` says, as `check` takes it to (`[::]:P` overlaps
+/// `0.0.0.0:P`, `[::ffff:127.0.0.1]:P` is 127.0.0.1:P). Run in a network
+/// namespace of its own (`unshare -rn`) with the sysctl at 1: `[::]:3128`
+/// answers a client of 127.0.0.1, and `[::ffff:127.0.0.2]:3129` binds (it
+/// failed with "Invalid argument", and `0.0.0.0:P` beside `[::]:P`, which
+/// `check` refuses, bound; probe 173). Where user namespaces are not
+/// allowed, the test says so and checks nothing.
+#[test]
+fn ipv6_listeners_take_ipv4_connections_even_with_bindv6only_set() {
+    if !Command::new("unshare").args(["-rn", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare -rn` is not allowed here (no user namespaces)");
+        return;
+    }
+    let dir = TempDir::new();
+    dir.write("users.toml", good_users());
+    let path = dir.write(
+        "authgate.toml",
+        "[server]\nlisten = [\"[::]:3128\", \"[::ffff:127.0.0.2]:3129\"]\n[auth]\nusers_file = \"users.toml\"\n[dns]\nservers = [\"127.0.0.1:1\"]\n",
+    );
+    // In the namespace: the sysctl at 1, loopback up, the proxy started,
+    // and a request without credentials to each listener once it answers.
+    let script = r#"echo 1 > /proc/sys/net/ipv6/bindv6only || exit 97
+ip link set lo up || exit 97
+"$1" --config "$2" >/dev/null 2>"$3" & pid=$!
+ask() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 -x "http://$1" http://127.0.0.1:9/; }
+i=0
+while [ $i -lt 200 ] && kill -0 $pid 2>/dev/null; do
+  [ "$(ask 127.0.0.1:3128)" = 407 ] && break
+  sleep 0.05; i=$((i+1))
+done
+echo "$(ask 127.0.0.1:3128) $(ask 127.0.0.2:3129)"
+kill $pid 2>/dev/null; wait $pid
+"#;
+    let stderr = dir.path().join("stderr");
+    let out = Command::new("unshare")
+        .args(["-rn", "sh", "-c", script, "sh", env!("CARGO_BIN_EXE_authgate"), &config_arg(&path)])
+        .arg(&stderr)
+        .output()
+        .expect("unshare runs");
+    let said = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_ne!(out.status.code(), Some(97), "could not set up the namespace: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "407 407", "authgate said: {said}");
+}
+
 #[test]
 fn check_command_prints_line_and_column_and_exits_1() {
     let dir = TempDir::new();

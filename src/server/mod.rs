@@ -123,6 +123,26 @@ fn bind_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// Binds a listener as [`TcpListener::bind`] does (`SO_REUSEADDR`, a
+/// backlog of 128), but an IPv6 one always takes IPv4 connections too
+/// (`IPV6_V6ONLY` off), whatever `net.ipv6.bindv6only` says: `check` takes
+/// `[::]:P` for every address on port P, and `[::ffff:127.0.0.1]:P` for
+/// 127.0.0.1:P, and with the sysctl at 1 a system default had `check`
+/// refuse `0.0.0.0:P` beside `[::]:P`, which bound, and pass a mapped
+/// address that failed to bind ("Invalid argument"; probe 173).
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    TcpListener::from_std(socket.into())
+}
+
 /// Binds every listener of the state's snapshot (plain, TLS, admin).
 ///
 /// # Errors
@@ -131,14 +151,11 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
     let snap = state.snapshot.load_full();
     let mut out = Vec::new();
     for addr in &snap.server.listen {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {}", bind_reason(&e)))?;
+        let tcp = bind_tcp(*addr).map_err(|e| format!("cannot listen on {addr}: {}", bind_reason(&e)))?;
         out.push(Listener::plain(tcp, snap.server.proxy_protocol.contains(addr)));
     }
     for (i, t) in snap.server.tls.iter().enumerate() {
-        let tcp = TcpListener::bind(t.listen)
-            .await
+        let tcp = bind_tcp(t.listen)
             .map_err(|e| format!("cannot listen on {} (TLS): {}", t.listen, bind_reason(&e)))?;
         let slot = state
             .cert_slots
@@ -148,9 +165,8 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
         out.push(Listener::tls(tcp, tls::acceptor(slot)?, t.proxy_protocol));
     }
     if let Some(addr) = snap.admin {
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} (admin): {}", bind_reason(&e)))?;
+        let tcp =
+            bind_tcp(addr).map_err(|e| format!("cannot listen on {addr} (admin): {}", bind_reason(&e)))?;
         out.push(Listener::admin(tcp));
     }
     Ok(out)
