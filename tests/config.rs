@@ -491,11 +491,16 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
         );
     }
     let err = load_err("[server]\nlisten = [\"0.0.0.0:3128\", \"127.0.0.1:3128\"]\n", &good_users());
-    assert!(err.contains("authgate.toml:2:27: server.listen: 127.0.0.1:3128 is listed twice"), "{err}");
+    assert!(
+        err.contains(
+            "authgate.toml:2:27: server.listen: 127.0.0.1:3128 overlaps 0.0.0.0:3128, listed before it: both bind port 3128 of one address"
+        ),
+        "{err}"
+    );
     let mapped = "[server]\nlisten = [\"127.0.0.1:3128\", \"[::ffff:127.0.0.1]:3128\"]\n";
     let err = load_err(mapped, &good_users());
     assert!(
-        err.contains("authgate.toml:2:29: server.listen: [::ffff:127.0.0.1]:3128 is listed twice"),
+        err.contains("authgate.toml:2:29: server.listen: [::ffff:127.0.0.1]:3128 overlaps 127.0.0.1:3128, listed before it"),
         "{err}"
     );
     // Different families without a dual-stack wildcard, or other ports: fine.
@@ -503,6 +508,34 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
         let config = format!("[server]\nlisten = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n");
         assert!(load(&config, &good_users()).1.is_ok(), "{proxy} {admin}");
     }
+}
+
+/// An address no TCP connection can reach is no listener's: `check` said
+/// ok, and the listener failed to bind or took nothing (probe 173).
+#[test]
+fn a_listener_address_that_takes_no_connection_is_refused_with_why() {
+    for (listen, why) in [
+        ("224.0.0.1:3128", "is a multicast address, which takes no TCP connection"),
+        ("[ff02::1]:3128", "is a multicast address"),
+        ("[::ffff:224.0.0.1]:3128", "is a multicast address"),
+        ("255.255.255.255:3128", "is the broadcast address, which takes no TCP connection"),
+        ("[fe80::1]:3128", "is link-local, which needs a zone id, and authgate takes none"),
+    ] {
+        let err = load_err(&format!("[server]\nlisten = [\"{listen}\"]\n"), &good_users());
+        assert!(err.contains(&format!("authgate.toml:2:11: server.listen: {listen} {why}")), "{err}");
+        let admin = format!("[server]\nlisten = [\"127.0.0.1:3128\"]\n[admin]\nlisten = \"{listen}\"\n");
+        let err = load_err(&admin, &good_users());
+        assert!(err.contains(&format!("authgate.toml:4:10: admin.listen: {listen} {why}")), "{err}");
+    }
+    let tls = "[server]\nlisten = []\n[[server.tls]]\nlisten = \"224.0.0.1:3129\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n";
+    let err = load_err(tls, &good_users());
+    assert!(
+        err.contains("authgate.toml:4:10: server.tls.listen: 224.0.0.1:3129 is a multicast address"),
+        "{err}"
+    );
+    // Link-local IPv4 may be an interface's address: taken.
+    let (_dir, snap) = load("[server]\nlisten = [\"169.254.1.1:3128\"]\n", &good_users());
+    assert!(snap.is_ok(), "{snap:?}");
 }
 
 /// authgate compares IPv4-mapped addresses (`::ffff:a.b.c.d`) as IPv4, so a
@@ -739,6 +772,8 @@ fn proxy_protocol_names_all_plain_listeners_or_some() {
         ("false", vec![]),
         ("[\"[::1]:3128\"]", vec![addr("[::1]:3128")]),
         ("[\" 127.0.0.1:3128\", \"127.0.0.1:3128\"]", vec![addr("127.0.0.1:3128")]),
+        // A mapped spelling names the IPv4 listener (probe 173).
+        ("[\"[::ffff:127.0.0.1]:3128\"]", vec![addr("127.0.0.1:3128")]),
         ("[]", vec![]),
     ] {
         let (_dir, snap) = load(&format!("{listen}proxy_protocol = {pp}\n{tail}"), &users);

@@ -178,13 +178,23 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 break;
             }
             match item.get_ref().trim().parse::<SocketAddr>() {
-                Ok(a) if s.server.listen.iter().any(|b| overlap(a, *b)) => {
-                    c.at(
-                        item.span(),
-                        format!("server.listen: {a} is listed twice (or overlaps another entry)"),
-                    );
+                Ok(a) => {
+                    if let Some(why) = no_listener(a) {
+                        c.at(item.span(), format!("server.listen: {a} {why}"));
+                    } else if let Some(b) = s.server.listen.iter().find(|b| overlap(a, **b)) {
+                        let said = if a == *b {
+                            format!("server.listen: {a} is listed twice")
+                        } else {
+                            format!(
+                                "server.listen: {a} overlaps {b}, listed before it: both bind port {} of one address",
+                                a.port()
+                            )
+                        };
+                        c.at(item.span(), said);
+                    } else {
+                        s.server.listen.push(a);
+                    }
                 }
-                Ok(a) => s.server.listen.push(a),
                 Err(_) => c.at(
                     item.span(),
                     not_an_address(
@@ -228,10 +238,19 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             }
             RawProxyProtocol::Only(list) => {
                 for item in list {
+                    // The listener `a` names, written as there or not
+                    // (`[::ffff:127.0.0.1]:P` for 127.0.0.1:P; probe 173).
+                    let named =
+                        |a: SocketAddr| {
+                            s.server.listen.iter().copied().find(|b| {
+                                b.port() == a.port() && b.ip().to_canonical() == a.ip().to_canonical()
+                            })
+                        };
                     match item.get_ref().trim().parse::<SocketAddr>() {
-                        Ok(a) if s.server.listen.contains(&a) => {
-                            if !s.server.proxy_protocol.contains(&a) {
-                                s.server.proxy_protocol.push(a);
+                        Ok(a) if named(a).is_some() => {
+                            let b = named(a).unwrap_or(a);
+                            if !s.server.proxy_protocol.contains(&b) {
+                                s.server.proxy_protocol.push(b);
                             }
                         }
                         Ok(a) => c.at(
@@ -297,7 +316,9 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             s.server.listen.iter().any(|b| overlap(*a, *b)) || tls_addrs.iter().any(|b| overlap(*a, *b))
         });
         if let Ok(a) = listen {
-            if clash {
+            if let Some(why) = no_listener(a) {
+                c.at(t.listen.span(), format!("server.tls.listen: {a} {why}"));
+            } else if clash {
                 c.at(t.listen.span(), format!("server.tls.listen: {a} is already a listener's address"));
             }
             tls_addrs.push(a);
@@ -549,7 +570,10 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             {
                 c.at(a.span(), "admin.listen: must not be a proxy listener's address")
             }
-            Ok(addr) => s.admin = Some(addr),
+            Ok(addr) => match no_listener(addr) {
+                Some(why) => c.at(a.span(), format!("admin.listen: {addr} {why}")),
+                None => s.admin = Some(addr),
+            },
             Err(_) => c.at(a.span(), not_an_address("admin.listen", a.get_ref(), "e.g. \"127.0.0.1:9090\"")),
         }
     }
@@ -787,6 +811,22 @@ fn address_problem(text: &str) -> &'static str {
         && host.bytes().any(|b| b.is_ascii_alphabetic())
         && !host.starts_with(['-', '.']);
     if name { "host names are not taken" } else { "its address part is no IP address" }
+}
+
+/// Why a listener on `a` could take no connection, though `a` is an
+/// address: `check` said ok, and the listener failed to bind ("Invalid
+/// argument") or took nothing (probe 173).
+fn no_listener(a: SocketAddr) -> Option<&'static str> {
+    match a.ip().to_canonical() {
+        ip if ip.is_multicast() => Some("is a multicast address, which takes no TCP connection"),
+        IpAddr::V4(v4) if v4.is_broadcast() => {
+            Some("is the broadcast address, which takes no TCP connection")
+        }
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some(
+            "is link-local, which needs a zone id, and authgate takes none: listen on `[::]` or on the interface's global address",
+        ),
+        _ => None,
+    }
 }
 
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
