@@ -1267,6 +1267,23 @@ async fn a_late_body_behind_a_204_with_a_second_content_length_never_answers_ano
     .await;
 }
 
+/// And for an interim answer (1xx, which authgate does not pass on) that
+/// declares a body: hyper's client reads past it, and the bytes sent late
+/// were bob's answer (probe 172: a `103` with `Content-Length: 43`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_body_behind_an_interim_answer_that_declares_one_never_answers_another_user() {
+    late_body_never_reaches_bob(
+        "GET",
+        "HTTP/1.1 103 Early Hints\r\nContent-Length: 43\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+    )
+    .await;
+    late_body_never_reaches_bob(
+        "GET",
+        "HTTP/1.1 100 Continue\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+}
+
 /// Alice's `method` to `/late` is answered with `head` and, 300 ms later,
 /// bytes that read as a response (`EVIL!`); bob's GET right after must get
 /// its own answer, on a connection of its own.

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -20,7 +21,7 @@ use super::connect::Connector;
 use super::headers::{
     Codings, add_via, check_switch, single_content_length, strip_hop_by_hop, wants_upgrade,
 };
-use super::pool::{Exchange, Sent};
+use super::pool::{Exchange, Sent, declares_body};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -103,7 +104,8 @@ pub async fn forward(
     // The wait for the origin's `100` is part of the wait for its answer,
     // so it takes at most half of that.
     let patience = CONTINUE_WAIT.min(snap.limits.upstream_response_timeout / 2);
-    let (req, gate) = with_continue_gate(Request::from_parts(parts, body), expects.then_some(patience));
+    let (req, gate, interim_body) =
+        watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
     let key = (target.clone(), https, snap.id);
@@ -151,6 +153,7 @@ pub async fn forward(
         reached: &mut rec.upstream,
         only_to: checked,
         user: rec.user.as_ref(),
+        interim_body: &interim_body,
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,
@@ -279,25 +282,38 @@ fn is_100_continue(v: &HeaderValue) -> bool {
     v.as_bytes().eq_ignore_ascii_case(b"100-continue")
 }
 
-/// `Expect: 100-continue` end to end, when there is a `patience` (see
-/// [`Continue`]): the body is held back until the origin's `100 Continue`,
-/// which hyper's client reports through `on_informational`, or for
-/// `patience` without a word.
-fn with_continue_gate(
+/// The origin's interim (1xx) answers, which hyper's client reads past
+/// and reports through `on_informational`. A `100 Continue` opens the gate
+/// of `Expect: 100-continue` end to end, when there is a `patience` (see
+/// [`Continue`]): the body is held back until it comes, or for `patience`
+/// without a word. And an interim answer that declares a body (see
+/// [`declares_body`]) is recorded in the flag returned: an origin that
+/// sends that body, in a later write, has it read as the answer to the
+/// next request on the connection, which then serves only this user again
+/// (probe 172: bob got the bytes behind alice's `103` with
+/// `Content-Length: 43`).
+fn watch_interims(
     mut req: Request<RequestBody>,
     patience: Option<Duration>,
-) -> (Request<RequestBody>, Option<Arc<Continue>>) {
-    let Some(patience) = patience else {
-        return (req, None);
-    };
-    let gate = Arc::new(Continue::default());
-    let opener = gate.clone();
+) -> (Request<RequestBody>, Option<Arc<Continue>>, Arc<AtomicBool>) {
+    let declared = Arc::new(AtomicBool::new(false));
+    let gate = patience.map(|_| Arc::new(Continue::default()));
+    let (opener, seen) = (gate.clone(), declared.clone());
     hyper::ext::on_informational(&mut req, move |interim| {
-        if interim.status() == StatusCode::CONTINUE {
+        if let Some(opener) = &opener
+            && interim.status() == StatusCode::CONTINUE
+        {
             opener.go();
         }
+        if declares_body(interim.headers()) {
+            seen.store(true, Ordering::Relaxed);
+        }
     });
-    (req.map(|body| body.held_by(gate.clone(), patience)), Some(gate))
+    let req = match (&gate, patience) {
+        (Some(gate), Some(patience)) => req.map(|body| body.held_by(gate.clone(), patience)),
+        _ => req,
+    };
+    (req, gate, declared)
 }
 
 fn of_unknown_length(body: &hyper::body::Incoming) -> bool {

@@ -283,6 +283,10 @@ pub struct Exchange<'a> {
     /// Who sends the request: a connection that carried another user's
     /// request body is not used for it (see `Owner`).
     pub user: Option<&'a Arc<str>>,
+    /// Set when an interim (1xx) answer to the request declared a body
+    /// (see [`declares_body`]): the connection then serves only `user`
+    /// again, as after a HEAD answer that declares one.
+    pub interim_body: &'a AtomicBool,
 }
 
 impl Pool {
@@ -496,7 +500,7 @@ impl Pool {
         F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
-        let Exchange { head_timeout, upload, reached, only_to, user } = exchange;
+        let Exchange { head_timeout, upload, reached, only_to, user, interim_body } = exchange;
         let head = req.method() == http::Method::HEAD;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to, user) {
             if upload.is_some() {
@@ -511,7 +515,9 @@ impl Pool {
             let before = reached.replace(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
-                Ok(Ok(response)) => return Sent::checked(response, conn, head, user),
+                Ok(Ok(response)) => {
+                    return Sent::checked(response, conn, head, user, interim_body.load(Ordering::Relaxed));
+                }
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
                     (Some(back), _) => {
@@ -542,7 +548,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        let exchange = Exchange { head_timeout, upload, reached, only_to, user };
+        let exchange = Exchange { head_timeout, upload, reached, only_to, user, interim_body };
         Box::pin(send_new(req, exchange, dial())).await
     }
 }
@@ -581,7 +587,7 @@ async fn send_new(
     exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
-    let Exchange { head_timeout, upload, reached, user, .. } = exchange;
+    let Exchange { head_timeout, upload, reached, user, interim_body, .. } = exchange;
     let head = req.method() == http::Method::HEAD;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
@@ -617,7 +623,7 @@ async fn send_new(
         conn.carried_body_of(user);
     }
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn, head, user),
+        Ok(Ok(response)) => Sent::checked(response, conn, head, user, interim_body.load(Ordering::Relaxed)),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -682,12 +688,14 @@ impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
     /// (counted as [`head_len`] does): then the connection is closed. `head`:
     /// it answers a HEAD request of `user`; a response without a body that
-    /// declares one keeps the connection for `user` (see [`Owner`]).
+    /// declares one keeps the connection for `user` (see [`Owner`]), and so
+    /// does one after an interim answer that declared one (`interim_body`).
     fn checked(
         response: Response<Incoming>,
         mut conn: Conn,
         head: bool,
         user: Option<&Arc<str>>,
+        interim_body: bool,
     ) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
@@ -696,18 +704,21 @@ impl Sent {
         let status = response.status();
         let bodiless =
             head || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
-        // (Headers read only for those.) Every Content-Length field counts:
-        // `0` then `43` declares a body too (probe 169), though the first
-        // alone says none.
-        let declares = |h: &http::HeaderMap| {
-            h.get_all(http::header::CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0")
-                || h.contains_key(http::header::TRANSFER_ENCODING)
-        };
-        if bodiless && declares(response.headers()) {
+        // (Headers read only for those.)
+        if interim_body || (bodiless && declares_body(response.headers())) {
             conn.carried_body_of(user);
         }
         Ok(Sent { response, conn })
     }
+}
+
+/// Whether a response head that has no body by its request or status (an
+/// answer to HEAD, a 1xx, a 204, a 304) declares one all the same: a
+/// `Content-Length` other than 0 in any of its fields (`0` then `43`
+/// declares one too, probe 169), or a `Transfer-Encoding`.
+pub(crate) fn declares_body(h: &http::HeaderMap) -> bool {
+    h.get_all(http::header::CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0")
+        || h.contains_key(http::header::TRANSFER_ENCODING)
 }
 
 /// The size of a response head as sent, or less, never more: the status
