@@ -247,16 +247,17 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                             })
                         };
                     match item.get_ref().trim().parse::<SocketAddr>() {
-                        Ok(a) if named(a).is_some() => {
-                            let b = named(a).unwrap_or(a);
-                            if !s.server.proxy_protocol.contains(&b) {
-                                s.server.proxy_protocol.push(b);
+                        Ok(a) => match named(a) {
+                            Some(b) => {
+                                if !s.server.proxy_protocol.contains(&b) {
+                                    s.server.proxy_protocol.push(b);
+                                }
                             }
-                        }
-                        Ok(a) => c.at(
-                            item.span(),
-                            format!("server.proxy_protocol: {a} is not one of server.listen"),
-                        ),
+                            None => c.at(
+                                item.span(),
+                                format!("server.proxy_protocol: {a} is not one of server.listen"),
+                            ),
+                        },
                         Err(_) => c.at(
                             item.span(),
                             not_an_address(

@@ -309,9 +309,9 @@ fn watch_interims(
             seen.store(true, Ordering::Relaxed);
         }
     });
-    let req = match (&gate, patience) {
-        (Some(gate), Some(patience)) => req.map(|body| body.held_by(gate.clone(), patience)),
-        _ => req,
+    let req = match gate.clone().zip(patience) {
+        Some((gate, patience)) => req.map(|body| body.held_by(gate, patience)),
+        None => req,
     };
     (req, gate, declared)
 }
