@@ -444,9 +444,23 @@ fn no_listener_and_duplicate_listeners_are_refused_with_line_and_column() {
     // problem showed only once the clash was fixed; probe 136).
     let clash = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[[server.tls]]\nlisten = \"127.0.0.1:3128\"\ncert = \"none.pem\"\nkey = \"none.pem\"\n[auth]\nusers_file = \"users.toml\"\n";
     let err = load_err(clash, &users);
-    assert!(err.contains("authgate.toml:4:10") && err.contains("already a listener's address"), "{err}");
+    assert!(err.contains(
+            "authgate.toml:4:10: server.tls.listen: 127.0.0.1:3128 is already a listener's address (server.listen has 127.0.0.1:3128)"
+        ),
+        "{err}"
+    );
     assert!(
         err.contains("authgate.toml:5:8: server.tls: ") && err.contains("none.pem: cannot read certificate"),
+        "{err}"
+    );
+    // Two TLS listeners on one port of one address: the second is told
+    // which it clashes with.
+    let twice = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[[server.tls]]\nlisten = \"0.0.0.0:3129\"\ncert = \"none.pem\"\nkey = \"none.pem\"\n[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"none.pem\"\nkey = \"none.pem\"\n";
+    let err = load_err(twice, &users);
+    assert!(
+        err.contains(
+            "authgate.toml:8:10: server.tls.listen: 127.0.0.1:3129 is already a listener's address (a [[server.tls]] listener has 0.0.0.0:3129)"
+        ),
         "{err}"
     );
     // And an admin listener on the address of a TLS listener whose
@@ -455,7 +469,9 @@ fn no_listener_and_duplicate_listeners_are_refused_with_line_and_column() {
     let err = load_err(admin, &users);
     assert!(err.contains("none.pem: cannot read certificate"), "{err}");
     assert!(
-        err.contains("authgate.toml:8:10: admin.listen: must not be a proxy listener's address"),
+        err.contains(
+            "authgate.toml:8:10: admin.listen: must not be a proxy listener's address (a [[server.tls]] listener has 127.0.0.1:3129)"
+        ),
         "{err}"
     );
 }
@@ -486,7 +502,9 @@ fn an_admin_listener_on_a_proxy_address_is_refused_with_line_and_column() {
         let config = format!("[server]\nlisten = [\"{proxy}\"]\n[admin]\nlisten = \"{admin}\"\n");
         let err = load_err(&config, &good_users());
         assert!(
-            err.contains("authgate.toml:4:10: admin.listen: must not be a proxy listener's address"),
+            err.contains(&format!(
+                "authgate.toml:4:10: admin.listen: must not be a proxy listener's address (server.listen has {proxy})"
+            )),
             "{err}"
         );
     }

@@ -313,14 +313,15 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         for (name, span) in &empty {
             c.at(span.clone(), format!("server.tls.{name}: must not be empty"));
         }
-        let clash = listen.as_ref().is_ok_and(|a| {
-            s.server.listen.iter().any(|b| overlap(*a, *b)) || tls_addrs.iter().any(|b| overlap(*a, *b))
-        });
+        let clashes = listen.as_ref().ok().and_then(|a| clash(*a, &s.server.listen, &tls_addrs));
         if let Ok(a) = listen {
             if let Some(why) = no_listener(a) {
                 c.at(t.listen.span(), format!("server.tls.listen: {a} {why}"));
-            } else if clash {
-                c.at(t.listen.span(), format!("server.tls.listen: {a} is already a listener's address"));
+            } else if let Some(other) = &clashes {
+                c.at(
+                    t.listen.span(),
+                    format!("server.tls.listen: {a} is already a listener's address ({other})"),
+                );
             }
             tls_addrs.push(a);
         }
@@ -337,7 +338,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             continue;
         }
         match (listen, crate::server::tls::load_certified_key(&cert, &key)) {
-            (Ok(_), Ok(_)) if clash => {}
+            (Ok(_), Ok(_)) if clashes.is_some() => {}
             (Ok(listen), Ok(certified)) => s.server.tls.push(super::TlsListener {
                 listen,
                 cert,
@@ -565,15 +566,14 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     }
     if let Some(a) = &raw.admin.listen {
         match a.get_ref().trim().parse::<SocketAddr>() {
-            Ok(addr)
-                if s.server.listen.iter().any(|b| overlap(addr, *b))
-                    || tls_addrs.iter().any(|t| overlap(addr, *t)) =>
-            {
-                c.at(a.span(), "admin.listen: must not be a proxy listener's address")
-            }
-            Ok(addr) => match no_listener(addr) {
-                Some(why) => c.at(a.span(), format!("admin.listen: {addr} {why}")),
-                None => s.admin = Some(addr),
+            Ok(addr) => match clash(addr, &s.server.listen, &tls_addrs) {
+                Some(other) => {
+                    c.at(a.span(), format!("admin.listen: must not be a proxy listener's address ({other})"))
+                }
+                None => match no_listener(addr) {
+                    Some(why) => c.at(a.span(), format!("admin.listen: {addr} {why}")),
+                    None => s.admin = Some(addr),
+                },
             },
             Err(_) => c.at(a.span(), not_an_address("admin.listen", a.get_ref(), "e.g. \"127.0.0.1:9090\"")),
         }
@@ -828,6 +828,15 @@ fn no_listener(a: SocketAddr) -> Option<&'static str> {
         ),
         _ => None,
     }
+}
+
+/// The listener that `a` would clash with, named for the message: one of
+/// `server.listen`, else a TLS listener listed before.
+fn clash(a: SocketAddr, plain: &[SocketAddr], tls: &[SocketAddr]) -> Option<String> {
+    let found = |list: &[SocketAddr]| list.iter().copied().find(|b| overlap(a, *b));
+    found(plain)
+        .map(|b| format!("server.listen has {b}"))
+        .or_else(|| found(tls).map(|b| format!("a [[server.tls]] listener has {b}")))
 }
 
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
