@@ -1252,7 +1252,7 @@ async fn a_body_an_origin_left_unread_never_answers_another_users_request() {
 /// GET got `EVIL!` from the body of alice's HEAD answer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_sent_late_behind_a_head_answer_never_answers_another_users_request() {
-    late_body_never_reaches_bob("HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 43\r\n\r\n").await;
+    late_body_never_reaches_bob("HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 43\r\n\r\n", false).await;
 }
 
 /// The same for a 204 whose first Content-Length field says `0` and a
@@ -1263,6 +1263,7 @@ async fn a_late_body_behind_a_204_with_a_second_content_length_never_answers_ano
     late_body_never_reaches_bob(
         "GET",
         "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nContent-Length: 43\r\n\r\n",
+        false,
     )
     .await;
 }
@@ -1275,19 +1276,37 @@ async fn a_late_body_behind_an_interim_answer_that_declares_one_never_answers_an
     late_body_never_reaches_bob(
         "GET",
         "HTTP/1.1 103 Early Hints\r\nContent-Length: 43\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+        false,
     )
     .await;
     late_body_never_reaches_bob(
         "GET",
         "HTTP/1.1 100 Continue\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+}
+
+/// The same when alice's GET was sent again on a new connection, because
+/// the pooled one closed under it: the request made again lost the hook
+/// that sees interim answers (probe 174: bob got the bytes behind the
+/// `103`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_body_behind_an_interim_answer_to_a_request_sent_again_never_answers_another_user() {
+    late_body_never_reaches_bob(
+        "GET",
+        "HTTP/1.1 103 Early Hints\r\nContent-Length: 43\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        true,
     )
     .await;
 }
 
 /// Alice's `method` to `/late` is answered with `head` and, 300 ms later,
 /// bytes that read as a response (`EVIL!`); bob's GET right after must get
-/// its own answer, on a connection of its own.
-async fn late_body_never_reaches_bob(method: &str, head: &'static str) {
+/// its own answer, on a connection of its own. When `retried`, alice first
+/// gets `/warm` and waits, and the origin's connection that answered it
+/// closes as `/late` arrives on it: `/late` is sent again on a new one.
+async fn late_body_never_reaches_bob(method: &str, head: &'static str, retried: bool) {
     const BOB: (&str, &str) = ("bob", "bob-pw");
     let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = conns.clone();
@@ -1297,7 +1316,10 @@ async fn late_body_never_reaches_bob(method: &str, head: &'static str) {
             while let Some(request) = read_request_head(&mut s).await {
                 let request = String::from_utf8_lossy(&request).into_owned();
                 let path = request.split(' ').nth(1).unwrap_or("").to_owned();
-                let answer = if path.ends_with("/late") {
+                let answer = if retried && n == 1 && path.ends_with("/late") {
+                    // Closed as the request arrives (a keep-alive timeout).
+                    return;
+                } else if path.ends_with("/late") {
                     // The head, then (late enough for the next request to be
                     // on its way) a body that reads as a response.
                     let _ = s.write_all(head.as_bytes()).await;
@@ -1316,6 +1338,14 @@ async fn late_body_never_reaches_bob(method: &str, head: &'static str) {
     let proxy = spawn_proxy("", &[USER, BOB]);
     let host = origin.authority();
     let mut alice = RawConn::connect(proxy.addr).await;
+    if retried {
+        let warm = [("Host", host.as_str()), ("Proxy-Authorization", &auth())];
+        alice.send(request("GET", &origin.url("/warm"), &warm)).await;
+        let warm = alice.read_response("GET").await;
+        assert_eq!(warm.text(), "/warm on connection 1", "{}", warm.dump());
+        // Idle long enough for the request to be kept to send again.
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    }
     alice
         .send(request(method, &origin.url("/late"), &[("Host", &host), ("Proxy-Authorization", &auth())]))
         .await;
@@ -1323,6 +1353,7 @@ async fn late_body_never_reaches_bob(method: &str, head: &'static str) {
     assert!(matches!(first.status, 200 | 204), "{}", first.dump());
     // At once: the body is on its way.
     let mine = get_from(proxy.addr, &origin, "/mine", BOB).await;
-    assert_eq!(mine.text(), "/mine on connection 2", "{}", mine.dump());
-    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let expected = if retried { 3 } else { 2 };
+    assert_eq!(mine.text(), format!("/mine on connection {expected}"), "{}", mine.dump());
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), expected);
 }

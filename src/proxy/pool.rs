@@ -554,11 +554,17 @@ impl Pool {
 }
 
 /// The head of a request without a body, to make it again.
+///
+/// With its extensions: they hold hyper's `on_informational` hook (see
+/// `forward::watch_interims`), and a request sent again without it had its
+/// interim answers unseen (probe 174: bob got the bytes behind the `103`
+/// with `Content-Length: 59` that answered alice's retried GET).
 struct Replay {
     method: http::Method,
     uri: http::Uri,
     version: http::Version,
     headers: http::HeaderMap,
+    extensions: http::Extensions,
 }
 
 impl Replay {
@@ -568,6 +574,7 @@ impl Replay {
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
         }
     }
 
@@ -577,6 +584,7 @@ impl Replay {
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers;
+        *req.extensions_mut() = self.extensions;
         req
     }
 }
