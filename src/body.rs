@@ -392,9 +392,10 @@ impl Continue {
     }
 
     /// The origin's final answer has arrived: if the body was not asked
-    /// for yet, it never is (the caller closes the connection).
-    pub fn answered(&self) {
-        self.swap_from(WAITING, ANSWERED);
+    /// for yet, it never is (the caller closes the connection). Whether it
+    /// was not.
+    pub fn answered(&self) -> bool {
+        self.swap_from(WAITING, ANSWERED)
     }
 
     fn swap_from(&self, from: u8, to: u8) -> bool {

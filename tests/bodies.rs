@@ -439,6 +439,59 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502() {
     }
 }
 
+/// RFC 9110 §7.8: a server that switches protocols for a request with
+/// `Expect: 100-continue` must send the 100 first. An origin that sent a
+/// 101 (and a byte behind it) to such a POST, with its body held back for
+/// that 100, kept both connections open until shutdown, hyper waiting for
+/// good to send the body: a client slot and two sockets a request (probe
+/// 174). Now a 502 that closes both, whether the request asked to upgrade
+/// or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_that_skips_the_100_a_held_body_waits_for_is_a_502_that_closes_both_connections() {
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = auth();
+    for (upgrade, detail) in [
+        (false, "101 without an upgrade request"),
+        (true, "101 before 100 Continue to a request with a body"),
+    ] {
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+            let closed_tx = closed_tx.clone();
+            async move {
+                if read_request_head(&mut s).await.is_none() {
+                    return;
+                }
+                let switch =
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nX";
+                let _ = s.write_all(switch).await;
+                // Open until the proxy closes: what did not end on its own.
+                let mut buf = [0u8; 1024];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = closed_tx.send(());
+            }
+        });
+        let mut closed = closed;
+        let mut conn = RawConn::connect(proxy.addr).await;
+        let host = origin.authority();
+        let mut head = vec![
+            ("Host", host.as_str()),
+            ("Proxy-Authorization", auth.as_str()),
+            ("Content-Length", "5"),
+            ("Expect", "100-continue"),
+        ];
+        if upgrade {
+            head.extend([("Connection", "Upgrade"), ("Upgrade", "websocket")]);
+        }
+        conn.send(request("POST", &origin.url("/up"), &head)).await;
+        let resp = conn.read_response("POST").await;
+        assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
+        assert!(resp.header("proxy-status").is_some_and(|p| p.contains(detail)), "{}", resp.dump());
+        assert!(conn.read_to_end().await.is_empty(), "the client's connection ends");
+        let origin_closed = tokio::time::timeout(std::time::Duration::from_secs(10), closed.recv()).await;
+        assert!(matches!(origin_closed, Ok(Some(()))), "the origin's connection was left open");
+    }
+}
+
 /// RFC 9112 §8: a response cut short must not look whole. To an HTTP/1.0
 /// client a body without a length runs to the close, so a chunked body
 /// that broke off upstream ended in a FIN that looked like its end: the

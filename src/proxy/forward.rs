@@ -169,32 +169,28 @@ pub async fn forward(
     };
     let Sent { response: mut resp, conn } = sent;
     // The origin answered without asking for the body: it is never sent.
-    if let Some(gate) = &gate {
-        gate.answered();
-    }
-    // An answer before the request body's end (a 413 to a large upload, an
-    // answer to an `Expect: 100-continue` request): the origin will not
-    // read the rest, and the connection cannot carry another request. It is
-    // closed once this answer is relayed (or at once, for one that is not):
-    // hyper would keep sending the body, or wait for good to send it, for
-    // as long as the origin keeps the socket open. (Not after a 101, whose
-    // connection becomes the tunnel.)
-    let early = (upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) || conn.still_sending())
-        && resp.status() != StatusCode::SWITCHING_PROTOCOLS;
-    let (conn, close) = if early { (None, Some(conn.close_on_drop())) } else { (Some(conn), None) };
-
-    if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-        return Err(ProxyError::Upstream407);
-    }
-    // RFC 9110 §15: status codes are 100-599; hyper parses any three digits.
-    if resp.status().as_u16() >= 600 {
-        return Err(ProxyError::UpstreamProtocol { detail: "malformed response" });
-    }
+    let unasked = gate.as_ref().is_some_and(|gate| gate.answered());
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (Some(client), Some(offered)) = (client_upgrade.and_then(|c| c.take()), offered) else {
-            return Err(ProxyError::UpstreamProtocol { detail: "101 without an upgrade request" });
+        // RFC 9110 §7.8: a server that switches protocols for a request
+        // with `Expect: 100-continue` MUST send the 100 first; and a 101 to
+        // a request that asked for no switch is no answer at all. Either
+        // way HTTP ended on the origin's connection: it is closed at once.
+        // Kept, with hyper waiting for good to send the body held back
+        // for that 100, it held the client's connection, its slot and both
+        // sockets until shutdown (probe 174).
+        let refused = match (client_upgrade.as_ref(), &offered) {
+            (Some(_), Some(offered)) if !unasked => check_switch(offered, resp.headers()).err(),
+            (Some(_), Some(_)) => Some("101 before 100 Continue to a request with a body"),
+            _ => Some("101 without an upgrade request"),
         };
-        check_switch(&offered, resp.headers()).map_err(|detail| ProxyError::UpstreamProtocol { detail })?;
+        // Taken only once the switch is sure: one taken and refused was
+        // left to no one (see `ClientUpgrade`).
+        let client = if refused.is_none() { client_upgrade.and_then(|c| c.take()) } else { None };
+        let Some(client) = client else {
+            drop(conn.close_on_drop());
+            let detail = refused.unwrap_or("101 without an upgrade request");
+            return Err(ProxyError::UpstreamProtocol { detail });
+        };
         state.metrics.upstream_response(101);
         let origin = hyper::upgrade::on(&mut resp);
         let (mut parts, _) = resp.into_parts();
@@ -205,6 +201,22 @@ pub async fn forward(
         parts.version = Version::HTTP_11;
         let resp = http::Response::from_parts(parts, ProxyBody::empty());
         return Ok(Reply::Tunnel(resp, Job { client, upstream: Upstream::Upgraded(origin), user: None }));
+    }
+    // An answer before the request body's end (a 413 to a large upload, an
+    // answer to an `Expect: 100-continue` request): the origin will not
+    // read the rest, and the connection cannot carry another request. It is
+    // closed once this answer is relayed (or at once, for one that is not):
+    // hyper would keep sending the body, or wait for good to send it, for
+    // as long as the origin keeps the socket open.
+    let early = upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) || conn.still_sending();
+    let (conn, close) = if early { (None, Some(conn.close_on_drop())) } else { (Some(conn), None) };
+
+    if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+        return Err(ProxyError::Upstream407);
+    }
+    // RFC 9110 §15: status codes are 100-599; hyper parses any three digits.
+    if resp.status().as_u16() >= 600 {
+        return Err(ProxyError::UpstreamProtocol { detail: "malformed response" });
     }
 
     // Kept for another request only when the exchange left no doubt about
