@@ -445,14 +445,18 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502() {
 /// that 100, kept both connections open until shutdown, hyper waiting for
 /// good to send the body: a client slot and two sockets a request (probe
 /// 174). Now a 502 that closes both, whether the request asked to upgrade
-/// or not.
+/// or not; and so does a 101 to a request whose body is still coming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_that_skips_the_100_a_held_body_waits_for_is_a_502_that_closes_both_connections() {
     let proxy = spawn_proxy("", &[USER]);
     let auth = auth();
-    for (upgrade, detail) in [
-        (false, "101 without an upgrade request"),
-        (true, "101 before 100 Continue to a request with a body"),
+    // (Expect, Upgrade, body bytes sent, the 502's details.) The third: a
+    // body cut short without the expectation, which kept the client's
+    // connection open as long as the client did (probe 174).
+    for (expect, upgrade, sent, detail) in [
+        (true, false, "", "101 without an upgrade request"),
+        (true, true, "", "101 before 100 Continue to a request with a body"),
+        (false, false, "AB", "101 without an upgrade request"),
     ] {
         let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel::<()>();
         let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
@@ -473,16 +477,17 @@ async fn a_101_that_skips_the_100_a_held_body_waits_for_is_a_502_that_closes_bot
         let mut closed = closed;
         let mut conn = RawConn::connect(proxy.addr).await;
         let host = origin.authority();
-        let mut head = vec![
-            ("Host", host.as_str()),
-            ("Proxy-Authorization", auth.as_str()),
-            ("Content-Length", "5"),
-            ("Expect", "100-continue"),
-        ];
+        let mut head =
+            vec![("Host", host.as_str()), ("Proxy-Authorization", auth.as_str()), ("Content-Length", "5")];
+        if expect {
+            head.push(("Expect", "100-continue"));
+        }
         if upgrade {
             head.extend([("Connection", "Upgrade"), ("Upgrade", "websocket")]);
         }
-        conn.send(request("POST", &origin.url("/up"), &head)).await;
+        let mut bytes = request("POST", &origin.url("/up"), &head);
+        bytes.extend_from_slice(sent.as_bytes());
+        conn.send(bytes).await;
         let resp = conn.read_response("POST").await;
         assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
         assert!(resp.header("proxy-status").is_some_and(|p| p.contains(detail)), "{}", resp.dump());
