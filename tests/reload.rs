@@ -483,6 +483,38 @@ async fn a_removed_user_gets_407_and_loses_open_tunnels_and_connections() {
     assert_tunnel_alive(&mut alice_tunnel).await;
 }
 
+/// A users file rewritten more often than the watcher looks (a script
+/// running `authgate users` in a loop) is still loaded: the debounce waits
+/// at most 2 s for files that keep changing. It waited for good, and a
+/// user removed in the first edit kept getting in for as long as the edits
+/// went on (probe 175: 10 s, in 3 runs of 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_file_that_keeps_changing_is_still_reloaded() {
+    let origin = spawn_echo_origin();
+    let bob = user_entry("bob", "b1", "");
+    let proxy = spawn_custom(CFG_NT, &(user_entry("alice", "a1", "") + &bob));
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    let users = proxy.file("users.toml");
+    let start = Instant::now();
+    let mut edits = 0;
+    let refused = loop {
+        // Alice is gone from the first edit on; each differs by a comment.
+        for _ in 0..4 {
+            edits += 1;
+            replace_by_rename(&users, &format!("{bob}# edit {edits}\n"));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if status_or_closed(proxy.addr, &origin, "alice", "a1").await == 407 {
+            break true;
+        }
+        if start.elapsed() > RELOAD_SEEN {
+            break false;
+        }
+    };
+    assert!(refused, "alice still let in after {edits} edits in {:?}", start.elapsed());
+    assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disabled_or_changed_user_stops_counting_at_once() {
     let origin = spawn_echo_origin();

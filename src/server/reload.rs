@@ -9,7 +9,8 @@
 //! swap replaces, and the edge cases there are the usual source of "reload
 //! did not fire" bugs; a stat of a few files four times a second costs nothing.
 //! A change is acted on once the files have stopped changing for one poll
-//! (debounce), so a half-written file is not even tried.
+//! (debounce), so a half-written file is not even tried; or once they have
+//! kept changing for [`MAX_SETTLE`].
 //!
 //! A reload builds and validates a whole new snapshot; on any problem the old
 //! snapshot keeps serving and every problem is logged with file:line:col.
@@ -34,6 +35,12 @@ use crate::telemetry::LogFormat;
 
 /// How often the files are looked at.
 pub const POLL: Duration = Duration::from_millis(250);
+/// The longest the debounce waits for files that keep changing: then they
+/// are loaded as they are. Without a bound, a file rewritten more often
+/// than [`POLL`] (a script running `authgate users` in a loop) held off
+/// every reload for as long as it went on, a user's removal with it
+/// (probe 175).
+pub const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
     paths.iter().map(|p| stamp(p)).collect()
@@ -396,6 +403,8 @@ pub async fn watch(state: Arc<State>) {
     let mut seen = state.snapshot.load().files_as_read.clone();
     let mut paths = state.snapshot.load().watched();
     let mut pending: Option<Vec<Stamp>> = None;
+    // When the files were first seen to differ from what is loaded.
+    let mut changing_since: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -411,7 +420,7 @@ pub async fn watch(state: Arc<State>) {
                 tracing::info!("SIGHUP: reloading");
                 let Some((now_watched, before)) = reload_and_stamp(&state).await else { return };
                 (paths, seen) = (now_watched, before);
-                pending = None;
+                (pending, changing_since) = (None, None);
             }
             _ = tick.tick() => {
                 let snap = state.snapshot.load_full();
@@ -422,15 +431,22 @@ pub async fn watch(state: Arc<State>) {
                 }
                 let now = stamps(&paths);
                 if now == seen {
-                    pending = None;
+                    (pending, changing_since) = (None, None);
                     continue;
                 }
-                // Debounce: act once the files look the same on two polls.
-                if pending.as_ref() == Some(&now) {
-                    tracing::info!("configuration files changed: reloading");
+                // Debounce: act once the files look the same on two polls,
+                // or once they have changed for `MAX_SETTLE`.
+                let since = *changing_since.get_or_insert_with(tokio::time::Instant::now);
+                let settled = pending.as_ref() == Some(&now);
+                if settled || since.elapsed() >= MAX_SETTLE {
+                    if settled {
+                        tracing::info!("configuration files changed: reloading");
+                    } else {
+                        tracing::info!("configuration files still changing after 2 s: reloading them as they are");
+                    }
                     let Some((now_watched, before)) = reload_and_stamp(&state).await else { return };
                     (paths, seen) = (now_watched, before);
-                    pending = None;
+                    (pending, changing_since) = (None, None);
                 } else {
                     pending = Some(now);
                 }
