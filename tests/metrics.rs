@@ -161,6 +161,25 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     assert_eq!(c.read_response("GET").await.status, 200, "HTTP/1.0 needs no Host");
 }
 
+/// A health check that sends its request and at once shuts its sending
+/// side (`nc -N`, a probe script's `shutdown(SHUT_WR)`) is answered: hyper
+/// took the end of the stream right behind the head for a connection to
+/// close, and 10 of 1,000 such checks got no answer (probe 175).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_request_followed_at_once_by_a_half_close_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (run, _state) = spawn_with_admin("").await;
+    for i in 0..1500 {
+        let mut s = tokio::net::TcpStream::connect(run.admin).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut got)).await;
+        assert!(matches!(read, Ok(Ok(_))), "try {i}: {read:?}");
+        assert!(got.starts_with(b"HTTP/1.1 200 "), "try {i}: {:?}", String::from_utf8_lossy(&got));
+    }
+}
+
 /// The admin port (no credentials asked) holds at most
 /// `MAX_ADMIN_CONNECTIONS` connections, and `MAX_ADMIN_CONNECTIONS_PER_ADDRESS`
 /// from one address: one past them is closed unanswered, those open are
