@@ -31,27 +31,7 @@ fn spawn_tls_origin_that(leaf: &pki::Leaf, answers: bool) -> SocketAddr {
 /// [`spawn_tls_origin_that`], requiring a client certificate from
 /// `client_ca` when there is one.
 fn spawn_tls_origin_with(leaf: &pki::Leaf, client_ca: Option<&pki::Ca>, answers: bool) -> SocketAddr {
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
-    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap();
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let config = builder.with_single_cert(certs, key).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(leaf, client_ca);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
     let addr = l.local_addr().unwrap();
@@ -78,6 +58,32 @@ fn spawn_tls_origin_with(leaf: &pki::Leaf, client_ca: Option<&pki::Ca>, answers:
         }
     });
     addr
+}
+
+/// The acceptor of a TLS origin serving `leaf`, requiring a client
+/// certificate from `client_ca` when there is one.
+fn tls_acceptor(leaf: &pki::Leaf, client_ca: Option<&pki::Ca>) -> tokio_rustls::TlsAcceptor {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(certs, key).unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// `policy`: the `[egress]`, `[policy]` and `[[rules]]` part of the config.
@@ -184,6 +190,103 @@ async fn a_tls_origin_that_closes_without_a_word_is_a_502_saying_so() {
     assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
     let status = r.header("proxy-status").unwrap_or_default();
     assert!(status.contains("details=\"connection closed before a complete response\""), "{status}");
+}
+
+/// An upgraded `https://` connection (WebSocket over TLS both ways) where
+/// one side ends its TCP connection without `close_notify` (a truncation,
+/// RFC 8446 §6.1): the other side is not sent a `close_notify` either, but
+/// a bare FIN, so that its TLS reads the cut as one. authgate ends both
+/// TLS sessions, and a clean end it made up hid the cut (probe 176).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_on_one_side_of_an_upgraded_https_connection_reaches_the_other_as_a_cut() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let dir = TempDir::new();
+    let (_plain, proxy, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
+    // Who ends: the origin with a cut, the client with one, the origin
+    // cleanly (which the client is told as such).
+    for (origin_cuts, origin_ends_cleanly) in [(true, false), (false, false), (false, true)] {
+        // How the origin's TLS saw the end of the client's bytes.
+        let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<std::io::Result<usize>>();
+        let acceptor = tls_acceptor(&origin_ca.leaf("origin"), None);
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut tls = acceptor.accept(s).await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while find(&head, b"\r\n\r\n").is_none() {
+                let n = tls.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let switch =
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+            tls.write_all(switch).await.unwrap();
+            tls.write_all(b"DATA").await.unwrap();
+            tls.flush().await.unwrap();
+            if origin_cuts {
+                // The TCP connection closed under the TLS session.
+                drop(tls.into_inner().0);
+                return;
+            }
+            if origin_ends_cleanly {
+                tls.shutdown().await.unwrap();
+            }
+            let mut rest = Vec::new();
+            let _ = ended_tx.send(tls.read_to_end(&mut rest).await);
+        });
+        let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+        let connector = pki::connector(&proxy_ca.cert_pem);
+        let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        let authority = format!("127.0.0.1:{}", origin.port());
+        let req = request(
+            "GET",
+            &format!("https://{authority}/ws"),
+            &[
+                ("Host", &authority),
+                ("Proxy-Authorization", &basic("alice", "a1")),
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+            ],
+        );
+        tls.write_all(&req).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"DATA") {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 101 "), "{:?}", String::from_utf8_lossy(&got));
+        if origin_cuts || origin_ends_cleanly {
+            let mut rest = Vec::new();
+            let end = tls.read_to_end(&mut rest).await;
+            let kind = end.as_ref().map_err(|e| e.kind()).copied();
+            if origin_cuts {
+                assert_eq!(
+                    kind,
+                    Err(std::io::ErrorKind::UnexpectedEof),
+                    "the client saw a clean end: {end:?}"
+                );
+            } else {
+                assert_eq!(kind, Ok(0), "the client saw no clean end: {end:?}");
+            }
+        } else {
+            drop(tls.into_inner().0);
+            let end = tokio::time::timeout(std::time::Duration::from_secs(10), ended.recv()).await;
+            let kind = match &end {
+                Ok(Some(read)) => Some(read.as_ref().map_err(|e| e.kind()).copied()),
+                _ => None,
+            };
+            assert_eq!(
+                kind,
+                Some(Err(std::io::ErrorKind::UnexpectedEof)),
+                "the origin saw a clean end: {end:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -179,6 +179,18 @@ impl Writes {
 /// The origin socket as hyper's client sees it, reporting to [`Writes`].
 type Watched = crate::watched_io::Watched<UpstreamIo, Arc<Writes>>;
 
+/// The origin's side of an upgrade, as a tunnel's side of its own (its TLS
+/// in reach, see [`Side`](super::relay::Side)), with the bytes hyper read
+/// past the 101, which go to the client first.
+pub fn upgraded_origin(
+    upgraded: hyper::upgrade::Upgraded,
+) -> (Box<dyn super::relay::Side + Send>, bytes::Bytes) {
+    match upgraded.downcast::<TokioIo<Watched>>() {
+        Ok(parts) => (Box::new(parts.io.into_inner().io), parts.read_buf),
+        Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
+    }
+}
+
 impl IoObserver for Arc<Writes> {
     #[inline]
     fn read_some(&mut self) {

@@ -35,6 +35,39 @@ const FIRST_CHUNK: usize = 8 * 1024;
 /// (a bulk transfer), for fewer syscalls per byte.
 const CHUNK: usize = 64 * 1024;
 
+/// One side of a tunnel.
+///
+/// A TLS session ends cleanly with a `close_notify` alert; a TCP close
+/// without one says the stream was cut (RFC 8446 §6.1). After a side
+/// failed, the other is not told that all went well: on TLS, its TCP
+/// socket is shut instead, a bare FIN (a `close_notify` passed an origin's
+/// reset, or a truncation without one, on as a clean end to a client of an
+/// upgraded `https://` connection, and the other way round; probe 176).
+pub trait Side: AsyncRead + AsyncWrite + Unpin {
+    /// The TCP socket under a TLS session. `None`, the default, for a side
+    /// whose `shutdown` says no more than a FIN (plain TCP), or one out of
+    /// reach.
+    fn under_tls(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Side for TcpStream {}
+
+impl Side for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
+
+impl<S: Side + ?Sized> Side for Box<S> {
+    fn under_tls(&self) -> Option<&TcpStream> {
+        (**self).under_tls()
+    }
+}
+
+/// Ends `side`'s sending half without a clean TLS end, when it is TLS (see
+/// [`Side`]); `None` for a side without TLS, to be shut as usual.
+fn cut(side: &impl Side) -> Option<io::Result<()>> {
+    side.under_tls().map(|tcp| socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write))
+}
+
 #[derive(Default)]
 struct Direction {
     /// Read but not yet written; `None` while the direction is idle.
@@ -50,6 +83,9 @@ struct Direction {
     moved: u64,
     /// Whether this direction moved on to `splice(2)`.
     splice: Splice,
+    /// The other direction failed: this one's end is passed on as a cut
+    /// (see [`Side`]).
+    cut: bool,
 }
 
 /// A direction's use of `splice(2)` (two TCP sockets only).
@@ -81,6 +117,7 @@ impl Direction {
             return false;
         }
         self.eof = true;
+        self.cut = true;
         true
     }
 
@@ -107,7 +144,7 @@ impl Direction {
     ) -> Poll<io::Result<()>>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        W: Side,
     {
         loop {
             let pending = self.buf.as_ref().map_or(0, |b| b.len());
@@ -160,7 +197,10 @@ impl Direction {
             if self.eof {
                 // Half-close: pass the end of this direction on, keep the other.
                 ready!(self.flush(cx, w, progress))?;
-                ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                match if self.cut { cut(&*w) } else { None } {
+                    Some(res) => res?,
+                    None => ready!(Pin::new(&mut *w).poll_shutdown(cx))?,
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -282,6 +322,14 @@ impl Relay {
         }
     }
 
+    /// Makes `early` the relay's first bytes down: what an origin sent
+    /// along with its 101, read with it.
+    pub fn send_first_down(&mut self, early: &[u8]) {
+        if !early.is_empty() {
+            self.down.buf = Some(BytesMut::from(early));
+        }
+    }
+
     /// Adds the bytes to `metrics` as they move, not at the end; whoever
     /// logs the tunnel must not count them again.
     pub fn count_into(&mut self, metrics: Arc<Metrics>) {
@@ -303,8 +351,8 @@ impl Relay {
     /// `quiet.idle` (see [`Quiet`]).
     pub async fn run<A, B>(&mut self, client: &mut A, origin: &mut B, quiet: Quiet) -> End
     where
-        A: AsyncRead + AsyncWrite + Unpin,
-        B: AsyncRead + AsyncWrite + Unpin,
+        A: Side,
+        B: Side,
     {
         let end = self
             .drive(quiet, |way, dir, cx, progress| match way {
@@ -465,8 +513,8 @@ const LINGER_MAX: u64 = 64 << 20;
 /// gently (see [`close_gently`]).
 async fn closed<A, B>(end: End, client: &mut A, origin: &mut B) -> End
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Side,
+    B: Side,
 {
     if end == End::Error {
         // Boxed: inline, it would grow every tunnel's task.
@@ -489,13 +537,19 @@ where
 /// a client reset, for nobody and counted nowhere (probe 110).
 async fn close_gently<A, B>(client: &mut A, origin: &mut B)
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: Side,
+    B: Side,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Neither side is told that all went well (see `Side`).
+    async fn end(side: &mut impl Side) {
+        if cut(side).is_none() {
+            let _ = side.shutdown().await;
+        }
+    }
     let drain = async {
         // A side that failed is already closed: shut and read both fail.
-        let _ = client.shutdown().await;
+        end(client).await;
         let mut scratch = vec![0u8; 8 * 1024];
         let mut total = 0u64;
         while total < LINGER_MAX {
@@ -505,13 +559,15 @@ where
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, async { tokio::join!(drain, origin.shutdown()) }).await;
+    let _ = tokio::time::timeout(LINGER, async { tokio::join!(drain, end(origin)) }).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    impl Side for DuplexStream {}
 
     /// `idle` seconds, and the default 60 s for a blocked side.
     fn quiet(idle: u64) -> Quiet {

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::State;
 use super::connect::Connector;
-use super::relay::{End, Quiet, Relay};
+use super::relay::{End, Quiet, Relay, Side};
 use super::service::{Client, Reply, connect_established};
 use crate::auth::User;
 use crate::config::Snapshot;
@@ -172,13 +172,19 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
                     watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await
                 }
                 Err(upgraded) => {
-                    let mut client = TokioIo::new(upgraded);
+                    let (mut client, early) = client_side(upgraded);
+                    relay.send_first(&early);
+                    drop(early);
                     watch(relay.run(&mut client, &mut tcp, quiet), &kill, &revoked).await
                 }
             },
             Upstream::Upgraded(on) => match on.await {
                 Ok(u) => {
-                    let (mut client, mut origin) = (TokioIo::new(client), TokioIo::new(u));
+                    let (mut client, early) = client_side(client);
+                    relay.send_first(&early);
+                    let (mut origin, late) = super::pool::upgraded_origin(u);
+                    relay.send_first_down(&late);
+                    drop((early, late));
                     watch(relay.run(&mut client, &mut origin, quiet), &kill, &revoked).await
                 }
                 Err(_) => "upstream_upgrade_failed",
@@ -205,6 +211,25 @@ fn take_tcp(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded> {
     upgraded
         .downcast::<TokioIo<Guarded<TcpStream>>>()
         .map(|parts| (parts.io.into_inner().into_inner(), parts.read_buf))
+}
+
+/// A client connection on a TLS listener, as a tunnel's side.
+type TlsClient = Guarded<Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+
+impl Side for TlsClient {
+    fn under_tls(&self) -> Option<&TcpStream> {
+        Some(self.get_ref().get_ref().0)
+    }
+}
+
+/// The client's side of a tunnel, its TLS in reach when it came in on a
+/// TLS listener (see [`Side`]), with the bytes hyper read past its
+/// request, which go to the origin first.
+fn client_side(upgraded: Upgraded) -> (Box<dyn Side + Send>, bytes::Bytes) {
+    match upgraded.downcast::<TokioIo<TlsClient>>() {
+        Ok(parts) => (Box::new(parts.io.into_inner()), parts.read_buf),
+        Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
+    }
 }
 
 /// Waits for a relay to end, the proxy to shut down, or the user to be revoked.

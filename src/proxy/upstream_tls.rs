@@ -241,6 +241,15 @@ pub enum UpstreamIo {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl super::relay::Side for UpstreamIo {
+    fn under_tls(&self) -> Option<&TcpStream> {
+        match self {
+            UpstreamIo::Plain(_) => None,
+            UpstreamIo::Tls(s) => Some(s.get_ref().0),
+        }
+    }
+}
+
 impl AsyncRead for UpstreamIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

@@ -438,6 +438,11 @@ impl<S> Guarded<S> {
         self.inner
     }
 
+    /// The wrapped socket, borrowed.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
     /// Passes a write's result on; a write that stays blocked for the send
     /// timeout becomes an error, which makes hyper close the connection.
     fn watch_send<T>(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
