@@ -1343,6 +1343,14 @@ async fn a_late_body_behind_an_interim_answer_that_declares_one_never_answers_an
         false,
     )
     .await;
+    // An interim answer that says `Connection: close`: the connection is
+    // not used again (RFC 9112 §9.6; probe 174: it was pooled).
+    late_body_never_reaches_bob(
+        "GET",
+        "HTTP/1.1 103 Early Hints\r\nConnection: close\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
 }
 
 /// The same when alice's GET was sent again on a new connection, because

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -19,9 +19,9 @@ use hyper::body::Incoming;
 use super::State;
 use super::connect::Connector;
 use super::headers::{
-    Codings, add_via, check_switch, single_content_length, strip_hop_by_hop, wants_upgrade,
+    Codings, add_via, check_switch, closes, single_content_length, strip_hop_by_hop, wants_upgrade,
 };
-use super::pool::{Exchange, Sent, declares_body};
+use super::pool::{Exchange, INTERIM_BODY, INTERIM_CLOSE, Sent, declares_body};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -104,8 +104,7 @@ pub async fn forward(
     // The wait for the origin's `100` is part of the wait for its answer,
     // so it takes at most half of that.
     let patience = CONTINUE_WAIT.min(snap.limits.upstream_response_timeout / 2);
-    let (req, gate, interim_body) =
-        watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
+    let (req, gate, interims) = watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
     let key = (target.clone(), https, snap.id);
@@ -153,7 +152,7 @@ pub async fn forward(
         reached: &mut rec.upstream,
         only_to: checked,
         user: rec.user.as_ref(),
-        interim_body: &interim_body,
+        interims: &interims,
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,
@@ -303,12 +302,14 @@ fn is_100_continue(v: &HeaderValue) -> bool {
 /// sends that body, in a later write, has it read as the answer to the
 /// next request on the connection, which then serves only this user again
 /// (probe 172: bob got the bytes behind alice's `103` with
-/// `Content-Length: 43`).
+/// `Content-Length: 43`); and one that says `Connection: close` keeps the
+/// connection from the pool (probe 174). The flags are [`INTERIM_BODY`]
+/// and [`INTERIM_CLOSE`].
 fn watch_interims(
     mut req: Request<RequestBody>,
     patience: Option<Duration>,
-) -> (Request<RequestBody>, Option<Arc<Continue>>, Arc<AtomicBool>) {
-    let declared = Arc::new(AtomicBool::new(false));
+) -> (Request<RequestBody>, Option<Arc<Continue>>, Arc<AtomicU8>) {
+    let declared = Arc::new(AtomicU8::new(0));
     let gate = patience.map(|_| Arc::new(Continue::default()));
     let (opener, seen) = (gate.clone(), declared.clone());
     hyper::ext::on_informational(&mut req, move |interim| {
@@ -318,7 +319,10 @@ fn watch_interims(
             opener.go();
         }
         if declares_body(interim.headers()) {
-            seen.store(true, Ordering::Relaxed);
+            seen.fetch_or(INTERIM_BODY, Ordering::Relaxed);
+        }
+        if closes(interim.headers()) {
+            seen.fetch_or(INTERIM_CLOSE, Ordering::Relaxed);
         }
     });
     let req = match gate.clone().zip(patience) {

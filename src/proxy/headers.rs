@@ -107,6 +107,12 @@ fn same_protocol(offer: &[u8], answer: &[u8]) -> bool {
             && offer.split(|&b| b == b'/').next().is_some_and(|n| n.eq_ignore_ascii_case(answer)))
 }
 
+/// Whether `Connection` says `close` (in any of its fields, obs-text and
+/// all).
+pub fn closes(headers: &HeaderMap) -> bool {
+    connection_lists(headers, "close")
+}
+
 fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
     members(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use tokio::task::AbortHandle;
 
@@ -295,11 +295,19 @@ pub struct Exchange<'a> {
     /// Who sends the request: a connection that carried another user's
     /// request body is not used for it (see `Owner`).
     pub user: Option<&'a Arc<str>>,
-    /// Set when an interim (1xx) answer to the request declared a body
-    /// (see [`declares_body`]): the connection then serves only `user`
-    /// again, as after a HEAD answer that declares one.
-    pub interim_body: &'a AtomicBool,
+    /// What the interim (1xx) answers to the request said
+    /// ([`INTERIM_BODY`], [`INTERIM_CLOSE`]).
+    pub interims: &'a AtomicU8,
 }
+
+/// An interim answer declared a body (see [`declares_body`]): the
+/// connection then serves only the same user again, as after a HEAD answer
+/// that declares one.
+pub const INTERIM_BODY: u8 = 1;
+/// An interim answer said `Connection: close`: the connection is not used
+/// again (RFC 9112 §9.6; it was pooled, and the next user got the bytes the
+/// origin sent behind it, probe 174).
+pub const INTERIM_CLOSE: u8 = 2;
 
 impl Pool {
     /// An empty pool for the configuration `live`; idle connections older
@@ -512,7 +520,7 @@ impl Pool {
         F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
-        let Exchange { head_timeout, upload, reached, only_to, user, interim_body } = exchange;
+        let Exchange { head_timeout, upload, reached, only_to, user, interims } = exchange;
         let head = req.method() == http::Method::HEAD;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to, user) {
             if upload.is_some() {
@@ -528,7 +536,7 @@ impl Pool {
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => {
-                    return Sent::checked(response, conn, head, user, interim_body.load(Ordering::Relaxed));
+                    return Sent::checked(response, conn, head, user, interims.load(Ordering::Relaxed));
                 }
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
@@ -560,7 +568,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        let exchange = Exchange { head_timeout, upload, reached, only_to, user, interim_body };
+        let exchange = Exchange { head_timeout, upload, reached, only_to, user, interims };
         Box::pin(send_new(req, exchange, dial())).await
     }
 }
@@ -607,7 +615,7 @@ async fn send_new(
     exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
-    let Exchange { head_timeout, upload, reached, user, interim_body, .. } = exchange;
+    let Exchange { head_timeout, upload, reached, user, interims, .. } = exchange;
     let head = req.method() == http::Method::HEAD;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
@@ -643,7 +651,7 @@ async fn send_new(
         conn.carried_body_of(user);
     }
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn, head, user, interim_body.load(Ordering::Relaxed)),
+        Ok(Ok(response)) => Sent::checked(response, conn, head, user, interims.load(Ordering::Relaxed)),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -709,13 +717,14 @@ impl Sent {
     /// (counted as [`head_len`] does): then the connection is closed. `head`:
     /// it answers a HEAD request of `user`; a response without a body that
     /// declares one keeps the connection for `user` (see [`Owner`]), and so
-    /// does one after an interim answer that declared one (`interim_body`).
+    /// does one after an interim answer that declared one; after one that
+    /// said `Connection: close` it is not pooled (`interims`).
     fn checked(
         response: Response<Incoming>,
         mut conn: Conn,
         head: bool,
         user: Option<&Arc<str>>,
-        interim_body: bool,
+        interims: u8,
     ) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
@@ -725,8 +734,11 @@ impl Sent {
         let bodiless =
             head || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
         // (Headers read only for those.)
-        if interim_body || (bodiless && declares_body(response.headers())) {
+        if interims & INTERIM_BODY != 0 || (bodiless && declares_body(response.headers())) {
             conn.carried_body_of(user);
+        }
+        if interims & INTERIM_CLOSE != 0 {
+            conn.owner = Owner::Nobody;
         }
         Ok(Sent { response, conn })
     }
