@@ -889,6 +889,35 @@ fn explain(config: &std::path::Path, args: &[&str]) -> (Option<i32>, String, Str
     )
 }
 
+/// `explain` takes `[limits] max_header_bytes` as the proxy does: a
+/// request line longer than it alone is the proxy's 431, and the method
+/// counts too (both were explained as ALLOWED; probe 178).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_and_the_proxy_agree_on_a_request_line_over_max_header_bytes() {
+    let origin = spawn_echo_origin();
+    let cfg = "[server]\nrealm = \"t\"\n[auth]\nusers_file = \"users.toml\"\n[limits]\nmax_header_bytes = 8192\n\
+               [egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n";
+    let proxy = spawn_custom(cfg, &users());
+    let path = proxy.file("authgate.toml");
+    let host = origin.authority();
+    for (method, len, code, status) in
+        [("GET", 8000, 0, 200), ("GET", 9000, 2, 431), (&*"M".repeat(9000), 1, 2, 431)]
+    {
+        let url = origin.url(&format!("/{}", "p".repeat(len)));
+        let (got, out, err) = explain(&path, &["--user", USER, "--method", method, &url]);
+        assert_eq!(got, Some(code), "{len}: {out}{err}");
+        if code == 2 {
+            assert!(
+                err.contains("max_header_bytes (8192)") && err.contains("431 request_head_too_large"),
+                "{err}"
+            );
+        }
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(request(method, &url, &[("Host", &host), ("Proxy-Authorization", &auth())])).await;
+        assert_eq!(conn.read_response(method).await.status, status, "{len}");
+    }
+}
+
 #[test]
 fn explain_prints_each_rule_and_exits_by_decision() {
     let dir = TempDir::new();

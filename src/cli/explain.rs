@@ -170,8 +170,20 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             shown(m.as_str())
         ));
     }
+    let raw_target = target;
     let (target, implied) = parse_target(target)?;
     let method = given.unwrap_or(implied);
+    // The proxy counts the whole head against `max_header_bytes`: a request
+    // line longer than that alone was explained as ALLOWED, where the proxy
+    // answers 431 (probe 178; the method counts too).
+    let line = format!("{method} {raw_target} HTTP/1.1\r\n\r\n").len();
+    if line > snap.limits.max_header_bytes {
+        return Err(format!(
+            "a request line of {line} bytes, more than [limits] max_header_bytes ({}) allows the whole \
+             request head: the proxy answers 431 request_head_too_large",
+            snap.limits.max_header_bytes
+        ));
+    }
     // An https:// URL with a method other than CONNECT is absolute-form
     // https://, forwarded on a TLS listener only: explained as ALLOWED on a
     // config without one, where the proxy answers 400 (probe 114).
