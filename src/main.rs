@@ -196,16 +196,17 @@ fn emit_else(text: &str, code: ExitCode, failed: ExitCode) -> ExitCode {
 }
 
 /// `authgate users ...`: 0 done, 1 refused (one `authgate:` line per problem).
+/// A change written is done even when its report cannot be (`> /dev/full`):
+/// exit 1 told a script that nothing was written, and its retry was
+/// refused, "already exists" (probe 178).
 fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
     match authgate::cli::users::run(config, action) {
         Ok(outcome) => {
             for line in outcome.warnings.iter().chain(&outcome.refused) {
                 err_line(format_args!("authgate: {line}"));
             }
-            emit(
-                &outcome.stdout,
-                if outcome.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE },
-            )
+            let code = if outcome.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            emit_else(&outcome.stdout, code, if outcome.written { code } else { ExitCode::FAILURE })
         }
         Err(e) => {
             for line in e.lines() {

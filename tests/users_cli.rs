@@ -659,6 +659,41 @@ fn a_password_given_as_an_argument_is_not_echoed() {
     assert!(!out.stderr.contains("Hunter2Secret"), "{out:?}");
 }
 
+/// A change written is done, and exits 0, when its report cannot be
+/// written (`> /dev/full`): exit 1 told a script nothing was written, and
+/// its retry was refused (probe 178). A command that changes nothing
+/// (`list`) still fails so.
+#[test]
+fn a_change_written_exits_0_when_its_report_cannot_be_written() {
+    let d = Dir::new(Some(&fixture()));
+    let to_full = |args: &[&str], stdin: Option<&str>| {
+        let mut c = d.command(args);
+        c.stdout(std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap());
+        c.stdin(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            let _ = pipe.write_all(s.as_bytes());
+        }
+        drop(pipe);
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    for (args, stdin) in [
+        (&["add", "fullu", "--password-stdin"][..], Some("pw\n")),
+        (&["disable", "fullu"], None),
+        (&["remove", "fullu"], None),
+    ] {
+        let (code, err) = to_full(args, stdin);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(err.contains("authgate: cannot write to standard output"), "{args:?}: {err}");
+        let has = d.read().contains("[users.fullu]");
+        assert_eq!(has, args[0] != "remove", "{args:?} was not written");
+    }
+    let (code, err) = to_full(&["list"], None);
+    assert_eq!(code, Some(1), "{err}");
+}
+
 #[test]
 fn commands_on_a_missing_user_are_refused() {
     let d = Dir::new(Some(&fixture()));

@@ -102,6 +102,8 @@ pub enum Action {
 /// line each, for standard error; any makes the exit status 1).
 #[derive(Debug, Default)]
 pub struct Outcome {
+    /// The users file was changed: done, whatever becomes of the report.
+    pub written: bool,
     /// For standard output.
     pub stdout: String,
     /// Entries refused by a command that otherwise went ahead (`import-htpasswd`).
@@ -181,6 +183,12 @@ pub fn config_warnings(config: &Path, elsewhere: &[crate::config::Problem]) -> V
 
 fn run_with(auth: &Auth, action: Action, config: &Path) -> Result<Outcome, UsersError> {
     let mut file = UsersFile::read(&auth.users_file, config)?;
+    let mut outcome = act(&mut file, auth, action)?;
+    outcome.written = file.saved;
+    Ok(outcome)
+}
+
+fn act(file: &mut UsersFile, auth: &Auth, action: Action) -> Result<Outcome, UsersError> {
     match action {
         Action::List => {
             file.require_file()?;
@@ -231,10 +239,10 @@ fn run_with(auth: &Auth, action: Action, config: &Path) -> Result<Outcome, Users
                 ..Outcome::default()
             })
         }
-        Action::Disable { name } => set_disabled(&mut file, &name, true),
-        Action::Enable { name } => set_disabled(&mut file, &name, false),
+        Action::Disable { name } => set_disabled(file, &name, true),
+        Action::Enable { name } => set_disabled(file, &name, false),
         Action::ImportHtpasswd { file: source, groups } => {
-            import_htpasswd(&mut file, &source, group_names(groups)?)
+            import_htpasswd(file, &source, group_names(groups)?)
         }
     }
 }
@@ -254,6 +262,8 @@ struct UsersFile {
     cmd: String,
     /// The config file the command was given.
     config: PathBuf,
+    /// A change was written.
+    saved: bool,
 }
 
 impl UsersFile {
@@ -272,6 +282,7 @@ impl UsersFile {
                     doc: DocumentMut::new(),
                     cmd: crate::config::command(config, "users"),
                     config: config.to_path_buf(),
+                    saved: false,
                 });
             }
             Err(e) => return Err(io_err("cannot read")(e)),
@@ -288,6 +299,7 @@ impl UsersFile {
             doc,
             cmd: crate::config::command(config, "users"),
             config: config.to_path_buf(),
+            saved: false,
         })
     }
 
@@ -336,7 +348,7 @@ impl UsersFile {
     ///
     /// A byte order mark the file began with is kept (toml_edit reads past
     /// it and does not write it back: probe 114).
-    fn save(&self, doc: DocumentMut) -> Result<(), UsersError> {
+    fn save(&mut self, doc: DocumentMut) -> Result<(), UsersError> {
         let mut text = doc.to_string();
         // Given back before the new text is parsed to validate it: at the
         // weight bound each is hundreds of MB (probe 155).
@@ -367,7 +379,9 @@ impl UsersFile {
         }
         // Held until this function returns, the rename included.
         let _lock = lock_folder(&self.real)?;
-        atomic_write(&self.real, text.as_bytes(), || self.unchanged())
+        atomic_write(&self.real, text.as_bytes(), || self.unchanged())?;
+        self.saved = true;
+        Ok(())
     }
 
     /// `Ok` when the users file is still the one read, checked right
