@@ -874,6 +874,12 @@ fn permissions_are_kept_and_a_new_file_is_private() {
     std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o600)).unwrap();
     d.ok(&["remove", "p1"], None);
     assert_eq!(d.mode(), 0o600);
+    // The special bits too (setgid was dropped: probe 178).
+    std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o2640)).unwrap();
+    d.ok(&["add", "p3", "--password-stdin"], Some("pw\n"));
+    let mode = std::fs::metadata(d.users()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o2640, "{mode:o}");
+    std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o600)).unwrap();
     // A file nobody may write is left alone, also by root (it was replaced,
     // mode kept; probe 139).
     std::fs::set_permissions(d.users(), std::fs::Permissions::from_mode(0o444)).unwrap();

@@ -137,7 +137,7 @@ pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) ->
                 ))
             })?;
         }
-        f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o777))
+        f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))
             .map_err(io_err("cannot set permissions"))?;
     }
     f.sync_all().map_err(io_err("cannot sync"))
