@@ -406,10 +406,12 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502() {
     let next = spawn_echo_origin();
     let proxy = spawn_proxy("", &[USER]);
     let auth = auth();
-    let answers: [&'static [u8]; 3] = [
+    let answers: [&'static [u8]; 4] = [
         b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket, irc\r\n\r\n",
+        // HTTP/1.0 has no 1xx (RFC 9110 §15.2; it was relayed, probe 177).
+        b"HTTP/1.0 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     ];
     for answer in answers {
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -178,6 +178,8 @@ pub async fn forward(
         // for that 100, it held the client's connection, its slot and both
         // sockets until shutdown (probe 174).
         let refused = match (client_upgrade.as_ref(), &offered) {
+            // HTTP/1.0 has no 1xx (RFC 9110 §15.2): no switch to trust.
+            _ if resp.version() != Version::HTTP_11 => Some("101 from an HTTP/1.0 origin"),
             (Some(_), Some(offered)) if !unasked => check_switch(offered, resp.headers()).err(),
             (Some(_), Some(_)) => Some("101 before 100 Continue to a request with a body"),
             _ => Some("101 without an upgrade request"),
