@@ -694,6 +694,20 @@ fn a_change_written_exits_0_when_its_report_cannot_be_written() {
     assert_eq!(code, Some(1), "{err}");
 }
 
+/// The temporary file a killed run left (hashes and all) is removed by the
+/// next run that writes: only one of the same process id was (probe 178).
+#[test]
+fn a_temporary_file_left_by_a_killed_run_is_removed_by_the_next_write() {
+    let d = Dir::new(Some(&fixture()));
+    let stray = d.path.join(".users.toml.tmp-4000000000");
+    std::fs::write(&stray, "[users.cut]\npassword = \"$argon2id$…\"\n").unwrap();
+    // Not by a command that writes nothing.
+    d.ok(&["list"], None);
+    assert!(stray.exists());
+    d.ok(&["add", "after", "--password-stdin"], Some("pw\n"));
+    assert!(d.strays().is_empty(), "left behind: {:?}", d.strays());
+}
+
 #[test]
 fn commands_on_a_missing_user_are_refused() {
     let d = Dir::new(Some(&fixture()));

@@ -42,8 +42,23 @@ pub(super) fn atomic_write(
             m.permissions().mode() & 0o7777
         )));
     }
-    // A leftover of a killed run that had our pid; nobody else uses the name.
-    let _ = fs::remove_file(&tmp);
+    // Leftovers of killed runs (`.NAME.tmp-PID`, hashes and all): called
+    // under the folder's lock (see `UsersFile::save`), so no other run is
+    // writing one now. Only ours was removed, and one a `SIGKILL` left
+    // stayed for good (probe 178).
+    let prefix = format!(".{name}.tmp-");
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let stale = file
+                .to_str()
+                .and_then(|f| f.strip_prefix(&prefix))
+                .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()));
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
     let result = write_temp(&tmp, data, old.as_ref()).and_then(|()| unchanged()).and_then(|()| {
         fs::rename(&tmp, target).map_err(|source| UsersError::Io {
             path: target.to_path_buf(),
