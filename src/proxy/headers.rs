@@ -123,8 +123,7 @@ fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
 /// connection open (RFC 9112 §9.6: the server closes after its answer).
 /// Looked for only when a field is not text.
 pub fn close_hidden_from_hyper(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| v.to_str().is_err())
-        && connection_lists(headers, "close")
+    headers.get_all(header::CONNECTION).iter().any(|v| v.to_str().is_err()) && closes(headers)
 }
 
 /// The members of the comma-separated list fields `name`, without the

@@ -442,7 +442,7 @@ pub async fn watch(state: Arc<State>) {
                     if settled {
                         tracing::info!("configuration files changed: reloading");
                     } else {
-                        tracing::info!("configuration files still changing after 2 s: reloading them as they are");
+                        tracing::info!(waited = ?MAX_SETTLE, "configuration files still changing: reloading them as they are");
                     }
                     let Some((now_watched, before)) = reload_and_stamp(&state).await else { return };
                     (paths, seen) = (now_watched, before);
