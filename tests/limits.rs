@@ -617,6 +617,69 @@ async fn shutdown_closes_idle_pooled_origin_connections_at_once() {
     assert_eq!(slow.await.unwrap().status, 200, "the request in progress is served");
 }
 
+/// A reload during the shutdown's drain does not have origin connections
+/// pooled again: the one of a request served after it (its head was
+/// arriving when shutdown began) is closed once that request is done, not
+/// kept idle until the process ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_during_the_drain_does_not_pool_origin_connections_again() {
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let origin = spawn_raw_origin(move |mut s| {
+        let closed = closed_tx.clone();
+        async move {
+            while let Some(_head) = read_request_head(&mut s).await {
+                if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                    return;
+                }
+            }
+            let _ = closed.send(());
+        }
+    });
+    let shout = spawn_shout_origin();
+    let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"60s\"\n"), &users());
+    let (addr, host, state) = (proxy.addr, origin.authority(), proxy.state.clone());
+    let users_file = proxy.dir.path().join("users.toml");
+    // Holds the drain open.
+    let mut tunnel = RawConn::connect(addr).await;
+    tunnel
+        .send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))]))
+        .await;
+    assert_eq!(tunnel.read_head().await.status, 200);
+    let mut c = RawConn::connect(addr).await;
+    c.send(get_as(&origin.url("/first"), &host, "alice", "a1")).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    let next = get_as(&origin.url("/second"), &host, "alice", "a1");
+    c.send(&next[..20]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(proxy.stop());
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("the idle pooled origin connection is closed when shutdown begins")
+        .unwrap();
+    let before = state.generation.load(std::sync::atomic::Ordering::SeqCst);
+    // alice's entry as it is (a new hash would be a change of hers).
+    let mut users = std::fs::read_to_string(&users_file).unwrap();
+    users.push_str(&users_toml(&[("bob", "b1")]));
+    std::fs::write(&users_file, users).unwrap();
+    let reloaded = tokio::time::timeout(Duration::from_secs(10), async {
+        while state.generation.load(std::sync::atomic::Ordering::SeqCst) == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    reloaded.expect("the users file is reloaded during the drain");
+    c.send(&next[20..]).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("the new origin connection is closed once its request is done")
+        .unwrap();
+    tunnel.send(b"hi").await;
+    assert_eq!(tunnel.read_exact(2).await, b"HI", "the drain still runs");
+    drop(tunnel);
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
+}
+
 /// A request that outlasts `header_read_timeout` still leaves a connection
 /// that the idle timer closes: it used to stay open (and hold its slot)
 /// until the client left.
@@ -1243,6 +1306,76 @@ async fn shutdown_lets_tunnels_finish_within_the_grace_period_then_closes_them()
     assert!(rest.is_empty(), "{rest:?}");
     assert!(started.elapsed() >= Duration::from_millis(600), "closed too early: {:?}", started.elapsed());
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("run returns").unwrap();
+}
+
+/// A keep-alive connection whose next request head is still arriving when
+/// shutdown begins has that request served (with `Connection: close`), as
+/// the first request of a connection is. hyper closed it at once, the
+/// head's first bytes read, with no answer and no access line (probe 179).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_head_still_arriving_when_shutdown_begins_is_served() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"10s\"\n"), &users());
+    let origin = spawn_echo_origin();
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(get_as(&origin.url("/first"), &origin.authority(), "alice", "a1")).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    let next = get_as(&origin.url("/second"), &origin.authority(), "alice", "a1");
+    c.send(&next[..20]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(proxy.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.send(&next[20..]).await;
+    let r = c.read_response("GET").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert!(r.text().starts_with("GET /second "), "{}", r.dump());
+    assert_eq!(r.header("connection"), Some("close"), "{}", r.dump());
+    assert!(c.is_closed().await, "the connection ends after it");
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
+}
+
+/// A user removed from the users file during the shutdown's drain is cut
+/// off as at any other time: their tunnel and their request still waiting
+/// for its origin are closed. Both went on until the grace period ended
+/// (30 s by default): the reload watcher stopped when shutdown began, and
+/// a connection in its drain no longer heeded a revocation (probe 179).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_removed_during_the_drain_is_cut_off() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"60s\"\n"), &users());
+    let users_file = proxy.dir.path().join("users.toml");
+    let shout = spawn_shout_origin();
+    let slow = spawn_origin(|_| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        http::Response::new(full("late"))
+    });
+    let mut tunnel = RawConn::connect(proxy.addr).await;
+    tunnel
+        .send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic("alice", "a1"))]))
+        .await;
+    assert_eq!(tunnel.read_head().await.status, 200);
+    let mut waiting = RawConn::connect(proxy.addr).await;
+    waiting.send(get_as(&slow.url("/"), &slow.authority(), "alice", "a1")).await;
+    while slow.hits() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopping = tokio::spawn(proxy.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tunnel.send(b"hello").await;
+    assert_eq!(tunnel.read_exact(5).await, b"HELLO", "the tunnel runs in the drain");
+    let next = users_file.with_file_name("users.toml.new");
+    std::fs::write(&next, users_toml(&[("bob", "b1")])).unwrap();
+    std::fs::rename(&next, &users_file).unwrap();
+    let removed = Instant::now();
+    let cut = tokio::time::timeout(Duration::from_secs(10), async {
+        let rest = tunnel.read_to_end().await;
+        let answer = waiting.read_to_end().await;
+        (rest, answer)
+    })
+    .await;
+    let (rest, answer) = cut.expect("both closed within 10 s of alice's removal");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
+    assert!(removed.elapsed() < Duration::from_secs(10), "{:?}", removed.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

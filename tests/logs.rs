@@ -1786,3 +1786,37 @@ fn a_slow_log_reader_gets_every_line_at_exit() {
     );
     assert!(log.contains("stopped"), "the last line too");
 }
+
+/// A reload that ends during the shutdown's drain, and closes the last
+/// tunnel there (its user was removed), is logged before the process ends:
+/// the tunnel's end ended the drain, and the process, before the reload
+/// wrote its `configuration reloaded` line (probe 179, 4 of 4). A users
+/// file of 30,000 entries makes the reload outlast the 100 ms between the
+/// SIGHUP and the SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_closes_the_last_tunnel_of_the_drain_is_logged() {
+    let shout = spawn_shout_origin();
+    let dir = TempDir::new();
+    let filler_hash = toml_str(&hash("x"));
+    let mut others = String::new();
+    for i in 0..30_000 {
+        others.push_str(&format!("[users.u{i:05}]\npassword = {filler_hash}\n"));
+    }
+    let users = format!("{}{others}", users_toml(&[(USER, PASSWORD)]));
+    let cfg = "[log]\nlevel = \"info\"\n[reload]\nwatch = false\n[limits]\nshutdown_grace = \"30s\"\n";
+    let bin = start_binary(&dir, cfg, &users, Stdio::piped());
+    let mut tunnel = RawConn::connect(bin.addr).await;
+    tunnel
+        .send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &basic(USER, PASSWORD))]))
+        .await;
+    assert_eq!(tunnel.read_head().await.status, 200);
+    let next = dir.write("users.toml.new", others);
+    std::fs::rename(next, &bin.users).unwrap();
+    bin.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = tokio::task::spawn_blocking(move || bin.stop()).await.unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    assert!(log.contains("outcome=\"user_revoked\""), "the tunnel is closed by the reload:\n{log}");
+    assert!(log.contains("configuration reloaded"), "the reload is not logged:\n{log}");
+}

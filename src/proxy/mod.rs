@@ -80,6 +80,9 @@ pub struct State {
     /// The SIGHUP listener of the binary's start, until the reload watcher
     /// takes it (see [`State::hand_over_hangup`]).
     pub hangup: std::sync::Mutex<Option<crate::server::reload::Hangup>>,
+    /// Held while a reload installs its snapshot and says so; true once the
+    /// shutdown is over (see [`State::close_installs`]).
+    pub installs: std::sync::Mutex<bool>,
     ids: RequestIds,
 }
 
@@ -120,8 +123,18 @@ impl State {
             ready: AtomicBool::new(false),
             listening,
             hangup: std::sync::Mutex::new(None),
+            installs: std::sync::Mutex::new(false),
             ids: RequestIds::new(),
         })
+    }
+
+    /// Ends reloads, once the shutdown is over: a reload still running
+    /// then changes nothing. One that is installing its snapshot is waited
+    /// for (a few milliseconds at most: the files are read and checked
+    /// before), so that what it did, the sessions it closed during the
+    /// drain, is logged before the process ends.
+    pub fn close_installs(&self) {
+        *self.installs.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
     }
 
     /// Gives the reload watcher the SIGHUP listener made before the

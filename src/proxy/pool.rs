@@ -423,11 +423,15 @@ impl Pool {
     /// this; one of another configuration is then closed: it went back
     /// into the pool, and under a policy it was not checked against
     /// (probe 74). The keys keep a request from taking another
-    /// configuration's connection meanwhile (probe 75).
+    /// configuration's connection meanwhile (probe 75). [`NO_CONFIGURATION`]
+    /// is for good: a reload during the shutdown's drain does not have
+    /// connections pooled again.
     pub fn retire(&self, live: u64) {
         let idle = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            self.live.store(live, Ordering::SeqCst);
+            if self.live.load(Ordering::SeqCst) != NO_CONFIGURATION {
+                self.live.store(live, Ordering::SeqCst);
+            }
             std::mem::take(&mut *idle)
         };
         // Closed outside the lock: requests wait on it.

@@ -225,6 +225,11 @@ impl Phase {
         });
     }
 
+    /// Whether a request head has begun to arrive and is not yet whole.
+    pub fn reading_head(&self) -> bool {
+        self.get() == HEAD
+    }
+
     /// authgate is closing the connection, for `why`: a response cut short
     /// by it is logged with that outcome, not as `forwarded`.
     pub fn closed_by(&self, why: Closer) {

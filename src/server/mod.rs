@@ -198,18 +198,21 @@ pub async fn run<L: Into<Listener>>(
     for a in accepts {
         let _ = a.await;
     }
-    let _ = watcher.await;
     state.tasks.close();
     let grace = state.snapshot.load().limits.shutdown_grace;
     if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
         tracing::info!(
-            grace_secs = grace.as_secs(),
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
             open = state.tasks.len(),
             "grace period over: closing the connections and tunnels still open"
         );
         state.kill.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
     }
+    // Reloads went on during the drain (see `reload::watch`); from now on
+    // they change nothing.
+    watcher.abort();
+    state.close_installs();
     crate::telemetry::flush_held_back();
     tracing::info!("stopped");
     Ok(())
@@ -246,7 +249,11 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
                 if let Some(held) = ACCEPT_FAILED.pass() {
                     tracing::warn!(error = %e, held_back = held, "accept failed; retrying");
                 }
-                tokio::time::sleep(backoff).await;
+                // Shutdown is not held by the wait (up to a second).
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = state.stopping.cancelled() => return,
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
@@ -634,17 +641,31 @@ async fn serve_http<S>(
         .keep_alive(true);
     let mut connection = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
     let mut conn = Pin::new(&mut connection);
+    let revoke = || {
+        tracing::info!(client = %addr, "closing connection: its user was removed, changed or disabled");
+        closing.closed_by(Closer::Revocation);
+        Ok(())
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = revoked.cancelled() => {
-            tracing::info!(client = %addr, "closing connection: its user was removed, changed or disabled");
-            closing.closed_by(Closer::Revocation);
-            Ok(())
-        }
+        _ = revoked.cancelled() => revoke(),
         _ = state.stopping.cancelled() => {
-            conn.as_mut().graceful_shutdown();
+            let drain = async {
+                // hyper closes a connection between requests at once, even
+                // with part of the next head read: that request, which the
+                // drain is to serve, got a FIN (probe 179). Its head is
+                // waited for first (bounded by the head timer and the grace).
+                if let Some(ended) = finish_head(conn.as_mut(), &closing).await {
+                    return ended;
+                }
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            };
             tokio::select! {
-                r = conn.as_mut() => r,
+                r = drain => r,
+                // A user removed, disabled or expired during the drain is
+                // cut off as at any other time (probe 179).
+                _ = revoked.cancelled() => revoke(),
                 _ = state.kill.cancelled() => {
                     closing.closed_by(Closer::Shutdown);
                     Ok(())
@@ -668,6 +689,26 @@ async fn serve_http<S>(
             io.close_notify();
         }
     }
+}
+
+/// Drives `conn` while the client's next request head is arriving (see
+/// [`Phase::reading_head`]): `Some` with how the connection ended if it
+/// ended meanwhile, `None` once no head is under way (none was, or hyper
+/// has it whole and the request runs).
+fn finish_head<'a, F: Future + ?Sized>(
+    mut conn: Pin<&'a mut F>,
+    phase: &'a Phase,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if !phase.reading_head() {
+            return std::task::Poll::Ready(None);
+        }
+        match conn.as_mut().poll(cx) {
+            std::task::Poll::Ready(ended) => std::task::Poll::Ready(Some(ended)),
+            std::task::Poll::Pending if phase.reading_head() => std::task::Poll::Pending,
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        }
+    })
 }
 
 #[cfg(test)]

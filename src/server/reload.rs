@@ -50,22 +50,17 @@ fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
 /// a dummy password with the users' argon2 costs (seconds, with large
 /// costs), which on a worker thread stalled every connection sharing it.
 ///
-/// Returns false, without waiting for the reload to end, when shutdown
-/// begins meanwhile: a reload of a large users file or with large argon2
-/// costs takes seconds, and shutdown waited for it (past `shutdown_grace`)
-/// for a configuration that would serve nobody.
-///
-/// Otherwise, the files a refused configuration names (see
+/// Returns the files a refused configuration names (see
 /// [`ConfigError::named`]).
-async fn reload_off_runtime(state: &Arc<State>) -> Option<Vec<(PathBuf, Stamp)>> {
+///
+/// It goes on during a shutdown's drain; the shutdown does not wait for it
+/// when the drain is over (see [`State::close_installs`]): a reload of a
+/// large users file or with large argon2 costs takes seconds.
+async fn reload_off_runtime(state: &Arc<State>) -> Vec<(PathBuf, Stamp)> {
     let run = state.clone();
-    let reload = tokio::task::spawn_blocking(move || reload(&run));
-    tokio::select! {
-        done = reload => Some(match done {
-            Ok(Err(e)) => e.named,
-            _ => Vec::new(),
-        }),
-        () = state.stopping.cancelled() => None,
+    match tokio::task::spawn_blocking(move || reload(&run)).await {
+        Ok(Err(e)) => e.named,
+        _ => Vec::new(),
     }
 }
 
@@ -87,9 +82,8 @@ async fn reload_off_runtime(state: &Arc<State>) -> Option<Vec<(PathBuf, Stamp)>>
 /// the running configuration's files were watched), and a user removed in
 /// it kept access until a SIGHUP (probe 112).
 ///
-/// Returns the files to watch and their stamps; `None` when shutdown began
-/// meanwhile.
-async fn reload_and_stamp(state: &Arc<State>) -> Option<(Vec<PathBuf>, Vec<Stamp>)> {
+/// Returns the files to watch and their stamps.
+async fn reload_and_stamp(state: &Arc<State>) -> (Vec<PathBuf>, Vec<Stamp>) {
     let before: Vec<(PathBuf, Stamp)> = state
         .snapshot
         .load()
@@ -100,7 +94,7 @@ async fn reload_and_stamp(state: &Arc<State>) -> Option<(Vec<PathBuf>, Vec<Stamp
             (path, s)
         })
         .collect();
-    let refused = reload_off_runtime(state).await?;
+    let refused = reload_off_runtime(state).await;
     let snapshot = state.snapshot.load();
     let mut after = snapshot.watched();
     let mut seen: Vec<Stamp> = after
@@ -117,7 +111,7 @@ async fn reload_and_stamp(state: &Arc<State>) -> Option<(Vec<PathBuf>, Vec<Stamp
             seen.push(as_read);
         }
     }
-    Some((after, seen))
+    (after, seen)
 }
 
 /// A stamp no file has (its size is `u64::MAX`): the file differs from it
@@ -266,13 +260,16 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
         }
     }
     let new = Arc::new(new);
-    let (generation, revoked) = install(state, &old, new.clone());
-    state.metrics.reload(true);
-    state.pool.retire(new.id);
-    // The listeners bound are those of the start until a restart.
-    let summary = new.summary_listening(&state.listening);
-    tracing::info!(generation, revoked_sessions = revoked, summary = &*summary, "configuration reloaded");
-    Ok(generation)
+    let id = new.id;
+    let installed = install(state, &old, new.clone(), |generation, revoked| {
+        state.metrics.reload(true);
+        state.pool.retire(id);
+        // The listeners bound are those of the start until a restart.
+        let summary = new.summary_listening(&state.listening);
+        tracing::info!(generation, revoked_sessions = revoked, summary = &*summary, "configuration reloaded");
+    });
+    // Not installed: the shutdown is over, and the process is ending.
+    Ok(installed.unwrap_or_else(|| state.generation.load(Ordering::Relaxed)))
 }
 
 /// The most problems of one refused reload that are logged, a line each:
@@ -321,18 +318,35 @@ fn users_alone(state: &State, old: &Arc<Snapshot>) {
         return;
     }
     let new = Arc::new(Snapshot { users: Arc::new(users), ..(**old).clone() });
-    let (generation, revoked) = install(state, old, new);
-    tracing::warn!(
-        generation,
-        revoked_sessions = revoked,
-        "users file reloaded on its own; the config file's changes wait until its errors are fixed"
-    );
+    install(state, old, new, |generation, revoked| {
+        tracing::warn!(
+            generation,
+            revoked_sessions = revoked,
+            "users file reloaded on its own; the config file's changes wait until its errors are fixed"
+        );
+    });
 }
 
 /// Makes `new` the live snapshot in place of `old`: a new generation, the
 /// sessions and cached logins of users that changed or went closed and
-/// forgotten. Returns the generation and the number of sessions closed.
-fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
+/// forgotten; then has `announce` say so, with the generation and the number
+/// of sessions closed. Returns the generation; `None`, with nothing done,
+/// once the shutdown is over ([`State::close_installs`]).
+///
+/// All of it under the install lock: a reload that ended during the drain
+/// closed a removed user's last tunnel, so the shutdown ended, and the
+/// process with it, before its `configuration reloaded` line was written
+/// (probe 179).
+fn install(
+    state: &State,
+    old: &Snapshot,
+    new: Arc<Snapshot>,
+    announce: impl FnOnce(u64, usize),
+) -> Option<u64> {
+    let closed = state.installs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *closed {
+        return None;
+    }
     // The generation first: whoever sees the new snapshot at work (an
     // answer under the new rules) then reads its generation, not the one
     // before (a test read that for a thread descheduled between the two).
@@ -353,7 +367,8 @@ fn install(state: &State, old: &Snapshot, new: Arc<Snapshot>) -> (u64, usize) {
     }
     // Of the users added or changed.
     new.users.warn_of_hashes(|u| old.users.get(&u.name).is_none_or(|o| o.fingerprint != u.fingerprint));
-    (generation, revoked)
+    announce(generation, revoked);
+    Some(generation)
 }
 
 /// SIGHUP, listened for from the moment [`listen_for_hangup`] ran.
@@ -382,7 +397,9 @@ pub fn listen_for_hangup() -> Hangup {
     }))
 }
 
-/// Watches for SIGHUP and file changes until shutdown begins; also closes
+/// Watches for SIGHUP and file changes, a shutdown's drain included (a user
+/// removed or expired then is cut off as at any other time; probe 179),
+/// until [`run`](crate::server::run) ends it; also closes
 /// sessions of users whose `expires` passes while they are connected, and
 /// pooled origin connections idle for `upstream_idle_timeout`.
 /// Listens for SIGHUP with the listener handed to the state by
@@ -415,10 +432,9 @@ pub async fn watch(state: Arc<State>) {
             }
         };
         tokio::select! {
-            _ = state.stopping.cancelled() => return,
             _ = hup_recv => {
                 tracing::info!("SIGHUP: reloading");
-                let Some((now_watched, before)) = reload_and_stamp(&state).await else { return };
+                let (now_watched, before) = reload_and_stamp(&state).await;
                 (paths, seen) = (now_watched, before);
                 (pending, changing_since) = (None, None);
             }
@@ -444,7 +460,7 @@ pub async fn watch(state: Arc<State>) {
                     } else {
                         tracing::info!(waited = ?MAX_SETTLE, "configuration files still changing: reloading them as they are");
                     }
-                    let Some((now_watched, before)) = reload_and_stamp(&state).await else { return };
+                    let (now_watched, before) = reload_and_stamp(&state).await;
                     (paths, seen) = (now_watched, before);
                     (pending, changing_since) = (None, None);
                 } else {
