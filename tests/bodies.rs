@@ -447,7 +447,8 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502() {
 /// that 100, kept both connections open until shutdown, hyper waiting for
 /// good to send the body: a client slot and two sockets a request (probe
 /// 174). Now a 502 that closes both, whether the request asked to upgrade
-/// or not; and so does a 101 to a request whose body is still coming.
+/// or not; and so does a 101 to a request whose body is still coming,
+/// whether it asked to upgrade or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_101_that_skips_the_100_a_held_body_waits_for_is_a_502_that_closes_both_connections() {
     let proxy = spawn_proxy("", &[USER]);
@@ -459,6 +460,9 @@ async fn a_101_that_skips_the_100_a_held_body_waits_for_is_a_502_that_closes_bot
         (true, false, "", "101 without an upgrade request"),
         (true, true, "", "101 before 100 Continue to a request with a body"),
         (false, false, "AB", "101 without an upgrade request"),
+        // An upgrade's body cut short: held both connections for as long
+        // as the origin kept its socket open, with no timer (probe 181).
+        (false, true, "AB", "101 before the end of the request body"),
     ] {
         let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel::<()>();
         let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {

@@ -169,6 +169,9 @@ pub async fn forward(
     let Sent { response: mut resp, conn } = sent;
     // The origin answered without asking for the body: it is never sent.
     let unasked = gate.as_ref().is_some_and(|gate| gate.answered());
+    // An answer before the request body's end (see `early` below).
+    let body_unfinished =
+        upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) || conn.still_sending();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         // RFC 9110 §7.8: a server that switches protocols for a request
         // with `Expect: 100-continue` MUST send the 100 first; and a 101 to
@@ -180,8 +183,15 @@ pub async fn forward(
         let refused = match (client_upgrade.as_ref(), &offered) {
             // HTTP/1.0 has no 1xx (RFC 9110 §15.2): no switch to trust.
             _ if resp.version() != Version::HTTP_11 => Some("101 from an HTTP/1.0 origin"),
-            (Some(_), Some(offered)) if !unasked => check_switch(offered, resp.headers()).err(),
-            (Some(_), Some(_)) => Some("101 before 100 Continue to a request with a body"),
+            (Some(_), Some(_)) if unasked => Some("101 before 100 Continue to a request with a body"),
+            // The switch would wait for the rest of the body, with no timer
+            // on the client or on the origin: both connections were held
+            // for as long as the origin kept its socket open (probe 181).
+            // The client switches only once it has sent the whole request
+            // (RFC 9110 §7.8); an upgrade with a body is rare, and one
+            // answered before the body's end is refused.
+            (Some(_), Some(_)) if body_unfinished => Some("101 before the end of the request body"),
+            (Some(_), Some(offered)) => check_switch(offered, resp.headers()).err(),
             _ => Some("101 without an upgrade request"),
         };
         // Taken only once the switch is sure: one taken and refused was
@@ -209,7 +219,7 @@ pub async fn forward(
     // closed once this answer is relayed (or at once, for one that is not):
     // hyper would keep sending the body, or wait for good to send it, for
     // as long as the origin keeps the socket open.
-    let early = upload.as_ref().is_some_and(|u| u.state() != UploadState::Done) || conn.still_sending();
+    let early = body_unfinished;
     let (conn, close) = if early { (None, Some(conn.close_on_drop())) } else { (Some(conn), None) };
 
     if resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
