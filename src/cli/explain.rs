@@ -121,6 +121,33 @@ fn ascii_host(host: &str) -> Result<std::borrow::Cow<'_, str>, String> {
     idna::domain_to_ascii(host).map(Into::into).map_err(|_| "bad host name".to_owned())
 }
 
+/// The size of the smallest head a client sends for `method` and `raw`
+/// (parsed as `target`) as `user`: the request line as it goes out (a
+/// tunnel's `CONNECT host:port`; a URL's host in its ASCII form), `Host`,
+/// and `Proxy-Authorization` with a one-character password.
+fn smallest_head(method: &Method, raw: &str, target: &Target, user: &str) -> usize {
+    let authority = format!("{}:{}", target.host, target.port);
+    let (line_target, host) = match raw.split_once("://") {
+        Some((scheme, rest)) if *method != Method::CONNECT => {
+            let url_authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let (host, port) = split_port(url_authority);
+            let host = ascii_host(host).unwrap_or(host.into());
+            let sent = match port {
+                Some(port) => format!("{host}:{port}"),
+                None => host.into_owned(),
+            };
+            // A fragment is not sent.
+            let path = rest[url_authority.len()..].split('#').next().unwrap_or("");
+            (format!("{scheme}://{sent}{path}"), sent)
+        }
+        _ => (authority.clone(), authority),
+    };
+    // base64 of `user:x`.
+    let credentials = (user.len() + 2).div_ceil(3) * 4;
+    format!("{method} {line_target} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Basic \r\n\r\n").len()
+        + credentials
+}
+
 /// Runs `explain`; `Err` is an error (exit 2), the report says allowed/denied.
 ///
 /// # Errors
@@ -175,12 +202,15 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     let method = given.unwrap_or(implied);
     // The proxy counts the whole head against `max_header_bytes`: a request
     // line longer than that alone was explained as ALLOWED, where the proxy
-    // answers 431 (probe 178; the method counts too).
-    let line = format!("{method} {raw_target} HTTP/1.1\r\n\r\n").len();
-    if line > snap.limits.max_header_bytes {
+    // answers 431 (probe 178; the method counts too). Counted as a client
+    // sends it: the head of a tunnel for an https:// URL is short, and every
+    // head has a Host and credentials (probe 181).
+    let head = smallest_head(&method, raw_target, &target, &name);
+    if head > snap.limits.max_header_bytes {
         return Err(format!(
-            "a request line of {line} bytes, more than [limits] max_header_bytes ({}) allows the whole \
-             request head: the proxy answers 431 request_head_too_large",
+            "the smallest request head a client sends for it (its request line, Host and \
+             Proxy-Authorization) is {head} bytes, more than [limits] max_header_bytes ({}): the proxy \
+             answers 431 request_head_too_large",
             snap.limits.max_header_bytes
         ));
     }
