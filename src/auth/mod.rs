@@ -32,7 +32,8 @@ pub enum Outcome {
     Refused {
         /// Why (never shown to the client).
         reason: Refusal,
-        /// The username as presented, if the header parsed.
+        /// The username as presented (decoded and NFC-normalised, as looked up), if the
+        /// header parsed.
         username: Option<String>,
     },
     /// The verification queue is full: answer 503, spend no argon2.
@@ -41,7 +42,8 @@ pub enum Outcome {
     Throttled {
         /// When the address may try again.
         retry_after: Duration,
-        /// The username as presented, if the header parsed (audit log only).
+        /// The username as presented (decoded and NFC-normalised, as looked up), if the header
+        /// parsed (audit log only).
         username: Option<String>,
     },
 }
