@@ -2348,13 +2348,14 @@ fn a_request_that_arrived_in_time_is_served_after_the_process_was_stopped() {
 #[test]
 fn the_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named() {
     use std::process::Stdio;
-    let run = |nofile: &str| {
+    // `reload_to`: a max_connections the config is changed to, then SIGHUP.
+    let run = |nofile: &str, reload_to: Option<usize>| {
         let dir = TempDir::new();
         let wrapper = ["prlimit", &format!("--nofile={nofile}")];
         let bin = start_binary_under(
             &dir,
             &wrapper,
-            "[limits]\nmax_connections = 1000\n",
+            "[limits]\nmax_connections = 1000\n[reload]\nwatch = false\n",
             &users(),
             Stdio::piped(),
         );
@@ -2363,14 +2364,30 @@ fn the_open_files_limit_is_raised_to_the_hard_limit_and_a_short_one_is_named() {
         // prlimit execs the binary: the same process.
         let limits = std::fs::read_to_string(format!("/proc/{}/limits", bin.child.id())).unwrap();
         let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_owned();
+        if let Some(max) = reload_to {
+            let config = std::fs::read_to_string(&bin.config).unwrap();
+            let raised = config.replace("max_connections = 1000", &format!("max_connections = {max}"));
+            std::fs::write(&bin.config, raised).unwrap();
+            bin.signal("HUP");
+            std::thread::sleep(Duration::from_millis(1500));
+        }
         let out = bin.stop();
         (open_files, String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    let (open_files, log) = run("256:4096");
+    let (open_files, log) = run("256:4096", None);
     let soft: Vec<&str> = open_files.split_whitespace().collect();
     assert_eq!(&soft[3..5], ["4096", "4096"], "soft limit raised to the hard one: {open_files}");
     assert!(!log.contains("open-files limit"), "4096 is room enough for 1000 connections:\n{log}");
-    let (open_files, log) = run("256:256");
+    // A reload that raises max_connections past the limit warns too (it
+    // was said at the start only; probe 175).
+    let (_, log) = run("256:4096", Some(3000));
+    assert!(log.contains("configuration reloaded"), "{log}");
+    let warn = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("open-files limit allows about 2048 client connections"))
+        .unwrap_or_else(|| panic!("no warning at the reload that raised max_connections:\n{log}"));
+    assert!(warn.contains("max_connections=3000"), "{warn}");
+    let (open_files, log) = run("256:256", None);
     assert!(open_files.contains(" 256 "), "{open_files}");
     let warn = log
         .lines()

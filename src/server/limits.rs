@@ -112,6 +112,19 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit to its hard limit"),
         }
     }
+    warn_if_short(soft, max_connections);
+    soft
+}
+
+/// Warns when the open-files limit in effect is short of what
+/// `max_connections` asks for: at a reload that raises it (it was said at
+/// the start only; probe 175).
+pub fn warn_if_open_files_short(max_connections: usize) {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    warn_if_short(soft, max_connections);
+}
+
+fn warn_if_short(soft: Option<u64>, max_connections: usize) {
     let needed = (max_connections as u64).saturating_mul(FDS_PER_CONNECTION);
     if let Some(n) = soft
         && n < needed
@@ -123,7 +136,6 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<u64> {
             n / FDS_PER_CONNECTION
         );
     }
-    soft
 }
 
 /// The most idle origin connections the pool keeps, all origins together

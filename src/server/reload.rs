@@ -247,6 +247,9 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
         tracing::warn!(settings = &*changed.join(", "), "changed settings take effect only after a restart");
     }
     crate::server::tls::warn_if_out_of_date(&new.server.tls);
+    if new.limits.max_connections > old.limits.max_connections {
+        crate::server::limits::warn_if_open_files_short(new.limits.max_connections);
+    }
     // Each TLS listener keeps its own certificate: slots are matched to the
     // new `[[server.tls]]` tables by address (by position, tables were
     // reordered or one removed gave a listener another's certificate). A
