@@ -1219,6 +1219,9 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     std::fs::write(dir.path().join("key.der"), key_der.secret_der()).unwrap();
     std::fs::write(dir.path().join("junk.der"), [0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x03, 0xff]).unwrap();
     std::fs::write(dir.path().join("chain.der"), [leaf.der.clone(), leaf.der.clone()].concat()).unwrap();
+    // Cut short, without their END lines.
+    dir.write("cut-cert.pem", &leaf.cert_pem[..leaf.cert_pem.len() / 2]);
+    dir.write("cut-key.pem", &leaf.key_pem[..leaf.key_pem.len() / 2]);
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1271,6 +1274,16 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         (
             "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"junk.der\"\nkey = \"junk.der\"\n".to_owned(),
             "junk.der: no certificate found (it is binary, not PEM text)",
+        ),
+        // A file cut short is told so in words, not as the byte values of
+        // the END line rustls looked for (probe 184).
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cut-cert.pem\"\nkey = \"{key}\"\n"),
+            "cut-cert.pem: bad PEM certificate: a PEM section has no END line (is the file cut short?)",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"cut-key.pem\"\n"),
+            "cut-key.pem: cannot read private key: a PEM section has no END line (is the file cut short?)",
         ),
         // A chain in DER: the first certificate is read (probe 166).
         (

@@ -67,6 +67,20 @@ pub fn reason(e: &io::Error) -> String {
     }
 }
 
+/// What is wrong with a PEM file, in words (rustls's debug form printed a
+/// missing end line's marker as a list of byte values, probes 111 and
+/// 184): for the CA file, the listener's certificate and its key alike.
+pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    match e {
+        Error::MissingSectionEnd { .. } => "a PEM section has no END line (is the file cut short?)".into(),
+        Error::IllegalSectionStart { .. } => "a PEM section's BEGIN line is not valid".into(),
+        Error::Base64Decode(_) => "a PEM section's base64 is not valid".into(),
+        Error::Io(e) => reason(e),
+        other => other.to_string(),
+    }
+}
+
 /// What identifies a version of a file: size, mtime, ctime, device and
 /// inode, and the path the symlink chain resolves to; `None` when the file
 /// cannot be looked at. The ctime is what a writer cannot set back: a

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::file::{check_file, read_file, reason};
+use crate::config::file::{check_file, pem_problem, read_file, reason};
 use crate::error::ProxyError;
 use crate::target::Host;
 
@@ -96,19 +96,6 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
         });
     }
     Ok(roots)
-}
-
-/// What is wrong with a PEM file, in words (rustls's debug form printed a
-/// missing end line's marker as a list of byte values, probe 111).
-fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error;
-    match e {
-        Error::MissingSectionEnd { .. } => "a PEM section has no END line (is the file cut short?)".into(),
-        Error::IllegalSectionStart { .. } => "a PEM section's BEGIN line is not valid".into(),
-        Error::Base64Decode(_) => "a PEM section's base64 is not valid".into(),
-        Error::Io(e) => reason(e),
-        other => other.to_string(),
-    }
 }
 
 /// The system's roots: what `SSL_CERT_FILE` and `SSL_CERT_DIR` name when

@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::file::{read_file, reason};
+use crate::config::file::{pem_problem, read_file, reason};
 
 /// Which of a TLS listener's two files a [`CertError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +86,7 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", cert.display(), reason(&e))))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| in_cert(format!("{}: bad PEM certificate: {e}", cert.display())))?;
+        .map_err(|e| in_cert(format!("{}: bad PEM certificate: {}", cert.display(), pem_problem(&e))))?;
     if chain.is_empty() {
         return Err(in_cert(format!(
             "{}: no certificate found{}",
@@ -184,7 +184,7 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
                 holds_instead(&key_pem, TlsFile::Key)
             )
         } else {
-            format!("{}: cannot read private key: {e}", key.display())
+            format!("{}: cannot read private key: {}", key.display(), pem_problem(&e))
         })
     })?;
     let signer = ring::sign::any_supported_type(&der).map_err(|_| {
