@@ -213,6 +213,68 @@ async fn an_expired_certificate_does_not_replace_the_one_in_use() {
     let _ = proxy.task.await;
 }
 
+/// An expired intermediate in a new chain fails the reload as an expired
+/// leaf does (only the leaf's dates were read: a renewal whose chain carried
+/// an expired intermediate replaced a working one, and every verifying
+/// client failed; probe 184). `check` warns of it. An expired root sent
+/// along at the chain's end is not refused (clients take the root from
+/// their own store), and a proxy already serving the expired intermediate
+/// reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_intermediate_does_not_replace_the_chain_in_use() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy-v1");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let intermediate = pki::Ca::dated("expired intermediate", 2020, 2021, Some(&ca));
+    let renewed = intermediate.leaf("proxy-v2");
+    let chain = format!("{}{}{}", renewed.cert_pem, intermediate.cert_pem, ca.cert_pem);
+    proxy.dir.write("proxy-cert.pem", &chain);
+    proxy.dir.write("proxy-key.pem", &renewed.key_pem);
+    let reload = |state: std::sync::Arc<authgate::State>| {
+        tokio::task::spawn_blocking(move || {
+            authgate::server::reload::reload(&state).map_err(|e| e.to_string())
+        })
+    };
+    let err = reload(proxy.state.clone()).await.unwrap().expect_err("an expired intermediate must not load");
+    assert!(
+        err.contains(
+            "proxy-cert.pem: certificate 2 of the chain (an intermediate) expired on 2021-01-01T00:00:00Z; TLS \
+             clients refuse the chain; a reload does not put it in place of the certificate in use"
+        ),
+        "{err}"
+    );
+    assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der, "the old pair keeps serving");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(proxy.dir.path().join("authgate.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("authgate: warning: ")
+            && stderr.contains(
+                "proxy-cert.pem: certificate 2 of the chain (an intermediate) expired on 2021-01-01"
+            ),
+        "{stderr}"
+    );
+    // An expired root at the chain's end: loaded.
+    let old_root = pki::Ca::dated("expired root", 2020, 2021, None);
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, old_root.cert_pem));
+    proxy.dir.write("proxy-key.pem", &leaf.key_pem);
+    reload(proxy.state.clone()).await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+    // A proxy started on the chain with the expired intermediate (a warning)
+    // reloads: that intermediate is the one in use.
+    let proxy = spawn_full(&intermediate, &renewed, "").await;
+    proxy.dir.write("proxy-cert.pem", &chain);
+    reload(proxy.state.clone()).await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// Each TLS listener keeps its own certificate across a reload that
 /// reorders the `[[server.tls]]` tables or drops one (they were matched by
 /// position: swapping two tables swapped the certificates the running

@@ -440,7 +440,7 @@ fn expired_replacements(new: &Snapshot, running: &Snapshot) -> Vec<Problem> {
     new.server
         .tls
         .iter()
-        .filter_map(|t| expired_replacement(&t.cert, Some(t.listen), t.certified.cert.first()?, running))
+        .filter_map(|t| expired_replacement(&t.cert, Some(t.listen), &t.certified.cert, running))
         .fold(Vec::new(), once_each)
 }
 
@@ -458,7 +458,7 @@ fn expired_named(doc: &toml_edit::DocumentMut, path: &Path, running: &Snapshot) 
             let listen =
                 t.get("listen").and_then(toml_edit::Item::as_str).and_then(|l| l.trim().parse().ok());
             let chain = crate::server::tls::load_chain(&cert).ok()?;
-            expired_replacement(&cert, listen, chain.first()?, running)
+            expired_replacement(&cert, listen, &chain, running)
         })
         .fold(Vec::new(), once_each)
 }
@@ -472,22 +472,33 @@ fn once_each(mut problems: Vec<Problem>, p: Problem) -> Vec<Problem> {
     problems
 }
 
-/// The problem of the certificate `first` read from `cert` for the
-/// listener on `listen`, if it has expired and is not the one `running`
-/// serves there.
+/// The problem of the chain read from `cert` for the listener on
+/// `listen`, if one of its certificates has expired (the leaf, or an
+/// intermediate: see [`ChainDateProblem`]) and is not one `running` serves
+/// there already: a leaf in use stays; so does an intermediate sent along
+/// with the chain in use.
+///
+/// [`ChainDateProblem`]: crate::server::tls::ChainDateProblem
 fn expired_replacement(
     cert: &Path,
     listen: Option<std::net::SocketAddr>,
-    first: &[u8],
+    chain: &[rustls::pki_types::CertificateDer<'_>],
     running: &Snapshot,
 ) -> Option<Problem> {
-    let problem = crate::server::tls::DateProblem::of_der(first, std::time::SystemTime::now())?;
-    let crate::server::tls::DateProblem::Expired(_) = problem else { return None };
-    let in_use =
-        running.server.tls.iter().any(|r| {
-            Some(r.listen) == listen && r.certified.cert.first().is_some_and(|c| c.as_ref() == first)
+    let problems = crate::server::tls::ChainDateProblem::of_chain(chain, std::time::SystemTime::now());
+    let problem = problems.into_iter().find(|p| {
+        let der = chain[p.index].as_ref();
+        let in_use = running.server.tls.iter().any(|r| {
+            Some(r.listen) == listen
+                && if p.index == 0 {
+                    r.certified.cert.first().is_some_and(|c| c.as_ref() == der)
+                } else {
+                    r.certified.cert.iter().skip(1).any(|c| c.as_ref() == der)
+                }
         });
-    (!in_use).then(|| Problem {
+        p.problem.expired() && !in_use
+    })?;
+    Some(Problem {
         file: cert.to_path_buf(),
         line: 0,
         col: 0,

@@ -218,16 +218,13 @@ pub enum DateProblem {
 }
 
 impl DateProblem {
-    /// The problem of the first certificate of `key` at `now`, if any (none
-    /// when its dates cannot be read).
-    pub fn of(key: &CertifiedKey, now: SystemTime) -> Option<DateProblem> {
-        DateProblem::of_der(key.cert.first()?, now)
-    }
-
     /// The problem of the certificate `der` at `now`, if any (none when its
     /// dates cannot be read).
     pub fn of_der(der: &[u8], now: SystemTime) -> Option<DateProblem> {
-        let v = super::x509::validity(der)?;
+        DateProblem::of_validity(&super::x509::validity(der)?, now)
+    }
+
+    fn of_validity(v: &super::x509::Validity, now: SystemTime) -> Option<DateProblem> {
         if now > v.not_after {
             Some(DateProblem::Expired(v.not_after))
         } else if now < v.not_before {
@@ -235,6 +232,11 @@ impl DateProblem {
         } else {
             None
         }
+    }
+
+    /// Whether the certificate has expired (not merely not valid yet).
+    pub fn expired(&self) -> bool {
+        matches!(self, DateProblem::Expired(_))
     }
 }
 
@@ -253,12 +255,70 @@ impl fmt::Display for DateProblem {
     }
 }
 
-/// One line per TLS listener whose certificate is outside its validity
-/// period now: `path: problem`.
+/// A [`DateProblem`] of one certificate of a listener's chain. Only the leaf
+/// was looked at: a renewal whose new chain carried an expired intermediate
+/// replaced a working one at a reload, and every verifying client failed
+/// (probe 184).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainDateProblem {
+    /// The certificate's place in the chain: 0 for the leaf.
+    pub index: usize,
+    /// What is wrong with its dates.
+    pub problem: DateProblem,
+}
+
+impl ChainDateProblem {
+    /// The date problems of `chain` (leaf first) at `now`, in chain order.
+    /// A self-issued certificate past the leaf (a root sent along) is not
+    /// looked at: clients take a root from their own trust store, not from
+    /// the chain, so an expired one sent along fails no handshake.
+    pub fn of_chain<C: AsRef<[u8]>>(chain: &[C], now: SystemTime) -> Vec<ChainDateProblem> {
+        chain
+            .iter()
+            .enumerate()
+            .filter_map(|(index, der)| {
+                let v = super::x509::validity(der.as_ref())?;
+                if index > 0 && v.self_issued {
+                    return None;
+                }
+                Some(ChainDateProblem { index, problem: DateProblem::of_validity(&v, now)? })
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for ChainDateProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.index == 0 {
+            return self.problem.fmt(f);
+        }
+        let place = self.index + 1;
+        match self.problem {
+            DateProblem::Expired(t) => write!(
+                f,
+                "certificate {place} of the chain (an intermediate) expired on {}; TLS clients refuse the chain",
+                super::x509::rfc3339(t)
+            ),
+            DateProblem::NotYetValid(t) => write!(
+                f,
+                "certificate {place} of the chain (an intermediate) is not valid until {}; TLS clients refuse the \
+                 chain until then",
+                super::x509::rfc3339(t)
+            ),
+        }
+    }
+}
+
+/// One line per certificate of a TLS listener's chain that is outside its
+/// validity period now: `path: problem`.
 pub fn date_warnings(tls: &[crate::config::TlsListener]) -> Vec<String> {
     let now = SystemTime::now();
     tls.iter()
-        .filter_map(|t| Some(format!("{}: {}", t.cert.display(), DateProblem::of(&t.certified, now)?)))
+        .flat_map(|t| {
+            ChainDateProblem::of_chain(&t.certified.cert, now)
+                .into_iter()
+                .map(|p| format!("{}: {p}", t.cert.display()))
+        })
         .collect()
 }
 

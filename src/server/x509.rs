@@ -17,6 +17,10 @@ pub struct Validity {
     pub not_before: SystemTime,
     /// The last moment the certificate is valid.
     pub not_after: SystemTime,
+    /// Its issuer and subject names are the same (a root, or another
+    /// certificate a client takes from its own trust store rather than from
+    /// the chain it is sent).
+    pub self_issued: bool,
 }
 
 const SEQUENCE: u8 = 0x30;
@@ -74,12 +78,13 @@ fn tbs(der: &[u8]) -> Option<&[u8]> {
 /// its type: an optional `[0]` version holding an INTEGER, the serial
 /// number (INTEGER), the signature algorithm, issuer, validity, subject
 /// and public key (SEQUENCEs), then only the optional `[1]`, `[2]` unique
-/// ids and `[3]` extensions, in order. Returns the validity's content.
+/// ids and `[3]` extensions, in order. Returns the validity's content,
+/// and whether the issuer's name is the subject's.
 ///
 /// Only the outer shape was checked at first: a block with one byte of
 /// its version changed, or `30 06 30 00 30 00 03 00`, passed, and every
 /// handshake failed in the client's parser (probe 119).
-fn validity_field(tbs: &[u8]) -> Option<&[u8]> {
+fn validity_field(tbs: &[u8]) -> Option<(&[u8], bool)> {
     let rest = match expect(tbs, VERSION) {
         Some((version, rest)) => {
             let (_, inside) = expect(version, INTEGER)?;
@@ -89,9 +94,9 @@ fn validity_field(tbs: &[u8]) -> Option<&[u8]> {
     };
     let (serial, rest) = expect(rest, INTEGER)?;
     let (algorithm, rest) = expect(rest, SEQUENCE)?;
-    let (_, rest) = expect(rest, SEQUENCE)?; // issuer (an empty Name is a SEQUENCE too)
+    let (issuer, rest) = expect(rest, SEQUENCE)?; // (an empty Name is a SEQUENCE too)
     let (validity, rest) = expect(rest, SEQUENCE)?;
-    let (_, rest) = expect(rest, SEQUENCE)?; // subject
+    let (subject, rest) = expect(rest, SEQUENCE)?;
     let (key, mut rest) = expect(rest, SEQUENCE)?;
     if serial.is_empty() || algorithm.is_empty() || key.is_empty() {
         return None;
@@ -101,7 +106,7 @@ fn validity_field(tbs: &[u8]) -> Option<&[u8]> {
             rest = after;
         }
     }
-    rest.is_empty().then_some(validity)
+    rest.is_empty().then_some((validity, issuer == subject))
 }
 
 /// Whether `der` is shaped like a certificate: the outer SEQUENCE of what
@@ -116,12 +121,12 @@ pub fn is_certificate(der: &[u8]) -> bool {
 /// The validity period of the certificate `der`; `None` when it is not
 /// shaped like one (see [`is_certificate`]).
 pub fn validity(der: &[u8]) -> Option<Validity> {
-    let validity = validity_field(tbs(der)?)?;
+    let (validity, self_issued) = validity_field(tbs(der)?)?;
     let (tag, before, rest) = element(validity)?;
     let not_before = time(tag, before)?;
     let (tag, after, rest) = element(rest)?;
     let not_after = time(tag, after)?;
-    rest.is_empty().then_some(Validity { not_before, not_after })
+    rest.is_empty().then_some(Validity { not_before, not_after, self_issued })
 }
 
 /// A UTCTime (`YYMMDDHHMMSSZ`, years 1950–2049) or GeneralizedTime

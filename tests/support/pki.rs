@@ -28,6 +28,22 @@ impl Ca {
         Ca { cert_pem: cert.pem(), cert, key }
     }
 
+    /// A CA named `name` valid from `from` to `until` (years, January 1):
+    /// an intermediate signed by `parent`, or a root when that is `None`.
+    pub fn dated(name: &str, from: i32, until: i32, parent: Option<&Ca>) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = KeyPair::generate().unwrap();
+        let cert = match parent {
+            Some(p) => params.signed_by(&key, &p.cert, &p.key).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        Ca { cert_pem: cert.pem(), cert, key }
+    }
+
     /// A leaf for 127.0.0.1 and localhost, with common name `cn`.
     pub fn leaf(&self, cn: &str) -> Leaf {
         let mut params =
