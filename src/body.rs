@@ -202,6 +202,9 @@ impl Body for ProxyBody {
         {
             this.sent += data.len() as u64;
         }
+        if let (Poll::Ready(Some(Err(_))), Some(phase)) = (&polled, &this.done) {
+            phase.origin_broke();
+        }
         if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
             log.outcome =
                 if e.is::<UpstreamBodyTimeout>() { "upstream_body_timeout" } else { "upstream_body_error" };

@@ -1064,6 +1064,54 @@ async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
     let _ = proxy.task.await;
 }
 
+/// On the TLS listener a response the origin cut short (fewer bytes than
+/// its `Content-Length`, a chunked body without its last chunk, a body that
+/// went silent) ends without `close_notify`, which the client's TLS reads
+/// as a truncation: it ended with one, a clean end (probe 184). A whole
+/// response still ends with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_tls_listener_a_response_the_origin_cut_ends_without_close_notify() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy = spawn_full(&ca, &leaf, "[limits]\nupstream_response_timeout = \"1s\"\n").await;
+    let short = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..".to_vec();
+    let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nall ten..!".to_vec();
+    for (answer, hold, cut) in [
+        (short.clone(), Duration::ZERO, true),
+        (CUT_CHUNKED.to_vec(), Duration::ZERO, true),
+        (short, Duration::from_secs(30), true),
+        (whole, Duration::ZERO, false),
+    ] {
+        let origin = answering_once(answer, hold);
+        let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+        let mut tls = pki::connector(&ca.cert_pem)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
+            origin.url("/"),
+            origin.authority(),
+            basic("alice", "a1")
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
+        let read = read.expect("the connection ends");
+        let seen = String::from_utf8_lossy(&got);
+        assert!(seen.starts_with("HTTP/1.1 200 "), "{seen}");
+        if cut {
+            let err = read.expect_err("a clean TLS end after a cut body");
+            assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}: {seen}");
+        } else {
+            assert!(read.is_ok(), "{read:?}: {seen}");
+        }
+    }
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// A TLS client that sends its `close_notify` right behind its request
 /// has its request dropped, as a TCP half-close has, or answered when the
 /// answer was quicker; either way the connection ends with authgate's own

@@ -75,6 +75,8 @@ pub struct Phase {
     closing: AtomicU8,
     /// See [`Phase::open_ended`].
     open_ended: AtomicBool,
+    /// See [`Phase::origin_broke`].
+    origin_broke: AtomicBool,
     /// The connection's task, waiting on the socket while a body is drained
     /// elsewhere: woken when the drain ends, so that the connection goes
     /// idle (and its idle timer starts) without a byte from the client.
@@ -265,6 +267,21 @@ impl Phase {
     /// the connection itself, it comes at once.
     pub fn open_ended(&self) {
         self.open_ended.store(true, Ordering::Release);
+    }
+
+    /// A response body broke off on the origin's side (it closed early,
+    /// sent bad chunks or went silent): the connection ends as a cut. On
+    /// the TLS listener that is a close without `close_notify`, which the
+    /// client's TLS reads as a truncation; a `close_notify` there made the
+    /// cut look like a clean end (probe 184).
+    pub fn origin_broke(&self) {
+        self.origin_broke.store(true, Ordering::Release);
+    }
+
+    /// Whether the origin broke off a response body (see
+    /// [`Phase::origin_broke`]).
+    pub fn broken_by_origin(&self) -> bool {
+        self.origin_broke.load(Ordering::Acquire)
     }
 
     /// Whether a connection that did not end cleanly must end with a reset

@@ -685,7 +685,9 @@ async fn serve_http<S>(
             // at once.
             let within = if closing.cut_here() { Duration::ZERO } else { limits.send_timeout };
             reset::reset_once_sent(&io, within, &state.kill).await;
-        } else {
+        } else if !closing.broken_by_origin() {
+            // A cut the origin made goes on as a cut: no `close_notify`,
+            // which would tell the client that the response ended whole.
             io.close_notify();
         }
     }
