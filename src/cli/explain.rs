@@ -13,6 +13,24 @@ use crate::target::{Host, Target, authority_port, parse_authority, parse_host, s
 /// # Errors
 /// A message saying what is wrong with TARGET.
 pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
+    parse_target_for(raw, None)
+}
+
+/// The method a client uses for TARGET: `CONNECT` for `https://` and
+/// host:port, `GET` for any other URL.
+fn implied_method(raw: &str) -> Method {
+    match raw.split_once("://") {
+        Some((scheme, _)) if !scheme.eq_ignore_ascii_case("https") => Method::GET,
+        _ => Method::CONNECT,
+    }
+}
+
+/// [`parse_target`] for a request with `method` (`None`: the one TARGET
+/// implies), read as a client sends it: a fragment is never sent, and for a
+/// tunnel (CONNECT to an `https://` URL) only the host and port are, so a
+/// path the proxy could not read does not matter (one over 65,534 bytes
+/// was explained as refused; probe 184).
+fn parse_target_for(raw: &str, given: Option<&Method>) -> Result<(Target, Method), String> {
     if let Some((scheme, rest)) = raw.split_once("://") {
         let (default_port, method) = match scheme.to_ascii_lowercase().as_str() {
             "http" => (80, Method::GET),
@@ -39,15 +57,17 @@ pub fn parse_target(raw: &str) -> Result<(Target, Method), String> {
         // is a 400 malformed_request on the wire, whatever is in it
         // (`http://a.test:80\@b.test/` was explained as bad_target; probe
         // 138). A host typed in Unicode is sent in its ASCII form.
-        let path = &rest[authority.len()..];
+        let tunnel = *given.unwrap_or(&method) == Method::CONNECT;
+        let path = if tunnel { "".into() } else { sent_path(&rest[authority.len()..]) };
         let as_sent = if authority.is_ascii() { authority } else { "host" };
-        if http::Uri::try_from(format!("{scheme}://{as_sent}{path}")).is_err() {
+        let sent = format!("{scheme}://{as_sent}{path}");
+        if http::Uri::try_from(sent.as_str()).is_err() {
             // (Not echoed, nor a detail read off a userinfo: a password.)
             let detail = match parsed() {
                 Err(e) if !authority.contains('@') => format!(" ({e})"),
                 _ => String::new(),
             };
-            return Err(if raw.len() > MAX_TARGET {
+            return Err(if sent.len() > MAX_TARGET {
                 TOO_LONG.into()
             } else {
                 format!("a URL the proxy cannot read{detail}: it answers 400 malformed_request")
@@ -121,31 +141,76 @@ fn ascii_host(host: &str) -> Result<std::borrow::Cow<'_, str>, String> {
     idna::domain_to_ascii(host).map(Into::into).map_err(|_| "bad host name".to_owned())
 }
 
-/// The size of the smallest head a client sends for `method` and `raw`
-/// (parsed as `target`) as `user`: the request line as it goes out (a
-/// tunnel's `CONNECT host:port`; a URL's host in its ASCII form), `Host`,
-/// and `Proxy-Authorization` with a one-character password.
-fn smallest_head(method: &Method, raw: &str, target: &Target, user: &str) -> usize {
-    let authority = format!("{}:{}", target.host, target.port);
+/// What of a URL's path and query a client sends: all but a fragment, and
+/// at least `/` (RFC 9112 §3.2.2: an empty path is sent as `/`).
+fn sent_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let path = path.split('#').next().unwrap_or("");
+    if path.starts_with('/') { path.into() } else { format!("/{path}").into() }
+}
+
+/// The size of the smallest head a client sends for `method` and `raw` as
+/// `user`: the request line as it goes out (a tunnel's `CONNECT host:port`;
+/// a URL's host in its ASCII form, without its fragment), `Host`, and
+/// `Proxy-Authorization` with a one-character password. Read off TARGET as
+/// typed, before it is parsed: the proxy counts a head's bytes before it
+/// reads it, so a head over the limit is its 431 whatever else is wrong
+/// with it (an unsupported scheme, a URL it cannot read; probe 184).
+fn smallest_head(method: &Method, raw: &str, user: &str) -> usize {
+    head_and_line(method, raw, user).0
+}
+
+/// [`smallest_head`], and the request line's target.
+fn head_and_line(method: &Method, raw: &str, user: &str) -> (usize, String) {
     let (line_target, host) = match raw.split_once("://") {
-        Some((scheme, rest)) if *method != Method::CONNECT => {
+        Some((scheme, rest)) => {
             let url_authority = rest.split(['/', '?', '#']).next().unwrap_or("");
             let (host, port) = split_port(url_authority);
             let host = ascii_host(host).unwrap_or(host.into());
-            let sent = match port {
-                Some(port) => format!("{host}:{port}"),
-                None => host.into_owned(),
-            };
-            // A fragment is not sent.
-            let path = rest[url_authority.len()..].split('#').next().unwrap_or("");
-            (format!("{scheme}://{sent}{path}"), sent)
+            if *method == Method::CONNECT {
+                let default = if scheme.eq_ignore_ascii_case("https") { "443" } else { "80" };
+                let sent = format!("{host}:{}", port.filter(|p| !p.is_empty()).unwrap_or(default));
+                (sent.clone(), sent)
+            } else {
+                let sent = match port {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.into_owned(),
+                };
+                (format!("{scheme}://{sent}{}", sent_path(&rest[url_authority.len()..])), sent)
+            }
         }
-        _ => (authority.clone(), authority),
+        None => {
+            let sent = readable_host_port(raw);
+            (sent.clone(), sent)
+        }
     };
     // base64 of `user:x`.
     let credentials = (user.len() + 2).div_ceil(3) * 4;
-    format!("{method} {line_target} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Basic \r\n\r\n").len()
-        + credentials
+    let head =
+        format!("{method} {line_target} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: Basic \r\n\r\n")
+            .len()
+            + credentials;
+    (head, line_target)
+}
+
+/// Whether the proxy answers 431 to TARGET for `method` as `user`: its
+/// smallest head is over `max` bytes, and the request line does not break
+/// before (a space or a control character in the target is hyper's 400 as
+/// soon as it has read it: one within the first `max` bytes of the head
+/// comes before the limit is crossed).
+fn too_large(method: &Method, raw: &str, user: &str, max: usize) -> Option<usize> {
+    let (head, line_target) = head_and_line(method, raw, user);
+    let breaks_at = line_target.bytes().position(|b| b <= b' ' || b == 0x7f);
+    let early = breaks_at.is_some_and(|at| method.as_str().len() + 1 + at < max);
+    (head > max && !early).then_some(head)
+}
+
+/// host:port as a client sends it: the host in its ASCII form.
+fn readable_host_port(raw: &str) -> String {
+    match raw.rsplit_once(':') {
+        _ if raw.is_ascii() => raw.to_owned(),
+        Some((host, port)) => format!("{}:{port}", ascii_host(host).unwrap_or(host.into())),
+        None => ascii_host(raw).unwrap_or(raw.into()).into_owned(),
+    }
 }
 
 /// Runs `explain`; `Err` is an error (exit 2), the report says allowed/denied.
@@ -183,6 +248,23 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             })
         })
         .transpose()?;
+    // The proxy counts the whole head against `max_header_bytes`, before
+    // it reads it: a request line longer than that alone was explained as
+    // ALLOWED, where the proxy answers 431 (probe 178; the method counts
+    // too). Counted as a client sends it: the head of a tunnel for an
+    // https:// URL is short, and every head has a Host and credentials
+    // (probe 181). First: a head over the limit is the 431 whatever else
+    // is wrong with it (it was told as an unsupported scheme, or a URL the
+    // proxy cannot read; probe 184).
+    let method = given.clone().unwrap_or_else(|| implied_method(target));
+    if let Some(head) = too_large(&method, target, &name, snap.limits.max_header_bytes) {
+        return Err(format!(
+            "the smallest request head a client sends for it (its request line, Host and \
+             Proxy-Authorization) is {head} bytes, more than [limits] max_header_bytes ({}): the proxy \
+             answers 431 request_head_too_large",
+            snap.limits.max_header_bytes
+        ));
+    }
     // host:port is CONNECT's form only: any other method with it (`connect`
     // included: methods are case-sensitive) is not a proxy request, once
     // hyper has read it, whatever its host and port (`GET host:0` was told
@@ -197,23 +279,7 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             shown(m.as_str())
         ));
     }
-    let raw_target = target;
-    let (target, implied) = parse_target(target)?;
-    let method = given.unwrap_or(implied);
-    // The proxy counts the whole head against `max_header_bytes`: a request
-    // line longer than that alone was explained as ALLOWED, where the proxy
-    // answers 431 (probe 178; the method counts too). Counted as a client
-    // sends it: the head of a tunnel for an https:// URL is short, and every
-    // head has a Host and credentials (probe 181).
-    let head = smallest_head(&method, raw_target, &target, &name);
-    if head > snap.limits.max_header_bytes {
-        return Err(format!(
-            "the smallest request head a client sends for it (its request line, Host and \
-             Proxy-Authorization) is {head} bytes, more than [limits] max_header_bytes ({}): the proxy \
-             answers 431 request_head_too_large",
-            snap.limits.max_header_bytes
-        ));
-    }
+    let (target, _) = parse_target_for(target, given.as_ref())?;
     // An https:// URL with a method other than CONNECT is absolute-form
     // https://, forwarded on a TLS listener only: explained as ALLOWED on a
     // config without one, where the proxy answers 400 (probe 114).
@@ -325,6 +391,34 @@ mod tests {
         // What hyper reads goes on to authgate's own checks.
         assert!(parse_target("http://alice:S3cret@a.test/").unwrap_err().contains("bad_target"));
         assert!(parse_target(&format!("http://a.test/{}", "x".repeat(60_000))).is_ok());
+    }
+
+    /// Read as a client sends it: a fragment is not sent, and for an
+    /// https:// URL (a tunnel) only the host and port are. Both were told
+    /// "longer than the proxy reads" or "cannot read" (probe 184).
+    #[test]
+    fn what_a_client_does_not_send_is_not_held_against_the_target() {
+        let long = "x".repeat(70_000);
+        let https = |url: &str| parse_target(url).map(|(t, m)| (t.port, m));
+        assert_eq!(https(&format!("https://a.test/{long}")), Ok((443, Method::CONNECT)));
+        assert_eq!(https("https://a.test/<a b>"), Ok((443, Method::CONNECT)));
+        assert_eq!(https(&format!("http://a.test/#{long}")), Ok((80, Method::GET)));
+        assert_eq!(https("http://a.test?q"), Ok((80, Method::GET)));
+        // Sent as absolute-form https:// (a TLS listener's), the path counts.
+        let get = Method::GET;
+        assert!(parse_target_for(&format!("https://a.test/{long}"), Some(&get)).is_err());
+        assert!(parse_target_for("https://a.test/<a b>", Some(&get)).is_err());
+        // The smallest head: the tunnel's line for https://, `/` for an empty
+        // path, no fragment.
+        let head = |method: &Method, url: &str| smallest_head(method, url, "u");
+        let connect = Method::CONNECT;
+        assert_eq!(head(&connect, &format!("https://a.test/{long}")), head(&connect, "a.test:443"));
+        assert_eq!(head(&get, &format!("http://a.test/#{long}")), head(&get, "http://a.test/"));
+        assert_eq!(head(&get, "http://a.test?q"), head(&get, "http://a.test/?q"));
+        assert_eq!(
+            head(&get, "http://a.test/"),
+            "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nProxy-Authorization: Basic dTp4\r\n\r\n".len()
+        );
     }
 
     #[test]
