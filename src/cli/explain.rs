@@ -155,12 +155,8 @@ fn sent_path(path: &str) -> std::borrow::Cow<'_, str> {
 /// typed, before it is parsed: the proxy counts a head's bytes before it
 /// reads it, so a head over the limit is its 431 whatever else is wrong
 /// with it (an unsupported scheme, a URL it cannot read; probe 184).
-fn smallest_head(method: &Method, raw: &str, user: &str) -> usize {
-    head_and_line(method, raw, user).0
-}
-
-/// [`smallest_head`], and the request line's target.
-fn head_and_line(method: &Method, raw: &str, user: &str) -> (usize, String) {
+/// Returns the size, and the request line's target.
+fn smallest_head(method: &Method, raw: &str, user: &str) -> (usize, String) {
     let (line_target, host) = match raw.split_once("://") {
         Some((scheme, rest)) => {
             let url_authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -198,7 +194,7 @@ fn head_and_line(method: &Method, raw: &str, user: &str) -> (usize, String) {
 /// soon as it has read it: one within the first `max` bytes of the head
 /// comes before the limit is crossed).
 fn too_large(method: &Method, raw: &str, user: &str, max: usize) -> Option<usize> {
-    let (head, line_target) = head_and_line(method, raw, user);
+    let (head, line_target) = smallest_head(method, raw, user);
     let breaks_at = line_target.bytes().position(|b| b <= b' ' || b == 0x7f);
     let early = breaks_at.is_some_and(|at| method.as_str().len() + 1 + at < max);
     (head > max && !early).then_some(head)
@@ -410,7 +406,7 @@ mod tests {
         assert!(parse_target_for("https://a.test/<a b>", Some(&get)).is_err());
         // The smallest head: the tunnel's line for https://, `/` for an empty
         // path, no fragment.
-        let head = |method: &Method, url: &str| smallest_head(method, url, "u");
+        let head = |method: &Method, url: &str| smallest_head(method, url, "u").0;
         let connect = Method::CONNECT;
         assert_eq!(head(&connect, &format!("https://a.test/{long}")), head(&connect, "a.test:443"));
         assert_eq!(head(&get, &format!("http://a.test/#{long}")), head(&get, "http://a.test/"));
