@@ -1443,6 +1443,68 @@ async fn a_next_head_still_arriving_when_shutdown_begins_is_served() {
     tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
 }
 
+/// The same for a next head of which hyper had read a part with the
+/// previous request (pipelined in the same write) or while it ran: that
+/// part sat in hyper's buffer, not in the socket, so the connection looked
+/// idle and was closed at once, with no answer and no access line (probe
+/// 182). A head that then stops coming gets its 408 at `header_read_timeout`,
+/// not at the end of the grace period; empty lines pipelined are no head,
+/// and the connection closes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_head_still_arriving_when_shutdown_begins_is_served() {
+    let origin = spawn_echo_origin();
+    let slow = spawn_origin(|_| async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        http::Response::new(full("slow"))
+    });
+    let limits = "[limits]\nshutdown_grace = \"20s\"\nheader_read_timeout = \"1s\"\n";
+    let next = get_as(&origin.url("/second"), &origin.authority(), "alice", "a1");
+    // How the second head's first 30 bytes come: with the first request,
+    // while it runs; then whether the rest comes.
+    for (during, rest) in [(false, true), (true, true), (false, false)] {
+        let proxy = spawn_custom(&cfg("", limits), &users());
+        let mut c = RawConn::connect(proxy.addr).await;
+        if during {
+            c.send(get_as(&slow.url("/first"), &slow.authority(), "alice", "a1")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.send(&next[..30]).await;
+        } else {
+            let first = get_as(&origin.url("/first"), &origin.authority(), "alice", "a1");
+            c.send([&first[..], &next[..30]].concat()).await;
+        }
+        assert_eq!(c.read_response("GET").await.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let stopping = tokio::spawn(proxy.stop());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = Instant::now();
+        if rest {
+            c.send(&next[30..]).await;
+            let r = c.read_response("GET").await;
+            assert_eq!(r.status, 200, "{}", r.dump());
+            assert!(r.text().starts_with("GET /second "), "{}", r.dump());
+            assert_eq!(r.header("connection"), Some("close"), "{}", r.dump());
+        } else {
+            let r = c.read_response("GET").await;
+            assert_eq!(r.status, 408, "{}", r.dump());
+            assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        }
+        assert!(c.is_closed().await, "the connection ends after it");
+        tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
+    }
+    // Only empty lines behind the first request: closed when shutdown
+    // begins.
+    let proxy = spawn_custom(&cfg("", limits), &users());
+    let mut c = RawConn::connect(proxy.addr).await;
+    let first = get_as(&origin.url("/first"), &origin.authority(), "alice", "a1");
+    c.send([&first[..], b"\r\n\r\n"].concat()).await;
+    assert_eq!(c.read_response("GET").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(proxy.stop());
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.is_closed()).await;
+    assert_eq!(closed, Ok(true), "closed at once");
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
+}
+
 /// A user removed from the users file during the shutdown's drain is cut
 /// off as at any other time: their tunnel and their request still waiting
 /// for its origin are closed. Both went on until the grace period ended

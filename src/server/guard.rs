@@ -227,6 +227,13 @@ impl Phase {
         });
     }
 
+    /// Whether the connection is between requests: the last response is
+    /// out, and no byte of a next head has been read from the socket since
+    /// (hyper may hold some it read before, see `server::rewind`).
+    pub fn between_requests(&self) -> bool {
+        self.get() == IDLE
+    }
+
     /// Whether a request head has begun to arrive and is not yet whole.
     pub fn reading_head(&self) -> bool {
         self.get() == HEAD
@@ -522,6 +529,35 @@ impl<S> Guarded<S> {
             self.grace_given = false;
             self.timer.as_mut().reset(Instant::now() + d);
         }
+    }
+}
+
+impl<S> Guarded<S> {
+    /// hyper had read `pending` of a next request head when it let go of
+    /// the connection (see `server::rewind`), and a new connection reads
+    /// them first: the head has begun, unless they are only the empty lines
+    /// a request may follow. Its timer runs from now (when its first bytes
+    /// came is not known), and they count against the head limit. Returns
+    /// whether a head has begun.
+    pub fn resume_head(&mut self, pending: &[u8]) -> bool {
+        let mut cr = false;
+        let Some(start) = skip_empty_lines(&mut cr, pending) else { return false };
+        if !self.phase.shift(IDLE, HEAD) {
+            return false;
+        }
+        self.counted_after = self.phase.served();
+        self.head_bytes = pending.len();
+        self.head_ended = false;
+        self.head_tail = match &pending[start..] {
+            [.., a, b] => [*a, *b],
+            [b] => [0, *b],
+            [] => [0; 2],
+        };
+        // Not the HTTP/2 preface: hyper would have refused that already.
+        self.preface = PREFACE.len() + 1;
+        let d = self.limits.head;
+        self.arm(HEAD, d);
+        true
     }
 }
 

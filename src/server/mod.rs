@@ -16,6 +16,7 @@ pub mod limits;
 pub mod proxy_protocol;
 pub mod reload;
 mod reset;
+mod rewind;
 pub mod tls;
 pub mod x509;
 
@@ -42,6 +43,7 @@ use crate::telemetry::Every;
 use crate::telemetry::metrics::Outcome as Counted;
 use guard::{Canned, Closer, Guarded, Phase, Rejection, Timeouts};
 use reset::Resettable;
+use rewind::Rewind;
 
 /// A bound listener and how to treat its connections.
 pub struct Listener {
@@ -646,9 +648,9 @@ async fn serve_http<S>(
         closing.closed_by(Closer::Revocation);
         Ok(())
     };
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = revoked.cancelled() => revoke(),
+    let ended = tokio::select! {
+        r = conn.as_mut() => Ended::Done(r),
+        _ = revoked.cancelled() => Ended::Done(revoke()),
         _ = state.stopping.cancelled() => {
             let drain = async {
                 // hyper closes a connection between requests at once, even
@@ -656,29 +658,69 @@ async fn serve_http<S>(
                 // drain is to serve, got a FIN (probe 179). Its head is
                 // waited for first (bounded by the head timer and the grace).
                 if let Some(ended) = finish_head(conn.as_mut(), &closing).await {
-                    return ended;
+                    return Ended::Done(ended);
+                }
+                if closing.between_requests() {
+                    // Bytes of it may be in hyper's buffer only (read with
+                    // or during the previous request): see below.
+                    return Ended::IdleAtStop;
                 }
                 conn.as_mut().graceful_shutdown();
-                conn.as_mut().await
+                Ended::Done(conn.as_mut().await)
             };
             tokio::select! {
                 r = drain => r,
                 // A user removed, disabled or expired during the drain is
                 // cut off as at any other time (probe 179).
+                _ = revoked.cancelled() => Ended::Done(revoke()),
+                _ = state.kill.cancelled() => {
+                    closing.closed_by(Closer::Shutdown);
+                    Ended::Done(Ok(()))
+                }
+            }
+        }
+    };
+    let (result, io) = match ended {
+        Ended::Done(result) => {
+            let io = connection.into_parts().map(|parts| parts.io.into_inner().into_inner());
+            (result, io)
+        }
+        Ended::IdleAtStop => {
+            let Some(parts) = connection.into_parts() else { return };
+            let mut io = parts.io;
+            // What hyper read of a next request (pipelined, or sent while
+            // the previous one ran) is in its buffer, not in the socket:
+            // closed at once, as hyper does, it was lost (probe 182). It is
+            // served on a connection of its own, which closes after it.
+            if !io.inner_mut().resume_head(&parts.read_buf) {
+                let mut io = io.into_inner();
+                tokio::select! {
+                    // As hyper closes: the write side (on TLS a
+                    // `close_notify` first).
+                    _ = io.shutdown() => {}
+                    _ = state.kill.cancelled() => {}
+                }
+                return;
+            }
+            builder.keep_alive(false);
+            let mut next =
+                builder.serve_connection(Rewind::new(parts.read_buf, io), parts.service).with_upgrades();
+            let result = tokio::select! {
+                r = &mut next => r,
                 _ = revoked.cancelled() => revoke(),
                 _ = state.kill.cancelled() => {
                     closing.closed_by(Closer::Shutdown);
                     Ok(())
                 }
-            }
+            };
+            (result, next.into_parts().map(|parts| parts.io.into_inner().into_inner().into_inner()))
         }
     };
     let clean = result.is_ok() && !closing.cut_here();
     if let Err(e) = result {
         tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
     }
-    if !clean && let Some(parts) = connection.into_parts() {
-        let mut io = parts.io.into_inner().into_inner();
+    if !clean && let Some(mut io) = io {
         if closing.resets() {
             // Cut by authgate itself (revocation, shutdown, a client that
             // took nothing for `send_timeout`): nothing more is owed, reset
@@ -691,6 +733,15 @@ async fn serve_http<S>(
             io.close_notify();
         }
     }
+}
+
+/// How a client connection's service ended.
+enum Ended {
+    /// hyper is done with it, with this result.
+    Done(Result<(), hyper::Error>),
+    /// Shutdown began while it was between requests ([`Phase::between_requests`]),
+    /// where hyper may hold part of a next head.
+    IdleAtStop,
 }
 
 /// Drives `conn` while the client's next request head is arriving (see
