@@ -106,6 +106,21 @@ async fn a_renewed_certificate_file_is_served_without_a_signal() {
     let _ = proxy.task.await;
 }
 
+/// `authgate check` on the config in `dir`: `ok`, with a warning that says
+/// `says`.
+fn check_warns(dir: &TempDir, says: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(dir.path().join("authgate.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("authgate: warning: ") && err.contains(says), "{says} in {err}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
+}
+
 /// An expired certificate does not replace the one in use at a reload (a
 /// renewal gone wrong put one in place of a working certificate, and every
 /// client refused the proxy: probe 118); `authgate check` and the start
@@ -172,22 +187,10 @@ async fn an_expired_certificate_does_not_replace_the_one_in_use() {
     proxy.dir.write("authgate.toml", &text);
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     // `check` on the same files: a warning, and `ok`.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("check")
-        .arg("--config")
-        .arg(proxy.dir.path().join("authgate.toml"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(
-        err.contains("authgate: warning: ")
-            && err.contains(
-                "proxy-cert.pem: the certificate expired on 2021-01-01T00:00:00Z; TLS clients refuse it"
-            ),
-        "{err}"
+    check_warns(
+        &proxy.dir,
+        "proxy-cert.pem: the certificate expired on 2021-01-01T00:00:00Z; TLS clients refuse it",
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok: "));
     // Not valid yet: loaded (and served).
     let early = ca.leaf_dated("proxy-early", 2090, 2091);
     proxy.dir.write("proxy-cert.pem", format!("{}{}", early.cert_pem, ca.cert_pem));
@@ -244,20 +247,9 @@ async fn an_expired_intermediate_does_not_replace_the_chain_in_use() {
         "{err}"
     );
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der, "the old pair keeps serving");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("check")
-        .arg("--config")
-        .arg(proxy.dir.path().join("authgate.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("authgate: warning: ")
-            && stderr.contains(
-                "proxy-cert.pem: certificate 2 of the chain (an intermediate) expired on 2021-01-01"
-            ),
-        "{stderr}"
+    check_warns(
+        &proxy.dir,
+        "proxy-cert.pem: certificate 2 of the chain (an intermediate) expired on 2021-01-01",
     );
     // An expired root at the chain's end: loaded.
     let old_root = pki::Ca::dated("expired root", 2020, 2021, None);
