@@ -576,6 +576,16 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     assert_eq!(err.file, authgate::server::tls::TlsFile::Key, "{err}");
     let err = err.message;
     assert!(err.contains("wrong.key") && err.contains("does not match"), "{err}");
+    // A chain out of order, the key's certificate after another, is told
+    // so (it was "key does not match"; probe 184).
+    let reversed = dir.write("reversed.pem", format!("{}{}", ca.cert_pem, other.cert_pem));
+    let err = authgate::server::tls::load_certified_key(&reversed, &wrong_key).unwrap_err();
+    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+    assert!(
+        err.message.contains("reversed.pem: the certificate of the key in ")
+            && err.message.contains("wrong.key is number 2 of the chain, not the first"),
+        "{err}"
+    );
     // A certificate rustls cannot read is blamed on the certificate, not on
     // the (matching) key; an encrypted key is named as such.
     let garbage = dir.write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");

@@ -106,6 +106,38 @@ async fn a_renewed_certificate_file_is_served_without_a_signal() {
     let _ = proxy.task.await;
 }
 
+/// The TLS listener speaks HTTP/1.1 only: a client that offers ALPN without
+/// `http/1.1` gets the `no_application_protocol` alert (RFC 7301 §3.2), one
+/// that offers no ALPN is served (the README said "ALPN `http/1.1`" only;
+/// probe 184).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_listener_refuses_alpn_without_http_1_1_and_serves_no_alpn() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    for (alpn, served) in [(&[&b"h2"[..]][..], false), (&[&b"http/1.0"[..]][..], false), (&[][..], true)] {
+        let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let handshake = pki::connector_offering(&ca.cert_pem, alpn).connect(name, tcp).await;
+        match handshake {
+            Ok(mut tls) => {
+                assert!(served, "{alpn:?} was served");
+                tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+                let mut got = [0u8; 12];
+                tls.read_exact(&mut got).await.unwrap();
+                assert!(got.starts_with(b"HTTP/1.1 "), "{:?}", String::from_utf8_lossy(&got));
+            }
+            Err(e) => {
+                assert!(!served, "{alpn:?}: {e}");
+                assert!(e.to_string().contains("NoApplicationProtocol"), "{alpn:?}: {e}");
+            }
+        }
+    }
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// `authgate check` on the config in `dir`: `ok`, with a warning that says
 /// `says`.
 fn check_warns(dir: &TempDir, says: &str) {

@@ -56,10 +56,31 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let in_key = |message: String| CertError { file: TlsFile::Key, message };
     let chain = load_chain(cert)?;
     let signer = load_key(key)?;
-    let certified = CertifiedKey::new(chain, signer);
+    // The key's certificate further down the chain: the chain is out of
+    // order (it was told as a key that does not match; probe 184).
+    let matches_at = |chain: &[CertificateDer<'static>]| {
+        chain
+            .iter()
+            .skip(1)
+            .position(|c| CertifiedKey::new(vec![c.clone()], signer.clone()).keys_match().is_ok())
+    };
+    let certified = CertifiedKey::new(chain, signer.clone());
     certified.keys_match().map_err(|e| match e {
         rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-            in_key(format!("{}: key does not match the certificate in {}", key.display(), cert.display()))
+            match matches_at(&certified.cert) {
+                Some(n) => in_cert(format!(
+                    "{}: the certificate of the key in {} is number {} of the chain, not the first: the \
+                 server's own certificate must come first, then the ones that issued it",
+                    cert.display(),
+                    key.display(),
+                    n + 2
+                )),
+                None => in_key(format!(
+                    "{}: key does not match the certificate in {}",
+                    key.display(),
+                    cert.display()
+                )),
+            }
         }
         // Anything else is about the certificate: rustls could not read it
         // (a bad encoding, an X.509 v1 certificate ...).

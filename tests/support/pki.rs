@@ -90,6 +90,12 @@ pub fn self_signed_ca_leaf(cn: &str) -> Leaf {
 
 /// A TLS connector that trusts only `ca_pem` and offers ALPN `http/1.1`.
 pub fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    connector_offering(ca_pem, &[b"http/1.1"])
+}
+
+/// A TLS connector that trusts only `ca_pem` and offers the ALPN protocols
+/// `alpn` (none: no ALPN extension).
+pub fn connector_offering(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
@@ -100,6 +106,6 @@ pub fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
