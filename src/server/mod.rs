@@ -682,38 +682,52 @@ async fn serve_http<S>(
     };
     let (result, io) = match ended {
         Ended::Done(result) => {
-            let io = connection.into_parts().map(|parts| parts.io.into_inner().into_inner());
+            // (Taken apart only when the end needs the socket.)
+            let cut = result.is_err() || closing.cut_here();
+            let io = if cut {
+                connection.into_parts().map(|parts| parts.io.into_inner().into_inner())
+            } else {
+                None
+            };
             (result, io)
         }
         Ended::IdleAtStop => {
             let Some(parts) = connection.into_parts() else { return };
-            let mut io = parts.io;
-            // What hyper read of a next request (pipelined, or sent while
-            // the previous one ran) is in its buffer, not in the socket:
-            // closed at once, as hyper does, it was lost (probe 182). It is
-            // served on a connection of its own, which closes after it.
-            if !io.inner_mut().resume_head(&parts.read_buf) {
-                let mut io = io.into_inner();
-                tokio::select! {
-                    // As hyper closes: the write side (on TLS a
-                    // `close_notify` first).
-                    _ = io.shutdown() => {}
-                    _ = state.kill.cancelled() => {}
+            // Boxed: this path runs only at shutdown, and a second
+            // connection's state inline would make every connection's task
+            // larger.
+            let resumed = Box::pin(async {
+                let mut io = parts.io;
+                // What hyper read of a next request (pipelined, or sent
+                // while the previous one ran) is in its buffer, not in the
+                // socket: closed at once, as hyper does, it was lost (probe
+                // 182). It is served on a connection of its own, which
+                // closes after it.
+                if !io.inner_mut().resume_head(&parts.read_buf) {
+                    let mut io = io.into_inner();
+                    tokio::select! {
+                        // As hyper closes: the write side (on TLS a
+                        // `close_notify` first).
+                        _ = io.shutdown() => {}
+                        _ = state.kill.cancelled() => {}
+                    }
+                    return None;
                 }
-                return;
-            }
-            builder.keep_alive(false);
-            let mut next =
-                builder.serve_connection(Rewind::new(parts.read_buf, io), parts.service).with_upgrades();
-            let result = tokio::select! {
-                r = &mut next => r,
-                _ = revoked.cancelled() => revoke(),
-                _ = state.kill.cancelled() => {
-                    closing.closed_by(Closer::Shutdown);
-                    Ok(())
-                }
-            };
-            (result, next.into_parts().map(|parts| parts.io.into_inner().into_inner().into_inner()))
+                builder.keep_alive(false);
+                let mut next =
+                    builder.serve_connection(Rewind::new(parts.read_buf, io), parts.service).with_upgrades();
+                let result = tokio::select! {
+                    r = &mut next => r,
+                    _ = revoked.cancelled() => revoke(),
+                    _ = state.kill.cancelled() => {
+                        closing.closed_by(Closer::Shutdown);
+                        Ok(())
+                    }
+                };
+                Some((result, next.into_parts().map(|parts| parts.io.into_inner().into_inner().into_inner())))
+            });
+            let Some(ended) = resumed.await else { return };
+            ended
         }
     };
     let clean = result.is_ok() && !closing.cut_here();
