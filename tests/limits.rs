@@ -1136,6 +1136,55 @@ async fn on_the_tls_listener_a_response_the_origin_cut_ends_without_close_notify
     let _ = proxy.task.await;
 }
 
+/// So does a response authgate cuts itself on the TLS listener: at the end
+/// of the shutdown's grace period, or when its user is removed. Both ended
+/// with `close_notify` (probe 185).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_tls_listener_a_response_authgate_cuts_ends_without_close_notify() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..".to_vec();
+    for revoked in [false, true] {
+        let mut proxy = spawn_full(&ca, &leaf, "[limits]\nshutdown_grace = \"1s\"\n").await;
+        let origin = answering_once(stalled.clone(), Duration::from_secs(30));
+        let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+        let mut tls = pki::connector(&ca.cert_pem)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .expect("TLS handshake");
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
+            origin.url("/"),
+            origin.authority(),
+            basic("alice", "a1")
+        );
+        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.ends_with(b"only ten..") {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        if revoked {
+            proxy.dir.write("users.toml", users_toml(&[("bob", "b1")]));
+            let state = proxy.state.clone();
+            tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{e}"));
+        } else {
+            drop(proxy.stop.take());
+        }
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
+        let err = read.expect("the connection ends").expect_err("a clean TLS end after a cut body");
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "revoked {revoked}: {err}");
+        drop(proxy.stop.take());
+        let _ = proxy.task.await;
+    }
+}
+
 /// A TLS client that sends its `close_notify` right behind its request
 /// has its request dropped, as a TCP half-close has, or answered when the
 /// answer was quicker; either way the connection ends with authgate's own

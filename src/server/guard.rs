@@ -234,6 +234,18 @@ impl Phase {
         self.get() == IDLE
     }
 
+    /// Whether a response is under way: a request is being served and its
+    /// answer is not yet all handed to hyper, or hyper may still hold part
+    /// of it.
+    pub fn mid_response(&self) -> bool {
+        let w = self.load();
+        match w.state {
+            BUSY => w.drain != DRAINING_ANSWERED,
+            ENDED => true,
+            _ => false,
+        }
+    }
+
     /// Whether a request head has begun to arrive and is not yet whole.
     pub fn reading_head(&self) -> bool {
         self.get() == HEAD
