@@ -741,12 +741,15 @@ async fn serve_http<S>(
             // at once.
             let within = if closing.cut_here() { Duration::ZERO } else { limits.send_timeout };
             reset::reset_once_sent(&io, within, &state.kill).await;
-        } else if !closing.broken_by_origin() && !(closing.cut_here() && closing.mid_response()) {
+        } else {
             // A response cut short, by the origin or by authgate itself (a
             // shutdown, a revocation), ends as a cut: no `close_notify`,
             // which would tell the client that it ended whole (probes 184,
             // 185).
-            io.close_notify();
+            let truncated = closing.broken_by_origin() || (closing.cut_here() && closing.mid_response());
+            if !truncated {
+                io.close_notify();
+            }
         }
     }
 }
