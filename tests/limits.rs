@@ -283,6 +283,35 @@ async fn an_expired_intermediate_does_not_replace_the_chain_in_use() {
         &proxy.dir,
         "proxy-cert.pem: certificate 2 of the chain (an intermediate) expired on 2021-01-01",
     );
+    // An expired leaf and intermediate: both told at once (the second was
+    // told only once the first was fixed; probe 186).
+    let expired_leaf = intermediate.leaf_dated("proxy-old", 2020, 2021);
+    proxy.dir.write(
+        "proxy-cert.pem",
+        format!("{}{}{}", expired_leaf.cert_pem, intermediate.cert_pem, ca.cert_pem),
+    );
+    proxy.dir.write("proxy-key.pem", &expired_leaf.key_pem);
+    let err = reload(proxy.state.clone()).await.unwrap().expect_err("expired certificates must not load");
+    assert!(
+        err.contains("the certificate expired on")
+            && err.contains("certificate 2 of the chain (an intermediate)"),
+        "{err}"
+    );
+    // An expired cross-signed root at the chain's end, past the leaf's
+    // issuer: clients that trust the root it leads to stop before it, so
+    // it is a warning only (it was refused; probe 186), also with the root
+    // itself after it.
+    let old_root = pki::Ca::new("old root");
+    let cross = pki::Ca::dated("authgate test CA", 2020, 2021, Some(&old_root));
+    let middle = pki::Ca::dated("valid intermediate", 2020, 2090, Some(&ca));
+    let served = middle.leaf("proxy-v3");
+    for tail in [String::new(), ca.cert_pem.clone()] {
+        let chain = format!("{}{}{}{tail}", served.cert_pem, middle.cert_pem, cross.cert_pem);
+        proxy.dir.write("proxy-cert.pem", chain);
+        proxy.dir.write("proxy-key.pem", &served.key_pem);
+        reload(proxy.state.clone()).await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        check_warns(&proxy.dir, "certificate 3 of the chain, its last, expired on 2021-01-01");
+    }
     // An expired root at the chain's end: loaded.
     let old_root = pki::Ca::dated("expired root", 2020, 2021, None);
     proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, old_root.cert_pem));

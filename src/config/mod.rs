@@ -440,7 +440,7 @@ fn expired_replacements(new: &Snapshot, running: &Snapshot) -> Vec<Problem> {
     new.server
         .tls
         .iter()
-        .filter_map(|t| expired_replacement(&t.cert, Some(t.listen), &t.certified.cert, running))
+        .flat_map(|t| expired_replacement(&t.cert, Some(t.listen), &t.certified.cert, running))
         .fold(Vec::new(), once_each)
 }
 
@@ -453,13 +453,14 @@ fn expired_named(doc: &toml_edit::DocumentMut, path: &Path, running: &Snapshot) 
     tables
         .into_iter()
         .flatten()
-        .filter_map(|t| {
-            let cert = base.join(t.get("cert")?.as_str()?);
+        .flat_map(|t| {
+            let cert = base.join(t.get("cert").and_then(toml_edit::Item::as_str)?);
             let listen =
                 t.get("listen").and_then(toml_edit::Item::as_str).and_then(|l| l.trim().parse().ok());
             let chain = crate::server::tls::load_chain(&cert).ok()?;
-            expired_replacement(&cert, listen, &chain, running)
+            Some(expired_replacement(&cert, listen, &chain, running))
         })
+        .flatten()
         .fold(Vec::new(), once_each)
 }
 
@@ -472,40 +473,45 @@ fn once_each(mut problems: Vec<Problem>, p: Problem) -> Vec<Problem> {
     problems
 }
 
-/// The problem of the chain read from `cert` for the listener on
-/// `listen`, if one of its certificates has expired (the leaf, or an
-/// intermediate: see [`ChainDateProblem`]) and is not one `running` serves
-/// there already: a leaf in use stays; so does an intermediate sent along
-/// with the chain in use.
+/// The problems of the chain read from `cert` for the listener on
+/// `listen`: each certificate of it that has expired and that clients must
+/// use (the leaf, or an intermediate: see [`ChainDateProblem::refuses`]),
+/// and is not one `running` serves there already: a leaf in use stays; so
+/// does an intermediate sent along with the chain in use. All of them: a
+/// reload told of the first only was refused again for the next (probe
+/// 186).
 ///
-/// [`ChainDateProblem`]: crate::server::tls::ChainDateProblem
+/// [`ChainDateProblem::refuses`]: crate::server::tls::ChainDateProblem::refuses
 fn expired_replacement(
     cert: &Path,
     listen: Option<std::net::SocketAddr>,
     chain: &[rustls::pki_types::CertificateDer<'_>],
     running: &Snapshot,
-) -> Option<Problem> {
+) -> Vec<Problem> {
     let problems = crate::server::tls::ChainDateProblem::of_chain(chain, std::time::SystemTime::now());
-    let problem = problems.into_iter().find(|p| {
-        let der = chain[p.index].as_ref();
-        let in_use = running.server.tls.iter().any(|r| {
+    let in_use = |index: usize| {
+        let der = chain.get(index).map(|c| c.as_ref());
+        running.server.tls.iter().any(|r| {
             Some(r.listen) == listen
-                && if p.index == 0 {
-                    r.certified.cert.first().is_some_and(|c| c.as_ref() == der)
+                && if index == 0 {
+                    r.certified.cert.first().map(|c| c.as_ref()) == der
                 } else {
-                    r.certified.cert.iter().skip(1).any(|c| c.as_ref() == der)
+                    r.certified.cert.iter().skip(1).any(|c| Some(c.as_ref()) == der)
                 }
-        });
-        p.problem.expired() && !in_use
-    })?;
-    Some(Problem {
-        file: cert.to_path_buf(),
-        line: 0,
-        col: 0,
-        message: format!(
-            "{problem}; a reload does not put it in place of the certificate in use, which keeps serving"
-        ),
-    })
+        })
+    };
+    problems
+        .into_iter()
+        .filter(|p| p.refuses() && !in_use(p.index))
+        .map(|problem| Problem {
+            file: cert.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!(
+                "{problem}; a reload does not put it in place of the certificate in use, which keeps serving"
+            ),
+        })
+        .collect()
 }
 
 /// Whether a TOML table holds at least one key with a value, at any depth

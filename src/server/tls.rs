@@ -286,6 +286,13 @@ pub struct ChainDateProblem {
     pub index: usize,
     /// What is wrong with its dates.
     pub problem: DateProblem,
+    /// The certificate is the chain's last (but for a root sent along), past
+    /// the leaf's issuer: a
+    /// client that trusts the root it leads to stops before it (an expired
+    /// cross-signed root sent along, as `AddTrust`'s was in 2020), so the
+    /// chain may still be taken. Only a warning, even at a reload (probe
+    /// 186: such a renewal was refused, though clients took it).
+    pub past_anchor: bool,
 }
 
 impl ChainDateProblem {
@@ -294,6 +301,9 @@ impl ChainDateProblem {
     /// looked at: clients take a root from their own trust store, not from
     /// the chain, so an expired one sent along fails no handshake.
     pub fn of_chain<C: AsRef<[u8]>>(chain: &[C], now: SystemTime) -> Vec<ChainDateProblem> {
+        // The last that is not a root sent along.
+        let last =
+            chain.iter().rposition(|c| super::x509::validity(c.as_ref()).is_none_or(|v| !v.self_issued));
         chain
             .iter()
             .enumerate()
@@ -302,9 +312,17 @@ impl ChainDateProblem {
                 if index > 0 && v.self_issued {
                     return None;
                 }
-                Some(ChainDateProblem { index, problem: DateProblem::of_validity(&v, now)? })
+                let problem = DateProblem::of_validity(&v, now)?;
+                let past_anchor = index >= 2 && Some(index) == last;
+                Some(ChainDateProblem { index, problem, past_anchor })
             })
             .collect()
+    }
+
+    /// Whether a reload refuses a new chain for this problem: an expired
+    /// certificate every client must use.
+    pub fn refuses(&self) -> bool {
+        self.problem.expired() && !self.past_anchor
     }
 }
 
@@ -314,6 +332,14 @@ impl fmt::Display for ChainDateProblem {
             return self.problem.fmt(f);
         }
         let place = self.index + 1;
+        if let (DateProblem::Expired(t), true) = (self.problem, self.past_anchor) {
+            return write!(
+                f,
+                "certificate {place} of the chain, its last, expired on {}; clients that trust the root it \
+                 leads to stop before it, others refuse the chain (leave it out if it is a cross-signed root)",
+                super::x509::rfc3339(t)
+            );
+        }
         match self.problem {
             DateProblem::Expired(t) => write!(
                 f,
