@@ -1222,6 +1222,10 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     // Cut short, without their END lines.
     dir.write("cut-cert.pem", &leaf.cert_pem[..leaf.cert_pem.len() / 2]);
     dir.write("cut-key.pem", &leaf.key_pem[..leaf.key_pem.len() / 2]);
+    // Cut inside the BEGIN line of a second certificate: the PEM reader
+    // took the tail for text, and the chain loaded short (probe 186).
+    dir.write("cut-begin.pem", format!("{}-----", leaf.cert_pem));
+    dir.write("cut-begin2.pem", format!("{}-----BEGIN CERTIF", leaf.cert_pem));
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1284,6 +1288,18 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"cut-key.pem\"\n"),
             "cut-key.pem: cannot read private key: a PEM section has no END line (is the file cut short?)",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cut-begin.pem\"\nkey = \"{key}\"\n"),
+            "cut-begin.pem: bad PEM certificate: the file ends inside a PEM section's BEGIN line (is it cut short?)",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cut-begin2.pem\"\nkey = \"{key}\"\n"),
+            "cut-begin2.pem: bad PEM certificate: a PEM section's BEGIN line is not valid (is the file cut short?)",
+        ),
+        (
+            "[upstream]\nca_file = \"cut-begin.pem\"\n".to_owned(),
+            "cut-begin.pem: the file ends inside a PEM section's BEGIN line (is it cut short?)",
         ),
         // A chain in DER: the first certificate is read (probe 166).
         (

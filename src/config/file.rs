@@ -74,11 +74,26 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     use rustls::pki_types::pem::Error;
     match e {
         Error::MissingSectionEnd { .. } => "a PEM section has no END line (is the file cut short?)".into(),
-        Error::IllegalSectionStart { .. } => "a PEM section's BEGIN line is not valid".into(),
+        Error::IllegalSectionStart { .. } => {
+            "a PEM section's BEGIN line is not valid (is the file cut short?)".into()
+        }
         Error::Base64Decode(_) => "a PEM section's base64 is not valid".into(),
         Error::Io(e) => reason(e),
         other => other.to_string(),
     }
+}
+
+/// What [`pem_problem`] says of a PEM file cut inside the BEGIN line of a
+/// section after its last whole one (`-----`): the PEM reader takes such a
+/// tail for text around the sections, and a chain cut there loaded without
+/// its intermediates, without a word (probe 186).
+pub fn pem_cut_short(pem: &[u8]) -> Option<&'static str> {
+    const END: &[u8] = b"-----END ";
+    let last_end = pem.windows(END.len()).rposition(|w| w == END)?;
+    let after = &pem[last_end..];
+    let line_end = after.iter().position(|&b| b == b'\n').map_or(after.len(), |i| i + 1);
+    let tail = after[line_end..].trim_ascii_start();
+    tail.starts_with(b"-----").then_some("the file ends inside a PEM section's BEGIN line (is it cut short?)")
 }
 
 /// What identifies a version of a file: size, mtime, ctime, device and

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::file::{check_file, pem_problem, read_file, reason};
+use crate::config::file::{check_file, pem_cut_short, pem_problem, read_file, reason};
 use crate::error::ProxyError;
 use crate::target::Host;
 
@@ -70,6 +70,9 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     // A byte order mark, as some Windows editors write, hid the first
     // certificate.
     let pem = pem.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&pem);
+    if let Some(cut) = pem_cut_short(pem) {
+        return Err(format!("{shown}: {cut}"));
+    }
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| format!("{shown}: {}", pem_problem(&e)))?;

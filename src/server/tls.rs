@@ -20,7 +20,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::file::{pem_problem, read_file, reason};
+use crate::config::file::{pem_cut_short, pem_problem, read_file, reason};
 
 /// Which of a TLS listener's two files a [`CertError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +108,9 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| in_cert(format!("{}: bad PEM certificate: {}", cert.display(), pem_problem(&e))))?;
+    if let Some(cut) = pem_cut_short(&cert_pem) {
+        return Err(in_cert(format!("{}: bad PEM certificate: {cut}", cert.display())));
+    }
     if chain.is_empty() {
         return Err(in_cert(format!(
             "{}: no certificate found{}",
