@@ -325,7 +325,7 @@ fn users_alone(state: &State, old: &Arc<Snapshot>) {
         tracing::warn!(
             generation,
             revoked_sessions = revoked,
-            "users file reloaded on its own; the config file's changes wait until its errors are fixed"
+            "users file reloaded on its own; the rest of the reload waits until its errors are fixed (see the ERROR lines)"
         );
     });
 }
