@@ -91,7 +91,7 @@ fn catch_interrupts() -> bool {
 /// gives the terminal its settings back when Ctrl-C ends the wait: killed
 /// by SIGINT in the middle of the prompt, the command left the shell with
 /// echo off (probe 114). The process then exits with status 130, as the
-/// signal's default action made it (see [`catch_interrupts`]).
+/// signal's default action made it (see `catch_interrupts`).
 ///
 /// # Errors
 /// The terminal cannot be read.

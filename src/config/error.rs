@@ -65,7 +65,7 @@ pub fn command(config: &Path, sub: &str) -> String {
     }
 }
 
-/// `text` as one word for a POSIX shell (see [`shell_bytes`]).
+/// `text` as one word for a POSIX shell (see `shell_bytes`).
 pub fn shell_word(text: &str) -> String {
     shell_bytes(text.as_bytes())
 }

@@ -300,7 +300,7 @@ pub struct Exchange<'a> {
     pub interims: &'a AtomicU8,
 }
 
-/// An interim answer declared a body (see [`declares_body`]): the
+/// An interim answer declared a body (see `declares_body`): the
 /// connection then serves only the same user again, as after a HEAD answer
 /// that declares one.
 pub const INTERIM_BODY: u8 = 1;
@@ -495,7 +495,7 @@ impl Pool {
     /// While `replayable` says so (an idempotent request without a body,
     /// RFC 9110 §9.2.2, under a configuration still live), a pooled
     /// connection that fails after taking the request, before a byte of an
-    /// answer and within [`REPLAY_WITHIN`] of sending it (the origin closed
+    /// answer and within `REPLAY_WITHIN` of sending it (the origin closed
     /// it as it went out: its keep-alive timeout ran out), is not the
     /// client's problem: the request is sent again, once, on a new
     /// connection (RFC 9112 §9.3.1), as Squid and nginx do. Otherwise that
