@@ -297,10 +297,12 @@ async fn an_expired_intermediate_does_not_replace_the_chain_in_use() {
             && err.contains("certificate 2 of the chain (an intermediate)"),
         "{err}"
     );
-    // An expired cross-signed root at the chain's end, past the leaf's
-    // issuer: clients that trust the root it leads to stop before it, so
-    // it is a warning only (it was refused; probe 186), also with the root
-    // itself after it.
+    // An expired certificate at the chain's end, past the second: a
+    // cross-signed root, maybe, which clients that trust its root do not
+    // need, but by position it cannot be told from an intermediate every
+    // client needs (let through, a leaf sent twice, then its expired
+    // issuer, failed every client; probe 188). Refused, saying how to
+    // serve the chain if it is one, also with the root after it.
     let old_root = pki::Ca::new("old root");
     let cross = pki::Ca::dated("authgate test CA", 2020, 2021, Some(&old_root));
     let middle = pki::Ca::dated("valid intermediate", 2020, 2090, Some(&ca));
@@ -309,9 +311,18 @@ async fn an_expired_intermediate_does_not_replace_the_chain_in_use() {
         let chain = format!("{}{}{}{tail}", served.cert_pem, middle.cert_pem, cross.cert_pem);
         proxy.dir.write("proxy-cert.pem", chain);
         proxy.dir.write("proxy-key.pem", &served.key_pem);
-        reload(proxy.state.clone()).await.unwrap().unwrap_or_else(|e| panic!("{e}"));
-        check_warns(&proxy.dir, "certificate 3 of the chain, its last, expired on 2021-01-01");
+        let err =
+            reload(proxy.state.clone()).await.unwrap().expect_err("an expired certificate must not load");
+        let says = "certificate 3 of the chain, its last, expired on 2021-01-01T00:00:00Z; TLS clients refuse the \
+                    chain unless they trust the root it leads to (if it is a cross-signed root, leave it out of \
+                    the file)";
+        assert!(err.contains(says), "{err}");
     }
+    let renewed_twice = format!("{}{}{}", renewed.cert_pem, renewed.cert_pem, intermediate.cert_pem);
+    proxy.dir.write("proxy-cert.pem", renewed_twice);
+    proxy.dir.write("proxy-key.pem", &renewed.key_pem);
+    let err = reload(proxy.state.clone()).await.unwrap().expect_err("an expired issuer must not load");
+    assert!(err.contains("certificate 3 of the chain, its last, expired"), "{err}");
     // An expired root at the chain's end: loaded.
     let old_root = pki::Ca::dated("expired root", 2020, 2021, None);
     proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, old_root.cert_pem));

@@ -290,12 +290,14 @@ pub struct ChainDateProblem {
     /// What is wrong with its dates.
     pub problem: DateProblem,
     /// The certificate is the chain's last (but for a root sent along), past
-    /// the leaf's issuer: a
-    /// client that trusts the root it leads to stops before it (an expired
-    /// cross-signed root sent along, as `AddTrust`'s was in 2020), so the
-    /// chain may still be taken. Only a warning, even at a reload (probe
-    /// 186: such a renewal was refused, though clients took it).
-    pub past_anchor: bool,
+    /// the second: if
+    /// it is a cross-signed root, clients that trust the root it leads to
+    /// stop before it, and the way out is to leave it out of the file. It
+    /// is still refused at a reload: by position alone it cannot be told
+    /// from an intermediate every client needs (probe 188: a leaf sent
+    /// twice, then its expired issuer, was let through and failed every
+    /// client).
+    pub last: bool,
 }
 
 impl ChainDateProblem {
@@ -316,16 +318,16 @@ impl ChainDateProblem {
                     return None;
                 }
                 let problem = DateProblem::of_validity(&v, now)?;
-                let past_anchor = index >= 2 && Some(index) == last;
-                Some(ChainDateProblem { index, problem, past_anchor })
+                let last = index >= 2 && Some(index) == last;
+                Some(ChainDateProblem { index, problem, last })
             })
             .collect()
     }
 
     /// Whether a reload refuses a new chain for this problem: an expired
-    /// certificate every client must use.
+    /// certificate.
     pub fn refuses(&self) -> bool {
-        self.problem.expired() && !self.past_anchor
+        self.problem.expired()
     }
 }
 
@@ -335,11 +337,11 @@ impl fmt::Display for ChainDateProblem {
             return self.problem.fmt(f);
         }
         let place = self.index + 1;
-        if let (DateProblem::Expired(t), true) = (self.problem, self.past_anchor) {
+        if let (DateProblem::Expired(t), true) = (self.problem, self.last) {
             return write!(
                 f,
-                "certificate {place} of the chain, its last, expired on {}; clients that trust the root it \
-                 leads to stop before it, others refuse the chain (leave it out if it is a cross-signed root)",
+                "certificate {place} of the chain, its last, expired on {}; TLS clients refuse the chain \
+                 unless they trust the root it leads to (if it is a cross-signed root, leave it out of the file)",
                 super::x509::rfc3339(t)
             );
         }
