@@ -1226,6 +1226,9 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     // took the tail for text, and the chain loaded short (probe 186).
     dir.write("cut-begin.pem", format!("{}-----", leaf.cert_pem));
     dir.write("cut-begin2.pem", format!("{}-----BEGIN CERTIF", leaf.cert_pem));
+    dir.write("cut-dash.pem", format!("{}\n-", leaf.cert_pem));
+    // Text after the last section that is no cut loads (probe 188).
+    dir.write("trailer.pem", format!("{}----- end of bundle -----\n", leaf.cert_pem));
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1301,6 +1304,14 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
             "[upstream]\nca_file = \"cut-begin.pem\"\n".to_owned(),
             "cut-begin.pem: the file ends inside a PEM section's BEGIN line (is it cut short?)",
         ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cut-dash.pem\"\nkey = \"{key}\"\n"),
+            "cut-dash.pem: bad PEM certificate: the file ends inside a PEM section's BEGIN line (is it cut short?)",
+        ),
+        (
+            "[upstream]\nca_file = \"cut-dash.pem\"\n".to_owned(),
+            "cut-dash.pem: the file ends inside a PEM section's BEGIN line",
+        ),
         // A chain in DER: the first certificate is read (probe 166).
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"chain.der\"\nkey = \"{key}\"\n"),
@@ -1312,6 +1323,13 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         let err = authgate::config::load(&path).map(|_| ()).expect_err(&config).to_string();
         assert!(err.contains(says), "{says} in {err}");
         assert!(!err.contains("os error"), "{err}");
+    }
+    for ca in ["", "[upstream]\nca_file = \"trailer.pem\"\n"] {
+        let config = format!(
+            "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"trailer.pem\"\nkey = \"{key}\"\n{ca}"
+        );
+        let path = dir.write("authgate.toml", &config);
+        authgate::config::load(&path).unwrap_or_else(|e| panic!("a trailer is no cut: {e}"));
     }
     // And the files the users command reads.
     let path = dir.write("authgate.toml", "");

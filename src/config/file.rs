@@ -83,17 +83,21 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// What [`pem_problem`] says of a PEM file cut inside the BEGIN line of a
-/// section after its last whole one (`-----`): the PEM reader takes such a
-/// tail for text around the sections, and a chain cut there loaded without
-/// its intermediates, without a word (probe 186).
+/// What to say of a PEM file cut inside the BEGIN line of a section after
+/// its last whole one (from `-` to `-----BEGIN CERTIF`): the PEM reader
+/// takes such a tail for text around the sections, and a chain cut there
+/// loaded without its intermediates, without a word (probes 186, 188).
+/// Text after the last section that is no such start (`----- end of
+/// bundle -----`, a comment) is not a cut.
 pub fn pem_cut_short(pem: &[u8]) -> Option<&'static str> {
     const END: &[u8] = b"-----END ";
+    const BEGIN: &[u8] = b"-----BEGIN ";
     let last_end = pem.windows(END.len()).rposition(|w| w == END)?;
     let after = &pem[last_end..];
     let line_end = after.iter().position(|&b| b == b'\n').map_or(after.len(), |i| i + 1);
-    let tail = after[line_end..].trim_ascii_start();
-    tail.starts_with(b"-----").then_some("the file ends inside a PEM section's BEGIN line (is it cut short?)")
+    let tail = after[line_end..].trim_ascii();
+    let cut = !tail.is_empty() && (BEGIN.starts_with(tail) || tail.starts_with(BEGIN));
+    cut.then_some("the file ends inside a PEM section's BEGIN line (is it cut short?)")
 }
 
 /// What identifies a version of a file: size, mtime, ctime, device and

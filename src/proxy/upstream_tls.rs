@@ -70,9 +70,6 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     // A byte order mark, as some Windows editors write, hid the first
     // certificate.
     let pem = pem.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&pem);
-    if let Some(cut) = pem_cut_short(pem) {
-        return Err(format!("{shown}: {cut}"));
-    }
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| format!("{shown}: {}", pem_problem(&e)))?;
@@ -82,6 +79,10 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
             }
             other => format!("{shown}: a certificate in it cannot be used ({other})"),
         })?;
+    }
+    // After the sections are read: a cut inside one is told as such.
+    if let Some(cut) = pem_cut_short(pem) {
+        return Err(format!("{shown}: {cut}"));
     }
     if roots.is_empty() {
         let holds = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
