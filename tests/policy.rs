@@ -937,6 +937,10 @@ async fn explain_and_the_proxy_agree_on_a_request_line_over_max_header_bytes() {
         (format!("http://{host}/a b{long}"), 400),
         (upto(0), 431),
         (upto(1), 400),
+        // `HTTP/1.0` is a version too: its last byte as the limit's last
+        // byte, and the mismatch past it, is the 431 (probe 188).
+        (format!("{prefix}{} HTTP/1.0 x", "A".repeat(8183 - 4 - prefix.len())), 431),
+        (format!("{prefix}{} HTTP/1.0 x", "A".repeat(8183 - 5 - prefix.len())), 400),
         // The 400 hyper gives first, not the scheme's (probe 186).
         (format!("ftp://{host}/a b"), 400),
     ] {
@@ -947,6 +951,20 @@ async fn explain_and_the_proxy_agree_on_a_request_line_over_max_header_bytes() {
         let mut conn = RawConn::connect(proxy.addr).await;
         conn.send(request("GET", &url, &[("Host", &host), ("Proxy-Authorization", &auth())])).await;
         assert_eq!(conn.read_response("GET").await.status, status, "{url}");
+    }
+    // A method's first byte that is no token character, past the limit:
+    // the 431 comes first (probe 188).
+    for (at, status) in [(8192, 431), (8191, 400)] {
+        let mut method = "G".repeat(8200);
+        method.replace_range(at..=at, "(");
+        let url = origin.url("/x");
+        let (got, out, err) = explain(&path, &["--user", USER, "--method", &method, &url]);
+        assert_eq!(got, Some(2), "{out}{err}");
+        let code = if status == 400 { "400 malformed_request" } else { "431 request_head_too_large" };
+        assert!(err.contains(code), "{at}: {err}");
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(request(&method, &url, &[("Host", &host), ("Proxy-Authorization", &auth())])).await;
+        assert_eq!(conn.read_response("GET").await.status, status, "{at}");
     }
     // `--method CONNECT` with another scheme's URL stands for the tunnel
     // `curl -p` opens for it (it was "unsupported scheme"; probe 186).

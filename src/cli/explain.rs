@@ -41,7 +41,11 @@ fn parse_target_for(raw: &str, given: Option<&Method>) -> Result<(Target, Method
             "https" => (443, Method::CONNECT, true),
             _ => (0, Method::GET, false),
         };
+        let tunnel = *given.unwrap_or(&method) == Method::CONNECT;
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        // A tunnel's CONNECT carries no `user:password@`: the client uses
+        // it inside the tunnel (it was refused here; probe 188).
+        let authority = if tunnel { without_userinfo(authority) } else { authority };
         // Host, then port, as the proxy reads them (an empty port is the
         // default): read port first, `http://[[::1]]:80/` was "bad port"
         // here and `[[::1]]:80` "bad IPv6 address" (probe 134).
@@ -55,7 +59,6 @@ fn parse_target_for(raw: &str, given: Option<&Method>) -> Result<(Target, Method
         // is a 400 malformed_request on the wire, whatever is in it
         // (`http://a.test:80\@b.test/` was explained as bad_target; probe
         // 138). A host typed in Unicode is sent in its ASCII form.
-        let tunnel = *given.unwrap_or(&method) == Method::CONNECT;
         let path = if tunnel { "".into() } else { sent_path(&rest[authority.len()..]) };
         let as_sent = if authority.is_ascii() { authority } else { "host" };
         let sent = format!("{scheme}://{as_sent}{path}");
@@ -176,6 +179,8 @@ fn smallest_head(method: &Method, raw: &str, user: &str) -> (usize, String) {
             let (host, port) = split_port(url_authority);
             let host = ascii_host(host).unwrap_or(host.into());
             if *method == Method::CONNECT {
+                let (host, port) = split_port(without_userinfo(url_authority));
+                let host = ascii_host(host).unwrap_or(host.into());
                 let default = if scheme.eq_ignore_ascii_case("https") { "443" } else { "80" };
                 let sent = format!("{host}:{}", port.filter(|p| !p.is_empty()).unwrap_or(default));
                 (sent.clone(), sent)
@@ -225,9 +230,25 @@ fn line_breaks_at(line: &[u8], target: usize) -> Option<usize> {
     if line.get(at) != Some(&b' ') {
         return Some(at);
     }
+    // (`HTTP/1.0` reads as a version too: probe 188.)
     let version = line.get(at + 1..).unwrap_or_default();
-    let matched = version.iter().zip(b"HTTP/1.1\r\n").take_while(|(got, want)| got == want).count();
+    let matched = version
+        .iter()
+        .zip(b"HTTP/1.1\r\n")
+        .enumerate()
+        .take_while(|&(i, (got, want))| got == want || (i == 7 && *got == b'0'))
+        .count();
     Some(at + 1 + matched)
+}
+
+/// A URL's authority without its `user:password@`.
+fn without_userinfo(authority: &str) -> &str {
+    authority.rsplit_once('@').map_or(authority, |(_, host)| host)
+}
+
+/// Whether `b` may be in a method (RFC 9110 §5.6.2 `tchar`).
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// host:port as a client sends it: the host in its ASCII form.
@@ -264,12 +285,22 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
     let given = method
         .map(|m| {
             Method::from_bytes(m.as_bytes()).map_err(|_| {
+                // A method whose first byte that is no token character
+                // lies past the head limit is the 431 first (probe 188).
+                let bad = m.bytes().position(|b| !is_token(b)).unwrap_or(0);
                 // (Not echoed with an `@` in it: a pasted password; probe 102.)
                 let m = if m.contains('@') {
                     "--method (not shown: it has `@`)".to_owned()
                 } else {
                     format!("`{}`", shown(m))
                 };
+                if bad >= snap.limits.max_header_bytes {
+                    return format!(
+                        "{m} is longer than [limits] max_header_bytes ({}) before its first character that \
+                         is not allowed in a method: the proxy answers 431 request_head_too_large",
+                        snap.limits.max_header_bytes
+                    );
+                }
                 format!("{m} is not an HTTP method: the proxy answers 400 malformed_request")
             })
         })
@@ -472,10 +503,23 @@ mod tests {
     /// (it said ALLOWED), and the password is not echoed.
     #[test]
     fn a_url_with_userinfo_is_an_error() {
-        for url in ["http://alice:S3cret@127.0.0.1:8080/x", "https://alice:S3cret@example.com/", "http://@h/"]
-        {
+        for url in ["http://alice:S3cret@127.0.0.1:8080/x", "http://@h/"] {
             let err = parse_target(url).unwrap_err();
             assert!(err.contains("400 bad_target") && !err.contains("S3cret"), "{url}: {err}");
         }
+        // Sent as absolute-form https:// too; but a tunnel's CONNECT
+        // carries no userinfo, which the client uses inside the tunnel (it
+        // was refused; probe 188).
+        let get = Method::GET;
+        let err = parse_target_for("https://alice:S3cret@example.com/", Some(&get)).unwrap_err();
+        assert!(err.contains("400 bad_target") && !err.contains("S3cret"), "{err}");
+        let tunnel = |url: &str, m: Option<&Method>| parse_target_for(url, m).map(|(t, _)| t.to_string());
+        assert_eq!(tunnel("https://alice:S3cret@example.com/", None), Ok("example.com:443".into()));
+        let connect = Method::CONNECT;
+        assert_eq!(tunnel("ftp://u:p@127.0.0.1:21/", Some(&connect)), Ok("127.0.0.1:21".into()));
+        assert_eq!(
+            smallest_head(&connect, "https://alice:S3cret@example.com/", "u").0,
+            smallest_head(&connect, "example.com:443", "u").0
+        );
     }
 }
