@@ -1128,6 +1128,30 @@ async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
     let _ = proxy.task.await;
 }
 
+/// A TLS connection to the proxy's TLS listener `tls` that has sent alice's
+/// `GET` of `origin`'s `/`, with the header lines `extra`.
+async fn tls_get(
+    tls: SocketAddr,
+    ca: &pki::Ca,
+    origin: &Origin,
+    extra: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::ServerName;
+    let tcp = TcpStream::connect(tls).await.unwrap();
+    let mut tls = pki::connector(&ca.cert_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\n{extra}\r\n",
+        origin.url("/"),
+        origin.authority(),
+        basic("alice", "a1")
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    tls
+}
+
 /// On the TLS listener a response the origin cut short (fewer bytes than
 /// its `Content-Length`, a chunked body without its last chunk, a body that
 /// went silent) ends without `close_notify`, which the client's TLS reads
@@ -1135,7 +1159,6 @@ async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
 /// response still ends with one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_tls_listener_a_response_the_origin_cut_ends_without_close_notify() {
-    use rustls::pki_types::ServerName;
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("localhost");
     let proxy = spawn_full(&ca, &leaf, "[limits]\nupstream_response_timeout = \"1s\"\n").await;
@@ -1148,18 +1171,7 @@ async fn on_the_tls_listener_a_response_the_origin_cut_ends_without_close_notify
         (whole, Duration::ZERO, false),
     ] {
         let origin = answering_once(answer, hold);
-        let tcp = TcpStream::connect(proxy.tls).await.unwrap();
-        let mut tls = pki::connector(&ca.cert_pem)
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake");
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
-            origin.url("/"),
-            origin.authority(),
-            basic("alice", "a1")
-        );
-        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut tls = tls_get(proxy.tls, &ca, &origin, "Connection: close\r\n").await;
         let mut got = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
         let read = read.expect("the connection ends");
@@ -1181,25 +1193,13 @@ async fn on_the_tls_listener_a_response_the_origin_cut_ends_without_close_notify
 /// with `close_notify` (probe 185).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_tls_listener_a_response_authgate_cuts_ends_without_close_notify() {
-    use rustls::pki_types::ServerName;
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("localhost");
     let stalled = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..".to_vec();
     for revoked in [false, true] {
         let mut proxy = spawn_full(&ca, &leaf, "[limits]\nshutdown_grace = \"1s\"\n").await;
         let origin = answering_once(stalled.clone(), Duration::from_secs(30));
-        let tcp = TcpStream::connect(proxy.tls).await.unwrap();
-        let mut tls = pki::connector(&ca.cert_pem)
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake");
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\n\r\n",
-            origin.url("/"),
-            origin.authority(),
-            basic("alice", "a1")
-        );
-        tls.write_all(req.as_bytes()).await.unwrap();
+        let mut tls = tls_get(proxy.tls, &ca, &origin, "").await;
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         while !got.ends_with(b"only ten..") {
