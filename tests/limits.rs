@@ -323,6 +323,15 @@ async fn an_expired_intermediate_does_not_replace_the_chain_in_use() {
     proxy.dir.write("proxy-key.pem", &renewed.key_pem);
     let err = reload(proxy.state.clone()).await.unwrap().expect_err("an expired issuer must not load");
     assert!(err.contains("certificate 3 of the chain, its last, expired"), "{err}");
+    // A key-rollover certificate, named as its issuer is (subject =
+    // issuer) but signed by that issuer's other key: no root, and its
+    // dates count (it was taken for a root; probe 188).
+    let rollover = pki::Ca::dated("authgate test CA", 2020, 2021, Some(&ca));
+    let behind = rollover.leaf("proxy-rollover");
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", behind.cert_pem, rollover.cert_pem));
+    proxy.dir.write("proxy-key.pem", &behind.key_pem);
+    let err = reload(proxy.state.clone()).await.unwrap().expect_err("an expired rollover must not load");
+    assert!(err.contains("certificate 2 of the chain (an intermediate) expired on 2021-01-01"), "{err}");
     // An expired root at the chain's end: loaded.
     let old_root = pki::Ca::dated("expired root", 2020, 2021, None);
     proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, old_root.cert_pem));

@@ -17,9 +17,9 @@ pub struct Validity {
     pub not_before: SystemTime,
     /// The last moment the certificate is valid.
     pub not_after: SystemTime,
-    /// Its issuer and subject names are the same (a root, or another
-    /// certificate a client takes from its own trust store rather than from
-    /// the chain it is sent).
+    /// Its issuer and subject names are the same and its key identifiers,
+    /// if it has both, are too: a root, which a client takes from its own
+    /// trust store rather than from the chain it is sent.
     pub self_issued: bool,
 }
 
@@ -79,7 +79,7 @@ fn tbs(der: &[u8]) -> Option<&[u8]> {
 /// number (INTEGER), the signature algorithm, issuer, validity, subject
 /// and public key (SEQUENCEs), then only the optional `[1]`, `[2]` unique
 /// ids and `[3]` extensions, in order. Returns the validity's content,
-/// and whether the issuer's name is the subject's.
+/// and whether it is a root (see [`Validity::self_issued`]).
 ///
 /// Only the outer shape was checked at first: a block with one byte of
 /// its version changed, or `30 06 30 00 30 00 03 00`, passed, and every
@@ -101,12 +101,48 @@ fn validity_field(tbs: &[u8]) -> Option<(&[u8], bool)> {
     if serial.is_empty() || algorithm.is_empty() || key.is_empty() {
         return None;
     }
+    let mut extensions: &[u8] = &[];
     for tag in [0xa1, 0xa2, 0xa3] {
-        if let Some((_, after)) = expect(rest, tag).or_else(|| expect(rest, tag & !0x20)) {
+        if let Some((inside, after)) = expect(rest, tag).or_else(|| expect(rest, tag & !0x20)) {
+            if tag == 0xa3 {
+                extensions = inside;
+            }
             rest = after;
         }
     }
-    rest.is_empty().then_some((validity, issuer == subject))
+    // A root: its issuer's name is its subject's, and its key identifiers
+    // do not say another key signed it. A key-rollover certificate has the
+    // names of one (subject = issuer) but is signed by the old key: it was
+    // taken for a root and its dates went unread (probe 188).
+    let (subject_key, authority_key) = key_ids(extensions);
+    let other_key = matches!((subject_key, authority_key), (Some(s), Some(a)) if s != a);
+    rest.is_empty().then_some((validity, issuer == subject && !other_key))
+}
+
+/// The subject key identifier and the authority key identifier's
+/// `keyIdentifier` (RFC 5280 §4.2.1.1–2) among `extensions` (the content of
+/// `[3]`), where present and readable.
+fn key_ids(extensions: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    const OID: u8 = 0x06;
+    const BOOLEAN: u8 = 0x01;
+    const OCTET_STRING: u8 = 0x04;
+    let (mut subject_key, mut authority_key) = (None, None);
+    let Some((mut list, _)) = expect(extensions, SEQUENCE) else { return (None, None) };
+    while let Some((extension, after)) = expect(list, SEQUENCE) {
+        list = after;
+        let Some((oid, inner)) = expect(extension, OID) else { continue };
+        let inner = expect(inner, BOOLEAN).map_or(inner, |(_, after)| after);
+        let Some((value, _)) = expect(inner, OCTET_STRING) else { continue };
+        match oid {
+            [0x55, 0x1d, 0x0e] => subject_key = expect(value, OCTET_STRING).map(|(id, _)| id),
+            [0x55, 0x1d, 0x23] => {
+                authority_key =
+                    expect(value, SEQUENCE).and_then(|(aki, _)| expect(aki, 0x80)).map(|(id, _)| id);
+            }
+            _ => {}
+        }
+    }
+    (subject_key, authority_key)
 }
 
 /// Whether `der` is shaped like a certificate: the outer SEQUENCE of what

@@ -36,6 +36,7 @@ impl Ca {
         params.distinguished_name.push(DnType::CommonName, name);
         params.not_before = rcgen::date_time_ymd(from, 1, 1);
         params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        params.use_authority_key_identifier_extension = parent.is_some();
         let key = KeyPair::generate().unwrap();
         let cert = match parent {
             Some(p) => params.signed_by(&key, &p.cert, &p.key).unwrap(),
