@@ -1614,8 +1614,10 @@ async fn a_pipelined_head_still_arriving_when_shutdown_begins_is_served() {
         tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
     }
     // Only empty lines behind the first request: closed when shutdown
-    // begins.
-    let proxy = spawn_custom(&cfg("", limits), &users());
+    // begins, not held as a head under way (its timer is long here, so
+    // that a wait for it shows).
+    let patient = "[limits]\nshutdown_grace = \"20s\"\nheader_read_timeout = \"15s\"\n";
+    let proxy = spawn_custom(&cfg("", patient), &users());
     let mut c = RawConn::connect(proxy.addr).await;
     let first = get_as(&origin.url("/first"), &origin.authority(), "alice", "a1");
     c.send([&first[..], b"\r\n\r\n"].concat()).await;
