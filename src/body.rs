@@ -202,19 +202,24 @@ impl Body for ProxyBody {
         {
             this.sent += data.len() as u64;
         }
-        if let (Poll::Ready(Some(Err(_))), Some(phase)) = (&polled, &this.done) {
-            phase.origin_broke();
-        }
-        if let (Poll::Ready(Some(Err(e))), Some(log)) = (&polled, this.log.as_mut()) {
-            log.outcome =
-                if e.is::<UpstreamBodyTimeout>() { "upstream_body_timeout" } else { "upstream_body_error" };
-            // hyper writes the head with the first body bytes, or when the
-            // body first waits (its timer is made then), and drops what it
-            // has not written at an error: broken before either, nothing
-            // went out, and the client saw only the close. It was logged
-            // with the origin's status (probes 115, 124).
-            if this.sent == 0 && matches!(&this.kind, Kind::Upstream(r) if r.timer.is_none()) {
-                log.status = 0;
+        if let Poll::Ready(Some(Err(e))) = &polled {
+            if let Some(phase) = &this.done {
+                phase.origin_broke();
+            }
+            if let Some(log) = this.log.as_mut() {
+                log.outcome = if e.is::<UpstreamBodyTimeout>() {
+                    "upstream_body_timeout"
+                } else {
+                    "upstream_body_error"
+                };
+                // hyper writes the head with the first body bytes, or when
+                // the body first waits (its timer is made then), and drops
+                // what it has not written at an error: broken before either,
+                // nothing went out, and the client saw only the close. It was
+                // logged with the origin's status (probes 115, 124).
+                if this.sent == 0 && matches!(&this.kind, Kind::Upstream(r) if r.timer.is_none()) {
+                    log.status = 0;
+                }
             }
         }
         polled

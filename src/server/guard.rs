@@ -560,11 +560,7 @@ impl<S> Guarded<S> {
         self.counted_after = self.phase.served();
         self.head_bytes = pending.len();
         self.head_ended = false;
-        self.head_tail = match &pending[start..] {
-            [.., a, b] => [*a, *b],
-            [b] => [0, *b],
-            [] => [0; 2],
-        };
+        self.head_tail = last_two([0; 2], &pending[start..]);
         // Not the HTTP/2 preface: hyper would have refused that already.
         self.preface = PREFACE.len() + 1;
         let d = self.limits.head;
@@ -720,11 +716,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                     this.head_bytes -= head.len() - end;
                     this.head_ended = true;
                 }
-                this.head_tail = match head {
-                    [.., a, b] => [*a, *b],
-                    [b] => [this.head_tail[1], *b],
-                    [] => this.head_tail,
-                };
+                this.head_tail = last_two(this.head_tail, head);
             }
             // HTTP/2 with prior knowledge: hyper closes without a word on
             // its preface, where any other bytes that are not HTTP/1.1 get
@@ -887,6 +879,15 @@ fn skip_empty_lines(cr: &mut bool, read: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// The last two bytes read so far, `prev` before and `read` now.
+fn last_two(prev: [u8; 2], read: &[u8]) -> [u8; 2] {
+    match read {
+        [.., a, b] => [*a, *b],
+        [b] => [prev[1], *b],
+        [] => prev,
+    }
 }
 
 /// How many bytes of `read` belong to the head when its end (an empty line:

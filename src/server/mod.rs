@@ -680,11 +680,11 @@ async fn serve_http<S>(
             }
         }
     };
+    let ended_clean = |result: &Result<(), hyper::Error>| result.is_ok() && !closing.cut_here();
     let (result, io) = match ended {
         Ended::Done(result) => {
             // (Taken apart only when the end needs the socket.)
-            let cut = result.is_err() || closing.cut_here();
-            let io = if cut {
+            let io = if !ended_clean(&result) {
                 connection.into_parts().map(|parts| parts.io.into_inner().into_inner())
             } else {
                 None
@@ -730,7 +730,7 @@ async fn serve_http<S>(
             ended
         }
     };
-    let clean = result.is_ok() && !closing.cut_here();
+    let clean = ended_clean(&result);
     if let Err(e) = result {
         tracing::debug!(client = %addr, error = %e, "client connection ended with an error");
     }
