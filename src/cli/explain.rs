@@ -123,13 +123,7 @@ fn parse_target_for(raw: &str, given: Option<&Method>) -> Result<(Target, Method
 /// # Errors
 /// What the proxy answers to one it cannot read.
 fn readable_authority(raw: &str) -> Result<String, String> {
-    // Unicode without a port is still host without port (it was "bad host
-    // name"; probe 138).
-    let raw = match raw.rsplit_once(':') {
-        _ if raw.is_ascii() => raw.to_owned(),
-        Some((host, port)) => format!("{}:{port}", ascii_host(host)?),
-        None => ascii_host(raw)?.into_owned(),
-    };
+    let raw = ascii_host_port(raw)?;
     // As for a URL: what hyper cannot read is the wire's 400
     // malformed_request (`host:80/` was explained as "bad port"; probe 156).
     if raw.len() > MAX_TARGET {
@@ -176,11 +170,11 @@ fn smallest_head(method: &Method, raw: &str, user: &str) -> (usize, String) {
     let (line_target, host) = match raw.split_once("://") {
         Some((scheme, rest)) => {
             let url_authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let (host, port) = split_port(url_authority);
+            let tunnel = *method == Method::CONNECT;
+            let (host, port) =
+                split_port(if tunnel { without_userinfo(url_authority) } else { url_authority });
             let host = ascii_host(host).unwrap_or(host.into());
-            if *method == Method::CONNECT {
-                let (host, port) = split_port(without_userinfo(url_authority));
-                let host = ascii_host(host).unwrap_or(host.into());
+            if tunnel {
                 let default = if scheme.eq_ignore_ascii_case("https") { "443" } else { "80" };
                 let sent = format!("{host}:{}", port.filter(|p| !p.is_empty()).unwrap_or(default));
                 (sent.clone(), sent)
@@ -252,12 +246,24 @@ fn is_token(b: u8) -> bool {
 }
 
 /// host:port as a client sends it: the host in its ASCII form.
+/// (As typed when the host has no ASCII form.)
 fn readable_host_port(raw: &str) -> String {
-    match raw.rsplit_once(':') {
+    ascii_host_port(raw).unwrap_or_else(|_| raw.to_owned())
+}
+
+/// host:port (or a host alone) with the host in the ASCII form a client
+/// sends.
+///
+/// # Errors
+/// A host that has no ASCII form.
+fn ascii_host_port(raw: &str) -> Result<String, String> {
+    // Unicode without a port is still host without port (it was "bad host
+    // name"; probe 138).
+    Ok(match raw.rsplit_once(':') {
         _ if raw.is_ascii() => raw.to_owned(),
-        Some((host, port)) => format!("{}:{port}", ascii_host(host).unwrap_or(host.into())),
-        None => ascii_host(raw).unwrap_or(raw.into()).into_owned(),
-    }
+        Some((host, port)) => format!("{}:{port}", ascii_host(host)?),
+        None => ascii_host(raw)?.into_owned(),
+    })
 }
 
 /// Runs `explain`; `Err` is an error (exit 2), the report says allowed/denied.
