@@ -474,14 +474,14 @@ fn once_each(mut problems: Vec<Problem>, p: Problem) -> Vec<Problem> {
 }
 
 /// The problems of the chain read from `cert` for the listener on
-/// `listen`: each certificate of it that has expired and that clients must
-/// use (the leaf, or an intermediate: see [`ChainDateProblem::refuses`]),
-/// and is not one `running` serves there already: a leaf in use stays; so
+/// `listen`: each certificate of it that has expired (the leaf, or one past
+/// it that is no root: see [`ChainDateProblem::of_chain`]), and is not one
+/// `running` serves there already: a leaf in use stays; so
 /// does an intermediate sent along with the chain in use. All of them: a
 /// reload told of the first only was refused again for the next (probe
 /// 186).
 ///
-/// [`ChainDateProblem::refuses`]: crate::server::tls::ChainDateProblem::refuses
+/// [`ChainDateProblem::of_chain`]: crate::server::tls::ChainDateProblem::of_chain
 fn expired_replacement(
     cert: &Path,
     listen: Option<std::net::SocketAddr>,
@@ -502,7 +502,7 @@ fn expired_replacement(
     };
     problems
         .into_iter()
-        .filter(|p| p.refuses() && !in_use(p.index))
+        .filter(|p| p.problem.expired() && !in_use(p.index))
         .map(|problem| Problem {
             file: cert.to_path_buf(),
             line: 0,

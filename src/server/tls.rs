@@ -242,12 +242,7 @@ pub enum DateProblem {
 }
 
 impl DateProblem {
-    /// The problem of the certificate `der` at `now`, if any (none when its
-    /// dates cannot be read).
-    pub fn of_der(der: &[u8], now: SystemTime) -> Option<DateProblem> {
-        DateProblem::of_validity(&super::x509::validity(der)?, now)
-    }
-
+    /// The problem of a certificate valid over `v` at `now`, if any.
     fn of_validity(v: &super::x509::Validity, now: SystemTime) -> Option<DateProblem> {
         if now > v.not_after {
             Some(DateProblem::Expired(v.not_after))
@@ -322,12 +317,6 @@ impl ChainDateProblem {
                 Some(ChainDateProblem { index, problem, last })
             })
             .collect()
-    }
-
-    /// Whether a reload refuses a new chain for this problem: an expired
-    /// certificate.
-    pub fn refuses(&self) -> bool {
-        self.problem.expired()
     }
 }
 
