@@ -1506,6 +1506,53 @@ fn a_head_too_large_is_logged_without_a_password_in_its_target() {
     );
 }
 
+/// A request target is logged cut to its first 4,096 bytes and `…`, in the
+/// access line of a forwarded request, of a refusal, and in the audit line
+/// of a wrong password: whole, a 60 KB path made about 120 KB of log per
+/// request, and a line over 16 KiB is split by container log drivers. What
+/// goes to the origin is not cut.
+#[test]
+fn a_long_request_target_is_logged_cut_and_forwarded_whole() {
+    let dir = TempDir::new();
+    let bin = alice_at_info(&dir, Stdio::piped());
+    let proxy = bin.addr;
+    let path = format!("/long-{}", "p".repeat(9_000));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let authority = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        wait_listening(proxy).await;
+        let host = [("Host", origin.authority())];
+        let good = basic(USER, PASSWORD);
+        let bad = basic(USER, WRONG_PASSWORD);
+        let r = get(proxy, &origin.url(&path), &[("Host", &host[0].1), ("Proxy-Authorization", &good)]).await;
+        assert_eq!(r.status, 200, "{}", r.dump());
+        assert!(r.text().contains(&format!("GET {path} ")), "the origin got a cut path: {}", r.dump());
+        let r = get(proxy, &origin.url(&path), &[("Host", &host[0].1), ("Proxy-Authorization", &bad)]).await;
+        assert_eq!(r.status, 407, "{}", r.dump());
+        // Origin form: refused before it is classified, logged as its path.
+        let mut c = RawConn::connect(proxy).await;
+        c.send(&format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", host[0].1)).await;
+        let answer = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        origin.authority()
+    });
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let url = format!("http://{authority}{path}");
+    let cut = |whole: &str| format!("request_target=\"{}…\"", &whole[..4096]);
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("/long-")).collect();
+    for (what, status, target) in [
+        ("forwarded", "status=200", cut(&url)),
+        ("refused", "status=407", cut(&url)),
+        ("audited", "reason=\"bad_password\"", cut(&url)),
+        ("origin form", "status=400", cut(&path)),
+    ] {
+        let line = lines.iter().find(|l| l.contains(status)).unwrap_or_else(|| panic!("{what}: {stdout}"));
+        assert!(line.contains(&target), "{what}: the target is not cut at 4,096 bytes: {line}");
+        assert!(line.len() < 5_000, "{what}: {} bytes", line.len());
+    }
+}
+
 /// On a PROXY-protocol listener, a connection closed or reset before its
 /// first byte (a load balancer's TCP health check) is not warned about: a
 /// warning per check drowned the log. A bad header still is, and one

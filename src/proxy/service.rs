@@ -276,25 +276,25 @@ async fn process(
     rec: &mut AccessRecord,
 ) -> Result<Reply, Failure> {
     if head_len(&req) > client.max_head {
-        rec.target = guarded_target(&req);
+        rec.set_target(guarded_target(&req));
         return Err((ProxyError::HeadTooLarge, true));
     }
     // RFC 9112 §3.2 and §6.1 first: a head without a valid `Host`, or with
     // bad framing, is a 400 and the connection's end, loop or not (a `Via`
     // made it a 508 on an open connection; probe 158).
     if let Err(e) = well_formed(&req) {
-        rec.target = guarded_target(&req);
+        rec.set_target(guarded_target(&req));
         return Err((e, false));
     }
     // Before the target is read: a request authgate forwarded to its own
     // listener comes back in origin-form, which is no proxy request, and
     // the client is to hear of the loop, not of how to set HTTP_PROXY.
     if via_names_us(req.headers()) {
-        rec.target = guarded_target(&req);
+        rec.set_target(guarded_target(&req));
         return Err((ProxyError::LoopDetected, false));
     }
     let kind = classify(&req, client.tls).map_err(|e| {
-        rec.target = guarded_target(&req);
+        rec.set_target(guarded_target(&req));
         (e, false)
     })?;
 

@@ -19,7 +19,7 @@ pub struct AccessRecord {
     /// Request method.
     pub method: http::Method,
     /// `host:port` for CONNECT, `scheme://authority/path` otherwise (no query:
-    /// query strings often carry tokens).
+    /// query strings often carry tokens), cut to [`LOGGED_TARGET_MAX`] bytes.
     pub target: String,
     /// The origin address the request went to or the tunnel connected to;
     /// `None` when no origin connection served it (an answer of authgate's,
@@ -58,7 +58,7 @@ impl AccessRecord {
             client,
             user: None,
             method,
-            target,
+            target: logged_target(target),
             upstream: None,
             status: 0,
             bytes_up: Arc::new(AtomicU64::new(0)),
@@ -71,6 +71,11 @@ impl AccessRecord {
             log: true,
             relayed: false,
         }
+    }
+
+    /// Replaces the target as logged (cut as [`AccessRecord::new`] cuts it).
+    pub fn set_target(&mut self, target: String) {
+        self.target = logged_target(target);
     }
 
     /// The request is over: counts its bytes and logs the access event.
@@ -180,6 +185,27 @@ impl Drop for AuditOnDrop<'_> {
     }
 }
 
+/// How many bytes of a request target the access and audit lines keep.
+/// A target may be nearly as long as `max_header_bytes` (64 KiB): whole, a
+/// client without valid credentials made about 120 KB of log (access and
+/// audit line) with one 60 KB request, and a line over 16 KiB is split in
+/// pieces by Docker's and containerd's log drivers, which breaks JSON lines.
+pub const LOGGED_TARGET_MAX: usize = 4096;
+
+/// `target` cut to [`LOGGED_TARGET_MAX`] bytes (at a character boundary),
+/// with `…` appended when cut.
+fn logged_target(mut target: String) -> String {
+    if target.len() > LOGGED_TARGET_MAX {
+        let mut end = LOGGED_TARGET_MAX;
+        while !target.is_char_boundary(end) {
+            end -= 1;
+        }
+        target.truncate(end);
+        target.push('…');
+    }
+    target
+}
+
 /// A username cut to 64 characters, so a hostile one cannot flood the log.
 fn truncated(name: &str) -> std::borrow::Cow<'_, str> {
     match name.char_indices().nth(64) {
@@ -240,6 +266,16 @@ mod tests {
         assert_eq!(sanitize_username("h\u{3164}f\u{2028}"), "h\\u{3164}f\\u{2028}");
         let long = "x".repeat(70);
         assert_eq!(sanitize_username(&long), format!("{}…", "x".repeat(64)));
+    }
+
+    #[test]
+    fn logged_targets_are_cut_at_a_character_boundary() {
+        let max = LOGGED_TARGET_MAX;
+        assert_eq!(logged_target("a".repeat(max)), "a".repeat(max));
+        assert_eq!(logged_target("a".repeat(max + 1)), format!("{}…", "a".repeat(max)));
+        // `é` is two bytes: the one that would straddle the limit goes whole.
+        let odd = format!("a{}", "é".repeat(max / 2));
+        assert_eq!(logged_target(odd), format!("a{}…", "é".repeat(max / 2 - 1)));
     }
 
     #[test]
