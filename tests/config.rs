@@ -184,6 +184,43 @@ fn every_problem_is_reported_not_just_the_first() {
     assert!(at[0].ends_with("authgate.toml:2:13") && at[1].ends_with("authgate.toml:5:11"), "{err}");
 }
 
+/// In the users file too: a value of the wrong type or an unknown key (which
+/// end serde's reading of the file) in one user's `[users.NAME]` table is
+/// reported with the problems of the users around it. It hid them all, so
+/// an admin fixed a broken file one `check` at a time (probe 190).
+#[test]
+fn a_users_file_type_error_does_not_hide_the_other_users_problems() {
+    let good = good_users();
+    let hash = good.lines().find_map(|l| l.strip_prefix("password = ")).unwrap_or_else(|| panic!("{good}"));
+    let users = format!(
+        "[users.alice]\npassword = \"$hunter2\"\ngroups = [\"a b\"]\n\
+         [users.frank]\ndisabled = \"yes\"\npassword = {hash}\n\
+         [users.gina]\npassword = {hash}\npasword = \"x\"\n\
+         [users.hal]\npassword = 5\n\
+         [users.ivy]\ngroups = [\"\"]\npassword = {hash}\n\
+         [users.jo]\ngroups = [\"ok\"]\n"
+    );
+    let err = load_err(GOOD_CONFIG, &users);
+    let at: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split(": ").next()?.rsplit_once("users.toml:"))
+        .map(|(_, at)| at)
+        .collect();
+    // alice's hash and group, frank's type, gina's key, hal's type, ivy's
+    // group, jo's missing password: in file order.
+    assert_eq!(at, ["2:12", "3:11", "5:12", "9:1", "11:12", "13:11", "15:1"], "{err}");
+    assert!(err.contains("user `frank`: disabled: invalid type"), "{err}");
+    assert!(err.contains("user `jo`: missing field `password`"), "{err}");
+    // A syntax error still stops the reading: what follows it cannot be
+    // read as the admin meant it.
+    let err = load_err(GOOD_CONFIG, &format!("{users}[users.kim\npassword = 5\n"));
+    assert_eq!(err.lines().filter(|l| l.contains("users.toml:")).count(), 1, "{err}");
+    // So does a user written inline, whose table is not blanked out.
+    let inline = "[users]\nlee = { password = 5 }\n[users.hal]\npassword = 5\n";
+    let err = load_err(GOOD_CONFIG, inline);
+    assert_eq!(err.lines().filter(|l| l.contains("users.toml:")).count(), 1, "{err}");
+}
+
 #[test]
 fn bad_password_hash_names_the_user_and_never_the_hash() {
     let secret_ish = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$Zm9vYmFy!!NOTBASE64";

@@ -179,31 +179,60 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
     if c.too_heavy() {
         return (Vec::new(), c.problems);
     }
-    let raw: RawUsers = match toml::from_str(source) {
-        Ok(r) => r,
-        Err(e) => {
-            c.toml(&e);
-            for p in &mut c.problems {
-                let lines: Vec<&str> = source.lines().take(p.line).collect();
-                let line = p.line.checked_sub(1).and_then(|n| lines.get(n).copied());
-                // The header of the table the line is in.
-                let header = lines.iter().rev().skip(1).map(|l| l.trim()).find(|l| l.starts_with('['));
-                p.message = without_values(&without_secret_keys(&p.message, line, header));
-                // Which user lacks it: the problem points at the user's
-                // table (`[users.bob]`, `bob = { … }`), unnamed (probe 100).
-                if p.message.starts_with("missing field")
-                    && let Some(name) = line.and_then(|l| user_at(l, header))
-                    && !may_hold_a_password(&name)
-                {
-                    p.message =
-                        format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
-                }
-                // A value of the wrong type: whose and which (it named
-                // neither; probe 161).
-                p.message =
-                    typed_value_problem(&p.message, e.span().and_then(|at| value_owner(source, at.start)));
+    // A value of the wrong type or an unknown key ends serde's reading of
+    // the whole file: each such error is recorded, its user's table left
+    // out (blanked, so that offsets stay), and the rest read again, so that
+    // one bad value does not hide the problems of other users (probe 190).
+    // Bounded: each round parses the file again.
+    let mut text = std::borrow::Cow::Borrowed(source);
+    let mut rounds = (RE_READ_BYTES / source.len().max(1)).clamp(1, MAX_RE_READS);
+    // Names of the users whose tables were blanked.
+    let mut left_out: Vec<String> = Vec::new();
+    let raw: RawUsers = loop {
+        let e = match toml::from_str(&text) {
+            Ok(r) => break r,
+            Err(e) => e,
+        };
+        let table = e.span().and_then(|at| user_table_at(&text, at));
+        // In a table left out (a `[users.NAME.x]` sub-table of one, or
+        // `[users.NAME]` after one): fallout of the blanking, not the file's.
+        if table.as_ref().is_some_and(|(_, name)| left_out.contains(name)) {
+            return (Vec::new(), c.into_problems());
+        }
+        let first_new = c.problems.len();
+        c.toml(&e);
+        for p in &mut c.problems[first_new..] {
+            let lines: Vec<&str> = source.lines().take(p.line).collect();
+            let line = p.line.checked_sub(1).and_then(|n| lines.get(n).copied());
+            // The header of the table the line is in.
+            let header = lines.iter().rev().skip(1).map(|l| l.trim()).find(|l| l.starts_with('['));
+            p.message = without_values(&without_secret_keys(&p.message, line, header));
+            // Which user lacks it: the problem points at the user's
+            // table (`[users.bob]`, `bob = { … }`), unnamed (probe 100).
+            if p.message.starts_with("missing field")
+                && let Some(name) = line.and_then(|l| user_at(l, header))
+                && !may_hold_a_password(&name)
+            {
+                p.message = format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
             }
-            return (Vec::new(), c.problems);
+            // A value of the wrong type: whose and which (it named
+            // neither; probe 161).
+            p.message =
+                typed_value_problem(&p.message, e.span().and_then(|at| value_owner(source, at.start)));
+        }
+        rounds -= 1;
+        // Read past only in a file that is TOML: not after a syntax error,
+        // whose fallout cannot be told from real problems. (Checked once:
+        // a blanked text is checked as it is made.)
+        let once_blanked = !left_out.is_empty();
+        let toml = || once_blanked || toml::from_str::<toml::Table>(source).is_ok();
+        match table.filter(|_| rounds > 0 && toml()).and_then(|(at, name)| Some((blanked(&text, at)?, name)))
+        {
+            Some((rest, name)) => {
+                text = std::borrow::Cow::Owned(rest);
+                left_out.push(name);
+            }
+            None => return (Vec::new(), c.into_problems()),
         }
     };
     let mut users = Vec::new();
@@ -294,6 +323,50 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
         }
     }
     (users, c.into_problems())
+}
+
+/// How many times [`parse`] reads a users file again after a value of the
+/// wrong type or an unknown key, at most, and how many bytes in all.
+const MAX_RE_READS: usize = 50;
+const RE_READ_BYTES: usize = 4 << 20;
+
+/// Where the `[users.NAME…]` table that holds `at` (a value of the wrong
+/// type, an unknown key) is in `text`, header to next header, and NAME;
+/// `None` when `at` is in no such table (a user written inline, in
+/// `[users]`, at the top).
+fn user_table_at(text: &str, at: std::ops::Range<usize>) -> Option<(std::ops::Range<usize>, String)> {
+    let line_start = |i: usize| text[..i].rfind('\n').map_or(0, |n| n + 1);
+    let mut header = line_start(at.start.min(text.len()));
+    while !text[header..].trim_start().starts_with('[') {
+        header = line_start(header.checked_sub(1)?);
+    }
+    let mut path = table_path(text[header..].lines().next()?)?;
+    if path.len() < 2 || path[0] != "users" {
+        return None;
+    }
+    let mut end = header;
+    for (n, line) in text[header..].split_inclusive('\n').enumerate() {
+        if n > 0 && line.trim_start().starts_with('[') {
+            break;
+        }
+        end += line.len();
+    }
+    (at.end <= end).then(|| (header..end, path.swap_remove(1)))
+}
+
+/// `text` with `range` blanked: every character but line ends made spaces,
+/// so that offsets, lines and columns stay; `None` when what is left is no
+/// TOML (the range was not the table it seemed): reading on would report
+/// problems the file does not have. `text` must be TOML.
+fn blanked(text: &str, range: std::ops::Range<usize>) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..range.start]);
+    out.extend(text[range.clone()].chars().flat_map(|ch| {
+        let blank = if ch == '\n' || ch == '\r' { ch } else { ' ' };
+        std::iter::repeat_n(blank, ch.len_utf8())
+    }));
+    out.push_str(&text[range.end..]);
+    toml::from_str::<toml::Table>(&out).ok().map(|_| out)
 }
 
 /// A TOML offset date-time (or a bare date, taken as midnight UTC) as a
