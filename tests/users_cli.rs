@@ -1513,6 +1513,27 @@ fn a_users_file_that_is_not_a_regular_file_is_refused_and_left_alone() {
     }
 }
 
+/// With `[reload] watch = false` a running proxy does not see the edit by
+/// itself: a command that changed the file says that SIGHUP applies it (the
+/// README said the proxy always picks the change up; probe 190). Not when
+/// the proxy watches (the default), nor when nothing was written.
+#[test]
+fn a_users_edit_under_a_config_that_does_not_watch_says_sighup_applies_it() {
+    let d = Dir::new(Some(&fixture()));
+    let sighup = "sets [reload] watch = false: a running proxy applies this change when it gets SIGHUP";
+    let out = d.run(&["disable", "alice"], None);
+    assert_eq!((out.code, out.stderr.as_str()), (Some(0), ""), "{out:?}");
+    let good = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(d.config(), format!("{good}\n[reload]\nwatch = false\n")).unwrap();
+    let out = d.run(&["enable", "alice"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(out.stderr.trim(), format!("authgate: warning: {} {sighup}", d.config().display()), "{out:?}");
+    for unwritten in [&["list"][..], &["enable", "alice"], &["remove", "nobody"]] {
+        let out = d.run(unwritten, None);
+        assert!(!out.stderr.contains("SIGHUP"), "{unwritten:?}: {out:?}");
+    }
+}
+
 /// A problem elsewhere in the config (a rule, an unknown key) does not stop
 /// user management: locking a user out must not wait for an unrelated fix.
 /// The command runs with the `[auth]` settings (its argon2 costs too) and

@@ -678,6 +678,10 @@ pub struct AuthSettings {
     /// Problems outside `[auth]`: the proxy will not load this config (nor
     /// reload it) until they are fixed, but users can still be managed.
     pub elsewhere: Vec<Problem>,
+    /// `[reload] watch`: whether a proxy run with this config sees a change
+    /// of the users file by itself; `None` when the config has problems
+    /// outside `[auth]`.
+    pub watched: Option<bool>,
 }
 
 /// Reads just the `[auth]` settings of the config (users file path, argon2
@@ -696,7 +700,11 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
     let source = read(path)?;
     let mut problems = match validate::config(path, &source) {
         Ok((settings, problems)) if problems.is_empty() => {
-            return Ok(AuthSettings { auth: settings.auth, elsewhere: problems });
+            return Ok(AuthSettings {
+                auth: settings.auth,
+                elsewhere: problems,
+                watched: Some(settings.watch),
+            });
         }
         Ok((_, problems)) | Err(problems) => problems,
     };
@@ -710,7 +718,7 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
     };
     match validate::config(path, &alone) {
         Ok((settings, none)) if none.is_empty() => {
-            Ok(AuthSettings { auth: settings.auth, elsewhere: problems })
+            Ok(AuthSettings { auth: settings.auth, elsewhere: problems, watched: None })
         }
         // What stops the command is in `[auth]`: say so even when the whole
         // file's check stopped at an earlier problem and never got there.

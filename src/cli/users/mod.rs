@@ -160,6 +160,13 @@ pub fn run(config: &Path, action: Action) -> Result<Outcome, UsersError> {
     let settings = auth_settings(config).map_err(UsersError::Invalid)?;
     let mut outcome = run_with(&settings.auth, action, config)?;
     let mut warnings = config_warnings(config, &settings.elsewhere);
+    // "Picks the change up by itself" is not true then (probe 190).
+    if outcome.written && settings.watched == Some(false) {
+        warnings.push(format!(
+            "warning: {} sets [reload] watch = false: a running proxy applies this change when it gets SIGHUP",
+            shown_path(config)
+        ));
+    }
     warnings.append(&mut outcome.warnings);
     outcome.warnings = warnings;
     Ok(outcome)
