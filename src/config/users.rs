@@ -154,6 +154,14 @@ fn user_at(line: &str, header: Option<&str>) -> Option<String> {
     (one && value.is_integer() && !name.is_empty()).then_some(name)
 }
 
+/// A key as the parser's messages write it (bare, or quoted as TOML
+/// quotes it: `"café"`), read.
+fn read_key(key: &str) -> Option<String> {
+    let read: toml::Table = toml::from_str(&format!("{key} = 0")).ok()?;
+    let one = read.len() == 1;
+    read.into_iter().next().filter(|_| one).map(|(name, _)| name)
+}
+
 /// The keys of the table header `line` (`[a."b c"]` is `a`, `b c`), as
 /// TOML reads them; `None` for a line that is no `[table]` header.
 fn table_path(line: &str) -> Option<Vec<String>> {
@@ -556,11 +564,15 @@ pub(super) fn without_keys(
     // line defines one: `[users.KEY]`, or `KEY = …` in `[users]` (`KEY.x =
     // …` is a key of that user's, which the parser places in `users` too,
     // and so is a key in `[[users]]`).
+    // (The header read as TOML reads it: `[users."alice"]` and `[users
+    // .alice]` name `alice` too, and were not shown; probe 190.)
     let user_name = table == Some("users")
         && line.map(str::trim_start).is_some_and(|l| {
-            l.strip_prefix("[users.").and_then(|r| r.strip_prefix(key)).is_some_and(|r| r.starts_with(']'))
+            table_path(l)
+                .is_some_and(|p| p.len() == 2 && p[0] == "users" && Some(&p[1]) == read_key(key).as_ref())
                 || (header.and_then(table_path).is_some_and(|p| p == ["users"])
-                    && l.strip_prefix(key).is_some_and(|r| r.trim_start().starts_with('=')))
+                    && l.split_once('=')
+                        .is_some_and(|(k, _)| read_key(k.trim()).is_some_and(|k| read_key(key) == Some(k))))
         });
     // A table's name is keys too: beyond `users` and the user's name, or
     // all of it outside `users`; and the user's name is shown only when it
@@ -781,6 +793,17 @@ mod tests {
             ),
             (
                 format!("[users]\nbob = {{ password = \"{hash}\" }}\nbob = 1"),
+                "duplicate key `bob` in table `users`",
+            ),
+            // A name written another way the second time (probe 190).
+            (format!("{user}[users.\"a\"]"), "duplicate key `a` in table `users`"),
+            (format!("{user}[users .a]"), "duplicate key `a` in table `users`"),
+            (
+                format!("[users.\"caf\u{e9}\"]\npassword = \"{hash}\"\n[users.\"caf\\u00e9\"]"),
+                "duplicate key `\"caf\u{e9}\"` in table `users`",
+            ),
+            (
+                format!("[users]\nbob = {{ password = \"{hash}\" }}\n\"bob\" = 1"),
                 "duplicate key `bob` in table `users`",
             ),
         ] {
