@@ -1513,6 +1513,34 @@ fn a_users_file_that_is_not_a_regular_file_is_refused_and_left_alone() {
     }
 }
 
+/// `[users .alice]` (a space in the header, which TOML allows) as the first
+/// header: an edit of another user changed that user alone. toml_edit keeps
+/// one spelling of `users` for all headers, and every other header came
+/// out as `[users .bob]` (probe 190); now the odd header is the one that
+/// comes out in the usual form.
+#[test]
+fn an_odd_first_header_is_not_copied_to_the_other_users() {
+    let file = format!(
+        "[users .alice]\npassword = \"{H}\"\n\n[users.bob]\npassword = \"{H}\"\n\n[users.carol]\npassword = \"{H}\"\n"
+    );
+    let d = Dir::new(Some(&file));
+    let out = d.run(&["disable", "carol"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        diff(&file, &d.read()),
+        (lines(&["[users .alice]"]), lines(&["[users.alice]", "disabled = true"])),
+        "{}",
+        d.read()
+    );
+    // A file that reads back as written is left as it was.
+    let out = d.run(&["enable", "carol"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(
+        diff(&file, &d.read()),
+        (lines(&["[users .alice]"]), lines(&["[users.alice]", "disabled = false"]))
+    );
+}
+
 /// With `[reload] watch = false` a running proxy does not see the edit by
 /// itself: a command that changed the file says that SIGHUP applies it (the
 /// README said the proxy always picks the change up; probe 190). Not when

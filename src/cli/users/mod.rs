@@ -295,9 +295,18 @@ impl UsersFile {
             Err(e) => return Err(io_err("cannot read")(e)),
         };
         let users = parse_users(path, &text, config).map_err(UsersError::Invalid)?;
-        let doc = text
+        let mut doc = text
             .parse::<DocumentMut>()
             .map_err(|e| refused(format!("{}: {}", shown_path(path), e.message())))?;
+        // toml_edit keeps one spelling of `users` for every `[users.NAME]`
+        // header, the first one's: after `[users .alice]`, an edit wrote
+        // `[users .bob]` for every other user (probe 190). Then `users` is
+        // written plainly everywhere: the odd header changes, not the rest.
+        if doc.to_string() != text
+            && let Some(mut users) = doc.as_table_mut().key_mut("users")
+        {
+            users.fmt();
+        }
         Ok(UsersFile {
             path: path.to_path_buf(),
             real,
