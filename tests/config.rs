@@ -184,6 +184,27 @@ fn every_problem_is_reported_not_just_the_first() {
     assert!(at[0].ends_with("authgate.toml:2:13") && at[1].ends_with("authgate.toml:5:11"), "{err}");
 }
 
+/// A value of the wrong type in the config file names its setting, also in
+/// an array of tables and an inline table: it was "invalid type: a string,
+/// expected a boolean", with only a line and column to find it by.
+#[test]
+fn a_config_value_of_the_wrong_type_names_its_setting() {
+    for (config, said) in [
+        (
+            "[server]\nvia = \"yes\"\n",
+            "authgate.toml:2:7: server.via: invalid type: a string, expected a boolean",
+        ),
+        (
+            "[[server.tls]]\nlisten = [\"127.0.0.1:1\"]\n",
+            "authgate.toml:2:10: server.tls.listen: invalid type: an array, expected a string",
+        ),
+        ("limits = { max_connections = \"many\" }\n", "limits.max_connections: invalid type: a string"),
+    ] {
+        let err = load_err(config, &good_users());
+        assert!(err.contains(said), "{config}: {err}");
+    }
+}
+
 /// In the users file too: a value of the wrong type or an unknown key (which
 /// end serde's reading of the file) in one user's `[users.NAME]` table is
 /// reported with the problems of the users around it. It hid them all, so
@@ -1156,7 +1177,7 @@ fn a_table_written_as_an_array_is_refused() {
         ),
         (
             format!("metrics = 2020-01-01\n{GOOD_CONFIG}"),
-            "authgate.toml:1:11: invalid type: a date or time, expected a table",
+            "authgate.toml:1:11: metrics: invalid type: a date or time, expected a table",
         ),
         (
             format!("rules = [[\"r\", \"allow\"]]\n{GOOD_CONFIG}"),
@@ -1192,11 +1213,11 @@ fn config_type_errors_are_worded_in_toml_terms() {
         ),
         (
             format!("rules = 1979-05-27\n{GOOD_CONFIG}"),
-            "authgate.toml:1:9: invalid type: a date or time, expected an array",
+            "authgate.toml:1:9: rules: invalid type: a date or time, expected an array",
         ),
         (
             format!("rules = {{}}\n{GOOD_CONFIG}"),
-            "authgate.toml:1:9: invalid type: an inline table, expected an array",
+            "authgate.toml:1:9: rules: invalid type: an inline table, expected an array",
         ),
     ] {
         let err = load_err(&config, &good_users());

@@ -141,6 +141,36 @@ fn setting_shaped(key: &str) -> bool {
     (1..=64).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The dotted name of the setting whose value is at `at` in `source`
+/// (`server.via`, `server.tls.cert` in an array of tables), if it is a
+/// setting's name: serde matched the key to a field before it read the
+/// value's type.
+fn setting_at(source: &str, at: usize) -> Option<String> {
+    fn find(table: &dyn toml_edit::TableLike, at: usize, path: &mut Vec<String>) -> bool {
+        for (key, item) in table.iter() {
+            path.push(key.to_owned());
+            let found = match item {
+                toml_edit::Item::Table(t) => find(t, at, path),
+                toml_edit::Item::ArrayOfTables(tables) => tables.iter().any(|t| find(t, at, path)),
+                toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
+                    find(t, at, path) || t.span().is_some_and(|s| s.contains(&at))
+                }
+                toml_edit::Item::Value(v) => v.span().is_some_and(|s| s.contains(&at)),
+                toml_edit::Item::None => false,
+            };
+            if found {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let doc = toml_edit::ImDocument::parse(source).ok()?;
+    let mut path = Vec::new();
+    find(doc.as_table(), at, &mut path);
+    (!path.is_empty() && path.iter().all(|k| setting_shaped(k))).then(|| path.join("."))
+}
+
 /// Validates `source` (the main config at `path`); returns the settings with
 /// defaults where a value was missing or bad, and every problem found.
 /// An unknown key is quoted only if it has the shape of a setting's name
@@ -161,8 +191,17 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         Ok(r) => r,
         Err(e) => {
             c.toml(&e);
+            // A value of the wrong type: whose (it was "invalid type: a
+            // string, expected a boolean", the setting unnamed).
+            let setting = e.span().and_then(|at| setting_at(source, at.start));
             for p in &mut c.problems {
                 p.message = super::users::without_keys(&p.message, None, None, setting_shaped);
+                // (Not where the message names it: "expected a [log] table".)
+                if let Some(setting) = setting.as_ref().filter(|s| {
+                    p.message.starts_with("invalid type") && !p.message.contains(&format!("[{s}]"))
+                }) {
+                    p.message = format!("{setting}: {}", p.message);
+                }
             }
             return Err(c.problems);
         }
