@@ -343,8 +343,13 @@ const RE_READ_BYTES: usize = 4 << 20;
 /// `None` when `at` is in no such table (a user written inline, in
 /// `[users]`, at the top).
 fn user_table_at(text: &str, at: std::ops::Range<usize>) -> Option<(std::ops::Range<usize>, String)> {
+    // (A span is at a character boundary; checked, not trusted.)
+    let from = at.start.min(text.len());
+    if !text.is_char_boundary(from) {
+        return None;
+    }
     let line_start = |i: usize| text[..i].rfind('\n').map_or(0, |n| n + 1);
-    let mut header = line_start(at.start.min(text.len()));
+    let mut header = line_start(from);
     while !text[header..].trim_start().starts_with('[') {
         header = line_start(header.checked_sub(1)?);
     }
