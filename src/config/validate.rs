@@ -147,6 +147,11 @@ fn setting_shaped(key: &str) -> bool {
 /// value's type.
 fn setting_at(source: &str, at: usize) -> Option<String> {
     fn find(table: &dyn toml_edit::TableLike, at: usize, path: &mut Vec<String>) -> bool {
+        // (No setting is deeper than three; a hostile file's tables may
+        // nest thousands deep.)
+        if path.len() == 4 {
+            return false;
+        }
         for (key, item) in table.iter() {
             path.push(key.to_owned());
             let found = match item {
@@ -193,7 +198,8 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             c.toml(&e);
             // A value of the wrong type: whose (it was "invalid type: a
             // string, expected a boolean", the setting unnamed).
-            let setting = e.span().and_then(|at| setting_at(source, at.start));
+            let typed = c.problems.iter().any(|p| p.message.starts_with("invalid type"));
+            let setting = e.span().filter(|_| typed).and_then(|at| setting_at(source, at.start));
             for p in &mut c.problems {
                 p.message = super::users::without_keys(&p.message, None, None, setting_shaped);
                 // (Not where the message names it: "expected a [log] table".)
