@@ -92,6 +92,18 @@ async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
     let r = get(proxy.addr, &target, &[("Host", "x"), ("Proxy-Authorization", &auth)]).await;
     assert_proxy_error(&r, 400, "http_request_error", "bad_target");
     assert!(r.text().contains("bad port"), "{target}: {}", r.text());
+    // A zone id is told so also when `Host` carries it, as curl sends it:
+    // it was a `malformed_request` whose detail said nothing of zones.
+    for (method, target) in [("GET", "http://[fe80::1%25eth0]:80/"), ("CONNECT", "[fe80::1%25eth0]:80")] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        c.send(format!(
+            "{method} {target} HTTP/1.1\r\nHost: [fe80::1%25eth0]:80\r\nProxy-Authorization: {auth}\r\n\r\n"
+        ))
+        .await;
+        let r = c.read_response(method).await;
+        assert_proxy_error(&r, 400, "http_request_error", "bad_target");
+        assert!(r.text().contains("IPv6 zone identifiers are not supported"), "{method}: {}", r.text());
+    }
     assert_eq!(origin.hits(), 0, "no target reached the origin");
 }
 

@@ -614,6 +614,11 @@ fn head_len<B>(req: &Request<B>) -> usize {
 /// the target either way) and a `Transfer-Encoding` that frames its body.
 fn well_formed(req: &Request<Incoming>) -> Result<(), ProxyError> {
     let valid = host_fields_valid(req.headers(), req.version(), req.method() == Method::CONNECT);
+    // Said as for a target with one: curl copies the target's zone id
+    // into `Host`, and the user saw only "could not be parsed" (probe 189).
+    if !valid && crate::target::host_field_has_zone(req.headers()) {
+        return Err(ProxyError::BadTarget { detail: crate::target::ZONE_ID });
+    }
     if !valid || super::headers::transfer_coding_malformed(req.headers()) {
         return Err(ProxyError::MalformedRequest { why: None });
     }
