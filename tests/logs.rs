@@ -1510,9 +1510,9 @@ fn a_head_too_large_is_logged_without_a_password_in_its_target() {
 /// access line of a forwarded request, of a refusal, and in the audit line
 /// of a wrong password: whole, a 60 KB path made about 120 KB of log per
 /// request, and a line over 16 KiB is split by container log drivers. What
-/// goes to the origin is not cut.
+/// goes to the origin is not cut. A method (any token) is cut to 64 bytes.
 #[test]
-fn a_long_request_target_is_logged_cut_and_forwarded_whole() {
+fn a_long_request_target_or_method_is_logged_cut_and_forwarded_whole() {
     let dir = TempDir::new();
     let bin = alice_at_info(&dir, Stdio::piped());
     let proxy = bin.addr;
@@ -1534,10 +1534,20 @@ fn a_long_request_target_is_logged_cut_and_forwarded_whole() {
         c.send(&format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", host[0].1)).await;
         let answer = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        // A method is any token: a long one is cut too (probe 192).
+        let mut c = RawConn::connect(proxy).await;
+        let method = "M".repeat(30_000);
+        let url = origin.url("/method-cut");
+        c.send(&format!("{method} {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", host[0].1)).await;
+        let answer = String::from_utf8_lossy(&c.read_to_end().await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 407 "), "{answer}");
         origin.authority()
     });
     let out = bin.stop();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains("/method-cut")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(line.contains(&format!("method=\"{}…\" ", "M".repeat(64))), "{line}");
+    assert!(line.len() < 1_000, "{} bytes", line.len());
     let url = format!("http://{authority}{path}");
     let cut = |whole: &str| format!("request_target=\"{}…\"", &whole[..4096]);
     let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("/long-")).collect();

@@ -76,7 +76,7 @@ pub fn write_access(rec: &AccessRecord, now: SystemTime, out: impl FnOnce(&[u8])
         l.push_str(" user=");
         push_quoted(l, user);
         l.push_str(" method=");
-        push_quoted(l, rec.method.as_str());
+        push_quoted(l, &super::access::logged_method(&rec.method));
         l.push_str(" request_target=");
         push_target(l, &rec.target);
         l.push_str(" upstream=");
