@@ -19,7 +19,7 @@ pub struct AccessRecord {
     /// Request method.
     pub method: http::Method,
     /// `host:port` for CONNECT, `scheme://authority/path` otherwise (no query:
-    /// query strings often carry tokens), cut to [`LOGGED_TARGET_MAX`] bytes.
+    /// query strings often carry tokens), cut to 4,096 bytes (`LOGGED_TARGET_MAX`).
     pub target: String,
     /// The origin address the request went to or the tunnel connected to;
     /// `None` when no origin connection served it (an answer of authgate's,
