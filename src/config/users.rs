@@ -147,19 +147,18 @@ fn user_at(line: &str, header: Option<&str>) -> Option<String> {
         return None;
     }
     let key = line.split_once('=').filter(|(_, v)| v.trim_start().starts_with('{'))?.0;
-    // One key, not a dotted one: a table of one integer.
-    let read: toml::Table = toml::from_str(&format!("{} = 0", key.trim())).ok()?;
-    let one = read.len() == 1;
-    let (name, value) = read.into_iter().next()?;
-    (one && value.is_integer() && !name.is_empty()).then_some(name)
+    read_key(key.trim()).filter(|name| !name.is_empty())
 }
 
-/// A key as the parser's messages write it (bare, or quoted as TOML
-/// quotes it: `"café"`), read.
+/// A key as written in a line or a parser's message (bare, or quoted as
+/// TOML quotes it: `"café"`), read; `None` for a dotted key (`bob.x`, a key
+/// of user `bob`'s, not his name) or what is no key.
 fn read_key(key: &str) -> Option<String> {
+    // One key, not a dotted one: a table of one integer.
     let read: toml::Table = toml::from_str(&format!("{key} = 0")).ok()?;
     let one = read.len() == 1;
-    read.into_iter().next().filter(|_| one).map(|(name, _)| name)
+    let (name, value) = read.into_iter().next()?;
+    (one && value.is_integer()).then_some(name)
 }
 
 /// The keys of the table header `line` (`[a."b c"]` is `a`, `b c`), as
