@@ -195,26 +195,31 @@ pub const LOGGED_TARGET_MAX: usize = 4096;
 /// `target` cut to [`LOGGED_TARGET_MAX`] bytes (at a character boundary),
 /// with `…` appended when cut.
 fn logged_target(mut target: String) -> String {
-    if target.len() > LOGGED_TARGET_MAX {
-        let mut end = LOGGED_TARGET_MAX;
-        while !target.is_char_boundary(end) {
-            end -= 1;
-        }
+    if let Some(end) = head_within(&target, LOGGED_TARGET_MAX).map(str::len) {
         target.truncate(end);
         target.push('…');
     }
     target
 }
 
+/// When `s` is longer than `max` bytes, its longest start of at most `max`
+/// bytes that ends at a character boundary; `None` when it fits.
+fn head_within(s: &str, max: usize) -> Option<&str> {
+    if s.len() <= max {
+        return None;
+    }
+    let end = (0..=max).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    s.get(..end)
+}
+
 /// A method as logged: cut to 64 bytes and `…`. hyper takes any token as a
 /// method, as long as the head allows: a 30,000-byte method made a
 /// 30 KB access line, from a client without credentials (probe 192).
 pub(super) fn logged_method(method: &http::Method) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 64;
     let m = method.as_str();
-    match m.get(..MAX) {
-        Some(head) if m.len() > MAX => std::borrow::Cow::Owned(format!("{head}…")),
-        _ => std::borrow::Cow::Borrowed(m),
+    match head_within(m, 64) {
+        Some(head) => std::borrow::Cow::Owned(format!("{head}…")),
+        None => std::borrow::Cow::Borrowed(m),
     }
 }
 
