@@ -111,6 +111,14 @@ pub fn canonical_token(value: &[u8]) -> Option<&[u8]> {
         return None;
     }
     let token = trim(&value[space..]);
+    // A space or tab inside the token is one `parse` refuses; stripped of
+    // its `=` after one (`Basic YWxpY2U6YTE  ==`), the token ended in
+    // spaces and stood for a header that `parse` reads (`Basic YWxpY2U6YTE`):
+    // no login shared the key, but the key no longer named one spelling
+    // (found by `fuzz/`'s `request_parts`).
+    if token.iter().any(|&b| b == b' ' || b == b'\t') {
+        return None;
+    }
     let mut unpadded = token;
     while let [rest @ .., b'='] = unpadded {
         unpadded = rest;
@@ -180,7 +188,14 @@ mod tests {
             assert_eq!(parse(same).unwrap(), canonical, "{}", String::from_utf8_lossy(same));
         }
         // What `parse` refuses has no canonical token.
-        for refused in [&b"Basic YWxpY2U6YTE=="[..], b"Basic\tYWxpY2U6YTE=", b"Bearer YWxpY2U6YTE="] {
+        for refused in [
+            &b"Basic YWxpY2U6YTE=="[..],
+            b"Basic\tYWxpY2U6YTE=",
+            b"Bearer YWxpY2U6YTE=",
+            b"Basic YWxpY2U6YTE  ==",
+            b"Basic YWxp Y2U6YTE",
+            b"Basic YWxpY2U6YTE\t\t=",
+        ] {
             assert!(parse(refused).is_err(), "{}", String::from_utf8_lossy(refused));
             assert_eq!(canonical_token(refused), None, "{}", String::from_utf8_lossy(refused));
         }
