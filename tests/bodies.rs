@@ -1258,8 +1258,8 @@ async fn a_body_read_with_its_head_does_not_count_against_the_head_limit() {
 /// request: whatever a client put there. The connection is then reused only
 /// for that client's user, so another user never gets the answer to it
 /// (probe 107: bob's GET got the answer to the GET in alice's POST body,
-/// which had passed no rule and had no access line). Connections that
-/// carried no body are still shared and reused.
+/// which had passed no rule and had no access line). A user's connections
+/// are still reused, for that user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_an_origin_left_unread_never_answers_another_users_request() {
     const BOB: (&str, &str) = ("bob", "bob-pw");
@@ -1373,6 +1373,20 @@ async fn a_late_body_behind_an_interim_answer_to_a_request_sent_again_never_answ
     .await;
 }
 
+/// And behind an ordinary, complete answer: an origin that sends a second,
+/// unasked-for response in a later write has it read as the answer to the
+/// next request on that connection, and each answer after it as the answer
+/// to the request after its own, for as long as the connection is reused at
+/// once (probe 193: 40 of 40 answers went to the wrong request, alice's to
+/// bob and bob's to alice). Nothing on the wire tells such bytes from a real
+/// answer, so a connection serves one user only: bob never gets them, nor
+/// any answer of alice's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_second_response_behind_a_complete_answer_never_answers_another_user() {
+    late_body_never_reaches_bob("GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    late_body_never_reaches_bob("GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
+}
+
 /// Alice's `method` to `/late` is answered with `head` and, 300 ms later,
 /// bytes that read as a response (`EVIL!`); bob's GET right after must get
 /// its own answer, on a connection of its own. When `retried`, alice first
@@ -1427,5 +1441,8 @@ async fn late_body_never_reaches_bob(method: &str, head: &'static str, retried: 
     let mine = get_from(proxy.addr, &origin, "/mine", BOB).await;
     let expected = if retried { 3 } else { 2 };
     assert_eq!(mine.text(), format!("/mine on connection {expected}"), "{}", mine.dump());
+    // Bob's own connection is pooled for him.
+    let again = get_from(proxy.addr, &origin, "/again", BOB).await;
+    assert_eq!(again.text(), format!("/again on connection {expected}"), "{}", again.dump());
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), expected);
 }

@@ -107,7 +107,7 @@ pub async fn forward(
     let (req, gate, interims) = watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
-    let key = (target.clone(), https, snap.id);
+    let key = (target.clone(), https, snap.id, rec.user.clone());
     // RFC 9110 §9.2.2; an upgrade's connection is the client's alone. And
     // only under the configuration this request was checked with: after a
     // reload the origin may be forbidden, and no new connection is made.

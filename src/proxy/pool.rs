@@ -29,10 +29,21 @@ use crate::error::ProxyError;
 use crate::target::Target;
 use crate::watched_io::IoObserver;
 
-/// Pool key: the origin, whether it is spoken to over TLS, and the
+/// Pool key: the origin, whether it is spoken to over TLS, the
 /// [`Snapshot::id`](crate::config::Snapshot::id) of the configuration the
-/// connection was made and used under.
-pub type Key = (Target, bool, u64);
+/// connection was made and used under, and the user whose requests it
+/// carries: a connection serves one user only.
+///
+/// Bytes an origin sends past the end of a response, in a later write (a
+/// second, unasked-for response, a body longer than its `Content-Length`),
+/// are read as the answer to the next request on the connection, and each
+/// answer after them as the answer to the request after its own, for as
+/// long as the connection is reused at once: nothing on the wire tells them
+/// from a real answer (RFC 9112 §9.3). Shared between users, such a
+/// connection gave bob alice's answers and alice bob's, 40 of 40 in a row
+/// (probe 193). Kept per user, it can only give a user an answer of their
+/// own. (A single user's load, the benchmarks', pools as before.)
+pub type Key = (Target, bool, u64, Option<Arc<str>>);
 
 /// A [`Pool::retire`] id no configuration has: nothing is pooled again.
 pub const NO_CONFIGURATION: u64 = 0;
@@ -41,13 +52,9 @@ pub const NO_CONFIGURATION: u64 = 0;
 /// before; 64 made every request beyond the 64th concurrent one to a busy
 /// origin dial anew (benches/e2e.py at c = 1000: 13.8k req/s, 17.6k with 1024).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
-/// Origins with idle connections kept at most.
+/// Pool keys (an origin and a user, see [`Key`]) with idle connections kept
+/// at most.
 const MAX_ORIGINS: usize = 4096;
-/// Idle connections kept per origin that only one user may take (see
-/// [`Owner`]): a user's many uploads at once would otherwise fill the
-/// origin's list with connections nobody else can use, and every other
-/// user's request to it would look through them.
-const MAX_IDLE_OWNED: usize = 32;
 /// The largest response head taken from an origin, and hyper's read buffer.
 /// The buffer alone let a head somewhat larger through when its end came
 /// in the read that filled it: a 270 KB head passed one time in two.
@@ -78,47 +85,8 @@ pub struct Conn {
     writes: Arc<Writes>,
     /// The origin address it is connected to.
     pub peer: SocketAddr,
-    /// Who may send the next request on it.
-    owner: Owner,
-}
-
-/// Who may take a pooled connection.
-///
-/// A request body is the client's bytes on the origin connection. An origin
-/// that answers without reading it, and keeps the connection (against RFC
-/// 9112 §9.3), reads it afterwards as a request of the client's making, and
-/// its answer goes to the next request sent on that connection: probe 107
-/// had one user's body run on the origin, past the rules, and another
-/// user's request get its answer. So a connection that carried a body is
-/// taken again only for the user who sent it (who could have sent that
-/// request anyway), and by nobody when no user did.
-///
-/// The same goes for a response that has no body by its request or status
-/// (HEAD, 204, 304) and declares one: an origin that sends that body anyway,
-/// in a later write than the head, has it read as the answer to the next
-/// request on the connection (probe 165: bob got the body of alice's HEAD
-/// answer). Such a connection is taken again only for the user the answer
-/// went to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-enum Owner {
-    /// No request body has gone out on it.
-    #[default]
-    Anyone,
-    /// This user's requests only.
-    User(Arc<str>),
-    /// Not to be pooled.
-    Nobody,
-}
-
-impl Owner {
-    /// Whether a request of `user` may go out on the connection.
-    fn admits(&self, user: Option<&Arc<str>>) -> bool {
-        match (self, user) {
-            (Owner::Anyone, _) => true,
-            (Owner::User(owner), Some(user)) => owner == user,
-            _ => false,
-        }
-    }
+    /// Whether it may go back into the pool (see [`Conn::carried_body_of`]).
+    reusable: bool,
 }
 
 /// How writes to an origin connection go: whether the origin takes what is
@@ -227,13 +195,23 @@ impl Conn {
         AbortOnDrop(self.task)
     }
 
-    /// A request of `user` with a body went out on it, or an answer to one
-    /// of `user`'s that may be followed by a body (see [`Owner`]).
+    /// A request with a body went out on it, or an answer that may be
+    /// followed by a body came back on it.
+    ///
+    /// An origin that answers without reading a request body, and keeps the
+    /// connection (against RFC 9112 §9.3), reads the body afterwards as a
+    /// request of the client's making (probe 107); one that sends a body
+    /// behind an answer that has none by its request or status (HEAD, 204,
+    /// 304) but declares one, in a later write than the head, has it read as
+    /// the answer to the next request (probe 165). Either way the next
+    /// answer on the connection may not be the next request's. The pool key
+    /// holds the user (see [`Key`]), so that answer can only go to the same
+    /// user, who could have sent that request anyway; a request of no user
+    /// has no one to keep it to, and its connection is not pooled.
     fn carried_body_of(&mut self, user: Option<&Arc<str>>) {
-        self.owner = match user {
-            Some(user) if self.owner.admits(Some(user)) => Owner::User(user.clone()),
-            _ => Owner::Nobody,
-        };
+        if user.is_none() {
+            self.reusable = false;
+        }
     }
 }
 
@@ -292,8 +270,8 @@ pub struct Exchange<'a> {
     /// against another answer, perhaps for another user (a user's deny
     /// rule was passed when the name's answer changed, probe 88).
     pub only_to: Option<&'a [SocketAddr]>,
-    /// Who sends the request: a connection that carried another user's
-    /// request body is not used for it (see `Owner`).
+    /// Who sends the request, as in the pool key: a connection of no user
+    /// that carried a body is not pooled (see [`Conn::carried_body_of`]).
     pub user: Option<&'a Arc<str>>,
     /// What the interim (1xx) answers to the request said
     /// ([`INTERIM_BODY`], [`INTERIM_CLOSE`]).
@@ -380,16 +358,10 @@ impl Pool {
     }
 
     /// The most recently used idle connection for `key` that is still
-    /// open, that `user` may take (see [`Owner`]), and to one of `only_to`
-    /// if given (see [`Exchange::only_to`]),
+    /// open, and to one of `only_to` if given (see [`Exchange::only_to`]),
     /// with how long it sat idle; closed and expired ones met on the way
     /// are dropped.
-    fn checkout(
-        &self,
-        key: &Key,
-        only_to: Option<&[SocketAddr]>,
-        user: Option<&Arc<str>>,
-    ) -> Option<(Conn, Duration)> {
+    fn checkout(&self, key: &Key, only_to: Option<&[SocketAddr]>) -> Option<(Conn, Duration)> {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let Idles { by_key, count } = &mut *idle;
@@ -404,7 +376,7 @@ impl Pool {
             if !c.conn.tx.is_ready() || idle_for >= timeout {
                 list.remove(i);
                 *count -= 1;
-            } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) && c.conn.owner.admits(user) {
+            } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) {
                 found = Some((list.remove(i).conn, idle_for));
                 *count -= 1;
                 break;
@@ -457,7 +429,7 @@ impl Pool {
     /// Adds a ready connection to the idle list of `key`, if it is one of
     /// the live configuration.
     fn put(&self, key: Key, conn: Conn) {
-        if conn.owner == Owner::Nobody {
+        if !conn.reusable {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -479,10 +451,6 @@ impl Pool {
             }
         }
         let list = by_key.entry(key).or_default();
-        let owned = matches!(conn.owner, Owner::User(_));
-        if owned && list.iter().filter(|c| c.conn.owner == conn.owner).count() >= MAX_IDLE_OWNED {
-            return;
-        }
         if list.len() < MAX_IDLE_PER_ORIGIN {
             list.push(Idle { conn, since: Instant::now() });
             *count += 1;
@@ -526,7 +494,7 @@ impl Pool {
     {
         let Exchange { head_timeout, upload, reached, only_to, user, interims } = exchange;
         let head = req.method() == http::Method::HEAD;
-        while let Some((mut conn, idle_for)) = self.checkout(key, only_to, user) {
+        while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
             if upload.is_some() {
                 conn.carried_body_of(user);
             }
@@ -650,7 +618,7 @@ async fn send_new(
     })
     .abort_handle();
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
-    let mut conn = Conn { tx, task, writes, peer, owner: Owner::Anyone };
+    let mut conn = Conn { tx, task, writes, peer, reusable: true };
     if upload.is_some() {
         conn.carried_body_of(user);
     }
@@ -720,9 +688,9 @@ impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
     /// (counted as [`head_len`] does): then the connection is closed. `head`:
     /// it answers a HEAD request of `user`; a response without a body that
-    /// declares one keeps the connection for `user` (see [`Owner`]), and so
-    /// does one after an interim answer that declared one; after one that
-    /// said `Connection: close` it is not pooled (`interims`).
+    /// declares one, or one after an interim answer that declared one, is
+    /// noted (see [`Conn::carried_body_of`]); after an interim answer that
+    /// said `Connection: close` the connection is not pooled (`interims`).
     fn checked(
         response: Response<Incoming>,
         mut conn: Conn,
@@ -742,7 +710,7 @@ impl Sent {
             conn.carried_body_of(user);
         }
         if interims & INTERIM_CLOSE != 0 {
-            conn.owner = Owner::Nobody;
+            conn.reusable = false;
         }
         Ok(Sent { response, conn })
     }
