@@ -680,6 +680,33 @@ async fn ambiguous_response_framing_ends_the_origin_connection_and_a_listed_leng
     assert_eq!(origin.hits(), 2, "the first connection was not reused");
 }
 
+/// A `Content-Length` written with leading zeros (`010`) is 10 (RFC 9110
+/// §8.6), and goes on as `10` both ways: a recipient that read it as octal
+/// (8) would take the rest of the body for the next message (probe 194: it
+/// went on as sent).
+#[tokio::test]
+async fn a_length_with_leading_zeros_goes_on_without_them() {
+    let (origin, seen) =
+        framing_origin(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 005\r\nConnection: close\r\n\r\nhello");
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let mut c = RawConn::connect(proxy.addr).await;
+    let mut req = request(
+        "POST",
+        &origin.url("/zeros"),
+        &[("Host", &host), ("Proxy-Authorization", &auth), ("Content-Length", "010")],
+    );
+    req.extend_from_slice(b"0123456789");
+    c.send(req).await;
+    let resp = c.read_response("POST").await;
+    assert_eq!((resp.status, resp.text().as_str()), (200, "hello"), "{}", resp.dump());
+    assert_eq!(resp.header_all("content-length"), vec!["5"], "{}", resp.dump());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].to_ascii_lowercase().contains("\r\ncontent-length: 10\r\n"), "{}", seen[0]);
+}
+
 /// A `Content-Length` that is not one length, in the answer to a `HEAD` or
 /// in a `304` (where it frames no body, so hyper lets it through), is a
 /// malformed response: a 502, as for a `GET`. (It went to the client as

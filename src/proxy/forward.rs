@@ -75,6 +75,10 @@ pub async fn forward(
     if strip_hop_by_hop(&mut parts.headers, upgrade) == Codings::Malformed {
         return Err(ProxyError::MalformedRequest { why: None });
     }
+    // hyper has checked the request's length; one written `010` goes on as `10`.
+    if !single_content_length(&mut parts.headers) {
+        return Err(ProxyError::MalformedRequest { why: None });
+    }
     // The offers a 101 is checked against: the request's fields are gone by then.
     let offered = if upgrade { parts.headers.get(header::UPGRADE).cloned() } else { None };
     // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request

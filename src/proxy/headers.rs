@@ -215,7 +215,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) -> Codings {
 /// Replaces a `Content-Length` that lists one length several times
 /// (`5, 5`, or two equal fields), which hyper accepts from an origin, with
 /// that one length: RFC 9110 §8.6 lets a recipient do so, and passed on as
-/// it was, it made clients such as Node's fail the response.
+/// it was, it made clients such as Node's fail the response. A length
+/// written with leading zeros (`010`) goes on without them.
 ///
 /// Returns `false`, changing nothing, when the lengths differ or one is not
 /// a length (digits only, RFC 9110 §8.6: `-5`, `+5`, `0x10`, `abc`, an
@@ -236,7 +237,17 @@ pub fn single_content_length(headers: &mut HeaderMap) -> bool {
     };
     let first = first.as_bytes();
     if values.next().is_none() && !first.contains(&b',') {
-        return length(first).is_some();
+        // `010` is 10 (RFC 9110 §8.6: decimal digits), which a careless
+        // recipient reading octal takes for 8 and the rest of the body for
+        // the next message: it goes on as `10` (probe 194).
+        let respelled = first.len() > 1 && first[0] == b'0';
+        return match length(first) {
+            Some(n) if respelled => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                true
+            }
+            found => found.is_some(),
+        };
     }
     let lengths: Option<Vec<i64>> = headers
         .get_all(header::CONTENT_LENGTH)
