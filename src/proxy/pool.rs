@@ -53,8 +53,12 @@ pub const NO_CONFIGURATION: u64 = 0;
 /// origin dial anew (benches/e2e.py at c = 1000: 13.8k req/s, 17.6k with 1024).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// Pool keys (an origin and a user, see [`Key`]) with idle connections kept
-/// at most.
-const MAX_ORIGINS: usize = 4096;
+/// at most; when there are this many, a connection of a new key is closed
+/// after a sweep of the closed and expired ones. 4096 when keys were
+/// origins alone; a key per user made that few for a company's users and
+/// the sites they share. No more keys than idle connections can exist, and
+/// these are `max_connections` at most, 16,384 by default.
+const MAX_KEYS: usize = 16_384;
 /// The largest response head taken from an origin, and hyper's read buffer.
 /// The buffer alone let a head somewhat larger through when its end came
 /// in the read that filled it: a 270 KB head passed one time in two.
@@ -437,7 +441,7 @@ impl Pool {
         if key.2 != self.live.load(Ordering::SeqCst) || *count >= self.max_idle.load(Ordering::Relaxed) {
             return;
         }
-        if by_key.len() >= MAX_ORIGINS && !by_key.contains_key(&key) {
+        if by_key.len() >= MAX_KEYS && !by_key.contains_key(&key) {
             let now = Instant::now();
             let timeout = self.idle_timeout();
             by_key.retain(|_, l| {
@@ -446,7 +450,7 @@ impl Pool {
                 *count -= before - l.len();
                 !l.is_empty()
             });
-            if by_key.len() >= MAX_ORIGINS {
+            if by_key.len() >= MAX_KEYS {
                 return;
             }
         }
