@@ -830,21 +830,25 @@ async fn an_upgrade_requests_body_is_counted_with_its_relay() {
     let _ = run.stop.send(());
 }
 
-/// A user's many uploads to one origin at once leave at most 32 of their
-/// connections idle in the pool: connections that carried a body are that
-/// user's alone, and without a bound they filled the origin's idle list
-/// (1,024) with connections no other user could take.
+/// Connections are pooled per user: a user's many uploads to one origin at
+/// once leave all of their connections idle for that user (they were held
+/// to 32 when connections were shared, as one that carried a body was that
+/// user's alone and filled the origin's list), another user's request takes
+/// none of them, and the user's own next request does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_users_own_idle_connections_to_an_origin_are_bounded() {
+async fn a_users_idle_connections_serve_that_user_only() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (run, _state) = spawn_with_admin("[policy]\ndefault = \"allow\"\n").await;
-    // Reads each request and its one-byte body, then answers after 300 ms,
-    // keeping the connection.
+    let (run, _state) =
+        spawn_with_admin_for("[policy]\ndefault = \"allow\"\n", &[("alice", "a1"), ("bob", "b2")]).await;
+    // Reads each request and its one-byte body if it has one, then answers
+    // after 300 ms, keeping the connection.
     let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
-        while read_request_head(&mut s).await.is_some() {
-            let mut body = [0u8; 1];
-            if s.read_exact(&mut body).await.is_err() {
-                return;
+        while let Some(head) = read_request_head(&mut s).await {
+            if String::from_utf8_lossy(&head).to_ascii_lowercase().contains("content-length: 1") {
+                let mut body = [0u8; 1];
+                if s.read_exact(&mut body).await.is_err() {
+                    return;
+                }
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
             if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
@@ -852,9 +856,9 @@ async fn a_users_own_idle_connections_to_an_origin_are_bounded() {
             }
         }
     });
-    let (host, auth) = (origin.authority(), basic("alice", "a1"));
+    let host = origin.authority();
     let uploads = (0..40).map(|_| {
-        let (url, host, auth) = (origin.url("/up"), host.clone(), auth.clone());
+        let (url, host, auth) = (origin.url("/up"), host.clone(), basic("alice", "a1"));
         tokio::spawn(async move {
             let head =
                 [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str()), ("Content-Length", "1")];
@@ -868,14 +872,33 @@ async fn a_users_own_idle_connections_to_an_origin_are_bounded() {
     for upload in uploads.collect::<Vec<_>>() {
         assert_eq!(upload.await.unwrap(), 200);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let idle = scrape(run.admin).await["authgate_upstream_idle_connections"];
-        if idle == 32.0 {
-            break;
+    let idle_reaches = |n: f64| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let idle = scrape(run.admin).await["authgate_upstream_idle_connections"];
+            if idle == n {
+                return;
+            }
+            assert!(idle < n && Instant::now() < deadline, "{idle} idle connections, not {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(idle < 32.0 && Instant::now() < deadline, "{idle} idle connections");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    idle_reaches(40.0).await;
+    assert_eq!(origin.hits(), 40);
+    let get = |user: &'static str, password: &'static str| {
+        let (url, host) = (origin.url("/get"), host.clone());
+        async move {
+            let auth = basic(user, password);
+            let mut c = RawConn::connect(run.proxy).await;
+            c.send(request("GET", &url, &[("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())]))
+                .await;
+            c.read_response("GET").await.status
+        }
+    };
+    assert_eq!(get("bob", "b2").await, 200);
+    assert_eq!(origin.hits(), 41, "bob's request took one of alice's connections");
+    idle_reaches(41.0).await;
+    assert_eq!(get("alice", "a1").await, 200);
+    assert_eq!(origin.hits(), 41, "alice's request did not take one of her connections");
     let _ = run.stop.send(());
 }
