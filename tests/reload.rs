@@ -308,6 +308,53 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 403);
 }
 
+/// A user removed and made again under the same name, or whose password
+/// changed, is another account: the origin connections pooled for the old
+/// one serve it no more. A users file applied on its own (the config file
+/// has an error) keeps the pool, and the new account took the old one's
+/// connection, with the answer an origin sent late on it (probe 195).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_made_again_does_not_take_the_old_accounts_pooled_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counter = conns.clone();
+    let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+        let n = counter.fetch_add(1, SeqCst) + 1;
+        async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(head) = read_request_head(&mut s).await {
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let body = format!("{} on connection {n}", head.split(' ').nth(1).unwrap_or(""));
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                if s.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let alice = user_entry("alice", "a1", "");
+    let proxy = spawn_custom(CFG_NT, &(alice.clone() + &user_entry("bob", "b1", "")));
+    let first = get_from(proxy.addr, &origin, "/old", ("bob", "b1")).await;
+    assert_eq!(first.text(), "/old on connection 1", "{}", first.dump());
+    let again = get_from(proxy.addr, &origin, "/again", ("bob", "b1")).await;
+    assert_eq!(again.text(), "/again on connection 1", "bob's connection is pooled for him");
+    assert_eq!(proxy.state.pool.idle_connections(), 1);
+
+    // A typo in the config file: the users file applies on its own.
+    let failures = || proxy.state.reload_failures.load(SeqCst);
+    let generation = || proxy.state.generation.load(SeqCst);
+    let start = generation();
+    replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}[limits]\nbogus = 1\n"));
+    assert!(eventually(RELOAD_SEEN, || async { failures() >= 1 }).await, "the bad edit was tried");
+    replace_by_rename(&proxy.file("users.toml"), &(alice + &user_entry("bob", "b2", "")));
+    assert!(eventually(RELOAD_SEEN, || async { generation() > start }).await, "the users file applied");
+    assert_eq!(proxy.state.pool.idle_connections(), 1, "the pool is kept");
+
+    let new = get_from(proxy.addr, &origin, "/new", ("bob", "b2")).await;
+    assert_eq!(new.text(), "/new on connection 2", "{}", new.dump());
+    assert_eq!(conns.load(SeqCst), 2);
+}
+
 /// A config file with no setting at all, or without the `[policy] default`
 /// the running configuration denies with, seen by a reload, is a file being
 /// written (`cat > authgate.toml`, a truncated copy), not a wish to go back

@@ -25,27 +25,39 @@ use super::pool::{Exchange, INTERIM_BODY, INTERIM_CLOSE, Sent, declares_body};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
+use crate::auth::store::User;
 use crate::body::{CONTINUE_WAIT, Continue, ProxyBody, RequestBody, Upload, UploadState};
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::target::Target;
 use crate::telemetry::AccessRecord;
 
-/// Forwards one absolute-form request to `target`; `checked` are addresses
-/// already resolved and egress-checked by the rules step, if any. Notes in
-/// `rec` the origin address that answered.
+/// Where a forwarded request goes.
+pub struct Destination {
+    /// The origin.
+    pub target: Target,
+    /// Spoken to over TLS (an `https://` target).
+    pub https: bool,
+    /// The addresses the rules step resolved and egress-checked, if it did.
+    pub checked: Option<Vec<SocketAddr>>,
+}
+
+/// Forwards one absolute-form request to `dest`; `user` sends it, and its
+/// origin connection serves that account only (see
+/// [`Key`](super::pool::Key)). Notes in `rec` the origin address that
+/// answered.
 ///
 /// # Errors
 /// DNS, egress, connect and upstream protocol failures, and an origin 407.
 pub async fn forward(
     state: &State,
     snap: &Snapshot,
-    target: Target,
-    https: bool,
-    checked: Option<Vec<SocketAddr>>,
+    dest: Destination,
+    user: &User,
     req: Request<Incoming>,
     rec: &mut AccessRecord,
 ) -> Result<Reply, ProxyError> {
+    let Destination { target, https, checked } = dest;
     // RFC 9110 §7.8: an Upgrade in an HTTP/1.0 request MUST be ignored (it
     // is dropped with the other hop-by-hop fields), and a 1.0 client cannot
     // be sent the 101 an upgrade needs.
@@ -111,7 +123,7 @@ pub async fn forward(
     let (req, gate, interims) = watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
-    let key = (target.clone(), https, snap.id, rec.user.clone());
+    let key = (target.clone(), https, snap.id, (user.name.clone(), user.fingerprint));
     // RFC 9110 §9.2.2; an upgrade's connection is the client's alone. And
     // only under the configuration this request was checked with: after a
     // reload the origin may be forbidden, and no new connection is made.

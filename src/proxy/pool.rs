@@ -31,8 +31,8 @@ use crate::watched_io::IoObserver;
 
 /// Pool key: the origin, whether it is spoken to over TLS, the
 /// [`Snapshot::id`](crate::config::Snapshot::id) of the configuration the
-/// connection was made and used under, and the user whose requests it
-/// carries: a connection serves one user only.
+/// connection was made and used under, and the account whose requests it
+/// carries (see [`Account`]): a connection serves one user only.
 ///
 /// Bytes an origin sends past the end of a response, in a later write (a
 /// second, unasked-for response, a body longer than its `Content-Length`),
@@ -43,7 +43,15 @@ use crate::watched_io::IoObserver;
 /// connection gave bob alice's answers and alice bob's, 40 of 40 in a row
 /// (probe 193). Kept per user, it can only give a user an answer of their
 /// own. (A single user's load, the benchmarks', pools as before.)
-pub type Key = (Target, bool, u64, Option<Arc<str>>);
+pub type Key = (Target, bool, u64, Account);
+
+/// A user's name and the [`fingerprint`](crate::auth::store::User::fingerprint)
+/// of their entry: a user removed and made again under the same name, or
+/// whose password changed, is another account, which the old one's
+/// connections do not serve. A users file applied on its own keeps the
+/// configuration's id, and the new account took the old one's connection,
+/// with the answer an origin sent late on it (probe 195).
+pub type Account = (Arc<str>, u64);
 
 /// A [`Pool::retire`] id no configuration has: nothing is pooled again.
 pub const NO_CONFIGURATION: u64 = 0;

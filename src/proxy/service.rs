@@ -335,7 +335,10 @@ async fn process(
                 rec.outcome = ANSWERED_HERE;
                 Ok(Reply::Response(resp))
             }
-            None => forward::forward(state, snap, target, https, addrs, req, rec).await,
+            None => {
+                let dest = forward::Destination { target, https, checked: addrs };
+                forward::forward(state, snap, dest, &user, req, rec).await
+            }
         },
     };
     match reply {
