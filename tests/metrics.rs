@@ -830,6 +830,55 @@ async fn an_upgrade_requests_body_is_counted_with_its_relay() {
     let _ = run.stop.send(());
 }
 
+/// A full pool makes room for a connection coming back by closing the one
+/// idle longest: turned away instead, the new one was closed, and one user's
+/// burst that filled the pool left every other user a new origin connection
+/// per request until it timed out (probe 195). Here the pool holds 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_makes_room_by_closing_the_connection_idle_longest() {
+    let (run, _state) = spawn_with_admin_for(
+        "[policy]\ndefault = \"allow\"\n[limits]\nmax_connections = 6\n",
+        &[("alice", "a1"), ("bob", "b2")],
+    )
+    .await;
+    // Answers after 300 ms, keeping the connection: six of alice's at once
+    // take six connections.
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        use tokio::io::AsyncWriteExt;
+        while read_request_head(&mut s).await.is_some() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                return;
+            }
+        }
+    });
+    let get = |user: &'static str, password: &'static str| {
+        let (url, host) = (origin.url("/"), origin.authority());
+        async move {
+            let auth = basic(user, password);
+            let mut c = RawConn::connect(run.proxy).await;
+            c.send(request("GET", &url, &[("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())]))
+                .await;
+            c.read_response("GET").await.status
+        }
+    };
+    let burst: Vec<_> = (0..6).map(|_| tokio::spawn(get("alice", "a1"))).collect();
+    for g in burst {
+        assert_eq!(g.await.unwrap(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scrape(run.admin).await["authgate_upstream_idle_connections"] < 6.0 {
+        assert!(Instant::now() < deadline, "alice's connections did not all go idle");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(origin.hits(), 6);
+    for round in 0..3 {
+        assert_eq!(get("bob", "b2").await, 200);
+        assert_eq!(origin.hits(), 7, "round {round}: bob's connection was not kept");
+    }
+    let _ = run.stop.send(());
+}
+
 /// Connections are pooled per user: a user's many uploads to one origin at
 /// once leave all of their connections idle for that user (they were held
 /// to 32 when connections were shared, as one that carried a body was that

@@ -439,15 +439,36 @@ impl Pool {
     }
 
     /// Adds a ready connection to the idle list of `key`, if it is one of
-    /// the live configuration.
+    /// the live configuration. When the pool holds as many as it may, the
+    /// connection idle longest, whoever's it is, makes room: the pool is
+    /// shared by its users' connections, and turned away instead, the new
+    /// one was closed, so one user's burst held the whole pool until it
+    /// timed out, and every other user's connections served one request
+    /// each meanwhile (probe 195).
     fn put(&self, key: Key, conn: Conn) {
         if !conn.reusable {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let Idles { by_key, count } = &mut *idle;
-        if key.2 != self.live.load(Ordering::SeqCst) || *count >= self.max_idle.load(Ordering::Relaxed) {
+        if key.2 != self.live.load(Ordering::SeqCst) {
             return;
+        }
+        if *count >= self.max_idle.load(Ordering::Relaxed) {
+            // Each list is oldest first.
+            let oldest = by_key
+                .iter()
+                .filter_map(|(k, list)| list.first().map(|c| (c.since, k)))
+                .min_by_key(|(since, _)| *since)
+                .map(|(_, k)| k.clone());
+            let Some(oldest) = oldest else { return };
+            if let Some(list) = by_key.get_mut(&oldest) {
+                list.remove(0);
+                *count -= 1;
+                if list.is_empty() {
+                    by_key.remove(&oldest);
+                }
+            }
         }
         if by_key.len() >= MAX_KEYS && !by_key.contains_key(&key) {
             let now = Instant::now();
