@@ -21,7 +21,7 @@ use super::connect::Connector;
 use super::headers::{
     Codings, add_via, check_switch, closes, single_content_length, strip_hop_by_hop, wants_upgrade,
 };
-use super::pool::{Exchange, INTERIM_BODY, INTERIM_CLOSE, Sent, declares_body};
+use super::pool::{Exchange, INTERIM_CLOSE, Sent};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -167,7 +167,6 @@ pub async fn forward(
         upload: upload.as_deref(),
         reached: &mut rec.upstream,
         only_to: checked,
-        user: rec.user.as_ref(),
         interims: &interims,
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
@@ -325,14 +324,13 @@ fn is_100_continue(v: &HeaderValue) -> bool {
 /// and reports through `on_informational`. A `100 Continue` opens the gate
 /// of `Expect: 100-continue` end to end, when there is a `patience` (see
 /// [`Continue`]): the body is held back until it comes, or for `patience`
-/// without a word. And an interim answer that declares a body (see
-/// [`declares_body`]) is recorded in the flag returned: an origin that
-/// sends that body, in a later write, has it read as the answer to the
-/// next request on the connection, which then serves only this user again
-/// (probe 172: bob got the bytes behind alice's `103` with
-/// `Content-Length: 43`); and one that says `Connection: close` keeps the
-/// connection from the pool (probe 174). The flags are [`INTERIM_BODY`]
-/// and [`INTERIM_CLOSE`].
+/// without a word. And an interim answer that says `Connection: close` is
+/// recorded in the flag returned ([`INTERIM_CLOSE`]): it keeps the
+/// connection from the pool (probe 174). (One that declares a body, which an
+/// origin may send in a later write, to be read as the answer to the next
+/// request on the connection, needs nothing here: the connection serves
+/// the same account only; probe 172 had bob get the bytes behind alice's
+/// `103` with `Content-Length: 43` when connections were shared.)
 fn watch_interims(
     mut req: Request<RequestBody>,
     patience: Option<Duration>,
@@ -345,9 +343,6 @@ fn watch_interims(
             && interim.status() == StatusCode::CONTINUE
         {
             opener.go();
-        }
-        if declares_body(interim.headers()) {
-            seen.fetch_or(INTERIM_BODY, Ordering::Relaxed);
         }
         if closes(interim.headers()) {
             seen.fetch_or(INTERIM_CLOSE, Ordering::Relaxed);

@@ -47,8 +47,8 @@ pub type Key = (Target, bool, u64, Account);
 
 /// A user's name and the [`fingerprint`](crate::auth::store::User::fingerprint)
 /// of their entry: a user removed and made again under the same name, or
-/// whose password changed, is another account, which the old one's
-/// connections do not serve. A users file applied on its own keeps the
+/// whose entry changed (password, groups, ...), is another account, which
+/// the old one's connections do not serve. A users file applied on its own keeps the
 /// configuration's id, and the new account took the old one's connection,
 /// with the answer an origin sent late on it (probe 195).
 pub type Account = (Arc<str>, u64);
@@ -97,7 +97,8 @@ pub struct Conn {
     writes: Arc<Writes>,
     /// The origin address it is connected to.
     pub peer: SocketAddr,
-    /// Whether it may go back into the pool (see [`Conn::carried_body_of`]).
+    /// Whether it may go back into the pool: not after an interim answer
+    /// that said `Connection: close` (see [`INTERIM_CLOSE`]).
     reusable: bool,
 }
 
@@ -206,25 +207,6 @@ impl Conn {
     pub fn close_on_drop(self) -> AbortOnDrop {
         AbortOnDrop(self.task)
     }
-
-    /// A request with a body went out on it, or an answer that may be
-    /// followed by a body came back on it.
-    ///
-    /// An origin that answers without reading a request body, and keeps the
-    /// connection (against RFC 9112 §9.3), reads the body afterwards as a
-    /// request of the client's making (probe 107); one that sends a body
-    /// behind an answer that has none by its request or status (HEAD, 204,
-    /// 304) but declares one, in a later write than the head, has it read as
-    /// the answer to the next request (probe 165). Either way the next
-    /// answer on the connection may not be the next request's. The pool key
-    /// holds the user (see [`Key`]), so that answer can only go to the same
-    /// user, who could have sent that request anyway; a request of no user
-    /// has no one to keep it to, and its connection is not pooled.
-    fn carried_body_of(&mut self, user: Option<&Arc<str>>) {
-        if user.is_none() {
-            self.reusable = false;
-        }
-    }
 }
 
 /// The idle connections, under the pool's lock.
@@ -282,18 +264,10 @@ pub struct Exchange<'a> {
     /// against another answer, perhaps for another user (a user's deny
     /// rule was passed when the name's answer changed, probe 88).
     pub only_to: Option<&'a [SocketAddr]>,
-    /// Who sends the request, as in the pool key: a connection of no user
-    /// that carried a body is not pooled (see [`Conn::carried_body_of`]).
-    pub user: Option<&'a Arc<str>>,
-    /// What the interim (1xx) answers to the request said
-    /// ([`INTERIM_BODY`], [`INTERIM_CLOSE`]).
+    /// What the interim (1xx) answers to the request said ([`INTERIM_CLOSE`]).
     pub interims: &'a AtomicU8,
 }
 
-/// An interim answer declared a body (see `declares_body`): the
-/// connection then serves only the same user again, as after a HEAD answer
-/// that declares one.
-pub const INTERIM_BODY: u8 = 1;
 /// An interim answer said `Connection: close`: the connection is not used
 /// again (RFC 9112 §9.6; it was pooled, and the next user got the bytes the
 /// origin sent behind it, probe 174).
@@ -525,12 +499,8 @@ impl Pool {
         F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
-        let Exchange { head_timeout, upload, reached, only_to, user, interims } = exchange;
-        let head = req.method() == http::Method::HEAD;
+        let Exchange { head_timeout, upload, reached, only_to, interims } = exchange;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
-            if upload.is_some() {
-                conn.carried_body_of(user);
-            }
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
             let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| {
@@ -541,7 +511,7 @@ impl Pool {
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => {
-                    return Sent::checked(response, conn, head, user, interims.load(Ordering::Relaxed));
+                    return Sent::checked(response, conn, interims.load(Ordering::Relaxed));
                 }
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
@@ -573,7 +543,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        let exchange = Exchange { head_timeout, upload, reached, only_to, user, interims };
+        let exchange = Exchange { head_timeout, upload, reached, only_to, interims };
         Box::pin(send_new(req, exchange, dial())).await
     }
 }
@@ -620,8 +590,7 @@ async fn send_new(
     exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
-    let Exchange { head_timeout, upload, reached, user, interims, .. } = exchange;
-    let head = req.method() == http::Method::HEAD;
+    let Exchange { head_timeout, upload, reached, interims, .. } = exchange;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
         Err((e, connected)) => {
@@ -651,12 +620,9 @@ async fn send_new(
     })
     .abort_handle();
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
-    let mut conn = Conn { tx, task, writes, peer, reusable: true };
-    if upload.is_some() {
-        conn.carried_body_of(user);
-    }
+    let conn = Conn { tx, task, writes, peer, reusable: true };
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn, head, user, interims.load(Ordering::Relaxed)),
+        Ok(Ok(response)) => Sent::checked(response, conn, interims.load(Ordering::Relaxed)),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -719,43 +685,25 @@ async fn head_wait<T>(
 
 impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
-    /// (counted as [`head_len`] does): then the connection is closed. `head`:
-    /// it answers a HEAD request of `user`; a response without a body that
-    /// declares one, or one after an interim answer that declared one, is
-    /// noted (see [`Conn::carried_body_of`]); after an interim answer that
-    /// said `Connection: close` the connection is not pooled (`interims`).
-    fn checked(
-        response: Response<Incoming>,
-        mut conn: Conn,
-        head: bool,
-        user: Option<&Arc<str>>,
-        interims: u8,
-    ) -> Result<Sent, ProxyError> {
+    /// (counted as [`head_len`] does): then the connection is closed. After
+    /// an interim answer that said `Connection: close` the connection is not
+    /// pooled (`interims`).
+    ///
+    /// (An answer that has no body by its request or status but declares
+    /// one, after which an origin may send that body in a later write, and a
+    /// request body an origin may leave unread, need nothing here: the next
+    /// answer on the connection may then not be the next request's, but the
+    /// connection serves the same account only; see [`Key`].)
+    fn checked(response: Response<Incoming>, mut conn: Conn, interims: u8) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
             return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
-        }
-        let status = response.status();
-        let bodiless =
-            head || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED;
-        // (Headers read only for those.)
-        if interims & INTERIM_BODY != 0 || (bodiless && declares_body(response.headers())) {
-            conn.carried_body_of(user);
         }
         if interims & INTERIM_CLOSE != 0 {
             conn.reusable = false;
         }
         Ok(Sent { response, conn })
     }
-}
-
-/// Whether a response head that has no body by its request or status (an
-/// answer to HEAD, a 1xx, a 204, a 304) declares one all the same: a
-/// `Content-Length` other than 0 in any of its fields (`0` then `43`
-/// declares one too, probe 169), or a `Transfer-Encoding`.
-pub(crate) fn declares_body(h: &http::HeaderMap) -> bool {
-    h.get_all(http::header::CONTENT_LENGTH).iter().any(|v| v.as_bytes() != b"0")
-        || h.contains_key(http::header::TRANSFER_ENCODING)
 }
 
 /// The size of a response head as sent, or less, never more: the status
