@@ -253,6 +253,8 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     let alice = user_entry("alice", "a1", "");
     let proxy = spawn_custom(CFG_NT, &(alice.clone() + &user_entry("bob", "b1", "")));
     assert_eq!(status(proxy.addr, &origin, "bob", "b1").await, 200);
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
+    assert_eq!(proxy.state.pool.idle_connections(), 2, "one origin connection each");
     let failures = || proxy.state.reload_failures.load(SeqCst);
     let generation = || proxy.state.generation.load(SeqCst);
     let start = generation();
@@ -271,7 +273,8 @@ async fn a_broken_config_file_does_not_hold_back_a_users_change() {
     );
     assert_eq!(failures(), 2, "the config file is still refused");
     assert_eq!(generation(), start + 1);
-    // The configuration in effect is the same: its pooled origin connection stays.
+    // The configuration in effect is the same: its pooled origin connections
+    // stay, but for bob's, whose user is gone.
     assert_eq!(proxy.state.pool.idle_connections(), 1);
     // ... under the configuration in effect: the deny-all waits for the fix.
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 200);
@@ -338,7 +341,9 @@ async fn a_user_made_again_does_not_take_the_old_accounts_pooled_connections() {
     assert_eq!(first.text(), "/old on connection 1", "{}", first.dump());
     let again = get_from(proxy.addr, &origin, "/again", ("bob", "b1")).await;
     assert_eq!(again.text(), "/again on connection 1", "bob's connection is pooled for him");
-    assert_eq!(proxy.state.pool.idle_connections(), 1);
+    let hers = get_from(proxy.addr, &origin, "/hers", ("alice", "a1")).await;
+    assert_eq!(hers.text(), "/hers on connection 2", "{}", hers.dump());
+    assert_eq!(proxy.state.pool.idle_connections(), 2);
 
     // A typo in the config file: the users file applies on its own.
     let failures = || proxy.state.reload_failures.load(SeqCst);
@@ -346,13 +351,30 @@ async fn a_user_made_again_does_not_take_the_old_accounts_pooled_connections() {
     let start = generation();
     replace_by_rename(&proxy.file("authgate.toml"), &format!("{CFG_NT}[limits]\nbogus = 1\n"));
     assert!(eventually(RELOAD_SEEN, || async { failures() >= 1 }).await, "the bad edit was tried");
-    replace_by_rename(&proxy.file("users.toml"), &(alice + &user_entry("bob", "b2", "")));
+    let bob = user_entry("bob", "b2", "");
+    replace_by_rename(&proxy.file("users.toml"), &(alice.clone() + &bob));
     assert!(eventually(RELOAD_SEEN, || async { generation() > start }).await, "the users file applied");
-    assert_eq!(proxy.state.pool.idle_connections(), 1, "the pool is kept");
+    assert_eq!(proxy.state.pool.idle_connections(), 1, "the pool is kept, alice's connection in it");
 
     let new = get_from(proxy.addr, &origin, "/new", ("bob", "b2")).await;
-    assert_eq!(new.text(), "/new on connection 2", "{}", new.dump());
-    assert_eq!(conns.load(SeqCst), 2);
+    assert_eq!(new.text(), "/new on connection 3", "{}", new.dump());
+    let hers = get_from(proxy.addr, &origin, "/hers", ("alice", "a1")).await;
+    assert_eq!(hers.text(), "/hers on connection 2", "{}", hers.dump());
+    assert_eq!(conns.load(SeqCst), 3);
+
+    // Disabled, then enabled as he was: the same account again, but his
+    // connections were closed when he changed (probe 196: he took the old
+    // one back, with what the origin sent late on it).
+    let applied = generation();
+    let disabled = bob.replace("\n\n", "\ndisabled = true\n\n");
+    replace_by_rename(&proxy.file("users.toml"), &(alice.clone() + &disabled));
+    assert!(eventually(RELOAD_SEEN, || async { generation() > applied }).await, "bob's disabling applied");
+    assert_eq!(proxy.state.pool.idle_connections(), 1, "bob's connection was closed, alice's kept");
+    let applied = generation();
+    replace_by_rename(&proxy.file("users.toml"), &(alice + &bob));
+    assert!(eventually(RELOAD_SEEN, || async { generation() > applied }).await, "bob's enabling applied");
+    let back = get_from(proxy.addr, &origin, "/back", ("bob", "b2")).await;
+    assert_eq!(back.text(), "/back on connection 4", "{}", back.dump());
 }
 
 /// A config file with no setting at all, or without the `[policy] default`

@@ -335,6 +335,30 @@ impl Pool {
         drop(expired);
     }
 
+    /// Closes the idle connections of the users `changed` names (removed, or
+    /// whose entry changed), when a users file applies: they serve nobody
+    /// again (see [`Account`]), and a user disabled and then enabled, or put
+    /// back as they were, is the same account again, which took the old
+    /// connection, with what an origin sent late on it (probe 196).
+    pub fn forget_users(&self, changed: impl Fn(&str) -> bool) {
+        let gone = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let Idles { by_key, count } = &mut *idle;
+            let mut gone = Vec::new();
+            by_key.retain(|key, list| {
+                if changed(&key.3.0) {
+                    *count -= list.len();
+                    gone.push(std::mem::take(list));
+                    return false;
+                }
+                true
+            });
+            gone
+        };
+        // Closed outside the lock: requests wait on it.
+        drop(gone);
+    }
+
     /// How many connections are idle in the pool, not counting those the
     /// origin has closed meanwhile (dropped when next looked at). For the
     /// metrics: a look at each.
@@ -428,6 +452,24 @@ impl Pool {
         if key.2 != self.live.load(Ordering::SeqCst) {
             return;
         }
+        // Past its own bound (or the keys'), it is closed before another
+        // makes room for it in vain (probe 196).
+        if by_key.get(&key).is_some_and(|list| list.len() >= MAX_IDLE_PER_ORIGIN) {
+            return;
+        }
+        if by_key.len() >= MAX_KEYS && !by_key.contains_key(&key) {
+            let now = Instant::now();
+            let timeout = self.idle_timeout();
+            by_key.retain(|_, l| {
+                let before = l.len();
+                l.retain(|c| !c.conn.tx.is_closed() && now.duration_since(c.since) < timeout);
+                *count -= before - l.len();
+                !l.is_empty()
+            });
+            if by_key.len() >= MAX_KEYS {
+                return;
+            }
+        }
         if *count >= self.max_idle.load(Ordering::Relaxed) {
             // Each list is oldest first.
             let oldest = by_key
@@ -444,24 +486,8 @@ impl Pool {
                 }
             }
         }
-        if by_key.len() >= MAX_KEYS && !by_key.contains_key(&key) {
-            let now = Instant::now();
-            let timeout = self.idle_timeout();
-            by_key.retain(|_, l| {
-                let before = l.len();
-                l.retain(|c| !c.conn.tx.is_closed() && now.duration_since(c.since) < timeout);
-                *count -= before - l.len();
-                !l.is_empty()
-            });
-            if by_key.len() >= MAX_KEYS {
-                return;
-            }
-        }
-        let list = by_key.entry(key).or_default();
-        if list.len() < MAX_IDLE_PER_ORIGIN {
-            list.push(Idle { conn, since: Instant::now() });
-            *count += 1;
-        }
+        by_key.entry(key).or_default().push(Idle { conn, since: Instant::now() });
+        *count += 1;
     }
 
     /// Sends `req` to `key`, on a pooled connection if one is idle, else on a

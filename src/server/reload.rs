@@ -367,6 +367,7 @@ fn install(
         .collect();
     if !changed.is_empty() {
         state.auth.cache().forget_users(|name| changed.contains(name));
+        state.pool.forget_users(|name| changed.contains(name));
     }
     // Of the users added or changed.
     new.users.warn_of_hashes(|u| old.users.get(&u.name).is_none_or(|o| o.fingerprint != u.fingerprint));
