@@ -830,6 +830,21 @@ async fn an_upgrade_requests_body_is_counted_with_its_relay() {
     let _ = run.stop.send(());
 }
 
+/// The status of a GET of `url` through `proxy` as `user`, on a client
+/// connection of its own.
+async fn status_as(
+    proxy: std::net::SocketAddr,
+    url: String,
+    host: String,
+    user: &'static str,
+    password: &'static str,
+) -> u16 {
+    let auth = basic(user, password);
+    let mut c = RawConn::connect(proxy).await;
+    c.send(request("GET", &url, &[("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())])).await;
+    c.read_response("GET").await.status
+}
+
 /// A full pool makes room for a connection coming back by closing the one
 /// idle longest: turned away instead, the new one was closed, and one user's
 /// burst that filled the pool left every other user a new origin connection
@@ -852,16 +867,7 @@ async fn a_full_pool_makes_room_by_closing_the_connection_idle_longest() {
             }
         }
     });
-    let get = |user: &'static str, password: &'static str| {
-        let (url, host) = (origin.url("/"), origin.authority());
-        async move {
-            let auth = basic(user, password);
-            let mut c = RawConn::connect(run.proxy).await;
-            c.send(request("GET", &url, &[("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())]))
-                .await;
-            c.read_response("GET").await.status
-        }
-    };
+    let get = |user, password| status_as(run.proxy, origin.url("/"), origin.authority(), user, password);
     let burst: Vec<_> = (0..6).map(|_| tokio::spawn(get("alice", "a1"))).collect();
     for g in burst {
         assert_eq!(g.await.unwrap(), 200);
@@ -934,16 +940,7 @@ async fn a_users_idle_connections_serve_that_user_only() {
     };
     idle_reaches(40.0).await;
     assert_eq!(origin.hits(), 40);
-    let get = |user: &'static str, password: &'static str| {
-        let (url, host) = (origin.url("/get"), host.clone());
-        async move {
-            let auth = basic(user, password);
-            let mut c = RawConn::connect(run.proxy).await;
-            c.send(request("GET", &url, &[("Host", host.as_str()), ("Proxy-Authorization", auth.as_str())]))
-                .await;
-            c.read_response("GET").await.status
-        }
-    };
+    let get = |user, password| status_as(run.proxy, origin.url("/get"), host.clone(), user, password);
     assert_eq!(get("bob", "b2").await, 200);
     assert_eq!(origin.hits(), 41, "bob's request took one of alice's connections");
     idle_reaches(41.0).await;
