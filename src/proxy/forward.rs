@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -21,7 +21,7 @@ use super::connect::Connector;
 use super::headers::{
     Codings, add_via, check_switch, closes, single_content_length, strip_hop_by_hop, wants_upgrade,
 };
-use super::pool::{Exchange, INTERIM_CLOSE, Sent};
+use super::pool::{Exchange, Sent};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -120,7 +120,8 @@ pub async fn forward(
     // The wait for the origin's `100` is part of the wait for its answer,
     // so it takes at most half of that.
     let patience = CONTINUE_WAIT.min(snap.limits.upstream_response_timeout / 2);
-    let (req, gate, interims) = watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
+    let (req, gate, interim_close) =
+        watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
     let key = (target.clone(), https, snap.id, (user.name.clone(), user.fingerprint));
@@ -167,7 +168,7 @@ pub async fn forward(
         upload: upload.as_deref(),
         reached: &mut rec.upstream,
         only_to: checked,
-        interims: &interims,
+        interim_close: &interim_close,
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,
@@ -325,7 +326,7 @@ fn is_100_continue(v: &HeaderValue) -> bool {
 /// of `Expect: 100-continue` end to end, when there is a `patience` (see
 /// [`Continue`]): the body is held back until it comes, or for `patience`
 /// without a word. And an interim answer that says `Connection: close` is
-/// recorded in the flag returned ([`INTERIM_CLOSE`]): it keeps the
+/// recorded in the flag returned (`Exchange::interim_close`): it keeps the
 /// connection from the pool (probe 174). (One that declares a body, which an
 /// origin may send in a later write, to be read as the answer to the next
 /// request on the connection, needs nothing here: the connection serves
@@ -334,10 +335,10 @@ fn is_100_continue(v: &HeaderValue) -> bool {
 fn watch_interims(
     mut req: Request<RequestBody>,
     patience: Option<Duration>,
-) -> (Request<RequestBody>, Option<Arc<Continue>>, Arc<AtomicU8>) {
-    let declared = Arc::new(AtomicU8::new(0));
+) -> (Request<RequestBody>, Option<Arc<Continue>>, Arc<AtomicBool>) {
+    let closing = Arc::new(AtomicBool::new(false));
     let gate = patience.map(|_| Arc::new(Continue::default()));
-    let (opener, seen) = (gate.clone(), declared.clone());
+    let (opener, seen) = (gate.clone(), closing.clone());
     hyper::ext::on_informational(&mut req, move |interim| {
         if let Some(opener) = &opener
             && interim.status() == StatusCode::CONTINUE
@@ -345,14 +346,14 @@ fn watch_interims(
             opener.go();
         }
         if closes(interim.headers()) {
-            seen.fetch_or(INTERIM_CLOSE, Ordering::Relaxed);
+            seen.store(true, Ordering::Relaxed);
         }
     });
     let req = match gate.clone().zip(patience) {
         Some((gate, patience)) => req.map(|body| body.held_by(gate, patience)),
         None => req,
     };
-    (req, gate, declared)
+    (req, gate, closing)
 }
 
 fn of_unknown_length(body: &hyper::body::Incoming) -> bool {

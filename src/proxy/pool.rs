@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use tokio::task::AbortHandle;
 
@@ -98,7 +98,7 @@ pub struct Conn {
     /// The origin address it is connected to.
     pub peer: SocketAddr,
     /// Whether it may go back into the pool: not after an interim answer
-    /// that said `Connection: close` (see [`INTERIM_CLOSE`]).
+    /// that said `Connection: close` (see [`Exchange::interim_close`]).
     reusable: bool,
 }
 
@@ -264,14 +264,11 @@ pub struct Exchange<'a> {
     /// against another answer, perhaps for another user (a user's deny
     /// rule was passed when the name's answer changed, probe 88).
     pub only_to: Option<&'a [SocketAddr]>,
-    /// What the interim (1xx) answers to the request said ([`INTERIM_CLOSE`]).
-    pub interims: &'a AtomicU8,
+    /// An interim (1xx) answer to the request said `Connection: close`:
+    /// the connection is not used again (RFC 9112 §9.6; it was pooled, and
+    /// the next user got the bytes the origin sent behind it, probe 174).
+    pub interim_close: &'a AtomicBool,
 }
-
-/// An interim answer said `Connection: close`: the connection is not used
-/// again (RFC 9112 §9.6; it was pooled, and the next user got the bytes the
-/// origin sent behind it, probe 174).
-pub const INTERIM_CLOSE: u8 = 2;
 
 impl Pool {
     /// An empty pool for the configuration `live`; idle connections older
@@ -525,7 +522,7 @@ impl Pool {
         F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
-        let Exchange { head_timeout, upload, reached, only_to, interims } = exchange;
+        let Exchange { head_timeout, upload, reached, only_to, interim_close } = exchange;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
@@ -537,7 +534,7 @@ impl Pool {
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => {
-                    return Sent::checked(response, conn, interims.load(Ordering::Relaxed));
+                    return Sent::checked(response, conn, interim_close.load(Ordering::Relaxed));
                 }
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
@@ -569,7 +566,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        let exchange = Exchange { head_timeout, upload, reached, only_to, interims };
+        let exchange = Exchange { head_timeout, upload, reached, only_to, interim_close };
         Box::pin(send_new(req, exchange, dial())).await
     }
 }
@@ -616,7 +613,7 @@ async fn send_new(
     exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
-    let Exchange { head_timeout, upload, reached, interims, .. } = exchange;
+    let Exchange { head_timeout, upload, reached, interim_close, .. } = exchange;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
         Err((e, connected)) => {
@@ -648,7 +645,7 @@ async fn send_new(
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
     let conn = Conn { tx, task, writes, peer, reusable: true };
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn, interims.load(Ordering::Relaxed)),
+        Ok(Ok(response)) => Sent::checked(response, conn, interim_close.load(Ordering::Relaxed)),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -713,19 +710,23 @@ impl Sent {
     /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
     /// (counted as [`head_len`] does): then the connection is closed. After
     /// an interim answer that said `Connection: close` the connection is not
-    /// pooled (`interims`).
+    /// pooled (`interim_close`).
     ///
     /// (An answer that has no body by its request or status but declares
     /// one, after which an origin may send that body in a later write, and a
     /// request body an origin may leave unread, need nothing here: the next
     /// answer on the connection may then not be the next request's, but the
     /// connection serves the same account only; see [`Key`].)
-    fn checked(response: Response<Incoming>, mut conn: Conn, interims: u8) -> Result<Sent, ProxyError> {
+    fn checked(
+        response: Response<Incoming>,
+        mut conn: Conn,
+        interim_close: bool,
+    ) -> Result<Sent, ProxyError> {
         if head_len(&response) > MAX_RESPONSE_HEAD {
             drop(conn.close_on_drop());
             return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
         }
-        if interims & INTERIM_CLOSE != 0 {
+        if interim_close {
             conn.reusable = false;
         }
         Ok(Sent { response, conn })
