@@ -1262,7 +1262,6 @@ async fn a_body_read_with_its_head_does_not_count_against_the_head_limit() {
 /// are still reused, for that user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_an_origin_left_unread_never_answers_another_users_request() {
-    const BOB: (&str, &str) = ("bob", "bob-pw");
     // Answers each request head it reads with its path and the number of
     // its connection; `/early` waits, then answers without reading the
     // body, and so does the request in that body.
@@ -1350,11 +1349,13 @@ async fn a_late_body_behind_an_interim_answer_that_declares_one_never_answers_an
     )
     .await;
     // An interim answer that says `Connection: close`: the connection is
-    // not used again (RFC 9112 §9.6; probe 174: it was pooled).
-    late_body_never_reaches_bob(
+    // not used again (RFC 9112 §9.6; probe 174: it was pooled), not even
+    // for alice herself.
+    late_bytes_never_answer(
         "GET",
         "HTTP/1.1 103 Early Hints\r\nConnection: close\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         false,
+        USER,
     )
     .await;
 }
@@ -1387,13 +1388,19 @@ async fn a_late_second_response_behind_a_complete_answer_never_answers_another_u
     late_body_never_reaches_bob("GET", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true).await;
 }
 
-/// Alice's `method` to `/late` is answered with `head` and, 300 ms later,
-/// bytes that read as a response (`EVIL!`); bob's GET right after must get
-/// its own answer, on a connection of its own. When `retried`, alice first
-/// gets `/warm` and waits, and the origin's connection that answered it
-/// closes as `/late` arrives on it: `/late` is sent again on a new one.
+/// [`late_bytes_never_answer`] with bob sending next.
 async fn late_body_never_reaches_bob(method: &str, head: &'static str, retried: bool) {
-    const BOB: (&str, &str) = ("bob", "bob-pw");
+    late_bytes_never_answer(method, head, retried, BOB).await;
+}
+
+const BOB: (&str, &str) = ("bob", "bob-pw");
+
+/// Alice's `method` to `/late` is answered with `head` and, 300 ms later,
+/// bytes that read as a response (`EVIL!`); `next`'s GET right after must
+/// get its own answer, on a connection of its own. When `retried`, alice
+/// first gets `/warm` and waits, and the origin's connection that answered
+/// it closes as `/late` arrives on it: `/late` is sent again on a new one.
+async fn late_bytes_never_answer(method: &str, head: &'static str, retried: bool, next: (&str, &str)) {
     let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = conns.clone();
     let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
@@ -1438,11 +1445,11 @@ async fn late_body_never_reaches_bob(method: &str, head: &'static str, retried: 
     let first = alice.read_response(method).await;
     assert!(matches!(first.status, 200 | 204), "{}", first.dump());
     // At once: the body is on its way.
-    let mine = get_from(proxy.addr, &origin, "/mine", BOB).await;
+    let mine = get_from(proxy.addr, &origin, "/mine", next).await;
     let expected = if retried { 3 } else { 2 };
     assert_eq!(mine.text(), format!("/mine on connection {expected}"), "{}", mine.dump());
-    // Bob's own connection is pooled for him.
-    let again = get_from(proxy.addr, &origin, "/again", BOB).await;
+    // That connection is pooled for its user.
+    let again = get_from(proxy.addr, &origin, "/again", next).await;
     assert_eq!(again.text(), format!("/again on connection {expected}"), "{}", again.dump());
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), expected);
 }
