@@ -159,7 +159,9 @@ async fn dns_rebinding_never_reaches_the_forbidden_address() {
 /// A pooled origin connection is used only for a request whose rules
 /// checked its address: eve's connection to 127.0.0.2 went to alice too,
 /// once the name's answer had changed to 127.0.0.1, past alice's rule
-/// against 127.0.0.2 (probe 88).
+/// against 127.0.0.2 (probe 88). Connections are pooled per user now, so
+/// here it is alice's own: made for a GET, which her rule lets through to
+/// 127.0.0.2, it must not carry her POST, which the rule denies there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_is_not_used_past_a_rule_about_its_address() {
     let (on_1, on_2) = same_port("127.0.0.1:0", |port| std::net::TcpListener::bind(("127.0.0.2", port)).ok());
@@ -172,19 +174,22 @@ async fn a_pooled_connection_is_not_used_past_a_rule_about_its_address() {
         vec![("flip.test", Answer::A(vec![vec![Ipv4Addr::new(127, 0, 0, 2)], vec![Ipv4Addr::LOCALHOST]], 0))];
     let fake = dns::spawn(zone).await;
     let rules = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"allow\"\n\n\
-                 [[rules]]\nname = \"alice-not-to-2\"\naction = \"deny\"\nusers = [\"alice\"]\ncidrs = [\"127.0.0.2/32\"]\n";
+                 [[rules]]\nname = \"alice-posts-not-to-2\"\naction = \"deny\"\nusers = [\"alice\"]\n\
+                 methods = [\"POST\"]\ncidrs = [\"127.0.0.2/32\"]\n";
     let proxy = spawn_custom(&config(Some(fake.addr), rules), &users());
     let url = format!("http://flip.test:{port}/");
     let host = format!("flip.test:{port}");
     let mut c = RawConn::connect(proxy.addr).await;
-    // eve's request: no rule needs the address; to 127.0.0.2, and pooled.
-    c.send(get_as(&url, &host, "eve", "x")).await;
-    assert_eq!(c.read_response("GET").await.status, 200);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    // alice's: her rule is checked against 127.0.0.1, the answer now.
+    // alice's GET: her rule does not deny it; to 127.0.0.2, and pooled.
     c.send(get_as(&url, &host, USER, PASS)).await;
     assert_eq!(c.read_response("GET").await.status, 200);
-    assert_eq!(origin_2.hits(), 1, "alice reached 127.0.0.2 through eve's connection");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Her POST: the rule is checked against 127.0.0.1, the answer now.
+    let auth = basic(USER, PASS);
+    let post = [("Host", host.as_str()), ("Proxy-Authorization", auth.as_str()), ("Content-Length", "0")];
+    c.send(request("POST", &url, &post)).await;
+    assert_eq!(c.read_response("POST").await.status, 200);
+    assert_eq!(origin_2.hits(), 1, "alice's POST reached 127.0.0.2 through her GET's connection");
     assert_eq!(origin_1.hits(), 1);
 }
 
