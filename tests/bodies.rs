@@ -1363,13 +1363,22 @@ async fn a_late_body_behind_an_interim_answer_that_declares_one_never_answers_an
 /// The same when alice's GET was sent again on a new connection, because
 /// the pooled one closed under it: the request made again lost the hook
 /// that sees interim answers (probe 174: bob got the bytes behind the
-/// `103`).
+/// `103`). The hook still sees a `103` that says `Connection: close` on
+/// the request sent again: that connection is not pooled, not even for
+/// alice herself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_body_behind_an_interim_answer_to_a_request_sent_again_never_answers_another_user() {
     late_body_never_reaches_bob(
         "GET",
         "HTTP/1.1 103 Early Hints\r\nContent-Length: 43\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         true,
+    )
+    .await;
+    late_bytes_never_answer(
+        "GET",
+        "HTTP/1.1 103 Early Hints\r\nConnection: close\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        true,
+        USER,
     )
     .await;
 }
