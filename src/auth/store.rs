@@ -347,32 +347,41 @@ impl UserStore {
         self.users.values()
     }
 
-    /// A warning for each user whose argon2 hash has an
-    /// [unusual tag](StoredHash::unusual_tag), of those `include` picks,
-    /// in name order.
-    pub fn hash_warnings(&self, include: impl Fn(&User) -> bool) -> Vec<String> {
+    /// The users whose argon2 hash has an [unusual tag](StoredHash::unusual_tag),
+    /// of those `include` picks, with the tag's length, in name order.
+    fn unusual_tags(&self, include: impl Fn(&User) -> bool) -> Vec<(&str, usize)> {
         let mut odd: Vec<(&str, usize)> = self
             .iter()
             .filter(|u| include(u))
             .filter_map(|u| Some((&*u.name, u.hash.unusual_tag()?)))
             .collect();
         odd.sort_unstable();
-        odd.into_iter()
+        odd
+    }
+
+    /// A warning for each user whose argon2 hash has an
+    /// [unusual tag](StoredHash::unusual_tag), of those `include` picks,
+    /// in name order, for a terminal (the name escaped).
+    pub fn hash_warnings(&self, include: impl Fn(&User) -> bool) -> Vec<String> {
+        self.unusual_tags(include)
+            .into_iter()
             .map(|(name, len)| {
-                format!(
-                    "user `{}`: its argon2 hash has a {len}-byte tag where `authgate hash-password` writes \
-                     32: a hash cut short or lengthened when it was copied never verifies",
-                    crate::telemetry::sanitize_username(name)
-                )
+                format!("user `{}`: {}", crate::telemetry::sanitize_username(name), tag_problem(len))
             })
             .collect()
     }
 
-    /// Logs [`UserStore::hash_warnings`] (at the start, for all users; at a
-    /// reload, for those added or changed), as `authgate check` prints them.
+    /// Logs the users [`UserStore::hash_warnings`] names (at the start, for
+    /// all users; at a reload, for those added or changed), as `authgate
+    /// check` prints them. The name is a field of its own, which the log
+    /// format escapes (escaped for a terminal first, it was escaped twice).
     pub fn warn_of_hashes(&self, include: impl Fn(&User) -> bool) {
-        for line in self.hash_warnings(include) {
-            tracing::warn!(problem = &*line, "users file: a hash that may never verify");
+        for (name, len) in self.unusual_tags(include) {
+            tracing::warn!(
+                user = name,
+                problem = &*tag_problem(len),
+                "users file: a hash that may never verify"
+            );
         }
     }
 
@@ -403,6 +412,14 @@ impl UserStore {
             }
         }
     }
+}
+
+/// What an argon2 tag of `len` bytes means, for [`UserStore::hash_warnings`].
+fn tag_problem(len: usize) -> String {
+    format!(
+        "its argon2 hash has a {len}-byte tag where `authgate hash-password` writes 32: \
+         a hash cut short or lengthened when it was copied never verifies"
+    )
 }
 
 #[cfg(test)]
