@@ -251,15 +251,19 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
     for (name, user) in entries {
         let span = name.span();
         let raw_name = name.into_inner();
-        let shown: String = raw_name.chars().take(MAX_NAME_CHARS).collect();
         // Checked as compared and as `authgate users` checks it: after NFC,
         // which can lengthen a name (U+0958 is two characters in NFC) or
         // shorten it (`e` + U+0301 is one).
         let name = nfc(&raw_name);
         if let Err(m) = check_name(&name) {
-            c.at(span.clone(), refused_name(&name, &m, |_| shown.escape_default().to_string()));
+            let typed: String = raw_name.chars().take(MAX_NAME_CHARS).collect();
+            c.at(span.clone(), refused_name(&name, &m, |_| typed.escape_default().to_string()));
             continue;
         }
+        // A name that passed, as every problem about it shows it (a
+        // backslash doubled, as in the problems about a value's type: it
+        // was shown raw in these and escaped in those).
+        let shown = crate::telemetry::sanitize_username(&raw_name);
         if let Some((other, at)) = seen.get(&name) {
             // Counted only here: counted for every name, it made a large
             // file's load quadratic.
@@ -704,6 +708,23 @@ mod tests {
             ),
             "{shown:?}"
         );
+    }
+
+    /// A name with a backslash is shown one way in every problem about it,
+    /// with the backslash doubled: it was raw in the problems about a value
+    /// (`password`, a group, `expires`) and doubled in those about a type.
+    #[test]
+    fn a_backslash_in_a_name_is_shown_alike_in_every_problem() {
+        let source = "[users.\"ev\\\\il\"]\npassword = \"not a hash\"\n[users.\"b\\\\ob\"]\npassword = 1\n";
+        let (users, problems) = parse(Path::new("users.toml"), source, Path::new(super::super::DEFAULT_PATH));
+        assert!(users.is_empty());
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 2, "{shown:?}");
+        assert!(
+            shown.iter().any(|p| p.contains("user `ev\\\\il`: password: not a valid PHC string")),
+            "{shown:?}"
+        );
+        assert!(shown.iter().any(|p| p.contains("user `b\\\\ob`: password: invalid type")), "{shown:?}");
     }
 
     #[test]
