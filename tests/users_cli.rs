@@ -1202,6 +1202,10 @@ fn password_stdin_on_a_terminal_is_not_echoed() {
         assert!(std::time::Instant::now() < deadline, "authgate never started");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Asleep is not enough: authgate also sleeps before it turns the echo
+    // off (a lock, the runtime), and a password typed then was echoed by
+    // the terminal itself (seen once in CI under load).
+    echo_off(authgate);
     blocked_pid(authgate);
     script.stdin.take().unwrap().write_all(b"Visible-S3cret\n").unwrap();
     let out = script.wait_with_output().unwrap();
@@ -1383,6 +1387,23 @@ fn an_edit_made_meanwhile_is_not_overwritten() {
 /// Returns once `child` blocks (on standard input): it has read the file.
 fn blocked_on_stdin(child: &Child) {
     blocked_pid(child.id());
+}
+
+/// Returns once the terminal that is the standard input of `pid` has its
+/// echo off, as `stty` reads it.
+fn echo_off(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let settings = std::fs::read_link(format!("/proc/{pid}/fd/0"))
+            .ok()
+            .and_then(|tty| Command::new("stty").arg("-F").arg(tty).arg("-a").output().ok());
+        let settings = settings.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        if settings.split_whitespace().any(|flag| flag == "-echo") {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the echo never went off: {settings}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Returns once the process `pid` sleeps (blocks).
