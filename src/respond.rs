@@ -363,7 +363,9 @@ fn retry_secs(d: Duration) -> u64 {
 /// The `Retry-After` hint for overload answers.
 pub const OVERLOAD_RETRY: Duration = Duration::from_secs(1);
 
-/// Whether the client's `Accept` prefers `text/html` over JSON.
+/// Whether the client's `Accept` prefers `text/html` over JSON strictly:
+/// with a higher q-value than JSON, `application/*` and `*/*` (a tie,
+/// `text/html, */*`, means JSON).
 ///
 /// Only an explicit `text/html` counts; `*/*` alone means JSON.
 pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
@@ -430,6 +432,9 @@ mod tests {
         assert!(!prefers_html(Some(&HeaderValue::from_static("*/*"))));
         assert!(!prefers_html(None));
         assert!(!prefers_html(Some(&HeaderValue::from_static("application/json, text/html;q=0.5"))));
+        // A tie is JSON, as the README says.
+        assert!(!prefers_html(Some(&HeaderValue::from_static("text/html, */*"))));
+        assert!(prefers_html(Some(&HeaderValue::from_static("text/html, */*;q=0.99"))));
     }
 
     #[test]

@@ -232,6 +232,8 @@ fn a_users_file_type_error_does_not_hide_the_other_users_problems() {
     assert_eq!(at, ["2:12", "3:11", "5:12", "9:1", "11:12", "13:11", "15:1"], "{err}");
     assert!(err.contains("user `frank`: disabled: invalid type"), "{err}");
     assert!(err.contains("user `jo`: missing field `password`"), "{err}");
+    // An unknown key names its user too (it named none; probe 197).
+    assert!(err.contains("users.toml:9:1: user `gina`: unknown field `pasword`"), "{err}");
     // A syntax error still stops the reading: what follows it cannot be
     // read as the admin meant it.
     let err = load_err(GOOD_CONFIG, &format!("{users}[users.kim\npassword = 5\n"));

@@ -226,6 +226,14 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
             // neither; probe 161).
             p.message =
                 typed_value_problem(&p.message, e.span().and_then(|at| value_owner(source, at.start)));
+            // An unknown key: whose (it named no user, though a typo in a
+            // user's table is the usual case; probe 197).
+            if (p.message.starts_with("unknown field") || p.message.starts_with("unknown key"))
+                && let Some(name) = e.span().and_then(|at| key_owner(source, at.start))
+                && !may_hold_a_password(&name)
+            {
+                p.message = format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
+            }
         }
         rounds -= 1;
         // Read past only in a file that is TOML: not after a syntax error,
@@ -535,6 +543,21 @@ fn value_owner(source: &str, at: usize) -> Option<(String, &'static str)> {
     })
 }
 
+/// The user whose table has a key at byte `at` of the users file `source`
+/// (an unknown key, `pasword = …`, in `[users.bob]`, `bob = { … }` or
+/// `bob.pasword`), as TOML reads the file. `None` unless it is certain.
+fn key_owner(source: &str, at: usize) -> Option<String> {
+    let doc = toml_edit::ImDocument::parse(source).ok()?;
+    let users = doc.get("users")?.as_table_like()?;
+    users.iter().find_map(|(name, user)| {
+        let user = user.as_table_like()?;
+        let here = |key: &str| {
+            user.get_key_value(key).and_then(|(key, _)| key.span()).is_some_and(|s| s.contains(&at))
+        };
+        user.iter().any(|(key, _)| here(key)).then(|| name.to_owned())
+    })
+}
+
 /// `message` with the keys it quotes (and the tables it names) left out
 /// unless `shown` says a key may be shown (or, in the users file, it is a
 /// user's name); see [`without_secret_keys`].
@@ -727,6 +750,47 @@ mod tests {
         assert!(shown.iter().any(|p| p.contains("user `b\\\\ob`: password: invalid type")), "{shown:?}");
     }
 
+    /// A key no user has names the user whose table it is in, however the
+    /// table is written, unless the name may be a password (probe 197).
+    #[test]
+    fn an_unknown_key_names_its_user() {
+        let hash = FULL_HASH;
+        for (body, said) in [
+            (
+                format!(
+                    "[users.alice]\npassword = \"{hash}\"\n[users.bob]\npassword = \"{hash}\"\npasword = 1"
+                ),
+                "users.toml:5:1: user `bob`: unknown field `pasword`, expected one of `password`",
+            ),
+            (
+                format!(
+                    "[users]\nalice = {{ password = \"{hash}\" }}\nbob = {{ password = \"{hash}\", grups = [] }}"
+                ),
+                "users.toml:3:117: user `bob`: unknown field `grups`",
+            ),
+            (
+                format!("[users]\nbob.password = \"{hash}\"\nbob.disabeld = true"),
+                "users.toml:3:5: user `bob`: unknown field `disabeld`",
+            ),
+            (
+                format!("[users.\"ev\\\\il\"]\npassword = \"{hash}\"\nhunter2hunter2 = true"),
+                "users.toml:3:1: user `ev\\\\il`: unknown key (not shown",
+            ),
+        ] {
+            let (_, problems) = parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
+            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert!(shown.len() == 1 && shown[0].starts_with(said), "{body}: {shown:?}");
+        }
+        // A name that may be a password is still not shown.
+        let body = format!("[users.\"b0b:S3cret\"]\npassword = \"{hash}\"\npasword = 1");
+        let (_, problems) = parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            !shown.is_empty() && shown.iter().all(|p| !p.contains("S3cret") && !p.contains("b0b")),
+            "{shown:?}"
+        );
+    }
+
     #[test]
     fn a_password_of_digits_typed_without_quotes_is_not_shown() {
         let (users, problems) = parse(
@@ -754,9 +818,17 @@ mod tests {
         let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA";
         let user = format!("[users.a]\npassword = \"{hash}\"\n");
         for (body, secret, said) in [
-            (format!("{user}\"{hash}\" = 1"), hash, "users.toml:3:1: unknown key (not shown"),
-            (format!("{user}hunter2hunter2 = true"), "hunter2", "users.toml:3:1: unknown key (not shown"),
-            (format!("{user}\"a`b, expected x\" = 1"), "a`b", "users.toml:3:1: unknown key (not shown"),
+            (format!("{user}\"{hash}\" = 1"), hash, "users.toml:3:1: user `a`: unknown key (not shown"),
+            (
+                format!("{user}hunter2hunter2 = true"),
+                "hunter2",
+                "users.toml:3:1: user `a`: unknown key (not shown",
+            ),
+            (
+                format!("{user}\"a`b, expected x\" = 1"),
+                "a`b",
+                "users.toml:3:1: user `a`: unknown key (not shown",
+            ),
             (format!("{user}\"S3cret\" = 1\n\"S3cret\" = 1"), "S3cret", "duplicate key (not shown"),
             (format!("{user}\"S3cret\" = 1\n\"S3cret\".x = 2"), "S3cret", "dotted key (not shown"),
             (format!("{user}[users.a.S3cret]\n[users.a.S3cret]"), "S3cret", "duplicate key (not shown"),
