@@ -105,5 +105,45 @@ fn bench(c: &mut Criterion) {
     c.bench_function("target_parse", |b| b.iter(|| parse_authority(black_box("registry.example.com:443"))));
 }
 
-criterion_group!(benches, bench);
+/// The verified cache's worst insert beside what always comes before an
+/// insert, an argon2 verification with the default parameters: a full
+/// cache of which one entry has expired is scanned whole (under the write
+/// lock) to drop it, and that can happen at every insert. Slow benches:
+/// `cargo bench --bench hot_paths -- slow`.
+fn full_cache(c: &mut Criterion) {
+    let mut group = c.benchmark_group("slow");
+    group.sample_size(10);
+    let from = std::net::Ipv4Addr::LOCALHOST.into();
+    let now = Instant::now();
+    let later = now + Duration::from_secs(1);
+    let ttl = Duration::from_secs(300);
+    // 65,536 entries (the cap), one of them expired by `later`.
+    let full = || {
+        let cache = VerifiedCache::new();
+        cache.insert(b"Basic expired", ("bench".into(), 42, from), Duration::from_millis(1), now);
+        let mut header = Vec::with_capacity(32);
+        while cache.len() < 65_536 {
+            header.clear();
+            header.extend_from_slice(format!("Basic {}", cache.len()).as_bytes());
+            cache.insert(&header, ("bench".into(), 42, from), ttl, now);
+        }
+        cache
+    };
+    group.bench_function("verified_cache_insert_full_one_expired", |b| {
+        b.iter_batched_ref(
+            full,
+            |cache| cache.insert(black_box(b"Basic new"), ("bench".into(), 42, from), ttl, later),
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    let stored =
+        authgate::auth::password::hash_password("bench-Pa55word", authgate::auth::password::default_params())
+            .expect("hash");
+    group.bench_function("argon2_verify_default_params", |b| {
+        b.iter(|| authgate::auth::password::verify_argon2(&stored, black_box("bench-Pa55word")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, full_cache);
 criterion_main!(benches);
