@@ -711,6 +711,8 @@ async fn a_length_with_leading_zeros_goes_on_without_them() {
 /// in a `304` (where it frames no body, so hyper lets it through), is a
 /// malformed response: a 502, as for a `GET`. (It went to the client as
 /// it came, `-5`, `+5`, `abc`; two lengths that differed lost the field.)
+/// Both say `malformed Content-Length` (a `GET`'s said "malformed
+/// response").
 /// One length, or one listed twice, still goes on as that length, and a
 /// 204 loses the field, as before.
 #[tokio::test]
@@ -730,6 +732,7 @@ async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
             "204" => b"HTTP/1.1 204 No Content\r\nContent-Length: -5\r\n\r\n",
             "past-i64" => b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775808\r\n\r\n0123456789",
             "u64-max" => b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\n0123456789",
+            "http10-te" => b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
         }
     });
@@ -748,6 +751,14 @@ async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
         // 154).
         ("GET", "past-i64"),
         ("HEAD", "past-i64"),
+        // The same lengths in the answer to a GET, where hyper refuses
+        // them: told alike (they were "malformed response").
+        ("GET", "minus"),
+        ("GET", "plus"),
+        ("GET", "hex"),
+        ("GET", "empty"),
+        ("GET", "huge"),
+        ("GET", "differ"),
     ] {
         let mut c = RawConn::connect(proxy.addr).await;
         let url = origin.url(&format!("/{path}"));
@@ -768,6 +779,23 @@ async fn a_head_or_304_answer_with_a_malformed_content_length_is_a_502() {
     let r = c.read_response("GET").await;
     assert!(
         r.header("proxy-status").is_some_and(|s| s.contains("or a Content-Length too large")),
+        "{}",
+        r.dump()
+    );
+    // An HTTP/1.0 origin's Transfer-Encoding is framing it cannot send
+    // (RFC 9112 §6.1), told as that.
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(request("GET", &origin.url("/http10-te"), &[("Host", &host), ("Proxy-Authorization", &auth)]))
+        .await;
+    let r = c.read_response("GET").await;
+    assert_eq!(
+        (r.status, r.header("proxy-status")),
+        (
+            502,
+            Some(
+                "authgate; error=http_protocol_error; details=\"Transfer-Encoding from an HTTP/1.0 origin\""
+            )
+        ),
         "{}",
         r.dump()
     );

@@ -770,6 +770,23 @@ fn tls_alert(e: &hyper::Error) -> Option<rustls::AlertDescription> {
     None
 }
 
+/// What was malformed in a response hyper could not parse: its framing
+/// fields are told as authgate's own check of a `HEAD` answer tells them (a
+/// `GET`'s bad `Content-Length` was "malformed response", the same answer
+/// to a `HEAD` "malformed Content-Length"). hyper names the field only in
+/// its message.
+fn parse_detail(e: &hyper::Error) -> &'static str {
+    let text = e.to_string();
+    if text.starts_with("invalid content-length parsed") {
+        "malformed Content-Length"
+    } else if text.starts_with("unexpected transfer-encoding parsed") {
+        // RFC 9112 §6.1: framing an HTTP/1.0 recipient cannot trust.
+        "Transfer-Encoding from an HTTP/1.0 origin"
+    } else {
+        "malformed response"
+    }
+}
+
 fn upstream_error(e: &hyper::Error) -> ProxyError {
     // A TLS origin that closes without close_notify: rustls reports the
     // end of the stream as an error (it was "connection failed", probe 111).
@@ -781,7 +798,7 @@ fn upstream_error(e: &hyper::Error) -> ProxyError {
         // was told as a head too large; probe 154).
         "response head over 256 KiB or over 100 fields, or a Content-Length too large"
     } else if e.is_parse() || e.is_parse_status() {
-        "malformed response"
+        parse_detail(e)
     } else if e.is_timeout() {
         return ProxyError::UpstreamReadTimeout;
     } else if e.is_user() {
