@@ -682,6 +682,13 @@ fn without_values(message: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The users `parse` reads from the users file `body`, and its
+    /// problems as `check` prints them.
+    fn problems_of(body: &str) -> (Vec<User>, Vec<String>) {
+        let (users, problems) = parse(Path::new("users.toml"), body, Path::new(super::super::DEFAULT_PATH));
+        (users, problems.iter().map(ToString::to_string).collect())
+    }
+
     #[test]
     fn a_value_of_the_wrong_type_is_named_as_toml_names_it() {
         let hash = "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA";
@@ -720,10 +727,9 @@ mod tests {
     #[test]
     fn a_value_under_the_wrong_key_is_not_quoted_in_the_problem() {
         let source = "[users.alice]\npassword = \"$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\"\ndisabled = \"s3cr3t \\\" pw\"\n";
-        let (users, problems) = parse(Path::new("users.toml"), source, Path::new(super::super::DEFAULT_PATH));
+        let (users, shown) = problems_of(source);
         assert!(users.is_empty());
-        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        assert_eq!(problems.len(), 1, "{shown:?}");
+        assert_eq!(shown.len(), 1, "{shown:?}");
         assert!(!shown[0].contains("s3cr3t") && !shown[0].contains(" pw"), "{shown:?}");
         assert!(
             shown[0].contains(
@@ -739,10 +745,9 @@ mod tests {
     #[test]
     fn a_backslash_in_a_name_is_shown_alike_in_every_problem() {
         let source = "[users.\"ev\\\\il\"]\npassword = \"not a hash\"\n[users.\"b\\\\ob\"]\npassword = 1\n";
-        let (users, problems) = parse(Path::new("users.toml"), source, Path::new(super::super::DEFAULT_PATH));
+        let (users, shown) = problems_of(source);
         assert!(users.is_empty());
-        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        assert_eq!(problems.len(), 2, "{shown:?}");
+        assert_eq!(shown.len(), 2, "{shown:?}");
         assert!(
             shown.iter().any(|p| p.contains("user `ev\\\\il`: password: not a valid PHC string")),
             "{shown:?}"
@@ -777,14 +782,12 @@ mod tests {
                 "users.toml:3:1: user `ev\\\\il`: unknown key (not shown",
             ),
         ] {
-            let (_, problems) = parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
-            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            let (_, shown) = problems_of(&body);
             assert!(shown.len() == 1 && shown[0].starts_with(said), "{body}: {shown:?}");
         }
         // A name that may be a password is still not shown.
         let body = format!("[users.\"b0b:S3cret\"]\npassword = \"{hash}\"\npasword = 1");
-        let (_, problems) = parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
-        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let (_, shown) = problems_of(&body);
         assert!(
             !shown.is_empty() && shown.iter().all(|p| !p.contains("S3cret") && !p.contains("b0b")),
             "{shown:?}"
@@ -872,10 +875,8 @@ mod tests {
                 "in a table whose name is not shown",
             ),
         ] {
-            let (users, problems) =
-                parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
+            let (users, shown) = problems_of(&body);
             assert!(users.is_empty());
-            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
             assert_eq!(shown.len(), 1, "{shown:?}");
             assert!(!shown[0].contains(secret), "{shown:?}");
             assert!(shown[0].contains(said), "{shown:?}");
@@ -904,8 +905,7 @@ mod tests {
                 "duplicate key `bob` in table `users`",
             ),
         ] {
-            let (_, problems) = parse(Path::new("users.toml"), &body, Path::new(super::super::DEFAULT_PATH));
-            let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            let (_, shown) = problems_of(&body);
             assert!(shown.iter().any(|p| p.contains(said)), "{body}: {shown:?}");
         }
     }
