@@ -86,6 +86,8 @@ const REPLAY_WITHIN: Duration = Duration::from_secs(1);
 struct Idle {
     conn: Conn,
     since: Instant,
+    /// Its number in [`Idles::order`].
+    n: u64,
 }
 
 /// An origin connection: the handle requests are sent on, the task that
@@ -214,9 +216,59 @@ impl Conn {
 struct Idles {
     /// Per origin, oldest first: a connection goes back at the end and is
     /// taken from the end.
-    by_key: HashMap<Key, Vec<Idle>>,
+    by_key: HashMap<Arc<Key>, Vec<Idle>>,
     /// How many there are, all origins together.
     count: usize,
+    /// Every connection put back, by number and key, oldest first, also
+    /// those taken, closed or expired since (skipped when met): where the
+    /// one idle longest is, for a full pool to close. It was looked for
+    /// at every key, under the lock, each time a connection came back to a
+    /// full pool: with 5,000 keys (users times origins), `put` was a
+    /// quarter of authgate's CPU samples (`benches/HISTORY.md`). Rebuilt
+    /// from `by_key` when it holds over twice as many as are idle, plus
+    /// 1,024.
+    order: std::collections::VecDeque<(u64, Arc<Key>)>,
+    /// The number of the next connection put back.
+    next: u64,
+}
+
+impl Idles {
+    /// Closes the connection idle longest, whoever's it is; `false` when
+    /// there is none.
+    fn close_oldest(&mut self) -> bool {
+        while let Some((n, key)) = self.order.pop_front() {
+            let Some(list) = self.by_key.get_mut(&*key) else { continue };
+            // (Each list is in the order of its numbers.)
+            let Ok(i) = list.binary_search_by_key(&n, |c| c.n) else { continue };
+            list.remove(i);
+            self.count -= 1;
+            if list.is_empty() {
+                self.by_key.remove(&*key);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Adds `conn` at the end of `key`'s list, and of [`Idles::order`].
+    fn push(&mut self, key: Key, conn: Conn) {
+        let n = self.next;
+        self.next += 1;
+        // One key shared by the list and the order, not a copy each.
+        let key = match self.by_key.get_key_value(&key) {
+            Some((shared, _)) => shared.clone(),
+            None => Arc::new(key),
+        };
+        self.order.push_back((n, key.clone()));
+        self.by_key.entry(key).or_default().push(Idle { conn, since: Instant::now(), n });
+        self.count += 1;
+        if self.order.len() > 2 * self.count + 1024 {
+            let mut live: Vec<(u64, Arc<Key>)> =
+                self.by_key.iter().flat_map(|(key, list)| list.iter().map(|c| (c.n, key.clone()))).collect();
+            live.sort_unstable_by_key(|(n, _)| *n);
+            self.order = live.into();
+        }
+    }
 }
 
 /// The upstream connection pool.
@@ -340,7 +392,7 @@ impl Pool {
     pub fn forget_users(&self, changed: impl Fn(&str) -> bool) {
         let gone = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let Idles { by_key, count } = &mut *idle;
+            let Idles { by_key, count, .. } = &mut *idle;
             let mut gone = Vec::new();
             by_key.retain(|key, list| {
                 if changed(&key.3.0) {
@@ -371,7 +423,7 @@ impl Pool {
     fn checkout(&self, key: &Key, only_to: Option<&[SocketAddr]>) -> Option<(Conn, Duration)> {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let Idles { by_key, count } = &mut *idle;
+        let Idles { by_key, count, .. } = &mut *idle;
         let list = by_key.get_mut(key)?;
         let now = Instant::now();
         let mut found = None;
@@ -445,7 +497,7 @@ impl Pool {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let Idles { by_key, count } = &mut *idle;
+        let Idles { by_key, count, .. } = &mut *idle;
         if key.2 != self.live.load(Ordering::SeqCst) {
             return;
         }
@@ -467,24 +519,10 @@ impl Pool {
                 return;
             }
         }
-        if *count >= self.max_idle.load(Ordering::Relaxed) {
-            // Each list is oldest first.
-            let oldest = by_key
-                .iter()
-                .filter_map(|(k, list)| list.first().map(|c| (c.since, k)))
-                .min_by_key(|(since, _)| *since)
-                .map(|(_, k)| k.clone());
-            let Some(oldest) = oldest else { return };
-            if let Some(list) = by_key.get_mut(&oldest) {
-                list.remove(0);
-                *count -= 1;
-                if list.is_empty() {
-                    by_key.remove(&oldest);
-                }
-            }
+        if *count >= self.max_idle.load(Ordering::Relaxed) && !idle.close_oldest() {
+            return;
         }
-        by_key.entry(key).or_default().push(Idle { conn, since: Instant::now() });
-        *count += 1;
+        idle.push(key, conn);
     }
 
     /// Sends `req` to `key`, on a pooled connection if one is idle, else on a
