@@ -72,13 +72,19 @@ pub const NOT_SHOWN: &str = "(the name is not shown: it may hold a password)";
 /// Whether a user or group name given where one belongs looks like more
 /// than a name (`name:password`, a passphrase, a hash): a `:`, whitespace,
 /// a control character, more than `MAX_NAME_CHARS` (64) characters, or the
-/// shape of a crypt hash (`$2y$10$…`, three `$` and more from the start: a
-/// bcrypt hash fits in 64 characters, and was shown; probe 166). Such a
-/// name is located in problems, not quoted.
+/// shape of a crypt hash (`$2y$10$…`, three `$` or more: a bcrypt hash
+/// fits in 64 characters, and was shown, probe 166; so was a PHC string
+/// without its first `$`, probe 200). Such a name is located in problems,
+/// not quoted. The length is counted as typed and in NFC, as
+/// [`check_name`] counts it: NFC can lengthen a name, and one of 46
+/// characters as typed, 86 in NFC, was refused as too long and shown
+/// (probe 200).
 pub fn may_hold_a_password(name: &str) -> bool {
-    name.chars().count() > MAX_NAME_CHARS
+    let long = |name: &str| name.chars().count() > MAX_NAME_CHARS;
+    long(name)
         || name.chars().any(|c| c == ':' || c.is_control() || c.is_whitespace())
-        || (name.starts_with('$') && name.matches('$').count() >= 3)
+        || name.matches('$').count() >= 3
+        || long(&nfc(name))
 }
 
 /// Checks a group name (users file and `users --group`): non-empty, and
@@ -785,7 +791,20 @@ mod tests {
             let (_, shown) = problems_of(&body);
             assert!(shown.len() == 1 && shown[0].starts_with(said), "{body}: {shown:?}");
         }
-        // A name that may be a password is still not shown.
+        // A name that may be a password is still not shown: with a `:`,
+        // long only in NFC (46 characters as typed, 86 in NFC: U+0958 is
+        // two), or a PHC string without its first `$` (probe 200).
+        let long_in_nfc = format!("S3cret{}", "\u{958}".repeat(40));
+        let body = format!(
+            "[users.\"{long_in_nfc}\"]\npassword = \"{hash}\"\npasword = 1\n[users.bob]\npassword = 1"
+        );
+        let (_, shown) = problems_of(&body);
+        assert!(shown.len() == 2 && shown.iter().all(|p| !p.contains("S3cret")), "{shown:?}");
+        let body = format!(
+            "[users.\"argon2id$v=19$m=8,t=1,p=1$S3cretsalt$aGFzaA\"]\npassword = \"{hash}\"\npasword = 1"
+        );
+        let (_, shown) = problems_of(&body);
+        assert!(shown.len() == 1 && !shown[0].contains("S3cret"), "{shown:?}");
         let body = format!("[users.\"b0b:S3cret\"]\npassword = \"{hash}\"\npasword = 1");
         let (_, shown) = problems_of(&body);
         assert!(
