@@ -206,7 +206,11 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
             Ok(r) => break r,
             Err(e) => e,
         };
-        let table = e.span().and_then(|at| user_table_at(&text, at));
+        // The text as TOML reads it, spans and all: where the problem is
+        // and whose (parsed once a round for the three, not once each).
+        let doc = toml_edit::ImDocument::parse(&*text).ok();
+        let at = e.span().zip(doc.as_ref());
+        let table = at.clone().and_then(|(at, doc)| user_table_at(doc, at));
         // In a table left out (a `[users.NAME.x]` sub-table of one, or
         // `[users.NAME]` after one): fallout of the blanking, not the file's.
         if table.as_ref().is_some_and(|(_, name)| left_out.contains(name)) {
@@ -231,16 +235,18 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
             // A value of the wrong type: whose and which (it named
             // neither; probe 161).
             p.message =
-                typed_value_problem(&p.message, e.span().and_then(|at| value_owner(source, at.start)));
+                typed_value_problem(&p.message, at.clone().and_then(|(at, doc)| value_owner(doc, at.start)));
             // An unknown key: whose (it named no user, though a typo in a
             // user's table is the usual case; probe 197).
             if (p.message.starts_with("unknown field") || p.message.starts_with("unknown key"))
-                && let Some(name) = e.span().and_then(|at| key_owner(source, at.start))
+                && let Some(name) = at.clone().and_then(|(at, doc)| key_owner(doc, at.start))
                 && !may_hold_a_password(&name)
             {
                 p.message = format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
             }
         }
+        // (Not held while the rest is parsed again.)
+        drop(doc);
         rounds -= 1;
         // Read past only in a file that is TOML: not after a syntax error,
         // whose fallout cannot be told from real problems. (Checked once:
@@ -355,33 +361,27 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
 const MAX_RE_READS: usize = 50;
 const RE_READ_BYTES: usize = 4 << 20;
 
+/// A users file as TOML reads it, with the place of each item.
+type Toml<'a> = toml_edit::ImDocument<&'a str>;
+
 /// Where the `[users.NAME…]` table that holds `at` (a value of the wrong
-/// type, an unknown key) is in `text`, header to next header, and NAME;
-/// `None` when `at` is in no such table (a user written inline, in
-/// `[users]`, at the top).
-fn user_table_at(text: &str, at: std::ops::Range<usize>) -> Option<(std::ops::Range<usize>, String)> {
-    // (A span is at a character boundary; checked, not trusted.)
-    let from = at.start.min(text.len());
-    if !text.is_char_boundary(from) {
-        return None;
-    }
-    let line_start = |i: usize| text[..i].rfind('\n').map_or(0, |n| n + 1);
-    let mut header = line_start(from);
-    while !text[header..].trim_start().starts_with('[') {
-        header = line_start(header.checked_sub(1)?);
-    }
-    let mut path = table_path(text[header..].lines().next()?)?;
-    if path.len() < 2 || path[0] != "users" {
-        return None;
-    }
-    let mut end = header;
-    for (n, line) in text[header..].split_inclusive('\n').enumerate() {
-        if n > 0 && line.trim_start().starts_with('[') {
-            break;
+/// type, an unknown key) is in `doc`, its header to its last value, and
+/// NAME; `None` when `at` is in no such table (a user written inline, or
+/// dotted, in `[users]`, at the top). Found as TOML
+/// reads the file: a search of the lines for the next `[` took one inside
+/// a multi-line string for a header, and the rest of the string was read
+/// as a user of its own (probe 200).
+fn user_table_at(doc: &Toml, at: std::ops::Range<usize>) -> Option<(std::ops::Range<usize>, String)> {
+    /// The span of `table` or of a table under it that holds `at`.
+    fn holding(table: &toml_edit::Table, at: &std::ops::Range<usize>) -> Option<std::ops::Range<usize>> {
+        let own = table.span().filter(|_| !table.is_implicit() && !table.is_dotted());
+        if let Some(span) = own.filter(|s| s.start <= at.start && at.end <= s.end) {
+            return Some(span);
         }
-        end += line.len();
+        table.iter().find_map(|(_, item)| holding(item.as_table()?, at))
     }
-    (at.end <= end).then(|| (header..end, path.swap_remove(1)))
+    let users = doc.get("users")?.as_table()?;
+    users.iter().find_map(|(name, user)| Some((holding(user.as_table()?, &at)?, name.to_owned())))
 }
 
 /// `text` with `range` blanked: every character but line ends made spaces,
@@ -532,13 +532,12 @@ fn typed_value_problem(message: &str, owner: Option<(String, &str)>) -> String {
     }
 }
 
-/// The user and the key of the value of the users file `source` that holds
+/// The user and the key of the value of the users file `doc` that holds
 /// byte `at`, as TOML reads the file (a search of the text for `KEY =`
 /// found one in a comment, a string or a value, and a user in a multi-line
 /// string; probe 164). `None` unless it is certain.
-fn value_owner(source: &str, at: usize) -> Option<(String, &'static str)> {
+fn value_owner(doc: &Toml, at: usize) -> Option<(String, &'static str)> {
     const KEYS: [&str; 4] = ["password", "groups", "disabled", "expires"];
-    let doc = toml_edit::ImDocument::parse(source).ok()?;
     let users = doc.get("users")?.as_table_like()?;
     users.iter().find_map(|(name, user)| {
         let user = user.as_table_like()?;
@@ -549,11 +548,10 @@ fn value_owner(source: &str, at: usize) -> Option<(String, &'static str)> {
     })
 }
 
-/// The user whose table has a key at byte `at` of the users file `source`
+/// The user whose table has a key at byte `at` of the users file `doc`
 /// (an unknown key, `pasword = …`, in `[users.bob]`, `bob = { … }` or
 /// `bob.pasword`), as TOML reads the file. `None` unless it is certain.
-fn key_owner(source: &str, at: usize) -> Option<String> {
-    let doc = toml_edit::ImDocument::parse(source).ok()?;
+fn key_owner(doc: &Toml, at: usize) -> Option<String> {
     let users = doc.get("users")?.as_table_like()?;
     users.iter().find_map(|(name, user)| {
         let user = user.as_table_like()?;
@@ -811,6 +809,31 @@ mod tests {
             !shown.is_empty() && shown.iter().all(|p| !p.contains("S3cret") && !p.contains("b0b")),
             "{shown:?}"
         );
+    }
+
+    /// A line that starts with `[` inside a multi-line string is no
+    /// header: the table left out after a bad key ends where TOML says. The
+    /// rest of the string was read as a user of its own, with problems of
+    /// its own, or its keys blamed on the user before it (probe 200).
+    #[test]
+    fn a_table_left_out_ends_where_toml_says() {
+        let bob = format!("[users.bob]\npassword = \"{FULL_HASH}\"\n");
+        for (string, said) in [
+            ("[users.Tr0ub4dor]\ngroups = [] # ", "users.toml:2:1: user `alice`: unknown field `pasword`"),
+            ("[users.Tr0ub4dor]\npassw0rd = 1 # ", "users.toml:2:1: user `alice`: unknown field `pasword`"),
+            ("[users.x]\ngroups = [1] # ", "users.toml:2:1: user `alice`: unknown field `pasword`"),
+            ("\ngroups = 1\n", "users.toml:2:1: user `alice`: unknown field `pasword`"),
+        ] {
+            let body = format!(
+                "[users.alice]\npasword = 1\npassword = \"\"\"\n{string}\"\"\"\n{bob}[users.carol]\npassword = 5\n"
+            );
+            let (_, shown) = problems_of(&body);
+            assert!(shown.len() == 2 && shown[0].starts_with(said), "{body}: {shown:?}");
+            assert!(
+                shown[1].contains("user `carol`: password: invalid type: an integer"),
+                "{body}: {shown:?}"
+            );
+        }
     }
 
     #[test]
