@@ -228,6 +228,7 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
             // table (`[users.bob]`, `bob = { … }`), unnamed (probe 100).
             if p.message.starts_with("missing field")
                 && let Some(name) = line.and_then(|l| user_at(l, header))
+                && !name.is_empty()
                 && !may_hold_a_password(&name)
             {
                 p.message = format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
@@ -240,6 +241,7 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
             // user's table is the usual case; probe 197).
             if (p.message.starts_with("unknown field") || p.message.starts_with("unknown key"))
                 && let Some(name) = at.clone().and_then(|(at, doc)| key_owner(doc, at.start))
+                && !name.is_empty()
                 && !may_hold_a_password(&name)
             {
                 p.message = format!("user `{}`: {}", crate::telemetry::sanitize_username(&name), p.message);
@@ -524,7 +526,7 @@ fn typed_value_problem(message: &str, owner: Option<(String, &str)>) -> String {
         m => return m.to_owned(),
     };
     match owner {
-        Some((name, key)) if !may_hold_a_password(&name) => {
+        Some((name, key)) if !name.is_empty() && !may_hold_a_password(&name) => {
             format!("user `{}`: {key}: {message}", crate::telemetry::sanitize_username(&name))
         }
         Some((_, key)) => format!("{key}: {message}"),
@@ -789,6 +791,17 @@ mod tests {
             let (_, shown) = problems_of(&body);
             assert!(shown.len() == 1 && shown[0].starts_with(said), "{body}: {shown:?}");
         }
+        // An empty name is not shown as ``user ``: `` (probe 200).
+        let (_, shown) = problems_of(&format!("[users.\"\"]\npassword = \"{hash}\"\npasword = 1"));
+        assert!(
+            shown.len() == 1 && shown[0].starts_with("users.toml:3:1: unknown field `pasword`"),
+            "{shown:?}"
+        );
+        let (_, shown) = problems_of("[users.\"\"]\npassword = 1");
+        assert!(
+            shown.len() == 1 && shown[0].starts_with("users.toml:2:12: password: invalid type"),
+            "{shown:?}"
+        );
         // A name that may be a password is still not shown: with a `:`,
         // long only in NFC (46 characters as typed, 86 in NFC: U+0958 is
         // two), or a PHC string without its first `$` (probe 200).
