@@ -251,14 +251,9 @@ impl Idles {
     }
 
     /// Adds `conn` at the end of `key`'s list, and of [`Idles::order`].
-    fn push(&mut self, key: Key, conn: Conn) {
+    fn push(&mut self, key: Arc<Key>, conn: Conn) {
         let n = self.next;
         self.next += 1;
-        // One key shared by the list and the order, not a copy each.
-        let key = match self.by_key.get_key_value(&key) {
-            Some((shared, _)) => shared.clone(),
-            None => Arc::new(key),
-        };
         self.order.push_back((n, key.clone()));
         self.by_key.entry(key).or_default().push(Idle { conn, since: Instant::now(), n });
         self.count += 1;
@@ -501,12 +496,18 @@ impl Pool {
         if key.2 != self.live.load(Ordering::SeqCst) {
             return;
         }
+        // The key as the pool holds it, if it does: one key shared by the
+        // list and the order, not a copy each.
+        let (key, idle_now) = match by_key.get_key_value(&key) {
+            Some((shared, list)) => (shared.clone(), list.len()),
+            None => (Arc::new(key), 0),
+        };
         // Past its own bound (or the keys'), it is closed before another
         // makes room for it in vain (probe 196).
-        if by_key.get(&key).is_some_and(|list| list.len() >= MAX_IDLE_PER_ORIGIN) {
+        if idle_now >= MAX_IDLE_PER_ORIGIN {
             return;
         }
-        if by_key.len() >= MAX_KEYS && !by_key.contains_key(&key) {
+        if by_key.len() >= MAX_KEYS && !by_key.contains_key(&*key) {
             let now = Instant::now();
             let timeout = self.idle_timeout();
             by_key.retain(|_, l| {
