@@ -934,14 +934,18 @@ async fn a_full_pool_closes_the_connection_idle_longest_after_many_returns() {
     // bob takes his and gives it back: the first return on record is
     // now of one taken since. carol's new connection makes room, and the
     // one closed is alice's older one, not bob's.
+    // (Each of `users` is served on the connection kept for them.)
+    let all_kept = async |users: [(&'static str, &'static str); 3], hits| {
+        idle_reaches(3.0).await;
+        for (user, password) in users {
+            assert_eq!(get("/", user, password).await, 200);
+            assert_eq!(origin.hits(), hits, "{user}'s connection was closed");
+        }
+    };
     assert_eq!(get("/", "bob", "b2").await, 200);
     assert_eq!(get("/", "carol", "c3").await, 200);
     assert_eq!(origin.hits(), 4);
-    idle_reaches(3.0).await;
-    for (user, password) in [("bob", "b2"), ("carol", "c3"), ("alice", "a1")] {
-        assert_eq!(get("/", user, password).await, 200);
-        assert_eq!(origin.hits(), 4, "{user}'s connection was closed");
-    }
+    all_kept([("bob", "b2"), ("carol", "c3"), ("alice", "a1")], 4).await;
     // bob takes his and gives it back 1,100 times, on one client
     // connection: the record of the order is rebuilt meanwhile, and
     // carol's is now the one idle longest.
@@ -958,11 +962,7 @@ async fn a_full_pool_closes_the_connection_idle_longest_after_many_returns() {
     // dave's new connection makes room: carol's goes, and only hers.
     assert_eq!(get("/", "dave", "d4").await, 200);
     assert_eq!(origin.hits(), 5);
-    idle_reaches(3.0).await;
-    for (user, password) in [("bob", "b2"), ("alice", "a1"), ("dave", "d4")] {
-        assert_eq!(get("/", user, password).await, 200);
-        assert_eq!(origin.hits(), 5, "{user}'s connection was closed");
-    }
+    all_kept([("bob", "b2"), ("alice", "a1"), ("dave", "d4")], 5).await;
     assert_eq!(get("/", "carol", "c3").await, 200);
     assert_eq!(origin.hits(), 6, "carol's connection was kept, and another closed");
     let _ = run.stop.send(());
