@@ -848,7 +848,9 @@ async fn status_as(
 /// A full pool makes room for a connection coming back by closing the one
 /// idle longest: turned away instead, the new one was closed, and one user's
 /// burst that filled the pool left every other user a new origin connection
-/// per request until it timed out (probe 195). Here the pool holds 6.
+/// per request until it timed out (probe 195). The one closed is closed at
+/// the origin too, not kept open out of the pool's sight. Here the pool
+/// holds 6.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_makes_room_by_closing_the_connection_idle_longest() {
     let (run, _state) = spawn_with_admin_for(
@@ -857,16 +859,25 @@ async fn a_full_pool_makes_room_by_closing_the_connection_idle_longest() {
     )
     .await;
     // Answers after 300 ms, keeping the connection: six of alice's at once
-    // take six connections.
-    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
-        use tokio::io::AsyncWriteExt;
-        while read_request_head(&mut s).await.is_some() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
-                return;
+    // take six connections. Counts the connections authgate closed.
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let origin = spawn_raw_origin({
+        let closed = closed.clone();
+        move |mut s: tokio::net::TcpStream| {
+            let closed = closed.clone();
+            async move {
+                use tokio::io::AsyncWriteExt;
+                while read_request_head(&mut s).await.is_some() {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                        break;
+                    }
+                }
+                closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
     });
+    let closed_count = || closed.load(std::sync::atomic::Ordering::SeqCst);
     let get = |user, password| status_as(run.proxy, origin.url("/"), origin.authority(), user, password);
     let burst: Vec<_> = (0..6).map(|_| tokio::spawn(get("alice", "a1"))).collect();
     for g in burst {
@@ -878,10 +889,17 @@ async fn a_full_pool_makes_room_by_closing_the_connection_idle_longest() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(origin.hits(), 6);
+    assert_eq!(closed_count(), 0);
     for round in 0..3 {
         assert_eq!(get("bob", "b2").await, 200);
         assert_eq!(origin.hits(), 7, "round {round}: bob's connection was not kept");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while closed_count() < 1 {
+            assert!(Instant::now() < deadline, "the connection the pool let go is still open at the origin");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
+    assert_eq!(closed_count(), 1, "more than one connection was closed");
     let _ = run.stop.send(());
 }
 
