@@ -932,3 +932,36 @@ async fn a_close_in_a_connection_field_with_obs_text_ends_the_connection() {
     let closed = tokio::time::timeout(std::time::Duration::from_secs(10), conn.is_closed()).await;
     assert_eq!(closed.ok(), Some(true), "the proxy closes after its answer");
 }
+
+/// An origin's `Connection: close` is honoured in a field with a byte
+/// outside ASCII too (RFC 9112 §9.6: no request goes out on that connection
+/// again). hyper skips such a field, and the connection went back into the
+/// pool: the user's next request went out on it and got a 502 when the
+/// origin closed it as it had said (probe 203).
+#[tokio::test]
+async fn an_origins_close_in_a_connection_field_with_obs_text_is_not_pooled() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Keeps the connection open and answers every request on it: a second
+    // request on the same connection would be served by it.
+    let origin = spawn_canned_origin(
+        b"HTTP/1.1 200 OK\r\nConnection: close, caf\xe9\r\nContent-Length: 2\r\n\r\nok",
+        seen.clone(),
+    );
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let head = [("Host", origin.authority()), ("Proxy-Authorization", auth)];
+    let head: Vec<(&str, &str)> = head.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut conn = RawConn::connect(proxy.addr).await;
+    for i in 0..2 {
+        conn.send(request("GET", &origin.url("/"), &head)).await;
+        let resp = conn.read_response("GET").await;
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.dump());
+        assert_eq!(resp.body, b"ok");
+    }
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(
+        origin.hits(),
+        2,
+        "the second request went out on the connection the origin said it would close"
+    );
+}

@@ -19,7 +19,8 @@ use hyper::body::Incoming;
 use super::State;
 use super::connect::Connector;
 use super::headers::{
-    Codings, add_via, check_switch, closes, single_content_length, strip_hop_by_hop, wants_upgrade,
+    Codings, add_via, check_switch, close_hidden_from_hyper, closes, single_content_length, strip_hop_by_hop,
+    wants_upgrade,
 };
 use super::pool::{Exchange, Sent};
 use super::service::Reply;
@@ -250,10 +251,14 @@ pub async fn forward(
     // framing: after an HTTP/1.0 answer hyper speaks 1.0 on the connection,
     // where a chunked body cannot go (one was sent as a POST without body),
     // and a response with both Transfer-Encoding and Content-Length "ought
-    // to be handled as an error" (RFC 9112 §6.1).
+    // to be handled as an error" (RFC 9112 §6.1). Nor after a `close` in a
+    // `Connection` field hyper skips (one with obs-text): the connection
+    // went back into the pool, and the user's next request got a 502 when
+    // the origin closed it as it had said (RFC 9112 §9.6, probe 203).
     let reusable = resp.version() == Version::HTTP_11
         && !(resp.headers().contains_key(header::TRANSFER_ENCODING)
-            && resp.headers().contains_key(header::CONTENT_LENGTH));
+            && resp.headers().contains_key(header::CONTENT_LENGTH))
+        && !close_hidden_from_hyper(resp.headers());
     match strip_hop_by_hop(resp.headers_mut(), false) {
         // `chunked` twice, or not last (the body then runs to the close,
         // still chunked): no field can say what the body is.
