@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
@@ -19,10 +18,10 @@ use hyper::body::Incoming;
 use super::State;
 use super::connect::Connector;
 use super::headers::{
-    Codings, add_via, check_switch, close_hidden_from_hyper, closes, single_content_length, strip_hop_by_hop,
+    Codings, add_via, check_switch, close_hidden_from_hyper, single_content_length, strip_hop_by_hop,
     wants_upgrade,
 };
-use super::pool::{Exchange, Sent};
+use super::pool::{Exchange, Interims, Sent};
 use super::service::Reply;
 use super::tunnel::{Job, Upstream};
 use super::upstream_tls::{self, UpstreamIo};
@@ -121,8 +120,7 @@ pub async fn forward(
     // The wait for the origin's `100` is part of the wait for its answer,
     // so it takes at most half of that.
     let patience = CONTINUE_WAIT.min(snap.limits.upstream_response_timeout / 2);
-    let (req, gate, interim_close) =
-        watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
+    let (req, gate, interims) = watch_interims(Request::from_parts(parts, body), expects.then_some(patience));
 
     let limits = &snap.limits;
     let key = (target.clone(), https, snap.id, (user.name.clone(), user.fingerprint));
@@ -169,7 +167,7 @@ pub async fn forward(
         upload: upload.as_deref(),
         reached: &mut rec.upstream,
         only_to: checked,
-        interim_close: &interim_close,
+        interims: &interims,
     };
     let sent = match state.pool.send(&key, req, exchange, replayable, dial).await {
         Ok(sent) => sent,
@@ -330,9 +328,9 @@ fn is_100_continue(v: &HeaderValue) -> bool {
 /// and reports through `on_informational`. A `100 Continue` opens the gate
 /// of `Expect: 100-continue` end to end, when there is a `patience` (see
 /// [`Continue`]): the body is held back until it comes, or for `patience`
-/// without a word. And an interim answer that says `Connection: close` is
-/// recorded in the flag returned (`Exchange::interim_close`): it keeps the
-/// connection from the pool (probe 174). (One that declares a body, which an
+/// without a word. And what the interim answers say is recorded in the
+/// [`Interims`] returned: a `Connection: close` keeps the connection from
+/// the pool (probe 174), a head over 256 KiB has the answer refused. (One that declares a body, which an
 /// origin may send in a later write, to be read as the answer to the next
 /// request on the connection, needs nothing here: the connection serves
 /// the same account only; probe 172 had bob get the bytes behind alice's
@@ -340,25 +338,23 @@ fn is_100_continue(v: &HeaderValue) -> bool {
 fn watch_interims(
     mut req: Request<RequestBody>,
     patience: Option<Duration>,
-) -> (Request<RequestBody>, Option<Arc<Continue>>, Arc<AtomicBool>) {
-    let closing = Arc::new(AtomicBool::new(false));
+) -> (Request<RequestBody>, Option<Arc<Continue>>, Arc<Interims>) {
+    let interims = Arc::new(Interims::default());
     let gate = patience.map(|_| Arc::new(Continue::default()));
-    let (opener, seen) = (gate.clone(), closing.clone());
+    let (opener, seen) = (gate.clone(), interims.clone());
     hyper::ext::on_informational(&mut req, move |interim| {
         if let Some(opener) = &opener
             && interim.status() == StatusCode::CONTINUE
         {
             opener.go();
         }
-        if closes(interim.headers()) {
-            seen.store(true, Ordering::Relaxed);
-        }
+        seen.record(interim.headers());
     });
     let req = match gate.clone().zip(patience) {
         Some((gate, patience)) => req.map(|body| body.held_by(gate, patience)),
         None => req,
     };
-    (req, gate, closing)
+    (req, gate, interims)
 }
 
 fn of_unknown_length(body: &hyper::body::Incoming) -> bool {

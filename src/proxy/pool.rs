@@ -100,7 +100,7 @@ pub struct Conn {
     /// The origin address it is connected to.
     pub peer: SocketAddr,
     /// Whether it may go back into the pool: not after an interim answer
-    /// that said `Connection: close` (see [`Exchange::interim_close`]).
+    /// that said `Connection: close` (see [`Interims`]).
     reusable: bool,
 }
 
@@ -311,10 +311,37 @@ pub struct Exchange<'a> {
     /// against another answer, perhaps for another user (a user's deny
     /// rule was passed when the name's answer changed, probe 88).
     pub only_to: Option<&'a [SocketAddr]>,
-    /// An interim (1xx) answer to the request said `Connection: close`:
-    /// the connection is not used again (RFC 9112 §9.6; it was pooled, and
-    /// the next user got the bytes the origin sent behind it, probe 174).
-    pub interim_close: &'a AtomicBool,
+    /// What the interim (1xx) answers to the request said.
+    pub interims: &'a Interims,
+}
+
+/// What the interim (1xx) answers to a request said, as hyper's
+/// `on_informational` hook saw them (see `forward::watch_interims`); hyper
+/// does not pass them on, and the request's answer is checked against them.
+#[derive(Debug, Default)]
+pub struct Interims {
+    /// One said `Connection: close`: the connection is not used again (RFC
+    /// 9112 §9.6; it was pooled, and the next user got the bytes the origin
+    /// sent behind it, probe 174).
+    pub close: AtomicBool,
+    /// One had a head over [`MAX_RESPONSE_HEAD`]: the answer is refused, as
+    /// for a final head that large. hyper's bound on its read buffer let
+    /// such a head through or not by how the reads fell (an interim head of
+    /// 260 to 400 KiB passed in some runs and got a 502 in others, probe
+    /// 203).
+    pub oversized: AtomicBool,
+}
+
+impl Interims {
+    /// Records what the interim answer of `headers` said.
+    pub fn record(&self, headers: &http::HeaderMap) {
+        if super::headers::closes(headers) {
+            self.close.store(true, Ordering::Relaxed);
+        }
+        if head_len(headers) > MAX_RESPONSE_HEAD {
+            self.oversized.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Pool {
@@ -561,7 +588,7 @@ impl Pool {
         F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
         R: Fn() -> bool,
     {
-        let Exchange { head_timeout, upload, reached, only_to, interim_close } = exchange;
+        let Exchange { head_timeout, upload, reached, only_to, interims } = exchange;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
@@ -573,7 +600,7 @@ impl Pool {
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => {
-                    return Sent::checked(response, conn, interim_close.load(Ordering::Relaxed));
+                    return Sent::checked(response, conn, interims);
                 }
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
@@ -605,7 +632,7 @@ impl Pool {
         // handshake make a future of about 1.5 KiB that only a new connection
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
-        let exchange = Exchange { head_timeout, upload, reached, only_to, interim_close };
+        let exchange = Exchange { head_timeout, upload, reached, only_to, interims };
         Box::pin(send_new(req, exchange, dial())).await
     }
 }
@@ -652,7 +679,7 @@ async fn send_new(
     exchange: Exchange<'_>,
     dial: impl Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
 ) -> Result<Sent, ProxyError> {
-    let Exchange { head_timeout, upload, reached, interim_close, .. } = exchange;
+    let Exchange { head_timeout, upload, reached, interims, .. } = exchange;
     let (stream, peer) = match dial.await {
         Ok(dialed) => dialed,
         Err((e, connected)) => {
@@ -684,7 +711,7 @@ async fn send_new(
     let sent = head_wait(head_timeout, upload, &writes, tx.send_request(req)).await;
     let conn = Conn { tx, task, writes, peer, reusable: true };
     match sent {
-        Ok(Ok(response)) => Sent::checked(response, conn, interim_close.load(Ordering::Relaxed)),
+        Ok(Ok(response)) => Sent::checked(response, conn, interims),
         Ok(Err(e)) => Err(upstream_error(&e)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
@@ -746,10 +773,10 @@ async fn head_wait<T>(
 }
 
 impl Sent {
-    /// The response, unless its head is larger than [`MAX_RESPONSE_HEAD`]
-    /// (counted as [`head_len`] does): then the connection is closed. After
-    /// an interim answer that said `Connection: close` the connection is not
-    /// pooled (`interim_close`).
+    /// The response, unless its head, or an interim answer's, is larger
+    /// than [`MAX_RESPONSE_HEAD`] (counted as [`head_len`] does): then the
+    /// connection is closed. After an interim answer that said `Connection:
+    /// close` the connection is not pooled (see [`Interims`]).
     ///
     /// (An answer that has no body by its request or status but declares
     /// one, after which an origin may send that body in a later write, and a
@@ -759,13 +786,13 @@ impl Sent {
     fn checked(
         response: Response<Incoming>,
         mut conn: Conn,
-        interim_close: bool,
+        interims: &Interims,
     ) -> Result<Sent, ProxyError> {
-        if head_len(&response) > MAX_RESPONSE_HEAD {
+        if head_len(response.headers()) > MAX_RESPONSE_HEAD || interims.oversized.load(Ordering::Relaxed) {
             drop(conn.close_on_drop());
             return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
         }
-        if interim_close {
+        if interims.close.load(Ordering::Relaxed) {
             conn.reusable = false;
         }
         Ok(Sent { response, conn })
@@ -779,9 +806,8 @@ impl Sent {
 /// its reason phrase and that whitespace (a space per field, usually),
 /// when hyper's reads let it (counted with the space, `Name:value` heads
 /// under the limit were refused).
-fn head_len(response: &Response<Incoming>) -> usize {
-    response
-        .headers()
+fn head_len(headers: &http::HeaderMap) -> usize {
+    headers
         .iter()
         .fold("HTTP/1.1 200\r\n\r\n".len(), |n, (name, value)| n + name.as_str().len() + 1 + value.len() + 2)
 }
