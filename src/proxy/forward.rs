@@ -330,11 +330,12 @@ fn is_100_continue(v: &HeaderValue) -> bool {
 /// [`Continue`]): the body is held back until it comes, or for `patience`
 /// without a word. And what the interim answers say is recorded in the
 /// [`Interims`] returned: a `Connection: close` keeps the connection from
-/// the pool (probe 174), a head over 256 KiB has the answer refused. (One that declares a body, which an
-/// origin may send in a later write, to be read as the answer to the next
-/// request on the connection, needs nothing here: the connection serves
-/// the same account only; probe 172 had bob get the bytes behind alice's
-/// `103` with `Content-Length: 43` when connections were shared.)
+/// the pool (probe 174), a head over 256 KiB has the answer refused. (One
+/// that declares a body, which an origin may send in a later write, to be
+/// read as the answer to the next request on the connection, needs nothing
+/// here: the connection serves the same account only; probe 172 had bob
+/// get the bytes behind alice's `103` with `Content-Length: 43` when
+/// connections were shared.)
 fn watch_interims(
     mut req: Request<RequestBody>,
     patience: Option<Duration>,
