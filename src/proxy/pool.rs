@@ -324,11 +324,11 @@ pub struct Interims {
     /// 9112 §9.6; it was pooled, and the next user got the bytes the origin
     /// sent behind it, probe 174).
     pub close: AtomicBool,
-    /// One had a head over [`MAX_RESPONSE_HEAD`]: the answer is refused, as
-    /// for a final head that large. hyper's bound on its read buffer let
-    /// such a head through or not by how the reads fell (an interim head of
-    /// 260 to 400 KiB passed in some runs and got a 502 in others, probe
-    /// 203).
+    /// One had a head over 256 KiB (`MAX_RESPONSE_HEAD`): the answer is
+    /// refused, as for a final head that large. hyper's bound on its read
+    /// buffer let such a head through or not by how the reads fell (an
+    /// interim head of 260 to 400 KiB passed in some runs and got a 502 in
+    /// others, probe 203).
     pub oversized: AtomicBool,
 }
 
