@@ -305,23 +305,30 @@ async fn an_origin_response_head_over_256_kib_is_a_502_every_time() {
         head.extend_from_slice(format!("X-Big{colon}").as_bytes());
         head.resize(size - 4, b'a');
         head.extend_from_slice(b"\r\n\r\nok");
-        let head: &'static [u8] = Box::leak(head.into_boxed_slice());
-        let origin = spawn_canned_origin(head, std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
-        for _ in 0..4 {
-            let r = get(
-                proxy.addr,
-                &origin.url("/big"),
-                &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-            )
-            .await;
-            if ok {
-                assert_eq!(r.status, 200, "{size} bytes");
-                assert_eq!(r.body, b"ok");
-            } else {
-                assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
-                let ps = r.header("proxy-status").unwrap_or_default();
-                assert!(ps.contains(r#"details="response head over 256 KiB"#), "{size} bytes: {ps}");
-            }
+        answered_four_times(&proxy, &auth, head, size, ok).await;
+    }
+}
+
+/// Asks four times for an origin's canned `answer` (the 200 it ends with
+/// carries `ok`, after heads of `size` bytes): it is passed on each time
+/// when `ok`, else a 502 that says the head is over 256 KiB each time.
+async fn answered_four_times(proxy: &Proxy, auth: &str, answer: Vec<u8>, size: usize, ok: bool) {
+    let answer: &'static [u8] = Box::leak(answer.into_boxed_slice());
+    let origin = spawn_canned_origin(answer, std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+    for _ in 0..4 {
+        let r = get(
+            proxy.addr,
+            &origin.url("/big"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", auth)],
+        )
+        .await;
+        if ok {
+            assert_eq!(r.status, 200, "{size} bytes");
+            assert_eq!(r.body, b"ok");
+        } else {
+            assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+            let ps = r.header("proxy-status").unwrap_or_default();
+            assert!(ps.contains(r#"details="response head over 256 KiB"#), "{size} bytes: {ps}");
         }
     }
 }
@@ -337,24 +344,7 @@ async fn an_interim_answer_head_over_256_kib_is_a_502_every_time() {
         let mut head = b"HTTP/1.1 103 Early Hints\r\nX-Pad: ".to_vec();
         head.resize(size - 4, b'a');
         head.extend_from_slice(b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        let head: &'static [u8] = Box::leak(head.into_boxed_slice());
-        let origin = spawn_canned_origin(head, std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
-        for _ in 0..4 {
-            let r = get(
-                proxy.addr,
-                &origin.url("/hints"),
-                &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
-            )
-            .await;
-            if ok {
-                assert_eq!(r.status, 200, "{size} bytes");
-                assert_eq!(r.body, b"ok");
-            } else {
-                assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
-                let ps = r.header("proxy-status").unwrap_or_default();
-                assert!(ps.contains(r#"details="response head over 256 KiB"#), "{size} bytes: {ps}");
-            }
-        }
+        answered_four_times(&proxy, &auth, head, size, ok).await;
     }
 }
 
