@@ -747,6 +747,41 @@ fn commands_on_a_missing_user_are_refused() {
     );
 }
 
+/// A name with the shape of a hash (three `$` or more) is not echoed by
+/// `users`, as it is not in the users file's problems or by `explain
+/// --user`: `no user `q$w$e$r``, `already exists` and the reports of a
+/// change showed it (probe 202).
+#[test]
+fn a_hash_shaped_name_is_not_echoed() {
+    let d = Dir::new(Some(&fixture()));
+    for args in [&["passwd", "q$w$e$r", "--password-stdin"][..], &["remove", "$argon2id$v=19$m=19456"]] {
+        let err = d.refused(args, Some("pw\n"));
+        assert_eq!(
+            err.trim(),
+            format!(
+                "authgate: no such user in {} (the name is not shown: it may hold a password)",
+                d.users().display()
+            ),
+            "{args:?}"
+        );
+    }
+    let name = "a$b$c$d";
+    let outs = [
+        d.ok(&["add", name, "--password-stdin"], Some("pw\n")).stdout,
+        d.refused(&["add", name, "--password-stdin"], Some("pw\n")),
+        d.ok(&["passwd", name, "--password-stdin"], Some("pw2\n")).stdout,
+        d.ok(&["disable", name], None).stdout,
+        d.ok(&["disable", name], None).stdout,
+        d.ok(&["remove", name], None).stdout,
+    ];
+    for out in &outs {
+        assert!(!out.contains("$b$"), "{out}");
+        assert!(out.contains("a user (the name is not shown: it may hold a password)"), "{out}");
+    }
+    assert!(outs[1].contains("already exists"), "{}", outs[1]);
+    assert!(outs[1].contains("users passwd NAME`"), "{}", outs[1]);
+}
+
 #[test]
 fn a_malformed_file_is_refused_with_its_position_and_left_alone() {
     let bad = format!("# broken\n[users.a]\npassword = \"{H}\"\ngroups = \"staff\"\n");

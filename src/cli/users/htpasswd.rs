@@ -48,15 +48,17 @@ pub(super) fn import_htpasswd(
         }
         if present.contains(&name) {
             refusals.push(format!(
-                "{at}: user `{name}` already exists in {}; not overwritten (change its password with `{} passwd {}`)",
+                "{at}: {} already exists in {}; not overwritten (change its password with `{} passwd {}`)",
+                user_named(&name),
                 shown_path(&file.path),
                 file.cmd,
-                name_arg(&name)
+                name_arg_shown(&name)
             ));
             continue;
         }
         if seen.contains(&name) {
-            refusals.push(format!("{at}: user `{name}` appears again; only its first entry is imported"));
+            refusals
+                .push(format!("{at}: {} appears again; only its first entry is imported", user_named(&name)));
             continue;
         }
         match htpasswd_scheme(hash) {
@@ -69,9 +71,10 @@ pub(super) fn import_htpasswd(
                 bcrypt |= hash.starts_with("$2");
             }
             Err(scheme) => refusals.push(format!(
-                "{at}: user `{name}`: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `{} add {}`, which sets a new password",
+                "{at}: {}: {scheme} hashes cannot be imported (authgate verifies argon2 and bcrypt within bounds only); not imported: reset this user with `{} add {}`, which sets a new password",
+                user_named(&name),
                 file.cmd,
-                name_arg(&name)
+                name_arg_shown(&name)
             )),
         }
     }
@@ -91,7 +94,15 @@ pub(super) fn import_htpasswd(
             imported.len(),
             shown_path(source),
             shown_path(&file.path),
-            imported.join(", "),
+            imported
+                .iter()
+                .map(|n| if crate::config::may_hold_a_password(n) {
+                    "(a name not shown)"
+                } else {
+                    n.as_str()
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
             if bcrypt {
                 " (bcrypt entries are verified as a legacy scheme until `users passwd` replaces them)"
             } else {

@@ -205,10 +205,11 @@ fn act(file: &mut UsersFile, auth: &Auth, action: Action) -> Result<Outcome, Use
             let name = user_name(&name)?;
             if file.find(&name).is_some() {
                 return Err(refused(format!(
-                    "user `{name}` already exists in {}; change its password with `{} passwd {}`",
+                    "{} already exists in {}; change its password with `{} passwd {}`",
+                    user_named(&name),
                     shown_path(&file.path),
                     file.cmd,
-                    name_arg(&name)
+                    name_arg_shown(&name)
                 )));
             }
             let groups = group_names(groups)?;
@@ -217,7 +218,7 @@ fn act(file: &mut UsersFile, auth: &Auth, action: Action) -> Result<Outcome, Use
             let mut doc = file.take_doc();
             add_user(&mut doc, &name, NewUser { hash, groups, expires: expires.map(|e| e.1) })?;
             file.save(doc)?;
-            let stdout = format!("added user `{name}` to {}\n", shown_path(&file.path));
+            let stdout = format!("added {} to {}\n", user_named(&name), shown_path(&file.path));
             Ok(Outcome { stdout, warnings: expiry_warning(expires.map(|e| e.0)), ..Outcome::default() })
         }
         Action::Passwd { name, expires, no_expires, password_stdin } => {
@@ -233,7 +234,8 @@ fn act(file: &mut UsersFile, auth: &Auth, action: Action) -> Result<Outcome, Use
                 t.remove("expires");
             }
             file.save(doc)?;
-            let stdout = format!("changed the password of `{}` in {}\n", nfc(&key), shown_path(&file.path));
+            let stdout =
+                format!("changed the password of {} in {}\n", user_named(&nfc(&key)), shown_path(&file.path));
             Ok(Outcome { stdout, warnings: expiry_warning(expires.map(|e| e.0)), ..Outcome::default() })
         }
         Action::Remove { name } => {
@@ -242,7 +244,7 @@ fn act(file: &mut UsersFile, auth: &Auth, action: Action) -> Result<Outcome, Use
             remove_user(&mut doc, &key)?;
             file.save(doc)?;
             Ok(Outcome {
-                stdout: format!("removed user `{}` from {}\n", nfc(&key), shown_path(&file.path)),
+                stdout: format!("removed {} from {}\n", user_named(&nfc(&key)), shown_path(&file.path)),
                 ..Outcome::default()
             })
         }
@@ -354,7 +356,13 @@ impl UsersFile {
     fn existing(&self, name: &str) -> Result<String, UsersError> {
         self.require_file()?;
         let name = user_name(name)?;
-        self.find(&name).ok_or_else(|| refused(format!("no user `{name}` in {}", shown_path(&self.path))))
+        self.find(&name).ok_or_else(|| {
+            refused(if crate::config::may_hold_a_password(&name) {
+                format!("no such user in {} {}", shown_path(&self.path), crate::config::NOT_SHOWN)
+            } else {
+                format!("no user `{name}` in {}", shown_path(&self.path))
+            })
+        })
     }
 
     /// Validates `doc` as a whole users file, then writes it atomically,
@@ -543,6 +551,24 @@ fn password_from_stdin() -> Result<String, UsersError> {
     crate::cli::password_line(&mut io::stdin().lock()).map_err(refused)
 }
 
+/// `` user `name` `` in a message, or, for a name that
+/// [`may_hold_a_password`](crate::config::may_hold_a_password), a user whose
+/// name is not shown, as problems in the users file say it: `users` echoed
+/// a hash-shaped name such as `q$w$e$r` that `explain --user` hid (probe
+/// 202).
+pub(super) fn user_named(name: &str) -> String {
+    if crate::config::may_hold_a_password(name) {
+        format!("a user {}", crate::config::NOT_SHOWN)
+    } else {
+        format!("user `{name}`")
+    }
+}
+
+/// [`name_arg`], or `NAME` for a name [`user_named`] does not show.
+pub(super) fn name_arg_shown(name: &str) -> String {
+    if crate::config::may_hold_a_password(name) { "NAME".to_owned() } else { name_arg(name) }
+}
+
 /// `name` as the NAME argument of a command a message suggests, for a
 /// POSIX shell: as it is when it holds nothing a shell reads specially,
 /// else in single quotes (a name from an imported htpasswd file may hold
@@ -605,7 +631,7 @@ fn set_disabled(file: &mut UsersFile, name: &str, disabled: bool) -> Result<Outc
     let word = if disabled { "disabled" } else { "enabled" };
     if is_disabled == disabled {
         return Ok(Outcome {
-            stdout: format!("user `{shown_name}` is already {word}; nothing changed\n"),
+            stdout: format!("{} is already {word}; nothing changed\n", user_named(&shown_name)),
             ..Outcome::default()
         });
     }
@@ -613,7 +639,7 @@ fn set_disabled(file: &mut UsersFile, name: &str, disabled: bool) -> Result<Outc
     set(user_mut(&mut doc, &key)?, "disabled", Value::from(disabled));
     file.save(doc)?;
     Ok(Outcome {
-        stdout: format!("{word} user `{shown_name}` in {}\n", shown_path(&file.path)),
+        stdout: format!("{word} {} in {}\n", user_named(&shown_name), shown_path(&file.path)),
         ..Outcome::default()
     })
 }
