@@ -1616,6 +1616,20 @@ fn a_users_edit_under_a_config_that_does_not_watch_says_sighup_applies_it() {
         let out = d.run(unwritten, None);
         assert!(!out.stderr.contains("SIGHUP"), "{unwritten:?}: {out:?}");
     }
+    // Also while the config has a problem outside `[auth]`, which the
+    // command warns of: the SIGHUP line went missing then (probe 202).
+    let broken = format!("{good}\n[reload]\nwatch = false\n[limits]\nidle_timeout = \"forever\"\n");
+    std::fs::write(d.config(), broken).unwrap();
+    let out = d.run(&["disable", "alice"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("idle_timeout"), "{out:?}");
+    assert!(out.stderr.contains(sighup), "{out:?}");
+    // Not when it watches, broken or not.
+    let broken = format!("{good}\n[reload]\nwatch = true\n[limits]\nidle_timeout = \"forever\"\n");
+    std::fs::write(d.config(), broken).unwrap();
+    let out = d.run(&["enable", "alice"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!out.stderr.contains("SIGHUP"), "{out:?}");
 }
 
 /// A problem elsewhere in the config (a rule, an unknown key) does not stop

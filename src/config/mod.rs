@@ -679,8 +679,9 @@ pub struct AuthSettings {
     /// reload it) until they are fixed, but users can still be managed.
     pub elsewhere: Vec<Problem>,
     /// `[reload] watch`: whether a proxy run with this config sees a change
-    /// of the users file by itself; `None` when the config has problems
-    /// outside `[auth]`.
+    /// of the users file by itself; when the config has problems outside
+    /// `[auth]`, as the file writes it, and `None` when it does not say a
+    /// boolean there.
     pub watched: Option<bool>,
 }
 
@@ -718,7 +719,7 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
     };
     match validate::config(path, &alone) {
         Ok((settings, none)) if none.is_empty() => {
-            Ok(AuthSettings { auth: settings.auth, elsewhere: problems, watched: None })
+            Ok(AuthSettings { auth: settings.auth, elsewhere: problems, watched: watch_alone(&source) })
         }
         // What stops the command is in `[auth]`: say so even when the whole
         // file's check stopped at an earlier problem and never got there.
@@ -731,6 +732,25 @@ pub fn auth_settings(path: &Path) -> Result<AuthSettings, ConfigError> {
             problems.sort_by_key(|p| (p.line, p.col));
             Err(ConfigError::new(problems))
         }
+    }
+}
+
+/// `[reload] watch` as a config with problems writes it (`true` when it is
+/// not there, its default). A `users` command warns that the change needs a
+/// SIGHUP when it is `false`; with a problem elsewhere in the config (a bad
+/// value in `[limits]`), it said nothing, and the change waited for a
+/// SIGHUP no one was told to send (probe 202).
+fn watch_alone(source: &str) -> Option<bool> {
+    if toml_terms::past_max_weight(source).is_some() {
+        return None;
+    }
+    let doc = toml_edit::ImDocument::parse(source).ok()?;
+    match doc.as_table().get("reload") {
+        None => Some(true),
+        Some(reload) => match reload.get("watch") {
+            None => Some(true),
+            Some(watch) => watch.as_bool(),
+        },
     }
 }
 
