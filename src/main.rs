@@ -178,18 +178,19 @@ fn err_line(line: impl std::fmt::Display) {
 /// message and exit 1, where `print!` panicked with exit 101. Escaped as
 /// [`err_line`] escapes.
 fn emit(text: &str, code: ExitCode) -> ExitCode {
-    emit_else(text, code, ExitCode::FAILURE)
+    emit_else(text, code, ExitCode::FAILURE, "")
 }
 
 /// [`emit`] with `failed` as the exit code of a write that fails: `explain`
-/// exits 1 for "denied", which a script read into a full disk (probe 114).
-fn emit_else(text: &str, code: ExitCode, failed: ExitCode) -> ExitCode {
+/// exits 1 for "denied", which a script read into a full disk (probe 114);
+/// `lost` ends the message then.
+fn emit_else(text: &str, code: ExitCode, failed: ExitCode, lost: &str) -> ExitCode {
     let text = authgate::config::shown_lines(text);
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => code,
         Err(e) => {
-            fail(format!("cannot write to standard output: {e}"));
+            fail(format!("cannot write to standard output: {e}{lost}"));
             failed
         }
     }
@@ -206,7 +207,13 @@ fn users(config: &Path, action: authgate::cli::users::Action) -> ExitCode {
                 err_line(format_args!("authgate: {line}"));
             }
             let code = if outcome.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
-            emit_else(&outcome.stdout, code, if outcome.written { code } else { ExitCode::FAILURE })
+            // Said, or an admin took the error for a failed change, tried
+            // again and was refused, "already exists" (probe 202).
+            let (failed, lost) = match outcome.written {
+                true => (code, "; the change was made, only this report of it is lost"),
+                false => (ExitCode::FAILURE, ""),
+            };
+            emit_else(&outcome.stdout, code, failed, lost)
         }
         Err(e) => {
             for line in e.lines() {
@@ -275,6 +282,7 @@ fn explain(config: &Path, user: &str, method: Option<&str>, target: &str) -> Exi
             &report.text,
             if report.allowed { ExitCode::SUCCESS } else { ExitCode::from(1) },
             ExitCode::from(2),
+            "",
         ),
         Err(e) => {
             err_line(format_args!("authgate: {e}"));

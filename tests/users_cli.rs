@@ -687,11 +687,14 @@ fn a_change_written_exits_0_when_its_report_cannot_be_written() {
         let (code, err) = to_full(args, stdin);
         assert_eq!(code, Some(0), "{args:?}: {err}");
         assert!(err.contains("authgate: cannot write to standard output"), "{args:?}: {err}");
+        // Said, or the change is taken for failed (probe 202).
+        assert!(err.contains("the change was made, only this report of it is lost"), "{args:?}: {err}");
         let has = d.read().contains("[users.fullu]");
         assert_eq!(has, args[0] != "remove", "{args:?} was not written");
     }
     let (code, err) = to_full(&["list"], None);
     assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("the change was made"), "{err}");
 }
 
 /// The temporary file a killed run left (hashes and all) is removed by the
