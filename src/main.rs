@@ -17,9 +17,9 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(name = "authgate", version, about = "Forward HTTP proxy that requires proxy credentials")]
 struct Cli {
-    /// Config file.
-    #[arg(long, short, global = true, default_value = authgate::config::DEFAULT_PATH)]
-    config: PathBuf,
+    /// Config file [default: config/authgate.toml].
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -61,12 +61,14 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    let given = cli.config.is_some();
+    let config = cli.config.unwrap_or_else(|| PathBuf::from(authgate::config::DEFAULT_PATH));
     match cli.command.unwrap_or(Command::Run) {
-        Command::Run => run(&cli.config),
-        Command::Check { reload } => check(&cli.config, reload),
-        Command::HashPassword => hash_password(&cli.config),
-        Command::Explain { user, method, target } => explain(&cli.config, &user, method.as_deref(), &target),
-        Command::Users { action } => users(&cli.config, action),
+        Command::Run => run(&config),
+        Command::Check { reload } => check(&config, reload),
+        Command::HashPassword => hash_password(&config, given),
+        Command::Explain { user, method, target } => explain(&config, &user, method.as_deref(), &target),
+        Command::Users { action } => users(&config, action),
     }
 }
 
@@ -419,10 +421,15 @@ async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
     });
 }
 
-fn hash_password(config: &Path) -> ExitCode {
+/// `authgate hash-password`, with the argon2 parameters of `config`, or the
+/// defaults when the default config (not `given` with `--config`) is not
+/// there.
+fn hash_password(config: &Path, given: bool) -> ExitCode {
     // Defaults only when there is no config at all: a config path that is a
-    // dangling symlink or a loop is an error, not a silent fallback.
-    let params = if std::fs::symlink_metadata(config).is_ok() {
+    // dangling symlink or a loop is an error, not a silent fallback; and so
+    // is a config named with `--config` that is not there: a typo in it
+    // dropped the configured parameters without a word (probe 202).
+    let params = if given || std::fs::symlink_metadata(config).is_ok() {
         match authgate::config::auth_settings(config) {
             Ok(a) => {
                 for line in authgate::cli::users::config_warnings(config, &a.elsewhere) {

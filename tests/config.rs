@@ -1123,6 +1123,13 @@ fn hash_password_with_a_dangling_config_symlink_is_an_error_not_the_defaults() {
     assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
     assert!(text(&out.stderr).contains("cannot read: file not found"), "{}", text(&out.stderr));
     assert!(out.stdout.is_empty(), "no hash with default costs: {}", text(&out.stdout));
+    // Nor does a config named with `--config` that is not there at all: a
+    // typo in the path gave a hash with the default costs (probe 202).
+    let missing = dir.path().join("authgate-typo.toml");
+    let out = authgate_bin(&["hash-password", "--config", &config_arg(&missing)], Some("a password\n"));
+    assert_eq!(out.status.code(), Some(1), "stdout: {}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("cannot read: file not found"), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "no hash with default costs: {}", text(&out.stdout));
 }
 
 #[test]
