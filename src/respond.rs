@@ -377,11 +377,13 @@ pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
     for item in accept.split(',').take(32) {
         let mut parts = item.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0)
-            .clamp(0.0, 1.0);
+        let q = parts.find_map(|p| {
+            let (name, value) = p.split_once('=')?;
+            name.trim().eq_ignore_ascii_case("q").then(|| qvalue(value.trim()))
+        });
+        // An item whose weight is not a qvalue is not read: `q=abc` and
+        // `q=1.5` counted as 1, and got HTML (probe 202).
+        let Some(q) = q.unwrap_or(Some(1.0)) else { continue };
         match media.as_str() {
             "text/html" | "application/xhtml+xml" => q_html = q_html.max(q),
             "application/problem+json" | "application/json" | "application/*" | "*/*" => {
@@ -391,6 +393,18 @@ pub fn prefers_html(accept: Option<&HeaderValue>) -> bool {
         }
     }
     q_html > q_json
+}
+
+/// A weight as RFC 9110 §12.4.2 writes it: `0` to `1`, with at most three
+/// decimals.
+fn qvalue(text: &str) -> Option<f32> {
+    let (whole, decimals) = text.split_once('.').unwrap_or((text, ""));
+    let digits = decimals.len() <= 3 && decimals.bytes().all(|b| b.is_ascii_digit());
+    match whole {
+        "0" if digits => text.parse().ok(),
+        "1" if digits && decimals.bytes().all(|b| b == b'0') => Some(1.0),
+        _ => None,
+    }
 }
 
 /// The same response as [`error_response`], serialised as HTTP/1.1 bytes
@@ -435,6 +449,14 @@ mod tests {
         // A tie is JSON, as the README says.
         assert!(!prefers_html(Some(&HeaderValue::from_static("text/html, */*"))));
         assert!(prefers_html(Some(&HeaderValue::from_static("text/html, */*;q=0.99"))));
+        // A weight that is not a qvalue: the item is not read (probe 202).
+        for accept in
+            ["text/html;q=abc", "text/html;q=1.5", "text/html;q=0.1234", "text/html;q=-1", "text/html;q="]
+        {
+            assert!(!prefers_html(Some(&HeaderValue::from_static(accept))), "{accept}");
+        }
+        assert!(prefers_html(Some(&HeaderValue::from_static("text/html;Q=1.000, */*;q=0.5"))));
+        assert!(prefers_html(Some(&HeaderValue::from_static("text/html;q=0.6, */*;q=0.5, x/y;q=abc"))));
     }
 
     #[test]
