@@ -750,6 +750,15 @@ fn commands_on_a_missing_user_are_refused() {
     );
 }
 
+/// An empty `--group` is refused in words, not as `group ``` (probe 202).
+#[test]
+fn an_empty_group_is_refused_in_words() {
+    let d = Dir::new(Some(&fixture()));
+    let err = d.refused(&["add", "zed", "--group", "", "--password-stdin"], Some("pw\n"));
+    assert_eq!(err.trim(), "authgate: --group: group names must not be empty");
+    assert_eq!(d.read(), fixture());
+}
+
 /// A name with the shape of a hash (three `$` or more) is not echoed by
 /// `users`, as it is not in the users file's problems or by `explain
 /// --user`: `no user `q$w$e$r``, `already exists` and the reports of a

@@ -459,7 +459,10 @@ fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
         if let Err(m) = crate::config::check_group(&g) {
             // Not quoted when it may be a passphrase, as in the users file
             // and in rules.
-            return Err(refused(if crate::config::may_hold_a_password(&g) || g.contains('@') {
+            return Err(refused(if g.is_empty() {
+                // (Not `group ``:`, probe 202.)
+                format!("--group: {m}")
+            } else if crate::config::may_hold_a_password(&g) || g.contains('@') {
                 format!("a group: {m} {}", crate::config::NOT_SHOWN)
             } else {
                 format!("group `{}`: {m}", shown(&g))
