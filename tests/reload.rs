@@ -2068,3 +2068,44 @@ async fn a_slow_reload_does_not_stall_traffic() {
         "the reload happened"
     );
 }
+
+/// A users-file change made while the proxy is out of file descriptors is
+/// applied once descriptors are free: the reload that could not open the
+/// file is tried again. The file did not change again, so nothing else read
+/// it until a SIGHUP, and a user disabled meanwhile kept access (probe 205).
+#[test]
+fn a_change_made_while_out_of_file_descriptors_is_applied_once_they_are_free() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let extra = "[log]\nlevel = \"info\"\n[auth.throttle]\nenabled = false\n";
+    let bin = start_binary(&dir, extra, &users_toml(&[("alice", "a1"), ("bob", "b1")]), Stdio::piped());
+    let proxy = bin.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (before, after) = rt.block_on(async {
+        let origin = spawn_echo_origin();
+        let before = status(proxy, &origin, "alice", "a1").await;
+        let limited = Command::new("prlimit")
+            .args(["--nofile=64:64", "--pid", &bin.child.id().to_string()])
+            .status()
+            .expect("prlimit (util-linux) runs");
+        assert!(limited.success(), "prlimit failed: {limited:?}");
+        // Idle connections until the proxy has no descriptor left (those it
+        // cannot accept wait in the listen queue); then alice is removed,
+        // and the watcher's reload cannot open the file.
+        let mut idle = Vec::new();
+        for _ in 0..80 {
+            idle.push(tokio::net::TcpStream::connect(proxy).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        replace_by_rename(&bin.users, &users_toml(&[("bob", "b1")]));
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        drop(idle);
+        (before, answers(proxy, &origin, "alice", "a1", 407).await)
+    });
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(before, 200);
+    assert!(log.contains("Too many open files"), "the reload ran out of descriptors:\n{log}");
+    assert!(log.contains("trying again the reload"), "{log}");
+    assert!(after, "alice, removed while the proxy was out of descriptors, still got in:\n{log}");
+}

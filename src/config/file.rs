@@ -10,6 +10,7 @@
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 /// The largest file read: 64 MiB, far above any real config, users file
@@ -22,6 +23,30 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The open or read error, or an `InvalidInput` error saying that the path
 /// is a directory, not a regular file (FIFO, socket, device) or too large.
 pub fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    read_whole(path).inspect_err(|e| {
+        if short_of_resources(e) {
+            SHORT_READS.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// Reads of [`read_file`] that failed for want of a resource of the process
+/// or the system (file descriptors, memory) since the process started.
+static SHORT_READS: AtomicU64 = AtomicU64::new(0);
+
+/// How many reads of [`read_file`] have failed for want of file
+/// descriptors or memory (`EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS`). Such a
+/// failure says nothing of the file, and the same read may work a moment
+/// later: a reload that failed so is tried again (see `server::reload`).
+pub fn reads_short_of_resources() -> u64 {
+    SHORT_READS.load(Ordering::Relaxed)
+}
+
+fn short_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS))
+}
+
+fn read_whole(path: &Path) -> io::Result<Vec<u8>> {
     // Checked before opening, as opening a FIFO blocks until a writer comes.
     let before = std::fs::metadata(path)?;
     regular(&before)?;

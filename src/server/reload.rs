@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 
 use tokio::signal::unix::{Signal, SignalKind};
 
-use crate::config::file::{Stamp, stamp};
+use crate::config::file::{Stamp, reads_short_of_resources, stamp};
 use crate::config::{self, ConfigError, Snapshot};
 use crate::proxy::State;
 use crate::telemetry::LogFormat;
@@ -56,11 +56,50 @@ fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
 /// It goes on during a shutdown's drain; the shutdown does not wait for it
 /// when the drain is over (see [`State::close_installs`]): a reload of a
 /// large users file or with large argon2 costs takes seconds.
-async fn reload_off_runtime(state: &Arc<State>) -> Vec<(PathBuf, Stamp)> {
+///
+/// Also tells whether it failed because a file could not be read for want
+/// of file descriptors or memory (see [`reads_short_of_resources`]).
+async fn reload_off_runtime(state: &Arc<State>) -> (Vec<(PathBuf, Stamp)>, bool) {
     let run = state.clone();
+    let short_before = reads_short_of_resources();
     match tokio::task::spawn_blocking(move || reload(&run)).await {
-        Ok(Err(e)) => e.named,
-        _ => Vec::new(),
+        Ok(Err(e)) => (e.named, reads_short_of_resources() > short_before),
+        _ => (Vec::new(), false),
+    }
+}
+
+/// The first wait before a reload that ran short of file descriptors or
+/// memory is tried again; each failure after doubles it, up to
+/// [`MAX_RETRY_WAIT`].
+pub const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest wait between tries of a reload that runs short of file
+/// descriptors or memory.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+
+/// A reload to try again: one failed because a file could not be read for
+/// want of file descriptors or memory. The files had not changed since, so
+/// nothing else would have read them again until a SIGHUP, and a user
+/// disabled while the proxy was out of descriptors kept access (probe 205).
+#[derive(Clone, Copy)]
+struct Retry {
+    at: tokio::time::Instant,
+    wait: Duration,
+}
+
+impl Retry {
+    /// The retry after a reload that did (`short`) or did not run short,
+    /// `previous` being the one pending before it.
+    fn after(previous: Option<Retry>, short: bool) -> Option<Retry> {
+        if !short {
+            return None;
+        }
+        let wait = previous.map_or(FIRST_RETRY_WAIT, |r| (r.wait * 2).min(MAX_RETRY_WAIT));
+        tracing::warn!(
+            retry_in = ?wait,
+            "the reload could not read its files for want of file descriptors or memory; it is tried again"
+        );
+        Some(Retry { at: tokio::time::Instant::now() + wait, wait })
     }
 }
 
@@ -82,8 +121,9 @@ async fn reload_off_runtime(state: &Arc<State>) -> Vec<(PathBuf, Stamp)> {
 /// the running configuration's files were watched), and a user removed in
 /// it kept access until a SIGHUP (probe 112).
 ///
-/// Returns the files to watch and their stamps.
-async fn reload_and_stamp(state: &Arc<State>) -> (Vec<PathBuf>, Vec<Stamp>) {
+/// Returns the files to watch, their stamps, and whether the reload failed
+/// for want of file descriptors or memory.
+async fn reload_and_stamp(state: &Arc<State>) -> (Vec<PathBuf>, Vec<Stamp>, bool) {
     let before: Vec<(PathBuf, Stamp)> = state
         .snapshot
         .load()
@@ -94,7 +134,7 @@ async fn reload_and_stamp(state: &Arc<State>) -> (Vec<PathBuf>, Vec<Stamp>) {
             (path, s)
         })
         .collect();
-    let refused = reload_off_runtime(state).await;
+    let (refused, short) = reload_off_runtime(state).await;
     let snapshot = state.snapshot.load();
     let mut after = snapshot.watched();
     let mut seen: Vec<Stamp> = after
@@ -111,7 +151,7 @@ async fn reload_and_stamp(state: &Arc<State>) -> (Vec<PathBuf>, Vec<Stamp>) {
             seen.push(as_read);
         }
     }
-    (after, seen)
+    (after, seen, short)
 }
 
 /// A stamp no file has (its size is `u64::MAX`): the file differs from it
@@ -418,14 +458,7 @@ pub async fn watch(state: Arc<State>) {
             None
         }
     };
-    // The files as the running snapshot read them, not as they are now: a
-    // change that landed since (while the proxy started) was taken as
-    // loaded, and waited for the next unrelated one.
-    let mut seen = state.snapshot.load().files_as_read.clone();
-    let mut paths = state.snapshot.load().watched();
-    let mut pending: Option<Vec<Stamp>> = None;
-    // When the files were first seen to differ from what is loaded.
-    let mut changing_since: Option<tokio::time::Instant> = None;
+    let mut files = Watched::of(&state);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -438,39 +471,80 @@ pub async fn watch(state: Arc<State>) {
         tokio::select! {
             _ = hup_recv => {
                 tracing::info!("SIGHUP: reloading");
-                let (now_watched, before) = reload_and_stamp(&state).await;
-                (paths, seen) = (now_watched, before);
-                (pending, changing_since) = (None, None);
+                files.reload(&state).await;
             }
             _ = tick.tick() => {
                 let snap = state.snapshot.load_full();
                 state.sessions.revoke_stale(&snap.users, SystemTime::now());
                 state.pool.sweep();
+                // Also under `watch = false`: a SIGHUP's reload that ran
+                // short is tried again as one that a change started.
+                if files.retry.is_some_and(|r| r.at <= tokio::time::Instant::now()) {
+                    tracing::info!("trying again the reload that ran short of file descriptors or memory");
+                    files.reload(&state).await;
+                    continue;
+                }
                 if !snap.watch {
                     continue;
                 }
-                let now = stamps(&paths);
-                if now == seen {
-                    (pending, changing_since) = (None, None);
+                let now = stamps(&files.paths);
+                if now == files.seen {
+                    (files.pending, files.changing_since) = (None, None);
                     continue;
                 }
                 // Debounce: act once the files look the same on two polls,
                 // or once they have changed for `MAX_SETTLE`.
-                let since = *changing_since.get_or_insert_with(tokio::time::Instant::now);
-                let settled = pending.as_ref() == Some(&now);
+                let since = *files.changing_since.get_or_insert_with(tokio::time::Instant::now);
+                let settled = files.pending.as_ref() == Some(&now);
                 if settled || since.elapsed() >= MAX_SETTLE {
                     if settled {
                         tracing::info!("configuration files changed: reloading");
                     } else {
                         tracing::info!(waited = ?MAX_SETTLE, "configuration files still changing: reloading them as they are");
                     }
-                    let (now_watched, before) = reload_and_stamp(&state).await;
-                    (paths, seen) = (now_watched, before);
-                    (pending, changing_since) = (None, None);
+                    files.reload(&state).await;
                 } else {
-                    pending = Some(now);
+                    files.pending = Some(now);
                 }
             }
         }
+    }
+}
+
+/// What [`watch`] knows of the files between its polls.
+struct Watched {
+    /// The files watched.
+    paths: Vec<PathBuf>,
+    /// Their stamps as last loaded (or tried).
+    seen: Vec<Stamp>,
+    /// Their stamps at the last poll, while they differ from `seen`.
+    pending: Option<Vec<Stamp>>,
+    /// When the files were first seen to differ from what is loaded.
+    changing_since: Option<tokio::time::Instant>,
+    /// A reload to try again, and when.
+    retry: Option<Retry>,
+}
+
+impl Watched {
+    /// The files as the running snapshot read them, not as they are now: a
+    /// change that landed since (while the proxy started) was taken as
+    /// loaded, and waited for the next unrelated one.
+    fn of(state: &State) -> Watched {
+        let snap = state.snapshot.load();
+        Watched {
+            paths: snap.watched(),
+            seen: snap.files_as_read.clone(),
+            pending: None,
+            changing_since: None,
+            retry: None,
+        }
+    }
+
+    /// Reloads, and watches the files as that reload left them.
+    async fn reload(&mut self, state: &Arc<State>) {
+        let (paths, seen, short) = reload_and_stamp(state).await;
+        (self.paths, self.seen) = (paths, seen);
+        (self.pending, self.changing_since) = (None, None);
+        self.retry = Retry::after(self.retry, short);
     }
 }
