@@ -411,7 +411,12 @@ async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
         if EXIT.compare_exchange(RUNNING, INTERRUPTED, ordering, ordering).is_err() {
             return;
         }
-        err_line(format_args!("authgate: second signal, exiting now"));
+        // Not `err_line`: standard error may be a pipe nobody reads, and
+        // the write blocked this exit too (probe 205).
+        authgate::telemetry::tell_stderr_within(
+            "authgate: second signal, exiting now",
+            std::time::Duration::from_millis(500),
+        );
         // Closed as when the grace period ends, so that their access lines
         // are written: an open tunnel left none.
         state.kill.cancel();

@@ -1697,23 +1697,33 @@ fn a_failed_tunnel_with_a_stalled_reader_ends_after_send_timeout_as_an_error() {
 /// the last lines to a full pipe, and only SIGKILL ended it (probe 117).
 /// The exit waits for stdout a bounded time, then says on stderr that the
 /// lines still waiting are lost.
+///
+/// Also when standard error is the same pipe (`2>&1` into the consumer):
+/// the exit then blocked for good in the write of that message, and a
+/// second signal in the write of its own (probe 205). Those lines are lost
+/// then, as the log lines are.
 #[test]
 fn a_stopped_log_consumer_does_not_keep_sigterm_from_ending_the_process() {
     for second_signal in [false, true] {
-        stopped_log_consumer_then_sigterm(second_signal);
+        for one_pipe in [false, true] {
+            stopped_log_consumer_then_sigterm(second_signal, one_pipe);
+        }
     }
 }
 
-fn stopped_log_consumer_then_sigterm(second_signal: bool) {
+fn stopped_log_consumer_then_sigterm(second_signal: bool, one_pipe: bool) {
     let dir = TempDir::new();
     // A long grace: the second signal has to cut it.
     let grace = if second_signal { "60s" } else { "1s" };
-    let mut bin = start_binary(
-        &dir,
-        &format!("[limits]\nshutdown_grace = \"{grace}\"\n"),
-        &users_toml(&[(USER, PASSWORD)]),
-        Stdio::piped(),
-    );
+    let extra = format!("[limits]\nshutdown_grace = \"{grace}\"\n");
+    let users = users_toml(&[(USER, PASSWORD)]);
+    // The pipe's reading end, held unread until the process has ended.
+    let (mut bin, _unread) = if one_pipe {
+        let (bin, reader) = start_binary_to_one_pipe(&dir, &extra, &users);
+        (bin, Some(reader))
+    } else {
+        (start_binary(&dir, &extra, &users, Stdio::piped()), None)
+    };
     // Far more than a pipe holds (64 KiB): access lines of 407s.
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1739,10 +1749,16 @@ fn stopped_log_consumer_then_sigterm(second_signal: bool) {
         if let Some(status) = bin.child.try_wait().unwrap() {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "not ended 20 s after SIGTERM");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "not ended 20 s after SIGTERM (second signal: {second_signal}, stderr in the same pipe: {one_pipe})"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(if second_signal { 1 } else { 0 }), "{status:?}");
+    if one_pipe {
+        return;
+    }
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut bin.child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("standard output took no log lines for "), "{stderr}");

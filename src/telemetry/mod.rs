@@ -17,8 +17,8 @@ pub use access::{AccessRecord, AuditEvent, AuditOnDrop, sanitize_username};
 pub(crate) use captured::Captured;
 pub use every::{Every, flush_all as flush_held_back};
 pub use metrics::Metrics;
-pub use sink::LogGuard;
 pub(crate) use sink::hidden;
+pub use sink::{LogGuard, tell_stderr_within};
 
 use std::sync::{Arc, OnceLock};
 

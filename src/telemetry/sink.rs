@@ -349,11 +349,13 @@ impl Sink {
             if now != taken {
                 (taken, since) = (now, std::time::Instant::now());
             } else if since.elapsed() >= quiet {
-                let _ = writeln!(
-                    io::stderr().lock(),
-                    "authgate: standard output took no log lines for {} ms at exit (the log consumer stopped \
-                     reading); the lines still waiting are lost",
-                    quiet.as_millis()
+                tell_stderr_within(
+                    &format!(
+                        "authgate: standard output took no log lines for {} ms at exit (the log consumer \
+                         stopped reading); the lines still waiting are lost",
+                        quiet.as_millis()
+                    ),
+                    STDERR_WAIT,
                 );
                 return false;
             }
@@ -361,6 +363,33 @@ impl Sink {
         }
         true
     }
+}
+
+/// How long the exit waits for a line to go out on standard error.
+const STDERR_WAIT: Duration = Duration::from_secs(1);
+
+/// Writes `line` and a line end to standard error from a thread of its own,
+/// and waits for that at most `within`: false when it did not go out in
+/// time.
+///
+/// Standard error can be the same pipe as standard output (`2>&1` into a
+/// log consumer, supervisord's `redirect_stderr`), and when the consumer
+/// stops reading, a write to it blocks without end: the exit's "lines are
+/// lost" message, written so, held the exit for good, and a second signal
+/// too (probe 205). The line goes through a descriptor of its own, so a
+/// write left blocked holds no lock that a later write to standard error
+/// would wait for.
+pub fn tell_stderr_within(line: &str, within: Duration) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(fd) = io::stderr().as_fd().try_clone_to_owned() else { return false };
+    let mut stderr = std::fs::File::from(fd);
+    let text = format!("{line}\n");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("authgate-stderr".into()).spawn(move || {
+        let _ = stderr.write_all(text.as_bytes());
+        let _ = tx.send(());
+    });
+    spawned.is_ok() && rx.recv_timeout(within).is_ok()
 }
 
 /// A sink writing lines (`json` or text) to `out`, its writer for the

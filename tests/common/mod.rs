@@ -419,12 +419,32 @@ pub fn start_binary_under(
     launch(dir, wrapper, extra, users, stdout, &[]).started()
 }
 
+/// [`start_binary`] with standard output and standard error both written
+/// to one pipe (`2>&1`), whose reading end is returned.
+pub fn start_binary_to_one_pipe(dir: &TempDir, extra: &str, users: &str) -> (Binary, std::io::PipeReader) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    let stderr = Stdio::from(writer.try_clone().unwrap());
+    let bin = launch_io(dir, &[], extra, users, (Stdio::from(writer), stderr), &[]).started();
+    (bin, reader)
+}
+
 fn launch(
     dir: &TempDir,
     wrapper: &[&str],
     extra: &str,
     users: &str,
     stdout: Stdio,
+    env: &[(&str, &str)],
+) -> Binary {
+    launch_io(dir, wrapper, extra, users, (stdout, Stdio::piped()), env)
+}
+
+fn launch_io(
+    dir: &TempDir,
+    wrapper: &[&str],
+    extra: &str,
+    users: &str,
+    (stdout, stderr): (Stdio, Stdio),
     env: &[(&str, &str)],
 ) -> Binary {
     let port = closed_port();
@@ -447,7 +467,7 @@ fn launch(
         .env_remove("RUST_LOG")
         .envs(env.iter().copied())
         .stdout(stdout)
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Binary { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), config, users }
