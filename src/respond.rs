@@ -197,7 +197,10 @@ fn detail(err: &ProxyError) -> String {
         Upstream407 => "The origin answered 407 Proxy Authentication Required; authgate does not pass that on, because it would be mistaken for authgate's own challenge.".into(),
         UpstreamTls { reason } => format!("The origin's TLS certificate could not be verified: {reason}."),
         AuthOverloaded { retry_after } => format!("Too many logins are being checked right now; retry in {} s.", retry_secs(*retry_after)),
-        TooManyConnections => "The proxy has reached its connection limit; retry shortly.".into(),
+        TooManyConnections => {
+            "The proxy cannot take more connections now (a connection limit, or its open-files limit); retry shortly."
+                .into()
+        }
         Internal => "authgate failed internally; the request_id identifies it in the proxy's log.".into(),
     }
 }
