@@ -53,6 +53,45 @@ async fn hop_by_hop_request_headers_are_removed() {
     assert_eq!(seen.header("accept"), Some("text/plain"));
 }
 
+/// The `_` twins of the framing and hop-by-hop fields do not reach the
+/// origin: `Transfer_Encoding: chunked` beside a `Content-Length` went on
+/// with both, and an origin that reads `_` as `-` would have ended the body
+/// elsewhere than authgate did, reading the rest as a request of its own
+/// (probe 204). Other names with `_` go on.
+#[tokio::test]
+async fn underscore_twins_of_framing_fields_do_not_reach_the_origin() {
+    let origin = spawn_echo_origin();
+    let proxy = spawn_proxy("", &[USER]);
+    let (host, auth) = (origin.authority(), basic(USER.0, USER.1));
+    let body = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let length = body.len().to_string();
+    let mut post = request(
+        "POST",
+        &origin.url("/twins"),
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Transfer_Encoding", "chunked"),
+            ("Content_Length", "3"),
+            ("Proxy_Authorization", "Basic eDp5"),
+            ("Content-Length", &length),
+            ("X_Request_Id", "kept"),
+        ],
+    );
+    post.extend_from_slice(body.as_bytes());
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(post).await;
+    let resp = c.read_response("POST").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    for name in ["transfer_encoding", "content_length", "proxy_authorization", "transfer-encoding"] {
+        assert!(!seen.has(name), "`{name}` reached the origin: {seen:?}");
+    }
+    assert_eq!(seen.header("content-length"), Some(length.as_str()), "{seen:?}");
+    assert_eq!(seen.body, body.as_bytes(), "the body as authgate framed it");
+    assert_eq!(seen.header("x_request_id"), Some("kept"), "{seen:?}");
+}
+
 const HOPPY_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
 Date: Tue, 01 Jul 2025 10:00:00 GMT\r\n\
 Connection: keep-alive, X-Hop-Resp\r\n\
