@@ -656,6 +656,32 @@ mod tests {
         assert_eq!(mixed.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["host"]);
     }
 
+    /// The length gate of [`underscore_twin`] lets through the twin of
+    /// every dropped name that has a `-`, and of `Content-Length`.
+    #[test]
+    fn every_twin_passes_the_length_gate() {
+        let dropped = [
+            "connection",
+            "proxy-connection",
+            "keep-alive",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "proxy-authentication-info",
+            "http2-settings",
+        ];
+        for name in dropped.into_iter().chain(["content-length"]) {
+            assert!(always_dropped_name(name) || name == "content-length", "{name}");
+            if name.contains('-') {
+                let twin = HeaderName::from_bytes(name.replace('-', "_").as_bytes()).unwrap();
+                assert!(underscore_twin(&twin), "{twin}");
+            }
+        }
+    }
+
     /// The `_` twins of framing, routing and hop-by-hop fields are dropped;
     /// other names with `_` go on.
     #[test]
