@@ -369,8 +369,8 @@ impl Sink {
 const STDERR_WAIT: Duration = Duration::from_secs(1);
 
 /// Writes `line` and a line end to standard error from a thread of its own,
-/// and waits for that at most `within`: false when it did not go out in
-/// time.
+/// and waits for that at most `within` (past it, the line is left to the
+/// thread, and lost if the process ends first).
 ///
 /// Standard error can be the same pipe as standard output (`2>&1` into a
 /// log consumer, supervisord's `redirect_stderr`), and when the consumer
@@ -379,9 +379,9 @@ const STDERR_WAIT: Duration = Duration::from_secs(1);
 /// too (probe 205). The line goes through a descriptor of its own, so a
 /// write left blocked holds no lock that a later write to standard error
 /// would wait for.
-pub fn tell_stderr_within(line: &str, within: Duration) -> bool {
+pub fn tell_stderr_within(line: &str, within: Duration) {
     use std::os::fd::AsFd;
-    let Ok(fd) = io::stderr().as_fd().try_clone_to_owned() else { return false };
+    let Ok(fd) = io::stderr().as_fd().try_clone_to_owned() else { return };
     let mut stderr = std::fs::File::from(fd);
     let text = format!("{line}\n");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -389,7 +389,9 @@ pub fn tell_stderr_within(line: &str, within: Duration) -> bool {
         let _ = stderr.write_all(text.as_bytes());
         let _ = tx.send(());
     });
-    spawned.is_ok() && rx.recv_timeout(within).is_ok()
+    if spawned.is_ok() {
+        let _ = rx.recv_timeout(within);
+    }
 }
 
 /// A sink writing lines (`json` or text) to `out`, its writer for the
