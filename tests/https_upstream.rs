@@ -176,6 +176,23 @@ async fn https_absolute_form_is_forwarded_over_verified_tls() {
     assert_proxy_error(&r, 400, "http_request_error", "unsupported_scheme");
 }
 
+/// An IPv4-mapped target (`[::ffff:127.0.0.1]`) is its IPv4 address for the
+/// certificate too, as it is for the egress checks and the dial: an origin
+/// certificate for 127.0.0.1 serves it (it was checked against the mapped
+/// form and refused as "not for this host name", probe 206).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_mapped_target_is_verified_as_its_ipv4_address() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
+    let mapped = format!("[::ffff:127.0.0.1]:{}", origin.port());
+    let r = get_https_authority_via(tls, &proxy_ca.cert_pem, &mapped).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert!(r.text().contains("hello over tls"), "{}", r.text());
+}
+
 /// A TLS origin that closes without answering, and without `close_notify`,
 /// is a 502 saying the connection closed before a complete response, as
 /// for a plain origin (it said "connection failed", probe 111).

@@ -176,7 +176,11 @@ pub fn server_name(host: &Host) -> Result<ServerName<'static>, ProxyError> {
         Host::Name(n) => {
             ServerName::try_from(n.clone()).map_err(|_| ProxyError::BadTarget { detail: "bad host name" })
         }
-        Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+        // An IPv4-mapped address is dialled as its IPv4 address, and the
+        // certificate is checked for that address too (probe 206: one for
+        // 127.0.0.1 was refused for `[::ffff:127.0.0.1]`, one for the mapped
+        // form taken).
+        Host::Ip(ip) => Ok(ServerName::IpAddress(ip.to_canonical().into())),
     }
 }
 
