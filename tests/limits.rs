@@ -1723,6 +1723,36 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
     assert!(answer.contains("\"code\":\"malformed_request\""), "{answer}");
 }
 
+/// Behind a NAT64 balancer, IPv4 clients come as `64:ff9b::a.b.c.d`: each
+/// is its own client for `max_connections_per_ip` (and the throttle), the
+/// same as when it comes as IPv4. Per /64, every IPv4 client of the
+/// translator shared one slot (probe 207).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_clients_behind_nat64_are_counted_one_by_one() {
+    let proxy = spawn_custom(
+        &cfg("proxy_protocol = true", "[limits]\nmax_connections_per_ip = 1\nheader_read_timeout = \"2s\"\n"),
+        &users(),
+    );
+    let origin = spawn_echo_origin();
+    let a = basic("alice", "a1");
+    let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);
+    // 203.0.113.7 holds its one slot.
+    let mut held = RawConn::from_stream(TcpStream::connect(proxy.addr).await.unwrap());
+    held.send(b"PROXY TCP6 64:ff9b::203.0.113.7 ::1 5555 3128\r\n").await;
+    held.send(&req).await;
+    assert_eq!(held.read_response("GET").await.status, 200);
+    // Another IPv4 client of the translator gets in …
+    let mut other = RawConn::from_stream(TcpStream::connect(proxy.addr).await.unwrap());
+    other.send(b"PROXY TCP6 64:ff9b::203.0.113.8 ::1 5556 3128\r\n").await;
+    other.send(&req).await;
+    assert_eq!(other.read_response("GET").await.status, 200, "another IPv4 client behind NAT64");
+    // … while 203.0.113.7 itself, as IPv4, is over its limit.
+    let mut again = TcpStream::connect(proxy.addr).await.unwrap();
+    again.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5557 3128\r\n").await.unwrap();
+    let answer = read_all(again).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+}
+
 /// With `proxy_protocol_from`, only those peers' PROXY headers are
 /// believed: a client that reaches the listener directly cannot name an
 /// address of its choice (and so dodge the throttle and the limits, or

@@ -194,18 +194,29 @@ impl Drop for Place<'_> {
 /// included, by three quarters.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// The unit a client address is counted in: IPv4 addresses one by one
-/// (IPv4-mapped IPv6 as IPv4), IPv6 per /64, since one host owns a whole /64.
+/// The unit a client address is counted in: IPv4 addresses one by one,
+/// IPv6 per /64, since one host owns a whole /64.
+///
+/// An IPv6 address that names an IPv4 host is that IPv4 address: mapped
+/// (`::ffff:a.b.c.d`), and the forms a translator in front of authgate
+/// gives its IPv4 clients (NAT64 `64:ff9b::a.b.c.d`, SIIT
+/// `::ffff:0:a.b.c.d`, compatible `::a.b.c.d`; see
+/// [`embedded_v4`](crate::policy::egress::embedded_v4)). Each address of
+/// such a prefix is another host: per /64, a whole translator's IPv4
+/// clients shared one throttle bucket and one connection limit (probe 207).
+/// A 6to4 prefix (`2002:aabb:ccdd::/48`) is one site's, with /64s of its
+/// own, and is counted as other IPv6 is.
 pub fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
+    let IpAddr::V6(v6) = ip else { return ip };
+    let s = v6.segments();
+    let v4 = match v6.to_ipv4_mapped() {
+        Some(v4) => Some(v4),
+        None if s[0] == 0x2002 => None,
+        None => crate::policy::egress::embedded_v4(ip),
+    };
+    match v4 {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)),
     }
 }
 
@@ -489,6 +500,28 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// IPv4 hosts count one by one in every IPv6 form that names one, IPv6
+    /// hosts per /64 (6to4 included, a site's prefix).
+    #[test]
+    fn clients_are_counted_per_ipv4_host_and_per_ipv6_64() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        for (addr, counted_as) in [
+            ("203.0.113.7", "203.0.113.7"),
+            ("::ffff:203.0.113.7", "203.0.113.7"),
+            ("64:ff9b::203.0.113.7", "203.0.113.7"),
+            ("64:ff9b::203.0.113.8", "203.0.113.8"),
+            ("::ffff:0:203.0.113.9", "203.0.113.9"),
+            ("::203.0.113.10", "203.0.113.10"),
+            ("::1", "::"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"),
+            ("2001:db8:1:2::7", "2001:db8:1:2::"),
+            ("2002:cb00:7107:1::1", "2002:cb00:7107:1::"),
+            ("2002:cb00:7107:1::2", "2002:cb00:7107:1::"),
+        ] {
+            assert_eq!(key(addr), counted_as, "{addr}");
+        }
+    }
 
     #[test]
     fn blocks_after_burst_and_recovers() {
