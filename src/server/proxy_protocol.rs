@@ -122,10 +122,15 @@ pub fn unheard(e: &io::Error) -> bool {
 
 /// Parses a v1 line without its CRLF.
 pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
+    // UNKNOWN: "the receiver must ignore anything presented before the
+    // CRLF", whatever its bytes (a non-ASCII byte there was refused, probe
+    // 207).
+    if line == b"PROXY UNKNOWN" || line.starts_with(b"PROXY UNKNOWN ") {
+        return Ok(None);
+    }
     let line = std::str::from_utf8(line).map_err(|_| bad("PROXY v1 header is not ASCII"))?;
     let parts: Vec<&str> = line.split(' ').collect();
     match parts.as_slice() {
-        ["PROXY", "UNKNOWN", ..] => Ok(None),
         ["PROXY", fam @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
             // The destination is checked as strictly as the source, though
             // unused: a header with a broken half is not a balancer's.
@@ -134,9 +139,10 @@ pub fn parse_v1(line: &[u8]) -> io::Result<Option<SocketAddr>> {
                 return Err(bad("bad PROXY v1 address, or not of the family named"));
             };
             // 0 to 65535 (the spec's range; a balancer may say 0 where it
-            // has no port: it was refused, probe 82).
+            // has no port: it was refused, probe 82), without leading
+            // zeros, which the spec forbids (`05555` was taken, probe 207).
             let port = |p: &str| {
-                (p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+                (p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && (p == "0" || !p.starts_with('0')))
                     .then(|| p.parse::<u16>().ok())
                     .flatten()
             };
@@ -166,10 +172,25 @@ pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> 
             b.copy_from_slice(&rest[..16]);
             Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), u16::from_be_bytes([rest[32], rest[33]]))))
         }
-        0x11 | 0x21 => Err(bad("PROXY v2 address block too short")),
-        // UNSPEC, UDP, unix sockets: keep the peer address.
+        // UDP and unix sockets keep the peer address, but their address
+        // block must be there too (a unix one of 2 bytes was taken, probe
+        // 207); UNSPEC has none.
+        0x11 | 0x21 | 0x12 | 0x22 | 0x31 | 0x32 if rest.len() < block_len(head[13]) => {
+            Err(bad("PROXY v2 address block too short"))
+        }
         f if known_family(f) => Ok(None),
         _ => Err(bad("bad PROXY v2 address family or protocol")),
+    }
+}
+
+/// The length of a v2 address block of family-and-protocol `b`: two
+/// addresses and two ports (IPv4, IPv6), or two 108-byte paths (unix).
+fn block_len(b: u8) -> usize {
+    match b >> 4 {
+        1 => 12,
+        2 => 36,
+        3 => 216,
+        _ => 0,
     }
 }
 
@@ -212,6 +233,9 @@ mod tests {
             Some("[2001:db8::1]:5000".parse().unwrap())
         );
         assert_eq!(parse_v1(b"PROXY UNKNOWN").unwrap(), None);
+        // What follows UNKNOWN is ignored, whatever its bytes.
+        assert_eq!(parse_v1(b"PROXY UNKNOWN \xff\x00 anything").unwrap(), None);
+        assert!(parse_v1(b"PROXY UNKNOWNX").is_err());
         // Ports are 0 to 65535.
         assert_eq!(
             parse_v1(b"PROXY TCP4 192.0.2.1 127.0.0.1 0 0").unwrap(),
@@ -231,6 +255,10 @@ mod tests {
             b"PROXY TCP4 1.1.1.1 1.1.1.1 1 65536",
             b"PROXY TCP4 1.1.1.1 1.1.1.1  1 2",
             b"PROXY TCP4 1.1.1.1 1.1.1.1 000000000000000000001 2",
+            // No leading zeros.
+            b"PROXY TCP4 10.9.8.7 127.0.0.1 05555 3128",
+            b"PROXY TCP4 10.9.8.7 127.0.0.1 5555 03128",
+            b"PROXY TCP4 10.9.8.7 127.0.0.1 00 3128",
             b"PROXY",
             b"GET / HTTP/1.1",
         ] {
@@ -281,6 +309,16 @@ mod tests {
         {
             head[13] = family;
             assert_eq!(parse_v2(&head, &[0; 216]).is_ok(), valid, "{family:#04x}");
+        }
+        // Each family's address block must be whole; UNSPEC has none.
+        for (family, len) in
+            [(0x11, 12), (0x12, 12), (0x21, 36), (0x22, 36), (0x31, 216), (0x32, 216), (0x00, 0)]
+        {
+            head[13] = family;
+            assert!(parse_v2(&head, &vec![0; len]).is_ok(), "{family:#04x}, {len} bytes");
+            if len > 0 {
+                assert!(parse_v2(&head, &vec![0; len - 1]).is_err(), "{family:#04x}, {} bytes", len - 1);
+            }
         }
     }
 }
