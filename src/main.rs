@@ -237,7 +237,10 @@ fn check(config: &Path, reload: bool) -> ExitCode {
             for line in snap.users.hash_warnings(|_| true) {
                 err_line(format_args!("authgate: warning: {users_file}: {line}"));
             }
-            for line in authgate::config::rule_hints(&snap) {
+            for line in authgate::config::rule_hints(&snap)
+                .into_iter()
+                .chain(authgate::config::proxy_protocol_hints(&snap))
+            {
                 err_line(format_args!("authgate: warning: {line}"));
             }
             // With `--reload`, errors: `systemctl reload` ran a `check` that

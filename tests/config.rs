@@ -875,6 +875,16 @@ fn proxy_protocol_names_all_plain_listeners_or_some() {
         err.contains("authgate.toml:5:3: server.proxy_protocol: 127.0.0.1:3129 is not one of server.listen"),
         "{err}"
     );
+    // A TLS listener's address: the error says where its switch is (probe 207).
+    let tls = "[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"none.pem\"\nkey = \"none.pem\"\n";
+    let err = load_err(&format!("{listen}proxy_protocol = [\"127.0.0.1:3129\"]\n{tls}{tail}"), &users);
+    assert!(
+        err.contains(
+            "server.proxy_protocol: 127.0.0.1:3129 is not one of server.listen; it is a [[server.tls]] listener: \
+             set proxy_protocol = true in its table"
+        ),
+        "{err}"
+    );
     let err = load_err(&format!("{listen}proxy_protocol = [\"balancer\"]\n{tail}"), &users);
     assert!(
         err.contains(
@@ -1732,6 +1742,40 @@ fn check_warns_of_rules_naming_nobody() {
     let path = dir.write("authgate.toml", rules("\"staff\"", "\"alice\""));
     let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
     assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));
+}
+
+/// `check` warns of PROXY protocol settings that do nothing or trust
+/// anyone: `proxy_protocol_from` with no listener expecting the header, and
+/// a PROXY listener without `proxy_protocol_from` (both were `ok` without a
+/// word, probe 207).
+#[test]
+fn check_warns_of_proxy_protocol_settings_that_do_nothing_or_trust_anyone() {
+    let dir = TempDir::new();
+    dir.write("users.toml", good_users());
+    let check = |server: &str| {
+        let config = GOOD_CONFIG.replacen("realm = \"corp\"\n", &format!("realm = \"corp\"\n{server}"), 1)
+            + "[policy]\ndefault = \"deny\"\n";
+        assert!(config.contains(&format!("\n{server}\n[auth]")), "{config}");
+        let path = dir.write("authgate.toml", &config);
+        let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+        assert_eq!(out.status.code(), Some(0), "{server}: {}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let warned = check("proxy_protocol_from = [\"10.0.0.0/8\"]\n");
+    assert!(
+        warned.contains("authgate: warning: server.proxy_protocol_from: no listener expects a PROXY header"),
+        "{warned}"
+    );
+    let warned = check("proxy_protocol = true\n");
+    assert!(
+        warned.contains(
+            "authgate: warning: server.proxy_protocol_from is empty: whoever reaches a PROXY protocol listener \
+             can name any client address"
+        ),
+        "{warned}"
+    );
+    assert_eq!(check("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\"]\n"), "");
+    assert_eq!(check(""), "");
 }
 
 /// A reload weighs the file before it parses any of it: it parsed the

@@ -431,6 +431,29 @@ pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
     hints
 }
 
+/// What `check` says of PROXY protocol settings that do not do what they
+/// seem to (both were `ok` without a word, probe 207): a list of trusted
+/// balancers with no listener expecting the header, and listeners that
+/// expect it from anyone.
+pub fn proxy_protocol_hints(snap: &Snapshot) -> Vec<String> {
+    let server = &snap.server;
+    let expected = !server.proxy_protocol.is_empty() || server.tls.iter().any(|t| t.proxy_protocol);
+    match (expected, server.proxy_protocol_from.is_empty()) {
+        (false, false) => vec![
+            "server.proxy_protocol_from: no listener expects a PROXY header (`proxy_protocol` in [server] for \
+             plain listeners, in [[server.tls]] for TLS ones), so it applies to nothing"
+                .to_string(),
+        ],
+        (true, true) => vec![
+            "server.proxy_protocol_from is empty: whoever reaches a PROXY protocol listener can name any client \
+             address (for the logs, the throttle and the limits); list the balancers there, or let only them \
+             reach those listeners"
+                .to_string(),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// The TLS listeners of `new` whose certificate has expired and is not the
 /// one `running` serves on that address: a renewal gone wrong replaced a
 /// working certificate with one every client refuses (probe 118). An

@@ -286,11 +286,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                     // The listener `a` names, written as there or not
                     // (`[::ffff:127.0.0.1]:P` for 127.0.0.1:P; probe 173).
                     let named =
-                        |a: SocketAddr| {
-                            s.server.listen.iter().copied().find(|b| {
-                                b.port() == a.port() && b.ip().to_canonical() == a.ip().to_canonical()
-                            })
-                        };
+                        |a: SocketAddr| s.server.listen.iter().copied().find(|&b| same_listener(a, b));
                     match item.get_ref().trim().parse::<SocketAddr>() {
                         Ok(a) => match named(a) {
                             Some(b) => {
@@ -298,10 +294,24 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                                     s.server.proxy_protocol.push(b);
                                 }
                             }
-                            None => c.at(
-                                item.span(),
-                                format!("server.proxy_protocol: {a} is not one of server.listen"),
-                            ),
+                            None => {
+                                // A TLS listener's is set in its own table
+                                // (the error said only "not one of
+                                // server.listen", probe 207).
+                                let tls = raw.server.tls.iter().any(|t| {
+                                    let listen = t.get_ref().listen.get_ref().trim();
+                                    listen.parse().is_ok_and(|b| same_listener(a, b))
+                                });
+                                let hint = if tls {
+                                    "; it is a [[server.tls]] listener: set proxy_protocol = true in its table"
+                                } else {
+                                    ""
+                                };
+                                c.at(
+                                    item.span(),
+                                    format!("server.proxy_protocol: {a} is not one of server.listen{hint}"),
+                                )
+                            }
                         },
                         Err(_) => c.at(
                             item.span(),
@@ -782,6 +792,12 @@ const MAX_LISTENERS: usize = 256;
 /// IPv4 in them, a zone id, a space, a URL. (One wording each setting had,
 /// and a host name, a bad port and a missing one got the same; probes 160,
 /// 161, 164, 166.)
+/// Whether `a` names the listener at `b`, written as there or not
+/// (`[::ffff:127.0.0.1]:P` for 127.0.0.1:P).
+fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
 fn not_an_address(setting: &str, text: &str, example: &str) -> String {
     let text = text.trim();
     format!(
