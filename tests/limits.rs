@@ -1780,6 +1780,20 @@ async fn proxy_protocol_headers_count_only_from_the_listed_balancers() {
     s.write_all(&with_header).await.unwrap();
     let mut c = RawConn::from_stream(s);
     assert_eq!(c.read_response("GET").await.status, 200);
+    // A bad header, and one not whole within header_read_timeout.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 05555 3128\r\n").await.unwrap();
+    assert_eq!(read_all(s).await, "");
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.7").await.unwrap();
+    assert_eq!(read_all(s).await, "");
+    // Each refusal is counted (the log says them at most every 10 s;
+    // probe 207). Counted before the close, which the client waited for.
+    let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load());
+    for reason in ["peer_not_allowed", "bad_header", "timed_out"] {
+        let series = format!("authgate_proxy_protocol_refused_total{{reason=\"{reason}\"}} 1");
+        assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+    }
 }
 
 /// `proxy_protocol` may name the listeners that expect a PROXY header: a

@@ -41,6 +41,7 @@ use crate::proxy::service::{self, Client};
 use crate::respond;
 use crate::telemetry::Every;
 use crate::telemetry::metrics::Outcome as Counted;
+use crate::telemetry::metrics::ProxyHeaderRefusal;
 use guard::{Canned, Closer, Guarded, Phase, Rejection, Timeouts};
 use reset::Resettable;
 use rewind::Rewind;
@@ -392,6 +393,7 @@ async fn serve(
         static BAD_HEADER: Every = Every::new(10, BAD_HEADER_LINE);
         static NO_HEADER: Every = Every::new(10, NO_HEADER_LINE);
         if !state.snapshot.load().server.may_send_proxy_header(peer.ip()) {
+            state.metrics.proxy_header_refused(ProxyHeaderRefusal::PeerNotAllowed);
             if let Some(held) = NOT_ALLOWED.pass() {
                 tracing::warn!(peer = %peer, held_back = held, "{NOT_ALLOWED_LINE}");
             }
@@ -410,12 +412,14 @@ async fn serve(
                 return;
             }
             Ok(Err(e)) => {
+                state.metrics.proxy_header_refused(ProxyHeaderRefusal::BadHeader);
                 if let Some(held) = BAD_HEADER.pass() {
                     tracing::warn!(peer = %peer, error = %e, held_back = held, "{BAD_HEADER_LINE}");
                 }
                 return;
             }
             Err(_) => {
+                state.metrics.proxy_header_refused(ProxyHeaderRefusal::TimedOut);
                 if let Some(held) = NO_HEADER.pass() {
                     tracing::warn!(peer = %peer, held_back = held, "{NO_HEADER_LINE}");
                 }

@@ -130,7 +130,23 @@ pub struct Metrics {
     reloads_failed: AtomicU64,
     /// TLS handshakes on the listener that failed, and that timed out.
     tls_failed: [AtomicU64; 2],
+    /// Connections closed on a PROXY protocol listener for their header, by
+    /// [`ProxyHeaderRefusal`].
+    proxy_refused: [AtomicU64; 3],
     per_user: Mutex<Option<HashMap<String, [u64; OUTCOMES.len()]>>>,
+}
+
+/// Why a connection on a PROXY protocol listener was closed for its header
+/// (the `reason` of `authgate_proxy_protocol_refused_total`).
+#[derive(Debug, Clone, Copy)]
+pub enum ProxyHeaderRefusal {
+    /// The peer is not in `proxy_protocol_from`.
+    PeerNotAllowed = 0,
+    /// The bytes were no valid PROXY header (a connection closed before its
+    /// first byte, a health check, is not counted).
+    BadHeader = 1,
+    /// No whole header within `header_read_timeout`.
+    TimedOut = 2,
 }
 
 impl Metrics {
@@ -152,6 +168,7 @@ impl Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             tls_failed: counters(),
+            proxy_refused: counters(),
             per_user: Mutex::new(per_user.then(HashMap::new)),
         }
     }
@@ -227,6 +244,15 @@ impl Metrics {
     /// debug level, since anyone can send such bytes.
     pub fn tls_handshake_failed(&self, timed_out: bool) {
         self.tls_failed[usize::from(timed_out)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection on a PROXY protocol listener closed without an answer
+    /// for its header. The log says it at most every 10 s (anyone who
+    /// reaches the listener can make one per connection), so these count
+    /// what it leaves out (probe 207: a balancer sending a broken header was
+    /// a line every 10 s, and nothing in the metrics).
+    pub fn proxy_header_refused(&self, why: ProxyHeaderRefusal) {
+        self.proxy_refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A reload attempt.
@@ -330,6 +356,19 @@ impl Metrics {
                 o,
                 "authgate_tls_handshake_failures_total{{reason=\"{l}\"}} {}",
                 get(&self.tls_failed[i])
+            );
+        }
+        family(
+            &mut o,
+            "authgate_proxy_protocol_refused_total",
+            "counter",
+            "Connections on PROXY protocol listeners closed without an answer for their PROXY header.",
+        );
+        for (i, l) in ["peer_not_allowed", "bad_header", "timed_out"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "authgate_proxy_protocol_refused_total{{reason=\"{l}\"}} {}",
+                get(&self.proxy_refused[i])
             );
         }
         family(&mut o, "authgate_argon2_verifications_total", "counter", "Password verifications run.");
