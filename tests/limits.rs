@@ -1674,8 +1674,9 @@ async fn a_user_removed_during_the_drain_is_cut_off() {
     assert!(removed.elapsed() < Duration::from_secs(10), "{:?}", removed.elapsed());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_protocol_v1_and_v2_set_the_client_address() {
+/// A proxy whose plain listener expects PROXY headers, with one connection
+/// per client address, an origin, and alice's GET of it.
+fn one_slot_per_address_behind_proxy_protocol() -> (custom::Custom, Origin, Vec<u8>) {
     let proxy = spawn_custom(
         &cfg("proxy_protocol = true", "[limits]\nmax_connections_per_ip = 1\nheader_read_timeout = \"2s\"\n"),
         &users(),
@@ -1683,6 +1684,12 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
     let origin = spawn_echo_origin();
     let a = basic("alice", "a1");
     let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);
+    (proxy, origin, req)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_and_v2_set_the_client_address() {
+    let (proxy, _origin, req) = one_slot_per_address_behind_proxy_protocol();
 
     // v1 from 203.0.113.7 — holds the one slot of that address.
     let mut held = TcpStream::connect(proxy.addr).await.unwrap();
@@ -1729,13 +1736,7 @@ async fn proxy_protocol_v1_and_v2_set_the_client_address() {
 /// translator shared one slot (probe 207).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_clients_behind_nat64_are_counted_one_by_one() {
-    let proxy = spawn_custom(
-        &cfg("proxy_protocol = true", "[limits]\nmax_connections_per_ip = 1\nheader_read_timeout = \"2s\"\n"),
-        &users(),
-    );
-    let origin = spawn_echo_origin();
-    let a = basic("alice", "a1");
-    let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);
+    let (proxy, _origin, req) = one_slot_per_address_behind_proxy_protocol();
     // 203.0.113.7 holds its one slot.
     let mut held = RawConn::from_stream(TcpStream::connect(proxy.addr).await.unwrap());
     held.send(b"PROXY TCP6 64:ff9b::203.0.113.7 ::1 5555 3128\r\n").await;
