@@ -406,7 +406,13 @@ impl Metrics {
             users.sort_by(|a, b| a.0.cmp(b.0));
             for (user, counts) in users {
                 let user = escape_label(user);
-                for (i, l) in OUTCOMES.iter().enumerate() {
+                // Not the outcomes that come before a user is known (a 407,
+                // a throttled login): always 0, they were 2,000 series at
+                // the cap (probe 208).
+                let known = |&(i, _): &(usize, &&str)| {
+                    i != Outcome::ProxyAuthRequired as usize && i != Outcome::Throttled as usize
+                };
+                for (i, l) in OUTCOMES.iter().enumerate().filter(known) {
                     let _ = writeln!(
                         o,
                         "authgate_user_requests_total{{user=\"{user}\",outcome=\"{l}\"}} {}",
@@ -471,5 +477,12 @@ mod tests {
         assert!(text.contains("authgate_user_requests_total{user=\":other\",outcome=\"forwarded\"} 5"));
         assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 1"));
         assert_eq!(text.matches("outcome=\"forwarded\"} ").count(), 1 + MAX_USERS + 1);
+        // A user's requests have no 407 or throttled series: those come
+        // before a user is known.
+        assert!(text.contains("authgate_user_requests_total{user=\"u1\",outcome=\"denied\"} 0"), "{text}");
+        for outcome in ["proxy_auth_required", "throttled"] {
+            assert!(text.contains(&format!("authgate_requests_total{{outcome=\"{outcome}\"}} 0")), "{text}");
+            assert!(!text.contains(&format!("user=\"u1\",outcome=\"{outcome}\"")), "{outcome}");
+        }
     }
 }
