@@ -781,23 +781,18 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
 /// Most addresses in `server.listen`, and most `[[server.tls]]` listeners.
 const MAX_LISTENERS: usize = 256;
 
-/// Whether two listen addresses cannot both be bound: the same port on the
-/// same address, or on an address the other's wildcard covers (`0.0.0.0`
-/// takes every IPv4 address, `[::]` every address). `check` said ok to
-/// `admin.listen = "0.0.0.0:P"` beside `listen = ["127.0.0.1:P"]`, and the
-/// start then failed with "Address already in use". Port 0 never clashes.
-/// Why `text`, the value of the listener setting `setting`, is not an IP
-/// address and port, with `example` (what to write): a host name, a port
-/// that is no number to 65535, no port, no address, IPv6 without brackets,
-/// IPv4 in them, a zone id, a space, a URL. (One wording each setting had,
-/// and a host name, a bad port and a missing one got the same; probes 160,
-/// 161, 164, 166.)
 /// Whether `a` names the listener at `b`, written as there or not
 /// (`[::ffff:127.0.0.1]:P` for 127.0.0.1:P).
 fn same_listener(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
+/// Why `text`, the value of the listener setting `setting`, is not an IP
+/// address and port, with `example` (what to write): a host name, a port
+/// that is no number to 65535, no port, no address, IPv6 without brackets,
+/// IPv4 in them, a zone id, a space, a URL. (One wording each setting had,
+/// and a host name, a bad port and a missing one got the same; probes 160,
+/// 161, 164, 166.)
 fn not_an_address(setting: &str, text: &str, example: &str) -> String {
     let text = text.trim();
     format!(
@@ -900,6 +895,11 @@ fn clash(a: SocketAddr, plain: &[SocketAddr], tls: &[SocketAddr]) -> Option<Stri
         .or_else(|| found(tls).map(|b| format!("a [[server.tls]] listener has {b}")))
 }
 
+/// Whether two listen addresses cannot both be bound: the same port on the
+/// same address, or on an address the other's wildcard covers (`0.0.0.0`
+/// takes every IPv4 address, `[::]` every address). `check` said ok to
+/// `admin.listen = "0.0.0.0:P"` beside `listen = ["127.0.0.1:P"]`, and the
+/// start then failed with "Address already in use". Port 0 never clashes.
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     if a.port() == 0 || a.port() != b.port() {
         return false;

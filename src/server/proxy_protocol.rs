@@ -172,9 +172,9 @@ pub fn parse_v2(head: &[u8; 16], rest: &[u8]) -> io::Result<Option<SocketAddr>> 
             b.copy_from_slice(&rest[..16]);
             Ok(Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), u16::from_be_bytes([rest[32], rest[33]]))))
         }
-        // UDP and unix sockets keep the peer address, but their address
-        // block must be there too (a unix one of 2 bytes was taken, probe
-        // 207); UNSPEC has none.
+        // A TCP block too short, and UDP's and unix sockets': they keep the
+        // peer address, but their block must be whole too (a unix one of 2
+        // bytes was taken, probe 207). UNSPEC has none.
         0x11 | 0x21 | 0x12 | 0x22 | 0x31 | 0x32 if rest.len() < block_len(head[13]) => {
             Err(bad("PROXY v2 address block too short"))
         }
