@@ -170,27 +170,17 @@ async fn https_absolute_form_is_forwarded_over_verified_tls() {
     let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
     assert_eq!(r.status, 200, "{}", r.dump());
     assert!(r.text().contains("hello over tls; first line: GET /secure HTTP/1.1"), "{}", r.text());
+    // An IPv4-mapped target is its IPv4 address for the certificate too, as
+    // for the egress checks and the dial: the certificate for 127.0.0.1
+    // serves it (it was checked against the mapped form and refused as "not
+    // for this host name", probe 206).
+    let mapped = format!("[::ffff:127.0.0.1]:{}", origin.port());
+    let r = get_https_authority_via(tls, &proxy_ca.cert_pem, &mapped).await;
+    assert_eq!(r.status, 200, "{}", r.dump());
     // The same request on the plain listener is refused: use CONNECT there.
     let req = format!("https://127.0.0.1:{}/secure", origin.port());
     let r = get(plain, &req, &[("Host", "x"), ("Proxy-Authorization", &basic("alice", "a1"))]).await;
     assert_proxy_error(&r, 400, "http_request_error", "unsupported_scheme");
-}
-
-/// An IPv4-mapped target (`[::ffff:127.0.0.1]`) is its IPv4 address for the
-/// certificate too, as it is for the egress checks and the dial: an origin
-/// certificate for 127.0.0.1 serves it (it was checked against the mapped
-/// form and refused as "not for this host name", probe 206).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ipv4_mapped_target_is_verified_as_its_ipv4_address() {
-    let proxy_ca = pki::Ca::new("proxy CA");
-    let origin_ca = pki::Ca::new("origin CA");
-    let origin = spawn_tls_origin(&origin_ca.leaf("origin"));
-    let dir = TempDir::new();
-    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
-    let mapped = format!("[::ffff:127.0.0.1]:{}", origin.port());
-    let r = get_https_authority_via(tls, &proxy_ca.cert_pem, &mapped).await;
-    assert_eq!(r.status, 200, "{}", r.dump());
-    assert!(r.text().contains("hello over tls"), "{}", r.text());
 }
 
 /// A TLS origin that closes without answering, and without `close_notify`,
