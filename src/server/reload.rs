@@ -71,11 +71,11 @@ async fn reload_off_runtime(state: &Arc<State>) -> (Vec<(PathBuf, Stamp)>, bool)
 /// The first wait before a reload that ran short of file descriptors or
 /// memory is tried again; each failure after doubles it, up to
 /// [`MAX_RETRY_WAIT`].
-pub const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
+const FIRST_RETRY_WAIT: Duration = Duration::from_secs(1);
 
 /// The longest wait between tries of a reload that runs short of file
 /// descriptors or memory.
-pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// A reload to try again: one failed because a file could not be read for
 /// want of file descriptors or memory. The files had not changed since, so
