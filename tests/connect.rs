@@ -428,3 +428,45 @@ async fn a_client_reset_does_not_have_authgate_drain_the_origin() {
     let after = sent.load(Ordering::SeqCst) - at_reset;
     assert!(after < 16 << 20, "the origin sent {after} bytes after the client's reset");
 }
+
+/// A bulk tunnel (its directions moved on to `splice(2)`) carries the bytes
+/// behind TCP urgent data (`MSG_OOB`, which telnet and FTP send): splice
+/// stops in front of the urgent byte, and authgate took that for the end of
+/// the stream, or waited for good. Upload: the bytes behind it stalled, and
+/// reached the origin only as a FIN without them. Download: the client got
+/// the first half and a clean close (probe 210). The urgent byte itself is
+/// dropped, as a reader that does not ask for it drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_behind_tcp_urgent_data_cross_a_bulk_tunnel_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Far more than the 64 KiB after which a direction splices.
+    const HALF: usize = 4 << 20;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<bool>();
+    let origin = spawn_raw_origin(move |mut s: tokio::net::TcpStream| {
+        let tx = tx.clone();
+        async move {
+            let mut got = vec![0u8; 2 * HALF];
+            let whole = s.read_exact(&mut got).await.is_ok() && got == pattern(0, 2 * HALF);
+            let _ = tx.send(whole);
+            // The same the other way: half, an urgent byte, half, a FIN.
+            let _ = s.write_all(&pattern(0, HALF)).await;
+            let _ = socket2::SockRef::from(&s).send_out_of_band(b"!");
+            let _ = s.write_all(&pattern(HALF as u64, HALF)).await;
+            let _ = s.shutdown().await;
+            let _ = s.read_to_end(&mut Vec::new()).await;
+        }
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let mut stream = open_tunnel(&proxy, &origin.authority()).await.into_stream();
+    stream.write_all(&pattern(0, HALF)).await.unwrap();
+    socket2::SockRef::from(&stream).send_out_of_band(b"!").unwrap();
+    stream.write_all(&pattern(HALF as u64, HALF)).await.unwrap();
+    // No FIN: an interactive tunnel's bytes must go on without one.
+    let up = tokio::time::timeout(READ_DEADLINE, rx.recv()).await;
+    assert!(matches!(up, Ok(Some(true))), "the upload behind the urgent byte did not arrive whole: {up:?}");
+    let mut down = Vec::new();
+    let end = tokio::time::timeout(READ_DEADLINE, stream.read_to_end(&mut down)).await.expect("no end");
+    assert!(end.is_ok(), "{end:?}");
+    assert_eq!(down.len(), 2 * HALF, "the download ended at the urgent byte");
+    assert!(down == pattern(0, 2 * HALF), "the download arrived garbled");
+}

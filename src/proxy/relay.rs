@@ -96,7 +96,8 @@ enum Splice {
     Untried,
     /// Carrying bulk data through this pipe.
     Piped(Pipe),
-    /// No pipe could be had, or splice(2) was refused: copy for good.
+    /// No pipe could be had, splice(2) was refused, or it stood at TCP
+    /// urgent data: copy for good.
     Off,
 }
 
@@ -237,7 +238,7 @@ impl Direction {
                 match ready!(pipe.poll_fill(cx, r)) {
                     Ok(0) => self.eof = true,
                     Ok(_) => *progress = true,
-                    Err(e) if Pipe::unsupported(&e) => {
+                    Err(e) if Pipe::copy_instead(&e) => {
                         // Nothing moved: carry on copying.
                         self.splice = Splice::Off;
                         return self.poll(cx, r, w, progress);

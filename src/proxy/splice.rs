@@ -7,7 +7,9 @@
 //! The relay switches a direction to a pipe only once it has seen bulk data
 //! (see `relay.rs`), so interactive tunnels, and idle ones that never
 //! carried bulk data, hold no pipe fds. A direction keeps its pipe once it
-//! has one, until the tunnel ends (the README says so).
+//! has one, until the tunnel ends (the README says so), unless its socket
+//! sends TCP urgent data, which splice cannot pass (see [`fill`]): from there
+//! it copies.
 //!
 //! Readiness comes from tokio's registration of the sockets; the pipe itself
 //! is never polled: it is filled only when empty, so it can neither be full
@@ -64,13 +66,15 @@ impl Pipe {
         Ok(Pipe { read, write, pending: 0, capacity })
     }
 
-    /// Whether `e`, from [`Pipe::poll_fill`], says splice cannot be used on
-    /// this socket at all (a seccomp filter, an exotic socket). The pipe is
-    /// empty whenever it is filled, so no byte is lost: the caller can go
-    /// back to copying.
-    pub fn unsupported(e: &io::Error) -> bool {
+    /// Whether `e`, from [`Pipe::poll_fill`], says splice cannot carry this
+    /// socket's bytes: not at all (a seccomp filter, an exotic socket), or
+    /// not from here on (TCP urgent data, see [`fill`]). The pipe is empty
+    /// whenever it is filled, so no byte is lost: the caller can go back to
+    /// copying.
+    pub fn copy_instead(e: &io::Error) -> bool {
         Errno::from_io_error(e)
             .is_some_and(|n| [Errno::INVAL, Errno::NOSYS, Errno::PERM, Errno::OPNOTSUPP].contains(&n))
+            || e.get_ref().is_some_and(|inner| inner.is::<AtUrgentMark>())
     }
 
     /// Whether everything taken in has been passed on.
@@ -84,9 +88,7 @@ impl Pipe {
         let room = self.capacity - self.pending;
         loop {
             ready!(from.poll_read_ready(cx))?;
-            let moved = from.try_io(Interest::READABLE, || {
-                splice(from, None, &self.write, None, room, FLAGS).map_err(io::Error::from)
-            });
+            let moved = from.try_io(Interest::READABLE, || fill(from, &self.write, room));
             match moved {
                 Ok(n) => {
                     self.pending += n;
@@ -119,6 +121,47 @@ impl Pipe {
     }
 }
 
+/// The reading socket stands at TCP urgent data, which splice cannot pass.
+#[derive(Debug)]
+struct AtUrgentMark;
+
+impl std::fmt::Display for AtUrgentMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TCP urgent data: splice cannot read past it")
+    }
+}
+
+impl std::error::Error for AtUrgentMark {}
+
+/// One splice from `from` into the pipe, at most `room` bytes.
+///
+/// splice(2) stops in front of TCP urgent data (`MSG_OOB`, as telnet and
+/// FTP send it): unlike recv(2) it never steps over the urgent byte, so it
+/// says `EAGAIN`, or `0` once the peer's FIN has come, with bytes still
+/// queued behind it. Taken at its word, a tunnel then stalled, or passed a
+/// FIN on and lost the rest of the stream as if it had ended (probe 210).
+/// So when splice moves nothing while recv(2) would read something (a peek,
+/// before a second try that takes any bytes that came in between), the
+/// direction goes back to copying ([`AtUrgentMark`]): recv(2) reads past
+/// the urgent byte, dropping it as any reader that does not ask for it
+/// does. (`FIONREAD` cannot tell: it counts only the bytes before the mark.)
+fn fill(from: &TcpStream, pipe: &OwnedFd, room: usize) -> io::Result<usize> {
+    let first = splice(from, None, pipe, None, room, FLAGS);
+    if !matches!(first, Ok(0) | Err(Errno::AGAIN)) || !readable(from) {
+        return first.map_err(io::Error::from);
+    }
+    match splice(from, None, pipe, None, room, FLAGS) {
+        Ok(0) | Err(Errno::AGAIN) => Err(io::Error::other(AtUrgentMark)),
+        again => again.map_err(io::Error::from),
+    }
+}
+
+/// Whether recv(2) would return a byte of `socket` now.
+fn readable(socket: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    socket2::SockRef::from(socket).peek(&mut byte).is_ok_and(|n| n > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,10 +169,12 @@ mod tests {
     #[test]
     fn only_errors_that_rule_splice_out_fall_back_to_copying() {
         for errno in [Errno::INVAL, Errno::NOSYS, Errno::PERM, Errno::OPNOTSUPP] {
-            assert!(Pipe::unsupported(&io::Error::from_raw_os_error(errno.raw_os_error())));
+            assert!(Pipe::copy_instead(&io::Error::from_raw_os_error(errno.raw_os_error())));
         }
+        assert!(Pipe::copy_instead(&io::Error::other(AtUrgentMark)));
         for errno in [Errno::CONNRESET, Errno::PIPE, Errno::AGAIN] {
-            assert!(!Pipe::unsupported(&io::Error::from_raw_os_error(errno.raw_os_error())));
+            assert!(!Pipe::copy_instead(&io::Error::from_raw_os_error(errno.raw_os_error())));
         }
+        assert!(!Pipe::copy_instead(&io::Error::other("something else")));
     }
 }
