@@ -470,3 +470,24 @@ async fn bytes_behind_tcp_urgent_data_cross_a_bulk_tunnel_both_ways() {
     assert_eq!(down.len(), 2 * HALF, "the download ended at the urgent byte");
     assert!(down == pattern(0, 2 * HALF), "the download arrived garbled");
 }
+
+/// A tunnel authgate cuts ends with a reset on both sides: a side that took
+/// nothing for `send_timeout`, and the end of shutdown's grace (a
+/// revocation: `tests/reload.rs`). It ended with a FIN, which a reader of a
+/// stream without a length (a download, an upload) takes for its whole end
+/// (probe 210: 44 MB of 500 arrived as a clean download). A forwarded
+/// response cut so ends with a reset too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_authgate_cuts_end_with_a_reset() {
+    use std::time::Duration;
+    let stalls = "[limits]\nsend_timeout = \"1s\"\ntunnel_idle_timeout = \"1s\"\n";
+    let proxy = spawn_proxy(stalls, &[USER]);
+    let stalled = OneWayTunnels::open(proxy.addr, USER, Duration::from_millis(2500)).await;
+    assert_eq!(stalled.ends().await, (StreamEnd::Reset, StreamEnd::Reset), "readers that stalled");
+
+    let proxy = spawn_proxy("[limits]\nshutdown_grace = \"300ms\"\n", &[USER]);
+    let open = OneWayTunnels::open(proxy.addr, USER, Duration::ZERO).await;
+    let stopping = tokio::spawn(proxy.stop());
+    assert_eq!(open.ends().await, (StreamEnd::Reset, StreamEnd::Reset), "at the end of the grace");
+    stopping.await.unwrap();
+}

@@ -552,6 +552,18 @@ async fn a_removed_user_gets_407_and_loses_open_tunnels_and_connections() {
     assert_tunnel_alive(&mut alice_tunnel).await;
 }
 
+/// A revoked user's tunnels end with a reset on both sides, not a FIN,
+/// which a reader of a stream without a length takes for its whole end
+/// (probe 210: a removed user's 500 MB download ended cleanly at 44 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_users_tunnels_end_with_a_reset() {
+    let alice = user_entry("alice", "a1", "");
+    let proxy = spawn_custom(CFG_NT, &(alice.clone() + &user_entry("bob", "b1", "")));
+    let tunnels = OneWayTunnels::open(proxy.addr, ("bob", "b1"), Duration::ZERO).await;
+    replace_by_rename(&proxy.file("users.toml"), &alice);
+    assert_eq!(tunnels.ends().await, (StreamEnd::Reset, StreamEnd::Reset));
+}
+
 /// A users file rewritten more often than the watcher looks (a script
 /// running `authgate users` in a loop) is still loaded: the debounce waits
 /// at most 2 s for files that keep changing. It waited for good, and a

@@ -165,9 +165,7 @@ type Watched = crate::watched_io::Watched<UpstreamIo, Arc<Writes>>;
 /// The origin's side of an upgrade, as a tunnel's side of its own (its TLS
 /// in reach, see [`Side`](super::relay::Side)), with the bytes hyper read
 /// past the 101, which go to the client first.
-pub fn upgraded_origin(
-    upgraded: hyper::upgrade::Upgraded,
-) -> (Box<dyn super::relay::Side + Send>, bytes::Bytes) {
+pub fn upgraded_origin(upgraded: hyper::upgrade::Upgraded) -> (super::relay::BoxedSide, bytes::Bytes) {
     match upgraded.downcast::<TokioIo<Watched>>() {
         Ok(parts) => (Box::new(parts.io.into_inner().io), parts.read_buf),
         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),

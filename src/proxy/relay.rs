@@ -50,15 +50,43 @@ pub trait Side: AsyncRead + AsyncWrite + Unpin {
     fn under_tls(&self) -> Option<&TcpStream> {
         None
     }
+
+    /// The TCP socket the side runs on, plain or under TLS, for a reset
+    /// (see [`reset`]); `None` for one out of reach (hyper's upgrade wrapper).
+    fn tcp(&self) -> Option<&TcpStream> {
+        self.under_tls()
+    }
 }
 
-impl Side for TcpStream {}
+impl Side for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
 
 impl Side for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {}
 
 impl<S: Side + ?Sized> Side for Box<S> {
     fn under_tls(&self) -> Option<&TcpStream> {
         (**self).under_tls()
+    }
+
+    fn tcp(&self) -> Option<&TcpStream> {
+        (**self).tcp()
+    }
+}
+
+/// A side whose type is known only at run time (plain or TLS).
+pub type BoxedSide = Box<dyn Side + Send>;
+
+/// Makes the close of `side` a reset, where its TCP socket is in reach: the
+/// end of a tunnel authgate cuts (a shutdown, a revocation, a side that took
+/// nothing for `send_timeout`). A FIN there told a peer whose stream ends at
+/// the close (a download without a length, an upload) that it had all of
+/// it (probe 210); a forwarded response cut so ends with a reset too.
+pub fn reset(side: &impl Side) {
+    if let Some(tcp) = side.tcp() {
+        let _ = tcp.set_zero_linger();
     }
 }
 
@@ -511,15 +539,20 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_MAX: u64 = 64 << 20;
 
 /// Ends a relay that ended with `end`: after a failure, closes both sides
-/// gently (see [`close_gently`]).
+/// gently (see [`close_gently`]); after a stall, resets them (see [`reset`]).
 async fn closed<A, B>(end: End, client: &mut A, origin: &mut B) -> End
 where
     A: Side,
     B: Side,
 {
-    if end == End::Error {
+    match end {
         // Boxed: inline, it would grow every tunnel's task.
-        Box::pin(close_gently(client, origin)).await;
+        End::Error => Box::pin(close_gently(client, origin)).await,
+        End::Stalled => {
+            reset(client);
+            reset(origin);
+        }
+        End::Closed | End::Idle => {}
     }
     end
 }

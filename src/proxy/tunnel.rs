@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 
 use super::State;
 use super::connect::Connector;
-use super::relay::{End, Quiet, Relay, Side};
+use super::relay::{BoxedSide, End, Quiet, Relay, Side, reset};
 use super::service::{Client, Reply, connect_established};
 use crate::auth::User;
 use crate::config::Snapshot;
@@ -169,13 +169,15 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
                     // freed before the tunnel settles in for hours.
                     relay.send_first(&early);
                     drop(early);
-                    watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await
+                    let outcome = watch(relay.run_tcp(&mut sock, &mut tcp, quiet), &kill, &revoked).await;
+                    reset_if_cut(outcome, &sock, &tcp)
                 }
                 Err(upgraded) => {
                     let (mut client, early) = client_side(upgraded);
                     relay.send_first(&early);
                     drop(early);
-                    watch(relay.run(&mut client, &mut tcp, quiet), &kill, &revoked).await
+                    let outcome = watch(relay.run(&mut client, &mut tcp, quiet), &kill, &revoked).await;
+                    reset_if_cut(outcome, &client, &tcp)
                 }
             },
             Upstream::Upgraded(on) => match on.await {
@@ -185,7 +187,8 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
                     let (mut origin, late) = super::pool::upgraded_origin(u);
                     relay.send_first_down(&late);
                     drop((early, late));
-                    watch(relay.run(&mut client, &mut origin, quiet), &kill, &revoked).await
+                    let outcome = watch(relay.run(&mut client, &mut origin, quiet), &kill, &revoked).await;
+                    reset_if_cut(outcome, &client, &origin)
                 }
                 Err(_) => "upstream_upgrade_failed",
             },
@@ -225,12 +228,21 @@ impl Side for TlsClient {
 /// The client's side of a tunnel, its TLS in reach when it came in on a
 /// TLS listener (see [`Side`]), with the bytes hyper read past its
 /// request, which go to the origin first.
-fn client_side(upgraded: Upgraded) -> (Box<dyn Side + Send>, bytes::Bytes) {
+fn client_side(upgraded: Upgraded) -> (BoxedSide, bytes::Bytes) {
+    let upgraded = match take_tcp(upgraded) {
+        Ok((sock, early)) => return (Box::new(sock), early),
+        Err(upgraded) => upgraded,
+    };
     match upgraded.downcast::<TokioIo<TlsClient>>() {
         Ok(parts) => (Box::new(parts.io.into_inner()), parts.read_buf),
         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
     }
 }
+
+/// A tunnel's outcome when the proxy shut it down.
+const SHUT_DOWN: &str = "tunnel_shutdown";
+/// A tunnel's outcome when its user was revoked.
+const REVOKED: &str = "user_revoked";
 
 /// Waits for a relay to end, the proxy to shut down, or the user to be revoked.
 async fn watch(
@@ -245,7 +257,18 @@ async fn watch(
             End::Stalled => "tunnel_send_timeout",
             End::Error => "tunnel_error",
         },
-        _ = kill.cancelled() => "tunnel_shutdown",
-        _ = revoked.cancelled() => "user_revoked",
+        _ = kill.cancelled() => SHUT_DOWN,
+        _ = revoked.cancelled() => REVOKED,
     }
+}
+
+/// `outcome`, once both sides of a tunnel that a shutdown or a revocation
+/// cut are set to close with a reset (see [`reset`]; the relay does the
+/// same for a side that stalled).
+fn reset_if_cut(outcome: &'static str, client: &impl Side, origin: &impl Side) -> &'static str {
+    if outcome == SHUT_DOWN || outcome == REVOKED {
+        reset(client);
+        reset(origin);
+    }
+    outcome
 }

@@ -243,6 +243,13 @@ impl super::relay::Side for UpstreamIo {
             UpstreamIo::Tls(s) => Some(s.get_ref().0),
         }
     }
+
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            UpstreamIo::Plain(s) => Some(s),
+            UpstreamIo::Tls(s) => Some(s.get_ref().0),
+        }
+    }
 }
 
 impl AsyncRead for UpstreamIo {

@@ -9,6 +9,7 @@
 
 pub mod origin;
 pub mod raw;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ use tokio::task::JoinHandle;
 pub use origin::*;
 #[allow(unused_imports)]
 pub use raw::*;
+#[allow(unused_imports)]
+pub use streams::*;
 
 /// The realm every test proxy announces (not the default, so that tests see
 /// the configured value reach the challenge).
