@@ -35,8 +35,14 @@ impl StoredHash {
     fn verify(&self, password: &str, memory: &mut Memory) -> bool {
         match self {
             StoredHash::Argon2(h) => verify_argon2_in(h, password, memory),
-            // bcrypt compares in constant time (subtle) internally.
-            StoredHash::Bcrypt(h) => bcrypt::verify(password.as_bytes(), h).unwrap_or(false),
+            // bcrypt compares in constant time (subtle) internally. Its key
+            // is the password and a NUL, repeated: `pw\0pw` passed for `pw`
+            // (probe 211), so a password with a NUL never does (no
+            // htpasswd tool can have hashed one), checked after bcrypt's
+            // work so that it takes the same time.
+            StoredHash::Bcrypt(h) => {
+                bcrypt::verify(password.as_bytes(), h).unwrap_or(false) && !password.contains('\0')
+            }
         }
     }
 
@@ -475,6 +481,10 @@ mod tests {
         let good = "$2a$04$UuTkLRZZ6QofpDOlMz32MuuxEHA43WOemOYHPz6.SjsVsyO1tDU96";
         let parsed = StoredHash::parse(good).unwrap();
         assert!(parsed.verify("password", &mut Memory::default()));
+        // bcrypt's key repeats the password and a NUL: these passed.
+        for alias in ["password\0password", "password\0password\0password"] {
+            assert!(!parsed.verify(alias, &mut Memory::default()), "{alias:?}");
+        }
         for bad in [
             "$2a$04$UuTkLRZZ6QofpDOlMz32MvuxEHA43WOemOYHPz6.SjsVsyO1tDU96",
             "$2a$04$UuTkLRZZ6QofpDOlMz32MuuxEHA43WOemOYHPz6.SjsVsyO1tDU97",
