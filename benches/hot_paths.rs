@@ -125,7 +125,8 @@ fn full_cache(c: &mut Criterion) {
         while cache.len() < 65_536 {
             header.clear();
             header.extend_from_slice(format!("Basic {}", cache.len()).as_bytes());
-            cache.insert(&header, ("bench".into(), 42, from), ttl, now);
+            // A user each: one user has a few entries at most.
+            cache.insert(&header, (format!("u{}", cache.len()).into(), 42, from), ttl, now);
         }
         cache
     };

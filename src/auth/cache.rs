@@ -24,9 +24,20 @@ use rand_core::RngCore;
 
 use super::basic::Credentials;
 
-/// Most entries kept; past this, expired entries are swept, then the map is
-/// cleared (clients re-verify once), so memory stays bounded under attack.
+/// Most entries kept; past this, expired entries are swept, then the
+/// eighth nearest to expiring is dropped (those clients verify again), so
+/// memory stays bounded under attack. It was cleared whole: every client
+/// then verified again at once, and in a shared NAT whose address someone
+/// else's wrong passwords had throttled, a logged-in user got 429 with the
+/// right password (probe 211).
 const MAX_ENTRIES: usize = 65_536;
+
+/// Most entries one user has: one password has two at most (its UTF-8 NFC
+/// spelling and its normal form, see [`VerifiedCache::credentials_key`]).
+/// A login past this is verified as usual, but not cached: a bcrypt hash
+/// passes endless spellings of one password (bytes past the 72nd), and one
+/// such account filled the cache with them (probe 211).
+const PER_USER: u16 = 8;
 
 type Key = [u8; 32];
 
@@ -68,7 +79,51 @@ pub type Found = (Arc<str>, u64, bool);
 pub struct VerifiedCache {
     /// BLAKE2s (32-byte key, 32-byte output) after the key block.
     keyed: Blake2sVarCore,
-    map: RwLock<HashMap<Key, Entry>>,
+    entries: RwLock<Entries>,
+}
+
+/// The entries, and how many each user has.
+#[derive(Default)]
+struct Entries {
+    map: HashMap<Key, Entry>,
+    per_user: HashMap<Arc<str>, u16>,
+}
+
+impl Entries {
+    /// Drops the entries `gone` picks, keeping the counts per user in step.
+    fn drop_where(&mut self, mut gone: impl FnMut(&Entry) -> bool) {
+        let per_user = &mut self.per_user;
+        self.map.retain(|_, e| {
+            let drop = gone(e);
+            if drop && let Some(n) = per_user.get_mut(&e.user) {
+                *n = n.saturating_sub(1);
+            }
+            !drop
+        });
+        per_user.retain(|_, n| *n > 0);
+    }
+
+    /// Makes room for an entry of `user`, verified `now` with `fingerprint`:
+    /// whether there is room.
+    fn room_for(&mut self, user: &Arc<str>, fingerprint: u64, now: Instant) -> bool {
+        if self.per_user.get(user).is_some_and(|&n| n >= PER_USER) {
+            // Rare (an account with many spellings): its entries that can
+            // no longer count go first.
+            self.drop_where(|e| e.user == *user && (e.until <= now || e.fingerprint != fingerprint));
+            if self.per_user.get(user).is_some_and(|&n| n >= PER_USER) {
+                return false;
+            }
+        }
+        if self.map.len() >= MAX_ENTRIES {
+            self.drop_where(|e| e.until <= now);
+        }
+        if self.map.len() >= MAX_ENTRIES {
+            let mut until: Vec<Instant> = self.map.values().map(|e| e.until).collect();
+            let (_, &mut last, _) = until.select_nth_unstable(MAX_ENTRIES / 8);
+            self.drop_where(|e| e.until <= last);
+        }
+        true
+    }
 }
 
 impl Default for VerifiedCache {
@@ -92,7 +147,7 @@ impl VerifiedCache {
         block[..32].copy_from_slice(key);
         let mut keyed = Blake2sVarCore::new_with_params(&[], &[], 32, 32);
         keyed.update_blocks(std::slice::from_ref(&block));
-        VerifiedCache { keyed, map: RwLock::new(HashMap::default()) }
+        VerifiedCache { keyed, entries: RwLock::new(Entries::default()) }
     }
 
     /// The key of a header: the MAC of its Basic token in one spelling
@@ -132,8 +187,7 @@ impl VerifiedCache {
     /// form ([`Credentials::respelled`]): the MAC of the normal form, so that
     /// all its spellings share one entry. (Keyed on the header, each
     /// spelling of a password with accents was an entry and an argon2 run
-    /// of its own, and one user could fill the cache, which is then cleared
-    /// for everyone.) The prefix holds a NUL, which no header value can, so
+    /// of its own, and one user could fill the cache.) The prefix holds a NUL, which no header value can, so
     /// it never equals a header's key.
     pub fn credentials_key(&self, creds: &Credentials) -> CredentialsKey {
         CredentialsKey(self.mac_parts(&[
@@ -167,8 +221,10 @@ impl VerifiedCache {
     }
 
     fn get_key(&self, key: &Key, from: IpAddr, now: Instant, ttl: Duration) -> Option<Found> {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(key)
+        let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+        entries
+            .map
+            .get(key)
             .filter(|e| e.until > now && now.saturating_duration_since(e.verified) < ttl)
             .map(|e| (e.user.clone(), e.fingerprint, e.by.contains(&Some(from))))
     }
@@ -188,8 +244,8 @@ impl VerifiedCache {
     }
 
     fn vouch_key(&self, key: &Key, from: IpAddr) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get_mut(key)
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.map.get_mut(key)
             && !e.by.contains(&Some(from))
         {
             // Slot 0 keeps the address that verified them.
@@ -214,16 +270,18 @@ impl VerifiedCache {
         if ttl.is_zero() {
             return;
         }
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if map.len() >= MAX_ENTRIES {
-            map.retain(|_, e| e.until > now);
-            if map.len() >= MAX_ENTRIES {
-                map.clear();
-            }
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let new = !entries.map.contains_key(&key);
+        if new && !entries.room_for(&user, fingerprint, now) {
+            return;
         }
         let mut known = [None; ADDRESSES];
         known[0] = Some(by);
-        map.insert(key, Entry { user, fingerprint, verified: now, until: now + ttl, by: known, next: 0 });
+        if new {
+            *entries.per_user.entry(user.clone()).or_default() += 1;
+        }
+        let entry = Entry { user, fingerprint, verified: now, until: now + ttl, by: known, next: 0 };
+        entries.map.insert(key, entry);
     }
 
     /// Drops every entry of the users `gone` says (the snapshot check
@@ -232,13 +290,13 @@ impl VerifiedCache {
     /// 60,000 users with as many logins cached take 15 s of CPU, with logins
     /// waiting on the lock and the next reload on this one (probe 112).
     pub fn forget_users(&self, gone: impl Fn(&str) -> bool) {
-        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, e| !gone(&e.user));
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.drop_where(|e| gone(&e.user));
     }
 
     /// Number of entries (for metrics and tests).
     pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.entries.read().unwrap_or_else(|p| p.into_inner()).map.len()
     }
 
     /// Whether the cache is empty.
@@ -317,6 +375,59 @@ mod tests {
         c.insert(b"y", ("b".into(), 1, HERE), Duration::from_secs(1), t0);
         c.forget_users(|u| u == "a");
         assert_eq!(c.len(), 1);
+    }
+
+    /// One user's logins take at most [`PER_USER`] entries: a bcrypt
+    /// account (endless spellings of one password) filled the cache, which
+    /// was then cleared for everyone (probe 211). Entries that can no longer
+    /// count (expired, or of the user's old fingerprint) make room.
+    #[test]
+    fn one_user_has_a_few_entries_at_most() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(60);
+        for i in 0..100 {
+            c.insert(format!("Basic m{i}").as_bytes(), ("mallory".into(), 1, HERE), ttl, t0);
+        }
+        assert_eq!(c.len(), usize::from(PER_USER));
+        assert!(c.get(b"Basic m0", HERE, t0, TTL).is_some(), "the first ones stay");
+        assert!(c.get(b"Basic m99", HERE, t0, TTL).is_none(), "the last ones are not cached");
+        c.insert(b"Basic bob", ("bob".into(), 1, HERE), ttl, t0);
+        assert!(c.get(b"Basic bob", HERE, t0, TTL).is_some(), "another user is");
+        c.insert(b"Basic m0", ("mallory".into(), 1, HERE), ttl, t0 + Duration::from_secs(1));
+        assert_eq!(c.len(), usize::from(PER_USER) + 1, "an entry verified again is not one more");
+        // A new password (fingerprint), then the old ones' time is up.
+        c.insert(b"Basic new", ("mallory".into(), 2, HERE), ttl, t0);
+        assert!(c.get(b"Basic new", HERE, t0, TTL).is_some(), "the old fingerprint's entries made room");
+        assert_eq!(c.len(), 2);
+        let later = t0 + ttl;
+        for i in 0..usize::from(PER_USER) {
+            c.insert(format!("Basic n{i}").as_bytes(), ("mallory".into(), 2, HERE), ttl, later);
+        }
+        assert!(c.get(b"Basic n7", HERE, later, TTL).is_some(), "expired entries made room");
+    }
+
+    /// A full cache drops the eighth of its entries nearest to expiring,
+    /// not all of them (every client then verified again at once).
+    #[test]
+    fn a_full_cache_drops_the_entries_nearest_to_expiring() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(300);
+        let header = |i: usize| format!("Basic {i}");
+        for i in 0..MAX_ENTRIES {
+            let at = t0 + Duration::from_millis(i as u64);
+            c.insert(header(i).as_bytes(), (format!("u{i}").into(), 1, HERE), ttl, at);
+        }
+        assert_eq!(c.len(), MAX_ENTRIES);
+        let now = t0 + Duration::from_secs(70);
+        c.insert(b"Basic one more", ("late".into(), 1, HERE), ttl, now);
+        let left = c.len();
+        assert!((MAX_ENTRIES - MAX_ENTRIES / 8 - 1..MAX_ENTRIES).contains(&left), "{left} left");
+        let hit = |i: usize| c.get(header(i).as_bytes(), HERE, now, TTL).is_some();
+        assert!(!hit(0) && !hit(MAX_ENTRIES / 8 - 1), "the oldest went");
+        assert!(hit(MAX_ENTRIES / 8 + 1) && hit(MAX_ENTRIES - 1), "the others stay");
+        assert!(c.get(b"Basic one more", HERE, now, TTL).is_some());
     }
 
     #[test]
