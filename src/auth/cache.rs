@@ -187,8 +187,8 @@ impl VerifiedCache {
     /// form ([`Credentials::respelled`]): the MAC of the normal form, so that
     /// all its spellings share one entry. (Keyed on the header, each
     /// spelling of a password with accents was an entry and an argon2 run
-    /// of its own, and one user could fill the cache.) The prefix holds a NUL, which no header value can, so
-    /// it never equals a header's key.
+    /// of its own, and one user could fill the cache.) The prefix holds a
+    /// NUL, which no header value can, so it never equals a header's key.
     pub fn credentials_key(&self, creds: &Credentials) -> CredentialsKey {
         CredentialsKey(self.mac_parts(&[
             b"normal\0",
