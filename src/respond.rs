@@ -412,8 +412,10 @@ fn qvalue(text: &str) -> Option<f32> {
 
 /// The same response as [`error_response`], serialised as HTTP/1.1 bytes
 /// with `Connection: close`: for answers written straight to a socket
-/// (408, 431, 503 at accept) where no HTTP machinery runs.
-pub fn raw_error_response(err: &ProxyError, request_id: &str) -> Vec<u8> {
+/// (408, 431, 503 at accept) where no HTTP machinery runs. To a `HEAD`
+/// request (`head`) without its body, which `Content-Length` still gives
+/// (RFC 9110 §9.3.2).
+pub fn raw_error_response(err: &ProxyError, request_id: &str, head: bool) -> Vec<u8> {
     let ctx = Context { request_id, realm: PROXY_NAME, html: false };
     let resp = error_response(err, &ctx);
     let status = resp.status();
@@ -433,7 +435,9 @@ pub fn raw_error_response(err: &ProxyError, request_id: &str) -> Vec<u8> {
     out.extend_from_slice(
         format!("date: {date}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len()).as_bytes(),
     );
-    out.extend_from_slice(&body);
+    if !head {
+        out.extend_from_slice(&body);
+    }
     out
 }
 

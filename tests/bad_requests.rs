@@ -374,3 +374,47 @@ async fn a_huge_head_gets_its_431_and_a_clean_close_not_a_reset() {
         writer.abort();
     }
 }
+
+/// The answers authgate writes to a head it never handed on (a 431, a 408,
+/// one hyper could not parse) have no body when the head starts with
+/// `HEAD `, as any answer to `HEAD` (RFC 9110 §9.3.2); their
+/// `Content-Length` still says how long the body would be. They all
+/// carried it (probe 209). Other methods still get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_unread_heads_have_no_body_for_head() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = spawn_proxy("[limits]\nheader_read_timeout = \"1s\"\n", &[USER]);
+    let big = format!("X-Big: {}\r\n\r\n", "a".repeat(70_000));
+    let cases = [
+        ("HEAD", big.as_str(), 431),
+        ("GET", big.as_str(), 431),
+        ("HEAD", "X-A: b\r\n", 408),
+        ("HEAD", "Bad Header\r\n\r\n", 400),
+        ("GET", "Bad Header\r\n\r\n", 400),
+    ];
+    for (method, rest, status) in cases {
+        let stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let head = format!("{method} http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n{rest}");
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(head.as_bytes()).await;
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            drop(wr);
+        });
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(READ_DEADLINE, rd.read_to_end(&mut got)).await;
+        assert!(matches!(read, Ok(Ok(_))), "{method} {status}: {read:?}");
+        writer.abort();
+        let text = String::from_utf8_lossy(&got);
+        let end = find(&got, b"\r\n\r\n").unwrap_or_else(|| panic!("no head: {text}")) + 4;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{method}: {text}");
+        let length: usize = text[..end]
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length: {text}"));
+        assert!(length > 0, "{text}");
+        let body = got.len() - end;
+        assert_eq!(body, if method == "HEAD" { 0 } else { length }, "{method} {status}: {text}");
+    }
+}

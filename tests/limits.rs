@@ -458,6 +458,12 @@ async fn plain_http_sent_to_the_tls_port_gets_a_readable_400_tls_required() {
     let closed = tokio::time::timeout(Duration::from_secs(5), c.is_closed()).await;
     assert_eq!(closed.ok(), Some(true), "the connection is closed after the answer");
     drop(c);
+    // To HEAD, the head alone (RFC 9110 §9.3.2; probe 209).
+    let mut c = RawConn::connect(proxy.tls).await;
+    c.send(request("HEAD", &origin.url("/slip"), &[("Host", &origin.authority())])).await;
+    assert_eq!(c.read_response("HEAD").await.status, 400);
+    let rest = c.read_to_end().await;
+    assert!(rest.is_empty(), "a body after the head: {:?}", String::from_utf8_lossy(&rest));
     // TLS on the same port still works.
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     drop(proxy.stop);

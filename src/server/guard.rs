@@ -401,9 +401,10 @@ pub enum Rejection {
     Unparsable(u16),
 }
 
-/// Builds the raw bytes of the answer for a [`Rejection`]; called at most
-/// once per connection.
-pub type Canned = Box<dyn Fn(Rejection) -> Vec<u8> + Send + Sync>;
+/// Builds the raw bytes of the answer for a [`Rejection`] to a head that
+/// starts with `HEAD ` (then without a body, RFC 9110 §9.3.2) or not;
+/// called at most once per connection.
+pub type Canned = Box<dyn Fn(Rejection, bool) -> Vec<u8> + Send + Sync>;
 
 /// A client socket with idle and head timers.
 pub struct Guarded<S> {
@@ -429,6 +430,8 @@ pub struct Guarded<S> {
     /// How many bytes of the HTTP/2 preface the head starts with so far
     /// (at least [`PREFACE`]'s length once it differs).
     preface: usize,
+    /// The same for [`HEAD_METHOD`]: an answer to a `HEAD` has no body.
+    method: usize,
     answer: Canned,
     reject: Option<(Vec<u8>, usize)>,
     /// Writes blocked by a client that does not read.
@@ -464,6 +467,7 @@ impl<S> Guarded<S> {
             counted_after: 0,
             blank_cr: false,
             preface: 0,
+            method: 0,
             answer,
             reject: None,
             send: SendStall::new(limits.send),
@@ -563,6 +567,7 @@ impl<S> Guarded<S> {
         self.head_tail = last_two([0; 2], &pending[start..]);
         // Not the HTTP/2 preface: hyper would have refused that already.
         self.preface = PREFACE.len() + 1;
+        self.method = follow(HEAD_METHOD, 0, &pending[start..]);
         let d = self.limits.head;
         self.arm(HEAD, d);
         true
@@ -626,7 +631,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             // alive past that.
             HEAD if this.timer.as_mut().poll(cx).is_ready() => {
                 if this.grace_given {
-                    this.reject = Some(((this.answer)(Rejection::HeadTimeout), 0));
+                    this.reject = Some((this.canned(Rejection::HeadTimeout), 0));
                     return this.poll_refuse(cx);
                 }
                 this.grace_given = true;
@@ -698,6 +703,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                         from = start;
                         this.head_tail = [0; 2];
                         this.preface = 0;
+                        this.method = 0;
                         let d = this.limits.head;
                         this.arm(HEAD, d);
                     }
@@ -722,25 +728,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             // its preface, where any other bytes that are not HTTP/1.1 get
             // a 400. (`PRI` is reserved for this preface, RFC 9113 §3.4.)
             // Followed across reads: split, it was closed on in silence.
-            if this.preface < PREFACE.len() && !head.is_empty() {
-                let want = &PREFACE[this.preface..];
-                let len = want.len().min(head.len());
-                this.preface =
-                    if want[..len] == head[..len] { this.preface + len } else { PREFACE.len() + 1 };
+            if this.preface < PREFACE.len() {
+                this.preface = follow(PREFACE, this.preface, head);
                 if this.preface == PREFACE.len() {
                     buf.set_filled(before);
-                    this.reject = Some(((this.answer)(Rejection::Unparsable(400)), 0));
+                    this.reject = Some((this.canned(Rejection::Unparsable(400)), 0));
                     return this.poll_refuse(cx);
                 }
             }
+            this.method = follow(HEAD_METHOD, this.method, head);
             if this.head_bytes > this.limits.max_head && matches!(this.phase.get(), IDLE | HEAD) {
                 // Drop what was read: hyper must not parse a partial head.
                 buf.set_filled(before);
-                this.reject = Some(((this.answer)(Rejection::HeadTooLarge), 0));
+                this.reject = Some((this.canned(Rejection::HeadTooLarge), 0));
                 return this.poll_refuse(cx);
             }
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<S> Guarded<S> {
+    /// The answer for `why` to the head being read.
+    fn canned(&self, why: Rejection) -> Vec<u8> {
+        (self.answer)(why, self.method == HEAD_METHOD.len())
     }
 }
 
@@ -753,7 +764,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
         if self.reject.is_none() {
             let status =
                 first.get(9..12).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| d.parse().ok());
-            self.reject = Some(((self.answer)(Rejection::Unparsable(status.unwrap_or(400))), 0));
+            self.reject = Some((self.canned(Rejection::Unparsable(status.unwrap_or(400))), 0));
         }
         ready!(self.poll_reject(cx))?;
         Poll::Ready(Ok(len))
@@ -866,6 +877,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
 /// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2";
 
+/// How a head starts when its method is `HEAD`.
+const HEAD_METHOD: &[u8] = b"HEAD ";
+
+/// How many bytes of `prefix` a head has matched, `seen` before and `more`
+/// read now: more than `prefix`'s length once they differ, so that a
+/// prefix split across reads is followed.
+fn follow(prefix: &[u8], seen: usize, more: &[u8]) -> usize {
+    let Some(want) = prefix.get(seen..).filter(|w| !w.is_empty()) else { return seen };
+    let len = want.len().min(more.len());
+    if want[..len] == more[..len] { seen + len } else { prefix.len() + 1 }
+}
+
 /// Where the first byte after the empty lines (`\r\n` or `\n`) that may
 /// come before a request line is in `read`, if it is there; `cr` says the
 /// bytes before ended in a `\r`, and is updated. A `\r` not followed by
@@ -918,6 +941,19 @@ mod tests {
         }
     }
 
+    /// A prefix is followed across reads, and given up at the first byte
+    /// that differs.
+    #[test]
+    fn a_head_prefix_is_followed_across_reads() {
+        assert_eq!(follow(HEAD_METHOD, 0, b"HE"), 2);
+        assert_eq!(follow(HEAD_METHOD, 2, b"AD http://a/ HTTP/1.1"), HEAD_METHOD.len());
+        assert_eq!(follow(HEAD_METHOD, HEAD_METHOD.len(), b"anything"), HEAD_METHOD.len());
+        assert_eq!(follow(HEAD_METHOD, 0, b"HEADER"), HEAD_METHOD.len() + 1);
+        assert_eq!(follow(HEAD_METHOD, 0, b"GET"), HEAD_METHOD.len() + 1);
+        assert_eq!(follow(HEAD_METHOD, HEAD_METHOD.len() + 1, b"HEAD "), HEAD_METHOD.len() + 1);
+        assert_eq!(follow(HEAD_METHOD, 3, b""), 3);
+    }
+
     /// A client that sends part of a head and then reads nothing, with its
     /// receive buffer full: authgate's own 408 cannot be written. That write
     /// fails after the send timeout, and the connection with it; it was
@@ -926,7 +962,7 @@ mod tests {
     async fn a_canned_answer_the_client_does_not_take_fails_after_the_send_timeout() {
         // 64 bytes of buffer towards the client, which never reads them.
         let (mut client, server) = tokio::io::duplex(64);
-        let answer: Canned = Box::new(|_| vec![b'x'; 4096]);
+        let answer: Canned = Box::new(|_, _| vec![b'x'; 4096]);
         let mut guarded = Guarded::new(server, Arc::new(Phase::default()), timeouts(), answer);
         client.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127").await.unwrap();
         let mut buf = [0u8; 1024];

@@ -497,7 +497,7 @@ async fn refuse_overloaded(state: &State, listener: &Accepting, stream: TcpStrea
         // read it (41 of 150 raw clients that sent at once). Half a second
         // at most (the 503 is a few hundred bytes, written at once), so
         // that a flood of refusals does not hold many descriptors.
-        let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id);
+        let bytes = respond::raw_error_response(&ProxyError::TooManyConnections, &id, false);
         answer_and_close(stream, &bytes, Duration::from_millis(500)).await;
     } else {
         // No answer before a handshake: a reset, which the client tells
@@ -541,13 +541,17 @@ async fn accept_tls(
 /// answers to unusable requests.
 async fn refuse_plain_http(state: &Arc<State>, stream: TcpStream, client: SocketAddr) {
     let err = ProxyError::TlsRequired;
-    let answer = refused_head(state, client, &err);
+    // Its first bytes are there (they told it from a handshake): at once.
+    let mut method = [0u8; 5];
+    let head = matches!(stream.peek(&mut method).await, Ok(5)) && method == *b"HEAD ";
+    let answer = refused_head(state, client, &err, head);
     answer_and_close(stream, &answer, Duration::from_secs(2)).await;
 }
 
 /// Counts and logs (a short access event, unless `[log] access = false`)
-/// an answer to a request that never became one; returns it, whole.
-fn refused_head(state: &State, client: SocketAddr, err: &ProxyError) -> Vec<u8> {
+/// an answer to a request that never became one; returns it, whole, or its
+/// head alone to a `HEAD` request.
+fn refused_head(state: &State, client: SocketAddr, err: &ProxyError, head: bool) -> Vec<u8> {
     let id = state.next_request_id();
     let d = respond::describe(err);
     state.metrics.request(Counted::BadRequest, None);
@@ -555,7 +559,7 @@ fn refused_head(state: &State, client: SocketAddr, err: &ProxyError) -> Vec<u8> 
     if state.snapshot.load().log.access {
         tracing::info!(target: "authgate::access", request_id = &*id, client = %client, status = d.status.as_u16(), outcome = d.code);
     }
-    respond::raw_error_response(err, &id)
+    respond::raw_error_response(err, &id, head)
 }
 
 /// Sends `answer` (a complete HTTP response) and closes the connection, all
@@ -585,14 +589,14 @@ async fn answer_and_close(mut stream: TcpStream, answer: &[u8], within: Duration
 /// counted and logged here.
 fn canned(state: &Arc<State>, client: SocketAddr) -> Canned {
     let state = state.clone();
-    Box::new(move |why| {
+    Box::new(move |why, head| {
         let err = match why {
             Rejection::HeadTimeout => ProxyError::HeadTimeout,
             Rejection::HeadTooLarge | Rejection::Unparsable(431) => ProxyError::HeadTooLarge,
             Rejection::Unparsable(414) => ProxyError::UriTooLong,
             Rejection::Unparsable(_) => ProxyError::MalformedRequest { why: None },
         };
-        refused_head(&state, client, &err)
+        refused_head(&state, client, &err, head)
     })
 }
 
