@@ -491,3 +491,47 @@ async fn tunnels_authgate_cuts_end_with_a_reset() {
     assert_eq!(open.ends().await, (StreamEnd::Reset, StreamEnd::Reset), "at the end of the grace");
     stopping.await.unwrap();
 }
+
+/// Bytes sent behind the urgent byte in [`send_urgently`].
+const REST: usize = 300_000;
+
+/// Urgent data at a tunnel's start, before any direction splices: a read
+/// that stops at the urgent byte (recv(2) does, when it has bytes before
+/// it) looks to tokio like a drained socket, and with the rest already
+/// queued no wake-up came: 10 bytes crossed, then nothing until the idle
+/// timeout, which ended the tunnel with a FIN as if all had (probe 212: 5
+/// of 6 runs). Five rounds, as the stop needs the rest queued in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_data_at_a_tunnels_start_does_not_stall_it() {
+    use tokio::io::AsyncReadExt;
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        let (mut rd, mut wr) = s.split();
+        let mut got = vec![0u8; 10 + REST];
+        if rd.read_exact(&mut got).await.is_ok() && got == pattern(0, 10 + REST) {
+            send_urgently(&mut wr).await;
+            let _ = rd.read_to_end(&mut Vec::new()).await;
+        }
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    for round in 0..5 {
+        let stream = open_tunnel(&proxy, &origin.authority()).await.into_stream();
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = tokio::spawn(async move {
+            send_urgently(&mut wr).await;
+            wr
+        });
+        let mut down = vec![0u8; 10 + REST];
+        let read = tokio::time::timeout(READ_DEADLINE, rd.read_exact(&mut down)).await;
+        assert!(matches!(read, Ok(Ok(_))), "round {round}: the tunnel stalled at the urgent byte: {read:?}");
+        assert!(down == pattern(0, 10 + REST), "round {round}: garbled");
+        drop(writer.await.unwrap());
+    }
+}
+
+/// Ten bytes, an urgent byte, then [`REST`] more, as fast as they go.
+async fn send_urgently(w: &mut (impl tokio::io::AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>)) {
+    use tokio::io::AsyncWriteExt;
+    let _ = w.write_all(&pattern(0, 10)).await;
+    let _ = socket2::SockRef::from(w.as_ref()).send_out_of_band(b"!");
+    let _ = w.write_all(&pattern(10, REST)).await;
+}

@@ -90,6 +90,66 @@ pub fn reset(side: &impl Side) {
     }
 }
 
+/// Reads from `r` into `buf` (empty, with room); `urgent` says that `r`
+/// stands at TCP urgent data.
+///
+/// recv(2) stops in front of TCP urgent data (`MSG_OOB`, as telnet and FTP
+/// send it) when it has bytes before it, and tokio takes a read that
+/// returned less than asked for as a drained socket: it waits for the next
+/// readiness event, which does not come when the rest of the stream is
+/// already queued. The tunnel stalled until its idle timeout ended it with
+/// a FIN, as if all had crossed (probe 212). So after a short read from a
+/// plain TCP socket, one look (`MSG_OOB | MSG_PEEK`, which fails at once
+/// unless an urgent byte waits) says whether it stopped there; if so, the
+/// socket is read directly, which steps over the urgent byte (dropping it,
+/// as any reader that does not ask for it does), until it is drained and
+/// tokio's events count again.
+fn read_into<R: Side>(
+    urgent: &mut bool,
+    cx: &mut Context<'_>,
+    r: &mut R,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if *urgent && let Some(tcp) = plain_tcp(r) {
+        // Rare: the zeroing of the buffer does not matter.
+        let room = buf.capacity();
+        buf.resize(room, 0);
+        let read = std::io::Read::read(&mut &*socket2::SockRef::from(tcp), buf);
+        buf.truncate(*read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(n) if n > 0 && n < room => *urgent = urgent_waits(tcp),
+            Ok(n) if n > 0 => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                *urgent = false
+            }
+            other => return Poll::Ready(other),
+        }
+        if *urgent || !buf.is_empty() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+    }
+    let room = buf.capacity();
+    let read = ready!(poll_read_buf(Pin::new(&mut *r), cx, buf));
+    if let Ok(n) = read
+        && (1..room).contains(&n)
+        && let Some(tcp) = plain_tcp(r)
+    {
+        *urgent = urgent_waits(tcp);
+    }
+    Poll::Ready(read)
+}
+
+/// The TCP socket of a side that is plain TCP (not TLS).
+fn plain_tcp(side: &impl Side) -> Option<&TcpStream> {
+    side.tcp().filter(|_| side.under_tls().is_none())
+}
+
+/// Whether an urgent byte (`MSG_OOB`) waits in `tcp`, not yet read past.
+fn urgent_waits(tcp: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit()];
+    socket2::SockRef::from(tcp).recv_with_flags(&mut byte, libc::MSG_OOB | libc::MSG_PEEK).is_ok()
+}
+
 /// Ends `side`'s sending half without a clean TLS end, when it is TLS (see
 /// [`Side`]); `None` for a side without TLS, to be shut as usual.
 fn cut(side: &impl Side) -> Option<io::Result<()>> {
@@ -114,6 +174,9 @@ struct Direction {
     /// The other direction failed: this one's end is passed on as a cut
     /// (see [`Side`]).
     cut: bool,
+    /// The reader stands at TCP urgent data: read past tokio until the
+    /// socket is drained (see [`read_into`]).
+    urgent: bool,
 }
 
 /// A direction's use of `splice(2)` (two TCP sockets only).
@@ -172,7 +235,7 @@ impl Direction {
         progress: &mut bool,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin,
+        R: Side,
         W: Side,
     {
         loop {
@@ -184,7 +247,7 @@ impl Direction {
                 // After `advance`, reclaims the consumed front (len is 0: no copy).
                 buf.reserve(size);
                 let room = buf.capacity();
-                match poll_read_buf(Pin::new(&mut *r), cx, buf) {
+                match read_into(&mut self.urgent, cx, r, buf) {
                     Poll::Pending => {
                         // Nothing to read: give the buffer back and make sure
                         // what was written is on its way.

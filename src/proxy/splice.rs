@@ -8,7 +8,7 @@
 //! (see `relay.rs`), so interactive tunnels, and idle ones that never
 //! carried bulk data, hold no pipe fds. A direction keeps its pipe once it
 //! has one, until the tunnel ends (the README says so), unless its socket
-//! sends TCP urgent data, which splice cannot pass (see [`fill`]): from there
+//! sends TCP urgent data, which splice cannot pass (see `fill`): from there
 //! it copies.
 //!
 //! Readiness comes from tokio's registration of the sockets; the pipe itself
@@ -68,7 +68,7 @@ impl Pipe {
 
     /// Whether `e`, from [`Pipe::poll_fill`], says splice cannot carry this
     /// socket's bytes: not at all (a seccomp filter, an exotic socket), or
-    /// not from here on (TCP urgent data, see [`fill`]). The pipe is empty
+    /// not from here on (TCP urgent data, see `fill`). The pipe is empty
     /// whenever it is filled, so no byte is lost: the caller can go back to
     /// copying.
     pub fn copy_instead(e: &io::Error) -> bool {
