@@ -1240,6 +1240,37 @@ async fn on_the_tls_listener_a_response_authgate_cuts_ends_without_close_notify(
     }
 }
 
+/// A tunnel on the TLS listener that went idle ends as an ordinary close,
+/// with `close_notify`: it ended with a FIN alone, which the client's TLS
+/// reads as a truncation (probe 212). (One authgate cuts ends with a reset:
+/// `tests/connect.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_tls_listener_an_idle_tunnel_ends_with_close_notify() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let proxy = spawn_full(&ca, &leaf, "[limits]\ntunnel_idle_timeout = \"1s\"\n").await;
+    let shout = spawn_shout_origin();
+    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+    let mut tls = pki::connector(&ca.cert_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let target = shout.authority();
+    let req = format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic("alice", "a1")
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut got)).await;
+    let seen = String::from_utf8_lossy(&got);
+    assert!(seen.starts_with("HTTP/1.1 200 "), "{seen}");
+    assert!(read.expect("the idle tunnel ends").is_ok(), "no close_notify: {seen}");
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// A TLS client that sends its `close_notify` right behind its request
 /// has its request dropped, as a TCP half-close has, or answered when the
 /// answer was quicker; either way the connection ends with authgate's own

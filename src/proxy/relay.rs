@@ -602,7 +602,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_MAX: u64 = 64 << 20;
 
 /// Ends a relay that ended with `end`: after a failure, closes both sides
-/// gently (see [`close_gently`]); after a stall, resets them (see [`reset`]).
+/// gently (see [`close_gently`]); after a stall, resets them (see [`reset`]);
+/// when idle, ends them as usual (see [`end_quietly`]).
 async fn closed<A, B>(end: End, client: &mut A, origin: &mut B) -> End
 where
     A: Side,
@@ -615,9 +616,24 @@ where
             reset(client);
             reset(origin);
         }
-        End::Closed | End::Idle => {}
+        End::Idle => Box::pin(end_quietly(client, origin)).await,
+        End::Closed => {}
     }
     end
+}
+
+/// Ends both sides of a tunnel that went idle as an ordinary close: nothing
+/// waits either way, so a side that speaks TLS gets its `close_notify`
+/// (it got a FIN alone, which TLS reads as a truncation; probe 212), a
+/// plain one its FIN. Within [`LINGER`]: a side that takes nothing does not
+/// hold the tunnel.
+async fn end_quietly<A: Side, B: Side>(client: &mut A, origin: &mut B) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = client.shutdown().await;
+        let _ = origin.shutdown().await;
+    })
+    .await;
 }
 
 /// Closes both sides of a tunnel that failed. Each side's write half is
