@@ -887,9 +887,9 @@ async fn a_request_body_with_trailers_is_answered_and_its_connection_closed() {
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
-/// HTTP/1.0 clients: a body of unknown length (the origin's was chunked) is
-/// ended by the close, so the answer says `Connection: close` even to a
-/// client that asked for keep-alive (hyper said `keep-alive` and closed);
+/// HTTP/1.0 clients: every answer closes the connection and says so, also
+/// to a client that asked for keep-alive (a body of unknown length is ended
+/// by the close; hyper said `keep-alive` and closed);
 /// a 100-continue expectation from a 1.0 client is ignored (RFC 9110
 /// §10.1.1), not sent on in the HTTP/1.1 request made of it.
 #[tokio::test]
@@ -926,9 +926,11 @@ async fn http_1_0_clients_get_an_honest_close_and_no_expectation_is_sent_on() {
     assert_proxy_error(&resp, 400, "http_request_error", "bad_target");
     assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
 
-    // With a length, keep-alive stays on for the 1.0 client that asks.
-    let mut c = RawConn::connect(proxy.addr).await;
+    // With a length too, the answer closes: "A proxy server MUST NOT
+    // maintain a persistent connection with an HTTP/1.0 client" (RFC 9112
+    // §9.3; probe 213: it served two requests on one connection).
     for path in ["/one", "/two"] {
+        let mut c = RawConn::connect(proxy.addr).await;
         c.send(format!(
             "POST {} HTTP/1.0\r\nHost: {}\r\nConnection: keep-alive\r\nExpect: 100-continue\r\n\
              Content-Length: 5\r\nProxy-Authorization: {auth}\r\n\r\nhello",
@@ -938,11 +940,25 @@ async fn http_1_0_clients_get_an_honest_close_and_no_expectation_is_sent_on() {
         .await;
         let resp = c.read_response("POST").await;
         assert_eq!(resp.status, 200, "{}", resp.dump());
-        assert_eq!(resp.header("connection"), Some("keep-alive"), "{}", resp.dump());
+        assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+        assert!(c.is_closed().await, "the connection closes after the answer");
         let seen = Echoed::parse(&resp.body);
         assert!(!seen.has("expect"), "{}", resp.text());
         assert_eq!(seen.body, b"hello");
     }
+    // And authgate's own answers, the 407 included (a 1.0 client retries
+    // on a new connection).
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send(format!(
+        "GET {} HTTP/1.0\r\nHost: {}\r\nConnection: keep-alive\r\n\r\n",
+        echo.url("/none"),
+        echo.authority()
+    ))
+    .await;
+    let resp = c.read_response("GET").await;
+    assert_eq!(resp.status, 407, "{}", resp.dump());
+    assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
+    assert!(c.is_closed().await, "the connection closes after the 407");
 }
 
 /// A client's `Connection: close` is honoured in a field with a byte

@@ -104,6 +104,11 @@ pub async fn handle(state: Arc<State>, client: Client, mut req: Request<Incoming
     // body sent just after its head (or behind `Expect: 100-continue`) met
     // a closed connection after an answer that promised keep-alive.
     let has_body = !http_body::Body::is_end_stream(req.body());
+    // RFC 9112 §9.3: "A proxy server MUST NOT maintain a persistent
+    // connection with an HTTP/1.0 client" (an HTTP/1.0 proxy in front
+    // that passes `Connection: keep-alive` on, not knowing it, waits for
+    // the close as the end of the answer). Each answer to one closes
+    // (probe 213: two requests were served on one connection).
     let http10 = req.version() == Version::HTTP_10;
     let close_asked = close_hidden_from_hyper(req.headers());
     let mut rec = AccessRecord::new(request_id.clone(), client.addr, req.method().clone(), log_target(&req));
@@ -133,7 +138,7 @@ pub async fn handle(state: Arc<State>, client: Client, mut req: Request<Incoming
             // errors below (it promised keep-alive, then the connection
             // closed; probe 91).
             let body_left = has_body && rec.outcome == ANSWERED_HERE;
-            if close_asked || body_left || resp.headers().contains_key(header::CONNECTION) {
+            if http10 || close_asked || body_left || resp.headers().contains_key(header::CONNECTION) {
                 close_after(&mut resp, http10, &client.phase);
             }
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
@@ -191,7 +196,7 @@ pub async fn handle(state: Arc<State>, client: Client, mut req: Request<Incoming
                     | ProxyError::AuthOverloaded { .. }
             );
             let body_left = has_body && !authenticating;
-            if close || close_asked || err.closes_connection() || refused_tunnel || body_left {
+            if http10 || close || close_asked || err.closes_connection() || refused_tunnel || body_left {
                 close_after(&mut resp, http10, &client.phase);
             }
             resp.map(|b| b.with_log(rec))
