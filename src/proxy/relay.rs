@@ -310,7 +310,14 @@ impl Direction {
         progress: &mut bool,
     ) -> Poll<io::Result<()>> {
         let drained = self.buf.as_ref().is_none_or(|b| b.is_empty());
-        if matches!(self.splice, Splice::Untried) && self.size >= CHUNK && drained && !self.eof {
+        // Not while reading past urgent data (see `read_into`): tokio's
+        // readiness, which a pipe's fill waits for, says nothing then.
+        if matches!(self.splice, Splice::Untried)
+            && self.size >= CHUNK
+            && drained
+            && !self.eof
+            && !self.urgent
+        {
             self.splice = match Pipe::new() {
                 Ok(pipe) => {
                     self.buf = None;
