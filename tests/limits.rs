@@ -1123,16 +1123,11 @@ async fn a_download_cut_after_its_end_was_read_from_the_origin_still_resets() {
 /// with a reset of the TCP connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
-    use rustls::pki_types::ServerName;
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("localhost");
     let proxy = spawn_full(&ca, &leaf, "").await;
     let origin = answering_once(CUT_CHUNKED.to_vec(), Duration::ZERO);
-    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
-    let mut tls = pki::connector(&ca.cert_pem)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake");
+    let mut tls = tls_to(proxy.tls, &ca).await;
     let req = get_10(&origin, "/cut");
     tls.write_all(req.as_bytes()).await.unwrap();
     let mut got = Vec::new();
@@ -1143,6 +1138,17 @@ async fn on_the_tls_listener_a_broken_close_delimited_body_resets() {
     let _ = proxy.task.await;
 }
 
+/// A TLS connection to the proxy's TLS listener at `addr`, its
+/// certificate (for `localhost`) checked against `ca`.
+async fn tls_to(addr: SocketAddr, ca: &pki::Ca) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use rustls::pki_types::ServerName;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    pki::connector(&ca.cert_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
 /// A TLS connection to the proxy's TLS listener `tls` that has sent alice's
 /// `GET` of `origin`'s `/`, with the header lines `extra`.
 async fn tls_get(
@@ -1151,12 +1157,7 @@ async fn tls_get(
     origin: &Origin,
     extra: &str,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    use rustls::pki_types::ServerName;
-    let tcp = TcpStream::connect(tls).await.unwrap();
-    let mut tls = pki::connector(&ca.cert_pem)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake");
+    let mut tls = tls_to(tls, ca).await;
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\n{extra}\r\n",
         origin.url("/"),
@@ -1246,16 +1247,11 @@ async fn on_the_tls_listener_a_response_authgate_cuts_ends_without_close_notify(
 /// `tests/connect.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_the_tls_listener_an_idle_tunnel_ends_with_close_notify() {
-    use rustls::pki_types::ServerName;
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("localhost");
     let proxy = spawn_full(&ca, &leaf, "[limits]\ntunnel_idle_timeout = \"1s\"\n").await;
     let shout = spawn_shout_origin();
-    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
-    let mut tls = pki::connector(&ca.cert_pem)
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("TLS handshake");
+    let mut tls = tls_to(proxy.tls, &ca).await;
     let target = shout.authority();
     let req = format!(
         "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\n",
