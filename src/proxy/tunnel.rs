@@ -239,36 +239,50 @@ fn client_side(upgraded: Upgraded) -> (BoxedSide, bytes::Bytes) {
     }
 }
 
-/// A tunnel's outcome when the proxy shut it down.
-const SHUT_DOWN: &str = "tunnel_shutdown";
-/// A tunnel's outcome when its user was revoked.
-const REVOKED: &str = "user_revoked";
+/// How a tunnel ended: its relay's end, or a cut by the proxy.
+enum Ending {
+    /// The relay ended by itself.
+    Relay(End),
+    /// The proxy shut down.
+    ShutDown,
+    /// The tunnel's user was revoked.
+    Revoked,
+}
+
+impl Ending {
+    /// The access log's `outcome`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Ending::Relay(End::Closed) => "tunnel_closed",
+            Ending::Relay(End::Idle) => "tunnel_idle_timeout",
+            Ending::Relay(End::Stalled) => "tunnel_send_timeout",
+            Ending::Relay(End::Error) => "tunnel_error",
+            Ending::ShutDown => "tunnel_shutdown",
+            Ending::Revoked => "user_revoked",
+        }
+    }
+}
 
 /// Waits for a relay to end, the proxy to shut down, or the user to be revoked.
 async fn watch(
     relay: impl Future<Output = End>,
     kill: &CancellationToken,
     revoked: &CancellationToken,
-) -> &'static str {
+) -> Ending {
     tokio::select! {
-        end = relay => match end {
-            End::Closed => "tunnel_closed",
-            End::Idle => "tunnel_idle_timeout",
-            End::Stalled => "tunnel_send_timeout",
-            End::Error => "tunnel_error",
-        },
-        _ = kill.cancelled() => SHUT_DOWN,
-        _ = revoked.cancelled() => REVOKED,
+        end = relay => Ending::Relay(end),
+        _ = kill.cancelled() => Ending::ShutDown,
+        _ = revoked.cancelled() => Ending::Revoked,
     }
 }
 
-/// `outcome`, once both sides of a tunnel that a shutdown or a revocation
-/// cut are set to close with a reset (see [`reset`]; the relay does the
-/// same for a side that stalled).
-fn reset_if_cut(outcome: &'static str, client: &impl Side, origin: &impl Side) -> &'static str {
-    if outcome == SHUT_DOWN || outcome == REVOKED {
+/// The outcome of a tunnel that ended as `ending`, once both sides of one
+/// that a shutdown or a revocation cut are set to close with a reset (see
+/// [`reset`]; the relay does the same for a side that stalled).
+fn reset_if_cut(ending: Ending, client: &impl Side, origin: &impl Side) -> &'static str {
+    if matches!(ending, Ending::ShutDown | Ending::Revoked) {
         reset(client);
         reset(origin);
     }
-    outcome
+    ending.outcome()
 }
