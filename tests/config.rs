@@ -885,6 +885,15 @@ fn proxy_protocol_names_all_plain_listeners_or_some() {
         ),
         "{err}"
     );
+    // `true` with only TLS listeners applied to none of them (probe 207).
+    let err = load_err(&format!("[server]\nlisten = []\nproxy_protocol = true\n{tls}{tail}"), &users);
+    assert!(
+        err.contains(
+            "authgate.toml:3:18: server.proxy_protocol = true, but server.listen is empty: there is no plain \
+             listener for it; a [[server.tls]] listener takes proxy_protocol = true in its own table"
+        ),
+        "{err}"
+    );
     let err = load_err(&format!("{listen}proxy_protocol = [\"balancer\"]\n{tail}"), &users);
     assert!(
         err.contains(

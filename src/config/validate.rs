@@ -277,7 +277,15 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     if let Some(pp) = &raw.server.proxy_protocol {
         match pp.get_ref() {
             RawProxyProtocol::All(all) => {
-                if *all {
+                // With no plain listener, `true` applied to nothing: a TLS
+                // listener's switch is in its own table (probe 207).
+                if *all && s.server.listen.is_empty() && !raw.server.tls.is_empty() {
+                    c.at(
+                        pp.span(),
+                        "server.proxy_protocol = true, but server.listen is empty: there is no plain listener \
+                         for it; a [[server.tls]] listener takes proxy_protocol = true in its own table",
+                    );
+                } else if *all {
                     s.server.proxy_protocol.clone_from(&s.server.listen);
                 }
             }
