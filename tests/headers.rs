@@ -252,6 +252,12 @@ async fn request_that_already_passed_authgate_gets_508_loop_detected() {
     let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), via]).await;
     assert_proxy_error(&resp, 508, "proxy_loop_detected", "proxy_loop");
     assert_eq!(origin.hits(), 0, "a looping request must not be forwarded");
+    // A comma in another proxy's comment does not start an entry that
+    // names authgate (probe 216: it was a 508).
+    let via = ("Via", "1.1 cache1 (Squid/5.7, via authgate pool)");
+    let resp =
+        get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth), via]).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
 }
 
 /// A request authgate forwards to its own listener arrives there in
@@ -267,6 +273,9 @@ async fn request_forwarded_to_authgate_itself_gets_508_loop_detected() {
         get(proxy.addr, &format!("http://{own}/x"), &[("Host", &own), ("Proxy-Authorization", &auth)]).await;
     assert_eq!(resp.status, 508, "{}", resp.dump());
     assert!(resp.text().contains("\"code\":\"proxy_loop\""), "{}", resp.dump());
+    // Relayed: the inner hop's member in authgate's name is dropped as any
+    // origin's is (README, `proxy_loop`).
+    assert!(resp.header("proxy-status").is_none(), "{}", resp.dump());
     // The origin-form request with a `Via` of authgate, sent straight.
     let mut c = RawConn::connect(proxy.addr).await;
     c.send(format!("GET /x HTTP/1.1\r\nHost: {own}\r\nVia: 1.1 authgate\r\n\r\n")).await;

@@ -569,9 +569,32 @@ pub fn add_via(headers: &mut HeaderMap, version: Version) {
 
 /// Whether a `Via` entry already names this proxy (a forwarding loop).
 pub fn via_names_us(headers: &HeaderMap) -> bool {
-    members(headers, &header::VIA)
+    headers
+        .get_all(header::VIA)
+        .iter()
+        .flat_map(|v| via_entries(v.as_bytes()))
         .filter_map(|entry| entry.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).nth(1))
         .any(|received_by| received_by.eq_ignore_ascii_case(PROXY_NAME.as_bytes()))
+}
+
+/// The entries of a `Via` line: split at the commas outside its comments
+/// (RFC 9110 §7.6.3 and §5.6.5: a comment may hold commas, nested comments
+/// and quoted pairs). Split at every comma, `1.1 cache (Squid, via
+/// authgate pool)` had an entry `via authgate pool)`, whose second word
+/// made a 508 of a request that had never passed here (probe 216).
+fn via_entries(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (mut depth, mut escaped) = (0usize, false);
+    line.split(move |&b| {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if depth > 0 => escaped = true,
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' => return depth == 0,
+            _ => {}
+        }
+        false
+    })
 }
 
 #[cfg(test)]
@@ -855,5 +878,16 @@ mod tests {
         let mut h = HeaderMap::new();
         add_via(&mut h, Version::HTTP_11);
         assert!(via_names_us(&h));
+        // Commas inside a comment do not end its entry (probe 216), nested
+        // or escaped parentheses included; the entry after it still counts.
+        for line in [
+            "1.1 cache1 (Squid/5.7, via authgate pool)",
+            "1.1 c ((a, b), authgate x)",
+            "1.1 c (a \\) , x authgate)",
+        ] {
+            assert!(!via_names_us(&map(&[("via", line)])), "{line}");
+            let looped = format!("{line}, 1.1 authgate");
+            assert!(via_names_us(&map(&[("via", &looped)])), "{looped}");
+        }
     }
 }
