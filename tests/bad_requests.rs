@@ -418,3 +418,31 @@ async fn answers_to_unread_heads_have_no_body_for_head() {
         assert_eq!(body, if method == "HEAD" { 0 } else { length }, "{method} {status}: {text}");
     }
 }
+
+/// A request `Content-Length` too large to count is refused and nothing is
+/// forwarded; hyper reads 2^64 − 2 and 2^64 − 1 as "too large" (its markers
+/// for chunked and close-delimited bodies), so those two get the 431 the
+/// README names, any other the 400 (probe 214).
+#[tokio::test]
+async fn request_lengths_too_large_to_count_are_refused_before_the_origin() {
+    let proxy = spawn_proxy("", &[USER]);
+    let origin = spawn_echo_origin();
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    for (length, status, code) in [
+        ("18446744073709551615", 431, "request_head_too_large"),
+        ("18446744073709551614", 431, "request_head_too_large"),
+        ("18446744073709551613", 400, "malformed_request"),
+        ("99999999999999999999", 400, "malformed_request"),
+    ] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        let fields = [("Host", host.as_str()), ("Proxy-Authorization", &auth), ("Content-Length", length)];
+        let mut head = request("POST", &origin.url("/len"), &fields);
+        head.extend_from_slice(b"hello");
+        c.send(head).await;
+        let r = c.read_response("POST").await;
+        assert_proxy_error(&r, status, "http_request_error", code);
+        assert!(c.is_closed().await, "{length}");
+    }
+    assert_eq!(origin.hits(), 0);
+}
