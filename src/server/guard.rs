@@ -819,7 +819,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.reject.is_none() && !this.phase.linger.load(Ordering::Acquire) {
-            return Pin::new(&mut this.inner).poll_shutdown(cx);
+            // Under `send_timeout` too: over TLS the shutdown writes a
+            // close_notify, which a client that reads nothing may never
+            // make room for (probe 215, by reading; as `poll_linger` does).
+            let res = Pin::new(&mut this.inner).poll_shutdown(cx);
+            return this.watch_send(cx, res);
         }
         this.poll_linger(cx)
     }
