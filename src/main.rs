@@ -259,7 +259,9 @@ fn check(config: &Path, reload: bool) -> ExitCode {
             err_line(format_args!("{e}"));
             // With `--reload`, said beside the errors, as the reload says
             // it, not once they are fixed (probe 166).
-            if let Some(line) = authgate::config::default_refusal(config).filter(|_| reload) {
+            // (Only then read again: a file refused for its size is not
+            // parsed here either.)
+            if let Some(line) = reload.then(|| authgate::config::default_refusal(config)).flatten() {
                 err_line(format_args!("authgate: {line}"));
             }
             ExitCode::FAILURE

@@ -1803,6 +1803,36 @@ fn a_reload_weighs_the_file_before_parsing_it() {
     assert!(err.contains("too many keys, tables and items"), "{}", &err[..err.len().min(300)]);
 }
 
+/// `check` refuses a file past the weight unparsed, with `--reload` too: it
+/// parsed the whole file once more, to see whether `[policy] default` was
+/// there, and a refused 4.5 MB file of empty arrays needed more than 400 MB
+/// (probe 218: 3 GB for 30 MB). Under a 400 MB address-space limit it ran
+/// out of memory there.
+#[test]
+fn check_refuses_a_file_past_the_weight_without_parsing_it() {
+    let dir = TempDir::new();
+    dir.write("users.toml", good_users());
+    let heavy = format!("[auth]\nusers_file = \"users.toml\"\na = [{}]\n", vec!["[]"; 1_500_000].join(","));
+    let path = dir.write("authgate.toml", heavy);
+    for reload in [&["--reload"][..], &[]] {
+        let out = Command::new("sh")
+            .args(["-c", "ulimit -v 400000 && exec \"$0\" check --config \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_authgate"))
+            .arg(config_arg(&path))
+            .args(reload)
+            .output()
+            .expect("sh runs");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{reload:?}: {}", &err[..err.len().min(400)]);
+        assert!(
+            err.contains("too many keys, tables and items"),
+            "{reload:?}: {}",
+            &err[..err.len().min(400)]
+        );
+        assert!(!err.contains("memory allocation"), "{reload:?}: {}", &err[..err.len().min(400)]);
+    }
+}
+
 /// A user's table without `password` names the user (it said "missing
 /// field `password`" at the table's line alone; probe 100), unless the
 /// name may hold a password.
