@@ -146,5 +146,50 @@ fn full_cache(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, full_cache);
+/// Rule sets of a company's size (probe 218): 1,000 allow rules of 20
+/// groups each before the one that matches, for a user in 300 groups; and
+/// 5,000 deny rules of 10 host patterns before the last, for a target
+/// written as a NAT64 address (a deny rule also matches the IPv4 host it
+/// names). `cargo bench --bench hot_paths -- scale`.
+fn scale(c: &mut Criterion) {
+    let mut group = c.benchmark_group("scale");
+    let params = argon2::Params::new(8, 1, 1, None).expect("valid params");
+    let hash = authgate::auth::password::hash_password("x", params).expect("hash");
+    let mut groups: Vec<Arc<str>> = (0..299).map(|i| Arc::from(format!("ad-group-{i:04}"))).collect();
+    groups.push("staff".into());
+    let user = User::new("bench".into(), StoredHash::Argon2(hash), groups, false, None);
+    let mut rules: Vec<Rule> = (0..1000)
+        .map(|i| {
+            let mut r = rule(&format!("r{i}"), Action::Allow);
+            r.groups = Some((0..20).map(|j| Arc::from(format!("rg{i}-{j}"))).collect());
+            r
+        })
+        .collect();
+    let mut last = rule("staff", Action::Allow);
+    last.groups = Some(vec!["staff".into()]);
+    rules.push(last);
+    let policy = Policy { default: Action::Deny, rules };
+    let target = parse_authority("registry.example.com:443").expect("target");
+    let query = Query { user: &user, method: &Method::CONNECT, target: &target, addrs: None };
+    group.bench_function("rule_match_1000_rules_of_20_groups_user_in_300", |b| {
+        b.iter(|| policy.decide(black_box(&query)))
+    });
+    let mut rules: Vec<Rule> = (0..5000)
+        .map(|i| {
+            let mut r = rule(&format!("d{i}"), Action::Deny);
+            r.hosts = Some((0..10).map(|j| HostPattern::Exact(format!("h{i}-{j}.example"))).collect());
+            r
+        })
+        .collect();
+    rules.push(rule("rest", Action::Deny));
+    let policy = Policy { default: Action::Deny, rules };
+    let target = parse_authority("[64:ff9b::7f00:1]:443").expect("target");
+    let query = Query { user: &user, method: &Method::CONNECT, target: &target, addrs: None };
+    group.bench_function("rule_match_5000_deny_rules_of_10_hosts_nat64_target", |b| {
+        b.iter(|| policy.decide(black_box(&query)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, full_cache, scale);
 criterion_main!(benches);

@@ -611,6 +611,35 @@ async fn a_disabled_or_changed_user_stops_counting_at_once() {
     assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 407, "the old password no longer works");
 }
 
+/// A change of groups alone keeps a user's cached login: the next request
+/// goes by the new groups without argon2 (a group added to every user of a
+/// large file made every active one verify again at once, and wait up to
+/// 22 s; probe 218). A new hash, even of the same password, is verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_groups_keeps_the_cached_login_and_applies_at_once() {
+    let origin = spawn_echo_origin();
+    let cfg = format!(
+        "{CFG_NT}[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"web\"\naction = \"allow\"\ngroups = [\"web\"]\n"
+    );
+    let stored = hash("a1");
+    let alice = |groups: &str, stored: &str| {
+        format!("[users.alice]\npassword = {}\ngroups = [{groups}]\n", toml_str(stored))
+    };
+    let proxy = spawn_custom(&cfg, &alice("\"staff\"", &stored));
+    // Verified (and cached), then refused by the rules.
+    assert_eq!(status(proxy.addr, &origin, "alice", "a1").await, 403);
+    assert_eq!(argon2_runs(&proxy), "1");
+    replace_by_rename(&proxy.file("users.toml"), &alice("\"staff\", \"web\"", &stored));
+    assert!(answers(proxy.addr, &origin, "alice", "a1", 200).await, "the new group applies");
+    assert_eq!(argon2_runs(&proxy), "1", "the cached login still counts");
+    // The same password, hashed anew: a new credential.
+    replace_by_rename(&proxy.file("users.toml"), &alice("\"web\"", &hash("a1")));
+    let verified_again = eventually(RELOAD_SEEN, || async {
+        status(proxy.addr, &origin, "alice", "a1").await == 200 && argon2_runs(&proxy) == "2"
+    });
+    assert!(verified_again.await, "verified again");
+}
+
 /// A login whose password was being verified (argon2, or the wait for it)
 /// when a reload removed its user is refused: it was checked against the
 /// users it started with, and a removed user got one more request, or a

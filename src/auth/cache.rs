@@ -8,10 +8,13 @@
 //! BLAKE2s puts the key in a block of its own ahead of the message, so the
 //! state after that block is computed once and each MAC costs the message's
 //! blocks only (one for any usual header: half the work). An entry
-//! names the user and the user's fingerprint at verification time; a lookup
-//! only counts when the current snapshot still has that user with the same
-//! fingerprint, so a changed, removed or disabled user's entries stop counting
-//! the moment a new snapshot is live.
+//! names the user and the user's
+//! [`credential`](crate::auth::store::User::credential) at verification
+//! time; a lookup only counts when the current snapshot still has that user
+//! with the same credential, active, so the entries of a user removed,
+//! disabled, expired or given a new password stop counting the moment a new
+//! snapshot is live (a change of groups alone keeps them: the rules read the
+//! user as it is now).
 
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
@@ -49,7 +52,7 @@ pub struct CredentialsKey(Key);
 
 struct Entry {
     user: Arc<str>,
-    fingerprint: u64,
+    credential: u64,
     /// When the credentials were verified.
     verified: Instant,
     /// Until when the `cache_ttl` of that time trusts them.
@@ -66,12 +69,12 @@ struct Entry {
 /// a few places (office, VPN, home) keeps the fast path at each.
 const ADDRESSES: usize = 4;
 
-/// Credentials verified: who as, that user's fingerprint then, and the
+/// Credentials verified: who as, that user's credential then, and the
 /// address (throttle unit) that verified them.
 pub type Hit = (Arc<str>, u64, IpAddr);
 
 /// A cache hit: who the credentials were verified as, that user's
-/// fingerprint then, and whether the asking address is one they are known
+/// credential then, and whether the asking address is one they are known
 /// from.
 pub type Found = (Arc<str>, u64, bool);
 
@@ -103,13 +106,13 @@ impl Entries {
         per_user.retain(|_, n| *n > 0);
     }
 
-    /// Makes room for an entry of `user`, verified `now` with `fingerprint`:
+    /// Makes room for an entry of `user`, verified `now` with `credential`:
     /// whether there is room.
-    fn room_for(&mut self, user: &Arc<str>, fingerprint: u64, now: Instant) -> bool {
+    fn room_for(&mut self, user: &Arc<str>, credential: u64, now: Instant) -> bool {
         if self.per_user.get(user).is_some_and(|&n| n >= PER_USER) {
             // Rare (an account with many spellings): its entries that can
             // no longer count go first.
-            self.drop_where(|e| e.user == *user && (e.until <= now || e.fingerprint != fingerprint));
+            self.drop_where(|e| e.user == *user && (e.until <= now || e.credential != credential));
             if self.per_user.get(user).is_some_and(|&n| n >= PER_USER) {
                 return false;
             }
@@ -198,7 +201,7 @@ impl VerifiedCache {
         ]))
     }
 
-    /// The user a header value was verified for, with that user's fingerprint
+    /// The user a header value was verified for, with that user's credential
     /// at the time, if the entry has not expired; and whether `from` (a
     /// throttle unit) is an address the credentials are known from.
     ///
@@ -226,7 +229,7 @@ impl VerifiedCache {
             .map
             .get(key)
             .filter(|e| e.until > now && now.saturating_duration_since(e.verified) < ttl)
-            .map(|e| (e.user.clone(), e.fingerprint, e.by.contains(&Some(from))))
+            .map(|e| (e.user.clone(), e.credential, e.by.contains(&Some(from))))
     }
 
     /// Records that the credentials of `header` came from `from` too (a hit
@@ -266,13 +269,13 @@ impl VerifiedCache {
         self.insert_key(key.0, verified, ttl, now);
     }
 
-    fn insert_key(&self, key: Key, (user, fingerprint, by): Hit, ttl: Duration, now: Instant) {
+    fn insert_key(&self, key: Key, (user, credential, by): Hit, ttl: Duration, now: Instant) {
         if ttl.is_zero() {
             return;
         }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let new = !entries.map.contains_key(&key);
-        if new && !entries.room_for(&user, fingerprint, now) {
+        if new && !entries.room_for(&user, credential, now) {
             return;
         }
         let mut known = [None; ADDRESSES];
@@ -280,7 +283,7 @@ impl VerifiedCache {
         if new {
             *entries.per_user.entry(user.clone()).or_default() += 1;
         }
-        let entry = Entry { user, fingerprint, verified: now, until: now + ttl, by: known, next: 0 };
+        let entry = Entry { user, credential, verified: now, until: now + ttl, by: known, next: 0 };
         entries.map.insert(key, entry);
     }
 
@@ -380,7 +383,7 @@ mod tests {
     /// One user's logins take at most [`PER_USER`] entries: a bcrypt
     /// account (endless spellings of one password) filled the cache, which
     /// was then cleared for everyone (probe 211). Entries that can no longer
-    /// count (expired, or of the user's old fingerprint) make room.
+    /// count (expired, or of the user's old credential) make room.
     #[test]
     fn one_user_has_a_few_entries_at_most() {
         let c = VerifiedCache::new();
@@ -396,9 +399,9 @@ mod tests {
         assert!(c.get(b"Basic bob", HERE, t0, TTL).is_some(), "another user is");
         c.insert(b"Basic m0", ("mallory".into(), 1, HERE), ttl, t0 + Duration::from_secs(1));
         assert_eq!(c.len(), usize::from(PER_USER) + 1, "an entry verified again is not one more");
-        // A new password (fingerprint), then the old ones' time is up.
+        // A new password (credential), then the old ones' time is up.
         c.insert(b"Basic new", ("mallory".into(), 2, HERE), ttl, t0);
-        assert!(c.get(b"Basic new", HERE, t0, TTL).is_some(), "the old fingerprint's entries made room");
+        assert!(c.get(b"Basic new", HERE, t0, TTL).is_some(), "the old credential's entries made room");
         assert_eq!(c.len(), 2);
         let later = t0 + ttl;
         for i in 0..usize::from(PER_USER) {

@@ -292,7 +292,7 @@ fn remember(
     from: IpAddr,
     ttl: Duration,
 ) {
-    let verified = (user.name.clone(), user.fingerprint, from);
+    let verified = (user.name.clone(), user.credential, from);
     let now = Instant::now();
     match normal {
         Some(key) => cache.insert_credentials(key, verified, ttl, now),
@@ -459,9 +459,9 @@ impl Authenticator {
 
     /// The user of a cache entry, if it still counts, and whether the
     /// asking address is one the credentials are known from.
-    fn current(&self, users: &UserStore, (name, fingerprint, known): Found) -> Option<(Arc<User>, bool)> {
+    fn current(&self, users: &UserStore, (name, credential, known): Found) -> Option<(Arc<User>, bool)> {
         let user = users.get(&name)?;
-        (user.fingerprint == fingerprint && user.active_at(SystemTime::now()).is_ok())
+        (user.credential == credential && user.active_at(SystemTime::now()).is_ok())
             .then(|| (user.clone(), known))
     }
 

@@ -415,8 +415,12 @@ pub fn default_refusal(config: &Path) -> Option<String> {
 /// ["staf"]` was `ok`; probe 160).
 pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
     let mut hints = Vec::new();
+    // Gathered once: each group a rule names looked through every user
+    // (5,000 rules and 50,000 users: 7.6 s; probe 218).
+    let held: std::collections::HashSet<&str> =
+        snap.users.iter().flat_map(|u| u.groups.iter().map(|g| &**g)).collect();
     for rule in &snap.policy.rules {
-        for group in rule.groups.iter().flatten().filter(|g| !snap.users.iter().any(|u| u.in_group(g))) {
+        for group in rule.groups.iter().flatten().filter(|g| !held.contains(&***g)) {
             hints.push(format!(
                 "rule `{}`: no user in {} is in group `{group}`, so the rule matches nobody yet",
                 rule.name,

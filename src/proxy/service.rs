@@ -496,13 +496,14 @@ async fn authenticate(
         if let Outcome::Ok(user) = &mut outcome {
             let live = state.snapshot.load();
             if !Arc::ptr_eq(&live.users, &snap.users) {
-                // (A reload that changed nothing of this user, as most do,
-                // costs nothing more.)
+                // (A reload that left this user's password as it was, as
+                // most do, costs nothing more: the user as reloaded, new
+                // groups and all, goes on.)
                 let same = live
                     .users
                     .get(&user.name)
                     .filter(|u| {
-                        u.fingerprint == user.fingerprint && u.active_at(std::time::SystemTime::now()).is_ok()
+                        u.credential == user.credential && u.active_at(std::time::SystemTime::now()).is_ok()
                     })
                     .cloned();
                 fresh = Some(arc_swap::Guard::into_inner(live));

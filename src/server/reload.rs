@@ -399,14 +399,21 @@ fn install(
     state.pool.set_idle_timeout(new.limits.upstream_idle_timeout);
     state.pool.set_max_idle(super::limits::idle_pool_cap(new.limits.max_connections));
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
-    let changed: foldhash::HashSet<&str> = old
-        .users
-        .iter()
-        .filter(|user| new.users.get(&user.name).is_none_or(|u| u.fingerprint != user.fingerprint))
-        .map(|user| &*user.name)
-        .collect();
+    let changed = |same: fn(&crate::auth::User, &crate::auth::User) -> bool| -> foldhash::HashSet<&str> {
+        old.users
+            .iter()
+            .filter(|user| new.users.get(&user.name).is_none_or(|u| !same(u, user)))
+            .map(|user| &*user.name)
+            .collect()
+    };
+    // A cached login stands for the user's name and hash alone (see
+    // `User::credential`): a change of groups keeps it.
+    let new_credential = changed(|a, b| a.credential == b.credential);
+    if !new_credential.is_empty() {
+        state.auth.cache().forget_users(|name| new_credential.contains(name));
+    }
+    let changed = changed(|a, b| a.fingerprint == b.fingerprint);
     if !changed.is_empty() {
-        state.auth.cache().forget_users(|name| changed.contains(name));
         state.pool.forget_users(|name| changed.contains(name));
     }
     // Of the users added or changed.
