@@ -214,10 +214,13 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
     let signer = ring::sign::any_supported_type(&der).map_err(|_| {
         // rustls says it could not read the key "as RSA, ECDSA, or EdDSA",
         // also of an ECDSA key on P-521 (probe 106) and of an RSA key of
-        // 8192 bits (probe 108): name what is taken instead.
+        // 8192 bits (probe 108): name what is taken instead. ring signs with
+        // RSA keys whose primes are a multiple of 512 bits long: "2048 to
+        // 4096" named 2560 and 3000 bits too, which it refuses (probe 219).
         in_key(format!(
-            "{}: unsupported private key; authgate takes RSA keys of 2048 to 4096 bits, ECDSA keys \
-                 on P-256 or P-384, and Ed25519 keys",
+            "{}: unsupported private key; authgate takes RSA keys of 2048, 3072 or 4096 bits \
+                 (public exponent 65537, not RSA-PSS), ECDSA keys on P-256 or P-384 (a named curve), \
+                 and Ed25519 keys",
             key.display()
         ))
     })?;
