@@ -609,8 +609,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_MAX: u64 = 64 << 20;
 
 /// Ends a relay that ended with `end`: after a failure, closes both sides
-/// gently (see [`close_gently`]); after a stall, resets them (see [`reset`]);
-/// when idle, ends them as usual (see [`end_quietly`]).
+/// gently (see [`close_gently`]); when idle, ends them as usual (see
+/// [`end_quietly`]). A stall is a cut, which the caller ends with a reset
+/// (see [`reset`]), as it does one by a shutdown or a revocation.
 async fn closed<A, B>(end: End, client: &mut A, origin: &mut B) -> End
 where
     A: Side,
@@ -619,12 +620,8 @@ where
     match end {
         // Boxed: inline, it would grow every tunnel's task.
         End::Error => Box::pin(close_gently(client, origin)).await,
-        End::Stalled => {
-            reset(client);
-            reset(origin);
-        }
         End::Idle => Box::pin(end_quietly(client, origin)).await,
-        End::Closed => {}
+        End::Stalled | End::Closed => {}
     }
     end
 }

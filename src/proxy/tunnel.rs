@@ -277,10 +277,10 @@ async fn watch(
 }
 
 /// The outcome of a tunnel that ended as `ending`, once both sides of one
-/// that a shutdown or a revocation cut are set to close with a reset (see
-/// [`reset`]; the relay does the same for a side that stalled).
+/// that authgate cut (a shutdown, a revocation, a side that took nothing
+/// for `send_timeout`) are set to close with a reset (see [`reset`]).
 fn reset_if_cut(ending: Ending, client: &impl Side, origin: &impl Side) -> &'static str {
-    if matches!(ending, Ending::ShutDown | Ending::Revoked) {
+    if matches!(ending, Ending::ShutDown | Ending::Revoked | Ending::Relay(End::Stalled)) {
         reset(client);
         reset(origin);
     }
