@@ -399,20 +399,25 @@ fn install(
     state.pool.set_idle_timeout(new.limits.upstream_idle_timeout);
     state.pool.set_max_idle(super::limits::idle_pool_cap(new.limits.max_connections));
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
-    let changed = |same: fn(&crate::auth::User, &crate::auth::User) -> bool| -> foldhash::HashSet<&str> {
-        old.users
-            .iter()
-            .filter(|user| new.users.get(&user.name).is_none_or(|u| !same(u, user)))
-            .map(|user| &*user.name)
-            .collect()
-    };
-    // A cached login stands for the user's name and hash alone (see
-    // `User::credential`): a change of groups keeps it.
-    let new_credential = changed(|a, b| a.credential == b.credential);
+    // The users changed in any way, and of those the ones whose cached
+    // logins no longer count: a login stands for the user's name and hash
+    // alone (see `User::credential`), so a change of groups keeps it.
+    let (mut changed, mut new_credential) = (foldhash::HashSet::default(), foldhash::HashSet::default());
+    for user in old.users.iter() {
+        match new.users.get(&user.name) {
+            Some(u) if u.fingerprint == user.fingerprint => {}
+            Some(u) if u.credential == user.credential => {
+                changed.insert(&*user.name);
+            }
+            _ => {
+                changed.insert(&*user.name);
+                new_credential.insert(&*user.name);
+            }
+        }
+    }
     if !new_credential.is_empty() {
         state.auth.cache().forget_users(|name| new_credential.contains(name));
     }
-    let changed = changed(|a, b| a.fingerprint == b.fingerprint);
     if !changed.is_empty() {
         state.pool.forget_users(|name| changed.contains(name));
     }
