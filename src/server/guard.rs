@@ -882,7 +882,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
 const PREFACE: &[u8] = b"PRI * HTTP/2";
 
 /// How a head starts when its method is `HEAD`.
-const HEAD_METHOD: &[u8] = b"HEAD ";
+pub(super) const HEAD_METHOD: &[u8] = b"HEAD ";
 
 /// How many bytes of `prefix` a head has matched, `seen` before and `more`
 /// read now: more than `prefix`'s length once they differ, so that a

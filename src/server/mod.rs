@@ -542,8 +542,9 @@ async fn accept_tls(
 async fn refuse_plain_http(state: &Arc<State>, stream: TcpStream, client: SocketAddr) {
     let err = ProxyError::TlsRequired;
     // Its first bytes are there (they told it from a handshake): at once.
-    let mut method = [0u8; 5];
-    let head = matches!(stream.peek(&mut method).await, Ok(5)) && method == *b"HEAD ";
+    let mut method = [0u8; guard::HEAD_METHOD.len()];
+    let head =
+        stream.peek(&mut method).await.is_ok_and(|n| n == method.len()) && method == guard::HEAD_METHOD;
     let answer = refused_head(state, client, &err, head);
     answer_and_close(stream, &answer, Duration::from_secs(2)).await;
 }
