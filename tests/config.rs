@@ -1516,9 +1516,12 @@ fn a_file_too_heavy_to_parse_is_refused_unparsed() {
         "{}",
         &err[..err.len().min(300)]
     );
+    assert!(err.contains("about 113,000 users"), "{}", &err[..err.len().min(300)]);
     let config = format!("{GOOD_CONFIG}\n[egress]\nallow_cidrs = [{}]\n", vec!["1"; 2_500_000].join(","));
     let err = load_err(&config, &good_users());
     assert!(err.contains("too many keys, tables and items"), "{}", &err[..err.len().min(300)]);
+    // A config file's message does not count users, which it holds none of.
+    assert!(!err.contains("users"), "{}", &err[..err.len().min(300)]);
     // Dotted keys weigh the tables they make.
     let dotted: String = (0..9_000).map(|i| format!("k{i}.{} = 1\n", vec!["a"; 75].join("."))).collect();
     let err = load_err(GOOD_CONFIG, &dotted);
@@ -1801,6 +1804,7 @@ fn a_reload_weighs_the_file_before_parsing_it() {
     let err =
         authgate::config::load_for_reload(&path, &running).map(|_| ()).expect_err("refused").to_string();
     assert!(err.contains("too many keys, tables and items"), "{}", &err[..err.len().min(300)]);
+    assert!(!err.contains("users"), "{}", &err[..err.len().min(300)]);
 }
 
 /// `check` refuses a file past the weight unparsed, with `--reload` too: it

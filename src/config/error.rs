@@ -235,14 +235,17 @@ impl<'a> Collector<'a> {
 
     /// Records a problem, where the bound is passed, when the file weighs
     /// more than is parsed (see `toml_terms::MAX_WEIGHT`); whether it did.
-    pub fn too_heavy(&mut self) -> bool {
+    /// `users` says the file is a users file, whose message tells how many
+    /// users fit (a config file's said so too, of a file with no users).
+    pub fn too_heavy(&mut self, users: bool) -> bool {
         let Some(at) = super::toml_terms::past_max_weight(self.source) else { return false };
+        let fit = if users { "; about 113,000 users" } else { "" };
         self.at(
             at..at,
             format!(
                 "too many keys, tables and items: past a weight of {} (a table 6, a dot 4, an inline \
-                 table or an array 3, a key 2, a comma 1; about 113,000 users); not parsed, which \
-                 would take about 0.3 KB of memory for each",
+                 table or an array 3, a key 2, a comma 1{fit}); not parsed, which would take about \
+                 0.3 KB of memory for each",
                 super::toml_terms::MAX_WEIGHT
             ),
         );

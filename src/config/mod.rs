@@ -295,7 +295,7 @@ pub fn load_for_reload(path: &Path, running: &Snapshot) -> Result<Snapshot, Conf
     // a reload parsed a file of any weight here first (probe 103: 6 MB
     // took 2.1 GB).
     let mut heavy = error::Collector::new(path, &source);
-    if heavy.too_heavy() {
+    if heavy.too_heavy(false) {
         return Err(ConfigError::new(heavy.problems));
     }
     // Text that is not TOML is left to `load_source`, which locates the error.

@@ -189,7 +189,7 @@ fn table_path(line: &str) -> Option<Vec<String>> {
 /// suggest.
 pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Problem>) {
     let mut c = Collector::new(path, source);
-    if c.too_heavy() {
+    if c.too_heavy(true) {
         return (Vec::new(), c.problems);
     }
     // A value of the wrong type or an unknown key ends serde's reading of

@@ -189,7 +189,7 @@ fn setting_at(source: &str, at: usize) -> Option<String> {
 pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec<Problem>> {
     let mut c = Collector::new(path, source);
     let mut s = defaults(path);
-    if c.too_heavy() {
+    if c.too_heavy(false) {
         return Err(c.problems);
     }
     let raw: RawConfig = match toml::from_str(source) {
