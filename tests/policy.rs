@@ -999,6 +999,28 @@ async fn explain_and_the_proxy_agree_on_a_request_line_over_max_header_bytes() {
     assert_eq!(conn.read_head().await.status, 200);
 }
 
+/// Past rule 99 the rule names stay in one column: the numbers were two
+/// wide, and rule 100 on pushed its name, action and verdict one place
+/// right (probe 218).
+#[test]
+fn explain_keeps_its_columns_past_rule_99() {
+    let dir = TempDir::new();
+    let rules: String =
+        (1..=120).map(|i| format!("[[rules]]\nname = \"r{i}\"\naction = \"deny\"\nports = [9]\n")).collect();
+    let path = dir
+        .write("authgate.toml", config(None, &format!("[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n{rules}")));
+    dir.write("users.toml", users());
+    let (code, out, err) = explain(&path, &["--user", USER, "127.0.0.1:80"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let column = |name: &str| {
+        let line = out.lines().find(|l| l.contains(&format!(". {name} "))).unwrap_or_else(|| panic!("{out}"));
+        (line.find(name), line.find("no match"))
+    };
+    assert_eq!(column("r1"), column("r120"), "{out}");
+    assert_eq!(column("r9"), column("r100"), "{out}");
+    assert!(out.contains("\n    1. r1 ") && out.contains("\n  120. r120 "), "{out}");
+}
+
 #[test]
 fn explain_prints_each_rule_and_exits_by_decision() {
     let dir = TempDir::new();

@@ -61,7 +61,11 @@ pub fn explain(
     // A rule that needs the addresses, which did not resolve: the proxy's
     // answer is the lookup's error, not this rule's (probe 99).
     let mut undecided = None;
-    for (i, (name, action, check)) in policy.trace(&query).into_iter().enumerate() {
+    let trace = policy.trace(&query);
+    // Rule numbers right-aligned to the widest, so the names stay in one
+    // column past rule 99 too.
+    let width = trace.len().to_string().len().max(2);
+    for (i, (name, action, check)) in trace.into_iter().enumerate() {
         let verdict = match (&check, decided.is_some()) {
             (_, true) => "not reached".to_string(),
             (Check::Match, false) => {
@@ -75,7 +79,7 @@ pub fn explain(
                 "cannot decide: needs the destination's addresses, which did not resolve".to_string()
             }
         };
-        let _ = writeln!(t, "  {:>2}. {:<24} {:<5}  {verdict}", i + 1, name, action.as_str());
+        let _ = writeln!(t, "  {:>width$}. {:<24} {:<5}  {verdict}", i + 1, name, action.as_str());
     }
     let (action, rule) = decided.unwrap_or((policy.default, None));
     // A rule with `cidrs` reached before a decision: the proxy resolves the
