@@ -1751,6 +1751,21 @@ fn check_warns_of_rules_naming_nobody() {
         "{warned}"
     );
     assert!(warned.contains("authgate: warning: rule `one`: no user `bob` in "), "{warned}");
+    assert!(warned.contains("in group `staf`, so it matches nobody yet"), "{warned}");
+    // Several missing groups are one line; a rule that reaches someone
+    // through another of its groups does not match "nobody" (it said so,
+    // once for each missing group; probe 218).
+    let path = dir.write("authgate.toml", rules("\"staf\", \"staff\", \"devs\"", "\"bob\", \"alice\""));
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    let warned = text(&out.stderr);
+    assert_eq!(warned.lines().count(), 2, "{warned}");
+    assert!(
+        warned.contains(
+            "users.toml is in group `staf` or `devs`, it matches only through its other groups and users"
+        ),
+        "{warned}"
+    );
+    assert!(warned.contains("rule `one`: no user `bob` in ") && !warned.contains("nobody"), "{warned}");
     let path = dir.write("authgate.toml", rules("\"staff\"", "\"alice\""));
     let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
     assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));

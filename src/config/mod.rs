@@ -410,32 +410,53 @@ pub fn default_refusal(config: &Path) -> Option<String> {
     })
 }
 
-/// What `authgate check` warns of in the rules: a group no user is in, a
-/// user the users file has not. Such a rule matches nobody (`groups =
-/// ["staf"]` was `ok`; probe 160).
+/// What `authgate check` warns of in the rules: groups no user is in, users
+/// the users file has not, one line per rule. A rule with none of its
+/// groups and users there matches nobody (`groups = ["staf"]` was `ok`;
+/// probe 160); one that still reaches someone through the others is said
+/// to (each missing group was a line of its own that said the rule matched
+/// nobody, though a rule matches a user in any of its groups; probe 218).
 pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
     let mut hints = Vec::new();
     // Gathered once: each group a rule names looked through every user
     // (5,000 rules and 50,000 users: 7.6 s; probe 218).
     let held: std::collections::HashSet<&str> =
         snap.users.iter().flat_map(|u| u.groups.iter().map(|g| &**g)).collect();
+    let file = shown_path(&snap.auth.users_file);
     for rule in &snap.policy.rules {
-        for group in rule.groups.iter().flatten().filter(|g| !held.contains(&***g)) {
-            hints.push(format!(
-                "rule `{}`: no user in {} is in group `{group}`, so the rule matches nobody yet",
-                rule.name,
-                shown_path(&snap.auth.users_file)
-            ));
+        let groups = rule.groups.as_deref().unwrap_or_default();
+        let users = rule.users.as_deref().unwrap_or_default();
+        let (known_groups, missing_groups): (Vec<_>, Vec<_>) =
+            groups.iter().partition(|g| held.contains(&***g));
+        let (known_users, missing_users): (Vec<_>, Vec<_>) =
+            users.iter().partition(|u| snap.users.get(u).is_some());
+        let mut said = Vec::new();
+        if !missing_groups.is_empty() {
+            said.push(format!("no user in {file} is in group {}", either(&missing_groups)));
         }
-        for user in rule.users.iter().flatten().filter(|u| snap.users.get(u).is_none()) {
-            hints.push(format!(
-                "rule `{}`: no user `{user}` in {}, so it matches nobody yet",
-                rule.name,
-                shown_path(&snap.auth.users_file)
-            ));
+        if !missing_users.is_empty() {
+            said.push(format!("no user {} in {file}", either(&missing_users)));
         }
+        if said.is_empty() {
+            continue;
+        }
+        let reach = if known_groups.is_empty() && known_users.is_empty() {
+            "so it matches nobody yet"
+        } else {
+            "it matches only through its other groups and users (a misspelling?)"
+        };
+        hints.push(format!("rule `{}`: {}, {reach}", rule.name, said.join(", and ")));
     }
     hints
+}
+
+/// `a`, `a` or `b`, `a`, `b` or `c`: names as a hint lists them.
+fn either(names: &[&Arc<str>]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
 }
 
 /// What `check` says of PROXY protocol settings that do not do what they
