@@ -11,7 +11,7 @@ use authgate::auth::basic;
 use authgate::auth::cache::VerifiedCache;
 use authgate::auth::store::{StoredHash, User};
 use authgate::policy::rules::{Action, HostPattern, Policy, Query, Rule};
-use authgate::proxy::headers::{add_via, strip_hop_by_hop};
+use authgate::proxy::headers::{add_via, check_switch, strip_hop_by_hop, transfer_coding_malformed};
 use authgate::target::parse_authority;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -191,5 +191,62 @@ fn scale(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, full_cache, scale);
+/// Heads an attacker may send within the default 64 KiB head (and the
+/// 256 KiB an origin's response head may have), on the functions that read
+/// them (probe 221): a 101 whose `Upgrade` names one of 7,000 offers 27,000
+/// times; a `Connection` of 5,000 tokens beside 95 fields; a
+/// `Transfer-Encoding` of 10,000 codings. `cargo bench --bench hot_paths --
+/// hostile`.
+fn hostile(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hostile");
+    // Before the fix a check_switch took 3.3 s.
+    group.sample_size(10);
+    let offers: Vec<String> = (0..7000).map(|i| format!("p{i:06}")).collect();
+    let offered = HeaderValue::from_str(&offers.join(", ")).expect("value");
+    let mut response = HeaderMap::new();
+    response.insert("upgrade", HeaderValue::from_str(&vec!["p006999"; 27_000].join(", ")).expect("value"));
+    group.bench_function("check_switch_7000_offers_27000_answers", |b| {
+        b.iter(|| check_switch(black_box(&offered), black_box(&response)))
+    });
+    let tokens: Vec<String> = (0..5000).map(|i| format!("x-t-{i:05}")).collect();
+    let mut many = HeaderMap::new();
+    many.insert("connection", HeaderValue::from_str(&tokens.join(",")).expect("value"));
+    for i in 0..95 {
+        many.insert(
+            HeaderName::from_bytes(format!("x-f-{i:05}").as_bytes()).expect("name"),
+            HeaderValue::from_static("1"),
+        );
+    }
+    group.bench_function("strip_hop_by_hop_5000_connection_tokens_95_fields", |b| {
+        b.iter_batched(
+            || many.clone(),
+            |mut h| {
+                let _ = strip_hop_by_hop(&mut h, false);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    let mut coded = HeaderMap::new();
+    coded.insert(
+        "transfer-encoding",
+        HeaderValue::from_str(&("gzip, ".repeat(10_000) + "chunked")).expect("value"),
+    );
+    group.bench_function("transfer_coding_malformed_10000_codings", |b| {
+        b.iter(|| transfer_coding_malformed(black_box(&coded)))
+    });
+    group.bench_function("strip_hop_by_hop_10000_codings", |b| {
+        b.iter_batched(
+            || coded.clone(),
+            |mut h| {
+                let _ = strip_hop_by_hop(&mut h, false);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, full_cache, scale, hostile);
 criterion_main!(benches);
