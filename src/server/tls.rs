@@ -16,7 +16,8 @@ use rustls::crypto::ring;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::{SignatureAlgorithm, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -55,7 +56,7 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
     let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
     let in_key = |message: String| CertError { file: TlsFile::Key, message };
     let chain = load_chain(cert)?;
-    let signer = load_key(key)?;
+    let signer: Arc<dyn SigningKey> = Arc::new(OffRuntime(load_key(key)?));
     // The key's certificate further down the chain: the chain is out of
     // order (it was told as a key that does not match; probe 184).
     let matches_at = |chain: &[CertificateDer<'static>]| {
@@ -95,6 +96,92 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
         )));
     }
     Ok(Arc::new(certified))
+}
+
+/// A listener's key whose signatures are made off the async runtime.
+///
+/// A handshake's signature (4.5 ms of CPU with RSA 4096) was made on the
+/// runtime thread that read the ClientHello: ClientHellos alone, which
+/// anyone can send without a password, took both runtime threads with 32
+/// at a time, and a plain listener's keep-alive requests waited 240 ms at
+/// the median (probe 222). Now the thread making a signature first hands its
+/// other tasks to another (`block_in_place`), and at most half the cores
+/// sign at once ([`SIGNERS`]), as for argon2: the others wait, off the
+/// runtime too.
+#[derive(Debug)]
+struct OffRuntime(Arc<dyn SigningKey>);
+
+impl SigningKey for OffRuntime {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        let signer = self.0.choose_scheme(offered)?;
+        Some(Box::new(OffRuntimeSigner(signer)))
+    }
+
+    fn public_key(&self) -> Option<rustls::pki_types::SubjectPublicKeyInfoDer<'_>> {
+        self.0.public_key()
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        self.0.algorithm()
+    }
+}
+
+/// The [`Signer`] of an [`OffRuntime`] key.
+#[derive(Debug)]
+struct OffRuntimeSigner(Box<dyn Signer>);
+
+impl Signer for OffRuntimeSigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        let sign = || SIGNERS.run(|| self.0.sign(message));
+        // `block_in_place` needs a multi-threaded runtime (a test's may be
+        // single-threaded; `check` signs nothing).
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(sign)
+            }
+            _ => sign(),
+        }
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        self.0.scheme()
+    }
+}
+
+/// Signatures made at once: half the cores, at least one.
+static SIGNERS: Signers = Signers { busy: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() };
+
+/// A count of the signatures being made, and a wait for a free place.
+struct Signers {
+    busy: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Signers {
+    /// Runs `sign` once fewer than half the cores are signing.
+    fn run<T>(&self, sign: impl FnOnce() -> T) -> T {
+        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let max =
+            *MAX.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)));
+        let lock = || self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut busy = lock();
+        while *busy >= max {
+            busy = self.freed.wait(busy).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *busy += 1;
+        drop(busy);
+        /// Gives the place back, also if signing panicked.
+        struct Place<'a>(&'a Signers);
+        impl Drop for Place<'_> {
+            fn drop(&mut self) {
+                let mut busy = self.0.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                *busy -= 1;
+                self.0.freed.notify_one();
+            }
+        }
+        let _place = Place(self);
+        sign()
+    }
 }
 
 /// The certificate chain in `cert` (leaf first), each certificate readable.
@@ -450,6 +537,44 @@ pub async fn opening(stream: &TcpStream) -> Opening {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// At most half the cores (at least one) make a signature at once;
+    /// the others wait (probe 222: signatures took every runtime thread).
+    #[test]
+    fn half_the_cores_sign_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let max = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let (now, most, done) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..max + 4 {
+                s.spawn(|| {
+                    SIGNERS.run(|| {
+                        most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(30));
+                        now.fetch_sub(1, Ordering::SeqCst);
+                    });
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        assert_eq!(done.load(Ordering::SeqCst), max + 4, "every signature was made");
+        assert!((1..=max).contains(&most.load(Ordering::SeqCst)), "{} at once", most.load(Ordering::SeqCst));
+    }
+
+    /// A listener's key signs through [`OffRuntime`], and signs: the
+    /// signature verifies as the key's own scheme.
+    #[test]
+    fn a_listeners_key_signs_off_the_runtime() {
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
+        let certified = load_certified_key(&keys.join("rsa3072.pem"), &keys.join("rsa3072.key"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(format!("{:?}", certified.key).starts_with("OffRuntime("), "{:?}", certified.key);
+        let signer = certified.key.choose_scheme(&[SignatureScheme::RSA_PSS_SHA256]).expect("a scheme");
+        assert_eq!(signer.scheme(), SignatureScheme::RSA_PSS_SHA256);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+        let signature = runtime.block_on(async { tokio::spawn(async move { signer.sign(b"hello") }).await });
+        assert_eq!(signature.expect("joined").expect("signed").len(), 3072 / 8);
+    }
 
     /// Dates before 1970 are written, not a panic: a certificate that
     /// expired in 1969 made `check`, the start and a reload panic in
