@@ -759,10 +759,7 @@ mod tests {
             ("x-end", "kept"),
             ("x-end", "twice"),
         ]);
-        let _ = strip_hop_by_hop(&mut h, false);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["authorization", "x-end"]);
+        assert_eq!(left_after_strip(&mut h), ["authorization", "x-end"]);
         assert_eq!(h.get_all("x-end").iter().count(), 2);
         let mut plain = map(&[("host", "a"), ("accept", "*/*")]);
         let _ = strip_hop_by_hop(&mut plain, false);
@@ -792,10 +789,15 @@ mod tests {
             ("x-tok", "kept"),
             ("host", "a"),
         ]);
-        let _ = strip_hop_by_hop(&mut many, false);
-        let mut left: Vec<&str> = many.keys().map(|k| k.as_str()).collect();
-        left.sort();
-        assert_eq!(left, ["host", "x-tok", "x-tok-40"]);
+        assert_eq!(left_after_strip(&mut many), ["host", "x-tok", "x-tok-40"]);
+    }
+
+    /// The names `strip_hop_by_hop` leaves in `h`, sorted.
+    fn left_after_strip(h: &mut HeaderMap) -> Vec<String> {
+        let _ = strip_hop_by_hop(h, false);
+        let mut names: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        names
     }
 
     /// The length gate of [`underscore_twin`] lets through the twin of
