@@ -232,7 +232,7 @@ pub enum Codings {
 }
 
 /// `Connection` tokens up to which [`strip_hop_by_hop`] compares each field
-/// name with each token; past it, it looks names up in a set of them.
+/// name with each token; past it, it looks each token up among the names.
 const LINEAR_TOKENS: usize = 8;
 
 /// Removes hop-by-hop fields, and the `_` twins of those and of

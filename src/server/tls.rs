@@ -163,8 +163,7 @@ impl Signers {
         static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         let max =
             *MAX.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)));
-        let lock = || self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut busy = lock();
+        let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while *busy >= max {
             busy = self.freed.wait(busy).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
@@ -561,8 +560,8 @@ mod tests {
         assert!((1..=max).contains(&most.load(Ordering::SeqCst)), "{} at once", most.load(Ordering::SeqCst));
     }
 
-    /// A listener's key signs through [`OffRuntime`], and signs: the
-    /// signature verifies as the key's own scheme.
+    /// A listener's key signs through [`OffRuntime`], and signs, from a
+    /// runtime thread: a signature of the key's size.
     #[test]
     fn a_listeners_key_signs_off_the_runtime() {
         let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
