@@ -126,11 +126,11 @@ fn bind_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// Binds a listener as [`TcpListener::bind`] does (`SO_REUSEADDR`, a
-/// backlog of 1024, which the kernel caps at `net.core.somaxconn`; it was
-/// 128, and in a burst of thousands of connects probe 222 saw the listen
-/// queue overflow and one client wait a second for its SYN to be sent
-/// again), but an IPv6 one always takes IPv4 connections too
+/// Binds a listener as [`TcpListener::bind`] does (`SO_REUSEADDR`), but
+/// with a backlog of 1024, which the kernel caps at `net.core.somaxconn`
+/// (std's and tokio's 128 overflowed in a burst of thousands of connects,
+/// and probe 222 saw one client wait a second for its SYN to be sent
+/// again), and an IPv6 one always takes IPv4 connections too
 /// (`IPV6_V6ONLY` off), whatever `net.ipv6.bindv6only` says: `check` takes
 /// `[::]:P` for every address on port P, and `[::ffff:127.0.0.1]:P` for
 /// 127.0.0.1:P, and with the sysctl at 1 a system default had `check`
