@@ -89,11 +89,8 @@ pub struct State {
 impl State {
     /// Builds the shared state around a first snapshot.
     pub fn new(snapshot: Snapshot) -> Arc<Self> {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Half the cores at most: a flood of wrong passwords must leave CPU
-        // for the traffic of everyone else.
         let workers = match snapshot.auth.verify_threads {
-            0 => (cores / 2).max(1),
+            0 => crate::server::limits::half_the_cores(),
             n => n,
         };
         let metrics = Arc::new(Metrics::new(snapshot.metrics_per_user));

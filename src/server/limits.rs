@@ -147,6 +147,14 @@ pub fn idle_pool_cap(max_connections: usize) -> usize {
     max_connections.min(usize::try_from(soft / 4).unwrap_or(usize::MAX))
 }
 
+/// Half the machine's cores, at least one: how many threads at most do the
+/// costly work a flood can ask for without a password (argon2
+/// verifications by default, a TLS listener's RSA signatures), so that the
+/// rest is left for everyone else's traffic.
+pub fn half_the_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

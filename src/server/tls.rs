@@ -171,8 +171,7 @@ impl Signers {
     /// Runs `sign` once fewer than half the cores are signing.
     fn run<T>(&self, sign: impl FnOnce() -> T) -> T {
         static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let max =
-            *MAX.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)));
+        let max = *MAX.get_or_init(super::limits::half_the_cores);
         let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         while *busy >= max {
             busy = self.freed.wait(busy).unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -552,7 +551,7 @@ mod tests {
     #[test]
     fn half_the_cores_sign_at_once() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let max = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+        let max = super::super::limits::half_the_cores();
         let (now, most, done) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|s| {
             for _ in 0..max + 4 {
