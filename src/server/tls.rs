@@ -551,7 +551,7 @@ mod tests {
     #[test]
     fn half_the_cores_sign_at_once() {
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let max = super::super::limits::half_the_cores();
+        let max = crate::server::limits::half_the_cores();
         let (now, most, done) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
         std::thread::scope(|s| {
             for _ in 0..max + 4 {
@@ -567,6 +567,48 @@ mod tests {
         });
         assert_eq!(done.load(Ordering::SeqCst), max + 4, "every signature was made");
         assert!((1..=max).contains(&most.load(Ordering::SeqCst)), "{} at once", most.load(Ordering::SeqCst));
+    }
+
+    /// A listener's RSA key signs only in a free place of [`SIGNERS`]: from
+    /// a runtime thread, it waits while every place is taken.
+    #[test]
+    fn a_signature_waits_for_a_place() {
+        use std::sync::mpsc;
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
+        let certified = load_certified_key(&keys.join("rsa3072.pem"), &keys.join("rsa3072.key"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let signer = certified.key.choose_scheme(&[SignatureScheme::RSA_PSS_SHA256]).expect("a scheme");
+        let max = crate::server::limits::half_the_cores();
+        let (inside, entered) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+        std::thread::scope(|s| {
+            for _ in 0..max {
+                let (inside, released) = (inside.clone(), &released);
+                s.spawn(move || {
+                    SIGNERS.run(|| {
+                        let _ = inside.send(());
+                        let _ = released.lock().map(|r| r.recv());
+                    })
+                });
+            }
+            for _ in 0..max {
+                entered.recv().expect("a holder is in");
+            }
+            let (signed, done) = mpsc::channel();
+            runtime.spawn(async move {
+                let _ = signed.send(signer.sign(b"hello").map(|s| s.len()));
+            });
+            let early = done.recv_timeout(Duration::from_millis(300)).is_ok();
+            // (Released before any assertion: a failing one must not leave
+            // the holders waiting for ever.)
+            for _ in 0..max {
+                let _ = release.send(());
+            }
+            assert!(!early, "signed while every place was taken");
+            assert_eq!(done.recv_timeout(Duration::from_secs(10)).expect("signed").expect("ok"), 3072 / 8);
+        });
     }
 
     /// A listener's RSA key signs through [`OffRuntime`], and signs, from a
