@@ -106,6 +106,40 @@ async fn a_renewed_certificate_file_is_served_without_a_signal() {
     let _ = proxy.task.await;
 }
 
+/// The metric of when a TLS listener's certificate expires, by the address
+/// the listener is bound on: the leaf's `notAfter` here (the CA sent along
+/// is a root, which clients take from their own store), and the renewed
+/// one's once it is served (probe 219: nothing told an operator of a
+/// certificate's end before clients failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_say_when_the_served_certificate_expires() {
+    async fn expiry(proxy: &Full) -> Vec<String> {
+        use http_body_util::BodyExt;
+        let metrics = authgate::server::admin::respond(&proxy.state, &http::Method::GET, "/metrics");
+        let text = metrics.into_body().collect().await.unwrap().to_bytes();
+        let family = "authgate_tls_certificate_expiry_timestamp_seconds{";
+        String::from_utf8_lossy(&text).lines().filter(|l| l.starts_with(family)).map(str::to_string).collect()
+    }
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf_dated("proxy-v1", 2020, 2040);
+    let proxy = spawn_full(&ca, &leaf, "").await;
+    let line = |secs: u64| {
+        format!("authgate_tls_certificate_expiry_timestamp_seconds{{listen=\"{}\"}} {secs}", proxy.tls)
+    };
+    assert_eq!(expiry(&proxy).await, [line(2_208_988_800)]);
+    let leaf2 = ca.leaf_dated("proxy-v2", 2020, 2041);
+    proxy.dir.write("proxy-key.pem", &leaf2.key_pem);
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf2.cert_pem, ca.cert_pem));
+    let start = Instant::now();
+    while presented_cert(proxy.tls, &ca.cert_pem).await != leaf2.der {
+        assert!(start.elapsed() < Duration::from_secs(5), "the new certificate is not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(expiry(&proxy).await, [line(2_240_611_200)]);
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
 /// The TLS listener speaks HTTP/1.1 only: a client that offers ALPN without
 /// `http/1.1` gets the `no_application_protocol` alert (RFC 7301 §3.2), one
 /// that offers no ALPN is served (the README said "ALPN `http/1.1`" only;
@@ -580,7 +614,7 @@ async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The failed handshakes are counted, nowhere else seen but at debug level.
     let failures = |reason: &str| {
-        let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load());
+        let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load(), &[]);
         let series = format!("authgate_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
         text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
     };
@@ -1825,7 +1859,7 @@ async fn proxy_protocol_headers_count_only_from_the_listed_balancers() {
     assert_eq!(read_all(s).await, "");
     // Each refusal is counted (the log says them at most every 10 s;
     // probe 207). Counted before the close, which the client waited for.
-    let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load());
+    let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load(), &[]);
     for reason in ["peer_not_allowed", "bad_header", "timed_out"] {
         let series = format!("authgate_proxy_protocol_refused_total{{reason=\"{reason}\"}} 1");
         assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
@@ -2105,7 +2139,7 @@ async fn an_upgrade_answer_the_client_does_not_read_is_cut_at_the_send_timeout()
     assert!(ended.is_ok(), "the connection is still open after {} bytes", got.len());
     assert!(got.len() < 210_000, "the whole 101 went out: {} bytes", got.len());
     // Counted as a request abandoned, not as one forwarded.
-    let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load());
+    let text = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load(), &[]);
     let count = |outcome: &str| {
         let series = format!("authgate_requests_total{{outcome=\"{outcome}\"}} ");
         text.lines().find_map(|l| l.strip_prefix(series.as_str())).unwrap_or("?").to_owned()

@@ -41,6 +41,7 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
                 state.conns.open(),
                 state.pool.idle_connections(),
                 state.auth.load(),
+                &certificates(state),
             ),
         ),
         (_, "/healthz" | "/readyz" | "/metrics") => {
@@ -111,4 +112,14 @@ impl IoObserver for SendStall {
     fn shutdown(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<()>>) -> Poll<io::Result<()>> {
         self.watch(cx, res)
     }
+}
+
+/// Each TLS listener's address (as bound, else as configured) and when the
+/// chain it serves now expires.
+fn certificates(state: &State) -> Vec<(std::net::SocketAddr, std::time::SystemTime)> {
+    state
+        .cert_slots
+        .iter()
+        .filter_map(|(addr, slot)| Some((slot.bound().unwrap_or(*addr), slot.expiry()?)))
+        .collect()
 }

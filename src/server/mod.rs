@@ -168,6 +168,9 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
             .get(i)
             .map(|(_, s)| s.clone())
             .ok_or("TLS listener without a certificate slot")?;
+        if let Ok(addr) = tcp.local_addr() {
+            slot.bound_on(addr);
+        }
         out.push(Listener::tls(tcp, tls::acceptor(slot)?, t.proxy_protocol));
     }
     if let Some(addr) = snap.admin {

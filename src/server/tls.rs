@@ -7,8 +7,9 @@
 //! keeps serving. So does an expired one (see [`DateProblem`]).
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -469,8 +470,12 @@ pub fn warn_if_out_of_date(tls: &[crate::config::TlsListener]) {
     }
 }
 
-/// The live certificate of one TLS listener.
-pub struct CertSlot(ArcSwap<CertifiedKey>);
+/// The live certificate of one TLS listener, and the address it was bound
+/// on.
+pub struct CertSlot {
+    key: ArcSwap<CertifiedKey>,
+    bound: OnceLock<SocketAddr>,
+}
 
 impl fmt::Debug for CertSlot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -481,18 +486,50 @@ impl fmt::Debug for CertSlot {
 impl CertSlot {
     /// A slot holding `key`.
     pub fn new(key: Arc<CertifiedKey>) -> Arc<Self> {
-        Arc::new(CertSlot(ArcSwap::new(key)))
+        Arc::new(CertSlot { key: ArcSwap::new(key), bound: OnceLock::new() })
     }
 
     /// Replaces the certificate for new handshakes.
     pub fn store(&self, key: Arc<CertifiedKey>) {
-        self.0.store(key);
+        self.key.store(key);
     }
+
+    /// Records the address the listener was bound on (the port the system
+    /// chose for a `:0` one); only the first call counts.
+    pub fn bound_on(&self, addr: SocketAddr) {
+        let _ = self.bound.set(addr);
+    }
+
+    /// The address the listener was bound on, once it was.
+    pub fn bound(&self) -> Option<SocketAddr> {
+        self.bound.get().copied()
+    }
+
+    /// When the chain served now stops working for clients: see
+    /// [`chain_expiry`].
+    pub fn expiry(&self) -> Option<SystemTime> {
+        chain_expiry(&self.key.load().cert)
+    }
+}
+
+/// The earliest `notAfter` of a chain's certificates that clients check:
+/// the leaf and the intermediates, not a root sent along (self-issued past
+/// the leaf, which clients take from their own trust store, as in
+/// [`ChainDateProblem::of_chain`]). `None` when no certificate of the chain
+/// reads as one.
+pub fn chain_expiry<C: AsRef<[u8]>>(chain: &[C]) -> Option<SystemTime> {
+    chain
+        .iter()
+        .enumerate()
+        .filter_map(|(index, der)| super::x509::validity(der.as_ref()).map(|v| (index, v)))
+        .filter(|(index, v)| *index == 0 || !v.self_issued)
+        .map(|(_, v)| v.not_after)
+        .min()
 }
 
 impl ResolvesServerCert for CertSlot {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.load_full())
+        Some(self.key.load_full())
     }
 }
 
@@ -545,6 +582,32 @@ pub async fn opening(stream: &TcpStream) -> Opening {
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    /// A chain expires with the first of its leaf and intermediates to
+    /// expire; a root sent along is not counted, a self-signed leaf is.
+    #[test]
+    fn a_chain_expires_with_its_first_certificate_that_clients_check() {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let year = |y: i32| rcgen::date_time_ymd(y, 1, 1);
+        let params = |ca: bool, until: i32| {
+            let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            p.is_ca = if ca { IsCa::Ca(BasicConstraints::Unconstrained) } else { IsCa::NoCa };
+            p.distinguished_name.push(rcgen::DnType::CommonName, format!("until {until}"));
+            (p.not_before, p.not_after) = (year(2000), year(until));
+            p
+        };
+        let (root_key, mid_key, leaf_key) =
+            (KeyPair::generate().unwrap(), KeyPair::generate().unwrap(), KeyPair::generate().unwrap());
+        let root = params(true, 2030).self_signed(&root_key).unwrap();
+        let mid = params(true, 2035).signed_by(&mid_key, &root, &root_key).unwrap();
+        let leaf = params(false, 2040).signed_by(&leaf_key, &mid, &mid_key).unwrap();
+        let at = |secs: u64| Some(UNIX_EPOCH + Duration::from_secs(secs));
+        let (y2030, y2035, y2040) = (1_893_456_000, 2_051_222_400, 2_208_988_800);
+        assert_eq!(chain_expiry(&[leaf.der(), mid.der(), root.der()]), at(y2035));
+        assert_eq!(chain_expiry(&[leaf.der(), root.der()]), at(y2040), "a root sent along is not counted");
+        assert_eq!(chain_expiry(&[root.der()]), at(y2030), "a self-signed leaf is");
+        assert_eq!(chain_expiry(&[&b"not a certificate"[..]]), None);
+    }
 
     /// At most half the cores (at least one) make a signature at once;
     /// the others wait (probe 222: signatures took every runtime thread).

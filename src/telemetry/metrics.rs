@@ -7,9 +7,10 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Most users with their own per-user series.
 pub const MAX_USERS: usize = 1000;
@@ -261,13 +262,15 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition (version 0.0.4). `pooled`: origin
-    /// connections idle in the pool now.
+    /// connections idle in the pool now; `certificates`: each TLS
+    /// listener's address and when the chain it serves expires.
     pub fn render(
         &self,
         generation: u64,
         active_connections: usize,
         pooled: usize,
         auth: AuthLoad,
+        certificates: &[(SocketAddr, SystemTime)],
     ) -> String {
         let mut o = String::with_capacity(8192);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -360,6 +363,19 @@ impl Metrics {
         }
         family(
             &mut o,
+            "authgate_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the chain a TLS listener serves now expires: the earliest notAfter of its leaf and intermediates, in Unix seconds.",
+        );
+        for (listen, expiry) in certificates {
+            let _ = writeln!(
+                o,
+                "authgate_tls_certificate_expiry_timestamp_seconds{{listen=\"{listen}\"}} {}",
+                unix_seconds(*expiry)
+            );
+        }
+        family(
+            &mut o,
             "authgate_proxy_protocol_refused_total",
             "counter",
             "Connections on PROXY protocol listeners closed without an answer for their PROXY header.",
@@ -425,6 +441,15 @@ impl Metrics {
     }
 }
 
+/// `t` in seconds since the Unix epoch, negative before it.
+fn unix_seconds(t: SystemTime) -> i64 {
+    let signed = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => signed(after),
+        Err(before) => -signed(before.duration()),
+    }
+}
+
 fn escape_label(s: &str) -> String {
     s.chars()
         .flat_map(|c| match c {
@@ -443,13 +468,16 @@ mod tests {
     #[test]
     fn every_series_exists_from_the_start_and_counts() {
         let m = Metrics::new(false);
-        let text = m.render(1, 0, 0, AuthLoad::default());
+        let text = m.render(1, 0, 0, AuthLoad::default(), &[]);
         assert!(text.contains("authgate_requests_total{outcome=\"throttled\"} 0"));
         m.request(Outcome::Denied, Some("alice"));
         m.upstream_response(401);
         m.upstream_error("dns_timeout");
         m.argon2(Duration::from_millis(20));
-        let text = m.render(3, 2, 4, AuthLoad { running: 1, queued: 2, throttle_waiting: 3 });
+        let when = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let tls =
+            [("127.0.0.1:3129".parse().unwrap(), when(2_208_988_800)), ("[::1]:0".parse().unwrap(), when(0))];
+        let text = m.render(3, 2, 4, AuthLoad { running: 1, queued: 2, throttle_waiting: 3 }, &tls);
         assert!(text.contains("authgate_requests_total{outcome=\"denied\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"401\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"4xx\"} 0"));
@@ -463,6 +491,15 @@ mod tests {
         assert!(text.contains("authgate_auth_verifications_queued 2"));
         assert!(text.contains("authgate_auth_throttle_waiting 3"));
         assert!(!text.contains("alice"), "no per-user series unless enabled");
+        let expiry = "authgate_tls_certificate_expiry_timestamp_seconds";
+        assert!(text.contains(&format!("{expiry}{{listen=\"127.0.0.1:3129\"}} 2208988800\n")), "{text}");
+        assert!(text.contains(&format!("{expiry}{{listen=\"[::1]:0\"}} 0\n")), "{text}");
+    }
+
+    #[test]
+    fn times_before_the_epoch_are_negative() {
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(86_400)), -86_400);
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1_500)), 1);
     }
 
     #[test]
@@ -473,7 +510,7 @@ mod tests {
         for i in 1..(MAX_USERS + 5) {
             m.request(Outcome::Forwarded, Some(&format!("u{i}")));
         }
-        let text = m.render(1, 0, 0, AuthLoad::default());
+        let text = m.render(1, 0, 0, AuthLoad::default(), &[]);
         assert!(text.contains("authgate_user_requests_total{user=\":other\",outcome=\"forwarded\"} 5"));
         assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 1"));
         assert_eq!(text.matches("outcome=\"forwarded\"} ").count(), 1 + MAX_USERS + 1);
