@@ -86,6 +86,18 @@ async fn presented_cert(addr: SocketAddr, ca_pem: &str) -> Vec<u8> {
     conn.peer_certificates().unwrap()[0].to_vec()
 }
 
+/// Writes `leaf` (and `ca` after it) over the TLS listener's files, and
+/// waits until the listener serves it (the file watcher alone picks it up).
+async fn renew(proxy: &Full, ca: &pki::Ca, leaf: &pki::Leaf) {
+    proxy.dir.write("proxy-key.pem", &leaf.key_pem);
+    proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem));
+    let start = Instant::now();
+    while presented_cert(proxy.tls, &ca.cert_pem).await != leaf.der {
+        assert!(start.elapsed() < Duration::from_secs(5), "the new certificate is not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The file watcher alone (no SIGHUP, no reload call) picks up a renewed
 /// certificate: new TLS connections get it within a couple of seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,13 +107,7 @@ async fn a_renewed_certificate_file_is_served_without_a_signal() {
     let proxy = spawn_full(&ca, &leaf, "").await;
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     let leaf2 = ca.leaf("proxy-v2");
-    proxy.dir.write("proxy-key.pem", &leaf2.key_pem);
-    proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf2.cert_pem, ca.cert_pem));
-    let start = Instant::now();
-    while presented_cert(proxy.tls, &ca.cert_pem).await != leaf2.der {
-        assert!(start.elapsed() < Duration::from_secs(5), "the new certificate is not served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    renew(&proxy, &ca, &leaf2).await;
     drop(proxy.stop);
     let _ = proxy.task.await;
 }
@@ -128,13 +134,7 @@ async fn the_metrics_say_when_the_served_certificate_expires() {
     };
     assert_eq!(expiry(&proxy).await, [line(2_208_988_800)]);
     let leaf2 = ca.leaf_dated("proxy-v2", 2020, 2041);
-    proxy.dir.write("proxy-key.pem", &leaf2.key_pem);
-    proxy.dir.write("proxy-cert.pem", format!("{}{}", leaf2.cert_pem, ca.cert_pem));
-    let start = Instant::now();
-    while presented_cert(proxy.tls, &ca.cert_pem).await != leaf2.der {
-        assert!(start.elapsed() < Duration::from_secs(5), "the new certificate is not served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    renew(&proxy, &ca, &leaf2).await;
     assert_eq!(expiry(&proxy).await, [line(2_240_611_200)]);
     drop(proxy.stop);
     let _ = proxy.task.await;
