@@ -496,6 +496,29 @@ mod tests {
         assert!(text.contains(&format!("{expiry}{{listen=\"[::1]:0\"}} 0\n")), "{text}");
     }
 
+    /// Every family the exposition has is in the metrics tables of the
+    /// README and of deploy/README.md, which operators and the alerts read.
+    #[test]
+    fn every_family_is_documented_in_both_readmes() {
+        let m = Metrics::new(true);
+        m.request(Outcome::Forwarded, Some("alice"));
+        let tls = [("127.0.0.1:3129".parse().unwrap(), UNIX_EPOCH)];
+        let text = m.render(1, 0, 0, AuthLoad::default(), &tls);
+        let families: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(families.len() >= 20, "{families:?}");
+        for (name, doc) in [
+            ("README.md", include_str!("../../README.md")),
+            ("deploy/README.md", include_str!("../../deploy/README.md")),
+        ] {
+            for family in &families {
+                let named = format!("`{family}`");
+                let row = doc.lines().any(|l| l.starts_with("| `authgate_") && l.contains(&named));
+                assert!(row, "{family} is not in the metrics table of {name}");
+            }
+        }
+    }
+
     #[test]
     fn times_before_the_epoch_are_negative() {
         assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(86_400)), -86_400);
