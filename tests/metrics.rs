@@ -161,6 +161,37 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     assert_eq!(c.read_response("GET").await.status, 200, "HTTP/1.0 needs no Host");
 }
 
+/// `process_open_fds` counts the descriptors the connections hold (the
+/// proxy runs in this test's process, so each connection is two: the
+/// client's end and the accepted one), under `process_max_fds`, and falls
+/// back once they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_descriptors_are_scraped() {
+    let (run, state) = spawn_with_admin("").await;
+    let open = async || scrape(run.admin).await["process_open_fds"];
+    let before = open().await;
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held.push(tokio::net::TcpStream::connect(run.proxy).await.unwrap());
+    }
+    let start = std::time::Instant::now();
+    while state.conns.open() < 100 {
+        assert!(start.elapsed() < Duration::from_secs(10), "{} accepted", state.conns.open());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let figures = scrape(run.admin).await;
+    let during = figures["process_open_fds"];
+    assert!(during >= before + 200.0, "{before} then {during}");
+    assert!(figures["process_max_fds"] >= during, "{figures:?}");
+    assert!(figures["process_resident_memory_bytes"] > 0.0 && figures["process_cpu_seconds_total"] > 0.0);
+    drop(held);
+    let start = std::time::Instant::now();
+    while open().await > before + 20.0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "still {} open", open().await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A health check that sends its request and at once shuts its sending
 /// side (`nc -N`, a probe script's `shutdown(SHUT_WR)`) is answered: hyper
 /// took the end of the stream right behind the head for a connection to

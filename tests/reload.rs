@@ -707,7 +707,11 @@ async fn a_reload_that_keeps_the_user_does_not_verify_a_login_again() {
     }
     assert!(!get.is_finished(), "the verification was too quick to test with");
     assert_eq!(get.await.unwrap(), 200);
-    let metrics = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load(), &[]);
+    let metrics = proxy.state.metrics.render(&authgate::telemetry::metrics::Gauges {
+        generation: 1,
+        auth: proxy.state.auth.load(),
+        ..Default::default()
+    });
     assert!(metrics.contains("authgate_argon2_verifications_total 1\n"), "one verification:\n{metrics}");
 }
 
@@ -802,7 +806,11 @@ fn argon2_runs(proxy: &Custom) -> String {
 
 /// The value of one series (name and labels) of the proxy's metrics.
 fn counter(proxy: &Custom, series: &str) -> u64 {
-    let metrics = proxy.state.metrics.render(1, 0, 0, proxy.state.auth.load(), &[]);
+    let metrics = proxy.state.metrics.render(&authgate::telemetry::metrics::Gauges {
+        generation: 1,
+        auth: proxy.state.auth.load(),
+        ..Default::default()
+    });
     let prefix = format!("{series} ");
     metrics
         .lines()

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use super::guard::SendStall;
 use crate::proxy::State;
+use crate::telemetry::metrics::Gauges;
 use crate::watched_io::{IoObserver, Watched};
 
 /// Answers one admin request.
@@ -36,13 +37,14 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
         (&Method::GET | &Method::HEAD, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.render(
-                state.generation.load(Ordering::Relaxed),
-                state.conns.open(),
-                state.pool.idle_connections(),
-                state.auth.load(),
-                &certificates(state),
-            ),
+            state.metrics.render(&Gauges {
+                generation: state.generation.load(Ordering::Relaxed),
+                active_connections: state.conns.open(),
+                pooled: state.pool.idle_connections(),
+                auth: state.auth.load(),
+                certificates: certificates(state),
+                process: crate::telemetry::process::read(),
+            }),
         ),
         (_, "/healthz" | "/readyz" | "/metrics") => {
             (StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n".to_string())

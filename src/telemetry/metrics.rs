@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::process::ProcessStats;
+
 /// Most users with their own per-user series.
 pub const MAX_USERS: usize = 1000;
 /// The `user` label of the users past [`MAX_USERS`]: no user name can
@@ -110,6 +112,23 @@ pub struct AuthLoad {
     pub queued: usize,
     /// Logins waiting in their address's line for a throttle attempt.
     pub throttle_waiting: usize,
+}
+
+/// What a scrape reads from outside [`Metrics`]: the state's gauges of now.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// The configuration's generation.
+    pub generation: u64,
+    /// Client connections open now.
+    pub active_connections: usize,
+    /// Origin connections idle in the pool now.
+    pub pooled: usize,
+    /// The authenticator's load now.
+    pub auth: AuthLoad,
+    /// Each TLS listener's address and when the chain it serves expires.
+    pub certificates: Vec<(SocketAddr, SystemTime)>,
+    /// The process's own figures.
+    pub process: ProcessStats,
 }
 
 /// All counters and gauges.
@@ -261,17 +280,10 @@ impl Metrics {
         if ok { &self.reloads_ok } else { &self.reloads_failed }.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition (version 0.0.4). `pooled`: origin
-    /// connections idle in the pool now; `certificates`: each TLS
-    /// listener's address and when the chain it serves expires.
-    pub fn render(
-        &self,
-        generation: u64,
-        active_connections: usize,
-        pooled: usize,
-        auth: AuthLoad,
-        certificates: &[(SocketAddr, SystemTime)],
-    ) -> String {
+    /// The Prometheus text exposition (version 0.0.4), with the gauges `now`
+    /// read from the state.
+    pub fn render(&self, now: &Gauges) -> String {
+        let Gauges { generation, active_connections, pooled, auth, certificates, process } = now;
         let mut o = String::with_capacity(8192);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let family = |o: &mut String, name: &str, kind: &str, help: &str| {
@@ -413,6 +425,7 @@ impl Metrics {
             writeln!(o, "authgate_config_reloads_total{{result=\"failed\"}} {}", get(&self.reloads_failed));
         family(&mut o, "authgate_config_generation", "gauge", "Generation of the live configuration.");
         let _ = writeln!(o, "authgate_config_generation {generation}");
+        render_process(&mut o, process);
         family(&mut o, "authgate_build_info", "gauge", "Always 1; labels describe the binary.");
         let _ = writeln!(o, "authgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
         let guard = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
@@ -439,6 +452,47 @@ impl Metrics {
         }
         o
     }
+}
+
+/// The process's figures, those that could be read, as the Prometheus
+/// client libraries name them.
+fn render_process(o: &mut String, p: &ProcessStats) {
+    let mut gauge = |name: &str, kind: &str, help: &str, value: Option<String>| {
+        if let Some(v) = value {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        }
+    };
+    gauge(
+        "process_cpu_seconds_total",
+        "counter",
+        "User and system CPU time used, in seconds.",
+        p.cpu_seconds.map(|s| s.to_string()),
+    );
+    gauge(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory size in bytes.",
+        p.resident_bytes.map(|b| b.to_string()),
+    );
+    gauge(
+        "process_virtual_memory_bytes",
+        "gauge",
+        "Virtual memory size in bytes.",
+        p.virtual_bytes.map(|b| b.to_string()),
+    );
+    gauge("process_open_fds", "gauge", "Open file descriptors.", p.open_fds.map(|n| n.to_string()));
+    gauge(
+        "process_max_fds",
+        "gauge",
+        "The soft limit of open file descriptors.",
+        p.max_fds.map(|n| n.to_string()),
+    );
+    gauge(
+        "process_start_time_seconds",
+        "gauge",
+        "When the process started, in seconds since the Unix epoch.",
+        p.start_time.map(|t| unix_seconds(t).to_string()),
+    );
 }
 
 /// `t` in seconds since the Unix epoch, negative before it.
@@ -468,7 +522,7 @@ mod tests {
     #[test]
     fn every_series_exists_from_the_start_and_counts() {
         let m = Metrics::new(false);
-        let text = m.render(1, 0, 0, AuthLoad::default(), &[]);
+        let text = m.render(&Gauges { generation: 1, ..Gauges::default() });
         assert!(text.contains("authgate_requests_total{outcome=\"throttled\"} 0"));
         m.request(Outcome::Denied, Some("alice"));
         m.upstream_response(401);
@@ -477,7 +531,15 @@ mod tests {
         let when = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let tls =
             [("127.0.0.1:3129".parse().unwrap(), when(2_208_988_800)), ("[::1]:0".parse().unwrap(), when(0))];
-        let text = m.render(3, 2, 4, AuthLoad { running: 1, queued: 2, throttle_waiting: 3 }, &tls);
+        let auth = AuthLoad { running: 1, queued: 2, throttle_waiting: 3 };
+        let text = m.render(&Gauges {
+            generation: 3,
+            active_connections: 2,
+            pooled: 4,
+            auth,
+            certificates: tls.to_vec(),
+            process: ProcessStats::default(),
+        });
         assert!(text.contains("authgate_requests_total{outcome=\"denied\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"401\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"4xx\"} 0"));
@@ -503,7 +565,8 @@ mod tests {
         let m = Metrics::new(true);
         m.request(Outcome::Forwarded, Some("alice"));
         let tls = [("127.0.0.1:3129".parse().unwrap(), UNIX_EPOCH)];
-        let text = m.render(1, 0, 0, AuthLoad::default(), &tls);
+        let process = crate::telemetry::process::read();
+        let text = m.render(&Gauges { certificates: tls.to_vec(), process, ..Gauges::default() });
         let families: Vec<&str> =
             text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
         assert!(families.len() >= 20, "{families:?}");
@@ -513,7 +576,7 @@ mod tests {
         ] {
             for family in &families {
                 let named = format!("`{family}`");
-                let row = doc.lines().any(|l| l.starts_with("| `authgate_") && l.contains(&named));
+                let row = doc.lines().any(|l| l.starts_with("| `") && l.contains(&named));
                 assert!(row, "{family} is not in the metrics table of {name}");
             }
         }
@@ -533,7 +596,7 @@ mod tests {
         for i in 1..(MAX_USERS + 5) {
             m.request(Outcome::Forwarded, Some(&format!("u{i}")));
         }
-        let text = m.render(1, 0, 0, AuthLoad::default(), &[]);
+        let text = m.render(&Gauges { generation: 1, ..Gauges::default() });
         assert!(text.contains("authgate_user_requests_total{user=\":other\",outcome=\"forwarded\"} 5"));
         assert!(text.contains("authgate_user_requests_total{user=\"_other\",outcome=\"forwarded\"} 1"));
         assert_eq!(text.matches("outcome=\"forwarded\"} ").count(), 1 + MAX_USERS + 1);

@@ -10,6 +10,7 @@ mod captured;
 mod every;
 mod line;
 pub mod metrics;
+pub mod process;
 mod sink;
 
 pub use access::{AccessRecord, AuditEvent, AuditOnDrop, sanitize_username};

@@ -1,0 +1,109 @@
+//! The process's own figures for `/metrics`, under the names every
+//! Prometheus client library gives them (`process_cpu_seconds_total`,
+//! `process_open_fds` …), read from `/proc/self` on each scrape.
+//!
+//! The open-files limit is what an egress proxy runs out of first (each
+//! client connection holds a descriptor, and one to its origin); the log
+//! says so when it happens, and these let an alert say so before.
+
+use std::time::SystemTime;
+
+/// One reading of the process's figures; a figure that could not be read
+/// is `None` (another system than Linux, or no `/proc`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ProcessStats {
+    /// User and system CPU time used, in seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory, in bytes.
+    pub resident_bytes: Option<u64>,
+    /// Virtual memory, in bytes.
+    pub virtual_bytes: Option<u64>,
+    /// File descriptors open now.
+    pub open_fds: Option<u64>,
+    /// The soft open-files limit (`None` also when unlimited).
+    pub max_fds: Option<u64>,
+    /// When the process started.
+    pub start_time: Option<SystemTime>,
+}
+
+/// Reads the figures of this process now.
+pub fn read() -> ProcessStats {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok();
+    let fields = stat.as_deref().and_then(stat_fields);
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let page = rustix::param::page_size() as u64;
+    let field = |i: usize| fields.as_ref().and_then(|f| f.get(i)?.parse::<u64>().ok());
+    let cpu_seconds = field(UTIME).zip(field(STIME)).map(|(u, s)| (u + s) as f64 / ticks);
+    let start_time = field(STARTTIME)
+        .zip(boot_time())
+        .map(|(since_boot, boot)| boot + std::time::Duration::from_secs_f64(since_boot as f64 / ticks));
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
+    let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    ProcessStats {
+        cpu_seconds,
+        resident_bytes: field(RSS).map(|pages| pages * page),
+        virtual_bytes: field(VSIZE),
+        open_fds,
+        max_fds,
+        start_time,
+    }
+}
+
+/// The places in [`stat_fields`] of `/proc/self/stat`'s fields 14
+/// (`utime`), 15 (`stime`), 22 (`starttime`), 23 (`vsize`) and 24 (`rss`),
+/// proc(5): the fields after the command name, which is field 2.
+const UTIME: usize = 14 - 3;
+const STIME: usize = 15 - 3;
+const STARTTIME: usize = 22 - 3;
+const VSIZE: usize = 23 - 3;
+const RSS: usize = 24 - 3;
+
+/// The fields of a `/proc/PID/stat` line after the command name, which is
+/// in parentheses and may hold spaces and parentheses itself: the fields
+/// start after the last `)`.
+fn stat_fields(line: &str) -> Option<Vec<&str>> {
+    let (_, rest) = line.rsplit_once(')')?;
+    Some(rest.split_ascii_whitespace().collect())
+}
+
+/// When the system booted: `/proc/stat`'s `btime`.
+fn boot_time() -> Option<SystemTime> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let secs = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields() {
+        let line = "4242 (a) b (c)) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22\n";
+        let fields = stat_fields(line).unwrap();
+        assert_eq!(fields[0], "S");
+        assert_eq!(fields[UTIME], "11");
+        assert_eq!(fields[STIME], "12");
+        assert_eq!(fields[STARTTIME], "19");
+        assert_eq!(fields[VSIZE], "20");
+        assert_eq!(fields[RSS], "21");
+        assert_eq!(stat_fields("no parenthesis"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn this_process_reads_as_itself() {
+        let files: Vec<std::fs::File> =
+            (0..8).map(|_| std::fs::File::open("/proc/self/stat").unwrap()).collect();
+        let now = read();
+        assert!(now.open_fds.unwrap() >= 8, "{now:?}");
+        drop(files);
+        assert!(now.max_fds.unwrap() >= now.open_fds.unwrap(), "{now:?}");
+        assert!(now.resident_bytes.unwrap() > 1 << 20, "{now:?}");
+        assert!(now.virtual_bytes.unwrap() >= now.resident_bytes.unwrap(), "{now:?}");
+        assert!(now.cpu_seconds.unwrap() >= 0.0, "{now:?}");
+        let started = now.start_time.unwrap();
+        let age = SystemTime::now().duration_since(started).unwrap();
+        assert!(age < std::time::Duration::from_secs(24 * 3600), "started {age:?} ago");
+    }
+}
