@@ -614,11 +614,7 @@ async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The failed handshakes are counted, nowhere else seen but at debug level.
     let failures = |reason: &str| {
-        let text = proxy.state.metrics.render(&authgate::telemetry::metrics::Gauges {
-            generation: 1,
-            auth: proxy.state.auth.load(),
-            ..Default::default()
-        });
+        let text = proxy.state.metrics.render(&Default::default());
         let series = format!("authgate_tls_handshake_failures_total{{reason=\"{reason}\"}} ");
         text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
     };
@@ -1863,11 +1859,7 @@ async fn proxy_protocol_headers_count_only_from_the_listed_balancers() {
     assert_eq!(read_all(s).await, "");
     // Each refusal is counted (the log says them at most every 10 s;
     // probe 207). Counted before the close, which the client waited for.
-    let text = proxy.state.metrics.render(&authgate::telemetry::metrics::Gauges {
-        generation: 1,
-        auth: proxy.state.auth.load(),
-        ..Default::default()
-    });
+    let text = proxy.state.metrics.render(&Default::default());
     for reason in ["peer_not_allowed", "bad_header", "timed_out"] {
         let series = format!("authgate_proxy_protocol_refused_total{{reason=\"{reason}\"}} 1");
         assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
@@ -2147,11 +2139,7 @@ async fn an_upgrade_answer_the_client_does_not_read_is_cut_at_the_send_timeout()
     assert!(ended.is_ok(), "the connection is still open after {} bytes", got.len());
     assert!(got.len() < 210_000, "the whole 101 went out: {} bytes", got.len());
     // Counted as a request abandoned, not as one forwarded.
-    let text = proxy.state.metrics.render(&authgate::telemetry::metrics::Gauges {
-        generation: 1,
-        auth: proxy.state.auth.load(),
-        ..Default::default()
-    });
+    let text = proxy.state.metrics.render(&Default::default());
     let count = |outcome: &str| {
         let series = format!("authgate_requests_total{{outcome=\"{outcome}\"}} ");
         text.lines().find_map(|l| l.strip_prefix(series.as_str())).unwrap_or("?").to_owned()
