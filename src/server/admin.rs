@@ -62,6 +62,16 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     resp
 }
 
+/// The 503 to a scrape whose rendering did not finish (the runtime was
+/// ending, or it panicked).
+fn unavailable() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"metrics unavailable\n")));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// The 400 to a request whose `Host` fields RFC 9112 §3.2 refuses; the
 /// connection is closed after it (the request's end is in doubt).
 fn bad_host() -> Response<Full<Bytes>> {
@@ -81,12 +91,23 @@ pub async fn serve(state: Arc<State>, stream: TcpStream) {
     let svc = service_fn(move |req: Request<Incoming>| {
         // RFC 9112 §3.2, as on the proxy port (it answered 200 without
         // Host, with two, or with `Host: a b/c`: probe 117).
-        let resp = if crate::target::host_fields_valid(req.headers(), req.version(), false) {
-            respond(&state, req.method(), req.uri().path())
-        } else {
-            bad_host()
-        };
-        async move { Ok::<_, Infallible>(resp) }
+        let valid = crate::target::host_fields_valid(req.headers(), req.version(), false);
+        let state = state.clone();
+        async move {
+            if !valid {
+                return Ok::<_, Infallible>(bad_host());
+            }
+            let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+            if path != "/metrics" {
+                return Ok(respond(&state, &method, &path));
+            }
+            // Off the runtime: a scrape lists `/proc/self/fd` (tens of
+            // milliseconds with 100,000 descriptors open) and writes every
+            // per-user series, which would hold up the proxy's connections
+            // sharing this thread.
+            let rendered = tokio::task::spawn_blocking(move || respond(&state, &method, &path)).await;
+            Ok(rendered.unwrap_or_else(|_| unavailable()))
+        }
     });
     let mut builder = http1::Builder::new();
     // A request then a half-close (a health check's `nc -N`) is answered:

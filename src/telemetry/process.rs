@@ -37,8 +37,8 @@ pub fn read() -> ProcessStats {
     let start_time = field(STARTTIME)
         .zip(boot_time())
         .map(|(since_boot, boot)| boot + std::time::Duration::from_secs_f64(since_boot as f64 / ticks));
-    let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
     let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let open_fds = open_or_all(std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64), max_fds);
     ProcessStats {
         cpu_seconds,
         resident_bytes: field(RSS).map(|pages| pages * page),
@@ -46,6 +46,18 @@ pub fn read() -> ProcessStats {
         open_fds,
         max_fds,
         start_time,
+    }
+}
+
+/// The count of open descriptors, or `max` when listing them failed for
+/// want of one (`EMFILE`): every descriptor is taken, which is when the
+/// figure matters most, and a series that vanished then would end the
+/// alert on it.
+fn open_or_all(counted: std::io::Result<u64>, max: Option<u64>) -> Option<u64> {
+    match counted {
+        Ok(n) => Some(n),
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => max,
+        Err(_) => None,
     }
 }
 
@@ -88,6 +100,14 @@ mod tests {
         assert_eq!(fields[VSIZE], "20");
         assert_eq!(fields[RSS], "21");
         assert_eq!(stat_fields("no parenthesis"), None);
+    }
+
+    #[test]
+    fn no_descriptor_left_to_count_them_is_all_of_them() {
+        let err = |n| Err(std::io::Error::from_raw_os_error(n));
+        assert_eq!(open_or_all(Ok(12), Some(1024)), Some(12));
+        assert_eq!(open_or_all(err(libc::EMFILE), Some(1024)), Some(1024));
+        assert_eq!(open_or_all(err(libc::ENOENT), Some(1024)), None);
     }
 
     #[cfg(target_os = "linux")]
