@@ -14,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// another (an error once a write has been blocked too long); and, if it
 /// wants, each read that brought bytes.
 pub trait IoObserver: Unpin {
-    /// A read brought bytes; nothing by default.
-    fn read_some(&mut self) {}
+    /// A read brought bytes into a buffer that had room for `offered`;
+    /// nothing by default.
+    fn read_some(&mut self, _offered: usize) {}
 
     /// A write (plain or vectored) returned `res`.
     fn write(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>>;
@@ -47,10 +48,10 @@ impl<IO: AsyncRead + Unpin, O: IoObserver> AsyncRead for Watched<IO, O> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
+        let (before, offered) = (buf.filled().len(), buf.remaining());
         let res = Pin::new(&mut self.io).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.observer.read_some();
+            self.observer.read_some(offered);
         }
         res
     }

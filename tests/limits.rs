@@ -2543,6 +2543,36 @@ async fn a_client_that_reads_a_download_slowly_but_steadily_is_not_cut() {
     assert_eq!(c.read_response("GET").await.body.len(), LEN);
 }
 
+/// A client connection whose read buffer grew for a 1 MB upload (hyper
+/// never shrinks it) is closed after about 5 s idle, not `idle_timeout`;
+/// one that carried a small request stays open (probe 224: 1,000 idle
+/// connections after 1 MiB heads held 1 GB for `idle_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_connection_whose_buffer_grew_is_closed_sooner_when_idle() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nidle_timeout = \"60s\"\n"), &users());
+    let origin = spawn_checksum_origin();
+    let mut small = RawConn::connect(proxy.addr).await;
+    small.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
+    assert_eq!(small.read_response("GET").await.status, 200);
+    let mut big = RawConn::connect(proxy.addr).await;
+    let body = vec![b'u'; 1 << 20];
+    let length = body.len().to_string();
+    let auth = basic("alice", "a1");
+    let headers =
+        [("Host", &*origin.authority()), ("Proxy-Authorization", &auth), ("Content-Length", &length)];
+    let mut upload = request("POST", &origin.url("/"), &headers);
+    upload.extend_from_slice(&body);
+    big.send(upload).await;
+    let r = big.read_response("POST").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    let start = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), big.is_closed()).await;
+    assert_eq!(closed, Ok(true), "the upload's connection is closed within 10 s");
+    assert!(start.elapsed() >= Duration::from_secs(4), "closed after {:?}", start.elapsed());
+    small.send(get_as(&origin.url("/"), &origin.authority(), "alice", "a1")).await;
+    assert_eq!(small.read_response("GET").await.status, 200, "the small request's connection is still open");
+}
+
 /// hyper has a request-head timer of its own, 30 s by default, that runs
 /// from the end of one response to the next request's head: it closed every
 /// keep-alive connection after 30 s idle whatever `idle_timeout` said.

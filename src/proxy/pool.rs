@@ -26,6 +26,7 @@ use tokio::task::AbortHandle;
 use super::upstream_tls::UpstreamIo;
 use crate::body::{AbortOnDrop, RequestBody, Upload, UploadState};
 use crate::error::ProxyError;
+use crate::server::limits::{GROWN_BUFFER, GROWN_IDLE};
 use crate::target::Target;
 use crate::watched_io::IoObserver;
 
@@ -90,6 +91,16 @@ struct Idle {
     n: u64,
 }
 
+impl Idle {
+    /// Whether it has been idle for `timeout`, or for [`GROWN_IDLE`] when
+    /// its buffers grew (see [`GROWN_BUFFER`]).
+    fn expired(&self, now: Instant, timeout: Duration) -> bool {
+        let timeout =
+            if self.conn.writes.grown.load(Ordering::Relaxed) { timeout.min(GROWN_IDLE) } else { timeout };
+        now.duration_since(self.since) >= timeout
+    }
+}
+
 /// An origin connection: the handle requests are sent on, the task that
 /// drives it (which holds the request body being sent), and how its
 /// writes go.
@@ -122,6 +133,9 @@ struct Writes {
     /// Bytes came from the origin since `heard` was last cleared (before a
     /// request that may be sent again goes out).
     heard: AtomicBool,
+    /// A read was offered, or a write took, more than [`GROWN_BUFFER`]
+    /// bytes: the buffers behind them are that large for good.
+    grown: AtomicBool,
 }
 
 impl Writes {
@@ -131,6 +145,15 @@ impl Writes {
             last: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             heard: AtomicBool::new(false),
+            grown: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes a read buffer or a write of `size` bytes.
+    #[inline]
+    fn note_size(&self, size: usize) {
+        if size > GROWN_BUFFER && !self.grown.load(Ordering::Relaxed) {
+            self.grown.store(true, Ordering::Relaxed);
         }
     }
 
@@ -174,14 +197,18 @@ pub fn upgraded_origin(upgraded: hyper::upgrade::Upgraded) -> (super::relay::Box
 
 impl IoObserver for Arc<Writes> {
     #[inline]
-    fn read_some(&mut self) {
+    fn read_some(&mut self, offered: usize) {
         if !self.heard.load(Ordering::Relaxed) {
             self.heard.store(true, Ordering::Relaxed);
         }
+        self.note_size(offered);
     }
 
     fn write(&mut self, _cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         self.record(&res);
+        if let Poll::Ready(Ok(n)) = res {
+            self.note_size(n);
+        }
         res
     }
 
@@ -393,9 +420,7 @@ impl Pool {
         {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.by_key.retain(|_, list| {
-                let stale = list.partition_point(|c| now.duration_since(c.since) >= timeout);
-                expired.extend(list.drain(..stale));
-                expired.extend(list.extract_if(.., |c| c.conn.tx.is_closed()));
+                expired.extend(list.extract_if(.., |c| c.expired(now, timeout) || c.conn.tx.is_closed()));
                 !list.is_empty()
             });
             idle.count -= expired.len();
@@ -452,7 +477,7 @@ impl Pool {
             i -= 1;
             let c = &list[i];
             let idle_for = now.duration_since(c.since);
-            if !c.conn.tx.is_ready() || idle_for >= timeout {
+            if !c.conn.tx.is_ready() || c.expired(now, timeout) {
                 list.remove(i);
                 *count -= 1;
             } else if only_to.is_none_or(|addrs| addrs.contains(&c.conn.peer)) {
@@ -537,7 +562,7 @@ impl Pool {
             let timeout = self.idle_timeout();
             by_key.retain(|_, l| {
                 let before = l.len();
-                l.retain(|c| !c.conn.tx.is_closed() && now.duration_since(c.since) < timeout);
+                l.retain(|c| !c.conn.tx.is_closed() && !c.expired(now, timeout));
                 *count -= before - l.len();
                 !l.is_empty()
             });

@@ -37,6 +37,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::limits::{GROWN_BUFFER, GROWN_IDLE};
+
 const IDLE: u8 = 0;
 const HEAD: u8 = 1;
 const BUSY: u8 = 2;
@@ -446,6 +448,10 @@ pub struct Guarded<S> {
     eof_held_for: u32,
     /// The idle or head timer fired once and was given [`GRACE`] more.
     grace_given: bool,
+    /// hyper offered a read of more than [`GROWN_BUFFER`]: its buffer is
+    /// that large for good, and the connection is kept idle for
+    /// [`GROWN_IDLE`] at most.
+    grown: bool,
 }
 
 /// How long a connection whose idle or head timer fired is still watched
@@ -475,7 +481,14 @@ impl<S> Guarded<S> {
             lingered: None,
             eof_held_for: 0,
             grace_given: false,
+            grown: false,
         }
+    }
+
+    /// How long the connection may stay idle: `idle_timeout`, or less once
+    /// its buffer grew.
+    fn idle_limit(&self) -> Duration {
+        if self.grown { self.limits.idle.min(GROWN_IDLE) } else { self.limits.idle }
     }
 
     /// The wrapped socket (for a tunnel that takes it over).
@@ -532,7 +545,8 @@ impl<S> Guarded<S> {
             self.idle_after = served;
             self.armed_for = IDLE;
             self.grace_given = false;
-            self.timer.as_mut().reset(Instant::now() + self.limits.idle);
+            let idle = self.idle_limit();
+            self.timer.as_mut().reset(Instant::now() + idle);
             // Registers this task: it is woken, and `poll_read` closes, when
             // the timer fires.
             let _ = self.timer.as_mut().poll(cx);
@@ -618,7 +632,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         match phase {
             BUSY => this.phase.wake_when_drained(cx.waker()),
             IDLE => {
-                let d = this.limits.idle;
+                let d = this.idle_limit();
                 this.arm(IDLE, d);
             }
             // Before the socket: bytes that keep coming must not keep a
@@ -643,6 +657,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         }
         let before = buf.filled().len();
         let room = buf.remaining() > 0;
+        this.grown |= buf.remaining() > GROWN_BUFFER;
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         // Between requests the socket comes before the idle timer: after the
         // process could not run for a while (stopped, starved of CPU), a
