@@ -239,34 +239,57 @@ async fn pooled_origin_connections_are_a_gauge_that_falls_when_they_expire() {
 }
 
 /// An origin connection that carried a download of 1 MB (hyper's read
-/// buffer grew for it, and keeps its size) leaves the pool after about
-/// 5 s idle, not `upstream_idle_timeout`; one that carried a small answer
-/// stays (probe 224: 300 connections idle after 4 MB downloads held 70 MB
-/// for the whole minute).
+/// buffer grew for it, and keeps its size), or a request head of 40 KiB,
+/// leaves the pool after about 5 s idle, not `upstream_idle_timeout`; one
+/// that carried a small answer stays, and so does one that carried a 1 MB
+/// upload, which hyper writes from the body's own chunks (probe 224: 300
+/// connections idle after 4 MB downloads held 70 MB for the whole minute;
+/// probe 225: uploads were taken for grown too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_whose_buffers_grew_leaves_the_pool_sooner() {
     let (run, _state) = spawn_with_admin("[limits]\nupstream_idle_timeout = \"60s\"\n").await;
     let small = spawn_origin(|_req| async { http::Response::new(full(vec![b's'; 100])) });
     let big = spawn_origin(|_req| async { http::Response::new(full(vec![b'b'; 1 << 20])) });
+    let long_head = spawn_echo_origin();
+    let upload = spawn_checksum_origin();
     let gauge = async || scrape(run.admin).await["authgate_upstream_idle_connections"];
     for origin in [&small, &big] {
         let r = get_from(run.proxy, origin, "/", ("alice", "a1")).await;
         assert_eq!(r.status, 200);
     }
-    assert_eq!(gauge().await, 2.0);
+    let auth = basic("alice", "a1");
+    let pad = "p".repeat(40 * 1024);
+    let head = [("Host", &*long_head.authority()), ("Proxy-Authorization", &auth), ("X-Pad", &pad)];
+    let r = send_one_raw(run.proxy, request("GET", &long_head.url("/"), &head), "GET").await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    let post = || {
+        let length = (1usize << 20).to_string();
+        let head =
+            [("Host", &*upload.authority()), ("Proxy-Authorization", &auth), ("Content-Length", &length)];
+        let mut post = request("POST", &upload.url("/"), &head);
+        post.extend_from_slice(&vec![b'u'; 1 << 20]);
+        post
+    };
+    assert_eq!(send_one_raw(run.proxy, post(), "POST").await.status, 200);
+    assert_eq!(gauge().await, 4.0);
     let start = Instant::now();
-    while gauge().await != 1.0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the download's connection still pooled after 10 s"
-        );
+    while gauge().await != 2.0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "not 2 pooled after 10 s: {}", gauge().await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The one left is the small answer's: asking that origin again takes
-    // it, and makes no other.
+    // The two left are the small answer's and the upload's: asking those
+    // origins again takes them, and makes no other.
     let r = get_from(run.proxy, &small, "/", ("alice", "a1")).await;
     assert_eq!(r.status, 200);
-    assert_eq!(gauge().await, 1.0);
+    assert_eq!(send_one_raw(run.proxy, post(), "POST").await.status, 200);
+    assert_eq!(gauge().await, 2.0);
+}
+
+/// Sends `bytes` on a new connection to `proxy` and reads the response.
+async fn send_one_raw(proxy: SocketAddr, bytes: Vec<u8>, method: &str) -> RawResponse {
+    let mut c = RawConn::connect(proxy).await;
+    c.send(bytes).await;
+    c.read_response(method).await
 }
 
 /// The pool keeps at most `max_connections` idle origin connections, all

@@ -133,8 +133,11 @@ struct Writes {
     /// Bytes came from the origin since `heard` was last cleared (before a
     /// request that may be sent again goes out).
     heard: AtomicBool,
-    /// A read was offered, or a write took, more than [`GROWN_BUFFER`]
-    /// bytes: the buffers behind them are that large for good.
+    /// A read was offered more than [`GROWN_BUFFER`] bytes, or a request
+    /// head that large went out: the buffers behind them are that large for
+    /// good. (Not the size of a write: an upload's writes are its body's
+    /// own chunks, which hyper does not copy, and counting them closed
+    /// connections after 5 s idle that held nothing more; probe 225.)
     grown: AtomicBool,
 }
 
@@ -149,7 +152,7 @@ impl Writes {
         }
     }
 
-    /// Notes a read buffer or a write of `size` bytes.
+    /// Notes a read buffer or a request head of `size` bytes.
     #[inline]
     fn note_size(&self, size: usize) {
         if size > GROWN_BUFFER && !self.grown.load(Ordering::Relaxed) {
@@ -206,9 +209,6 @@ impl IoObserver for Arc<Writes> {
 
     fn write(&mut self, _cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         self.record(&res);
-        if let Poll::Ready(Ok(n)) = res {
-            self.note_size(n);
-        }
         res
     }
 
@@ -601,6 +601,32 @@ impl Pool {
     pub async fn send<D, F, R>(
         &self,
         key: &Key,
+        req: Request<RequestBody>,
+        exchange: Exchange<'_>,
+        replayable: R,
+        dial: D,
+    ) -> Result<Sent, ProxyError>
+    where
+        D: FnOnce() -> F,
+        F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
+        R: Fn() -> bool,
+    {
+        // hyper writes a request head from a buffer of its own, which
+        // keeps its size.
+        let large_head = request_head_len(&req) > GROWN_BUFFER;
+        let sent = self.send_on(key, req, exchange, replayable, dial).await;
+        sent.inspect(|s| {
+            if large_head {
+                s.conn.writes.note_size(usize::MAX);
+            }
+        })
+    }
+
+    /// What [`Pool::send`] does, but for marking the connection used when
+    /// the request head was large.
+    async fn send_on<D, F, R>(
+        &self,
+        key: &Key,
         mut req: Request<RequestBody>,
         exchange: Exchange<'_>,
         replayable: R,
@@ -833,6 +859,13 @@ fn head_len(headers: &http::HeaderMap) -> usize {
     headers
         .iter()
         .fold("HTTP/1.1 200\r\n\r\n".len(), |n, (name, value)| n + name.as_str().len() + 1 + value.len() + 2)
+}
+
+/// The size of a request head as hyper writes it, about: its method,
+/// target and fields (see [`head_len`]).
+fn request_head_len<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    req.method().as_str().len() + target + head_len(req.headers())
 }
 
 /// Whether the connection failed under the request (closed or reset, no
