@@ -2573,6 +2573,35 @@ async fn a_client_connection_whose_buffer_grew_is_closed_sooner_when_idle() {
     assert_eq!(small.read_response("GET").await.status, 200, "the small request's connection is still open");
 }
 
+/// The listen backlog holds a burst of connects that authgate has not
+/// accepted yet: 2,000 here, with nothing accepting, all complete at once
+/// (with the backlog of 1,024 the rest waited for their SYN to be sent
+/// again, a second or more; probe 223). As many as `net.core.somaxconn`
+/// allows, which caps any backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listen_backlog_holds_a_burst_of_connects() {
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let burst = somaxconn.min(2000);
+    let soft = authgate::server::limits::raise_open_files_limit(1).unwrap_or(u64::MAX);
+    assert!(soft > burst as u64 + 200, "the open-files limit ({soft}) is too low for this test");
+    let dir = TempDir::new();
+    let path = dir.write("authgate.toml", cfg("listen = [\"127.0.0.1:0\"]", ""));
+    dir.write("users.toml", users());
+    let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    // Bound, never served: nothing accepts.
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let connects =
+        (0..burst).map(|_| tokio::time::timeout(Duration::from_millis(800), TcpStream::connect(addr)));
+    let done = futures_util::future::join_all(connects).await;
+    let connected = done.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(connected, burst, "of {burst} connects, {connected} completed within 800 ms");
+    drop(listeners);
+}
+
 /// hyper has a request-head timer of its own, 30 s by default, that runs
 /// from the end of one response to the next request's head: it closed every
 /// keep-alive connection after 30 s idle whatever `idle_timeout` said.
