@@ -601,32 +601,6 @@ impl Pool {
     pub async fn send<D, F, R>(
         &self,
         key: &Key,
-        req: Request<RequestBody>,
-        exchange: Exchange<'_>,
-        replayable: R,
-        dial: D,
-    ) -> Result<Sent, ProxyError>
-    where
-        D: FnOnce() -> F,
-        F: Future<Output = Result<(UpstreamIo, SocketAddr), DialError>>,
-        R: Fn() -> bool,
-    {
-        // hyper writes a request head from a buffer of its own, which
-        // keeps its size.
-        let large_head = request_head_len(&req) > GROWN_BUFFER;
-        let sent = self.send_on(key, req, exchange, replayable, dial).await;
-        sent.inspect(|s| {
-            if large_head {
-                s.conn.writes.note_size(usize::MAX);
-            }
-        })
-    }
-
-    /// What [`Pool::send`] does, but for marking the connection used when
-    /// the request head was large.
-    async fn send_on<D, F, R>(
-        &self,
-        key: &Key,
         mut req: Request<RequestBody>,
         exchange: Exchange<'_>,
         replayable: R,
@@ -638,6 +612,9 @@ impl Pool {
         R: Fn() -> bool,
     {
         let Exchange { head_timeout, upload, reached, only_to, interims } = exchange;
+        // hyper writes a request head from a buffer of its own, which
+        // keeps its size.
+        let large_head = request_head_len(&req) > GROWN_BUFFER;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
@@ -649,7 +626,7 @@ impl Pool {
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
                 Ok(Ok(response)) => {
-                    return Sent::checked(response, conn, interims);
+                    return Sent::checked(response, conn, interims).map(|s| s.marked(large_head));
                 }
                 Ok(Err(mut e)) => match (e.take_message(), again) {
                     // Not sent on it after all.
@@ -682,7 +659,7 @@ impl Pool {
         // needs; inline, it would enlarge the future of every request (pooled
         // ones included) and every copy hyper and tokio make of it.
         let exchange = Exchange { head_timeout, upload, reached, only_to, interims };
-        Box::pin(send_new(req, exchange, dial())).await
+        Box::pin(send_new(req, exchange, dial())).await.map(|s| s.marked(large_head))
     }
 }
 
@@ -822,6 +799,15 @@ async fn head_wait<T>(
 }
 
 impl Sent {
+    /// Marks the connection's buffers as grown (see [`GROWN_BUFFER`]) when
+    /// `large_head` says its request head was.
+    fn marked(self, large_head: bool) -> Self {
+        if large_head {
+            self.conn.writes.note_size(usize::MAX);
+        }
+        self
+    }
+
     /// The response, unless its head, or an interim answer's, is larger
     /// than [`MAX_RESPONSE_HEAD`] (counted as [`head_len`] does): then the
     /// connection is closed. After an interim answer that said `Connection:
