@@ -2,6 +2,19 @@
 //! (Howard Hinnant's algorithms), for the access line's timestamp and
 //! certificates' dates, before 1970 too (humantime panics there).
 
+/// `t` in whole seconds since 1970-01-01, rounded down, negative before it
+/// (0.5 s before 1970 is -1).
+pub(crate) fn unix_seconds(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => {
+            let before = before.duration();
+            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
+            -whole - i64::from(before.subsec_nanos() > 0)
+        }
+    }
+}
+
 /// The date `days` after 1970-01-01 (negative: before it), as (year,
 /// month 1-12, day 1-31).
 pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -30,6 +43,15 @@ pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whole seconds, rounded down, before 1970 too.
+    #[test]
+    fn unix_seconds_round_down() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(86_400)), -86_400);
+        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_millis(500)), -1);
+        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1_500)), 1);
+    }
 
     /// Each day from 1600 to 2400 goes there and back.
     #[test]

@@ -208,15 +208,8 @@ fn time(tag: u8, text: &[u8]) -> Option<SystemTime> {
 /// 1970 too: humantime's formatter panics there, and a certificate that
 /// expired in 1969 made `check`, the start and a reload panic (probe 122).
 pub fn rfc3339(t: SystemTime) -> String {
-    let seconds = match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
-        Err(before) => {
-            let before = before.duration();
-            // Whole seconds down: 0.5 s before 1970 is 1969-12-31T23:59:59.
-            let whole = i64::try_from(before.as_secs()).unwrap_or(i64::MAX);
-            -whole - i64::from(before.subsec_nanos() > 0)
-        }
-    };
+    // Whole seconds down: 0.5 s before 1970 is 1969-12-31T23:59:59.
+    let seconds = crate::calendar::unix_seconds(t);
     let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     let (year, month, day) = crate::calendar::civil_from_days(days);
     format!(

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::process::ProcessStats;
 
@@ -383,7 +383,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "authgate_tls_certificate_expiry_timestamp_seconds{{listen=\"{listen}\"}} {}",
-                unix_seconds(*expiry)
+                crate::calendar::unix_seconds(*expiry)
             );
         }
         family(
@@ -491,17 +491,8 @@ fn render_process(o: &mut String, p: &ProcessStats) {
         "process_start_time_seconds",
         "gauge",
         "When the process started, in seconds since the Unix epoch.",
-        p.start_time.map(|t| unix_seconds(t).to_string()),
+        p.start_time.map(|t| crate::calendar::unix_seconds(t).to_string()),
     );
-}
-
-/// `t` in seconds since the Unix epoch, negative before it.
-fn unix_seconds(t: SystemTime) -> i64 {
-    let signed = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(after) => signed(after),
-        Err(before) => -signed(before.duration()),
-    }
 }
 
 fn escape_label(s: &str) -> String {
@@ -518,6 +509,7 @@ fn escape_label(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn every_series_exists_from_the_start_and_counts() {
@@ -580,12 +572,6 @@ mod tests {
                 assert!(row, "{family} is not in the metrics table of {name}");
             }
         }
-    }
-
-    #[test]
-    fn times_before_the_epoch_are_negative() {
-        assert_eq!(unix_seconds(UNIX_EPOCH - Duration::from_secs(86_400)), -86_400);
-        assert_eq!(unix_seconds(UNIX_EPOCH + Duration::from_millis(1_500)), 1);
     }
 
     #[test]
