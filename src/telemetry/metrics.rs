@@ -286,9 +286,6 @@ impl Metrics {
         let Gauges { generation, active_connections, pooled, auth, certificates, process } = now;
         let mut o = String::with_capacity(8192);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         family(&mut o, "authgate_requests_total", "counter", "Requests and CONNECTs by how they ended.");
         for (i, l) in OUTCOMES.iter().enumerate() {
             let _ = writeln!(o, "authgate_requests_total{{outcome=\"{l}\"}} {}", get(&self.requests[i]));
@@ -454,12 +451,18 @@ impl Metrics {
     }
 }
 
+/// The `# HELP` and `# TYPE` lines of a metric family.
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// The process's figures, those that could be read, as the Prometheus
 /// client libraries name them.
 fn render_process(o: &mut String, p: &ProcessStats) {
     let mut gauge = |name: &str, kind: &str, help: &str, value: Option<String>| {
         if let Some(v) = value {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            family(o, name, kind, help);
+            let _ = writeln!(o, "{name} {v}");
         }
     };
     gauge(
