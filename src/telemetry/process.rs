@@ -30,18 +30,19 @@ pub struct ProcessStats {
 pub fn read() -> ProcessStats {
     let stat = std::fs::read_to_string("/proc/self/stat").ok();
     let fields = stat.as_deref().and_then(stat_fields);
-    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let ticks_whole = rustix::param::clock_ticks_per_second().max(1);
+    let ticks = ticks_whole as f64;
     let page = rustix::param::page_size() as u64;
     let field = |i: usize| fields.as_ref().and_then(|f| f.get(i)?.parse::<u64>().ok());
-    let cpu_seconds = field(UTIME).zip(field(STIME)).map(|(u, s)| (u + s) as f64 / ticks);
-    let start_time = field(STARTTIME)
-        .zip(boot_time())
-        .map(|(since_boot, boot)| boot + std::time::Duration::from_secs_f64(since_boot as f64 / ticks));
+    let cpu_seconds = field(UTIME).zip(field(STIME)).map(|(u, s)| u.saturating_add(s) as f64 / ticks);
+    let start_time = field(STARTTIME).zip(boot_time()).and_then(|(since_boot, boot)| {
+        boot.checked_add(std::time::Duration::from_secs(since_boot / ticks_whole))
+    });
     let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let open_fds = open_or_all(std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64), max_fds);
     ProcessStats {
         cpu_seconds,
-        resident_bytes: field(RSS).map(|pages| pages * page),
+        resident_bytes: field(RSS).map(|pages| pages.saturating_mul(page)),
         virtual_bytes: field(VSIZE),
         open_fds,
         max_fds,
@@ -82,7 +83,7 @@ fn stat_fields(line: &str) -> Option<Vec<&str>> {
 fn boot_time() -> Option<SystemTime> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let secs = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 #[cfg(test)]
