@@ -403,14 +403,8 @@ impl ChainDateProblem {
         // The last that is not a root sent along.
         let last =
             chain.iter().rposition(|c| super::x509::validity(c.as_ref()).is_none_or(|v| !v.self_issued));
-        chain
-            .iter()
-            .enumerate()
-            .filter_map(|(index, der)| {
-                let v = super::x509::validity(der.as_ref())?;
-                if index > 0 && v.self_issued {
-                    return None;
-                }
+        checked_by_clients(chain)
+            .filter_map(|(index, v)| {
                 let problem = DateProblem::of_validity(&v, now)?;
                 let last = index >= 2 && Some(index) == last;
                 Some(ChainDateProblem { index, problem, last })
@@ -518,13 +512,21 @@ impl CertSlot {
 /// [`ChainDateProblem::of_chain`]). `None` when no certificate of the chain
 /// reads as one.
 pub fn chain_expiry<C: AsRef<[u8]>>(chain: &[C]) -> Option<SystemTime> {
+    checked_by_clients(chain).map(|(_, v)| v.not_after).min()
+}
+
+/// The validity of each certificate of `chain` that clients check, with
+/// its place in the chain: the leaf and the intermediates, not a root sent
+/// along (self-issued past the leaf: clients take a root from their own
+/// trust store), nor a block that does not read as a certificate.
+fn checked_by_clients<C: AsRef<[u8]>>(
+    chain: &[C],
+) -> impl Iterator<Item = (usize, super::x509::Validity)> + '_ {
     chain
         .iter()
         .enumerate()
         .filter_map(|(index, der)| super::x509::validity(der.as_ref()).map(|v| (index, v)))
         .filter(|(index, v)| *index == 0 || !v.self_issued)
-        .map(|(_, v)| v.not_after)
-        .min()
 }
 
 impl ResolvesServerCert for CertSlot {
