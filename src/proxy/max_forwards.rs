@@ -52,6 +52,15 @@ fn remaining(headers: &HeaderMap) -> Option<u64> {
     Some(digits.parse().unwrap_or(u64::MAX))
 }
 
+/// Whether a field stays out of a TRACE answer: one of [`NOT_ECHOED`], or
+/// its twin with `_` for `-` (`Proxy_Authorization`), which a recipient
+/// that reads `_` as `-` takes for the field itself (probe 214).
+fn not_echoed(name: &header::HeaderName) -> bool {
+    let name = name.as_str();
+    NOT_ECHOED.iter().any(|n| n.as_str() == name)
+        || (name.contains('_') && NOT_ECHOED.iter().any(|n| n.as_str() == name.replace('_', "-")))
+}
+
 /// The TRACE request as authgate received it, minus credentials (fields
 /// and URL userinfo) and cookies.
 fn echo<B>(req: &Request<B>) -> BytesMut {
@@ -65,7 +74,7 @@ fn echo<B>(req: &Request<B>) -> BytesMut {
     out.put_slice(uri.path_and_query().map_or(uri.path(), |p| p.as_str()).as_bytes());
     out.put_slice(format!(" {:?}\r\n", req.version()).as_bytes());
     for (name, value) in req.headers() {
-        if NOT_ECHOED.contains(name) {
+        if not_echoed(name) {
             continue;
         }
         out.put_slice(name.as_str().as_bytes());
@@ -88,6 +97,8 @@ mod tests {
         }
         r.headers_mut().insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("Basic c2VjcmV0"));
         r.headers_mut().insert(header::COOKIE, HeaderValue::from_static("sid=1"));
+        r.headers_mut().insert("proxy_authorization", HeaderValue::from_static("Basic dHdpbg=="));
+        r.headers_mut().insert("x_trace", HeaderValue::from_static("kept"));
         r.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         r
     }
@@ -132,5 +143,6 @@ mod tests {
         assert!(text.starts_with("TRACE http://example.com/p?q HTTP/1.1\r\n"), "{text}");
         assert!(text.contains("accept: */*\r\n") && text.contains("max-forwards: 0\r\n"), "{text}");
         assert!(!text.contains("c2VjcmV0") && !text.contains("sid=1") && !text.contains("pw"), "{text}");
+        assert!(!text.contains("dHdpbg") && text.contains("x_trace: kept\r\n"), "{text}");
     }
 }
