@@ -2,64 +2,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::sync::oneshot;
 
 const RULES: &str =
     "[policy]\ndefault = \"allow\"\n[[rules]]\nname = \"no-port\"\naction = \"deny\"\nports = [PORT]\n";
-
-struct Running {
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    _dir: TempDir,
-    stop: oneshot::Sender<()>,
-}
-
-async fn spawn_with_admin(rules: &str) -> (Running, std::sync::Arc<authgate::State>) {
-    spawn_with_admin_for(rules, &[("alice", "a1")]).await
-}
-
-async fn spawn_with_admin_for(
-    rules: &str,
-    users: &[(&str, &str)],
-) -> (Running, std::sync::Arc<authgate::State>) {
-    let dir = TempDir::new();
-    let cfg = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n{rules}"
-    );
-    let path = dir.write("authgate.toml", cfg);
-    dir.write("users.toml", users_toml(users));
-    let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
-    // Not serving yet: not ready, but alive.
-    assert_eq!(authgate::server::admin::respond(&state, &http::Method::GET, "/readyz").status(), 503);
-    assert_eq!(authgate::server::admin::respond(&state, &http::Method::GET, "/healthz").status(), 200);
-    let listeners = authgate::server::bind_all(&state).await.unwrap();
-    let proxy = listeners[0].local_addr().unwrap();
-    let admin = listeners[1].local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(authgate::run(state.clone(), listeners, async move {
-        let _ = rx.await;
-    }));
-    (Running { proxy, admin, _dir: dir, stop: tx }, state)
-}
-
-/// Scrapes `/metrics` and returns `series -> value`.
-async fn scrape(admin: SocketAddr) -> HashMap<String, f64> {
-    let r = send_one(admin, "GET", "/metrics", &[("Host", "admin")]).await;
-    assert_eq!(r.status, 200, "{}", r.dump());
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
-    r.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(k, v)| (k.to_string(), v.parse::<f64>().unwrap()))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_exactly_for_a_scripted_sequence() {
@@ -159,37 +109,6 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     let mut c = RawConn::connect(run.admin).await;
     c.send(b"GET /healthz HTTP/1.0\r\n\r\n".to_vec()).await;
     assert_eq!(c.read_response("GET").await.status, 200, "HTTP/1.0 needs no Host");
-}
-
-/// `process_open_fds` counts the descriptors the connections hold (the
-/// proxy runs in this test's process, so each connection is two: the
-/// client's end and the accepted one), under `process_max_fds`, and falls
-/// back once they close.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_open_descriptors_are_scraped() {
-    let (run, state) = spawn_with_admin("").await;
-    let open = async || scrape(run.admin).await["process_open_fds"];
-    let before = open().await;
-    let mut held = Vec::new();
-    for _ in 0..100 {
-        held.push(tokio::net::TcpStream::connect(run.proxy).await.unwrap());
-    }
-    let start = std::time::Instant::now();
-    while state.conns.open() < 100 {
-        assert!(start.elapsed() < Duration::from_secs(10), "{} accepted", state.conns.open());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let figures = scrape(run.admin).await;
-    let during = figures["process_open_fds"];
-    assert!(during >= before + 200.0, "{before} then {during}");
-    assert!(figures["process_max_fds"] >= during, "{figures:?}");
-    assert!(figures["process_resident_memory_bytes"] > 0.0 && figures["process_cpu_seconds_total"] > 0.0);
-    drop(held);
-    let start = std::time::Instant::now();
-    while open().await > before + 20.0 {
-        assert!(start.elapsed() < Duration::from_secs(10), "still {} open", open().await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A health check that sends its request and at once shuts its sending

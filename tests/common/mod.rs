@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod admin;
 pub mod origin;
 pub mod raw;
 pub mod streams;
@@ -20,6 +21,8 @@ use base64::Engine;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[allow(unused_imports)]
+pub use admin::*;
 #[allow(unused_imports)]
 pub use origin::*;
 #[allow(unused_imports)]
