@@ -891,6 +891,22 @@ fn expiry_is_written_as_a_toml_datetime_and_listed() {
     assert!(d.read().contains("expires = 2029-06-01T13:30:00.25Z\n"), "{}", d.read());
     let list = d.ok(&["list"], None).stdout;
     assert!(list.lines().any(|l| l.starts_with("frac ") && l.contains("2029-06-01T13:30:00.25Z")), "{list}");
+    // With a positive offset too: it was dropped after a fraction, and the
+    // user logged in for the offset's hours past the expiry (probe 226).
+    d.ok(&["add", "fracplus", "--expires", "2029-06-01T12:30:00.25+02:00", "--password-stdin"], Some("pw\n"));
+    assert!(d.read().contains("expires = 2029-06-01T10:30:00.25Z\n"), "{}", d.read());
+    // An hour ago, written at +02:00: an hour ahead on the wall clock.
+    let wall = humantime::format_rfc3339_seconds(SystemTime::now() + std::time::Duration::from_secs(3600))
+        .to_string();
+    let hour_ago = wall.replace('Z', ".5+02:00");
+    let out = d.run(&["add", "gone", "--expires", &hour_ago, "--password-stdin"], Some("pw\n"));
+    assert!(out.code == Some(0) && out.stderr.contains("has passed"), "{hour_ago}: {out:?}");
+    let snap = d.snapshot();
+    assert_eq!(
+        snap.users.verify(&creds("gone", "pw"), SystemTime::now()).err(),
+        Some(Refusal::Expired),
+        "{hour_ago}"
+    );
     // A leap second is the second after `:59` (it was read as `:59`; probe
     // 137): written as the instant it is.
     d.ok(&["add", "leap", "--expires", "2027-12-31T23:59:60.5Z", "--password-stdin"], Some("pw\n"));

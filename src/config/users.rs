@@ -403,29 +403,41 @@ fn blanked(text: &str, range: std::ops::Range<usize>) -> Option<String> {
 
 /// A TOML offset date-time (or a bare date, taken as midnight UTC) as a
 /// `SystemTime`, within [`expiry_in_range`].
+///
+/// Worked out from the fields (days since 1970, the time, less the offset),
+/// not by a text parser: humantime's `parse_rfc3339_weak` took
+/// `09:00:00.5+02:00` for 09:00:00.5 UTC, dropping the offset after a
+/// fraction of a second, and such a user logged in for two hours past
+/// their expiry (probe 226).
 pub fn to_system_time(dt: &toml::value::Datetime) -> Option<SystemTime> {
-    // A leap second (`23:59:60`) is the second after `:59`: it was read as
-    // `:59`, and the user expired a second early (probe 137).
-    let mut dt = *dt;
-    let leap = dt.time.as_mut().filter(|t| t.second == 60).map(|t| t.second = 59).is_some();
-    let text = match (dt.date, dt.time, dt.offset) {
-        (Some(_), Some(_), Some(_)) => dt.to_string(),
-        (Some(d), None, None) => format!("{d}T00:00:00Z"),
+    use toml::value::{Offset, Time};
+    let midnight = Time { hour: 0, minute: 0, second: 0, nanosecond: 0 };
+    let (date, time, offset_minutes) = match (dt.date, dt.time, dt.offset) {
+        (Some(d), Some(t), Some(Offset::Z)) => (d, t, 0),
+        (Some(d), Some(t), Some(Offset::Custom { minutes })) => (d, t, i64::from(minutes)),
+        (Some(d), None, None) => (d, midnight, 0),
         _ => return None,
     };
-    humantime::parse_rfc3339_weak(&text.replace('z', "Z"))
-        .ok()
-        .or_else(|| {
-            // parse_rfc3339_weak wants `Z`; convert numeric offsets ourselves.
-            parse_with_offset(&text)
-        })
-        .and_then(|t| match leap {
-            // Only where leap seconds go (probe 144).
-            true => Some(t)
-                .filter(|t| ends_a_utc_day(*t))
-                .and_then(|t| t.checked_add(std::time::Duration::from_secs(1))),
-            false => Some(t),
-        })
+    let (year, month, day) = (i64::from(date.year), i64::from(date.month), i64::from(date.day));
+    let days = crate::calendar::days_from_civil(year, month, day);
+    // A date that does not exist (`02-30`) comes back as another one.
+    let real = crate::calendar::civil_from_days(days) == (year, u32::from(date.month), u32::from(date.day));
+    if !real || time.hour > 23 || time.minute > 59 || time.second > 60 || time.nanosecond > 999_999_999 {
+        return None;
+    }
+    // A leap second (`23:59:60`) is the second after `:59`: it was read as
+    // `:59`, and the user expired a second early (probe 137). Only where
+    // leap seconds go, the last second of a UTC day (probe 144).
+    let leap = time.second == 60;
+    let second = i64::from(time.second.min(59));
+    let seconds = days * 86_400 + i64::from(time.hour) * 3600 + i64::from(time.minute) * 60 + second
+        - offset_minutes * 60;
+    if leap && seconds.rem_euclid(86_400) != 86_399 {
+        return None;
+    }
+    let seconds = u64::try_from(seconds + i64::from(leap)).ok()?;
+    SystemTime::UNIX_EPOCH
+        .checked_add(std::time::Duration::new(seconds, time.nanosecond))
         .filter(|t| expiry_in_range(*t))
 }
 
@@ -459,23 +471,6 @@ fn ends_a_utc_day(t: SystemTime) -> bool {
 pub fn expiry_in_range(t: SystemTime) -> bool {
     const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
     t.duration_since(SystemTime::UNIX_EPOCH).is_ok_and(|d| d.as_secs() <= LAST)
-}
-
-fn parse_with_offset(text: &str) -> Option<SystemTime> {
-    let (base, sign, off) = if let Some(i) = text.rfind('+') {
-        (&text[..i], 1i64, &text[i + 1..])
-    } else {
-        let i = text.rfind('-').filter(|&i| i > 10)?;
-        (&text[..i], -1i64, &text[i + 1..])
-    };
-    let (h, m) = off.split_once(':')?;
-    let secs = sign * (h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60);
-    let t = humantime::parse_rfc3339_weak(base).ok()?;
-    if secs >= 0 {
-        t.checked_sub(std::time::Duration::from_secs(secs as u64))
-    } else {
-        t.checked_add(std::time::Duration::from_secs((-secs) as u64))
-    }
 }
 
 /// The hash scheme and costs most users have, for the dummy hash; of
