@@ -12,15 +12,6 @@ use custom::spawn_custom;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// CPU seconds (user + system) this process has used.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    // After the command name: state is field 3; utime, stime are fields 14, 15.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_in_pieces_is_waited_for_without_spinning() {
     let cfg = "[server]\nproxy_protocol = true\n[auth]\nusers_file = \"users.toml\"\n[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[limits]\nheader_read_timeout = \"5s\"\n";
