@@ -126,6 +126,44 @@ fn a_capital_m_in_a_duration_is_refused() {
     assert!(result.is_ok(), "{:?}", result.err().map(|e| e.to_string()));
 }
 
+/// humantime reads digits across spaces as one number: `"1 0s"` loaded as
+/// 10 s, and `"1 30m"` (a typo for `"1h 30m"`) as 130 minutes, without a
+/// word (probe 228). A space inside a number is refused; spaces between a
+/// unit and the next number, around the value, and fractions still read
+/// (one that does not, of an hour, is told why).
+#[test]
+fn a_space_inside_a_durations_number_is_refused() {
+    for value in ["1 0s", "1 30m", "1. 5s", "1 .5s", "1h 3 0m"] {
+        let err = load_err(&format!("[limits]\nidle_timeout = \"{value}\"\n"), &good_users());
+        assert!(
+            err.contains(":2:16: limits.idle_timeout: bad duration")
+                && err.contains("a space inside a number"),
+            "{value}: {err}"
+        );
+    }
+    // A fraction of an hour that is no whole number of seconds was told
+    // "number is too large".
+    for value in ["0.0001h", "0.00001d", "0.5ns"] {
+        let err = load_err(&format!("[limits]\nidle_timeout = \"{value}\"\n"), &good_users());
+        assert!(err.contains("must come to whole seconds") && !err.contains("too large"), "{value}: {err}");
+    }
+    for (value, seconds) in [
+        ("1h 30m", 5400.0),
+        (" 90s ", 90.0),
+        ("1.5s", 1.5),
+        ("1h\t30m", 5400.0),
+        ("0.001m", 0.06),
+        ("0.5h", 1800.0),
+    ] {
+        let (_dir, result) = load(
+            &format!("[auth]\nusers_file = \"users.toml\"\n[limits]\nidle_timeout = \"{value}\"\n"),
+            &good_users(),
+        );
+        let snap = result.unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(snap.limits.idle_timeout.as_secs_f64(), seconds, "{value}");
+    }
+}
+
 #[test]
 fn good_config_loads() {
     let (_dir, result) = load(GOOD_CONFIG, &good_users());

@@ -99,6 +99,19 @@ fn duration_within(
         );
         return None;
     }
+    // humantime also reads digits across spaces as one number: `"1 0s"`
+    // was 10 s, and a typo such as `"1 30m"` (for `"1h 30m"`) 130 minutes,
+    // without a word (probe 228). Spaces go between a unit and a number.
+    if split_number(v.get_ref()) {
+        c.at(
+            v.span(),
+            format!(
+                "{what}: bad duration {}: a space inside a number; write a unit after each number (\"1h 30m\")",
+                quoted(v.get_ref())
+            ),
+        );
+        return None;
+    }
     match humantime::parse_duration(v.get_ref().trim()) {
         Ok(d) if d > max => {
             // humantime counts a year, `1y`, and twelve months as 365.25
@@ -120,6 +133,19 @@ fn duration_within(
             None
         }
         Ok(d) => Some(d),
+        // humantime's own words, "number is too large", read as wrong for
+        // `"0.0001h"` (probe 228): it works out fractions of an hour, day
+        // or week in whole seconds.
+        Err(humantime::DurationError::NumberOverflow) if v.get_ref().contains('.') => {
+            c.at(
+                v.span(),
+                format!(
+                    "{what}: bad duration {}: a fraction of `h`, `d` or `w` must come to whole seconds, and none below 1ns (write e.g. \"360ms\")",
+                    quoted(v.get_ref())
+                ),
+            );
+            None
+        }
         Err(e) => {
             c.at(
                 v.span(),
@@ -131,6 +157,26 @@ fn duration_within(
             None
         }
     }
+}
+
+/// Whether whitespace stands between two parts of a number (digits or a
+/// decimal point) in a duration: `"1 0s"`, `"1. 5s"`.
+fn split_number(text: &str) -> bool {
+    let numeric = |ch: char| ch.is_ascii_digit() || ch == '.';
+    let mut last = None;
+    let mut in_space = false;
+    for ch in text.trim().chars() {
+        if ch.is_whitespace() {
+            in_space = true;
+            continue;
+        }
+        if in_space && last.is_some_and(numeric) && numeric(ch) {
+            return true;
+        }
+        in_space = false;
+        last = Some(ch);
+    }
+    false
 }
 
 /// Whether an unknown key of the config file may be quoted in its error:
