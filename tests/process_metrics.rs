@@ -40,6 +40,9 @@ async fn the_open_descriptors_are_scraped() {
     let cpu = figures["process_cpu_seconds_total"];
     assert!(cpu >= spent, "{cpu} s, the kernel had counted {spent} s");
     assert!(figures["process_resident_memory_bytes"] > 1_000_000.0, "{figures:?}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let start = figures["process_start_time_seconds"];
+    assert!(start <= now && now - start < 3600.0, "started at {start}, now {now}");
     drop(held);
     let start = std::time::Instant::now();
     while open().await > before + 20.0 {

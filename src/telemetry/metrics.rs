@@ -494,7 +494,9 @@ fn render_process(o: &mut String, p: &ProcessStats) {
         "process_start_time_seconds",
         "gauge",
         "When the process started, in seconds since the Unix epoch.",
-        p.start_time.map(|t| crate::calendar::unix_seconds(t).to_string()),
+        p.start_time
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64().to_string()),
     );
 }
 

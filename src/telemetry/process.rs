@@ -35,9 +35,9 @@ pub fn read() -> ProcessStats {
     let page = rustix::param::page_size() as u64;
     let field = |i: usize| fields.as_ref().and_then(|f| f.get(i)?.parse::<u64>().ok());
     let cpu_seconds = field(UTIME).zip(field(STIME)).map(|(u, s)| u.saturating_add(s) as f64 / ticks);
-    let start_time = field(STARTTIME).zip(boot_time()).and_then(|(since_boot, boot)| {
-        boot.checked_add(std::time::Duration::from_secs(since_boot / ticks_whole))
-    });
+    let start_time = field(STARTTIME)
+        .zip(boot_time())
+        .and_then(|(since_boot, boot)| started(boot, since_boot, ticks_whole));
     let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
     let open_fds = open_or_all(std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64), max_fds);
     ProcessStats {
@@ -48,6 +48,17 @@ pub fn read() -> ProcessStats {
         max_fds,
         start_time,
     }
+}
+
+/// The start of a process `since_boot` clock ticks (`ticks` a second)
+/// after `boot`, with its fraction of a second, as the Prometheus client
+/// libraries give it (it was cut to whole seconds; probe 228).
+fn started(boot: SystemTime, since_boot: u64, ticks: u64) -> Option<SystemTime> {
+    let ticks = ticks.max(1);
+    let whole = std::time::Duration::from_secs(since_boot / ticks);
+    // The remainder is below `ticks`: no overflow for any real tick rate.
+    let part = std::time::Duration::from_nanos((since_boot % ticks).saturating_mul(1_000_000_000) / ticks);
+    boot.checked_add(whole + part)
 }
 
 /// The count of open descriptors, or `max` when listing them failed for
@@ -109,6 +120,17 @@ mod tests {
         assert_eq!(open_or_all(Ok(12), Some(1024)), Some(12));
         assert_eq!(open_or_all(err(libc::EMFILE), Some(1024)), Some(1024));
         assert_eq!(open_or_all(err(libc::ENOENT), Some(1024)), None);
+    }
+
+    #[test]
+    fn a_start_keeps_its_fraction_of_a_second() {
+        let boot = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let at = |ticks, rate| started(boot, ticks, rate).unwrap().duration_since(boot).unwrap();
+        assert_eq!(at(12_345, 100), std::time::Duration::from_millis(123_450));
+        assert_eq!(at(7, 1000), std::time::Duration::from_millis(7));
+        assert_eq!(at(5, 0), std::time::Duration::from_secs(5));
+        // Past what a `SystemTime` holds: none, not a panic.
+        assert_eq!(started(SystemTime::UNIX_EPOCH, u64::MAX, 1), None);
     }
 
     #[cfg(target_os = "linux")]
