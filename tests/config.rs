@@ -147,6 +147,8 @@ fn a_space_inside_a_durations_number_is_refused() {
         let err = load_err(&format!("[limits]\nidle_timeout = \"{value}\"\n"), &good_users());
         assert!(err.contains("must come to whole seconds") && !err.contains("too large"), "{value}: {err}");
     }
+    let err = load_err("[limits]\nidle_timeout = \"99999999999999999999.5s\"\n", &good_users());
+    assert!(err.contains("too large") && !err.contains("whole seconds"), "{err}");
     for (value, seconds) in [
         ("1h 30m", 5400.0),
         (" 90s ", 90.0),

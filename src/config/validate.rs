@@ -135,8 +135,11 @@ fn duration_within(
         Ok(d) => Some(d),
         // humantime's own words, "number is too large", read as wrong for
         // `"0.0001h"` (probe 228): it works out fractions of an hour, day
-        // or week in whole seconds.
-        Err(humantime::DurationError::NumberOverflow) if v.get_ref().contains('.') => {
+        // or week in whole seconds. (Not for a number too large indeed.)
+        Err(humantime::DurationError::NumberOverflow)
+            if v.get_ref().contains('.')
+                && !v.get_ref().split(|ch: char| !ch.is_ascii_digit()).any(|digits| digits.len() > 12) =>
+        {
             c.at(
                 v.span(),
                 format!(

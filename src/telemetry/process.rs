@@ -58,7 +58,7 @@ fn started(boot: SystemTime, since_boot: u64, ticks: u64) -> Option<SystemTime> 
     let whole = std::time::Duration::from_secs(since_boot / ticks);
     // The remainder is below `ticks`: no overflow for any real tick rate.
     let part = std::time::Duration::from_nanos((since_boot % ticks).saturating_mul(1_000_000_000) / ticks);
-    boot.checked_add(whole + part)
+    boot.checked_add(whole.checked_add(part)?)
 }
 
 /// The count of open descriptors, or `max` when listing them failed for
