@@ -134,16 +134,18 @@ fn duration_within(
         }
         Ok(d) => Some(d),
         // humantime's own words, "number is too large", read as wrong for
-        // `"0.0001h"` (probe 228): it works out fractions of an hour, day
-        // or week in whole seconds. (Not for a number too large indeed.)
+        // `"0.0001h"` (probe 228): it works out a fraction in whole
+        // nanoseconds, of `h`, `d`, `w`, months and years in whole seconds,
+        // and of `ns` not at all. Told so when the value without its
+        // fractions reads (not for a number too large indeed; probe 229).
         Err(humantime::DurationError::NumberOverflow)
             if v.get_ref().contains('.')
-                && !v.get_ref().split(|ch: char| !ch.is_ascii_digit()).any(|digits| digits.len() > 12) =>
+                && humantime::parse_duration(&without_fractions(v.get_ref())).is_ok() =>
         {
             c.at(
                 v.span(),
                 format!(
-                    "{what}: bad duration {}: a fraction of `h`, `d` or `w` must come to whole seconds, and none below 1ns (write e.g. \"360ms\")",
+                    "{what}: bad duration {}: a fraction must come to whole nanoseconds, and to whole seconds for `h`, `d`, `w`, months and years (`ns` takes none); write e.g. \"360ms\"",
                     quoted(v.get_ref())
                 ),
             );
@@ -160,6 +162,22 @@ fn duration_within(
             None
         }
     }
+}
+
+/// `text` with every decimal point and the digits after it left out
+/// (`"0.5h 1.25m"` is `"0h 1m"`).
+fn without_fractions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_fraction = false;
+    for ch in text.trim().chars() {
+        if ch == '.' {
+            in_fraction = true;
+        } else if !(in_fraction && ch.is_ascii_digit()) {
+            in_fraction = false;
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// Whether whitespace stands between two parts of a number (digits or a
