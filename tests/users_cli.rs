@@ -1184,6 +1184,33 @@ fn import_htpasswd_into_a_missing_file_with_groups_exits_zero() {
     assert!(missing.contains("/nonexistent/htpasswd"), "{missing}");
 }
 
+/// A users file or htpasswd file that is not UTF-8 (saved as Windows-1252
+/// or UTF-16) is told with its line and column and what to do, as `check`
+/// tells it; the `users` commands said only "not UTF-8 text" (probe 230).
+#[test]
+fn a_file_that_is_not_utf8_is_located() {
+    let d = Dir::new(Some(&fixture()));
+    let good = d.read();
+    let mut bytes = good.clone().into_bytes();
+    let line = good.lines().count() + 1;
+    bytes.extend_from_slice(b"# caf\xe9\n");
+    std::fs::write(d.users(), &bytes).unwrap();
+    for args in [&["list"][..], &["disable", "alice"]] {
+        let err = d.refused(args, None);
+        assert!(
+            err.contains(&format!(
+                "users.toml:{line}:6: not UTF-8 text (byte 0xe9 here); save the file as UTF-8"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    std::fs::write(d.users(), good).unwrap();
+    let ht = d.path.join("x.htpasswd");
+    std::fs::write(&ht, b"\xff\xfeu\x001\x00").unwrap();
+    let err = d.refused(&["import-htpasswd", ht.to_str().unwrap()], None);
+    assert!(err.contains("x.htpasswd:1:1: not UTF-8 text (byte 0xff here)"), "{err}");
+}
+
 /// The terminal path, through a pseudo-terminal made by `script(1)` (the
 /// test is skipped where util-linux `script` is missing).
 #[test]

@@ -167,6 +167,20 @@ fn too_large() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, format!("larger than {} MiB", MAX_FILE_BYTES >> 20))
 }
 
+/// `bytes` as UTF-8 text, or where the first byte that is not UTF-8 stands
+/// (line and column, from 1) and what to tell the admin: a file saved as
+/// Windows-1252 or UTF-16 is common, and its place was told by `check`
+/// but not by the `users` commands (probe 230).
+pub fn utf8_text(bytes: Vec<u8>) -> Result<String, (usize, usize, String)> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+        let (line, col) = super::error::line_col(before, before.len());
+        let byte = e.as_bytes().get(valid).copied().unwrap_or_default();
+        (line, col, format!("not UTF-8 text (byte 0x{byte:02x} here); save the file as UTF-8"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

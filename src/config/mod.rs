@@ -706,13 +706,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         |line, col, message| ConfigError::new(vec![Problem { file: path.to_path_buf(), line, col, message }]);
     let bytes =
         file::read_file(path).map_err(|e| problem(0, 0, format!("cannot read: {}", file::reason(&e))))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let valid = e.utf8_error().valid_up_to();
-        let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
-        let (line, col) = error::line_col(before, before.len());
-        let byte = e.as_bytes().get(valid).copied().unwrap_or_default();
-        problem(line, col, format!("not UTF-8 text (byte 0x{byte:02x} here); save the file as UTF-8"))
-    })
+    file::utf8_text(bytes).map_err(|(line, col, message)| problem(line, col, message))
 }
 
 /// Whether a config or users file is light enough to be parsed (see

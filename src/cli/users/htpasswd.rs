@@ -12,9 +12,7 @@ pub(super) fn import_htpasswd(
 ) -> Result<Outcome, UsersError> {
     let text = crate::config::file::read_file(source)
         .map_err(|e| UsersError::Io { path: source.to_path_buf(), what: "cannot read", source: e })
-        .and_then(|b| {
-            String::from_utf8(b).map_err(|_| refused(format!("{}: not UTF-8 text", shown_path(source))))
-        })?;
+        .and_then(|b| crate::config::file::utf8_text(b).map_err(|at| super::not_utf8(source, at)))?;
     // A byte order mark (as Windows editors write) made the first name
     // `\u{feff}name`, refused (probe 114).
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);

@@ -275,13 +275,17 @@ struct UsersFile {
     saved: bool,
 }
 
+/// A file that is not UTF-8 text, told where, as `check` tells it.
+pub(super) fn not_utf8(path: &Path, (line, col, message): (usize, usize, String)) -> UsersError {
+    refused(format!("{}:{line}:{col}: {message}", shown_path(path)))
+}
+
 impl UsersFile {
     fn read(path: &Path, config: &Path) -> Result<UsersFile, UsersError> {
         let io_err = |what| move |source| UsersError::Io { path: path.to_path_buf(), what, source };
         let real = written_at(path).map_err(io_err("cannot follow the symlink"))?;
         let text = match crate::config::file::read_file(&real) {
-            Ok(bytes) => String::from_utf8(bytes)
-                .map_err(|_| refused(format!("{}: not UTF-8 text", shown_path(path))))?,
+            Ok(bytes) => crate::config::file::utf8_text(bytes).map_err(|at| not_utf8(path, at))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Ok(UsersFile {
                     path: path.to_path_buf(),
