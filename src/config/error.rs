@@ -36,11 +36,19 @@ impl fmt::Display for Problem {
 }
 
 /// `text` for a terminal, on one line: control characters (line ends
-/// included) and the invisible or direction-changing characters that user
-/// names may not hold written as escapes (`\n`, `\u{1b}`, `\u{202e}`);
-/// text without them, nearly all, is returned as it is.
+/// included), Unicode spaces, and the invisible or direction-changing
+/// characters that user names may not hold written as escapes (`\n`,
+/// `\u{1b}`, `\u{a0}`, `\u{202e}`); text without them, nearly all, is
+/// returned as it is.
 pub fn shown(text: &str) -> Cow<'_, str> {
-    escaped(text, |c| c.is_control() || crate::telemetry::hidden(c))
+    escaped(text, |c| c.is_control() || crate::telemetry::hidden(c) || unusual_space(c))
+}
+
+/// A space other than the ASCII ones (U+00A0 no-break space, U+2000 to
+/// U+200A, U+3000 ...): it looks like a space, or like nothing, in a
+/// message (`localhost ` for `localhost\u{a0}`; probe 230).
+fn unusual_space(c: char) -> bool {
+    c.is_whitespace() && !c.is_ascii()
 }
 
 /// A path for a terminal, as [`shown`] writes text (a path can hold any
@@ -271,6 +279,16 @@ impl<'a> Collector<'a> {
             Some(ch) if ch.is_control() && ch != '\t' && !line_end => {
                 msg = format!(
                     "control character U+{:04X} is not allowed here (TOML allows tab, and newlines between lines)",
+                    u32::from(ch)
+                );
+            }
+            // Pasted text brings spaces and marks that look like nothing:
+            // the message pointed at a place where the admin saw nothing
+            // wrong (`re\u{200b}alm = "x"`: "expected `.`, `=`"; probe 230).
+            Some(ch) if unusual_space(ch) || super::invisible(ch) => {
+                let what = if unusual_space(ch) { "a Unicode space" } else { "an invisible character" };
+                msg = format!(
+                    "{what}, U+{:04X}, is not allowed here (pasted text?); TOML takes a plain space or tab between items",
                     u32::from(ch)
                 );
             }
@@ -524,5 +542,29 @@ mod tests {
             }
             assert_eq!((config.len(), users.len()), (1, 1), "{config:?} {users:?}");
         }
+    }
+
+    /// A Unicode space or an invisible character pasted where TOML takes
+    /// none is named (the problem said "expected `.`, `=`" at a place that
+    /// looked right; probe 230), and a Unicode space in a value a message
+    /// quotes is written as an escape, not as a space.
+    #[test]
+    fn a_pasted_space_or_invisible_character_is_named() {
+        for (source, at, what) in [
+            ("[server]\nre\u{200b}alm = \"x\"\n", (2, 3), "an invisible character, U+200B"),
+            ("[server]\nrealm\u{a0}= \"x\"\n", (2, 6), "a Unicode space, U+00A0"),
+            ("[server]\n\u{feff}realm = \"x\"\n", (2, 1), "an invisible character, U+FEFF"),
+            ("[server]\nrealm =\u{3000}\"x\"\n", (2, 8), "a Unicode space, U+3000"),
+        ] {
+            let problems = match crate::config::validate::config(Path::new("c.toml"), source) {
+                Err(problems) => problems,
+                Ok(_) => panic!("accepted {source:?}"),
+            };
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].message.starts_with(what), "{source:?}: {problems:?}");
+            assert_eq!((problems[0].line, problems[0].col), at, "{source:?}");
+        }
+        assert_eq!(shown("localhost\u{a0}"), "localhost\\u{a0}");
+        assert_eq!(shown("a b\tc"), "a b\\tc");
     }
 }
