@@ -172,6 +172,19 @@ fn a_space_inside_a_durations_number_is_refused() {
     }
 }
 
+/// A port that is neither a number nor a range string (`443.0`, `true`)
+/// names its rule and setting, at the element: serde's message named
+/// neither and pointed at the array (probe 230).
+#[test]
+fn a_port_of_another_type_names_its_rule_at_the_element() {
+    let err = load_err(
+        "[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"web\"\naction = \"allow\"\nports = [80, 443.0, true]\n",
+        &good_users(),
+    );
+    assert!(err.contains(":6:14: rule `web`: ports: a float is not a port"), "{err}");
+    assert!(err.contains(":6:21: rule `web`: ports: a boolean is not a port"), "{err}");
+}
+
 #[test]
 fn good_config_loads() {
     let (_dir, result) = load(GOOD_CONFIG, &good_users());

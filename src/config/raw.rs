@@ -153,6 +153,10 @@ pub enum RawPort {
     Num(i64),
     /// `"lo-hi"`, inclusive.
     Range(String),
+    /// Anything else (`443.0`, `true`): refused by the rule's check, which
+    /// names the rule, the setting and the element (serde's message for
+    /// it named none and pointed at the array; probe 230).
+    Other(toml::Value),
 }
 
 /// One `[[rules]]` table.

@@ -238,6 +238,10 @@ fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
             }
             Ok((lo, hi))
         }
+        RawPort::Other(v) => Err(format!(
+            "a {} is not a port: write a whole number (443) or a range such as \"8000-8999\"",
+            v.type_str()
+        )),
     }
 }
 
@@ -277,6 +281,10 @@ mod tests {
         assert_eq!(port_range(&RawPort::Range("8000-8999".into())), Ok((8000, 8999)));
         assert!(port_range(&RawPort::Range("9000-8000".into())).is_err());
         assert!(port_range(&RawPort::Num(0)).is_err());
+        assert_eq!(
+            port_range(&RawPort::Other(toml::Value::Float(443.0))),
+            Err("a float is not a port: write a whole number (443) or a range such as \"8000-8999\"".into())
+        );
         assert!(port_range(&RawPort::Num(70000)).is_err());
         assert!(port_range(&RawPort::Range("x".into())).is_err());
         for bad in [" 80 - 90 ", "80 -90", "+100-110", "100-+110", "-5-10", "80-", "0x50-0x60"] {
