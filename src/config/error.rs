@@ -281,6 +281,13 @@ impl<'a> Collector<'a> {
                     "control character U+{:04X} is not allowed here (TOML allows tab, and newlines between lines)",
                     u32::from(ch)
                 );
+                // A file saved as UTF-16 without a byte order mark reads as
+                // text with a NUL after (or before) every ASCII character
+                // (probe 230).
+                let start = self.source.as_bytes().get(..2).unwrap_or_default();
+                if ch == '\0' && start.contains(&0) {
+                    msg.push_str("; the file looks like UTF-16: save it as UTF-8");
+                }
             }
             // Pasted text brings spaces and marks that look like nothing:
             // the message pointed at a place where the admin saw nothing
@@ -565,6 +572,16 @@ mod tests {
             assert_eq!((problems[0].line, problems[0].col), at, "{source:?}");
         }
         assert_eq!(shown("localhost\u{a0}"), "localhost\\u{a0}");
+        // UTF-16 without a byte order mark: NULs between the letters.
+        let utf16: String = "[server]\n".chars().flat_map(|c| [c, '\0']).collect();
+        let problems = crate::config::validate::config(Path::new("c.toml"), &utf16).err().unwrap();
+        assert!(
+            problems[0].message.ends_with("the file looks like UTF-16: save it as UTF-8"),
+            "{problems:?}"
+        );
+        let nul_later = "[server]\nrealm = \"a\0b\"\n";
+        let problems = crate::config::validate::config(Path::new("c.toml"), nul_later).err().unwrap();
+        assert!(!problems[0].message.contains("UTF-16"), "{problems:?}");
         assert_eq!(shown("a b\tc"), "a b\\tc");
     }
 }
