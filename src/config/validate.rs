@@ -85,38 +85,29 @@ fn duration_within(
     what: &str,
     (max, said): (Duration, &str),
 ) -> Option<Duration> {
+    let text = v.get_ref();
+    // A problem with the value quoted: `what: bad duration `text`: why`.
+    let mut bad = |why: &str| {
+        c.at(v.span(), format!("{what}: bad duration {}{why}", quoted(text)));
+        None
+    };
     // humantime reads a capital `M` as months and refuses every other
     // capital unit: `"5M"` meant for minutes was a `cache_ttl` of five
     // months, a throttle `window` of `"1M"` a lockout of ten days, both
     // without a word (probe 160). `month` and `months` are written out.
-    if v.get_ref().split(|ch: char| !ch.is_ascii_alphabetic()).any(|unit| unit == "M") {
-        c.at(
-            v.span(),
-            format!(
-                "{what}: bad duration {}: `M` is months; write `m` for minutes (\"5m\"), or `months`",
-                quoted(v.get_ref())
-            ),
-        );
-        return None;
+    if text.split(|ch: char| !ch.is_ascii_alphabetic()).any(|unit| unit == "M") {
+        return bad(": `M` is months; write `m` for minutes (\"5m\"), or `months`");
     }
     // humantime also reads digits across spaces as one number: `"1 0s"`
     // was 10 s, and a typo such as `"1 30m"` (for `"1h 30m"`) 130 minutes,
     // without a word (probe 228). Spaces go between a unit and a number.
-    if split_number(v.get_ref()) {
-        c.at(
-            v.span(),
-            format!(
-                "{what}: bad duration {}: a space inside a number; write a unit after each number (\"1h 30m\")",
-                quoted(v.get_ref())
-            ),
-        );
-        return None;
+    if split_number(text) {
+        return bad(": a space inside a number; write a unit after each number (\"1h 30m\")");
     }
-    match humantime::parse_duration(v.get_ref().trim()) {
+    match humantime::parse_duration(text.trim()) {
         Ok(d) if d > max => {
             // humantime counts a year, `1y`, and twelve months as 365.25
             // days: the bare message read as wrong for them (probe 130).
-            let text = v.get_ref();
             let message = if max != MAX_DURATION {
                 format!("{what}: must be at most {said}")
             } else if text
@@ -139,28 +130,13 @@ fn duration_within(
         // and of `ns` not at all. Told so when the value without its
         // fractions reads (not for a number too large indeed; probe 229).
         Err(humantime::DurationError::NumberOverflow)
-            if v.get_ref().contains('.')
-                && humantime::parse_duration(&without_fractions(v.get_ref())).is_ok() =>
+            if text.contains('.') && humantime::parse_duration(&without_fractions(text)).is_ok() =>
         {
-            c.at(
-                v.span(),
-                format!(
-                    "{what}: bad duration {}: a fraction must come to whole nanoseconds, and to whole seconds for `h`, `d`, `w`, months and years (`ns` takes none); write e.g. \"360ms\"",
-                    quoted(v.get_ref())
-                ),
-            );
-            None
+            bad(
+                ": a fraction must come to whole nanoseconds, and to whole seconds for `h`, `d`, `w`, months and years (`ns` takes none); write e.g. \"360ms\"",
+            )
         }
-        Err(e) => {
-            c.at(
-                v.span(),
-                format!(
-                    "{what}: bad duration {} ({e}); use e.g. \"30s\", \"5m\", \"1h\"",
-                    quoted(v.get_ref())
-                ),
-            );
-            None
-        }
+        Err(e) => bad(&format!(" ({e}); use e.g. \"30s\", \"5m\", \"1h\"")),
     }
 }
 
