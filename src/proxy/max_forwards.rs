@@ -12,8 +12,14 @@ use crate::target::without_userinfo;
 
 /// Request fields a TRACE answer leaves out (RFC 9110 §9.3.8: the final
 /// recipient SHOULD exclude fields likely to carry sensitive data).
-const NOT_ECHOED: [header::HeaderName; 3] =
-    [header::PROXY_AUTHORIZATION, header::AUTHORIZATION, header::COOKIE];
+/// `Cookie2` is obsolete (RFC 6265) but carried a session all the same
+/// (probe 229).
+const NOT_ECHOED: [header::HeaderName; 4] = [
+    header::PROXY_AUTHORIZATION,
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::HeaderName::from_static("cookie2"),
+];
 
 /// For a TRACE or OPTIONS request with `Max-Forwards`: `0` gets authgate's
 /// own answer (returned), a larger value is decremented in place for the
@@ -99,6 +105,7 @@ mod tests {
         r.headers_mut().insert(header::COOKIE, HeaderValue::from_static("sid=1"));
         r.headers_mut().insert("proxy_authorization", HeaderValue::from_static("Basic dHdpbg=="));
         r.headers_mut().insert("x_trace", HeaderValue::from_static("kept"));
+        r.headers_mut().insert("cookie2", HeaderValue::from_static("$Version=\"1\"; sid2=2"));
         r.headers_mut().insert(header::ACCEPT, HeaderValue::from_static("*/*"));
         r
     }
@@ -144,5 +151,6 @@ mod tests {
         assert!(text.contains("accept: */*\r\n") && text.contains("max-forwards: 0\r\n"), "{text}");
         assert!(!text.contains("c2VjcmV0") && !text.contains("sid=1") && !text.contains("pw"), "{text}");
         assert!(!text.contains("dHdpbg") && text.contains("x_trace: kept\r\n"), "{text}");
+        assert!(!text.contains("sid2"), "{text}");
     }
 }
