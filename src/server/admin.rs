@@ -51,10 +51,7 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
         }
         _ => (StatusCode::NOT_FOUND, "text/plain", "try /metrics, /healthz or /readyz\n".to_string()),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    let mut resp = plain(status, content_type, Bytes::from(body));
     if status == StatusCode::METHOD_NOT_ALLOWED {
         // RFC 9110 §15.5.6: a 405 MUST list the methods the resource has.
         resp.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
@@ -62,25 +59,26 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     resp
 }
 
+/// An admin answer: `body` as `content_type`, never cached.
+fn plain(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// The 503 to a scrape whose rendering did not finish (the runtime was
 /// ending, or it panicked).
 fn unavailable() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"metrics unavailable\n")));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    resp
+    plain(StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"metrics unavailable\n"))
 }
 
 /// The 400 to a request whose `Host` fields RFC 9112 §3.2 refuses; the
 /// connection is closed after it (the request's end is in doubt).
 fn bad_host() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"bad or missing Host\n")));
-    *resp.status_mut() = StatusCode::BAD_REQUEST;
-    let headers = resp.headers_mut();
-    headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain"));
-    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
-    headers.insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    let mut resp = plain(StatusCode::BAD_REQUEST, "text/plain", Bytes::from_static(b"bad or missing Host\n"));
+    resp.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     resp
 }
 
