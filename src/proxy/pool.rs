@@ -68,6 +68,15 @@ const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// the sites they share. No more keys than idle connections can exist, and
 /// these are `max_connections` at most, 16,384 by default.
 const MAX_KEYS: usize = 16_384;
+
+/// How many idle connections a [`Pool`] keeps for one key, and for how
+/// many keys: [`MAX_IDLE_PER_ORIGIN`] and [`MAX_KEYS`], smaller in tests.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    per_key: usize,
+    keys: usize,
+}
+
 /// The largest response head taken from an origin, and hyper's read buffer.
 /// The buffer alone let a head somewhat larger through when its end came
 /// in the read that filled it: a 270 KB head passed one time in two.
@@ -298,6 +307,8 @@ pub struct Pool {
     idle_timeout: AtomicU64,
     /// The most kept idle at once (see [`Pool::set_max_idle`]).
     max_idle: AtomicUsize,
+    /// The most kept idle per key, and the most keys.
+    bounds: Bounds,
     /// The id of the live configuration, as [`Pool::retire`] last set it:
     /// connections of others are not taken back.
     live: AtomicU64,
@@ -374,10 +385,15 @@ impl Pool {
     /// than `idle_timeout` are closed (by [`Pool::sweep`], or when found at
     /// checkout).
     pub fn new(idle_timeout: Duration, live: u64) -> Self {
+        Pool::bounded(idle_timeout, live, Bounds { per_key: MAX_IDLE_PER_ORIGIN, keys: MAX_KEYS })
+    }
+
+    fn bounded(idle_timeout: Duration, live: u64, bounds: Bounds) -> Self {
         let pool = Pool {
             idle: Mutex::new(Idles::default()),
             idle_timeout: AtomicU64::new(0),
             max_idle: AtomicUsize::new(usize::MAX),
+            bounds,
             live: AtomicU64::new(live),
         };
         pool.set_idle_timeout(idle_timeout);
@@ -554,10 +570,11 @@ impl Pool {
         };
         // Past its own bound (or the keys'), it is closed before another
         // makes room for it in vain (probe 196).
-        if idle_now >= MAX_IDLE_PER_ORIGIN {
+        let Bounds { per_key, keys } = self.bounds;
+        if idle_now >= per_key {
             return;
         }
-        if by_key.len() >= MAX_KEYS && !by_key.contains_key(&*key) {
+        if by_key.len() >= keys && !by_key.contains_key(&*key) {
             let now = Instant::now();
             let timeout = self.idle_timeout();
             by_key.retain(|_, l| {
@@ -566,7 +583,7 @@ impl Pool {
                 *count -= before - l.len();
                 !l.is_empty()
             });
-            if by_key.len() >= MAX_KEYS {
+            if by_key.len() >= keys {
                 return;
             }
         }
@@ -954,5 +971,82 @@ mod tests {
         assert!(writes.last() > before, "a write that went through is progress");
         drop(io);
         reader.await.unwrap();
+    }
+
+    /// A connection to the origin at `listener`, made as `send_new` makes one,
+    /// and the origin's end of it.
+    async fn connection(listener: &TcpListener) -> (Conn, TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let writes = Arc::new(Writes::new());
+        let io = Watched { io: UpstreamIo::Plain(client.unwrap()), observer: writes.clone() };
+        let (mut tx, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io)).await.unwrap();
+        let task = tokio::spawn(async move { drop(conn.await) }).abort_handle();
+        tx.ready().await.unwrap();
+        (Conn { tx, task, writes, peer: addr, reusable: true }, accepted.unwrap().0)
+    }
+
+    /// `user`'s key for the origin at `listener`, under configuration 1.
+    fn key(listener: &TcpListener, user: &str) -> Key {
+        let target = crate::target::parse_authority(&listener.local_addr().unwrap().to_string()).unwrap();
+        (target, false, 1, (user.into(), 0))
+    }
+
+    /// One origin and user keep at most `per_key` idle connections: more are
+    /// closed, not kept (1024 in the proxy: never more than were in use at
+    /// once, and a descriptor each).
+    #[tokio::test]
+    async fn a_key_keeps_at_most_its_bound_of_idle_connections() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Arc::new(Pool::bounded(Duration::from_secs(60), 1, Bounds { per_key: 2, keys: 8 }));
+        let mut origin_ends = Vec::new();
+        for _ in 0..3 {
+            let (conn, origin_end) = connection(&listener).await;
+            pool.checkin(key(&listener, "alice"), conn);
+            origin_ends.push(origin_end);
+        }
+        assert_eq!(pool.idle_connections(), 2);
+        // The third was closed: its origin reads the end of it.
+        let mut last = origin_ends.pop().unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(10), last.read(&mut [0u8; 16])).await;
+        assert!(matches!(read, Ok(Ok(0))), "{read:?}");
+        // Another user's key has room of its own.
+        let (conn, _bob_end) = connection(&listener).await;
+        pool.checkin(key(&listener, "bob"), conn);
+        assert_eq!(pool.idle_connections(), 3);
+    }
+
+    /// The pool keeps idle connections for at most `keys` keys (16,384 in
+    /// the proxy): a connection of a new key is closed, unless a look at
+    /// the others finds one closed by its origin, which makes room.
+    #[tokio::test]
+    async fn the_pool_keeps_idle_connections_for_at_most_its_bound_of_keys() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Arc::new(Pool::bounded(Duration::from_secs(60), 1, Bounds { per_key: 8, keys: 2 }));
+        let (alice, alice_end) = connection(&listener).await;
+        let (bob, _bob_end) = connection(&listener).await;
+        let (carol, _carol_end) = connection(&listener).await;
+        pool.checkin(key(&listener, "alice"), alice);
+        pool.checkin(key(&listener, "bob"), bob);
+        pool.checkin(key(&listener, "carol"), carol);
+        assert_eq!(pool.idle_connections(), 2);
+        assert!(pool.checkout(&key(&listener, "carol"), None).is_none(), "a third key is not kept");
+        // A key already there still takes more.
+        let (bob_again, _bob_again_end) = connection(&listener).await;
+        pool.checkin(key(&listener, "bob"), bob_again);
+        assert_eq!(pool.idle_connections(), 3);
+        // Alice's origin closes hers: carol's next connection takes the room.
+        drop(alice_end);
+        let (carol, _carol_end) = connection(&listener).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let alice_key = key(&listener, "alice");
+        let seen_closed = |l: &Vec<Idle>| l.iter().all(|c| c.conn.tx.is_closed());
+        while !pool.idle.lock().unwrap().by_key.get(&alice_key).is_none_or(seen_closed) {
+            assert!(Instant::now() < deadline, "alice's connection never closed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pool.checkin(key(&listener, "carol"), carol);
+        assert!(pool.checkout(&key(&listener, "carol"), None).is_some(), "the closed key made room");
+        assert!(pool.checkout(&alice_key, None).is_none());
     }
 }
