@@ -1301,6 +1301,70 @@ async fn on_the_tls_listener_an_idle_tunnel_ends_with_close_notify() {
     let _ = proxy.task.await;
 }
 
+/// On the TLS listener, a client that ends its tunnel with a bare FIN,
+/// without `close_notify` (Chromium does at every close), is logged
+/// `tunnel_truncated`; `tunnel_error` stays for resets and failures. All
+/// such tunnels were logged `tunnel_error` (probe 232). One that sends
+/// `close_notify` is logged `tunnel_closed`.
+#[test]
+fn a_tunnel_the_tls_client_ends_without_close_notify_is_logged_truncated() {
+    use std::process::Stdio;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("localhost");
+    let dir = TempDir::new();
+    dir.write("proxy-cert.pem", format!("{}{}", leaf.cert_pem, ca.cert_pem));
+    dir.write("proxy-key.pem", &leaf.key_pem);
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], closed_port()));
+    let extra = format!(
+        "[[server.tls]]\nlisten = \"{tls_addr}\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n"
+    );
+    let bin = start_binary(&dir, &extra, &users(), Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (clean, cut) = rt.block_on(async {
+        let (clean, cut) = (spawn_shout_origin(), spawn_shout_origin());
+        wait_listening(tls_addr).await;
+        for (origin, close_notify) in [(&clean, true), (&cut, false)] {
+            let mut tls = tls_to(tls_addr, &ca).await;
+            let target = origin.authority();
+            let req = format!(
+                "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {}\r\n\r\nhi",
+                basic("alice", "a1")
+            );
+            tls.write_all(req.as_bytes()).await.unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"HI") {
+                let mut buf = [0u8; 1024];
+                let n = tls.read(&mut buf).await.unwrap();
+                assert!(n > 0, "{:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            if close_notify {
+                tls.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                let end = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
+                assert!(end.expect("the tunnel ends").is_ok(), "{:?}", String::from_utf8_lossy(&rest));
+            } else {
+                // The TCP connection closed under the TLS session.
+                drop(tls.into_inner().0);
+            }
+        }
+        (clean.authority(), cut.authority())
+    });
+    // A tunnel still ending gets the shutdown's grace period to finish.
+    let out = bin.stop();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |target: &str| {
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains("authgate::access") && l.contains(&format!(" request_target={target} ")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{stdout}");
+        lines[0].to_owned()
+    };
+    assert!(line(&clean).contains(" outcome=\"tunnel_closed\""), "{stdout}");
+    assert!(line(&cut).contains(" outcome=\"tunnel_truncated\""), "{stdout}");
+}
+
 /// A TLS client that sends its `close_notify` right behind its request
 /// has its request dropped, as a TCP half-close has, or answered when the
 /// answer was quicker; either way the connection ends with authgate's own

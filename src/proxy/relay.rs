@@ -379,6 +379,12 @@ pub enum End {
     Stalled,
     /// A side failed (reset, broken pipe).
     Error,
+    /// A side that speaks TLS with authgate ended its TCP connection
+    /// without a `close_notify` (a truncation, RFC 8446 §6.1), before any
+    /// other failure; ended as a failure is. Chromium closes every
+    /// connection to a TLS proxy so, and its tunnels, all logged
+    /// `tunnel_error`, could not be told from resets (probe 232).
+    Truncated,
 }
 
 /// How long a tunnel may go without moving a byte.
@@ -496,6 +502,8 @@ impl Relay {
         let mut last = [start, start];
         let mut timer = Box::pin(tokio::time::sleep(quiet.idle));
         let mut failed = false;
+        // How the first failure ended the relay: a truncation or an error.
+        let mut failure = End::Error;
         poll_fn(|cx| {
             let mut moved = [false, false];
             let failed_before_poll = failed;
@@ -515,7 +523,10 @@ impl Relay {
                     if res.is_pending() && failed && dir.finish_after_failure() {
                         res = step(way, dir, cx, &mut moved[i]);
                     }
-                    if let Poll::Ready(Err(_)) = res {
+                    if let Poll::Ready(Err(e)) = res {
+                        if !failed && e.kind() == io::ErrorKind::UnexpectedEof {
+                            failure = End::Truncated;
+                        }
                         dir.done = true;
                         failed = true;
                     }
@@ -526,7 +537,7 @@ impl Relay {
             }
             self.count(moved);
             if self.up.done && self.down.done {
-                return Poll::Ready(if failed { End::Error } else { End::Closed });
+                return Poll::Ready(if failed { failure } else { End::Closed });
             }
             // After a failure what still waits has `send_timeout` to go out,
             // the tunnel's idle time no longer applies: a reader that had
@@ -619,7 +630,7 @@ where
 {
     match end {
         // Boxed: inline, it would grow every tunnel's task.
-        End::Error => Box::pin(close_gently(client, origin)).await,
+        End::Error | End::Truncated => Box::pin(close_gently(client, origin)).await,
         End::Idle => Box::pin(end_quietly(client, origin)).await,
         End::Stalled | End::Closed => {}
     }

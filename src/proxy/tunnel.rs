@@ -257,6 +257,7 @@ impl Ending {
             Ending::Relay(End::Idle) => "tunnel_idle_timeout",
             Ending::Relay(End::Stalled) => "tunnel_send_timeout",
             Ending::Relay(End::Error) => "tunnel_error",
+            Ending::Relay(End::Truncated) => "tunnel_truncated",
             Ending::ShutDown => "tunnel_shutdown",
             Ending::Revoked => "user_revoked",
         }
