@@ -135,6 +135,8 @@ pub enum ProxyError {
     /// The origin broke the protocol or closed the connection early.
     #[error("upstream protocol error: {detail}")]
     UpstreamProtocol {
+        /// What kind of failure it was, for `Proxy-Status`.
+        bad: BadAnswer,
         /// A short, fixed description.
         detail: &'static str,
     },
@@ -207,6 +209,49 @@ impl ProxyError {
             | Upstream407
             | UpstreamTls { .. } => Fault::Upstream,
             AuthOverloaded { .. } | TooManyConnections | Internal => Fault::Ourselves,
+        }
+    }
+}
+
+/// What was wrong with an origin's answer ([`ProxyError::UpstreamProtocol`]):
+/// the RFC 9209 §2.3 proxy error type that says it most precisely, since
+/// `http_protocol_error` "SHOULD only be used when a more specific one is
+/// not defined" (every such failure said `http_protocol_error`; probe 233).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadAnswer {
+    /// `http_protocol_error`: a response that breaks HTTP otherwise.
+    Protocol,
+    /// `connection_terminated`: the connection closed before any byte of
+    /// a response came.
+    Terminated,
+    /// `http_response_incomplete`: it closed in the middle of a response
+    /// head (or after interim answers).
+    Incomplete,
+    /// `http_response_header_section_size`: a response head over the limit.
+    HeadTooLarge,
+    /// `http_response_transfer_coding`: a `Transfer-Encoding` that cannot
+    /// be read.
+    TransferCoding,
+    /// `http_upgrade_failed`: a `101` that cannot be taken.
+    UpgradeFailed,
+    /// `tls_protocol_error`: the TLS handshake with the origin failed.
+    Tls,
+    /// `tls_alert_received`: the origin sent this TLS alert.
+    TlsAlert(u8),
+}
+
+impl BadAnswer {
+    /// Its RFC 9209 proxy error type.
+    pub fn proxy_status(self) -> &'static str {
+        match self {
+            BadAnswer::Protocol => "http_protocol_error",
+            BadAnswer::Terminated => "connection_terminated",
+            BadAnswer::Incomplete => "http_response_incomplete",
+            BadAnswer::HeadTooLarge => "http_response_header_section_size",
+            BadAnswer::TransferCoding => "http_response_transfer_coding",
+            BadAnswer::UpgradeFailed => "http_upgrade_failed",
+            BadAnswer::Tls => "tls_protocol_error",
+            BadAnswer::TlsAlert(_) => "tls_alert_received",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! client whose `Accept` prefers `text/html` (a browser). Responses that come
 //! from an origin never pass through here.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -13,7 +14,7 @@ use http::{Response, StatusCode};
 use serde::Serialize;
 
 use crate::body::ProxyBody;
-use crate::error::ProxyError;
+use crate::error::{BadAnswer, ProxyError};
 
 /// Where each error's `type` link points: the README's error catalogue.
 pub const DOCS_BASE: &str = "https://github.com/authgate/authgate/blob/main/README.md#error-";
@@ -124,9 +125,9 @@ pub fn describe(err: &ProxyError) -> Description {
             "upstream_write_timeout",
             "Origin stopped taking the request",
         ),
-        UpstreamProtocol { .. } => (
+        UpstreamProtocol { bad, .. } => (
             StatusCode::BAD_GATEWAY,
-            "http_protocol_error",
+            bad.proxy_status(),
             "upstream_protocol_error",
             "Bad answer from the origin",
         ),
@@ -193,7 +194,7 @@ fn detail(err: &ProxyError) -> String {
         DestinationUnavailable => "The destination could not be reached.".into(),
         UpstreamReadTimeout => "The origin accepted the request but did not answer in time.".into(),
         UpstreamWriteTimeout => "The origin stopped reading the request body before its end and did not answer.".into(),
-        UpstreamProtocol { detail } => format!("The origin sent an invalid or incomplete response ({detail})."),
+        UpstreamProtocol { detail, .. } => format!("The origin sent an invalid or incomplete response ({detail})."),
         Upstream407 => "The origin answered 407 Proxy Authentication Required; authgate does not pass that on, because it would be mistaken for authgate's own challenge.".into(),
         UpstreamTls { reason } => format!("The origin's TLS certificate could not be verified: {reason}."),
         AuthOverloaded { retry_after } => format!("Too many logins are being checked right now; retry in {} s.", retry_secs(*retry_after)),
@@ -265,7 +266,7 @@ fn proxy_status_details(err: &ProxyError) -> Option<String> {
 /// `outcome`: the `Proxy-Status` details, where they are fixed words.
 pub fn log_detail(err: &ProxyError) -> Option<&'static str> {
     match err {
-        ProxyError::UpstreamProtocol { detail } => Some(detail),
+        ProxyError::UpstreamProtocol { detail, .. } => Some(detail),
         ProxyError::UpstreamTls { reason } => Some(reason),
         ProxyError::Upstream407 => Some("upstream answered 407"),
         _ => None,
@@ -275,10 +276,15 @@ pub fn log_detail(err: &ProxyError) -> Option<&'static str> {
 /// Builds the `Proxy-Status` value for an error.
 pub fn proxy_status_value(err: &ProxyError) -> String {
     let d = describe(err);
-    match proxy_status_details(err) {
-        Some(details) => format!("{PROXY_NAME}; error={}; details={}", d.proxy_status, sf_string(&details)),
-        None => format!("{PROXY_NAME}; error={}", d.proxy_status),
+    let mut value = format!("{PROXY_NAME}; error={}", d.proxy_status);
+    // RFC 9209 §2.3.15: the alert's number from the TLS Alerts registry.
+    if let ProxyError::UpstreamProtocol { bad: BadAnswer::TlsAlert(id), .. } = err {
+        let _ = write!(value, "; alert-id={id}");
     }
+    if let Some(details) = proxy_status_details(err) {
+        let _ = write!(value, "; details={}", sf_string(&details));
+    }
+    value
 }
 
 fn html_escape(s: &str) -> String {
@@ -507,7 +513,7 @@ mod tests {
             DestinationUnavailable,
             UpstreamReadTimeout,
             UpstreamWriteTimeout,
-            UpstreamProtocol { detail: "x" },
+            UpstreamProtocol { bad: crate::error::BadAnswer::Protocol, detail: "x" },
             Upstream407,
             UpstreamTls { reason: "x" },
             AuthOverloaded { retry_after: Duration::from_secs(1) },

@@ -111,19 +111,38 @@ async fn unusable_targets_get_400_bad_target_and_nothing_reaches_the_origin() {
 async fn broken_origins_long_targets_and_other_schemes_get_their_codes() {
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
-    // An origin that answers something other than HTTP, and one that closes
-    // without answering: 502 upstream_protocol_error, the origin's fault.
+    // An origin that answers something other than HTTP, one that closes
+    // without answering, and one that closes in the middle of its head:
+    // 502 upstream_protocol_error, the origin's fault, with the RFC 9209
+    // type that says which (probe 233: all said `http_protocol_error`).
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let garbage = spawn_canned_origin(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", seen);
     let closer = spawn_raw_origin(|stream: tokio::net::TcpStream| async move { drop(stream) });
-    for origin in [&garbage, &closer] {
+    let half = spawn_raw_origin(|mut stream: tokio::net::TcpStream| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+    });
+    let cases = [
+        (&garbage, "http_protocol_error"),
+        (&closer, "connection_terminated"),
+        (&half, "http_response_incomplete"),
+    ];
+    for (origin, proxy_status) in cases {
         let r = get(
             proxy.addr,
             &origin.url("/"),
             &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
         )
         .await;
-        assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+        assert_proxy_error(&r, 502, proxy_status, "upstream_protocol_error");
     }
     let r = get(proxy.addr, "ftp://127.0.0.1/file", &[("Host", "127.0.0.1"), ("Proxy-Authorization", &auth)])
         .await;
@@ -326,7 +345,7 @@ async fn answered_four_times(proxy: &Proxy, auth: &str, answer: Vec<u8>, size: u
             assert_eq!(r.status, 200, "{size} bytes");
             assert_eq!(r.body, b"ok");
         } else {
-            assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+            assert_proxy_error(&r, 502, "http_response_header_section_size", "upstream_protocol_error");
             let ps = r.header("proxy-status").unwrap_or_default();
             assert!(ps.contains(r#"details="response head over 256 KiB"#), "{size} bytes: {ps}");
         }

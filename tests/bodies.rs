@@ -432,7 +432,7 @@ async fn a_101_to_a_protocol_the_client_did_not_offer_is_a_502() {
         ))
         .await;
         let resp = conn.read_response("GET").await;
-        assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
+        assert_proxy_error(&resp, 502, "http_upgrade_failed", "upstream_protocol_error");
         assert_eq!(resp.header("connection"), Some("close"), "{}", resp.dump());
         assert!(conn.read_to_end().await.is_empty(), "nothing more on it");
         assert_eq!(next.hits(), 0, "the request behind it went nowhere");
@@ -495,7 +495,9 @@ async fn a_101_that_skips_the_100_a_held_body_waits_for_is_a_502_that_closes_bot
         bytes.extend_from_slice(sent.as_bytes());
         conn.send(bytes).await;
         let resp = conn.read_response("POST").await;
-        assert_proxy_error(&resp, 502, "http_protocol_error", "upstream_protocol_error");
+        // A switch asked for that failed, or one nobody asked for.
+        let proxy_status = if upgrade { "http_upgrade_failed" } else { "http_protocol_error" };
+        assert_proxy_error(&resp, 502, proxy_status, "upstream_protocol_error");
         assert!(resp.header("proxy-status").is_some_and(|p| p.contains(detail)), "{}", resp.dump());
         assert!(conn.read_to_end().await.is_empty(), "the client's connection ends");
         let origin_closed = tokio::time::timeout(std::time::Duration::from_secs(10), closed.recv()).await;

@@ -194,7 +194,7 @@ async fn a_tls_origin_that_closes_without_a_word_is_a_502_saying_so() {
     let dir = TempDir::new();
     let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
     let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
-    assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+    assert_proxy_error(&r, 502, "connection_terminated", "upstream_protocol_error");
     let status = r.header("proxy-status").unwrap_or_default();
     assert!(status.contains("details=\"connection closed before a complete response\""), "{status}");
 }
@@ -335,10 +335,13 @@ async fn origin_tls_failures_are_worded_and_a_bad_name_dials_nothing() {
     let dir = TempDir::new();
     let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
     let r = get_https_via(tls, &proxy_ca.cert_pem, strict).await;
-    assert_proxy_error(&r, 502, "http_protocol_error", "upstream_protocol_error");
+    // RFC 9209 §2.3.15, with the alert's number (116, certificate_required).
+    assert_proxy_error(&r, 502, "tls_alert_received", "upstream_protocol_error");
     let status = r.header("proxy-status").unwrap_or_default();
     assert!(
-        status.contains("details=\"the origin requires a client certificate, which authgate does not send\""),
+        status.contains(
+            "; alert-id=116; details=\"the origin requires a client certificate, which authgate does not send\""
+        ),
         "{status}"
     );
 

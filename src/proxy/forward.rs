@@ -28,7 +28,7 @@ use super::upstream_tls::{self, UpstreamIo};
 use crate::auth::store::User;
 use crate::body::{CONTINUE_WAIT, Continue, ProxyBody, RequestBody, Upload, UploadState};
 use crate::config::Snapshot;
-use crate::error::ProxyError;
+use crate::error::{BadAnswer, ProxyError};
 use crate::target::Target;
 use crate::telemetry::AccessRecord;
 
@@ -209,13 +209,20 @@ pub async fn forward(
             (Some(_), Some(offered)) => check_switch(offered, resp.headers()).err(),
             _ => Some("101 without an upgrade request"),
         };
+        // A switch asked for and refused failed; one nobody asked for is
+        // no HTTP.
+        let bad = if client_upgrade.is_some() && offered.is_some() {
+            BadAnswer::UpgradeFailed
+        } else {
+            BadAnswer::Protocol
+        };
         // Taken only once the switch is sure: one taken and refused was
         // left to no one (see `ClientUpgrade`).
         let client = if refused.is_none() { client_upgrade.and_then(|c| c.take()) } else { None };
         let Some(client) = client else {
             drop(conn.close_on_drop());
             let detail = refused.unwrap_or("101 without an upgrade request");
-            return Err(ProxyError::UpstreamProtocol { detail });
+            return Err(ProxyError::UpstreamProtocol { bad, detail });
         };
         state.metrics.upstream_response(101);
         let origin = hyper::upgrade::on(&mut resp);
@@ -242,7 +249,7 @@ pub async fn forward(
     }
     // RFC 9110 §15: status codes are 100-599; hyper parses any three digits.
     if resp.status().as_u16() >= 600 {
-        return Err(ProxyError::UpstreamProtocol { detail: "malformed response" });
+        return Err(ProxyError::UpstreamProtocol { bad: BadAnswer::Protocol, detail: "malformed response" });
     }
 
     // Kept for another request only when the exchange left no doubt about
@@ -261,7 +268,10 @@ pub async fn forward(
         // `chunked` twice, or not last (the body then runs to the close,
         // still chunked): no field can say what the body is.
         Codings::Malformed => {
-            return Err(ProxyError::UpstreamProtocol { detail: "malformed Transfer-Encoding" });
+            return Err(ProxyError::UpstreamProtocol {
+                bad: BadAnswer::TransferCoding,
+                detail: "malformed Transfer-Encoding",
+            });
         }
         // A coding such as gzip stays on the body, and only `Transfer-Encoding`
         // can say so, which an HTTP/1.0 client must not be sent (RFC 9112
@@ -269,6 +279,7 @@ pub async fn forward(
         // the content.
         Codings::Kept if from_http10 && !http_body::Body::is_end_stream(resp.body()) => {
             return Err(ProxyError::UpstreamProtocol {
+                bad: BadAnswer::Protocol,
                 detail: "a transfer coding other than chunked, which an HTTP/1.0 client cannot receive",
             });
         }
@@ -280,7 +291,10 @@ pub async fn forward(
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
     if !single_content_length(resp.headers_mut()) {
-        return Err(ProxyError::UpstreamProtocol { detail: "malformed Content-Length" });
+        return Err(ProxyError::UpstreamProtocol {
+            bad: BadAnswer::Protocol,
+            detail: "malformed Content-Length",
+        });
     }
     // Counted once it is sure to be passed on (not replaced by a 502).
     state.metrics.upstream_response(resp.status().as_u16());

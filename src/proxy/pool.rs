@@ -25,7 +25,7 @@ use tokio::task::AbortHandle;
 
 use super::upstream_tls::UpstreamIo;
 use crate::body::{AbortOnDrop, RequestBody, Upload, UploadState};
-use crate::error::ProxyError;
+use crate::error::{BadAnswer, ProxyError};
 use crate::server::limits::{GROWN_BUFFER, GROWN_IDLE};
 use crate::target::Target;
 use crate::watched_io::IoObserver;
@@ -139,8 +139,8 @@ struct Writes {
     last: AtomicU64,
     /// The last write could not proceed: the origin is not reading.
     blocked: AtomicBool,
-    /// Bytes came from the origin since `heard` was last cleared (before a
-    /// request that may be sent again goes out).
+    /// Bytes came from the origin since `heard` was last cleared (before
+    /// each request goes out on a pooled connection): an answer began.
     heard: AtomicBool,
     /// A read was offered more than [`GROWN_BUFFER`] bytes, or a request
     /// head that large went out: the buffers behind them are that large for
@@ -633,12 +633,12 @@ impl Pool {
         // keeps its size.
         let large_head = request_head_len(&req) > GROWN_BUFFER;
         while let Some((mut conn, idle_for)) = self.checkout(key, only_to) {
+            // What the origin sends from now on answers this request.
+            conn.writes.heard.store(false, Ordering::Relaxed);
             // The head, kept to make the request again (the request itself
             // is gone once hyper took it).
-            let again = (idle_for >= REPLAY_AFTER && replayable()).then(|| {
-                conn.writes.heard.store(false, Ordering::Relaxed);
-                (Replay::of(&req), Instant::now())
-            });
+            let again =
+                (idle_for >= REPLAY_AFTER && replayable()).then(|| (Replay::of(&req), Instant::now()));
             let before = reached.replace(conn.peer);
             let sent = head_wait(head_timeout, upload, &conn.writes, conn.tx.try_send_request(req)).await;
             match sent {
@@ -661,7 +661,7 @@ impl Pool {
                         req = again.request();
                         break;
                     }
-                    (None, _) => return Err(upstream_error(e.error())),
+                    (None, _) => return Err(upstream_error(e.error(), &conn.writes)),
                 },
                 Err(e) => {
                     drop(conn.close_on_drop());
@@ -744,7 +744,7 @@ async fn send_new(
         .allow_spaces_after_header_name_in_responses(true)
         .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
-        .map_err(|e| upstream_error(&e))?;
+        .map_err(|e| upstream_error(&e, &writes))?;
     let task = tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
@@ -755,7 +755,7 @@ async fn send_new(
     let conn = Conn { tx, task, writes, peer, reusable: true };
     match sent {
         Ok(Ok(response)) => Sent::checked(response, conn, interims),
-        Ok(Err(e)) => Err(upstream_error(&e)),
+        Ok(Err(e)) => Err(upstream_error(&e, &conn.writes)),
         // No answer in time: the exchange is abandoned, and with it the
         // connection, which may still be sending the request body.
         Err(e) => {
@@ -842,7 +842,10 @@ impl Sent {
     ) -> Result<Sent, ProxyError> {
         if head_len(response.headers()) > MAX_RESPONSE_HEAD || interims.oversized.load(Ordering::Relaxed) {
             drop(conn.close_on_drop());
-            return Err(ProxyError::UpstreamProtocol { detail: "response head over 256 KiB" });
+            return Err(ProxyError::UpstreamProtocol {
+                bad: BadAnswer::HeadTooLarge,
+                detail: "response head over 256 KiB",
+            });
         }
         if interims.close.load(Ordering::Relaxed) {
             conn.reusable = false;
@@ -911,28 +914,38 @@ fn parse_detail(e: &hyper::Error) -> &'static str {
     }
 }
 
-fn upstream_error(e: &hyper::Error) -> ProxyError {
+/// The error for `e`, which ended an exchange on the connection `writes`
+/// watches.
+fn upstream_error(e: &hyper::Error, writes: &Writes) -> ProxyError {
     // A TLS origin that closes without close_notify: rustls reports the
     // end of the stream as an error (it was "connection failed", probe 111).
-    let eof = || crate::error::io_kind(e) == Some(io::ErrorKind::UnexpectedEof);
-    let detail = if e.is_incomplete_message() || eof() {
-        "connection closed before a complete response"
+    let kind = crate::error::io_kind(e);
+    // Closed (or reset) before the answer's end: before its first byte, or in it.
+    let cut =
+        if writes.heard.load(Ordering::Relaxed) { BadAnswer::Incomplete } else { BadAnswer::Terminated };
+    let (bad, detail) = if e.is_incomplete_message() || kind == Some(io::ErrorKind::UnexpectedEof) {
+        (cut, "connection closed before a complete response")
     } else if e.is_parse_too_large() {
         // hyper's one error for the three (a length of 2^64 - 2 or more
         // was told as a head too large; probe 154).
-        "response head over 256 KiB or over 100 fields, or a Content-Length too large"
+        (
+            BadAnswer::HeadTooLarge,
+            "response head over 256 KiB or over 100 fields, or a Content-Length too large",
+        )
     } else if e.is_parse() || e.is_parse_status() {
-        parse_detail(e)
+        (BadAnswer::Protocol, parse_detail(e))
     } else if e.is_timeout() {
         return ProxyError::UpstreamReadTimeout;
     } else if e.is_user() {
-        "request could not be sent"
+        (BadAnswer::Protocol, "request could not be sent")
     } else if let Some(alert) = tls_alert(e) {
-        super::upstream_tls::alert_detail(alert)
+        (BadAnswer::TlsAlert(u8::from(alert)), super::upstream_tls::alert_detail(alert))
+    } else if matches!(kind, Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted)) {
+        (cut, "connection failed")
     } else {
-        "connection failed"
+        (BadAnswer::Protocol, "connection failed")
     };
-    ProxyError::UpstreamProtocol { detail }
+    ProxyError::UpstreamProtocol { bad, detail }
 }
 
 #[cfg(test)]

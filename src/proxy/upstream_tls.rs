@@ -17,7 +17,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::file::{check_file, pem_cut_short, pem_problem, read_file, reason};
-use crate::error::ProxyError;
+use crate::error::{BadAnswer, ProxyError};
 use crate::target::Host;
 
 /// The connector for origins: trusting `ca_file` when given, else the
@@ -157,10 +157,14 @@ pub async fn handshake(
     TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
         match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             Some(rustls::Error::InvalidCertificate(why)) => ProxyError::UpstreamTls { reason: why_not(why) },
-            Some(rustls::Error::AlertReceived(alert)) => {
-                ProxyError::UpstreamProtocol { detail: alert_detail(*alert) }
-            }
-            _ => ProxyError::UpstreamProtocol { detail: "TLS handshake with the origin failed" },
+            Some(rustls::Error::AlertReceived(alert)) => ProxyError::UpstreamProtocol {
+                bad: BadAnswer::TlsAlert(u8::from(*alert)),
+                detail: alert_detail(*alert),
+            },
+            _ => ProxyError::UpstreamProtocol {
+                bad: BadAnswer::Tls,
+                detail: "TLS handshake with the origin failed",
+            },
         }
     })
 }

@@ -82,7 +82,7 @@ pub enum AuthFailure {
 
 const AUTH_FAILURES: [&str; 3] = ["missing", "malformed", "invalid"];
 
-const UPSTREAM_TYPES: [&str; 10] = [
+const UPSTREAM_TYPES: [&str; 17] = [
     "dns_error",
     "dns_timeout",
     "connection_refused",
@@ -90,7 +90,14 @@ const UPSTREAM_TYPES: [&str; 10] = [
     "destination_unavailable",
     "connection_read_timeout",
     "connection_write_timeout",
+    "connection_terminated",
+    "http_response_incomplete",
+    "http_response_header_section_size",
+    "http_response_transfer_coding",
+    "http_upgrade_failed",
     "http_protocol_error",
+    "tls_protocol_error",
+    "tls_alert_received",
     "tls_certificate_error",
     "other",
 ];
@@ -515,6 +522,22 @@ fn escape_label(s: &str) -> String {
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
+
+    /// Each kind of bad answer from an origin has a series of its own type,
+    /// none is counted as `other` (probe 233 made them more specific).
+    #[test]
+    fn every_bad_answer_type_has_its_own_series() {
+        use crate::error::BadAnswer::*;
+        for bad in
+            [Protocol, Terminated, Incomplete, HeadTooLarge, TransferCoding, UpgradeFailed, Tls, TlsAlert(40)]
+        {
+            let m = Metrics::new(false);
+            m.upstream_error(bad.proxy_status());
+            let text = m.render(&Gauges::default());
+            let series = format!("authgate_upstream_errors_total{{type=\"{}\"}} 1", bad.proxy_status());
+            assert!(text.contains(&series), "{bad:?}: {text}");
+        }
+    }
 
     #[test]
     fn every_series_exists_from_the_start_and_counts() {
