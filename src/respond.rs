@@ -182,7 +182,7 @@ fn detail(err: &ProxyError) -> String {
         TlsRequired => "This port is an HTTPS proxy: connections to it start with TLS. Give the proxy as https://HOST:PORT (curl: --proxy https://HOST:PORT), or use the proxy's plain-HTTP port; the connection is closed.".into(),
         ConnectWithBody => "A CONNECT request has no content, but this one declares a body (Content-Length or Transfer-Encoding); where the tunnel would begin is ambiguous, so the connection is closed.".into(),
         HeadTooLarge => "The request head (request line and header fields) is larger, or has more header fields (100), than this proxy accepts.".into(),
-        ProxyAuthRequired => "Send valid proxy credentials in Proxy-Authorization (Basic).".into(),
+        ProxyAuthRequired => "This proxy needs your proxy user name and password: sign in when your browser asks, or give them in the proxy address (http://USER:PASSWORD@HOST:PORT), which sends them in Proxy-Authorization (Basic).".into(),
         Throttled { retry_after } => format!("Too many failed logins from your address; retry in {} s.", retry_secs(*retry_after)),
         DeniedByRule { rule } => format!("Your account may not reach this destination ({rule}). Ask your proxy administrator for access; retrying will not help."),
         DestinationIpProhibited { .. } => "The destination resolves to an address that this proxy never connects to (internal, loopback, link-local or reserved).".into(),
