@@ -927,7 +927,8 @@ fn upstream_error(e: &hyper::Error, writes: &Writes) -> ProxyError {
         (cut, "connection closed before a complete response")
     } else if e.is_parse_too_large() {
         // hyper's one error for the three (a length of 2^64 - 2 or more
-        // was told as a head too large; probe 154).
+        // was told as a head too large; probe 154), under the type of the
+        // two that are the head's.
         (
             BadAnswer::HeadTooLarge,
             "response head over 256 KiB or over 100 fields, or a Content-Length too large",
@@ -940,7 +941,10 @@ fn upstream_error(e: &hyper::Error, writes: &Writes) -> ProxyError {
         (BadAnswer::Protocol, "request could not be sent")
     } else if let Some(alert) = tls_alert(e) {
         (BadAnswer::TlsAlert(u8::from(alert)), super::upstream_tls::alert_detail(alert))
-    } else if matches!(kind, Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted)) {
+    } else if matches!(
+        kind,
+        Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
+    ) {
         (cut, "connection failed")
     } else {
         (BadAnswer::Protocol, "connection failed")
