@@ -578,7 +578,7 @@ impl Relay {
                 };
                 if Instant::now() >= deadline {
                     return Poll::Ready(if failed {
-                        End::Error
+                        failure
                     } else if blocked[0] || blocked[1] {
                         End::Stalled
                     } else {
@@ -785,6 +785,74 @@ mod tests {
         assert_eq!(task.await.unwrap(), End::Idle);
         let took = started.elapsed();
         assert!(took >= Duration::from_secs(5) && took < Duration::from_millis(5500), "{took:?}");
+    }
+
+    /// A side whose end is a truncation: what a TLS session that closed
+    /// without `close_notify` reads (rustls's `UnexpectedEof`).
+    struct Truncating(DuplexStream);
+
+    impl AsyncRead for Truncating {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+            if buf.filled().len() == before && buf.remaining() > 0 {
+                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Truncating {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Side for Truncating {}
+
+    /// A client whose TLS was truncated before any other failure ends the
+    /// relay as `Truncated` (`tunnel_truncated`), also when the download
+    /// it no longer reads holds the tunnel until the send timeout (that
+    /// one was `Error`; probe 235).
+    #[tokio::test(start_paused = true)]
+    async fn a_truncation_that_came_first_ends_the_relay_as_one() {
+        for stalled in [false, true] {
+            let (mut client, c_side) = duplex(64);
+            let (mut o_side, mut origin) = duplex(64);
+            let task = tokio::spawn(async move {
+                Relay::default().run(&mut Truncating(c_side), &mut o_side, quiet(5)).await
+            });
+            client.write_all(b"hi").await.unwrap();
+            let mut got = [0u8; 2];
+            origin.read_exact(&mut got).await.unwrap();
+            if stalled {
+                // A download the client takes no more of.
+                tokio::spawn(async move {
+                    let _ = origin.write_all(&[b'x'; 64 * 1024]).await;
+                    origin
+                });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            // The client's end closes: a truncation, read by the relay.
+            client.shutdown().await.unwrap();
+            let started = tokio::time::Instant::now();
+            assert_eq!(task.await.unwrap(), End::Truncated, "stalled: {stalled}");
+            let took = started.elapsed();
+            assert_eq!(took >= Duration::from_secs(59), stalled, "{took:?}");
+            drop(client);
+        }
     }
 
     #[tokio::test]
