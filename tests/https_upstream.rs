@@ -199,6 +199,41 @@ async fn a_tls_origin_that_closes_without_a_word_is_a_502_saying_so() {
     assert!(status.contains("details=\"connection closed before a complete response\""), "{status}");
 }
 
+/// A TLS origin whose connection breaks at the TLS layer after the
+/// handshake (a record that does not decrypt) is a 502 typed
+/// `tls_protocol_error` (RFC 9209 §2.3.13). It was `http_protocol_error`,
+/// "connection failed" (probe 235).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_error_after_the_handshake_is_a_tls_protocol_error() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let acceptor = tls_acceptor(&origin_ca.leaf("origin"), None);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        let mut tls = acceptor.accept(s).await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while find(&head, b"\r\n\r\n").is_none() {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        // An application-data record of 16 zero bytes, under the session.
+        let (mut tcp, _) = tls.into_inner();
+        tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x10]).await.unwrap();
+        tcp.write_all(&[0u8; 16]).await.unwrap();
+        let _ = tcp.read(&mut buf).await;
+    });
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 502, "tls_protocol_error", "upstream_protocol_error");
+    let status = r.header("proxy-status").unwrap_or_default();
+    assert!(status.contains("details=\"TLS error on the connection to the origin\""), "{status}");
+}
+
 /// An upgraded `https://` connection (WebSocket over TLS both ways) where
 /// one side ends its TCP connection without `close_notify` (a truncation,
 /// RFC 8446 §6.1): the other side is not sent a `close_notify` either, but

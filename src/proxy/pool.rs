@@ -884,13 +884,14 @@ fn closed_under_it(e: &hyper::Error) -> bool {
         || e.source().is_some_and(|s| s.is::<io::Error>())
 }
 
-/// A TLS alert the origin sent, if that is what failed.
-fn tls_alert(e: &hyper::Error) -> Option<rustls::AlertDescription> {
+/// The TLS error under `e`, if that is what failed: an alert the origin
+/// sent, a record that does not decrypt, ...
+fn tls_error(e: &hyper::Error) -> Option<&rustls::Error> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         let tls = s.downcast_ref::<io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>());
-        if let Some(rustls::Error::AlertReceived(alert)) = tls {
-            return Some(*alert);
+        if tls.is_some() {
+            return tls;
         }
         source = s.source();
     }
@@ -939,8 +940,15 @@ fn upstream_error(e: &hyper::Error, writes: &Writes) -> ProxyError {
         return ProxyError::UpstreamReadTimeout;
     } else if e.is_user() {
         (BadAnswer::Protocol, "request could not be sent")
-    } else if let Some(alert) = tls_alert(e) {
-        (BadAnswer::TlsAlert(u8::from(alert)), super::upstream_tls::alert_detail(alert))
+    } else if let Some(tls) = tls_error(e) {
+        match tls {
+            rustls::Error::AlertReceived(alert) => {
+                (BadAnswer::TlsAlert(u8::from(*alert)), super::upstream_tls::alert_detail(*alert))
+            }
+            // A record that does not decrypt, say (it was "connection
+            // failed", typed `http_protocol_error`; probe 235).
+            _ => (BadAnswer::Tls, "TLS error on the connection to the origin"),
+        }
     } else if matches!(
         kind,
         Some(io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted | io::ErrorKind::BrokenPipe)
