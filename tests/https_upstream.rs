@@ -199,6 +199,24 @@ async fn a_tls_origin_that_closes_without_a_word_is_a_502_saying_so() {
     assert!(status.contains("details=\"connection closed before a complete response\""), "{status}");
 }
 
+/// The first connection `l` accepts, once its TLS handshake is done and
+/// the request head has been read from it.
+async fn tls_request_read(
+    l: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    let (s, _) = l.accept().await.unwrap();
+    let mut tls = acceptor.accept(s).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while find(&head, b"\r\n\r\n").is_none() {
+        let n = tls.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the request head");
+        head.extend_from_slice(&buf[..n]);
+    }
+    tls
+}
+
 /// A TLS origin whose connection breaks at the TLS layer after the
 /// handshake (a record that does not decrypt) is a 502 typed
 /// `tls_protocol_error` (RFC 9209 §2.3.13). It was `http_protocol_error`,
@@ -211,20 +229,12 @@ async fn a_tls_error_after_the_handshake_is_a_tls_protocol_error() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let origin = l.local_addr().unwrap();
     tokio::spawn(async move {
-        let (s, _) = l.accept().await.unwrap();
-        let mut tls = acceptor.accept(s).await.unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 4096];
-        while find(&head, b"\r\n\r\n").is_none() {
-            let n = tls.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the request head");
-            head.extend_from_slice(&buf[..n]);
-        }
+        let tls = tls_request_read(l, acceptor).await;
         // An application-data record of 16 zero bytes, under the session.
         let (mut tcp, _) = tls.into_inner();
         tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x10]).await.unwrap();
         tcp.write_all(&[0u8; 16]).await.unwrap();
-        let _ = tcp.read(&mut buf).await;
+        let _ = tcp.read(&mut [0u8; 64]).await;
     });
     let dir = TempDir::new();
     let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
@@ -254,15 +264,7 @@ async fn a_cut_on_one_side_of_an_upgraded_https_connection_reaches_the_other_as_
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = l.local_addr().unwrap();
         tokio::spawn(async move {
-            let (s, _) = l.accept().await.unwrap();
-            let mut tls = acceptor.accept(s).await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while find(&head, b"\r\n\r\n").is_none() {
-                let n = tls.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the request head");
-                head.extend_from_slice(&buf[..n]);
-            }
+            let mut tls = tls_request_read(l, acceptor).await;
             let switch =
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
             tls.write_all(switch).await.unwrap();
