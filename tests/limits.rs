@@ -1305,7 +1305,9 @@ async fn on_the_tls_listener_an_idle_tunnel_ends_with_close_notify() {
 /// without `close_notify` (Chromium does at every close), is logged
 /// `tunnel_truncated`; `tunnel_error` stays for resets and failures. All
 /// such tunnels were logged `tunnel_error` (probe 232). One that sends
-/// `close_notify` is logged `tunnel_closed`.
+/// `close_notify` is logged `tunnel_closed`, also when it closes at once
+/// after it, as curl does, and the origin's last bytes (here its `BYE`)
+/// meet a closed socket: that was `tunnel_error` (probe 237).
 #[test]
 fn a_tunnel_the_tls_client_ends_without_close_notify_is_logged_truncated() {
     use std::process::Stdio;
@@ -1320,10 +1322,13 @@ fn a_tunnel_the_tls_client_ends_without_close_notify_is_logged_truncated() {
     );
     let bin = start_binary(&dir, &extra, &users(), Stdio::piped());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (clean, cut) = rt.block_on(async {
-        let (clean, cut) = (spawn_shout_origin(), spawn_shout_origin());
+    // How the client ends: close_notify (then waits for the end, or
+    // closes at once), or a bare close.
+    let (clean, cut, curl) = rt.block_on(async {
+        let (clean, cut, curl) = (spawn_shout_origin(), spawn_shout_origin(), spawn_shout_origin());
         wait_listening(tls_addr).await;
-        for (origin, close_notify) in [(&clean, true), (&cut, false)] {
+        for (origin, close_notify, wait) in [(&clean, true, true), (&cut, false, false), (&curl, true, false)]
+        {
             let mut tls = tls_to(tls_addr, &ca).await;
             let target = origin.authority();
             let req = format!(
@@ -1340,15 +1345,17 @@ fn a_tunnel_the_tls_client_ends_without_close_notify_is_logged_truncated() {
             }
             if close_notify {
                 tls.shutdown().await.unwrap();
+            }
+            if wait {
                 let mut rest = Vec::new();
                 let end = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut rest)).await;
                 assert!(end.expect("the tunnel ends").is_ok(), "{:?}", String::from_utf8_lossy(&rest));
             } else {
-                // The TCP connection closed under the TLS session.
+                // The TCP connection closes under the TLS session.
                 drop(tls.into_inner().0);
             }
         }
-        (clean.authority(), cut.authority())
+        (clean.authority(), cut.authority(), curl.authority())
     });
     // A tunnel still ending gets the shutdown's grace period to finish.
     let out = bin.stop();
@@ -1363,6 +1370,7 @@ fn a_tunnel_the_tls_client_ends_without_close_notify_is_logged_truncated() {
     };
     assert!(line(&clean).contains(" outcome=\"tunnel_closed\""), "{stdout}");
     assert!(line(&cut).contains(" outcome=\"tunnel_truncated\""), "{stdout}");
+    assert!(line(&curl).contains(" outcome=\"tunnel_closed\""), "{stdout}");
 }
 
 /// A TLS client that sends its `close_notify` right behind its request

@@ -177,6 +177,9 @@ struct Direction {
     /// The reader stands at TCP urgent data: read past tokio until the
     /// socket is drained (see [`read_into`]).
     urgent: bool,
+    /// It failed; `read_failed` when reading (else writing).
+    failed: bool,
+    read_failed: bool,
 }
 
 /// A direction's use of `splice(2)` (two TCP sockets only).
@@ -193,6 +196,12 @@ enum Splice {
 }
 
 impl Direction {
+    /// Whether it passed its reader's end on to its writer, as the reader
+    /// ended it (not after a failure, nor cut because of one).
+    fn ended_cleanly(&self) -> bool {
+        self.done && !self.failed && !self.cut
+    }
+
     /// Whether bytes wait here for the other side to accept them.
     fn blocked(&self) -> bool {
         self.flushing
@@ -258,7 +267,10 @@ impl Direction {
                         }
                         return Poll::Pending;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(e)) => {
+                        self.read_failed = true;
+                        return Poll::Ready(Err(e));
+                    }
                     Poll::Ready(Ok(0)) => {
                         self.eof = true;
                         self.buf = None;
@@ -341,7 +353,10 @@ impl Direction {
                         self.splice = Splice::Off;
                         return self.poll(cx, r, w, progress);
                     }
-                    Err(e) => return Poll::Ready(Err(e)),
+                    Err(e) => {
+                        self.read_failed = true;
+                        return Poll::Ready(Err(e));
+                    }
                 }
             }
             while !pipe.is_empty() {
@@ -385,6 +400,13 @@ pub enum End {
     /// connection to a TLS proxy so, and its tunnels, all logged
     /// `tunnel_error`, could not be told from resets (probe 232).
     Truncated,
+    /// The client's side failed first, but after the client had ended its
+    /// own sending or been passed the origin's end: a client that closes
+    /// (or resets) its connection at once after its `close_notify`, as curl
+    /// does, or after authgate's, as Chromium may. It left; ended as a
+    /// failure is, logged as a close (such tunnels were `tunnel_error`:
+    /// every curl tunnel on the TLS listener; probe 237).
+    ClientLeft,
 }
 
 /// How long a tunnel may go without moving a byte.
@@ -502,7 +524,7 @@ impl Relay {
         let mut last = [start, start];
         let mut timer = Box::pin(tokio::time::sleep(quiet.idle));
         let mut failed = false;
-        // How the first failure ended the relay: a truncation or an error.
+        // How the first failure ended the relay (see `End`).
         let mut failure = End::Error;
         poll_fn(|cx| {
             let mut moved = [false, false];
@@ -524,10 +546,19 @@ impl Relay {
                         res = step(way, dir, cx, &mut moved[i]);
                     }
                     if let Poll::Ready(Err(e)) = res {
-                        if !failed && e.kind() == io::ErrorKind::UnexpectedEof {
-                            failure = End::Truncated;
-                        }
                         dir.done = true;
+                        dir.failed = true;
+                        // The client's socket: read going up, written going down.
+                        let clients = matches!((way, dir.read_failed), (Way::Up, true) | (Way::Down, false));
+                        if !failed {
+                            failure = if clients && (self.up.ended_cleanly() || self.down.ended_cleanly()) {
+                                End::ClientLeft
+                            } else if e.kind() == io::ErrorKind::UnexpectedEof {
+                                End::Truncated
+                            } else {
+                                End::Error
+                            };
+                        }
                         failed = true;
                     }
                 }
@@ -630,7 +661,7 @@ where
 {
     match end {
         // Boxed: inline, it would grow every tunnel's task.
-        End::Error | End::Truncated => Box::pin(close_gently(client, origin)).await,
+        End::Error | End::Truncated | End::ClientLeft => Box::pin(close_gently(client, origin)).await,
         End::Idle => Box::pin(end_quietly(client, origin)).await,
         End::Stalled | End::Closed => {}
     }
@@ -787,11 +818,12 @@ mod tests {
         assert!(took >= Duration::from_secs(5) && took < Duration::from_millis(5500), "{took:?}");
     }
 
-    /// A side whose end is a truncation: what a TLS session that closed
-    /// without `close_notify` reads (rustls's `UnexpectedEof`).
-    struct Truncating(DuplexStream);
+    /// A side whose end reads as the error given: `UnexpectedEof`, what a
+    /// TLS session that closed without `close_notify` reads (rustls's), or
+    /// `ConnectionReset`, a reset.
+    struct EndsIn(DuplexStream, io::ErrorKind);
 
-    impl AsyncRead for Truncating {
+    impl AsyncRead for EndsIn {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -800,13 +832,13 @@ mod tests {
             let before = buf.filled().len();
             ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
             if buf.filled().len() == before && buf.remaining() > 0 {
-                return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                return Poll::Ready(Err(self.1.into()));
             }
             Poll::Ready(Ok(()))
         }
     }
 
-    impl AsyncWrite for Truncating {
+    impl AsyncWrite for EndsIn {
         fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
             Pin::new(&mut self.0).poll_write(cx, buf)
         }
@@ -820,7 +852,7 @@ mod tests {
         }
     }
 
-    impl Side for Truncating {}
+    impl Side for EndsIn {}
 
     /// A client whose TLS was truncated before any other failure ends the
     /// relay as `Truncated` (`tunnel_truncated`), also when the download
@@ -832,7 +864,9 @@ mod tests {
             let (mut client, c_side) = duplex(64);
             let (mut o_side, mut origin) = duplex(64);
             let task = tokio::spawn(async move {
-                Relay::default().run(&mut Truncating(c_side), &mut o_side, quiet(5)).await
+                Relay::default()
+                    .run(&mut EndsIn(c_side, io::ErrorKind::UnexpectedEof), &mut o_side, quiet(5))
+                    .await
             });
             client.write_all(b"hi").await.unwrap();
             let mut got = [0u8; 2];
@@ -853,6 +887,67 @@ mod tests {
             assert_eq!(took >= Duration::from_secs(59), stalled, "{took:?}");
             drop(client);
         }
+    }
+
+    /// A client that leaves after it ended its own sending (curl: its
+    /// `close_notify`, then the close at once, while the origin's last
+    /// bytes are on their way), or after it was passed the origin's end
+    /// (then resets), closed the tunnel: `ClientLeft`, logged
+    /// `tunnel_closed` (both were `tunnel_error`; probe 237). A reset with
+    /// nothing ended, and an origin's reset after the client's end, stay
+    /// errors.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_leaves_after_an_end_closed_the_tunnel() {
+        use io::ErrorKind::ConnectionReset;
+        // The client ends its sending, then goes while a download comes.
+        let (mut client, mut c_side) = duplex(64);
+        let (mut o_side, mut origin) = duplex(64);
+        let task =
+            tokio::spawn(async move { Relay::default().run(&mut c_side, &mut o_side, quiet(5)).await });
+        client.write_all(b"bye").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        origin.read_to_end(&mut got).await.unwrap();
+        drop(client);
+        let _ = origin.write_all(&[b'x'; 64 * 1024]).await;
+        assert_eq!(task.await.unwrap(), End::ClientLeft);
+
+        // The origin's end is passed to the client, which then resets.
+        let (mut client, c_side) = duplex(64);
+        let (mut o_side, mut origin) = duplex(64);
+        let task = tokio::spawn(async move {
+            Relay::default().run(&mut EndsIn(c_side, ConnectionReset), &mut o_side, quiet(5)).await
+        });
+        origin.write_all(b"last").await.unwrap();
+        origin.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last");
+        drop(client);
+        assert_eq!(task.await.unwrap(), End::ClientLeft);
+        drop(origin);
+
+        // A client reset with nothing ended.
+        let (client, c_side) = duplex(64);
+        let (mut o_side, _origin) = duplex(64);
+        let task = tokio::spawn(async move {
+            Relay::default().run(&mut EndsIn(c_side, ConnectionReset), &mut o_side, quiet(5)).await
+        });
+        drop(client);
+        assert_eq!(task.await.unwrap(), End::Error);
+
+        // The origin resets after the client's end.
+        let (mut client, mut c_side) = duplex(64);
+        let (o_side, mut origin) = duplex(64);
+        let task = tokio::spawn(async move {
+            Relay::default().run(&mut c_side, &mut EndsIn(o_side, ConnectionReset), quiet(5)).await
+        });
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        origin.read_to_end(&mut got).await.unwrap();
+        drop(origin);
+        assert_eq!(task.await.unwrap(), End::Error);
+        drop(client);
     }
 
     #[tokio::test]

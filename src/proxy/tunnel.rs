@@ -253,7 +253,7 @@ impl Ending {
     /// The access log's `outcome`.
     fn outcome(&self) -> &'static str {
         match self {
-            Ending::Relay(End::Closed) => "tunnel_closed",
+            Ending::Relay(End::Closed | End::ClientLeft) => "tunnel_closed",
             Ending::Relay(End::Idle) => "tunnel_idle_timeout",
             Ending::Relay(End::Stalled) => "tunnel_send_timeout",
             Ending::Relay(End::Error) => "tunnel_error",
