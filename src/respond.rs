@@ -194,6 +194,8 @@ fn detail(err: &ProxyError) -> String {
         DestinationUnavailable => "The destination could not be reached.".into(),
         UpstreamReadTimeout => "The origin accepted the request but did not answer in time.".into(),
         UpstreamWriteTimeout => "The origin stopped reading the request body before its end and did not answer.".into(),
+        UpstreamProtocol { bad: BadAnswer::Terminated, detail } => format!("The origin's connection ended before a byte of an answer came ({detail}); retry, or report it to the origin's owner."),
+        UpstreamProtocol { bad: BadAnswer::Tls | BadAnswer::TlsAlert(_), detail } => format!("The TLS connection to the origin failed ({detail})."),
         UpstreamProtocol { detail, .. } => format!("The origin sent an invalid or incomplete response ({detail})."),
         Upstream407 => "The origin answered 407 Proxy Authentication Required; authgate does not pass that on, because it would be mistaken for authgate's own challenge.".into(),
         UpstreamTls { reason } => format!("The origin's TLS certificate could not be verified: {reason}."),

@@ -131,11 +131,11 @@ async fn broken_origins_long_targets_and_other_schemes_get_their_codes() {
         let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
     });
     let cases = [
-        (&garbage, "http_protocol_error"),
-        (&closer, "connection_terminated"),
-        (&half, "http_response_incomplete"),
+        (&garbage, "http_protocol_error", "The origin sent an invalid or incomplete response"),
+        (&closer, "connection_terminated", "The origin's connection ended before a byte of an answer came"),
+        (&half, "http_response_incomplete", "The origin sent an invalid or incomplete response"),
     ];
-    for (origin, proxy_status) in cases {
+    for (origin, proxy_status, said) in cases {
         let r = get(
             proxy.addr,
             &origin.url("/"),
@@ -143,6 +143,7 @@ async fn broken_origins_long_targets_and_other_schemes_get_their_codes() {
         )
         .await;
         assert_proxy_error(&r, 502, proxy_status, "upstream_protocol_error");
+        assert!(r.json()["detail"].as_str().unwrap_or_default().starts_with(said), "{}", r.dump());
     }
     let r = get(proxy.addr, "ftp://127.0.0.1/file", &[("Host", "127.0.0.1"), ("Proxy-Authorization", &auth)])
         .await;

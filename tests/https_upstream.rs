@@ -242,6 +242,7 @@ async fn a_tls_error_after_the_handshake_is_a_tls_protocol_error() {
     assert_proxy_error(&r, 502, "tls_protocol_error", "upstream_protocol_error");
     let status = r.header("proxy-status").unwrap_or_default();
     assert!(status.contains("details=\"TLS error on the connection to the origin\""), "{status}");
+    assert!(r.text().contains("The TLS connection to the origin failed"), "{}", r.dump());
 }
 
 /// An upgraded `https://` connection (WebSocket over TLS both ways) where
