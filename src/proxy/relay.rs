@@ -396,16 +396,19 @@ pub enum End {
     Error,
     /// A side that speaks TLS with authgate ended its TCP connection
     /// without a `close_notify` (a truncation, RFC 8446 §6.1), before any
-    /// other failure; ended as a failure is. Chromium closes every
+    /// other failure (and, for the client, not after an end: see
+    /// `ClientLeft`); ended as a failure is. Chromium closes every
     /// connection to a TLS proxy so, and its tunnels, all logged
     /// `tunnel_error`, could not be told from resets (probe 232).
     Truncated,
     /// The client's side failed first, but after the client had ended its
-    /// own sending or been passed the origin's end: a client that closes
-    /// (or resets) its connection at once after its `close_notify`, as curl
-    /// does, or after authgate's, as Chromium may. It left; ended as a
-    /// failure is, logged as a close (such tunnels were `tunnel_error`:
-    /// every curl tunnel on the TLS listener; probe 237).
+    /// own sending, or after it had been passed the origin's end and sent
+    /// nothing more: a client that closes (or resets) its connection at
+    /// once after its `close_notify`, as curl does, or after authgate's, as
+    /// Chromium may. It left; ended as a failure is, logged as a close
+    /// (such tunnels were `tunnel_error`: every curl tunnel on the TLS
+    /// listener; probe 237). A client still uploading when it resets is an
+    /// `Error` (probe 238).
     ClientLeft,
 }
 
@@ -526,6 +529,10 @@ impl Relay {
         let mut failed = false;
         // How the first failure ended the relay (see `End`).
         let mut failure = End::Error;
+        // The bytes moved up when the origin's end had been passed to the
+        // client: a client that sent more after it was uploading, and its
+        // reset is no close (probe 238).
+        let mut up_at_origins_end = None;
         poll_fn(|cx| {
             let mut moved = [false, false];
             let failed_before_poll = failed;
@@ -550,8 +557,10 @@ impl Relay {
                         dir.failed = true;
                         // The client's socket: read going up, written going down.
                         let clients = matches!((way, dir.read_failed), (Way::Up, true) | (Way::Down, false));
+                        let after_an_end = self.up.ended_cleanly()
+                            || (self.down.ended_cleanly() && up_at_origins_end == Some(self.up.moved));
                         if !failed {
-                            failure = if clients && (self.up.ended_cleanly() || self.down.ended_cleanly()) {
+                            failure = if clients && after_an_end {
                                 End::ClientLeft
                             } else if e.kind() == io::ErrorKind::UnexpectedEof {
                                 End::Truncated
@@ -560,6 +569,9 @@ impl Relay {
                             };
                         }
                         failed = true;
+                    }
+                    if up_at_origins_end.is_none() && self.down.ended_cleanly() {
+                        up_at_origins_end = Some(self.up.moved);
                     }
                 }
                 if failed == failed_before {
@@ -894,8 +906,9 @@ mod tests {
     /// bytes are on their way), or after it was passed the origin's end
     /// (then resets), closed the tunnel: `ClientLeft`, logged
     /// `tunnel_closed` (both were `tunnel_error`; probe 237). A reset with
-    /// nothing ended, and an origin's reset after the client's end, stay
-    /// errors.
+    /// nothing ended, one while the client still uploads after the
+    /// origin's end (probe 238), and an origin's reset after the client's
+    /// end, stay errors.
     #[tokio::test(start_paused = true)]
     async fn a_client_that_leaves_after_an_end_closed_the_tunnel() {
         use io::ErrorKind::ConnectionReset;
@@ -925,6 +938,23 @@ mod tests {
         assert_eq!(got, b"last");
         drop(client);
         assert_eq!(task.await.unwrap(), End::ClientLeft);
+        drop(origin);
+
+        // The same, but the client was still uploading: its reset cut that.
+        let (mut client, c_side) = duplex(64);
+        let (mut o_side, mut origin) = duplex(64);
+        let task = tokio::spawn(async move {
+            Relay::default().run(&mut EndsIn(c_side, ConnectionReset), &mut o_side, quiet(5)).await
+        });
+        origin.write_all(b"last").await.unwrap();
+        origin.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        client.write_all(b"more").await.unwrap();
+        let mut more = [0u8; 4];
+        origin.read_exact(&mut more).await.unwrap();
+        drop(client);
+        assert_eq!(task.await.unwrap(), End::Error);
         drop(origin);
 
         // A client reset with nothing ended.
