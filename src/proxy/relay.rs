@@ -529,9 +529,9 @@ impl Relay {
         let mut failed = false;
         // How the first failure ended the relay (see `End`).
         let mut failure = End::Error;
-        // The bytes moved up when the origin's end had been passed to the
-        // client: a client that sent more after it was uploading, and its
-        // reset is no close (probe 238).
+        // The bytes moved up by the time the origin's end had been passed
+        // to the client: one that sent more after that was still
+        // uploading, and its reset is no close (probe 238).
         let mut up_at_origins_end = None;
         poll_fn(|cx| {
             let mut moved = [false, false];
