@@ -925,37 +925,27 @@ mod tests {
         let _ = origin.write_all(&[b'x'; 64 * 1024]).await;
         assert_eq!(task.await.unwrap(), End::ClientLeft);
 
-        // The origin's end is passed to the client, which then resets.
-        let (mut client, c_side) = duplex(64);
-        let (mut o_side, mut origin) = duplex(64);
-        let task = tokio::spawn(async move {
-            Relay::default().run(&mut EndsIn(c_side, ConnectionReset), &mut o_side, quiet(5)).await
-        });
-        origin.write_all(b"last").await.unwrap();
-        origin.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"last");
-        drop(client);
-        assert_eq!(task.await.unwrap(), End::ClientLeft);
-        drop(origin);
-
-        // The same, but the client was still uploading: its reset cut that.
-        let (mut client, c_side) = duplex(64);
-        let (mut o_side, mut origin) = duplex(64);
-        let task = tokio::spawn(async move {
-            Relay::default().run(&mut EndsIn(c_side, ConnectionReset), &mut o_side, quiet(5)).await
-        });
-        origin.write_all(b"last").await.unwrap();
-        origin.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        client.write_all(b"more").await.unwrap();
-        let mut more = [0u8; 4];
-        origin.read_exact(&mut more).await.unwrap();
-        drop(client);
-        assert_eq!(task.await.unwrap(), End::Error);
-        drop(origin);
+        // The origin's end is passed to the client, which then resets; or
+        // goes on uploading, and its reset cuts that.
+        for (uploading, end) in [(false, End::ClientLeft), (true, End::Error)] {
+            let (mut client, c_side) = duplex(64);
+            let (mut o_side, mut origin) = duplex(64);
+            let task = tokio::spawn(async move {
+                Relay::default().run(&mut EndsIn(c_side, ConnectionReset), &mut o_side, quiet(5)).await
+            });
+            origin.write_all(b"last").await.unwrap();
+            origin.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"last");
+            if uploading {
+                client.write_all(b"more").await.unwrap();
+                origin.read_exact(&mut [0u8; 4]).await.unwrap();
+            }
+            drop(client);
+            assert_eq!(task.await.unwrap(), end, "uploading: {uploading}");
+            drop(origin);
+        }
 
         // A client reset with nothing ended.
         let (client, c_side) = duplex(64);
