@@ -86,8 +86,14 @@ fn underscore_twin(name: &HeaderName) -> bool {
 /// [`underscore_twin`] of a name that has a `_`.
 #[cold]
 fn dashed_twin(name: &[u8]) -> bool {
-    let dashed: String = name.iter().map(|&b| if b == b'_' { '-' } else { char::from(b) }).collect();
+    let dashed = dashed(name);
     always_dropped_name(&dashed) || dashed == "content-length"
+}
+
+/// A field name with each `_` written `-`: the field a recipient that reads
+/// `_` as `-` takes it for (the name itself when it has none).
+pub(super) fn dashed(name: &[u8]) -> String {
+    name.iter().map(|&b| if b == b'_' { '-' } else { char::from(b) }).collect()
 }
 
 /// Whether the message asks to switch protocols (`Connection: upgrade` plus

@@ -62,9 +62,8 @@ fn remaining(headers: &HeaderMap) -> Option<u64> {
 /// its twin with `_` for `-` (`Proxy_Authorization`), which a recipient
 /// that reads `_` as `-` takes for the field itself (probe 214).
 fn not_echoed(name: &header::HeaderName) -> bool {
-    let name = name.as_str();
-    NOT_ECHOED.iter().any(|n| n.as_str() == name)
-        || (name.contains('_') && NOT_ECHOED.iter().any(|n| n.as_str() == name.replace('_', "-")))
+    let dashed = super::headers::dashed(name.as_str().as_bytes());
+    NOT_ECHOED.iter().any(|n| n.as_str() == dashed)
 }
 
 /// The TRACE request as authgate received it, minus credentials (fields
