@@ -117,10 +117,7 @@ async fn spawn_tls_proxy_with_state(
     let listeners = authgate::server::bind_all(&state).await.unwrap();
     let plain = listeners[0].local_addr().unwrap();
     let tls = listeners[1].local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(authgate::run(state.clone(), listeners, async move {
-        let _ = rx.await;
-    }));
+    let (tx, _task) = serve(state.clone(), listeners);
     (plain, tls, tx, state)
 }
 

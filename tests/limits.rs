@@ -67,10 +67,7 @@ async fn spawn_full_with(ca: &pki::Ca, leaf: &pki::Leaf, tls_extra: &str, rest: 
     let listeners = authgate::server::bind_all(&state).await.unwrap();
     let plain = listeners[0].local_addr().unwrap();
     let tls = listeners[1].local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
-        let _ = rx.await;
-    }));
+    let (tx, task) = serve(state.clone(), listeners);
     Full { plain, tls, dir, state, stop: Some(tx), task }
 }
 
@@ -407,10 +404,7 @@ async fn a_reload_keeps_each_tls_listener_on_its_own_certificate() {
     let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
     let listeners = authgate::server::bind_all(&state).await.unwrap();
     let (addr_a, addr_b) = (listeners[0].local_addr().unwrap(), listeners[1].local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
-        let _ = rx.await;
-    }));
+    let (tx, task) = serve(state.clone(), listeners);
     assert_eq!(presented_cert(addr_a, &ca.cert_pem).await, a.der);
     assert_eq!(presented_cert(addr_b, &ca.cert_pem).await, b.der);
     // The same two tables, b first.
@@ -449,10 +443,7 @@ async fn a_tls_only_proxy_has_no_plain_listener_and_serves() {
     let listeners = authgate::server::bind_all(&state).await.unwrap();
     assert_eq!(listeners.len(), 1, "only the TLS listener");
     let tls = listeners[0].local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
-        let _ = rx.await;
-    }));
+    let (tx, task) = serve(state.clone(), listeners);
     let origin = spawn_echo_origin();
     let ca_file = dir.write("ca.pem", &ca.cert_pem);
     let proxy_url = format!("https://alice:a1@localhost:{}", tls.port());
@@ -1954,10 +1945,7 @@ async fn proxy_protocol_can_be_set_per_listener() {
     let snap = authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let state = authgate::State::new(snap);
     let listeners = authgate::server::bind_all(&state).await.unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(authgate::run(state.clone(), listeners, async move {
-        let _ = rx.await;
-    }));
+    let (tx, task) = serve(state.clone(), listeners);
     let origin = spawn_echo_origin();
     let a = basic("alice", "a1");
     let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);

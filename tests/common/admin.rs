@@ -43,10 +43,7 @@ pub async fn spawn_with_admin_for(
     let listeners = authgate::server::bind_all(&state).await.unwrap();
     let proxy = listeners[0].local_addr().unwrap();
     let admin = listeners[1].local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(authgate::run(state.clone(), listeners, async move {
-        let _ = rx.await;
-    }));
+    let (tx, _task) = super::serve(state.clone(), listeners);
     (Running { proxy, admin, dir, stop: tx }, state)
 }
 

@@ -213,11 +213,21 @@ pub fn spawn_proxy_with_users_file(cfg_extra: &str, users_file: &str) -> Proxy {
     let addr = std_listener.local_addr().unwrap();
     let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
     let state = authgate::State::new(snapshot);
+    let (tx, task) = serve(state, vec![listener]);
+    Proxy { addr, dir, shutdown: Some(tx), task: Some(task) }
+}
+
+/// Runs authgate on `listeners` in a task: the switch that stops it (sent
+/// or dropped), and the task.
+pub fn serve<L: Into<authgate::server::Listener> + Send + 'static>(
+    state: std::sync::Arc<authgate::State>,
+    listeners: Vec<L>,
+) -> (oneshot::Sender<()>, JoinHandle<std::io::Result<()>>) {
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(authgate::run(state, vec![listener], async move {
+    let task = tokio::spawn(authgate::run(state, listeners, async move {
         let _ = rx.await;
     }));
-    Proxy { addr, dir, shutdown: Some(tx), task: Some(task) }
+    (tx, task)
 }
 
 /// `Basic base64(user:pass)`.

@@ -64,9 +64,6 @@ pub fn run_custom(dir: TempDir, snapshot: authgate::config::Snapshot) -> Custom 
     // The one listener stands for the configured ones.
     let listener = authgate::server::Listener::plain(listener, !snapshot.server.proxy_protocol.is_empty());
     let state = authgate::State::new(snapshot);
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(authgate::run(state.clone(), vec![listener], async move {
-        let _ = rx.await;
-    }));
+    let (tx, task) = crate::common::serve(state.clone(), vec![listener]);
     Custom { addr, dir, state, stop: Some(tx), task: Some(task) }
 }
