@@ -1,60 +1,18 @@
 //! The `authgate` command line: parse arguments, call the library, map errors
-//! to exit codes; plus what only a process does: signals, the allocator's
-//! settings, and reading a password from the terminal.
+//! to exit codes; plus the allocator's settings, which only a process has.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use authgate::cli::args::{Cli, Command};
+use clap::Parser;
 
 /// jemalloc instead of glibc's allocator: with its background thread it gives
 /// memory freed by closed connections back to the system (see the README's
 /// Performance section); glibc kept it.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[derive(Parser)]
-#[command(name = "authgate", version, about = "Forward HTTP proxy that requires proxy credentials")]
-struct Cli {
-    /// Config file [default: config/authgate.toml].
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the proxy (the default).
-    Run,
-    /// Validate the config and users file; print `ok` or every problem.
-    Check {
-        /// Also refuse (exit 1) what a reload refuses in place of a running
-        /// configuration that denies by default and has users: for a
-        /// service manager's reload step.
-        #[arg(long)]
-        reload: bool,
-    },
-    /// Read a password and print its argon2id PHC string.
-    HashPassword,
-    /// Explain whether USER may reach TARGET and why (exit 0 allowed, 1 denied, 2 error).
-    Explain {
-        /// The user to check (no password needed).
-        #[arg(long)]
-        user: String,
-        /// Method (default: GET for http:// URLs, CONNECT otherwise).
-        #[arg(long)]
-        method: Option<String>,
-        /// A URL (http://host/path, https://host) or host:port.
-        target: String,
-    },
-    /// Manage the users file (add, passwd, remove, disable, enable, list, import-htpasswd).
-    Users {
-        #[command(subcommand)]
-        action: authgate::cli::users::Action,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -72,92 +30,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// clap's error, or, for a value given where none is taken (most likely a
-/// password: `authgate hash-password S3cret`, `users add alice S3cret`,
-/// `--password-stdin=S3cret`) or an unknown flag, the same without the
-/// value: clap quotes it.
+/// clap's message for a usage error, or, for one that would quote a value
+/// that may be a password, authgate's own (see
+/// [`usage_message`](authgate::cli::args::usage_message)); exit 2 either way.
 fn usage_error(e: clap::Error) -> ExitCode {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    // A value may be a password, also one that starts with `-` (`users add
-    // alice -- -S3cret`, probe 85); so may a mistyped flag or subcommand,
-    // with a password glued to it (`--password-stdin:S3cret`, probe 139;
-    // `hash-password:S3cret`, probe 144): none is repeated, and the similar
-    // flag or subcommand clap found is named.
-    let a_value = matches!(
-        e.kind(),
-        ErrorKind::UnknownArgument | ErrorKind::TooManyValues | ErrorKind::InvalidSubcommand
-    );
-    if !a_value {
-        e.exit();
+    match authgate::cli::args::usage_message(&e) {
+        Some(message) => {
+            err_line(message);
+            ExitCode::from(2)
+        }
+        None => e.exit(),
     }
-    let usage = match e.get(ContextKind::Usage) {
-        Some(ContextValue::StyledStr(u)) => format!("\n\n{u}"),
-        _ => String::new(),
-    };
-    let tip = match (e.get(ContextKind::SuggestedArg), e.get(ContextKind::SuggestedSubcommand)) {
-        (Some(ContextValue::String(flag)), _) => format!("\n\n  tip: a similar argument exists: '{flag}'"),
-        (_, Some(ContextValue::String(command))) => {
-            format!("\n\n  tip: a similar subcommand exists: '{command}'")
-        }
-        (_, Some(ContextValue::Strings(commands))) if !commands.is_empty() => {
-            format!("\n\n  tip: a similar subcommand exists: '{}'", commands.join("', '"))
-        }
-        _ => String::new(),
-    };
-    let args: Vec<_> = std::env::args_os().collect();
-    // A word where a command goes names the commands there, so that a typo
-    // far from every name (`authgate help nosuch`) reads as one (probe 114).
-    let what = match e.kind() {
-        ErrorKind::InvalidSubcommand => {
-            format!("unknown command; the commands are {}", commands_at(args.iter().cloned()))
-        }
-        _ => "unexpected argument".to_owned(),
-    };
-    // Where passwords go, where the command is one that reads them.
-    let hint = match command_at(args.into_iter()).get_name() {
-        "explain" | "check" | "run" => "",
-        _ => {
-            "; `hash-password` reads it from the terminal or standard input, `users` from the terminal \
-             or with --password-stdin"
-        }
-    };
-    err_line(format_args!(
-        "error: {what} (not shown: it may be a password{hint}){tip}{usage}\n\nFor more information, try '--help'."
-    ));
-    ExitCode::from(2)
-}
-
-/// The subcommands of the command that `args` name before their first
-/// unknown word, `help` included, as `a, b, c`. `--config`'s value is
-/// skipped, so that `-c users users nosuch` names `users`'s commands.
-fn commands_at(args: impl Iterator<Item = std::ffi::OsString>) -> String {
-    let cmd = command_at(args);
-    let names: Vec<&str> = cmd.get_subcommands().map(clap::Command::get_name).collect();
-    names.join(", ")
-}
-
-/// The command that `args` name before their first unknown word.
-fn command_at(args: impl Iterator<Item = std::ffi::OsString>) -> clap::Command {
-    use clap::CommandFactory;
-    let mut cmd = Cli::command();
-    cmd.build();
-    let mut args = args.skip(1);
-    while let Some(arg) = args.next() {
-        let arg = arg.to_string_lossy();
-        if arg == "--config" || arg == "-c" {
-            args.next();
-        } else if arg.starts_with('-') {
-            continue;
-        } else if arg == "help" {
-            // `help X` looks X up among the commands of this level.
-            continue;
-        } else if let Some(sub) = cmd.find_subcommand(arg.as_ref()).cloned() {
-            cmd = sub;
-        } else {
-            break;
-        }
-    }
-    cmd
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -334,28 +217,13 @@ fn run(config: &Path) -> ExitCode {
             Err(e) => return fail(e),
         };
         tracing::info!(summary = &*summary, "authgate started");
-        match authgate::run(state.clone(), listeners, shutdown_signal(state)).await {
+        match authgate::run(state.clone(), listeners, authgate::server::signals::shutdown_signal(state)).await
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         }
     });
-    // A second signal acted on has its handler end the process, with
-    // status 1, once it has said so and written what it closed: it needs
-    // the runtime a little longer. One that comes after this is not acted
-    // on (the shutdown is over). Either way the status tells what happened:
-    // a second signal that won the race still ended in status 0, at times
-    // in the middle of its message (probe 97).
-    let interrupted = EXIT
-        .compare_exchange(
-            RUNNING,
-            EXITING,
-            std::sync::atomic::Ordering::SeqCst,
-            std::sync::atomic::Ordering::SeqCst,
-        )
-        .is_err();
-    if interrupted {
-        std::thread::sleep(std::time::Duration::from_secs(1));
-    }
+    let interrupted = authgate::server::signals::interrupted();
     // Dropping the runtime would wait for every blocking task: a password
     // verification still running (a slow hash, a flood) held the exit, and
     // the second-signal handler no longer ran; so did a reload under way,
@@ -383,54 +251,6 @@ fn return_freed_memory() {
     }
 }
 
-/// How `run` ends: [`RUNNING`] until a second SIGTERM or SIGINT is acted
-/// on ([`INTERRUPTED`]: the exit status is 1) or the shutdown is over
-/// ([`EXITING`]), whichever comes first.
-static EXIT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(RUNNING);
-const RUNNING: u8 = 0;
-const INTERRUPTED: u8 = 1;
-const EXITING: u8 = 2;
-
-/// Resolves on SIGTERM or SIGINT; a second signal exits at once, once what
-/// is still open has been closed and logged (for half a second at most).
-async fn shutdown_signal(state: std::sync::Arc<authgate::State>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
-        // Acted on only while the shutdown is not over, and said only then:
-        // `run`, which may end the process first, then exits with status 1
-        // too (see `run`).
-        let ordering = std::sync::atomic::Ordering::SeqCst;
-        if EXIT.compare_exchange(RUNNING, INTERRUPTED, ordering, ordering).is_err() {
-            return;
-        }
-        // Not `err_line`: standard error may be a pipe nobody reads, and
-        // the write blocked this exit too (probe 205).
-        authgate::telemetry::tell_stderr_within(
-            "authgate: second signal, exiting now",
-            std::time::Duration::from_millis(500),
-        );
-        // Closed as when the grace period ends, so that their access lines
-        // are written: an open tunnel left none.
-        state.kill.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(500), state.tasks.wait()).await;
-        authgate::telemetry::flush(std::time::Duration::from_millis(500));
-        std::process::exit(1);
-    });
-}
-
 /// `authgate hash-password`, with the argon2 parameters of `config`, or the
 /// defaults when the default config (not `given` with `--config`) is not
 /// there.
@@ -455,7 +275,7 @@ fn hash_password(config: &Path, given: bool) -> ExitCode {
     } else {
         authgate::auth::password::default_params()
     };
-    let password = match read_password() {
+    let password = match authgate::cli::read_new_password() {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
@@ -463,28 +283,4 @@ fn hash_password(config: &Path, given: bool) -> ExitCode {
         Ok(h) => emit(&format!("{h}\n"), ExitCode::SUCCESS),
         Err(e) => fail(format!("cannot hash: {e}")),
     }
-}
-
-/// A password from a no-echo prompt (asked twice) on a TTY, else one line of
-/// standard input. Prompts and refusals as `users` words them (they
-/// differed; probe 160), an empty password refused before it is asked again.
-fn read_password() -> Result<String, String> {
-    if std::io::stdin().is_terminal() {
-        let first = checked(
-            authgate::cli::prompt_hidden("Password: ")
-                .map_err(|e| format!("cannot read the password: {e}"))?,
-        )?;
-        let second = authgate::cli::prompt_hidden("Repeat it: ")
-            .map_err(|e| format!("cannot read the password: {e}"))?;
-        if first != second {
-            return Err("the two passwords differ".into());
-        }
-        Ok(first)
-    } else {
-        checked(authgate::cli::password_line(&mut std::io::stdin().lock())?)
-    }
-}
-
-fn checked(p: String) -> Result<String, String> {
-    authgate::auth::password::check_new_password(&p).map(|()| p)
 }

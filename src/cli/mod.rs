@@ -1,5 +1,6 @@
 //! Subcommands other than `run`: they read config, never bind ports.
 
+pub mod args;
 pub mod explain;
 pub mod users;
 
@@ -34,6 +35,39 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
         }
     }
     String::from_utf8(line).map_err(|_| "the password on standard input is not UTF-8".to_owned())
+}
+
+/// A new password from a no-echo prompt on the terminal (`prompt`, then
+/// `Repeat it: `); one that [`check_new_password`] refuses is refused before
+/// it is asked again (probe 160).
+///
+/// [`check_new_password`]: crate::auth::password::check_new_password
+///
+/// # Errors
+/// A one-line reason: the terminal cannot be read, the password is
+/// refused, or the two differ (`the two passwords differ`).
+pub fn ask_new_password(prompt: &str) -> Result<String, String> {
+    let ask = |prompt: &str| prompt_hidden(prompt).map_err(|e| format!("cannot read the password: {e}"));
+    let first = ask(prompt)?;
+    crate::auth::password::check_new_password(&first)?;
+    if first != ask("Repeat it: ")? {
+        return Err("the two passwords differ".into());
+    }
+    Ok(first)
+}
+
+/// `hash-password`'s password: [`ask_new_password`] on a terminal, else one
+/// [`password_line`] of standard input; checked as `users` checks one.
+///
+/// # Errors
+/// A one-line reason, as those two give it.
+pub fn read_new_password() -> Result<String, String> {
+    use std::io::IsTerminal;
+    let password = match std::io::stdin().is_terminal() {
+        true => return ask_new_password("Password: "),
+        false => password_line(&mut std::io::stdin().lock())?,
+    };
+    crate::auth::password::check_new_password(&password).map(|()| password)
 }
 
 /// The terminal and its settings to give back when Ctrl-C comes during a

@@ -17,6 +17,7 @@ pub mod proxy_protocol;
 pub mod reload;
 mod reset;
 mod rewind;
+pub mod signals;
 pub mod tls;
 pub mod x509;
 

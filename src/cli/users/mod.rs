@@ -535,17 +535,12 @@ fn new_hash(auth: &Auth, from_stdin: bool) -> Result<String, UsersError> {
         .map_err(|e| refused(format!("cannot hash the password: {e}")))
 }
 
+/// Asked twice on the terminal (see [`crate::cli::ask_new_password`]).
 fn password_from_tty() -> Result<String, UsersError> {
-    let ask = |prompt: &str| {
-        crate::cli::prompt_hidden(prompt).map_err(|e| refused(format!("cannot read the password: {e}")))
-    };
-    let first = ask("New password: ")?;
-    // Refused before it is asked again (probe 160).
-    crate::auth::password::check_new_password(&first).map_err(refused)?;
-    if first != ask("Repeat it: ")? {
-        return Err(refused("the two passwords differ; nothing changed"));
-    }
-    Ok(first)
+    crate::cli::ask_new_password("New password: ").map_err(|e| match e.as_str() {
+        "the two passwords differ" => refused(format!("{e}; nothing changed")),
+        _ => refused(e),
+    })
 }
 
 /// One line of standard input as the password (see [`crate::cli::password_line`]).
