@@ -118,7 +118,7 @@ fn off_runtime_if_costly(key: Arc<dyn SigningKey>) -> Arc<dyn SigningKey> {
 /// the median (probe 222). Now the thread making a signature first hands its
 /// other tasks to another (`block_in_place`), and at most half the cores
 /// sign at once ([`SIGNERS`]), as for argon2: the others wait, off the
-/// runtime too.
+/// runtime too, [`MAX_WAITING`] at most.
 #[derive(Debug)]
 struct OffRuntime(Arc<dyn SigningKey>);
 
@@ -143,15 +143,9 @@ struct OffRuntimeSigner(Box<dyn Signer>);
 
 impl Signer for OffRuntimeSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
-        let sign = || SIGNERS.run(|| self.0.sign(message));
-        // `block_in_place` needs a multi-threaded runtime (a test's may be
-        // single-threaded; `check` signs nothing).
-        match tokio::runtime::Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(sign)
-            }
-            _ => sign(),
-        }
+        // Refused before `block_in_place`: each handshake that waits holds
+        // a thread (see [`MAX_WAITING`]).
+        off_runtime(&SIGNERS, || self.0.sign(message))
     }
 
     fn scheme(&self) -> SignatureScheme {
@@ -159,37 +153,125 @@ impl Signer for OffRuntimeSigner {
     }
 }
 
-/// Signatures made at once: half the cores, at least one.
-static SIGNERS: Signers = Signers { busy: std::sync::Mutex::new(0), freed: std::sync::Condvar::new() };
+/// `sign` in a place of `signers`, the thread's other tasks handed to
+/// another thread meanwhile; refused at once when [`MAX_WAITING`]
+/// signatures wait already: refused before `block_in_place`, as each one
+/// that waits holds a thread.
+fn off_runtime(
+    signers: &Signers,
+    sign: impl FnOnce() -> Result<Vec<u8>, rustls::Error>,
+) -> Result<Vec<u8>, rustls::Error> {
+    let Some(admitted) = signers.admit() else {
+        static FULL: crate::telemetry::Every = crate::telemetry::Every::new(10, QUEUE_FULL_LINE);
+        if let Some(held) = FULL.pass() {
+            tracing::warn!(waiting = MAX_WAITING, held_back = held, "{QUEUE_FULL_LINE}");
+        }
+        return Err(rustls::Error::General(QUEUE_FULL_LINE.into()));
+    };
+    let sign = || admitted.run(sign);
+    // `block_in_place` needs a multi-threaded runtime (a test's may be
+    // single-threaded; `check` signs nothing).
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(sign)
+        }
+        _ => sign(),
+    }
+}
 
-/// A count of the signatures being made, and a wait for a free place.
+/// The warning, and the handshake's error, when [`MAX_WAITING`] handshakes
+/// wait for a signature already.
+const QUEUE_FULL_LINE: &str = "TLS handshake refused: too many handshakes wait for an RSA signature";
+
+/// Handshakes that may wait for a place to sign, beyond those signing; the
+/// next ones fail at once (an `internal_error` alert). Each waits on a
+/// thread of tokio's blocking pool, which argon2, `/metrics` and reloads
+/// use too, and which the runtime's own threads pass through in
+/// `block_in_place`: unbounded, a flood of 520 ClientHellos at a time took
+/// all 512 of its threads, and logins on the plain listener waited 0.5 to
+/// 10 s (probe 242). 64 waits are 0.3 s of signing with RSA 4096 on one
+/// core: a handshake that would wait longer is refused, the rest of the
+/// proxy keeps its threads.
+const MAX_WAITING: usize = 64;
+
+/// Signatures made at once: half the cores, at least one.
+static SIGNERS: Signers = Signers::new();
+
+/// A count of the signatures being made and of those admitted (signing or
+/// waiting), and a wait for a free place.
 struct Signers {
-    busy: std::sync::Mutex<usize>,
+    places: std::sync::Mutex<Places>,
     freed: std::sync::Condvar,
 }
 
+/// What [`Signers`] counts.
+struct Places {
+    /// Signatures being made.
+    busy: usize,
+    /// Signatures being made or waiting for a place.
+    admitted: usize,
+}
+
 impl Signers {
+    const fn new() -> Signers {
+        Signers {
+            places: std::sync::Mutex::new(Places { busy: 0, admitted: 0 }),
+            freed: std::sync::Condvar::new(),
+        }
+    }
+
+    /// Half the cores, at least one.
+    fn max() -> usize {
+        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        *MAX.get_or_init(super::limits::half_the_cores)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.places.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A signature admitted to wait for a place, or `None` when
+    /// [`MAX_WAITING`] wait already.
+    fn admit(&self) -> Option<Admitted<'_>> {
+        let mut places = self.lock();
+        if places.admitted >= Self::max() + MAX_WAITING {
+            return None;
+        }
+        places.admitted += 1;
+        Some(Admitted(self))
+    }
+}
+
+/// A signature admitted by [`Signers::admit`]; counted until dropped.
+struct Admitted<'a>(&'a Signers);
+
+impl Admitted<'_> {
     /// Runs `sign` once fewer than half the cores are signing.
     fn run<T>(&self, sign: impl FnOnce() -> T) -> T {
-        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let max = *MAX.get_or_init(super::limits::half_the_cores);
-        let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *busy >= max {
-            busy = self.freed.wait(busy).unwrap_or_else(std::sync::PoisonError::into_inner);
+        let signers = self.0;
+        let max = Signers::max();
+        let mut places = signers.lock();
+        while places.busy >= max {
+            places = signers.freed.wait(places).unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-        *busy += 1;
-        drop(busy);
+        places.busy += 1;
+        drop(places);
         /// Gives the place back, also if signing panicked.
         struct Place<'a>(&'a Signers);
         impl Drop for Place<'_> {
             fn drop(&mut self) {
-                let mut busy = self.0.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                *busy -= 1;
+                self.0.lock().busy -= 1;
                 self.0.freed.notify_one();
             }
         }
-        let _place = Place(self);
+        let _place = Place(signers);
         sign()
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.0.lock().admitted -= 1;
     }
 }
 
@@ -621,7 +703,7 @@ mod tests {
         std::thread::scope(|s| {
             for _ in 0..max + 4 {
                 s.spawn(|| {
-                    SIGNERS.run(|| {
+                    SIGNERS.admit().expect("admitted").run(|| {
                         most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(30));
                         now.fetch_sub(1, Ordering::SeqCst);
@@ -652,7 +734,7 @@ mod tests {
             for _ in 0..max {
                 let (inside, released) = (inside.clone(), &released);
                 s.spawn(move || {
-                    SIGNERS.run(|| {
+                    SIGNERS.admit().expect("admitted").run(|| {
                         let _ = inside.send(());
                         let _ = released.lock().map(|r| r.recv());
                     })
@@ -674,6 +756,25 @@ mod tests {
             assert!(!early, "signed while every place was taken");
             assert_eq!(done.recv_timeout(Duration::from_secs(10)).expect("signed").expect("ok"), 3072 / 8);
         });
+    }
+
+    /// Past half the cores signing and [`MAX_WAITING`] waiting, a signature
+    /// is refused at once, without taking a thread to wait on (probe 242:
+    /// a flood of ClientHellos took every thread of tokio's blocking pool);
+    /// a place given back admits the next.
+    #[test]
+    fn a_signature_past_the_waiting_ones_is_refused_at_once() {
+        let signers = Signers::new();
+        let full = Signers::max() + MAX_WAITING;
+        let admitted: Vec<_> = (0..full).map(|_| signers.admit().expect("admitted")).collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+        let refused = runtime.block_on(async { off_runtime(&signers, || Ok(b"signed".to_vec())) });
+        assert!(matches!(&refused, Err(rustls::Error::General(m)) if m == QUEUE_FULL_LINE), "{refused:?}");
+        drop(admitted);
+        let signed = runtime.block_on(async { off_runtime(&signers, || Ok(b"signed".to_vec())) });
+        assert_eq!(signed.expect("signed once places are free"), b"signed");
+        assert_eq!(signers.lock().admitted, 0, "every admission given back");
+        assert_eq!(signers.lock().busy, 0);
     }
 
     /// A listener's RSA key signs through [`OffRuntime`], and signs, from a
