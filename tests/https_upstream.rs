@@ -242,6 +242,44 @@ async fn a_tls_error_after_the_handshake_is_a_tls_protocol_error() {
     assert!(r.text().contains("The TLS connection to the origin failed"), "{}", r.dump());
 }
 
+/// A TLS alert from the origin after the handshake (here `bad_record_mac`,
+/// 20, which the origin sends when a record does not decrypt for it) is
+/// typed `tls_alert_received` with its number, and worded as a TLS error on
+/// the connection: it was "TLS handshake with the origin failed", for a
+/// handshake that had succeeded (probe 239).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_alert_after_the_handshake_is_no_handshake_failure() {
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let acceptor = tls_acceptor(&origin_ca.leaf("origin"), None);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut tls = tls_request_read(l, acceptor).await;
+        // The origin's own session is handed a record that does not
+        // decrypt: rustls answers with a fatal alert, encrypted.
+        let (tcp, session) = tls.get_mut();
+        let record = [&[0x17, 0x03, 0x03, 0x00, 0x20][..], &[0u8; 32]].concat();
+        session.read_tls(&mut &record[..]).unwrap();
+        assert!(session.process_new_packets().is_err(), "the bad record was read");
+        let mut alert = Vec::new();
+        while session.wants_write() {
+            session.write_tls(&mut alert).unwrap();
+        }
+        tcp.write_all(&alert).await.unwrap();
+        let _ = tcp.read(&mut [0u8; 64]).await;
+    });
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
+    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    assert_proxy_error(&r, 502, "tls_alert_received", "upstream_protocol_error");
+    let status = r.header("proxy-status").unwrap_or_default();
+    assert!(
+        status.contains("; alert-id=20; details=\"TLS error on the connection to the origin\""),
+        "{status}"
+    );
+}
+
 /// An upgraded `https://` connection (WebSocket over TLS both ways) where
 /// one side ends its TCP connection without `close_notify` (a truncation,
 /// RFC 8446 §6.1): the other side is not sent a `close_notify` either, but

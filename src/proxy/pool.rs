@@ -942,8 +942,17 @@ fn upstream_error(e: &hyper::Error, writes: &Writes) -> ProxyError {
         (BadAnswer::Protocol, "request could not be sent")
     } else if let Some(tls) = tls_error(e) {
         match tls {
+            // After the handshake: an alert other than TLS 1.3's late
+            // refusal of a client without a certificate is no handshake
+            // failure (it was worded as one; probe 239).
             rustls::Error::AlertReceived(alert) => {
-                (BadAnswer::TlsAlert(u8::from(*alert)), super::upstream_tls::alert_detail(*alert))
+                let detail = match alert {
+                    rustls::AlertDescription::CertificateRequired => {
+                        super::upstream_tls::alert_detail(*alert)
+                    }
+                    _ => "TLS error on the connection to the origin",
+                };
+                (BadAnswer::TlsAlert(u8::from(*alert)), detail)
             }
             // A record that does not decrypt, say (it was "connection
             // failed", typed `http_protocol_error`; probe 235).
