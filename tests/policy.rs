@@ -568,6 +568,42 @@ async fn dns_errors_are_502_and_timeouts_504_and_answers_are_cached_by_ttl() {
     assert_eq!(fake.queries("ttl.test"), 2, "an expired answer is asked for again");
 }
 
+/// A silent name server gets two A and two AAAA queries per lookup, the
+/// first and one sent again at half of `dns_timeout`, as the README says,
+/// and never a third: hickory gave the first query up at the lookup's end
+/// and, now and then, sent it once more as it did (2 lookups in 20, probe
+/// 239).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_name_server_gets_two_queries_of_each_family_per_lookup() {
+    const STREAMS: usize = 4;
+    const EACH: usize = 8;
+    let names: Vec<String> = (0..STREAMS * EACH).map(|i| format!("silent{i}.test")).collect();
+    let zone = names.iter().map(|n| (n.as_str(), Answer::Silent)).collect();
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&loopback_config(fake.addr, "300ms"), &users());
+    let streams = names.chunks(EACH).map(|chunk| {
+        let (chunk, addr) = (chunk.to_vec(), proxy.addr);
+        tokio::spawn(async move {
+            for name in chunk {
+                let target = format!("{name}:443");
+                let r = send_one(addr, "CONNECT", &target, &[("Proxy-Authorization", &auth())]).await;
+                assert_proxy_error(&r, 504, "dns_timeout", "dns_timeout");
+            }
+        })
+    });
+    for stream in streams.collect::<Vec<_>>() {
+        stream.await.unwrap();
+    }
+    // Time for a late query to arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let counts: Vec<_> = names
+        .iter()
+        .map(|n| (fake.queries(&format!("{n} silent A")), fake.queries(&format!("{n} silent AAAA"))))
+        .collect();
+    let odd: Vec<_> = names.iter().zip(&counts).filter(|(_, c)| **c != (2, 2)).collect();
+    assert!(odd.is_empty(), "(A, AAAA) queries other than (2, 2): {odd:?}");
+}
+
 /// Host names with labels IDNA refuses but DNS holds (an underscore inside
 /// a label, a leading hyphen, an `xn--` label that is not Punycode) are
 /// asked for like any other: they were a 502 `dns_error` without a query

@@ -19,7 +19,8 @@ pub enum Answer {
     A(Vec<Vec<Ipv4Addr>>, u32),
     /// NXDOMAIN.
     NxDomain,
-    /// No answer at all.
+    /// No answer at all. Queries over UDP are counted under
+    /// `"<name> silent A"` and `"<name> silent AAAA"`.
     Silent,
     /// A records with a TTL, and no answer at all to AAAA queries (a
     /// resolver or middlebox that drops them).
@@ -112,7 +113,11 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
             let Ok((n, peer)) = sock.recv_from(&mut buf).await else { return };
             let Some((name, qtype, qend)) = parse_question(&buf[..n]) else { continue };
             let reply = match zone.get(&name) {
-                Some((Answer::Silent, _)) => continue,
+                Some((Answer::Silent, _)) => {
+                    let family = if qtype == 1 { "A" } else { "AAAA" };
+                    *q2.lock().unwrap().entry(format!("{name} silent {family}")).or_insert(0) += 1;
+                    continue;
+                }
                 Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
                 Some((Answer::AaaaTcpMuteFirst(ips), _)) if qtype == 1 => {
