@@ -184,7 +184,8 @@ fn off_runtime(
 const QUEUE_FULL_LINE: &str = "TLS handshake refused: too many handshakes wait for an RSA signature";
 
 /// Handshakes that may wait for a place to sign, beyond those signing; the
-/// next ones fail at once (an `internal_error` alert). Each waits on a
+/// next ones fail at once (closed, without an alert: rustls sends none for
+/// a failed signature; probe 246). Each waits on a
 /// thread of tokio's blocking pool, which argon2, `/metrics` and reloads
 /// use too, and which the runtime's own threads pass through in
 /// `block_in_place`: unbounded, a flood of 520 ClientHellos at a time took
