@@ -185,15 +185,17 @@ const QUEUE_FULL_LINE: &str = "TLS handshake refused: too many handshakes wait f
 
 /// Handshakes that may wait for a place to sign, beyond those signing; the
 /// next ones fail at once (closed, without an alert: rustls sends none for
-/// a failed signature; probe 246). Each waits on a
-/// thread of tokio's blocking pool, which argon2, `/metrics` and reloads
-/// use too, and which the runtime's own threads pass through in
-/// `block_in_place`: unbounded, a flood of 520 ClientHellos at a time took
-/// all 512 of its threads, and logins on the plain listener waited 0.5 to
-/// 10 s (probe 242). 64 waits are 0.3 s of signing with RSA 4096 on one
-/// core: a handshake that would wait longer is refused, the rest of the
-/// proxy keeps its threads.
-const MAX_WAITING: usize = 64;
+/// a failed signature; probe 246). Each waits on a thread of tokio's
+/// blocking pool, which argon2, `/metrics` and reloads use too, and which
+/// the runtime's own threads pass through in `block_in_place`: unbounded,
+/// a flood of 520 ClientHellos at a time took all 512 of its threads, and
+/// logins on the plain listener waited 0.5 to 10 s (probe 242). The pool
+/// is made larger by as many ([`crate::server::limits::BLOCKING_THREADS`]),
+/// so that the rest of the proxy keeps tokio's 512 whatever waits here. A
+/// bound of 64 had a burst of 200 honest handshakes at once (clients
+/// coming back after a restart) fail 129 of them; 1024 waits are 4.6 s of
+/// signing with RSA 4096 on one core, about `header_read_timeout`.
+pub const MAX_WAITING: usize = 1024;
 
 /// Signatures made at once: half the cores, at least one.
 static SIGNERS: Signers = Signers::new();
