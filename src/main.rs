@@ -200,7 +200,6 @@ fn run(config: &Path) -> ExitCode {
     authgate::server::tls::warn_if_out_of_date(&snap.server.tls);
     snap.users.warn_of_hashes(|_| true);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.max_blocking_threads(authgate::server::limits::BLOCKING_THREADS);
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);
     }

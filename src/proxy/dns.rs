@@ -59,7 +59,7 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 impl Resolver {
     /// A resolver asking `servers`, or the system's resolvers when empty.
     /// `timeout` (`dns_timeout`) bounds each lookup, and so the queries
-    /// hickory sends (see [`made`]).
+    /// hickory sends (see `made`).
     pub fn new(servers: &[SocketAddr], timeout: Duration) -> Self {
         let (config, mut opts) = if servers.is_empty() {
             hickory_resolver::system_conf::read_system_conf().unwrap_or_else(|e| {

@@ -155,13 +155,6 @@ pub fn half_the_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
-/// Threads of tokio's blocking pool: its default of 512 for argon2,
-/// reloads, `/metrics` and the runtime's own hand-overs, plus one for each
-/// TLS handshake that may wait for an RSA signature
-/// ([`MAX_WAITING`](crate::server::tls::MAX_WAITING)), which would
-/// otherwise take them from the rest.
-pub const BLOCKING_THREADS: usize = 512 + super::tls::MAX_WAITING;
-
 /// A connection whose buffers once held more than this keeps them: hyper
 /// grows a connection's read buffer for a large read (a download from an
 /// origin, an upload from a client, a large head), up to its bound (256

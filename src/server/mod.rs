@@ -535,7 +535,11 @@ async fn accept_tls(
     deadline: tokio::time::Instant,
     metrics: &crate::telemetry::Metrics,
 ) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
-    match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await {
+    let handshake = async {
+        let start = tls::client_hello(stream).await?;
+        tls::handshake(start, acceptor.config().clone()).await
+    };
+    match tokio::time::timeout_at(deadline, Box::pin(handshake)).await {
         Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(e)) => {
             metrics.tls_handshake_failed(false);

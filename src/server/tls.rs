@@ -168,34 +168,100 @@ fn off_runtime(
         }
         return Err(rustls::Error::General(QUEUE_FULL_LINE.into()));
     };
-    let sign = || admitted.run(sign);
-    // `block_in_place` needs a multi-threaded runtime (a test's may be
-    // single-threaded; `check` signs nothing).
+    in_place(|| admitted.run(sign))
+}
+
+/// Runs `work`, which takes milliseconds of CPU, on this thread, once it has
+/// handed its other tasks to another (`block_in_place`). That needs a
+/// multi-threaded runtime: a test's may be single-threaded, and `check`
+/// signs nothing.
+fn in_place<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(sign)
+            tokio::task::block_in_place(work)
         }
-        _ => sign(),
+        _ => work(),
     }
+}
+
+/// Places to make a signature in, for handshakes on a listener with an RSA
+/// key, waited for without a thread (see [`handshake`]): half the cores,
+/// as in [`SIGNERS`].
+static PLACES: std::sync::LazyLock<tokio::sync::Semaphore> =
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(Signers::max()));
+
+/// The ClientHello on `stream`, read before anything is answered (see
+/// [`handshake`]).
+///
+/// A first record that is no handshake message (application data, say) is
+/// answered with an `unexpected_message` alert, as a whole handshake in
+/// rustls answers it: rustls' ClientHello reader fails on it without one,
+/// and the client saw the connection closed without a word.
+///
+/// # Errors
+/// The stream's, or why what came is no ClientHello.
+pub async fn client_hello(stream: TcpStream) -> std::io::Result<tokio_rustls::StartHandshake<TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let mut hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let e = match (&mut hello).await {
+        Ok(start) => return Ok(start),
+        Err(e) => e,
+    };
+    let unexpected = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).is_some_and(|e| {
+        matches!(
+            e,
+            rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. }
+        )
+    });
+    if let Some(mut stream) = hello.take_io().filter(|_| unexpected) {
+        // A fatal (2) `unexpected_message` (10) alert, in the clear.
+        let _ = stream.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a]).await;
+    }
+    Err(e)
+}
+
+/// The rest of the TLS handshake whose ClientHello `start` holds, with
+/// `config`.
+///
+/// With an RSA key, whose signature costs milliseconds, the handshake first
+/// waits for a place to sign in (`PLACES`), as a task, without a thread;
+/// then the ClientHello is answered, and so signed, off the runtime
+/// (`in_place`). The wait was on a thread of tokio's blocking pool, which
+/// argon2, `/metrics` and reloads use too, and the runtime's own threads in
+/// `block_in_place`: a flood of 520 ClientHellos at a time, sent without a
+/// password, took all 512 of its threads, and logins on the plain listener
+/// waited 0.5 to 10 s (probe 242). A signature made later in a handshake
+/// (after a HelloRetryRequest, the client's second ClientHello) waits in
+/// `off_runtime`, on a thread, `MAX_WAITING` at most.
+///
+/// # Errors
+/// The handshake's.
+pub async fn handshake(
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    config: Arc<rustls::ServerConfig>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let key = config.cert_resolver.resolve(start.client_hello());
+    if key.is_none_or(|k| k.key.algorithm() != SignatureAlgorithm::RSA) {
+        return start.into_stream(config).await;
+    }
+    let accept = {
+        let _place = PLACES.acquire().await.map_err(std::io::Error::other)?;
+        in_place(|| start.into_stream(config))
+    };
+    accept.await
 }
 
 /// The warning, and the handshake's error, when [`MAX_WAITING`] handshakes
 /// wait for a signature already.
 const QUEUE_FULL_LINE: &str = "TLS handshake refused: too many handshakes wait for an RSA signature";
 
-/// Handshakes that may wait for a place to sign, beyond those signing; the
-/// next ones fail at once (closed, without an alert: rustls sends none for
-/// a failed signature; probe 246). Each waits on a thread of tokio's
-/// blocking pool, which argon2, `/metrics` and reloads use too, and which
-/// the runtime's own threads pass through in `block_in_place`: unbounded,
-/// a flood of 520 ClientHellos at a time took all 512 of its threads, and
-/// logins on the plain listener waited 0.5 to 10 s (probe 242). The pool
-/// is made larger by as many ([`crate::server::limits::BLOCKING_THREADS`]),
-/// so that the rest of the proxy keeps tokio's 512 whatever waits here. A
-/// bound of 64 had a burst of 200 honest handshakes at once (clients
-/// coming back after a restart) fail 129 of them; 1024 waits are 4.6 s of
-/// signing with RSA 4096 on one core, about `header_read_timeout`.
-pub const MAX_WAITING: usize = 1024;
+/// Signatures that may wait for a place on a thread, beyond those being
+/// made; the next ones fail at once (closed, without an alert: rustls sends
+/// none for a failed signature; probe 246). Only signatures made outside
+/// [`handshake`]'s wait come here waiting (after a HelloRetryRequest), and
+/// each holds a thread of tokio's blocking pool (512 threads) while it
+/// waits: a flood of such handshakes takes 64 at most.
+const MAX_WAITING: usize = 64;
 
 /// Signatures made at once: half the cores, at least one.
 static SIGNERS: Signers = Signers::new();
@@ -798,6 +864,72 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
         let signature = runtime.block_on(async { tokio::spawn(async move { signer.sign(b"hello") }).await });
         assert_eq!(signature.expect("joined").expect("signed").len(), 3072 / 8);
+    }
+
+    /// A handshake on a listener with an RSA key waits for a place to sign
+    /// in as a task, holding no thread (probe 242: waiting on threads, a
+    /// flood of ClientHellos took all of tokio's blocking pool): with every
+    /// place taken, 16 ClientHellos wait unanswered on a runtime whose
+    /// blocking pool has one thread, which stays free for other work; once
+    /// the places are free, each gets its answer.
+    #[test]
+    fn handshakes_wait_for_a_place_without_a_thread() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const HELLOS: usize = 16;
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
+        let certified = load_certified_key(&keys.join("rsa3072.pem"), &keys.join("rsa3072.key"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = acceptor(CertSlot::new(certified)).expect("acceptor").config().clone();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let held = PLACES.acquire_many(Signers::max() as u32).await.expect("every place");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let config = config.clone();
+                    tokio::spawn(async move {
+                        let _ = handshake(client_hello(stream).await?, config).await;
+                        Ok::<_, std::io::Error>(())
+                    });
+                }
+            });
+            // A ClientHello, as rustls's client writes it (nothing of the
+            // answer is checked).
+            let client = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+            let mut hello = Vec::new();
+            rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().expect("name"))
+                .expect("client")
+                .write_tls(&mut hello)
+                .expect("hello");
+            let mut clients = Vec::new();
+            for _ in 0..HELLOS {
+                let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                c.write_all(&hello).await.expect("send");
+                clients.push(c);
+            }
+            let mut byte = [0u8; 1];
+            for c in &mut clients {
+                let read = tokio::time::timeout(Duration::from_millis(300), c.read(&mut byte)).await;
+                assert!(read.is_err(), "answered while every place was taken: {read:?}");
+            }
+            let free = tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(|| 7)).await;
+            assert_eq!(free.ok().and_then(Result::ok), Some(7), "the blocking pool was taken");
+            drop(held);
+            for c in &mut clients {
+                let read = tokio::time::timeout(Duration::from_secs(20), c.read(&mut byte)).await;
+                assert!(matches!(read, Ok(Ok(1))), "no answer once places were free: {read:?}");
+            }
+        });
     }
 
     /// Dates before 1970 are written, not a panic: a certificate that
