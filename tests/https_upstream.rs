@@ -214,28 +214,39 @@ async fn tls_request_read(
     tls
 }
 
+/// The answer to a GET of an `https://` origin through the TLS listener,
+/// the origin doing `then` with its TLS stream once it has read the
+/// request head.
+async fn get_when_origin_then<F, Fut>(then: F) -> RawResponse
+where
+    F: FnOnce(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let acceptor = tls_acceptor(&origin_ca.leaf("origin"), None);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = l.local_addr().unwrap();
+    tokio::spawn(async move { then(tls_request_read(l, acceptor).await).await });
+    let dir = TempDir::new();
+    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
+    get_https_via(tls, &proxy_ca.cert_pem, origin).await
+}
+
 /// A TLS origin whose connection breaks at the TLS layer after the
 /// handshake (a record that does not decrypt) is a 502 typed
 /// `tls_protocol_error` (RFC 9209 §2.3.13). It was `http_protocol_error`,
 /// "connection failed" (probe 235).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_error_after_the_handshake_is_a_tls_protocol_error() {
-    let proxy_ca = pki::Ca::new("proxy CA");
-    let origin_ca = pki::Ca::new("origin CA");
-    let acceptor = tls_acceptor(&origin_ca.leaf("origin"), None);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let tls = tls_request_read(l, acceptor).await;
+    let r = get_when_origin_then(async |tls| {
         // An application-data record of 16 zero bytes, under the session.
         let (mut tcp, _) = tls.into_inner();
         tcp.write_all(&[0x17, 0x03, 0x03, 0x00, 0x10]).await.unwrap();
         tcp.write_all(&[0u8; 16]).await.unwrap();
         let _ = tcp.read(&mut [0u8; 64]).await;
-    });
-    let dir = TempDir::new();
-    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
-    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    })
+    .await;
     assert_proxy_error(&r, 502, "tls_protocol_error", "upstream_protocol_error");
     let status = r.header("proxy-status").unwrap_or_default();
     assert!(status.contains("details=\"TLS error on the connection to the origin\""), "{status}");
@@ -249,13 +260,7 @@ async fn a_tls_error_after_the_handshake_is_a_tls_protocol_error() {
 /// handshake that had succeeded (probe 239).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_alert_after_the_handshake_is_no_handshake_failure() {
-    let proxy_ca = pki::Ca::new("proxy CA");
-    let origin_ca = pki::Ca::new("origin CA");
-    let acceptor = tls_acceptor(&origin_ca.leaf("origin"), None);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut tls = tls_request_read(l, acceptor).await;
+    let r = get_when_origin_then(async |mut tls| {
         // The origin's own session is handed a record that does not
         // decrypt: rustls answers with a fatal alert, encrypted.
         let (tcp, session) = tls.get_mut();
@@ -268,10 +273,8 @@ async fn a_tls_alert_after_the_handshake_is_no_handshake_failure() {
         }
         tcp.write_all(&alert).await.unwrap();
         let _ = tcp.read(&mut [0u8; 64]).await;
-    });
-    let dir = TempDir::new();
-    let (_plain, tls, _stop) = spawn_tls_proxy(&dir, &proxy_ca, &origin_ca.cert_pem, LOOPBACK).await;
-    let r = get_https_via(tls, &proxy_ca.cert_pem, origin).await;
+    })
+    .await;
     assert_proxy_error(&r, 502, "tls_alert_received", "upstream_protocol_error");
     let status = r.header("proxy-status").unwrap_or_default();
     assert!(
