@@ -184,6 +184,12 @@ fn in_place<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+thread_local! {
+    /// Whether this thread answers a ClientHello in a place of [`PLACES`]
+    /// (see [`Signers::admit`]).
+    static IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Places to make a signature in, for handshakes on a listener with an RSA
 /// key, waited for without a thread (see [`handshake`]): half the cores,
 /// as in [`SIGNERS`].
@@ -246,7 +252,12 @@ pub async fn handshake(
     }
     let accept = {
         let _place = PLACES.acquire().await.map_err(std::io::Error::other)?;
-        in_place(|| start.into_stream(config))
+        in_place(|| {
+            IN_PLACE.set(true);
+            let accept = start.into_stream(config);
+            IN_PLACE.set(false);
+            accept
+        })
     };
     accept.await
 }
@@ -301,9 +312,13 @@ impl Signers {
 
     /// A signature admitted to wait for a place, or `None` when
     /// [`MAX_WAITING`] wait already.
+    /// A signature made in a place of [`PLACES`] is admitted whatever
+    /// waits: it holds one of at most half the cores' threads, and refused,
+    /// honest handshakes failed while HelloRetryRequest handshakes filled
+    /// the waiting room (probe 248).
     fn admit(&self) -> Option<Admitted<'_>> {
         let mut places = self.lock();
-        if places.admitted >= Self::max() + MAX_WAITING {
+        if places.admitted >= Self::max() + MAX_WAITING && !IN_PLACE.get() {
             return None;
         }
         places.admitted += 1;
@@ -839,6 +854,12 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
         let refused = runtime.block_on(async { off_runtime(&signers, || Ok(b"signed".to_vec())) });
         assert!(matches!(&refused, Err(rustls::Error::General(m)) if m == QUEUE_FULL_LINE), "{refused:?}");
+        // A signature answering a ClientHello in a place of `PLACES` is
+        // admitted all the same (probe 248).
+        IN_PLACE.set(true);
+        let in_place = signers.admit().is_some();
+        IN_PLACE.set(false);
+        assert!(in_place, "a place holder refused");
         drop(admitted);
         let signed = runtime.block_on(async { off_runtime(&signers, || Ok(b"signed".to_vec())) });
         assert_eq!(signed.expect("signed once places are free"), b"signed");
