@@ -26,6 +26,22 @@ fn users() -> String {
     users_toml(&[("alice", "a1")])
 }
 
+/// A TLS 1.2 ClientHello, as rustls's client writes it.
+fn tls12_client_hello() -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let mut hello = Vec::new();
+    rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().unwrap())
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    hello
+}
+
 /// An authenticated GET through `proxy` gets the origin's 200.
 async fn assert_still_serves(proxy: SocketAddr) {
     let origin = spawn_echo_origin();
@@ -596,6 +612,22 @@ async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
     let mut c = RawConn::connect(proxy.tls).await;
     c.send(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00][..]).await;
     assert_eq!(c.read_to_end().await.first(), Some(&0x15), "a TLS alert, then the close");
+    // An alert from the client (here a fatal handshake_failure) is answered
+    // with nothing, only the close (RFC 8446 §6.2; it got an
+    // unexpected_message alert back; probe 248).
+    let mut c = RawConn::connect(proxy.tls).await;
+    c.send(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28][..]).await;
+    assert_eq!(c.read_to_end().await, b"", "no alert to an alert");
+    // A record that is no handshake, sent with the ClientHello, is read at
+    // once: the answer, then an unexpected_message alert (in the clear, in
+    // TLS 1.2) and the close. It waited for more bytes, unanswered until
+    // header_read_timeout (probe 248).
+    let mut c = RawConn::connect(proxy.tls).await;
+    c.send([tls12_client_hello(), vec![0x17, 0x03, 0x03, 0x00, 0x01, 0x00]].concat()).await;
+    let answer = c.read_to_end().await;
+    let last = &answer[answer.len().saturating_sub(7)..];
+    assert!(answer.starts_with(&[0x16, 0x03, 0x03]), "the ServerHello first: {:?}", answer.get(..3));
+    assert_eq!(last, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a], "then the alert");
     drop(RawConn::connect(proxy.tls).await);
     // Nor one reset before its first byte (some health checks end so).
     let reset = TcpStream::connect(proxy.tls).await.unwrap();
@@ -610,7 +642,7 @@ async fn the_tls_listener_closes_silent_partial_and_plaintext_clients() {
         text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(str::to_owned)
     };
     // (Counted before the connection closes, which the client waited for.)
-    assert_eq!(failures("failed").as_deref(), Some("1"), "the record that is no handshake");
+    assert_eq!(failures("failed").as_deref(), Some("3"), "the two records that are no handshake, the alert");
     assert_eq!(failures("timed_out").as_deref(), Some("2"), "the two silent ones");
     // Both listeners still serve.
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);

@@ -202,7 +202,8 @@ static PLACES: std::sync::LazyLock<tokio::sync::Semaphore> =
 /// A first record that is no handshake message (application data, say) is
 /// answered with an `unexpected_message` alert, as a whole handshake in
 /// rustls answers it: rustls' ClientHello reader fails on it without one,
-/// and the client saw the connection closed without a word.
+/// and the client saw the connection closed without a word. An alert from
+/// the client is answered with nothing (RFC 8446 §6.2; probe 248).
 ///
 /// # Errors
 /// The stream's, or why what came is no ClientHello.
@@ -213,11 +214,10 @@ pub async fn client_hello(stream: TcpStream) -> std::io::Result<tokio_rustls::St
         Ok(start) => return Ok(start),
         Err(e) => e,
     };
-    let unexpected = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).is_some_and(|e| {
-        matches!(
-            e,
-            rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. }
-        )
+    let unexpected = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()).is_some_and(|e| match e {
+        rustls::Error::InappropriateMessage { got_type, .. } => *got_type != rustls::ContentType::Alert,
+        rustls::Error::InappropriateHandshakeMessage { .. } => true,
+        _ => false,
     });
     if let Some(mut stream) = hello.take_io().filter(|_| unexpected) {
         // A fatal (2) `unexpected_message` (10) alert, in the clear.
@@ -247,19 +247,48 @@ pub async fn handshake(
     config: Arc<rustls::ServerConfig>,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
     let key = config.cert_resolver.resolve(start.client_hello());
-    if key.is_none_or(|k| k.key.algorithm() != SignatureAlgorithm::RSA) {
-        return start.into_stream(config).await;
-    }
-    let accept = {
+    let (mut accept, refused) = if key.is_none_or(|k| k.key.algorithm() != SignatureAlgorithm::RSA) {
+        answer(start, config)
+    } else {
         let _place = PLACES.acquire().await.map_err(std::io::Error::other)?;
         in_place(|| {
             IN_PLACE.set(true);
-            let accept = start.into_stream(config);
+            let answered = answer(start, config);
             IN_PLACE.set(false);
-            accept
+            answered
         })
     };
-    accept.await
+    let Some((error, last_words)) = refused else {
+        return accept.await;
+    };
+    if let Some(stream) = accept.get_mut() {
+        use tokio::io::AsyncWriteExt;
+        let _ = stream.write_all(&last_words).await;
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+}
+
+/// The answer to the ClientHello `start` holds, made with `config`, and the
+/// records sent with it read: the handshake, or why the records end it and
+/// all that is to be sent before the close (the answer, then an alert).
+///
+/// Records that came in the same read as the ClientHello stayed unread
+/// until more bytes came, rustls' reader having stopped at the ClientHello:
+/// junk after a ClientHello was answered with nothing until
+/// `header_read_timeout` (probe 248).
+fn answer(
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    config: Arc<rustls::ServerConfig>,
+) -> (tokio_rustls::Accept<TcpStream>, Option<(rustls::Error, Vec<u8>)>) {
+    let mut refused = None;
+    let accept = start.into_stream_with(config, |conn| {
+        if let Err(e) = conn.process_new_packets() {
+            let mut last_words = Vec::new();
+            while conn.wants_write() && conn.write_tls(&mut last_words).is_ok_and(|n| n > 0) {}
+            refused = Some((e, last_words));
+        }
+    });
+    (accept, refused)
 }
 
 /// The warning, and the handshake's error, when [`MAX_WAITING`] handshakes
