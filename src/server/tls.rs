@@ -190,6 +190,23 @@ thread_local! {
     static IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// This thread marked as answering a ClientHello in a place of [`PLACES`]
+/// (`IN_PLACE`) until dropped, also if the answer panicked.
+struct InPlace;
+
+impl InPlace {
+    fn mark() -> InPlace {
+        IN_PLACE.set(true);
+        InPlace
+    }
+}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        IN_PLACE.set(false);
+    }
+}
+
 /// Places to make a signature in, for handshakes on a listener with an RSA
 /// key, waited for without a thread (see [`handshake`]): half the cores,
 /// as in [`SIGNERS`].
@@ -252,10 +269,8 @@ pub async fn handshake(
     } else {
         let _place = PLACES.acquire().await.map_err(std::io::Error::other)?;
         in_place(|| {
-            IN_PLACE.set(true);
-            let answered = answer(start, config);
-            IN_PLACE.set(false);
-            answered
+            let _marked = InPlace::mark();
+            answer(start, config)
         })
     };
     let Some((error, last_words)) = refused else {
@@ -885,10 +900,16 @@ mod tests {
         assert!(matches!(&refused, Err(rustls::Error::General(m)) if m == QUEUE_FULL_LINE), "{refused:?}");
         // A signature answering a ClientHello in a place of `PLACES` is
         // admitted all the same (probe 248).
-        IN_PLACE.set(true);
+        let marked = InPlace::mark();
         let in_place = signers.admit().is_some();
-        IN_PLACE.set(false);
+        drop(marked);
         assert!(in_place, "a place holder refused");
+        // The mark is gone with its holder, also one that panicked.
+        let _ = std::panic::catch_unwind(|| {
+            let _marked = InPlace::mark();
+            panic!("a signature that panics");
+        });
+        assert!(signers.admit().is_none(), "a panicked place holder's thread kept its mark");
         drop(admitted);
         let signed = runtime.block_on(async { off_runtime(&signers, || Ok(b"signed".to_vec())) });
         assert_eq!(signed.expect("signed once places are free"), b"signed");
