@@ -117,8 +117,9 @@ fn off_runtime_if_costly(key: Arc<dyn SigningKey>) -> Arc<dyn SigningKey> {
 /// at a time, and a plain listener's keep-alive requests waited 240 ms at
 /// the median (probe 222). Now the thread making a signature first hands its
 /// other tasks to another (`block_in_place`), and at most half the cores
-/// sign at once ([`SIGNERS`]), as for argon2: the others wait, off the
-/// runtime too, [`MAX_WAITING`] at most.
+/// sign at once ([`PLACES`]), as for argon2: the others wait, as tasks
+/// before the ClientHello is answered (see [`handshake`]), or on their
+/// thread for a signature asked for later, [`MAX_WAITING`] at most.
 #[derive(Debug)]
 struct OffRuntime(Arc<dyn SigningKey>);
 
@@ -145,7 +146,7 @@ impl Signer for OffRuntimeSigner {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
         // Refused before `block_in_place`: each handshake that waits holds
         // a thread (see [`MAX_WAITING`]).
-        off_runtime(&SIGNERS, || self.0.sign(message))
+        off_runtime(&WAITING, || self.0.sign(message))
     }
 
     fn scheme(&self) -> SignatureScheme {
@@ -153,22 +154,33 @@ impl Signer for OffRuntimeSigner {
     }
 }
 
-/// `sign` in a place of `signers`, the thread's other tasks handed to
-/// another thread meanwhile; refused at once when [`MAX_WAITING`]
-/// signatures wait already: refused before `block_in_place`, as each one
-/// that waits holds a thread.
+/// `sign`, in a place of [`PLACES`], off the runtime.
+///
+/// In [`handshake`]'s answer to a ClientHello, the place is held already,
+/// and the thread is off the runtime: `sign` runs at once. A signature
+/// asked for later (after a HelloRetryRequest) waits for a place on its
+/// thread, the thread's other tasks handed to another (`block_in_place`),
+/// in the same queue as the handshakes waiting as tasks; it is refused at
+/// once when [`MAX_WAITING`] such signatures wait already: refused before
+/// `block_in_place`, as each one that waits holds a thread.
 fn off_runtime(
-    signers: &Signers,
+    waiting: &Waiting,
     sign: impl FnOnce() -> Result<Vec<u8>, rustls::Error>,
 ) -> Result<Vec<u8>, rustls::Error> {
-    let Some(admitted) = signers.admit() else {
+    if IN_PLACE.get() {
+        return sign();
+    }
+    let Some(admitted) = waiting.admit() else {
         static FULL: crate::telemetry::Every = crate::telemetry::Every::new(10, QUEUE_FULL_LINE);
         if let Some(held) = FULL.pass() {
             tracing::warn!(waiting = MAX_WAITING, held_back = held, "{QUEUE_FULL_LINE}");
         }
         return Err(rustls::Error::General(QUEUE_FULL_LINE.into()));
     };
-    in_place(|| admitted.run(sign))
+    in_place(|| {
+        let _place = admitted.place();
+        sign()
+    })
 }
 
 /// Runs `work`, which takes milliseconds of CPU, on this thread, once it has
@@ -186,7 +198,7 @@ fn in_place<T>(work: impl FnOnce() -> T) -> T {
 
 thread_local! {
     /// Whether this thread answers a ClientHello in a place of [`PLACES`]
-    /// (see [`Signers::admit`]).
+    /// (see [`off_runtime`]).
     static IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -207,11 +219,12 @@ impl Drop for InPlace {
     }
 }
 
-/// Places to make a signature in, for handshakes on a listener with an RSA
-/// key, waited for without a thread (see [`handshake`]): half the cores,
-/// as in [`SIGNERS`].
+/// Places to make an RSA signature in: half the cores, at least one, as for
+/// argon2. Handshakes wait for one as tasks, without a thread (see
+/// [`handshake`]), and signatures asked for later on their thread (see
+/// [`off_runtime`]), in one queue, first come first served.
 static PLACES: std::sync::LazyLock<tokio::sync::Semaphore> =
-    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(Signers::max()));
+    std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(super::limits::half_the_cores()));
 
 /// The ClientHello on `stream`, read before anything is answered (see
 /// [`handshake`]).
@@ -318,88 +331,54 @@ const QUEUE_FULL_LINE: &str = "TLS handshake refused: too many handshakes wait f
 /// waits: a flood of such handshakes takes 64 at most.
 const MAX_WAITING: usize = 64;
 
-/// Signatures made at once: half the cores, at least one.
-static SIGNERS: Signers = Signers::new();
+/// The signatures waiting for a place on a thread (see [`off_runtime`]).
+static WAITING: Waiting = Waiting::new();
 
-/// A count of the signatures being made and of those admitted (signing or
-/// waiting), and a wait for a free place.
-struct Signers {
-    places: std::sync::Mutex<Places>,
-    freed: std::sync::Condvar,
-}
+/// A count of the signatures waiting for a place on their thread.
+struct Waiting(std::sync::Mutex<usize>);
 
-/// What [`Signers`] counts.
-struct Places {
-    /// Signatures being made.
-    busy: usize,
-    /// Signatures being made or waiting for a place.
-    admitted: usize,
-}
-
-impl Signers {
-    const fn new() -> Signers {
-        Signers {
-            places: std::sync::Mutex::new(Places { busy: 0, admitted: 0 }),
-            freed: std::sync::Condvar::new(),
-        }
+impl Waiting {
+    const fn new() -> Waiting {
+        Waiting(std::sync::Mutex::new(0))
     }
 
-    /// Half the cores, at least one.
-    fn max() -> usize {
-        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        *MAX.get_or_init(super::limits::half_the_cores)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Places> {
-        self.places.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A signature admitted to wait for a place, or `None` when
     /// [`MAX_WAITING`] wait already.
-    /// A signature made in a place of [`PLACES`] is admitted whatever
-    /// waits: it holds one of at most half the cores' threads, and refused,
-    /// honest handshakes failed while HelloRetryRequest handshakes filled
-    /// the waiting room (probe 248).
     fn admit(&self) -> Option<Admitted<'_>> {
-        let mut places = self.lock();
-        if places.admitted >= Self::max() + MAX_WAITING && !IN_PLACE.get() {
+        let mut waiting = self.lock();
+        if *waiting >= MAX_WAITING {
             return None;
         }
-        places.admitted += 1;
+        *waiting += 1;
         Some(Admitted(self))
     }
 }
 
-/// A signature admitted by [`Signers::admit`]; counted until dropped.
-struct Admitted<'a>(&'a Signers);
+/// A signature admitted by [`Waiting::admit`]; counted until it has its
+/// place.
+struct Admitted<'a>(&'a Waiting);
 
 impl Admitted<'_> {
-    /// Runs `sign` once fewer than half the cores are signing.
-    fn run<T>(&self, sign: impl FnOnce() -> T) -> T {
-        let signers = self.0;
-        let max = Signers::max();
-        let mut places = signers.lock();
-        while places.busy >= max {
-            places = signers.freed.wait(places).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        places.busy += 1;
-        drop(places);
-        /// Gives the place back, also if signing panicked.
-        struct Place<'a>(&'a Signers);
-        impl Drop for Place<'_> {
-            fn drop(&mut self) {
-                self.0.lock().busy -= 1;
-                self.0.freed.notify_one();
+    /// A place of [`PLACES`], waited for on this thread; `None` without a
+    /// multi-threaded runtime to wait with (see [`in_place`]): the
+    /// signature is then made where it is.
+    fn place(self) -> Option<tokio::sync::SemaphorePermit<'static>> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                h.block_on(PLACES.acquire()).ok()
             }
+            _ => None,
         }
-        let _place = Place(signers);
-        sign()
     }
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.0.lock().admitted -= 1;
+        *self.0.lock() -= 1;
     }
 }
 
@@ -826,26 +805,34 @@ mod tests {
     #[test]
     fn half_the_cores_sign_at_once() {
         use std::sync::atomic::{AtomicUsize, Ordering};
+        static NOW: AtomicUsize = AtomicUsize::new(0);
+        static MOST: AtomicUsize = AtomicUsize::new(0);
         let max = crate::server::limits::half_the_cores();
-        let (now, most, done) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
-        std::thread::scope(|s| {
-            for _ in 0..max + 4 {
-                s.spawn(|| {
-                    SIGNERS.admit().expect("admitted").run(|| {
-                        most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+        let signed = runtime.block_on(async {
+            let signatures = (0..max + 4).map(|_| {
+                tokio::spawn(async {
+                    off_runtime(&WAITING, || {
+                        MOST.fetch_max(NOW.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(30));
-                        now.fetch_sub(1, Ordering::SeqCst);
-                    });
-                    done.fetch_add(1, Ordering::SeqCst);
-                });
+                        NOW.fetch_sub(1, Ordering::SeqCst);
+                        Ok(Vec::new())
+                    })
+                })
+            });
+            let mut signed = 0;
+            for s in signatures.collect::<Vec<_>>() {
+                signed += usize::from(matches!(s.await, Ok(Ok(_))));
             }
+            signed
         });
-        assert_eq!(done.load(Ordering::SeqCst), max + 4, "every signature was made");
-        assert!((1..=max).contains(&most.load(Ordering::SeqCst)), "{} at once", most.load(Ordering::SeqCst));
+        assert_eq!(signed, max + 4, "every signature was made");
+        assert!((1..=max).contains(&MOST.load(Ordering::SeqCst)), "{} at once", MOST.load(Ordering::SeqCst));
     }
 
-    /// A listener's RSA key signs only in a free place of [`SIGNERS`]: from
-    /// a runtime thread, it waits while every place is taken.
+    /// A listener's RSA key signs only in a free place of [`PLACES`]: from
+    /// a runtime thread, outside a handshake's answer to its ClientHello, it
+    /// waits while every place is taken.
     #[test]
     fn a_signature_waits_for_a_place() {
         use std::sync::mpsc;
@@ -854,67 +841,49 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let signer = certified.key.choose_scheme(&[SignatureScheme::RSA_PSS_SHA256]).expect("a scheme");
         let max = crate::server::limits::half_the_cores();
-        let (inside, entered) = mpsc::channel();
-        let (release, released) = mpsc::channel::<()>();
-        let released = std::sync::Mutex::new(released);
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
-        std::thread::scope(|s| {
-            for _ in 0..max {
-                let (inside, released) = (inside.clone(), &released);
-                s.spawn(move || {
-                    SIGNERS.admit().expect("admitted").run(|| {
-                        let _ = inside.send(());
-                        let _ = released.lock().map(|r| r.recv());
-                    })
-                });
-            }
-            for _ in 0..max {
-                entered.recv().expect("a holder is in");
-            }
-            let (signed, done) = mpsc::channel();
-            runtime.spawn(async move {
-                let _ = signed.send(signer.sign(b"hello").map(|s| s.len()));
-            });
-            let early = done.recv_timeout(Duration::from_millis(300)).is_ok();
-            // (Released before any assertion: a failing one must not leave
-            // the holders waiting for ever.)
-            for _ in 0..max {
-                let _ = release.send(());
-            }
-            assert!(!early, "signed while every place was taken");
-            assert_eq!(done.recv_timeout(Duration::from_secs(10)).expect("signed").expect("ok"), 3072 / 8);
+        let held = runtime.block_on(PLACES.acquire_many(max as u32)).expect("every place");
+        let (signed, done) = mpsc::channel();
+        runtime.spawn(async move {
+            let _ = signed.send(signer.sign(b"hello").map(|s| s.len()));
         });
+        let early = done.recv_timeout(Duration::from_millis(300)).is_ok();
+        drop(held);
+        assert!(!early, "signed while every place was taken");
+        assert_eq!(done.recv_timeout(Duration::from_secs(10)).expect("signed").expect("ok"), 3072 / 8);
     }
 
-    /// Past half the cores signing and [`MAX_WAITING`] waiting, a signature
-    /// is refused at once, without taking a thread to wait on (probe 242:
-    /// a flood of ClientHellos took every thread of tokio's blocking pool);
-    /// a place given back admits the next.
+    /// Past [`MAX_WAITING`] waiting, a signature is refused at once,
+    /// without taking a thread to wait on (probe 242: a flood of
+    /// ClientHellos took every thread of tokio's blocking pool); one that
+    /// stops waiting admits the next.
     #[test]
     fn a_signature_past_the_waiting_ones_is_refused_at_once() {
-        let signers = Signers::new();
-        let full = Signers::max() + MAX_WAITING;
-        let admitted: Vec<_> = (0..full).map(|_| signers.admit().expect("admitted")).collect();
+        let waiting = Waiting::new();
+        let sign = || off_runtime(&waiting, || Ok(b"signed".to_vec()));
+        let admitted: Vec<_> = (0..MAX_WAITING).map(|_| waiting.admit().expect("admitted")).collect();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
-        let refused = runtime.block_on(async { off_runtime(&signers, || Ok(b"signed".to_vec())) });
+        let refused = runtime.block_on(async { sign() });
         assert!(matches!(&refused, Err(rustls::Error::General(m)) if m == QUEUE_FULL_LINE), "{refused:?}");
         // A signature answering a ClientHello in a place of `PLACES` is
-        // admitted all the same (probe 248).
+        // made all the same (probe 248).
         let marked = InPlace::mark();
-        let in_place = signers.admit().is_some();
+        let in_place = runtime.block_on(async { sign() });
         drop(marked);
-        assert!(in_place, "a place holder refused");
+        assert_eq!(in_place.expect("a place holder refused"), b"signed");
         // The mark is gone with its holder, also one that panicked.
         let _ = std::panic::catch_unwind(|| {
             let _marked = InPlace::mark();
             panic!("a signature that panics");
         });
-        assert!(signers.admit().is_none(), "a panicked place holder's thread kept its mark");
+        assert!(
+            runtime.block_on(async { sign() }).is_err(),
+            "a panicked place holder's thread kept its mark"
+        );
         drop(admitted);
-        let signed = runtime.block_on(async { off_runtime(&signers, || Ok(b"signed".to_vec())) });
-        assert_eq!(signed.expect("signed once places are free"), b"signed");
-        assert_eq!(signers.lock().admitted, 0, "every admission given back");
-        assert_eq!(signers.lock().busy, 0);
+        let signed = runtime.block_on(async { sign() });
+        assert_eq!(signed.expect("signed once fewer wait"), b"signed");
+        assert_eq!(*waiting.lock(), 0, "every admission given back");
     }
 
     /// A listener's RSA key signs through [`OffRuntime`], and signs, from a
@@ -958,7 +927,10 @@ mod tests {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let held = PLACES.acquire_many(Signers::max() as u32).await.expect("every place");
+            let held = PLACES
+                .acquire_many(crate::server::limits::half_the_cores() as u32)
+                .await
+                .expect("every place");
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             tokio::spawn(async move {
