@@ -335,25 +335,18 @@ const MAX_WAITING: usize = 64;
 static WAITING: Waiting = Waiting::new();
 
 /// A count of the signatures waiting for a place on their thread.
-struct Waiting(std::sync::Mutex<usize>);
+struct Waiting(std::sync::atomic::AtomicUsize);
 
 impl Waiting {
     const fn new() -> Waiting {
-        Waiting(std::sync::Mutex::new(0))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        Waiting(std::sync::atomic::AtomicUsize::new(0))
     }
 
     /// A signature admitted to wait for a place, or `None` when
     /// [`MAX_WAITING`] wait already.
     fn admit(&self) -> Option<Admitted<'_>> {
-        let mut waiting = self.lock();
-        if *waiting >= MAX_WAITING {
-            return None;
-        }
-        *waiting += 1;
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.fetch_update(Relaxed, Relaxed, |n| (n < MAX_WAITING).then_some(n + 1)).ok()?;
         Some(Admitted(self))
     }
 }
@@ -378,7 +371,7 @@ impl Admitted<'_> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        *self.0.lock() -= 1;
+        self.0.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -883,7 +876,7 @@ mod tests {
         drop(admitted);
         let signed = runtime.block_on(async { sign() });
         assert_eq!(signed.expect("signed once fewer wait"), b"signed");
-        assert_eq!(*waiting.lock(), 0, "every admission given back");
+        assert_eq!(waiting.0.load(std::sync::atomic::Ordering::Relaxed), 0, "every admission given back");
     }
 
     /// A listener's RSA key signs through [`OffRuntime`], and signs, from a
