@@ -117,9 +117,8 @@ fn off_runtime_if_costly(key: Arc<dyn SigningKey>) -> Arc<dyn SigningKey> {
 /// at a time, and a plain listener's keep-alive requests waited 240 ms at
 /// the median (probe 222). Now the thread making a signature first hands its
 /// other tasks to another (`block_in_place`), and at most half the cores
-/// sign at once ([`PLACES`]), as for argon2: the others wait, as tasks
-/// before the ClientHello is answered (see [`handshake`]), or on their
-/// thread for a signature asked for later, [`MAX_WAITING`] at most.
+/// sign at once ([`PLACES`]), as for argon2: the others wait, as tasks,
+/// before the ClientHello is answered (see [`handshake`]).
 #[derive(Debug)]
 struct OffRuntime(Arc<dyn SigningKey>);
 
@@ -156,18 +155,21 @@ impl Signer for OffRuntimeSigner {
 
 /// `sign`, in a place of [`PLACES`], off the runtime.
 ///
-/// In [`handshake`]'s answer to a ClientHello, the place is held already,
-/// and the thread is off the runtime: `sign` runs at once. A signature
-/// asked for later (after a HelloRetryRequest) waits for a place on its
-/// thread, the thread's other tasks handed to another (`block_in_place`),
-/// in the same queue as the handshakes waiting as tasks; it is refused at
-/// once when [`MAX_WAITING`] such signatures wait already: refused before
-/// `block_in_place`, as each one that waits holds a thread.
+/// In [`handshake`]'s answer to a ClientHello, and in [`after_retry`]'s to
+/// a second one, the place is held already, and the thread is off the
+/// runtime: `sign` runs at once. A signature asked for anywhere else (none
+/// is, with rustls 0.23; this is the bound should a later rustls sign
+/// elsewhere) waits for a place on its thread, the thread's other tasks
+/// handed to another (`block_in_place`), in the same queue as the
+/// handshakes; it is refused at once when [`MAX_WAITING`] such signatures
+/// wait already: refused before `block_in_place`, as each one that waits
+/// holds a thread.
 fn off_runtime(
     waiting: &Waiting,
     sign: impl FnOnce() -> Result<Vec<u8>, rustls::Error>,
 ) -> Result<Vec<u8>, rustls::Error> {
     if IN_PLACE.get() {
+        SIGNED.set(true);
         return sign();
     }
     let Some(admitted) = waiting.admit() else {
@@ -200,6 +202,8 @@ thread_local! {
     /// Whether this thread answers a ClientHello in a place of [`PLACES`]
     /// (see [`off_runtime`]).
     static IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether a signature was made in that place since it was marked.
+    static SIGNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// This thread marked as answering a ClientHello in a place of [`PLACES`]
@@ -209,7 +213,13 @@ struct InPlace;
 impl InPlace {
     fn mark() -> InPlace {
         IN_PLACE.set(true);
+        SIGNED.set(false);
         InPlace
+    }
+
+    /// Whether a signature was made since the mark.
+    fn signed(&self) -> bool {
+        SIGNED.get()
     }
 }
 
@@ -221,8 +231,7 @@ impl Drop for InPlace {
 
 /// Places to make an RSA signature in: half the cores, at least one, as for
 /// argon2. Handshakes wait for one as tasks, without a thread (see
-/// [`handshake`]), and signatures asked for later on their thread (see
-/// [`off_runtime`]), in one queue, first come first served.
+/// [`handshake`]), in one queue, first come first served.
 static PLACES: std::sync::LazyLock<tokio::sync::Semaphore> =
     std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(super::limits::half_the_cores()));
 
@@ -266,9 +275,9 @@ pub async fn client_hello(stream: TcpStream) -> std::io::Result<tokio_rustls::St
 /// argon2, `/metrics` and reloads use too, and the runtime's own threads in
 /// `block_in_place`: a flood of 520 ClientHellos at a time, sent without a
 /// password, took all 512 of its threads, and logins on the plain listener
-/// waited 0.5 to 10 s (probe 242). A signature made later in a handshake
-/// (after a HelloRetryRequest, the client's second ClientHello) waits in
-/// `off_runtime`, on a thread, `MAX_WAITING` at most.
+/// waited 0.5 to 10 s (probe 242). An answer that is a HelloRetryRequest
+/// signs nothing: the signature comes with the client's second ClientHello,
+/// read in a place too (`after_retry`).
 ///
 /// # Errors
 /// The handshake's.
@@ -276,47 +285,109 @@ pub async fn handshake(
     start: tokio_rustls::StartHandshake<TcpStream>,
     config: Arc<rustls::ServerConfig>,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    use tokio::io::AsyncWriteExt;
     let key = config.cert_resolver.resolve(start.client_hello());
-    let (mut accept, refused) = if key.is_none_or(|k| k.key.algorithm() != SignatureAlgorithm::RSA) {
-        answer(start, config)
-    } else {
+    let costly = key.is_some_and(|k| k.key.algorithm() == SignatureAlgorithm::RSA);
+    let (Answer { mut accept, refused, retry }, signed) = if costly {
         let _place = PLACES.acquire().await.map_err(std::io::Error::other)?;
         in_place(|| {
-            let _marked = InPlace::mark();
-            answer(start, config)
+            let marked = InPlace::mark();
+            let answer = answer(start, config);
+            (answer, marked.signed())
         })
+    } else {
+        (answer(start, config), false)
     };
-    let Some((error, last_words)) = refused else {
+    if let Some((error, last_words)) = refused {
+        if let Some(stream) = accept.get_mut() {
+            let _ = stream.write_all(&last_words).await;
+        }
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error));
+    }
+    let Some(retry) = retry else {
         return accept.await;
     };
     if let Some(stream) = accept.get_mut() {
-        use tokio::io::AsyncWriteExt;
-        let _ = stream.write_all(&last_words).await;
+        stream.write_all(&retry).await?;
     }
-    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+    if costly && !signed { after_retry(accept).await } else { accept.await }
+}
+
+/// The rest of a handshake with an RSA key whose answer was a
+/// HelloRetryRequest: each read of the client's records, its second
+/// ClientHello among them, is made in a place of [`PLACES`], waited for as
+/// a task, until the signature is made; the rest, which signs nothing, as
+/// any handshake's.
+///
+/// The signature was made where the second ClientHello was read, and
+/// waited for its place on a thread, 64 at most ([`MAX_WAITING`]): under a
+/// flood of such handshakes, the clients that need a HelloRetryRequest (an
+/// `openssl` offering P-521 first, say) were refused, 19 of 40 (probe 249).
+/// Now they wait in the same queue as every other handshake, without a
+/// thread, until the handshake's deadline.
+async fn after_retry(
+    mut accept: tokio_rustls::Accept<TcpStream>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    use std::future::Future;
+    use std::task::Poll;
+    loop {
+        if let Some(stream) = accept.get_ref() {
+            stream.readable().await?;
+        }
+        let place = PLACES.acquire().await.map_err(std::io::Error::other)?;
+        // Polled here, by this task: off the runtime (`in_place`), with the
+        // task's waker.
+        let (polled, signed) = std::future::poll_fn(|cx| {
+            Poll::Ready(in_place(|| {
+                let marked = InPlace::mark();
+                let polled = std::pin::Pin::new(&mut accept).poll(cx);
+                (polled, marked.signed())
+            }))
+        })
+        .await;
+        drop(place);
+        match polled {
+            Poll::Ready(done) => return done,
+            Poll::Pending if signed => return accept.await,
+            Poll::Pending => {}
+        }
+    }
+}
+
+/// What [`answer`] made of a ClientHello.
+struct Answer {
+    /// The rest of the handshake.
+    accept: tokio_rustls::Accept<TcpStream>,
+    /// Why the records sent with the ClientHello end the handshake, and all
+    /// that is to be sent before the close (the answer, then an alert).
+    refused: Option<(rustls::Error, Vec<u8>)>,
+    /// The answer, to be sent by [`handshake`], when it is a
+    /// HelloRetryRequest.
+    retry: Option<Vec<u8>>,
 }
 
 /// The answer to the ClientHello `start` holds, made with `config`, and the
-/// records sent with it read: the handshake, or why the records end it and
-/// all that is to be sent before the close (the answer, then an alert).
+/// records sent with it read.
 ///
 /// Records that came in the same read as the ClientHello stayed unread
 /// until more bytes came, rustls' reader having stopped at the ClientHello:
 /// junk after a ClientHello was answered with nothing until
 /// `header_read_timeout` (probe 248).
-fn answer(
-    start: tokio_rustls::StartHandshake<TcpStream>,
-    config: Arc<rustls::ServerConfig>,
-) -> (tokio_rustls::Accept<TcpStream>, Option<(rustls::Error, Vec<u8>)>) {
-    let mut refused = None;
+fn answer(start: tokio_rustls::StartHandshake<TcpStream>, config: Arc<rustls::ServerConfig>) -> Answer {
+    let (mut refused, mut retry) = (None, None);
     let accept = start.into_stream_with(config, |conn| {
-        if let Err(e) = conn.process_new_packets() {
-            let mut last_words = Vec::new();
-            while conn.wants_write() && conn.write_tls(&mut last_words).is_ok_and(|n| n > 0) {}
-            refused = Some((e, last_words));
+        let error = conn.process_new_packets().err();
+        let retried = conn.handshake_kind() == Some(rustls::HandshakeKind::FullWithHelloRetryRequest);
+        if error.is_some() || retried {
+            let mut queued = Vec::new();
+            while conn.wants_write() && conn.write_tls(&mut queued).is_ok_and(|n| n > 0) {}
+            match error {
+                Some(e) => refused = Some((e, queued)),
+                None => retry = Some(queued),
+            }
         }
     });
-    (accept, refused)
+    Answer { accept, refused, retry }
 }
 
 /// The warning, and the handshake's error, when [`MAX_WAITING`] handshakes
@@ -326,9 +397,10 @@ const QUEUE_FULL_LINE: &str = "TLS handshake refused: too many handshakes wait f
 /// Signatures that may wait for a place on a thread, beyond those being
 /// made; the next ones fail at once (closed, without an alert: rustls sends
 /// none for a failed signature; probe 246). Only signatures made outside
-/// [`handshake`]'s wait come here waiting (after a HelloRetryRequest), and
-/// each holds a thread of tokio's blocking pool (512 threads) while it
-/// waits: a flood of such handshakes takes 64 at most.
+/// [`handshake`]'s places come here waiting (none, with rustls 0.23; the
+/// second ClientHello after a HelloRetryRequest came here until
+/// [`after_retry`]), and each holds a thread of tokio's blocking pool (512
+/// threads) while it waits: a flood of such handshakes takes 64 at most.
 const MAX_WAITING: usize = 64;
 
 /// The signatures waiting for a place on a thread (see [`off_runtime`]).

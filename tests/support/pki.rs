@@ -110,3 +110,70 @@ pub fn connector_offering(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConn
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
+
+impl Ca {
+    /// A leaf for localhost signed by this CA, whose key is `key_pem`
+    /// (PKCS#8; an RSA key among them, which rcgen cannot make with ring).
+    pub fn leaf_for_key(&self, cn: &str, key_pem: &str) -> Leaf {
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::from_pem(key_pem).unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf { cert_pem: cert.pem(), key_pem: key_pem.to_owned(), der: cert.der().to_vec() }
+    }
+}
+
+/// [`connector`] for a client whose first key share is for P-521, which
+/// authgate (rustls with ring) does not take, then X25519: the server asks
+/// for an X25519 share with a HelloRetryRequest, as it does of
+/// `openssl s_client -groups P-521:X25519`.
+pub fn connector_needing_a_retry(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![&P521_NAMED, rustls::crypto::ring::kx_group::X25519];
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Nor does it remember the group the server asked for (rustls keeps it
+    // with the sessions to resume) and offer it first the next time.
+    config.resumption = rustls::client::Resumption::disabled();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// A key share the client calls P-521 (an X25519 one underneath: the
+/// server never takes it, so it is never completed).
+#[derive(Debug)]
+struct P521Named;
+
+static P521_NAMED: P521Named = P521Named;
+
+impl rustls::crypto::SupportedKxGroup for P521Named {
+    fn start(&self) -> Result<Box<dyn rustls::crypto::ActiveKeyExchange>, rustls::Error> {
+        Ok(Box::new(P521Share(rustls::crypto::ring::kx_group::X25519.start()?)))
+    }
+
+    fn name(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::secp521r1
+    }
+}
+
+struct P521Share(Box<dyn rustls::crypto::ActiveKeyExchange>);
+
+impl rustls::crypto::ActiveKeyExchange for P521Share {
+    fn complete(self: Box<Self>, peer: &[u8]) -> Result<rustls::crypto::SharedSecret, rustls::Error> {
+        self.0.complete(peer)
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        self.0.pub_key()
+    }
+
+    fn group(&self) -> rustls::NamedGroup {
+        rustls::NamedGroup::secp521r1
+    }
+}
