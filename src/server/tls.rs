@@ -118,7 +118,8 @@ fn off_runtime_if_costly(key: Arc<dyn SigningKey>) -> Arc<dyn SigningKey> {
 /// the median (probe 222). Now the thread making a signature first hands its
 /// other tasks to another (`block_in_place`), and at most half the cores
 /// sign at once ([`PLACES`]), as for argon2: the others wait, as tasks,
-/// before the ClientHello is answered (see [`handshake`]).
+/// before the ClientHello is answered, or the second one after a
+/// HelloRetryRequest (see [`handshake`] and [`after_retry`]).
 #[derive(Debug)]
 struct OffRuntime(Arc<dyn SigningKey>);
 
@@ -157,19 +158,19 @@ impl Signer for OffRuntimeSigner {
 ///
 /// In [`handshake`]'s answer to a ClientHello, and in [`after_retry`]'s to
 /// a second one, the place is held already, and the thread is off the
-/// runtime: `sign` runs at once. A signature asked for anywhere else (none
-/// is, with rustls 0.23; this is the bound should a later rustls sign
-/// elsewhere) waits for a place on its thread, the thread's other tasks
-/// handed to another (`block_in_place`), in the same queue as the
-/// handshakes; it is refused at once when [`MAX_WAITING`] such signatures
-/// wait already: refused before `block_in_place`, as each one that waits
-/// holds a thread.
+/// runtime: `sign` runs at once. A signature asked for anywhere else waits
+/// for a place on its thread, the thread's other tasks handed to another
+/// (`block_in_place`), in the same queue as the handshakes; it is refused
+/// at once when [`MAX_WAITING`] such signatures wait already: refused
+/// before `block_in_place`, as each one that waits holds a thread. With
+/// rustls 0.23 that is only a handshake whose key a reload made an RSA key
+/// between its two ClientHellos ([`handshake`] looked at the key before the
+/// first).
 fn off_runtime(
     waiting: &Waiting,
     sign: impl FnOnce() -> Result<Vec<u8>, rustls::Error>,
 ) -> Result<Vec<u8>, rustls::Error> {
     if IN_PLACE.get() {
-        SIGNED.set(true);
         return sign();
     }
     let Some(admitted) = waiting.admit() else {
@@ -202,8 +203,9 @@ thread_local! {
     /// Whether this thread answers a ClientHello in a place of [`PLACES`]
     /// (see [`off_runtime`]).
     static IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// Whether a signature was made in that place since it was marked.
-    static SIGNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The ClientHellos answered in that place since it was marked (see
+    /// [`CertSlot`]'s `resolve`).
+    static HELLOS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// This thread marked as answering a ClientHello in a place of [`PLACES`]
@@ -213,13 +215,15 @@ struct InPlace;
 impl InPlace {
     fn mark() -> InPlace {
         IN_PLACE.set(true);
-        SIGNED.set(false);
+        HELLOS.set(0);
         InPlace
     }
 
-    /// Whether a signature was made since the mark.
-    fn signed(&self) -> bool {
-        SIGNED.get()
+    /// The ClientHellos answered since the mark: rustls resolves the
+    /// certificate once for each ClientHello it answers, resumed or not,
+    /// before it signs.
+    fn hellos(&self) -> u32 {
+        HELLOS.get()
     }
 }
 
@@ -231,7 +235,8 @@ impl Drop for InPlace {
 
 /// Places to make an RSA signature in: half the cores, at least one, as for
 /// argon2. Handshakes wait for one as tasks, without a thread (see
-/// [`handshake`]), in one queue, first come first served.
+/// [`handshake`]), in one queue, first come first served, with the rare
+/// signature that waits on its thread (see [`off_runtime`]).
 static PLACES: std::sync::LazyLock<tokio::sync::Semaphore> =
     std::sync::LazyLock::new(|| tokio::sync::Semaphore::new(super::limits::half_the_cores()));
 
@@ -288,15 +293,15 @@ pub async fn handshake(
     use tokio::io::AsyncWriteExt;
     let key = config.cert_resolver.resolve(start.client_hello());
     let costly = key.is_some_and(|k| k.key.algorithm() == SignatureAlgorithm::RSA);
-    let (Answer { mut accept, refused, retry }, signed) = if costly {
+    let (Answer { mut accept, refused, retry }, hellos) = if costly {
         let _place = PLACES.acquire().await.map_err(std::io::Error::other)?;
         in_place(|| {
             let marked = InPlace::mark();
             let answer = answer(start, config);
-            (answer, marked.signed())
+            (answer, marked.hellos())
         })
     } else {
-        (answer(start, config), false)
+        (answer(start, config), 0)
     };
     if let Some((error, last_words)) = refused {
         if let Some(stream) = accept.get_mut() {
@@ -310,14 +315,16 @@ pub async fn handshake(
     if let Some(stream) = accept.get_mut() {
         stream.write_all(&retry).await?;
     }
-    if costly && !signed { after_retry(accept).await } else { accept.await }
+    // (A second ClientHello sent with the first is answered already.)
+    if costly && hellos < 2 { after_retry(accept).await } else { accept.await }
 }
 
 /// The rest of a handshake with an RSA key whose answer was a
-/// HelloRetryRequest: each read of the client's records, its second
-/// ClientHello among them, is made in a place of [`PLACES`], waited for as
-/// a task, until the signature is made; the rest, which signs nothing, as
-/// any handshake's.
+/// HelloRetryRequest: each read of the client's records, until its second
+/// ClientHello is answered (and signed for, unless the handshake resumes a
+/// session), is made in a place of [`PLACES`], waited for as a task; the
+/// rest, which signs nothing, as any handshake's. Each read waits first
+/// for a whole record to read (`whole_record`).
 ///
 /// The signature was made where the second ClientHello was read, and
 /// waited for its place on a thread, 64 at most ([`MAX_WAITING`]): under a
@@ -332,24 +339,116 @@ async fn after_retry(
     use std::task::Poll;
     loop {
         if let Some(stream) = accept.get_ref() {
-            stream.readable().await?;
+            whole_record(stream).await?;
         }
         let place = PLACES.acquire().await.map_err(std::io::Error::other)?;
         // Polled here, by this task: off the runtime (`in_place`), with the
         // task's waker.
-        let (polled, signed) = std::future::poll_fn(|cx| {
+        let (polled, hellos) = std::future::poll_fn(|cx| {
             Poll::Ready(in_place(|| {
                 let marked = InPlace::mark();
                 let polled = std::pin::Pin::new(&mut accept).poll(cx);
-                (polled, marked.signed())
+                (polled, marked.hellos())
             }))
         })
         .await;
         drop(place);
         match polled {
             Poll::Ready(done) => return done,
-            Poll::Pending if signed => return accept.await,
+            Poll::Pending if hellos > 0 => return accept.await,
             Poll::Pending => {}
+        }
+    }
+}
+
+/// Waits until the bytes `stream` has received, unread, hold a whole TLS
+/// record after any ChangeCipherSpec ones (the second ClientHello, in
+/// practice), or what rustls refuses at once (no record, the end): the
+/// bytes are left for rustls to read.
+///
+/// Every read after a HelloRetryRequest was made in a place, off the
+/// runtime: 300 clients that sent their second ClientHello a byte every
+/// 10 ms made the proxy use 263 threads, against 15, and twice the CPU
+/// (probe 252).
+async fn whole_record(stream: &TcpStream) -> std::io::Result<()> {
+    use std::io::ErrorKind::WouldBlock;
+    loop {
+        // (The end stays a readiness: rustls reads to it at once.)
+        if stream.ready(tokio::io::Interest::READABLE).await?.is_read_closed() {
+            return Ok(());
+        }
+        // Not yet whole: readiness cleared, so that the next wait is for
+        // bytes that come later (unless some came since the look).
+        let looked = stream.try_io(tokio::io::Interest::READABLE, || {
+            if holds_whole_record(stream)? { Ok(()) } else { Err(WouldBlock.into()) }
+        });
+        match looked {
+            Err(e) if e.kind() == WouldBlock => {}
+            done => return done,
+        }
+    }
+}
+
+/// Whether the bytes `stream` has received, unread, hold what
+/// [`whole_record`] waits for; looked at without reading them.
+fn holds_whole_record(stream: &TcpStream) -> std::io::Result<bool> {
+    // (A second ClientHello takes a few hundred bytes.)
+    let mut head = [0u8; 2048];
+    let n = peek_now(stream, &mut head)?;
+    Ok(match record_end(&head[..n]) {
+        _ if n == 0 => true,
+        RecordEnd::At(end) if end > n && n == head.len() => {
+            let mut all = vec![0u8; end];
+            let n = peek_now(stream, &mut all)?;
+            matches!(record_end(&all[..n]), RecordEnd::At(end) if end <= n)
+        }
+        RecordEnd::At(end) => end <= n,
+        // (Hundreds of ChangeCipherSpec records in a row.)
+        RecordEnd::Unknown => n == head.len(),
+        RecordEnd::Now => true,
+    })
+}
+
+/// The bytes `stream` has received, unread, copied into `buf` without
+/// reading them (`MSG_PEEK`), now: `WouldBlock` when none have come.
+fn peek_now(stream: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::task::{Context, Poll, Waker};
+    let mut buf = tokio::io::ReadBuf::new(buf);
+    match stream.poll_peek(&mut Context::from_waker(Waker::noop()), &mut buf) {
+        Poll::Ready(peeked) => peeked,
+        Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+    }
+}
+
+/// Where the first record after any whole ChangeCipherSpec ones ends.
+#[derive(Debug, PartialEq, Eq)]
+enum RecordEnd {
+    /// At this offset.
+    At(usize),
+    /// Not known until more bytes come.
+    Unknown,
+    /// No record: rustls refuses the bytes as they are.
+    Now,
+}
+
+/// Where the first record after any whole ChangeCipherSpec ones ends in
+/// `bytes`, the start of what a client sent.
+fn record_end(bytes: &[u8]) -> RecordEnd {
+    // rustls refuses a longer record at its header.
+    const MAX_RECORD: usize = 16_384 + 2_048;
+    let mut at = 0;
+    loop {
+        let Some(&[kind, _, _, high, low]) = bytes.get(at..at + 5) else {
+            return RecordEnd::Unknown;
+        };
+        let len = usize::from(u16::from_be_bytes([high, low]));
+        let end = at + 5 + len;
+        match kind {
+            _ if len > MAX_RECORD => return RecordEnd::Now,
+            // ChangeCipherSpec, whole: the next record.
+            20 if end <= bytes.len() => at = end,
+            20..=23 => return RecordEnd::At(end),
+            _ => return RecordEnd::Now,
         }
     }
 }
@@ -397,7 +496,7 @@ const QUEUE_FULL_LINE: &str = "TLS handshake refused: too many handshakes wait f
 /// Signatures that may wait for a place on a thread, beyond those being
 /// made; the next ones fail at once (closed, without an alert: rustls sends
 /// none for a failed signature; probe 246). Only signatures made outside
-/// [`handshake`]'s places come here waiting (none, with rustls 0.23; the
+/// [`handshake`]'s places come here waiting (see [`off_runtime`]; the
 /// second ClientHello after a HelloRetryRequest came here until
 /// [`after_retry`]), and each holds a thread of tokio's blocking pool (512
 /// threads) while it waits: a flood of such handshakes takes 64 at most.
@@ -784,7 +883,12 @@ fn checked_by_clients<C: AsRef<[u8]>>(
 }
 
 impl ResolvesServerCert for CertSlot {
+    /// The certificate in the slot; counted, in a place to sign in, as a
+    /// ClientHello answered there (see `after_retry`).
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if IN_PLACE.get() {
+            HELLOS.set(HELLOS.get().saturating_add(1));
+        }
         Some(self.key.load_full())
     }
 }
@@ -865,6 +969,40 @@ mod tests {
         assert_eq!(chain_expiry(&[&b"not a certificate"[..]]), None);
     }
 
+    /// The test RSA key of 3072 bits and its self-signed certificate.
+    fn rsa3072() -> Arc<CertifiedKey> {
+        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
+        load_certified_key(&keys.join("rsa3072.pem"), &keys.join("rsa3072.key"))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A runtime of two threads whose blocking pool has one.
+    fn one_blocking_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A loopback listener whose connections are TLS handshakes with
+    /// `config`, through [`client_hello`] and [`handshake`]; its address.
+    async fn serve_handshakes(config: Arc<rustls::ServerConfig>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let config = config.clone();
+                tokio::spawn(async move {
+                    let _ = handshake(client_hello(stream).await?, config).await;
+                    Ok::<_, std::io::Error>(())
+                });
+            }
+        });
+        addr
+    }
+
     /// At most half the cores (at least one) make a signature at once;
     /// the others wait (probe 222: signatures took every runtime thread).
     #[test]
@@ -905,9 +1043,7 @@ mod tests {
     #[test]
     fn a_signature_waits_for_a_place() {
         use std::sync::mpsc;
-        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
-        let certified = load_certified_key(&keys.join("rsa3072.pem"), &keys.join("rsa3072.key"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let certified = rsa3072();
         let signer = certified.key.choose_scheme(&[SignatureScheme::RSA_PSS_SHA256]).expect("a scheme");
         let max = crate::server::limits::half_the_cores();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
@@ -959,9 +1095,7 @@ mod tests {
     /// runtime thread: a signature of the key's size.
     #[test]
     fn a_listeners_key_signs_off_the_runtime() {
-        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
-        let certified = load_certified_key(&keys.join("rsa3072.pem"), &keys.join("rsa3072.key"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let certified = rsa3072();
         assert!(format!("{:?}", certified.key).starts_with("OffRuntime("), "{:?}", certified.key);
         // An ECDSA key signs in place: it costs about what the hand-off does.
         let ecdsa = rcgen::KeyPair::generate().expect("key");
@@ -985,32 +1119,15 @@ mod tests {
     fn handshakes_wait_for_a_place_without_a_thread() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const HELLOS: usize = 16;
-        let keys = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
-        let certified = load_certified_key(&keys.join("rsa3072.pem"), &keys.join("rsa3072.key"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let certified = rsa3072();
         let config = acceptor(CertSlot::new(certified)).expect("acceptor").config().clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .max_blocking_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = one_blocking_thread();
         runtime.block_on(async {
             let held = PLACES
                 .acquire_many(crate::server::limits::half_the_cores() as u32)
                 .await
                 .expect("every place");
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let config = config.clone();
-                    tokio::spawn(async move {
-                        let _ = handshake(client_hello(stream).await?, config).await;
-                        Ok::<_, std::io::Error>(())
-                    });
-                }
-            });
+            let addr = serve_handshakes(config).await;
             // A ClientHello, as rustls's client writes it (nothing of the
             // answer is checked).
             let client = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
@@ -1041,6 +1158,162 @@ mod tests {
                 let read = tokio::time::timeout(Duration::from_secs(20), c.read(&mut byte)).await;
                 assert!(matches!(read, Ok(Ok(1))), "no answer once places were free: {read:?}");
             }
+        });
+    }
+
+    /// After a HelloRetryRequest, the client's second ClientHello is
+    /// answered, and signed for, in a place too, waited for as a task: with
+    /// every place taken, 8 second ClientHellos wait unanswered on a runtime
+    /// whose blocking pool has one thread, which stays free; once the places
+    /// are free, each gets its answer. (They waited on threads, 64 at most,
+    /// and the rest were refused: probe 249.)
+    #[test]
+    fn a_second_hello_after_a_retry_waits_for_a_place_without_a_thread() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const CLIENTS: usize = 8;
+        let certified = rsa3072();
+        // A server that takes P-256 only, and clients (rustls's) whose key
+        // share is X25519: each is asked for a P-256 one.
+        let p256_only = rustls::crypto::CryptoProvider {
+            kx_groups: vec![ring::kx_group::SECP256R1],
+            ..ring::default_provider()
+        };
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(p256_only))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("versions")
+                .with_no_client_auth()
+                .with_cert_resolver(CertSlot::new(certified)),
+        );
+        let client = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        );
+        let runtime = one_blocking_thread();
+        // On a thread of its own, watched: second ClientHellos waiting on
+        // threads for a place took the one thread of the blocking pool, and
+        // with it the runtime's cores (each thread waiting in
+        // `block_in_place` hands its core to that pool), its timers too.
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(runtime.block_on(async {
+                let addr = serve_handshakes(config).await;
+                // Each client sends its first ClientHello and reads the
+                // HelloRetryRequest; its second ClientHello is kept.
+                let mut clients = Vec::new();
+                for _ in 0..CLIENTS {
+                    let mut conn =
+                        rustls::ClientConnection::new(client.clone(), "localhost".try_into().expect("name"))
+                            .expect("client");
+                    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                    let mut hello = Vec::new();
+                    conn.write_tls(&mut hello).expect("hello");
+                    tcp.write_all(&hello).await.expect("send");
+                    let mut buf = [0u8; 4096];
+                    while !conn.wants_write() {
+                        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+                            .await
+                            .expect("a HelloRetryRequest")
+                            .expect("read");
+                        assert!(n > 0, "closed before the HelloRetryRequest");
+                        conn.read_tls(&mut &buf[..n]).expect("read_tls");
+                        conn.process_new_packets().expect("a HelloRetryRequest the client takes");
+                    }
+                    let mut second = Vec::new();
+                    while conn.wants_write() {
+                        conn.write_tls(&mut second).expect("second hello");
+                    }
+                    clients.push((tcp, second));
+                }
+                let held = PLACES
+                    .acquire_many(crate::server::limits::half_the_cores() as u32)
+                    .await
+                    .expect("every place");
+                for (tcp, second) in &mut clients {
+                    tcp.write_all(second).await.expect("send");
+                }
+                let mut byte = [0u8; 1];
+                for (tcp, _) in &mut clients {
+                    let read = tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut byte)).await;
+                    if read.is_ok() {
+                        return Err(format!("answered while every place was taken: {read:?}"));
+                    }
+                }
+                let free =
+                    tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(|| 7)).await;
+                if free.ok().and_then(Result::ok) != Some(7) {
+                    return Err("the blocking pool was taken".to_owned());
+                }
+                drop(held);
+                for (tcp, _) in &mut clients {
+                    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut byte)).await;
+                    if !matches!(read, Ok(Ok(1))) {
+                        return Err(format!("no answer once places were free: {read:?}"));
+                    }
+                }
+                Ok(())
+            }));
+        });
+        match outcome.recv_timeout(Duration::from_secs(60)) {
+            Ok(outcome) => outcome.unwrap_or_else(|e| panic!("{e}")),
+            Err(_) => panic!("no answer in 60 s: the runtime was stuck"),
+        }
+    }
+
+    /// The end of the first record after whole ChangeCipherSpec ones, as
+    /// the client's bytes come.
+    #[test]
+    fn where_a_record_ends() {
+        let ccs = [20, 3, 3, 0, 1, 1];
+        assert_eq!(record_end(&[]), RecordEnd::Unknown);
+        assert_eq!(record_end(&ccs[..5]), RecordEnd::At(6), "a ChangeCipherSpec not whole yet");
+        assert_eq!(record_end(&ccs), RecordEnd::Unknown, "a whole one, then nothing");
+        assert_eq!(record_end(&[&ccs[..], &[22, 3, 3, 1, 0]].concat()), RecordEnd::At(6 + 5 + 256));
+        assert_eq!(record_end(&[&ccs[..], &ccs, &[22, 3, 1]].concat()), RecordEnd::Unknown);
+        assert_eq!(record_end(&[21, 3, 3, 0, 2]), RecordEnd::At(7), "an alert");
+        assert_eq!(record_end(b"GET / HTTP/1.1"), RecordEnd::Now, "no record");
+        assert_eq!(record_end(&[22, 3, 3, 0xff, 0xff]), RecordEnd::Now, "longer than rustls takes");
+    }
+
+    /// A record sent in pieces is waited for whole, its bytes left unread;
+    /// what is no record, and the end, at once.
+    #[test]
+    fn a_record_is_waited_for_whole() {
+        use tokio::io::AsyncWriteExt;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let pair = || async {
+                let client = TcpStream::connect(addr).await.expect("connect");
+                (client, listener.accept().await.expect("accept").0)
+            };
+            let sent = [&[20, 3, 3, 0, 1, 1][..], &[22, 3, 3, 0, 4, 1, 0, 0, 0]].concat();
+            let (mut client, server) = pair().await;
+            for byte in &sent[..sent.len() - 1] {
+                client.write_all(&[*byte]).await.expect("send");
+                let early = tokio::time::timeout(Duration::from_millis(20), whole_record(&server)).await;
+                assert!(early.is_err(), "whole before its last byte: {early:?}");
+            }
+            client.write_all(&sent[sent.len() - 1..]).await.expect("send");
+            let whole = tokio::time::timeout(Duration::from_secs(5), whole_record(&server)).await;
+            assert!(matches!(whole, Ok(Ok(()))), "{whole:?}");
+            let mut unread = [0u8; 32];
+            assert_eq!(server.peek(&mut unread).await.expect("peek"), sent.len(), "left for rustls");
+            // No record, and the end: at once.
+            let (mut client, server) = pair().await;
+            client.write_all(b"GET / HTTP/1.1\r\n").await.expect("send");
+            let at_once = tokio::time::timeout(Duration::from_secs(5), whole_record(&server)).await;
+            assert!(matches!(at_once, Ok(Ok(()))), "{at_once:?}");
+            let (mut client, server) = pair().await;
+            client.write_all(&sent[..3]).await.expect("send");
+            client.shutdown().await.expect("shutdown");
+            drop(client);
+            let ended = tokio::time::timeout(Duration::from_secs(5), whole_record(&server)).await;
+            assert!(ended.is_ok(), "the end waited for");
         });
     }
 
