@@ -323,8 +323,12 @@ pub async fn handshake(
 /// HelloRetryRequest: each read of the client's records, until its second
 /// ClientHello is answered (and signed for, unless the handshake resumes a
 /// session), is made in a place of [`PLACES`], waited for as a task; the
-/// rest, which signs nothing, as any handshake's. Each read waits first
-/// for a whole record to read (`whole_record`).
+/// rest, which signs nothing, as any handshake's. The first read waits
+/// for a whole record (`whole_record`), which holds the whole second
+/// ClientHello in practice; the next ones, once rustls may have read part
+/// of a record, for any bytes. After [`READS_IN_PLACE`] reads, the rest of
+/// the handshake goes as any's, its signature, if any, through
+/// [`off_runtime`].
 ///
 /// The signature was made where the second ClientHello was read, and
 /// waited for its place on a thread, 64 at most ([`MAX_WAITING`]): under a
@@ -337,9 +341,9 @@ async fn after_retry(
 ) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
     use std::future::Future;
     use std::task::Poll;
-    loop {
+    for read in 0..READS_IN_PLACE {
         if let Some(stream) = accept.get_ref() {
-            whole_record(stream).await?;
+            if read == 0 { whole_record(stream).await? } else { stream.readable().await? }
         }
         let place = PLACES.acquire().await.map_err(std::io::Error::other)?;
         // Polled here, by this task: off the runtime (`in_place`), with the
@@ -355,11 +359,19 @@ async fn after_retry(
         drop(place);
         match polled {
             Poll::Ready(done) => return done,
-            Poll::Pending if hellos > 0 => return accept.await,
+            Poll::Pending if hellos > 0 => break,
             Poll::Pending => {}
         }
     }
+    accept.await
 }
+
+/// The reads of a handshake made in a place after a HelloRetryRequest (see
+/// [`after_retry`]): a second ClientHello in several records, or cut
+/// across them, needs a few; each costs a turn in the queue and a thread
+/// handed over, which a client sending its records a byte at a time would
+/// otherwise have at will.
+const READS_IN_PLACE: usize = 4;
 
 /// Waits until the bytes `stream` has received, unread, hold a whole TLS
 /// record after any ChangeCipherSpec ones (the second ClientHello, in
@@ -1171,27 +1183,7 @@ mod tests {
     fn a_second_hello_after_a_retry_waits_for_a_place_without_a_thread() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         const CLIENTS: usize = 8;
-        let certified = rsa3072();
-        // A server that takes P-256 only, and clients (rustls's) whose key
-        // share is X25519: each is asked for a P-256 one.
-        let p256_only = rustls::crypto::CryptoProvider {
-            kx_groups: vec![ring::kx_group::SECP256R1],
-            ..ring::default_provider()
-        };
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(p256_only))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("versions")
-                .with_no_client_auth()
-                .with_cert_resolver(CertSlot::new(certified)),
-        );
-        let client = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .expect("versions")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        );
+        let (config, client) = retrying();
         let runtime = one_blocking_thread();
         // On a thread of its own, watched: second ClientHellos waiting on
         // threads for a place took the one thread of the blocking pool, and
@@ -1205,28 +1197,7 @@ mod tests {
                 // HelloRetryRequest; its second ClientHello is kept.
                 let mut clients = Vec::new();
                 for _ in 0..CLIENTS {
-                    let mut conn =
-                        rustls::ClientConnection::new(client.clone(), "localhost".try_into().expect("name"))
-                            .expect("client");
-                    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-                    let mut hello = Vec::new();
-                    conn.write_tls(&mut hello).expect("hello");
-                    tcp.write_all(&hello).await.expect("send");
-                    let mut buf = [0u8; 4096];
-                    while !conn.wants_write() {
-                        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
-                            .await
-                            .expect("a HelloRetryRequest")
-                            .expect("read");
-                        assert!(n > 0, "closed before the HelloRetryRequest");
-                        conn.read_tls(&mut &buf[..n]).expect("read_tls");
-                        conn.process_new_packets().expect("a HelloRetryRequest the client takes");
-                    }
-                    let mut second = Vec::new();
-                    while conn.wants_write() {
-                        conn.write_tls(&mut second).expect("second hello");
-                    }
-                    clients.push((tcp, second));
+                    clients.push(retried(addr, &client).await);
                 }
                 let held = PLACES
                     .acquire_many(crate::server::limits::half_the_cores() as u32)
@@ -1261,6 +1232,95 @@ mod tests {
             Ok(outcome) => outcome.unwrap_or_else(|e| panic!("{e}")),
             Err(_) => panic!("no answer in 60 s: the runtime was stuck"),
         }
+    }
+
+    /// A server with the test RSA key that takes P-256 only, and a client
+    /// (rustls's) whose key share is X25519: it is asked for a P-256 one.
+    fn retrying() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+        let p256_only = rustls::crypto::CryptoProvider {
+            kx_groups: vec![ring::kx_group::SECP256R1],
+            ..ring::default_provider()
+        };
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(p256_only))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_cert_resolver(CertSlot::new(rsa3072()));
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A connection to `addr` that has sent `client`'s first ClientHello
+    /// and read the HelloRetryRequest, and the second ClientHello, unsent.
+    async fn retried(addr: std::net::SocketAddr, client: &Arc<rustls::ClientConfig>) -> (TcpStream, Vec<u8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = rustls::ClientConnection::new(client.clone(), "localhost".try_into().expect("name"))
+            .expect("client");
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).expect("hello");
+        tcp.write_all(&hello).await.expect("send");
+        let mut buf = [0u8; 4096];
+        while !conn.wants_write() {
+            let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+                .await
+                .expect("a HelloRetryRequest")
+                .expect("read");
+            assert!(n > 0, "closed before the HelloRetryRequest");
+            conn.read_tls(&mut &buf[..n]).expect("read_tls");
+            conn.process_new_packets().expect("a HelloRetryRequest the client takes");
+        }
+        let mut second = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut second).expect("second hello");
+        }
+        (tcp, second)
+    }
+
+    /// A second ClientHello in six records, the first sent with a piece of
+    /// the second and the others 50 ms apart, is answered: the reads after
+    /// the first do not look for whole records (rustls may have read part
+    /// of one), and past `READS_IN_PLACE` the handshake goes on as any.
+    #[test]
+    fn a_second_hello_in_six_records_sent_apart_is_answered() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (config, client) = retrying();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let addr = serve_handshakes(config).await;
+            let (mut tcp, second) = retried(addr, &client).await;
+            // (The client's ChangeCipherSpec record, if any, then the
+            // ClientHello's record.)
+            let RecordEnd::At(end) = record_end(&second) else { panic!("no record") };
+            let start = if second[0] == 20 { 6 } else { 0 };
+            assert_eq!(end, second.len(), "one ClientHello record");
+            let payload = &second[start + 5..];
+            let records: Vec<u8> = payload
+                .chunks(payload.len().div_ceil(6))
+                .flat_map(|piece| {
+                    let len = u16::try_from(piece.len()).expect("short").to_be_bytes();
+                    [&[22, 3, 3, len[0], len[1]][..], piece].concat()
+                })
+                .collect();
+            let cut = start + 5 + payload.len().div_ceil(6) + 3;
+            let sent = [&second[..start], &records[..]].concat();
+            tcp.write_all(&sent[..cut]).await.expect("send");
+            for piece in sent[cut..].chunks(payload.len().div_ceil(6) + 5) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tcp.write_all(piece).await.expect("send");
+            }
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte)).await;
+            assert!(matches!(read, Ok(Ok(1))), "no answer: {read:?}");
+        });
     }
 
     /// The end of the first record after whole ChangeCipherSpec ones, as
