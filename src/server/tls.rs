@@ -170,7 +170,7 @@ fn off_runtime(
     waiting: &Waiting,
     sign: impl FnOnce() -> Result<Vec<u8>, rustls::Error>,
 ) -> Result<Vec<u8>, rustls::Error> {
-    if IN_PLACE.get() {
+    if IN_PLACE.get().is_some() {
         return sign();
     }
     let Some(admitted) = waiting.admit() else {
@@ -201,11 +201,9 @@ fn in_place<T>(work: impl FnOnce() -> T) -> T {
 
 thread_local! {
     /// Whether this thread answers a ClientHello in a place of [`PLACES`]
-    /// (see [`off_runtime`]).
-    static IN_PLACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// The ClientHellos answered in that place since it was marked (see
-    /// [`CertSlot`]'s `resolve`).
-    static HELLOS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// (see [`off_runtime`]), and if so, how many ClientHellos it answered
+    /// there since it was marked (see [`CertSlot`]'s `resolve`).
+    static IN_PLACE: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
 }
 
 /// This thread marked as answering a ClientHello in a place of [`PLACES`]
@@ -214,8 +212,7 @@ struct InPlace;
 
 impl InPlace {
     fn mark() -> InPlace {
-        IN_PLACE.set(true);
-        HELLOS.set(0);
+        IN_PLACE.set(Some(0));
         InPlace
     }
 
@@ -223,14 +220,25 @@ impl InPlace {
     /// certificate once for each ClientHello it answers, resumed or not,
     /// before it signs.
     fn hellos(&self) -> u32 {
-        HELLOS.get()
+        IN_PLACE.get().unwrap_or(0)
     }
 }
 
 impl Drop for InPlace {
     fn drop(&mut self) {
-        IN_PLACE.set(false);
+        IN_PLACE.set(None);
     }
+}
+
+/// `work`, which answers ClientHellos, run in a place of [`PLACES`] held
+/// by the caller, off the runtime (`in_place`), the thread marked; and the
+/// ClientHellos it answered.
+fn answered_in_place<T>(work: impl FnOnce() -> T) -> (T, u32) {
+    in_place(|| {
+        let marked = InPlace::mark();
+        let done = work();
+        (done, marked.hellos())
+    })
 }
 
 /// Places to make an RSA signature in: half the cores, at least one, as for
@@ -295,11 +303,7 @@ pub async fn handshake(
     let costly = key.is_some_and(|k| k.key.algorithm() == SignatureAlgorithm::RSA);
     let (Answer { mut accept, refused, retry }, hellos) = if costly {
         let _place = PLACES.acquire().await.map_err(std::io::Error::other)?;
-        in_place(|| {
-            let marked = InPlace::mark();
-            let answer = answer(start, config);
-            (answer, marked.hellos())
-        })
+        answered_in_place(|| answer(start, config))
     } else {
         (answer(start, config), 0)
     };
@@ -349,11 +353,7 @@ async fn after_retry(
         // Polled here, by this task: off the runtime (`in_place`), with the
         // task's waker.
         let (polled, hellos) = std::future::poll_fn(|cx| {
-            Poll::Ready(in_place(|| {
-                let marked = InPlace::mark();
-                let polled = std::pin::Pin::new(&mut accept).poll(cx);
-                (polled, marked.hellos())
-            }))
+            Poll::Ready(answered_in_place(|| std::pin::Pin::new(&mut accept).poll(cx)))
         })
         .await;
         drop(place);
@@ -407,8 +407,10 @@ fn holds_whole_record(stream: &TcpStream) -> std::io::Result<bool> {
     // (A second ClientHello takes a few hundred bytes.)
     let mut head = [0u8; 2048];
     let n = peek_now(stream, &mut head)?;
+    if n == 0 {
+        return Ok(true);
+    }
     Ok(match record_end(&head[..n]) {
-        _ if n == 0 => true,
         RecordEnd::At(end) if end > n && n == head.len() => {
             let mut all = vec![0u8; end];
             let n = peek_now(stream, &mut all)?;
@@ -898,8 +900,8 @@ impl ResolvesServerCert for CertSlot {
     /// The certificate in the slot; counted, in a place to sign in, as a
     /// ClientHello answered there (see `after_retry`).
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if IN_PLACE.get() {
-            HELLOS.set(HELLOS.get().saturating_add(1));
+        if let Some(hellos) = IN_PLACE.get() {
+            IN_PLACE.set(Some(hellos.saturating_add(1)));
         }
         Some(self.key.load_full())
     }

@@ -89,6 +89,14 @@ pub fn self_signed_ca_leaf(cn: &str) -> Leaf {
     Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec() }
 }
 
+/// Roots of trust holding only the CA certificate `ca_pem`.
+fn roots(ca_pem: &str) -> rustls::RootCertStore {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
+    roots
+}
+
 /// A TLS connector that trusts only `ca_pem` and offers ALPN `http/1.1`.
 pub fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     connector_offering(ca_pem, &[b"http/1.1"])
@@ -97,15 +105,12 @@ pub fn connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
 /// A TLS connector that trusts only `ca_pem` and offers the ALPN protocols
 /// `alpn` (none: no ALPN extension).
 pub fn connector_offering(ca_pem: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
+    .with_root_certificates(roots(ca_pem))
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
@@ -128,15 +133,12 @@ impl Ca {
 /// for an X25519 share with a HelloRetryRequest, as it does of
 /// `openssl s_client -groups P-521:X25519`.
 pub fn connector_needing_a_retry(ca_pem: &str) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap()).unwrap();
     let mut provider = rustls::crypto::ring::default_provider();
     provider.kx_groups = vec![&P521_NAMED, rustls::crypto::ring::kx_group::X25519];
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca_pem))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Nor does it remember the group the server asked for (rustls keeps it
