@@ -5,7 +5,10 @@
 //! opened with `[egress] allow_cidrs`: loopback, RFC 1918 private, CGNAT,
 //! link-local (incl. the cloud metadata address 169.254.169.254), unique-local,
 //! unspecified, broadcast, multicast, documentation and benchmarking ranges,
-//! reserved ranges. An IPv4-mapped address (`::ffff:a.b.c.d`) is the IPv4
+//! the other rows of IANA's special-purpose registries that are not globally
+//! reachable, and every IPv6 address outside IANA's global unicast space
+//! `2000::/3` (the rest is reserved or local; NAT64 `64:ff9b::/96` is judged
+//! by the IPv4 host it names). An IPv4-mapped address (`::ffff:a.b.c.d`) is the IPv4
 //! address it maps (a connection to it goes there). The IPv6 forms that
 //! name an IPv4 host through a translator or relay (IPv4-compatible
 //! `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64
@@ -40,9 +43,12 @@ const DENIED: &[(&str, &str)] = &[
     ("::/96", "IPv4-compatible (deprecated)"),
     ("::ffff:0:0:0/96", "IPv4-translated (SIIT)"),
     ("100::/64", "discard-only"),
+    ("100:0:0:1::/64", "dummy prefix (RFC 9780)"),
     ("64:ff9b:1::/48", "local-use NAT64 (RFC 8215)"),
     ("2001::/23", "IETF protocol assignments"),
     ("2001:db8::/32", "documentation"),
+    ("3fff::/20", "documentation (RFC 9637)"),
+    ("5f00::/16", "SRv6 segment identifiers (RFC 9602)"),
     ("fc00::/7", "unique-local"),
     ("fe80::/10", "link-local"),
     ("fec0::/10", "site-local (deprecated)"),
@@ -115,8 +121,28 @@ impl Egress {
     }
 
     fn denied_reason(&self, ip: IpAddr) -> Option<&'static str> {
-        self.denied.iter().find(|(n, _)| n.contains(&ip)).map(|(_, why)| *why)
+        match self.denied.iter().find(|(n, _)| n.contains(&ip)) {
+            Some((_, why)) => Some(why),
+            None => beyond_global_unicast(ip).then_some(BEYOND_GLOBAL_UNICAST),
+        }
     }
+}
+
+/// Why an IPv6 address outside `2000::/3` that no row of [`DENIED`] names
+/// is denied.
+const BEYOND_GLOBAL_UNICAST: &str = "outside global unicast 2000::/3 (reserved by IETF)";
+
+/// Whether `ip` is an IPv6 address outside `2000::/3`, the only space IANA
+/// gives out for global unicast, other than NAT64 `64:ff9b::/96` (globally
+/// reachable, and judged by the IPv4 host it names). The rest of the space
+/// is local, multicast or reserved: nothing there is on the Internet, so an
+/// address there that answers is on the operator's own network, as an
+/// internal range would be. Denying it as a whole also denies what IANA
+/// sets aside there later (`5f00::/16` came in 2024).
+fn beyond_global_unicast(ip: IpAddr) -> bool {
+    let IpAddr::V6(v6) = ip else { return false };
+    let s = v6.segments();
+    s[0] & 0xe000 != 0x2000 && !matches!(s, [0x64, 0xff9b, 0, 0, 0, 0, _, _])
 }
 
 /// The address a connection to `ip` reaches: an IPv4-mapped IPv6 address
@@ -232,6 +258,13 @@ mod tests {
             "2001:db8:ffff::1",
             "fec0::1",
             "feff::1",
+            // The rows IANA added since: a dummy prefix, documentation, SRv6.
+            "100:0:0:1::1",
+            "100::1:ffff:ffff:ffff:ffff",
+            "3fff::1",
+            "3fff:fff:ffff::1",
+            "5f00::1",
+            "5f00:ffff::1",
         ] {
             assert!(denied(&e, s), "{s} should be denied");
         }
@@ -249,8 +282,10 @@ mod tests {
             "100.128.0.1",
             "192.0.1.1",
             "198.20.0.1",
-            "100:0:0:1::1",
             "2001:200::1",
+            "3fff:1000::1",
+            "2000::1",
+            "3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
             "223.255.255.255",
         ] {
             assert!(!denied(&e, s), "{s} should be allowed");
@@ -295,5 +330,38 @@ mod tests {
         assert_eq!(canonical_addr(mapped).to_string(), "127.0.0.1:4242");
         let v6: std::net::SocketAddr = "[::1]:4242".parse().unwrap();
         assert_eq!(canonical_addr(v6), v6);
+    }
+
+    /// IPv6 space that IANA has not given out for global unicast is denied
+    /// as a whole, with its own reason, and `allow_cidrs` opens it as any
+    /// denied range.
+    #[test]
+    fn ipv6_outside_global_unicast_is_denied() {
+        let e = Egress::default();
+        for s in [
+            "::1:0:0:1",
+            "0:0:0:1::1",
+            "1::1",
+            "100:0:0:2::1",
+            "1fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "4000::1",
+            "8000::1",
+            "c000::1",
+            "e000::1",
+            "f800::1",
+            "fe00::1",
+        ] {
+            assert_eq!(e.check(s.parse().unwrap()), Verdict::Denied(BEYOND_GLOBAL_UNICAST), "{s}");
+        }
+        // A named row keeps its own reason.
+        assert_eq!(
+            e.check("5f00::1".parse().unwrap()),
+            Verdict::Denied("SRv6 segment identifiers (RFC 9602)")
+        );
+        assert_eq!(e.check("::1".parse().unwrap()), Verdict::Denied("loopback"));
+        let open: IpNet = "4000::/16".parse().unwrap();
+        let e = Egress::new(vec![open]);
+        assert_eq!(e.check("4000::1".parse().unwrap()), Verdict::AllowedByConfig(open));
+        assert!(denied(&e, "4001::1"));
     }
 }
