@@ -302,6 +302,14 @@ impl<'a> Collector<'a> {
             _ if msg.is_empty() => msg = "not valid TOML here".to_owned(),
             _ => {}
         }
+        // A number written with a leading zero (`disabled = 0123`, `01.5`)
+        // was "expected newline, `#`" just after the zero: the number is
+        // named, at its start.
+        let zero = err.span().and_then(|span| leading_zero(self.source, span.start));
+        if zero.is_some() {
+            msg = "a number may not start with 0 (TOML has no leading zeros: write 123, or 0o123 for octal)"
+                .to_owned();
+        }
         // An integer past i64 was "number too large to fit in target type",
         // with no setting and no range, where every other bad value names
         // both (probes 130, 133).
@@ -318,8 +326,8 @@ impl<'a> Collector<'a> {
             .filter(|span| self.source.get(span.clone()).is_some())
             .map(|span| super::toml_terms::toml_kind(self.source, span.start));
         let mut msg = super::toml_terms::in_toml_terms(&msg, found);
-        let mut span = err.span();
-        if let Some(s) = span.as_mut() {
+        let mut span = zero.map(|at| at..at).or(err.span());
+        if let Some(s) = span.as_mut().filter(|_| zero.is_none()) {
             // The parser places a string left open at the end of the file
             // (past its last line), and a bad escape after its letter: the
             // opening quotes, and the backslash (probe 147).
@@ -343,6 +351,23 @@ impl<'a> Collector<'a> {
             None => self.whole(msg),
         }
     }
+}
+
+/// Where a number starts whose leading `0` the parser stopped after, at
+/// byte `at` of `source` (the next character a digit or `_`): `0123`,
+/// `-01`, `00`, `0_1`, `01.5`, as a value, in an array or an inline
+/// table. `None` anywhere else (a date-time's `07:32` is past its zero).
+fn leading_zero(source: &str, at: usize) -> Option<usize> {
+    let before = source.get(..at)?.as_bytes();
+    let next = source.get(at..)?.bytes().next()?;
+    let zero = at.checked_sub(1)?;
+    let starts = |i: Option<usize>| {
+        i.and_then(|i| before.get(i)).is_none_or(|b| matches!(b, b' ' | b'\t' | b'=' | b'[' | b',' | b'{'))
+    };
+    let signed = zero.checked_sub(1).and_then(|i| before.get(i)).is_some_and(|b| matches!(b, b'+' | b'-'));
+    let first = if signed { zero.checked_sub(2) } else { zero.checked_sub(1) };
+    (before.last() == Some(&b'0') && (next.is_ascii_digit() || next == b'_') && starts(first))
+        .then_some(if signed { zero - 1 } else { zero })
 }
 
 /// Where the string left open at the end of `source` opens: its last
@@ -555,6 +580,33 @@ mod tests {
     /// none is named (the problem said "expected `.`, `=`" at a place that
     /// looked right; probe 230), and a Unicode space in a value a message
     /// quotes is written as an escape, not as a space.
+    /// A number with a leading zero is named, at its start, where the
+    /// parser said "expected newline, `#`" after the zero; a date-time's
+    /// zero is not taken for one.
+    #[test]
+    fn a_leading_zero_is_named() {
+        let said = "a number may not start with 0";
+        for (source, at) in [
+            ("[limits]\nmax_connections = 0123\n", (2, 19)),
+            ("[limits]\nmax_connections = -01\n", (2, 19)),
+            ("[limits]\nmax_connections=00\n", (2, 17)),
+            ("[limits]\nmax_connections = 0_1\n", (2, 19)),
+            ("[server]\nlisten = [1, 02]\n", (2, 14)),
+            ("[server]\nx = {a = 01.5}\n", (2, 10)),
+        ] {
+            let problems = match crate::config::validate::config(Path::new("c.toml"), source) {
+                Err(problems) => problems,
+                Ok(_) => panic!("accepted {source:?}"),
+            };
+            assert!(problems[0].message.starts_with(said), "{source:?}: {problems:?}");
+            assert_eq!((problems[0].line, problems[0].col), at, "{source:?}");
+        }
+        for source in ["[server]\nx = 07:32\n", "[server]\nx = 1979-05-27T07:3\n", "[server]\nx = 10 1\n"] {
+            let problems = crate::config::validate::config(Path::new("c.toml"), source).err().unwrap();
+            assert!(!problems[0].message.starts_with(said), "{source:?}: {problems:?}");
+        }
+    }
+
     #[test]
     fn a_pasted_space_or_invisible_character_is_named() {
         for (source, at, what) in [
