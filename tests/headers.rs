@@ -345,6 +345,43 @@ async fn a_close_delimited_coded_body_keeps_the_connection_field_clean() {
     assert_eq!(resp.body, b"GZIPDATA");
 }
 
+/// `identity` is no transfer coding (HTTP/1.1 dropped it): it is not passed
+/// on. Passed on as `identity, chunked`, a client that takes `chunked` only
+/// alone (Python's http.client) read the chunk framing as content and then
+/// waited for a close that never came, and an HTTP/1.0 client got a 502.
+#[tokio::test]
+async fn an_identity_transfer_coding_is_not_passed_on() {
+    const IDENTITY_TO_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhello-identity";
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let _ = s.write_all(IDENTITY_TO_CLOSE).await;
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let auth = basic(USER.0, USER.1);
+    let host = origin.authority();
+    let resp = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(resp.header_all("transfer-encoding"), ["chunked"], "{}", resp.dump());
+    assert_eq!(resp.body, b"hello-identity");
+    // An HTTP/1.0 client, which no transfer coding may be sent to, gets the body.
+    let head = format!("GET {} HTTP/1.0\r\nProxy-Authorization: {auth}\r\n\r\n", origin.url("/old"));
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.send(head.as_bytes()).await;
+    let resp = conn.read_response("GET").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert!(resp.header("transfer-encoding").is_none(), "{}", resp.dump());
+    assert_eq!(resp.body, b"hello-identity");
+    // A request's `identity` goes the same way.
+    let echo = spawn_echo_origin();
+    let resp = post_coded(&proxy, &echo, "/up", "identity, chunked", b"4\r\nBODY\r\n0\r\n\r\n").await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    let seen = Echoed::parse(&resp.body);
+    assert_eq!(seen.header_all("transfer-encoding"), ["chunked"], "{}", resp.text());
+    assert_eq!(seen.body, b"BODY");
+}
+
 /// RFC 9112 §6.1: `chunked` is applied once, last. A message that says
 /// otherwise cannot be passed on as it is (hyper takes one `chunked` off,
 /// and the next hop would read what is left wrong): a response is a 502, a

@@ -427,12 +427,21 @@ fn named_chunked(coding: &[u8]) -> bool {
 /// content. The value ends in `chunked`, the framing hyper puts on a body
 /// sent with this field: left for hyper to append, it also went onto the
 /// next field hyper wrote (`Connection: close, chunked`, a hyper 1.x bug).
-/// `None` when nothing but `chunked` was applied; an error when the field is
-/// malformed (see [`scan_codings`]: passed on, the next hop would decode a
-/// layer the body does not have, or one too few).
+/// `None` when nothing but `chunked` (and `identity`, which is no coding)
+/// was applied; an error when the field is malformed (see
+/// [`scan_codings`]: passed on, the next hop would decode a layer the body
+/// does not have, or one too few).
 fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
     let (mut value, mut last) = (Vec::new(), 0);
     let decoded = scan_codings(headers, |coding| {
+        // `identity` is no coding (HTTP/1.1 dropped it; its registry entry
+        // is reserved): left on as `identity, chunked`, it made clients that
+        // take `chunked` only alone read the chunk framing as content until
+        // the close (Python's http.client) or refuse the response (Go), and
+        // an HTTP/1.0 client got a 502 for a body with nothing on it.
+        if coding.eq_ignore_ascii_case(b"identity") {
+            return;
+        }
         last = value.len();
         value.extend_from_slice(coding);
         value.extend_from_slice(b", ");
@@ -913,6 +922,16 @@ mod tests {
             coded(&[("transfer-encoding", "chunked"), ("transfer-encoding", "")]),
             (Codings::Malformed, vec![])
         );
+        // `identity` is nothing, alone or among codings.
+        for te in ["identity", "Identity", "identity, chunked", "identity,identity , chunked"] {
+            assert_eq!(coded(&[("transfer-encoding", te)]), (Codings::Plain, vec![]), "{te}");
+        }
+        assert_eq!(te(&[("transfer-encoding", "gzip, IDENTITY, chunked")]), ["gzip, chunked"]);
+        assert_eq!(
+            te(&[("transfer-encoding", "identity"), ("transfer-encoding", "gzip")]),
+            ["gzip, chunked"]
+        );
+        assert_eq!(te(&[("transfer-encoding", "identityx, chunked")]), ["identityx, chunked"]);
         // Empty members elsewhere are nothing (RFC 9110 §5.6.1).
         assert_eq!(te(&[("transfer-encoding", "gzip,,chunked")]), ["gzip, chunked"]);
         // Only `chunked` itself is chunked: not a longer or shorter name.
