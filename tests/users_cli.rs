@@ -732,7 +732,7 @@ fn commands_on_a_missing_user_are_refused() {
     let err = empty.refused(&["remove", "x"], None);
     assert!(err.contains("does not exist"), "{err}");
     let err = empty.refused(&["list"], None);
-    let add = format!("`authgate --config {} users add` creates it", empty.config().display());
+    let add = format!("`authgate --config {} users add NAME` creates it", empty.config().display());
     assert!(err.contains(&format!("does not exist ({add})")), "{err}");
     // Nor its folder: `add` does not create that, and says so (it said
     // "cannot open the folder to lock it: file not found"; probe 139).

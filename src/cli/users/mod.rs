@@ -349,7 +349,7 @@ impl UsersFile {
                 shown_path(folder)
             ))),
             None => Err(refused(format!(
-                "{} does not exist (`{} add` creates it)",
+                "{} does not exist (`{} add NAME` creates it)",
                 shown_path(&self.path),
                 self.cmd
             ))),
