@@ -108,6 +108,17 @@ Content-Length: 2\r\n\
 \r\n\
 ok";
 
+/// An origin that answers each request head with exactly `response`, then
+/// closes the connection (a body ended by the close).
+fn spawn_answering_then_closing(response: &'static [u8]) -> Origin {
+    spawn_raw_origin(move |mut s: tokio::net::TcpStream| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let _ = s.write_all(response).await;
+    })
+}
+
 /// A proxy, and its answer to one authenticated GET to an origin that
 /// answers with exactly `response`.
 async fn get_from_canned_origin(response: &'static [u8]) -> (Proxy, RawResponse) {
@@ -324,12 +335,7 @@ Transfer-Encoding: gzip, chunked\r\n\
 async fn a_close_delimited_coded_body_keeps_the_connection_field_clean() {
     const GZIP_TO_CLOSE: &[u8] =
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\nGZIPDATA";
-    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
-        if read_request_head(&mut s).await.is_none() {
-            return;
-        }
-        let _ = s.write_all(GZIP_TO_CLOSE).await;
-    });
+    let origin = spawn_answering_then_closing(GZIP_TO_CLOSE);
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
@@ -352,12 +358,7 @@ async fn a_close_delimited_coded_body_keeps_the_connection_field_clean() {
 #[tokio::test]
 async fn an_identity_transfer_coding_is_not_passed_on() {
     const IDENTITY_TO_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nhello-identity";
-    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
-        if read_request_head(&mut s).await.is_none() {
-            return;
-        }
-        let _ = s.write_all(IDENTITY_TO_CLOSE).await;
-    });
+    let origin = spawn_answering_then_closing(IDENTITY_TO_CLOSE);
     let proxy = spawn_proxy("", &[USER]);
     let auth = basic(USER.0, USER.1);
     let host = origin.authority();
