@@ -104,6 +104,7 @@ X-End-To-End: kept\r\n\
 Via: 1.1 cdn-edge\r\n\
 Proxy-Authentication-Info: nextnonce=\"for-the-next-hop\"\r\n\
 X-Spaced : before the colon\r\n\
+X-Folded: first\r\n  second\r\n\tthird\r\n\
 Content-Length: 2\r\n\
 \r\n\
 ok";
@@ -143,6 +144,9 @@ async fn hop_by_hop_response_headers_are_removed() {
     // RFC 9112 §5.1: a proxy removes whitespace before a response field's
     // colon, and passes the field on.
     assert_eq!(resp.header("x-spaced"), Some("before the colon"), "{}", resp.dump());
+    // RFC 9112 §5.2: a proxy replaces a response field's line folding with
+    // spaces (or answers 502, as it did), and passes the field on.
+    assert_eq!(resp.header("x-folded"), Some("first second third"), "{}", resp.dump());
     for v in resp.header_all("connection") {
         assert!(!v.to_ascii_lowercase().contains("x-hop-resp"), "Connection passed on as {v:?}");
     }
