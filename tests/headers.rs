@@ -323,12 +323,18 @@ Transfer-Encoding: gzip, chunked\r\n\
     assert_eq!(resp.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.dump());
     assert_eq!(resp.body, b"GZIPDATA");
 
+    posted_coded(&proxy, "gzip, chunked", b"4\r\nGZIP\r\n0\r\n\r\n", "gzip, chunked", b"GZIP").await;
+}
+
+/// POSTs `body` with `Transfer-Encoding: te` through `proxy` to an echo
+/// origin, which must see `seen_te` and `seen_body`.
+async fn posted_coded(proxy: &Proxy, te: &str, body: &[u8], seen_te: &str, seen_body: &[u8]) {
     let echo = spawn_echo_origin();
-    let resp = post_coded(&proxy, &echo, "/up", "gzip, chunked", b"4\r\nGZIP\r\n0\r\n\r\n").await;
+    let resp = post_coded(proxy, &echo, "/up", te, body).await;
     assert_eq!(resp.status, 200, "{}", resp.dump());
     let seen = Echoed::parse(&resp.body);
-    assert_eq!(seen.header_all("transfer-encoding"), ["gzip, chunked"], "{}", resp.text());
-    assert_eq!(seen.body, b"GZIP");
+    assert_eq!(seen.header_all("transfer-encoding"), [seen_te], "{}", resp.text());
+    assert_eq!(seen.body, seen_body);
 }
 
 /// A close-delimited body with a transfer coding, to a client that asked
@@ -379,12 +385,7 @@ async fn an_identity_transfer_coding_is_not_passed_on() {
     assert!(resp.header("transfer-encoding").is_none(), "{}", resp.dump());
     assert_eq!(resp.body, b"hello-identity");
     // A request's `identity` goes the same way.
-    let echo = spawn_echo_origin();
-    let resp = post_coded(&proxy, &echo, "/up", "identity, chunked", b"4\r\nBODY\r\n0\r\n\r\n").await;
-    assert_eq!(resp.status, 200, "{}", resp.dump());
-    let seen = Echoed::parse(&resp.body);
-    assert_eq!(seen.header_all("transfer-encoding"), ["chunked"], "{}", resp.text());
-    assert_eq!(seen.body, b"BODY");
+    posted_coded(&proxy, "identity, chunked", b"4\r\nBODY\r\n0\r\n\r\n", "chunked", b"BODY").await;
 }
 
 /// RFC 9112 §6.1: `chunked` is applied once, last. A message that says
