@@ -742,10 +742,6 @@ async fn send_new(
         // refuses the response). What the client gets is framed by
         // authgate, so the field cannot be read two ways downstream.
         .allow_spaces_after_header_name_in_responses(true)
-        // RFC 9112 §5.2: a proxy MUST replace a response's obs-fold with
-        // spaces, or answer 502; clients take folded fields from an origin
-        // (probe 257 saw a 502 where curl and Python read the field).
-        .allow_obsolete_multiline_headers_in_responses(true)
         .handshake::<_, RequestBody>(TokioIo::new(io))
         .await
         .map_err(|e| upstream_error(&e, &writes))?;
