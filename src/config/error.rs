@@ -354,20 +354,26 @@ impl<'a> Collector<'a> {
 }
 
 /// Where a number starts whose leading `0` the parser stopped after, at
-/// byte `at` of `source` (the next character a digit or `_`): `0123`,
-/// `-01`, `00`, `0_1`, `01.5`, as a value, in an array or an inline
-/// table. `None` anywhere else (a date-time's `07:32` is past its zero).
+/// byte `at` of `source` (the next character a digit, or `_` and a digit):
+/// `0123`, `-01`, `00`, `0_1`, `01.5`, as a value, in an array (on its
+/// own line too) or an inline table. `None` anywhere else (a date-time's
+/// `07:32` is past its zero).
 fn leading_zero(source: &str, at: usize) -> Option<usize> {
     let before = source.get(..at)?.as_bytes();
-    let next = source.get(at..)?.bytes().next()?;
+    let mut after = source.get(at..)?.bytes();
+    // A digit, or `_` and a digit (`0_` alone is a trailing underscore).
+    let digits = match after.next()? {
+        b'_' => after.next().is_some_and(|b| b.is_ascii_digit()),
+        next => next.is_ascii_digit(),
+    };
     let zero = at.checked_sub(1)?;
     let starts = |i: Option<usize>| {
-        i.and_then(|i| before.get(i)).is_none_or(|b| matches!(b, b' ' | b'\t' | b'=' | b'[' | b',' | b'{'))
+        i.and_then(|i| before.get(i))
+            .is_none_or(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'=' | b'[' | b',' | b'{'))
     };
     let signed = zero.checked_sub(1).and_then(|i| before.get(i)).is_some_and(|b| matches!(b, b'+' | b'-'));
     let first = if signed { zero.checked_sub(2) } else { zero.checked_sub(1) };
-    (before.last() == Some(&b'0') && (next.is_ascii_digit() || next == b'_') && starts(first))
-        .then_some(if signed { zero - 1 } else { zero })
+    (before.last() == Some(&b'0') && digits && starts(first)).then_some(if signed { zero - 1 } else { zero })
 }
 
 /// Where the string left open at the end of `source` opens: its last
@@ -593,6 +599,9 @@ mod tests {
             ("[limits]\nmax_connections = 0_1\n", (2, 19)),
             ("[server]\nlisten = [1, 02]\n", (2, 14)),
             ("[server]\nx = {a = 01.5}\n", (2, 10)),
+            // An array element at the start of its line (probe 260).
+            ("[server]\nx = [1,\n02]\n", (3, 1)),
+            ("[server]\nx = [\n-01,\n]\n", (3, 1)),
         ] {
             let problems = match crate::config::validate::config(Path::new("c.toml"), source) {
                 Err(problems) => problems,
@@ -601,7 +610,13 @@ mod tests {
             assert!(problems[0].message.starts_with(said), "{source:?}: {problems:?}");
             assert_eq!((problems[0].line, problems[0].col), at, "{source:?}");
         }
-        for source in ["[server]\nx = 07:32\n", "[server]\nx = 1979-05-27T07:3\n", "[server]\nx = 10 1\n"] {
+        // A trailing underscore is not a leading zero (probe 260).
+        for source in [
+            "[server]\nx = 07:32\n",
+            "[server]\nx = 1979-05-27T07:3\n",
+            "[server]\nx = 10 1\n",
+            "[server]\nx = 0_\n",
+        ] {
             let problems = crate::config::validate::config(Path::new("c.toml"), source).err().unwrap();
             assert!(!problems[0].message.starts_with(said), "{source:?}: {problems:?}");
         }

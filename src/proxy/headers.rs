@@ -439,7 +439,9 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
         // take `chunked` only alone read the chunk framing as content until
         // the close (Python's http.client) or refuse the response (Go), and
         // an HTTP/1.0 client got a 502 for a body with nothing on it.
-        if coding.eq_ignore_ascii_case(b"identity") {
+        // (By name: `identity;q=1` too, probe 260.)
+        let name = coding.split(|&b| b == b';').next().unwrap_or_default();
+        if name.trim_ascii().eq_ignore_ascii_case(b"identity") {
             return;
         }
         last = value.len();
@@ -923,7 +925,13 @@ mod tests {
             (Codings::Malformed, vec![])
         );
         // `identity` is nothing, alone or among codings.
-        for te in ["identity", "Identity", "identity, chunked", "identity,identity , chunked"] {
+        for te in [
+            "identity",
+            "Identity",
+            "identity, chunked",
+            "identity,identity , chunked",
+            "identity ;q=1, chunked",
+        ] {
             assert_eq!(coded(&[("transfer-encoding", te)]), (Codings::Plain, vec![]), "{te}");
         }
         assert_eq!(te(&[("transfer-encoding", "gzip, IDENTITY, chunked")]), ["gzip, chunked"]);
