@@ -562,3 +562,57 @@ impl Upload {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The body of an origin's answer, `Content-Length: 10` and `abc`, with
+    /// the origin's end of the stream then closed, or kept open and silent,
+    /// streamed through with a silence limit of `idle`; and its first frame.
+    async fn cut_short(closed: bool, idle: Duration) -> (ProxyBody, Bytes) {
+        let (client, mut origin) = tokio::io::duplex(64 * 1024);
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(client))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        tokio::spawn(async move {
+            let mut head = [0u8; 1024];
+            let _ = origin.read(&mut head).await;
+            origin.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+            if !closed {
+                std::future::pending::<()>().await;
+            }
+        });
+        let resp = tx.send_request(http::Request::new(Empty::new())).await.unwrap();
+        let mut body = ProxyBody::upstream(resp.into_body(), idle);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        (body, first)
+    }
+
+    /// An origin's body that breaks off mid-way: its bytes come, then its
+    /// error only after [`FLUSH_BEFORE_CUT`], during which the body waits
+    /// and hyper writes what it holds (at an error it drops it; probes
+    /// 256, 257). A silence cut is not held: what came went out while the
+    /// silence was waited through.
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_body_holds_its_error_back() {
+        let (mut body, first) = cut_short(true, Duration::from_secs(60)).await;
+        assert_eq!(first, "abc");
+        let start = tokio::time::Instant::now();
+        let held = tokio::time::timeout(FLUSH_BEFORE_CUT - Duration::from_millis(1), body.frame()).await;
+        assert!(held.is_err(), "the error came before its time: {held:?}");
+        let cut = body.frame().await;
+        assert!(matches!(cut, Some(Err(ref e)) if !e.is::<UpstreamBodyTimeout>()), "{cut:?}");
+        assert_eq!(start.elapsed(), FLUSH_BEFORE_CUT);
+
+        let (mut body, _) = cut_short(false, Duration::from_secs(1)).await;
+        let start = tokio::time::Instant::now();
+        let cut = body.frame().await;
+        assert!(matches!(cut, Some(Err(ref e)) if e.is::<UpstreamBodyTimeout>()), "{cut:?}");
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+}
