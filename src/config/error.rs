@@ -582,10 +582,6 @@ mod tests {
         }
     }
 
-    /// A Unicode space or an invisible character pasted where TOML takes
-    /// none is named (the problem said "expected `.`, `=`" at a place that
-    /// looked right; probe 230), and a Unicode space in a value a message
-    /// quotes is written as an escape, not as a space.
     /// A number with a leading zero is named, at its start, where the
     /// parser said "expected newline, `#`" after the zero; a date-time's
     /// zero is not taken for one.
@@ -622,6 +618,10 @@ mod tests {
         }
     }
 
+    /// A Unicode space or an invisible character pasted where TOML takes
+    /// none is named (the problem said "expected `.`, `=`" at a place that
+    /// looked right; probe 230), and a Unicode space in a value a message
+    /// quotes is written as an escape, not as a space.
     #[test]
     fn a_pasted_space_or_invisible_character_is_named() {
         for (source, at, what) in [
