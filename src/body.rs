@@ -244,34 +244,34 @@ impl Body for ProxyBody {
             Kind::Upstream(relay) if relay.broken.is_some() => return relay.poll_held(cx),
             Kind::Upstream(relay) => relay.poll_frame(cx),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.sent += data.len() as u64;
-        }
-        if let Poll::Ready(Some(Err(e))) = &polled {
-            if let Some(phase) = &this.done {
-                phase.origin_broke();
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
-            if let Some(log) = this.log.as_mut() {
-                log.outcome = if e.is::<UpstreamBodyTimeout>() {
-                    "upstream_body_timeout"
-                } else {
-                    "upstream_body_error"
-                };
+            Poll::Ready(Some(Err(e))) => {
+                let silent = e.is::<UpstreamBodyTimeout>();
+                if let Some(phase) = &this.done {
+                    phase.origin_broke();
+                }
+                if let Some(log) = this.log.as_mut() {
+                    log.outcome = if silent { "upstream_body_timeout" } else { "upstream_body_error" };
+                }
+                // hyper writes the head with the first body bytes, or when
+                // the body first waits, and drops what it has not written at
+                // an error: the error waits for the head and the bytes before
+                // it to go out (after a silence, they went out as it was
+                // waited through). Broken before its first byte, the client
+                // saw only the close, which it took for a stale keep-alive
+                // connection: curl sent a POST again (probe 257).
+                match &mut this.kind {
+                    Kind::Upstream(relay) if !silent => relay.hold(e, cx),
+                    _ => Poll::Ready(Some(Err(e))),
+                }
             }
-        }
-        // hyper writes the head with the first body bytes, or when the body
-        // first waits, and drops what it has not written at an error: the
-        // error waits for the head and the bytes before it to go out (after
-        // a silence, they went out as it was waited through). Broken before
-        // its first byte, the client saw only the close, which it took for
-        // a stale keep-alive connection: curl sent a POST again (probe 257).
-        match (polled, &mut this.kind) {
-            (Poll::Ready(Some(Err(e))), Kind::Upstream(relay)) if !e.is::<UpstreamBodyTimeout>() => {
-                relay.hold(e, cx)
-            }
-            (polled, _) => polled,
+            other => other,
         }
     }
 
