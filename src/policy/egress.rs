@@ -6,7 +6,8 @@
 //! link-local (incl. the cloud metadata address 169.254.169.254), unique-local,
 //! unspecified, broadcast, multicast, documentation and benchmarking ranges,
 //! the other rows of IANA's special-purpose registries that are not globally
-//! reachable, and every IPv6 address outside IANA's global unicast space
+//! reachable (but for the anycast services inside them that are routed on
+//! the Internet), and every IPv6 address outside IANA's global unicast space
 //! `2000::/3` (the rest is reserved or local; NAT64 `64:ff9b::/96` is judged
 //! by the IPv4 host it names). An IPv4-mapped address (`::ffff:a.b.c.d`) is the IPv4
 //! address it maps (a connection to it goes there). The IPv6 forms that
@@ -55,10 +56,25 @@ const DENIED: &[(&str, &str)] = &[
     ("ff00::/8", "multicast"),
 ];
 
+/// Blocks inside a [`DENIED`] row that are routed on the Internet: anycast
+/// services that IANA's special-purpose registries mark globally reachable.
+/// ORCHIDv2 `2001:20::/28` and drone DETs `2001:30::/28`, marked reachable
+/// too, are identifiers that are not routed, so an address there that
+/// answers is on the operator's own network: they stay denied.
+const ROUTED_WITHIN_DENIED: &[&str] = &[
+    "192.0.0.9/32",    // PCP anycast (RFC 7723)
+    "192.0.0.10/32",   // TURN anycast (RFC 8155)
+    "2001:1::1/128",   // PCP anycast (RFC 7723)
+    "2001:1::2/128",   // TURN anycast (RFC 8155)
+    "2001:3::/32",     // AMT relays (RFC 7450)
+    "2001:4:112::/48", // AS112-v6 (RFC 7535)
+];
+
 /// The egress policy: default-denied ranges minus `allow_cidrs`.
 #[derive(Debug, Clone)]
 pub struct Egress {
     denied: Vec<(IpNet, &'static str)>,
+    routed: Vec<IpNet>,
     allowed: Vec<IpNet>,
 }
 
@@ -84,7 +100,8 @@ impl Egress {
     pub fn new(allowed: Vec<IpNet>) -> Self {
         let denied =
             DENIED.iter().filter_map(|(net, why)| net.parse::<IpNet>().ok().map(|n| (n, *why))).collect();
-        Egress { denied, allowed }
+        let routed = ROUTED_WITHIN_DENIED.iter().filter_map(|net| net.parse::<IpNet>().ok()).collect();
+        Egress { denied, routed, allowed }
     }
 
     /// Checks one address: an IPv4-mapped one as its IPv4 address; an IPv6
@@ -122,6 +139,7 @@ impl Egress {
 
     fn denied_reason(&self, ip: IpAddr) -> Option<&'static str> {
         match self.denied.iter().find(|(n, _)| n.contains(&ip)) {
+            Some(_) if self.routed.iter().any(|n| n.contains(&ip)) => None,
             Some((_, why)) => Some(why),
             None => beyond_global_unicast(ip).then_some(BEYOND_GLOBAL_UNICAST),
         }
@@ -310,6 +328,40 @@ mod tests {
         let e = Egress::new(vec![nat64]);
         assert_eq!(e.check("64:ff9b::10.0.0.1".parse().unwrap()), Verdict::AllowedByConfig(nat64));
         assert!(denied(&e, "10.0.0.1"));
+    }
+
+    /// The anycast services inside denied rows that are routed on the
+    /// Internet are reachable; their neighbours, and the identifier blocks
+    /// that are not routed, keep their row's reason.
+    #[test]
+    fn routed_anycast_within_denied_rows_is_allowed() {
+        let e = Egress::default();
+        for s in [
+            "192.0.0.9",
+            "192.0.0.10",
+            "2001:1::1",
+            "2001:1::2",
+            "2001:3::1",
+            "2001:3:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2001:4:112::1",
+            "2001:4:112:ffff::1",
+            "2002:c000:9::1",
+        ] {
+            assert_eq!(e.check(s.parse().unwrap()), Verdict::Allowed, "{s}");
+        }
+        for (s, why) in [
+            ("192.0.0.8", "IETF protocol assignments"),
+            ("192.0.0.11", "IETF protocol assignments"),
+            ("2001:1::", "IETF protocol assignments"),
+            ("2001:1::3", "IETF protocol assignments"),
+            ("2001:2::1", "IETF protocol assignments"),
+            ("2001:4:113::1", "IETF protocol assignments"),
+            ("2001:20::1", "IETF protocol assignments"),
+            ("2001:30::1", "IETF protocol assignments"),
+            ("2002:c000:8::1", "IETF protocol assignments"),
+        ] {
+            assert_eq!(e.check(s.parse().unwrap()), Verdict::Denied(why), "{s}");
+        }
     }
 
     /// A NAT64 or 6to4 address of a public IPv4 host is a public IPv6
