@@ -298,6 +298,23 @@ pub fn split_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// The `Host` field for a request to `authority`, which RFC 9112 §3.2.2
+/// has a proxy make from the target: the authority as written, with its
+/// port in normal form (RFC 3986 §6.2.3, RFC 9110 §4.2.3): an empty port
+/// left out (`h:` is `h`) and leading zeros dropped (`h:0080` is `h:80`).
+/// An origin that matches `Host` to its virtual hosts as text got `h:` or
+/// `h:0080` (probe 258). A port written out, default or not, stays.
+pub fn host_field(authority: &str) -> std::borrow::Cow<'_, str> {
+    match split_port(authority) {
+        (host, Some("")) => host.into(),
+        (host, Some(port)) if port.len() > 1 && port.starts_with('0') => match port.trim_start_matches('0') {
+            "" => authority.into(),
+            digits => format!("{host}:{digits}").into(),
+        },
+        _ => authority.into(),
+    }
+}
+
 /// A port in a request target: RFC 3986 §3.2.3 `port = *DIGIT`, so leading
 /// zeros are allowed (`:08080` is 8080, as for the `Host` field).
 fn uri_port(raw: &str) -> Result<u16, BadTarget> {
@@ -378,6 +395,26 @@ fn parse_part(p: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `Host` field takes the target's port in normal form, and the
+    /// rest as written.
+    #[test]
+    fn the_host_field_has_the_port_in_normal_form() {
+        for (authority, field) in [
+            ("h:", "h"),
+            ("h:0080", "h:80"),
+            ("127.0.0.1:031850", "127.0.0.1:31850"),
+            ("[::1]:", "[::1]"),
+            ("[::1]:00443", "[::1]:443"),
+            ("Example.COM:80", "Example.COM:80"),
+            ("h:8080", "h:8080"),
+            ("h:0", "h:0"),
+            ("h", "h"),
+            ("[::1]", "[::1]"),
+        ] {
+            assert_eq!(host_field(authority), field, "{authority}");
+        }
+    }
 
     #[test]
     fn host_fields_are_checked_against_the_uri_host_port_grammar() {

@@ -184,6 +184,13 @@ async fn host_is_replaced_by_the_uri_authority() {
     let seen = Echoed::parse(&resp.body);
     assert_eq!(seen.header_all("host"), [origin.authority()]);
     assert_eq!(seen.request_line, "GET /where HTTP/1.1");
+    // The port in normal form: a target's `:031850` is port 31850, and the
+    // origin's `Host` says so (it got `:031850`; probe 258).
+    let port = origin.addr.port();
+    let padded = format!("http://127.0.0.1:00{port}/where");
+    let resp = get(proxy.addr, &padded, &[("Host", "evil.example"), ("Proxy-Authorization", &auth)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.dump());
+    assert_eq!(Echoed::parse(&resp.body).header_all("host"), [origin.authority()]);
 }
 
 /// RFC 9112 §3.2.1: an empty path goes out as `/`, also when the target

@@ -70,8 +70,8 @@ pub async fn forward(
 
     // The authority has no userinfo: `classify` refused that.
     let host = parts.uri.authority().ok_or(ProxyError::BadTarget { detail: "no host" })?;
-    let host =
-        HeaderValue::from_str(host.as_str()).map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
+    let host = HeaderValue::from_str(&crate::target::host_field(host.as_str()))
+        .map_err(|_| ProxyError::BadTarget { detail: "bad host" })?;
     // RFC 9112 §3.2.1: an empty path is sent as `/`. A target whose path
     // is empty but that has a fragment (`http://host#top`) has an empty
     // path and query here, not none, and went out as `GET  HTTP/1.1`
