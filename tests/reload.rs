@@ -676,6 +676,41 @@ async fn a_user_removed_while_their_password_is_verified_is_refused() {
     assert_eq!(status(addr, &origin, "bob", "b1").await, 200);
 }
 
+/// A login refused under the users it started with goes by the live ones
+/// when a reload changed its user while it was verified: a right password
+/// sent as a password reset or an `enable` landed got a 407 (probe 264).
+/// A wrong one is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_refused_while_a_reload_changed_its_user_goes_by_the_new_users() {
+    let origin = std::sync::Arc::new(spawn_echo_origin());
+    let cfg = format!("{CFG_NT}[reload]\nwatch = false\n");
+    // Both hashes take a while to verify: the reload lands meanwhile.
+    let (alice_old, dave) = (toml_str(&costly_hash("old")), toml_str(&costly_hash("d1")));
+    let before = format!(
+        "[users.alice]\npassword = {alice_old}\n\n[users.dave]\npassword = {dave}\ndisabled = true\n"
+    );
+    let proxy = spawn_custom(&cfg, &before);
+    let addr = proxy.addr;
+    let login = |user: &'static str, password: &'static str| {
+        let o = origin.clone();
+        tokio::spawn(async move { status(addr, &o, user, password).await })
+    };
+    let (reset, enabled, wrong) = (login("alice", "new"), login("dave", "d1"), login("alice", "bogus"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // alice's password is reset to "new"; dave is enabled, his hash kept.
+    let after =
+        before.replace(&alice_old, &toml_str(&hash("new"))).replace("disabled = true", "disabled = false");
+    std::fs::write(proxy.file("users.toml"), after).unwrap();
+    reload_now(&proxy).await;
+    assert!(
+        !reset.is_finished() && !enabled.is_finished() && !wrong.is_finished(),
+        "the verification was too quick to test with"
+    );
+    assert_eq!(reset.await.unwrap(), 200, "the new password, sent as the reset landed");
+    assert_eq!(enabled.await.unwrap(), 200, "dave, sent as the enable landed");
+    assert_eq!(wrong.await.unwrap(), 407, "a wrong password stays refused");
+}
+
 /// A reload that leaves the user as it was costs a login being verified
 /// nothing more: it was verified again (with `cache_ttl = "0s"`, a second
 /// argon2 run, and under reloads in a row a 503).

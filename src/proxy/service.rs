@@ -442,6 +442,10 @@ const VERIFICATIONS: usize = 3;
 /// then be the same in the live users, or the login is verified again
 /// against them (a user removed meanwhile got one more request through,
 /// and a tunnel). Either way the request goes on with the live snapshot.
+/// A refusal goes by the live users too: when the reload changed the
+/// user's entry (hash, `disabled`, `expires`) or added the user, the
+/// login is checked again against it (a right password sent as a password
+/// reset, an `enable` or an `add` landed got a 407; probe 264).
 /// A refusal leaves the request's body to the caller ([`drain_small_body`]).
 async fn authenticate(
     state: &State,
@@ -489,6 +493,23 @@ async fn authenticate(
                 None => {
                     released = true;
                     fresh = Some(arc_swap::Guard::into_inner(state.snapshot.load()));
+                    continue;
+                }
+            }
+        }
+        if let Outcome::Refused { reason, username: Some(name) } = &outcome
+            && matches!(
+                reason,
+                Refusal::UnknownUser | Refusal::BadPassword | Refusal::Disabled | Refusal::Expired
+            )
+            && verifications < VERIFICATIONS
+        {
+            let live = state.snapshot.load();
+            if !Arc::ptr_eq(&live.users, &snap.users) {
+                let entry = |u: &Arc<User>| (u.credential, u.disabled, u.expires);
+                let now = live.users.get(name).map(entry);
+                if now.is_some() && now != snap.users.get(name).map(entry) {
+                    fresh = Some(arc_swap::Guard::into_inner(live));
                     continue;
                 }
             }
