@@ -305,13 +305,23 @@ pub fn split_port(authority: &str) -> (&str, Option<&str>) {
 /// An origin that matches `Host` to its virtual hosts as text got `h:` or
 /// `h:0080` (probe 258). A port written out, default or not, stays.
 pub fn host_field(authority: &str) -> std::borrow::Cow<'_, str> {
-    match split_port(authority) {
-        (host, Some("")) => host.into(),
-        (host, Some(port)) if port.len() > 1 && port.starts_with('0') => match port.trim_start_matches('0') {
-            "" => authority.into(),
-            digits => format!("{host}:{digits}").into(),
-        },
-        _ => authority.into(),
+    // Read from the end: the digits of a port, then its `:` (a host never
+    // ends in `:`, and an IPv6 literal ends in `]`). Most targets need no
+    // change and cost a few compares (`split_port` cost 200 instructions).
+    let b = authority.as_bytes();
+    let digits = b.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    let port_at = b.len() - digits;
+    if port_at == 0 || b[port_at - 1] != b':' {
+        return authority.into();
+    }
+    let host = &authority[..port_at - 1];
+    if digits == 0 {
+        return host.into();
+    }
+    match authority[port_at..].trim_start_matches('0') {
+        // No leading zero; or all zeros, port 0, refused before this.
+        port if port.len() == digits || port.is_empty() => authority.into(),
+        port => format!("{host}:{port}").into(),
     }
 }
 
@@ -409,6 +419,10 @@ mod tests {
             ("Example.COM:80", "Example.COM:80"),
             ("h:8080", "h:8080"),
             ("h:0", "h:0"),
+            ("h:000", "h:000"),
+            ("1.2.3.4", "1.2.3.4"),
+            ("10.0.0.1:08", "10.0.0.1:8"),
+            ("[::1]:0443", "[::1]:443"),
             ("h", "h"),
             ("[::1]", "[::1]"),
         ] {
