@@ -1564,6 +1564,30 @@ async fn a_user_whose_address_is_throttled_later_keeps_the_cached_login() {
     assert_eq!(status_from("127.0.0.8", proxy.addr, &origin, "alice", "a1").await.status, 429);
 }
 
+/// The other addresses credentials are known from are those of their last
+/// hits: a user's everyday address, used again, stays known when a fourth
+/// one comes, and keeps the fast path once someone else's guesses throttle
+/// it; the address not used for longest is the one forgotten (it was the
+/// one learnt first, whatever came since: probe 266).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_addresses_of_the_last_hits_keep_the_cached_login() {
+    let origin = spawn_echo_origin();
+    let cfg = format!("{CFG}\n[auth.throttle]\nmax_failures = 2\nwindow = \"1h\"\ndelay = \"10ms\"\n");
+    let proxy: Custom = spawn_custom(&cfg, &users_toml(&[("alice", "a1"), ("bob", "b1")]));
+    for ip in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.3", "127.0.0.6"] {
+        assert_eq!(status_from(ip, proxy.addr, &origin, "alice", "a1").await.status, 200, "{ip}");
+    }
+    for ip in ["127.0.0.3", "127.0.0.4"] {
+        for _ in 0..2 {
+            assert_eq!(status_from(ip, proxy.addr, &origin, "bob", "wrong").await.status, 407);
+        }
+        assert_eq!(status_from(ip, proxy.addr, &origin, "bob", "guess").await.status, 429);
+    }
+    let used_again = status_from("127.0.0.3", proxy.addr, &origin, "alice", "a1").await;
+    assert_eq!(used_again.status, 200, "the address used again: {}", used_again.dump());
+    assert_eq!(status_from("127.0.0.4", proxy.addr, &origin, "alice", "a1").await.status, 429);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_throttle_counts_failed_attempts_but_not_a_missing_header() {
     let origin = spawn_echo_origin();

@@ -58,11 +58,9 @@ struct Entry {
     /// Until when the `cache_ttl` of that time trusts them.
     until: Instant,
     /// The addresses the credentials are known from (their throttle units,
-    /// see [`super::throttle::client_key`]): the one that verified them,
-    /// and the last others that presented them while not throttled.
+    /// see [`super::throttle::client_key`]): first the one that verified
+    /// them, then the others where a hit counted, least recent first.
     by: [Option<IpAddr>; ADDRESSES],
-    /// Where in `by` the next address goes (the oldest other one).
-    next: u8,
 }
 
 /// Addresses an entry knows its credentials from: a user who logs in from
@@ -223,18 +221,40 @@ impl VerifiedCache {
         self.get_key(&key.0, from, now, ttl)
     }
 
+    /// A hit from one of the other known addresses that is not the most
+    /// recent one makes it so ([`VerifiedCache::touch`]): the write lock is
+    /// taken only when a user's addresses take turns.
     fn get_key(&self, key: &Key, from: IpAddr, now: Instant, ttl: Duration) -> Option<Found> {
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries
+        let e = entries
             .map
             .get(key)
-            .filter(|e| e.until > now && now.saturating_duration_since(e.verified) < ttl)
-            .map(|e| (e.user.clone(), e.credential, e.by.contains(&Some(from))))
+            .filter(|e| e.until > now && now.saturating_duration_since(e.verified) < ttl)?;
+        let at = e.by.iter().position(|a| *a == Some(from));
+        let found = (e.user.clone(), e.credential, at.is_some());
+        drop(entries);
+        if at.is_some_and(|i| i != 0 && i != ADDRESSES - 1) {
+            self.touch(key, from);
+        }
+        Some(found)
+    }
+
+    /// Makes `from`, one of the other addresses an entry knows, its most
+    /// recent: the entry keeps the addresses of the last hits, not the
+    /// first ones (a user's everyday address, learnt first, was the one
+    /// forgotten when a fourth came; probe 266).
+    fn touch(&self, key: &Key, from: IpAddr) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = entries.map.get_mut(key)
+            && let Some(i) = e.by.iter().skip(1).position(|a| *a == Some(from))
+        {
+            e.by[1 + i..].rotate_left(1);
+        }
     }
 
     /// Records that the credentials of `header` came from `from` too (a hit
-    /// that counted there), in place of the oldest address other than the
-    /// one that verified them.
+    /// that counted there), in place of the least recent address other
+    /// than the one that verified them.
     ///
     /// `normal` is the key of respelled credentials, which are cached by
     /// it (see [`VerifiedCache::insert_credentials`]); otherwise the entry
@@ -251,10 +271,10 @@ impl VerifiedCache {
         if let Some(e) = entries.map.get_mut(key)
             && !e.by.contains(&Some(from))
         {
-            // Slot 0 keeps the address that verified them.
-            let slot = 1 + usize::from(e.next) % (ADDRESSES - 1);
-            e.by[slot] = Some(from);
-            e.next = e.next.wrapping_add(1);
+            // Slot 0 keeps the address that verified them; the least
+            // recent other one goes.
+            e.by[1..].rotate_left(1);
+            e.by[ADDRESSES - 1] = Some(from);
         }
     }
 
@@ -283,7 +303,7 @@ impl VerifiedCache {
         if new {
             *entries.per_user.entry(user.clone()).or_default() += 1;
         }
-        let entry = Entry { user, credential, verified: now, until: now + ttl, by: known, next: 0 };
+        let entry = Entry { user, credential, verified: now, until: now + ttl, by: known };
         entries.map.insert(key, entry);
     }
 
@@ -366,6 +386,32 @@ mod tests {
         );
         c.vouch(b"Basic zzz", None, at(9));
         assert!(c.get(b"Basic zzz", at(9), t0, TTL).is_none(), "vouching adds no entry");
+    }
+
+    /// The others an entry knows are those of the last hits: a hit from
+    /// one it knows makes that one the most recent, so a new address
+    /// replaces one not used for longer (probe 266).
+    #[test]
+    fn a_hit_keeps_its_address_known() {
+        let c = VerifiedCache::new();
+        let t0 = Instant::now();
+        let at = |n: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n));
+        c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
+        let known = |from| c.get(b"Basic abc", from, t0, TTL).map(|(_, _, known)| known);
+        for n in 1..=3 {
+            c.vouch(b"Basic abc", None, at(n));
+        }
+        // 1 used again (and 2), then a fourth address: 3 goes.
+        assert_eq!(known(at(1)), Some(true));
+        assert_eq!(known(at(2)), Some(true));
+        c.vouch(b"Basic abc", None, at(4));
+        assert_eq!([1, 2, 3, 4].map(|n| known(at(n))), [Some(true), Some(true), Some(false), Some(true)]);
+        // The verifying address is never the one to go.
+        for n in 5..=9 {
+            c.vouch(b"Basic abc", None, at(n));
+        }
+        assert_eq!(known(HERE), Some(true));
+        assert_eq!([6, 7, 8, 9].map(|n| known(at(n))), [Some(false), Some(true), Some(true), Some(true)]);
     }
 
     #[test]
