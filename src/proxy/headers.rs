@@ -393,7 +393,7 @@ fn scan_codings<'a>(headers: &'a HeaderMap, mut each: impl FnMut(&'a [u8])) -> R
             if last_chunked {
                 return Err(());
             }
-            last_chunked = named_chunked(coding);
+            last_chunked = named(coding, b"chunked");
             each(coding);
         }
         last_field = Some(field.as_bytes());
@@ -413,11 +413,11 @@ fn decoded_chunked(field: &[u8]) -> bool {
     field.rsplit(|&b| b == b',').next().is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
-/// Whether a (trimmed) coding is `chunked` by name, parameters or not:
-/// `chunked`, `Chunked ;q=1`.
-fn named_chunked(coding: &[u8]) -> bool {
-    let (name, rest) = coding.split_at(coding.len().min(7));
-    name.eq_ignore_ascii_case(b"chunked") && rest.trim_ascii_start().first().is_none_or(|&b| b == b';')
+/// Whether a (trimmed) coding is `coding_name` by name, parameters or
+/// not: `chunked`, `Chunked ;q=1`, `identity;q=1`.
+fn named(coding: &[u8], coding_name: &[u8]) -> bool {
+    let (name, rest) = coding.split_at(coding.len().min(coding_name.len()));
+    name.eq_ignore_ascii_case(coding_name) && rest.trim_ascii_start().first().is_none_or(|&b| b == b';')
 }
 
 /// The transfer codings still on a body after hyper removed its `chunked`
@@ -440,8 +440,7 @@ fn undecoded_codings(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
         // the close (Python's http.client) or refuse the response (Go), and
         // an HTTP/1.0 client got a 502 for a body with nothing on it.
         // (By name: `identity;q=1` too, probe 260.)
-        let name = coding.split(|&b| b == b';').next().unwrap_or_default();
-        if name.trim_ascii().eq_ignore_ascii_case(b"identity") {
+        if named(coding, b"identity") {
             return;
         }
         last = value.len();
