@@ -1376,6 +1376,12 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     dir.write("cut-dash.pem", format!("{}\n-", leaf.cert_pem));
     // Text after the last section that is no cut loads (probe 188).
     dir.write("trailer.pem", format!("{}----- end of bundle -----\n", leaf.cert_pem));
+    // A certificate in OpenSSL's trust form (`openssl x509 -trustout`): the
+    // PEM reader skipped it, and a chain served without its intermediate
+    // loaded without a word (probe 273).
+    let trusted = leaf.cert_pem.replace("CERTIFICATE-----", "TRUSTED CERTIFICATE-----");
+    dir.write("trusted.pem", &trusted);
+    dir.write("trusted-chain.pem", format!("{}{trusted}", leaf.cert_pem));
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1458,6 +1464,21 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         (
             "[upstream]\nca_file = \"cut-dash.pem\"\n".to_owned(),
             "cut-dash.pem: the file ends inside a PEM section's BEGIN line",
+        ),
+        (
+            format!(
+                "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"trusted-chain.pem\"\nkey = \"{key}\"\n"
+            ),
+            "trusted-chain.pem: it holds a TRUSTED CERTIFICATE, OpenSSL's form with trust settings, which authgate \
+             does not read (`openssl x509 -in IN -out OUT` writes one as a plain CERTIFICATE)",
+        ),
+        (
+            format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"trusted.pem\"\nkey = \"{key}\"\n"),
+            "trusted.pem: it holds a TRUSTED CERTIFICATE",
+        ),
+        (
+            "[upstream]\nca_file = \"trusted-chain.pem\"\n".to_owned(),
+            "trusted-chain.pem: it holds a TRUSTED CERTIFICATE",
         ),
         // A chain in DER: the first certificate is read (probe 166).
         (

@@ -108,6 +108,18 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
+/// What to say of a PEM file that holds a `TRUSTED CERTIFICATE` section,
+/// OpenSSL's form with trust settings (`openssl x509 -trustout`): the PEM
+/// reader skips a section it does not know, and an intermediate in that
+/// form was left out of the chain served, without a word (probe 273).
+pub fn pem_trusted_form(pem: &[u8]) -> Option<&'static str> {
+    const BEGIN: &[u8] = b"-----BEGIN TRUSTED CERTIFICATE-----";
+    pem.windows(BEGIN.len()).any(|w| w == BEGIN).then_some(
+        "it holds a TRUSTED CERTIFICATE, OpenSSL's form with trust settings, which authgate does not read \
+         (`openssl x509 -in IN -out OUT` writes one as a plain CERTIFICATE)",
+    )
+}
+
 /// What to say of a PEM file cut inside the BEGIN line of a section after
 /// its last whole one (from `-` to `-----BEGIN CERTIF`): the PEM reader
 /// takes such a tail for text around the sections, and a chain cut there

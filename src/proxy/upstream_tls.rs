@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::file::{check_file, pem_cut_short, pem_problem, read_file, reason};
+use crate::config::file::{check_file, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
 use crate::error::{BadAnswer, ProxyError};
 use crate::target::Host;
 
@@ -83,6 +83,9 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     // After the sections are read: a cut inside one is told as such.
     if let Some(cut) = pem_cut_short(pem) {
         return Err(format!("{shown}: {cut}"));
+    }
+    if let Some(trusted) = pem_trusted_form(pem) {
+        return Err(format!("{shown}: {trusted}"));
     }
     if roots.is_empty() {
         let holds = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);

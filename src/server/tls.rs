@@ -22,7 +22,7 @@ use rustls::{SignatureAlgorithm, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::file::{pem_cut_short, pem_problem, read_file, reason};
+use crate::config::file::{pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
 
 /// Which of a TLS listener's two files a [`CertError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -573,6 +573,9 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
         .map_err(|e| in_cert(format!("{}: bad PEM certificate: {}", cert.display(), pem_problem(&e))))?;
     if let Some(cut) = pem_cut_short(&cert_pem) {
         return Err(in_cert(format!("{}: bad PEM certificate: {cut}", cert.display())));
+    }
+    if let Some(trusted) = pem_trusted_form(&cert_pem) {
+        return Err(in_cert(format!("{}: {trusted}", cert.display())));
     }
     if chain.is_empty() {
         return Err(in_cert(format!(
