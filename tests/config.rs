@@ -258,6 +258,33 @@ fn a_config_value_of_the_wrong_type_names_its_setting() {
             "authgate.toml:2:10: server.tls.listen: invalid type: an array, expected a string",
         ),
         ("limits = { max_connections = \"many\" }\n", "limits.max_connections: invalid type: a string"),
+        // A table where a value belongs, by dotted keys or a header: named,
+        // and what it expects told right. It was "invalid type: a table,
+        // expected a string" for an integer or an array, unnamed (probe 272).
+        (
+            "[limits]\nmax_connections.x = 1\n",
+            "authgate.toml:2:17: limits.max_connections: invalid type: a table, expected an integer",
+        ),
+        (
+            "[limits.idle_timeout]\nx = 1\n",
+            "authgate.toml:1:1: limits.idle_timeout: invalid type: a table, expected a string",
+        ),
+        (
+            "[reload]\nwatch.x = 1\n",
+            "authgate.toml:2:1: reload.watch: invalid type: a table, expected a boolean",
+        ),
+        (
+            "[[rules]]\nname = \"r\"\naction = \"deny\"\nports.x = 1\n",
+            "authgate.toml:4:7: rules.ports: invalid type: a table, expected an array",
+        ),
+        (
+            "[server.tls]\nlisten = \"127.0.0.1:1\"\n",
+            "authgate.toml:1:1: server.tls: invalid type: a table, expected an array",
+        ),
+        (
+            "[auth.argon2.m_cost]\n",
+            "authgate.toml:1:1: auth.argon2.m_cost: invalid type: a table, expected an integer",
+        ),
     ] {
         let err = load_err(config, &good_users());
         assert!(err.contains(said), "{config}: {err}");
@@ -1733,9 +1760,22 @@ fn a_value_that_may_hold_a_password_is_not_echoed() {
         &good_users().replace("alice", bcrypt).replace("disabled = false", "disabled = 2"),
     );
     assert!(err.contains("disabled: invalid type: an integer") && !err.contains("$2y$"), "{err}");
-    // Not named when not certain (`groups.x = 1` is placed at `groups`).
+    // A table where a value belongs, placed at its key or header: named by
+    // TOML's reading, the key's place (it was not; probe 272).
     let err = load_err(GOOD_CONFIG, &good_users().replace("groups = [\"staff\"]", "groups.x = 1"));
-    assert!(err.contains("users.toml:3:1: invalid type: a table, expected an array"), "{err}");
+    assert!(
+        err.contains("users.toml:3:1: user `alice`: groups: invalid type: a table, expected an array"),
+        "{err}"
+    );
+    let err = load_err(
+        GOOD_CONFIG,
+        &good_users().replace("groups = [\"staff\"]", "[users.alice.groups]\nS3cret = 1"),
+    );
+    assert!(
+        err.contains("users.toml:3:1: user `alice`: groups: invalid type: a table, expected an array"),
+        "{err}"
+    );
+    assert!(!err.contains("S3cret"), "{err}");
     // (A value on a line below its key.)
     let users = good_users().replace("groups = [\"staff\"]", "groups = [\n  \"a\",\n  1,\n]");
     let err = load_err(GOOD_CONFIG, &users);

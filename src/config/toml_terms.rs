@@ -4,6 +4,25 @@
 //! value found is read from the file at the problem's place, and named
 //! without showing the value.
 
+/// Whether byte `at` of a file is in `item` as TOML reads it: in its value,
+/// or, for a table made by a `[header]` or by dotted keys (toml_edit gives
+/// these no value span), in its header, one of its keys, or its tables'
+/// down to `depth` more levels. A type error in `max_connections.x = 1`
+/// points at the `x`, one in `[limits.idle_timeout]` at the header: the
+/// setting went unnamed (probe 272).
+pub(super) fn item_holds(item: &toml_edit::Item, at: usize, depth: usize) -> bool {
+    match item {
+        toml_edit::Item::Table(t) => {
+            t.span().is_some_and(|s| s.contains(&at))
+                || t.iter().any(|(key, inner)| {
+                    t.key(key).and_then(toml_edit::Key::span).is_some_and(|s| s.contains(&at))
+                        || (depth > 0 && item_holds(inner, at, depth - 1))
+                })
+        }
+        other => other.span().is_some_and(|s| s.contains(&at)),
+    }
+}
+
 /// What kind of TOML value `text` (where a problem points) begins, named
 /// without showing it. serde calls a date-time and an inline table both a
 /// "map", an array a "sequence", and a table made by a dotted key

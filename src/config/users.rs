@@ -538,9 +538,13 @@ fn value_owner(doc: &Toml, at: usize) -> Option<(String, &'static str)> {
     let users = doc.get("users")?.as_table_like()?;
     users.iter().find_map(|(name, user)| {
         let user = user.as_table_like()?;
-        let key = KEYS
-            .into_iter()
-            .find(|k| user.get(k).and_then(toml_edit::Item::span).is_some_and(|s| s.contains(&at)))?;
+        // (A table where a value belongs, `password.x = …` or
+        // `[users.bob.password]`, by its keys or header; probe 272.)
+        let key = KEYS.into_iter().find(|k| {
+            user.get_key_value(k).is_some_and(|(key, item)| {
+                key.span().is_some_and(|s| s.contains(&at)) || super::toml_terms::item_holds(item, at, 2)
+            })
+        })?;
         Some((name.to_owned(), key))
     })
 }

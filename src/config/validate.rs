@@ -187,18 +187,25 @@ fn setting_shaped(key: &str) -> bool {
 /// The dotted name of the setting whose value is at `at` in `source`
 /// (`server.via`, `server.tls.cert` in an array of tables), if it is a
 /// setting's name: serde matched the key to a field before it read the
-/// value's type.
-fn setting_at(source: &str, at: usize) -> Option<String> {
-    fn find(table: &dyn toml_edit::TableLike, at: usize, path: &mut Vec<String>) -> bool {
+/// value's type. A table where a value belongs (`max_connections.x = 1`,
+/// `[limits.idle_timeout]`) is the setting too, by its header or keys.
+/// Each name comes with whether it is an array of tables.
+fn setting_at(source: &str, at: usize) -> Option<Vec<(String, bool)>> {
+    fn find(table: &dyn toml_edit::TableLike, at: usize, path: &mut Vec<(String, bool)>) -> bool {
         // (No setting is deeper than three; a hostile file's tables may
         // nest thousands deep.)
         if path.len() == 4 {
             return false;
         }
         for (key, item) in table.iter() {
-            path.push(key.to_owned());
+            path.push((key.to_owned(), item.is_array_of_tables()));
+            // (The first key of `watch.x = 1` is the table's own.)
+            let named_here =
+                || table.get_key_value(key).and_then(|(k, _)| k.span()).is_some_and(|s| s.contains(&at));
             let found = match item {
-                toml_edit::Item::Table(t) => find(t, at, path),
+                toml_edit::Item::Table(t) => {
+                    find(t, at, path) || named_here() || super::toml_terms::item_holds(item, at, 2)
+                }
                 toml_edit::Item::ArrayOfTables(tables) => tables.iter().any(|t| find(t, at, path)),
                 toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
                     find(t, at, path) || t.span().is_some_and(|s| s.contains(&at))
@@ -216,7 +223,28 @@ fn setting_at(source: &str, at: usize) -> Option<String> {
     let doc = toml_edit::ImDocument::parse(source).ok()?;
     let mut path = Vec::new();
     find(doc.as_table(), at, &mut path);
-    (!path.is_empty() && path.iter().all(|k| setting_shaped(k))).then(|| path.join("."))
+    (!path.is_empty() && path.iter().all(|(k, _)| setting_shaped(k))).then_some(path)
+}
+
+/// What the setting at `path` ([`setting_at`]'s) expects, in TOML's words
+/// (`an integer`), as the reader says it of an empty inline table there:
+/// of a table made by a header or dotted keys, it tells a setting read with
+/// its place the wrong way (`max_connections.x = 1` "expected a string",
+/// where an integer belongs; probe 272).
+fn expected_of(path: &[(String, bool)]) -> Option<String> {
+    let (leaf, tables) = path.split_last()?;
+    let names: Vec<&str> = tables.iter().map(|(k, _)| k.as_str()).collect();
+    let header = match tables.last() {
+        None => String::new(),
+        Some((_, true)) => format!("[[{}]]\n", names.join(".")),
+        Some((_, false)) => format!("[{}]\n", names.join(".")),
+    };
+    let text = format!("{header}{} = {{}}\n", leaf.0);
+    let e = toml::from_str::<RawConfig>(&text).err()?;
+    let mut c = Collector::new(Path::new(""), &text);
+    c.toml(&e);
+    let message = c.problems.first()?.message.clone();
+    message.strip_prefix("invalid type: an inline table, expected ").map(str::to_owned)
 }
 
 /// Validates `source` (the main config at `path`); returns the settings with
@@ -242,9 +270,17 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             // A value of the wrong type: whose (it was "invalid type: a
             // string, expected a boolean", the setting unnamed).
             let typed = c.problems.iter().any(|p| p.message.starts_with("invalid type"));
-            let setting = e.span().filter(|_| typed).and_then(|at| setting_at(source, at.start));
+            let path = e.span().filter(|_| typed).and_then(|at| setting_at(source, at.start));
+            let setting =
+                path.as_ref().map(|p| p.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join("."));
             for p in &mut c.problems {
                 p.message = super::users::without_keys(&p.message, None, None, setting_shaped);
+                if let Some(found) = p.message.strip_prefix("invalid type: a table, expected ")
+                    && let Some(expected) = path.as_deref().and_then(expected_of)
+                    && expected != found
+                {
+                    p.message = format!("invalid type: a table, expected {expected}");
+                }
                 // (Not where the message names it: "expected a [log] table".)
                 if let Some(setting) = setting.as_ref().filter(|s| {
                     p.message.starts_with("invalid type") && !p.message.contains(&format!("[{s}]"))
