@@ -711,6 +711,42 @@ async fn a_login_refused_while_a_reload_changed_its_user_goes_by_the_new_users()
     assert_eq!(wrong.await.unwrap(), 407, "a wrong password stays refused");
 }
 
+/// A login whose user a reload removed while argon2 ran for it is not
+/// cached: with the user back under the same hash, the next login is
+/// verified again, as after any removal (it was a cache hit; probe 270).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_verified_while_a_reload_removed_its_user_is_not_cached() {
+    let origin = std::sync::Arc::new(spawn_echo_origin());
+    let cfg = format!("{CFG_NT}[reload]\nwatch = false\n");
+    let with_zed = format!(
+        "[users.zed]\npassword = {}\n\n{}",
+        toml_str(&costly_hash("z1")),
+        users_toml(&[("bob", "b1")])
+    );
+    let proxy = spawn_custom(&cfg, &with_zed);
+    let (addr, o) = (proxy.addr, origin.clone());
+    let login = tokio::spawn(async move { status(addr, &o, "zed", "z1").await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(proxy.file("users.toml"), users_toml(&[("bob", "b1")])).unwrap();
+    reload_now(&proxy).await;
+    assert!(!login.is_finished(), "the verification was too quick to test with");
+    assert_eq!(login.await.unwrap(), 407, "zed was removed while verified");
+    let verifications = || {
+        let metrics = proxy.state.metrics.render(&Default::default());
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("authgate_argon2_verifications_total "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{metrics}"))
+    };
+    let before = verifications();
+    // zed is back, with the same hash.
+    std::fs::write(proxy.file("users.toml"), &with_zed).unwrap();
+    reload_now(&proxy).await;
+    assert_eq!(status(addr, &origin, "zed", "z1").await, 200);
+    assert_eq!(verifications(), before + 1, "zed's login was verified again, not taken from the cache");
+}
+
 /// A reload that leaves the user as it was costs a login being verified
 /// nothing more: it was verified again (with `cache_ttl = "0s"`, a second
 /// argon2 run, and under reloads in a row a 503).

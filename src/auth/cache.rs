@@ -88,6 +88,10 @@ pub struct VerifiedCache {
 struct Entries {
     map: HashMap<Key, Entry>,
     per_user: HashMap<Arc<str>, u16>,
+    /// The serial of the users ([`crate::auth::store::UserStore::serial`])
+    /// for which a reload last forgot logins: a login verified against
+    /// users older than those is not cached.
+    floor: u64,
 }
 
 impl Entries {
@@ -280,20 +284,42 @@ impl VerifiedCache {
 
     /// Remembers that `header` verified as `user`, from `by`, for `ttl`.
     pub fn insert(&self, header: &[u8], verified: Hit, ttl: Duration, now: Instant) {
-        self.insert_key(self.key(header), verified, ttl, now);
+        self.insert_key(self.key(header), verified, ttl, now, u64::MAX);
     }
 
     /// [`VerifiedCache::insert`] for respelled credentials, by their normal
     /// form.
     pub fn insert_credentials(&self, key: &CredentialsKey, verified: Hit, ttl: Duration, now: Instant) {
-        self.insert_key(key.0, verified, ttl, now);
+        self.insert_key(key.0, verified, ttl, now, u64::MAX);
     }
 
-    fn insert_key(&self, key: Key, (user, credential, by): Hit, ttl: Duration, now: Instant) {
+    /// [`VerifiedCache::insert`], or [`VerifiedCache::insert_credentials`]
+    /// when `normal` is given, of a login verified against the users of
+    /// serial `users`: not made when a reload has forgotten logins since
+    /// those users were read. (Made after a removal's forgetting, a login
+    /// of a user removed while argon2 ran for it counted again once the
+    /// user was back with the same hash; probe 270.)
+    pub fn insert_verified(
+        &self,
+        header: &[u8],
+        normal: Option<&CredentialsKey>,
+        verified: Hit,
+        ttl: Duration,
+        now: Instant,
+        users: u64,
+    ) {
+        let key = normal.map_or_else(|| self.key(header), |k| k.0);
+        self.insert_key(key, verified, ttl, now, users);
+    }
+
+    fn insert_key(&self, key: Key, (user, credential, by): Hit, ttl: Duration, now: Instant, users: u64) {
         if ttl.is_zero() {
             return;
         }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        if users < entries.floor {
+            return;
+        }
         let new = !entries.map.contains_key(&key);
         if new && !entries.room_for(&user, credential, now) {
             return;
@@ -312,8 +338,13 @@ impl VerifiedCache {
     /// per user, each under the write lock, made a reload that changed
     /// 60,000 users with as many logins cached take 15 s of CPU, with logins
     /// waiting on the lock and the next reload on this one (probe 112).
-    pub fn forget_users(&self, gone: impl Fn(&str) -> bool) {
+    ///
+    /// `since` is the serial of the users in force from now on: a login
+    /// verified against older ones is no longer cached (it may be of a user
+    /// `gone` says, and its entry would outlive this pass).
+    pub fn forget_users(&self, since: u64, gone: impl Fn(&str) -> bool) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.floor = entries.floor.max(since);
         entries.drop_where(|e| gone(&e.user));
     }
 
@@ -422,7 +453,7 @@ mod tests {
         assert!(c.is_empty());
         c.insert(b"x", ("a".into(), 1, HERE), Duration::from_secs(1), t0);
         c.insert(b"y", ("b".into(), 1, HERE), Duration::from_secs(1), t0);
-        c.forget_users(|u| u == "a");
+        c.forget_users(0, |u| u == "a");
         assert_eq!(c.len(), 1);
     }
 

@@ -269,7 +269,7 @@ impl Settle {
                 Entry::Credentials(key) => (&[][..], Some(key)),
                 Entry::Header(header) => (&header[..], None),
             };
-            remember(&self.cache, header, normal, user, self.from, self.ttl);
+            remember(&self.cache, (header, normal), user, &self.users, self.from, self.ttl);
         }
         if let Err(reason) = outcome {
             let mut hearing = self.hearing.lock().unwrap_or_else(|p| p.into_inner());
@@ -282,22 +282,18 @@ impl Settle {
     }
 }
 
-/// Caches a success for `ttl`: respelled credentials by their normal
-/// form (`normal`), others by the header.
+/// Caches a success for `ttl`, verified against `users`: respelled
+/// credentials by their normal form (`normal`), others by the header.
 fn remember(
     cache: &VerifiedCache,
-    header: &[u8],
-    normal: Option<&CredentialsKey>,
+    (header, normal): (&[u8], Option<&CredentialsKey>),
     user: &User,
+    users: &UserStore,
     from: IpAddr,
     ttl: Duration,
 ) {
     let verified = (user.name.clone(), user.credential, from);
-    let now = Instant::now();
-    match normal {
-        Some(key) => cache.insert_credentials(key, verified, ttl, now),
-        None => cache.insert(header, verified, ttl, now),
-    }
+    cache.insert_verified(header, normal, verified, ttl, Instant::now(), users.serial());
 }
 
 /// Who audits a verification's refusal: the request, which answers it; or,
@@ -609,7 +605,7 @@ impl Authenticator {
             // A success takes no attempt from the address (several right
             // logins at once from one address took one each, and past
             // `max_failures` got a 429).
-            remember(&self.cache, header, normal.as_ref(), user, from, ttl);
+            remember(&self.cache, (header, normal.as_ref()), user, users, from, ttl);
             return Outcome::Ok(user.clone());
         }
         // The attempt is counted before argon2 and given back unless it

@@ -312,6 +312,8 @@ impl Refusal {
 pub struct UserStore {
     users: HashMap<Arc<str>, Arc<User>>,
     dummy: StoredHash,
+    /// Where the store stands among those built: a later one's is larger.
+    serial: u64,
 }
 
 impl fmt::Debug for UserStore {
@@ -354,7 +356,17 @@ impl UserStore {
             }
         };
         let users = users.into_iter().map(|u| (u.name.clone(), Arc::new(u))).collect();
-        Ok(UserStore { users, dummy })
+        static BUILT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let serial = BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(UserStore { users, dummy, serial })
+    }
+
+    /// Where this store stands among those built: one built later has a
+    /// larger serial. (The login cache tells by it a verification made
+    /// against users a reload has since replaced; see
+    /// [`super::cache::VerifiedCache::forget_users`].)
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// Looks a user up by (NFC-normalised) name.

@@ -416,7 +416,7 @@ fn install(
         }
     }
     if !new_credential.is_empty() {
-        state.auth.cache().forget_users(|name| new_credential.contains(name));
+        state.auth.cache().forget_users(new.users.serial(), |name| new_credential.contains(name));
     }
     if !changed.is_empty() {
         state.pool.forget_users(|name| changed.contains(name));
