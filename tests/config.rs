@@ -291,6 +291,28 @@ fn a_config_value_of_the_wrong_type_names_its_setting() {
     }
 }
 
+/// A key missing from a table names the table, and a rule by its name: it
+/// was "missing field `action`" at a `[[rules]]` header, with neither
+/// (probe 272).
+#[test]
+fn a_missing_key_names_its_table() {
+    for (config, said) in [
+        (
+            "[[rules]]\nname = \"a\"\naction = \"deny\"\n[[rules]]\nname = \"web\"\nhosts = [\"x\"]\n",
+            "authgate.toml:4:1: rule `web`: missing field `action`",
+        ),
+        ("[[rules]]\naction = \"deny\"\n", "authgate.toml:1:1: rules: missing field `name`"),
+        ("[[rules]]\nname = \"a b\"\nhosts = [\"x\"]\n", "authgate.toml:1:1: rules: missing field `action`"),
+        (
+            "[[server.tls]]\nlisten = \"127.0.0.1:1\"\ncert = \"c.pem\"\n",
+            "authgate.toml:1:1: server.tls: missing field `key`",
+        ),
+    ] {
+        let err = load_err(config, &good_users());
+        assert!(err.contains(said), "{config}: {err}");
+    }
+}
+
 /// In the users file too: a value of the wrong type or an unknown key (which
 /// end serde's reading of the file) in one user's `[users.NAME]` table is
 /// reported with the problems of the users around it. It hid them all, so

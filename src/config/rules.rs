@@ -46,7 +46,7 @@ pub fn policy(c: &mut Collector<'_>, raw: &RawPolicy, rules: &[Spanned<RawRule>]
 
 /// A rule name: 1-64 characters from A-Z a-z 0-9 - _ . (it is logged and
 /// shown by `explain`).
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))

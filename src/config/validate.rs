@@ -226,6 +226,49 @@ fn setting_at(source: &str, at: usize) -> Option<Vec<(String, bool)>> {
     (!path.is_empty() && path.iter().all(|(k, _)| setting_shaped(k))).then_some(path)
 }
 
+/// The table whose header is at `at` in `source` (where a missing key is
+/// placed), named as other problems name it: ``rule `web` `` for a
+/// `[[rules]]` of a valid name, else its dotted path (`server.tls`).
+fn table_at(source: &str, at: usize) -> Option<String> {
+    fn find(table: &toml_edit::Table, at: usize, path: &mut Vec<String>) -> Option<String> {
+        // (No table with a required key is deeper than two.)
+        if path.len() == 3 {
+            return None;
+        }
+        for (key, item) in table.iter() {
+            path.push(key.to_owned());
+            // (A key not shaped as a setting's name is not shown.)
+            let here =
+                |t: &toml_edit::Table| t.span().is_some_and(|s| s.contains(&at)) && setting_shaped(key);
+            let found = match item {
+                toml_edit::Item::Table(t) if here(t) => Some(path.join(".")),
+                toml_edit::Item::Table(t) => find(t, at, path),
+                toml_edit::Item::ArrayOfTables(tables) => tables.iter().find_map(|t| {
+                    if !here(t) {
+                        return find(t, at, path);
+                    }
+                    let name = t
+                        .get("name")
+                        .and_then(toml_edit::Item::as_str)
+                        .filter(|n| super::rules::valid_name(n));
+                    Some(match name {
+                        Some(name) if path.len() == 1 && key == "rules" => format!("rule `{name}`"),
+                        _ => path.join("."),
+                    })
+                }),
+                _ => None,
+            };
+            if found.is_some() {
+                return found;
+            }
+            path.pop();
+        }
+        None
+    }
+    let doc = toml_edit::ImDocument::parse(source).ok()?;
+    find(doc.as_table(), at, &mut Vec::new())
+}
+
 /// What the setting at `path` ([`setting_at`]'s) expects, in TOML's words
 /// (`an integer`), as the reader says it of an empty inline table there:
 /// of a table made by a header or dotted keys, it tells a setting read with
@@ -271,10 +314,17 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             // string, expected a boolean", the setting unnamed).
             let typed = c.problems.iter().any(|p| p.message.starts_with("invalid type"));
             let path = e.span().filter(|_| typed).and_then(|at| setting_at(source, at.start));
+            // A key missing: from which table (it was "missing field
+            // `action`" at a `[[rules]]` header, neither named; probe 272).
+            let missing = c.problems.iter().any(|p| p.message.starts_with("missing field"));
+            let table = e.span().filter(|_| missing).and_then(|at| table_at(source, at.start));
             let setting =
                 path.as_ref().map(|p| p.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join("."));
             for p in &mut c.problems {
                 p.message = super::users::without_keys(&p.message, None, None, setting_shaped);
+                if let Some(table) = table.as_ref().filter(|_| p.message.starts_with("missing field")) {
+                    p.message = format!("{table}: {}", p.message);
+                }
                 if let Some(found) = p.message.strip_prefix("invalid type: a table, expected ")
                     && let Some(expected) = path.as_deref().and_then(expected_of)
                     && expected != found
