@@ -1437,6 +1437,16 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
             "[auth]\nusers_file = \"gone-users.toml\"\n".to_owned(),
             "gone-users.toml: cannot read: file not found",
         ),
+        // With the setting that names it, as a certificate is (probe 272).
+        (
+            "[auth]\nusers_file = \"gone-users.toml\"\n".to_owned(),
+            "gone-users.toml: cannot read: file not found (auth.users_file, ",
+        ),
+        (
+            "[auth]\nusers_file = \".\"\n".to_owned(),
+            "cannot read: is a directory, not a file (auth.users_file, ",
+        ),
+        ("[auth]\nusers_file = \".\"\n".to_owned(), "authgate.toml:2:14)"),
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"gone-cert.pem\"\nkey = \"{key}\"\n"),
             "gone-cert.pem: cannot read certificate: file not found",

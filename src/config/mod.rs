@@ -603,7 +603,16 @@ fn load_source(
     others.extend(settings.unusable.iter().cloned());
     let files_as_read: Vec<file::Stamp> =
         std::iter::once(config_as_read).chain(others.iter().skip(1).map(|f| file::stamp(f))).collect();
-    let (users, p) = read_users(&settings.auth, path, running);
+    let (users, mut p) = read_users(&settings.auth, path, running);
+    // A users file that cannot be read is told with the setting that
+    // names it, as a certificate or CA file is (it was the users file's
+    // path alone; probe 272). (Still a problem of the users file: a reload
+    // tells by that whether the users file in force can apply alone.)
+    if let Some((line, col)) = settings.users_file_at {
+        for p in p.iter_mut().filter(|p| p.line == 0 && p.message.starts_with("cannot read")) {
+            p.message = format!("{} (auth.users_file, {}:{line}:{col})", p.message, shown_path(path));
+        }
+    }
     problems.extend(p);
     // Refused, the config still says which files to watch for a fix.
     let named = |problems: ConfigError| ConfigError {

@@ -30,6 +30,8 @@ pub struct Settings {
     pub unusable: Vec<std::path::PathBuf>,
     pub admin: Option<SocketAddr>,
     pub metrics_per_user: bool,
+    /// Where the config names its users file (line, column), when it does.
+    pub users_file_at: Option<(usize, usize)>,
 }
 
 fn defaults(path: &Path) -> Settings {
@@ -62,6 +64,7 @@ fn defaults(path: &Path) -> Settings {
         unusable: Vec::new(),
         admin: None,
         metrics_per_user: false,
+        users_file_at: None,
     }
 }
 
@@ -575,6 +578,7 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
             s.auth.users_file = std::path::PathBuf::new();
         } else {
             s.auth.users_file = base.join(f.get_ref());
+            s.users_file_at = Some(super::error::line_col(source, f.span().start));
         }
     }
     if let Some(ttl) = &raw.auth.cache_ttl
