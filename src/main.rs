@@ -19,6 +19,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if authgate::cli::args::config_given_twice(std::env::args_os()) {
+        use clap::CommandFactory;
+        return usage_error(Cli::command().error(
+            clap::error::ErrorKind::ArgumentConflict,
+            "the argument '--config <CONFIG>' cannot be used multiple times (here before and after the command)",
+        ));
+    }
     let given = cli.config.is_some();
     let config = cli.config.unwrap_or_else(|| PathBuf::from(authgate::config::DEFAULT_PATH));
     match cli.command.unwrap_or(Command::Run) {

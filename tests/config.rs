@@ -1097,6 +1097,39 @@ fn a_mistyped_option_or_command_is_answered_with_the_likely_one() {
     }
 }
 
+/// `--config` given before and after the command is refused, as twice on
+/// one side is: the later one was used without a word, so a wrapper's
+/// `-c` could be overridden unseen (probe 276).
+#[test]
+fn a_config_given_before_and_after_the_command_is_refused() {
+    let dir = TempDir::new();
+    let good = dir.write("authgate.toml", GOOD_CONFIG);
+    dir.write("users.toml", good_users());
+    let good = config_arg(&good);
+    let gone = config_arg(&dir.path().join("gone.toml"));
+    for args in [
+        vec!["-c", &gone, "check", "-c", &good],
+        vec!["--config", &gone, "check", "--config", &good],
+        vec![&*format!("--config={gone}"), "check", "-c", &good],
+        vec!["-c", &gone, "-c", &good, "check"],
+    ] {
+        let out = authgate_bin_within(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("cannot be used multiple times"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    // Once, on either side, it is used; a `-c` after `--` is no option.
+    for args in [vec!["-c", &good, "check"], vec!["check", "-c", &good]] {
+        let out = authgate_bin_within(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+    }
+    let out = authgate_bin_within(&["-c", &good, "explain", "--user", "alice", "--", "-c"]);
+    assert!(!text(&out.stderr).contains("multiple times"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn a_fifo_a_device_or_a_directory_named_as_a_file_is_an_error_not_a_hang() {
     let dir = TempDir::new();

@@ -51,6 +51,28 @@ pub enum Command {
     },
 }
 
+/// Whether `args` give `--config` more than once (looked for up to a
+/// `--`): clap refuses `-c A -c B check`, but of `-c A check -c B` keeps
+/// the later one without a word, so a wrapper's `-c` before the command
+/// could be overridden unseen (probe 276).
+pub fn config_given_twice(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    let mut given = 0;
+    let mut args = args.skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.as_encoded_bytes();
+        if arg == b"--" {
+            break;
+        }
+        if arg == b"--config" || arg == b"-c" {
+            given += 1;
+            args.next();
+        } else if arg.starts_with(b"--config=") || (arg.starts_with(b"-c") && !arg.starts_with(b"--")) {
+            given += 1;
+        }
+    }
+    given > 1
+}
+
 /// For a value given where none is taken (most likely a password:
 /// `authgate hash-password S3cret`, `users add alice S3cret`,
 /// `--password-stdin=S3cret`) or an unknown flag, clap's error without the
