@@ -41,6 +41,11 @@ fn main() -> ExitCode {
 /// that may be a password, authgate's own (see
 /// [`usage_message`](authgate::cli::args::usage_message)); exit 2 either way.
 fn usage_error(e: clap::Error) -> ExitCode {
+    // `--help` and `--version`: clap's exit left a write that failed
+    // unsaid, with exit 0 (probe 276).
+    if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) {
+        return emit(&e.render().to_string(), ExitCode::SUCCESS);
+    }
     match authgate::cli::args::usage_message(&e) {
         Some(message) => {
             err_line(message);

@@ -1239,6 +1239,20 @@ fn a_duration_beyond_365_days_is_refused_for_every_setting() {
     }
 }
 
+/// `--help` and `--version` print on stdout, with exit 0.
+#[test]
+fn help_and_version_go_to_stdout() {
+    for (args, says) in [
+        (&["--help"][..], "Usage: authgate"),
+        (&["--version"], "authgate "),
+        (&["check", "--help"], "--reload"),
+    ] {
+        let out = authgate_bin_within(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(says) && out.stderr.is_empty(), "{args:?}: {}", text(&out.stdout));
+    }
+}
+
 #[test]
 fn a_standard_output_that_cannot_be_written_is_a_message_not_a_panic() {
     use std::io::Write;
@@ -1247,10 +1261,14 @@ fn a_standard_output_that_cannot_be_written_is_a_message_not_a_panic() {
     let path = dir.write("authgate.toml", format!("{GOOD_CONFIG}[policy]\ndefault = \"allow\"\n"));
     dir.write("users.toml", good_users());
     let cfg = config_arg(&path);
-    let cases: [(&[&str], Option<&str>); 3] = [
+    let cases: [(&[&str], Option<&str>); 6] = [
         (&["check", "--config", &cfg], None),
         (&["hash-password", "--config", &cfg], Some("a password\n")),
         (&["users", "list", "--config", &cfg], None),
+        // clap's own printing said nothing of it, with exit 0 (probe 276).
+        (&["--help"], None),
+        (&["--version"], None),
+        (&["help", "check"], None),
     ];
     for (args, stdin) in cases {
         let full = std::fs::File::options().write(true).open("/dev/full").expect("/dev/full");
