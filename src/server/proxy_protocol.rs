@@ -38,14 +38,24 @@ pub async fn read_header(stream: &mut TcpStream) -> io::Result<Option<SocketAddr
     };
     // Bytes that begin neither form are refused as they come: a short
     // line of something else waited `header_read_timeout` for 12 bytes.
+    // So is a v1 line that ends within them, shorter than any valid one:
+    // `PROXY XXXX\r\n` waited for more, and was counted `timed_out`
+    // (probe 277). (v2's signature holds line ends; it begins with `\r`.)
+    let short_line = |bytes: &[u8]| bytes.first() == Some(&b'P') && bytes.contains(&b'\n');
     while got < 12 {
         if !could_begin_header(&head[..got]) {
             return Err(bad("not a PROXY header"));
+        }
+        if short_line(&head[..got]) {
+            return Err(bad("malformed or overlong PROXY v1 header"));
         }
         match stream.read(&mut head[got..12]).await? {
             0 => return Err(bad("connection closed inside the PROXY header")),
             n => got += n,
         }
+    }
+    if short_line(&head[..12]) {
+        return Err(bad("malformed or overlong PROXY v1 header"));
     }
     if head[..12] == V2_SIGNATURE[..] {
         // The version and command first: a byte no header has is refused
@@ -283,6 +293,26 @@ mod tests {
             drop(client);
             let e = read_header(&mut server).await.unwrap_err();
             assert_eq!(unheard(&e), unheard_, "{sent:?} reset={reset}: {e}");
+        }
+    }
+
+    /// A v1 line that ends before 12 bytes, or at the 12th, is refused as
+    /// it comes, with the connection left open: it waited for more bytes
+    /// until `header_read_timeout` (probe 277).
+    #[tokio::test]
+    async fn a_short_v1_line_is_refused_without_waiting_for_more() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for sent in [&b"PROXY \r\n"[..], b"PROXY TCP4\r\n", b"PROXY U\r\n", b"PROXY XXXX\r\n", b"PROXY\n"] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (mut server, _) = listener.accept().await.unwrap();
+            client.write_all(sent).await.unwrap();
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(5), read_header(&mut server)).await;
+            let e = read.unwrap_or_else(|_| panic!("{sent:?} waited for more")).unwrap_err();
+            assert!(e.to_string().contains("PROXY"), "{sent:?}: {e}");
+            drop(client);
         }
     }
 
