@@ -248,7 +248,7 @@ fn every_problem_is_reported_not_just_the_first() {
 /// expected a boolean", with only a line and column to find it by.
 #[test]
 fn a_config_value_of_the_wrong_type_names_its_setting() {
-    for (config, said) in [
+    each_refused_saying(&[
         (
             "[server]\nvia = \"yes\"\n",
             "authgate.toml:2:7: server.via: invalid type: a string, expected a boolean",
@@ -285,7 +285,12 @@ fn a_config_value_of_the_wrong_type_names_its_setting() {
             "[auth.argon2.m_cost]\n",
             "authgate.toml:1:1: auth.argon2.m_cost: invalid type: a table, expected an integer",
         ),
-    ] {
+    ]);
+}
+
+/// Each config of `cases`, with good users, is refused with its problem.
+fn each_refused_saying(cases: &[(&str, &str)]) {
+    for (config, said) in cases {
         let err = load_err(config, &good_users());
         assert!(err.contains(said), "{config}: {err}");
     }
@@ -296,7 +301,7 @@ fn a_config_value_of_the_wrong_type_names_its_setting() {
 /// (probe 272).
 #[test]
 fn a_missing_key_names_its_table() {
-    for (config, said) in [
+    each_refused_saying(&[
         (
             "[[rules]]\nname = \"a\"\naction = \"deny\"\n[[rules]]\nname = \"web\"\nhosts = [\"x\"]\n",
             "authgate.toml:4:1: rule `web`: missing field `action`",
@@ -307,10 +312,7 @@ fn a_missing_key_names_its_table() {
             "[[server.tls]]\nlisten = \"127.0.0.1:1\"\ncert = \"c.pem\"\n",
             "authgate.toml:1:1: server.tls: missing field `key`",
         ),
-    ] {
-        let err = load_err(config, &good_users());
-        assert!(err.contains(said), "{config}: {err}");
-    }
+    ]);
 }
 
 /// In the users file too: a value of the wrong type or an unknown key (which
