@@ -647,6 +647,38 @@ async fn an_answer_without_records_is_kept_for_its_negative_ttl() {
     assert_eq!(fake.queries("v4only.test AAAA"), 2, "an expired no-data answer is asked for again");
 }
 
+/// A name that does not exist, said with an SOA, is kept so for its
+/// negative TTL (RFC 2308 §5), and answered as such, a 502 `dns_error`: it
+/// was asked again, A and AAAA, at each request (probe 274). After the TTL
+/// it is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_does_not_exist_is_kept_for_its_negative_ttl() {
+    let zone = vec![("gone.test", Answer::NxDomainSoa(1))];
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&loopback_config(fake.addr, "2s"), &users());
+    let refused = || async {
+        let r = send_one(proxy.addr, "CONNECT", "gone.test:443", &[("Proxy-Authorization", &auth())]).await;
+        assert_proxy_error(&r, 502, "dns_error", "dns_error");
+    };
+    for _ in 0..3 {
+        refused().await;
+    }
+    assert_eq!(fake.queries("gone.test nx"), 2, "one A and one AAAA query, kept");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // let the 1 s negative TTL run out
+    refused().await;
+    assert_eq!(fake.queries("gone.test nx"), 4, "an expired NXDOMAIN is asked for again");
+    // Kept, it still says the name does not exist: with the AAAA query
+    // unanswered, a 502 `dns_error`, not a 504 `dns_timeout`.
+    let zone = vec![("half.test", Answer::NxSoaNoAaaa(60))];
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&loopback_config(fake.addr, "1s"), &users());
+    for _ in 0..2 {
+        let r = send_one(proxy.addr, "CONNECT", "half.test:443", &[("Proxy-Authorization", &auth())]).await;
+        assert_proxy_error(&r, 502, "dns_error", "dns_error");
+    }
+    assert_eq!(fake.queries("half.test nx"), 1, "the A query's NXDOMAIN was kept");
+}
+
 /// A TTL with its top bit set is read as zero (RFC 2181 §8), for an answer
 /// and for a negative TTL: neither is kept. Both were kept for a day
 /// (probe 99).

@@ -266,18 +266,27 @@ enum Family {
 /// hickory's cache (4096 answers) kept each answer's records whole, about
 /// 1 MB for one of 3000 addresses: any user could make the proxy hold
 /// gigabytes with names of a zone of theirs (probe 88). An answer with no
-/// address of the family asked (an IPv4-only name's AAAA) is kept for its
-/// negative TTL, when the server gave one (RFC 2308); other failures are
-/// not kept. (SipHash: the names are chosen by the users.)
+/// address of the family asked (an IPv4-only name's AAAA), and one that
+/// says the name does not exist, are kept for their negative TTL, when the
+/// server gave one (RFC 2308 §5); other failures are not kept. (SipHash:
+/// the names are chosen by the users.)
 #[derive(Default)]
 struct Kept(Mutex<HashMap<(Family, Box<str>), Answer>>);
 
-/// The addresses of one answer, until when they hold, and when they were
-/// last used.
+/// The addresses of one answer, or that the name does not exist (`nx`),
+/// until when they hold, and when they were last used.
 struct Answer {
     ips: Box<[IpAddr]>,
+    nx: bool,
     until: std::time::Instant,
     used: std::time::Instant,
+}
+
+/// A kept answer: addresses (none for "no data"), or no such name.
+#[derive(Debug, PartialEq)]
+enum Held {
+    Addresses(Vec<IpAddr>),
+    NoSuchName,
 }
 
 /// The longest an answer is kept, whatever its TTL (hickory's bound).
@@ -285,14 +294,14 @@ const KEPT_TTL_MAX: Duration = Duration::from_secs(86_400);
 
 impl Kept {
     /// The kept answer for `name`, while it holds.
-    fn get(&self, family: Family, name: &str) -> Option<Vec<IpAddr>> {
+    fn get(&self, family: Family, name: &str) -> Option<Held> {
         let key = (family, Box::from(name));
         let now = std::time::Instant::now();
         let mut kept = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let answer = kept.get_mut(&key)?;
         if answer.until > now {
             answer.used = now;
-            return Some(answer.ips.to_vec());
+            return Some(if answer.nx { Held::NoSuchName } else { Held::Addresses(answer.ips.to_vec()) });
         }
         kept.remove(&key);
         None
@@ -304,6 +313,11 @@ impl Kept {
     /// asked for once kept everyone's others from being kept at all
     /// (probe 90).
     fn put(&self, family: Family, name: &str, ips: &[IpAddr], until: std::time::Instant) {
+        self.hold(family, name, ips, false, until);
+    }
+
+    /// [`Kept::put`] of `ips`, or of "no such name" when `nx`.
+    fn hold(&self, family: Family, name: &str, ips: &[IpAddr], nx: bool, until: std::time::Instant) {
         let now = std::time::Instant::now();
         if until <= now {
             return;
@@ -320,23 +334,25 @@ impl Kept {
                 }
             }
         }
-        kept.insert(key, Answer { ips: ips.into(), until, used: now });
+        kept.insert(key, Answer { ips: ips.into(), nx, until, used: now });
     }
 
     /// Keeps an answer of no address for `name` when `e` is one that says
-    /// the name has none of this family ("no data": it exists) for a
-    /// negative TTL. Without, an IPv4-only name's AAAA was asked again at
-    /// each lookup (probe 90).
+    /// the name has none of this family ("no data": it exists), or that it
+    /// does not exist (NXDOMAIN, kept as such), for a negative TTL. Without,
+    /// an IPv4-only name's AAAA was asked again at each lookup (probe 90),
+    /// and a name that does not exist twice at each (probe 274; RFC 2308
+    /// §5 asks for both to be kept).
     fn no_data(&self, family: Family, name: &str, e: &ResolveError) {
         if let Some(ProtoErrorKind::NoRecordsFound { negative_ttl: Some(ttl), response_code, soa, .. }) =
             e.proto().map(|p| p.kind())
-            && *response_code == ResponseCode::NoError
+            && matches!(*response_code, ResponseCode::NoError | ResponseCode::NXDomain)
             // (hickory has already bounded `ttl` to a day: the SOA says
             // whether one of the TTLs it is made of was past TTL_MAX.)
             && soa.as_ref().is_none_or(|soa| soa.ttl().max(soa.data().minimum()) <= TTL_MAX)
         {
             let until = std::time::Instant::now() + Duration::from_secs(u64::from(*ttl));
-            self.put(family, name, &[], until);
+            self.hold(family, name, &[], *response_code == ResponseCode::NXDomain, until);
         }
     }
 }
@@ -350,8 +366,12 @@ impl Resolver {
         family: Family,
         fqdn: &str,
     ) -> Result<Vec<IpAddr>, ResolveError> {
-        if let Some(ips) = self.kept.get(family, fqdn) {
-            return Ok(ips);
+        match self.kept.get(family, fqdn) {
+            Some(Held::Addresses(ips)) => return Ok(ips),
+            // As the server said it: a name that does not exist is a
+            // `DnsError` whatever the other family's query meets.
+            Some(Held::NoSuchName) => return Err(no_such_name(family, fqdn)),
+            None => {}
         }
         // Made only when it is asked for: not on the path of a kept answer.
         let name = query_name(fqdn)?;
@@ -373,6 +393,28 @@ impl Resolver {
         self.kept.put(family, fqdn, &ips, until);
         Ok(ips)
     }
+}
+
+/// The error of an NXDOMAIN answer to `family`'s query for `fqdn`, made
+/// again from the cache.
+fn no_such_name(family: Family, fqdn: &str) -> ResolveError {
+    use hickory_resolver::proto::op::Query;
+    use hickory_resolver::proto::rr::RecordType;
+    let kind = match family {
+        Family::V4 => RecordType::A,
+        Family::V6 => RecordType::AAAA,
+    };
+    let query = Query::query(Name::from_ascii(fqdn).unwrap_or_default(), kind);
+    hickory_resolver::proto::ProtoError::nx_error(
+        Box::new(query),
+        None,
+        None,
+        None,
+        ResponseCode::NXDomain,
+        false,
+        None,
+    )
+    .into()
 }
 
 /// The runtime hickory's queries run on: a thread of its own, so that
@@ -580,7 +622,7 @@ mod tests {
         let now = std::time::Instant::now();
         let ip = |i: u32| IpAddr::V4(Ipv4Addr::from(i));
         kept.put(Family::V4, "a.test.", &[ip(1)], now + Duration::from_secs(60));
-        assert_eq!(kept.get(Family::V4, "a.test."), Some(vec![ip(1)]));
+        assert_eq!(kept.get(Family::V4, "a.test."), Some(Held::Addresses(vec![ip(1)])));
         assert_eq!(kept.get(Family::V6, "a.test."), None, "per family");
         kept.put(Family::V4, "gone.test.", &[ip(2)], now);
         assert_eq!(kept.get(Family::V4, "gone.test."), None, "expired");
@@ -597,8 +639,8 @@ mod tests {
     }
 
     /// An answer of no address of a family ("no data") is kept for its
-    /// negative TTL; a name that does not exist, or one without a
-    /// negative TTL, is not kept.
+    /// negative TTL, and so is one that the name does not exist, as such
+    /// (it was not kept; probe 274); one without a negative TTL is not.
     #[test]
     fn no_data_is_kept_for_its_negative_ttl() {
         use hickory_resolver::proto::op::Query;
@@ -608,11 +650,15 @@ mod tests {
             ResolveError::from(ProtoError::nx_error(query, None, None, ttl, code, false, None))
         };
         kept.no_data(Family::V6, "v4only.test.", &nothing(Some(300), ResponseCode::NoError));
-        assert_eq!(kept.get(Family::V6, "v4only.test."), Some(vec![]));
+        assert_eq!(kept.get(Family::V6, "v4only.test."), Some(Held::Addresses(vec![])));
         kept.no_data(Family::V6, "nx.test.", &nothing(Some(300), ResponseCode::NXDomain));
+        assert_eq!(kept.get(Family::V6, "nx.test."), Some(Held::NoSuchName));
+        assert_eq!(kept.get(Family::V4, "nx.test."), None, "per family");
         kept.no_data(Family::V6, "nottl.test.", &nothing(None, ResponseCode::NoError));
+        kept.no_data(Family::V6, "nxnottl.test.", &nothing(None, ResponseCode::NXDomain));
         kept.no_data(Family::V6, "busy.test.", &busy());
-        for name in ["nx.test.", "nottl.test.", "busy.test."] {
+        kept.no_data(Family::V6, "servfail.test.", &nothing(Some(300), ResponseCode::ServFail));
+        for name in ["nottl.test.", "nxnottl.test.", "busy.test.", "servfail.test."] {
             assert_eq!(kept.get(Family::V6, name), None, "{name}");
         }
     }

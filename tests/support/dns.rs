@@ -56,6 +56,12 @@ pub enum Answer {
     /// cacheable), in seconds. AAAA queries are counted under
     /// `"<name> AAAA"`.
     NoDataSoa(Vec<Ipv4Addr>, u32, u32),
+    /// NXDOMAIN with an SOA whose negative TTL keeps it (RFC 2308 §5), in
+    /// seconds. Queries are counted under `"<name> nx"`.
+    NxDomainSoa(u32),
+    /// [`Answer::NxDomainSoa`] to A queries, and no answer at all to AAAA
+    /// queries.
+    NxSoaNoAaaa(u32),
     /// To A over UDP a truncated answer; over TCP, the connection never
     /// answers again once it has read the query, and stays open (a server
     /// stuck on one connection, or a middlebox that still acknowledges
@@ -182,6 +188,11 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                     let v6: Vec<Vec<u8>> = v6.iter().map(|ip| ip.octets().to_vec()).collect();
                     let answer = if qtype == 1 { octets(v4) } else { v6 };
                     response(&buf[..qend], 0, &answer, *ttl)
+                }
+                Some((Answer::NxSoaNoAaaa(_), _)) if qtype != 1 => continue,
+                Some((Answer::NxDomainSoa(negative_ttl) | Answer::NxSoaNoAaaa(negative_ttl), _)) => {
+                    *q2.lock().unwrap().entry(format!("{name} nx")).or_insert(0) += 1;
+                    with_soa(response(&buf[..qend], 3, &[], 0), *negative_ttl)
                 }
                 None | Some((Answer::NxDomain, _)) => response(&buf[..qend], 3, &[], 0),
                 Some((Answer::A(sets, ttl), next)) => {
