@@ -1092,6 +1092,8 @@ fn a_mistyped_option_or_command_is_answered_with_the_likely_one() {
     for (args, meant) in [
         (&["users", "add", "dave", "--grop", "staff"][..], "a similar argument exists: '--group'"),
         (&["usres", "list"][..], "a similar subcommand exists: 'users'"),
+        // A path that begins with `-` is taken for a flag (probe 276).
+        (&["-c", "-x.toml", "check"][..], "write --config=PATH"),
     ] {
         let out = authgate_bin_within(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

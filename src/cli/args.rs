@@ -107,6 +107,15 @@ pub fn usage_message(e: &clap::Error) -> Option<String> {
         _ => String::new(),
     };
     let args: Vec<_> = std::env::args_os().collect();
+    // `-c -x.toml`: clap takes the path for a flag (probe 276).
+    let dash_path = args.windows(2).any(|w| {
+        matches!(w[0].as_encoded_bytes(), b"-c" | b"--config") && w[1].as_encoded_bytes().starts_with(b"-")
+    });
+    let tip = if tip.is_empty() && dash_path {
+        "\n\n  tip: to give --config a path that begins with '-', write --config=PATH".to_owned()
+    } else {
+        tip
+    };
     // A word where a command goes names the commands there, so that a typo
     // far from every name (`authgate help nosuch`) reads as one (probe 114).
     let what = match e.kind() {
