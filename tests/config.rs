@@ -1486,6 +1486,11 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
     let trusted = leaf.cert_pem.replace("CERTIFICATE-----", "TRUSTED CERTIFICATE-----");
     dir.write("trusted.pem", &trusted);
     dir.write("trusted-chain.pem", format!("{}{trusted}", leaf.cert_pem));
+    // So was one under RFC 7468's legacy label; a line of text that names
+    // such a label, outside any section, is no section (probe 280).
+    let legacy = leaf.cert_pem.replace("CERTIFICATE-----", "X509 CERTIFICATE-----");
+    dir.write("legacy-chain.pem", format!("{}{legacy}", leaf.cert_pem));
+    dir.write("named.pem", format!("# was -----BEGIN TRUSTED CERTIFICATE-----\n{}", leaf.cert_pem));
     let (cert, key) = ("cert.pem", "key.pem");
     for (config, says) in [
         (
@@ -1594,6 +1599,12 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
             "[upstream]\nca_file = \"trusted-chain.pem\"\n".to_owned(),
             "trusted-chain.pem: it holds a TRUSTED CERTIFICATE",
         ),
+        (
+            format!(
+                "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"legacy-chain.pem\"\nkey = \"{key}\"\n"
+            ),
+            "legacy-chain.pem: it holds an X509 CERTIFICATE, a legacy label authgate does not read",
+        ),
         // A chain in DER: the first certificate is read (probe 166).
         (
             format!("[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"chain.der\"\nkey = \"{key}\"\n"),
@@ -1613,6 +1624,12 @@ fn a_missing_file_is_worded_alike_whatever_the_file() {
         let path = dir.write("authgate.toml", &config);
         authgate::config::load(&path).unwrap_or_else(|e| panic!("a trailer is no cut: {e}"));
     }
+    let config = format!(
+        "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"named.pem\"\nkey = \"{key}\"\n\
+         [upstream]\nca_file = \"named.pem\"\n"
+    );
+    let path = dir.write("authgate.toml", &config);
+    authgate::config::load(&path).unwrap_or_else(|e| panic!("a label named in text is no section: {e}"));
     // And the files the users command reads.
     let path = dir.write("authgate.toml", "");
     let gone = dir.path().join("gone.htpasswd");

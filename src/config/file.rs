@@ -108,16 +108,31 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// What to say of a PEM file that holds a `TRUSTED CERTIFICATE` section,
-/// OpenSSL's form with trust settings (`openssl x509 -trustout`): the PEM
-/// reader skips a section it does not know, and an intermediate in that
-/// form was left out of the chain served, without a word (probe 273).
-pub fn pem_trusted_form(pem: &[u8]) -> Option<&'static str> {
-    const BEGIN: &[u8] = b"-----BEGIN TRUSTED CERTIFICATE-----";
-    pem.windows(BEGIN.len()).any(|w| w == BEGIN).then_some(
-        "it holds a TRUSTED CERTIFICATE, OpenSSL's form with trust settings, which authgate does not read \
-         (`openssl x509 -in IN -out OUT` writes one as a plain CERTIFICATE)",
-    )
+/// What to say of a PEM file that holds a certificate under a label the
+/// PEM reader skips: `TRUSTED CERTIFICATE`, OpenSSL's form with trust
+/// settings (`openssl x509 -trustout`), or the legacy `X509 CERTIFICATE`
+/// and `X.509 CERTIFICATE` (RFC 7468 §5.1). An intermediate so labelled was
+/// left out of the chain served, without a word (probes 273, 280). Only a
+/// BEGIN line of its own counts: text between sections may name one.
+pub fn pem_trusted_form(pem: &[u8]) -> Option<String> {
+    const LABELS: [&str; 3] = ["TRUSTED CERTIFICATE", "X509 CERTIFICATE", "X.509 CERTIFICATE"];
+    let label = pem.split(|&b| b == b'\n').find_map(|line| {
+        let line = line.trim_ascii();
+        LABELS.into_iter().find(|l| {
+            line.strip_prefix(b"-----BEGIN ")
+                .and_then(|rest| rest.strip_suffix(b"-----"))
+                .is_some_and(|found| found == l.as_bytes())
+        })
+    })?;
+    Some(match label {
+        "TRUSTED CERTIFICATE" => "it holds a TRUSTED CERTIFICATE, OpenSSL's form with trust settings, which authgate \
+                                  does not read (`openssl x509 -in IN -out OUT` writes one as a plain CERTIFICATE)"
+            .to_owned(),
+        other => format!(
+            "it holds an {other}, a legacy label authgate does not read: write `-----BEGIN CERTIFICATE-----` and \
+             `-----END CERTIFICATE-----` around it instead"
+        ),
+    })
 }
 
 /// What to say of a PEM file cut inside the BEGIN line of a section after
