@@ -397,12 +397,22 @@ mod tests {
         assert!(c.get(b"Basic abc", HERE, t0 + Duration::from_secs(61), TTL).is_none());
     }
 
+    /// 10.0.0.`n`.
+    fn at(n: u8) -> std::net::IpAddr {
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n))
+    }
+
+    /// A cache with alice's `Basic abc` verified from [`HERE`] at `t0`.
+    fn alice_cached(t0: Instant) -> VerifiedCache {
+        let c = VerifiedCache::new();
+        c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
+        c
+    }
+
     #[test]
     fn an_entry_knows_the_verifying_address_and_the_last_others() {
-        let c = VerifiedCache::new();
         let t0 = Instant::now();
-        let at = |n: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n));
-        c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
+        let c = alice_cached(t0);
         let known = |from| c.get(b"Basic abc", from, t0, TTL).map(|(_, _, known)| known);
         assert_eq!(known(at(1)), Some(false));
         for n in 1..=5 {
@@ -424,10 +434,8 @@ mod tests {
     /// replaces one not used for longer (probe 266).
     #[test]
     fn a_hit_keeps_its_address_known() {
-        let c = VerifiedCache::new();
         let t0 = Instant::now();
-        let at = |n: u8| std::net::IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, n));
-        c.insert(b"Basic abc", ("alice".into(), 7, HERE), Duration::from_secs(60), t0);
+        let c = alice_cached(t0);
         let known = |from| c.get(b"Basic abc", from, t0, TTL).map(|(_, _, known)| known);
         for n in 1..=3 {
             c.vouch(b"Basic abc", None, at(n));

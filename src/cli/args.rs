@@ -51,6 +51,11 @@ pub enum Command {
     },
 }
 
+/// Whether `arg` is `--config` or `-c` alone, its value the next argument.
+fn config_flag(arg: &[u8]) -> bool {
+    arg == b"--config" || arg == b"-c"
+}
+
 /// Whether `args` give `--config` more than once (looked for up to a
 /// `--`): clap refuses `-c A -c B check`, but of `-c A check -c B` keeps
 /// the later one without a word, so a wrapper's `-c` before the command
@@ -63,7 +68,7 @@ pub fn config_given_twice(args: impl Iterator<Item = std::ffi::OsString>) -> boo
         if arg == b"--" {
             break;
         }
-        if arg == b"--config" || arg == b"-c" {
+        if config_flag(arg) {
             given += 1;
             args.next();
         } else if arg.starts_with(b"--config=") || (arg.starts_with(b"-c") && !arg.starts_with(b"--")) {
@@ -108,9 +113,9 @@ pub fn usage_message(e: &clap::Error) -> Option<String> {
     };
     let args: Vec<_> = std::env::args_os().collect();
     // `-c -x.toml`: clap takes the path for a flag (probe 276).
-    let dash_path = args.windows(2).any(|w| {
-        matches!(w[0].as_encoded_bytes(), b"-c" | b"--config") && w[1].as_encoded_bytes().starts_with(b"-")
-    });
+    let dash_path = args
+        .windows(2)
+        .any(|w| config_flag(w[0].as_encoded_bytes()) && w[1].as_encoded_bytes().starts_with(b"-"));
     let tip = if tip.is_empty() && dash_path {
         "\n\n  tip: to give --config a path that begins with '-', write --config=PATH".to_owned()
     } else {
@@ -154,7 +159,7 @@ fn command_at(args: impl Iterator<Item = std::ffi::OsString>) -> clap::Command {
     let mut args = args.skip(1);
     while let Some(arg) = args.next() {
         let arg = arg.to_string_lossy();
-        if arg == "--config" || arg == "-c" {
+        if config_flag(arg.as_bytes()) {
             args.next();
         } else if arg.starts_with('-') {
             continue;
