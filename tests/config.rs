@@ -178,11 +178,13 @@ fn a_space_inside_a_durations_number_is_refused() {
 #[test]
 fn a_port_of_another_type_names_its_rule_at_the_element() {
     let err = load_err(
-        "[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"web\"\naction = \"allow\"\nports = [80, 443.0, true]\n",
+        "[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"web\"\naction = \"allow\"\nports = [80, 443.0, true, [8080]]\n",
         &good_users(),
     );
     assert!(err.contains(":6:14: rule `web`: ports: a float is not a port"), "{err}");
     assert!(err.contains(":6:21: rule `web`: ports: a boolean is not a port"), "{err}");
+    // "an array", not "a array" (probe 281).
+    assert!(err.contains(":6:27: rule `web`: ports: an array is not a port"), "{err}");
 }
 
 #[test]

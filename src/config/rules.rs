@@ -238,10 +238,14 @@ fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
             }
             Ok((lo, hi))
         }
-        RawPort::Other(v) => Err(format!(
-            "a {} is not a port: write a whole number (443) or a range such as \"8000-8999\"",
-            v.type_str()
-        )),
+        RawPort::Other(v) => {
+            // `array` takes "an" (probe 281: "a array is not a port").
+            let kind = v.type_str();
+            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+            Err(format!(
+                "{article} {kind} is not a port: write a whole number (443) or a range such as \"8000-8999\""
+            ))
+        }
     }
 }
 
@@ -284,6 +288,10 @@ mod tests {
         assert_eq!(
             port_range(&RawPort::Other(toml::Value::Float(443.0))),
             Err("a float is not a port: write a whole number (443) or a range such as \"8000-8999\"".into())
+        );
+        assert_eq!(
+            port_range(&RawPort::Other(toml::Value::Array(vec![toml::Value::Integer(80)]))),
+            Err("an array is not a port: write a whole number (443) or a range such as \"8000-8999\"".into())
         );
         assert!(port_range(&RawPort::Num(70000)).is_err());
         assert!(port_range(&RawPort::Range("x".into())).is_err());
