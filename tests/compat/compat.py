@@ -571,6 +571,8 @@ class Matrix:
             " \"TLS proxy\": the client speaks TLS to authgate's `[[server.tls]]` listener",
             "- wire: what the proxy received (recorded by a TCP tap in front of the plain listener):"
             " credentials `preemptive` or only `after 407`, and the encoding of a non-ASCII password",
+            "- retries: pip runs with `--retries 0` and npm with `--fetch-retries 0`, so that a failure"
+            " shows at once; by default pip sends a refused request 6 times (README, Client setup)",
             "",
             "| client | credentials given as | test | expected | observed | wire | result |",
             "|---|---|---|---|---|---|---|",
