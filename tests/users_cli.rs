@@ -400,6 +400,52 @@ fn removing_the_first_user_keeps_the_files_header_comment() {
     assert_eq!(d.read(), format!("# top\nusers.alice.password = \"{H}\"\n"));
 }
 
+/// Comment lines right below a user's last line, with a blank line below
+/// them, are a note in that user's table: they go with the user. They
+/// were left in the table above, a note about a removed person among
+/// another's lines (probe 285). Comment lines with no blank line below
+/// them are the next table's, and the file's closing comment stays.
+#[test]
+fn removing_a_user_drops_the_notes_closing_its_table() {
+    let file = format!(
+        "[users.bob]\npassword = \"{H}\"\n\n[users.alice]\npassword = \"{H}\"\n# alice: ext. 5551\n\n[users.carol]\npassword = \"{H}\"\n"
+    );
+    let d = Dir::new(Some(&file));
+    d.ok(&["remove", "alice"], None);
+    assert_eq!(d.read(), format!("[users.bob]\npassword = \"{H}\"\n\n[users.carol]\npassword = \"{H}\"\n"));
+    // The last table of the file: its notes go, the closing comment stays.
+    let file = format!(
+        "[users.bob]\npassword = \"{H}\"\n\n[users.zed]\npassword = \"{H}\"\n# zed: on leave\n\n# end of list\n"
+    );
+    let d = Dir::new(Some(&file));
+    d.ok(&["remove", "zed"], None);
+    assert_eq!(d.read(), format!("[users.bob]\npassword = \"{H}\"\n\n# end of list\n"));
+    // Kept: a comment right above the next header, a section comment set
+    // apart from the removed user's lines, and a last comment of the file.
+    for (file, kept) in [
+        (
+            format!("[users.a]\npassword = \"{H}\"\n# carol's\n[users.carol]\npassword = \"{H}\"\n"),
+            "# carol's",
+        ),
+        (
+            format!(
+                "[users.a]\npassword = \"{H}\"\n\n# --- staff ---\n\n[users.carol]\npassword = \"{H}\"\n"
+            ),
+            "# --- staff ---",
+        ),
+        (
+            format!("[users.carol]\npassword = \"{H}\"\n[users.a]\npassword = \"{H}\"\n# the end\n"),
+            "# the end",
+        ),
+    ] {
+        let d = Dir::new(Some(&file));
+        d.ok(&["remove", "a"], None);
+        let after = d.read();
+        assert!(after.contains(kept) && !after.contains("users.a]"), "{after}");
+        assert_eq!(d.snapshot().users.len(), 1, "{after}");
+    }
+}
+
 /// Users written with dotted keys under `[users]`: a section comment,
 /// set apart by a blank line, stays when the user below it goes.
 #[test]

@@ -133,6 +133,7 @@ pub(super) fn remove_user(doc: &mut DocumentMut, key: &str) -> Result<(), UsersE
     match t.remove_entry(key).ok_or_else(gone)? {
         (_, Item::Table(removed)) if !removed.is_dotted() => {
             let at = removed.position().unwrap_or(0);
+            drop_closing_notes(doc, at);
             let prefix = prefix_text(removed.decor().prefix());
             let section = if first == Some(at) && !prefix.lines().any(|l| l.trim().is_empty()) {
                 Some(prefix).filter(|p| p.contains('#'))
@@ -199,6 +200,36 @@ fn show_users_table(doc: &mut DocumentMut) {
     doc.insert("users", Item::Table(users));
 }
 
+/// Comment lines right below the last line of the removed table at
+/// `position`, set apart from what follows by a blank line, are a note
+/// inside that table (`# alice: ext. 5551`): they go with it. (They were
+/// kept, and the note about a removed user was left in the table above;
+/// probe 285.) toml_edit keeps them in front of the next table's header,
+/// or at the end of the file; comment lines with no blank line below them
+/// are the next table's, and the last ones of the file may be its closing
+/// comment: those stay.
+fn drop_closing_notes(doc: &mut DocumentMut, position: usize) {
+    fn without_notes(text: &str, must_follow: bool) -> Option<String> {
+        let lines: Vec<&str> = text.split_inclusive('\n').collect();
+        let notes = lines.iter().take_while(|l| l.trim_start().starts_with('#')).count();
+        let blank = lines.get(notes).is_some_and(|l| l.trim().is_empty());
+        let more = lines.iter().skip(notes).any(|l| !l.trim().is_empty());
+        (notes > 0 && blank && (more || !must_follow)).then(|| lines[notes..].concat())
+    }
+    match table_after(doc, position) {
+        Some(t) => {
+            if let Some(rest) = without_notes(&prefix_text(t.decor().prefix()), false) {
+                t.decor_mut().set_prefix(rest);
+            }
+        }
+        None => {
+            if let Some(rest) = without_notes(&prefix_text(Some(doc.trailing())), true) {
+                doc.set_trailing(rest);
+            }
+        }
+    }
+}
+
 /// Puts `text` (whole comment lines) in front of the first line of the
 /// entry `key` of `t`: its header, its line, or its first dotted line.
 fn prepend_to_lines_of(t: &mut toml_edit::Table, key: &str, text: &str) {
@@ -258,23 +289,22 @@ pub(super) fn without_leading_blank_lines(mut text: &str) -> &str {
     text
 }
 
+/// The first table with a header placed after `position`, if any.
+fn table_after(doc: &mut DocumentMut, position: usize) -> Option<&mut toml_edit::Table> {
+    let (next, _) =
+        table_positions(doc).into_iter().filter(|(_, p)| *p > position).min_by_key(|(_, p)| *p)?;
+    let users = doc.get_mut("users")?.as_table_mut()?;
+    match next {
+        None => Some(users),
+        Some(k) => users.get_mut(&k)?.as_table_mut(),
+    }
+}
+
 /// Puts `section` in front of the first table placed after `position`, or at
 /// the end of the file when there is none. Without a section, the table
 /// that becomes the first one loses its leading blank lines.
 pub(super) fn reattach(doc: &mut DocumentMut, position: usize, section: Option<String>) {
-    let next = table_positions(doc)
-        .into_iter()
-        .filter(|(_, p)| *p > position)
-        .min_by_key(|(_, p)| *p)
-        .map(|(k, _)| k);
-    let table = next.and_then(|k| {
-        let users = doc.get_mut("users")?.as_table_mut()?;
-        match k {
-            None => Some(users),
-            Some(k) => users.get_mut(&k)?.as_table_mut(),
-        }
-    });
-    match (table, section) {
+    match (table_after(doc, position), section) {
         (Some(t), section) => {
             let old = t.decor().prefix().and_then(|r| r.as_str()).unwrap_or("\n").to_owned();
             let new = match section {
