@@ -1545,6 +1545,34 @@ async fn failed_logins_are_throttled_per_address() {
     assert_eq!(r.status, 200);
 }
 
+/// A reload that slows the throttle's refill down does not take back what
+/// the time before it gave: an address emptied under 2 failures in 2 s has
+/// earned an attempt 1.2 s later, and a reload to 2 in an hour keeps it.
+/// (The next use counted all the time since the last one at the new rate,
+/// and the address got a 429; probe 283.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_throttle_keeps_the_attempts_earned_before_it() {
+    let origin = spawn_echo_origin();
+    let throttle = |window: &str| {
+        format!("{CFG}\n[auth.throttle]\nmax_failures = 2\nwindow = \"{window}\"\ndelay = \"10ms\"\n")
+    };
+    let proxy: Custom = spawn_custom(&throttle("2s"), &users_toml(&[("alice", "a1")]));
+    for _ in 0..2 {
+        assert_eq!(status_from("127.0.0.6", proxy.addr, &origin, "alice", "wrong").await.status, 407);
+    }
+    assert_eq!(status_from("127.0.0.6", proxy.addr, &origin, "alice", "wrong").await.status, 429);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    std::fs::write(proxy.file("authgate.toml"), throttle("1h")).unwrap();
+    reload_now(&proxy).await;
+    assert_eq!(
+        status_from("127.0.0.6", proxy.addr, &origin, "alice", "wrong").await.status,
+        407,
+        "earned before"
+    );
+    let r = status_from("127.0.0.6", proxy.addr, &origin, "alice", "wrong").await;
+    assert_proxy_error(&r, 429, "http_request_denied", "auth_throttled");
+}
+
 /// A throttled address learns nothing from the cache: a password someone
 /// else logged in with got 200 at once, with no argon2 run, and every other
 /// guess a 429, so guessing while throttled, over many connections, was

@@ -493,10 +493,12 @@ impl Authenticator {
         Outcome::Ok(user)
     }
 
-    /// `[auth.throttle]` settings a reload made live: the logins waiting in
-    /// an address's line for an attempt look again under them.
-    pub fn reconfigure_throttle(&self, s: &throttle::Settings) {
-        self.throttle.reconfigure(s);
+    /// `[auth.throttle]` settings a reload made live in place of `old`: the
+    /// logins waiting in an address's line for an attempt look again under
+    /// them, and the time before it counted at the old rate
+    /// ([`throttle::Throttle::reconfigure`]).
+    pub fn reconfigure_throttle(&self, old: &throttle::Settings, s: &throttle::Settings) {
+        self.throttle.reconfigure(old, s, std::time::Instant::now());
     }
 
     /// Resolves once a reload has turned throttling off (at once if the

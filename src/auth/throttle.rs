@@ -313,12 +313,23 @@ impl Throttle {
         self.waiting.load(Ordering::Relaxed)
     }
 
-    /// Settings a reload made live: the attempts waiting in line look again
-    /// under them.
-    pub fn reconfigure(&self, s: &Settings) {
+    /// Settings a reload made live in place of `old`, at `now`: the
+    /// attempts waiting in line look again under them.
+    ///
+    /// The time that passed before the reload gives attempts back at the
+    /// old rate, counted here, and only the time after it at the new one:
+    /// an address keeps what it had earned. (A bucket is refilled when it
+    /// is next used, and that counted all the time since its last use at
+    /// the new rate: 25 s of a 3-in-30s window, worth 2.5 attempts, was
+    /// worth none after a reload to 3 in 3000 s; probe 283.)
+    pub fn reconfigure(&self, old: &Settings, s: &Settings, now: Instant) {
         let mut map = self.lock();
         map.live = Some(*s);
-        for b in map.buckets.values() {
+        let repriced = (old.max_failures, old.window) != (s.max_failures, s.window);
+        for b in map.buckets.values_mut() {
+            if repriced {
+                Self::refill(b, old, now);
+            }
             for turn in b.line.values() {
                 turn.notify_one();
             }
@@ -892,16 +903,49 @@ mod tests {
             let mut right = Box::pin(t.attempt(Use::Verify, ip, &s));
             let mut malformed = Box::pin(t.attempt(Use::Fail, ip, &s));
             assert!(poll(right.as_mut()).is_none() && poll(malformed.as_mut()).is_none());
-            t.reconfigure(&Settings { enabled: false, ..s });
+            t.reconfigure(&s, &Settings { enabled: false, ..s }, Instant::now());
             assert_eq!(poll(malformed.as_mut()), Some(Ok(false)), "let through");
             assert_eq!(poll(right.as_mut()), Some(Ok(false)), "let through, and not counted");
-            t.reconfigure(&s);
+            t.reconfigure(&s, &s, Instant::now());
             let mut next = Box::pin(t.attempt(Use::Verify, ip, &s));
             assert!(poll(next.as_mut()).is_none(), "an hour to wait");
-            t.reconfigure(&Settings { window: Duration::from_millis(50), ..s });
+            t.reconfigure(&s, &Settings { window: Duration::from_millis(50), ..s }, Instant::now());
             let got = tokio::time::timeout(Duration::from_secs(10), next).await;
             assert_eq!(got.ok(), Some(Ok(true)), "one came back within the new window");
         });
+    }
+
+    /// A reload that changes the rate counts the time before it at the old
+    /// rate and only the time after it at the new one (probe 283): both
+    /// ways, an address keeps what it had earned, and earns no more.
+    #[test]
+    fn a_reload_counts_the_time_before_it_at_the_old_rate() {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let fast = Settings { max_failures: 3, window: Duration::from_secs(30), ..Settings::default() };
+        let slow = Settings { window: Duration::from_secs(3000), ..fast };
+        let t0 = Instant::now();
+        let at = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        // 3 in 30 s, emptied; 25 s later (2.5 attempts back) the window
+        // becomes 3000 s: two attempts are there, a third is not.
+        let t = Throttle::new();
+        for _ in 0..3 {
+            assert!(failed(&t, ip, &fast, t0).is_ok());
+        }
+        t.reconfigure(&fast, &slow, at(25.0));
+        assert!(failed(&t, ip, &slow, at(25.1)).is_ok());
+        assert!(failed(&t, ip, &slow, at(25.2)).is_ok());
+        assert!(failed(&t, ip, &slow, at(25.3)).is_err(), "half an attempt left");
+        // The other way: emptied under 3 in 3000 s, 12 s later (0.012
+        // attempts) the window becomes 30 s: nothing yet; 9.9 s after the
+        // reload (0.99 more) still nothing, and one at 10.1 s.
+        let t = Throttle::new();
+        for _ in 0..3 {
+            assert!(failed(&t, ip, &slow, t0).is_ok());
+        }
+        t.reconfigure(&slow, &fast, at(12.0));
+        assert!(failed(&t, ip, &fast, at(12.1)).is_err(), "a whole attempt back at once");
+        assert!(failed(&t, ip, &fast, at(12.0 + 9.8)).is_err());
+        assert!(failed(&t, ip, &fast, at(12.0 + 10.1)).is_ok());
     }
 
     /// `turned_off` resolves when a reload turns throttling off, also when
@@ -914,12 +958,12 @@ mod tests {
         runtime().block_on(async {
             let mut waiting = Box::pin(t.turned_off());
             assert!(poll(waiting.as_mut()).is_none(), "no reload yet");
-            t.reconfigure(&s);
+            t.reconfigure(&s, &s, Instant::now());
             assert!(poll(waiting.as_mut()).is_none(), "still on");
-            t.reconfigure(&Settings { enabled: false, ..s });
+            t.reconfigure(&s, &Settings { enabled: false, ..s }, Instant::now());
             assert_eq!(poll(waiting.as_mut()), Some(()), "turned off while it waited");
             assert_eq!(poll(Box::pin(t.turned_off()).as_mut()), Some(()), "off before it looked");
-            t.reconfigure(&s);
+            t.reconfigure(&s, &s, Instant::now());
             assert!(poll(Box::pin(t.turned_off()).as_mut()).is_none(), "on again");
         });
     }

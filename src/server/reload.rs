@@ -395,7 +395,7 @@ fn install(
     // before (a test read that for a thread descheduled between the two).
     let generation = state.generation.fetch_add(1, Ordering::Relaxed) + 1;
     state.snapshot.store(new.clone());
-    state.auth.reconfigure_throttle(&new.auth.throttle);
+    state.auth.reconfigure_throttle(&old.auth.throttle, &new.auth.throttle);
     state.pool.set_idle_timeout(new.limits.upstream_idle_timeout);
     state.pool.set_max_idle(super::limits::idle_pool_cap(new.limits.max_connections));
     let revoked = state.sessions.revoke_stale(&new.users, SystemTime::now());
