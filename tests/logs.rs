@@ -474,6 +474,13 @@ fn forged_dns_replies_write_no_line_unless_asked_for() {
     assert!(!other.contains("hickory_proto"), "{other}");
     let asked = run("info,hickory_proto=warn");
     assert!(asked.lines().any(|l| l.contains("WARN hickory_proto")), "{asked}");
+    // Asked for at debug, hickory prints whole DNS messages over several
+    // lines; each event is still one line of the log (probe 286).
+    let debug = run("info,hickory_proto=debug,hickory_resolver=debug");
+    assert!(debug.lines().any(|l| l.contains("DEBUG hickory") && l.contains("\\u{a}")), "{debug}");
+    for line in debug.lines() {
+        assert!(line.starts_with("20") && line.contains('Z'), "a line that is no event: {line:?}\n{debug}");
+    }
 }
 
 /// How a request that waits on a silent origin ends before its answer.

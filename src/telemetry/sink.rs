@@ -236,20 +236,32 @@ pub(crate) fn hidden(c: char) -> bool {
 /// `\u{…}` in text, where every client string is quoted and its
 /// backslashes doubled, so the escape cannot be taken for text the client
 /// sent. Lines of printable ASCII, nearly all, are passed on as they are.
+///
+/// In text, a C0 control other than a tab inside the line is escaped too
+/// (`\u{a}`): the formats escape those in fields, but a library's message
+/// can hold them, and a line feed made one event seven lines (hickory's
+/// debug lines show DNS answers over several; probe 286). JSON escapes
+/// them all.
 fn escape_hidden(line: &[u8], json: bool) -> std::borrow::Cow<'_, [u8]> {
     use std::borrow::Cow;
     use std::fmt::Write as _;
+    // The line's own end, which is not escaped.
+    let (body, end) = match line.split_last() {
+        Some((b'\n', body)) => (body, "\n"),
+        _ => (line, ""),
+    };
+    let control = |c: char| !json && c.is_ascii_control() && c != '\t';
     // Word-at-a-time and memchr: this runs for every access line.
-    if line.is_ascii() && !line.contains(&0x7f) {
+    if body.is_ascii() && !body.contains(&0x7f) && (json || !body.iter().any(|&b| b < 0x20 && b != b'\t')) {
         return Cow::Borrowed(line);
     }
-    let text = String::from_utf8_lossy(line);
-    if !text.chars().any(hidden) {
+    let text = String::from_utf8_lossy(body);
+    if !text.chars().any(|c| hidden(c) || control(c)) {
         return Cow::Borrowed(line);
     }
     let mut out = String::with_capacity(line.len() + 16);
     for c in text.chars() {
-        if !hidden(c) {
+        if !hidden(c) && !control(c) {
             out.push(c);
         } else if json {
             let mut units = [0u16; 2];
@@ -260,6 +272,7 @@ fn escape_hidden(line: &[u8], json: bool) -> std::borrow::Cow<'_, [u8]> {
             out.extend(c.escape_unicode());
         }
     }
+    out.push_str(end);
     Cow::Owned(out.into_bytes())
 }
 
@@ -509,6 +522,25 @@ mod tests {
         .unwrap();
         assert_eq!(v, "x\u{202e}\u{e0041}");
         assert!(matches!(escape_hidden("plain é line\n".as_bytes(), true), std::borrow::Cow::Borrowed(_)));
+    }
+
+    /// A library's message with line feeds in it (hickory's debug lines
+    /// print DNS answers over several) stays one line in text: a reader
+    /// taking a line for an event split it, and a line of its own could
+    /// pass for another event (probe 286). Tabs and the line's own end
+    /// stay; JSON escapes controls itself.
+    #[test]
+    fn a_message_with_line_feeds_stays_one_line_in_text() {
+        let event = b"DEBUG hickory_proto::error: response: ; header\n;; a.test. IN A\r\n\x1b[0m\tok\n";
+        let text = escape_hidden(event, false);
+        assert_eq!(
+            std::str::from_utf8(&text).unwrap(),
+            "DEBUG hickory_proto::error: response: ; header\\u{a};; a.test. IN A\\u{d}\\u{a}\\u{1b}[0m\tok\n"
+        );
+        assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), 1);
+        let plain = b"INFO authgate: listening\taddr=127.0.0.1:3128\n";
+        assert!(matches!(escape_hidden(plain, false), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(escape_hidden(event, true), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
