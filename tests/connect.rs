@@ -429,6 +429,54 @@ async fn a_client_reset_does_not_have_authgate_drain_the_origin() {
     assert!(after < 16 << 20, "the origin sent {after} bytes after the client's reset");
 }
 
+/// A client that resets its tunnel while the origin, busy sending, has not
+/// yet read what the client sent: all of it still reaches the origin,
+/// then its end. authgate closed the origin's socket at once, with the
+/// origin's bytes unread in it, which made the kernel reset it and throw
+/// away what it still had to send: the client's last 33 to 176 KB, read
+/// and counted in `bytes_up`, never arrived (probe 289).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reset_still_delivers_what_it_sent_to_an_origin_that_reads_late() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SENT: usize = 256 * 1024;
+    // A small receive buffer, and a slow reader: what the client sent waits
+    // in authgate's socket, not in the origin's.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(8).unwrap();
+    let origin = listener.local_addr().unwrap();
+    let reader = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        tokio::spawn(async move {
+            let chunk = vec![b'o'; 64 * 1024];
+            while w.write_all(&chunk).await.is_ok() {}
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (mut got, mut chunk) = (Vec::new(), [0u8; 2048]);
+        let clean = loop {
+            match r.read(&mut chunk).await {
+                Ok(0) => break true,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(_) => break false,
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        (if got == pattern(0, SENT) { got.len() } else { got.len() + usize::from(got.len() == SENT) }, clean)
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let mut tunnel = open_tunnel(&proxy, &origin.to_string()).await;
+    tunnel.send(pattern(0, SENT)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stream = tunnel.into_stream();
+    socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
+    drop(stream);
+    let got = tokio::time::timeout(READ_DEADLINE, reader).await.map(Result::unwrap);
+    assert_eq!(got.ok(), Some((SENT, true)), "(bytes that arrived intact, ended by a FIN)");
+}
+
 /// A bulk tunnel (its directions moved on to `splice(2)`) carries the bytes
 /// behind TCP urgent data (`MSG_OOB`, which telnet and FTP send): splice
 /// stops in front of the urgent byte, and authgate took that for the end of
