@@ -635,9 +635,12 @@ async fn a_change_of_groups_keeps_the_cached_login_and_applies_at_once() {
     // The same password, hashed anew: a new credential.
     replace_by_rename(&proxy.file("users.toml"), &alice("\"web\"", &hash("a1")));
     // (A request caught in flight by the reload is cut: the new hash
-    // revokes the old login's connections.)
+    // revokes the old login's connections. One cut while argon2 ran for it
+    // has made a run of its own, so more than two runs can come before a
+    // 200: a fresh-clone CI run on a busy machine saw that.)
     let verified_again = eventually(RELOAD_SEEN, || async {
-        status_or_closed(proxy.addr, &origin, "alice", "a1").await == 200 && argon2_runs(&proxy) == "2"
+        status_or_closed(proxy.addr, &origin, "alice", "a1").await == 200
+            && argon2_runs(&proxy).parse::<u64>().is_ok_and(|runs| runs >= 2)
     });
     assert!(verified_again.await, "verified again");
 }
