@@ -420,6 +420,12 @@ fn removing_a_user_drops_the_notes_closing_its_table() {
     let d = Dir::new(Some(&file));
     d.ok(&["remove", "zed"], None);
     assert_eq!(d.read(), format!("[users.bob]\npassword = \"{H}\"\n\n# end of list\n"));
+    // Also with only the blank line below them (probe 292).
+    let d = Dir::new(Some(&format!(
+        "[users.bob]\npassword = \"{H}\"\n\n[users.zed]\npassword = \"{H}\"\n# zed: on leave\n\n"
+    )));
+    d.ok(&["remove", "zed"], None);
+    assert!(!d.read().contains("zed"), "{}", d.read());
     // Kept: a comment right above the next header, a section comment set
     // apart from the removed user's lines, and a last comment of the file.
     for (file, kept) in [

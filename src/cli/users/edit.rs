@@ -205,25 +205,24 @@ fn show_users_table(doc: &mut DocumentMut) {
 /// inside that table (`# alice: ext. 5551`): they go with it. (They were
 /// kept, and the note about a removed user was left in the table above;
 /// probe 285.) toml_edit keeps them in front of the next table's header,
-/// or at the end of the file; comment lines with no blank line below them
-/// are the next table's, and the last ones of the file may be its closing
-/// comment: those stay.
+/// or at the end of the file, also when only the blank line follows them
+/// there (probe 292); comment lines with no blank line below them are the
+/// next table's, or the file's closing comment: those stay.
 fn drop_closing_notes(doc: &mut DocumentMut, position: usize) {
-    fn without_notes(text: &str, must_follow: bool) -> Option<String> {
+    fn without_notes(text: &str) -> Option<String> {
         let lines: Vec<&str> = text.split_inclusive('\n').collect();
         let notes = lines.iter().take_while(|l| l.trim_start().starts_with('#')).count();
         let blank = lines.get(notes).is_some_and(|l| l.trim().is_empty());
-        let more = lines.iter().skip(notes).any(|l| !l.trim().is_empty());
-        (notes > 0 && blank && (more || !must_follow)).then(|| lines[notes..].concat())
+        (notes > 0 && blank).then(|| lines[notes..].concat())
     }
     match table_after(doc, position) {
         Some(t) => {
-            if let Some(rest) = without_notes(&prefix_text(t.decor().prefix()), false) {
+            if let Some(rest) = without_notes(&prefix_text(t.decor().prefix())) {
                 t.decor_mut().set_prefix(rest);
             }
         }
         None => {
-            if let Some(rest) = without_notes(&prefix_text(Some(doc.trailing())), true) {
+            if let Some(rest) = without_notes(&prefix_text(Some(doc.trailing()))) {
                 doc.set_trailing(rest);
             }
         }
