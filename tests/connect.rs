@@ -434,12 +434,26 @@ async fn a_client_reset_does_not_have_authgate_drain_the_origin() {
 /// then its end. authgate closed the origin's socket at once, with the
 /// origin's bytes unread in it, which made the kernel reset it and throw
 /// away what it still had to send: the client's last 33 to 176 KB, read
-/// and counted in `bytes_up`, never arrived (probe 289).
+/// and counted in `bytes_up`, never arrived (probe 289). The same when the
+/// client half-closed first: its end had gone to the origin already, and
+/// the origin got 4 KiB of it (probe 292).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reset_still_delivers_what_it_sent_to_an_origin_that_reads_late() {
+    // (64 KiB: all of it in authgate's socket, and its end passed on,
+    // before the reset.)
+    for (sent, half_close_first) in [(256 * 1024, false), (64 * 1024, true)] {
+        let got = reset_while_a_slow_origin_sends(sent, half_close_first).await;
+        assert_eq!(got, Some((sent, true)), "half-closed first: {half_close_first} (bytes intact, a FIN)");
+    }
+}
+
+/// Sends `sent` bytes up a tunnel to an origin that sends all the time and
+/// reads only after 500 ms, slowly, then resets (after a half-close if
+/// asked); how many bytes the origin got intact, and whether a FIN ended
+/// them.
+async fn reset_while_a_slow_origin_sends(sent: usize, half_close_first: bool) -> Option<(usize, bool)> {
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const SENT: usize = 256 * 1024;
     // A small receive buffer, and a slow reader: what the client sent waits
     // in authgate's socket, not in the origin's.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -464,17 +478,19 @@ async fn a_client_reset_still_delivers_what_it_sent_to_an_origin_that_reads_late
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
-        (if got == pattern(0, SENT) { got.len() } else { got.len() + usize::from(got.len() == SENT) }, clean)
+        (if got == pattern(0, sent) { got.len() } else { got.len() + usize::from(got.len() == sent) }, clean)
     });
     let proxy = spawn_proxy("", &[USER]);
     let mut tunnel = open_tunnel(&proxy, &origin.to_string()).await;
-    tunnel.send(pattern(0, SENT)).await;
+    tunnel.send(pattern(0, sent)).await;
+    let mut stream = tunnel.into_stream();
+    if half_close_first {
+        stream.shutdown().await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let stream = tunnel.into_stream();
     socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO)).unwrap();
     drop(stream);
-    let got = tokio::time::timeout(READ_DEADLINE, reader).await.map(Result::unwrap);
-    assert_eq!(got.ok(), Some((SENT, true)), "(bytes that arrived intact, ended by a FIN)");
+    tokio::time::timeout(READ_DEADLINE, reader).await.ok().map(Result::unwrap)
 }
 
 /// A bulk tunnel (its directions moved on to `splice(2)`) carries the bytes

@@ -440,6 +440,10 @@ pub struct Relay {
     meter: Option<Arc<Metrics>>,
     /// The bytes (up, down) already added to `meter`.
     counted: [u64; 2],
+    /// When bytes last moved up, once the relay has ended (`None` if none
+    /// did): bytes written to the origin shortly before a failure may not
+    /// have gone out yet (see [`close_gently`]).
+    up_last: Option<Instant>,
 }
 
 impl Relay {
@@ -492,7 +496,7 @@ impl Relay {
                 Way::Down => dir.poll(cx, origin, client, progress),
             })
             .await;
-        closed(end, client, origin).await
+        closed(end, client, origin, self.uploaded_lately()).await
     }
 
     /// [`Relay::run`] for two plain TCP sockets: bulk directions go through
@@ -504,7 +508,12 @@ impl Relay {
                 Way::Down => dir.poll_tcp(cx, origin, client, progress),
             })
             .await;
-        closed(end, client, origin).await
+        closed(end, client, origin, self.uploaded_lately()).await
+    }
+
+    /// Whether bytes moved up within [`LINGER`] of now.
+    fn uploaded_lately(&self) -> bool {
+        self.up_last.is_some_and(|at| at.elapsed() < LINGER)
     }
 
     /// The loop shared by both relays: polls each direction with `step`,
@@ -535,7 +544,7 @@ impl Relay {
         // to the client: one that sent more after that was still
         // uploading, and its reset is no close (probe 238).
         let mut up_at_origins_end = None;
-        poll_fn(|cx| {
+        let end = poll_fn(|cx| {
             let mut moved = [false, false];
             let failed_before_poll = failed;
             // Twice when a failure turns up in the second direction: the
@@ -635,7 +644,9 @@ impl Relay {
             }
             Poll::Pending
         })
-        .await
+        .await;
+        self.up_last = (self.up.moved > 0).then_some(last[0]);
+        end
     }
 
     /// Adds the bytes moved since the last call to the metrics, if any, so
@@ -664,19 +675,26 @@ impl Relay {
 const LINGER: Duration = Duration::from_secs(2);
 /// Most bytes read from the client and thrown away in that wait.
 const LINGER_MAX: u64 = 64 << 20;
+/// Most bytes read from the origin and thrown away in that wait, after
+/// bytes went up lately (see [`close_gently`]): little, so that a failed
+/// tunnel does not have authgate take much from an origin for nobody
+/// (probe 110).
+const ORIGIN_LINGER_MAX: u64 = 4 << 20;
 
 /// Ends a relay that ended with `end`: after a failure, closes both sides
 /// gently (see [`close_gently`]); when idle, ends them as usual (see
 /// [`end_quietly`]). A stall is a cut, which the caller ends with a reset
 /// (see [`reset`]), as it does one by a shutdown or a revocation.
-async fn closed<A, B>(end: End, client: &mut A, origin: &mut B) -> End
+async fn closed<A, B>(end: End, client: &mut A, origin: &mut B, uploaded_lately: bool) -> End
 where
     A: Side,
     B: Side,
 {
     match end {
         // Boxed: inline, it would grow every tunnel's task.
-        End::Error | End::Truncated | End::ClientLeft => Box::pin(close_gently(client, origin)).await,
+        End::Error | End::Truncated | End::ClientLeft => {
+            Box::pin(close_gently(client, origin, uploaded_lately)).await
+        }
         End::Idle => Box::pin(end_quietly(client, origin)).await,
         End::Stalled | End::Closed => {}
     }
@@ -705,12 +723,15 @@ async fn end_quietly<A: Side, B: Side>(client: &mut A, origin: &mut B) {
 /// 9112 §9.6 gives the same reason for HTTP connections), such as the
 /// origin's last answer.
 ///
-/// The origin's side is not read: it failed, or the client did, and then
-/// nothing more is owed to it, beyond what was written to it, which goes
-/// out before its FIN (see [`sent_out`]). Read as the client's side is, an origin
-/// that kept sending had authgate take up to 64 MiB from it in 45 ms after
-/// a client reset, for nobody and counted nowhere (probe 110).
-async fn close_gently<A, B>(client: &mut A, origin: &mut B)
+/// What was written to the origin goes out before its FIN (see
+/// [`sent_out`]). The origin's side is read only when bytes went up
+/// within [`LINGER`] (`uploaded_lately`), until the origin closes too, and
+/// at most [`ORIGIN_LINGER_MAX`] of it: it may still be taking them in. Read
+/// as the client's side is, an origin that kept sending had authgate take
+/// up to 64 MiB from it in 45 ms after a client reset, for nobody and
+/// counted nowhere (probe 110); a download the client gave up on is not
+/// read at all.
+async fn close_gently<A, B>(client: &mut A, origin: &mut B, uploaded_lately: bool)
 where
     A: Side,
     B: Side,
@@ -737,6 +758,27 @@ where
     let origin_end = async {
         sent_out(origin).await;
         end(origin).await;
+        // After bytes went up lately, the origin may still be taking them
+        // in: its socket is kept until the origin closes too, within the
+        // linger, so that the close is no reset. A client that
+        // half-closed, then reset, lost its last upload so: the origin's
+        // end had gone already, and `sent_out` cannot see past it (probe
+        // 292). Meanwhile the origin's bytes are read and thrown away, at
+        // most ORIGIN_LINGER_MAX; past that they are left unread, which
+        // stops the origin sending (its window closes) while it still reads.
+        if uploaded_lately {
+            let mut scratch = vec![0u8; 8 * 1024];
+            let mut total = 0u64;
+            loop {
+                if total >= ORIGIN_LINGER_MAX {
+                    std::future::pending::<()>().await;
+                }
+                match origin.read(&mut scratch).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n as u64,
+                }
+            }
+        }
     };
     let _ = tokio::time::timeout(LINGER, async { tokio::join!(drain, origin_end) }).await;
 }
