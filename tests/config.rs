@@ -178,13 +178,16 @@ fn a_space_inside_a_durations_number_is_refused() {
 #[test]
 fn a_port_of_another_type_names_its_rule_at_the_element() {
     let err = load_err(
-        "[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"web\"\naction = \"allow\"\nports = [80, 443.0, true, [8080]]\n",
+        "[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"web\"\naction = \"allow\"\nports = [80, 443.0, true, [8080], {a = 1}, 1979-05-27]\n",
         &good_users(),
     );
-    assert!(err.contains(":6:14: rule `web`: ports: a float is not a port"), "{err}");
+    assert!(err.contains(":6:14: rule `web`: ports: a floating-point number is not a port"), "{err}");
     assert!(err.contains(":6:21: rule `web`: ports: a boolean is not a port"), "{err}");
     // "an array", not "a array" (probe 281).
     assert!(err.contains(":6:27: rule `web`: ports: an array is not a port"), "{err}");
+    // Named as the other errors name them (probe 292).
+    assert!(err.contains(":6:35: rule `web`: ports: an inline table is not a port"), "{err}");
+    assert!(err.contains(":6:44: rule `web`: ports: a date or time is not a port"), "{err}");
 }
 
 #[test]
@@ -1430,7 +1433,10 @@ fn type_errors_say_what_was_expected_in_the_config_s_words() {
     let rules = "[[rules]]\nname = \"r\"\naction = \"allow\"\nports = [80.0]\n";
     let err = load_err(rules, &good_users());
     // (Now at the element, with the rule and the setting; probe 230.)
-    assert!(err.contains("authgate.toml:4:10: rule `r`: ports: a float is not a port"), "{err}");
+    assert!(
+        err.contains("authgate.toml:4:10: rule `r`: ports: a floating-point number is not a port"),
+        "{err}"
+    );
     assert!(!err.contains("RawPort") && !err.contains("untagged"), "{err}");
     // `a = "..."` may be a password written where its table belongs: the
     // value is not quoted.

@@ -239,12 +239,19 @@ fn port_range(p: &RawPort) -> Result<(u16, u16), String> {
             Ok((lo, hi))
         }
         RawPort::Other(v) => {
-            // `array` takes "an" (probe 281: "a array is not a port").
-            let kind = v.type_str();
-            let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
-            Err(format!(
-                "{article} {kind} is not a port: write a whole number (443) or a range such as \"8000-8999\""
-            ))
+            // Named as the other config errors name a value (see
+            // `toml_terms::toml_kind`): "a array" read wrong (probe 281), and
+            // "a float", "a datetime", "a table" differed from them (probe 292).
+            let kind = match v {
+                toml::Value::Float(_) => "a floating-point number",
+                toml::Value::Boolean(_) => "a boolean",
+                toml::Value::Datetime(_) => "a date or time",
+                toml::Value::Array(_) => "an array",
+                toml::Value::Table(_) => "an inline table",
+                toml::Value::String(_) => "a string",
+                toml::Value::Integer(_) => "an integer",
+            };
+            Err(format!("{kind} is not a port: write a whole number (443) or a range such as \"8000-8999\""))
         }
     }
 }
@@ -287,7 +294,7 @@ mod tests {
         assert!(port_range(&RawPort::Num(0)).is_err());
         assert_eq!(
             port_range(&RawPort::Other(toml::Value::Float(443.0))),
-            Err("a float is not a port: write a whole number (443) or a range such as \"8000-8999\"".into())
+            Err("a floating-point number is not a port: write a whole number (443) or a range such as \"8000-8999\"".into())
         );
         assert_eq!(
             port_range(&RawPort::Other(toml::Value::Array(vec![toml::Value::Integer(80)]))),
