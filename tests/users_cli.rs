@@ -407,25 +407,21 @@ fn removing_the_first_user_keeps_the_files_header_comment() {
 /// them are the next table's, and the file's closing comment stays.
 #[test]
 fn removing_a_user_drops_the_notes_closing_its_table() {
-    let file = format!(
-        "[users.bob]\npassword = \"{H}\"\n\n[users.alice]\npassword = \"{H}\"\n# alice: ext. 5551\n\n[users.carol]\npassword = \"{H}\"\n"
-    );
-    let d = Dir::new(Some(&file));
-    d.ok(&["remove", "alice"], None);
-    assert_eq!(d.read(), format!("[users.bob]\npassword = \"{H}\"\n\n[users.carol]\npassword = \"{H}\"\n"));
-    // The last table of the file: its notes go, the closing comment stays.
-    let file = format!(
-        "[users.bob]\npassword = \"{H}\"\n\n[users.zed]\npassword = \"{H}\"\n# zed: on leave\n\n# end of list\n"
-    );
-    let d = Dir::new(Some(&file));
-    d.ok(&["remove", "zed"], None);
-    assert_eq!(d.read(), format!("[users.bob]\npassword = \"{H}\"\n\n# end of list\n"));
-    // Also with only the blank line below them (probe 292).
-    let d = Dir::new(Some(&format!(
-        "[users.bob]\npassword = \"{H}\"\n\n[users.zed]\npassword = \"{H}\"\n# zed: on leave\n\n"
-    )));
-    d.ok(&["remove", "zed"], None);
-    assert!(!d.read().contains("zed"), "{}", d.read());
+    let after_removing = |name: &str, file: String| {
+        let d = Dir::new(Some(&file));
+        d.ok(&["remove", name], None);
+        d.read()
+    };
+    let bob = format!("[users.bob]\npassword = \"{H}\"\n\n");
+    let carol = format!("[users.carol]\npassword = \"{H}\"\n");
+    let alice = format!("[users.alice]\npassword = \"{H}\"\n# alice: ext. 5551\n\n");
+    assert_eq!(after_removing("alice", format!("{bob}{alice}{carol}")), format!("{bob}{carol}"));
+    // The last table of the file: its notes go, the closing comment stays,
+    // also with only the blank line below them (probe 292).
+    let zed = format!("[users.zed]\npassword = \"{H}\"\n# zed: on leave\n\n");
+    assert_eq!(after_removing("zed", format!("{bob}{zed}# end of list\n")), format!("{bob}# end of list\n"));
+    let left = after_removing("zed", format!("{bob}{zed}"));
+    assert!(!left.contains("zed"), "{left}");
     // Kept: a comment right above the next header, a section comment set
     // apart from the removed user's lines, and a last comment of the file.
     for (file, kept) in [
