@@ -511,9 +511,15 @@ impl Relay {
         closed(end, client, origin, self.uploaded_lately()).await
     }
 
-    /// Whether bytes moved up within [`LINGER`] of now.
+    /// Whether the client ended its sending itself (a half-close, passed on
+    /// to the origin before any failure) after bytes moved up within
+    /// [`LINGER`] of now: the origin may still be taking them in, and its
+    /// socket, already shut, cannot say (see [`close_gently`]). Not when
+    /// the client only sent a request and then gave up on the answer: the
+    /// origin was then read for up to 4 MiB and kept 2 s for nobody, at
+    /// every cancelled download (probe 293).
     fn uploaded_lately(&self) -> bool {
-        self.up_last.is_some_and(|at| at.elapsed() < LINGER)
+        self.up.ended_cleanly() && self.up_last.is_some_and(|at| at.elapsed() < LINGER)
     }
 
     /// The loop shared by both relays: polls each direction with `step`,
@@ -724,9 +730,10 @@ async fn end_quietly<A: Side, B: Side>(client: &mut A, origin: &mut B) {
 /// origin's last answer.
 ///
 /// What was written to the origin goes out before its FIN (see
-/// [`sent_out`]). The origin's side is read only when bytes went up
-/// within [`LINGER`] (`uploaded_lately`), until the origin closes too, and
-/// at most [`ORIGIN_LINGER_MAX`] of it: it may still be taking them in. Read
+/// [`sent_out`]). The origin's side is read only when the client had
+/// half-closed after bytes went up within [`LINGER`] (`uploaded_lately`,
+/// see [`Relay::uploaded_lately`]), until the origin closes too, and at
+/// most [`ORIGIN_LINGER_MAX`] of it: it may still be taking them in. Read
 /// as the client's side is, an origin that kept sending had authgate take
 /// up to 64 MiB from it in 45 ms after a client reset, for nobody and
 /// counted nowhere (probe 110); a download the client gave up on is not
@@ -758,9 +765,10 @@ where
     let origin_end = async {
         sent_out(origin).await;
         end(origin).await;
-        // After bytes went up lately, the origin may still be taking them
-        // in: its socket is kept until the origin closes too, within the
-        // linger, so that the close is no reset. A client that
+        // After a half-close that followed bytes sent up lately, the
+        // origin may still be taking them in: its socket is kept until the
+        // origin closes too, within the linger, so that the close is no
+        // reset. A client that
         // half-closed, then reset, lost its last upload so: the origin's
         // end had gone already, and `sent_out` cannot see past it (probe
         // 292). Meanwhile the origin's bytes are read and thrown away, at
