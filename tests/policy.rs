@@ -638,13 +638,26 @@ async fn an_answer_without_records_is_kept_for_its_negative_ttl() {
         let r = send_one(proxy.addr, "CONNECT", &target, &[("Proxy-Authorization", &auth())]).await;
         assert_eq!(r.status, 200, "{}", r.dump());
     };
+    let (within, past) = queries_within_and_past_a_ttl(&fake, "v4only.test AAAA", connect).await;
+    assert_eq!(within, 1, "no data is kept for its negative TTL");
+    assert_eq!(past, 2, "an expired no-data answer is asked for again");
+}
+
+/// Makes `request` three times, then once more after a negative TTL of
+/// 1 s has run out; the queries `fake` counted under `key` after the
+/// three, and after the fourth.
+async fn queries_within_and_past_a_ttl<F, R>(fake: &dns::FakeDns, key: &str, request: F) -> (usize, usize)
+where
+    F: Fn() -> R,
+    R: std::future::Future<Output = ()>,
+{
     for _ in 0..3 {
-        connect().await;
+        request().await;
     }
-    assert_eq!(fake.queries("v4only.test AAAA"), 1, "no data is kept for its negative TTL");
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // let the 1 s negative TTL run out
-    connect().await;
-    assert_eq!(fake.queries("v4only.test AAAA"), 2, "an expired no-data answer is asked for again");
+    let within = fake.queries(key);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    request().await;
+    (within, fake.queries(key))
 }
 
 /// A name that does not exist, said with an SOA, is kept so for its
@@ -660,13 +673,9 @@ async fn a_name_that_does_not_exist_is_kept_for_its_negative_ttl() {
         let r = send_one(proxy.addr, "CONNECT", "gone.test:443", &[("Proxy-Authorization", &auth())]).await;
         assert_proxy_error(&r, 502, "dns_error", "dns_error");
     };
-    for _ in 0..3 {
-        refused().await;
-    }
-    assert_eq!(fake.queries("gone.test nx"), 2, "one A and one AAAA query, kept");
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await; // let the 1 s negative TTL run out
-    refused().await;
-    assert_eq!(fake.queries("gone.test nx"), 4, "an expired NXDOMAIN is asked for again");
+    let (within, past) = queries_within_and_past_a_ttl(&fake, "gone.test nx", refused).await;
+    assert_eq!(within, 2, "one A and one AAAA query, kept");
+    assert_eq!(past, 4, "an expired NXDOMAIN is asked for again");
     // Kept, it still says the name does not exist: with the AAAA query
     // unanswered, a 502 `dns_error`, not a 504 `dns_timeout`.
     let zone = vec![("half.test", Answer::NxSoaNoAaaa(60))];
