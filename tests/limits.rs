@@ -2570,6 +2570,49 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
     );
 }
 
+/// When the grace period runs out, the log counts the connections still at
+/// work (`open`) apart from those already answered and closed on
+/// authgate's side, which only wait for their client to close
+/// (`lingering`): a client that kept its socket open after a 400 was
+/// counted as open, as if work had been cut (probe 294).
+#[test]
+fn the_grace_period_log_counts_lingering_connections_apart() {
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let log_path = dir.path().join("access.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut bin = start_binary(&dir, "[limits]\nshutdown_grace = \"300ms\"\n", &users(), Stdio::from(log));
+    let (child, proxy) = (&mut bin.child, bin.addr);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_tunnel, _answered, _shout) = rt.block_on(async {
+        let shout = spawn_shout_origin();
+        wait_listening(proxy).await;
+        // A tunnel: at work until the grace period runs out.
+        let mut tunnel = RawConn::connect(proxy).await;
+        let a = basic("alice", "a1");
+        tunnel.send(request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &a)])).await;
+        assert_eq!(tunnel.read_head().await.status, 200);
+        // A bad request: answered, then closed on authgate's side; the
+        // client keeps its socket open, so the connection lingers (2 s).
+        let mut answered = RawConn::connect(proxy).await;
+        answered.send(b"GET http://[::1 HTTP/1.1\r\n\r\n").await;
+        assert_eq!(answered.read_head().await.status, 400);
+        (tunnel, answered, shout)
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the proxy did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let written = std::fs::read_to_string(&log_path).unwrap();
+    let line = written
+        .lines()
+        .find(|l| l.contains("grace period over"))
+        .unwrap_or_else(|| panic!("no grace period line:\n{written}"));
+    assert!(line.contains(" open=1 ") && line.contains(" lingering=1"), "{line}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_tunnels_count_against_the_per_address_limit() {
     let proxy = spawn_custom(&cfg("", "[limits]\nmax_connections_per_ip = 2\n"), &users());

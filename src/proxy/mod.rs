@@ -57,6 +57,9 @@ pub struct State {
     pub stopping: CancellationToken,
     /// Cancelled when shutdown's grace period is over: closes tunnels.
     pub kill: CancellationToken,
+    /// Client connections answered and closed on authgate's side, waiting
+    /// for the client to close.
+    pub lingering: Arc<crate::server::guard::Lingering>,
     /// Open connections and tunnels by user, for revocation on reload.
     pub sessions: Arc<Sessions>,
     /// Incremented each time a new snapshot is installed: a successful
@@ -111,6 +114,7 @@ impl State {
             tasks: TaskTracker::new(),
             stopping: CancellationToken::new(),
             kill: CancellationToken::new(),
+            lingering: Arc::default(),
             sessions: Arc::new(Sessions::default()),
             generation: AtomicU64::new(1),
             reload_failures: AtomicU64::new(0),

@@ -30,7 +30,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -443,6 +443,10 @@ pub struct Guarded<S> {
     idle_after: u32,
     /// Bytes drained while closing; `None` until the write side is shut.
     lingered: Option<usize>,
+    /// Where this connection counts while it lingers.
+    lingering: Arc<Lingering>,
+    /// Held while it lingers.
+    lingers: Option<LingerSlot>,
     /// The request (`served` count) whose end of stream was held back once,
     /// see `poll_read`.
     eof_held_for: u32,
@@ -460,7 +464,16 @@ const GRACE: Duration = Duration::from_millis(20);
 
 impl<S> Guarded<S> {
     /// Wraps `inner`; `answer` makes the 408, 431 and unparsable-head answers.
-    pub fn new(inner: S, phase: Arc<Phase>, limits: Timeouts, answer: Canned) -> Self {
+    ///
+    /// While it lingers after an answer (see `poll_linger`), the connection
+    /// counts in `lingering`.
+    pub fn new(
+        inner: S,
+        phase: Arc<Phase>,
+        limits: Timeouts,
+        answer: Canned,
+        lingering: Arc<Lingering>,
+    ) -> Self {
         Guarded {
             inner,
             phase,
@@ -479,6 +492,8 @@ impl<S> Guarded<S> {
             send: SendStall::new(limits.send),
             idle_after: 0,
             lingered: None,
+            lingering,
+            lingers: None,
             eof_held_for: 0,
             grace_given: false,
             grown: false,
@@ -868,6 +883,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
                 }
                 this.armed_for = CLOSING;
                 this.timer.as_mut().reset(Instant::now() + LINGER);
+                this.lingers = Some(LingerSlot::take(&this.lingering));
                 *this.lingered.insert(0)
             }
         };
@@ -889,7 +905,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
             }
         }
         this.lingered = Some(LINGER_MAX);
+        this.lingers = None;
         Poll::Ready(Ok(()))
+    }
+}
+
+/// How many connections are lingering: answered and closed on authgate's
+/// side, waiting (up to [`LINGER`]) for the client to close its side too.
+/// A shutdown waits for them, but they are no longer at work: its log
+/// counts them apart from the connections still open.
+#[derive(Debug, Default)]
+pub struct Lingering(AtomicUsize);
+
+impl Lingering {
+    /// The connections lingering now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One lingering connection's place in [`Lingering`], given back on drop.
+#[derive(Debug)]
+struct LingerSlot(Arc<Lingering>);
+
+impl LingerSlot {
+    fn take(lingering: &Arc<Lingering>) -> Self {
+        lingering.0.fetch_add(1, Ordering::Relaxed);
+        LingerSlot(lingering.clone())
+    }
+}
+
+impl Drop for LingerSlot {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -982,7 +1030,8 @@ mod tests {
         // 64 bytes of buffer towards the client, which never reads them.
         let (mut client, server) = tokio::io::duplex(64);
         let answer: Canned = Box::new(|_, _| vec![b'x'; 4096]);
-        let mut guarded = Guarded::new(server, Arc::new(Phase::default()), timeouts(), answer);
+        let mut guarded =
+            Guarded::new(server, Arc::new(Phase::default()), timeouts(), answer, Arc::default());
         client.write_all(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127").await.unwrap();
         let mut buf = [0u8; 1024];
         let n = guarded.read(&mut buf).await.unwrap();

@@ -219,9 +219,14 @@ pub async fn run<L: Into<Listener>>(
     state.tasks.close();
     let grace = state.snapshot.load().limits.shutdown_grace;
     if tokio::time::timeout(grace, state.tasks.wait()).await.is_err() {
+        // Connections already answered and closed on authgate's side, which
+        // wait for their client to close (see `guard::Lingering`), are not
+        // at work: counted apart (probe 294).
+        let lingering = state.lingering.count();
         tracing::info!(
             grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-            open = state.tasks.len(),
+            open = state.tasks.len().saturating_sub(lingering),
+            lingering,
             "grace period over: closing the connections and tunnels still open"
         );
         state.kill.cancel();
@@ -642,7 +647,7 @@ async fn serve_http<S>(
         send: limits.send_timeout,
         max_head: limits.max_header_bytes,
     };
-    let io = Guarded::new(io, phase, timeouts, canned(&state, addr));
+    let io = Guarded::new(io, phase, timeouts, canned(&state, addr), state.lingering.clone());
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         // Synchronously, before the future runs: the head is complete.
