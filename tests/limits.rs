@@ -2506,16 +2506,21 @@ async fn an_http2_preface_split_across_reads_gets_a_400() {
     }
 }
 
+/// The binary with `extra` config, its log (standard output) written to a
+/// file in `dir`, to be read after the exit.
+fn logging_to_a_file(dir: &TempDir, extra: &str) -> (Binary, std::path::PathBuf) {
+    let log_path = dir.path().join("access.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    (start_binary(dir, extra, &users(), std::process::Stdio::from(log)), log_path)
+}
+
 /// A second signal exits at once (status 1), with the access lines of
 /// what it cuts and of what ended just before.
 #[test]
 fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let dir = TempDir::new();
-    // The access log (stdout) goes to a file, to be read after the exit.
-    let log_path = dir.path().join("access.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut bin = start_binary(&dir, "[limits]\nshutdown_grace = \"60s\"\n", &users(), Stdio::from(log));
+    let (mut bin, log_path) = logging_to_a_file(&dir, "[limits]\nshutdown_grace = \"60s\"\n");
     let (child, proxy) = (&mut bin.child, bin.addr);
     let a = basic("alice", "a1");
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -2577,11 +2582,9 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
 /// counted as open, as if work had been cut (probe 294).
 #[test]
 fn the_grace_period_log_counts_lingering_connections_apart() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let dir = TempDir::new();
-    let log_path = dir.path().join("access.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut bin = start_binary(&dir, "[limits]\nshutdown_grace = \"300ms\"\n", &users(), Stdio::from(log));
+    let (mut bin, log_path) = logging_to_a_file(&dir, "[limits]\nshutdown_grace = \"300ms\"\n");
     let (child, proxy) = (&mut bin.child, bin.addr);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (_tunnel, _answered, _shout) = rt.block_on(async {

@@ -911,7 +911,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
 }
 
 /// How many connections are lingering: answered and closed on authgate's
-/// side, waiting (up to [`LINGER`]) for the client to close its side too.
+/// side, waiting (up to 2 s) for the client to close its side too.
 /// A shutdown waits for them, but they are no longer at work: its log
 /// counts them apart from the connections still open.
 #[derive(Debug, Default)]
