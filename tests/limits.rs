@@ -2573,6 +2573,8 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
             && l.contains("outcome=\"tunnel_shutdown\"")),
         "the access line of the open tunnel:\n{written}"
     );
+    // Not a clean stop, and the log does not say it was one (probe 294).
+    assert!(!written.lines().any(|l| l.ends_with("authgate::server: stopped")), "{written}");
 }
 
 /// When the grace period runs out, the log counts the connections still at

@@ -237,7 +237,12 @@ pub async fn run<L: Into<Listener>>(
     watcher.abort();
     state.close_installs();
     crate::telemetry::flush_held_back();
-    tracing::info!("stopped");
+    if signals::cut_short() {
+        // Not a clean stop, which a bare `stopped` said too (probe 294).
+        tracing::info!("stopped by a second signal (exit status 1)");
+    } else {
+        tracing::info!("stopped");
+    }
     Ok(())
 }
 

@@ -56,6 +56,12 @@ pub async fn shutdown_signal(state: Arc<State>) {
     });
 }
 
+/// Whether a second SIGTERM or SIGINT has cut the shutdown short: the
+/// process ends with status 1, and its last log line says so.
+pub fn cut_short() -> bool {
+    EXIT.load(Ordering::SeqCst) == INTERRUPTED
+}
+
 /// Called once the shutdown is over: whether a second signal was acted on
 /// first, in which case its handler is given a second to end the process
 /// (it needs the runtime a little longer to say so and to write what it
