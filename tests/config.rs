@@ -150,6 +150,28 @@ fn a_space_inside_a_durations_number_is_refused() {
             "{value}: {err}"
         );
     }
+    // With the same length in units that read, worked out from the value:
+    // a fixed "360ms" (right for "0.0001h" only) set "0.001h" ten times too
+    // short (probe 300).
+    for (value, instead) in [
+        ("0.0001h", "write \"360ms\""),
+        ("0.001h", "write \"3s 600ms\""),
+        ("1.5h 0.0001d", "write \"1h 30m 8s 640ms\""),
+        ("0.0000005ms", "comes to part of a nanosecond"),
+    ] {
+        let err = load_err(&format!("[limits]\nidle_timeout = \"{value}\"\n"), &good_users());
+        assert!(err.contains(instead), "{value}: {err}");
+    }
+    // A number without a unit is told to add one, with its own value: the
+    // example was humantime's "0sec", refused by most settings, and
+    // "1sec" for "1.5" (probe 300).
+    for (value, instead) in [("0.5", "\"0.5s\""), ("1.5", "\"1.5s\""), ("30", "\"30s\"")] {
+        let err = load_err(&format!("[limits]\nshutdown_grace = \"{value}\"\n"), &good_users());
+        assert!(
+            err.contains("a unit is needed") && err.contains(instead) && !err.contains("sec or"),
+            "{value}: {err}"
+        );
+    }
     // Too large indeed, fraction or not: humantime's words.
     for value in ["99999999999999999999.5s", "999999999999.5y"] {
         let err = load_err(&format!("[limits]\nidle_timeout = \"{value}\"\n"), &good_users());
@@ -804,6 +826,16 @@ fn a_dns_server_at_port_0_is_refused() {
     ];
     let err = load_err(&format!("{GOOD_CONFIG}[dns]\nservers = {servers:?}\n"), &good_users());
     assert_eq!(err.matches("address is no server's").count(), 8, "{err}");
+    // Link-local: no query reaches it without a zone id (probe 300).
+    let err = load_err(
+        &format!("{GOOD_CONFIG}[dns]\nservers = [\"[fe80::1]\", \"[febf::1]:53\"]\n"),
+        &good_users(),
+    );
+    assert_eq!(
+        err.matches("dns.servers: a link-local address (fe80::/10) needs a zone id").count(),
+        2,
+        "{err}"
+    );
     let (_dir, snap) = load(
         &format!("{GOOD_CONFIG}[dns]\nservers = [\"127.0.0.1\", \"[::1]:5353\", \"[::2]\"]\n"),
         &good_users(),

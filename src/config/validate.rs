@@ -135,12 +135,69 @@ fn duration_within(
         Err(humantime::DurationError::NumberOverflow)
             if text.contains('.') && humantime::parse_duration(&without_fractions(text)).is_ok() =>
         {
-            bad(
-                ": a fraction must come to whole nanoseconds, and to whole seconds for `h`, `d`, `w`, months and years (`ns` takes none); write e.g. \"360ms\"",
-            )
+            // The same length said in units humantime reads, worked out from
+            // the value: a fixed example ("360ms", right for `"0.0001h"`
+            // only) set `"0.001h"` ten times too short (probe 300).
+            let instead = match exact_nanos(text) {
+                Some(ns) => format!("; write \"{}\"", humantime::format_duration(Duration::from_nanos(ns))),
+                None => "; this one comes to part of a nanosecond".to_owned(),
+            };
+            bad(&format!(
+                ": a fraction must come to whole nanoseconds, and to whole seconds for `h`, `d`, `w`, months and years (`ns` takes none){instead}"
+            ))
+        }
+        // A number without a unit: humantime's example ("for example 0sec
+        // or 0ms") dropped the value's fraction, and `0sec` is refused by
+        // most settings (probe 300).
+        Err(humantime::DurationError::UnknownUnit { unit, .. }) if unit.is_empty() => {
+            let number = text.trim();
+            bad(&format!(": a unit is needed (s, ms, m, h, d ...): write e.g. \"{number}s\""))
         }
         Err(e) => bad(&format!(" ({e}); use e.g. \"30s\", \"5m\", \"1h\"")),
     }
+}
+
+/// The length of a duration written with fractions (`"0.001h"`), in
+/// nanoseconds, worked out exactly; `None` when it is no whole number of
+/// nanoseconds, too long, or not read (humantime's units, months and years
+/// as it counts them: a twelfth of 365.25 days, and 365.25 days).
+fn exact_nanos(text: &str) -> Option<u64> {
+    const S: u128 = 1_000_000_000;
+    let mut total: u128 = 0;
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let number_end = rest.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end =
+            after.find(|ch: char| ch.is_ascii_digit() || ch.is_whitespace()).unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let per: u128 = match unit {
+            "nsec" | "ns" => 1,
+            "usec" | "us" | "\u{b5}s" => 1_000,
+            "msec" | "ms" => 1_000_000,
+            "seconds" | "second" | "sec" | "s" => S,
+            "minutes" | "minute" | "min" | "m" => 60 * S,
+            "hours" | "hour" | "hr" | "h" => 3_600 * S,
+            "days" | "day" | "d" => 86_400 * S,
+            "weeks" | "week" | "w" => 604_800 * S,
+            "months" | "month" | "M" => 2_629_800 * S,
+            "years" | "year" | "y" => 31_557_600 * S,
+            _ => return None,
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if whole.len() + fraction.len() > 30 || whole.len() + fraction.len() == 0 {
+            return None;
+        }
+        let scale = 10u128.pow(u32::try_from(fraction.len()).ok()?);
+        let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
+        let ns = digits.checked_mul(per)?;
+        if ns % scale != 0 {
+            return None;
+        }
+        total = total.checked_add(ns / scale)?;
+        rest = after.trim_start();
+    }
+    u64::try_from(total).ok()
 }
 
 /// `text` with every decimal point and the digits after it left out
@@ -715,6 +772,13 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                     server.span(),
                     "dns.servers: an unspecified (0.0.0.0/8, ::), broadcast or multicast address is no \
                      server's; write the server's (127.0.0.1 for one on this host)",
+                ),
+                // No query reaches fe80::/10 without a zone id, which
+                // authgate takes nowhere (as for a listener; probe 300).
+                Some(SocketAddr::V6(a)) if a.ip().is_unicast_link_local() => c.at(
+                    server.span(),
+                    "dns.servers: a link-local address (fe80::/10) needs a zone id, and authgate takes \
+                     none: write the server's global or unique-local address",
                 ),
                 Some(a) => s.dns_servers.push(a),
                 None => c.at(
