@@ -299,6 +299,25 @@ impl<'a> Collector<'a> {
                     u32::from(ch)
                 );
             }
+            // Typographic quotes come with text pasted from a word
+            // processor or a chat: "invalid string: expected `"`, `'`"
+            // named neither (probe 300).
+            Some(
+                ch @ ('\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2018}' | '\u{2019}' | '\u{AB}' | '\u{BB}'),
+            ) => {
+                msg = format!(
+                    "a typographic quote, {ch} (U+{:04X}), is not a TOML quote (pasted text?): write \" or '",
+                    u32::from(ch)
+                );
+            }
+            // A letter that a key without quotes cannot have (`réalm`):
+            // "expected `.`, `=`" (probe 300).
+            Some(ch) if !ch.is_ascii() && ch.is_alphanumeric() => {
+                msg = format!(
+                    "`{ch}` (U+{:04X}) is not allowed here: a key without quotes has only ASCII letters, digits, `-` and `_`, and a text value goes in quotes",
+                    u32::from(ch)
+                );
+            }
             _ if msg.is_empty() => msg = "not valid TOML here".to_owned(),
             _ => {}
         }
@@ -629,6 +648,10 @@ mod tests {
             ("[server]\nrealm\u{a0}= \"x\"\n", (2, 6), "a Unicode space, U+00A0"),
             ("[server]\n\u{feff}realm = \"x\"\n", (2, 1), "an invisible character, U+FEFF"),
             ("[server]\nrealm =\u{3000}\"x\"\n", (2, 8), "a Unicode space, U+3000"),
+            // Curly quotes and a letter a bare key cannot have (probe 300).
+            ("[server]\nrealm = \u{201c}x\u{201d}\n", (2, 9), "a typographic quote, \u{201c} (U+201C)"),
+            ("[server]\nrealm = \u{2018}x\u{2019}\n", (2, 9), "a typographic quote, \u{2018} (U+2018)"),
+            ("[server]\nr\u{e9}alm = \"x\"\n", (2, 2), "`\u{e9}` (U+00E9) is not allowed here"),
         ] {
             let problems = match crate::config::validate::config(Path::new("c.toml"), source) {
                 Err(problems) => problems,
