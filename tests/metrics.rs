@@ -1053,3 +1053,35 @@ async fn a_users_idle_connections_serve_that_user_only() {
     assert_eq!(origin.hits(), 41, "alice's request did not take one of her connections");
     let _ = run.stop.send(());
 }
+
+/// A listener configured with port 0 gets a free port, and the log says
+/// which: the start's summary says the configured address, and the port
+/// was nowhere (probe 300).
+#[test]
+fn the_port_given_for_port_0_is_logged() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new();
+    let log_path = dir.path().join("out.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let bin = start_binary(&dir, "[admin]\nlisten = \"127.0.0.1:0\"\n", &users_toml(&[]), Stdio::from(log));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let admin: SocketAddr = loop {
+        let written = std::fs::read_to_string(&log_path).unwrap();
+        let said = written.lines().find_map(|l| {
+            let rest = l.split("listening on ").nth(1)?;
+            rest.strip_suffix(" (admin): a free port, for 127.0.0.1:0 in the configuration")?.parse().ok()
+        });
+        if let Some(a) = said {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no port in the log:\n{written}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(admin.port(), 0);
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let _ = bin.stop();
+}

@@ -167,6 +167,7 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
     let mut out = Vec::new();
     for addr in &snap.server.listen {
         let tcp = bind_tcp(*addr).map_err(|e| format!("cannot listen on {addr}: {}", bind_reason(&e)))?;
+        say_free_port(*addr, &tcp, "");
         out.push(Listener::plain(tcp, snap.server.proxy_protocol.contains(addr)));
     }
     for (i, t) in snap.server.tls.iter().enumerate() {
@@ -180,14 +181,27 @@ pub async fn bind_all(state: &State) -> Result<Vec<Listener>, String> {
         if let Ok(addr) = tcp.local_addr() {
             slot.bound_on(addr);
         }
+        say_free_port(t.listen, &tcp, " (TLS)");
         out.push(Listener::tls(tcp, tls::acceptor(slot)?, t.proxy_protocol));
     }
     if let Some(addr) = snap.admin {
         let tcp =
             bind_tcp(addr).map_err(|e| format!("cannot listen on {addr} (admin): {}", bind_reason(&e)))?;
+        say_free_port(addr, &tcp, " (admin)");
         out.push(Listener::admin(tcp));
     }
     Ok(out)
+}
+
+/// Logs the port a listener configured with port 0 was given: the start's
+/// summary says the configured address, and the port was nowhere in the
+/// log (probe 300).
+fn say_free_port(configured: SocketAddr, tcp: &TcpListener, kind: &str) {
+    if configured.port() == 0
+        && let Ok(bound) = tcp.local_addr()
+    {
+        tracing::info!("listening on {bound}{kind}: a free port, for {configured} in the configuration");
+    }
 }
 
 /// Serves `listeners` until `shutdown` resolves, then shuts down gracefully
