@@ -295,6 +295,19 @@ async fn expect_100_continue_waits_for_the_origin() {
     assert_eq!(resp.status, 200, "{}", resp.dump());
     assert_eq!(resp.body, b"hello world");
 
+    // The same when another expectation comes first, in a field of its
+    // own: hyper reads the last field, and its 100 went out at once,
+    // before the origin said a word (probe 303).
+    said_continue.store(false, Ordering::SeqCst);
+    let mut c = RawConn::connect(proxy.addr).await;
+    let head = String::from_utf8(put_expecting_100_head(&patient, "/up", 11)).unwrap();
+    c.send(head.replacen("\r\n", "\r\nExpect: foo\r\n", 1)).await;
+    let interim = c.read_head().await;
+    assert_eq!(interim.status, 100, "{}", interim.dump());
+    assert!(said_continue.load(Ordering::SeqCst), "the client heard 100 before the origin said it");
+    c.send(b"hello world").await;
+    assert_eq!(c.read_response("PUT").await.status, 200);
+
     let mut c = put_expecting_100(proxy.addr, &refusing, 100_000).await;
     let resp = c.read_response("PUT").await;
     assert_eq!(resp.status, 413, "no 100 before the origin's answer: {}", resp.dump());

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
@@ -96,8 +96,10 @@ pub async fn forward(
     // RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request
     // MUST be ignored; sent on in the HTTP/1.1 request made of it, the
     // origin would act on it.
-    if from_http10 && parts.headers.get(header::EXPECT).is_some_and(is_100_continue) {
-        parts.headers.remove(header::EXPECT);
+    // Every spelling: one that was not the first field (`Expect: foo`,
+    // then `Expect: 100-continue`), or a member of a list, went on (probe 303).
+    if from_http10 {
+        drop_100_continue(&mut parts.headers);
     }
     let has_body = !http_body::Body::is_end_stream(&body);
     // hyper's client sends a body of unknown length (the client's was
@@ -115,7 +117,7 @@ pub async fn forward(
     parts.version = Version::HTTP_11;
     let upload = has_body.then(|| Arc::new(Upload::new(rec.bytes_up.clone())));
     // (A 1.0 client's expectation was dropped above.)
-    let expects = has_body && parts.headers.get(header::EXPECT).is_some_and(is_100_continue);
+    let expects = has_body && hyper_continues(&parts.headers);
     let body = RequestBody::new(body, upload.clone());
     // The wait for the origin's `100` is part of the wait for its answer,
     // so it takes at most half of that.
@@ -334,8 +336,43 @@ pub async fn forward(
     })))
 }
 
-fn is_100_continue(v: &HeaderValue) -> bool {
-    v.as_bytes().eq_ignore_ascii_case(b"100-continue")
+fn is_100_continue(v: &[u8]) -> bool {
+    v.eq_ignore_ascii_case(b"100-continue")
+}
+
+/// Whether hyper's server sends the client its own `100 Continue` when the
+/// body is first read: it reads each `Expect` field whole and keeps the
+/// last. The gate of `Expect: 100-continue` end to end must agree: with
+/// `Expect: foo` first and `Expect: 100-continue` last, the body was read
+/// at once, and the client had its 100 before the origin said a word
+/// (probe 303). A list such as `100-continue, foo` makes hyper send none,
+/// and so goes on unchanged as any other expectation.
+fn hyper_continues(headers: &HeaderMap) -> bool {
+    headers.get_all(header::EXPECT).iter().next_back().is_some_and(|v| is_100_continue(v.as_bytes()))
+}
+
+/// Takes every `100-continue` member out of the `Expect` fields (RFC 9110
+/// §10.1.1: an HTTP/1.0 client's MUST be ignored), keeping the others.
+fn drop_100_continue(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::EXPECT) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::EXPECT)
+        .iter()
+        .filter_map(|v| {
+            let members = || v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
+            if !members().any(is_100_continue) {
+                return Some(v.clone());
+            }
+            let others: Vec<&[u8]> = members().filter(|m| !m.is_empty() && !is_100_continue(m)).collect();
+            (!others.is_empty()).then(|| HeaderValue::from_bytes(&others.join(&b", "[..])).ok()).flatten()
+        })
+        .collect();
+    headers.remove(header::EXPECT);
+    for v in kept {
+        headers.append(header::EXPECT, v);
+    }
 }
 
 /// The origin's interim (1xx) answers, which hyper's client reads past
