@@ -158,6 +158,15 @@ fn a_space_inside_a_durations_number_is_refused() {
         ("0.001h", "write \"3s 600ms\""),
         ("1.5h 0.0001d", "write \"1h 30m 8s 640ms\""),
         ("0.0000005ms", "comes to part of a nanosecond"),
+        // A month as humantime reads it (30.44 days), every spelling of a
+        // unit, a space before it, zeros ending a fraction; too long said
+        // so (probe 305).
+        ("0.0001months", "write \"4m 23s 1ms 600us\""),
+        ("1month 0.0001h", "write \"1month 360ms\""),
+        ("0.0001hrs", "write \"360ms\""),
+        ("0.0001 h", "write \"360ms\""),
+        ("1.000000000000000000000000000000s", "write \"1s\""),
+        ("0.0001weeks 660565month", "and at most 365 days"),
     ] {
         let err = load_err(&format!("[limits]\nidle_timeout = \"{value}\"\n"), &good_users());
         assert!(err.contains(instead), "{value}: {err}");

@@ -117,9 +117,7 @@ fn duration_within(
                 .split(|ch: char| !ch.is_ascii_alphabetic())
                 .any(|unit| matches!(unit, "y" | "yr" | "yrs" | "year" | "years" | "M" | "month" | "months"))
             {
-                format!(
-                    "{what}: at most {said} (a year counts 365.25 days, a month a twelfth of that: write `365d`)"
-                )
+                format!("{what}: at most {said} (a year counts 365.25 days, a month 30.44: write `365d`)")
             } else {
                 format!("{what}: at most {said}")
             };
@@ -138,9 +136,13 @@ fn duration_within(
             // The same length said in units humantime reads, worked out from
             // the value: a fixed example ("360ms", right for `"0.0001h"`
             // only) set `"0.001h"` ten times too short (probe 300).
-            let instead = match exact_nanos(text) {
-                Some(ns) => format!("; write \"{}\"", humantime::format_duration(Duration::from_nanos(ns))),
-                None => "; this one comes to part of a nanosecond".to_owned(),
+            let instead = match exact_length(text) {
+                Exact::Nanos(ns) => {
+                    format!("; write \"{}\"", humantime::format_duration(Duration::from_nanos(ns)))
+                }
+                Exact::NotWhole => "; this one comes to part of a nanosecond".to_owned(),
+                Exact::Long => "; and at most 365 days".to_owned(),
+                Exact::Unread => String::new(),
             };
             bad(&format!(
                 ": a fraction must come to whole nanoseconds, and to whole seconds for `h`, `d`, `w`, months and years (`ns` takes none){instead}"
@@ -157,47 +159,59 @@ fn duration_within(
     }
 }
 
-/// The length of a duration written with fractions (`"0.001h"`), in
-/// nanoseconds, worked out exactly; `None` when it is no whole number of
-/// nanoseconds, too long, or not read (humantime's units, months and years
-/// as it counts them: a twelfth of 365.25 days, and 365.25 days).
-fn exact_nanos(text: &str) -> Option<u64> {
-    const S: u128 = 1_000_000_000;
+/// The length of a duration written with fractions (`"0.001h"`), worked
+/// out exactly, each unit as long as humantime reads `1` of it (a month is
+/// its 30.44 days: a table of units of its own had 30.4375, and missed
+/// spellings such as `hrs`; probe 305).
+fn exact_length(text: &str) -> Exact {
     let mut total: u128 = 0;
     let mut rest = text.trim();
     while !rest.is_empty() {
         let number_end = rest.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).unwrap_or(rest.len());
         let (number, after) = rest.split_at(number_end);
-        let unit_end =
-            after.find(|ch: char| ch.is_ascii_digit() || ch.is_whitespace()).unwrap_or(after.len());
+        // (A space may stand between a number and its unit: `"30 s"`.)
+        let after = after.trim_start();
+        let unit_end = after.find(|ch: char| !ch.is_alphabetic()).unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_end);
-        let per: u128 = match unit {
-            "nsec" | "ns" => 1,
-            "usec" | "us" | "\u{b5}s" => 1_000,
-            "msec" | "ms" => 1_000_000,
-            "seconds" | "second" | "sec" | "s" => S,
-            "minutes" | "minute" | "min" | "m" => 60 * S,
-            "hours" | "hour" | "hr" | "h" => 3_600 * S,
-            "days" | "day" | "d" => 86_400 * S,
-            "weeks" | "week" | "w" => 604_800 * S,
-            "months" | "month" | "M" => 2_629_800 * S,
-            "years" | "year" | "y" => 31_557_600 * S,
-            _ => return None,
-        };
+        let Ok(per) = humantime::parse_duration(&format!("1{unit}")) else { return Exact::Unread };
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        if whole.len() + fraction.len() > 30 || whole.len() + fraction.len() == 0 {
-            return None;
-        }
-        let scale = 10u128.pow(u32::try_from(fraction.len()).ok()?);
-        let digits: u128 = format!("{whole}{fraction}").parse().ok()?;
-        let ns = digits.checked_mul(per)?;
+        // Zeros that end a fraction change nothing (`"1.000s"`).
+        let fraction = fraction.trim_end_matches('0');
+        let Some(scale) = u32::try_from(fraction.len()).ok().and_then(|n| 10u128.checked_pow(n)) else {
+            return Exact::Unread;
+        };
+        let digits = format!("{whole}{fraction}");
+        let digits = match digits.trim_start_matches('0') {
+            "" => 0,
+            significant => match significant.parse::<u128>() {
+                Ok(n) => n,
+                Err(_) => return Exact::Long,
+            },
+        };
+        let Some(ns) = digits.checked_mul(per.as_nanos()) else { return Exact::Long };
         if ns % scale != 0 {
-            return None;
+            return Exact::NotWhole;
         }
-        total = total.checked_add(ns / scale)?;
+        let Some(sum) = total.checked_add(ns / scale) else { return Exact::Long };
+        total = sum;
         rest = after.trim_start();
     }
-    u64::try_from(total).ok()
+    match u64::try_from(total) {
+        Ok(ns) if Duration::from_nanos(ns) <= MAX_DURATION => Exact::Nanos(ns),
+        _ => Exact::Long,
+    }
+}
+
+/// What [`exact_length`] made of a duration.
+enum Exact {
+    /// This many nanoseconds, at most [`MAX_DURATION`].
+    Nanos(u64),
+    /// No whole number of nanoseconds.
+    NotWhole,
+    /// Longer than [`MAX_DURATION`].
+    Long,
+    /// Not read (a unit humantime does not know, a number too long).
+    Unread,
 }
 
 /// `text` with every decimal point and the digits after it left out
@@ -1115,5 +1129,33 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
         (IpAddr::V6(x), _) | (_, IpAddr::V6(x)) if x.is_unspecified() => true,
         (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified(),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Exact, exact_length};
+    use std::time::Duration;
+
+    /// What a fraction error suggests is as long as what was written, read
+    /// back as humantime reads it (probe 305: months were 216 s short).
+    #[test]
+    fn the_length_suggested_reads_back_as_the_same() {
+        for (text, humantime_reads) in [
+            ("0.0001h", Duration::from_millis(360)),
+            ("0.0001months", Duration::from_micros(263_001_600)),
+            ("1month 0.0001h", Duration::from_millis(2_630_016_360)),
+            ("0.5y", Duration::from_secs(15_778_800)),
+            ("0.0001 hrs 2.5 s", Duration::from_millis(2_860)),
+            ("1.000000000000000000000000000000s", Duration::from_secs(1)),
+        ] {
+            let Exact::Nanos(ns) = exact_length(text) else { panic!("{text}: not worked out") };
+            assert_eq!(Duration::from_nanos(ns), humantime_reads, "{text}");
+            let suggested = humantime::format_duration(Duration::from_nanos(ns)).to_string();
+            assert_eq!(humantime::parse_duration(&suggested), Ok(humantime_reads), "{text}: {suggested}");
+        }
+        assert!(matches!(exact_length("0.5ns"), Exact::NotWhole));
+        assert!(matches!(exact_length("400d 0.5s"), Exact::Long));
+        assert!(matches!(exact_length("0.5parsecs"), Exact::Unread));
     }
 }
