@@ -44,6 +44,24 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     escaped(text, |c| c.is_control() || crate::telemetry::hidden(c) || unusual_space(c))
 }
 
+/// Quotes of typeset text (curly, low, primes, angle, full-width), which
+/// pasted text brings where TOML takes `"` or `'`.
+fn typographic_quote(ch: char) -> bool {
+    matches!(
+        ch,
+        '\u{AB}'
+            | '\u{BB}'
+            | '\u{2018}'..='\u{201F}'
+            | '\u{2032}'
+            | '\u{2033}'
+            | '\u{2039}'
+            | '\u{203A}'
+            | '\u{301D}'..='\u{301F}'
+            | '\u{FF02}'
+            | '\u{FF07}'
+    )
+}
+
 /// A space other than the ASCII ones (U+00A0 no-break space, U+2000 to
 /// U+200A, U+3000 ...): it looks like a space, or like nothing, in a
 /// message (`localhost ` for `localhost\u{a0}`; probe 230).
@@ -302,9 +320,9 @@ impl<'a> Collector<'a> {
             // Typographic quotes come with text pasted from a word
             // processor or a chat: "invalid string: expected `"`, `'`"
             // named neither (probe 300).
-            Some(
-                ch @ ('\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2018}' | '\u{2019}' | '\u{AB}' | '\u{BB}'),
-            ) => {
+            // (Not after a backslash in a string: there the escape is the
+            // problem, and toml's message says so; probe 305.)
+            Some(ch) if typographic_quote(ch) && !msg.contains("escape") => {
                 msg = format!(
                     "a typographic quote, {ch} (U+{:04X}), is not a TOML quote (pasted text?): write \" or '",
                     u32::from(ch)
@@ -312,7 +330,7 @@ impl<'a> Collector<'a> {
             }
             // A letter that a key without quotes cannot have (`réalm`):
             // "expected `.`, `=`" (probe 300).
-            Some(ch) if !ch.is_ascii() && ch.is_alphanumeric() => {
+            Some(ch) if !ch.is_ascii() && ch.is_alphanumeric() && !msg.contains("escape") => {
                 msg = format!(
                     "`{ch}` (U+{:04X}) is not allowed here: a key without quotes has only ASCII letters, digits, `-` and `_`, and a text value goes in quotes",
                     u32::from(ch)
@@ -652,6 +670,11 @@ mod tests {
             ("[server]\nrealm = \u{201c}x\u{201d}\n", (2, 9), "a typographic quote, \u{201c} (U+201C)"),
             ("[server]\nrealm = \u{2018}x\u{2019}\n", (2, 9), "a typographic quote, \u{2018} (U+2018)"),
             ("[server]\nr\u{e9}alm = \"x\"\n", (2, 2), "`\u{e9}` (U+00E9) is not allowed here"),
+            ("[server]\nrealm = \u{201a}x\u{2018}\n", (2, 9), "a typographic quote, \u{201a} (U+201A)"),
+            ("[server]\nrealm = \u{2033}x\u{2033}\n", (2, 9), "a typographic quote, \u{2033} (U+2033)"),
+            // After a backslash in a string, the escape is the problem.
+            ("[server]\nrealm = \"a\\\u{e9}\"\n", (2, 11), "invalid escape sequence"),
+            ("[server]\nrealm = \"\\\u{201c}x\"\n", (2, 10), "invalid escape sequence"),
         ] {
             let problems = match crate::config::validate::config(Path::new("c.toml"), source) {
                 Err(problems) => problems,
