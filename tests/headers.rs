@@ -1011,6 +1011,9 @@ async fn http_1_0_clients_get_an_honest_close_and_no_expectation_is_sent_on() {
         ("/list", "Expect: 100-continue, foo\r\n", vec!["foo"]),
         ("/after", "Expect: foo\r\nExpect: 100-Continue\r\n", vec!["foo"]),
         ("/both", "Expect: a, 100-continue ,b\r\nExpect: c\r\n", vec!["a, b", "c"]),
+        // A comma inside a quoted string separates nothing (probe 305).
+        ("/quoted", "Expect: foo=\"a,100-continue,b\"\r\n", vec!["foo=\"a,100-continue,b\""]),
+        ("/quoted-too", "Expect: f=\"a,\\\",b\", 100-continue\r\n", vec!["f=\"a,\\\",b\""]),
     ] {
         let mut c = RawConn::connect(proxy.addr).await;
         c.send(format!(
