@@ -319,9 +319,9 @@ impl<'a> Collector<'a> {
             }
             // Typographic quotes come with text pasted from a word
             // processor or a chat: "invalid string: expected `"`, `'`"
-            // named neither (probe 300).
-            // (Not after a backslash in a string: there the escape is the
-            // problem, and toml's message says so; probe 305.)
+            // named neither (probe 300). Not after a backslash in a string,
+            // where the escape is the problem and toml's message says so
+            // (probe 305); nor, below, a letter there.
             Some(ch) if typographic_quote(ch) && !msg.contains("escape") => {
                 msg = format!(
                     "a typographic quote, {ch} (U+{:04X}), is not a TOML quote (pasted text?): write \" or '",
