@@ -15,7 +15,6 @@ pub mod throttle;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
@@ -54,8 +53,11 @@ pub struct Authenticator {
     permits: Arc<Semaphore>,
     /// The number of permits.
     workers: usize,
-    waiting: AtomicUsize,
-    max_pending: usize,
+    /// The verifications let in: running or waiting for a worker, at most
+    /// `workers` + `max_pending`.
+    admitted: Arc<Semaphore>,
+    /// `workers` + `max_pending`.
+    places: usize,
     throttle: Arc<throttle::Throttle>,
     metrics: Arc<crate::telemetry::Metrics>,
     memory: Arc<MemoryPool>,
@@ -139,19 +141,6 @@ impl Drop for Gate {
                 map.remove(&self.key);
             }
         }
-    }
-}
-
-/// A verification's place in the queue for an argon2 worker, given back
-/// when dropped: also when its client hangs up while it waits. (Given back
-/// after the wait only, a wait cut short kept its place for good, and once
-/// `max_pending` of them had, every login that had to wait got a 503 until
-/// a restart.)
-struct Place<'a>(&'a AtomicUsize);
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -419,8 +408,8 @@ impl Authenticator {
             cache: Arc::new(VerifiedCache::new()),
             permits: Arc::new(Semaphore::new(workers.max(1))),
             workers: workers.max(1),
-            waiting: AtomicUsize::new(0),
-            max_pending,
+            admitted: Arc::new(Semaphore::new(workers.max(1) + max_pending)),
+            places: workers.max(1) + max_pending,
             throttle: Arc::new(throttle::Throttle::new()),
             metrics,
             memory: Arc::new(MemoryPool::default()),
@@ -511,9 +500,10 @@ impl Authenticator {
     /// How many logins it holds now: verifications running and waiting for
     /// a worker, and logins waiting for a throttle attempt.
     pub fn load(&self) -> crate::telemetry::metrics::AuthLoad {
+        let running = self.workers.saturating_sub(self.permits.available_permits());
         crate::telemetry::metrics::AuthLoad {
-            running: self.workers.saturating_sub(self.permits.available_permits()),
-            queued: self.waiting.load(Ordering::Relaxed),
+            running,
+            queued: self.places.saturating_sub(self.admitted.available_permits()).saturating_sub(running),
             throttle_waiting: self.throttle.waiting(),
         }
     }
@@ -652,16 +642,6 @@ impl Authenticator {
         }
     }
 
-    /// A place among the `max_pending` verifications waiting for a worker,
-    /// or `None` when they are all taken.
-    fn queue(&self) -> Option<Place<'_>> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Place(&self.waiting))
-    }
-
     /// Runs one verification on the blocking pool, where its end is
     /// recorded (`settle`); `None` when the queue is full.
     async fn verify_bounded(
@@ -669,15 +649,19 @@ impl Authenticator {
         creds: basic::Credentials,
         settle: Settle,
     ) -> Option<Result<Arc<User>, Refusal>> {
+        // Let in while a worker or one of the `max_pending` places is free.
+        // The place is an owned permit: given back when the client hangs up
+        // while it waits, too (kept after a wait cut short, once
+        // `max_pending` had been, every login that had to wait got a 503
+        // until a restart). Refused for overload, the attempt is given back
+        // before it ends, so that the attempts waiting for its end find it.
+        let Ok(admitted) = self.admitted.clone().try_acquire_owned() else {
+            settle.attempt.refund_overloaded();
+            return None;
+        };
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // Refused for overload, the attempt is given back before it
-                // ends, so that the attempts waiting for its end find it.
-                let Some(_place) = self.queue() else {
-                    settle.attempt.refund_overloaded();
-                    return None;
-                };
                 let Ok(permit) = self.permits.clone().acquire_owned().await else {
                     settle.attempt.refund_overloaded();
                     return None;
@@ -688,12 +672,18 @@ impl Authenticator {
         let metrics = self.metrics.clone();
         let pool = self.memory.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let started = Instant::now();
             let mut memory = pool.take();
             let verdict = settle.users.verify_in(&creds, SystemTime::now(), &mut memory);
             pool.give(memory);
             metrics.argon2(started.elapsed());
+            // The worker and the place are free before the attempt is given
+            // back: the login it wakes (of the same address, waiting for an
+            // attempt) found them still taken, and got a 503 with a place
+            // about to be free (probe 309). The place goes back here, not
+            // when the next login in line takes the worker, which it does
+            // only once its task runs.
+            drop((permit, admitted));
             settle.record(&verdict, &creds.password);
             verdict
         })
@@ -831,6 +821,56 @@ mod tests {
             assert_eq!(first.0, "bob", "bob was first in line");
             assert!(matches!(first.1, Outcome::Ok(_)));
             assert!(matches!(carol.await, Outcome::Ok(_)), "carol's turn came next");
+        });
+    }
+
+    /// A login woken by the attempt a success gave back finds the success's
+    /// worker and place free. The place was given back when the next login
+    /// in line, handed the worker, next ran: the woken login found every
+    /// place still taken and got a 503 (probe 309, 5 runs of 8).
+    #[test]
+    fn a_login_woken_by_a_success_finds_a_place() {
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        let user = |name: &str, password: &str| {
+            let hash = password::hash_password(password, params.clone()).unwrap().to_string();
+            User::new(name.into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None)
+        };
+        let users = Arc::new(
+            UserStore::new(
+                vec![user("alice", "a1"), user("bob", "b1"), user("carol", "c1"), user("dave", "d1")],
+                params.clone(),
+                None,
+            )
+            .unwrap(),
+        );
+        // One worker and two places.
+        let auth = Authenticator::new(1, 2, Arc::new(crate::telemetry::Metrics::new(false)));
+        // Two attempts per address, and no cache.
+        let settings = throttle::Settings { max_failures: 2, ..throttle::Settings::default() };
+        let login = |header| login(&users, header, Duration::ZERO, &settings);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let busy = auth.permits.clone().try_acquire_owned().unwrap();
+            // alice:a1 and bob:b1 take the address's two attempts and wait
+            // for the worker; carol:c1 waits for an attempt.
+            let mut alice = Box::pin(auth.authenticate(login(b"Basic YWxpY2U6YTE=")));
+            let mut bob = Box::pin(auth.authenticate(login(b"Basic Ym9iOmIx")));
+            let mut carol = Box::pin(auth.authenticate(login(b"Basic Y2Fyb2w6YzE=")));
+            assert!(waits(alice.as_mut()).await && waits(bob.as_mut()).await && waits(carol.as_mut()).await);
+            drop(busy);
+            assert!(waits(alice.as_mut()).await, "alice runs");
+            // dave:d1, from another address, takes the last place.
+            let mut dave = login(b"Basic ZGF2ZTpkMQ==");
+            dave.client = IpAddr::from([127, 0, 0, 2]);
+            let mut dave = Box::pin(auth.authenticate(dave));
+            assert!(waits(dave.as_mut()).await, "dave waits for the worker");
+            // alice's success gives her attempt back and wakes carol; the
+            // worker goes to bob, whose task has not run since.
+            assert!(matches!(alice.await, Outcome::Ok(_)));
+            assert!(waits(carol.as_mut()).await, "carol waits for the worker, not refused");
+            for (name, login) in [("bob", bob), ("dave", dave), ("carol", carol)] {
+                assert!(matches!(login.await, Outcome::Ok(_)), "{name} is in");
+            }
         });
     }
 
