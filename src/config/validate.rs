@@ -174,25 +174,19 @@ fn exact_length(text: &str) -> Exact {
         let unit_end = after.find(|ch: char| !ch.is_alphabetic()).unwrap_or(after.len());
         let (unit, after) = after.split_at(unit_end);
         let Ok(per) = humantime::parse_duration(&format!("1{unit}")) else { return Exact::Unread };
-        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        // Zeros that end a fraction change nothing (`"1.000s"`).
-        let fraction = fraction.trim_end_matches('0');
-        let Some(scale) = u32::try_from(fraction.len()).ok().and_then(|n| 10u128.checked_pow(n)) else {
-            return Exact::Unread;
+        let (whole, fraction) = match number.split_once('.') {
+            // humantime reads neither `.5` nor `5.` nor `1.5.5`.
+            Some((w, f)) if w.is_empty() || f.is_empty() || f.contains('.') => return Exact::Unread,
+            Some(parts) => parts,
+            None if number.is_empty() => return Exact::Unread,
+            None => (number, ""),
         };
-        let digits = format!("{whole}{fraction}");
-        let digits = match digits.trim_start_matches('0') {
-            "" => 0,
-            significant => match significant.parse::<u128>() {
-                Ok(n) => n,
-                Err(_) => return Exact::Long,
-            },
+        let ns = match part_nanos(whole, fraction, per.as_nanos()) {
+            Some(Ok(ns)) => ns,
+            Some(Err(why)) => return why,
+            None => return Exact::Unread,
         };
-        let Some(ns) = digits.checked_mul(per.as_nanos()) else { return Exact::Long };
-        if ns % scale != 0 {
-            return Exact::NotWhole;
-        }
-        let Some(sum) = total.checked_add(ns / scale) else { return Exact::Long };
+        let Some(sum) = total.checked_add(ns) else { return Exact::Long };
         total = sum;
         rest = after.trim_start();
     }
@@ -200,6 +194,62 @@ fn exact_length(text: &str) -> Exact {
         Ok(ns) if Duration::from_nanos(ns) <= MAX_DURATION => Exact::Nanos(ns),
         _ => Exact::Long,
     }
+}
+
+/// `whole.fraction` units of `per` nanoseconds, in nanoseconds (digits
+/// only): `Err(Long)` when the whole part alone is too long, `Err(NotWhole)`
+/// when the fraction comes to part of a nanosecond; `None` when a fraction
+/// of more than 38 digits might still come to whole ones (not worked out).
+/// The fraction is `f / 10^k` (its zeros at the end left out), and `f ×
+/// per` must be a multiple of `10^k`; worked out without overflow: a long
+/// fraction made the product overflow, which read as too long (probe 306).
+fn part_nanos(whole: &str, fraction: &str, per: u128) -> Option<Result<u128, Exact>> {
+    let whole = match whole.trim_start_matches('0') {
+        "" => 0,
+        digits => match digits.parse::<u128>() {
+            Ok(n) => n,
+            Err(_) => return Some(Err(Exact::Long)),
+        },
+    };
+    let Some(whole_ns) = whole.checked_mul(per) else { return Some(Err(Exact::Long)) };
+    let fraction = fraction.trim_end_matches('0');
+    if fraction.is_empty() {
+        return Some(Ok(whole_ns));
+    }
+    // A fraction `f / 10^k` that does not end in 0 is never a multiple of
+    // both 2 and 5; so `f × per` is a multiple of `10^k` only if `per` is of
+    // `2^k` or of `5^k`.
+    let k = fraction.len();
+    let (twos, fives) = (per.trailing_zeros() as usize, power_of_five(per));
+    if k > twos.max(fives) {
+        return Some(Err(Exact::NotWhole));
+    }
+    let scale = 10u128.checked_pow(u32::try_from(k).ok()?)?;
+    let f: u128 = fraction.parse().ok()?;
+    let g = gcd(per, scale);
+    if !f.is_multiple_of(scale / g) {
+        return Some(Err(Exact::NotWhole));
+    }
+    // (Less than `per`: no overflow.)
+    let fraction_ns = f / (scale / g) * (per / g);
+    Some(whole_ns.checked_add(fraction_ns).ok_or(Exact::Long))
+}
+
+/// The power of 5 in `n` (0 for 0).
+fn power_of_five(mut n: u128) -> usize {
+    let mut p = 0;
+    while n != 0 && n.is_multiple_of(5) {
+        n /= 5;
+        p += 1;
+    }
+    p
+}
+
+fn gcd(mut a: u128, mut b: u128) -> u128 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
 
 /// What [`exact_length`] made of a duration.
@@ -1157,5 +1207,19 @@ mod tests {
         assert!(matches!(exact_length("0.5ns"), Exact::NotWhole));
         assert!(matches!(exact_length("400d 0.5s"), Exact::Long));
         assert!(matches!(exact_length("0.5parsecs"), Exact::Unread));
+        // Long fractions are told what they are, not "too long" (probe 306).
+        for text in [
+            "0.1666666666666666666666666667h",
+            "1.000000000000000000000005w",
+            "8760.9518267762838879195920766usec",
+        ] {
+            assert!(matches!(exact_length(text), Exact::NotWhole), "{text}");
+        }
+        let Exact::Nanos(ns) = exact_length("0.000000001000000000000000s") else { panic!("not worked out") };
+        assert_eq!(ns, 1);
+        // What humantime does not read is not worked out (probe 306).
+        for text in ["0.0001h 1.5.5s", "0.0001h 5.s", "1h .5m", "0.5h 1"] {
+            assert!(matches!(exact_length(text), Exact::Unread), "{text}");
+        }
     }
 }
