@@ -44,6 +44,12 @@ pub fn shown(text: &str) -> Cow<'_, str> {
     escaped(text, |c| c.is_control() || crate::telemetry::hidden(c) || unusual_space(c))
 }
 
+/// Whether toml's message is about an escape in a string (`"\é"`,
+/// `"\u“abc"`): the character there is not the problem (probe 306).
+fn in_escape(msg: &str) -> bool {
+    msg.contains("escape") || msg.contains("unicode")
+}
+
 /// Quotes of typeset text (curly, low, primes, angle, full-width), which
 /// pasted text brings where TOML takes `"` or `'`.
 fn typographic_quote(ch: char) -> bool {
@@ -322,7 +328,7 @@ impl<'a> Collector<'a> {
             // named neither (probe 300). Not after a backslash in a string,
             // where the escape is the problem and toml's message says so
             // (probe 305); nor, below, a letter there.
-            Some(ch) if typographic_quote(ch) && !msg.contains("escape") => {
+            Some(ch) if typographic_quote(ch) && !in_escape(&msg) => {
                 msg = format!(
                     "a typographic quote, {ch} (U+{:04X}), is not a TOML quote (pasted text?): write \" or '",
                     u32::from(ch)
@@ -330,7 +336,7 @@ impl<'a> Collector<'a> {
             }
             // A letter that a key without quotes cannot have (`réalm`):
             // "expected `.`, `=`" (probe 300).
-            Some(ch) if !ch.is_ascii() && ch.is_alphanumeric() && !msg.contains("escape") => {
+            Some(ch) if !ch.is_ascii() && ch.is_alphanumeric() && !in_escape(&msg) => {
                 msg = format!(
                     "`{ch}` (U+{:04X}) is not allowed here: a key without quotes has only ASCII letters, digits, `-` and `_`, and a text value goes in quotes",
                     u32::from(ch)
@@ -675,6 +681,8 @@ mod tests {
             // After a backslash in a string, the escape is the problem.
             ("[server]\nrealm = \"a\\\u{e9}\"\n", (2, 11), "invalid escape sequence"),
             ("[server]\nrealm = \"\\\u{201c}x\"\n", (2, 10), "invalid escape sequence"),
+            ("[server]\nrealm = \"\\u\u{e9}\u{e9}\u{e9}\u{e9}\"\n", (2, 10), "invalid unicode"),
+            ("[server]\nrealm = \"\\u\u{201c}abc\"\n", (2, 10), "invalid unicode"),
         ] {
             let problems = match crate::config::validate::config(Path::new("c.toml"), source) {
                 Err(problems) => problems,
