@@ -1014,6 +1014,8 @@ async fn http_1_0_clients_get_an_honest_close_and_no_expectation_is_sent_on() {
         // A comma inside a quoted string separates nothing (probe 305).
         ("/quoted", "Expect: foo=\"a,100-continue,b\"\r\n", vec!["foo=\"a,100-continue,b\""]),
         ("/quoted-too", "Expect: f=\"a,\\\",b\", 100-continue\r\n", vec!["f=\"a,\\\",b\""]),
+        // A quoted string begins only after `=` (probe 306).
+        ("/stray", "Expect: a\"b, 100-continue\r\n", vec!["a\"b"]),
     ] {
         let mut c = RawConn::connect(proxy.addr).await;
         c.send(format!(
