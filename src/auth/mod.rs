@@ -682,8 +682,11 @@ impl Authenticator {
             // attempt) found them still taken, and got a 503 with a place
             // about to be free (probe 309). The place goes back here, not
             // when the next login in line takes the worker, which it does
-            // only once its task runs.
-            drop((permit, admitted));
+            // only once its task runs. (The place first: a gauge read
+            // between the two sees no login waiting, rather than one
+            // waiting while the worker is free; probe 310.)
+            drop(admitted);
+            drop(permit);
             settle.record(&verdict, &creds.password);
             verdict
         })
