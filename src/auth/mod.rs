@@ -778,25 +778,24 @@ mod tests {
         std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx).is_pending())).await
     }
 
+    /// Users with these names and passwords, hashed with `m_cost` KiB of
+    /// argon2 memory and one pass.
+    fn store_of(m_cost: u32, logins: &[(&str, &str)]) -> Arc<UserStore> {
+        let params = argon2::Params::new(m_cost, 1, 1, None).unwrap();
+        let users = logins.iter().map(|(name, password)| {
+            let hash = password::hash_password(password, params.clone()).unwrap().to_string();
+            User::new((*name).into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None)
+        });
+        Arc::new(UserStore::new(users.collect(), params.clone(), None).unwrap())
+    }
+
     /// Logins from one address that wait for an attempt get it in the order
     /// they came: a login that comes when a verification has just given its
     /// attempt back waits behind the one that was already waiting for it,
     /// rather than take it first.
     #[test]
     fn a_login_that_comes_later_waits_behind_those_already_waiting() {
-        let params = argon2::Params::new(4096, 1, 1, None).unwrap();
-        let user = |name: &str, password: &str| {
-            let hash = password::hash_password(password, params.clone()).unwrap().to_string();
-            User::new(name.into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None)
-        };
-        let users = Arc::new(
-            UserStore::new(
-                vec![user("alice", "a1"), user("bob", "b1"), user("carol", "c1")],
-                params.clone(),
-                None,
-            )
-            .unwrap(),
-        );
+        let users = store_of(4096, &[("alice", "a1"), ("bob", "b1"), ("carol", "c1")]);
         let auth = Authenticator::new(2, 4, Arc::new(crate::telemetry::Metrics::new(false)));
         // One attempt, and no cache: each login runs argon2 with the attempt.
         let settings = throttle::Settings { max_failures: 1, ..throttle::Settings::default() };
@@ -833,19 +832,7 @@ mod tests {
     /// place still taken and got a 503 (probe 309, 5 runs of 8).
     #[test]
     fn a_login_woken_by_a_success_finds_a_place() {
-        let params = argon2::Params::new(64, 1, 1, None).unwrap();
-        let user = |name: &str, password: &str| {
-            let hash = password::hash_password(password, params.clone()).unwrap().to_string();
-            User::new(name.into(), store::StoredHash::parse(&hash).unwrap(), vec![], false, None)
-        };
-        let users = Arc::new(
-            UserStore::new(
-                vec![user("alice", "a1"), user("bob", "b1"), user("carol", "c1"), user("dave", "d1")],
-                params.clone(),
-                None,
-            )
-            .unwrap(),
-        );
+        let users = store_of(64, &[("alice", "a1"), ("bob", "b1"), ("carol", "c1"), ("dave", "d1")]);
         // One worker and two places.
         let auth = Authenticator::new(1, 2, Arc::new(crate::telemetry::Metrics::new(false)));
         // Two attempts per address, and no cache.
