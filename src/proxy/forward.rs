@@ -361,12 +361,11 @@ fn drop_100_continue(headers: &mut HeaderMap) {
         .get_all(header::EXPECT)
         .iter()
         .filter_map(|v| {
-            let members = list_members(v.as_bytes());
-            if !members.iter().any(|m| is_100_continue(m)) {
+            let members = || super::headers::value_members(v.as_bytes());
+            if !members().any(is_100_continue) {
                 return Some(v.clone());
             }
-            let others: Vec<&[u8]> =
-                members.into_iter().filter(|m| !m.is_empty() && !is_100_continue(m)).collect();
+            let others: Vec<&[u8]> = members().filter(|m| !is_100_continue(m)).collect();
             (!others.is_empty()).then(|| HeaderValue::from_bytes(&others.join(&b", "[..])).ok()).flatten()
         })
         .collect();
@@ -374,36 +373,6 @@ fn drop_100_continue(headers: &mut HeaderMap) {
     for v in kept {
         headers.append(header::EXPECT, v);
     }
-}
-
-/// The members of a comma-separated list value (RFC 9110 §5.6.1), without
-/// the whitespace around them: a comma inside a quoted string (§5.6.4) is
-/// part of its member (`foo="a,100-continue"` is one member; probe 305). A
-/// quoted string begins only where a value does, after `=`: a stray `"` in
-/// a token (`a"b, 100-continue`) hid the members after it (probe 306).
-fn list_members(value: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    // The last byte outside a quoted string that is not whitespace.
-    let mut last = 0u8;
-    for (i, &b) in value.iter().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' if quoted => quoted = false,
-            b'"' if last == b'=' => quoted = true,
-            b',' if !quoted => {
-                out.push(value[start..i].trim_ascii());
-                start = i + 1;
-            }
-            _ => {}
-        }
-        if !quoted && !b.is_ascii_whitespace() {
-            last = b;
-        }
-    }
-    out.push(value[start..].trim_ascii());
-    out
 }
 
 /// The origin's interim (1xx) answers, which hyper's client reads past

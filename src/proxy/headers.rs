@@ -114,13 +114,52 @@ fn offers(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 
 /// The members of comma-separated list field values, in order, without
 /// the whitespace around them and without empty ones, as bytes (see
-/// [`members`]).
+/// [`members`] and [`value_members`]).
 fn list_members<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a [u8]> {
-    values
-        .into_iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|p| !p.is_empty())
+    values.into_iter().flat_map(|v| value_members(v.as_bytes()))
+}
+
+/// The members of one comma-separated list value (RFC 9110 §5.6.1), in
+/// order, without the whitespace around them and without empty ones. A
+/// comma inside a quoted string (§5.6.4) is part of its member
+/// (`foo="a,100-continue"` is one; probe 305); a quoted string begins only
+/// where a parameter's value does, after `=` (a stray `"` in a token,
+/// `a"b, 100-continue`, hid the members after it; probe 306).
+pub fn value_members(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = value;
+    std::iter::from_fn(move || {
+        while !rest.is_empty() {
+            let end = member_end(rest);
+            let member = rest[..end].trim_ascii();
+            rest = rest.get(end + 1..).unwrap_or_default();
+            if !member.is_empty() {
+                return Some(member);
+            }
+        }
+        None
+    })
+}
+
+/// Where the first member of `value` ends: at its first comma outside a
+/// quoted string, or at the end (see [`value_members`]).
+fn member_end(value: &[u8]) -> usize {
+    let (mut quoted, mut escaped) = (false, false);
+    // The last byte outside a quoted string that is not whitespace.
+    let mut last = 0u8;
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' if quoted => quoted = false,
+            b'"' if last == b'=' => quoted = true,
+            b',' if !quoted => return i,
+            _ => {}
+        }
+        if !quoted && !b.is_ascii_whitespace() {
+            last = b;
+        }
+    }
+    value.len()
 }
 
 /// The [`offers`] in one value; `None` when there is none.
