@@ -126,10 +126,19 @@ fn list_members<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> impl I
 /// where a parameter's value does, after `=` (a stray `"` in a token,
 /// `a"b, 100-continue`, hid the members after it; probe 306).
 pub fn value_members(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    // Most values hold no quote (every `Connection` a client sends): their
+    // members end at the next comma, found as `split` finds it (the
+    // quote-aware scan of every byte cost 190 instructions a request in
+    // callgrind's shape a).
+    let plain = !value.contains(&b'"');
     let mut rest = value;
     std::iter::from_fn(move || {
         while !rest.is_empty() {
-            let end = member_end(rest);
+            let end = if plain {
+                rest.iter().position(|&b| b == b',').unwrap_or(rest.len())
+            } else {
+                member_end(rest)
+            };
             let member = rest[..end].trim_ascii();
             rest = rest.get(end + 1..).unwrap_or_default();
             if !member.is_empty() {
