@@ -853,9 +853,6 @@ async fn a_group_is_one_group_however_its_name_is_normalised() {
     assert!(dave.contains("groups = [\"caf\u{e9}\"]"), "{written}");
 }
 
-/// A rule about an IPv4 address also holds for the IPv6 spellings that
-/// reach it (`[::ffff:127.0.0.1]` went past a deny rule for `127.0.0.1` to
-/// the origin), and a rule may name an address in either form.
 /// A deny rule on `methods` reads a request's method in any case: an origin
 /// may take `post` for POST, and a rule denying POST let `post`, `Post` and
 /// `pUT` through to it (probe 116). An allow rule matches only as listed.
@@ -902,6 +899,38 @@ async fn a_deny_rule_on_methods_holds_for_every_spelling_of_the_method() {
     assert!(out.contains("decision deny by rule read-only") && out.contains("deny rules do"), "{out}");
 }
 
+/// A rule may name any method the proxy takes on the wire: every token
+/// RFC 9110 §9.1 allows, digits and `.` too. `M2` and `GET.X` were refused
+/// at load as "not an HTTP method", so no rule could deny them, while the
+/// proxy forwarded them (probe 312).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_names_any_method_the_proxy_takes() {
+    let origin = spawn_echo_origin();
+    let rules = "[egress]\nallow_cidrs = [\"127.0.0.0/8\"]\n[policy]\ndefault = \"allow\"\n\n\
+                 [[rules]]\nname = \"odd\"\naction = \"deny\"\nmethods = [\"M2\", \"get.x\", \"M-SEARCH\", \"X!~'\"]\n";
+    let proxy = spawn_custom(&config(None, rules), &users());
+    let (url, host, a) = (origin.url("/"), origin.authority(), auth());
+    for method in ["M2", "GET.X", "M-SEARCH", "X!~'"] {
+        let r = send_one(proxy.addr, method, &url, &[("Host", &host), ("Proxy-Authorization", &a)]).await;
+        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
+        assert_eq!(
+            r.header("proxy-status"),
+            Some("authgate; error=http_request_denied; details=\"rule odd\""),
+            "{method}"
+        );
+    }
+    assert_eq!(origin.hits(), 0, "a denied method reached the origin");
+    let r = send_one(proxy.addr, "M3", &url, &[("Host", &host), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(origin.hits(), 1);
+    let (code, out, _) = explain(&proxy.file("authgate.toml"), &["--user", USER, "--method", "M2", &url]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("decision deny by rule odd"), "{out}");
+}
+
+/// A rule about an IPv4 address also holds for the IPv6 spellings that
+/// reach it (`[::ffff:127.0.0.1]` went past a deny rule for `127.0.0.1` to
+/// the origin), and a rule may name an address in either form.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_rule_for_an_ipv4_address_holds_for_its_ipv6_spellings() {
     let origin = spawn_echo_origin();

@@ -4,6 +4,7 @@ use http::Method;
 
 use crate::config::Snapshot;
 use crate::policy::explain::{Report, explain};
+use crate::policy::rules::is_method_char;
 use crate::proxy::dns::Resolver;
 use crate::target::{Host, Target, authority_port, parse_authority, parse_host, split_port};
 
@@ -240,11 +241,6 @@ fn without_userinfo(authority: &str) -> &str {
     authority.rsplit_once('@').map_or(authority, |(_, host)| host)
 }
 
-/// Whether `b` may be in a method (RFC 9110 §5.6.2 `tchar`).
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// host:port as a client sends it: the host in its ASCII form.
 /// (As typed when the host has no ASCII form.)
 fn readable_host_port(raw: &str) -> String {
@@ -293,7 +289,7 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             Method::from_bytes(m.as_bytes()).map_err(|_| {
                 // A method whose first byte that is no token character
                 // lies past the head limit is the 431 first (probe 188).
-                let bad = m.bytes().position(|b| !is_token(b)).unwrap_or(0);
+                let bad = m.bytes().position(|b| !is_method_char(b)).unwrap_or(0);
                 // (Not echoed with an `@` in it: a pasted password; probe 102.)
                 let m = if m.contains('@') {
                     "--method (not shown: it has `@`)".to_owned()

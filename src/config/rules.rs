@@ -13,7 +13,7 @@ use super::error::{Collector, quoted};
 use super::raw::{RawPolicy, RawPort, RawRule};
 use super::validate::parse_cidr;
 use crate::policy::egress::canonical;
-use crate::policy::rules::{Action, HostPattern, Policy, Rule};
+use crate::policy::rules::{Action, HostPattern, Policy, Rule, is_method_char};
 use crate::target::{Host, parse_host};
 
 /// Validates the policy section and rules.
@@ -137,7 +137,7 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let ports = list(c, name, "ports", &r.ports, port_range);
     let methods = list(c, name, "methods", &r.methods, |s| {
         let up = s.to_ascii_uppercase();
-        if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+        if up.is_empty() || !up.bytes().all(is_method_char) {
             return Err(format!("{} is not an HTTP method", quoted(s)));
         }
         Method::from_bytes(up.as_bytes()).map_err(|_| "not an HTTP method".to_string())

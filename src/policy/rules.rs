@@ -59,6 +59,14 @@ impl HostPattern {
     }
 }
 
+/// Whether `b` may be in a method (RFC 9110 §9.1: a `token`, whose
+/// characters §5.6.2 lists): what a rule's `methods` and `explain
+/// --method` accept, as the proxy does on the wire (`M2` and `GET.X` are
+/// methods).
+pub fn is_method_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// One `[[rules]]` entry, validated.
 #[derive(Debug, Clone)]
 pub struct Rule {
