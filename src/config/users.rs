@@ -627,7 +627,10 @@ pub(super) fn without_keys(
     let kind = &opening[..opening.len() - 2];
     // (A user's name only when it could be one: `[users."alice:S3cret"]`
     // defined twice is a password typed as a name, twice.)
-    let key_shown = if (user_name && !may_hold_a_password(key)) || shown(key) {
+    // (The name as TOML reads it: the message writes a control character
+    // escaped, `"b0b\tS3cret"`, and the name was shown; probe 315.)
+    let read = read_key(key);
+    let key_shown = if (user_name && !may_hold_a_password(read.as_deref().unwrap_or(key))) || shown(key) {
         format!("{kind} `{key}`")
     } else {
         let kind = kind.replace("field", "key");
@@ -911,6 +914,24 @@ mod tests {
                 "duplicate key (not shown",
             ),
             (format!("{user}[users.\"B0b S\"]\n[users.\"B0b S\"]"), "B0b S", "duplicate key (not shown"),
+            // A control character, which the message writes escaped
+            // (`"b0b\tS3cret"`): the name was shown (probe 315).
+            (
+                format!("{user}[users.\"b0b\\tS3cret\"]\n[users.\"b0b\\tS3cret\"]"),
+                "S3cret",
+                "duplicate key (not shown",
+            ),
+            (
+                format!("{user}[users]\n\"b0b\\u007fS3cret\" = {{}}\n\"b0b\\u007fS3cret\" = 1"),
+                "S3cret",
+                "duplicate key (not shown",
+            ),
+            // (In the name of a table, it was not.)
+            (
+                format!("{user}[users.\"b0b\\rS3cret\"]\ngroups = []\ngroups = []"),
+                "S3cret",
+                "in a table whose name is not shown",
+            ),
             // A key twice in the table of a user whose name is a password
             // or a hash: the table was named (probe 155).
             (
