@@ -1815,6 +1815,53 @@ fn a_hash_cut_short_is_warned_of() {
     assert!(warned[0].contains("user=\"bob\"") && warned[1].contains("user=\"car\\\\ol\""), "{warned:?}");
 }
 
+/// A hash whose costs make each login slow (within the bounds a hash is
+/// loaded with) is warned of by `check` and at the start: `m=4194304` took
+/// 6 s a login at `t=1` and 39 s at `t=10`, right password or wrong, and
+/// every other uncached login waited behind it, without a word (probe 315).
+#[test]
+fn a_hash_slow_to_verify_is_warned_of() {
+    let good = hash(PASSWORD);
+    // Never verified here: only its costs are read at load.
+    let costly = |params: &str| format!("$argon2id$v=19${params}$c2FsdHNhbHQ${}", "A".repeat(43));
+    let bcrypt = bcrypt::hash_with_result("pw", 4).unwrap().format_for_version(bcrypt::Version::TwoB);
+    let users = format!(
+        "[users.alice]\npassword = {}\n[users.big]\npassword = {}\n[users.long]\npassword = {}\n\
+         [users.fine]\npassword = {}\n[users.old]\npassword = {}\n[users.oldfine]\npassword = {}\n",
+        toml_str(&good),
+        toml_str(&costly("m=4194304,t=1,p=1")),
+        toml_str(&costly("m=65536,t=100,p=1")),
+        toml_str(&costly("m=262144,t=3,p=4")),
+        toml_str(&bcrypt.replacen("$04$", "$17$", 1)),
+        toml_str(&bcrypt.replacen("$04$", "$12$", 1)),
+    );
+    let dir = TempDir::new();
+    let bin = start_binary(&dir, "", &users, Stdio::piped());
+    let check = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(&bin.config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{err}");
+    let warned: Vec<&str> = err.lines().filter(|l| l.contains("users.toml: user `")).collect();
+    assert_eq!(warned.len(), 3, "big, long and old:\n{err}");
+    assert!(
+        warned[0].contains("user `big`: its hash (m=4194304, t=1) takes about 107 times the work")
+            && warned[0].contains("and 4096 MiB of memory, and other logins wait"),
+        "{err}"
+    );
+    assert!(warned[1].contains("user `long`: its hash (m=65536, t=100) takes about 168 times"), "{err}");
+    assert!(warned[1].contains("that long and 64 MiB of memory"), "{err}");
+    assert!(warned[2].contains("user `old`: its hash (bcrypt cost 17) takes about 481 times"), "{err}");
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains("a hash that is slow to verify")).collect();
+    assert_eq!(warned.len(), 3, "{log}");
+    assert!(warned[0].contains("user=\"big\""), "{warned:?}");
+}
+
 /// A log reader that is slow but keeps reading gets every line at exit:
 /// the exit waits while standard output takes lines (a wait of 2 s in all
 /// lost 1621 of 2000 access lines to a reader taking 300 KB/s: probe 119).

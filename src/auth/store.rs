@@ -389,26 +389,32 @@ impl UserStore {
         self.users.values()
     }
 
-    /// The users whose argon2 hash has an [unusual tag](StoredHash::unusual_tag),
-    /// of those `include` picks, with the tag's length, in name order.
-    fn unusual_tags(&self, include: impl Fn(&User) -> bool) -> Vec<(&str, usize)> {
-        let mut odd: Vec<(&str, usize)> = self
-            .iter()
-            .filter(|u| include(u))
-            .filter_map(|u| Some((&*u.name, u.hash.unusual_tag()?)))
-            .collect();
+    /// The users, of those `include` picks, whose hash has an
+    /// [unusual tag](StoredHash::unusual_tag) or is [costly](costly), with
+    /// the problem and the log message's headline, in name order.
+    fn hash_problems(&self, include: impl Fn(&User) -> bool) -> Vec<(&str, String, &'static str)> {
+        let mut odd: Vec<(&str, String, &'static str)> = Vec::new();
+        for u in self.iter().filter(|u| include(u)) {
+            if let Some(len) = u.hash.unusual_tag() {
+                odd.push((&u.name, tag_problem(len), "users file: a hash that may never verify"));
+            }
+            if let Some(problem) = u.costs().and_then(costly) {
+                odd.push((&u.name, problem, "users file: a hash that is slow to verify"));
+            }
+        }
         odd.sort_unstable();
         odd
     }
 
-    /// A warning for each user whose argon2 hash has an
-    /// [unusual tag](StoredHash::unusual_tag), of those `include` picks,
-    /// in name order, for a terminal (the name escaped).
+    /// A warning for each user whose hash has an
+    /// [unusual tag](StoredHash::unusual_tag) or is slow to verify (50
+    /// times a default hash's work, or 1 GiB), of those `include` picks, in
+    /// name order, for a terminal (the name escaped).
     pub fn hash_warnings(&self, include: impl Fn(&User) -> bool) -> Vec<String> {
-        self.unusual_tags(include)
+        self.hash_problems(include)
             .into_iter()
-            .map(|(name, len)| {
-                format!("user `{}`: {}", crate::telemetry::sanitize_username(name), tag_problem(len))
+            .map(|(name, problem, _)| {
+                format!("user `{}`: {problem}", crate::telemetry::sanitize_username(name))
             })
             .collect()
     }
@@ -418,12 +424,8 @@ impl UserStore {
     /// check` prints them. The name is a field of its own, which the log
     /// format escapes (escaped for a terminal first, it was escaped twice).
     pub fn warn_of_hashes(&self, include: impl Fn(&User) -> bool) {
-        for (name, len) in self.unusual_tags(include) {
-            tracing::warn!(
-                user = name,
-                problem = &*tag_problem(len),
-                "users file: a hash that may never verify"
-            );
+        for (name, problem, headline) in self.hash_problems(include) {
+            tracing::warn!(user = name, problem = &*problem, "{headline}");
         }
     }
 
@@ -454,6 +456,38 @@ impl UserStore {
             }
         }
     }
+}
+
+/// How many times a default hash's work (`m=19456, t=2`: 14.9 ms here) a
+/// hash may take before a warning, about 0.75 s here: within the bounds a
+/// hash is loaded with, `m=4194304` took 6 s a login at `t=1` and 39 s at
+/// `t=10` (`t` may be 100), and every other uncached login waited behind
+/// it (probe 315).
+const COSTLY_WORK: u64 = 50;
+
+/// argon2 memory, KiB, past which a warning says so: 1 GiB, which each
+/// verification worker then keeps.
+const COSTLY_MEMORY: u32 = 1 << 20;
+
+/// Why a hash with `costs` is slow to verify, or `None` when it is not
+/// (see [`COSTLY_WORK`], [`COSTLY_MEMORY`]).
+fn costly(costs: Costs) -> Option<String> {
+    let default = Costs::from(super::password::default_params()).work().max(1);
+    let times = costs.work() / default;
+    let (written, memory) = match costs {
+        Costs::Argon2 { m, t, .. } => (format!("m={m}, t={t}"), Some(m).filter(|&m| m >= 1024)),
+        Costs::Bcrypt { cost } => (format!("bcrypt cost {cost}"), None),
+    };
+    if times < COSTLY_WORK && memory.is_none_or(|m| m < COSTLY_MEMORY) {
+        return None;
+    }
+    let memory = memory.map(|m| format!(" and {} MiB of memory", m / 1024)).unwrap_or_default();
+    Some(format!(
+        "its hash ({written}) takes about {times} times the work of a default one (m=19456, t=2) to \
+         verify: every login of this user that the login cache does not hold, with the right password \
+         or a wrong one, holds a verification worker that long{memory}, and other logins wait; \
+         `authgate users passwd` writes a hash with the `[auth.argon2]` costs"
+    ))
 }
 
 /// What an argon2 tag of `len` bytes means, for [`UserStore::hash_warnings`].
