@@ -1905,12 +1905,14 @@ fn list_aligns_columns_by_terminal_width() {
 }
 
 /// An `--expires` or `--group` value with an `@` in it (a pasted
-/// `user:password@…`) is not echoed in the refusal (probe 102).
+/// `user:password@…`) is not echoed in the refusal (probe 102), nor an
+/// `--expires` value with letters other than a date's (probe 315).
 #[test]
 fn option_values_that_may_hold_a_password_are_not_echoed() {
     let d = Dir::new(Some(&fixture()));
     for args in [
         &["add", "u9", "--expires", "alice:S3cret@x", "--password-stdin"][..],
+        &["add", "u9", "--expires", "S3cretpw", "--password-stdin"][..],
         &["add", "u9", "--group", "a,S3cret@x", "--password-stdin"][..],
     ] {
         let err = d.refused(args, Some("pw\n"));

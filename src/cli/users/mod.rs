@@ -482,10 +482,15 @@ fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
 /// Parses `--expires`: an RFC 3339 date-time with offset, or a bare date
 /// (midnight UTC). Returns the instant and the UTC TOML date-time to write.
 fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersError> {
+    // Shown only when it is made of what dates are made of: a value with
+    // `@` (a pasted `user:password@…`, probe 102) or letters (a password
+    // typed at the wrong prompt, `--expires S3cretpw`, probe 315) is not.
+    let value = if raw.bytes().all(|b| b.is_ascii_digit() || b"-:.+TtZz ".contains(&b)) {
+        format!(" `{}`", shown(raw))
+    } else {
+        String::new()
+    };
     let bad = || {
-        // (A value with `@`, a pasted `user:password@…`, is not shown;
-        // probe 102.)
-        let value = if raw.contains('@') { String::new() } else { format!(" `{}`", shown(raw)) };
         refused(format!(
             "--expires{value}: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999"
         ))
@@ -497,7 +502,6 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
         Some(t) => t,
         // (Said so: a second 60 is RFC 3339; probe 150.)
         None if crate::config::misplaced_leap_second(&dt) => {
-            let value = if raw.contains('@') { String::new() } else { format!(" `{}`", shown(raw)) };
             return Err(refused(format!("--expires{value}: {}", crate::config::LEAP_ONLY)));
         }
         None => return Err(bad()),
