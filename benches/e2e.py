@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end benchmark of a release authgate on loopback, with public tools only.
 
-Needs: target/release/authgate (cargo build --release), wrk, nginx (Debian
+Needs: a release authgate (cargo build --release; target/release/authgate, or
+the path in $AUTHGATE_BIN, e.g. under a CARGO_TARGET_DIR), wrk, nginx (Debian
 `nginx-light` is enough) and python3 >= 3.8. Run as root or as a user that may
 raise RLIMIT_NOFILE to ~12000 (for the idle-tunnel part). Every socket is on
 127.0.0.0/8; every process it starts is stopped by PID at the end.
@@ -85,7 +86,7 @@ class Env:
             if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
                 raise SystemExit(f"{tool} is not installed (Debian: apt-get install wrk nginx-light)")
         if not os.path.exists(BIN):
-            raise SystemExit(f"{BIN} missing: run `cargo build --release` first")
+            raise SystemExit(f"{BIN} missing: run `cargo build --release` first, or set AUTHGATE_BIN to the binary")
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         want = min(hard, 20000)
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
