@@ -434,10 +434,6 @@ pub struct Guarded<S> {
     preface: usize,
     /// The same for [`HEAD_METHOD`]: an answer to a `HEAD` has no body.
     method: usize,
-    /// The same for the last line of what was read, when it has no line
-    /// end yet: a head whose first bytes came in the read that ended the
-    /// request before it (pipelined) began there (see `poll_read`).
-    line_method: usize,
     answer: Canned,
     reject: Option<(Vec<u8>, usize)>,
     /// Writes blocked by a client that does not read.
@@ -491,7 +487,6 @@ impl<S> Guarded<S> {
             blank_cr: false,
             preface: 0,
             method: 0,
-            line_method: 0,
             answer,
             reject: None,
             send: SendStall::new(limits.send),
@@ -716,16 +711,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 return Poll::Pending;
             }
         }
-        // How the last line read before this read began (a prefix of
-        // `HEAD ` or not), for a head that begins in this read.
-        let carried = this.line_method;
-        if n > 0 && phase != TUNNEL {
-            let read = &buf.filled()[before..];
-            this.line_method = match memchr::memrchr(b'\n', read) {
-                Some(end) => follow(HEAD_METHOD, 0, &read[end + 1..]),
-                None => follow(HEAD_METHOD, carried, read),
-            };
-        }
         if n > 0 && matches!(phase, IDLE | HEAD) {
             let read = &buf.filled()[before..];
             // Where the head starts in this read.
@@ -748,14 +733,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                         from = start;
                         this.head_tail = [0; 2];
                         this.preface = 0;
-                        // A head that begins this read may have begun in
-                        // the last one, pipelined behind the request it
-                        // ended: `HEAD ` there, the rest now, got its 400
-                        // or 408 with a body (probe 316). Only a prefix of
-                        // `HEAD ` is carried: the last line of a body (no
-                        // line end after it) is not a head's.
-                        let begun = start == 0 && (1..=HEAD_METHOD.len()).contains(&carried);
-                        this.method = if begun { carried } else { 0 };
+                        this.method = 0;
                         let d = this.limits.head;
                         this.arm(HEAD, d);
                     }
