@@ -459,7 +459,9 @@ impl UserStore {
 }
 
 /// How many times a default hash's work (`m=19456, t=2`: 14.9 ms here) a
-/// hash may take before a warning, about 0.75 s here: within the bounds a
+/// hash may take before a warning: 0.65–0.7 s here at `m=19456, t=100`,
+/// more for a large `m` (`m × t` understates memory: `m=972799, t=2`, just
+/// under, took 1.2–1.7 s; probe 319). Within the bounds a
 /// hash is loaded with, `m=4194304` took 6 s a login at `t=1` and 39 s at
 /// `t=10` (`t` may be 100), and every other uncached login waited behind
 /// it (probe 315).
