@@ -1906,19 +1906,24 @@ fn list_aligns_columns_by_terminal_width() {
 
 /// An `--expires` or `--group` value with an `@` in it (a pasted
 /// `user:password@…`) is not echoed in the refusal (probe 102), nor an
-/// `--expires` value with letters other than a date's (probe 315).
+/// `--expires` value with letters other than a date's (probe 315) or
+/// without a date's `-` (probe 319).
 #[test]
 fn option_values_that_may_hold_a_password_are_not_echoed() {
     let d = Dir::new(Some(&fixture()));
     for args in [
         &["add", "u9", "--expires", "alice:S3cret@x", "--password-stdin"][..],
         &["add", "u9", "--expires", "S3cretpw", "--password-stdin"][..],
+        &["add", "u9", "--expires", "31415926", "--password-stdin"][..],
         &["add", "u9", "--group", "a,S3cret@x", "--password-stdin"][..],
     ] {
         let err = d.refused(args, Some("pw\n"));
         assert!(err.contains("--expires:") || err.contains("not shown"), "{err}");
-        assert!(!err.contains("S3cret"), "{err}");
+        assert!(!err.contains("S3cret") && !err.contains("31415926"), "{err}");
     }
+    // A bad date is shown, to say what was wrong with it.
+    let err = d.refused(&["add", "u9", "--expires", "2027-13-01", "--password-stdin"], Some("pw\n"));
+    assert!(err.contains("--expires `2027-13-01`:"), "{err}");
     assert_eq!(d.read(), fixture());
 }
 

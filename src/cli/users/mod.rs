@@ -482,10 +482,12 @@ fn group_names(groups: Vec<String>) -> Result<Vec<String>, UsersError> {
 /// Parses `--expires`: an RFC 3339 date-time with offset, or a bare date
 /// (midnight UTC). Returns the instant and the UTC TOML date-time to write.
 fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersError> {
-    // Shown only when it is made of what dates are made of: a value with
-    // `@` (a pasted `user:password@…`, probe 102) or letters (a password
-    // typed at the wrong prompt, `--expires S3cretpw`, probe 315) is not.
-    let value = if raw.bytes().all(|b| b.is_ascii_digit() || b"-:.+TtZz ".contains(&b)) {
+    // Shown only when it is made of what dates are made of, with a date's
+    // `-`: a value with `@` (a pasted `user:password@…`, probe 102),
+    // letters (a password typed at the wrong prompt, `--expires S3cretpw`,
+    // probe 315) or digits alone (`123456`, probe 319) is not.
+    let date_like = raw.bytes().all(|b| b.is_ascii_digit() || b"-:.+TtZz ".contains(&b));
+    let value = if date_like && raw.contains('-') && raw.bytes().any(|b| b.is_ascii_digit()) {
         format!(" `{}`", shown(raw))
     } else {
         String::new()
