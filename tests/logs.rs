@@ -1770,6 +1770,19 @@ fn stopped_log_consumer_then_sigterm(second_signal: bool, one_pipe: bool) {
     assert!(stderr.contains("standard output took no log lines for "), "{stderr}");
 }
 
+/// `authgate check` on `config`, which must pass: its standard error.
+fn check_passes(config: &std::path::Path) -> String {
+    let check = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&check.stderr).into_owned();
+    assert!(check.status.success(), "{err}");
+    err
+}
+
 /// An argon2 hash whose tag is not a length tools write (here cut from 32
 /// bytes to 30, as when it was copied short) is warned of: by `check`
 /// (which says `ok`), at the start, and at a reload that brings it. It
@@ -1787,14 +1800,7 @@ fn a_hash_cut_short_is_warned_of() {
         toml_str(&cut)
     );
     let bin = start_binary(&dir, "", &users, Stdio::piped());
-    let check = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("check")
-        .arg("--config")
-        .arg(&bin.config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{err}");
+    let err = check_passes(&bin.config);
     assert!(
         err.contains("authgate: warning: ")
             && err.contains("users.toml: user `bob`: its argon2 hash has a 30-byte tag"),
@@ -1837,14 +1843,7 @@ fn a_hash_slow_to_verify_is_warned_of() {
     );
     let dir = TempDir::new();
     let bin = start_binary(&dir, "", &users, Stdio::piped());
-    let check = Command::new(env!("CARGO_BIN_EXE_authgate"))
-        .arg("check")
-        .arg("--config")
-        .arg(&bin.config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "{err}");
+    let err = check_passes(&bin.config);
     let warned: Vec<&str> = err.lines().filter(|l| l.contains("users.toml: user `")).collect();
     assert_eq!(warned.len(), 3, "big, long and old:\n{err}");
     assert!(
