@@ -76,9 +76,18 @@ fn unusual_space(c: char) -> bool {
 }
 
 /// A path for a terminal, as [`shown`] writes text (a path can hold any
-/// byte but `/` and NUL; bytes that are not UTF-8 as U+FFFD).
+/// byte but `/` and NUL); a byte that is not UTF-8 as `\xff`: as U+FFFD,
+/// two paths that differ there looked the same, and neither could be typed
+/// back (probe 323).
 pub fn shown_path(path: &Path) -> String {
-    shown(&path.to_string_lossy()).into_owned()
+    let mut out = String::new();
+    for chunk in path.as_os_str().as_encoded_bytes().utf8_chunks() {
+        out.push_str(&shown(chunk.valid()));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// `authgate SUB` for a message to suggest, with `--config` when `config`
@@ -557,6 +566,9 @@ mod tests {
         assert_eq!(command(Path::new("-a.toml"), "check"), "authgate --config=-a.toml check");
         let bytes = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff.toml");
         assert_eq!(command(Path::new(bytes), "check"), r"authgate --config $'\xff.toml' check");
+        // Shown for a terminal, each such byte is written as it is typed.
+        let bytes = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"c\xff\xfe/\x1b\xe9.toml");
+        assert_eq!(shown_path(Path::new(bytes)), r"c\xff\xfe/\u{1b}\xe9.toml");
     }
 
     #[test]
