@@ -876,7 +876,14 @@ fn passwords_from_stdin_lose_only_the_line_ending_and_empty_ones_are_refused() {
 
     let err = d.refused(&["add", "e1", "--password-stdin"], Some("\n"));
     assert!(err.contains("empty password"), "{err}");
-    d.refused(&["add", "e2", "--password-stdin"], None);
+    // Nothing at all, not even a line end (a closed standard input reads
+    // so): said so, where "empty password refused" left it unexplained
+    // (probe 323).
+    let err = d.refused(&["add", "e2", "--password-stdin"], None);
+    assert!(err.contains("no password on standard input (it is empty or closed)"), "{err}");
+    let out = Dir::run_command(d.authgate(&["hash-password"]), None);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("no password on standard input"), "{out:?}");
     d.refused(&["passwd", "alice", "--password-stdin"], Some("\r\n"));
     // No terminal and no --password-stdin: refused, never waits.
     let err = d.refused(&["add", "e3"], Some("pw\n"));

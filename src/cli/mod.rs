@@ -23,6 +23,12 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
         .take(MAX_PASSWORD_LINE + 1)
         .read_until(b'\n', &mut line)
         .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    if line.is_empty() {
+        // Not even a line end: a closed standard input reads so too (the
+        // runtime opens `/dev/null` in its place), which "empty password
+        // refused" left unexplained (probe 323).
+        return Err("no password on standard input (it is empty or closed): give it as one line".into());
+    }
     if line.len() as u64 > MAX_PASSWORD_LINE {
         // Past any password authgate accepts: the same refusal as for one
         // just over the limit (the read bound is only a memory bound).
