@@ -90,11 +90,26 @@ fn stat_fields(line: &str) -> Option<Vec<&str>> {
     Some(rest.split_ascii_whitespace().collect())
 }
 
-/// When the system booted: `/proc/stat`'s `btime`.
+/// When the system booted: `/proc/stat`'s `btime`, or, where that is
+/// hidden (systemd's `ProcSubset=pid`, which the shipped unit sets, left
+/// `process_start_time_seconds` out; probe 325), the time now less
+/// `CLOCK_BOOTTIME`, the clock a process's start is counted on.
 fn boot_time() -> Option<SystemTime> {
+    btime().or_else(boot_from_clock)
+}
+
+/// `/proc/stat`'s `btime`.
+fn btime() -> Option<SystemTime> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let secs = stat.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
     SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
+}
+
+/// The time now less the time since boot (`CLOCK_BOOTTIME`).
+fn boot_from_clock() -> Option<SystemTime> {
+    let up = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let up = std::time::Duration::new(u64::try_from(up.tv_sec).ok()?, u32::try_from(up.tv_nsec).ok()?);
+    SystemTime::now().checked_sub(up)
 }
 
 #[cfg(test)]
@@ -112,6 +127,16 @@ mod tests {
         assert_eq!(fields[VSIZE], "20");
         assert_eq!(fields[RSS], "21");
         assert_eq!(stat_fields("no parenthesis"), None);
+    }
+
+    /// The boot time from the clock, for where `/proc/stat` is hidden,
+    /// agrees with `btime` (whole seconds, so within one).
+    #[test]
+    fn the_boot_time_from_the_clock_agrees_with_btime() {
+        let btime = btime().unwrap();
+        let clock = boot_from_clock().unwrap();
+        let apart = clock.duration_since(btime).unwrap_or_else(|e| e.duration());
+        assert!(apart < std::time::Duration::from_secs(2), "{btime:?} against {clock:?}");
     }
 
     #[test]
