@@ -474,7 +474,8 @@ const COSTLY_MEMORY: u32 = 1 << 20;
 /// Why a hash with `costs` is slow to verify, or `None` when it is not
 /// (see [`COSTLY_WORK`], [`COSTLY_MEMORY`]).
 fn costly(costs: Costs) -> Option<String> {
-    let default = Costs::from(super::password::default_params()).work().max(1);
+    let params = super::password::default_params();
+    let default = Costs::from(params.clone()).work().max(1);
     let times = costs.work() / default;
     let (written, memory) = match costs {
         Costs::Argon2 { m, t, .. } => (format!("m={m}, t={t}"), Some(m).filter(|&m| m >= 1024)),
@@ -485,10 +486,12 @@ fn costly(costs: Costs) -> Option<String> {
     }
     let memory = memory.map(|m| format!(" and {} MiB of memory", m / 1024)).unwrap_or_default();
     Some(format!(
-        "its hash ({written}) takes about {times} times the work of a default one (m=19456, t=2) to \
+        "its hash ({written}) takes about {times} times the work of a default one (m={}, t={}) to \
          verify: every login of this user that the login cache does not hold, with the right password \
          or a wrong one, holds a verification worker that long{memory}, and other logins wait; \
-         `authgate users passwd` writes a hash with the `[auth.argon2]` costs"
+         `authgate users passwd` writes a hash with the `[auth.argon2]` costs",
+        params.m_cost(),
+        params.t_cost()
     ))
 }
 

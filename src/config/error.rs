@@ -1,7 +1,7 @@
 //! Config problems with their file, line and column.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -84,7 +84,8 @@ pub fn shown_path(path: &Path) -> String {
     for chunk in path.as_os_str().as_encoded_bytes().utf8_chunks() {
         out.push_str(&shown(chunk.valid()));
         for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
+            // (Writing to a `String` cannot fail.)
+            let _ = write!(out, "\\x{b:02x}");
         }
     }
     out
