@@ -2849,7 +2849,7 @@ fn sigterm_does_not_wait_for_a_running_password_verification() {
 /// close, it serves again.
 #[test]
 fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = TempDir::new();
     let bin = start_binary(&dir, "[log]\nlevel = \"info\"\n", &users(), Stdio::piped());
     let proxy = bin.addr;
@@ -2857,18 +2857,8 @@ fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
     let (starved, recovered) = rt.block_on(async {
         let origin = spawn_echo_origin();
         wait_listening(proxy).await;
-        let limited = Command::new("prlimit")
-            .args(["--nofile=64:64", "--pid", &bin.child.id().to_string()])
-            .status()
-            .expect("prlimit (util-linux) runs");
-        assert!(limited.success(), "prlimit failed: {limited:?}");
-        // Idle connections until the proxy has no descriptor left: those it
-        // cannot accept wait in the listen queue.
         let mut first = RawConn::connect(proxy).await;
-        let mut idle = Vec::new();
-        for _ in 0..80 {
-            idle.push(TcpStream::connect(proxy).await.unwrap());
-        }
+        let idle = bin.starve_of_descriptors().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         first.send(get_as(&origin.url("/starved"), &origin.authority(), "alice", "a1")).await;
         let starved = first.read_response("GET").await;
@@ -2912,6 +2902,45 @@ fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
         "accept failures are logged at most every 10 s:\n{log}"
     );
     assert!(lines("accept failed", true).len() <= 1, "{log}");
+}
+
+/// At the open-files limit the admin port still answers: it holds a few
+/// descriptors back and closes one to accept a health check or a scrape,
+/// opening it again when that connection ends. Before, `/healthz` and
+/// `/metrics` went unanswered there (probe 325), so a liveness probe on the
+/// admin port had the pod restarted and the open-files alert lost its
+/// series. The scrape says every descriptor is taken.
+#[test]
+fn the_admin_port_answers_at_the_open_files_limit() {
+    use std::process::Stdio;
+    let dir = TempDir::new();
+    let admin_port = closed_port();
+    let extra = format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"info\"\n");
+    let bin = start_binary(&dir, &extra, &users(), Stdio::piped());
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (health, metrics) = rt.block_on(async {
+        wait_listening(admin).await;
+        let idle = bin.starve_of_descriptors().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // More checks than spares, one after another, as a liveness probe
+        // makes them: each spare is back once its connection is closed.
+        let mut health = Vec::new();
+        for _ in 0..6 {
+            let check = send_one(admin, "GET", "/healthz", &[("Host", "admin")]);
+            health.push(tokio::time::timeout(Duration::from_secs(5), check).await.map(|r| r.status));
+        }
+        let metrics = tokio::time::timeout(Duration::from_secs(5), scrape(admin)).await;
+        drop(idle);
+        (health, metrics)
+    });
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("accept failed"), "the proxy's descriptors ran out:\n{log}");
+    assert!(health.iter().all(|h| *h == Ok(200)), "{health:?}\n{log}");
+    let metrics = metrics.expect("/metrics answered at the limit");
+    assert_eq!(metrics["process_max_fds"], 64.0);
+    assert_eq!(metrics["process_open_fds"], 64.0, "every descriptor is taken");
 }
 
 /// A request that reached an idle keep-alive connection in time is served

@@ -2245,7 +2245,7 @@ async fn a_slow_reload_does_not_stall_traffic() {
 /// it until a SIGHUP, and a user disabled meanwhile kept access (probe 205).
 #[test]
 fn a_change_made_while_out_of_file_descriptors_is_applied_once_they_are_free() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = TempDir::new();
     let extra = "[log]\nlevel = \"info\"\n[auth.throttle]\nenabled = false\n";
     let bin = start_binary(&dir, extra, &users_toml(&[("alice", "a1"), ("bob", "b1")]), Stdio::piped());
@@ -2254,18 +2254,9 @@ fn a_change_made_while_out_of_file_descriptors_is_applied_once_they_are_free() {
     let (before, after) = rt.block_on(async {
         let origin = spawn_echo_origin();
         let before = status(proxy, &origin, "alice", "a1").await;
-        let limited = Command::new("prlimit")
-            .args(["--nofile=64:64", "--pid", &bin.child.id().to_string()])
-            .status()
-            .expect("prlimit (util-linux) runs");
-        assert!(limited.success(), "prlimit failed: {limited:?}");
-        // Idle connections until the proxy has no descriptor left (those it
-        // cannot accept wait in the listen queue); then alice is removed,
-        // and the watcher's reload cannot open the file.
-        let mut idle = Vec::new();
-        for _ in 0..80 {
-            idle.push(tokio::net::TcpStream::connect(proxy).await.unwrap());
-        }
+        // No descriptor left; then alice is removed, and the watcher's
+        // reload cannot open the file.
+        let idle = bin.starve_of_descriptors().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         replace_by_rename(&bin.users, &users_toml(&[("bob", "b1")]));
         tokio::time::sleep(Duration::from_millis(2000)).await;

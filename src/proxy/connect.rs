@@ -255,7 +255,7 @@ fn classify(e: &io::Error) -> ProxyError {
 /// Whether `e` says the process (EMFILE) or the system (ENFILE) has no
 /// file descriptor left: the proxy's own limit, not the destination's
 /// fault, so the client gets a 503 to retry, not a 502 blaming the origin.
-pub(super) fn out_of_descriptors(e: &io::Error) -> bool {
+pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
     rustix::io::Errno::from_io_error(e)
         .is_some_and(|n| n == rustix::io::Errno::MFILE || n == rustix::io::Errno::NFILE)
 }

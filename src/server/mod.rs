@@ -18,6 +18,7 @@ pub mod reload;
 mod reset;
 mod rewind;
 pub mod signals;
+mod spare_fds;
 pub mod tls;
 pub mod x509;
 
@@ -46,6 +47,7 @@ use crate::telemetry::metrics::ProxyHeaderRefusal;
 use guard::{Canned, Closer, Guarded, Phase, Rejection, Timeouts};
 use reset::Resettable;
 use rewind::Rewind;
+use spare_fds::SpareFds;
 
 /// A bound listener and how to treat its connections.
 pub struct Listener {
@@ -266,6 +268,7 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
     // during the very incident it reported).
     static ACCEPT_FAILED: Every = Every::new(10, "accept failed; retrying");
     let admin_slots = Arc::new(AdminSlots::default());
+    let spares = listener.how.admin.then(|| Arc::new(SpareFds::new(spare_fds::ADMIN_SPARE_FDS)));
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -275,7 +278,7 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
         match accepted {
             Ok((stream, peer)) if listener.how.admin => {
                 backoff = Duration::from_millis(5);
-                admit_admin(&state, &admin_slots, stream, peer);
+                admit_admin(&state, &admin_slots, spares.clone(), stream, peer);
             }
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
@@ -286,6 +289,11 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
                 let permit = slot_for(&state, &listener.how, peer);
                 state.tasks.spawn(serve(state.clone(), listener.how.clone(), stream, peer, permit));
             }
+            // Out of descriptors on the admin port: free a spare and accept
+            // into it at once (the listen queue still holds the connection).
+            Err(e)
+                if crate::proxy::connect::out_of_descriptors(&e)
+                    && spares.as_ref().is_some_and(|s| s.free_one_for(&listener.tcp)) => {}
             Err(e) => {
                 // EMFILE and friends: wait and retry instead of spinning.
                 if let Some(held) = ACCEPT_FAILED.pass() {
@@ -296,7 +304,11 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
                     () = tokio::time::sleep(backoff) => {}
                     () = state.stopping.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
+                // The admin port looks again within 50 ms: a health check
+                // waiting on it is answered from a spare descriptor before
+                // its prober gives up (Kubernetes waits 1 s by default).
+                let most = if spares.is_some() { Duration::from_millis(50) } else { Duration::from_secs(1) };
+                backoff = (backoff * 2).min(most);
             }
         }
     }
@@ -365,7 +377,15 @@ const NO_HEADER_LINE: &str = "closing connection: no PROXY protocol header in ti
 
 /// Serves an admin connection if a slot is free, else closes it (with a
 /// WARN at most every 10 s).
-fn admit_admin(state: &Arc<State>, slots: &Arc<AdminSlots>, stream: TcpStream, peer: SocketAddr) {
+/// Once the connection is closed, the spare descriptors are opened again
+/// (one may have been closed to accept it).
+fn admit_admin(
+    state: &Arc<State>,
+    slots: &Arc<AdminSlots>,
+    spares: Option<Arc<SpareFds>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
     static FULL: Every = Every::new(10, "admin connection closed");
     let peer = crate::policy::egress::canonical_addr(peer);
     // IPv6 per /64, as the proxy's own per-address limit: one host owns a
@@ -376,9 +396,16 @@ fn admit_admin(state: &Arc<State>, slots: &Arc<AdminSlots>, stream: TcpStream, p
             tokio::spawn(async move {
                 let _slot = slot;
                 admin::serve(state, stream).await;
+                if let Some(spares) = spares {
+                    spares.refill();
+                }
             });
         }
         Err(why) => {
+            drop(stream);
+            if let Some(spares) = spares {
+                spares.refill();
+            }
             if let Some(held) = FULL.pass() {
                 tracing::warn!(peer = %peer, held_back = held, "admin connection closed: {why}");
             }

@@ -541,6 +541,22 @@ impl Binary {
         })
     }
 
+    /// Lowers the process's open-files limit to 64 (prlimit(1)) and opens
+    /// 80 idle connections to it: it has no descriptor left, and those it
+    /// cannot accept wait in the listen queue. Keep them to keep it so.
+    pub async fn starve_of_descriptors(&self) -> Vec<tokio::net::TcpStream> {
+        let limited = Command::new("prlimit")
+            .args(["--nofile=64:64", "--pid", &self.child.id().to_string()])
+            .status()
+            .expect("prlimit (util-linux) runs");
+        assert!(limited.success(), "prlimit failed: {limited:?}");
+        let mut idle = Vec::new();
+        for _ in 0..80 {
+            idle.push(tokio::net::TcpStream::connect(self.addr).await.unwrap());
+        }
+        idle
+    }
+
     /// Sends `signal` (`"TERM"`, `"HUP"`, ...) to the process with kill(1).
     pub fn signal(&self, signal: &str) {
         let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
