@@ -2163,6 +2163,36 @@ fn a_user_without_a_password_is_named() {
     assert!(err.contains("user `carol`: disabled: invalid type: an integer, expected a boolean"), "{err}");
 }
 
+/// A valid user name that may hold a password, such as a hash pasted as
+/// the name, is never shown in the problems about that user's values; they
+/// are located (it was shown in each of them; probe 329).
+#[test]
+fn a_hash_pasted_as_a_user_name_is_never_shown() {
+    let name = "$2y$05$S3cretS3cretS3cretS3cuQ0aB1cD2eF3gH4iJ5kL6mN7oP8qR9s";
+    let hash = "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$1A6w6R1dTPDTfeGl+ZTNF2Emnq/SgziHTggczddKBes";
+    for (user, at) in [
+        ("password = \"oops\"\n".to_owned(), "users.toml:2:12: password: not a valid PHC string"),
+        (
+            format!("password = \"{hash}\"\ngroups = [\"a b\"]\n"),
+            "users.toml:3:11: a group: group names must not contain spaces",
+        ),
+        (
+            format!("password = \"{hash}\"\nexpires = 0001-01-01\n"),
+            "users.toml:3:11: expires: use an RFC 3339",
+        ),
+    ] {
+        let err = load_err(GOOD_CONFIG, &format!("[users.\"{name}\"]\n{user}"));
+        assert!(err.contains(at) && !err.contains("S3cret"), "{err}");
+    }
+    // Written twice: the second the same as the first after NFC.
+    let users = format!(
+        "[users.\"{name}\\u00e9\"]\npassword = \"{hash}\"\n[users.\"{name}e\\u0301\"]\npassword = \"{hash}\"\n"
+    );
+    let err = load_err(GOOD_CONFIG, &users);
+    assert!(err.contains("users.toml:3:8: same name as the user on line 1 after Unicode"), "{err}");
+    assert!(!err.contains("S3cret"), "{err}");
+}
+
 /// An allow rule without any condition allows every request: refused at
 /// its `action`, naming `[policy] default` for that (it is the shape of a
 /// rule cut short while its file is written, which a reload took, opening

@@ -1833,13 +1833,15 @@ fn a_hash_slow_to_verify_is_warned_of() {
     let bcrypt = bcrypt::hash_with_result("pw", 4).unwrap().format_for_version(bcrypt::Version::TwoB);
     let users = format!(
         "[users.alice]\npassword = {}\n[users.big]\npassword = {}\n[users.long]\npassword = {}\n\
-         [users.fine]\npassword = {}\n[users.old]\npassword = {}\n[users.oldfine]\npassword = {}\n",
+         [users.fine]\npassword = {}\n[users.old]\npassword = {}\n[users.oldfine]\npassword = {}\n\
+         [users.\"$2y$05$S3cretS3cretS3cretS3cuQ\"]\npassword = {}\n",
         toml_str(&good),
         toml_str(&costly("m=4194304,t=1,p=1")),
         toml_str(&costly("m=65536,t=100,p=1")),
         toml_str(&costly("m=262144,t=3,p=4")),
         toml_str(&bcrypt.replacen("$04$", "$17$", 1)),
         toml_str(&bcrypt.replacen("$04$", "$12$", 1)),
+        toml_str(&costly("m=4194304,t=2,p=1")),
     );
     let dir = TempDir::new();
     let bin = start_binary(&dir, "", &users, Stdio::piped());
@@ -1854,11 +1856,20 @@ fn a_hash_slow_to_verify_is_warned_of() {
     assert!(warned[1].contains("user `long`: its hash (m=65536, t=100) takes about 168 times"), "{err}");
     assert!(warned[1].contains("that long and 64 MiB of memory"), "{err}");
     assert!(warned[2].contains("user `old`: its hash (bcrypt cost 17) takes about 481 times"), "{err}");
+    // A name that may hold a password (a hash pasted as the name) is not
+    // shown in the warning (it was; probe 329).
+    assert!(!err.contains("S3cret"), "{err}");
+    assert!(
+        err.contains("a user (the name is not shown: it may hold a password): its hash (m=4194304, t=2)"),
+        "{err}"
+    );
     let out = bin.stop();
     let log = String::from_utf8_lossy(&out.stdout);
     let warned: Vec<&str> = log.lines().filter(|l| l.contains("a hash that is slow to verify")).collect();
-    assert_eq!(warned.len(), 3, "{log}");
-    assert!(warned[0].contains("user=\"big\""), "{warned:?}");
+    assert_eq!(warned.len(), 4, "{log}");
+    assert!(warned[1].contains("user=\"big\""), "{warned:?}");
+    assert!(!log.contains("S3cret"), "{log}");
+    assert!(warned[0].contains("(the name is not shown: it may hold a password)"), "{warned:?}");
 }
 
 /// A log reader that is slow but keeps reading gets every line at exit:

@@ -266,7 +266,7 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
     };
     let mut users = Vec::new();
     // Each name after NFC, and where it was first: (as written, offset).
-    let mut seen: HashMap<String, (String, usize)> = HashMap::new();
+    let mut seen: HashMap<String, (Option<String>, usize)> = HashMap::new();
     // In file order, so that a duplicate is the later entry.
     let mut entries: Vec<_> = raw.users.into_iter().collect();
     entries.sort_by_key(|(name, _)| name.span().start);
@@ -284,18 +284,23 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
         }
         // A name that passed, as every problem about it shows it (a
         // backslash doubled, as in the problems about a value's type: it
-        // was shown raw in these and escaped in those).
-        let shown = crate::telemetry::sanitize_username(&raw_name);
+        // was shown raw in these and escaped in those); none for a valid
+        // name that may hold a password, such as a hash pasted as the name
+        // (it was shown, probe 329): its problems are located only.
+        let shown = (!may_hold_a_password(&raw_name)).then(|| crate::telemetry::sanitize_username(&raw_name));
+        let about = |problem: String| match &shown {
+            Some(name) => format!("user `{name}`: {problem}"),
+            None => problem,
+        };
         if let Some((other, at)) = seen.get(&name) {
             // Counted only here: counted for every name, it made a large
             // file's load quadratic.
             let line = line_col(source, *at).0;
-            c.at(
-                span.clone(),
-                format!(
-                    "user `{shown}`: same name as user `{other}` (line {line}) after Unicode normalisation"
-                ),
-            );
+            let other = match other {
+                Some(other) => format!("user `{other}` (line {line})"),
+                None => format!("the user on line {line}"),
+            };
+            c.at(span.clone(), about(format!("same name as {other} after Unicode normalisation")));
             continue;
         }
         seen.insert(name.clone(), (shown.clone(), span.start));
@@ -306,10 +311,10 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
             Err(m) => {
                 c.at(
                     user.password.span(),
-                    format!(
-                        "user `{shown}`: password: {m}; make one with `{}`",
+                    about(format!(
+                        "password: {m}; make one with `{}`",
                         super::command(config, "hash-password")
-                    ),
+                    )),
                 );
                 None
             }
@@ -326,7 +331,7 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
                 // Located, not quoted: what was typed there may be a
                 // password (a passphrase with spaces pasted into the list),
                 // and a reload logs the problem.
-                Err(m) => c.at(g.span(), format!("user `{shown}`: a group: {m}")),
+                Err(m) => c.at(g.span(), about(format!("a group: {m}"))),
                 Ok(()) => {
                     let group = Arc::<str>::from(group);
                     if known.insert(group.clone()) {
@@ -342,11 +347,11 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
                 // A second 60 is RFC 3339, and only wrong where no leap
                 // second goes: said so (probe 150).
                 None if misplaced_leap_second(dt.get_ref()) => {
-                    c.at(dt.span(), format!("user `{shown}`: expires: {LEAP_ONLY}"));
+                    c.at(dt.span(), about(format!("expires: {LEAP_ONLY}")));
                     None
                 }
                 None => {
-                    c.at(dt.span(), format!("user `{shown}`: expires: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999"));
+                    c.at(dt.span(), about("expires: use an RFC 3339 date-time with offset (2027-03-31T00:00:00Z) or a date (2027-03-31, midnight UTC), from 1970 to 9999".into()));
                     None
                 }
             },
