@@ -2210,6 +2210,32 @@ fn an_allow_rule_without_a_condition_is_refused() {
     ok.unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The certificate, key and CA paths in problems write a byte that is not
+/// UTF-8 as `\xff`, as every other path is written (they showed U+FFFD;
+/// probe 329), and a backslash typed in a name doubled.
+#[test]
+fn tls_and_ca_paths_are_written_byte_for_byte() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new();
+    let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"d\xff"));
+    std::fs::create_dir(&odd).unwrap();
+    let config = format!(
+        "{GOOD_CONFIG}[[server.tls]]\nlisten = \"127.0.0.1:3129\"\ncert = \"c\\\\xff.pem\"\nkey = \"key.pem\"\n\
+         [upstream]\nca_file = \"ca.pem\"\n"
+    );
+    std::fs::write(odd.join("authgate.toml"), config).unwrap();
+    std::fs::write(odd.join("users.toml"), good_users()).unwrap();
+    let err = authgate::config::load(&odd.join("authgate.toml")).expect_err("refused").to_string();
+    assert!(!err.contains('\u{fffd}'), "{err}");
+    for file in [
+        r"d\xff/c\\xff.pem: cannot read certificate",
+        r"d\xff/key.pem: cannot read private key",
+        r"d\xff/ca.pem: cannot read",
+    ] {
+        assert!(err.contains(file), "{file}: {err}");
+    }
+}
+
 /// Empty TLS and CA paths are said to be empty (they named the folder, or
 /// nothing: `upstream.ca_file: : cannot read`), and a missing key is said
 /// beside a missing certificate (only the first was; probes 146, 147).

@@ -148,8 +148,27 @@ pub fn parse_argon2(phc: &str) -> Result<(PasswordHashString, Params), String> {
             return Err("unsupported algorithm (not named: the value may be a password); use argon2id".into());
         }
     }
-    if hash.hash.is_none() || hash.salt.is_none() {
+    let Some(salt) = hash.salt.filter(|_| hash.hash.is_some()) else {
         return Err("PHC string has no salt or no hash".into());
+    };
+    // The salt is decoded at each login, as argon2 takes it: one that is
+    // not canonical unpadded base64, or shorter than 8 bytes, loaded
+    // without a word and could never verify (probe 329).
+    let mut salt_bytes = [0u8; 64];
+    match salt.decode_b64(&mut salt_bytes) {
+        Ok(bytes) if bytes.len() >= argon2::MIN_SALT_LEN => {}
+        Ok(bytes) => {
+            return Err(format!(
+                "its argon2 salt is {} bytes, fewer than the {} argon2 takes, so it can never verify; reset this password",
+                bytes.len(),
+                argon2::MIN_SALT_LEN
+            ));
+        }
+        Err(_) => {
+            return Err(
+                "its argon2 salt is not canonical unpadded base64, so it can never verify; reset this password".into()
+            );
+        }
     }
     // Only the two versions argon2 has (16 and 19): another one was taken
     // as 19 at login, a hash that could never verify.
@@ -264,6 +283,27 @@ mod tests {
         assert_eq!(err("m=8,t=0,p=1"), "argon2 t=0: it is at least 1");
         assert_eq!(err("m=8,t=1,p=0"), "argon2 p=0: it is at least 1");
         assert!(parse_argon2(&phc("m=16,t=1,p=2")).is_ok());
+    }
+
+    /// A salt argon2 cannot take is refused at load: it loaded, and its
+    /// user could never log in (probe 329). Each of these failed at
+    /// verification with the right password.
+    #[test]
+    fn a_salt_that_can_never_verify_is_refused() {
+        let phc = |salt: &str| {
+            format!("$argon2id$v=19$m=256,t=1,p=1${salt}$1A6w6R1dTPDTfeGl+ZTNF2Emnq/SgziHTggczddKBes")
+        };
+        let err = |salt: &str| parse_argon2(&phc(salt)).err().unwrap_or_default();
+        assert!(parse_argon2(&phc("c2FsdHNhbHQ")).is_ok(), "8 bytes");
+        assert!(err("c2FsdHNhbA").starts_with("its argon2 salt is 7 bytes, fewer than the 8"));
+        assert!(err("c2FsdHNh").starts_with("its argon2 salt is 6 bytes"));
+        // A length base64 cannot have; bits left over that are not zero.
+        for salt in ["c2FsdHNhb", "c2FsdHNhbHR", "c2FsdHNhbH"] {
+            assert!(err(salt).starts_with("its argon2 salt is not canonical unpadded base64"), "{salt}");
+        }
+        // What `authgate hash-password` writes (a 16-byte salt) loads.
+        let hash = hash_password("pw", Params::new(256, 1, 1, None).unwrap()).unwrap();
+        assert!(parse_argon2(hash.as_str()).is_ok());
     }
 
     #[test]

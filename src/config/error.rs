@@ -41,7 +41,12 @@ impl fmt::Display for Problem {
 /// `\u{1b}`, `\u{a0}`, `\u{202e}`); text without them, nearly all, is
 /// returned as it is.
 pub fn shown(text: &str) -> Cow<'_, str> {
-    escaped(text, |c| c.is_control() || crate::telemetry::hidden(c) || unusual_space(c))
+    escaped(text, odd)
+}
+
+/// A character [`shown`] writes as an escape.
+fn odd(c: char) -> bool {
+    c.is_control() || crate::telemetry::hidden(c) || unusual_space(c)
 }
 
 /// Whether toml's message is about an escape in a string (`"\é"`,
@@ -78,11 +83,13 @@ fn unusual_space(c: char) -> bool {
 /// A path for a terminal, as [`shown`] writes text (a path can hold any
 /// byte but `/` and NUL); a byte that is not UTF-8 as `\xff`: as U+FFFD,
 /// two paths that differ there looked the same, and neither could be typed
-/// back (probe 323).
+/// back (probe 323). A backslash is doubled, so that an escape is never
+/// the same as the text it stands for (`d\xff` typed showed as the byte
+/// 0xff did; probe 329).
 pub fn shown_path(path: &Path) -> String {
     let mut out = String::new();
     for chunk in path.as_os_str().as_encoded_bytes().utf8_chunks() {
-        out.push_str(&shown(chunk.valid()));
+        out.push_str(&escaped(chunk.valid(), |c| c == '\\' || odd(c)));
         for b in chunk.invalid() {
             // (Writing to a `String` cannot fail.)
             let _ = write!(out, "\\x{b:02x}");
@@ -570,6 +577,8 @@ mod tests {
         // Shown for a terminal, each such byte is written as it is typed.
         let bytes = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"c\xff\xfe/\x1b\xe9.toml");
         assert_eq!(shown_path(Path::new(bytes)), r"c\xff\xfe/\u{1b}\xe9.toml");
+        // What looks like an escape, typed, is not one (it was shown the same).
+        assert_eq!(shown_path(Path::new(r"c\xff/\u{1b}")), r"c\\xff/\\u{1b}");
     }
 
     #[test]

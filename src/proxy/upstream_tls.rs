@@ -17,6 +17,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::file::{check_file, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
+use crate::config::shown_path;
 use crate::error::{BadAnswer, ProxyError};
 use crate::target::Host;
 
@@ -65,7 +66,7 @@ fn with_roots(roots: rustls::RootCertStore) -> Arc<ClientConfig> {
 
 /// The certificates of the PEM file at `path`.
 fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
-    let shown = path.display();
+    let shown = shown_path(path);
     let pem = read_file(path).map_err(|e| format!("{shown}: cannot read: {}", reason(&e)))?;
     // A byte order mark, as some Windows editors write, hid the first
     // certificate.
@@ -115,7 +116,7 @@ fn system_roots() -> Result<(rustls::RootCertStore, usize), String> {
     // files only.)
     if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
         let file = Path::new(&file);
-        check_file(file).map_err(|e| format!("SSL_CERT_FILE: {}: {}", file.display(), reason(&e)))?;
+        check_file(file).map_err(|e| format!("SSL_CERT_FILE: {}: {}", shown_path(file), reason(&e)))?;
     }
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
@@ -125,7 +126,7 @@ fn system_roots() -> Result<(rustls::RootCertStore, usize), String> {
     // without a word, probe 113); no bundle on the platform is warned of
     // where it matters (see [`warn_if_no_system_roots`]).
     if added == 0 {
-        let shown = |var: &str| std::env::var_os(var).map(|v| format!("{var}={}", Path::new(&v).display()));
+        let shown = |var: &str| std::env::var_os(var).map(|v| format!("{var}={}", shown_path(Path::new(&v))));
         if let Some(set) = shown("SSL_CERT_FILE").or_else(|| shown("SSL_CERT_DIR")) {
             return Err(format!("{set}: no CA certificate found"));
         }

@@ -23,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::file::{pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
+use crate::config::shown_path;
 
 /// Which of a TLS listener's two files a [`CertError`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,27 +74,27 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, 
                 Some(n) => in_cert(format!(
                     "{}: the certificate of the key in {} is number {} of the chain, not the first: the \
                  server's own certificate must come first, then the ones that issued it",
-                    cert.display(),
-                    key.display(),
+                    shown_path(cert),
+                    shown_path(key),
                     n + 2
                 )),
                 None => in_key(format!(
                     "{}: key does not match the certificate in {}",
-                    key.display(),
-                    cert.display()
+                    shown_path(key),
+                    shown_path(cert)
                 )),
             }
         }
         // Anything else is about the certificate: rustls could not read it
         // (a bad encoding, an X.509 v1 certificate ...).
-        other => in_cert(format!("{}: the first certificate cannot be used ({other})", cert.display())),
+        other => in_cert(format!("{}: the first certificate cannot be used ({other})", shown_path(cert))),
     })?;
     // rustls does not read its dates: one with a date that is none (month
     // 13) loaded, even long expired, without a word (probe 123).
     if certified.cert.first().is_none_or(|c| !super::x509::is_certificate(c)) {
         return Err(in_cert(format!(
             "{}: the first certificate's dates cannot be read (clients refuse it: \"format error\")",
-            cert.display()
+            shown_path(cert)
         )));
     }
     Ok(Arc::new(certified))
@@ -567,20 +568,20 @@ impl Drop for Admitted<'_> {
 pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
     let cert_pem = read_file(cert)
-        .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", cert.display(), reason(&e))))?;
+        .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", shown_path(cert), reason(&e))))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| in_cert(format!("{}: bad PEM certificate: {}", cert.display(), pem_problem(&e))))?;
+        .map_err(|e| in_cert(format!("{}: bad PEM certificate: {}", shown_path(cert), pem_problem(&e))))?;
     if let Some(cut) = pem_cut_short(&cert_pem) {
-        return Err(in_cert(format!("{}: bad PEM certificate: {cut}", cert.display())));
+        return Err(in_cert(format!("{}: bad PEM certificate: {cut}", shown_path(cert))));
     }
     if let Some(trusted) = pem_trusted_form(&cert_pem) {
-        return Err(in_cert(format!("{}: {trusted}", cert.display())));
+        return Err(in_cert(format!("{}: {trusted}", shown_path(cert))));
     }
     if chain.is_empty() {
         return Err(in_cert(format!(
             "{}: no certificate found{}",
-            cert.display(),
+            shown_path(cert),
             holds_instead(&cert_pem, TlsFile::Cert)
         )));
     }
@@ -589,7 +590,7 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     if let Some(n) = chain.iter().skip(1).position(|c| !super::x509::is_certificate(c)) {
         return Err(in_cert(format!(
             "{}: certificate {} of the chain is not an X.509 certificate authgate can read (its DER structure or its dates)",
-            cert.display(),
+            shown_path(cert),
             n + 2
         )));
     }
@@ -656,25 +657,25 @@ fn first_der(bytes: &[u8]) -> &[u8] {
 pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertError> {
     let in_key = |message: String| CertError { file: TlsFile::Key, message };
     let key_pem = read_file(key)
-        .map_err(|e| in_key(format!("{}: cannot read private key: {}", key.display(), reason(&e))))?;
+        .map_err(|e| in_key(format!("{}: cannot read private key: {}", shown_path(key), reason(&e))))?;
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         // rustls skips PEM sections it does not know, an encrypted key's
         // among them, and then finds "no items".
         in_key(if key_pem.windows(9).any(|w| w == b"ENCRYPTED") {
             format!(
                 "{}: the private key is encrypted (passphrase-protected), which authgate cannot read; write it decrypted (`openssl pkey -in KEY -out KEY.plain`) and keep that file private",
-                key.display()
+                shown_path(key)
             )
         } else if matches!(e, rustls::pki_types::pem::Error::NoItemsFound) {
             // ("cannot read private key: no items found" read as a failed
             // read, and a certificate there as nothing; probe 160.)
             format!(
                 "{}: no private key found{}",
-                key.display(),
+                shown_path(key),
                 holds_instead(&key_pem, TlsFile::Key)
             )
         } else {
-            format!("{}: cannot read private key: {}", key.display(), pem_problem(&e))
+            format!("{}: cannot read private key: {}", shown_path(key), pem_problem(&e))
         })
     })?;
     let signer = ring::sign::any_supported_type(&der).map_err(|_| {
@@ -687,7 +688,7 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
             "{}: unsupported private key; authgate takes RSA keys of 2048, 3072 or 4096 bits \
                  (public exponent 65537, not RSA-PSS), ECDSA keys on P-256 or P-384 (a named curve), \
                  and Ed25519 keys",
-            key.display()
+            shown_path(key)
         ))
     })?;
     Ok(signer)
@@ -821,7 +822,7 @@ pub fn date_warnings(tls: &[crate::config::TlsListener]) -> Vec<String> {
         .flat_map(|t| {
             ChainDateProblem::of_chain(&t.certified.cert, now)
                 .into_iter()
-                .map(|p| format!("{}: {p}", t.cert.display()))
+                .map(|p| format!("{}: {p}", shown_path(&t.cert)))
         })
         .collect()
 }
