@@ -135,6 +135,7 @@ fn check(config: &Path, reload: bool) -> ExitCode {
             for line in authgate::config::rule_hints(&snap)
                 .into_iter()
                 .chain(authgate::config::proxy_protocol_hints(&snap))
+                .chain(authgate::auth::store::costly_new_hashes(&snap.auth.argon2))
             {
                 err_line(format_args!("authgate: warning: {line}"));
             }
@@ -291,6 +292,9 @@ fn hash_password(config: &Path, given: bool) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
+    if let Some(slow) = authgate::auth::store::costly_new_hashes(&params) {
+        err_line(format_args!("authgate: warning: {slow}"));
+    }
     match authgate::auth::password::hash_password(&password, params) {
         Ok(h) => emit(&format!("{h}\n"), ExitCode::SUCCESS),
         Err(e) => fail(format!("cannot hash: {e}")),

@@ -1872,6 +1872,28 @@ fn a_hash_slow_to_verify_is_warned_of() {
     assert!(warned[0].contains("(the name is not shown: it may hold a password)"), "{warned:?}");
 }
 
+/// `[auth.argon2]` costs that make every new hash slow to verify are said
+/// by `check`, at the thresholds of a stored hash (`check` said nothing,
+/// and each hash `users add` then wrote was warned of; probe 329).
+#[test]
+fn argon2_costs_that_make_slow_hashes_are_warned_of() {
+    let dir = TempDir::new();
+    let users = users_toml(&[(USER, PASSWORD)]);
+    for (costs, warned) in
+        [("m_cost = 19456\nt_cost = 100\n", true), ("m_cost = 19456\nt_cost = 99\n", false)]
+    {
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[auth]\nusers_file = \"users.toml\"\n[auth.argon2]\n{costs}"
+        );
+        let config = dir.write("authgate.toml", &config);
+        dir.write("users.toml", &users);
+        let err = check_passes(&config);
+        let line = "authgate: warning: auth.argon2: new hashes (m=19456, t=100) take about 50 times the work";
+        assert_eq!(err.contains(line), warned, "{costs}: {err}");
+        assert_eq!(err.contains("auth.argon2: new hashes"), warned, "{costs}: {err}");
+    }
+}
+
 /// A log reader that is slow but keeps reading gets every line at exit:
 /// the exit waits while standard output takes lines (a wait of 2 s in all
 /// lost 1621 of 2000 access lines to a reader taking 300 KB/s: probe 119).

@@ -479,25 +479,60 @@ const COSTLY_MEMORY: u32 = 1 << 20;
 /// Why a hash with `costs` is slow to verify, or `None` when it is not
 /// (see [`COSTLY_WORK`], [`COSTLY_MEMORY`]).
 fn costly(costs: Costs) -> Option<String> {
-    let params = super::password::default_params();
-    let default = Costs::from(params.clone()).work().max(1);
-    let times = costs.work() / default;
-    let (written, memory) = match costs {
-        Costs::Argon2 { m, t, .. } => (format!("m={m}, t={t}"), Some(m).filter(|&m| m >= 1024)),
-        Costs::Bcrypt { cost } => (format!("bcrypt cost {cost}"), None),
-    };
-    if times < COSTLY_WORK && memory.is_none_or(|m| m < COSTLY_MEMORY) {
-        return None;
-    }
-    let memory = memory.map(|m| format!(" and {} MiB of memory", m / 1024)).unwrap_or_default();
+    let slow = Slow::of(costs)?;
     Some(format!(
-        "its hash ({written}) takes about {times} times the work of a default one (m={}, t={}) to \
-         verify: every login of this user that the login cache does not hold, with the right password \
-         or a wrong one, holds a verification worker that long{memory}, and other logins wait; \
-         `authgate users passwd` writes a hash with the `[auth.argon2]` costs",
-        params.m_cost(),
-        params.t_cost()
+        "its hash ({}) takes about {} times the work of a default one ({}) to verify: every login of \
+         this user that the login cache does not hold, with the right password or a wrong one, holds a \
+         verification worker that long{}, and other logins wait; `authgate users passwd` writes a hash \
+         with the `[auth.argon2]` costs",
+        slow.written, slow.times, slow.default, slow.memory
     ))
+}
+
+/// Why `[auth.argon2]` makes new hashes slow to verify (as [`costly`] says
+/// of a stored one), or `None`: `check` and the `users` commands that
+/// write a hash said nothing of costs they then warned of in each hash
+/// (probe 329).
+pub fn costly_new_hashes(params: &Params) -> Option<String> {
+    let slow = Slow::of(Costs::from(params.clone()))?;
+    Some(format!(
+        "auth.argon2: new hashes ({}) take about {} times the work of a default one ({}) to verify: \
+         each login with such a hash (as `authgate users` writes them) that the login cache does not \
+         hold keeps a verification worker that long{}, and other logins wait; lower m_cost or t_cost",
+        slow.written, slow.times, slow.default, slow.memory
+    ))
+}
+
+/// The figures of a warning of slow hashes.
+struct Slow {
+    /// The costs, as written (`m=…, t=…`, `bcrypt cost …`).
+    written: String,
+    /// How many times a default hash's work.
+    times: u64,
+    /// A default hash's costs, as written.
+    default: String,
+    /// ` and N MiB of memory`, for argon2 of 1 MiB or more; else empty.
+    memory: String,
+}
+
+impl Slow {
+    fn of(costs: Costs) -> Option<Slow> {
+        let params = super::password::default_params();
+        let times = costs.work() / Costs::from(params.clone()).work().max(1);
+        let (written, memory) = match costs {
+            Costs::Argon2 { m, t, .. } => (format!("m={m}, t={t}"), Some(m).filter(|&m| m >= 1024)),
+            Costs::Bcrypt { cost } => (format!("bcrypt cost {cost}"), None),
+        };
+        if times < COSTLY_WORK && memory.is_none_or(|m| m < COSTLY_MEMORY) {
+            return None;
+        }
+        Some(Slow {
+            written,
+            times,
+            default: format!("m={}, t={}", params.m_cost(), params.t_cost()),
+            memory: memory.map(|m| format!(" and {} MiB of memory", m / 1024)).unwrap_or_default(),
+        })
+    }
 }
 
 /// A user's name as a problem about its hash shows it (escaped), or
@@ -518,6 +553,23 @@ fn tag_problem(len: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[auth.argon2]` costs that make slow hashes are said as a stored
+    /// hash's are, at the same thresholds (they were not said at all;
+    /// probe 329).
+    #[test]
+    fn new_hash_costs_are_warned_of_as_stored_ones_are() {
+        let params = |m, t| Params::new(m, t, 1, None).unwrap();
+        let warned = costly_new_hashes(&params(19_456, 100)).unwrap_or_default();
+        assert!(
+            warned.starts_with("auth.argon2: new hashes (m=19456, t=100) take about 50 times the work"),
+            "{warned}"
+        );
+        assert!(costly_new_hashes(&params(19_456, 99)).is_none());
+        assert!(costly_new_hashes(&params(1 << 20, 1)).is_some_and(|w| w.contains("1024 MiB")));
+        assert!(costly_new_hashes(&params((1 << 20) - 1, 1)).is_none());
+        assert!(costly_new_hashes(&super::super::password::default_params()).is_none());
+    }
 
     /// A user in few groups or many (a set past `LINEAR_GROUPS`) is in
     /// exactly those; the credential follows the name and hash alone.

@@ -219,7 +219,8 @@ fn act(file: &mut UsersFile, auth: &Auth, action: Action) -> Result<Outcome, Use
             add_user(&mut doc, &name, NewUser { hash, groups, expires: expires.map(|e| e.1) })?;
             file.save(doc)?;
             let stdout = format!("added {} to {}\n", user_named(&name), shown_path(&file.path));
-            Ok(Outcome { stdout, warnings: expiry_warning(expires.map(|e| e.0)), ..Outcome::default() })
+            let warnings = expiry_warning(expires.map(|e| e.0)).into_iter().chain(slow_hash_warning(auth));
+            Ok(Outcome { stdout, warnings: warnings.collect(), ..Outcome::default() })
         }
         Action::Passwd { name, expires, no_expires, password_stdin } => {
             let key = file.existing(&name)?;
@@ -236,7 +237,8 @@ fn act(file: &mut UsersFile, auth: &Auth, action: Action) -> Result<Outcome, Use
             file.save(doc)?;
             let stdout =
                 format!("changed the password of {} in {}\n", user_named(&nfc(&key)), shown_path(&file.path));
-            Ok(Outcome { stdout, warnings: expiry_warning(expires.map(|e| e.0)), ..Outcome::default() })
+            let warnings = expiry_warning(expires.map(|e| e.0)).into_iter().chain(slow_hash_warning(auth));
+            Ok(Outcome { stdout, warnings: warnings.collect(), ..Outcome::default() })
         }
         Action::Remove { name } => {
             let key = file.existing(&name)?;
@@ -509,6 +511,12 @@ fn parse_expires(raw: &str) -> Result<(SystemTime, toml_edit::Datetime), UsersEr
         None => return Err(bad()),
     };
     Ok((instant, utc_datetime(instant).ok_or_else(bad)?))
+}
+
+/// A warning when `[auth.argon2]` makes the hash just written slow to
+/// verify (see [`crate::auth::store::costly_new_hashes`]).
+fn slow_hash_warning(auth: &Auth) -> Option<String> {
+    crate::auth::store::costly_new_hashes(&auth.argon2).map(|m| format!("warning: {m}"))
 }
 
 /// A warning, as every other goes out (on standard error, `authgate:
