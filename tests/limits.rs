@@ -505,6 +505,18 @@ async fn plain_http_sent_to_the_tls_port_gets_a_readable_400_tls_required() {
     assert_eq!(c.read_response("HEAD").await.status, 400);
     let rest = c.read_to_end().await;
     assert!(rest.is_empty(), "a body after the head: {:?}", String::from_utf8_lossy(&rest));
+    // Also when the method comes in pieces (the answer had the body; probe
+    // 328), and a method that only begins as `HEAD` does gets it.
+    for (first, then, body) in [("HE", "AD ", false), ("H", "EAD ", false), ("HEA", "DER ", true)] {
+        let mut c = RawConn::connect(proxy.tls).await;
+        c.send(first.as_bytes().to_vec()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rest = format!("{then}{} HTTP/1.1\r\nHost: {}\r\n\r\n", origin.url("/slip"), origin.authority());
+        c.send(rest.into_bytes()).await;
+        assert_eq!(c.read_response("HEAD").await.status, 400, "{first}{then}");
+        let rest = c.read_to_end().await;
+        assert_eq!(!rest.is_empty(), body, "{first}{then}: {:?}", String::from_utf8_lossy(&rest));
+    }
     // TLS on the same port still works.
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     drop(proxy.stop);

@@ -611,10 +611,25 @@ async fn accept_tls(
 /// answers to unusable requests.
 async fn refuse_plain_http(state: &Arc<State>, stream: TcpStream, client: SocketAddr) {
     let err = ProxyError::TlsRequired;
-    // Its first bytes are there (they told it from a handshake): at once.
+    // Whether it is a `HEAD`, whose answer has no body: its first bytes are
+    // there (they told it from a handshake), and more are waited for while
+    // they may still spell `HEAD ` (a method split across reads was taken
+    // for another, and its answer had the body; probe 328), for at most
+    // `header_read_timeout`. They are read: the rest is dropped anyway.
+    let mut stream = stream;
     let mut method = [0u8; guard::HEAD_METHOD.len()];
-    let head =
-        stream.peek(&mut method).await.is_ok_and(|n| n == method.len()) && method == guard::HEAD_METHOD;
+    let mut got = 0;
+    let wait = state.snapshot.load().limits.header_read_timeout;
+    let _ = tokio::time::timeout(wait, async {
+        while got < method.len() && guard::HEAD_METHOD.starts_with(&method[..got]) {
+            match stream.read(&mut method[got..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    let head = method == guard::HEAD_METHOD;
     let answer = refused_head(state, client, &err, head);
     answer_and_close(stream, &answer, Duration::from_secs(2)).await;
 }
