@@ -609,14 +609,13 @@ async fn accept_tls(
 /// the client can read (a TLS alert in answer left curl saying only "wrong
 /// version number" or "Empty reply"), counted and logged like the other
 /// answers to unusable requests.
-async fn refuse_plain_http(state: &Arc<State>, stream: TcpStream, client: SocketAddr) {
+async fn refuse_plain_http(state: &Arc<State>, mut stream: TcpStream, client: SocketAddr) {
     let err = ProxyError::TlsRequired;
     // Whether it is a `HEAD`, whose answer has no body: its first bytes are
     // there (they told it from a handshake), and more are waited for while
     // they may still spell `HEAD ` (a method split across reads was taken
     // for another, and its answer had the body; probe 328), for at most
     // `header_read_timeout`. They are read: the rest is dropped anyway.
-    let mut stream = stream;
     let mut method = [0u8; guard::HEAD_METHOD.len()];
     let mut got = 0;
     let wait = state.snapshot.load().limits.header_read_timeout;
