@@ -270,6 +270,37 @@ async fn ipv4_addresses_come_first_and_ipv6_ones_are_used() {
     assert_eq!((origin_4.hits(), origin_6.hits()), (1, 1), "six.test goes to its IPv6 address");
 }
 
+/// An AAAA answer that comes after the Resolution Delay is not waited for,
+/// but it is kept: the next lookup of the name has its IPv6 addresses.
+/// It was dropped, so a name whose A records were kept (their TTL longer
+/// than the AAAA ones') was IPv4-only at every lookup, and unreachable
+/// when IPv4 was down (probe 331).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_aaaa_answer_is_kept_for_the_next_lookup() {
+    let on_6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let port = on_6.local_addr().unwrap().port();
+    let origin = spawn_origin_on(on_6);
+    // Nothing listens on 127.0.0.1 at that port: the IPv4 address refuses.
+    let zone = vec![(
+        "late6.test",
+        Answer::LateAaaa(vec![Ipv4Addr::LOCALHOST], vec![std::net::Ipv6Addr::LOCALHOST], 300),
+    )];
+    let fake = dns::spawn(zone).await;
+    let open = "[egress]\nallow_cidrs = [\"127.0.0.0/8\", \"::1/128\"]";
+    let proxy = spawn_custom(&config(Some(fake.addr), open), &users());
+    let a = auth();
+    let authority = format!("late6.test:{port}");
+    let connect = async || send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
+    // The first lookup has the A answer only: the IPv4 address refuses.
+    assert_eq!(connect().await.status, 502);
+    // The AAAA answer, come meanwhile, was kept.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let r = connect().await;
+    assert_eq!(r.status, 200, "{}", r.dump());
+    assert_eq!(origin.hits(), 1);
+    assert_eq!(fake.queries("late6.test AAAA"), 1, "asked once, then kept");
+}
+
 /// A listener on `first` (port 0) and what `second` makes on the same port.
 /// A port free on one address may be taken on the other (by any process's
 /// connection), so ports are tried until both bind.

@@ -9,7 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -41,8 +42,10 @@ pub struct Resolver {
     /// query unanswered, since the resolver was last made anew (see
     /// [`Resolver::aaaa_left_again`]).
     aaaa_left: Mutex<Option<Instant>>,
-    /// The answers kept for their TTL (hickory keeps none, see [`Kept`]).
-    kept: Kept,
+    /// The answers kept for their TTL (hickory keeps none, see [`Kept`]);
+    /// shared with the queries left to finish on their own (see
+    /// [`on_dns_thread`]).
+    kept: Arc<Kept>,
 }
 
 /// A hickory resolver and the per-query timeout it was made with.
@@ -86,7 +89,7 @@ impl Resolver {
             opts,
             renewed: Mutex::new(None),
             aaaa_left: Mutex::new(None),
-            kept: Kept::default(),
+            kept: Arc::default(),
         }
     }
 
@@ -177,8 +180,19 @@ impl Resolver {
         let deadline = Instant::now() + timeout;
         let resend_after = timeout / 2;
         let made = self.fresh(timeout);
-        let v4 = patiently(deadline, resend_after, || self.addresses(&made.resolver, Family::V4, fqdn));
-        let v6 = patiently(deadline, resend_after, || self.addresses(&made.resolver, Family::V6, fqdn));
+        // Set when the AAAA query is left behind at the Resolution Delay:
+        // it then runs on (within `timeout`), and its answer is kept for
+        // the next lookup. Dropped with it, a name whose A records were
+        // kept and whose AAAA ones were not (their TTLs differ) had its
+        // AAAA query sent, cut at 50 ms and never kept, lookup after
+        // lookup, with a resolver slower than that: the name was IPv4-only
+        // until its A records expired, and unreachable with IPv4 down
+        // (probe 331).
+        let linger = Arc::new(AtomicBool::new(false));
+        let v4 = patiently(deadline, resend_after, || self.addresses(&made.resolver, Family::V4, fqdn, None));
+        let v6 = patiently(deadline, resend_after, || {
+            self.addresses(&made.resolver, Family::V6, fqdn, Some(&linger))
+        });
         tokio::pin!(v4, v6);
         let give_up = tokio::time::sleep_until(deadline);
         tokio::pin!(give_up);
@@ -215,6 +229,9 @@ impl Resolver {
             Some(Err(e)) => matches!(classify(e), ProxyError::DnsTimeout),
             Some(Ok(_)) => false,
         };
+        if cut_short && aaaa.is_none() {
+            linger.store(true, Ordering::Relaxed);
+        }
         let renew = if cut_short {
             aaaa.is_none() && self.aaaa_left_again(timeout)
         } else {
@@ -359,12 +376,14 @@ impl Kept {
 
 impl Resolver {
     /// The addresses of one family of `fqdn`: kept ones (see [`Kept`]), or
-    /// asked for, then kept.
+    /// asked for, then kept (also when the caller has stopped waiting and
+    /// `linger` was set: see [`on_dns_thread`]).
     async fn addresses(
         &self,
         resolver: &TokioResolver,
         family: Family,
         fqdn: &str,
+        linger: Option<&Arc<AtomicBool>>,
     ) -> Result<Vec<IpAddr>, ResolveError> {
         match self.kept.get(family, fqdn) {
             Some(Held::Addresses(ips)) => return Ok(ips),
@@ -376,8 +395,9 @@ impl Resolver {
         // Made only when it is asked for: not on the path of a kept answer.
         let name = query_name(fqdn)?;
         let resolver = resolver.clone();
-        let answer = on_dns_thread(async move {
-            match family {
+        let (kept, key) = (self.kept.clone(), fqdn.to_owned());
+        let lookup = async move {
+            let answer = match family {
                 Family::V4 => resolver.ipv4_lookup(name).await.map(|a| {
                     let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
                     (ips, valid_until(a.as_lookup()))
@@ -386,12 +406,14 @@ impl Resolver {
                     let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
                     (ips, valid_until(a.as_lookup()))
                 }),
-            }
-        })
-        .await;
-        let (ips, until) = answer.inspect_err(|e| self.kept.no_data(family, fqdn, e))?;
-        self.kept.put(family, fqdn, &ips, until);
-        Ok(ips)
+            };
+            // Kept where the answer comes, so that one no longer waited
+            // for is kept too.
+            let (ips, until) = answer.inspect_err(|e| kept.no_data(family, &key, e))?;
+            kept.put(family, &key, &ips, until);
+            Ok(ips)
+        };
+        on_dns_thread(lookup, linger.cloned()).await
     }
 }
 
@@ -444,11 +466,28 @@ fn dns_runtime() -> Option<&'static tokio::runtime::Runtime> {
 /// that left, a lookup given up), as it would stop in place.
 async fn on_dns_thread<T: Send + 'static>(
     lookup: impl Future<Output = Result<T, ResolveError>> + Send + 'static,
+    linger: Option<Arc<AtomicBool>>,
 ) -> Result<T, ResolveError> {
     let Some(runtime) = dns_runtime() else { return lookup.await };
     let handle = runtime.spawn(lookup);
-    let _abort = crate::body::AbortOnDrop(handle.abort_handle());
+    let _abort = AbortUnlessLingering { task: handle.abort_handle(), linger };
     handle.await.unwrap_or_else(|e| Err(ResolveError::from(format!("the DNS lookup did not finish: {e}"))))
+}
+
+/// Aborts a query no longer waited for, unless its `linger` flag was set:
+/// it then runs to its end (hickory's query timeout bounds it), and its
+/// answer is kept.
+struct AbortUnlessLingering {
+    task: tokio::task::AbortHandle,
+    linger: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for AbortUnlessLingering {
+    fn drop(&mut self) {
+        if !self.linger.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
+            self.task.abort();
+        }
+    }
 }
 
 /// A hickory resolver of `config` and `opts` for lookups bounded by
@@ -726,21 +765,40 @@ mod tests {
         assert_eq!(calls, 1);
     }
 
-    /// Lookups run on the DNS thread, and one given up there is stopped.
+    /// Lookups run on the DNS thread, and one given up there is stopped,
+    /// unless it was told to linger.
     #[tokio::test]
     async fn lookups_run_on_the_dns_thread_and_stop_when_given_up() {
-        let on =
-            on_dns_thread(async { Ok::<_, ResolveError>(std::thread::current().name().map(str::to_owned)) });
+        let on = on_dns_thread(
+            async { Ok::<_, ResolveError>(std::thread::current().name().map(str::to_owned)) },
+            None,
+        );
         assert_eq!(on.await.unwrap().as_deref(), Some("authgate-dns"));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let waits = on_dns_thread(async move {
-            let _tx = tx;
-            std::future::pending::<Result<(), ResolveError>>().await
-        });
+        let linger = Arc::new(AtomicBool::new(false));
+        let waits = on_dns_thread(
+            async move {
+                let _tx = tx;
+                std::future::pending::<Result<(), ResolveError>>().await
+            },
+            Some(linger),
+        );
         assert!(tokio::time::timeout(Duration::from_millis(50), waits).await.is_err());
         // Dropped with the timeout: the task on the DNS thread ends, and
         // with it the sender it held.
         assert!(tokio::time::timeout(Duration::from_secs(5), rx).await.is_ok_and(|r| r.is_err()));
+        // Told to linger, it runs to its end.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waits = on_dns_thread(
+            async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = tx.send(());
+                Ok::<_, ResolveError>(())
+            },
+            Some(Arc::new(AtomicBool::new(true))),
+        );
+        assert!(tokio::time::timeout(Duration::from_millis(10), waits).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_secs(5), rx).await.is_ok_and(|r| r.is_ok()));
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub enum Answer {
     /// never answers and stays open (AAAA answers too long for UDP, from a
     /// server stuck on one connection).
     AaaaTcpMuteFirst(Vec<Ipv4Addr>),
+    /// A records at once, AAAA records after a delay in milliseconds,
+    /// both with TTL 60 (a server slower to answer AAAA than the
+    /// Resolution Delay). AAAA queries are counted under `"<name> AAAA"`.
+    LateAaaa(Vec<Ipv4Addr>, Vec<Ipv6Addr>, u64),
 }
 
 /// What [`spawn_with_tcp`] does with a query over TCP.
@@ -155,6 +159,19 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                     continue;
                 }
                 Some((Answer::LateA(..), _)) => response(&buf[..qend], 3, &[], 0),
+                Some((Answer::LateAaaa(v4, _, _), _)) if qtype == 1 => {
+                    response(&buf[..qend], 0, &octets(v4), 60)
+                }
+                Some((Answer::LateAaaa(_, v6, delay), _)) => {
+                    *q2.lock().unwrap().entry(format!("{name} AAAA")).or_insert(0) += 1;
+                    let v6: Vec<Vec<u8>> = v6.iter().map(|ip| ip.octets().to_vec()).collect();
+                    let (reply, delay, sock) = (response(&buf[..qend], 0, &v6, 60), *delay, sock.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                        let _ = sock.send_to(&reply, peer).await;
+                    });
+                    continue;
+                }
                 Some((Answer::NoAaaa(ips, ttl), _)) => {
                     *q2.lock().unwrap().entry(name.clone()).or_insert(0) += 1;
                     response(&buf[..qend], 0, &octets(ips), *ttl)
