@@ -2044,6 +2044,33 @@ fn check_warns_of_rules_naming_nobody() {
     let path = dir.write("authgate.toml", rules("\"staff\"", "\"alice\""));
     let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
     assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));
+    // A name that may hold a password is not shown there either (it was;
+    // probe 332).
+    let path = dir.write("authgate.toml", rules("\"$a$b$S3cret\"", "\"$2y$10$S3cretHashLike\", \"bob\""));
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    let warned = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{warned}");
+    assert!(!warned.contains("S3cret"), "{warned}");
+    assert!(
+        warned.contains("is in group one whose name is not shown (it may hold a password), so"),
+        "{warned}"
+    );
+    assert!(
+        warned.contains("no user one whose name is not shown (it may hold a password) or `bob` in"),
+        "{warned}"
+    );
+}
+
+/// A rule's user name is checked in NFC, as the users file checks one: a
+/// name of 40 characters as typed and 80 in NFC loaded in a rule, which
+/// could never match, and was then shown (probe 332).
+#[test]
+fn a_rule_user_name_too_long_in_nfc_is_refused() {
+    let name = "\u{0958}".repeat(40);
+    let config = format!("{GOOD_CONFIG}[[rules]]\nname = \"r\"\naction = \"deny\"\nusers = [\"{name}\"]\n");
+    let err = load_err(&config, &good_users());
+    assert!(err.contains("user name longer than 64 characters"), "{err}");
+    assert!(!err.contains('\u{0958}') && !err.contains("\u{915}"), "{err}");
 }
 
 /// `check` warns of PROXY protocol settings that do nothing or trust

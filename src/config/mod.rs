@@ -450,9 +450,20 @@ pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
     hints
 }
 
-/// `a`, `a` or `b`, `a`, `b` or `c`: names as a hint lists them.
+/// `a`, `a` or `b`, `a`, `b` or `c`: names as a hint lists them; one that
+/// [may hold a password](may_hold_a_password) is not shown (it was; probe
+/// 332).
 fn either(names: &[&Arc<str>]) -> String {
-    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    let quoted: Vec<String> = names
+        .iter()
+        .map(|n| {
+            if may_hold_a_password(n) {
+                "one whose name is not shown (it may hold a password)".to_owned()
+            } else {
+                format!("`{}`", crate::telemetry::sanitize_username(n))
+            }
+        })
+        .collect();
     match quoted.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
         _ => quoted.concat(),

@@ -121,8 +121,12 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let shown = |s: &str, m: String| format!("`{}`: {m}", crate::telemetry::sanitize_username(s));
     let users = list(c, name, "users", &r.users, |s| {
         no_wildcard(s)?;
-        super::check_name(s).map_err(|m| super::refused_name(s, &m, crate::telemetry::sanitize_username))?;
-        Ok(Arc::from(crate::auth::basic::nfc(s).as_str()))
+        // Checked in NFC, as the users file checks a name: one of 40
+        // characters as typed and 80 in NFC loaded here (probe 332).
+        let user = crate::auth::basic::nfc(s);
+        super::check_name(&user)
+            .map_err(|m| super::refused_name(s, &m, crate::telemetry::sanitize_username))?;
+        Ok(Arc::from(user.as_str()))
     });
     let groups = list(c, name, "groups", &r.groups, |s| {
         no_wildcard(s)?;
