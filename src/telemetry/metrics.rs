@@ -256,13 +256,18 @@ impl Metrics {
     /// One argon2 verification and how long it took.
     pub fn argon2(&self, took: Duration) {
         let secs = took.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.argon2_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        // The count first, and each bucket after it with `Release`, which
+        // [`Metrics::render`] reads with `Acquire` before the count: a
+        // scrape that sees a verification in a bucket sees it in the count
+        // (`+Inf`) too, and never a bucket above `+Inf` (counted the other
+        // way round, a scrape between the two could; probe 332).
         self.argon2_count.fetch_add(1, Ordering::Relaxed);
         self.argon2_sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.argon2_buckets[i].fetch_add(1, Ordering::Release);
+            }
+        }
     }
 
     /// A TLS handshake on a TLS listener that failed (`timed_out`: not
@@ -415,7 +420,7 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "authgate_argon2_duration_seconds_bucket{{le=\"{le}\"}} {}",
-                get(&self.argon2_buckets[i])
+                self.argon2_buckets[i].load(Ordering::Acquire)
             );
         }
         let count = get(&self.argon2_count);
