@@ -349,7 +349,7 @@ impl AdminSlots {
         let mine = open.entry(ip).or_default();
         if *mine >= MAX_ADMIN_CONNECTIONS_PER_ADDRESS {
             return Err(format!(
-                "{MAX_ADMIN_CONNECTIONS_PER_ADDRESS} admin connections from this address are open already"
+                "{MAX_ADMIN_CONNECTIONS_PER_ADDRESS} admin connections from this address (an IPv6 one's /64) are open already"
             ));
         }
         *mine += 1;
