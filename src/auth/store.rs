@@ -489,7 +489,7 @@ fn costly(costs: Costs) -> Option<String> {
     ))
 }
 
-/// Why `[auth.argon2]` makes new hashes slow to verify (as [`costly`] says
+/// Why `[auth.argon2]` makes new hashes slow to verify (as `costly` says
 /// of a stored one), or `None`: `check` and the `users` commands that
 /// write a hash said nothing of costs they then warned of in each hash
 /// (probe 329).
