@@ -507,7 +507,9 @@ async fn plain_http_sent_to_the_tls_port_gets_a_readable_400_tls_required() {
     assert!(rest.is_empty(), "a body after the head: {:?}", String::from_utf8_lossy(&rest));
     // Also when the method comes in pieces (the answer had the body; probe
     // 328), and a method that only begins as `HEAD` does gets it.
-    for (first, then, body) in [("HE", "AD ", false), ("H", "EAD ", false), ("HEA", "DER ", true)] {
+    for (first, then, body) in
+        [("HE", "AD ", false), ("H", "EAD ", false), ("HEA", "DER ", true), ("\r\nHE", "AD ", false)]
+    {
         let mut c = RawConn::connect(proxy.tls).await;
         c.send(first.as_bytes().to_vec()).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -520,6 +522,36 @@ async fn plain_http_sent_to_the_tls_port_gets_a_readable_400_tls_required() {
     // TLS on the same port still works.
     assert_eq!(presented_cert(proxy.tls, &ca.cert_pem).await, leaf.der);
     drop(proxy.stop);
+    let _ = proxy.task.await;
+}
+
+/// Waiting for the rest of a method on the TLS port (see above) ends at
+/// the opening's deadline, `header_read_timeout` from the accept, not that
+/// long after the first byte, and at once at shutdown: one `H` sent held
+/// the exit for `header_read_timeout` (probe 330).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_left_unfinished_on_the_tls_port_holds_neither_its_deadline_nor_the_shutdown() {
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy");
+    let mut proxy = spawn_full(&ca, &leaf, "[limits]\nheader_read_timeout = \"4s\"\n").await;
+    let answered = async |c: &mut RawConn| {
+        assert_eq!(c.read_response("GET").await.status, 400);
+        Instant::now()
+    };
+    let mut c = RawConn::connect(proxy.tls).await;
+    let opened = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.send(b"H".to_vec()).await;
+    // At 4 s from the accept (it was 4 s from the `H`, at 7 s).
+    let at = answered(&mut c).await - opened;
+    assert!(at < Duration::from_secs(6), "answered {at:?} after the accept");
+    let mut c = RawConn::connect(proxy.tls).await;
+    c.send(b"H".to_vec()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    drop(proxy.stop.take());
+    let at = answered(&mut c).await - stopped;
+    assert!(at < Duration::from_secs(2), "answered {at:?} after the shutdown began");
     let _ = proxy.task.await;
 }
 

@@ -519,7 +519,7 @@ async fn serve(
                 // drain buffer) made every connection's task larger, and each
                 // spawn copies the task (memcpy per CONNECT tunnel: +2.9k
                 // instructions).
-                Box::pin(refuse_plain_http(&state, stream, client_addr)).await;
+                Box::pin(refuse_plain_http(&state, stream, client_addr, deadline)).await;
                 return;
             }
             let handshake = accept_tls(acceptor, stream, client_addr, deadline, &state.metrics);
@@ -609,26 +609,38 @@ async fn accept_tls(
 /// the client can read (a TLS alert in answer left curl saying only "wrong
 /// version number" or "Empty reply"), counted and logged like the other
 /// answers to unusable requests.
-async fn refuse_plain_http(state: &Arc<State>, mut stream: TcpStream, client: SocketAddr) {
+async fn refuse_plain_http(
+    state: &Arc<State>,
+    mut stream: TcpStream,
+    client: SocketAddr,
+    deadline: tokio::time::Instant,
+) {
     let err = ProxyError::TlsRequired;
     // Whether it is a `HEAD`, whose answer has no body: its first bytes are
     // there (they told it from a handshake), and more are waited for while
-    // they may still spell `HEAD ` (a method split across reads was taken
-    // for another, and its answer had the body; probe 328), for at most
-    // `header_read_timeout`. They are read: the rest is dropped anyway.
-    let mut method = [0u8; guard::HEAD_METHOD.len()];
+    // they may still spell `HEAD ` after the empty lines a request may
+    // follow (RFC 9112 §2.2): a method split across reads was taken for
+    // another, and its answer had the body (probe 328). Until the opening's
+    // deadline (`header_read_timeout` from the accept), or the shutdown,
+    // whichever comes first: a fresh wait held the exit with one `H` sent
+    // (probe 330). They are read: the rest is dropped anyway.
+    let mut first = [0u8; 32];
     let mut got = 0;
-    let wait = state.snapshot.load().limits.header_read_timeout;
-    let _ = tokio::time::timeout(wait, async {
-        while got < method.len() && guard::HEAD_METHOD.starts_with(&method[..got]) {
-            match stream.read(&mut method[got..]).await {
+    let blank_lines = |b: &[u8]| -> usize { b.iter().take_while(|&&c| c == b'\r' || c == b'\n').count() };
+    let read = async {
+        while got < first.len() {
+            let so_far = &first[blank_lines(&first[..got])..got];
+            if so_far.len() >= guard::HEAD_METHOD.len() || !guard::HEAD_METHOD.starts_with(so_far) {
+                break;
+            }
+            match stream.read(&mut first[got..]).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got += n,
             }
         }
-    })
-    .await;
-    let head = method == guard::HEAD_METHOD;
+    };
+    let _ = unless_stopping(state, tokio::time::timeout_at(deadline, read)).await;
+    let head = first[blank_lines(&first[..got])..got].starts_with(guard::HEAD_METHOD);
     let answer = refused_head(state, client, &err, head);
     answer_and_close(stream, &answer, Duration::from_secs(2)).await;
 }
