@@ -2953,7 +2953,11 @@ fn out_of_file_descriptors_is_a_503_and_a_warning_not_a_502() {
 /// opening it again when that connection ends. Before, `/healthz` and
 /// `/metrics` went unanswered there (probe 325), so a liveness probe on the
 /// admin port had the pod restarted and the open-files alert lost its
-/// series. The scrape says every descriptor is taken.
+/// series. The scrape says every descriptor is taken; `/readyz` says not
+/// ready, as the proxy's listeners cannot accept (it said ready; probe
+/// 330); a connection accepted into a spare serves one request, and one
+/// that sends none is closed after 2 s: three held open took every spare
+/// for 10 s (probe 330). Once descriptors are free, ready again.
 #[test]
 fn the_admin_port_answers_at_the_open_files_limit() {
     use std::process::Stdio;
@@ -2963,7 +2967,11 @@ fn the_admin_port_answers_at_the_open_files_limit() {
     let bin = start_binary(&dir, &extra, &users(), Stdio::piped());
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (health, metrics) = rt.block_on(async {
+    let status = async |path: &str| {
+        let check = send_one(admin, "GET", path, &[("Host", "admin")]);
+        tokio::time::timeout(Duration::from_secs(5), check).await.map(|r| (r.status, r.text()))
+    };
+    let (health, metrics, ready, held, after) = rt.block_on(async {
         wait_listening(admin).await;
         let idle = bin.starve_of_descriptors().await;
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -2971,12 +2979,20 @@ fn the_admin_port_answers_at_the_open_files_limit() {
         // makes them: each spare is back once its connection is closed.
         let mut health = Vec::new();
         for _ in 0..6 {
-            let check = send_one(admin, "GET", "/healthz", &[("Host", "admin")]);
-            health.push(tokio::time::timeout(Duration::from_secs(5), check).await.map(|r| r.status));
+            health.push(status("/healthz").await.map(|r| r.0));
         }
         let metrics = tokio::time::timeout(Duration::from_secs(5), scrape(admin)).await;
+        let ready = status("/readyz").await;
+        // Three connections that send nothing hold every spare, for 2 s.
+        let mut quiet = Vec::new();
+        for _ in 0..3 {
+            quiet.push(TcpStream::connect(admin).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let held = status("/healthz").await.map(|r| r.0);
         drop(idle);
-        (health, metrics)
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (health, metrics, ready, held, status("/readyz").await)
     });
     let out = bin.stop();
     let log = String::from_utf8_lossy(&out.stdout);
@@ -2985,6 +3001,9 @@ fn the_admin_port_answers_at_the_open_files_limit() {
     let metrics = metrics.expect("/metrics answered at the limit");
     assert_eq!(metrics["process_max_fds"], 64.0);
     assert_eq!(metrics["process_open_fds"], 64.0, "every descriptor is taken");
+    assert_eq!(ready, Ok((503, "not ready: no file descriptor left\n".to_owned())), "{log}");
+    assert_eq!(held, Ok(200), "{log}");
+    assert_eq!(after, Ok((200, "ready\n".to_owned())), "{log}");
 }
 
 /// A request that reached an idle keep-alive connection in time is served

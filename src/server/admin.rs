@@ -28,10 +28,19 @@ pub fn respond(state: &State, method: &Method, path: &str) -> Response<Full<Byte
     let (status, content_type, body) = match (method, path) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            if state.ready.load(Ordering::Acquire) {
-                (StatusCode::OK, "text/plain", "ready\n".to_string())
-            } else {
+            if !state.ready.load(Ordering::Acquire) {
                 (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string())
+            } else if !super::spare_fds::one_is_free() {
+                // The proxy's listeners cannot accept either: a balancer
+                // should send new clients elsewhere (with the admin port's
+                // spare descriptors, this said `ready` there; probe 330).
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready: no file descriptor left\n".to_string(),
+                )
+            } else {
+                (StatusCode::OK, "text/plain", "ready\n".to_string())
             }
         }
         (&Method::GET | &Method::HEAD, "/metrics") => (
@@ -82,8 +91,11 @@ fn bad_host() -> Response<Full<Bytes>> {
     resp
 }
 
-/// Serves one admin connection.
-pub async fn serve(state: Arc<State>, stream: TcpStream) {
+/// Serves one admin connection; only one request on it when `spare` (it
+/// holds a descriptor the admin port keeps for when there are none left,
+/// see `spare_fds`): three connections kept open there took every spare,
+/// and health checks failed until they were closed (probe 330).
+pub async fn serve(state: Arc<State>, stream: TcpStream, spare: bool) {
     let send_timeout = state.snapshot.load().limits.send_timeout;
     let stream = Watched { io: stream, observer: SendStall::new(send_timeout) };
     let svc = service_fn(move |req: Request<Incoming>| {
@@ -112,9 +124,18 @@ pub async fn serve(state: Arc<State>, stream: TcpStream) {
     // without, hyper took the end of the stream behind the head for the
     // connection's end, and some went unanswered (probe 175). Nothing here
     // is worth stopping for a client that left: each answer is at hand.
-    builder.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10)).half_close(true);
+    let (head_within, keep_alive) = if spare { (SPARE_HEAD_WITHIN, false) } else { (HEAD_WITHIN, true) };
+    builder.timer(TokioTimer::new()).header_read_timeout(head_within).keep_alive(keep_alive).half_close(true);
     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
 }
+
+/// How long an admin connection may take to send a request head (and sit
+/// idle between requests).
+const HEAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`HEAD_WITHIN`] for a connection accepted into a spare descriptor: a
+/// health check sends its request at once.
+const SPARE_HEAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The admin socket's writes go through [`SendStall`]: one blocked for
 /// `send_timeout` fails and ends the connection. hyper's head timer does

@@ -269,6 +269,9 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
     static ACCEPT_FAILED: Every = Every::new(10, "accept failed; retrying");
     let admin_slots = Arc::new(AdminSlots::default());
     let spares = listener.how.admin.then(|| Arc::new(SpareFds::new(spare_fds::ADMIN_SPARE_FDS)));
+    // Whether the next admin connection is accepted into a spare just
+    // freed for it (then served for one request only).
+    let mut into_spare = false;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -278,7 +281,13 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
         match accepted {
             Ok((stream, peer)) if listener.how.admin => {
                 backoff = Duration::from_millis(5);
-                admit_admin(&state, &admin_slots, spares.clone(), stream, peer);
+                admit_admin(
+                    &state,
+                    &admin_slots,
+                    spares.clone(),
+                    (stream, peer),
+                    std::mem::take(&mut into_spare),
+                );
             }
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
@@ -293,7 +302,10 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
             // into it at once (the listen queue still holds the connection).
             Err(e)
                 if crate::proxy::connect::out_of_descriptors(&e)
-                    && spares.as_ref().is_some_and(|s| s.free_one_for(&listener.tcp)) => {}
+                    && spares.as_ref().is_some_and(|s| s.free_one_for(&listener.tcp)) =>
+            {
+                into_spare = true;
+            }
             Err(e) => {
                 // EMFILE and friends: wait and retry instead of spinning.
                 if let Some(held) = ACCEPT_FAILED.pass() {
@@ -383,8 +395,8 @@ fn admit_admin(
     state: &Arc<State>,
     slots: &Arc<AdminSlots>,
     spares: Option<Arc<SpareFds>>,
-    stream: TcpStream,
-    peer: SocketAddr,
+    (stream, peer): (TcpStream, SocketAddr),
+    into_spare: bool,
 ) {
     static FULL: Every = Every::new(10, "admin connection closed");
     let peer = crate::policy::egress::canonical_addr(peer);
@@ -395,7 +407,7 @@ fn admit_admin(
             let state = state.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                admin::serve(state, stream).await;
+                admin::serve(state, stream, into_spare).await;
                 if let Some(spares) = spares {
                     spares.refill();
                 }

@@ -66,6 +66,16 @@ impl SpareFds {
     }
 }
 
+/// Whether the process can open one more descriptor now (`/readyz`): when
+/// it cannot, the proxy's listeners cannot accept a client either. Yes
+/// when that cannot be told (no `/dev/null`).
+pub fn one_is_free() -> bool {
+    match File::open("/dev/null") {
+        Ok(_) => true,
+        Err(e) => !crate::proxy::connect::out_of_descriptors(&e),
+    }
+}
+
 /// Whether a connection waits in `listener`'s queue, asked without
 /// accepting it.
 fn connection_waiting(listener: &TcpListener) -> bool {
