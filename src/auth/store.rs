@@ -546,7 +546,8 @@ fn shown_name(name: &str) -> Option<String> {
 fn tag_problem(len: usize) -> String {
     format!(
         "its argon2 hash has a {len}-byte tag where `authgate hash-password` writes 32: \
-         a hash cut short or lengthened when it was copied never verifies"
+         a hash cut short or lengthened when it was copied never verifies (one a tool made \
+         with a tag of this length does)"
     )
 }
 
