@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
@@ -463,30 +464,66 @@ fn dns_runtime() -> Option<&'static tokio::runtime::Runtime> {
 }
 
 /// Runs `lookup` on [`dns_runtime`], and stops it when dropped (a client
-/// that left, a lookup given up), as it would stop in place.
+/// that left, a lookup given up), as it would stop in place, unless
+/// `linger` was set then (see `AbortUnlessLingering`).
 async fn on_dns_thread<T: Send + 'static>(
     lookup: impl Future<Output = Result<T, ResolveError>> + Send + 'static,
     linger: Option<Arc<AtomicBool>>,
 ) -> Result<T, ResolveError> {
+    on_dns_thread_within(lookup, linger, &LINGERING).await
+}
+
+/// [`on_dns_thread`] with the places for lingering queries `places`.
+async fn on_dns_thread_within<T: Send + 'static>(
+    lookup: impl Future<Output = Result<T, ResolveError>> + Send + 'static,
+    linger: Option<Arc<AtomicBool>>,
+    places: &'static Semaphore,
+) -> Result<T, ResolveError> {
     let Some(runtime) = dns_runtime() else { return lookup.await };
-    let handle = runtime.spawn(lookup);
-    let _abort = AbortUnlessLingering { task: handle.abort_handle(), linger };
+    // The place a lingering query holds (see `AbortUnlessLingering`), given
+    // back when the task ends: the task holds this too.
+    let place: Arc<Mutex<Option<SemaphorePermit<'static>>>> = Arc::default();
+    let held = place.clone();
+    let handle = runtime.spawn(async move {
+        let _held = held;
+        lookup.await
+    });
+    let _abort = AbortUnlessLingering { task: handle.abort_handle(), linger, place, places };
     handle.await.unwrap_or_else(|e| Err(ResolveError::from(format!("the DNS lookup did not finish: {e}"))))
 }
 
-/// Aborts a query no longer waited for, unless its `linger` flag was set:
-/// it then runs to its end (hickory's query timeout bounds it), and its
-/// answer is kept.
+/// Most queries left running at once after their lookup stopped waiting
+/// (see `AbortUnlessLingering`). Each holds a socket until it is answered
+/// or times out (`dns_timeout` + 250 ms): a server that never answers AAAA
+/// would otherwise leave one a lookup, thousands under load, where they
+/// were dropped after 50 ms.
+const MOST_LINGERING: usize = 64;
+
+/// The places of [`MOST_LINGERING`].
+static LINGERING: Semaphore = Semaphore::const_new(MOST_LINGERING);
+
+/// Aborts a query no longer waited for, unless its `linger` flag was set
+/// and one of [`MOST_LINGERING`] places is free: it then runs to its end
+/// (hickory's query timeout bounds it), and its answer is kept.
 struct AbortUnlessLingering {
     task: tokio::task::AbortHandle,
     linger: Option<Arc<AtomicBool>>,
+    place: Arc<Mutex<Option<SemaphorePermit<'static>>>>,
+    places: &'static Semaphore,
 }
 
 impl Drop for AbortUnlessLingering {
     fn drop(&mut self) {
-        if !self.linger.as_ref().is_some_and(|l| l.load(Ordering::Relaxed)) {
-            self.task.abort();
+        let wanted = self.linger.as_ref().is_some_and(|l| l.load(Ordering::Relaxed));
+        if wanted
+            && !self.task.is_finished()
+            && let Ok(permit) = self.places.try_acquire()
+        {
+            // Freed with the last of the two `Arc`s: when the task ends.
+            *self.place.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(permit);
+            return;
         }
+        self.task.abort();
     }
 }
 
@@ -799,6 +836,41 @@ mod tests {
         );
         assert!(tokio::time::timeout(Duration::from_millis(10), waits).await.is_err());
         assert!(tokio::time::timeout(Duration::from_secs(5), rx).await.is_ok_and(|r| r.is_ok()));
+    }
+
+    /// At most so many lookups linger at once: past that, one given up is
+    /// stopped as before, and a place is free again once a lingering one
+    /// has ended.
+    #[tokio::test]
+    async fn lingering_lookups_are_bounded() {
+        static TWO: Semaphore = Semaphore::const_new(2);
+        let linger = || Some(Arc::new(AtomicBool::new(true)));
+        // Holds its sender until it ends, after `ms`.
+        let lookup = |ms: u64| {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = async move {
+                let _tx = tx;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, ResolveError>(())
+            };
+            (task, rx)
+        };
+        let mut ended = Vec::new();
+        for _ in 0..3 {
+            let (task, rx) = lookup(300);
+            let waits = on_dns_thread_within(task, linger(), &TWO);
+            assert!(tokio::time::timeout(Duration::from_millis(10), waits).await.is_err());
+            ended.push(rx);
+        }
+        // The third was stopped at once: its sender is gone before 300 ms.
+        let third = ended.pop().unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(200), third).await.is_ok());
+        assert_eq!(TWO.available_permits(), 0, "two linger");
+        for rx in ended {
+            let _ = rx.await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(TWO.available_permits(), 2, "given back when they end");
     }
 
     #[test]
