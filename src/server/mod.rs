@@ -636,23 +636,33 @@ async fn refuse_plain_http(
     // deadline (`header_read_timeout` from the accept), or the shutdown,
     // whichever comes first: a fresh wait held the exit with one `H` sent
     // (probe 330). They are read: the rest is dropped anyway.
-    let mut first = [0u8; 32];
+    let mut method = [0u8; guard::HEAD_METHOD.len()];
     let mut got = 0;
-    let blank_lines = |b: &[u8]| -> usize { b.iter().take_while(|&&c| c == b'\r' || c == b'\n').count() };
     let read = async {
-        while got < first.len() {
-            let so_far = &first[blank_lines(&first[..got])..got];
-            if so_far.len() >= guard::HEAD_METHOD.len() || !guard::HEAD_METHOD.starts_with(so_far) {
-                break;
-            }
-            match stream.read(&mut first[got..]).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
+        let mut buf = [0u8; 512];
+        let mut total = 0;
+        // (Blank lines are skipped as they come, not kept: a buffer for
+        // them was outrun by 14 of them; probe 333. At most 64 KiB.)
+        while total < 64 * 1024 {
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            total += n;
+            for &b in &buf[..n] {
+                if got == 0 && (b == b'\r' || b == b'\n') {
+                    continue;
+                }
+                method[got] = b;
+                got += 1;
+                if got == method.len() || !guard::HEAD_METHOD.starts_with(&method[..got]) {
+                    return;
+                }
             }
         }
     };
     let _ = unless_stopping(state, tokio::time::timeout_at(deadline, read)).await;
-    let head = first[blank_lines(&first[..got])..got].starts_with(guard::HEAD_METHOD);
+    let head = method == guard::HEAD_METHOD;
     let answer = refused_head(state, client, &err, head);
     answer_and_close(stream, &answer, Duration::from_secs(2)).await;
 }
