@@ -233,6 +233,11 @@ async fn a_name_whose_aaaa_query_goes_unanswered_is_reached_by_its_a_records() {
     let url = format!("http://v4.test:{}/", origin.addr.port());
     let r = get(proxy.addr, &url, &[("Host", "v4.test"), ("Proxy-Authorization", &a)]).await;
     assert_eq!(r.status, 200, "{}", r.dump());
+    // The AAAA query, left to run on, ends with the lookup's `dns_timeout`
+    // (500 ms): it ran to hickory's own timeout and was sent again then, a
+    // socket held for twice `dns_timeout` (probe 333).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(fake.queries("v4.test silent AAAA"), 1, "sent once");
     // An NXDOMAIN to AAAA that comes before the A records (RFC 4074 §4.2)
     // does not end the wait for them.
     let url = format!("http://late-v4.test:{}/", origin.addr.port());

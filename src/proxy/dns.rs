@@ -192,7 +192,7 @@ impl Resolver {
         let linger = Arc::new(AtomicBool::new(false));
         let v4 = patiently(deadline, resend_after, || self.addresses(&made.resolver, Family::V4, fqdn, None));
         let v6 = patiently(deadline, resend_after, || {
-            self.addresses(&made.resolver, Family::V6, fqdn, Some(&linger))
+            self.addresses(&made.resolver, Family::V6, fqdn, Some((&linger, deadline)))
         });
         tokio::pin!(v4, v6);
         let give_up = tokio::time::sleep_until(deadline);
@@ -378,13 +378,14 @@ impl Kept {
 impl Resolver {
     /// The addresses of one family of `fqdn`: kept ones (see [`Kept`]), or
     /// asked for, then kept (also when the caller has stopped waiting and
-    /// `linger` was set: see [`on_dns_thread`]).
+    /// `linger`'s flag was set: see [`on_dns_thread`]; the query then ends
+    /// by `linger`'s deadline, the lookup's own).
     async fn addresses(
         &self,
         resolver: &TokioResolver,
         family: Family,
         fqdn: &str,
-        linger: Option<&Arc<AtomicBool>>,
+        linger: Option<(&Arc<AtomicBool>, Instant)>,
     ) -> Result<Vec<IpAddr>, ResolveError> {
         match self.kept.get(family, fqdn) {
             Some(Held::Addresses(ips)) => return Ok(ips),
@@ -397,16 +398,29 @@ impl Resolver {
         let name = query_name(fqdn)?;
         let resolver = resolver.clone();
         let (kept, key) = (self.kept.clone(), fqdn.to_owned());
+        // Just past the lookup's deadline, which ends the wait first: a query
+        // left to linger otherwise ran until hickory's own timeout, then
+        // sent again from a new socket (its `attempts`), holding a socket
+        // for twice `dns_timeout` (probe 333).
+        let until = linger.map(|(_, deadline)| deadline + LINGER_OVERRUN);
         let lookup = async move {
-            let answer = match family {
-                Family::V4 => resolver.ipv4_lookup(name).await.map(|a| {
-                    let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
-                    (ips, valid_until(a.as_lookup()))
-                }),
-                Family::V6 => resolver.ipv6_lookup(name).await.map(|a| {
-                    let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
-                    (ips, valid_until(a.as_lookup()))
-                }),
+            let query = async {
+                match family {
+                    Family::V4 => resolver.ipv4_lookup(name).await.map(|a| {
+                        let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V4(a.0)).collect::<Vec<_>>();
+                        (ips, valid_until(a.as_lookup()))
+                    }),
+                    Family::V6 => resolver.ipv6_lookup(name).await.map(|a| {
+                        let ips = a.iter().take(KEPT_ADDRS).map(|a| IpAddr::V6(a.0)).collect::<Vec<_>>();
+                        (ips, valid_until(a.as_lookup()))
+                    }),
+                }
+            };
+            let answer = match until {
+                Some(until) => tokio::time::timeout_at(until, query)
+                    .await
+                    .unwrap_or_else(|_| Err(ResolveError::from("the DNS query was not answered in time"))),
+                None => query.await,
             };
             // Kept where the answer comes, so that one no longer waited
             // for is kept too.
@@ -414,7 +428,7 @@ impl Resolver {
             kept.put(family, &key, &ips, until);
             Ok(ips)
         };
-        on_dns_thread(lookup, linger.cloned()).await
+        on_dns_thread(lookup, linger.map(|(flag, _)| flag.clone())).await
     }
 }
 
@@ -492,9 +506,13 @@ async fn on_dns_thread_within<T: Send + 'static>(
     handle.await.unwrap_or_else(|e| Err(ResolveError::from(format!("the DNS lookup did not finish: {e}"))))
 }
 
+/// How long past its lookup's deadline a lingering query may run (see
+/// [`Resolver::addresses`]): the lookup gives up at the deadline first.
+const LINGER_OVERRUN: Duration = Duration::from_millis(100);
+
 /// Most queries left running at once after their lookup stopped waiting
 /// (see `AbortUnlessLingering`). Each holds a socket until it is answered
-/// or times out (`dns_timeout` + 250 ms): a server that never answers AAAA
+/// or its lookup's deadline has passed: a server that never answers AAAA
 /// would otherwise leave one a lookup, thousands under load, where they
 /// were dropped after 50 ms.
 const MOST_LINGERING: usize = 64;
@@ -504,7 +522,7 @@ static LINGERING: Semaphore = Semaphore::const_new(MOST_LINGERING);
 
 /// Aborts a query no longer waited for, unless its `linger` flag was set
 /// and one of [`MOST_LINGERING`] places is free: it then runs to its end
-/// (hickory's query timeout bounds it), and its answer is kept.
+/// (until its lookup's deadline at most: see `Resolver::addresses`), and its answer is kept.
 struct AbortUnlessLingering {
     task: tokio::task::AbortHandle,
     linger: Option<Arc<AtomicBool>>,

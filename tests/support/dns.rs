@@ -23,7 +23,8 @@ pub enum Answer {
     /// `"<name> silent A"` and `"<name> silent AAAA"`.
     Silent,
     /// A records with a TTL, and no answer at all to AAAA queries (a
-    /// resolver or middlebox that drops them).
+    /// resolver or middlebox that drops them; counted under
+    /// `"<name> silent AAAA"`).
     NoAaaa(Vec<Ipv4Addr>, u32),
     /// NXDOMAIN to A queries, and no answer at all to AAAA queries.
     NxNoAaaa,
@@ -128,7 +129,10 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                     *q2.lock().unwrap().entry(format!("{name} silent {family}")).or_insert(0) += 1;
                     continue;
                 }
-                Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => continue,
+                Some((Answer::NoAaaa(..) | Answer::NxNoAaaa, _)) if qtype != 1 => {
+                    *q2.lock().unwrap().entry(format!("{name} silent AAAA")).or_insert(0) += 1;
+                    continue;
+                }
                 Some((Answer::NxNoAaaa, _)) => response(&buf[..qend], 3, &[], 0),
                 Some((Answer::AaaaTcpMuteFirst(ips), _)) if qtype == 1 => {
                     response(&buf[..qend], 0, &octets(ips), 60)
