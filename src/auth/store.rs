@@ -5,7 +5,7 @@
 //! expired user's password is still verified, so timing does not tell an
 //! attacker which names exist.
 
-use crate::config::NOT_SHOWN;
+use crate::config::{NOT_SHOWN, shown_user};
 use foldhash::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
@@ -414,7 +414,7 @@ impl UserStore {
     pub fn hash_warnings(&self, include: impl Fn(&User) -> bool) -> Vec<String> {
         self.hash_problems(include)
             .into_iter()
-            .map(|(name, problem, _)| match shown_name(name) {
+            .map(|(name, problem, _)| match shown_user(name) {
                 Some(name) => format!("user `{name}`: {problem}"),
                 None => format!("a user {NOT_SHOWN}: {problem}"),
             })
@@ -427,7 +427,7 @@ impl UserStore {
     /// format escapes (escaped for a terminal first, it was escaped twice).
     pub fn warn_of_hashes(&self, include: impl Fn(&User) -> bool) {
         for (name, problem, headline) in self.hash_problems(include) {
-            match shown_name(name) {
+            match shown_user(name) {
                 Some(_) => tracing::warn!(user = name, problem = &*problem, "{headline}"),
                 None => tracing::warn!(problem = &*problem, "{headline} {NOT_SHOWN}"),
             }
@@ -533,13 +533,6 @@ impl Slow {
             memory: memory.map(|m| format!(" and {} MiB of memory", m / 1024)).unwrap_or_default(),
         })
     }
-}
-
-/// A user's name as a problem about its hash shows it (escaped), or
-/// `None` for one that [may hold a password](crate::config::may_hold_a_password):
-/// a hash pasted as the name was shown (probe 329).
-fn shown_name(name: &str) -> Option<String> {
-    (!crate::config::may_hold_a_password(name)).then(|| crate::telemetry::sanitize_username(name))
 }
 
 /// What an argon2 tag of `len` bytes means, for [`UserStore::hash_warnings`].

@@ -456,12 +456,9 @@ pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
 fn either(names: &[&Arc<str>]) -> String {
     let quoted: Vec<String> = names
         .iter()
-        .map(|n| {
-            if may_hold_a_password(n) {
-                "one whose name is not shown (it may hold a password)".to_owned()
-            } else {
-                format!("`{}`", crate::telemetry::sanitize_username(n))
-            }
+        .map(|n| match shown_user(n) {
+            Some(n) => format!("`{n}`"),
+            None => "one whose name is not shown (it may hold a password)".to_owned(),
         })
         .collect();
     match quoted.split_last() {
@@ -947,7 +944,7 @@ pub fn parse_users(path: &Path, source: &str, config: &Path) -> Result<Vec<crate
 
 pub use users::{
     LEAP_ONLY, NOT_SHOWN, check_group, check_name, expiry_in_range, may_hold_a_password,
-    misplaced_leap_second, refused_name, to_system_time,
+    misplaced_leap_second, refused_name, shown_user, to_system_time,
 };
 
 #[cfg(test)]

@@ -66,6 +66,14 @@ pub fn refused_name(name: &str, problem: &str, shown: impl Fn(&str) -> String) -
     }
 }
 
+/// A user's name as messages show it (escaped, see
+/// [`crate::telemetry::sanitize_username`]), or `None` for a valid name that
+/// [`may_hold_a_password`], such as a hash pasted as the name: problems and
+/// warnings then locate the user, or say [`NOT_SHOWN`], without the name.
+pub fn shown_user(name: &str) -> Option<String> {
+    (!may_hold_a_password(name)).then(|| crate::telemetry::sanitize_username(name))
+}
+
 /// What a problem says in place of a name that [`may_hold_a_password`].
 pub const NOT_SHOWN: &str = "(the name is not shown: it may hold a password)";
 
@@ -287,7 +295,7 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
         // was shown raw in these and escaped in those); none for a valid
         // name that may hold a password, such as a hash pasted as the name
         // (it was shown, probe 329): its problems are located only.
-        let shown = (!may_hold_a_password(&raw_name)).then(|| crate::telemetry::sanitize_username(&raw_name));
+        let shown = shown_user(&raw_name);
         let about = |problem: String| match &shown {
             Some(name) => format!("user `{name}`: {problem}"),
             None => problem,
