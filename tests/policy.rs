@@ -36,6 +36,15 @@ fn loopback_config(dns: std::net::SocketAddr, dns_timeout: &str) -> String {
     )
 }
 
+/// `r` is authgate's 403 for rule `rule` (its `Proxy-Status` names it);
+/// `case` says which case failed.
+#[track_caller]
+fn assert_denied_by_rule(r: &RawResponse, rule: &str, case: &str) {
+    assert_proxy_error(r, 403, "http_request_denied", "denied_by_rule");
+    let expected = format!("authgate; error=http_request_denied; details=\"rule {rule}\"");
+    assert_eq!(r.header("proxy-status"), Some(expected.as_str()), "{case}");
+}
+
 fn users() -> String {
     user_entry(USER, PASS, "disabled = false") + &user_entry("eve", "x", "")
 }
@@ -801,11 +810,7 @@ async fn denied_by_rule_is_a_403_from_the_proxy_and_never_reaches_the_origin() {
     let d = denied_origin.authority();
 
     let r = send_one(proxy.addr, "CONNECT", &d, &[("Proxy-Authorization", &a)]).await;
-    assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
-    assert_eq!(
-        r.header("proxy-status"),
-        Some("authgate; error=http_request_denied; details=\"rule block-port\"")
-    );
+    assert_denied_by_rule(&r, "block-port", "");
     let r = get(proxy.addr, &denied_origin.url("/x"), &[("Host", &d), ("Proxy-Authorization", &a)]).await;
     assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
     assert_eq!(denied_origin.hits(), 0, "a denied request never reaches the origin");
@@ -857,11 +862,7 @@ async fn a_group_is_one_group_however_its_name_is_normalised() {
     let proxy = spawn_custom(&config(None, rules), &users);
     let host = origin.authority();
     let r = get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &auth())]).await;
-    assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
-    assert_eq!(
-        r.header("proxy-status"),
-        Some("authgate; error=http_request_denied; details=\"rule no-cafe\"")
-    );
+    assert_denied_by_rule(&r, "no-cafe", "");
     let r =
         get(proxy.addr, &origin.url("/"), &[("Host", &host), ("Proxy-Authorization", &basic("bob", "pw"))])
             .await;
@@ -915,12 +916,7 @@ async fn a_deny_rule_on_methods_holds_for_every_spelling_of_the_method() {
     };
     for method in ["POST", "post", "Post", "PUT", "pUT"] {
         let r = send(method).await;
-        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
-        assert_eq!(
-            r.header("proxy-status"),
-            Some("authgate; error=http_request_denied; details=\"rule read-only\""),
-            "{method}"
-        );
+        assert_denied_by_rule(&r, "read-only", method);
     }
     assert_eq!(origin.hits(), 0, "no spelling of a denied method reached the origin");
     // The allow rule: `GET` and `PATCH` as listed (upper case), not `get`.
@@ -948,12 +944,7 @@ async fn a_rule_names_any_method_the_proxy_takes() {
     let (url, host, a) = (origin.url("/"), origin.authority(), auth());
     for method in ["M2", "GET.X", "M-SEARCH", "X!~'"] {
         let r = send_one(proxy.addr, method, &url, &[("Host", &host), ("Proxy-Authorization", &a)]).await;
-        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
-        assert_eq!(
-            r.header("proxy-status"),
-            Some("authgate; error=http_request_denied; details=\"rule odd\""),
-            "{method}"
-        );
+        assert_denied_by_rule(&r, "odd", method);
     }
     assert_eq!(origin.hits(), 0, "a denied method reached the origin");
     let r = send_one(proxy.addr, "M3", &url, &[("Host", &host), ("Proxy-Authorization", &a)]).await;
@@ -986,11 +977,7 @@ async fn a_host_rule_for_an_ipv4_address_holds_for_its_ipv6_spellings() {
             &[("Host", &authority), ("Proxy-Authorization", &a)],
         )
         .await;
-        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
-        assert_eq!(
-            r.header("proxy-status"),
-            Some("authgate; error=http_request_denied; details=\"rule no-origin\"")
-        );
+        assert_denied_by_rule(&r, "no-origin", &authority);
         let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
         assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
     }
@@ -998,11 +985,7 @@ async fn a_host_rule_for_an_ipv4_address_holds_for_its_ipv6_spellings() {
     // A pattern written in IPv6 (bare, without brackets) holds for the IPv4 target.
     for authority in ["127.0.0.2:9", "[::1]:9"] {
         let r = send_one(proxy.addr, "CONNECT", authority, &[("Proxy-Authorization", &a)]).await;
-        assert_proxy_error(&r, 403, "http_request_denied", "denied_by_rule");
-        assert_eq!(
-            r.header("proxy-status"),
-            Some("authgate; error=http_request_denied; details=\"rule no-v6-written\"")
-        );
+        assert_denied_by_rule(&r, "no-v6-written", authority);
     }
 }
 
