@@ -950,7 +950,7 @@ pub(super) const HEAD_METHOD: &[u8] = b"HEAD ";
 /// How many bytes of `prefix` a head has matched, `seen` before and `more`
 /// read now: more than `prefix`'s length once they differ, so that a
 /// prefix split across reads is followed.
-fn follow(prefix: &[u8], seen: usize, more: &[u8]) -> usize {
+pub(super) fn follow(prefix: &[u8], seen: usize, more: &[u8]) -> usize {
     let Some(want) = prefix.get(seen..).filter(|w| !w.is_empty()) else { return seen };
     let len = want.len().min(more.len());
     if want[..len] == more[..len] { seen + len } else { prefix.len() + 1 }
@@ -960,7 +960,7 @@ fn follow(prefix: &[u8], seen: usize, more: &[u8]) -> usize {
 /// come before a request line is in `read`, if it is there; `cr` says the
 /// bytes before ended in a `\r`, and is updated. A `\r` not followed by
 /// `\n` starts the head (hyper answers it with a 400).
-fn skip_empty_lines(cr: &mut bool, read: &[u8]) -> Option<usize> {
+pub(super) fn skip_empty_lines(cr: &mut bool, read: &[u8]) -> Option<usize> {
     for (i, &b) in read.iter().enumerate() {
         match (b, *cr) {
             (b'\n', _) => *cr = false,

@@ -636,33 +636,28 @@ async fn refuse_plain_http(
     // deadline (`header_read_timeout` from the accept), or the shutdown,
     // whichever comes first: a fresh wait held the exit with one `H` sent
     // (probe 330). They are read: the rest is dropped anyway.
-    let mut method = [0u8; guard::HEAD_METHOD.len()];
-    let mut got = 0;
+    // (Followed as the guard follows it on a plain listener.)
+    let mut seen = 0;
     let read = async {
-        let mut buf = [0u8; 512];
-        let mut total = 0;
-        // (Blank lines are skipped as they come, not kept: a buffer for
-        // them was outrun by 14 of them; probe 333. At most 64 KiB.)
-        while total < 64 * 1024 {
+        let (mut buf, mut total) = ([0u8; 512], 0);
+        let (mut cr, mut started) = (false, false);
+        // At most 64 KiB: empty lines may come first, any number.
+        while seen < guard::HEAD_METHOD.len() && total < 64 * 1024 {
             let n = match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
             total += n;
-            for &b in &buf[..n] {
-                if got == 0 && (b == b'\r' || b == b'\n') {
-                    continue;
-                }
-                method[got] = b;
-                got += 1;
-                if got == method.len() || !guard::HEAD_METHOD.starts_with(&method[..got]) {
-                    return;
-                }
+            let mut more = &buf[..n];
+            if !started {
+                let Some(at) = guard::skip_empty_lines(&mut cr, more) else { continue };
+                (started, more) = (true, &more[at..]);
             }
+            seen = guard::follow(guard::HEAD_METHOD, seen, more);
         }
     };
     let _ = unless_stopping(state, tokio::time::timeout_at(deadline, read)).await;
-    let head = method == guard::HEAD_METHOD;
+    let head = seen == guard::HEAD_METHOD.len();
     let answer = refused_head(state, client, &err, head);
     answer_and_close(stream, &answer, Duration::from_secs(2)).await;
 }
