@@ -724,7 +724,18 @@ pub fn via_names_us(headers: &HeaderMap) -> bool {
         .iter()
         .flat_map(|v| via_entries(v.as_bytes()))
         .filter_map(|entry| entry.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).nth(1))
-        .any(|received_by| received_by.eq_ignore_ascii_case(PROXY_NAME.as_bytes()))
+        .any(|received_by| host_of(received_by).eq_ignore_ascii_case(PROXY_NAME.as_bytes()))
+}
+
+/// A `Via` entry's received-by without its port (RFC 9110 §7.6.3:
+/// `uri-host [ ":" port ]`): `authgate:3128` names a host `authgate` as
+/// `authgate` does. A colon in anything else (an IPv6 literal, a
+/// pseudonym) is left alone.
+fn host_of(received_by: &[u8]) -> &[u8] {
+    match received_by.iter().rposition(|&b| b == b':') {
+        Some(colon) if received_by[colon + 1..].iter().all(u8::is_ascii_digit) => &received_by[..colon],
+        _ => received_by,
+    }
 }
 
 /// The entries of a `Via` line: split at the commas outside its comments
@@ -1074,6 +1085,12 @@ mod tests {
     fn via_loop_detection() {
         assert!(via_names_us(&map(&[("via", "1.1 other, 1.1 AuthGate")])));
         assert!(!via_names_us(&map(&[("via", "1.1 authgate-other")])));
+        // received-by is a host and a port: `authgate:3128` is a host
+        // named `authgate`, and was not seen as one.
+        assert!(via_names_us(&map(&[("via", "1.1 AUTHGATE:3128")])));
+        assert!(via_names_us(&map(&[("via", "1.0 authgate:")])));
+        assert!(!via_names_us(&map(&[("via", "1.1 authgate:x")])));
+        assert!(!via_names_us(&map(&[("via", "1.1 [::1]:3128, 1.1 authgate.example:3128")])));
         // A byte outside ASCII elsewhere in the field does not hide the loop.
         let mut h = HeaderMap::new();
         h.append(header::VIA, HeaderValue::from_bytes(b"1.1 caf\xe9, 1.1\tauthgate (x)").unwrap());
