@@ -95,6 +95,9 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 /// or level is refused.
 pub fn log_filter(level: &str) -> Option<String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    if !filter_size_within_bounds(level) {
+        return None;
+    }
     let directives: Vec<&str> = level.split(',').map(str::trim).collect();
     let bare_words_are_levels = directives.iter().all(|d| {
         // The target (before any span) and the level (after the spans).
@@ -106,7 +109,28 @@ pub fn log_filter(level: &str) -> Option<String> {
             && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
     });
     let filter = directives.join(",");
-    (bare_words_are_levels && EnvFilter::try_new(&filter).is_ok()).then_some(filter)
+    (bare_words_are_levels && parse_filter(&filter).is_ok()).then_some(filter)
+}
+
+/// Longest log filter taken, in bytes, and most directives in it. A real
+/// one has a few; the time `tracing` takes to read one grows faster than
+/// its length (100,000 directives, 1.2 MB: 8.5 s at every `check`, reload
+/// and `users` command; probe 336).
+pub const MAX_FILTER_BYTES: usize = 4096;
+/// See [`MAX_FILTER_BYTES`].
+pub const MAX_FILTER_DIRECTIVES: usize = 64;
+
+/// Whether `level` is within [`MAX_FILTER_BYTES`] and [`MAX_FILTER_DIRECTIVES`].
+pub fn filter_size_within_bounds(level: &str) -> bool {
+    level.len() <= MAX_FILTER_BYTES && level.split(',').count() <= MAX_FILTER_DIRECTIVES
+}
+
+/// `filter` read by `tracing`, a field's value matched as text, not as a
+/// regular expression: a pattern of 20 alternations (`[{x=(a|b)*a(a|b)…}]`,
+/// under 200 bytes) took 890 MB and 11.5 s to compile at a reload, and
+/// ended a proxy under a memory limit (probe 336).
+fn parse_filter(filter: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    EnvFilter::builder().with_regex(false).parse(filter)
 }
 
 /// `filter` with the resolver's own lines (hickory's) off, unless one of
@@ -139,8 +163,7 @@ fn quiet_resolver(filter: &str) -> String {
 /// when set (and not empty), overrides `level`; one that is not a filter
 /// is said in a warning, and `level` applies.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
-    let filter_of =
-        |f: &str| EnvFilter::try_new(quiet_resolver(f)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter_of = |f: &str| parse_filter(&quiet_resolver(f)).unwrap_or_else(|_| EnvFilter::new("info"));
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     // Read as `[log] level` is: a bare word that is not a level
     // (`RUST_LOG=warning`) silenced every line without a word (probe 101).
@@ -179,6 +202,39 @@ mod filter_tests {
         assert_eq!(log_filter("INFO").as_deref(), Some("INFO"));
         for bad in ["warning", "info,", "info,hickory_proto =off", "info,authgate::access= off", "=!="] {
             assert_eq!(log_filter(bad), None, "{bad}");
+        }
+        // Bounded in bytes and in directives.
+        let many = |n: usize| vec!["t=info"; n].join(",");
+        assert!(log_filter(&many(MAX_FILTER_DIRECTIVES)).is_some());
+        assert_eq!(log_filter(&many(MAX_FILTER_DIRECTIVES + 1)), None);
+        let long = |n: usize| format!("info,{}=off", "a".repeat(n - 9));
+        assert_eq!(long(MAX_FILTER_BYTES).len(), MAX_FILTER_BYTES);
+        assert!(log_filter(&long(MAX_FILTER_BYTES)).is_some());
+        assert_eq!(log_filter(&long(MAX_FILTER_BYTES + 1)), None);
+    }
+
+    /// A field's value is text to match (its `Debug` form: a string in
+    /// quotes), not a regular expression, whose automaton grows
+    /// exponentially with a pattern's length (probe 336): `x=a.c` matches
+    /// no `abc`, and `x="a.c"` matches `a.c`.
+    #[test]
+    fn a_field_value_is_not_compiled_as_a_regular_expression() {
+        for (directive, value, enabled) in
+            [("[{x=a.c}]", "abc", false), ("[{x=\"a.c\"}]", "a.c", true), ("[{x=\"a.c\"}]", "abc", false)]
+        {
+            let filter = log_filter(&format!("off,{directive}=info")).map(|f| parse_filter(&f));
+            let Some(Ok(filter)) = filter else { panic!("{directive} not taken: {filter:?}") };
+            let subscriber =
+                tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::sink).finish();
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("s", x = value);
+                let _in = span.enter();
+                assert_eq!(
+                    tracing::enabled!(tracing::Level::INFO),
+                    enabled,
+                    "{directive} with x = {value:?}"
+                );
+            });
         }
     }
 
