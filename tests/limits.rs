@@ -1884,6 +1884,49 @@ async fn a_pipelined_head_still_arriving_when_shutdown_begins_is_served() {
     tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("run returns").unwrap();
 }
 
+/// A CONNECT whose head hyper had begun to read when shutdown began (behind
+/// a request answered on the same connection) is served in the drain, on
+/// a connection of its own; its tunnel is then the same as any other: cut
+/// with a reset when the grace ends. It was closed with a FIN, the end a
+/// client reading to the close takes for the whole of it: the tunnel had
+/// lost hold of its socket (probe 334).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_opened_in_the_drain_is_reset_when_the_grace_ends() {
+    let proxy = spawn_custom(&cfg("", "[limits]\nshutdown_grace = \"700ms\"\n"), &users());
+    let shout = spawn_shout_origin();
+    let auth = basic("alice", "a1");
+    let options = request(
+        "OPTIONS",
+        &shout.url("/"),
+        &[("Host", &shout.authority()), ("Max-Forwards", "0"), ("Proxy-Authorization", &auth)],
+    );
+    let connect = request("CONNECT", &shout.authority(), &[("Proxy-Authorization", &auth)]);
+    let mut c = RawConn::connect(proxy.addr).await;
+    c.send([&options[..], &connect[..20]].concat()).await;
+    assert_eq!(c.read_response("OPTIONS").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = tokio::spawn(proxy.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    c.send(&connect[20..]).await;
+    let head = c.read_head().await;
+    assert_eq!(head.status, 200, "{}", head.dump());
+    let mut c = c.into_stream();
+    c.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    while got.len() < 5 {
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"HELLO");
+    let end =
+        tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await.expect("cut after the grace");
+    let err = end.expect_err("a FIN: a clean end of a tunnel cut short");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("run returns").unwrap();
+}
+
 /// A user removed from the users file during the shutdown's drain is cut
 /// off as at any other time: their tunnel and their request still waiting
 /// for its origin are closed. Both went on until the grace period ended

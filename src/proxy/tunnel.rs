@@ -24,6 +24,7 @@ use crate::auth::User;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::server::guard::Guarded;
+use crate::server::rewind::Rewind;
 use crate::telemetry::AccessRecord;
 use crate::telemetry::metrics::Outcome as Counted;
 use tokio_util::sync::CancellationToken;
@@ -211,9 +212,32 @@ pub fn spawn(state: &Arc<State>, job: Job, mut rec: AccessRecord, client: &Clien
 /// The client's TCP socket and any bytes hyper read past the CONNECT head,
 /// when the connection came in on a plain listener.
 fn take_tcp(upgraded: Upgraded) -> Result<(TcpStream, bytes::Bytes), Upgraded> {
-    upgraded
-        .downcast::<TokioIo<Guarded<TcpStream>>>()
-        .map(|parts| (parts.io.into_inner().into_inner(), parts.read_buf))
+    take::<Guarded<TcpStream>>(upgraded).map(|(io, early)| (io.into_inner(), early))
+}
+
+/// The client's connection `T` and the bytes read past the request's head,
+/// whether hyper served it as accepted or, in the shutdown drain, over a
+/// [`Rewind`] (a head hyper had begun to read when the drain began, served
+/// on a connection of its own). Without the second, such a tunnel had
+/// neither its socket nor its TLS in reach: no reset at the grace's end
+/// (a FIN, which tells a client reading to the end that it has it all), a
+/// `close_notify` after a failure, and urgent data unread (probe 334).
+fn take<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
+    upgraded: Upgraded,
+) -> Result<(T, bytes::Bytes), Upgraded> {
+    match upgraded.downcast::<TokioIo<T>>() {
+        Ok(parts) => Ok((parts.io.into_inner(), parts.read_buf)),
+        Err(upgraded) => upgraded.downcast::<Rewind<TokioIo<T>>>().map(|parts| {
+            // hyper read from `pre` first: what is left of it follows
+            // what hyper holds.
+            let (pre, io) = parts.io.into_parts();
+            let early = match pre.is_empty() {
+                true => parts.read_buf,
+                false => [parts.read_buf, pre].concat().into(),
+            };
+            (io.into_inner(), early)
+        }),
+    }
 }
 
 /// A client connection on a TLS listener, as a tunnel's side.
@@ -233,8 +257,8 @@ fn client_side(upgraded: Upgraded) -> (BoxedSide, bytes::Bytes) {
         Ok((sock, early)) => return (Box::new(sock), early),
         Err(upgraded) => upgraded,
     };
-    match upgraded.downcast::<TokioIo<TlsClient>>() {
-        Ok(parts) => (Box::new(parts.io.into_inner()), parts.read_buf),
+    match take::<TlsClient>(upgraded) {
+        Ok((io, early)) => (Box::new(io), early),
         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
     }
 }

@@ -16,7 +16,7 @@ pub mod limits;
 pub mod proxy_protocol;
 pub mod reload;
 mod reset;
-mod rewind;
+pub(crate) mod rewind;
 pub mod signals;
 mod spare_fds;
 pub mod tls;

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use hyper::rt::{Read, ReadBufCursor, Write};
 
 /// `inner`, read after `pre`.
-pub(super) struct Rewind<T> {
+pub(crate) struct Rewind<T> {
     pre: Bytes,
     inner: T,
 }
@@ -31,6 +31,11 @@ impl<T> Rewind<T> {
     /// The connection underneath (what is left of `pre` is dropped).
     pub(super) fn into_inner(self) -> T {
         self.inner
+    }
+
+    /// What is left of `pre`, and the connection underneath.
+    pub(crate) fn into_parts(self) -> (Bytes, T) {
+        (self.pre, self.inner)
     }
 }
 
