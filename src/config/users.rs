@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::error::{Collector, Problem, line_col};
+use super::error::{Collector, Problem};
 use super::raw::RawUsers;
 use crate::auth::basic::nfc;
 use crate::auth::store::{Costs, StoredHash, User};
@@ -303,7 +303,7 @@ pub fn parse(path: &Path, source: &str, config: &Path) -> (Vec<User>, Vec<Proble
         if let Some((other, at)) = seen.get(&name) {
             // Counted only here: counted for every name, it made a large
             // file's load quadratic.
-            let line = line_col(source, *at).0;
+            let line = c.line_of(*at);
             let other = match other {
                 Some(other) => format!("user `{other}` (line {line})"),
                 None => format!("the user on line {line}"),
