@@ -526,6 +526,10 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
         ("adm\u{fe0f}in", "invisible or direction-changing"),
         ("\u{3164}admin", "invisible or direction-changing"),
         ("admin\u{1d173}", "invisible or direction-changing"),
+        // Blank: the Braille pattern without dots, the Khitan filler
+        // (probe 336).
+        ("admin\u{2800}", "invisible or direction-changing"),
+        ("ad\u{16fe4}min", "invisible or direction-changing"),
     ] {
         let err = d.refused(&["add", name, "--password-stdin"], Some("pw\n"));
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -565,7 +569,7 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
     let args = ["import-htpasswd", file.to_str().unwrap(), "--group", "pass phrase"];
     let err = d.refused(&args, None);
     assert!(err.contains("not shown") && !err.contains("phrase"), "{err}");
-    for group in ["st\u{200b}aff", "st\u{3164}aff", "sta\u{fe0f}ff"] {
+    for group in ["st\u{200b}aff", "st\u{3164}aff", "sta\u{fe0f}ff", "st\u{2800}aff"] {
         let err = d.refused(&["add", "gina", "--group", group, "--password-stdin"], Some("pw\n"));
         assert!(err.contains("invisible or direction-changing"), "{err}");
         assert!(err.contains("group `st") && err.is_ascii(), "the group, escaped: {err}");
