@@ -1029,6 +1029,16 @@ fn permissions_are_kept_and_a_new_file_is_private() {
     assert_eq!(fresh.mode(), 0o600);
     assert!(fresh.read().starts_with("[users.first]\n"), "{}", fresh.read());
     assert_eq!(fresh.snapshot().users.len(), 1);
+    // Whatever the umask: under 0277 the new file was 0400, which the next
+    // command refused as read-only (probe 336).
+    let strict = Dir::new(None);
+    let mut umasked = Command::new("sh");
+    umasked.args(["-c", "umask 277 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_authgate")]);
+    umasked.arg("--config").arg(strict.config()).args(["users", "add", "first", "--password-stdin"]);
+    let out = Dir::run_command(umasked, Some("pw\n"));
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert_eq!(strict.mode(), 0o600);
+    strict.ok(&["add", "second", "--password-stdin"], Some("pw\n"));
 }
 
 #[test]

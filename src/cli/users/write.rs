@@ -152,9 +152,12 @@ pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) ->
                 ))
             })?;
         }
-        f.set_permissions(fs::Permissions::from_mode(old.mode() & 0o7777))
-            .map_err(io_err("cannot set permissions"))?;
     }
+    // A new file's 0600 set here too: `open` took the umask off it (0400
+    // under umask 0277, which the next command refused as read-only; probe
+    // 336).
+    let mode = old.map_or(0o600, |old| old.mode() & 0o7777);
+    f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("cannot set permissions"))?;
     f.sync_all().map_err(io_err("cannot sync"))
 }
 
