@@ -433,6 +433,17 @@ fn rust_log_overrides_the_configured_level() {
         );
         assert!(out.contains("authgate::access"), "{rust_log}: {out}");
     }
+    // One too long says so (it was "not a level or a log filter"; probe 338).
+    let long = vec!["t=info"; 65].join(",");
+    let out = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", &long)]);
+    assert!(
+        out.lines().any(|l| l.contains("WARN")
+            && l.contains(
+                "RUST_LOG is too long (at most 4096 bytes and 64 directives); [log] level applies"
+            )),
+        "{out}"
+    );
+    assert!(out.contains("authgate::access"), "{out}");
     // A level with spaces around it, which `check` accepts, is that level
     // (it was a target, and nothing was logged).
     let spaced = stdout_after_one_request("[log]\nlevel = \" info \"\n");

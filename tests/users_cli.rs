@@ -530,6 +530,12 @@ fn duplicate_and_invalid_names_are_refused_and_the_file_is_untouched() {
         // (probe 336).
         ("admin\u{2800}", "invisible or direction-changing"),
         ("ad\u{16fe4}min", "invisible or direction-changing"),
+        // Kept by Unicode for more of these: drawn as nothing, unassigned
+        // or not (probe 338).
+        ("al\u{2065}ice", "invisible or direction-changing"),
+        ("alice\u{fff0}", "invisible or direction-changing"),
+        ("alice\u{e0080}", "invisible or direction-changing"),
+        ("alice\u{e0fff}", "invisible or direction-changing"),
     ] {
         let err = d.refused(&["add", name, "--password-stdin"], Some("pw\n"));
         assert_eq!(err.lines().count(), 1, "{err}");

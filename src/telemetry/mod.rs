@@ -167,10 +167,10 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     // Read as `[log] level` is: a bare word that is not a level
     // (`RUST_LOG=warning`) silenced every line without a word (probe 101).
-    let (filter, bad_env) = match from_env.as_deref().map(log_filter) {
-        Some(Some(f)) => (filter_of(&f), false),
-        Some(None) => (filter_of(level), true),
-        None => (filter_of(level), false),
+    let (filter, bad_env) = match from_env.as_deref().map(|v| (log_filter(v), v)) {
+        Some((Some(f), _)) => (filter_of(&f), None),
+        Some((None, v)) => (filter_of(level), Some(filter_size_within_bounds(v))),
+        None => (filter_of(level), None),
     };
     let (writer, guard) = sink::start(stdout_unbuffered(), format == LogFormat::Json);
     let sink = writer.sink();
@@ -184,8 +184,13 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     }
     // (Ignored without a word before: a mistyped override looked applied;
     // probe 100.)
-    if bad_env {
-        tracing::warn!("RUST_LOG is not a level or a log filter; [log] level applies");
+    // (A filter too long was called no filter: probe 338.)
+    match bad_env {
+        Some(true) => tracing::warn!("RUST_LOG is not a level or a log filter; [log] level applies"),
+        Some(false) => tracing::warn!(
+            "RUST_LOG is too long (at most {MAX_FILTER_BYTES} bytes and {MAX_FILTER_DIRECTIVES} directives); [log] level applies"
+        ),
+        None => {}
     }
     guard
 }
