@@ -14,16 +14,19 @@ pub(super) struct NewUser {
 /// its users in an inline `users = { .. }`, an inline entry there).
 pub(super) fn add_user(doc: &mut DocumentMut, name: &str, user: NewUser) -> Result<(), UsersError> {
     let position = max_position(doc.as_table()) + 1;
-    add_user_at(doc, name, user, position)
+    add_user_at(doc, name, user, position, None)
 }
 
 /// [`add_user`] at a document `position` past every table's, known to the
-/// caller (an import adds many users, and finding it is a walk of the file).
+/// caller (an import adds many users, and finding it is a walk of the file),
+/// right after the user `after` when the caller just added them (see
+/// [`inline_push`]).
 pub(super) fn add_user_at(
     doc: &mut DocumentMut,
     name: &str,
     user: NewUser,
     position: usize,
+    after: Option<&str>,
 ) -> Result<(), UsersError> {
     let mut t = Table::new();
     t.insert("password", toml_edit::value(user.hash));
@@ -54,7 +57,7 @@ pub(super) fn add_user_at(
         Item::Value(Value::InlineTable(users)) => {
             let mut inline: InlineTable = t.into_inline_table();
             inline.fmt();
-            inline_push(users, name, Value::InlineTable(inline));
+            inline_push(users, name, Value::InlineTable(inline), after);
         }
         _ => return Err(refused("internal error: `users` is neither a table nor an inline table")),
     }
@@ -82,7 +85,7 @@ pub(super) fn set(user: &mut Item, key: &str, mut value: Value) {
     if let Item::Value(Value::InlineTable(t)) = user
         && !t.contains_key(key)
     {
-        inline_push(t, key, value);
+        inline_push(t, key, value, None);
         return;
     }
     let Some(table) = user.as_table_like_mut() else { return };
@@ -99,9 +102,16 @@ pub(super) fn set(user: &mut Item, key: &str, mut value: Value) {
 }
 
 /// Appends `key = value` to an inline table as a person would: `, key = value`
-/// with the space before `}` moved after the new last value.
-pub(super) fn inline_push(t: &mut InlineTable, key: &str, mut value: Value) {
-    let suffix = t.iter_mut().last().map(|(_, v)| {
+/// with the space before `}` moved after the new last value. `last` names
+/// the table's last key when the caller knows it: found by a walk of the
+/// table, an import of 80,000 users into `users = { … }` took 11.5 s
+/// (probe 338).
+pub(super) fn inline_push(t: &mut InlineTable, key: &str, mut value: Value, last: Option<&str>) {
+    let last = match last.filter(|k| t.contains_key(k)) {
+        Some(k) => t.get_mut(k),
+        None => t.iter_mut().last().map(|(_, v)| v),
+    };
+    let suffix = last.map(|v| {
         let s = prefix_text(v.decor().suffix());
         v.decor_mut().set_suffix("");
         s

@@ -62,7 +62,7 @@ pub(super) fn import_htpasswd(
         match htpasswd_scheme(hash) {
             Ok(()) => {
                 let user = NewUser { hash: hash.to_owned(), groups: groups.clone(), expires: None };
-                add_user_at(&mut doc, &name, user, position)?;
+                add_user_at(&mut doc, &name, user, position, imported.last().map(String::as_str))?;
                 position += 1;
                 seen.insert(name.clone());
                 imported.push(name);
