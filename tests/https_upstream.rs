@@ -31,6 +31,17 @@ fn spawn_tls_origin_that(leaf: &pki::Leaf, answers: bool) -> SocketAddr {
 /// [`spawn_tls_origin_that`], requiring a client certificate from
 /// `client_ca` when there is one.
 fn spawn_tls_origin_with(leaf: &pki::Leaf, client_ca: Option<&pki::Ca>, answers: bool) -> SocketAddr {
+    spawn_tls_origin_noting(leaf, client_ca, answers, Arc::default())
+}
+
+/// [`spawn_tls_origin_with`], noting in `resumed`, for each handshake,
+/// whether it resumed a session.
+fn spawn_tls_origin_noting(
+    leaf: &pki::Leaf,
+    client_ca: Option<&pki::Ca>,
+    answers: bool,
+    resumed: Arc<std::sync::Mutex<Vec<bool>>>,
+) -> SocketAddr {
     let acceptor = tls_acceptor(leaf, client_ca);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
@@ -38,9 +49,11 @@ fn spawn_tls_origin_with(leaf: &pki::Leaf, client_ca: Option<&pki::Ca>, answers:
     tokio::spawn(async move {
         let l = tokio::net::TcpListener::from_std(l).unwrap();
         while let Ok((s, _)) = l.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, resumed) = (acceptor.clone(), resumed.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(s).await else { return };
+                let kind = tls.get_ref().1.handshake_kind();
+                resumed.lock().unwrap().push(kind == Some(rustls::HandshakeKind::Resumed));
                 let mut buf = vec![0u8; 4096];
                 let n = tls.read(&mut buf).await.unwrap_or(0);
                 if !answers {
@@ -809,6 +822,53 @@ fn the_access_line_names_the_origin_whose_certificate_failed() {
     assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
     let access = bin.stop_for_access_line("/secure");
     assert!(access.contains(&format!(" upstream={origin} ")), "{access}");
+}
+
+/// With the system's roots (no `ca_file`), a reload drops the TLS sessions
+/// kept with origins, as it does with a `ca_file`: one connector was kept
+/// for the life of the process, and its sessions with it (probe 340).
+#[test]
+fn a_reload_drops_the_tls_sessions_kept_with_origins_also_with_the_system_roots() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in = rt.enter();
+    let proxy_ca = pki::Ca::new("proxy CA");
+    let origin_ca = pki::Ca::new("origin CA");
+    let resumed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let origin = spawn_tls_origin_noting(&origin_ca.leaf("origin"), None, true, resumed.clone());
+    let dir = TempDir::new();
+    let leaf = proxy_ca.leaf("proxy");
+    dir.write("proxy-cert.pem", &leaf.cert_pem);
+    dir.write("proxy-key.pem", &leaf.key_pem);
+    let roots = dir.write("roots.pem", &origin_ca.cert_pem);
+    let (tls_port, admin_port) = (closed_port(), closed_port());
+    let extra = format!(
+        "[[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"
+    );
+    let env = [("SSL_CERT_FILE", roots.to_str().unwrap())];
+    let bin =
+        start_binary_env(&dir, &extra, &users_toml(&[("alice", "a1")]), std::process::Stdio::null(), &env);
+    let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    let get = || {
+        let r = rt.block_on(get_https_via(tls, &proxy_ca.cert_pem, origin));
+        assert_eq!(r.status, 200, "{}", r.dump());
+        resumed.lock().unwrap().last().copied().unwrap()
+    };
+    assert!(!get(), "the first handshake is a full one");
+    assert!(get(), "the second resumes (else this test would show nothing)");
+    bin.signal("HUP");
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    rt.block_on(async {
+        for _ in 0..400 {
+            if admin::scrape(admin).await.get("authgate_config_generation") == Some(&2.0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("no reload within 10 s");
+    });
+    assert!(!get(), "a session kept across the reload");
+    assert!(get());
+    drop(bin);
 }
 
 const P521_KEY: &str = "-----BEGIN EC PRIVATE KEY-----\nMIHcAgEBBEIA2eZ5nUdeU58D2C6sIs36HW7WeuX19Ry8jSa4LcHwR3MF7UlRqD1t\nB26+RIB0USXk3BHpWr398h0Z6DOWXtnAEvugBwYFK4EEACOhgYkDgYYABAHqZnsj\n+NALX0n5Wrt1ofXuFq2jBBieOMBCpo4k48rpl1uUX2zR6Tff2VpTBidWSrnoWAM0\nLLY4CzKpvk6tHhkfQgDSfZa39wYrJW6cGC4gf7sROJJehYNh1sEUlOPo5uFRmGxS\nKA88JhAEs6btnmR9TIycVsZkVLX14YS+j/vladOsTQ==\n-----END EC PRIVATE KEY-----\n";

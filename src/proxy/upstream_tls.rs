@@ -26,7 +26,9 @@ use crate::target::Host;
 ///
 /// Built with each configuration (a reload re-reads `ca_file`: a bundle
 /// rotated in place applies then, where it was ignored until a restart
-/// without a word, probe 111).
+/// without a word, probe 111), with a session store of its own, which a
+/// reload so drops (one connector kept for the system's roots kept its
+/// sessions across reloads, probe 340).
 ///
 /// # Errors
 /// A message when `ca_file` cannot be read or holds no certificate, or
@@ -35,15 +37,14 @@ pub fn connector(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     match ca_file {
         Some(path) => Ok(with_roots(ca_roots(path)?)),
         None => SYSTEM
-            .get_or_init(|| system_roots().map(|(roots, n)| (with_roots(roots), n)))
+            .get_or_init(|| system_roots().map(|(roots, n)| (Arc::new(roots), n)))
             .clone()
-            .map(|(c, _)| c),
+            .map(|(roots, _)| with_roots(roots)),
     }
 }
 
-/// The connector for the system's roots, and how many roots it has; read
-/// once per process.
-static SYSTEM: OnceLock<Result<(Arc<ClientConfig>, usize), String>> = OnceLock::new();
+/// The system's roots, and how many there are; read once per process.
+static SYSTEM: OnceLock<Result<(Arc<rustls::RootCertStore>, usize), String>> = OnceLock::new();
 
 /// A connector that trusts no root: every `https://` origin fails
 /// verification (what a configuration holds until its `[upstream]` is
@@ -52,7 +53,7 @@ pub fn trusting_nothing() -> Arc<ClientConfig> {
     with_roots(rustls::RootCertStore::empty())
 }
 
-fn with_roots(roots: rustls::RootCertStore) -> Arc<ClientConfig> {
+fn with_roots(roots: impl Into<Arc<rustls::RootCertStore>>) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // The protocol versions are ring's defaults (TLS 1.2 and 1.3): no error.
     let mut config = match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
