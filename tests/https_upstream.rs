@@ -680,6 +680,14 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
         );
         assert!(!err.contains("unexpected error"), "rustls's words for it, which named RSA: {err}");
     }
+    // A damaged key in a sound PEM section may be damaged, not only of a
+    // kind not taken: it was "unsupported" alone (probe 340).
+    let damaged = dir.write(
+        "damaged.key",
+        "-----BEGIN PRIVATE KEY-----\nMIIBVAIBADANBgkqhkiG9w0BAQ==\n-----END PRIVATE KEY-----\n",
+    );
+    let err = authgate::server::tls::load_certified_key(&cert, &damaged).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("damaged.key: unsupported private key (or a damaged one)"), "{err}");
     // A key that does not belong to the certificate is refused with the file name.
     let other = ca.leaf_with("other", &rcgen::PKCS_ECDSA_P256_SHA256);
     let wrong_key = dir.write("wrong.key", &other.key_pem);

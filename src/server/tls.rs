@@ -684,8 +684,10 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
         // 8192 bits (probe 108): name what is taken instead. ring signs with
         // RSA keys whose primes are a multiple of 512 bits long: "2048 to
         // 4096" named 2560 and 3000 bits too, which it refuses (probe 219).
+        // A key whose bytes are cut or damaged is refused the same way: ring
+        // does not say which (probe 340).
         in_key(format!(
-            "{}: unsupported private key; authgate takes RSA keys of 2048, 3072 or 4096 bits \
+            "{}: unsupported private key (or a damaged one); authgate takes RSA keys of 2048, 3072 or 4096 bits \
                  (public exponent 65537, not RSA-PSS), ECDSA keys on P-256 or P-384 (a named curve), \
                  and Ed25519 keys",
             shown_path(key)
