@@ -173,6 +173,7 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     else {
         return None;
     };
+    let cidrs = cidrs.map(crate::policy::cidr_set::CidrSet::new);
     Some(Rule { name: name.into(), action, users, groups, hosts, ports, methods, cidrs })
 }
 

@@ -22,6 +22,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 
+use super::cidr_set::CidrSet;
+
 /// Ranges denied by default, with the reason shown by `explain`.
 const DENIED: &[(&str, &str)] = &[
     ("0.0.0.0/8", "unspecified / this network"),
@@ -75,7 +77,7 @@ const ROUTED_WITHIN_DENIED: &[&str] = &[
 pub struct Egress {
     denied: Vec<(IpNet, &'static str)>,
     routed: Vec<IpNet>,
-    allowed: Vec<IpNet>,
+    allowed: CidrSet,
 }
 
 impl Default for Egress {
@@ -101,7 +103,7 @@ impl Egress {
         let denied =
             DENIED.iter().filter_map(|(net, why)| net.parse::<IpNet>().ok().map(|n| (n, *why))).collect();
         let routed = ROUTED_WITHIN_DENIED.iter().filter_map(|net| net.parse::<IpNet>().ok()).collect();
-        Egress { denied, routed, allowed }
+        Egress { denied, routed, allowed: CidrSet::new(allowed) }
     }
 
     /// Checks one address: an IPv4-mapped one as its IPv4 address; an IPv6
@@ -115,12 +117,12 @@ impl Egress {
         if let Some(v4) = embedded_v4(ip)
             && let Some(why) = self.denied_reason(v4.into())
         {
-            return match self.allowed.iter().find(|n| n.contains(&ip)) {
+            return match self.allowed.first_holding(ip) {
                 Some(net) => Verdict::AllowedByConfig(*net),
                 None => Verdict::Denied(why),
             };
         }
-        if let Some(net) = self.allowed.iter().find(|n| n.contains(&ip)) {
+        if let Some(net) = self.allowed.first_holding(ip) {
             return match self.denied_reason(ip) {
                 Some(_) => Verdict::AllowedByConfig(*net),
                 None => Verdict::Allowed,

@@ -14,8 +14,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::Method;
-use ipnet::IpNet;
 
+use super::cidr_set::CidrSet;
 use crate::auth::User;
 use crate::target::{Host, Target};
 
@@ -85,7 +85,7 @@ pub struct Rule {
     /// Request methods (`CONNECT`, `GET`, ...).
     pub methods: Option<Vec<Method>>,
     /// Destination address ranges.
-    pub cidrs: Option<Vec<IpNet>>,
+    pub cidrs: Option<CidrSet>,
 }
 
 /// The question a rule answers.
@@ -183,7 +183,7 @@ impl Rule {
             let Some(addrs) = q.addrs else {
                 return Check::NeedAddrs;
             };
-            let inside = |ip: IpAddr| cidrs.iter().any(|n| n.contains(&ip));
+            let inside = |ip: IpAddr| cidrs.holds(ip);
             // The address dialled; for a deny rule also the IPv4 host an
             // IPv6 form names through a translator (NAT64, 6to4), so that
             // no spelling gets past it. An allow rule opens only what it
@@ -330,9 +330,9 @@ mod tests {
         alice.users = Some(vec!["alice".into()]);
         alice.ports = Some(vec![(443, 443)]);
         let mut lab = rule("lab-net", Action::Allow);
-        lab.cidrs = Some(vec!["203.0.113.0/24".parse().unwrap()]);
+        lab.cidrs = Some(CidrSet::new(vec!["203.0.113.0/24".parse().unwrap()]));
         let mut bad_net = rule("no-bad-net", Action::Deny);
-        bad_net.cidrs = Some(vec!["198.51.100.0/24".parse().unwrap()]);
+        bad_net.cidrs = Some(CidrSet::new(vec!["198.51.100.0/24".parse().unwrap()]));
         Policy { default: Action::Deny, rules: vec![no_smtp, eng, alice, bad_net, lab] }
     }
 
@@ -429,8 +429,8 @@ mod tests {
             let mut allow = rule("allow", Action::Allow);
             let mut deny = rule("deny", Action::Deny);
             if set {
-                allow.cidrs = Some(vec!["127.0.0.0/8".parse().unwrap()]);
-                deny.cidrs = Some(vec!["127.0.0.0/8".parse().unwrap()]);
+                allow.cidrs = Some(CidrSet::new(vec!["127.0.0.0/8".parse().unwrap()]));
+                deny.cidrs = Some(CidrSet::new(vec!["127.0.0.0/8".parse().unwrap()]));
             } else {
                 allow.hosts = Some(vec![pat("127.0.0.1")]);
                 deny.hosts = Some(vec![pat("127.0.0.1")]);
