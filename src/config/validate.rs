@@ -1055,7 +1055,7 @@ fn limits(c: &mut Collector<'_>, raw: &super::raw::RawLimits, l: &mut Limits) {
 }
 
 /// Most addresses in `server.listen`, and most `[[server.tls]]` listeners.
-const MAX_LISTENERS: usize = 256;
+pub(super) const MAX_LISTENERS: usize = 256;
 
 /// Whether `a` names the listener at `b`, written as there or not
 /// (`[::ffff:127.0.0.1]:P` for 127.0.0.1:P).
