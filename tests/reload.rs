@@ -1219,6 +1219,32 @@ async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them()
     assert_eq!(held.read_response("GET").await.status, 200);
 }
 
+/// The same for a login that waited behind its own credentials'
+/// verification, running for another address: found in the cache once its
+/// turn came, it got in at once, though a wrong password held its
+/// address's only attempt, and failed it (probe 342).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_verified_meanwhile_for_another_address_waits_for_the_attempts_held() {
+    let origin = spawn_echo_origin();
+    let proxy: Custom = spawn_custom(&one_worker_throttled_after(1), &slow_u1_and_quick_others());
+    let proxy = &proxy;
+    let queued = || counter(proxy, "authgate_auth_verifications_queued");
+    let mut right = sent_from("127.0.0.2", proxy.addr, &origin, "u1", "u1").await;
+    assert!(misses_reach(proxy, 1).await, "u1's verification starts");
+    // A wrong password takes 127.0.0.3's only attempt, and waits for the
+    // worker.
+    let mut wrong = sent_from("127.0.0.3", proxy.addr, &origin, "u1", "a guess").await;
+    assert!(eventually(Duration::from_secs(10), || async { queued() == 1 }).await, "{}", queued());
+    let mut late = sent_from("127.0.0.3", proxy.addr, &origin, "u1", "u1").await;
+    // It waits for its credentials' turn, where nothing counts it yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(argon2_runs(proxy), "0", "u1's first verification is still running");
+    assert_eq!(right.read_response("GET").await.status, 200);
+    assert_eq!(wrong.read_response("GET").await.status, 407);
+    let r = late.read_response("GET").await;
+    assert_eq!(r.status, 429, "{}", r.dump());
+}
+
 /// Users u1 to u4, each with its name as its password. u1's verification
 /// takes a while (seconds, in a debug build); the others' none, and theirs
 /// are the parameters most users have, which a reload's dummy hash uses: a

@@ -539,8 +539,8 @@ impl Authenticator {
         }
         // Each request with credentials counts once in the cache metric: a
         // miss here, or after the wait below, where the cache can answer.
-        match self.throttle.check(client, throttle, now) {
-            Ok(()) => {}
+        let held = match self.throttle.check(client, throttle, now) {
+            Ok(()) => false,
             // None left, but some held by verifications in progress: a login
             // waits for their verdicts when it takes its attempt, in its
             // credentials' turn. (Waiting here, before joining the queue of
@@ -548,12 +548,12 @@ impl Authenticator {
             // again once their login's verification had ended, its verdict
             // gone with its queue: with `cache_ttl = "0s"`, 1,225 runs for
             // 60 logins, probe 67.)
-            Err(throttle::NoAttempt { pending: true, .. }) => {}
+            Err(throttle::NoAttempt { pending: true, .. }) => true,
             Err(throttle::NoAttempt { retry_after, pending: false }) => {
                 self.metrics.cache(false);
                 return Outcome::Throttled { retry_after, username: parsed.ok().map(|c| c.username) };
             }
-        }
+        };
         let Ok(creds) = parsed else {
             self.metrics.cache(false);
             // Malformed, it joins no login's queue: it waits here, in its
@@ -578,11 +578,18 @@ impl Authenticator {
         let turn = gate.lock().await;
         waiting.turn_came();
         let now = Instant::now();
-        // (The address was not throttled a moment ago: a hit counts.)
+        // (The address was not throttled a moment ago: a hit counts. One
+        // whose attempts were all held by verifications in progress waits
+        // for their verdicts as any hit from it does: it got in at once,
+        // probe 342.)
         if let Some((user, known)) = self
             .cached(&req, header, from, now)
             .or_else(|| self.cached_normal(&req, normal.as_ref(), from, now))
         {
+            if held {
+                let vouch = || self.cache.vouch(header, normal.as_ref(), from);
+                return self.answer_hit((user, known), client, throttle, vouch, || Some(username)).await;
+            }
             if !known {
                 self.cache.vouch(header, normal.as_ref(), from);
             }
@@ -594,6 +601,12 @@ impl Authenticator {
         if let Some(Ok(user)) = &shared
             && user.active_at(SystemTime::now()).is_ok()
         {
+            // (Likewise a verdict shared from an address with none left.)
+            if held
+                && let Err(retry_after) = self.throttle.attempt(throttle::Use::Look, client, throttle).await
+            {
+                return Outcome::Throttled { retry_after, username: Some(username) };
+            }
             // A success takes no attempt from the address (several right
             // logins at once from one address took one each, and past
             // `max_failures` got a 429).
