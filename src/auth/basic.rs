@@ -4,9 +4,12 @@
 //! base64 of `user-id ":" password`; the user-id cannot contain `:`, the
 //! password can. With `charset="UTF-8"` in the challenge (§2.1) clients send
 //! UTF-8; older clients (Python `requests`, pip) send ISO-8859-1, so bytes that
-//! are not valid UTF-8 are read as ISO-8859-1. Both parts are NFC-normalised
-//! (RFC 7613: UsernameCasePreserved and OpaqueString), so a client that sends
-//! decomposed characters matches a password stored composed.
+//! are not valid UTF-8 are read as ISO-8859-1. Both parts are NFC-normalised,
+//! so a client that sends decomposed characters matches a password stored
+//! composed. That is all of RFC 8265's preparation done: not its width
+//! mapping of names (full-width names are other names), nor OpaqueString's
+//! mapping of other spaces to U+0020 in passwords (a no-break space is
+//! another password), nor its refusal of an empty one (probe 342).
 
 use std::fmt;
 
@@ -153,7 +156,7 @@ fn text(bytes: &[u8]) -> (String, bool) {
     }
 }
 
-/// NFC normalisation (RFC 7613), skipping the work for text already in NFC.
+/// NFC normalisation (as RFC 8265 prepares text), skipping the work for text already in NFC.
 pub fn nfc(s: &str) -> String {
     if is_nfc_quick(s.chars()) == unicode_normalization::IsNormalized::Yes {
         s.to_owned()
