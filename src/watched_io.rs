@@ -18,8 +18,13 @@ pub trait IoObserver: Unpin {
     /// nothing by default.
     fn read_some(&mut self, _offered: usize) {}
 
-    /// A write (plain or vectored) returned `res`.
-    fn write(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>>;
+    /// A write (plain or vectored) of `offered` bytes returned `res`.
+    fn write(
+        &mut self,
+        cx: &mut Context<'_>,
+        offered: usize,
+        res: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>>;
 
     /// A flush returned `res`.
     fn flush(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<()>>) -> Poll<io::Result<()>>;
@@ -61,7 +66,7 @@ impl<IO: AsyncWrite + Unpin, O: IoObserver> AsyncWrite for Watched<IO, O> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.observer.write(cx, res)
+        this.observer.write(cx, buf.len(), res)
     }
 
     fn poll_write_vectored(
@@ -71,7 +76,7 @@ impl<IO: AsyncWrite + Unpin, O: IoObserver> AsyncWrite for Watched<IO, O> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.observer.write(cx, res)
+        this.observer.write(cx, bufs.iter().map(|b| b.len()).sum(), res)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1069,6 +1069,35 @@ async fn an_answer_before_the_end_of_a_large_upload_is_the_only_answer() {
     }
 }
 
+/// The same for an origin that closes at once, the body unread: its kernel
+/// resets the connection, and the reset could fail authgate's next write
+/// of the body before the answer waiting in the socket was read: the
+/// client got a 502 (probe 341: 6 of 30 curl uploads of 3 MB, half of raw
+/// ones). Twenty uploads, each of which must get the origin's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_reaches_the_client_though_the_origin_then_resets() {
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig";
+        let _ = s.write_all(refusal).await;
+        // Dropped with the body unread: a reset.
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let len = 3 * 1024 * 1024;
+    let length = len.to_string();
+    let a = auth();
+    let headers = [("Host", host.as_str()), ("Content-Length", length.as_str()), ("Proxy-Authorization", &a)];
+    for i in 0..20 {
+        let got =
+            upload_and_read_all(proxy.addr, request("POST", &origin.url("/upload"), &headers), len).await;
+        assert!(got.starts_with("HTTP/1.1 413 "), "upload {i}: {got}");
+        assert!(got.ends_with("\r\n\r\nbig"), "upload {i}: {got}");
+    }
+}
+
 /// An answer of authgate's own past authentication to a request whose
 /// body it did not read says `Connection: close`: hyper closes there unless
 /// the whole body was already in its buffer. A body behind `Expect:

@@ -143,7 +143,12 @@ const SPARE_HEAD_WITHIN: std::time::Duration = std::time::Duration::from_secs(2)
 /// read none of the answers held its admin slot for as long as it kept the
 /// connection.
 impl IoObserver for SendStall {
-    fn write(&mut self, cx: &mut Context<'_>, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn write(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: usize,
+        res: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
         self.watch(cx, res)
     }
 
