@@ -1177,12 +1177,18 @@ fn explain_prints_each_rule_and_exits_by_decision() {
     assert!(out.contains("request  get 127.0.0.1:80") && out.contains("is not `GET`"), "{out}");
     // Absolute-form https:// is forwarded on a TLS listener only: on this
     // config (none) the proxy answers 400, where explain said ALLOWED.
-    let (code, _, err) = run(&["--user", USER, "--method", "GET", "https://127.0.0.1/"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("https:// is forwarded on a TLS listener only") && err.contains("unsupported_scheme"),
-        "{err}"
-    );
+    // So is one whose host or port is bad too, or that holds a password:
+    // the proxy refuses the scheme first (explain said bad_target; probe
+    // 344).
+    for url in ["https://127.0.0.1/", "https://u:p@a.test/", "https://a.test:0/", "https://1.2.3.999/"] {
+        let (code, _, err) = run(&["--user", USER, "--method", "GET", url]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(
+            err.contains("https:// is forwarded on a TLS listener only")
+                && err.contains("unsupported_scheme"),
+            "{url}: {err}"
+        );
+    }
     // A target's faults are told alike in both forms, the host's first
     // (`http://[[::1]]:80/` was "bad port", `[[::1]]:80` "bad IPv6
     // address"; probe 134), and a URL hyper cannot read as the 400 it

@@ -32,6 +32,18 @@ fn implied_method(raw: &str) -> Method {
 /// path the proxy could not read does not matter (one over 65,534 bytes
 /// was explained as refused; probe 184).
 fn parse_target_for(raw: &str, given: Option<&Method>) -> Result<(Target, Method), String> {
+    parse_target_on(raw, given, true)
+}
+
+/// [`parse_target_for`] on a config that forwards absolute-form `https://`
+/// (has a TLS listener) or not: where it does not, such a request is
+/// refused for its scheme before its host and port are read, as the proxy
+/// does (`GET https://u:p@a.test/` was told `bad_target`; probe 344).
+fn parse_target_on(
+    raw: &str,
+    given: Option<&Method>,
+    forwards_https: bool,
+) -> Result<(Target, Method), String> {
     if let Some((scheme, rest)) = raw.split_once("://") {
         // Another scheme (`ftp://`) is refused by the proxy once hyper has
         // read the URL, unless it stands for a tunnel (`--method CONNECT`,
@@ -81,6 +93,15 @@ fn parse_target_for(raw: &str, given: Option<&Method>) -> Result<(Target, Method
                 "unsupported scheme `{}` (use http://, https:// or host:port): the proxy answers 400 \
                  unsupported_scheme",
                 shown(scheme)
+            ));
+        }
+        if let Some(m) = given.filter(|_| scheme.eq_ignore_ascii_case("https") && !tunnel && !forwards_https)
+        {
+            return Err(format!(
+                "`{} https://…`: https:// is forwarded on a TLS listener only, and this config has none; \
+                 the proxy answers 400 unsupported_scheme (clients send CONNECT for https://: leave out \
+                 --method)",
+                shown(m.as_str())
             ));
         }
         if !known && split_port(authority).1.is_none_or(str::is_empty) {
@@ -338,18 +359,11 @@ pub async fn run(snap: &Snapshot, user: &str, method: Option<&str>, target: &str
             shown(m.as_str())
         ));
     }
-    let (target, _) = parse_target_for(target, given.as_ref())?;
+    let (target, _) = parse_target_on(target, given.as_ref(), !snap.server.tls.is_empty())?;
     // An https:// URL with a method other than CONNECT is absolute-form
     // https://, forwarded on a TLS listener only: explained as ALLOWED on a
     // config without one, where the proxy answers 400 (probe 114).
     let absolute_https = https && method != Method::CONNECT;
-    if absolute_https && snap.server.tls.is_empty() {
-        return Err(format!(
-            "`{} https://…`: https:// is forwarded on a TLS listener only, and this config has none; the \
-             proxy answers 400 unsupported_scheme (clients send CONNECT for https://: leave out --method)",
-            shown(method.as_str())
-        ));
-    }
     // The TLS listener refuses a name no TLS connection can be made to
     // (`-a.example`) before the rules and any DNS query; it was explained
     // as ALLOWED (probe 156).
