@@ -1222,7 +1222,9 @@ async fn a_cached_login_from_an_address_whose_attempts_are_held_waits_for_them()
 /// The same for a login that waited behind its own credentials'
 /// verification, running for another address: found in the cache once its
 /// turn came, it got in at once, though a wrong password held its
-/// address's only attempt, and failed it (probe 342).
+/// address's only attempt, and failed it (probe 342). It waits out of its
+/// credentials' line: in it, it held the same login from other addresses
+/// (probe 343).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_verified_meanwhile_for_another_address_waits_for_the_attempts_held() {
     let origin = spawn_echo_origin();
@@ -1236,10 +1238,18 @@ async fn a_login_verified_meanwhile_for_another_address_waits_for_the_attempts_h
     let mut wrong = sent_from("127.0.0.3", proxy.addr, &origin, "u1", "a guess").await;
     assert!(eventually(Duration::from_secs(10), || async { queued() == 1 }).await, "{}", queued());
     let mut late = sent_from("127.0.0.3", proxy.addr, &origin, "u1", "u1").await;
-    // It waits for its credentials' turn, where nothing counts it yet.
+    // It waits for its credentials' turn, where nothing counts it yet; and
+    // so, behind it, does the same login from an address with attempts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut other = sent_from("127.0.0.4", proxy.addr, &origin, "u1", "u1").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(argon2_runs(proxy), "0", "u1's first verification is still running");
     assert_eq!(right.read_response("GET").await.status, 200);
+    // That one is not held by the other's address: answered while the
+    // wrong password is still being verified (it waited for that verdict
+    // too, the line held; probe 343).
+    assert_eq!(other.read_response("GET").await.status, 200);
+    assert_eq!(argon2_runs(proxy), "1", "answered before the wrong password's verdict");
     assert_eq!(wrong.read_response("GET").await.status, 407);
     let r = late.read_response("GET").await;
     assert_eq!(r.status, 429, "{}", r.dump());

@@ -587,6 +587,10 @@ impl Authenticator {
             .or_else(|| self.cached_normal(&req, normal.as_ref(), from, now))
         {
             if held {
+                // Out of the credentials' line first: the logins behind it,
+                // from other addresses, are not held by this one's address
+                // (they waited for its verdicts, probe 343).
+                drop(turn);
                 let vouch = || self.cache.vouch(header, normal.as_ref(), from);
                 return self.answer_hit((user, known), client, throttle, vouch, || Some(username)).await;
             }
@@ -601,11 +605,16 @@ impl Authenticator {
         if let Some(Ok(user)) = &shared
             && user.active_at(SystemTime::now()).is_ok()
         {
-            // (Likewise a verdict shared from an address with none left.)
-            if held
-                && let Err(retry_after) = self.throttle.attempt(throttle::Use::Look, client, throttle).await
-            {
-                return Outcome::Throttled { retry_after, username: Some(username) };
+            // (Likewise a verdict shared from an address with none left,
+            // out of the line first.)
+            if held {
+                let user = user.clone();
+                drop(turn);
+                if let Err(retry_after) = self.throttle.attempt(throttle::Use::Look, client, throttle).await {
+                    return Outcome::Throttled { retry_after, username: Some(username) };
+                }
+                remember(&self.cache, (header, normal.as_ref()), &user, users, from, ttl);
+                return Outcome::Ok(user);
             }
             // A success takes no attempt from the address (several right
             // logins at once from one address took one each, and past
