@@ -1037,21 +1037,27 @@ async fn upload_and_read_all(proxy: SocketAddr, head: Vec<u8>, body_len: usize) 
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// An origin that answers a request's head with a 413 (`big`, closing)
+/// and closes `after` that, having read none of the body.
+fn refusing_origin(after: std::time::Duration) -> Origin {
+    spawn_raw_origin(move |mut s: tokio::net::TcpStream| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig";
+        let _ = s.write_all(refusal).await;
+        tokio::time::sleep(after).await;
+    })
+}
+
 /// An answer given before the request body's end (an origin's 413 to a
 /// large upload, authgate's own 407) is the only answer: the proxy says it
 /// closes the connection and does. What it still read of the unread body
 /// was taken for the head of a next request and answered with a 431.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_before_the_end_of_a_large_upload_is_the_only_answer() {
-    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
-        if read_request_head(&mut s).await.is_none() {
-            return;
-        }
-        let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig";
-        let _ = s.write_all(refusal).await;
-        // Closes a second later, having read none of the body.
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    });
+    // Closes a second later, having read none of the body.
+    let origin = refusing_origin(std::time::Duration::from_secs(1));
     let proxy = spawn_proxy("", &[USER]);
     let host = origin.authority();
     let len = 4 * 1024 * 1024;
@@ -1076,14 +1082,8 @@ async fn an_answer_before_the_end_of_a_large_upload_is_the_only_answer() {
 /// ones). Twenty uploads, each of which must get the origin's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_reaches_the_client_though_the_origin_then_resets() {
-    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
-        if read_request_head(&mut s).await.is_none() {
-            return;
-        }
-        let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig";
-        let _ = s.write_all(refusal).await;
-        // Dropped with the body unread: a reset.
-    });
+    // Closed at once with the body unread: a reset.
+    let origin = refusing_origin(std::time::Duration::ZERO);
     let proxy = spawn_proxy("", &[USER]);
     let host = origin.authority();
     let len = 3 * 1024 * 1024;
