@@ -773,16 +773,11 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
     }
 
     if let Some(level) = &raw.log.level {
-        use crate::telemetry::{MAX_FILTER_BYTES, MAX_FILTER_DIRECTIVES};
+        use crate::telemetry::NoFilter;
         match crate::telemetry::log_filter(level.get_ref()) {
-            Some(filter) => s.log.level = filter,
-            None if !crate::telemetry::filter_size_within_bounds(level.get_ref()) => c.at(
-                level.span(),
-                format!(
-                    "log.level: too long (at most {MAX_FILTER_BYTES} bytes and {MAX_FILTER_DIRECTIVES} directives)"
-                ),
-            ),
-            None => c.at(
+            Ok(filter) => s.log.level = filter,
+            Err(why @ NoFilter::TooLong) => c.at(level.span(), format!("log.level: {why}")),
+            Err(NoFilter::NotAFilter) => c.at(
                 level.span(),
                 "log.level: not a level or a filter (use off, error, warn, info, debug or trace, or directives such as \"info,hyper=warn\")",
             ),

@@ -85,7 +85,7 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 }
 
 /// `level` as a log filter, its directives trimmed, when it is a level or a
-/// list of `tracing` directives whose bare words are levels; `None`
+/// list of `tracing` directives whose bare words are levels; why not
 /// otherwise. A bare word that is not a level parses as a directive too:
 /// `"warning"` meant "everything from the target `warning`", so a typo
 /// silenced every log line (the startup line, access and audit lines
@@ -93,10 +93,10 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 /// `info ` at the start (probe 101), as `"hickory_proto =off"` was the
 /// target `hickory_proto ` (probe 102): a space inside a directive's target
 /// or level is refused.
-pub fn log_filter(level: &str) -> Option<String> {
+pub fn log_filter(level: &str) -> Result<String, NoFilter> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    if !filter_size_within_bounds(level) {
-        return None;
+    if level.len() > MAX_FILTER_BYTES || level.split(',').count() > MAX_FILTER_DIRECTIVES {
+        return Err(NoFilter::TooLong);
     }
     let directives: Vec<&str> = level.split(',').map(str::trim).collect();
     let bare_words_are_levels = directives.iter().all(|d| {
@@ -109,7 +109,33 @@ pub fn log_filter(level: &str) -> Option<String> {
             && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
     });
     let filter = directives.join(",");
-    (bare_words_are_levels && parse_filter(&filter).is_ok()).then_some(filter)
+    match bare_words_are_levels && parse_filter(&filter).is_ok() {
+        true => Ok(filter),
+        false => Err(NoFilter::NotAFilter),
+    }
+}
+
+/// Why [`log_filter`] took no filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoFilter {
+    /// Past [`MAX_FILTER_BYTES`] or [`MAX_FILTER_DIRECTIVES`].
+    TooLong,
+    /// Not a level, nor a list of directives whose bare words are levels.
+    NotAFilter,
+}
+
+impl std::fmt::Display for NoFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoFilter::TooLong => {
+                write!(
+                    f,
+                    "too long (at most {MAX_FILTER_BYTES} bytes and {MAX_FILTER_DIRECTIVES} directives)"
+                )
+            }
+            NoFilter::NotAFilter => f.write_str("not a level or a log filter"),
+        }
+    }
 }
 
 /// Longest log filter taken, in bytes, and most directives in it. A real
@@ -119,11 +145,6 @@ pub fn log_filter(level: &str) -> Option<String> {
 pub const MAX_FILTER_BYTES: usize = 4096;
 /// See [`MAX_FILTER_BYTES`].
 pub const MAX_FILTER_DIRECTIVES: usize = 64;
-
-/// Whether `level` is within [`MAX_FILTER_BYTES`] and [`MAX_FILTER_DIRECTIVES`].
-pub fn filter_size_within_bounds(level: &str) -> bool {
-    level.len() <= MAX_FILTER_BYTES && level.split(',').count() <= MAX_FILTER_DIRECTIVES
-}
 
 /// `filter` read by `tracing`, a field's value matched as text, not as a
 /// regular expression: a pattern of 20 alternations (`[{x=(a|b)*a(a|b)…}]`,
@@ -167,9 +188,9 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     // Read as `[log] level` is: a bare word that is not a level
     // (`RUST_LOG=warning`) silenced every line without a word (probe 101).
-    let (filter, bad_env) = match from_env.as_deref().map(|v| (log_filter(v), v)) {
-        Some((Some(f), _)) => (filter_of(&f), None),
-        Some((None, v)) => (filter_of(level), Some(filter_size_within_bounds(v))),
+    let (filter, bad_env) = match from_env.as_deref().map(log_filter) {
+        Some(Ok(f)) => (filter_of(&f), None),
+        Some(Err(why)) => (filter_of(level), Some(why)),
         None => (filter_of(level), None),
     };
     let (writer, guard) = sink::start(stdout_unbuffered(), format == LogFormat::Json);
@@ -185,12 +206,8 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     // (Ignored without a word before: a mistyped override looked applied;
     // probe 100.)
     // (A filter too long was called no filter: probe 338.)
-    match bad_env {
-        Some(true) => tracing::warn!("RUST_LOG is not a level or a log filter; [log] level applies"),
-        Some(false) => tracing::warn!(
-            "RUST_LOG is too long (at most {MAX_FILTER_BYTES} bytes and {MAX_FILTER_DIRECTIVES} directives); [log] level applies"
-        ),
-        None => {}
+    if let Some(why) = bad_env {
+        tracing::warn!("RUST_LOG is {why}; [log] level applies");
     }
     guard
 }
@@ -203,19 +220,19 @@ mod filter_tests {
     /// that is not a level, or a space inside a directive, is no filter.
     #[test]
     fn log_filters_are_checked_and_trimmed() {
-        assert_eq!(log_filter(" info , authgate::access=off ").as_deref(), Some("info,authgate::access=off"));
-        assert_eq!(log_filter("INFO").as_deref(), Some("INFO"));
+        assert_eq!(log_filter(" info , authgate::access=off ").as_deref(), Ok("info,authgate::access=off"));
+        assert_eq!(log_filter("INFO").as_deref(), Ok("INFO"));
         for bad in ["warning", "info,", "info,hickory_proto =off", "info,authgate::access= off", "=!="] {
-            assert_eq!(log_filter(bad), None, "{bad}");
+            assert_eq!(log_filter(bad), Err(NoFilter::NotAFilter), "{bad}");
         }
         // Bounded in bytes and in directives.
         let many = |n: usize| vec!["t=info"; n].join(",");
-        assert!(log_filter(&many(MAX_FILTER_DIRECTIVES)).is_some());
-        assert_eq!(log_filter(&many(MAX_FILTER_DIRECTIVES + 1)), None);
+        assert!(log_filter(&many(MAX_FILTER_DIRECTIVES)).is_ok());
+        assert_eq!(log_filter(&many(MAX_FILTER_DIRECTIVES + 1)), Err(NoFilter::TooLong));
         let long = |n: usize| format!("info,{}=off", "a".repeat(n - 9));
         assert_eq!(long(MAX_FILTER_BYTES).len(), MAX_FILTER_BYTES);
-        assert!(log_filter(&long(MAX_FILTER_BYTES)).is_some());
-        assert_eq!(log_filter(&long(MAX_FILTER_BYTES + 1)), None);
+        assert!(log_filter(&long(MAX_FILTER_BYTES)).is_ok());
+        assert_eq!(log_filter(&long(MAX_FILTER_BYTES + 1)), Err(NoFilter::TooLong));
     }
 
     /// A field's value is text to match (its `Debug` form: a string in
@@ -228,7 +245,7 @@ mod filter_tests {
             [("[{x=a.c}]", "abc", false), ("[{x=\"a.c\"}]", "a.c", true), ("[{x=\"a.c\"}]", "abc", false)]
         {
             let filter = log_filter(&format!("off,{directive}=info")).map(|f| parse_filter(&f));
-            let Some(Ok(filter)) = filter else { panic!("{directive} not taken: {filter:?}") };
+            let Ok(Ok(filter)) = filter else { panic!("{directive} not taken: {filter:?}") };
             let subscriber =
                 tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::sink).finish();
             tracing::subscriber::with_default(subscriber, || {
