@@ -20,7 +20,7 @@ use ipnet::IpNet;
 const SCANNED: usize = 16;
 
 /// CIDR blocks in the order they were written.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CidrSet {
     nets: Vec<IpNet>,
     /// For a longer list: its blocks by family and prefix length.
@@ -29,7 +29,7 @@ pub struct CidrSet {
 
 /// The blocks of each prefix length used, as (network, position in the
 /// list) sorted by network, each network once, at its first position.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Index {
     v4: Vec<(u8, Vec<(u32, u32)>)>,
     v6: Vec<(u8, Vec<(u128, u32)>)>,
@@ -40,11 +40,6 @@ impl CidrSet {
     pub fn new(nets: Vec<IpNet>) -> Self {
         let index = (nets.len() > SCANNED).then(|| Box::new(Index::of(&nets)));
         CidrSet { nets, index }
-    }
-
-    /// The blocks, in the order they were written.
-    pub fn nets(&self) -> &[IpNet] {
-        &self.nets
     }
 
     /// The first block, in the order written, that holds `ip`.

@@ -239,9 +239,9 @@ impl IoObserver for Arc<Writes> {
         // reset socket takes nothing more, and its reads give what came
         // before the reset, then the end. Plain TCP only: under TLS the
         // write failed inside rustls, whose state is then unknown.
-        if self.plain
+        if let Poll::Ready(Err(e)) = &res
+            && self.plain
             && offered > 0
-            && let Poll::Ready(Err(e)) = &res
             && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
         {
             self.reset.store(true, Ordering::Relaxed);
