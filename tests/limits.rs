@@ -3319,3 +3319,106 @@ async fn abrupt_resets_at_every_stage_leave_no_descriptor_behind() {
     assert_eq!(r.status, 200, "it still serves");
     drop(bin);
 }
+
+/// `plain` encrypted as `conn`'s records.
+fn records(conn: &mut rustls::ClientConnection, plain: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    conn.writer().write_all(plain).unwrap();
+    let mut records = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut records).unwrap();
+    }
+    records
+}
+
+/// What `conn` decrypts from `tcp` until `enough` says it is enough or the
+/// proxy closes the connection; panics after `within`.
+async fn decrypted(
+    tcp: &mut TcpStream,
+    conn: &mut rustls::ClientConnection,
+    within: Duration,
+    enough: impl Fn(&[u8]) -> bool,
+) -> Vec<u8> {
+    use std::io::Read;
+    let mut plain = Vec::new();
+    let read = async {
+        let mut raw = vec![0u8; 32 * 1024];
+        loop {
+            let n = tcp.read(&mut raw).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let mut rest = &raw[..n];
+            while !rest.is_empty() {
+                conn.read_tls(&mut rest).unwrap();
+                conn.process_new_packets().unwrap();
+            }
+            let mut chunk = [0u8; 4096];
+            while let Ok(k) = conn.reader().read(&mut chunk) {
+                if k == 0 {
+                    return;
+                }
+                plain.extend_from_slice(&chunk[..k]);
+            }
+            if enough(&plain) {
+                return;
+            }
+        }
+    };
+    let timed_out = tokio::time::timeout(within, read).await.is_err();
+    assert!(!timed_out, "no answer in time: {:?}", String::from_utf8_lossy(&plain));
+    plain
+}
+
+/// On the TLS listener, a head's first TLS record sent in part (its first
+/// bytes, then nothing) is timed by `header_read_timeout` from them and
+/// gets the 408, as a head's first bytes do on a plain listener: it was
+/// timed as an idle connection, which `idle_timeout` alone bounded (probe
+/// 340: served at 53 s with `header_read_timeout` at 5 s). A whole record
+/// that holds no head (a TLS 1.3 `KeyUpdate`) leaves the connection idle:
+/// a request sent after `header_read_timeout` more is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_record_sent_in_part_is_timed_as_a_head() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy");
+    let proxy =
+        spawn_full(&ca, &leaf, "[limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"60s\"\n").await;
+    let connector = pki::connector(&ca.cert_pem);
+    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("handshake");
+    let (mut tcp, mut conn) = tls.into_inner();
+    // A KeyUpdate, its first 3 bytes, then the rest 300 ms later: no
+    // head, and the connection is idle, not timed, from then on.
+    conn.refresh_traffic_keys().expect("a KeyUpdate");
+    let key_update = records(&mut conn, b"");
+    tcp.write_all(&key_update[..3]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tcp.write_all(&key_update[3..]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let get = request("GET", "http://127.0.0.1:9/", &[("Host", "127.0.0.1:9")]);
+    tcp.write_all(&records(&mut conn, &get)).await.unwrap();
+    // (All of the answer, its problem body included.)
+    let complete = |b: &[u8]| {
+        let text = String::from_utf8_lossy(b);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+        let length =
+            head.lines().find_map(|l| l.strip_prefix("content-length: ")).and_then(|n| n.parse().ok());
+        length.is_some_and(|n: usize| body.len() >= n)
+    };
+    let got = decrypted(&mut tcp, &mut conn, Duration::from_secs(10), complete).await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(got.starts_with("HTTP/1.1 407 "), "still idle after the KeyUpdate: {got}");
+    // The next head's record, its first 7 bytes only.
+    let start = Instant::now();
+    tcp.write_all(&records(&mut conn, &get)[..7]).await.unwrap();
+    let got = decrypted(&mut tcp, &mut conn, Duration::from_secs(10), |_| false).await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(got.starts_with("HTTP/1.1 408 ") && got.contains("request_timeout"), "{got}");
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_secs(5), "after {took:?}");
+    drop(tcp);
+    assert_still_serves(proxy.plain).await;
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}

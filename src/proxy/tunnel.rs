@@ -24,6 +24,7 @@ use crate::auth::User;
 use crate::config::Snapshot;
 use crate::error::ProxyError;
 use crate::server::guard::Guarded;
+use crate::server::records::Records;
 use crate::server::rewind::Rewind;
 use crate::telemetry::AccessRecord;
 use crate::telemetry::metrics::Outcome as Counted;
@@ -241,11 +242,11 @@ fn take<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
 }
 
 /// A client connection on a TLS listener, as a tunnel's side.
-type TlsClient = Guarded<Box<tokio_rustls::server::TlsStream<TcpStream>>>;
+type TlsClient = Guarded<Box<tokio_rustls::server::TlsStream<Records>>>;
 
 impl Side for TlsClient {
     fn under_tls(&self) -> Option<&TcpStream> {
-        Some(self.get_ref().get_ref().0)
+        Some(self.get_ref().get_ref().0.tcp())
     }
 }
 

@@ -49,6 +49,9 @@ const CLOSING: u8 = 4;
 /// idle once hyper has flushed it. Until then, hyper's writes are the
 /// response's, never its own answer to a next head it could not parse.
 const ENDED: u8 = 5;
+/// The timer's use between requests on a TLS listener once a TLS record
+/// has begun to arrive (not a phase; see [`Guarded::watch_records`]).
+const RECORD: u8 = 6;
 
 /// Longest wait, after our end is shut, for the client to stop sending.
 const LINGER: Duration = Duration::from_secs(2);
@@ -456,6 +459,8 @@ pub struct Guarded<S> {
     /// that large for good, and the connection is kept idle for
     /// [`GROWN_IDLE`] at most.
     grown: bool,
+    /// See [`Guarded::watch_records`].
+    record_begun: Option<Arc<AtomicBool>>,
 }
 
 /// How long a connection whose idle or head timer fired is still watched
@@ -497,7 +502,26 @@ impl<S> Guarded<S> {
             eof_held_for: 0,
             grace_given: false,
             grown: false,
+            record_begun: None,
         }
+    }
+
+    /// On a TLS listener: `begun` tells whether a TLS record has begun to
+    /// arrive and is not yet whole (see `server::records`). Between
+    /// requests such a record is taken for the start of a head, timed by
+    /// `header_read_timeout` from when it was seen, and answered with the
+    /// same 408 when its time runs out: a head's first record dripped a
+    /// byte at a time was timed as an idle connection, which
+    /// `idle_timeout` alone bounded (probe 340). A record that ends without
+    /// a byte of a head (a `KeyUpdate`) leaves the connection idle again.
+    pub fn watch_records(&mut self, begun: Arc<AtomicBool>) {
+        self.record_begun = Some(begun);
+    }
+
+    /// Whether a TLS record has begun and is not yet whole (see
+    /// [`Guarded::watch_records`]).
+    fn record_midway(&self) -> bool {
+        self.record_begun.as_ref().is_some_and(|b| b.load(Ordering::Acquire))
     }
 
     /// How long the connection may stay idle: `idle_timeout`, or less once
@@ -556,6 +580,10 @@ impl<S> Guarded<S> {
             return;
         }
         let served = self.phase.served();
+        // (hyper flushes after each read: a record's timer stays.)
+        if self.armed_for == RECORD && self.idle_after == served {
+            return;
+        }
         if self.armed_for != IDLE || self.idle_after != served {
             self.idle_after = served;
             self.armed_for = IDLE;
@@ -644,9 +672,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             return this.poll_refuse(cx);
         }
         let phase = this.phase.get();
+        // Between requests, a TLS record on its way is timed as a head.
+        let record = phase == IDLE && this.armed_for == RECORD && this.record_midway();
         match phase {
             BUSY => this.phase.wake_when_drained(cx.waker()),
-            IDLE => {
+            IDLE if !record => {
                 let d = this.idle_limit();
                 this.arm(IDLE, d);
             }
@@ -658,7 +688,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             // can fire before the reactor has seen the socket's bytes).
             // Whatever a trickling client sends in it cannot keep the head
             // alive past that.
-            HEAD if this.timer.as_mut().poll(cx).is_ready() => {
+            HEAD | IDLE if this.timer.as_mut().poll(cx).is_ready() => {
                 if this.grace_given {
                     this.reject = Some((this.canned(Rejection::HeadTimeout), 0));
                     return this.poll_refuse(cx);
@@ -674,11 +704,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         let room = buf.remaining() > 0;
         this.grown |= buf.remaining() > GROWN_BUFFER;
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if read.is_pending() && phase == IDLE && this.armed_for == IDLE && this.record_midway() {
+            // The first bytes of a record came, too few to decrypt: the
+            // head timer starts now (see `watch_records`).
+            this.armed_for = RECORD;
+            this.grace_given = false;
+            this.method = 0;
+            this.timer.as_mut().reset(Instant::now() + this.limits.head);
+            // Registers this task: it is woken when the timer fires.
+            let _ = this.timer.as_mut().poll(cx);
+            return Poll::Pending;
+        }
         // Between requests the socket comes before the idle timer: after the
         // process could not run for a while (stopped, starved of CPU), a
         // request that arrived in time is served, not dropped with the
         // connection. A first byte starts the head timer.
-        if read.is_pending() && phase == IDLE && this.timer.as_mut().poll(cx).is_ready() {
+        if read.is_pending()
+            && phase == IDLE
+            && this.armed_for == IDLE
+            && this.timer.as_mut().poll(cx).is_ready()
+        {
             if !this.grace_given {
                 // The timer can be seen to fire before the reactor has
                 // looked at the socket (after a stop, the two are handled
@@ -734,8 +779,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                         this.head_tail = [0; 2];
                         this.preface = 0;
                         this.method = 0;
-                        let d = this.limits.head;
-                        this.arm(HEAD, d);
+                        if this.armed_for == RECORD {
+                            // Timed from the record's first bytes.
+                            this.armed_for = HEAD;
+                        } else {
+                            let d = this.limits.head;
+                            this.arm(HEAD, d);
+                        }
                     }
                     _ => from = n,
                 }

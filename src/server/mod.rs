@@ -14,6 +14,7 @@ pub mod admin;
 pub mod guard;
 pub mod limits;
 pub mod proxy_protocol;
+pub mod records;
 pub mod reload;
 mod reset;
 pub(crate) mod rewind;
@@ -597,7 +598,7 @@ async fn accept_tls(
     client: SocketAddr,
     deadline: tokio::time::Instant,
     metrics: &crate::telemetry::Metrics,
-) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+) -> Option<Box<tokio_rustls::server::TlsStream<records::Records>>> {
     let handshake = async {
         let start = tls::client_hello(stream).await?;
         tls::handshake(start, acceptor.config().clone()).await
@@ -736,7 +737,11 @@ async fn serve_http<S>(
         send: limits.send_timeout,
         max_head: limits.max_header_bytes,
     };
-    let io = Guarded::new(io, phase, timeouts, canned(&state, addr), state.lingering.clone());
+    let record_begun = io.record_begun();
+    let mut io = Guarded::new(io, phase, timeouts, canned(&state, addr), state.lingering.clone());
+    if let Some(begun) = record_begun {
+        io.watch_records(begun);
+    }
     let svc_state = state.clone();
     let svc = service_fn(move |req| {
         // Synchronously, before the future runs: the head is complete.

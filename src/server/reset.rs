@@ -13,12 +13,16 @@
 //! reached it before the reset.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use super::records::Records;
 
 /// A client socket that can be closed with a reset.
 pub(super) trait Resettable {
@@ -33,6 +37,12 @@ pub(super) trait Resettable {
     /// cut its request: the client could not tell the close from a
     /// truncation (probe 157).
     fn close_notify(&mut self) {}
+
+    /// On TLS, whether a record has begun to arrive and is not yet whole
+    /// (see `server::records`).
+    fn record_begun(&self) -> Option<Arc<AtomicBool>> {
+        None
+    }
 }
 
 impl Resettable for TcpStream {
@@ -41,9 +51,13 @@ impl Resettable for TcpStream {
     }
 }
 
-impl Resettable for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+impl Resettable for Box<tokio_rustls::server::TlsStream<Records>> {
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
+        self.get_ref().0.tcp()
+    }
+
+    fn record_begun(&self) -> Option<Arc<AtomicBool>> {
+        Some(self.get_ref().0.begun())
     }
 
     fn close_notify(&mut self) {
@@ -52,7 +66,7 @@ impl Resettable for Box<tokio_rustls::server::TlsStream<TcpStream>> {
         // Without waiting: a client that reads nothing does not hold the
         // close (24 bytes, which an open socket takes).
         while tls.wants_write() {
-            if !matches!(tls.write_tls(&mut NoWait(tcp)), Ok(n) if n > 0) {
+            if !matches!(tls.write_tls(&mut NoWait(tcp.tcp())), Ok(n) if n > 0) {
                 return;
             }
         }

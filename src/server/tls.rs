@@ -22,6 +22,7 @@ use rustls::{SignatureAlgorithm, SignatureScheme};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::records::Records;
 use crate::config::file::{pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
 use crate::config::shown_path;
 
@@ -260,8 +261,9 @@ static PLACES: std::sync::LazyLock<tokio::sync::Semaphore> =
 ///
 /// # Errors
 /// The stream's, or why what came is no ClientHello.
-pub async fn client_hello(stream: TcpStream) -> std::io::Result<tokio_rustls::StartHandshake<TcpStream>> {
+pub async fn client_hello(stream: TcpStream) -> std::io::Result<tokio_rustls::StartHandshake<Records>> {
     use tokio::io::AsyncWriteExt;
+    let stream = Records::new(stream);
     let mut hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
     let e = match (&mut hello).await {
         Ok(start) => return Ok(start),
@@ -296,9 +298,9 @@ pub async fn client_hello(stream: TcpStream) -> std::io::Result<tokio_rustls::St
 /// # Errors
 /// The handshake's.
 pub async fn handshake(
-    start: tokio_rustls::StartHandshake<TcpStream>,
+    start: tokio_rustls::StartHandshake<Records>,
     config: Arc<rustls::ServerConfig>,
-) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> std::io::Result<tokio_rustls::server::TlsStream<Records>> {
     use tokio::io::AsyncWriteExt;
     let key = config.cert_resolver.resolve(start.client_hello());
     let costly = key.is_some_and(|k| k.key.algorithm() == SignatureAlgorithm::RSA);
@@ -342,12 +344,13 @@ pub async fn handshake(
 /// Now they wait in the same queue as every other handshake, without a
 /// thread, until the handshake's deadline.
 async fn after_retry(
-    mut accept: tokio_rustls::Accept<TcpStream>,
-) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    mut accept: tokio_rustls::Accept<Records>,
+) -> std::io::Result<tokio_rustls::server::TlsStream<Records>> {
     use std::future::Future;
     use std::task::Poll;
     for read in 0..READS_IN_PLACE {
         if let Some(stream) = accept.get_ref() {
+            let stream = stream.tcp();
             if read == 0 { whole_record(stream).await? } else { stream.readable().await? }
         }
         let place = PLACES.acquire().await.map_err(std::io::Error::other)?;
@@ -471,7 +474,7 @@ fn record_end(bytes: &[u8]) -> RecordEnd {
 /// What [`answer`] made of a ClientHello.
 struct Answer {
     /// The rest of the handshake.
-    accept: tokio_rustls::Accept<TcpStream>,
+    accept: tokio_rustls::Accept<Records>,
     /// Why the records sent with the ClientHello end the handshake, and all
     /// that is to be sent before the close (the answer, then an alert).
     refused: Option<(rustls::Error, Vec<u8>)>,
@@ -487,7 +490,7 @@ struct Answer {
 /// until more bytes came, rustls' reader having stopped at the ClientHello:
 /// junk after a ClientHello was answered with nothing until
 /// `header_read_timeout` (probe 248).
-fn answer(start: tokio_rustls::StartHandshake<TcpStream>, config: Arc<rustls::ServerConfig>) -> Answer {
+fn answer(start: tokio_rustls::StartHandshake<Records>, config: Arc<rustls::ServerConfig>) -> Answer {
     let (mut refused, mut retry) = (None, None);
     let accept = start.into_stream_with(config, |conn| {
         let error = conn.process_new_packets().err();
