@@ -492,3 +492,46 @@ async fn a_client_refused_mid_upload_gets_an_orderly_close_not_a_reset() {
     }
     assert_eq!(origin.hits(), 0);
 }
+
+/// A login whose hash asks for more memory than the process may have (a
+/// memory limit: `ulimit -v`, a container's) is refused with the 407 of a
+/// wrong password, and an error line says why; the allocation failure
+/// aborted the whole proxy (probe 349). Other users go on being served.
+#[test]
+fn a_login_whose_hash_needs_memory_the_process_cannot_get_is_refused_and_the_proxy_lives() {
+    use std::process::Stdio;
+    let dir = TempDir::new();
+    // A hash asking for 2 GiB (m=2097152 KiB), under a 1.5 GB address
+    // space: the parameters only, the rest of the string is alice's.
+    let alice = hash("a1");
+    let (params, _) = alice.split_once(",t=").unwrap();
+    let heavy = alice.replacen(params, "$argon2id$v=19$m=2097152", 1);
+    let users = format!(
+        "{}{}[users.heavy]\npassword = {}\n",
+        user_entry("alice", "a1", ""),
+        user_entry("bob", "b1", ""),
+        toml_str(&heavy)
+    );
+    let bin = start_binary_under(&dir, &["prlimit", "--as=1500000000"], "", &users, Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let origin = spawn_echo_origin();
+    let status = |user: &str, password: &str| {
+        let auth = basic(user, password);
+        let r = rt.block_on(get(
+            bin.addr,
+            &origin.url("/"),
+            &[("Host", &origin.authority()), ("Proxy-Authorization", &auth)],
+        ));
+        r.status
+    };
+    assert_eq!(status("heavy", "h1"), 407, "refused as a wrong password is");
+    assert_eq!(status("alice", "a1"), 200, "the proxy lives and serves others");
+    let out = bin.stop();
+    assert!(out.status.code().is_some(), "ended by the stop, not by a signal of its own: {:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("2097152 KiB of memory its argon2 cost (m) asks for could not be allocated"),
+        "the reason is logged:\n{log}"
+    );
+}

@@ -1996,3 +1996,32 @@ fn a_star_is_no_user_or_group_name() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("`*` is not a name"), "{err}");
 }
+
+/// A new hash whose memory (`[auth.argon2] m_cost`) the process cannot get,
+/// under a memory limit, is refused in one line, exit 1, the users file
+/// untouched; the allocation failure aborted with a backtrace, exit 134
+/// (probe 349).
+#[test]
+fn a_hash_whose_memory_cannot_be_allocated_is_refused_in_one_line() {
+    let d = Dir::new(Some(&fixture()));
+    let config = std::fs::read_to_string(d.config()).unwrap().replace("m_cost = 8", "m_cost = 2097152");
+    std::fs::write(d.config(), config).unwrap();
+    let before = d.read();
+    for args in [&["hash-password"][..], &["users", "add", "gina", "--password-stdin"]] {
+        let mut command = Command::new("prlimit");
+        command.arg("--as=1500000000").arg(env!("CARGO_BIN_EXE_authgate")).arg("--config").arg(d.config());
+        command.args(args);
+        let out = Dir::run_command(command, Some("Hunter2Secret\n"));
+        assert_eq!(out.code, Some(1), "{args:?}: {out:?}");
+        // (After the warning that such hashes are costly.)
+        let errors: Vec<&str> = out.stderr.lines().filter(|l| !l.starts_with("authgate: warning:")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {out:?}");
+        assert!(
+            errors[0]
+                .contains("the 2097152 KiB of memory its argon2 cost (m) asks for could not be allocated"),
+            "{args:?}: {out:?}"
+        );
+        assert!(!out.stderr.contains("Hunter2Secret"), "{out:?}");
+    }
+    assert_eq!(d.read(), before, "the users file is untouched");
+}

@@ -1,8 +1,8 @@
 //! Hashing new passwords (argon2id) and verifying stored ones.
 
 use argon2::password_hash;
-use argon2::password_hash::{PasswordHash, PasswordHashString, SaltString};
-use argon2::{Algorithm, Argon2, Block, Params, PasswordHasher, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, PasswordHashString, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand_core::OsRng;
 
 use super::basic::nfc;
@@ -44,15 +44,49 @@ pub fn too_long() -> String {
 /// Hashes `password` (NFC-normalised first) as an argon2id PHC string.
 ///
 /// # Errors
-/// Fails only if argon2 rejects the parameters or the password length.
-pub fn hash_password(
-    password: &str,
-    params: Params,
-) -> Result<PasswordHashString, argon2::password_hash::Error> {
+/// argon2 rejects the parameters or the password length, or the memory
+/// `params` ask for cannot be allocated (see [`make_room`]).
+pub fn hash_password(password: &str, params: Params) -> Result<PasswordHashString, String> {
     let salt = SaltString::generate(&mut OsRng);
-    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let hash = argon.hash_password(nfc(password).as_bytes(), &salt)?;
+    let mut memory = Vec::new();
+    if !make_room(&mut memory, params.block_count()) {
+        return Err(no_memory(params.m_cost()));
+    }
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf).map_err(|e| e.to_string())?;
+    let len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let output = Output::init_with(len, |out| {
+        Ok(argon.hash_password_into_with_memory(nfc(password).as_bytes(), salt_bytes, out, &mut memory)?)
+    })
+    .map_err(|e| e.to_string())?;
+    let hash = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| e.to_string())?,
+        salt: Some(salt.as_salt()),
+        hash: Some(output),
+    };
     Ok(hash.serialize())
+}
+
+/// Grows `memory` to `blocks` blocks of argon2 working memory, or says
+/// that it cannot. A vector's own growth aborts the whole process when the
+/// allocation fails (under `ulimit -v`, a container's memory limit): one
+/// login with a hash whose `m` the process could not get took the proxy
+/// down, and `hash-password` died with a backtrace (probe 349).
+fn make_room(memory: &mut Vec<Block>, blocks: usize) -> bool {
+    let Some(more) = blocks.checked_sub(memory.len()) else { return true };
+    if memory.try_reserve_exact(more).is_err() {
+        return false;
+    }
+    memory.resize(blocks, Block::default());
+    true
+}
+
+/// Why a hash could not be computed: its memory could not be allocated.
+fn no_memory(kib: u32) -> String {
+    format!("the {kib} KiB of memory its argon2 cost (m) asks for could not be allocated")
 }
 
 /// Verifies `password` against a stored argon2 PHC string, in constant time
@@ -91,8 +125,17 @@ pub fn verify_argon2_in(stored: &PasswordHashString, password: &str, memory: &mu
     let mut salt_buf = [0u8; 64];
     let Ok(salt) = salt.decode_b64(&mut salt_buf) else { return false };
     let blocks = params.block_count();
-    if memory.0.len() < blocks {
-        memory.0.resize(blocks, Block::default());
+    if !make_room(&mut memory.0, blocks) {
+        static NO_MEMORY: crate::telemetry::Every =
+            crate::telemetry::Every::new(10, "a login refused: its hash's memory could not be allocated");
+        if let Some(held) = NO_MEMORY.pass() {
+            tracing::error!(
+                held_back = held,
+                "a login refused (as a wrong password is): {}; lower that hash's m, or give the process more memory",
+                no_memory(params.m_cost())
+            );
+        }
+        return false;
     }
     let mut out = [0u8; 64];
     let Some(out) = out.get_mut(..expected.len()) else { return false };

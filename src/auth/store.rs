@@ -344,7 +344,11 @@ impl UserStore {
             Some(d) => d.clone(),
             None => {
                 let dummy_password = format!("{:x}", rand_core::RngCore::next_u64(&mut rand_core::OsRng));
-                let failed = |e: &dyn std::fmt::Display| format!("cannot build dummy hash: {e}");
+                let failed = |e: &dyn std::fmt::Display| {
+                    format!(
+                        "cannot build the dummy hash unknown names are checked against (the costs most users have): {e}"
+                    )
+                };
                 match costs {
                     Costs::Argon2 { m, t, p } => {
                         let params = Params::new(m, t, p, None).map_err(|e| failed(&e))?;
