@@ -2095,6 +2095,31 @@ async fn proxy_protocol_headers_count_only_from_the_listed_balancers() {
     }
 }
 
+/// A reload that removes `proxy_protocol` and `proxy_protocol_from` in one
+/// edit leaves the running listener expecting PROXY headers (a restart
+/// setting) and keeps the list that guards it: the empty list of the new
+/// file let anyone's header through, naming any client address (probe
+/// 348).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_proxy_protocol_keeps_its_balancers_until_a_restart() {
+    let server = "proxy_protocol = true\nproxy_protocol_from = [\"192.0.2.0/24\"]";
+    let limits = "[limits]\nheader_read_timeout = \"2s\"\n[reload]\nwatch = false\n";
+    let proxy = spawn_custom(&cfg(server, limits), &users());
+    let origin = spawn_echo_origin();
+    let a = basic("alice", "a1");
+    let req = request("GET", &origin.url("/"), &[("Host", &origin.authority()), ("Proxy-Authorization", &a)]);
+    let with_header = [&b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\n"[..], &req].concat();
+    std::fs::write(proxy.file("authgate.toml"), cfg("", limits)).unwrap();
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&with_header).await.unwrap();
+    assert_eq!(read_all(s).await, "", "127.0.0.1 is still no listed balancer");
+    let text = proxy.state.metrics.render(&Default::default());
+    let series = "authgate_proxy_protocol_refused_total{reason=\"peer_not_allowed\"} 1";
+    assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+}
+
 /// `proxy_protocol` may name the listeners that expect a PROXY header: a
 /// balancer's, beside one for clients inside that send none (one switch for
 /// all plain listeners cut those off; probe 143).

@@ -255,13 +255,38 @@ impl StartOnly {
     }
 }
 
+/// A listener bound with `proxy_protocol` expects PROXY headers until a
+/// restart, whatever the files say since, and `proxy_protocol_from`, which
+/// applies at once, is what still guards it. A new configuration in which
+/// no listener expects the header has no list for it: removing both in one
+/// edit (as `check` advises for a list "that applies to nothing") left the
+/// running listeners believing anyone's header, and so anyone could name
+/// any client address for the logs, the throttle and the limits (probe
+/// 348). There, a new empty list keeps the one in effect.
+fn keep_proxy_trust(state: &State, old: &Snapshot, new: &mut Snapshot) {
+    let running = !state.started.proxy_protocol.is_empty() || !state.started.tls_proxy_protocol.is_empty();
+    let now = StartOnly::of(new);
+    let configured = !now.proxy_protocol.is_empty() || !now.tls_proxy_protocol.is_empty();
+    if running
+        && !configured
+        && new.server.proxy_protocol_from.is_empty()
+        && !old.server.proxy_protocol_from.is_empty()
+    {
+        new.server.proxy_protocol_from = old.server.proxy_protocol_from.clone();
+        tracing::warn!(
+            "server.proxy_protocol_from: kept as it was, for the listeners that expect a PROXY header until a restart; \
+             without it, whoever reaches them could name any client address"
+        );
+    }
+}
+
 /// Reloads now. Returns the new generation.
 ///
 /// # Errors
 /// Every problem in the new files; the old snapshot stays live.
 pub fn reload(state: &State) -> Result<u64, ConfigError> {
     let old = state.snapshot.load_full();
-    let new = match config::load_for_reload(&old.config_path, &old) {
+    let mut new = match config::load_for_reload(&old.config_path, &old) {
         Ok(s) => s,
         Err(e) => {
             log_problems(&e, &old.config_path);
@@ -286,6 +311,7 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     if !changed.is_empty() {
         tracing::warn!(settings = &*changed.join(", "), "changed settings take effect only after a restart");
     }
+    keep_proxy_trust(state, &old, &mut new);
     crate::server::tls::warn_if_out_of_date(&new.server.tls);
     if new.limits.max_connections > old.limits.max_connections {
         crate::server::limits::warn_if_open_files_short(new.limits.max_connections);
