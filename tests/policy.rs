@@ -705,6 +705,23 @@ where
     (within, fake.queries(key))
 }
 
+/// A negative answer reached through a CNAME is not kept: what is known
+/// of the alias lasts only its own TTL, which the resolver does not pass
+/// on. Kept for the target's negative TTL (60 s here), an alias of TTL 1
+/// went on failing after it was fixed (probe 346).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_negative_answer_through_a_cname_is_not_kept_past_the_alias() {
+    let zone =
+        vec![("alias.test", Answer::Cname("gone.test".into(), 1)), ("gone.test", Answer::NxDomainSoa(60))];
+    let fake = dns::spawn(zone).await;
+    let proxy = spawn_custom(&loopback_config(fake.addr, "2s"), &users());
+    for _ in 0..2 {
+        let r = send_one(proxy.addr, "CONNECT", "alias.test:443", &[("Proxy-Authorization", &auth())]).await;
+        assert_proxy_error(&r, 502, "dns_error", "dns_error");
+    }
+    assert_eq!(fake.queries("gone.test nx"), 4, "the target asked for again, A and AAAA, at each request");
+}
+
 /// A name that does not exist, said with an SOA, is kept so for its
 /// negative TTL (RFC 2308 §5), and answered as such, a 502 `dns_error`: it
 /// was asked again, A and AAAA, at each request (probe 274). After the TTL

@@ -361,10 +361,17 @@ impl Kept {
     /// an IPv4-only name's AAAA was asked again at each lookup (probe 90),
     /// and a name that does not exist twice at each (probe 274; RFC 2308
     /// §5 asks for both to be kept).
+    ///
+    /// Not when the answer is another name's, reached through a CNAME:
+    /// hickory says no more of the chain, so the alias's own TTL, which
+    /// bounds what is known of it (RFC 2308 §5), is not known. Kept for the
+    /// target's negative TTL, a broken alias fixed meanwhile went on
+    /// failing for up to that long (30 s for a CNAME of TTL 2, probe 346).
     fn no_data(&self, family: Family, name: &str, e: &ResolveError) {
-        if let Some(ProtoErrorKind::NoRecordsFound { negative_ttl: Some(ttl), response_code, soa, .. }) =
+        if let Some(ProtoErrorKind::NoRecordsFound { negative_ttl: Some(ttl), response_code, soa, query, .. }) =
             e.proto().map(|p| p.kind())
             && matches!(*response_code, ResponseCode::NoError | ResponseCode::NXDomain)
+            && same_name(query.name(), name)
             // (hickory has already bounded `ttl` to a day: the SOA says
             // whether one of the TTLs it is made of was past TTL_MAX.)
             && soa.as_ref().is_none_or(|soa| soa.ttl().max(soa.data().minimum()) <= TTL_MAX)
@@ -577,6 +584,13 @@ fn valid_until(answer: &hickory_resolver::lookup::Lookup) -> std::time::Instant 
     answer.valid_until()
 }
 
+/// Whether `answered` (a negative answer's name) is `asked` (an FQDN as
+/// authgate looks it up: lower case, with or without its final dot).
+fn same_name(answered: &Name, asked: &str) -> bool {
+    let answered = answered.to_ascii();
+    answered.trim_end_matches('.').eq_ignore_ascii_case(asked.trim_end_matches('.'))
+}
+
 /// `fqdn` as the query names it: its labels as they are. hickory reads a
 /// `&str` as IDNA (UTS 46, STD3 rules), and refused names the target
 /// parser lets through (`a_b.test`, `-x.test`, `xn--zz.test`) without
@@ -739,20 +753,28 @@ mod tests {
     fn no_data_is_kept_for_its_negative_ttl() {
         use hickory_resolver::proto::op::Query;
         let kept = Kept::default();
-        let nothing = |ttl, code| {
-            let query = Box::new(Query::default());
+        let about = |name: &str, ttl, code| {
+            let aaaa = hickory_resolver::proto::rr::RecordType::AAAA;
+            let query = Box::new(Query::query(Name::from_ascii(name).unwrap(), aaaa));
             ResolveError::from(ProtoError::nx_error(query, None, None, ttl, code, false, None))
         };
+        let nothing = |ttl, code| about("V4only.test.", ttl, code);
         kept.no_data(Family::V6, "v4only.test.", &nothing(Some(300), ResponseCode::NoError));
         assert_eq!(kept.get(Family::V6, "v4only.test."), Some(Held::Addresses(vec![])));
-        kept.no_data(Family::V6, "nx.test.", &nothing(Some(300), ResponseCode::NXDomain));
+        kept.no_data(Family::V6, "nx.test.", &about("nx.test", Some(300), ResponseCode::NXDomain));
         assert_eq!(kept.get(Family::V6, "nx.test."), Some(Held::NoSuchName));
         assert_eq!(kept.get(Family::V4, "nx.test."), None, "per family");
         kept.no_data(Family::V6, "nottl.test.", &nothing(None, ResponseCode::NoError));
         kept.no_data(Family::V6, "nxnottl.test.", &nothing(None, ResponseCode::NXDomain));
         kept.no_data(Family::V6, "busy.test.", &busy());
         kept.no_data(Family::V6, "servfail.test.", &nothing(Some(300), ResponseCode::ServFail));
-        for name in ["nottl.test.", "nxnottl.test.", "busy.test.", "servfail.test."] {
+        // Another name's answer (the end of a CNAME chain): not kept, the
+        // alias's own TTL unknown.
+        kept.no_data(Family::V6, "alias.test.", &about("target.test.", Some(300), ResponseCode::NoError));
+        kept.no_data(Family::V6, "alias2.test.", &about("target.test.", Some(300), ResponseCode::NXDomain));
+        for name in
+            ["nottl.test.", "nxnottl.test.", "busy.test.", "servfail.test.", "alias.test.", "alias2.test."]
+        {
             assert_eq!(kept.get(Family::V6, name), None, "{name}");
         }
     }

@@ -80,6 +80,9 @@ pub enum Answer {
     /// both with TTL 60 (a server slower to answer AAAA than the
     /// Resolution Delay). AAAA queries are counted under `"<name> AAAA"`.
     LateAaaa(Vec<Ipv4Addr>, Vec<Ipv6Addr>, u64),
+    /// A CNAME to this name (without trailing dot) with a TTL, to A and
+    /// AAAA queries alike; the resolver asks for the target on its own.
+    Cname(String, u32),
 }
 
 /// What [`spawn_with_tcp`] does with a query over TCP.
@@ -215,6 +218,7 @@ pub async fn spawn(zone: Vec<(&str, Answer)>) -> FakeDns {
                     *q2.lock().unwrap().entry(format!("{name} nx")).or_insert(0) += 1;
                     with_soa(response(&buf[..qend], 3, &[], 0), *negative_ttl)
                 }
+                Some((Answer::Cname(target, ttl), _)) => cname(&buf[..qend], target, *ttl),
                 None | Some((Answer::NxDomain, _)) => response(&buf[..qend], 3, &[], 0),
                 Some((Answer::A(sets, ttl), next)) => {
                     if qtype == 1 {
@@ -360,6 +364,23 @@ fn response(query: &[u8], rcode: u8, ips: &[Vec<u8>], ttl: u32) -> Vec<u8> {
         r.extend_from_slice(&(ip.len() as u16).to_be_bytes());
         r.extend_from_slice(ip);
     }
+    r
+}
+
+/// An answer to `query` of one CNAME record, to `target`.
+fn cname(query: &[u8], target: &str, ttl: u32) -> Vec<u8> {
+    let mut r = response(query, 0, &[], 0);
+    r[7] = 1; // ancount
+    let mut rdata = Vec::new();
+    for label in target.split('.') {
+        rdata.push(label.len() as u8);
+        rdata.extend_from_slice(label.as_bytes());
+    }
+    rdata.push(0);
+    r.extend_from_slice(&[0xc0, 0x0c, 0, 5, 0, 1]);
+    r.extend_from_slice(&ttl.to_be_bytes());
+    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    r.extend_from_slice(&rdata);
     r
 }
 
