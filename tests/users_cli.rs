@@ -2025,3 +2025,19 @@ fn a_hash_whose_memory_cannot_be_allocated_is_refused_in_one_line() {
     }
     assert_eq!(d.read(), before, "the users file is untouched");
 }
+
+/// An edit replaces the users file: another hard link to it keeps the old
+/// content, which is said (it went without a word; probe 349).
+#[test]
+fn an_edit_of_a_hard_linked_users_file_says_the_other_link_is_stale() {
+    let d = Dir::new(Some(&fixture()));
+    std::fs::hard_link(d.users(), d.path.join("users.link")).unwrap();
+    let out = d.run(&["disable", "alice"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stderr.contains("had 1 other hard link(s), which keep the old content"), "{out:?}");
+    assert_eq!(std::fs::read_to_string(d.path.join("users.link")).unwrap(), fixture());
+    // Once replaced, the file has no other link: no warning.
+    let out = d.run(&["enable", "alice"], None);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(!out.stderr.contains("hard link"), "{out:?}");
+}

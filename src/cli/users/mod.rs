@@ -192,6 +192,17 @@ fn run_with(auth: &Auth, action: Action, config: &Path) -> Result<Outcome, Users
     let mut file = UsersFile::read(&auth.users_file, config)?;
     let mut outcome = act(&mut file, auth, action)?;
     outcome.written = file.saved;
+    // The file is replaced, not rewritten: a name linked to it elsewhere
+    // still gives the old content, and a proxy reading that one would not
+    // see the change, without a word (probe 349).
+    if file.other_links > 0 {
+        outcome.warnings.push(format!(
+            "warning: {} had {} other hard link(s), which keep the old content: the file is replaced, not \
+             rewritten; point the proxy at this name, or link it again",
+            shown_path(&file.path),
+            file.other_links
+        ));
+    }
     Ok(outcome)
 }
 
@@ -275,6 +286,8 @@ struct UsersFile {
     config: PathBuf,
     /// A change was written.
     saved: bool,
+    /// The other hard links the file had when it was replaced.
+    other_links: u64,
 }
 
 /// A file that is not UTF-8 text, told where, as `check` tells it.
@@ -298,6 +311,7 @@ impl UsersFile {
                     cmd: crate::config::command(config, "users"),
                     config: config.to_path_buf(),
                     saved: false,
+                    other_links: 0,
                 });
             }
             Err(e) => return Err(io_err("cannot read")(e)),
@@ -324,6 +338,7 @@ impl UsersFile {
             cmd: crate::config::command(config, "users"),
             config: config.to_path_buf(),
             saved: false,
+            other_links: 0,
         })
     }
 
@@ -409,7 +424,7 @@ impl UsersFile {
         }
         // Held until this function returns, the rename included.
         let _lock = lock_folder(&self.real)?;
-        atomic_write(&self.real, text.as_bytes(), || self.unchanged())?;
+        self.other_links = atomic_write(&self.real, text.as_bytes(), || self.unchanged())?;
         self.saved = true;
         Ok(())
     }

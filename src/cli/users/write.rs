@@ -1,5 +1,5 @@
 //! The atomic write: temp file in the same folder, fsync, rename, fsync of
-//! the folder, owner and mode kept.
+//! the folder, owner, mode and extended attributes (the ACL) kept.
 
 use super::*;
 
@@ -18,11 +18,14 @@ pub(super) fn folder_of(target: &Path) -> &Path {
 /// the write and its fsync: a change it checks for that lands during those
 /// (slow on a busy disk) was overwritten when it ran before them (probe
 /// 125); an `Err` from it leaves `target` as it was.
+///
+/// Returns the number of other hard links the old file had: they keep its
+/// old content (the file is replaced, not rewritten).
 pub(super) fn atomic_write(
     target: &Path,
     data: &[u8],
     unchanged: impl FnOnce() -> Result<(), UsersError>,
-) -> Result<(), UsersError> {
+) -> Result<u64, UsersError> {
     let dir = folder_of(target);
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -59,13 +62,14 @@ pub(super) fn atomic_write(
             }
         }
     }
-    let result = write_temp(&tmp, data, old.as_ref()).and_then(|()| unchanged()).and_then(|()| {
-        fs::rename(&tmp, target).map_err(|source| UsersError::Io {
-            path: target.to_path_buf(),
-            what: "cannot replace",
-            source,
-        })
-    });
+    let result =
+        write_temp(&tmp, data, old.as_ref().map(|m| (target, m))).and_then(|()| unchanged()).and_then(|()| {
+            fs::rename(&tmp, target).map_err(|source| UsersError::Io {
+                path: target.to_path_buf(),
+                what: "cannot replace",
+                source,
+            })
+        });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -74,7 +78,8 @@ pub(super) fn atomic_write(
         path: dir.to_path_buf(),
         what: "cannot sync the folder",
         source,
-    })
+    })?;
+    Ok(old.map_or(0, |m| m.nlink().saturating_sub(1)))
 }
 
 /// An exclusive lock on the folder of `target`, held by a `users` command
@@ -131,7 +136,13 @@ pub(super) fn lock_folder(target: &Path) -> Result<File, UsersError> {
 /// How long [`lock_folder`] waits for the lock.
 pub(super) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) -> Result<(), UsersError> {
+/// Writes `data` to the new file `tmp`, with the owner, mode and extended
+/// attributes of the file it replaces, `old` (its path and metadata).
+pub(super) fn write_temp(
+    tmp: &Path,
+    data: &[u8],
+    old: Option<(&Path, &fs::Metadata)>,
+) -> Result<(), UsersError> {
     let io_err = |what| move |source| UsersError::Io { path: tmp.to_path_buf(), what, source };
     // 0600 until the old mode is applied: never readable by more than it will be.
     let mut f = OpenOptions::new()
@@ -141,7 +152,7 @@ pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) ->
         .open(tmp)
         .map_err(io_err("cannot create"))?;
     f.write_all(data).map_err(io_err("cannot write"))?;
-    if let Some(old) = old {
+    if let Some((_, old)) = old {
         let new = f.metadata().map_err(io_err("cannot stat"))?;
         if (new.uid(), new.gid()) != (old.uid(), old.gid()) {
             std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid())).map_err(|e| {
@@ -156,9 +167,59 @@ pub(super) fn write_temp(tmp: &Path, data: &[u8], old: Option<&fs::Metadata>) ->
     // A new file's 0600 set here too: `open` took the umask off it (0400
     // under umask 0277, which the next command refused as read-only; probe
     // 336).
-    let mode = old.map_or(0o600, |old| old.mode() & 0o7777);
+    let mode = old.map_or(0o600, |(_, old)| old.mode() & 0o7777);
     f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("cannot set permissions"))?;
+    // After the mode: an ACL sets the group bits (its mask) itself.
+    if let Some((path, _)) = old {
+        copy_xattrs(path, &f)?;
+    }
     f.sync_all().map_err(io_err("cannot sync"))
+}
+
+/// Largest list of names, and largest value, of extended attributes
+/// (Linux's `XATTR_LIST_MAX`, `XATTR_SIZE_MAX`).
+const XATTR_MAX: usize = 64 * 1024;
+
+/// Gives `new` the extended attributes of `old` it does not have already:
+/// its POSIX ACL above all (`system.posix_acl_access`), which the mode
+/// does not hold. Without, an edit narrowed access for the proxy's own
+/// user, named in the ACL (the proxy then failed to read the file at the
+/// reload and went on with the old passwords, the command having said it
+/// changed one), and widened it for the group (probe 349). One that cannot
+/// be set stops the edit: nothing is written. A file system without
+/// extended attributes has none to copy.
+fn copy_xattrs(old: &Path, new: &File) -> Result<(), UsersError> {
+    use rustix::io::Errno;
+    let failed = |what: String, e: Errno| {
+        refused(format!(
+            "{}: cannot {what} ({}); nothing written: its access control list or other attributes would be lost",
+            shown_path(old),
+            io::Error::from(e)
+        ))
+    };
+    let mut names = vec![0u8; XATTR_MAX];
+    let listed = match rustix::fs::listxattr(old, &mut names[..]) {
+        Ok(n) => n,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(failed("list its extended attributes".into(), e)),
+    };
+    let (mut value, mut present) = (vec![0u8; XATTR_MAX], vec![0u8; XATTR_MAX]);
+    for name in names[..listed].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let shown = String::from_utf8_lossy(name);
+        let n = match rustix::fs::getxattr(old, name, &mut value[..]) {
+            Ok(n) => n,
+            // Removed since it was listed.
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(failed(format!("read its extended attribute `{shown}`"), e)),
+        };
+        // (A label the new file got from its folder already, say.)
+        if rustix::fs::fgetxattr(new, name, &mut present[..]).is_ok_and(|m| present[..m] == value[..n]) {
+            continue;
+        }
+        rustix::fs::fsetxattr(new, name, &value[..n], rustix::fs::XattrFlags::empty())
+            .map_err(|e| failed(format!("give the new file its extended attribute `{shown}`"), e))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -198,6 +259,54 @@ mod tests {
         assert!(refused.is_err());
         assert_eq!(fs::read(&target).unwrap(), b"new\n");
         assert!(temp_of(&dir).is_empty(), "{:?}", temp_of(&dir));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The replaced file keeps the old one's extended attributes: its ACL
+    /// (which sets the group bits, its mask) and a user attribute. They were
+    /// lost, and the proxy's user named in the ACL could no longer read the
+    /// file (probe 349). The other hard links are counted.
+    #[test]
+    fn an_edit_keeps_the_files_acl_and_extended_attributes() {
+        use rustix::fs::{XattrFlags, fgetxattr, fsetxattr};
+        let dir = std::env::temp_dir().join(format!("authgate-xattr-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("users.toml");
+        fs::write(&target, "old\n").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o600)).unwrap();
+        // user::rw-, user:65534:r--, group::---, mask::r--, other::---
+        let entry = |tag: u16, perm: u16, id: u32| {
+            [&tag.to_le_bytes()[..], &perm.to_le_bytes(), &id.to_le_bytes()].concat()
+        };
+        let acl = [
+            &2u32.to_le_bytes()[..],
+            &entry(1, 6, u32::MAX),
+            &entry(2, 4, 65_534),
+            &entry(4, 0, u32::MAX),
+            &entry(0x10, 4, u32::MAX),
+            &entry(0x20, 0, u32::MAX),
+        ]
+        .concat();
+        let file = File::open(&target).unwrap();
+        for (name, value) in [("system.posix_acl_access", &acl[..]), ("user.note", b"kept")] {
+            if let Err(e) = fsetxattr(&file, name, value, XattrFlags::empty()) {
+                // (The file system takes none: nothing to keep.)
+                eprintln!("skipped: {name} cannot be set on {}: {e}", dir.display());
+                let _ = fs::remove_dir_all(&dir);
+                return;
+            }
+        }
+        fs::hard_link(&target, dir.join("users.link")).unwrap();
+        assert_eq!(atomic_write(&target, b"new\n", || Ok(())).unwrap(), 1, "one other link");
+        assert_eq!(fs::read(&target).unwrap(), b"new\n");
+        let file = File::open(&target).unwrap();
+        let mut buf = [0u8; 256];
+        for (name, value) in [("system.posix_acl_access", &acl[..]), ("user.note", b"kept")] {
+            let n = fgetxattr(&file, name, &mut buf[..]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&buf[..n], value, "{name}");
+        }
+        assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o640, "the mask is the group bits");
+        assert_eq!(fs::read(dir.join("users.link")).unwrap(), b"old\n");
         let _ = fs::remove_dir_all(&dir);
     }
 }
