@@ -256,17 +256,18 @@ impl Metrics {
     /// One argon2 verification and how long it took.
     pub fn argon2(&self, took: Duration) {
         let secs = took.as_secs_f64();
-        // The count first, and each bucket after it with `Release`, which
+        // The count first, and the bucket after it with `Release`, which
         // [`Metrics::render`] reads with `Acquire` before the count: a
         // scrape that sees a verification in a bucket sees it in the count
         // (`+Inf`) too, and never a bucket above `+Inf` (counted the other
-        // way round, a scrape between the two could; probe 332).
+        // way round, a scrape between the two could; probe 332). One
+        // bucket, the one it falls in, which `render` adds up: with every
+        // bucket from there up raised one after another, a scrape between
+        // two saw a bucket above the next (probe 347, by reading).
         self.argon2_count.fetch_add(1, Ordering::Relaxed);
         self.argon2_sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.argon2_buckets[i].fetch_add(1, Ordering::Release);
-            }
+        if let Some(i) = BUCKETS.iter().position(|le| secs <= *le) {
+            self.argon2_buckets[i].fetch_add(1, Ordering::Release);
         }
     }
 
@@ -416,12 +417,11 @@ impl Metrics {
             "histogram",
             "Time of one password verification (queueing excluded).",
         );
+        // Cumulative: each bucket holds the verifications that fell in it.
+        let mut below = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "authgate_argon2_duration_seconds_bucket{{le=\"{le}\"}} {}",
-                self.argon2_buckets[i].load(Ordering::Acquire)
-            );
+            below += self.argon2_buckets[i].load(Ordering::Acquire);
+            let _ = writeln!(o, "authgate_argon2_duration_seconds_bucket{{le=\"{le}\"}} {below}");
         }
         let count = get(&self.argon2_count);
         let _ = writeln!(o, "authgate_argon2_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
@@ -553,6 +553,8 @@ mod tests {
         m.upstream_response(401);
         m.upstream_error("dns_timeout");
         m.argon2(Duration::from_millis(20));
+        m.argon2(Duration::from_millis(300));
+        m.argon2(Duration::from_secs(9));
         let when = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         let tls =
             [("127.0.0.1:3129".parse().unwrap(), when(2_208_988_800)), ("[::1]:0".parse().unwrap(), when(0))];
@@ -569,8 +571,11 @@ mod tests {
         assert!(text.contains("authgate_upstream_responses_total{class=\"401\"} 1"));
         assert!(text.contains("authgate_upstream_responses_total{class=\"4xx\"} 0"));
         assert!(text.contains("authgate_upstream_errors_total{type=\"dns_timeout\"} 1"));
-        assert!(text.contains("authgate_argon2_duration_seconds_bucket{le=\"0.025\"} 1"));
-        assert!(text.contains("authgate_argon2_duration_seconds_bucket{le=\"0.01\"} 0"));
+        // Cumulative: each bucket counts every verification at or under it.
+        for (le, n) in [("0.01", 0), ("0.025", 1), ("0.25", 1), ("0.5", 2), ("5", 2), ("+Inf", 3)] {
+            let line = format!("authgate_argon2_duration_seconds_bucket{{le=\"{le}\"}} {n}");
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
         assert!(text.contains("authgate_config_generation 3"));
         assert!(text.contains("authgate_active_connections 2"));
         assert!(text.contains("authgate_upstream_idle_connections 4"));
