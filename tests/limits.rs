@@ -2691,8 +2691,11 @@ fn a_second_signal_exits_at_once_while_a_tunnel_holds_the_grace_period() {
             && l.contains("outcome=\"tunnel_shutdown\"")),
         "the access line of the open tunnel:\n{written}"
     );
-    // Not a clean stop, and the log does not say it was one (probe 294).
+    // Not a clean stop, and the log does not say it was one (probe 294);
+    // its last line says what it was (it was missing at times; probe 348).
     assert!(!written.lines().any(|l| l.ends_with("authgate::server: stopped")), "{written}");
+    let last = written.lines().last().unwrap_or_default();
+    assert!(last.ends_with("stopped by a second signal (exit status 1)"), "{written}");
 }
 
 /// When the grace period runs out, the log counts the connections still at

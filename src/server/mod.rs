@@ -254,10 +254,9 @@ pub async fn run<L: Into<Listener>>(
     watcher.abort();
     state.close_installs();
     crate::telemetry::flush_held_back();
-    if signals::cut_short() {
-        // Not a clean stop, which a bare `stopped` said too (probe 294).
-        tracing::info!("stopped by a second signal (exit status 1)");
-    } else {
+    // Not a clean stop when a second signal cut it short, which a bare
+    // `stopped` said too (probe 294): its handler says so as it exits.
+    if !signals::cut_short() {
         tracing::info!("stopped");
     }
     Ok(())
