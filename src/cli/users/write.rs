@@ -64,10 +64,14 @@ pub(super) fn atomic_write(
     }
     let result =
         write_temp(&tmp, data, old.as_ref().map(|m| (target, m))).and_then(|()| unchanged()).and_then(|()| {
-            fs::rename(&tmp, target).map_err(|source| UsersError::Io {
-                path: target.to_path_buf(),
-                what: "cannot replace",
-                source,
+            fs::rename(&tmp, target).map_err(|source| match source.kind() {
+                // "Device or resource busy" alone said nothing of why (probe 349).
+                io::ErrorKind::ResourceBusy => refused(format!(
+                    "{}: cannot replace it: it is a mount point (a file bind-mounted on its own, as a \
+                     container's volume may be), which only its source can be edited through; nothing written",
+                    shown_path(target)
+                )),
+                _ => UsersError::Io { path: target.to_path_buf(), what: "cannot replace", source },
             })
         });
     if result.is_err() {
