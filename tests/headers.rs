@@ -544,6 +544,22 @@ async fn max_forwards_is_decremented_and_zero_is_answered_here() {
         // neither is the length that announced it.
         assert!(!resp.text().to_ascii_lowercase().contains("content-length"), "{}", resp.dump());
     }
+    // Nor does one to a request that asks for an upgrade keep the
+    // connection: what the client sent behind it may be the new protocol's
+    // bytes (RFC 9110 §7.8), and a request sent ahead was run (probe 350),
+    // as for authgate's other answers to such requests.
+    let upgrade = [("Connection", "upgrade"), ("Upgrade", "websocket")];
+    for method in ["TRACE", "OPTIONS"] {
+        let mut c = RawConn::connect(proxy.addr).await;
+        let mut req = request(method, &url, &[headers[0], headers[1], headers[2], upgrade[0], upgrade[1]]);
+        req.extend_from_slice(&request("GET", &origin.url("/ahead"), &headers[..2]));
+        c.send(req).await;
+        let resp = c.read_response(method).await;
+        assert_eq!(resp.status, 200, "{}", resp.dump());
+        assert_eq!(resp.header("connection"), Some("close"), "{method}: {}", resp.dump());
+        assert!(c.is_closed().await, "{method}: the request sent ahead is not run");
+    }
+    assert_eq!(origin.hits(), 1, "the requests sent ahead never reached the origin");
 }
 
 /// A raw origin: for each request on a connection, reads the head and a

@@ -138,7 +138,16 @@ pub async fn handle(state: Arc<State>, client: Client, mut req: Request<Incoming
             // errors below (it promised keep-alive, then the connection
             // closed; probe 91).
             let body_left = has_body && rec.outcome == ANSWERED_HERE;
-            if http10 || close_asked || body_left || resp.headers().contains_key(header::CONNECTION) {
+            // Nor does it take an upgrade asked for: bytes the client sent
+            // ahead for the new protocol would be read as its next request,
+            // as after authgate's refusals below (probe 350).
+            let upgrade_refused = upgrade && rec.outcome == ANSWERED_HERE;
+            if http10
+                || close_asked
+                || body_left
+                || upgrade_refused
+                || resp.headers().contains_key(header::CONNECTION)
+            {
                 close_after(&mut resp, http10, &client.phase);
             }
             let resp = resp.map(|b| b.on_done(client.phase.clone()));
