@@ -45,7 +45,7 @@ pub fn too_long() -> String {
 ///
 /// # Errors
 /// argon2 rejects the parameters or the password length, or the memory
-/// `params` ask for cannot be allocated (see [`make_room`]).
+/// `params` ask for cannot be allocated (a memory limit).
 pub fn hash_password(password: &str, params: Params) -> Result<PasswordHashString, String> {
     let salt = SaltString::generate(&mut OsRng);
     let mut memory = Vec::new();
