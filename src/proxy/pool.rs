@@ -149,21 +149,24 @@ struct Writes {
     /// connections after 5 s idle that held nothing more; probe 225.)
     grown: AtomicBool,
     /// The origin reset the connection under a write, which was taken as
-    /// written (see the [`IoObserver`] below): it is never pooled again.
-    reset: AtomicBool,
+    /// written (see the [`IoObserver`] below; under TLS, shared with
+    /// [`OriginTcp`](super::upstream_tls::OriginTcp), which takes it there):
+    /// it is never pooled again.
+    reset: Arc<AtomicBool>,
     /// Whether the connection is plain TCP (not TLS).
     plain: bool,
 }
 
 impl Writes {
-    fn new(plain: bool) -> Writes {
+    /// Under TLS, `reset` is the flag the socket under it sets.
+    fn new(plain: bool, reset: Option<Arc<AtomicBool>>) -> Writes {
         Writes {
             base: Instant::now(),
             last: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             heard: AtomicBool::new(false),
             grown: AtomicBool::new(false),
-            reset: AtomicBool::new(false),
+            reset: reset.unwrap_or_default(),
             plain,
         }
     }
@@ -209,7 +212,11 @@ type Watched = crate::watched_io::Watched<UpstreamIo, Arc<Writes>>;
 /// past the 101, which go to the client first.
 pub fn upgraded_origin(upgraded: hyper::upgrade::Upgraded) -> (super::relay::BoxedSide, bytes::Bytes) {
     match upgraded.downcast::<TokioIo<Watched>>() {
-        Ok(parts) => (Box::new(parts.io.into_inner().io), parts.read_buf),
+        Ok(parts) => {
+            let mut io = parts.io.into_inner().io;
+            io.upgraded();
+            (Box::new(io), parts.read_buf)
+        }
         Err(upgraded) => (Box::new(TokioIo::new(upgraded)), bytes::Bytes::new()),
     }
 }
@@ -238,7 +245,8 @@ impl IoObserver for Arc<Writes> {
         // 502 (probe 341: 6 of 30 curl uploads of 3 MB). Nothing is lost: a
         // reset socket takes nothing more, and its reads give what came
         // before the reset, then the end. Plain TCP only: under TLS the
-        // write failed inside rustls, whose state is then unknown.
+        // socket under rustls does it (see `OriginTcp`), which then never
+        // sees the failure.
         if let Poll::Ready(Err(e)) = &res
             && self.plain
             && offered > 0
@@ -763,7 +771,7 @@ async fn send_new(
         }
     };
     *reached = Some(peer);
-    let writes = Arc::new(Writes::new(matches!(stream, UpstreamIo::Plain(_))));
+    let writes = Arc::new(Writes::new(matches!(stream, UpstreamIo::Plain(_)), stream.reset_under_tls()));
     let io = Watched { io: stream, observer: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(MAX_RESPONSE_HEAD)
@@ -1014,7 +1022,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (mut origin, _) = accepted.unwrap();
-        let writes = Arc::new(Writes::new(true));
+        let writes = Arc::new(Writes::new(true, None));
         let mut io = Watched { io: UpstreamIo::Plain(client.unwrap()), observer: writes.clone() };
         let chunk = vec![b'x'; 256 * 1024];
         let mut written = 0usize;
@@ -1042,7 +1050,7 @@ mod tests {
     async fn connection(listener: &TcpListener) -> (Conn, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let writes = Arc::new(Writes::new(true));
+        let writes = Arc::new(Writes::new(true, None));
         let io = Watched { io: UpstreamIo::Plain(client.unwrap()), observer: writes.clone() };
         let (mut tx, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io)).await.unwrap();
         let task = tokio::spawn(async move { drop(conn.await) }).abort_handle();

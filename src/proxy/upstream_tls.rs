@@ -5,6 +5,7 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
@@ -158,7 +159,8 @@ pub async fn handshake(
     config: &Arc<ClientConfig>,
     name: ServerName<'static>,
     tcp: TcpStream,
-) -> Result<TlsStream<TcpStream>, ProxyError> {
+) -> Result<TlsStream<OriginTcp>, ProxyError> {
+    let tcp = OriginTcp { tcp, reset: Arc::default(), past_writes: true };
     TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
         match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             Some(rustls::Error::InvalidCertificate(why)) => ProxyError::UpstreamTls { reason: why_not(why) },
@@ -237,26 +239,122 @@ fn why_not(e: &rustls::CertificateError) -> &'static str {
     }
 }
 
+/// An origin's TCP socket under TLS. A reset from the origin under a write
+/// is taken as written, and noted (`reset`), as the pool's write observer
+/// does for plain TCP (see `pool::Writes`): an origin that answers an
+/// upload early (a 413) and closes without reading the rest is reset by its
+/// kernel, and the reset failed the next write of the body inside rustls,
+/// before hyper read the answer waiting in the socket (probe 345: 16 of 30
+/// uploads got a 502). Under rustls, which then thinks those records sent:
+/// the reads that follow give the answer, then the reset. Not once the
+/// connection is upgraded (see [`UpstreamIo::upgraded`]): a tunnel's side
+/// sees its errors as they are.
+#[derive(Debug)]
+pub struct OriginTcp {
+    tcp: TcpStream,
+    /// A write was reset and taken as written.
+    reset: Arc<AtomicBool>,
+    /// Whether a reset under a write is taken as written.
+    past_writes: bool,
+}
+
+impl OriginTcp {
+    /// The socket.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// `res` of a write of `offered` bytes, a reset taken as written.
+    fn written(&self, offered: usize, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match res {
+            Poll::Ready(Err(e))
+                if self.past_writes
+                    && offered > 0
+                    && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
+            {
+                self.reset.store(true, Ordering::Relaxed);
+                Poll::Ready(Ok(offered))
+            }
+            res => res,
+        }
+    }
+}
+
+impl AsyncRead for OriginTcp {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for OriginTcp {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.tcp).poll_write(cx, buf);
+        this.written(buf.len(), res)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        this.written(bufs.iter().map(|b| b.len()).sum(), res)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
 /// A connection to an origin: plain or TLS.
 pub enum UpstreamIo {
     /// `http://`.
     Plain(TcpStream),
     /// `https://`.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<OriginTcp>>),
+}
+
+impl UpstreamIo {
+    /// Under TLS, set when a reset under a write was taken as written (see
+    /// [`OriginTcp`]); for plain TCP, the pool's observer does that.
+    pub fn reset_under_tls(&self) -> Option<Arc<AtomicBool>> {
+        match self {
+            UpstreamIo::Plain(_) => None,
+            UpstreamIo::Tls(s) => Some(s.get_ref().0.reset.clone()),
+        }
+    }
+
+    /// The connection is upgraded: from now on its errors are passed on as
+    /// they are (see [`OriginTcp`]).
+    pub fn upgraded(&mut self) {
+        if let UpstreamIo::Tls(s) = self {
+            s.get_mut().0.past_writes = false;
+        }
+    }
 }
 
 impl super::relay::Side for UpstreamIo {
     fn under_tls(&self) -> Option<&TcpStream> {
         match self {
             UpstreamIo::Plain(_) => None,
-            UpstreamIo::Tls(s) => Some(s.get_ref().0),
+            UpstreamIo::Tls(s) => Some(s.get_ref().0.tcp()),
         }
     }
 
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             UpstreamIo::Plain(s) => Some(s),
-            UpstreamIo::Tls(s) => Some(s.get_ref().0),
+            UpstreamIo::Tls(s) => Some(s.get_ref().0.tcp()),
         }
     }
 }
