@@ -14,11 +14,13 @@
 //! - [`server`]: listeners, connections, graceful shutdown
 //! - [`telemetry`]: logging and metrics
 //! - [`error`]: the one error type, grouped by who is at fault
+//! - [`blocking`]: work off the runtime's threads, surviving a refused thread
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod blocking;
 pub mod body;
 mod calendar;
 pub mod cli;

@@ -216,9 +216,22 @@ fn run(config: &Path) -> ExitCode {
     if snap.server.worker_threads > 0 {
         builder.worker_threads(snap.server.worker_threads);
     }
-    let runtime = match builder.enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    // tokio panics, rather than failing, when the system refuses one of its
+    // threads (a limit on threads or processes), and the panic, in the
+    // middle of the build, left the process hung, with no listener bound
+    // (probe 351): first a look that the threads can be had.
+    let workers = match snap.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    if !authgate::blocking::room_for_threads(workers + 1) {
+        return fail(format!("cannot start the runtime: {}", authgate::blocking::NoThread));
+    }
+    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.enable_all().build()));
+    let runtime = match built {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return fail(format!("cannot start the runtime: {e}")),
+        Err(_) => return fail(format!("cannot start the runtime: {}", authgate::blocking::NoThread)),
     };
     let code = runtime.block_on(async move {
         authgate::telemetry::survive_file_size_limit();

@@ -535,3 +535,74 @@ fn a_login_whose_hash_needs_memory_the_process_cannot_get_is_refused_and_the_pro
         "the reason is logged:\n{log}"
     );
 }
+
+/// Tasks (threads and processes) of the user `nobody` (65534).
+fn tasks_of_nobody() -> usize {
+    let out = std::process::Command::new("ps").args(["-L", "-u", "65534", "--no-headers"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// Under a limit on threads (`ulimit -u`, a container's `pids.max`), a
+/// login whose verification the system refuses a thread for gets a 503
+/// `auth_overloaded` and an error line, and logins are verified again once
+/// threads can be had. tokio panicked there: the client's connection was
+/// dropped, and the verification, left queued with its worker slot, held
+/// every later login until something else made a thread (probe 351).
+/// Needs root, to run the proxy as `nobody` under `RLIMIT_NPROC`.
+#[test]
+fn a_login_refused_a_thread_gets_a_503_and_logins_resume_once_threads_can_be_had() {
+    use std::process::{Command, Stdio};
+    let as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    if !Command::new(as_nobody[0]).args(&as_nobody[1..]).arg("true").status().is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: cannot run a process as nobody here (needs root and setpriv)");
+        return;
+    }
+    // Room for the start (its worker threads are as many as the cores).
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let limit = cores + 12;
+    let dir = TempDir::new();
+    let users = format!("{}{}", user_entry("alice", "a1", ""), user_entry("bob", "b1", ""));
+    let nproc = format!("--nproc={limit}");
+    let wrapper = [&["prlimit", nproc.as_str()][..], &as_nobody].concat();
+    let config = "[auth.throttle]\nenabled = false\n";
+    // (The files must be readable by nobody; the folder is.)
+    let bin = start_binary_under(&dir, &wrapper, config, &users, Stdio::piped());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let origin = spawn_echo_origin();
+    let status = |user: &str, password: &str| {
+        let auth = basic(user, password);
+        let headers = [("Host", origin.authority()), ("Proxy-Authorization", auth)];
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let got = rt.block_on(tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            send_one(bin.addr, "GET", &origin.url("/"), &headers),
+        ));
+        got.expect("an answer within 10 s").status
+    };
+    assert_eq!(status("alice", "a1"), 200);
+    // The blocking pool's thread leaves after 10 s idle; then the user's
+    // other processes take what the limit leaves.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let mut fillers = Vec::new();
+    for _ in tasks_of_nobody()..limit {
+        let filler = Command::new(as_nobody[0]).args(&as_nobody[1..]).args(["sleep", "60"]).spawn().unwrap();
+        fillers.push(filler);
+    }
+    while tasks_of_nobody() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(status("bob", "b1"), 503, "no thread for bob's verification: try again");
+    for mut filler in fillers {
+        let _ = filler.kill();
+        let _ = filler.wait();
+    }
+    // Within the retries of a thread (every half second).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(status("bob", "b1"), 200, "verified once a thread can be had");
+    assert_eq!(status("alice", "wrong"), 407);
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("a login answered 503: the system refused a thread"), "{log}");
+    assert!(log.contains("threads can be made again"), "{log}");
+}

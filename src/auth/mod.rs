@@ -693,7 +693,7 @@ impl Authenticator {
         };
         let metrics = self.metrics.clone();
         let pool = self.memory.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = crate::blocking::run(move || {
             let started = Instant::now();
             let mut memory = pool.take();
             let verdict = settle.users.verify_in(&creds, SystemTime::now(), &mut memory);
@@ -713,8 +713,23 @@ impl Authenticator {
             verdict
         })
         .await;
-        // A panic inside argon2 would be a bug; treat it as a refusal.
-        Some(joined.unwrap_or(Err(Refusal::BadPassword)))
+        match joined {
+            // A panic inside argon2 would be a bug; treat it as a refusal.
+            Ok(verdict) => Some(verdict.unwrap_or(Err(Refusal::BadPassword))),
+            // Answered as an overload (503, retry): the verification runs,
+            // and settles, once a thread can be made (see `blocking`).
+            Err(no) => {
+                static NO_THREAD: crate::telemetry::Every =
+                    crate::telemetry::Every::new(10, "a login answered 503: no thread to verify it");
+                if let Some(held) = NO_THREAD.pass() {
+                    tracing::error!(
+                        held_back = held,
+                        "a login answered 503: {no}; its verification runs once one can be made"
+                    );
+                }
+                None
+            }
+        }
     }
 }
 

@@ -469,15 +469,26 @@ fn no_such_name(family: Family, fqdn: &str) -> ResolveError {
 /// (probe 223). hickory spawns its connections' tasks, which read and
 /// decode the answers, on the runtime a query is made from: this one.
 /// `None` if the thread could not be made; queries then run in place.
+/// Not while the system refuses threads (a limit on threads or processes):
+/// tokio panics then, in the middle of the build, and the lookup's
+/// connection was dropped (probe 351); the lookup runs in place, and the
+/// next one looks again.
 fn dns_runtime() -> Option<&'static tokio::runtime::Runtime> {
     static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> = std::sync::OnceLock::new();
+    if RUNTIME.get().is_none() && !crate::blocking::room_for_threads(2) {
+        return None;
+    }
     RUNTIME
         .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("authgate-dns")
-                .enable_all()
-                .build()
+            let built = std::panic::catch_unwind(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("authgate-dns")
+                    .enable_all()
+                    .build()
+            });
+            built
+                .unwrap_or_else(|_| Err(std::io::Error::other(crate::blocking::NoThread.to_string())))
                 .inspect_err(|e| tracing::warn!(error = %e, "cannot start the DNS thread; lookups run on the proxy's threads"))
                 .ok()
         })

@@ -115,8 +115,9 @@ pub async fn serve(state: Arc<State>, stream: TcpStream, spare: bool) {
             // milliseconds with 100,000 descriptors open) and writes every
             // per-user series, which would hold up the proxy's connections
             // sharing this thread.
-            let rendered = tokio::task::spawn_blocking(move || respond(&state, &method, &path)).await;
-            Ok(rendered.unwrap_or_else(|_| unavailable()))
+            // (No thread to be had: a 503, not the connection dropped.)
+            let rendered = crate::blocking::run(move || respond(&state, &method, &path)).await;
+            Ok(rendered.ok().flatten().unwrap_or_else(unavailable))
         }
     });
     let mut builder = http1::Builder::new();

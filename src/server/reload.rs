@@ -62,9 +62,17 @@ fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
 async fn reload_off_runtime(state: &Arc<State>) -> (Vec<(PathBuf, Stamp)>, bool) {
     let run = state.clone();
     let short_before = reads_short_of_resources();
-    match tokio::task::spawn_blocking(move || reload(&run)).await {
-        Ok(Err(e)) => (e.named, reads_short_of_resources() > short_before),
-        _ => (Vec::new(), false),
+    match crate::blocking::run(move || reload(&run)).await {
+        Ok(Some(Err(e))) => (e.named, reads_short_of_resources() > short_before),
+        // Tried again as one short of file descriptors or memory is: the
+        // reload's task died with the refused thread, and no reload was
+        // made again for the life of the process (probe 351). (The one
+        // queued runs too, once a thread can be made.)
+        Err(no) => {
+            tracing::error!("reload not made: {no}; trying again");
+            (Vec::new(), true)
+        }
+        Ok(_) => (Vec::new(), false),
     }
 }
 
@@ -97,7 +105,7 @@ impl Retry {
         let wait = previous.map_or(FIRST_RETRY_WAIT, |r| (r.wait * 2).min(MAX_RETRY_WAIT));
         tracing::warn!(
             retry_in = ?wait,
-            "the reload could not read its files for want of file descriptors or memory; it is tried again"
+            "the reload ran short of file descriptors, memory or threads; it is tried again"
         );
         Some(Retry { at: tokio::time::Instant::now() + wait, wait })
     }
@@ -518,7 +526,7 @@ pub async fn watch(state: Arc<State>) {
                 // Also under `watch = false`: a SIGHUP's reload that ran
                 // short is tried again as one that a change started.
                 if files.retry.is_some_and(|r| r.at <= tokio::time::Instant::now()) {
-                    tracing::info!("trying again the reload that ran short of file descriptors or memory");
+                    tracing::info!("trying again the reload that ran short of file descriptors, memory or threads");
                     files.reload(&state).await;
                     continue;
                 }

@@ -1,0 +1,125 @@
+//! Work run off the runtime's threads, on tokio's blocking pool, that
+//! survives the system refusing a thread.
+//!
+//! `tokio::task::spawn_blocking` queues its work, then panics when the
+//! system refuses a thread and the pool has none left (they leave after
+//! 10 s idle): under a thread limit (`ulimit -u`, `LimitNPROC=`, a
+//! container's `pids.max`) the caller's task died with it, and the work
+//! stayed queued, holding what it held, until some later call made a
+//! thread. A password verification held its worker slot so, and every
+//! login after it waited for that slot, after the limit had gone too; a
+//! reload's task died and with it every later reload (probe 351).
+//!
+//! [`run`] catches that panic: the caller is told ([`NoThread`]) and can
+//! answer at once, and a task of its own retries a thread every
+//! [`RETRY`] until the system gives one, which then runs what
+//! was queued.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The system refused the thread the work needed; the work is queued and
+/// runs once a thread can be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoThread;
+
+impl std::fmt::Display for NoThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the system refused a thread (a limit on threads or processes, or memory)")
+    }
+}
+
+/// How often a refused thread is asked for again.
+pub const RETRY: Duration = Duration::from_millis(500);
+
+/// Runs `work` on the blocking pool and waits for it: `Err(NoThread)` at
+/// once when the system refuses the thread it needs (`work` then runs
+/// later, see the module's doc); `None` in the `Ok` when `work` panicked.
+///
+/// # Errors
+/// [`NoThread`], as said.
+pub async fn run<F, R>(work: F) -> Result<Option<R>, NoThread>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match std::panic::catch_unwind(AssertUnwindSafe(|| tokio::task::spawn_blocking(work))) {
+        Ok(handle) => Ok(handle.await.ok()),
+        Err(_) => {
+            kick();
+            Err(NoThread)
+        }
+    }
+}
+
+/// Until the system gives a thread again: one task, whatever the number of
+/// refusals, that tries a plain thread every [`RETRY`] (a failure there
+/// does not panic) and, once one is made, has the blocking pool make one,
+/// which takes the work queued meanwhile.
+fn kick() {
+    static KICKING: AtomicBool = AtomicBool::new(false);
+    if KICKING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        KICKING.store(false, Ordering::Release);
+        return;
+    };
+    runtime.spawn(async {
+        loop {
+            tokio::time::sleep(RETRY).await;
+            let probe = std::thread::Builder::new().name("authgate-probe".into()).spawn(|| {});
+            let Ok(probe) = probe else { continue };
+            let _ = probe.join();
+            let made = std::panic::catch_unwind(|| tokio::task::spawn_blocking(|| ()));
+            if made.is_ok() {
+                KICKING.store(false, Ordering::Release);
+                tracing::info!("threads can be made again: the work that waited for one runs");
+                return;
+            }
+        }
+    });
+}
+
+/// Whether `n` threads can be made at once now (they end at once after):
+/// a look before building a tokio runtime, which panics in the middle of
+/// the build when the system refuses one of its threads.
+pub fn room_for_threads(n: usize) -> bool {
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        match std::thread::Builder::new().name("authgate-probe".into()).spawn(move || {
+            let _ = wait.recv();
+        }) {
+            Ok(thread) => held.push((release, thread)),
+            Err(_) => break,
+        }
+    }
+    let room = held.len() == n;
+    for (release, thread) in held {
+        drop(release);
+        let _ = thread.join();
+    }
+    room
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A few threads can be had here; the look leaves none behind.
+    #[test]
+    fn room_for_threads_makes_and_ends_them() {
+        assert!(room_for_threads(4));
+        assert!(room_for_threads(0));
+    }
+
+    /// Work that runs is waited for; work that panics is `Ok(None)`.
+    #[tokio::test]
+    async fn run_waits_for_the_work() {
+        assert_eq!(run(|| 7).await, Ok(Some(7)));
+        let panicked: Result<Option<()>, NoThread> = run(|| panic!("a bug")).await;
+        assert_eq!(panicked, Ok(None));
+    }
+}
