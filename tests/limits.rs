@@ -3450,3 +3450,51 @@ async fn a_tls_record_sent_in_part_is_timed_as_a_head() {
     drop(proxy.stop);
     let _ = proxy.task.await;
 }
+
+/// A TLS record with no head in it, sent in two pieces, does not restart
+/// the idle timer: the connection closes at `idle_timeout` after its last
+/// answer however many such records come. Each one gave the connection a
+/// fresh `idle_timeout`, for good (probe 352: open at 154 s with 20 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_records_without_a_head_do_not_keep_a_connection_open() {
+    use rustls::pki_types::ServerName;
+    let ca = pki::Ca::new("authgate test CA");
+    let leaf = ca.leaf("proxy");
+    let proxy =
+        spawn_full(&ca, &leaf, "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n").await;
+    let connector = pki::connector(&ca.cert_pem);
+    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
+    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("handshake");
+    let (tcp, mut conn) = tls.into_inner();
+    // Ten KeyUpdates, one after another, each in two pieces 300 ms apart,
+    // one every 800 ms: 8 s of them.
+    let mut updates = Vec::new();
+    for _ in 0..10 {
+        conn.refresh_traffic_keys().expect("a KeyUpdate");
+        updates.push(records(&mut conn, b""));
+    }
+    let (mut rd, mut wr) = tcp.into_split();
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        for update in updates {
+            let _ = wr.write_all(&update[..3]).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = wr.write_all(&update[3..]).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // (Dropped, the writing half would send a FIN.)
+        std::future::pending::<()>().await;
+        drop(wr);
+    });
+    let mut sink = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    sender.abort();
+    assert!(closed.is_ok(), "still open after 8 s");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(3500), "closed at idle_timeout (2 s), not later: {took:?}");
+    drop(proxy.stop);
+    let _ = proxy.task.await;
+}

@@ -461,6 +461,9 @@ pub struct Guarded<S> {
     grown: bool,
     /// See [`Guarded::watch_records`].
     record_begun: Option<Arc<AtomicBool>>,
+    /// The idle deadline a record's timer replaced: it stands again if the
+    /// record holds no head.
+    idle_until: Instant,
 }
 
 /// How long a connection whose idle or head timer fired is still watched
@@ -503,6 +506,7 @@ impl<S> Guarded<S> {
             grace_given: false,
             grown: false,
             record_begun: None,
+            idle_until: Instant::now(),
         }
     }
 
@@ -676,6 +680,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         let record = phase == IDLE && this.armed_for == RECORD && this.record_midway();
         match phase {
             BUSY => this.phase.wake_when_drained(cx.waker()),
+            // A record that ended without a head (a `KeyUpdate`) leaves the
+            // idle deadline it found: restarted, records sent in two
+            // pieces kept a connection open for good (probe 352).
+            IDLE if !record && this.armed_for == RECORD => {
+                this.armed_for = IDLE;
+                this.grace_given = false;
+                this.timer.as_mut().reset(this.idle_until);
+            }
             IDLE if !record => {
                 let d = this.idle_limit();
                 this.arm(IDLE, d);
@@ -704,12 +716,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         let room = buf.remaining() > 0;
         this.grown |= buf.remaining() > GROWN_BUFFER;
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if read.is_pending() && phase == IDLE && this.armed_for == IDLE && this.record_midway() {
+        // (Not once the idle deadline has passed: the connection closes as
+        // idle, as a plain listener's does; a record begun at each
+        // deadline kept it open.)
+        if read.is_pending()
+            && phase == IDLE
+            && this.armed_for == IDLE
+            && !this.grace_given
+            && this.timer.deadline() > Instant::now()
+            && this.record_midway()
+        {
             // The first bytes of a record came, too few to decrypt: the
             // head timer starts now (see `watch_records`).
             this.armed_for = RECORD;
             this.grace_given = false;
             this.method = 0;
+            this.idle_until = this.timer.deadline();
             this.timer.as_mut().reset(Instant::now() + this.limits.head);
             // Registers this task: it is woken when the timer fires.
             let _ = this.timer.as_mut().poll(cx);
