@@ -2118,6 +2118,16 @@ async fn a_reload_that_drops_proxy_protocol_keeps_its_balancers_until_a_restart(
     let text = proxy.state.metrics.render(&Default::default());
     let series = "authgate_proxy_protocol_refused_total{reason=\"peer_not_allowed\"} 1";
     assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+    // The same when the new file marks another listener (which needs a
+    // restart) and not the running one: its empty list was not meant for
+    // the running one, which believed anyone's header (probe 352).
+    let moved = "listen = [\"127.0.0.1:3128\", \"127.0.0.1:3999\"]\nproxy_protocol = [\"127.0.0.1:3999\"]";
+    std::fs::write(proxy.file("authgate.toml"), cfg(moved, limits)).unwrap();
+    let state = proxy.state.clone();
+    tokio::task::spawn_blocking(move || authgate::server::reload::reload(&state)).await.unwrap().unwrap();
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&with_header).await.unwrap();
+    assert_eq!(read_all(s).await, "", "127.0.0.1 is still no listed balancer");
 }
 
 /// `proxy_protocol` may name the listeners that expect a PROXY header: a

@@ -265,21 +265,20 @@ impl StartOnly {
 
 /// A listener bound with `proxy_protocol` expects PROXY headers until a
 /// restart, whatever the files say since, and `proxy_protocol_from`, which
-/// applies at once, is what still guards it. A new configuration in which
-/// no listener expects the header has no list for it: removing both in one
-/// edit (as `check` advises for a list "that applies to nothing") left the
-/// running listeners believing anyone's header, and so anyone could name
-/// any client address for the logs, the throttle and the limits (probe
-/// 348). There, a new empty list keeps the one in effect.
+/// applies at once, is what still guards it. A new configuration that no
+/// longer marks such a listener has no list meant for it: removing both in
+/// one edit (as `check` advises for a list "that applies to nothing") left
+/// the running listeners believing anyone's header, and so anyone could
+/// name any client address for the logs, the throttle and the limits
+/// (probe 348), also when another listener was marked in the new file
+/// (probe 352). There, a new empty list keeps the one in effect: an empty
+/// list is taken as meant only when every listener that runs with the
+/// header is one the new file marks too.
 fn keep_proxy_trust(state: &State, old: &Snapshot, new: &mut Snapshot) {
-    let running = !state.started.proxy_protocol.is_empty() || !state.started.tls_proxy_protocol.is_empty();
     let now = StartOnly::of(new);
-    let configured = !now.proxy_protocol.is_empty() || !now.tls_proxy_protocol.is_empty();
-    if running
-        && !configured
-        && new.server.proxy_protocol_from.is_empty()
-        && !old.server.proxy_protocol_from.is_empty()
-    {
+    let uncovered = state.started.proxy_protocol.iter().any(|a| !now.proxy_protocol.contains(a))
+        || state.started.tls_proxy_protocol.iter().any(|a| !now.tls_proxy_protocol.contains(a));
+    if uncovered && new.server.proxy_protocol_from.is_empty() && !old.server.proxy_protocol_from.is_empty() {
         new.server.proxy_protocol_from = old.server.proxy_protocol_from.clone();
         tracing::warn!(
             "server.proxy_protocol_from: kept as it was, for the listeners that expect a PROXY header until a restart; \
