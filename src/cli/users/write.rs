@@ -173,9 +173,11 @@ pub(super) fn write_temp(
     // 336).
     let mode = old.map_or(0o600, |(_, old)| old.mode() & 0o7777);
     f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("cannot set permissions"))?;
-    // After the mode: an ACL sets the group bits (its mask) itself.
+    // After the mode: an ACL sets the group bits (its mask) itself; and
+    // the mode again after, for one taken off (it leaves its mask there).
     if let Some((path, _)) = old {
         copy_xattrs(path, &f)?;
+        f.set_permissions(fs::Permissions::from_mode(mode)).map_err(io_err("cannot set permissions"))?;
     }
     f.sync_all().map_err(io_err("cannot sync"))
 }
@@ -222,6 +224,28 @@ fn copy_xattrs(old: &Path, new: &File) -> Result<(), UsersError> {
         }
         rustix::fs::fsetxattr(new, name, &value[..n], rustix::fs::XattrFlags::empty())
             .map_err(|e| failed(format!("give the new file its extended attribute `{shown}`"), e))?;
+    }
+    // Nor more than it had: a folder's default ACL gave the new file an
+    // ACL the old one did not have, and a user it named could then read
+    // the hashes (probe 352). Labels (`security.*`) are the system's to
+    // give, not the old file's.
+    let old_names: Vec<&[u8]> = names[..listed].split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
+    let mut new_names = vec![0u8; XATTR_MAX];
+    let new_listed = rustix::fs::flistxattr(new, &mut new_names[..])
+        .map_err(|e| failed("list the new file's extended attributes".into(), e))?;
+    for name in new_names[..new_listed].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if old_names.contains(&name) || name.starts_with(b"security.") {
+            continue;
+        }
+        rustix::fs::fremovexattr(new, name).map_err(|e| {
+            failed(
+                format!(
+                    "take off the new file an attribute the old one lacked, `{}`",
+                    String::from_utf8_lossy(name)
+                ),
+                e,
+            )
+        })?;
     }
     Ok(())
 }
@@ -311,6 +335,18 @@ mod tests {
         }
         assert_eq!(fs::metadata(&target).unwrap().mode() & 0o777, 0o640, "the mask is the group bits");
         assert_eq!(fs::read(dir.join("users.link")).unwrap(), b"old\n");
+        // A folder whose default ACL names a user: a file without an ACL of
+        // its own stays without one (the new file got the folder's).
+        let folder = File::open(&dir).unwrap();
+        fsetxattr(&folder, "system.posix_acl_default", &acl, XattrFlags::empty()).unwrap();
+        let bare = dir.join("bare.toml");
+        fs::write(&bare, "old\n").unwrap();
+        let _ = rustix::fs::fremovexattr(File::open(&bare).unwrap(), "system.posix_acl_access");
+        fs::set_permissions(&bare, fs::Permissions::from_mode(0o600)).unwrap();
+        atomic_write(&bare, b"new\n", || Ok(())).unwrap();
+        let got = fgetxattr(File::open(&bare).unwrap(), "system.posix_acl_access", &mut buf[..]);
+        assert_eq!(got.err(), Some(rustix::io::Errno::NODATA), "no ACL came with the new file");
+        assert_eq!(fs::metadata(&bare).unwrap().mode() & 0o777, 0o600);
         let _ = fs::remove_dir_all(&dir);
     }
 }
