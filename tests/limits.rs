@@ -3358,6 +3358,15 @@ async fn abrupt_resets_at_every_stage_leave_no_descriptor_behind() {
     drop(bin);
 }
 
+/// A TLS session with the listener at `addr` (certificate from `ca`): its
+/// socket and its rustls connection, for records made by hand.
+async fn tls_session(addr: SocketAddr, ca: &pki::Ca) -> (TcpStream, rustls::ClientConnection) {
+    use rustls::pki_types::ServerName;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = pki::connector(&ca.cert_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await;
+    tls.expect("handshake").into_inner()
+}
+
 /// `plain` encrypted as `conn`'s records.
 fn records(conn: &mut rustls::ClientConnection, plain: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -3417,15 +3426,11 @@ async fn decrypted(
 /// a request sent after `header_read_timeout` more is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_record_sent_in_part_is_timed_as_a_head() {
-    use rustls::pki_types::ServerName;
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("proxy");
     let proxy =
         spawn_full(&ca, &leaf, "[limits]\nheader_read_timeout = \"500ms\"\nidle_timeout = \"60s\"\n").await;
-    let connector = pki::connector(&ca.cert_pem);
-    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
-    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("handshake");
-    let (mut tcp, mut conn) = tls.into_inner();
+    let (mut tcp, mut conn) = tls_session(proxy.tls, &ca).await;
     // A KeyUpdate, its first 3 bytes, then the rest 300 ms later: no
     // head, and the connection is idle, not timed, from then on.
     conn.refresh_traffic_keys().expect("a KeyUpdate");
@@ -3467,15 +3472,11 @@ async fn a_tls_record_sent_in_part_is_timed_as_a_head() {
 /// fresh `idle_timeout`, for good (probe 352: open at 154 s with 20 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_records_without_a_head_do_not_keep_a_connection_open() {
-    use rustls::pki_types::ServerName;
     let ca = pki::Ca::new("authgate test CA");
     let leaf = ca.leaf("proxy");
     let proxy =
         spawn_full(&ca, &leaf, "[limits]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n").await;
-    let connector = pki::connector(&ca.cert_pem);
-    let tcp = TcpStream::connect(proxy.tls).await.unwrap();
-    let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("handshake");
-    let (tcp, mut conn) = tls.into_inner();
+    let (tcp, mut conn) = tls_session(proxy.tls, &ca).await;
     // Ten KeyUpdates, one after another, each in two pieces 300 ms apart,
     // one every 800 ms: 8 s of them.
     let mut updates = Vec::new();
