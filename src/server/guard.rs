@@ -719,12 +719,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
         // (Not once the idle deadline has passed: the connection closes as
         // idle, as a plain listener's does; a record begun at each
         // deadline kept it open.)
+        // (The clock read last: plain listeners never get that far.)
         if read.is_pending()
             && phase == IDLE
             && this.armed_for == IDLE
+            && this.record_midway()
             && !this.grace_given
             && this.timer.deadline() > Instant::now()
-            && this.record_midway()
         {
             // The first bytes of a record came, too few to decrypt: the
             // head timer starts now (see `watch_records`).
