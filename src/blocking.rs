@@ -82,6 +82,31 @@ fn kick() {
     });
 }
 
+/// The start of tokio's panic message when the system refuses a thread.
+const NO_THREAD_PANIC: &str = "OS can't spawn worker thread";
+
+/// Installs a panic hook that writes a panic to the log too (it went to
+/// standard error alone, which a log file does not hold; probe 351), and
+/// writes nothing for the refused threads [`run`] catches and logs
+/// itself (tokio's message for each, with its backtrace).
+pub fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        if message.starts_with(NO_THREAD_PANIC) {
+            return;
+        }
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(at = &*at, "panic (a bug): {message}");
+        default(info);
+    }));
+}
+
 /// Whether `n` threads can be made at once now (they end at once after):
 /// a look before building a tokio runtime, which panics in the middle of
 /// the build when the system refuses one of its threads.

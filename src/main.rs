@@ -208,6 +208,7 @@ fn run(config: &Path) -> ExitCode {
     // Flushes queued log lines when `run` returns (dropped last).
     let _log = authgate::telemetry::init(&snap.log.level, snap.log.format);
     return_freed_memory();
+    authgate::blocking::log_panics();
     authgate::server::limits::raise_open_files_limit(snap.limits.max_connections);
     authgate::proxy::upstream_tls::warn_if_no_system_roots(&snap);
     authgate::server::tls::warn_if_out_of_date(&snap.server.tls);

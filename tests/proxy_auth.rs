@@ -605,4 +605,7 @@ fn a_login_refused_a_thread_gets_a_503_and_logins_resume_once_threads_can_be_had
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("a login answered 503: the system refused a thread"), "{log}");
     assert!(log.contains("threads can be made again"), "{log}");
+    // Said once, in the log: not tokio's panic message on standard error.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("OS can't spawn worker thread"), "{stderr}");
 }
