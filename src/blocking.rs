@@ -11,9 +11,11 @@
 //! reload's task died and with it every later reload (probe 351).
 //!
 //! [`run`] catches that panic: the caller is told ([`NoThread`]) and can
-//! answer at once, and a task of its own retries a thread every
-//! [`RETRY`] until the system gives one, which then runs what
-//! was queued.
+//! answer at once, the queued work is called off (it runs nothing when a
+//! thread takes it: a reload asked for once ran seven times; probe 353),
+//! and a task of its own retries a thread every [`RETRY`] until the system
+//! gives one. Until then [`run`] refuses at once, without queuing (see
+//! [`refusing`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,9 +35,21 @@ impl std::fmt::Display for NoThread {
 /// How often a refused thread is asked for again.
 pub const RETRY: Duration = Duration::from_millis(500);
 
+/// Whether the system refused a thread and has not given one since: work
+/// is then refused at once (see [`run`]).
+pub fn refusing() -> bool {
+    KICKING.load(Ordering::Acquire)
+}
+
+/// A task is asking for a thread again (see [`kick`]).
+static KICKING: AtomicBool = AtomicBool::new(false);
+
 /// Runs `work` on the blocking pool and waits for it: `Err(NoThread)` at
-/// once when the system refuses the thread it needs (`work` then runs
-/// later, see the module's doc); `None` in the `Ok` when `work` panicked.
+/// once when the system refuses the thread it needs, or has refused one
+/// and given none since (`work` is then dropped, not run; what it holds
+/// is dropped when a thread takes it, so a caller that must have it back
+/// at once keeps it where it can take it, as a login's verification
+/// does); `None` in the `Ok` when `work` panicked.
 ///
 /// # Errors
 /// [`NoThread`], as said.
@@ -44,9 +58,16 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| tokio::task::spawn_blocking(work))) {
-        Ok(handle) => Ok(handle.await.ok()),
+    if refusing() {
+        return Err(NoThread);
+    }
+    let live = std::sync::Arc::new(AtomicBool::new(true));
+    let called = live.clone();
+    let queued = move || called.load(Ordering::Acquire).then(work);
+    match std::panic::catch_unwind(AssertUnwindSafe(|| tokio::task::spawn_blocking(queued))) {
+        Ok(handle) => Ok(handle.await.ok().flatten()),
         Err(_) => {
+            live.store(false, Ordering::Release);
             kick();
             Err(NoThread)
         }
@@ -58,7 +79,6 @@ where
 /// does not panic) and, once one is made, has the blocking pool make one,
 /// which takes the work queued meanwhile.
 fn kick() {
-    static KICKING: AtomicBool = AtomicBool::new(false);
     if KICKING.swap(true, Ordering::AcqRel) {
         return;
     }
@@ -75,7 +95,7 @@ fn kick() {
             let made = std::panic::catch_unwind(|| tokio::task::spawn_blocking(|| ()));
             if made.is_ok() {
                 KICKING.store(false, Ordering::Release);
-                tracing::info!("threads can be made again: the work that waited for one runs");
+                tracing::info!("threads can be made again");
                 return;
             }
         }

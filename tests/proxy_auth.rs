@@ -593,16 +593,24 @@ fn a_login_refused_a_thread_gets_a_503_and_logins_resume_once_threads_can_be_had
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(status("bob", "b1"), 503, "no thread for bob's verification: try again");
+    // Nor for the next: it got no worker slot, which bob's queued
+    // verification held (probe 353: logins hung for the whole refusal).
+    assert_eq!(status("alice", "wrong"), 503);
+    // A reload asked for meanwhile is made once threads can be had, once.
+    bin.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(300));
     for mut filler in fillers {
         let _ = filler.kill();
         let _ = filler.wait();
     }
-    // Within the retries of a thread (every half second).
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Within the retries of a thread (every half second), and of the
+    // reload (1 s, then 2 s).
+    std::thread::sleep(std::time::Duration::from_secs(4));
     assert_eq!(status("bob", "b1"), 200, "verified once a thread can be had");
     assert_eq!(status("alice", "wrong"), 407);
     let out = bin.stop();
     let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(log.matches("configuration reloaded").count(), 1, "{log}");
     assert!(log.contains("a login answered 503: the system refused a thread"), "{log}");
     assert!(log.contains("threads can be made again"), "{log}");
     // Said once, in the log: not tokio's panic message on standard error.

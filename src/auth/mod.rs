@@ -693,7 +693,13 @@ impl Authenticator {
         };
         let metrics = self.metrics.clone();
         let pool = self.memory.clone();
+        // Where the verification's holdings wait for it: taken back if the
+        // system refuses it a thread (see below).
+        let job = Arc::new(std::sync::Mutex::new(Some((settle, admitted, permit, creds))));
+        let queued = job.clone();
         let joined = crate::blocking::run(move || {
+            let (settle, admitted, permit, creds) =
+                queued.lock().unwrap_or_else(|p| p.into_inner()).take()?;
             let started = Instant::now();
             let mut memory = pool.take();
             let verdict = settle.users.verify_in(&creds, SystemTime::now(), &mut memory);
@@ -710,22 +716,27 @@ impl Authenticator {
             drop(admitted);
             drop(permit);
             settle.record(&verdict, &creds.password);
-            verdict
+            Some(verdict)
         })
         .await;
         match joined {
+            Ok(Some(Some(verdict))) => Some(verdict),
             // A panic inside argon2 would be a bug; treat it as a refusal.
-            Ok(verdict) => Some(verdict.unwrap_or(Err(Refusal::BadPassword))),
-            // Answered as an overload (503, retry): the verification runs,
-            // and settles, once a thread can be made (see `blocking`).
+            Ok(_) => Some(Err(Refusal::BadPassword)),
+            // Answered as an overload (503, retry), as when the queue is
+            // full: its worker slot, its place, its turn and its attempt
+            // are given back now. Left with the queued work, they held
+            // every login behind them until a thread could be made
+            // (probe 353: 10 of 11 logins hung for the 80 s of a refusal).
             Err(no) => {
+                let taken = job.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some((settle, ..)) = taken {
+                    settle.attempt.refund_overloaded();
+                }
                 static NO_THREAD: crate::telemetry::Every =
                     crate::telemetry::Every::new(10, "a login answered 503: no thread to verify it");
                 if let Some(held) = NO_THREAD.pass() {
-                    tracing::error!(
-                        held_back = held,
-                        "a login answered 503: {no}; its verification runs once one can be made"
-                    );
+                    tracing::error!(held_back = held, "a login answered 503: {no}");
                 }
                 None
             }

@@ -191,10 +191,19 @@ fn off_runtime(
 /// Runs `work`, which takes milliseconds of CPU, on this thread, once it has
 /// handed its other tasks to another (`block_in_place`). That needs a
 /// multi-threaded runtime: a test's may be single-threaded, and `check`
-/// signs nothing.
+/// signs nothing. And a thread to hand them to: when the system refuses
+/// one (a limit on threads), tokio panics in the middle of the handing, its
+/// worker's tasks left without a thread; every RSA handshake failed so
+/// (probe 353). Then the work runs here, holding up the tasks of this
+/// thread for its milliseconds (a thread is tried first: a thread made and
+/// ended, about 30 µs, beside the signature's milliseconds).
 fn in_place<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+        Ok(h)
+            if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                && !crate::blocking::refusing()
+                && crate::blocking::room_for_threads(1) =>
+        {
             tokio::task::block_in_place(work)
         }
         _ => work(),
