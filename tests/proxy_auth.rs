@@ -557,9 +557,11 @@ fn a_login_refused_a_thread_gets_a_503_and_logins_resume_once_threads_can_be_had
         eprintln!("SKIPPED: cannot run a process as nobody here (needs root and setpriv)");
         return;
     }
-    // Room for the start (its worker threads are as many as the cores).
+    // Room for the start (its worker threads are as many as the cores),
+    // beside what other processes of nobody's already run: the limit
+    // counts them too (execve refuses past it).
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    let limit = cores + 12;
+    let limit = tasks_of_nobody() + cores + 12;
     let dir = TempDir::new();
     let users = format!("{}{}", user_entry("alice", "a1", ""), user_entry("bob", "b1", ""));
     let nproc = format!("--nproc={limit}");
