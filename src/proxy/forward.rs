@@ -161,7 +161,7 @@ pub async fn forward(
                 .map_err(|e| (e, Some(peer)))?;
             Ok((UpstreamIo::Tls(Box::new(tls)), peer))
         } else {
-            Ok((UpstreamIo::Plain(tcp), peer))
+            Ok((UpstreamIo::Plain(upstream_tls::OriginTcp::new(tcp)), peer))
         }
     };
     let exchange = Exchange {

@@ -149,25 +149,21 @@ struct Writes {
     /// connections after 5 s idle that held nothing more; probe 225.)
     grown: AtomicBool,
     /// The origin reset the connection under a write, which was taken as
-    /// written (see the [`IoObserver`] below; under TLS, shared with
-    /// [`OriginTcp`](super::upstream_tls::OriginTcp), which takes it there):
-    /// it is never pooled again.
+    /// written (by [`OriginTcp`](super::upstream_tls::OriginTcp), the
+    /// socket's, whose flag this is): it is never pooled again.
     reset: Arc<AtomicBool>,
-    /// Whether the connection is plain TCP (not TLS).
-    plain: bool,
 }
 
 impl Writes {
-    /// Under TLS, `reset` is the flag the socket under it sets.
-    fn new(plain: bool, reset: Option<Arc<AtomicBool>>) -> Writes {
+    /// `reset` is the flag the socket sets (see the field).
+    fn new(reset: Arc<AtomicBool>) -> Writes {
         Writes {
             base: Instant::now(),
             last: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             heard: AtomicBool::new(false),
             grown: AtomicBool::new(false),
-            reset: reset.unwrap_or_default(),
-            plain,
+            reset,
         }
     }
 
@@ -233,28 +229,10 @@ impl IoObserver for Arc<Writes> {
     fn write(
         &mut self,
         _cx: &mut Context<'_>,
-        offered: usize,
+        _offered: usize,
         res: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
-        // A reset from the origin under a write: taken as written (and the
-        // connection never pooled again), so that hyper goes on to read
-        // what the origin sent before it. An origin that answers an upload
-        // early (a 413) and closes without reading the rest is reset by its
-        // kernel; the reset failed hyper's next write of the body, and the
-        // answer waiting in the socket was never read: the client got a
-        // 502 (probe 341: 6 of 30 curl uploads of 3 MB). Nothing is lost: a
-        // reset socket takes nothing more, and its reads give what came
-        // before the reset, then the end. Plain TCP only: under TLS the
-        // socket under rustls does it (see `OriginTcp`), which then never
-        // sees the failure.
-        if let Poll::Ready(Err(e)) = &res
-            && self.plain
-            && offered > 0
-            && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
-        {
-            self.reset.store(true, Ordering::Relaxed);
-            return Poll::Ready(Ok(offered));
-        }
+        // (A reset under a write arrives here as written: see `OriginTcp`.)
         self.record(&res);
         res
     }
@@ -771,7 +749,7 @@ async fn send_new(
         }
     };
     *reached = Some(peer);
-    let writes = Arc::new(Writes::new(matches!(stream, UpstreamIo::Plain(_)), stream.reset_under_tls()));
+    let writes = Arc::new(Writes::new(stream.reset_flag()));
     let io = Watched { io: stream, observer: writes.clone() };
     let (mut tx, conn) = http1::Builder::new()
         .max_buf_size(MAX_RESPONSE_HEAD)
@@ -1022,8 +1000,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (mut origin, _) = accepted.unwrap();
-        let writes = Arc::new(Writes::new(true, None));
-        let mut io = Watched { io: UpstreamIo::Plain(client.unwrap()), observer: writes.clone() };
+        let client = super::super::upstream_tls::OriginTcp::new(client.unwrap());
+        let writes = Arc::new(Writes::new(Arc::default()));
+        let mut io = Watched { io: UpstreamIo::Plain(client), observer: writes.clone() };
         let chunk = vec![b'x'; 256 * 1024];
         let mut written = 0usize;
         // Until the socket buffers are full: a write that does not finish.
@@ -1050,8 +1029,9 @@ mod tests {
     async fn connection(listener: &TcpListener) -> (Conn, TcpStream) {
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let writes = Arc::new(Writes::new(true, None));
-        let io = Watched { io: UpstreamIo::Plain(client.unwrap()), observer: writes.clone() };
+        let client = super::super::upstream_tls::OriginTcp::new(client.unwrap());
+        let writes = Arc::new(Writes::new(Arc::default()));
+        let io = Watched { io: UpstreamIo::Plain(client), observer: writes.clone() };
         let (mut tx, conn) = http1::handshake::<_, RequestBody>(TokioIo::new(io)).await.unwrap();
         let task = tokio::spawn(async move { drop(conn.await) }).abort_handle();
         tx.ready().await.unwrap();

@@ -160,7 +160,7 @@ pub async fn handshake(
     name: ServerName<'static>,
     tcp: TcpStream,
 ) -> Result<TlsStream<OriginTcp>, ProxyError> {
-    let tcp = OriginTcp { tcp, reset: Arc::default(), past_writes: true };
+    let tcp = OriginTcp::new(tcp);
     TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
         match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             Some(rustls::Error::InvalidCertificate(why)) => ProxyError::UpstreamTls { reason: why_not(why) },
@@ -239,16 +239,18 @@ fn why_not(e: &rustls::CertificateError) -> &'static str {
     }
 }
 
-/// An origin's TCP socket under TLS. A reset from the origin under a write
-/// is taken as written, and noted (`reset`), as the pool's write observer
-/// does for plain TCP (see `pool::Writes`): an origin that answers an
-/// upload early (a 413) and closes without reading the rest is reset by its
-/// kernel, and the reset failed the next write of the body inside rustls,
-/// before hyper read the answer waiting in the socket (probe 345: 16 of 30
-/// uploads got a 502). Under rustls, which then thinks those records sent:
-/// the reads that follow give the answer, then the reset. Not once the
-/// connection is upgraded (see [`UpstreamIo::upgraded`]): a tunnel's side
-/// sees its errors as they are.
+/// An origin's TCP socket, plain or under TLS. A reset from the origin
+/// under a write is taken as written, and noted (`reset`: the connection is
+/// never pooled again): an origin that answers an upload early (a 413) and
+/// closes without reading the rest is reset by its kernel, and the reset
+/// failed hyper's next write of the body before it read the answer waiting
+/// in the socket: the client got a 502 (probe 341: 6 of 30 curl uploads of
+/// 3 MB; under TLS, probe 345: 16 of 30). Nothing is lost: a reset socket
+/// takes nothing more, and its reads give what came before the reset, then
+/// the end. Here, beneath rustls, which then thinks those records sent, as
+/// beneath hyper for plain TCP (it was taken above the TLS layer for plain
+/// TCP alone). Not once the connection is upgraded (see
+/// [`UpstreamIo::upgraded`]): a tunnel's side sees its errors as they are.
 #[derive(Debug)]
 pub struct OriginTcp {
     tcp: TcpStream,
@@ -259,6 +261,11 @@ pub struct OriginTcp {
 }
 
 impl OriginTcp {
+    /// `tcp`, a reset under a write taken as written.
+    pub fn new(tcp: TcpStream) -> Self {
+        OriginTcp { tcp, reset: Arc::default(), past_writes: true }
+    }
+
     /// The socket.
     pub fn tcp(&self) -> &TcpStream {
         &self.tcp
@@ -319,27 +326,34 @@ impl AsyncWrite for OriginTcp {
 /// A connection to an origin: plain or TLS.
 pub enum UpstreamIo {
     /// `http://`.
-    Plain(TcpStream),
+    Plain(OriginTcp),
     /// `https://`.
     Tls(Box<TlsStream<OriginTcp>>),
 }
 
 impl UpstreamIo {
-    /// Under TLS, set when a reset under a write was taken as written (see
-    /// [`OriginTcp`]); for plain TCP, the pool's observer does that.
-    pub fn reset_under_tls(&self) -> Option<Arc<AtomicBool>> {
+    /// The socket under it.
+    fn origin_tcp(&self) -> &OriginTcp {
         match self {
-            UpstreamIo::Plain(_) => None,
-            UpstreamIo::Tls(s) => Some(s.get_ref().0.reset.clone()),
+            UpstreamIo::Plain(s) => s,
+            UpstreamIo::Tls(s) => s.get_ref().0,
         }
+    }
+
+    /// Set when a reset under a write was taken as written (see
+    /// [`OriginTcp`]).
+    pub fn reset_flag(&self) -> Arc<AtomicBool> {
+        self.origin_tcp().reset.clone()
     }
 
     /// The connection is upgraded: from now on its errors are passed on as
     /// they are (see [`OriginTcp`]).
     pub fn upgraded(&mut self) {
-        if let UpstreamIo::Tls(s) = self {
-            s.get_mut().0.past_writes = false;
-        }
+        let tcp = match self {
+            UpstreamIo::Plain(s) => s,
+            UpstreamIo::Tls(s) => s.get_mut().0,
+        };
+        tcp.past_writes = false;
     }
 }
 
@@ -352,10 +366,7 @@ impl super::relay::Side for UpstreamIo {
     }
 
     fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            UpstreamIo::Plain(s) => Some(s),
-            UpstreamIo::Tls(s) => Some(s.get_ref().0.tcp()),
-        }
+        Some(self.origin_tcp().tcp())
     }
 }
 
