@@ -1080,6 +1080,10 @@ async fn an_answer_before_the_end_of_a_large_upload_is_the_only_answer() {
 /// of the body before the answer waiting in the socket was read: the
 /// client got a 502 (probe 341: 6 of 30 curl uploads of 3 MB, half of raw
 /// ones). Twenty uploads, each of which must get the origin's answer.
+/// Since stop 74 this one passes on this machine with the reset passed on
+/// as an error too (hyper reads the answer before its next write, it
+/// seems): the unit tests in `proxy::upstream_tls` are the ones that fail
+/// without the reset taken as written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_answer_reaches_the_client_though_the_origin_then_resets() {
     // Closed at once with the body unread: a reset.

@@ -419,3 +419,63 @@ impl AsyncWrite for UpstreamIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A plain connection to an origin, as `forward` makes one, and the
+    /// origin's end of it, which has the first bytes sent on it and
+    /// answers, then closes with them unread: its kernel resets.
+    async fn reset_after_an_answer() -> UpstreamIo {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut io = UpstreamIo::Plain(OriginTcp::new(client.unwrap()));
+        let (mut origin, _) = accepted.unwrap();
+        io.write_all(b"POST /upload HTTP/1.1\r\n").await.unwrap();
+        origin.readable().await.unwrap();
+        origin.write_all(b"HTTP/1.1 413 ").await.unwrap();
+        drop(origin);
+        io
+    }
+
+    /// Writes 4 KiB at a time, 10 ms apart, until one fails or the reset
+    /// is noted (5 s at most).
+    async fn write_until_reset(io: &mut UpstreamIo) -> io::Result<()> {
+        let reset = io.reset_flag();
+        for _ in 0..500 {
+            io.write_all(&[b'x'; 4096]).await?;
+            if reset.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the origin's reset was never met");
+    }
+
+    /// The reset is taken as written and noted, and the answer the origin
+    /// sent before it is read, then the end (a plain origin; the TLS one is
+    /// `https_upstream::an_early_answer_from_a_tls_origin_…`).
+    #[tokio::test]
+    async fn a_reset_under_a_write_is_taken_as_written_and_the_answer_before_it_is_read() {
+        let mut io = reset_after_an_answer().await;
+        write_until_reset(&mut io).await.unwrap();
+        let mut answer = Vec::new();
+        io.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"HTTP/1.1 413 ");
+    }
+
+    /// Once upgraded, the same reset is an error, and nothing is noted.
+    #[tokio::test]
+    async fn an_upgraded_connection_sees_the_reset_as_it_is() {
+        let mut io = reset_after_an_answer().await;
+        io.upgraded();
+        let err = write_until_reset(&mut io).await.unwrap_err();
+        assert!(matches!(err.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe), "{err}");
+        assert!(!io.reset_flag().load(Ordering::Relaxed));
+    }
+}
