@@ -1102,6 +1102,46 @@ async fn an_early_answer_reaches_the_client_though_the_origin_then_resets() {
     }
 }
 
+/// An origin that answers an upload with a body ended by the close, and
+/// then resets (the upload unread): its kernel drops what it had not sent
+/// yet, so the body is cut, and the client must be able to tell. The reset
+/// met authgate's write of the upload, taken as written so that the answer
+/// is read; the reads then gave an orderly end, and the cut body was
+/// relayed as complete, its last chunk sent (probe 354: 5 of 5 runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_ended_by_a_reset_is_not_relayed_as_complete() {
+    const SENT: usize = 8_000_000;
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        if read_request_head(&mut s).await.is_none() {
+            return;
+        }
+        let mut upload = vec![0u8; 2 * 1024 * 1024];
+        if s.read_exact(&mut upload).await.is_err() {
+            return;
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n").await;
+        let _ = s.write_all(&vec![b'R'; SENT]).await;
+        // Dropped with the rest of the upload unread: a reset.
+    });
+    let proxy = spawn_proxy("", &[USER]);
+    let host = origin.authority();
+    let len = 64 * 1024 * 1024;
+    let length = len.to_string();
+    let a = auth();
+    let headers = [("Host", host.as_str()), ("Content-Length", length.as_str()), ("Proxy-Authorization", &a)];
+    for i in 0..3 {
+        let got =
+            upload_and_read_all(proxy.addr, request("POST", &origin.url("/upload"), &headers), len).await;
+        assert!(got.starts_with("HTTP/1.1 200 "), "upload {i}: {}", &got[..got.len().min(300)]);
+        let body = got.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let received = body.bytes().filter(|&b| b == b'R').count();
+        assert!(
+            !got.ends_with("\r\n0\r\n\r\n") || received == SENT,
+            "upload {i}: {received} of {SENT} bytes relayed as a complete body"
+        );
+    }
+}
+
 /// An answer of authgate's own past authentication to a request whose
 /// body it did not read says `Connection: close`: hyper closes there unless
 /// the whole body was already in its buffer. A body behind `Expect:

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
@@ -371,9 +371,30 @@ impl super::relay::Side for UpstreamIo {
 }
 
 impl AsyncRead for UpstreamIo {
+    /// On a plain connection whose reset was taken as written (see
+    /// [`OriginTcp`]), the end is an error: the write that met the reset
+    /// took the socket's error, and its reads then give what came before
+    /// the reset and an orderly end, while the origin's kernel dropped what
+    /// it had not sent yet. An answer that ends with the connection was
+    /// relayed cut short as complete (probe 354: 5 of 5 runs of a 200
+    /// without a length lost megabytes, its chunked relay ended properly).
+    /// Under TLS, rustls calls an end without `close_notify` an error
+    /// itself (and an error here would come before the records it reads
+    /// with it).
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Plain(s) => {
+                let before = buf.filled().len();
+                let res = ready!(Pin::new(&mut *s).poll_read(cx, buf));
+                let end = res.is_ok() && buf.filled().len() == before && buf.remaining() > 0;
+                match end && s.reset.load(Ordering::Relaxed) {
+                    true => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "the origin reset the connection",
+                    ))),
+                    false => Poll::Ready(res),
+                }
+            }
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -458,15 +479,18 @@ mod tests {
     }
 
     /// The reset is taken as written and noted, and the answer the origin
-    /// sent before it is read, then the end (a plain origin; the TLS one is
+    /// sent before it is read, then the reset, not an orderly end (a plain
+    /// origin; the TLS one is
     /// `https_upstream::an_early_answer_from_a_tls_origin_…`).
     #[tokio::test]
     async fn a_reset_under_a_write_is_taken_as_written_and_the_answer_before_it_is_read() {
         let mut io = reset_after_an_answer().await;
         write_until_reset(&mut io).await.unwrap();
-        let mut answer = Vec::new();
-        io.read_to_end(&mut answer).await.unwrap();
-        assert_eq!(answer, b"HTTP/1.1 413 ");
+        let mut answer = [0u8; 13];
+        io.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"HTTP/1.1 413 ");
+        let end = io.read(&mut [0u8; 64]).await.unwrap_err();
+        assert_eq!(end.kind(), io::ErrorKind::ConnectionReset, "{end}");
     }
 
     /// Once upgraded, the same reset is an error, and nothing is noted.
