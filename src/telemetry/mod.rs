@@ -92,21 +92,31 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 /// included); and `"info "`, accepted by the config's check, was the target
 /// `info ` at the start (probe 101), as `"hickory_proto =off"` was the
 /// target `hickory_proto ` (probe 102): a space inside a directive's target
-/// or level is refused.
+/// or level is refused. So are a level after `=` that is none (`"info="`
+/// is the target `info` at an empty level, read as `error`: with no level
+/// for the rest, every authgate line was off, probe 356) and a target that
+/// is a level's name (`"info=debug"`).
 pub fn log_filter(level: &str) -> Result<String, NoFilter> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let is_level = |word: &str| {
+        LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l))
+            || matches!(word, "0" | "1" | "2" | "3" | "4" | "5")
+    };
     if level.len() > MAX_FILTER_BYTES || level.split(',').count() > MAX_FILTER_DIRECTIVES {
         return Err(NoFilter::TooLong);
     }
     let directives: Vec<&str> = level.split(',').map(str::trim).collect();
     let bare_words_are_levels = directives.iter().all(|d| {
-        // The target (before any span) and the level (after the spans).
-        let target = d.split('[').next().unwrap_or_default();
-        let level = d.rsplit_once(']').map_or("", |(_, level)| level);
+        // The target (before any span or level), and what follows the
+        // spans: `=` and the level, if any.
+        let target = d.split(['[', '=']).next().unwrap_or_default();
+        let tail = d.rsplit_once(']').map_or(*d, |(_, tail)| tail);
+        let level = tail.split_once('=').map(|(_, level)| level);
+        let spans_or_level = d.contains('[') || level.is_some();
         !d.is_empty()
             && !target.contains(char::is_whitespace)
-            && !level.contains(char::is_whitespace)
-            && (d.contains('=') || d.contains('[') || LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)))
+            && level.is_none_or(is_level)
+            && (spans_or_level && !is_level(target) || !spans_or_level && is_level(d))
     });
     let filter = directives.join(",");
     match bare_words_are_levels && parse_filter(&filter).is_ok() {
@@ -222,7 +232,24 @@ mod filter_tests {
     fn log_filters_are_checked_and_trimmed() {
         assert_eq!(log_filter(" info , authgate::access=off ").as_deref(), Ok("info,authgate::access=off"));
         assert_eq!(log_filter("INFO").as_deref(), Ok("INFO"));
-        for bad in ["warning", "info,", "info,hickory_proto =off", "info,authgate::access= off", "=!="] {
+        assert_eq!(
+            log_filter("warn,authgate[request]=debug,hickory_proto=3").as_deref(),
+            Ok("warn,authgate[request]=debug,hickory_proto=3")
+        );
+        assert!(log_filter("off,[{x=\"a=b\"}]=info").is_ok());
+        for bad in [
+            "warning",
+            "info,",
+            "info,hickory_proto =off",
+            "info,authgate::access= off",
+            "=!=",
+            "info=",
+            "debug=",
+            "info,authgate=",
+            "info=debug",
+            "info[x]=warn",
+            "authgate=verbose",
+        ] {
             assert_eq!(log_filter(bad), Err(NoFilter::NotAFilter), "{bad}");
         }
         // Bounded in bytes and in directives.
