@@ -256,6 +256,9 @@ pub struct OriginTcp {
     tcp: TcpStream,
     /// A write was reset and taken as written.
     reset: Arc<AtomicBool>,
+    /// The first such write met a reset before the origin's end (its FIN):
+    /// what it had not sent yet is lost (see [`UpstreamIo`]'s reads).
+    cut: bool,
     /// Whether a reset under a write is taken as written.
     past_writes: bool,
 }
@@ -263,7 +266,7 @@ pub struct OriginTcp {
 impl OriginTcp {
     /// `tcp`, a reset under a write taken as written.
     pub fn new(tcp: TcpStream) -> Self {
-        OriginTcp { tcp, reset: Arc::default(), past_writes: true }
+        OriginTcp { tcp, reset: Arc::default(), cut: false, past_writes: true }
     }
 
     /// The socket.
@@ -272,14 +275,19 @@ impl OriginTcp {
     }
 
     /// `res` of a write of `offered` bytes, a reset taken as written.
-    fn written(&self, offered: usize, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn written(&mut self, offered: usize, res: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match res {
             Poll::Ready(Err(e))
                 if self.past_writes
                     && offered > 0
                     && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
             {
-                self.reset.store(true, Ordering::Relaxed);
+                // The first write the reset meets takes the socket's
+                // error: `ECONNRESET`, or `EPIPE` when the origin's FIN came
+                // first (Linux; later writes all get `EPIPE`).
+                if !self.reset.swap(true, Ordering::Relaxed) {
+                    self.cut = e.kind() == io::ErrorKind::ConnectionReset;
+                }
                 Poll::Ready(Ok(offered))
             }
             res => res,
@@ -372,22 +380,23 @@ impl super::relay::Side for UpstreamIo {
 
 impl AsyncRead for UpstreamIo {
     /// On a plain connection whose reset was taken as written (see
-    /// [`OriginTcp`]), the end is an error: the write that met the reset
-    /// took the socket's error, and its reads then give what came before
-    /// the reset and an orderly end, while the origin's kernel dropped what
-    /// it had not sent yet. An answer that ends with the connection was
+    /// [`OriginTcp`]) before the origin's FIN, the end is an error: the
+    /// write that met the reset took the socket's error, and its reads then
+    /// give what came before the reset and an orderly end, while the
+    /// origin's kernel dropped what it had not sent yet. An answer that ends with the connection was
     /// relayed cut short as complete (probe 354: 5 of 5 runs of a 200
     /// without a length lost megabytes, its chunked relay ended properly).
     /// Under TLS, rustls calls an end without `close_notify` an error
     /// itself (and an error here would come before the records it reads
-    /// with it).
+    /// with it). A reset that came after the FIN (an origin that shut down
+    /// its side, then closed with the upload unread) cut nothing.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => {
                 let before = buf.filled().len();
                 let res = ready!(Pin::new(&mut *s).poll_read(cx, buf));
                 let end = res.is_ok() && buf.filled().len() == before && buf.remaining() > 0;
-                match end && s.reset.load(Ordering::Relaxed) {
+                match end && s.cut {
                     true => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
                         "the origin reset the connection",
@@ -450,8 +459,9 @@ mod tests {
 
     /// A plain connection to an origin, as `forward` makes one, and the
     /// origin's end of it, which has the first bytes sent on it and
-    /// answers, then closes with them unread: its kernel resets.
-    async fn reset_after_an_answer() -> UpstreamIo {
+    /// answers, then (after shutting down its side, a FIN, if `fin_first`)
+    /// closes with them unread: its kernel resets.
+    async fn reset_after_an_answer(fin_first: bool) -> UpstreamIo {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
@@ -460,6 +470,9 @@ mod tests {
         io.write_all(b"POST /upload HTTP/1.1\r\n").await.unwrap();
         origin.readable().await.unwrap();
         origin.write_all(b"HTTP/1.1 413 ").await.unwrap();
+        if fin_first {
+            origin.shutdown().await.unwrap();
+        }
         drop(origin);
         io
     }
@@ -484,7 +497,7 @@ mod tests {
     /// `https_upstream::an_early_answer_from_a_tls_origin_…`).
     #[tokio::test]
     async fn a_reset_under_a_write_is_taken_as_written_and_the_answer_before_it_is_read() {
-        let mut io = reset_after_an_answer().await;
+        let mut io = reset_after_an_answer(false).await;
         write_until_reset(&mut io).await.unwrap();
         let mut answer = [0u8; 13];
         io.read_exact(&mut answer).await.unwrap();
@@ -493,10 +506,20 @@ mod tests {
         assert_eq!(end.kind(), io::ErrorKind::ConnectionReset, "{end}");
     }
 
+    /// A reset after the origin's FIN cut nothing: the answer, then the end.
+    #[tokio::test]
+    async fn a_reset_after_the_origins_end_leaves_its_answer_whole() {
+        let mut io = reset_after_an_answer(true).await;
+        write_until_reset(&mut io).await.unwrap();
+        let mut answer = Vec::new();
+        io.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"HTTP/1.1 413 ");
+    }
+
     /// Once upgraded, the same reset is an error, and nothing is noted.
     #[tokio::test]
     async fn an_upgraded_connection_sees_the_reset_as_it_is() {
-        let mut io = reset_after_an_answer().await;
+        let mut io = reset_after_an_answer(false).await;
         io.upgraded();
         let err = write_until_reset(&mut io).await.unwrap_err();
         assert!(matches!(err.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe), "{err}");
