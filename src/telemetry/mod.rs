@@ -92,15 +92,21 @@ fn stdout_unbuffered() -> Box<dyn std::io::Write + Send> {
 /// included); and `"info "`, accepted by the config's check, was the target
 /// `info ` at the start (probe 101), as `"hickory_proto =off"` was the
 /// target `hickory_proto ` (probe 102): a space inside a directive's target
-/// or level is refused. So are a level after `=` that is none (`"info="`
-/// is the target `info` at an empty level, read as `error`: with no level
-/// for the rest, every authgate line was off, probe 356) and a target that
-/// is a level's name (`"info=debug"`).
+/// or level is refused. A target is a module path (`authgate::access`):
+/// `"info;authgate=debug"` was the target `info;authgate`, `"info="` the
+/// target `info` (at `trace`), and with no level for the rest, every
+/// authgate line was off (probes 356 and 358); a target that reads as a
+/// level (`"info=debug"`) is refused too. Some such filters stay: a target
+/// that is a path but names nothing here (`"Authgate=info"`, `"all=info"`).
 pub fn log_filter(level: &str) -> Result<String, NoFilter> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let is_level = |word: &str| {
-        LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l))
-            || matches!(word, "0" | "1" | "2" | "3" | "4" | "5")
+    // As `tracing` reads a level: a name in any case, or a number to 5
+    // (`""` is a level too, `error` alone and `trace` after `=`).
+    let is_level = |word: &str| word.parse::<tracing::level_filters::LevelFilter>().is_ok();
+    let is_path = |target: &str| {
+        target.split("::").all(|ident| {
+            ident.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && ident.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
     };
     if level.len() > MAX_FILTER_BYTES || level.split(',').count() > MAX_FILTER_DIRECTIVES {
         return Err(NoFilter::TooLong);
@@ -113,10 +119,9 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
         let tail = d.rsplit_once(']').map_or(*d, |(_, tail)| tail);
         let level = tail.split_once('=').map(|(_, level)| level);
         let spans_or_level = d.contains('[') || level.is_some();
-        !d.is_empty()
-            && !target.contains(char::is_whitespace)
-            && level.is_none_or(is_level)
-            && (spans_or_level && !is_level(target) || !spans_or_level && is_level(d))
+        // Spans alone (`[request]=debug`) have no target.
+        let target_ok = (target.is_empty() && d.starts_with('[')) || (is_path(target) && !is_level(target));
+        !d.is_empty() && level.is_none_or(is_level) && if spans_or_level { target_ok } else { is_level(d) }
     });
     let filter = directives.join(",");
     match bare_words_are_levels && parse_filter(&filter).is_ok() {
@@ -237,6 +242,9 @@ mod filter_tests {
             Ok("warn,authgate[request]=debug,hickory_proto=3")
         );
         assert!(log_filter("off,[{x=\"a=b\"}]=info").is_ok());
+        for good in ["warn,authgate=", "authgate=03", "authgate=+3", "[request]=debug", "_x::y2=info"] {
+            assert_eq!(log_filter(good).as_deref(), Ok(good));
+        }
         for bad in [
             "warning",
             "info,",
@@ -245,10 +253,18 @@ mod filter_tests {
             "=!=",
             "info=",
             "debug=",
-            "info,authgate=",
             "info=debug",
             "info[x]=warn",
+            "03=info",
             "authgate=verbose",
+            "info;authgate=debug",
+            "info:authgate=debug",
+            "info|authgate=debug",
+            "info.authgate=debug",
+            "authgate{x}=info",
+            "authgate]=info",
+            "authgate-=info",
+            "authgate:::access=info",
         ] {
             assert_eq!(log_filter(bad), Err(NoFilter::NotAFilter), "{bad}");
         }
