@@ -74,6 +74,47 @@ where
     }
 }
 
+/// `work` run by `tokio::task::block_in_place`, on this worker thread once
+/// its other tasks are handed to another thread; or, when the system
+/// refuses that thread (tokio then panics in the middle of the handing,
+/// before `work` runs), run here all the same, holding up this thread's
+/// tasks meanwhile, and [`kick`] retries a thread. The handing was half
+/// done: the tasks wait in the queued handing, which runs once a thread of
+/// the pool is free, as this one is when the task yields. A look for room
+/// first (`room_for_threads`) left a race with any other process of the
+/// same user making threads: the handshake then died with the panic,
+/// unlogged (probe 357: 5 of 160 RSA handshakes). Needs a multi-threaded
+/// runtime.
+pub fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+    let mut work = Some(work);
+    let handed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        tokio::task::block_in_place(|| work.take().map(|work| work()))
+    }));
+    match (handed, work.take()) {
+        (Ok(Some(done)), _) => done,
+        // Refused before `work` ran (the panic hook wrote nothing for it).
+        (Err(panic), Some(work)) => {
+            if panic_message(panic.as_ref()).starts_with(NO_THREAD_PANIC) {
+                tracing::error!("{NoThread}: an RSA signature made on a runtime thread");
+                kick();
+            }
+            work()
+        }
+        // `work` panicked: as it would have without the catch.
+        (Err(panic), None) => std::panic::resume_unwind(panic),
+        (Ok(None), work) => work.map_or_else(|| unreachable!("work taken and not run"), |work| work()),
+    }
+}
+
+/// A panic's message, when it has one.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// Until the system gives a thread again: one task, whatever the number of
 /// refusals, that tries a plain thread every [`RETRY`] (a failure there
 /// does not panic) and, once one is made, has the blocking pool make one,
@@ -107,17 +148,12 @@ const NO_THREAD_PANIC: &str = "OS can't spawn worker thread";
 
 /// Installs a panic hook that writes a panic to the log too (it went to
 /// standard error alone, which a log file does not hold; probe 351), and
-/// writes nothing for the refused threads [`run`] catches and logs
-/// itself (tokio's message for each, with its backtrace).
+/// writes nothing for the refused threads [`run`] and [`block_in_place`]
+/// catch and log themselves (tokio's message for each, with its backtrace).
 pub fn log_panics() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("(no message)");
+        let message = panic_message(info.payload());
         if message.starts_with(NO_THREAD_PANIC) {
             return;
         }
@@ -158,6 +194,22 @@ mod tests {
     fn room_for_threads_makes_and_ends_them() {
         assert!(room_for_threads(4));
         assert!(room_for_threads(0));
+    }
+
+    /// Work is run off the runtime where tokio can hand this thread's tasks
+    /// on; where tokio panics before it runs (here a single-threaded
+    /// runtime, which has no thread to hand them to, as a refused thread
+    /// leaves none), it is run here all the same; and its own panic is
+    /// passed on.
+    #[test]
+    fn block_in_place_runs_the_work_whether_or_not_tokio_can_hand_over() {
+        let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
+        assert_eq!(multi.block_on(async { tokio::spawn(async { block_in_place(|| 7) }).await.unwrap() }), 7);
+        let single = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(single.block_on(async { block_in_place(|| 8) }), 8);
+        let panicked =
+            std::panic::catch_unwind(|| multi.block_on(async { block_in_place(|| panic!("a bug")) }));
+        assert!(panicked.is_err());
     }
 
     /// Work that runs is waited for; work that panics is `Ok(None)`.

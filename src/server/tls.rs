@@ -196,7 +196,9 @@ fn off_runtime(
 /// worker's tasks left without a thread; every RSA handshake failed so
 /// (probe 353). Then the work runs here, holding up the tasks of this
 /// thread for its milliseconds (a thread is tried first: a thread made and
-/// ended, about 30 µs, beside the signature's milliseconds).
+/// ended, about 30 µs, beside the signature's milliseconds; and one refused
+/// in the handing all the same, when another process took the room, is
+/// caught: see [`crate::blocking::block_in_place`]).
 fn in_place<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h)
@@ -204,7 +206,7 @@ fn in_place<T>(work: impl FnOnce() -> T) -> T {
                 && !crate::blocking::refusing()
                 && crate::blocking::room_for_threads(1) =>
         {
-            tokio::task::block_in_place(work)
+            crate::blocking::block_in_place(work)
         }
         _ => work(),
     }
