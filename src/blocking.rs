@@ -83,9 +83,9 @@ where
 /// the pool is free, as this one is when the task yields. A look for room
 /// first (`room_for_threads`) left a race with any other process of the
 /// same user making threads: the handshake then died with the panic,
-/// unlogged (probe 357: 5 of 160 RSA handshakes). Needs a multi-threaded
-/// runtime.
-pub fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+/// unlogged (probe 357: 5 of 160 RSA handshakes). `what` the work is, for
+/// the log. Needs a multi-threaded runtime.
+pub fn block_in_place<T>(what: &str, work: impl FnOnce() -> T) -> T {
     let mut work = Some(work);
     let handed = std::panic::catch_unwind(AssertUnwindSafe(|| {
         tokio::task::block_in_place(|| work.take().map(|work| work()))
@@ -95,7 +95,7 @@ pub fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
         // Refused before `work` ran (the panic hook wrote nothing for it).
         (Err(panic), Some(work)) => {
             if panic_message(panic.as_ref()).starts_with(NO_THREAD_PANIC) {
-                tracing::error!("{NoThread}: an RSA signature made on a runtime thread");
+                tracing::error!("{NoThread}: {what} made on a runtime thread");
                 kick();
             }
             work()
@@ -204,11 +204,15 @@ mod tests {
     #[test]
     fn block_in_place_runs_the_work_whether_or_not_tokio_can_hand_over() {
         let multi = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
-        assert_eq!(multi.block_on(async { tokio::spawn(async { block_in_place(|| 7) }).await.unwrap() }), 7);
+        assert_eq!(
+            multi.block_on(async { tokio::spawn(async { block_in_place("7", || 7) }).await.unwrap() }),
+            7
+        );
         let single = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        assert_eq!(single.block_on(async { block_in_place(|| 8) }), 8);
-        let panicked =
-            std::panic::catch_unwind(|| multi.block_on(async { block_in_place(|| panic!("a bug")) }));
+        assert_eq!(single.block_on(async { block_in_place("8", || 8) }), 8);
+        let panicked = std::panic::catch_unwind(|| {
+            multi.block_on(async { block_in_place("a bug", || panic!("a bug")) })
+        });
         assert!(panicked.is_err());
     }
 

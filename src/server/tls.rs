@@ -206,7 +206,7 @@ fn in_place<T>(work: impl FnOnce() -> T) -> T {
                 && !crate::blocking::refusing()
                 && crate::blocking::room_for_threads(1) =>
         {
-            crate::blocking::block_in_place(work)
+            crate::blocking::block_in_place("an RSA signature", work)
         }
         _ => work(),
     }
