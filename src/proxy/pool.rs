@@ -62,9 +62,9 @@ pub const NO_CONFIGURATION: u64 = 0;
 /// origin dial anew (benches/e2e.py at c = 1000: 13.8k req/s, 17.6k with 1024).
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
 /// Pool keys (an origin and a user, see [`Key`]) with idle connections kept
-/// at most; when there are this many, a connection of a new key makes room
-/// as one past the pool's bound does (the ones idle longest closed, until a
-/// key has none left). 4096 when keys were
+/// at most; when there are this many, a connection of a new key makes room:
+/// the key whose connection is idle longest has all of its closed. 4096
+/// when keys were
 /// origins alone; a key per user made that few for a company's users and
 /// the sites they share. No more keys than idle connections can exist, and
 /// these are `max_connections` at most, 16,384 by default.
@@ -299,6 +299,23 @@ impl Idles {
             return true;
         }
         false
+    }
+
+    /// Takes out every connection of the key whose connection is idle
+    /// longest, to be closed; `None` when there is none.
+    fn take_oldest_key(&mut self) -> Option<Vec<Idle>> {
+        while let Some((n, key)) = self.order.pop_front() {
+            // (The key's other entries in the order are skipped later, as
+            // any whose connection is gone.)
+            let Some(list) = self.by_key.get(&*key) else { continue };
+            if list.binary_search_by_key(&n, |c| c.n).is_err() {
+                continue;
+            }
+            let list = self.by_key.remove(&*key).unwrap_or_default();
+            self.count -= list.len();
+            return Some(list);
+        }
+        None
     }
 
     /// Adds `conn` at the end of `key`'s list, and of [`Idles::order`].
@@ -574,6 +591,9 @@ impl Pool {
         if !conn.reusable || conn.writes.reset.load(Ordering::Relaxed) {
             return;
         }
+        // Connections closed to make room, dropped after the lock: a
+        // checkout waits on it.
+        let closed: Vec<Idle>;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if key.2 != self.live.load(Ordering::SeqCst) {
             return;
@@ -590,22 +610,28 @@ impl Pool {
         if idle_now >= per_key {
             return;
         }
-        // A new key when the keys are full: the connections idle longest
-        // make room too, whoever's they are, until a key has none left. It
-        // was closed instead (after a sweep of every key for closed and
-        // expired ones), so one user's idle connections to 16,384 origins
-        // kept every other user's new ones out of the pool (probe 359).
-        if !idle.by_key.contains_key(&*key) {
-            while idle.by_key.len() >= keys {
-                if !idle.close_oldest() {
-                    return;
-                }
+        // A new key when the keys are full: the key whose connection is idle
+        // longest makes room, whoever's it is, all its connections closed
+        // (at most `per_key`; closing the ones idle longest until a key had
+        // none left closed nearly the whole pool when the keys' connections
+        // came in turns; probe 361). It was closed instead (after a sweep of
+        // every key for closed and expired ones), so one user's idle
+        // connections to 16,384 origins kept every other user's new ones
+        // out of the pool (probe 359).
+        if !idle.by_key.contains_key(&*key) && idle.by_key.len() >= keys {
+            match idle.take_oldest_key() {
+                Some(list) => closed = list,
+                None => return,
             }
+        } else {
+            closed = Vec::new();
         }
         if idle.count >= self.max_idle.load(Ordering::Relaxed) && !idle.close_oldest() {
             return;
         }
         idle.push(key, conn);
+        drop(idle);
+        drop(closed);
     }
 
     /// Sends `req` to `key`, on a pooled connection if one is idle, else on a
@@ -1068,28 +1094,31 @@ mod tests {
     }
 
     /// The pool keeps idle connections for at most `keys` keys (16,384 in
-    /// the proxy): a connection of a new key makes room by closing the
-    /// ones idle longest until a key has none left; a key already there
-    /// takes more without closing any.
+    /// the proxy): a connection of a new key makes room by closing those of
+    /// the key whose connection is idle longest (all of them, and no
+    /// other's, though the keys' connections came in turns); a key already
+    /// there takes more without closing any.
     #[tokio::test]
     async fn the_pool_keeps_idle_connections_for_at_most_its_bound_of_keys() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Arc::new(Pool::bounded(Duration::from_secs(60), 1, Bounds { per_key: 8, keys: 2 }));
         let mut ends = Vec::new();
-        for user in ["alice", "alice", "bob", "bob"] {
+        for user in ["alice", "bob", "alice", "bob"] {
             let (conn, end) = connection(&listener).await;
             pool.checkin(key(&listener, user), conn);
             ends.push(end);
         }
         assert_eq!(pool.idle_connections(), 4);
-        // Carol's takes the room of alice's two, idle longest.
+        // Carol's takes the room of alice's two; bob keeps his.
         let (carol, _carol_end) = connection(&listener).await;
         pool.checkin(key(&listener, "carol"), carol);
         assert_eq!(pool.idle_connections(), 3);
         assert!(pool.checkout(&key(&listener, "alice"), None).is_none(), "alice's key made room");
-        let mut read = [0u8; 1];
-        let closed = tokio::time::timeout(Duration::from_secs(5), ends[0].read(&mut read)).await;
-        assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        for i in [0, 2] {
+            let mut read = [0u8; 1];
+            let closed = tokio::time::timeout(Duration::from_secs(5), ends[i].read(&mut read)).await;
+            assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        }
         // A key already there still takes more, closing none.
         let (bob_again, _bob_again_end) = connection(&listener).await;
         pool.checkin(key(&listener, "bob"), bob_again);
