@@ -78,7 +78,7 @@ where
 /// its other tasks are handed to another thread; or, when the system
 /// refuses that thread (tokio then panics in the middle of the handing,
 /// before `work` runs), run here all the same, holding up this thread's
-/// tasks meanwhile, and [`kick`] retries a thread. The handing was half
+/// tasks meanwhile, and `kick` retries a thread. The handing was half
 /// done: the tasks wait in the queued handing, which runs once a thread of
 /// the pool is free, as this one is when the task yields. A look for room
 /// first (`room_for_threads`) left a race with any other process of the
