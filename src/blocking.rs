@@ -80,10 +80,10 @@ where
 /// before `work` runs), run here all the same, holding up this thread's
 /// tasks meanwhile, and `kick` retries a thread. The handing was half
 /// done: the tasks wait in the queued handing, which runs once a thread of
-/// the pool is free, as this one is when the task yields. A look for room
-/// first (`room_for_threads`) left a race with any other process of the
-/// same user making threads: the handshake then died with the panic,
-/// unlogged (probe 357: 5 of 160 RSA handshakes). `what` the work is, for
+/// the pool is free, as this one is when the task yields. Uncaught, the
+/// caller's task died with the panic, unlogged (probe 357: 5 of 160 RSA
+/// handshakes, where another process took the thread slot between a look
+/// for room and the handing). `what` the work is, for
 /// the log. Needs a multi-threaded runtime.
 pub fn block_in_place<T>(what: &str, work: impl FnOnce() -> T) -> T {
     let mut work = Some(work);

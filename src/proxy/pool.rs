@@ -593,7 +593,7 @@ impl Pool {
         }
         // Connections closed to make room, dropped after the lock: a
         // checkout waits on it.
-        let closed: Vec<Idle>;
+        let mut closed = Vec::new();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if key.2 != self.live.load(Ordering::SeqCst) {
             return;
@@ -623,8 +623,6 @@ impl Pool {
                 Some(list) => closed = list,
                 None => return,
             }
-        } else {
-            closed = Vec::new();
         }
         if idle.count >= self.max_idle.load(Ordering::Relaxed) && !idle.close_oldest() {
             return;

@@ -247,7 +247,8 @@ fn why_not(e: &rustls::CertificateError) -> &'static str {
 /// in the socket: the client got a 502 (probe 341: 6 of 30 curl uploads of
 /// 3 MB; under TLS, probe 345: 16 of 30). Nothing is lost: a reset socket
 /// takes nothing more, and its reads give what came before the reset, then
-/// the end. Here, beneath rustls, which then thinks those records sent, as
+/// the end (an error when the reset came before the origin's FIN: see
+/// [`UpstreamIo`]'s reads). Here, beneath rustls, which then thinks those records sent, as
 /// beneath hyper for plain TCP (it was taken above the TLS layer for plain
 /// TCP alone). Not once the connection is upgraded (see
 /// [`UpstreamIo::upgraded`]): a tunnel's side sees its errors as they are.

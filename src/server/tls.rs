@@ -194,17 +194,17 @@ fn off_runtime(
 /// signs nothing. And a thread to hand them to: when the system refuses
 /// one (a limit on threads), tokio panics in the middle of the handing, its
 /// worker's tasks left without a thread; every RSA handshake failed so
-/// (probe 353). Then the work runs here, holding up the tasks of this
-/// thread for its milliseconds (a thread is tried first: a thread made and
-/// ended, about 30 µs, beside the signature's milliseconds; and one refused
-/// in the handing all the same, when another process took the room, is
-/// caught: see [`crate::blocking::block_in_place`]).
+/// (probe 353). [`crate::blocking::block_in_place`] catches that and runs
+/// the work here, holding up the tasks of this thread for its
+/// milliseconds, and while the refusal lasts the work runs here at once.
+/// (A look for room first, a thread made and ended, about 30 µs on every
+/// RSA handshake, left a race with other processes that the catch covers
+/// anyway; probe 357.)
 fn in_place<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h)
             if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                && !crate::blocking::refusing()
-                && crate::blocking::room_for_threads(1) =>
+                && !crate::blocking::refusing() =>
         {
             crate::blocking::block_in_place("an RSA signature", work)
         }
