@@ -121,6 +121,50 @@ async fn ssrf_bypass_forms_are_all_refused() {
     assert_eq!(r.status, 200, "{}", r.dump());
 }
 
+/// With `allow_cidrs` opening everything and a `cidrs` deny rule for
+/// loopback, the unspecified addresses in every spelling, and names that
+/// resolve to them, are refused as `destination_ip_prohibited`: Linux takes
+/// a connection to them to this host, and they reached the loopback origins
+/// past the rule (probe 363).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unspecified_addresses_are_never_dialled_whatever_allow_cidrs_opens() {
+    let (on_6, on_4) = same_port("[::1]:0", |port| std::net::TcpListener::bind(("127.0.0.1", port)).ok());
+    let port = on_4.local_addr().unwrap().port();
+    let (origin_4, origin_6) = (spawn_origin_on(on_4), spawn_origin_on(on_6));
+    let zone = vec![
+        ("zero.test", Answer::A(vec![vec![Ipv4Addr::UNSPECIFIED]], 60)),
+        ("unspec6.test", Answer::Dual(vec![], vec![std::net::Ipv6Addr::UNSPECIFIED], 60)),
+    ];
+    let fake = dns::spawn(zone).await;
+    let open = "[egress]\nallow_cidrs = [\"0.0.0.0/0\", \"::/0\"]\n[policy]\ndefault = \"allow\"\n\
+        [[rules]]\nname = \"no-loopback\"\naction = \"deny\"\ncidrs = [\"127.0.0.0/8\", \"::1/128\"]";
+    let proxy = spawn_custom(&config(Some(fake.addr), open), &users());
+    let a = auth();
+    for host in
+        ["0.0.0.0", "0", "0x0", "[::]", "[::ffff:0.0.0.0]", "[::ffff:0:0]", "zero.test", "unspec6.test"]
+    {
+        let authority = format!("{host}:{port}");
+        let r = send_one(proxy.addr, "CONNECT", &authority, &[("Proxy-Authorization", &a)]).await;
+        assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+        let url = format!("http://{authority}/");
+        let r = get(proxy.addr, &url, &[("Host", &authority), ("Proxy-Authorization", &a)]).await;
+        assert_proxy_error(&r, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    }
+    let authority = format!("0.0.0.0:{port}");
+    let url = format!("http://{authority}/");
+    let r = get(proxy.addr, &url, &[("Host", &authority), ("Proxy-Authorization", &a)]).await;
+    assert_eq!(
+        r.header("proxy-status"),
+        Some("authgate; error=destination_ip_prohibited; details=\"address 0.0.0.0\"")
+    );
+    // Loopback itself meets the rule, as before.
+    let authority = format!("127.0.0.1:{port}");
+    let url = format!("http://{authority}/");
+    let r = get(proxy.addr, &url, &[("Host", &authority), ("Proxy-Authorization", &a)]).await;
+    assert_denied_by_rule(&r, "no-loopback", "127.0.0.1");
+    assert_eq!((origin_4.hits(), origin_6.hits()), (0, 0), "nothing may reach the loopback origins");
+}
+
 /// A name whose answers alternate between an allowed and a forbidden address
 /// (DNS rebinding, TTL 0): the forbidden address is never connected to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,9 @@
 //! `64:ff9b::a.b.c.d`, 6to4 `2002:aabb:ccdd::/48`) are
 //! denied when that IPv4 address is, and otherwise judged as the IPv6
 //! addresses they are: they are dialled as such, so opening an IPv4 range
-//! never opens them.
+//! never opens them. The unspecified addresses `0.0.0.0` and `::` (a
+//! connection to them reaches this host) are denied whatever `allow_cidrs`
+//! opens.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -114,6 +116,14 @@ impl Egress {
     /// opens an IPv6 address: authgate dials the address it checked.
     pub fn check(&self, ip: IpAddr) -> Verdict {
         let ip = canonical(ip);
+        // No destination (RFC 1122 §3.2.1.3, RFC 4291 §2.5.2), yet Linux
+        // takes a connection to it to this host, past any rule about
+        // loopback: with `allow_cidrs` opening `0.0.0.0/0` and a deny rule
+        // for `127.0.0.0/8`, `http://0.0.0.0:P/` reached 127.0.0.1:P
+        // (probe 363). Never dialled, whatever `allow_cidrs` opens.
+        if ip.is_unspecified() {
+            return Verdict::Denied(UNSPECIFIED);
+        }
         if let Some(v4) = embedded_v4(ip)
             && let Some(why) = self.denied_reason(v4.into())
         {
@@ -147,6 +157,9 @@ impl Egress {
         }
     }
 }
+
+/// Why `0.0.0.0` and `::` are denied, whatever `allow_cidrs` opens.
+const UNSPECIFIED: &str = "unspecified (a connection to it reaches this host)";
 
 /// Why an IPv6 address outside `2000::/3` that no row of [`DENIED`] names
 /// is denied.
@@ -330,6 +343,20 @@ mod tests {
         let e = Egress::new(vec![nat64]);
         assert_eq!(e.check("64:ff9b::10.0.0.1".parse().unwrap()), Verdict::AllowedByConfig(nat64));
         assert!(denied(&e, "10.0.0.1"));
+    }
+
+    /// `0.0.0.0` and `::` in every spelling stay denied when `allow_cidrs`
+    /// opens everything: a connection to them reaches this host (probe
+    /// 363). The rest of `0.0.0.0/8` opens as listed.
+    #[test]
+    fn the_unspecified_addresses_stay_denied_whatever_is_opened() {
+        let all = Egress::new(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+        for ip in ["0.0.0.0", "::", "::ffff:0.0.0.0"] {
+            assert_eq!(all.check(ip.parse().unwrap()), Verdict::Denied(UNSPECIFIED), "{ip}");
+        }
+        let exact = Egress::new(vec!["0.0.0.0/32".parse().unwrap(), "::/128".parse().unwrap()]);
+        assert!(denied(&exact, "0.0.0.0") && denied(&exact, "::"));
+        assert!(!denied(&all, "0.0.0.1") && !denied(&all, "127.0.0.1") && !denied(&all, "::1"));
     }
 
     /// The anycast services inside denied rows that are routed on the
