@@ -882,6 +882,15 @@ fn an_ipv4_cidr_with_a_leading_zero_is_refused() {
         err.contains("authgate.toml:8:") && err.contains("`010.0.0.0/24` has a number with a leading zero"),
         "{err}"
     );
+    // Both readings are offered when they differ: only the decimal one
+    // made a deny rule for loopback (`0177.0.0.0/8`) cover public 177/8
+    // (probe 363).
+    let rule = format!("{head}[[rules]]\nname = \"oct\"\naction = \"deny\"\ncidrs = [\"0177.0.0.0/8\"]\n");
+    let err = load_err(&rule, &users);
+    assert!(
+        err.contains("write the one you mean without it: \"127.0.0.0/8\" (octal, as a host reads it) or \"177.0.0.0/8\" (decimal)"),
+        "{err}"
+    );
     let egress =
         format!("{head}[egress]\nallow_cidrs = [\"10.0.0.0/8\", \"192.168.001.0/024\", \"10.1.1.01\"]\n");
     let err = load_err(&egress, &users);

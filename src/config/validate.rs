@@ -957,15 +957,38 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         let numbers: Vec<&str> = numbers.iter().map(|n| unpadded(n)).collect();
         numbers.join(".") + &prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default()
     };
+    // The reading of a target or a rule's `hosts` (`inet_aton`'s), when
+    // it is an address: `0177` is 127 there. Suggesting only the decimal
+    // one (177.0.0.0/8) for `0177.0.0.0/8` steered a deny rule meant for
+    // loopback onto public addresses (probe 363).
+    let octal = || {
+        let parts: Option<Vec<u8>> = numbers
+            .iter()
+            .map(|n| match n.strip_prefix('0') {
+                Some(rest) if !rest.is_empty() => u8::from_str_radix(rest, 8).ok(),
+                _ => n.parse().ok(),
+            })
+            .collect();
+        parts.map(|p| {
+            format!("{}.{}.{}.{}", p[0], p[1], p[2], p[3])
+                + &prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default()
+        })
+    };
     if quad
         && numbers.iter().any(|n| n.len() > 1 && n.starts_with('0'))
         && let decimal = decimal()
         && (decimal.parse::<ipnet::IpNet>().is_ok() || decimal.parse::<std::net::IpAddr>().is_ok())
     {
+        let decimal = decimal.chars().take(60).collect::<String>();
+        let write = match octal() {
+            Some(octal) if octal != decimal => format!(
+                "write the one you mean without it: \"{octal}\" (octal, as a host reads it) or \"{decimal}\" (decimal)"
+            ),
+            _ => format!("write it without (\"{decimal}\")"),
+        };
         return Err(format!(
             "`{shown}` has a number with a leading zero, which reads as octal where a host is \
-             matched (`010.0.0.1` is 8.0.0.1): write it without (\"{}\")",
-            decimal.chars().take(60).collect::<String>()
+             matched (`010.0.0.1` is 8.0.0.1): {write}"
         ));
     }
     let net = s
