@@ -969,10 +969,8 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
                 _ => n.parse().ok(),
             })
             .collect();
-        parts.map(|p| {
-            format!("{}.{}.{}.{}", p[0], p[1], p[2], p[3])
-                + &prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default()
-        })
+        let [a, b, c, d] = parts?[..] else { return None };
+        Some(format!("{a}.{b}.{c}.{d}") + &prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default())
     };
     if quad
         && numbers.iter().any(|n| n.len() > 1 && n.starts_with('0'))
