@@ -891,6 +891,25 @@ fn an_ipv4_cidr_with_a_leading_zero_is_refused() {
         err.contains("write the one you mean without it: \"127.0.0.0/8\" (octal, as a host reads it) or \"177.0.0.0/8\" (decimal)"),
         "{err}"
     );
+    // Each reading offered is a CIDR the next load takes (bits past the
+    // prefix cleared); one that is no address is not offered, and the
+    // octal one alone is (`0300.0250.0.0/16`); an empty prefix is none, not
+    // `/0` (probe 371).
+    let cases = [
+        ("0177.0.0.01/8", "\"127.0.0.0/8\" (octal, as a host reads it) or \"177.0.0.0/8\" (decimal)"),
+        (
+            "0300.0250.0.0/16",
+            "write \"192.168.0.0/16\" if you mean it as a host reads it (as decimal it is no address)",
+        ),
+        ("010.0.0.0/", "`010.0.0.0/` is not a CIDR"),
+        ("00.0.0.0/", "`00.0.0.0/` is not a CIDR"),
+    ];
+    let egress = format!("{head}[egress]\nallow_cidrs = {:?}\n", cases.map(|(cidr, _)| cidr));
+    let err = load_err(&egress, &users);
+    for (cidr, said) in cases {
+        assert!(err.contains(said), "{cidr}: {err}");
+    }
+    assert!(!err.contains("/0\""), "{err}");
     let egress =
         format!("{head}[egress]\nallow_cidrs = [\"10.0.0.0/8\", \"192.168.001.0/024\", \"10.1.1.01\"]\n");
     let err = load_err(&egress, &users);

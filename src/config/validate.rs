@@ -952,38 +952,53 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     let numbers: Vec<&str> = address.split('.').collect();
     let quad =
         numbers.len() == 4 && numbers.iter().all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-    // (The prefix without its zeros too: `/08` is 8, probe 86.)
+    // (The prefix without its zeros too: `/08` is 8, probe 86; an empty
+    // one is none, not `/0`, probe 371.)
+    let prefix_ok = prefix.is_none_or(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    let prefix_text = || prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default();
     let decimal = || {
         let numbers: Vec<&str> = numbers.iter().map(|n| unpadded(n)).collect();
-        numbers.join(".") + &prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default()
+        numbers.join(".") + &prefix_text()
     };
-    // The reading of a target or a rule's `hosts` (`inet_aton`'s), when
-    // it is an address: `0177` is 127 there. Suggesting only the decimal
-    // one (177.0.0.0/8) for `0177.0.0.0/8` steered a deny rule meant for
-    // loopback onto public addresses (probe 363).
+    // The reading of a target or a rule's `hosts` (`inet_aton`'s, which
+    // takes no part longer than 12 characters), when it is an address:
+    // `0177` is 127 there. Suggesting only the decimal one (177.0.0.0/8)
+    // for `0177.0.0.0/8` steered a deny rule meant for loopback onto
+    // public addresses (probe 363).
     let octal = || {
         let parts: Option<Vec<u8>> = numbers
             .iter()
             .map(|n| match n.strip_prefix('0') {
+                _ if n.len() > 12 => None,
                 Some(rest) if !rest.is_empty() => u8::from_str_radix(rest, 8).ok(),
                 _ => n.parse().ok(),
             })
             .collect();
         let [a, b, c, d] = parts?[..] else { return None };
-        Some(format!("{a}.{b}.{c}.{d}") + &prefix.map(|p| format!("/{}", unpadded(p))).unwrap_or_default())
+        Some(format!("{a}.{b}.{c}.{d}") + &prefix_text())
+    };
+    // A reading as this file takes a CIDR, its bits past the prefix
+    // cleared: a suggestion the next load refuses is none (`0177.0.0.01/8`
+    // was told "127.0.0.1/8", probe 371).
+    let as_cidr = |text: String| {
+        let net = text.parse::<ipnet::IpNet>().map(|n| n.trunc().to_string());
+        net.or_else(|_| text.parse::<std::net::IpAddr>().map(|a| a.to_string())).ok()
+    };
+    let readings = || match (octal().and_then(as_cidr), as_cidr(decimal())) {
+        (Some(octal), Some(decimal)) if octal != decimal => Some(format!(
+            "write the one you mean without it: \"{octal}\" (octal, as a host reads it) or \"{decimal}\" (decimal)"
+        )),
+        (Some(octal), None) => {
+            Some(format!("write \"{octal}\" if you mean it as a host reads it (as decimal it is no address)"))
+        }
+        (_, Some(decimal)) => Some(format!("write it without (\"{decimal}\")")),
+        (None, None) => None,
     };
     if quad
+        && prefix_ok
         && numbers.iter().any(|n| n.len() > 1 && n.starts_with('0'))
-        && let decimal = decimal()
-        && (decimal.parse::<ipnet::IpNet>().is_ok() || decimal.parse::<std::net::IpAddr>().is_ok())
+        && let Some(write) = readings()
     {
-        let decimal = decimal.chars().take(60).collect::<String>();
-        let write = match octal() {
-            Some(octal) if octal != decimal => format!(
-                "write the one you mean without it: \"{octal}\" (octal, as a host reads it) or \"{decimal}\" (decimal)"
-            ),
-            _ => format!("write it without (\"{decimal}\")"),
-        };
         return Err(format!(
             "`{shown}` has a number with a leading zero, which reads as octal where a host is \
              matched (`010.0.0.1` is 8.0.0.1): {write}"
