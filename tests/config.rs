@@ -2050,6 +2050,31 @@ fn a_missing_default_is_told_with_the_other_problems_and_check_warns_of_it() {
     assert_eq!(text(&out.stderr), "", "{}", text(&out.stdout));
 }
 
+/// A rule named `default` or `-`, and a user named `-`, read in the
+/// access and audit lines as the policy default and as none: `check` says
+/// so (they passed without a word; probe 375).
+#[test]
+fn check_warns_of_names_the_logs_use_for_the_default_and_for_none() {
+    let dir = TempDir::new();
+    dir.write("users.toml", good_users() + &user_entry("-", "pw", ""));
+    let config = format!(
+        "{GOOD_CONFIG}[policy]\ndefault = \"deny\"\n[[rules]]\nname = \"default\"\naction = \"deny\"\nports = [8080]\n\
+         [[rules]]\nname = \"-\"\naction = \"allow\"\nports = [80]\n[[rules]]\nname = \"defaults\"\naction = \"allow\"\nports = [443]\n"
+    );
+    let path = dir.write("authgate.toml", config);
+    let out = authgate_bin(&["check", "--config", &config_arg(&path)], None);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let warned = text(&out.stderr);
+    assert!(
+        warned.contains("authgate: warning: rule `default`: the access line's `rule` field writes"),
+        "{warned}"
+    );
+    assert!(warned.contains("authgate: warning: rule `-`: the access line's"), "{warned}");
+    assert!(!warned.contains("rule `defaults`"), "{warned}");
+    assert!(warned.contains("users.toml: the access and audit lines write `-` for no user"), "{warned}");
+    assert_eq!(warned.lines().count(), 3, "{warned}");
+}
+
 /// `check` warns of a rule that names a group no user is in, or a user the
 /// users file has not: such a rule matches nobody (`groups = ["staf"]` was
 /// `ok`; probe 160).

@@ -451,6 +451,23 @@ pub fn rule_hints(snap: &Snapshot) -> Vec<String> {
         };
         hints.push(format!("rule `{}`: {}, {reach}", rule.name, said.join(", and ")));
     }
+    // The access and audit lines write `default` for the policy default
+    // and `-` for no rule or no user: a rule or user of those names reads
+    // as them there (probe 375). Said, not refused: such a file loaded
+    // before.
+    for rule in snap.policy.rules.iter().filter(|r| matches!(&*r.name, "default" | "-")) {
+        hints.push(format!(
+            "rule `{}`: the access line's `rule` field writes `default` for the policy default and `-` for none, \
+             so this rule's decisions read as those there; give it another name",
+            rule.name
+        ));
+    }
+    if snap.users.get("-").is_some() {
+        hints.push(format!(
+            "user `-` in {file}: the access and audit lines write `-` for no user, so this user's requests \
+             read as nobody's there; give it another name"
+        ));
+    }
     hints
 }
 
