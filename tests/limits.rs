@@ -2095,6 +2095,31 @@ async fn proxy_protocol_headers_count_only_from_the_listed_balancers() {
     }
 }
 
+/// At `max_connections`, a peer outside `proxy_protocol_from` is closed
+/// without an answer and counted `peer_not_allowed`, as at any other time:
+/// it got authgate's 503, with a request id, counted as `overloaded`
+/// (probe 376).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlisted_peer_gets_no_answer_when_the_connections_are_full() {
+    let server = "proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.2/32\"]";
+    let limits = "[limits]\nheader_read_timeout = \"10s\"\nmax_connections = 1\n[reload]\nwatch = false\n";
+    let proxy = spawn_custom(&cfg(server, limits), &users());
+    // The listed balancer's connection, owing its header, holds the one
+    // slot (accepted before the next one is made).
+    let balancer = tokio::net::TcpSocket::new_v4().unwrap();
+    balancer.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let _held = balancer.connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let with_header = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 3128\r\nGET http://127.0.0.1:9/ HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n";
+    s.write_all(with_header).await.unwrap();
+    assert_eq!(read_all(s).await, "", "an unlisted peer learns nothing, full or not");
+    let text = proxy.state.metrics.render(&Default::default());
+    let series = "authgate_proxy_protocol_refused_total{reason=\"peer_not_allowed\"} 1";
+    assert!(text.lines().any(|l| l == series), "{series} in\n{text}");
+    assert!(!text.lines().any(|l| l.contains("outcome=\"overloaded\"") && !l.ends_with(" 0")), "{text}");
+}
+
 /// A reload that removes `proxy_protocol` and `proxy_protocol_from` in one
 /// edit leaves the running listener expecting PROXY headers (a restart
 /// setting) and keeps the list that guards it: the empty list of the new

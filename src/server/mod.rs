@@ -452,6 +452,21 @@ async fn serve(
     if !listener.nodelay_inherited {
         let _ = stream.set_nodelay(true);
     }
+    // Anyone else could name any address on a PROXY listener, and so pass
+    // for another client in the logs, the rules, the throttle and the
+    // limits: closed without an answer, also when the connections are full
+    // (it got the 503, a request id and an `overloaded` count, not
+    // `peer_not_allowed`; probe 376). Each warning at most every 10 s:
+    // anyone who reaches the listener can make one per connection (probe
+    // 106: 600 lines in 0.1 s).
+    if listener.proxy_protocol && !state.snapshot.load().server.may_send_proxy_header(peer.ip()) {
+        static NOT_ALLOWED: Every = Every::new(10, NOT_ALLOWED_LINE);
+        state.metrics.proxy_header_refused(ProxyHeaderRefusal::PeerNotAllowed);
+        if let Some(held) = NOT_ALLOWED.pass() {
+            tracing::warn!(peer = %peer, held_back = held, "{NOT_ALLOWED_LINE}");
+        }
+        return;
+    }
     let Some(mut permit) = permit else {
         Box::pin(refuse_overloaded(&state, &listener, stream, peer)).await;
         return;
@@ -463,20 +478,9 @@ async fn serve(
     // 157). The request head has its own (see `Guarded`).
     let opened_by = tokio::time::Instant::now() + limits.header_read_timeout;
     let client_addr = if listener.proxy_protocol {
-        // Anyone else could name any address, and so pass for another
-        // client in the logs, the rules, the throttle and the limits.
-        // Each warning at most every 10 s: anyone who reaches the listener
-        // can make one per connection (probe 106: 600 lines in 0.1 s).
-        static NOT_ALLOWED: Every = Every::new(10, NOT_ALLOWED_LINE);
+        // (From a listed balancer, checked above.)
         static BAD_HEADER: Every = Every::new(10, BAD_HEADER_LINE);
         static NO_HEADER: Every = Every::new(10, NO_HEADER_LINE);
-        if !state.snapshot.load().server.may_send_proxy_header(peer.ip()) {
-            state.metrics.proxy_header_refused(ProxyHeaderRefusal::PeerNotAllowed);
-            if let Some(held) = NOT_ALLOWED.pass() {
-                tracing::warn!(peer = %peer, held_back = held, "{NOT_ALLOWED_LINE}");
-            }
-            return;
-        }
         let header = tokio::time::timeout_at(opened_by, proxy_protocol::read_header(&mut stream));
         let Some(header) = unless_stopping(&state, header).await else {
             tracing::debug!(peer = %peer, "closing connection at shutdown: no PROXY protocol header yet");
