@@ -265,6 +265,29 @@ fn add_appends_one_table_and_changes_nothing_else() {
     );
 }
 
+/// A user in many groups widens only their own row of `users list`: every
+/// row was padded to the widest cell, so one user in 1,000 groups made each
+/// row thousands of characters long (296 MB for 50,000 users; one in
+/// 10,000 groups made a 1.3 MB file's listing abort; probe 377). The other
+/// rows keep their columns lined up.
+#[test]
+fn a_user_in_many_groups_widens_only_their_own_row_of_the_list() {
+    let many: Vec<String> = (0..1000).map(|i| format!("g{i:04}")).collect();
+    let d = Dir::new(Some(&format!("{}[users.wide]\npassword = \"{H}\"\ngroups = {many:?}\n", fixture())));
+    let list = d.ok(&["list"], None).stdout;
+    let wide = list.lines().find(|l| l.starts_with("wide ")).unwrap();
+    assert!(wide.contains(&many.join(",")), "{wide}");
+    let others: Vec<&str> = list.lines().filter(|l| !l.starts_with("wide ")).collect();
+    assert!(others.iter().all(|l| l.len() < 120), "{list}");
+    // The DISABLED column starts at one place in every other row.
+    let at: Vec<usize> = others
+        .iter()
+        .filter_map(|l| l.find(" no ").or_else(|| l.find(" yes ")).map(|i| l[..i].chars().count()))
+        .collect();
+    assert_eq!(at.len(), others.len() - 1, "{list}");
+    assert!(at.windows(2).all(|w| w[0] == w[1]), "{list}");
+}
+
 #[test]
 fn passwd_replaces_only_the_password_value_and_keeps_its_comment() {
     let d = Dir::new(Some(&fixture()));
