@@ -622,13 +622,14 @@ fn expiry_text(t: SystemTime) -> String {
     utc_datetime(t).map_or_else(|| humantime::format_rfc3339_seconds(t).to_string(), |d| d.to_string())
 }
 
-/// The widest a column of `users list` is padded to, in terminal columns.
-/// A wider cell (a user in 1,000 groups) moves the rest of its own row
-/// right, not of every row: padded to the widest, one such user made each
-/// of 50,000 rows 5,930 characters (296 MB of output), and one in 10,000
-/// groups made the listing of a 1.3 MB file abort for want of 700 MB
-/// (probe 377).
-const MAX_COLUMN: usize = 48;
+/// The widest the GROUPS column of `users list` is padded to, in terminal
+/// columns (the others are bounded: a name by 64 characters). A wider cell
+/// (a user in 1,000 groups) moves the rest of its own row right, not of
+/// every row: padded to the widest, one such user made each of 50,000 rows
+/// 5,930 characters (296 MB of output), and one in 10,000 groups made the
+/// listing of a 1.3 MB file abort for want of 700 MB (probe 377). (Bounding
+/// every column put long names out of line, probe 378.)
+const MAX_GROUPS_COLUMN: usize = 48;
 
 /// `users list`: a table of name, groups, disabled, expires, scheme.
 fn list(users: &[User], now: SystemTime) -> String {
@@ -646,8 +647,9 @@ fn list(users: &[User], now: SystemTime) -> String {
     // Padded by terminal columns, not characters: a CJK character takes two.
     let mut widths = [0usize; 5];
     for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.width().min(MAX_COLUMN));
+        for (i, (w, cell)) in widths.iter_mut().zip(row).enumerate() {
+            let cap = if i == 1 { MAX_GROUPS_COLUMN } else { usize::MAX };
+            *w = (*w).max(cell.width().min(cap));
         }
     }
     let mut out = String::new();
