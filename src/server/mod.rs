@@ -435,6 +435,13 @@ fn admit_admin(
 /// names it.
 fn slot_for(state: &State, listener: &Accepting, peer: SocketAddr) -> Option<limits::Permit> {
     let snap = state.snapshot.load();
+    // A peer that may not send a PROXY header is closed unanswered (see
+    // `serve`) and takes no slot on the way: a flood of them held slots
+    // until their tasks ran, and a listed balancer's clients got 503s
+    // with slots free (probe 378).
+    if listener.proxy_protocol && !snap.server.may_send_proxy_header(peer.ip()) {
+        return None;
+    }
     let mut permit = state.conns.reserve(snap.limits.max_connections)?;
     if !listener.proxy_protocol && !permit.assign(peer.ip(), snap.limits.max_connections_per_ip) {
         return None;
@@ -926,5 +933,31 @@ mod tests {
         let (stream, _) = accepted.unwrap();
         // serve() skips its own set_nodelay on the strength of this.
         assert!(stream.nodelay().unwrap(), "Linux copies TCP_NODELAY to accepted sockets");
+    }
+
+    /// A peer outside `proxy_protocol_from` takes no connection slot on a
+    /// PROXY listener (it is closed unanswered): a flood of them held slots
+    /// until their tasks ran, and a listed balancer's clients got 503s with
+    /// slots free (probe 378).
+    #[tokio::test]
+    async fn an_unlisted_peer_of_a_proxy_protocol_listener_takes_no_slot() {
+        let dir = std::env::temp_dir().join(format!("authgate-slot-for-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("users.toml"), "[users]\n").unwrap();
+        let config = "[server]\nlisten = [\"127.0.0.1:3128\"]\nproxy_protocol = true\n\
+            proxy_protocol_from = [\"127.0.0.2/32\"]\n[auth]\nusers_file = \"users.toml\"\n\
+            [limits]\nmax_connections = 1\n[policy]\ndefault = \"deny\"\n";
+        std::fs::write(dir.join("authgate.toml"), config).unwrap();
+        let snapshot = crate::config::load(&dir.join("authgate.toml"));
+        std::fs::remove_dir_all(&dir).ok();
+        let state = crate::State::new(snapshot.unwrap());
+        let how = Accepting { tls: None, proxy_protocol: true, admin: false, nodelay_inherited: true };
+        let unlisted: SocketAddr = "127.0.0.3:5000".parse().unwrap();
+        let held: Vec<_> = (0..3).map(|_| slot_for(&state, &how, unlisted)).collect();
+        assert!(held.iter().all(Option::is_none), "an unlisted peer takes no slot");
+        let balancer: SocketAddr = "127.0.0.2:5000".parse().unwrap();
+        let first = slot_for(&state, &how, balancer);
+        assert!(first.is_some(), "the one slot is the balancer's");
+        assert!(slot_for(&state, &how, balancer).is_none(), "and there is one");
     }
 }
