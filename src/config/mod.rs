@@ -415,7 +415,9 @@ pub fn default_refusal(config: &Path) -> Option<String> {
 }
 
 /// What `authgate check` warns of in the rules: groups no user is in, users
-/// the users file has not, one line per rule. A rule with none of its
+/// the users file has not, one line per rule; and rules named `default` or
+/// `-`, and a user named `-`, which the logs write for the policy default
+/// and for none. A rule with none of its
 /// groups and users there matches nobody (`groups = ["staf"]` was `ok`;
 /// probe 160); one that still reaches someone through the others is said
 /// to (each missing group was a line of its own that said the rule matched
