@@ -393,11 +393,13 @@ impl AsyncRead for UpstreamIo {
     /// its side, then closed with the upload unread) cut nothing.
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
+            // (The common case as it was: no bookkeeping per read.)
+            UpstreamIo::Plain(s) if !s.cut => Pin::new(s).poll_read(cx, buf),
             UpstreamIo::Plain(s) => {
                 let before = buf.filled().len();
                 let res = ready!(Pin::new(&mut *s).poll_read(cx, buf));
                 let end = res.is_ok() && buf.filled().len() == before && buf.remaining() > 0;
-                match end && s.cut {
+                match end {
                     true => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::ConnectionReset,
                         "the origin reset the connection",
