@@ -930,6 +930,48 @@ fn an_ipv4_cidr_with_a_leading_zero_is_refused() {
     snap.unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// An IPv4 address in a rule's `hosts` with a leading zero in a number is
+/// refused as it is in a CIDR: `hosts` read `127.0.0.010` as a target is
+/// read (octal, 127.0.0.8), silently, so a deny rule for an address pasted
+/// with padded numbers let the host it named through (probe 382).
+#[test]
+fn an_ipv4_address_in_hosts_with_a_leading_zero_is_refused() {
+    let users = good_users();
+    let head = "[server]\nlisten = [\"127.0.0.1:3128\"]\n[auth]\nusers_file = \"users.toml\"\n";
+    let rule = format!("{head}[[rules]]\nname = \"db\"\naction = \"deny\"\nhosts = [\"127.0.0.010\"]\n");
+    let err = load_err(&rule, &users);
+    assert!(
+        err.contains("authgate.toml:8:")
+            && err.contains("`127.0.0.010` has a number with a leading zero")
+            && err.contains("\"127.0.0.8\" (octal, as a host reads it) or \"127.0.0.10\" (decimal)"),
+        "{err}"
+    );
+    let cases = [
+        ("0127.0.0.1", "\"87.0.0.1\" (octal, as a host reads it) or \"127.0.0.1\" (decimal)"),
+        ("0177.1", "\"127.0.0.1\" (octal, as a host reads it) or \"177.0.0.1\" (decimal)"),
+        (
+            "0300.0250.0.1.",
+            "write \"192.168.0.1\" if you mean it as a host reads it (as decimal it is no address)",
+        ),
+        ("10.0.0.01", "write it without (\"10.0.0.1\")"),
+    ];
+    let rule = format!(
+        "{head}[[rules]]\nname = \"pad\"\naction = \"allow\"\nhosts = {:?}\n",
+        cases.map(|(host, _)| host)
+    );
+    let err = load_err(&rule, &users);
+    for (host, said) in cases {
+        assert!(err.contains(said), "{host}: {err}");
+    }
+    // Names, unpadded forms and IPv6 load as before.
+    let fine = format!(
+        "{head}[[rules]]\nname = \"ok\"\naction = \"allow\"\n\
+         hosts = [\"010.example\", \"10.0.0.1\", \"0x7f.0.0.1\", \"127.1\", \"0\", \"::0001\"]\n"
+    );
+    let (_dir, snap) = load(&fine, &users);
+    snap.unwrap_or_else(|e| panic!("{e}"));
+}
+
 /// A refused group in the users file is named (escaped), with the reason.
 /// A refused group in the users file is located (line:col) and said why,
 /// but not quoted: what was typed there may be a password (a passphrase

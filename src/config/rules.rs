@@ -213,10 +213,40 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         Ok(Host::Name(n)) => n,
         // As targets are matched: an IPv4-mapped address (`::ffff:a.b.c.d`)
         // is that IPv4 address; other IPv6 forms stay IPv6.
-        Ok(Host::Ip(ip)) if !wild => canonical(ip).to_string(),
+        Ok(Host::Ip(ip)) if !wild => {
+            if let Some(refusal) = padded_ipv4(name, ip) {
+                return Err(refusal);
+            }
+            canonical(ip).to_string()
+        }
         _ => return Err(format!("{} is not a valid host pattern", quoted(s))),
     };
     Ok(if wild { HostPattern::Suffix(format!(".{host}")) } else { HostPattern::Exact(host) })
+}
+
+/// Why an IPv4 address in `hosts` written with a leading zero in a number
+/// (`127.0.0.010`) is refused, as the same spelling is in a CIDR:
+/// `hosts` read it as a target is read, as `inet_aton` does (127.0.0.8),
+/// with no word at load, so an address pasted from a list with padded
+/// numbers named another host (probe 382). `ip` is the host's reading.
+fn padded_ipv4(written: &str, ip: std::net::IpAddr) -> Option<String> {
+    let written = written.strip_suffix('.').unwrap_or(written);
+    let numbers = written.split('.');
+    let padded = |n: &str| n.len() > 1 && n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
+    if !ip.is_ipv4() || !numbers.clone().any(padded) {
+        return None;
+    }
+    // The decimal reading: the zeros dropped, read again (`0999.1` is none).
+    let unpadded: Vec<&str> = numbers
+        .map(|n| if padded(n) { n.trim_start_matches('0') } else { n })
+        .map(|n| if n.is_empty() { "0" } else { n })
+        .collect();
+    let decimal = match parse_host(&unpadded.join(".")) {
+        Ok(Host::Ip(decimal @ std::net::IpAddr::V4(_))) => Some(decimal.to_string()),
+        _ => None,
+    };
+    let shown: String = written.chars().take(60).collect();
+    super::validate::leading_zero(&shown, Some(ip.to_string()), decimal)
 }
 
 fn port_range(p: &RawPort) -> Result<(u16, u16), String> {

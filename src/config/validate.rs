@@ -923,6 +923,28 @@ fn no_server(ip: std::net::IpAddr) -> bool {
     }
 }
 
+/// Why `shown`, an IPv4 address or CIDR written with a leading zero in a
+/// number, is refused: it reads as octal where a host is matched (a target,
+/// a rule's `hosts`) and as decimal to other tools. Offers the readings that
+/// are addresses (or ranges): `octal`, as a host reads it, and `decimal`;
+/// `None` when neither is one (then it is no address at all).
+pub(crate) fn leading_zero(shown: &str, octal: Option<String>, decimal: Option<String>) -> Option<String> {
+    let write = match (octal, decimal) {
+        (Some(octal), Some(decimal)) if octal != decimal => format!(
+            "write the one you mean without it: \"{octal}\" (octal, as a host reads it) or \"{decimal}\" (decimal)"
+        ),
+        (Some(octal), None) => {
+            format!("write \"{octal}\" if you mean it as a host reads it (as decimal it is no address)")
+        }
+        (_, Some(decimal)) => format!("write it without (\"{decimal}\")"),
+        (None, None) => return None,
+    };
+    Some(format!(
+        "`{shown}` has a number with a leading zero, which reads as octal where a host is \
+         matched (`010.0.0.1` is 8.0.0.1): {write}"
+    ))
+}
+
 /// Parses `a.b.c.d/n`, `x::/n`, or a bare address (a /32 or /128).
 ///
 /// # Errors
@@ -984,25 +1006,12 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
         let net = text.parse::<ipnet::IpNet>().map(|n| n.trunc().to_string());
         net.or_else(|_| text.parse::<std::net::IpAddr>().map(|a| a.to_string())).ok()
     };
-    let readings = || match (octal().and_then(as_cidr), as_cidr(decimal())) {
-        (Some(octal), Some(decimal)) if octal != decimal => Some(format!(
-            "write the one you mean without it: \"{octal}\" (octal, as a host reads it) or \"{decimal}\" (decimal)"
-        )),
-        (Some(octal), None) => {
-            Some(format!("write \"{octal}\" if you mean it as a host reads it (as decimal it is no address)"))
-        }
-        (_, Some(decimal)) => Some(format!("write it without (\"{decimal}\")")),
-        (None, None) => None,
-    };
     if quad
         && prefix_ok
         && numbers.iter().any(|n| n.len() > 1 && n.starts_with('0'))
-        && let Some(write) = readings()
+        && let Some(refusal) = leading_zero(&shown, octal().and_then(as_cidr), as_cidr(decimal()))
     {
-        return Err(format!(
-            "`{shown}` has a number with a leading zero, which reads as octal where a host is \
-             matched (`010.0.0.1` is 8.0.0.1): {write}"
-        ));
+        return Err(refusal);
     }
     let net = s
         .parse::<ipnet::IpNet>()
