@@ -954,6 +954,11 @@ fn an_ipv4_address_in_hosts_with_a_leading_zero_is_refused() {
             "write \"192.168.0.1\" if you mean it as a host reads it (as decimal it is no address)",
         ),
         ("10.0.0.01", "write it without (\"10.0.0.1\")"),
+        // Fullwidth digits and dots, which a rule's host is read from.
+        (
+            "\u{ff11}\u{ff12}\u{ff17}\u{ff0e}\u{ff10}\u{ff0e}\u{ff10}\u{ff0e}\u{ff10}\u{ff11}\u{ff10}",
+            "(octal, as a host reads it) or \"127.0.0.10\"",
+        ),
     ];
     let rule = format!(
         "{head}[[rules]]\nname = \"pad\"\naction = \"allow\"\nhosts = {:?}\n",

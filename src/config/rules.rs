@@ -214,7 +214,7 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         // As targets are matched: an IPv4-mapped address (`::ffff:a.b.c.d`)
         // is that IPv4 address; other IPv6 forms stay IPv6.
         Ok(Host::Ip(ip)) if !wild => {
-            if let Some(refusal) = padded_ipv4(name, ip) {
+            if let Some(refusal) = padded_ipv4(&ascii, ip) {
                 return Err(refusal);
             }
             canonical(ip).to_string()
