@@ -901,6 +901,10 @@ fn an_ipv4_cidr_with_a_leading_zero_is_refused() {
             "0300.0250.0.0/16",
             "write \"192.168.0.0/16\" if you mean it as a host reads it (as decimal it is no address)",
         ),
+        (
+            "08.0.0.0/8",
+            "a host refuses this one (8 and 9 are no octal digits): write it without (\"8.0.0.0/8\")",
+        ),
         ("010.0.0.0/", "`010.0.0.0/` is not a CIDR"),
         ("00.0.0.0/", "`00.0.0.0/` is not a CIDR"),
     ];
@@ -954,6 +958,11 @@ fn an_ipv4_address_in_hosts_with_a_leading_zero_is_refused() {
             "write \"192.168.0.1\" if you mean it as a host reads it (as decimal it is no address)",
         ),
         ("10.0.0.01", "write it without (\"10.0.0.1\")"),
+        // No address to a host (`08` is no octal number), one without the zero.
+        (
+            "127.0.0.08",
+            "`127.0.0.08` has a number with a leading zero, which reads as octal where a host is matched (`010.0.0.1` is 8.0.0.1): a host refuses this one (8 and 9 are no octal digits): write it without (\"127.0.0.8\")",
+        ),
         // Fullwidth digits and dots, which a rule's host is read from.
         (
             "\u{ff11}\u{ff12}\u{ff17}\u{ff0e}\u{ff10}\u{ff0e}\u{ff10}\u{ff0e}\u{ff10}\u{ff11}\u{ff10}",

@@ -214,12 +214,16 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
         // As targets are matched: an IPv4-mapped address (`::ffff:a.b.c.d`)
         // is that IPv4 address; other IPv6 forms stay IPv6.
         Ok(Host::Ip(ip)) if !wild => {
-            if let Some(refusal) = padded_ipv4(&ascii, ip) {
+            if let Some(refusal) = padded_ipv4(&ascii, Some(ip)) {
                 return Err(refusal);
             }
             canonical(ip).to_string()
         }
-        _ => return Err(format!("{} is not a valid host pattern", quoted(s))),
+        // (`08.0.0.1`, no address to a host, is one without its zero.)
+        _ => {
+            let padded = (!wild).then(|| padded_ipv4(&ascii, None)).flatten();
+            return Err(padded.unwrap_or_else(|| format!("{} is not a valid host pattern", quoted(s))));
+        }
     };
     Ok(if wild { HostPattern::Suffix(format!(".{host}")) } else { HostPattern::Exact(host) })
 }
@@ -228,12 +232,13 @@ pub fn host_pattern(raw: &str) -> Result<HostPattern, String> {
 /// (`127.0.0.010`) is refused, as the same spelling is in a CIDR:
 /// `hosts` read it as a target is read, as `inet_aton` does (127.0.0.8),
 /// with no word at load, so an address pasted from a list with padded
-/// numbers named another host (probe 382). `ip` is the host's reading.
-fn padded_ipv4(written: &str, ip: std::net::IpAddr) -> Option<String> {
+/// numbers named another host (probe 382). `ip` is the host's reading,
+/// `None` when a host reads no address there (`08` is no octal number).
+fn padded_ipv4(written: &str, ip: Option<std::net::IpAddr>) -> Option<String> {
     let written = written.strip_suffix('.').unwrap_or(written);
     let numbers = written.split('.');
     let padded = |n: &str| n.len() > 1 && n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
-    if !ip.is_ipv4() || !numbers.clone().any(padded) {
+    if ip.is_some_and(|ip| !ip.is_ipv4()) || !numbers.clone().any(padded) {
         return None;
     }
     // The decimal reading: the zeros dropped, read again (`0999.1` is none).
@@ -246,7 +251,7 @@ fn padded_ipv4(written: &str, ip: std::net::IpAddr) -> Option<String> {
         _ => None,
     };
     let shown: String = written.chars().take(60).collect();
-    super::validate::leading_zero(&shown, Some(ip.to_string()), decimal)
+    super::validate::leading_zero(&shown, ip.map(|ip| ip.to_string()), decimal)
 }
 
 fn port_range(p: &RawPort) -> Result<(u16, u16), String> {

@@ -936,7 +936,10 @@ pub(crate) fn leading_zero(shown: &str, octal: Option<String>, decimal: Option<S
         (Some(octal), None) => {
             format!("write \"{octal}\" if you mean it as a host reads it (as decimal it is no address)")
         }
-        (_, Some(decimal)) => format!("write it without (\"{decimal}\")"),
+        (Some(_), Some(decimal)) => format!("write it without (\"{decimal}\")"),
+        (None, Some(decimal)) => {
+            format!("a host refuses this one (8 and 9 are no octal digits): write it without (\"{decimal}\")")
+        }
         (None, None) => return None,
     };
     Some(format!(
