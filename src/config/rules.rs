@@ -140,6 +140,13 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let hosts = list(c, name, "hosts", &r.hosts, |s| host_pattern(s));
     let ports = list(c, name, "ports", &r.ports, port_range);
     let methods = list(c, name, "methods", &r.methods, |s| {
+        // `*` is a token, so it loaded as the method `*`: a deny rule for
+        // "every method" written so denied nothing, silently (probe 380).
+        if s.trim() == "*" {
+            return Err("`*` is not a wildcard in methods (a method matches exactly); leave out \
+                        `methods` to match every method"
+                .into());
+        }
         let up = s.to_ascii_uppercase();
         if up.is_empty() || !up.bytes().all(is_method_char) {
             return Err(format!("{} is not an HTTP method", quoted(s)));
