@@ -543,6 +543,52 @@ fn ssl_cert_file_naming_a_fifo_is_refused() {
     assert!(err.contains("SSL_CERT_FILE=") && err.contains("no CA certificate found"), "{err}");
 }
 
+/// `SSL_CERT_DIR`'s files are read as every file authgate reads is: one
+/// over 64 MiB, or more than 64 MiB of them in all, is an error `check`
+/// names, where rustls-native-certs read whatever it found (probe 380: a
+/// 1 GiB file took 4 s and 1 GB, `/proc/kmsg` linked there hung `check` and
+/// `run`). A valid certificate beside them changes nothing.
+#[test]
+fn ssl_cert_dir_files_are_bounded_as_every_file_read() {
+    let dir = TempDir::new();
+    let leaf = pki::Ca::new("listener CA").leaf("proxy");
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    let tls = "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+    let config = dir.write("authgate.toml", format!("{tls}[auth]\nusers_file = \"users.toml\"\n"));
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let check = |certs: &std::path::Path| {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
+            .args(["check", "--config", &config.display().to_string()])
+            .env("SSL_CERT_DIR", certs)
+            .env_remove("SSL_CERT_FILE")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = output_within_20s(child, "check with SSL_CERT_DIR");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // (Sparse files: no disk is used.)
+    let sized =
+        |path: std::path::PathBuf, len: u64| std::fs::File::create(path).unwrap().set_len(len).unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("ca.pem"), pki::Ca::new("some root").cert_pem).unwrap();
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(0), "a directory of one root is taken: {err}");
+    sized(certs.join("huge.pem"), (64 << 20) + 1);
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("SSL_CERT_DIR: ") && err.contains("huge.pem: larger than 64 MiB"), "{err}");
+    std::fs::remove_file(certs.join("huge.pem")).unwrap();
+    sized(certs.join("a.pem"), 40 << 20);
+    sized(certs.join("b.pem"), 40 << 20);
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the certificate files hold more than 64 MiB"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_forwarding_goes_through_the_egress_checks_and_the_rules() {
     let proxy_ca = pki::Ca::new("proxy CA");

@@ -72,15 +72,6 @@ fn open_regular(path: &Path) -> io::Result<(std::fs::File, std::fs::Metadata)> {
     Ok((file, meta))
 }
 
-/// Whether `path` is a regular file of at most [`MAX_FILE_BYTES`], for a
-/// file another library reads.
-///
-/// # Errors
-/// As [`read_file`]'s, without reading.
-pub fn check_file(path: &Path) -> io::Result<()> {
-    regular(&std::fs::metadata(path)?)
-}
-
 /// Why a file could not be read, worded the same for every file authgate
 /// reads: "file not found" and "permission denied" for the two an admin
 /// meets most, the system's words otherwise.

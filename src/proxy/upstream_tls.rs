@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::file::{check_file, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
+use crate::config::file::{MAX_FILE_BYTES, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
 use crate::config::shown_path;
 use crate::error::{BadAnswer, ProxyError};
 use crate::target::Host;
@@ -111,18 +111,12 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
 /// The system's roots: what `SSL_CERT_FILE` and `SSL_CERT_DIR` name when
 /// set, else the platform's bundle.
 fn system_roots() -> Result<(rustls::RootCertStore, usize), String> {
-    // rustls-native-certs reads the file this names as it finds it: a
-    // FIFO kept the proxy from starting, without a word, and `/dev/zero`
-    // took memory until the allocator aborted (probe 111). It is checked as
-    // every file authgate reads is. (Of `SSL_CERT_DIR`, it reads regular
-    // files only.)
-    if let Some(file) = std::env::var_os("SSL_CERT_FILE") {
-        let file = Path::new(&file);
-        check_file(file).map_err(|e| format!("SSL_CERT_FILE: {}: {}", shown_path(file), reason(&e)))?;
-    }
-    let found = rustls_native_certs::load_native_certs();
+    let found = match env_roots() {
+        Some(found) => found?,
+        None => rustls_native_certs::load_native_certs().certs,
+    };
     let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
+    let (added, _) = roots.add_parsable_certificates(found);
     // A file named on purpose with nothing usable in it is a mistake to
     // report (it passed `check` and started a proxy that verified nothing,
     // without a word, probe 113); no bundle on the platform is warned of
@@ -134,6 +128,89 @@ fn system_roots() -> Result<(rustls::RootCertStore, usize), String> {
         }
     }
     Ok((roots, added))
+}
+
+/// The certificates of what `SSL_CERT_FILE` and `SSL_CERT_DIR` (a list,
+/// `:`-separated) name, `None` when neither is set; as rustls-native-certs
+/// takes them (the file, then each directory's files, not recursing, each
+/// file once however many links lead to it), but each file read as every
+/// file authgate reads is ([`read_file`]: regular, at most 64 MiB, never
+/// waited on), and at most [`MAX_FILE_BYTES`] of them all; a file that
+/// cannot be read is an error naming it. (A directory's entries that are
+/// no regular file, a subdirectory or a dangling link, are passed over, as
+/// rustls-native-certs and OpenSSL pass them.) rustls-native-certs read
+/// them as it found them: `SSL_CERT_FILE` as a FIFO kept the proxy from
+/// starting and `/dev/zero` took memory until the allocator aborted (probe
+/// 111); `/proc/kmsg`, a file of size 0 to `stat`, did the first and
+/// `/proc/self/pagemap` the second, and so did such files, or a 1 GiB one,
+/// in `SSL_CERT_DIR` (probe 380).
+fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::env::var_os("SSL_CERT_FILE");
+    let dirs: Vec<std::path::PathBuf> = std::env::var_os("SSL_CERT_DIR")
+        .map(|dirs| std::env::split_paths(&dirs).filter(|d| !d.as_os_str().is_empty()).collect())
+        .unwrap_or_default();
+    if file.is_none() && dirs.is_empty() {
+        return None;
+    }
+    let mut certs = Vec::new();
+    let mut left = MAX_FILE_BYTES;
+    let mut seen = std::collections::HashSet::new();
+    let mut take = |bytes: Vec<u8>| {
+        left = left.checked_sub(bytes.len() as u64)?;
+        certs.extend(CertificateDer::pem_slice_iter(&bytes).map_while(Result::ok));
+        Some(())
+    };
+    let too_much = |var: &str, path: &Path| {
+        format!(
+            "{var}: {}: the certificate files hold more than {} MiB",
+            shown_path(path),
+            MAX_FILE_BYTES >> 20
+        )
+    };
+    if let Some(file) = &file {
+        let path = Path::new(file);
+        let read = std::fs::metadata(path).and_then(|meta| Ok((meta, read_file(path)?)));
+        let (meta, bytes) = match read {
+            Ok(read) => read,
+            Err(e) => return Some(Err(format!("SSL_CERT_FILE: {}: {}", shown_path(path), reason(&e)))),
+        };
+        seen.insert((meta.dev(), meta.ino()));
+        if take(bytes).is_none() {
+            return Some(Err(too_much("SSL_CERT_FILE", path)));
+        }
+    }
+    let unreadable =
+        |path: &Path, e: &io::Error| format!("SSL_CERT_DIR: {}: {}", shown_path(path), reason(e));
+    for dir in &dirs {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => return Some(Err(unreadable(dir, &e))),
+        };
+        for entry in entries {
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => return Some(Err(unreadable(dir, &e))),
+            };
+            // (Symlinks followed, as `openssl rehash` makes them.)
+            let meta = match std::fs::metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Some(Err(unreadable(&path, &e))),
+            };
+            if !meta.is_file() || !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let bytes = match read_file(&path) {
+                Ok(bytes) => bytes,
+                Err(e) => return Some(Err(unreadable(&path, &e))),
+            };
+            if take(bytes).is_none() {
+                return Some(Err(too_much("SSL_CERT_DIR", dir)));
+            }
+        }
+    }
+    Some(Ok(certs))
 }
 
 /// Warns when `https://` forwarding is possible (a TLS listener, no
