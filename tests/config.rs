@@ -1451,7 +1451,24 @@ fn a_log_level_typo_is_refused_instead_of_silencing_every_log_line() {
         let err = load_err(&format!("[log]\nlevel = \"{level}\"\n"), &good_users());
         assert!(err.contains("authgate.toml:2:9: log.level: not a level or a filter"), "{level:?}: {err}");
     }
-    for level in ["WARN", "off", "debug", "info,authgate::access=off", "warn,authgate[request]=debug"] {
+    // Span directives alone, or other targets alone, let no line through
+    // either: authgate's lines are in no span (probe 380).
+    for level in ["[]", "[]=error", "[span]", "Authgate=info", "hickory_proto=debug"] {
+        let err = load_err(&format!("[log]\nlevel = \"{level}\"\n"), &good_users());
+        assert!(
+            err.contains("authgate.toml:2:9: log.level: a filter that lets no authgate line through"),
+            "{level:?}: {err}"
+        );
+    }
+    for level in [
+        "WARN",
+        "off",
+        "debug",
+        "info,authgate::access=off",
+        "warn,authgate[request]=debug",
+        "off,hickory_proto=debug",
+        "authgate::access=info",
+    ] {
         let (_dir, ok) = load(&format!("[log]\nlevel = \"{level}\"\n"), &good_users());
         assert!(ok.is_ok(), "{level:?}: {:?}", ok.err());
     }
@@ -1462,7 +1479,7 @@ fn a_log_level_typo_is_refused_instead_of_silencing_every_log_line() {
 /// (probe 336). Refused past 4096 bytes or 64 directives, with the bound.
 #[test]
 fn a_log_filter_too_long_to_read_quickly_is_refused() {
-    let many = vec!["t=info"; 65].join(",");
+    let many = vec!["authgate::t=info"; 65].join(",");
     let long = format!("info,{}=off", "a".repeat(4096));
     for level in [many, long] {
         let err = load_err(&format!("[log]\nlevel = \"{level}\"\n"), &good_users());
@@ -1471,7 +1488,8 @@ fn a_log_filter_too_long_to_read_quickly_is_refused() {
             "{err}"
         );
     }
-    let (_dir, ok) = load(&format!("[log]\nlevel = \"{}\"\n", vec!["t=info"; 64].join(",")), &good_users());
+    let (_dir, ok) =
+        load(&format!("[log]\nlevel = \"{}\"\n", vec!["authgate::t=info"; 64].join(",")), &good_users());
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
 

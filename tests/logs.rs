@@ -433,6 +433,32 @@ fn rust_log_overrides_the_configured_level() {
         );
         assert!(out.contains("authgate::access"), "{rust_log}: {out}");
     }
+    // One that lets no authgate line through (span directives alone; its
+    // lines are in no span) says so, and `level` applies (probe 380).
+    let out = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", "[]")]);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("WARN")
+                && l.contains("RUST_LOG is a filter that lets no authgate line through")),
+        "{out}"
+    );
+    assert!(out.contains("authgate::access"), "{out}");
+    // One that is not UTF-8 was passed over without a word (probe 380).
+    let dir = TempDir::new();
+    let not_utf8 = ["sh", "-c", "RUST_LOG=$(printf 'info\\377') exec \"$0\" \"$@\""];
+    let bin = start_binary_under(
+        &dir,
+        &not_utf8,
+        "[log]\nlevel = \"info\"\n",
+        &users_toml(&[(USER, PASSWORD)]),
+        Stdio::piped(),
+    );
+    let out = String::from_utf8_lossy(&bin.stop().stdout).into_owned();
+    assert!(
+        out.lines().any(|l| l.contains("WARN") && l.contains("RUST_LOG is not UTF-8; [log] level applies")),
+        "{out}"
+    );
+    assert!(out.contains("authgate started"), "{out}");
     // One too long says so (it was "not a level or a log filter"; probe 338).
     let long = vec!["t=info"; 65].join(",");
     let out = stdout_after_one_request_env("[log]\nlevel = \"info\"\n", &[("RUST_LOG", &long)]);

@@ -124,9 +124,27 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
         !d.is_empty() && level.is_none_or(is_level) && if spans_or_level { target_ok } else { is_level(d) }
     });
     let filter = directives.join(",");
-    match bare_words_are_levels && parse_filter(&filter).is_ok() {
+    if !(bare_words_are_levels && parse_filter(&filter).is_ok()) {
+        return Err(NoFilter::NotAFilter);
+    }
+    // authgate's lines are in no span, and their targets are `authgate`
+    // and its modules: a filter of span directives alone (`[]`,
+    // `[request]=debug`) or of other targets alone (`Authgate=info`) let
+    // none through, the startup line and a failed reload's error included,
+    // without a word (probe 380). A bare level, `off` too, is meant.
+    let lets_some_through = directives.iter().any(|d| match d.split_once('=') {
+        _ if d.contains('[') => false,
+        None => true,
+        Some((target, level)) => {
+            (target == "authgate" || target.starts_with("authgate::"))
+                && level
+                    .parse::<tracing::level_filters::LevelFilter>()
+                    .is_ok_and(|l| l != tracing::level_filters::LevelFilter::OFF)
+        }
+    });
+    match lets_some_through {
         true => Ok(filter),
-        false => Err(NoFilter::NotAFilter),
+        false => Err(NoFilter::Silent),
     }
 }
 
@@ -137,6 +155,9 @@ pub enum NoFilter {
     TooLong,
     /// Not a level, nor a list of directives whose bare words are levels.
     NotAFilter,
+    /// A filter that lets no authgate line through and does not say `off`:
+    /// span directives alone, or directives for other targets alone.
+    Silent,
 }
 
 impl std::fmt::Display for NoFilter {
@@ -149,6 +170,10 @@ impl std::fmt::Display for NoFilter {
                 )
             }
             NoFilter::NotAFilter => f.write_str("not a level or a log filter"),
+            NoFilter::Silent => f.write_str(
+                "a filter that lets no authgate line through (its lines are in no span, and their \
+                 targets are `authgate` and its modules; say `off` to mean it)",
+            ),
         }
     }
 }
@@ -200,7 +225,10 @@ fn quiet_resolver(filter: &str) -> String {
 /// is said in a warning, and `level` applies.
 pub fn init(level: &str, format: LogFormat) -> LogGuard {
     let filter_of = |f: &str| parse_filter(&quiet_resolver(f)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    // (One that is not UTF-8 was passed over without a word: probe 380.)
+    let env = std::env::var("RUST_LOG");
+    let not_utf8 = matches!(env, Err(std::env::VarError::NotUnicode(_)));
+    let from_env = env.ok().filter(|v| !v.trim().is_empty());
     // Read as `[log] level` is: a bare word that is not a level
     // (`RUST_LOG=warning`) silenced every line without a word (probe 101).
     let (filter, bad_env) = match from_env.as_deref().map(log_filter) {
@@ -224,6 +252,9 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     if let Some(why) = bad_env {
         tracing::warn!("RUST_LOG is {why}; [log] level applies");
     }
+    if not_utf8 {
+        tracing::warn!("RUST_LOG is not UTF-8; [log] level applies");
+    }
     guard
 }
 
@@ -242,8 +273,17 @@ mod filter_tests {
             Ok("warn,authgate[request]=debug,hickory_proto=3")
         );
         assert!(log_filter("off,[{x=\"a=b\"}]=info").is_ok());
-        for good in ["warn,authgate=", "authgate=03", "authgate=+3", "[request]=debug", "_x::y2=info"] {
+        for good in
+            ["warn,authgate=", "authgate=03", "authgate=+3", "off,[request]=debug", "authgate::x=info"]
+        {
             assert_eq!(log_filter(good).as_deref(), Ok(good));
+        }
+        // Filters that let no authgate line through, without saying `off`
+        // (authgate's lines are in no span; probe 380).
+        for silent in
+            ["[]", "[]=error", "[span]", "[request]=debug", "_x::y2=info", "Authgate=info", "authgate=off"]
+        {
+            assert_eq!(log_filter(silent), Err(NoFilter::Silent), "{silent}");
         }
         for bad in [
             "warning",
@@ -269,7 +309,7 @@ mod filter_tests {
             assert_eq!(log_filter(bad), Err(NoFilter::NotAFilter), "{bad}");
         }
         // Bounded in bytes and in directives.
-        let many = |n: usize| vec!["t=info"; n].join(",");
+        let many = |n: usize| vec!["authgate=info"; n].join(",");
         assert!(log_filter(&many(MAX_FILTER_DIRECTIVES)).is_ok());
         assert_eq!(log_filter(&many(MAX_FILTER_DIRECTIVES + 1)), Err(NoFilter::TooLong));
         let long = |n: usize| format!("info,{}=off", "a".repeat(n - 9));
