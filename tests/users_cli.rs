@@ -1915,6 +1915,18 @@ fn users_commands_refuse_a_broken_config_that_has_no_auth_table() {
     assert!(err.contains("unknown field `Auth`") && !err.contains("warning"), "{err}");
     assert!(!d.users().exists() && !d.path.join("real.toml").exists());
 
+    // An `[auth.argon2]` key misplaced (at the top, or a table
+    // `[auth_argon2]`): `hash-password` wrote a hash with the default
+    // costs, with a warning (probe 380).
+    for misplaced in ["m_cost = 65536\n[auth]\n", "[auth]\n[auth_argon2]\nm_cost = 65536\n"] {
+        let d = Dir::new(None);
+        std::fs::write(d.config(), misplaced).unwrap();
+        let out = Dir::run_command(d.authgate(&["hash-password"]), Some("pw\n"));
+        assert_eq!(out.code, Some(1), "{misplaced}: {out:?}");
+        assert!(out.stdout.is_empty() && out.stderr.contains("unknown field"), "{misplaced}: {out:?}");
+        assert!(!out.stderr.contains("warning"), "{misplaced}: {out:?}");
+    }
+
     // Not an authgate config: nothing is created beside it.
     let d = Dir::new(None);
     std::fs::write(d.config(), "[package]\nname = \"x\"\n").unwrap();

@@ -888,11 +888,14 @@ fn auth_table_alone(source: &str) -> Option<String> {
     String::from_utf8(blanked).ok()
 }
 
-/// A key that only `[auth]` takes, in any case, with `-` for `_`
-/// (`Users-File`: probe 102).
+/// A key that only `[auth]` (or its `argon2`) takes, in any case, with `-`
+/// for `_` (`Users-File`: probe 102), or a name holding `argon2`: an
+/// `m_cost` at the top, or a table `[auth_argon2]`, was passed over with a
+/// warning, and `hash-password` wrote a hash with the default costs (probe
+/// 380).
 fn auth_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase().replace('-', "_");
-    key == "users_file" || key == "argon2"
+    matches!(key.as_str(), "users_file" | "m_cost" | "t_cost" | "p_cost") || key.contains("argon2")
 }
 
 /// Whether `item` holds an [`auth_key`], at any depth (tables, inline
@@ -1017,6 +1020,9 @@ mod tests {
             "x = [{ users_file = \"u.toml\" }]\n[auth.argon2]\nm_cost = 8\n",
             "foo = [[{ argon2 = { m_cost = 8 } }]]\n[auth.argon2]\nm_cost = 8\n",
             "Users-File = \"u.toml\"\n[auth.argon2]\nm_cost = 8\n",
+            "m_cost = 65536\n[auth]\nusers_file = \"u.toml\"\n",
+            "[auth]\nusers_file = \"u.toml\"\n[server]\nT-Cost = 3\n",
+            "[auth]\nusers_file = \"u.toml\"\n[auth_argon2]\nm_cost = 65536\n",
         ] {
             assert_eq!(auth_table_alone(elsewhere), None, "{elsewhere}");
         }
