@@ -775,6 +775,20 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
     let err = err.message;
     assert!(err.contains("chain-junk.pem: certificate 2 of the chain is not an X.509 certificate"), "{err}");
+    // So is a chain longer than clients take in a handshake: one of the
+    // leaf 20,000 times loaded, and every handshake failed (probe 380).
+    let leaf = ca.leaf("long");
+    let long = dir.write("long.pem", leaf.cert_pem.repeat(65_535 / leaf.der.len() + 1));
+    let long_key = dir.write("long.key", &leaf.key_pem);
+    let err = authgate::server::tls::load_certified_key(&long, &long_key).unwrap_err();
+    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+    assert!(
+        err.message.contains("long.pem: the chain is ")
+            && err.message.contains("clients refuse more than 65535"),
+        "{err}"
+    );
+    let short = dir.write("short.pem", leaf.cert_pem.repeat(65_535 / (leaf.der.len() + 5) - 1));
+    authgate::server::tls::load_certified_key(&short, &long_key).unwrap();
     // So is a first certificate whose dates are none (month 13): rustls
     // does not read them, and it loaded, long expired, without a word
     // (probe 123). (Its signature no longer holds: not what is looked at.)

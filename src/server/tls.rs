@@ -575,6 +575,10 @@ impl Drop for Admitted<'_> {
     }
 }
 
+/// Largest certificate chain, in bytes of its TLS 1.3 handshake message,
+/// that a listener takes: what rustls and Go clients accept.
+pub const MAX_CHAIN_BYTES: usize = 65_535;
+
 /// The certificate chain in `cert` (leaf first), each certificate readable.
 ///
 /// # Errors
@@ -597,6 +601,20 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
             "{}: no certificate found{}",
             shown_path(cert),
             holds_instead(&cert_pem, TlsFile::Cert)
+        )));
+    }
+    // The chain as it goes out in a TLS 1.3 Certificate message (a context
+    // byte, a 3-byte list length, each certificate with a 3-byte length and
+    // 2 bytes of extensions): rustls and Go clients refuse a handshake
+    // message over 64 KiB, OpenSSL over 100 KiB. A chain of the leaf 20,000
+    // times (22 MB) loaded, and every handshake failed, seen only in
+    // `authgate_tls_handshake_failures_total` (probe 380).
+    let sent = chain.iter().fold(4usize, |n, c| n.saturating_add(c.len() + 5));
+    if sent > MAX_CHAIN_BYTES {
+        return Err(in_cert(format!(
+            "{}: the chain is {sent} bytes in a handshake; clients refuse more than {MAX_CHAIN_BYTES} \
+             (rustls, Go) or 102400 (OpenSSL): leave out the root and what does not issue the certificate",
+            shown_path(cert)
         )));
     }
     // rustls reads the first certificate only; the others went out unread,
