@@ -587,6 +587,32 @@ fn ssl_cert_dir_files_are_bounded_as_every_file_read() {
     let (code, err) = check(&certs);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("the certificate files hold more than 64 MiB"), "{err}");
+    std::fs::remove_file(certs.join("a.pem")).unwrap();
+    std::fs::remove_file(certs.join("b.pem")).unwrap();
+    // Links that lead nowhere (dangling, in a loop, through a file) and a
+    // directory of the list that is not there are passed over, as OpenSSL
+    // passes them; each stopped the proxy from starting (probe 385).
+    std::os::unix::fs::symlink(certs.join("l2"), certs.join("l1")).unwrap();
+    std::os::unix::fs::symlink(certs.join("l1"), certs.join("l2")).unwrap();
+    std::os::unix::fs::symlink(certs.join("gone.pem"), certs.join("dangling")).unwrap();
+    std::os::unix::fs::symlink(certs.join("ca.pem").join("x"), certs.join("through")).unwrap();
+    let listed = format!("{}:{}", dir.path().join("none").display(), certs.display());
+    let (code, err) = check(std::path::Path::new(&listed));
+    assert_eq!(code, Some(0), "{err}");
+    // A bad PEM section is an error naming the file: the certificates
+    // after it were dropped without a word (probe 385).
+    let root = pki::Ca::new("the root after");
+    std::fs::write(
+        certs.join("bundle.pem"),
+        format!(
+            "-----BEGIN CERTIFICATE-----\nMIIB!!!notbase64***\n-----END CERTIFICATE-----\n{}",
+            root.cert_pem
+        ),
+    )
+    .unwrap();
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bundle.pem: a PEM section's base64 is not valid"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -893,6 +919,55 @@ fn the_access_line_names_the_origin_whose_certificate_failed() {
     assert_proxy_error(&r, 502, "tls_certificate_error", "upstream_tls_error");
     let access = bin.stop_for_access_line("/secure");
     assert!(access.contains(&format!(" upstream={origin} ")), "{access}");
+}
+
+/// A failed read of the system roots is not kept: a reload that first
+/// needed them (its `ca_file` taken out) and failed on a bad file of
+/// `SSL_CERT_DIR` failed again at every later reload with the same message,
+/// the file long fixed, while `check` said ok (probe 385).
+#[test]
+fn a_failed_read_of_the_system_roots_is_read_again_at_the_next_reload() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = pki::Ca::new("proxy CA");
+    let dir = TempDir::new();
+    let leaf = ca.leaf("proxy");
+    dir.write("proxy-cert.pem", &leaf.cert_pem);
+    dir.write("proxy-key.pem", &leaf.key_pem);
+    dir.write("roots.pem", &ca.cert_pem);
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let bad = certs.join("bad.pem");
+    std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\nMIIB!!!\n-----END CERTIFICATE-----\n").unwrap();
+    let (tls_port, admin_port) = (closed_port(), closed_port());
+    let upstream = "[upstream]\nca_file = \"roots.pem\"\n";
+    let extra = format!(
+        "[[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"proxy-cert.pem\"\nkey = \"proxy-key.pem\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[reload]\nwatch = false\n{upstream}"
+    );
+    let env = [("SSL_CERT_DIR", certs.to_str().unwrap()), ("SSL_CERT_FILE", "")];
+    let bin =
+        start_binary_env(&dir, &extra, &users_toml(&[("alice", "a1")]), std::process::Stdio::null(), &env);
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    let wait_for = |series: &str, value: f64| {
+        rt.block_on(async {
+            for _ in 0..400 {
+                if admin::scrape(admin).await.get(series) == Some(&value) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            panic!("{series} not {value} within 10 s");
+        })
+    };
+    let config = dir.path().join("authgate.toml");
+    let without_ca = std::fs::read_to_string(&config).unwrap().replace(upstream, "");
+    std::fs::write(&config, without_ca).unwrap();
+    bin.signal("HUP");
+    wait_for("authgate_config_reloads_total{result=\"failed\"}", 1.0);
+    std::fs::remove_file(&bad).unwrap();
+    std::fs::write(certs.join("ca.pem"), &ca.cert_pem).unwrap();
+    bin.signal("HUP");
+    wait_for("authgate_config_generation", 2.0);
 }
 
 /// With the system's roots (no `ca_file`), a reload drops the TLS sessions

@@ -37,15 +37,24 @@ use crate::target::Host;
 pub fn connector(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     match ca_file {
         Some(path) => Ok(with_roots(ca_roots(path)?)),
-        None => SYSTEM
-            .get_or_init(|| system_roots().map(|(roots, n)| (Arc::new(roots), n)))
-            .clone()
-            .map(|(roots, _)| with_roots(roots)),
+        None => {
+            // (Two threads may both read them the first time; one set is kept.)
+            if let Some((roots, _)) = SYSTEM.get() {
+                return Ok(with_roots(roots.clone()));
+            }
+            let (roots, n) = system_roots()?;
+            let (roots, _) = SYSTEM.get_or_init(|| (Arc::new(roots), n));
+            Ok(with_roots(roots.clone()))
+        }
     }
 }
 
-/// The system's roots, and how many there are; read once per process.
-static SYSTEM: OnceLock<Result<(Arc<rustls::RootCertStore>, usize), String>> = OnceLock::new();
+/// The system's roots, and how many there are; read once per process, once
+/// read: a failed read is not kept, so that a later reload reads them
+/// again (a failure at the first reload that needed them, with the cause
+/// since removed, failed every later reload with the old message while
+/// `check` said ok; probe 385).
+static SYSTEM: OnceLock<(Arc<rustls::RootCertStore>, usize)> = OnceLock::new();
 
 /// A connector that trusts no root: every `https://` origin fails
 /// verification (what a configuration holds until its `[upstream]` is
@@ -122,7 +131,11 @@ fn system_roots() -> Result<(rustls::RootCertStore, usize), String> {
     // without a word, probe 113); no bundle on the platform is warned of
     // where it matters (see [`warn_if_no_system_roots`]).
     if added == 0 {
-        let shown = |var: &str| std::env::var_os(var).map(|v| format!("{var}={}", shown_path(Path::new(&v))));
+        let shown = |var: &str| {
+            std::env::var_os(var)
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("{var}={}", shown_path(Path::new(&v))))
+        };
         if let Some(set) = shown("SSL_CERT_FILE").or_else(|| shown("SSL_CERT_DIR")) {
             return Err(format!("{set}: no CA certificate found"));
         }
@@ -146,7 +159,9 @@ fn system_roots() -> Result<(rustls::RootCertStore, usize), String> {
 /// in `SSL_CERT_DIR` (probe 380).
 fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
     use std::os::unix::fs::MetadataExt;
-    let file = std::env::var_os("SSL_CERT_FILE");
+    // (Set and empty is as unset, for both: it was "SSL_CERT_FILE: : file
+    // not found"; probe 385.)
+    let file = std::env::var_os("SSL_CERT_FILE").filter(|f| !f.is_empty());
     let dirs: Vec<std::path::PathBuf> = std::env::var_os("SSL_CERT_DIR")
         .map(|dirs| std::env::split_paths(&dirs).filter(|d| !d.as_os_str().is_empty()).collect())
         .unwrap_or_default();
@@ -156,17 +171,21 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
     let mut certs = Vec::new();
     let mut left = MAX_FILE_BYTES;
     let mut seen = std::collections::HashSet::new();
-    let mut take = |bytes: Vec<u8>| {
-        left = left.checked_sub(bytes.len() as u64)?;
-        certs.extend(CertificateDer::pem_slice_iter(&bytes).map_while(Result::ok));
-        Some(())
-    };
-    let too_much = |var: &str, path: &Path| {
-        format!(
-            "{var}: {}: the certificate files hold more than {} MiB",
-            shown_path(path),
-            MAX_FILE_BYTES >> 20
-        )
+    // The certificates of one file; a bad PEM section is an error naming
+    // it (it ended the file's certificates there without a word, where
+    // `ca_file` is refused so; probe 385).
+    let mut take = |var: &str, path: &Path, bytes: Vec<u8>| {
+        left = left.checked_sub(bytes.len() as u64).ok_or_else(|| {
+            format!(
+                "{var}: {}: the certificate files hold more than {} MiB",
+                shown_path(path),
+                MAX_FILE_BYTES >> 20
+            )
+        })?;
+        for cert in CertificateDer::pem_slice_iter(&bytes) {
+            certs.push(cert.map_err(|e| format!("{var}: {}: {}", shown_path(path), pem_problem(&e)))?);
+        }
+        Ok::<(), String>(())
     };
     if let Some(file) = &file {
         let path = Path::new(file);
@@ -176,8 +195,8 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
             Err(e) => return Some(Err(format!("SSL_CERT_FILE: {}: {}", shown_path(path), reason(&e)))),
         };
         seen.insert((meta.dev(), meta.ino()));
-        if take(bytes).is_none() {
-            return Some(Err(too_much("SSL_CERT_FILE", path)));
+        if let Err(e) = take("SSL_CERT_FILE", path, bytes) {
+            return Some(Err(e));
         }
     }
     let unreadable =
@@ -185,6 +204,9 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
     for dir in &dirs {
         let entries = match std::fs::read_dir(dir) {
             Ok(entries) => entries,
+            // A directory of the list that is not there is passed over, as
+            // OpenSSL and Go pass it (probe 385).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Some(Err(unreadable(dir, &e))),
         };
         for entry in entries {
@@ -192,9 +214,14 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
                 Ok(entry) => entry.path(),
                 Err(e) => return Some(Err(unreadable(dir, &e))),
             };
-            // (Symlinks followed, as `openssl rehash` makes them.)
+            // (Symlinks followed, as `openssl rehash` makes them; one that
+            // leads nowhere, dangling, in a loop or through a file, is
+            // passed over: probe 385.)
             let meta = match std::fs::metadata(&path) {
                 Ok(meta) => meta,
+                Err(_) if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) => {
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Some(Err(unreadable(&path, &e))),
             };
@@ -205,8 +232,8 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
                 Ok(bytes) => bytes,
                 Err(e) => return Some(Err(unreadable(&path, &e))),
             };
-            if take(bytes).is_none() {
-                return Some(Err(too_much("SSL_CERT_DIR", dir)));
+            if let Err(e) = take("SSL_CERT_DIR", &path, bytes) {
+                return Some(Err(e));
             }
         }
     }
@@ -218,7 +245,7 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
 /// fail verification. Called once logging runs (the roots are read with
 /// the configuration, before it does).
 pub fn warn_if_no_system_roots(snap: &crate::config::Snapshot) {
-    let none_read = matches!(SYSTEM.get(), Some(Ok((_, 0))));
+    let none_read = matches!(SYSTEM.get(), Some((_, 0)));
     if none_read && snap.upstream_ca.is_none() && !snap.server.tls.is_empty() {
         tracing::warn!(
             "no system CA certificates found: https:// forwarding on the TLS listener fails verification; set [upstream] ca_file"
