@@ -1453,7 +1453,8 @@ fn a_log_level_typo_is_refused_instead_of_silencing_every_log_line() {
     }
     // Span directives alone, or other targets alone, let no line through
     // either: authgate's lines are in no span (probe 380).
-    for level in ["[]", "[]=error", "[span]", "Authgate=info", "hickory_proto=debug"] {
+    for level in ["[]", "[]=error", "[span]", "Authgate=info", "hickory_proto=debug", "authgate::acess=info"]
+    {
         let err = load_err(&format!("[log]\nlevel = \"{level}\"\n"), &good_users());
         assert!(
             err.contains("authgate.toml:2:9: log.level: a filter that lets no authgate line through"),
@@ -1468,6 +1469,7 @@ fn a_log_level_typo_is_refused_instead_of_silencing_every_log_line() {
         "warn,authgate[request]=debug",
         "off,hickory_proto=debug",
         "authgate::access=info",
+        "authgate=off",
     ] {
         let (_dir, ok) = load(&format!("[log]\nlevel = \"{level}\"\n"), &good_users());
         assert!(ok.is_ok(), "{level:?}: {:?}", ok.err());

@@ -127,19 +127,29 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
     if !(bare_words_are_levels && parse_filter(&filter).is_ok()) {
         return Err(NoFilter::NotAFilter);
     }
-    // authgate's lines are in no span, and their targets are `authgate`
-    // and its modules: a filter of span directives alone (`[]`,
-    // `[request]=debug`) or of other targets alone (`Authgate=info`) let
-    // none through, the startup line and a failed reload's error included,
-    // without a word (probe 380). A bare level, `off` too, is meant.
+    // authgate's lines are in no span, and their targets are `authgate`,
+    // its modules and the targets of [`TARGETS`]: a filter of span
+    // directives alone (`[]`, `[request]=debug`) or of other targets alone
+    // (`Authgate=info`, `authgate::acess=info`) let none through, the
+    // startup line and a failed reload's error included, without a word
+    // (probes 380, 385). A bare level, `off` too, and a directive that
+    // turns the whole crate off (`authgate=off`) are meant. A target
+    // matches as `tracing` matches it: as the start of a line's target
+    // (`authg` names every authgate line).
+    let names = |target: &str| {
+        TARGETS.iter().any(|t| {
+            t.starts_with(target)
+                || (*t != "authgate" && target.strip_prefix(t).is_some_and(|r| r.starts_with("::")))
+        })
+    };
     let lets_some_through = directives.iter().any(|d| match d.split_once('=') {
         _ if d.contains('[') => false,
         None => true,
         Some((target, level)) => {
-            (target == "authgate" || target.starts_with("authgate::"))
-                && level
-                    .parse::<tracing::level_filters::LevelFilter>()
-                    .is_ok_and(|l| l != tracing::level_filters::LevelFilter::OFF)
+            let off = level
+                .parse::<tracing::level_filters::LevelFilter>()
+                .is_ok_and(|l| l == tracing::level_filters::LevelFilter::OFF);
+            names(target) && (!off || "authgate".starts_with(target))
         }
     });
     match lets_some_through {
@@ -147,6 +157,31 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
         false => Err(NoFilter::Silent),
     }
 }
+
+/// The targets of authgate's lines: the crate (the binary's own lines),
+/// its modules (a line's target is its module's path), and the targets
+/// lines name themselves. A target under a module (`authgate::proxy::relay`)
+/// is one of its lines'.
+const TARGETS: &[&str] = &[
+    "authgate",
+    "authgate::access",
+    "authgate::audit",
+    "authgate::log",
+    "authgate::auth",
+    "authgate::blocking",
+    "authgate::body",
+    "authgate::calendar",
+    "authgate::cli",
+    "authgate::config",
+    "authgate::error",
+    "authgate::policy",
+    "authgate::proxy",
+    "authgate::respond",
+    "authgate::server",
+    "authgate::target",
+    "authgate::telemetry",
+    "authgate::watched_io",
+];
 
 /// Why [`log_filter`] took no filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,16 +309,36 @@ mod filter_tests {
         );
         assert!(log_filter("off,[{x=\"a=b\"}]=info").is_ok());
         for good in
-            ["warn,authgate=", "authgate=03", "authgate=+3", "off,[request]=debug", "authgate::x=info"]
+            ["warn,authgate=", "authgate=03", "authgate=+3", "off,[request]=debug", "authgate::proxy=info"]
         {
             assert_eq!(log_filter(good).as_deref(), Ok(good));
         }
         // Filters that let no authgate line through, without saying `off`
         // (authgate's lines are in no span; probe 380).
-        for silent in
-            ["[]", "[]=error", "[span]", "[request]=debug", "_x::y2=info", "Authgate=info", "authgate=off"]
-        {
+        for silent in [
+            "[]",
+            "[]=error",
+            "[span]",
+            "[request]=debug",
+            "_x::y2=info",
+            "Authgate=info",
+            "authgate::x=info",
+            "authgate::acess=info",
+            "authgate::access=off",
+            "authgate[x]=info",
+        ] {
             assert_eq!(log_filter(silent), Err(NoFilter::Silent), "{silent}");
+        }
+        // What names authgate's lines as `tracing` matches a target (its
+        // start), and what turns them all off on purpose (probe 385).
+        for meant in [
+            "authgate=off",
+            "warn,authgate=off",
+            "authg=info",
+            "authgate::proxy::relay=debug",
+            "authgate::ac=info",
+        ] {
+            assert_eq!(log_filter(meant).as_deref(), Ok(meant));
         }
         for bad in [
             "warning",
@@ -316,6 +371,36 @@ mod filter_tests {
         assert_eq!(long(MAX_FILTER_BYTES).len(), MAX_FILTER_BYTES);
         assert!(log_filter(&long(MAX_FILTER_BYTES)).is_ok());
         assert_eq!(log_filter(&long(MAX_FILTER_BYTES + 1)), Err(NoFilter::TooLong));
+    }
+
+    /// [`TARGETS`] names every module of the crate and every target a
+    /// line names itself: a filter for one left out would be refused.
+    #[test]
+    fn the_targets_named_are_the_crates() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+        for line in lib.lines() {
+            if let Some(module) = line.strip_prefix("pub mod ").or_else(|| line.strip_prefix("mod ")) {
+                let target = format!("authgate::{}", module.trim_end_matches(';'));
+                assert!(TARGETS.contains(&target.as_str()), "{target} is not in TARGETS");
+            }
+        }
+        let mut files = vec![src];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for named in text.split("target: \"authgate").skip(1) {
+                    let target = format!("authgate{}", named.split('"').next().unwrap());
+                    assert!(
+                        TARGETS.contains(&target.as_str()),
+                        "{target} ({}) is not in TARGETS",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
 
     /// A field's value is text to match (its `Debug` form: a string in
