@@ -1374,7 +1374,7 @@ fn explain_prints_each_rule_and_exits_by_decision() {
 #[test]
 fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
     let dir = TempDir::new();
-    let cfg = "[auth]\nusers_file = \"users.toml\"\n\n[[rules]]\nname = \"empty\"\naction = \"allow\"\nhosts = []\n\n[[rules]]\nname = \"inverted\"\naction = \"deny\"\nports = [\"9000-8000\"]\n\n[[rules]]\nname = \"pattern\"\naction = \"deny\"\nhosts = [\"foo*.com\"]\n\n[[rules]]\nname = \"verb\"\naction = \"maybe\"\n\n[[rules]]\nname = \"empty\"\naction = \"deny\"\n\n[[rules]]\nname = \"names\"\naction = \"allow\"\nusers = [\"x y\"]\ngroups = [\"web team\"]\n\n[[rules]]\nname = \"stars\"\naction = \"allow\"\nusers = [\"*\"]\ngroups = [\"eng\", \"*\"]\n\n[[rules]]\nname = \"named\"\naction = \"deny\"\nusers = [\"ops*\"]\n\n[[rules]]\nname = \" spaced \"\naction = \"deny\"\nports = [25]\n\n[[rules]]\nname = \"every\"\naction = \"deny\"\nmethods = [\"GET\", \"*\"]\n";
+    let cfg = "[auth]\nusers_file = \"users.toml\"\n\n[[rules]]\nname = \"empty\"\naction = \"allow\"\nhosts = []\n\n[[rules]]\nname = \"inverted\"\naction = \"deny\"\nports = [\"9000-8000\"]\n\n[[rules]]\nname = \"pattern\"\naction = \"deny\"\nhosts = [\"foo*.com\"]\n\n[[rules]]\nname = \"verb\"\naction = \"maybe\"\n\n[[rules]]\nname = \"empty\"\naction = \"deny\"\n\n[[rules]]\nname = \"names\"\naction = \"allow\"\nusers = [\"x y\"]\ngroups = [\"web team\"]\n\n[[rules]]\nname = \"stars\"\naction = \"allow\"\nusers = [\"*\"]\ngroups = [\"eng\", \"*\"]\n\n[[rules]]\nname = \"named\"\naction = \"deny\"\nusers = [\"ops*\"]\n\n[[rules]]\nname = \" spaced \"\naction = \"deny\"\nports = [25]\n\n[[rules]]\nname = \"every\"\naction = \"deny\"\nmethods = [\"GET\", \"*\", \"ANY\", \".*\"]\n";
     let path = dir.write("authgate.toml", cfg);
     dir.write("users.toml", users());
     let out = authgate_bin().arg("check").arg("--config").arg(&path).output().unwrap();
@@ -1420,8 +1420,12 @@ fn rules_that_can_never_match_are_load_errors_with_line_and_column() {
     assert!(err.contains(&format!("{p}:45:8: rule name: 1-64 characters from")), "{err}");
     // Nor in methods: `*` loaded as the method `*`, so a deny rule for
     // every method denied nothing (probe 380).
-    assert!(
-        err.contains(&format!("{p}:52:19: rule `every`: methods: `*` is not a wildcard in methods")),
-        "{err}"
-    );
+    for (col, method) in [(19, "*"), (24, "ANY"), (31, ".*")] {
+        assert!(
+            err.contains(&format!(
+                "{p}:52:{col}: rule `every`: methods: `{method}` is not a wildcard in methods"
+            )),
+            "{err}"
+        );
+    }
 }

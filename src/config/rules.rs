@@ -141,11 +141,16 @@ fn rule(c: &mut Collector<'_>, r: &RawRule) -> Option<Rule> {
     let ports = list(c, name, "ports", &r.ports, port_range);
     let methods = list(c, name, "methods", &r.methods, |s| {
         // `*` is a token, so it loaded as the method `*`: a deny rule for
-        // "every method" written so denied nothing, silently (probe 380).
-        if s.trim() == "*" {
-            return Err("`*` is not a wildcard in methods (a method matches exactly); leave out \
-                        `methods` to match every method"
-                .into());
+        // "every method" written so denied nothing, silently (probe 380);
+        // so did `.*`, `**`, `ANY` and `ALL` (probe 385), no method any
+        // registry knows.
+        let wildcard = s.contains('*') || ["ANY", "ALL"].iter().any(|w| s.trim().eq_ignore_ascii_case(w));
+        if wildcard {
+            return Err(format!(
+                "{} is not a wildcard in methods (a method matches exactly); leave out `methods` to match \
+                 every method",
+                quoted(s)
+            ));
         }
         let up = s.to_ascii_uppercase();
         if up.is_empty() || !up.bytes().all(is_method_char) {
