@@ -613,6 +613,18 @@ fn ssl_cert_dir_files_are_bounded_as_every_file_read() {
     let (code, err) = check(&certs);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("bundle.pem: a PEM section's base64 is not valid"), "{err}");
+    // Read as `ca_file` is: a byte order mark hid the first certificate,
+    // and a TRUSTED CERTIFICATE was passed over without a word (probe 387).
+    let trusted = root.cert_pem.replace("BEGIN CERTIFICATE", "BEGIN TRUSTED CERTIFICATE");
+    std::fs::write(certs.join("bundle.pem"), trusted.replace("END CERTIFICATE", "END TRUSTED CERTIFICATE"))
+        .unwrap();
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bundle.pem: it holds a TRUSTED CERTIFICATE"), "{err}");
+    std::fs::remove_file(certs.join("ca.pem")).unwrap();
+    std::fs::write(certs.join("bundle.pem"), format!("\u{feff}{}", root.cert_pem)).unwrap();
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(0), "the root after a byte order mark is read: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

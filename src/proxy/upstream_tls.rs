@@ -182,7 +182,15 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
                 MAX_FILE_BYTES >> 20
             )
         })?;
-        for cert in CertificateDer::pem_slice_iter(&bytes) {
+        // As `ca_file` is read (see `ca_roots`): a byte order mark hid the
+        // first certificate, and a TRUSTED CERTIFICATE (or a legacy label)
+        // was passed over without a word (probe 387). (A certificate no
+        // root can be made of is passed over, as in the platform's bundle.)
+        let pem = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
+        if let Some(trusted) = pem_trusted_form(pem) {
+            return Err(format!("{var}: {}: {trusted}", shown_path(path)));
+        }
+        for cert in CertificateDer::pem_slice_iter(pem) {
             certs.push(cert.map_err(|e| format!("{var}: {}: {}", shown_path(path), pem_problem(&e)))?);
         }
         Ok::<(), String>(())
