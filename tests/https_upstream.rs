@@ -496,6 +496,17 @@ async fn a_ca_file_replaced_in_place_applies_at_the_next_reload() {
     assert_eq!(r.status, 200, "{}", r.dump());
 }
 
+/// A config in `dir` with a TLS listener and no `ca_file` (the system
+/// roots are read for it, where `https://` is forwarded), and its users.
+fn tls_listener_config(dir: &TempDir) -> std::path::PathBuf {
+    let leaf = pki::Ca::new("listener CA").leaf("proxy");
+    dir.write("cert.pem", &leaf.cert_pem);
+    dir.write("key.pem", &leaf.key_pem);
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let tls = "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
+    dir.write("authgate.toml", format!("{tls}[auth]\nusers_file = \"users.toml\"\n"))
+}
+
 /// `SSL_CERT_FILE` (read for the system roots when there is no `ca_file`)
 /// naming a FIFO is an error `check` reports, not a proxy that never starts
 /// (probe 111: it waited in `open` for a writer, without a word).
@@ -505,12 +516,7 @@ fn ssl_cert_file_naming_a_fifo_is_refused() {
     let fifo = dir.path().join("bundle.pem");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     // They are read for a TLS listener (where `https://` is forwarded).
-    let leaf = pki::Ca::new("listener CA").leaf("proxy");
-    dir.write("cert.pem", &leaf.cert_pem);
-    dir.write("key.pem", &leaf.key_pem);
-    let tls = "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
-    let config = dir.write("authgate.toml", format!("{tls}[auth]\nusers_file = \"users.toml\"\n"));
-    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let config = tls_listener_config(&dir);
     // Not for `authgate users`, which checks [auth] alone: it was refused.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
         .args(["users", "--config", &config.display().to_string(), "list"])
@@ -551,12 +557,7 @@ fn ssl_cert_file_naming_a_fifo_is_refused() {
 #[test]
 fn ssl_cert_dir_files_are_bounded_as_every_file_read() {
     let dir = TempDir::new();
-    let leaf = pki::Ca::new("listener CA").leaf("proxy");
-    dir.write("cert.pem", &leaf.cert_pem);
-    dir.write("key.pem", &leaf.key_pem);
-    let tls = "[[server.tls]]\nlisten = \"127.0.0.1:0\"\ncert = \"cert.pem\"\nkey = \"key.pem\"\n";
-    let config = dir.write("authgate.toml", format!("{tls}[auth]\nusers_file = \"users.toml\"\n"));
-    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let config = tls_listener_config(&dir);
     let check = |certs: &std::path::Path| {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
             .args(["check", "--config", &config.display().to_string()])
