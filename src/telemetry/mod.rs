@@ -127,8 +127,9 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
     if !(bare_words_are_levels && parse_filter(&filter).is_ok()) {
         return Err(NoFilter::NotAFilter);
     }
-    // authgate's lines are in no span, and their targets are `authgate`,
-    // its modules and the targets of [`TARGETS`]: a filter of span
+    // authgate's lines are in no span, and their targets are those of
+    // [`TARGETS`] (the modules that write lines, and three targets lines
+    // name themselves): a filter of span
     // directives alone (`[]`, `[request]=debug`) or of other targets alone
     // (`Authgate=info`, `authgate::acess=info`) let none through, the
     // startup line and a failed reload's error included, without a word
@@ -205,7 +206,7 @@ impl std::fmt::Display for NoFilter {
             NoFilter::NotAFilter => f.write_str("not a level or a log filter"),
             NoFilter::Silent => f.write_str(
                 "a filter that lets no authgate line through (its lines are in no span, and their \
-                 targets are `authgate` and its modules; say `off` to mean it)",
+                 targets are `authgate` and the modules that write lines; say `off` to mean it)",
             ),
         }
     }
