@@ -443,6 +443,22 @@ fn rust_log_overrides_the_configured_level() {
         "{out}"
     );
     assert!(out.contains("authgate::access"), "{out}");
+    // Under a `level` that lets no warning of authgate's through, the
+    // warning goes to standard error: it was lost (probe 388).
+    let dir = TempDir::new();
+    let env = [("RUST_LOG", "Authgate=debug")];
+    let bin = start_binary_env(
+        &dir,
+        "[log]\nlevel = \"error\"\n",
+        &users_toml(&[(USER, PASSWORD)]),
+        Stdio::piped(),
+        &env,
+    );
+    let err = String::from_utf8_lossy(&bin.stop().stderr).into_owned();
+    assert!(
+        err.contains("authgate: warning: RUST_LOG is a filter that lets no authgate line through"),
+        "{err}"
+    );
     // One that is not UTF-8 was passed over without a word (probe 380).
     let dir = TempDir::new();
     let not_utf8 = ["sh", "-c", "RUST_LOG=$(printf 'info\\377') exec \"$0\" \"$@\""];

@@ -283,11 +283,21 @@ pub fn init(level: &str, format: LogFormat) -> LogGuard {
     // (Ignored without a word before: a mistyped override looked applied;
     // probe 100.)
     // (A filter too long was called no filter: probe 338.)
-    if let Some(why) = bad_env {
-        tracing::warn!("RUST_LOG is {why}; [log] level applies");
-    }
-    if not_utf8 {
-        tracing::warn!("RUST_LOG is not UTF-8; [log] level applies");
+    let refused = match (bad_env, not_utf8) {
+        (Some(why), _) => Some(format!("RUST_LOG is {why}; [log] level applies")),
+        (None, true) => Some("RUST_LOG is not UTF-8; [log] level applies".to_owned()),
+        (None, false) => None,
+    };
+    if let Some(refused) = refused {
+        // In the log when `level` lets a warning of this module through;
+        // on standard error otherwise: under `level = "error"`, or one for
+        // the access lines alone, it was lost (probe 388).
+        if tracing::enabled!(tracing::Level::WARN) {
+            tracing::warn!("{refused}");
+        } else {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "authgate: warning: {refused}");
+        }
     }
     guard
 }
