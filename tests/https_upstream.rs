@@ -558,11 +558,17 @@ fn ssl_cert_file_naming_a_fifo_is_refused() {
 fn ssl_cert_dir_files_are_bounded_as_every_file_read() {
     let dir = TempDir::new();
     let config = tls_listener_config(&dir);
+    // `check` with `SSL_CERT_DIR` set to `certs`, or `SSL_CERT_FILE` to
+    // it when it is a file.
     let check = |certs: &std::path::Path| {
+        let (var, other) = match certs.is_file() {
+            true => ("SSL_CERT_FILE", "SSL_CERT_DIR"),
+            false => ("SSL_CERT_DIR", "SSL_CERT_FILE"),
+        };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_authgate"))
             .args(["check", "--config", &config.display().to_string()])
-            .env("SSL_CERT_DIR", certs)
-            .env_remove("SSL_CERT_FILE")
+            .env(var, certs)
+            .env_remove(other)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -614,18 +620,33 @@ fn ssl_cert_dir_files_are_bounded_as_every_file_read() {
     let (code, err) = check(&certs);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("bundle.pem: a PEM section's base64 is not valid"), "{err}");
-    // Read as `ca_file` is: a byte order mark hid the first certificate,
-    // and a TRUSTED CERTIFICATE was passed over without a word (probe 387).
+    // Read as `ca_file` is: a TRUSTED CERTIFICATE in `SSL_CERT_FILE` was
+    // passed over without a word (probe 387), and is refused by name; in
+    // a directory it is passed over, as a Red Hat system's holds a bundle
+    // of them beside the plain one (its refusal stopped the proxy: probe
+    // 388).
     let trusted = root.cert_pem.replace("BEGIN CERTIFICATE", "BEGIN TRUSTED CERTIFICATE");
     std::fs::write(certs.join("bundle.pem"), trusted.replace("END CERTIFICATE", "END TRUSTED CERTIFICATE"))
         .unwrap();
     let (code, err) = check(&certs);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(&certs.join("bundle.pem"));
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("bundle.pem: it holds a TRUSTED CERTIFICATE"), "{err}");
-    std::fs::remove_file(certs.join("ca.pem")).unwrap();
-    std::fs::write(certs.join("bundle.pem"), format!("\u{feff}{}", root.cert_pem)).unwrap();
+    assert!(
+        err.contains("SSL_CERT_FILE: ") && err.contains("bundle.pem: it holds a TRUSTED CERTIFICATE"),
+        "{err}"
+    );
+    // A file cut short is named: it lost its last certificates (probe 388).
+    std::fs::write(certs.join("bundle.pem"), format!("{}-----BEGI", root.cert_pem)).unwrap();
     let (code, err) = check(&certs);
-    assert_eq!(code, Some(0), "the root after a byte order mark is read: {err}");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("bundle.pem: the file ends inside a PEM section's BEGIN line"), "{err}");
+    // Byte order marks, at the start or before a later certificate (two
+    // files joined with `cat`), hid the certificates after them.
+    std::fs::remove_file(certs.join("ca.pem")).unwrap();
+    std::fs::write(certs.join("bundle.pem"), format!("\u{feff}\u{feff}{}", root.cert_pem)).unwrap();
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(0), "the root after byte order marks is read: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,16 +838,17 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     // So is a chain longer than clients take in a handshake: one of the
     // leaf 20,000 times loaded, and every handshake failed (probe 380).
     let leaf = ca.leaf("long");
-    let long = dir.write("long.pem", leaf.cert_pem.repeat(65_535 / leaf.der.len() + 1));
+    let max = authgate::server::tls::MAX_CHAIN_BYTES;
+    let long = dir.write("long.pem", leaf.cert_pem.repeat(max / leaf.der.len() + 1));
     let long_key = dir.write("long.key", &leaf.key_pem);
     let err = authgate::server::tls::load_certified_key(&long, &long_key).unwrap_err();
     assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
     assert!(
         err.message.contains("long.pem: the chain is ")
-            && err.message.contains("clients refuse more than 65535"),
+            && err.message.contains("more than clients take (64000"),
         "{err}"
     );
-    let short = dir.write("short.pem", leaf.cert_pem.repeat(65_535 / (leaf.der.len() + 5) - 1));
+    let short = dir.write("short.pem", leaf.cert_pem.repeat(max / (leaf.der.len() + 5) - 1));
     authgate::server::tls::load_certified_key(&short, &long_key).unwrap();
     // So is a first certificate whose dates are none (month 13): rustls
     // does not read them, and it loaded, long expired, without a word

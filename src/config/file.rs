@@ -83,6 +83,25 @@ pub fn reason(e: &io::Error) -> String {
     }
 }
 
+/// `pem` without the byte order marks in it: one at the start hid the
+/// first certificate, and one before a later certificate (two files saved
+/// with one, joined with `cat`) hid that one, without a word, where OpenSSL
+/// and curl read them (probe 388). A mark is no part of any PEM section.
+pub fn without_boms(pem: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const BOM: &[u8] = "\u{feff}".as_bytes();
+    if !pem.windows(BOM.len()).any(|w| w == BOM) {
+        return std::borrow::Cow::Borrowed(pem);
+    }
+    let mut out = Vec::with_capacity(pem.len());
+    let mut rest = pem;
+    while let Some(at) = rest.windows(BOM.len()).position(|w| w == BOM) {
+        out.extend_from_slice(&rest[..at]);
+        rest = &rest[at + BOM.len()..];
+    }
+    out.extend_from_slice(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 /// What is wrong with a PEM file, in words (rustls's debug form printed a
 /// missing end line's marker as a list of byte values, probes 111 and
 /// 184): for the CA file, the listener's certificate and its key alike.

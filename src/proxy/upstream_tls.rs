@@ -17,7 +17,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::file::{MAX_FILE_BYTES, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
+use crate::config::file::{
+    MAX_FILE_BYTES, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason, without_boms,
+};
 use crate::config::shown_path;
 use crate::error::{BadAnswer, ProxyError};
 use crate::target::Host;
@@ -80,8 +82,9 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     let shown = shown_path(path);
     let pem = read_file(path).map_err(|e| format!("{shown}: cannot read: {}", reason(&e)))?;
     // A byte order mark, as some Windows editors write, hid the first
-    // certificate.
-    let pem = pem.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&pem);
+    // certificate (and one before a later certificate that one: see
+    // `without_boms`).
+    let pem = &*without_boms(&pem);
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| format!("{shown}: {}", pem_problem(&e)))?;
@@ -182,18 +185,28 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
                 MAX_FILE_BYTES >> 20
             )
         })?;
-        // As `ca_file` is read (see `ca_roots`): a byte order mark hid the
-        // first certificate, and a TRUSTED CERTIFICATE (or a legacy label)
-        // was passed over without a word (probe 387). (A certificate no
-        // root can be made of is passed over, as in the platform's bundle.)
-        let pem = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
-        if let Some(trusted) = pem_trusted_form(pem) {
-            return Err(format!("{var}: {}: {trusted}", shown_path(path)));
+        // As `ca_file` is read (see `ca_roots`): byte order marks hid
+        // certificates, and a file cut short lost its last ones, without a
+        // word (probes 387, 388). A TRUSTED CERTIFICATE (or a legacy label)
+        // in `SSL_CERT_FILE` is refused by name, as in `ca_file`; in a
+        // directory it is passed over, as the platform's bundle is read: a
+        // Red Hat system's certificate directory holds a bundle of them
+        // beside the plain one (probe 388). (A certificate no root can be
+        // made of is passed over too, as in the platform's bundle.)
+        let pem = &*without_boms(&bytes);
+        let named = |problem: String| format!("{var}: {}: {problem}", shown_path(path));
+        if var == "SSL_CERT_FILE"
+            && let Some(trusted) = pem_trusted_form(pem)
+        {
+            return Err(named(trusted));
         }
         for cert in CertificateDer::pem_slice_iter(pem) {
-            certs.push(cert.map_err(|e| format!("{var}: {}: {}", shown_path(path), pem_problem(&e)))?);
+            certs.push(cert.map_err(|e| named(pem_problem(&e)))?);
         }
-        Ok::<(), String>(())
+        match pem_cut_short(pem) {
+            Some(cut) => Err(named(cut.to_owned())),
+            None => Ok(()),
+        }
     };
     if let Some(file) = &file {
         let path = Path::new(file);
