@@ -807,6 +807,14 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     assert!(err.contains("wrong.key") && err.contains("does not match"), "{err}");
     // A chain out of order, the key's certificate after another, is told
     // so (it was "key does not match"; probe 184).
+    // Byte order marks at line starts are skipped, in the chain and the
+    // key: one before the intermediate dropped it, and the leaf alone was
+    // served, `check` saying ok (probe 389).
+    let bom = "\u{feff}";
+    let chained = dir.write("bom-chain.pem", format!("{bom}{}{bom}{}", other.cert_pem, ca.cert_pem));
+    let key = dir.write("bom.key", format!("{bom}{}", other.key_pem));
+    let loaded = authgate::server::tls::load_certified_key(&chained, &key).unwrap();
+    assert_eq!(loaded.cert.len(), 2, "the intermediate after a mark is read");
     let reversed = dir.write("reversed.pem", format!("{}{}", ca.cert_pem, other.cert_pem));
     let err = authgate::server::tls::load_certified_key(&reversed, &wrong_key).unwrap_err();
     assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");

@@ -83,22 +83,27 @@ pub fn reason(e: &io::Error) -> String {
     }
 }
 
-/// `pem` without the byte order marks in it: one at the start hid the
-/// first certificate, and one before a later certificate (two files saved
-/// with one, joined with `cat`) hid that one, without a word, where OpenSSL
-/// and curl read them (probe 388). A mark is no part of any PEM section.
+/// `pem` without the byte order marks that begin its lines: one at the
+/// start hid the first certificate, and one before a later certificate (two
+/// files saved with one, joined with `cat`) hid that one, without a word,
+/// where OpenSSL and curl read them (probe 388). Only at a line's start, as
+/// a file's start is one: a mark inside a line (in a label, in base64) is
+/// left to fail as OpenSSL fails it, where removing it made a section of
+/// an unknown label a trusted root (probe 389).
 pub fn without_boms(pem: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     const BOM: &[u8] = "\u{feff}".as_bytes();
-    if !pem.windows(BOM.len()).any(|w| w == BOM) {
+    let starts_a_line = |at: usize| at == 0 || pem[at - 1] == b'\n';
+    if !pem.windows(BOM.len()).enumerate().any(|(at, w)| w == BOM && starts_a_line(at)) {
         return std::borrow::Cow::Borrowed(pem);
     }
     let mut out = Vec::with_capacity(pem.len());
-    let mut rest = pem;
-    while let Some(at) = rest.windows(BOM.len()).position(|w| w == BOM) {
-        out.extend_from_slice(&rest[..at]);
-        rest = &rest[at + BOM.len()..];
+    for line in pem.split_inclusive(|&b| b == b'\n') {
+        let mut line = line;
+        while let Some(rest) = line.strip_prefix(BOM) {
+            line = rest;
+        }
+        out.extend_from_slice(line);
     }
-    out.extend_from_slice(rest);
     std::borrow::Cow::Owned(out)
 }
 
@@ -220,6 +225,21 @@ pub fn utf8_text(bytes: Vec<u8>) -> Result<String, (usize, usize, String)> {
 
 #[cfg(test)]
 mod tests {
+
+    /// Byte order marks are skipped where a line begins, as many as there
+    /// are, and left inside a line, where OpenSSL fails on them too: in a
+    /// label, removing one made a section of an unknown label a trusted
+    /// root (probe 389).
+    #[test]
+    fn byte_order_marks_are_skipped_at_line_starts_only() {
+        let bom = "\u{feff}";
+        let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let joined = format!("{bom}{bom}{cert}{bom}{cert}");
+        assert_eq!(&*without_boms(joined.as_bytes()), format!("{cert}{cert}").as_bytes());
+        let inside = format!("-----BEGIN CERTIF{bom}ICATE-----\nAA{bom}AA\n-----END CERTIFICATE-----\n");
+        assert_eq!(&*without_boms(inside.as_bytes()), inside.as_bytes());
+        assert!(matches!(without_boms(cert.as_bytes()), std::borrow::Cow::Borrowed(_)));
+    }
     use super::*;
 
     /// The open itself does not wait on a FIFO (the check before it cannot

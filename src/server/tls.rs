@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::records::Records;
-use crate::config::file::{pem_cut_short, pem_problem, pem_trusted_form, read_file, reason};
+use crate::config::file::{pem_cut_short, pem_problem, pem_trusted_form, read_file, reason, without_boms};
 use crate::config::shown_path;
 
 /// Which of a TLS listener's two files a [`CertError`] is about.
@@ -593,6 +593,10 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
     let cert_pem = read_file(cert)
         .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", shown_path(cert), reason(&e))))?;
+    // (Byte order marks at line starts skipped, as in `ca_file`: one before
+    // an intermediate dropped it, and a chain of the leaf alone was served
+    // with `check` saying ok; probe 389.)
+    let cert_pem = without_boms(&cert_pem).into_owned();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| in_cert(format!("{}: bad PEM certificate: {}", shown_path(cert), pem_problem(&e))))?;
@@ -697,6 +701,7 @@ pub fn load_key(key: &Path) -> Result<Arc<dyn rustls::sign::SigningKey>, CertErr
     let in_key = |message: String| CertError { file: TlsFile::Key, message };
     let key_pem = read_file(key)
         .map_err(|e| in_key(format!("{}: cannot read private key: {}", shown_path(key), reason(&e))))?;
+    let key_pem = without_boms(&key_pem).into_owned();
     let der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         // rustls skips PEM sections it does not know, an encrypted key's
         // among them, and then finds "no items".
