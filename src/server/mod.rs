@@ -295,8 +295,8 @@ async fn accept_loop(state: Arc<State>, listener: Listener) {
                 // `::ffff:a.b.c.d`: logged, throttled and limited as
                 // a.b.c.d, as on an IPv4 listener.
                 let peer = crate::policy::egress::canonical_addr(peer);
-                let permit = slot_for(&state, &listener.how, peer);
-                state.tasks.spawn(serve(state.clone(), listener.how.clone(), stream, peer, permit));
+                let admission = slot_for(&state, &listener.how, peer);
+                state.tasks.spawn(serve(state.clone(), listener.how.clone(), stream, peer, admission));
             }
             // Out of descriptors on the admin port: free a spare and accept
             // into it at once (the listen queue still holds the connection).
@@ -425,28 +425,43 @@ fn admit_admin(
     }
 }
 
+/// What the accept loop decided for a connection (see [`slot_for`]).
+enum Admission {
+    /// Its connection slot.
+    Slot(limits::Permit),
+    /// A limit is reached: answered 503.
+    Full,
+    /// A peer of a PROXY listener that may not send a PROXY header:
+    /// closed unanswered, without a slot.
+    Unlisted,
+}
+
 /// The slot of a connection from `peer` just accepted on `listener`, or
-/// `None` when a limit is reached. Taken in the accept loop, in the order
+/// why it has none: a limit is reached, or the peer may not send a PROXY
+/// header (decided once, here: `serve` asked again, and a reload between
+/// the two could give a listed peer no slot and a 503). Taken in the accept loop, in the order
 /// the connections came: taken in each connection's task, a later one could
 /// be counted first, get the last slot and leave an earlier one the 503 (4
 /// of 16 runs of a probe). Counted before anything is read: a connection
 /// waiting for its PROXY header holds a socket too (600 silent ones went
 /// past a limit of 20); its client's own limit applies once the header
 /// names it.
-fn slot_for(state: &State, listener: &Accepting, peer: SocketAddr) -> Option<limits::Permit> {
+fn slot_for(state: &State, listener: &Accepting, peer: SocketAddr) -> Admission {
     let snap = state.snapshot.load();
     // A peer that may not send a PROXY header is closed unanswered (see
     // `serve`) and takes no slot on the way: a flood of them held slots
     // until their tasks ran, and a listed balancer's clients got 503s
     // with slots free (probe 378).
     if listener.proxy_protocol && !snap.server.may_send_proxy_header(peer.ip()) {
-        return None;
+        return Admission::Unlisted;
     }
-    let mut permit = state.conns.reserve(snap.limits.max_connections)?;
+    let Some(mut permit) = state.conns.reserve(snap.limits.max_connections) else {
+        return Admission::Full;
+    };
     if !listener.proxy_protocol && !permit.assign(peer.ip(), snap.limits.max_connections_per_ip) {
-        return None;
+        return Admission::Full;
     }
-    Some(permit)
+    Admission::Slot(permit)
 }
 
 async fn serve(
@@ -454,7 +469,7 @@ async fn serve(
     listener: Arc<Accepting>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    permit: Option<limits::Permit>,
+    admission: Admission,
 ) {
     if !listener.nodelay_inherited {
         let _ = stream.set_nodelay(true);
@@ -466,7 +481,7 @@ async fn serve(
     // `peer_not_allowed`; probe 376). Each warning at most every 10 s:
     // anyone who reaches the listener can make one per connection (probe
     // 106: 600 lines in 0.1 s).
-    if listener.proxy_protocol && !state.snapshot.load().server.may_send_proxy_header(peer.ip()) {
+    if let Admission::Unlisted = admission {
         static NOT_ALLOWED: Every = Every::new(10, NOT_ALLOWED_LINE);
         state.metrics.proxy_header_refused(ProxyHeaderRefusal::PeerNotAllowed);
         if let Some(held) = NOT_ALLOWED.pass() {
@@ -474,7 +489,7 @@ async fn serve(
         }
         return;
     }
-    let Some(mut permit) = permit else {
+    let Admission::Slot(mut permit) = admission else {
         Box::pin(refuse_overloaded(&state, &listener, stream, peer)).await;
         return;
     };
@@ -485,7 +500,7 @@ async fn serve(
     // 157). The request head has its own (see `Guarded`).
     let opened_by = tokio::time::Instant::now() + limits.header_read_timeout;
     let client_addr = if listener.proxy_protocol {
-        // (From a listed balancer, checked above.)
+        // (From a listed balancer: see `slot_for`.)
         static BAD_HEADER: Every = Every::new(10, BAD_HEADER_LINE);
         static NO_HEADER: Every = Every::new(10, NO_HEADER_LINE);
         let header = tokio::time::timeout_at(opened_by, proxy_protocol::read_header(&mut stream));
@@ -954,10 +969,10 @@ mod tests {
         let how = Accepting { tls: None, proxy_protocol: true, admin: false, nodelay_inherited: true };
         let unlisted: SocketAddr = "127.0.0.3:5000".parse().unwrap();
         let held: Vec<_> = (0..3).map(|_| slot_for(&state, &how, unlisted)).collect();
-        assert!(held.iter().all(Option::is_none), "an unlisted peer takes no slot");
+        assert!(held.iter().all(|a| matches!(a, Admission::Unlisted)), "an unlisted peer takes no slot");
         let balancer: SocketAddr = "127.0.0.2:5000".parse().unwrap();
         let first = slot_for(&state, &how, balancer);
-        assert!(first.is_some(), "the one slot is the balancer's");
-        assert!(slot_for(&state, &how, balancer).is_none(), "and there is one");
+        assert!(matches!(first, Admission::Slot(_)), "the one slot is the balancer's");
+        assert!(matches!(slot_for(&state, &how, balancer), Admission::Full), "and there is one");
     }
 }
