@@ -90,64 +90,37 @@ pub fn reset(side: &impl Side) {
     }
 }
 
-/// Reads from `r` into `buf` (empty, with room); `urgent` says that `r`
-/// stands at TCP urgent data.
+/// Reads from `r` into `buf` (empty, with room).
 ///
-/// recv(2) stops in front of TCP urgent data (`MSG_OOB`, as telnet and FTP
-/// send it) when it has bytes before it, and tokio takes a read that
-/// returned less than asked for as a drained socket: it waits for the next
-/// readiness event, which does not come when the rest of the stream is
-/// already queued. The tunnel stalled until its idle timeout ended it with
-/// a FIN, as if all had crossed (probe 212). So after a short read from a
-/// plain TCP socket, one look (`MSG_OOB | MSG_PEEK`, which fails at once
-/// unless an urgent byte waits) says whether it stopped there; if so, the
-/// socket is read directly, which steps over the urgent byte (dropping it,
-/// as any reader that does not ask for it does), until it is drained and
-/// tokio's events count again.
-fn read_into<R: Side>(
-    urgent: &mut bool,
-    cx: &mut Context<'_>,
-    r: &mut R,
-    buf: &mut BytesMut,
-) -> Poll<io::Result<usize>> {
-    if *urgent && let Some(tcp) = plain_tcp(r) {
-        // Rare: the zeroing of the buffer does not matter.
-        let room = buf.capacity();
-        buf.resize(room, 0);
-        let read = std::io::Read::read(&mut &*socket2::SockRef::from(tcp), buf);
-        buf.truncate(*read.as_ref().unwrap_or(&0));
-        match read {
-            Ok(n) if n > 0 && n < room => *urgent = urgent_waits(tcp),
-            Ok(n) if n > 0 => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
-                *urgent = false
-            }
-            other => return Poll::Ready(other),
-        }
-        if *urgent || !buf.is_empty() {
-            return Poll::Ready(Ok(buf.len()));
+/// A plain TCP socket is read with `try_read`, not tokio's `poll_read`:
+/// tokio takes a read that returned less than asked for as a drained
+/// socket and waits for the next readiness event. recv(2) stops in front
+/// of TCP urgent data (`MSG_OOB`, as telnet and FTP send it) when it has
+/// bytes before it, and with the rest of the stream already queued no
+/// event came: the tunnel stalled until its idle timeout ended it with a
+/// FIN, as if all had crossed (probe 212). `try_read` leaves the readiness
+/// to an `EAGAIN`, so the next read steps over the urgent byte (dropping
+/// it, as any reader that does not ask for it does). It costs no more
+/// syscalls than tokio's way did with a look for urgent data after each
+/// short read (the `EAGAIN` takes the look's place), and one fewer when the
+/// peer's end comes with its last bytes.
+fn read_into<R: Side>(cx: &mut Context<'_>, r: &mut R, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    let Some(tcp) = plain_tcp(r) else {
+        return poll_read_buf(Pin::new(r), cx, buf);
+    };
+    loop {
+        ready!(tcp.poll_read_ready(cx))?;
+        match tcp.try_read_buf(buf) {
+            // The readiness was used up: the next poll waits for an event.
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            read => return Poll::Ready(read),
         }
     }
-    let room = buf.capacity();
-    let read = ready!(poll_read_buf(Pin::new(&mut *r), cx, buf));
-    if let Ok(n) = read
-        && (1..room).contains(&n)
-        && let Some(tcp) = plain_tcp(r)
-    {
-        *urgent = urgent_waits(tcp);
-    }
-    Poll::Ready(read)
 }
 
 /// The TCP socket of a side that is plain TCP (not TLS).
 fn plain_tcp(side: &impl Side) -> Option<&TcpStream> {
     side.tcp().filter(|_| side.under_tls().is_none())
-}
-
-/// Whether an urgent byte (`MSG_OOB`) waits in `tcp`, not yet read past.
-fn urgent_waits(tcp: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::uninit()];
-    socket2::SockRef::from(tcp).recv_with_flags(&mut byte, libc::MSG_OOB | libc::MSG_PEEK).is_ok()
 }
 
 /// Ends `side`'s sending half without a clean TLS end, when it is TLS (see
@@ -175,9 +148,6 @@ struct Direction {
     /// (see [`Side`]), by [`close_gently`], not here: it first waits for
     /// what was written to go out (see [`sent_out`]).
     cut: bool,
-    /// The reader stands at TCP urgent data: read past tokio until the
-    /// socket is drained (see [`read_into`]).
-    urgent: bool,
     /// It failed; `read_failed` when reading (else writing).
     failed: bool,
     read_failed: bool,
@@ -237,12 +207,21 @@ impl Direction {
         res
     }
 
+    /// Copies from `r` to `w` until `r` has nothing to give or `w` takes
+    /// nothing more (`Pending`), or the direction is done (`Ready`). With
+    /// `to_pipe`, also `Ready` (not done) once reads have grown the buffer
+    /// to its largest and all of it went out: the caller moves the
+    /// direction on to a pipe (see [`Direction::poll_tcp`]). Reads of a
+    /// plain TCP socket return `Pending` only when it is drained, so a
+    /// bulk transfer whose data keeps coming would otherwise never leave
+    /// this loop.
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         r: &mut R,
         w: &mut W,
         progress: &mut bool,
+        to_pipe: bool,
     ) -> Poll<io::Result<()>>
     where
         R: Side,
@@ -257,7 +236,7 @@ impl Direction {
                 // After `advance`, reclaims the consumed front (len is 0: no copy).
                 buf.reserve(size);
                 let room = buf.capacity();
-                match read_into(&mut self.urgent, cx, r, buf) {
+                match read_into(cx, r, buf) {
                     Poll::Pending => {
                         // Nothing to read: give the buffer back and make sure
                         // what was written is on its way.
@@ -299,6 +278,9 @@ impl Direction {
                 // Reuse the allocation for the next read.
                 buf.clear();
             }
+            if to_pipe && self.size >= CHUNK && !self.eof {
+                return Poll::Ready(Ok(()));
+            }
             if self.eof {
                 // Half-close: pass the end of this direction on, keep the other.
                 ready!(self.flush(cx, w, progress))?;
@@ -321,55 +303,56 @@ impl Direction {
         w: &mut TcpStream,
         progress: &mut bool,
     ) -> Poll<io::Result<()>> {
-        let drained = self.buf.as_ref().is_none_or(|b| b.is_empty());
-        // Not while reading past urgent data (see `read_into`): tokio's
-        // readiness, which a pipe's fill waits for, says nothing then.
-        if matches!(self.splice, Splice::Untried)
-            && self.size >= CHUNK
-            && drained
-            && !self.eof
-            && !self.urgent
-        {
-            self.splice = match Pipe::new() {
-                Ok(pipe) => {
-                    self.buf = None;
-                    Splice::Piped(pipe)
-                }
-                // Out of fds, or no large pipe: copy for good rather than
-                // fail the tunnel or try again at every wake-up.
-                Err(_) => Splice::Off,
-            };
-        }
-        let Splice::Piped(pipe) = &mut self.splice else {
-            return self.poll(cx, r, w, progress);
-        };
         loop {
-            if pipe.is_empty() && !self.eof {
-                match ready!(pipe.poll_fill(cx, r)) {
-                    Ok(0) => self.eof = true,
-                    Ok(_) => *progress = true,
-                    Err(e) if Pipe::copy_instead(&e) => {
-                        // Nothing moved: carry on copying.
-                        self.splice = Splice::Off;
-                        return self.poll(cx, r, w, progress);
+            let drained = self.buf.as_ref().is_none_or(|b| b.is_empty());
+            if matches!(self.splice, Splice::Untried) && self.size >= CHUNK && drained && !self.eof {
+                self.splice = match Pipe::new() {
+                    Ok(pipe) => {
+                        self.buf = None;
+                        Splice::Piped(pipe)
                     }
-                    Err(e) => {
-                        self.read_failed = true;
-                        return Poll::Ready(Err(e));
+                    // Out of fds, or no large pipe: copy for good rather than
+                    // fail the tunnel or try again at every wake-up.
+                    Err(_) => Splice::Off,
+                };
+            }
+            let Splice::Piped(pipe) = &mut self.splice else {
+                let to_pipe = matches!(self.splice, Splice::Untried);
+                ready!(self.poll(cx, r, w, progress, to_pipe))?;
+                if self.done {
+                    return Poll::Ready(Ok(()));
+                }
+                // Bulk data: on to a pipe (see `poll`'s `to_pipe`).
+                continue;
+            };
+            loop {
+                if pipe.is_empty() && !self.eof {
+                    match ready!(pipe.poll_fill(cx, r)) {
+                        Ok(0) => self.eof = true,
+                        Ok(_) => *progress = true,
+                        Err(e) if Pipe::copy_instead(&e) => {
+                            // Nothing moved: carry on copying.
+                            self.splice = Splice::Off;
+                            return self.poll(cx, r, w, progress, false);
+                        }
+                        Err(e) => {
+                            self.read_failed = true;
+                            return Poll::Ready(Err(e));
+                        }
                     }
                 }
-            }
-            while !pipe.is_empty() {
-                let n = ready!(pipe.poll_drain(cx, w))?;
-                self.moved += n as u64;
-                *progress = true;
-            }
-            if self.eof {
-                if !self.cut {
-                    ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                while !pipe.is_empty() {
+                    let n = ready!(pipe.poll_drain(cx, w))?;
+                    self.moved += n as u64;
+                    *progress = true;
                 }
-                self.done = true;
-                return Poll::Ready(Ok(()));
+                if self.eof {
+                    if !self.cut {
+                        ready!(Pin::new(&mut *w).poll_shutdown(cx))?;
+                    }
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
     }
@@ -492,8 +475,8 @@ impl Relay {
     {
         let end = self
             .drive(quiet, |way, dir, cx, progress| match way {
-                Way::Up => dir.poll(cx, client, origin, progress),
-                Way::Down => dir.poll(cx, origin, client, progress),
+                Way::Up => dir.poll(cx, client, origin, progress, false),
+                Way::Down => dir.poll(cx, origin, client, progress, false),
             })
             .await;
         closed(end, client, origin, self.uploaded_lately()).await
