@@ -137,17 +137,32 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
     // turns the whole crate off (`authgate=off`) are meant. A target
     // matches as `tracing` matches it: as the start of a line's target
     // (`authg` names every authgate line).
-    let names = |target: &str| TARGETS.iter().any(|t| t.starts_with(target));
-    let lets_some_through = directives.iter().any(|d| match d.split_once('=') {
-        _ if d.contains('[') => false,
-        None => true,
-        Some((target, level)) => {
-            let off = level
-                .parse::<tracing::level_filters::LevelFilter>()
-                .is_ok_and(|l| l == tracing::level_filters::LevelFilter::OFF);
-            names(target) && (!off || "authgate".starts_with(target))
-        }
-    });
+    //
+    // A line takes the level of the directive with the longest target its
+    // target starts with, the last of equal ones (`tracing`'s choice):
+    // `authgate::access=info,authgate::access=off` lets nothing through
+    // (probe 390; counting each directive on its own took the first).
+    let off = |level: &str| {
+        level
+            .parse::<tracing::level_filters::LevelFilter>()
+            .is_ok_and(|l| l == tracing::level_filters::LevelFilter::OFF)
+    };
+    // (target, whether it says `off`) of each directive outside spans; a
+    // bare level has the empty target, the start of every line's.
+    let plain: Vec<(&str, bool)> = directives
+        .iter()
+        .filter(|d| !d.contains('['))
+        .map(|d| d.split_once('=').map_or(("", off(d)), |(target, level)| (target, off(level))))
+        .collect();
+    let let_through = |line: &str| {
+        plain
+            .iter()
+            .filter(|(target, _)| line.starts_with(target))
+            .max_by_key(|(target, _)| target.len())
+            .is_some_and(|(_, off)| !off)
+    };
+    let says_off = plain.iter().any(|(target, off)| *off && "authgate".starts_with(target));
+    let lets_some_through = TARGETS.iter().any(|line| let_through(line)) || says_off;
     match lets_some_through {
         true => Ok(filter),
         false => Err(NoFilter::Silent),
@@ -339,6 +354,9 @@ mod filter_tests {
             "authgate::proxy::nosuch=info",
             "authgate::access::x=info",
             "authgate::config=debug",
+            // The last of equal targets wins (probe 390).
+            "authgate::access=info,authgate::access=off",
+            "authgate::proxy=info,authgate::access=debug,authgate::proxy=off,authgate::access=off",
         ] {
             assert_eq!(log_filter(silent), Err(NoFilter::Silent), "{silent}");
         }
@@ -350,6 +368,9 @@ mod filter_tests {
             "authg=info",
             "authgate::proxy::pool=debug",
             "authgate::ac=info",
+            "authgate::access=off,authgate::access=info",
+            "authgate=info,authgate=off",
+            "off,authgate=info,authgate=off,authgate::access=info",
         ] {
             assert_eq!(log_filter(meant).as_deref(), Ok(meant));
         }
