@@ -641,12 +641,25 @@ fn ssl_cert_dir_files_are_bounded_as_every_file_read() {
     let (code, err) = check(&certs);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("bundle.pem: the file ends inside a PEM section's BEGIN line"), "{err}");
-    // Byte order marks, at the start or before a later certificate (two
-    // files joined with `cat`), hid the certificates after them.
+    // A byte order mark, at the start or before a later certificate (two
+    // files joined with `cat`), hid the certificate after it; a second
+    // mark before one leaves it to be skipped, as OpenSSL skips it, and is
+    // refused, the line named (probe 390).
     std::fs::remove_file(certs.join("ca.pem")).unwrap();
-    std::fs::write(certs.join("bundle.pem"), format!("\u{feff}\u{feff}{}", root.cert_pem)).unwrap();
+    let bom = "\u{feff}";
+    std::fs::write(certs.join("bundle.pem"), format!("{bom}{}{bom}{}", root.cert_pem, root.cert_pem))
+        .unwrap();
     let (code, err) = check(&certs);
-    assert_eq!(code, Some(0), "the root after byte order marks is read: {err}");
+    assert_eq!(code, Some(0), "the root after a byte order mark is read: {err}");
+    std::fs::write(certs.join("bundle.pem"), format!("{}{bom}{bom}{}", root.cert_pem, root.cert_pem))
+        .unwrap();
+    let (code, err) = check(&certs);
+    assert_eq!(code, Some(1), "{err}");
+    let line = root.cert_pem.lines().count() + 1;
+    assert!(
+        err.contains(&format!("bundle.pem: line {line}: a PEM section's BEGIN line has text before it")),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -815,6 +828,25 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     let key = dir.write("bom.key", format!("{bom}{}", other.key_pem));
     let loaded = authgate::server::tls::load_certified_key(&chained, &key).unwrap();
     assert_eq!(loaded.cert.len(), 2, "the intermediate after a mark is read");
+    // An intermediate whose BEGIN line has anything before it on its line
+    // (a space, a second mark, the leaf's END line: files without a last
+    // newline joined) is skipped by every PEM reader, and the leaf alone was
+    // served, `check` saying ok (probe 390): refused, the line named.
+    let leaf_lines = other.cert_pem.lines().count();
+    for (name, joined, line) in [
+        ("space.pem", format!("{} {}", other.cert_pem, ca.cert_pem), leaf_lines + 1),
+        ("marks.pem", format!("{}{bom}{bom}{}", other.cert_pem, ca.cert_pem), leaf_lines + 1),
+        ("no-newline.pem", format!("{}{}", other.cert_pem.trim_end(), ca.cert_pem), leaf_lines),
+    ] {
+        let chained = dir.write(name, joined);
+        let err = authgate::server::tls::load_certified_key(&chained, &key).unwrap_err();
+        assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+        assert!(
+            err.message
+                .contains(&format!("{name}: line {line}: a PEM section's BEGIN line has text before it")),
+            "{err}"
+        );
+    }
     let reversed = dir.write("reversed.pem", format!("{}{}", ca.cert_pem, other.cert_pem));
     let err = authgate::server::tls::load_certified_key(&reversed, &wrong_key).unwrap_err();
     assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
@@ -1086,6 +1118,13 @@ fn ca_file_problems_are_worded() {
     assert!(e.contains("empty.pem: the file is empty"), "{e}");
     let bom = dir.write("bom.pem", format!("\u{feff}{}", ca.cert_pem));
     authgate::proxy::upstream_tls::connector(Some(&bom)).unwrap_or_else(|e| panic!("{e}"));
+    // A mark at the start of a base64 line, or two before a BEGIN line:
+    // OpenSSL reads no certificate there, and authgate trusted one (probe
+    // 390).
+    let e = err("mark-in-base64.pem", ca.cert_pem.replacen("-----\n", "-----\n\u{feff}", 1).as_bytes());
+    assert!(e.contains("mark-in-base64.pem: a PEM section's base64 is not valid"), "{e}");
+    let e = err("two-marks.pem", format!("\u{feff}\u{feff}{}", ca.cert_pem).as_bytes());
+    assert!(e.contains("two-marks.pem: line 1: a PEM section's BEGIN line has text before it"), "{e}");
 }
 
 /// An `https://` origin that answers an upload early (a 413) and closes

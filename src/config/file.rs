@@ -83,28 +83,57 @@ pub fn reason(e: &io::Error) -> String {
     }
 }
 
-/// `pem` without the byte order marks that begin its lines: one at the
-/// start hid the first certificate, and one before a later certificate (two
-/// files saved with one, joined with `cat`) hid that one, without a word,
-/// where OpenSSL and curl read them (probe 388). Only at a line's start, as
-/// a file's start is one: a mark inside a line (in a label, in base64) is
-/// left to fail as OpenSSL fails it, where removing it made a section of
-/// an unknown label a trusted root (probe 389).
+/// `pem` without a byte order mark in front of a BEGIN line: one at the
+/// file's start hid the first certificate, and one before a later
+/// certificate (two files saved with one, joined with `cat`) hid that one,
+/// without a word, where OpenSSL and curl read them (probe 388). One mark,
+/// in front of `-----BEGIN ` only, as OpenSSL skips it: a mark inside a
+/// line (in a label, in base64), at the start of a base64 line, or a second
+/// one is left to fail as OpenSSL fails it; removing those made a section
+/// of an unknown label, or one OpenSSL reads no certificate from, a trusted
+/// root (probes 389, 390). A mark left before a BEGIN line is refused by
+/// [`pem_begin_inside_line`].
 pub fn without_boms(pem: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    const BOM: &[u8] = "\u{feff}".as_bytes();
+    const MARKED: &[u8] = "\u{feff}-----BEGIN ".as_bytes();
     let starts_a_line = |at: usize| at == 0 || pem[at - 1] == b'\n';
-    if !pem.windows(BOM.len()).enumerate().any(|(at, w)| w == BOM && starts_a_line(at)) {
+    if !pem.windows(MARKED.len()).enumerate().any(|(at, w)| w == MARKED && starts_a_line(at)) {
         return std::borrow::Cow::Borrowed(pem);
     }
     let mut out = Vec::with_capacity(pem.len());
     for line in pem.split_inclusive(|&b| b == b'\n') {
-        let mut line = line;
-        while let Some(rest) = line.strip_prefix(BOM) {
-            line = rest;
-        }
-        out.extend_from_slice(line);
+        let unmarked = if line.starts_with(MARKED) { &line["\u{feff}".len()..] } else { line };
+        out.extend_from_slice(unmarked);
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// What to say of a PEM file with a BEGIN line that has something before
+/// it on its line: spaces, a second byte order mark, the END line of the
+/// section before (files without a last newline joined with `cat`). The
+/// PEM reader, as OpenSSL's, takes such a section for text around the
+/// others and skips it: a chain of a leaf and its intermediate so joined
+/// served the leaf alone, `check` saying ok (probe 390). The line is named.
+/// Other text before it is a comment that names a BEGIN line (`# was
+/// -----BEGIN TRUSTED CERTIFICATE-----`), not a section.
+pub fn pem_begin_inside_line(pem: &[u8]) -> Option<String> {
+    const BEGIN: &[u8] = b"-----BEGIN ";
+    const BOM: &[u8] = "\u{feff}".as_bytes();
+    pem.split(|&b| b == b'\n').enumerate().find_map(|(at, line)| {
+        let begins = line.windows(BEGIN.len()).position(|w| w == BEGIN)?;
+        let mut before = &line[..begins];
+        while let Some(rest) = before.strip_prefix(BOM).or_else(|| before.strip_prefix(b" ")) {
+            before = rest;
+        }
+        let before = before.trim_ascii();
+        let skipped = begins > 0 && (before.is_empty() || before.ends_with(b"-----"));
+        skipped.then(|| {
+            format!(
+                "line {}: a PEM section's BEGIN line has text before it on the line, and a PEM reader skips such a \
+                 section: `-----BEGIN` must start its line",
+                at + 1
+            )
+        })
+    })
 }
 
 /// What is wrong with a PEM file, in words (rustls's debug form printed a
@@ -226,18 +255,36 @@ pub fn utf8_text(bytes: Vec<u8>) -> Result<String, (usize, usize, String)> {
 #[cfg(test)]
 mod tests {
 
-    /// Byte order marks are skipped where a line begins, as many as there
-    /// are, and left inside a line, where OpenSSL fails on them too: in a
+    /// One byte order mark is skipped in front of a BEGIN line, as OpenSSL
+    /// skips it, and left elsewhere, where OpenSSL fails on it too: in a
     /// label, removing one made a section of an unknown label a trusted
-    /// root (probe 389).
+    /// root (probe 389); at the start of a base64 line, or a second one, a
+    /// certificate OpenSSL reads none from (probe 390). A BEGIN line with
+    /// anything before it is named.
     #[test]
-    fn byte_order_marks_are_skipped_at_line_starts_only() {
+    fn byte_order_marks_are_skipped_before_begin_lines_only() {
         let bom = "\u{feff}";
         let cert = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let joined = format!("{bom}{bom}{cert}{bom}{cert}");
+        let joined = format!("{bom}{cert}{bom}{cert}");
         assert_eq!(&*without_boms(joined.as_bytes()), format!("{cert}{cert}").as_bytes());
-        let inside = format!("-----BEGIN CERTIF{bom}ICATE-----\nAA{bom}AA\n-----END CERTIFICATE-----\n");
-        assert_eq!(&*without_boms(inside.as_bytes()), inside.as_bytes());
+        for left in [
+            format!("-----BEGIN CERTIF{bom}ICATE-----\nAA{bom}AA\n-----END CERTIFICATE-----\n"),
+            format!("-----BEGIN CERTIFICATE-----\n{bom}AAAA\n-----END CERTIFICATE-----\n"),
+            format!("{bom}# a comment\n{cert}"),
+            format!("# was -----BEGIN TRUSTED CERTIFICATE-----\n{cert}"),
+        ] {
+            assert_eq!(&*without_boms(left.as_bytes()), left.as_bytes());
+            assert_eq!(pem_begin_inside_line(left.as_bytes()), None);
+        }
+        let twice = format!("{cert}{bom}{bom}{cert}");
+        assert_eq!(&*without_boms(twice.as_bytes()), twice.as_bytes());
+        let problem = pem_begin_inside_line(&without_boms(twice.as_bytes())).unwrap();
+        assert!(problem.starts_with("line 4: "), "{problem}");
+        // A space before it; files without a last newline joined.
+        for (inside, line) in [(format!("{cert} {cert}"), 4), (format!("{}{cert}", cert.trim_end()), 3)] {
+            let problem = pem_begin_inside_line(inside.as_bytes()).unwrap();
+            assert!(problem.starts_with(&format!("line {line}: ")), "{problem}");
+        }
         assert!(matches!(without_boms(cert.as_bytes()), std::borrow::Cow::Borrowed(_)));
     }
     use super::*;

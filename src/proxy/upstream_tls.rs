@@ -18,7 +18,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::file::{
-    MAX_FILE_BYTES, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason, without_boms,
+    MAX_FILE_BYTES, pem_begin_inside_line, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason,
+    without_boms,
 };
 use crate::config::shown_path;
 use crate::error::{BadAnswer, ProxyError};
@@ -101,6 +102,9 @@ fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
     }
     if let Some(trusted) = pem_trusted_form(pem) {
         return Err(format!("{shown}: {trusted}"));
+    }
+    if let Some(skipped) = pem_begin_inside_line(pem) {
+        return Err(format!("{shown}: {skipped}"));
     }
     if roots.is_empty() {
         let holds = |needle: &[u8]| pem.windows(needle.len()).any(|w| w == needle);
@@ -186,8 +190,8 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
             )
         })?;
         // As `ca_file` is read (see `ca_roots`): byte order marks hid
-        // certificates, and a file cut short lost its last ones, without a
-        // word (probes 387, 388). A TRUSTED CERTIFICATE (or a legacy label)
+        // certificates, and a file cut short, or a BEGIN line with text
+        // before it, lost some, without a word (probes 387, 388, 390). A TRUSTED CERTIFICATE (or a legacy label)
         // in `SSL_CERT_FILE` is refused by name, as in `ca_file`; in a
         // directory it is passed over, as the platform's bundle is read: a
         // Red Hat system's certificate directory holds a bundle of them
@@ -203,8 +207,8 @@ fn env_roots() -> Option<Result<Vec<CertificateDer<'static>>, String>> {
         for cert in CertificateDer::pem_slice_iter(pem) {
             certs.push(cert.map_err(|e| named(pem_problem(&e)))?);
         }
-        match pem_cut_short(pem) {
-            Some(cut) => Err(named(cut.to_owned())),
+        match pem_cut_short(pem).map(str::to_owned).or_else(|| pem_begin_inside_line(pem)) {
+            Some(problem) => Err(named(problem)),
             None => Ok(()),
         }
     };

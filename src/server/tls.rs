@@ -23,7 +23,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::records::Records;
-use crate::config::file::{pem_cut_short, pem_problem, pem_trusted_form, read_file, reason, without_boms};
+use crate::config::file::{
+    pem_begin_inside_line, pem_cut_short, pem_problem, pem_trusted_form, read_file, reason, without_boms,
+};
 use crate::config::shown_path;
 
 /// Which of a TLS listener's two files a [`CertError`] is about.
@@ -593,9 +595,9 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     let in_cert = |message: String| CertError { file: TlsFile::Cert, message };
     let cert_pem = read_file(cert)
         .map_err(|e| in_cert(format!("{}: cannot read certificate: {}", shown_path(cert), reason(&e))))?;
-    // (Byte order marks at line starts skipped, as in `ca_file`: one before
-    // an intermediate dropped it, and a chain of the leaf alone was served
-    // with `check` saying ok; probe 389.)
+    // (A byte order mark before a BEGIN line skipped, as in `ca_file`: one
+    // before an intermediate dropped it, and a chain of the leaf alone was
+    // served with `check` saying ok; probe 389.)
     let cert_pem = without_boms(&cert_pem).into_owned();
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
@@ -605,6 +607,9 @@ pub fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertError
     }
     if let Some(trusted) = pem_trusted_form(&cert_pem) {
         return Err(in_cert(format!("{}: {trusted}", shown_path(cert))));
+    }
+    if let Some(skipped) = pem_begin_inside_line(&cert_pem) {
+        return Err(in_cert(format!("{}: {skipped}", shown_path(cert))));
     }
     if chain.is_empty() {
         return Err(in_cert(format!(
