@@ -212,6 +212,11 @@ fn run(config: &Path) -> ExitCode {
     authgate::server::limits::raise_open_files_limit(snap.limits.max_connections);
     authgate::proxy::upstream_tls::warn_if_no_system_roots(&snap);
     authgate::server::tls::warn_if_out_of_date(&snap.server.tls);
+    // As `check` says them: a PROXY listener that believes anyone's header
+    // was told by `check` alone (probe 390).
+    for line in authgate::config::proxy_protocol_hints(&snap) {
+        tracing::warn!("{line}");
+    }
     snap.users.warn_of_hashes(|_| true);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if snap.server.worker_threads > 0 {

@@ -1514,6 +1514,33 @@ fn proxy_protocol_binary(dir: &TempDir) -> Binary {
     Binary { child, addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)), config, users }
 }
 
+/// A PROXY listener that believes anyone's header is warned of in the log,
+/// as `check` warns of it: at the start, and at a reload that empties
+/// `proxy_protocol_from` (`check` alone said it, and such a reload opened
+/// the listener with "configuration reloaded" alone logged; probe 390).
+#[test]
+fn a_proxy_listener_open_to_anyone_is_warned_of_at_start_and_at_reload() {
+    const OPEN: &str = "server.proxy_protocol_from is empty: whoever reaches a PROXY protocol listener";
+    let dir = TempDir::new();
+    let bin = proxy_protocol_binary(&dir);
+    let open = std::fs::read_to_string(&bin.config).unwrap();
+    let listed = open
+        .replace("proxy_protocol = true\n", "proxy_protocol = true\nproxy_protocol_from = [\"192.0.2.1\"]\n");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(wait_listening(bin.addr));
+    for config in [&listed, &open] {
+        std::fs::write(&bin.config, config).unwrap();
+        bin.signal("HUP");
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    let reloads: Vec<&str> = log.lines().filter(|l| l.contains("configuration reloaded")).collect();
+    assert!(reloads.len() >= 2, "both edits reloaded:\n{log}");
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") && l.contains(OPEN)).collect();
+    assert_eq!(warned.len(), 2, "at the start and when the list was emptied:\n{log}");
+}
+
 /// A client named in IPv4-mapped form (as a dual-stack `[::]` listener
 /// reports an IPv4 peer, or as a PROXY header may name it) is logged as
 /// the IPv4 address, as on an IPv4 listener: a search for the address finds
@@ -1657,7 +1684,11 @@ fn a_health_check_on_a_proxy_protocol_listener_is_not_warned_about() {
     });
     let out = bin.stop();
     let log = [String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)].concat();
-    let warned: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") && l.contains("PROXY")).collect();
+    // (Beside the start's warning of a listener without `proxy_protocol_from`.)
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") && l.contains("PROXY") && !l.contains("proxy_protocol_from"))
+        .collect();
     assert!(warned.iter().all(|w| w.contains("bad or missing PROXY protocol header")), "{log}");
     // At most one line every 10 s, the others counted in `held_back` (of
     // the next line, or of the summary at shutdown): anyone who reaches

@@ -319,6 +319,15 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
         tracing::warn!(settings = &*changed.join(", "), "changed settings take effect only after a restart");
     }
     keep_proxy_trust(state, &old, &mut new);
+    // A list emptied, and kept empty (the new file marks the listeners that
+    // run with the header): they believe anyone's now. Said as `check` says
+    // it; a reload so opened them with "configuration reloaded" alone
+    // (probe 390).
+    if new.server.proxy_protocol_from.is_empty() && !old.server.proxy_protocol_from.is_empty() {
+        for line in config::proxy_protocol_hints(&new) {
+            tracing::warn!("{line}");
+        }
+    }
     crate::server::tls::warn_if_out_of_date(&new.server.tls);
     if new.limits.max_connections > old.limits.max_connections {
         crate::server::limits::warn_if_open_files_short(new.limits.max_connections);
