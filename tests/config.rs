@@ -590,6 +590,12 @@ fn hash_password_reads_stdin_and_prints_a_usable_argon2id_hash() {
     let parsed = argon2::password_hash::PasswordHashString::new(phc).unwrap();
     assert!(authgate::auth::password::verify_argon2(&parsed, "correct horse: battery"));
     assert!(!authgate::auth::password::verify_argon2(&parsed, "correct horse: battery\n"));
+    // A byte order mark before it (a file saved by a Windows editor) is no
+    // part of it: it was, and the user could not log in (probe 391).
+    let out = authgate_bin(&["hash-password", "--config", &config_arg(&path)], Some("\u{feff}pw\r\n"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let marked = argon2::password_hash::PasswordHashString::new(text(&out.stdout).trim()).unwrap();
+    assert!(authgate::auth::password::verify_argon2(&marked, "pw"), "the mark was hashed with the password");
 
     // Standard input is read up to 4096 bytes (an endless stream such as
     // /dev/zero once grew memory until the allocator aborted), and a

@@ -11,7 +11,10 @@ const MAX_PASSWORD_LINE: u64 = 4096;
 
 /// One line of `input` as a password (`hash-password` and `users
 /// --password-stdin` read standard input with it), without its line ending
-/// (`\n` or `\r\n`); everything else, spaces included, is part of it.
+/// (`\n` or `\r\n`) and without a byte order mark before it, as a file
+/// saved by some Windows editors starts; everything else, spaces included,
+/// is part of it. The mark was kept as the password's first character,
+/// which no one types: the user was locked out, without a word (probe 391).
 ///
 /// # Errors
 /// A one-line reason: unreadable, too long (see
@@ -39,6 +42,9 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
         if line.last() == Some(&b'\r') {
             line.pop();
         }
+    }
+    if line.starts_with("\u{feff}".as_bytes()) {
+        line.drain(.."\u{feff}".len());
     }
     String::from_utf8(line).map_err(|_| "the password on standard input is not UTF-8".to_owned())
 }
