@@ -307,6 +307,12 @@ fn hash_password(config: &Path, given: bool) -> ExitCode {
     } else {
         authgate::auth::password::default_params()
     };
+    if authgate::cli::stdout_is_null() {
+        return fail(
+            "standard output is closed or /dev/null: the hash would be lost; send it to a file or a pipe"
+                .to_owned(),
+        );
+    }
     let password = match authgate::cli::read_new_password() {
         Ok(p) => p,
         Err(e) => return fail(e),

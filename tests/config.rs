@@ -597,6 +597,21 @@ fn hash_password_reads_stdin_and_prints_a_usable_argon2id_hash() {
     let marked = argon2::password_hash::PasswordHashString::new(text(&out.stdout).trim()).unwrap();
     assert!(authgate::auth::password::verify_argon2(&marked, "pw"), "the mark was hashed with the password");
 
+    // Standard output closed (`>&-`: the runtime opens /dev/null in its
+    // place) or /dev/null: the hash, its one output, was lost with exit 0
+    // (probe 391).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_authgate"))
+        .args(["hash-password", "--config", &config_arg(&path)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // (Refused before it reads: the write may meet a closed pipe.)
+    let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"pw\n");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("standard output is closed or /dev/null"), "{}", text(&out.stderr));
     // Standard input is read up to 4096 bytes (an endless stream such as
     // /dev/zero once grew memory until the allocator aborted), and a
     // password longer than 1024 bytes is refused: it could never be sent.

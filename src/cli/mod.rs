@@ -49,6 +49,18 @@ pub fn password_line(input: &mut impl std::io::BufRead) -> Result<String, String
     String::from_utf8(line).map_err(|_| "the password on standard input is not UTF-8".to_owned())
 }
 
+/// Whether standard output is the null device: closed when the command
+/// started (the runtime opens `/dev/null` in its place), or sent there.
+/// `hash-password`, whose one output is the hash, so lost it with exit 0
+/// (probe 391).
+pub fn stdout_is_null() -> bool {
+    let null = rustix::fs::stat("/dev/null");
+    let out = rustix::fs::fstat(std::io::stdout());
+    matches!((null, out), (Ok(null), Ok(out))
+        if rustix::fs::FileType::from_raw_mode(out.st_mode) == rustix::fs::FileType::CharacterDevice
+            && out.st_rdev == null.st_rdev)
+}
+
 /// A new password from a no-echo prompt on the terminal (`prompt`, then
 /// `Repeat it: `); one that [`check_new_password`] refuses is refused before
 /// it is asked again (probe 160).
