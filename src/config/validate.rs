@@ -776,7 +776,9 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
         use crate::telemetry::NoFilter;
         match crate::telemetry::log_filter(level.get_ref()) {
             Ok(filter) => s.log.level = filter,
-            Err(why @ (NoFilter::TooLong | NoFilter::Silent)) => c.at(level.span(), format!("log.level: {why}")),
+            Err(why @ (NoFilter::TooLong | NoFilter::Silent | NoFilter::FieldNames)) => {
+                c.at(level.span(), format!("log.level: {why}"))
+            }
             Err(NoFilter::NotAFilter) => c.at(
                 level.span(),
                 "log.level: not a level or a filter (use off, error, warn, info, debug or trace, or directives such as \"info,hyper=warn\")",

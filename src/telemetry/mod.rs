@@ -23,6 +23,7 @@ pub use sink::{LogGuard, tell_stderr_within};
 
 use std::sync::{Arc, OnceLock};
 
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 /// The log buffer of the installed subscriber, and its format.
@@ -127,75 +128,97 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
     if !(bare_words_are_levels && parse_filter(&filter).is_ok()) {
         return Err(NoFilter::NotAFilter);
     }
-    // authgate's lines are in no span, and their targets are those of
-    // [`TARGETS`] (the modules that write lines, and three targets lines
-    // name themselves): a filter of span
-    // directives alone (`[]`, `[request]=debug`) or of other targets alone
-    // (`Authgate=info`, `authgate::acess=info`) let none through, the
-    // startup line and a failed reload's error included, without a word
-    // (probes 380, 385). A bare level, `off` too, and a directive that
-    // turns the whole crate off (`authgate=off`) are meant. A target
-    // matches as `tracing` matches it: as the start of a line's target
-    // (`authg` names every authgate line).
+    // authgate's lines are in no span, and their targets and levels are
+    // those of [`TARGETS`] (the modules that write lines, and three targets
+    // lines name themselves): a filter of span directives alone (`[]`,
+    // `[request]=debug`), of other targets alone (`Authgate=info`,
+    // `authgate::acess=info`), or one that lets a target through only
+    // below the levels it writes at (`authgate::access=warn`: access lines
+    // are INFO) let none through, the startup line and a failed reload's
+    // error included, without a word (probes 380, 385, 394). A bare level,
+    // `off` too, and a directive that turns the whole crate off
+    // (`authgate=off`) are meant. A target matches as `tracing` matches it:
+    // as the start of a line's target (`authg` names every authgate line).
     //
     // A line takes the level of the directive with the longest target its
     // target starts with, the last of equal ones (`tracing`'s choice):
     // `authgate::access=info,authgate::access=off` lets nothing through
     // (probe 390; counting each directive on its own took the first).
-    let off = |level: &str| {
-        level
-            .parse::<tracing::level_filters::LevelFilter>()
-            .is_ok_and(|l| l == tracing::level_filters::LevelFilter::OFF)
+    // Directives of field names without a span (`[{message}]=off`) filter
+    // lines by the fields they carry, ranked above the others of their
+    // target: `info,[{message}]=off` silenced every line (probe 394). This
+    // check cannot follow them, and they are refused.
+    if directives.iter().any(|d| field_names_alone(d)) {
+        return Err(NoFilter::FieldNames);
+    }
+    // (target, level) of each directive outside spans; a bare level has the
+    // empty target, the start of every line's, and an empty level after `=`
+    // is `trace`, as `tracing` reads it.
+    let level_of = |level: &str| match level {
+        "" => Some(LevelFilter::TRACE),
+        level => level.parse::<LevelFilter>().ok(),
     };
-    // (target, whether it says `off`) of each directive outside spans; a
-    // bare level has the empty target, the start of every line's.
-    let plain: Vec<(&str, bool)> = directives
+    let plain: Vec<(&str, LevelFilter)> = directives
         .iter()
         .filter(|d| !d.contains('['))
-        .map(|d| d.split_once('=').map_or(("", off(d)), |(target, level)| (target, off(level))))
+        .filter_map(|d| match d.split_once('=') {
+            None => Some(("", level_of(d)?)),
+            Some((target, level)) => Some((target, level_of(level)?)),
+        })
         .collect();
-    let let_through = |line: &str| {
+    let let_through = |&(line, written): &(&str, tracing::Level)| {
         plain
             .iter()
             .filter(|(target, _)| line.starts_with(target))
             .max_by_key(|(target, _)| target.len())
-            .is_some_and(|(_, off)| !off)
+            .is_some_and(|(_, level)| written <= *level)
     };
-    let says_off = plain.iter().any(|(target, off)| *off && "authgate".starts_with(target));
-    let lets_some_through = TARGETS.iter().any(|line| let_through(line)) || says_off;
+    let says_off =
+        plain.iter().any(|(target, level)| *level == LevelFilter::OFF && "authgate".starts_with(target));
+    let lets_some_through = TARGETS.iter().any(let_through) || says_off;
     match lets_some_through {
         true => Ok(filter),
         false => Err(NoFilter::Silent),
     }
 }
 
-/// The targets of authgate's lines: the module paths of the files that
-/// write lines (`authgate` for the binary's own), and the targets lines
-/// name themselves. Checked against the source by a test.
-const TARGETS: &[&str] = &[
-    "authgate",
-    "authgate::access",
-    "authgate::audit",
-    "authgate::log",
-    "authgate::auth",
-    "authgate::auth::password",
-    "authgate::auth::store",
-    "authgate::blocking",
-    "authgate::proxy::connect",
-    "authgate::proxy::dns",
-    "authgate::proxy::pool",
-    "authgate::proxy::tunnel",
-    "authgate::proxy::upstream_tls",
-    "authgate::server",
-    "authgate::server::limits",
-    "authgate::server::reload",
-    "authgate::server::signals",
-    "authgate::server::tls",
-    "authgate::telemetry",
-    "authgate::telemetry::access",
-    "authgate::telemetry::every",
-    "authgate::telemetry::sink",
+/// The targets of authgate's lines, each with the most severe level it
+/// writes at: the module paths of the files that write lines without
+/// naming a target (`authgate` for the binary's own), and the targets
+/// lines name themselves. Checked against the source by a test.
+const TARGETS: &[(&str, tracing::Level)] = &[
+    ("authgate", tracing::Level::WARN),
+    ("authgate::access", tracing::Level::INFO),
+    ("authgate::audit", tracing::Level::WARN),
+    ("authgate::log", tracing::Level::WARN),
+    ("authgate::auth", tracing::Level::ERROR),
+    ("authgate::auth::password", tracing::Level::ERROR),
+    ("authgate::auth::store", tracing::Level::WARN),
+    ("authgate::blocking", tracing::Level::ERROR),
+    ("authgate::proxy::connect", tracing::Level::WARN),
+    ("authgate::proxy::dns", tracing::Level::WARN),
+    ("authgate::proxy::pool", tracing::Level::DEBUG),
+    ("authgate::proxy::tunnel", tracing::Level::DEBUG),
+    ("authgate::proxy::upstream_tls", tracing::Level::WARN),
+    ("authgate::server", tracing::Level::WARN),
+    ("authgate::server::limits", tracing::Level::WARN),
+    ("authgate::server::reload", tracing::Level::ERROR),
+    ("authgate::server::signals", tracing::Level::ERROR),
+    ("authgate::server::tls", tracing::Level::WARN),
+    ("authgate::telemetry", tracing::Level::WARN),
+    ("authgate::telemetry::every", tracing::Level::WARN),
 ];
+
+/// Whether directive `d` is field names alone, without a span name or a
+/// value (`[{message}]`, `authgate[{user}]=off`): `tracing` applies
+/// it to lines that carry those fields (see [`log_filter`]).
+fn field_names_alone(d: &str) -> bool {
+    let Some((_, inside)) = d.split_once('[') else {
+        return false;
+    };
+    let inside = inside.split(']').next().unwrap_or_default();
+    inside.starts_with('{') && !inside.contains('=')
+}
 
 /// Why [`log_filter`] took no filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +230,8 @@ pub enum NoFilter {
     /// A filter that lets no authgate line through and does not say `off`:
     /// span directives alone, or directives for other targets alone.
     Silent,
+    /// A directive of field names without a span (`[{message}]=off`).
+    FieldNames,
 }
 
 impl std::fmt::Display for NoFilter {
@@ -220,8 +245,14 @@ impl std::fmt::Display for NoFilter {
             }
             NoFilter::NotAFilter => f.write_str("not a level or a log filter"),
             NoFilter::Silent => f.write_str(
-                "a filter that lets no authgate line through (its lines are in no span, and their \
-                 targets are `authgate` and the modules that write lines; say `off` to mean it)",
+                "a filter that lets no authgate line through (its lines are in no span, their targets are \
+                 `authgate` and the modules that write lines, and each writes at its own levels, access lines \
+                 at `info`; say `off` to mean it)",
+            ),
+            NoFilter::FieldNames => f.write_str(
+                "a directive of field names without a span (`[{message}]`) filters lines by the fields they \
+                 carry, which authgate does not check a filter for: name a target (`authgate::access=off`) or a \
+                 span",
             ),
         }
     }
@@ -357,8 +388,20 @@ mod filter_tests {
             // The last of equal targets wins (probe 390).
             "authgate::access=info,authgate::access=off",
             "authgate::proxy=info,authgate::access=debug,authgate::proxy=off,authgate::access=off",
+            // Below every level a target writes at (probe 394): access
+            // lines are `info`, the pool's `debug`; the access module's
+            // lines name their own targets.
+            "authgate::access=warn",
+            "authgate::access=error,authgate::audit=error",
+            "authgate::proxy::pool=info",
+            "authgate::telemetry::access=info",
         ] {
             assert_eq!(log_filter(silent), Err(NoFilter::Silent), "{silent}");
+        }
+        // Field names without a span: lines carrying them (every line has
+        // a `message`), ranked above the rest (probe 394).
+        for fields in ["info,[{message}]=off", "[{message}]=info", "warn,authgate[{user}]=off"] {
+            assert_eq!(log_filter(fields), Err(NoFilter::FieldNames), "{fields}");
         }
         // What names authgate's lines as `tracing` matches a target (its
         // start), and what turns them all off on purpose (probe 385).
@@ -369,6 +412,9 @@ mod filter_tests {
             "authgate::proxy::pool=debug",
             "authgate::ac=info",
             "authgate::access=off,authgate::access=info",
+            "authgate::access=info",
+            "authgate::proxy::pool=debug,authgate::server::reload=error",
+            "error",
             "authgate=info,authgate=off",
             "off,authgate=info,authgate=off,authgate::access=info",
         ] {
@@ -407,14 +453,17 @@ mod filter_tests {
         assert_eq!(log_filter(&long(MAX_FILTER_BYTES + 1)), Err(NoFilter::TooLong));
     }
 
-    /// [`TARGETS`] is the module path of every file that writes lines and
-    /// every target a line names itself, and nothing else: a filter for a
-    /// target left out would be refused, one for a target listed that
-    /// writes nothing taken (probe 387).
+    /// [`TARGETS`] is the module path of every file that writes lines
+    /// without naming a target, and every target a line names itself, each
+    /// with the most severe level its lines are written at, and nothing
+    /// else: a filter for a target left out would be refused, one for a
+    /// target listed that writes nothing, or not at that level, taken
+    /// (probes 387, 394).
     #[test]
     fn the_targets_named_are_the_crates() {
+        use tracing::Level;
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut found = std::collections::BTreeSet::new();
+        let mut found = std::collections::BTreeMap::<String, Level>::new();
         let mut files = vec![src.clone()];
         while let Some(path) = files.pop() {
             if path.is_dir() {
@@ -425,23 +474,32 @@ mod filter_tests {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            for named in text.split("target: \"authgate").skip(1) {
-                found.insert(format!("authgate{}", named.split('"').next().unwrap()));
-            }
-            let writes = ["info", "warn", "error", "debug", "trace", "event"]
-                .iter()
-                .any(|m| text.contains(&format!("tracing::{m}!")));
-            if writes {
-                let module = path.strip_prefix(&src).unwrap().with_extension("");
-                let parts: Vec<_> = module.iter().map(|p| p.to_str().unwrap()).collect();
-                let parts = match parts.split_last() {
-                    Some((&("main" | "lib" | "mod"), rest)) => rest.to_vec(),
-                    _ => parts,
-                };
-                found.insert(std::iter::once("authgate").chain(parts).collect::<Vec<_>>().join("::"));
+            let module = path.strip_prefix(&src).unwrap().with_extension("");
+            let parts: Vec<_> = module.iter().map(|p| p.to_str().unwrap()).collect();
+            let parts = match parts.split_last() {
+                Some((&("main" | "lib" | "mod"), rest)) => rest.to_vec(),
+                _ => parts,
+            };
+            let module = std::iter::once("authgate").chain(parts).collect::<Vec<_>>().join("::");
+            for (name, level) in [
+                ("error", Level::ERROR),
+                ("warn", Level::WARN),
+                ("info", Level::INFO),
+                ("debug", Level::DEBUG),
+            ] {
+                for call in text.split(&format!("tracing::{name}!(")).skip(1) {
+                    let target = match call.trim_start().strip_prefix("target: \"") {
+                        Some(named) => named.split('"').next().unwrap().to_owned(),
+                        None => module.clone(),
+                    };
+                    // The most severe: the least, as `tracing` orders levels.
+                    let most = found.entry(target).or_insert(level);
+                    *most = (*most).min(level);
+                }
             }
         }
-        let listed: std::collections::BTreeSet<String> = TARGETS.iter().map(|t| t.to_string()).collect();
+        let listed: std::collections::BTreeMap<String, Level> =
+            TARGETS.iter().map(|&(t, level)| (t.to_string(), level)).collect();
         assert_eq!(listed, found);
     }
 
