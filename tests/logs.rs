@@ -1495,11 +1495,16 @@ fn the_request_id_of_a_503_at_the_connection_limit_is_logged_once_per_10_s() {
 /// The binary logging at INFO on one plain listener with `proxy_protocol`
 /// (which [`start_binary`]'s `[server]` cannot take), stdout piped.
 fn proxy_protocol_binary(dir: &TempDir) -> Binary {
+    binary_with_server(dir, "proxy_protocol = true\n")
+}
+
+/// [`proxy_protocol_binary`] with `server` as the rest of its `[server]`.
+fn binary_with_server(dir: &TempDir, server: &str) -> Binary {
     let port = closed_port();
     let config = dir.write(
         "authgate.toml",
         format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nproxy_protocol = true\n[auth]\nusers_file = \"users.toml\"\n[log]\nlevel = \"info\"\n"
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\n{server}[auth]\nusers_file = \"users.toml\"\n[log]\nlevel = \"info\"\n"
         ),
     );
     let users = dir.write("users.toml", users_toml(&[(USER, PASSWORD)]));
@@ -1539,6 +1544,22 @@ fn a_proxy_listener_open_to_anyone_is_warned_of_at_start_and_at_reload() {
     assert!(reloads.len() >= 2, "both edits reloaded:\n{log}");
     let warned: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") && l.contains(OPEN)).collect();
     assert_eq!(warned.len(), 2, "at the start and when the list was emptied:\n{log}");
+
+    // Not when no listener runs with the header: one the new file marks
+    // takes it after a restart (probe 394).
+    let dir = TempDir::new();
+    let bin = binary_with_server(&dir, "proxy_protocol_from = [\"192.0.2.1\"]\n");
+    rt.block_on(wait_listening(bin.addr));
+    let marked = std::fs::read_to_string(&bin.config)
+        .unwrap()
+        .replace("proxy_protocol_from = [\"192.0.2.1\"]\n", "proxy_protocol = true\n");
+    std::fs::write(&bin.config, marked).unwrap();
+    bin.signal("HUP");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = bin.stop();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("take effect only after a restart"), "the reload:\n{log}");
+    assert!(!log.contains(OPEN), "no listener takes a header yet:\n{log}");
 }
 
 /// A client named in IPv4-mapped form (as a dual-stack `[::]` listener

@@ -322,8 +322,10 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
     // A list emptied, and kept empty (the new file marks the listeners that
     // run with the header): they believe anyone's now. Said as `check` says
     // it; a reload so opened them with "configuration reloaded" alone
-    // (probe 390).
-    if new.server.proxy_protocol_from.is_empty() && !old.server.proxy_protocol_from.is_empty() {
+    // (probe 390). Only when some listener runs with the header: one the
+    // new file marks takes it after a restart (probe 394).
+    let running = !state.started.proxy_protocol.is_empty() || !state.started.tls_proxy_protocol.is_empty();
+    if running && new.server.proxy_protocol_from.is_empty() && !old.server.proxy_protocol_from.is_empty() {
         for line in config::proxy_protocol_hints(&new) {
             tracing::warn!("{line}");
         }
