@@ -437,13 +437,20 @@ impl Metrics {
         render_process(&mut o, process);
         family(&mut o, "authgate_build_info", "gauge", "Always 1; labels describe the binary.");
         let _ = writeln!(o, "authgate_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
-        let guard = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(map) = guard.as_ref() {
+        // A copy, taken under the lock and written out after it: every
+        // authenticated request takes the lock as it ends, on a worker
+        // thread, and a scrape that held it while writing 1,000 users'
+        // series stalled them (probe 396: p50 20 ms for a request under
+        // 780 scrapes a second, against 0.4 ms for one that takes no lock).
+        let per_user: Option<Vec<(String, [u64; OUTCOMES.len()])>> = {
+            let guard = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+            guard.as_ref().map(|map| map.iter().map(|(user, counts)| (user.clone(), *counts)).collect())
+        };
+        if let Some(mut users) = per_user {
             family(&mut o, "authgate_user_requests_total", "counter", "Requests per user (capped).");
-            let mut users: Vec<_> = map.iter().collect();
-            users.sort_by(|a, b| a.0.cmp(b.0));
+            users.sort_by(|a, b| a.0.cmp(&b.0));
             for (user, counts) in users {
-                let user = escape_label(user);
+                let user = escape_label(&user);
                 // Not the outcomes that come before a user is known (a 407,
                 // a throttled login): always 0, they were 2,000 series at
                 // the cap (probe 208).
