@@ -837,6 +837,7 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
         ("space.pem", format!("{} {}", other.cert_pem, ca.cert_pem), leaf_lines + 1),
         ("marks.pem", format!("{}{bom}{bom}{}", other.cert_pem, ca.cert_pem), leaf_lines + 1),
         ("no-newline.pem", format!("{}{}", other.cert_pem.trim_end(), ca.cert_pem), leaf_lines),
+        ("comment.pem", format!("{}# the leaf's file ends{}", other.cert_pem, ca.cert_pem), leaf_lines + 1),
     ] {
         let chained = dir.write(name, joined);
         let err = authgate::server::tls::load_certified_key(&chained, &key).unwrap_err();

@@ -107,25 +107,28 @@ pub fn without_boms(pem: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
-/// What to say of a PEM file with a BEGIN line that has something before
-/// it on its line: spaces, a second byte order mark, the END line of the
-/// section before (files without a last newline joined with `cat`). The
-/// PEM reader, as OpenSSL's, takes such a section for text around the
-/// others and skips it: a chain of a leaf and its intermediate so joined
-/// served the leaf alone, `check` saying ok (probe 390). The line is named.
-/// Other text before it is a comment that names a BEGIN line (`# was
-/// -----BEGIN TRUSTED CERTIFICATE-----`), not a section.
+/// What to say of a PEM file with a section whose BEGIN line has
+/// something before it on its line: spaces, a second byte order mark, the
+/// END line of the section before or a comment (files without a last
+/// newline joined with `cat`). The PEM reader, as OpenSSL's, takes such a
+/// section for text around the others and skips it: a chain of a leaf and
+/// its intermediate so joined served the leaf alone, `check` saying ok
+/// (probes 390, 394). A section is a BEGIN whose END line follows before
+/// the next BEGIN line; a comment that names a BEGIN line (`# was -----BEGIN
+/// TRUSTED CERTIFICATE-----`) is text. The line is named.
 pub fn pem_begin_inside_line(pem: &[u8]) -> Option<String> {
     const BEGIN: &[u8] = b"-----BEGIN ";
-    const BOM: &[u8] = "\u{feff}".as_bytes();
-    pem.split(|&b| b == b'\n').enumerate().find_map(|(at, line)| {
-        let begins = line.windows(BEGIN.len()).position(|w| w == BEGIN)?;
-        let mut before = &line[..begins];
-        while let Some(rest) = before.strip_prefix(BOM).or_else(|| before.strip_prefix(b" ")) {
-            before = rest;
-        }
-        let before = before.trim_ascii();
-        let skipped = begins > 0 && (before.is_empty() || before.ends_with(b"-----"));
+    let lines: Vec<&[u8]> = pem.split(|&b| b == b'\n').collect();
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
+    lines.iter().enumerate().find_map(|(at, line)| {
+        let begins = find(line, BEGIN).filter(|&i| i > 0)?;
+        let rest = &line[begins + BEGIN.len()..];
+        let label = &rest[..find(rest, b"-----")?];
+        let end = [&b"-----END "[..], label, b"-----"].concat();
+        let skipped = lines[at + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with(BEGIN))
+            .any(|l| find(l, &end).is_some());
         skipped.then(|| {
             format!(
                 "line {}: a PEM section's BEGIN line has text before it on the line, and a PEM reader skips such a \
@@ -280,8 +283,16 @@ mod tests {
         assert_eq!(&*without_boms(twice.as_bytes()), twice.as_bytes());
         let problem = pem_begin_inside_line(&without_boms(twice.as_bytes())).unwrap();
         assert!(problem.starts_with("line 4: "), "{problem}");
-        // A space before it; files without a last newline joined.
-        for (inside, line) in [(format!("{cert} {cert}"), 4), (format!("{}{cert}", cert.trim_end()), 3)] {
+        // A space before it; files without a last newline joined, the first
+        // ending in its END line, in a comment, or in a mark (probe 394).
+        let joined = |before: &str| format!("{cert}{before}{cert}");
+        for (inside, line) in [
+            (format!("{cert} {cert}"), 4),
+            (format!("{}{cert}", cert.trim_end()), 3),
+            (joined("# end of the leaf file"), 4),
+            (format!("{}{bom}{cert}", cert.trim_end()), 3),
+            (joined("x"), 4),
+        ] {
             let problem = pem_begin_inside_line(inside.as_bytes()).unwrap();
             assert!(problem.starts_with(&format!("line {line}: ")), "{problem}");
         }
