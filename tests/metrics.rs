@@ -111,6 +111,62 @@ async fn counters_move_exactly_for_a_scripted_sequence() {
     assert_eq!(c.read_response("GET").await.status, 200, "HTTP/1.0 needs no Host");
 }
 
+/// The proxy's own admin listener is no destination, whatever the rules
+/// and `allow_cidrs` open: a user read `/metrics` through the proxy (with
+/// `per_user`, other users' names) and, with tunnels to it from the
+/// proxy's own address, used up that address's admin connections, locking
+/// out a health check on the same host (probe 396).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_is_no_destination_through_the_proxy() {
+    let admin_port = closed_port();
+    let dir = TempDir::new();
+    let cfg = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[auth]\nusers_file = \"users.toml\"\n[egress]\n\
+         allow_cidrs = [\"127.0.0.0/8\"]\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[policy]\ndefault = \"allow\"\n"
+    );
+    let path = dir.write("authgate.toml", cfg);
+    dir.write("users.toml", users_toml(&[("alice", "a1")]));
+    let state = authgate::State::new(authgate::config::load(&path).unwrap_or_else(|e| panic!("{e}")));
+    let listeners = authgate::server::bind_all(&state).await.unwrap();
+    let proxy = listeners[0].local_addr().unwrap();
+    let (_stop, _task) = serve(state.clone(), listeners);
+    let admin = format!("127.0.0.1:{admin_port}");
+    let auth = basic("alice", "a1");
+    let get = send_one(
+        proxy,
+        "GET",
+        &format!("http://{admin}/metrics"),
+        &[("Host", &admin), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+    assert_proxy_error(&get, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    let mut tunnel = RawConn::connect(proxy).await;
+    tunnel.send(request("CONNECT", &admin, &[("Host", &admin), ("Proxy-Authorization", &auth)])).await;
+    assert_proxy_error(
+        &tunnel.read_response("CONNECT").await,
+        403,
+        "destination_ip_prohibited",
+        "destination_ip_prohibited",
+    );
+    // The admin port itself answers, and another port of the address is
+    // no admin listener.
+    assert_eq!(
+        send_one(SocketAddr::from(([127, 0, 0, 1], admin_port)), "GET", "/healthz", &[("Host", "a")])
+            .await
+            .status,
+        200
+    );
+    let other = format!("127.0.0.1:{}", closed_port());
+    let get = send_one(
+        proxy,
+        "GET",
+        &format!("http://{other}/"),
+        &[("Host", &other), ("Proxy-Authorization", &auth)],
+    )
+    .await;
+    assert_proxy_error(&get, 502, "connection_refused", "connection_refused");
+}
+
 /// A health check that sends its request and at once shuts its sending
 /// side (`nc -N`, a probe script's `shutdown(SHUT_WR)`) is answered: hyper
 /// took the end of the stream right behind the head for a connection to

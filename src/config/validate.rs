@@ -900,7 +900,11 @@ pub fn config(path: &Path, source: &str) -> Result<(Settings, Vec<Problem>), Vec
                 }
                 None => match no_listener(addr) {
                     Some(why) => c.at(a.span(), format!("admin.listen: {addr} {why}")),
-                    None => s.admin = Some(addr),
+                    None => {
+                        s.admin = Some(addr);
+                        // Never a destination (see `Egress::with_admin`).
+                        s.egress = std::mem::take(&mut s.egress).with_admin(s.admin);
+                    }
                 },
             },
             Err(_) => c.at(a.span(), not_an_address("admin.listen", a.get_ref(), "e.g. \"127.0.0.1:9090\"")),

@@ -80,6 +80,8 @@ pub struct Egress {
     denied: Vec<(IpNet, &'static str)>,
     routed: Vec<IpNet>,
     allowed: CidrSet,
+    /// The proxy's own admin listener (see [`Egress::with_admin`]).
+    admin: Option<std::net::SocketAddr>,
 }
 
 impl Default for Egress {
@@ -105,7 +107,38 @@ impl Egress {
         let denied =
             DENIED.iter().filter_map(|(net, why)| net.parse::<IpNet>().ok().map(|n| (n, *why))).collect();
         let routed = ROUTED_WITHIN_DENIED.iter().filter_map(|net| net.parse::<IpNet>().ok()).collect();
-        Egress { denied, routed, allowed: CidrSet::new(allowed) }
+        Egress { denied, routed, allowed: CidrSet::new(allowed), admin: None }
+    }
+
+    /// This policy, denying also the proxy's own admin listener at `admin`,
+    /// whatever `allow_cidrs` opens: it asks for no credentials, and a user
+    /// whose rules reached its address and port read `/metrics` through the
+    /// proxy (with `per_user`, other users' names) and used up the admin
+    /// connections of the proxy's own address, locking out a health check
+    /// on the same host (probe 396). Bound to an unspecified address, it is
+    /// denied at the loopback addresses; the host's others are not known
+    /// here.
+    pub fn with_admin(self, admin: Option<std::net::SocketAddr>) -> Self {
+        Egress { admin, ..self }
+    }
+
+    /// [`Egress::check`] of a destination with its port: the admin
+    /// listener (see [`Egress::with_admin`]) is denied.
+    pub fn check_at(&self, addr: std::net::SocketAddr) -> Verdict {
+        let ip = canonical(addr.ip());
+        let own = self.admin.is_some_and(|admin| {
+            admin.port() == addr.port()
+                && (canonical(admin.ip()) == ip || (admin.ip().is_unspecified() && ip.is_loopback()))
+        });
+        match own {
+            true => Verdict::Denied(OWN_ADMIN),
+            false => self.check(ip),
+        }
+    }
+
+    /// Whether connecting to `addr` is allowed (see [`Egress::check_at`]).
+    pub fn permits_at(&self, addr: std::net::SocketAddr) -> bool {
+        !matches!(self.check_at(addr), Verdict::Denied(_))
     }
 
     /// Checks one address: an IPv4-mapped one as its IPv4 address; an IPv6
@@ -157,6 +190,9 @@ impl Egress {
         }
     }
 }
+
+/// Why the admin listener's address and port are denied.
+const OWN_ADMIN: &str = "the proxy's own admin listener (`[admin] listen`)";
 
 /// Why `0.0.0.0` and `::` are denied, whatever `allow_cidrs` opens.
 const UNSPECIFIED: &str = "unspecified (a connection to it reaches this host)";
@@ -348,6 +384,25 @@ mod tests {
     /// `0.0.0.0` and `::` in every spelling stay denied when `allow_cidrs`
     /// opens everything: a connection to them reaches this host (probe
     /// 363). The rest of `0.0.0.0/8` opens as listed.
+    /// The admin listener is denied with its port, whatever `allow_cidrs`
+    /// opens; bound to an unspecified address, at the loopback addresses
+    /// (probe 396).
+    #[test]
+    fn the_admin_listener_is_denied_whatever_is_opened() {
+        let all = || Egress::new(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+        let at = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let e = all().with_admin(Some(at("127.0.0.1:9090")));
+        assert_eq!(e.check_at(at("127.0.0.1:9090")), Verdict::Denied(OWN_ADMIN));
+        assert_eq!(e.check_at(at("[::ffff:127.0.0.1]:9090")), Verdict::Denied(OWN_ADMIN));
+        assert!(e.permits_at(at("127.0.0.1:9091")) && e.permits_at(at("127.0.0.2:9090")));
+        let e = all().with_admin(Some(at("0.0.0.0:9090")));
+        for own in ["127.0.0.1:9090", "127.9.9.9:9090", "[::1]:9090"] {
+            assert_eq!(e.check_at(at(own)), Verdict::Denied(OWN_ADMIN), "{own}");
+        }
+        assert!(e.permits_at(at("10.0.0.1:9090")) && e.permits_at(at("127.0.0.1:80")));
+        assert!(all().permits_at(at("127.0.0.1:9090")), "no admin listener, nothing denied");
+    }
+
     #[test]
     fn the_unspecified_addresses_stay_denied_whatever_is_opened() {
         let all = Egress::new(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);

@@ -86,7 +86,9 @@ pub fn explain(
     // name and checks the addresses against the egress policy first, and a
     // denied address is its answer (403 `destination_ip_prohibited`).
     let egress_first = policy.decide(&Query { addrs: None, ..query }).is_none()
-        && addrs.is_ok_and(|ips| ips.iter().any(|ip| matches!(egress.check(*ip), Verdict::Denied(_))));
+        && addrs.is_ok_and(|ips| {
+            ips.iter().any(|ip| matches!(egress.check_at((*ip, target.port).into()), Verdict::Denied(_)))
+        });
     if let Some(rule) = &undecided {
         let _ = writeln!(
             t,
@@ -123,7 +125,7 @@ pub fn explain(
         Ok(ips) => {
             let _ = writeln!(t, "egress   {} resolves to {} address(es)", target.host, ips.len());
             for ip in ips {
-                let v = match egress.check(*ip) {
+                let v = match egress.check_at((*ip, target.port).into()) {
                     Verdict::Allowed => "allowed".to_string(),
                     Verdict::AllowedByConfig(net) => format!("allowed by egress.allow_cidrs {net}"),
                     Verdict::Denied(why) => {

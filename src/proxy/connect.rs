@@ -61,7 +61,7 @@ impl Connector {
         // checked, dialled, logged and refused as such (the access line said
         // `upstream=[::ffff:127.0.0.2]:80`; probe 156).
         let ips = crate::policy::egress::canonical_distinct(ips);
-        if let Some(bad) = ips.iter().find(|ip| !egress.permits(**ip)) {
+        if let Some(bad) = ips.iter().find(|ip| !egress.permits_at(SocketAddr::new(**ip, target.port))) {
             return Err(ProxyError::DestinationIpProhibited { addr: *bad });
         }
         Ok(ips.into_iter().map(|ip| SocketAddr::new(ip, target.port)).collect())
