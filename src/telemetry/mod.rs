@@ -173,9 +173,21 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
             .max_by_key(|(target, _)| target.len())
             .is_some_and(|(_, level)| written <= *level)
     };
+    // `off` is meant when nothing else asks for authgate's lines: with a
+    // directive that does (`off,authgate::access=warn`, or a typo such as
+    // `off,authgate::acess=info`), what it asked for was silenced too
+    // (probe 397).
     let says_off =
         plain.iter().any(|(target, level)| *level == LevelFilter::OFF && "authgate".starts_with(target));
-    let lets_some_through = TARGETS.iter().any(let_through) || says_off;
+    // (One that a later directive for the same target replaces asks
+    // nothing: `authgate=info,authgate=off` is off.)
+    let asks = plain.iter().enumerate().any(|(at, (target, level))| {
+        *level != LevelFilter::OFF
+            && !target.is_empty()
+            && (target.starts_with("authgate") || "authgate".starts_with(target))
+            && !plain[at + 1..].iter().any(|(later, _)| later == target)
+    });
+    let lets_some_through = TARGETS.iter().any(let_through) || (says_off && !asks);
     match lets_some_through {
         true => Ok(filter),
         false => Err(NoFilter::Silent),
@@ -250,9 +262,9 @@ impl std::fmt::Display for NoFilter {
                  at `info`; say `off` to mean it)",
             ),
             NoFilter::FieldNames => f.write_str(
-                "a directive of field names without a span (`[{message}]`) filters lines by the fields they \
-                 carry, which authgate does not check a filter for: name a target (`authgate::access=off`) or a \
-                 span",
+                "a directive of field names without a span (such as `[{message}]`) filters lines by the fields \
+                 they carry, which authgate does not check a filter for: name targets instead \
+                 (`authgate::access=off`)",
             ),
         }
     }
@@ -395,6 +407,11 @@ mod filter_tests {
             "authgate::access=error,authgate::audit=error",
             "authgate::proxy::pool=info",
             "authgate::telemetry::access=info",
+            // An `off` beside a directive that asks for authgate's lines
+            // (probe 397).
+            "off,authgate::access=warn",
+            "authgate=off,authgate::access=warn",
+            "0,authgate::acess=info",
         ] {
             assert_eq!(log_filter(silent), Err(NoFilter::Silent), "{silent}");
         }
