@@ -147,18 +147,21 @@ impl std::error::Error for AtUrgentMark {}
 /// does. (`FIONREAD` cannot tell: it counts only the bytes before the mark.)
 fn fill(from: &TcpStream, pipe: &OwnedFd, room: usize) -> io::Result<usize> {
     let first = splice(from, None, pipe, None, room, FLAGS);
-    if !matches!(first, Ok(0) | Err(Errno::AGAIN)) {
-        return first.map_err(io::Error::from);
+    if let Ok(moved @ 1..) = first {
+        return Ok(moved);
     }
-    if !readable(from) {
-        return match first {
-            Ok(0) => end(from, pipe),
-            other => other.map_err(io::Error::from),
-        };
-    }
-    match splice(from, None, pipe, None, room, FLAGS) {
-        Ok(0) | Err(Errno::AGAIN) => Err(io::Error::other(AtUrgentMark)),
-        again => again.map_err(io::Error::from),
+    match (first, readable(from)) {
+        // A reset that came after an urgent byte is told by splice at the
+        // byte, with bytes behind it that recv(2) still reads: copying
+        // reads them before the error (they were read in the close's drain
+        // and thrown away; probe 398).
+        (Err(e), true) if e != Errno::AGAIN => Err(io::Error::other(AtUrgentMark)),
+        (Ok(_), false) => end(from, pipe),
+        (Err(e), false) => Err(e.into()),
+        (_, true) => match splice(from, None, pipe, None, room, FLAGS) {
+            Ok(0) | Err(Errno::AGAIN) => Err(io::Error::other(AtUrgentMark)),
+            again => again.map_err(io::Error::from),
+        },
     }
 }
 
