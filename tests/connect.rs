@@ -750,6 +750,52 @@ async fn an_urgent_byte_right_behind_the_connect_head_does_not_stall_the_rest() 
     assert!(rounds.is_ok(), "the bytes behind the urgent byte stalled: {rounds:?}");
 }
 
+/// The same for an upgrade: an urgent byte among the bytes an origin sends
+/// right behind its 101, which hyper's client read with `poll_read`
+/// (twenty rounds). The relay's first read of each plain TCP side goes to
+/// the socket itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_urgent_byte_right_behind_a_101_does_not_stall_the_rest() {
+    let origin = spawn_raw_origin(|mut s: tokio::net::TcpStream| async move {
+        use tokio::io::AsyncReadExt;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).await.is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        let sock = socket2::SockRef::from(&s);
+        let answer =
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n0000!";
+        let _ = sock.send_out_of_band(answer);
+        let _ = sock.send(b"def");
+        let _ = s.read_to_end(&mut Vec::new()).await;
+    });
+    let proxy = spawn_proxy("[limits]\ntunnel_idle_timeout = \"30s\"\n", &[USER]);
+    let target = origin.url("/ws");
+    let host = origin.authority();
+    let auth = basic(USER.0, USER.1);
+    let ask = request(
+        "GET",
+        &target,
+        &[
+            ("Host", &host),
+            ("Proxy-Authorization", &auth),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+        ],
+    );
+    for round in 0..20 {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.send(&ask).await;
+        assert_eq!(conn.read_head().await.status, 101, "round {round}");
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read_exact(7)).await;
+        assert!(
+            matches!(&rest, Ok(got) if got == b"0000def"),
+            "round {round}: the bytes behind the urgent byte stalled"
+        );
+    }
+}
+
 /// Ten bytes, an urgent byte, then [`REST`] more, as fast as they go.
 async fn send_urgently(w: &mut (impl tokio::io::AsyncWrite + Unpin + AsRef<tokio::net::TcpStream>)) {
     use tokio::io::AsyncWriteExt;

@@ -106,11 +106,11 @@ pub fn reset(side: &impl Side) {
 /// short read (the `EAGAIN` takes the look's place), and one fewer when the
 /// peer's end comes with its last bytes.
 ///
-/// The client's socket was read by hyper first, with `poll_read`: a head
-/// read that stopped at an urgent byte sent right behind it left tokio's
-/// readiness cleared with bytes queued, and they waited for the idle
-/// timeout (probe 398: 2 of 10 runs). So the first reads of the client's
-/// side go to the socket itself (`direct`), until it says `EAGAIN`.
+/// hyper read a side first, with `poll_read` (a client's request head, an
+/// origin's 101): a read that stopped at an urgent byte sent right behind
+/// the head left tokio's readiness cleared with bytes queued, and they
+/// waited for the idle timeout (probe 398: 2 of 10 runs). So a side's first
+/// reads go to the socket itself (`direct`), until it says `EAGAIN`.
 fn read_into<R: Side>(
     direct: &mut bool,
     cx: &mut Context<'_>,
@@ -502,6 +502,10 @@ impl Relay {
         A: Side,
         B: Side,
     {
+        // hyper read both before (a request head, a 101), or the origin is
+        // new (see `read_into`); `direct` does nothing for TLS sides.
+        self.up.direct = true;
+        self.down.direct = true;
         let end = self
             .drive(quiet, |way, dir, cx, progress| match way {
                 Way::Up => dir.poll(cx, client, origin, progress, false),
