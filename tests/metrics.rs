@@ -156,6 +156,27 @@ async fn the_admin_listener_is_no_destination_through_the_proxy() {
             .status,
         200
     );
+    // A reload that moves or removes `[admin] listen` (a restart setting)
+    // leaves the running listener refused (probe 399).
+    for moved in [format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", closed_port()), String::new()] {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let start = text.find("[admin]").unwrap_or(text.len());
+        let end = text[start..].find("[policy]").map_or(text.len(), |i| start + i);
+        std::fs::write(&path, format!("{}{moved}{}", &text[..start], &text[end..])).unwrap();
+        let reloading = state.clone();
+        tokio::task::spawn_blocking(move || authgate::server::reload::reload(&reloading))
+            .await
+            .unwrap()
+            .unwrap();
+        let get = send_one(
+            proxy,
+            "GET",
+            &format!("http://{admin}/metrics"),
+            &[("Host", &admin), ("Proxy-Authorization", &auth)],
+        )
+        .await;
+        assert_proxy_error(&get, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    }
     let other = format!("127.0.0.1:{}", closed_port());
     let get = send_one(
         proxy,

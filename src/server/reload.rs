@@ -319,6 +319,11 @@ pub fn reload(state: &State) -> Result<u64, ConfigError> {
         tracing::warn!(settings = &*changed.join(", "), "changed settings take effect only after a restart");
     }
     keep_proxy_trust(state, &old, &mut new);
+    // The admin listener that runs is the start's until a restart: it stays
+    // no destination, whatever the new file says of it (a reload that moved
+    // or removed `[admin] listen` let users read the running one's
+    // `/metrics` through the proxy; probe 399).
+    new.egress = std::mem::take(&mut new.egress).with_admin(state.started.admin);
     // A list emptied, and kept empty (the new file marks the listeners that
     // run with the header): they believe anyone's now. Said as `check` says
     // it; a reload so opened them with "configuration reloaded" alone
