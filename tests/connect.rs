@@ -602,8 +602,20 @@ async fn bytes_behind_an_urgent_byte_reach_the_origin_though_the_client_then_res
         let _ = tokio::time::timeout(READ_DEADLINE, s.read_to_end(&mut got)).await;
         got
     });
-    let proxy = spawn_proxy("", &[USER]);
-    let mut stream = open_tunnel(&proxy, &origin.to_string()).await.into_stream();
+    // The binary, for its access line.
+    let dir = TempDir::new();
+    let extra = "[policy]\ndefault = \"allow\"\n[log]\nlevel = \"info\"\n[reload]\nwatch = false\n";
+    let bin = start_binary(&dir, extra, &users_toml(&[USER]), std::process::Stdio::piped());
+    let mut conn = RawConn::connect(bin.addr).await;
+    let target = origin.to_string();
+    conn.send(request(
+        "CONNECT",
+        &target,
+        &[("Host", &target), ("Proxy-Authorization", &basic(USER.0, USER.1))],
+    ))
+    .await;
+    assert_eq!(conn.read_head().await.status, 200);
+    let mut stream = conn.into_stream();
     stream.write_all(&pattern(0, BULK)).await.unwrap();
     socket2::SockRef::from(&stream).send_out_of_band(b"!").unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -623,20 +635,14 @@ async fn bytes_behind_an_urgent_byte_reach_the_origin_though_the_client_then_res
     let got = received.await.unwrap();
     assert_eq!(got.len(), BULK + TAIL, "the bytes behind the urgent byte");
     assert!(got == pattern(0, BULK + TAIL), "garbled");
-}
-
-/// The bytes a TCP socket bound to `local` (IPv4) has not had acknowledged,
-/// from /proc/net/tcp (`tx_queue`).
-fn send_queue(local: std::net::SocketAddr) -> Option<u64> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let std::net::SocketAddr::V4(v4) = local else { return None };
-    let me = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        (fields.get(1) == Some(&me.as_str()))
-            .then(|| fields.get(4)?.split(':').next().and_then(|tx| u64::from_str_radix(tx, 16).ok()))
-            .flatten()
-    })
+    // And the reset is told as one: the error splice took at the urgent
+    // byte came after those bytes, and the tunnel was logged as closed
+    // (probe 399).
+    let out = tokio::task::spawn_blocking(move || bin.stop()).await.unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    let line =
+        log.lines().find(|l| l.contains("authgate::access") && l.contains("CONNECT")).unwrap_or_default();
+    assert!(line.contains("outcome=\"tunnel_error\""), "{log}");
 }
 
 /// A tunnel authgate cuts ends with a reset on both sides: a side that took

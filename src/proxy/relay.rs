@@ -174,6 +174,9 @@ struct Direction {
     cut: bool,
     /// Read the socket itself until it says `EAGAIN` (see [`read_into`]).
     direct: bool,
+    /// The error splice took at an urgent byte, to end this direction with
+    /// instead of the end of the stream (see [`Pipe::error_after`]).
+    error_at_end: Option<io::Error>,
     /// It failed; `read_failed` when reading (else writing).
     failed: bool,
     read_failed: bool,
@@ -277,6 +280,13 @@ impl Direction {
                         self.read_failed = true;
                         return Poll::Ready(Err(e));
                     }
+                    Poll::Ready(Ok(0)) if self.error_at_end.is_some() => {
+                        self.read_failed = true;
+                        return Poll::Ready(Err(self
+                            .error_at_end
+                            .take()
+                            .unwrap_or_else(|| io::ErrorKind::ConnectionReset.into())));
+                    }
                     Poll::Ready(Ok(0)) => {
                         self.eof = true;
                         self.buf = None;
@@ -362,6 +372,7 @@ impl Direction {
                         Err(e) if Pipe::copy_instead(&e) => {
                             // Nothing moved: carry on copying.
                             self.splice = Splice::Off;
+                            self.error_at_end = Pipe::error_after(&e);
                             return self.poll(cx, r, w, progress, false);
                         }
                         Err(e) => {

@@ -77,6 +77,15 @@ impl Pipe {
             || e.get_ref().is_some_and(|inner| inner.is::<AtUrgentMark>())
     }
 
+    /// The error that comes after the bytes still readable, when `e` (see
+    /// [`Pipe::copy_instead`]) was told at an urgent byte: the copying that
+    /// reads those bytes then sees the stream end, the error having been
+    /// taken by splice (a reset logged `tunnel_closed`; probe 399).
+    pub fn error_after(e: &io::Error) -> Option<io::Error> {
+        let mark = e.get_ref()?.downcast_ref::<AtUrgentMark>()?;
+        mark.then.map(io::Error::from)
+    }
+
     /// Whether everything taken in has been passed on.
     pub fn is_empty(&self) -> bool {
         self.pending == 0
@@ -121,9 +130,13 @@ impl Pipe {
     }
 }
 
-/// The reading socket stands at TCP urgent data, which splice cannot pass.
-#[derive(Debug)]
-struct AtUrgentMark;
+/// The reading socket stands at TCP urgent data, which splice cannot pass;
+/// with the error splice told there, which the bytes behind the urgent byte
+/// come before (see `fill`).
+#[derive(Debug, Default)]
+struct AtUrgentMark {
+    then: Option<Errno>,
+}
 
 impl std::fmt::Display for AtUrgentMark {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,11 +168,11 @@ fn fill(from: &TcpStream, pipe: &OwnedFd, room: usize) -> io::Result<usize> {
         // byte, with bytes behind it that recv(2) still reads: copying
         // reads them before the error (they were read in the close's drain
         // and thrown away; probe 398).
-        (Err(e), true) if e != Errno::AGAIN => Err(io::Error::other(AtUrgentMark)),
+        (Err(e), true) if e != Errno::AGAIN => Err(io::Error::other(AtUrgentMark { then: Some(e) })),
         (Ok(_), false) => end(from, pipe),
         (Err(e), false) => Err(e.into()),
         (_, true) => match splice(from, None, pipe, None, room, FLAGS) {
-            Ok(0) | Err(Errno::AGAIN) => Err(io::Error::other(AtUrgentMark)),
+            Ok(0) | Err(Errno::AGAIN) => Err(io::Error::other(AtUrgentMark::default())),
             again => again.map_err(io::Error::from),
         },
     }
@@ -197,7 +210,11 @@ mod tests {
         for errno in [Errno::INVAL, Errno::NOSYS, Errno::PERM, Errno::OPNOTSUPP] {
             assert!(Pipe::copy_instead(&io::Error::from_raw_os_error(errno.raw_os_error())));
         }
-        assert!(Pipe::copy_instead(&io::Error::other(AtUrgentMark)));
+        assert!(Pipe::copy_instead(&io::Error::other(AtUrgentMark::default())));
+        let reset = io::Error::other(AtUrgentMark { then: Some(Errno::CONNRESET) });
+        assert!(Pipe::copy_instead(&reset));
+        assert_eq!(Pipe::error_after(&reset).map(|e| e.kind()), Some(io::ErrorKind::ConnectionReset));
+        assert!(Pipe::error_after(&io::Error::other(AtUrgentMark::default())).is_none());
         for errno in [Errno::CONNRESET, Errno::PIPE, Errno::AGAIN] {
             assert!(!Pipe::copy_instead(&io::Error::from_raw_os_error(errno.raw_os_error())));
         }

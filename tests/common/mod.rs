@@ -656,3 +656,17 @@ pub fn cpu_seconds() -> f64 {
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
 }
+
+/// The bytes a TCP socket bound to `local` (IPv4) has not had acknowledged,
+/// from /proc/net/tcp (`tx_queue`).
+pub fn send_queue(local: std::net::SocketAddr) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let std::net::SocketAddr::V4(v4) = local else { return None };
+    let me = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&me.as_str()))
+            .then(|| fields.get(4)?.split(':').next().and_then(|tx| u64::from_str_radix(tx, 16).ok()))
+            .flatten()
+    })
+}
