@@ -180,12 +180,25 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
     let says_off =
         plain.iter().any(|(target, level)| *level == LevelFilter::OFF && "authgate".starts_with(target));
     // (One that a later directive for the same target replaces asks
-    // nothing: `authgate=info,authgate=off` is off.)
-    let asks = plain.iter().enumerate().any(|(at, (target, level))| {
-        *level != LevelFilter::OFF
-            && !target.is_empty()
-            && (target.starts_with("authgate") || "authgate".starts_with(target))
-            && !plain[at + 1..].iter().any(|(later, _)| later == target)
+    // nothing: `authgate=info,authgate=off` is off. A target asks in any
+    // case, and with a span: `off,Authgate::access=info` and
+    // `off,authgate::access[x]=info` let nothing through, `tracing`
+    // matching case and authgate's lines being in no span; probe 399.)
+    fn target_of(d: &str) -> &str {
+        d.split(['[', '=']).next().unwrap_or_default()
+    }
+    let asks = directives.iter().enumerate().any(|(at, d)| {
+        let target = target_of(d).to_ascii_lowercase();
+        let names = target == "authgate"
+            || target.starts_with("authgate::")
+            || (!target.is_empty() && "authgate".starts_with(&target));
+        let tail = d.rsplit_once(']').map_or(*d, |(_, tail)| tail);
+        let level = tail.split_once('=').and_then(|(_, level)| level_of(level));
+        let replaced = !d.contains('[')
+            && directives[at + 1..]
+                .iter()
+                .any(|later| !later.contains('[') && target_of(later) == target_of(d));
+        names && level.is_some_and(|l| l != LevelFilter::OFF) && !replaced
     });
     let lets_some_through = TARGETS.iter().any(let_through) || (says_off && !asks);
     match lets_some_through {
@@ -412,6 +425,8 @@ mod filter_tests {
             "off,authgate::access=warn",
             "authgate=off,authgate::access=warn",
             "0,authgate::acess=info",
+            "off,Authgate::access=info",
+            "off,authgate::access[x]=info",
         ] {
             assert_eq!(log_filter(silent), Err(NoFilter::Silent), "{silent}");
         }
@@ -431,6 +446,7 @@ mod filter_tests {
             "authgate::access=off,authgate::access=info",
             "authgate::access=info",
             "authgate::proxy::pool=debug,authgate::server::reload=error",
+            "off,authgate_x=info",
             "error",
             "authgate=info,authgate=off",
             "off,authgate=info,authgate=off,authgate::access=info",
