@@ -132,22 +132,15 @@ async fn the_admin_listener_is_no_destination_through_the_proxy() {
     let (_stop, _task) = serve(state.clone(), listeners);
     let admin = format!("127.0.0.1:{admin_port}");
     let auth = basic("alice", "a1");
-    let get = send_one(
-        proxy,
-        "GET",
-        &format!("http://{admin}/metrics"),
-        &[("Host", &admin), ("Proxy-Authorization", &auth)],
-    )
-    .await;
-    assert_proxy_error(&get, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+    let get_through = async |target: &str| {
+        let url = format!("http://{target}/metrics");
+        send_one(proxy, "GET", &url, &[("Host", target), ("Proxy-Authorization", &auth)]).await
+    };
+    let refused = "destination_ip_prohibited";
+    assert_proxy_error(&get_through(&admin).await, 403, refused, refused);
     let mut tunnel = RawConn::connect(proxy).await;
     tunnel.send(request("CONNECT", &admin, &[("Host", &admin), ("Proxy-Authorization", &auth)])).await;
-    assert_proxy_error(
-        &tunnel.read_response("CONNECT").await,
-        403,
-        "destination_ip_prohibited",
-        "destination_ip_prohibited",
-    );
+    assert_proxy_error(&tunnel.read_response("CONNECT").await, 403, refused, refused);
     // The admin port itself answers, and another port of the address is
     // no admin listener.
     assert_eq!(
@@ -168,24 +161,10 @@ async fn the_admin_listener_is_no_destination_through_the_proxy() {
             .await
             .unwrap()
             .unwrap();
-        let get = send_one(
-            proxy,
-            "GET",
-            &format!("http://{admin}/metrics"),
-            &[("Host", &admin), ("Proxy-Authorization", &auth)],
-        )
-        .await;
-        assert_proxy_error(&get, 403, "destination_ip_prohibited", "destination_ip_prohibited");
+        assert_proxy_error(&get_through(&admin).await, 403, refused, refused);
     }
     let other = format!("127.0.0.1:{}", closed_port());
-    let get = send_one(
-        proxy,
-        "GET",
-        &format!("http://{other}/"),
-        &[("Host", &other), ("Proxy-Authorization", &auth)],
-    )
-    .await;
-    assert_proxy_error(&get, 502, "connection_refused", "connection_refused");
+    assert_proxy_error(&get_through(&other).await, 502, "connection_refused", "connection_refused");
 }
 
 /// A health check that sends its request and at once shuts its sending
