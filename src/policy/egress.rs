@@ -192,7 +192,7 @@ impl Egress {
 }
 
 /// Why the admin listener's address and port are denied.
-const OWN_ADMIN: &str = "the proxy's own admin listener (`[admin] listen`)";
+const OWN_ADMIN: &str = "the proxy's own admin listener (`[admin] listen`: as the file says it; a running proxy refuses the one it started with until a restart)";
 
 /// Why `0.0.0.0` and `::` are denied, whatever `allow_cidrs` opens.
 const UNSPECIFIED: &str = "unspecified (a connection to it reaches this host)";

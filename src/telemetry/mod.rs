@@ -193,7 +193,11 @@ pub fn log_filter(level: &str) -> Result<String, NoFilter> {
             || target.starts_with("authgate::")
             || (!target.is_empty() && "authgate".starts_with(&target));
         let tail = d.rsplit_once(']').map_or(*d, |(_, tail)| tail);
-        let level = tail.split_once('=').and_then(|(_, level)| level_of(level));
+        // A span directive without a level is `trace` (probe 400).
+        let level = match tail.split_once('=') {
+            Some((_, level)) => level_of(level),
+            None => d.contains('[').then_some(LevelFilter::TRACE),
+        };
         let replaced = !d.contains('[')
             && directives[at + 1..]
                 .iter()
@@ -427,6 +431,8 @@ mod filter_tests {
             "0,authgate::acess=info",
             "off,Authgate::access=info",
             "off,authgate::access[x]=info",
+            "off,authgate::access[x]",
+            "off,authgate[]",
         ] {
             assert_eq!(log_filter(silent), Err(NoFilter::Silent), "{silent}");
         }
