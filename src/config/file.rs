@@ -115,28 +115,39 @@ pub fn without_boms(pem: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 /// its intermediate so joined served the leaf alone, `check` saying ok
 /// (probes 390, 394). A section is a BEGIN whose END line follows before
 /// the next BEGIN line; a comment that names a BEGIN line (`# was -----BEGIN
-/// TRUSTED CERTIFICATE-----`) is text. The line is named.
+/// TRUSTED CERTIFICATE-----`) is text. The line is named. One pass: each
+/// such BEGIN looked ahead for its END on its own, and a 1 MB file of them
+/// took 14 s (64 MiB, the bound of a file read, hours).
 pub fn pem_begin_inside_line(pem: &[u8]) -> Option<String> {
     const BEGIN: &[u8] = b"-----BEGIN ";
-    let lines: Vec<&[u8]> = pem.split(|&b| b == b'\n').collect();
+    const END: &[u8] = b"-----END ";
     let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle);
-    lines.iter().enumerate().find_map(|(at, line)| {
-        let begins = find(line, BEGIN).filter(|&i| i > 0)?;
-        let rest = &line[begins + BEGIN.len()..];
-        let label = &rest[..find(rest, b"-----")?];
-        let end = [&b"-----END "[..], label, b"-----"].concat();
-        let skipped = lines[at + 1..]
-            .iter()
-            .take_while(|l| !l.starts_with(BEGIN))
-            .any(|l| find(l, &end).is_some());
-        skipped.then(|| {
-            format!(
+    // The label after `marker` in `line`, up to its closing dashes.
+    let label = |line: &'_ [u8], marker: &[u8]| -> Option<(usize, Vec<u8>)> {
+        let at = find(line, marker)?;
+        let rest = &line[at + marker.len()..];
+        Some((at, rest[..find(rest, b"-----")?].to_vec()))
+    };
+    // The labels of the BEGIN lines inside a line since the last BEGIN
+    // line, each with the first line it opened on.
+    let mut open: std::collections::HashMap<Vec<u8>, usize> = std::collections::HashMap::new();
+    for (at, line) in pem.split(|&b| b == b'\n').enumerate() {
+        if line.starts_with(BEGIN) {
+            open.clear();
+            continue;
+        }
+        if let Some(&opened) = label(line, END).and_then(|(_, l)| open.get(&l)) {
+            return Some(format!(
                 "line {}: a PEM section's BEGIN line has text before it on the line, and a PEM reader skips such a \
                  section: `-----BEGIN` must start its line",
-                at + 1
-            )
-        })
-    })
+                opened + 1
+            ));
+        }
+        if let Some((_, l)) = label(line, BEGIN) {
+            open.entry(l).or_insert(at);
+        }
+    }
+    None
 }
 
 /// What is wrong with a PEM file, in words (rustls's debug form printed a
@@ -257,6 +268,7 @@ pub fn utf8_text(bytes: Vec<u8>) -> Result<String, (usize, usize, String)> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     /// One byte order mark is skipped in front of a BEGIN line, as OpenSSL
     /// skips it, and left elsewhere, where OpenSSL fails on it too: in a
@@ -298,7 +310,6 @@ mod tests {
         }
         assert!(matches!(without_boms(cert.as_bytes()), std::borrow::Cow::Borrowed(_)));
     }
-    use super::*;
 
     /// The open itself does not wait on a FIFO (the check before it cannot
     /// see a FIFO swapped in after it): the error comes at once.
