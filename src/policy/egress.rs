@@ -125,14 +125,16 @@ impl Egress {
     /// [`Egress::check`] of a destination with its port: the admin
     /// listener (see [`Egress::with_admin`]) is denied.
     pub fn check_at(&self, addr: std::net::SocketAddr) -> Verdict {
-        let ip = canonical(addr.ip());
+        // (The port first: on the request path, most destinations stop there.)
         let own = self.admin.is_some_and(|admin| {
-            admin.port() == addr.port()
-                && (canonical(admin.ip()) == ip || (admin.ip().is_unspecified() && ip.is_loopback()))
+            admin.port() == addr.port() && {
+                let ip = canonical(addr.ip());
+                canonical(admin.ip()) == ip || (admin.ip().is_unspecified() && ip.is_loopback())
+            }
         });
         match own {
             true => Verdict::Denied(OWN_ADMIN),
-            false => self.check(ip),
+            false => self.check(addr.ip()),
         }
     }
 
