@@ -818,11 +818,15 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     assert_eq!(err.file, authgate::server::tls::TlsFile::Key, "{err}");
     let err = err.message;
     assert!(err.contains("wrong.key") && err.contains("does not match"), "{err}");
-    // A chain out of order, the key's certificate after another, is told
-    // so (it was "key does not match"; probe 184).
     // Byte order marks at line starts are skipped, in the chain and the
     // key: one before the intermediate dropped it, and the leaf alone was
     // served, `check` saying ok (probe 389).
+    // What loading `cert` with `key` says of the certificate file.
+    let cert_refused = |cert: &std::path::Path, key: &std::path::Path| {
+        let err = authgate::server::tls::load_certified_key(cert, key).unwrap_err();
+        assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+        err.message
+    };
     let bom = "\u{feff}";
     let chained = dir.write("bom-chain.pem", format!("{bom}{}{bom}{}", other.cert_pem, ca.cert_pem));
     let key = dir.write("bom.key", format!("{bom}{}", other.key_pem));
@@ -839,29 +843,25 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
         ("no-newline.pem", format!("{}{}", other.cert_pem.trim_end(), ca.cert_pem), leaf_lines),
         ("comment.pem", format!("{}# the leaf's file ends{}", other.cert_pem, ca.cert_pem), leaf_lines + 1),
     ] {
-        let chained = dir.write(name, joined);
-        let err = authgate::server::tls::load_certified_key(&chained, &key).unwrap_err();
-        assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+        let err = cert_refused(&dir.write(name, joined), &key);
         assert!(
-            err.message
-                .contains(&format!("{name}: line {line}: a PEM section's BEGIN line has text before it")),
+            err.contains(&format!("{name}: line {line}: a PEM section's BEGIN line has text before it")),
             "{err}"
         );
     }
+    // A chain out of order, the key's certificate after another, is told
+    // so (it was "key does not match"; probe 184).
     let reversed = dir.write("reversed.pem", format!("{}{}", ca.cert_pem, other.cert_pem));
-    let err = authgate::server::tls::load_certified_key(&reversed, &wrong_key).unwrap_err();
-    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+    let err = cert_refused(&reversed, &wrong_key);
     assert!(
-        err.message.contains("reversed.pem: the certificate of the key in ")
-            && err.message.contains("wrong.key is number 2 of the chain, not the first"),
+        err.contains("reversed.pem: the certificate of the key in ")
+            && err.contains("wrong.key is number 2 of the chain, not the first"),
         "{err}"
     );
     // A certificate rustls cannot read is blamed on the certificate, not on
     // the (matching) key; an encrypted key is named as such.
     let garbage = dir.write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
-    let err = authgate::server::tls::load_certified_key(&garbage, &dir.path().join("p256.key")).unwrap_err();
-    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
-    let err = err.message;
+    let err = cert_refused(&garbage, &dir.path().join("p256.key"));
     assert!(
         err.contains("garbage.pem") && err.contains("cannot be used") && !err.contains("does not match"),
         "{err}"
@@ -872,9 +872,7 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
         "chain-junk.pem",
         format!("{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", ca.leaf("junk").cert_pem),
     );
-    let err = authgate::server::tls::load_certified_key(&chain, &dir.path().join("p256.key")).unwrap_err();
-    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
-    let err = err.message;
+    let err = cert_refused(&chain, &dir.path().join("p256.key"));
     assert!(err.contains("chain-junk.pem: certificate 2 of the chain is not an X.509 certificate"), "{err}");
     // So is a chain longer than clients take in a handshake: one of the
     // leaf 20,000 times loaded, and every handshake failed (probe 380).
@@ -882,11 +880,9 @@ fn listener_certificates_load_with_ecdsa_and_ed25519_keys_and_a_chain() {
     let max = authgate::server::tls::MAX_CHAIN_BYTES;
     let long = dir.write("long.pem", leaf.cert_pem.repeat(max / leaf.der.len() + 1));
     let long_key = dir.write("long.key", &leaf.key_pem);
-    let err = authgate::server::tls::load_certified_key(&long, &long_key).unwrap_err();
-    assert_eq!(err.file, authgate::server::tls::TlsFile::Cert, "{err}");
+    let err = cert_refused(&long, &long_key);
     assert!(
-        err.message.contains("long.pem: the chain is ")
-            && err.message.contains("more than clients take (64000"),
+        err.contains("long.pem: the chain is ") && err.contains("more than clients take (64000"),
         "{err}"
     );
     let short = dir.write("short.pem", leaf.cert_pem.repeat(max / (leaf.der.len() + 5) - 1));
